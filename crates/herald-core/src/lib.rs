@@ -1,1 +1,101 @@
-//! placeholder
+//! Herald's domain: what organizations, webhooks, events and deliveries are, how inputs become
+//! those types, which webhook wants which event, how a delivery looks on the wire (profiles), and
+//! what happens after each attempt.
+//!
+//! This crate must not know the web, SQL or any HTTP client: the server, the stores and the
+//! dispatcher all depend on it, never the other way round. Storage is reached only through the
+//! [`store::Store`] trait.
+
+pub mod catalog;
+pub mod delivery;
+pub mod directory;
+pub mod event;
+pub mod event_type;
+pub mod ids;
+pub mod org;
+pub mod profile;
+pub mod retry;
+pub mod store;
+pub mod time;
+pub mod webhook;
+
+pub use ids::{ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, WebhookId};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+
+/// Herald's version, sent in `User-Agent` and shown by `herald --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An input that cannot become a domain value: which field, and what is wrong with it in words a
+/// user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the field path, e.g. `events[2]` inside `0.` for batches.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        self
+    }
+}
+
+/// Cuts user input quoted back in an error message, so that a huge value cannot make a huge error.
+pub fn truncate_for_message(raw: &str) -> String {
+    const MAX: usize = 64;
+    if raw.chars().count() <= MAX {
+        raw.to_owned()
+    } else {
+        let cut: String = raw.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+/// A page of a list, newest first, with the cursor for the next page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// How a caller asked for a page: at most `limit` items older than `cursor`.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl PageRequest {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 200;
+
+    pub fn new(limit: Option<u32>, cursor: Option<String>) -> Result<Self, Invalid> {
+        let limit = limit.unwrap_or(Self::DEFAULT_LIMIT);
+        if limit == 0 || limit > Self::MAX_LIMIT {
+            return Err(Invalid::new(
+                "limit",
+                format!("must be between 1 and {}", Self::MAX_LIMIT),
+            ));
+        }
+        let cursor = cursor.filter(|c| !c.is_empty());
+        if let Some(c) = &cursor
+            && (c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Invalid::new("cursor", "is not a cursor Herald gave out"));
+        }
+        Ok(Self { limit, cursor })
+    }
+}

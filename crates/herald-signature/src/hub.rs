@@ -5,7 +5,10 @@ use crate::{VerifyError, constant_time_eq, hmac_sha256};
 pub const PREFIX: &str = "sha256=";
 
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    format!("{PREFIX}{}", hex::encode(hmac_sha256(secret.as_bytes(), &[body])))
+    format!(
+        "{PREFIX}{}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &[body]))
+    )
 }
 
 pub fn verify(secret: &str, header: &str, body: &[u8]) -> Result<(), VerifyError> {

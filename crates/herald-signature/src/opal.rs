@@ -14,7 +14,12 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     ))
 }
 
-pub fn verify(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> Result<(), VerifyError> {
+pub fn verify(
+    secret: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+) -> Result<(), VerifyError> {
     let ts: i64 = timestamp
         .trim()
         .parse()
@@ -22,7 +27,10 @@ pub fn verify(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> Re
     if signature.trim().is_empty() {
         return Err(VerifyError::Missing);
     }
-    if constant_time_eq(signature.trim().as_bytes(), sign(secret, ts, body).as_bytes()) {
+    if constant_time_eq(
+        signature.trim().as_bytes(),
+        sign(secret, ts, body).as_bytes(),
+    ) {
         Ok(())
     } else {
         Err(VerifyError::Mismatch)

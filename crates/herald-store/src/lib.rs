@@ -1,1 +1,8 @@
-//! placeholder
+//! Herald's storage backends: the only crate that speaks SQL. Each backend implements
+//! [`herald_core::store::Store`]; migrations live in `migrations/<backend>/` with the same
+//! numbered sequence for every backend.
+
+pub mod migrations;
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;

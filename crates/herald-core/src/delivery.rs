@@ -1,0 +1,203 @@
+//! Deliveries (one event for one webhook) and attempts (one HTTP request of a delivery).
+//! A failed attempt is data, not an error: its [`AttemptError`] is stored with a stable code.
+
+use serde::Serialize;
+
+use crate::{AttemptId, DeliveryId, Invalid, OrgId, Timestamp, WebhookId};
+
+/// How many bytes of a response body an attempt keeps.
+pub const RESPONSE_BODY_KEEP: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt (or being attempted).
+    Pending,
+    Succeeded,
+    /// Every attempt of its schedule failed.
+    Failed,
+    /// Its webhook was deleted before it could succeed.
+    Cancelled,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "pending" => Ok(Self::Pending),
+            "succeeded" => Ok(Self::Succeeded),
+            "failed" => Ok(Self::Failed),
+            "cancelled" => Ok(Self::Cancelled),
+            _ => Err(Invalid::new(
+                "state",
+                format!(
+                    "'{}' is not a delivery state; use pending, succeeded, failed or cancelled",
+                    crate::truncate_for_message(raw)
+                ),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub org_id: OrgId,
+    pub webhook_id: WebhookId,
+    pub event_id: String,
+    pub event_type: String,
+    pub state: DeliveryState,
+    pub attempt_count: u32,
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One recorded HTTP request of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    pub id: AttemptId,
+    pub delivery_id: DeliveryId,
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub started_at: Timestamp,
+    pub duration_ms: u32,
+    pub status: Option<u16>,
+    /// A stable code when the attempt failed (`timeout`, `connect`, `http_status`…).
+    pub error: Option<String>,
+    pub error_message: Option<String>,
+    /// The first KiB of the response body.
+    pub response_body: String,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptError {
+    Timeout,
+    Dns(String),
+    Connect(String),
+    Tls(String),
+    /// The endpoint answered, but not with a 2xx.
+    Status(u16),
+    /// The address is not one Herald may reach.
+    Blocked(String),
+    /// Anything else that kept the request from completing.
+    Request(String),
+}
+
+impl AttemptError {
+    /// A stable code, stored and shown in the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Dns(_) => "dns",
+            Self::Connect(_) => "connect",
+            Self::Tls(_) => "tls",
+            Self::Status(s) if (300..400).contains(s) => "redirect",
+            Self::Status(_) => "http_status",
+            Self::Blocked(_) => "blocked",
+            Self::Request(_) => "request",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::Timeout => "the endpoint did not answer within the timeout".to_owned(),
+            Self::Dns(m) => format!("could not resolve the host: {m}"),
+            Self::Connect(m) => format!("could not connect: {m}"),
+            Self::Tls(m) => format!("TLS failed: {m}"),
+            Self::Status(s) if (300..400).contains(s) => {
+                format!(
+                    "the endpoint answered {s}; redirects are not followed, register the final URL"
+                )
+            }
+            Self::Status(s) => format!("the endpoint answered {s}"),
+            Self::Blocked(m) => format!("the address is not allowed: {m}"),
+            Self::Request(m) => format!("the request failed: {m}"),
+        }
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptOutcome {
+    pub status: Option<u16>,
+    pub duration_ms: u32,
+    pub response_body: String,
+    pub error: Option<AttemptError>,
+    /// A `Retry-After` (in seconds) sent with a 429 or 503.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl AttemptOutcome {
+    pub fn succeeded(status: u16, duration_ms: u32, response_body: String) -> Self {
+        Self {
+            status: Some(status),
+            duration_ms,
+            response_body,
+            error: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn failed(
+        error: AttemptError,
+        status: Option<u16>,
+        duration_ms: u32,
+        response_body: String,
+        retry_after_secs: Option<u64>,
+    ) -> Self {
+        Self {
+            status,
+            duration_ms,
+            response_body,
+            error: Some(error),
+            retry_after_secs,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.error.is_none()
+    }
+
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
+    }
+}
+
+/// Keeps at most [`RESPONSE_BODY_KEEP`] bytes of a response body, cut on a character boundary.
+pub fn keep_response_prefix(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(RESPONSE_BODY_KEEP)];
+    let text = String::from_utf8_lossy(cut);
+    // A multi-byte character split by the cut shows up as one replacement character; drop it.
+    text.trim_end_matches('\u{fffd}').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_is_reported_as_such() {
+        assert_eq!(AttemptError::Status(301).code(), "redirect");
+        assert_eq!(AttemptError::Status(500).code(), "http_status");
+    }
+
+    #[test]
+    fn only_the_first_kib_of_a_response_is_kept() {
+        let body = "é".repeat(1000);
+        let kept = keep_response_prefix(body.as_bytes());
+        assert!(kept.len() <= RESPONSE_BODY_KEEP);
+        assert!(kept.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,153 @@
+//! The in-memory directory of organizations, their webhooks and their own event types, so that
+//! the hot path (ingest fan-out, rendering) never reads them from the database. Any change to an
+//! organization, its webhooks or its types must call [`Directory::invalidate`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::catalog::CatalogEventType;
+use crate::event_type::CustomEventType;
+use crate::org::Organization;
+use crate::store::{Store, StoreResult};
+use crate::webhook::Webhook;
+use crate::{OrgId, WebhookId};
+
+/// An organization as the hot path needs it.
+pub struct OrgSnapshot {
+    pub org: Organization,
+    pub webhooks: Vec<Arc<Webhook>>,
+    custom_types: HashMap<String, (CustomEventType, Option<jsonschema::Validator>)>,
+}
+
+/// What ingest needs to know of an event type.
+pub struct ResolvedType<'a> {
+    pub channel: Option<&'a str>,
+    pub validator: Option<&'a jsonschema::Validator>,
+}
+
+impl OrgSnapshot {
+    pub fn build(org: Organization, webhooks: Vec<Webhook>, custom: Vec<CustomEventType>) -> Self {
+        let custom_types = custom
+            .into_iter()
+            .map(|t| {
+                // Schemas were compiled when registered; one that no longer compiles (a newer
+                // library being stricter) is treated as absent rather than blocking ingest.
+                let validator = t
+                    .schema
+                    .as_ref()
+                    .and_then(|s| crate::event_type::compile_schema(s).ok());
+                (t.name.clone(), (t, validator))
+            })
+            .collect();
+        Self {
+            org,
+            webhooks: webhooks.into_iter().map(Arc::new).collect(),
+            custom_types,
+        }
+    }
+
+    /// Finds an event type among the organization's catalogs and its own types.
+    pub fn resolve_type(&self, name: &str) -> Option<ResolvedType<'_>> {
+        if name == crate::event_type::TEST_EVENT_TYPE {
+            return Some(ResolvedType {
+                channel: None,
+                validator: None,
+            });
+        }
+        if let Some((t, v)) = self.custom_types.get(name) {
+            return Some(ResolvedType {
+                channel: t.channel.as_deref(),
+                validator: v.as_ref(),
+            });
+        }
+        self.catalog_type(name).map(|(catalog, t)| ResolvedType {
+            channel: Some(&t.channel),
+            validator: catalog.validator(name),
+        })
+    }
+
+    pub fn catalog_type(
+        &self,
+        name: &str,
+    ) -> Option<(&'static crate::catalog::Catalog, &'static CatalogEventType)> {
+        self.org
+            .catalogs
+            .iter()
+            .filter_map(|c| c.catalog())
+            .find_map(|c| c.event_type(name).map(|t| (c, t)))
+    }
+
+    pub fn has_custom_type(&self, name: &str) -> bool {
+        self.custom_types.contains_key(name)
+    }
+
+    /// Whether any type of the organization (catalog or own) belongs to `channel`.
+    pub fn knows_channel(&self, channel: &str) -> bool {
+        self.custom_types
+            .values()
+            .any(|(t, _)| t.channel.as_deref() == Some(channel))
+            || self
+                .org
+                .catalogs
+                .iter()
+                .filter_map(|c| c.catalog())
+                .any(|c| c.types.iter().any(|t| t.channel == channel))
+    }
+
+    pub fn webhook(&self, id: &WebhookId) -> Option<&Arc<Webhook>> {
+        self.webhooks.iter().find(|w| &w.id == id)
+    }
+
+    /// The active webhooks that want an event of this type.
+    pub fn subscribers<'a>(
+        &'a self,
+        type_name: &'a str,
+        channel: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Webhook>> + 'a {
+        self.webhooks
+            .iter()
+            .filter(move |w| w.active && w.wants(type_name, channel))
+    }
+}
+
+/// Caches one [`OrgSnapshot`] per organization, loaded on first use.
+pub struct Directory {
+    store: Arc<dyn Store>,
+    orgs: RwLock<HashMap<OrgId, Arc<OrgSnapshot>>>,
+    /// Bumped by every invalidation, so that a load which raced with one is not cached.
+    generation: AtomicU64,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            orgs: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub async fn snapshot(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
+        if let Some(s) = self.orgs.read().expect("directory lock").get(org) {
+            return Ok(s.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let organization = self.store.get_org(org).await?;
+        let webhooks = self.store.org_webhooks(org).await?;
+        let types = self.store.list_event_types(org).await?;
+        let snapshot = Arc::new(OrgSnapshot::build(organization, webhooks, types));
+        let mut orgs = self.orgs.write().expect("directory lock");
+        if self.generation.load(Ordering::SeqCst) == generation {
+            orgs.insert(org.clone(), snapshot.clone());
+        }
+        Ok(snapshot)
+    }
+
+    /// Forgets what is cached of `org`; the next use loads it again.
+    pub fn invalidate(&self, org: &OrgId) {
+        let mut orgs = self.orgs.write().expect("directory lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        orgs.remove(org);
+    }
+}

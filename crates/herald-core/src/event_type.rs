@@ -1,0 +1,129 @@
+//! Event type names, channels, and an organization's own registered types.
+
+use serde::Serialize;
+
+use crate::{EventTypeId, Invalid, OrgId, Timestamp};
+
+/// The type every webhook receives from "send test event", whatever it subscribed to.
+pub const TEST_EVENT_TYPE: &str = "herald.test";
+
+/// Checks an event type name: 1 to 128 characters from letters, digits and `. _ - : /`.
+/// That covers every catalog's style (`user.created`, `USER_CREATED`, `loginSuccess`).
+pub fn parse_type_name(raw: &str, field: &str) -> Result<String, Invalid> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 128
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!(
+                "'{}' is not a valid event type name (1 to 128 letters, digits, '.', '_', '-', ':' or '/')",
+                crate::truncate_for_message(raw)
+            ),
+        ))
+    }
+}
+
+/// Checks a channel name: 1 to 64 lower-case letters, digits, `_` or `-`.
+pub fn parse_channel(raw: &str, field: &str) -> Result<String, Invalid> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!(
+                "'{}' is not a valid channel name (1 to 64 lower-case letters, digits, '_' or '-')",
+                crate::truncate_for_message(raw)
+            ),
+        ))
+    }
+}
+
+/// An event type registered by an organization, with an optional JSON Schema for its data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomEventType {
+    pub id: EventTypeId,
+    #[serde(skip)]
+    pub org_id: OrgId,
+    pub name: String,
+    pub channel: Option<String>,
+    pub description: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    pub example: Option<serde_json::Value>,
+    pub created_at: Timestamp,
+}
+
+/// Compiles a JSON Schema, refusing one that is not valid itself.
+pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, Invalid> {
+    if !schema.is_object() && !schema.is_boolean() {
+        return Err(Invalid::new("schema", "must be a JSON Schema object"));
+    }
+    jsonschema::validator_for(schema)
+        .map_err(|e| Invalid::new("schema", format!("is not a valid JSON Schema: {e}")))
+}
+
+/// Checks `data` against a compiled schema; the error names the first failing location.
+pub fn check_against_schema(
+    validator: &jsonschema::Validator,
+    type_name: &str,
+    data: &serde_json::Value,
+) -> Result<(), Invalid> {
+    match validator.validate(data) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let path = e.instance_path().to_string();
+            let at = if path.is_empty() {
+                "data".to_owned()
+            } else {
+                format!("data{path}")
+            };
+            Err(Invalid::new(
+                at,
+                format!("does not match the schema of '{type_name}': {e}"),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_every_catalog_style_are_accepted() {
+        for name in [
+            "user.created",
+            "USER_ADDED_TO_GROUP",
+            "loginSuccess",
+            "2fa.enabled",
+        ] {
+            assert!(parse_type_name(name, "type").is_ok(), "{name}");
+        }
+        assert!(parse_type_name("user created", "type").is_err());
+        assert!(parse_type_name("", "type").is_err());
+    }
+
+    #[test]
+    fn data_that_breaks_the_schema_names_the_field() {
+        let schema = serde_json::json!({"type":"object","required":["user"],"properties":{"user":{"type":"object","properties":{"id":{"type":"string"}}}}});
+        let v = compile_schema(&schema).unwrap();
+        assert!(check_against_schema(&v, "t", &serde_json::json!({"user":{"id":"u1"}})).is_ok());
+        let err = check_against_schema(&v, "t", &serde_json::json!({"user":{"id":7}})).unwrap_err();
+        assert_eq!(err.field, "data/user/id");
+    }
+
+    #[test]
+    fn an_invalid_schema_is_refused() {
+        assert!(compile_schema(&serde_json::json!({"type": 12})).is_err());
+        assert!(compile_schema(&serde_json::json!("x")).is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! Typed, prefixed identifiers (`org_…`, `wh_…`, `dlv_…`). A ULID after the prefix makes ids
+//! sortable by creation time, which is what "newest first" pagination walks on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Invalid;
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh id: prefix, underscore, lower-case ULID.
+            pub fn generate() -> Self {
+                Self(format!("{}_{}", $prefix, ulid::Ulid::new().to_string().to_lowercase()))
+            }
+
+            /// Parses an id received from outside; the prefix and shape must be right.
+            pub fn parse(raw: &str) -> Result<Self, Invalid> {
+                let ok = raw
+                    .strip_prefix(concat!($prefix, "_"))
+                    .is_some_and(|rest| rest.len() == 26 && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+                if ok {
+                    Ok(Self(raw.to_ascii_lowercase()))
+                } else {
+                    Err(Invalid::new("id", format!("'{}' is not a valid {} id (expected {}_ followed by 26 characters)", crate::truncate_for_message(raw), stringify!($name), $prefix)))
+                }
+            }
+
+            /// Wraps a value that came from Herald's own storage.
+            pub fn from_trusted(raw: String) -> Self {
+                Self(raw)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// An organization (tenant).
+    OrgId, "org"
+);
+prefixed_id!(
+    /// A webhook (subscription).
+    WebhookId, "wh"
+);
+prefixed_id!(
+    /// An organization-scoped API key (the id, not the secret key).
+    ApiKeyId, "key"
+);
+prefixed_id!(
+    /// One event for one webhook. Sent as `webhook-id`, so it stays the same on every attempt.
+    DeliveryId, "dlv"
+);
+prefixed_id!(
+    /// One HTTP request of a delivery.
+    AttemptId, "att"
+);
+prefixed_id!(
+    /// An organization's own registered event type.
+    EventTypeId, "et"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_id_parses_back() {
+        let id = WebhookId::generate();
+        assert!(id.as_str().starts_with("wh_"));
+        assert_eq!(WebhookId::parse(id.as_str()).unwrap(), id);
+    }
+
+    #[test]
+    fn an_id_with_the_wrong_prefix_is_rejected() {
+        let id = OrgId::generate();
+        assert!(WebhookId::parse(id.as_str()).is_err());
+        assert!(WebhookId::parse("wh_short").is_err());
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let a = DeliveryId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = DeliveryId::generate();
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,122 @@
+//! Organizations (tenants) and their organization-scoped API keys.
+
+use serde::Serialize;
+
+use crate::catalog::CatalogName;
+use crate::{ApiKeyId, Invalid, OrgId, Timestamp};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Organization {
+    pub id: OrgId,
+    pub name: String,
+    pub handle: OrgHandle,
+    pub catalogs: Vec<CatalogName>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A display name: 1 to 200 characters after trimming, no control characters.
+pub fn parse_name(raw: &str, field: &str) -> Result<String, Invalid> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(Invalid::new(field, "must not be empty"));
+    }
+    if name.chars().count() > 200 {
+        return Err(Invalid::new(field, "must be at most 200 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Invalid::new(field, "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// A short, domain-like name used in WebSub topics and issuer URLs: lower-case letters, digits,
+/// `-` and `.`, 1 to 63 characters, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct OrgHandle(String);
+
+impl OrgHandle {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 63
+            && raw.as_bytes()[0].is_ascii_alphanumeric()
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(Invalid::new(
+                "handle",
+                "must be 1 to 63 lower-case letters, digits, '-' or '.', starting with a letter or digit (e.g. acme-corp)",
+            ))
+        }
+    }
+
+    /// A handle derived from a display name: `Acme Inc.` becomes `acme-inc`.
+    pub fn from_name(name: &str) -> Self {
+        let mut slug = String::new();
+        for c in name.chars().flat_map(char::to_lowercase) {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c);
+            } else if !slug.is_empty() && !slug.ends_with('-') {
+                slug.push('-');
+            }
+        }
+        let slug: String = slug.trim_end_matches('-').chars().take(63).collect();
+        let slug = slug.trim_end_matches('-').to_owned();
+        if slug.is_empty() {
+            Self("org".to_owned())
+        } else {
+            Self(slug)
+        }
+    }
+
+    pub fn from_trusted(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An organization-scoped API key as stored: only a hash of the key is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub org_id: OrgId,
+    pub name: String,
+    /// The first characters of the key, so that a user can tell keys apart.
+    pub prefix: String,
+    #[serde(skip)]
+    pub key_hash: String,
+    pub created_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_is_derived_from_the_name() {
+        assert_eq!(OrgHandle::from_name("Acme Inc.").as_str(), "acme-inc");
+        assert_eq!(OrgHandle::from_name("  ~~ ").as_str(), "org");
+        assert_eq!(OrgHandle::from_name("Ünïcode Café").as_str(), "n-code-caf");
+    }
+
+    #[test]
+    fn a_handle_with_upper_case_or_spaces_is_rejected() {
+        assert!(OrgHandle::parse("Acme").is_err());
+        assert!(OrgHandle::parse("acme corp").is_err());
+        assert!(OrgHandle::parse("-acme").is_err());
+        assert!(OrgHandle::parse("acme.corp-1").is_ok());
+    }
+
+    #[test]
+    fn an_empty_name_is_rejected() {
+        assert!(parse_name("   ", "name").is_err());
+        assert_eq!(parse_name(" Acme ", "name").unwrap(), "Acme");
+    }
+}

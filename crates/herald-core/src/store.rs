@@ -1,0 +1,175 @@
+//! The storage boundary. Each method is one domain verb and one transaction, so transactions never
+//! leak out of a backend. How a backend batches writes or claims work is its own business; every
+//! backend passes the same conformance stories.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::delivery::{Attempt, Delivery, DeliveryState};
+use crate::event::Event;
+use crate::event_type::CustomEventType;
+use crate::org::{ApiKey, Organization};
+use crate::retry::NextStep;
+use crate::webhook::Webhook;
+use crate::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
+
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken; the text says which, in words for the user.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database cannot be reached or is busy; trying again later may work.
+    #[error("storage unavailable")]
+    Unavailable(#[source] Cause),
+    #[error("storage failed")]
+    Other(#[source] Cause),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A delivery to create along with its event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub webhook_id: WebhookId,
+    /// Leased to this node's dispatcher right away (it is handed over in memory after the
+    /// commit), so that the retry scheduler does not pick it up as well.
+    pub leased: bool,
+}
+
+/// One event of an ingest request with its fan-out.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    pub event: Arc<Event>,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// Whether an ingested event was new or a repeat of an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestResult {
+    Stored,
+    Duplicate,
+}
+
+/// A delivery that is ready for an attempt, with what rendering needs.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub delivery_id: DeliveryId,
+    pub org_id: OrgId,
+    pub webhook_id: WebhookId,
+    pub event: Arc<Event>,
+    /// Attempts made so far.
+    pub attempt_count: u32,
+    /// Attempts made before the current retry schedule started (a manual resend restarts it).
+    pub schedule_base: u32,
+}
+
+/// The outcome of one attempt, to be stored with the delivery's next state.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub org_id: OrgId,
+    pub attempt: Attempt,
+    pub next: NextStep,
+}
+
+/// Filters for a webhook's delivery history.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub state: Option<DeliveryState>,
+    pub event_type: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Organizations and keys.
+    async fn create_org(&self, org: &Organization) -> StoreResult<()>;
+    async fn list_orgs(&self, page: &PageRequest) -> StoreResult<Page<Organization>>;
+    async fn get_org(&self, id: &OrgId) -> StoreResult<Organization>;
+    async fn update_org(&self, org: &Organization) -> StoreResult<()>;
+    /// Deletes the organization and everything it owns.
+    async fn delete_org(&self, id: &OrgId) -> StoreResult<()>;
+    async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()>;
+    async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKey>>;
+    async fn delete_api_key(&self, org: &OrgId, id: &ApiKeyId) -> StoreResult<()>;
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKey>>;
+
+    // Event types.
+    async fn create_event_type(&self, event_type: &CustomEventType) -> StoreResult<()>;
+    async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<CustomEventType>>;
+
+    // Webhooks.
+    async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    async fn list_webhooks(&self, org: &OrgId, page: &PageRequest) -> StoreResult<Page<Webhook>>;
+    /// Every webhook of the organization (not deleted), for the in-memory directory.
+    async fn org_webhooks(&self, org: &OrgId) -> StoreResult<Vec<Webhook>>;
+    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> StoreResult<Webhook>;
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// Deletes the webhooks and cancels their pending deliveries; returns the ids it deleted.
+    async fn delete_webhooks(
+        &self,
+        org: &OrgId,
+        ids: &[WebhookId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<WebhookId>>;
+
+    // Events and deliveries.
+    /// Stores events and their deliveries, all or nothing. An event whose id the organization
+    /// already used is a duplicate: nothing of it is stored.
+    async fn insert_events(
+        &self,
+        org: &OrgId,
+        items: &[IngestItem],
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<IngestResult>>;
+    /// Leases up to `limit` pending deliveries that are due and not leased, of active webhooks.
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// When the earliest pending, unleased delivery comes due.
+    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
+    /// Stores an attempt and moves its delivery on; releases the lease.
+    async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()>;
+    /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
+    async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
+    /// Releases every lease: on start-up of a node that is the only one using the store.
+    async fn release_all_leases(&self) -> StoreResult<u64>;
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        filter: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Delivery>>;
+    async fn get_delivery(
+        &self,
+        org: &OrgId,
+        id: &DeliveryId,
+    ) -> StoreResult<(Delivery, Vec<Attempt>)>;
+    async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event>;
+    /// Makes a finished delivery pending again with a fresh retry schedule, leased for an
+    /// immediate attempt. `Conflict` if it is still pending.
+    async fn resend_delivery(
+        &self,
+        org: &OrgId,
+        id: &DeliveryId,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<DueDelivery>;
+    /// Makes every failed delivery of the webhook created since `since` pending again, due now.
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+}

@@ -1,0 +1,148 @@
+//! Time as Herald sees it: millisecond timestamps, and a [`Clock`] that tests can move so retry
+//! schedules measured in hours finish in milliseconds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Invalid;
+
+/// Milliseconds since the Unix epoch, UTC. Serialised as RFC 3339 with milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    pub const fn as_secs(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    pub fn plus_millis(self, ms: i64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+
+    pub fn plus_secs(self, secs: i64) -> Self {
+        self.plus_millis(secs.saturating_mul(1000))
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.0).unwrap_or_default()
+    }
+
+    /// RFC 3339, UTC, with milliseconds: `2026-11-22T20:51:13.123Z`.
+    pub fn to_rfc3339(self) -> String {
+        self.to_datetime()
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// RFC 3339, UTC, whole seconds: `2026-11-22T20:51:13Z` (the shape the identity products use).
+    pub fn to_rfc3339_secs(self) -> String {
+        self.to_datetime()
+            .to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    /// Parses an RFC 3339 time with any offset; `field` names it in the error.
+    pub fn parse_rfc3339(raw: &str, field: &str) -> Result<Self, Invalid> {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| Self(t.timestamp_millis()))
+            .map_err(|_| {
+                Invalid::new(
+                    field,
+                    format!(
+                        "'{}' is not an RFC 3339 time such as 2026-01-31T12:00:00Z",
+                        crate::truncate_for_message(raw)
+                    ),
+                )
+            })
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse_rfc3339(&raw, "time").map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where "now" comes from. Everything that schedules takes one, never `SystemTime` directly.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(Utc::now().timestamp_millis())
+    }
+}
+
+/// The wall clock plus an offset that only grows: tests call [`ManualClock::advance`] to jump
+/// ahead, and time keeps flowing in between, so timeouts and ordering still behave normally.
+#[derive(Debug, Default, Clone)]
+pub struct ManualClock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        SystemClock
+            .now()
+            .plus_millis(self.offset_ms.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_as_utc_with_milliseconds() {
+        let t = Timestamp::from_millis(1_700_000_000_123);
+        assert_eq!(t.to_rfc3339(), "2023-11-14T22:13:20.123Z");
+        assert_eq!(t.to_rfc3339_secs(), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn an_offset_time_is_converted_to_utc() {
+        let t = Timestamp::parse_rfc3339("2023-11-14T23:13:20.123+01:00", "t").unwrap();
+        assert_eq!(t.as_millis(), 1_700_000_000_123);
+        assert!(Timestamp::parse_rfc3339("yesterday", "t").is_err());
+    }
+
+    #[test]
+    fn a_manual_clock_jumps_ahead() {
+        let clock = ManualClock::new();
+        let before = clock.now();
+        clock.advance(std::time::Duration::from_secs(3600));
+        assert!(clock.now().as_millis() - before.as_millis() >= 3_600_000);
+    }
+}

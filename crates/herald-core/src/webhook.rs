@@ -1,0 +1,278 @@
+//! Webhooks: where to send, what they want, how to sign, and their per-webhook overrides.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::profile::ProfileName;
+use crate::retry::RetrySchedule;
+use crate::{Invalid, OrgId, Timestamp, WebhookId};
+
+/// How long the previous secret keeps signing after a rotation, so receivers can switch over.
+pub const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Webhook {
+    pub id: WebhookId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub description: Option<String>,
+    pub url: WebhookUrl,
+    pub events: Vec<String>,
+    pub channels: Vec<String>,
+    pub profile: ProfileName,
+    #[serde(skip)]
+    pub secret: String,
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    /// Until when the previous secret also signs (24 hours after a rotation).
+    pub previous_secret_expires_at: Option<Timestamp>,
+    pub active: bool,
+    pub headers: BTreeMap<String, String>,
+    pub timeout_ms: Option<u32>,
+    pub retry_schedule: Option<RetrySchedule>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Webhook {
+    /// Whether this webhook wants events of `type_name` (in `channel`): a type matches if the
+    /// webhook names it, names `*`, or names its channel.
+    pub fn wants(&self, type_name: &str, channel: Option<&str>) -> bool {
+        self.events.iter().any(|e| e == "*" || e == type_name)
+            || channel.is_some_and(|c| self.channels.iter().any(|w| w == "*" || w == c))
+    }
+
+    /// The request timeout: the webhook's override, else its profile's default.
+    pub fn effective_timeout_ms(&self) -> u32 {
+        self.timeout_ms
+            .unwrap_or_else(|| self.profile.default_timeout_ms())
+    }
+
+    /// The retry schedule: the webhook's override, else its profile's default.
+    pub fn effective_retry_schedule(&self) -> RetrySchedule {
+        self.retry_schedule
+            .clone()
+            .unwrap_or_else(|| self.profile.default_retry_schedule())
+    }
+
+    /// The secrets that sign right now: the current one, and the previous one while it overlaps.
+    pub fn signing_secrets(&self, now: Timestamp) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(prev), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at)
+            && now < until
+        {
+            secrets.push(prev.as_str());
+        }
+        secrets
+    }
+}
+
+/// An absolute `http` or `https` URL with a host, at most 2,048 characters, no credentials and no
+/// fragment. Whether its address may be reached is the dispatcher's SSRF guard's call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let raw = raw.trim();
+        if raw.len() > Self::MAX_LEN {
+            return Err(Invalid::new("url", "must be at most 2048 characters"));
+        }
+        let url = url::Url::parse(raw).map_err(|e| {
+            Invalid::new(
+                "url",
+                format!(
+                    "'{}' is not an absolute URL ({e}); use e.g. https://example.com/webhooks",
+                    crate::truncate_for_message(raw)
+                ),
+            )
+        })?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(Invalid::new("url", "must use https:// (or http://)"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(Invalid::new("url", "must have a host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Invalid::new(
+                "url",
+                "must not contain credentials; use custom headers for authentication",
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(Invalid::new("url", "must not contain a #fragment"));
+        }
+        Ok(Self(url.to_string()))
+    }
+
+    pub fn from_trusted(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+
+/// Parses what a webhook subscribes to. Both lists empty means everything (`events: ["*"]`).
+pub fn parse_subscription(
+    events: Option<Vec<String>>,
+    channels: Option<Vec<String>>,
+) -> Result<(Vec<String>, Vec<String>), Invalid> {
+    let mut parsed_events = Vec::new();
+    for (i, e) in events.unwrap_or_default().into_iter().enumerate() {
+        if e != "*" {
+            crate::event_type::parse_type_name(&e, &format!("events[{i}]"))?;
+        }
+        if !parsed_events.contains(&e) {
+            parsed_events.push(e);
+        }
+    }
+    let mut parsed_channels = Vec::new();
+    for (i, c) in channels.unwrap_or_default().into_iter().enumerate() {
+        if c != "*" {
+            crate::event_type::parse_channel(&c, &format!("channels[{i}]"))?;
+        }
+        if !parsed_channels.contains(&c) {
+            parsed_channels.push(c);
+        }
+    }
+    if parsed_events.len() > 500 || parsed_channels.len() > 100 {
+        return Err(Invalid::new(
+            "events",
+            "at most 500 event types and 100 channels; subscribe to a channel or '*' instead",
+        ));
+    }
+    if parsed_events.is_empty() && parsed_channels.is_empty() {
+        parsed_events.push("*".to_owned());
+    }
+    Ok((parsed_events, parsed_channels))
+}
+
+/// Header names a webhook may not set, because Herald sets them (or HTTP itself does).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "user-agent",
+    "expect",
+];
+
+/// Parses custom headers: at most 20, RFC 9110 token names, visible ASCII values, none that
+/// would override what Herald sets (host, content, signatures, ids).
+pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Invalid> {
+    if raw.len() > 20 {
+        return Err(Invalid::new("headers", "at most 20 custom headers"));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in raw {
+        let field = format!("headers.{}", crate::truncate_for_message(&name));
+        let lower = name.to_ascii_lowercase();
+        let token = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(Invalid::new(field, "is not a valid header name"));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("herald-")
+            || lower.contains("signature")
+            || lower.starts_with("x-opal-")
+            || lower.starts_with("ce-")
+        {
+            return Err(Invalid::new(
+                field,
+                "is set by Herald itself and cannot be overridden",
+            ));
+        }
+        if value.len() > 1024
+            || !value
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            return Err(Invalid::new(
+                field,
+                "value must be at most 1024 visible ASCII characters",
+            ));
+        }
+        out.insert(lower, value);
+    }
+    Ok(out)
+}
+
+/// Parses a timeout override: 100 ms to 60 s.
+pub fn parse_timeout_ms(raw: u64) -> Result<u32, Invalid> {
+    if (100..=60_000).contains(&raw) {
+        Ok(raw as u32)
+    } else {
+        Err(Invalid::new(
+            "timeout_ms",
+            "must be between 100 and 60000 milliseconds",
+        ))
+    }
+}
+
+/// Parses an optional description: at most 1,000 characters.
+pub fn parse_description(raw: Option<String>) -> Result<Option<String>, Invalid> {
+    match raw.map(|d| d.trim().to_owned()) {
+        Some(d) if d.chars().count() > 1000 => Err(Invalid::new(
+            "description",
+            "must be at most 1000 characters",
+        )),
+        Some(d) if d.is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_without_a_scheme_or_with_credentials_is_rejected() {
+        assert!(WebhookUrl::parse("example.com/hook").is_err());
+        assert!(WebhookUrl::parse("ftp://example.com/hook").is_err());
+        assert!(WebhookUrl::parse("https://user:pw@example.com/hook").is_err());
+        assert!(WebhookUrl::parse("https://example.com/hook?a=1").is_ok());
+    }
+
+    #[test]
+    fn no_subscription_means_every_event() {
+        let (events, channels) = parse_subscription(None, None).unwrap();
+        assert_eq!(events, vec!["*"]);
+        assert!(channels.is_empty());
+    }
+
+    #[test]
+    fn a_custom_header_may_not_override_signatures_or_host() {
+        for name in [
+            "Host",
+            "webhook-signature",
+            "X-Optare-Signature",
+            "Content-Type",
+        ] {
+            let raw = BTreeMap::from([(name.to_owned(), "x".to_owned())]);
+            assert!(parse_headers(raw).is_err(), "{name}");
+        }
+        let ok = BTreeMap::from([("X-Team".to_owned(), "identity".to_owned())]);
+        assert_eq!(parse_headers(ok).unwrap()["x-team"], "identity");
+    }
+}

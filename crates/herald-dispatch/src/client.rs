@@ -1,0 +1,145 @@
+//! The outbound HTTP client: keep-alive pooling, no redirects, a timeout over the whole exchange,
+//! and at most a KiB of each response kept.
+
+use std::time::{Duration, Instant};
+
+use herald_core::delivery::{
+    AttemptError, AttemptOutcome, RESPONSE_BODY_KEEP, keep_response_prefix,
+};
+use herald_core::profile::OutgoingRequest;
+
+/// Sends rendered requests. Clone it freely: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+}
+
+impl HttpClient {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        // reqwest is built without a default TLS crypto provider; install ring once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let inner = reqwest::Client::builder()
+            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()?;
+        Ok(Self { inner })
+    }
+
+    /// POSTs `request` to `url` with `extra_headers`, and says how it went.
+    pub async fn send(
+        &self,
+        url: &str,
+        request: OutgoingRequest,
+        extra_headers: &[(String, String)],
+        timeout: Duration,
+    ) -> AttemptOutcome {
+        let started = Instant::now();
+        let mut builder = self.inner.post(url).timeout(timeout);
+        for (name, value) in extra_headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        for (name, value) in request.headers {
+            builder = builder.header(name, value);
+        }
+        let result = builder.body(request.body).send().await;
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => return failed(classify(&e), None, started, String::new(), None),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // Read only what is kept; the rest of the body is not our business.
+        let mut body = Vec::new();
+        while body.len() < RESPONSE_BODY_KEEP {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => {
+                    return failed(
+                        AttemptError::Timeout,
+                        Some(status),
+                        started,
+                        keep_response_prefix(&body),
+                        None,
+                    );
+                }
+                // A body cut short after a complete status line does not change the verdict.
+                Err(_) => break,
+            }
+        }
+        let kept = keep_response_prefix(&body);
+        let duration_ms = elapsed_ms(started);
+        if (200..300).contains(&status) {
+            AttemptOutcome::succeeded(status, duration_ms, kept)
+        } else {
+            let retry_after = if status == 429 || status == 503 {
+                retry_after
+            } else {
+                None
+            };
+            AttemptOutcome::failed(
+                AttemptError::Status(status),
+                Some(status),
+                duration_ms,
+                kept,
+                retry_after,
+            )
+        }
+    }
+}
+
+fn failed(
+    error: AttemptError,
+    status: Option<u16>,
+    started: Instant,
+    body: String,
+    retry_after: Option<u64>,
+) -> AttemptOutcome {
+    AttemptOutcome::failed(error, status, elapsed_ms(started), body, retry_after)
+}
+
+fn elapsed_ms(started: Instant) -> u32 {
+    started.elapsed().as_millis().min(u32::MAX as u128) as u32
+}
+
+/// Sorts a transport error by walking its cause chain.
+fn classify(e: &reqwest::Error) -> AttemptError {
+    if e.is_timeout() {
+        return AttemptError::Timeout;
+    }
+    let chain = error_chain(e);
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        AttemptError::Dns(chain)
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        AttemptError::Tls(chain)
+    } else if e.is_connect() {
+        AttemptError::Connect(chain)
+    } else {
+        AttemptError::Request(chain)
+    }
+}
+
+/// "outer: inner: innermost", without repeating the same text twice.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}

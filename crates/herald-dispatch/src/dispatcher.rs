@@ -1,0 +1,284 @@
+//! Per-webhook queues. Each webhook with work gets its own task and its own concurrency limit,
+//! so an endpoint that hangs until its timeout holds only its own slots; every other webhook's
+//! deliveries go on at full speed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use herald_core::delivery::Attempt;
+use herald_core::directory::Directory;
+use herald_core::profile::RenderInput;
+use herald_core::retry::NextStep;
+use herald_core::store::{AttemptRecord, DueDelivery, Store, StoreError};
+use herald_core::{AttemptId, Clock, DeliveryId, WebhookId};
+
+use crate::client::HttpClient;
+
+/// Tunables of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Requests in flight at once to one webhook.
+    pub per_webhook_concurrency: usize,
+    /// Deliveries held in memory across all queues before new ones are left to the scheduler.
+    pub max_in_memory: usize,
+    /// How long a lease lasts: a delivery leased by a node that died is retried after this.
+    pub lease: Duration,
+    /// A webhook's task ends after this long without work.
+    pub idle_worker: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            per_webhook_concurrency: 16,
+            max_in_memory: 100_000,
+            lease: Duration::from_secs(300),
+            idle_worker: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The handle that ingest, the API and the scheduler use. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    directory: Arc<Directory>,
+    clock: Arc<dyn Clock>,
+    client: HttpClient,
+    settings: DispatchSettings,
+    workers: Mutex<HashMap<WebhookId, mpsc::UnboundedSender<DueDelivery>>>,
+    /// Deliveries in memory (queued or in flight), so the scheduler never hands one out twice.
+    held: Mutex<HashSet<DeliveryId>>,
+    held_count: AtomicUsize,
+    /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
+    wake: Notify,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<Directory>,
+        clock: Arc<dyn Clock>,
+        client: HttpClient,
+        settings: DispatchSettings,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                directory,
+                clock,
+                client,
+                settings,
+                workers: Mutex::new(HashMap::new()),
+                held: Mutex::new(HashSet::new()),
+                held_count: AtomicUsize::new(0),
+                wake: Notify::new(),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &DispatchSettings {
+        &self.shared.settings
+    }
+
+    /// Whether new deliveries may be held in memory; if not, ingest stores them unleased and the
+    /// scheduler brings them in when there is room.
+    pub fn has_room(&self) -> bool {
+        self.held() < self.shared.settings.max_in_memory
+    }
+
+    /// Deliveries currently held in memory.
+    pub fn held(&self) -> usize {
+        self.shared.held_count.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the scheduler to look for due work now.
+    pub fn wake_scheduler(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    pub(crate) async fn scheduler_woken(&self) {
+        self.shared.wake.notified().await;
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    /// Queues leased deliveries for their webhooks. A delivery already held is skipped.
+    pub fn enqueue(&self, deliveries: Vec<DueDelivery>) {
+        let fresh: Vec<DueDelivery> = {
+            let mut held = self.shared.held.lock().expect("held lock");
+            deliveries
+                .into_iter()
+                .filter(|d| held.insert(d.delivery_id.clone()))
+                .collect()
+        };
+        self.shared
+            .held_count
+            .fetch_add(fresh.len(), Ordering::Relaxed);
+        let mut workers = self.shared.workers.lock().expect("workers lock");
+        for delivery in fresh {
+            let webhook_id = delivery.webhook_id.clone();
+            let delivery = match workers.get(&webhook_id) {
+                Some(tx) => match tx.send(delivery) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::SendError(d)) => d,
+                },
+                None => delivery,
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            tx.send(delivery).expect("the receiver is alive");
+            workers.insert(webhook_id.clone(), tx);
+            let this = self.clone();
+            self.shared
+                .tasks
+                .lock()
+                .expect("tasks lock")
+                .spawn(async move { this.run_worker(webhook_id, rx).await });
+        }
+    }
+
+    /// One webhook's queue: takes deliveries in order and runs up to the concurrency limit.
+    async fn run_worker(self, webhook_id: WebhookId, mut rx: mpsc::UnboundedReceiver<DueDelivery>) {
+        let slots = Arc::new(Semaphore::new(self.shared.settings.per_webhook_concurrency));
+        let mut in_flight = JoinSet::new();
+        loop {
+            let next = tokio::select! {
+                d = rx.recv() => d,
+                _ = tokio::time::sleep(self.shared.settings.idle_worker) => None,
+            };
+            let delivery = match next {
+                Some(d) => d,
+                None => {
+                    // Idle: leave unless something arrived while we decided.
+                    let mut workers = self.shared.workers.lock().expect("workers lock");
+                    match rx.try_recv() {
+                        Ok(d) => d,
+                        Err(_) => {
+                            workers.remove(&webhook_id);
+                            break;
+                        }
+                    }
+                }
+            };
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let this = self.clone();
+            in_flight.spawn(async move {
+                this.attempt(delivery).await;
+                drop(permit);
+            });
+            while in_flight.try_join_next().is_some() {}
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Makes one attempt of one delivery and records it.
+    async fn attempt(&self, due: DueDelivery) {
+        let id = due.delivery_id.clone();
+        if let Err(e) = self.try_attempt(due).await {
+            // The lease stays; the delivery is picked up again when it runs out.
+            tracing::error!(delivery = %id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
+        }
+        if self.shared.held.lock().expect("held lock").remove(&id) {
+            self.shared.held_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn try_attempt(&self, due: DueDelivery) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let snapshot = match shared.directory.snapshot(&due.org_id).await {
+            Ok(s) => s,
+            // The organization was deleted, and its deliveries with it.
+            Err(StoreError::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(webhook) = snapshot.webhook(&due.webhook_id).cloned() else {
+            // Deleted: its pending deliveries were cancelled with it.
+            return Ok(());
+        };
+        if !webhook.active {
+            return shared.store.release_lease(&due.delivery_id).await;
+        }
+        let started_at = shared.clock.now();
+        let request = webhook.profile.profile().render(&RenderInput {
+            event: &due.event,
+            webhook: &webhook,
+            org: &snapshot.org,
+            delivery_id: &due.delivery_id,
+            now: started_at,
+        });
+        let headers: Vec<(String, String)> = webhook
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        let outcome = shared
+            .client
+            .send(webhook.url.as_str(), request, &headers, timeout)
+            .await;
+        let number = due.attempt_count + 1;
+        let jitter: f64 = rand::random();
+        let next = webhook.effective_retry_schedule().next_step(
+            number.saturating_sub(due.schedule_base),
+            &outcome,
+            shared.clock.now(),
+            jitter,
+        );
+        match (&next, &outcome.error) {
+            (NextStep::Failed, Some(error)) => tracing::warn!(
+                delivery = %due.delivery_id, webhook = %webhook.id, attempts = number,
+                error = error.code(), "delivery failed after its last attempt"
+            ),
+            (NextStep::RetryAt(at), Some(error)) => tracing::debug!(
+                delivery = %due.delivery_id, error = error.code(), retry_at = %at.to_rfc3339(), "attempt failed"
+            ),
+            _ => {}
+        }
+        let record = AttemptRecord {
+            org_id: due.org_id.clone(),
+            attempt: Attempt {
+                id: AttemptId::generate(),
+                delivery_id: due.delivery_id.clone(),
+                number,
+                started_at,
+                duration_ms: outcome.duration_ms,
+                status: outcome.status,
+                error: outcome.error.as_ref().map(|e| e.code().to_owned()),
+                error_message: outcome.error.as_ref().map(|e| e.message()),
+                response_body: outcome.response_body,
+            },
+            next,
+        };
+        shared.store.record_attempt(&record).await?;
+        if matches!(next, NextStep::RetryAt(_)) {
+            self.wake_scheduler();
+        }
+        Ok(())
+    }
+
+    /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and
+    /// ingest have stopped feeding it), up to `grace`.
+    pub async fn drain(&self, grace: Duration) {
+        self.shared.workers.lock().expect("workers lock").clear();
+        let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+}

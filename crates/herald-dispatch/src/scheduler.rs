@@ -1,0 +1,70 @@
+//! The retry scheduler: sleeps until the earliest due delivery (or until woken), leases what is
+//! due from the store and hands it to the dispatcher. It is the only reader of pending work;
+//! fresh deliveries from ingest never pass through it.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::dispatcher::Dispatcher;
+
+/// How many deliveries one claim leases.
+const CLAIM_BATCH: u32 = 500;
+/// The longest the scheduler sleeps without looking, in case a wake-up was missed.
+const IDLE_LOOK: Duration = Duration::from_secs(5);
+/// How long to wait before trying again after the store failed.
+const STORE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs until `shutdown` turns true.
+pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let wait = match tick(&dispatcher).await {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "the scheduler could not read due deliveries");
+                STORE_BACKOFF
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = dispatcher.scheduler_woken() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Claims what is due; returns how long to sleep before looking again.
+async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::StoreError> {
+    let store = dispatcher.store();
+    let now = dispatcher.clock().now();
+    let room = dispatcher
+        .settings()
+        .max_in_memory
+        .saturating_sub(dispatcher.held());
+    if room > 0 {
+        let lease_until = now.plus_millis(dispatcher.settings().lease.as_millis() as i64);
+        let limit = CLAIM_BATCH.min(room as u32);
+        let due = store.claim_due(now, lease_until, limit).await?;
+        let full = due.len() as u32 == limit;
+        if !due.is_empty() {
+            tracing::debug!(count = due.len(), "leased due deliveries");
+            dispatcher.enqueue(due);
+        }
+        if full {
+            return Ok(Duration::ZERO);
+        }
+    } else {
+        return Ok(IDLE_LOOK.min(Duration::from_millis(200)));
+    }
+    let wait = match store.next_due_at().await? {
+        Some(at) => Duration::from_millis((at.as_millis() - now.as_millis()).max(1) as u64),
+        None => IDLE_LOOK,
+    };
+    Ok(wait.min(IDLE_LOOK))
+}

@@ -1,0 +1,16 @@
+//! The numbered schema migrations of every backend, compiled in.
+
+/// One migration: its number, name and SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// SQLite's migrations, in order.
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+}];

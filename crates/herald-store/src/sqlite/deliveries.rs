@@ -1,0 +1,305 @@
+//! Events, deliveries and attempts: ingest, claiming due work, recording outcomes, history.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use herald_core::delivery::{Attempt, Delivery};
+use herald_core::event::Event;
+use herald_core::retry::NextStep;
+use herald_core::store::{AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult};
+use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
+
+use super::rows;
+use super::{DbResult, conflict, not_found, paginate};
+
+pub(crate) fn insert_events(
+    conn: &Connection,
+    org: &OrgId,
+    items: &[IngestItem],
+    now: Timestamp,
+    lease_until: Timestamp,
+) -> DbResult<Vec<IngestResult>> {
+    let mut insert_event = conn.prepare_cached(
+        "INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, id) DO NOTHING",
+    )?;
+    let mut insert_delivery = conn.prepare_cached(
+        "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, attempt_count, \
+         schedule_base, next_attempt_at, due_at, lease_until, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?, ?)",
+    )?;
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let e = &item.event;
+        let inserted = insert_event.execute(params![
+            org.as_str(),
+            e.id,
+            e.event_type,
+            e.occurred_at.as_millis(),
+            e.received_at.as_millis(),
+            e.correlation_id,
+            e.data.get()
+        ])?;
+        if inserted == 0 {
+            results.push(IngestResult::Duplicate);
+            continue;
+        }
+        for d in &item.deliveries {
+            let lease = d.leased.then_some(lease_until.as_millis());
+            insert_delivery.execute(params![
+                d.id.as_str(),
+                org.as_str(),
+                d.webhook_id.as_str(),
+                e.id,
+                e.event_type,
+                now.as_millis(),
+                lease.unwrap_or(now.as_millis()),
+                lease,
+                now.as_millis(),
+                now.as_millis()
+            ])?;
+        }
+        results.push(IngestResult::Stored);
+    }
+    Ok(results)
+}
+
+const DUE_SELECT: &str = "SELECT d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
+     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data \
+     FROM deliveries d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id";
+
+fn due_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
+    Ok(DueDelivery {
+        delivery_id: DeliveryId::from_trusted(row.get(0)?),
+        org_id: OrgId::from_trusted(row.get(1)?),
+        webhook_id: WebhookId::from_trusted(row.get(2)?),
+        attempt_count: row.get(3)?,
+        schedule_base: row.get(4)?,
+        event: Arc::new(rows::event_at(row, 5)?),
+    })
+}
+
+pub(crate) fn claim_due(
+    conn: &Connection,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: u32,
+) -> DbResult<Vec<DueDelivery>> {
+    let sql = format!(
+        "{DUE_SELECT} JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE d.state = 'pending' AND d.due_at <= ?1 AND w.active = 1 AND w.deleted_at IS NULL \
+         ORDER BY d.due_at LIMIT ?2"
+    );
+    let due = conn
+        .prepare_cached(&sql)?
+        .query_map(params![now.as_millis(), limit], due_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lease =
+        conn.prepare_cached("UPDATE deliveries SET lease_until = ?1, due_at = ?1 WHERE id = ?2")?;
+    for d in &due {
+        lease.execute(params![lease_until.as_millis(), d.delivery_id.as_str()])?;
+    }
+    Ok(due)
+}
+
+pub(crate) fn next_due_at(conn: &Connection) -> DbResult<Option<Timestamp>> {
+    let next: Option<i64> = conn
+        .prepare_cached("SELECT MIN(due_at) FROM deliveries WHERE state = 'pending'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(next.map(Timestamp::from_millis))
+}
+
+/// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
+const DUE_UNLESS_PARKED: &str = "CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
+     THEN next_attempt_at ELSE NULL END";
+
+pub(crate) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> DbResult<()> {
+    let a = &r.attempt;
+    conn.prepare_cached(
+        "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, error, \
+         error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        a.id.as_str(),
+        a.delivery_id.as_str(),
+        a.number,
+        a.started_at.as_millis(),
+        a.duration_ms,
+        a.status,
+        a.error,
+        a.error_message,
+        a.response_body
+    ])?;
+    let (state, next_at) = match r.next {
+        NextStep::Succeeded => ("succeeded", None),
+        NextStep::Failed => ("failed", None),
+        NextStep::RetryAt(at) => ("pending", Some(at.as_millis())),
+    };
+    let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = ?1, attempt_count = ?2, next_attempt_at = ?3, \
+         due_at = CASE WHEN ?3 IS NOT NULL \
+             AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN ?3 ELSE NULL END, \
+         lease_until = NULL, last_status = ?4, last_error = ?5, updated_at = ?6 \
+         WHERE id = ?7 AND state = 'pending'",
+    )?
+    .execute(params![
+        state,
+        a.number,
+        next_at,
+        a.status,
+        a.error,
+        updated_at,
+        a.delivery_id.as_str()
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn release_lease(conn: &Connection, id: &DeliveryId) -> DbResult<()> {
+    conn.prepare_cached(&format!(
+        "UPDATE deliveries SET lease_until = NULL, due_at = {DUE_UNLESS_PARKED} \
+         WHERE id = ? AND state = 'pending'"
+    ))?
+    .execute([id.as_str()])?;
+    Ok(())
+}
+
+pub(crate) fn release_all_leases(conn: &Connection) -> DbResult<u64> {
+    let n = conn.execute(
+        &format!(
+            "UPDATE deliveries SET lease_until = NULL, due_at = {DUE_UNLESS_PARKED} \
+             WHERE state = 'pending' AND lease_until IS NOT NULL"
+        ),
+        [],
+    )?;
+    Ok(n as u64)
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    org: &OrgId,
+    webhook: &WebhookId,
+    filter: &DeliveryFilter,
+    page: &PageRequest,
+) -> DbResult<Page<Delivery>> {
+    let sql = format!(
+        "SELECT {} FROM deliveries WHERE webhook_id = ?1 AND org_id = ?2 \
+         AND (?3 IS NULL OR id < ?3) AND (?4 IS NULL OR state = ?4) AND (?5 IS NULL OR event_type = ?5) \
+         ORDER BY id DESC LIMIT ?6",
+        rows::DELIVERY_COLUMNS
+    );
+    let items = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![
+                webhook.as_str(),
+                org.as_str(),
+                page.cursor,
+                filter.state.map(|s| s.as_str()),
+                filter.event_type,
+                page.limit + 1
+            ],
+            rows::delivery,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(paginate(items, page, |d| d.id.to_string()))
+}
+
+pub(crate) fn get(
+    conn: &Connection,
+    org: &OrgId,
+    id: &DeliveryId,
+) -> DbResult<(Delivery, Vec<Attempt>)> {
+    let sql = format!(
+        "SELECT {} FROM deliveries WHERE org_id = ? AND id = ?",
+        rows::DELIVERY_COLUMNS
+    );
+    let delivery = conn
+        .prepare_cached(&sql)?
+        .query_row([org.as_str(), id.as_str()], rows::delivery)
+        .optional()?
+        .ok_or_else(not_found)?;
+    let sql = format!(
+        "SELECT {} FROM attempts WHERE delivery_id = ? ORDER BY number, started_at",
+        rows::ATTEMPT_COLUMNS
+    );
+    let attempts = conn
+        .prepare_cached(&sql)?
+        .query_map([id.as_str()], rows::attempt)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((delivery, attempts))
+}
+
+pub(crate) fn get_event(conn: &Connection, org: &OrgId, id: &str) -> DbResult<Event> {
+    let sql = format!(
+        "SELECT {} FROM events WHERE org_id = ? AND id = ?",
+        rows::EVENT_COLUMNS
+    );
+    conn.prepare_cached(&sql)?
+        .query_row([org.as_str(), id], |r| rows::event_at(r, 0))
+        .optional()?
+        .ok_or_else(not_found)
+}
+
+pub(crate) fn resend(
+    conn: &Connection,
+    org: &OrgId,
+    id: &DeliveryId,
+    now: Timestamp,
+    lease_until: Timestamp,
+) -> DbResult<DueDelivery> {
+    let state: Option<(String, bool, bool)> = conn
+        .prepare_cached(
+            "SELECT d.state, w.active, w.deleted_at IS NOT NULL FROM deliveries d \
+             JOIN webhooks w ON w.id = d.webhook_id WHERE d.org_id = ? AND d.id = ?",
+        )?
+        .query_row([org.as_str(), id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((state, active, deleted)) = state else {
+        return Err(not_found());
+    };
+    if deleted {
+        return Err(conflict(
+            "the delivery's webhook was deleted; it cannot be resent".into(),
+        ));
+    }
+    if !active {
+        return Err(conflict(
+            "the delivery's webhook is disabled; activate it first".into(),
+        ));
+    }
+    if state == "pending" {
+        return Err(conflict(
+            "the delivery is still pending; it will be attempted on its schedule".into(),
+        ));
+    }
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = ?1, \
+         due_at = ?2, lease_until = ?2, updated_at = ?1 WHERE id = ?3",
+    )?
+    .execute(params![now.as_millis(), lease_until.as_millis(), id.as_str()])?;
+    let sql = format!("{DUE_SELECT} WHERE d.id = ?");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id.as_str()], due_row)?)
+}
+
+pub(crate) fn recover_failed(
+    conn: &Connection,
+    org: &OrgId,
+    webhook: &WebhookId,
+    since: Timestamp,
+    now: Timestamp,
+) -> DbResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = ?1, \
+             due_at = ?1, lease_until = NULL, updated_at = ?1 \
+             WHERE org_id = ?2 AND webhook_id = ?3 AND state = 'failed' AND created_at >= ?4",
+        )?
+        .execute(params![now.as_millis(), org.as_str(), webhook.as_str(), since.as_millis()])?;
+    Ok(n as u64)
+}

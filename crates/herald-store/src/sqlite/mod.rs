@@ -1,0 +1,404 @@
+//! The embedded SQLite backend: one file, WAL mode, `synchronous=FULL` (an acknowledged event
+//! survives power loss), one writer thread doing group commits and a small pool of readers.
+
+mod deliveries;
+mod orgs;
+mod pool;
+mod rows;
+mod webhooks;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+
+use herald_core::delivery::{Attempt, Delivery};
+use herald_core::event::Event;
+use herald_core::event_type::CustomEventType;
+use herald_core::org::{ApiKey, Organization};
+use herald_core::store::{
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, Store, StoreError,
+    StoreResult,
+};
+use herald_core::webhook::Webhook;
+use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
+
+use crate::migrations;
+use pool::ReadPool;
+use writer::Writer;
+
+/// How many read connections serve the API at once.
+const READERS: usize = 4;
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    readers: ReadPool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_connection(&path, false)?;
+        migrate(&conn)?;
+        Ok(Self {
+            writer: Writer::start(conn),
+            readers: ReadPool::new(path.clone(), READERS),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+    {
+        self.writer
+            .write(move |c| f(c).map_err(StoreError::from_db))
+            .await
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+    {
+        self.readers
+            .read(move |c| f(c).map_err(StoreError::from_db))
+            .await
+    }
+}
+
+/// Opens one connection with Herald's settings.
+pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(|e| classify(&e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| classify(&e))?;
+    // WAL lets readers run beside the writer; FULL makes every commit durable before we answer.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; \
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;",
+    )
+    .map_err(|e| classify(&e))?;
+    if read_only {
+        conn.execute_batch("PRAGMA query_only = 1")
+            .map_err(|e| classify(&e))?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let run = || -> rusqlite::Result<()> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )?;
+        for m in migrations::SQLITE {
+            let done: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)",
+                [m.version],
+                |r| r.get(0),
+            )?;
+            if done {
+                continue;
+            }
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(m.sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                rusqlite::params![
+                    m.version,
+                    m.name,
+                    herald_core::Clock::now(&herald_core::SystemClock).as_millis()
+                ],
+            )?;
+            tx.commit()?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+        }
+        Ok(())
+    };
+    run().map_err(|e| classify(&e))
+}
+
+/// What the SQL functions return: either a database error or a domain answer (not found,
+/// conflict) decided while looking at the rows.
+pub(crate) enum DbError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+pub(crate) type DbResult<T> = Result<T, DbError>;
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<StoreError> for DbError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+trait FromDb {
+    fn from_db(e: DbError) -> Self;
+}
+
+impl FromDb for StoreError {
+    fn from_db(e: DbError) -> Self {
+        match e {
+            DbError::Sql(e) => classify(&e),
+            DbError::Store(e) => e,
+        }
+    }
+}
+
+pub(crate) fn not_found() -> DbError {
+    DbError::Store(StoreError::NotFound)
+}
+
+pub(crate) fn conflict(message: String) -> DbError {
+    DbError::Store(StoreError::Conflict(message))
+}
+
+/// Sorts a SQLite error into the store's classes.
+pub(crate) fn classify(e: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::DiskFull,
+        ) => StoreError::Unavailable(e.to_string().into()),
+        _ => StoreError::Other(e.to_string().into()),
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+/// Cuts the one extra row a list query fetched and turns it into the next cursor.
+pub(crate) fn paginate<T>(
+    mut items: Vec<T>,
+    page: &PageRequest,
+    key: impl Fn(&T) -> String,
+) -> Page<T> {
+    let next_cursor = if items.len() > page.limit as usize {
+        items.truncate(page.limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    };
+    Page {
+        data: items,
+        next_cursor,
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_org(&self, org: &Organization) -> StoreResult<()> {
+        let org = org.clone();
+        self.write(move |c| orgs::create(c, &org)).await
+    }
+
+    async fn list_orgs(&self, page: &PageRequest) -> StoreResult<Page<Organization>> {
+        let page = page.clone();
+        self.read(move |c| orgs::list(c, &page)).await
+    }
+
+    async fn get_org(&self, id: &OrgId) -> StoreResult<Organization> {
+        let id = id.clone();
+        self.read(move |c| orgs::get(c, &id)).await
+    }
+
+    async fn update_org(&self, org: &Organization) -> StoreResult<()> {
+        let org = org.clone();
+        self.write(move |c| orgs::update(c, &org)).await
+    }
+
+    async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {
+        let id = id.clone();
+        self.write(move |c| orgs::delete(c, &id)).await
+    }
+
+    async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let key = key.clone();
+        self.write(move |c| orgs::create_api_key(c, &key)).await
+    }
+
+    async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKey>> {
+        let org = org.clone();
+        self.read(move |c| orgs::list_api_keys(c, &org)).await
+    }
+
+    async fn delete_api_key(&self, org: &OrgId, id: &ApiKeyId) -> StoreResult<()> {
+        let (org, id) = (org.clone(), id.clone());
+        self.write(move |c| orgs::delete_api_key(c, &org, &id))
+            .await
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        let hash = key_hash.to_owned();
+        self.read(move |c| orgs::find_api_key(c, &hash)).await
+    }
+
+    async fn create_event_type(&self, event_type: &CustomEventType) -> StoreResult<()> {
+        let t = event_type.clone();
+        self.write(move |c| orgs::create_event_type(c, &t)).await
+    }
+
+    async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<CustomEventType>> {
+        let org = org.clone();
+        self.read(move |c| orgs::list_event_types(c, &org)).await
+    }
+
+    async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        let w = webhook.clone();
+        self.write(move |c| webhooks::create(c, &w)).await
+    }
+
+    async fn list_webhooks(&self, org: &OrgId, page: &PageRequest) -> StoreResult<Page<Webhook>> {
+        let (org, page) = (org.clone(), page.clone());
+        self.read(move |c| webhooks::list(c, &org, &page)).await
+    }
+
+    async fn org_webhooks(&self, org: &OrgId) -> StoreResult<Vec<Webhook>> {
+        let org = org.clone();
+        self.read(move |c| webhooks::all_of_org(c, &org)).await
+    }
+
+    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> StoreResult<Webhook> {
+        let (org, id) = (org.clone(), id.clone());
+        self.read(move |c| webhooks::get(c, &org, &id)).await
+    }
+
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        let w = webhook.clone();
+        self.write(move |c| webhooks::update(c, &w)).await
+    }
+
+    async fn delete_webhooks(
+        &self,
+        org: &OrgId,
+        ids: &[WebhookId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<WebhookId>> {
+        let (org, ids) = (org.clone(), ids.to_vec());
+        self.write(move |c| webhooks::delete_many(c, &org, &ids, now))
+            .await
+    }
+
+    async fn insert_events(
+        &self,
+        org: &OrgId,
+        items: &[IngestItem],
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<IngestResult>> {
+        let (org, items) = (org.clone(), items.to_vec());
+        self.write(move |c| deliveries::insert_events(c, &org, &items, now, lease_until))
+            .await
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        self.write(move |c| deliveries::claim_due(c, now, lease_until, limit))
+            .await
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
+        self.read(deliveries::next_due_at).await
+    }
+
+    async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
+        let record = record.clone();
+        self.write(move |c| deliveries::record_attempt(c, &record))
+            .await
+    }
+
+    async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
+        let id = id.clone();
+        self.write(move |c| deliveries::release_lease(c, &id)).await
+    }
+
+    async fn release_all_leases(&self) -> StoreResult<u64> {
+        self.write(deliveries::release_all_leases).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        filter: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Delivery>> {
+        let (org, webhook, filter, page) =
+            (org.clone(), webhook.clone(), filter.clone(), page.clone());
+        self.read(move |c| deliveries::list(c, &org, &webhook, &filter, &page))
+            .await
+    }
+
+    async fn get_delivery(
+        &self,
+        org: &OrgId,
+        id: &DeliveryId,
+    ) -> StoreResult<(Delivery, Vec<Attempt>)> {
+        let (org, id) = (org.clone(), id.clone());
+        self.read(move |c| deliveries::get(c, &org, &id)).await
+    }
+
+    async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event> {
+        let (org, id) = (org.clone(), id.to_owned());
+        self.read(move |c| deliveries::get_event(c, &org, &id))
+            .await
+    }
+
+    async fn resend_delivery(
+        &self,
+        org: &OrgId,
+        id: &DeliveryId,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<DueDelivery> {
+        let (org, id) = (org.clone(), id.clone());
+        self.write(move |c| deliveries::resend(c, &org, &id, now, lease_until))
+            .await
+    }
+
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let (org, webhook) = (org.clone(), webhook.clone());
+        self.write(move |c| deliveries::recover_failed(c, &org, &webhook, since, now))
+            .await
+    }
+}

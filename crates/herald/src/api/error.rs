@@ -1,0 +1,117 @@
+//! The one place where errors become HTTP answers: `{"error": {"code", "message", "field"?}}`.
+//! To add a case, add a `ServiceError` variant and give it a status and a stable code below.
+//! 5xx answers never carry internal text; the cause is logged once here.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::service::ServiceError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError as E;
+        match e {
+            E::Invalid(i) => Self {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_field",
+                message: if i.field.is_empty() {
+                    i.message.clone()
+                } else {
+                    format!("{}: {}", i.field, i.message)
+                },
+                field: (!i.field.is_empty()).then_some(i.field),
+            },
+            E::UnknownEventType(name, field) => Self {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "unknown_event_type",
+                message: format!(
+                    "the event type '{name}' is not in this organization's catalogs nor registered by it; list the known types with GET /v1/orgs/{{org}}/event-types or register it with POST /v1/orgs/{{org}}/event-types"
+                ),
+                field: Some(field),
+            },
+            E::SchemaViolation(i) => Self {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "schema_violation",
+                message: format!("{}: {}", i.field, i.message),
+                field: Some(i.field),
+            },
+            E::NotFound(what) => Self::not_found(what),
+            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            E::Forbidden => Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this operation needs the admin token, not an organization API key",
+            ),
+            E::Unavailable(cause) => {
+                tracing::warn!(error = %cause, source = ?std::error::Error::source(&cause), "storage unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; try again shortly",
+                )
+            }
+            E::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?std::error::Error::source(&cause), "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

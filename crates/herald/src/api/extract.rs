@@ -1,0 +1,147 @@
+//! Extractors: who is calling ([`Caller`]), JSON bodies with clear errors ([`JsonBody`]), and
+//! typed ids from the path.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::service::Scope;
+
+/// The authenticated caller's scope, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Scope);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        if token.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send 'Authorization: Bearer <token>' with the admin token or an organization API key",
+            ));
+        }
+        match state.auth.resolve(token).await? {
+            Some(scope) => Ok(Caller(scope)),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is not valid (neither the admin token nor a current API key)",
+            )),
+        }
+    }
+}
+
+/// A JSON body whose errors say what is wrong (and where), as `400 invalid_json`, or `413` when
+/// it is over the size limit.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match read_json(req, state).await? {
+            Some(v) => Ok(JsonBody(v)),
+            None => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the request body is empty; send a JSON object",
+            )),
+        }
+    }
+}
+
+/// Like [`JsonBody`], but an empty body is `None` (for operations whose body is optional).
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_json(req, state).await.map(OptionalJsonBody)
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(
+    req: Request,
+    state: &AppState,
+) -> Result<Option<T>, ApiError> {
+    let limit = state.settings.server.max_body_bytes;
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than {limit} bytes; split it into smaller requests"
+                ),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid JSON for this operation: {e}"),
+        )
+    })
+}
+
+/// Parses a path id, answering 404 for anything that is not one (an id of the wrong shape
+/// cannot exist).
+pub fn path_id<T>(
+    raw: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
+) -> Result<T, ApiError> {
+    parse(raw).map_err(|_| ApiError::not_found(what))
+}
+
+/// Query parameters with a JSON error when they do not parse.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(QueryParams)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("the query string is not valid: {e}"),
+                )
+            })
+    }
+}

@@ -1,0 +1,171 @@
+//! Wiring: opens the store, builds the directory, dispatcher and authenticator into an
+//! [`AppState`], and runs the HTTP server with the scheduler beside it until shutdown.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use herald_core::directory::Directory;
+use herald_core::store::Store;
+use herald_core::{Clock, Timestamp};
+use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler};
+use herald_store::SqliteStore;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::service::auth::Authenticator;
+
+/// Everything a request handler or use case needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub directory: Arc<Directory>,
+    pub dispatcher: Dispatcher,
+    pub clock: Arc<dyn Clock>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// Until when a delivery handed to this node's dispatcher now stays leased to it.
+    pub fn lease_until(&self, now: Timestamp) -> Timestamp {
+        now.plus_millis(self.dispatcher.settings().lease.as_millis() as i64)
+    }
+}
+
+/// Where the admin token came from, so the CLI can tell the user once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    /// From `--admin-token` / `HERALD_ADMIN_TOKEN`.
+    Configured,
+    /// Generated now and saved in this file.
+    Generated(PathBuf),
+    /// Read from this file, generated on an earlier start.
+    Stored(PathBuf),
+}
+
+/// A built application, ready to run.
+pub struct App {
+    pub state: AppState,
+    pub admin_token: String,
+    pub admin_token_source: AdminTokenSource,
+}
+
+/// Opens everything the server needs. Fails with a message that says what to do.
+pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    if let Some(url) = &settings.storage.database_url {
+        anyhow::bail!(
+            "HERALD_DATABASE_URL / --database-url is set ({}), but the PostgreSQL backend is not available in this version; unset it to use the embedded SQLite database",
+            url.split('@').next_back().unwrap_or_default()
+        );
+    }
+    let data_dir = settings.storage.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
+    let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
+
+    let db_path = data_dir.join("herald.db");
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+        .await?
+        .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    // This node is the only user of the embedded database: whatever a previous run held in
+    // memory was lost with it and is due again now.
+    let released = store.release_all_leases().await?;
+    if released > 0 {
+        tracing::info!(
+            count = released,
+            "resuming deliveries left in flight by the previous run"
+        );
+    }
+
+    let directory = Arc::new(Directory::new(store.clone()));
+    let client = HttpClient::new().context("could not build the HTTP client")?;
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        directory.clone(),
+        clock.clone(),
+        client,
+        DispatchSettings::default(),
+    );
+    let state = AppState {
+        auth: Arc::new(Authenticator::new(&admin_token, store.clone())),
+        store,
+        directory,
+        dispatcher,
+        clock,
+        metrics: Arc::new(Metrics::default()),
+        settings: Arc::new(settings),
+    };
+    Ok(App {
+        state,
+        admin_token,
+        admin_token_source,
+    })
+}
+
+fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {
+    if let Some(token) = &settings.security.admin_token {
+        if token.len() < 16 {
+            anyhow::bail!(
+                "the admin token must be at least 16 characters; use a long random string"
+            );
+        }
+        return Ok((token.clone(), AdminTokenSource::Configured));
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(stored) = std::fs::read_to_string(&path) {
+        let stored = stored.trim().to_owned();
+        if !stored.is_empty() {
+            return Ok((stored, AdminTokenSource::Stored(path)));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("hadm_{}", hex::encode(bytes));
+    write_private(&path, &token)
+        .with_context(|| format!("could not save the admin token to {}", path.display()))?;
+    Ok((token, AdminTokenSource::Generated(path)))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Serves the API on `listener` and runs the scheduler until `shutdown` completes; then stops
+/// taking requests and lets in-flight deliveries finish for a few seconds.
+pub async fn run(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = app.state;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(state.dispatcher.clone(), stop_rx));
+    let router = crate::api::router(state.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    state.dispatcher.drain(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! The `herald` command line.
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+/// Herald: webhook delivery for identity and access events.
+///
+/// Producers post events to Herald; Herald stores them durably, fans them out to every
+/// subscribed webhook, signs each request, delivers it, retries on schedule and keeps every
+/// attempt.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Herald server (API and delivery). With no flags: 127.0.0.1:7600, data in
+    /// ./herald-data (embedded SQLite).
+    Serve(Box<Settings>),
+    /// Apply database migrations and exit (`serve` also applies them on start).
+    Migrate(Box<Settings>),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(settings) => serve::serve(*settings),
+        Command::Migrate(settings) => serve::migrate(*settings),
+    }
+}

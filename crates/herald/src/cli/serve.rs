@@ -1,0 +1,96 @@
+//! `herald serve` and `herald migrate`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use herald_core::SystemClock;
+
+use crate::app::{self, AdminTokenSource};
+use crate::config::{LogFormat, Settings};
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.logging.log).with_context(|| {
+        format!(
+            "'{}' is not a valid log filter; try 'info' or 'herald=debug,info'",
+            settings.logging.log
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.logging.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+pub fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings)?;
+    runtime()?.block_on(async move {
+        let listen = settings.server.listen;
+        let public_url = settings.server.public_url.clone();
+        let data_dir = settings.storage.data_dir.clone();
+        let app = app::build(settings, Arc::new(SystemClock)).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("could not listen on {listen}; is another Herald running? choose another address with --listen"))?;
+        let addr = listener.local_addr()?;
+        let base = public_url.unwrap_or_else(|| format!("http://{addr}"));
+        tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving {base}/v1", herald_core::VERSION);
+        match &app.admin_token_source {
+            AdminTokenSource::Generated(path) => {
+                // Shown once, on stdout, so it can be captured; never logged.
+                println!("Admin token (shown once; kept in {}):\n\n    {}\n", path.display(), app.admin_token);
+                println!("Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\n", app.admin_token);
+            }
+            AdminTokenSource::Stored(path) => {
+                tracing::info!("using the admin token kept in {}", path.display());
+            }
+            AdminTokenSource::Configured => {}
+        }
+        app::run(app, listener, shutdown_signal()).await
+    })
+}
+
+pub fn migrate(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings)?;
+    runtime()?.block_on(async move {
+        let dir = settings.storage.data_dir.clone();
+        app::build(settings, Arc::new(SystemClock)).await?;
+        println!("The database in {} is up to date.", dir.display());
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: no new requests; finishing deliveries in flight");
+}

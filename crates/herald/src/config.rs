@@ -1,0 +1,103 @@
+//! Settings: every one a flag with an environment variable, validated into [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// `herald serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub server: ServerSettings,
+    #[command(flatten)]
+    pub storage: StorageSettings,
+    #[command(flatten)]
+    pub security: SecuritySettings,
+    #[command(flatten)]
+    pub logging: LogSettings,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerSettings {
+    /// Address to serve the API on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7600")]
+    pub listen: SocketAddr,
+    /// The public base URL of this server, as receivers and browsers reach it (used in links and
+    /// token issuers). Defaults to http://<listen>.
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Storage")]
+pub struct StorageSettings {
+    /// Where the embedded database and generated secrets live.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects PostgreSQL instead of the embedded database (not available yet).
+    #[arg(long, env = "HERALD_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Security")]
+pub struct SecuritySettings {
+    /// The admin bearer token. Without it, one is generated on first start and kept in the data
+    /// directory.
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Comma-separated CIDRs that deliveries may reach although they are not public.
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", value_delimiter = ',')]
+    pub allow_private_networks: Vec<String>,
+    /// Allow http:// webhook URLs for profiles that otherwise require https://.
+    #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS")]
+    pub allow_insecure_urls: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogSettings {
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `herald=debug,info`.
+    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: everything at its default, data in `data_dir`.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        Self {
+            server: ServerSettings {
+                listen: "127.0.0.1:0".parse().expect("a valid address"),
+                public_url: None,
+                max_body_bytes: 1024 * 1024,
+            },
+            storage: StorageSettings {
+                data_dir,
+                database_url: None,
+            },
+            security: SecuritySettings {
+                admin_token: None,
+                allow_private_networks: Vec::new(),
+                allow_insecure_urls: false,
+            },
+            logging: LogSettings {
+                log_format: LogFormat::Text,
+                log: "info".into(),
+            },
+        }
+    }
+}

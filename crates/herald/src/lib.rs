@@ -1,0 +1,14 @@
+//! Herald: self-hosted webhook delivery for identity and access events.
+//!
+//! - [`config`]: settings from flags and environment variables.
+//! - [`app`]: wiring and the server's run loop.
+//! - [`service`]: use cases shared by the API and the CLI.
+//! - [`api`]: the JSON API over HTTP (axum); maps service errors to statuses in one place.
+//! - [`cli`]: the `herald` command.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod service;

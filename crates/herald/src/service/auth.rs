@@ -1,0 +1,168 @@
+//! Who is calling: the admin (one token for the whole server) or one organization's API key.
+//! Keys are kept only as SHA-256 hashes; both kinds are compared without timing leaks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use herald_core::org::ApiKey;
+use herald_core::store::Store;
+use herald_core::{ApiKeyId, OrgId};
+
+use super::{ServiceError, ServiceResult};
+use crate::app::AppState;
+
+/// The prefix of organization API keys, so that a leaked key is recognisable.
+pub const API_KEY_PREFIX: &str = "hk_";
+
+/// What the caller may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    Org(OrgId),
+}
+
+impl Scope {
+    /// Admits the caller to `org`. Another organization's data answers "not found", never
+    /// "forbidden", so that ids cannot be probed.
+    pub fn check_org(&self, org: &OrgId) -> ServiceResult<()> {
+        match self {
+            Scope::Admin => Ok(()),
+            Scope::Org(own) if own == org => Ok(()),
+            Scope::Org(_) => Err(ServiceError::NotFound("organization")),
+        }
+    }
+
+    pub fn require_admin(&self) -> ServiceResult<()> {
+        match self {
+            Scope::Admin => Ok(()),
+            Scope::Org(_) => Err(ServiceError::Forbidden),
+        }
+    }
+}
+
+/// Resolves bearer tokens. Known keys are cached by hash; deleting a key forgets it.
+pub struct Authenticator {
+    admin_hash: [u8; 32],
+    store: Arc<dyn Store>,
+    keys: RwLock<HashMap<String, OrgId>>,
+}
+
+impl Authenticator {
+    pub fn new(admin_token: &str, store: Arc<dyn Store>) -> Self {
+        Self {
+            admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            store,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// `None` when the token is unknown.
+    pub async fn resolve(&self, token: &str) -> ServiceResult<Option<Scope>> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if bool::from(hash.ct_eq(&self.admin_hash)) {
+            return Ok(Some(Scope::Admin));
+        }
+        if !token.starts_with(API_KEY_PREFIX) {
+            return Ok(None);
+        }
+        let hex_hash = hex::encode(hash);
+        if let Some(org) = self.keys.read().expect("key cache lock").get(&hex_hash) {
+            return Ok(Some(Scope::Org(org.clone())));
+        }
+        let found = self
+            .store
+            .find_api_key(&hex_hash)
+            .await
+            .map_err(ServiceError::from_store("api key"))?;
+        Ok(found.map(|key| {
+            self.keys
+                .write()
+                .expect("key cache lock")
+                .insert(hex_hash, key.org_id.clone());
+            Scope::Org(key.org_id)
+        }))
+    }
+
+    fn forget_org_keys(&self, org: &OrgId) {
+        self.keys
+            .write()
+            .expect("key cache lock")
+            .retain(|_, o| o != org);
+    }
+}
+
+/// A new API key: the record to store and the key itself, shown once.
+pub async fn create_api_key(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    name: &str,
+) -> ServiceResult<(ApiKey, String)> {
+    scope.check_org(org)?;
+    let name = herald_core::org::parse_name(name, "name")?;
+    state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let key = format!("{API_KEY_PREFIX}{}", hex::encode(secret));
+    let record = ApiKey {
+        id: ApiKeyId::generate(),
+        org_id: org.clone(),
+        name,
+        prefix: key[..API_KEY_PREFIX.len() + 6].to_owned(),
+        key_hash: hex::encode(Sha256::digest(key.as_bytes())),
+        created_at: state.clock.now(),
+    };
+    state
+        .store
+        .create_api_key(&record)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    Ok((record, key))
+}
+
+pub async fn list_api_keys(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+) -> ServiceResult<Vec<ApiKey>> {
+    scope.check_org(org)?;
+    state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    state
+        .store
+        .list_api_keys(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))
+}
+
+pub async fn delete_api_key(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &ApiKeyId,
+) -> ServiceResult<()> {
+    scope.check_org(org)?;
+    state
+        .store
+        .delete_api_key(org, id)
+        .await
+        .map_err(ServiceError::from_store("api key"))?;
+    state.auth.forget_org_keys(org);
+    Ok(())
+}
+
+/// Called when an organization is deleted.
+pub fn forget_org(state: &AppState, org: &OrgId) {
+    state.auth.forget_org_keys(org);
+}

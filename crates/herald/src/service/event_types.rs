@@ -1,0 +1,146 @@
+//! Event types: the built-in catalogs, and an organization's own types with optional schemas.
+
+use serde::Serialize;
+
+use herald_core::catalog;
+use herald_core::event_type::{
+    CustomEventType, check_against_schema, compile_schema, parse_channel, parse_type_name,
+};
+use herald_core::{EventTypeId, Invalid, OrgId};
+
+use super::{Scope, ServiceError, ServiceResult};
+use crate::app::AppState;
+
+#[derive(Debug, Default)]
+pub struct EventTypeInput {
+    pub name: String,
+    pub channel: Option<String>,
+    pub description: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    pub example: Option<serde_json::Value>,
+}
+
+/// One event type an organization can use, whichever catalog it comes from.
+#[derive(Debug, Serialize)]
+pub struct AvailableType {
+    pub name: String,
+    pub channel: Option<String>,
+    pub description: Option<String>,
+    /// The catalog's name, or `custom` for the organization's own types.
+    pub source: String,
+    pub example: Option<serde_json::Value>,
+    pub schema: Option<serde_json::Value>,
+}
+
+pub async fn register(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    input: EventTypeInput,
+) -> ServiceResult<CustomEventType> {
+    scope.check_org(org)?;
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let name = parse_type_name(&input.name, "name")?;
+    if name.starts_with("herald.") {
+        return Err(Invalid::new(
+            "name",
+            "names starting with 'herald.' are reserved for Herald's own events",
+        )
+        .into());
+    }
+    if let Some((catalog, _)) = snapshot.catalog_type(&name) {
+        return Err(ServiceError::Conflict(format!(
+            "'{name}' is already defined by the '{}' catalog this organization uses",
+            catalog.name
+        )));
+    }
+    let channel = input
+        .channel
+        .map(|c| parse_channel(&c, "channel"))
+        .transpose()?;
+    let description = herald_core::webhook::parse_description(input.description)?;
+    if let Some(schema) = &input.schema {
+        let validator = compile_schema(schema)?;
+        if let Some(example) = &input.example {
+            check_against_schema(&validator, &name, example)
+                .map_err(|e| Invalid::new("example", e.message))?;
+        }
+    }
+    if input.example.as_ref().is_some_and(|e| !e.is_object()) {
+        return Err(Invalid::new(
+            "example",
+            "must be a JSON object (an example of the event's data)",
+        )
+        .into());
+    }
+    let event_type = CustomEventType {
+        id: EventTypeId::generate(),
+        org_id: org.clone(),
+        name,
+        channel,
+        description,
+        schema: input.schema,
+        example: input.example,
+        created_at: state.clock.now(),
+    };
+    state
+        .store
+        .create_event_type(&event_type)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    state.directory.invalidate(org);
+    Ok(event_type)
+}
+
+/// Every type the organization can post: its catalogs' and its own.
+pub async fn list_for_org(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+) -> ServiceResult<Vec<AvailableType>> {
+    scope.check_org(org)?;
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let mut out: Vec<AvailableType> = snapshot
+        .org
+        .catalogs
+        .iter()
+        .filter_map(|c| c.catalog())
+        .flat_map(|c| {
+            c.types.iter().map(|t| AvailableType {
+                name: t.name.clone(),
+                channel: Some(t.channel.clone()),
+                description: Some(t.description.clone()),
+                source: c.name.clone(),
+                example: Some(t.example.clone()),
+                schema: t.schema.clone(),
+            })
+        })
+        .collect();
+    let custom = state
+        .store
+        .list_event_types(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    out.extend(custom.into_iter().map(|t| AvailableType {
+        name: t.name,
+        channel: t.channel,
+        description: t.description,
+        source: "custom".into(),
+        example: t.example,
+        schema: t.schema,
+    }));
+    Ok(out)
+}
+
+/// The built-in catalogs, for browsing before choosing.
+pub fn catalogs() -> &'static [catalog::Catalog] {
+    catalog::all()
+}

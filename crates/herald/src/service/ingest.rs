@@ -1,0 +1,151 @@
+//! Ingest: check a producer's events against the organization's types, fan each out to the
+//! active webhooks that want it, store events and deliveries durably in one transaction, and only
+//! then hand the deliveries to the dispatcher in memory.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use herald_core::event::NewEvent;
+use herald_core::event_type::check_against_schema;
+use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery};
+use herald_core::{DeliveryId, Invalid, OrgId};
+
+use super::{Scope, ServiceError, ServiceResult};
+use crate::app::AppState;
+
+/// The most events one request may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// What happened to one posted event.
+#[derive(Debug, Serialize)]
+pub struct IngestedEvent {
+    pub id: String,
+    /// True when the id was already used: nothing was stored for it this time.
+    pub duplicate: bool,
+    /// Deliveries created for it.
+    pub deliveries: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    pub events: Vec<IngestedEvent>,
+    /// Deliveries created in all.
+    pub deliveries: usize,
+}
+
+/// Ingests a request body: one event object, or an array of them. All or nothing.
+pub async fn ingest(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    body: Value,
+) -> ServiceResult<IngestReport> {
+    scope.check_org(org)?;
+    let (raw_events, batch) = match body {
+        Value::Array(items) => (items, true),
+        other => (vec![other], false),
+    };
+    if raw_events.is_empty() {
+        return Err(Invalid::new("", "the batch is empty; send at least one event").into());
+    }
+    if raw_events.len() > MAX_BATCH {
+        return Err(Invalid::new(
+            "",
+            format!("a batch holds at most {MAX_BATCH} events; split it"),
+        )
+        .into());
+    }
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let now = state.clock.now();
+    let leased = state.dispatcher.has_room();
+    let mut items = Vec::with_capacity(raw_events.len());
+    for (i, raw) in raw_events.into_iter().enumerate() {
+        let at = |e: Invalid| {
+            if batch {
+                e.within(&format!("[{i}]"))
+            } else {
+                e
+            }
+        };
+        let new = NewEvent::parse(raw).map_err(at)?;
+        if new.event_type.starts_with("herald.") {
+            return Err(at(Invalid::new(
+                "type",
+                "types starting with 'herald.' are reserved for Herald's own events",
+            ))
+            .into());
+        }
+        let Some(resolved) = snapshot.resolve_type(&new.event_type) else {
+            return Err(ServiceError::UnknownEventType(
+                new.event_type.clone(),
+                if batch {
+                    format!("[{i}].type")
+                } else {
+                    "type".into()
+                },
+            ));
+        };
+        if let Some(validator) = resolved.validator {
+            check_against_schema(validator, &new.event_type, &new.data)
+                .map_err(|e| ServiceError::SchemaViolation(at(e)))?;
+        }
+        let channel = resolved.channel.map(str::to_owned);
+        let event = Arc::new(new.into_event(org.clone(), now));
+        let deliveries = snapshot
+            .subscribers(&event.event_type, channel.as_deref())
+            .map(|w| NewDelivery {
+                id: DeliveryId::generate(),
+                webhook_id: w.id.clone(),
+                leased,
+            })
+            .collect();
+        items.push(IngestItem { event, deliveries });
+    }
+    let results = state
+        .store
+        .insert_events(org, &items, now, state.lease_until(now))
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+
+    let mut report = IngestReport {
+        events: Vec::with_capacity(items.len()),
+        deliveries: 0,
+    };
+    let mut due = Vec::new();
+    for (item, result) in items.into_iter().zip(results) {
+        let stored = result == IngestResult::Stored;
+        let count = if stored { item.deliveries.len() } else { 0 };
+        report.deliveries += count;
+        report.events.push(IngestedEvent {
+            id: item.event.id.clone(),
+            duplicate: !stored,
+            deliveries: count,
+        });
+        if stored {
+            due.extend(item.deliveries.into_iter().map(|d| DueDelivery {
+                delivery_id: d.id,
+                org_id: org.clone(),
+                webhook_id: d.webhook_id,
+                event: item.event.clone(),
+                attempt_count: 0,
+                schedule_base: 0,
+            }));
+        }
+    }
+    if leased {
+        state.dispatcher.enqueue(due);
+    } else if !due.is_empty() {
+        state.dispatcher.wake_scheduler();
+    }
+    state.metrics.events_ingested(
+        report.events.iter().filter(|e| !e.duplicate).count(),
+        report.deliveries,
+    );
+    Ok(report)
+}

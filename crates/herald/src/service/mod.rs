@@ -1,0 +1,58 @@
+//! Use cases shared by the API, the CLI and (later) the dashboard: each function takes the
+//! caller's scope and plain inputs, checks them into domain values, and calls the store, the
+//! directory and the dispatcher. Nothing here knows HTTP.
+
+pub mod auth;
+pub mod deliveries;
+pub mod event_types;
+pub mod ingest;
+pub mod orgs;
+pub mod webhooks;
+
+use herald_core::Invalid;
+use herald_core::store::StoreError;
+
+pub use auth::Scope;
+
+/// Why a use case did not happen. The API maps each variant to one status in `api/error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// An input is malformed or out of range; names the field.
+    #[error(transparent)]
+    Invalid(Invalid),
+    #[error("the event type '{0}' is not known to this organization")]
+    UnknownEventType(String, String),
+    #[error("the event data does not match its type's schema")]
+    SchemaViolation(Invalid),
+    /// Nothing with that id is visible to the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this operation needs the admin token")]
+    Forbidden,
+    #[error("the store is unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl From<Invalid> for ServiceError {
+    fn from(e: Invalid) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl ServiceError {
+    /// Maps a store error, naming what was not found.
+    pub fn from_store(what: &'static str) -> impl FnOnce(StoreError) -> Self {
+        move |e| match e {
+            StoreError::NotFound => Self::NotFound(what),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            e @ StoreError::Unavailable(_) => Self::Unavailable(e),
+            e @ StoreError::Other(_) => Self::Internal(e),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;

@@ -1,0 +1,141 @@
+//! Organizations: create, read, change (name, handle, catalogs), delete.
+
+use herald_core::catalog::{CatalogName, CatalogSetError, parse_catalog_set};
+use herald_core::org::{OrgHandle, Organization, parse_name};
+use herald_core::{OrgId, Page, PageRequest};
+
+use super::{Scope, ServiceError, ServiceResult};
+use crate::app::AppState;
+
+#[derive(Debug, Default)]
+pub struct OrgInput {
+    pub name: Option<String>,
+    pub handle: Option<String>,
+    pub catalogs: Option<Vec<String>>,
+}
+
+fn catalogs(raw: &[String]) -> ServiceResult<Vec<CatalogName>> {
+    parse_catalog_set(raw).map_err(|e| match e {
+        CatalogSetError::Invalid(i) => ServiceError::Invalid(i),
+        CatalogSetError::Conflict(m) => ServiceError::Conflict(m),
+    })
+}
+
+pub async fn create(
+    state: &AppState,
+    scope: &Scope,
+    input: OrgInput,
+) -> ServiceResult<Organization> {
+    scope.require_admin()?;
+    let name = parse_name(input.name.as_deref().unwrap_or_default(), "name")?;
+    let handle = match input.handle {
+        Some(h) => OrgHandle::parse(&h)?,
+        None => OrgHandle::from_name(&name),
+    };
+    let catalogs = match input.catalogs {
+        Some(c) => catalogs(&c)?,
+        None => CatalogName::default_set(),
+    };
+    let now = state.clock.now();
+    let org = Organization {
+        id: OrgId::generate(),
+        name,
+        handle,
+        catalogs,
+        created_at: now,
+        updated_at: now,
+    };
+    state
+        .store
+        .create_org(&org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    tracing::info!(org = %org.id, handle = org.handle.as_str(), "organization created");
+    Ok(org)
+}
+
+pub async fn list(
+    state: &AppState,
+    scope: &Scope,
+    page: PageRequest,
+) -> ServiceResult<Page<Organization>> {
+    match scope {
+        Scope::Admin => state
+            .store
+            .list_orgs(&page)
+            .await
+            .map_err(ServiceError::from_store("organization")),
+        // A key sees exactly its own organization.
+        Scope::Org(own) => Ok(Page {
+            data: vec![get(state, scope, own).await?],
+            next_cursor: None,
+        }),
+    }
+}
+
+pub async fn get(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResult<Organization> {
+    scope.check_org(id)?;
+    let snapshot = state
+        .directory
+        .snapshot(id)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    Ok(snapshot.org.clone())
+}
+
+pub async fn update(
+    state: &AppState,
+    scope: &Scope,
+    id: &OrgId,
+    input: OrgInput,
+) -> ServiceResult<Organization> {
+    scope.check_org(id)?;
+    let snapshot = state
+        .directory
+        .snapshot(id)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let mut org = snapshot.org.clone();
+    if let Some(name) = input.name {
+        org.name = parse_name(&name, "name")?;
+    }
+    if let Some(handle) = input.handle {
+        org.handle = OrgHandle::parse(&handle)?;
+    }
+    if let Some(raw) = input.catalogs {
+        org.catalogs = catalogs(&raw)?;
+        for catalog in org.catalogs.iter().filter_map(|c| c.catalog()) {
+            if let Some(t) = catalog
+                .types
+                .iter()
+                .find(|t| snapshot.has_custom_type(&t.name))
+            {
+                return Err(ServiceError::Conflict(format!(
+                    "the catalog '{}' defines '{}', which this organization registered as its own event type",
+                    catalog.name, t.name
+                )));
+            }
+        }
+    }
+    org.updated_at = state.clock.now();
+    state
+        .store
+        .update_org(&org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    state.directory.invalidate(id);
+    Ok(org)
+}
+
+pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResult<()> {
+    scope.require_admin()?;
+    state
+        .store
+        .delete_org(id)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    state.directory.invalidate(id);
+    super::auth::forget_org(state, id);
+    tracing::info!(org = %id, "organization deleted with all its data");
+    Ok(())
+}

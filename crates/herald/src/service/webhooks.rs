@@ -1,0 +1,352 @@
+//! Webhooks: create, read, change, enable/disable, rotate the secret, send a test event, delete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herald_core::directory::OrgSnapshot;
+use herald_core::event::NewEvent;
+use herald_core::profile::ProfileName;
+use herald_core::retry::RetrySchedule;
+use herald_core::store::{DueDelivery, IngestItem, NewDelivery};
+use herald_core::webhook::{
+    ROTATION_OVERLAP_MS, Webhook, WebhookUrl, parse_description, parse_headers, parse_subscription,
+    parse_timeout_ms,
+};
+use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
+
+use super::{Scope, ServiceError, ServiceResult};
+use crate::app::AppState;
+
+/// Fields of a create or change request; `None` leaves a field as it is (or at its default).
+/// For clearable fields, `Some(None)` clears it.
+#[derive(Debug, Default)]
+pub struct WebhookInput {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub channels: Option<Vec<String>>,
+    pub profile: Option<String>,
+    pub description: Option<Option<String>>,
+    pub secret: Option<String>,
+    pub active: Option<bool>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub timeout_ms: Option<Option<u64>>,
+    pub retry_schedule: Option<Option<Vec<u64>>>,
+}
+
+async fn snapshot(state: &AppState, scope: &Scope, org: &OrgId) -> ServiceResult<Arc<OrgSnapshot>> {
+    scope.check_org(org)?;
+    state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))
+}
+
+/// Checks that every named event type and channel exists for the organization, so that a typo
+/// in a subscription is caught now rather than silently matching nothing.
+fn check_subscription(
+    snapshot: &OrgSnapshot,
+    events: &[String],
+    channels: &[String],
+) -> ServiceResult<()> {
+    for (i, e) in events.iter().enumerate() {
+        if e != "*" && snapshot.resolve_type(e).is_none() {
+            return Err(Invalid::new(
+                format!("events[{i}]"),
+                format!("'{e}' is not an event type of this organization; see GET /v1/orgs/{}/event-types", snapshot.org.id),
+            )
+            .into());
+        }
+    }
+    for (i, c) in channels.iter().enumerate() {
+        if c != "*" && !snapshot.knows_channel(c) {
+            return Err(Invalid::new(
+                format!("channels[{i}]"),
+                format!("'{c}' is not a channel of any event type of this organization"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    input: WebhookInput,
+) -> ServiceResult<Webhook> {
+    let snapshot = snapshot(state, scope, org).await?;
+    let name = org::parse_name(input.name.as_deref().unwrap_or_default(), "name")?;
+    let url = WebhookUrl::parse(
+        input
+            .url
+            .as_deref()
+            .ok_or_else(|| Invalid::new("url", "is required"))?,
+    )?;
+    let profile = match &input.profile {
+        Some(p) => ProfileName::parse(p)?,
+        None => ProfileName::Standard,
+    };
+    let (events, channels) = parse_subscription(input.events, input.channels)?;
+    check_subscription(&snapshot, &events, &channels)?;
+    let secret = match &input.secret {
+        Some(s) => profile.profile().parse_secret(s)?,
+        None => profile.profile().generate_secret(),
+    };
+    let now = state.clock.now();
+    let webhook = Webhook {
+        id: WebhookId::generate(),
+        org_id: org.clone(),
+        name,
+        description: parse_description(input.description.flatten())?,
+        url,
+        events,
+        channels,
+        profile,
+        secret,
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        active: input.active.unwrap_or(true),
+        headers: parse_headers(input.headers.unwrap_or_default())?,
+        timeout_ms: input
+            .timeout_ms
+            .flatten()
+            .map(parse_timeout_ms)
+            .transpose()?,
+        retry_schedule: input
+            .retry_schedule
+            .flatten()
+            .map(RetrySchedule::parse)
+            .transpose()?,
+        created_at: now,
+        updated_at: now,
+    };
+    state
+        .store
+        .create_webhook(&webhook)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    state.directory.invalidate(org);
+    tracing::info!(org = %org, webhook = %webhook.id, url = webhook.url.as_str(), "webhook created");
+    Ok(webhook)
+}
+
+pub async fn list(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    page: PageRequest,
+) -> ServiceResult<Page<Webhook>> {
+    snapshot(state, scope, org).await?;
+    state
+        .store
+        .list_webhooks(org, &page)
+        .await
+        .map_err(ServiceError::from_store("organization"))
+}
+
+pub async fn get(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+) -> ServiceResult<Webhook> {
+    scope.check_org(org)?;
+    state
+        .store
+        .get_webhook(org, id)
+        .await
+        .map_err(ServiceError::from_store("webhook"))
+}
+
+pub async fn update(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+    input: WebhookInput,
+) -> ServiceResult<Webhook> {
+    let snapshot = snapshot(state, scope, org).await?;
+    let mut w = state
+        .store
+        .get_webhook(org, id)
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    if let Some(name) = input.name {
+        w.name = org::parse_name(&name, "name")?;
+    }
+    if let Some(url) = input.url {
+        w.url = WebhookUrl::parse(&url)?;
+    }
+    if let Some(profile) = input.profile {
+        let profile = ProfileName::parse(&profile)?;
+        if profile != w.profile
+            && input.secret.is_none()
+            && profile.profile().parse_secret(&w.secret).is_err()
+        {
+            return Err(Invalid::new(
+                "secret",
+                format!("the current secret does not suit the '{}' profile; send a new secret with the profile change, or rotate it", profile.as_str()),
+            )
+            .into());
+        }
+        w.profile = profile;
+    }
+    if input.events.is_some() || input.channels.is_some() {
+        let (events, channels) = parse_subscription(
+            input.events.or_else(|| Some(w.events.clone())),
+            input.channels.or_else(|| Some(w.channels.clone())),
+        )?;
+        check_subscription(&snapshot, &events, &channels)?;
+        w.events = events;
+        w.channels = channels;
+    }
+    if let Some(description) = input.description {
+        w.description = parse_description(description)?;
+    }
+    if let Some(secret) = input.secret {
+        w.secret = w.profile.profile().parse_secret(&secret)?;
+    }
+    if let Some(active) = input.active {
+        w.active = active;
+    }
+    if let Some(headers) = input.headers {
+        w.headers = parse_headers(headers)?;
+    }
+    if let Some(timeout) = input.timeout_ms {
+        w.timeout_ms = timeout.map(parse_timeout_ms).transpose()?;
+    }
+    if let Some(schedule) = input.retry_schedule {
+        w.retry_schedule = schedule.map(RetrySchedule::parse).transpose()?;
+    }
+    save(state, w).await
+}
+
+async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
+    w.updated_at = state.clock.now();
+    state
+        .store
+        .update_webhook(&w)
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    state.directory.invalidate(&w.org_id);
+    if w.active {
+        // Deliveries parked while it was disabled are due again.
+        state.dispatcher.wake_scheduler();
+    }
+    Ok(w)
+}
+
+pub async fn set_active(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+    active: bool,
+) -> ServiceResult<Webhook> {
+    let mut w = get(state, scope, org, id).await?;
+    if w.active != active {
+        w.active = active;
+        w = save(state, w).await?;
+        tracing::info!(webhook = %id, active, "webhook {}", if active { "enabled" } else { "disabled" });
+    }
+    Ok(w)
+}
+
+/// Replaces the secret; the old one keeps signing beside the new one for 24 hours.
+pub async fn rotate_secret(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+    secret: Option<String>,
+) -> ServiceResult<Webhook> {
+    let mut w = get(state, scope, org, id).await?;
+    let new = match secret {
+        Some(s) => w.profile.profile().parse_secret(&s)?,
+        None => w.profile.profile().generate_secret(),
+    };
+    let now = state.clock.now();
+    w.previous_secret = Some(std::mem::replace(&mut w.secret, new));
+    w.previous_secret_expires_at = Some(now.plus_millis(ROTATION_OVERLAP_MS));
+    save(state, w).await
+}
+
+/// Deletes webhooks; their pending deliveries are cancelled. Returns the ids deleted.
+pub async fn delete(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    ids: &[WebhookId],
+) -> ServiceResult<Vec<WebhookId>> {
+    scope.check_org(org)?;
+    if ids.len() > 1000 {
+        return Err(Invalid::new("ids", "at most 1000 ids at once").into());
+    }
+    let deleted = state
+        .store
+        .delete_webhooks(org, ids, state.clock.now())
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    state.directory.invalidate(org);
+    for id in &deleted {
+        tracing::info!(webhook = %id, "webhook deleted; its pending deliveries are cancelled");
+    }
+    Ok(deleted)
+}
+
+/// Sends a `herald.test` event to this one webhook, through the normal delivery path.
+pub async fn send_test(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+) -> ServiceResult<(String, DeliveryId)> {
+    let w = get(state, scope, org, id).await?;
+    if !w.active {
+        return Err(ServiceError::Conflict(
+            "the webhook is disabled; activate it before sending a test event".into(),
+        ));
+    }
+    let now = state.clock.now();
+    let event = NewEvent::parse(serde_json::json!({
+        "type": event_type::TEST_EVENT_TYPE,
+        "data": {
+            "message": "This is a test event sent by Herald.",
+            "webhook_id": w.id.as_str(),
+            "sent_at": now.to_rfc3339(),
+        }
+    }))?
+    .into_event(org.clone(), now);
+    let event = Arc::new(event);
+    let delivery_id = DeliveryId::generate();
+    let leased = state.dispatcher.has_room();
+    let item = IngestItem {
+        event: event.clone(),
+        deliveries: vec![NewDelivery {
+            id: delivery_id.clone(),
+            webhook_id: w.id.clone(),
+            leased,
+        }],
+    };
+    state
+        .store
+        .insert_events(org, &[item], now, state.lease_until(now))
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    if leased {
+        state.dispatcher.enqueue(vec![DueDelivery {
+            delivery_id: delivery_id.clone(),
+            org_id: org.clone(),
+            webhook_id: w.id.clone(),
+            event: event.clone(),
+            attempt_count: 0,
+            schedule_base: 0,
+        }]);
+    } else {
+        state.dispatcher.wake_scheduler();
+    }
+    Ok((event.id.clone(), delivery_id))
+}
