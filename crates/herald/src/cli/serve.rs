@@ -19,7 +19,8 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match settings.logging.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,0 +1,1277 @@
+//! Storage conformance stories: what every [`Store`] backend must do, told as short stories and
+//! run against a fresh store each. A backend joins by adding one line to the `stories!` calls at
+//! the bottom; the stories themselves know nothing about SQL.
+//!
+//! Times are fixed (`T0` plus seconds), never the wall clock, so a story that says "not due before
+//! the lease ends" checks the exact millisecond. Ids that must sort are generated and then sorted,
+//! because two ULIDs made in the same millisecond come out in random order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use herald_core::catalog::CatalogName;
+use herald_core::delivery::{Attempt, AttemptError, AttemptOutcome, Delivery, DeliveryState};
+use herald_core::event::{Event, NewEvent};
+use herald_core::event_type::CustomEventType;
+use herald_core::org::{ApiKey, OrgHandle, Organization};
+use herald_core::profile::ProfileName;
+use herald_core::retry::{NextStep, RetrySchedule};
+use herald_core::store::{
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, Store,
+    StoreError, StoreResult,
+};
+use herald_core::webhook::{Webhook, WebhookUrl};
+use herald_core::{
+    ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, PageRequest, Timestamp, WebhookId,
+};
+use herald_store::SqliteStore;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// The stories' "now": 2023-11-14T22:13:20Z.
+const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+/// How long a claim or an ingest leases a delivery for.
+const LEASE_SECS: i64 = 30;
+/// Far enough ahead that anything pending and unparked is due.
+const FAR_FUTURE: Timestamp = Timestamp::from_millis(4_000_000_000_000);
+
+fn at(secs: i64) -> Timestamp {
+    T0.plus_secs(secs)
+}
+
+/// `n` fresh ids in creation order (ULIDs of one millisecond are not ordered by themselves).
+fn sorted_ids<T: Ord>(n: usize, generate: fn() -> T) -> Vec<T> {
+    let mut ids: Vec<T> = (0..n).map(|_| generate()).collect();
+    ids.sort();
+    ids
+}
+
+fn org(handle: &str) -> Organization {
+    Organization {
+        id: OrgId::generate(),
+        name: format!("{handle} Inc."),
+        handle: OrgHandle::parse(handle).unwrap(),
+        catalogs: vec![CatalogName::parse(CatalogName::DEFAULT).unwrap()],
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn api_key(org: &OrgId, hash: &str) -> ApiKey {
+    ApiKey {
+        id: ApiKeyId::generate(),
+        org_id: org.clone(),
+        name: "deploy bot".into(),
+        prefix: "hk_live_ab".into(),
+        key_hash: hash.into(),
+        created_at: T0,
+    }
+}
+
+fn event_type(org: &OrgId, name: &str) -> CustomEventType {
+    CustomEventType {
+        id: EventTypeId::generate(),
+        org_id: org.clone(),
+        name: name.into(),
+        channel: Some("billing".into()),
+        description: Some("An invoice was paid".into()),
+        schema: Some(json!({"type": "object", "required": ["invoice"]})),
+        example: Some(json!({"invoice": {"id": "in_1"}})),
+        created_at: T0,
+    }
+}
+
+fn webhook(org: &OrgId) -> Webhook {
+    Webhook {
+        id: WebhookId::generate(),
+        org_id: org.clone(),
+        name: "Billing".into(),
+        description: None,
+        url: WebhookUrl::parse("https://example.com/hooks").unwrap(),
+        events: vec!["*".into()],
+        channels: vec![],
+        profile: ProfileName::Standard,
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        active: true,
+        headers: BTreeMap::new(),
+        timeout_ms: None,
+        retry_schedule: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+/// An event as a producer would post it, with every optional field set and data whose key order
+/// and non-ASCII text must survive storage.
+fn event(org: &OrgId, id: &str, event_type: &str, received_at: Timestamp) -> Arc<Event> {
+    let raw = json!({
+        "id": id,
+        "type": event_type,
+        "occurred_at": "2023-11-14T22:00:00.250Z",
+        "correlation_id": "req-42",
+        "data": {"zeta": 1, "invoice": {"id": "in_1", "amount": 4200, "note": "réglé ✓"}, "alpha": null},
+    });
+    Arc::new(NewEvent::parse(raw).unwrap().into_event(org.clone(), received_at))
+}
+
+fn item(event: Arc<Event>, deliveries: &[(&DeliveryId, &WebhookId)], leased: bool) -> IngestItem {
+    IngestItem {
+        event,
+        deliveries: deliveries
+            .iter()
+            .map(|(id, webhook_id)| NewDelivery {
+                id: (*id).clone(),
+                webhook_id: (*webhook_id).clone(),
+                leased,
+            })
+            .collect(),
+    }
+}
+
+fn page(limit: u32, cursor: Option<String>) -> PageRequest {
+    PageRequest::new(Some(limit), cursor).unwrap()
+}
+
+/// An organization with one active webhook, both stored.
+async fn org_with_webhook(store: &dyn Store, handle: &str) -> (Organization, Webhook) {
+    let org = org(handle);
+    store.create_org(&org).await.unwrap();
+    let webhook = webhook(&org.id);
+    store.create_webhook(&webhook).await.unwrap();
+    (org, webhook)
+}
+
+/// Ingests one event of type `invoice.paid` with one delivery at `now`; returns the delivery id.
+async fn deliver(
+    store: &dyn Store,
+    webhook: &Webhook,
+    event_id: &str,
+    now: Timestamp,
+    leased: bool,
+) -> DeliveryId {
+    deliver_as(
+        store,
+        webhook,
+        DeliveryId::generate(),
+        event_id,
+        "invoice.paid",
+        now,
+        leased,
+    )
+    .await
+}
+
+async fn deliver_as(
+    store: &dyn Store,
+    webhook: &Webhook,
+    id: DeliveryId,
+    event_id: &str,
+    event_type: &str,
+    now: Timestamp,
+    leased: bool,
+) -> DeliveryId {
+    let event = event(&webhook.org_id, event_id, event_type, now);
+    let items = [item(event, &[(&id, &webhook.id)], leased)];
+    let results = store
+        .insert_events(&webhook.org_id, &items, now, now.plus_secs(LEASE_SECS))
+        .await
+        .unwrap();
+    assert_eq!(results, vec![IngestResult::Stored]);
+    id
+}
+
+/// Claims everything due at `now`, leasing it for `LEASE_SECS`; returns the ids, sorted.
+async fn claim(store: &dyn Store, now: Timestamp) -> Vec<DeliveryId> {
+    let due = store
+        .claim_due(now, now.plus_secs(LEASE_SECS), 1000)
+        .await
+        .unwrap();
+    let mut ids: Vec<DeliveryId> = due.into_iter().map(|d| d.delivery_id).collect();
+    ids.sort();
+    ids
+}
+
+fn attempt(
+    id: AttemptId,
+    delivery: &DeliveryId,
+    number: u32,
+    started_at: Timestamp,
+    outcome: &AttemptOutcome,
+) -> Attempt {
+    Attempt {
+        id,
+        delivery_id: delivery.clone(),
+        number,
+        started_at,
+        duration_ms: outcome.duration_ms,
+        status: outcome.status,
+        error: outcome.error.as_ref().map(|e| e.code().to_owned()),
+        error_message: outcome.error.as_ref().map(AttemptError::message),
+        response_body: outcome.response_body.clone(),
+    }
+}
+
+fn server_error() -> AttemptOutcome {
+    AttemptOutcome::failed(
+        AttemptError::Status(500),
+        Some(500),
+        12,
+        "oops".into(),
+        None,
+    )
+}
+
+/// Records attempt `number` of a delivery with the given outcome and next step.
+async fn record(
+    store: &dyn Store,
+    org: &OrgId,
+    delivery: &DeliveryId,
+    number: u32,
+    started_at: Timestamp,
+    outcome: &AttemptOutcome,
+    next: NextStep,
+) -> Attempt {
+    let attempt = attempt(AttemptId::generate(), delivery, number, started_at, outcome);
+    let record = AttemptRecord {
+        org_id: org.clone(),
+        attempt: attempt.clone(),
+        next,
+    };
+    store.record_attempt(&record).await.unwrap();
+    attempt
+}
+
+async fn state_of(store: &dyn Store, org: &OrgId, delivery: &DeliveryId) -> DeliveryState {
+    store.get_delivery(org, delivery).await.unwrap().0.state
+}
+
+#[track_caller]
+fn assert_not_found<T: Debug>(result: StoreResult<T>) {
+    assert!(
+        matches!(result, Err(StoreError::NotFound)),
+        "expected NotFound, got {result:?}"
+    );
+}
+
+#[track_caller]
+fn assert_conflict<T: Debug>(result: StoreResult<T>) {
+    assert!(
+        matches!(result, Err(StoreError::Conflict(_))),
+        "expected Conflict, got {result:?}"
+    );
+}
+
+#[track_caller]
+fn assert_same_event(got: &Event, want: &Event) {
+    assert_eq!(got.id, want.id);
+    assert_eq!(got.org_id, want.org_id);
+    assert_eq!(got.event_type, want.event_type);
+    assert_eq!(got.occurred_at, want.occurred_at);
+    assert_eq!(got.received_at, want.received_at);
+    assert_eq!(got.correlation_id, want.correlation_id);
+    assert_eq!(got.data.get(), want.data.get(), "the data text must be kept byte for byte");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organizations, API keys and event types
+// ---------------------------------------------------------------------------------------------
+
+async fn organizations_are_listed_newest_first_a_page_at_a_time(store: Arc<dyn Store>) {
+    let ids = sorted_ids(3, OrgId::generate);
+    let mut orgs = Vec::new();
+    for (i, (id, handle)) in ids.iter().zip(["alpha", "beta", "gamma"]).enumerate() {
+        let org = Organization {
+            id: id.clone(),
+            created_at: at(i as i64),
+            updated_at: at(i as i64),
+            ..org(handle)
+        };
+        store.create_org(&org).await.unwrap();
+        orgs.push(org);
+    }
+
+    let first = store.list_orgs(&page(2, None)).await.unwrap();
+    assert_eq!(first.data, vec![orgs[2].clone(), orgs[1].clone()]);
+    let cursor = first.next_cursor.expect("a first page of 2 out of 3 has a next cursor");
+
+    let second = store.list_orgs(&page(2, Some(cursor))).await.unwrap();
+    assert_eq!(second.data, vec![orgs[0].clone()]);
+    assert_eq!(second.next_cursor, None);
+
+    assert_eq!(store.get_org(&orgs[1].id).await.unwrap(), orgs[1]);
+}
+
+async fn an_organization_can_be_updated_and_deleted(store: Arc<dyn Store>) {
+    let acme = org("acme");
+    store.create_org(&acme).await.unwrap();
+
+    let renamed = Organization {
+        name: "Acme Corporation".into(),
+        handle: OrgHandle::parse("acme-corp").unwrap(),
+        catalogs: vec![],
+        updated_at: at(60),
+        ..acme.clone()
+    };
+    store.update_org(&renamed).await.unwrap();
+    assert_eq!(store.get_org(&acme.id).await.unwrap(), renamed);
+
+    store.delete_org(&acme.id).await.unwrap();
+    assert_not_found(store.get_org(&acme.id).await);
+    assert!(store.list_orgs(&page(10, None)).await.unwrap().data.is_empty());
+    assert_not_found(store.delete_org(&acme.id).await);
+    assert_not_found(store.update_org(&renamed).await);
+}
+
+async fn a_second_org_with_the_same_handle_is_a_conflict(store: Arc<dyn Store>) {
+    let first = org("acme");
+    store.create_org(&first).await.unwrap();
+
+    assert_conflict(store.create_org(&org("acme")).await);
+    let listed = store.list_orgs(&page(10, None)).await.unwrap();
+    assert_eq!(listed.data, vec![first.clone()]);
+
+    let other = org("globex");
+    store.create_org(&other).await.unwrap();
+    let taking_the_handle = Organization {
+        handle: first.handle.clone(),
+        ..other.clone()
+    };
+    assert_conflict(store.update_org(&taking_the_handle).await);
+    assert_eq!(store.get_org(&other.id).await.unwrap(), other);
+}
+
+async fn an_api_key_is_found_by_its_hash_until_it_is_deleted(store: Arc<dyn Store>) {
+    let acme = org("acme");
+    let globex = org("globex");
+    store.create_org(&acme).await.unwrap();
+    store.create_org(&globex).await.unwrap();
+    let key = api_key(&acme.id, "sha256:aaaa");
+    store.create_api_key(&key).await.unwrap();
+
+    assert_eq!(store.find_api_key("sha256:aaaa").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.find_api_key("sha256:bbbb").await.unwrap(), None);
+    assert_eq!(store.list_api_keys(&acme.id).await.unwrap(), vec![key.clone()]);
+    assert!(store.list_api_keys(&globex.id).await.unwrap().is_empty());
+    // Another organization cannot delete the key.
+    assert_not_found(store.delete_api_key(&globex.id, &key.id).await);
+    assert!(store.find_api_key("sha256:aaaa").await.unwrap().is_some());
+
+    store.delete_api_key(&acme.id, &key.id).await.unwrap();
+    assert_eq!(store.find_api_key("sha256:aaaa").await.unwrap(), None);
+    assert!(store.list_api_keys(&acme.id).await.unwrap().is_empty());
+    assert_not_found(store.delete_api_key(&acme.id, &key.id).await);
+}
+
+async fn event_type_names_are_unique_within_an_organization(store: Arc<dyn Store>) {
+    let acme = org("acme");
+    let globex = org("globex");
+    store.create_org(&acme).await.unwrap();
+    store.create_org(&globex).await.unwrap();
+
+    let paid = event_type(&acme.id, "invoice.paid");
+    let voided = CustomEventType {
+        channel: None,
+        description: None,
+        schema: None,
+        example: None,
+        ..event_type(&acme.id, "invoice.voided")
+    };
+    store.create_event_type(&paid).await.unwrap();
+    store.create_event_type(&voided).await.unwrap();
+    let mut listed = store.list_event_types(&acme.id).await.unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(listed, vec![paid.clone(), voided.clone()]);
+
+    assert_conflict(
+        store
+            .create_event_type(&event_type(&acme.id, "invoice.paid"))
+            .await,
+    );
+    assert_eq!(store.list_event_types(&acme.id).await.unwrap().len(), 2);
+
+    let theirs = event_type(&globex.id, "invoice.paid");
+    store.create_event_type(&theirs).await.unwrap();
+    assert_eq!(store.list_event_types(&globex.id).await.unwrap(), vec![theirs]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------------------------
+
+async fn a_webhook_is_seen_only_by_its_own_organization(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let globex = org("globex");
+    store.create_org(&globex).await.unwrap();
+
+    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), hook);
+    assert_eq!(store.org_webhooks(&acme.id).await.unwrap(), vec![hook.clone()]);
+    let listed = store.list_webhooks(&acme.id, &page(10, None)).await.unwrap();
+    assert_eq!(listed.data, vec![hook.clone()]);
+    assert_eq!(listed.next_cursor, None);
+
+    assert_not_found(store.get_webhook(&globex.id, &hook.id).await);
+    assert!(store.org_webhooks(&globex.id).await.unwrap().is_empty());
+    let theirs = store.list_webhooks(&globex.id, &page(10, None)).await.unwrap();
+    assert!(theirs.data.is_empty());
+    // Nor can it overwrite the webhook by naming it.
+    let hijack = Webhook {
+        org_id: globex.id.clone(),
+        url: WebhookUrl::parse("https://evil.example/steal").unwrap(),
+        ..hook.clone()
+    };
+    assert_not_found(store.update_webhook(&hijack).await);
+    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), hook);
+}
+
+async fn webhooks_are_listed_newest_first_a_page_at_a_time(store: Arc<dyn Store>) {
+    let acme = org("acme");
+    store.create_org(&acme).await.unwrap();
+    let mut hooks = Vec::new();
+    for (i, id) in sorted_ids(3, WebhookId::generate).into_iter().enumerate() {
+        let hook = Webhook {
+            id,
+            created_at: at(i as i64),
+            ..webhook(&acme.id)
+        };
+        store.create_webhook(&hook).await.unwrap();
+        hooks.push(hook);
+    }
+
+    let first = store.list_webhooks(&acme.id, &page(2, None)).await.unwrap();
+    assert_eq!(first.data, vec![hooks[2].clone(), hooks[1].clone()]);
+    let cursor = first.next_cursor.expect("more webhooks follow");
+    let second = store
+        .list_webhooks(&acme.id, &page(2, Some(cursor)))
+        .await
+        .unwrap();
+    assert_eq!(second.data, vec![hooks[0].clone()]);
+    assert_eq!(second.next_cursor, None);
+}
+
+async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let changed = Webhook {
+        name: "Billing (EU)".into(),
+        description: Some("Invoices for the EU entity".into()),
+        url: WebhookUrl::parse("https://eu.example.com/hooks?v=2").unwrap(),
+        events: vec!["invoice.paid".into(), "invoice.voided".into()],
+        channels: vec!["billing".into()],
+        secret: "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHdlYmhvb2s=".into(),
+        previous_secret: Some(hook.secret.clone()),
+        previous_secret_expires_at: Some(at(86_400)),
+        headers: BTreeMap::from([
+            ("x-team".to_owned(), "identity".to_owned()),
+            ("authorization".to_owned(), "Bearer t0k3n".to_owned()),
+        ]),
+        timeout_ms: Some(2500),
+        retry_schedule: Some(RetrySchedule::parse(vec![0, 5, 3600]).unwrap()),
+        updated_at: at(60),
+        ..hook.clone()
+    };
+    store.update_webhook(&changed).await.unwrap();
+    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), changed);
+    assert_eq!(store.org_webhooks(&acme.id).await.unwrap(), vec![changed.clone()]);
+
+    // And back: optional fields can be cleared again.
+    let cleared = Webhook {
+        updated_at: at(120),
+        ..hook.clone()
+    };
+    store.update_webhook(&cleared).await.unwrap();
+    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), cleared);
+}
+
+async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
+    let (acme, doomed) = org_with_webhook(&*store, "acme").await;
+    let kept = webhook(&acme.id);
+    store.create_webhook(&kept).await.unwrap();
+    let (globex, theirs) = org_with_webhook(&*store, "globex").await;
+    let pending = deliver(&*store, &doomed, "evt_1", T0, false).await;
+    let kept_delivery = deliver(&*store, &kept, "evt_2", T0, false).await;
+
+    let deleted = store
+        .delete_webhooks(
+            &acme.id,
+            &[doomed.id.clone(), theirs.id.clone(), WebhookId::generate(), doomed.id.clone()],
+            at(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![doomed.id.clone()]);
+
+    assert_not_found(store.get_webhook(&acme.id, &doomed.id).await);
+    assert_eq!(store.org_webhooks(&acme.id).await.unwrap(), vec![kept.clone()]);
+    let listed = store.list_webhooks(&acme.id, &page(10, None)).await.unwrap();
+    assert_eq!(listed.data, vec![kept.clone()]);
+    assert_eq!(store.get_webhook(&globex.id, &theirs.id).await.unwrap(), theirs);
+
+    // Its pending delivery is cancelled and never attempted; the other webhook's is untouched.
+    assert_eq!(state_of(&*store, &acme.id, &pending).await, DeliveryState::Cancelled);
+    assert_eq!(claim(&*store, FAR_FUTURE).await, vec![kept_delivery]);
+
+    // Deleting it again deletes nothing.
+    let again = store
+        .delete_webhooks(&acme.id, &[doomed.id.clone()], at(20))
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingest
+// ---------------------------------------------------------------------------------------------
+
+async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (globex, their_hook) = org_with_webhook(&*store, "globex").await;
+    let first = deliver(&*store, &hook, "evt_order_1", T0, false).await;
+
+    assert_eq!(
+        store.get_delivery(&acme.id, &first).await.unwrap(),
+        (
+            Delivery {
+                id: first.clone(),
+                org_id: acme.id.clone(),
+                webhook_id: hook.id.clone(),
+                event_id: "evt_order_1".into(),
+                event_type: "invoice.paid".into(),
+                state: DeliveryState::Pending,
+                attempt_count: 0,
+                next_attempt_at: Some(T0),
+                last_status: None,
+                last_error: None,
+                created_at: T0,
+                updated_at: T0,
+            },
+            vec![]
+        )
+    );
+
+    // The same id again, even with other content, is a duplicate and stores nothing.
+    let repeat_delivery = DeliveryId::generate();
+    let repeat = event(&acme.id, "evt_order_1", "invoice.voided", at(5));
+    let results = store
+        .insert_events(
+            &acme.id,
+            &[item(repeat, &[(&repeat_delivery, &hook.id)], false)],
+            at(5),
+            at(5 + LEASE_SECS),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results, vec![IngestResult::Duplicate]);
+    assert_not_found(store.get_delivery(&acme.id, &repeat_delivery).await);
+    let stored = store.get_event(&acme.id, "evt_order_1").await.unwrap();
+    assert_same_event(&stored, &event(&acme.id, "evt_order_1", "invoice.paid", T0));
+    let history = store
+        .list_deliveries(&acme.id, &hook.id, &DeliveryFilter::default(), &page(10, None))
+        .await
+        .unwrap();
+    assert_eq!(history.data.len(), 1);
+
+    // Another organization has its own ids.
+    let theirs = deliver(&*store, &their_hook, "evt_order_1", at(6), false).await;
+    assert_eq!(state_of(&*store, &globex.id, &theirs).await, DeliveryState::Pending);
+    assert_eq!(
+        store.get_event(&globex.id, "evt_order_1").await.unwrap().received_at,
+        at(6)
+    );
+}
+
+async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (d1, d2) = (DeliveryId::generate(), DeliveryId::generate());
+    let results = store
+        .insert_events(
+            &acme.id,
+            &[
+                item(event(&acme.id, "evt_1", "invoice.paid", T0), &[(&d1, &hook.id)], false),
+                item(event(&acme.id, "evt_1", "invoice.paid", T0), &[(&d2, &hook.id)], false),
+            ],
+            T0,
+            at(LEASE_SECS),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results, vec![IngestResult::Stored, IngestResult::Duplicate]);
+    assert!(store.get_delivery(&acme.id, &d1).await.is_ok());
+    assert_not_found(store.get_delivery(&acme.id, &d2).await);
+}
+
+async fn a_batch_is_stored_all_or_nothing(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let existing = deliver(&*store, &hook, "evt_0", T0, false).await;
+
+    let fresh = DeliveryId::generate();
+    let batch = [
+        item(event(&acme.id, "evt_1", "invoice.paid", at(1)), &[(&fresh, &hook.id)], false),
+        // A delivery id that is already taken: the whole batch must fail.
+        item(event(&acme.id, "evt_2", "invoice.paid", at(1)), &[(&existing, &hook.id)], false),
+    ];
+    let result = store
+        .insert_events(&acme.id, &batch, at(1), at(1 + LEASE_SECS))
+        .await;
+    assert!(result.is_err(), "a clashing delivery id must fail the batch, got {result:?}");
+
+    assert_not_found(store.get_event(&acme.id, "evt_1").await);
+    assert_not_found(store.get_event(&acme.id, "evt_2").await);
+    assert_not_found(store.get_delivery(&acme.id, &fresh).await);
+    assert_eq!(claim(&*store, FAR_FUTURE).await, vec![existing]);
+
+    // The failure did not poison the store: the first event can be sent again and is new.
+    deliver(&*store, &hook, "evt_1", at(2), false).await;
+    assert!(store.get_event(&acme.id, "evt_1").await.is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claiming due work
+// ---------------------------------------------------------------------------------------------
+
+async fn an_unleased_delivery_is_claimed_once(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+
+    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
+    // Leased now: not again at the same time, nor before the lease ends.
+    assert!(claim(&*store, T0).await.is_empty());
+    assert!(claim(&*store, at(LEASE_SECS).plus_millis(-1)).await.is_empty());
+    // A lease that ran out (its dispatcher died) is claimed again.
+    assert_eq!(claim(&*store, at(LEASE_SECS)).await, vec![delivery]);
+}
+
+async fn a_delivery_leased_at_ingest_waits_for_its_lease_to_end(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
+
+    assert!(claim(&*store, T0).await.is_empty());
+    assert!(claim(&*store, at(LEASE_SECS).plus_millis(-1)).await.is_empty());
+    assert_eq!(claim(&*store, at(LEASE_SECS).plus_millis(1)).await, vec![delivery]);
+}
+
+async fn a_delivery_is_not_claimed_before_it_is_due(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", at(10), false).await;
+
+    assert!(claim(&*store, at(9)).await.is_empty());
+    assert_eq!(claim(&*store, at(10)).await, vec![delivery]);
+}
+
+async fn deliveries_of_an_inactive_webhook_are_not_claimed(store: Arc<dyn Store>) {
+    let (acme, active) = org_with_webhook(&*store, "acme").await;
+    let inactive = Webhook {
+        active: false,
+        ..webhook(&acme.id)
+    };
+    store.create_webhook(&inactive).await.unwrap();
+    let wanted = deliver(&*store, &active, "evt_1", T0, false).await;
+    deliver(&*store, &inactive, "evt_2", T0, false).await;
+
+    assert_eq!(claim(&*store, FAR_FUTURE).await, vec![wanted.clone()]);
+    // Even once that lease has run out, only the active webhook's delivery comes back.
+    assert_eq!(claim(&*store, FAR_FUTURE.plus_secs(LEASE_SECS)).await, vec![wanted]);
+}
+
+async fn a_claimed_delivery_carries_its_event_as_inserted(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = DeliveryId::generate();
+    let sent = event(&acme.id, "evt_rich", "user.created", T0);
+    store
+        .insert_events(
+            &acme.id,
+            &[item(sent.clone(), &[(&delivery, &hook.id)], false)],
+            T0,
+            at(LEASE_SECS),
+        )
+        .await
+        .unwrap();
+
+    let due: Vec<DueDelivery> = store.claim_due(T0, at(LEASE_SECS), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let due = &due[0];
+    assert_eq!(due.delivery_id, delivery);
+    assert_eq!(due.org_id, acme.id);
+    assert_eq!(due.webhook_id, hook.id);
+    assert_eq!(due.attempt_count, 0);
+    assert_eq!(due.schedule_base, 0);
+    assert_same_event(&due.event, &sent);
+    assert_same_event(&store.get_event(&acme.id, "evt_rich").await.unwrap(), &sent);
+}
+
+async fn claim_due_takes_no_more_than_its_limit(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    for i in 0..5 {
+        deliver(&*store, &hook, &format!("evt_{i}"), T0, false).await;
+    }
+    let first = store.claim_due(T0, at(LEASE_SECS), 3).await.unwrap();
+    assert_eq!(first.len(), 3);
+    let rest = store.claim_due(T0, at(LEASE_SECS), 3).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    let all: BTreeSet<DeliveryId> = first
+        .iter()
+        .chain(&rest)
+        .map(|d| d.delivery_id.clone())
+        .collect();
+    assert_eq!(all.len(), 5, "no delivery is claimed twice");
+}
+
+async fn next_due_at_is_the_earliest_due_time(store: Arc<dyn Store>) {
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+
+    deliver(&*store, &hook, "evt_leased", T0, true).await;
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
+    deliver(&*store, &hook, "evt_later", at(20), false).await;
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(20)));
+    deliver(&*store, &hook, "evt_sooner", at(10), false).await;
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(10)));
+
+    // Once the two unleased ones are claimed until 100 s, the leased one comes first again.
+    let claimed = store.claim_due(at(20), at(100), 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attempts
+// ---------------------------------------------------------------------------------------------
+
+async fn a_failed_attempt_schedules_the_next_one(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
+
+    let retry_at = at(60);
+    record(&*store, &acme.id, &delivery, 1, T0, &server_error(), NextStep::RetryAt(retry_at)).await;
+
+    let (d, attempts) = store.get_delivery(&acme.id, &delivery).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(d.attempt_count, 1);
+    assert_eq!(d.next_attempt_at, Some(retry_at));
+    assert_eq!(d.last_status, Some(500));
+    assert_eq!(d.last_error.as_deref(), Some("http_status"));
+    assert_eq!(attempts.len(), 1);
+
+    // The lease (until 30 s) is gone, but the delivery waits for its retry time.
+    assert!(claim(&*store, at(LEASE_SECS)).await.is_empty());
+    assert!(claim(&*store, retry_at.plus_millis(-1)).await.is_empty());
+    let due = store
+        .claim_due(retry_at, retry_at.plus_secs(LEASE_SECS), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery_id, delivery);
+    assert_eq!(due[0].attempt_count, 1);
+}
+
+async fn success_and_final_failure_end_a_delivery(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let succeeded = deliver(&*store, &hook, "evt_1", T0, false).await;
+    let failed = deliver(&*store, &hook, "evt_2", T0, false).await;
+    assert_eq!(claim(&*store, T0).await.len(), 2);
+
+    let ok = AttemptOutcome::succeeded(204, 8, String::new());
+    record(&*store, &acme.id, &succeeded, 1, T0, &ok, NextStep::Succeeded).await;
+    record(&*store, &acme.id, &failed, 1, T0, &server_error(), NextStep::Failed).await;
+
+    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+
+    let (s, _) = store.get_delivery(&acme.id, &succeeded).await.unwrap();
+    assert_eq!(s.state, DeliveryState::Succeeded);
+    assert_eq!(s.next_attempt_at, None);
+    assert_eq!(s.last_status, Some(204));
+    assert_eq!(s.last_error, None);
+    let (f, _) = store.get_delivery(&acme.id, &failed).await.unwrap();
+    assert_eq!(f.state, DeliveryState::Failed);
+    assert_eq!(f.next_attempt_at, None);
+    assert_eq!(f.attempt_count, 1);
+    assert_eq!(f.last_error.as_deref(), Some("http_status"));
+}
+
+async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+    // Attempt ids in reverse order, so that an answer sorted by id instead of number shows.
+    let mut ids = sorted_ids(3, AttemptId::generate);
+    ids.reverse();
+    let outcomes = [
+        AttemptOutcome::failed(AttemptError::Timeout, None, 10_000, String::new(), None),
+        AttemptOutcome::failed(
+            AttemptError::Status(503),
+            Some(503),
+            40,
+            "busy, try later".into(),
+            Some(30),
+        ),
+        AttemptOutcome::succeeded(200, 15, r#"{"ok":true}"#.into()),
+    ];
+    let nexts = [NextStep::RetryAt(at(60)), NextStep::RetryAt(at(360)), NextStep::Succeeded];
+    let starts = [T0, at(60), at(360)];
+
+    let mut expected = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let attempt = attempt(id, &delivery, i as u32 + 1, starts[i], &outcomes[i]);
+        let record = AttemptRecord {
+            org_id: acme.id.clone(),
+            attempt: attempt.clone(),
+            next: nexts[i],
+        };
+        store.record_attempt(&record).await.unwrap();
+        expected.push(attempt);
+    }
+
+    let (d, attempts) = store.get_delivery(&acme.id, &delivery).await.unwrap();
+    assert_eq!(attempts, expected);
+    assert_eq!(attempts[0].error.as_deref(), Some("timeout"));
+    assert_eq!(attempts[0].status, None);
+    assert_eq!(attempts[1].response_body, "busy, try later");
+    assert_eq!(d.state, DeliveryState::Succeeded);
+    assert_eq!(d.attempt_count, 3);
+    assert_eq!(d.last_status, Some(200));
+    assert_eq!(d.last_error, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases and inactive webhooks
+// ---------------------------------------------------------------------------------------------
+
+async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(
+    store: Arc<dyn Store>,
+) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let waiting = deliver(&*store, &hook, "evt_1", T0, false).await;
+
+    let inactive = Webhook {
+        active: false,
+        updated_at: at(1),
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert_eq!(
+        store.next_due_at().await.unwrap(),
+        None,
+        "a parked delivery never comes due"
+    );
+
+    let active = Webhook {
+        active: true,
+        updated_at: at(2),
+        ..hook.clone()
+    };
+    store.update_webhook(&active).await.unwrap();
+    assert_eq!(store.next_due_at().await.unwrap(), Some(T0));
+    assert_eq!(claim(&*store, at(2)).await, vec![waiting]);
+}
+
+async fn a_lease_given_back_for_an_inactive_webhook_stays_parked(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
+    let inactive = Webhook {
+        active: false,
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+
+    store.release_lease(&delivery).await.unwrap();
+    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+
+    store.update_webhook(&hook).await.unwrap();
+    assert_eq!(claim(&*store, at(1)).await, vec![delivery]);
+}
+
+async fn a_released_lease_makes_the_delivery_due_again(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
+    assert!(claim(&*store, at(1)).await.is_empty());
+
+    store.release_lease(&delivery).await.unwrap();
+    assert_eq!(claim(&*store, at(1)).await, vec![delivery]);
+}
+
+async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let leased_at_ingest = deliver(&*store, &hook, "evt_1", T0, true).await;
+    let claimed = deliver(&*store, &hook, "evt_2", T0, false).await;
+    assert_eq!(claim(&*store, T0).await, vec![claimed.clone()]);
+    let unleased = deliver(&*store, &hook, "evt_3", T0, false).await;
+
+    assert_eq!(store.release_all_leases().await.unwrap(), 2);
+
+    let mut expected = vec![leased_at_ingest, claimed, unleased];
+    expected.sort();
+    assert_eq!(claim(&*store, at(1)).await, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resending and recovering
+// ---------------------------------------------------------------------------------------------
+
+async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let globex = org("globex");
+    store.create_org(&globex).await.unwrap();
+    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+
+    assert_conflict(store.resend_delivery(&acme.id, &delivery, at(1), at(31)).await);
+
+    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
+    record(&*store, &acme.id, &delivery, 1, T0, &server_error(), NextStep::Failed).await;
+
+    assert_not_found(store.resend_delivery(&globex.id, &delivery, at(100), at(130)).await);
+    assert_not_found(
+        store
+            .resend_delivery(&acme.id, &DeliveryId::generate(), at(100), at(130))
+            .await,
+    );
+    assert_eq!(state_of(&*store, &acme.id, &delivery).await, DeliveryState::Failed);
+
+    let due = store
+        .resend_delivery(&acme.id, &delivery, at(100), at(130))
+        .await
+        .unwrap();
+    assert_eq!(due.delivery_id, delivery);
+    assert_eq!(due.org_id, acme.id);
+    assert_eq!(due.webhook_id, hook.id);
+    assert_eq!(due.event.id, "evt_1");
+    assert_eq!(due.attempt_count, 1);
+    assert_eq!(due.schedule_base, 1, "a resend starts a fresh schedule");
+
+    let (d, _) = store.get_delivery(&acme.id, &delivery).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(d.next_attempt_at, Some(at(100)));
+    // Leased to the caller until 130 s, then claimable like any lost lease.
+    assert!(claim(&*store, at(129)).await.is_empty());
+    assert_eq!(claim(&*store, at(130)).await, vec![delivery.clone()]);
+    assert_conflict(store.resend_delivery(&acme.id, &delivery, at(131), at(161)).await);
+}
+
+async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let other_hook = webhook(&acme.id);
+    store.create_webhook(&other_hook).await.unwrap();
+    let (globex, _) = org_with_webhook(&*store, "globex").await;
+
+    let old_failure = deliver(&*store, &hook, "evt_old", T0, false).await;
+    let since = at(100);
+    let new_failure = deliver(&*store, &hook, "evt_new", since, false).await;
+    let new_success = deliver(&*store, &hook, "evt_ok", at(110), false).await;
+    let other_failure = deliver(&*store, &other_hook, "evt_other", at(120), false).await;
+    let still_pending = deliver(&*store, &hook, "evt_pending", at(130), false).await;
+    assert_eq!(claim(&*store, at(120)).await.len(), 4);
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    for d in [&old_failure, &new_failure, &other_failure] {
+        record(&*store, &acme.id, d, 1, at(125), &server_error(), NextStep::Failed).await;
+    }
+    record(&*store, &acme.id, &new_success, 1, at(125), &ok, NextStep::Succeeded).await;
+
+    assert_eq!(store.recover_failed(&globex.id, &hook.id, T0, at(200)).await.unwrap(), 0);
+    assert_eq!(state_of(&*store, &acme.id, &new_failure).await, DeliveryState::Failed);
+
+    assert_eq!(store.recover_failed(&acme.id, &hook.id, since, at(200)).await.unwrap(), 1);
+    let (recovered, _) = store.get_delivery(&acme.id, &new_failure).await.unwrap();
+    assert_eq!(recovered.state, DeliveryState::Pending);
+    assert_eq!(recovered.next_attempt_at, Some(at(200)));
+    assert_eq!(state_of(&*store, &acme.id, &old_failure).await, DeliveryState::Failed);
+    assert_eq!(state_of(&*store, &acme.id, &new_success).await, DeliveryState::Succeeded);
+    assert_eq!(state_of(&*store, &acme.id, &other_failure).await, DeliveryState::Failed);
+
+    let mut expected = vec![new_failure, still_pending];
+    expected.sort();
+    assert_eq!(claim(&*store, at(200)).await, expected);
+}
+
+async fn recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked(
+    store: Arc<dyn Store>,
+) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
+    record(&*store, &acme.id, &delivery, 1, T0, &server_error(), NextStep::Failed).await;
+    let inactive = Webhook {
+        active: false,
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+
+    assert_eq!(store.recover_failed(&acme.id, &hook.id, T0, at(10)).await.unwrap(), 1);
+    assert_eq!(state_of(&*store, &acme.id, &delivery).await, DeliveryState::Pending);
+    // It cannot be claimed while the webhook is off, so it must not be reported as due either:
+    // a scheduler told "due now" about work it cannot claim polls in a tight loop.
+    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+
+    store.update_webhook(&hook).await.unwrap();
+    assert_eq!(claim(&*store, at(20)).await, vec![delivery]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery history
+// ---------------------------------------------------------------------------------------------
+
+async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let other_hook = webhook(&acme.id);
+    store.create_webhook(&other_hook).await.unwrap();
+    let (globex, _) = org_with_webhook(&*store, "globex").await;
+
+    let ids = sorted_ids(5, DeliveryId::generate);
+    let types = ["invoice.paid", "invoice.voided", "invoice.paid", "invoice.voided", "invoice.paid"];
+    for (i, (id, t)) in ids.iter().zip(types).enumerate() {
+        deliver_as(&*store, &hook, id.clone(), &format!("evt_{i}"), t, at(i as i64), false).await;
+    }
+    let elsewhere = deliver(&*store, &other_hook, "evt_elsewhere", T0, false).await;
+    // ids[1] and ids[2] succeed; the rest stay pending.
+    claim(&*store, at(10)).await;
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    for d in [&ids[1], &ids[2]] {
+        record(&*store, &acme.id, d, 1, at(10), &ok, NextStep::Succeeded).await;
+    }
+
+    let list = |filter: DeliveryFilter, limit: u32, cursor: Option<String>| {
+        let (store, org, hook) = (store.clone(), acme.id.clone(), hook.id.clone());
+        async move {
+            store
+                .list_deliveries(&org, &hook, &filter, &page(limit, cursor))
+                .await
+                .unwrap()
+        }
+    };
+    let ids_of = |p: &[Delivery]| p.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+
+    let first = list(DeliveryFilter::default(), 2, None).await;
+    assert_eq!(ids_of(&first.data), vec![ids[4].clone(), ids[3].clone()]);
+    let second = list(DeliveryFilter::default(), 2, first.next_cursor.clone()).await;
+    assert_eq!(ids_of(&second.data), vec![ids[2].clone(), ids[1].clone()]);
+    let third = list(DeliveryFilter::default(), 2, second.next_cursor.clone()).await;
+    assert_eq!(ids_of(&third.data), vec![ids[0].clone()]);
+    assert_eq!(third.next_cursor, None);
+    assert!(first.next_cursor.is_some() && second.next_cursor.is_some());
+
+    let succeeded = DeliveryFilter {
+        state: Some(DeliveryState::Succeeded),
+        event_type: None,
+    };
+    let got = list(succeeded, 10, None).await;
+    assert_eq!(ids_of(&got.data), vec![ids[2].clone(), ids[1].clone()]);
+    assert!(got.data.iter().all(|d| d.state == DeliveryState::Succeeded));
+
+    let voided = DeliveryFilter {
+        state: None,
+        event_type: Some("invoice.voided".into()),
+    };
+    let got = list(voided, 10, None).await;
+    assert_eq!(ids_of(&got.data), vec![ids[3].clone(), ids[1].clone()]);
+    assert!(got.data.iter().all(|d| d.event_type == "invoice.voided"));
+
+    let pending_paid = DeliveryFilter {
+        state: Some(DeliveryState::Pending),
+        event_type: Some("invoice.paid".into()),
+    };
+    let got = list(pending_paid, 10, None).await;
+    assert_eq!(ids_of(&got.data), vec![ids[4].clone(), ids[0].clone()]);
+
+    // Another webhook of the same org has its own history.
+    let other = store
+        .list_deliveries(&acme.id, &other_hook.id, &DeliveryFilter::default(), &page(10, None))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&other.data), vec![elsewhere]);
+
+    // Another organization naming this webhook sees nothing, and cannot read a delivery.
+    let theirs = store
+        .list_deliveries(&globex.id, &hook.id, &DeliveryFilter::default(), &page(10, None))
+        .await
+        .unwrap();
+    assert!(theirs.data.is_empty());
+    assert_eq!(theirs.next_cursor, None);
+    assert_not_found(store.get_delivery(&globex.id, &ids[0]).await);
+    assert_not_found(store.get_event(&globex.id, "evt_0").await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deleting an organization
+// ---------------------------------------------------------------------------------------------
+
+async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Store>) {
+    let mut kept = Vec::new();
+    let mut gone = Vec::new();
+    for (handle, list) in [("acme", &mut gone), ("globex", &mut kept)] {
+        let (org, hook) = org_with_webhook(&*store, handle).await;
+        let key = api_key(&org.id, &format!("sha256:{handle}"));
+        store.create_api_key(&key).await.unwrap();
+        store.create_event_type(&event_type(&org.id, "invoice.paid")).await.unwrap();
+        let attempted = deliver(&*store, &hook, "evt_attempted", T0, false).await;
+        claim(&*store, T0).await;
+        record(&*store, &org.id, &attempted, 1, T0, &server_error(), NextStep::RetryAt(at(600)))
+            .await;
+        let waiting = deliver(&*store, &hook, "evt_waiting", at(1), false).await;
+        list.push((org, hook, key, attempted, waiting));
+    }
+    let (acme, acme_hook, acme_key, acme_attempted, acme_waiting) = gone.remove(0);
+    let (globex, globex_hook, globex_key, globex_attempted, globex_waiting) = kept.remove(0);
+
+    store.delete_org(&acme.id).await.unwrap();
+
+    assert_not_found(store.get_org(&acme.id).await);
+    assert_not_found(store.get_webhook(&acme.id, &acme_hook.id).await);
+    assert!(store.org_webhooks(&acme.id).await.unwrap().is_empty());
+    assert_not_found(store.get_event(&acme.id, "evt_attempted").await);
+    assert_not_found(store.get_delivery(&acme.id, &acme_attempted).await);
+    assert_not_found(store.get_delivery(&acme.id, &acme_waiting).await);
+    assert_eq!(store.find_api_key(&acme_key.key_hash).await.unwrap(), None);
+    assert!(store.list_api_keys(&acme.id).await.unwrap().is_empty());
+    assert!(store.list_event_types(&acme.id).await.unwrap().is_empty());
+    let orgs = store.list_orgs(&page(10, None)).await.unwrap();
+    assert_eq!(orgs.data, vec![globex.clone()]);
+
+    // The other organization is untouched, and only its work is left to do.
+    assert_eq!(store.get_org(&globex.id).await.unwrap(), globex);
+    assert_eq!(store.get_webhook(&globex.id, &globex_hook.id).await.unwrap(), globex_hook);
+    assert!(store.get_event(&globex.id, "evt_attempted").await.is_ok());
+    let (_, attempts) = store.get_delivery(&globex.id, &globex_attempted).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(store.find_api_key(&globex_key.key_hash).await.unwrap(), Some(globex_key));
+    assert_eq!(store.list_event_types(&globex.id).await.unwrap().len(), 1);
+    let mut expected = vec![globex_attempted, globex_waiting];
+    expected.sort();
+    assert_eq!(claim(&*store, FAR_FUTURE).await, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------------------------------
+
+async fn concurrent_ingests_are_all_committed(store: Arc<dyn Store>) {
+    const N: usize = 200;
+    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (store, hook) = (store.clone(), hook.clone());
+        tasks.spawn(async move {
+            let id = DeliveryId::generate();
+            let event = event(&hook.org_id, &format!("evt_{i}"), "invoice.paid", T0);
+            let results = store
+                .insert_events(
+                    &hook.org_id,
+                    &[item(event, &[(&id, &hook.id)], false)],
+                    T0,
+                    at(LEASE_SECS),
+                )
+                .await;
+            (id, results)
+        });
+    }
+    let mut inserted = BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, results) = joined.unwrap();
+        assert_eq!(results.unwrap(), vec![IngestResult::Stored]);
+        inserted.insert(id);
+    }
+    assert_eq!(inserted.len(), N);
+
+    let mut listed = BTreeSet::new();
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_deliveries(&acme.id, &hook.id, &DeliveryFilter::default(), &page(50, cursor))
+            .await
+            .unwrap();
+        for d in p.data {
+            assert!(listed.insert(d.id.clone()), "{} listed twice", d.id);
+        }
+        cursor = p.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(listed, inserted);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the stories against every backend
+// ---------------------------------------------------------------------------------------------
+
+/// A store under test, and whatever must outlive it (a temp dir, a scratch database).
+struct Fresh {
+    store: Arc<dyn Store>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+/// A new SQLite store in its own temp dir.
+async fn sqlite() -> Option<Fresh> {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = SqliteStore::open(dir.path().join("herald.db")).expect("opening SQLite");
+    Some(Fresh {
+        store: Arc::new(store),
+        _keep: Box::new(dir),
+    })
+}
+
+/// Runs every story against `$backend`, a fn returning `Option<Fresh>` (`None` skips, e.g. when
+/// `HERALD_TEST_DATABASE_URL` is not set). A story marked `#[ignore = "bug: …"]` shows a known
+/// bug; remove the mark once it is fixed.
+macro_rules! stories {
+    ($backend:ident) => {
+        stories!(@each $backend;
+            organizations_are_listed_newest_first_a_page_at_a_time,
+            an_organization_can_be_updated_and_deleted,
+            a_second_org_with_the_same_handle_is_a_conflict,
+            an_api_key_is_found_by_its_hash_until_it_is_deleted,
+            event_type_names_are_unique_within_an_organization,
+            a_webhook_is_seen_only_by_its_own_organization,
+            webhooks_are_listed_newest_first_a_page_at_a_time,
+            updating_a_webhook_saves_every_field,
+            deleting_webhooks_returns_only_what_it_deleted,
+            an_event_id_is_stored_once_per_organization,
+            a_repeated_id_within_one_batch_is_a_duplicate,
+            a_batch_is_stored_all_or_nothing,
+            an_unleased_delivery_is_claimed_once,
+            a_delivery_leased_at_ingest_waits_for_its_lease_to_end,
+            a_delivery_is_not_claimed_before_it_is_due,
+            deliveries_of_an_inactive_webhook_are_not_claimed,
+            a_claimed_delivery_carries_its_event_as_inserted,
+            claim_due_takes_no_more_than_its_limit,
+            next_due_at_is_the_earliest_due_time,
+            a_failed_attempt_schedules_the_next_one,
+            success_and_final_failure_end_a_delivery,
+            attempts_are_listed_in_order_with_their_outcome,
+            deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
+            a_lease_given_back_for_an_inactive_webhook_stays_parked,
+            a_released_lease_makes_the_delivery_due_again,
+            releasing_all_leases_makes_leased_deliveries_claimable_at_once,
+            only_a_finished_delivery_can_be_resent,
+            recovering_brings_back_failed_deliveries_created_since_a_time,
+            #[ignore = "bug: recover_failed sets due_at on an inactive webhook's deliveries, so next_due_at reports work claim_due will never return"]
+            recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,
+            delivery_history_is_newest_first_and_filterable,
+            deleting_an_organization_removes_everything_it_owns,
+            concurrent_ingests_are_all_committed,
+        );
+    };
+    (@each $backend:ident; $($(#[$meta:meta])* $story:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $story() {
+                    let Some(fresh) = super::$backend().await else {
+                        return;
+                    };
+                    super::$story(fresh.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+stories!(sqlite);

@@ -1,0 +1,434 @@
+//! API stories: bad input gets a clear 4xx, tokens and tenants are enforced, resources behave.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_TOKEN, TestApp};
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_client_error() {
+    let app = TestApp::spawn_with(|s| s.server.max_body_bytes = 4096).await;
+    let org = app.create_org("Acme").await;
+    let events = format!("{}/v1/orgs/{org}/events", app.base);
+
+    let raw = |body: &'static str| {
+        app.http
+            .post(&events)
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let resp = raw("{\"type\": ").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(code(&body), "invalid_json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1")
+    );
+
+    let resp = raw("").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let big = format!(
+        "{{\"type\":\"user.created\",\"data\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(5000)
+    );
+    let resp = app
+        .http
+        .post(&events)
+        .bearer_auth(ADMIN_TOKEN)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code(&resp.json().await.unwrap()), "payload_too_large");
+
+    let cases = [
+        (json!({ "data": {} }), "type"),
+        (json!({ "type": "user.created" }), "data"),
+        (json!({ "type": "user.created", "data": "x" }), "data"),
+        (json!({ "type": "user created", "data": {} }), "type"),
+        (
+            json!({ "type": "user.created", "data": {}, "occurred_at": "tuesday" }),
+            "occurred_at",
+        ),
+        (json!([]), ""),
+        (
+            json!([{ "type": "user.created", "data": { "user": { "id": "1" } } }, { "data": {} }]),
+            "[1].type",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, err) = app
+            .post(&format!("/v1/orgs/{org}/events"), body.clone())
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {err}");
+        assert_eq!(
+            err["error"]["field"].as_str().unwrap_or_default(),
+            field,
+            "{err}"
+        );
+        assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    }
+
+    let hooks = format!("/v1/orgs/{org}/webhooks");
+    for (body, field) in [
+        (json!({ "url": "https://example.com" }), "name"),
+        (json!({ "name": "x" }), "url"),
+        (json!({ "name": "x", "url": "not a url" }), "url"),
+        (json!({ "name": "x", "url": "ftp://example.com" }), "url"),
+        (
+            json!({ "name": "x", "url": "https://example.com", "events": ["user.exploded"] }),
+            "events[0]",
+        ),
+        (
+            json!({ "name": "x", "url": "https://example.com", "channels": ["nope"] }),
+            "channels[0]",
+        ),
+        (
+            json!({ "name": "x", "url": "https://example.com", "timeout_ms": 5 }),
+            "timeout_ms",
+        ),
+        (
+            json!({ "name": "x", "url": "https://example.com", "retry_schedule": [] }),
+            "retry_schedule",
+        ),
+        (
+            json!({ "name": "x", "url": "https://example.com", "secret": "hunter2" }),
+            "secret",
+        ),
+        (
+            json!({ "name": "x", "url": "https://example.com", "profile": "soap" }),
+            "profile",
+        ),
+        (
+            json!({ "name": "x", "url": "https://example.com", "headers": { "Host": "evil" } }),
+            "headers.Host",
+        ),
+    ] {
+        let (status, err) = app.post(&hooks, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    let (status, err) = app
+        .post(
+            &hooks,
+            json!({ "name": "x", "url": "https://example.com", "evnts": ["*"] }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "an unknown field is named: {err}"
+    );
+    assert!(err["error"]["message"].as_str().unwrap().contains("evnts"));
+
+    let (status, err) = app.get(&format!("{hooks}?limit=100000")).await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
+    );
+    let (status, err) = app.get(&format!("{hooks}?colour=blue")).await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_other_organizations_are_invisible() {
+    let app = TestApp::spawn().await;
+    let acme = app.create_org("Acme").await;
+    let globex = app.create_org("Globex").await;
+    let acme_hook = app
+        .create_webhook(&acme, "https://acme.example/h", json!({}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (status, err) = app.call(Method::GET, "/v1/orgs", "", None).await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (status, _) = app.call(Method::GET, "/v1/orgs", "wrong-token", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app.call(Method::GET, "/v1/orgs", "hk_0000", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, key) = app
+        .post(
+            &format!("/v1/orgs/{globex}/api-keys"),
+            json!({ "name": "ci" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let globex_key = key["key"].as_str().unwrap().to_owned();
+    assert!(globex_key.starts_with("hk_"));
+
+    // Globex's key works on Globex…
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/orgs/{globex}/webhooks"),
+            &globex_key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, orgs) = app.call(Method::GET, "/v1/orgs", &globex_key, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        orgs["data"].as_array().unwrap().len(),
+        1,
+        "a key lists only its own organization"
+    );
+    // …and sees nothing of Acme: 404 everywhere, never 403.
+    let delivery = "dlv_01aaaaaaaaaaaaaaaaaaaaaaaa";
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/orgs/{acme}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/orgs/{acme}"),
+            Some(json!({ "name": "pwned" })),
+        ),
+        (Method::GET, format!("/v1/orgs/{acme}/webhooks"), None),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}"),
+            Some(json!({ "name": "pwned" })),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/deactivate"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/rotate-secret"),
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/deliveries"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/events"),
+            Some(json!({ "type": "user.created", "data": {} })),
+        ),
+        (Method::GET, format!("/v1/orgs/{acme}/api-keys"), None),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/api-keys"),
+            Some(json!({ "name": "x" })),
+        ),
+        (Method::GET, format!("/v1/orgs/{acme}/event-types"), None),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}/deliveries/{delivery}"),
+            None,
+        ),
+        // Acme's webhook id under Globex's own path is not found either.
+        (
+            Method::GET,
+            format!("/v1/orgs/{globex}/webhooks/{acme_hook}"),
+            None,
+        ),
+    ] {
+        let (status, err) = app.call(method.clone(), &path, &globex_key, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path} → {err}");
+    }
+    let (status, hook) = app
+        .get(&format!("/v1/orgs/{acme}/webhooks/{acme_hook}"))
+        .await;
+    assert_eq!(
+        (status, hook["name"].as_str().unwrap()),
+        (StatusCode::OK, "test hook")
+    );
+
+    // Admin-only operations are forbidden to keys.
+    let (status, err) = app
+        .call(
+            Method::POST,
+            "/v1/orgs",
+            &globex_key,
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    assert_eq!((status, code(&err)), (StatusCode::FORBIDDEN, "forbidden"));
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/orgs/{globex}"),
+            &globex_key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A deleted key stops working at once.
+    let key_id = key["id"].as_str().unwrap();
+    let (status, _) = app
+        .delete(&format!("/v1/orgs/{globex}/api-keys/{key_id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/orgs/{globex}/webhooks"),
+            &globex_key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organizations_can_be_created_changed_and_deleted() {
+    let app = TestApp::spawn().await;
+    let (status, org) = app.post("/v1/orgs", json!({ "name": "Acme Inc." })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(org["handle"], "acme-inc");
+    assert_eq!(org["catalogs"], json!(["optare"]));
+    let id = org["id"].as_str().unwrap();
+    assert!(id.starts_with("org_"));
+
+    let (status, err) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "Acme Again", "handle": "acme-inc" }),
+        )
+        .await;
+    assert_eq!((status, code(&err)), (StatusCode::CONFLICT, "conflict"));
+    let (status, err) = app
+        .post("/v1/orgs", json!({ "name": "X", "catalogs": ["nope"] }))
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("catalogs"))
+    );
+
+    let (status, changed) = app
+        .patch(&format!("/v1/orgs/{id}"), json!({ "name": "Acme Corp" }))
+        .await;
+    assert_eq!(
+        (status, changed["name"].clone()),
+        (StatusCode::OK, json!("Acme Corp"))
+    );
+    let (_, fetched) = app.get(&format!("/v1/orgs/{id}")).await;
+    assert_eq!(fetched["name"], "Acme Corp");
+
+    let (status, catalogs) = app.get("/v1/event-types").await;
+    assert_eq!(status, StatusCode::OK);
+    let optare = &catalogs["catalogs"][0];
+    assert_eq!(optare["catalog"], "optare");
+    assert_eq!(optare["types"].as_array().unwrap().len(), 25);
+    let (_, types) = app.get(&format!("/v1/orgs/{id}/event-types")).await;
+    assert!(
+        types["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "member.role.changed" && t["channel"] == "member")
+    );
+
+    let (status, _) = app.delete(&format!("/v1/orgs/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, err) = app.get(&format!("/v1/orgs/{id}")).await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let a = app
+        .create_webhook(
+            &org,
+            "https://a.example/h",
+            json!({ "description": "first", "headers": { "X-Team": "iam" } }),
+        )
+        .await;
+    let b = app
+        .create_webhook(
+            &org,
+            "https://b.example/h",
+            json!({ "events": ["user.created", "session.revoked"] }),
+        )
+        .await;
+    let c = app
+        .create_webhook(&org, "https://c.example/h", json!({}))
+        .await;
+    assert!(a["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(a["events"], json!(["*"]));
+    assert_eq!(a["headers"], json!({ "x-team": "iam" }));
+    let a_id = a["id"].as_str().unwrap();
+
+    let (status, changed) = app
+        .patch(&format!("/v1/orgs/{org}/webhooks/{a_id}"), json!({ "description": null, "timeout_ms": 2500, "channels": ["session"], "events": [] }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["description"], Value::Null);
+    assert_eq!(changed["timeout_ms"], 2500);
+    assert_eq!(changed["channels"], json!(["session"]));
+    assert!(changed.get("secret").is_none());
+
+    let (_, page) = app.get(&format!("/v1/orgs/{org}/webhooks?limit=2")).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["data"][0]["id"], c["id"], "newest first");
+    assert!(page["next_cursor"].is_string());
+
+    let ids = json!({ "ids": [a["id"], b["id"], "wh_01bbbbbbbbbbbbbbbbbbbbbbbb", "junk"] });
+    let (status, answer) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/bulk-delete"), ids)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["deleted"].as_array().unwrap().len(), 2);
+    assert_eq!(answer["not_found"].as_array().unwrap().len(), 2);
+    let (_, left) = app.get(&format!("/v1/orgs/{org}/webhooks")).await;
+    assert_eq!(left["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_ids_answer_json_404s() {
+    let app = TestApp::spawn().await;
+    let (status, err) = app.get("/v2/nothing").await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, err) = app.get("/v1/orgs/not-an-id").await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, err) = app
+        .call(Method::PUT, "/v1/orgs", ADMIN_TOKEN, Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let (status, health) = app.call(Method::GET, "/healthz", "", None).await;
+    assert_eq!(
+        (status, health["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    let (status, _) = app.call(Method::GET, "/readyz", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -1,0 +1,573 @@
+//! Delivery stories: fan-out, signatures, retries, history, isolation.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Reply, TestApp, TestReceiver};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn user_created(id: &str) -> serde_json::Value {
+    json!({ "type": "user.created", "data": { "user": { "id": id, "email": "ada@example.com" } } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_reaches_every_matching_active_webhook_signed() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let by_type = app
+        .create_webhook(
+            &org,
+            &rx.url("/by-type"),
+            json!({ "events": ["user.created"] }),
+        )
+        .await;
+    let by_channel = app
+        .create_webhook(
+            &org,
+            &rx.url("/by-channel"),
+            json!({ "channels": ["user"] }),
+        )
+        .await;
+    app.create_webhook(
+        &org,
+        &rx.url("/other"),
+        json!({ "events": ["session.revoked"] }),
+    )
+    .await;
+    app.create_webhook(&org, &rx.url("/inactive"), json!({ "active": false }))
+        .await;
+
+    let answer = app
+        .send_event(&org, json!({ "type": "user.created", "id": "evt-1", "data": { "user": { "id": "u1", "score": 1.0 } } }))
+        .await;
+    assert_eq!(answer["deliveries"], 2);
+    assert_eq!(answer["events"][0]["id"], "evt-1");
+
+    for (path, webhook) in [("/by-type", &by_type), ("/by-channel", &by_channel)] {
+        let got = rx.wait_for(path, 1, WAIT).await;
+        let req = &got[0];
+        req.verify_standard(webhook["secret"].as_str().unwrap())
+            .expect("the signature verifies");
+        assert_eq!(req.header("content-type"), "application/json");
+        assert!(req.header("user-agent").starts_with("Herald/"));
+        assert!(req.header("webhook-id").starts_with("dlv_"));
+        let body = req.json();
+        assert_eq!(body["type"], "user.created");
+        assert_eq!(body["data"], json!({ "user": { "id": "u1", "score": 1 } }));
+        // Compact JSON: re-serialising gives the same bytes.
+        assert_eq!(serde_json::to_vec(&body).unwrap(), req.body.to_vec());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.received_on("/other").is_empty());
+    assert!(rx.received_on("/inactive").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_retried_on_schedule_with_the_same_webhook_id() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(500), Reply::status(502)]);
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, hook_id).await.remove(0);
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    assert_eq!(d["state"], "pending");
+    assert_eq!(d["attempts"][0]["status"], 500);
+    assert_eq!(d["attempts"][0]["error"], "http_status");
+    assert_eq!(d["attempts"][0]["response_body"], "receiver says hi");
+
+    // The second attempt comes a minute (plus at most 10% jitter) later.
+    app.advance(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received_on("/h").len(), 1, "not before its time");
+    app.advance(Duration::from_secs(37));
+    rx.wait_for("/h", 2, WAIT).await;
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 2)
+        .await;
+    // The third after five more minutes; it succeeds.
+    app.advance(Duration::from_secs(331));
+    let got = rx.wait_for("/h", 3, WAIT).await;
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(d["attempt_count"], 3);
+    let statuses: Vec<_> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec![json!(500), json!(502), json!(200)]);
+    let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == delivery), "{ids:?}");
+    got[0]
+        .verify_standard(hook["secret"].as_str().unwrap())
+        .unwrap();
+    for req in &got[1..] {
+        req.verify_standard_at_own_time(hook["secret"].as_str().unwrap())
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_fails_after_its_last_attempt_and_can_be_resent() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 5] }))
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, hook_id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    app.advance(Duration::from_secs(6));
+    rx.wait_for("/h", 2, WAIT).await;
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "failed")
+        .await;
+    assert_eq!(d["attempt_count"], 2);
+    assert_eq!(d["next_attempt_at"], serde_json::Value::Null);
+
+    rx.answer_by_default(Reply::status(204));
+    let (status, d) = app
+        .post(
+            &format!("/v1/orgs/{org}/deliveries/{delivery}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    rx.wait_for("/h", 3, WAIT).await;
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 3);
+
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/deliveries/{delivery}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a succeeded delivery can be replayed: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_pushes_the_next_attempt_back() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(429).header("retry-after", "120")]);
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 1, 1] }))
+        .await;
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    let started =
+        chrono::DateTime::parse_from_rfc3339(d["attempts"][0]["started_at"].as_str().unwrap())
+            .unwrap();
+    let next =
+        chrono::DateTime::parse_from_rfc3339(d["next_attempt_at"].as_str().unwrap()).unwrap();
+    let gap = (next - started).num_seconds();
+    assert!(
+        (119..=125).contains(&gap),
+        "the retry waits for Retry-After: {gap} s"
+    );
+    app.advance(Duration::from_secs(125));
+    rx.wait_for("/h", 2, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(302).header("location", &rx.url("/elsewhere"))]);
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0] }))
+        .await;
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "failed")
+        .await;
+    assert_eq!(d["attempts"][0]["error"], "redirect");
+    assert_eq!(d["attempts"][0]["status"], 302);
+    assert!(rx.received_on("/elsewhere").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_delay_other_webhooks() {
+    let app = TestApp::spawn().await;
+    let slow = TestReceiver::start().await;
+    slow.answer_by_default(Reply::status(200).after(Duration::from_secs(30)));
+    let fast = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(&org, &slow.url("/slow"), json!({ "timeout_ms": 20000 }))
+        .await;
+    app.create_webhook(&org, &fast.url("/fast"), json!({}))
+        .await;
+    let batch: Vec<_> = (0..60).map(|i| user_created(&format!("u{i}"))).collect();
+    app.send_event(&org, json!(batch)).await;
+    // The slow endpoint holds its own 16 slots for 20 s; the fast one gets all 60 meanwhile.
+    fast.wait_for("/fast", 60, Duration::from_secs(8)).await;
+    assert!(
+        slow.received_on("/slow").len() <= 16,
+        "the slow webhook is limited to its own slots"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_id_is_accepted_once() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let event =
+        json!({ "type": "user.created", "id": "idem-1", "data": { "user": { "id": "u1" } } });
+    let first = app.send_event(&org, event.clone()).await;
+    assert_eq!(first["events"][0]["duplicate"], false);
+    let second = app.send_event(&org, event).await;
+    assert_eq!(second["events"][0]["duplicate"], true);
+    assert_eq!(second["deliveries"], 0);
+    rx.wait_for("/h", 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received_on("/h").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_bad_event_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let batch = json!([
+        { "type": "user.created", "id": "b-1", "data": { "user": { "id": "u1" } } },
+        { "type": "user.exploded", "id": "b-2", "data": {} }
+    ]);
+    let (status, err) = app.post(&format!("/v1/orgs/{org}/events"), batch).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["code"], "unknown_event_type");
+    assert_eq!(err["error"]["field"], "[1].type");
+    assert!(
+        app.delivery_ids(&org, hook["id"].as_str().unwrap())
+            .await
+            .is_empty()
+    );
+    let again = app
+        .send_event(
+            &org,
+            json!({ "type": "user.created", "id": "b-1", "data": { "user": { "id": "u1" } } }),
+        )
+        .await;
+    assert_eq!(
+        again["events"][0]["duplicate"], false,
+        "the first event of the refused batch was not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_newest_first_filtered_and_paginated() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(500)]);
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0] }))
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    for (i, t) in ["user.created", "session.revoked", "user.created"]
+        .iter()
+        .enumerate()
+    {
+        let data = if t.starts_with("user") {
+            json!({ "user": { "id": i.to_string() } })
+        } else {
+            json!({ "session": { "id": "s" }, "user": { "id": "u" } })
+        };
+        app.send_event(
+            &org,
+            json!({ "type": t, "id": format!("h-{i}"), "data": data }),
+        )
+        .await;
+        rx.wait_for("/h", i + 1, WAIT).await;
+    }
+    let base = format!("/v1/orgs/{org}/webhooks/{hook_id}/deliveries");
+    let (_, page1) = app.get(&format!("{base}?limit=2")).await;
+    let (_, page2) = app
+        .get(&format!(
+            "{base}?limit=2&cursor={}",
+            page1["next_cursor"].as_str().unwrap()
+        ))
+        .await;
+    let ids: Vec<_> = page1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["data"].as_array().unwrap())
+        .map(|d| d["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec!["h-2", "h-1", "h-0"]);
+    assert_eq!(page2["next_cursor"], serde_json::Value::Null);
+    let (_, sessions) = app.get(&format!("{base}?event_type=session.revoked")).await;
+    assert_eq!(sessions["data"].as_array().unwrap().len(), 1);
+    // Wait for every outcome to be recorded before filtering by state.
+    for id in app.delivery_ids(&org, hook_id).await {
+        app.wait_for_delivery(&org, &id, |d| d["state"] != "pending")
+            .await;
+    }
+    let (_, failed) = app.get(&format!("{base}?state=failed")).await;
+    assert_eq!(failed["data"].as_array().unwrap().len(), 1);
+    assert_eq!(failed["data"][0]["event_id"], "h-0");
+    let (status, err) = app.get(&format!("{base}?state=lost")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_resends_every_failed_delivery_since_a_time() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(503));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0] }))
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let since = chrono::Utc::now().to_rfc3339();
+    for i in 0..3 {
+        app.send_event(&org, user_created(&format!("u{i}"))).await;
+    }
+    rx.wait_for("/h", 3, WAIT).await;
+    for id in app.delivery_ids(&org, hook_id).await {
+        app.wait_for_delivery(&org, &id, |d| d["state"] == "failed")
+            .await;
+    }
+    rx.answer_by_default(Reply::status(200));
+    let (status, answer) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{hook_id}/recover"),
+            json!({ "since": since }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["recovered"], 3);
+    rx.wait_for("/h", 6, WAIT).await;
+    for id in app.delivery_ids(&org, hook_id).await {
+        app.wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rotation_both_secrets_sign_for_a_day() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let id = hook["id"].as_str().unwrap();
+    let old = hook["secret"].as_str().unwrap().to_owned();
+    let (status, rotated) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/rotate-secret"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(old, new);
+    let (_, fetched) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(
+        fetched.get("secret").is_none(),
+        "the secret is shown only on creation and rotation"
+    );
+
+    app.send_event(&org, user_created("u1")).await;
+    let got = rx.wait_for("/h", 1, WAIT).await;
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    got[0]
+        .verify_standard(&old)
+        .expect("the old secret still verifies");
+    got[0]
+        .verify_standard(&new)
+        .expect("the new secret verifies");
+
+    app.advance(Duration::from_secs(24 * 3600 + 60));
+    app.send_event(&org, user_created("u2")).await;
+    let got = rx.wait_for("/h", 2, WAIT).await;
+    assert_eq!(got[1].header("webhook-signature").split(' ').count(), 1);
+    // The clock moved a day ahead, past the tolerance of verifiers that read the real clock, so
+    // check at the request's own time.
+    let verify = |secret: &str| got[1].verify_standard_at_own_time(secret);
+    assert!(verify(&new).is_ok(), "the new secret verifies");
+    assert!(verify(&old).is_err(), "the old secret no longer signs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_pauses_deliveries_and_enabling_resumes_them() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(500)]);
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+
+    let (status, off) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, off["active"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    app.advance(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received_on("/h").len(), 1, "no attempt while disabled");
+    let answer = app.send_event(&org, user_created("u2")).await;
+    assert_eq!(
+        answer["deliveries"], 0,
+        "a disabled webhook gets no new deliveries"
+    );
+
+    app.post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    rx.wait_for("/h", 2, WAIT).await;
+    app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_webhook_cancels_its_pending_deliveries() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    let (status, _) = app.delete(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, d) = app
+        .get(&format!("/v1/orgs/{org}/deliveries/{delivery}"))
+        .await;
+    assert_eq!(d["state"], "cancelled");
+    app.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received_on("/h").len(), 1);
+    let (status, _) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_event_goes_through_the_normal_path() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/h"),
+            json!({ "events": ["session.revoked"] }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let (status, answer) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let got = rx.wait_for("/h", 1, WAIT).await;
+    assert_eq!(got[0].json()["type"], "herald.test");
+    got[0]
+        .verify_standard(hook["secret"].as_str().unwrap())
+        .unwrap();
+    let delivery = answer["delivery_id"].as_str().unwrap();
+    app.wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(
+        app.delivery_ids(&org, id).await,
+        vec![delivery.to_owned()],
+        "shown in the history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organizations_own_type_is_checked_against_its_schema() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let schema = json!({ "type": "object", "required": ["group"], "properties": { "group": { "type": "string" } } });
+    let (status, t) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "group.synced", "channel": "member", "schema": schema }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    app.create_webhook(&org, &rx.url("/h"), json!({ "events": ["group.synced"] }))
+        .await;
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "group.synced", "data": { "group": 7 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["code"], "schema_violation");
+    assert_eq!(err["error"]["field"], "data/group");
+    app.send_event(
+        &org,
+        json!({ "type": "group.synced", "data": { "group": "admins" } }),
+    )
+    .await;
+    let got = rx.wait_for("/h", 1, WAIT).await;
+    assert_eq!(got[0].json()["data"]["group"], "admins");
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "user.created" }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a catalog type cannot be registered again"
+    );
+}

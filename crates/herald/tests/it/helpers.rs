@@ -1,0 +1,375 @@
+//! Shared test helpers: [`TestApp`] runs the real server in-process on a loopback port with a
+//! movable clock; [`TestReceiver`] is a real HTTP endpoint that records what it gets and answers
+//! as scripted.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
+
+use herald::app::{self, AppState};
+use herald::config::Settings;
+use herald_core::ManualClock;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// The Herald server, in-process, on 127.0.0.1 with a port of its own.
+pub struct TestApp {
+    pub base: String,
+    pub clock: ManualClock,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::for_data_dir(dir.path().to_path_buf());
+        settings.security.admin_token = Some(ADMIN_TOKEN.into());
+        configure(&mut settings);
+        let clock = ManualClock::new();
+        let app = app::build(settings, Arc::new(clock.clone()))
+            .await
+            .expect("the app builds");
+        let state = app.state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            app::run(app, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the server runs");
+        });
+        Self {
+            base,
+            clock,
+            state,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            stop: Some(stop),
+        }
+    }
+
+    /// Moves the clock ahead and wakes the scheduler, as if that much time had passed.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.state.dispatcher.wake_scheduler();
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, ADMIN_TOKEN, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, ADMIN_TOKEN, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, ADMIN_TOKEN, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, ADMIN_TOKEN, None).await
+    }
+
+    /// Creates an organization and returns its id.
+    pub async fn create_org(&self, name: &str) -> String {
+        let (status, org) = self.post("/v1/orgs", json!({ "name": name })).await;
+        assert_eq!(status, StatusCode::CREATED, "{org}");
+        org["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a webhook; `extra` fields are merged into the body. Returns the whole answer
+    /// (with its secret).
+    pub async fn create_webhook(&self, org: &str, url: &str, extra: Value) -> Value {
+        let mut body = json!({ "name": "test hook", "url": url });
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
+        let (status, webhook) = self.post(&format!("/v1/orgs/{org}/webhooks"), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{webhook}");
+        webhook
+    }
+
+    pub async fn send_event(&self, org: &str, event: Value) -> Value {
+        let (status, answer) = self.post(&format!("/v1/orgs/{org}/events"), event).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        answer
+    }
+
+    /// Polls a delivery until `done` holds (bounded: 10 s).
+    pub async fn wait_for_delivery(
+        &self,
+        org: &str,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let (_, d) = self.get(&format!("/v1/orgs/{org}/deliveries/{id}")).await;
+            if done(&d) {
+                return d;
+            }
+            last = d;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("delivery {id} never reached the expected state; last seen: {last}");
+    }
+
+    /// The ids of a webhook's deliveries, newest first.
+    pub async fn delivery_ids(&self, org: &str, webhook: &str) -> Vec<String> {
+        let (status, list) = self
+            .get(&format!("/v1/orgs/{org}/webhooks/{webhook}/deliveries"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Checks the Standard Webhooks signature with the independent `standardwebhooks` crate.
+    pub fn verify_standard(&self, secret: &str) -> Result<(), String> {
+        let wh = standardwebhooks::Webhook::new(secret).map_err(|e| format!("{e:?}"))?;
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &self.headers {
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
+        }
+        wh.verify(&self.body, &headers)
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl Received {
+    /// Checks the Standard Webhooks signature at the request's own timestamp, for tests that
+    /// moved Herald's clock past what a verifier reading the real clock tolerates.
+    pub fn verify_standard_at_own_time(&self, secret: &str) -> Result<(), String> {
+        let key =
+            herald_signature::standard::SigningKey::parse(secret).map_err(|e| e.to_string())?;
+        let ts = self.header("webhook-timestamp");
+        herald_signature::standard::verify(
+            &key,
+            self.header("webhook-id"),
+            ts,
+            self.header("webhook-signature"),
+            &self.body,
+            ts.parse().map_err(|_| "no timestamp".to_owned())?,
+            300,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Reply>,
+    arrived: Notify,
+}
+
+/// A real HTTP endpoint on loopback that records requests and answers 200 unless scripted.
+#[derive(Clone)]
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl TestReceiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState {
+            received: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(Reply::status(200)),
+            arrived: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next requests get these answers, in order; then the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn answer_by_default(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = reply;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until at least `n` requests arrived on `path` (bounded by `within`).
+    pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.state.arrived.notified();
+            let got = self.received_on(path);
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "expected {n} requests on {path} within {within:?}, got {}",
+                    self.received_on(path).len()
+                );
+            }
+        }
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let reply = {
+        let next = state.script.lock().unwrap().pop_front();
+        next.unwrap_or_else(|| state.default.lock().unwrap().clone())
+    };
+    state.received.lock().unwrap().push(Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+    });
+    state.arrived.notify_waiters();
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap(),
+        "receiver says hi",
+    )
+        .into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}

@@ -1,0 +1,6 @@
+//! Herald's integration tests: one binary, the real server on loopback, real receivers.
+
+mod api;
+mod crash;
+mod delivery;
+mod helpers;
