@@ -193,9 +193,16 @@ impl Dispatcher {
         let id = due.delivery_id.clone();
         if let Err(e) = self.try_attempt(due).await {
             // The lease stays; the delivery is picked up again when it runs out.
+            self.release_held(&id);
             tracing::error!(delivery = %id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
         }
-        if self.shared.held.lock().expect("held lock").remove(&id) {
+    }
+
+    /// Forgets a delivery once its attempt is made, *before* the outcome is written: from the
+    /// moment the write commits, a resend or the scheduler may hand it out again, and must not
+    /// find it still held. Until then its lease keeps the scheduler away.
+    fn release_held(&self, id: &DeliveryId) {
+        if self.shared.held.lock().expect("held lock").remove(id) {
             self.shared.held_count.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -205,14 +212,19 @@ impl Dispatcher {
         let snapshot = match shared.directory.snapshot(&due.org_id).await {
             Ok(s) => s,
             // The organization was deleted, and its deliveries with it.
-            Err(StoreError::NotFound) => return Ok(()),
+            Err(StoreError::NotFound) => {
+                self.release_held(&due.delivery_id);
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         let Some(webhook) = snapshot.webhook(&due.webhook_id).cloned() else {
             // Deleted: its pending deliveries were cancelled with it.
+            self.release_held(&due.delivery_id);
             return Ok(());
         };
         if !webhook.active {
+            self.release_held(&due.delivery_id);
             return shared.store.release_lease(&due.delivery_id).await;
         }
         let started_at = shared.clock.now();
@@ -266,6 +278,7 @@ impl Dispatcher {
             },
             next,
         };
+        self.release_held(&due.delivery_id);
         shared.store.record_attempt(&record).await?;
         if matches!(next, NextStep::RetryAt(_)) {
             self.wake_scheduler();

@@ -60,7 +60,8 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
             return Ok(Duration::ZERO);
         }
     } else {
-        return Ok(IDLE_LOOK.min(Duration::from_millis(200)));
+        // The dispatcher is full; look again soon, once it has worked some off.
+        return Ok(Duration::from_millis(200));
     }
     let wait = match store.next_due_at().await? {
         Some(at) => Duration::from_millis((at.as_millis() - now.as_millis()).max(1) as u64),

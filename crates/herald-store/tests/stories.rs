@@ -118,7 +118,11 @@ fn event(org: &OrgId, id: &str, event_type: &str, received_at: Timestamp) -> Arc
         "correlation_id": "req-42",
         "data": {"zeta": 1, "invoice": {"id": "in_1", "amount": 4200, "note": "réglé ✓"}, "alpha": null},
     });
-    Arc::new(NewEvent::parse(raw).unwrap().into_event(org.clone(), received_at))
+    Arc::new(
+        NewEvent::parse(raw)
+            .unwrap()
+            .into_event(org.clone(), received_at),
+    )
 }
 
 fn item(event: Arc<Event>, deliveries: &[(&DeliveryId, &WebhookId)], leased: bool) -> IngestItem {
@@ -276,7 +280,11 @@ fn assert_same_event(got: &Event, want: &Event) {
     assert_eq!(got.occurred_at, want.occurred_at);
     assert_eq!(got.received_at, want.received_at);
     assert_eq!(got.correlation_id, want.correlation_id);
-    assert_eq!(got.data.get(), want.data.get(), "the data text must be kept byte for byte");
+    assert_eq!(
+        got.data.get(),
+        want.data.get(),
+        "the data text must be kept byte for byte"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,7 +307,9 @@ async fn organizations_are_listed_newest_first_a_page_at_a_time(store: Arc<dyn S
 
     let first = store.list_orgs(&page(2, None)).await.unwrap();
     assert_eq!(first.data, vec![orgs[2].clone(), orgs[1].clone()]);
-    let cursor = first.next_cursor.expect("a first page of 2 out of 3 has a next cursor");
+    let cursor = first
+        .next_cursor
+        .expect("a first page of 2 out of 3 has a next cursor");
 
     let second = store.list_orgs(&page(2, Some(cursor))).await.unwrap();
     assert_eq!(second.data, vec![orgs[0].clone()]);
@@ -324,7 +334,14 @@ async fn an_organization_can_be_updated_and_deleted(store: Arc<dyn Store>) {
 
     store.delete_org(&acme.id).await.unwrap();
     assert_not_found(store.get_org(&acme.id).await);
-    assert!(store.list_orgs(&page(10, None)).await.unwrap().data.is_empty());
+    assert!(
+        store
+            .list_orgs(&page(10, None))
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
     assert_not_found(store.delete_org(&acme.id).await);
     assert_not_found(store.update_org(&renamed).await);
 }
@@ -355,9 +372,15 @@ async fn an_api_key_is_found_by_its_hash_until_it_is_deleted(store: Arc<dyn Stor
     let key = api_key(&acme.id, "sha256:aaaa");
     store.create_api_key(&key).await.unwrap();
 
-    assert_eq!(store.find_api_key("sha256:aaaa").await.unwrap(), Some(key.clone()));
+    assert_eq!(
+        store.find_api_key("sha256:aaaa").await.unwrap(),
+        Some(key.clone())
+    );
     assert_eq!(store.find_api_key("sha256:bbbb").await.unwrap(), None);
-    assert_eq!(store.list_api_keys(&acme.id).await.unwrap(), vec![key.clone()]);
+    assert_eq!(
+        store.list_api_keys(&acme.id).await.unwrap(),
+        vec![key.clone()]
+    );
     assert!(store.list_api_keys(&globex.id).await.unwrap().is_empty());
     // Another organization cannot delete the key.
     assert_not_found(store.delete_api_key(&globex.id, &key.id).await);
@@ -398,7 +421,10 @@ async fn event_type_names_are_unique_within_an_organization(store: Arc<dyn Store
 
     let theirs = event_type(&globex.id, "invoice.paid");
     store.create_event_type(&theirs).await.unwrap();
-    assert_eq!(store.list_event_types(&globex.id).await.unwrap(), vec![theirs]);
+    assert_eq!(
+        store.list_event_types(&globex.id).await.unwrap(),
+        vec![theirs]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,14 +437,23 @@ async fn a_webhook_is_seen_only_by_its_own_organization(store: Arc<dyn Store>) {
     store.create_org(&globex).await.unwrap();
 
     assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), hook);
-    assert_eq!(store.org_webhooks(&acme.id).await.unwrap(), vec![hook.clone()]);
-    let listed = store.list_webhooks(&acme.id, &page(10, None)).await.unwrap();
+    assert_eq!(
+        store.org_webhooks(&acme.id).await.unwrap(),
+        vec![hook.clone()]
+    );
+    let listed = store
+        .list_webhooks(&acme.id, &page(10, None))
+        .await
+        .unwrap();
     assert_eq!(listed.data, vec![hook.clone()]);
     assert_eq!(listed.next_cursor, None);
 
     assert_not_found(store.get_webhook(&globex.id, &hook.id).await);
     assert!(store.org_webhooks(&globex.id).await.unwrap().is_empty());
-    let theirs = store.list_webhooks(&globex.id, &page(10, None)).await.unwrap();
+    let theirs = store
+        .list_webhooks(&globex.id, &page(10, None))
+        .await
+        .unwrap();
     assert!(theirs.data.is_empty());
     // Nor can it overwrite the webhook by naming it.
     let hijack = Webhook {
@@ -476,8 +511,14 @@ async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
         ..hook.clone()
     };
     store.update_webhook(&changed).await.unwrap();
-    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), changed);
-    assert_eq!(store.org_webhooks(&acme.id).await.unwrap(), vec![changed.clone()]);
+    assert_eq!(
+        store.get_webhook(&acme.id, &hook.id).await.unwrap(),
+        changed
+    );
+    assert_eq!(
+        store.org_webhooks(&acme.id).await.unwrap(),
+        vec![changed.clone()]
+    );
 
     // And back: optional fields can be cleared again.
     let cleared = Webhook {
@@ -485,7 +526,10 @@ async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
         ..hook.clone()
     };
     store.update_webhook(&cleared).await.unwrap();
-    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), cleared);
+    assert_eq!(
+        store.get_webhook(&acme.id, &hook.id).await.unwrap(),
+        cleared
+    );
 }
 
 async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
@@ -499,7 +543,12 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
     let deleted = store
         .delete_webhooks(
             &acme.id,
-            &[doomed.id.clone(), theirs.id.clone(), WebhookId::generate(), doomed.id.clone()],
+            &[
+                doomed.id.clone(),
+                theirs.id.clone(),
+                WebhookId::generate(),
+                doomed.id.clone(),
+            ],
             at(10),
         )
         .await
@@ -507,13 +556,25 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
     assert_eq!(deleted, vec![doomed.id.clone()]);
 
     assert_not_found(store.get_webhook(&acme.id, &doomed.id).await);
-    assert_eq!(store.org_webhooks(&acme.id).await.unwrap(), vec![kept.clone()]);
-    let listed = store.list_webhooks(&acme.id, &page(10, None)).await.unwrap();
+    assert_eq!(
+        store.org_webhooks(&acme.id).await.unwrap(),
+        vec![kept.clone()]
+    );
+    let listed = store
+        .list_webhooks(&acme.id, &page(10, None))
+        .await
+        .unwrap();
     assert_eq!(listed.data, vec![kept.clone()]);
-    assert_eq!(store.get_webhook(&globex.id, &theirs.id).await.unwrap(), theirs);
+    assert_eq!(
+        store.get_webhook(&globex.id, &theirs.id).await.unwrap(),
+        theirs
+    );
 
     // Its pending delivery is cancelled and never attempted; the other webhook's is untouched.
-    assert_eq!(state_of(&*store, &acme.id, &pending).await, DeliveryState::Cancelled);
+    assert_eq!(
+        state_of(&*store, &acme.id, &pending).await,
+        DeliveryState::Cancelled
+    );
     assert_eq!(claim(&*store, FAR_FUTURE).await, vec![kept_delivery]);
 
     // Deleting it again deletes nothing.
@@ -571,16 +632,28 @@ async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
     let stored = store.get_event(&acme.id, "evt_order_1").await.unwrap();
     assert_same_event(&stored, &event(&acme.id, "evt_order_1", "invoice.paid", T0));
     let history = store
-        .list_deliveries(&acme.id, &hook.id, &DeliveryFilter::default(), &page(10, None))
+        .list_deliveries(
+            &acme.id,
+            &hook.id,
+            &DeliveryFilter::default(),
+            &page(10, None),
+        )
         .await
         .unwrap();
     assert_eq!(history.data.len(), 1);
 
     // Another organization has its own ids.
     let theirs = deliver(&*store, &their_hook, "evt_order_1", at(6), false).await;
-    assert_eq!(state_of(&*store, &globex.id, &theirs).await, DeliveryState::Pending);
     assert_eq!(
-        store.get_event(&globex.id, "evt_order_1").await.unwrap().received_at,
+        state_of(&*store, &globex.id, &theirs).await,
+        DeliveryState::Pending
+    );
+    assert_eq!(
+        store
+            .get_event(&globex.id, "evt_order_1")
+            .await
+            .unwrap()
+            .received_at,
         at(6)
     );
 }
@@ -592,8 +665,16 @@ async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {
         .insert_events(
             &acme.id,
             &[
-                item(event(&acme.id, "evt_1", "invoice.paid", T0), &[(&d1, &hook.id)], false),
-                item(event(&acme.id, "evt_1", "invoice.paid", T0), &[(&d2, &hook.id)], false),
+                item(
+                    event(&acme.id, "evt_1", "invoice.paid", T0),
+                    &[(&d1, &hook.id)],
+                    false,
+                ),
+                item(
+                    event(&acme.id, "evt_1", "invoice.paid", T0),
+                    &[(&d2, &hook.id)],
+                    false,
+                ),
             ],
             T0,
             at(LEASE_SECS),
@@ -611,14 +692,25 @@ async fn a_batch_is_stored_all_or_nothing(store: Arc<dyn Store>) {
 
     let fresh = DeliveryId::generate();
     let batch = [
-        item(event(&acme.id, "evt_1", "invoice.paid", at(1)), &[(&fresh, &hook.id)], false),
+        item(
+            event(&acme.id, "evt_1", "invoice.paid", at(1)),
+            &[(&fresh, &hook.id)],
+            false,
+        ),
         // A delivery id that is already taken: the whole batch must fail.
-        item(event(&acme.id, "evt_2", "invoice.paid", at(1)), &[(&existing, &hook.id)], false),
+        item(
+            event(&acme.id, "evt_2", "invoice.paid", at(1)),
+            &[(&existing, &hook.id)],
+            false,
+        ),
     ];
     let result = store
         .insert_events(&acme.id, &batch, at(1), at(1 + LEASE_SECS))
         .await;
-    assert!(result.is_err(), "a clashing delivery id must fail the batch, got {result:?}");
+    assert!(
+        result.is_err(),
+        "a clashing delivery id must fail the batch, got {result:?}"
+    );
 
     assert_not_found(store.get_event(&acme.id, "evt_1").await);
     assert_not_found(store.get_event(&acme.id, "evt_2").await);
@@ -641,7 +733,11 @@ async fn an_unleased_delivery_is_claimed_once(store: Arc<dyn Store>) {
     assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
     // Leased now: not again at the same time, nor before the lease ends.
     assert!(claim(&*store, T0).await.is_empty());
-    assert!(claim(&*store, at(LEASE_SECS).plus_millis(-1)).await.is_empty());
+    assert!(
+        claim(&*store, at(LEASE_SECS).plus_millis(-1))
+            .await
+            .is_empty()
+    );
     // A lease that ran out (its dispatcher died) is claimed again.
     assert_eq!(claim(&*store, at(LEASE_SECS)).await, vec![delivery]);
 }
@@ -651,8 +747,15 @@ async fn a_delivery_leased_at_ingest_waits_for_its_lease_to_end(store: Arc<dyn S
     let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
 
     assert!(claim(&*store, T0).await.is_empty());
-    assert!(claim(&*store, at(LEASE_SECS).plus_millis(-1)).await.is_empty());
-    assert_eq!(claim(&*store, at(LEASE_SECS).plus_millis(1)).await, vec![delivery]);
+    assert!(
+        claim(&*store, at(LEASE_SECS).plus_millis(-1))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        claim(&*store, at(LEASE_SECS).plus_millis(1)).await,
+        vec![delivery]
+    );
 }
 
 async fn a_delivery_is_not_claimed_before_it_is_due(store: Arc<dyn Store>) {
@@ -675,7 +778,10 @@ async fn deliveries_of_an_inactive_webhook_are_not_claimed(store: Arc<dyn Store>
 
     assert_eq!(claim(&*store, FAR_FUTURE).await, vec![wanted.clone()]);
     // Even once that lease has run out, only the active webhook's delivery comes back.
-    assert_eq!(claim(&*store, FAR_FUTURE.plus_secs(LEASE_SECS)).await, vec![wanted]);
+    assert_eq!(
+        claim(&*store, FAR_FUTURE.plus_secs(LEASE_SECS)).await,
+        vec![wanted]
+    );
 }
 
 async fn a_claimed_delivery_carries_its_event_as_inserted(store: Arc<dyn Store>) {
@@ -748,7 +854,16 @@ async fn a_failed_attempt_schedules_the_next_one(store: Arc<dyn Store>) {
     assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
 
     let retry_at = at(60);
-    record(&*store, &acme.id, &delivery, 1, T0, &server_error(), NextStep::RetryAt(retry_at)).await;
+    record(
+        &*store,
+        &acme.id,
+        &delivery,
+        1,
+        T0,
+        &server_error(),
+        NextStep::RetryAt(retry_at),
+    )
+    .await;
 
     let (d, attempts) = store.get_delivery(&acme.id, &delivery).await.unwrap();
     assert_eq!(d.state, DeliveryState::Pending);
@@ -777,8 +892,26 @@ async fn success_and_final_failure_end_a_delivery(store: Arc<dyn Store>) {
     assert_eq!(claim(&*store, T0).await.len(), 2);
 
     let ok = AttemptOutcome::succeeded(204, 8, String::new());
-    record(&*store, &acme.id, &succeeded, 1, T0, &ok, NextStep::Succeeded).await;
-    record(&*store, &acme.id, &failed, 1, T0, &server_error(), NextStep::Failed).await;
+    record(
+        &*store,
+        &acme.id,
+        &succeeded,
+        1,
+        T0,
+        &ok,
+        NextStep::Succeeded,
+    )
+    .await;
+    record(
+        &*store,
+        &acme.id,
+        &failed,
+        1,
+        T0,
+        &server_error(),
+        NextStep::Failed,
+    )
+    .await;
 
     assert!(claim(&*store, FAR_FUTURE).await.is_empty());
     assert_eq!(store.next_due_at().await.unwrap(), None);
@@ -812,7 +945,11 @@ async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) 
         ),
         AttemptOutcome::succeeded(200, 15, r#"{"ok":true}"#.into()),
     ];
-    let nexts = [NextStep::RetryAt(at(60)), NextStep::RetryAt(at(360)), NextStep::Succeeded];
+    let nexts = [
+        NextStep::RetryAt(at(60)),
+        NextStep::RetryAt(at(360)),
+        NextStep::Succeeded,
+    ];
     let starts = [T0, at(60), at(360)];
 
     let mut expected = Vec::new();
@@ -842,9 +979,7 @@ async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) 
 // Leases and inactive webhooks
 // ---------------------------------------------------------------------------------------------
 
-async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(
-    store: Arc<dyn Store>,
-) {
+async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(store: Arc<dyn Store>) {
     let (_, hook) = org_with_webhook(&*store, "acme").await;
     let waiting = deliver(&*store, &hook, "evt_1", T0, false).await;
 
@@ -921,18 +1056,38 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
     store.create_org(&globex).await.unwrap();
     let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
 
-    assert_conflict(store.resend_delivery(&acme.id, &delivery, at(1), at(31)).await);
+    assert_conflict(
+        store
+            .resend_delivery(&acme.id, &delivery, at(1), at(31))
+            .await,
+    );
 
     assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
-    record(&*store, &acme.id, &delivery, 1, T0, &server_error(), NextStep::Failed).await;
+    record(
+        &*store,
+        &acme.id,
+        &delivery,
+        1,
+        T0,
+        &server_error(),
+        NextStep::Failed,
+    )
+    .await;
 
-    assert_not_found(store.resend_delivery(&globex.id, &delivery, at(100), at(130)).await);
+    assert_not_found(
+        store
+            .resend_delivery(&globex.id, &delivery, at(100), at(130))
+            .await,
+    );
     assert_not_found(
         store
             .resend_delivery(&acme.id, &DeliveryId::generate(), at(100), at(130))
             .await,
     );
-    assert_eq!(state_of(&*store, &acme.id, &delivery).await, DeliveryState::Failed);
+    assert_eq!(
+        state_of(&*store, &acme.id, &delivery).await,
+        DeliveryState::Failed
+    );
 
     let due = store
         .resend_delivery(&acme.id, &delivery, at(100), at(130))
@@ -951,7 +1106,11 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
     // Leased to the caller until 130 s, then claimable like any lost lease.
     assert!(claim(&*store, at(129)).await.is_empty());
     assert_eq!(claim(&*store, at(130)).await, vec![delivery.clone()]);
-    assert_conflict(store.resend_delivery(&acme.id, &delivery, at(131), at(161)).await);
+    assert_conflict(
+        store
+            .resend_delivery(&acme.id, &delivery, at(131), at(161))
+            .await,
+    );
 }
 
 async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Arc<dyn Store>) {
@@ -969,20 +1128,62 @@ async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Ar
     assert_eq!(claim(&*store, at(120)).await.len(), 4);
     let ok = AttemptOutcome::succeeded(200, 5, String::new());
     for d in [&old_failure, &new_failure, &other_failure] {
-        record(&*store, &acme.id, d, 1, at(125), &server_error(), NextStep::Failed).await;
+        record(
+            &*store,
+            &acme.id,
+            d,
+            1,
+            at(125),
+            &server_error(),
+            NextStep::Failed,
+        )
+        .await;
     }
-    record(&*store, &acme.id, &new_success, 1, at(125), &ok, NextStep::Succeeded).await;
+    record(
+        &*store,
+        &acme.id,
+        &new_success,
+        1,
+        at(125),
+        &ok,
+        NextStep::Succeeded,
+    )
+    .await;
 
-    assert_eq!(store.recover_failed(&globex.id, &hook.id, T0, at(200)).await.unwrap(), 0);
-    assert_eq!(state_of(&*store, &acme.id, &new_failure).await, DeliveryState::Failed);
+    assert_eq!(
+        store
+            .recover_failed(&globex.id, &hook.id, T0, at(200))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        state_of(&*store, &acme.id, &new_failure).await,
+        DeliveryState::Failed
+    );
 
-    assert_eq!(store.recover_failed(&acme.id, &hook.id, since, at(200)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .recover_failed(&acme.id, &hook.id, since, at(200))
+            .await
+            .unwrap(),
+        1
+    );
     let (recovered, _) = store.get_delivery(&acme.id, &new_failure).await.unwrap();
     assert_eq!(recovered.state, DeliveryState::Pending);
     assert_eq!(recovered.next_attempt_at, Some(at(200)));
-    assert_eq!(state_of(&*store, &acme.id, &old_failure).await, DeliveryState::Failed);
-    assert_eq!(state_of(&*store, &acme.id, &new_success).await, DeliveryState::Succeeded);
-    assert_eq!(state_of(&*store, &acme.id, &other_failure).await, DeliveryState::Failed);
+    assert_eq!(
+        state_of(&*store, &acme.id, &old_failure).await,
+        DeliveryState::Failed
+    );
+    assert_eq!(
+        state_of(&*store, &acme.id, &new_success).await,
+        DeliveryState::Succeeded
+    );
+    assert_eq!(
+        state_of(&*store, &acme.id, &other_failure).await,
+        DeliveryState::Failed
+    );
 
     let mut expected = vec![new_failure, still_pending];
     expected.sort();
@@ -995,15 +1196,33 @@ async fn recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked(
     let (acme, hook) = org_with_webhook(&*store, "acme").await;
     let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
     assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
-    record(&*store, &acme.id, &delivery, 1, T0, &server_error(), NextStep::Failed).await;
+    record(
+        &*store,
+        &acme.id,
+        &delivery,
+        1,
+        T0,
+        &server_error(),
+        NextStep::Failed,
+    )
+    .await;
     let inactive = Webhook {
         active: false,
         ..hook.clone()
     };
     store.update_webhook(&inactive).await.unwrap();
 
-    assert_eq!(store.recover_failed(&acme.id, &hook.id, T0, at(10)).await.unwrap(), 1);
-    assert_eq!(state_of(&*store, &acme.id, &delivery).await, DeliveryState::Pending);
+    assert_eq!(
+        store
+            .recover_failed(&acme.id, &hook.id, T0, at(10))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        state_of(&*store, &acme.id, &delivery).await,
+        DeliveryState::Pending
+    );
     // It cannot be claimed while the webhook is off, so it must not be reported as due either:
     // a scheduler told "due now" about work it cannot claim polls in a tight loop.
     assert!(claim(&*store, FAR_FUTURE).await.is_empty());
@@ -1024,9 +1243,24 @@ async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) 
     let (globex, _) = org_with_webhook(&*store, "globex").await;
 
     let ids = sorted_ids(5, DeliveryId::generate);
-    let types = ["invoice.paid", "invoice.voided", "invoice.paid", "invoice.voided", "invoice.paid"];
+    let types = [
+        "invoice.paid",
+        "invoice.voided",
+        "invoice.paid",
+        "invoice.voided",
+        "invoice.paid",
+    ];
     for (i, (id, t)) in ids.iter().zip(types).enumerate() {
-        deliver_as(&*store, &hook, id.clone(), &format!("evt_{i}"), t, at(i as i64), false).await;
+        deliver_as(
+            &*store,
+            &hook,
+            id.clone(),
+            &format!("evt_{i}"),
+            t,
+            at(i as i64),
+            false,
+        )
+        .await;
     }
     let elsewhere = deliver(&*store, &other_hook, "evt_elsewhere", T0, false).await;
     // ids[1] and ids[2] succeed; the rest stay pending.
@@ -1081,14 +1315,24 @@ async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) 
 
     // Another webhook of the same org has its own history.
     let other = store
-        .list_deliveries(&acme.id, &other_hook.id, &DeliveryFilter::default(), &page(10, None))
+        .list_deliveries(
+            &acme.id,
+            &other_hook.id,
+            &DeliveryFilter::default(),
+            &page(10, None),
+        )
         .await
         .unwrap();
     assert_eq!(ids_of(&other.data), vec![elsewhere]);
 
     // Another organization naming this webhook sees nothing, and cannot read a delivery.
     let theirs = store
-        .list_deliveries(&globex.id, &hook.id, &DeliveryFilter::default(), &page(10, None))
+        .list_deliveries(
+            &globex.id,
+            &hook.id,
+            &DeliveryFilter::default(),
+            &page(10, None),
+        )
         .await
         .unwrap();
     assert!(theirs.data.is_empty());
@@ -1108,11 +1352,22 @@ async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Stor
         let (org, hook) = org_with_webhook(&*store, handle).await;
         let key = api_key(&org.id, &format!("sha256:{handle}"));
         store.create_api_key(&key).await.unwrap();
-        store.create_event_type(&event_type(&org.id, "invoice.paid")).await.unwrap();
+        store
+            .create_event_type(&event_type(&org.id, "invoice.paid"))
+            .await
+            .unwrap();
         let attempted = deliver(&*store, &hook, "evt_attempted", T0, false).await;
         claim(&*store, T0).await;
-        record(&*store, &org.id, &attempted, 1, T0, &server_error(), NextStep::RetryAt(at(600)))
-            .await;
+        record(
+            &*store,
+            &org.id,
+            &attempted,
+            1,
+            T0,
+            &server_error(),
+            NextStep::RetryAt(at(600)),
+        )
+        .await;
         let waiting = deliver(&*store, &hook, "evt_waiting", at(1), false).await;
         list.push((org, hook, key, attempted, waiting));
     }
@@ -1135,11 +1390,23 @@ async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Stor
 
     // The other organization is untouched, and only its work is left to do.
     assert_eq!(store.get_org(&globex.id).await.unwrap(), globex);
-    assert_eq!(store.get_webhook(&globex.id, &globex_hook.id).await.unwrap(), globex_hook);
+    assert_eq!(
+        store
+            .get_webhook(&globex.id, &globex_hook.id)
+            .await
+            .unwrap(),
+        globex_hook
+    );
     assert!(store.get_event(&globex.id, "evt_attempted").await.is_ok());
-    let (_, attempts) = store.get_delivery(&globex.id, &globex_attempted).await.unwrap();
+    let (_, attempts) = store
+        .get_delivery(&globex.id, &globex_attempted)
+        .await
+        .unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(store.find_api_key(&globex_key.key_hash).await.unwrap(), Some(globex_key));
+    assert_eq!(
+        store.find_api_key(&globex_key.key_hash).await.unwrap(),
+        Some(globex_key)
+    );
     assert_eq!(store.list_event_types(&globex.id).await.unwrap().len(), 1);
     let mut expected = vec![globex_attempted, globex_waiting];
     expected.sort();
@@ -1183,7 +1450,12 @@ async fn concurrent_ingests_are_all_committed(store: Arc<dyn Store>) {
     let mut cursor = None;
     loop {
         let p = store
-            .list_deliveries(&acme.id, &hook.id, &DeliveryFilter::default(), &page(50, cursor))
+            .list_deliveries(
+                &acme.id,
+                &hook.id,
+                &DeliveryFilter::default(),
+                &page(50, cursor),
+            )
             .await
             .unwrap();
         for d in p.data {
