@@ -23,6 +23,8 @@ pub struct OrgSnapshot {
 /// What ingest needs to know of an event type.
 pub struct ResolvedType<'a> {
     pub channel: Option<&'a str>,
+    /// The catalog's URI for the type, where it has one.
+    pub uri: Option<&'a str>,
     pub validator: Option<&'a jsonschema::Validator>,
 }
 
@@ -52,17 +54,20 @@ impl OrgSnapshot {
         if name == crate::event_type::TEST_EVENT_TYPE {
             return Some(ResolvedType {
                 channel: None,
+                uri: None,
                 validator: None,
             });
         }
         if let Some((t, v)) = self.custom_types.get(name) {
             return Some(ResolvedType {
                 channel: t.channel.as_deref(),
+                uri: None,
                 validator: v.as_ref(),
             });
         }
         self.catalog_type(name).map(|(catalog, t)| ResolvedType {
             channel: Some(&t.channel),
+            uri: t.uri.as_deref(),
             validator: catalog.validator(name),
         })
     }

@@ -60,7 +60,7 @@ impl NewEvent {
             Some(_) => return Err(Invalid::new("type", "must be a string")),
             None => return Err(Invalid::new("type", "is required, e.g. \"user.created\"")),
         };
-        let mut data = match obj.remove("data") {
+        let data = match obj.remove("data") {
             Some(d @ Value::Object(_)) => d,
             Some(_) => return Err(Invalid::new("data", "must be a JSON object")),
             None => {
@@ -76,7 +76,6 @@ impl NewEvent {
                 format!("is nested deeper than {MAX_DATA_DEPTH} levels"),
             ));
         }
-        normalize_numbers(&mut data);
         let id = match obj.remove("id") {
             Some(Value::String(id)) => parse_event_id(&id)?,
             Some(Value::Null) | None => {
@@ -105,7 +104,8 @@ impl NewEvent {
 
     /// Turns the checked input into the stored form.
     pub fn into_event(self, org_id: OrgId, received_at: Timestamp) -> Event {
-        let text = serde_json::to_string(&self.data).expect("a JSON value always serialises");
+        // Stored exactly as JavaScript would write it, so every profile can embed it as it is.
+        let text = crate::js_json::to_string(&self.data);
         Event {
             id: self.id,
             org_id,
@@ -144,22 +144,6 @@ fn depth(v: &Value) -> usize {
         Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
         Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
         _ => 0,
-    }
-}
-
-/// Rewrites integral floats (`1.0`) as integers (`1`), the way JavaScript prints them, so that a
-/// receiver that re-serialises the body with `JSON.stringify` gets the very bytes that were signed.
-fn normalize_numbers(v: &mut Value) {
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64().unwrap_or_default();
-            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-                *v = Value::from(f as i64);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(normalize_numbers),
-        Value::Object(o) => o.values_mut().for_each(normalize_numbers),
-        _ => {}
     }
 }
 

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod event;
 pub mod event_type;
 pub mod ids;
+pub mod js_json;
 pub mod org;
 pub mod profile;
 pub mod retry;

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::profile::ProfileName;
+use crate::profile::{ProfileName, SignatureScheme};
 use crate::retry::RetrySchedule;
 use crate::{Invalid, OrgId, Timestamp, WebhookId};
 
@@ -21,6 +21,9 @@ pub struct Webhook {
     pub events: Vec<String>,
     pub channels: Vec<String>,
     pub profile: ProfileName,
+    /// Overrides the profile's signature scheme.
+    pub signature: Option<SignatureScheme>,
+    pub options: WebhookOptions,
     #[serde(skip)]
     pub secret: String,
     #[serde(skip)]
@@ -49,6 +52,12 @@ impl Webhook {
             .unwrap_or_else(|| self.profile.default_timeout_ms())
     }
 
+    /// The signature scheme: the webhook's override, else its profile's default.
+    pub fn effective_signature(&self) -> SignatureScheme {
+        self.signature
+            .unwrap_or_else(|| self.profile.default_signature())
+    }
+
     /// The retry schedule: the webhook's override, else its profile's default.
     pub fn effective_retry_schedule(&self) -> RetrySchedule {
         self.retry_schedule
@@ -66,6 +75,26 @@ impl Webhook {
         }
         secrets
     }
+}
+
+/// Profile-specific settings of a webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookOptions {
+    /// CloudEvents content mode (`structured`, the default, or `binary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_mode: Option<ContentMode>,
+}
+
+/// How a CloudEvent travels over HTTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// The whole event as `application/cloudevents+json`.
+    #[default]
+    Structured,
+    /// Attributes as `ce-*` headers, the data as the body.
+    Binary,
 }
 
 /// An absolute `http` or `https` URL with a host, at most 2,048 characters, no credentials and no
@@ -194,6 +223,7 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
         if RESERVED_HEADERS.contains(&lower.as_str())
             || lower.starts_with("webhook-")
             || lower.starts_with("herald-")
+            || lower.starts_with("x-herald-")
             || lower.contains("signature")
             || lower.starts_with("x-opal-")
             || lower.starts_with("ce-")

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use herald_core::delivery::Attempt;
 use herald_core::directory::Directory;
-use herald_core::profile::RenderInput;
+use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, Store, StoreError};
 use herald_core::{AttemptId, Clock, DeliveryId, WebhookId};
@@ -30,6 +30,8 @@ pub struct DispatchSettings {
     pub lease: Duration,
     /// A webhook's task ends after this long without work.
     pub idle_worker: Duration,
+    /// This server's public base URL, for profiles that name their issuer or source.
+    pub public_url: String,
 }
 
 impl Default for DispatchSettings {
@@ -39,6 +41,7 @@ impl Default for DispatchSettings {
             max_in_memory: 100_000,
             lease: Duration::from_secs(300),
             idle_worker: Duration::from_secs(60),
+            public_url: "http://127.0.0.1:7600".into(),
         }
     }
 }
@@ -228,12 +231,16 @@ impl Dispatcher {
             return shared.store.release_lease(&due.delivery_id).await;
         }
         let started_at = shared.clock.now();
-        let request = webhook.profile.profile().render(&RenderInput {
+        let resolved = snapshot.resolve_type(&due.event.event_type);
+        let request = profile::render(&RenderInput {
             event: &due.event,
             webhook: &webhook,
             org: &snapshot.org,
             delivery_id: &due.delivery_id,
             now: started_at,
+            public_url: &shared.settings.public_url,
+            channel: resolved.as_ref().and_then(|t| t.channel),
+            type_uri: resolved.as_ref().and_then(|t| t.uri),
         });
         let headers: Vec<(String, String)> = webhook
             .headers

@@ -39,6 +39,27 @@ impl SigningKey {
         Ok(Self(bytes))
     }
 
+    /// A key that is the UTF-8 bytes of a secret a user typed in (the "raw" format of the
+    /// reference libraries). At least 16 bytes, at most 256.
+    pub fn from_raw_secret(secret: &str) -> Result<Self, VerifyError> {
+        let bytes = secret.as_bytes();
+        if bytes.len() < 16 || bytes.len() > 256 {
+            return Err(VerifyError::BadSecret(
+                "a typed-in secret must be 16 to 256 bytes",
+            ));
+        }
+        Ok(Self(bytes.to_vec()))
+    }
+
+    /// The key for a stored secret: `whsec_<base64>` is decoded, anything else is used raw.
+    pub fn for_secret(secret: &str) -> Result<Self, VerifyError> {
+        if secret.starts_with(SECRET_PREFIX) {
+            Self::parse(secret)
+        } else {
+            Self::from_raw_secret(secret)
+        }
+    }
+
     /// Parses `whsec_<base64>` (the prefix is optional, as the reference libraries accept).
     pub fn parse(secret: &str) -> Result<Self, VerifyError> {
         let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);

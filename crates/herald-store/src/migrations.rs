@@ -9,8 +9,15 @@ pub struct Migration {
 }
 
 /// SQLite's migrations, in order.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/sqlite/0001_initial.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "webhook_signature_and_options",
+        sql: include_str!("../migrations/sqlite/0002_webhook_signature_and_options.sql"),
+    },
+];

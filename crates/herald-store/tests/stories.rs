@@ -96,6 +96,8 @@ fn webhook(org: &OrgId) -> Webhook {
         events: vec!["*".into()],
         channels: vec![],
         profile: ProfileName::Standard,
+        signature: None,
+        options: Default::default(),
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         previous_secret: None,
         previous_secret_expires_at: None,
@@ -144,7 +146,7 @@ fn page(limit: u32, cursor: Option<String>) -> PageRequest {
 }
 
 /// An organization with one active webhook, both stored.
-async fn org_with_webhook(store: &dyn Store, handle: &str) -> (Organization, Webhook) {
+async fn org_with_webhook(store: &Arc<dyn Store>, handle: &str) -> (Organization, Webhook) {
     let org = org(handle);
     store.create_org(&org).await.unwrap();
     let webhook = webhook(&org.id);
@@ -154,7 +156,7 @@ async fn org_with_webhook(store: &dyn Store, handle: &str) -> (Organization, Web
 
 /// Ingests one event of type `invoice.paid` with one delivery at `now`; returns the delivery id.
 async fn deliver(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     webhook: &Webhook,
     event_id: &str,
     now: Timestamp,
@@ -173,7 +175,7 @@ async fn deliver(
 }
 
 async fn deliver_as(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     webhook: &Webhook,
     id: DeliveryId,
     event_id: &str,
@@ -192,7 +194,7 @@ async fn deliver_as(
 }
 
 /// Claims everything due at `now`, leasing it for `LEASE_SECS`; returns the ids, sorted.
-async fn claim(store: &dyn Store, now: Timestamp) -> Vec<DeliveryId> {
+async fn claim(store: &Arc<dyn Store>, now: Timestamp) -> Vec<DeliveryId> {
     let due = store
         .claim_due(now, now.plus_secs(LEASE_SECS), 1000)
         .await
@@ -232,27 +234,24 @@ fn server_error() -> AttemptOutcome {
     )
 }
 
-/// Records attempt `number` of a delivery with the given outcome and next step.
-async fn record(
-    store: &dyn Store,
+/// Records a delivery's first attempt (started at `T0`) with its outcome and next step.
+async fn record_first_attempt(
+    store: &Arc<dyn Store>,
     org: &OrgId,
     delivery: &DeliveryId,
-    number: u32,
-    started_at: Timestamp,
     outcome: &AttemptOutcome,
     next: NextStep,
-) -> Attempt {
-    let attempt = attempt(AttemptId::generate(), delivery, number, started_at, outcome);
+) {
+    let attempt = attempt(AttemptId::generate(), delivery, 1, T0, outcome);
     let record = AttemptRecord {
         org_id: org.clone(),
-        attempt: attempt.clone(),
+        attempt,
         next,
     };
     store.record_attempt(&record).await.unwrap();
-    attempt
 }
 
-async fn state_of(store: &dyn Store, org: &OrgId, delivery: &DeliveryId) -> DeliveryState {
+async fn state_of(store: &Arc<dyn Store>, org: &OrgId, delivery: &DeliveryId) -> DeliveryState {
     store.get_delivery(org, delivery).await.unwrap().0.state
 }
 
@@ -432,7 +431,7 @@ async fn event_type_names_are_unique_within_an_organization(store: Arc<dyn Store
 // ---------------------------------------------------------------------------------------------
 
 async fn a_webhook_is_seen_only_by_its_own_organization(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let globex = org("globex");
     store.create_org(&globex).await.unwrap();
 
@@ -491,7 +490,7 @@ async fn webhooks_are_listed_newest_first_a_page_at_a_time(store: Arc<dyn Store>
 }
 
 async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let changed = Webhook {
         name: "Billing (EU)".into(),
         description: Some("Invoices for the EU entity".into()),
@@ -533,12 +532,12 @@ async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
 }
 
 async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
-    let (acme, doomed) = org_with_webhook(&*store, "acme").await;
+    let (acme, doomed) = org_with_webhook(&store, "acme").await;
     let kept = webhook(&acme.id);
     store.create_webhook(&kept).await.unwrap();
-    let (globex, theirs) = org_with_webhook(&*store, "globex").await;
-    let pending = deliver(&*store, &doomed, "evt_1", T0, false).await;
-    let kept_delivery = deliver(&*store, &kept, "evt_2", T0, false).await;
+    let (globex, theirs) = org_with_webhook(&store, "globex").await;
+    let pending = deliver(&store, &doomed, "evt_1", T0, false).await;
+    let kept_delivery = deliver(&store, &kept, "evt_2", T0, false).await;
 
     let deleted = store
         .delete_webhooks(
@@ -572,17 +571,40 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
 
     // Its pending delivery is cancelled and never attempted; the other webhook's is untouched.
     assert_eq!(
-        state_of(&*store, &acme.id, &pending).await,
+        state_of(&store, &acme.id, &pending).await,
         DeliveryState::Cancelled
     );
-    assert_eq!(claim(&*store, FAR_FUTURE).await, vec![kept_delivery]);
+    assert_eq!(claim(&store, FAR_FUTURE).await, vec![kept_delivery.clone()]);
 
-    // Deleting it again deletes nothing.
+    // Deleting it again deletes nothing, and it cannot be brought back by an update.
     let again = store
         .delete_webhooks(&acme.id, &[doomed.id.clone()], at(20))
         .await
         .unwrap();
     assert!(again.is_empty());
+    assert_not_found(store.update_webhook(&doomed).await);
+    // Even after the lease of the other webhook's delivery ran out, the cancelled one stays put.
+    assert_eq!(
+        claim(&store, FAR_FUTURE.plus_secs(LEASE_SECS)).await,
+        vec![kept_delivery]
+    );
+
+    // Its history stays readable.
+    let history = store
+        .list_deliveries(
+            &acme.id,
+            &doomed.id,
+            &DeliveryFilter::default(),
+            &page(10, None),
+        )
+        .await
+        .unwrap();
+    let states: Vec<_> = history
+        .data
+        .iter()
+        .map(|d| (d.id.clone(), d.state))
+        .collect();
+    assert_eq!(states, vec![(pending, DeliveryState::Cancelled)]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,9 +612,9 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------------------------
 
 async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
-    let (globex, their_hook) = org_with_webhook(&*store, "globex").await;
-    let first = deliver(&*store, &hook, "evt_order_1", T0, false).await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (globex, their_hook) = org_with_webhook(&store, "globex").await;
+    let first = deliver(&store, &hook, "evt_order_1", T0, false).await;
 
     assert_eq!(
         store.get_delivery(&acme.id, &first).await.unwrap(),
@@ -643,9 +665,9 @@ async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
     assert_eq!(history.data.len(), 1);
 
     // Another organization has its own ids.
-    let theirs = deliver(&*store, &their_hook, "evt_order_1", at(6), false).await;
+    let theirs = deliver(&store, &their_hook, "evt_order_1", at(6), false).await;
     assert_eq!(
-        state_of(&*store, &globex.id, &theirs).await,
+        state_of(&store, &globex.id, &theirs).await,
         DeliveryState::Pending
     );
     assert_eq!(
@@ -659,7 +681,7 @@ async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
 }
 
 async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (d1, d2) = (DeliveryId::generate(), DeliveryId::generate());
     let results = store
         .insert_events(
@@ -687,8 +709,8 @@ async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {
 }
 
 async fn a_batch_is_stored_all_or_nothing(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
-    let existing = deliver(&*store, &hook, "evt_0", T0, false).await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let existing = deliver(&store, &hook, "evt_0", T0, false).await;
 
     let fresh = DeliveryId::generate();
     let batch = [
@@ -715,10 +737,10 @@ async fn a_batch_is_stored_all_or_nothing(store: Arc<dyn Store>) {
     assert_not_found(store.get_event(&acme.id, "evt_1").await);
     assert_not_found(store.get_event(&acme.id, "evt_2").await);
     assert_not_found(store.get_delivery(&acme.id, &fresh).await);
-    assert_eq!(claim(&*store, FAR_FUTURE).await, vec![existing]);
+    assert_eq!(claim(&store, FAR_FUTURE).await, vec![existing]);
 
     // The failure did not poison the store: the first event can be sent again and is new.
-    deliver(&*store, &hook, "evt_1", at(2), false).await;
+    deliver(&store, &hook, "evt_1", at(2), false).await;
     assert!(store.get_event(&acme.id, "evt_1").await.is_ok());
 }
 
@@ -727,65 +749,65 @@ async fn a_batch_is_stored_all_or_nothing(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------------------------
 
 async fn an_unleased_delivery_is_claimed_once(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
 
-    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
+    assert_eq!(claim(&store, T0).await, vec![delivery.clone()]);
     // Leased now: not again at the same time, nor before the lease ends.
-    assert!(claim(&*store, T0).await.is_empty());
+    assert!(claim(&store, T0).await.is_empty());
     assert!(
-        claim(&*store, at(LEASE_SECS).plus_millis(-1))
+        claim(&store, at(LEASE_SECS).plus_millis(-1))
             .await
             .is_empty()
     );
     // A lease that ran out (its dispatcher died) is claimed again.
-    assert_eq!(claim(&*store, at(LEASE_SECS)).await, vec![delivery]);
+    assert_eq!(claim(&store, at(LEASE_SECS)).await, vec![delivery]);
 }
 
 async fn a_delivery_leased_at_ingest_waits_for_its_lease_to_end(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, true).await;
 
-    assert!(claim(&*store, T0).await.is_empty());
+    assert!(claim(&store, T0).await.is_empty());
     assert!(
-        claim(&*store, at(LEASE_SECS).plus_millis(-1))
+        claim(&store, at(LEASE_SECS).plus_millis(-1))
             .await
             .is_empty()
     );
     assert_eq!(
-        claim(&*store, at(LEASE_SECS).plus_millis(1)).await,
+        claim(&store, at(LEASE_SECS).plus_millis(1)).await,
         vec![delivery]
     );
 }
 
 async fn a_delivery_is_not_claimed_before_it_is_due(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", at(10), false).await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", at(10), false).await;
 
-    assert!(claim(&*store, at(9)).await.is_empty());
-    assert_eq!(claim(&*store, at(10)).await, vec![delivery]);
+    assert!(claim(&store, at(9)).await.is_empty());
+    assert_eq!(claim(&store, at(10)).await, vec![delivery]);
 }
 
 async fn deliveries_of_an_inactive_webhook_are_not_claimed(store: Arc<dyn Store>) {
-    let (acme, active) = org_with_webhook(&*store, "acme").await;
+    let (acme, active) = org_with_webhook(&store, "acme").await;
     let inactive = Webhook {
         active: false,
         ..webhook(&acme.id)
     };
     store.create_webhook(&inactive).await.unwrap();
-    let wanted = deliver(&*store, &active, "evt_1", T0, false).await;
-    deliver(&*store, &inactive, "evt_2", T0, false).await;
+    let wanted = deliver(&store, &active, "evt_1", T0, false).await;
+    deliver(&store, &inactive, "evt_2", T0, false).await;
 
-    assert_eq!(claim(&*store, FAR_FUTURE).await, vec![wanted.clone()]);
+    assert_eq!(claim(&store, FAR_FUTURE).await, vec![wanted.clone()]);
     // Even once that lease has run out, only the active webhook's delivery comes back.
     assert_eq!(
-        claim(&*store, FAR_FUTURE.plus_secs(LEASE_SECS)).await,
+        claim(&store, FAR_FUTURE.plus_secs(LEASE_SECS)).await,
         vec![wanted]
     );
 }
 
 async fn a_claimed_delivery_carries_its_event_as_inserted(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let delivery = DeliveryId::generate();
     let sent = event(&acme.id, "evt_rich", "user.created", T0);
     store
@@ -811,9 +833,9 @@ async fn a_claimed_delivery_carries_its_event_as_inserted(store: Arc<dyn Store>)
 }
 
 async fn claim_due_takes_no_more_than_its_limit(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
     for i in 0..5 {
-        deliver(&*store, &hook, &format!("evt_{i}"), T0, false).await;
+        deliver(&store, &hook, &format!("evt_{i}"), T0, false).await;
     }
     let first = store.claim_due(T0, at(LEASE_SECS), 3).await.unwrap();
     assert_eq!(first.len(), 3);
@@ -829,13 +851,13 @@ async fn claim_due_takes_no_more_than_its_limit(store: Arc<dyn Store>) {
 
 async fn next_due_at_is_the_earliest_due_time(store: Arc<dyn Store>) {
     assert_eq!(store.next_due_at().await.unwrap(), None);
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
 
-    deliver(&*store, &hook, "evt_leased", T0, true).await;
+    deliver(&store, &hook, "evt_leased", T0, true).await;
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
-    deliver(&*store, &hook, "evt_later", at(20), false).await;
+    deliver(&store, &hook, "evt_later", at(20), false).await;
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(20)));
-    deliver(&*store, &hook, "evt_sooner", at(10), false).await;
+    deliver(&store, &hook, "evt_sooner", at(10), false).await;
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(10)));
 
     // Once the two unleased ones are claimed until 100 s, the leased one comes first again.
@@ -844,22 +866,38 @@ async fn next_due_at_is_the_earliest_due_time(store: Arc<dyn Store>) {
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
 }
 
+async fn next_due_at_ignores_deliveries_of_an_inactive_webhook(store: Arc<dyn Store>) {
+    let (acme, _) = org_with_webhook(&store, "acme").await;
+    // Ingest can race a deactivation: the event was routed while the webhook was still active.
+    let inactive = Webhook {
+        active: false,
+        ..webhook(&acme.id)
+    };
+    store.create_webhook(&inactive).await.unwrap();
+    deliver(&store, &inactive, "evt_1", T0, false).await;
+
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
+    assert_eq!(
+        store.next_due_at().await.unwrap(),
+        None,
+        "what claim_due will not return must not be reported as due"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attempts
 // ---------------------------------------------------------------------------------------------
 
 async fn a_failed_attempt_schedules_the_next_one(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
-    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
+    assert_eq!(claim(&store, T0).await, vec![delivery.clone()]);
 
     let retry_at = at(60);
-    record(
-        &*store,
+    record_first_attempt(
+        &store,
         &acme.id,
         &delivery,
-        1,
-        T0,
         &server_error(),
         NextStep::RetryAt(retry_at),
     )
@@ -874,8 +912,8 @@ async fn a_failed_attempt_schedules_the_next_one(store: Arc<dyn Store>) {
     assert_eq!(attempts.len(), 1);
 
     // The lease (until 30 s) is gone, but the delivery waits for its retry time.
-    assert!(claim(&*store, at(LEASE_SECS)).await.is_empty());
-    assert!(claim(&*store, retry_at.plus_millis(-1)).await.is_empty());
+    assert!(claim(&store, at(LEASE_SECS)).await.is_empty());
+    assert!(claim(&store, retry_at.plus_millis(-1)).await.is_empty());
     let due = store
         .claim_due(retry_at, retry_at.plus_secs(LEASE_SECS), 10)
         .await
@@ -886,34 +924,16 @@ async fn a_failed_attempt_schedules_the_next_one(store: Arc<dyn Store>) {
 }
 
 async fn success_and_final_failure_end_a_delivery(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
-    let succeeded = deliver(&*store, &hook, "evt_1", T0, false).await;
-    let failed = deliver(&*store, &hook, "evt_2", T0, false).await;
-    assert_eq!(claim(&*store, T0).await.len(), 2);
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let succeeded = deliver(&store, &hook, "evt_1", T0, false).await;
+    let failed = deliver(&store, &hook, "evt_2", T0, false).await;
+    assert_eq!(claim(&store, T0).await.len(), 2);
 
     let ok = AttemptOutcome::succeeded(204, 8, String::new());
-    record(
-        &*store,
-        &acme.id,
-        &succeeded,
-        1,
-        T0,
-        &ok,
-        NextStep::Succeeded,
-    )
-    .await;
-    record(
-        &*store,
-        &acme.id,
-        &failed,
-        1,
-        T0,
-        &server_error(),
-        NextStep::Failed,
-    )
-    .await;
+    record_first_attempt(&store, &acme.id, &succeeded, &ok, NextStep::Succeeded).await;
+    record_first_attempt(&store, &acme.id, &failed, &server_error(), NextStep::Failed).await;
 
-    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
     assert_eq!(store.next_due_at().await.unwrap(), None);
 
     let (s, _) = store.get_delivery(&acme.id, &succeeded).await.unwrap();
@@ -929,8 +949,8 @@ async fn success_and_final_failure_end_a_delivery(store: Arc<dyn Store>) {
 }
 
 async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
     // Attempt ids in reverse order, so that an answer sorted by id instead of number shows.
     let mut ids = sorted_ids(3, AttemptId::generate);
     ids.reverse();
@@ -980,8 +1000,8 @@ async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) 
 // ---------------------------------------------------------------------------------------------
 
 async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let waiting = deliver(&*store, &hook, "evt_1", T0, false).await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let waiting = deliver(&store, &hook, "evt_1", T0, false).await;
 
     let inactive = Webhook {
         active: false,
@@ -989,7 +1009,7 @@ async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(store
         ..hook.clone()
     };
     store.update_webhook(&inactive).await.unwrap();
-    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
     assert_eq!(
         store.next_due_at().await.unwrap(),
         None,
@@ -1003,12 +1023,12 @@ async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(store
     };
     store.update_webhook(&active).await.unwrap();
     assert_eq!(store.next_due_at().await.unwrap(), Some(T0));
-    assert_eq!(claim(&*store, at(2)).await, vec![waiting]);
+    assert_eq!(claim(&store, at(2)).await, vec![waiting]);
 }
 
 async fn a_lease_given_back_for_an_inactive_webhook_stays_parked(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, true).await;
     let inactive = Webhook {
         active: false,
         ..hook.clone()
@@ -1016,34 +1036,34 @@ async fn a_lease_given_back_for_an_inactive_webhook_stays_parked(store: Arc<dyn 
     store.update_webhook(&inactive).await.unwrap();
 
     store.release_lease(&delivery).await.unwrap();
-    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
     assert_eq!(store.next_due_at().await.unwrap(), None);
 
     store.update_webhook(&hook).await.unwrap();
-    assert_eq!(claim(&*store, at(1)).await, vec![delivery]);
+    assert_eq!(claim(&store, at(1)).await, vec![delivery]);
 }
 
 async fn a_released_lease_makes_the_delivery_due_again(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, true).await;
-    assert!(claim(&*store, at(1)).await.is_empty());
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, true).await;
+    assert!(claim(&store, at(1)).await.is_empty());
 
     store.release_lease(&delivery).await.unwrap();
-    assert_eq!(claim(&*store, at(1)).await, vec![delivery]);
+    assert_eq!(claim(&store, at(1)).await, vec![delivery]);
 }
 
 async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&*store, "acme").await;
-    let leased_at_ingest = deliver(&*store, &hook, "evt_1", T0, true).await;
-    let claimed = deliver(&*store, &hook, "evt_2", T0, false).await;
-    assert_eq!(claim(&*store, T0).await, vec![claimed.clone()]);
-    let unleased = deliver(&*store, &hook, "evt_3", T0, false).await;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let leased_at_ingest = deliver(&store, &hook, "evt_1", T0, true).await;
+    let claimed = deliver(&store, &hook, "evt_2", T0, false).await;
+    assert_eq!(claim(&store, T0).await, vec![claimed.clone()]);
+    let unleased = deliver(&store, &hook, "evt_3", T0, false).await;
 
     assert_eq!(store.release_all_leases().await.unwrap(), 2);
 
     let mut expected = vec![leased_at_ingest, claimed, unleased];
     expected.sort();
-    assert_eq!(claim(&*store, at(1)).await, expected);
+    assert_eq!(claim(&store, at(1)).await, expected);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,10 +1071,10 @@ async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: A
 // ---------------------------------------------------------------------------------------------
 
 async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let globex = org("globex");
     store.create_org(&globex).await.unwrap();
-    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
 
     assert_conflict(
         store
@@ -1062,13 +1082,11 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
             .await,
     );
 
-    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
-    record(
-        &*store,
+    assert_eq!(claim(&store, T0).await, vec![delivery.clone()]);
+    record_first_attempt(
+        &store,
         &acme.id,
         &delivery,
-        1,
-        T0,
         &server_error(),
         NextStep::Failed,
     )
@@ -1085,7 +1103,7 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
             .await,
     );
     assert_eq!(
-        state_of(&*store, &acme.id, &delivery).await,
+        state_of(&store, &acme.id, &delivery).await,
         DeliveryState::Failed
     );
 
@@ -1104,8 +1122,8 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
     assert_eq!(d.state, DeliveryState::Pending);
     assert_eq!(d.next_attempt_at, Some(at(100)));
     // Leased to the caller until 130 s, then claimable like any lost lease.
-    assert!(claim(&*store, at(129)).await.is_empty());
-    assert_eq!(claim(&*store, at(130)).await, vec![delivery.clone()]);
+    assert!(claim(&store, at(129)).await.is_empty());
+    assert_eq!(claim(&store, at(130)).await, vec![delivery.clone()]);
     assert_conflict(
         store
             .resend_delivery(&acme.id, &delivery, at(131), at(161))
@@ -1114,41 +1132,23 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
 }
 
 async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let other_hook = webhook(&acme.id);
     store.create_webhook(&other_hook).await.unwrap();
-    let (globex, _) = org_with_webhook(&*store, "globex").await;
+    let (globex, _) = org_with_webhook(&store, "globex").await;
 
-    let old_failure = deliver(&*store, &hook, "evt_old", T0, false).await;
+    let old_failure = deliver(&store, &hook, "evt_old", T0, false).await;
     let since = at(100);
-    let new_failure = deliver(&*store, &hook, "evt_new", since, false).await;
-    let new_success = deliver(&*store, &hook, "evt_ok", at(110), false).await;
-    let other_failure = deliver(&*store, &other_hook, "evt_other", at(120), false).await;
-    let still_pending = deliver(&*store, &hook, "evt_pending", at(130), false).await;
-    assert_eq!(claim(&*store, at(120)).await.len(), 4);
+    let new_failure = deliver(&store, &hook, "evt_new", since, false).await;
+    let new_success = deliver(&store, &hook, "evt_ok", at(110), false).await;
+    let other_failure = deliver(&store, &other_hook, "evt_other", at(120), false).await;
+    let still_pending = deliver(&store, &hook, "evt_pending", at(130), false).await;
+    assert_eq!(claim(&store, at(120)).await.len(), 4);
     let ok = AttemptOutcome::succeeded(200, 5, String::new());
     for d in [&old_failure, &new_failure, &other_failure] {
-        record(
-            &*store,
-            &acme.id,
-            d,
-            1,
-            at(125),
-            &server_error(),
-            NextStep::Failed,
-        )
-        .await;
+        record_first_attempt(&store, &acme.id, d, &server_error(), NextStep::Failed).await;
     }
-    record(
-        &*store,
-        &acme.id,
-        &new_success,
-        1,
-        at(125),
-        &ok,
-        NextStep::Succeeded,
-    )
-    .await;
+    record_first_attempt(&store, &acme.id, &new_success, &ok, NextStep::Succeeded).await;
 
     assert_eq!(
         store
@@ -1158,7 +1158,7 @@ async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Ar
         0
     );
     assert_eq!(
-        state_of(&*store, &acme.id, &new_failure).await,
+        state_of(&store, &acme.id, &new_failure).await,
         DeliveryState::Failed
     );
 
@@ -1173,35 +1173,33 @@ async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Ar
     assert_eq!(recovered.state, DeliveryState::Pending);
     assert_eq!(recovered.next_attempt_at, Some(at(200)));
     assert_eq!(
-        state_of(&*store, &acme.id, &old_failure).await,
+        state_of(&store, &acme.id, &old_failure).await,
         DeliveryState::Failed
     );
     assert_eq!(
-        state_of(&*store, &acme.id, &new_success).await,
+        state_of(&store, &acme.id, &new_success).await,
         DeliveryState::Succeeded
     );
     assert_eq!(
-        state_of(&*store, &acme.id, &other_failure).await,
+        state_of(&store, &acme.id, &other_failure).await,
         DeliveryState::Failed
     );
 
     let mut expected = vec![new_failure, still_pending];
     expected.sort();
-    assert_eq!(claim(&*store, at(200)).await, expected);
+    assert_eq!(claim(&store, at(200)).await, expected);
 }
 
 async fn recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked(
     store: Arc<dyn Store>,
 ) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
-    let delivery = deliver(&*store, &hook, "evt_1", T0, false).await;
-    assert_eq!(claim(&*store, T0).await, vec![delivery.clone()]);
-    record(
-        &*store,
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
+    assert_eq!(claim(&store, T0).await, vec![delivery.clone()]);
+    record_first_attempt(
+        &store,
         &acme.id,
         &delivery,
-        1,
-        T0,
         &server_error(),
         NextStep::Failed,
     )
@@ -1220,16 +1218,56 @@ async fn recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked(
         1
     );
     assert_eq!(
-        state_of(&*store, &acme.id, &delivery).await,
+        state_of(&store, &acme.id, &delivery).await,
         DeliveryState::Pending
     );
     // It cannot be claimed while the webhook is off, so it must not be reported as due either:
     // a scheduler told "due now" about work it cannot claim polls in a tight loop.
-    assert!(claim(&*store, FAR_FUTURE).await.is_empty());
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
     assert_eq!(store.next_due_at().await.unwrap(), None);
 
     store.update_webhook(&hook).await.unwrap();
-    assert_eq!(claim(&*store, at(20)).await, vec![delivery]);
+    assert_eq!(claim(&store, at(20)).await, vec![delivery]);
+}
+
+async fn a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
+    claim(&store, T0).await;
+    record_first_attempt(
+        &store,
+        &acme.id,
+        &delivery,
+        &server_error(),
+        NextStep::Failed,
+    )
+    .await;
+
+    let inactive = Webhook {
+        active: false,
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+    assert_conflict(
+        store
+            .resend_delivery(&acme.id, &delivery, at(10), at(40))
+            .await,
+    );
+
+    store
+        .delete_webhooks(&acme.id, &[hook.id.clone()], at(20))
+        .await
+        .unwrap();
+    assert_conflict(
+        store
+            .resend_delivery(&acme.id, &delivery, at(30), at(60))
+            .await,
+    );
+    assert_eq!(
+        state_of(&store, &acme.id, &delivery).await,
+        DeliveryState::Failed
+    );
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1237,10 +1275,10 @@ async fn recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked(
 // ---------------------------------------------------------------------------------------------
 
 async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) {
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
     let other_hook = webhook(&acme.id);
     store.create_webhook(&other_hook).await.unwrap();
-    let (globex, _) = org_with_webhook(&*store, "globex").await;
+    let (globex, _) = org_with_webhook(&store, "globex").await;
 
     let ids = sorted_ids(5, DeliveryId::generate);
     let types = [
@@ -1252,7 +1290,7 @@ async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) 
     ];
     for (i, (id, t)) in ids.iter().zip(types).enumerate() {
         deliver_as(
-            &*store,
+            &store,
             &hook,
             id.clone(),
             &format!("evt_{i}"),
@@ -1262,12 +1300,12 @@ async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) 
         )
         .await;
     }
-    let elsewhere = deliver(&*store, &other_hook, "evt_elsewhere", T0, false).await;
+    let elsewhere = deliver(&store, &other_hook, "evt_elsewhere", T0, false).await;
     // ids[1] and ids[2] succeed; the rest stay pending.
-    claim(&*store, at(10)).await;
+    claim(&store, at(10)).await;
     let ok = AttemptOutcome::succeeded(200, 5, String::new());
     for d in [&ids[1], &ids[2]] {
-        record(&*store, &acme.id, d, 1, at(10), &ok, NextStep::Succeeded).await;
+        record_first_attempt(&store, &acme.id, d, &ok, NextStep::Succeeded).await;
     }
 
     let list = |filter: DeliveryFilter, limit: u32, cursor: Option<String>| {
@@ -1349,26 +1387,24 @@ async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Stor
     let mut kept = Vec::new();
     let mut gone = Vec::new();
     for (handle, list) in [("acme", &mut gone), ("globex", &mut kept)] {
-        let (org, hook) = org_with_webhook(&*store, handle).await;
+        let (org, hook) = org_with_webhook(&store, handle).await;
         let key = api_key(&org.id, &format!("sha256:{handle}"));
         store.create_api_key(&key).await.unwrap();
         store
             .create_event_type(&event_type(&org.id, "invoice.paid"))
             .await
             .unwrap();
-        let attempted = deliver(&*store, &hook, "evt_attempted", T0, false).await;
-        claim(&*store, T0).await;
-        record(
-            &*store,
+        let attempted = deliver(&store, &hook, "evt_attempted", T0, false).await;
+        claim(&store, T0).await;
+        record_first_attempt(
+            &store,
             &org.id,
             &attempted,
-            1,
-            T0,
             &server_error(),
             NextStep::RetryAt(at(600)),
         )
         .await;
-        let waiting = deliver(&*store, &hook, "evt_waiting", at(1), false).await;
+        let waiting = deliver(&store, &hook, "evt_waiting", at(1), false).await;
         list.push((org, hook, key, attempted, waiting));
     }
     let (acme, acme_hook, acme_key, acme_attempted, acme_waiting) = gone.remove(0);
@@ -1410,7 +1446,7 @@ async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Stor
     assert_eq!(store.list_event_types(&globex.id).await.unwrap().len(), 1);
     let mut expected = vec![globex_attempted, globex_waiting];
     expected.sort();
-    assert_eq!(claim(&*store, FAR_FUTURE).await, expected);
+    assert_eq!(claim(&store, FAR_FUTURE).await, expected);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1419,7 +1455,7 @@ async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Stor
 
 async fn concurrent_ingests_are_all_committed(store: Arc<dyn Store>) {
     const N: usize = 200;
-    let (acme, hook) = org_with_webhook(&*store, "acme").await;
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..N {
@@ -1514,6 +1550,8 @@ macro_rules! stories {
             a_claimed_delivery_carries_its_event_as_inserted,
             claim_due_takes_no_more_than_its_limit,
             next_due_at_is_the_earliest_due_time,
+            #[ignore = "bug: next_due_at counts pending deliveries of inactive webhooks, which claim_due never returns"]
+            next_due_at_ignores_deliveries_of_an_inactive_webhook,
             a_failed_attempt_schedules_the_next_one,
             success_and_final_failure_end_a_delivery,
             attempts_are_listed_in_order_with_their_outcome,
@@ -1523,6 +1561,7 @@ macro_rules! stories {
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             only_a_finished_delivery_can_be_resent,
             recovering_brings_back_failed_deliveries_created_since_a_time,
+            a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent,
             #[ignore = "bug: recover_failed sets due_at on an inactive webhook's deliveries, so next_due_at reports work claim_due will never return"]
             recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,
             delivery_history_is_newest_first_and_filterable,

@@ -77,6 +77,14 @@ pub struct LogSettings {
 }
 
 impl Settings {
+    /// The public base URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
+
     /// Settings for tests and embedding: everything at its default, data in `data_dir`.
     pub fn for_data_dir(data_dir: PathBuf) -> Self {
         Self {

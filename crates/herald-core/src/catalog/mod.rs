@@ -17,6 +17,9 @@ pub struct CatalogEventType {
     pub example: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// The type's URI where the product names events by URI (Asgardeo's SET event URIs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
 }
 
 /// A built-in catalog.

@@ -1,6 +1,19 @@
-//! Profiles: how a delivery looks on the wire. A profile renders an event into a body and headers
-//! and signs them; formats and signature schemes are independent of the event's catalog, so any
-//! event can go out in any profile.
+//! Profiles: how a delivery looks on the wire. A profile fixes a body format, a default
+//! signature scheme, a secret policy and default timeout; a webhook may override the scheme and
+//! the timeout. Formats and schemes are independent: any event renders in any profile.
+//!
+//! Every body is compact JSON written the way JavaScript writes it (see [`crate::js_json`]), so a
+//! receiver that verifies over `JSON.stringify(JSON.parse(body))` sees the very bytes signed.
+
+mod asgardeo;
+mod cloudevents;
+mod opal;
+mod optare;
+mod parallelworks;
+mod permit;
+mod secret;
+mod signature;
+mod standard;
 
 use serde::{Serialize, Serializer};
 
@@ -10,9 +23,8 @@ use crate::retry::RetrySchedule;
 use crate::webhook::Webhook;
 use crate::{DeliveryId, Invalid, Timestamp};
 
-mod standard;
-
-pub use standard::Standard;
+pub use secret::SecretPolicy;
+pub use signature::SignatureScheme;
 
 /// What a profile needs to render one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +35,12 @@ pub struct RenderInput<'a> {
     pub delivery_id: &'a DeliveryId,
     /// When this attempt is made: signatures carry it, so a replayed request can be refused.
     pub now: Timestamp,
+    /// This server's public base URL (issuers and sources are built from it).
+    pub public_url: &'a str,
+    /// The event type's channel, if it has one.
+    pub channel: Option<&'a str>,
+    /// The event type's URI in its catalog, if it has one (Asgardeo's event URIs).
+    pub type_uri: Option<&'a str>,
 }
 
 /// A rendered request: the exact bytes to send and the headers that go with them.
@@ -32,27 +50,50 @@ pub struct OutgoingRequest {
     pub headers: Vec<(&'static str, String)>,
 }
 
-/// One wire format with its signature scheme and defaults.
-pub trait Profile: Send + Sync {
-    fn render(&self, input: &RenderInput<'_>) -> OutgoingRequest;
-    /// A fresh secret in this profile's format, from a CSPRNG.
-    fn generate_secret(&self) -> String;
-    /// Checks a secret the user supplied.
-    fn parse_secret(&self, raw: &str) -> Result<String, Invalid>;
-    fn default_timeout_ms(&self) -> u32;
-    fn default_retry_schedule(&self) -> RetrySchedule {
-        RetrySchedule::standard()
-    }
+/// Renders the body in the webhook's profile and signs it with its scheme.
+pub fn render(input: &RenderInput<'_>) -> OutgoingRequest {
+    let webhook = input.webhook;
+    let (body, mut headers) = match webhook.profile {
+        ProfileName::Standard => standard::body(input),
+        ProfileName::Opal => opal::body(input),
+        ProfileName::Optare => optare::body(input),
+        ProfileName::ParallelWorks => parallelworks::body(input),
+        ProfileName::Permit => permit::body(input),
+        ProfileName::Asgardeo => asgardeo::body(input),
+        ProfileName::CloudEvents => cloudevents::body(input),
+    };
+    let scheme = webhook.effective_signature();
+    headers.extend(scheme.sign(
+        &webhook.signing_secrets(input.now),
+        input.delivery_id.as_str(),
+        input.now,
+        &body,
+    ));
+    OutgoingRequest { body, headers }
 }
 
 /// The built-in profiles by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProfileName {
     Standard,
+    Opal,
+    Optare,
+    ParallelWorks,
+    Permit,
+    Asgardeo,
+    CloudEvents,
 }
 
 impl ProfileName {
-    pub const ALL: &'static [ProfileName] = &[ProfileName::Standard];
+    pub const ALL: &'static [ProfileName] = &[
+        ProfileName::Standard,
+        ProfileName::Opal,
+        ProfileName::Optare,
+        ProfileName::ParallelWorks,
+        ProfileName::Permit,
+        ProfileName::Asgardeo,
+        ProfileName::CloudEvents,
+    ];
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         Self::ALL
@@ -75,21 +116,67 @@ impl ProfileName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Standard => "standard",
+            Self::Opal => "opal",
+            Self::Optare => "optare",
+            Self::ParallelWorks => "parallelworks",
+            Self::Permit => "permit",
+            Self::Asgardeo => "asgardeo",
+            Self::CloudEvents => "cloudevents",
         }
     }
 
-    pub fn profile(self) -> &'static dyn Profile {
+    /// The signature scheme a webhook of this profile uses unless it overrides it.
+    pub fn default_signature(self) -> SignatureScheme {
         match self {
-            Self::Standard => &Standard,
+            Self::Standard | Self::ParallelWorks | Self::Permit | Self::CloudEvents => {
+                SignatureScheme::Standard
+            }
+            Self::Opal => SignatureScheme::Opal,
+            Self::Optare => SignatureScheme::Optare,
+            Self::Asgardeo => SignatureScheme::Hub,
         }
     }
 
     pub fn default_timeout_ms(self) -> u32 {
-        self.profile().default_timeout_ms()
+        match self {
+            Self::Opal => 3_000,
+            Self::Optare => 30_000,
+            _ => 15_000,
+        }
     }
 
     pub fn default_retry_schedule(self) -> RetrySchedule {
-        self.profile().default_retry_schedule()
+        RetrySchedule::standard()
+    }
+
+    /// How secrets are made and checked for this profile.
+    pub fn secret_policy(self) -> SecretPolicy {
+        match self {
+            Self::Standard | Self::ParallelWorks | Self::CloudEvents => SecretPolicy::StandardKey,
+            Self::Optare | Self::Opal | Self::Asgardeo => SecretPolicy::Hex,
+            Self::Permit => SecretPolicy::UserSupplied,
+        }
+    }
+
+    /// Whether a new webhook of this profile starts active (Asgardeo's start inactive, to be
+    /// verified and switched on).
+    pub fn active_on_creation(self) -> bool {
+        self != Self::Asgardeo
+    }
+
+    /// Whether only an inactive webhook of this profile may be deleted.
+    pub fn delete_only_when_inactive(self) -> bool {
+        self == Self::Asgardeo
+    }
+
+    /// Whether this profile refuses plain `http://` URLs unless the server allows them.
+    pub fn requires_https(self) -> bool {
+        self == Self::Asgardeo
+    }
+
+    /// Whether a webhook of this profile must be the only one of its organization.
+    pub fn one_per_organization(self) -> bool {
+        self == Self::Opal
     }
 }
 
@@ -99,7 +186,98 @@ impl Serialize for ProfileName {
     }
 }
 
-/// Appends a JSON string literal (with quotes and escapes) to `out`.
-pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+/// The event's data as a JSON object (it was checked to be one at ingest).
+fn data_object(event: &Event) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(event.data.get()) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// `(body, headers)` for a JSON body with the given media type.
+fn json_body(
+    value: &serde_json::Value,
+    content_type: &str,
+) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    (
+        crate::js_json::to_string(value).into_bytes(),
+        vec![("content-type", content_type.to_owned())],
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::event::NewEvent;
+    use crate::org::OrgHandle;
+    use crate::webhook::{WebhookOptions, WebhookUrl};
+    use crate::{OrgId, WebhookId};
+
+    pub fn org() -> Organization {
+        Organization {
+            id: OrgId::from_trusted("org_01jd0000000000000000000000".into()),
+            name: "Acme Inc".into(),
+            handle: OrgHandle::from_name("Acme Inc"),
+            catalogs: vec![],
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    pub fn webhook(profile: ProfileName, secret: &str) -> Webhook {
+        Webhook {
+            id: WebhookId::from_trusted("wh_01jd0000000000000000000000".into()),
+            org_id: org().id,
+            name: "crm".into(),
+            description: None,
+            url: WebhookUrl::parse("https://example.com/h").unwrap(),
+            events: vec!["*".into()],
+            channels: vec![],
+            profile,
+            signature: None,
+            options: WebhookOptions::default(),
+            secret: secret.into(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            active: true,
+            headers: Default::default(),
+            timeout_ms: None,
+            retry_schedule: None,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    pub fn event(event_type: &str, data: serde_json::Value) -> Event {
+        let mut e = NewEvent::parse(serde_json::json!({ "type": event_type, "id": "evt_1", "data": data, "correlation_id": "req-9" }))
+            .unwrap()
+            .into_event(org().id, Timestamp::from_millis(1_700_000_000_000));
+        e.occurred_at = Timestamp::from_millis(1_700_000_000_000);
+        e
+    }
+
+    /// Renders with fixed ids and time; returns the body as text and a header lookup.
+    pub fn render_with(webhook: &Webhook, event: &Event) -> (String, Vec<(&'static str, String)>) {
+        let org = org();
+        let delivery_id = DeliveryId::from_trusted("dlv_01jd0000000000000000000000".into());
+        let out = render(&RenderInput {
+            event,
+            webhook,
+            org: &org,
+            delivery_id: &delivery_id,
+            now: Timestamp::from_millis(1_700_000_001_000),
+            public_url: "https://herald.example.com",
+            channel: Some("user"),
+            type_uri: None,
+        });
+        (String::from_utf8(out.body).unwrap(), out.headers)
+    }
+
+    pub fn header<'a>(headers: &'a [(&'static str, String)], name: &str) -> &'a str {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    }
 }

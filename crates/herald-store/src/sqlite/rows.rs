@@ -9,7 +9,7 @@ use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, OrgHandle, Organization};
-use herald_core::profile::ProfileName;
+use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::webhook::{Webhook, WebhookUrl};
 use herald_core::{ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, Timestamp, WebhookId};
@@ -78,11 +78,12 @@ pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<CustomEventType> {
 
 pub(crate) const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, channels, profile, secret, \
      previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-     created_at, updated_at";
+     created_at, updated_at, signature, options";
 
 pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     let profile: String = row.get(7)?;
     let retry: Option<String> = row.get(14)?;
+    let signature: Option<String> = row.get(17)?;
     Ok(Webhook {
         id: WebhookId::from_trusted(row.get(0)?),
         org_id: OrgId::from_trusted(row.get(1)?),
@@ -103,6 +104,18 @@ pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
         retry_schedule: retry.map(|r| json::<RetrySchedule>(&r, 14)).transpose()?,
         created_at: ts(row.get(15)?),
         updated_at: ts(row.get(16)?),
+        signature: signature
+            .map(|s| {
+                SignatureScheme::parse(&s).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        17,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
+            .transpose()?,
+        options: json(&row.get::<_, String>(18)?, 18)?,
     })
 }
 

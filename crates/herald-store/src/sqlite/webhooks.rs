@@ -12,7 +12,8 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "INSERT INTO webhooks (id, org_id, name, description, url, events, channels, profile, secret, \
          previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, updated_at, signature, options) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         w.id.as_str(),
@@ -31,7 +32,9 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.timeout_ms,
         w.retry_schedule.as_ref().map(to_json),
         w.created_at.as_millis(),
-        w.updated_at.as_millis()
+        w.updated_at.as_millis(),
+        w.signature.map(|s| s.as_str()),
+        to_json(&w.options)
     ])?;
     Ok(())
 }
@@ -87,7 +90,7 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "UPDATE webhooks SET name = ?, description = ?, url = ?, events = ?, channels = ?, profile = ?, \
          secret = ?, previous_secret = ?, previous_secret_expires_at = ?, active = ?, headers = ?, \
-         timeout_ms = ?, retry_schedule = ?, updated_at = ? WHERE id = ?",
+         timeout_ms = ?, retry_schedule = ?, updated_at = ?, signature = ?, options = ? WHERE id = ?",
     )?
     .execute(params![
         w.name,
@@ -104,6 +107,8 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.timeout_ms,
         w.retry_schedule.as_ref().map(to_json),
         w.updated_at.as_millis(),
+        w.signature.map(|s| s.as_str()),
+        to_json(&w.options),
         w.id.as_str()
     ])?;
     if was_active && !w.active {

@@ -79,6 +79,9 @@ struct WebhookBody {
     timeout_ms: Option<Option<u64>>,
     #[serde(default, deserialize_with = "present")]
     retry_schedule: Option<Option<Vec<u64>>>,
+    #[serde(default, deserialize_with = "present")]
+    signature: Option<Option<String>>,
+    options: Option<Value>,
 }
 
 impl From<WebhookBody> for WebhookInput {
@@ -95,6 +98,8 @@ impl From<WebhookBody> for WebhookInput {
             headers: b.headers,
             timeout_ms: b.timeout_ms,
             retry_schedule: b.retry_schedule,
+            signature: b.signature,
+            options: b.options,
         }
     }
 }

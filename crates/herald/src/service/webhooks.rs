@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use herald_core::directory::OrgSnapshot;
 use herald_core::event::NewEvent;
-use herald_core::profile::ProfileName;
+use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, IngestItem, NewDelivery};
 use herald_core::webhook::{
-    ROTATION_OVERLAP_MS, Webhook, WebhookUrl, parse_description, parse_headers, parse_subscription,
-    parse_timeout_ms,
+    ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
+    parse_subscription, parse_timeout_ms,
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
 
@@ -32,6 +32,62 @@ pub struct WebhookInput {
     pub headers: Option<BTreeMap<String, String>>,
     pub timeout_ms: Option<Option<u64>>,
     pub retry_schedule: Option<Option<Vec<u64>>>,
+    pub signature: Option<Option<String>>,
+    pub options: Option<serde_json::Value>,
+}
+
+fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
+    serde_json::from_value(raw).map_err(|e| {
+        Invalid::new(
+            "options",
+            format!("{e}; the known option is content_mode (structured or binary)"),
+        )
+        .into()
+    })
+}
+
+fn new_secret(profile: ProfileName, given: Option<&str>) -> ServiceResult<String> {
+    match given {
+        Some(s) => Ok(profile.secret_policy().parse(s)?),
+        None => profile.secret_policy().generate().ok_or_else(|| {
+            Invalid::new(
+                "secret",
+                format!("the {} profile signs with a secret you choose; send one (16 to 256 characters)", profile.as_str()),
+            )
+            .into()
+        }),
+    }
+}
+
+/// Profile rules that involve the URL or the organization's other webhooks.
+fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) -> ServiceResult<()> {
+    if w.profile.one_per_organization()
+        && let Some(other) = snapshot
+            .webhooks
+            .iter()
+            .find(|o| o.profile == w.profile && o.id != w.id)
+    {
+        return Err(ServiceError::Conflict(format!(
+            "this organization already has an {} webhook ({}); the {} profile allows one per organization: change or delete that one",
+            w.profile.as_str(),
+            other.id,
+            w.profile.as_str()
+        )));
+    }
+    if w.profile.requires_https()
+        && !w.url.is_https()
+        && !state.settings.security.allow_insecure_urls
+    {
+        return Err(Invalid::new(
+            "url",
+            format!(
+                "the {} profile needs an https:// URL (the server allows http:// only with HERALD_ALLOW_INSECURE_URLS)",
+                w.profile.as_str()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 async fn snapshot(state: &AppState, scope: &Scope, org: &OrgId) -> ServiceResult<Arc<OrgSnapshot>> {
@@ -91,10 +147,7 @@ pub async fn create(
     };
     let (events, channels) = parse_subscription(input.events, input.channels)?;
     check_subscription(&snapshot, &events, &channels)?;
-    let secret = match &input.secret {
-        Some(s) => profile.profile().parse_secret(s)?,
-        None => profile.profile().generate_secret(),
-    };
+    let secret = new_secret(profile, input.secret.as_deref())?;
     let now = state.clock.now();
     let webhook = Webhook {
         id: WebhookId::generate(),
@@ -105,10 +158,20 @@ pub async fn create(
         events,
         channels,
         profile,
+        signature: input
+            .signature
+            .flatten()
+            .map(|s| SignatureScheme::parse(&s))
+            .transpose()?,
+        options: input
+            .options
+            .map(parse_options)
+            .transpose()?
+            .unwrap_or_default(),
         secret,
         previous_secret: None,
         previous_secret_expires_at: None,
-        active: input.active.unwrap_or(true),
+        active: input.active.unwrap_or(profile.active_on_creation()),
         headers: parse_headers(input.headers.unwrap_or_default())?,
         timeout_ms: input
             .timeout_ms
@@ -123,6 +186,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    check_profile_rules(state, &snapshot, &webhook)?;
     state
         .store
         .create_webhook(&webhook)
@@ -181,18 +245,13 @@ pub async fn update(
         w.url = WebhookUrl::parse(&url)?;
     }
     if let Some(profile) = input.profile {
-        let profile = ProfileName::parse(&profile)?;
-        if profile != w.profile
-            && input.secret.is_none()
-            && profile.profile().parse_secret(&w.secret).is_err()
-        {
-            return Err(Invalid::new(
-                "secret",
-                format!("the current secret does not suit the '{}' profile; send a new secret with the profile change, or rotate it", profile.as_str()),
-            )
-            .into());
-        }
-        w.profile = profile;
+        w.profile = ProfileName::parse(&profile)?;
+    }
+    if let Some(signature) = input.signature {
+        w.signature = signature.map(|s| SignatureScheme::parse(&s)).transpose()?;
+    }
+    if let Some(options) = input.options {
+        w.options = parse_options(options)?;
     }
     if input.events.is_some() || input.channels.is_some() {
         let (events, channels) = parse_subscription(
@@ -207,7 +266,7 @@ pub async fn update(
         w.description = parse_description(description)?;
     }
     if let Some(secret) = input.secret {
-        w.secret = w.profile.profile().parse_secret(&secret)?;
+        w.secret = w.profile.secret_policy().parse(&secret)?;
     }
     if let Some(active) = input.active {
         w.active = active;
@@ -221,6 +280,7 @@ pub async fn update(
     if let Some(schedule) = input.retry_schedule {
         w.retry_schedule = schedule.map(RetrySchedule::parse).transpose()?;
     }
+    check_profile_rules(state, &snapshot, &w)?;
     save(state, w).await
 }
 
@@ -264,10 +324,7 @@ pub async fn rotate_secret(
     secret: Option<String>,
 ) -> ServiceResult<Webhook> {
     let mut w = get(state, scope, org, id).await?;
-    let new = match secret {
-        Some(s) => w.profile.profile().parse_secret(&s)?,
-        None => w.profile.profile().generate_secret(),
-    };
+    let new = new_secret(w.profile, secret.as_deref())?;
     let now = state.clock.now();
     w.previous_secret = Some(std::mem::replace(&mut w.secret, new));
     w.previous_secret_expires_at = Some(now.plus_millis(ROTATION_OVERLAP_MS));
@@ -284,6 +341,18 @@ pub async fn delete(
     scope.check_org(org)?;
     if ids.len() > 1000 {
         return Err(Invalid::new("ids", "at most 1000 ids at once").into());
+    }
+    let snapshot = snapshot(state, scope, org).await?;
+    if let Some(active) = ids
+        .iter()
+        .filter_map(|id| snapshot.webhook(id))
+        .find(|w| w.active && w.profile.delete_only_when_inactive())
+    {
+        return Err(ServiceError::Conflict(format!(
+            "the webhook {} is active; deactivate it first ({} webhooks can be deleted only when inactive)",
+            active.id,
+            active.profile.as_str()
+        )));
     }
     let deleted = state
         .store

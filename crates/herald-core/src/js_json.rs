@@ -1,0 +1,167 @@
+//! Compact JSON exactly as JavaScript's `JSON.stringify(JSON.parse(text))` writes it.
+//!
+//! Some receivers verify a signature over the re-serialised body rather than the raw bytes
+//! (Opal's reference verifier does `JSON.stringify(request.body)`), so every body Herald signs
+//! must survive that round trip unchanged. Three things differ from a plain serialiser:
+//! numbers (`1.0` is `1`, `1e21` is `1e+21`, integers past 2^53 lose precision), key order
+//! (keys that are array indices come first, ascending), and nothing else: string escaping is
+//! already the same.
+
+use std::fmt::Write;
+
+use serde_json::{Map, Value};
+
+/// Writes `value` as JavaScript would.
+pub fn to_string(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
+    out
+}
+
+fn write_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= MAX_SAFE) {
+                let _ = write!(out, "{i}");
+            } else if let Some(u) = n.as_u64().filter(|u| *u <= MAX_SAFE) {
+                let _ = write!(out, "{u}");
+            } else {
+                out.push_str(&number(n.as_f64().unwrap_or(f64::NAN)));
+            }
+        }
+        Value::String(s) => out.push_str(&serde_json::to_string(s).expect("strings serialise")),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => write_object(out, map),
+    }
+}
+
+const MAX_SAFE: u64 = 9_007_199_254_740_991;
+
+fn write_object(out: &mut String, map: &Map<String, Value>) {
+    let mut index_keys: Vec<(u32, &String)> = map
+        .keys()
+        .filter_map(|k| array_index(k).map(|i| (i, k)))
+        .collect();
+    index_keys.sort_unstable();
+    let ordered = index_keys
+        .iter()
+        .map(|(_, k)| *k)
+        .chain(map.keys().filter(|k| array_index(k).is_none()));
+    out.push('{');
+    for (i, key) in ordered.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).expect("strings serialise"));
+        out.push(':');
+        write_value(out, &map[key.as_str()]);
+    }
+    out.push('}');
+}
+
+/// Whether a key is a canonical array index (`"0"`, `"17"`, not `"01"`), which JavaScript
+/// objects order before every other key.
+fn array_index(key: &str) -> Option<u32> {
+    if key.is_empty() || key.len() > 10 || (key.len() > 1 && key.starts_with('0')) {
+        return None;
+    }
+    if !key.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    key.parse::<u64>()
+        .ok()
+        .filter(|i| *i < u64::from(u32::MAX))
+        .map(|i| i as u32)
+}
+
+/// ECMAScript `Number::toString` for a finite double.
+pub fn number(x: f64) -> String {
+    if !x.is_finite() {
+        return "null".to_owned();
+    }
+    if x == 0.0 {
+        return "0".to_owned();
+    }
+    let sign = if x < 0.0 { "-" } else { "" };
+    // Rust's `{:e}` gives the shortest digits that round-trip, like JavaScript.
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').expect("scientific notation has an e");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let k = digits.len() as i32;
+    let n = exp.parse::<i32>().expect("an integer exponent") + 1;
+    let body = if k <= n && n <= 21 {
+        format!("{digits}{}", "0".repeat((n - k) as usize))
+    } else if 0 < n && n <= 21 {
+        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat((-n) as usize))
+    } else {
+        let e = n - 1;
+        let e_sign = if e < 0 { '-' } else { '+' };
+        if k == 1 {
+            format!("{digits}e{e_sign}{}", e.abs())
+        } else {
+            format!("{}.{}e{e_sign}{}", &digits[..1], &digits[1..], e.abs())
+        }
+    };
+    format!("{sign}{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numbers_are_written_as_javascript_writes_them() {
+        for (x, js) in [
+            (1.0, "1"),
+            (-2.5, "-2.5"),
+            (0.1, "0.1"),
+            (1e21, "1e+21"),
+            (1.5e21, "1.5e+21"),
+            (1e20, "100000000000000000000"),
+            (1e-7, "1e-7"),
+            (1.5e-7, "1.5e-7"),
+            (0.000001, "0.000001"),
+            (123.456, "123.456"),
+            (-0.0, "0"),
+        ] {
+            assert_eq!(number(x), js, "{x}");
+        }
+    }
+
+    #[test]
+    fn integers_past_two_to_the_53_lose_precision_like_javascript() {
+        let v: Value =
+            serde_json::from_str("[12345678901234567890, 9007199254740991, -9007199254740993]")
+                .unwrap();
+        assert_eq!(
+            to_string(&v),
+            "[12345678901234567000,9007199254740991,-9007199254740992]"
+        );
+    }
+
+    #[test]
+    fn index_like_keys_come_first_in_ascending_order() {
+        let v: Value = serde_json::from_str(r#"{"b":1,"10":2,"a":3,"2":4,"01":5}"#).unwrap();
+        assert_eq!(to_string(&v), r#"{"2":4,"10":2,"b":1,"a":3,"01":5}"#);
+    }
+
+    #[test]
+    fn strings_are_escaped_like_javascript() {
+        let v = json!({ "s": "a\"b\\c\n\u{1}é/\u{7f}" });
+        assert_eq!(to_string(&v), "{\"s\":\"a\\\"b\\\\c\\n\\u0001é/\u{7f}\"}");
+    }
+}

@@ -1,0 +1,47 @@
+//! The `parallelworks` body: `{"type", "webhook": {"id", "organization", "name"}, "payload"}`.
+
+use serde_json::json;
+
+use super::{RenderInput, data_object, json_body};
+
+pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    let (e, w) = (input.event, input.webhook);
+    json_body(
+        &json!({
+            "type": e.event_type,
+            "webhook": { "id": w.id.as_str(), "organization": input.org.handle.as_str(), "name": w.name },
+            "payload": data_object(e),
+        }),
+        "application/json",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::profile::ProfileName;
+    use crate::profile::fixtures::*;
+
+    #[test]
+    fn a_parallel_works_body_names_the_webhook() {
+        let hook = webhook(
+            ProfileName::ParallelWorks,
+            &ProfileName::ParallelWorks
+                .secret_policy()
+                .generate()
+                .unwrap(),
+        );
+        let (body, _) = render_with(
+            &hook,
+            &event(
+                "USER_DISABLED",
+                json!({ "username": "demo", "userId": "653c" }),
+            ),
+        );
+        assert_eq!(
+            body,
+            r#"{"type":"USER_DISABLED","webhook":{"id":"wh_01jd0000000000000000000000","organization":"acme-inc","name":"crm"},"payload":{"username":"demo","userId":"653c"}}"#
+        );
+    }
+}
