@@ -17,13 +17,13 @@ use herald_core::delivery::{Attempt, AttemptError, AttemptOutcome, Delivery, Del
 use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, OrgHandle, Organization};
-use herald_core::profile::ProfileName;
+use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::{NextStep, RetrySchedule};
 use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, Store,
     StoreError, StoreResult,
 };
-use herald_core::webhook::{Webhook, WebhookUrl};
+use herald_core::webhook::{ContentMode, Webhook, WebhookOptions, WebhookUrl};
 use herald_core::{
     ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, PageRequest, Timestamp, WebhookId,
 };
@@ -97,7 +97,7 @@ fn webhook(org: &OrgId) -> Webhook {
         channels: vec![],
         profile: ProfileName::Standard,
         signature: None,
-        options: Default::default(),
+        options: WebhookOptions::default(),
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         previous_secret: None,
         previous_secret_expires_at: None,
@@ -495,6 +495,11 @@ async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
         name: "Billing (EU)".into(),
         description: Some("Invoices for the EU entity".into()),
         url: WebhookUrl::parse("https://eu.example.com/hooks?v=2").unwrap(),
+        profile: ProfileName::CloudEvents,
+        signature: Some(SignatureScheme::Hub),
+        options: WebhookOptions {
+            content_mode: Some(ContentMode::Binary),
+        },
         events: vec!["invoice.paid".into(), "invoice.voided".into()],
         channels: vec!["billing".into()],
         secret: "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHdlYmhvb2s=".into(),
@@ -578,7 +583,7 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
 
     // Deleting it again deletes nothing, and it cannot be brought back by an update.
     let again = store
-        .delete_webhooks(&acme.id, &[doomed.id.clone()], at(20))
+        .delete_webhooks(&acme.id, std::slice::from_ref(&doomed.id), at(20))
         .await
         .unwrap();
     assert!(again.is_empty());
@@ -1255,7 +1260,7 @@ async fn a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent(store: Ar
     );
 
     store
-        .delete_webhooks(&acme.id, &[hook.id.clone()], at(20))
+        .delete_webhooks(&acme.id, std::slice::from_ref(&hook.id), at(20))
         .await
         .unwrap();
     assert_conflict(
@@ -1383,32 +1388,51 @@ async fn delivery_history_is_newest_first_and_filterable(store: Arc<dyn Store>) 
 // Deleting an organization
 // ---------------------------------------------------------------------------------------------
 
-async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Store>) {
-    let mut kept = Vec::new();
-    let mut gone = Vec::new();
-    for (handle, list) in [("acme", &mut gone), ("globex", &mut kept)] {
-        let (org, hook) = org_with_webhook(&store, handle).await;
-        let key = api_key(&org.id, &format!("sha256:{handle}"));
-        store.create_api_key(&key).await.unwrap();
-        store
-            .create_event_type(&event_type(&org.id, "invoice.paid"))
-            .await
-            .unwrap();
-        let attempted = deliver(&store, &hook, "evt_attempted", T0, false).await;
-        claim(&store, T0).await;
-        record_first_attempt(
-            &store,
-            &org.id,
-            &attempted,
-            &server_error(),
-            NextStep::RetryAt(at(600)),
-        )
-        .await;
-        let waiting = deliver(&store, &hook, "evt_waiting", at(1), false).await;
-        list.push((org, hook, key, attempted, waiting));
+/// An organization with something of every kind it can own.
+struct Populated {
+    org: Organization,
+    hook: Webhook,
+    key: ApiKey,
+    /// Attempted once, due again at 600 s.
+    attempted: DeliveryId,
+    waiting: DeliveryId,
+}
+
+async fn populated_org(store: &Arc<dyn Store>, handle: &str) -> Populated {
+    let (org, hook) = org_with_webhook(store, handle).await;
+    let key = api_key(&org.id, &format!("sha256:{handle}"));
+    store.create_api_key(&key).await.unwrap();
+    let paid = event_type(&org.id, "invoice.paid");
+    store.create_event_type(&paid).await.unwrap();
+    let attempted = deliver(store, &hook, "evt_attempted", T0, false).await;
+    assert_eq!(claim(store, T0).await, vec![attempted.clone()]);
+    let retry = NextStep::RetryAt(at(600));
+    record_first_attempt(store, &org.id, &attempted, &server_error(), retry).await;
+    let waiting = deliver(store, &hook, "evt_waiting", at(1), false).await;
+    Populated {
+        org,
+        hook,
+        key,
+        attempted,
+        waiting,
     }
-    let (acme, acme_hook, acme_key, acme_attempted, acme_waiting) = gone.remove(0);
-    let (globex, globex_hook, globex_key, globex_attempted, globex_waiting) = kept.remove(0);
+}
+
+async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Store>) {
+    let Populated {
+        org: acme,
+        hook: acme_hook,
+        key: acme_key,
+        attempted: acme_attempted,
+        waiting: acme_waiting,
+    } = populated_org(&store, "acme").await;
+    let Populated {
+        org: globex,
+        hook: globex_hook,
+        key: globex_key,
+        attempted: globex_attempted,
+        waiting: globex_waiting,
+    } = populated_org(&store, "globex").await;
 
     store.delete_org(&acme.id).await.unwrap();
 
@@ -1550,7 +1574,6 @@ macro_rules! stories {
             a_claimed_delivery_carries_its_event_as_inserted,
             claim_due_takes_no_more_than_its_limit,
             next_due_at_is_the_earliest_due_time,
-            #[ignore = "bug: next_due_at counts pending deliveries of inactive webhooks, which claim_due never returns"]
             next_due_at_ignores_deliveries_of_an_inactive_webhook,
             a_failed_attempt_schedules_the_next_one,
             success_and_final_failure_end_a_delivery,
@@ -1562,7 +1585,6 @@ macro_rules! stories {
             only_a_finished_delivery_can_be_resent,
             recovering_brings_back_failed_deliveries_created_since_a_time,
             a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent,
-            #[ignore = "bug: recover_failed sets due_at on an inactive webhook's deliveries, so next_due_at reports work claim_due will never return"]
             recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,
             delivery_history_is_newest_first_and_filterable,
             deleting_an_organization_removes_everything_it_owns,

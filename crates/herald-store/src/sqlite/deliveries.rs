@@ -105,8 +105,13 @@ pub(crate) fn claim_due(
 
 pub(crate) fn next_due_at(conn: &Connection) -> DbResult<Option<Timestamp>> {
     let next: Option<i64> = conn
-        .prepare_cached("SELECT MIN(due_at) FROM deliveries WHERE state = 'pending'")?
-        .query_row([], |r| r.get(0))?;
+        .prepare_cached(
+            "SELECT d.due_at FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.state = 'pending' AND d.due_at IS NOT NULL AND w.active = 1 AND w.deleted_at IS NULL \
+             ORDER BY d.due_at LIMIT 1",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
     Ok(next.map(Timestamp::from_millis))
 }
 
@@ -142,7 +147,7 @@ pub(crate) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> DbResult<(
          due_at = CASE WHEN ?3 IS NOT NULL \
              AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN ?3 ELSE NULL END, \
          lease_until = NULL, last_status = ?4, last_error = ?5, updated_at = ?6 \
-         WHERE id = ?7 AND state = 'pending'",
+         WHERE id = ?7 AND org_id = ?8 AND state = 'pending'",
     )?
     .execute(params![
         state,
@@ -151,7 +156,8 @@ pub(crate) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> DbResult<(
         a.status,
         a.error,
         updated_at,
-        a.delivery_id.as_str()
+        a.delivery_id.as_str(),
+        r.org_id.as_str()
     ])?;
     Ok(())
 }
@@ -297,7 +303,9 @@ pub(crate) fn recover_failed(
     let n = conn
         .prepare_cached(
             "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = ?1, \
-             due_at = ?1, lease_until = NULL, updated_at = ?1 \
+             due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
+                 THEN ?1 ELSE NULL END, \
+             lease_until = NULL, updated_at = ?1 \
              WHERE org_id = ?2 AND webhook_id = ?3 AND state = 'failed' AND created_at >= ?4",
         )?
         .execute(params![now.as_millis(), org.as_str(), webhook.as_str(), since.as_millis()])?;
