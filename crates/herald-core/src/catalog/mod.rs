@@ -57,8 +57,18 @@ impl Catalog {
     }
 }
 
-static CATALOGS: LazyLock<Vec<Catalog>> =
-    LazyLock::new(|| vec![Catalog::load(include_str!("optare.json"))]);
+static CATALOGS: LazyLock<Vec<Catalog>> = LazyLock::new(|| {
+    [
+        include_str!("optare.json"),
+        include_str!("opal.json"),
+        include_str!("parallelworks.json"),
+        include_str!("permit.json"),
+        include_str!("asgardeo.json"),
+    ]
+    .into_iter()
+    .map(Catalog::load)
+    .collect()
+});
 
 /// Every built-in catalog.
 pub fn all() -> &'static [Catalog] {
@@ -174,6 +184,42 @@ mod tests {
     fn an_unknown_catalog_is_refused_with_the_choices() {
         let err = CatalogName::parse("nope").unwrap_err();
         assert!(err.message.contains("optare"));
+    }
+
+    #[test]
+    fn two_catalogs_that_define_the_same_type_cannot_be_enabled_together() {
+        let err = parse_catalog_set(&["opal".into(), "parallelworks".into()]).unwrap_err();
+        assert!(
+            matches!(&err, CatalogSetError::Conflict(m) if m.contains("USER_REMOVED_FROM_GROUP")),
+            "{err}"
+        );
+        assert!(
+            parse_catalog_set(&[
+                "optare".into(),
+                "opal".into(),
+                "permit".into(),
+                "asgardeo".into()
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn every_asgardeo_type_has_its_event_uri() {
+        let asgardeo = CatalogName::parse("asgardeo").unwrap().catalog().unwrap();
+        assert_eq!(asgardeo.types.len(), 17);
+        for t in &asgardeo.types {
+            assert_eq!(
+                t.uri.as_deref(),
+                Some(
+                    format!(
+                        "https://schemas.identity.wso2.org/events/{}/event-type/{}",
+                        t.channel, t.name
+                    )
+                    .as_str()
+                )
+            );
+        }
     }
 
     #[test]

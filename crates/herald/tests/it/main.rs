@@ -4,3 +4,4 @@ mod api;
 mod crash;
 mod delivery;
 mod helpers;
+mod profiles;
