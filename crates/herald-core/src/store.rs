@@ -136,8 +136,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<DueDelivery>>;
     /// When the earliest pending, unleased delivery comes due.
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
-    /// Stores an attempt and moves its delivery on; releases the lease.
-    async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()>;
+    /// Stores attempts and moves their deliveries on; releases their leases. All or nothing.
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()>;
+    /// Stores one attempt.
+    async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
+        self.record_attempts(std::slice::from_ref(record)).await
+    }
     /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
     /// Releases every lease: on start-up of a node that is the only one using the store.

@@ -52,6 +52,13 @@ impl Webhook {
             .unwrap_or_else(|| self.profile.default_timeout_ms())
     }
 
+    /// The batch window, for a profile that batches.
+    pub fn batch_window_ms(&self) -> Option<u32> {
+        self.options
+            .batch_window_ms
+            .filter(|_| self.profile.batches_events())
+    }
+
     /// The signature scheme: the webhook's override, else its profile's default.
     pub fn effective_signature(&self) -> SignatureScheme {
         self.signature
@@ -84,6 +91,42 @@ pub struct WebhookOptions {
     /// CloudEvents content mode (`structured`, the default, or `binary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_mode: Option<ContentMode>,
+    /// Opal: events that arrive within this many milliseconds of the first share one body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_window_ms: Option<u32>,
+}
+
+impl WebhookOptions {
+    /// The longest batch window accepted.
+    pub const MAX_BATCH_WINDOW_MS: u32 = 10_000;
+
+    /// Checks the options against the webhook's profile.
+    pub fn check(&self, profile: ProfileName) -> Result<(), Invalid> {
+        if let Some(ms) = self.batch_window_ms {
+            if !profile.batches_events() {
+                return Err(Invalid::new(
+                    "options.batch_window_ms",
+                    format!(
+                        "the {} profile sends one event per request; only opal batches",
+                        profile.as_str()
+                    ),
+                ));
+            }
+            if ms == 0 || ms > Self::MAX_BATCH_WINDOW_MS {
+                return Err(Invalid::new(
+                    "options.batch_window_ms",
+                    "must be between 1 and 10000 milliseconds",
+                ));
+            }
+        }
+        if self.content_mode.is_some() && profile != ProfileName::CloudEvents {
+            return Err(Invalid::new(
+                "options.content_mode",
+                "applies to the cloudevents profile only",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How a CloudEvent travels over HTTP.

@@ -499,6 +499,7 @@ async fn updating_a_webhook_saves_every_field(store: Arc<dyn Store>) {
         signature: Some(SignatureScheme::Hub),
         options: WebhookOptions {
             content_mode: Some(ContentMode::Binary),
+            batch_window_ms: Some(250),
         },
         events: vec!["invoice.paid".into(), "invoice.voided".into()],
         channels: vec!["billing".into()],

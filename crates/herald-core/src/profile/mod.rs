@@ -52,20 +52,30 @@ pub struct OutgoingRequest {
 
 /// Renders the body in the webhook's profile and signs it with its scheme.
 pub fn render(input: &RenderInput<'_>) -> OutgoingRequest {
+    render_batch(std::slice::from_ref(input))
+}
+
+/// Renders several deliveries of one webhook into one request. Only a profile whose body
+/// carries a list of events (Opal) puts them all in; any other renders the first alone, so
+/// callers batch only for webhooks with a batch window, which only Opal allows. The delivery
+/// ids are joined with commas in the id header.
+pub fn render_batch(inputs: &[RenderInput<'_>]) -> OutgoingRequest {
+    let input = &inputs[0];
     let webhook = input.webhook;
     let (body, mut headers) = match webhook.profile {
+        ProfileName::Opal => opal::body(inputs),
         ProfileName::Standard => standard::body(input),
-        ProfileName::Opal => opal::body(input),
         ProfileName::Optare => optare::body(input),
         ProfileName::ParallelWorks => parallelworks::body(input),
         ProfileName::Permit => permit::body(input),
         ProfileName::Asgardeo => asgardeo::body(input),
         ProfileName::CloudEvents => cloudevents::body(input),
     };
+    let ids: Vec<&str> = inputs.iter().map(|i| i.delivery_id.as_str()).collect();
     let scheme = webhook.effective_signature();
     headers.extend(scheme.sign(
         &webhook.signing_secrets(input.now),
-        input.delivery_id.as_str(),
+        &ids.join(","),
         input.now,
         &body,
     ));
@@ -172,6 +182,11 @@ impl ProfileName {
     /// Whether this profile refuses plain `http://` URLs unless the server allows them.
     pub fn requires_https(self) -> bool {
         self == Self::Asgardeo
+    }
+
+    /// Whether one request may carry several events (Opal's `events` list).
+    pub fn batches_events(self) -> bool {
+        self == Self::Opal
     }
 
     /// Whether a webhook of this profile must be the only one of its organization.

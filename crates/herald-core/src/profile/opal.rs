@@ -4,7 +4,21 @@ use serde_json::{Map, Value, json};
 
 use super::{RenderInput, data_object, json_body};
 
-pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
+/// One body for one or several events of one organization (Opal's batch window).
+pub(super) fn body(inputs: &[RenderInput<'_>]) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    let events: Vec<Value> = inputs.iter().map(|i| event(i)).collect();
+    let input = &inputs[0];
+    json_body(
+        &json!({
+            "event_ts": input.event.occurred_at.as_secs(),
+            "organization_id": input.org.id.as_str(),
+            "events": events,
+        }),
+        "application/json",
+    )
+}
+
+fn event(input: &RenderInput<'_>) -> Value {
     let e = input.event;
     let mut event = Map::new();
     event.insert("event_type".into(), json!(e.event_type));
@@ -14,14 +28,7 @@ pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, Stri
             event.insert(k, v);
         }
     }
-    json_body(
-        &json!({
-            "event_ts": e.occurred_at.as_secs(),
-            "organization_id": input.org.id.as_str(),
-            "events": [Value::Object(event)],
-        }),
-        "application/json",
-    )
+    Value::Object(event)
 }
 
 #[cfg(test)]

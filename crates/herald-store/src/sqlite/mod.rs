@@ -335,10 +335,14 @@ impl Store for SqliteStore {
         self.read(deliveries::next_due_at).await
     }
 
-    async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
-        let record = record.clone();
-        self.write(move |c| deliveries::record_attempt(c, &record))
-            .await
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+        let records = records.to_vec();
+        self.write(move |c| {
+            records
+                .iter()
+                .try_for_each(|r| deliveries::record_attempt(c, r))
+        })
+        .await
     }
 
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {

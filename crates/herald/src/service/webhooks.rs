@@ -40,7 +40,7 @@ fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
     serde_json::from_value(raw).map_err(|e| {
         Invalid::new(
             "options",
-            format!("{e}; the known option is content_mode (structured or binary)"),
+            format!("{e}; the options are content_mode (cloudevents: structured or binary) and batch_window_ms (opal)"),
         )
         .into()
     })
@@ -61,6 +61,7 @@ fn new_secret(profile: ProfileName, given: Option<&str>) -> ServiceResult<String
 
 /// Profile rules that involve the URL or the organization's other webhooks.
 fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) -> ServiceResult<()> {
+    w.options.check(w.profile)?;
     if w.profile.one_per_organization()
         && let Some(other) = snapshot
             .webhooks

@@ -357,3 +357,97 @@ async fn a_webhook_can_override_its_profiles_signature_scheme() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opal_batch_window_puts_close_events_in_one_signed_body() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = org_with(&app, &["opal"]).await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/opal"),
+            json!({ "profile": "opal", "options": { "batch_window_ms": 300 } }),
+        )
+        .await;
+    let secret = hook["secret"].as_str().unwrap();
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({ "type": "USER_ADDED_TO_GROUP", "data": { "group_type": "CONNECTOR_GROUP", "user_id": format!("user{i}@example.com"), "group_id": "00g1835ro5hxRmpel5d7" } }))
+        .collect();
+    app.send_event(&org, json!(events)).await;
+    let req = &rx.wait_for("/opal", 1, WAIT).await[0];
+    let body = req.json();
+    assert_eq!(body["events"].as_array().unwrap().len(), 5, "{body}");
+    assert_eq!(body["events"][4]["user_id"], "user4@example.com");
+    assert_eq!(node_verifies("opal.js", req, secret), (true, false));
+    assert_eq!(req.header("x-herald-delivery-id").split(',').count(), 5);
+    for id in app.delivery_ids(&org, hook["id"].as_str().unwrap()).await {
+        let d = app
+            .wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")
+            .await;
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.received_on("/opal").len(), 1, "one request for the five");
+
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "x", "url": rx.url("/x"), "options": { "batch_window_ms": 300 } }),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].clone()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!("options.batch_window_ms")
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_two_catalogs_that_share_a_type_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let (status, err) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "Both", "catalogs": ["opal", "parallelworks"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("USER_REMOVED_FROM_GROUP")
+    );
+    let org = org_with(&app, &["opal"]).await;
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}"),
+            json!({ "catalogs": ["opal", "parallelworks"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{org}"),
+            json!({ "catalogs": ["opal", "asgardeo"] }),
+        )
+        .await;
+    assert_eq!(
+        (status, changed["catalogs"].clone()),
+        (StatusCode::OK, json!(["opal", "asgardeo"]))
+    );
+    let (_, catalogs) = app.get("/v1/event-types").await;
+    let names: Vec<&str> = catalogs["catalogs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["catalog"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["optare", "opal", "parallelworks", "permit", "asgardeo"]
+    );
+}

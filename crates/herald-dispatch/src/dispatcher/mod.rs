@@ -1,21 +1,25 @@
 //! Per-webhook queues. Each webhook with work gets its own task and its own concurrency limit,
 //! so an endpoint that hangs until its timeout holds only its own slots; every other webhook's
 //! deliveries go on at full speed.
+//!
+//! - `mod.rs`: the handle ingest and the scheduler use, and what is held in memory.
+//! - `worker.rs`: one webhook's task (and Opal's batch window).
+//! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
+
+mod attempt;
+mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
-use herald_core::delivery::Attempt;
 use herald_core::directory::Directory;
-use herald_core::profile::{self, RenderInput};
-use herald_core::retry::NextStep;
-use herald_core::store::{AttemptRecord, DueDelivery, Store, StoreError};
-use herald_core::{AttemptId, Clock, DeliveryId, WebhookId};
+use herald_core::store::{DueDelivery, Store};
+use herald_core::{Clock, DeliveryId, WebhookId};
 
 use crate::client::HttpClient;
 
@@ -157,50 +161,6 @@ impl Dispatcher {
         }
     }
 
-    /// One webhook's queue: takes deliveries in order and runs up to the concurrency limit.
-    async fn run_worker(self, webhook_id: WebhookId, mut rx: mpsc::UnboundedReceiver<DueDelivery>) {
-        let slots = Arc::new(Semaphore::new(self.shared.settings.per_webhook_concurrency));
-        let mut in_flight = JoinSet::new();
-        loop {
-            let next = tokio::select! {
-                d = rx.recv() => d,
-                _ = tokio::time::sleep(self.shared.settings.idle_worker) => None,
-            };
-            let delivery = match next {
-                Some(d) => d,
-                None => {
-                    // Idle: leave unless something arrived while we decided.
-                    let mut workers = self.shared.workers.lock().expect("workers lock");
-                    match rx.try_recv() {
-                        Ok(d) => d,
-                        Err(_) => {
-                            workers.remove(&webhook_id);
-                            break;
-                        }
-                    }
-                }
-            };
-            let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let this = self.clone();
-            in_flight.spawn(async move {
-                this.attempt(delivery).await;
-                drop(permit);
-            });
-            while in_flight.try_join_next().is_some() {}
-        }
-        while in_flight.join_next().await.is_some() {}
-    }
-
-    /// Makes one attempt of one delivery and records it.
-    async fn attempt(&self, due: DueDelivery) {
-        let id = due.delivery_id.clone();
-        if let Err(e) = self.try_attempt(due).await {
-            // The lease stays; the delivery is picked up again when it runs out.
-            self.release_held(&id);
-            tracing::error!(delivery = %id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
-        }
-    }
-
     /// Forgets a delivery once its attempt is made, *before* the outcome is written: from the
     /// moment the write commits, a resend or the scheduler may hand it out again, and must not
     /// find it still held. Until then its lease keeps the scheduler away.
@@ -208,89 +168,6 @@ impl Dispatcher {
         if self.shared.held.lock().expect("held lock").remove(id) {
             self.shared.held_count.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    async fn try_attempt(&self, due: DueDelivery) -> Result<(), StoreError> {
-        let shared = &self.shared;
-        let snapshot = match shared.directory.snapshot(&due.org_id).await {
-            Ok(s) => s,
-            // The organization was deleted, and its deliveries with it.
-            Err(StoreError::NotFound) => {
-                self.release_held(&due.delivery_id);
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(webhook) = snapshot.webhook(&due.webhook_id).cloned() else {
-            // Deleted: its pending deliveries were cancelled with it.
-            self.release_held(&due.delivery_id);
-            return Ok(());
-        };
-        if !webhook.active {
-            self.release_held(&due.delivery_id);
-            return shared.store.release_lease(&due.delivery_id).await;
-        }
-        let started_at = shared.clock.now();
-        let resolved = snapshot.resolve_type(&due.event.event_type);
-        let request = profile::render(&RenderInput {
-            event: &due.event,
-            webhook: &webhook,
-            org: &snapshot.org,
-            delivery_id: &due.delivery_id,
-            now: started_at,
-            public_url: &shared.settings.public_url,
-            channel: resolved.as_ref().and_then(|t| t.channel),
-            type_uri: resolved.as_ref().and_then(|t| t.uri),
-        });
-        let headers: Vec<(String, String)> = webhook
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
-        let outcome = shared
-            .client
-            .send(webhook.url.as_str(), request, &headers, timeout)
-            .await;
-        let number = due.attempt_count + 1;
-        let jitter: f64 = rand::random();
-        let next = webhook.effective_retry_schedule().next_step(
-            number.saturating_sub(due.schedule_base),
-            &outcome,
-            shared.clock.now(),
-            jitter,
-        );
-        match (&next, &outcome.error) {
-            (NextStep::Failed, Some(error)) => tracing::warn!(
-                delivery = %due.delivery_id, webhook = %webhook.id, attempts = number,
-                error = error.code(), "delivery failed after its last attempt"
-            ),
-            (NextStep::RetryAt(at), Some(error)) => tracing::debug!(
-                delivery = %due.delivery_id, error = error.code(), retry_at = %at.to_rfc3339(), "attempt failed"
-            ),
-            _ => {}
-        }
-        let record = AttemptRecord {
-            org_id: due.org_id.clone(),
-            attempt: Attempt {
-                id: AttemptId::generate(),
-                delivery_id: due.delivery_id.clone(),
-                number,
-                started_at,
-                duration_ms: outcome.duration_ms,
-                status: outcome.status,
-                error: outcome.error.as_ref().map(|e| e.code().to_owned()),
-                error_message: outcome.error.as_ref().map(|e| e.message()),
-                response_body: outcome.response_body,
-            },
-            next,
-        };
-        self.release_held(&due.delivery_id);
-        shared.store.record_attempt(&record).await?;
-        if matches!(next, NextStep::RetryAt(_)) {
-            self.wake_scheduler();
-        }
-        Ok(())
     }
 
     /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and

@@ -1,0 +1,123 @@
+//! One request: render the delivery (or batch) in its webhook's profile, send it, and record
+//! an attempt per delivery with its next state.
+
+use std::time::Duration;
+
+use herald_core::AttemptId;
+use herald_core::delivery::Attempt;
+use herald_core::profile::{self, RenderInput};
+use herald_core::retry::NextStep;
+use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
+
+use super::Dispatcher;
+
+impl Dispatcher {
+    /// Attempts a batch of deliveries of one webhook (usually a batch of one).
+    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>) {
+        let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
+        if let Err(e) = self.try_attempt(batch).await {
+            // The leases stay; the deliveries come back when they run out.
+            for id in &ids {
+                self.release_held(id);
+            }
+            tracing::error!(deliveries = ids.len(), first = %ids[0], error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
+        }
+    }
+
+    async fn try_attempt(&self, batch: Vec<DueDelivery>) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let first = &batch[0];
+        let forget = |this: &Self| batch.iter().for_each(|d| this.release_held(&d.delivery_id));
+        let snapshot = match shared.directory.snapshot(&first.org_id).await {
+            Ok(s) => s,
+            // The organization was deleted, and its deliveries with it.
+            Err(StoreError::NotFound) => {
+                forget(self);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(webhook) = snapshot.webhook(&first.webhook_id).cloned() else {
+            // Deleted: its pending deliveries were cancelled with it.
+            forget(self);
+            return Ok(());
+        };
+        if !webhook.active {
+            forget(self);
+            for d in &batch {
+                shared.store.release_lease(&d.delivery_id).await?;
+            }
+            return Ok(());
+        }
+
+        let started_at = shared.clock.now();
+        let resolved: Vec<_> = batch
+            .iter()
+            .map(|d| snapshot.resolve_type(&d.event.event_type))
+            .collect();
+        let inputs: Vec<RenderInput<'_>> = batch
+            .iter()
+            .zip(&resolved)
+            .map(|(d, t)| RenderInput {
+                event: &d.event,
+                webhook: &webhook,
+                org: &snapshot.org,
+                delivery_id: &d.delivery_id,
+                now: started_at,
+                public_url: &shared.settings.public_url,
+                channel: t.as_ref().and_then(|t| t.channel),
+                type_uri: t.as_ref().and_then(|t| t.uri),
+            })
+            .collect();
+        let request = profile::render_batch(&inputs);
+        let headers: Vec<(String, String)> = webhook
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        let outcome = shared
+            .client
+            .send(webhook.url.as_str(), request, &headers, timeout)
+            .await;
+
+        let schedule = webhook.effective_retry_schedule();
+        let finished_at = shared.clock.now();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut retrying = false;
+        for due in &batch {
+            let number = due.attempt_count + 1;
+            let next = schedule.next_step(
+                number.saturating_sub(due.schedule_base),
+                &outcome,
+                finished_at,
+                rand::random(),
+            );
+            retrying |= matches!(next, NextStep::RetryAt(_));
+            if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
+                tracing::warn!(delivery = %due.delivery_id, webhook = %webhook.id, attempts = number, error = error.code(), "delivery failed after its last attempt");
+            }
+            records.push(AttemptRecord {
+                org_id: due.org_id.clone(),
+                attempt: Attempt {
+                    id: AttemptId::generate(),
+                    delivery_id: due.delivery_id.clone(),
+                    number,
+                    started_at,
+                    duration_ms: outcome.duration_ms,
+                    status: outcome.status,
+                    error: outcome.error.as_ref().map(|e| e.code().to_owned()),
+                    error_message: outcome.error.as_ref().map(|e| e.message()),
+                    response_body: outcome.response_body.clone(),
+                },
+                next,
+            });
+        }
+        forget(self);
+        shared.store.record_attempts(&records).await?;
+        if retrying {
+            self.wake_scheduler();
+        }
+        Ok(())
+    }
+}
