@@ -18,6 +18,8 @@ pub enum DeliveryState {
     Failed,
     /// Its webhook was deleted before it could succeed.
     Cancelled,
+    /// Never attempted, for the reason in `last_error` (e.g. its WebSub channel is not verified).
+    Skipped,
 }
 
 impl DeliveryState {
@@ -27,6 +29,7 @@ impl DeliveryState {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -36,10 +39,11 @@ impl DeliveryState {
             "succeeded" => Ok(Self::Succeeded),
             "failed" => Ok(Self::Failed),
             "cancelled" => Ok(Self::Cancelled),
+            "skipped" => Ok(Self::Skipped),
             _ => Err(Invalid::new(
                 "state",
                 format!(
-                    "'{}' is not a delivery state; use pending, succeeded, failed or cancelled",
+                    "'{}' is not a delivery state; use pending, succeeded, failed, cancelled or skipped",
                     crate::truncate_for_message(raw)
                 ),
             )),

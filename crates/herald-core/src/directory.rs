@@ -10,6 +10,7 @@ use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
 use crate::org::Organization;
 use crate::store::{Store, StoreResult};
+use crate::subscription::{Subscription, Verification};
 use crate::webhook::Webhook;
 use crate::{OrgId, WebhookId};
 
@@ -17,6 +18,8 @@ use crate::{OrgId, WebhookId};
 pub struct OrgSnapshot {
     pub org: Organization,
     pub webhooks: Vec<Arc<Webhook>>,
+    /// WebSub subscriptions by webhook and channel.
+    subscriptions: HashMap<(WebhookId, String), Subscription>,
     custom_types: HashMap<String, (CustomEventType, Option<jsonschema::Validator>)>,
 }
 
@@ -29,7 +32,12 @@ pub struct ResolvedType<'a> {
 }
 
 impl OrgSnapshot {
-    pub fn build(org: Organization, webhooks: Vec<Webhook>, custom: Vec<CustomEventType>) -> Self {
+    pub fn build(
+        org: Organization,
+        webhooks: Vec<Webhook>,
+        custom: Vec<CustomEventType>,
+        subscriptions: Vec<Subscription>,
+    ) -> Self {
         let custom_types = custom
             .into_iter()
             .map(|t| {
@@ -45,6 +53,10 @@ impl OrgSnapshot {
         Self {
             org,
             webhooks: webhooks.into_iter().map(Arc::new).collect(),
+            subscriptions: subscriptions
+                .into_iter()
+                .map(|s| ((s.webhook_id.clone(), s.channel.clone()), s))
+                .collect(),
             custom_types,
         }
     }
@@ -100,6 +112,91 @@ impl OrgSnapshot {
                 .any(|c| c.types.iter().any(|t| t.channel == channel))
     }
 
+    /// Every channel the organization's types belong to, sorted.
+    pub fn all_channels(&self) -> Vec<String> {
+        let mut channels: Vec<String> = self
+            .custom_types
+            .values()
+            .filter_map(|(t, _)| t.channel.clone())
+            .chain(
+                self.org
+                    .catalogs
+                    .iter()
+                    .filter_map(|c| c.catalog())
+                    .flat_map(|c| c.types.iter().map(|t| t.channel.clone())),
+            )
+            .collect();
+        channels.sort();
+        channels.dedup();
+        channels
+    }
+
+    /// The channels a webhook's subscription covers: those it names, and those of the types it
+    /// names (`*` covers every channel).
+    pub fn channels_of(&self, webhook: &Webhook) -> Vec<String> {
+        if webhook.events.iter().any(|e| e == "*") || webhook.channels.iter().any(|c| c == "*") {
+            return self.all_channels();
+        }
+        let mut channels: Vec<String> = webhook
+            .channels
+            .iter()
+            .cloned()
+            .chain(webhook.events.iter().filter_map(|e| {
+                self.resolve_type(e)
+                    .and_then(|t| t.channel.map(str::to_owned))
+            }))
+            .collect();
+        channels.sort();
+        channels.dedup();
+        channels
+    }
+
+    /// The webhook's WebSub subscriptions, by channel.
+    pub fn subscriptions_of(&self, webhook: &WebhookId) -> Vec<&Subscription> {
+        let mut subs: Vec<&Subscription> = self
+            .subscriptions
+            .iter()
+            .filter(|((w, _), _)| w == webhook)
+            .map(|(_, s)| s)
+            .collect();
+        subs.sort_by(|a, b| a.channel.cmp(&b.channel));
+        subs
+    }
+
+    /// Why an event of `channel` must not be sent to `webhook` now, if it must not: a webhook
+    /// that verifies its intent gets events only on channels it verified.
+    pub fn withheld_because(
+        &self,
+        webhook: &Webhook,
+        channel: Option<&str>,
+        now: crate::Timestamp,
+    ) -> Option<String> {
+        if webhook.verification == Verification::None {
+            return None;
+        }
+        let Some(channel) = channel else {
+            return Some("not sent: the event type has no channel, and this webhook receives only channels it verified (WebSub)".into());
+        };
+        match self
+            .subscriptions
+            .get(&(webhook.id.clone(), channel.to_owned()))
+        {
+            Some(s) if s.delivers(now) => None,
+            Some(s) => Some(format!(
+                "not sent: the channel '{channel}' is not verified (WebSub {} is {}{})",
+                s.mode.as_str(),
+                s.state.as_str(),
+                s.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )),
+            None => Some(format!(
+                "not sent: the channel '{channel}' was never verified (WebSub); activate the webhook or resend its verification"
+            )),
+        }
+    }
+
     pub fn webhook(&self, id: &WebhookId) -> Option<&Arc<Webhook>> {
         self.webhooks.iter().find(|w| &w.id == id)
     }
@@ -141,7 +238,13 @@ impl Directory {
         let organization = self.store.get_org(org).await?;
         let webhooks = self.store.org_webhooks(org).await?;
         let types = self.store.list_event_types(org).await?;
-        let snapshot = Arc::new(OrgSnapshot::build(organization, webhooks, types));
+        let subscriptions = self.store.org_subscriptions(org).await?;
+        let snapshot = Arc::new(OrgSnapshot::build(
+            organization,
+            webhooks,
+            types,
+            subscriptions,
+        ));
         let mut orgs = self.orgs.write().expect("directory lock");
         if self.generation.load(Ordering::SeqCst) == generation {
             orgs.insert(org.clone(), snapshot.clone());

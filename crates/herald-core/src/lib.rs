@@ -17,6 +17,7 @@ pub mod org;
 pub mod profile;
 pub mod retry;
 pub mod store;
+pub mod subscription;
 pub mod time;
 pub mod webhook;
 

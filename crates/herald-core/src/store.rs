@@ -11,6 +11,7 @@ use crate::event::Event;
 use crate::event_type::CustomEventType;
 use crate::org::{ApiKey, Organization};
 use crate::retry::NextStep;
+use crate::subscription::Subscription;
 use crate::webhook::Webhook;
 use crate::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -40,6 +41,8 @@ pub struct NewDelivery {
     /// Leased to this node's dispatcher right away (it is handed over in memory after the
     /// commit), so that the retry scheduler does not pick it up as well.
     pub leased: bool,
+    /// Set when the delivery must not be attempted; it is stored as `skipped` with this reason.
+    pub skip: Option<String>,
 }
 
 /// One event of an ingest request with its fan-out.
@@ -169,6 +172,22 @@ pub trait Store: Send + Sync + 'static {
         lease_until: Timestamp,
     ) -> StoreResult<DueDelivery>;
     /// Makes every failed delivery of the webhook created since `since` pending again, due now.
+    // WebSub subscriptions.
+    /// Every subscription of the organization's webhooks, for the directory.
+    async fn org_subscriptions(&self, org: &OrgId) -> StoreResult<Vec<Subscription>>;
+    /// Inserts or replaces subscriptions (by webhook and channel).
+    async fn save_subscriptions(
+        &self,
+        org: &OrgId,
+        subscriptions: &[Subscription],
+    ) -> StoreResult<()>;
+    /// Subscriptions whose lease renewal is due, with their organization.
+    async fn subscriptions_to_renew(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<(OrgId, Subscription)>>;
+
     async fn recover_failed(
         &self,
         org: &OrgId,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::{ProfileName, SignatureScheme};
 use crate::retry::RetrySchedule;
+use crate::subscription::Verification;
 use crate::{Invalid, OrgId, Timestamp, WebhookId};
 
 /// How long the previous secret keeps signing after a rotation, so receivers can switch over.
@@ -24,6 +25,8 @@ pub struct Webhook {
     /// Overrides the profile's signature scheme.
     pub signature: Option<SignatureScheme>,
     pub options: WebhookOptions,
+    /// Whether the endpoint must verify its intent (WebSub) before it gets events.
+    pub verification: Verification,
     #[serde(skip)]
     pub secret: String,
     #[serde(skip)]

@@ -97,6 +97,36 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// GETs `url` and returns the status and at most `max_body` bytes of the body as text
+    /// (WebSub verification of intent).
+    pub async fn get_text(
+        &self,
+        url: &str,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<(u16, String), AttemptError> {
+        let mut response = self
+            .inner
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while body.len() < max_body {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Err(classify(&e)),
+            }
+        }
+        body.truncate(max_body);
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
 fn failed(
     error: AttemptError,
     status: Option<u16>,

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod dispatcher;
 pub mod scheduler;
+pub mod websub;
 
 pub use client::HttpClient;
 pub use dispatcher::{DispatchSettings, Dispatcher};

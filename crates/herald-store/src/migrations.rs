@@ -20,4 +20,9 @@ pub const SQLITE: &[Migration] = &[
         name: "webhook_signature_and_options",
         sql: include_str!("../migrations/sqlite/0002_webhook_signature_and_options.sql"),
     },
+    Migration {
+        version: 3,
+        name: "websub",
+        sql: include_str!("../migrations/sqlite/0003_websub.sql"),
+    },
 ];

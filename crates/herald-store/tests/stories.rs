@@ -98,6 +98,7 @@ fn webhook(org: &OrgId) -> Webhook {
         profile: ProfileName::Standard,
         signature: None,
         options: WebhookOptions::default(),
+        verification: Default::default(),
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         previous_secret: None,
         previous_secret_expires_at: None,
@@ -136,6 +137,7 @@ fn item(event: Arc<Event>, deliveries: &[(&DeliveryId, &WebhookId)], leased: boo
                 id: (*id).clone(),
                 webhook_id: (*webhook_id).clone(),
                 leased,
+                skip: None,
             })
             .collect(),
     }

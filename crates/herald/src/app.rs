@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use herald_core::directory::Directory;
 use herald_core::store::Store;
 use herald_core::{Clock, Timestamp};
-use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler};
+use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler, websub};
 use herald_store::SqliteStore;
 
 use crate::config::Settings;
@@ -157,7 +157,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = app.state;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let scheduler = tokio::spawn(scheduler::run(state.dispatcher.clone(), stop_rx));
+    let scheduler = tokio::spawn(scheduler::run(state.dispatcher.clone(), stop_rx.clone()));
+    let renewals = tokio::spawn(websub::run_renewals(state.dispatcher.clone(), stop_rx));
     let router = crate::api::router(state.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -165,6 +166,7 @@ pub async fn run(
         .context("the HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    let _ = renewals.await;
     state.dispatcher.drain(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())

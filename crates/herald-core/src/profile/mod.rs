@@ -174,9 +174,12 @@ impl ProfileName {
         self != Self::Asgardeo
     }
 
-    /// Whether only an inactive webhook of this profile may be deleted.
-    pub fn delete_only_when_inactive(self) -> bool {
-        self == Self::Asgardeo
+    /// Whether a webhook of this profile verifies its intent (WebSub) unless told otherwise.
+    pub fn default_verification(self) -> crate::subscription::Verification {
+        match self {
+            Self::Asgardeo => crate::subscription::Verification::Websub,
+            _ => crate::subscription::Verification::None,
+        }
     }
 
     /// Whether this profile refuses plain `http://` URLs unless the server allows them.
@@ -251,6 +254,7 @@ pub(crate) mod fixtures {
             profile,
             signature: None,
             options: WebhookOptions::default(),
+            verification: Default::default(),
             secret: secret.into(),
             previous_secret: None,
             previous_secret_expires_at: None,

@@ -68,6 +68,7 @@ struct Shared {
     held_count: AtomicUsize,
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
+    wake_renewals: Notify,
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -90,6 +91,7 @@ impl Dispatcher {
                 held: Mutex::new(HashSet::new()),
                 held_count: AtomicUsize::new(0),
                 wake: Notify::new(),
+                wake_renewals: Notify::new(),
                 tasks: Mutex::new(JoinSet::new()),
             }),
         }
@@ -110,13 +112,27 @@ impl Dispatcher {
         self.shared.held_count.load(Ordering::Relaxed)
     }
 
-    /// Wakes the scheduler to look for due work now.
+    /// Wakes the scheduler (and the WebSub lease renewer) to look for due work now.
     pub fn wake_scheduler(&self) {
         self.shared.wake.notify_one();
+        self.shared.wake_renewals.notify_one();
     }
 
     pub(crate) async fn scheduler_woken(&self) {
         self.shared.wake.notified().await;
+    }
+
+    pub(crate) async fn renewals_woken(&self) {
+        self.shared.wake_renewals.notified().await;
+    }
+
+    /// The HTTP client, shared with WebSub verification.
+    pub fn client(&self) -> &HttpClient {
+        &self.shared.client
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.shared.directory
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {

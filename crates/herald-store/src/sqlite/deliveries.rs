@@ -26,8 +26,8 @@ pub(crate) fn insert_events(
     )?;
     let mut insert_delivery = conn.prepare_cached(
         "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, attempt_count, \
-         schedule_base, next_attempt_at, due_at, lease_until, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?, ?)",
+         schedule_base, next_attempt_at, due_at, lease_until, last_error, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {
@@ -46,16 +46,25 @@ pub(crate) fn insert_events(
             continue;
         }
         for d in &item.deliveries {
-            let lease = d.leased.then_some(lease_until.as_millis());
+            let (state, next, due, lease) = match &d.skip {
+                Some(_) => ("skipped", None, None, None),
+                None => {
+                    let lease = d.leased.then_some(lease_until.as_millis());
+                    let due = lease.unwrap_or(now.as_millis());
+                    ("pending", Some(now.as_millis()), Some(due), lease)
+                }
+            };
             insert_delivery.execute(params![
                 d.id.as_str(),
                 org.as_str(),
                 d.webhook_id.as_str(),
                 e.id,
                 e.event_type,
-                now.as_millis(),
-                lease.unwrap_or(now.as_millis()),
+                state,
+                next,
+                due,
                 lease,
+                d.skip,
                 now.as_millis(),
                 now.as_millis()
             ])?;

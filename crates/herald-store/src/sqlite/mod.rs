@@ -21,6 +21,7 @@ use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, Store, StoreError,
     StoreResult,
 };
+use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -391,6 +392,31 @@ impl Store for SqliteStore {
     ) -> StoreResult<DueDelivery> {
         let (org, id) = (org.clone(), id.clone());
         self.write(move |c| deliveries::resend(c, &org, &id, now, lease_until))
+            .await
+    }
+
+    async fn org_subscriptions(&self, org: &OrgId) -> StoreResult<Vec<Subscription>> {
+        let org = org.clone();
+        self.read(move |c| webhooks::org_subscriptions(c, &org))
+            .await
+    }
+
+    async fn save_subscriptions(
+        &self,
+        org: &OrgId,
+        subscriptions: &[Subscription],
+    ) -> StoreResult<()> {
+        let (org, subs) = (org.clone(), subscriptions.to_vec());
+        self.write(move |c| webhooks::save_subscriptions(c, &org, &subs))
+            .await
+    }
+
+    async fn subscriptions_to_renew(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<(OrgId, Subscription)>> {
+        self.read(move |c| webhooks::subscriptions_to_renew(c, now, limit))
             .await
     }
 

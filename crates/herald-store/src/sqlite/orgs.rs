@@ -90,6 +90,7 @@ pub(crate) fn delete(conn: &Connection, id: &OrgId) -> DbResult<()> {
     for table in [
         "deliveries",
         "events",
+        "subscriptions",
         "webhooks",
         "event_types",
         "api_keys",

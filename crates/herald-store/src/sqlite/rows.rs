@@ -11,6 +11,7 @@ use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
+use herald_core::subscription::{Mode, State, Subscription, Verification};
 use herald_core::webhook::{Webhook, WebhookUrl};
 use herald_core::{ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, Timestamp, WebhookId};
 
@@ -78,7 +79,7 @@ pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<CustomEventType> {
 
 pub(crate) const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, channels, profile, secret, \
      previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-     created_at, updated_at, signature, options";
+     created_at, updated_at, signature, options, verification";
 
 pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     let profile: String = row.get(7)?;
@@ -116,6 +117,9 @@ pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
             })
             .transpose()?,
         options: json(&row.get::<_, String>(18)?, 18)?,
+        verification: Verification::parse(&row.get::<_, String>(19)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(19, rusqlite::types::Type::Text, Box::new(e))
+        })?,
     })
 }
 
@@ -179,6 +183,35 @@ pub(crate) fn attempt(row: &Row<'_>) -> rusqlite::Result<Attempt> {
         error: row.get(6)?,
         error_message: row.get(7)?,
         response_body: row.get(8)?,
+    })
+}
+
+pub(crate) const SUBSCRIPTION_COLUMNS: &str = "webhook_id, channel, topic, mode, state, reason, lease_seconds, \
+     last_attempt_at, verified_at, expires_at, renew_at";
+
+fn bad_text(idx: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        idx,
+        rusqlite::types::Type::Text,
+        what.to_owned().into(),
+    )
+}
+
+pub(crate) fn subscription(row: &Row<'_>) -> rusqlite::Result<Subscription> {
+    let mode: String = row.get(3)?;
+    let state: String = row.get(4)?;
+    Ok(Subscription {
+        webhook_id: WebhookId::from_trusted(row.get(0)?),
+        channel: row.get(1)?,
+        topic: row.get(2)?,
+        mode: Mode::parse(&mode).ok_or_else(|| bad_text(3, "unknown subscription mode"))?,
+        state: State::parse(&state).ok_or_else(|| bad_text(4, "unknown subscription state"))?,
+        reason: row.get(5)?,
+        lease_seconds: row.get(6)?,
+        last_attempt_at: opt_ts(row.get(7)?),
+        verified_at: opt_ts(row.get(8)?),
+        expires_at: opt_ts(row.get(9)?),
+        renew_at: opt_ts(row.get(10)?),
     })
 }
 

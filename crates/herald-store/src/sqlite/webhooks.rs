@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -12,8 +13,8 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "INSERT INTO webhooks (id, org_id, name, description, url, events, channels, profile, secret, \
          previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-         created_at, updated_at, signature, options) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, updated_at, signature, options, verification) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         w.id.as_str(),
@@ -34,7 +35,8 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.created_at.as_millis(),
         w.updated_at.as_millis(),
         w.signature.map(|s| s.as_str()),
-        to_json(&w.options)
+        to_json(&w.options),
+        w.verification.as_str()
     ])?;
     Ok(())
 }
@@ -90,7 +92,8 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "UPDATE webhooks SET name = ?, description = ?, url = ?, events = ?, channels = ?, profile = ?, \
          secret = ?, previous_secret = ?, previous_secret_expires_at = ?, active = ?, headers = ?, \
-         timeout_ms = ?, retry_schedule = ?, updated_at = ?, signature = ?, options = ? WHERE id = ?",
+         timeout_ms = ?, retry_schedule = ?, updated_at = ?, signature = ?, options = ?, verification = ? \
+         WHERE id = ?",
     )?
     .execute(params![
         w.name,
@@ -109,6 +112,7 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.updated_at.as_millis(),
         w.signature.map(|s| s.as_str()),
         to_json(&w.options),
+        w.verification.as_str(),
         w.id.as_str()
     ])?;
     if was_active && !w.active {
@@ -150,4 +154,70 @@ pub(crate) fn delete_many(
         }
     }
     Ok(deleted)
+}
+
+pub(crate) fn org_subscriptions(conn: &Connection, org: &OrgId) -> DbResult<Vec<Subscription>> {
+    let sql = format!(
+        "SELECT {} FROM subscriptions WHERE org_id = ? ORDER BY webhook_id, channel",
+        rows::SUBSCRIPTION_COLUMNS
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_map([org.as_str()], rows::subscription)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(crate) fn save_subscriptions(
+    conn: &Connection,
+    org: &OrgId,
+    subs: &[Subscription],
+) -> DbResult<()> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO subscriptions (webhook_id, channel, org_id, topic, mode, state, reason, lease_seconds, \
+         last_attempt_at, verified_at, expires_at, renew_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (webhook_id, channel) DO UPDATE SET topic = excluded.topic, mode = excluded.mode, \
+         state = excluded.state, reason = excluded.reason, lease_seconds = excluded.lease_seconds, \
+         last_attempt_at = excluded.last_attempt_at, verified_at = excluded.verified_at, \
+         expires_at = excluded.expires_at, renew_at = excluded.renew_at",
+    )?;
+    for s in subs {
+        upsert.execute(params![
+            s.webhook_id.as_str(),
+            s.channel,
+            org.as_str(),
+            s.topic,
+            s.mode.as_str(),
+            s.state.as_str(),
+            s.reason,
+            s.lease_seconds,
+            s.last_attempt_at.map(Timestamp::as_millis),
+            s.verified_at.map(Timestamp::as_millis),
+            s.expires_at.map(Timestamp::as_millis),
+            s.renew_at.map(Timestamp::as_millis)
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn subscriptions_to_renew(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+) -> DbResult<Vec<(OrgId, Subscription)>> {
+    let sql = format!(
+        "SELECT {}, s.org_id FROM subscriptions s JOIN webhooks w ON w.id = s.webhook_id \
+         WHERE s.renew_at <= ?1 AND s.mode = 'subscribe' AND w.active = 1 AND w.deleted_at IS NULL \
+         ORDER BY s.renew_at LIMIT ?2",
+        rows::SUBSCRIPTION_COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_map(params![now.as_millis(), limit], |r| {
+            Ok((OrgId::from_trusted(r.get(11)?), rows::subscription(r)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
 }

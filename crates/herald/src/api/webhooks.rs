@@ -17,6 +17,7 @@ use super::extract::{Caller, JsonBody, OptionalJsonBody, QueryParams, path_id};
 use super::orgs::org_id;
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;
+use crate::service::subscriptions;
 use crate::service::webhooks::{self, WebhookInput};
 use crate::service::{Scope, ServiceError};
 
@@ -49,6 +50,14 @@ pub fn router() -> Router<AppState> {
             post(rotate_secret),
         )
         .route("/v1/orgs/{org}/webhooks/{id}/test", post(send_test_event))
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}/subscriptions",
+            get(list_subscriptions),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}/verify",
+            post(resend_verification),
+        )
 }
 
 pub(crate) fn webhook_id(raw: &str) -> ApiResult<WebhookId> {
@@ -82,6 +91,7 @@ struct WebhookBody {
     #[serde(default, deserialize_with = "present")]
     signature: Option<Option<String>>,
     options: Option<Value>,
+    verification: Option<String>,
 }
 
 impl From<WebhookBody> for WebhookInput {
@@ -100,6 +110,7 @@ impl From<WebhookBody> for WebhookInput {
             retry_schedule: b.retry_schedule,
             signature: b.signature,
             options: b.options,
+            verification: b.verification,
         }
     }
 }
@@ -210,9 +221,13 @@ async fn set_active(
     id: &str,
     active: bool,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        webhooks::set_active(state, scope, &org_id(org)?, &webhook_id(id)?, active).await?
-    )))
+    let (w, subscriptions) =
+        webhooks::set_active(state, scope, &org_id(org)?, &webhook_id(id)?, active).await?;
+    let mut out = json!(w);
+    if let Some(subs) = subscriptions {
+        out["subscriptions"] = json!(subs);
+    }
+    Ok(Json(out))
 }
 
 async fn activate_webhook(
@@ -260,4 +275,32 @@ async fn send_test_event(
         StatusCode::ACCEPTED,
         Json(json!({ "event_id": event_id, "delivery_id": delivery_id })),
     ))
+}
+
+async fn list_subscriptions(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    Path((org, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let subs = subscriptions::list(&state, &scope, &org_id(&org)?, &webhook_id(&id)?).await?;
+    Ok(Json(json!({ "data": subs, "next_cursor": null })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    channel: Option<String>,
+}
+
+/// Resends the WebSub verification for one channel or all.
+async fn resend_verification(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    Path((org, id)): Path<(String, String)>,
+    OptionalJsonBody(body): OptionalJsonBody<VerifyBody>,
+) -> ApiResult<Json<Value>> {
+    let channel = body.and_then(|b| b.channel);
+    let subs =
+        subscriptions::resend(&state, &scope, &org_id(&org)?, &webhook_id(&id)?, channel).await?;
+    Ok(Json(json!({ "data": subs, "next_cursor": null })))
 }

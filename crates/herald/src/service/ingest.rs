@@ -24,8 +24,10 @@ pub struct IngestedEvent {
     pub id: String,
     /// True when the id was already used: nothing was stored for it this time.
     pub duplicate: bool,
-    /// Deliveries created for it.
+    /// Deliveries created for it (to be attempted).
     pub deliveries: usize,
+    /// Deliveries recorded as skipped, not attempted (a WebSub channel not verified).
+    pub skipped: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,10 +101,14 @@ pub async fn ingest(
         let event = Arc::new(new.into_event(org.clone(), now));
         let deliveries = snapshot
             .subscribers(&event.event_type, channel.as_deref())
-            .map(|w| NewDelivery {
-                id: DeliveryId::generate(),
-                webhook_id: w.id.clone(),
-                leased,
+            .map(|w| {
+                let skip = snapshot.withheld_because(w, channel.as_deref(), now);
+                NewDelivery {
+                    id: DeliveryId::generate(),
+                    webhook_id: w.id.clone(),
+                    leased: leased && skip.is_none(),
+                    skip,
+                }
             })
             .collect();
         items.push(IngestItem { event, deliveries });
@@ -120,23 +126,26 @@ pub async fn ingest(
     let mut due = Vec::new();
     for (item, result) in items.into_iter().zip(results) {
         let stored = result == IngestResult::Stored;
-        let count = if stored { item.deliveries.len() } else { 0 };
-        report.deliveries += count;
+        let (skipped, sent): (Vec<NewDelivery>, Vec<NewDelivery>) = if stored {
+            item.deliveries.into_iter().partition(|d| d.skip.is_some())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        report.deliveries += sent.len();
         report.events.push(IngestedEvent {
             id: item.event.id.clone(),
             duplicate: !stored,
-            deliveries: count,
+            deliveries: sent.len(),
+            skipped: skipped.len(),
         });
-        if stored {
-            due.extend(item.deliveries.into_iter().map(|d| DueDelivery {
-                delivery_id: d.id,
-                org_id: org.clone(),
-                webhook_id: d.webhook_id,
-                event: item.event.clone(),
-                attempt_count: 0,
-                schedule_base: 0,
-            }));
-        }
+        due.extend(sent.into_iter().map(|d| DueDelivery {
+            delivery_id: d.id,
+            org_id: org.clone(),
+            webhook_id: d.webhook_id,
+            event: item.event.clone(),
+            attempt_count: 0,
+            schedule_base: 0,
+        }));
     }
     if leased {
         state.dispatcher.enqueue(due);

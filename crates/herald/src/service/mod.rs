@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod event_types;
 pub mod ingest;
 pub mod orgs;
+pub mod subscriptions;
 pub mod webhooks;
 
 use herald_core::Invalid;

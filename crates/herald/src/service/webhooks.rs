@@ -8,6 +8,7 @@ use herald_core::event::NewEvent;
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, IngestItem, NewDelivery};
+use herald_core::subscription::{Mode, Subscription, Verification};
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
     parse_subscription, parse_timeout_ms,
@@ -34,6 +35,7 @@ pub struct WebhookInput {
     pub retry_schedule: Option<Option<Vec<u64>>>,
     pub signature: Option<Option<String>>,
     pub options: Option<serde_json::Value>,
+    pub verification: Option<String>,
 }
 
 fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
@@ -149,6 +151,12 @@ pub async fn create(
     let (events, channels) = parse_subscription(input.events, input.channels)?;
     check_subscription(&snapshot, &events, &channels)?;
     let secret = new_secret(profile, input.secret.as_deref())?;
+    let verification = match &input.verification {
+        Some(v) => Verification::parse(v)?,
+        None => profile.default_verification(),
+    };
+    // A webhook that verifies its intent starts inactive; activating it sends the verification.
+    let wants_active = input.active.unwrap_or(profile.active_on_creation());
     let now = state.clock.now();
     let webhook = Webhook {
         id: WebhookId::generate(),
@@ -169,10 +177,11 @@ pub async fn create(
             .map(parse_options)
             .transpose()?
             .unwrap_or_default(),
+        verification,
         secret,
         previous_secret: None,
         previous_secret_expires_at: None,
-        active: input.active.unwrap_or(profile.active_on_creation()),
+        active: wants_active && verification == Verification::None,
         headers: parse_headers(input.headers.unwrap_or_default())?,
         timeout_ms: input
             .timeout_ms
@@ -195,6 +204,9 @@ pub async fn create(
         .map_err(ServiceError::from_store("organization"))?;
     state.directory.invalidate(org);
     tracing::info!(org = %org, webhook = %webhook.id, url = webhook.url.as_str(), "webhook created");
+    if verification == Verification::Websub && input.active == Some(true) {
+        return Ok(set_active(state, scope, org, &webhook.id, true).await?.0);
+    }
     Ok(webhook)
 }
 
@@ -281,8 +293,28 @@ pub async fn update(
     if let Some(schedule) = input.retry_schedule {
         w.retry_schedule = schedule.map(RetrySchedule::parse).transpose()?;
     }
+    if let Some(v) = input.verification {
+        w.verification = Verification::parse(&v)?;
+    }
     check_profile_rules(state, &snapshot, &w)?;
-    save(state, w).await
+    let reverify = w.verification == Verification::Websub
+        && w.active
+        && snapshot.webhook(&w.id).is_some_and(|old| {
+            old.url != w.url
+                || snapshot.channels_of(old) != snapshot.channels_of(&w)
+                || old.verification != w.verification
+        });
+    let w = save(state, w).await?;
+    if reverify {
+        // A new URL or new channels must be verified again before they get events.
+        let snapshot = state
+            .directory
+            .snapshot(&w.org_id)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        super::subscriptions::verify(state, &snapshot, &w, Mode::Subscribe, None).await?;
+    }
+    Ok(w)
 }
 
 async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
@@ -300,20 +332,32 @@ async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
     Ok(w)
 }
 
+/// Enables or disables a webhook. One that verifies its intent sends its WebSub subscribe (or
+/// unsubscribe) for every channel; the answers come back with it.
 pub async fn set_active(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
     id: &WebhookId,
     active: bool,
-) -> ServiceResult<Webhook> {
+) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     let mut w = get(state, scope, org, id).await?;
     if w.active != active {
         w.active = active;
         w = save(state, w).await?;
         tracing::info!(webhook = %id, active, "webhook {}", if active { "enabled" } else { "disabled" });
     }
-    Ok(w)
+    if w.verification != Verification::Websub {
+        return Ok((w, None));
+    }
+    let snapshot = snapshot(state, scope, org).await?;
+    let mode = if active {
+        Mode::Subscribe
+    } else {
+        Mode::Unsubscribe
+    };
+    let subs = super::subscriptions::verify(state, &snapshot, &w, mode, None).await?;
+    Ok((w, Some(subs)))
 }
 
 /// Replaces the secret; the old one keeps signing beside the new one for 24 hours.
@@ -347,12 +391,11 @@ pub async fn delete(
     if let Some(active) = ids
         .iter()
         .filter_map(|id| snapshot.webhook(id))
-        .find(|w| w.active && w.profile.delete_only_when_inactive())
+        .find(|w| w.active && w.verification == Verification::Websub)
     {
         return Err(ServiceError::Conflict(format!(
-            "the webhook {} is active; deactivate it first ({} webhooks can be deleted only when inactive)",
-            active.id,
-            active.profile.as_str()
+            "the webhook {} is active; deactivate it first (POST …/webhooks/{}/deactivate): a webhook with WebSub verification is deleted only when inactive, after it was told to unsubscribe",
+            active.id, active.id
         )));
     }
     let deleted = state
@@ -399,6 +442,7 @@ pub async fn send_test(
             id: delivery_id.clone(),
             webhook_id: w.id.clone(),
             leased,
+            skip: None,
         }],
     };
     state

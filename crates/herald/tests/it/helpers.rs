@@ -188,12 +188,23 @@ impl Drop for TestApp {
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: String,
     pub path: String,
+    /// The query string's parameters, decoded.
+    pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Received {
+    /// A query parameter's value.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
@@ -268,8 +279,20 @@ impl Reply {
     }
 }
 
+/// How the receiver answers WebSub verification GETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscriber {
+    /// Echoes `hub.challenge` with 200, as the WebSub rules ask.
+    Echo,
+    /// Answers 200 with something else.
+    WrongEcho,
+    /// Refuses with this status.
+    Refuse(u16),
+}
+
 struct ReceiverState {
     received: Mutex<Vec<Received>>,
+    subscriber: Mutex<Subscriber>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     arrived: Notify,
@@ -286,6 +309,7 @@ impl TestReceiver {
     pub async fn start() -> Self {
         let state = Arc::new(ReceiverState {
             received: Mutex::new(Vec::new()),
+            subscriber: Mutex::new(Subscriber::Echo),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::status(200)),
             arrived: Notify::new(),
@@ -310,6 +334,26 @@ impl TestReceiver {
         self.state.script.lock().unwrap().extend(replies);
     }
 
+    pub fn subscriber(&self, behaviour: Subscriber) {
+        *self.state.subscriber.lock().unwrap() = behaviour;
+    }
+
+    /// The WebSub verification requests received on `path`.
+    pub fn verifications_on(&self, path: &str) -> Vec<Received> {
+        self.received_on(path)
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .collect()
+    }
+
+    /// The deliveries (POSTs) received on `path`.
+    pub fn posts_on(&self, path: &str) -> Vec<Received> {
+        self.received_on(path)
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect()
+    }
+
     pub fn answer_by_default(&self, reply: Reply) {
         *self.state.default.lock().unwrap() = reply;
     }
@@ -325,19 +369,43 @@ impl TestReceiver {
             .collect()
     }
 
-    /// Waits until at least `n` requests arrived on `path` (bounded by `within`).
+    /// Waits until at least `n` deliveries (POSTs) arrived on `path` (bounded by `within`).
     pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+        self.wait_for_method("POST", path, n, within).await
+    }
+
+    /// Waits until at least `n` WebSub verifications (GETs) arrived on `path`.
+    pub async fn wait_for_verifications(
+        &self,
+        path: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<Received> {
+        self.wait_for_method("GET", path, n, within).await
+    }
+
+    async fn wait_for_method(
+        &self,
+        method: &str,
+        path: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let arrived = self.state.arrived.notified();
-            let got = self.received_on(path);
+            let got: Vec<Received> = self
+                .received_on(path)
+                .into_iter()
+                .filter(|r| r.method == method)
+                .collect();
             if got.len() >= n {
                 return got;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 panic!(
-                    "expected {n} requests on {path} within {within:?}, got {}",
-                    self.received_on(path).len()
+                    "expected {n} {method} requests on {path} within {within:?}, got {}",
+                    got.len()
                 );
             }
         }
@@ -346,19 +414,33 @@ impl TestReceiver {
 
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
+    method: axum::http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+        .unwrap_or_default();
+    let received = Received {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query,
+        headers,
+        body,
+    };
+    if method == axum::http::Method::GET {
+        let answer = websub_answer(&received, *state.subscriber.lock().unwrap());
+        state.received.lock().unwrap().push(received);
+        state.arrived.notify_waiters();
+        return answer;
+    }
     let reply = {
         let next = state.script.lock().unwrap().pop_front();
         next.unwrap_or_else(|| state.default.lock().unwrap().clone())
     };
-    state.received.lock().unwrap().push(Received {
-        path: uri.path().to_owned(),
-        headers,
-        body,
-    });
+    state.received.lock().unwrap().push(received);
     state.arrived.notify_waiters();
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
@@ -372,4 +454,25 @@ async fn receive(
         response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
+}
+
+/// A subscriber written from the WebSub rules (W3C WebSub §5.3): a verification request carries
+/// hub.mode, hub.topic and hub.challenge (and hub.lease_seconds when subscribing); the
+/// subscriber confirms by answering 2xx with the challenge as the whole body.
+fn websub_answer(req: &Received, behaviour: Subscriber) -> Response {
+    let mode = req.param("hub.mode");
+    let well_formed = matches!(mode, Some("subscribe" | "unsubscribe"))
+        && req.param("hub.topic").is_some_and(|t| !t.is_empty())
+        && (mode == Some("unsubscribe")
+            || req
+                .param("hub.lease_seconds")
+                .is_some_and(|l| l.parse::<u64>().is_ok()));
+    let Some(challenge) = req.param("hub.challenge").filter(|_| well_formed) else {
+        return (StatusCode::BAD_REQUEST, "not a WebSub verification").into_response();
+    };
+    match behaviour {
+        Subscriber::Echo => (StatusCode::OK, challenge.to_owned()).into_response(),
+        Subscriber::WrongEcho => (StatusCode::OK, "sure, whatever").into_response(),
+        Subscriber::Refuse(status) => (StatusCode::from_u16(status).unwrap(), "no").into_response(),
+    }
 }

@@ -5,3 +5,4 @@ mod crash;
 mod delivery;
 mod helpers;
 mod profiles;
+mod websub;

@@ -1,0 +1,213 @@
+//! WebSub verification of intent (W3C WebSub §5.3): before a webhook that asks for it gets
+//! events of a channel, its endpoint must echo a challenge for that channel's topic. One
+//! [`Subscription`] per webhook and channel records where that stands.
+
+use serde::{Deserialize, Serialize};
+
+use crate::org::Organization;
+use crate::profile::ProfileName;
+use crate::{Invalid, Timestamp, WebhookId};
+
+/// The lease Herald asks for by default: ten days.
+pub const DEFAULT_LEASE_SECONDS: u32 = 864_000;
+
+/// Whether a webhook must verify its intent before it gets events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    #[default]
+    None,
+    /// WebSub verification of intent, one challenge per subscribed channel.
+    Websub,
+}
+
+impl Verification {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "none" => Ok(Self::None),
+            "websub" => Ok(Self::Websub),
+            _ => Err(Invalid::new("verification", "must be 'websub' or 'none'")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Websub => "websub",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Unsubscribe => "unsubscribe",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "subscribe" => Some(Self::Subscribe),
+            "unsubscribe" => Some(Self::Unsubscribe),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Verified,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Verified => "verified",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "pending" => Some(Self::Pending),
+            "verified" => Some(Self::Verified),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One channel of one webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub webhook_id: WebhookId,
+    pub channel: String,
+    pub topic: String,
+    /// What was last asked: to subscribe (the webhook is active) or to unsubscribe.
+    pub mode: Mode,
+    pub state: State,
+    /// Why the last verification failed, in words.
+    pub reason: Option<String>,
+    pub lease_seconds: u32,
+    pub last_attempt_at: Option<Timestamp>,
+    pub verified_at: Option<Timestamp>,
+    /// When the verified lease runs out.
+    pub expires_at: Option<Timestamp>,
+    /// When Herald will next renew the lease (or retry a failed renewal).
+    pub renew_at: Option<Timestamp>,
+}
+
+impl Subscription {
+    /// Whether events of this channel may be delivered at `now`.
+    pub fn delivers(&self, now: Timestamp) -> bool {
+        self.mode == Mode::Subscribe
+            && self.state == State::Verified
+            && self.expires_at.is_none_or(|at| now < at)
+    }
+
+    /// Records a verification answer at `now`.
+    pub fn record(&mut self, now: Timestamp, outcome: Result<(), String>) {
+        self.last_attempt_at = Some(now);
+        match outcome {
+            Ok(()) => {
+                self.state = State::Verified;
+                self.reason = None;
+                self.verified_at = Some(now);
+                if self.mode == Mode::Subscribe {
+                    let lease_ms = i64::from(self.lease_seconds) * 1000;
+                    self.expires_at = Some(now.plus_millis(lease_ms));
+                    // Renew when nine tenths of the lease have passed.
+                    self.renew_at = Some(now.plus_millis(lease_ms / 10 * 9));
+                } else {
+                    self.expires_at = None;
+                    self.renew_at = None;
+                }
+            }
+            Err(reason) => {
+                self.reason = Some(reason);
+                let still_leased = self.mode == Mode::Subscribe && self.delivers(now);
+                if still_leased {
+                    // A failed renewal: the current lease still holds; try again in an hour.
+                    self.renew_at = Some(now.plus_secs(3600));
+                } else {
+                    self.state = State::Failed;
+                    self.renew_at = None;
+                }
+            }
+        }
+    }
+}
+
+/// `{org handle}.{org id}.schema.{profile}.{version}.event.{channel}`; the asgardeo profile names
+/// its schema `wso2`, as Asgardeo does.
+pub fn topic(org: &Organization, profile: ProfileName, channel: &str) -> String {
+    let schema = match profile {
+        ProfileName::Asgardeo => "wso2",
+        other => other.as_str(),
+    };
+    format!(
+        "{}.{}.schema.{schema}.v1.event.{channel}",
+        org.handle.as_str(),
+        org.id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub() -> Subscription {
+        Subscription {
+            webhook_id: WebhookId::generate(),
+            channel: "login".into(),
+            topic: "t".into(),
+            mode: Mode::Subscribe,
+            state: State::Pending,
+            reason: None,
+            lease_seconds: 1000,
+            last_attempt_at: None,
+            verified_at: None,
+            expires_at: None,
+            renew_at: None,
+        }
+    }
+
+    #[test]
+    fn a_verified_subscription_delivers_until_its_lease_ends_and_renews_before() {
+        let mut s = sub();
+        let t0 = Timestamp::from_millis(0);
+        s.record(t0, Ok(()));
+        assert!(s.delivers(t0.plus_secs(999)));
+        assert!(!s.delivers(t0.plus_secs(1000)));
+        assert_eq!(s.renew_at, Some(t0.plus_secs(900)));
+    }
+
+    #[test]
+    fn a_failed_renewal_keeps_the_lease_and_retries() {
+        let mut s = sub();
+        let t0 = Timestamp::from_millis(0);
+        s.record(t0, Ok(()));
+        s.record(t0.plus_secs(900), Err("404".into()));
+        assert_eq!(s.state, State::Verified);
+        assert_eq!(s.reason.as_deref(), Some("404"));
+        assert_eq!(s.renew_at, Some(t0.plus_secs(900 + 3600)));
+        s.record(t0.plus_secs(1000), Err("404".into()));
+        assert_eq!(
+            s.state,
+            State::Failed,
+            "once the lease is over, a failure fails it"
+        );
+    }
+}

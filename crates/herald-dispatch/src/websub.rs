@@ -1,0 +1,128 @@
+//! WebSub verification of intent: a GET to the callback with `hub.mode`, `hub.topic`,
+//! `hub.challenge` and `hub.lease_seconds` appended to its own query string; only a 2xx whose
+//! body is exactly the challenge verifies.
+
+use std::time::Duration;
+
+use rand::RngCore;
+
+use herald_core::subscription::Mode;
+
+use crate::client::HttpClient;
+
+/// Verification requests wait at most this long, whatever the webhook's delivery timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the callback to confirm `mode` for `topic`. `Err` says why it did not, in words.
+pub async fn verify_intent(
+    client: &HttpClient,
+    callback: &str,
+    mode: Mode,
+    topic: &str,
+    lease_seconds: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    let challenge = new_challenge();
+    let mut url =
+        url::Url::parse(callback).map_err(|e| format!("the callback URL does not parse: {e}"))?;
+    url.query_pairs_mut()
+        .append_pair("hub.mode", mode.as_str())
+        .append_pair("hub.topic", topic)
+        .append_pair("hub.challenge", &challenge)
+        .append_pair("hub.lease_seconds", &lease_seconds.to_string());
+    let (status, body) = client
+        .get_text(
+            url.as_str(),
+            timeout.min(MAX_TIMEOUT),
+            challenge.len() + 256,
+        )
+        .await
+        .map_err(|e| e.message())?;
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "the endpoint answered {status}; it must answer 2xx with the hub.challenge as the body"
+        ));
+    }
+    if body != challenge {
+        return Err("the endpoint answered 2xx but its body was not the hub.challenge".to_owned());
+    }
+    Ok(())
+}
+
+/// 128 random bits as a UUID-shaped string.
+fn new_challenge() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Renews the leases that are due, until `shutdown`. Renewals are few and may wait on slow
+/// endpoints, so they run beside the scheduler rather than in its loop.
+pub async fn run_renewals(
+    dispatcher: crate::Dispatcher,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    const LOOK_EVERY: Duration = Duration::from_secs(30);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = renew_due(&dispatcher).await {
+            tracing::error!(error = %e, "could not renew WebSub leases; trying again shortly");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            _ = dispatcher.renewals_woken() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::store::StoreError> {
+    let store = dispatcher.store();
+    let due = store
+        .subscriptions_to_renew(dispatcher.clock().now(), 100)
+        .await?;
+    for (org, mut sub) in due {
+        let snapshot = dispatcher.directory().snapshot(&org).await?;
+        let Some(webhook) = snapshot.webhook(&sub.webhook_id).cloned() else {
+            continue;
+        };
+        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        let outcome = verify_intent(
+            dispatcher.client(),
+            webhook.url.as_str(),
+            Mode::Subscribe,
+            &sub.topic,
+            sub.lease_seconds,
+            timeout,
+        )
+        .await;
+        if let Err(reason) = &outcome {
+            tracing::warn!(webhook = %webhook.id, channel = sub.channel, reason, "WebSub lease renewal failed; retrying in an hour");
+        }
+        sub.record(dispatcher.clock().now(), outcome);
+        store.save_subscriptions(&org, &[sub]).await?;
+        dispatcher.directory().invalidate(&org);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn challenges_are_fresh_and_uuid_shaped() {
+        let (a, b) = (super::new_challenge(), super::new_challenge());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.matches('-').count(), 4);
+    }
+}

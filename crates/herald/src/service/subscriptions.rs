@@ -1,0 +1,178 @@
+//! WebSub verification of intent for webhooks that ask for it: subscribe every channel on
+//! activation, unsubscribe on deactivation, resend on demand, and show where each stands.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use herald_core::directory::OrgSnapshot;
+use herald_core::subscription::{
+    self, DEFAULT_LEASE_SECONDS, Mode, State, Subscription, Verification,
+};
+use herald_core::webhook::Webhook;
+use herald_core::{Invalid, OrgId, WebhookId};
+use herald_dispatch::websub;
+
+use super::{Scope, ServiceError, ServiceResult};
+use crate::app::AppState;
+
+/// One channel's state as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ChannelState {
+    #[serde(flatten)]
+    pub subscription: Subscription,
+}
+
+/// Sends `mode` for each of the webhook's channels (or just `only`) at once, and stores what
+/// each endpoint answered.
+pub async fn verify(
+    state: &AppState,
+    snapshot: &OrgSnapshot,
+    webhook: &Webhook,
+    mode: Mode,
+    only: Option<&str>,
+) -> ServiceResult<Vec<Subscription>> {
+    let channels: Vec<String> = match only {
+        Some(c) => vec![c.to_owned()],
+        None => snapshot.channels_of(webhook),
+    };
+    let existing = snapshot.subscriptions_of(&webhook.id);
+    let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+    let client = state.dispatcher.client();
+    let checks = channels.iter().map(|channel| {
+        let topic = subscription::topic(&snapshot.org, webhook.profile, channel);
+        let previous = existing
+            .iter()
+            .find(|s| &s.channel == channel)
+            .map(|s| (*s).clone());
+        async move {
+            let mut sub = previous.unwrap_or_else(|| Subscription {
+                webhook_id: webhook.id.clone(),
+                channel: channel.clone(),
+                topic: topic.clone(),
+                mode,
+                state: State::Pending,
+                reason: None,
+                lease_seconds: DEFAULT_LEASE_SECONDS,
+                last_attempt_at: None,
+                verified_at: None,
+                expires_at: None,
+                renew_at: None,
+            });
+            if sub.mode != mode {
+                // A new request: what was verified for the other mode no longer counts.
+                sub.state = State::Pending;
+                sub.expires_at = None;
+                sub.renew_at = None;
+            }
+            sub.mode = mode;
+            sub.topic = topic;
+            let outcome = websub::verify_intent(
+                client,
+                webhook.url.as_str(),
+                mode,
+                &sub.topic,
+                sub.lease_seconds,
+                timeout,
+            )
+            .await;
+            sub.record(state.clock.now(), outcome);
+            sub
+        }
+    });
+    let subs: Vec<Subscription> = futures::future::join_all(checks).await;
+    state
+        .store
+        .save_subscriptions(&webhook.org_id, &subs)
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    state.directory.invalidate(&webhook.org_id);
+    let failed = subs.iter().filter(|s| s.state == State::Failed).count();
+    tracing::info!(webhook = %webhook.id, mode = mode.as_str(), channels = subs.len(), failed, "WebSub verification sent");
+    Ok(subs)
+}
+
+/// Each channel of the webhook with its state; channels never sent show as pending.
+pub async fn list(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+) -> ServiceResult<Vec<Subscription>> {
+    scope.check_org(org)?;
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let webhook = snapshot
+        .webhook(id)
+        .ok_or(ServiceError::NotFound("webhook"))?;
+    let existing = snapshot.subscriptions_of(id);
+    let mut out: Vec<Subscription> = existing.iter().map(|s| (*s).clone()).collect();
+    for channel in snapshot.channels_of(webhook) {
+        if !out.iter().any(|s| s.channel == channel) {
+            out.push(Subscription {
+                webhook_id: id.clone(),
+                topic: subscription::topic(&snapshot.org, webhook.profile, &channel),
+                channel,
+                mode: if webhook.active {
+                    Mode::Subscribe
+                } else {
+                    Mode::Unsubscribe
+                },
+                state: State::Pending,
+                reason: Some("not sent yet".into()),
+                lease_seconds: DEFAULT_LEASE_SECONDS,
+                last_attempt_at: None,
+                verified_at: None,
+                expires_at: None,
+                renew_at: None,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.channel.cmp(&b.channel));
+    Ok(out)
+}
+
+/// Resends the verification for one channel or all, in the webhook's current mode.
+pub async fn resend(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+    channel: Option<String>,
+) -> ServiceResult<Vec<Subscription>> {
+    scope.check_org(org)?;
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let webhook = snapshot
+        .webhook(id)
+        .ok_or(ServiceError::NotFound("webhook"))?
+        .clone();
+    if webhook.verification != Verification::Websub {
+        return Err(ServiceError::Conflict(
+            "this webhook does not use WebSub verification (set \"verification\": \"websub\")"
+                .into(),
+        ));
+    }
+    if let Some(c) = &channel
+        && !snapshot.channels_of(&webhook).contains(c)
+    {
+        return Err(Invalid::new(
+            "channel",
+            format!("'{c}' is not one of this webhook's channels"),
+        )
+        .into());
+    }
+    let mode = if webhook.active {
+        Mode::Subscribe
+    } else {
+        Mode::Unsubscribe
+    };
+    verify(state, &snapshot, &webhook, mode, channel.as_deref()).await?;
+    list(state, scope, org, id).await
+}

@@ -1,0 +1,308 @@
+//! WebSub verification of intent, against a subscriber written from the WebSub rules
+//! (`helpers::websub_answer`).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Subscriber, TestApp, TestReceiver};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn login_success(id: &str) -> Value {
+    json!({ "type": "loginSuccess", "id": id, "data": { "user": { "id": "u1" }, "tenant": { "id": "1", "name": "acme" }, "organization": { "id": "o1", "name": "acme" } } })
+}
+
+async fn asgardeo_org(app: &TestApp) -> (String, Value) {
+    let (status, org) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "My Org", "handle": "myorg", "catalogs": ["asgardeo"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{org}");
+    (org["id"].as_str().unwrap().to_owned(), org)
+}
+
+async fn insecure_app() -> TestApp {
+    TestApp::spawn_with(|s| s.security.allow_insecure_urls = true).await
+}
+
+fn state_of<'a>(subs: &'a Value, channel: &str) -> &'a Value {
+    subs.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["channel"] == channel)
+        .unwrap_or_else(|| panic!("no {channel} in {subs}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_verifies_each_channel_with_the_websub_parameters() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    // The callback's own query string is kept.
+    let hook = app
+        .create_webhook(&org, &format!("{}?team=iam", rx.url("/hub")), json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value" }))
+        .await;
+    assert_eq!(hook["active"], false);
+    assert_eq!(hook["verification"], "websub");
+    assert!(
+        rx.received().is_empty(),
+        "nothing is sent before activation"
+    );
+    let id = hook["id"].as_str().unwrap();
+
+    let (status, active) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{active}");
+    assert_eq!(
+        state_of(&active["subscriptions"], "login")["state"],
+        "verified"
+    );
+    assert_eq!(
+        state_of(&active["subscriptions"], "session")["state"],
+        "verified"
+    );
+
+    let gets = rx.verifications_on("/hub");
+    assert_eq!(gets.len(), 2, "one verification per channel");
+    let mut topics: Vec<&str> = gets.iter().map(|g| g.param("hub.topic").unwrap()).collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        vec![
+            format!("myorg.{org}.schema.wso2.v1.event.login"),
+            format!("myorg.{org}.schema.wso2.v1.event.session")
+        ]
+    );
+    for g in &gets {
+        assert_eq!(g.param("hub.mode"), Some("subscribe"));
+        assert_eq!(g.param("hub.lease_seconds"), Some("864000"));
+        assert_eq!(g.param("team"), Some("iam"));
+        assert!(
+            g.param("hub.challenge").unwrap().len() >= 32,
+            "an unguessable challenge"
+        );
+    }
+    assert_ne!(
+        gets[0].param("hub.challenge"),
+        gets[1].param("hub.challenge"),
+        "a fresh challenge each time"
+    );
+
+    let (_, listed) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{id}/subscriptions"))
+        .await;
+    let login = state_of(&listed["data"], "login");
+    assert_eq!(login["mode"], "subscribe");
+    assert!(login["expires_at"].is_string() && login["last_attempt_at"].is_string());
+
+    app.send_event(&org, login_success("e1")).await;
+    let posts = rx.wait_for("/hub", 1, WAIT).await;
+    assert_eq!(posts[0].json()["jti"], "e1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value" })).await;
+    let id = hook["id"].as_str().unwrap();
+
+    rx.subscriber(Subscriber::WrongEcho);
+    let (_, active) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    let login = state_of(&active["subscriptions"], "login");
+    assert_eq!(login["state"], "failed");
+    assert!(
+        login["reason"].as_str().unwrap().contains("challenge"),
+        "{login}"
+    );
+
+    rx.subscriber(Subscriber::Refuse(404));
+    let (status, resent) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/verify"),
+            json!({ "channel": "login" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resent}");
+    let login = state_of(&resent["data"], "login");
+    assert_eq!(login["state"], "failed");
+    assert!(login["reason"].as_str().unwrap().contains("404"), "{login}");
+
+    // An event for the unverified channel is recorded, but not sent, and says why.
+    let answer = app.send_event(&org, login_success("e1")).await;
+    assert_eq!(answer["events"][0]["skipped"], 1);
+    assert_eq!(answer["deliveries"], 0);
+    let (_, list) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{id}/deliveries"))
+        .await;
+    assert_eq!(list["data"][0]["state"], "skipped");
+    assert!(
+        list["data"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("'login' is not verified"),
+        "{list}"
+    );
+
+    // Resending once the subscriber behaves verifies it; later events are delivered.
+    rx.subscriber(Subscriber::Echo);
+    let (_, resent) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/verify"), json!({}))
+        .await;
+    assert_eq!(state_of(&resent["data"], "login")["state"], "verified");
+    app.send_event(&org, login_success("e2")).await;
+    let posts = rx.wait_for("/hub", 1, WAIT).await;
+    assert_eq!(posts[0].json()["jti"], "e2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivation_unsubscribes_and_only_then_may_the_webhook_be_deleted() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    assert_eq!(
+        hook["active"], true,
+        "asked to be active on creation: verified at once"
+    );
+    let id = hook["id"].as_str().unwrap();
+
+    let (status, err) = app.delete(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deactivate it first"),
+        "{err}"
+    );
+
+    rx.subscriber(Subscriber::Refuse(500));
+    let (_, inactive) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+            json!({}),
+        )
+        .await;
+    let login = state_of(&inactive["subscriptions"], "login");
+    assert_eq!(
+        (login["mode"].clone(), login["state"].clone()),
+        (json!("unsubscribe"), json!("failed"))
+    );
+    let last = rx.verifications_on("/hub").pop().unwrap();
+    assert_eq!(last.param("hub.mode"), Some("unsubscribe"));
+
+    rx.subscriber(Subscriber::Echo);
+    let (_, resent) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/verify"), json!({}))
+        .await;
+    let login = state_of(&resent["data"], "login");
+    assert_eq!(
+        (login["mode"].clone(), login["state"].clone()),
+        (json!("unsubscribe"), json!("verified"))
+    );
+
+    let (status, _) = app.delete(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let id = hook["id"].as_str().unwrap();
+    assert_eq!(rx.verifications_on("/hub").len(), 1);
+
+    // Nine tenths of the ten-day lease later, Herald renews it.
+    let first = subscription(&app, &org, id, |_| true).await;
+    app.advance(Duration::from_secs(9 * 86_400 + 60));
+    let renewed = rx.wait_for_verifications("/hub", 2, WAIT).await;
+    assert_eq!(renewed[1].param("hub.mode"), Some("subscribe"));
+    let second = subscription(&app, &org, id, |s| s["expires_at"] != first["expires_at"]).await;
+    assert_eq!(second["state"], "verified");
+
+    // A renewal the endpoint refuses is shown and retried, while the lease still holds.
+    rx.subscriber(Subscriber::Refuse(503));
+    app.advance(Duration::from_secs(9 * 86_400 + 60));
+    rx.wait_for_verifications("/hub", 3, WAIT).await;
+    let refused = subscription(&app, &org, id, |s| s["reason"].is_string()).await;
+    assert_eq!(
+        refused["state"], "verified",
+        "the lease still holds: {refused}"
+    );
+    assert!(
+        refused["reason"].as_str().unwrap().contains("503"),
+        "{refused}"
+    );
+    assert_eq!(refused["expires_at"], second["expires_at"]);
+
+    rx.subscriber(Subscriber::Echo);
+    app.advance(Duration::from_secs(3600 + 60));
+    rx.wait_for_verifications("/hub", 4, WAIT).await;
+    let recovered = subscription(&app, &org, id, |s| s["reason"].is_null()).await;
+    assert_eq!(recovered["state"], "verified");
+}
+
+/// The webhook's one subscription, once `ready` holds (bounded: 5 s).
+async fn subscription(app: &TestApp, org: &str, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (_, l) = app
+            .get(&format!("/v1/orgs/{org}/webhooks/{id}/subscriptions"))
+            .await;
+        last = l["data"][0].clone();
+        if ready(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the subscription never became ready: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_webhook_may_ask_for_websub_verification() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/std"),
+            json!({ "verification": "websub", "events": ["user.created"] }),
+        )
+        .await;
+    assert_eq!(hook["active"], false);
+    let id = hook["id"].as_str().unwrap();
+    let (_, active) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    let user = state_of(&active["subscriptions"], "user");
+    assert_eq!(user["state"], "verified");
+    assert_eq!(
+        user["topic"],
+        format!("acme.{org}.schema.standard.v1.event.user")
+    );
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    rx.wait_for("/std", 1, WAIT).await;
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/verify"),
+            json!({ "channel": "billing" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
