@@ -346,14 +346,6 @@ impl TestReceiver {
             .collect()
     }
 
-    /// The deliveries (POSTs) received on `path`.
-    pub fn posts_on(&self, path: &str) -> Vec<Received> {
-        self.received_on(path)
-            .into_iter()
-            .filter(|r| r.method == "POST")
-            .collect()
-    }
-
     pub fn answer_by_default(&self, reply: Reply) {
         *self.state.default.lock().unwrap() = reply;
     }
