@@ -6,6 +6,7 @@
 //! dispatcher all depend on it, never the other way round. Storage is reached only through the
 //! [`store::Store`] trait.
 
+pub mod address_policy;
 pub mod catalog;
 pub mod delivery;
 pub mod directory;

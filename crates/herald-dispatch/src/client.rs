@@ -1,21 +1,37 @@
 //! The outbound HTTP client: keep-alive pooling, no redirects, a timeout over the whole exchange,
 //! and at most a KiB of each response kept.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use herald_core::address_policy::AddressPolicy;
 
 use herald_core::delivery::{
     AttemptError, AttemptOutcome, RESPONSE_BODY_KEEP, keep_response_prefix,
 };
 use herald_core::profile::OutgoingRequest;
 
+use crate::guard::{Blocked, GuardedResolver, check_url};
+
 /// Sends rendered requests. Clone it freely: clones share one connection pool.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpClient {
     inner: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("policy", &self.policy)
+            .finish()
+    }
 }
 
 impl HttpClient {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// A client that reaches only the addresses `policy` permits.
+    pub fn new(policy: AddressPolicy) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
         // reqwest is built without a default TLS crypto provider; install ring once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let inner = reqwest::Client::builder()
@@ -26,8 +42,11 @@ impl HttpClient {
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .build()?;
-        Ok(Self { inner })
+        Ok(Self { inner, policy })
     }
 
     /// POSTs `request` to `url` with `extra_headers`, and says how it went.
@@ -39,6 +58,15 @@ impl HttpClient {
         timeout: Duration,
     ) -> AttemptOutcome {
         let started = Instant::now();
+        if let Err(blocked) = check_url(&self.policy, url) {
+            return failed(
+                AttemptError::Blocked(blocked.0),
+                None,
+                started,
+                String::new(),
+                None,
+            );
+        }
         let mut builder = self.inner.post(url).timeout(timeout);
         for (name, value) in extra_headers {
             builder = builder.header(name.as_str(), value.as_str());
@@ -106,6 +134,7 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, String), AttemptError> {
+        check_url(&self.policy, url).map_err(|b| AttemptError::Blocked(b.0))?;
         let mut response = self
             .inner
             .get(url)
@@ -145,6 +174,13 @@ fn elapsed_ms(started: Instant) -> u32 {
 fn classify(e: &reqwest::Error) -> AttemptError {
     if e.is_timeout() {
         return AttemptError::Timeout;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(blocked) = err.downcast_ref::<Blocked>() {
+            return AttemptError::Blocked(blocked.0.clone());
+        }
+        source = err.source();
     }
     let chain = error_chain(e);
     let lower = chain.to_ascii_lowercase();

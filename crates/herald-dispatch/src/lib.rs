@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod dispatcher;
+pub mod guard;
 pub mod scheduler;
 pub mod websub;
 

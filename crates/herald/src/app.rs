@@ -11,6 +11,7 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use herald_core::address_policy::AddressPolicy;
 use herald_core::directory::Directory;
 use herald_core::store::Store;
 use herald_core::{Clock, Timestamp};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    /// Which non-public addresses webhooks may point at.
+    pub address_policy: Arc<AddressPolicy>,
     pub settings: Arc<Settings>,
 }
 
@@ -87,7 +90,13 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     }
 
     let directory = Arc::new(Directory::new(store.clone()));
-    let client = HttpClient::new().context("could not build the HTTP client")?;
+    let policy = AddressPolicy::parse(&settings.security.allow_private_networks).map_err(|e| {
+        anyhow::anyhow!(
+            "HERALD_ALLOW_PRIVATE_NETWORKS / --allow-private-networks: {}",
+            e.message
+        )
+    })?;
+    let client = HttpClient::new(policy.clone()).context("could not build the HTTP client")?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         directory.clone(),
@@ -102,6 +111,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         dispatcher,
         clock,
         metrics: Arc::new(Metrics::default()),
+        address_policy: Arc::new(policy),
         settings: Arc::new(settings),
     };
     Ok(App {

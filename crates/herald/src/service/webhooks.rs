@@ -64,6 +64,13 @@ fn new_secret(profile: ProfileName, given: Option<&str>) -> ServiceResult<String
 /// Profile rules that involve the URL or the organization's other webhooks.
 fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) -> ServiceResult<()> {
     w.options.check(w.profile)?;
+    let host = url::Url::parse(w.url.as_str())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    if let Err(why) = state.address_policy.check_host(&host) {
+        return Err(Invalid::new("url", why).into());
+    }
     if w.profile.one_per_organization()
         && let Some(other) = snapshot
             .webhooks

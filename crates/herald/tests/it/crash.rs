@@ -28,6 +28,7 @@ impl Server {
             .env("HERALD_DATA_DIR", data_dir)
             .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("HERALD_LOG", "info")
+            .env("HERALD_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -40,6 +40,8 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::for_data_dir(dir.path().to_path_buf());
         settings.security.admin_token = Some(ADMIN_TOKEN.into());
+        // Test receivers listen on loopback, which Herald refuses by default.
+        settings.security.allow_private_networks = vec!["127.0.0.0/8".into()];
         configure(&mut settings);
         let clock = ManualClock::new();
         let app = app::build(settings, Arc::new(clock.clone()))

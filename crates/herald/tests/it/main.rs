@@ -5,4 +5,5 @@ mod crash;
 mod delivery;
 mod helpers;
 mod profiles;
+mod security;
 mod websub;

@@ -1,0 +1,207 @@
+//! Which addresses deliveries may reach. Herald carries identity data to URLs that its users'
+//! customers type in, so by default it refuses every address that is not public (loopback,
+//! private, link-local and the cloud metadata address, CGNAT, multicast, reserved…), checked on
+//! the addresses a host name resolves to, unless an operator allows a range explicitly.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::Invalid;
+
+/// The allowed non-public ranges. Everything public is always allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    allowed: Vec<IpNet>,
+}
+
+impl AddressPolicy {
+    /// Parses `HERALD_ALLOW_PRIVATE_NETWORKS`: CIDRs (`10.0.0.0/8`) or single addresses.
+    pub fn parse(ranges: &[String]) -> Result<Self, Invalid> {
+        let mut allowed = Vec::new();
+        for raw in ranges.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+            let net = raw
+                .parse::<IpNet>()
+                .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    Invalid::new(
+                        "allow_private_networks",
+                        format!("'{raw}' is not a CIDR such as 10.0.0.0/8 or 127.0.0.1/32"),
+                    )
+                })?;
+            allowed.push(net);
+        }
+        Ok(Self { allowed })
+    }
+
+    /// Allows these ranges (tests and local development use loopback).
+    pub fn allowing(allowed: Vec<IpNet>) -> Self {
+        Self { allowed }
+    }
+
+    /// `Err` names the kind of address and how to allow it.
+    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+        let ip = canonical(ip);
+        let Some(kind) = non_public_kind(ip) else {
+            return Ok(());
+        };
+        if self.allowed.iter().any(|net| net.contains(&ip)) {
+            return Ok(());
+        }
+        Err(format!(
+            "{ip} is a {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it"
+        ))
+    }
+
+    /// Checks a URL host that is an IP literal (or `localhost`) before anything is sent; names
+    /// are checked when they resolve.
+    pub fn check_host(&self, host: &str) -> Result<(), String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self.check(ip);
+        }
+        let lower = bare.to_ascii_lowercase();
+        if lower == "localhost" || lower.ends_with(".localhost") {
+            return self.check(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        Ok(())
+    }
+}
+
+/// An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn non_public_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_kind(v4),
+        IpAddr::V6(v6) => v6_kind(v6),
+    }
+}
+
+fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    if ip == Ipv4Addr::new(169, 254, 169, 254) {
+        Some("cloud metadata")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if ip.is_unspecified() || o[0] == 0 {
+        Some("unspecified")
+    } else if o[0] == 100 && (64..128).contains(&o[1]) {
+        Some("carrier-grade NAT")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() || o[0] >= 240 {
+        Some("reserved")
+    } else if ip.is_documentation()
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+    {
+        Some("special-purpose")
+    } else {
+        None
+    }
+}
+
+fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
+    let seg = ip.segments();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if (seg[0] & 0xfe00) == 0xfc00 {
+        if seg[0] == 0xfd00 && seg[1] == 0x0ec2 {
+            Some("cloud metadata")
+        } else {
+            Some("private")
+        }
+    } else if (seg[0] & 0xffc0) == 0xfe80 {
+        Some("link-local")
+    } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
+        Some("special-purpose")
+    } else if seg[0] == 0x0064 && seg[1] == 0xff9b {
+        // NAT64 can reach any IPv4 address, private ones included.
+        Some("NAT64")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked(ip: &str) -> bool {
+        AddressPolicy::default().check(ip.parse().unwrap()).is_err()
+    }
+
+    #[test]
+    fn non_public_addresses_are_refused_by_default() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(blocked(ip), "{ip} must be refused");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "100.128.0.1",
+        ] {
+            assert!(!blocked(ip), "{ip} must be allowed");
+        }
+    }
+
+    #[test]
+    fn an_allowed_range_lets_its_addresses_through() {
+        let policy = AddressPolicy::parse(&["127.0.0.0/8".into(), "10.0.0.5".into()]).unwrap();
+        assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(policy.check("10.0.0.5".parse().unwrap()).is_ok());
+        assert!(policy.check("10.0.0.6".parse().unwrap()).is_err());
+        assert!(AddressPolicy::parse(&["not-a-cidr".into()]).is_err());
+    }
+
+    #[test]
+    fn literal_and_localhost_hosts_are_checked_before_resolving() {
+        let policy = AddressPolicy::default();
+        assert!(policy.check_host("[::1]").is_err());
+        assert!(policy.check_host("LOCALHOST").is_err());
+        assert!(policy.check_host("api.localhost").is_err());
+        assert!(policy.check_host("example.com").is_ok());
+        let err = policy.check_host("169.254.169.254").unwrap_err();
+        assert!(err.contains("cloud metadata"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! The SSRF guard on every outgoing request. Names are resolved here and only permitted
+//! addresses are handed to the connector, so the address checked is the address connected to
+//! (no DNS rebinding between check and connect). IP literals never reach a resolver, so
+//! [`check_url`] checks them before a request starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use herald_core::address_policy::AddressPolicy;
+
+/// The error a refused address produces; recognised in the client's error chain.
+#[derive(Debug)]
+pub struct Blocked(pub String);
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Blocked {}
+
+/// A resolver that drops every address the policy refuses, and fails when none is left.
+pub(crate) struct GuardedResolver {
+    pub(crate) policy: Arc<AddressPolicy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refusal = None;
+            let permitted: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| match policy.check(addr.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refusal.get_or_insert(why);
+                        false
+                    }
+                })
+                .collect();
+            if permitted.is_empty() {
+                let why = refusal.unwrap_or_else(|| "it resolves to no address".to_owned());
+                return Err(Box::new(Blocked(format!("{host}: {why}")))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(permitted.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Checks a URL's host when it is an IP literal (or `localhost`).
+pub fn check_url(policy: &AddressPolicy, url: &str) -> Result<(), Blocked> {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    policy.check_host(&host).map_err(Blocked)
+}

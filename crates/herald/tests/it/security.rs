@@ -1,0 +1,126 @@
+//! Security stories: the SSRF guard (only loopback and names that resolve locally are used).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, TestReceiver};
+
+/// An app with Herald's default address policy: nothing but public addresses.
+async fn strict_app() -> TestApp {
+    TestApp::spawn_with(|s| s.security.allow_private_networks.clear()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_literal_non_public_address_is_refused_when_the_webhook_is_created() {
+    let app = strict_app().await;
+    let org = app.create_org("Acme").await;
+    for (url, kind) in [
+        ("http://127.0.0.1:9000/h", "loopback"),
+        ("http://localhost:9000/h", "loopback"),
+        ("http://[::1]:9000/h", "loopback"),
+        ("http://[::ffff:127.0.0.1]/h", "loopback"),
+        ("http://10.0.0.8/h", "private"),
+        ("http://169.254.169.254/latest/meta-data", "cloud metadata"),
+        ("http://100.64.1.1/h", "carrier-grade NAT"),
+        ("http://0.0.0.0/h", "unspecified"),
+    ] {
+        let (status, err) = app
+            .post(
+                &format!("/v1/orgs/{org}/webhooks"),
+                json!({ "name": "x", "url": url }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {err}");
+        assert_eq!(err["error"]["field"], "url");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(kind) && message.contains("HERALD_ALLOW_PRIVATE_NETWORKS"),
+            "{url}: {message}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_a_non_public_address_is_blocked_at_delivery() {
+    let app = strict_app().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    // This machine's own name resolves locally (to loopback here, or a private address).
+    let host = std::fs::read_to_string("/etc/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let resolved: Vec<_> = tokio::net::lookup_host((host.as_str(), 80))
+        .await
+        .expect("the host name resolves")
+        .collect();
+    assert!(
+        resolved
+            .iter()
+            .all(|a| herald_core::address_policy::AddressPolicy::default()
+                .check(a.ip())
+                .is_err()),
+        "this test needs the machine's name to resolve to a non-public address: {resolved:?}"
+    );
+    let url = format!("http://{host}:{}/h", rx.addr.port());
+    let hook = app
+        .create_webhook(&org, &url, json!({ "retry_schedule": [0] }))
+        .await;
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let delivery = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "failed")
+        .await;
+    assert_eq!(d["attempts"][0]["error"], "blocked", "{d}");
+    assert!(
+        d["attempts"][0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("HERALD_ALLOW_PRIVATE_NETWORKS")
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.received().is_empty(), "nothing reached the endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websub_verification_goes_through_the_same_guard() {
+    let app = TestApp::spawn_with(|s| {
+        s.security.allow_private_networks.clear();
+        s.security.allow_insecure_urls = true;
+    })
+    .await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let host = std::fs::read_to_string("/etc/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let url = format!("http://{host}:{}/h", rx.addr.port());
+    let hook = app
+        .create_webhook(
+            &org,
+            &url,
+            json!({ "verification": "websub", "channels": ["user"] }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let (_, active) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    let sub = &active["subscriptions"][0];
+    assert_eq!(sub["state"], "failed", "{active}");
+    assert!(
+        sub["reason"].as_str().unwrap().contains("not allowed"),
+        "{sub}"
+    );
+    assert!(rx.received().is_empty());
+}
