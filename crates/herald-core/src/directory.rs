@@ -63,6 +63,13 @@ impl OrgSnapshot {
 
     /// Finds an event type among the organization's catalogs and its own types.
     pub fn resolve_type(&self, name: &str) -> Option<ResolvedType<'_>> {
+        if crate::event_type::is_operational(name) {
+            return Some(ResolvedType {
+                channel: Some(crate::event_type::OPERATIONS_CHANNEL),
+                uri: None,
+                validator: None,
+            });
+        }
         if name == crate::event_type::TEST_EVENT_TYPE {
             return Some(ResolvedType {
                 channel: None,
@@ -101,9 +108,11 @@ impl OrgSnapshot {
 
     /// Whether any type of the organization (catalog or own) belongs to `channel`.
     pub fn knows_channel(&self, channel: &str) -> bool {
-        self.custom_types
-            .values()
-            .any(|(t, _)| t.channel.as_deref() == Some(channel))
+        channel == crate::event_type::OPERATIONS_CHANNEL
+            || self
+                .custom_types
+                .values()
+                .any(|(t, _)| t.channel.as_deref() == Some(channel))
             || self
                 .org
                 .catalogs

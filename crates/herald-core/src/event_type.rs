@@ -7,6 +7,29 @@ use crate::{EventTypeId, Invalid, OrgId, Timestamp};
 /// The type every webhook receives from "send test event", whatever it subscribed to.
 pub const TEST_EVENT_TYPE: &str = "herald.test";
 
+/// The channel of Herald's own operational events.
+pub const OPERATIONS_CHANNEL: &str = "operations";
+/// A webhook was disabled (its endpoint answered 410 Gone, or failed for too long).
+pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
+/// A webhook was enabled.
+pub const WEBHOOK_ENABLED: &str = "webhook.enabled";
+/// A delivery failed its last attempt.
+pub const DELIVERY_EXHAUSTED: &str = "delivery.exhausted";
+
+/// Whether a type is one of Herald's own: every organization has them, producers cannot post
+/// them, and no catalog or organization may define them.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with("herald.") || is_operational(name)
+}
+
+/// Whether a type is an operational event, which an organization's own webhooks may subscribe to.
+pub fn is_operational(name: &str) -> bool {
+    matches!(
+        name,
+        WEBHOOK_DISABLED | WEBHOOK_ENABLED | DELIVERY_EXHAUSTED
+    )
+}
+
 /// Checks an event type name: 1 to 128 characters from letters, digits and `. _ - : /`.
 /// That covers every catalog's style (`user.created`, `USER_CREATED`, `loginSuccess`).
 pub fn parse_type_name(raw: &str, field: &str) -> Result<String, Invalid> {

@@ -120,6 +120,15 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Vec<WebhookId>>;
 
+    /// Notes a webhook's latest outcome: a success clears its failing streak, a failure starts
+    /// one if none is running. Answers since when it has been failing (`None` after a success).
+    async fn note_webhook_outcome(
+        &self,
+        id: &WebhookId,
+        failed: bool,
+        now: Timestamp,
+    ) -> StoreResult<Option<Timestamp>>;
+
     // Events and deliveries.
     /// Stores events and their deliveries, all or nothing. An event whose id the organization
     /// already used is a duplicate: nothing of it is stored.

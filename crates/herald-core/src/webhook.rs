@@ -39,12 +39,25 @@ pub struct Webhook {
     pub retry_schedule: Option<RetrySchedule>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Since when every attempt has failed (none since it last succeeded).
+    pub failing_since: Option<Timestamp>,
+    /// Why Herald disabled it, if it did.
+    pub disabled_reason: Option<String>,
 }
 
 impl Webhook {
     /// Whether this webhook wants events of `type_name` (in `channel`): a type matches if the
-    /// webhook names it, names `*`, or names its channel.
+    /// webhook names it, names `*`, or names its channel. Herald's operational events are sent
+    /// only to webhooks that name them or the `operations` channel, never through `*`: a
+    /// catch-all endpoint that fails must not be sent the news of its own failures.
     pub fn wants(&self, type_name: &str, channel: Option<&str>) -> bool {
+        if crate::event_type::is_operational(type_name) {
+            return self.events.iter().any(|e| e == type_name)
+                || self
+                    .channels
+                    .iter()
+                    .any(|c| c == crate::event_type::OPERATIONS_CHANNEL);
+        }
         self.events.iter().any(|e| e == "*" || e == type_name)
             || channel.is_some_and(|c| self.channels.iter().any(|w| w == "*" || w == c))
     }

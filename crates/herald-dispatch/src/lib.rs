@@ -10,6 +10,7 @@
 pub mod client;
 pub mod dispatcher;
 pub mod guard;
+pub mod operations;
 pub mod scheduler;
 pub mod websub;
 

@@ -25,4 +25,9 @@ pub const SQLITE: &[Migration] = &[
         name: "websub",
         sql: include_str!("../migrations/sqlite/0003_websub.sql"),
     },
+    Migration {
+        version: 4,
+        name: "webhook_health",
+        sql: include_str!("../migrations/sqlite/0004_webhook_health.sql"),
+    },
 ];

@@ -108,6 +108,8 @@ fn webhook(org: &OrgId) -> Webhook {
         retry_schedule: None,
         created_at: T0,
         updated_at: T0,
+        failing_since: None,
+        disabled_reason: None,
     }
 }
 

@@ -102,7 +102,13 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         directory.clone(),
         clock.clone(),
         client,
-        DispatchSettings::default(),
+        DispatchSettings {
+            public_url: settings.public_url(),
+            disable_after: std::time::Duration::from_secs(
+                settings.delivery.disable_after_hours * 3600,
+            ),
+            ..DispatchSettings::default()
+        },
     );
     let state = AppState {
         auth: Arc::new(Authenticator::new(&admin_token, store.clone())),
@@ -114,6 +120,9 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         address_policy: Arc::new(policy),
         settings: Arc::new(settings),
     };
+    state.dispatcher.set_operations(Arc::new(
+        crate::service::operations::OperationalEvents::new(state.clone()),
+    ));
     Ok(App {
         state,
         admin_token,

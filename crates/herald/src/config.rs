@@ -15,6 +15,8 @@ pub struct Settings {
     #[command(flatten)]
     pub security: SecuritySettings,
     #[command(flatten)]
+    pub delivery: DeliverySettings,
+    #[command(flatten)]
     pub logging: LogSettings,
 }
 
@@ -59,6 +61,15 @@ pub struct SecuritySettings {
     pub allow_insecure_urls: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Delivery")]
+pub struct DeliverySettings {
+    /// Disable a webhook whose every attempt has failed for this many hours (a 410 Gone disables
+    /// it at once). The organization gets a `webhook.disabled` event.
+    #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120)]
+    pub disable_after_hours: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -101,6 +112,9 @@ impl Settings {
                 admin_token: None,
                 allow_private_networks: Vec::new(),
                 allow_insecure_urls: false,
+            },
+            delivery: DeliverySettings {
+                disable_after_hours: 120,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,

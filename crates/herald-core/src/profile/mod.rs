@@ -264,6 +264,8 @@ pub(crate) mod fixtures {
             retry_schedule: None,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
+            failing_since: None,
+            disabled_reason: None,
         }
     }
 

@@ -85,6 +85,7 @@ impl Dispatcher {
         let finished_at = shared.clock.now();
         let mut records = Vec::with_capacity(batch.len());
         let mut retrying = false;
+        let mut exhausted = Vec::new();
         for due in &batch {
             let number = due.attempt_count + 1;
             let next = schedule.next_step(
@@ -96,6 +97,7 @@ impl Dispatcher {
             retrying |= matches!(next, NextStep::RetryAt(_));
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
                 tracing::warn!(delivery = %due.delivery_id, webhook = %webhook.id, attempts = number, error = error.code(), "delivery failed after its last attempt");
+                exhausted.push((due, error.message()));
             }
             records.push(AttemptRecord {
                 org_id: due.org_id.clone(),
@@ -118,6 +120,9 @@ impl Dispatcher {
         if retrying {
             self.wake_scheduler();
         }
-        Ok(())
+        for (due, error) in exhausted {
+            self.report_exhausted(due, &webhook, &error);
+        }
+        self.track_health(&webhook, &outcome).await
     }
 }

@@ -7,11 +7,12 @@
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
 
 mod attempt;
+mod health;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -19,9 +20,10 @@ use tokio::task::JoinSet;
 
 use herald_core::directory::Directory;
 use herald_core::store::{DueDelivery, Store};
-use herald_core::{Clock, DeliveryId, WebhookId};
+use herald_core::{Clock, DeliveryId, Timestamp, WebhookId};
 
 use crate::client::HttpClient;
+use crate::operations::Operations;
 
 /// Tunables of the dispatcher.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct DispatchSettings {
     pub idle_worker: Duration,
     /// This server's public base URL, for profiles that name their issuer or source.
     pub public_url: String,
+    /// A webhook whose every attempt failed for this long is disabled.
+    pub disable_after: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -46,6 +50,7 @@ impl Default for DispatchSettings {
             lease: Duration::from_secs(300),
             idle_worker: Duration::from_secs(60),
             public_url: "http://127.0.0.1:7600".into(),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -69,6 +74,9 @@ struct Shared {
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
     wake_renewals: Notify,
+    /// Webhooks known to be failing, and since when (saved on every change of streak).
+    failing: Mutex<HashMap<WebhookId, Timestamp>>,
+    operations: OnceLock<Arc<dyn Operations>>,
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -92,9 +100,16 @@ impl Dispatcher {
                 held_count: AtomicUsize::new(0),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
+                failing: Mutex::new(HashMap::new()),
+                operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),
             }),
         }
+    }
+
+    /// Connects the receiver of operational news; set once, after the app is built.
+    pub fn set_operations(&self, operations: Arc<dyn Operations>) {
+        let _ = self.shared.operations.set(operations);
     }
 
     pub fn settings(&self) -> &DispatchSettings {

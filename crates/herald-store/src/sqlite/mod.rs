@@ -310,6 +310,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn note_webhook_outcome(
+        &self,
+        id: &WebhookId,
+        failed: bool,
+        now: Timestamp,
+    ) -> StoreResult<Option<Timestamp>> {
+        let id = id.clone();
+        self.write(move |c| webhooks::note_outcome(c, &id, failed, now))
+            .await
+    }
+
     async fn insert_events(
         &self,
         org: &OrgId,

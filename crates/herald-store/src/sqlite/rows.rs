@@ -79,7 +79,7 @@ pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<CustomEventType> {
 
 pub(crate) const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, channels, profile, secret, \
      previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-     created_at, updated_at, signature, options, verification";
+     created_at, updated_at, signature, options, verification, failing_since, disabled_reason";
 
 pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     let profile: String = row.get(7)?;
@@ -120,6 +120,8 @@ pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
         verification: Verification::parse(&row.get::<_, String>(19)?).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(19, rusqlite::types::Type::Text, Box::new(e))
         })?,
+        failing_since: opt_ts(row.get(20)?),
+        disabled_reason: row.get(21)?,
     })
 }
 

@@ -13,8 +13,8 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "INSERT INTO webhooks (id, org_id, name, description, url, events, channels, profile, secret, \
          previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-         created_at, updated_at, signature, options, verification) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, updated_at, signature, options, verification, failing_since, disabled_reason) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         w.id.as_str(),
@@ -36,7 +36,9 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.updated_at.as_millis(),
         w.signature.map(|s| s.as_str()),
         to_json(&w.options),
-        w.verification.as_str()
+        w.verification.as_str(),
+        w.failing_since.map(Timestamp::as_millis),
+        w.disabled_reason
     ])?;
     Ok(())
 }
@@ -92,8 +94,8 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "UPDATE webhooks SET name = ?, description = ?, url = ?, events = ?, channels = ?, profile = ?, \
          secret = ?, previous_secret = ?, previous_secret_expires_at = ?, active = ?, headers = ?, \
-         timeout_ms = ?, retry_schedule = ?, updated_at = ?, signature = ?, options = ?, verification = ? \
-         WHERE id = ?",
+         timeout_ms = ?, retry_schedule = ?, updated_at = ?, signature = ?, options = ?, verification = ?, \
+         failing_since = ?, disabled_reason = ? WHERE id = ?",
     )?
     .execute(params![
         w.name,
@@ -113,6 +115,8 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.signature.map(|s| s.as_str()),
         to_json(&w.options),
         w.verification.as_str(),
+        w.failing_since.map(Timestamp::as_millis),
+        w.disabled_reason,
         w.id.as_str()
     ])?;
     if was_active && !w.active {
@@ -220,4 +224,27 @@ pub(crate) fn subscriptions_to_renew(
             Ok((OrgId::from_trusted(r.get(11)?), rows::subscription(r)?))
         })?
         .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Records whether the webhook's latest attempt failed; answers since when it has only failed.
+pub(crate) fn note_outcome(
+    conn: &Connection,
+    id: &WebhookId,
+    failed: bool,
+    now: Timestamp,
+) -> DbResult<Option<Timestamp>> {
+    let since: Option<Option<i64>> = if failed {
+        conn.prepare_cached(
+            "UPDATE webhooks SET failing_since = COALESCE(failing_since, ?1) WHERE id = ?2 RETURNING failing_since",
+        )?
+        .query_row(params![now.as_millis(), id.as_str()], |r| r.get(0))
+        .optional()?
+    } else {
+        conn.prepare_cached(
+            "UPDATE webhooks SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL",
+        )?
+        .execute([id.as_str()])?;
+        None
+    };
+    Ok(since.flatten().map(Timestamp::from_millis))
 }

@@ -45,10 +45,10 @@ pub async fn register(
         .await
         .map_err(ServiceError::from_store("organization"))?;
     let name = parse_type_name(&input.name, "name")?;
-    if name.starts_with("herald.") {
+    if herald_core::event_type::is_reserved(&name) {
         return Err(Invalid::new(
             "name",
-            "names starting with 'herald.' are reserved for Herald's own events",
+            format!("'{name}' is reserved for Herald's own events"),
         )
         .into());
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use herald_core::event::NewEvent;
-use herald_core::event_type::check_against_schema;
+use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery};
 use herald_core::{DeliveryId, Invalid, OrgId};
 
@@ -59,6 +59,23 @@ pub async fn ingest(
         )
         .into());
     }
+    ingest_values(state, org, raw_events, batch, Origin::Producer).await
+}
+
+/// Who posts an event: producers may not use Herald's reserved types; Herald itself may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Producer,
+    Herald,
+}
+
+pub(crate) async fn ingest_values(
+    state: &AppState,
+    org: &OrgId,
+    raw_events: Vec<Value>,
+    batch: bool,
+    origin: Origin,
+) -> ServiceResult<IngestReport> {
     let snapshot = state
         .directory
         .snapshot(org)
@@ -76,10 +93,10 @@ pub async fn ingest(
             }
         };
         let new = NewEvent::parse(raw).map_err(at)?;
-        if new.event_type.starts_with("herald.") {
+        if origin == Origin::Producer && event_type::is_reserved(&new.event_type) {
             return Err(at(Invalid::new(
                 "type",
-                "types starting with 'herald.' are reserved for Herald's own events",
+                format!("'{}' is reserved for Herald's own events", new.event_type),
             ))
             .into());
         }

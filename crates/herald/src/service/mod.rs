@@ -6,6 +6,7 @@ pub mod auth;
 pub mod deliveries;
 pub mod event_types;
 pub mod ingest;
+pub mod operations;
 pub mod orgs;
 pub mod subscriptions;
 pub mod webhooks;

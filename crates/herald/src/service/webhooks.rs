@@ -202,6 +202,8 @@ pub async fn create(
             .transpose()?,
         created_at: now,
         updated_at: now,
+        failing_since: None,
+        disabled_reason: None,
     };
     check_profile_rules(state, &snapshot, &webhook)?;
     state
@@ -351,8 +353,16 @@ pub async fn set_active(
     let mut w = get(state, scope, org, id).await?;
     if w.active != active {
         w.active = active;
+        if active {
+            // A fresh start: whatever made Herald disable it is for the user to have fixed.
+            w.disabled_reason = None;
+            w.failing_since = None;
+        }
         w = save(state, w).await?;
         tracing::info!(webhook = %id, active, "webhook {}", if active { "enabled" } else { "disabled" });
+        if active {
+            super::operations::webhook_enabled(state, &w);
+        }
     }
     if w.verification != Verification::Websub {
         return Ok((w, None));

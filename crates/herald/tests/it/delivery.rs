@@ -571,3 +571,158 @@ async fn an_organizations_own_type_is_checked_against_its_schema() {
         "a catalog type cannot be registered again"
     );
 }
+
+/// An organization with a webhook on `target` and an operations webhook on `ops` that receives
+/// Herald's operational events.
+async fn with_operations_webhook(
+    app: &TestApp,
+    target: &TestReceiver,
+    ops: &TestReceiver,
+    extra: serde_json::Value,
+) -> (String, String) {
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &ops.url("/ops"),
+        json!({ "channels": ["operations"] }),
+    )
+    .await;
+    let hook = app
+        .create_webhook(&org, &target.url("/target"), extra)
+        .await;
+    (org, hook["id"].as_str().unwrap().to_owned())
+}
+
+fn ops_events(ops: &TestReceiver, event_type: &str) -> Vec<serde_json::Value> {
+    ops.received_on("/ops")
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["type"] == event_type)
+        .collect()
+}
+
+async fn wait_ops_event(ops: &TestReceiver, event_type: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        if let Some(e) = ops_events(ops, event_type).pop() {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {event_type} event reached the operations webhook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_gone_disables_the_webhook_and_the_organization_hears_of_it() {
+    let app = TestApp::spawn().await;
+    let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
+    target.answer_by_default(Reply::status(410));
+    let (org, id) =
+        with_operations_webhook(&app, &target, &ops, json!({ "events": ["user.created"] })).await;
+    app.send_event(&org, user_created("u1")).await;
+
+    let disabled = wait_ops_event(&ops, "webhook.disabled").await;
+    assert_eq!(disabled["data"]["webhook"]["id"], id.as_str());
+    assert!(disabled["data"]["reason"].as_str().unwrap().contains("410"));
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(hook["active"], false);
+    assert!(
+        hook["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("410 Gone")
+    );
+    let delivery = app.delivery_ids(&org, &id).await.remove(0);
+    let (_, d) = app
+        .get(&format!("/v1/orgs/{org}/deliveries/{delivery}"))
+        .await;
+    assert_eq!(
+        d["state"], "pending",
+        "its deliveries wait, they are not dropped"
+    );
+
+    target.answer_by_default(Reply::status(200));
+    let (_, hook) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    assert_eq!(
+        (hook["active"].clone(), hook["disabled_reason"].clone()),
+        (json!(true), serde_json::Value::Null)
+    );
+    let enabled = wait_ops_event(&ops, "webhook.enabled").await;
+    assert_eq!(enabled["data"]["webhook"]["id"], id.as_str());
+    // The parked delivery resumes on its schedule.
+    app.advance(Duration::from_secs(70));
+    app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_fails_its_last_attempt_is_reported() {
+    let app = TestApp::spawn().await;
+    let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
+    target.answer_by_default(Reply::status(500));
+    let (org, id) = with_operations_webhook(
+        &app,
+        &target,
+        &ops,
+        json!({ "events": ["user.created"], "retry_schedule": [0] }),
+    )
+    .await;
+    app.send_event(&org, user_created("u1")).await;
+    let exhausted = wait_ops_event(&ops, "delivery.exhausted").await;
+    let delivery = app.delivery_ids(&org, &id).await.remove(0);
+    assert_eq!(exhausted["data"]["delivery"]["id"], delivery.as_str());
+    assert_eq!(exhausted["data"]["delivery"]["event_type"], "user.created");
+    assert!(
+        exhausted["data"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "delivery.exhausted", "data": {} }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "producers cannot post Herald's own events: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_fails_for_five_days_is_disabled() {
+    let app = TestApp::spawn().await;
+    let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
+    target.answer_by_default(Reply::status(503));
+    let (org, id) = with_operations_webhook(
+        &app,
+        &target,
+        &ops,
+        json!({ "events": ["user.created"], "retry_schedule": [0, 60, 300] }),
+    )
+    .await;
+    app.send_event(&org, user_created("u1")).await;
+    target.wait_for("/target", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, &id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(hook["active"], true, "one failure is not enough");
+    assert!(hook["failing_since"].is_string() || hook["failing_since"].is_null());
+
+    app.advance(Duration::from_secs(5 * 86_400 + 120));
+    target.wait_for("/target", 2, WAIT).await;
+    let disabled = wait_ops_event(&ops, "webhook.disabled").await;
+    assert!(
+        disabled["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("every attempt failed"),
+        "{disabled}"
+    );
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(hook["active"], false);
+}
