@@ -13,6 +13,12 @@ use herald_core::profile::OutgoingRequest;
 
 use crate::guard::{Blocked, GuardedResolver, check_url};
 
+/// Installs the TLS crypto provider (ring) for this process, once. reqwest is built without a
+/// default one; every client made in the process needs it first.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Sends rendered requests. Clone it freely: clones share one connection pool.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -32,8 +38,7 @@ impl HttpClient {
     /// A client that reaches only the addresses `policy` permits.
     pub fn new(policy: AddressPolicy) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
-        // reqwest is built without a default TLS crypto provider; install ring once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let inner = reqwest::Client::builder()
             .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())

@@ -11,7 +11,7 @@ mod health;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -76,6 +76,8 @@ struct Shared {
     wake_renewals: Notify,
     /// Webhooks known to be failing, and since when (saved on every change of streak).
     failing: Mutex<HashMap<WebhookId, Timestamp>>,
+    /// Set on shutdown: attempts in flight finish, queued ones are left for the next start.
+    stopping: AtomicBool,
     operations: OnceLock<Arc<dyn Operations>>,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -101,6 +103,7 @@ impl Dispatcher {
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
                 failing: Mutex::new(HashMap::new()),
+                stopping: AtomicBool::new(false),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),
             }),
@@ -204,6 +207,7 @@ impl Dispatcher {
     /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and
     /// ingest have stopped feeding it), up to `grace`.
     pub async fn drain(&self, grace: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.workers.lock().expect("workers lock").clear();
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
         let _ =

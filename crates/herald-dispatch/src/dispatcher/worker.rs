@@ -3,6 +3,7 @@
 //! window after the first share one request.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
@@ -54,6 +55,14 @@ impl Dispatcher {
                 }
             }
             let permit = slots.clone().acquire_owned().await.expect("never closed");
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                // Shutting down: what has not started stays leased in the store and is picked
+                // up again at the next start, rather than being sent and cut off half-way.
+                for d in &batch {
+                    self.release_held(&d.delivery_id);
+                }
+                continue;
+            }
             let this = self.clone();
             in_flight.spawn(async move {
                 this.attempt(batch).await;

@@ -12,12 +12,14 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{ADMIN_TOKEN, TestReceiver};
+use crate::helpers::{ADMIN_TOKEN, Reply, TestReceiver, http_client};
 
 /// A `herald serve` process on a port of its own.
 struct Server {
     child: Child,
     base: String,
+    /// Every line the server logged.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -35,8 +37,10 @@ impl Server {
             .spawn()
             .expect("the herald binary starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let read_address = async {
             while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("address=").nth(1) {
                     return rest.split_whitespace().next().unwrap().to_owned();
                 }
@@ -46,11 +50,17 @@ impl Server {
         let addr = tokio::time::timeout(Duration::from_secs(20), read_address)
             .await
             .expect("the server listens within 20 s");
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading its log so it never blocks on a full pipe.
+        let keep = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             base: format!("http://{addr}"),
+            log,
         }
     }
 }
@@ -59,7 +69,7 @@ impl Server {
 async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut server = Server::start(dir.path()).await;
 
     let post = |base: &str, path: &str, body: serde_json::Value| {
@@ -145,5 +155,137 @@ async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
             acked.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(200).after(Duration::from_millis(300)));
+    let http = http_client();
+    let mut server = Server::start(dir.path()).await;
+    let call = |base: &str, path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let json_of =
+        |r: reqwest::Response| async move { r.json::<serde_json::Value>().await.unwrap() };
+
+    let org = json_of(
+        call(&server.base, "/v1/orgs", json!({ "name": "Acme" }))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let org = org["id"].as_str().unwrap().to_owned();
+    let key = json_of(
+        call(
+            &server.base,
+            &format!("/v1/orgs/{org}/api-keys"),
+            json!({ "name": "ci" }),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let hook = json_of(
+        call(
+            &server.base,
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "sink", "url": rx.url("/sink") }),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let rotated = json_of(
+        call(
+            &server.base,
+            &format!("/v1/orgs/{org}/webhooks/{hook_id}/rotate-secret"),
+            json!({}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let secrets = [
+        ADMIN_TOKEN.to_owned(),
+        key["key"].as_str().unwrap().to_owned(),
+        hook["secret"].as_str().unwrap().to_owned(),
+        rotated["secret"].as_str().unwrap().to_owned(),
+    ];
+
+    let events: Vec<_> = (0..40)
+        .map(|i| json!({ "type": "user.created", "id": format!("t-{i}"), "data": { "user": { "id": format!("t-{i}") } } }))
+        .collect();
+    let resp = call(
+        &server.base,
+        &format!("/v1/orgs/{org}/events"),
+        json!(events),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    rx.wait_for("/sink", 5, Duration::from_secs(10)).await;
+
+    let pid = server.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
+        .await
+        .expect("the server exits within 20 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "a clean exit: {status:?}");
+    let first_log = server.log.lock().unwrap().clone();
+    assert!(
+        first_log.iter().any(|l| l.contains("shutting down")),
+        "the shutdown is logged"
+    );
+
+    let restarted = Server::start(dir.path()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: Vec<String> = rx
+            .received_on("/sink")
+            .iter()
+            .map(|r| r.json()["data"]["user"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        let unique: HashSet<&String> = delivered.iter().collect();
+        if unique.len() == 40 {
+            assert_eq!(
+                delivered.len(),
+                40,
+                "every event exactly once, none doubled by the shutdown"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 40 arrived",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the restarted server record its last outcomes, then check every log line of both runs.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let all_logs: Vec<String> = first_log
+        .into_iter()
+        .chain(restarted.log.lock().unwrap().iter().cloned())
+        .collect();
+    assert!(all_logs.len() > 3, "the server logged");
+    for secret in &secrets {
+        assert!(
+            !all_logs.iter().any(|l| l.contains(secret.as_str())),
+            "a secret appeared in the log"
+        );
     }
 }

@@ -21,6 +21,12 @@ use herald_core::ManualClock;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
+/// An HTTP client for tests (after installing the TLS provider the process needs).
+pub fn http_client() -> reqwest::Client {
+    herald_dispatch::client::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// The Herald server, in-process, on 127.0.0.1 with a port of its own.
 pub struct TestApp {
     pub base: String,
@@ -64,7 +70,7 @@ impl TestApp {
             base,
             clock,
             state,
-            http: reqwest::Client::new(),
+            http: http_client(),
             _dir: dir,
             stop: Some(stop),
         }
