@@ -80,6 +80,22 @@ pub struct AttemptRecord {
     pub next: NextStep,
 }
 
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeCount {
+    pub events: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+}
+
+impl std::ops::AddAssign for PurgeCount {
+    fn add_assign(&mut self, other: Self) {
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+        self.attempts += other.attempts;
+    }
+}
+
 /// Filters for a webhook's delivery history.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -181,6 +197,16 @@ pub trait Store: Send + Sync + 'static {
         lease_until: Timestamp,
     ) -> StoreResult<DueDelivery>;
     /// Makes every failed delivery of the webhook created since `since` pending again, due now.
+    /// Deletes up to `limit` events received before `cutoff` (of `org`, or of every
+    /// organization) whose deliveries are all finished, with those deliveries and their
+    /// attempts. Callers repeat it until it removes fewer than `limit` events.
+    async fn purge_before(
+        &self,
+        org: Option<&OrgId>,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> StoreResult<PurgeCount>;
+
     // WebSub subscriptions.
     /// Every subscription of the organization's webhooks, for the directory.
     async fn org_subscriptions(&self, org: &OrgId) -> StoreResult<Vec<Subscription>>;

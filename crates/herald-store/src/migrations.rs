@@ -30,4 +30,9 @@ pub const SQLITE: &[Migration] = &[
         name: "webhook_health",
         sql: include_str!("../migrations/sqlite/0004_webhook_health.sql"),
     },
+    Migration {
+        version: 5,
+        name: "retention",
+        sql: include_str!("../migrations/sqlite/0005_retention.sql"),
+    },
 ];

@@ -34,6 +34,8 @@ pub struct AppState {
     /// Which non-public addresses webhooks may point at.
     pub address_policy: Arc<AddressPolicy>,
     pub settings: Arc<Settings>,
+    /// Wakes the retention task (tests move the clock and wake it).
+    pub maintenance: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -118,6 +120,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock,
         metrics: Arc::new(Metrics::default()),
         address_policy: Arc::new(policy),
+        maintenance: Arc::new(tokio::sync::Notify::new()),
         settings: Arc::new(settings),
     };
     state.dispatcher.set_operations(Arc::new(
@@ -177,7 +180,15 @@ pub async fn run(
     let state = app.state;
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(state.dispatcher.clone(), stop_rx.clone()));
-    let renewals = tokio::spawn(websub::run_renewals(state.dispatcher.clone(), stop_rx));
+    let renewals = tokio::spawn(websub::run_renewals(
+        state.dispatcher.clone(),
+        stop_rx.clone(),
+    ));
+    let retention = tokio::spawn(crate::service::retention::run(
+        state.clone(),
+        state.maintenance.clone(),
+        stop_rx,
+    ));
     let router = crate::api::router(state.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -186,6 +197,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
     let _ = renewals.await;
+    let _ = retention.await;
     state.dispatcher.drain(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())

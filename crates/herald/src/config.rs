@@ -68,6 +68,10 @@ pub struct DeliverySettings {
     /// it at once). The organization gets a `webhook.disabled` event.
     #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120)]
     pub disable_after_hours: u64,
+    /// Keep events and their finished deliveries and attempts this many days (0: forever).
+    /// Pending deliveries are always kept. Also the window in which event ids are idempotent.
+    #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +119,7 @@ impl Settings {
             },
             delivery: DeliverySettings {
                 disable_after_hours: 120,
+                retention_days: 30,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,

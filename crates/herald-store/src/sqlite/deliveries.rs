@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use herald_core::delivery::{Attempt, Delivery};
 use herald_core::event::Event;
 use herald_core::retry::NextStep;
+use herald_core::store::PurgeCount;
 use herald_core::store::{AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult};
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -319,4 +320,36 @@ pub(crate) fn recover_failed(
         )?
         .execute(params![now.as_millis(), org.as_str(), webhook.as_str(), since.as_millis()])?;
     Ok(n as u64)
+}
+
+/// Deletes up to `limit` events received before `cutoff` (of one organization, or all) that have
+/// no pending delivery, with their deliveries and attempts. Answers how many events went.
+pub(crate) fn purge(
+    conn: &Connection,
+    org: Option<&OrgId>,
+    cutoff: Timestamp,
+    limit: u32,
+) -> DbResult<PurgeCount> {
+    let victims: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT e.org_id, e.id FROM events e WHERE e.received_at < ?1 AND (?2 IS NULL OR e.org_id = ?2) \
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id \
+                             AND d.state = 'pending') \
+             ORDER BY e.received_at LIMIT ?3",
+        )?
+        .query_map(params![cutoff.as_millis(), org.map(|o| o.as_str()), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut count = PurgeCount::default();
+    let mut attempts = conn.prepare_cached(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = ?1 AND event_id = ?2)",
+    )?;
+    let mut deliveries =
+        conn.prepare_cached("DELETE FROM deliveries WHERE org_id = ?1 AND event_id = ?2")?;
+    let mut events = conn.prepare_cached("DELETE FROM events WHERE org_id = ?1 AND id = ?2")?;
+    for (org_id, event_id) in &victims {
+        count.attempts += attempts.execute(params![org_id, event_id])? as u64;
+        count.deliveries += deliveries.execute(params![org_id, event_id])? as u64;
+        count.events += events.execute(params![org_id, event_id])? as u64;
+    }
+    Ok(count)
 }

@@ -18,8 +18,8 @@ use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, Store, StoreError,
-    StoreResult,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PurgeCount, Store,
+    StoreError, StoreResult,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -403,6 +403,17 @@ impl Store for SqliteStore {
     ) -> StoreResult<DueDelivery> {
         let (org, id) = (org.clone(), id.clone());
         self.write(move |c| deliveries::resend(c, &org, &id, now, lease_until))
+            .await
+    }
+
+    async fn purge_before(
+        &self,
+        org: Option<&OrgId>,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> StoreResult<PurgeCount> {
+        let org = org.cloned();
+        self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit))
             .await
     }
 

@@ -16,7 +16,7 @@ use super::extract::{Caller, JsonBody, QueryParams, path_id};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
 use crate::app::AppState;
-use crate::service::{ServiceError, deliveries};
+use crate::service::{ServiceError, deliveries, retention};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/orgs/{org}/deliveries/{id}", get(get_delivery))
         .route("/v1/orgs/{org}/deliveries/{id}/retry", post(retry_delivery))
+        .route("/v1/orgs/{org}/purge", post(purge_history))
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,4 +109,22 @@ async fn recover_deliveries(
     let since = Timestamp::parse_rfc3339(&body.since, "since").map_err(ServiceError::from)?;
     let n = deliveries::recover(&state, &scope, &org_id(&org)?, &webhook_id(&id)?, since).await?;
     Ok(Json(json!({ "recovered": n })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    before: String,
+}
+
+/// Deletes the organization's finished history received before `before`.
+async fn purge_history(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    Path(org): Path<String>,
+    JsonBody(body): JsonBody<PurgeBody>,
+) -> ApiResult<Json<Value>> {
+    let before = Timestamp::parse_rfc3339(&body.before, "before").map_err(ServiceError::from)?;
+    let count = retention::purge_org(&state, &scope, &org_id(&org)?, before).await?;
+    Ok(Json(json!({ "purged": count })))
 }

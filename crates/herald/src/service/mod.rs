@@ -8,6 +8,7 @@ pub mod event_types;
 pub mod ingest;
 pub mod operations;
 pub mod orgs;
+pub mod retention;
 pub mod subscriptions;
 pub mod webhooks;
 

@@ -726,3 +726,107 @@ async fn a_webhook_that_fails_for_five_days_is_disabled() {
     let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
     assert_eq!(hook["active"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_past_retention_is_purged_but_pending_work_is_kept() {
+    let app = TestApp::spawn().await;
+    let (ok, failing) = (TestReceiver::start().await, TestReceiver::start().await);
+    failing.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let a = app
+        .create_webhook(
+            &org,
+            &ok.url("/a"),
+            json!({ "events": ["user.created", "session.revoked"] }),
+        )
+        .await;
+    let week = 7 * 86_400;
+    let b = app
+        .create_webhook(&org, &failing.url("/b"), json!({ "events": ["session.revoked"], "retry_schedule": [0, week, week, week, week, week] }))
+        .await;
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "id": "old-1", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    app.send_event(&org, json!({ "type": "session.revoked", "id": "old-2", "data": { "session": { "id": "s" }, "user": { "id": "u" } } })).await;
+    let a_ids = app.delivery_ids(&org, &a).await;
+    let b_id = app.delivery_ids(&org, &b).await.remove(0);
+    for id in &a_ids {
+        app.wait_for_delivery(&org, id, |d| d["state"] == "succeeded")
+            .await;
+    }
+    app.wait_for_delivery(&org, &b_id, |d| d["attempt_count"] == 1)
+        .await;
+    let other = app.create_org("Globex").await;
+    let other_hook = app
+        .create_webhook(&other, &ok.url("/other"), json!({}))
+        .await;
+    app.send_event(
+        &other,
+        json!({ "type": "user.created", "id": "other-1", "data": { "user": { "id": "u9" } } }),
+    )
+    .await;
+    let other_delivery = app
+        .delivery_ids(&other, other_hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    app.wait_for_delivery(&other, &other_delivery, |d| d["state"] == "succeeded")
+        .await;
+
+    // An organization purges its own history: only its finished, old enough events go.
+    let (status, purged) = app
+        .post(
+            &format!("/v1/orgs/{other}/purge"),
+            json!({ "before": "2000-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(
+        (status, purged["purged"]["events"].clone()),
+        (StatusCode::OK, json!(0))
+    );
+
+    // Thirty-one days later the retention task removes what is finished and old.
+    app.advance(Duration::from_secs(31 * 86_400));
+    let mut gone = false;
+    for _ in 0..200 {
+        let (status, _) = app
+            .get(&format!("/v1/orgs/{other}/deliveries/{other_delivery}"))
+            .await;
+        if status == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a finished delivery past retention is purged");
+    let remaining = app.delivery_ids(&org, &a).await;
+    assert_eq!(
+        remaining.len(),
+        1,
+        "only the delivery whose event still has pending work is kept"
+    );
+    let (_, kept) = app
+        .get(&format!("/v1/orgs/{org}/deliveries/{}", remaining[0]))
+        .await;
+    assert_eq!(kept["event_id"], "old-2");
+    let (status, pending) = app.get(&format!("/v1/orgs/{org}/deliveries/{b_id}")).await;
+    assert_eq!(
+        (status, pending["state"].clone()),
+        (StatusCode::OK, json!("pending"))
+    );
+    let again = app
+        .send_event(
+            &org,
+            json!({ "type": "user.created", "id": "old-1", "data": { "user": { "id": "u1" } } }),
+        )
+        .await;
+    assert_eq!(
+        again["events"][0]["duplicate"], false,
+        "a purged event id can be used again"
+    );
+}

@@ -80,6 +80,7 @@ impl TestApp {
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.state.dispatcher.wake_scheduler();
+        self.state.maintenance.notify_one();
     }
 
     pub async fn call(

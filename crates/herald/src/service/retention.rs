@@ -1,0 +1,91 @@
+//! Retention: finished history older than the retention period is deleted in small batches, so
+//! the database does not grow without bound. Pending deliveries (and their events) are never
+//! deleted. An organization can also purge its own history up to a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use herald_core::store::PurgeCount;
+use herald_core::{OrgId, Timestamp};
+
+use super::{Scope, ServiceError, ServiceResult};
+use crate::app::AppState;
+
+/// Events removed per transaction: small enough never to hold the writer for long.
+const BATCH: u32 = 500;
+/// How often the retention task looks, unless woken.
+const EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes, in batches, finished history received before `cutoff`.
+async fn purge(
+    state: &AppState,
+    org: Option<&OrgId>,
+    cutoff: Timestamp,
+) -> ServiceResult<PurgeCount> {
+    let mut total = PurgeCount::default();
+    loop {
+        let batch = state
+            .store
+            .purge_before(org, cutoff, BATCH)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        total += batch;
+        if batch.events < u64::from(BATCH) {
+            return Ok(total);
+        }
+        // Let other writers in between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `POST /v1/orgs/{org}/purge`: the organization's finished history received before `before`.
+pub async fn purge_org(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    before: Timestamp,
+) -> ServiceResult<PurgeCount> {
+    scope.check_org(org)?;
+    state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let count = purge(state, Some(org), before).await?;
+    tracing::info!(org = %org, events = count.events, deliveries = count.deliveries, attempts = count.attempts, "organization history purged");
+    Ok(count)
+}
+
+/// The background task: every few minutes (or when woken), purge what is past retention.
+pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let days = state.settings.delivery.retention_days;
+    if days == 0 {
+        return;
+    }
+    loop {
+        let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
+        match purge(&state, None, cutoff).await {
+            Ok(c) if c.events > 0 => {
+                tracing::info!(
+                    events = c.events,
+                    deliveries = c.deliveries,
+                    attempts = c.attempts,
+                    days,
+                    "purged history past retention"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention purge failed; trying again later"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
