@@ -20,8 +20,8 @@ use herald_core::org::{ApiKey, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::{NextStep, RetrySchedule};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, Store,
-    StoreError, StoreResult,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PurgeCount,
+    Store, StoreError, StoreResult,
 };
 use herald_core::webhook::{ContentMode, Webhook, WebhookOptions, WebhookUrl};
 use herald_core::{
@@ -958,6 +958,75 @@ async fn success_and_final_failure_end_a_delivery(store: Arc<dyn Store>) {
     assert_eq!(f.last_error.as_deref(), Some("http_status"));
 }
 
+async fn purging_removes_old_finished_history_and_keeps_pending_work(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (globex, other) = org_with_webhook(&store, "globex").await;
+    let done = deliver(&store, &hook, "evt_done", T0, false).await;
+    let waiting = deliver(&store, &hook, "evt_waiting", T0, false).await;
+    let recent = deliver(&store, &hook, "evt_recent", at(500), false).await;
+    let elsewhere = deliver(&store, &other, "evt_other", T0, false).await;
+    assert_eq!(claim(&store, at(500)).await.len(), 4);
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    for (org, d) in [
+        (&acme.id, &done),
+        (&acme.id, &recent),
+        (&globex.id, &elsewhere),
+    ] {
+        record_first_attempt(&store, org, d, &ok, NextStep::Succeeded).await;
+    }
+    record_first_attempt(
+        &store,
+        &acme.id,
+        &waiting,
+        &server_error(),
+        NextStep::RetryAt(at(900)),
+    )
+    .await;
+
+    // One organization, before t=100: only its finished, old event goes.
+    let purged = store
+        .purge_before(Some(&acme.id), at(100), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        purged,
+        PurgeCount {
+            events: 1,
+            deliveries: 1,
+            attempts: 1
+        }
+    );
+    assert_not_found(store.get_delivery(&acme.id, &done).await);
+    assert_not_found(store.get_event(&acme.id, "evt_done").await);
+    assert_eq!(
+        state_of(&store, &acme.id, &waiting).await,
+        DeliveryState::Pending
+    );
+    assert!(
+        store.get_event(&acme.id, "evt_waiting").await.is_ok(),
+        "pending work keeps its event"
+    );
+    assert_eq!(
+        state_of(&store, &acme.id, &recent).await,
+        DeliveryState::Succeeded
+    );
+    assert_eq!(
+        state_of(&store, &globex.id, &elsewhere).await,
+        DeliveryState::Succeeded
+    );
+
+    // Every organization, in batches of one.
+    let first = store.purge_before(None, at(100), 1).await.unwrap();
+    assert_eq!(first.events, 1);
+    assert_not_found(store.get_delivery(&globex.id, &elsewhere).await);
+    assert_eq!(
+        store.purge_before(None, at(100), 1).await.unwrap().events,
+        0
+    );
+    // An id purged can be ingested again.
+    deliver(&store, &hook, "evt_done", at(600), false).await;
+}
+
 async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
@@ -1583,6 +1652,7 @@ macro_rules! stories {
             a_failed_attempt_schedules_the_next_one,
             success_and_final_failure_end_a_delivery,
             attempts_are_listed_in_order_with_their_outcome,
+            purging_removes_old_finished_history_and_keeps_pending_work,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
             a_lease_given_back_for_an_inactive_webhook_stays_parked,
             a_released_lease_makes_the_delivery_due_again,
