@@ -249,6 +249,56 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             format!("/v1/orgs/{acme}/deliveries/{delivery}"),
             None,
         ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/deliveries/{delivery}/retry"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/activate"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/test"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/recover"),
+            Some(json!({ "since": "2020-01-01T00:00:00Z" })),
+        ),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/subscriptions"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/verify"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/webhooks/bulk-delete"),
+            Some(json!({ "ids": [acme_hook.clone()] })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/event-types"),
+            Some(json!({ "name": "x.y" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/purge"),
+            Some(json!({ "before": "2030-01-01T00:00:00Z" })),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/orgs/{acme}/api-keys/key_01aaaaaaaaaaaaaaaaaaaaaaaa"),
+            None,
+        ),
         // Acme's webhook id under Globex's own path is not found either.
         (
             Method::GET,
