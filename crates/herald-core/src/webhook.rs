@@ -37,6 +37,8 @@ pub struct Webhook {
     pub headers: BTreeMap<String, String>,
     pub timeout_ms: Option<u32>,
     pub retry_schedule: Option<RetrySchedule>,
+    /// At most this many requests per second to this webhook.
+    pub rate_limit_per_second: Option<u32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// Since when every attempt has failed (none since it last succeeded).
@@ -315,6 +317,18 @@ pub fn parse_timeout_ms(raw: u64) -> Result<u32, Invalid> {
         Err(Invalid::new(
             "timeout_ms",
             "must be between 100 and 60000 milliseconds",
+        ))
+    }
+}
+
+/// Parses a rate limit: 1 to 10,000 requests per second.
+pub fn parse_rate_limit(raw: u64) -> Result<u32, Invalid> {
+    if (1..=10_000).contains(&raw) {
+        Ok(raw as u32)
+    } else {
+        Err(Invalid::new(
+            "rate_limit_per_second",
+            "must be between 1 and 10000 requests per second",
         ))
     }
 }

@@ -35,4 +35,9 @@ pub const SQLITE: &[Migration] = &[
         name: "retention",
         sql: include_str!("../migrations/sqlite/0005_retention.sql"),
     },
+    Migration {
+        version: 6,
+        name: "rate_limit",
+        sql: include_str!("../migrations/sqlite/0006_rate_limit.sql"),
+    },
 ];

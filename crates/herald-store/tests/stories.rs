@@ -106,6 +106,7 @@ fn webhook(org: &OrgId) -> Webhook {
         headers: BTreeMap::new(),
         timeout_ms: None,
         retry_schedule: None,
+        rate_limit_per_second: None,
         created_at: T0,
         updated_at: T0,
         failing_since: None,

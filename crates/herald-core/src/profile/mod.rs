@@ -262,6 +262,7 @@ pub(crate) mod fixtures {
             headers: Default::default(),
             timeout_ms: None,
             retry_schedule: None,
+            rate_limit_per_second: None,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
             failing_since: None,

@@ -120,6 +120,7 @@ impl Dispatcher {
         if retrying {
             self.wake_scheduler();
         }
+        self.breaker_outcome(&webhook.id, outcome.is_success());
         for (due, error) in exhausted {
             self.report_exhausted(due, &webhook, &error);
         }

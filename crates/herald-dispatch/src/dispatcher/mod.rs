@@ -7,6 +7,7 @@
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
 
 mod attempt;
+mod breaker;
 mod health;
 mod worker;
 
@@ -78,6 +79,7 @@ struct Shared {
     failing: Mutex<HashMap<WebhookId, Timestamp>>,
     /// Set on shutdown: attempts in flight finish, queued ones are left for the next start.
     stopping: AtomicBool,
+    breakers: Mutex<HashMap<WebhookId, breaker::Breaker>>,
     operations: OnceLock<Arc<dyn Operations>>,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -104,6 +106,7 @@ impl Dispatcher {
                 wake_renewals: Notify::new(),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
+                breakers: Mutex::new(HashMap::new()),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),
             }),

@@ -11,6 +11,9 @@ use tokio::task::JoinSet;
 
 use herald_core::WebhookId;
 use herald_core::store::DueDelivery;
+use herald_core::webhook::Webhook;
+
+use super::breaker::Gate;
 
 use super::Dispatcher;
 
@@ -25,6 +28,8 @@ impl Dispatcher {
     ) {
         let slots = Arc::new(Semaphore::new(self.shared.settings.per_webhook_concurrency));
         let mut in_flight = JoinSet::new();
+        // The earliest time the next request may start, when the webhook has a rate limit.
+        let mut next_slot = tokio::time::Instant::now();
         loop {
             let next = tokio::select! {
                 d = rx.recv() => d,
@@ -44,8 +49,13 @@ impl Dispatcher {
                     }
                 }
             };
+            let webhook = self.webhook_of(&first).await;
             let mut batch = vec![first];
-            if let Some(window) = self.batch_window(&batch[0]).await {
+            if let Some(window) = webhook
+                .as_ref()
+                .and_then(|w| w.batch_window_ms())
+                .map(|ms| Duration::from_millis(u64::from(ms)))
+            {
                 let deadline = tokio::time::Instant::now() + window;
                 while batch.len() < MAX_BATCH {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -54,7 +64,15 @@ impl Dispatcher {
                     }
                 }
             }
+            if let Some(rate) = webhook.as_ref().and_then(|w| w.rate_limit_per_second) {
+                let at = next_slot.max(tokio::time::Instant::now());
+                tokio::time::sleep_until(at).await;
+                next_slot = at + Duration::from_secs(1) / rate.max(1);
+            }
             let permit = slots.clone().acquire_owned().await.expect("never closed");
+            if !self.pass_breaker(&webhook_id, &batch).await {
+                continue;
+            }
             if self.shared.stopping.load(Ordering::SeqCst) {
                 // Shutting down: what has not started stays leased in the store and is picked
                 // up again at the next start, rather than being sent and cut off half-way.
@@ -73,12 +91,52 @@ impl Dispatcher {
         while in_flight.join_next().await.is_some() {}
     }
 
-    /// The webhook's batch window, if it has one.
-    async fn batch_window(&self, due: &DueDelivery) -> Option<Duration> {
+    /// The webhook as the directory has it now.
+    async fn webhook_of(&self, due: &DueDelivery) -> Option<Arc<Webhook>> {
         let snapshot = self.shared.directory.snapshot(&due.org_id).await.ok()?;
-        let webhook = snapshot.webhook(&due.webhook_id)?;
-        webhook
-            .batch_window_ms()
-            .map(|ms| Duration::from_millis(u64::from(ms)))
+        snapshot.webhook(&due.webhook_id).cloned()
+    }
+
+    /// Whether the webhook's circuit lets this batch through; if not, the batch is deferred to
+    /// the end of the cool-down in the store.
+    async fn pass_breaker(&self, webhook: &WebhookId, batch: &[DueDelivery]) -> bool {
+        let now = self.shared.clock.now();
+        let gate = self
+            .shared
+            .breakers
+            .lock()
+            .expect("breakers lock")
+            .entry(webhook.clone())
+            .or_default()
+            .gate(now);
+        let until = match gate {
+            Gate::Pass | Gate::Probe => return true,
+            Gate::Defer(until) => until,
+        };
+        let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
+        for id in &ids {
+            self.release_held(id);
+        }
+        if let Err(e) = self.shared.store.defer_deliveries(&ids, until).await {
+            tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
+        }
+        self.wake_scheduler();
+        false
+    }
+
+    /// Records an attempt's outcome in the webhook's circuit breaker.
+    pub(super) fn breaker_outcome(&self, webhook: &WebhookId, success: bool) {
+        let now = self.shared.clock.now();
+        let opened = self
+            .shared
+            .breakers
+            .lock()
+            .expect("breakers lock")
+            .entry(webhook.clone())
+            .or_default()
+            .record(success, now);
+        if let Some(until) = opened {
+            tracing::warn!(webhook = %webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
+        }
     }
 }

@@ -357,6 +357,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        self.write(move |c| deliveries::defer(c, &ids, until)).await
+    }
+
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
         let id = id.clone();
         self.write(move |c| deliveries::release_lease(c, &id)).await

@@ -79,7 +79,7 @@ pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<CustomEventType> {
 
 pub(crate) const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, channels, profile, secret, \
      previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-     created_at, updated_at, signature, options, verification, failing_since, disabled_reason";
+     created_at, updated_at, signature, options, verification, failing_since, disabled_reason, rate_limit_per_second";
 
 pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     let profile: String = row.get(7)?;
@@ -122,6 +122,7 @@ pub(crate) fn webhook(row: &Row<'_>) -> rusqlite::Result<Webhook> {
         })?,
         failing_since: opt_ts(row.get(20)?),
         disabled_reason: row.get(21)?,
+        rate_limit_per_second: row.get(22)?,
     })
 }
 

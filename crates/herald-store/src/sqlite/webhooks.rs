@@ -13,8 +13,8 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
         "INSERT INTO webhooks (id, org_id, name, description, url, events, channels, profile, secret, \
          previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
-         created_at, updated_at, signature, options, verification, failing_since, disabled_reason) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, updated_at, signature, options, verification, failing_since, disabled_reason, \
+         rate_limit_per_second) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         w.id.as_str(),
@@ -38,7 +38,8 @@ pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
         to_json(&w.options),
         w.verification.as_str(),
         w.failing_since.map(Timestamp::as_millis),
-        w.disabled_reason
+        w.disabled_reason,
+        w.rate_limit_per_second
     ])?;
     Ok(())
 }
@@ -95,7 +96,7 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         "UPDATE webhooks SET name = ?, description = ?, url = ?, events = ?, channels = ?, profile = ?, \
          secret = ?, previous_secret = ?, previous_secret_expires_at = ?, active = ?, headers = ?, \
          timeout_ms = ?, retry_schedule = ?, updated_at = ?, signature = ?, options = ?, verification = ?, \
-         failing_since = ?, disabled_reason = ? WHERE id = ?",
+         failing_since = ?, disabled_reason = ?, rate_limit_per_second = ? WHERE id = ?",
     )?
     .execute(params![
         w.name,
@@ -117,6 +118,7 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.verification.as_str(),
         w.failing_since.map(Timestamp::as_millis),
         w.disabled_reason,
+        w.rate_limit_per_second,
         w.id.as_str()
     ])?;
     if was_active && !w.active {

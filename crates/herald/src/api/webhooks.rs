@@ -92,6 +92,8 @@ struct WebhookBody {
     signature: Option<Option<String>>,
     options: Option<Value>,
     verification: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit_per_second: Option<Option<u64>>,
 }
 
 impl From<WebhookBody> for WebhookInput {
@@ -111,6 +113,7 @@ impl From<WebhookBody> for WebhookInput {
             signature: b.signature,
             options: b.options,
             verification: b.verification,
+            rate_limit_per_second: b.rate_limit_per_second,
         }
     }
 }

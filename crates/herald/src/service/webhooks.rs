@@ -11,7 +11,7 @@ use herald_core::store::{DueDelivery, IngestItem, NewDelivery};
 use herald_core::subscription::{Mode, Subscription, Verification};
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
-    parse_subscription, parse_timeout_ms,
+    parse_rate_limit, parse_subscription, parse_timeout_ms,
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
 
@@ -36,6 +36,7 @@ pub struct WebhookInput {
     pub signature: Option<Option<String>>,
     pub options: Option<serde_json::Value>,
     pub verification: Option<String>,
+    pub rate_limit_per_second: Option<Option<u64>>,
 }
 
 fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
@@ -204,6 +205,11 @@ pub async fn create(
         updated_at: now,
         failing_since: None,
         disabled_reason: None,
+        rate_limit_per_second: input
+            .rate_limit_per_second
+            .flatten()
+            .map(parse_rate_limit)
+            .transpose()?,
     };
     check_profile_rules(state, &snapshot, &webhook)?;
     state
@@ -301,6 +307,9 @@ pub async fn update(
     }
     if let Some(schedule) = input.retry_schedule {
         w.retry_schedule = schedule.map(RetrySchedule::parse).transpose()?;
+    }
+    if let Some(limit) = input.rate_limit_per_second {
+        w.rate_limit_per_second = limit.map(parse_rate_limit).transpose()?;
     }
     if let Some(v) = input.verification {
         w.verification = Verification::parse(&v)?;

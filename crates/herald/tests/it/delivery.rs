@@ -830,3 +830,87 @@ async fn history_past_retention_is_purged_but_pending_work_is_kept() {
         "a purged event id can be used again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_the_requests_to_a_webhook() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &rx.url("/limited"),
+        json!({ "rate_limit_per_second": 5 }),
+    )
+    .await;
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "x", "url": rx.url("/x"), "rate_limit_per_second": 0 }),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].clone()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!("rate_limit_per_second")
+        )
+    );
+    let batch: Vec<_> = (0..10).map(|i| user_created(&format!("u{i}"))).collect();
+    let started = std::time::Instant::now();
+    app.send_event(&org, json!(batch)).await;
+    rx.wait_for("/limited", 10, WAIT).await;
+    // Ten requests at five a second cannot take less than nine intervals of 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1750),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_resuming() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    // One request at a time, so the breaker sees each failure before the next request.
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/flaky"),
+            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5] }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let batch: Vec<_> = (0..40).map(|i| user_created(&format!("u{i}"))).collect();
+    app.send_event(&org, json!(batch)).await;
+    rx.wait_for("/flaky", 10, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hammered = rx.received_on("/flaky").len();
+    assert!(
+        hammered < 40,
+        "the circuit opened before every delivery was tried: {hammered}"
+    );
+    let ids = app.delivery_ids(&org, id).await;
+    assert_eq!(ids.len(), 40);
+
+    // The endpoint recovers; after the cool-down a probe goes through and the rest follow.
+    rx.answer_by_default(Reply::status(200));
+    app.advance(Duration::from_secs(31));
+    for delivery in &ids {
+        app.wait_for_delivery(&org, delivery, |d| {
+            d["state"] == "succeeded" || d["state"] == "failed"
+        })
+        .await;
+    }
+    let (_, ok) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries?state=succeeded&limit=200"
+        ))
+        .await;
+    assert_eq!(
+        ok["data"].as_array().unwrap().len(),
+        40,
+        "every delivery got through in the end (retried or deferred)"
+    );
+}
