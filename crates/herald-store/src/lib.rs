@@ -2,6 +2,7 @@
 //! [`herald_core::store::Store`]; migrations live in `migrations/<backend>/` with the same
 //! numbered sequence for every backend.
 
+pub mod cipher;
 pub mod migrations;
 pub mod sqlite;
 

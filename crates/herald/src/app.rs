@@ -17,6 +17,7 @@ use herald_core::store::Store;
 use herald_core::{Clock, Timestamp};
 use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler, websub};
 use herald_store::SqliteStore;
+use herald_store::cipher::SecretCipher;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -76,10 +77,28 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
 
+    let cipher = SecretCipher::new(
+        settings.security.encryption_key.as_deref(),
+        &settings.security.encryption_old_keys,
+    )
+    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
+    let encrypting = cipher.enabled();
     let db_path = data_dir.join("herald.db");
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
-        .await?
-        .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
+    let store =
+        tokio::task::spawn_blocking(move || SqliteStore::open_with_cipher(&db_path, cipher))
+            .await?
+            .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
+    if encrypting {
+        let rewritten = store.reencrypt_stale_secrets().await.context(
+            "could not re-encrypt stored secrets; is every key they were sealed with configured?",
+        )?;
+        if rewritten > 0 {
+            tracing::info!(
+                webhooks = rewritten,
+                "encrypted stored webhook secrets with the current key"
+            );
+        }
+    }
     let store: Arc<dyn Store> = Arc::new(store);
     // This node is the only user of the embedded database: whatever a previous run held in
     // memory was lost with it and is due again now.

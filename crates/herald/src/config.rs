@@ -59,6 +59,19 @@ pub struct SecuritySettings {
     /// Allow http:// webhook URLs for profiles that otherwise require https://.
     #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS")]
     pub allow_insecure_urls: bool,
+    /// Encrypt webhook secrets at rest with this key: 32 random bytes as 64 hex characters or
+    /// base64 (`openssl rand -hex 32`). Secrets stored before are encrypted on start.
+    #[arg(long, env = "HERALD_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Previous encryption keys, comma-separated, still accepted to read secrets during a key
+    /// rotation; secrets are re-encrypted with the current key on start.
+    #[arg(
+        long,
+        env = "HERALD_ENCRYPTION_OLD_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub encryption_old_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -116,6 +129,8 @@ impl Settings {
                 admin_token: None,
                 allow_private_networks: Vec::new(),
                 allow_insecure_urls: false,
+                encryption_key: None,
+                encryption_old_keys: Vec::new(),
             },
             delivery: DeliverySettings {
                 disable_after_hours: 120,

@@ -9,6 +9,7 @@ mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -25,6 +26,7 @@ use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
+use crate::cipher::SecretCipher;
 use crate::migrations;
 use pool::ReadPool;
 use writer::Writer;
@@ -37,6 +39,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
     readers: ReadPool,
+    /// Seals webhook secrets before they are written and opens them when read.
+    cipher: Arc<SecretCipher>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -50,6 +54,11 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        Self::open_with_cipher(path, SecretCipher::none())
+    }
+
+    /// Opens the store, keeping webhook secrets encrypted with `cipher`.
+    pub fn open_with_cipher(path: impl AsRef<Path>, cipher: SecretCipher) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
         let conn = open_connection(&path, false)?;
         migrate(&conn)?;
@@ -57,7 +66,33 @@ impl SqliteStore {
             writer: Writer::start(conn),
             readers: ReadPool::new(path.clone(), READERS),
             path,
+            cipher: Arc::new(cipher),
         })
+    }
+
+    /// Writes again every secret stored plain or sealed with an old key; answers how many
+    /// webhooks it rewrote. Run at start-up when a key is configured.
+    pub async fn reencrypt_stale_secrets(&self) -> StoreResult<u64> {
+        let cipher = self.cipher.clone();
+        self.write(move |c| webhooks::reencrypt(c, &cipher)).await
+    }
+
+    fn sealed(&self, w: &Webhook) -> Webhook {
+        let mut w = w.clone();
+        w.secret = self.cipher.seal(&w.secret);
+        w.previous_secret = w.previous_secret.as_deref().map(|s| self.cipher.seal(s));
+        w
+    }
+
+    fn opened(&self, mut w: Webhook) -> StoreResult<Webhook> {
+        let open = |s: &str| {
+            self.cipher
+                .open(s)
+                .map_err(|e| StoreError::Other(Box::new(e)))
+        };
+        w.secret = open(&w.secret)?;
+        w.previous_secret = w.previous_secret.as_deref().map(open).transpose()?;
+        Ok(w)
     }
 
     pub fn path(&self) -> &Path {
@@ -275,27 +310,37 @@ impl Store for SqliteStore {
     }
 
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
-        let w = webhook.clone();
+        let w = self.sealed(webhook);
         self.write(move |c| webhooks::create(c, &w)).await
     }
 
     async fn list_webhooks(&self, org: &OrgId, page: &PageRequest) -> StoreResult<Page<Webhook>> {
         let (org, page) = (org.clone(), page.clone());
-        self.read(move |c| webhooks::list(c, &org, &page)).await
+        let page = self.read(move |c| webhooks::list(c, &org, &page)).await?;
+        Ok(Page {
+            data: page
+                .data
+                .into_iter()
+                .map(|w| self.opened(w))
+                .collect::<StoreResult<_>>()?,
+            next_cursor: page.next_cursor,
+        })
     }
 
     async fn org_webhooks(&self, org: &OrgId) -> StoreResult<Vec<Webhook>> {
         let org = org.clone();
-        self.read(move |c| webhooks::all_of_org(c, &org)).await
+        let all = self.read(move |c| webhooks::all_of_org(c, &org)).await?;
+        all.into_iter().map(|w| self.opened(w)).collect()
     }
 
     async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> StoreResult<Webhook> {
         let (org, id) = (org.clone(), id.clone());
-        self.read(move |c| webhooks::get(c, &org, &id)).await
+        let w = self.read(move |c| webhooks::get(c, &org, &id)).await?;
+        self.opened(w)
     }
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
-        let w = webhook.clone();
+        let w = self.sealed(webhook);
         self.write(move |c| webhooks::update(c, &w)).await
     }
 

@@ -124,3 +124,106 @@ async fn websub_verification_goes_through_the_same_guard() {
     );
     assert!(rx.received().is_empty());
 }
+
+const KEY_1: &str = "8f3c2d1e0a9b8c7d6e5f4a3b2c1d0e0f1a2b3c4d5e6f708192a3b4c5d6e7f809";
+const KEY_2: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The secret columns as stored in the database file.
+fn stored_secrets(dir: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(dir.join("herald.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT secret, COALESCE(previous_secret, '') FROM webhooks")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok(vec![r.get::<_, String>(0)?, r.get::<_, String>(1)?])
+    })
+    .unwrap()
+    .flat_map(|r| r.unwrap())
+    .filter(|s| !s.is_empty())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let rx = TestReceiver::start().await;
+
+    // Written before any key: plain.
+    let app = TestApp::spawn_with(|s| s.storage.data_dir = data.clone()).await;
+    let org = app.create_org("Acme").await;
+    let plain_hook = app.create_webhook(&org, &rx.url("/a"), json!({})).await;
+    let plain_secret = plain_hook["secret"].as_str().unwrap().to_owned();
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stored_secrets(&data).contains(&plain_secret));
+
+    // With a key: what was plain is encrypted on start, new secrets are sealed.
+    let app = TestApp::spawn_with(|s| {
+        s.storage.data_dir = data.clone();
+        s.security.encryption_key = Some(KEY_1.into());
+    })
+    .await;
+    let sealed_hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/b"),
+            json!({ "events": ["session.revoked"] }),
+        )
+        .await;
+    let sealed_secret = sealed_hook["secret"].as_str().unwrap().to_owned();
+    let stored = stored_secrets(&data);
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored.iter().all(|s| s.starts_with("enc:v1:")),
+        "{stored:?}"
+    );
+    assert!(
+        !stored
+            .iter()
+            .any(|s| s.contains(&plain_secret[6..]) || s.contains(&sealed_secret[6..]))
+    );
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    rx.wait_for("/a", 1, Duration::from_secs(10)).await[0]
+        .verify_standard(&plain_secret)
+        .unwrap();
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Rotation: the new key with the old one listed re-encrypts everything on start…
+    let app = TestApp::spawn_with(|s| {
+        s.storage.data_dir = data.clone();
+        s.security.encryption_key = Some(KEY_2.into());
+        s.security.encryption_old_keys = vec![KEY_1.into()];
+    })
+    .await;
+    let under_key_2: Vec<String> = stored_secrets(&data);
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …after which the old key is no longer needed.
+    let app = TestApp::spawn_with(|s| {
+        s.storage.data_dir = data.clone();
+        s.security.encryption_key = Some(KEY_2.into());
+    })
+    .await;
+    assert_eq!(stored_secrets(&data), under_key_2);
+    app.send_event(&org, json!({ "type": "session.revoked", "data": { "session": { "id": "s" }, "user": { "id": "u" } } })).await;
+    rx.wait_for("/b", 1, Duration::from_secs(10)).await[0]
+        .verify_standard(&sealed_secret)
+        .unwrap();
+
+    // Without the key, Herald refuses to start rather than send unsigned requests.
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut settings = herald::config::Settings::for_data_dir(data.clone());
+    settings.security.encryption_key = Some(KEY_1.into());
+    let err = herald::app::build(settings, std::sync::Arc::new(herald_core::SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("not configured"), "{err:#}");
+}

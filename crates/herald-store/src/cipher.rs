@@ -1,0 +1,211 @@
+//! Encryption at rest for webhook secrets (XChaCha20-Poly1305), on when the operator gives a key
+//! (`HERALD_ENCRYPTION_KEY`). A stored secret reads `enc:v1:<key id>:<base64 nonce+ciphertext>`;
+//! a plain one (written before a key was set) is read as it is, and every start (`herald serve`
+//! or `herald migrate`) re-encrypts what is plain or sealed with an old key.
+//!
+//! Rotating the key: make the new key `HERALD_ENCRYPTION_KEY`, list the old one in
+//! `HERALD_ENCRYPTION_OLD_KEYS` so stored secrets still open, start Herald once (or run
+//! `herald migrate`), then drop the old key.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+const PREFIX: &str = "enc:v1:";
+
+/// One key and its short id (the first 8 hex characters of its SHA-256).
+struct Key {
+    id: String,
+    cipher: XChaCha20Poly1305,
+}
+
+impl Key {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let bytes = hex_or_base64(raw).ok_or_else(|| {
+            "an encryption key must be 32 random bytes, as 64 hex characters or base64 (e.g. `openssl rand -hex 32`)".to_owned()
+        })?;
+        let id = hex_prefix(&Sha256::digest(&bytes));
+        let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
+            .map_err(|_| "the key must be 32 bytes".to_owned())?;
+        Ok(Self { id, cipher })
+    }
+}
+
+fn hex_or_base64(raw: &str) -> Option<Vec<u8>> {
+    let from_hex = (raw.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&raw[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .flatten();
+    from_hex
+        .or_else(|| B64.decode(raw).ok())
+        .filter(|b| b.len() == 32)
+}
+
+fn hex_prefix(digest: &[u8]) -> String {
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seals and opens stored secrets. Without keys it stores them as they are.
+#[derive(Default)]
+pub struct SecretCipher {
+    current: Option<Key>,
+    old: Vec<Key>,
+}
+
+impl std::fmt::Debug for SecretCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCipher")
+            .field("key", &self.current.as_ref().map(|k| &k.id))
+            .field(
+                "old_keys",
+                &self.old.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CipherError(pub String);
+
+impl SecretCipher {
+    /// No encryption: secrets are stored as they are.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn new(current: Option<&str>, old: &[String]) -> Result<Self, CipherError> {
+        let current = current
+            .filter(|k| !k.trim().is_empty())
+            .map(Key::parse)
+            .transpose()
+            .map_err(CipherError)?;
+        let old: Vec<Key> = old
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Key::parse(k))
+            .collect::<Result<_, _>>()
+            .map_err(CipherError)?;
+        if current.is_none() && !old.is_empty() {
+            return Err(CipherError(
+                "old encryption keys were given without a current HERALD_ENCRYPTION_KEY".into(),
+            ));
+        }
+        Ok(Self { current, old })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The form to store.
+    pub fn seal(&self, secret: &str) -> String {
+        let Some(key) = &self.current else {
+            return secret.to_owned();
+        };
+        if secret.is_empty() {
+            return String::new();
+        }
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = key
+            .cipher
+            .encrypt(XNonce::from_slice(&nonce), secret.as_bytes())
+            .expect("encryption with a valid key cannot fail");
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&sealed);
+        format!("{PREFIX}{}:{}", key.id, B64.encode(blob))
+    }
+
+    /// The secret from its stored form.
+    pub fn open(&self, stored: &str) -> Result<String, CipherError> {
+        let Some(rest) = stored.strip_prefix(PREFIX) else {
+            return Ok(stored.to_owned());
+        };
+        let (id, blob) = rest
+            .split_once(':')
+            .ok_or_else(|| CipherError("a stored secret is malformed".into()))?;
+        let key = self
+            .current
+            .iter()
+            .chain(&self.old)
+            .find(|k| k.id == id)
+            .ok_or_else(|| CipherError(format!(
+                "a stored secret was encrypted with key {id}, which is not configured; set it as HERALD_ENCRYPTION_KEY or in HERALD_ENCRYPTION_OLD_KEYS"
+            )))?;
+        let blob = B64
+            .decode(blob)
+            .map_err(|_| CipherError("a stored secret is malformed".into()))?;
+        if blob.len() < 24 {
+            return Err(CipherError("a stored secret is malformed".into()));
+        }
+        let (nonce, sealed) = blob.split_at(24);
+        let plain = key
+            .cipher
+            .decrypt(XNonce::from_slice(nonce), sealed)
+            .map_err(|_| CipherError(format!("a stored secret does not open with key {id}")))?;
+        String::from_utf8(plain).map_err(|_| CipherError("a stored secret is malformed".into()))
+    }
+
+    /// Whether a stored value should be written again (plain, or sealed with an old key).
+    pub fn is_stale(&self, stored: &str) -> bool {
+        match &self.current {
+            None => false,
+            Some(key) => !stored.is_empty() && !stored.starts_with(&format!("{PREFIX}{}:", key.id)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const K2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    #[test]
+    fn a_sealed_secret_opens_and_does_not_show() {
+        let c = SecretCipher::new(Some(K1), &[]).unwrap();
+        let sealed = c.seal("whsec_supersecret");
+        assert!(sealed.starts_with("enc:v1:") && !sealed.contains("supersecret"));
+        assert_ne!(
+            sealed,
+            c.seal("whsec_supersecret"),
+            "a fresh nonce each time"
+        );
+        assert_eq!(c.open(&sealed).unwrap(), "whsec_supersecret");
+    }
+
+    #[test]
+    fn a_rotated_key_still_opens_old_secrets_and_marks_them_stale() {
+        let old = SecretCipher::new(Some(K1), &[]).unwrap();
+        let sealed = old.seal("s");
+        let rotated = SecretCipher::new(Some(K2), &[K1.into()]).unwrap();
+        assert_eq!(rotated.open(&sealed).unwrap(), "s");
+        assert!(rotated.is_stale(&sealed));
+        assert!(!rotated.is_stale(&rotated.seal("s")));
+        let without_old = SecretCipher::new(Some(K2), &[]).unwrap();
+        assert!(
+            without_old
+                .open(&sealed)
+                .unwrap_err()
+                .0
+                .contains("not configured")
+        );
+    }
+
+    #[test]
+    fn plain_secrets_read_as_they_are() {
+        let c = SecretCipher::new(Some(K1), &[]).unwrap();
+        assert_eq!(c.open("whsec_plain").unwrap(), "whsec_plain");
+        assert!(c.is_stale("whsec_plain"));
+        assert!(SecretCipher::new(Some("short"), &[]).is_err());
+    }
+}
