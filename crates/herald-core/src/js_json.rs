@@ -85,6 +85,62 @@ fn array_index(key: &str) -> Option<u32> {
         .map(|i| i as u32)
 }
 
+/// Writes a JSON object field by field, in order, the way [`to_string`] would, with fragments
+/// that are already JavaScript-exact (stored event data) spliced in as they are. Keys must not be
+/// array indices (those would move to the front), which holds for every envelope Herald writes.
+#[derive(Debug)]
+pub struct ObjectWriter {
+    out: String,
+    empty: bool,
+}
+
+impl Default for ObjectWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ObjectWriter {
+    pub fn new() -> Self {
+        Self {
+            out: String::from("{"),
+            empty: true,
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        debug_assert!(
+            array_index(key).is_none(),
+            "index-like keys are ordered first by JavaScript"
+        );
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        self.out
+            .push_str(&serde_json::to_string(key).expect("strings serialise"));
+        self.out.push(':');
+    }
+
+    pub fn value(mut self, key: &str, value: &Value) -> Self {
+        self.key(key);
+        write_value(&mut self.out, value);
+        self
+    }
+
+    /// A fragment that is already JavaScript-exact JSON.
+    pub fn raw(mut self, key: &str, json: &str) -> Self {
+        self.key(key);
+        self.out.push_str(json);
+        self
+    }
+
+    pub fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
 /// ECMAScript `Number::toString` for a finite double.
 pub fn number(x: f64) -> String {
     if !x.is_finite() {
@@ -157,6 +213,18 @@ mod tests {
     fn index_like_keys_come_first_in_ascending_order() {
         let v: Value = serde_json::from_str(r#"{"b":1,"10":2,"a":3,"2":4,"01":5}"#).unwrap();
         assert_eq!(to_string(&v), r#"{"2":4,"10":2,"b":1,"a":3,"01":5}"#);
+    }
+
+    #[test]
+    fn a_written_object_with_a_spliced_fragment_equals_the_whole_written_at_once() {
+        let data = json!({ "n": 1.5, "2": "x", "nested": { "a": [1, 2.0] } });
+        let spliced = ObjectWriter::new()
+            .value("type", &json!("user.created"))
+            .raw("data", &to_string(&data))
+            .value("n", &json!(3.0))
+            .finish();
+        let whole = to_string(&json!({ "type": "user.created", "data": data, "n": 3.0 }));
+        assert_eq!(spliced, whole);
     }
 
     #[test]

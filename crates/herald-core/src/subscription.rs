@@ -110,6 +110,23 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A channel not verified yet, with the default lease.
+    pub fn pending(webhook_id: WebhookId, channel: String, topic: String, mode: Mode) -> Self {
+        Self {
+            webhook_id,
+            channel,
+            topic,
+            mode,
+            state: State::Pending,
+            reason: None,
+            lease_seconds: DEFAULT_LEASE_SECONDS,
+            last_attempt_at: None,
+            verified_at: None,
+            expires_at: None,
+            renew_at: None,
+        }
+    }
+
     /// Whether events of this channel may be delivered at `now`.
     pub fn delivers(&self, now: Timestamp) -> bool {
         self.mode == Mode::Subscribe

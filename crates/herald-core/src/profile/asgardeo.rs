@@ -1,9 +1,10 @@
 //! The `asgardeo` body: a Security Event Token (RFC 8417) as JSON:
 //! `{"iss", "jti", "iat" (ms), "rci", "events": {"<event URI>": data}}`.
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
-use super::{RenderInput, data_object, json_body};
+use super::{RenderInput, written};
+use crate::js_json::ObjectWriter;
 
 /// The event URI: the catalog's, or one built the same way under this server's URL.
 fn event_uri(input: &RenderInput<'_>) -> String {
@@ -20,24 +21,22 @@ fn event_uri(input: &RenderInput<'_>) -> String {
 
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let e = input.event;
-    let mut set = Map::new();
-    set.insert(
-        "iss".into(),
-        json!(format!(
-            "{}/t/{}",
-            input.public_url.trim_end_matches('/'),
-            input.org.handle.as_str()
-        )),
+    let iss = format!(
+        "{}/t/{}",
+        input.public_url.trim_end_matches('/'),
+        input.org.handle.as_str()
     );
-    set.insert("jti".into(), json!(e.id));
-    set.insert("iat".into(), json!(e.occurred_at.as_millis()));
+    let mut set = ObjectWriter::new()
+        .value("iss", &json!(iss))
+        .value("jti", &json!(e.id))
+        .value("iat", &json!(e.occurred_at.as_millis()));
     if let Some(rci) = &e.correlation_id {
-        set.insert("rci".into(), json!(rci));
+        set = set.value("rci", &json!(rci));
     }
-    let mut events = Map::new();
-    events.insert(event_uri(input), Value::Object(data_object(e)));
-    set.insert("events".into(), Value::Object(events));
-    json_body(&Value::Object(set), "application/json")
+    let events = ObjectWriter::new()
+        .raw(&event_uri(input), e.data.get())
+        .finish();
+    written(set.raw("events", &events).finish(), "application/json")
 }
 
 #[cfg(test)]

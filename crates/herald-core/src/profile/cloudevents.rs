@@ -2,9 +2,10 @@
 //! (`application/cloudevents+json`) by default, binary mode (`ce-*` headers, the data as the
 //! body) as a webhook option.
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
-use super::{RenderInput, data_object, json_body};
+use super::{RenderInput, written};
+use crate::js_json::ObjectWriter;
 use crate::webhook::ContentMode;
 
 fn source(input: &RenderInput<'_>) -> String {
@@ -19,21 +20,23 @@ pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, Stri
     let e = input.event;
     match input.webhook.options.content_mode.unwrap_or_default() {
         ContentMode::Structured => {
-            let mut ce = Map::new();
-            ce.insert("specversion".into(), json!("1.0"));
-            ce.insert("id".into(), json!(e.id));
-            ce.insert("source".into(), json!(source(input)));
-            ce.insert("type".into(), json!(e.event_type));
-            ce.insert("time".into(), json!(e.occurred_at.to_rfc3339()));
-            ce.insert("datacontenttype".into(), json!("application/json"));
+            let mut ce = ObjectWriter::new()
+                .value("specversion", &json!("1.0"))
+                .value("id", &json!(e.id))
+                .value("source", &json!(source(input)))
+                .value("type", &json!(e.event_type))
+                .value("time", &json!(e.occurred_at.to_rfc3339()))
+                .value("datacontenttype", &json!("application/json"));
             if let Some(c) = &e.correlation_id {
-                ce.insert("correlationid".into(), json!(c));
+                ce = ce.value("correlationid", &json!(c));
             }
-            ce.insert("data".into(), Value::Object(data_object(e)));
-            json_body(&Value::Object(ce), "application/cloudevents+json")
+            written(
+                ce.raw("data", e.data.get()).finish(),
+                "application/cloudevents+json",
+            )
         }
         ContentMode::Binary => {
-            let (body, mut headers) = json_body(&Value::Object(data_object(e)), "application/json");
+            let (body, mut headers) = written(e.data.get().to_owned(), "application/json");
             headers.extend([
                 ("ce-specversion", "1.0".to_owned()),
                 ("ce-id", e.id.clone()),

@@ -212,6 +212,14 @@ fn data_object(event: &Event) -> serde_json::Map<String, serde_json::Value> {
     }
 }
 
+/// `(body, headers)` for a body already written.
+fn written(body: String, content_type: &str) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    (
+        body.into_bytes(),
+        vec![("content-type", content_type.to_owned())],
+    )
+}
+
 /// `(body, headers)` for a JSON body with the given media type.
 fn json_body(
     value: &serde_json::Value,

@@ -2,20 +2,22 @@
 
 use serde_json::json;
 
-use super::{RenderInput, data_object, json_body};
+use super::{RenderInput, written};
+use crate::js_json::ObjectWriter;
 
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let e = input.event;
-    json_body(
-        &json!({
-            "event": e.event_type,
-            "timestamp": e.occurred_at.to_rfc3339_secs(),
-            "id": e.id,
-            "data": data_object(e),
-            "organization": { "id": input.org.id.as_str(), "name": input.org.name },
-        }),
-        "application/json",
-    )
+    let body = ObjectWriter::new()
+        .value("event", &json!(e.event_type))
+        .value("timestamp", &json!(e.occurred_at.to_rfc3339_secs()))
+        .value("id", &json!(e.id))
+        .raw("data", e.data.get())
+        .value(
+            "organization",
+            &json!({ "id": input.org.id.as_str(), "name": input.org.name }),
+        )
+        .finish();
+    written(body, "application/json")
 }
 
 #[cfg(test)]

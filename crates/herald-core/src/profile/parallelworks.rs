@@ -2,18 +2,20 @@
 
 use serde_json::json;
 
-use super::{RenderInput, data_object, json_body};
+use super::{RenderInput, written};
+use crate::js_json::ObjectWriter;
 
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let (e, w) = (input.event, input.webhook);
-    json_body(
-        &json!({
-            "type": e.event_type,
-            "webhook": { "id": w.id.as_str(), "organization": input.org.handle.as_str(), "name": w.name },
-            "payload": data_object(e),
-        }),
-        "application/json",
-    )
+    let body = ObjectWriter::new()
+        .value("type", &json!(e.event_type))
+        .value(
+            "webhook",
+            &json!({ "id": w.id.as_str(), "organization": input.org.handle.as_str(), "name": w.name }),
+        )
+        .raw("payload", e.data.get())
+        .finish();
+    written(body, "application/json")
 }
 
 #[cfg(test)]

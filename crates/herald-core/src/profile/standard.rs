@@ -2,14 +2,17 @@
 
 use serde_json::json;
 
-use super::{RenderInput, data_object, json_body};
+use super::{RenderInput, written};
+use crate::js_json::ObjectWriter;
 
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let e = input.event;
-    json_body(
-        &json!({ "type": e.event_type, "timestamp": e.occurred_at.to_rfc3339(), "data": data_object(e) }),
-        "application/json",
-    )
+    let body = ObjectWriter::new()
+        .value("type", &json!(e.event_type))
+        .value("timestamp", &json!(e.occurred_at.to_rfc3339()))
+        .raw("data", e.data.get())
+        .finish();
+    written(body, "application/json")
 }
 
 #[cfg(test)]

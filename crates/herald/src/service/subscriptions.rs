@@ -3,25 +3,14 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use herald_core::directory::OrgSnapshot;
-use herald_core::subscription::{
-    self, DEFAULT_LEASE_SECONDS, Mode, State, Subscription, Verification,
-};
+use herald_core::subscription::{self, Mode, State, Subscription, Verification};
 use herald_core::webhook::Webhook;
 use herald_core::{Invalid, OrgId, WebhookId};
 use herald_dispatch::websub;
 
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
-
-/// One channel's state as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct ChannelState {
-    #[serde(flatten)]
-    pub subscription: Subscription,
-}
 
 /// Sends `mode` for each of the webhook's channels (or just `only`) at once, and stores what
 /// each endpoint answered.
@@ -46,18 +35,8 @@ pub async fn verify(
             .find(|s| &s.channel == channel)
             .map(|s| (*s).clone());
         async move {
-            let mut sub = previous.unwrap_or_else(|| Subscription {
-                webhook_id: webhook.id.clone(),
-                channel: channel.clone(),
-                topic: topic.clone(),
-                mode,
-                state: State::Pending,
-                reason: None,
-                lease_seconds: DEFAULT_LEASE_SECONDS,
-                last_attempt_at: None,
-                verified_at: None,
-                expires_at: None,
-                renew_at: None,
+            let mut sub = previous.unwrap_or_else(|| {
+                Subscription::pending(webhook.id.clone(), channel.clone(), topic.clone(), mode)
             });
             if sub.mode != mode {
                 // A new request: what was verified for the other mode no longer counts.
@@ -112,23 +91,15 @@ pub async fn list(
     let mut out: Vec<Subscription> = existing.iter().map(|s| (*s).clone()).collect();
     for channel in snapshot.channels_of(webhook) {
         if !out.iter().any(|s| s.channel == channel) {
-            out.push(Subscription {
-                webhook_id: id.clone(),
-                topic: subscription::topic(&snapshot.org, webhook.profile, &channel),
-                channel,
-                mode: if webhook.active {
-                    Mode::Subscribe
-                } else {
-                    Mode::Unsubscribe
-                },
-                state: State::Pending,
-                reason: Some("not sent yet".into()),
-                lease_seconds: DEFAULT_LEASE_SECONDS,
-                last_attempt_at: None,
-                verified_at: None,
-                expires_at: None,
-                renew_at: None,
-            });
+            let mode = if webhook.active {
+                Mode::Subscribe
+            } else {
+                Mode::Unsubscribe
+            };
+            let topic = subscription::topic(&snapshot.org, webhook.profile, &channel);
+            let mut sub = Subscription::pending(id.clone(), channel, topic, mode);
+            sub.reason = Some("not sent yet".into());
+            out.push(sub);
         }
     }
     out.sort_by(|a, b| a.channel.cmp(&b.channel));
