@@ -14,6 +14,7 @@ pub mod event;
 pub mod event_type;
 pub mod ids;
 pub mod js_json;
+pub mod metrics;
 pub mod org;
 pub mod profile;
 pub mod retry;

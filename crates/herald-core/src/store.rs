@@ -96,6 +96,15 @@ impl std::ops::AddAssign for PurgeCount {
     }
 }
 
+/// A webhook's pending deliveries, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStat {
+    pub webhook_id: WebhookId,
+    pub count: u64,
+    /// When the oldest pending delivery was created.
+    pub oldest: Timestamp,
+}
+
 /// Filters for a webhook's delivery history.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -208,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
         cutoff: Timestamp,
         limit: u32,
     ) -> StoreResult<PurgeCount>;
+
+    /// Pending deliveries per webhook (for metrics).
+    async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;
+    /// How long write transactions take to commit, if the backend measures it.
+    fn commit_latency(&self) -> Option<&crate::metrics::Histogram> {
+        None
+    }
 
     // WebSub subscriptions.
     /// Every subscription of the organization's webhooks, for the directory.

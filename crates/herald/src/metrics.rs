@@ -1,49 +1,128 @@
-//! Counters kept in memory and served at `/metrics` in the Prometheus text format.
+//! `/metrics` in the Prometheus text format: what ingest counted, what the dispatcher counted,
+//! how long commits take, and each webhook's backlog.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use herald_core::Timestamp;
+use herald_core::metrics::{Counter, render_value};
+use herald_core::store::PendingStat;
+use herald_dispatch::DispatchMetrics;
+
+/// What ingest counts.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    events_ingested: AtomicU64,
-    deliveries_created: AtomicU64,
+    events_ingested: Counter,
+    deliveries_created: Counter,
 }
 
 impl Metrics {
     pub fn events_ingested(&self, events: usize, deliveries: usize) {
-        self.events_ingested
-            .fetch_add(events as u64, Ordering::Relaxed);
-        self.deliveries_created
-            .fetch_add(deliveries as u64, Ordering::Relaxed);
+        self.events_ingested.add(events as u64);
+        self.deliveries_created.add(deliveries as u64);
     }
+}
 
-    /// The Prometheus exposition text; `held` is the dispatcher's in-memory count.
-    pub fn render(&self, held: usize) -> String {
+/// Everything `/metrics` shows.
+pub struct Snapshot<'a> {
+    pub ingest: &'a Metrics,
+    pub dispatch: &'a DispatchMetrics,
+    pub commit_latency: Option<&'a herald_core::metrics::Histogram>,
+    pub held_in_memory: usize,
+    pub pending: Vec<PendingStat>,
+    pub now: Timestamp,
+}
+
+impl Snapshot<'_> {
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64, kind: &str| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        let counter = |out: &mut String, name: &str, help: &str, c: &Counter| {
+            render_value(out, name, "counter", help, c.get())
         };
         counter(
+            &mut out,
             "herald_events_ingested_total",
             "Events accepted (duplicates excluded).",
-            self.events_ingested.load(Ordering::Relaxed),
-            "counter",
+            &self.ingest.events_ingested,
         );
         counter(
+            &mut out,
             "herald_deliveries_created_total",
             "Deliveries created by fan-out.",
-            self.deliveries_created.load(Ordering::Relaxed),
-            "counter",
+            &self.ingest.deliveries_created,
+        );
+        let d = self.dispatch;
+        counter(
+            &mut out,
+            "herald_deliveries_succeeded_total",
+            "Deliveries that succeeded.",
+            &d.delivered,
         );
         counter(
-            "herald_deliveries_in_memory",
-            "Deliveries queued or in flight in this node's dispatcher.",
-            held as u64,
-            "gauge",
+            &mut out,
+            "herald_attempts_failed_total",
+            "Attempts that failed.",
+            &d.failed_attempts,
         );
+        counter(
+            &mut out,
+            "herald_retries_scheduled_total",
+            "Failed attempts followed by a scheduled retry.",
+            &d.retries_scheduled,
+        );
+        counter(
+            &mut out,
+            "herald_deliveries_exhausted_total",
+            "Deliveries that failed their last attempt.",
+            &d.exhausted,
+        );
+        counter(
+            &mut out,
+            "herald_attempts_blocked_total",
+            "Attempts refused by the address policy.",
+            &d.blocked,
+        );
+        d.attempt_latency.render(
+            &mut out,
+            "herald_attempt_duration_seconds",
+            "How long delivery attempts take.",
+        );
+        if let Some(h) = self.commit_latency {
+            h.render(
+                &mut out,
+                "herald_store_commit_duration_seconds",
+                "How long a group commit takes, fsync included.",
+            );
+        }
+        render_value(
+            &mut out,
+            "herald_deliveries_in_memory",
+            "gauge",
+            "Deliveries queued or in flight in this node's dispatcher.",
+            self.held_in_memory as u64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook.\n# TYPE herald_webhook_pending_deliveries gauge"
+        );
+        for p in &self.pending {
+            let _ = writeln!(
+                out,
+                "herald_webhook_pending_deliveries{{webhook=\"{}\"}} {}",
+                p.webhook_id, p.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_oldest_pending_seconds Age of each webhook's oldest pending delivery.\n# TYPE herald_webhook_oldest_pending_seconds gauge"
+        );
+        for p in &self.pending {
+            let age = (self.now.as_millis() - p.oldest.as_millis()).max(0) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "herald_webhook_oldest_pending_seconds{{webhook=\"{}\"}} {age}",
+                p.webhook_id
+            );
+        }
         out
     }
 }

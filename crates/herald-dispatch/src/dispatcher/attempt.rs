@@ -81,6 +81,16 @@ impl Dispatcher {
             .send(webhook.url.as_str(), request, &headers, timeout)
             .await;
 
+        let metrics = &shared.metrics;
+        metrics
+            .attempt_latency
+            .observe_ms(u64::from(outcome.duration_ms));
+        if matches!(
+            outcome.error,
+            Some(herald_core::delivery::AttemptError::Blocked(_))
+        ) {
+            metrics.blocked.add(batch.len() as u64);
+        }
         let schedule = webhook.effective_retry_schedule();
         let finished_at = shared.clock.now();
         let mut records = Vec::with_capacity(batch.len());
@@ -95,6 +105,17 @@ impl Dispatcher {
                 rand::random(),
             );
             retrying |= matches!(next, NextStep::RetryAt(_));
+            match next {
+                NextStep::Succeeded => metrics.delivered.add(1),
+                NextStep::RetryAt(_) => {
+                    metrics.failed_attempts.add(1);
+                    metrics.retries_scheduled.add(1);
+                }
+                NextStep::Failed => {
+                    metrics.failed_attempts.add(1);
+                    metrics.exhausted.add(1);
+                }
+            }
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
                 tracing::warn!(delivery = %due.delivery_id, webhook = %webhook.id, attempts = number, error = error.code(), "delivery failed after its last attempt");
                 exhausted.push((due, error.message()));

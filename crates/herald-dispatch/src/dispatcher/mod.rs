@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use herald_core::directory::Directory;
+use herald_core::metrics::{Counter, Histogram};
 use herald_core::store::{DueDelivery, Store};
 use herald_core::{Clock, DeliveryId, Timestamp, WebhookId};
 
@@ -56,6 +57,23 @@ impl Default for DispatchSettings {
     }
 }
 
+/// What the dispatcher counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DispatchMetrics {
+    /// Deliveries that succeeded.
+    pub delivered: Counter,
+    /// Attempts that failed (each retry counts again).
+    pub failed_attempts: Counter,
+    /// Failed attempts after which a retry was scheduled.
+    pub retries_scheduled: Counter,
+    /// Deliveries that failed their last attempt.
+    pub exhausted: Counter,
+    /// Attempts refused by the address policy.
+    pub blocked: Counter,
+    /// How long attempts take, success or not.
+    pub attempt_latency: Histogram,
+}
+
 /// The handle that ingest, the API and the scheduler use. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -80,6 +98,7 @@ struct Shared {
     /// Set on shutdown: attempts in flight finish, queued ones are left for the next start.
     stopping: AtomicBool,
     breakers: Mutex<HashMap<WebhookId, breaker::Breaker>>,
+    metrics: DispatchMetrics,
     operations: OnceLock<Arc<dyn Operations>>,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -107,6 +126,7 @@ impl Dispatcher {
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 breakers: Mutex::new(HashMap::new()),
+                metrics: DispatchMetrics::default(),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),
             }),
@@ -116,6 +136,10 @@ impl Dispatcher {
     /// Connects the receiver of operational news; set once, after the app is built.
     pub fn set_operations(&self, operations: Arc<dyn Operations>) {
         let _ = self.shared.operations.set(operations);
+    }
+
+    pub fn metrics(&self) -> &DispatchMetrics {
+        &self.shared.metrics
     }
 
     pub fn settings(&self) -> &DispatchSettings {

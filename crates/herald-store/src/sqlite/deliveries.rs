@@ -364,3 +364,20 @@ pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> 
     }
     Ok(())
 }
+
+pub(crate) fn pending_by_webhook(
+    conn: &Connection,
+) -> DbResult<Vec<herald_core::store::PendingStat>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT webhook_id, COUNT(*), MIN(created_at) FROM deliveries WHERE state = 'pending' GROUP BY webhook_id",
+        )?
+        .query_map([], |r| {
+            Ok(herald_core::store::PendingStat {
+                webhook_id: WebhookId::from_trusted(r.get(0)?),
+                count: r.get(1)?,
+                oldest: Timestamp::from_millis(r.get(2)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}

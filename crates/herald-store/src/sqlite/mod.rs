@@ -19,8 +19,8 @@ use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PurgeCount, Store,
-    StoreError, StoreResult,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
+    Store, StoreError, StoreResult,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -465,6 +465,14 @@ impl Store for SqliteStore {
         let org = org.cloned();
         self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit))
             .await
+    }
+
+    async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>> {
+        self.read(deliveries::pending_by_webhook).await
+    }
+
+    fn commit_latency(&self) -> Option<&herald_core::metrics::Histogram> {
+        Some(&self.writer.commit_latency)
     }
 
     async fn org_subscriptions(&self, org: &OrgId) -> StoreResult<Vec<Subscription>> {

@@ -3,6 +3,9 @@
 //! failing request does not undo the others), commits once, and only then answers each caller.
 //! While one commit is being fsynced, the next group gathers by itself; no timer is needed.
 
+use std::sync::Arc;
+
+use herald_core::metrics::Histogram;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,16 +25,20 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Job>,
+    /// How long each group takes from BEGIN to the end of COMMIT (the fsync).
+    pub(crate) commit_latency: Arc<Histogram>,
 }
 
 impl Writer {
     pub(crate) fn start(conn: Connection) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let commit_latency = Arc::new(Histogram::default());
+        let latency = commit_latency.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, &latency))
             .expect("spawning the writer thread");
-        Self { tx }
+        Self { tx, commit_latency }
     }
 
     /// Runs `f` in the next group transaction and answers once that transaction committed.
@@ -69,7 +76,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, latency: &Histogram) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -79,7 +86,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         commit_group(&conn, &mut group);
+        latency.observe_ms(started.elapsed().as_millis() as u64);
     }
 }
 

@@ -36,8 +36,23 @@ async fn get_ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let pending = match state.store.pending_by_webhook().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not count pending deliveries for /metrics");
+            Vec::new()
+        }
+    };
+    let snapshot = crate::metrics::Snapshot {
+        ingest: &state.metrics,
+        dispatch: state.dispatcher.metrics(),
+        commit_latency: state.store.commit_latency(),
+        held_in_memory: state.dispatcher.held(),
+        pending,
+        now: state.clock.now(),
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.dispatcher.held()),
+        snapshot.render(),
     )
 }

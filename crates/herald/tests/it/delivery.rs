@@ -914,3 +914,71 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
         "every delivery got through in the end (retried or deferred)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let app = TestApp::spawn().await;
+    let (ok, failing) = (TestReceiver::start().await, TestReceiver::start().await);
+    failing.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let good = app
+        .create_webhook(&org, &ok.url("/ok"), json!({ "events": ["user.created"] }))
+        .await;
+    let bad = app
+        .create_webhook(
+            &org,
+            &failing.url("/bad"),
+            json!({ "events": ["session.revoked"] }),
+        )
+        .await;
+    for i in 0..3 {
+        app.send_event(&org, user_created(&format!("u{i}"))).await;
+    }
+    app.send_event(&org, json!({ "type": "session.revoked", "data": { "session": { "id": "s" }, "user": { "id": "u" } } })).await;
+    for id in app.delivery_ids(&org, good["id"].as_str().unwrap()).await {
+        app.wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")
+            .await;
+    }
+    let bad_delivery = app
+        .delivery_ids(&org, bad["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    app.wait_for_delivery(&org, &bad_delivery, |d| d["attempt_count"] == 1)
+        .await;
+
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert_eq!(value("herald_events_ingested_total "), 4.0);
+    assert_eq!(value("herald_deliveries_created_total "), 4.0);
+    assert_eq!(value("herald_deliveries_succeeded_total "), 3.0);
+    assert_eq!(value("herald_retries_scheduled_total "), 1.0);
+    assert_eq!(value("herald_attempt_duration_seconds_count "), 4.0);
+    assert!(value("herald_store_commit_duration_seconds_count ") > 0.0);
+    assert_eq!(
+        value(&format!(
+            "herald_webhook_pending_deliveries{{webhook=\"{}\"}}",
+            bad["id"].as_str().unwrap()
+        )),
+        1.0
+    );
+    assert!(
+        value(&format!(
+            "herald_webhook_oldest_pending_seconds{{webhook=\"{}\"}}",
+            bad["id"].as_str().unwrap()
+        )) >= 0.0
+    );
+}
