@@ -1,5 +1,6 @@
 //! The `herald` command line.
 
+mod listen;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,9 @@ pub enum Command {
     Serve(Box<Settings>),
     /// Apply database migrations and exit (`serve` also applies them on start).
     Migrate(Box<Settings>),
+    /// Receive webhooks locally for testing: print each request, check its signature (Standard
+    /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
+    Listen(listen::ListenArgs),
 }
 
 /// Runs the parsed command.
@@ -32,5 +36,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),
+        Command::Listen(args) => listen::listen(args),
     }
 }

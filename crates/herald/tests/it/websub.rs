@@ -306,3 +306,96 @@ async fn any_webhook_may_ask_for_websub_verification() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// `herald listen` as a user would run it, its stdout read line by line.
+struct Listen {
+    child: tokio::process::Child,
+    url: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Listen {
+    async fn start(secret: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["listen", "--listen", "127.0.0.1:0", "--secret", secret])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(WAIT, out.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_owned();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(vec![first]));
+        let keep = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        Self { child, url, lines }
+    }
+
+    async fn wait_for_line(&self, needle: &str) -> String {
+        for _ in 0..200 {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "herald listen never printed {needle:?}: {:?}",
+            self.lines.lock().unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_listen_prints_requests_checks_signatures_and_answers_challenges() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut listen = Listen::start(secret).await;
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &format!("{}standard", listen.url),
+        json!({ "secret": secret, "events": ["user.created"] }),
+    )
+    .await;
+    app.create_webhook(
+        &org,
+        &format!("{}optare", listen.url),
+        json!({ "profile": "optare", "secret": secret, "events": ["user.created"] }),
+    )
+    .await;
+    let hook = app
+        .create_webhook(&org, &format!("{}hub", listen.url), json!({ "verification": "websub", "events": ["session.revoked"], "secret": secret, "active": true }))
+        .await;
+    assert_eq!(hook["active"], true);
+    listen.wait_for_line("WebSub subscribe for acme.").await;
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    listen
+        .wait_for_line("signature: standard webhooks: verified")
+        .await;
+    listen.wait_for_line("signature: optare: verified").await;
+    listen.wait_for_line("\"user.created\"").await;
+    listen.child.start_kill().unwrap();
+}

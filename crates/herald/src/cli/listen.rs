@@ -1,0 +1,174 @@
+//! `herald listen`: a local receiver for trying webhooks out. It prints every request, checks its
+//! signature in whichever scheme it carries (given the secret), answers WebSub verification
+//! challenges, and can answer with a chosen status or after a delay.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use clap::Args;
+
+use herald_signature::{VerifyError, hex, hub, opal, standard};
+
+/// `herald listen` options.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// The webhook's secret, to check signatures (`whsec_…` or the secret as shown).
+    #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// The status to answer deliveries with.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// Wait this long before answering, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Answer WebSub verification with a wrong body instead of the challenge.
+    #[arg(long)]
+    pub refuse_verification: bool,
+}
+
+#[derive(Clone)]
+struct Listener {
+    args: ListenArgs,
+}
+
+pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let status = StatusCode::from_u16(args.status)
+        .context("--status must be an HTTP status such as 200 or 503")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("could not listen on {}; choose another address with --listen", args.listen))?;
+            let addr = listener.local_addr()?;
+            println!("Listening on http://{addr}/ (answering {status}); point a webhook here. Ctrl-C stops.");
+            if args.secret.is_none() {
+                println!("No --secret given: signatures are shown, not checked.");
+            }
+            let app = Router::new().fallback(receive).with_state(Listener { args });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .context("the listener failed")
+        })
+}
+
+async fn receive(
+    State(l): State<Listener>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method == Method::GET
+        && let Some(answer) = websub_challenge(&l, &uri)
+    {
+        return answer;
+    }
+    println!("\n{method} {uri}");
+    for (name, value) in &headers {
+        println!("  {name}: {}", value.to_str().unwrap_or("<binary>"));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        ),
+        Err(_) => println!("{}", String::from_utf8_lossy(&body)),
+    }
+    println!(
+        "signature: {}",
+        check_signature(&headers, &body, l.args.secret.as_deref())
+    );
+    if l.args.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(l.args.delay_ms)).await;
+    }
+    (
+        StatusCode::from_u16(l.args.status).unwrap_or(StatusCode::OK),
+        "ok",
+    )
+        .into_response()
+}
+
+/// Answers a WebSub verification of intent (`hub.challenge` in the query).
+fn websub_challenge(l: &Listener, uri: &Uri) -> Option<Response> {
+    let query: Vec<(String, String)> = serde_urlencoded::from_str(uri.query()?).ok()?;
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let challenge = param("hub.challenge")?;
+    let mode = param("hub.mode").unwrap_or_default();
+    let topic = param("hub.topic").unwrap_or_default();
+    if l.args.refuse_verification {
+        println!("\nWebSub {mode} for {topic}: refused (--refuse-verification)");
+        return Some((StatusCode::OK, "refused").into_response());
+    }
+    println!("\nWebSub {mode} for {topic}: confirmed");
+    Some((StatusCode::OK, challenge).into_response())
+}
+
+/// Names the scheme the request carries and whether its signature holds.
+fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verdict = |scheme: &str, result: Result<(), VerifyError>| match result {
+        Ok(()) => format!("{scheme}: verified"),
+        Err(e) => format!("{scheme}: NOT VERIFIED ({e})"),
+    };
+    let Some(secret) = secret else {
+        return "not checked (no --secret)".into();
+    };
+    if let Some(sig) = header(standard::HEADER_SIGNATURE) {
+        let key = match standard::SigningKey::for_secret(secret) {
+            Ok(k) => k,
+            Err(e) => return format!("standard webhooks: the secret is not usable ({e})"),
+        };
+        let now = chrono::Utc::now().timestamp();
+        return verdict(
+            "standard webhooks",
+            standard::verify(
+                &key,
+                header(standard::HEADER_ID).unwrap_or_default(),
+                header(standard::HEADER_TIMESTAMP).unwrap_or_default(),
+                sig,
+                body,
+                now,
+                300,
+            ),
+        );
+    }
+    if let Some(sig) = header("x-opal-signature") {
+        return verdict(
+            "opal",
+            opal::verify(
+                secret,
+                header("x-opal-request-timestamp").unwrap_or_default(),
+                sig,
+                body,
+            ),
+        );
+    }
+    if let Some(sig) = header("x-optare-signature") {
+        return verdict("optare", hex::verify(secret, sig, body));
+    }
+    if let Some(sig) = header("x-hub-signature") {
+        return verdict("hub", hub::verify(secret, sig, body));
+    }
+    "no signature header".into()
+}
