@@ -89,7 +89,7 @@ impl HttpClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(parse_retry_after);
         // Read only what is kept; the rest of the body is not our business.
         let mut body = Vec::new();
         while body.len() < RESPONSE_BODY_KEEP {
@@ -161,6 +161,16 @@ impl HttpClient {
     }
 }
 
+/// `Retry-After` in seconds, given as seconds or as an HTTP date (RFC 9110 §10.2.3).
+fn parse_retry_after(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(secs);
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+    Some((at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64)
+}
+
 fn failed(
     error: AttemptError,
     status: Option<u16>,
@@ -213,4 +223,25 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retry_after;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        assert_eq!(parse_retry_after(" 120 "), Some(120));
+        let in_a_minute = (chrono::Utc::now() + chrono::Duration::seconds(60))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let secs = parse_retry_after(&in_a_minute).unwrap();
+        assert!((58..=61).contains(&secs), "{secs}");
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(0),
+            "a past date means now"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }
