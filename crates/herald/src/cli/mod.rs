@@ -1,5 +1,6 @@
 //! The `herald` command line.
 
+mod client;
 mod listen;
 mod serve;
 
@@ -29,6 +30,34 @@ pub enum Command {
     /// Receive webhooks locally for testing: print each request, check its signature (Standard
     /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
     Listen(listen::ListenArgs),
+    /// Manage organizations on a running server.
+    Orgs {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::OrgsCommand,
+    },
+    /// Manage an organization's webhooks on a running server.
+    Webhooks {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::WebhooksCommand,
+    },
+    /// Read delivery history, and resend.
+    Deliveries {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::DeliveriesCommand,
+    },
+    /// Post an event (or a batch) from --type/--data, a file, or standard input.
+    Send {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(flatten)]
+        args: client::SendArgs,
+    },
 }
 
 /// Runs the parsed command.
@@ -37,5 +66,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),
         Command::Listen(args) => listen::listen(args),
+        Command::Orgs { conn, command } => client::orgs(conn, command),
+        Command::Webhooks { conn, command } => client::webhooks(conn, command),
+        Command::Deliveries { conn, command } => client::deliveries(conn, command),
+        Command::Send { conn, args } => client::send(conn, args),
     }
 }

@@ -482,3 +482,118 @@ async fn unknown_routes_and_ids_answer_json_404s() {
     let (status, _) = app.call(Method::GET, "/readyz", "", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Runs the `herald` binary with `args`; answers its exit status and standard output.
+async fn herald_cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("HERALD_SERVER", &app.base)
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_organizations_webhooks_events_and_history() {
+    let app = TestApp::spawn().await;
+    let rx = crate::helpers::TestReceiver::start().await;
+    let (ok, out) = herald_cli(&app, &["orgs", "create", "--name", "Acme", "--json"], None).await;
+    assert!(ok, "{out}");
+    let org: Value = serde_json::from_str(&out).unwrap();
+    let org = org["id"].as_str().unwrap().to_owned();
+    let (ok, out) = herald_cli(&app, &["orgs", "list"], None).await;
+    assert!(
+        ok && out.starts_with("ID") && out.contains(&org),
+        "a table for people: {out}"
+    );
+
+    let url = rx.url("/cli");
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "webhooks",
+            "create",
+            "--org",
+            &org,
+            "--name",
+            "crm",
+            "--url",
+            &url,
+            "--event",
+            "user.created",
+        ],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("Secret (shown once): whsec_"), "{out}");
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "send",
+            "--org",
+            &org,
+            "--type",
+            "user.created",
+            "--data",
+            r#"{"user":{"id":"u1"}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("false"), "{out}");
+    let batch = r#"[{"type":"user.created","id":"from-stdin","data":{"user":{"id":"u2"}}}]"#;
+    let (ok, out) = herald_cli(&app, &["send", "--org", &org], Some(batch)).await;
+    assert!(ok && out.contains("from-stdin"), "{out}");
+    rx.wait_for("/cli", 2, std::time::Duration::from_secs(10))
+        .await;
+
+    let (ok, out) = herald_cli(&app, &["webhooks", "list", "--org", &org, "--json"], None).await;
+    assert!(ok, "{out}");
+    let hooks: Value = serde_json::from_str(&out).unwrap();
+    let hook = hooks["data"][0]["id"].as_str().unwrap().to_owned();
+    let (ok, out) = herald_cli(
+        &app,
+        &["deliveries", "list", "--org", &org, "--webhook", &hook],
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.lines().count() == 3,
+        "a header and two deliveries: {out}"
+    );
+
+    let (ok, out) = herald_cli(
+        &app,
+        &["send", "--org", &org, "--type", "user.exploded"],
+        None,
+    )
+    .await;
+    assert!(
+        !ok && out.contains("422") && out.contains("user.exploded"),
+        "the server's message is shown: {out}"
+    );
+    let (ok, out) = herald_cli(
+        &app,
+        &["orgs", "list", "--server", "http://127.0.0.1:9"],
+        None,
+    )
+    .await;
+    assert!(!ok && out.contains("is `herald serve` running?"), "{out}");
+}

@@ -1,0 +1,466 @@
+//! The client commands (`herald orgs`, `webhooks`, `send`, `deliveries`): they speak to a running
+//! server over its HTTP API, print tables for people and JSON with `--json`.
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The Herald server's base URL.
+    #[arg(
+        long,
+        env = "HERALD_SERVER",
+        default_value = "http://127.0.0.1:7600",
+        global = true
+    )]
+    pub server: String,
+    /// The bearer token (admin token or an organization API key). Defaults to the admin token
+    /// kept in ./herald-data/admin-token, if there is one.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// List organizations.
+    List,
+    /// Create an organization.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        handle: Option<String>,
+        /// A built-in event catalog to enable (repeatable); optare by default.
+        #[arg(long = "catalog")]
+        catalogs: Vec<String>,
+    },
+    /// Show one organization.
+    Get { id: String },
+    /// Delete an organization and everything it owns.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List an organization's webhooks.
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Create a webhook; its secret is printed once.
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        url: String,
+        /// An event type to subscribe to (repeatable; `*` for all).
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// A channel to subscribe to (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// standard, opal, optare, parallelworks, permit, asgardeo or cloudevents.
+        #[arg(long)]
+        profile: Option<String>,
+        /// The secret (generated when absent, except for permit).
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// Show one webhook.
+    Get {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+    /// Enable a webhook (and verify it, for WebSub webhooks).
+    Enable {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+    /// Disable a webhook; its deliveries wait.
+    Disable {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+    /// Replace the secret; the old one signs too for 24 hours.
+    Rotate {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+    /// Send a test event to the webhook.
+    Test {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+    /// Delete a webhook; its pending deliveries are cancelled.
+    Delete {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// A webhook's deliveries, newest first.
+    List {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        webhook: String,
+        /// pending, succeeded, failed, cancelled or skipped.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One delivery with its attempts.
+    Get {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+    /// Send a finished delivery again.
+    Retry {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+}
+
+/// `herald send` options.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[arg(long)]
+    pub org: String,
+    /// The event type; with --data, sends one event built from them.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// The event's data as JSON (with --type).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// A file with one event or an array of them (`-` for standard input). Used when --type is
+    /// not given; standard input is read when neither is.
+    #[arg(long)]
+    pub file: Option<String>,
+}
+
+struct Api {
+    http: reqwest::blocking::Client,
+    conn: Connection,
+    token: String,
+}
+
+impl Api {
+    fn new(conn: Connection) -> anyhow::Result<Self> {
+        herald_dispatch::client::install_tls_provider();
+        let token = match &conn.token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string("herald-data/admin-token")
+                .map(|t| t.trim().to_owned())
+                .context("no token: pass --token or set HERALD_TOKEN (the admin token, or an organization API key)")?,
+        };
+        Ok(Self {
+            http: reqwest::blocking::Client::new(),
+            conn,
+            token,
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.conn.server.trim_end_matches('/'));
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().with_context(|| {
+            format!(
+                "could not reach Herald at {}; is `herald serve` running? (--server)",
+                self.conn.server
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let message = value["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            bail!("{status}: {message}");
+        }
+        Ok(value)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+}
+
+/// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
+fn show(conn: &Connection, value: &Value, columns: &[&str]) {
+    if conn.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+        return;
+    }
+    let rows: Vec<&Value> = match value.get("data").and_then(Value::as_array) {
+        Some(items) => items.iter().collect(),
+        None => vec![value],
+    };
+    let cell = |row: &Value, col: &str| match &row[col] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
+    for row in rows {
+        println!("{}", line(columns.iter().map(|c| cell(row, c)).collect()));
+    }
+}
+
+pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let cols = &["id", "handle", "name", "catalogs"];
+    match cmd {
+        OrgsCommand::List => show(&conn, &api.get("/v1/orgs?limit=200")?, cols),
+        OrgsCommand::Create {
+            name,
+            handle,
+            catalogs,
+        } => {
+            let mut body = json!({ "name": name, "handle": handle });
+            if !catalogs.is_empty() {
+                body["catalogs"] = json!(catalogs);
+            }
+            show(&conn, &api.post("/v1/orgs", body)?, cols)
+        }
+        OrgsCommand::Get { id } => show(&conn, &api.get(&format!("/v1/orgs/{id}"))?, cols),
+        OrgsCommand::Delete { id } => {
+            api.call(reqwest::Method::DELETE, &format!("/v1/orgs/{id}"), None)?;
+            println!("Deleted {id}.");
+        }
+    }
+    Ok(())
+}
+
+pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let cols = &["id", "name", "profile", "active", "url"];
+    match cmd {
+        WebhooksCommand::List { org } => show(
+            &conn,
+            &api.get(&format!("/v1/orgs/{org}/webhooks?limit=200"))?,
+            cols,
+        ),
+        WebhooksCommand::Create {
+            org,
+            name,
+            url,
+            events,
+            channels,
+            profile,
+            secret,
+        } => {
+            let mut body = json!({ "name": name, "url": url });
+            for (key, value) in [("events", json!(events)), ("channels", json!(channels))] {
+                if value.as_array().is_some_and(|a| !a.is_empty()) {
+                    body[key] = value;
+                }
+            }
+            for (key, value) in [("profile", profile), ("secret", secret)] {
+                if let Some(v) = value {
+                    body[key] = json!(v);
+                }
+            }
+            let created = api.post(&format!("/v1/orgs/{org}/webhooks"), body)?;
+            show(&conn, &created, cols);
+            if !conn.json {
+                println!(
+                    "\nSecret (shown once): {}",
+                    created["secret"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        WebhooksCommand::Get { org, id } => show(
+            &conn,
+            &api.get(&format!("/v1/orgs/{org}/webhooks/{id}"))?,
+            cols,
+        ),
+        WebhooksCommand::Enable { org, id } => show(
+            &conn,
+            &api.post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))?,
+            cols,
+        ),
+        WebhooksCommand::Disable { org, id } => show(
+            &conn,
+            &api.post(
+                &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+                json!({}),
+            )?,
+            cols,
+        ),
+        WebhooksCommand::Rotate { org, id } => {
+            let rotated = api.post(
+                &format!("/v1/orgs/{org}/webhooks/{id}/rotate-secret"),
+                json!({}),
+            )?;
+            show(&conn, &rotated, cols);
+            if !conn.json {
+                println!(
+                    "\nNew secret (shown once; the old one signs too for 24 hours): {}",
+                    rotated["secret"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        WebhooksCommand::Test { org, id } => show(
+            &conn,
+            &api.post(&format!("/v1/orgs/{org}/webhooks/{id}/test"), json!({}))?,
+            &["event_id", "delivery_id"],
+        ),
+        WebhooksCommand::Delete { org, id } => {
+            api.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/orgs/{org}/webhooks/{id}"),
+                None,
+            )?;
+            println!("Deleted {id}.");
+        }
+    }
+    Ok(())
+}
+
+pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let cols = &[
+        "id",
+        "event_type",
+        "state",
+        "attempt_count",
+        "last_status",
+        "next_attempt_at",
+    ];
+    match cmd {
+        DeliveriesCommand::List {
+            org,
+            webhook,
+            state,
+            limit,
+        } => {
+            let mut path = format!("/v1/orgs/{org}/webhooks/{webhook}/deliveries?limit={limit}");
+            if let Some(s) = state {
+                path.push_str(&format!("&state={s}"));
+            }
+            show(&conn, &api.get(&path)?, cols)
+        }
+        DeliveriesCommand::Get { org, id } => {
+            let d = api.get(&format!("/v1/orgs/{org}/deliveries/{id}"))?;
+            show(&conn, &d, cols);
+            if !conn.json {
+                println!();
+                show(
+                    &conn,
+                    &json!({ "data": d["attempts"] }),
+                    &["number", "started_at", "duration_ms", "status", "error"],
+                );
+            }
+        }
+        DeliveriesCommand::Retry { org, id } => show(
+            &conn,
+            &api.post(&format!("/v1/orgs/{org}/deliveries/{id}/retry"), json!({}))?,
+            cols,
+        ),
+    }
+    Ok(())
+}
+
+pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let body = match (&args.event_type, &args.file) {
+        (Some(t), _) => {
+            let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or("{}"))
+                .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
+            json!({ "type": t, "data": data })
+        }
+        (None, Some(file)) if file != "-" => serde_json::from_str(
+            &std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?,
+        )
+        .with_context(|| {
+            format!(
+                "{file} is not JSON: put one event ({{\"type\", \"data\"}}) or an array of them"
+            )
+        })?,
+        _ => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("could not read standard input")?;
+            serde_json::from_str(&input).context("standard input is not JSON: give one event or an array of them, or use --type and --data")?
+        }
+    };
+    let answer = api.post(&format!("/v1/orgs/{}/events", args.org), body)?;
+    if conn.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    } else {
+        show(
+            &conn,
+            &json!({ "data": answer["events"] }),
+            &["id", "duplicate", "deliveries", "skipped"],
+        );
+    }
+    Ok(())
+}
