@@ -9,13 +9,18 @@ use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::Dispatcher;
 
 impl Dispatcher {
     /// Attempts a batch of deliveries of one webhook (usually a batch of one).
-    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>) {
+    /// `slot` is the webhook's concurrency permit: it is given back as soon as the endpoint has
+    /// answered, so that writing the outcome (which waits for a group commit) does not keep the
+    /// endpoint's next request waiting.
+    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: OwnedSemaphorePermit) {
         let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
-        if let Err(e) = self.try_attempt(batch).await {
+        if let Err(e) = self.try_attempt(batch, slot).await {
             // The leases stay; the deliveries come back when they run out.
             for id in &ids {
                 self.release_held(id);
@@ -24,7 +29,11 @@ impl Dispatcher {
         }
     }
 
-    async fn try_attempt(&self, batch: Vec<DueDelivery>) -> Result<(), StoreError> {
+    async fn try_attempt(
+        &self,
+        batch: Vec<DueDelivery>,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), StoreError> {
         let shared = &self.shared;
         let first = &batch[0];
         let forget = |this: &Self| batch.iter().for_each(|d| this.release_held(&d.delivery_id));
@@ -80,6 +89,7 @@ impl Dispatcher {
             .client
             .send(webhook.url.as_str(), request, &headers, timeout)
             .await;
+        drop(slot);
 
         let metrics = &shared.metrics;
         metrics

@@ -27,6 +27,11 @@ impl Dispatcher {
         mut rx: mpsc::UnboundedReceiver<DueDelivery>,
     ) {
         let slots = Arc::new(Semaphore::new(self.shared.settings.per_webhook_concurrency));
+        // Requests in flight hold a slot; attempts whose outcome is still being written hold only
+        // a task. Bounding tasks too keeps memory flat when the store is slower than the endpoint.
+        let tasks = Arc::new(Semaphore::new(
+            self.shared.settings.per_webhook_concurrency * 8,
+        ));
         let mut in_flight = JoinSet::new();
         // The earliest time the next request may start, when the webhook has a rate limit.
         let mut next_slot = tokio::time::Instant::now();
@@ -81,10 +86,11 @@ impl Dispatcher {
                 }
                 continue;
             }
+            let task = tasks.clone().acquire_owned().await.expect("never closed");
             let this = self.clone();
             in_flight.spawn(async move {
-                this.attempt(batch).await;
-                drop(permit);
+                this.attempt(batch, permit).await;
+                drop(task);
             });
             while in_flight.try_join_next().is_some() {}
         }

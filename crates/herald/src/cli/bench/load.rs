@@ -1,0 +1,275 @@
+//! The producers: post `user.created` events to Herald over keep-alive connections, either as
+//! fast as they can (`burst`, `batch`) or at a steady rate (`latency`), and count what was sent
+//! and acknowledged.
+//!
+//! Every event carries its sequence number and the time it was sent (`bench_seq`, `bench_t` in
+//! its data), so the receiver can tell which arrived and how late. Bodies are written by hand
+//! into one buffer per request: no JSON tree per event, since the producers share the cores with
+//! the server. A request that fails for a reason that may pass (a connection refused while the
+//! server restarts, a 503) is sent again, byte for byte, with the same event ids: Herald's
+//! idempotency makes that safe, which is what a real producer relies on too.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{StatusCode, Url};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::measure::{Clock, Seen, Span};
+
+/// Where and how to post events.
+pub struct Producer {
+    client: reqwest::Client,
+    /// `…/v1/orgs/{org}/events`; replaced when the server restarts on another port.
+    events_url: RwLock<Url>,
+    auth: HeaderValue,
+    clock: Clock,
+}
+
+/// What the producers did, read by the progress line and the report.
+pub struct Counters {
+    /// Events in requests sent (each counted once, retries aside).
+    pub sent: AtomicU64,
+    /// Events acknowledged with 202.
+    pub acked: AtomicU64,
+    /// Requests that were not answered 202 (connection errors included).
+    pub failures: AtomicU64,
+    /// Events given up on: refused for good, or never acknowledged before the deadline.
+    pub abandoned: AtomicU64,
+    /// When the first request went out and the last one went out.
+    pub sends: Span,
+    /// When the first and the last 202 came back.
+    pub acks: Span,
+    /// Which events were acknowledged.
+    pub acked_set: Seen,
+    /// The first refusal's status and body, to show the user.
+    pub first_refusal: Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            sends: Span::default(),
+            acks: Span::default(),
+            acked_set: Seen::new(capacity),
+            first_refusal: Mutex::new(None),
+        }
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    pub fn refusal(&self) -> Option<String> {
+        self.first_refusal.lock().ok()?.clone()
+    }
+}
+
+/// How a burst is shaped.
+#[derive(Debug, Clone, Copy)]
+pub struct Burst {
+    pub events: u64,
+    /// Events per request: 1 posts single objects, more posts arrays.
+    pub batch: usize,
+    /// Producers, each with one request in flight at a time (so at most this many connections).
+    pub connections: usize,
+    /// How long one request may keep failing before its events are given up.
+    pub patience: Duration,
+}
+
+impl Producer {
+    pub fn new(
+        client: reqwest::Client,
+        base: &str,
+        org: &str,
+        auth: HeaderValue,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            client,
+            events_url: RwLock::new(events_url(base, org)?),
+            auth,
+            clock,
+        })
+    }
+
+    /// Points the producers at a restarted server.
+    pub fn retarget(&self, base: &str, org: &str) -> anyhow::Result<()> {
+        let url = events_url(base, org)?;
+        if let Ok(mut current) = self.events_url.write() {
+            *current = url;
+        }
+        Ok(())
+    }
+
+    /// Posts `plan.events` events as fast as the server takes them.
+    pub async fn burst(self: &Arc<Self>, plan: Burst, counters: &Arc<Counters>) {
+        let next = Arc::new(AtomicU64::new(0));
+        let mut producers = JoinSet::new();
+        for _ in 0..plan.connections.max(1) {
+            let (this, next, counters) = (self.clone(), next.clone(), counters.clone());
+            producers.spawn(async move {
+                let batch = plan.batch.max(1) as u64;
+                loop {
+                    let first = next.fetch_add(batch, Ordering::Relaxed);
+                    if first >= plan.events {
+                        break;
+                    }
+                    let seqs = first..(first + batch).min(plan.events);
+                    this.send(seqs, plan.batch > 1, plan.patience, &counters)
+                        .await;
+                }
+            });
+        }
+        while producers.join_next().await.is_some() {}
+    }
+
+    /// Posts one event every `1/rate` seconds for `duration`, with at most `connections`
+    /// requests in flight (an open loop: a slow answer does not delay the next event).
+    pub async fn steady(
+        self: &Arc<Self>,
+        rate: u32,
+        duration: Duration,
+        connections: usize,
+        counters: &Arc<Counters>,
+    ) {
+        let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        let slots = Arc::new(Semaphore::new(connections.max(1)));
+        let mut in_flight = JoinSet::new();
+        for seq in 0..total {
+            ticker.tick().await;
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (this, counters) = (self.clone(), counters.clone());
+            in_flight.spawn(async move {
+                this.send(seq..seq + 1, false, Duration::from_secs(10), &counters)
+                    .await;
+                drop(permit);
+            });
+            while in_flight.try_join_next().is_some() {}
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Sends one request with the events `seqs` until it is acknowledged, refused for good, or
+    /// has failed for longer than `patience`.
+    async fn send(&self, seqs: Range<u64>, array: bool, patience: Duration, counters: &Counters) {
+        let count = seqs.end - seqs.start;
+        let body = encode(seqs.clone(), array, self.clock.now_us());
+        counters.sent.fetch_add(count, Ordering::Relaxed);
+        counters.sends.mark(self.clock.now_us());
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.post(body.clone()).await {
+                Ok((StatusCode::ACCEPTED, _)) => {
+                    counters.acks.mark(self.clock.now_us());
+                    counters.acked.fetch_add(count, Ordering::Relaxed);
+                    for seq in seqs {
+                        counters.acked_set.insert(seq);
+                    }
+                    return;
+                }
+                Ok((status, text)) if !retryable(status) => {
+                    counters.failures.fetch_add(1, Ordering::Relaxed);
+                    counters.abandoned.fetch_add(count, Ordering::Relaxed);
+                    if let Ok(mut first) = counters.first_refusal.lock() {
+                        first.get_or_insert_with(|| format!("{status}: {text}"));
+                    }
+                    return;
+                }
+                _ => {
+                    counters.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if started.elapsed() > patience {
+                counters.abandoned.fetch_add(count, Ordering::Relaxed);
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn post(&self, body: Bytes) -> Result<(StatusCode, String), reqwest::Error> {
+        let url = match self.events_url.read() {
+            Ok(url) => url.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let resp = self
+            .client
+            .post(url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        // Read the answer to the end so the connection goes back to the pool.
+        let text = resp.bytes().await?;
+        if status == StatusCode::ACCEPTED {
+            return Ok((status, String::new()));
+        }
+        Ok((status, String::from_utf8_lossy(&text).into_owned()))
+    }
+}
+
+/// Worth sending again: the server is restarting, overloaded, or briefly unavailable.
+fn retryable(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+fn events_url(base: &str, org: &str) -> anyhow::Result<Url> {
+    let url = format!("{}/v1/orgs/{org}/events", base.trim_end_matches('/'));
+    Url::parse(&url).map_err(|e| anyhow::anyhow!("'{url}' is not a valid URL ({e}); check --server"))
+}
+
+/// The request body for events `seqs`, sent at `sent_us`: one object, or an array of them.
+pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(112 * (seqs.end - seqs.start) as usize + 2);
+    if array {
+        buf.push(b'[');
+    }
+    for seq in seqs {
+        if array && buf.len() > 1 {
+            buf.push(b',');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            buf,
+            r#"{{"type":"user.created","id":"e{seq}","data":{{"user":{{"id":"u{seq}"}},"bench_seq":{seq},"bench_t":{sent_us}}}}}"#
+        );
+    }
+    if array {
+        buf.push(b']');
+    }
+    Bytes::from(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_valid_json_with_the_benchmark_fields() {
+        let one: serde_json::Value = serde_json::from_slice(&encode(5..6, false, 42)).unwrap();
+        assert_eq!(one["id"], "e5");
+        assert_eq!(one["data"]["bench_seq"], 5);
+        assert_eq!(one["data"]["bench_t"], 42);
+        let many: serde_json::Value = serde_json::from_slice(&encode(0..3, true, 1)).unwrap();
+        assert_eq!(many.as_array().unwrap().len(), 3);
+        assert_eq!(many[2]["data"]["user"]["id"], "u2");
+    }
+}

@@ -1,0 +1,305 @@
+//! The built-in receiver: an HTTP endpoint on 127.0.0.1 that stands in for customers' servers.
+//! Each webhook of a scenario gets its own path (`/h/<n>`) and behaviour (accept, fail, be down,
+//! answer too late). It counts requests, marks which events arrived (so duplicates and losses are
+//! exact), and takes each event's latency from the send time the producer wrote into it.
+//!
+//! It must stay cheap, since it shares the cores with the server it measures: it reads two numbers
+//! out of the body with a byte search instead of parsing the JSON, records into atomics, and can
+//! run on a runtime of its own (`--receiver-threads`) or on the load generator's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::measure::{Clock, Histogram, Seen, Span};
+
+/// How one webhook's endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200 at once.
+    Accept,
+    /// 500 at once.
+    Fail,
+    /// 503 at once, as a load balancer with no backend does.
+    Down,
+    /// 200, but only after this long (longer than the webhook's timeout).
+    Slow(Duration),
+}
+
+impl Behaviour {
+    fn code(self) -> u8 {
+        match self {
+            Self::Accept => 0,
+            Self::Fail => 1,
+            Self::Down => 2,
+            Self::Slow(_) => 3,
+        }
+    }
+}
+
+/// What one endpoint saw.
+pub struct Endpoint {
+    behaviour: AtomicU8,
+    slow: Duration,
+    /// Every request, whatever the answer.
+    pub requests: AtomicU64,
+    /// Requests whose event had already been accepted once.
+    pub duplicates: AtomicU64,
+    /// Requests without the benchmark's fields (not counted as deliveries).
+    pub unrecognised: AtomicU64,
+    delivered: AtomicU64,
+    seen: Seen,
+    /// From the send time written in each event to its (first) receipt.
+    pub latency: Histogram,
+    /// When the first and the last new event arrived.
+    pub arrivals: Span,
+}
+
+impl Endpoint {
+    fn new(behaviour: Behaviour, capacity: u64) -> Self {
+        Self {
+            behaviour: AtomicU8::new(behaviour.code()),
+            slow: match behaviour {
+                Behaviour::Slow(d) => d,
+                _ => Duration::ZERO,
+            },
+            requests: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            unrecognised: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            seen: Seen::new(capacity),
+            latency: Histogram::default(),
+            arrivals: Span::default(),
+        }
+    }
+
+    /// Distinct events accepted (answered 200).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn seen(&self) -> &Seen {
+        &self.seen
+    }
+
+    fn record(&self, body: &[u8], now_us: u64) {
+        let (Some(seq), Some(sent)) = (number_after(body, b"\"bench_seq\":"), number_after(body, b"\"bench_t\":"))
+        else {
+            self.unrecognised.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.seen.insert(seq) {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            self.latency.record(now_us.saturating_sub(sent));
+            self.arrivals.mark(now_us);
+        } else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The endpoints, shared by the server and whoever watches them.
+pub struct Endpoints {
+    clock: Clock,
+    list: Vec<Endpoint>,
+}
+
+impl Endpoints {
+    pub fn get(&self, i: usize) -> &Endpoint {
+        &self.list[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Distinct events accepted by the endpoints `which`.
+    pub fn delivered(&self, which: &[usize]) -> u64 {
+        which.iter().map(|i| self.list[*i].delivered()).sum()
+    }
+
+    pub fn set(&self, i: usize, behaviour: Behaviour) {
+        self.list[i]
+            .behaviour
+            .store(behaviour.code(), Ordering::Relaxed);
+    }
+}
+
+/// A running receiver. Stop it with [`Receiver::stop`].
+pub struct Receiver {
+    addr: SocketAddr,
+    endpoints: Arc<Endpoints>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Receiver {
+    /// Starts one endpoint per entry of `behaviours`, each able to tell apart events numbered
+    /// `0..capacity`. With `threads` > 0 it gets a runtime of its own with that many threads;
+    /// with 0 it runs on the caller's.
+    pub async fn start(
+        clock: Clock,
+        behaviours: &[Behaviour],
+        capacity: u64,
+        threads: usize,
+    ) -> anyhow::Result<Self> {
+        let endpoints = Arc::new(Endpoints {
+            clock,
+            list: behaviours
+                .iter()
+                .map(|b| Endpoint::new(*b, capacity))
+                .collect(),
+        });
+        let runtime = match threads {
+            0 => None,
+            n => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .thread_name("bench-receiver")
+                    .enable_all()
+                    .build()
+                    .context("could not start the receiver's runtime")?,
+            ),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("the receiver could not listen on 127.0.0.1")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = Router::new()
+            .fallback(receive)
+            .with_state(endpoints.clone());
+        let serve = async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return eprintln!("the receiver could not listen: {e}"),
+            };
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                eprintln!("the receiver stopped: {e}");
+            }
+        };
+        let task = match &runtime {
+            Some(rt) => rt.spawn(serve),
+            None => tokio::spawn(serve),
+        };
+        Ok(Self {
+            addr,
+            endpoints,
+            stop: Some(stop),
+            task: Some(task),
+            runtime,
+        })
+    }
+
+    /// The URL of endpoint `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}/h/{i}", self.addr)
+    }
+
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.endpoints
+    }
+
+    /// Stops listening. Requests still held (slow endpoints) are dropped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Graceful shutdown waits for open keep-alive connections; Herald keeps its pool
+            // open, so give it a moment and then cut.
+            let _ = tokio::time::timeout(Duration::from_millis(200), task).await;
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn receive(State(endpoints): State<Arc<Endpoints>>, uri: Uri, body: Bytes) -> StatusCode {
+    let now = endpoints.clock.now_us();
+    let Some(endpoint) = endpoint_index(uri.path()).and_then(|i| endpoints.list.get(i)) else {
+        return StatusCode::NOT_FOUND;
+    };
+    endpoint.requests.fetch_add(1, Ordering::Relaxed);
+    match endpoint.behaviour.load(Ordering::Relaxed) {
+        0 => {
+            endpoint.record(&body, now);
+            StatusCode::OK
+        }
+        1 => StatusCode::INTERNAL_SERVER_ERROR,
+        2 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => {
+            // Herald has given up by the time this answers; it is not a delivery.
+            tokio::time::sleep(endpoint.slow).await;
+            StatusCode::OK
+        }
+    }
+}
+
+fn endpoint_index(path: &str) -> Option<usize> {
+    path.strip_prefix("/h/")?.parse().ok()
+}
+
+/// The unsigned integer that follows `key` in `body` (spaces allowed in between).
+fn number_after(body: &[u8], key: &[u8]) -> Option<u64> {
+    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &body[at..];
+    let start = rest.iter().position(|b| *b != b' ')?;
+    let digits = rest[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .take(19);
+    let mut value: Option<u64> = None;
+    for d in digits {
+        value = Some(value.unwrap_or(0) * 10 + u64::from(d - b'0'));
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_benchmark_fields_from_a_delivered_body() {
+        let body = br#"{"type":"user.created","timestamp":"2026-01-01T00:00:00.000Z","data":{"user":{"id":"u7"},"bench_seq":7,"bench_t": 123456}}"#;
+        assert_eq!(number_after(body, b"\"bench_seq\":"), Some(7));
+        assert_eq!(number_after(body, b"\"bench_t\":"), Some(123_456));
+        assert_eq!(number_after(body, b"\"missing\":"), None);
+        assert_eq!(number_after(b"\"bench_seq\":\"x\"", b"\"bench_seq\":"), None);
+    }
+
+    #[test]
+    fn endpoints_are_numbered_by_path() {
+        assert_eq!(endpoint_index("/h/12"), Some(12));
+        assert_eq!(endpoint_index("/x/1"), None);
+    }
+}
