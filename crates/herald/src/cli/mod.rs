@@ -1,5 +1,6 @@
 //! The `herald` command line.
 
+mod bench;
 mod client;
 mod listen;
 mod serve;
@@ -30,6 +31,10 @@ pub enum Command {
     /// Receive webhooks locally for testing: print each request, check its signature (Standard
     /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
     Listen(listen::ListenArgs),
+    /// Benchmark Herald on this machine: start a server on a temporary data directory (or use
+    /// --server), a fast receiver and producers on loopback, run scenarios (burst, batch,
+    /// latency, fanout, slow-endpoint, failing-endpoint, backlog, restart) and print a table.
+    Bench(bench::BenchArgs),
     /// Manage organizations on a running server.
     Orgs {
         #[command(flatten)]
@@ -66,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),
         Command::Listen(args) => listen::listen(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Orgs { conn, command } => client::orgs(conn, command),
         Command::Webhooks { conn, command } => client::webhooks(conn, command),
         Command::Deliveries { conn, command } => client::deliveries(conn, command),

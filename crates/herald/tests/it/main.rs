@@ -1,6 +1,7 @@
 //! Herald's integration tests: one binary, the real server on loopback, real receivers.
 
 mod api;
+mod bench;
 mod crash;
 mod delivery;
 mod helpers;

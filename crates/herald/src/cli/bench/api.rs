@@ -25,10 +25,6 @@ impl Api {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     pub fn auth(&self) -> &HeaderValue {
         &self.auth
     }
@@ -104,12 +100,15 @@ impl Api {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            bail!("{url} answered 401: the admin token is not this server's; pass it with --admin-token");
+            bail!(
+                "{url} answered 401: the admin token is not this server's; pass it with --admin-token"
+            );
         }
         if !status.is_success() {
             bail!("{url} answered {status}: {text}");
         }
-        serde_json::from_str(&text).with_context(|| format!("{url} answered something that is not JSON: {text}"))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{url} answered something that is not JSON: {text}"))
     }
 }
 

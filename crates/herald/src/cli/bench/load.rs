@@ -144,7 +144,8 @@ impl Producer {
         counters: &Arc<Counters>,
     ) {
         let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        let mut ticker =
+            tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
         let slots = Arc::new(Semaphore::new(connections.max(1)));
         let mut in_flight = JoinSet::new();
         for seq in 0..total {
@@ -233,7 +234,8 @@ fn retryable(status: StatusCode) -> bool {
 
 fn events_url(base: &str, org: &str) -> anyhow::Result<Url> {
     let url = format!("{}/v1/orgs/{org}/events", base.trim_end_matches('/'));
-    Url::parse(&url).map_err(|e| anyhow::anyhow!("'{url}' is not a valid URL ({e}); check --server"))
+    Url::parse(&url)
+        .map_err(|e| anyhow::anyhow!("'{url}' is not a valid URL ({e}); check --server"))
 }
 
 /// The request body for events `seqs`, sent at `sent_us`: one object, or an array of them.

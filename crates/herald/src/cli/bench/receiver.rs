@@ -58,6 +58,9 @@ pub struct Endpoint {
     pub unrecognised: AtomicU64,
     delivered: AtomicU64,
     seen: Seen,
+    /// Distinct events that reached the endpoint at all, whatever it answered.
+    attempted: Seen,
+    first_attempts: AtomicU64,
     /// From the send time written in each event to its (first) receipt.
     pub latency: Histogram,
     /// When the first and the last new event arrived.
@@ -77,6 +80,8 @@ impl Endpoint {
             unrecognised: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             seen: Seen::new(capacity),
+            attempted: Seen::new(capacity),
+            first_attempts: AtomicU64::new(0),
             latency: Histogram::default(),
             arrivals: Span::default(),
         }
@@ -95,12 +100,28 @@ impl Endpoint {
         &self.seen
     }
 
-    fn record(&self, body: &[u8], now_us: u64) {
-        let (Some(seq), Some(sent)) = (number_after(body, b"\"bench_seq\":"), number_after(body, b"\"bench_t\":"))
-        else {
+    /// Distinct events that reached the endpoint, accepted or not: requests beyond these were
+    /// retries.
+    pub fn first_attempts(&self) -> u64 {
+        self.first_attempts.load(Ordering::Relaxed)
+    }
+
+    /// Notes the request's event; answers it if it is the benchmark's.
+    fn attempt(&self, body: &[u8]) -> Option<(u64, u64)> {
+        let (Some(seq), Some(sent)) = (
+            number_after(body, b"\"bench_seq\":"),
+            number_after(body, b"\"bench_t\":"),
+        ) else {
             self.unrecognised.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
+        if self.attempted.insert(seq) {
+            self.first_attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        Some((seq, sent))
+    }
+
+    fn accept(&self, seq: u64, sent: u64, now_us: u64) {
         if self.seen.insert(seq) {
             self.delivered.fetch_add(1, Ordering::Relaxed);
             self.latency.record(now_us.saturating_sub(sent));
@@ -249,9 +270,12 @@ async fn receive(State(endpoints): State<Arc<Endpoints>>, uri: Uri, body: Bytes)
         return StatusCode::NOT_FOUND;
     };
     endpoint.requests.fetch_add(1, Ordering::Relaxed);
+    let event = endpoint.attempt(&body);
     match endpoint.behaviour.load(Ordering::Relaxed) {
         0 => {
-            endpoint.record(&body, now);
+            if let Some((seq, sent)) = event {
+                endpoint.accept(seq, sent, now);
+            }
             StatusCode::OK
         }
         1 => StatusCode::INTERNAL_SERVER_ERROR,
@@ -294,7 +318,10 @@ mod tests {
         assert_eq!(number_after(body, b"\"bench_seq\":"), Some(7));
         assert_eq!(number_after(body, b"\"bench_t\":"), Some(123_456));
         assert_eq!(number_after(body, b"\"missing\":"), None);
-        assert_eq!(number_after(b"\"bench_seq\":\"x\"", b"\"bench_seq\":"), None);
+        assert_eq!(
+            number_after(b"\"bench_seq\":\"x\"", b"\"bench_seq\":"),
+            None
+        );
     }
 
     #[test]

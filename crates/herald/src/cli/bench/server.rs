@@ -24,7 +24,10 @@ use crate::config::Settings;
 pub enum Server {
     InProcess(InProcess),
     /// `--server`: someone else's; nothing to start, stop or measure.
-    External { base: String, token: String },
+    External {
+        base: String,
+        token: String,
+    },
 }
 
 impl Server {
@@ -75,6 +78,11 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// This process's.
+    pub fn this_process() -> Option<Self> {
+        Self::of("self")
+    }
+
     fn of(pid: &str) -> Option<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let field = |name: &str| {
@@ -186,7 +194,8 @@ pub struct Child {
 impl Child {
     /// Starts `herald serve` on `data_dir` (this same executable) and waits until it listens.
     pub async fn start(data_dir: &Path, token: &str) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("could not find the herald executable to start")?;
+        let exe =
+            std::env::current_exe().context("could not find the herald executable to start")?;
         let mut child = tokio::process::Command::new(&exe)
             .arg("serve")
             .env("HERALD_LISTEN", "127.0.0.1:0")
@@ -202,7 +211,10 @@ impl Child {
             .spawn()
             .with_context(|| format!("could not start {} serve", exe.display()))?;
         let pid = child.id().context("the server exited at once")?;
-        let stderr = child.stderr.take().context("the server's log is not piped")?;
+        let stderr = child
+            .stderr
+            .take()
+            .context("the server's log is not piped")?;
         let mut lines = BufReader::new(stderr).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
         let read_address = async {
@@ -249,10 +261,6 @@ impl Child {
 
     pub fn memory(&self) -> Option<Memory> {
         Memory::of(&self.pid.to_string())
-    }
-
-    pub fn reset_peak_memory(&self) {
-        Memory::reset_peak(&self.pid.to_string());
     }
 
     /// SIGKILL: no shutdown, no flush, as a power cut or the OOM killer would.

@@ -1,0 +1,188 @@
+//! `backlog`: deliveries pile up (a million by default) for a webhook whose endpoint is down,
+//! answering 503 as a load balancer with no backend does; then the endpoint comes back. It shows
+//! whether memory stays bounded while they wait (peak RSS) and how fast the pile drains.
+//!
+//! Herald treats a failing endpoint with a circuit breaker: after ten failures it stops sending
+//! and probes once after a cool-down of 30 s, doubling while the probes fail (up to 10 min). So
+//! "then up" is the endpoint answering again plus a recover call for anything that ran out of
+//! attempts; the first delivery comes with the next probe, and that wait is reported apart from
+//! the drain rate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::Ctx;
+use super::load::{Burst, Counters};
+use super::progress::Progress;
+use super::receiver::Behaviour;
+use super::report::{Outcome, mib, thousands};
+use super::scenarios::{Finished, Prepared, measure, round3};
+use super::server::Memory;
+
+/// The longest a probe can be away (the breaker's ceiling), plus a margin.
+const PROBE_CEILING: Duration = Duration::from_secs(11 * 60);
+/// Recover again when nothing has arrived for this long.
+const RECOVER_AGAIN: Duration = Duration::from_secs(30);
+
+pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
+    let n = ctx.args.backlog;
+    let before_server = Memory::this_process();
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let retries: Vec<u32> = std::iter::once(0).chain([5; 19]).collect();
+    let hook = (Behaviour::Down, json!({ "retry_schedule": retries }));
+    let run = Prepared::start(ctx, "backlog", &[hook], n).await?;
+    let idle = run.server.memory();
+    run.server.reset_peak_memory();
+    let peak_sampled = Arc::new(AtomicU64::new(0));
+    let up = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::new(n));
+    let endpoints = run.receiver.endpoints().clone();
+    let progress = Progress::start(
+        "backlog",
+        counters.clone(),
+        endpoints.clone(),
+        Some(memory_line(
+            matches!(run.server, super::server::Server::InProcess(_)),
+            peak_sampled.clone(),
+            up.clone(),
+        )),
+    );
+
+    let fill_started = Instant::now();
+    let plan = Burst {
+        events: n,
+        batch: 1000,
+        connections: ctx.args.connections.min(4),
+        patience: Duration::from_secs(60),
+    };
+    run.producer.burst(plan, &counters).await;
+    let fill_s = fill_started.elapsed().as_secs_f64();
+    let pending = run.api.pending(&run.hooks[0]).await.ok().flatten();
+    let with_backlog = run.server.memory();
+
+    let up_at = ctx.clock.now_us();
+    endpoints.set(0, Behaviour::Accept);
+    up.store(true, Ordering::Relaxed);
+    let mut recovered = run.api.recover(&run.org, &run.hooks[0], &since).await?;
+    let expected = counters.acked();
+    let mut last = (endpoints.delivered(&[0]), Instant::now(), Instant::now());
+    loop {
+        let now = endpoints.delivered(&[0]);
+        if now >= expected {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now(), Instant::now());
+        } else if last.1.elapsed() > PROBE_CEILING {
+            break;
+        } else if last.2.elapsed() > RECOVER_AGAIN {
+            recovered += run.api.recover(&run.org, &run.hooks[0], &since).await?;
+            last.2 = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.stop().await;
+    let after = run.server.memory();
+    run.stop().await;
+
+    let mut o = Outcome::new("backlog");
+    let endpoint = endpoints.get(0);
+    let (first, last_arrival) = (endpoint.arrivals.first(), endpoint.arrivals.last());
+    measure(
+        &mut o,
+        &Finished {
+            counters: counters.clone(),
+            endpoints: endpoints.clone(),
+            healthy: vec![0],
+        },
+    );
+    // Here the rate that matters is the drain's, from the first delivery after "up"; and every
+    // event's latency is mostly the time the endpoint was down.
+    o.end_to_end_per_s = None;
+    o.latency_ms = None;
+    o.figure("backlog", n);
+    o.figure("fill_s", round3(fill_s));
+    if let Some(p) = pending {
+        o.figure("pending_when_up", p);
+    }
+    o.figure("recovered_from_failed", recovered);
+    if let Some(first) = first {
+        o.figure(
+            "first_delivery_after_up_s",
+            round3(first.saturating_sub(up_at) as f64 / 1e6),
+        );
+    }
+    if let (Some(first), Some(last)) = (first, last_arrival) {
+        o.figure("drain_s", round3((last - first) as f64 / 1e6));
+    }
+    o.figure(
+        "requests_while_down",
+        endpoint.requests().saturating_sub(o.deliveries),
+    );
+    let peak_kib = after
+        .map(|m| m.peak_kib)
+        .unwrap_or(0)
+        .max(peak_sampled.load(Ordering::Relaxed));
+    let memory_note = match (idle, with_backlog, after) {
+        (Some(idle), Some(full), Some(_)) => {
+            o.figure("rss_idle_mib", mib(idle.rss_kib));
+            o.figure("rss_with_backlog_mib", mib(full.rss_kib));
+            o.figure("rss_peak_mib", mib(peak_kib));
+            if let Some(b) = before_server {
+                o.figure("rss_bench_alone_mib", mib(b.rss_kib));
+            }
+            format!(
+                "RSS idle {:.1} MiB, with the backlog stored {:.1} MiB, peak {:.1} MiB (the process holds the bench too: {:.1} MiB before the server started)",
+                mib(idle.rss_kib),
+                mib(full.rss_kib),
+                mib(peak_kib),
+                before_server.map_or(0.0, |b| mib(b.rss_kib))
+            )
+        }
+        _ => "memory not measured (the server is not in this process)".into(),
+    };
+    o.note(format!(
+        "{} events stored in {:.1} s while the endpoint answered 503 ({} pending by /metrics when it came back)",
+        thousands(counters.acked()),
+        fill_s,
+        pending.map_or("?".into(), thousands),
+    ));
+    if let (Some(first), Some(last)) = (first, last_arrival) {
+        o.note(format!(
+            "first delivery {:.1} s after the endpoint came back (the circuit breaker's next probe); then {} deliveries in {:.1} s: {} /s",
+            first.saturating_sub(up_at) as f64 / 1e6,
+            thousands(o.deliveries),
+            (last - first) as f64 / 1e6,
+            o.deliveries_per_s.map_or("?".into(), |r| thousands(r.round() as u64)),
+        ));
+    }
+    o.note(memory_note);
+    Ok(o)
+}
+
+/// The memory part of the progress line; keeps the highest RSS seen in `peak`.
+fn memory_line(
+    in_process: bool,
+    peak: Arc<AtomicU64>,
+    up: Arc<AtomicBool>,
+) -> super::progress::Extra {
+    Box::new(move || {
+        let state = if up.load(Ordering::Relaxed) {
+            "endpoint up"
+        } else {
+            "endpoint down"
+        };
+        let m = in_process.then(Memory::this_process).flatten();
+        Some(match m {
+            Some(m) => {
+                peak.fetch_max(m.rss_kib, Ordering::Relaxed);
+                format!("{state}  RSS {:.0} MiB", mib(m.rss_kib))
+            }
+            None => state.to_owned(),
+        })
+    })
+}

@@ -1,0 +1,291 @@
+//! `herald bench`: a reproducible benchmark on loopback. It starts what it needs (a Herald server
+//! on a temporary data directory unless pointed at one, a fast receiver, the producers), runs
+//! named scenarios, shows progress on stderr and prints a table on stdout (and JSON with
+//! `--json`). It exits with an error if any acknowledged event failed to arrive, so the same
+//! command, at a tiny size, is the test that keeps it working.
+//!
+//! - `server.rs`: the Herald under test (in-process, a child process, or `--server`).
+//! - `api.rs`: setup through the public API.
+//! - `receiver.rs`, `load.rs`, `measure.rs`: the receiving end, the producers, what they count.
+//! - `scenarios.rs`, `backlog.rs`, `restart.rs`: the scenarios; `report.rs`, `progress.rs`: output.
+
+mod api;
+mod backlog;
+mod load;
+mod measure;
+mod progress;
+mod receiver;
+mod repeat;
+mod report;
+mod restart;
+mod scenarios;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use rand::RngCore;
+
+use measure::Clock;
+use report::Outcome;
+use server::{InProcess, Server};
+
+/// `herald bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The scenarios to run, comma-separated, or `all`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub scenario: Vec<Scenario>,
+    /// Events per scenario for burst, batch, fanout, slow-endpoint, failing-endpoint and restart
+    /// (default: 50,000, 200,000, 10,000, 10,000, 10,000 and 20,000).
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Producers, each with one request in flight (so at most this many connections).
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Events per request in `batch` (at most 1,000).
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Events per second in `latency`.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Seconds `latency` runs.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Deliveries to pile up in `backlog`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: u64,
+    /// Also write the results, with the settings, as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Run against this Herald instead of starting one (it must allow deliveries to
+    /// 127.0.0.0/8). `restart` is skipped and memory is not measured.
+    #[arg(long, requires = "admin_token")]
+    pub server: Option<String>,
+    /// The admin token of the server given with --server.
+    #[arg(long, env = "HERALD_BENCH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Where to create the temporary data directories (default: the system's temp directory).
+    /// Put it on the disk you mean to measure: every 202 waits for an fsync there.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Threads of the receiver's own runtime; 0 runs it on the load generator's runtime.
+    #[arg(long, default_value_t = 1)]
+    pub receiver_threads: usize,
+    /// Run each scenario this many times and report the median run, since figures on a small
+    /// shared machine vary by ±10% from run to run (backlog and restart run once).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+/// A named scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    All,
+    Burst,
+    Batch,
+    Latency,
+    Fanout,
+    SlowEndpoint,
+    FailingEndpoint,
+    Backlog,
+    Restart,
+}
+
+const EVERY: [Scenario; 8] = [
+    Scenario::Burst,
+    Scenario::Batch,
+    Scenario::Latency,
+    Scenario::Fanout,
+    Scenario::SlowEndpoint,
+    Scenario::FailingEndpoint,
+    Scenario::Backlog,
+    Scenario::Restart,
+];
+
+/// What every scenario shares.
+struct Ctx {
+    args: BenchArgs,
+    clock: Clock,
+    /// For setup calls.
+    http: reqwest::Client,
+    /// For the producers: one pool, as many connections as producers.
+    load_client: reqwest::Client,
+    /// The admin token of the servers the bench starts.
+    token: String,
+    /// Where data directories go.
+    parent: PathBuf,
+    /// Distinguishes this run's organizations on a shared server.
+    run_id: String,
+    /// Nine healthy webhooks alone, measured once per round for the comparisons.
+    baseline: Vec<Outcome>,
+    /// Which run of `--repeat` this is.
+    round: usize,
+}
+
+impl Ctx {
+    fn events(&self, default: u64) -> u64 {
+        self.args.events.unwrap_or(default)
+    }
+
+    async fn server(&self) -> anyhow::Result<Server> {
+        match (&self.args.server, &self.args.admin_token) {
+            (Some(base), Some(token)) => Ok(Server::External {
+                base: base.trim_end_matches('/').to_owned(),
+                token: token.clone(),
+            }),
+            _ => Ok(Server::InProcess(
+                InProcess::start(&self.parent, &self.token).await?,
+            )),
+        }
+    }
+}
+
+/// Runs `herald bench`.
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    check(&args)?;
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let json = args.json.clone();
+    let settings = serde_json::json!({
+        "connections": args.connections,
+        "batch_size": args.batch_size,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "backlog": args.backlog,
+        "events": args.events,
+        "receiver_threads": args.receiver_threads,
+        "repeat": args.repeat,
+        "server": if args.server.is_some() { "external" } else { "in-process" },
+    });
+    let outcomes = runtime.block_on(run(args))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    println!();
+    report::print_table(&outcomes, &mut std::io::stdout().lock())?;
+    if let Some(path) = json {
+        report::write_json(&path, settings, &outcomes)?;
+    }
+    let incomplete: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.complete)
+        .map(|o| o.scenario.as_str())
+        .collect();
+    if !incomplete.is_empty() {
+        bail!(
+            "not every acknowledged event was delivered in: {}; see MISSING above (run with HERALD_LOG=warn to see the server's log)",
+            incomplete.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn check(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if !(1..=1000).contains(&args.batch_size) {
+        bail!("--batch-size must be between 1 and 1,000 (Herald's limit per request)");
+    }
+    if args.rate == 0 || args.duration == 0 {
+        bail!("--rate and --duration must be at least 1");
+    }
+    if args.backlog == 0 || args.events == Some(0) || args.repeat == 0 {
+        bail!("--events, --backlog and --repeat must be at least 1");
+    }
+    if let Some(dir) = &args.data_dir
+        && !dir.is_dir()
+    {
+        bail!(
+            "--data-dir {} is not a directory; create it first",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The in-process server logs through this process: errors only, unless HERALD_LOG says more.
+fn init_logging() {
+    let filter = std::env::var("HERALD_LOG").unwrap_or_else(|_| "error".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
+    herald_dispatch::client::install_tls_provider();
+    let client = |pool: usize| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(pool)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("could not build the HTTP client")
+    };
+    let mut random = [0u8; 16];
+    rand::rng().fill_bytes(&mut random);
+    let mut ctx = Ctx {
+        http: client(4)?,
+        load_client: client(args.connections)?,
+        clock: Clock::start(),
+        token: format!("bench-{}", hex::encode(random)),
+        parent: args.data_dir.clone().unwrap_or_else(server::default_parent),
+        run_id: hex::encode(&random[..4]),
+        baseline: Vec::new(),
+        round: 0,
+        args,
+    };
+    let mut wanted: Vec<Scenario> = EVERY
+        .into_iter()
+        .filter(|s| ctx.args.scenario.contains(s) || ctx.args.scenario.contains(&Scenario::All))
+        .collect();
+    // `backlog` measures this process's memory, so it goes first, before other scenarios' servers
+    // have grown the heap (an in-process server's memory is not all returned when it stops).
+    wanted.sort_by_key(|s| *s != Scenario::Backlog);
+    let mut outcomes = Vec::new();
+    for scenario in wanted {
+        let name = scenario_name(scenario);
+        let rounds = match scenario {
+            Scenario::Backlog | Scenario::Restart => 1,
+            _ => ctx.args.repeat,
+        };
+        let mut runs = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            ctx.round = round;
+            eprintln!("[{name}] starting (run {} of {rounds})", round + 1);
+            let outcome = match scenario {
+                Scenario::Burst => scenarios::burst(&mut ctx).await,
+                Scenario::Batch => scenarios::batch(&mut ctx).await,
+                Scenario::Latency => scenarios::latency(&mut ctx).await,
+                Scenario::Fanout => scenarios::fanout(&mut ctx).await,
+                Scenario::SlowEndpoint => scenarios::slow_endpoint(&mut ctx).await,
+                Scenario::FailingEndpoint => scenarios::failing_endpoint(&mut ctx).await,
+                Scenario::Backlog => backlog::backlog(&mut ctx).await,
+                Scenario::Restart => restart::restart(&mut ctx).await,
+                Scenario::All => break,
+            }
+            .with_context(|| format!("the {name} scenario failed"))?;
+            runs.push(outcome);
+        }
+        if !runs.is_empty() {
+            outcomes.push(repeat::combine(runs));
+        }
+    }
+    outcomes.sort_by_key(|o| EVERY.iter().position(|s| scenario_name(*s) == o.scenario));
+    Ok(outcomes)
+}
+
+fn scenario_name(s: Scenario) -> String {
+    s.to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
