@@ -1,9 +1,12 @@
 //! Herald's integration tests: one binary, the real server on loopback, real receivers.
 
 mod api;
+mod cluster;
 mod crash;
 mod delivery;
 mod helpers;
+mod outage;
+mod pg;
 mod profiles;
 mod security;
 mod websub;
