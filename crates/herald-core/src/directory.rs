@@ -1,6 +1,8 @@
 //! The in-memory directory of organizations, their webhooks and their own event types, so that
 //! the hot path (ingest fan-out, rendering) never reads them from the database. Any change to an
-//! organization, its webhooks or its types must call [`Directory::invalidate`].
+//! organization, its webhooks or its types must call [`Directory::invalidate`]. When several
+//! nodes share the store, the store's signals carry other nodes' changes here too (see
+//! `herald/src/service/cluster.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,5 +268,12 @@ impl Directory {
         let mut orgs = self.orgs.write().expect("directory lock");
         self.generation.fetch_add(1, Ordering::SeqCst);
         orgs.remove(org);
+    }
+
+    /// Forgets every organization (another node may have changed any of them unheard).
+    pub fn invalidate_all(&self) {
+        let mut orgs = self.orgs.write().expect("directory lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        orgs.clear();
     }
 }

@@ -112,6 +112,20 @@ pub struct DeliveryFilter {
     pub event_type: Option<String>,
 }
 
+/// News a shared backend passes on from the nodes using it (this one included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSignal {
+    /// Work may be due sooner than a scheduler thought: a delivery was stored without a lease,
+    /// a retry was scheduled, a lease was given back.
+    WorkDue,
+    /// Something cached of this organization (itself, its webhooks, types or subscriptions)
+    /// changed.
+    OrgChanged(OrgId),
+    /// Signals may have been missed (the connection that carries them was lost and is back):
+    /// anything cached may be stale and anything may be due.
+    Resync,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Organizations and keys.
@@ -217,6 +231,18 @@ pub trait Store: Send + Sync + 'static {
         cutoff: Timestamp,
         limit: u32,
     ) -> StoreResult<PurgeCount>;
+
+    /// Whether other nodes may use this store at the same time. A node of a shared store
+    /// must not release leases it did not take ([`Store::release_all_leases`]); leases held by
+    /// a node that died are simply due once they end.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Signals from every node using the store, for backends that several nodes share; `None`
+    /// when this node is the only user (it then knows everything that happens).
+    fn signals(&self) -> Option<tokio::sync::broadcast::Receiver<StoreSignal>> {
+        None
+    }
 
     /// Pending deliveries per webhook (for metrics).
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;

@@ -54,7 +54,7 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
         let full = due.len() as u32 == limit;
         if !due.is_empty() {
             tracing::debug!(count = due.len(), "leased due deliveries");
-            dispatcher.enqueue(due);
+            dispatcher.enqueue(due, lease_until);
         }
         if full {
             return Ok(Duration::ZERO);

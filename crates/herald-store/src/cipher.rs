@@ -154,6 +154,28 @@ impl SecretCipher {
         String::from_utf8(plain).map_err(|_| CipherError("a stored secret is malformed".into()))
     }
 
+    /// A copy of the webhook with its secrets in their stored form.
+    pub fn seal_webhook(&self, w: &herald_core::webhook::Webhook) -> herald_core::webhook::Webhook {
+        let mut w = w.clone();
+        w.secret = self.seal(&w.secret);
+        w.previous_secret = w.previous_secret.as_deref().map(|s| self.seal(s));
+        w
+    }
+
+    /// The webhook with its stored secrets opened.
+    pub fn open_webhook(
+        &self,
+        mut w: herald_core::webhook::Webhook,
+    ) -> herald_core::store::StoreResult<herald_core::webhook::Webhook> {
+        let open = |s: &str| {
+            self.open(s)
+                .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))
+        };
+        w.secret = open(&w.secret)?;
+        w.previous_secret = w.previous_secret.as_deref().map(open).transpose()?;
+        Ok(w)
+    }
+
     /// Whether a stored value should be written again (plain, or sealed with an old key).
     pub fn is_stale(&self, stored: &str) -> bool {
         match &self.current {

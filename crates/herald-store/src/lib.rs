@@ -4,6 +4,8 @@
 
 pub mod cipher;
 pub mod migrations;
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;

@@ -1,4 +1,7 @@
-//! The numbered schema migrations of every backend, compiled in.
+//! The numbered schema migrations of every backend, compiled in. Both backends have the same
+//! sequence (number and name); only the SQL differs. The list is written once, so a migration
+//! added for one backend and not the other does not compile, and a test checks that the
+//! directories hold exactly the files the list names.
 
 /// One migration: its number, name and SQL.
 #[derive(Debug, Clone, Copy)]
@@ -8,36 +11,65 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// SQLite's migrations, in order.
-pub const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "webhook_signature_and_options",
-        sql: include_str!("../migrations/sqlite/0002_webhook_signature_and_options.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "websub",
-        sql: include_str!("../migrations/sqlite/0003_websub.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "webhook_health",
-        sql: include_str!("../migrations/sqlite/0004_webhook_health.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "retention",
-        sql: include_str!("../migrations/sqlite/0005_retention.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "rate_limit",
-        sql: include_str!("../migrations/sqlite/0006_rate_limit.sql"),
-    },
-];
+/// Builds a backend's list from `migrations/<backend>/NNNN_<name>.sql`.
+macro_rules! migrations {
+    ($backend:literal: $($version:literal $file:literal $name:literal),* $(,)?) => {
+        &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../migrations/", $backend, "/", $file, "_", $name, ".sql")),
+        }),*]
+    };
+}
+
+/// Declares the sequence once and instantiates it for each backend.
+macro_rules! sequence {
+    ($($version:literal $file:literal $name:literal),* $(,)?) => {
+        /// SQLite's migrations, in order.
+        pub const SQLITE: &[Migration] = migrations!("sqlite": $($version $file $name),*);
+        /// PostgreSQL's migrations, in order.
+        pub const POSTGRES: &[Migration] = migrations!("postgres": $($version $file $name),*);
+    };
+}
+
+sequence! {
+    1 "0001" "initial",
+    2 "0002" "webhook_signature_and_options",
+    3 "0003" "websub",
+    4 "0004" "webhook_health",
+    5 "0005" "retention",
+    6 "0006" "rate_limit",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(backend: &str) -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn listed(list: &[Migration]) -> Vec<String> {
+        list.iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect()
+    }
+
+    #[test]
+    fn both_backends_have_the_same_numbered_migrations() {
+        assert_eq!(files("sqlite"), files("postgres"));
+        assert_eq!(listed(SQLITE), files("sqlite"));
+        assert_eq!(listed(POSTGRES), files("postgres"));
+        let versions: Vec<i64> = SQLITE.iter().map(|m| m.version).collect();
+        let expected: Vec<i64> = (1..=SQLITE.len() as i64).collect();
+        assert_eq!(versions, expected, "versions run 1, 2, 3… without gaps");
+    }
+}

@@ -27,7 +27,8 @@ use herald_core::webhook::{ContentMode, Webhook, WebhookOptions, WebhookUrl};
 use herald_core::{
     ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, PageRequest, Timestamp, WebhookId,
 };
-use herald_store::SqliteStore;
+use herald_store::cipher::SecretCipher;
+use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -1604,6 +1605,49 @@ async fn concurrent_ingests_are_all_committed(store: Arc<dyn Store>) {
     assert_eq!(listed, inserted);
 }
 
+/// Several nodes (here: tasks, each on its own connection where the backend has several) claim
+/// at the same moment: each delivery is leased to exactly one of them.
+async fn concurrent_claims_never_lease_a_delivery_twice(store: Arc<dyn Store>) {
+    const N: usize = 300;
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let items: Vec<IngestItem> = (0..N)
+        .map(|i| {
+            let id = DeliveryId::generate();
+            item(
+                event(&hook.org_id, &format!("evt_{i}"), "invoice.paid", T0),
+                &[(&id, &hook.id)],
+                false,
+            )
+        })
+        .collect();
+    store
+        .insert_events(&hook.org_id, &items, T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+
+    let mut claimers = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let store = store.clone();
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim_due(T0, at(LEASE_SECS), 7).await.unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|d| d.delivery_id));
+            }
+        });
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(mine) = claimers.join_next().await {
+        for id in mine.unwrap() {
+            assert!(seen.insert(id.clone()), "{id} was leased twice");
+        }
+    }
+    assert_eq!(seen.len(), N, "every due delivery was leased");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running the stories against every backend
 // ---------------------------------------------------------------------------------------------
@@ -1622,6 +1666,74 @@ async fn sqlite() -> Option<Fresh> {
         store: Arc::new(store),
         _keep: Box::new(dir),
     })
+}
+
+/// A new PostgreSQL store in a schema of its own (dropped afterwards), in the database
+/// `HERALD_TEST_DATABASE_URL` names; `None` (the story is skipped, with a notice) when it is unset.
+async fn postgres() -> Option<Fresh> {
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+        NOTICE.call_once(|| {
+            eprintln!("HERALD_TEST_DATABASE_URL is not set: skipping the PostgreSQL stories (./scripts/test sets it)");
+        });
+        return None;
+    };
+    let schema = format!("herald_story_{:016x}", rand::random::<u64>());
+    let admin = admin_client(&url).await;
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("creating the story's schema");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let store = PostgresStore::new(
+        &scoped,
+        PostgresOptions { pool_size: 4 },
+        SecretCipher::none(),
+    )
+    .expect("a valid database URL");
+    store.migrate().await.expect("migrating the story's schema");
+    Some(Fresh {
+        store: Arc::new(store),
+        _keep: Box::new(DropSchema { url, schema }),
+    })
+}
+
+async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connecting to HERALD_TEST_DATABASE_URL");
+    tokio::spawn(connection);
+    client
+}
+
+/// Drops a story's schema when the story ends, pass or fail.
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        // Drop runs inside the test's runtime, which must not block on itself: use a thread.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                admin_client(&url)
+                    .await
+                    .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the story schema {}", self.schema);
+        }
+    }
 }
 
 /// Runs every story against `$backend`, a fn returning `Option<Fresh>` (`None` skips, e.g. when
@@ -1665,6 +1777,7 @@ macro_rules! stories {
             delivery_history_is_newest_first_and_filterable,
             deleting_an_organization_removes_everything_it_owns,
             concurrent_ingests_are_all_committed,
+            concurrent_claims_never_lease_a_delivery_twice,
         );
     };
     (@each $backend:ident; $($(#[$meta:meta])* $story:ident),* $(,)?) => {
@@ -1684,3 +1797,4 @@ macro_rules! stories {
 }
 
 stories!(sqlite);
+stories!(postgres);

@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use herald_core::address_policy::AddressPolicy;
 use herald_core::directory::Directory;
 use herald_core::store::Store;
+use herald_core::store::StoreError;
 use herald_core::{Clock, Timestamp};
 use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler, websub};
-use herald_store::SqliteStore;
 use herald_store::cipher::SecretCipher;
+use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -66,48 +67,22 @@ pub struct App {
 
 /// Opens everything the server needs. Fails with a message that says what to do.
 pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    if let Some(url) = &settings.storage.database_url {
-        anyhow::bail!(
-            "HERALD_DATABASE_URL / --database-url is set ({}), but the PostgreSQL backend is not available in this version; unset it to use the embedded SQLite database",
-            url.split('@').next_back().unwrap_or_default()
-        );
-    }
     let data_dir = settings.storage.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
-
-    let cipher = SecretCipher::new(
-        settings.security.encryption_key.as_deref(),
-        &settings.security.encryption_old_keys,
-    )
-    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
-    let encrypting = cipher.enabled();
-    let db_path = data_dir.join("herald.db");
-    let store =
-        tokio::task::spawn_blocking(move || SqliteStore::open_with_cipher(&db_path, cipher))
-            .await?
-            .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
-    if encrypting {
-        let rewritten = store.reencrypt_stale_secrets().await.context(
-            "could not re-encrypt stored secrets; is every key they were sealed with configured?",
-        )?;
-        if rewritten > 0 {
+    let store = open_store(&settings, settings.storage.migrate_on_start()).await?;
+    if !store.is_shared() {
+        // This node is the only user of the embedded database: whatever a previous run held in
+        // memory was lost with it and is due again now. (Nodes sharing PostgreSQL leave each
+        // other's leases alone; those of a node that died end by themselves.)
+        let released = store.release_all_leases().await?;
+        if released > 0 {
             tracing::info!(
-                webhooks = rewritten,
-                "encrypted stored webhook secrets with the current key"
+                count = released,
+                "resuming deliveries left in flight by the previous run"
             );
         }
-    }
-    let store: Arc<dyn Store> = Arc::new(store);
-    // This node is the only user of the embedded database: whatever a previous run held in
-    // memory was lost with it and is due again now.
-    let released = store.release_all_leases().await?;
-    if released > 0 {
-        tracing::info!(
-            count = released,
-            "resuming deliveries left in flight by the previous run"
-        );
     }
 
     let directory = Arc::new(Directory::new(store.clone()));
@@ -125,6 +100,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         client,
         DispatchSettings {
             public_url: settings.public_url(),
+            lease: Duration::from_secs(settings.delivery.lease_seconds),
             disable_after: std::time::Duration::from_secs(
                 settings.delivery.disable_after_hours * 3600,
             ),
@@ -150,6 +126,91 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         admin_token,
         admin_token_source,
     })
+}
+
+/// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
+/// directory. Applies pending migrations when `migrate` (else checks the schema is current),
+/// and re-encrypts stored secrets when an encryption key is configured.
+pub async fn open_store(settings: &Settings, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let cipher = SecretCipher::new(
+        settings.security.encryption_key.as_deref(),
+        &settings.security.encryption_old_keys,
+    )
+    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
+    let encrypting = cipher.enabled();
+    let reencrypted = match &settings.storage.database_url {
+        Some(url) => {
+            let shown = settings
+                .storage
+                .database_url_for_display()
+                .unwrap_or_default();
+            let store = PostgresStore::new(
+                url,
+                PostgresOptions {
+                    pool_size: settings.storage.database_pool_size as usize,
+                },
+                cipher,
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("HERALD_DATABASE_URL / --database-url: {}", describe(&e))
+            })?;
+            if migrate {
+                store.migrate().await
+            } else {
+                store.check_schema().await.map(|_| 0)
+            }
+            .map_err(|e| anyhow::anyhow!("database {shown}: {}", describe(&e)))?;
+            let rewritten = if encrypting {
+                store
+                    .reencrypt_stale_secrets()
+                    .await
+                    .context(REENCRYPT_FAILED)?
+            } else {
+                0
+            };
+            (Arc::new(store) as Arc<dyn Store>, rewritten)
+        }
+        None => {
+            let data_dir = settings.storage.data_dir.clone();
+            std::fs::create_dir_all(&data_dir).with_context(|| {
+                format!("could not create the data directory {}", data_dir.display())
+            })?;
+            let db_path = data_dir.join("herald.db");
+            let store = tokio::task::spawn_blocking(move || {
+                SqliteStore::open_with_cipher(&db_path, cipher)
+            })
+            .await?
+            .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
+            let rewritten = if encrypting {
+                store
+                    .reencrypt_stale_secrets()
+                    .await
+                    .context(REENCRYPT_FAILED)?
+            } else {
+                0
+            };
+            (Arc::new(store) as Arc<dyn Store>, rewritten)
+        }
+    };
+    let (store, rewritten) = reencrypted;
+    if rewritten > 0 {
+        tracing::info!(
+            webhooks = rewritten,
+            "encrypted stored webhook secrets with the current key"
+        );
+    }
+    Ok(store)
+}
+
+const REENCRYPT_FAILED: &str =
+    "could not re-encrypt stored secrets; is every key they were sealed with configured?";
+
+/// A store error with its cause, for a start-up message.
+fn describe(e: &StoreError) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {
@@ -203,6 +264,13 @@ pub async fn run(
         state.dispatcher.clone(),
         stop_rx.clone(),
     ));
+    let cluster = state.store.signals().map(|signals| {
+        tokio::spawn(crate::service::cluster::run(
+            state.clone(),
+            signals,
+            stop_rx.clone(),
+        ))
+    });
     let retention = tokio::spawn(crate::service::retention::run(
         state.clone(),
         state.maintenance.clone(),
@@ -217,6 +285,9 @@ pub async fn run(
     let _ = scheduler.await;
     let _ = renewals.await;
     let _ = retention.await;
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
     state.dispatcher.drain(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())

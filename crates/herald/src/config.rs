@@ -41,9 +41,47 @@ pub struct StorageSettings {
     /// Where the embedded database and generated secrets live.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
     pub data_dir: PathBuf,
-    /// `postgres://…` selects PostgreSQL instead of the embedded database (not available yet).
-    #[arg(long, env = "HERALD_DATABASE_URL")]
+    /// `postgres://user[:password]@host[:port]/database` selects PostgreSQL instead of the
+    /// embedded database; several nodes may share it. The data directory then holds only the
+    /// generated admin token.
+    #[arg(long, env = "HERALD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL connections this node keeps open at most.
+    #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
+    /// Apply pending database migrations on start (`false`: only check that the schema is
+    /// current, and leave migrating to `herald migrate`).
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub migrate: bool,
+    /// Do not apply migrations on start (the same as `--migrate false`).
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+impl StorageSettings {
+    /// Whether `serve` applies pending migrations on start.
+    pub fn migrate_on_start(&self) -> bool {
+        self.migrate && !self.no_migrate
+    }
+
+    /// The database URL without its password, for messages.
+    pub fn database_url_for_display(&self) -> Option<String> {
+        self.database_url.as_deref().map(redact_password)
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,6 +123,12 @@ pub struct DeliverySettings {
     /// Pending deliveries are always kept. Also the window in which event ids are idempotent.
     #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u64,
+    /// How long a node holds the deliveries it took before another node may take them over: a
+    /// node that dies leaves its deliveries to the others after this. No attempt runs past the
+    /// end of its lease (timeouts are shortened to fit), so keep it above your longest webhook
+    /// timeout (at most 60 s) plus a few seconds.
+    #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..=86_400))]
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +168,9 @@ impl Settings {
             storage: StorageSettings {
                 data_dir,
                 database_url: None,
+                database_pool_size: 16,
+                migrate: true,
+                no_migrate: false,
             },
             security: SecuritySettings {
                 admin_token: None,
@@ -135,11 +182,30 @@ impl Settings {
             delivery: DeliverySettings {
                 disable_after_hours: 120,
                 retention_days: 30,
+                lease_seconds: 300,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,
                 log: "info".into(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn a_database_password_is_never_shown() {
+        assert_eq!(
+            redact_password("postgres://herald:s3cret@db:5432/herald"),
+            "postgres://herald@db:5432/herald"
+        );
+        assert_eq!(
+            redact_password("postgres://herald@db/herald"),
+            "postgres://herald@db/herald"
+        );
+        assert_eq!(redact_password("nonsense:s3cret"), "(not a URL)");
     }
 }

@@ -4,14 +4,22 @@
 use std::time::Duration;
 
 use herald_core::AttemptId;
+use herald_core::Timestamp;
 use herald_core::delivery::Attempt;
 use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
+use herald_core::webhook::Webhook;
 
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Dispatcher;
+
+/// Time kept free between the end of an attempt and the end of its lease (clock differences
+/// between nodes, writing the outcome).
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// The shortest attempt worth starting.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 impl Dispatcher {
     /// Attempts a batch of deliveries of one webhook (usually a batch of one).
@@ -27,6 +35,24 @@ impl Dispatcher {
             }
             tracing::error!(deliveries = ids.len(), first = %ids[0], error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
         }
+    }
+
+    /// The webhook's timeout, shortened if needed so that the attempt ends before the batch's
+    /// lease does (with a margin): after that, another node may take the deliveries over, and
+    /// a delivery must never be attempted by two nodes at once. `None` if too little is left.
+    fn timeout_within_lease(
+        &self,
+        batch: &[DueDelivery],
+        webhook: &Webhook,
+        now: Timestamp,
+    ) -> Option<Duration> {
+        let wanted = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        let Some(ends) = self.lease_ends(batch) else {
+            return Some(wanted);
+        };
+        let left = ends.as_millis() - now.as_millis() - LEASE_MARGIN.as_millis() as i64;
+        let left = Duration::from_millis(u64::try_from(left).ok()?);
+        (left >= MIN_ATTEMPT).then(|| wanted.min(left))
     }
 
     async fn try_attempt(
@@ -60,6 +86,13 @@ impl Dispatcher {
         }
 
         let started_at = shared.clock.now();
+        let Some(timeout) = self.timeout_within_lease(&batch, &webhook, started_at) else {
+            // Too little of the lease is left for an attempt: leave the deliveries to whichever
+            // node takes them when the lease ends (this one, most likely).
+            tracing::debug!(deliveries = batch.len(), first = %first.delivery_id, "lease nearly over; not starting an attempt");
+            forget(self);
+            return Ok(());
+        };
         let resolved: Vec<_> = batch
             .iter()
             .map(|d| snapshot.resolve_type(&d.event.event_type))
@@ -84,7 +117,6 @@ impl Dispatcher {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
         let outcome = shared
             .client
             .send(webhook.url.as_str(), request, &headers, timeout)

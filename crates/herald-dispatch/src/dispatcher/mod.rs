@@ -11,7 +11,8 @@ mod breaker;
 mod health;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -87,8 +88,10 @@ struct Shared {
     client: HttpClient,
     settings: DispatchSettings,
     workers: Mutex<HashMap<WebhookId, mpsc::UnboundedSender<DueDelivery>>>,
-    /// Deliveries in memory (queued or in flight), so the scheduler never hands one out twice.
-    held: Mutex<HashSet<DeliveryId>>,
+    /// Deliveries in memory (queued or in flight), so the scheduler never hands one out twice,
+    /// with when their lease ends: no attempt may run past it (another node may take the
+    /// delivery then).
+    held: Mutex<HashMap<DeliveryId, Timestamp>>,
     held_count: AtomicUsize,
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
@@ -119,7 +122,7 @@ impl Dispatcher {
                 client,
                 settings,
                 workers: Mutex::new(HashMap::new()),
-                held: Mutex::new(HashSet::new()),
+                held: Mutex::new(HashMap::new()),
                 held_count: AtomicUsize::new(0),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
@@ -188,13 +191,24 @@ impl Dispatcher {
         &self.shared.clock
     }
 
-    /// Queues leased deliveries for their webhooks. A delivery already held is skipped.
-    pub fn enqueue(&self, deliveries: Vec<DueDelivery>) {
+    /// Queues deliveries leased to this node until `lease_until` for their webhooks. A delivery
+    /// already held is not queued again; its lease is known to last longer now.
+    pub fn enqueue(&self, deliveries: Vec<DueDelivery>, lease_until: Timestamp) {
         let fresh: Vec<DueDelivery> = {
             let mut held = self.shared.held.lock().expect("held lock");
             deliveries
                 .into_iter()
-                .filter(|d| held.insert(d.delivery_id.clone()))
+                .filter(|d| match held.entry(d.delivery_id.clone()) {
+                    Entry::Vacant(e) => {
+                        e.insert(lease_until);
+                        true
+                    }
+                    Entry::Occupied(mut e) => {
+                        let until = e.get_mut();
+                        *until = (*until).max(lease_until);
+                        false
+                    }
+                })
                 .collect()
         };
         self.shared
@@ -226,9 +240,25 @@ impl Dispatcher {
     /// moment the write commits, a resend or the scheduler may hand it out again, and must not
     /// find it still held. Until then its lease keeps the scheduler away.
     fn release_held(&self, id: &DeliveryId) {
-        if self.shared.held.lock().expect("held lock").remove(id) {
+        if self
+            .shared
+            .held
+            .lock()
+            .expect("held lock")
+            .remove(id)
+            .is_some()
+        {
             self.shared.held_count.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// When the first of these held deliveries' leases ends.
+    fn lease_ends(&self, batch: &[DueDelivery]) -> Option<Timestamp> {
+        let held = self.shared.held.lock().expect("held lock");
+        batch
+            .iter()
+            .filter_map(|d| held.get(&d.delivery_id).copied())
+            .min()
     }
 
     /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and

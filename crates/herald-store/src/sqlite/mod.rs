@@ -4,7 +4,7 @@
 mod deliveries;
 mod orgs;
 mod pool;
-mod rows;
+pub(crate) mod rows;
 mod webhooks;
 mod writer;
 
@@ -78,21 +78,11 @@ impl SqliteStore {
     }
 
     fn sealed(&self, w: &Webhook) -> Webhook {
-        let mut w = w.clone();
-        w.secret = self.cipher.seal(&w.secret);
-        w.previous_secret = w.previous_secret.as_deref().map(|s| self.cipher.seal(s));
-        w
+        self.cipher.seal_webhook(w)
     }
 
-    fn opened(&self, mut w: Webhook) -> StoreResult<Webhook> {
-        let open = |s: &str| {
-            self.cipher
-                .open(s)
-                .map_err(|e| StoreError::Other(Box::new(e)))
-        };
-        w.secret = open(&w.secret)?;
-        w.previous_secret = w.previous_secret.as_deref().map(open).transpose()?;
-        Ok(w)
+    fn opened(&self, w: Webhook) -> StoreResult<Webhook> {
+        self.cipher.open_webhook(w)
     }
 
     pub fn path(&self) -> &Path {

@@ -41,13 +41,17 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         let listen = settings.server.listen;
         let public_url = settings.server.public_url.clone();
         let data_dir = settings.storage.data_dir.clone();
+        let database = settings.storage.database_url_for_display();
         let app = app::build(settings, Arc::new(SystemClock)).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("could not listen on {listen}; is another Herald running? choose another address with --listen"))?;
         let addr = listener.local_addr()?;
         let base = public_url.unwrap_or_else(|| format!("http://{addr}"));
-        tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving {base}/v1", herald_core::VERSION);
+        match &database {
+            Some(url) => tracing::info!(address = %addr, database = %url, "Herald {} is serving {base}/v1", herald_core::VERSION),
+            None => tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving {base}/v1", herald_core::VERSION),
+        }
         match &app.admin_token_source {
             AdminTokenSource::Generated(path) => {
                 // Shown once, on stdout, so it can be captured; never logged.
@@ -66,9 +70,14 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
 pub fn migrate(settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings)?;
     runtime()?.block_on(async move {
-        let dir = settings.storage.data_dir.clone();
-        app::build(settings, Arc::new(SystemClock)).await?;
-        println!("The database in {} is up to date.", dir.display());
+        app::open_store(&settings, true).await?;
+        match settings.storage.database_url_for_display() {
+            Some(url) => println!("The database {url} is up to date."),
+            None => println!(
+                "The database in {} is up to date.",
+                settings.storage.data_dir.display()
+            ),
+        }
         Ok(())
     })
 }

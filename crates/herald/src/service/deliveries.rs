@@ -57,12 +57,13 @@ pub async fn resend(
 ) -> ServiceResult<DeliveryDetail> {
     scope.check_org(org)?;
     let now = state.clock.now();
+    let lease_until = state.lease_until(now);
     let due = state
         .store
-        .resend_delivery(org, id, now, state.lease_until(now))
+        .resend_delivery(org, id, now, lease_until)
         .await
         .map_err(ServiceError::from_store("delivery"))?;
-    state.dispatcher.enqueue(vec![due]);
+    state.dispatcher.enqueue(vec![due], lease_until);
     get(state, scope, org, id).await
 }
 

@@ -130,9 +130,10 @@ pub(crate) async fn ingest_values(
             .collect();
         items.push(IngestItem { event, deliveries });
     }
+    let lease_until = state.lease_until(now);
     let results = state
         .store
-        .insert_events(org, &items, now, state.lease_until(now))
+        .insert_events(org, &items, now, lease_until)
         .await
         .map_err(ServiceError::from_store("organization"))?;
 
@@ -165,7 +166,7 @@ pub(crate) async fn ingest_values(
         }));
     }
     if leased {
-        state.dispatcher.enqueue(due);
+        state.dispatcher.enqueue(due, lease_until);
     } else if !due.is_empty() {
         state.dispatcher.wake_scheduler();
     }

@@ -3,6 +3,7 @@
 //! directory and the dispatcher. Nothing here knows HTTP.
 
 pub mod auth;
+pub mod cluster;
 pub mod deliveries;
 pub mod event_types;
 pub mod ingest;

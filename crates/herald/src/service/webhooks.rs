@@ -471,20 +471,24 @@ pub async fn send_test(
             skip: None,
         }],
     };
+    let lease_until = state.lease_until(now);
     state
         .store
-        .insert_events(org, &[item], now, state.lease_until(now))
+        .insert_events(org, &[item], now, lease_until)
         .await
         .map_err(ServiceError::from_store("organization"))?;
     if leased {
-        state.dispatcher.enqueue(vec![DueDelivery {
-            delivery_id: delivery_id.clone(),
-            org_id: org.clone(),
-            webhook_id: w.id.clone(),
-            event: event.clone(),
-            attempt_count: 0,
-            schedule_base: 0,
-        }]);
+        state.dispatcher.enqueue(
+            vec![DueDelivery {
+                delivery_id: delivery_id.clone(),
+                org_id: org.clone(),
+                webhook_id: w.id.clone(),
+                event: event.clone(),
+                attempt_count: 0,
+                schedule_base: 0,
+            }],
+            lease_until,
+        );
     } else {
         state.dispatcher.wake_scheduler();
     }

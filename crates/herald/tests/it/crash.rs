@@ -15,17 +15,23 @@ use tokio::process::{Child, Command};
 use crate::helpers::{ADMIN_TOKEN, Reply, TestReceiver, http_client};
 
 /// A `herald serve` process on a port of its own.
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     /// Every line the server logged.
-    log: Arc<Mutex<Vec<String>>>,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Starts the binary with these environment variables besides the usual ones.
+    pub(crate) async fn start_with(data_dir: &Path, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", data_dir)
             .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -2,9 +2,12 @@
 
 mod api;
 mod bench;
+mod cluster;
 mod crash;
 mod delivery;
 mod helpers;
+mod outage;
+mod pg;
 mod profiles;
 mod security;
 mod websub;

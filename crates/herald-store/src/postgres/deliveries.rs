@@ -1,0 +1,468 @@
+//! Events, deliveries and attempts: ingest, claiming due work, recording outcomes, history.
+//!
+//! Leases are how nodes share work. A delivery a node holds in memory has `lease_until` set and
+//! `due_at` equal to it, so when the node dies its deliveries simply become due at the end of the
+//! lease and any node's `claim_due` takes them. `claim_due` locks the rows it takes with
+//! `FOR UPDATE SKIP LOCKED`: nodes claiming at the same moment each get different deliveries
+//! and never wait for each other.
+//!
+//! Whatever makes work due that no node holds (a delivery stored without a lease, a retry
+//! scheduled, a lease given back, a webhook activated) is announced on `herald_work` in the same
+//! transaction; PostgreSQL delivers the notification at commit, and idle nodes look at once.
+
+use std::sync::Arc;
+
+use herald_core::delivery::{Attempt, Delivery};
+use herald_core::event::Event;
+use herald_core::retry::NextStep;
+use herald_core::store::{
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
+};
+use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
+
+use super::rows::{self, big};
+use super::{Conn, DbResult, conflict, not_found, paginate};
+
+/// The channel that wakes the nodes' schedulers.
+pub(crate) const WORK_CHANNEL: &str = "herald_work";
+
+/// Tells every node (at commit) that work may be due.
+pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
+    c.exec("SELECT pg_notify($1, '')", &[&WORK_CHANNEL]).await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_events(
+    c: &impl Conn,
+    org: &OrgId,
+    items: &[IngestItem],
+    now: Timestamp,
+    lease_until: Timestamp,
+) -> DbResult<Vec<IngestResult>> {
+    let mut results = Vec::with_capacity(items.len());
+    let mut unleased = false;
+    for item in items {
+        let e = &item.event;
+        let inserted = c
+            .exec(
+                "INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (org_id, id) DO NOTHING",
+                &[
+                    &org.as_str(),
+                    &e.id,
+                    &e.event_type,
+                    &e.occurred_at.as_millis(),
+                    &e.received_at.as_millis(),
+                    &e.correlation_id,
+                    &e.data.get(),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            results.push(IngestResult::Duplicate);
+            continue;
+        }
+        // The deliveries of one event go to the server together (pipelined), not one by one.
+        let inserts = item.deliveries.iter().map(|d| {
+            let (state, next, due, lease) = match &d.skip {
+                Some(_) => ("skipped", None, None, None),
+                None => {
+                    let lease = d.leased.then_some(lease_until.as_millis());
+                    let due = lease.unwrap_or(now.as_millis());
+                    ("pending", Some(now.as_millis()), Some(due), lease)
+                }
+            };
+            unleased |= d.skip.is_none() && !d.leased;
+            async move {
+                c.exec(
+                    "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
+                     attempt_count, schedule_base, next_attempt_at, due_at, lease_until, last_error, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $8, $9, $10, $11, $11)",
+                    &[
+                        &d.id.as_str(),
+                        &org.as_str(),
+                        &d.webhook_id.as_str(),
+                        &e.id,
+                        &e.event_type,
+                        &state,
+                        &next,
+                        &due,
+                        &lease,
+                        &d.skip,
+                        &now.as_millis(),
+                    ],
+                )
+                .await
+            }
+        });
+        futures::future::try_join_all(inserts).await?;
+        results.push(IngestResult::Stored);
+    }
+    if unleased {
+        announce_work(c).await?;
+    }
+    Ok(results)
+}
+
+const DUE_COLUMNS: &str = "d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
+     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data";
+
+fn due_row(row: &tokio_postgres::Row) -> DbResult<DueDelivery> {
+    Ok(DueDelivery {
+        delivery_id: DeliveryId::from_trusted(row.try_get(0)?),
+        org_id: OrgId::from_trusted(row.try_get(1)?),
+        webhook_id: WebhookId::from_trusted(row.try_get(2)?),
+        attempt_count: rows::int(row, 3)?,
+        schedule_base: rows::int(row, 4)?,
+        event: Arc::new(rows::event_at(row, 5)?),
+    })
+}
+
+/// Leases what is due. Rows another node is claiming at this moment are skipped, not waited
+/// for; a row whose lease another node renewed meanwhile is re-checked by PostgreSQL and left.
+pub(crate) async fn claim_due(
+    c: &impl Conn,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: u32,
+) -> DbResult<Vec<DueDelivery>> {
+    let sql = format!(
+        "WITH due AS ( \
+             SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.state = 'pending' AND d.due_at <= $1 AND w.active AND w.deleted_at IS NULL \
+             ORDER BY d.due_at LIMIT $2 \
+             FOR UPDATE OF d SKIP LOCKED \
+         ), leased AS ( \
+             UPDATE deliveries SET lease_until = $3, due_at = $3 FROM due WHERE deliveries.id = due.id \
+             RETURNING deliveries.* \
+         ) \
+         SELECT {DUE_COLUMNS} FROM leased d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id"
+    );
+    let found = c
+        .rows(
+            &sql,
+            &[&now.as_millis(), &big(limit), &lease_until.as_millis()],
+        )
+        .await?;
+    rows::all(found, due_row)
+}
+
+pub(crate) async fn next_due_at(c: &impl Conn) -> DbResult<Option<Timestamp>> {
+    let next: Option<i64> = c
+        .opt_row(
+            "SELECT d.due_at FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.state = 'pending' AND d.due_at IS NOT NULL AND w.active AND w.deleted_at IS NULL \
+             ORDER BY d.due_at LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    Ok(next.map(Timestamp::from_millis))
+}
+
+/// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
+const DUE_UNLESS_PARKED: &str = "CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) \
+     THEN next_attempt_at ELSE NULL END";
+
+pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
+    let mut retrying = false;
+    for r in records {
+        retrying |= matches!(r.next, NextStep::RetryAt(_));
+        record_attempt(c, r).await?;
+    }
+    if retrying {
+        announce_work(c).await?;
+    }
+    Ok(())
+}
+
+async fn record_attempt(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
+    let a = &r.attempt;
+    c.exec(
+        "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, error, \
+         error_message, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &a.id.as_str(),
+            &a.delivery_id.as_str(),
+            &big(a.number),
+            &a.started_at.as_millis(),
+            &big(a.duration_ms),
+            &a.status.map(big),
+            &a.error,
+            &a.error_message,
+            &a.response_body,
+        ],
+    )
+    .await?;
+    let (state, next_at) = match r.next {
+        NextStep::Succeeded => ("succeeded", None),
+        NextStep::Failed => ("failed", None),
+        NextStep::RetryAt(at) => ("pending", Some(at.as_millis())),
+    };
+    let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
+    c.exec(
+        "UPDATE deliveries SET state = $1, attempt_count = $2, next_attempt_at = $3::BIGINT, \
+         due_at = CASE WHEN $3::BIGINT IS NOT NULL \
+             AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN $3::BIGINT ELSE NULL END, \
+         lease_until = NULL, last_status = $4, last_error = $5, updated_at = $6 \
+         WHERE id = $7 AND org_id = $8 AND state = 'pending'",
+        &[
+            &state,
+            &big(a.number),
+            &next_at,
+            &a.status.map(big),
+            &a.error,
+            &updated_at,
+            &a.delivery_id.as_str(),
+            &r.org_id.as_str(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn release_lease(c: &impl Conn, id: &DeliveryId) -> DbResult<()> {
+    c.exec(
+        &format!(
+            "UPDATE deliveries SET lease_until = NULL, due_at = {DUE_UNLESS_PARKED} \
+             WHERE id = $1 AND state = 'pending'"
+        ),
+        &[&id.as_str()],
+    )
+    .await?;
+    announce_work(c).await
+}
+
+pub(crate) async fn release_all_leases(c: &impl Conn) -> DbResult<u64> {
+    let n = c
+        .exec(
+            &format!(
+                "UPDATE deliveries SET lease_until = NULL, due_at = {DUE_UNLESS_PARKED} \
+                 WHERE state = 'pending' AND lease_until IS NOT NULL"
+            ),
+            &[],
+        )
+        .await?;
+    if n > 0 {
+        announce_work(c).await?;
+    }
+    Ok(n)
+}
+
+pub(crate) async fn list(
+    c: &impl Conn,
+    org: &OrgId,
+    webhook: &WebhookId,
+    filter: &DeliveryFilter,
+    page: &PageRequest,
+) -> DbResult<Page<Delivery>> {
+    let sql = format!(
+        "SELECT {} FROM deliveries WHERE webhook_id = $1 AND org_id = $2 \
+         AND ($3::TEXT IS NULL OR id < $3) AND ($4::TEXT IS NULL OR state = $4) \
+         AND ($5::TEXT IS NULL OR event_type = $5) ORDER BY id DESC LIMIT $6",
+        rows::DELIVERY_COLUMNS
+    );
+    let found = c
+        .rows(
+            &sql,
+            &[
+                &webhook.as_str(),
+                &org.as_str(),
+                &page.cursor,
+                &filter.state.map(|s| s.as_str()),
+                &filter.event_type,
+                &big(page.limit + 1),
+            ],
+        )
+        .await?;
+    let items = rows::all(found, rows::delivery)?;
+    Ok(paginate(items, page, |d| d.id.to_string()))
+}
+
+pub(crate) async fn get(
+    c: &impl Conn,
+    org: &OrgId,
+    id: &DeliveryId,
+) -> DbResult<(Delivery, Vec<Attempt>)> {
+    let sql = format!(
+        "SELECT {} FROM deliveries WHERE org_id = $1 AND id = $2",
+        rows::DELIVERY_COLUMNS
+    );
+    let delivery = match c.opt_row(&sql, &[&org.as_str(), &id.as_str()]).await? {
+        Some(row) => rows::delivery(&row)?,
+        None => return Err(not_found()),
+    };
+    let sql = format!(
+        "SELECT {} FROM attempts WHERE delivery_id = $1 ORDER BY number, started_at",
+        rows::ATTEMPT_COLUMNS
+    );
+    let attempts = rows::all(c.rows(&sql, &[&id.as_str()]).await?, rows::attempt)?;
+    Ok((delivery, attempts))
+}
+
+pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<Event> {
+    let sql = format!(
+        "SELECT {} FROM events WHERE org_id = $1 AND id = $2",
+        rows::EVENT_COLUMNS
+    );
+    match c.opt_row(&sql, &[&org.as_str(), &id]).await? {
+        Some(row) => rows::event_at(&row, 0),
+        None => Err(not_found()),
+    }
+}
+
+pub(crate) async fn resend(
+    c: &impl Conn,
+    org: &OrgId,
+    id: &DeliveryId,
+    now: Timestamp,
+    lease_until: Timestamp,
+) -> DbResult<DueDelivery> {
+    let row = c
+        .opt_row(
+            "SELECT d.state, w.active, w.deleted_at IS NOT NULL FROM deliveries d \
+             JOIN webhooks w ON w.id = d.webhook_id WHERE d.org_id = $1 AND d.id = $2 FOR UPDATE OF d",
+            &[&org.as_str(), &id.as_str()],
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    let (state, active, deleted): (String, bool, bool) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if deleted {
+        return Err(conflict(
+            "the delivery's webhook was deleted; it cannot be resent".into(),
+        ));
+    }
+    if !active {
+        return Err(conflict(
+            "the delivery's webhook is disabled; activate it first".into(),
+        ));
+    }
+    if state == "pending" {
+        return Err(conflict(
+            "the delivery is still pending; it will be attempted on its schedule".into(),
+        ));
+    }
+    c.exec(
+        "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = $1, \
+         due_at = $2, lease_until = $2, updated_at = $1 WHERE id = $3",
+        &[&now.as_millis(), &lease_until.as_millis(), &id.as_str()],
+    )
+    .await?;
+    let sql = format!(
+        "SELECT {DUE_COLUMNS} FROM deliveries d \
+         JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id WHERE d.id = $1"
+    );
+    let row = c
+        .opt_row(&sql, &[&id.as_str()])
+        .await?
+        .ok_or_else(not_found)?;
+    due_row(&row)
+}
+
+pub(crate) async fn recover_failed(
+    c: &impl Conn,
+    org: &OrgId,
+    webhook: &WebhookId,
+    since: Timestamp,
+    now: Timestamp,
+) -> DbResult<u64> {
+    let n = c
+        .exec(
+            "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, \
+             next_attempt_at = $1::BIGINT, \
+             due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) \
+                 THEN $1::BIGINT ELSE NULL END, \
+             lease_until = NULL, updated_at = $1::BIGINT \
+             WHERE org_id = $2 AND webhook_id = $3 AND state = 'failed' AND created_at >= $4",
+            &[
+                &now.as_millis(),
+                &org.as_str(),
+                &webhook.as_str(),
+                &since.as_millis(),
+            ],
+        )
+        .await?;
+    if n > 0 {
+        announce_work(c).await?;
+    }
+    Ok(n)
+}
+
+/// Deletes up to `limit` events received before `cutoff` (of one organization, or all) that have
+/// no pending delivery, with their deliveries and attempts.
+pub(crate) async fn purge(
+    c: &impl Conn,
+    org: Option<&OrgId>,
+    cutoff: Timestamp,
+    limit: u32,
+) -> DbResult<PurgeCount> {
+    let victims = c
+        .rows(
+            "SELECT e.org_id, e.id FROM events e WHERE e.received_at < $1 \
+             AND ($2::TEXT IS NULL OR e.org_id = $2) \
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id \
+                             AND d.state = 'pending') \
+             ORDER BY e.received_at LIMIT $3 FOR UPDATE OF e SKIP LOCKED",
+            &[&cutoff.as_millis(), &org.map(|o| o.as_str()), &big(limit)],
+        )
+        .await?;
+    let mut count = PurgeCount::default();
+    for row in victims {
+        let (org_id, event_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        count.attempts += c
+            .exec(
+                "DELETE FROM attempts WHERE delivery_id IN \
+                 (SELECT id FROM deliveries WHERE org_id = $1 AND event_id = $2)",
+                &[&org_id, &event_id],
+            )
+            .await?;
+        count.deliveries += c
+            .exec(
+                "DELETE FROM deliveries WHERE org_id = $1 AND event_id = $2",
+                &[&org_id, &event_id],
+            )
+            .await?;
+        count.events += c
+            .exec(
+                "DELETE FROM events WHERE org_id = $1 AND id = $2",
+                &[&org_id, &event_id],
+            )
+            .await?;
+    }
+    Ok(count)
+}
+
+pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {
+    for id in ids {
+        c.exec(
+            "UPDATE deliveries SET lease_until = NULL, \
+             next_attempt_at = GREATEST(COALESCE(next_attempt_at, $1), $1), \
+             due_at = GREATEST(COALESCE(next_attempt_at, $1), $1) WHERE id = $2 AND state = 'pending'",
+            &[&until.as_millis(), &id.as_str()],
+        )
+        .await?;
+    }
+    if !ids.is_empty() {
+        announce_work(c).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn pending_by_webhook(c: &impl Conn) -> DbResult<Vec<PendingStat>> {
+    let found = c
+        .rows(
+            "SELECT webhook_id, COUNT(*), MIN(created_at) FROM deliveries WHERE state = 'pending' \
+             GROUP BY webhook_id",
+            &[],
+        )
+        .await?;
+    rows::all(found, |r| {
+        Ok(PendingStat {
+            webhook_id: WebhookId::from_trusted(r.try_get(0)?),
+            count: rows::int(r, 1)?,
+            oldest: Timestamp::from_millis(r.try_get(2)?),
+        })
+    })
+}

@@ -1,0 +1,704 @@
+//! The PostgreSQL backend: one database shared by any number of Herald nodes.
+//!
+//! - Every `Store` verb is one transaction on a pooled connection (`deadpool-postgres`);
+//!   PostgreSQL's own group commit makes concurrent commits share an fsync.
+//! - Work is shared through leases: `claim_due` takes due rows with `FOR UPDATE SKIP LOCKED`,
+//!   so two nodes never lease the same delivery, and a lease that ends makes its delivery due
+//!   for any node (see `deliveries.rs`).
+//! - Nodes hear of each other's changes through `LISTEN/NOTIFY` (`signals.rs`): work stored
+//!   without a lease, retries, and changes to what every node caches (announced by triggers).
+//! - A connection error (refused, reset, timed out, server shutting down) is
+//!   [`StoreError::Unavailable`], which the API answers with `503` and `Retry-After`.
+
+mod deliveries;
+mod orgs;
+mod rows;
+mod signals;
+mod webhooks;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use herald_core::delivery::{Attempt, Delivery};
+use herald_core::event::Event;
+use herald_core::event_type::CustomEventType;
+use herald_core::org::{ApiKey, Organization};
+use herald_core::store::{
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
+    Store, StoreError, StoreResult, StoreSignal,
+};
+use herald_core::subscription::Subscription;
+use herald_core::webhook::Webhook;
+use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
+
+use crate::cipher::SecretCipher;
+use crate::migrations;
+
+/// The longest one store operation may take before it counts as the database being away.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a connection to open, or for a free one in the pool.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Serialises migrations when several nodes start at once (any constant; "herald" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
+
+/// Runs `$body` (a `DbResult` future using the transaction `$tx`) in its own transaction and
+/// commits it, within [`OPERATION_TIMEOUT`].
+macro_rules! in_tx {
+    ($self:ident, |$tx:ident| $body:expr) => {
+        $crate::postgres::timed(async {
+            let mut client = $self.client().await?;
+            let $tx = client.transaction().await.map_err($crate::postgres::sql)?;
+            let out = $body.await?;
+            $tx.commit().await.map_err($crate::postgres::sql)?;
+            Ok(out)
+        })
+        .await
+    };
+}
+
+/// Runs `$body` (a `DbResult` future using the connection `$client`) outside a transaction,
+/// within [`OPERATION_TIMEOUT`].
+macro_rules! on_client {
+    ($self:ident, |$client:ident| $body:expr) => {
+        $crate::postgres::timed(async {
+            let $client = $self.client().await?;
+            let out = $body.await?;
+            Ok(out)
+        })
+        .await
+    };
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections this node keeps open at most.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self { pool_size: 16 }
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    cipher: Arc<SecretCipher>,
+    signals: broadcast::Sender<StoreSignal>,
+    /// The task that listens for other nodes' notifications, started on first use.
+    listener: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL or the config: they may carry a password.
+        f.debug_struct("PostgresStore")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Builds the pool for `url` (`postgres://user[:password]@host[:port]/database`). It does not
+    /// connect yet: [`PostgresStore::migrate`] or [`PostgresStore::check_schema`] do, and say
+    /// clearly when the database cannot be reached.
+    pub fn new(url: &str, options: PostgresOptions, cipher: SecretCipher) -> StoreResult<Self> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::Other(
+                format!("the database URL is not valid ({e}); expected postgres://user@host:port/database").into(),
+            )
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("herald");
+        }
+        // Notice a peer that vanished without closing the connection.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Other(Box::new(e)))?;
+        Ok(Self {
+            pool,
+            config,
+            cipher: Arc::new(cipher),
+            signals: broadcast::channel(1024).0,
+            listener: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Applies the migrations the database lacks, all in one transaction, under an advisory
+    /// lock so that nodes starting together take turns. Answers how many it applied.
+    pub async fn migrate(&self) -> StoreResult<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(sql)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(sql)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(sql)?;
+        let mut applied = 0;
+        for m in migrations::POSTGRES {
+            let done = tx
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[&m.version],
+                )
+                .await
+                .map_err(sql)?
+                .is_some();
+            if done {
+                continue;
+            }
+            tx.batch_execute(m.sql).await.map_err(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                &[
+                    &m.version,
+                    &m.name,
+                    &herald_core::Clock::now(&herald_core::SystemClock).as_millis(),
+                ],
+            )
+            .await
+            .map_err(sql)?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+            applied += 1;
+        }
+        tx.commit().await.map_err(sql)?;
+        Ok(applied)
+    }
+
+    /// Checks that the schema is the one this version needs (for a node started with
+    /// migrations turned off). Answers the schema's version.
+    pub async fn check_schema(&self) -> StoreResult<i64> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await;
+        let version: i64 = match row {
+            Ok(row) => row.map(|r| r.get(0)).unwrap_or(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => return Err(sql(e)),
+        };
+        let wanted = migrations::POSTGRES.len() as i64;
+        if version < wanted {
+            return Err(StoreError::Other(
+                format!("the database schema is at version {version}, this Herald needs {wanted}: run `herald migrate` (or start one node with migrations on)").into(),
+            ));
+        }
+        if version > wanted {
+            tracing::warn!(
+                schema = version,
+                known = wanted,
+                "the database was migrated by a newer Herald"
+            );
+        }
+        Ok(version)
+    }
+
+    /// Writes again every secret stored plain or sealed with an old key; answers how many
+    /// webhooks it rewrote.
+    pub async fn reencrypt_stale_secrets(&self) -> StoreResult<u64> {
+        let cipher = self.cipher.clone();
+        in_tx!(self, |tx| webhooks::reencrypt(&tx, &cipher))
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// Bounds an operation: past the timeout the database counts as unavailable. (A write cut off
+/// while committing may still have been stored: the caller hears "unavailable", never "stored"
+/// for what was not.)
+pub(crate) async fn timed<T>(f: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    tokio::time::timeout(OPERATION_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        })
+}
+
+/// What the SQL functions run on: a pooled connection or a transaction. Every statement is
+/// prepared once per connection and cached.
+#[async_trait]
+pub(crate) trait Conn: Sync {
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>;
+    async fn opt_row(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error>;
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error>;
+}
+
+macro_rules! conn_for {
+    ($t:ty) => {
+        #[async_trait]
+        impl Conn for $t {
+            async fn rows(
+                &self,
+                sql: &str,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> Result<Vec<Row>, tokio_postgres::Error> {
+                let statement = GenericClient::prepare_cached(self, sql).await?;
+                GenericClient::query(self, &statement, params).await
+            }
+            async fn opt_row(
+                &self,
+                sql: &str,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> Result<Option<Row>, tokio_postgres::Error> {
+                let statement = GenericClient::prepare_cached(self, sql).await?;
+                GenericClient::query_opt(self, &statement, params).await
+            }
+            async fn exec(
+                &self,
+                sql: &str,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> Result<u64, tokio_postgres::Error> {
+                let statement = GenericClient::prepare_cached(self, sql).await?;
+                GenericClient::execute(self, &statement, params).await
+            }
+        }
+    };
+}
+
+conn_for!(deadpool_postgres::Client);
+conn_for!(deadpool_postgres::Transaction<'_>);
+
+/// What the SQL functions return: either a database error or a domain answer (not found,
+/// conflict) decided while looking at the rows.
+pub(crate) enum DbError {
+    Sql(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+pub(crate) type DbResult<T> = Result<T, DbError>;
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<StoreError> for DbError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sql(e) => sql(e),
+            DbError::Store(e) => e,
+        }
+    }
+}
+
+pub(crate) fn not_found() -> DbError {
+    DbError::Store(StoreError::NotFound)
+}
+
+pub(crate) fn conflict(message: String) -> DbError {
+    DbError::Store(StoreError::Conflict(message))
+}
+
+/// Sorts a PostgreSQL error into the store's classes: anything that says "the server is not
+/// there (now)" is `Unavailable`, so callers answer 503 and try again.
+pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Other(Box::new(e))
+    }
+}
+
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        let code = code.code();
+        // 08: connection exception; 53: insufficient resources; 57P0x: shutting down, cannot
+        // connect now; 40001/40P01: serialization failure, deadlock (try again).
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code == "40001"
+            || code == "40P01";
+    }
+    // No SQLSTATE: the connection itself failed (refused, reset, closed, timed out).
+    e.is_closed()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.to_string().starts_with("timeout")
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => sql(e),
+        PoolError::Timeout(_) | PoolError::Closed | PoolError::PostCreateHook(_) => {
+            StoreError::Unavailable(Box::new(e))
+        }
+        PoolError::NoRuntimeSpecified => StoreError::Other(Box::new(e)),
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &DbError) -> bool {
+    matches!(e, DbError::Sql(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
+}
+
+/// Cuts the one extra row a list query fetched and turns it into the next cursor.
+pub(crate) fn paginate<T>(
+    mut items: Vec<T>,
+    page: &PageRequest,
+    key: impl Fn(&T) -> String,
+) -> Page<T> {
+    let next_cursor = if items.len() > page.limit as usize {
+        items.truncate(page.limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    };
+    Page {
+        data: items,
+        next_cursor,
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_org(&self, org: &Organization) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::create(&tx, org))
+    }
+
+    async fn list_orgs(&self, page: &PageRequest) -> StoreResult<Page<Organization>> {
+        on_client!(self, |c| orgs::list(&c, page))
+    }
+
+    async fn get_org(&self, id: &OrgId) -> StoreResult<Organization> {
+        on_client!(self, |c| orgs::get(&c, id))
+    }
+
+    async fn update_org(&self, org: &Organization) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::update(&tx, org))
+    }
+
+    async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::delete(&tx, id))
+    }
+
+    async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::create_api_key(&tx, key))
+    }
+
+    async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKey>> {
+        on_client!(self, |c| orgs::list_api_keys(&c, org))
+    }
+
+    async fn delete_api_key(&self, org: &OrgId, id: &ApiKeyId) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::delete_api_key(&tx, org, id))
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        on_client!(self, |c| orgs::find_api_key(&c, key_hash))
+    }
+
+    async fn create_event_type(&self, event_type: &CustomEventType) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::create_event_type(&tx, event_type))
+    }
+
+    async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<CustomEventType>> {
+        on_client!(self, |c| orgs::list_event_types(&c, org))
+    }
+
+    async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        let w = self.cipher.seal_webhook(webhook);
+        in_tx!(self, |tx| webhooks::create(&tx, &w))
+    }
+
+    async fn list_webhooks(&self, org: &OrgId, page: &PageRequest) -> StoreResult<Page<Webhook>> {
+        let page: Page<Webhook> = on_client!(self, |c| webhooks::list(&c, org, page))?;
+        Ok(Page {
+            data: page
+                .data
+                .into_iter()
+                .map(|w| self.cipher.open_webhook(w))
+                .collect::<StoreResult<_>>()?,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    async fn org_webhooks(&self, org: &OrgId) -> StoreResult<Vec<Webhook>> {
+        let all: Vec<Webhook> = on_client!(self, |c| webhooks::all_of_org(&c, org))?;
+        all.into_iter()
+            .map(|w| self.cipher.open_webhook(w))
+            .collect()
+    }
+
+    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> StoreResult<Webhook> {
+        let w = on_client!(self, |c| webhooks::get(&c, org, id))?;
+        self.cipher.open_webhook(w)
+    }
+
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        let w = self.cipher.seal_webhook(webhook);
+        in_tx!(self, |tx| webhooks::update(&tx, &w))
+    }
+
+    async fn delete_webhooks(
+        &self,
+        org: &OrgId,
+        ids: &[WebhookId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<WebhookId>> {
+        in_tx!(self, |tx| webhooks::delete_many(&tx, org, ids, now))
+    }
+
+    async fn note_webhook_outcome(
+        &self,
+        id: &WebhookId,
+        failed: bool,
+        now: Timestamp,
+    ) -> StoreResult<Option<Timestamp>> {
+        in_tx!(self, |tx| webhooks::note_outcome(&tx, id, failed, now))
+    }
+
+    async fn insert_events(
+        &self,
+        org: &OrgId,
+        items: &[IngestItem],
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<IngestResult>> {
+        in_tx!(self, |tx| deliveries::insert_events(
+            &tx,
+            org,
+            items,
+            now,
+            lease_until
+        ))
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        in_tx!(self, |tx| deliveries::claim_due(
+            &tx,
+            now,
+            lease_until,
+            limit
+        ))
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
+        on_client!(self, |c| deliveries::next_due_at(&c))
+    }
+
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+        in_tx!(self, |tx| deliveries::record_attempts(&tx, records))
+    }
+
+    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
+        in_tx!(self, |tx| deliveries::defer(&tx, ids, until))
+    }
+
+    async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
+        in_tx!(self, |tx| deliveries::release_lease(&tx, id))
+    }
+
+    async fn release_all_leases(&self) -> StoreResult<u64> {
+        in_tx!(self, |tx| deliveries::release_all_leases(&tx))
+    }
+
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        filter: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Delivery>> {
+        on_client!(self, |c| deliveries::list(&c, org, webhook, filter, page))
+    }
+
+    async fn get_delivery(
+        &self,
+        org: &OrgId,
+        id: &DeliveryId,
+    ) -> StoreResult<(Delivery, Vec<Attempt>)> {
+        on_client!(self, |c| deliveries::get(&c, org, id))
+    }
+
+    async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event> {
+        on_client!(self, |c| deliveries::get_event(&c, org, id))
+    }
+
+    async fn resend_delivery(
+        &self,
+        org: &OrgId,
+        id: &DeliveryId,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<DueDelivery> {
+        in_tx!(self, |tx| deliveries::resend(
+            &tx,
+            org,
+            id,
+            now,
+            lease_until
+        ))
+    }
+
+    async fn purge_before(
+        &self,
+        org: Option<&OrgId>,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> StoreResult<PurgeCount> {
+        in_tx!(self, |tx| deliveries::purge(&tx, org, cutoff, limit))
+    }
+
+    async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>> {
+        on_client!(self, |c| deliveries::pending_by_webhook(&c))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn signals(&self) -> Option<broadcast::Receiver<StoreSignal>> {
+        let receiver = self.signals.subscribe();
+        self.listener
+            .get_or_init(|| signals::spawn(self.config.clone(), self.signals.clone()));
+        Some(receiver)
+    }
+
+    async fn org_subscriptions(&self, org: &OrgId) -> StoreResult<Vec<Subscription>> {
+        on_client!(self, |c| webhooks::org_subscriptions(&c, org))
+    }
+
+    async fn save_subscriptions(
+        &self,
+        org: &OrgId,
+        subscriptions: &[Subscription],
+    ) -> StoreResult<()> {
+        in_tx!(self, |tx| webhooks::save_subscriptions(
+            &tx,
+            org,
+            subscriptions
+        ))
+    }
+
+    async fn subscriptions_to_renew(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<(OrgId, Subscription)>> {
+        on_client!(self, |c| webhooks::subscriptions_to_renew(&c, now, limit))
+    }
+
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        in_tx!(self, |tx| deliveries::recover_failed(
+            &tx, org, webhook, since, now
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_is_unavailable() {
+        // Nothing listens on port 1: the connection is refused.
+        let store = PostgresStore::new(
+            "postgres://herald@127.0.0.1:1/herald",
+            PostgresOptions::default(),
+            SecretCipher::none(),
+        )
+        .unwrap();
+        let got = store.get_org(&OrgId::generate()).await;
+        assert!(
+            matches!(got, Err(StoreError::Unavailable(_))),
+            "expected Unavailable, got {got:?}"
+        );
+        assert!(matches!(
+            store.migrate().await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_showing_it() {
+        let err = PostgresStore::new(
+            "postgres://user:hunter2@host:notaport/db",
+            PostgresOptions::default(),
+            SecretCipher::none(),
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+        assert!(
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains("postgres://user@host")
+        );
+    }
+}

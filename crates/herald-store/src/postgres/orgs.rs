@@ -1,0 +1,196 @@
+//! Organizations, their API keys and their own event types.
+
+use herald_core::event_type::CustomEventType;
+use herald_core::org::{ApiKey, Organization};
+use herald_core::store::StoreError;
+use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
+
+use super::rows::{self, to_json};
+use super::{Conn, DbError, DbResult, is_unique_violation, not_found, paginate};
+
+pub(crate) async fn create(c: &impl Conn, org: &Organization) -> DbResult<()> {
+    let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();
+    c.exec(
+        "INSERT INTO organizations (id, name, handle, catalogs, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &org.id.as_str(),
+            &org.name,
+            &org.handle.as_str(),
+            &to_json(&catalogs),
+            &org.created_at.as_millis(),
+            &org.updated_at.as_millis(),
+        ],
+    )
+    .await
+    .map_err(|e| handle_taken(e.into(), org))?;
+    Ok(())
+}
+
+fn handle_taken(e: DbError, org: &Organization) -> DbError {
+    if is_unique_violation(&e) {
+        DbError::Store(StoreError::Conflict(format!(
+            "the handle '{}' is already used by another organization; choose another handle",
+            org.handle.as_str()
+        )))
+    } else {
+        e
+    }
+}
+
+pub(crate) async fn list(c: &impl Conn, page: &PageRequest) -> DbResult<Page<Organization>> {
+    let sql = format!(
+        "SELECT {} FROM organizations WHERE ($1::TEXT IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        rows::ORG_COLUMNS
+    );
+    let found = c
+        .rows(&sql, &[&page.cursor, &rows::big(page.limit + 1)])
+        .await?;
+    let items = rows::all(found, rows::org)?;
+    Ok(paginate(items, page, |o| o.id.to_string()))
+}
+
+pub(crate) async fn get(c: &impl Conn, id: &OrgId) -> DbResult<Organization> {
+    let sql = format!(
+        "SELECT {} FROM organizations WHERE id = $1",
+        rows::ORG_COLUMNS
+    );
+    match c.opt_row(&sql, &[&id.as_str()]).await? {
+        Some(row) => rows::org(&row),
+        None => Err(not_found()),
+    }
+}
+
+pub(crate) async fn update(c: &impl Conn, org: &Organization) -> DbResult<()> {
+    let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();
+    let n = c
+        .exec(
+            "UPDATE organizations SET name = $1, handle = $2, catalogs = $3, updated_at = $4 WHERE id = $5",
+            &[
+                &org.name,
+                &org.handle.as_str(),
+                &to_json(&catalogs),
+                &org.updated_at.as_millis(),
+                &org.id.as_str(),
+            ],
+        )
+        .await
+        .map_err(|e| handle_taken(e.into(), org))?;
+    if n == 0 {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+pub(crate) async fn delete(c: &impl Conn, id: &OrgId) -> DbResult<()> {
+    let id = id.as_str();
+    c.exec(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = $1)",
+        &[&id],
+    )
+    .await?;
+    for table in [
+        "deliveries",
+        "events",
+        "subscriptions",
+        "webhooks",
+        "event_types",
+        "api_keys",
+    ] {
+        c.exec(&format!("DELETE FROM {table} WHERE org_id = $1"), &[&id])
+            .await?;
+    }
+    if c.exec("DELETE FROM organizations WHERE id = $1", &[&id])
+        .await?
+        == 0
+    {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+pub(crate) async fn create_api_key(c: &impl Conn, key: &ApiKey) -> DbResult<()> {
+    c.exec(
+        "INSERT INTO api_keys (id, org_id, name, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &key.id.as_str(),
+            &key.org_id.as_str(),
+            &key.name,
+            &key.prefix,
+            &key.key_hash,
+            &key.created_at.as_millis(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn list_api_keys(c: &impl Conn, org: &OrgId) -> DbResult<Vec<ApiKey>> {
+    let sql = format!(
+        "SELECT {} FROM api_keys WHERE org_id = $1 ORDER BY id DESC",
+        rows::API_KEY_COLUMNS
+    );
+    rows::all(c.rows(&sql, &[&org.as_str()]).await?, rows::api_key)
+}
+
+pub(crate) async fn delete_api_key(c: &impl Conn, org: &OrgId, id: &ApiKeyId) -> DbResult<()> {
+    let n = c
+        .exec(
+            "DELETE FROM api_keys WHERE org_id = $1 AND id = $2",
+            &[&org.as_str(), &id.as_str()],
+        )
+        .await?;
+    if n == 0 {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+pub(crate) async fn find_api_key(c: &impl Conn, hash: &str) -> DbResult<Option<ApiKey>> {
+    let sql = format!(
+        "SELECT {} FROM api_keys WHERE key_hash = $1",
+        rows::API_KEY_COLUMNS
+    );
+    c.opt_row(&sql, &[&hash])
+        .await?
+        .map(|r| rows::api_key(&r))
+        .transpose()
+}
+
+pub(crate) async fn create_event_type(c: &impl Conn, t: &CustomEventType) -> DbResult<()> {
+    c.exec(
+        "INSERT INTO event_types (id, org_id, name, channel, description, schema, example, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &t.id.as_str(),
+            &t.org_id.as_str(),
+            &t.name,
+            &t.channel,
+            &t.description,
+            &t.schema.as_ref().map(to_json),
+            &t.example.as_ref().map(to_json),
+            &t.created_at.as_millis(),
+        ],
+    )
+    .await
+    .map_err(|e| {
+        let e = DbError::from(e);
+        if is_unique_violation(&e) {
+            DbError::Store(StoreError::Conflict(format!(
+                "the organization already has an event type named '{}'",
+                t.name
+            )))
+        } else {
+            e
+        }
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn list_event_types(c: &impl Conn, org: &OrgId) -> DbResult<Vec<CustomEventType>> {
+    let sql = format!(
+        "SELECT {} FROM event_types WHERE org_id = $1 ORDER BY name",
+        rows::EVENT_TYPE_COLUMNS
+    );
+    rows::all(c.rows(&sql, &[&org.as_str()]).await?, rows::event_type)
+}

@@ -1,0 +1,298 @@
+//! Webhooks and their WebSub subscriptions. Deleting a webhook keeps its row (without secrets)
+//! so its delivery history stays readable.
+
+use herald_core::subscription::Subscription;
+use herald_core::webhook::Webhook;
+use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
+
+use super::rows::{self, big, to_json};
+use super::{Conn, DbResult, not_found, paginate};
+
+pub(crate) async fn create(c: &impl Conn, w: &Webhook) -> DbResult<()> {
+    c.exec(
+        "INSERT INTO webhooks (id, org_id, name, description, url, events, channels, profile, secret, \
+         previous_secret, previous_secret_expires_at, active, headers, timeout_ms, retry_schedule, \
+         created_at, updated_at, signature, options, verification, failing_since, disabled_reason, \
+         rate_limit_per_second) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+         $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+        &[
+            &w.id.as_str(),
+            &w.org_id.as_str(),
+            &w.name,
+            &w.description,
+            &w.url.as_str(),
+            &to_json(&w.events),
+            &to_json(&w.channels),
+            &w.profile.as_str(),
+            &w.secret,
+            &w.previous_secret,
+            &w.previous_secret_expires_at.map(Timestamp::as_millis),
+            &w.active,
+            &to_json(&w.headers),
+            &w.timeout_ms.map(big),
+            &w.retry_schedule.as_ref().map(to_json),
+            &w.created_at.as_millis(),
+            &w.updated_at.as_millis(),
+            &w.signature.map(|s| s.as_str()),
+            &to_json(&w.options),
+            &w.verification.as_str(),
+            &w.failing_since.map(Timestamp::as_millis),
+            &w.disabled_reason,
+            &w.rate_limit_per_second.map(big),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn list(
+    c: &impl Conn,
+    org: &OrgId,
+    page: &PageRequest,
+) -> DbResult<Page<Webhook>> {
+    let sql = format!(
+        "SELECT {} FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL \
+         AND ($2::TEXT IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        rows::WEBHOOK_COLUMNS
+    );
+    let found = c
+        .rows(&sql, &[&org.as_str(), &page.cursor, &big(page.limit + 1)])
+        .await?;
+    let items = rows::all(found, rows::webhook)?;
+    Ok(paginate(items, page, |w| w.id.to_string()))
+}
+
+pub(crate) async fn all_of_org(c: &impl Conn, org: &OrgId) -> DbResult<Vec<Webhook>> {
+    let sql = format!(
+        "SELECT {} FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL ORDER BY id",
+        rows::WEBHOOK_COLUMNS
+    );
+    rows::all(c.rows(&sql, &[&org.as_str()]).await?, rows::webhook)
+}
+
+pub(crate) async fn get(c: &impl Conn, org: &OrgId, id: &WebhookId) -> DbResult<Webhook> {
+    let sql = format!(
+        "SELECT {} FROM webhooks WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL",
+        rows::WEBHOOK_COLUMNS
+    );
+    match c.opt_row(&sql, &[&org.as_str(), &id.as_str()]).await? {
+        Some(row) => rows::webhook(&row),
+        None => Err(not_found()),
+    }
+}
+
+/// Saves every field. When `active` changes, pending deliveries are parked (no due time, so the
+/// scheduler skips them cheaply) or put back on their schedule (and other nodes told).
+pub(crate) async fn update(c: &impl Conn, w: &Webhook) -> DbResult<()> {
+    let was_active: bool = c
+        .opt_row(
+            "SELECT active FROM webhooks WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE",
+            &[&w.org_id.as_str(), &w.id.as_str()],
+        )
+        .await?
+        .ok_or_else(not_found)?
+        .try_get(0)?;
+    c.exec(
+        "UPDATE webhooks SET name = $1, description = $2, url = $3, events = $4, channels = $5, \
+         profile = $6, secret = $7, previous_secret = $8, previous_secret_expires_at = $9, \
+         active = $10, headers = $11, timeout_ms = $12, retry_schedule = $13, updated_at = $14, \
+         signature = $15, options = $16, verification = $17, failing_since = $18, \
+         disabled_reason = $19, rate_limit_per_second = $20 WHERE id = $21",
+        &[
+            &w.name,
+            &w.description,
+            &w.url.as_str(),
+            &to_json(&w.events),
+            &to_json(&w.channels),
+            &w.profile.as_str(),
+            &w.secret,
+            &w.previous_secret,
+            &w.previous_secret_expires_at.map(Timestamp::as_millis),
+            &w.active,
+            &to_json(&w.headers),
+            &w.timeout_ms.map(big),
+            &w.retry_schedule.as_ref().map(to_json),
+            &w.updated_at.as_millis(),
+            &w.signature.map(|s| s.as_str()),
+            &to_json(&w.options),
+            &w.verification.as_str(),
+            &w.failing_since.map(Timestamp::as_millis),
+            &w.disabled_reason,
+            &w.rate_limit_per_second.map(big),
+            &w.id.as_str(),
+        ],
+    )
+    .await?;
+    if was_active && !w.active {
+        c.exec(
+            "UPDATE deliveries SET due_at = NULL \
+             WHERE webhook_id = $1 AND state = 'pending' AND lease_until IS NULL",
+            &[&w.id.as_str()],
+        )
+        .await?;
+    } else if !was_active && w.active {
+        c.exec(
+            "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL \
+             WHERE webhook_id = $1 AND state = 'pending' AND due_at IS NULL",
+            &[&w.id.as_str()],
+        )
+        .await?;
+        super::deliveries::announce_work(c).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn delete_many(
+    c: &impl Conn,
+    org: &OrgId,
+    ids: &[WebhookId],
+    now: Timestamp,
+) -> DbResult<Vec<WebhookId>> {
+    let mut deleted = Vec::new();
+    for id in ids {
+        let n = c
+            .exec(
+                "UPDATE webhooks SET deleted_at = $1, active = FALSE, secret = '', previous_secret = NULL \
+                 WHERE org_id = $2 AND id = $3 AND deleted_at IS NULL",
+                &[&now.as_millis(), &org.as_str(), &id.as_str()],
+            )
+            .await?;
+        if n == 1 {
+            c.exec(
+                "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
+                 lease_until = NULL, updated_at = $1 WHERE webhook_id = $2 AND state = 'pending'",
+                &[&now.as_millis(), &id.as_str()],
+            )
+            .await?;
+            deleted.push(id.clone());
+        }
+    }
+    Ok(deleted)
+}
+
+pub(crate) async fn org_subscriptions(c: &impl Conn, org: &OrgId) -> DbResult<Vec<Subscription>> {
+    let sql = format!(
+        "SELECT {} FROM subscriptions WHERE org_id = $1 ORDER BY webhook_id, channel",
+        rows::SUBSCRIPTION_COLUMNS
+    );
+    rows::all(c.rows(&sql, &[&org.as_str()]).await?, rows::subscription)
+}
+
+pub(crate) async fn save_subscriptions(
+    c: &impl Conn,
+    org: &OrgId,
+    subs: &[Subscription],
+) -> DbResult<()> {
+    for s in subs {
+        c.exec(
+            "INSERT INTO subscriptions (webhook_id, channel, org_id, topic, mode, state, reason, \
+             lease_seconds, last_attempt_at, verified_at, expires_at, renew_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (webhook_id, channel) DO UPDATE SET topic = excluded.topic, mode = excluded.mode, \
+             state = excluded.state, reason = excluded.reason, lease_seconds = excluded.lease_seconds, \
+             last_attempt_at = excluded.last_attempt_at, verified_at = excluded.verified_at, \
+             expires_at = excluded.expires_at, renew_at = excluded.renew_at",
+            &[
+                &s.webhook_id.as_str(),
+                &s.channel,
+                &org.as_str(),
+                &s.topic,
+                &s.mode.as_str(),
+                &s.state.as_str(),
+                &s.reason,
+                &big(s.lease_seconds),
+                &s.last_attempt_at.map(Timestamp::as_millis),
+                &s.verified_at.map(Timestamp::as_millis),
+                &s.expires_at.map(Timestamp::as_millis),
+                &s.renew_at.map(Timestamp::as_millis),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn subscriptions_to_renew(
+    c: &impl Conn,
+    now: Timestamp,
+    limit: u32,
+) -> DbResult<Vec<(OrgId, Subscription)>> {
+    let columns = rows::SUBSCRIPTION_COLUMNS
+        .split(", ")
+        .map(|c| format!("s.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns}, s.org_id FROM subscriptions s JOIN webhooks w ON w.id = s.webhook_id \
+         WHERE s.renew_at <= $1 AND s.mode = 'subscribe' AND w.active AND w.deleted_at IS NULL \
+         ORDER BY s.renew_at LIMIT $2"
+    );
+    let found = c.rows(&sql, &[&now.as_millis(), &big(limit)]).await?;
+    rows::all(found, |r| {
+        Ok((OrgId::from_trusted(r.try_get(11)?), rows::subscription(r)?))
+    })
+}
+
+/// Records whether the webhook's latest attempt failed; answers since when it has only failed.
+pub(crate) async fn note_outcome(
+    c: &impl Conn,
+    id: &WebhookId,
+    failed: bool,
+    now: Timestamp,
+) -> DbResult<Option<Timestamp>> {
+    if !failed {
+        c.exec(
+            "UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            &[&id.as_str()],
+        )
+        .await?;
+        return Ok(None);
+    }
+    let since: Option<i64> = c
+        .opt_row(
+            "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 RETURNING failing_since",
+            &[&now.as_millis(), &id.as_str()],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .flatten();
+    Ok(since.map(Timestamp::from_millis))
+}
+
+/// Seals again every secret that is plain or sealed with an old key.
+pub(crate) async fn reencrypt(
+    c: &impl Conn,
+    cipher: &crate::cipher::SecretCipher,
+) -> DbResult<u64> {
+    let found = c
+        .rows(
+            "SELECT id, secret, previous_secret FROM webhooks WHERE deleted_at IS NULL FOR UPDATE",
+            &[],
+        )
+        .await?;
+    let mut rewritten = 0;
+    for row in found {
+        let (id, secret, previous): (String, String, Option<String>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let stale =
+            cipher.is_stale(&secret) || previous.as_deref().is_some_and(|p| cipher.is_stale(p));
+        if !stale {
+            continue;
+        }
+        let reseal = |s: &str| -> DbResult<String> {
+            let plain = cipher
+                .open(s)
+                .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
+            Ok(cipher.seal(&plain))
+        };
+        let previous = previous.as_deref().map(reseal).transpose()?;
+        c.exec(
+            "UPDATE webhooks SET secret = $1, previous_secret = $2 WHERE id = $3",
+            &[&reseal(&secret)?, &previous, &id],
+        )
+        .await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}

@@ -1,0 +1,297 @@
+//! Several real `herald serve` processes on one PostgreSQL database: every node ingests and
+//! delivers, a node killed with SIGKILL leaves its deliveries to the others once their leases
+//! end, no delivery is attempted by two nodes at once, and a change made through one node takes
+//! effect on the others. Skipped (with a notice) without `HERALD_TEST_DATABASE_URL`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::crash::Server;
+use crate::helpers::{ADMIN_TOKEN, TestReceiver, http_client};
+use crate::pg::{TestDatabase, TimingReceiver, assert_never_at_once};
+
+/// Short, so that the killed node's deliveries come back within the test.
+const LEASE_SECONDS: &str = "10";
+
+async fn start_nodes(db: &TestDatabase, dirs: &[tempfile::TempDir]) -> Vec<Server> {
+    // All at once: they migrate the fresh database together (one at a time, by the lock).
+    let env = [
+        ("HERALD_DATABASE_URL", db.url.clone()),
+        ("HERALD_LEASE_SECONDS", LEASE_SECONDS.to_owned()),
+        ("HERALD_DATABASE_POOL_SIZE", "8".to_owned()),
+    ];
+    let starts = dirs.iter().map(|d| Server::start_with(d.path(), &env));
+    futures::future::join_all(starts).await
+}
+
+async fn call(http: &reqwest::Client, base: &str, path: &str, body: Value) -> (StatusCode, Value) {
+    let resp = http
+        .post(format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_the_work_and_survive_a_sigkill() {
+    let Some(db) = TestDatabase::create("the multi-node test").await else {
+        return;
+    };
+    let rx = TimingReceiver::start(Duration::from_millis(3)).await;
+    let http = http_client();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_nodes(&db, &dirs).await;
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+
+    let (status, org) = call(&http, &bases[0], "/v1/orgs", json!({ "name": "Acme" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let org = org["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &http,
+        &bases[1],
+        &format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "sink", "url": rx.url(), "profile": "standard", "timeout_ms": 2000 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Producers post round-robin to the nodes; a post that fails (the node is dead) goes to the
+    // next node, as a load balancer would. Only 202s count as accepted.
+    const EVENTS: usize = 3000;
+    const PRODUCERS: usize = 6;
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let dead = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let (http, bases, org, acked, dead) = (
+            http.clone(),
+            bases.clone(),
+            org.clone(),
+            acked.clone(),
+            dead.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            for i in (p..EVENTS).step_by(PRODUCERS) {
+                let id = format!("e-{i}");
+                let event =
+                    json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } });
+                for attempt in 0..bases.len() {
+                    let node = (i + attempt) % bases.len();
+                    if node == dead.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let sent = http
+                        .post(format!("{}/v1/orgs/{org}/events", bases[node]))
+                        .bearer_auth(ADMIN_TOKEN)
+                        .json(&event)
+                        .send()
+                        .await;
+                    if let Ok(r) = sent {
+                        if r.status() == StatusCode::ACCEPTED {
+                            acked.lock().unwrap().insert(id.clone());
+                        }
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+
+    // Kill node 2 in the middle of the run, while it holds deliveries.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < EVENTS / 2 {
+        assert!(Instant::now() < deadline, "the load did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dead.store(2, std::sync::atomic::Ordering::SeqCst);
+    nodes[2].child.start_kill().expect("SIGKILL");
+    let killed_at = Instant::now();
+    nodes[2].child.wait().await.unwrap();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= EVENTS * 9 / 10,
+        "most events were accepted ({} of {EVENTS})",
+        acked.len()
+    );
+
+    // Every accepted event arrives, the killed node's share after its leases end.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let arrived: HashSet<String> = rx.visits().into_iter().map(|v| v.key).collect();
+        let missing: Vec<_> = acked.difference(&arrived).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted events never arrived, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The survivors took over the killed node's leases without a single error.
+    let survivors_log: Vec<String> = nodes[..2]
+        .iter()
+        .flat_map(|n| n.log.lock().unwrap().clone())
+        .collect();
+    assert!(
+        !survivors_log.iter().any(|l| l.contains("ERROR")),
+        "no errors on the surviving nodes: {:?}",
+        survivors_log
+            .iter()
+            .filter(|l| l.contains("ERROR"))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+
+    // Repeats: never two at once, and only for deliveries that were in flight on the killed
+    // node (their first request had started and not been answered before the kill). One
+    // webhook gets at most 16 requests at once from a node.
+    let repeats = rx.repeats();
+    assert_never_at_once(&repeats);
+    for (delivery, visits) in &repeats {
+        let first = visits.iter().map(|v| v.started).min().unwrap();
+        assert!(
+            first <= killed_at,
+            "delivery {delivery} was repeated although it was first attempted after the kill"
+        );
+    }
+    assert!(
+        repeats.len() <= 16,
+        "{} deliveries were repeated; only those in flight on the killed node may be",
+        repeats.len()
+    );
+    let visits = rx.visits().len();
+    eprintln!(
+        "cluster: {} events accepted, {visits} requests received, {} deliveries repeated",
+        acked.len(),
+        repeats.len()
+    );
+
+    // Every outcome gets recorded: nothing stays pending in the database (the last outcomes
+    // may still be on their way when the last request arrives).
+    let client = db.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} deliveries stay pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
+    let Some(db) = TestDatabase::create("the cross-node change test").await else {
+        return;
+    };
+    let old = TestReceiver::start().await;
+    let new = TestReceiver::start().await;
+    let http = http_client();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_nodes(&db, &dirs).await;
+    let (a, b) = (&nodes[0].base, &nodes[1].base);
+
+    let (_, org) = call(&http, a, "/v1/orgs", json!({ "name": "Acme" })).await;
+    let org = org["id"].as_str().unwrap().to_owned();
+    let (_, hook) = call(
+        &http,
+        a,
+        &format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "sink", "url": old.url("/old") }),
+    )
+    .await;
+    let hook = hook["id"].as_str().unwrap().to_owned();
+    let send = |n: usize| {
+        let (http, b, org) = (http.clone(), b.clone(), org.clone());
+        async move {
+            let event = json!({ "type": "user.created", "id": format!("c-{n}"), "data": { "user": { "id": n.to_string() } } });
+            call(&http, &b, &format!("/v1/orgs/{org}/events"), event)
+                .await
+                .0
+        }
+    };
+    // Node B caches the organization with the old URL.
+    assert_eq!(send(0).await, StatusCode::ACCEPTED);
+    old.wait_for("/old", 1, Duration::from_secs(10)).await;
+
+    // Changed through node A; node B follows without a restart.
+    let resp = http
+        .patch(format!("{a}/v1/orgs/{org}/webhooks/{hook}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "url": new.url("/new") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let changed = Instant::now();
+    let mut n = 1;
+    loop {
+        assert_eq!(send(n).await, StatusCode::ACCEPTED);
+        if !new.received_on("/new").is_empty() {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "node B still sends to the old URL"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "cross-node change: node B used the new URL {:?} after the change",
+        changed.elapsed()
+    );
+
+    // Deactivated through node B: node A stores deliveries no more.
+    let resp = http
+        .patch(format!("{b}/v1/orgs/{org}/webhooks/{hook}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "active": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = json!({ "type": "user.created", "id": format!("d-{n}"), "data": { "user": { "id": "x" } } });
+        let (status, body) = call(&http, a, &format!("/v1/orgs/{org}/events"), event).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        if body["deliveries"] == json!(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node A still fans out to the deactivated webhook: {body}"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,217 @@
+//! The database goes away under load and comes back. Herald must never answer `202` for an event
+//! it did not store: while PostgreSQL is unreachable, ingest answers `503` with `Retry-After`;
+//! afterwards ingest and delivery resume by themselves, and every accepted event arrives.
+//!
+//! Stopping the shared PostgreSQL server would disturb every other test running beside this one,
+//! so the test puts a TCP proxy it controls between Herald and PostgreSQL and cuts that: every
+//! connection through it closes and new ones are refused, which is what Herald sees when the
+//! server or the network goes away. Skipped (with a notice) without `HERALD_TEST_DATABASE_URL`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::crash::Server;
+use crate::helpers::{ADMIN_TOKEN, http_client};
+use crate::pg::{Proxy, TestDatabase, TimingReceiver, server_address, via};
+
+/// What the producers saw.
+#[derive(Default)]
+struct Answers {
+    accepted: HashSet<String>,
+    /// 503s, and how many of them said when to try again.
+    unavailable: usize,
+    with_retry_after: usize,
+    /// Anything else: status and body.
+    other: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() {
+    let Some(db) = TestDatabase::create("the database outage test").await else {
+        return;
+    };
+    let proxy = Proxy::start(server_address(&db.url)).await;
+    let rx = TimingReceiver::start(Duration::from_millis(2)).await;
+    let http = http_client();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_with(
+        dir.path(),
+        &[
+            ("HERALD_DATABASE_URL", via(&db.url, proxy.addr)),
+            ("HERALD_LEASE_SECONDS", "10".to_owned()),
+        ],
+    )
+    .await;
+    let base = node.base.clone();
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let org: serde_json::Value = post("/v1/orgs".into(), json!({ "name": "Acme" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org = org["id"].as_str().unwrap().to_owned();
+    let resp = post(
+        format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "sink", "url": rx.url(), "profile": "standard" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    // Producers post until told to stop.
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (http, base, org, answers, stop) = (
+            http.clone(),
+            node.base.clone(),
+            org.clone(),
+            answers.clone(),
+            stop.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let id = format!("o-{p}-{i}");
+                i += 1;
+                let event =
+                    json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } });
+                let r = http
+                    .post(format!("{base}/v1/orgs/{org}/events"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&event)
+                    .send()
+                    .await
+                    .expect("Herald itself stays up");
+                let status = r.status();
+                let retry_after = r.headers().contains_key("retry-after");
+                let body = if status == StatusCode::ACCEPTED
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+                {
+                    String::new()
+                } else {
+                    r.text().await.unwrap_or_default()
+                };
+                let backoff = {
+                    let mut a = answers.lock().unwrap();
+                    match status {
+                        StatusCode::ACCEPTED => {
+                            a.accepted.insert(id);
+                            false
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            a.unavailable += 1;
+                            a.with_retry_after += usize::from(retry_after);
+                            true
+                        }
+                        other => {
+                            a.other.push(format!("{other}: {body}"));
+                            false
+                        }
+                    }
+                };
+                if backoff {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let accepted = || answers.lock().unwrap().accepted.len();
+    let unavailable = || answers.lock().unwrap().unavailable;
+
+    // Under load: the database goes away for a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted() < 200 {
+        assert!(Instant::now() < deadline, "the load did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unavailable() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "ingest never answered 503 while the database was away"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage lasts a few seconds
+    let accepted_before_restore = accepted();
+    proxy.restore();
+
+    // It comes back: ingest accepts again without a restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted() < accepted_before_restore + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "ingest did not resume after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    assert!(
+        answers.other.is_empty(),
+        "only 202 or 503: {:?}",
+        &answers.other[..answers.other.len().min(5)]
+    );
+    assert_eq!(
+        answers.with_retry_after, answers.unavailable,
+        "every 503 says when to try again"
+    );
+
+    // Every 202 was stored ...
+    let client = db.connect().await;
+    let stored: HashSet<String> = client
+        .query("SELECT id FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<_> = answers.accepted.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} events were answered 202 but not stored, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+
+    // ... and arrives (delivery resumed by itself; what was in flight comes back after its lease).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let arrived: HashSet<String> = rx.visits().into_iter().map(|v| v.key).collect();
+        let missing = answers.accepted.difference(&arrived).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted events never arrived",
+            answers.accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::pg::assert_never_at_once(&rx.repeats());
+    eprintln!(
+        "outage: {} events accepted, {} answered 503 while the database was away, {} deliveries repeated",
+        answers.accepted.len(),
+        answers.unavailable,
+        rx.repeats().len()
+    );
+}
