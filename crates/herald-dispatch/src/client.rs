@@ -11,7 +11,7 @@ use herald_core::delivery::{
 };
 use herald_core::profile::OutgoingRequest;
 
-use crate::guard::{Blocked, GuardedResolver, check_url};
+use crate::guard::{Blocked, GuardedResolver, check_parsed_url, check_url};
 
 /// Installs the TLS crypto provider (ring) for this process, once. reqwest is built without a
 /// default one; every client made in the process needs it first.
@@ -63,16 +63,22 @@ impl HttpClient {
         timeout: Duration,
     ) -> AttemptOutcome {
         let started = Instant::now();
-        if let Err(blocked) = check_url(&self.policy, url) {
-            return failed(
-                AttemptError::Blocked(blocked.0),
-                None,
-                started,
-                String::new(),
-                None,
-            );
-        }
-        let mut builder = self.inner.post(url).timeout(timeout);
+        let checked = url::Url::parse(url)
+            .map_err(|_| Blocked("the URL does not parse".into()))
+            .and_then(|parsed| check_parsed_url(&self.policy, &parsed).map(|()| parsed));
+        let parsed = match checked {
+            Ok(parsed) => parsed,
+            Err(blocked) => {
+                return failed(
+                    AttemptError::Blocked(blocked.0),
+                    None,
+                    started,
+                    String::new(),
+                    None,
+                );
+            }
+        };
+        let mut builder = self.inner.post(parsed).timeout(timeout);
         for (name, value) in extra_headers {
             builder = builder.header(name.as_str(), value.as_str());
         }

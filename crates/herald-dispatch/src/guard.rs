@@ -57,9 +57,16 @@ impl Resolve for GuardedResolver {
 
 /// Checks a URL's host when it is an IP literal (or `localhost`).
 pub fn check_url(policy: &AddressPolicy, url: &str) -> Result<(), Blocked> {
-    let host = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
-    policy.check_host(&host).map_err(Blocked)
+    match url::Url::parse(url) {
+        Ok(parsed) => check_parsed_url(policy, &parsed),
+        Err(_) => policy.check_host("").map_err(Blocked),
+    }
+}
+
+/// [`check_url`] for a URL already parsed (a delivery parses its URL once, for this and for
+/// the request).
+pub fn check_parsed_url(policy: &AddressPolicy, url: &url::Url) -> Result<(), Blocked> {
+    policy
+        .check_host(url.host_str().unwrap_or_default())
+        .map_err(Blocked)
 }

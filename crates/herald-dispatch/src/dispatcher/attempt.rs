@@ -179,7 +179,7 @@ impl Dispatcher {
             });
         }
         forget(self);
-        shared.store.record_attempts(&records).await?;
+        shared.recorder.record(records).await?;
         if retrying {
             self.wake_scheduler();
         }

@@ -5,10 +5,12 @@
 //! - `mod.rs`: the handle ingest and the scheduler use, and what is held in memory.
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
+//! - `recorder.rs`: outcomes stored in groups.
 
 mod attempt;
 mod breaker;
 mod health;
+mod recorder;
 mod worker;
 
 use std::collections::HashMap;
@@ -86,6 +88,7 @@ struct Shared {
     directory: Arc<Directory>,
     clock: Arc<dyn Clock>,
     client: HttpClient,
+    recorder: recorder::Recorder,
     settings: DispatchSettings,
     workers: Mutex<HashMap<WebhookId, mpsc::UnboundedSender<DueDelivery>>>,
     /// Deliveries in memory (queued or in flight), so the scheduler never hands one out twice,
@@ -116,6 +119,7 @@ impl Dispatcher {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                recorder: recorder::Recorder::start(store.clone()),
                 store,
                 directory,
                 clock,

@@ -1,0 +1,105 @@
+//! Stores attempt outcomes in groups. Each attempt's outcome must be stored before its
+//! delivery is let go, and storing each one on its own cost the store's single writer a
+//! savepoint, a wake-up and a reply per delivery. The recorder gathers what arrives while its
+//! previous writes are committing and stores it in one call, so the busier the dispatcher, the
+//! bigger (and cheaper per attempt) each write.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use herald_core::store::{AttemptRecord, Store, StoreError, StoreResult};
+
+/// Attempts stored in one call at most.
+const MAX_GROUP: usize = 512;
+/// Writes in flight at once: one commits while the next gathers, and a backend that commits
+/// in parallel (PostgreSQL) gets a little more.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// The handle attempts record through. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Recorder {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+/// One caller's outcomes, and where to tell it they are stored.
+struct Pending {
+    records: Vec<AttemptRecord>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+impl Recorder {
+    /// Starts the recorder's task on the current runtime; it ends when every handle is gone.
+    pub(super) fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx));
+        Self { tx }
+    }
+
+    /// Stores the attempts (all or nothing for this caller) and answers once they are durable.
+    pub(super) async fn record(&self, records: Vec<AttemptRecord>) -> StoreResult<()> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Pending { records, done })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the attempt recorder has stopped".into())
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let permits = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a free write lets the next group grow meanwhile.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = vec![first];
+        let mut count = group[0].records.len();
+        while count < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(pending) => {
+                    count += pending.records.len();
+                    group.push(pending);
+                }
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            write(&*store, group).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Stores a group in one call. If that fails, each caller's attempts are tried on their own, so
+/// that one caller's bad record cannot fail the others.
+async fn write(store: &dyn Store, group: Vec<Pending>) {
+    if group.len() == 1 {
+        let Pending { records, done } = group.into_iter().next().expect("one");
+        let _ = done.send(store.record_attempts(&records).await);
+        return;
+    }
+    let mut all = Vec::with_capacity(group.iter().map(|p| p.records.len()).sum());
+    let mut callers = Vec::with_capacity(group.len());
+    for Pending { records, done } in group {
+        callers.push((records.len(), done));
+        all.extend(records);
+    }
+    if store.record_attempts(&all).await.is_ok() {
+        for (_, done) in callers {
+            let _ = done.send(Ok(()));
+        }
+        return;
+    }
+    let mut start = 0;
+    for (len, done) in callers {
+        let mine = &all[start..start + len];
+        start += len;
+        let _ = done.send(store.record_attempts(mine).await);
+    }
+}
