@@ -118,7 +118,8 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
     // WAL lets readers run beside the writer; FULL makes every commit durable before we answer.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; \
-         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;",
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000; \
+         PRAGMA wal_autocheckpoint = 8000;",
     )
     .map_err(|e| classify(&e))?;
     if read_only {

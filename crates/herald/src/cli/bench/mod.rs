@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Events per request in `batch` (at most 1,000).
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
+    /// Requests in flight at once to one webhook, for the servers the bench starts (Herald's
+    /// HERALD_ENDPOINT_CONCURRENCY; its default is 16).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub endpoint_concurrency: u32,
     /// Events per second in `latency`.
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
@@ -137,7 +141,7 @@ impl Ctx {
                 token: token.clone(),
             }),
             _ => Ok(Server::InProcess(
-                InProcess::start(&self.parent, &self.token).await?,
+                InProcess::start(&self.parent, &self.token, self.args.endpoint_concurrency).await?,
             )),
         }
     }
@@ -161,6 +165,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "backlog": args.backlog,
         "events": args.events,
         "receiver_threads": args.receiver_threads,
+        "endpoint_concurrency": args.endpoint_concurrency,
         "repeat": args.repeat,
         "server": if args.server.is_some() { "external" } else { "in-process" },
     });

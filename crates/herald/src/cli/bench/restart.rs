@@ -31,7 +31,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     }
     let events = ctx.events(20_000);
     let dir = temp_data_dir(&ctx.parent)?;
-    let mut child = Child::start(dir.path(), &ctx.token).await?;
+    let mut child = Child::start(dir.path(), &ctx.token, ctx.args.endpoint_concurrency).await?;
     let receiver = Receiver::start(
         ctx.clock,
         &[Behaviour::Accept],
@@ -90,7 +90,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     );
 
     let restarted_at = Instant::now();
-    let restarted = Child::start(dir.path(), &ctx.token).await?;
+    let restarted = Child::start(dir.path(), &ctx.token, ctx.args.endpoint_concurrency).await?;
     let listening_s = restarted_at.elapsed().as_secs_f64();
     producer.retarget(restarted.base(), &org)?;
     let (mut recovered_s, mut resumed_s) = (None, None);

@@ -114,12 +114,17 @@ pub struct InProcess {
 
 impl InProcess {
     /// Builds the app on a fresh data directory under `parent` and serves it on 127.0.0.1.
-    pub async fn start(parent: &Path, token: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        parent: &Path,
+        token: &str,
+        endpoint_concurrency: u32,
+    ) -> anyhow::Result<Self> {
         let dir = temp_data_dir(parent)?;
         let mut settings = Settings::for_data_dir(dir.path().to_path_buf());
         settings.security.admin_token = Some(token.to_owned());
         // The receiver listens on loopback, which Herald refuses by default.
         settings.security.allow_private_networks = vec!["127.0.0.0/8".into()];
+        settings.delivery.endpoint_concurrency = endpoint_concurrency;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("herald-server")
             .enable_all()
@@ -193,7 +198,11 @@ pub struct Child {
 
 impl Child {
     /// Starts `herald serve` on `data_dir` (this same executable) and waits until it listens.
-    pub async fn start(data_dir: &Path, token: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        data_dir: &Path,
+        token: &str,
+        endpoint_concurrency: u32,
+    ) -> anyhow::Result<Self> {
         let exe =
             std::env::current_exe().context("could not find the herald executable to start")?;
         let mut child = tokio::process::Command::new(&exe)
@@ -202,6 +211,10 @@ impl Child {
             .env("HERALD_DATA_DIR", data_dir)
             .env("HERALD_ADMIN_TOKEN", token)
             .env("HERALD_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
+            .env(
+                "HERALD_ENDPOINT_CONCURRENCY",
+                endpoint_concurrency.to_string(),
+            )
             .env("HERALD_LOG", "info")
             .env("HERALD_LOG_FORMAT", "text")
             .stdin(Stdio::null())
