@@ -166,12 +166,13 @@ const DUE_UNLESS_PARKED: &str = "CASE WHEN (SELECT active FROM webhooks WHERE id
      THEN next_attempt_at ELSE NULL END";
 
 pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
-    let mut retrying = false;
-    for r in records {
-        retrying |= matches!(r.next, NextStep::RetryAt(_));
-        record_attempt(c, r).await?;
-    }
-    if retrying {
+    // Pipelined: every record's statements go to the server together instead of waiting for a
+    // round trip each (a group from the recorder holds up to 512).
+    futures::future::try_join_all(records.iter().map(|r| record_attempt(c, r))).await?;
+    if records
+        .iter()
+        .any(|r| matches!(r.next, NextStep::RetryAt(_)))
+    {
         announce_work(c).await?;
     }
     Ok(())
@@ -179,7 +180,8 @@ pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) ->
 
 async fn record_attempt(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
     let a = &r.attempt;
-    c.exec(
+    let insert = async {
+        c.exec(
         "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, error, \
          error_message, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
@@ -194,14 +196,16 @@ async fn record_attempt(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
             &a.response_body,
         ],
     )
-    .await?;
+    .await
+    };
     let (state, next_at) = match r.next {
         NextStep::Succeeded => ("succeeded", None),
         NextStep::Failed => ("failed", None),
         NextStep::RetryAt(at) => ("pending", Some(at.as_millis())),
     };
     let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
-    c.exec(
+    let update = async {
+        c.exec(
         "UPDATE deliveries SET state = $1, attempt_count = $2, next_attempt_at = $3::BIGINT, \
          due_at = CASE WHEN $3::BIGINT IS NOT NULL \
              AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN $3::BIGINT ELSE NULL END, \
@@ -218,7 +222,9 @@ async fn record_attempt(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
             &r.org_id.as_str(),
         ],
     )
-    .await?;
+    .await
+    };
+    futures::future::try_join(insert, update).await?;
     Ok(())
 }
 

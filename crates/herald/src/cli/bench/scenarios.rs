@@ -49,7 +49,7 @@ impl Prepared {
             Receiver::start(ctx.clock, &behaviours, capacity, ctx.args.receiver_threads).await?;
         let api = Api::new(ctx.http.clone(), server.base(), server.token())?;
         let org = api
-            .create_org(&format!("bench {label} {}", ctx.run_id))
+            .create_org(&format!("bench {label} {} {}", ctx.run_id, ctx.round + 1))
             .await?;
         let mut hooks = Vec::with_capacity(endpoints.len());
         for (i, (_, extra)) in endpoints.iter().enumerate() {
