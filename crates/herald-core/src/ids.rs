@@ -1,15 +1,29 @@
 //! Typed, prefixed identifiers (`org_…`, `wh_…`, `dlv_…`). A ULID after the prefix makes ids
 //! sortable by creation time, which is what "newest first" pagination walks on.
 
+use std::sync::{Mutex, PoisonError};
+
 use serde::{Deserialize, Serialize};
 
 use crate::Invalid;
 
+/// One generator for the process, so ids made within the same millisecond still sort in the
+/// order they were made (a fresh `Ulid::new()` each time would order them at random, and two
+/// webhooks created in one millisecond would list in either order).
+static GENERATOR: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+
+fn next_ulid() -> ulid::Ulid {
+    let mut generator = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
+    // It fails only when 2^80 ids were made in one millisecond.
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(transparent)]
+        #[schema(value_type = String, example = json!(concat!($prefix, "_01jd8x4m2c9v7t5r3q1p0n8k6h")))]
         pub struct $name(String);
 
         impl $name {
@@ -17,7 +31,7 @@ macro_rules! prefixed_id {
 
             /// A fresh id: prefix, underscore, lower-case ULID.
             pub fn generate() -> Self {
-                Self(format!("{}_{}", $prefix, ulid::Ulid::new().to_string().to_lowercase()))
+                Self(format!("{}_{}", $prefix, next_ulid().to_string().to_lowercase()))
             }
 
             /// Parses an id received from outside; the prefix and shape must be right.
@@ -78,6 +92,12 @@ prefixed_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_made_in_a_row_sort_in_the_order_they_were_made() {
+        let ids: Vec<WebhookId> = (0..1000).map(|_| WebhookId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
 
     #[test]
     fn a_generated_id_parses_back() {
