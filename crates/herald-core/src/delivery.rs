@@ -8,7 +8,7 @@ use crate::{AttemptId, DeliveryId, Invalid, OrgId, Timestamp, WebhookId};
 /// How many bytes of a response body an attempt keeps.
 pub const RESPONSE_BODY_KEEP: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Waiting for its next attempt (or being attempted).
@@ -51,7 +51,7 @@ impl DeliveryState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub id: DeliveryId,
     pub org_id: OrgId,
@@ -68,7 +68,7 @@ pub struct Delivery {
 }
 
 /// One recorded HTTP request of a delivery.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub id: AttemptId,
     pub delivery_id: DeliveryId,

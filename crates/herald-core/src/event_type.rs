@@ -72,7 +72,7 @@ pub fn parse_channel(raw: &str, field: &str) -> Result<String, Invalid> {
 }
 
 /// An event type registered by an organization, with an optional JSON Schema for its data.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CustomEventType {
     pub id: EventTypeId,
     #[serde(skip)]

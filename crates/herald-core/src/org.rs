@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::catalog::CatalogName;
 use crate::{ApiKeyId, Invalid, OrgId, Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Organization {
     pub id: OrgId,
     pub name: String,
@@ -32,8 +32,9 @@ pub fn parse_name(raw: &str, field: &str) -> Result<String, Invalid> {
 
 /// A short, domain-like name used in WebSub topics and issuer URLs: lower-case letters, digits,
 /// `-` and `.`, 1 to 63 characters, starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "acme")]
 pub struct OrgHandle(String);
 
 impl OrgHandle {
@@ -83,7 +84,7 @@ impl OrgHandle {
 }
 
 /// An organization-scoped API key as stored: only a hash of the key is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: ApiKeyId,
     pub org_id: OrgId,

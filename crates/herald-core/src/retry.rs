@@ -7,8 +7,9 @@ use crate::{Invalid, Timestamp};
 
 /// The delays in seconds before each attempt, the first counted from ingest and each later one
 /// from the previous failure. `[0, 60, 300, 900, 3600]` means five attempts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = Vec<u32>, example = json!([0, 60, 300, 900, 3600]))]
 pub struct RetrySchedule(Vec<u32>);
 
 /// The longest single delay a schedule or a `Retry-After` may ask for: one week.

@@ -81,7 +81,7 @@ pub struct AttemptRecord {
 }
 
 /// What a purge removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct PurgeCount {
     pub events: u64,
     pub deliveries: u64,

@@ -12,7 +12,9 @@ use crate::{Invalid, Timestamp, WebhookId};
 pub const DEFAULT_LEASE_SECONDS: u32 = 864_000;
 
 /// Whether a webhook must verify its intent before it gets events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Verification {
     #[default]
@@ -38,8 +40,9 @@ impl Verification {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = SubscriptionMode)]
 pub enum Mode {
     Subscribe,
     Unsubscribe,
@@ -62,8 +65,9 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = SubscriptionState)]
 pub enum State {
     Pending,
     Verified,
@@ -90,7 +94,7 @@ impl State {
 }
 
 /// One channel of one webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub webhook_id: WebhookId,
     pub channel: String,

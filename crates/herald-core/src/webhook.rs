@@ -12,7 +12,7 @@ use crate::{Invalid, OrgId, Timestamp, WebhookId};
 /// How long the previous secret keeps signing after a rotation, so receivers can switch over.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Webhook {
     pub id: WebhookId,
     pub org_id: OrgId,
@@ -103,7 +103,7 @@ impl Webhook {
 }
 
 /// Profile-specific settings of a webhook.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookOptions {
     /// CloudEvents content mode (`structured`, the default, or `binary`).
@@ -148,7 +148,7 @@ impl WebhookOptions {
 }
 
 /// How a CloudEvent travels over HTTP.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentMode {
     /// The whole event as `application/cloudevents+json`.
@@ -160,8 +160,9 @@ pub enum ContentMode {
 
 /// An absolute `http` or `https` URL with a host, at most 2,048 characters, no credentials and no
 /// fragment. Whether its address may be reached is the dispatcher's SSRF guard's call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "https://example.com/webhooks")]
 pub struct WebhookUrl(String);
 
 impl WebhookUrl {

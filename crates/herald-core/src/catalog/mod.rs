@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::Invalid;
 
 /// One event type of a built-in catalog.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CatalogEventType {
     pub name: String,
     pub channel: String,
@@ -23,7 +23,7 @@ pub struct CatalogEventType {
 }
 
 /// A built-in catalog.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Catalog {
     #[serde(rename = "catalog")]
     pub name: String,
@@ -76,8 +76,9 @@ pub fn all() -> &'static [Catalog] {
 }
 
 /// The name of a built-in catalog an organization enabled.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "optare")]
 pub struct CatalogName(String);
 
 impl CatalogName {

@@ -198,6 +198,15 @@ impl ProfileName {
     }
 }
 
+/// A string naming one of [`ProfileName::ALL`].
+impl utoipa::PartialSchema for ProfileName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::string_enum(Self::ALL.iter().map(|p| p.as_str()))
+    }
+}
+
+impl utoipa::ToSchema for ProfileName {}
+
 impl Serialize for ProfileName {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

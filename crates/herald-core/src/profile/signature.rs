@@ -94,6 +94,15 @@ impl SignatureScheme {
     }
 }
 
+/// A string naming one of [`SignatureScheme::ALL`].
+impl utoipa::PartialSchema for SignatureScheme {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::string_enum(Self::ALL.iter().map(|s| s.as_str()))
+    }
+}
+
+impl utoipa::ToSchema for SignatureScheme {}
+
 impl Serialize for SignatureScheme {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

@@ -1,53 +1,64 @@
 //! Delivery history: `/v1/orgs/{org}/webhooks/{id}/deliveries`, `/v1/orgs/{org}/deliveries/{id}`,
 //! resend and recover.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use herald_core::delivery::DeliveryState;
-use herald_core::store::DeliveryFilter;
-use herald_core::{DeliveryId, PageRequest, Timestamp};
+use herald_core::delivery::{Delivery, DeliveryState};
+use herald_core::store::{DeliveryFilter, PurgeCount};
+use herald_core::{DeliveryId, Page, PageRequest, Timestamp};
 
 use super::ApiResult;
 use super::extract::{Caller, JsonBody, QueryParams, path_id};
+use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
 use crate::app::AppState;
+use crate::service::deliveries::DeliveryDetail;
 use crate::service::{ServiceError, deliveries, retention};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/deliveries",
-            get(list_deliveries),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/recover",
-            post(recover_deliveries),
-        )
-        .route("/v1/orgs/{org}/deliveries/{id}", get(get_delivery))
-        .route("/v1/orgs/{org}/deliveries/{id}/retry", post(retry_delivery))
-        .route("/v1/orgs/{org}/purge", post(purge_history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_deliveries))
+        .routes(routes!(recover_deliveries))
+        .routes(routes!(get_delivery))
+        .routes(routes!(retry_delivery))
+        .routes(routes!(purge_history))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// At most this many (1 to 200, 50 by default).
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only deliveries in this state: pending, succeeded, failed, cancelled or skipped.
     state: Option<String>,
+    /// Only deliveries of this event type.
     event_type: Option<String>,
 }
 
+/// Lists a webhook's deliveries, newest first.
+#[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}/deliveries", tag = "deliveries",
+    params(OrgItemPath, ListQuery),
+    responses(
+        (status = 200, description = "A page of deliveries", body = Page<Delivery>),
+        (status = 400, description = "The query string is not valid", body = super::ErrorBody),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "A filter, `limit` or `cursor` is not valid", body = super::ErrorBody),
+    ))]
 async fn list_deliveries(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<Delivery>>> {
     let page = PageRequest::new(q.limit, q.cursor).map_err(ServiceError::from)?;
     let filter = DeliveryFilter {
         state: q
@@ -58,73 +69,113 @@ async fn list_deliveries(
             .map_err(ServiceError::from)?,
         event_type: q.event_type,
     };
-    let list = deliveries::list(
-        &state,
-        &scope,
-        &org_id(&org)?,
-        &webhook_id(&id)?,
-        filter,
-        page,
-    )
-    .await?;
-    Ok(Json(json!(list)))
+    let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let list = deliveries::list(&state, &scope, &org, &webhook, filter, page).await?;
+    Ok(Json(list))
 }
 
 fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
     path_id(raw, "delivery", DeliveryId::parse)
 }
 
+/// Reads a delivery with every attempt.
+#[utoipa::path(get, path = "/v1/orgs/{org}/deliveries/{id}", tag = "deliveries",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "The delivery and its attempts, oldest first", body = DeliveryDetail),
+        (status = 404, description = "No such delivery visible to the caller", body = super::ErrorBody),
+    ))]
 async fn get_delivery(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        deliveries::get(&state, &scope, &org_id(&org)?, &delivery_id(&id)?).await?
-    )))
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<Json<DeliveryDetail>> {
+    let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
+    Ok(Json(deliveries::get(&state, &scope, &org, &id).await?))
 }
 
+/// Sends a finished delivery again now, with a fresh retry schedule.
+#[utoipa::path(post, path = "/v1/orgs/{org}/deliveries/{id}/retry", tag = "deliveries",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "The delivery, pending again", body = DeliveryDetail),
+        (status = 404, description = "No such delivery visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The delivery is still pending, or its webhook is gone or inactive", body = super::ErrorBody),
+    ))]
 async fn retry_delivery(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        deliveries::resend(&state, &scope, &org_id(&org)?, &delivery_id(&id)?).await?
-    )))
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<Json<DeliveryDetail>> {
+    let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
+    Ok(Json(deliveries::resend(&state, &scope, &org, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecoverBody {
+    /// An RFC 3339 time: failed deliveries created since then are sent again.
+    #[schema(example = "2026-01-31T00:00:00Z")]
     since: String,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+struct Recovered {
+    /// How many failed deliveries were scheduled again.
+    recovered: u64,
+}
+
+/// Sends again every failed delivery of the webhook created since a time.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/recover", tag = "deliveries",
+    params(OrgItemPath),
+    request_body = RecoverBody,
+    responses(
+        (status = 200, description = "How many were scheduled again", body = Recovered),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "`since` is not an RFC 3339 time", body = super::ErrorBody),
+    ))]
 async fn recover_deliveries(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
     JsonBody(body): JsonBody<RecoverBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Recovered>> {
     let since = Timestamp::parse_rfc3339(&body.since, "since").map_err(ServiceError::from)?;
-    let n = deliveries::recover(&state, &scope, &org_id(&org)?, &webhook_id(&id)?, since).await?;
-    Ok(Json(json!({ "recovered": n })))
+    let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let recovered = deliveries::recover(&state, &scope, &org, &webhook, since).await?;
+    Ok(Json(Recovered { recovered }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PurgeBody {
+    /// An RFC 3339 time: finished history received before it is deleted.
+    #[schema(example = "2026-01-01T00:00:00Z")]
     before: String,
 }
 
-/// Deletes the organization's finished history received before `before`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Purged {
+    /// What was deleted.
+    purged: PurgeCount,
+}
+
+/// Deletes the organization's finished history received before a time. Pending work is kept.
+#[utoipa::path(post, path = "/v1/orgs/{org}/purge", tag = "deliveries",
+    params(OrgPath),
+    request_body = PurgeBody,
+    responses(
+        (status = 200, description = "How much was deleted", body = Purged),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "`before` is not an RFC 3339 time", body = super::ErrorBody),
+    ))]
 async fn purge_history(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(body): JsonBody<PurgeBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Purged>> {
     let before = Timestamp::parse_rfc3339(&body.before, "before").map_err(ServiceError::from)?;
-    let count = retention::purge_org(&state, &scope, &org_id(&org)?, before).await?;
-    Ok(Json(json!({ "purged": count })))
+    let purged = retention::purge_org(&state, &scope, &org_id(&path.org)?, before).await?;
+    Ok(Json(Purged { purged }))
 }

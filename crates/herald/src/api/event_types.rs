@@ -1,56 +1,95 @@
 //! `/v1/event-types` (the built-in catalogs) and `/v1/orgs/{org}/event-types`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use herald_core::Page;
+use herald_core::catalog::Catalog;
+use herald_core::event_type::CustomEventType;
 
 use super::ApiResult;
 use super::extract::{Caller, JsonBody};
+use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
-use crate::service::event_types;
+use crate::service::event_types::{self, AvailableType};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/event-types", get(list_catalogs))
-        .route(
-            "/v1/orgs/{org}/event-types",
-            get(list_org_types).post(register_type),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_catalogs))
+        .routes(routes!(list_org_types, register_type))
 }
 
-async fn list_catalogs(Caller(_): Caller) -> Json<Value> {
-    Json(json!({ "catalogs": event_types::catalogs() }))
+#[derive(Debug, Serialize, ToSchema)]
+struct CatalogList {
+    catalogs: &'static [Catalog],
 }
 
+/// Lists the built-in catalogs with every event type's channel, description, example and schema.
+#[utoipa::path(get, path = "/v1/event-types", tag = "event types",
+    responses((status = 200, description = "The built-in catalogs", body = CatalogList)))]
+async fn list_catalogs(Caller(_): Caller) -> Json<CatalogList> {
+    Json(CatalogList {
+        catalogs: event_types::catalogs(),
+    })
+}
+
+/// Lists every type the organization can post: its catalogs' and its own.
+#[utoipa::path(get, path = "/v1/orgs/{org}/event-types", tag = "event types",
+    params(OrgPath),
+    responses(
+        (status = 200, description = "The organization's event types", body = Page<AvailableType>),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+    ))]
 async fn list_org_types(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let types = event_types::list_for_org(&state, &scope, &org_id(&org)?).await?;
-    Ok(Json(json!({ "data": types, "next_cursor": null })))
+    Path(path): Path<OrgPath>,
+) -> ApiResult<Json<Page<AvailableType>>> {
+    let types = event_types::list_for_org(&state, &scope, &org_id(&path.org)?).await?;
+    Ok(Json(Page {
+        data: types,
+        next_cursor: None,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// An organization's own event type.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EventTypeBody {
+    #[schema(example = "invoice.paid")]
     name: String,
+    #[schema(example = "billing")]
     channel: Option<String>,
     description: Option<String>,
+    /// A JSON Schema that every event's `data` must match.
     schema: Option<Value>,
+    /// Example data, checked against `schema`.
     example: Option<Value>,
 }
 
+/// Registers an event type of the organization's own, optionally with a JSON Schema.
+#[utoipa::path(post, path = "/v1/orgs/{org}/event-types", tag = "event types",
+    params(OrgPath),
+    request_body = EventTypeBody,
+    responses(
+        (status = 201, description = "Registered", body = CustomEventType),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The name is taken by a catalog type or an earlier registration", body = super::ErrorBody),
+        (status = 422, description = "A field is not valid (the name, the schema, or an example that breaks it)", body = super::ErrorBody),
+    ))]
 async fn register_type(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(b): JsonBody<EventTypeBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CustomEventType>)> {
     let input = event_types::EventTypeInput {
         name: b.name,
         channel: b.channel,
@@ -58,6 +97,6 @@ async fn register_type(
         schema: b.schema,
         example: b.example,
     };
-    let created = event_types::register(&state, &scope, &org_id(&org)?, input).await?;
-    Ok((StatusCode::CREATED, Json(json!(created))))
+    let created = event_types::register(&state, &scope, &org_id(&path.org)?, input).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }

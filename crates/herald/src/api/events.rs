@@ -1,28 +1,75 @@
 //! `POST /v1/orgs/{org}/events`: the producer API.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiResult;
 use super::extract::{Caller, JsonBody};
+use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
-use crate::service::ingest;
+use crate::service::ingest::{self, IngestReport};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/orgs/{org}/events", post(post_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(post_events))
 }
 
-/// Answers 202 only after the events and their deliveries are durably stored.
+/// One event as a producer posts it. Parsed by `herald_core::event::NewEvent::parse`, which
+/// gives the precise errors; this type only describes it for the OpenAPI document.
+#[derive(serde::Deserialize, ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the request body; the body is parsed as JSON"
+)]
+struct EventInput {
+    /// The producer's idempotency key: an event posted again with the same id is stored once.
+    /// Generated (`evt_…`) when absent.
+    #[schema(example = "evt_2f9c1b")]
+    id: Option<String>,
+    /// A type of the organization's catalogs or its own.
+    #[serde(rename = "type")]
+    #[schema(example = "user.created")]
+    event_type: String,
+    /// When it happened; the time of receipt when absent.
+    occurred_at: Option<herald_core::Timestamp>,
+    /// The event's data: a JSON object, checked against the type's schema.
+    #[schema(value_type = Object, example = json!({"user": {"id": "u_123", "email": "ada@example.com"}}))]
+    data: Value,
+    correlation_id: Option<String>,
+}
+
+/// One event, or an array of up to 1,000 stored all or nothing.
+#[derive(serde::Deserialize, ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the request body; the body is parsed as JSON"
+)]
+#[serde(untagged)]
+enum EventsBody {
+    One(EventInput),
+    Many(Vec<EventInput>),
+}
+
+/// Posts events. Answers `202` only after the events and their deliveries are durably stored.
+#[utoipa::path(post, path = "/v1/orgs/{org}/events", tag = "events",
+    params(OrgPath),
+    request_body = EventsBody,
+    responses(
+        (status = 202, description = "Stored; deliveries will follow", body = IngestReport),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`)", body = super::ErrorBody),
+    ))]
 async fn post_events(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(body): JsonBody<Value>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let report = ingest::ingest(&state, &scope, &org_id(&org)?, body).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!(report))))
+) -> ApiResult<(StatusCode, Json<IngestReport>)> {
+    let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, body).await?;
+    Ok((StatusCode::ACCEPTED, Json(report)))
 }

@@ -1,40 +1,74 @@
 //! Liveness, readiness and metrics.
 
-use axum::Router;
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(get_ready))
-        .route("/metrics", get(get_metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_health))
+        .routes(routes!(get_ready))
+        .routes(routes!(get_metrics))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Status {
+    /// `ok`, `ready` or `unavailable`.
+    status: &'static str,
+    /// Why it is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// Alive: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Status)))]
+async fn get_health() -> Json<Status> {
+    Json(Status {
+        status: "ok",
+        reason: None,
+    })
 }
 
 /// Ready when the store answers a read.
-async fn get_ready(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to take events", body = Status),
+        (status = 503, description = "The database does not answer", body = Status),
+    ))]
+async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
     match state.store.next_due_at().await {
-        Ok(_) => (StatusCode::OK, axum::Json(json!({ "status": "ready" }))),
+        Ok(_) => (
+            StatusCode::OK,
+            Json(Status {
+                status: "ready",
+                reason: None,
+            }),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(
-                    json!({ "status": "unavailable", "reason": "the database does not answer" }),
-                ),
+                Json(Status {
+                    status: "unavailable",
+                    reason: Some("the database does not answer"),
+                }),
             )
         }
     }
 }
 
+/// Prometheus metrics: events ingested, deliveries by outcome, retries, per-webhook backlog and
+/// oldest pending age, attempt and commit latency histograms.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     let pending = match state.store.pending_by_webhook().await {
         Ok(p) => p,

@@ -1,5 +1,7 @@
 //! The JSON API under `/v1`. Each resource module exports `router()`; handlers extract, call
-//! the service, and map the answer. Errors become HTTP in `error.rs` only.
+//! the service, and map the answer. Errors become HTTP in `error.rs` only. Every route is
+//! registered through `utoipa_axum::routes!`, which also puts it in the OpenAPI document served
+//! at `/openapi.json` (`openapi.rs`).
 
 mod deliveries;
 mod error;
@@ -7,22 +9,32 @@ mod event_types;
 mod events;
 mod extract;
 mod health;
+mod openapi;
 mod orgs;
 mod webhooks;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, ErrorBody};
+pub use openapi::ApiDoc;
 
 use crate::app::AppState;
 
 /// Query parameters of every list.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// At most this many items (1 to 200, 50 by default).
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -33,15 +45,41 @@ impl PageQuery {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let max_body = state.settings.server.max_body_bytes;
-    Router::new()
+/// The API's routes and the OpenAPI document that describes them, built together.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(orgs::router())
         .merge(event_types::router())
         .merge(webhooks::router())
         .merge(events::router())
         .merge(deliveries::router())
+        .split_for_parts();
+    openapi::complete(&mut doc);
+    (routes, doc)
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.server.max_body_bytes;
+    let (routes, doc) = routes();
+    // Rendered once: the document does not change while the server runs.
+    let doc: Arc<str> = doc
+        .to_json()
+        .expect("the OpenAPI document serializes")
+        .into();
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

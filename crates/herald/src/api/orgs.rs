@@ -1,38 +1,41 @@
 //! `/v1/orgs` and `/v1/orgs/{org}/api-keys`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use herald_core::{ApiKeyId, OrgId};
+use herald_core::org::{ApiKey, Organization};
+use herald_core::{ApiKeyId, OrgId, Page};
 
 use super::extract::{Caller, JsonBody, QueryParams, path_id};
+use super::openapi::{OrgItemPath, OrgPath};
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;
 use crate::service::{auth, orgs};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orgs", get(list_orgs).post(create_org))
-        .route(
-            "/v1/orgs/{org}",
-            get(get_org).patch(update_org).delete(delete_org),
-        )
-        .route(
-            "/v1/orgs/{org}/api-keys",
-            get(list_api_keys).post(create_api_key),
-        )
-        .route("/v1/orgs/{org}/api-keys/{id}", delete(delete_api_key))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_orgs, create_org))
+        .routes(routes!(get_org, update_org, delete_org))
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(delete_api_key))
 }
 
-#[derive(Debug, Deserialize)]
+/// An organization's settings; on creation `name` is required.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgBody {
+    #[schema(example = "Acme")]
     name: Option<String>,
+    /// Lower-case letters, digits, `-` and `.`; derived from the name when absent.
+    #[schema(example = "acme")]
     handle: Option<String>,
+    /// Built-in catalogs to take event types from (`optare` by default).
+    #[schema(example = json!(["optare"]))]
     catalogs: Option<Vec<String>>,
 }
 
@@ -50,88 +53,160 @@ pub(crate) fn org_id(raw: &str) -> ApiResult<OrgId> {
     path_id(raw, "organization", OrgId::parse)
 }
 
+/// Creates an organization (admin token only).
+#[utoipa::path(post, path = "/v1/orgs", tag = "organizations",
+    request_body = OrgBody,
+    responses(
+        (status = 201, description = "Created", body = Organization),
+        (status = 403, description = "Needs the admin token", body = super::ErrorBody),
+        (status = 409, description = "The handle is taken, or two catalogs define the same type", body = super::ErrorBody),
+        (status = 422, description = "A field is not valid; `field` names it", body = super::ErrorBody),
+    ))]
 async fn create_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
     JsonBody(body): JsonBody<OrgBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Organization>)> {
     let org = orgs::create(&state, &scope, body.into()).await?;
-    Ok((StatusCode::CREATED, Json(json!(org))))
+    Ok((StatusCode::CREATED, Json(org)))
 }
 
+/// Lists organizations, newest first: all of them for the admin, its own for an API key.
+#[utoipa::path(get, path = "/v1/orgs", tag = "organizations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of organizations", body = Page<Organization>),
+        (status = 400, description = "The query string is not valid", body = super::ErrorBody),
+        (status = 422, description = "`limit` or `cursor` is out of range", body = super::ErrorBody),
+    ))]
 async fn list_orgs(
     State(state): State<AppState>,
     Caller(scope): Caller,
     QueryParams(q): QueryParams<PageQuery>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        orgs::list(&state, &scope, q.into_page()?).await?
-    )))
+) -> ApiResult<Json<Page<Organization>>> {
+    Ok(Json(orgs::list(&state, &scope, q.into_page()?).await?))
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "organizations",
+    params(OrgPath),
+    responses(
+        (status = 200, description = "The organization", body = Organization),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+    ))]
 async fn get_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        orgs::get(&state, &scope, &org_id(&org)?).await?
-    )))
+    Path(path): Path<OrgPath>,
+) -> ApiResult<Json<Organization>> {
+    Ok(Json(orgs::get(&state, &scope, &org_id(&path.org)?).await?))
 }
 
+/// Changes an organization's name, handle or catalogs.
+#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "organizations",
+    params(OrgPath),
+    request_body = OrgBody,
+    responses(
+        (status = 200, description = "The changed organization", body = Organization),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The handle is taken, or two catalogs define the same type", body = super::ErrorBody),
+        (status = 422, description = "A field is not valid; `field` names it", body = super::ErrorBody),
+    ))]
 async fn update_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(body): JsonBody<OrgBody>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        orgs::update(&state, &scope, &org_id(&org)?, body.into()).await?
-    )))
+) -> ApiResult<Json<Organization>> {
+    let org = orgs::update(&state, &scope, &org_id(&path.org)?, body.into()).await?;
+    Ok(Json(org))
 }
 
+/// Deletes an organization with everything it owns (admin token only).
+#[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "organizations",
+    params(OrgPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Needs the admin token", body = super::ErrorBody),
+        (status = 404, description = "No such organization", body = super::ErrorBody),
+    ))]
 async fn delete_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
 ) -> ApiResult<StatusCode> {
-    orgs::delete(&state, &scope, &org_id(&org)?).await?;
+    orgs::delete(&state, &scope, &org_id(&path.org)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApiKeyBody {
+    /// A name to tell keys apart.
+    #[schema(example = "producer")]
     name: String,
 }
 
+/// A new API key: the key itself is shown only in this answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedApiKey {
+    #[serde(flatten)]
+    record: ApiKey,
+    /// The key (`hk_…`); Herald keeps only its hash.
+    key: String,
+}
+
+/// Creates an API key scoped to the organization.
+#[utoipa::path(post, path = "/v1/orgs/{org}/api-keys", tag = "organizations",
+    params(OrgPath),
+    request_body = ApiKeyBody,
+    responses(
+        (status = 201, description = "Created; the key is shown once", body = CreatedApiKey),
+        (status = 404, description = "No such organization", body = super::ErrorBody),
+        (status = 422, description = "The name is not valid", body = super::ErrorBody),
+    ))]
 async fn create_api_key(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(body): JsonBody<ApiKeyBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (record, key) = auth::create_api_key(&state, &scope, &org_id(&org)?, &body.name).await?;
-    let mut out = json!(record);
-    out["key"] = json!(key);
-    Ok((StatusCode::CREATED, Json(out)))
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    let (record, key) =
+        auth::create_api_key(&state, &scope, &org_id(&path.org)?, &body.name).await?;
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { record, key })))
 }
 
+/// Lists the organization's API keys (their prefixes, never the keys).
+#[utoipa::path(get, path = "/v1/orgs/{org}/api-keys", tag = "organizations",
+    params(OrgPath),
+    responses(
+        (status = 200, description = "Every key of the organization", body = Page<ApiKey>),
+        (status = 404, description = "No such organization", body = super::ErrorBody),
+    ))]
 async fn list_api_keys(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let keys = auth::list_api_keys(&state, &scope, &org_id(&org)?).await?;
-    Ok(Json(json!({ "data": keys, "next_cursor": null })))
+    Path(path): Path<OrgPath>,
+) -> ApiResult<Json<Page<ApiKey>>> {
+    let keys = auth::list_api_keys(&state, &scope, &org_id(&path.org)?).await?;
+    Ok(Json(Page {
+        data: keys,
+        next_cursor: None,
+    }))
 }
 
+/// Revokes an API key at once.
+#[utoipa::path(delete, path = "/v1/orgs/{org}/api-keys/{id}", tag = "organizations",
+    params(OrgItemPath),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such organization or key", body = super::ErrorBody),
+    ))]
 async fn delete_api_key(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
 ) -> ApiResult<StatusCode> {
-    let id = path_id(&id, "api key", ApiKeyId::parse)?;
-    auth::delete_api_key(&state, &scope, &org_id(&org)?, &id).await?;
+    let id = path_id(&path.id, "api key", ApiKeyId::parse)?;
+    auth::delete_api_key(&state, &scope, &org_id(&path.org)?, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,17 +3,21 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use herald_core::WebhookId;
+use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
+use herald_core::{DeliveryId, Page, WebhookId};
 
 use super::extract::{Caller, JsonBody, OptionalJsonBody, QueryParams, path_id};
+use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;
@@ -21,43 +25,17 @@ use crate::service::subscriptions;
 use crate::service::webhooks::{self, WebhookInput};
 use crate::service::{Scope, ServiceError};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/orgs/{org}/webhooks",
-            get(list_webhooks).post(create_webhook),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/bulk-delete",
-            post(bulk_delete_webhooks),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}",
-            get(get_webhook)
-                .patch(update_webhook)
-                .delete(delete_webhook),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/activate",
-            post(activate_webhook),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/deactivate",
-            post(deactivate_webhook),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
-            post(rotate_secret),
-        )
-        .route("/v1/orgs/{org}/webhooks/{id}/test", post(send_test_event))
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/subscriptions",
-            get(list_subscriptions),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/verify",
-            post(resend_verification),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_webhooks, create_webhook))
+        .routes(routes!(bulk_delete_webhooks))
+        .routes(routes!(get_webhook, update_webhook, delete_webhook))
+        .routes(routes!(activate_webhook))
+        .routes(routes!(deactivate_webhook))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(send_test_event))
+        .routes(routes!(list_subscriptions))
+        .routes(routes!(resend_verification))
 }
 
 pub(crate) fn webhook_id(raw: &str) -> ApiResult<WebhookId> {
@@ -71,28 +49,50 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+/// A webhook's settings. On creation `name` and `url` are required; on a change, absent fields
+/// stay as they are and `null` clears an optional one.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WebhookBody {
+    #[schema(example = "Directory sync")]
     name: Option<String>,
+    #[schema(example = "https://example.com/webhooks/herald")]
     url: Option<String>,
+    /// Event type names, or `*` for every type (Herald's operational events excepted).
+    #[schema(example = json!(["user.created", "user.deleted"]))]
     events: Option<Vec<String>>,
+    /// Channel names: a type matches if its channel is listed.
     channels: Option<Vec<String>>,
+    /// The wire format: standard (default), opal, optare, parallelworks, permit, asgardeo,
+    /// cloudevents.
+    #[schema(example = "standard")]
     profile: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
+    /// The signing secret; generated in the profile's format when absent.
     secret: Option<String>,
     active: Option<bool>,
+    /// Extra headers sent with every request.
     headers: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, example = 10000)]
     timeout_ms: Option<Option<u64>>,
+    /// Delays in seconds before each attempt.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<u64>>, example = json!([0, 60, 300, 900, 3600]))]
     retry_schedule: Option<Option<Vec<u64>>>,
+    /// Overrides the profile's signature scheme: standard, optare, hub or opal.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     signature: Option<Option<String>>,
+    /// Profile options: `content_mode` (cloudevents), `batch_window_ms` (opal).
+    #[schema(value_type = Option<Object>)]
     options: Option<Value>,
+    /// `websub` to require verification of intent before events are sent, or `none`.
     verification: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
     rate_limit_per_second: Option<Option<u64>>,
 }
 
@@ -118,88 +118,156 @@ impl From<WebhookBody> for WebhookInput {
     }
 }
 
-/// The webhook with its secret: only on creation and rotation.
-fn with_secret(w: &Webhook) -> Value {
-    let mut out = json!(w);
-    out["secret"] = json!(w.secret);
-    out
+/// The webhook with its secret: only in the answers to creation and rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WebhookWithSecret {
+    #[serde(flatten)]
+    webhook: Webhook,
+    /// The signing secret, shown only now.
+    secret: String,
 }
 
+impl From<Webhook> for WebhookWithSecret {
+    fn from(w: Webhook) -> Self {
+        Self {
+            secret: w.secret.clone(),
+            webhook: w,
+        }
+    }
+}
+
+/// Creates a webhook. With `verification: websub` it starts inactive until activated and verified.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks", tag = "webhooks",
+    params(OrgPath),
+    request_body = WebhookBody,
+    responses(
+        (status = 201, description = "Created; the secret is shown once", body = WebhookWithSecret),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The profile allows one webhook per organization", body = super::ErrorBody),
+        (status = 422, description = "A field is not valid (`field` names it), e.g. an address Herald may not reach", body = super::ErrorBody),
+    ))]
 async fn create_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(body): JsonBody<WebhookBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let w = webhooks::create(&state, &scope, &org_id(&org)?, body.into()).await?;
-    Ok((StatusCode::CREATED, Json(with_secret(&w))))
+) -> ApiResult<(StatusCode, Json<WebhookWithSecret>)> {
+    let w = webhooks::create(&state, &scope, &org_id(&path.org)?, body.into()).await?;
+    Ok((StatusCode::CREATED, Json(w.into())))
 }
 
+/// Lists the organization's webhooks, newest first.
+#[utoipa::path(get, path = "/v1/orgs/{org}/webhooks", tag = "webhooks",
+    params(OrgPath, PageQuery),
+    responses(
+        (status = 200, description = "A page of webhooks", body = Page<Webhook>),
+        (status = 400, description = "The query string is not valid", body = super::ErrorBody),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "`limit` or `cursor` is out of range", body = super::ErrorBody),
+    ))]
 async fn list_webhooks(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     QueryParams(q): QueryParams<PageQuery>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        webhooks::list(&state, &scope, &org_id(&org)?, q.into_page()?).await?
-    )))
+) -> ApiResult<Json<Page<Webhook>>> {
+    let page = webhooks::list(&state, &scope, &org_id(&path.org)?, q.into_page()?).await?;
+    Ok(Json(page))
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "The webhook (without its secret)", body = Webhook),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+    ))]
 async fn get_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(
-        webhooks::get(&state, &scope, &org_id(&org)?, &webhook_id(&id)?).await?
-    )))
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<Json<Webhook>> {
+    let w = webhooks::get(&state, &scope, &org_id(&path.org)?, &webhook_id(&path.id)?).await?;
+    Ok(Json(w))
 }
 
+/// Changes a webhook: absent fields stay, `null` clears an optional one.
+#[utoipa::path(patch, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
+    params(OrgItemPath),
+    request_body = WebhookBody,
+    responses(
+        (status = 200, description = "The changed webhook", body = Webhook),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The change conflicts with the webhook's state or profile", body = super::ErrorBody),
+        (status = 422, description = "A field is not valid; `field` names it", body = super::ErrorBody),
+    ))]
 async fn update_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
     JsonBody(body): JsonBody<WebhookBody>,
-) -> ApiResult<Json<Value>> {
-    let w = webhooks::update(
-        &state,
-        &scope,
-        &org_id(&org)?,
-        &webhook_id(&id)?,
-        body.into(),
-    )
-    .await?;
-    Ok(Json(json!(w)))
+) -> ApiResult<Json<Webhook>> {
+    let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    Ok(Json(
+        webhooks::update(&state, &scope, &org, &id, body.into()).await?,
+    ))
 }
 
+/// Deletes a webhook; its pending deliveries are cancelled, its history kept.
+#[utoipa::path(delete, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
+    params(OrgItemPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "An active WebSub webhook must be deactivated first", body = super::ErrorBody),
+    ))]
 async fn delete_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
 ) -> ApiResult<StatusCode> {
-    let id = webhook_id(&id)?;
-    let deleted =
-        webhooks::delete(&state, &scope, &org_id(&org)?, std::slice::from_ref(&id)).await?;
+    let id = webhook_id(&path.id)?;
+    let deleted = webhooks::delete(
+        &state,
+        &scope,
+        &org_id(&path.org)?,
+        std::slice::from_ref(&id),
+    )
+    .await?;
     if deleted.is_empty() {
         return Err(ServiceError::NotFound("webhook").into());
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkDeleteBody {
     ids: Vec<String>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+struct BulkDeleted {
+    deleted: Vec<WebhookId>,
+    /// The ids that name no webhook of the organization.
+    not_found: Vec<String>,
+}
+
+/// Deletes several webhooks at once.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/bulk-delete", tag = "webhooks",
+    params(OrgPath),
+    request_body = BulkDeleteBody,
+    responses(
+        (status = 200, description = "What was deleted and what was not found", body = BulkDeleted),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "An active WebSub webhook must be deactivated first", body = super::ErrorBody),
+    ))]
 async fn bulk_delete_webhooks(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(org): Path<String>,
+    Path(path): Path<OrgPath>,
     JsonBody(body): JsonBody<BulkDeleteBody>,
-) -> ApiResult<Json<Value>> {
-    let org = org_id(&org)?;
+) -> ApiResult<Json<BulkDeleted>> {
+    let org = org_id(&path.org)?;
     let mut ids = Vec::new();
     let mut not_found = Vec::new();
     for raw in body.ids {
@@ -214,96 +282,168 @@ async fn bulk_delete_webhooks(
             .filter(|id| !deleted.contains(id))
             .map(|id| id.to_string()),
     );
-    Ok(Json(json!({ "deleted": deleted, "not_found": not_found })))
+    Ok(Json(BulkDeleted { deleted, not_found }))
+}
+
+/// A webhook after (de)activation, with its WebSub channels where it verifies intent.
+#[derive(Debug, Serialize, ToSchema)]
+struct WebhookActivation {
+    #[serde(flatten)]
+    webhook: Webhook,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscriptions: Option<Vec<Subscription>>,
 }
 
 async fn set_active(
     state: &AppState,
     scope: &Scope,
-    org: &str,
-    id: &str,
+    path: OrgItemPath,
     active: bool,
-) -> ApiResult<Json<Value>> {
-    let (w, subscriptions) =
-        webhooks::set_active(state, scope, &org_id(org)?, &webhook_id(id)?, active).await?;
-    let mut out = json!(w);
-    if let Some(subs) = subscriptions {
-        out["subscriptions"] = json!(subs);
-    }
-    Ok(Json(out))
+) -> ApiResult<Json<WebhookActivation>> {
+    let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let (webhook, subscriptions) = webhooks::set_active(state, scope, &org, &id, active).await?;
+    Ok(Json(WebhookActivation {
+        webhook,
+        subscriptions,
+    }))
 }
 
+/// Enables a webhook. A WebSub webhook verifies each channel first (one GET per channel).
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/activate", tag = "webhooks",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "The webhook, with its channels' verification states", body = WebhookActivation),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+    ))]
 async fn activate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    set_active(&state, &scope, &org, &id, true).await
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<Json<WebhookActivation>> {
+    set_active(&state, &scope, path, true).await
 }
 
+/// Disables a webhook; its deliveries wait. A WebSub webhook unsubscribes its channels.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/deactivate", tag = "webhooks",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "The webhook", body = WebhookActivation),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+    ))]
 async fn deactivate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    set_active(&state, &scope, &org, &id, false).await
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<Json<WebhookActivation>> {
+    set_active(&state, &scope, path, false).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
+    /// The new secret; generated when absent.
     secret: Option<String>,
 }
 
+/// Replaces the secret. The previous one keeps signing beside it for 24 hours.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(OrgItemPath),
+    request_body(content = Option<RotateBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The webhook with its new secret, shown once", body = WebhookWithSecret),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "The secret is not valid for the profile", body = super::ErrorBody),
+    ))]
 async fn rotate_secret(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
     OptionalJsonBody(body): OptionalJsonBody<RotateBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookWithSecret>> {
+    let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let secret = body.and_then(|b| b.secret);
-    let w =
-        webhooks::rotate_secret(&state, &scope, &org_id(&org)?, &webhook_id(&id)?, secret).await?;
-    Ok(Json(with_secret(&w)))
+    let w = webhooks::rotate_secret(&state, &scope, &org, &id, secret).await?;
+    Ok(Json(w.into()))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+struct TestSent {
+    event_id: String,
+    delivery_id: DeliveryId,
+}
+
+/// Sends a test event (`webhook.test`) to this webhook only.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/test", tag = "webhooks",
+    params(OrgItemPath),
+    responses(
+        (status = 202, description = "Stored; the delivery follows", body = TestSent),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The webhook is not active", body = super::ErrorBody),
+    ))]
 async fn send_test_event(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (event_id, delivery_id) =
-        webhooks::send_test(&state, &scope, &org_id(&org)?, &webhook_id(&id)?).await?;
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<(StatusCode, Json<TestSent>)> {
+    let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let (event_id, delivery_id) = webhooks::send_test(&state, &scope, &org, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "event_id": event_id, "delivery_id": delivery_id })),
+        Json(TestSent {
+            event_id,
+            delivery_id,
+        }),
     ))
 }
 
+/// Lists a WebSub webhook's channels and where each one's verification stands.
+#[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}/subscriptions", tag = "webhooks",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "One subscription per channel", body = Page<Subscription>),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+    ))]
 async fn list_subscriptions(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let subs = subscriptions::list(&state, &scope, &org_id(&org)?, &webhook_id(&id)?).await?;
-    Ok(Json(json!({ "data": subs, "next_cursor": null })))
+    Path(path): Path<OrgItemPath>,
+) -> ApiResult<Json<Page<Subscription>>> {
+    let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let subs = subscriptions::list(&state, &scope, &org, &id).await?;
+    Ok(Json(Page {
+        data: subs,
+        next_cursor: None,
+    }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VerifyBody {
+    /// One channel; every channel when absent.
     channel: Option<String>,
 }
 
 /// Resends the WebSub verification for one channel or all.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/verify", tag = "webhooks",
+    params(OrgItemPath),
+    request_body(content = Option<VerifyBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The channels after verification", body = Page<Subscription>),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The webhook does not verify intent, or is not active", body = super::ErrorBody),
+        (status = 422, description = "The channel is not one of the webhook's", body = super::ErrorBody),
+    ))]
 async fn resend_verification(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path((org, id)): Path<(String, String)>,
+    Path(path): Path<OrgItemPath>,
     OptionalJsonBody(body): OptionalJsonBody<VerifyBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<Subscription>>> {
+    let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let channel = body.and_then(|b| b.channel);
-    let subs =
-        subscriptions::resend(&state, &scope, &org_id(&org)?, &webhook_id(&id)?, channel).await?;
-    Ok(Json(json!({ "data": subs, "next_cursor": null })))
+    let subs = subscriptions::resend(&state, &scope, &org, &id, channel).await?;
+    Ok(Json(Page {
+        data: subs,
+        next_cursor: None,
+    }))
 }

@@ -10,7 +10,7 @@ use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDetail {
     #[serde(flatten)]
     pub delivery: Delivery,

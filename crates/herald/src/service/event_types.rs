@@ -21,7 +21,7 @@ pub struct EventTypeInput {
 }
 
 /// One event type an organization can use, whichever catalog it comes from.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AvailableType {
     pub name: String,
     pub channel: Option<String>,

@@ -19,7 +19,7 @@ use crate::app::AppState;
 pub const MAX_BATCH: usize = 1000;
 
 /// What happened to one posted event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestedEvent {
     pub id: String,
     /// True when the id was already used: nothing was stored for it this time.
@@ -30,7 +30,7 @@ pub struct IngestedEvent {
     pub skipped: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestReport {
     pub events: Vec<IngestedEvent>,
     /// Deliveries created in all.

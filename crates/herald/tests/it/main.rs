@@ -6,6 +6,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod helpers;
+mod openapi;
 mod outage;
 mod pg;
 mod profiles;

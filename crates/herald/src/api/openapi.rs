@@ -1,0 +1,141 @@
+//! The OpenAPI document served at `/openapi.json`.
+//!
+//! Nothing here lists routes by hand: each handler carries a `#[utoipa::path]` and is registered
+//! with `routes!`, which adds it to the router and to the document in one step, so a route of
+//! the JSON API cannot be served without being documented. Schemas come from the types the
+//! handlers take and return (`utoipa::ToSchema` on the domain types in `herald-core`). The
+//! integration test `openapi::*` calls every documented operation on a running server and checks
+//! each answer against the documented schema.
+
+use serde::Deserialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::error::ErrorBody;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Webhook delivery for identity and access events. Producers post events; \
+            Herald stores them durably, fans them out to the subscribed webhooks, signs each \
+            request in the receiver's format, delivers, retries, and keeps every attempt.\n\n\
+            Authenticate with `Authorization: Bearer <token>`: the admin token, or an API key \
+            of one organization (which sees only that organization).",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "organizations", description = "Tenants and their API keys"),
+        (name = "event types", description = "The built-in catalogs and an organization's own types"),
+        (name = "events", description = "The producer API"),
+        (name = "webhooks", description = "Subscriptions: where to send what, and how to sign it"),
+        (name = "deliveries", description = "Delivery history, attempts, resend and recovery"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// `{org}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrgPath {
+    /// The organization's id (`org_…`).
+    pub org: String,
+}
+
+/// `{org}` and `{id}` in a path; what `id` names depends on the route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrgItemPath {
+    /// The organization's id (`org_…`).
+    pub org: String,
+    /// The id of the item under the organization (`wh_…`, `dlv_…`, `key_…`).
+    pub id: String,
+}
+
+/// Completes the document once every route is in it (see [`Conventions`]).
+pub fn complete(doc: &mut Document) {
+    Conventions.modify(doc);
+}
+
+/// Adds what every operation shares, so the handlers' annotations list only their own answers:
+/// the bearer scheme, and the errors any authenticated call may get.
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin token, or an organization's API key (hk_…)"))
+                    .build(),
+            ),
+        );
+        components
+            .schemas
+            .insert(ErrorBody::name().into_owned(), ErrorBody::schema());
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for op in operations(item) {
+                let has_body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                let mut add = |status: &str, why: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(why));
+                };
+                add("401", "No bearer token, or one that is not valid");
+                add(
+                    "503",
+                    "The database is unavailable; retry after `Retry-After` seconds",
+                );
+                if has_body {
+                    add(
+                        "400",
+                        "The body is not JSON, or not JSON of this operation's shape",
+                    );
+                    add("413", "The body is larger than the server's limit");
+                }
+                op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+            }
+        }
+    }
+}
+
+/// Every operation of a path item.
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.post.as_mut(),
+        item.patch.as_mut(),
+        item.put.as_mut(),
+        item.delete.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .build()
+        .into()
+}

@@ -1,0 +1,576 @@
+//! The OpenAPI document against the running server: a walk through the API calls every
+//! documented operation, and every answer must have a documented status and a body that
+//! validates against the documented schema (with an independent JSON Schema validator). The walk
+//! fails if the document lists an operation it did not call, so a route added to the document
+//! must be added here too.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_TOKEN, Subscriber, TestApp, TestReceiver};
+
+/// Calls operations by their documented path template and checks each answer against the
+/// document.
+struct Walk<'a> {
+    app: &'a TestApp,
+    doc: Value,
+    called: BTreeSet<(String, String)>,
+    problems: Vec<String>,
+}
+
+impl<'a> Walk<'a> {
+    async fn new(app: &'a TestApp) -> Self {
+        let resp = app
+            .http
+            .get(format!("{}/openapi.json", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let doc: Value = resp.json().await.unwrap();
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3."),
+            "{}",
+            doc["openapi"]
+        );
+        Self {
+            app,
+            doc,
+            called: BTreeSet::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Every `(method, path template)` the document lists.
+    fn documented(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (path, item) in self.doc["paths"].as_object().unwrap() {
+            for method in ["get", "post", "patch", "put", "delete"] {
+                if item.get(method).is_some() {
+                    out.insert((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Calls `template` with its `{name}`s replaced by `params`, as the admin.
+    async fn admin(
+        &mut self,
+        method: Method,
+        template: &str,
+        params: &[&str],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(method, template, params, ADMIN_TOKEN, body).await
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        template: &str,
+        params: &[&str],
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let path = fill(template, params);
+        let mut req = self
+            .app
+            .http
+            .request(method.clone(), format!("{}{path}", self.app.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        let method = method.as_str().to_ascii_lowercase();
+        self.check(&method, template, status, &content_type, &text);
+        self.called.insert((method, template.to_owned()));
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    /// The answer against the documented response for its status.
+    fn check(
+        &mut self,
+        method: &str,
+        template: &str,
+        status: StatusCode,
+        content_type: &str,
+        text: &str,
+    ) {
+        let what = format!("{} {template} → {}", method.to_uppercase(), status.as_u16());
+        let Some(op) = self.doc["paths"][template].get(method) else {
+            self.problems.push(format!("{what}: not in the document"));
+            return;
+        };
+        let Some(response) = op["responses"].get(status.as_str()) else {
+            self.problems
+                .push(format!("{what}: status not documented; body: {text}"));
+            return;
+        };
+        let Some(content) = response.get("content") else {
+            if !text.is_empty() {
+                self.problems
+                    .push(format!("{what}: documented without a body, got {text}"));
+            }
+            return;
+        };
+        let (media, spec) = content.as_object().unwrap().iter().next().unwrap();
+        if !content_type.starts_with(media.as_str()) {
+            self.problems.push(format!(
+                "{what}: documented as {media}, answered {content_type}"
+            ));
+            return;
+        }
+        if media != "application/json" {
+            return;
+        }
+        let body: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.problems
+                    .push(format!("{what}: not JSON ({e}): {text}"));
+                return;
+            }
+        };
+        let mut schema = spec["schema"].clone();
+        schema["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+        schema["components"] = self.doc["components"].clone();
+        let validator = match jsonschema::validator_for(&schema) {
+            Ok(v) => v,
+            Err(e) => {
+                self.problems.push(format!(
+                    "{what}: the documented schema does not compile: {e}"
+                ));
+                return;
+            }
+        };
+        for error in validator.iter_errors(&body) {
+            self.problems.push(format!(
+                "{what}: {error} at {}; body: {text}",
+                error.instance_path()
+            ));
+        }
+    }
+
+    fn finish(self) {
+        let missed: Vec<_> = self
+            .documented()
+            .difference(&self.called)
+            .cloned()
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "documented operations the walk did not call: {missed:?}"
+        );
+        assert!(
+            self.problems.is_empty(),
+            "answers that do not match the document:\n{}",
+            self.problems.join("\n")
+        );
+    }
+}
+
+fn fill(template: &str, params: &[&str]) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    let mut values = params.iter();
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').unwrap() + open;
+        out.push_str(&rest[..open]);
+        out.push_str(values.next().expect("a value for every path parameter"));
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn s(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_as_documented() {
+    let app = TestApp::spawn_with(|s| s.security.allow_insecure_urls = true).await;
+    let rx = TestReceiver::start().await;
+    rx.subscriber(Subscriber::Echo);
+    let mut w = Walk::new(&app).await;
+    use Method as M;
+
+    // Operations.
+    w.admin(M::GET, "/healthz", &[], None).await;
+    w.admin(M::GET, "/readyz", &[], None).await;
+    w.admin(M::GET, "/metrics", &[], None).await;
+
+    // Organizations and keys.
+    let (st, org) = w
+        .admin(M::POST, "/v1/orgs", &[], Some(json!({ "name": "Acme" })))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{org}");
+    let org = s(&org, "id");
+    let (st, _) = w
+        .admin(M::POST, "/v1/orgs", &[], Some(json!({ "name": "" })))
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    w.call(M::GET, "/v1/orgs", &[], "not-a-token", None).await;
+    w.admin(M::GET, "/v1/orgs", &[], None).await;
+    w.admin(M::GET, "/v1/orgs/{org}", &[&org], None).await;
+    let (st, _) = w
+        .admin(
+            M::GET,
+            "/v1/orgs/{org}",
+            &["org_01jd8x4m2c9v7t5r3q1p0n8k6h"],
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    w.admin(
+        M::PATCH,
+        "/v1/orgs/{org}",
+        &[&org],
+        Some(json!({ "name": "Acme Inc" })),
+    )
+    .await;
+    let (st, key) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/api-keys",
+            &[&org],
+            Some(json!({ "name": "producer" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{key}");
+    let (st, _) = w
+        .call(
+            M::POST,
+            "/v1/orgs",
+            &[],
+            &s(&key, "key"),
+            Some(json!({ "name": "Other" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    w.admin(M::GET, "/v1/orgs/{org}/api-keys", &[&org], None)
+        .await;
+    let (st, _) = w
+        .admin(
+            M::DELETE,
+            "/v1/orgs/{org}/api-keys/{id}",
+            &[&org, &s(&key, "id")],
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+
+    // Event types.
+    w.admin(M::GET, "/v1/event-types", &[], None).await;
+    w.admin(M::GET, "/v1/orgs/{org}/event-types", &[&org], None)
+        .await;
+    let custom = json!({ "name": "invoice.paid", "channel": "billing",
+        "schema": { "type": "object", "required": ["amount"] }, "example": { "amount": 3 } });
+    let (st, _) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/event-types",
+            &[&org],
+            Some(custom.clone()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = w
+        .admin(M::POST, "/v1/orgs/{org}/event-types", &[&org], Some(custom))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // Webhooks.
+    let (st, hook) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks",
+            &[&org],
+            Some(json!({ "name": "sync", "url": rx.url("/hook"), "events": ["*"] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{hook}");
+    let hook = s(&hook, "id");
+    let (st, _) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks",
+            &[&org],
+            Some(json!({ "name": "bad", "url": "ftp://example.com" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    w.admin(M::GET, "/v1/orgs/{org}/webhooks", &[&org], None)
+        .await;
+    w.admin(M::GET, "/v1/orgs/{org}/webhooks/{id}", &[&org, &hook], None)
+        .await;
+    w.admin(
+        M::PATCH,
+        "/v1/orgs/{org}/webhooks/{id}",
+        &[&org, &hook],
+        Some(json!({ "description": "the directory", "timeout_ms": 5000 })),
+    )
+    .await;
+
+    // Events and deliveries.
+    let (st, _) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/events",
+            &[&org],
+            Some(json!({ "type": "invoice.paid", "id": "inv-1", "data": { "amount": 3 } })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (st, _) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/events",
+            &[&org],
+            Some(json!([{ "type": "invoice.paid", "data": {} }])),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    rx.wait_for("/hook", 1, Duration::from_secs(10)).await;
+    let (_, list) = w
+        .admin(
+            M::GET,
+            "/v1/orgs/{org}/webhooks/{id}/deliveries",
+            &[&org, &hook],
+            None,
+        )
+        .await;
+    let delivery = s(&list["data"][0], "id");
+    app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+    w.admin(
+        M::GET,
+        "/v1/orgs/{org}/deliveries/{id}",
+        &[&org, &delivery],
+        None,
+    )
+    .await;
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/deliveries/{id}/retry",
+        &[&org, &delivery],
+        None,
+    )
+    .await;
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/webhooks/{id}/recover",
+        &[&org, &hook],
+        Some(json!({ "since": "2020-01-01T00:00:00Z" })),
+    )
+    .await;
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/webhooks/{id}/test",
+        &[&org, &hook],
+        None,
+    )
+    .await;
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
+        &[&org, &hook],
+        None,
+    )
+    .await;
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/webhooks/{id}/deactivate",
+        &[&org, &hook],
+        None,
+    )
+    .await;
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/webhooks/{id}/activate",
+        &[&org, &hook],
+        None,
+    )
+    .await;
+
+    // WebSub.
+    let (st, hub_org) = w
+        .admin(
+            M::POST,
+            "/v1/orgs",
+            &[],
+            Some(json!({ "name": "Hub", "catalogs": ["asgardeo"] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let hub_org = s(&hub_org, "id");
+    let (st, sub_hook) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks",
+            &[&hub_org],
+            Some(
+                json!({ "name": "hub", "url": rx.url("/hub"), "profile": "asgardeo",
+                "channels": ["login"], "secret": "asgardeo-secret-value" }),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{sub_hook}");
+    let sub_hook = s(&sub_hook, "id");
+    let (st, active) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks/{id}/activate",
+            &[&hub_org, &sub_hook],
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{active}");
+    assert_eq!(active["subscriptions"][0]["state"], "verified", "{active}");
+    w.admin(
+        M::GET,
+        "/v1/orgs/{org}/webhooks/{id}/subscriptions",
+        &[&hub_org, &sub_hook],
+        None,
+    )
+    .await;
+    let (st, _) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks/{id}/verify",
+            &[&hub_org, &sub_hook],
+            Some(json!({ "channel": "login" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Clean-up operations.
+    w.admin(
+        M::POST,
+        "/v1/orgs/{org}/purge",
+        &[&org],
+        Some(json!({ "before": "2020-01-01T00:00:00Z" })),
+    )
+    .await;
+    let (_, spare) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks",
+            &[&org],
+            Some(json!({ "name": "spare", "url": rx.url("/spare") })),
+        )
+        .await;
+    let (st, bulk) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/webhooks/bulk-delete",
+            &[&org],
+            Some(json!({ "ids": [s(&spare, "id"), "wh_nonsense"] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(bulk["not_found"], json!(["wh_nonsense"]));
+    let (st, _) = w
+        .admin(
+            M::DELETE,
+            "/v1/orgs/{org}/webhooks/{id}",
+            &[&org, &hook],
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = w.admin(M::DELETE, "/v1/orgs/{org}", &[&org], None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+
+    w.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_describes_authentication_and_errors() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let create = &doc["paths"]["/v1/orgs/{org}/webhooks"]["post"];
+    assert_eq!(create["security"][0]["bearer"], json!([]));
+    assert_eq!(
+        create["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
+    assert!(
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("/WebhookBody"),
+        "{create}"
+    );
+    // The health routes need no token.
+    assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
+}
+
+/// The checks above can fail: a body missing required fields does not validate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_the_document_is_caught() {
+    let app = TestApp::spawn().await;
+    let mut w = Walk::new(&app).await;
+    w.check(
+        "get",
+        "/v1/orgs/{org}/webhooks/{id}",
+        StatusCode::OK,
+        "application/json",
+        r#"{"id": "wh_01jd8x4m2c9v7t5r3q1p0n8k6h", "name": 3}"#,
+    );
+    w.check(
+        "get",
+        "/v1/orgs/{org}/webhooks/{id}",
+        StatusCode::IM_A_TEAPOT,
+        "application/json",
+        "{}",
+    );
+    assert!(
+        w.problems
+            .iter()
+            .any(|p| p.contains("\"name\"") || p.contains("/name")),
+        "{:?}",
+        w.problems
+    );
+    assert!(
+        w.problems.iter().any(|p| p.contains("required")),
+        "{:?}",
+        w.problems
+    );
+    assert!(
+        w.problems
+            .iter()
+            .any(|p| p.contains("status not documented")),
+        "{:?}",
+        w.problems
+    );
+}
