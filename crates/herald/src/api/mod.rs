@@ -1,4 +1,4 @@
-//! The JSON API under `/v1`. Each resource module exports `router()`; handlers extract, call
+//! The JSON API under `/v1` (the dashboard's pages are merged in here too). Each resource module exports `router()`; handlers extract, call
 //! the service, and map the answer. Errors become HTTP in `error.rs` only.
 
 mod deliveries;
@@ -33,6 +33,27 @@ impl PageQuery {
     }
 }
 
+/// An unknown route: a JSON error, except for a browser asking for a page outside `/v1`,
+/// which gets the dashboard's HTML page.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wants_html = request
+        .headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html && !request.uri().path().starts_with("/v1") {
+        return crate::dashboard::not_found_page();
+    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; the API lives under /v1",
+    )
+    .into_response()
+}
+
+/// The JSON API and the dashboard.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     Router::new()
@@ -42,13 +63,8 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(events::router())
         .merge(deliveries::router())
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route; the API lives under /v1",
-            )
-        })
+        .merge(crate::dashboard::router())
+        .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
