@@ -87,7 +87,15 @@ async fn list_orgs(
     QueryForm(q): QueryForm,
 ) -> DashResult<Response> {
     let cursor = q.get("cursor").map(str::to_owned);
-    orgs_page(&state, &signed, cursor, OrgForm::default(), None).await
+    orgs_page(
+        &state,
+        &signed,
+        cursor,
+        OrgForm::default(),
+        None,
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn orgs_page(
@@ -96,15 +104,11 @@ async fn orgs_page(
     cursor: Option<String>,
     form: OrgForm,
     chosen: Option<Vec<String>>,
+    status: StatusCode,
 ) -> DashResult<Response> {
     let page = PageRequest::new(Some(100), cursor).map_err(crate::service::ServiceError::from)?;
     let list = orgs::list(state, &signed.scope, page).await?;
     let chosen = chosen.unwrap_or_else(|| vec![herald_core::catalog::CatalogName::DEFAULT.into()]);
-    let status = if form.error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
     let page = OrgsPage {
         orgs: list.data.iter().map(OrgRow::from).collect(),
         next_cursor: list.next_cursor,
@@ -139,13 +143,14 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
             Ok(Redirect::to(&format!("/orgs/{}", org.id)).into_response())
         }
         Err(e) => {
-            let (_, message) = describe(e);
+            let (status, message) = describe(e);
             let kept = OrgForm {
                 name: form.text("name"),
                 handle: form.text("handle"),
                 error: Some(message),
             };
-            orgs_page(&state, &signed, None, kept, Some(form.all("catalogs"))).await
+            let chosen = Some(form.all("catalogs"));
+            orgs_page(&state, &signed, None, kept, chosen, status).await
         }
     }
 }

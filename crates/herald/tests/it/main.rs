@@ -4,6 +4,7 @@ mod api;
 mod bench;
 mod cluster;
 mod crash;
+mod dashboard;
 mod delivery;
 mod helpers;
 mod outage;
