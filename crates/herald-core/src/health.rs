@@ -35,11 +35,13 @@ pub struct HealthWindow {
 }
 
 impl HealthWindow {
-    /// The last `hours` hours up to `now`, in hourly buckets (the last one ends at `now`).
+    /// `hours` whole clock hours (UTC) ending with the current one, which is still going on
+    /// at `now`: plots then read 14:00, 15:00… rather than 14:37, 15:37….
     pub fn hourly_until(now: Timestamp, hours: u32) -> Self {
         let bucket_ms = 3_600_000;
+        let end = (now.as_millis().div_euclid(bucket_ms) + 1) * bucket_ms;
         Self {
-            since: now.plus_millis(-(i64::from(hours) * bucket_ms)),
+            since: Timestamp::from_millis(end - i64::from(hours) * bucket_ms),
             bucket_ms,
             buckets: hours,
         }
@@ -178,6 +180,14 @@ mod tests {
         assert_eq!(duration_class(3), 2);
         assert_eq!(duration_class(1_000), 9);
         assert_eq!(duration_class(60_001), DURATION_BOUNDS_MS.len());
+    }
+
+    #[test]
+    fn an_hourly_window_ends_with_the_current_clock_hour() {
+        let now = Timestamp::parse_rfc3339("2026-05-01T12:34:56Z", "t").unwrap();
+        let w = HealthWindow::hourly_until(now, 24);
+        assert_eq!(w.since.to_rfc3339(), "2026-04-30T13:00:00.000Z");
+        assert_eq!(w.until().to_rfc3339(), "2026-05-01T13:00:00.000Z");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use herald_core::health::{DURATION_BOUNDS_MS, HealthPoint, HealthSeries};
 /// y labels and below for the x labels.
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 180.0;
-const LEFT: f64 = 56.0;
+const LEFT: f64 = 74.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 24.0;
@@ -215,10 +215,11 @@ fn latency_chart(frame: &Frame, points: &[HealthPoint]) -> Chart {
         .iter()
         .map(|&ms| Tick {
             pos: latency_y(ms),
+            // Short, so that they fit beside the plot on a phone too.
             label: if ms >= 1000 {
-                format!("{} s", ms / 1000)
+                format!("{}s", ms / 1000)
             } else {
-                format!("{ms} ms")
+                format!("{ms}ms")
             },
         })
         .collect();
@@ -279,7 +280,13 @@ fn backlog_chart(frame: &Frame, points: &[HealthPoint]) -> Chart {
             _ => top * 2,
         };
     }
-    chart.y_ticks = [0, top / 2, top]
+    // A middle tick only where it is a whole number of deliveries.
+    let ticks: Vec<u64> = if (top / 2) * 2 == top {
+        vec![0, top / 2, top]
+    } else {
+        vec![0, top]
+    };
+    chart.y_ticks = ticks
         .iter()
         .map(|&v| Tick {
             pos: Frame::y(v as f64 / top as f64),

@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod browser;
 mod cluster;
 mod crash;
 mod dashboard;
@@ -11,4 +12,5 @@ mod outage;
 mod pg;
 mod profiles;
 mod security;
+mod webdriver;
 mod websub;
