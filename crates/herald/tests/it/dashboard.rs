@@ -458,3 +458,64 @@ async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
+    let app = TestApp::spawn_with(|s| s.security.allow_insecure_urls = true).await;
+    let rx = TestReceiver::start().await;
+    let (status, org) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "My Org", "handle": "myorg", "catalogs": ["asgardeo"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{org}");
+    let org = org["id"].as_str().unwrap();
+    let hook = app
+        .create_webhook(
+            org,
+            &rx.url("/hub"),
+            json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value" }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let page = format!("/orgs/{org}/webhooks/{hook}");
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let body = admin.get(&page).await.body;
+    assert!(body.contains("WebSub subscriptions"), "{body}");
+    assert!(body.contains("not sent yet"), "{body}");
+
+    // Enabling sends the verification for each channel; both answer.
+    let csrf = admin.csrf(&page).await;
+    let a = admin
+        .post(&format!("{page}/enable"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains("WebSub verification sent for 2 channel(s)"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches(r#"class="badge verified""#).count(),
+        2,
+        "{body}"
+    );
+    assert_eq!(rx.verifications_on("/hub").len(), 2);
+
+    // One channel again.
+    let a = admin
+        .post(
+            &format!("{page}/verify"),
+            &[("csrf", &csrf), ("channel", "login")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(rx.verifications_on("/hub").len(), 3);
+    // An active WebSub webhook is not deleted: the page says why instead.
+    admin
+        .post(&format!("{page}/delete"), &[("csrf", &csrf)])
+        .await;
+    let body = admin.get(&page).await.body;
+    assert!(body.contains("deactivate it first"), "{body}");
+}
