@@ -3,9 +3,9 @@
 //! - `auth`: signing in (admin token or organization key) and out; `session`: the sessions,
 //!   the `Signed` extractor (everyone else goes to the sign-in page) and `Post` (a form with
 //!   its CSRF token checked).
-//! - `orgs`, `webhooks`, `deliveries`, `catalog`: one file per page group. Handlers extract,
-//!   call `crate::service` (which checks the scope: an organization key sees only its own
-//!   organization) and render; they never touch the store or SQL.
+//! - `orgs`, `webhooks` (with `webhook_form`), `deliveries`, `catalog`: one file per page
+//!   group. Handlers extract, call `crate::service` (which checks the scope: an organization key
+//!   sees only its own organization) and render; they never touch the store or SQL.
 //! - `health`: the geometry of the delivery-health plots; `templates`: the MiniJinja
 //!   environment (auto-escaping) over `crates/herald/templates/`; `assets`: CSS and JS.
 //!
@@ -22,6 +22,7 @@ mod health;
 mod orgs;
 pub mod session;
 mod templates;
+mod webhook_form;
 mod webhooks;
 
 use axum::Router;
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .merge(auth::router())
         .merge(orgs::router())
         .merge(webhooks::router())
+        .merge(webhook_form::router())
         .merge(deliveries::router())
         .merge(catalog::router())
         .layer(axum::middleware::map_response(page_headers))
