@@ -8,7 +8,7 @@ use reqwest::header::{
 };
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, TestReceiver};
+use crate::helpers::{ADMIN_TOKEN, Reply, TestApp, TestReceiver};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -518,4 +518,91 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         .await;
     let body = admin.get(&page).await.body;
     assert!(body.contains("deactivate it first"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_filters_recover_and_edit_go_through_the_services() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0] }))
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let failed = app.delivery_ids(&org, hook).await.remove(0);
+    app.wait_for_delivery(&org, &failed, |d| d["state"] == "failed")
+        .await;
+
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let history = format!("/orgs/{org}/webhooks/{hook}/deliveries");
+    let body = admin.get(&format!("{history}?state=failed")).await.body;
+    assert!(body.contains(&failed), "{body}");
+    let body = admin.get(&format!("{history}?state=succeeded")).await.body;
+    assert!(
+        !body.contains(&failed) && body.contains("No deliveries match"),
+        "{body}"
+    );
+    let a = admin.get(&format!("{history}?state=lost")).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.body.contains("not a delivery state"), "{}", a.body);
+
+    // Recover every failed delivery since an hour ago: the receiver now answers.
+    rx.answer_by_default(Reply::status(200));
+    let csrf = admin.csrf(&history).await;
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let recover = format!("/orgs/{org}/webhooks/{hook}/recover");
+    let a = admin
+        .post(&recover, &[("csrf", &csrf), ("since", &since)])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(
+        admin
+            .get(&history)
+            .await
+            .body
+            .contains("1 failed deliveries are being sent again")
+    );
+    app.wait_for_delivery(&org, &failed, |d| d["state"] == "succeeded")
+        .await;
+    let a = admin
+        .post(&recover, &[("csrf", &csrf), ("since", "last week")])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(
+        admin
+            .get(&history)
+            .await
+            .body
+            .contains("must be a date and time")
+    );
+
+    // Edit: a new name, the timeout override cleared, channels instead of types.
+    let a = admin
+        .post(
+            &format!("/orgs/{org}/webhooks/{hook}"),
+            &[
+                ("csrf", &csrf),
+                ("name", "renamed"),
+                ("url", &rx.url("/h")),
+                ("profile", "standard"),
+                ("channels", "user"),
+                ("timeout_ms", ""),
+                ("retry_schedule", "0, 30"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let (_, w) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(w["name"], "renamed");
+    assert_eq!(w["channels"], json!(["user"]));
+    assert_eq!(w["retry_schedule"], json!([0, 30]));
+    assert_eq!(w["timeout_ms"], json!(null));
 }
