@@ -155,9 +155,13 @@ async fn story(app: &TestApp, rx: &TestReceiver, b: &Browser) {
         .await;
     b.wait_for("table.list").await;
     b.full_screenshot("08-history-phone", PHONE.0).await;
+    b.goto(&format!("{base}/orgs/{org}")).await;
+    b.wait_for("table.list").await;
+    b.full_screenshot("09a-org-phone", PHONE.0).await;
+    b.resize(PHONE.0, PHONE.1).await;
     b.goto(&format!("{base}/orgs/{org}/catalog")).await;
     b.wait_for("article.event-type").await;
-    b.screenshot("09-catalog-phone").await;
+    b.screenshot("09b-catalog-phone").await;
     b.resize(DESKTOP.0, DESKTOP.1).await;
 
     // An organization key of another organization cannot open this one.

@@ -273,7 +273,9 @@ impl Browser {
             .await
             .parse()
             .unwrap_or(900);
-        self.resize(width, height.clamp(400, 6000)).await;
+        // The window is a little taller than the viewport it shows.
+        self.resize(width, (height + 120).clamp(400, 6000)).await;
+        self.script("window.scrollTo(0, 0); return '';").await;
         self.screenshot(name).await
     }
 
