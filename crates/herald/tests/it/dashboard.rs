@@ -606,3 +606,42 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
     assert_eq!(w["retry_schedule"], json!([0, 30]));
     assert_eq!(w["timeout_ms"], json!(null));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let w = app
+            .create_webhook(&org, "https://example.com/h", json!({}))
+            .await;
+        ids.push(w["id"].as_str().unwrap().to_owned());
+    }
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}");
+    let csrf = admin.csrf(&page).await;
+    let bulk = format!("/orgs/{org}/webhooks/bulk-delete");
+    let a = admin
+        .post(
+            &bulk,
+            &[("csrf", &csrf), ("ids", &ids[0]), ("ids", &ids[2])],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, page.as_str())
+    );
+    let body = admin.get(&page).await.body;
+    assert!(body.contains("Deleted 2 webhooks"), "{body}");
+    assert!(!body.contains(&ids[0]) && body.contains(&ids[1]) && !body.contains(&ids[2]));
+    let a = admin.post(&bulk, &[("csrf", &csrf)]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(
+        admin
+            .get(&page)
+            .await
+            .body
+            .contains("Select the webhooks to delete first")
+    );
+}
