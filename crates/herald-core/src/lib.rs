@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod directory;
 pub mod event;
 pub mod event_type;
+pub mod health;
 pub mod ids;
 pub mod js_json;
 pub mod metrics;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::delivery::{Attempt, Delivery, DeliveryState};
 use crate::event::Event;
 use crate::event_type::CustomEventType;
+use crate::health::{HealthRows, HealthWindow};
 use crate::org::{ApiKey, Organization};
 use crate::retry::NextStep;
 use crate::subscription::Subscription;
@@ -274,4 +275,15 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
         now: Timestamp,
     ) -> StoreResult<u64>;
+
+    /// Counts for the webhook's delivery-health plots over `window` (see [`crate::health`]):
+    /// its attempts per bucket and latency class, its deliveries created and finished per
+    /// bucket, and how many were unfinished when the window started. Only the organization's
+    /// own rows are counted.
+    async fn webhook_health(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        window: &HealthWindow,
+    ) -> StoreResult<HealthRows>;
 }

@@ -9,3 +9,19 @@ pub mod sqlite;
 
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
+
+/// How many of a webhook's most recent deliveries the health counts look at, so that a plot
+/// costs a bounded scan of one index however much history is kept.
+pub(crate) const HEALTH_SCAN_LIMIT: i64 = 100_000;
+
+/// A SQL `CASE` giving the latency class of `column` (an index into
+/// [`herald_core::health::DURATION_BOUNDS_MS`]), the same for both backends.
+pub(crate) fn duration_class_sql(column: &str) -> String {
+    let bounds = herald_core::health::DURATION_BOUNDS_MS;
+    let mut sql = String::from("CASE");
+    for (i, bound) in bounds.iter().enumerate() {
+        sql.push_str(&format!(" WHEN {column} <= {bound} THEN {i}"));
+    }
+    sql.push_str(&format!(" ELSE {} END", bounds.len()));
+    sql
+}

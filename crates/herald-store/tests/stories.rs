@@ -16,6 +16,7 @@ use herald_core::catalog::CatalogName;
 use herald_core::delivery::{Attempt, AttemptError, AttemptOutcome, Delivery, DeliveryState};
 use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::CustomEventType;
+use herald_core::health::{AttemptCounts, HealthRows, HealthSeries, HealthWindow, duration_class};
 use herald_core::org::{ApiKey, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::{NextStep, RetrySchedule};
@@ -1077,6 +1078,128 @@ async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Delivery health (the dashboard's plots)
+// ---------------------------------------------------------------------------------------------
+
+/// Records attempt `number` of `delivery`, started at `started` and lasting `outcome`'s duration.
+async fn record_attempt_at(
+    store: &Arc<dyn Store>,
+    org: &OrgId,
+    delivery: &DeliveryId,
+    number: u32,
+    started: Timestamp,
+    outcome: &AttemptOutcome,
+    next: NextStep,
+) {
+    let record = AttemptRecord {
+        org_id: org.clone(),
+        attempt: attempt(AttemptId::generate(), delivery, number, started, outcome),
+        next,
+    };
+    store.record_attempt(&record).await.unwrap();
+}
+
+async fn health_counts_attempts_and_deliveries_per_hour_of_one_webhook(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (other, other_hook) = org_with_webhook(&store, "other").await;
+    let ok = |ms| AttemptOutcome::succeeded(200, ms, String::new());
+    let failed = server_error(); // 12 ms
+    // Finished before the window: counted nowhere.
+    let old = deliver(&store, &hook, "evt_old", at(-1000), false).await;
+    record_attempt_at(
+        &store,
+        &acme.id,
+        &old,
+        1,
+        at(-900),
+        &ok(5),
+        NextStep::Succeeded,
+    )
+    .await;
+    // Created before the window, finished in its first hour.
+    let a = deliver(&store, &hook, "evt_a", at(-600), false).await;
+    record_attempt_at(
+        &store,
+        &acme.id,
+        &a,
+        1,
+        at(100),
+        &ok(15),
+        NextStep::Succeeded,
+    )
+    .await;
+    // Created in the second hour, failed once there, succeeded in the third.
+    let b = deliver(&store, &hook, "evt_b", at(3700), false).await;
+    let retry = NextStep::RetryAt(at(7300));
+    record_attempt_at(&store, &acme.id, &b, 1, at(3700), &failed, retry).await;
+    record_attempt_at(
+        &store,
+        &acme.id,
+        &b,
+        2,
+        at(7300),
+        &ok(150),
+        NextStep::Succeeded,
+    )
+    .await;
+    // Created in the third hour, still pending.
+    deliver(&store, &hook, "evt_c", at(7400), false).await;
+    // Another organization's traffic in the same hours.
+    let x = deliver(&store, &other_hook, "evt_x", at(100), false).await;
+    record_attempt_at(&store, &other.id, &x, 1, at(100), &failed, NextStep::Failed).await;
+
+    let window = HealthWindow {
+        since: T0,
+        bucket_ms: 3_600_000,
+        buckets: 3,
+    };
+    let mut rows = store
+        .webhook_health(&acme.id, &hook.id, &window)
+        .await
+        .unwrap();
+    rows.attempts.sort_by_key(|a| (a.bucket, a.class));
+    rows.created.sort();
+    rows.finished.sort();
+    let class = |ms| duration_class(ms) as u32;
+    assert_eq!(
+        rows.attempts,
+        vec![
+            AttemptCounts {
+                bucket: 0,
+                class: class(15),
+                succeeded: 1,
+                failed: 0
+            },
+            AttemptCounts {
+                bucket: 1,
+                class: class(12),
+                succeeded: 0,
+                failed: 1
+            },
+            AttemptCounts {
+                bucket: 2,
+                class: class(150),
+                succeeded: 1,
+                failed: 0
+            },
+        ]
+    );
+    assert_eq!(rows.created, vec![(1, 1), (2, 1)]);
+    assert_eq!(rows.finished, vec![(0, 1), (2, 1)]);
+    assert_eq!(rows.backlog_at_start, 1);
+    let series = HealthSeries::from_rows(&window, &rows);
+    let backlog: Vec<u64> = series.points.iter().map(|p| p.backlog).collect();
+    assert_eq!(backlog, vec![0, 1, 1]);
+
+    // Tenant isolation: the webhook seen through another organization has nothing.
+    let foreign = store
+        .webhook_health(&other.id, &hook.id, &window)
+        .await
+        .unwrap();
+    assert_eq!(foreign, HealthRows::default());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Leases and inactive webhooks
 // ---------------------------------------------------------------------------------------------
 
@@ -1765,6 +1888,7 @@ macro_rules! stories {
             a_failed_attempt_schedules_the_next_one,
             success_and_final_failure_end_a_delivery,
             attempts_are_listed_in_order_with_their_outcome,
+            health_counts_attempts_and_deliveries_per_hour_of_one_webhook,
             purging_removes_old_finished_history_and_keeps_pending_work,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
             a_lease_given_back_for_an_inactive_webhook_stays_parked,

@@ -38,6 +38,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Wakes the retention task (tests move the clock and wake it).
     pub maintenance: Arc<tokio::sync::Notify>,
+    /// The dashboard's sign-in sessions (in this node's memory).
+    pub sessions: Arc<crate::dashboard::Sessions>,
 }
 
 impl AppState {
@@ -117,6 +119,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         metrics: Arc::new(Metrics::default()),
         address_policy: Arc::new(policy),
         maintenance: Arc::new(tokio::sync::Notify::new()),
+        sessions: Arc::new(crate::dashboard::Sessions::new()),
         settings: Arc::new(settings),
     };
     state.dispatcher.set_operations(Arc::new(

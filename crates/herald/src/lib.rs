@@ -2,13 +2,15 @@
 //!
 //! - [`config`]: settings from flags and environment variables.
 //! - [`app`]: wiring and the server's run loop.
-//! - [`service`]: use cases shared by the API and the CLI.
+//! - [`service`]: use cases shared by the API, the dashboard and the CLI.
 //! - [`api`]: the JSON API over HTTP (axum); maps service errors to statuses in one place.
+//! - [`dashboard`]: the web dashboard at `/` (server-rendered pages over the same services).
 //! - [`cli`]: the `herald` command.
 
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
 pub mod service;

@@ -11,6 +11,7 @@
 //!   [`StoreError::Unavailable`], which the API answers with `503` and `Retry-After`.
 
 mod deliveries;
+mod health;
 mod orgs;
 mod rows;
 mod signals;
@@ -646,6 +647,15 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<(OrgId, Subscription)>> {
         on_client!(self, |c| webhooks::subscriptions_to_renew(&c, now, limit))
+    }
+
+    async fn webhook_health(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        window: &herald_core::health::HealthWindow,
+    ) -> StoreResult<herald_core::health::HealthRows> {
+        on_client!(self, |c| health::webhook_health(&c, org, webhook, window))
     }
 
     async fn recover_failed(

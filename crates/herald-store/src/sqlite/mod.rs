@@ -2,6 +2,7 @@
 //! survives power loss), one writer thread doing group commits and a small pool of readers.
 
 mod deliveries;
+mod health;
 mod orgs;
 mod pool;
 pub(crate) mod rows;
@@ -488,6 +489,17 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<(OrgId, Subscription)>> {
         self.read(move |c| webhooks::subscriptions_to_renew(c, now, limit))
+            .await
+    }
+
+    async fn webhook_health(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        window: &herald_core::health::HealthWindow,
+    ) -> StoreResult<herald_core::health::HealthRows> {
+        let (org, webhook, window) = (org.clone(), webhook.clone(), *window);
+        self.read(move |c| health::webhook_health(c, &org, &webhook, &window))
             .await
     }
 

@@ -1,5 +1,5 @@
-//! The JSON API under `/v1`. Each resource module exports `router()`; handlers extract, call
-//! the service, and map the answer. Errors become HTTP in `error.rs` only. Every route is
+//! The JSON API under `/v1`, with the dashboard's pages merged in. Each resource module exports
+//! `router()`; handlers extract, call the service, and map the answer. Errors become HTTP in `error.rs` only. Every route is
 //! registered through `utoipa_axum::routes!`, which also puts it in the OpenAPI document served
 //! at `/openapi.json` (`openapi.rs`).
 
@@ -45,6 +45,26 @@ impl PageQuery {
     }
 }
 
+/// An unknown route: a JSON error, except for a browser asking for a page outside `/v1`,
+/// which gets the dashboard's HTML page.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wants_html = request
+        .headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html && !request.uri().path().starts_with("/v1") {
+        return crate::dashboard::not_found_page();
+    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; the API lives under /v1",
+    )
+    .into_response()
+}
+
 /// The API's routes and the OpenAPI document that describes them, built together.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -59,6 +79,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (routes, doc)
 }
 
+/// The JSON API, its OpenAPI document and the dashboard.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     let (routes, doc) = routes();
@@ -80,13 +101,8 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route; the API lives under /v1",
-            )
-        })
+        .merge(crate::dashboard::router())
+        .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

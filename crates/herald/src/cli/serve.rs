@@ -49,14 +49,14 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let base = public_url.unwrap_or_else(|| format!("http://{addr}"));
         match &database {
-            Some(url) => tracing::info!(address = %addr, database = %url, "Herald {} is serving {base}/v1", herald_core::VERSION),
-            None => tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving {base}/v1", herald_core::VERSION),
+            Some(url) => tracing::info!(address = %addr, database = %url, "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", herald_core::VERSION),
+            None => tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", herald_core::VERSION),
         }
         match &app.admin_token_source {
             AdminTokenSource::Generated(path) => {
                 // Shown once, on stdout, so it can be captured; never logged.
                 println!("Admin token (shown once; kept in {}):\n\n    {}\n", path.display(), app.admin_token);
-                println!("Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\n", app.admin_token);
+                println!("Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\nor sign in to the dashboard at {base}/ with it.\n", app.admin_token);
             }
             AdminTokenSource::Stored(path) => {
                 tracing::info!("using the admin token kept in {}", path.display());

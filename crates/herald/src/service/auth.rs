@@ -44,6 +44,23 @@ impl Scope {
     }
 }
 
+/// What is kept of a token to resolve it again later: its SHA-256 and whether it looks like an
+/// organization key. Not the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenDigest {
+    hash: [u8; 32],
+    api_key: bool,
+}
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        Self {
+            hash: Sha256::digest(token.as_bytes()).into(),
+            api_key: token.starts_with(API_KEY_PREFIX),
+        }
+    }
+}
+
 /// Resolves bearer tokens. Known keys are cached by hash; deleting a key forgets it.
 pub struct Authenticator {
     admin_hash: [u8; 32],
@@ -62,11 +79,17 @@ impl Authenticator {
 
     /// `None` when the token is unknown.
     pub async fn resolve(&self, token: &str) -> ServiceResult<Option<Scope>> {
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.resolve_digest(&TokenDigest::of(token)).await
+    }
+
+    /// Like [`Authenticator::resolve`], from a token's digest: the dashboard's sessions keep
+    /// only that, and check it again on every request so that a deleted key ends them.
+    pub async fn resolve_digest(&self, digest: &TokenDigest) -> ServiceResult<Option<Scope>> {
+        let hash = digest.hash;
         if bool::from(hash.ct_eq(&self.admin_hash)) {
             return Ok(Some(Scope::Admin));
         }
-        if !token.starts_with(API_KEY_PREFIX) {
+        if !digest.api_key {
             return Ok(None);
         }
         let hex_hash = hex::encode(hash);

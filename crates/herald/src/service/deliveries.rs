@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use herald_core::delivery::{Attempt, Delivery};
+use herald_core::profile::{self, RenderInput};
 use herald_core::store::DeliveryFilter;
+use herald_core::store::StoreError;
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::{Scope, ServiceError, ServiceResult};
@@ -86,4 +88,64 @@ pub async fn recover(
         tracing::info!(webhook = %webhook, count = n, "recovering failed deliveries");
     }
     Ok(n)
+}
+
+/// A delivery's request as its webhook's profile renders it now: the headers (custom ones,
+/// `User-Agent`, the profile's, and signatures computed now) and the body.
+#[derive(Debug, Serialize)]
+pub struct RequestPreview {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Renders the delivery's request again, the way the dispatcher does for an attempt
+/// (`herald-dispatch`'s `dispatcher/attempt.rs`). Attempts do not keep the bytes they sent, so
+/// this is what an attempt made now would send: signatures and timestamps differ from the
+/// earlier attempts'. `None` when the webhook was deleted or retention removed the event.
+pub async fn preview_request(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    delivery: &Delivery,
+) -> ServiceResult<Option<RequestPreview>> {
+    scope.check_org(org)?;
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let Some(webhook) = snapshot.webhook(&delivery.webhook_id) else {
+        return Ok(None);
+    };
+    let event = match state.store.get_event(org, &delivery.event_id).await {
+        Ok(e) => e,
+        Err(StoreError::NotFound) => return Ok(None),
+        Err(e) => return Err(ServiceError::from_store("event")(e)),
+    };
+    let resolved = snapshot.resolve_type(&event.event_type);
+    let public_url = state.settings.public_url();
+    let request = profile::render(&RenderInput {
+        event: &event,
+        webhook,
+        org: &snapshot.org,
+        delivery_id: &delivery.id,
+        now: state.clock.now(),
+        public_url: &public_url,
+        channel: resolved.as_ref().and_then(|t| t.channel),
+        type_uri: resolved.as_ref().and_then(|t| t.uri),
+    });
+    let mut headers: Vec<(String, String)> = webhook
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers.push((
+        "user-agent".into(),
+        format!("Herald/{}", herald_core::VERSION),
+    ));
+    headers.extend(request.headers.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Ok(Some(RequestPreview {
+        headers,
+        body: String::from_utf8_lossy(&request.body).into_owned(),
+    }))
 }

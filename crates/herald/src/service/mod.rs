@@ -1,4 +1,4 @@
-//! Use cases shared by the API, the CLI and (later) the dashboard: each function takes the
+//! Use cases shared by the API, the CLI and the dashboard: each function takes the
 //! caller's scope and plain inputs, checks them into domain values, and calls the store, the
 //! directory and the dispatcher. Nothing here knows HTTP.
 
@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cluster;
 pub mod deliveries;
 pub mod event_types;
+pub mod health;
 pub mod ingest;
 pub mod operations;
 pub mod orgs;

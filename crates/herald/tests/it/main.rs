@@ -2,8 +2,10 @@
 
 mod api;
 mod bench;
+mod browser;
 mod cluster;
 mod crash;
+mod dashboard;
 mod delivery;
 mod helpers;
 mod openapi;
@@ -11,4 +13,5 @@ mod outage;
 mod pg;
 mod profiles;
 mod security;
+mod webdriver;
 mod websub;

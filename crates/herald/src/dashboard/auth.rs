@@ -1,0 +1,117 @@
+//! Signing in and out, and the home page that sends each person where they belong: the admin
+//! to the organizations, an organization key to its organization.
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::forms::Form;
+use super::session::{self, Post, Signed};
+use super::templates::{self, Layout};
+use crate::app::AppState;
+use crate::service::Scope;
+use crate::service::auth::TokenDigest;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(show_login).post(sign_in))
+        .route("/logout", post(sign_out))
+}
+
+/// Where a scope starts.
+pub fn home_of(scope: &Scope) -> String {
+    match scope {
+        Scope::Admin => "/orgs".into(),
+        Scope::Org(org) => format!("/orgs/{org}"),
+    }
+}
+
+async fn home(signed: Signed) -> Redirect {
+    Redirect::to(&home_of(&signed.scope))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only paths of this site, so that the sign-in page cannot send anyone elsewhere.
+fn safe_next(next: Option<&str>) -> Option<String> {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .map(str::to_owned)
+}
+
+#[derive(Serialize)]
+struct LoginPage {
+    next: Option<String>,
+    error: Option<&'static str>,
+}
+
+async fn show_login(Query(q): Query<NextQuery>) -> Response {
+    let page = LoginPage {
+        next: safe_next(q.next.as_deref()),
+        error: None,
+    };
+    templates::render(
+        StatusCode::OK,
+        "login.html",
+        &Layout::anonymous("Sign in"),
+        page,
+    )
+}
+
+async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+    let form = Form::parse(body.as_bytes());
+    let token = form.text("token");
+    let next = safe_next(form.get("next"));
+    let scope = match state.auth.resolve(&token).await {
+        Ok(Some(scope)) if !token.is_empty() => scope,
+        Ok(_) => {
+            let page = LoginPage {
+                next,
+                error: Some(
+                    "That token is not valid. Use the admin token (printed on the first start and kept in the data directory as admin-token) or an organization API key (hk_…).",
+                ),
+            };
+            let layout = Layout::anonymous("Sign in");
+            return templates::render(StatusCode::UNAUTHORIZED, "login.html", &layout, page);
+        }
+        Err(e) => return super::error::DashError::from(e).into_response(),
+    };
+    let id = state.sessions.create(TokenDigest::of(&token));
+    let target = next.unwrap_or_else(|| home_of(&scope));
+    (
+        [(
+            header::SET_COOKIE,
+            session::set_cookie(&state, &headers, &id),
+        )],
+        Redirect::to(&target),
+    )
+        .into_response()
+}
+
+async fn sign_out(State(state): State<AppState>, post: Post) -> Response {
+    state.sessions.remove(&post.signed.session);
+    (
+        [(header::SET_COOKIE, session::clear_cookie())],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_signing_in() {
+        assert_eq!(safe_next(Some("/orgs/x")), Some("/orgs/x".into()));
+        assert_eq!(safe_next(Some("//evil.example")), None);
+        assert_eq!(safe_next(Some("https://evil.example")), None);
+        assert_eq!(safe_next(Some("/\\evil.example")), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! Delivery history: a webhook's deliveries with filters and cursor pages, one delivery with
+//! every attempt and its request, resend one, and recover every failed one since a time.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use herald_core::delivery::{Attempt, Delivery, DeliveryState};
+use herald_core::store::DeliveryFilter;
+use herald_core::{DeliveryId, Invalid, PageRequest, Timestamp};
+
+use super::error::{DashError, DashResult, describe};
+use super::forms::{QueryForm, path_id};
+use super::orgs::org_id;
+use super::session::{Flash, Post, Signed};
+use super::templates::{self, Layout, when, when_opt};
+use super::webhooks::webhook_id;
+use crate::app::AppState;
+use crate::service::deliveries::RequestPreview;
+use crate::service::{ServiceError, deliveries, event_types, orgs, webhooks};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/webhooks/{id}/deliveries", get(list_deliveries))
+        .route(
+            "/orgs/{org}/webhooks/{id}/recover",
+            post(recover_deliveries),
+        )
+        .route("/orgs/{org}/deliveries/{id}", get(show_delivery))
+        .route("/orgs/{org}/deliveries/{id}/resend", post(resend_delivery))
+}
+
+const STATES: &[&str] = &["pending", "succeeded", "failed", "cancelled", "skipped"];
+
+/// One line of a history table.
+#[derive(Serialize)]
+pub struct DeliveryRow {
+    id: String,
+    webhook_id: String,
+    event_id: String,
+    event_type: String,
+    state: &'static str,
+    attempts: u32,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+    created: String,
+    next_attempt: Option<String>,
+}
+
+impl From<&Delivery> for DeliveryRow {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            id: d.id.to_string(),
+            webhook_id: d.webhook_id.to_string(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            state: d.state.as_str(),
+            attempts: d.attempt_count,
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            created: when(d.created_at),
+            next_attempt: when_opt(d.next_attempt_at).filter(|_| d.state == DeliveryState::Pending),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryPage {
+    org_id: String,
+    webhook_id: String,
+    webhook_name: String,
+    rows: Vec<DeliveryRow>,
+    state: String,
+    event_type: String,
+    states: &'static [&'static str],
+    event_types: Vec<String>,
+    /// The next page's URL, with the filters kept.
+    next_href: Option<String>,
+    /// A default for the recover form: a day ago, as `datetime-local` wants it.
+    recover_since: String,
+}
+
+async fn list_deliveries(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((org, id)): Path<(String, String)>,
+    QueryForm(q): QueryForm,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let w = webhooks::get(&state, &signed.scope, &org.id, &webhook_id(&id)?).await?;
+    let (state_filter, type_filter) = (q.text("state"), q.text("event_type"));
+    let filter = DeliveryFilter {
+        state: Some(state_filter.as_str())
+            .filter(|s| !s.is_empty())
+            .map(DeliveryState::parse)
+            .transpose()
+            .map_err(ServiceError::from)?,
+        event_type: Some(type_filter.clone()).filter(|t| !t.is_empty()),
+    };
+    let cursor = Some(q.text("cursor")).filter(|c| !c.is_empty());
+    let page = PageRequest::new(Some(50), cursor).map_err(ServiceError::from)?;
+    let list = deliveries::list(&state, &signed.scope, &org.id, &w.id, filter, page).await?;
+    let next_href = list.next_cursor.map(|cursor| {
+        let query = serde_urlencoded::to_string([
+            ("state", state_filter.as_str()),
+            ("event_type", type_filter.as_str()),
+            ("cursor", cursor.as_str()),
+        ])
+        .unwrap_or_default();
+        format!("/orgs/{}/webhooks/{}/deliveries?{query}", org.id, w.id)
+    });
+    let mut event_types: Vec<String> = event_types::list_for_org(&state, &signed.scope, &org.id)
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .chain([herald_core::event_type::TEST_EVENT_TYPE.to_owned()])
+        .collect();
+    event_types.sort();
+    event_types.dedup();
+    let recover_since = state
+        .clock
+        .now()
+        .plus_secs(-86_400)
+        .to_datetime()
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let page = HistoryPage {
+        org_id: org.id.to_string(),
+        webhook_id: w.id.to_string(),
+        webhook_name: w.name.clone(),
+        rows: list.data.iter().map(DeliveryRow::from).collect(),
+        state: state_filter,
+        event_type: type_filter,
+        states: STATES,
+        event_types,
+        next_href,
+        recover_since,
+    };
+    let layout = Layout::new(
+        &state,
+        &signed,
+        format!("History of {}", w.name),
+        Some(&org),
+    );
+    Ok(templates::render(
+        StatusCode::OK,
+        "deliveries.html",
+        &layout,
+        page,
+    ))
+}
+
+/// A time typed in the recover form: RFC 3339, or a browser's `datetime-local`
+/// (`2026-05-01T12:00`), read as UTC.
+fn parse_since(raw: &str) -> Result<Timestamp, Invalid> {
+    if let Ok(t) = Timestamp::parse_rfc3339(raw, "since") {
+        return Ok(t);
+    }
+    chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S"))
+        .map(|t| Timestamp::from_millis(t.and_utc().timestamp_millis()))
+        .map_err(|_| {
+            Invalid::new(
+                "since",
+                "must be a date and time, e.g. 2026-05-01T12:00 (UTC)",
+            )
+        })
+}
+
+async fn recover_deliveries(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    post: Post,
+) -> DashResult<Response> {
+    let (org, id) = (org_id(&org)?, webhook_id(&id)?);
+    let Post { signed, form } = post;
+    let recovered = match parse_since(&form.text("since")) {
+        Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since).await,
+        Err(invalid) => Err(invalid.into()),
+    };
+    let flash = match recovered {
+        Ok(0) => Flash::ok("No failed deliveries since then; nothing to recover."),
+        Ok(n) => Flash::ok(format!("{n} failed deliveries are being sent again.")),
+        Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
+        Err(e) => Flash::error(describe(e).1),
+    };
+    signed.flash(&state, flash);
+    Ok(Redirect::to(&format!("/orgs/{org}/webhooks/{id}/deliveries")).into_response())
+}
+
+#[derive(Serialize)]
+struct AttemptRow {
+    number: u32,
+    started: String,
+    duration_ms: u32,
+    status: Option<u16>,
+    ok: bool,
+    error: Option<String>,
+    error_message: Option<String>,
+    response_body: String,
+}
+
+impl From<&Attempt> for AttemptRow {
+    fn from(a: &Attempt) -> Self {
+        Self {
+            number: a.number,
+            started: when(a.started_at),
+            duration_ms: a.duration_ms,
+            status: a.status,
+            ok: a.error.is_none(),
+            error: a.error.clone(),
+            error_message: a.error_message.clone(),
+            response_body: a.response_body.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeliveryPage {
+    org_id: String,
+    delivery: DeliveryRow,
+    webhook_name: Option<String>,
+    attempts: Vec<AttemptRow>,
+    request: Option<RequestPreview>,
+    /// The body, pretty-printed when it is JSON.
+    request_body: Option<String>,
+    can_resend: bool,
+}
+
+fn pretty(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| body.to_owned())
+}
+
+async fn show_delivery(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((org, id)): Path<(String, String)>,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let id = path_id(&id, DeliveryId::parse)?;
+    let detail = deliveries::get(&state, &signed.scope, &org.id, &id).await?;
+    let request =
+        deliveries::preview_request(&state, &signed.scope, &org.id, &detail.delivery).await?;
+    let webhook_name = webhooks::get(&state, &signed.scope, &org.id, &detail.delivery.webhook_id)
+        .await
+        .ok()
+        .map(|w| w.name);
+    let page = DeliveryPage {
+        org_id: org.id.to_string(),
+        delivery: DeliveryRow::from(&detail.delivery),
+        webhook_name,
+        attempts: detail.attempts.iter().map(AttemptRow::from).collect(),
+        request_body: request.as_ref().map(|r| pretty(&r.body)),
+        request,
+        can_resend: detail.delivery.state != DeliveryState::Pending,
+    };
+    let layout = Layout::new(&state, &signed, format!("Delivery {id}"), Some(&org));
+    Ok(templates::render(
+        StatusCode::OK,
+        "delivery.html",
+        &layout,
+        page,
+    ))
+}
+
+async fn resend_delivery(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    post: Post,
+) -> DashResult<Response> {
+    let org = org_id(&org)?;
+    let id = path_id(&id, DeliveryId::parse)?;
+    let Post { signed, .. } = post;
+    let flash = match deliveries::resend(&state, &signed.scope, &org, &id).await {
+        Ok(_) => Flash::ok("Sent again; the new attempt shows below once it is made."),
+        Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
+        Err(e) => Flash::error(describe(e).1),
+    };
+    signed.flash(&state, flash);
+    Ok(Redirect::to(&format!("/orgs/{org}/deliveries/{id}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_browser_datetime_is_read_as_utc() {
+        let t = parse_since("2026-05-01T12:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-05-01T12:00:00.000Z");
+        assert!(parse_since("2026-05-01T12:00:00+02:00").is_ok());
+        assert!(parse_since("yesterday").is_err());
+    }
+}

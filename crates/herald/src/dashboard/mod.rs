@@ -1,0 +1,76 @@
+//! The web dashboard at `/`: server-rendered pages for people, beside the JSON API.
+//!
+//! - `auth`: signing in (admin token or organization key) and out; `session`: the sessions,
+//!   the `Signed` extractor (everyone else goes to the sign-in page) and `Post` (a form with
+//!   its CSRF token checked).
+//! - `orgs`, `webhooks` (with `webhook_form`), `deliveries`, `catalog`: one file per page
+//!   group. Handlers extract, call `crate::service` (which checks the scope: an organization key
+//!   sees only its own organization) and render; they never touch the store or SQL.
+//! - `health`: the geometry of the delivery-health plots; `templates`: the MiniJinja
+//!   environment (auto-escaping) over `crates/herald/templates/`; `assets`: CSS and JS.
+//!
+//! Every page is sent with a strict Content-Security-Policy (no inline script or style, nothing
+//! from elsewhere) and `Cache-Control: no-store`, since pages may show a secret once.
+
+mod assets;
+mod auth;
+mod catalog;
+mod deliveries;
+mod error;
+mod forms;
+mod health;
+mod orgs;
+pub mod session;
+mod templates;
+mod webhook_form;
+mod webhooks;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+
+pub use session::Sessions;
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(auth::router())
+        .merge(orgs::router())
+        .merge(webhooks::router())
+        .merge(webhook_form::router())
+        .merge(deliveries::router())
+        .merge(catalog::router())
+        .layer(axum::middleware::map_response(page_headers))
+        .merge(assets::router())
+}
+
+async fn page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// The answer to an unknown path asked for by a browser (the JSON API keeps its JSON 404).
+pub fn not_found_page() -> Response {
+    templates::error_page(
+        axum::http::StatusCode::NOT_FOUND,
+        "There is no page here. Start from the dashboard's home page.",
+    )
+}

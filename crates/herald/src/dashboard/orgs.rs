@@ -1,0 +1,241 @@
+//! Organizations: the list (the admin sees all and can create one; an organization key sees
+//! its own) and one organization's page with its webhooks and bulk delete.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use herald_core::org::Organization;
+use herald_core::webhook::Webhook;
+use herald_core::{OrgId, PageRequest, WebhookId};
+
+use super::error::{DashResult, describe};
+use super::forms::{QueryForm, path_id};
+use super::session::{Flash, Post, Signed};
+use super::templates::{self, Layout, when};
+use crate::app::AppState;
+use crate::service::orgs::OrgInput;
+use crate::service::{Scope, event_types, orgs, webhooks};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs", get(list_orgs).post(create_org))
+        .route("/orgs/{org}", get(show_org))
+        .route("/orgs/{org}/webhooks/bulk-delete", post(bulk_delete))
+}
+
+pub fn org_id(raw: &str) -> DashResult<OrgId> {
+    path_id(raw, OrgId::parse)
+}
+
+#[derive(Serialize)]
+struct OrgRow {
+    id: String,
+    name: String,
+    handle: String,
+    catalogs: String,
+    created: String,
+}
+
+impl From<&Organization> for OrgRow {
+    fn from(o: &Organization) -> Self {
+        Self {
+            id: o.id.to_string(),
+            name: o.name.clone(),
+            handle: o.handle.as_str().to_owned(),
+            catalogs: o
+                .catalogs
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            created: when(o.created_at),
+        }
+    }
+}
+
+/// The new-organization form as typed, kept when it is refused.
+#[derive(Serialize, Default)]
+struct OrgForm {
+    name: String,
+    handle: String,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CatalogChoice {
+    name: String,
+    description: String,
+    checked: bool,
+}
+
+#[derive(Serialize)]
+struct OrgsPage {
+    orgs: Vec<OrgRow>,
+    next_cursor: Option<String>,
+    can_create: bool,
+    form: OrgForm,
+    catalogs: Vec<CatalogChoice>,
+}
+
+async fn list_orgs(
+    State(state): State<AppState>,
+    signed: Signed,
+    QueryForm(q): QueryForm,
+) -> DashResult<Response> {
+    let cursor = q.get("cursor").map(str::to_owned);
+    orgs_page(
+        &state,
+        &signed,
+        cursor,
+        OrgForm::default(),
+        None,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn orgs_page(
+    state: &AppState,
+    signed: &Signed,
+    cursor: Option<String>,
+    form: OrgForm,
+    chosen: Option<Vec<String>>,
+    status: StatusCode,
+) -> DashResult<Response> {
+    let page = PageRequest::new(Some(100), cursor).map_err(crate::service::ServiceError::from)?;
+    let list = orgs::list(state, &signed.scope, page).await?;
+    let chosen = chosen.unwrap_or_else(|| vec![herald_core::catalog::CatalogName::DEFAULT.into()]);
+    let page = OrgsPage {
+        orgs: list.data.iter().map(OrgRow::from).collect(),
+        next_cursor: list.next_cursor,
+        can_create: signed.scope == Scope::Admin,
+        form,
+        catalogs: event_types::catalogs()
+            .iter()
+            .map(|c| CatalogChoice {
+                checked: chosen.contains(&c.name),
+                name: c.name.clone(),
+                description: c.description.clone(),
+            })
+            .collect(),
+    };
+    let layout = Layout::new(state, signed, "Organizations", None);
+    Ok(templates::render(status, "orgs.html", &layout, page))
+}
+
+async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Response> {
+    let Post { signed, form } = post;
+    let input = OrgInput {
+        name: Some(form.text("name")),
+        handle: Some(form.text("handle")).filter(|h| !h.is_empty()),
+        catalogs: Some(form.all("catalogs")),
+    };
+    match orgs::create(&state, &signed.scope, input).await {
+        Ok(org) => {
+            signed.flash(
+                &state,
+                Flash::ok(format!("Organization {} created.", org.name)),
+            );
+            Ok(Redirect::to(&format!("/orgs/{}", org.id)).into_response())
+        }
+        Err(e) => {
+            let (status, message) = describe(e);
+            let kept = OrgForm {
+                name: form.text("name"),
+                handle: form.text("handle"),
+                error: Some(message),
+            };
+            let chosen = Some(form.all("catalogs"));
+            orgs_page(&state, &signed, None, kept, chosen, status).await
+        }
+    }
+}
+
+/// One line of the webhook table.
+#[derive(Serialize)]
+pub struct WebhookRow {
+    id: String,
+    name: String,
+    url: String,
+    profile: &'static str,
+    active: bool,
+    wants: String,
+    disabled_reason: Option<String>,
+}
+
+impl From<&Webhook> for WebhookRow {
+    fn from(w: &Webhook) -> Self {
+        let mut wants: Vec<String> = w.events.clone();
+        wants.extend(w.channels.iter().map(|c| format!("channel {c}")));
+        Self {
+            id: w.id.to_string(),
+            name: w.name.clone(),
+            url: w.url.as_str().to_owned(),
+            profile: w.profile.as_str(),
+            active: w.active,
+            wants: wants.join(", "),
+            disabled_reason: w.disabled_reason.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OrgPage {
+    org: OrgRow,
+    webhooks: Vec<WebhookRow>,
+    next_cursor: Option<String>,
+}
+
+async fn show_org(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(org): Path<String>,
+    QueryForm(q): QueryForm,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let page = PageRequest::new(Some(100), q.get("cursor").map(str::to_owned))
+        .map_err(crate::service::ServiceError::from)?;
+    let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;
+    let page = OrgPage {
+        org: OrgRow::from(&org),
+        webhooks: list.data.iter().map(WebhookRow::from).collect(),
+        next_cursor: list.next_cursor,
+    };
+    let layout = Layout::new(&state, &signed, org.name.clone(), Some(&org));
+    Ok(templates::render(StatusCode::OK, "org.html", &layout, page))
+}
+
+async fn bulk_delete(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    post: Post,
+) -> DashResult<Response> {
+    let org = org_id(&org)?;
+    let Post { signed, form } = post;
+    let ids: Vec<WebhookId> = form
+        .all("ids")
+        .iter()
+        .filter_map(|raw| WebhookId::parse(raw).ok())
+        .collect();
+    let flash = if ids.is_empty() {
+        Flash::error("Select the webhooks to delete first.")
+    } else {
+        match webhooks::delete(&state, &signed.scope, &org, &ids).await {
+            Ok(deleted) => Flash::ok(format!(
+                "Deleted {} webhook{}; their pending deliveries are cancelled.",
+                deleted.len(),
+                if deleted.len() == 1 { "" } else { "s" }
+            )),
+            Err(crate::service::ServiceError::NotFound(_)) => {
+                return Err(super::error::DashError::not_found());
+            }
+            Err(e) => Flash::error(describe(e).1),
+        }
+    };
+    signed.flash(&state, flash);
+    Ok(Redirect::to(&format!("/orgs/{org}")).into_response())
+}

@@ -1,0 +1,312 @@
+//! Dashboard sessions: an in-memory map from a random 256-bit session id (the `herald_session`
+//! cookie, HttpOnly and SameSite=Strict) to what the person signed in with, a CSRF token and
+//! one-time messages. The map keeps only a digest of the token, never the token, and resolves
+//! it again on every request, so deleting an organization key ends its sessions at once.
+//!
+//! Sessions live in this node's memory: they end when it restarts, and behind a load balancer
+//! a person stays on one node only if the balancer keeps them there (sign in again otherwise).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use rand::RngCore;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::error::DashError;
+use super::forms::Form;
+use crate::app::AppState;
+use crate::service::Scope;
+use crate::service::auth::TokenDigest;
+
+pub const COOKIE: &str = "herald_session";
+/// How long a session lasts after signing in.
+const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most; past that the ones closest to expiry go first. Only people holding
+/// a valid token can create sessions, so this only bounds memory against a runaway script.
+const MAX_SESSIONS: usize = 10_000;
+
+/// A message shown once on the next page: the outcome of an action, or a new secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flash {
+    /// `ok` or `error`.
+    pub kind: &'static str,
+    pub message: String,
+    /// A secret shown this once (after creation or rotation).
+    pub secret: Option<String>,
+}
+
+impl Flash {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self {
+            kind: "ok",
+            message: message.into(),
+            secret: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            kind: "error",
+            message: message.into(),
+            secret: None,
+        }
+    }
+}
+
+struct Session {
+    digest: TokenDigest,
+    csrf: String,
+    expires: Instant,
+    flashes: Vec<Flash>,
+}
+
+/// Every session of this node.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Sessions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a session; answers its id (for the cookie).
+    pub fn create(&self, digest: TokenDigest) -> String {
+        let id = random_hex();
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| s.expires > now);
+        while map.len() >= MAX_SESSIONS {
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+        map.insert(
+            id.clone(),
+            Session {
+                digest,
+                csrf: random_hex(),
+                expires: now + LIFETIME,
+                flashes: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// The session's token digest and CSRF token, if it exists and has not expired.
+    fn get(&self, id: &str) -> Option<(TokenDigest, String)> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(id) {
+            Some(s) if s.expires > Instant::now() => Some((s.digest.clone(), s.csrf.clone())),
+            Some(_) => {
+                map.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub fn flash(&self, id: &str, flash: Flash) {
+        if let Some(s) = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            s.flashes.push(flash);
+        }
+    }
+
+    pub fn take_flashes(&self, id: &str) -> Vec<Flash> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+            .map(|s| std::mem::take(&mut s.flashes))
+            .unwrap_or_default()
+    }
+}
+
+/// The session id from the request's cookies.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether the person reached us over https (directly or through a proxy that says so), so
+/// that the cookie is marked `Secure`.
+fn over_https(state: &AppState, headers: &HeaderMap) -> bool {
+    state.settings.public_url().starts_with("https://")
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// The `Set-Cookie` value that starts a session.
+pub fn set_cookie(state: &AppState, headers: &HeaderMap, id: &str) -> String {
+    let secure = if over_https(state, headers) {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        LIFETIME.as_secs()
+    )
+}
+
+/// The `Set-Cookie` value that ends one.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+/// A signed-in person: their scope, session and CSRF token. Pages that take it send everyone
+/// else to the sign-in page.
+pub struct Signed {
+    pub scope: Scope,
+    pub session: String,
+    pub csrf: String,
+}
+
+impl Signed {
+    pub fn flash(&self, state: &AppState, flash: Flash) {
+        state.sessions.flash(&self.session, flash);
+    }
+}
+
+/// Where to go to sign in, coming back to `path` afterwards.
+fn to_sign_in(parts: &Parts) -> Response {
+    let back = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|_| parts.method == axum::http::Method::GET)
+        .unwrap_or("/");
+    let query = serde_urlencoded::to_string([("next", back)]).unwrap_or_default();
+    Redirect::to(&format!("/login?{query}")).into_response()
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(session) = session_cookie(&parts.headers) else {
+            return Err(to_sign_in(parts));
+        };
+        let Some((digest, csrf)) = state.sessions.get(&session) else {
+            return Err(to_sign_in(parts));
+        };
+        match state.auth.resolve_digest(&digest).await {
+            Ok(Some(scope)) => Ok(Signed {
+                scope,
+                session,
+                csrf,
+            }),
+            Ok(None) => {
+                // The key was deleted since: the session ends with it.
+                state.sessions.remove(&session);
+                Err(to_sign_in(parts))
+            }
+            Err(e) => Err(DashError::from(e).into_response()),
+        }
+    }
+}
+
+/// A form posted by a signed-in person, with its CSRF token checked (in constant time).
+pub struct Post {
+    pub signed: Signed,
+    pub form: Form,
+}
+
+impl FromRequest<AppState> for Post {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, state).await?;
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| {
+                DashError::Status(
+                    e.status(),
+                    "The form could not be read; it may be too large.",
+                )
+                .into_response()
+            })?;
+        let form = Form::parse(&bytes);
+        let sent = form.get("csrf").unwrap_or_default();
+        if !bool::from(sent.as_bytes().ct_eq(signed.csrf.as_bytes())) {
+            return Err(DashError::Status(
+                StatusCode::FORBIDDEN,
+                "This form did not come from your current dashboard session (its security token is missing or out of date). Go back, reload the page and try again.",
+            )
+            .into_response());
+        }
+        Ok(Post { signed, form })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let id = "ab".repeat(32);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            format!("theme=dark; {COOKIE}={id}; x=y").parse().unwrap(),
+        );
+        assert_eq!(session_cookie(&headers), Some(id));
+        headers.insert(header::COOKIE, format!("{COOKIE}=short").parse().unwrap());
+        assert_eq!(session_cookie(&headers), None);
+    }
+
+    #[test]
+    fn a_session_keeps_its_flashes_until_they_are_shown() {
+        let sessions = Sessions::new();
+        let id = sessions.create(TokenDigest::of("t"));
+        sessions.flash(&id, Flash::ok("saved"));
+        assert_eq!(sessions.take_flashes(&id).len(), 1);
+        assert!(sessions.take_flashes(&id).is_empty());
+        sessions.remove(&id);
+        assert!(sessions.get(&id).is_none());
+    }
+}

@@ -1,0 +1,186 @@
+//! The dashboard's templates (`crates/herald/templates/`, embedded in the binary) and how a
+//! page is rendered: MiniJinja with HTML auto-escaping (every template name ends in `.html`),
+//! so values are escaped unless a template says otherwise, which none does.
+//!
+//! Each page gets two values: `layout` (title, navigation, CSRF token, one-time messages) and
+//! `page` (what the handler prepared, already formatted for display).
+
+use std::sync::LazyLock;
+
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::value::Serde;
+use minijinja::{Environment, UndefinedBehavior, context};
+use serde::Serialize;
+
+use herald_core::Timestamp;
+use herald_core::org::Organization;
+
+use super::session::{Flash, Signed};
+use crate::app::AppState;
+use crate::service::Scope;
+
+const SOURCES: &[(&str, &str)] = &[
+    ("base.html", include_str!("../../templates/base.html")),
+    ("macros.html", include_str!("../../templates/macros.html")),
+    ("error.html", include_str!("../../templates/error.html")),
+    ("login.html", include_str!("../../templates/login.html")),
+    ("orgs.html", include_str!("../../templates/orgs.html")),
+    ("org.html", include_str!("../../templates/org.html")),
+    ("catalog.html", include_str!("../../templates/catalog.html")),
+    (
+        "webhook_form.html",
+        include_str!("../../templates/webhook_form.html"),
+    ),
+    ("webhook.html", include_str!("../../templates/webhook.html")),
+    (
+        "deliveries.html",
+        include_str!("../../templates/deliveries.html"),
+    ),
+    (
+        "delivery.html",
+        include_str!("../../templates/delivery.html"),
+    ),
+];
+
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    // A misspelt name in a template fails the render (and the tests) instead of printing "".
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    env.add_global("css_path", super::assets::CSS_PATH);
+    env.add_global("js_path", super::assets::JS_PATH);
+    for (name, source) in SOURCES {
+        if let Err(e) = env.add_template(name, source) {
+            // Pages using it answer 500; the template tests fail on this.
+            tracing::error!(template = name, error = %e, "a dashboard template does not parse");
+        }
+    }
+    env
+});
+
+/// What every page shows around its content.
+#[derive(Debug, Serialize)]
+pub struct Layout {
+    pub title: String,
+    pub signed_in: bool,
+    pub is_admin: bool,
+    pub csrf: String,
+    /// The organization being looked at, for the navigation.
+    pub org: Option<OrgNav>,
+    pub flashes: Vec<Flash>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrgNav {
+    pub id: String,
+    pub name: String,
+}
+
+impl Layout {
+    /// The layout of a signed-in page; takes the session's one-time messages.
+    pub fn new(
+        state: &AppState,
+        signed: &Signed,
+        title: impl Into<String>,
+        org: Option<&Organization>,
+    ) -> Self {
+        Self {
+            title: title.into(),
+            signed_in: true,
+            is_admin: signed.scope == Scope::Admin,
+            csrf: signed.csrf.clone(),
+            org: org.map(|o| OrgNav {
+                id: o.id.to_string(),
+                name: o.name.clone(),
+            }),
+            flashes: state.sessions.take_flashes(&signed.session),
+        }
+    }
+
+    /// The layout of a page seen without signing in.
+    pub fn anonymous(title: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            signed_in: false,
+            is_admin: false,
+            csrf: String::new(),
+            org: None,
+            flashes: Vec::new(),
+        }
+    }
+}
+
+/// Renders `template` with `layout` and `page`.
+pub fn render(
+    status: StatusCode,
+    template: &str,
+    layout: &Layout,
+    page: impl Serialize,
+) -> Response {
+    let rendered = ENV.get_template(template).and_then(|t| {
+        t.render(context! {
+            layout => Serde(layout),
+            page => Serde(&page),
+        })
+    });
+    match rendered {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(template, error = %e, "a dashboard page could not be rendered");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This page could not be shown because of an internal error; it has been logged.",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A page that says what went wrong.
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    #[derive(Serialize)]
+    struct ErrorPage<'a> {
+        status: u16,
+        reason: &'a str,
+        message: &'a str,
+    }
+    let page = ErrorPage {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("Error"),
+        message,
+    };
+    render(status, "error.html", &Layout::anonymous(page.reason), page)
+}
+
+/// A time for people: `2026-05-01 12:00:03 UTC`.
+pub fn when(t: Timestamp) -> String {
+    t.to_datetime().format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub fn when_opt(t: Option<Timestamp>) -> Option<String> {
+    t.map(when)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses() {
+        for (name, _) in SOURCES {
+            assert!(ENV.get_template(name).is_ok(), "{name} does not parse");
+        }
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let html = ENV
+            .render_named_str(
+                "test.html",
+                "{{ x }}",
+                context! { x => "<script>alert(1)</script>" },
+            )
+            .unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+    }
+}

@@ -1,0 +1,332 @@
+//! The webhook create and edit forms. What was typed is kept when the service refuses it, and
+//! the error is shown next to the field it is about; a new webhook's secret is shown once, on
+//! the page after creating it.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use herald_core::org::Organization;
+use herald_core::profile::ProfileName;
+use herald_core::webhook::Webhook;
+use herald_core::{Invalid, WebhookId};
+
+use super::error::{DashError, DashResult, describe};
+use super::forms::Form;
+use super::orgs::org_id;
+use super::session::{Flash, Post, Signed};
+use super::templates::{self, Layout};
+use super::webhooks::{join_numbers, secret_flash, webhook_id, webhook_path};
+use crate::app::AppState;
+use crate::service::webhooks::{self, WebhookInput};
+use crate::service::{ServiceError, event_types, orgs};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/webhooks/new", get(new_webhook))
+        .route("/orgs/{org}/webhooks", post(create_webhook))
+        .route("/orgs/{org}/webhooks/{id}", post(update_webhook))
+        .route("/orgs/{org}/webhooks/{id}/edit", get(edit_webhook))
+}
+
+/// The form as typed: kept when the service refuses it, so nothing has to be typed again.
+#[derive(Debug, Serialize, Default)]
+struct WebhookForm {
+    name: String,
+    url: String,
+    description: String,
+    profile: String,
+    secret: String,
+    events: Vec<String>,
+    channels: Vec<String>,
+    /// One `Name: value` a line.
+    headers: String,
+    timeout_ms: String,
+    /// Seconds, separated by commas.
+    retry_schedule: String,
+    active: bool,
+}
+
+impl WebhookForm {
+    fn read(form: &Form) -> Self {
+        Self {
+            name: form.text("name"),
+            url: form.text("url"),
+            description: form.text("description"),
+            profile: form.text("profile"),
+            secret: form.text("secret"),
+            events: form.all("events"),
+            channels: form.all("channels"),
+            headers: form.get("headers").unwrap_or_default().to_owned(),
+            timeout_ms: form.text("timeout_ms"),
+            retry_schedule: form.text("retry_schedule"),
+            active: form.checked("active"),
+        }
+    }
+
+    fn of(w: &Webhook) -> Self {
+        Self {
+            name: w.name.clone(),
+            url: w.url.as_str().to_owned(),
+            description: w.description.clone().unwrap_or_default(),
+            profile: w.profile.as_str().to_owned(),
+            secret: String::new(),
+            events: w.events.clone(),
+            channels: w.channels.clone(),
+            headers: w
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}\n"))
+                .collect(),
+            timeout_ms: w.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
+            retry_schedule: w
+                .retry_schedule
+                .as_ref()
+                .map(|s| join_numbers(s.delays().iter().map(|&d| u64::from(d))))
+                .unwrap_or_default(),
+            active: w.active,
+        }
+    }
+
+    /// What the service gets. Empty optional fields clear the override.
+    fn input(&self, creating: bool) -> Result<WebhookInput, Invalid> {
+        let mut headers = BTreeMap::new();
+        for (i, line) in self.headers.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (name, value) = line.split_once(':').ok_or_else(|| {
+                Invalid::new(
+                    "headers",
+                    format!("line {}: write each header as Name: value", i + 1),
+                )
+            })?;
+            headers.insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+        let timeout_ms = match self.timeout_ms.as_str() {
+            "" => None,
+            t => Some(t.parse::<u64>().map_err(|_| {
+                Invalid::new("timeout_ms", "must be a number of milliseconds, e.g. 5000")
+            })?),
+        };
+        let retry_schedule = match self.retry_schedule.as_str() {
+            "" => None,
+            r => Some(
+                r.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<u64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        Invalid::new(
+                            "retry_schedule",
+                            "must be delays in seconds separated by commas, e.g. 0, 60, 300",
+                        )
+                    })?,
+            ),
+        };
+        let optional = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Ok(WebhookInput {
+            name: Some(self.name.clone()),
+            url: Some(self.url.clone()),
+            events: Some(self.events.clone()),
+            channels: Some(self.channels.clone()),
+            profile: optional(&self.profile),
+            description: Some(optional(&self.description)),
+            secret: optional(&self.secret).filter(|_| creating),
+            active: creating.then_some(self.active),
+            headers: Some(headers),
+            timeout_ms: Some(timeout_ms),
+            retry_schedule: Some(retry_schedule),
+            ..WebhookInput::default()
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Choice {
+    value: String,
+    label: String,
+    hint: String,
+    checked: bool,
+}
+
+#[derive(Serialize)]
+struct FormPage {
+    org_id: String,
+    /// The webhook being edited; `None` on the create form.
+    editing: Option<String>,
+    form: WebhookForm,
+    error: Option<String>,
+    /// The field the error is about (`url`, `events`…), to show it there.
+    error_field: Option<String>,
+    all_events: bool,
+    types: Vec<Choice>,
+    channels: Vec<Choice>,
+    profiles: Vec<Choice>,
+}
+
+async fn form_page(
+    state: &AppState,
+    signed: &Signed,
+    org: &Organization,
+    editing: Option<&WebhookId>,
+    form: WebhookForm,
+    error: Option<(StatusCode, String, Option<String>)>,
+) -> DashResult<Response> {
+    let types = event_types::list_for_org(state, &signed.scope, &org.id).await?;
+    let mut channels: Vec<String> = types.iter().filter_map(|t| t.channel.clone()).collect();
+    channels.sort();
+    channels.dedup();
+    let profile = if form.profile.is_empty() {
+        "standard"
+    } else {
+        form.profile.as_str()
+    };
+    let page = FormPage {
+        org_id: org.id.to_string(),
+        editing: editing.map(|id| id.to_string()),
+        all_events: form.events.iter().any(|e| e == "*"),
+        types: types
+            .iter()
+            .map(|t| Choice {
+                checked: form.events.contains(&t.name),
+                value: t.name.clone(),
+                label: t.name.clone(),
+                hint: t.channel.clone().unwrap_or_default(),
+            })
+            .collect(),
+        channels: channels
+            .into_iter()
+            .map(|c| Choice {
+                checked: form.channels.contains(&c),
+                label: c.clone(),
+                value: c,
+                hint: String::new(),
+            })
+            .collect(),
+        profiles: ProfileName::ALL
+            .iter()
+            .map(|p| Choice {
+                value: p.as_str().to_owned(),
+                label: p.as_str().to_owned(),
+                hint: String::new(),
+                checked: p.as_str() == profile,
+            })
+            .collect(),
+        form,
+        error: error.as_ref().map(|(_, m, _)| m.clone()),
+        error_field: error.as_ref().and_then(|(_, _, f)| f.clone()),
+    };
+    let status = error.map_or(StatusCode::OK, |(s, _, _)| s);
+    let title = if editing.is_some() {
+        "Edit webhook"
+    } else {
+        "New webhook"
+    };
+    let layout = Layout::new(state, signed, title, Some(org));
+    Ok(templates::render(
+        status,
+        "webhook_form.html",
+        &layout,
+        page,
+    ))
+}
+
+/// A refused form's status, message and field (its first part: `events[0]` → `events`).
+fn form_error(e: ServiceError) -> (StatusCode, String, Option<String>) {
+    let field = match &e {
+        ServiceError::Invalid(i) => Some(
+            i.field
+                .split(['[', '.'])
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    let (status, message) = describe(e);
+    (status, message, field)
+}
+
+async fn new_webhook(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(org): Path<String>,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let form = WebhookForm {
+        active: true,
+        profile: "standard".into(),
+        ..WebhookForm::default()
+    };
+    form_page(&state, &signed, &org, None, form, None).await
+}
+
+async fn create_webhook(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    post: Post,
+) -> DashResult<Response> {
+    let Post { signed, form } = post;
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let typed = WebhookForm::read(&form);
+    let created = match typed.input(true) {
+        Ok(input) => webhooks::create(&state, &signed.scope, &org.id, input).await,
+        Err(invalid) => Err(invalid.into()),
+    };
+    match created {
+        Ok(w) => {
+            signed.flash(&state, secret_flash(&w, "Webhook created."));
+            Ok(Redirect::to(&webhook_path(&org.id, &w.id)).into_response())
+        }
+        Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
+        Err(e) => form_page(&state, &signed, &org, None, typed, Some(form_error(e))).await,
+    }
+}
+
+async fn edit_webhook(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((org, id)): Path<(String, String)>,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let w = webhooks::get(&state, &signed.scope, &org.id, &webhook_id(&id)?).await?;
+    form_page(
+        &state,
+        &signed,
+        &org,
+        Some(&w.id),
+        WebhookForm::of(&w),
+        None,
+    )
+    .await
+}
+
+async fn update_webhook(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    post: Post,
+) -> DashResult<Response> {
+    let Post { signed, form } = post;
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let id = webhook_id(&id)?;
+    let typed = WebhookForm::read(&form);
+    let updated = match typed.input(false) {
+        Ok(input) => webhooks::update(&state, &signed.scope, &org.id, &id, input).await,
+        Err(invalid) => Err(invalid.into()),
+    };
+    match updated {
+        Ok(w) => {
+            signed.flash(&state, Flash::ok("Webhook saved."));
+            Ok(Redirect::to(&webhook_path(&org.id, &w.id)).into_response())
+        }
+        Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
+        Err(e) => form_page(&state, &signed, &org, Some(&id), typed, Some(form_error(e))).await,
+    }
+}

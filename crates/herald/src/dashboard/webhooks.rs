@@ -1,0 +1,294 @@
+//! One webhook's page (settings with the secret masked, WebSub state, health plots, latest
+//! deliveries) and its actions: enable, disable, rotate the secret, send a test event, resend
+//! the WebSub verification, delete. The forms are in `webhook_form.rs`.
+//!
+//! A secret appears once, as a one-time message on the page shown after creating or rotating;
+//! every other page shows it masked.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use herald_core::subscription::{Subscription, Verification};
+use herald_core::webhook::Webhook;
+use herald_core::{OrgId, PageRequest, WebhookId};
+
+use super::deliveries::DeliveryRow;
+use super::error::{DashError, DashResult, describe};
+use super::forms::path_id;
+use super::health::{Chart, charts};
+use super::orgs::org_id;
+use super::session::{Flash, Post, Signed};
+use super::templates::{self, Layout, when, when_opt};
+use crate::app::AppState;
+use crate::service::{ServiceError, deliveries, health, orgs, subscriptions, webhooks};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/webhooks/{id}", get(show_webhook))
+        .route("/orgs/{org}/webhooks/{id}/{action}", post(webhook_action))
+}
+
+pub fn webhook_id(raw: &str) -> DashResult<WebhookId> {
+    path_id(raw, WebhookId::parse)
+}
+
+pub fn webhook_path(org: &OrgId, id: &WebhookId) -> String {
+    format!("/orgs/{org}/webhooks/{id}")
+}
+
+pub fn secret_flash(w: &Webhook, what: &str) -> Flash {
+    Flash {
+        kind: "secret",
+        message: format!(
+            "{what} This is its signing secret: copy it now, it will not be shown again."
+        ),
+        secret: Some(w.secret.clone()),
+    }
+}
+
+pub fn join_numbers(values: impl IntoIterator<Item = u64>) -> String {
+    values
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One webhook's settings for display; the secret only masked.
+#[derive(Serialize)]
+struct WebhookView {
+    id: String,
+    name: String,
+    description: Option<String>,
+    url: String,
+    profile: &'static str,
+    signature: &'static str,
+    active: bool,
+    websub: bool,
+    events: Vec<String>,
+    channels: Vec<String>,
+    secret_masked: String,
+    previous_secret_until: Option<String>,
+    headers: Vec<(String, String)>,
+    timeout: String,
+    retry_schedule: String,
+    created: String,
+    updated: String,
+    failing_since: Option<String>,
+    disabled_reason: Option<String>,
+}
+
+/// `whsec_••••••••` for Standard Webhooks keys; dots alone for others. Nothing of the secret
+/// itself is shown.
+fn mask(secret: &str) -> String {
+    let prefix = if secret.starts_with("whsec_") {
+        "whsec_"
+    } else {
+        ""
+    };
+    format!("{prefix}••••••••")
+}
+
+impl WebhookView {
+    fn of(w: &Webhook, now: herald_core::Timestamp) -> Self {
+        let overridden = |set: bool| if set { "" } else { " (profile default)" };
+        Self {
+            id: w.id.to_string(),
+            name: w.name.clone(),
+            description: w.description.clone(),
+            url: w.url.as_str().to_owned(),
+            profile: w.profile.as_str(),
+            signature: w.effective_signature().as_str(),
+            active: w.active,
+            websub: w.verification == Verification::Websub,
+            events: w.events.clone(),
+            channels: w.channels.clone(),
+            secret_masked: mask(&w.secret),
+            previous_secret_until: w.previous_secret_expires_at.filter(|t| *t > now).map(when),
+            headers: w
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: format!(
+                "{} ms{}",
+                w.effective_timeout_ms(),
+                overridden(w.timeout_ms.is_some())
+            ),
+            retry_schedule: format!(
+                "{} s{}",
+                join_numbers(
+                    w.effective_retry_schedule()
+                        .delays()
+                        .iter()
+                        .map(|&d| u64::from(d))
+                ),
+                overridden(w.retry_schedule.is_some())
+            ),
+            created: when(w.created_at),
+            updated: when(w.updated_at),
+            failing_since: when_opt(w.failing_since),
+            disabled_reason: w.disabled_reason.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SubscriptionRow {
+    channel: String,
+    topic: String,
+    mode: &'static str,
+    state: &'static str,
+    reason: Option<String>,
+    last_attempt: Option<String>,
+    expires: Option<String>,
+}
+
+impl From<Subscription> for SubscriptionRow {
+    fn from(s: Subscription) -> Self {
+        Self {
+            channel: s.channel,
+            topic: s.topic,
+            mode: s.mode.as_str(),
+            state: s.state.as_str(),
+            reason: s.reason,
+            last_attempt: when_opt(s.last_attempt_at),
+            expires: when_opt(s.expires_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WebhookPage {
+    org_id: String,
+    webhook: WebhookView,
+    subscriptions: Vec<SubscriptionRow>,
+    charts: Vec<Chart>,
+    recent: Vec<DeliveryRow>,
+}
+
+async fn show_webhook(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((org, id)): Path<(String, String)>,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let w = webhooks::get(&state, &signed.scope, &org.id, &webhook_id(&id)?).await?;
+    let subscriptions = if w.verification == Verification::Websub {
+        subscriptions::list(&state, &signed.scope, &org.id, &w.id).await?
+    } else {
+        Vec::new()
+    };
+    let series = health::webhook_health(&state, &signed.scope, &org.id, &w.id).await?;
+    let latest = PageRequest::new(Some(10), None).map_err(ServiceError::from)?;
+    let filter = Default::default();
+    let recent = deliveries::list(&state, &signed.scope, &org.id, &w.id, filter, latest).await?;
+    let page = WebhookPage {
+        org_id: org.id.to_string(),
+        webhook: WebhookView::of(&w, state.clock.now()),
+        subscriptions: subscriptions
+            .into_iter()
+            .map(SubscriptionRow::from)
+            .collect(),
+        charts: charts(&series),
+        recent: recent.data.iter().map(DeliveryRow::from).collect(),
+    };
+    let layout = Layout::new(&state, &signed, w.name.clone(), Some(&org));
+    Ok(templates::render(
+        StatusCode::OK,
+        "webhook.html",
+        &layout,
+        page,
+    ))
+}
+
+/// Enable, disable, rotate, test, verify or delete; then back to the webhook (or the
+/// organization, after a delete) with a message saying how it went.
+async fn webhook_action(
+    State(state): State<AppState>,
+    Path((org, id, action)): Path<(String, String, String)>,
+    post: Post,
+) -> DashResult<Response> {
+    let (org, id) = (org_id(&org)?, webhook_id(&id)?);
+    let Post { signed, form } = post;
+    let scope = &signed.scope;
+    let mut back = webhook_path(&org, &id);
+    let outcome: Result<Flash, ServiceError> = match action.as_str() {
+        "enable" | "disable" => {
+            let active = action == "enable";
+            webhooks::set_active(&state, scope, &org, &id, active)
+                .await
+                .map(|(_, subs)| active_flash(active, subs.as_deref()))
+        }
+        "rotate" => webhooks::rotate_secret(&state, scope, &org, &id, None)
+            .await
+            .map(|w| {
+                secret_flash(
+                    &w,
+                    "Secret rotated; the previous one keeps signing beside it for 24 hours.",
+                )
+            }),
+        "test" => webhooks::send_test(&state, scope, &org, &id)
+            .await
+            .map(|(_, delivery)| {
+                Flash::ok(format!(
+                    "Test event sent as delivery {delivery}; it shows in the history below."
+                ))
+            }),
+        "verify" => {
+            let channel = Some(form.text("channel")).filter(|c| !c.is_empty());
+            subscriptions::resend(&state, scope, &org, &id, channel)
+                .await
+                .map(|subs| verification_flash(&subs))
+        }
+        "delete" => match webhooks::delete(&state, scope, &org, std::slice::from_ref(&id)).await {
+            Ok(deleted) if deleted.is_empty() => Err(ServiceError::NotFound("webhook")),
+            Ok(_) => {
+                back = format!("/orgs/{org}");
+                Ok(Flash::ok(
+                    "Webhook deleted; its pending deliveries are cancelled.",
+                ))
+            }
+            Err(e) => Err(e),
+        },
+        _ => return Err(DashError::not_found()),
+    };
+    match outcome {
+        Ok(flash) => signed.flash(&state, flash),
+        Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
+        Err(e) => signed.flash(&state, Flash::error(describe(e).1)),
+    }
+    Ok(Redirect::to(&back).into_response())
+}
+
+fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {
+    match (active, subs) {
+        (true, Some(subs)) => verification_flash(subs),
+        (true, None) => Flash::ok("Webhook enabled; deliveries resume."),
+        (false, _) => Flash::ok("Webhook disabled; its deliveries wait until it is enabled."),
+    }
+}
+
+fn verification_flash(subs: &[Subscription]) -> Flash {
+    use herald_core::subscription::State;
+    let failed: Vec<&str> = subs
+        .iter()
+        .filter(|s| s.state == State::Failed)
+        .map(|s| s.channel.as_str())
+        .collect();
+    if failed.is_empty() {
+        Flash::ok(format!(
+            "WebSub verification sent for {} channel(s).",
+            subs.len()
+        ))
+    } else {
+        Flash::error(format!(
+            "WebSub verification failed for: {}. See each channel's reason below.",
+            failed.join(", ")
+        ))
+    }
+}

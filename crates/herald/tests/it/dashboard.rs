@@ -1,0 +1,647 @@
+//! Dashboard stories over plain HTTP (no browser): every page needs a session, values are
+//! escaped, forms need their CSRF token, an organization key sees only its organization, and
+//! refused forms keep what was typed. The browser story is in `browser.rs`.
+
+use reqwest::StatusCode;
+use reqwest::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE,
+};
+use serde_json::json;
+
+use crate::helpers::{ADMIN_TOKEN, Reply, TestApp, TestReceiver};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A person using the dashboard: a client that does not follow redirects and keeps the
+/// session cookie it was given.
+pub struct Visitor {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub location: String,
+    pub body: String,
+}
+
+impl Visitor {
+    pub fn new(app: &TestApp) -> Self {
+        crate::helpers::http_client();
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: app.base.clone(),
+            cookie: None,
+        }
+    }
+
+    pub async fn signed_in(app: &TestApp, token: &str) -> Self {
+        let mut visitor = Self::new(app);
+        let answer = visitor.sign_in(token).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        assert!(visitor.cookie.is_some());
+        visitor
+    }
+
+    pub async fn sign_in(&mut self, token: &str) -> Answer {
+        let resp = self
+            .http
+            .post(format!("{}/login", self.base))
+            .header(CONTENT_TYPE, FORM)
+            .body(serde_urlencoded::to_string([("token", token)]).unwrap())
+            .send()
+            .await
+            .unwrap();
+        if let Some(cookie) = resp.headers().get(SET_COOKIE) {
+            let cookie = cookie.to_str().unwrap();
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+            self.cookie = Some(cookie.split(';').next().unwrap().to_owned());
+        }
+        answer(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header(COOKIE, c);
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, FORM)
+            .body(serde_urlencoded::to_string(form).unwrap());
+        if let Some(c) = &self.cookie {
+            req = req.header(COOKIE, c);
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    /// The CSRF token of the session, read from a page's forms.
+    pub async fn csrf(&self, page: &str) -> String {
+        let body = self.get(page).await.body;
+        let marker = r#"name="csrf" value=""#;
+        let start = body.find(marker).expect("a form with a CSRF token") + marker.len();
+        body[start..start + 64].to_owned()
+    }
+}
+
+/// The page with the escaped slashes (`&#x2f;`, as the templates write every `/` in a value)
+/// written plainly.
+pub fn slashes(html: &str) -> String {
+    html.replace("&#x2f;", "/")
+}
+
+async fn answer(resp: reqwest::Response) -> Answer {
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get(LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    Answer {
+        status,
+        location,
+        body: resp.text().await.unwrap(),
+    }
+}
+
+/// An organization with a webhook (to `url`) and one delivery; answers their ids.
+async fn org_with_delivery(app: &TestApp, url: &str) -> (String, String, String) {
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, url, json!({})).await;
+    let hook = hook["id"].as_str().unwrap().to_owned();
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let delivery = app.delivery_ids(&org, &hook).await.remove(0);
+    (org, hook, delivery)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, hook, delivery) = org_with_delivery(&app, &rx.url("/h")).await;
+    let pages = [
+        "/orgs".to_owned(),
+        format!("/orgs/{org}"),
+        format!("/orgs/{org}/catalog"),
+        format!("/orgs/{org}/webhooks/new"),
+        format!("/orgs/{org}/webhooks/{hook}"),
+        format!("/orgs/{org}/webhooks/{hook}/edit"),
+        format!("/orgs/{org}/webhooks/{hook}/deliveries"),
+        format!("/orgs/{org}/webhooks/{hook}/deliveries?state=succeeded&event_type=user.created"),
+        format!("/orgs/{org}/deliveries/{delivery}"),
+    ];
+    let stranger = Visitor::new(&app);
+    for page in &pages {
+        let a = stranger.get(page).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{page}");
+        assert!(
+            a.location.starts_with("/login?next="),
+            "{page}: {}",
+            a.location
+        );
+    }
+    let a = stranger.get("/").await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, "/login?next=%2F")
+    );
+    assert_eq!(stranger.get("/login").await.status, StatusCode::OK);
+
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    for page in &pages {
+        let a = admin.get(page).await;
+        assert_eq!(a.status, StatusCode::OK, "{page}: {}", a.body);
+        assert!(a.body.contains("<!doctype html>"), "{page}");
+    }
+    let a = admin.get("/").await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, "/orgs")
+    );
+
+    // Pages are never cached and may run only the dashboard's own script.
+    let resp = app
+        .http
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[CACHE_CONTROL], "no-store");
+    let csp = resp.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let page = slashes(&resp.text().await.unwrap());
+    let css = page
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let resp = app
+        .http
+        .get(format!("{}{css}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_with_a_message() {
+    let app = TestApp::spawn().await;
+    let mut visitor = Visitor::new(&app);
+    let a = visitor.sign_in("not-the-token").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.body.contains("That token is not valid"), "{}", a.body);
+    assert!(visitor.cookie.is_none());
+    assert_eq!(visitor.get("/orgs").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_escaped() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("<b>Acme</b>").await;
+    let evil = "<script>alert(1)</script>";
+    let hook = app
+        .create_webhook(
+            &org,
+            "https://example.com/h",
+            json!({ "name": evil, "description": "\"><img src=x onerror=alert(2)>" }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    for page in [
+        "/orgs".to_owned(),
+        format!("/orgs/{org}"),
+        format!("/orgs/{org}/webhooks/{hook}"),
+        format!("/orgs/{org}/webhooks/{hook}/edit"),
+    ] {
+        let body = admin.get(&page).await.body;
+        assert!(!body.contains(evil), "{page} shows the script unescaped");
+        assert!(!body.contains("<b>Acme"), "{page}");
+        assert!(!body.contains("<img src=x"), "{page}");
+    }
+    let body = admin
+        .get(&format!("/orgs/{org}/webhooks/{hook}"))
+        .await
+        .body;
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_without_its_csrf_token_is_refused() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, "https://example.com/h", json!({}))
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let disable = format!("/orgs/{org}/webhooks/{hook}/disable");
+    let a = admin.post(&disable, &[]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("reload the page"), "{}", a.body);
+    let a = admin.post(&disable, &[("csrf", &"0".repeat(64))]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let (_, w) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(w["active"], true);
+
+    // Another session's token is no better.
+    let other = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let theirs = other.csrf("/orgs").await;
+    assert_eq!(
+        admin.post(&disable, &[("csrf", &theirs)]).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let csrf = admin.csrf("/orgs").await;
+    let a = admin.post(&disable, &[("csrf", &csrf)]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let (_, w) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(w["active"], false);
+
+    // Signing out ends the session.
+    assert_eq!(
+        admin.post("/logout", &[("csrf", &csrf)]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(admin.get("/orgs").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_key_sees_only_its_organization() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (theirs, their_hook, their_delivery) = org_with_delivery(&app, &rx.url("/h")).await;
+    let ours = app.create_org("Globex").await;
+    let (status, key) = app
+        .post(
+            &format!("/v1/orgs/{ours}/api-keys"),
+            json!({ "name": "ops" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().unwrap();
+    let key_id = key_id_of(&app, &ours).await;
+
+    let visitor = Visitor::signed_in(&app, key).await;
+    let a = visitor.get("/").await;
+    assert_eq!(a.location, format!("/orgs/{ours}"));
+    assert_eq!(
+        visitor.get(&format!("/orgs/{ours}")).await.status,
+        StatusCode::OK
+    );
+    let list = visitor.get("/orgs").await.body;
+    assert!(list.contains("Globex") && !list.contains("Acme"), "{list}");
+    assert!(!list.contains("New organization"));
+    for page in [
+        format!("/orgs/{theirs}"),
+        format!("/orgs/{theirs}/catalog"),
+        format!("/orgs/{theirs}/webhooks/new"),
+        format!("/orgs/{theirs}/webhooks/{their_hook}"),
+        format!("/orgs/{theirs}/webhooks/{their_hook}/deliveries"),
+        format!("/orgs/{theirs}/deliveries/{their_delivery}"),
+        format!("/orgs/{ours}/webhooks/{their_hook}"),
+        format!("/orgs/{ours}/deliveries/{their_delivery}"),
+    ] {
+        let a = visitor.get(&page).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{page}");
+    }
+    let csrf = visitor.csrf(&format!("/orgs/{ours}")).await;
+    let a = visitor
+        .post(
+            &format!("/orgs/{theirs}/webhooks/{their_hook}/delete"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = visitor
+        .post(
+            &format!("/orgs/{theirs}/deliveries/{their_delivery}/resend"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let (_, w) = app
+        .get(&format!("/v1/orgs/{theirs}/webhooks/{their_hook}"))
+        .await;
+    assert_eq!(w["id"], their_hook.as_str());
+    // Creating an organization needs the admin: said on the form, not a 500.
+    let a = visitor
+        .post("/orgs", &[("csrf", &csrf), ("name", "Mine")])
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("admin token"), "{}", a.body);
+
+    // Deleting the key ends its sessions at once.
+    let (status, _) = app
+        .delete(&format!("/v1/orgs/{ours}/api-keys/{key_id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        visitor.get(&format!("/orgs/{ours}")).await.status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+async fn key_id_of(app: &TestApp, org: &str) -> String {
+    let (_, keys) = app.get(&format!("/v1/orgs/{org}/api-keys")).await;
+    keys["data"][0]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
+    let app = TestApp::spawn_with(|s| s.security.allow_private_networks.clear()).await;
+    let org = app.create_org("Acme").await;
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let new = format!("/orgs/{org}/webhooks/new");
+    let csrf = admin.csrf(&new).await;
+    let create = format!("/orgs/{org}/webhooks");
+    let typed = [
+        ("csrf", csrf.as_str()),
+        ("name", "crm sync"),
+        ("url", "http://127.0.0.1:9/h"),
+        ("events", "user.created"),
+        ("headers", "X-Team: identity"),
+        ("timeout_ms", "5000"),
+        ("active", "on"),
+    ];
+    let a = admin.post(&create, &typed).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(a.body.contains("loopback"), "{}", a.body);
+    assert!(a.body.contains(r#"value="crm sync""#));
+    assert!(slashes(&a.body).contains(r#"value="http://127.0.0.1:9/h""#));
+    assert!(a.body.contains(r#"value="user.created" checked"#));
+    assert!(a.body.contains("X-Team: identity"));
+
+    let a = admin
+        .post(
+            &create,
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "x"),
+                ("url", "https://example.com/h"),
+                ("timeout_ms", "soon"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.body.contains("number of milliseconds"), "{}", a.body);
+
+    let mut fixed = typed;
+    fixed[2] = ("url", "https://example.com/h");
+    let a = admin.post(&create, &fixed).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let page = slashes(&admin.get(&a.location).await.body);
+    let secret = page
+        .split("id=\"new-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .expect("the new secret is shown");
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 20,
+        "{secret}"
+    );
+    let again = slashes(&admin.get(&a.location).await.body);
+    assert!(!again.contains(secret), "the secret is shown only once");
+    assert!(again.contains("whsec_••••••••"));
+    let hook_id = a.location.rsplit('/').next().unwrap();
+    let (_, w) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook_id}")).await;
+    assert_eq!(w["headers"]["x-team"], "identity");
+    assert_eq!(w["timeout_ms"], 5000);
+    assert_eq!(w["events"], json!(["user.created"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_gets_an_html_404_and_the_api_its_json() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .http
+        .get(format!("{}/nowhere", app.base))
+        .header(ACCEPT, "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(resp.text().await.unwrap().contains("<!doctype html>"));
+    let resp = app
+        .http
+        .get(format!("{}/v1/nowhere", app.base))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
+    let app = TestApp::spawn_with(|s| s.security.allow_insecure_urls = true).await;
+    let rx = TestReceiver::start().await;
+    let (status, org) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "My Org", "handle": "myorg", "catalogs": ["asgardeo"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{org}");
+    let org = org["id"].as_str().unwrap();
+    let hook = app
+        .create_webhook(
+            org,
+            &rx.url("/hub"),
+            json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value" }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let page = format!("/orgs/{org}/webhooks/{hook}");
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let body = admin.get(&page).await.body;
+    assert!(body.contains("WebSub subscriptions"), "{body}");
+    assert!(body.contains("not sent yet"), "{body}");
+
+    // Enabling sends the verification for each channel; both answer.
+    let csrf = admin.csrf(&page).await;
+    let a = admin
+        .post(&format!("{page}/enable"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains("WebSub verification sent for 2 channel(s)"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches(r#"class="badge verified""#).count(),
+        2,
+        "{body}"
+    );
+    assert_eq!(rx.verifications_on("/hub").len(), 2);
+
+    // One channel again.
+    let a = admin
+        .post(
+            &format!("{page}/verify"),
+            &[("csrf", &csrf), ("channel", "login")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(rx.verifications_on("/hub").len(), 3);
+    // An active WebSub webhook is not deleted: the page says why instead.
+    admin
+        .post(&format!("{page}/delete"), &[("csrf", &csrf)])
+        .await;
+    let body = admin.get(&page).await.body;
+    assert!(body.contains("deactivate it first"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_filters_recover_and_edit_go_through_the_services() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0] }))
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let failed = app.delivery_ids(&org, hook).await.remove(0);
+    app.wait_for_delivery(&org, &failed, |d| d["state"] == "failed")
+        .await;
+
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let history = format!("/orgs/{org}/webhooks/{hook}/deliveries");
+    let body = admin.get(&format!("{history}?state=failed")).await.body;
+    assert!(body.contains(&failed), "{body}");
+    let body = admin.get(&format!("{history}?state=succeeded")).await.body;
+    assert!(
+        !body.contains(&failed) && body.contains("No deliveries match"),
+        "{body}"
+    );
+    let a = admin.get(&format!("{history}?state=lost")).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.body.contains("not a delivery state"), "{}", a.body);
+
+    // Recover every failed delivery since an hour ago: the receiver now answers.
+    rx.answer_by_default(Reply::status(200));
+    let csrf = admin.csrf(&history).await;
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let recover = format!("/orgs/{org}/webhooks/{hook}/recover");
+    let a = admin
+        .post(&recover, &[("csrf", &csrf), ("since", &since)])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(
+        admin
+            .get(&history)
+            .await
+            .body
+            .contains("1 failed deliveries are being sent again")
+    );
+    app.wait_for_delivery(&org, &failed, |d| d["state"] == "succeeded")
+        .await;
+    let a = admin
+        .post(&recover, &[("csrf", &csrf), ("since", "last week")])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(
+        admin
+            .get(&history)
+            .await
+            .body
+            .contains("must be a date and time")
+    );
+
+    // Edit: a new name, the timeout override cleared, channels instead of types.
+    let a = admin
+        .post(
+            &format!("/orgs/{org}/webhooks/{hook}"),
+            &[
+                ("csrf", &csrf),
+                ("name", "renamed"),
+                ("url", &rx.url("/h")),
+                ("profile", "standard"),
+                ("channels", "user"),
+                ("timeout_ms", ""),
+                ("retry_schedule", "0, 30"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let (_, w) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(w["name"], "renamed");
+    assert_eq!(w["channels"], json!(["user"]));
+    assert_eq!(w["retry_schedule"], json!([0, 30]));
+    assert_eq!(w["timeout_ms"], json!(null));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let w = app
+            .create_webhook(&org, "https://example.com/h", json!({}))
+            .await;
+        ids.push(w["id"].as_str().unwrap().to_owned());
+    }
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}");
+    let csrf = admin.csrf(&page).await;
+    let bulk = format!("/orgs/{org}/webhooks/bulk-delete");
+    let a = admin
+        .post(
+            &bulk,
+            &[("csrf", &csrf), ("ids", &ids[0]), ("ids", &ids[2])],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, page.as_str())
+    );
+    let body = admin.get(&page).await.body;
+    assert!(body.contains("Deleted 2 webhooks"), "{body}");
+    assert!(!body.contains(&ids[0]) && body.contains(&ids[1]) && !body.contains(&ids[2]));
+    let a = admin.post(&bulk, &[("csrf", &csrf)]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(
+        admin
+            .get(&page)
+            .await
+            .body
+            .contains("Select the webhooks to delete first")
+    );
+}
