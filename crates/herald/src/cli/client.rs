@@ -1,5 +1,5 @@
-//! The client commands (`herald orgs`, `webhooks`, `send`, `deliveries`): they speak to a running
-//! server over its HTTP API, print tables for people and JSON with `--json`.
+//! The client commands (`herald orgs`, `webhooks`, `events`, `send`, `deliveries`): they speak to
+//! a running server over its HTTP API, print tables for people and JSON with `--json`.
 
 use std::io::Read;
 
@@ -139,6 +139,33 @@ pub enum DeliveriesCommand {
         org: String,
         id: String,
     },
+    /// Send again every failed delivery of a webhook created since a time.
+    Recover {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        webhook: String,
+        /// An RFC 3339 time, e.g. 2026-01-31T00:00:00Z.
+        #[arg(long)]
+        since: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// The event types an organization can post (its catalogs' and its own).
+    Types {
+        #[arg(long)]
+        org: String,
+    },
+    /// The built-in catalogs and their event types.
+    Catalog {
+        /// Only this catalog (optare, opal, parallelworks, permit, asgardeo).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Post an event (or a batch); the same as `herald send`.
+    Send(SendArgs),
 }
 
 /// `herald send` options.
@@ -421,6 +448,63 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
             &api.post(&format!("/v1/orgs/{org}/deliveries/{id}/retry"), json!({}))?,
             cols,
         ),
+        DeliveriesCommand::Recover {
+            org,
+            webhook,
+            since,
+        } => {
+            let answer = api.post(
+                &format!("/v1/orgs/{org}/webhooks/{webhook}/recover"),
+                json!({ "since": since }),
+            )?;
+            show(&conn, &answer, &["recovered"]);
+        }
+    }
+    Ok(())
+}
+
+pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    match cmd {
+        EventsCommand::Types { org } => show(
+            &conn,
+            &api.get(&format!("/v1/orgs/{org}/event-types"))?,
+            &["name", "channel", "source", "description"],
+        ),
+        EventsCommand::Catalog { name } => {
+            let answer = api.get("/v1/event-types")?;
+            let catalogs = answer["catalogs"].as_array().cloned().unwrap_or_default();
+            let known: Vec<&str> = catalogs
+                .iter()
+                .filter_map(|c| c["catalog"].as_str())
+                .collect();
+            if let Some(name) = &name
+                && !known.contains(&name.as_str())
+            {
+                bail!("no catalog '{name}'; the catalogs are {}", known.join(", "));
+            }
+            let rows: Vec<Value> = catalogs
+                .iter()
+                .filter(|c| name.as_deref().is_none_or(|n| c["catalog"] == n))
+                .flat_map(|c| {
+                    let catalog = c["catalog"].clone();
+                    c["types"].as_array().cloned().unwrap_or_default().into_iter().map(
+                        move |t| json!({ "catalog": catalog, "name": t["name"], "channel": t["channel"], "description": t["description"] }),
+                    )
+                })
+                .collect();
+            let shown = if conn.json {
+                answer
+            } else {
+                json!({ "data": rows })
+            };
+            show(
+                &conn,
+                &shown,
+                &["catalog", "name", "channel", "description"],
+            );
+        }
+        EventsCommand::Send(args) => send(conn, args)?,
     }
     Ok(())
 }

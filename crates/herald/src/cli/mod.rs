@@ -49,7 +49,14 @@ pub enum Command {
         #[command(subcommand)]
         command: client::WebhooksCommand,
     },
-    /// Read delivery history, and resend.
+    /// Event types (an organization's and the built-in catalogs), and posting events.
+    Events {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::EventsCommand,
+    },
+    /// Read delivery history, resend and recover.
     Deliveries {
         #[command(flatten)]
         conn: client::Connection,
@@ -74,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Orgs { conn, command } => client::orgs(conn, command),
         Command::Webhooks { conn, command } => client::webhooks(conn, command),
+        Command::Events { conn, command } => client::events(conn, command),
         Command::Deliveries { conn, command } => client::deliveries(conn, command),
         Command::Send { conn, args } => client::send(conn, args),
     }

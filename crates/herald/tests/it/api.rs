@@ -581,6 +581,54 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
 
     let (ok, out) = herald_cli(
         &app,
+        &[
+            "deliveries",
+            "recover",
+            "--org",
+            &org,
+            "--webhook",
+            &hook,
+            "--since",
+            "2020-01-01T00:00:00Z",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.starts_with("RECOVERED") && out.contains('0'),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &["events", "types", "--org", &org], None).await;
+    assert!(
+        ok && out.starts_with("NAME") && out.contains("user.created") && out.contains("optare"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &["events", "catalog", "--name", "opal"], None).await;
+    assert!(
+        ok && out.contains("USER_ADDED_TO_GROUP") && !out.contains("optare"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &["events", "catalog", "--name", "okta"], None).await;
+    assert!(!ok && out.contains("the catalogs are optare"), "{out}");
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "events",
+            "send",
+            "--org",
+            &org,
+            "--type",
+            "user.created",
+            "--data",
+            r#"{"user":{"id":"u3"}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("false"), "{out}");
+
+    let (ok, out) = herald_cli(
+        &app,
         &["send", "--org", &org, "--type", "user.exploded"],
         None,
     )
