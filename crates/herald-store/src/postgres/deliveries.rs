@@ -32,6 +32,46 @@ pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
     Ok(())
 }
 
+/// Stores a request's events and their deliveries in one statement: one round trip whatever the
+/// batch size (row by row, a batch of 100 events took 200 sequential round trips). Events whose
+/// id is already stored, or repeated earlier in the same batch, are duplicates: nothing of
+/// theirs is written.
+const INSERT_EVENTS: &str = "WITH ev AS ( \
+       INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
+       SELECT $1, * FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[]) \
+       ON CONFLICT (org_id, id) DO NOTHING \
+       RETURNING id), \
+     dl AS ( \
+       INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, attempt_count, \
+         schedule_base, next_attempt_at, due_at, lease_until, last_error, created_at, updated_at) \
+       SELECT d.id, $1, d.webhook_id, d.event_id, d.event_type, d.state, 0, 0, d.next_at, d.due_at, \
+         d.lease, d.skip, $8, $8 \
+       FROM UNNEST($9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::BIGINT[], \
+         $15::BIGINT[], $16::BIGINT[], $17::TEXT[]) \
+         AS d(id, webhook_id, event_id, event_type, state, next_at, due_at, lease, skip) \
+       WHERE d.event_id IN (SELECT id FROM ev)) \
+     SELECT id FROM ev";
+
+/// The columns of [`INSERT_EVENTS`], one array per column.
+#[derive(Default)]
+struct IngestColumns<'a> {
+    event_ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    occurred: Vec<i64>,
+    received: Vec<i64>,
+    correlation: Vec<Option<&'a str>>,
+    data: Vec<&'a str>,
+    delivery_ids: Vec<&'a str>,
+    webhooks: Vec<&'a str>,
+    delivery_events: Vec<&'a str>,
+    delivery_types: Vec<&'a str>,
+    states: Vec<&'static str>,
+    next_at: Vec<Option<i64>>,
+    due_at: Vec<Option<i64>>,
+    lease: Vec<Option<i64>>,
+    skip: Vec<Option<&'a str>>,
+}
+
 pub(crate) async fn insert_events(
     c: &impl Conn,
     org: &OrgId,
@@ -39,31 +79,20 @@ pub(crate) async fn insert_events(
     now: Timestamp,
     lease_until: Timestamp,
 ) -> DbResult<Vec<IngestResult>> {
-    let mut results = Vec::with_capacity(items.len());
-    let mut unleased = false;
+    let mut cols = IngestColumns::default();
+    let mut first_of_id = std::collections::HashSet::with_capacity(items.len());
     for item in items {
         let e = &item.event;
-        let inserted = c
-            .exec(
-                "INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (org_id, id) DO NOTHING",
-                &[
-                    &org.as_str(),
-                    &e.id,
-                    &e.event_type,
-                    &e.occurred_at.as_millis(),
-                    &e.received_at.as_millis(),
-                    &e.correlation_id,
-                    &e.data.get(),
-                ],
-            )
-            .await?;
-        if inserted == 0 {
-            results.push(IngestResult::Duplicate);
+        if !first_of_id.insert(e.id.as_str()) {
             continue;
         }
-        // The deliveries of one event go to the server together (pipelined), not one by one.
-        let inserts = item.deliveries.iter().map(|d| {
+        cols.event_ids.push(&e.id);
+        cols.types.push(&e.event_type);
+        cols.occurred.push(e.occurred_at.as_millis());
+        cols.received.push(e.received_at.as_millis());
+        cols.correlation.push(e.correlation_id.as_deref());
+        cols.data.push(e.data.get());
+        for d in &item.deliveries {
             let (state, next, due, lease) = match &d.skip {
                 Some(_) => ("skipped", None, None, None),
                 None => {
@@ -72,32 +101,63 @@ pub(crate) async fn insert_events(
                     ("pending", Some(now.as_millis()), Some(due), lease)
                 }
             };
-            unleased |= d.skip.is_none() && !d.leased;
-            async move {
-                c.exec(
-                    "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
-                     attempt_count, schedule_base, next_attempt_at, due_at, lease_until, last_error, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $8, $9, $10, $11, $11)",
-                    &[
-                        &d.id.as_str(),
-                        &org.as_str(),
-                        &d.webhook_id.as_str(),
-                        &e.id,
-                        &e.event_type,
-                        &state,
-                        &next,
-                        &due,
-                        &lease,
-                        &d.skip,
-                        &now.as_millis(),
-                    ],
-                )
-                .await
-            }
-        });
-        futures::future::try_join_all(inserts).await?;
-        results.push(IngestResult::Stored);
+            cols.delivery_ids.push(d.id.as_str());
+            cols.webhooks.push(d.webhook_id.as_str());
+            cols.delivery_events.push(&e.id);
+            cols.delivery_types.push(&e.event_type);
+            cols.states.push(state);
+            cols.next_at.push(next);
+            cols.due_at.push(due);
+            cols.lease.push(lease);
+            cols.skip.push(d.skip.as_deref());
+        }
     }
+    let rows = c
+        .rows(
+            INSERT_EVENTS,
+            &[
+                &org.as_str(),
+                &cols.event_ids,
+                &cols.types,
+                &cols.occurred,
+                &cols.received,
+                &cols.correlation,
+                &cols.data,
+                &now.as_millis(),
+                &cols.delivery_ids,
+                &cols.webhooks,
+                &cols.delivery_events,
+                &cols.delivery_types,
+                &cols.states,
+                &cols.next_at,
+                &cols.due_at,
+                &cols.lease,
+                &cols.skip,
+            ],
+        )
+        .await?;
+    let mut stored = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        stored.insert(row.try_get::<_, String>(0)?);
+    }
+    // The first occurrence of a stored id is the one stored; any later one is a duplicate.
+    let results: Vec<IngestResult> = items
+        .iter()
+        .map(|item| {
+            if stored.remove(&item.event.id) {
+                IngestResult::Stored
+            } else {
+                IngestResult::Duplicate
+            }
+        })
+        .collect();
+    let unleased = items.iter().zip(&results).any(|(item, r)| {
+        *r == IngestResult::Stored
+            && item
+                .deliveries
+                .iter()
+                .any(|d| d.skip.is_none() && !d.leased)
+    });
     if unleased {
         announce_work(c).await?;
     }

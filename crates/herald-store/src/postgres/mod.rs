@@ -520,13 +520,28 @@ impl Store for PostgresStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
-        in_tx!(self, |tx| deliveries::insert_events(
-            &tx,
-            org,
-            items,
-            now,
-            lease_until
-        ))
+        // One statement, atomic by itself; a transaction only when work must be announced
+        // with it (deliveries stored without a lease, which no node holds yet).
+        let announces = items
+            .iter()
+            .any(|i| i.deliveries.iter().any(|d| d.skip.is_none() && !d.leased));
+        if announces {
+            in_tx!(self, |tx| deliveries::insert_events(
+                &tx,
+                org,
+                items,
+                now,
+                lease_until
+            ))
+        } else {
+            on_client!(self, |client| deliveries::insert_events(
+                &client,
+                org,
+                items,
+                now,
+                lease_until
+            ))
+        }
     }
 
     async fn claim_due(
