@@ -574,3 +574,44 @@ async fn a_body_that_breaks_the_document_is_caught() {
         w.problems
     );
 }
+
+/// An independent validator (openapi-spec-validator, installed by scripts/test) accepts the
+/// served document as OpenAPI 3.1, and refuses it once broken (so the check can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_is_valid_openapi_for_an_independent_validator() {
+    let python = std::env::var("HERALD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("HERALD_TEST_PYTHON is not set: run the suite with ./scripts/test, which prepares openapi-spec-validator")
+    });
+    let app = TestApp::spawn().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |doc: &Value, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, doc.to_string()).unwrap();
+        let out = std::process::Command::new(&python)
+            .args(["-m", "openapi_spec_validator"])
+            .arg(&path)
+            .output()
+            .expect("python runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = validate(&doc, "served.json");
+    assert!(ok, "{text}");
+    let mut broken = doc.clone();
+    broken["paths"]["/v1/orgs"]["get"]["responses"]["200"] = json!({ "content": 3 });
+    let (ok, text) = validate(&broken, "broken.json");
+    assert!(!ok, "a broken document must be refused: {text}");
+}
