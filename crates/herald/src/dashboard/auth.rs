@@ -37,6 +37,8 @@ async fn home(signed: Signed) -> Redirect {
 #[derive(Debug, Default, Deserialize)]
 struct NextQuery {
     next: Option<String>,
+    /// Set when a session ended because its token stopped being valid.
+    ended: Option<String>,
 }
 
 /// Only paths of this site, so that the sign-in page cannot send anyone elsewhere.
@@ -49,12 +51,16 @@ fn safe_next(next: Option<&str>) -> Option<String> {
 struct LoginPage {
     next: Option<String>,
     error: Option<&'static str>,
+    notice: Option<&'static str>,
 }
 
 async fn show_login(Query(q): Query<NextQuery>) -> Response {
     let page = LoginPage {
         next: safe_next(q.next.as_deref()),
         error: None,
+        notice: q.ended.is_some().then_some(
+            "Your session has ended: the API key you signed in with was revoked (or its organization deleted). Sign in again with a valid token.",
+        ),
     };
     templates::render(
         StatusCode::OK,
@@ -76,6 +82,7 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: String
                 error: Some(
                     "That token is not valid. Use the admin token (printed on the first start and kept in the data directory as admin-token) or an organization API key (hk_…).",
                 ),
+                notice: None,
             };
             let layout = Layout::anonymous("Sign in");
             return templates::render(StatusCode::UNAUTHORIZED, "login.html", &layout, page);

@@ -1,22 +1,90 @@
 //! The organization's event catalog: every type it can send, by channel, with its description
-//! and example data.
+//! and example data; and the form that registers one of its own types (with an optional JSON
+//! Schema and example, typed as JSON text). A refused form keeps what was typed.
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use serde::Serialize;
 
-use super::error::DashResult;
+use herald_core::Invalid;
+use herald_core::org::Organization;
+
+use super::error::{DashError, DashResult, describe};
+use super::forms::Form;
 use super::orgs::org_id;
-use super::session::Signed;
+use super::session::{Flash, Post, Signed};
 use super::templates::{self, Layout};
 use crate::app::AppState;
-use crate::service::{event_types, orgs};
+use crate::service::event_types::EventTypeInput;
+use crate::service::{ServiceError, event_types, orgs};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/orgs/{org}/catalog", get(show_catalog))
+    Router::new()
+        .route("/orgs/{org}/catalog", get(show_catalog))
+        .route("/orgs/{org}/event-types", post(register_type))
+}
+
+/// The new-type form as typed.
+#[derive(Serialize, Default)]
+struct TypeForm {
+    name: String,
+    channel: String,
+    description: String,
+    schema: String,
+    example: String,
+}
+
+impl TypeForm {
+    fn read(form: &Form) -> Self {
+        Self {
+            name: form.text("name"),
+            channel: form.text("channel"),
+            description: form.text("description"),
+            schema: form.get("schema").unwrap_or_default().to_owned(),
+            example: form.get("example").unwrap_or_default().to_owned(),
+        }
+    }
+
+    fn input(&self) -> Result<EventTypeInput, Invalid> {
+        let optional = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Ok(EventTypeInput {
+            name: self.name.clone(),
+            channel: optional(&self.channel),
+            description: optional(&self.description),
+            schema: json_field(&self.schema, "schema")?,
+            example: json_field(&self.example, "example")?,
+        })
+    }
+}
+
+/// An optional JSON text area: empty is absent; anything else must parse.
+fn json_field(raw: &str, field: &str) -> Result<Option<serde_json::Value>, Invalid> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(raw).map(Some).map_err(|e| {
+        Invalid::new(
+            field,
+            format!(
+                "is not valid JSON (line {}, column {}: {})",
+                e.line(),
+                e.column(),
+                describe_json_error(&e)
+            ),
+        )
+    })
+}
+
+/// serde_json's message without its own " at line L column C" (said once, above).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
 }
 
 #[derive(Serialize)]
@@ -36,8 +104,13 @@ struct ChannelGroup {
 
 #[derive(Serialize)]
 struct CatalogPage {
+    org_id: String,
     catalogs: String,
     groups: Vec<ChannelGroup>,
+    form: TypeForm,
+    error: Option<String>,
+    /// The field the error is about (`name`, `schema`, `example`…).
+    error_field: Option<String>,
 }
 
 async fn show_catalog(
@@ -46,7 +119,59 @@ async fn show_catalog(
     Path(org): Path<String>,
 ) -> DashResult<Response> {
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
-    let mut types = event_types::list_for_org(&state, &signed.scope, &org.id).await?;
+    catalog_page(&state, &signed, &org, TypeForm::default(), None).await
+}
+
+async fn register_type(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    post: Post,
+) -> DashResult<Response> {
+    let Post { signed, form } = post;
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let typed = TypeForm::read(&form);
+    let registered = match typed.input() {
+        Ok(input) => event_types::register(&state, &signed.scope, &org.id, input).await,
+        Err(invalid) => Err(invalid.into()),
+    };
+    match registered {
+        Ok(t) => {
+            signed.flash(
+                &state,
+                Flash::ok(format!(
+                    "Event type {} registered: webhooks can subscribe to it and events of it can be sent.",
+                    t.name
+                )),
+            );
+            Ok(Redirect::to(&format!("/orgs/{}/catalog", org.id)).into_response())
+        }
+        Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
+        Err(e) => {
+            let field = match &e {
+                ServiceError::Invalid(i) => Some(
+                    i.field
+                        .split(['[', '.', '/'])
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+                ServiceError::Conflict(_) => Some("name".to_owned()),
+                _ => None,
+            };
+            let (status, message) = describe(e);
+            catalog_page(&state, &signed, &org, typed, Some((status, message, field))).await
+        }
+    }
+}
+
+async fn catalog_page(
+    state: &AppState,
+    signed: &Signed,
+    org: &Organization,
+    form: TypeForm,
+    error: Option<(StatusCode, String, Option<String>)>,
+) -> DashResult<Response> {
+    let mut types = event_types::list_for_org(state, &signed.scope, &org.id).await?;
     types.sort_by(|a, b| (&a.channel, &a.name).cmp(&(&b.channel, &b.name)));
     let mut groups: Vec<ChannelGroup> = Vec::new();
     for t in types {
@@ -69,7 +194,12 @@ async fn show_catalog(
             }),
         }
     }
+    let status = error.as_ref().map_or(StatusCode::OK, |(s, _, _)| *s);
     let page = CatalogPage {
+        org_id: org.id.to_string(),
+        form,
+        error_field: error.as_ref().and_then(|(_, _, f)| f.clone()),
+        error: error.map(|(_, m, _)| m),
         catalogs: org
             .catalogs
             .iter()
@@ -78,11 +208,6 @@ async fn show_catalog(
             .join(", "),
         groups,
     };
-    let layout = Layout::new(&state, &signed, "Event catalog", Some(&org));
-    Ok(templates::render(
-        StatusCode::OK,
-        "catalog.html",
-        &layout,
-        page,
-    ))
+    let layout = Layout::new(state, signed, "Event catalog", Some(org));
+    Ok(templates::render(status, "catalog.html", &layout, page))
 }

@@ -3,8 +3,8 @@
 //! - `auth`: signing in (admin token or organization key) and out; `session`: the sessions,
 //!   the `Signed` extractor (everyone else goes to the sign-in page) and `Post` (a form with
 //!   its CSRF token checked).
-//! - `orgs`, `webhooks` (with `webhook_form`), `deliveries`, `catalog`: one file per page
-//!   group. Handlers extract, call `crate::service` (which checks the scope: an organization key
+//! - `orgs` (with `keys`, its API keys, and `settings`, its edit and delete forms), `webhooks`
+//!   (with `webhook_form`), `deliveries`, `catalog`: one file per page group. Handlers extract, call `crate::service` (which checks the scope: an organization key
 //!   sees only its own organization) and render; they never touch the store or SQL.
 //! - `health`: the geometry of the delivery-health plots; `templates`: the MiniJinja
 //!   environment (auto-escaping) over `crates/herald/templates/`; `assets`: CSS and JS.
@@ -19,8 +19,10 @@ mod deliveries;
 mod error;
 mod forms;
 mod health;
+mod keys;
 mod orgs;
 pub mod session;
+mod settings;
 mod templates;
 mod webhook_form;
 mod webhooks;
@@ -37,6 +39,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(auth::router())
         .merge(orgs::router())
+        .merge(keys::router())
+        .merge(settings::router())
         .merge(webhooks::router())
         .merge(webhook_form::router())
         .merge(deliveries::router())

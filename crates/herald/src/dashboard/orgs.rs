@@ -1,5 +1,5 @@
 //! Organizations: the list (the admin sees all and can create one; an organization key sees
-//! its own) and one organization's page with its webhooks and bulk delete.
+//! its own) and one organization's page with its webhooks (and bulk delete) and API keys.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -14,11 +14,12 @@ use herald_core::{OrgId, PageRequest, WebhookId};
 
 use super::error::{DashResult, describe};
 use super::forms::{QueryForm, path_id};
+use super::keys::KeyRow;
 use super::session::{Flash, Post, Signed};
 use super::templates::{self, Layout, when};
 use crate::app::AppState;
 use crate::service::orgs::OrgInput;
-use crate::service::{Scope, event_types, orgs, webhooks};
+use crate::service::{Scope, auth, event_types, orgs, webhooks};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,7 +33,7 @@ pub fn org_id(raw: &str) -> DashResult<OrgId> {
 }
 
 #[derive(Serialize)]
-struct OrgRow {
+pub struct OrgRow {
     id: String,
     name: String,
     handle: String,
@@ -66,10 +67,22 @@ struct OrgForm {
 }
 
 #[derive(Serialize)]
-struct CatalogChoice {
+pub struct CatalogChoice {
     name: String,
     description: String,
     checked: bool,
+}
+
+/// A checkbox for each built-in catalog, checked if it is in `chosen`.
+pub fn catalog_choices(chosen: &[String]) -> Vec<CatalogChoice> {
+    event_types::catalogs()
+        .iter()
+        .map(|c| CatalogChoice {
+            checked: chosen.contains(&c.name),
+            name: c.name.clone(),
+            description: c.description.clone(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -114,14 +127,7 @@ async fn orgs_page(
         next_cursor: list.next_cursor,
         can_create: signed.scope == Scope::Admin,
         form,
-        catalogs: event_types::catalogs()
-            .iter()
-            .map(|c| CatalogChoice {
-                checked: chosen.contains(&c.name),
-                name: c.name.clone(),
-                description: c.description.clone(),
-            })
-            .collect(),
+        catalogs: catalog_choices(&chosen),
     };
     let layout = Layout::new(state, signed, "Organizations", None);
     Ok(templates::render(status, "orgs.html", &layout, page))
@@ -188,6 +194,7 @@ struct OrgPage {
     org: OrgRow,
     webhooks: Vec<WebhookRow>,
     next_cursor: Option<String>,
+    keys: Vec<KeyRow>,
 }
 
 async fn show_org(
@@ -200,10 +207,12 @@ async fn show_org(
     let page = PageRequest::new(Some(100), q.get("cursor").map(str::to_owned))
         .map_err(crate::service::ServiceError::from)?;
     let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;
+    let keys = auth::list_api_keys(&state, &signed.scope, &org.id).await?;
     let page = OrgPage {
         org: OrgRow::from(&org),
         webhooks: list.data.iter().map(WebhookRow::from).collect(),
         next_cursor: list.next_cursor,
+        keys: keys.iter().map(KeyRow::from).collect(),
     };
     let layout = Layout::new(&state, &signed, org.name.clone(), Some(&org));
     Ok(templates::render(StatusCode::OK, "org.html", &layout, page))

@@ -209,14 +209,27 @@ impl Signed {
 
 /// Where to go to sign in, coming back to `path` afterwards.
 fn to_sign_in(parts: &Parts) -> Response {
+    Redirect::to(&format!("/login?{}", next_query(parts))).into_response()
+}
+
+fn next_query(parts: &Parts) -> String {
     let back = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .filter(|_| parts.method == axum::http::Method::GET)
         .unwrap_or("/");
-    let query = serde_urlencoded::to_string([("next", back)]).unwrap_or_default();
-    Redirect::to(&format!("/login?{query}")).into_response()
+    serde_urlencoded::to_string([("next", back)]).unwrap_or_default()
+}
+
+/// Where a session whose token no longer resolves goes: the sign-in page, which says why,
+/// with the dead cookie cleared.
+fn ended(parts: &Parts) -> Response {
+    (
+        [(header::SET_COOKIE, clear_cookie())],
+        Redirect::to(&format!("/login?ended=revoked&{}", next_query(parts))),
+    )
+        .into_response()
 }
 
 impl FromRequestParts<AppState> for Signed {
@@ -239,9 +252,10 @@ impl FromRequestParts<AppState> for Signed {
                 csrf,
             }),
             Ok(None) => {
-                // The key was deleted since: the session ends with it.
+                // The key was revoked (or its organization deleted) since: the session ends
+                // with it.
                 state.sessions.remove(&session);
-                Err(to_sign_in(parts))
+                Err(ended(parts))
             }
             Err(e) => Err(DashError::from(e).into_response()),
         }

@@ -29,6 +29,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("org.html", include_str!("../../templates/org.html")),
     ("catalog.html", include_str!("../../templates/catalog.html")),
     (
+        "settings.html",
+        include_str!("../../templates/settings.html"),
+    ),
+    (
         "webhook_form.html",
         include_str!("../../templates/webhook_form.html"),
     ),

@@ -1,7 +1,7 @@
 //! The dashboard in a real browser (headless Chromium through chromedriver): a person signs
 //! in, creates an organization and a webhook, sees its secret once, sends a test event, finds
-//! it in the history and resends it; a wrong token is refused; an organization key cannot open
-//! another organization. Screenshots at desktop and phone widths go to `target/screenshots/`.
+//! it in the history and resends it; creates an API key; a wrong token is refused; an
+//! organization key cannot open another organization. Screenshots at desktop and phone widths go to `target/screenshots/`.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -163,6 +163,17 @@ async fn story(app: &TestApp, rx: &TestReceiver, b: &Browser) {
     b.wait_for("article.event-type").await;
     b.screenshot("09b-catalog-phone").await;
     b.resize(DESKTOP.0, DESKTOP.1).await;
+
+    // An API key, created on the organization page and shown once.
+    b.goto(&format!("{base}/orgs/{org}")).await;
+    b.type_into("#key-name", "billing service").await;
+    b.click("form[action$='/api-keys'] button").await;
+    let new_key = b.element_text("#new-secret").await;
+    assert!(new_key.starts_with("hk_"), "{new_key}");
+    assert!(b.text().await.contains("Revoke key billing service"));
+    b.script("document.getElementById('api-keys').scrollIntoView(); return '';")
+        .await;
+    b.screenshot("09c-api-keys").await;
 
     // An organization key of another organization cannot open this one.
     let other = app.create_org("Globex").await;

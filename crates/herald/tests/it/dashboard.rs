@@ -136,6 +136,7 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         "/orgs".to_owned(),
         format!("/orgs/{org}"),
         format!("/orgs/{org}/catalog"),
+        format!("/orgs/{org}/settings"),
         format!("/orgs/{org}/webhooks/new"),
         format!("/orgs/{org}/webhooks/{hook}"),
         format!("/orgs/{org}/webhooks/{hook}/edit"),
@@ -644,4 +645,344 @@ async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
             .body
             .contains("Select the webhooks to delete first")
     );
+}
+
+/// The one-time secret on a page (the banner after creating a key or a webhook), if any.
+fn shown_secret(body: &str) -> Option<String> {
+    let marker = r#"<code id="new-secret">"#;
+    let start = body.find(marker)? + marker.len();
+    Some(body[start..].split('<').next()?.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let other = app.create_org("Globex").await;
+    let (_, other_key) = app
+        .post(
+            &format!("/v1/orgs/{other}/api-keys"),
+            json!({ "name": "theirs" }),
+        )
+        .await;
+    let other_key_id = other_key["id"].as_str().unwrap().to_owned();
+
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}");
+    let create = format!("/orgs/{org}/api-keys");
+    let a = admin.post(&create, &[("name", "ops")]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "no CSRF token: {}", a.body);
+    let csrf = admin.csrf(&page).await;
+    let a = admin
+        .post(&create, &[("csrf", &csrf), ("name", "ops")])
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, format!("{page}#api-keys").as_str())
+    );
+    // The key is on the next page, once; afterwards only its first characters are.
+    let body = admin.get(&page).await.body;
+    let key = shown_secret(&body).expect("the new key is shown");
+    assert!(key.starts_with("hk_") && key.len() > 40, "{key}");
+    assert!(body.contains("API key ops created"), "{body}");
+    let body = admin.get(&page).await.body;
+    assert!(!body.contains(&key) && shown_secret(&body).is_none());
+    assert!(
+        body.contains(&format!("<code>{}…</code>", &key[..9])),
+        "{body}"
+    );
+    // A name is needed: said on the page, nothing created.
+    admin.post(&create, &[("csrf", &csrf), ("name", "")]).await;
+    assert!(admin.get(&page).await.body.contains("No key created"));
+    let (_, keys) = app.get(&format!("/v1/orgs/{org}/api-keys")).await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 1);
+    let key_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
+
+    // The key signs in; it sees its own organization's keys, not another's.
+    let visitor = Visitor::signed_in(&app, &key).await;
+    let body = visitor.get(&page).await.body;
+    assert!(body.contains("Revoke key ops"), "{body}");
+    assert!(!body.contains("theirs"));
+    assert_eq!(
+        visitor.get(&format!("/orgs/{other}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let csrf = visitor.csrf(&page).await;
+    for path in [
+        format!("/orgs/{other}/api-keys/{other_key_id}/revoke"),
+        format!("/orgs/{org}/api-keys/{other_key_id}/revoke"),
+    ] {
+        let a = visitor.post(&path, &[("csrf", &csrf)]).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}: {}", a.body);
+    }
+    let a = visitor
+        .post(
+            &format!("/orgs/{other}/api-keys"),
+            &[("csrf", &csrf), ("name", "sneaky")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let (_, theirs) = app.get(&format!("/v1/orgs/{other}/api-keys")).await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 1);
+
+    // Revoking the key one is signed in with ends the session: the next page is the sign-in
+    // page, which says why.
+    let revoke = format!("/orgs/{org}/api-keys/{key_id}/revoke");
+    let a = visitor.post(&revoke, &[]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "no CSRF token");
+    let a = visitor.post(&revoke, &[("csrf", &csrf)]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let a = visitor.get(&a.location).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(a.location.starts_with("/login?ended="), "{}", a.location);
+    let body = visitor.get(&a.location).await.body;
+    assert!(body.contains("Your session has ended"), "{body}");
+    let mut again = Visitor::new(&app);
+    assert_eq!(again.sign_in(&key).await.status, StatusCode::UNAUTHORIZED);
+    let (_, keys) = app.get(&format!("/v1/orgs/{org}/api-keys")).await;
+    assert_eq!(keys["data"], json!([]));
+    // The admin's session is untouched.
+    assert_eq!(admin.get(&page).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_key_cannot_delete_its_organization() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let (_, key) = app
+        .post(
+            &format!("/v1/orgs/{org}/api-keys"),
+            json!({ "name": "ops" }),
+        )
+        .await;
+    let visitor = Visitor::signed_in(&app, key["key"].as_str().unwrap()).await;
+    let settings = format!("/orgs/{org}/settings");
+    let body = visitor.get(&settings).await.body;
+    assert!(body.contains("Save settings") && !body.contains("Delete organization"));
+    let csrf = visitor.csrf(&settings).await;
+    let a = visitor
+        .post(
+            &format!("/orgs/{org}/delete"),
+            &[("csrf", &csrf), ("confirm", "acme")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert!(a.body.contains("admin token"), "{}", a.body);
+    let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organization_settings_keep_what_was_typed_and_deleting_asks_for_the_handle() {
+    let app = TestApp::spawn().await;
+    app.create_org("Acme").await;
+    let org = app.create_org("Globex").await;
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}")).await;
+    let handle = stored["handle"].as_str().unwrap().to_owned();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let settings = format!("/orgs/{org}/settings");
+    let body = admin.get(&settings).await.body;
+    assert!(body.contains(&format!(r#"value="{handle}""#)), "{body}");
+    let csrf = admin.csrf(&settings).await;
+
+    // A handle another organization uses.
+    let a = admin
+        .post(
+            &settings,
+            &[
+                ("csrf", &csrf),
+                ("name", "Globex Renamed"),
+                ("handle", "acme"),
+                ("catalogs", "optare"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(
+        a.body.contains("already used by another organization"),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains(r#"value="Globex Renamed""#), "{}", a.body);
+    assert!(a.body.contains(r#"value="acme""#), "{}", a.body);
+    // Two catalogs that define the same type.
+    let a = admin
+        .post(
+            &settings,
+            &[
+                ("csrf", &csrf),
+                ("name", "Globex"),
+                ("handle", &handle),
+                ("catalogs", "opal"),
+                ("catalogs", "parallelworks"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(a.body.contains("both define"), "{}", a.body);
+    assert!(a.body.contains(r#"value="opal" checked"#), "{}", a.body);
+    let (_, unchanged) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(unchanged["name"], "Globex");
+    // Saved.
+    let a = admin
+        .post(
+            &settings,
+            &[
+                ("csrf", &csrf),
+                ("name", "Globex Corp"),
+                ("handle", "globex-corp"),
+                ("catalogs", "optare"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let (_, saved) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(
+        (saved["name"].as_str(), saved["handle"].as_str()),
+        (Some("Globex Corp"), Some("globex-corp"))
+    );
+
+    // Deleting needs the handle typed exactly.
+    let delete = format!("/orgs/{org}/delete");
+    let a = admin.post(&delete, &[("csrf", &csrf)]).await.status;
+    assert_eq!(a, StatusCode::UNPROCESSABLE_ENTITY);
+    let a = admin
+        .post(&delete, &[("csrf", &csrf), ("confirm", "globex")])
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.body.contains("type the organization"), "{}", a.body);
+    assert!(a.body.contains(r#"value="globex""#), "{}", a.body);
+    let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let a = admin
+        .post(&delete, &[("confirm", "globex-corp")])
+        .await
+        .status;
+    assert_eq!(a, StatusCode::FORBIDDEN, "no CSRF token");
+    let a = admin
+        .post(&delete, &[("csrf", &csrf), ("confirm", "globex-corp")])
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, "/orgs")
+    );
+    assert!(
+        admin
+            .get("/orgs")
+            .await
+            .body
+            .contains("Globex Corp deleted")
+    );
+    let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_event_types_are_registered_from_the_catalog_page() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let catalog = format!("/orgs/{org}/catalog");
+    let register = format!("/orgs/{org}/event-types");
+    let schema = r#"{"type": "object", "required": ["invoice"]}"#;
+    let a = admin
+        .post(&register, &[("name", "invoice.paid"), ("schema", schema)])
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "no CSRF token");
+    let csrf = admin.csrf(&catalog).await;
+
+    // Bad JSON: a readable message, everything kept.
+    let a = admin
+        .post(
+            &register,
+            &[
+                ("csrf", &csrf),
+                ("name", "invoice.paid"),
+                ("channel", "billing"),
+                ("schema", r#"{"type": "object",}"#),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(
+        a.body.contains("schema: is not valid JSON (line 1, column"),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains(r#"value="invoice.paid""#), "{}", a.body);
+    assert!(a.body.contains(r#"value="billing""#), "{}", a.body);
+    assert!(
+        a.body.contains("&quot;type&quot;: &quot;object&quot;,}"),
+        "{}",
+        a.body
+    );
+    // Valid JSON that is not a valid schema.
+    let a = admin
+        .post(
+            &register,
+            &[
+                ("csrf", &csrf),
+                ("name", "invoice.paid"),
+                ("schema", r#"{"type": 5}"#),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(a.body.contains("Not registered: schema"), "{}", a.body);
+    // An example that does not match the schema.
+    let a = admin
+        .post(
+            &register,
+            &[
+                ("csrf", &csrf),
+                ("name", "invoice.paid"),
+                ("schema", schema),
+                ("example", r#"{"other": 1}"#),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(a.body.contains("Not registered: example"), "{}", a.body);
+
+    let a = admin
+        .post(
+            &register,
+            &[
+                ("csrf", &csrf),
+                ("name", "invoice.paid"),
+                ("channel", "billing"),
+                ("description", "An invoice was paid."),
+                ("schema", schema),
+                ("example", r#"{"invoice": {"id": "in_1"}}"#),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, catalog.as_str()),
+        "{}",
+        a.body
+    );
+    let body = admin.get(&catalog).await.body;
+    assert!(
+        body.contains("Event type invoice.paid registered"),
+        "{body}"
+    );
+    assert!(body.contains("<h2>billing</h2>"), "{body}");
+    assert!(body.contains("<code>invoice.paid</code> <small class=\"badge plain\">custom</small> <small class=\"badge plain\">JSON Schema</small>"), "{body}");
+    assert!(body.contains("An invoice was paid."));
+    // The schema applies to events sent through the API.
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "invoice.paid", "data": { "other": 1 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The same name again: a conflict, shown on the form.
+    let a = admin
+        .post(&register, &[("csrf", &csrf), ("name", "invoice.paid")])
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(a.body.contains("already has an event type"), "{}", a.body);
 }

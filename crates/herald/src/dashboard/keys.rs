@@ -1,0 +1,92 @@
+//! An organization's API keys, listed on its page: create one (the key is shown once, on the
+//! page after creating it, like a webhook's secret) and revoke one. An organization key may
+//! manage its own organization's keys, as in the API; revoking the key a person is signed in
+//! with ends their session, and their next page is the sign-in page saying so.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::post;
+use serde::Serialize;
+
+use herald_core::ApiKeyId;
+use herald_core::org::ApiKey;
+
+use super::error::{DashError, DashResult, describe};
+use super::forms::path_id;
+use super::orgs::org_id;
+use super::session::{Flash, Post};
+use super::templates::when;
+use crate::app::AppState;
+use crate::service::{ServiceError, auth};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/api-keys", post(create_key))
+        .route("/orgs/{org}/api-keys/{id}/revoke", post(revoke_key))
+}
+
+/// One line of the key table: never the key, only its first characters.
+#[derive(Serialize)]
+pub struct KeyRow {
+    id: String,
+    name: String,
+    prefix: String,
+    created: String,
+}
+
+impl From<&ApiKey> for KeyRow {
+    fn from(k: &ApiKey) -> Self {
+        Self {
+            id: k.id.to_string(),
+            name: k.name.clone(),
+            prefix: k.prefix.clone(),
+            created: when(k.created_at),
+        }
+    }
+}
+
+fn keys_section(org: &impl std::fmt::Display) -> String {
+    format!("/orgs/{org}#api-keys")
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    post: Post,
+) -> DashResult<Response> {
+    let org = org_id(&org)?;
+    let Post { signed, form } = post;
+    let flash = match auth::create_api_key(&state, &signed.scope, &org, &form.text("name")).await {
+        Ok((record, key)) => Flash {
+            kind: "secret",
+            message: format!(
+                "API key {} created. This is the key: copy it now, it will not be shown again.",
+                record.name
+            ),
+            secret: Some(key),
+        },
+        Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
+        Err(e) => Flash::error(format!("No key created: {}", describe(e).1)),
+    };
+    signed.flash(&state, flash);
+    Ok(Redirect::to(&keys_section(&org)).into_response())
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    post: Post,
+) -> DashResult<Response> {
+    let org = org_id(&org)?;
+    let id = path_id(&id, ApiKeyId::parse)?;
+    let signed = post.signed;
+    auth::delete_api_key(&state, &signed.scope, &org, &id).await?;
+    // If this was the key of this session, the next page (the organization's) finds it gone
+    // and sends the person to sign in, saying why.
+    signed.flash(
+        &state,
+        Flash::ok("API key revoked: requests and sessions using it are refused from now on."),
+    );
+    Ok(Redirect::to(&keys_section(&org)).into_response())
+}
