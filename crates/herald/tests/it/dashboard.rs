@@ -986,3 +986,47 @@ async fn custom_event_types_are_registered_from_the_catalog_page() {
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
     assert!(a.body.contains("already has an event type"), "{}", a.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_for_a_while() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/rotated"), json!({}))
+        .await;
+    let (id, old) = (
+        hook["id"].as_str().unwrap().to_owned(),
+        hook["secret"].as_str().unwrap().to_owned(),
+    );
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}/webhooks/{id}");
+    let csrf = admin.csrf(&page).await;
+    let rotate = format!("{page}/rotate");
+
+    let refused = admin.post(&rotate, &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "no CSRF token");
+    let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let shown = slashes(&admin.get(&a.location).await.body);
+    let new = shown_secret(&shown).expect("the new secret is shown once");
+    assert!(new.starts_with("whsec_") && new != old, "{new}");
+    assert!(shown.contains("previous one keeps signing"), "{shown}");
+    assert!(
+        shown_secret(&admin.get(&page).await.body).is_none(),
+        "and only once"
+    );
+
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let got = rx
+        .wait_for("/rotated", 1, std::time::Duration::from_secs(10))
+        .await;
+    got[0].verify_standard(&new).expect("the new secret signs");
+    got[0]
+        .verify_standard(&old)
+        .expect("the previous secret signs too during the overlap");
+}
