@@ -17,6 +17,7 @@ const PHONE: (u32, u32) = (390, 844);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_creates_a_webhook_tests_it_and_resends_a_delivery() {
+    let _turn = crate::helpers::heavy_turn().await;
     crate::webdriver::require_chromium();
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;

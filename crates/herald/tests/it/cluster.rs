@@ -16,7 +16,7 @@ use crate::helpers::{ADMIN_TOKEN, TestReceiver, http_client};
 use crate::pg::{TestDatabase, TimingReceiver, assert_never_at_once};
 
 /// Short, so that the killed node's deliveries come back within the test.
-const LEASE_SECONDS: &str = "10";
+const LEASE_SECONDS: &str = "15";
 
 async fn start_nodes(db: &TestDatabase, dirs: &[tempfile::TempDir]) -> Vec<Server> {
     // All at once: they migrate the fresh database together (one at a time, by the lock).
@@ -43,6 +43,7 @@ async fn call(http: &reqwest::Client, base: &str, path: &str, body: Value) -> (S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_the_work_and_survive_a_sigkill() {
+    let _turn = crate::helpers::heavy_turn().await;
     let Some(db) = TestDatabase::create("the multi-node test").await else {
         return;
     };
@@ -166,10 +167,48 @@ async fn three_nodes_share_the_work_and_survive_a_sigkill() {
     assert_never_at_once(&repeats);
     for (delivery, visits) in &repeats {
         let first = visits.iter().map(|v| v.started).min().unwrap();
-        assert!(
-            first <= killed_at,
-            "delivery {delivery} was repeated although it was first attempted after the kill"
-        );
+        if first > killed_at {
+            let when: Vec<String> = visits
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{:.3}s..{:.3}s after the kill",
+                        (v.started - killed_at).as_secs_f64(),
+                        (v.ended - killed_at).as_secs_f64()
+                    )
+                })
+                .collect();
+            let logs: Vec<&String> = survivors_log
+                .iter()
+                .filter(|l| l.contains(delivery.as_str()) || l.contains("WARN"))
+                .take(20)
+                .collect();
+            let attempts: Vec<String> = db
+                .connect()
+                .await
+                .query(
+                    "SELECT number, status, error, error_message, duration_ms FROM attempts \
+                     WHERE delivery_id = $1 ORDER BY number",
+                    &[&delivery.as_str()],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "#{} status {:?} error {:?} {:?} in {} ms",
+                        r.get::<_, i64>(0),
+                        r.get::<_, Option<i64>>(1),
+                        r.get::<_, Option<String>>(2),
+                        r.get::<_, Option<String>>(3),
+                        r.get::<_, i64>(4)
+                    )
+                })
+                .collect();
+            panic!(
+                "delivery {delivery} was repeated although it was first attempted after the kill: {when:?}; its attempts: {attempts:?}; survivors' log lines about it or warnings: {logs:#?}"
+            );
+        }
     }
     assert!(
         repeats.len() <= 16,

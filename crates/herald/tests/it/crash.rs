@@ -73,6 +73,7 @@ impl Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
+    let _turn = crate::helpers::heavy_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
     let http = http_client();
@@ -166,6 +167,7 @@ async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logged() {
+    let _turn = crate::helpers::heavy_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
     rx.answer_by_default(Reply::status(200).after(Duration::from_millis(300)));

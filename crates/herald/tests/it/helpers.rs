@@ -21,6 +21,14 @@ use herald_core::ManualClock;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
+/// Tests that run several processes (real nodes, PostgreSQL under load, a browser) take turns.
+/// On two cores, two of them at once starve each other: a node descheduled for seconds can
+/// outlive a lease the test keeps short, and then a delivery is repeated by design.
+pub async fn heavy_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// An HTTP client for tests (after installing the TLS provider the process needs).
 pub fn http_client() -> reqwest::Client {
     herald_dispatch::client::install_tls_provider();

@@ -33,6 +33,7 @@ struct Answers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() {
+    let _turn = crate::helpers::heavy_turn().await;
     let Some(db) = TestDatabase::create("the database outage test").await else {
         return;
     };
