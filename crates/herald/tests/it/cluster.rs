@@ -17,6 +17,8 @@ use crate::pg::{TestDatabase, TimingReceiver, assert_never_at_once};
 
 /// Short, so that the killed node's deliveries come back within the test.
 const LEASE_SECONDS: &str = "15";
+/// How long after the killed node is seen dead its last requests may still be read.
+const KILL_GRACE: Duration = Duration::from_millis(500);
 
 async fn start_nodes(db: &TestDatabase, dirs: &[tempfile::TempDir]) -> Vec<Server> {
     // All at once: they migrate the fresh database together (one at a time, by the lock).
@@ -115,8 +117,12 @@ async fn three_nodes_share_the_work_and_survive_a_sigkill() {
     }
     dead.store(2, std::sync::atomic::Ordering::SeqCst);
     nodes[2].child.start_kill().expect("SIGKILL");
-    let killed_at = Instant::now();
     nodes[2].child.wait().await.unwrap();
+    // Requests the killed node sent just before it died can reach the receiver's handler a
+    // moment after its death is seen (their bytes were already on the way): those count as in
+    // flight on the killed node. Seen once in CI: a first visit 0.000 s after the kill, and its
+    // repeat exactly one lease later, taken over by a survivor.
+    let killed_at = Instant::now() + KILL_GRACE;
     for p in producers {
         p.await.unwrap();
     }
