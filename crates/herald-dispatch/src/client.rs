@@ -34,13 +34,16 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// The `User-Agent` of every request Herald sends to an endpoint.
+pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
+
 impl HttpClient {
     /// A client that reaches only the addresses `policy` permits.
     pub fn new(policy: AddressPolicy) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
         install_tls_provider();
         let inner = reqwest::Client::builder()
-            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)

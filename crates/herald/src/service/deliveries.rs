@@ -141,7 +141,7 @@ pub async fn preview_request(
         .collect();
     headers.push((
         "user-agent".into(),
-        format!("Herald/{}", herald_core::VERSION),
+        herald_dispatch::client::USER_AGENT.to_owned(),
     ));
     headers.extend(request.headers.into_iter().map(|(k, v)| (k.to_owned(), v)));
     Ok(Some(RequestPreview {
