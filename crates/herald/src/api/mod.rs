@@ -13,9 +13,8 @@ mod openapi;
 mod orgs;
 mod webhooks;
 
-use std::sync::Arc;
-
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
@@ -83,23 +82,13 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     let (routes, doc) = routes();
-    // Rendered once: the document does not change while the server runs.
-    let doc: Arc<str> = doc
-        .to_json()
-        .expect("the OpenAPI document serializes")
-        .into();
+    // Rendered once: the document does not change while the server runs, and each answer
+    // shares these bytes instead of copying them.
+    let doc = Bytes::from(doc.to_json().expect("the OpenAPI document serializes"));
     routes
         .route(
             "/openapi.json",
-            get(move || {
-                let doc = doc.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        doc.to_string(),
-                    )
-                }
-            }),
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         )
         .merge(crate::dashboard::router())
         .fallback(not_found)
