@@ -2,7 +2,7 @@
 //! resend and recover.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -13,7 +13,7 @@ use herald_core::store::{DeliveryFilter, PurgeCount};
 use herald_core::{DeliveryId, Page, PageRequest, Timestamp};
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody, QueryParams, path_id};
+use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
@@ -56,7 +56,7 @@ struct ListQuery {
 async fn list_deliveries(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Page<Delivery>>> {
     let page = PageRequest::new(q.limit, q.cursor).map_err(ServiceError::from)?;
@@ -88,7 +88,7 @@ fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
 async fn get_delivery(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<DeliveryDetail>> {
     let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
     Ok(Json(deliveries::get(&state, &scope, &org, &id).await?))
@@ -105,7 +105,7 @@ async fn get_delivery(
 async fn retry_delivery(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<DeliveryDetail>> {
     let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
     Ok(Json(deliveries::resend(&state, &scope, &org, &id).await?))
@@ -137,7 +137,7 @@ struct Recovered {
 async fn recover_deliveries(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
     JsonBody(body): JsonBody<RecoverBody>,
 ) -> ApiResult<Json<Recovered>> {
     let since = Timestamp::parse_rfc3339(&body.since, "since").map_err(ServiceError::from)?;
@@ -172,7 +172,7 @@ struct Purged {
 async fn purge_history(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<PurgeBody>,
 ) -> ApiResult<Json<Purged>> {
     let before = Timestamp::parse_rfc3339(&body.before, "before").map_err(ServiceError::from)?;

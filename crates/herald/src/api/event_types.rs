@@ -1,7 +1,7 @@
 //! `/v1/event-types` (the built-in catalogs) and `/v1/orgs/{org}/event-types`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,7 +14,7 @@ use herald_core::catalog::Catalog;
 use herald_core::event_type::CustomEventType;
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, JsonBody, PathParams};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
@@ -50,7 +50,7 @@ async fn list_catalogs(Caller(_): Caller) -> Json<CatalogList> {
 async fn list_org_types(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
 ) -> ApiResult<Json<Page<AvailableType>>> {
     let types = event_types::list_for_org(&state, &scope, &org_id(&path.org)?).await?;
     Ok(Json(Page {
@@ -87,7 +87,7 @@ struct EventTypeBody {
 async fn register_type(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(b): JsonBody<EventTypeBody>,
 ) -> ApiResult<(StatusCode, Json<CustomEventType>)> {
     let input = event_types::EventTypeInput {

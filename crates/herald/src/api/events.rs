@@ -1,7 +1,7 @@
 //! `POST /v1/orgs/{org}/events`: the producer API.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, JsonBody, PathParams};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
@@ -67,7 +67,7 @@ enum EventsBody {
 async fn post_events(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<(StatusCode, Json<IngestReport>)> {
     let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, body).await?;

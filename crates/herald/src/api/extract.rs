@@ -123,6 +123,30 @@ pub fn path_id<T>(
     parse(raw).map_err(|_| ApiError::not_found(what))
 }
 
+/// Path parameters with a JSON error when they do not decode (percent-encoded bytes that are
+/// not UTF-8), like every other bad input; axum's own rejection is plain text.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| PathParams(v))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    format!("the path is not valid: {}", e.body_text()),
+                )
+            })
+    }
+}
+
 /// Query parameters with a JSON error when they do not parse.
 pub struct QueryParams<T>(pub T);
 

@@ -8,7 +8,7 @@
 //! each answer against the documented schema.
 
 use serde::Deserialize;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
@@ -85,6 +85,11 @@ impl Modify for Conventions {
             }
             for op in operations(item) {
                 let has_body = op.request_body.is_some();
+                let has_path = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path));
                 let responses = &mut op.responses.responses;
                 let mut add = |status: &str, why: &str| {
                     responses
@@ -96,11 +101,14 @@ impl Modify for Conventions {
                     "503",
                     "The database is unavailable; retry after `Retry-After` seconds",
                 );
-                if has_body {
+                if has_body || has_path {
                     add(
                         "400",
-                        "The body is not JSON, or not JSON of this operation's shape",
+                        "The body is not JSON of this operation's shape, or the path does not \
+                         decode",
                     );
+                }
+                if has_body {
                     add("413", "The body is larger than the server's limit");
                 }
                 op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(

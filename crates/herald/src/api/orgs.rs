@@ -1,7 +1,7 @@
 //! `/v1/orgs` and `/v1/orgs/{org}/api-keys`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::{ApiKeyId, OrgId, Page};
 
-use super::extract::{Caller, JsonBody, QueryParams, path_id};
+use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;
@@ -96,7 +96,7 @@ async fn list_orgs(
 async fn get_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
 ) -> ApiResult<Json<Organization>> {
     Ok(Json(orgs::get(&state, &scope, &org_id(&path.org)?).await?))
 }
@@ -114,7 +114,7 @@ async fn get_org(
 async fn update_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<OrgBody>,
 ) -> ApiResult<Json<Organization>> {
     let org = orgs::update(&state, &scope, &org_id(&path.org)?, body.into()).await?;
@@ -132,7 +132,7 @@ async fn update_org(
 async fn delete_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
 ) -> ApiResult<StatusCode> {
     orgs::delete(&state, &scope, &org_id(&path.org)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -167,7 +167,7 @@ pub(crate) struct CreatedApiKey {
 async fn create_api_key(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<ApiKeyBody>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     let (record, key) =
@@ -185,7 +185,7 @@ async fn create_api_key(
 async fn list_api_keys(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
 ) -> ApiResult<Json<Page<ApiKey>>> {
     let keys = auth::list_api_keys(&state, &scope, &org_id(&path.org)?).await?;
     Ok(Json(Page {
@@ -204,7 +204,7 @@ async fn list_api_keys(
 async fn delete_api_key(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(&path.id, "api key", ApiKeyId::parse)?;
     auth::delete_api_key(&state, &scope, &org_id(&path.org)?, &id).await?;

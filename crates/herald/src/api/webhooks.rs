@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -16,7 +16,7 @@ use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{DeliveryId, Page, WebhookId};
 
-use super::extract::{Caller, JsonBody, OptionalJsonBody, QueryParams, path_id};
+use super::extract::{Caller, JsonBody, OptionalJsonBody, PathParams, QueryParams, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::{ApiResult, PageQuery};
@@ -149,7 +149,7 @@ impl From<Webhook> for WebhookWithSecret {
 async fn create_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<(StatusCode, Json<WebhookWithSecret>)> {
     let w = webhooks::create(&state, &scope, &org_id(&path.org)?, body.into()).await?;
@@ -168,7 +168,7 @@ async fn create_webhook(
 async fn list_webhooks(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<Page<Webhook>>> {
     let page = webhooks::list(&state, &scope, &org_id(&path.org)?, q.into_page()?).await?;
@@ -184,7 +184,7 @@ async fn list_webhooks(
 async fn get_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<Webhook>> {
     let w = webhooks::get(&state, &scope, &org_id(&path.org)?, &webhook_id(&path.id)?).await?;
     Ok(Json(w))
@@ -203,7 +203,7 @@ async fn get_webhook(
 async fn update_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<Json<Webhook>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
@@ -223,7 +223,7 @@ async fn update_webhook(
 async fn delete_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<StatusCode> {
     let id = webhook_id(&path.id)?;
     let deleted = webhooks::delete(
@@ -264,7 +264,7 @@ struct BulkDeleted {
 async fn bulk_delete_webhooks(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgPath>,
+    PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<BulkDeleteBody>,
 ) -> ApiResult<Json<BulkDeleted>> {
     let org = org_id(&path.org)?;
@@ -318,7 +318,7 @@ async fn set_active(
 async fn activate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<WebhookActivation>> {
     set_active(&state, &scope, path, true).await
 }
@@ -333,7 +333,7 @@ async fn activate_webhook(
 async fn deactivate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<WebhookActivation>> {
     set_active(&state, &scope, path, false).await
 }
@@ -357,7 +357,7 @@ struct RotateBody {
 async fn rotate_secret(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
     OptionalJsonBody(body): OptionalJsonBody<RotateBody>,
 ) -> ApiResult<Json<WebhookWithSecret>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
@@ -383,7 +383,7 @@ struct TestSent {
 async fn send_test_event(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<(StatusCode, Json<TestSent>)> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let (event_id, delivery_id) = webhooks::send_test(&state, &scope, &org, &id).await?;
@@ -406,7 +406,7 @@ async fn send_test_event(
 async fn list_subscriptions(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<Page<Subscription>>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let subs = subscriptions::list(&state, &scope, &org, &id).await?;
@@ -436,7 +436,7 @@ struct VerifyBody {
 async fn resend_verification(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    Path(path): Path<OrgItemPath>,
+    PathParams(path): PathParams<OrgItemPath>,
     OptionalJsonBody(body): OptionalJsonBody<VerifyBody>,
 ) -> ApiResult<Json<Page<Subscription>>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);

@@ -239,6 +239,10 @@ async fn every_documented_operation_answers_as_documented() {
         )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+    // A path that does not decode gets the JSON error every bad input gets.
+    let (st, bad) = w.admin(M::GET, "/v1/orgs/{org}", &["%FF"], None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["error"]["code"], "invalid_path", "{bad}");
     w.admin(
         M::PATCH,
         "/v1/orgs/{org}",
