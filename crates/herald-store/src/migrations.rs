@@ -39,6 +39,7 @@ sequence! {
     4 "0004" "webhook_health",
     5 "0005" "retention",
     6 "0006" "rate_limit",
+    7 "0007" "clustered_deliveries",
 }
 
 #[cfg(test)]

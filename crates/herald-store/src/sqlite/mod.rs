@@ -515,3 +515,62 @@ impl Store for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    /// A database written before deliveries and attempts were clustered (migration 7) keeps
+    /// every delivery and attempt, readable and writable, after the upgrade.
+    #[tokio::test]
+    async fn deliveries_and_attempts_survive_the_rebuild_into_clustered_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        {
+            let conn = open_connection(&path, false).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for m in migrations::SQLITE.iter().filter(|m| m.version < 7) {
+                conn.execute_batch(m.sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                    rusqlite::params![m.version, m.name],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
+                 attempt_count, schedule_base, next_attempt_at, due_at, lease_until, last_status, \
+                 last_error, created_at, updated_at) VALUES \
+                 ('del_1', 'org_1', 'wh_1', 'ev_1', 'user.created', 'failed', 2, 0, NULL, NULL, NULL, 500, 'status_500', 10, 20); \
+                 INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, \
+                 error, error_message, response_body) VALUES \
+                 ('att_1', 'del_1', 1, 11, 3, 500, 'status_500', 'the endpoint answered 500', 'no'), \
+                 ('att_2', 'del_1', 2, 15, 4, 500, 'status_500', 'the endpoint answered 500', 'still no');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let org = OrgId::from_trusted("org_1".into());
+        let id = DeliveryId::from_trusted("del_1".into());
+        let (delivery, attempts) = store.get_delivery(&org, &id).await.unwrap();
+        assert_eq!(delivery.attempt_count, 2);
+        assert_eq!(delivery.last_status, Some(500));
+        let bodies: Vec<_> = attempts.iter().map(|a| a.response_body.as_str()).collect();
+        assert_eq!(bodies, ["no", "still no"]);
+        let clustered: i64 = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('deliveries', 'attempts') \
+                     AND sql LIKE '%WITHOUT ROWID%'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(clustered, 2, "both tables are rebuilt clustered");
+    }
+}
