@@ -3,10 +3,13 @@
 //! (no DNS rebinding between check and connect). IP literals never reach a resolver, so
 //! [`check_url`] checks them before a request starts.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use hyper_util::client::legacy::connect::dns::Name;
 
 use herald_core::address_policy::AddressPolicy;
 
@@ -22,13 +25,25 @@ impl std::fmt::Display for Blocked {
 
 impl std::error::Error for Blocked {}
 
-/// A resolver that drops every address the policy refuses, and fails when none is left.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A resolver that drops every address the policy refuses, and fails when none is left. The
+/// connector calls it for every host name (IP literals are checked by [`check_url`]).
+#[derive(Clone)]
 pub(crate) struct GuardedResolver {
     pub(crate) policy: Arc<AddressPolicy>,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
@@ -47,10 +62,9 @@ impl Resolve for GuardedResolver {
                 .collect();
             if permitted.is_empty() {
                 let why = refusal.unwrap_or_else(|| "it resolves to no address".to_owned());
-                return Err(Box::new(Blocked(format!("{host}: {why}")))
-                    as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(Blocked(format!("{host}: {why}"))) as BoxError);
             }
-            Ok(Box::new(permitted.into_iter()) as Addrs)
+            Ok(permitted.into_iter())
         })
     }
 }
