@@ -16,18 +16,38 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use reqwest::{StatusCode, Url};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::measure::{Clock, Seen, Span};
 
+/// The producers' HTTP client: hyper's pooled client on plain TCP, nothing more. The load
+/// shares the cores with the server it measures, so it must cost as little as it can.
+pub type LoadClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client keeping up to `pool` connections open (one per producer).
+pub fn load_client(pool: usize) -> LoadClient {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(pool)
+        .build(tcp)
+}
+
+/// How long one request may take before it counts as failed (and is sent again).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where and how to post events.
 pub struct Producer {
-    client: reqwest::Client,
+    client: LoadClient,
     /// `…/v1/orgs/{org}/events`; replaced when the server restarts on another port.
-    events_url: RwLock<Url>,
+    events_url: RwLock<Uri>,
     auth: HeaderValue,
     clock: Clock,
 }
@@ -89,7 +109,7 @@ pub struct Burst {
 
 impl Producer {
     pub fn new(
-        client: reqwest::Client,
+        client: LoadClient,
         base: &str,
         org: &str,
         auth: HeaderValue,
@@ -204,22 +224,23 @@ impl Producer {
         }
     }
 
-    async fn post(&self, body: Bytes) -> Result<(StatusCode, String), reqwest::Error> {
+    async fn post(&self, body: Bytes) -> anyhow::Result<(StatusCode, String)> {
         let url = match self.events_url.read() {
             Ok(url) => url.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let resp = self
-            .client
-            .post(url)
+        let request = http::Request::post(url)
             .header(AUTHORIZATION, self.auth.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body)
-            .send()
-            .await?;
-        let status = resp.status();
-        // Read the answer to the end so the connection goes back to the pool.
-        let text = resp.bytes().await?;
+            .body(Full::new(body))?;
+        let exchange = async {
+            let resp = self.client.request(request).await?;
+            let status = resp.status();
+            // Read the answer to the end so the connection goes back to the pool.
+            let text = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, text))
+        };
+        let (status, text) = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await??;
         if status == StatusCode::ACCEPTED {
             return Ok((status, String::new()));
         }
@@ -232,9 +253,9 @@ fn retryable(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-fn events_url(base: &str, org: &str) -> anyhow::Result<Url> {
+fn events_url(base: &str, org: &str) -> anyhow::Result<Uri> {
     let url = format!("{}/v1/orgs/{org}/events", base.trim_end_matches('/'));
-    Url::parse(&url)
+    url.parse()
         .map_err(|e| anyhow::anyhow!("'{url}' is not a valid URL ({e}); check --server"))
 }
 

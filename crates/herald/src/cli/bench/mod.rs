@@ -116,7 +116,7 @@ struct Ctx {
     /// For setup calls.
     http: reqwest::Client,
     /// For the producers: one pool, as many connections as producers.
-    load_client: reqwest::Client,
+    load_client: load::LoadClient,
     /// The admin token of the servers the bench starts.
     token: String,
     /// Where data directories go.
@@ -240,7 +240,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
     rand::rng().fill_bytes(&mut random);
     let mut ctx = Ctx {
         http: client(4)?,
-        load_client: client(args.connections)?,
+        load_client: load::load_client(args.connections),
         clock: Clock::start(),
         token: format!("bench-{}", hex::encode(random)),
         parent: args.data_dir.clone().unwrap_or_else(server::default_parent),
