@@ -181,7 +181,7 @@ impl Dispatcher {
         forget(self);
         shared.recorder.record(records).await?;
         if retrying {
-            self.wake_scheduler();
+            self.wake_delivery_scheduler();
         }
         self.breaker_outcome(&webhook.id, outcome.is_success());
         for (due, error) in exhausted {

@@ -170,6 +170,12 @@ impl Dispatcher {
         self.shared.wake_renewals.notify_one();
     }
 
+    /// Wakes only the delivery scheduler: deliveries were stored for it or a retry was
+    /// scheduled, which changes nothing for WebSub leases (and happens on every busy ingest).
+    pub fn wake_delivery_scheduler(&self) {
+        self.shared.wake.notify_one();
+    }
+
     pub(crate) async fn scheduler_woken(&self) {
         self.shared.wake.notified().await;
     }

@@ -126,7 +126,7 @@ impl Dispatcher {
         if let Err(e) = self.shared.store.defer_deliveries(&ids, until).await {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }
-        self.wake_scheduler();
+        self.wake_delivery_scheduler();
         false
     }
 

@@ -141,34 +141,40 @@ pub(crate) async fn ingest_values(
         events: Vec::with_capacity(items.len()),
         deliveries: 0,
     };
-    let mut due = Vec::new();
+    let mut due = Vec::with_capacity(items.iter().map(|i| i.deliveries.len()).sum());
     for (item, result) in items.into_iter().zip(results) {
         let stored = result == IngestResult::Stored;
-        let (skipped, sent): (Vec<NewDelivery>, Vec<NewDelivery>) = if stored {
-            item.deliveries.into_iter().partition(|d| d.skip.is_some())
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        report.deliveries += sent.len();
+        let before = due.len();
+        let mut skipped = 0;
+        if stored {
+            for d in item.deliveries {
+                if d.skip.is_some() {
+                    skipped += 1;
+                    continue;
+                }
+                due.push(DueDelivery {
+                    delivery_id: d.id,
+                    org_id: org.clone(),
+                    webhook_id: d.webhook_id,
+                    event: item.event.clone(),
+                    attempt_count: 0,
+                    schedule_base: 0,
+                });
+            }
+        }
+        let sent = due.len() - before;
+        report.deliveries += sent;
         report.events.push(IngestedEvent {
             id: item.event.id.clone(),
             duplicate: !stored,
-            deliveries: sent.len(),
-            skipped: skipped.len(),
+            deliveries: sent,
+            skipped,
         });
-        due.extend(sent.into_iter().map(|d| DueDelivery {
-            delivery_id: d.id,
-            org_id: org.clone(),
-            webhook_id: d.webhook_id,
-            event: item.event.clone(),
-            attempt_count: 0,
-            schedule_base: 0,
-        }));
     }
     if leased {
         state.dispatcher.enqueue(due, lease_until);
     } else if !due.is_empty() {
-        state.dispatcher.wake_scheduler();
+        state.dispatcher.wake_delivery_scheduler();
     }
     state.metrics.events_ingested(
         report.events.iter().filter(|e| !e.duplicate).count(),
