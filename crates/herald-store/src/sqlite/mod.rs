@@ -90,10 +90,11 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `f` in the writer's next group commit. `f` may run twice (writer.rs says why).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+        F: Fn(&Connection) -> DbResult<T> + Send + 'static,
     {
         self.writer
             .write(move |c| f(c).map_err(StoreError::from_db))
