@@ -175,8 +175,10 @@ fn post(
         headers.append(name, value);
     }
     for (name, value) in request.headers {
+        // `from_static` would panic on a name with capitals; a profile's names are checked here.
+        let name = HeaderName::try_from(name).map_err(|e| invalid(&e))?;
         let value = HeaderValue::try_from(value).map_err(|e| invalid(&e))?;
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
     Ok(req)
 }
