@@ -124,23 +124,22 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, latency: &Histogr
 
 /// Runs the group in one transaction and commits it. `Err` if nothing of it was kept.
 fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
-    begin(conn)?;
-    let mut all_ok = true;
-    for job in group.iter_mut() {
-        if !job.run(conn) {
-            all_ok = false;
-            break;
-        }
+    if !conn.is_autocommit() {
+        // A transaction left open by a failure that could not even roll back would make every
+        // later BEGIN fail; end it first.
+        run_cached(conn, "ROLLBACK")?;
     }
-    if !all_ok {
-        // Undo everything and run the group again, each job in a savepoint of its own.
-        if let Err(e) = run_cached(conn, "ROLLBACK") {
-            tracing::error!(error = %e, "could not roll back a failed group");
-            return Err(e);
+    begin(conn)?;
+    if !run_together(conn, group) {
+        // Undo everything and run the group again, each job in a savepoint of its own. SQLite
+        // may have rolled the transaction back itself (disk full, I/O error).
+        if !conn.is_autocommit() {
+            run_cached(conn, "ROLLBACK")
+                .inspect_err(|e| tracing::error!(error = %e, "could not roll back a group"))?;
         }
         begin(conn)?;
         for job in group.iter_mut() {
-            run_isolated(conn, job.as_mut());
+            run_isolated(conn, job.as_mut())?;
         }
     }
     run_cached(conn, "COMMIT").inspect_err(|e| {
@@ -149,25 +148,41 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Resu
     })
 }
 
+/// Runs the jobs back to back in the open transaction. `false` if the transaction holds writes
+/// of a job that failed (or is gone), so that the group must run again job by job. A job that
+/// failed without changing anything (a conflict found by reading, a row not found) leaves
+/// nothing to undo, so it does not cost the others a second run.
+fn run_together(conn: &Connection, group: &mut [Box<dyn Job>]) -> bool {
+    for job in group.iter_mut() {
+        let changes = conn.total_changes();
+        if !job.run(conn) && (conn.total_changes() != changes || conn.is_autocommit()) {
+            return false;
+        }
+    }
+    true
+}
+
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
     run_cached(conn, "BEGIN IMMEDIATE")
         .inspect_err(|e| tracing::error!(error = %e, "could not begin a write transaction"))
 }
 
-/// Runs one job inside a savepoint, undoing its writes if it fails.
-fn run_isolated(conn: &Connection, job: &mut dyn Job) {
-    let savepoint = run_cached(conn, "SAVEPOINT job");
+/// Runs one job inside a savepoint, undoing its writes if it fails. `Err` if that cannot be
+/// guaranteed (no savepoint, a rollback that failed, the transaction gone): then the whole group
+/// must be given up rather than commit a failed job's writes or run jobs outside it.
+fn run_isolated(conn: &Connection, job: &mut dyn Job) -> rusqlite::Result<()> {
+    run_cached(conn, "SAVEPOINT job")?;
     let ok = job.run(conn);
-    if savepoint.is_ok() {
-        let end = if ok {
-            run_cached(conn, "RELEASE job")
-        } else {
-            run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job"))
-        };
-        if let Err(e) = end {
-            tracing::error!(error = %e, "could not close a savepoint");
-        }
+    if conn.is_autocommit() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("the write transaction was rolled back by SQLite".into()),
+        ));
     }
+    if !ok {
+        run_cached(conn, "ROLLBACK TO job")?;
+    }
+    run_cached(conn, "RELEASE job")
 }
 
 /// Runs a statement from the connection's cache: transactions open and close for every group,
@@ -178,90 +193,127 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
-    fn count(conn: &Connection) -> i64 {
-        conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap()
+    type Answer = tokio::task::JoinHandle<StoreResult<()>>;
+
+    /// A writer on a new database with one table, held busy by a job of its own until
+    /// `release` is called, so that the jobs sent meanwhile form one group.
+    struct Held {
+        writer: Writer,
+        path: std::path::PathBuf,
+        release: std::sync::mpsc::Sender<()>,
+        busy: Answer,
+        _dir: tempfile::TempDir,
     }
 
-    /// Jobs queued while the writer is busy share one group; one of them failing after it wrote
-    /// must leave the others' writes committed and its own undone.
-    #[tokio::test]
-    async fn a_failing_job_undoes_only_its_own_writes() {
+    async fn held_writer() -> Held {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v TEXT PRIMARY KEY);")
             .unwrap();
         let writer = Writer::start(conn);
-
-        // Hold the writer in a job of its own until the others are queued behind it.
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let hold = std::sync::Mutex::new(hold);
-        let busy = {
-            let writer = writer.clone();
-            tokio::spawn(async move {
-                writer
-                    .write(move |_| {
-                        let _ = hold.lock().unwrap().recv();
-                        Ok(())
-                    })
-                    .await
-            })
-        };
+        let busy = spawn_write(&writer, move |_| {
+            let _ = hold.lock().unwrap().recv();
+            Ok(())
+        });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Held {
+            writer,
+            path,
+            release,
+            busy,
+            _dir: dir,
+        }
+    }
 
-        let insert = |v: &'static str| {
-            let writer = writer.clone();
-            tokio::spawn(async move {
-                writer
-                    .write(move |c| {
-                        c.execute("INSERT INTO t (v) VALUES (?)", [v])
-                            .map_err(|e| classify(&e))?;
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        let first = insert("a");
-        let failing = {
-            let writer = writer.clone();
-            tokio::spawn(async move {
-                writer
-                    .write(|c| {
-                        c.execute("INSERT INTO t (v) VALUES ('b')", [])
-                            .map_err(|e| classify(&e))?;
-                        // Fails after writing: 'a' is there already.
-                        c.execute("INSERT INTO t (v) VALUES ('a')", [])
-                            .map_err(|e| classify(&e))?;
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        let last = insert("c");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        release.send(()).unwrap();
+    fn spawn_write<F>(writer: &Writer, work: F) -> Answer
+    where
+        F: Fn(&Connection) -> StoreResult<()> + Send + 'static,
+    {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.write(work).await })
+    }
 
-        busy.await.unwrap().unwrap();
+    fn exec(c: &Connection, sql: &str) -> StoreResult<()> {
+        c.execute(sql, []).map(drop).map_err(|e| classify(&e))
+    }
+
+    /// An insert that counts how often it ran.
+    fn counted_insert(writer: &Writer, v: &'static str, runs: &Arc<AtomicUsize>) -> Answer {
+        let runs = runs.clone();
+        spawn_write(writer, move |c| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            exec(c, &format!("INSERT INTO t (v) VALUES ('{v}')"))
+        })
+    }
+
+    impl Held {
+        /// Lets the writer go on (the jobs sent meanwhile are queued behind it by now).
+        async fn release(&self) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.release.send(()).unwrap();
+        }
+
+        /// What is committed, as another connection sees it.
+        fn committed(&self) -> Vec<String> {
+            let check = Connection::open(&self.path).unwrap();
+            let mut s = check.prepare("SELECT v FROM t ORDER BY v").unwrap();
+            let rows = s.query_map([], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        }
+    }
+
+    /// One job failing after it wrote leaves the others' writes committed and its own undone.
+    #[tokio::test]
+    async fn a_failing_job_undoes_only_its_own_writes() {
+        let mut held = held_writer().await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let first = counted_insert(&held.writer, "a", &runs);
+        let failing = spawn_write(&held.writer, |c| {
+            exec(c, "INSERT INTO t (v) VALUES ('b')")?;
+            // Fails after writing: 'a' is there already.
+            exec(c, "INSERT INTO t (v) VALUES ('a')")
+        });
+        let last = counted_insert(&held.writer, "c", &runs);
+        held.release().await;
+        (&mut held.busy).await.unwrap().unwrap();
         first.await.unwrap().unwrap();
         assert!(failing.await.unwrap().is_err(), "the duplicate key fails");
         last.await.unwrap().unwrap();
-        let rows: Vec<String> = writer
-            .write(|c| {
-                let mut s = c.prepare("SELECT v FROM t ORDER BY v").unwrap();
-                let rows = s.query_map([], |r| r.get(0)).unwrap();
-                Ok(rows.map(Result::unwrap).collect())
-            })
-            .await
-            .unwrap();
+        let committed = held.committed();
         assert_eq!(
-            rows,
+            committed,
             ["a", "c"],
             "b was written by the failing job and undone"
         );
-        let check = Connection::open(&path).unwrap();
-        assert_eq!(count(&check), 2, "committed for other connections too");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "'a' ran again after the rollback"
+        );
+    }
+
+    /// A job that fails without having written anything costs the others no second run.
+    #[tokio::test]
+    async fn a_job_failing_before_it_writes_does_not_replay_the_group() {
+        let mut held = held_writer().await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let first = counted_insert(&held.writer, "a", &runs);
+        let refused = spawn_write(&held.writer, |_| Err(StoreError::NotFound));
+        let last = counted_insert(&held.writer, "c", &runs);
+        held.release().await;
+        (&mut held.busy).await.unwrap().unwrap();
+        first.await.unwrap().unwrap();
+        assert!(matches!(refused.await.unwrap(), Err(StoreError::NotFound)));
+        last.await.unwrap().unwrap();
+        let committed = held.committed();
+        assert_eq!(committed, ["a", "c"]);
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "each insert ran once");
     }
 }
