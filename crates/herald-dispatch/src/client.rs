@@ -95,11 +95,15 @@ impl HttpClient {
         let checked = url::Url::parse(url)
             .map_err(|_| Blocked("the URL does not parse".into()))
             .and_then(|parsed| check_parsed_url(&self.policy, &parsed).map(|()| parsed));
-        if let Err(blocked) = checked {
-            let error = AttemptError::Blocked(blocked.0);
-            return failed(error, None, started, String::new(), None);
-        }
-        let built = post(url, request, extra_headers);
+        let parsed = match checked {
+            Ok(parsed) => parsed,
+            Err(blocked) => {
+                let error = AttemptError::Blocked(blocked.0);
+                return failed(error, None, started, String::new(), None);
+            }
+        };
+        // The URL sent is the URL checked.
+        let built = post(parsed.as_str(), request, extra_headers);
         let result = match built {
             Ok(req) => timeout_at(deadline, self.inner.request(req)).await,
             Err(error) => return failed(error, None, started, String::new(), None),
@@ -253,6 +257,13 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
     while let Some(err) = source {
         if let Some(blocked) = err.downcast_ref::<Blocked>() {
             return AttemptError::Blocked(blocked.0.clone());
+        }
+        // The connector's own limit (CONNECT_TIMEOUT) ran out.
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return AttemptError::Timeout;
         }
         tls |= is_tls(err);
         source = err.source();
