@@ -26,7 +26,7 @@ pub async fn run(
             _ = shutdown.changed() => return,
         };
         match signal {
-            Ok(StoreSignal::WorkDue) => state.dispatcher.wake_scheduler(),
+            Ok(StoreSignal::WorkDue) => state.dispatcher.wake_delivery_scheduler(),
             Ok(StoreSignal::OrgChanged(org)) => {
                 state.directory.invalidate(&org);
                 // An activated webhook may have made parked deliveries due.

@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -27,17 +29,25 @@ use tokio::task::JoinSet;
 
 use super::measure::{Clock, Seen, Span};
 
-/// The producers' HTTP client: hyper's pooled client on plain TCP, nothing more. The load
-/// shares the cores with the server it measures, so it must cost as little as it can.
-pub type LoadClient = Client<HttpConnector, Full<Bytes>>;
+/// The producers' HTTP client: hyper's pooled client, nothing more (TLS only for a `--server`
+/// given as `https://`). The load shares the cores with the server it measures, so it must cost
+/// as little as it can.
+pub type LoadClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A client keeping up to `pool` connections open (one per producer).
-pub fn load_client(pool: usize) -> LoadClient {
+pub fn load_client(pool: usize) -> anyhow::Result<LoadClient> {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    tcp.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()
+        .context("could not set up TLS for the producers")?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(pool)
-        .build(tcp)
+        .build(connector))
 }
 
 /// How long one request may take before it counts as failed (and is sent again).

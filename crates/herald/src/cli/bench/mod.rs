@@ -240,7 +240,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
     rand::rng().fill_bytes(&mut random);
     let mut ctx = Ctx {
         http: client(4)?,
-        load_client: load::load_client(args.connections),
+        load_client: load::load_client(args.connections)?,
         clock: Clock::start(),
         token: format!("bench-{}", hex::encode(random)),
         parent: args.data_dir.clone().unwrap_or_else(server::default_parent),
