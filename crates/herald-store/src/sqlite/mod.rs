@@ -137,6 +137,7 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
         )?;
+        let mut upgrading = false;
         for m in migrations::SQLITE {
             let done: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)",
@@ -144,7 +145,16 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
                 |r| r.get(0),
             )?;
             if done {
+                upgrading = true;
                 continue;
+            }
+            if upgrading {
+                // Some migrations rebuild tables, which takes a while on a large database.
+                tracing::info!(
+                    version = m.version,
+                    name = m.name,
+                    "upgrading the database; applying migration (this may take a while on a large database)"
+                );
             }
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(m.sql)?;
