@@ -119,27 +119,15 @@ impl HttpClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        // Read only what is kept (to the end if it is short, so the connection can be reused);
-        // the rest of the body is not our business.
-        let mut body = response.into_body();
-        let mut kept = Vec::new();
-        while kept.len() < RESPONSE_BODY_KEEP {
-            match timeout_at(deadline, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        kept.extend_from_slice(&data);
-                    }
-                }
-                Ok(None) => break,
-                // A body cut short after a complete status line does not change the verdict.
-                Ok(Some(Err(_))) => break,
-                Err(_) => {
-                    let kept = keep_response_prefix(&kept);
-                    return failed(AttemptError::Timeout, Some(status), started, kept, None);
-                }
-            }
-        }
+        let (kept, stop) = read_prefix(response.into_body(), RESPONSE_BODY_KEEP, deadline).await;
         let kept = keep_response_prefix(&kept);
+        match stop {
+            Some(BodyStop::Deadline) => {
+                return failed(AttemptError::Timeout, Some(status), started, kept, None);
+            }
+            // A body cut short after a complete status line does not change the verdict.
+            Some(BodyStop::Broken(_)) | None => {}
+        }
         let duration_ms = elapsed_ms(started);
         if (200..300).contains(&status) {
             AttemptOutcome::succeeded(status, duration_ms, kept)
@@ -207,23 +195,45 @@ impl HttpClient {
             .map_err(|_| AttemptError::Timeout)?
             .map_err(|e| classify(&e))?;
         let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut text = Vec::new();
-        while text.len() < max_body {
-            match timeout_at(deadline, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        text.extend_from_slice(&data);
-                    }
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(AttemptError::Request(error_chain(&e))),
-                Err(_) => return Err(AttemptError::Timeout),
-            }
+        let (mut text, stop) = read_prefix(response.into_body(), max_body, deadline).await;
+        match stop {
+            Some(BodyStop::Deadline) => return Err(AttemptError::Timeout),
+            Some(BodyStop::Broken(e)) => return Err(AttemptError::Request(error_chain(&e))),
+            None => {}
         }
         text.truncate(max_body);
         Ok((status, String::from_utf8_lossy(&text).into_owned()))
     }
+}
+
+/// Why reading a body stopped before its end or its limit.
+enum BodyStop {
+    Deadline,
+    Broken(hyper::Error),
+}
+
+/// Reads a response body by `deadline` until its end or until at least `max` bytes are in
+/// (a short body is read to its end, so the connection goes back to the pool; the rest of a long
+/// one is not our business). Answers what was read, and why it stopped early if it did.
+async fn read_prefix(
+    mut body: hyper::body::Incoming,
+    max: usize,
+    deadline: Deadline,
+) -> (Vec<u8>, Option<BodyStop>) {
+    let mut read = Vec::new();
+    while read.len() < max {
+        match timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return (read, Some(BodyStop::Broken(e))),
+            Err(_) => return (read, Some(BodyStop::Deadline)),
+        }
+    }
+    (read, None)
 }
 
 /// `Retry-After` in seconds, given as seconds or as an HTTP date (RFC 9110 §10.2.3).
