@@ -532,7 +532,7 @@ mod upgrade_tests {
     use super::*;
 
     /// A database written before deliveries and attempts were clustered (migration 7) keeps
-    /// every delivery and attempt, readable and writable, after the upgrade.
+    /// every delivery and attempt, readable through the store, after the upgrade.
     #[tokio::test]
     async fn deliveries_and_attempts_survive_the_rebuild_into_clustered_tables() {
         let dir = tempfile::tempdir().unwrap();
