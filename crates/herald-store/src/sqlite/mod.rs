@@ -6,7 +6,6 @@ mod health;
 mod orgs;
 mod pool;
 pub(crate) mod rows;
-mod wal_vfs;
 mod webhooks;
 mod writer;
 
@@ -115,15 +114,7 @@ impl SqliteStore {
 
 /// Opens one connection with Herald's settings.
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
-    let vfs = wal_vfs::registered().map_err(|rc| {
-        let why = "registering Herald's layer over SQLite's files".to_owned();
-        classify(&rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rc),
-            Some(why),
-        ))
-    })?;
-    let flags = rusqlite::OpenFlags::default();
-    let conn = Connection::open_with_flags_and_vfs(path, flags, vfs).map_err(|e| classify(&e))?;
+    let conn = Connection::open(path).map_err(|e| classify(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| classify(&e))?;
     // WAL lets readers run beside the writer; FULL makes every commit durable before we answer.
