@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-const EVERY: [&str; 8] = [
+const EVERY: [&str; 9] = [
     "burst",
     "batch",
     "latency",
@@ -16,6 +16,7 @@ const EVERY: [&str; 8] = [
     "failing-endpoint",
     "backlog",
     "restart",
+    "relay",
 ];
 
 fn bench(scenarios: &str, data_dir: &Path, json: &Path) -> Child {

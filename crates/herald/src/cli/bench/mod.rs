@@ -8,6 +8,7 @@
 //! - `api.rs`: setup through the public API.
 //! - `receiver.rs`, `load.rs`, `measure.rs`: the receiving end, the producers, what they count.
 //! - `scenarios.rs`, `backlog.rs`, `restart.rs`: the scenarios; `report.rs`, `progress.rs`: output.
+//! - `relay.rs`: the same load through a bare relay instead of Herald, the machine's ceiling.
 
 mod api;
 mod backlog;
@@ -15,6 +16,7 @@ mod load;
 mod measure;
 mod progress;
 mod receiver;
+mod relay;
 mod repeat;
 mod report;
 mod restart;
@@ -96,9 +98,11 @@ pub enum Scenario {
     FailingEndpoint,
     Backlog,
     Restart,
+    /// Not Herald: `burst`'s load through a bare relay with no storage, the machine's ceiling.
+    Relay,
 }
 
-const EVERY: [Scenario; 8] = [
+const EVERY: [Scenario; 9] = [
     Scenario::Burst,
     Scenario::Batch,
     Scenario::Latency,
@@ -107,6 +111,7 @@ const EVERY: [Scenario; 8] = [
     Scenario::FailingEndpoint,
     Scenario::Backlog,
     Scenario::Restart,
+    Scenario::Relay,
 ];
 
 /// What every scenario shares.
@@ -276,6 +281,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
                 Scenario::FailingEndpoint => scenarios::failing_endpoint(&mut ctx).await,
                 Scenario::Backlog => backlog::backlog(&mut ctx).await,
                 Scenario::Restart => restart::restart(&mut ctx).await,
+                Scenario::Relay => relay::relay_scenario(&mut ctx).await,
                 Scenario::All => break,
             }
             .with_context(|| format!("the {name} scenario failed"))?;

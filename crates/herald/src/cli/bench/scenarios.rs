@@ -18,9 +18,9 @@ use super::report::{Latency, Outcome, thousands};
 use super::server::Server;
 
 /// How long deliveries may make no progress before a scenario stops waiting for them.
-const STALL: Duration = Duration::from_secs(30);
+pub(super) const STALL: Duration = Duration::from_secs(30);
 /// How long a producer keeps sending a request the server does not take.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 /// Webhooks in `fanout`, `slow-endpoint` and `failing-endpoint`.
 const FANOUT: usize = 10;
 

@@ -1,0 +1,181 @@
+//! `relay`: what the machine itself can move, with no Herald in the path. A bare relay takes
+//! each producer's request and posts its body on to the receiver, answering 202 once the
+//! receiver has answered: one HTTP exchange in and one out per event, as in `burst`, but no
+//! storage, signing or scheduling. It is built from the pieces Herald uses for those two
+//! exchanges (axum on hyper to serve, hyper's pooled client to deliver), on a runtime of its
+//! own as the in-process server has.
+//!
+//! The figure calibrates the others: the issue's reference machine moves about 48,000
+//! requests/s through such a relay, so `burst` on a machine whose relay moves half as many is
+//! not comparable with that machine's `burst`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+
+use super::Ctx;
+use super::load::{Burst, Counters, Producer};
+use super::progress::Progress;
+use super::receiver::{Behaviour, Receiver};
+use super::report::{Outcome, thousands};
+use super::scenarios::{Finished, PATIENCE, STALL, measure, wait_delivered};
+
+/// Where the relay sends everything it is given.
+struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: Uri,
+}
+
+/// The relay's listener, on a runtime of its own.
+struct Relay {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Relay {
+    async fn start(target: &str, connections: usize) -> anyhow::Result<Self> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        let upstream = Arc::new(Upstream {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(connections)
+                .build(tcp),
+            url: target.parse().context("the receiver's URL")?,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("bench-relay")
+            .enable_all()
+            .build()
+            .context("could not start the relay's runtime")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("the relay could not listen on 127.0.0.1")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let app = Router::new().fallback(relay).with_state(upstream);
+        let (stop, stopped) = oneshot::channel::<()>();
+        runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return eprintln!("the relay could not listen: {e}"),
+            };
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                eprintln!("the relay stopped: {e}");
+            }
+        });
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Posts the body on and answers 202 if the receiver took it, 502 if not.
+async fn relay(State(up): State<Arc<Upstream>>, body: Bytes) -> StatusCode {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = up.url.clone();
+    request
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    match up.client.request(request).await {
+        Ok(response) if response.status().is_success() => {
+            // Read the answer to its end so the connection goes back to the pool.
+            match response.into_body().collect().await {
+                Ok(_) => StatusCode::ACCEPTED,
+                Err(_) => StatusCode::BAD_GATEWAY,
+            }
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// `relay`: `burst`'s load through the bare relay instead of Herald.
+pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
+    let events = ctx.events(50_000);
+    let receiver = Receiver::start(
+        ctx.clock,
+        &[Behaviour::Accept],
+        events,
+        ctx.args.receiver_threads,
+    )
+    .await?;
+    let relay = Relay::start(&receiver.url(0), ctx.args.connections).await?;
+    // The relay reads no header, so any token does.
+    let producer = Arc::new(Producer::new(
+        ctx.load_client.clone(),
+        &relay.base(),
+        "relay",
+        HeaderValue::from_static("Bearer relay"),
+        ctx.clock,
+    )?);
+    let counters = Arc::new(Counters::new(events));
+    let shared = receiver.endpoints().clone();
+    let progress = Progress::start("relay", counters.clone(), shared.clone(), None);
+    let plan = Burst {
+        events,
+        batch: 1,
+        connections: ctx.args.connections,
+        patience: PATIENCE,
+    };
+    producer.burst(plan, &counters).await;
+    wait_delivered(&shared, &[0], counters.acked(), STALL).await;
+    progress.stop().await;
+    relay.stop();
+    receiver.stop().await;
+    let mut o = Outcome::new("relay");
+    measure(
+        &mut o,
+        &Finished {
+            counters,
+            endpoints: shared,
+            healthy: vec![0],
+        },
+    );
+    o.note(format!(
+        "{} events, one per request, over {} connections, through a bare relay with no \
+         storage (axum in, hyper's client out): this machine's ceiling for `burst`",
+        thousands(events),
+        ctx.args.connections
+    ));
+    Ok(o)
+}
