@@ -292,7 +292,31 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
         }
     }
     outcomes.sort_by_key(|o| EVERY.iter().position(|s| scenario_name(*s) == o.scenario));
+    relate_to_relay(&mut outcomes);
     Ok(outcomes)
+}
+
+/// With `relay` in the same run, says what share of the machine's bare relay `burst` reached:
+/// the figure to compare between machines.
+fn relate_to_relay(outcomes: &mut [Outcome]) {
+    let rate = |name: &str, outcomes: &[Outcome]| {
+        outcomes
+            .iter()
+            .find(|o| o.scenario == name)
+            .and_then(|o| o.end_to_end_per_s)
+    };
+    let (Some(relay), Some(burst)) = (rate("relay", outcomes), rate("burst", outcomes)) else {
+        return;
+    };
+    if let Some(o) = outcomes.iter_mut().find(|o| o.scenario == "burst") {
+        let share = burst / relay;
+        o.figure("share_of_relay", scenarios::round3(share));
+        o.note(format!(
+            "{:.0}% of what a bare relay with no storage moves on this machine ({}/s, `relay`)",
+            share * 100.0,
+            report::thousands(relay.round() as u64)
+        ));
+    }
 }
 
 fn scenario_name(s: Scenario) -> String {
