@@ -33,7 +33,8 @@ pub enum Command {
     Listen(listen::ListenArgs),
     /// Benchmark Herald on this machine: start a server on a temporary data directory (or use
     /// --server), a fast receiver and producers on loopback, run scenarios (burst, batch,
-    /// latency, fanout, slow-endpoint, failing-endpoint, backlog, restart) and print a table.
+    /// latency, fanout, slow-endpoint, failing-endpoint, backlog, restart, and relay to calibrate)
+    /// and print a table.
     Bench(bench::BenchArgs),
     /// Manage organizations on a running server.
     Orgs {

@@ -40,8 +40,8 @@ pub struct BenchArgs {
     /// The scenarios to run, comma-separated, or `all`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub scenario: Vec<Scenario>,
-    /// Events per scenario for burst, batch, fanout, slow-endpoint, failing-endpoint and restart
-    /// (default: 50,000, 200,000, 10,000, 10,000, 10,000 and 20,000).
+    /// Events per scenario for burst, batch, fanout, slow-endpoint, failing-endpoint, restart and
+    /// relay (default: 50,000, 200,000, 10,000, 10,000, 10,000, 20,000 and 50,000).
     #[arg(long)]
     pub events: Option<u64>,
     /// Producers, each with one request in flight (so at most this many connections).
@@ -89,14 +89,23 @@ pub struct BenchArgs {
 /// A named scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
+    /// Every scenario below.
     All,
+    /// Events one per request, as fast as the connections allow.
     Burst,
+    /// Events in batches (`--batch-size`) per request.
     Batch,
+    /// A steady rate (`--rate`) for `--duration` seconds: latency quantiles.
     Latency,
+    /// Every event to ten webhooks.
     Fanout,
+    /// Nine healthy webhooks beside one answering after its timeout, against the nine alone.
     SlowEndpoint,
+    /// Nine healthy webhooks beside one answering 500, against the nine alone.
     FailingEndpoint,
+    /// Deliveries piled up (`--backlog`) for an endpoint that is down, then drained.
     Backlog,
+    /// A SIGKILL halfway through a burst, then a restart: nothing may be lost.
     Restart,
     /// Not Herald: `burst`'s load through a bare relay with no storage, the machine's ceiling.
     Relay,
