@@ -191,12 +191,23 @@ pub fn write_json(path: &Path, settings: Value, outcomes: &[Outcome]) -> anyhow:
     let doc = serde_json::json!({
         "herald_version": herald_core::VERSION,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model(),
         "settings": settings,
         "scenarios": outcomes,
     });
     let text = serde_json::to_string_pretty(&doc)?;
     std::fs::write(path, text + "\n")
         .with_context(|| format!("could not write the results to {}", path.display()))
+}
+
+/// The processor's name as Linux reports it (figures from different processors differ more
+/// than most changes do); `None` elsewhere.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, name)| name.trim().to_owned())
 }
 
 /// `1234567` → `1,234,567`.
