@@ -8,7 +8,7 @@
 //! - `api.rs`: setup through the public API.
 //! - `receiver.rs`, `load.rs`, `measure.rs`: the receiving end, the producers, what they count.
 //! - `scenarios.rs`, `backlog.rs`, `restart.rs`: the scenarios; `report.rs`, `progress.rs`: output.
-//! - `relay.rs`: the same load through a bare relay instead of Herald, the machine's ceiling.
+//! - `relay.rs`: the same load through a bare relay instead of Herald, to compare machines.
 
 mod api;
 mod backlog;
@@ -67,7 +67,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Run against this Herald instead of starting one (it must allow deliveries to
-    /// 127.0.0.0/8). `restart` is skipped and memory is not measured.
+    /// 127.0.0.0/8). `restart` is skipped, memory is not measured, and `relay` still runs here.
     #[arg(long, requires = "admin_token")]
     pub server: Option<String>,
     /// The admin token of the server given with --server.
@@ -81,7 +81,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub receiver_threads: usize,
     /// Run each scenario this many times and report the median run, since figures on a small
-    /// shared machine vary by ±10% from run to run (backlog and restart run once).
+    /// shared machine vary by ±10–15% from run to run (backlog and restart run once).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
 }
@@ -107,7 +107,7 @@ pub enum Scenario {
     Backlog,
     /// A SIGKILL halfway through a burst, then a restart: nothing may be lost.
     Restart,
-    /// Not Herald: `burst`'s load through a bare relay with no storage, the machine's ceiling.
+    /// Not Herald: `burst`'s load through a bare relay with no storage, to compare machines.
     Relay,
 }
 
@@ -301,17 +301,22 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
         }
     }
     outcomes.sort_by_key(|o| EVERY.iter().position(|s| scenario_name(*s) == o.scenario));
-    relate_to_relay(&mut outcomes);
+    relate_to_relay(&mut outcomes, ctx.args.server.is_some());
     Ok(outcomes)
 }
 
 /// With `relay` in the same run, says what share of the machine's bare relay `burst` reached:
-/// the figure to compare between machines.
-fn relate_to_relay(outcomes: &mut [Outcome]) {
+/// the figure to compare between machines. With `--repeat`, the runs compared are the ones each
+/// scenario reports (its median). Not with `--server`, where `burst` measured another machine,
+/// nor if either run lost events.
+fn relate_to_relay(outcomes: &mut [Outcome], external_server: bool) {
+    if external_server {
+        return;
+    }
     let rate = |name: &str, outcomes: &[Outcome]| {
         outcomes
             .iter()
-            .find(|o| o.scenario == name)
+            .find(|o| o.scenario == name && o.complete)
             .and_then(|o| o.end_to_end_per_s)
     };
     let (Some(relay), Some(burst)) = (rate("relay", outcomes), rate("burst", outcomes)) else {

@@ -185,6 +185,10 @@ impl Receiver {
                 .map(|b| Endpoint::new(*b, capacity))
                 .collect(),
         });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("the receiver could not listen on 127.0.0.1")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let runtime = match threads {
             0 => None,
             n => Some(
@@ -196,19 +200,26 @@ impl Receiver {
                     .context("could not start the receiver's runtime")?,
             ),
         };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("the receiver could not listen on 127.0.0.1")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        // The listener belongs to the runtime that serves it. A runtime may not be dropped inside
+        // another one, so on failure it is shut down without waiting.
+        let listener = {
+            let _in = runtime.as_ref().map(tokio::runtime::Runtime::enter);
+            tokio::net::TcpListener::from_std(listener)
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(rt) = runtime {
+                    rt.shutdown_background();
+                }
+                return Err(e).context("the receiver could not listen");
+            }
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let app = Router::new()
             .fallback(receive)
             .with_state(endpoints.clone());
         let serve = async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => return eprintln!("the receiver could not listen: {e}"),
-            };
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
