@@ -93,5 +93,8 @@ fn every_scenario_runs_at_a_tiny_size_and_delivers_every_acknowledged_event() {
         "200 events to 10 webhooks"
     );
     assert_eq!(by_name("restart")["figures"]["lost"], 0);
+    // burst and relay ran in the same invocation, so burst says what share of the relay it got.
+    let share = &by_name("burst")["figures"]["share_of_relay"];
+    assert!(share.as_f64().is_some_and(|s| s > 0.0), "{share}");
     assert_eq!(by_name("backlog")["figures"]["pending_when_up"], 2000);
 }
