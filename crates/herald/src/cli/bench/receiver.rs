@@ -219,16 +219,7 @@ impl Receiver {
         let app = Router::new()
             .fallback(receive)
             .with_state(endpoints.clone());
-        let serve = async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                eprintln!("the receiver stopped: {e}");
-            }
-        };
+        let serve = serve_until(listener, app, stopped, "receiver");
         let task = match &runtime {
             Some(rt) => rt.spawn(serve),
             None => tokio::spawn(serve),
@@ -272,6 +263,24 @@ impl Drop for Receiver {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// Serves `app` until `stopped` fires (or the sender is dropped); a failure is printed, naming
+/// `what` stopped, since nobody awaits the task's result.
+pub(super) async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stopped: oneshot::Receiver<()>,
+    what: &'static str,
+) {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await;
+    if let Err(e) = served {
+        eprintln!("the {what} stopped: {e}");
     }
 }
 

@@ -30,11 +30,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::oneshot;
 
 use super::Ctx;
-use super::load::{Burst, Counters, Producer};
-use super::progress::Progress;
-use super::receiver::{Behaviour, Receiver};
+use super::load::Producer;
+use super::receiver::{Behaviour, Receiver, serve_until};
 use super::report::{Outcome, thousands};
-use super::scenarios::{Finished, PATIENCE, STALL, measure, wait_delivered};
+use super::scenarios::{Finished, measure, push_and_wait};
 
 /// Where the relay sends everything it is given.
 struct Upstream {
@@ -88,16 +87,7 @@ impl Relay {
         };
         let app = Router::new().fallback(relay_one).with_state(upstream);
         let (stop, stopped) = oneshot::channel::<()>();
-        runtime.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                eprintln!("the relay stopped: {e}");
-            }
-        });
+        runtime.spawn(serve_until(listener, app, stopped, "relay"));
         relay.stop = Some(stop);
         Ok(relay)
     }
@@ -182,18 +172,8 @@ pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         HeaderValue::from_static("Bearer relay"),
         ctx.clock,
     )?);
-    let counters = Arc::new(Counters::new(events));
     let shared = receiver.endpoints().clone();
-    let progress = Progress::start("relay", counters.clone(), shared.clone(), None);
-    let plan = Burst {
-        events,
-        batch: 1,
-        connections: ctx.args.connections,
-        patience: PATIENCE,
-    };
-    producer.burst(plan, &counters).await;
-    wait_delivered(&shared, &[0], counters.acked(), STALL).await;
-    progress.stop().await;
+    let counters = push_and_wait(ctx, "relay", &producer, &shared, &[0], events, 1).await;
     relay.stop();
     receiver.stop().await;
     let mut o = Outcome::new("relay");

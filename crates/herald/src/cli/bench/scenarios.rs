@@ -18,9 +18,9 @@ use super::report::{Latency, Outcome, thousands};
 use super::server::Server;
 
 /// How long deliveries may make no progress before a scenario stops waiting for them.
-pub(super) const STALL: Duration = Duration::from_secs(30);
+const STALL: Duration = Duration::from_secs(30);
 /// How long a producer keeps sending a request the server does not take.
-pub(super) const PATIENCE: Duration = Duration::from_secs(30);
+const PATIENCE: Duration = Duration::from_secs(30);
 /// Webhooks in `fanout`, `slow-endpoint` and `failing-endpoint`.
 const FANOUT: usize = 10;
 
@@ -100,26 +100,42 @@ async fn burst_through(
     batch: usize,
 ) -> anyhow::Result<Finished> {
     let run = Prepared::start(ctx, label, endpoints, events).await?;
-    let counters = Arc::new(Counters::new(events));
     let shared = run.receiver.endpoints().clone();
-    let progress = Progress::start(label, counters.clone(), shared.clone(), None);
-    let plan = Burst {
-        events,
-        batch,
-        connections: ctx.args.connections,
-        patience: PATIENCE,
-    };
-    run.producer.burst(plan, &counters).await;
     let healthy = healthy(endpoints);
-    let expected = counters.acked() * healthy.len() as u64;
-    wait_delivered(&shared, &healthy, expected, STALL).await;
-    progress.stop().await;
+    let counters = push_and_wait(ctx, label, &run.producer, &shared, &healthy, events, batch).await;
     run.stop().await;
     Ok(Finished {
         counters,
         endpoints: shared,
         healthy,
     })
+}
+
+/// Posts `events` events (`batch` per request) through `producer` over `--connections`, showing
+/// progress, and waits until the endpoints `healthy` have every acknowledged one (or nothing
+/// moves for a while).
+pub(super) async fn push_and_wait(
+    ctx: &Ctx,
+    label: &str,
+    producer: &Arc<Producer>,
+    endpoints: &Arc<Endpoints>,
+    healthy: &[usize],
+    events: u64,
+    batch: usize,
+) -> Arc<Counters> {
+    let counters = Arc::new(Counters::new(events));
+    let progress = Progress::start(label, counters.clone(), endpoints.clone(), None);
+    let plan = Burst {
+        events,
+        batch,
+        connections: ctx.args.connections,
+        patience: PATIENCE,
+    };
+    producer.burst(plan, &counters).await;
+    let expected = counters.acked() * healthy.len() as u64;
+    wait_delivered(endpoints, healthy, expected, STALL).await;
+    progress.stop().await;
+    counters
 }
 
 fn healthy(endpoints: &[(Behaviour, Value)]) -> Vec<usize> {
