@@ -11,9 +11,8 @@ use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::Dispatcher;
+use super::limit::{Signal, Slot};
 
 /// Time kept free between the end of an attempt and the end of its lease (clock differences
 /// between nodes, writing the outcome).
@@ -23,10 +22,10 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 impl Dispatcher {
     /// Attempts a batch of deliveries of one webhook (usually a batch of one).
-    /// `slot` is the webhook's concurrency permit: it is given back as soon as the endpoint has
-    /// answered, so that writing the outcome (which waits for a group commit) does not keep the
-    /// endpoint's next request waiting.
-    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: OwnedSemaphorePermit) {
+    /// `slot` is the webhook's concurrency slot: it is given back as soon as the endpoint has
+    /// answered (with what the answer says about the endpoint's capacity), so that writing the
+    /// outcome (which waits for a group commit) does not keep the endpoint's next request waiting.
+    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: Slot) {
         let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
         if let Err(e) = self.try_attempt(batch, slot).await {
             // The leases stay; the deliveries come back when they run out.
@@ -55,11 +54,7 @@ impl Dispatcher {
         (left >= MIN_ATTEMPT).then(|| wanted.min(left))
     }
 
-    async fn try_attempt(
-        &self,
-        batch: Vec<DueDelivery>,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<(), StoreError> {
+    async fn try_attempt(&self, batch: Vec<DueDelivery>, slot: Slot) -> Result<(), StoreError> {
         let shared = &self.shared;
         let first = &batch[0];
         let forget = |this: &Self| batch.iter().for_each(|d| this.release_held(&d.delivery_id));
@@ -121,7 +116,7 @@ impl Dispatcher {
             .client
             .send(webhook.url.as_str(), request, &headers, timeout)
             .await;
-        drop(slot);
+        slot.finish(Signal::of(&outcome));
 
         let metrics = &shared.metrics;
         metrics

@@ -5,11 +5,13 @@
 //! - `mod.rs`: the handle ingest and the scheduler use, and what is held in memory.
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
+//! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
 //! - `recorder.rs`: outcomes stored in groups.
 
 mod attempt;
 mod breaker;
 mod health;
+mod limit;
 mod recorder;
 mod worker;
 
@@ -33,7 +35,8 @@ use crate::operations::Operations;
 /// Tunables of the dispatcher.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
-    /// Requests in flight at once to one webhook.
+    /// The most requests in flight at once to one webhook. Each starts at 16 (or this, if
+    /// lower) and adapts to what its endpoint can take (see `limit.rs`).
     pub per_webhook_concurrency: usize,
     /// Deliveries held in memory across all queues before new ones are left to the scheduler.
     pub max_in_memory: usize,
@@ -50,7 +53,7 @@ pub struct DispatchSettings {
 impl Default for DispatchSettings {
     fn default() -> Self {
         Self {
-            per_webhook_concurrency: 16,
+            per_webhook_concurrency: 64,
             max_in_memory: 100_000,
             lease: Duration::from_secs(300),
             idle_worker: Duration::from_secs(60),

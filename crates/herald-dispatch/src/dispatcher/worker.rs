@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
+
+use super::limit::Limit;
 use tokio::task::JoinSet;
 
 use herald_core::WebhookId;
@@ -26,7 +28,7 @@ impl Dispatcher {
         webhook_id: WebhookId,
         mut rx: mpsc::UnboundedReceiver<DueDelivery>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.shared.settings.per_webhook_concurrency));
+        let slots = Limit::new(self.shared.settings.per_webhook_concurrency);
         // Requests in flight hold a slot; attempts whose outcome is still being written hold only
         // a task. Bounding tasks too keeps memory flat when the store is slower than the endpoint.
         let tasks = Arc::new(Semaphore::new(
@@ -74,7 +76,7 @@ impl Dispatcher {
                 tokio::time::sleep_until(at).await;
                 next_slot = at + Duration::from_secs(1) / rate.max(1);
             }
-            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let permit = slots.acquire().await;
             if !self.pass_breaker(&webhook_id, &batch).await {
                 continue;
             }

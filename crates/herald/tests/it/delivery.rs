@@ -246,6 +246,29 @@ async fn a_hanging_endpoint_does_not_delay_other_webhooks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to_the_ceiling() {
+    const CEILING: usize = 24;
+    let app = TestApp::spawn_with(|s| s.delivery.endpoint_concurrency = CEILING as u32).await;
+    let receiver = TestReceiver::start().await;
+    receiver.answer_by_default(Reply::status(200).after(Duration::from_millis(20)));
+    let org = app.create_org("Acme").await;
+    app.create_webhook(&org, &receiver.url("/busy"), json!({}))
+        .await;
+    for round in 0..12 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| user_created(&format!("u{round}-{i}")))
+            .collect();
+        app.send_event(&org, json!(batch)).await;
+    }
+    receiver
+        .wait_for("/busy", 1200, Duration::from_secs(30))
+        .await;
+    // Each webhook starts at 16 requests at once; every slot stayed busy and every answer came
+    // in time, so it grew, and stopped at the configured ceiling.
+    assert_eq!(receiver.most_in_flight(), CEILING);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_id_is_accepted_once() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;

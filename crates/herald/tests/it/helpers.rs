@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -313,6 +314,26 @@ struct ReceiverState {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     arrived: Notify,
+    /// Deliveries (POSTs) being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+/// Counts a delivery as in flight until it is answered (or its connection is dropped).
+struct InFlight<'a>(&'a ReceiverState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a ReceiverState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A real HTTP endpoint on loopback that records requests and answers 200 unless scripted.
@@ -330,6 +351,8 @@ impl TestReceiver {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::status(200)),
             arrived: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -365,6 +388,11 @@ impl TestReceiver {
 
     pub fn answer_by_default(&self, reply: Reply) {
         *self.state.default.lock().unwrap() = reply;
+    }
+
+    /// The most deliveries (POSTs) this receiver was answering at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.state.most_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -445,6 +473,7 @@ async fn receive(
         state.arrived.notify_waiters();
         return answer;
     }
+    let _in_flight = InFlight::enter(&state);
     let reply = {
         let next = state.script.lock().unwrap().pop_front();
         next.unwrap_or_else(|| state.default.lock().unwrap().clone())

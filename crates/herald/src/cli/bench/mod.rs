@@ -50,9 +50,9 @@ pub struct BenchArgs {
     /// Events per request in `batch` (at most 1,000).
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
-    /// Requests in flight at once to one webhook, for the servers the bench starts (Herald's
-    /// HERALD_ENDPOINT_CONCURRENCY; its default is 16).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// The most requests in flight at once to one webhook, for the servers the bench starts
+    /// (Herald's HERALD_ENDPOINT_CONCURRENCY; its default is 64, each webhook starting at 16).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
     /// Events per second in `latency`.
     #[arg(long, default_value_t = 200)]

@@ -1,0 +1,274 @@
+//! How many requests one webhook may have in flight: adaptive, the way TCP sizes its window.
+//!
+//! A webhook starts at [`START`] requests at once (or its ceiling, if lower). While every slot
+//! is busy and the endpoint keeps answering, it gets one more slot per full round of successes,
+//! up to the ceiling (`--endpoint-concurrency`). A sign of overload (a timeout, a refused or
+//! reset connection, 429, 502, 503 or 504) halves it, at most once per round: requests that
+//! started before the last cut do not cut again. So a backlog drains as fast as the endpoint
+//! can take it, and an endpoint that struggles gets fewer requests, down to one.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use herald_core::delivery::{AttemptError, AttemptOutcome};
+
+/// Requests in flight a webhook starts with.
+pub(super) const START: usize = 16;
+
+/// What an answered (or failed) request says about the endpoint's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signal {
+    /// It answered in time, success or not: it could take this request.
+    Answered,
+    /// It is overloaded or unreachable: timeouts, refused connections, 429, 502–504.
+    Overloaded,
+    /// Nothing was learned (the request was never sent).
+    Unknown,
+}
+
+impl Signal {
+    pub(super) fn of(outcome: &AttemptOutcome) -> Self {
+        match &outcome.error {
+            None => Self::Answered,
+            Some(AttemptError::Timeout | AttemptError::Connect(_)) => Self::Overloaded,
+            Some(AttemptError::Status(429 | 502 | 503 | 504)) => Self::Overloaded,
+            Some(AttemptError::Status(_)) => Self::Answered,
+            Some(
+                AttemptError::Dns(_)
+                | AttemptError::Tls(_)
+                | AttemptError::Blocked(_)
+                | AttemptError::Request(_),
+            ) => Self::Unknown,
+        }
+    }
+}
+
+/// One webhook's adaptive limit. Shared by its task and its attempts.
+pub(super) struct Limit {
+    slots: Arc<Semaphore>,
+    ceiling: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Slots the webhook may use now (in use plus free, once `owed` is paid).
+    limit: usize,
+    /// Successes with every slot busy since the limit last grew.
+    busy_successes: usize,
+    /// Slots still to take out of circulation after a cut: permits are forgotten as they come
+    /// back rather than taken from requests in flight.
+    owed: usize,
+    /// Bumped at every cut; a slot remembers the round it was taken in.
+    round: u64,
+}
+
+/// A taken slot. Give it back with [`Slot::finish`]; dropping it gives it back as
+/// [`Signal::Unknown`].
+pub(super) struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    round: u64,
+    limit: Arc<Limit>,
+}
+
+impl Limit {
+    pub(super) fn new(ceiling: usize) -> Arc<Self> {
+        let ceiling = ceiling.max(1);
+        let start = START.min(ceiling);
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(start)),
+            ceiling,
+            state: Mutex::new(State {
+                limit: start,
+                busy_successes: 0,
+                owed: 0,
+                round: 0,
+            }),
+        })
+    }
+
+    /// Waits for a free slot.
+    pub(super) async fn acquire(self: &Arc<Self>) -> Slot {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let round = self.state.lock().expect("limit lock").round;
+        Slot {
+            permit: Some(permit),
+            round,
+            limit: self.clone(),
+        }
+    }
+
+    /// Requests the webhook may have in flight now.
+    #[cfg(test)]
+    fn current(&self) -> usize {
+        self.state.lock().expect("limit lock").limit
+    }
+
+    fn give_back(&self, permit: OwnedSemaphorePermit, round: u64, signal: Signal) {
+        let mut state = self.state.lock().expect("limit lock");
+        match signal {
+            Signal::Answered => {
+                // Grow only when demand is above the limit: every other slot is taken.
+                let all_busy = self.slots.available_permits() == 0;
+                if all_busy && state.owed == 0 && state.limit < self.ceiling {
+                    state.busy_successes += 1;
+                    if state.busy_successes >= state.limit {
+                        state.busy_successes = 0;
+                        state.limit += 1;
+                        self.slots.add_permits(1);
+                    }
+                }
+            }
+            Signal::Overloaded if round == state.round => {
+                let halved = (state.limit / 2).max(1);
+                state.owed += state.limit - halved;
+                state.limit = halved;
+                state.busy_successes = 0;
+                state.round += 1;
+            }
+            Signal::Overloaded | Signal::Unknown => {}
+        }
+        if state.owed > 0 {
+            permit.forget();
+            state.owed -= 1;
+            let taken = self.slots.forget_permits(state.owed);
+            state.owed -= taken;
+        }
+        // Otherwise the permit goes back when it is dropped here.
+    }
+}
+
+impl Slot {
+    /// Gives the slot back with what the request said about the endpoint.
+    pub(super) fn finish(mut self, signal: Signal) {
+        if let Some(permit) = self.permit.take() {
+            self.limit.give_back(permit, self.round, signal);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.limit.give_back(permit, self.round, Signal::Unknown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots in circulation: free plus taken.
+    fn circulating(limit: &Limit, taken: usize) -> usize {
+        limit.slots.available_permits() + taken
+    }
+
+    async fn take(limit: &Arc<Limit>, n: usize) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        for _ in 0..n {
+            slots.push(limit.acquire().await);
+        }
+        slots
+    }
+
+    #[tokio::test]
+    async fn starts_at_start_or_at_a_lower_ceiling() {
+        assert_eq!(Limit::new(64).current(), START);
+        assert_eq!(Limit::new(4).current(), 4);
+        assert_eq!(Limit::new(0).current(), 1);
+    }
+
+    #[tokio::test]
+    async fn grows_by_one_per_round_of_successes_while_every_slot_is_busy() {
+        let limit = Limit::new(64);
+        // A full round: each success comes back while all the other slots are taken.
+        for _ in 0..START {
+            let mut slots = take(&limit, START).await;
+            slots.pop().unwrap().finish(Signal::Answered);
+            drop(slots);
+        }
+        assert_eq!(limit.current(), START + 1);
+        assert_eq!(circulating(&limit, 0), START + 1);
+    }
+
+    #[tokio::test]
+    async fn does_not_grow_when_slots_are_free() {
+        let limit = Limit::new(64);
+        for _ in 0..1000 {
+            limit.acquire().await.finish(Signal::Answered);
+        }
+        assert_eq!(limit.current(), START);
+    }
+
+    #[tokio::test]
+    async fn never_grows_past_the_ceiling() {
+        let limit = Limit::new(START + 2);
+        for _ in 0..100 {
+            let n = limit.current();
+            let mut slots = take(&limit, n).await;
+            slots.pop().unwrap().finish(Signal::Answered);
+        }
+        assert_eq!(limit.current(), START + 2);
+        assert_eq!(circulating(&limit, 0), START + 2);
+    }
+
+    #[tokio::test]
+    async fn overload_halves_once_per_round_and_never_below_one() {
+        let limit = Limit::new(64);
+        // Sixteen requests of the same round all time out: one cut, not sixteen.
+        let slots = take(&limit, START).await;
+        for slot in slots {
+            slot.finish(Signal::Overloaded);
+        }
+        assert_eq!(limit.current(), START / 2);
+        assert_eq!(circulating(&limit, 0), START / 2);
+        // Each later round cuts again, down to one.
+        for expected in [4, 2, 1, 1] {
+            limit.acquire().await.finish(Signal::Overloaded);
+            assert_eq!(limit.current(), expected);
+        }
+        assert_eq!(circulating(&limit, 0), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cut_waits_for_slots_in_flight_instead_of_taking_them() {
+        let limit = Limit::new(64);
+        let mut slots = take(&limit, START).await;
+        slots.pop().unwrap().finish(Signal::Overloaded);
+        // Fifteen are still out; the limit is already eight, so the first seven to come back
+        // are taken out of circulation.
+        assert_eq!(limit.current(), START / 2);
+        assert_eq!(limit.slots.available_permits(), 0);
+        for _ in 0..7 {
+            slots.pop().unwrap().finish(Signal::Answered);
+        }
+        assert_eq!(limit.slots.available_permits(), 0);
+        let left = slots.len();
+        drop(slots);
+        assert_eq!(left, 8);
+        assert_eq!(circulating(&limit, 0), START / 2);
+    }
+
+    #[tokio::test]
+    async fn answers_that_are_not_overload_do_not_cut() {
+        let limit = Limit::new(64);
+        let outcome =
+            AttemptOutcome::failed(AttemptError::Status(500), Some(500), 3, String::new(), None);
+        assert_eq!(Signal::of(&outcome), Signal::Answered);
+        limit.acquire().await.finish(Signal::of(&outcome));
+        limit.acquire().await.finish(Signal::Unknown);
+        assert_eq!(limit.current(), START);
+        let timeout = AttemptOutcome::failed(AttemptError::Timeout, None, 3, String::new(), None);
+        assert_eq!(Signal::of(&timeout), Signal::Overloaded);
+        let busy =
+            AttemptOutcome::failed(AttemptError::Status(503), Some(503), 3, String::new(), None);
+        assert_eq!(Signal::of(&busy), Signal::Overloaded);
+    }
+}
