@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use herald_core::AttemptId;
 use herald_core::Timestamp;
-use herald_core::delivery::Attempt;
+use herald_core::delivery::{Attempt, AttemptError};
 use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
@@ -116,16 +116,24 @@ impl Dispatcher {
             .client
             .send(webhook.url.as_str(), request, &headers, timeout)
             .await;
-        slot.finish(Signal::of(&outcome));
+        let shortened = timeout < Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        let cut = slot.finish(match Signal::of(&outcome) {
+            Signal::Overloaded
+                if shortened && matches!(outcome.error, Some(AttemptError::Timeout)) =>
+            {
+                Signal::Unknown
+            }
+            signal => signal,
+        });
+        if let (Some(limit), Some(error)) = (cut, &outcome.error) {
+            tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint looks overloaded; sending fewer requests to it at once");
+        }
 
         let metrics = &shared.metrics;
         metrics
             .attempt_latency
             .observe_ms(u64::from(outcome.duration_ms));
-        if matches!(
-            outcome.error,
-            Some(herald_core::delivery::AttemptError::Blocked(_))
-        ) {
+        if matches!(outcome.error, Some(AttemptError::Blocked(_))) {
             metrics.blocked.add(batch.len() as u64);
         }
         let schedule = webhook.effective_retry_schedule();

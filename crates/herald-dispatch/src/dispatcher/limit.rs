@@ -2,10 +2,14 @@
 //!
 //! A webhook starts at [`START`] requests at once (or its ceiling, if lower). While every slot
 //! is busy and the endpoint keeps answering, it gets one more slot per full round of successes,
-//! up to the ceiling (`--endpoint-concurrency`). A sign of overload (a timeout, a refused or
-//! reset connection, 429, 502, 503 or 504) halves it, at most once per round: requests that
-//! started before the last cut do not cut again. So a backlog drains as fast as the endpoint
-//! can take it, and an endpoint that struggles gets fewer requests, down to one.
+//! up to the ceiling (`--endpoint-concurrency`). A sign of overload (a timeout, a refused
+//! connection, 429, 502, 503 or 504) halves it, at most once per round: requests that started
+//! before the last cut do not cut again. So a backlog drains as fast as the endpoint can take
+//! it, and an endpoint that struggles gets fewer requests, down to one.
+//!
+//! A connection reset after the request was sent does not count: servers close idle keep-alive
+//! connections all the time. The limit lives as long as the webhook's task, which ends after a
+//! minute without work; the next one starts at [`START`] again.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +35,8 @@ impl Signal {
     pub(super) fn of(outcome: &AttemptOutcome) -> Self {
         match &outcome.error {
             None => Self::Answered,
+            // `attempt` passes `Unknown` instead when it had shortened the timeout to fit the
+            // lease, since timing out then says nothing about the endpoint.
             Some(AttemptError::Timeout | AttemptError::Connect(_)) => Self::Overloaded,
             Some(AttemptError::Status(429 | 502 | 503 | 504)) => Self::Overloaded,
             Some(AttemptError::Status(_)) => Self::Answered,
@@ -96,6 +102,8 @@ impl Limit {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        // Read after the wait: a slot granted just as a cut happens may count in the new round
+        // and cut once more, which only errs on the side of sparing the endpoint.
         let round = self.state.lock().expect("limit lock").round;
         Slot {
             permit: Some(permit),
@@ -110,8 +118,10 @@ impl Limit {
         self.state.lock().expect("limit lock").limit
     }
 
-    fn give_back(&self, permit: OwnedSemaphorePermit, round: u64, signal: Signal) {
+    /// Returns the new limit if this answer lowered it.
+    fn give_back(&self, permit: OwnedSemaphorePermit, round: u64, signal: Signal) -> Option<usize> {
         let mut state = self.state.lock().expect("limit lock");
+        let before = state.limit;
         match signal {
             Signal::Answered => {
                 // Grow only when demand is above the limit: every other slot is taken.
@@ -141,15 +151,16 @@ impl Limit {
             state.owed -= taken;
         }
         // Otherwise the permit goes back when it is dropped here.
+        (state.limit < before).then_some(state.limit)
     }
 }
 
 impl Slot {
-    /// Gives the slot back with what the request said about the endpoint.
-    pub(super) fn finish(mut self, signal: Signal) {
-        if let Some(permit) = self.permit.take() {
-            self.limit.give_back(permit, self.round, signal);
-        }
+    /// Gives the slot back with what the request said about the endpoint; returns the
+    /// webhook's new limit if this answer lowered it.
+    pub(super) fn finish(mut self, signal: Signal) -> Option<usize> {
+        let permit = self.permit.take()?;
+        self.limit.give_back(permit, self.round, signal)
     }
 }
 
@@ -224,14 +235,16 @@ mod tests {
         let limit = Limit::new(64);
         // Sixteen requests of the same round all time out: one cut, not sixteen.
         let slots = take(&limit, START).await;
-        for slot in slots {
-            slot.finish(Signal::Overloaded);
-        }
+        let cuts: Vec<_> = slots
+            .into_iter()
+            .filter_map(|slot| slot.finish(Signal::Overloaded))
+            .collect();
+        assert_eq!(cuts, [START / 2], "one cut, reported once");
         assert_eq!(limit.current(), START / 2);
         assert_eq!(circulating(&limit, 0), START / 2);
         // Each later round cuts again, down to one.
-        for expected in [4, 2, 1, 1] {
-            limit.acquire().await.finish(Signal::Overloaded);
+        for (expected, reported) in [(4, Some(4)), (2, Some(2)), (1, Some(1)), (1, None)] {
+            assert_eq!(limit.acquire().await.finish(Signal::Overloaded), reported);
             assert_eq!(limit.current(), expected);
         }
         assert_eq!(circulating(&limit, 0), 1);

@@ -76,6 +76,9 @@ impl Dispatcher {
                 tokio::time::sleep_until(at).await;
                 next_slot = at + Duration::from_secs(1) / rate.max(1);
             }
+            // The task first: a slot taken while waiting for a task would look busy to the
+            // adaptive limit, which would then grow on the store's backpressure.
+            let task = tasks.clone().acquire_owned().await.expect("never closed");
             let permit = slots.acquire().await;
             if !self.pass_breaker(&webhook_id, &batch).await {
                 continue;
@@ -88,7 +91,6 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let task = tasks.clone().acquire_owned().await.expect("never closed");
             let this = self.clone();
             in_flight.spawn(async move {
                 this.attempt(batch, permit).await;

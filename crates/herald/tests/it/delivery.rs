@@ -250,6 +250,8 @@ async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to
     const CEILING: usize = 24;
     let app = TestApp::spawn_with(|s| s.delivery.endpoint_concurrency = CEILING as u32).await;
     let receiver = TestReceiver::start().await;
+    // The first wave is held long enough to see how many requests it holds at once.
+    receiver.script((0..16).map(|_| Reply::status(200).after(Duration::from_secs(1))));
     receiver.answer_by_default(Reply::status(200).after(Duration::from_millis(20)));
     let org = app.create_org("Acme").await;
     app.create_webhook(&org, &receiver.url("/busy"), json!({}))
@@ -260,11 +262,17 @@ async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to
             .collect();
         app.send_event(&org, json!(batch)).await;
     }
+    // A webhook starts at 16 requests at once, whatever its ceiling: none of the first wave has
+    // been answered yet, so no seventeenth request has gone out.
+    receiver.wait_for("/busy", 16, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(receiver.received_on("/busy").len(), 16);
+    assert_eq!(receiver.most_in_flight(), 16);
     receiver
         .wait_for("/busy", 1200, Duration::from_secs(30))
         .await;
-    // Each webhook starts at 16 requests at once; every slot stayed busy and every answer came
-    // in time, so it grew, and stopped at the configured ceiling.
+    // Every slot stayed busy and every answer came in time, so it grew, and stopped at the
+    // configured ceiling.
     assert_eq!(receiver.most_in_flight(), CEILING);
 }
 
