@@ -1,7 +1,7 @@
 //! How many requests one webhook may have in flight: adaptive, the way TCP sizes its window.
 //!
 //! A webhook starts at [`START`] requests at once (or its ceiling, if lower). While every slot
-//! is busy and the endpoint keeps answering, it gets one more slot per full round of successes,
+//! is busy and the endpoint keeps answering, it gets one more slot per full round of answers,
 //! up to the ceiling (`--endpoint-concurrency`). A sign of overload (a timeout, a refused
 //! connection, 429, 502, 503 or 504) halves it, at most once per round: requests that started
 //! before the last cut do not cut again. So a backlog drains as fast as the endpoint can take
