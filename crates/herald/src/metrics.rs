@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
-use herald_core::Timestamp;
 use herald_core::metrics::{Counter, render_value};
 use herald_core::store::PendingStat;
+use herald_core::{Timestamp, WebhookId};
 use herald_dispatch::DispatchMetrics;
 
 /// What ingest counts.
@@ -29,6 +29,8 @@ pub struct Snapshot<'a> {
     pub commit_latency: Option<&'a herald_core::metrics::Histogram>,
     pub held_in_memory: usize,
     pub pending: Vec<PendingStat>,
+    /// Each webhook with a running task on this node and its adaptive limit.
+    pub concurrency: Vec<(WebhookId, usize)>,
     pub now: Timestamp,
 }
 
@@ -121,6 +123,16 @@ impl Snapshot<'_> {
                 out,
                 "herald_webhook_oldest_pending_seconds{{webhook=\"{}\"}} {age}",
                 p.webhook_id
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_concurrency_limit Requests this node may have in flight to each webhook with work now (adaptive, up to --endpoint-concurrency; lowered when the endpoint looks overloaded).\n# TYPE herald_webhook_concurrency_limit gauge"
+        );
+        for (webhook, limit) in &self.concurrency {
+            let _ = writeln!(
+                out,
+                "herald_webhook_concurrency_limit{{webhook=\"{webhook}\"}} {limit}"
             );
         }
         out

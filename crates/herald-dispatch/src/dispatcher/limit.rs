@@ -113,8 +113,7 @@ impl Limit {
     }
 
     /// Requests the webhook may have in flight now.
-    #[cfg(test)]
-    fn current(&self) -> usize {
+    pub(super) fn current(&self) -> usize {
         self.state.lock().expect("limit lock").limit
     }
 

@@ -80,6 +80,12 @@ pub struct DispatchMetrics {
     pub attempt_latency: Histogram,
 }
 
+/// A webhook's running task: where its deliveries go, and how many it may send at once.
+struct Worker {
+    tx: mpsc::UnboundedSender<DueDelivery>,
+    limit: Arc<limit::Limit>,
+}
+
 /// The handle that ingest, the API and the scheduler use. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -93,7 +99,7 @@ struct Shared {
     client: HttpClient,
     recorder: recorder::Recorder,
     settings: DispatchSettings,
-    workers: Mutex<HashMap<WebhookId, mpsc::UnboundedSender<DueDelivery>>>,
+    workers: Mutex<HashMap<WebhookId, Worker>>,
     /// Deliveries in memory (queued or in flight), so the scheduler never hands one out twice,
     /// with when their lease ends: no attempt may run past it (another node may take the
     /// delivery then).
@@ -231,7 +237,7 @@ impl Dispatcher {
         for delivery in fresh {
             let webhook_id = delivery.webhook_id.clone();
             let delivery = match workers.get(&webhook_id) {
-                Some(tx) => match tx.send(delivery) {
+                Some(worker) => match worker.tx.send(delivery) {
                     Ok(()) => continue,
                     Err(mpsc::error::SendError(d)) => d,
                 },
@@ -239,14 +245,33 @@ impl Dispatcher {
             };
             let (tx, rx) = mpsc::unbounded_channel();
             tx.send(delivery).expect("the receiver is alive");
-            workers.insert(webhook_id.clone(), tx);
+            let limit = limit::Limit::new(self.shared.settings.per_webhook_concurrency);
+            workers.insert(
+                webhook_id.clone(),
+                Worker {
+                    tx,
+                    limit: limit.clone(),
+                },
+            );
             let this = self.clone();
             self.shared
                 .tasks
                 .lock()
                 .expect("tasks lock")
-                .spawn(async move { this.run_worker(webhook_id, rx).await });
+                .spawn(async move { this.run_worker(webhook_id, rx, limit).await });
         }
+    }
+
+    /// Each webhook with a running task on this node, and how many requests it may have in
+    /// flight to it now (the adaptive limit), for `/metrics`.
+    pub fn concurrency_limits(&self) -> Vec<(WebhookId, usize)> {
+        let workers = self.shared.workers.lock().expect("workers lock");
+        let mut limits: Vec<_> = workers
+            .iter()
+            .map(|(id, worker)| (id.clone(), worker.limit.current()))
+            .collect();
+        limits.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        limits
     }
 
     /// Forgets a delivery once its attempt is made, *before* the outcome is written: from the

@@ -27,8 +27,8 @@ impl Dispatcher {
         self,
         webhook_id: WebhookId,
         mut rx: mpsc::UnboundedReceiver<DueDelivery>,
+        slots: Arc<Limit>,
     ) {
-        let slots = Limit::new(self.shared.settings.per_webhook_concurrency);
         // Requests in flight hold a slot; attempts whose outcome is still being written hold only
         // a task. Bounding tasks too keeps memory flat when the store is slower than the endpoint.
         let tasks = Arc::new(Semaphore::new(

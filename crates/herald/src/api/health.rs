@@ -83,6 +83,7 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
         commit_latency: state.store.commit_latency(),
         held_in_memory: state.dispatcher.held(),
         pending,
+        concurrency: state.dispatcher.concurrency_limits(),
         now: state.clock.now(),
     };
     (

@@ -254,7 +254,8 @@ async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to
     receiver.script((0..16).map(|_| Reply::status(200).after(Duration::from_secs(1))));
     receiver.answer_by_default(Reply::status(200).after(Duration::from_millis(20)));
     let org = app.create_org("Acme").await;
-    app.create_webhook(&org, &receiver.url("/busy"), json!({}))
+    let webhook = app
+        .create_webhook(&org, &receiver.url("/busy"), json!({}))
         .await;
     for round in 0..12 {
         let batch: Vec<_> = (0..100)
@@ -274,6 +275,24 @@ async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to
     // Every slot stayed busy and every answer came in time, so it grew, and stopped at the
     // configured ceiling.
     assert_eq!(receiver.most_in_flight(), CEILING);
+    // Operators see the limit each webhook has reached.
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "herald_webhook_concurrency_limit{{webhook=\"{}\"}} {CEILING}",
+        webhook["id"].as_str().unwrap()
+    );
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
