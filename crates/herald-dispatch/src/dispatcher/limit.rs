@@ -61,8 +61,8 @@ pub(super) struct Limit {
 struct State {
     /// Slots the webhook may use now (in use plus free, once `owed` is paid).
     limit: usize,
-    /// Successes with every slot busy since the limit last grew.
-    busy_successes: usize,
+    /// Answers in time with every slot busy since the limit last grew.
+    busy_answers: usize,
     /// Slots still to take out of circulation after a cut: permits are forgotten as they come
     /// back rather than taken from requests in flight.
     owed: usize,
@@ -87,7 +87,7 @@ impl Limit {
             ceiling,
             state: Mutex::new(State {
                 limit: start,
-                busy_successes: 0,
+                busy_answers: 0,
                 owed: 0,
                 round: 0,
             }),
@@ -126,9 +126,9 @@ impl Limit {
                 // Grow only when demand is above the limit: every other slot is taken.
                 let all_busy = self.slots.available_permits() == 0;
                 if all_busy && state.owed == 0 && state.limit < self.ceiling {
-                    state.busy_successes += 1;
-                    if state.busy_successes >= state.limit {
-                        state.busy_successes = 0;
+                    state.busy_answers += 1;
+                    if state.busy_answers >= state.limit {
+                        state.busy_answers = 0;
                         state.limit += 1;
                         self.slots.add_permits(1);
                     }
@@ -138,7 +138,7 @@ impl Limit {
                 let halved = (state.limit / 2).max(1);
                 state.owed += state.limit - halved;
                 state.limit = halved;
-                state.busy_successes = 0;
+                state.busy_answers = 0;
                 state.round += 1;
             }
             Signal::Overloaded | Signal::Unknown => {}
@@ -196,9 +196,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn grows_by_one_per_round_of_successes_while_every_slot_is_busy() {
+    async fn grows_by_one_per_round_of_answers_while_every_slot_is_busy() {
         let limit = Limit::new(64);
-        // A full round: each success comes back while all the other slots are taken.
+        // A full round: each answer comes back while all the other slots are taken.
         for _ in 0..START {
             let mut slots = take(&limit, START).await;
             slots.pop().unwrap().finish(Signal::Answered);

@@ -7,8 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
-
-use super::limit::Limit;
 use tokio::task::JoinSet;
 
 use herald_core::WebhookId;
@@ -16,6 +14,7 @@ use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
 
 use super::breaker::Gate;
+use super::limit::Limit;
 
 use super::Dispatcher;
 
