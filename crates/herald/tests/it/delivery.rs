@@ -276,15 +276,7 @@ async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to
     // configured ceiling.
     assert_eq!(receiver.most_in_flight(), CEILING);
     // Operators see the limit each webhook has reached.
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let line = format!(
         "herald_webhook_concurrency_limit{{webhook=\"{}\"}} {CEILING}",
         webhook["id"].as_str().unwrap()
@@ -996,15 +988,7 @@ async fn metrics_count_what_happened() {
     app.wait_for_delivery(&org, &bad_delivery, |d| d["attempt_count"] == 1)
         .await;
 
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let value = |line_start: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(line_start))

@@ -135,6 +135,18 @@ impl TestApp {
     }
 
     /// Creates an organization and returns its id.
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn create_org(&self, name: &str) -> String {
         let (status, org) = self.post("/v1/orgs", json!({ "name": name })).await;
         assert_eq!(status, StatusCode::CREATED, "{org}");
