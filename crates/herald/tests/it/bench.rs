@@ -97,4 +97,17 @@ fn every_scenario_runs_at_a_tiny_size_and_delivers_every_acknowledged_event() {
     let share = &by_name("burst")["figures"]["share_of_relay"];
     assert!(share.as_f64().is_some_and(|s| s > 0.0), "{share}");
     assert_eq!(by_name("backlog")["figures"]["pending_when_up"], 2000);
+    // batch and backlog say how many requests in flight their webhook was allowed at the end:
+    // batch never saw overload (so at least the starting 16); backlog's 503s may have cut it.
+    let limit = |n: &str| by_name(n)["figures"]["concurrency_limit"].as_u64();
+    assert!(
+        limit("batch").is_some_and(|l| (16..=64).contains(&l)),
+        "{:#}",
+        by_name("batch")
+    );
+    assert!(
+        limit("backlog").is_some_and(|l| (1..=64).contains(&l)),
+        "{:#}",
+        by_name("backlog")
+    );
 }

@@ -71,6 +71,19 @@ impl Api {
 
     /// The webhook's pending deliveries as `/metrics` reports them.
     pub async fn pending(&self, hook: &str) -> anyhow::Result<Option<u64>> {
+        self.webhook_gauge("herald_webhook_pending_deliveries", hook)
+            .await
+    }
+
+    /// How many requests the server may have in flight to the webhook now (its adaptive
+    /// limit), if the webhook has work on the server.
+    pub async fn concurrency_limit(&self, hook: &str) -> anyhow::Result<Option<u64>> {
+        self.webhook_gauge("herald_webhook_concurrency_limit", hook)
+            .await
+    }
+
+    /// One webhook's value of a per-webhook gauge of `/metrics`.
+    async fn webhook_gauge(&self, name: &str, hook: &str) -> anyhow::Result<Option<u64>> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -79,7 +92,7 @@ impl Api {
             .context("reading /metrics")?
             .text()
             .await?;
-        let prefix = format!("herald_webhook_pending_deliveries{{webhook=\"{hook}\"}} ");
+        let prefix = format!("{name}{{webhook=\"{hook}\"}} ");
         Ok(text
             .lines()
             .find_map(|l| l.strip_prefix(&prefix))

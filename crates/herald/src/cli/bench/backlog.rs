@@ -19,7 +19,7 @@ use super::load::{Burst, Counters};
 use super::progress::Progress;
 use super::receiver::Behaviour;
 use super::report::{Outcome, mib, thousands};
-use super::scenarios::{Finished, Prepared, measure, round3};
+use super::scenarios::{Finished, Prepared, measure, note_limit, round3};
 use super::server::Memory;
 
 /// The longest a probe can be away (the breaker's ceiling), plus a margin.
@@ -87,6 +87,12 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     }
     progress.stop().await;
     let after = run.server.memory();
+    let limit = run
+        .api
+        .concurrency_limit(&run.hooks[0])
+        .await
+        .ok()
+        .flatten();
     run.stop().await;
 
     let mut o = Outcome::new("backlog");
@@ -98,6 +104,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             counters: counters.clone(),
             endpoints: endpoints.clone(),
             healthy: vec![0],
+            limits: vec![limit],
         },
     );
     // Here the rate that matters is the drain's, from the first delivery after "up"; and every
@@ -160,6 +167,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             o.deliveries_per_s.map_or("?".into(), |r| thousands(r.round() as u64)),
         ));
     }
+    note_limit(&mut o, limit, ctx);
     o.note(memory_note);
     Ok(o)
 }

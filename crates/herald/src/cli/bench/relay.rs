@@ -183,6 +183,7 @@ pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             counters,
             endpoints: shared,
             healthy: vec![0],
+            limits: Vec::new(),
         },
     );
     o.note(format!(

@@ -132,6 +132,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             counters: counters.clone(),
             endpoints: endpoints.clone(),
             healthy: vec![0],
+            limits: Vec::new(),
         },
     );
     o.complete = o.complete && lost == 0;

@@ -88,6 +88,8 @@ pub(super) struct Finished {
     pub endpoints: Arc<Endpoints>,
     /// The endpoints that accept: every acknowledged event must reach each of them.
     pub healthy: Vec<usize>,
+    /// Each webhook's adaptive concurrency limit at the end of the run, as `/metrics` had it.
+    pub limits: Vec<Option<u64>>,
 }
 
 /// Posts `events` events (`batch` per request) to webhooks at `endpoints`, waits until the
@@ -103,11 +105,17 @@ async fn burst_through(
     let shared = run.receiver.endpoints().clone();
     let healthy = healthy(endpoints);
     let counters = push_and_wait(ctx, label, &run.producer, &shared, &healthy, events, batch).await;
+    // Read while the webhooks' tasks are alive: their limits go when they idle out.
+    let mut limits = Vec::with_capacity(run.hooks.len());
+    for hook in &run.hooks {
+        limits.push(run.api.concurrency_limit(hook).await.ok().flatten());
+    }
     run.stop().await;
     Ok(Finished {
         counters,
         endpoints: shared,
         healthy,
+        limits,
     })
 }
 
@@ -252,7 +260,19 @@ pub(super) async fn batch(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         thousands(events),
         ctx.args.connections
     ));
+    note_limit(&mut o, f.limits.first().copied().flatten(), ctx);
     Ok(o)
+}
+
+/// Notes the adaptive concurrency limit the webhook had reached by the end of the run.
+pub(super) fn note_limit(o: &mut Outcome, limit: Option<u64>, ctx: &Ctx) {
+    if let Some(limit) = limit {
+        o.figure("concurrency_limit", limit);
+        o.note(format!(
+            "the webhook ended with {limit} requests in flight allowed (each starts at 16; --endpoint-concurrency {})",
+            ctx.args.endpoint_concurrency
+        ));
+    }
 }
 
 /// `fanout`: every event goes to ten webhooks.
@@ -295,6 +315,7 @@ pub(super) async fn latency(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             counters,
             endpoints: shared,
             healthy: vec![0],
+            limits: Vec::new(),
         },
     );
     o.figure("rate_per_s", rate);
