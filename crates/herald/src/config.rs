@@ -129,10 +129,10 @@ pub struct DeliverySettings {
     /// timeout (at most 60 s) plus a few seconds.
     #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..=86_400))]
     pub lease_seconds: u64,
-    /// The most requests in flight at once to one webhook. Each webhook starts at 16 (or this,
-    /// if lower), takes one more after each round of answers in time while all are busy, and
-    /// halves after a timeout, a refused connection, 429, 502, 503 or 504. Lower it to spare
-    /// fragile endpoints; 1 sends one request at a time.
+    /// The most requests this node has in flight at once to one webhook (each node has its own).
+    /// Each webhook starts at 16 (or this, if lower), takes one more after each round of answers
+    /// in time while all are busy, and halves after a timeout, a refused connection, 429, 502,
+    /// 503 or 504. Lower it to spare fragile endpoints; 1 sends one request at a time.
     #[arg(long, env = "HERALD_ENDPOINT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
 }
