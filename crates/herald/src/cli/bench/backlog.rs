@@ -100,12 +100,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let (first, last_arrival) = (endpoint.arrivals.first(), endpoint.arrivals.last());
     measure(
         &mut o,
-        &Finished {
-            counters: counters.clone(),
-            endpoints: endpoints.clone(),
-            healthy: vec![0],
-            limits: vec![limit],
-        },
+        &Finished::one_endpoint(counters.clone(), endpoints.clone()),
     );
     // Here the rate that matters is the drain's, from the first delivery after "up"; and every
     // event's latency is mostly the time the endpoint was down.

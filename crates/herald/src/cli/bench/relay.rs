@@ -177,15 +177,7 @@ pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     relay.stop();
     receiver.stop().await;
     let mut o = Outcome::new("relay");
-    measure(
-        &mut o,
-        &Finished {
-            counters,
-            endpoints: shared,
-            healthy: vec![0],
-            limits: Vec::new(),
-        },
-    );
+    measure(&mut o, &Finished::one_endpoint(counters, shared));
     o.note(format!(
         "{} events, one per request, over {} connections, through a bare relay with no \
          storage (axum in, hyper's client out): what this machine moves with `burst`'s load",

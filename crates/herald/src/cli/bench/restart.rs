@@ -128,12 +128,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let mut o = Outcome::new("restart");
     measure(
         &mut o,
-        &Finished {
-            counters: counters.clone(),
-            endpoints: endpoints.clone(),
-            healthy: vec![0],
-            limits: Vec::new(),
-        },
+        &Finished::one_endpoint(counters.clone(), endpoints.clone()),
     );
     o.complete = o.complete && lost == 0;
     o.figure("acked_before_kill", acked_at_kill);
