@@ -961,6 +961,36 @@ async fn success_and_final_failure_end_a_delivery(store: Arc<dyn Store>) {
     assert_eq!(f.last_error.as_deref(), Some("http_status"));
 }
 
+/// What `/metrics` shows per webhook: only deliveries still pending count, and the oldest of them
+/// says how far behind the webhook is.
+async fn pending_deliveries_are_counted_per_webhook_with_the_oldest(store: Arc<dyn Store>) {
+    let (acme, busy) = org_with_webhook(&store, "acme").await;
+    let quiet = webhook(&acme.id);
+    store.create_webhook(&quiet).await.unwrap();
+    let done = deliver(&store, &busy, "evt_1", T0, false).await;
+    deliver(&store, &busy, "evt_2", at(10), false).await;
+    deliver(&store, &busy, "evt_3", at(20), true).await;
+    let failed = deliver(&store, &quiet, "evt_4", at(1), false).await;
+    deliver(&store, &quiet, "evt_5", at(5), false).await;
+    assert_eq!(claim(&store, at(30)).await.len(), 4);
+    let ok = AttemptOutcome::succeeded(204, 8, String::new());
+    record_first_attempt(&store, &acme.id, &done, &ok, NextStep::Succeeded).await;
+    record_first_attempt(&store, &acme.id, &failed, &server_error(), NextStep::Failed).await;
+
+    let mut stats = store.pending_by_webhook().await.unwrap();
+    stats.sort_by(|a, b| a.webhook_id.as_str().cmp(b.webhook_id.as_str()));
+    let mut want = vec![(busy.id.clone(), 2, at(10)), (quiet.id.clone(), 1, at(5))];
+    want.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let got: Vec<_> = stats
+        .into_iter()
+        .map(|s| (s.webhook_id, s.count, s.oldest))
+        .collect();
+    assert_eq!(
+        got, want,
+        "a leased delivery is still pending; finished ones are not"
+    );
+}
+
 async fn purging_removes_old_finished_history_and_keeps_pending_work(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (globex, other) = org_with_webhook(&store, "globex").await;
@@ -1887,6 +1917,7 @@ macro_rules! stories {
             next_due_at_ignores_deliveries_of_an_inactive_webhook,
             a_failed_attempt_schedules_the_next_one,
             success_and_final_failure_end_a_delivery,
+            pending_deliveries_are_counted_per_webhook_with_the_oldest,
             attempts_are_listed_in_order_with_their_outcome,
             health_counts_attempts_and_deliveries_per_hour_of_one_webhook,
             purging_removes_old_finished_history_and_keeps_pending_work,

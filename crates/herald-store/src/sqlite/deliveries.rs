@@ -199,14 +199,8 @@ pub(crate) fn list(
     filter: &DeliveryFilter,
     page: &PageRequest,
 ) -> DbResult<Page<Delivery>> {
-    let sql = format!(
-        "SELECT {} FROM deliveries WHERE webhook_id = ?1 AND org_id = ?2 \
-         AND (?3 IS NULL OR id < ?3) AND (?4 IS NULL OR state = ?4) AND (?5 IS NULL OR event_type = ?5) \
-         ORDER BY id DESC LIMIT ?6",
-        rows::DELIVERY_COLUMNS
-    );
     let items = conn
-        .prepare_cached(&sql)?
+        .prepare_cached(&list_sql(page.cursor.is_some()))?
         .query_map(
             params![
                 webhook.as_str(),
@@ -220,6 +214,23 @@ pub(crate) fn list(
         )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(paginate(items, page, |d| d.id.to_string()))
+}
+
+/// A page of a webhook's deliveries, newest first. With a cursor the statement says `id < ?3`
+/// plainly, so that the index starts at the cursor: written as `?3 IS NULL OR id < ?3` it would
+/// start every page at the newest delivery and walk down to the cursor.
+fn list_sql(after_cursor: bool) -> String {
+    format!(
+        "SELECT {} FROM deliveries WHERE webhook_id = ?1 AND org_id = ?2 AND {} \
+         AND (?4 IS NULL OR state = ?4) AND (?5 IS NULL OR event_type = ?5) \
+         ORDER BY id DESC LIMIT ?6",
+        rows::DELIVERY_COLUMNS,
+        if after_cursor {
+            "id < ?3"
+        } else {
+            "?3 IS NULL"
+        }
+    )
 }
 
 pub(crate) fn get(
@@ -312,13 +323,21 @@ pub(crate) fn recover_failed(
 ) -> DbResult<u64> {
     let n = conn
         .prepare_cached(
-            "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = ?1, \
+            // By the webhook's index: left to itself SQLite takes the organization's, and reads
+            // every delivery of every webhook of the organization, inside the writer's commit.
+            "UPDATE deliveries INDEXED BY deliveries_by_webhook SET state = 'pending', \
+             schedule_base = attempt_count, next_attempt_at = ?1, \
              due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
                  THEN ?1 ELSE NULL END, \
              lease_until = NULL, updated_at = ?1 \
              WHERE org_id = ?2 AND webhook_id = ?3 AND state = 'failed' AND created_at >= ?4",
         )?
-        .execute(params![now.as_millis(), org.as_str(), webhook.as_str(), since.as_millis()])?;
+        .execute(params![
+            now.as_millis(),
+            org.as_str(),
+            webhook.as_str(),
+            since.as_millis()
+        ])?;
     Ok(n as u64)
 }
 
@@ -365,13 +384,17 @@ pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> 
     Ok(())
 }
 
+/// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,
+/// through the index that holds just those; left to itself, SQLite would rather walk
+/// `deliveries_by_webhook` (already grouped) and so read every delivery ever kept.
+pub(crate) const PENDING_BY_WEBHOOK: &str = "SELECT webhook_id, COUNT(*), MIN(created_at) \
+     FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' GROUP BY webhook_id";
+
 pub(crate) fn pending_by_webhook(
     conn: &Connection,
 ) -> DbResult<Vec<herald_core::store::PendingStat>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT webhook_id, COUNT(*), MIN(created_at) FROM deliveries WHERE state = 'pending' GROUP BY webhook_id",
-        )?
+        .prepare_cached(PENDING_BY_WEBHOOK)?
         .query_map([], |r| {
             Ok(herald_core::store::PendingStat {
                 webhook_id: WebhookId::from_trusted(r.get(0)?),
@@ -380,4 +403,44 @@ pub(crate) fn pending_by_webhook(
             })
         })?
         .collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How SQLite means to run `sql`, one line per step, on a fresh database with the schema.
+    fn plan(sql: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open_connection(&dir.path().join("plan.db"), false).unwrap();
+        assert!(super::super::migrate(&conn).is_ok());
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
+        let steps = explain
+            .query_map(rusqlite::params_from_iter(unbound), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        steps.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The statements that run on every scrape, page or admin action read what they need, not the
+    /// whole delivery history.
+    #[test]
+    fn frequent_statements_read_only_what_they_need() {
+        assert_eq!(
+            plan(&list_sql(true)),
+            "SEARCH deliveries USING INDEX deliveries_by_webhook (webhook_id=? AND id<?)",
+            "a page after a cursor starts at the cursor"
+        );
+        assert_eq!(
+            plan(&list_sql(false)),
+            "SEARCH deliveries USING INDEX deliveries_by_webhook (webhook_id=?)"
+        );
+        let pending = plan(PENDING_BY_WEBHOOK);
+        assert!(
+            pending.starts_with("SCAN deliveries USING INDEX deliveries_due"),
+            "{pending}"
+        );
+    }
 }

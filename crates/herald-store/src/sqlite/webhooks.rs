@@ -121,14 +121,17 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.rate_limit_per_second,
         w.id.as_str()
     ])?;
+    // These read the pending deliveries through the index that holds only those; by the webhook's
+    // index they would read every delivery the webhook ever had, inside the writer's commit.
     if was_active && !w.active {
         conn.prepare_cached(
-            "UPDATE deliveries SET due_at = NULL WHERE webhook_id = ? AND state = 'pending' AND lease_until IS NULL",
+            "UPDATE deliveries INDEXED BY deliveries_due SET due_at = NULL \
+             WHERE webhook_id = ? AND state = 'pending' AND lease_until IS NULL",
         )?
         .execute([w.id.as_str()])?;
     } else if !was_active && w.active {
         conn.prepare_cached(
-            "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL \
+            "UPDATE deliveries INDEXED BY deliveries_due SET due_at = next_attempt_at, lease_until = NULL \
              WHERE webhook_id = ? AND state = 'pending' AND due_at IS NULL",
         )?
         .execute([w.id.as_str()])?;
@@ -152,8 +155,9 @@ pub(crate) fn delete_many(
             .execute(params![now.as_millis(), org.as_str(), id.as_str()])?;
         if n == 1 {
             conn.prepare_cached(
-                "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
-                 lease_until = NULL, updated_at = ? WHERE webhook_id = ? AND state = 'pending'",
+                "UPDATE deliveries INDEXED BY deliveries_due SET state = 'cancelled', \
+                 next_attempt_at = NULL, due_at = NULL, lease_until = NULL, updated_at = ? \
+                 WHERE webhook_id = ? AND state = 'pending'",
             )?
             .execute(params![now.as_millis(), id.as_str()])?;
             deleted.push(id.clone());
