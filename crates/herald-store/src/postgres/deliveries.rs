@@ -323,11 +323,18 @@ pub(crate) async fn list(
     filter: &DeliveryFilter,
     page: &PageRequest,
 ) -> DbResult<Page<Delivery>> {
+    // With a cursor the statement says `id < $3` plainly: statements are prepared once and may
+    // get a generic plan, which cannot start the index at `$3 IS NULL OR id < $3`.
     let sql = format!(
-        "SELECT {} FROM deliveries WHERE webhook_id = $1 AND org_id = $2 \
-         AND ($3::TEXT IS NULL OR id < $3) AND ($4::TEXT IS NULL OR state = $4) \
+        "SELECT {} FROM deliveries WHERE webhook_id = $1 AND org_id = $2 AND {} \
+         AND ($4::TEXT IS NULL OR state = $4) \
          AND ($5::TEXT IS NULL OR event_type = $5) ORDER BY id DESC LIMIT $6",
-        rows::DELIVERY_COLUMNS
+        rows::DELIVERY_COLUMNS,
+        if page.cursor.is_some() {
+            "id < $3"
+        } else {
+            "$3::TEXT IS NULL"
+        }
     );
     let found = c
         .rows(
