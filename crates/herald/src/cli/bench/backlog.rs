@@ -6,7 +6,8 @@
 //! and probes once after a cool-down of 30 s, doubling while the probes fail (up to 10 min). So
 //! "then up" is the endpoint answering again plus a recover call for anything that ran out of
 //! attempts; the first delivery comes with the next probe, and that wait is reported apart from
-//! the drain rate.
+//! the drain rate. The server runs as a `herald serve` child process, so that the memory
+//! measured is the server's alone (not the bench's, nor what earlier scenarios left behind).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,12 +30,13 @@ const RECOVER_AGAIN: Duration = Duration::from_secs(30);
 
 pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let n = ctx.args.backlog;
-    let before_server = Memory::this_process();
     let since = (chrono::Utc::now() - chrono::Duration::minutes(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let retries: Vec<u32> = std::iter::once(0).chain([5; 19]).collect();
     let hook = (Behaviour::Down, json!({ "retry_schedule": retries }));
-    let run = Prepared::start(ctx, "backlog", &[hook], n).await?;
+    let server = ctx.server_process().await?;
+    let process = server.process();
+    let run = Prepared::start_on(server, ctx, "backlog", &[hook], n).await?;
     let idle = run.server.memory();
     run.server.reset_peak_memory();
     let peak_sampled = Arc::new(AtomicU64::new(0));
@@ -45,11 +47,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         "backlog",
         counters.clone(),
         endpoints.clone(),
-        Some(memory_line(
-            matches!(run.server, super::server::Server::InProcess(_)),
-            peak_sampled.clone(),
-            up.clone(),
-        )),
+        Some(memory_line(process, peak_sampled.clone(), up.clone())),
     );
 
     let fill_started = Instant::now();
@@ -134,18 +132,14 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             o.figure("rss_idle_mib", mib(idle.rss_kib));
             o.figure("rss_with_backlog_mib", mib(full.rss_kib));
             o.figure("rss_peak_mib", mib(peak_kib));
-            if let Some(b) = before_server {
-                o.figure("rss_bench_alone_mib", mib(b.rss_kib));
-            }
             format!(
-                "RSS idle {:.1} MiB, with the backlog stored {:.1} MiB, peak {:.1} MiB (the process holds the bench too: {:.1} MiB before the server started)",
+                "the herald serve process: RSS idle {:.1} MiB, with the backlog stored {:.1} MiB, peak {:.1} MiB",
                 mib(idle.rss_kib),
                 mib(full.rss_kib),
                 mib(peak_kib),
-                before_server.map_or(0.0, |b| mib(b.rss_kib))
             )
         }
-        _ => "memory not measured (the server is not in this process)".into(),
+        _ => "memory not measured (the server is not on this machine's /proc)".into(),
     };
     o.note(format!(
         "{} events stored in {:.1} s while the endpoint answered 503 ({} pending by /metrics when it came back)",
@@ -167,9 +161,10 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     Ok(o)
 }
 
-/// The memory part of the progress line; keeps the highest RSS seen in `peak`.
+/// The memory part of the progress line: the server process's RSS (`process` as `/proc` names
+/// it, if it can be seen); keeps the highest seen in `peak`.
 fn memory_line(
-    in_process: bool,
+    process: Option<String>,
     peak: Arc<AtomicU64>,
     up: Arc<AtomicBool>,
 ) -> super::progress::Extra {
@@ -179,7 +174,7 @@ fn memory_line(
         } else {
             "endpoint down"
         };
-        let m = in_process.then(Memory::this_process).flatten();
+        let m = process.as_deref().and_then(Memory::of);
         Some(match m {
             Some(m) => {
                 peak.fetch_max(m.rss_kib, Ordering::Relaxed);

@@ -32,7 +32,7 @@ use rand::RngCore;
 
 use measure::Clock;
 use report::Outcome;
-use server::{InProcess, Server};
+use server::{InProcess, Server, Spawned};
 
 /// `herald bench` options.
 #[derive(Debug, Clone, Args)]
@@ -159,6 +159,17 @@ impl Ctx {
             )),
         }
     }
+
+    /// Like `server`, but a Herald of our own runs as a `herald serve` child process, so that
+    /// its memory is its own (neither the bench's nor what earlier scenarios left in this one).
+    async fn server_process(&self) -> anyhow::Result<Server> {
+        if self.args.server.is_some() {
+            return self.server().await;
+        }
+        Ok(Server::Spawned(
+            Spawned::start(&self.parent, &self.token, self.args.endpoint_concurrency).await?,
+        ))
+    }
 }
 
 /// Runs `herald bench`.
@@ -263,13 +274,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
         round: 0,
         args,
     };
-    let mut wanted: Vec<Scenario> = EVERY
+    let wanted: Vec<Scenario> = EVERY
         .into_iter()
         .filter(|s| ctx.args.scenario.contains(s) || ctx.args.scenario.contains(&Scenario::All))
         .collect();
-    // `backlog` measures this process's memory, so it goes first, before other scenarios' servers
-    // have grown the heap (an in-process server's memory is not all returned when it stops).
-    wanted.sort_by_key(|s| *s != Scenario::Backlog);
     let mut outcomes = Vec::new();
     for scenario in wanted {
         let name = scenario_name(scenario);

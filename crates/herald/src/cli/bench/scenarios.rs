@@ -43,7 +43,17 @@ impl Prepared {
         endpoints: &[(Behaviour, Value)],
         capacity: u64,
     ) -> anyhow::Result<Self> {
-        let server = ctx.server().await?;
+        Self::start_on(ctx.server().await?, ctx, label, endpoints, capacity).await
+    }
+
+    /// Like `start`, on a server the scenario chose.
+    pub async fn start_on(
+        server: Server,
+        ctx: &Ctx,
+        label: &str,
+        endpoints: &[(Behaviour, Value)],
+        capacity: u64,
+    ) -> anyhow::Result<Self> {
         let behaviours: Vec<Behaviour> = endpoints.iter().map(|(b, _)| *b).collect();
         let receiver =
             Receiver::start(ctx.clock, &behaviours, capacity, ctx.args.receiver_threads).await?;

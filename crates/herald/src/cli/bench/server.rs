@@ -1,6 +1,7 @@
 //! The Herald under test: one started in this process on a temporary data directory (the
-//! default), the real binary as a child process (for `restart`, which must SIGKILL it), or a
-//! server the user points at with `--server`.
+//! default), the real binary as a child process (for `restart`, which must SIGKILL it, and for
+//! `backlog`, whose memory must be the server's alone), or a server the user points at with
+//! `--server`.
 //!
 //! The in-process server gets a runtime of its own, built like `herald serve` builds it, so its
 //! tasks are scheduled as in production and not interleaved with the load generator's.
@@ -23,6 +24,8 @@ use crate::config::Settings;
 /// A Herald server to run a scenario against.
 pub enum Server {
     InProcess(InProcess),
+    /// `herald serve` as a child process on a temporary data directory, measured on its own.
+    Spawned(Spawned),
     /// `--server`: someone else's; nothing to start, stop or measure.
     External {
         base: String,
@@ -34,6 +37,7 @@ impl Server {
     pub fn base(&self) -> &str {
         match self {
             Self::InProcess(s) => &s.base,
+            Self::Spawned(s) => s.child.base(),
             Self::External { base, .. } => base,
         }
     }
@@ -41,28 +45,36 @@ impl Server {
     pub fn token(&self) -> &str {
         match self {
             Self::InProcess(s) => &s.token,
+            Self::Spawned(s) => &s.token,
             Self::External { token, .. } => token,
+        }
+    }
+
+    /// The process the server runs in, when we can see it: `self` or a pid, as `/proc` names it.
+    pub fn process(&self) -> Option<String> {
+        match self {
+            Self::InProcess(_) => Some("self".into()),
+            Self::Spawned(s) => Some(s.child.pid.to_string()),
+            Self::External { .. } => None,
         }
     }
 
     /// The memory of the process the server runs in, when we can see it.
     pub fn memory(&self) -> Option<Memory> {
-        match self {
-            Self::InProcess(_) => Memory::of("self"),
-            Self::External { .. } => None,
-        }
+        Memory::of(&self.process()?)
     }
 
     /// Starts counting the peak memory afresh (best effort: Linux's `clear_refs`).
     pub fn reset_peak_memory(&self) {
-        if let Self::InProcess(_) = self {
-            Memory::reset_peak("self");
+        if let Some(process) = self.process() {
+            Memory::reset_peak(&process);
         }
     }
 
     pub async fn stop(self) {
         match self {
             Self::InProcess(s) => s.stop().await,
+            Self::Spawned(mut s) => s.child.kill().await,
             Self::External { .. } => {}
         }
     }
@@ -78,12 +90,8 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// This process's.
-    pub fn this_process() -> Option<Self> {
-        Self::of("self")
-    }
-
-    fn of(pid: &str) -> Option<Self> {
+    /// Of a process as `/proc` names it (`self` or a pid).
+    pub fn of(pid: &str) -> Option<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let field = |name: &str| {
             status
@@ -183,6 +191,30 @@ impl Drop for InProcess {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// `herald serve` started as a child process on a data directory of its own, removed when the
+/// server stops.
+pub struct Spawned {
+    child: Child,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    pub async fn start(
+        parent: &Path,
+        token: &str,
+        endpoint_concurrency: u32,
+    ) -> anyhow::Result<Self> {
+        let dir = temp_data_dir(parent)?;
+        let child = Child::start(dir.path(), token, endpoint_concurrency).await?;
+        Ok(Self {
+            child,
+            token: token.to_owned(),
+            _dir: dir,
+        })
     }
 }
 
