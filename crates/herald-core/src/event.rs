@@ -24,6 +24,19 @@ pub struct Event {
     pub data: Box<RawValue>,
 }
 
+impl Event {
+    /// About how much memory the event takes: its text and its fixed part. Deliveries held in
+    /// memory are budgeted by it, since events range from a few hundred bytes to the body limit.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.id.len()
+            + self.org_id.as_str().len()
+            + self.event_type.len()
+            + self.correlation_id.as_ref().map_or(0, String::len)
+            + self.data.get().len()
+    }
+}
+
 /// An event as posted, checked for shape but not yet against the organization's types.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {

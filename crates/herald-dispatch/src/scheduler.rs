@@ -43,10 +43,7 @@ pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
 async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::StoreError> {
     let store = dispatcher.store();
     let now = dispatcher.clock().now();
-    let room = dispatcher
-        .settings()
-        .max_in_memory
-        .saturating_sub(dispatcher.held());
+    let room = dispatcher.room();
     if room > 0 {
         let lease_until = now.plus_millis(dispatcher.settings().lease.as_millis() as i64);
         let limit = CLAIM_BATCH.min(room as u32);

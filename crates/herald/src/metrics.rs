@@ -28,6 +28,7 @@ pub struct Snapshot<'a> {
     pub dispatch: &'a DispatchMetrics,
     pub commit_latency: Option<&'a herald_core::metrics::Histogram>,
     pub held_in_memory: usize,
+    pub held_bytes: usize,
     pub pending: Vec<PendingStat>,
     /// Each webhook with a running task on this node and its adaptive limit.
     pub concurrency: Vec<(WebhookId, usize)>,
@@ -101,6 +102,13 @@ impl Snapshot<'_> {
             "gauge",
             "Deliveries queued or in flight in this node's dispatcher.",
             self.held_in_memory as u64,
+        );
+        render_value(
+            &mut out,
+            "herald_deliveries_in_memory_bytes",
+            "gauge",
+            "Bytes of events those deliveries carry, counted once per delivery (budget: 64 MiB).",
+            self.held_bytes as u64,
         );
         let _ = writeln!(
             out,

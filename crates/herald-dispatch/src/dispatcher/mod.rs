@@ -6,17 +6,18 @@
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
 //! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
+//! - `held.rs`: the deliveries held in memory, and their budget.
 //! - `recorder.rs`: outcomes stored in groups.
 
 mod attempt;
 mod breaker;
 mod health;
+mod held;
 mod limit;
 mod recorder;
 mod worker;
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -40,6 +41,10 @@ pub struct DispatchSettings {
     pub per_webhook_concurrency: usize,
     /// Deliveries held in memory across all queues before new ones are left to the scheduler.
     pub max_in_memory: usize,
+    /// Bytes of events those deliveries may hold (each delivery counts its event's size, so a
+    /// fan-out counts it once per webhook). Past it, new deliveries wait in the store too: with
+    /// large events the count alone would not bound memory.
+    pub max_bytes_in_memory: usize,
     /// How long a lease lasts: a delivery leased by a node that died is retried after this.
     pub lease: Duration,
     /// A webhook's task ends after this long without work.
@@ -55,6 +60,7 @@ impl Default for DispatchSettings {
         Self {
             per_webhook_concurrency: 64,
             max_in_memory: 100_000,
+            max_bytes_in_memory: 64 << 20,
             lease: Duration::from_secs(300),
             idle_worker: Duration::from_secs(60),
             public_url: "http://127.0.0.1:7600".into(),
@@ -103,8 +109,12 @@ struct Shared {
     /// Deliveries in memory (queued or in flight), so the scheduler never hands one out twice,
     /// with when their lease ends: no attempt may run past it (another node may take the
     /// delivery then).
-    held: Mutex<HashMap<DeliveryId, Timestamp>>,
+    held: Mutex<held::HeldDeliveries>,
+    /// The count and bytes of `held`, readable without its lock (ingest asks on every request).
     held_count: AtomicUsize,
+    held_bytes: AtomicUsize,
+    /// What a recently held event weighed, on average: how the scheduler sizes its claims.
+    typical_event_bytes: AtomicUsize,
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
     wake_renewals: Notify,
@@ -135,8 +145,10 @@ impl Dispatcher {
                 client,
                 settings,
                 workers: Mutex::new(HashMap::new()),
-                held: Mutex::new(HashMap::new()),
+                held: Mutex::new(held::HeldDeliveries::default()),
                 held_count: AtomicUsize::new(0),
+                held_bytes: AtomicUsize::new(0),
+                typical_event_bytes: AtomicUsize::new(4096),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
                 failing: Mutex::new(HashMap::new()),
@@ -165,12 +177,35 @@ impl Dispatcher {
     /// Whether new deliveries may be held in memory; if not, ingest stores them unleased and the
     /// scheduler brings them in when there is room.
     pub fn has_room(&self) -> bool {
-        self.held() < self.shared.settings.max_in_memory
+        let budget = self.budget();
+        self.held() < budget.deliveries && self.held_bytes() < budget.bytes
+    }
+
+    /// How many more deliveries the scheduler may bring in, at the size of recent events.
+    pub fn room(&self) -> usize {
+        let typical = self.shared.typical_event_bytes.load(Ordering::Relaxed);
+        self.shared
+            .held
+            .lock()
+            .expect("held lock")
+            .room(self.budget(), typical)
+    }
+
+    fn budget(&self) -> held::Budget {
+        held::Budget {
+            deliveries: self.shared.settings.max_in_memory,
+            bytes: self.shared.settings.max_bytes_in_memory,
+        }
     }
 
     /// Deliveries currently held in memory.
     pub fn held(&self) -> usize {
         self.shared.held_count.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of events the held deliveries carry (each counted once per delivery).
+    pub fn held_bytes(&self) -> usize {
+        self.shared.held_bytes.load(Ordering::Relaxed)
     }
 
     /// Wakes the scheduler (and the WebSub lease renewer) to look for due work now.
@@ -215,24 +250,21 @@ impl Dispatcher {
     pub fn enqueue(&self, deliveries: Vec<DueDelivery>, lease_until: Timestamp) {
         let fresh: Vec<DueDelivery> = {
             let mut held = self.shared.held.lock().expect("held lock");
-            deliveries
+            let fresh: Vec<DueDelivery> = deliveries
                 .into_iter()
-                .filter(|d| match held.entry(d.delivery_id.clone()) {
-                    Entry::Vacant(e) => {
-                        e.insert(lease_until);
-                        true
-                    }
-                    Entry::Occupied(mut e) => {
-                        let until = e.get_mut();
-                        *until = (*until).max(lease_until);
-                        false
-                    }
-                })
-                .collect()
+                .filter(|d| held.hold(&d.delivery_id, lease_until, d.event.approx_bytes()))
+                .collect();
+            self.note_held(&held);
+            fresh
         };
-        self.shared
-            .held_count
-            .fetch_add(fresh.len(), Ordering::Relaxed);
+        if !fresh.is_empty() {
+            let bytes: usize = fresh.iter().map(|d| d.event.approx_bytes()).sum();
+            let typical = &self.shared.typical_event_bytes;
+            // A moving average, so that one odd batch does not decide the next claim's size.
+            let mean = bytes / fresh.len();
+            let before = typical.load(Ordering::Relaxed);
+            typical.store((before * 3 + mean) / 4, Ordering::Relaxed);
+        }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         for delivery in fresh {
             let webhook_id = delivery.webhook_id.clone();
@@ -278,25 +310,24 @@ impl Dispatcher {
     /// moment the write commits, a resend or the scheduler may hand it out again, and must not
     /// find it still held. Until then its lease keeps the scheduler away.
     fn release_held(&self, id: &DeliveryId) {
-        if self
-            .shared
-            .held
-            .lock()
-            .expect("held lock")
-            .remove(id)
-            .is_some()
-        {
-            self.shared.held_count.fetch_sub(1, Ordering::Relaxed);
+        let mut held = self.shared.held.lock().expect("held lock");
+        if held.release(id) {
+            self.note_held(&held);
         }
+    }
+
+    /// Publishes the held count and bytes (called with the lock held, so they stay in step).
+    fn note_held(&self, held: &held::HeldDeliveries) {
+        self.shared.held_count.store(held.len(), Ordering::Relaxed);
+        self.shared
+            .held_bytes
+            .store(held.bytes(), Ordering::Relaxed);
     }
 
     /// When the first of these held deliveries' leases ends.
     fn lease_ends(&self, batch: &[DueDelivery]) -> Option<Timestamp> {
         let held = self.shared.held.lock().expect("held lock");
-        batch
-            .iter()
-            .filter_map(|d| held.get(&d.delivery_id).copied())
-            .min()
+        held.lease_ends(batch.iter().map(|d| &d.delivery_id))
     }
 
     /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and

@@ -82,6 +82,7 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
         dispatch: state.dispatcher.metrics(),
         commit_latency: state.store.commit_latency(),
         held_in_memory: state.dispatcher.held(),
+        held_bytes: state.dispatcher.held_bytes(),
         pending,
         concurrency: state.dispatcher.concurrency_limits(),
         now: state.clock.now(),
