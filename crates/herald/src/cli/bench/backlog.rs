@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::Ctx;
-use super::load::{Burst, Counters};
+use super::load::{Burst, Counters, events_per_request};
 use super::progress::Progress;
 use super::receiver::Behaviour;
 use super::report::{Outcome, mib, thousands};
@@ -53,7 +53,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let fill_started = Instant::now();
     let plan = Burst {
         events: n,
-        batch: 1000,
+        batch: events_per_request(1000, ctx.args.event_bytes),
         connections: ctx.args.connections.min(4),
         patience: Duration::from_secs(60),
     };

@@ -60,6 +60,8 @@ pub struct Producer {
     events_url: RwLock<Uri>,
     auth: HeaderValue,
     clock: Clock,
+    /// Bytes of padding in every event's data.
+    padding: usize,
 }
 
 /// What the producers did, read by the progress line and the report.
@@ -130,7 +132,14 @@ impl Producer {
             events_url: RwLock::new(events_url(base, org)?),
             auth,
             clock,
+            padding: 0,
         })
+    }
+
+    /// Pads every event's data with this many bytes.
+    pub fn padded(mut self, bytes: u32) -> Self {
+        self.padding = bytes as usize;
+        self
     }
 
     /// Points the producers at a restarted server.
@@ -198,7 +207,7 @@ impl Producer {
     /// has failed for longer than `patience`.
     async fn send(&self, seqs: Range<u64>, array: bool, patience: Duration, counters: &Counters) {
         let count = seqs.end - seqs.start;
-        let body = encode(seqs.clone(), array, self.clock.now_us());
+        let body = encode(seqs.clone(), array, self.clock.now_us(), self.padding);
         counters.sent.fetch_add(count, Ordering::Relaxed);
         counters.sends.mark(self.clock.now_us());
         let started = Instant::now();
@@ -269,9 +278,18 @@ fn events_url(base: &str, org: &str) -> anyhow::Result<Uri> {
         .map_err(|e| anyhow::anyhow!("'{url}' is not a valid URL ({e}); check --server"))
 }
 
-/// The request body for events `seqs`, sent at `sent_us`: one object, or an array of them.
-pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64) -> Bytes {
-    let mut buf = Vec::with_capacity(112 * (seqs.end - seqs.start) as usize + 2);
+/// How many events of `padding` extra bytes one request may carry, at most `wanted`: a request
+/// stays under Herald's default body limit (1 MiB).
+pub fn events_per_request(wanted: usize, padding: u32) -> usize {
+    const BODY_LIMIT: usize = 1024 * 1024;
+    let per_event = 160 + padding as usize;
+    wanted.min(BODY_LIMIT / per_event).max(1)
+}
+
+/// The request body for events `seqs`, sent at `sent_us`: one object, or an array of them, each
+/// with `padding` bytes of filler in its data.
+pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64, padding: usize) -> Bytes {
+    let mut buf = Vec::with_capacity((124 + padding) * (seqs.end - seqs.start) as usize + 2);
     if array {
         buf.push(b'[');
     }
@@ -282,8 +300,14 @@ pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64) -> Bytes {
         // Writing into a Vec cannot fail.
         let _ = write!(
             buf,
-            r#"{{"type":"user.created","id":"e{seq}","data":{{"user":{{"id":"u{seq}"}},"bench_seq":{seq},"bench_t":{sent_us}}}}}"#
+            r#"{{"type":"user.created","id":"e{seq}","data":{{"user":{{"id":"u{seq}"}},"#
         );
+        if padding > 0 {
+            buf.extend_from_slice(br#""padding":""#);
+            buf.resize(buf.len() + padding, b'x');
+            buf.extend_from_slice(br#"","#);
+        }
+        let _ = write!(buf, r#""bench_seq":{seq},"bench_t":{sent_us}}}}}"#);
     }
     if array {
         buf.push(b']');
@@ -297,12 +321,34 @@ mod tests {
 
     #[test]
     fn bodies_are_valid_json_with_the_benchmark_fields() {
-        let one: serde_json::Value = serde_json::from_slice(&encode(5..6, false, 42)).unwrap();
+        let one: serde_json::Value = serde_json::from_slice(&encode(5..6, false, 42, 0)).unwrap();
         assert_eq!(one["id"], "e5");
         assert_eq!(one["data"]["bench_seq"], 5);
         assert_eq!(one["data"]["bench_t"], 42);
-        let many: serde_json::Value = serde_json::from_slice(&encode(0..3, true, 1)).unwrap();
+        let many: serde_json::Value = serde_json::from_slice(&encode(0..3, true, 1, 0)).unwrap();
         assert_eq!(many.as_array().unwrap().len(), 3);
         assert_eq!(many[2]["data"]["user"]["id"], "u2");
+    }
+
+    #[test]
+    fn padded_events_carry_exactly_the_padding_asked_for() {
+        let plain = encode(7..8, false, 1, 0);
+        let padded = encode(7..8, false, 1, 1000);
+        let event: serde_json::Value = serde_json::from_slice(&padded).unwrap();
+        assert_eq!(event["data"]["padding"].as_str().unwrap().len(), 1000);
+        assert_eq!(event["data"]["bench_seq"], 7);
+        assert_eq!(padded.len() - plain.len(), 1000 + r#""padding":"","#.len());
+    }
+
+    #[test]
+    fn a_request_of_padded_events_stays_under_the_body_limit() {
+        assert_eq!(events_per_request(100, 0), 100);
+        let n = events_per_request(1000, 4096);
+        assert!(n < 1000);
+        let body = encode(0..n as u64, true, u64::MAX, 4096);
+        assert!(body.len() <= 1024 * 1024, "{} bytes", body.len());
+        let n = events_per_request(1000, 500_000);
+        assert_eq!(n, 2);
+        assert!(encode(0..2, true, u64::MAX, 500_000).len() <= 1024 * 1024);
     }
 }

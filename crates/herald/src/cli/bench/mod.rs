@@ -63,6 +63,11 @@ pub struct BenchArgs {
     /// Deliveries to pile up in `backlog`.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog: u64,
+    /// Bytes of padding added to every event's data (each is about 110 bytes without), to see
+    /// how Herald does with events the size of yours. Requests carry fewer events if needed to
+    /// stay under Herald's default body limit of 1 MiB.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500_000))]
+    pub event_bytes: u32,
     /// Also write the results, with the settings, as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -185,6 +190,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let settings = serde_json::json!({
         "connections": args.connections,
         "batch_size": args.batch_size,
+        "event_bytes": args.event_bytes,
         "rate": args.rate,
         "duration_s": args.duration,
         "backlog": args.backlog,

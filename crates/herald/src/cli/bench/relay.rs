@@ -165,13 +165,16 @@ pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     .await?;
     let relay = Relay::start(&receiver.url(0), ctx.args.connections).await?;
     // The relay reads no header, so any token does.
-    let producer = Arc::new(Producer::new(
-        ctx.load_client.clone(),
-        &relay.base(),
-        "relay",
-        HeaderValue::from_static("Bearer relay"),
-        ctx.clock,
-    )?);
+    let producer = Arc::new(
+        Producer::new(
+            ctx.load_client.clone(),
+            &relay.base(),
+            "relay",
+            HeaderValue::from_static("Bearer relay"),
+            ctx.clock,
+        )?
+        .padded(ctx.args.event_bytes),
+    );
     let shared = receiver.endpoints().clone();
     let counters = push_and_wait(ctx, "relay", &producer, &shared, &[0], events, 1).await;
     relay.stop();

@@ -46,13 +46,16 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     api.create_webhook(&org, "bench restart", &receiver.url(0), &json!({}))
         .await?;
     let idle = child.memory();
-    let producer = Arc::new(Producer::new(
-        ctx.load_client.clone(),
-        child.base(),
-        &org,
-        api.auth().clone(),
-        ctx.clock,
-    )?);
+    let producer = Arc::new(
+        Producer::new(
+            ctx.load_client.clone(),
+            child.base(),
+            &org,
+            api.auth().clone(),
+            ctx.clock,
+        )?
+        .padded(ctx.args.event_bytes),
+    );
     let counters = Arc::new(Counters::new(events));
     let endpoints = receiver.endpoints().clone();
     let progress = Progress::start("restart", counters.clone(), endpoints.clone(), None);

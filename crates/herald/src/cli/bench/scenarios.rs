@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use super::api::Api;
-use super::load::{Burst, Counters, Producer};
+use super::load::{Burst, Counters, Producer, events_per_request};
 use super::measure::Histogram;
 use super::progress::Progress;
 use super::receiver::{Behaviour, Endpoints, Receiver};
@@ -69,13 +69,16 @@ impl Prepared {
                     .await?,
             );
         }
-        let producer = Arc::new(Producer::new(
-            ctx.load_client.clone(),
-            server.base(),
-            &org,
-            api.auth().clone(),
-            ctx.clock,
-        )?);
+        let producer = Arc::new(
+            Producer::new(
+                ctx.load_client.clone(),
+                server.base(),
+                &org,
+                api.auth().clone(),
+                ctx.clock,
+            )?
+            .padded(ctx.args.event_bytes),
+        );
         Ok(Self {
             server,
             receiver,
@@ -272,7 +275,7 @@ pub(super) async fn burst(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
 /// `batch`: the same with `--batch-size` events per request.
 pub(super) async fn batch(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let events = ctx.events(200_000);
-    let size = ctx.args.batch_size;
+    let size = events_per_request(ctx.args.batch_size, ctx.args.event_bytes);
     let f = burst_through(ctx, "batch", &accepting(1), events, size).await?;
     let mut o = Outcome::new("batch");
     measure(&mut o, &f);
