@@ -107,7 +107,7 @@ impl Snapshot<'_> {
             &mut out,
             "herald_deliveries_in_memory_bytes",
             "gauge",
-            "Bytes of events those deliveries carry, counted once per delivery (budget: 64 MiB).",
+            "Bytes of events those deliveries carry, counted once per delivery.",
             self.held_bytes as u64,
         );
         let _ = writeln!(

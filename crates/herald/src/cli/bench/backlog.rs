@@ -7,7 +7,7 @@
 //! "then up" is the endpoint answering again plus a recover call for anything that ran out of
 //! attempts; the first delivery comes with the next probe, and that wait is reported apart from
 //! the drain rate. The server runs as a `herald serve` child process, so that the memory
-//! measured is the server's alone (not the bench's, nor what earlier scenarios left behind).
+//! measured is the server's alone, without the bench's producers and receiver.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
