@@ -203,6 +203,7 @@ pub struct Spawned {
 }
 
 impl Spawned {
+    /// Starts `herald serve` on a fresh data directory under `parent`.
     pub async fn start(
         parent: &Path,
         token: &str,
