@@ -139,7 +139,8 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
                 mib(peak_kib),
             )
         }
-        _ => "memory not measured (the server is not on this machine's /proc)".into(),
+        _ => "memory not measured (with --server it is not; otherwise /proc could not be read)"
+            .into(),
     };
     o.note(format!(
         "{} events stored in {:.1} s while the endpoint answered 503 ({} pending by /metrics when it came back)",
