@@ -60,8 +60,19 @@ pub struct Producer {
     events_url: RwLock<Uri>,
     auth: HeaderValue,
     clock: Clock,
-    /// Bytes of padding in every event's data.
-    padding: usize,
+    /// What the events look like.
+    shape: EventShape,
+}
+
+/// What the producers' events look like beyond their type and sequence number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventShape {
+    /// Bytes of filler in every event's data.
+    pub padding: usize,
+    /// Ids in no particular order (as UUIDs are) instead of `e1`, `e2`, … in order. Storage
+    /// keeps an index by event id, and where in it each new id lands changes what a commit
+    /// writes.
+    pub random_ids: bool,
 }
 
 /// What the producers did, read by the progress line and the report.
@@ -132,13 +143,13 @@ impl Producer {
             events_url: RwLock::new(events_url(base, org)?),
             auth,
             clock,
-            padding: 0,
+            shape: EventShape::default(),
         })
     }
 
-    /// Pads every event's data with this many bytes.
-    pub fn padded(mut self, bytes: u32) -> Self {
-        self.padding = bytes as usize;
+    /// Sends events of this shape.
+    pub fn shaped(mut self, shape: EventShape) -> Self {
+        self.shape = shape;
         self
     }
 
@@ -207,7 +218,7 @@ impl Producer {
     /// has failed for longer than `patience`.
     async fn send(&self, seqs: Range<u64>, array: bool, patience: Duration, counters: &Counters) {
         let count = seqs.end - seqs.start;
-        let body = encode(seqs.clone(), array, self.clock.now_us(), self.padding);
+        let body = encode(seqs.clone(), array, self.clock.now_us(), self.shape);
         counters.sent.fetch_add(count, Ordering::Relaxed);
         counters.sends.mark(self.clock.now_us());
         let started = Instant::now();
@@ -287,8 +298,9 @@ pub fn events_per_request(wanted: usize, padding: u32) -> usize {
 }
 
 /// The request body for events `seqs`, sent at `sent_us`: one object, or an array of them, each
-/// with `padding` bytes of filler in its data.
-pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64, padding: usize) -> Bytes {
+/// shaped as `shape` says.
+pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64, shape: EventShape) -> Bytes {
+    let padding = shape.padding;
     let mut buf = Vec::with_capacity((124 + padding) * (seqs.end - seqs.start) as usize + 2);
     if array {
         buf.push(b'[');
@@ -298,10 +310,14 @@ pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64, padding: usize) -> By
             buf.push(b',');
         }
         // Writing into a Vec cannot fail.
-        let _ = write!(
-            buf,
-            r#"{{"type":"user.created","id":"e{seq}","data":{{"user":{{"id":"u{seq}"}},"#
-        );
+        if shape.random_ids {
+            // A bijection of the sequence number, so ids stay unique but land all over the index.
+            let scrambled = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let _ = write!(buf, r#"{{"type":"user.created","id":"e{scrambled:016x}","#);
+        } else {
+            let _ = write!(buf, r#"{{"type":"user.created","id":"e{seq}","#);
+        }
+        let _ = write!(buf, r#""data":{{"user":{{"id":"u{seq}"}},"#);
         if padding > 0 {
             buf.extend_from_slice(br#""padding":""#);
             buf.resize(buf.len() + padding, b'x');
@@ -319,21 +335,53 @@ pub fn encode(seqs: Range<u64>, array: bool, sent_us: u64, padding: usize) -> By
 mod tests {
     use super::*;
 
+    fn padded(padding: usize) -> EventShape {
+        EventShape {
+            padding,
+            random_ids: false,
+        }
+    }
+
+    #[test]
+    fn random_ids_are_unique_and_out_of_order() {
+        let shape = EventShape {
+            padding: 0,
+            random_ids: true,
+        };
+        let many: serde_json::Value =
+            serde_json::from_slice(&encode(0..1000, true, 1, shape)).unwrap();
+        let ids: Vec<&str> = many
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), 1000);
+        assert!(
+            ids.windows(2).filter(|w| w[0] > w[1]).count() > 300,
+            "{ids:?}"
+        );
+        assert_eq!(many[999]["data"]["bench_seq"], 999);
+    }
+
     #[test]
     fn bodies_are_valid_json_with_the_benchmark_fields() {
-        let one: serde_json::Value = serde_json::from_slice(&encode(5..6, false, 42, 0)).unwrap();
+        let one: serde_json::Value =
+            serde_json::from_slice(&encode(5..6, false, 42, EventShape::default())).unwrap();
         assert_eq!(one["id"], "e5");
         assert_eq!(one["data"]["bench_seq"], 5);
         assert_eq!(one["data"]["bench_t"], 42);
-        let many: serde_json::Value = serde_json::from_slice(&encode(0..3, true, 1, 0)).unwrap();
+        let many: serde_json::Value =
+            serde_json::from_slice(&encode(0..3, true, 1, EventShape::default())).unwrap();
         assert_eq!(many.as_array().unwrap().len(), 3);
         assert_eq!(many[2]["data"]["user"]["id"], "u2");
     }
 
     #[test]
     fn padded_events_carry_exactly_the_padding_asked_for() {
-        let plain = encode(7..8, false, 1, 0);
-        let padded = encode(7..8, false, 1, 1000);
+        let plain = encode(7..8, false, 1, EventShape::default());
+        let padded = encode(7..8, false, 1, padded(1000));
         let event: serde_json::Value = serde_json::from_slice(&padded).unwrap();
         assert_eq!(event["data"]["padding"].as_str().unwrap().len(), 1000);
         assert_eq!(event["data"]["bench_seq"], 7);
@@ -345,10 +393,10 @@ mod tests {
         assert_eq!(events_per_request(100, 0), 100);
         let n = events_per_request(1000, 4096);
         assert!(n < 1000);
-        let body = encode(0..n as u64, true, u64::MAX, 4096);
+        let body = encode(0..n as u64, true, u64::MAX, padded(4096));
         assert!(body.len() <= 1024 * 1024, "{} bytes", body.len());
         let n = events_per_request(1000, 500_000);
         assert_eq!(n, 2);
-        assert!(encode(0..2, true, u64::MAX, 500_000).len() <= 1024 * 1024);
+        assert!(encode(0..2, true, u64::MAX, padded(500_000)).len() <= 1024 * 1024);
     }
 }

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// stay under Herald's default body limit of 1 MiB.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500_000))]
     pub event_bytes: u32,
+    /// Event ids in no particular order, as UUIDs are, instead of `e1`, `e2`, … in order. Ids
+    /// that land all over the storage's index cost each commit more pages.
+    #[arg(long)]
+    pub random_ids: bool,
     /// Also write the results, with the settings, as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -153,6 +157,14 @@ impl Ctx {
         self.args.events.unwrap_or(default)
     }
 
+    /// What the producers' events look like (`--event-bytes`, `--random-ids`).
+    fn event_shape(&self) -> load::EventShape {
+        load::EventShape {
+            padding: self.args.event_bytes as usize,
+            random_ids: self.args.random_ids,
+        }
+    }
+
     async fn server(&self) -> anyhow::Result<Server> {
         match (&self.args.server, &self.args.admin_token) {
             (Some(base), Some(token)) => Ok(Server::External {
@@ -191,6 +203,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "connections": args.connections,
         "batch_size": args.batch_size,
         "event_bytes": args.event_bytes,
+        "random_ids": args.random_ids,
         "rate": args.rate,
         "duration_s": args.duration,
         "backlog": args.backlog,

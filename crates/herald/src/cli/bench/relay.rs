@@ -173,7 +173,7 @@ pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             HeaderValue::from_static("Bearer relay"),
             ctx.clock,
         )?
-        .padded(ctx.args.event_bytes),
+        .shaped(ctx.event_shape()),
     );
     let shared = receiver.endpoints().clone();
     let counters = push_and_wait(ctx, "relay", &producer, &shared, &[0], events, 1).await;

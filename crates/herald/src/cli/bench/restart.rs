@@ -54,7 +54,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
             api.auth().clone(),
             ctx.clock,
         )?
-        .padded(ctx.args.event_bytes),
+        .shaped(ctx.event_shape()),
     );
     let counters = Arc::new(Counters::new(events));
     let endpoints = receiver.endpoints().clone();

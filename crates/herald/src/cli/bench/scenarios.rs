@@ -77,7 +77,7 @@ impl Prepared {
                 api.auth().clone(),
                 ctx.clock,
             )?
-            .padded(ctx.args.event_bytes),
+            .shaped(ctx.event_shape()),
         );
         Ok(Self {
             server,
