@@ -40,6 +40,7 @@ sequence! {
     5 "0005" "retention",
     6 "0006" "rate_limit",
     7 "0007" "clustered_deliveries",
+    8 "0008" "events_sequence",
 }
 
 #[cfg(test)]

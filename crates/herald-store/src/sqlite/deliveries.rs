@@ -26,9 +26,10 @@ pub(crate) fn insert_events(
          VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, id) DO NOTHING",
     )?;
     let mut insert_delivery = conn.prepare_cached(
-        "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, attempt_count, \
-         schedule_base, next_attempt_at, due_at, lease_until, last_error, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_seq, event_type, state, \
+         attempt_count, schedule_base, next_attempt_at, due_at, lease_until, last_error, \
+         created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {
@@ -46,6 +47,8 @@ pub(crate) fn insert_events(
             results.push(IngestResult::Duplicate);
             continue;
         }
+        // The event's sequence number (`seq` aliases the rowid), by which its deliveries name it.
+        let seq = conn.last_insert_rowid();
         for d in &item.deliveries {
             let (state, next, due, lease) = match &d.skip {
                 Some(_) => ("skipped", None, None, None),
@@ -60,6 +63,7 @@ pub(crate) fn insert_events(
                 org.as_str(),
                 d.webhook_id.as_str(),
                 e.id,
+                seq,
                 e.event_type,
                 state,
                 next,
@@ -349,26 +353,30 @@ pub(crate) fn purge(
     cutoff: Timestamp,
     limit: u32,
 ) -> DbResult<PurgeCount> {
-    let victims: Vec<(String, String)> = conn
+    // Deliveries name their event by its sequence number (migration 8), so each step here goes
+    // through an index: events by age, deliveries by event sequence, attempts by delivery.
+    let victims: Vec<i64> = conn
         .prepare_cached(
-            "SELECT e.org_id, e.id FROM events e WHERE e.received_at < ?1 AND (?2 IS NULL OR e.org_id = ?2) \
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id \
+            "SELECT e.seq FROM events e WHERE e.received_at < ?1 AND (?2 IS NULL OR e.org_id = ?2) \
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq \
                              AND d.state = 'pending') \
              ORDER BY e.received_at LIMIT ?3",
         )?
-        .query_map(params![cutoff.as_millis(), org.map(|o| o.as_str()), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(
+            params![cutoff.as_millis(), org.map(|o| o.as_str()), limit],
+            |r| r.get(0),
+        )?
         .collect::<Result<_, _>>()?;
     let mut count = PurgeCount::default();
     let mut attempts = conn.prepare_cached(
-        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = ?1 AND event_id = ?2)",
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq = ?1)",
     )?;
-    let mut deliveries =
-        conn.prepare_cached("DELETE FROM deliveries WHERE org_id = ?1 AND event_id = ?2")?;
-    let mut events = conn.prepare_cached("DELETE FROM events WHERE org_id = ?1 AND id = ?2")?;
-    for (org_id, event_id) in &victims {
-        count.attempts += attempts.execute(params![org_id, event_id])? as u64;
-        count.deliveries += deliveries.execute(params![org_id, event_id])? as u64;
-        count.events += events.execute(params![org_id, event_id])? as u64;
+    let mut deliveries = conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?;
+    let mut events = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+    for seq in &victims {
+        count.attempts += attempts.execute([seq])? as u64;
+        count.deliveries += deliveries.execute([seq])? as u64;
+        count.events += events.execute([seq])? as u64;
     }
     Ok(count)
 }

@@ -584,4 +584,75 @@ mod upgrade_tests {
             .unwrap();
         assert_eq!(clustered, 2, "both tables are rebuilt clustered");
     }
+
+    /// A database written before deliveries named their event by sequence number (migration 8):
+    /// each delivery gets its event's number, and retention still finds and removes an old
+    /// event with its deliveries and attempts, keeping one with pending work.
+    #[tokio::test]
+    async fn retention_finds_deliveries_of_events_stored_before_the_sequence_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        {
+            let conn = open_connection(&path, false).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for m in migrations::SQLITE.iter().filter(|m| m.version < 8) {
+                conn.execute_batch(m.sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                    rusqlite::params![m.version, m.name],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) VALUES \
+                 ('org_1', 'ev_done', 'user.created', 10, 10, NULL, '{}'), \
+                 ('org_1', 'ev_waiting', 'user.created', 11, 11, NULL, '{}'); \
+                 INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
+                 attempt_count, schedule_base, next_attempt_at, due_at, lease_until, last_status, \
+                 last_error, created_at, updated_at) VALUES \
+                 ('del_1', 'org_1', 'wh_1', 'ev_done', 'user.created', 'succeeded', 1, 0, NULL, NULL, NULL, 200, NULL, 10, 20), \
+                 ('del_2', 'org_1', 'wh_1', 'ev_waiting', 'user.created', 'pending', 1, 0, 99, 99, NULL, 500, 'http_status', 11, 20); \
+                 INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, \
+                 error, error_message, response_body) VALUES \
+                 ('att_1', 'del_1', 1, 11, 3, 200, NULL, NULL, 'ok');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let numbered: Vec<(String, i64)> = store
+            .read(|c| {
+                let mut s = c.prepare(
+                    "SELECT d.id, e.seq FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                     ORDER BY d.id",
+                )?;
+                let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            numbered.len(),
+            2,
+            "both deliveries name their event: {numbered:?}"
+        );
+        let purged = store
+            .purge_before(None, Timestamp::from_millis(1_000), 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            purged,
+            PurgeCount {
+                events: 1,
+                deliveries: 1,
+                attempts: 1
+            },
+            "the finished event goes with its delivery and attempt; the pending one stays"
+        );
+        let org = OrgId::from_trusted("org_1".into());
+        let waiting = DeliveryId::from_trusted("del_2".into());
+        assert!(store.get_delivery(&org, &waiting).await.is_ok());
+    }
 }

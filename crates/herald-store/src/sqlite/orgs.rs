@@ -83,12 +83,18 @@ pub(crate) fn update(conn: &Connection, org: &Organization) -> DbResult<()> {
 
 pub(crate) fn delete(conn: &Connection, id: &OrgId) -> DbResult<()> {
     let id = id.as_str();
+    // An organization's deliveries are found through its webhooks (every delivery has one, and
+    // deleted webhooks keep their row): deliveries have no index by organization.
     conn.execute(
-        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = ?)",
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT d.id FROM deliveries d \
+         JOIN webhooks w ON d.webhook_id = w.id WHERE w.org_id = ?1)",
+        [id],
+    )?;
+    conn.execute(
+        "DELETE FROM deliveries WHERE webhook_id IN (SELECT id FROM webhooks WHERE org_id = ?1)",
         [id],
     )?;
     for table in [
-        "deliveries",
         "events",
         "subscriptions",
         "webhooks",
