@@ -531,6 +531,25 @@ impl Store for SqliteStore {
 mod upgrade_tests {
     use super::*;
 
+    /// A database at `path` with every migration before `version` applied, as an older Herald
+    /// left it.
+    fn database_before(path: &Path, version: i64) -> Connection {
+        let conn = open_connection(path, false).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for m in migrations::SQLITE.iter().filter(|m| m.version < version) {
+            conn.execute_batch(m.sql).unwrap();
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                rusqlite::params![m.version, m.name],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
     /// A database written before deliveries and attempts were clustered (migration 7) keeps
     /// every delivery and attempt, readable through the store, after the upgrade.
     #[tokio::test]
@@ -538,19 +557,7 @@ mod upgrade_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.db");
         {
-            let conn = open_connection(&path, false).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for m in migrations::SQLITE.iter().filter(|m| m.version < 7) {
-                conn.execute_batch(m.sql).unwrap();
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, 0)",
-                    rusqlite::params![m.version, m.name],
-                )
-                .unwrap();
-            }
+            let conn = database_before(&path, 7);
             conn.execute_batch(
                 "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
                  attempt_count, schedule_base, next_attempt_at, due_at, lease_until, last_status, \
@@ -593,19 +600,7 @@ mod upgrade_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.db");
         {
-            let conn = open_connection(&path, false).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for m in migrations::SQLITE.iter().filter(|m| m.version < 8) {
-                conn.execute_batch(m.sql).unwrap();
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, 0)",
-                    rusqlite::params![m.version, m.name],
-                )
-                .unwrap();
-            }
+            let conn = database_before(&path, 8);
             conn.execute_batch(
                 "INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) VALUES \
                  ('org_1', 'ev_done', 'user.created', 10, 10, NULL, '{}'), \
