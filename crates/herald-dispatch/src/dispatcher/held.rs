@@ -84,6 +84,13 @@ impl HeldDeliveries {
     }
 }
 
+/// The next estimate of what an event weighs, after a batch whose largest weighed `largest`:
+/// up to it at once, down towards it by a quarter of the way (claims sized by a low estimate
+/// would overshoot the byte budget; by a high one, they are only smaller).
+pub(crate) fn next_estimate(before: usize, largest: usize) -> usize {
+    largest.max((before * 3 + largest) / 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +125,17 @@ mod tests {
         assert!(held.release(&ids[0]));
         assert_eq!(held.bytes(), 800);
         assert_eq!(held.room(BUDGET, 400), 1);
+    }
+
+    #[test]
+    fn the_estimate_follows_larger_events_at_once_and_smaller_ones_slowly() {
+        assert_eq!(next_estimate(1_000, 4_000), 4_000);
+        assert_eq!(next_estimate(4_000, 400), 3_100);
+        let mut estimate = 1 << 20;
+        for _ in 0..40 {
+            estimate = next_estimate(estimate, 300);
+        }
+        assert!(estimate < 400, "{estimate}");
     }
 
     #[test]

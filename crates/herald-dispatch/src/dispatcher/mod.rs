@@ -33,6 +33,9 @@ use herald_core::{Clock, DeliveryId, Timestamp, WebhookId};
 use crate::client::HttpClient;
 use crate::operations::Operations;
 
+/// What the scheduler assumes an event weighs before it has seen any: the default body limit.
+const FIRST_EVENT_ESTIMATE: usize = 1 << 20;
+
 /// Tunables of the dispatcher.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
@@ -113,7 +116,9 @@ struct Shared {
     /// The count and bytes of `held`, readable without its lock (ingest asks on every request).
     held_count: AtomicUsize,
     held_bytes: AtomicUsize,
-    /// What a recently held event weighed, on average: how the scheduler sizes its claims.
+    /// What a recently held event weighed: how the scheduler sizes its claims. It starts at the
+    /// default body limit and follows larger events at once, smaller ones slowly, so that a
+    /// claim overshoots the byte budget at most once, by one batch of unexpectedly large events.
     typical_event_bytes: AtomicUsize,
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
@@ -148,7 +153,7 @@ impl Dispatcher {
                 held: Mutex::new(held::HeldDeliveries::default()),
                 held_count: AtomicUsize::new(0),
                 held_bytes: AtomicUsize::new(0),
-                typical_event_bytes: AtomicUsize::new(4096),
+                typical_event_bytes: AtomicUsize::new(FIRST_EVENT_ESTIMATE),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
                 failing: Mutex::new(HashMap::new()),
@@ -257,13 +262,10 @@ impl Dispatcher {
             self.note_held(&held);
             fresh
         };
-        if !fresh.is_empty() {
-            let bytes: usize = fresh.iter().map(|d| d.event.approx_bytes()).sum();
+        if let Some(largest) = fresh.iter().map(|d| d.event.approx_bytes()).max() {
             let typical = &self.shared.typical_event_bytes;
-            // A moving average, so that one odd batch does not decide the next claim's size.
-            let mean = bytes / fresh.len();
             let before = typical.load(Ordering::Relaxed);
-            typical.store((before * 3 + mean) / 4, Ordering::Relaxed);
+            typical.store(held::next_estimate(before, largest), Ordering::Relaxed);
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         for delivery in fresh {

@@ -238,7 +238,15 @@ impl Child {
     ) -> anyhow::Result<Self> {
         let exe =
             std::env::current_exe().context("could not find the herald executable to start")?;
-        let mut child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        // Only the settings below: a HERALD_DATABASE_URL (or any other HERALD_ setting) in the
+        // bench's environment must not point the benchmark's server at someone's real data.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("HERALD_") {
+                command.env_remove(&name);
+            }
+        }
+        let mut child = command
             .arg("serve")
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", data_dir)
