@@ -253,19 +253,29 @@ impl Dispatcher {
     /// Queues deliveries leased to this node until `lease_until` for their webhooks. A delivery
     /// already held is not queued again; its lease is known to last longer now.
     pub fn enqueue(&self, deliveries: Vec<DueDelivery>, lease_until: Timestamp) {
+        let mut largest = 0;
         let fresh: Vec<DueDelivery> = {
             let mut held = self.shared.held.lock().expect("held lock");
             let fresh: Vec<DueDelivery> = deliveries
                 .into_iter()
-                .filter(|d| held.hold(&d.delivery_id, lease_until, d.event.approx_bytes()))
+                .filter(|d| {
+                    let bytes = d.event.approx_bytes();
+                    let fresh = held.hold(&d.delivery_id, lease_until, bytes);
+                    if fresh {
+                        largest = largest.max(bytes);
+                    }
+                    fresh
+                })
                 .collect();
             self.note_held(&held);
             fresh
         };
-        if let Some(largest) = fresh.iter().map(|d| d.event.approx_bytes()).max() {
-            let typical = &self.shared.typical_event_bytes;
-            let before = typical.load(Ordering::Relaxed);
-            typical.store(held::next_estimate(before, largest), Ordering::Relaxed);
+        if !fresh.is_empty() {
+            let _ = self.shared.typical_event_bytes.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |before| Some(held::next_estimate(before, largest)),
+            );
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         for delivery in fresh {

@@ -178,7 +178,7 @@ impl Ctx {
     }
 
     /// Like `server`, but a Herald of our own runs as a `herald serve` child process, so that
-    /// its memory is its own (neither the bench's nor what earlier scenarios left in this one).
+    /// the memory measured is the server's alone, without the bench's producers and receiver.
     async fn server_process(&self) -> anyhow::Result<Server> {
         if self.args.server.is_some() {
             return self.server().await;
