@@ -70,6 +70,116 @@ fn write_object(out: &mut String, map: &Map<String, Value>) {
     out.push('}');
 }
 
+/// Whether `text`, valid JSON, is already exactly what [`to_string`] writes for it, nested at
+/// most `max_depth` deep, so that it can be stored as it is, without building a tree and writing
+/// it again. Conservative: `false` for anything that might be written differently (whitespace,
+/// fractions or exponents, integers past 2^53 - 1, `-0`, `\u` and `\/` escapes, keys
+/// that are array indices or repeated), which then takes the full path through [`to_string`].
+pub fn is_written_as_javascript_writes_it(text: &str, max_depth: usize) -> bool {
+    let bytes = text.as_bytes();
+    // The keys of each object open around the current position, to find repeated keys.
+    let mut open: Vec<Vec<&[u8]>> = Vec::new();
+    let mut depth = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return false;
+                }
+                if bytes[i] == b'{' {
+                    open.push(Vec::new());
+                }
+                i += 1;
+            }
+            b'}' => {
+                open.pop();
+                depth -= 1;
+                i += 1;
+            }
+            b']' => {
+                depth -= 1;
+                i += 1;
+            }
+            b',' | b':' => i += 1,
+            b'"' => {
+                let Some(end) = plain_string_end(bytes, i + 1) else {
+                    return false;
+                };
+                let content = &bytes[i + 1..end];
+                i = end + 1;
+                // A string followed by ':' is a key of the innermost open object.
+                if bytes.get(i) == Some(&b':') {
+                    let Some(keys) = open.last_mut() else {
+                        return false;
+                    };
+                    let key = std::str::from_utf8(content).unwrap_or_default();
+                    // A long object is rare; comparing its keys pairwise is not worth it.
+                    if keys.len() >= 64 || array_index(key).is_some() || keys.contains(&content) {
+                        return false;
+                    }
+                    keys.push(content);
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let negative = bytes[i] == b'-';
+                if negative {
+                    i += 1;
+                }
+                let digits = i;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let n = &bytes[digits..i];
+                // Only safe integers as written: no fraction, exponent, leading zero or -0.
+                if n.is_empty()
+                    || !is_safe_integer(n)
+                    || (n[0] == b'0' && (n.len() > 1 || negative))
+                    || matches!(bytes.get(i), Some(b'.' | b'e' | b'E'))
+                {
+                    return false;
+                }
+            }
+            b't' if bytes[i..].starts_with(b"true") => i += 4,
+            b'f' if bytes[i..].starts_with(b"false") => i += 5,
+            b'n' if bytes[i..].starts_with(b"null") => i += 4,
+            // Whitespace, or anything else: not the compact form.
+            _ => return false,
+        }
+    }
+    depth == 0
+}
+
+/// Whether the digits `n` are an integer JavaScript holds exactly (at most 2^53 - 1).
+fn is_safe_integer(n: &[u8]) -> bool {
+    n.len() < 16
+        || (n.len() == 16
+            && std::str::from_utf8(n)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .is_some_and(|v| v <= MAX_SAFE))
+}
+
+/// Where the string whose content starts at `from` ends (its closing quote), if its escapes are
+/// only the short ones serde_json writes (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`) and it has no
+/// raw control character.
+fn plain_string_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Some(i),
+            b'\\' => match bytes.get(i + 1) {
+                Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                _ => return None,
+            },
+            0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// Whether a key is a canonical array index (`"0"`, `"17"`, not `"01"`), which JavaScript
 /// objects order before every other key.
 fn array_index(key: &str) -> Option<u32> {

@@ -6,7 +6,8 @@
 //! before) wrapped every request in redirect, retry and connector layers Herald does not use;
 //! on the delivery path they cost more CPU than the request itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,6 +42,7 @@ type RequestBody = BoxBody<Bytes, std::convert::Infallible>;
 pub struct HttpClient {
     inner: Client<Connector, RequestBody>,
     policy: Arc<AddressPolicy>,
+    targets: Arc<Targets>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -79,7 +81,11 @@ impl HttpClient {
             .pool_max_idle_per_host(64)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Self { inner, policy })
+        Ok(Self {
+            inner,
+            policy,
+            targets: Arc::default(),
+        })
     }
 
     /// POSTs `request` to `url` with `extra_headers`, and says how it went.
@@ -92,18 +98,10 @@ impl HttpClient {
     ) -> AttemptOutcome {
         let started = Instant::now();
         let deadline = Deadline::now() + timeout;
-        let checked = url::Url::parse(url)
-            .map_err(|_| Blocked("the URL does not parse".into()))
-            .and_then(|parsed| check_parsed_url(&self.policy, &parsed).map(|()| parsed));
-        let parsed = match checked {
-            Ok(parsed) => parsed,
-            Err(blocked) => {
-                let error = AttemptError::Blocked(blocked.0);
-                return failed(error, None, started, String::new(), None);
-            }
+        let built = match self.targets.target(&self.policy, url) {
+            Ok(uri) => post(uri, request, extra_headers),
+            Err(error) => return failed(error, None, started, String::new(), None),
         };
-        // The URL sent is the URL checked.
-        let built = post(parsed.as_str(), request, extra_headers);
         let result = match built {
             Ok(req) => timeout_at(deadline, self.inner.request(req)).await,
             Err(error) => return failed(error, None, started, String::new(), None),
@@ -148,10 +146,48 @@ impl HttpClient {
     }
 }
 
+/// Each webhook URL already parsed and checked against the address policy, as the URI to send
+/// to. Parsing a URL (twice: as a URL for the check, then as the request's URI) cost more
+/// instructions than rendering and building the rest of the request, for every attempt, while
+/// the answer depends only on the URL and the policy, which never changes for a client.
+#[derive(Default)]
+struct Targets {
+    known: Mutex<HashMap<String, Result<http::Uri, AttemptError>>>,
+}
+
+/// URLs remembered at most; past it the memory is cleared (webhooks are few, URLs rarely change).
+const MAX_TARGETS: usize = 4096;
+
+impl Targets {
+    /// The URI to POST to for `url`, or why nothing may be sent to it.
+    fn target(&self, policy: &AddressPolicy, url: &str) -> Result<http::Uri, AttemptError> {
+        if let Some(known) = self.known.lock().expect("targets lock").get(url) {
+            return known.clone();
+        }
+        let target = resolve_target(policy, url);
+        let mut known = self.known.lock().expect("targets lock");
+        if known.len() >= MAX_TARGETS {
+            known.clear();
+        }
+        known.insert(url.to_owned(), target.clone());
+        target
+    }
+}
+
+/// Parses `url`, checks its host against `policy`, and turns it into the request's URI: the URL
+/// sent is the URL checked.
+fn resolve_target(policy: &AddressPolicy, url: &str) -> Result<http::Uri, AttemptError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|_| Blocked("the URL does not parse".into()))
+        .and_then(|parsed| check_parsed_url(policy, &parsed).map(|()| parsed))
+        .map_err(|blocked| AttemptError::Blocked(blocked.0))?;
+    http::Uri::try_from(parsed.as_str()).map_err(|e| AttemptError::Request(e.to_string()))
+}
+
 /// The POST request for a delivery. A header the webhook configured that HTTP cannot carry is
 /// the request's failure, not a panic.
 fn post(
-    url: &str,
+    url: http::Uri,
     request: OutgoingRequest,
     extra_headers: &[(String, String)],
 ) -> Result<http::Request<RequestBody>, AttemptError> {
@@ -369,6 +405,33 @@ mod tests {
             String::from_utf8_lossy(&read).into_owned()
         });
         (format!("127.0.0.1:{}", addr.port()), seen)
+    }
+
+    /// Targets are remembered per URL: a refused URL stays refused on every attempt.
+    #[tokio::test]
+    async fn a_remembered_refusal_refuses_again() {
+        let client = HttpClient::new(AddressPolicy::default()).unwrap();
+        for _ in 0..2 {
+            let outcome = client
+                .send(
+                    "http://127.0.0.1:9/hook",
+                    request("{}"),
+                    &[],
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(
+                matches!(outcome.error, Some(AttemptError::Blocked(_))),
+                "{outcome:?}"
+            );
+            let outcome = client
+                .send("not a url", request("{}"), &[], Duration::from_secs(5))
+                .await;
+            assert!(
+                matches!(outcome.error, Some(AttemptError::Blocked(_))),
+                "{outcome:?}"
+            );
+        }
     }
 
     #[tokio::test]

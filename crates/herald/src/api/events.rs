@@ -4,12 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiError;
 use super::ApiResult;
-use super::extract::{Caller, JsonBody, PathParams};
+use super::extract::{Caller, PathParams, RawJsonBody, parse_json};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
@@ -68,8 +70,20 @@ async fn post_events(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgPath>,
-    JsonBody(body): JsonBody<Value>,
+    RawJsonBody(body): RawJsonBody,
 ) -> ApiResult<(StatusCode, Json<IngestReport>)> {
-    let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, body).await?;
+    let (events, batch) = posted_events(&body)?;
+    let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, events, batch).await?;
     Ok((StatusCode::ACCEPTED, Json(report)))
+}
+
+/// The body's events, each as its text (a tree is built only for data not written as Herald
+/// stores it), and whether they came as an array.
+fn posted_events(body: &[u8]) -> Result<(Vec<&RawValue>, bool), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        Ok((parse_json(body)?, true))
+    } else {
+        Ok((vec![parse_json(body)?], false))
+    }
 }

@@ -79,12 +79,51 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
     }
 }
 
+/// A JSON body left as bytes, for a handler that parses it borrowing from it: read under the
+/// size limit, with the errors of [`JsonBody`], and not empty.
+pub struct RawJsonBody(pub Bytes);
+
+impl FromRequest<AppState> for RawJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the request body is empty; send a JSON object",
+            ));
+        }
+        Ok(RawJsonBody(bytes))
+    }
+}
+
+/// Parses a JSON body, answering `400 invalid_json` with serde's account of what is wrong.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid JSON for this operation: {e}"),
+        )
+    })
+}
+
 async fn read_json<T: DeserializeOwned>(
     req: Request,
     state: &AppState,
 ) -> Result<Option<T>, ApiError> {
+    let bytes = read_body(req, state).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_json(&bytes).map(Some)
+}
+
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let limit = state.settings.server.max_body_bytes;
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+    Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,16 +139,6 @@ async fn read_json<T: DeserializeOwned>(
                 format!("could not read the request body: {e}"),
             )
         }
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the request body is not valid JSON for this operation: {e}"),
-        )
     })
 }
 

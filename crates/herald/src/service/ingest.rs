@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use herald_core::event::NewEvent;
 use herald_core::event_type::{self, check_against_schema};
@@ -37,18 +38,16 @@ pub struct IngestReport {
     pub deliveries: usize,
 }
 
-/// Ingests a request body: one event object, or an array of them. All or nothing.
+/// Ingests a request body's events, each as its text: one event object (`batch` false), or an
+/// array of them. All or nothing.
 pub async fn ingest(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
-    body: Value,
+    raw_events: Vec<&RawValue>,
+    batch: bool,
 ) -> ServiceResult<IngestReport> {
     scope.check_org(org)?;
-    let (raw_events, batch) = match body {
-        Value::Array(items) => (items, true),
-        other => (vec![other], false),
-    };
     if raw_events.is_empty() {
         return Err(Invalid::new("", "the batch is empty; send at least one event").into());
     }
@@ -59,7 +58,10 @@ pub async fn ingest(
         )
         .into());
     }
-    ingest_values(state, org, raw_events, batch, Origin::Producer).await
+    ingest_values(state, org, raw_events, batch, Origin::Producer, |raw| {
+        NewEvent::parse_text(raw)
+    })
+    .await
 }
 
 /// Who posts an event: producers may not use Herald's reserved types; Herald itself may.
@@ -69,12 +71,14 @@ pub(crate) enum Origin {
     Herald,
 }
 
-pub(crate) async fn ingest_values(
+/// Ingests events posted as `T` (text or trees), each turned into a [`NewEvent`] by `parse`.
+pub(crate) async fn ingest_values<T>(
     state: &AppState,
     org: &OrgId,
-    raw_events: Vec<Value>,
+    raw_events: Vec<T>,
     batch: bool,
     origin: Origin,
+    parse: impl Fn(T) -> Result<NewEvent, Invalid>,
 ) -> ServiceResult<IngestReport> {
     let snapshot = state
         .directory
@@ -92,7 +96,7 @@ pub(crate) async fn ingest_values(
                 e
             }
         };
-        let new = NewEvent::parse(raw).map_err(at)?;
+        let new = parse(raw).map_err(at)?;
         if origin == Origin::Producer && event_type::is_reserved(&new.event_type) {
             return Err(at(Invalid::new(
                 "type",
@@ -111,7 +115,10 @@ pub(crate) async fn ingest_values(
             ));
         };
         if let Some(validator) = resolved.validator {
-            check_against_schema(validator, &new.event_type, &new.data)
+            // The stored form is what is checked: what every receiver gets.
+            let data: Value = serde_json::from_str(new.data.get())
+                .map_err(|e| at(Invalid::new("data", format!("could not be read back: {e}"))))?;
+            check_against_schema(validator, &new.event_type, &data)
                 .map_err(|e| ServiceError::SchemaViolation(at(e)))?;
         }
         let channel = resolved.channel.map(str::to_owned);

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use herald_core::OrgId;
+use herald_core::event::NewEvent;
 use herald_core::event_type::{DELIVERY_EXHAUSTED, WEBHOOK_DISABLED, WEBHOOK_ENABLED};
 use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
@@ -69,7 +70,16 @@ fn summary(webhook: &Webhook) -> Value {
 fn emit(state: AppState, org: OrgId, event_type: &'static str, data: Value) {
     tokio::spawn(async move {
         let event = json!({ "type": event_type, "data": data });
-        if let Err(e) = ingest_values(&state, &org, vec![event], false, Origin::Herald).await {
+        if let Err(e) = ingest_values(
+            &state,
+            &org,
+            vec![event],
+            false,
+            Origin::Herald,
+            NewEvent::parse,
+        )
+        .await
+        {
             tracing::error!(org = %org, event_type, error = %e, "could not record an operational event");
         }
     });
