@@ -397,12 +397,8 @@ impl Store for SqliteStore {
 
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
         let records = records.to_vec();
-        self.write(move |c| {
-            records
-                .iter()
-                .try_for_each(|r| deliveries::record_attempt(c, r))
-        })
-        .await
+        self.write(move |c| deliveries::record_attempts(c, &records))
+            .await
     }
 
     async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
