@@ -80,15 +80,22 @@ impl NewEvent {
         if !raw.get().starts_with('{') {
             return Err(Invalid::new("", NOT_AN_OBJECT));
         }
+        // Splitting text into values checks its grammar but not everything a tree would (lone
+        // surrogates in escapes, numbers out of range); what is read further says so itself.
         let fields: Fields<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| Invalid::new("", format!("is not a JSON object: {e}")))?;
+            .map_err(|e| Invalid::new("", format!("is not valid JSON: {e}")))?;
         let mut posted = Posted::default();
         for (key, value) in fields.0 {
             let text = value.get();
             let field = if text.starts_with('"') {
                 match serde_json::from_str::<String>(text) {
                     Ok(s) => Field::Text(s),
-                    Err(_) => Field::Raw(value),
+                    Err(e) => {
+                        return Err(Invalid::new(
+                            crate::truncate_for_message(&key),
+                            format!("is not a valid JSON string: {e}"),
+                        ));
+                    }
                 }
             } else if text == "null" {
                 Field::Null
@@ -234,9 +241,38 @@ fn data_from_text(text: &RawValue) -> Result<Box<RawValue>, Invalid> {
     if crate::js_json::is_written_as_javascript_writes_it(text.get(), MAX_DATA_DEPTH) {
         return Ok(text.to_owned());
     }
-    // Valid JSON already; the only way parsing fails is nesting past serde_json's own limit.
-    let tree: Value = serde_json::from_str(text.get()).map_err(|_| too_deep())?;
+    let tree: Value = serde_json::from_str(text.get()).map_err(|e| {
+        // Past serde_json's own nesting limit, or what splitting the body let through.
+        if nested_deeper_than(text.get(), MAX_DATA_DEPTH) {
+            too_deep()
+        } else {
+            Invalid::new("data", format!("is not valid JSON: {e}"))
+        }
+    })?;
     stored_data(&tree)
+}
+
+/// Whether JSON `text` opens more than `max` objects or arrays inside one another.
+fn nested_deeper_than(text: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    false
 }
 
 /// A data object checked for depth and written as Herald stores it.
@@ -375,6 +411,13 @@ mod tests {
             "}".repeat(40)
         );
         assert_eq!(fails(&deep), "data");
+        let surrogate = fails(r#"{"type":"a","data":{"s":"\ud800"}}"#);
+        assert_eq!(surrogate, "data");
+        let raw: Box<RawValue> =
+            serde_json::from_str(r#"{"type":"a","data":{"n":1e400}}"#).unwrap();
+        let message = NewEvent::parse_text(&raw).unwrap_err().message;
+        assert!(message.contains("not valid JSON"), "{message}");
+        assert_eq!(fails(r#"{"type":"\ud800","data":{}}"#), "type");
         let deeper = format!(
             r#"{{"type":"a","data":{{"a":{}{}}}}}"#,
             "[".repeat(200),

@@ -77,30 +77,25 @@ fn write_object(out: &mut String, map: &Map<String, Value>) {
 /// that are array indices or repeated), which then takes the full path through [`to_string`].
 pub fn is_written_as_javascript_writes_it(text: &str, max_depth: usize) -> bool {
     let bytes = text.as_bytes();
-    // The keys of each object open around the current position, to find repeated keys.
-    let mut open: Vec<Vec<&[u8]>> = Vec::new();
-    let mut depth = 0;
+    // What is open around the current position: for an object, the keys seen so far (to find
+    // repeated keys); for an array, nothing.
+    let mut open: Vec<Option<Vec<&[u8]>>> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'{' | b'[' => {
-                depth += 1;
-                if depth > max_depth {
+                if open.len() >= max_depth {
                     return false;
                 }
-                if bytes[i] == b'{' {
-                    open.push(Vec::new());
+                open.push((bytes[i] == b'{').then(Vec::new));
+                i += 1;
+            }
+            b'}' | b']' => {
+                let closes_object = bytes[i] == b'}';
+                match open.pop() {
+                    Some(keys) if keys.is_some() == closes_object => i += 1,
+                    _ => return false,
                 }
-                i += 1;
-            }
-            b'}' => {
-                open.pop();
-                depth -= 1;
-                i += 1;
-            }
-            b']' => {
-                depth -= 1;
-                i += 1;
             }
             b',' | b':' => i += 1,
             b'"' => {
@@ -111,7 +106,7 @@ pub fn is_written_as_javascript_writes_it(text: &str, max_depth: usize) -> bool 
                 i = end + 1;
                 // A string followed by ':' is a key of the innermost open object.
                 if bytes.get(i) == Some(&b':') {
-                    let Some(keys) = open.last_mut() else {
+                    let Some(Some(keys)) = open.last_mut() else {
                         return false;
                     };
                     let key = std::str::from_utf8(content).unwrap_or_default();
@@ -148,7 +143,7 @@ pub fn is_written_as_javascript_writes_it(text: &str, max_depth: usize) -> bool 
             _ => return false,
         }
     }
-    depth == 0
+    !bytes.is_empty() && open.is_empty()
 }
 
 /// Whether the digits `n` are an integer JavaScript holds exactly (at most 2^53 - 1).
@@ -288,6 +283,22 @@ pub fn number(x: f64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Text that is not JSON is never taken for the stored form, and does not panic.
+    #[test]
+    fn text_that_is_not_json_is_not_the_stored_form() {
+        for text in ["]", "}", "{]", "[}", "{\"a\":1}}", "", "tru", "{\"a\""] {
+            assert!(!is_written_as_javascript_writes_it(text, 32), "{text}");
+        }
+        assert!(is_written_as_javascript_writes_it(
+            r#"{"a":[1,{"b":null}]}"#,
+            32
+        ));
+        assert!(!is_written_as_javascript_writes_it(
+            r#"{"a":[1,{"b":null}]}"#,
+            2
+        ));
+    }
 
     #[test]
     fn numbers_are_written_as_javascript_writes_them() {

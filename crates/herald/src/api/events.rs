@@ -21,7 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(post_events))
 }
 
-/// One event as a producer posts it. Parsed by `herald_core::event::NewEvent::parse`, which
+/// One event as a producer posts it. Parsed by `herald_core::event::NewEvent::parse_text`, which
 /// gives the precise errors; this type only describes it for the OpenAPI document.
 #[derive(serde::Deserialize, ToSchema)]
 #[expect(
