@@ -4,7 +4,7 @@
 //! nodes share the store, the store's signals carry other nodes' changes here too (see
 //! `herald/src/service/cluster.rs`).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 

@@ -31,7 +31,7 @@ fn write_value(out: &mut String, value: &Value) {
                 out.push_str(&number(n.as_f64().unwrap_or(f64::NAN)));
             }
         }
-        Value::String(s) => out.push_str(&serde_json::to_string(s).expect("strings serialise")),
+        Value::String(s) => push_string(out, s),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -47,6 +47,20 @@ fn write_value(out: &mut String, value: &Value) {
 }
 
 const MAX_SAFE: u64 = 9_007_199_254_740_991;
+
+/// Appends `s` as a JSON string. Most strings need no escaping (no quote, backslash or control
+/// character), and those are copied as they are; the rest go through serde_json, whose escapes
+/// are JavaScript's. Bodies are written for every attempt, and a temporary string per key or
+/// value was a good part of their cost.
+fn push_string(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&serde_json::to_string(s).expect("strings serialise"));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+}
 
 fn write_object(out: &mut String, map: &Map<String, Value>) {
     let mut index_keys: Vec<(u32, &String)> = map
@@ -207,10 +221,14 @@ impl Default for ObjectWriter {
 
 impl ObjectWriter {
     pub fn new() -> Self {
-        Self {
-            out: String::from("{"),
-            empty: true,
-        }
+        Self::with_capacity(0)
+    }
+
+    /// A writer whose buffer holds `bytes` without growing (a body's size is mostly its data's).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut out = String::with_capacity(bytes.max(1));
+        out.push('{');
+        Self { out, empty: true }
     }
 
     fn key(&mut self, key: &str) {
@@ -222,9 +240,14 @@ impl ObjectWriter {
             self.out.push(',');
         }
         self.empty = false;
-        self.out
-            .push_str(&serde_json::to_string(key).expect("strings serialise"));
+        push_string(&mut self.out, key);
         self.out.push(':');
+    }
+
+    pub fn string(mut self, key: &str, value: &str) -> Self {
+        self.key(key);
+        push_string(&mut self.out, value);
+        self
     }
 
     pub fn value(mut self, key: &str, value: &Value) -> Self {
@@ -283,6 +306,31 @@ pub fn number(x: f64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strings_are_written_as_serde_json_escapes_them() {
+        for text in [
+            "",
+            "plain",
+            "quote \"",
+            "back\\slash",
+            "new\nline",
+            "\u{1f}",
+            "\u{7f}",
+            "\u{2028}",
+            "Zoë 😀",
+            "\t\r\u{8}\u{c}",
+        ] {
+            let mut out = String::new();
+            push_string(&mut out, text);
+            assert_eq!(out, serde_json::to_string(text).unwrap(), "{text:?}");
+        }
+        let body = ObjectWriter::with_capacity(4)
+            .string("a\"b", "c\nd")
+            .raw("n", "1")
+            .finish();
+        assert_eq!(body, r#"{"a\"b":"c\nd","n":1}"#);
+    }
 
     /// Text that is not JSON is never taken for the stored form, and does not panic.
     #[test]

@@ -6,7 +6,7 @@
 //! before) wrapped every request in redirect, retry and connector layers Herald does not use;
 //! on the delivery path they cost more CPU than the request itself.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

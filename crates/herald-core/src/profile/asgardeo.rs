@@ -27,11 +27,11 @@ pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, Stri
         input.org.handle.as_str()
     );
     let mut set = ObjectWriter::new()
-        .value("iss", &json!(iss))
-        .value("jti", &json!(e.id))
+        .string("iss", &iss)
+        .string("jti", &e.id)
         .value("iat", &json!(e.occurred_at.as_millis()));
     if let Some(rci) = &e.correlation_id {
-        set = set.value("rci", &json!(rci));
+        set = set.string("rci", rci);
     }
     let events = ObjectWriter::new()
         .raw(&event_uri(input), e.data.get())

@@ -2,8 +2,6 @@
 //! (`application/cloudevents+json`) by default, binary mode (`ce-*` headers, the data as the
 //! body) as a webhook option.
 
-use serde_json::json;
-
 use super::{RenderInput, written};
 use crate::js_json::ObjectWriter;
 use crate::webhook::ContentMode;
@@ -21,14 +19,14 @@ pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, Stri
     match input.webhook.options.content_mode.unwrap_or_default() {
         ContentMode::Structured => {
             let mut ce = ObjectWriter::new()
-                .value("specversion", &json!("1.0"))
-                .value("id", &json!(e.id))
-                .value("source", &json!(source(input)))
-                .value("type", &json!(e.event_type))
-                .value("time", &json!(e.occurred_at.to_rfc3339()))
-                .value("datacontenttype", &json!("application/json"));
+                .string("specversion", "1.0")
+                .string("id", &e.id)
+                .string("source", &source(input))
+                .string("type", &e.event_type)
+                .string("time", &e.occurred_at.to_rfc3339())
+                .string("datacontenttype", "application/json");
             if let Some(c) = &e.correlation_id {
-                ce = ce.value("correlationid", &json!(c));
+                ce = ce.string("correlationid", c);
             }
             written(
                 ce.raw("data", e.data.get()).finish(),

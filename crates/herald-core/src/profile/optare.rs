@@ -8,9 +8,9 @@ use crate::js_json::ObjectWriter;
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let e = input.event;
     let body = ObjectWriter::new()
-        .value("event", &json!(e.event_type))
-        .value("timestamp", &json!(e.occurred_at.to_rfc3339_secs()))
-        .value("id", &json!(e.id))
+        .string("event", &e.event_type)
+        .string("timestamp", &e.occurred_at.to_rfc3339_secs())
+        .string("id", &e.id)
         .raw("data", e.data.get())
         .value(
             "organization",

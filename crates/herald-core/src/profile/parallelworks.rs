@@ -8,7 +8,7 @@ use crate::js_json::ObjectWriter;
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let (e, w) = (input.event, input.webhook);
     let body = ObjectWriter::new()
-        .value("type", &json!(e.event_type))
+        .string("type", &e.event_type)
         .value(
             "webhook",
             &json!({ "id": w.id.as_str(), "organization": input.org.handle.as_str(), "name": w.name }),

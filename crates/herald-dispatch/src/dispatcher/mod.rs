@@ -17,7 +17,7 @@ mod limit;
 mod recorder;
 mod worker;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -279,14 +279,14 @@ impl Dispatcher {
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         for delivery in fresh {
-            let webhook_id = delivery.webhook_id.clone();
-            let delivery = match workers.get(&webhook_id) {
+            let delivery = match workers.get(&delivery.webhook_id) {
                 Some(worker) => match worker.tx.send(delivery) {
                     Ok(()) => continue,
                     Err(mpsc::error::SendError(d)) => d,
                 },
                 None => delivery,
             };
+            let webhook_id = delivery.webhook_id.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             tx.send(delivery).expect("the receiver is alive");
             let limit = limit::Limit::new(self.shared.settings.per_webhook_concurrency);
