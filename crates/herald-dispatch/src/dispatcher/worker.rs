@@ -92,7 +92,10 @@ impl Dispatcher {
             }
             let this = self.clone();
             in_flight.spawn(async move {
-                this.attempt(batch, permit).await;
+                // Boxed: the attempt's future is large (rendering, the HTTP exchange), and a task
+                // copies its future when spawned and again when it finishes; this keeps the copy
+                // to the few values captured here.
+                Box::pin(this.attempt(batch, permit)).await;
                 drop(task);
             });
             while in_flight.try_join_next().is_some() {}
