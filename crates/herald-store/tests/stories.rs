@@ -1107,6 +1107,49 @@ async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) 
     assert_eq!(d.last_error, None);
 }
 
+/// One call with 21 outcomes, as the recorder groups them: each delivery gets exactly its own
+/// attempt and next state.
+async fn a_group_of_outcomes_is_recorded_whole(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let mut records = Vec::new();
+    for i in 0..21u32 {
+        let delivery = deliver(&store, &hook, &format!("evt_{i}"), T0, true).await;
+        let (outcome, next) = if i % 3 == 0 {
+            (server_error(), NextStep::RetryAt(at(60 + i64::from(i))))
+        } else {
+            (
+                AttemptOutcome::succeeded(200, i, format!("ok {i}")),
+                NextStep::Succeeded,
+            )
+        };
+        records.push(AttemptRecord {
+            org_id: acme.id.clone(),
+            attempt: attempt(AttemptId::generate(), &delivery, 1, at(i64::from(i)), &outcome),
+            next,
+        });
+    }
+    store.record_attempts(&records).await.unwrap();
+
+    for r in &records {
+        let (d, attempts) = store
+            .get_delivery(&acme.id, &r.attempt.delivery_id)
+            .await
+            .unwrap();
+        assert_eq!(attempts, vec![r.attempt.clone()]);
+        assert_eq!(d.attempt_count, 1);
+        match r.next {
+            NextStep::Succeeded => {
+                assert_eq!(d.state, DeliveryState::Succeeded);
+                assert_eq!(d.last_status, Some(200));
+            }
+            _ => {
+                assert_eq!(d.state, DeliveryState::Pending);
+                assert_eq!(d.last_status, Some(500));
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Delivery health (the dashboard's plots)
 // ---------------------------------------------------------------------------------------------
@@ -1919,6 +1962,7 @@ macro_rules! stories {
             success_and_final_failure_end_a_delivery,
             pending_deliveries_are_counted_per_webhook_with_the_oldest,
             attempts_are_listed_in_order_with_their_outcome,
+            a_group_of_outcomes_is_recorded_whole,
             health_counts_attempts_and_deliveries_per_hour_of_one_webhook,
             purging_removes_old_finished_history_and_keeps_pending_work,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
