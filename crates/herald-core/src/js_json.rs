@@ -332,6 +332,27 @@ mod tests {
         assert_eq!(body, r#"{"a\"b":"c\nd","n":1}"#);
     }
 
+    /// A key repeated within one object is not the stored form (parsing keeps only the last);
+    /// the same key in an object and in one nested in it, or in two sibling objects, is.
+    #[test]
+    fn only_keys_repeated_within_one_object_are_refused() {
+        for (text, stored) in [
+            (r#"{"a":1,"a":2}"#, false),
+            (r#"{"a":{"b":1},"a":2}"#, false),
+            (r#"{"a":{"b":1,"c":{"d":1},"b":2}}"#, false),
+            (r#"{"a":{"a":1}}"#, true),
+            (r#"{"a":{"b":1},"b":2}"#, true),
+            (r#"[{"a":1},{"a":2}]"#, true),
+            (r#"{"x":[{"a":1}],"a":{"x":1}}"#, true),
+        ] {
+            assert_eq!(
+                is_written_as_javascript_writes_it(text, 32),
+                stored,
+                "{text}"
+            );
+        }
+    }
+
     /// Text that is not JSON is never taken for the stored form, and does not panic.
     #[test]
     fn text_that_is_not_json_is_not_the_stored_form() {

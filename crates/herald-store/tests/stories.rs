@@ -1124,7 +1124,13 @@ async fn a_group_of_outcomes_is_recorded_whole(store: Arc<dyn Store>) {
         };
         records.push(AttemptRecord {
             org_id: acme.id.clone(),
-            attempt: attempt(AttemptId::generate(), &delivery, 1, at(i64::from(i)), &outcome),
+            attempt: attempt(
+                AttemptId::generate(),
+                &delivery,
+                1,
+                at(i64::from(i)),
+                &outcome,
+            ),
             next,
         });
     }
