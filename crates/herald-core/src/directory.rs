@@ -19,7 +19,10 @@ use crate::{OrgId, WebhookId};
 /// An organization as the hot path needs it.
 pub struct OrgSnapshot {
     pub org: Organization,
-    pub webhooks: Vec<Arc<Webhook>>,
+    webhooks: Vec<Arc<Webhook>>,
+    /// Where each webhook is in `webhooks`: every attempt looks its webhook up, and an
+    /// organization may have thousands.
+    webhook_at: HashMap<WebhookId, usize>,
     /// WebSub subscriptions by webhook and channel.
     subscriptions: HashMap<(WebhookId, String), Subscription>,
     custom_types: HashMap<String, (CustomEventType, Option<jsonschema::Validator>)>,
@@ -52,9 +55,15 @@ impl OrgSnapshot {
                 (t.name.clone(), (t, validator))
             })
             .collect();
+        let webhook_at = webhooks
+            .iter()
+            .enumerate()
+            .map(|(at, w)| (w.id.clone(), at))
+            .collect();
         Self {
             org,
             webhooks: webhooks.into_iter().map(Arc::new).collect(),
+            webhook_at,
             subscriptions: subscriptions
                 .into_iter()
                 .map(|s| ((s.webhook_id.clone(), s.channel.clone()), s))
@@ -208,8 +217,13 @@ impl OrgSnapshot {
         }
     }
 
+    /// The organization's webhooks.
+    pub fn webhooks(&self) -> &[Arc<Webhook>] {
+        &self.webhooks
+    }
+
     pub fn webhook(&self, id: &WebhookId) -> Option<&Arc<Webhook>> {
-        self.webhooks.iter().find(|w| &w.id == id)
+        self.webhook_at.get(id).map(|&at| &self.webhooks[at])
     }
 
     /// The active webhooks that want an event of this type.
@@ -275,5 +289,31 @@ impl Directory {
         let mut orgs = self.orgs.write().expect("directory lock");
         self.generation.fetch_add(1, Ordering::SeqCst);
         orgs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::ProfileName;
+    use crate::profile::fixtures::{org, webhook};
+
+    #[test]
+    fn each_webhook_is_found_by_its_id() {
+        let hooks: Vec<Webhook> = (0..50)
+            .map(|_| Webhook {
+                id: WebhookId::generate(),
+                ..webhook(
+                    ProfileName::Standard,
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                )
+            })
+            .collect();
+        let snapshot = OrgSnapshot::build(org(), hooks.clone(), vec![], vec![]);
+        assert_eq!(snapshot.webhooks().len(), 50);
+        for hook in &hooks {
+            assert_eq!(snapshot.webhook(&hook.id).map(|w| &w.id), Some(&hook.id));
+        }
+        assert!(snapshot.webhook(&WebhookId::generate()).is_none());
     }
 }

@@ -74,7 +74,7 @@ fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) ->
     }
     if w.profile.one_per_organization()
         && let Some(other) = snapshot
-            .webhooks
+            .webhooks()
             .iter()
             .find(|o| o.profile == w.profile && o.id != w.id)
     {
