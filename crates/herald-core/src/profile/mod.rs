@@ -71,11 +71,20 @@ pub fn render_batch(inputs: &[RenderInput<'_>]) -> OutgoingRequest {
         ProfileName::Asgardeo => asgardeo::body(input),
         ProfileName::CloudEvents => cloudevents::body(input),
     };
-    let ids: Vec<&str> = inputs.iter().map(|i| i.delivery_id.as_str()).collect();
+    // The message id signed: the delivery's id, or a batch's ids joined by commas.
+    let joined;
+    let msg_id = match inputs {
+        [one] => one.delivery_id.as_str(),
+        _ => {
+            let ids: Vec<&str> = inputs.iter().map(|i| i.delivery_id.as_str()).collect();
+            joined = ids.join(",");
+            &joined
+        }
+    };
     let scheme = webhook.effective_signature();
     headers.extend(scheme.sign(
         &webhook.signing_secrets(input.now),
-        &ids.join(","),
+        msg_id,
         input.now,
         &body,
     ));
@@ -223,10 +232,10 @@ fn data_object(event: &Event) -> serde_json::Map<String, serde_json::Value> {
 
 /// `(body, headers)` for a body already written.
 fn written(body: String, content_type: &str) -> (Vec<u8>, Vec<(&'static str, String)>) {
-    (
-        body.into_bytes(),
-        vec![("content-type", content_type.to_owned())],
-    )
+    // Room for the signature's headers (at most three), which are added next.
+    let mut headers = Vec::with_capacity(4);
+    headers.push(("content-type", content_type.to_owned()));
+    (body.into_bytes(), headers)
 }
 
 /// `(body, headers)` for a JSON body with the given media type.

@@ -26,13 +26,12 @@ impl Dispatcher {
     /// answered (with what the answer says about the endpoint's capacity), so that writing the
     /// outcome (which waits for a group commit) does not keep the endpoint's next request waiting.
     pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: Slot) {
-        let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
-        if let Err(e) = self.try_attempt(batch, slot).await {
+        if let Err(e) = self.try_attempt(&batch, slot).await {
             // The leases stay; the deliveries come back when they run out.
-            for id in &ids {
-                self.release_held(id);
+            for d in &batch {
+                self.release_held(&d.delivery_id);
             }
-            tracing::error!(deliveries = ids.len(), first = %ids[0], error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
+            tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
         }
     }
 
@@ -54,7 +53,7 @@ impl Dispatcher {
         (left >= MIN_ATTEMPT).then(|| wanted.min(left))
     }
 
-    async fn try_attempt(&self, batch: Vec<DueDelivery>, slot: Slot) -> Result<(), StoreError> {
+    async fn try_attempt(&self, batch: &[DueDelivery], slot: Slot) -> Result<(), StoreError> {
         let shared = &self.shared;
         let first = &batch[0];
         let forget = |this: &Self| batch.iter().for_each(|d| this.release_held(&d.delivery_id));
@@ -74,14 +73,14 @@ impl Dispatcher {
         };
         if !webhook.active {
             forget(self);
-            for d in &batch {
+            for d in batch {
                 shared.store.release_lease(&d.delivery_id).await?;
             }
             return Ok(());
         }
 
         let started_at = shared.clock.now();
-        let Some(timeout) = self.timeout_within_lease(&batch, &webhook, started_at) else {
+        let Some(timeout) = self.timeout_within_lease(batch, &webhook, started_at) else {
             // Too little of the lease is left for an attempt: leave the deliveries to whichever
             // node takes them when the lease ends (this one, most likely).
             tracing::debug!(deliveries = batch.len(), first = %first.delivery_id, "lease nearly over; not starting an attempt");
@@ -141,7 +140,7 @@ impl Dispatcher {
         let mut records = Vec::with_capacity(batch.len());
         let mut retrying = false;
         let mut exhausted = Vec::new();
-        for due in &batch {
+        for due in batch {
             let number = due.attempt_count + 1;
             let next = schedule.next_step(
                 number.saturating_sub(due.schedule_base),

@@ -9,11 +9,13 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use foldhash::HashMap;
+
 use herald_core::WebhookId;
 use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
 
-use super::breaker::Gate;
+use super::breaker::{Breaker, Gate};
 use super::limit::Limit;
 
 use super::Dispatcher;
@@ -113,14 +115,11 @@ impl Dispatcher {
     /// the end of the cool-down in the store.
     async fn pass_breaker(&self, webhook: &WebhookId, batch: &[DueDelivery]) -> bool {
         let now = self.shared.clock.now();
-        let gate = self
-            .shared
-            .breakers
-            .lock()
-            .expect("breakers lock")
-            .entry(webhook.clone())
-            .or_default()
-            .gate(now);
+        let gate = breaker(
+            &mut self.shared.breakers.lock().expect("breakers lock"),
+            webhook,
+        )
+        .gate(now);
         let until = match gate {
             Gate::Pass | Gate::Probe => return true,
             Gate::Defer(until) => until,
@@ -139,16 +138,25 @@ impl Dispatcher {
     /// Records an attempt's outcome in the webhook's circuit breaker.
     pub(super) fn breaker_outcome(&self, webhook: &WebhookId, success: bool) {
         let now = self.shared.clock.now();
-        let opened = self
-            .shared
-            .breakers
-            .lock()
-            .expect("breakers lock")
-            .entry(webhook.clone())
-            .or_default()
-            .record(success, now);
+        let opened = breaker(
+            &mut self.shared.breakers.lock().expect("breakers lock"),
+            webhook,
+        )
+        .record(success, now);
         if let Some(until) = opened {
             tracing::warn!(webhook = %webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
         }
     }
+}
+
+/// The webhook's circuit breaker, made on first use. The id is cloned only then: `entry` would
+/// clone it on every attempt, twice.
+fn breaker<'a>(
+    breakers: &'a mut HashMap<WebhookId, Breaker>,
+    webhook: &WebhookId,
+) -> &'a mut Breaker {
+    if !breakers.contains_key(webhook) {
+        breakers.insert(webhook.clone(), Breaker::default());
+    }
+    breakers.get_mut(webhook).expect("just inserted")
 }
