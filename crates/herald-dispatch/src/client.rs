@@ -193,7 +193,10 @@ fn post(
 ) -> Result<http::Request<RequestBody>, AttemptError> {
     let invalid = |e: &dyn std::fmt::Display| AttemptError::Request(e.to_string());
     let mut req = http::Request::post(url)
-        .header(http::header::USER_AGENT, USER_AGENT)
+        .header(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        )
         .body(Full::new(Bytes::from(request.body)).boxed())
         .map_err(|e| invalid(&e))?;
     let headers = req.headers_mut();
@@ -203,12 +206,26 @@ fn post(
         headers.append(name, value);
     }
     for (name, value) in request.headers {
-        // `from_static` would panic on a name with capitals; a profile's names are checked here.
-        let name = HeaderName::try_from(name).map_err(|e| invalid(&e))?;
+        let name = profile_header_name(name).map_err(|e| invalid(&e))?;
         let value = HeaderValue::try_from(value).map_err(|e| invalid(&e))?;
         headers.insert(name, value);
     }
     Ok(req)
+}
+
+/// A profile's header name. Names in lower case made only of letters, digits and dashes (all
+/// of them, today) are taken as they are, without the copy `try_from` allocates for each on
+/// every request; any other is checked, since `from_static` would panic on it.
+fn profile_header_name(name: &'static str) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Ok(HeaderName::from_static(name))
+    } else {
+        HeaderName::try_from(name)
+    }
 }
 
 impl HttpClient {
@@ -367,6 +384,19 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    #[test]
+    fn profile_header_names_are_taken_as_they_are_or_checked() {
+        for name in ["webhook-id", "content-type", "x-opal-signature", "ce-id"] {
+            assert_eq!(
+                profile_header_name(name).unwrap(),
+                HeaderName::try_from(name).unwrap()
+            );
+        }
+        assert_eq!(profile_header_name("X-Upper").unwrap(), "x-upper");
+        assert!(profile_header_name("no spaces").is_err());
+        assert!(profile_header_name("").is_err());
+    }
 
     fn loopback_client() -> HttpClient {
         HttpClient::new(AddressPolicy::parse(&["127.0.0.0/8".into()]).unwrap()).unwrap()
