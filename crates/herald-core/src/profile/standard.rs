@@ -6,7 +6,7 @@ use crate::js_json::ObjectWriter;
 pub(super) fn body(input: &RenderInput<'_>) -> (Vec<u8>, Vec<(&'static str, String)>) {
     let e = input.event;
     let data = e.data.get();
-    // `{"type":…,"timestamp":"2023-11-14T22:13:20.000Z","data":…}`: 48 bytes around the two.
+    // `{"type":"…","timestamp":"2023-11-14T22:13:20.000Z","data":…}`: 58 bytes around the two.
     let body = ObjectWriter::with_capacity(64 + e.event_type.len() + data.len())
         .string("type", &e.event_type)
         .string("timestamp", &e.occurred_at.to_rfc3339())
