@@ -150,8 +150,8 @@ impl HttpClient {
 /// to. Parsing a URL (twice: as a URL for the check, then as the request's URI) cost more
 /// instructions than rendering and building the rest of the request, for every attempt, while
 /// the answer depends only on the URL and the policy, which never changes for a client.
-/// Tenants choose the URLs; the map's hash (foldhash) is seeded per process, and the map holds
-/// at most `MAX_TARGETS`, so even colliding URLs cannot make a lookup long.
+/// Tenants choose the URLs; the map's hash (foldhash) is seeded per process, so collisions
+/// cannot be planned, and the map holds at most `MAX_TARGETS`, which bounds what they could cost.
 #[derive(Default)]
 struct Targets {
     known: Mutex<HashMap<String, Result<http::Uri, AttemptError>>>,
