@@ -1,22 +1,24 @@
-//! The outbound HTTP client: keep-alive pooling, no redirects, a deadline over the whole
+//! The outbound HTTP client: keep-alive connections, no redirects, a deadline over the whole
 //! exchange, and at most a KiB of each response kept.
 //!
-//! It is hyper's pooled client with a TLS connector (rustls, the platform's verifier) over a
-//! TCP connector whose resolver is the SSRF guard. A general-purpose client (reqwest, used
-//! before) wrapped every request in redirect, retry and connector layers Herald does not use;
-//! on the delivery path they cost more CPU than the request itself.
+//! It is hyper's HTTP/1.1 connection over a TLS connector (rustls, the platform's verifier)
+//! over a TCP connector whose resolver is the SSRF guard, with a pool of its own (`pool.rs`).
+//! A general-purpose client (reqwest, used before, then hyper-util's pooled client) wrapped
+//! every request in layers Herald does not use; on the delivery path they cost more CPU than
+//! the request itself.
+
+mod pool;
 
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant as Deadline, timeout_at};
 
 use herald_core::address_policy::AddressPolicy;
@@ -26,7 +28,8 @@ use herald_core::delivery::{
 };
 use herald_core::profile::OutgoingRequest;
 
-use crate::guard::{Blocked, GuardedResolver, check_parsed_url, check_url};
+use crate::guard::{Blocked, GuardedResolver, check_parsed_url};
+use pool::{Connection, Connector, Origin};
 
 /// Installs the TLS crypto provider (ring) for this process, once. Every TLS configuration
 /// made in the process needs it first.
@@ -34,13 +37,10 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
-type RequestBody = BoxBody<Bytes, std::convert::Infallible>;
-
-/// Sends rendered requests. Clone it freely: clones share one connection pool.
+/// Sends rendered requests. Clone it freely: clones share their connections.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<Connector, RequestBody>,
+    connector: Connector,
     policy: Arc<AddressPolicy>,
     targets: Arc<Targets>,
 }
@@ -76,13 +76,8 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
-            inner,
+            connector,
             policy,
             targets: Arc::default(),
         })
@@ -99,16 +94,17 @@ impl HttpClient {
         let started = Instant::now();
         let deadline = Deadline::now() + timeout;
         let built = match self.targets.target(&self.policy, url) {
-            Ok(uri) => post(uri, request, extra_headers),
+            Ok(target) => post(&target, request, extra_headers).map(|req| (target, req)),
+            Err(error) => Err(error),
+        };
+        let (target, req) = match built {
+            Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
         };
-        let result = match built {
-            Ok(req) => timeout_at(deadline, self.inner.request(req)).await,
-            Err(error) => return failed(error, None, started, String::new(), None),
-        };
-        let response = match result {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return failed(classify(&e), None, started, String::new(), None),
+        let exchanged = timeout_at(deadline, self.exchange(&target.origin, &target.uri, req)).await;
+        let (response, connection) = match exchanged {
+            Ok(Ok(exchanged)) => exchanged,
+            Ok(Err(error)) => return failed(error, None, started, String::new(), None),
             Err(_) => return failed(AttemptError::Timeout, None, started, String::new(), None),
         };
         let status = response.status().as_u16();
@@ -117,14 +113,15 @@ impl HttpClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let (kept, stop) = read_prefix(response.into_body(), RESPONSE_BODY_KEEP, deadline).await;
+        let (kept, end) = read_prefix(response.into_body(), RESPONSE_BODY_KEEP, deadline).await;
         let kept = keep_response_prefix(&kept);
-        match stop {
-            Some(BodyStop::Deadline) => {
+        match end {
+            BodyEnd::Complete => target.origin.checkin(connection),
+            BodyEnd::Deadline => {
                 return failed(AttemptError::Timeout, Some(status), started, kept, None);
             }
             // A body cut short after a complete status line does not change the verdict.
-            Some(BodyStop::Broken(_)) | None => {}
+            BodyEnd::Limit | BodyEnd::Broken(_) => {}
         }
         let duration_ms = elapsed_ms(started);
         if (200..300).contains(&status) {
@@ -144,62 +141,155 @@ impl HttpClient {
             )
         }
     }
+
+    /// Sends `req` on an idle connection of `origin`, or on a new one to `uri` if none is
+    /// left; answers the response and the connection it came on. A pooled connection the
+    /// server closed before the request went out is set aside and the next one tried, as a
+    /// request that never left cannot have been received.
+    async fn exchange(
+        &self,
+        origin: &Origin,
+        uri: &http::Uri,
+        mut req: http::Request<pool::Body>,
+    ) -> Result<(hyper::Response<Incoming>, Connection), AttemptError> {
+        while let Some(mut connection) = origin.checkout() {
+            if connection.ready().await.is_err() {
+                continue;
+            }
+            match connection.try_send_request(req).await {
+                Ok(response) => return Ok((response, connection)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(classify(error.error(), Stage::Exchange)),
+                },
+            }
+        }
+        let mut connection = pool::connect(&self.connector, uri)
+            .await
+            .map_err(|e| classify(&*e, Stage::Connect))?;
+        let response = connection
+            .send_request(req)
+            .await
+            .map_err(|e| classify(&e, Stage::Exchange))?;
+        Ok((response, connection))
+    }
 }
 
-/// Each webhook URL already parsed and checked against the address policy, as the URI to send
-/// to. Parsing a URL (twice: as a URL for the check, then as the request's URI) cost more
-/// instructions than rendering and building the rest of the request, for every attempt, while
-/// the answer depends only on the URL and the policy, which never changes for a client.
-/// Tenants choose the URLs; the map's hash (foldhash) is seeded per process, so collisions
-/// cannot be planned, and the map holds at most `MAX_TARGETS`, which bounds what they could cost.
+/// A webhook URL, parsed and checked against the address policy once, with what each request
+/// to it needs.
+struct Target {
+    /// The URL as a URI, for the connector (scheme, host, port).
+    uri: http::Uri,
+    /// What the request line carries: the path and query.
+    path: http::Uri,
+    /// The `Host` header: the host, and the port unless it is the scheme's default.
+    host: HeaderValue,
+    /// Idle connections to the URL's origin, shared with every URL of that origin.
+    origin: Arc<Origin>,
+}
+
+/// Each webhook URL already parsed and checked against the address policy, with its origin's
+/// connections. Parsing a URL (twice: as a URL for the check, then as the request's URI) cost
+/// more instructions than rendering and building the rest of the request, for every attempt,
+/// while the answer depends only on the URL and the policy, which never changes for a client.
+/// Tenants choose the URLs; the maps' hash (foldhash) is seeded per process, so collisions
+/// cannot be planned, and they hold at most `MAX_TARGETS`, which bounds what they could cost.
 #[derive(Default)]
 struct Targets {
-    known: Mutex<HashMap<String, Result<http::Uri, AttemptError>>>,
+    known: Mutex<Known>,
 }
 
-/// URLs remembered at most; past it the memory is cleared (webhooks are few, URLs rarely change).
+#[derive(Default)]
+struct Known {
+    targets: HashMap<String, Result<Arc<Target>, AttemptError>>,
+    /// By scheme and authority: every URL of one origin shares its connections.
+    origins: HashMap<String, Arc<Origin>>,
+}
+
+/// URLs remembered at most; past it the memory is cleared (webhooks are few, URLs rarely
+/// change). Connections in use finish their requests; idle ones close.
 const MAX_TARGETS: usize = 4096;
 
 impl Targets {
-    /// The URI to POST to for `url`, or why nothing may be sent to it.
-    fn target(&self, policy: &AddressPolicy, url: &str) -> Result<http::Uri, AttemptError> {
-        if let Some(known) = self.known.lock().expect("targets lock").get(url) {
+    /// Where to send for `url`, or why nothing may be sent to it.
+    fn target(&self, policy: &AddressPolicy, url: &str) -> Result<Arc<Target>, AttemptError> {
+        if let Some(known) = self.known.lock().expect("targets lock").targets.get(url) {
             return known.clone();
         }
-        let target = resolve_target(policy, url);
+        let resolved = resolve_target(policy, url);
         let mut known = self.known.lock().expect("targets lock");
-        if known.len() >= MAX_TARGETS {
-            known.clear();
+        if known.targets.len() >= MAX_TARGETS {
+            known.targets.clear();
+            known.origins.clear();
         }
-        known.insert(url.to_owned(), target.clone());
+        let target = resolved.map(|(uri, path, host)| {
+            let origin_key = format!(
+                "{}://{}",
+                uri.scheme_str().unwrap_or(""),
+                host_and_port(&uri)
+            );
+            let origin = known.origins.entry(origin_key).or_default().clone();
+            Arc::new(Target {
+                uri,
+                path,
+                host,
+                origin,
+            })
+        });
+        known.targets.insert(url.to_owned(), target.clone());
         target
     }
 }
 
-/// Parses `url`, checks its host against `policy`, and turns it into the request's URI: the URL
-/// sent is the URL checked.
-fn resolve_target(policy: &AddressPolicy, url: &str) -> Result<http::Uri, AttemptError> {
+/// Parses `url`, checks its host against `policy`, and turns it into the request's URI, its
+/// origin-form and its `Host` header: the URL sent is the URL checked.
+fn resolve_target(
+    policy: &AddressPolicy,
+    url: &str,
+) -> Result<(http::Uri, http::Uri, HeaderValue), AttemptError> {
+    let invalid = |e: &dyn std::fmt::Display| AttemptError::Request(e.to_string());
     let parsed = url::Url::parse(url)
         .map_err(|_| Blocked("the URL does not parse".into()))
         .and_then(|parsed| check_parsed_url(policy, &parsed).map(|()| parsed))
         .map_err(|blocked| AttemptError::Blocked(blocked.0))?;
-    http::Uri::try_from(parsed.as_str()).map_err(|e| AttemptError::Request(e.to_string()))
+    let uri = http::Uri::try_from(parsed.as_str()).map_err(|e| invalid(&e))?;
+    let path = match uri.path_and_query() {
+        Some(path) => http::Uri::try_from(path.as_str()).map_err(|e| invalid(&e))?,
+        None => http::Uri::from_static("/"),
+    };
+    let host = HeaderValue::try_from(host_and_port(&uri)).map_err(|e| invalid(&e))?;
+    Ok((uri, path, host))
+}
+
+/// `host`, or `host:port` when the port is not the scheme's default (as `Host` carries it).
+fn host_and_port(uri: &http::Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let default = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    match uri.port_u16() {
+        Some(port) if Some(port) != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    }
 }
 
 /// The POST request for a delivery. A header the webhook configured that HTTP cannot carry is
 /// the request's failure, not a panic.
 fn post(
-    url: http::Uri,
+    target: &Target,
     request: OutgoingRequest,
     extra_headers: &[(String, String)],
-) -> Result<http::Request<RequestBody>, AttemptError> {
+) -> Result<http::Request<pool::Body>, AttemptError> {
     let invalid = |e: &dyn std::fmt::Display| AttemptError::Request(e.to_string());
-    let mut req = http::Request::post(url)
+    let mut req = http::Request::post(target.path.clone())
+        .header(HOST, target.host.clone())
         .header(
             http::header::USER_AGENT,
             HeaderValue::from_static(USER_AGENT),
         )
-        .body(Full::new(Bytes::from(request.body)).boxed())
+        .body(Full::new(Bytes::from(request.body)))
         .map_err(|e| invalid(&e))?;
     let headers = req.headers_mut();
     for (name, value) in extra_headers {
@@ -232,49 +322,52 @@ fn profile_header_name(name: &'static str) -> Result<HeaderName, http::header::I
 
 impl HttpClient {
     /// GETs `url` and returns the status and at most `max_body` bytes of the body as text
-    /// (WebSub verification of intent).
+    /// (WebSub verification of intent). Such URLs are one-off (they carry a challenge), so
+    /// they are neither remembered nor sent on a pooled connection.
     pub async fn get_text(
         &self,
         url: &str,
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, String), AttemptError> {
-        check_url(&self.policy, url).map_err(|b| AttemptError::Blocked(b.0))?;
         let deadline = Deadline::now() + timeout;
-        let req = http::Request::get(url)
+        let (uri, path, host) = resolve_target(&self.policy, url)?;
+        let req = http::Request::get(path)
+            .header(HOST, host)
             .header(http::header::USER_AGENT, USER_AGENT)
-            .body(Empty::new().boxed())
+            .body(Full::default())
             .map_err(|e| AttemptError::Request(e.to_string()))?;
-        let response = timeout_at(deadline, self.inner.request(req))
-            .await
-            .map_err(|_| AttemptError::Timeout)?
-            .map_err(|e| classify(&e))?;
+        let (response, _connection) =
+            timeout_at(deadline, self.exchange(&Origin::default(), &uri, req))
+                .await
+                .map_err(|_| AttemptError::Timeout)??;
         let status = response.status().as_u16();
-        let (mut text, stop) = read_prefix(response.into_body(), max_body, deadline).await;
-        match stop {
-            Some(BodyStop::Deadline) => return Err(AttemptError::Timeout),
-            Some(BodyStop::Broken(e)) => return Err(AttemptError::Request(error_chain(&e))),
-            None => {}
+        let (mut text, end) = read_prefix(response.into_body(), max_body, deadline).await;
+        match end {
+            BodyEnd::Deadline => return Err(AttemptError::Timeout),
+            BodyEnd::Broken(e) => return Err(AttemptError::Request(error_chain(&e))),
+            BodyEnd::Complete | BodyEnd::Limit => {}
         }
         text.truncate(max_body);
         Ok((status, String::from_utf8_lossy(&text).into_owned()))
     }
 }
 
-/// Why reading a body stopped before its end or its limit.
-enum BodyStop {
+/// How reading a body ended.
+enum BodyEnd {
+    /// At its end: the connection can carry the next request.
+    Complete,
+    /// At the limit, with more to come (not our business).
+    Limit,
     Deadline,
     Broken(hyper::Error),
 }
 
 /// Reads a response body by `deadline` until its end or until at least `max` bytes are in
-/// (a short body is read to its end, so the connection goes back to the pool; the rest of a long
-/// one is not our business). Answers what was read, and why it stopped early if it did.
-async fn read_prefix(
-    mut body: hyper::body::Incoming,
-    max: usize,
-    deadline: Deadline,
-) -> (Vec<u8>, Option<BodyStop>) {
+/// (a short body is read to its end, so its connection can be used again). Answers what was
+/// read, and how reading ended.
+async fn read_prefix(mut body: Incoming, max: usize, deadline: Deadline) -> (Vec<u8>, BodyEnd) {
+    use hyper::body::Body as _;
     let mut read = Vec::new();
     while read.len() < max {
         match timeout_at(deadline, body.frame()).await {
@@ -283,12 +376,17 @@ async fn read_prefix(
                     read.extend_from_slice(&data);
                 }
             }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return (read, Some(BodyStop::Broken(e))),
-            Err(_) => return (read, Some(BodyStop::Deadline)),
+            Ok(None) => return (read, BodyEnd::Complete),
+            Ok(Some(Err(e))) => return (read, BodyEnd::Broken(e)),
+            Err(_) => return (read, BodyEnd::Deadline),
         }
     }
-    (read, None)
+    let end = if body.is_end_stream() {
+        BodyEnd::Complete
+    } else {
+        BodyEnd::Limit
+    };
+    (read, end)
 }
 
 /// `Retry-After` in seconds, given as seconds or as an HTTP date (RFC 9110 §10.2.3).
@@ -315,8 +413,15 @@ fn elapsed_ms(started: Instant) -> u32 {
     started.elapsed().as_millis().min(u32::MAX as u128) as u32
 }
 
+/// Where a transport error came from: opening the connection, or the exchange on it.
+#[derive(Clone, Copy)]
+enum Stage {
+    Connect,
+    Exchange,
+}
+
 /// Sorts a transport error by walking its cause chain.
-fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
+fn classify(e: &(dyn std::error::Error + 'static), stage: Stage) -> AttemptError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut tls = false;
     while let Some(err) = source {
@@ -343,10 +448,11 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
         || lower.contains("handshake")
     {
         AttemptError::Tls(chain)
-    } else if e.is_connect() {
-        AttemptError::Connect(chain)
     } else {
-        AttemptError::Request(chain)
+        match stage {
+            Stage::Connect => AttemptError::Connect(chain),
+            Stage::Exchange => AttemptError::Request(chain),
+        }
     }
 }
 
@@ -384,6 +490,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -486,6 +593,7 @@ mod tests {
         let head = seen.await.unwrap().to_ascii_lowercase();
         assert!(head.starts_with("post /hook http/1.1\r\n"), "{head}");
         for line in [
+            &format!("host: {addr}"),
             "x-tenant: acme",
             "content-type: application/json",
             "content-length: 2",
@@ -493,6 +601,111 @@ mod tests {
         ] {
             assert!(head.contains(line), "{line} missing from {head}");
         }
+    }
+
+    /// A server on loopback that answers every request on a connection with `200 ok`, keeping
+    /// the connection open unless `close_after_each` (then it closes it after answering,
+    /// without saying so, as a server ending an idle connection does). Counts connections.
+    async fn keep_alive_server(close_after_each: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        // One request: its head, then as many bytes as its content-length says.
+                        let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.trim().parse().unwrap());
+                        if read.len() < end + 4 + length {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        }
+                        read.drain(..end + 4 + length);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() || close_after_each {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (
+            format!("http://127.0.0.1:{}/hook", addr.port()),
+            connections,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_and_used_again() {
+        let (url, connections) = keep_alive_server(false).await;
+        let client = loopback_client();
+        for _ in 0..5 {
+            let outcome = client
+                .send(&url, request("{}"), &[], Duration::from_secs(5))
+                .await;
+            assert!(outcome.is_success(), "{outcome:?}");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        let origin = client
+            .targets
+            .target(&client.policy, &url)
+            .unwrap()
+            .origin
+            .clone();
+        assert_eq!(origin.idle(), 1);
+
+        // Another path on the same origin shares its connections.
+        let other = url.replace("/hook", "/other?x=1");
+        let outcome = client
+            .send(&other, request("{}"), &[], Duration::from_secs(5))
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_not_used_again() {
+        let (url, connections) = keep_alive_server(true).await;
+        let client = loopback_client();
+        for attempt in 1..=3 {
+            let outcome = client
+                .send(&url, request("{}"), &[], Duration::from_secs(5))
+                .await;
+            assert!(outcome.is_success(), "attempt {attempt}: {outcome:?}");
+            // The client sees the server's close before the next request.
+            let origin = client
+                .targets
+                .target(&client.policy, &url)
+                .unwrap()
+                .origin
+                .clone();
+            for _ in 0..500 {
+                if origin.idle() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(origin.idle(), 0, "the closed connection still looks open");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
