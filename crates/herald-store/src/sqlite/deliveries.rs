@@ -79,9 +79,11 @@ pub(crate) fn insert_events(
     Ok(results)
 }
 
+/// A due delivery with its event, found by the event's sequence number (its rowid): one
+/// integer lookup instead of a search of the `(org_id, id)` index by two strings.
 const DUE_SELECT: &str = "SELECT d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
      e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data \
-     FROM deliveries d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id";
+     FROM deliveries d JOIN events e ON e.seq = d.event_seq AND e.org_id = d.org_id";
 
 fn due_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
     Ok(DueDelivery {
@@ -94,19 +96,23 @@ fn due_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
     })
 }
 
+/// Due deliveries of active webhooks, earliest first.
+fn claim_sql() -> String {
+    format!(
+        "{DUE_SELECT} JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE d.state = 'pending' AND d.due_at <= ?1 AND w.active = 1 AND w.deleted_at IS NULL \
+         ORDER BY d.due_at LIMIT ?2"
+    )
+}
+
 pub(crate) fn claim_due(
     conn: &Connection,
     now: Timestamp,
     lease_until: Timestamp,
     limit: u32,
 ) -> DbResult<Vec<DueDelivery>> {
-    let sql = format!(
-        "{DUE_SELECT} JOIN webhooks w ON w.id = d.webhook_id \
-         WHERE d.state = 'pending' AND d.due_at <= ?1 AND w.active = 1 AND w.deleted_at IS NULL \
-         ORDER BY d.due_at LIMIT ?2"
-    );
     let due = conn
-        .prepare_cached(&sql)?
+        .prepare_cached(&claim_sql())?
         .query_map(params![now.as_millis(), limit], due_row)?
         .collect::<Result<Vec<_>, _>>()?;
     let mut lease =
@@ -449,6 +455,11 @@ mod tests {
         assert_eq!(
             plan(&list_sql(false)),
             "SEARCH deliveries USING INDEX deliveries_by_webhook (webhook_id=?)"
+        );
+        let claim = plan(&claim_sql());
+        assert!(
+            claim.contains("SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"),
+            "a claimed delivery's event is found by its sequence number: {claim}"
         );
         let pending = plan(PENDING_BY_WEBHOOK);
         assert!(
