@@ -93,10 +93,10 @@ impl HttpClient {
     ) -> AttemptOutcome {
         let started = Instant::now();
         let deadline = Deadline::now() + timeout;
-        let built = match self.targets.target(&self.policy, url) {
-            Ok(target) => post(&target, request, extra_headers).map(|req| (target, req)),
-            Err(error) => Err(error),
-        };
+        let built = self
+            .targets
+            .target(&self.policy, url)
+            .and_then(|target| post(&target, request, extra_headers).map(|req| (target, req)));
         let (target, req) = match built {
             Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
