@@ -283,15 +283,18 @@ fn post(
     extra_headers: &[(String, String)],
 ) -> Result<http::Request<pool::Body>, AttemptError> {
     let invalid = |e: &dyn std::fmt::Display| AttemptError::Request(e.to_string());
-    let mut req = http::Request::post(target.path.clone())
-        .header(HOST, target.host.clone())
-        .header(
-            http::header::USER_AGENT,
-            HeaderValue::from_static(USER_AGENT),
-        )
-        .body(Full::new(Bytes::from(request.body)))
-        .map_err(|e| invalid(&e))?;
+    let mut req = http::Request::new(Full::new(Bytes::from(request.body)));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = target.path.clone();
+    // Room for every header at once, `Content-Length` (hyper's) included: a map that grew on the
+    // last one moved all the others, once per attempt.
     let headers = req.headers_mut();
+    headers.reserve(3 + extra_headers.len() + request.headers.len());
+    headers.insert(HOST, target.host.clone());
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(USER_AGENT),
+    );
     for (name, value) in extra_headers {
         let name = HeaderName::try_from(name.as_str()).map_err(|e| invalid(&e))?;
         let value = HeaderValue::try_from(value.as_str()).map_err(|e| invalid(&e))?;
