@@ -76,10 +76,16 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
+        let targets = Arc::<Targets>::default();
+        // Outside a runtime (a client made for a one-off command) connections are still closed
+        // when an origin is next used; a server's client sweeps all of them now and then.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(close_stale_connections(Arc::downgrade(&targets)));
+        }
         Ok(Self {
             connector,
             policy,
-            targets: Arc::default(),
+            targets,
         })
     }
 
@@ -238,6 +244,39 @@ impl Targets {
         });
         known.targets.insert(url.to_owned(), target.clone());
         target
+    }
+
+    /// Closes every origin's stale idle connections (see `Origin::close_stale`).
+    fn close_stale(&self, now: Instant) {
+        let origins: Vec<Arc<Origin>> = self
+            .known
+            .lock()
+            .expect("targets lock")
+            .origins
+            .values()
+            .cloned()
+            .collect();
+        for origin in origins {
+            origin.close_stale(now);
+        }
+    }
+}
+
+/// How often idle connections are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Sweeps the client's idle connections every `SWEEP_EVERY` until the client is gone. Without
+/// it, an endpoint that receives nothing more would keep up to `MAX_IDLE` connections (and as
+/// many file descriptors) open for as long as its server tolerates idle ones.
+async fn close_stale_connections(targets: std::sync::Weak<Targets>) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(targets) = targets.upgrade() else {
+            return;
+        };
+        targets.close_stale(Instant::now());
     }
 }
 
@@ -606,47 +645,28 @@ mod tests {
         }
     }
 
+    /// Connections a test server accepted, and how many of them have ended.
+    #[derive(Default)]
+    struct Connections {
+        accepted: AtomicUsize,
+        ended: AtomicUsize,
+    }
+
     /// A server on loopback that answers every request on a connection with `200 ok`, keeping
     /// the connection open unless `close_after_each` (then it closes it after answering,
     /// without saying so, as a server ending an idle connection does). Counts connections.
-    async fn keep_alive_server(close_after_each: bool) -> (String, Arc<AtomicUsize>) {
+    async fn keep_alive_server(close_after_each: bool) -> (String, Arc<Connections>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(Connections::default());
         let counted = connections.clone();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
+                counted.accepted.fetch_add(1, Ordering::SeqCst);
+                let ended = counted.clone();
                 tokio::spawn(async move {
-                    let mut read = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        // One request: its head, then as many bytes as its content-length says.
-                        let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match socket.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => read.extend_from_slice(&buf[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .map_or(0, |n| n.trim().parse().unwrap());
-                        if read.len() < end + 4 + length {
-                            match socket.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => read.extend_from_slice(&buf[..n]),
-                            }
-                            continue;
-                        }
-                        read.drain(..end + 4 + length);
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if socket.write_all(answer).await.is_err() || close_after_each {
-                            return;
-                        }
-                    }
+                    serve_connection(&mut socket, close_after_each).await;
+                    ended.ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -654,6 +674,40 @@ mod tests {
             format!("http://127.0.0.1:{}/hook", addr.port()),
             connections,
         )
+    }
+
+    /// Answers requests on `socket` until the client closes it (or after the first answer, if
+    /// `close_after_each`).
+    async fn serve_connection(socket: &mut tokio::net::TcpStream, close_after_each: bool) {
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // One request: its head, then as many bytes as its content-length says.
+            let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            if read.len() < end + 4 + length {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            }
+            read.drain(..end + 4 + length);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if socket.write_all(answer).await.is_err() || close_after_each {
+                return;
+            }
+        }
     }
 
     #[tokio::test]
@@ -666,7 +720,7 @@ mod tests {
                 .await;
             assert!(outcome.is_success(), "{outcome:?}");
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(connections.accepted.load(Ordering::SeqCst), 1);
         let origin = client
             .targets
             .target(&client.policy, &url)
@@ -681,7 +735,7 @@ mod tests {
             .send(&other, request("{}"), &[], Duration::from_secs(5))
             .await;
         assert!(outcome.is_success(), "{outcome:?}");
-        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(connections.accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -708,7 +762,41 @@ mod tests {
             }
             assert_eq!(origin.idle(), 0, "the closed connection still looks open");
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        assert_eq!(connections.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_once_they_have_waited_too_long() {
+        let (url, connections) = keep_alive_server(false).await;
+        let client = loopback_client();
+        let outcome = client
+            .send(&url, request("{}"), &[], Duration::from_secs(5))
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        let origin = client
+            .targets
+            .target(&client.policy, &url)
+            .unwrap()
+            .origin
+            .clone();
+        client.targets.close_stale(Instant::now());
+        assert_eq!(origin.idle(), 1, "a connection idle for a moment stays");
+
+        client
+            .targets
+            .close_stale(Instant::now() + pool::IDLE_TIMEOUT);
+        assert_eq!(origin.idle(), 0);
+        for _ in 0..500 {
+            if connections.ended.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            connections.ended.load(Ordering::SeqCst),
+            1,
+            "the server saw the connection closed"
+        );
     }
 
     #[tokio::test]

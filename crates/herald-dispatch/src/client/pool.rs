@@ -31,7 +31,7 @@ pub(super) type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_IDLE: usize = 64;
 /// An idle connection unused for this long is closed rather than reused: servers close theirs
 /// after a while, and a request sent just as they do fails.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One origin's idle connections, the most recently used last.
 #[derive(Default)]
@@ -78,6 +78,15 @@ impl Origin {
             connection,
             since: now,
         });
+    }
+
+    /// Closes the idle connections that the server closed or that have waited `IDLE_TIMEOUT`
+    /// by `now`. Checking in and out does this for the connections it passes; this reaches an
+    /// origin nothing is sent to any more, whose connections would otherwise stay open for as
+    /// long as its server allows.
+    pub(super) fn close_stale(&self, now: Instant) {
+        let mut idle = self.idle.lock().expect("idle connections lock");
+        idle.retain(|c| !c.connection.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
     }
 
     /// Idle connections still open.
