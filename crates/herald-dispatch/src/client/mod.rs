@@ -645,6 +645,26 @@ mod tests {
         }
     }
 
+    /// The pool of `url`'s origin in `client`.
+    fn origin_of(client: &HttpClient, url: &str) -> Arc<Origin> {
+        client
+            .targets
+            .target(&client.policy, url)
+            .unwrap()
+            .origin
+            .clone()
+    }
+
+    /// Waits up to five seconds for `done`, which another task makes true.
+    async fn wait_until(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Connections a test server accepted, and how many of them have ended.
     #[derive(Default)]
     struct Connections {
@@ -721,12 +741,7 @@ mod tests {
             assert!(outcome.is_success(), "{outcome:?}");
         }
         assert_eq!(connections.accepted.load(Ordering::SeqCst), 1);
-        let origin = client
-            .targets
-            .target(&client.policy, &url)
-            .unwrap()
-            .origin
-            .clone();
+        let origin = origin_of(&client, &url);
         assert_eq!(origin.idle(), 1);
 
         // Another path on the same origin shares its connections.
@@ -748,18 +763,8 @@ mod tests {
                 .await;
             assert!(outcome.is_success(), "attempt {attempt}: {outcome:?}");
             // The client sees the server's close before the next request.
-            let origin = client
-                .targets
-                .target(&client.policy, &url)
-                .unwrap()
-                .origin
-                .clone();
-            for _ in 0..500 {
-                if origin.idle() == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let origin = origin_of(&client, &url);
+            wait_until(|| origin.idle() == 0).await;
             assert_eq!(origin.idle(), 0, "the closed connection still looks open");
         }
         assert_eq!(connections.accepted.load(Ordering::SeqCst), 3);
@@ -773,12 +778,7 @@ mod tests {
             .send(&url, request("{}"), &[], Duration::from_secs(5))
             .await;
         assert!(outcome.is_success(), "{outcome:?}");
-        let origin = client
-            .targets
-            .target(&client.policy, &url)
-            .unwrap()
-            .origin
-            .clone();
+        let origin = origin_of(&client, &url);
         client.targets.close_stale(Instant::now());
         assert_eq!(origin.idle(), 1, "a connection idle for a moment stays");
 
@@ -786,12 +786,7 @@ mod tests {
             .targets
             .close_stale(Instant::now() + pool::IDLE_TIMEOUT);
         assert_eq!(origin.idle(), 0);
-        for _ in 0..500 {
-            if connections.ended.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(|| connections.ended.load(Ordering::SeqCst) == 1).await;
         assert_eq!(
             connections.ended.load(Ordering::SeqCst),
             1,

@@ -44,14 +44,22 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Idle for `IDLE_TIMEOUT` or longer by `now`: not to be used again.
+    fn stale(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= IDLE_TIMEOUT
+    }
+}
+
 impl Origin {
     /// An idle connection still open, if there is one. The most recently used comes first, so
     /// that when fewer are needed the others age out.
     pub(super) fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("idle connections lock");
-        while let Some(Idle { connection, since }) = idle.pop() {
-            if !connection.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(connection);
+        let now = Instant::now();
+        while let Some(candidate) = idle.pop() {
+            if !candidate.connection.is_closed() && !candidate.stale(now) {
+                return Some(candidate.connection);
             }
         }
         None
@@ -66,10 +74,7 @@ impl Origin {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("idle connections lock");
         // The oldest are first: drop those idle too long, and make room.
-        let stale = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
-            .count();
+        let stale = idle.iter().take_while(|c| c.stale(now)).count();
         idle.drain(..stale);
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
@@ -86,7 +91,7 @@ impl Origin {
     /// long as its server allows.
     pub(super) fn close_stale(&self, now: Instant) {
         let mut idle = self.idle.lock().expect("idle connections lock");
-        idle.retain(|c| !c.connection.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        idle.retain(|c| !c.connection.is_closed() && !c.stale(now));
     }
 
     /// Idle connections still open.
