@@ -160,6 +160,17 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Vec<WebhookId>>;
 
+    /// Disables an active webhook with a reason, changing nothing else of it (Herald does this
+    /// while a user may be editing the webhook), and parks its pending deliveries. Answers
+    /// `false` if it was already inactive or is gone.
+    async fn disable_webhook(
+        &self,
+        org: &OrgId,
+        id: &WebhookId,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+
     /// Notes a webhook's latest outcome: a success clears its failing streak, a failure starts
     /// one if none is running. Answers since when it has been failing (`None` after a success).
     async fn note_webhook_outcome(

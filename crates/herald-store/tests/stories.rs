@@ -1309,6 +1309,66 @@ async fn deactivating_a_webhook_parks_its_deliveries_until_it_is_activated(store
     assert_eq!(claim(&store, at(2)).await, vec![waiting]);
 }
 
+async fn disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile(
+    store: Arc<dyn Store>,
+) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let waiting = deliver(&store, &hook, "evt_1", T0, false).await;
+    let (other, _) = org_with_webhook(&store, "other").await;
+    // A user saves a new name and secret while an attempt still holds the old copy.
+    let edited = Webhook {
+        name: "renamed".into(),
+        secret: "whsec_rotated".into(),
+        updated_at: at(1),
+        ..hook.clone()
+    };
+    store.update_webhook(&edited).await.unwrap();
+
+    assert!(
+        !store
+            .disable_webhook(&other.id, &hook.id, "gone", at(2))
+            .await
+            .unwrap(),
+        "not through another organization"
+    );
+    assert!(
+        store
+            .disable_webhook(&org.id, &hook.id, "gone", at(2))
+            .await
+            .unwrap()
+    );
+    let now = store.get_webhook(&org.id, &hook.id).await.unwrap();
+    assert!(!now.active);
+    assert_eq!(now.disabled_reason.as_deref(), Some("gone"));
+    assert_eq!(now.updated_at, at(2));
+    assert_eq!(
+        (now.name.as_str(), now.secret.as_str()),
+        ("renamed", "whsec_rotated")
+    );
+    assert!(
+        claim(&store, FAR_FUTURE).await.is_empty(),
+        "its delivery is parked"
+    );
+    assert!(
+        !store
+            .disable_webhook(&org.id, &hook.id, "again", at(3))
+            .await
+            .unwrap(),
+        "already disabled"
+    );
+
+    store
+        .update_webhook(&Webhook {
+            active: true,
+            disabled_reason: None,
+            updated_at: at(4),
+            ..now
+        })
+        .await
+        .unwrap();
+    assert_eq!(claim(&store, at(4)).await, vec![waiting]);
+}
+
 async fn a_lease_given_back_for_an_inactive_webhook_stays_parked(store: Arc<dyn Store>) {
     let (_, hook) = org_with_webhook(&store, "acme").await;
     let delivery = deliver(&store, &hook, "evt_1", T0, true).await;
@@ -1972,6 +2032,7 @@ macro_rules! stories {
             health_counts_attempts_and_deliveries_per_hour_of_one_webhook,
             purging_removes_old_finished_history_and_keeps_pending_work,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
+            disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile,
             a_lease_given_back_for_an_inactive_webhook_stays_parked,
             a_released_lease_makes_the_delivery_due_again,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,

@@ -12,6 +12,7 @@ use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
 use super::Dispatcher;
+use super::breaker::Ticket;
 use super::limit::{Signal, Slot};
 
 /// Time kept free between the end of an attempt and the end of its lease (clock differences
@@ -25,8 +26,10 @@ impl Dispatcher {
     /// `slot` is the webhook's concurrency slot: it is given back as soon as the endpoint has
     /// answered (with what the answer says about the endpoint's capacity), so that writing the
     /// outcome (which waits for a group commit) does not keep the endpoint's next request waiting.
-    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: Slot) {
-        if let Err(e) = self.try_attempt(&batch, slot).await {
+    /// `probe` tells whether the webhook's circuit breaker let it through as its probe.
+    pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: Slot, probe: bool) {
+        let ticket = Ticket::new(&self.shared.breakers, &batch[0].webhook_id, probe);
+        if let Err(e) = self.try_attempt(&batch, slot, ticket).await {
             // The leases stay; the deliveries come back when they run out.
             for d in &batch {
                 self.release_held(&d.delivery_id);
@@ -53,7 +56,12 @@ impl Dispatcher {
         (left >= MIN_ATTEMPT).then(|| wanted.min(left))
     }
 
-    async fn try_attempt(&self, batch: &[DueDelivery], slot: Slot) -> Result<(), StoreError> {
+    async fn try_attempt(
+        &self,
+        batch: &[DueDelivery],
+        slot: Slot,
+        ticket: Ticket<'_>,
+    ) -> Result<(), StoreError> {
         let shared = &self.shared;
         let first = &batch[0];
         let forget = |this: &Self| batch.iter().for_each(|d| this.release_held(&d.delivery_id));
@@ -124,6 +132,9 @@ impl Dispatcher {
             }
             signal => signal,
         });
+        // The breaker hears the answer before the outcome is written: a failure to write it says
+        // nothing about the endpoint.
+        ticket.settle(outcome.is_success(), shared.clock.now());
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint looks overloaded; sending fewer requests to it at once");
         }
@@ -185,7 +196,6 @@ impl Dispatcher {
         if retrying {
             self.wake_delivery_scheduler();
         }
-        self.breaker_outcome(&webhook.id, outcome.is_success());
         for (due, error) in exhausted {
             self.report_exhausted(due, &webhook, &error);
         }

@@ -3,7 +3,10 @@
 //! failure opens it again for twice as long (up to a ceiling). Deliveries that arrive while it is
 //! open are deferred to the end of the cool-down in the store: they wait, they are not dropped.
 
-use herald_core::Timestamp;
+use std::sync::Mutex;
+
+use foldhash::HashMap;
+use herald_core::{Timestamp, WebhookId};
 
 /// Consecutive failures that open the circuit.
 pub(crate) const THRESHOLD: u32 = 10;
@@ -42,6 +45,12 @@ impl Breaker {
         }
     }
 
+    /// Gives back the probe of an attempt that ended without an answer from the endpoint, so the
+    /// next request probes instead.
+    fn abandon_probe(&mut self) {
+        self.probing = false;
+    }
+
     /// Records an outcome; answers the time the circuit is now open until, if it just opened.
     pub(crate) fn record(&mut self, success: bool, now: Timestamp) -> Option<Timestamp> {
         if success {
@@ -61,6 +70,69 @@ impl Breaker {
             return Some(until);
         }
         None
+    }
+}
+
+/// Every webhook's breaker, made on a webhook's first request.
+pub(crate) type Breakers = Mutex<HashMap<WebhookId, Breaker>>;
+
+/// The webhook's breaker, made on first use. The id is cloned only then: `entry` would clone it
+/// on every attempt, twice.
+pub(crate) fn of<'a>(
+    breakers: &'a mut HashMap<WebhookId, Breaker>,
+    webhook: &WebhookId,
+) -> &'a mut Breaker {
+    if !breakers.contains_key(webhook) {
+        breakers.insert(webhook.clone(), Breaker::default());
+    }
+    breakers.get_mut(webhook).expect("just inserted")
+}
+
+/// One attempt's standing with its webhook's breaker: it reports what the endpoint answered.
+/// If the attempt was the probe and ends without an answer (the webhook was paused or deleted
+/// meanwhile, too little of its lease was left, the store failed, the task was cancelled), the
+/// probe is given back when the ticket is dropped; otherwise the circuit would stay half-open,
+/// deferring every delivery of the webhook until Herald restarts.
+pub(crate) struct Ticket<'a> {
+    breakers: &'a Breakers,
+    webhook: &'a WebhookId,
+    probe: bool,
+}
+
+impl<'a> Ticket<'a> {
+    pub(crate) fn new(breakers: &'a Breakers, webhook: &'a WebhookId, probe: bool) -> Self {
+        Self {
+            breakers,
+            webhook,
+            probe,
+        }
+    }
+
+    /// Records the endpoint's answer.
+    pub(crate) fn settle(mut self, success: bool, now: Timestamp) {
+        self.probe = false;
+        let opened = of(
+            &mut self.breakers.lock().expect("breakers lock"),
+            self.webhook,
+        )
+        .record(success, now);
+        if let Some(until) = opened {
+            tracing::warn!(webhook = %self.webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe
+            && let Some(b) = self
+                .breakers
+                .lock()
+                .expect("breakers lock")
+                .get_mut(self.webhook)
+        {
+            b.abandon_probe();
+        }
     }
 }
 
@@ -109,5 +181,54 @@ mod tests {
         }
         b.record(true, t);
         assert_eq!(b.record(false, t), None);
+    }
+
+    /// Opens the breaker of `webhook` in `breakers`; answers when its cool-down ends.
+    fn opened(breakers: &Breakers, webhook: &WebhookId, t: Timestamp) -> Timestamp {
+        let mut all = breakers.lock().unwrap();
+        let b = of(&mut all, webhook);
+        for _ in 0..THRESHOLD - 1 {
+            b.record(false, t);
+        }
+        b.record(false, t).expect("opens")
+    }
+
+    #[test]
+    fn a_probe_that_gets_no_answer_is_given_back() {
+        let breakers = Breakers::default();
+        let webhook = WebhookId::generate();
+        let t = Timestamp::from_millis(0);
+        let until = opened(&breakers, &webhook, t);
+        let gate = |at| of(&mut breakers.lock().unwrap(), &webhook).gate(at);
+        assert_eq!(gate(until), Gate::Probe);
+        drop(Ticket::new(&breakers, &webhook, true));
+        assert_eq!(gate(until), Gate::Probe, "the next request probes");
+
+        // A probe that got its answer is not given back: the answer decides.
+        Ticket::new(&breakers, &webhook, true).settle(false, until);
+        assert!(
+            matches!(gate(until), Gate::Defer(_)),
+            "failed probe: open again"
+        );
+        let later = until.plus_millis(60_000);
+        assert_eq!(gate(later), Gate::Probe);
+        Ticket::new(&breakers, &webhook, true).settle(true, later);
+        assert_eq!(gate(later), Gate::Pass, "successful probe: closed");
+    }
+
+    #[test]
+    fn an_ordinary_attempt_without_an_answer_leaves_a_probe_in_flight_alone() {
+        let breakers = Breakers::default();
+        let webhook = WebhookId::generate();
+        let t = Timestamp::from_millis(0);
+        let until = opened(&breakers, &webhook, t);
+        let gate = |at| of(&mut breakers.lock().unwrap(), &webhook).gate(at);
+        assert_eq!(gate(until), Gate::Probe);
+        // An attempt let through before the circuit opened ends without an answer.
+        drop(Ticket::new(&breakers, &webhook, false));
+        assert!(
+            matches!(gate(until), Gate::Defer(_)),
+            "still one probe at a time"
+        );
     }
 }

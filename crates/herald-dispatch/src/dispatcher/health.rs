@@ -4,11 +4,23 @@
 
 use std::sync::Arc;
 
+use herald_core::Timestamp;
 use herald_core::delivery::AttemptOutcome;
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
 use super::Dispatcher;
+
+/// A webhook's failing streak as this node last saved it: since when every attempt failed, or
+/// `None` once one succeeded. The directory's copy of the webhook (`failing_since`) is read when
+/// the organization is loaded and is not reloaded when the streak changes, so this one is newer,
+/// as long as it was noted for the same version of the webhook (`updated_at`): after a user
+/// changes the webhook (re-enabling it clears its streak), the directory's fresh copy is right.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Streak {
+    since: Option<Timestamp>,
+    version: Timestamp,
+}
 
 impl Dispatcher {
     /// Updates the webhook's failing streak after an attempt, and disables it when it must be.
@@ -24,24 +36,14 @@ impl Dispatcher {
                 .disable(webhook, "the endpoint answered 410 Gone".to_owned())
                 .await;
         }
-        let known = shared
-            .failing
-            .lock()
-            .expect("failing lock")
-            .get(&webhook.id)
-            .copied()
-            .or(webhook.failing_since);
+        let known = self.failing_since(webhook);
         if outcome.is_success() {
             if known.is_some() {
                 shared
                     .store
                     .note_webhook_outcome(&webhook.id, false, now)
                     .await?;
-                shared
-                    .failing
-                    .lock()
-                    .expect("failing lock")
-                    .remove(&webhook.id);
+                self.note_streak(webhook, None);
             }
             return Ok(());
         }
@@ -53,11 +55,7 @@ impl Dispatcher {
                     .note_webhook_outcome(&webhook.id, true, now)
                     .await?
                     .unwrap_or(now);
-                shared
-                    .failing
-                    .lock()
-                    .expect("failing lock")
-                    .insert(webhook.id.clone(), since);
+                self.note_streak(webhook, Some(since));
                 since
             }
         };
@@ -77,24 +75,62 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Since when every attempt to the webhook failed, as far as this node knows.
+    fn failing_since(&self, webhook: &Webhook) -> Option<Timestamp> {
+        match self
+            .shared
+            .failing
+            .lock()
+            .expect("failing lock")
+            .get(&webhook.id)
+        {
+            Some(streak) if streak.version == webhook.updated_at => streak.since,
+            _ => webhook.failing_since,
+        }
+    }
+
+    fn note_streak(&self, webhook: &Webhook, since: Option<Timestamp>) {
+        let streak = Streak {
+            since,
+            version: webhook.updated_at,
+        };
+        self.shared
+            .failing
+            .lock()
+            .expect("failing lock")
+            .insert(webhook.id.clone(), streak);
+    }
+
+    /// Disables the webhook, changing nothing else of it: the copy the attempt used may be
+    /// older than what a user saved meanwhile (a new secret, say), which must not be undone.
     async fn disable(&self, webhook: &Arc<Webhook>, reason: String) -> Result<(), StoreError> {
         let shared = &self.shared;
-        let mut disabled = (**webhook).clone();
-        if !disabled.active {
+        if !webhook.active {
             return Ok(());
         }
-        disabled.active = false;
-        disabled.disabled_reason = Some(reason.clone());
-        disabled.updated_at = shared.clock.now();
-        shared.store.update_webhook(&disabled).await?;
-        shared.directory.invalidate(&disabled.org_id);
+        let now = shared.clock.now();
+        let disabled = shared
+            .store
+            .disable_webhook(&webhook.org_id, &webhook.id, &reason, now)
+            .await?;
+        shared.directory.invalidate(&webhook.org_id);
         shared
             .failing
             .lock()
             .expect("failing lock")
-            .remove(&disabled.id);
-        tracing::warn!(webhook = %disabled.id, org = %disabled.org_id, reason, "webhook disabled");
+            .remove(&webhook.id);
+        if !disabled {
+            // Already disabled (by a user, or by another attempt), or deleted.
+            return Ok(());
+        }
+        tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, reason, "webhook disabled");
         if let Some(ops) = shared.operations.get() {
+            let disabled = Webhook {
+                active: false,
+                disabled_reason: Some(reason.clone()),
+                updated_at: now,
+                ..(**webhook).clone()
+            };
             ops.webhook_disabled(&disabled, &reason);
         }
         Ok(())

@@ -123,11 +123,11 @@ struct Shared {
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
     wake_renewals: Notify,
-    /// Webhooks known to be failing, and since when (saved on every change of streak).
-    failing: Mutex<HashMap<WebhookId, Timestamp>>,
+    /// Each webhook's failing streak as this node last saved it, newer than the directory's.
+    failing: Mutex<HashMap<WebhookId, health::Streak>>,
     /// Set on shutdown: attempts in flight finish, queued ones are left for the next start.
     stopping: AtomicBool,
-    breakers: Mutex<HashMap<WebhookId, breaker::Breaker>>,
+    breakers: breaker::Breakers,
     metrics: DispatchMetrics,
     operations: OnceLock<Arc<dyn Operations>>,
     tasks: Mutex<JoinSet<()>>,
@@ -158,7 +158,7 @@ impl Dispatcher {
                 wake_renewals: Notify::new(),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
-                breakers: Mutex::new(HashMap::new()),
+                breakers: breaker::Breakers::default(),
                 metrics: DispatchMetrics::default(),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),

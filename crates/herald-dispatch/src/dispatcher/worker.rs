@@ -9,13 +9,11 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use foldhash::HashMap;
-
 use herald_core::WebhookId;
 use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
 
-use super::breaker::{Breaker, Gate};
+use super::breaker::{self, Gate};
 use super::limit::Limit;
 
 use super::Dispatcher;
@@ -81,9 +79,9 @@ impl Dispatcher {
             // adaptive limit, which would then grow on the store's backpressure.
             let task = tasks.clone().acquire_owned().await.expect("never closed");
             let permit = slots.acquire().await;
-            if !self.pass_breaker(&webhook_id, &batch).await {
+            let Some(probe) = self.pass_breaker(&webhook_id, &batch).await else {
                 continue;
-            }
+            };
             if self.shared.stopping.load(Ordering::SeqCst) {
                 // Shutting down: what has not started stays leased in the store and is picked
                 // up again at the next start, rather than being sent and cut off half-way.
@@ -97,7 +95,7 @@ impl Dispatcher {
                 // Boxed: the attempt's future is large (rendering, the HTTP exchange), and a task
                 // copies its future when spawned and again when it finishes; this keeps the copy
                 // to the few values captured here.
-                Box::pin(this.attempt(batch, permit)).await;
+                Box::pin(this.attempt(batch, permit, probe)).await;
                 drop(task);
             });
             while in_flight.try_join_next().is_some() {}
@@ -111,17 +109,18 @@ impl Dispatcher {
         snapshot.webhook(&due.webhook_id).cloned()
     }
 
-    /// Whether the webhook's circuit lets this batch through; if not, the batch is deferred to
-    /// the end of the cool-down in the store.
-    async fn pass_breaker(&self, webhook: &WebhookId, batch: &[DueDelivery]) -> bool {
+    /// Whether the webhook's circuit lets this batch through (`Some`, and whether it is the
+    /// probe); if not, the batch is deferred to the end of the cool-down in the store.
+    async fn pass_breaker(&self, webhook: &WebhookId, batch: &[DueDelivery]) -> Option<bool> {
         let now = self.shared.clock.now();
-        let gate = breaker(
+        let gate = breaker::of(
             &mut self.shared.breakers.lock().expect("breakers lock"),
             webhook,
         )
         .gate(now);
         let until = match gate {
-            Gate::Pass | Gate::Probe => return true,
+            Gate::Pass => return Some(false),
+            Gate::Probe => return Some(true),
             Gate::Defer(until) => until,
         };
         let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
@@ -132,31 +131,6 @@ impl Dispatcher {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }
         self.wake_delivery_scheduler();
-        false
+        None
     }
-
-    /// Records an attempt's outcome in the webhook's circuit breaker.
-    pub(super) fn breaker_outcome(&self, webhook: &WebhookId, success: bool) {
-        let now = self.shared.clock.now();
-        let opened = breaker(
-            &mut self.shared.breakers.lock().expect("breakers lock"),
-            webhook,
-        )
-        .record(success, now);
-        if let Some(until) = opened {
-            tracing::warn!(webhook = %webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
-        }
-    }
-}
-
-/// The webhook's circuit breaker, made on first use. The id is cloned only then: `entry` would
-/// clone it on every attempt, twice.
-fn breaker<'a>(
-    breakers: &'a mut HashMap<WebhookId, Breaker>,
-    webhook: &WebhookId,
-) -> &'a mut Breaker {
-    if !breakers.contains_key(webhook) {
-        breakers.insert(webhook.clone(), Breaker::default());
-    }
-    breakers.get_mut(webhook).expect("just inserted")
 }

@@ -504,6 +504,16 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| webhooks::delete_many(&tx, org, ids, now))
     }
 
+    async fn disable_webhook(
+        &self,
+        org: &OrgId,
+        id: &WebhookId,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        in_tx!(self, |tx| webhooks::disable(&tx, org, id, reason, now))
+    }
+
     async fn note_webhook_outcome(
         &self,
         id: &WebhookId,

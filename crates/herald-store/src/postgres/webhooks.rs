@@ -124,12 +124,7 @@ pub(crate) async fn update(c: &impl Conn, w: &Webhook) -> DbResult<()> {
     )
     .await?;
     if was_active && !w.active {
-        c.exec(
-            "UPDATE deliveries SET due_at = NULL \
-             WHERE webhook_id = $1 AND state = 'pending' AND lease_until IS NULL",
-            &[&w.id.as_str()],
-        )
-        .await?;
+        park_pending(c, &w.id).await?;
     } else if !was_active && w.active {
         c.exec(
             "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL \
@@ -231,6 +226,40 @@ pub(crate) async fn subscriptions_to_renew(
     rows::all(found, |r| {
         Ok((OrgId::from_trusted(r.try_get(11)?), rows::subscription(r)?))
     })
+}
+
+/// Disables an active webhook, touching nothing else of it (a user may be changing it at the
+/// same time); `false` if it was not active (or is gone).
+pub(crate) async fn disable(
+    c: &impl Conn,
+    org: &OrgId,
+    id: &WebhookId,
+    reason: &str,
+    now: Timestamp,
+) -> DbResult<bool> {
+    let changed = c
+        .exec(
+            "UPDATE webhooks SET active = FALSE, disabled_reason = $1, updated_at = $2 \
+             WHERE org_id = $3 AND id = $4 AND active AND deleted_at IS NULL",
+            &[&reason, &now.as_millis(), &org.as_str(), &id.as_str()],
+        )
+        .await?;
+    if changed == 1 {
+        park_pending(c, id).await?;
+    }
+    Ok(changed == 1)
+}
+
+/// Parks an inactive webhook's pending deliveries: no due time until it is active again.
+/// Leased ones keep their lease; whoever holds them gives them back parked.
+async fn park_pending(c: &impl Conn, id: &WebhookId) -> DbResult<()> {
+    c.exec(
+        "UPDATE deliveries SET due_at = NULL \
+         WHERE webhook_id = $1 AND state = 'pending' AND lease_until IS NULL",
+        &[&id.as_str()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Records whether the webhook's latest attempt failed; answers since when it has only failed.

@@ -358,6 +358,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn disable_webhook(
+        &self,
+        org: &OrgId,
+        id: &WebhookId,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let (org, id, reason) = (org.clone(), id.clone(), reason.to_owned());
+        self.write(move |c| webhooks::disable(c, &org, &id, &reason, now))
+            .await
+    }
+
     async fn note_webhook_outcome(
         &self,
         id: &WebhookId,

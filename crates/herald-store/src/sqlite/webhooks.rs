@@ -124,11 +124,7 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
     // These read the pending deliveries through the index that holds only those; by the webhook's
     // index they would read every delivery the webhook ever had, inside the writer's commit.
     if was_active && !w.active {
-        conn.prepare_cached(
-            "UPDATE deliveries INDEXED BY deliveries_due SET due_at = NULL \
-             WHERE webhook_id = ? AND state = 'pending' AND lease_until IS NULL",
-        )?
-        .execute([w.id.as_str()])?;
+        park_pending(conn, &w.id)?;
     } else if !was_active && w.active {
         conn.prepare_cached(
             "UPDATE deliveries INDEXED BY deliveries_due SET due_at = next_attempt_at, lease_until = NULL \
@@ -136,6 +132,38 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         )?
         .execute([w.id.as_str()])?;
     }
+    Ok(())
+}
+
+/// Disables an active webhook, touching nothing else of it (a user may be changing it at the
+/// same time); `false` if it was not active (or is gone).
+pub(crate) fn disable(
+    conn: &Connection,
+    org: &OrgId,
+    id: &WebhookId,
+    reason: &str,
+    now: Timestamp,
+) -> DbResult<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE webhooks SET active = 0, disabled_reason = ?, updated_at = ? \
+             WHERE org_id = ? AND id = ? AND active = 1 AND deleted_at IS NULL",
+        )?
+        .execute(params![reason, now.as_millis(), org.as_str(), id.as_str()])?;
+    if changed == 1 {
+        park_pending(conn, id)?;
+    }
+    Ok(changed == 1)
+}
+
+/// Parks an inactive webhook's pending deliveries: no due time until it is active again.
+/// Leased ones keep their lease; whoever holds them gives them back parked.
+fn park_pending(conn: &Connection, id: &WebhookId) -> DbResult<()> {
+    conn.prepare_cached(
+        "UPDATE deliveries INDEXED BY deliveries_due SET due_at = NULL \
+         WHERE webhook_id = ? AND state = 'pending' AND lease_until IS NULL",
+    )?
+    .execute([id.as_str()])?;
     Ok(())
 }
 

@@ -699,6 +699,56 @@ async fn a_410_gone_disables_the_webhook_and_the_organization_hears_of_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_recovered_is_not_disabled_by_its_next_failure() {
+    let app = TestApp::spawn().await;
+    let target = TestReceiver::start().await;
+    target.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &target.url("/hook"),
+            json!({ "events": ["user.created"], "retry_schedule": [0, 60, 60] }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    let first = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &first, |d| d["attempt_count"] == 1)
+        .await;
+    // A change reloads the organization while the webhook is failing: the reloaded copy says
+    // since when.
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "name": "renamed" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // It recovers, and stays healthy for longer than the five days that disable a failing one.
+    target.answer_by_default(Reply::status(200));
+    app.advance(Duration::from_secs(70));
+    app.wait_for_delivery(&org, &first, |d| d["state"] == "succeeded")
+        .await;
+    app.advance(Duration::from_secs(6 * 24 * 3600));
+
+    // One failure now starts a new streak; it does not count from the old one.
+    target.answer_by_default(Reply::status(500));
+    app.send_event(&org, user_created("u2")).await;
+    let second = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &second, |d| d["attempt_count"] == 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(
+        (hook["active"].clone(), hook["disabled_reason"].clone()),
+        (json!(true), serde_json::Value::Null),
+        "{hook}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_fails_its_last_attempt_is_reported() {
     let app = TestApp::spawn().await;
     let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
