@@ -180,11 +180,18 @@ impl AttemptOutcome {
 }
 
 /// Keeps at most [`RESPONSE_BODY_KEEP`] bytes of a response body, cut on a character boundary.
+/// A NUL byte becomes U+FFFD: PostgreSQL cannot store it in text, and an attempt that cannot be
+/// recorded would be sent again and again.
 pub fn keep_response_prefix(body: &[u8]) -> String {
     let cut = &body[..body.len().min(RESPONSE_BODY_KEEP)];
     let text = String::from_utf8_lossy(cut);
     // A multi-byte character split by the cut shows up as one replacement character; drop it.
-    text.trim_end_matches('\u{fffd}').to_owned()
+    let text = text.trim_end_matches('\u{fffd}');
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text.to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +210,10 @@ mod tests {
         let kept = keep_response_prefix(body.as_bytes());
         assert!(kept.len() <= RESPONSE_BODY_KEEP);
         assert!(kept.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_nul_in_a_response_is_kept_as_a_replacement_character() {
+        assert_eq!(keep_response_prefix(b"ok\0done"), "ok\u{fffd}done");
     }
 }

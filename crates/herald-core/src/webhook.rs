@@ -218,34 +218,46 @@ pub fn parse_subscription(
     events: Option<Vec<String>>,
     channels: Option<Vec<String>>,
 ) -> Result<(Vec<String>, Vec<String>), Invalid> {
-    let mut parsed_events = Vec::new();
-    for (i, e) in events.unwrap_or_default().into_iter().enumerate() {
+    let mut parsed_events = unique(events.unwrap_or_default(), 500, |i, e| {
         if e != "*" {
-            crate::event_type::parse_type_name(&e, &format!("events[{i}]"))?;
+            crate::event_type::parse_type_name(e, &format!("events[{i}]"))?;
         }
-        if !parsed_events.contains(&e) {
-            parsed_events.push(e);
-        }
-    }
-    let mut parsed_channels = Vec::new();
-    for (i, c) in channels.unwrap_or_default().into_iter().enumerate() {
+        Ok(())
+    })?;
+    let parsed_channels = unique(channels.unwrap_or_default(), 100, |i, c| {
         if c != "*" {
-            crate::event_type::parse_channel(&c, &format!("channels[{i}]"))?;
+            crate::event_type::parse_channel(c, &format!("channels[{i}]"))?;
         }
-        if !parsed_channels.contains(&c) {
-            parsed_channels.push(c);
-        }
-    }
-    if parsed_events.len() > 500 || parsed_channels.len() > 100 {
-        return Err(Invalid::new(
-            "events",
-            "at most 500 event types and 100 channels; subscribe to a channel or '*' instead",
-        ));
-    }
+        Ok(())
+    })?;
     if parsed_events.is_empty() && parsed_channels.is_empty() {
         parsed_events.push("*".to_owned());
     }
     Ok((parsed_events, parsed_channels))
+}
+
+/// The distinct names of `raw` in their first order, each checked by `check` (with its index).
+/// More than `max` are refused as soon as the one too many is read, without reading the rest.
+fn unique(
+    raw: Vec<String>,
+    max: usize,
+    check: impl Fn(usize, &str) -> Result<(), Invalid>,
+) -> Result<Vec<String>, Invalid> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::new();
+    for (i, name) in raw.into_iter().enumerate() {
+        check(i, &name)?;
+        if seen.insert(name.clone()) {
+            if kept.len() == max {
+                return Err(Invalid::new(
+                    "events",
+                    "at most 500 event types and 100 channels; subscribe to a channel or '*' instead",
+                ));
+            }
+            kept.push(name);
+        }
+    }
+    Ok(kept)
 }
 
 /// Header names a webhook may not set, because Herald sets them (or HTTP itself does).
@@ -305,7 +317,12 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
                 "value must be at most 1024 visible ASCII characters",
             ));
         }
-        out.insert(lower, value);
+        if out.insert(lower, value).is_some() {
+            return Err(Invalid::new(
+                field,
+                "is given twice (header names are not case-sensitive); keep one",
+            ));
+        }
     }
     Ok(out)
 }
@@ -334,13 +351,23 @@ pub fn parse_rate_limit(raw: u64) -> Result<u32, Invalid> {
     }
 }
 
-/// Parses an optional description: at most 1,000 characters.
+/// Parses an optional description: at most 1,000 characters, lines and tabs allowed but no
+/// other control character (PostgreSQL cannot store a NUL, and none belongs in a description).
 pub fn parse_description(raw: Option<String>) -> Result<Option<String>, Invalid> {
     match raw.map(|d| d.trim().to_owned()) {
         Some(d) if d.chars().count() > 1000 => Err(Invalid::new(
             "description",
             "must be at most 1000 characters",
         )),
+        Some(d)
+            if d.chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+        {
+            Err(Invalid::new(
+                "description",
+                "must not contain control characters other than line breaks and tabs",
+            ))
+        }
         Some(d) if d.is_empty() => Ok(None),
         other => Ok(other),
     }
@@ -378,5 +405,42 @@ mod tests {
         }
         let ok = BTreeMap::from([("X-Team".to_owned(), "identity".to_owned())]);
         assert_eq!(parse_headers(ok).unwrap()["x-team"], "identity");
+    }
+
+    #[test]
+    fn a_header_named_twice_in_different_cases_is_rejected() {
+        let raw = BTreeMap::from([
+            ("X-Team".to_owned(), "a".to_owned()),
+            ("x-team".to_owned(), "b".to_owned()),
+        ]);
+        let err = parse_headers(raw).unwrap_err();
+        assert!(err.message.contains("twice"), "{err:?}");
+    }
+
+    #[test]
+    fn a_subscription_keeps_each_name_once_and_refuses_a_long_list_early() {
+        let events = ["user.created", "user.deleted", "user.created"].map(str::to_owned);
+        let (events, _) = parse_subscription(Some(events.to_vec()), None).unwrap();
+        assert_eq!(events, ["user.created", "user.deleted"]);
+
+        // Refused at the 501st distinct name, before the rest is read (or checked).
+        let mut many: Vec<String> = (0..100_000).map(|i| format!("t{i:06}")).collect();
+        many.push("not a type name!".into());
+        let err = parse_subscription(Some(many), None).unwrap_err();
+        assert_eq!(err.field, "events");
+        assert!(err.message.contains("at most 500"), "{err:?}");
+
+        let channels: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+        assert!(parse_subscription(None, Some(channels)).is_err());
+    }
+
+    #[test]
+    fn a_description_keeps_line_breaks_but_no_other_control_character() {
+        let kept = parse_description(Some("line one\nline two\tend".into())).unwrap();
+        assert_eq!(kept.as_deref(), Some("line one\nline two\tend"));
+        for bad in ["a\u{0}b", "bell\u{7}"] {
+            let err = parse_description(Some(bad.into())).unwrap_err();
+            assert_eq!(err.field, "description", "{bad:?}");
+        }
     }
 }

@@ -67,7 +67,11 @@ async fn list_deliveries(
             .map(DeliveryState::parse)
             .transpose()
             .map_err(ServiceError::from)?,
-        event_type: q.event_type,
+        event_type: q
+            .event_type
+            .map(|t| herald_core::event_type::parse_type_name(&t, "event_type"))
+            .transpose()
+            .map_err(ServiceError::from)?,
     };
     let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let list = deliveries::list(&state, &scope, &org, &webhook, filter, page).await?;

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
-use herald_core::{DeliveryId, Page, WebhookId};
+use herald_core::{DeliveryId, Invalid, Page, WebhookId};
 
 use super::extract::{Caller, JsonBody, OptionalJsonBody, PathParams, QueryParams, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
@@ -50,31 +50,45 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 }
 
 /// A webhook's settings. On creation `name` and `url` are required; on a change, absent fields
-/// stay as they are and `null` clears an optional one.
+/// stay as they are and `null` clears an optional one (`description`, `headers`, `options`,
+/// `timeout_ms`, `retry_schedule`, `signature`, `rate_limit_per_second`). `null` for any other
+/// field is refused: it has nothing to clear to.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WebhookBody {
-    #[schema(example = "Directory sync")]
-    name: Option<String>,
-    #[schema(example = "https://example.com/webhooks/herald")]
-    url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "Directory sync")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "https://example.com/webhooks/herald")]
+    url: Option<Option<String>>,
     /// Event type names, or `*` for every type (Herald's operational events excepted).
-    #[schema(example = json!(["user.created", "user.deleted"]))]
-    events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["user.created", "user.deleted"]))]
+    events: Option<Option<Vec<String>>>,
     /// Channel names: a type matches if its channel is listed.
-    channels: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    channels: Option<Option<Vec<String>>>,
     /// The wire format: standard (default), opal, optare, parallelworks, permit, asgardeo,
     /// cloudevents.
-    #[schema(example = "standard")]
-    profile: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "standard")]
+    profile: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
     /// The signing secret; generated in the profile's format when absent.
-    secret: Option<String>,
-    active: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    secret: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    active: Option<Option<bool>>,
     /// Extra headers sent with every request.
-    headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    headers: Option<Option<BTreeMap<String, String>>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>, example = 10000)]
     timeout_ms: Option<Option<u64>>,
@@ -87,34 +101,59 @@ struct WebhookBody {
     #[schema(value_type = Option<String>)]
     signature: Option<Option<String>>,
     /// Profile options: `content_mode` (cloudevents), `batch_window_ms` (opal).
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
-    options: Option<Value>,
+    options: Option<Option<Value>>,
     /// `websub` to require verification of intent before events are sent, or `none`.
-    verification: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    verification: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>)]
     rate_limit_per_second: Option<Option<u64>>,
 }
 
-impl From<WebhookBody> for WebhookInput {
-    fn from(b: WebhookBody) -> Self {
-        Self {
-            name: b.name,
-            url: b.url,
-            events: b.events,
-            channels: b.channels,
-            profile: b.profile,
-            description: b.description,
-            secret: b.secret,
-            active: b.active,
-            headers: b.headers,
-            timeout_ms: b.timeout_ms,
-            retry_schedule: b.retry_schedule,
-            signature: b.signature,
-            options: b.options,
-            verification: b.verification,
-            rate_limit_per_second: b.rate_limit_per_second,
-        }
+impl WebhookBody {
+    /// The settings of a new webhook or the changes to one. On a change `null` clears an
+    /// optional field and is refused for the rest, which have nothing to clear to; on creation
+    /// it is the same as leaving the field out (clients generated from the OpenAPI document
+    /// often send every field).
+    fn input(self, creating: bool) -> Result<WebhookInput, Invalid> {
+        Ok(WebhookInput {
+            name: required(self.name, "name", creating)?,
+            url: required(self.url, "url", creating)?,
+            events: required(self.events, "events", creating)?,
+            channels: required(self.channels, "channels", creating)?,
+            profile: required(self.profile, "profile", creating)?,
+            secret: required(self.secret, "secret", creating)?,
+            active: required(self.active, "active", creating)?,
+            verification: required(self.verification, "verification", creating)?,
+            description: self.description,
+            // `null` clears these: no custom headers, the profile's default options.
+            headers: self.headers.map(Option::unwrap_or_default),
+            options: self
+                .options
+                .map(|o| o.unwrap_or_else(|| Value::Object(Default::default()))),
+            timeout_ms: self.timeout_ms,
+            retry_schedule: self.retry_schedule,
+            signature: self.signature,
+            rate_limit_per_second: self.rate_limit_per_second,
+        })
+    }
+}
+
+/// A field with no empty value: left out (or `null` on creation) it stays as it is.
+fn required<T>(
+    value: Option<Option<T>>,
+    field: &str,
+    creating: bool,
+) -> Result<Option<T>, Invalid> {
+    match value {
+        Some(None) if !creating => Err(Invalid::new(
+            field,
+            "must not be null; leave the field out to keep its value",
+        )),
+        other => Ok(other.flatten()),
     }
 }
 
@@ -152,7 +191,8 @@ async fn create_webhook(
     PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<(StatusCode, Json<WebhookWithSecret>)> {
-    let w = webhooks::create(&state, &scope, &org_id(&path.org)?, body.into()).await?;
+    let input = body.input(true).map_err(ServiceError::from)?;
+    let w = webhooks::create(&state, &scope, &org_id(&path.org)?, input).await?;
     Ok((StatusCode::CREATED, Json(w.into())))
 }
 
@@ -207,8 +247,9 @@ async fn update_webhook(
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<Json<Webhook>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let input = body.input(false).map_err(ServiceError::from)?;
     Ok(Json(
-        webhooks::update(&state, &scope, &org, &id, body.into()).await?,
+        webhooks::update(&state, &scope, &org, &id, input).await?,
     ))
 }
 

@@ -296,8 +296,14 @@ pub async fn update(
     if let Some(secret) = input.secret {
         w.secret = w.profile.secret_policy().parse(&secret)?;
     }
+    let was_active = w.active;
     if let Some(active) = input.active {
         w.active = active;
+        if active && !was_active {
+            // As with `activate`: whatever made Herald disable it is for the user to have fixed.
+            w.disabled_reason = None;
+            w.failing_since = None;
+        }
     }
     if let Some(headers) = input.headers {
         w.headers = parse_headers(headers)?;
@@ -315,22 +321,37 @@ pub async fn update(
         w.verification = Verification::parse(&v)?;
     }
     check_profile_rules(state, &snapshot, &w)?;
-    let reverify = w.verification == Verification::Websub
+    let websub = w.verification == Verification::Websub;
+    let reverify = websub
         && w.active
-        && snapshot.webhook(&w.id).is_some_and(|old| {
-            old.url != w.url
-                || snapshot.channels_of(old) != snapshot.channels_of(&w)
-                || old.verification != w.verification
-        });
+        && (!was_active
+            || snapshot.webhook(&w.id).is_some_and(|old| {
+                old.url != w.url
+                    || snapshot.channels_of(old) != snapshot.channels_of(&w)
+                    || old.verification != w.verification
+            }));
+    let unsubscribe = websub && was_active && !w.active;
     let w = save(state, w).await?;
-    if reverify {
-        // A new URL or new channels must be verified again before they get events.
+    if w.active != was_active {
+        tracing::info!(webhook = %id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
+        if w.active {
+            super::operations::webhook_enabled(state, &w);
+        }
+    }
+    if reverify || unsubscribe {
+        // Turned on, or a new URL or new channels: verified again before they get events.
+        // Turned off: the subscriber hears of it, as with `deactivate`.
         let snapshot = state
             .directory
             .snapshot(&w.org_id)
             .await
             .map_err(ServiceError::from_store("organization"))?;
-        super::subscriptions::verify(state, &snapshot, &w, Mode::Subscribe, None).await?;
+        let mode = if reverify {
+            Mode::Subscribe
+        } else {
+            Mode::Unsubscribe
+        };
+        super::subscriptions::verify(state, &snapshot, &w, mode, None).await?;
     }
     Ok(w)
 }

@@ -444,6 +444,64 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
     assert_eq!(changed["channels"], json!(["session"]));
     assert!(changed.get("secret").is_none());
 
+    // `null` clears headers; it is refused for a field with nothing to clear to.
+    let (status, cleared) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{a_id}"),
+            json!({ "headers": null }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(cleared["headers"], json!({}));
+    for field in ["name", "url", "events", "active", "secret"] {
+        let (status, err) = app
+            .patch(
+                &format!("/v1/orgs/{org}/webhooks/{a_id}"),
+                json!({ field: null }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    let (status, err) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{a_id}"),
+            json!({ "description": "a\u{0}b" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "description");
+    let (status, err) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{a_id}"),
+            json!({ "headers": { "X-Team": "a", "x-team": "b" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    let (status, err) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{a_id}/deliveries?event_type=%00"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "event_type");
+    // On creation `null` is the same as leaving the field out.
+    let (status, created) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "nulls", "url": "https://n.example/h", "events": null, "secret": null, "active": null, "headers": null, "options": null }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["events"], json!(["*"]));
+    let (status, _) = app
+        .delete(&format!(
+            "/v1/orgs/{org}/webhooks/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
     let (_, page) = app.get(&format!("/v1/orgs/{org}/webhooks?limit=2")).await;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert_eq!(page["data"][0]["id"], c["id"], "newest first");

@@ -692,6 +692,23 @@ async fn a_410_gone_disables_the_webhook_and_the_organization_hears_of_it() {
     );
     let enabled = wait_ops_event(&ops, "webhook.enabled").await;
     assert_eq!(enabled["data"]["webhook"]["id"], id.as_str());
+    // Turned off and on again by PATCH, it is enabled the same way.
+    for active in [false, true] {
+        let (status, _) = app
+            .patch(
+                &format!("/v1/orgs/{org}/webhooks/{id}"),
+                json!({ "active": active }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for _ in 0..200 {
+        if ops_events(&ops, "webhook.enabled").len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ops_events(&ops, "webhook.enabled").len(), 2);
     // The parked delivery resumes on its schedule.
     app.advance(Duration::from_secs(70));
     app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")

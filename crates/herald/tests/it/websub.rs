@@ -215,6 +215,34 @@ async fn deactivation_unsubscribes_and_only_then_may_the_webhook_be_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_a_webhook_off_and_on_by_patch_unsubscribes_and_subscribes() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let id = hook["id"].as_str().unwrap();
+    assert_eq!(rx.verifications_on("/hub").len(), 1);
+
+    for (active, mode) in [(false, "unsubscribe"), (true, "subscribe")] {
+        let (status, changed) = app
+            .patch(
+                &format!("/v1/orgs/{org}/webhooks/{id}"),
+                json!({ "active": active }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        assert_eq!(changed["active"], active);
+        let last = rx.verifications_on("/hub").pop().unwrap();
+        assert_eq!(last.param("hub.mode"), Some(mode));
+    }
+    assert_eq!(rx.verifications_on("/hub").len(), 3);
+    // Verified again, it gets events.
+    app.send_event(&org, login_success("e1")).await;
+    let posts = rx.wait_for("/hub", 1, WAIT).await;
+    assert_eq!(posts[0].json()["jti"], "e1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
