@@ -116,6 +116,10 @@ impl Authenticator {
             .expect("key cache lock")
             .retain(|_, o| o != org);
     }
+
+    fn forget_all_keys(&self) {
+        self.keys.write().expect("key cache lock").clear();
+    }
 }
 
 /// A new API key: the record to store and the key itself, shown once.
@@ -185,7 +189,12 @@ pub async fn delete_api_key(
     Ok(())
 }
 
-/// Called when an organization is deleted.
+/// Called when an organization is deleted, or another node changed it (a key may be revoked).
 pub fn forget_org(state: &AppState, org: &OrgId) {
     state.auth.forget_org_keys(org);
+}
+
+/// Called when this node may have missed other nodes' changes.
+pub fn forget_all(state: &AppState) {
+    state.auth.forget_all_keys();
 }

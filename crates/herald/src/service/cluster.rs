@@ -1,6 +1,6 @@
 //! Several nodes on one database: what the other nodes did reaches this node through the
 //! store's signals (PostgreSQL `LISTEN/NOTIFY`). A change to an organization, its webhooks,
-//! types or subscriptions makes this node forget its cached copy, so the change takes effect
+//! types, subscriptions or API keys makes this node forget its cached copy, so the change takes effect
 //! here as soon as the notification arrives; work made due elsewhere wakes this node's
 //! scheduler at once instead of at its next look.
 //!
@@ -29,12 +29,15 @@ pub async fn run(
             Ok(StoreSignal::WorkDue) => state.dispatcher.wake_delivery_scheduler(),
             Ok(StoreSignal::OrgChanged(org)) => {
                 state.directory.invalidate(&org);
+                // One of its API keys may have been revoked.
+                crate::service::auth::forget_org(&state, &org);
                 // An activated webhook may have made parked deliveries due.
                 state.dispatcher.wake_scheduler();
             }
             Ok(StoreSignal::Resync) | Err(RecvError::Lagged(_)) => {
                 tracing::info!("may have missed other nodes' changes; reloading caches");
                 state.directory.invalidate_all();
+                crate::service::auth::forget_all(&state);
                 state.dispatcher.wake_scheduler();
             }
             Err(RecvError::Closed) => return,

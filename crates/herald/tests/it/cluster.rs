@@ -339,4 +339,36 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         n += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // An API key revoked through node A stops working on node B, which had it cached.
+    let (status, key) = call(
+        &http,
+        a,
+        &format!("/v1/orgs/{org}/api-keys"),
+        json!({ "name": "ci" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let (token, key_id) = (key["key"].as_str().unwrap(), key["id"].as_str().unwrap());
+    let with_key = || {
+        http.get(format!("{b}/v1/orgs/{org}/webhooks"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(with_key().await.unwrap().status(), StatusCode::OK);
+    let resp = http
+        .delete(format!("{a}/v1/orgs/{org}/api-keys/{key_id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while with_key().await.unwrap().status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            Instant::now() < deadline,
+            "node B still accepts the revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
