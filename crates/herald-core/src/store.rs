@@ -44,6 +44,9 @@ pub struct NewDelivery {
     pub leased: bool,
     /// Set when the delivery must not be attempted; it is stored as `skipped` with this reason.
     pub skip: Option<String>,
+    /// Set when the webhook's retry schedule puts off the first attempt (a first delay above
+    /// zero): the delivery is stored unleased and comes due then.
+    pub not_before: Option<Timestamp>,
 }
 
 /// One event of an ingest request with its fan-out.

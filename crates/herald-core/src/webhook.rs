@@ -84,6 +84,16 @@ impl Webhook {
     }
 
     /// The retry schedule: the webhook's override, else its profile's default.
+    /// How long the retry schedule puts off the first attempt, counted from ingest (0: at once).
+    /// Read on every delivery made, so it does not build the profile's default schedule: every
+    /// default starts at once (a test holds the profiles to that).
+    pub fn first_delay_secs(&self) -> u32 {
+        self.retry_schedule
+            .as_ref()
+            .and_then(|s| s.delays().first().copied())
+            .unwrap_or(0)
+    }
+
     pub fn effective_retry_schedule(&self) -> RetrySchedule {
         self.retry_schedule
             .clone()
@@ -441,6 +451,17 @@ mod tests {
         for bad in ["a\u{0}b", "bell\u{7}"] {
             let err = parse_description(Some(bad.into())).unwrap_err();
             assert_eq!(err.field, "description", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_profile_s_default_schedule_starts_at_once() {
+        for profile in ProfileName::ALL {
+            assert_eq!(
+                profile.default_retry_schedule().delays()[0],
+                0,
+                "{profile:?}"
+            );
         }
     }
 }

@@ -143,6 +143,7 @@ fn item(event: Arc<Event>, deliveries: &[(&DeliveryId, &WebhookId)], leased: boo
                 webhook_id: (*webhook_id).clone(),
                 leased,
                 skip: None,
+                not_before: None,
             })
             .collect(),
     }
@@ -791,6 +792,24 @@ async fn a_delivery_leased_at_ingest_waits_for_its_lease_to_end(store: Arc<dyn S
         claim(&store, at(LEASE_SECS).plus_millis(1)).await,
         vec![delivery]
     );
+}
+
+async fn a_delivery_put_off_by_its_schedule_comes_due_then(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let id = DeliveryId::generate();
+    let mut put_off = item(
+        event(&org.id, "evt_1", "user.created", T0),
+        &[(&id, &hook.id)],
+        false,
+    );
+    put_off.deliveries[0].not_before = Some(at(300));
+    store
+        .insert_events(&org.id, &[put_off], T0, at(60))
+        .await
+        .unwrap();
+    assert!(claim(&store, at(299)).await.is_empty());
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(300)));
+    assert_eq!(claim(&store, at(300)).await, vec![id]);
 }
 
 async fn a_delivery_is_not_claimed_before_it_is_due(store: Arc<dyn Store>) {
@@ -2019,6 +2038,7 @@ macro_rules! stories {
             an_unleased_delivery_is_claimed_once,
             a_delivery_leased_at_ingest_waits_for_its_lease_to_end,
             a_delivery_is_not_claimed_before_it_is_due,
+            a_delivery_put_off_by_its_schedule_comes_due_then,
             deliveries_of_an_inactive_webhook_are_not_claimed,
             a_claimed_delivery_carries_its_event_as_inserted,
             claim_due_takes_no_more_than_its_limit,

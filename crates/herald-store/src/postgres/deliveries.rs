@@ -96,9 +96,9 @@ pub(crate) async fn insert_events(
             let (state, next, due, lease) = match &d.skip {
                 Some(_) => ("skipped", None, None, None),
                 None => {
+                    let next = d.not_before.unwrap_or(now).as_millis();
                     let lease = d.leased.then_some(lease_until.as_millis());
-                    let due = lease.unwrap_or(now.as_millis());
-                    ("pending", Some(now.as_millis()), Some(due), lease)
+                    ("pending", Some(next), Some(lease.unwrap_or(next)), lease)
                 }
             };
             cols.delivery_ids.push(d.id.as_str());

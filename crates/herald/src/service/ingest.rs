@@ -127,11 +127,18 @@ pub(crate) async fn ingest_values<T>(
             .subscribers(&event.event_type, channel.as_deref())
             .map(|w| {
                 let skip = snapshot.withheld_because(w, channel.as_deref(), now);
+                // The schedule's first delay counts from ingest; such a delivery is left to the
+                // scheduler rather than held in memory.
+                let not_before = match w.first_delay_secs() {
+                    0 => None,
+                    secs => Some(now.plus_secs(i64::from(secs))),
+                };
                 NewDelivery {
                     id: DeliveryId::generate(),
                     webhook_id: w.id.clone(),
-                    leased: leased && skip.is_none(),
+                    leased: leased && skip.is_none() && not_before.is_none(),
                     skip,
+                    not_before,
                 }
             })
             .collect();
@@ -149,14 +156,19 @@ pub(crate) async fn ingest_values<T>(
         deliveries: 0,
     };
     let mut due = Vec::with_capacity(items.iter().map(|i| i.deliveries.len()).sum());
+    let mut delayed_total = 0;
     for (item, result) in items.into_iter().zip(results) {
         let stored = result == IngestResult::Stored;
         let before = due.len();
-        let mut skipped = 0;
+        let (mut skipped, mut delayed) = (0, 0);
         if stored {
             for d in item.deliveries {
                 if d.skip.is_some() {
                     skipped += 1;
+                    continue;
+                }
+                if d.not_before.is_some() {
+                    delayed += 1;
                     continue;
                 }
                 due.push(DueDelivery {
@@ -169,7 +181,8 @@ pub(crate) async fn ingest_values<T>(
                 });
             }
         }
-        let sent = due.len() - before;
+        let sent = due.len() - before + delayed;
+        delayed_total += delayed;
         report.deliveries += sent;
         report.events.push(IngestedEvent {
             id: item.event.id.clone(),
@@ -181,6 +194,10 @@ pub(crate) async fn ingest_values<T>(
     if leased {
         state.dispatcher.enqueue(due, lease_until);
     } else if !due.is_empty() {
+        state.dispatcher.wake_delivery_scheduler();
+    }
+    if delayed_total > 0 {
+        // Delayed deliveries: the scheduler sleeps until the earliest due time it knows of.
         state.dispatcher.wake_delivery_scheduler();
     }
     state.metrics.events_ingested(

@@ -490,6 +490,8 @@ pub async fn send_test(
             webhook_id: w.id.clone(),
             leased,
             skip: None,
+            // A test is sent now, whatever the schedule says.
+            not_before: None,
         }],
     };
     let lease_until = state.lease_until(now);

@@ -977,6 +977,38 @@ async fn a_rate_limit_spaces_the_requests_to_a_webhook() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_s_first_delay_puts_off_the_first_attempt() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/later"),
+            json!({ "retry_schedule": [300, 60] }),
+        )
+        .await;
+    let answer = app.send_event(&org, user_created("u1")).await;
+    assert_eq!(answer["deliveries"], 1, "{answer}");
+    let id = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.received_on("/later").is_empty(), "sent before its delay");
+    let (_, d) = app.get(&format!("/v1/orgs/{org}/deliveries/{id}")).await;
+    assert_eq!(
+        (d["state"].clone(), d["attempt_count"].clone()),
+        (json!("pending"), json!(0))
+    );
+
+    app.advance(Duration::from_secs(301));
+    app.wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(rx.received_on("/later").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_resuming() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
