@@ -41,16 +41,20 @@ impl AddressPolicy {
 
     /// `Err` names the kind of address and how to allow it.
     pub fn check(&self, ip: IpAddr) -> Result<(), String> {
-        let ip = canonical(ip);
-        let Some(kind) = non_public_kind(ip) else {
-            return Ok(());
-        };
-        if self.allowed.iter().any(|net| net.contains(&ip)) {
-            return Ok(());
+        match self.refused_kind(ip) {
+            None => Ok(()),
+            Some(kind) => Err(format!(
+                "{} is a {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+                canonical(ip)
+            )),
         }
-        Err(format!(
-            "{ip} is a {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it"
-        ))
+    }
+
+    /// The kind of a refused address (`private`, `loopback`, …), or `None` if it is permitted.
+    pub fn refused_kind(&self, ip: IpAddr) -> Option<&'static str> {
+        let ip = canonical(ip);
+        let kind = non_public_kind(ip)?;
+        (!self.allowed.iter().any(|net| net.contains(&ip))).then_some(kind)
     }
 
     /// Checks a URL host that is an IP literal (or `localhost`) before anything is sent; names

@@ -50,21 +50,31 @@ impl Timestamp {
             .to_rfc3339_opts(SecondsFormat::Secs, true)
     }
 
-    /// Parses an RFC 3339 time with any offset; `field` names it in the error.
+    /// Parses an RFC 3339 time with any offset; `field` names it in the error. The time must
+    /// fall within the years 0000 to 9999 in UTC, where Herald writes every time it sends:
+    /// `9999-12-31T23:59:59-01:00` would come out as a year 10000 that no receiver can read.
     pub fn parse_rfc3339(raw: &str, field: &str) -> Result<Self, Invalid> {
-        DateTime::parse_from_rfc3339(raw)
-            .map(|t| Self(t.timestamp_millis()))
-            .map_err(|_| {
-                Invalid::new(
-                    field,
-                    format!(
-                        "'{}' is not an RFC 3339 time such as 2026-01-31T12:00:00Z",
-                        crate::truncate_for_message(raw)
-                    ),
-                )
-            })
+        let shown = crate::truncate_for_message(raw);
+        let t = DateTime::parse_from_rfc3339(raw).map_err(|_| {
+            Invalid::new(
+                field,
+                format!("'{shown}' is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+            )
+        })?;
+        let millis = t.timestamp_millis();
+        if !(EARLIEST_MS..=LATEST_MS).contains(&millis) {
+            return Err(Invalid::new(
+                field,
+                format!("'{shown}' is outside the years 0000 to 9999 once turned into UTC"),
+            ));
+        }
+        Ok(Self(millis))
     }
 }
+
+/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in milliseconds since 1970.
+const EARLIEST_MS: i64 = -62_167_219_200_000;
+const LATEST_MS: i64 = 253_402_300_799_999;
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -158,5 +168,22 @@ mod tests {
         let before = clock.now();
         clock.advance(std::time::Duration::from_secs(3600));
         assert!(clock.now().as_millis() - before.as_millis() >= 3_600_000);
+    }
+
+    #[test]
+    fn a_time_outside_the_years_0000_to_9999_in_utc_is_refused() {
+        let ok = |raw| Timestamp::parse_rfc3339(raw, "t").map(Timestamp::to_rfc3339);
+        assert_eq!(
+            ok("0000-01-01T00:00:00Z").unwrap(),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            ok("9999-12-31T23:59:59.999Z").unwrap(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for raw in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+01:00"] {
+            let err = ok(raw).unwrap_err();
+            assert!(err.message.contains("0000 to 9999"), "{raw}: {err:?}");
+        }
     }
 }

@@ -49,20 +49,28 @@ impl tower_service::Service<Name> for GuardedResolver {
             let host = name.as_str().to_owned();
             let resolved: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refusal = None;
+            let mut refused = None;
             let permitted: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|addr| match policy.check(addr.ip()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        refusal.get_or_insert(why);
+                .filter(|addr| match policy.refused_kind(addr.ip()) {
+                    None => true,
+                    Some(kind) => {
+                        refused.get_or_insert(kind);
                         false
                     }
                 })
                 .collect();
             if permitted.is_empty() {
-                let why = refusal.unwrap_or_else(|| "it resolves to no address".to_owned());
-                return Err(Box::new(Blocked(format!("{host}: {why}"))) as BoxError);
+                // The message is stored with the attempt and shown to the organization, so it
+                // names the kind of address but not the address: a tenant must not be able to
+                // map the internal network by registering names that resolve into it.
+                let why = match refused {
+                    Some(kind) => format!(
+                        "{host} resolves to a {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it"
+                    ),
+                    None => format!("{host} resolves to no address"),
+                };
+                return Err(Box::new(Blocked(why)) as BoxError);
             }
             Ok(permitted.into_iter())
         })
