@@ -117,11 +117,11 @@ pub struct SecuritySettings {
 pub struct DeliverySettings {
     /// Disable a webhook whose every attempt has failed for this many hours (a 410 Gone disables
     /// it at once). The organization gets a `webhook.disabled` event.
-    #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120)]
+    #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub disable_after_hours: u64,
     /// Keep events and their finished deliveries and attempts this many days (0: forever).
     /// Pending deliveries are always kept. Also the window in which event ids are idempotent.
-    #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=36_500))]
     pub retention_days: u64,
     /// How long a node holds the deliveries it took before another node may take them over: a
     /// node that dies leaves its deliveries to the others after this. No attempt runs past the
@@ -135,6 +135,12 @@ pub struct DeliverySettings {
     /// 503 or 504. Lower it to spare fragile endpoints; 1 sends one request at a time.
     #[arg(long, env = "HERALD_ENDPOINT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
+    /// The most deliveries this node holds in memory, queued or in flight, across all webhooks;
+    /// past it new ones wait in the store and are taken up as room frees. One webhook may hold
+    /// at most three quarters of it, and once its endpoint turns out slow only what it sends in
+    /// 30 s, so that a slow endpoint does not hold up the others.
+    #[arg(long, env = "HERALD_MAX_DELIVERIES_IN_MEMORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub max_deliveries_in_memory: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,6 +196,7 @@ impl Settings {
                 retention_days: 30,
                 lease_seconds: 300,
                 endpoint_concurrency: 64,
+                max_deliveries_in_memory: 100_000,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,

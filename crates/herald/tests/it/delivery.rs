@@ -1009,6 +1009,38 @@ async fn a_schedule_s_first_delay_puts_off_the_first_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_take_the_memory_other_webhooks_need() {
+    // 200 deliveries in memory at most; the slow endpoint is sent 400 at once.
+    let app = TestApp::spawn_with(|s| s.delivery.max_deliveries_in_memory = 200).await;
+    let (slow, healthy) = (TestReceiver::start().await, TestReceiver::start().await);
+    slow.answer_by_default(Reply::status(200).after(Duration::from_secs(2)));
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &slow.url("/slow"),
+        json!({ "events": ["user.created"] }),
+    )
+    .await;
+    app.create_webhook(
+        &org,
+        &healthy.url("/ok"),
+        json!({ "events": ["session.revoked"] }),
+    )
+    .await;
+    let backlog: Vec<_> = (0..400).map(|i| user_created(&format!("u{i}"))).collect();
+    app.send_event(&org, json!(backlog)).await;
+    slow.wait_for("/slow", 1, WAIT).await;
+
+    // Held all at once, the slow one's deliveries would fill memory for 25 s (16 requests in
+    // flight, 2 s each) and these would wait in the store behind them.
+    let revoked: Vec<_> = (0..10)
+        .map(|i| json!({ "type": "session.revoked", "data": { "session": { "id": format!("s{i}") }, "user": { "id": "u" } } }))
+        .collect();
+    app.send_event(&org, json!(revoked)).await;
+    healthy.wait_for("/ok", 10, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_resuming() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
