@@ -12,6 +12,16 @@ use herald_dispatch::websub;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
+/// Whether a verification asks anew or repeats the last request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Activation, or a new URL, channels or verification setting: what was verified before
+    /// no longer counts, so a refusal stops deliveries at once.
+    New,
+    /// A resend of the same request: a refusal leaves a lease that still holds.
+    Repeat,
+}
+
 /// Sends `mode` for each of the webhook's channels (or just `only`) at once, and stores what
 /// each endpoint answered.
 pub async fn verify(
@@ -20,6 +30,7 @@ pub async fn verify(
     webhook: &Webhook,
     mode: Mode,
     only: Option<&str>,
+    request: Request,
 ) -> ServiceResult<Vec<Subscription>> {
     let channels: Vec<String> = match only {
         Some(c) => vec![c.to_owned()],
@@ -38,8 +49,9 @@ pub async fn verify(
             let mut sub = previous.unwrap_or_else(|| {
                 Subscription::pending(webhook.id.clone(), channel.clone(), topic.clone(), mode)
             });
-            if sub.mode != mode {
-                // A new request: what was verified for the other mode no longer counts.
+            if sub.mode != mode || request == Request::New {
+                // A new request: what was verified before (for the other mode, or another URL)
+                // no longer counts.
                 sub.state = State::Pending;
                 sub.expires_at = None;
                 sub.renew_at = None;
@@ -144,6 +156,14 @@ pub async fn resend(
     } else {
         Mode::Unsubscribe
     };
-    verify(state, &snapshot, &webhook, mode, channel.as_deref()).await?;
+    verify(
+        state,
+        &snapshot,
+        &webhook,
+        mode,
+        channel.as_deref(),
+        Request::Repeat,
+    )
+    .await?;
     list(state, scope, org, id).await
 }

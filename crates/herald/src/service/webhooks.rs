@@ -351,7 +351,15 @@ pub async fn update(
         } else {
             Mode::Unsubscribe
         };
-        super::subscriptions::verify(state, &snapshot, &w, mode, None).await?;
+        super::subscriptions::verify(
+            state,
+            &snapshot,
+            &w,
+            mode,
+            None,
+            super::subscriptions::Request::New,
+        )
+        .await?;
     }
     Ok(w)
 }
@@ -403,7 +411,15 @@ pub async fn set_active(
     } else {
         Mode::Unsubscribe
     };
-    let subs = super::subscriptions::verify(state, &snapshot, &w, mode, None).await?;
+    let subs = super::subscriptions::verify(
+        state,
+        &snapshot,
+        &w,
+        mode,
+        None,
+        super::subscriptions::Request::New,
+    )
+    .await?;
     Ok((w, Some(subs)))
 }
 

@@ -243,6 +243,40 @@ async fn turning_a_webhook_off_and_on_by_patch_unsubscribes_and_subscribes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_url_that_refuses_verification_gets_no_events() {
+    let app = insecure_app().await;
+    let (rx, moved) = (TestReceiver::start().await, TestReceiver::start().await);
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let id = hook["id"].as_str().unwrap();
+    assert_eq!(hook["active"], true);
+
+    moved.subscriber(Subscriber::Refuse(404));
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "url": moved.url("/hub") }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(moved.verifications_on("/hub").len(), 1);
+    let (_, subs) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{id}/subscriptions"))
+        .await;
+    assert_eq!(
+        state_of(&subs["data"], "login")["state"],
+        "failed",
+        "{subs}"
+    );
+
+    // The old URL's lease does not carry over to the new one.
+    let answer = app.send_event(&org, login_success("e1")).await;
+    assert_eq!(answer["events"][0]["skipped"], 1, "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(moved.received_on("/hub").iter().all(|r| r.method != "POST"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
