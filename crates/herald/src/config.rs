@@ -70,18 +70,38 @@ impl StorageSettings {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+/// `postgres://user:secret@host/db?password=x` → `postgres://user@host/db?password=…`: the
+/// password is dropped wherever libpq's URL syntax lets it appear.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not a URL)".into();
     };
-    match rest.split_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let mut shown = match rest.rsplit_once('@') {
         Some((user, host)) => {
             let user = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}@{host}")
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                // The key stays, so the reader sees that one was given.
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=…")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&params.join("&"));
     }
+    shown
 }
 
 #[derive(Debug, Clone, Args)]
@@ -219,6 +239,14 @@ mod tests {
         assert_eq!(
             redact_password("postgres://herald@db/herald"),
             "postgres://herald@db/herald"
+        );
+        assert_eq!(
+            redact_password("postgres://herald@db/herald?sslmode=require&password=s3cret"),
+            "postgres://herald@db/herald?sslmode=require&password=…"
+        );
+        assert_eq!(
+            redact_password("postgres://herald:a@b@db/herald?PASSWORD=s3cret"),
+            "postgres://herald@db/herald?PASSWORD=…"
         );
         assert_eq!(redact_password("nonsense:s3cret"), "(not a URL)");
     }

@@ -174,10 +174,10 @@ pub struct SendArgs {
     #[arg(long)]
     pub org: String,
     /// The event type; with --data, sends one event built from them.
-    #[arg(long = "type")]
+    #[arg(long = "type", conflicts_with = "file")]
     pub event_type: Option<String>,
     /// The event's data as JSON (with --type).
-    #[arg(long)]
+    #[arg(long, requires = "event_type")]
     pub data: Option<String>,
     /// A file with one event or an array of them (`-` for standard input). Used when --type is
     /// not given; standard input is read when neither is.

@@ -41,10 +41,29 @@ struct NextQuery {
     ended: Option<String>,
 }
 
-/// Only paths of this site, so that the sign-in page cannot send anyone elsewhere.
+/// Only paths of this site, so that the sign-in page cannot send anyone elsewhere. Browsers drop
+/// tabs and line breaks from URLs, so `/\t/evil.example` would become `//evil.example`: no
+/// whitespace or control character is let through.
 fn safe_next(next: Option<&str>) -> Option<String> {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .map(str::to_owned)
+    next.filter(|n| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.contains('\\')
+            && !n.chars().any(|c| c.is_control() || c.is_whitespace())
+    })
+    .map(str::to_owned)
+}
+
+/// Whether a sign-in form was posted from this site. Without a session there is no CSRF token
+/// to check, and another site could sign a visitor in to the attacker's organization (whose
+/// webhooks the visitor would then set up). Browsers say where a request comes from in
+/// `Sec-Fetch-Site`, which proxies leave alone (unlike `Host`): anything but `same-origin` or
+/// `none` (typed or bookmarked) is refused. A client that sends no such header is let through.
+fn posted_from_here(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        None | Some(b"same-origin") | Some(b"none") => true,
+        Some(_) => false,
+    }
 }
 
 #[derive(Serialize)]
@@ -71,6 +90,13 @@ async fn show_login(Query(q): Query<NextQuery>) -> Response {
 }
 
 async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+    if !posted_from_here(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "This sign-in form was posted from another site. Open the dashboard's own /login page and sign in there.",
+        )
+            .into_response();
+    }
     let form = Form::parse(body.as_bytes());
     let token = form.text("token");
     let next = safe_next(form.get("next"));
@@ -120,5 +146,22 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example")), None);
         assert_eq!(safe_next(Some("https://evil.example")), None);
         assert_eq!(safe_next(Some("/\\evil.example")), None);
+        // Browsers drop the tab and read `//evil.example`.
+        assert_eq!(safe_next(Some("/\t/evil.example")), None);
+        assert_eq!(safe_next(Some("/a b")), None);
+    }
+
+    #[test]
+    fn a_sign_in_posted_from_another_site_is_refused() {
+        let with = |site: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("sec-fetch-site", header::HeaderValue::from_static(site));
+            posted_from_here(&h)
+        };
+        assert!(posted_from_here(&HeaderMap::new()), "not a browser");
+        assert!(with("same-origin"));
+        assert!(with("none"));
+        assert!(!with("cross-site"));
+        assert!(!with("same-site"));
     }
 }

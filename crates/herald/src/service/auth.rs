@@ -65,7 +65,15 @@ impl TokenDigest {
 pub struct Authenticator {
     admin_hash: [u8; 32],
     store: Arc<dyn Store>,
-    keys: RwLock<HashMap<String, OrgId>>,
+    keys: RwLock<KeyCache>,
+}
+
+/// Keys seen, by hash, with their organization. Every forgetting bumps `generation`, so that a
+/// lookup that started before a key was deleted cannot put the key back when it ends.
+#[derive(Default)]
+struct KeyCache {
+    by_hash: HashMap<String, OrgId>,
+    generation: u64,
 }
 
 impl Authenticator {
@@ -73,7 +81,7 @@ impl Authenticator {
         Self {
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             store,
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::default(),
         }
     }
 
@@ -93,32 +101,37 @@ impl Authenticator {
             return Ok(None);
         }
         let hex_hash = hex::encode(hash);
-        if let Some(org) = self.keys.read().expect("key cache lock").get(&hex_hash) {
-            return Ok(Some(Scope::Org(org.clone())));
-        }
+        let generation = {
+            let cache = self.keys.read().expect("key cache lock");
+            if let Some(org) = cache.by_hash.get(&hex_hash) {
+                return Ok(Some(Scope::Org(org.clone())));
+            }
+            cache.generation
+        };
         let found = self
             .store
             .find_api_key(&hex_hash)
             .await
             .map_err(ServiceError::from_store("api key"))?;
         Ok(found.map(|key| {
-            self.keys
-                .write()
-                .expect("key cache lock")
-                .insert(hex_hash, key.org_id.clone());
+            let mut cache = self.keys.write().expect("key cache lock");
+            if cache.generation == generation {
+                cache.by_hash.insert(hex_hash, key.org_id.clone());
+            }
             Scope::Org(key.org_id)
         }))
     }
 
     fn forget_org_keys(&self, org: &OrgId) {
-        self.keys
-            .write()
-            .expect("key cache lock")
-            .retain(|_, o| o != org);
+        let mut cache = self.keys.write().expect("key cache lock");
+        cache.by_hash.retain(|_, o| o != org);
+        cache.generation += 1;
     }
 
     fn forget_all_keys(&self) {
-        self.keys.write().expect("key cache lock").clear();
+        let mut cache = self.keys.write().expect("key cache lock");
+        cache.by_hash.clear();
+        cache.generation += 1;
     }
 }
 

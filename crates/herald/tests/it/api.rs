@@ -695,6 +695,9 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         !ok && out.contains("422") && out.contains("user.exploded"),
         "the server's message is shown: {out}"
     );
+    // --data without --type would otherwise fall through to reading standard input.
+    let (ok, out) = herald_cli(&app, &["send", "--org", &org, "--data", "{}"], None).await;
+    assert!(!ok && out.contains("--type"), "{out}");
     let (ok, out) = herald_cli(
         &app,
         &["orgs", "list", "--server", "http://127.0.0.1:9"],
