@@ -208,10 +208,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
         self.record_attempts(std::slice::from_ref(record)).await
     }
-    /// Gives deliveries back to be attempted no earlier than the time paired with each (a
-    /// circuit breaker is open, or their webhook holds more than its share of memory), leased
-    /// or not.
-    async fn defer_deliveries(&self, deferrals: &[(DeliveryId, Timestamp)]) -> StoreResult<()>;
+    /// Gives leased deliveries back to be attempted at `until` (a circuit breaker is open).
+    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()>;
     /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
     /// Releases every lease: on start-up of a node that is the only one using the store.

@@ -15,4 +15,4 @@ pub mod scheduler;
 pub mod websub;
 
 pub use client::HttpClient;
-pub use dispatcher::{Admission, DispatchMetrics, DispatchSettings, Dispatcher};
+pub use dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher};

@@ -51,17 +51,7 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
         let full = due.len() as u32 == limit;
         if !due.is_empty() {
             tracing::debug!(count = due.len(), "leased due deliveries");
-            let (admitted, deferred) = dispatcher.admit_claimed(due, now);
-            dispatcher.enqueue(admitted, lease_until);
-            if !deferred.is_empty() {
-                // Their webhooks hold their share already: back to the store until they have
-                // room, so that the next claim reaches other webhooks' deliveries.
-                tracing::debug!(
-                    count = deferred.len(),
-                    "kept deliveries of backed-up webhooks in the store"
-                );
-                store.defer_deliveries(&deferred).await?;
-            }
+            dispatcher.enqueue(due, lease_until);
         }
         if full {
             return Ok(Duration::ZERO);

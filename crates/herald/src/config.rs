@@ -155,10 +155,9 @@ pub struct DeliverySettings {
     /// 503 or 504. Lower it to spare fragile endpoints; 1 sends one request at a time.
     #[arg(long, env = "HERALD_ENDPOINT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
-    /// The most deliveries this node holds in memory, queued or in flight, across all webhooks;
-    /// past it new ones wait in the store and are taken up as room frees. One webhook may hold
-    /// at most three quarters of it, and once its endpoint turns out slow only what it sends in
-    /// 30 s, so that a slow endpoint does not hold up the others.
+    /// The most deliveries this node holds in memory, queued or in flight, across all webhooks
+    /// (with at most 64 MiB of their events); past it new ones wait in the store and are taken
+    /// up as room frees.
     #[arg(long, env = "HERALD_MAX_DELIVERIES_IN_MEMORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub max_deliveries_in_memory: u64,
 }

@@ -7,11 +7,9 @@
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
 //! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
 //! - `held.rs`: the deliveries held in memory, and their budget.
-//! - `backlog.rs`: each webhook's share of that budget, so that a slow endpoint cannot take it.
 //! - `recorder.rs`: outcomes stored in groups.
 
 mod attempt;
-mod backlog;
 mod breaker;
 mod health;
 mod held;
@@ -22,7 +20,7 @@ mod worker;
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -91,14 +89,10 @@ pub struct DispatchMetrics {
     pub attempt_latency: Histogram,
 }
 
-pub use backlog::Admission;
-
-/// A webhook's running task: where its deliveries go, how many it may send at once, and how
-/// many it holds.
+/// A webhook's running task: where its deliveries go, and how many it may send at once.
 struct Worker {
     tx: mpsc::UnboundedSender<DueDelivery>,
     limit: Arc<limit::Limit>,
-    backlog: Arc<backlog::Backlog>,
 }
 
 /// The handle that ingest, the API and the scheduler use. Cheap to clone.
@@ -286,30 +280,21 @@ impl Dispatcher {
         let mut workers = self.shared.workers.lock().expect("workers lock");
         for delivery in fresh {
             let delivery = match workers.get(&delivery.webhook_id) {
-                Some(worker) => {
-                    worker.backlog.add(1);
-                    match worker.tx.send(delivery) {
-                        Ok(()) => continue,
-                        Err(mpsc::error::SendError(d)) => {
-                            worker.backlog.remove(1, Instant::now());
-                            d
-                        }
-                    }
-                }
+                Some(worker) => match worker.tx.send(delivery) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::SendError(d)) => d,
+                },
                 None => delivery,
             };
             let webhook_id = delivery.webhook_id.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             tx.send(delivery).expect("the receiver is alive");
             let limit = limit::Limit::new(self.shared.settings.per_webhook_concurrency);
-            let backlog = Arc::new(backlog::Backlog::new(self.shared.settings.max_in_memory));
-            backlog.add(1);
             workers.insert(
                 webhook_id.clone(),
                 Worker {
                     tx,
                     limit: limit.clone(),
-                    backlog: backlog.clone(),
                 },
             );
             let this = self.clone();
@@ -317,58 +302,8 @@ impl Dispatcher {
                 .tasks
                 .lock()
                 .expect("tasks lock")
-                .spawn(async move { this.run_worker(webhook_id, rx, limit, backlog).await });
+                .spawn(async move { this.run_worker(webhook_id, rx, limit).await });
         }
-    }
-
-    /// Whether a new delivery for `webhook` may be held in memory, or should wait in the store
-    /// until a given time because the webhook already holds more than its share (see
-    /// `backlog.rs`). Ingest asks this for every delivery it may hold; `pending` is how many it
-    /// admitted for the same webhook in the same request.
-    pub fn admit(&self, webhook: &WebhookId, pending: usize, now: Timestamp) -> Admission {
-        let workers = self.shared.workers.lock().expect("workers lock");
-        self.backlog_admit(workers.get(webhook), pending, now, Instant::now())
-    }
-
-    /// A webhook without a task on this node is judged as a fresh one (nothing held, no rate).
-    fn backlog_admit(
-        &self,
-        worker: Option<&Worker>,
-        pending: usize,
-        now: Timestamp,
-        at: Instant,
-    ) -> Admission {
-        match worker {
-            Some(worker) => worker.backlog.admit(pending, now, at),
-            None => {
-                backlog::Backlog::new(self.shared.settings.max_in_memory).admit(pending, now, at)
-            }
-        }
-    }
-
-    /// Splits claimed deliveries into those their webhooks have room for and those to give
-    /// back to the store until the time paired with each.
-    pub(crate) fn admit_claimed(
-        &self,
-        claimed: Vec<DueDelivery>,
-        now: Timestamp,
-    ) -> (Vec<DueDelivery>, Vec<(DeliveryId, Timestamp)>) {
-        let mut admitted = Vec::with_capacity(claimed.len());
-        let mut deferred = Vec::new();
-        let mut pending = PendingAdmissions::default();
-        let workers = self.shared.workers.lock().expect("workers lock");
-        let at = Instant::now();
-        for d in claimed {
-            let before = pending.of(&d.webhook_id);
-            match self.backlog_admit(workers.get(&d.webhook_id), before, now, at) {
-                Admission::Hold => {
-                    pending.add(&d.webhook_id);
-                    admitted.push(d);
-                }
-                Admission::Defer(until) => deferred.push((d.delivery_id, until)),
-            }
-        }
-        (admitted, deferred)
     }
 
     /// Each webhook with a running task on this node, and how many requests it may have in
@@ -415,27 +350,5 @@ impl Dispatcher {
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
         let _ =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    }
-}
-
-/// How many deliveries of each webhook one request (or one claim) admitted so far: they count
-/// against the webhook's share before they reach its queue. A list, since one request rarely
-/// names more than a few webhooks.
-#[derive(Debug, Default)]
-pub struct PendingAdmissions(Vec<(WebhookId, usize)>);
-
-impl PendingAdmissions {
-    pub fn of(&self, webhook: &WebhookId) -> usize {
-        self.0
-            .iter()
-            .find(|(w, _)| w == webhook)
-            .map_or(0, |(_, n)| *n)
-    }
-
-    pub fn add(&mut self, webhook: &WebhookId) {
-        match self.0.iter_mut().find(|(w, _)| w == webhook) {
-            Some((_, n)) => *n += 1,
-            None => self.0.push((webhook.clone(), 1)),
-        }
     }
 }

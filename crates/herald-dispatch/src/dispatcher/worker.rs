@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -13,7 +13,6 @@ use herald_core::WebhookId;
 use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
 
-use super::backlog::Backlog;
 use super::breaker::{self, Gate};
 use super::limit::Limit;
 
@@ -28,7 +27,6 @@ impl Dispatcher {
         webhook_id: WebhookId,
         mut rx: mpsc::UnboundedReceiver<DueDelivery>,
         slots: Arc<Limit>,
-        backlog: Arc<Backlog>,
     ) {
         // Requests in flight hold a slot; attempts whose outcome is still being written hold only
         // a task. Bounding tasks too keeps memory flat when the store is slower than the endpoint.
@@ -81,9 +79,7 @@ impl Dispatcher {
             // adaptive limit, which would then grow on the store's backpressure.
             let task = tasks.clone().acquire_owned().await.expect("never closed");
             let permit = slots.acquire().await;
-            let n = batch.len();
             let Some(probe) = self.pass_breaker(&webhook_id, &batch).await else {
-                backlog.remove(n, Instant::now());
                 continue;
             };
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -92,16 +88,14 @@ impl Dispatcher {
                 for d in &batch {
                     self.release_held(&d.delivery_id);
                 }
-                backlog.remove(n, Instant::now());
                 continue;
             }
-            let (this, backlog) = (self.clone(), backlog.clone());
+            let this = self.clone();
             in_flight.spawn(async move {
                 // Boxed: the attempt's future is large (rendering, the HTTP exchange), and a task
                 // copies its future when spawned and again when it finishes; this keeps the copy
                 // to the few values captured here.
                 Box::pin(this.attempt(batch, permit, probe)).await;
-                backlog.remove(n, Instant::now());
                 drop(task);
             });
             while in_flight.try_join_next().is_some() {}
@@ -129,14 +123,11 @@ impl Dispatcher {
             Gate::Probe => return Some(true),
             Gate::Defer(until) => until,
         };
-        let deferrals: Vec<_> = batch
-            .iter()
-            .map(|d| (d.delivery_id.clone(), until))
-            .collect();
-        for (id, _) in &deferrals {
+        let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
+        for id in &ids {
             self.release_held(id);
         }
-        if let Err(e) = self.shared.store.defer_deliveries(&deferrals).await {
+        if let Err(e) = self.shared.store.defer_deliveries(&ids, until).await {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }
         self.wake_delivery_scheduler();

@@ -507,8 +507,8 @@ pub(crate) async fn purge(
     Ok(count)
 }
 
-pub(crate) async fn defer(c: &impl Conn, deferrals: &[(DeliveryId, Timestamp)]) -> DbResult<()> {
-    for (id, until) in deferrals {
+pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {
+    for id in ids {
         c.exec(
             "UPDATE deliveries SET lease_until = NULL, \
              next_attempt_at = GREATEST(COALESCE(next_attempt_at, $1), $1), \
@@ -517,7 +517,7 @@ pub(crate) async fn defer(c: &impl Conn, deferrals: &[(DeliveryId, Timestamp)]) 
         )
         .await?;
     }
-    if !deferrals.is_empty() {
+    if !ids.is_empty() {
         announce_work(c).await?;
     }
     Ok(())

@@ -576,8 +576,8 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| deliveries::record_attempts(&tx, records))
     }
 
-    async fn defer_deliveries(&self, deferrals: &[(DeliveryId, Timestamp)]) -> StoreResult<()> {
-        in_tx!(self, |tx| deliveries::defer(&tx, deferrals))
+    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
+        in_tx!(self, |tx| deliveries::defer(&tx, ids, until))
     }
 
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {

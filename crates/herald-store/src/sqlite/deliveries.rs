@@ -392,12 +392,12 @@ pub(crate) fn purge(
     Ok(count)
 }
 
-pub(crate) fn defer(conn: &Connection, deferrals: &[(DeliveryId, Timestamp)]) -> DbResult<()> {
+pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {
     let mut defer = conn.prepare_cached(
         "UPDATE deliveries SET lease_until = NULL, next_attempt_at = MAX(COALESCE(next_attempt_at, ?1), ?1), \
          due_at = MAX(COALESCE(next_attempt_at, ?1), ?1) WHERE id = ?2 AND state = 'pending'",
     )?;
-    for (id, until) in deferrals {
+    for id in ids {
         defer.execute(params![until.as_millis(), id.as_str()])?;
     }
     Ok(())

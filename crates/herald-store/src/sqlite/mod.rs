@@ -413,9 +413,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn defer_deliveries(&self, deferrals: &[(DeliveryId, Timestamp)]) -> StoreResult<()> {
-        let deferrals = deferrals.to_vec();
-        self.write(move |c| deliveries::defer(c, &deferrals)).await
+    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        self.write(move |c| deliveries::defer(c, &ids, until)).await
     }
 
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {

@@ -12,7 +12,6 @@ use herald_core::event::NewEvent;
 use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery};
 use herald_core::{DeliveryId, Invalid, OrgId};
-use herald_dispatch::dispatcher::{Admission, PendingAdmissions};
 
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
@@ -88,7 +87,6 @@ pub(crate) async fn ingest_values<T>(
         .map_err(ServiceError::from_store("organization"))?;
     let now = state.clock.now();
     let leased = state.dispatcher.has_room();
-    let mut admitted = PendingAdmissions::default();
     let mut items = Vec::with_capacity(raw_events.len());
     for (i, raw) in raw_events.into_iter().enumerate() {
         let at = |e: Invalid| {
@@ -129,27 +127,16 @@ pub(crate) async fn ingest_values<T>(
             .subscribers(&event.event_type, channel.as_deref())
             .map(|w| {
                 let skip = snapshot.withheld_because(w, channel.as_deref(), now);
-                // Held in memory and sent at once, unless the schedule's first delay (counted
-                // from ingest) puts it off, or the webhook already holds its share of memory;
-                // either way it is left to the scheduler, due then.
-                let (leased, not_before) = match (w.first_delay_secs(), &skip) {
-                    (_, Some(_)) => (false, None),
-                    (0, None) if leased => {
-                        match state.dispatcher.admit(&w.id, admitted.of(&w.id), now) {
-                            Admission::Hold => {
-                                admitted.add(&w.id);
-                                (true, None)
-                            }
-                            Admission::Defer(until) => (false, Some(until)),
-                        }
-                    }
-                    (0, None) => (false, None),
-                    (secs, None) => (false, Some(now.plus_secs(i64::from(secs)))),
+                // The schedule's first delay counts from ingest; such a delivery is left to the
+                // scheduler rather than held in memory.
+                let not_before = match w.first_delay_secs() {
+                    0 => None,
+                    secs => Some(now.plus_secs(i64::from(secs))),
                 };
                 NewDelivery {
                     id: DeliveryId::generate(),
                     webhook_id: w.id.clone(),
-                    leased,
+                    leased: leased && skip.is_none() && not_before.is_none(),
                     skip,
                     not_before,
                 }
