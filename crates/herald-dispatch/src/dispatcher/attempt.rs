@@ -20,6 +20,28 @@ use super::limit::{Signal, Slot};
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// The shortest attempt worth starting.
 const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+/// How long the deliveries of a webhook whose WebSub verification is not in place wait before
+/// they are looked at again.
+const UNVERIFIED_WAIT: Duration = Duration::from_secs(60);
+
+/// Why the batch may not be sent to a webhook that verifies its intent, if it may not: one of
+/// its channels is not verified now.
+fn unverified(
+    snapshot: &herald_core::directory::OrgSnapshot,
+    webhook: &Webhook,
+    batch: &[DueDelivery],
+    now: herald_core::Timestamp,
+) -> Option<String> {
+    if webhook.verification == herald_core::subscription::Verification::None {
+        return None;
+    }
+    batch.iter().find_map(|d| {
+        let channel = snapshot
+            .resolve_type(&d.event.event_type)
+            .and_then(|t| t.channel);
+        snapshot.withheld_because(webhook, channel, now)
+    })
+}
 
 impl Dispatcher {
     /// Attempts a batch of deliveries of one webhook (usually a batch of one).
@@ -84,6 +106,20 @@ impl Dispatcher {
             for d in batch {
                 shared.store.release_lease(&d.delivery_id).await?;
             }
+            return Ok(());
+        }
+        if let Some(reason) = unverified(&snapshot, &webhook, batch, shared.clock.now()) {
+            // Its WebSub verification is pending or was refused (the webhook was switched on
+            // again, say, and the subscriber said no): its deliveries wait for it rather than go
+            // to an endpoint that has not confirmed.
+            forget(self);
+            let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
+            let until = shared
+                .clock
+                .now()
+                .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
+            shared.store.defer_deliveries(&ids, until).await?;
+            tracing::debug!(webhook = %webhook.id, deliveries = ids.len(), reason, "webhook not verified; deliveries wait");
             return Ok(());
         }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Subscriber, TestApp, TestReceiver};
+use crate::helpers::{Reply, Subscriber, TestApp, TestReceiver};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -274,6 +274,67 @@ async fn a_new_url_that_refuses_verification_gets_no_events() {
     assert_eq!(answer["events"][0]["skipped"], 1, "{answer}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(moved.received_on("/hub").iter().all(|r| r.method != "POST"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refused() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let id = hook["id"].as_str().unwrap();
+
+    // A delivery fails and waits for its retry.
+    rx.answer_by_default(Reply::status(500));
+    app.send_event(&org, login_success("e1")).await;
+    rx.wait_for("/hub", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+
+    // Switched off and on again; the subscriber refuses the new subscription.
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    rx.subscriber(Subscriber::Refuse(404));
+    let (status, on) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{on}");
+    assert_eq!(state_of(&on["subscriptions"], "login")["state"], "failed");
+
+    // Its retry comes due: it waits for verification instead of being sent.
+    rx.answer_by_default(Reply::status(200));
+    app.advance(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts = |rx: &TestReceiver| {
+        rx.received_on("/hub")
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    };
+    assert_eq!(posts(&rx), 1, "sent to an unverified endpoint");
+    let (_, d) = app
+        .get(&format!("/v1/orgs/{org}/deliveries/{delivery}"))
+        .await;
+    assert_eq!(
+        (d["state"].clone(), d["attempt_count"].clone()),
+        (json!("pending"), json!(1))
+    );
+
+    // Verified after all, it goes out.
+    rx.subscriber(Subscriber::Echo);
+    let (status, _) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/verify"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.advance(Duration::from_secs(61));
+    app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
