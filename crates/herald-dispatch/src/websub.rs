@@ -75,7 +75,14 @@ pub async fn run_renewals(
         if *shutdown.borrow() {
             return;
         }
-        if let Err(e) = renew_due(&dispatcher).await {
+        // Up to 100 renewals, each waiting up to its webhook's timeout: shutdown does not wait
+        // for them. A renewal cut short leaves its subscription as it was, due again at the next
+        // start.
+        let renewed = tokio::select! {
+            renewed = renew_due(&dispatcher) => renewed,
+            _ = shutdown.changed() => return,
+        };
+        if let Err(e) = renewed {
             tracing::error!(error = %e, "could not renew WebSub leases; trying again shortly");
         }
         tokio::select! {

@@ -241,6 +241,22 @@ impl Api {
         Ok(value)
     }
 
+    /// Every item of a paged list, page after page, as one page (`{"data": [...]}`).
+    fn get_all(&self, path: &str) -> anyhow::Result<Value> {
+        let mut items = Vec::new();
+        let mut page = self.get(path)?;
+        loop {
+            if let Some(data) = page["data"].as_array_mut() {
+                items.append(data);
+            }
+            let Some(cursor) = page["next_cursor"].as_str() else {
+                break;
+            };
+            page = self.get(&format!("{path}&cursor={cursor}"))?;
+        }
+        Ok(json!({ "data": items, "next_cursor": null }))
+    }
+
     fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None)
     }
@@ -301,7 +317,7 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let cols = &["id", "handle", "name", "catalogs"];
     match cmd {
-        OrgsCommand::List => show(&conn, &api.get("/v1/orgs?limit=200")?, cols),
+        OrgsCommand::List => show(&conn, &api.get_all("/v1/orgs?limit=200")?, cols),
         OrgsCommand::Create {
             name,
             handle,
@@ -328,7 +344,7 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
     match cmd {
         WebhooksCommand::List { org } => show(
             &conn,
-            &api.get(&format!("/v1/orgs/{org}/webhooks?limit=200"))?,
+            &api.get_all(&format!("/v1/orgs/{org}/webhooks?limit=200"))?,
             cols,
         ),
         WebhooksCommand::Create {

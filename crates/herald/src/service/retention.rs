@@ -66,7 +66,13 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
     }
     loop {
         let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
-        match purge(&state, None, cutoff).await {
+        // A long purge gives way to shutdown between batches: each batch is a transaction of
+        // its own, and what is left is purged at the next start.
+        let purged = tokio::select! {
+            purged = purge(&state, None, cutoff) => purged,
+            _ = shutdown.changed() => return,
+        };
+        match purged {
             Ok(c) if c.events > 0 => {
                 tracing::info!(
                     events = c.events,

@@ -576,10 +576,19 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert!(ok, "{out}");
     let org: Value = serde_json::from_str(&out).unwrap();
     let org = org["id"].as_str().unwrap().to_owned();
+    // More than one page of 200: the list follows the cursor to the end.
+    for i in 0..200 {
+        app.create_org(&format!("Filler {i}")).await;
+    }
     let (ok, out) = herald_cli(&app, &["orgs", "list"], None).await;
     assert!(
         ok && out.starts_with("ID") && out.contains(&org),
         "a table for people: {out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("org_")).count(),
+        201,
+        "{out}"
     );
 
     let url = rx.url("/cli");
