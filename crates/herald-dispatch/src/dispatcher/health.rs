@@ -43,7 +43,12 @@ impl Dispatcher {
                     .store
                     .note_webhook_outcome(&webhook.id, false, now)
                     .await?;
-                self.note_streak(webhook, None);
+                if webhook.failing_since.is_some() {
+                    // The directory's copy still says failing: remember that it is not.
+                    self.note_streak(webhook, None);
+                } else {
+                    self.forget_streak(webhook);
+                }
             }
             return Ok(());
         }
@@ -101,6 +106,14 @@ impl Dispatcher {
             .insert(webhook.id.clone(), streak);
     }
 
+    fn forget_streak(&self, webhook: &Webhook) {
+        self.shared
+            .failing
+            .lock()
+            .expect("failing lock")
+            .remove(&webhook.id);
+    }
+
     /// Disables the webhook, changing nothing else of it: the copy the attempt used may be
     /// older than what a user saved meanwhile (a new secret, say), which must not be undone.
     async fn disable(&self, webhook: &Arc<Webhook>, reason: String) -> Result<(), StoreError> {
@@ -114,11 +127,7 @@ impl Dispatcher {
             .disable_webhook(&webhook.org_id, &webhook.id, &reason, now)
             .await?;
         shared.directory.invalidate(&webhook.org_id);
-        shared
-            .failing
-            .lock()
-            .expect("failing lock")
-            .remove(&webhook.id);
+        self.forget_streak(webhook);
         if !disabled {
             // Already disabled (by a user, or by another attempt), or deleted.
             return Ok(());

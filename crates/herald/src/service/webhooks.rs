@@ -298,12 +298,7 @@ pub async fn update(
     }
     let was_active = w.active;
     if let Some(active) = input.active {
-        w.active = active;
-        if active && !was_active {
-            // As with `activate`: whatever made Herald disable it is for the user to have fixed.
-            w.disabled_reason = None;
-            w.failing_since = None;
-        }
+        switch(&mut w, active);
     }
     if let Some(headers) = input.headers {
         w.headers = parse_headers(headers)?;
@@ -333,35 +328,56 @@ pub async fn update(
     let unsubscribe = websub && was_active && !w.active;
     let w = save(state, w).await?;
     if w.active != was_active {
-        tracing::info!(webhook = %id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
-        if w.active {
-            super::operations::webhook_enabled(state, &w);
-        }
+        switched(state, &w);
     }
     if reverify || unsubscribe {
         // Turned on, or a new URL or new channels: verified again before they get events.
         // Turned off: the subscriber hears of it, as with `deactivate`.
-        let snapshot = state
-            .directory
-            .snapshot(&w.org_id)
-            .await
-            .map_err(ServiceError::from_store("organization"))?;
-        let mode = if reverify {
-            Mode::Subscribe
-        } else {
-            Mode::Unsubscribe
-        };
-        super::subscriptions::verify(
-            state,
-            &snapshot,
-            &w,
-            mode,
-            None,
-            super::subscriptions::Request::New,
-        )
-        .await?;
+        tell_subscriber(state, &w).await?;
     }
     Ok(w)
+}
+
+/// Switches `w` on or off (not saved yet). Switching on is a fresh start: whatever made Herald
+/// disable it is for the user to have fixed.
+fn switch(w: &mut Webhook, active: bool) {
+    if active && !w.active {
+        w.disabled_reason = None;
+        w.failing_since = None;
+    }
+    w.active = active;
+}
+
+/// After a switch was saved: the log line, and `webhook.enabled` for the organization.
+fn switched(state: &AppState, w: &Webhook) {
+    tracing::info!(webhook = %w.id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
+    if w.active {
+        super::operations::webhook_enabled(state, w);
+    }
+}
+
+/// Sends a webhook that verifies its intent a new subscribe (when active) or unsubscribe for
+/// each of its channels, and answers where each stands.
+async fn tell_subscriber(state: &AppState, w: &Webhook) -> ServiceResult<Vec<Subscription>> {
+    let snapshot = state
+        .directory
+        .snapshot(&w.org_id)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let mode = if w.active {
+        Mode::Subscribe
+    } else {
+        Mode::Unsubscribe
+    };
+    super::subscriptions::verify(
+        state,
+        &snapshot,
+        w,
+        mode,
+        None,
+        super::subscriptions::Request::New,
+    )
+    .await
 }
 
 async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
@@ -390,36 +406,14 @@ pub async fn set_active(
 ) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     let mut w = get(state, scope, org, id).await?;
     if w.active != active {
-        w.active = active;
-        if active {
-            // A fresh start: whatever made Herald disable it is for the user to have fixed.
-            w.disabled_reason = None;
-            w.failing_since = None;
-        }
+        switch(&mut w, active);
         w = save(state, w).await?;
-        tracing::info!(webhook = %id, active, "webhook {}", if active { "enabled" } else { "disabled" });
-        if active {
-            super::operations::webhook_enabled(state, &w);
-        }
+        switched(state, &w);
     }
     if w.verification != Verification::Websub {
         return Ok((w, None));
     }
-    let snapshot = snapshot(state, scope, org).await?;
-    let mode = if active {
-        Mode::Subscribe
-    } else {
-        Mode::Unsubscribe
-    };
-    let subs = super::subscriptions::verify(
-        state,
-        &snapshot,
-        &w,
-        mode,
-        None,
-        super::subscriptions::Request::New,
-    )
-    .await?;
+    let subs = tell_subscriber(state, &w).await?;
     Ok((w, Some(subs)))
 }
 

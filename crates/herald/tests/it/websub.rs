@@ -335,6 +335,15 @@ async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refus
     app.advance(Duration::from_secs(61));
     app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
         .await;
+
+    // A test event is sent on purpose, verified channel or not.
+    let (status, answer) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let test = answer["delivery_id"].as_str().unwrap();
+    app.wait_for_delivery(&org, test, |d| d["state"] == "succeeded")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
