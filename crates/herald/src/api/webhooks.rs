@@ -120,14 +120,14 @@ impl WebhookBody {
     /// often send every field).
     fn input(self, creating: bool) -> Result<WebhookInput, Invalid> {
         Ok(WebhookInput {
-            name: required(self.name, "name", creating)?,
-            url: required(self.url, "url", creating)?,
-            events: required(self.events, "events", creating)?,
-            channels: required(self.channels, "channels", creating)?,
-            profile: required(self.profile, "profile", creating)?,
-            secret: required(self.secret, "secret", creating)?,
-            active: required(self.active, "active", creating)?,
-            verification: required(self.verification, "verification", creating)?,
+            name: not_null(self.name, "name", creating)?,
+            url: not_null(self.url, "url", creating)?,
+            events: not_null(self.events, "events", creating)?,
+            channels: not_null(self.channels, "channels", creating)?,
+            profile: not_null(self.profile, "profile", creating)?,
+            secret: not_null(self.secret, "secret", creating)?,
+            active: not_null(self.active, "active", creating)?,
+            verification: not_null(self.verification, "verification", creating)?,
             description: self.description,
             // `null` clears these: no custom headers, the profile's default options.
             headers: self.headers.map(Option::unwrap_or_default),
@@ -143,7 +143,7 @@ impl WebhookBody {
 }
 
 /// A field with no empty value: left out (or `null` on creation) it stays as it is.
-fn required<T>(
+fn not_null<T>(
     value: Option<Option<T>>,
     field: &str,
     creating: bool,
