@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 
-use herald_core::subscription::Mode;
+use herald_core::subscription::{Mode, Verification};
 
 use crate::client::HttpClient;
 
@@ -103,6 +103,16 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
         let Some(webhook) = snapshot.webhook(&sub.webhook_id).cloned() else {
             continue;
         };
+        if webhook.verification != Verification::Websub
+            || !snapshot.channels_of(&webhook).contains(&sub.channel)
+        {
+            // No longer asked for (verification switched off, or the channel dropped from the
+            // webhook): the lease is left to run out, and not looked at again.
+            sub.renew_at = None;
+            store.save_subscriptions(&org, &[sub]).await?;
+            continue;
+        }
+        let read = (sub.mode, sub.last_attempt_at);
         let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
         let outcome = verify_intent(
             dispatcher.client(),
@@ -117,6 +127,18 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
             tracing::warn!(webhook = %webhook.id, channel = sub.channel, reason, "WebSub lease renewal failed; retrying in an hour");
         }
         sub.record(dispatcher.clock().now(), outcome);
+        // The GET took up to the webhook's timeout; a deactivation or resend that finished
+        // meanwhile is newer than this renewal, and must not be overwritten by it.
+        let now_stored = store.org_subscriptions(&org).await?;
+        let unchanged = now_stored.iter().any(|s| {
+            s.webhook_id == sub.webhook_id
+                && s.channel == sub.channel
+                && (s.mode, s.last_attempt_at) == read
+        });
+        if !unchanged {
+            tracing::debug!(webhook = %webhook.id, channel = sub.channel, "subscription changed during its renewal; the change stands");
+            continue;
+        }
         store.save_subscriptions(&org, &[sub]).await?;
         dispatcher.directory().invalidate(&org);
     }

@@ -385,6 +385,34 @@ async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried(
     assert_eq!(recovered["state"], "verified");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_dropped_from_the_webhook_is_not_renewed() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let id = hook["id"].as_str().unwrap();
+    assert_eq!(rx.verifications_on("/hub").len(), 2);
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "channels": ["login"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rx.verifications_on("/hub").len(), 3, "login asked again");
+
+    app.advance(Duration::from_secs(9 * 86_400 + 60));
+    let renewed = rx.wait_for_verifications("/hub", 4, WAIT).await;
+    assert!(renewed[3].param("hub.topic").unwrap().ends_with(".login"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rx.verifications_on("/hub").len(),
+        4,
+        "the dropped channel is not renewed"
+    );
+}
+
 /// The webhook's one subscription, once `ready` holds (bounded: 5 s).
 async fn subscription(app: &TestApp, org: &str, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
