@@ -261,6 +261,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending deliveries per webhook (for metrics).
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;
+    /// Whether the store can still take writes, as far as it knows without trying (the SQLite
+    /// store's writer thread ends only after a panic). The readiness check asks.
+    fn accepts_writes(&self) -> bool {
+        true
+    }
     /// How long write transactions take to commit, if the backend measures it.
     fn commit_latency(&self) -> Option<&crate::metrics::Histogram> {
         None

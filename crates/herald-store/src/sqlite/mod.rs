@@ -482,6 +482,10 @@ impl Store for SqliteStore {
         self.read(deliveries::pending_by_webhook).await
     }
 
+    fn accepts_writes(&self) -> bool {
+        self.writer.is_running()
+    }
+
     fn commit_latency(&self) -> Option<&herald_core::metrics::Histogram> {
         Some(&self.writer.commit_latency)
     }

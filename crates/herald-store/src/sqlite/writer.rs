@@ -74,9 +74,25 @@ impl Writer {
         let latency = commit_latency.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, rx, &latency))
+            .spawn(move || {
+                // A panic ends the thread (the callers of its group get "stopped"); say so once,
+                // loudly, since every write fails from then on.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(conn, rx, &latency)
+                }));
+                if ran.is_err() {
+                    tracing::error!(
+                        "the SQLite writer stopped after a panic; nothing can be stored until Herald restarts"
+                    );
+                }
+            })
             .expect("spawning the writer thread");
         Self { tx, commit_latency }
+    }
+
+    /// Whether the writer thread still takes work (it ends only after a panic).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// Runs `work` in the next group transaction and answers once that transaction committed.
@@ -315,5 +331,25 @@ mod tests {
         let committed = held.committed();
         assert_eq!(committed, ["a", "c"]);
         assert_eq!(runs.load(Ordering::SeqCst), 2, "each insert ran once");
+    }
+
+    /// A writer that died (a panic in a job) says so: every write fails at once, and
+    /// `is_running` turns false for the readiness check.
+    #[tokio::test]
+    async fn a_writer_that_panicked_says_it_stopped() {
+        let held = held_writer().await;
+        held.release().await;
+        assert!(held.writer.is_running());
+        let crashed = spawn_write(&held.writer, |_| panic!("a bug in a job"));
+        assert!(matches!(
+            crashed.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(!held.writer.is_running());
+        let after = spawn_write(&held.writer, |_| Ok(()));
+        assert!(matches!(
+            after.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

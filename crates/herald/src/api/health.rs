@@ -37,13 +37,22 @@ async fn get_health() -> Json<Status> {
     })
 }
 
-/// Ready when the store answers a read.
+/// Ready when the store answers a read and can take writes.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to take events", body = Status),
-        (status = 503, description = "The database does not answer", body = Status),
+        (status = 503, description = "The database does not answer, or cannot store anything", body = Status),
     ))]
 async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
+    if !state.store.accepts_writes() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Status {
+                status: "unavailable",
+                reason: Some("the SQLite writer has stopped (see the log); restart Herald"),
+            }),
+        );
+    }
     match state.store.next_due_at().await {
         Ok(_) => (
             StatusCode::OK,
