@@ -481,25 +481,29 @@ pub(crate) async fn purge(
             &[&cutoff.as_millis(), &org.map(|o| o.as_str()), &big(limit)],
         )
         .await?;
+    // A resend may make one of these deliveries pending after the query above looked (each
+    // statement sees what committed before it began): the deletes below skip pending
+    // deliveries, and an event keeps its row while any delivery of it is left.
     let mut count = PurgeCount::default();
     for row in victims {
         let (org_id, event_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
         count.attempts += c
             .exec(
                 "DELETE FROM attempts WHERE delivery_id IN \
-                 (SELECT id FROM deliveries WHERE org_id = $1 AND event_id = $2)",
+                 (SELECT id FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending')",
                 &[&org_id, &event_id],
             )
             .await?;
         count.deliveries += c
             .exec(
-                "DELETE FROM deliveries WHERE org_id = $1 AND event_id = $2",
+                "DELETE FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending'",
                 &[&org_id, &event_id],
             )
             .await?;
         count.events += c
             .exec(
-                "DELETE FROM events WHERE org_id = $1 AND id = $2",
+                "DELETE FROM events e WHERE e.org_id = $1 AND e.id = $2 AND NOT EXISTS \
+                 (SELECT 1 FROM deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id)",
                 &[&org_id, &event_id],
             )
             .await?;
