@@ -126,7 +126,14 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
         if let Err(reason) = &outcome {
             tracing::warn!(webhook = %webhook.id, channel = sub.channel, reason, "WebSub lease renewal failed; retrying in an hour");
         }
-        sub.record(dispatcher.clock().now(), outcome);
+        let now = dispatcher.clock().now();
+        sub.record(now, outcome);
+        if sub.renew_at.is_none() {
+            // The lease ran out while renewals failed (an endpoint down for a while, say): the
+            // channel gets nothing now, and Herald keeps asking every hour rather than dropping
+            // the subscription for good.
+            sub.renew_at = Some(now.plus_secs(3600));
+        }
         // The GET took up to the webhook's timeout; a deactivation or resend that finished
         // meanwhile is newer than this renewal, and must not be overwritten by it.
         let now_stored = store.org_subscriptions(&org).await?;

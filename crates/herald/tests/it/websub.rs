@@ -383,6 +383,21 @@ async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried(
     rx.wait_for_verifications("/hub", 4, WAIT).await;
     let recovered = subscription(&app, &org, id, |s| s["reason"].is_null()).await;
     assert_eq!(recovered["state"], "verified");
+
+    // Refused until the lease has run out: the channel fails, and Herald keeps asking.
+    rx.subscriber(Subscriber::Refuse(503));
+    app.advance(Duration::from_secs(10 * 86_400 + 60));
+    rx.wait_for_verifications("/hub", 5, WAIT).await;
+    let lapsed = subscription(&app, &org, id, |s| s["state"] == "failed").await;
+    assert!(
+        lapsed["renew_at"].is_string(),
+        "asked again later: {lapsed}"
+    );
+    rx.subscriber(Subscriber::Echo);
+    app.advance(Duration::from_secs(3600 + 60));
+    rx.wait_for_verifications("/hub", 6, WAIT).await;
+    let back = subscription(&app, &org, id, |s| s["state"] == "verified").await;
+    assert!(back["reason"].is_null(), "{back}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
