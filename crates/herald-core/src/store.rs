@@ -236,16 +236,19 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<DueDelivery>;
-    /// Makes every failed delivery of the webhook created since `since` pending again, due now.
     /// Deletes up to `limit` events received before `cutoff` (of `org`, or of every
     /// organization) whose deliveries are all finished, with those deliveries and their
-    /// attempts. Callers repeat it until it removes fewer than `limit` events.
+    /// attempts, oldest first and none received before `from`. Answers what it removed and
+    /// when the last event it removed was received: callers repeat it from there until it
+    /// removes fewer than `limit` events, so that events kept back by a pending delivery are
+    /// passed over once per run, not once per batch.
     async fn purge_before(
         &self,
         org: Option<&OrgId>,
         cutoff: Timestamp,
         limit: u32,
-    ) -> StoreResult<PurgeCount>;
+        from: Option<Timestamp>,
+    ) -> StoreResult<(PurgeCount, Option<Timestamp>)>;
 
     /// Whether other nodes may use this store at the same time. A node of a shared store
     /// must not release leases it did not take ([`Store::release_all_leases`]); leases held by
@@ -287,6 +290,7 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<(OrgId, Subscription)>>;
 
+    /// Makes every failed delivery of the webhook created since `since` pending again, due now.
     async fn recover_failed(
         &self,
         org: &OrgId,

@@ -1010,6 +1010,27 @@ async fn pending_deliveries_are_counted_per_webhook_with_the_oldest(store: Arc<d
     );
 }
 
+async fn a_purge_batch_starts_where_the_last_one_ended(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let older = deliver(&store, &hook, "evt_1", at(10), false).await;
+    let newer = deliver(&store, &hook, "evt_2", at(20), false).await;
+    assert_eq!(claim(&store, at(500)).await.len(), 2);
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    for d in [&older, &newer] {
+        record_first_attempt(&store, &acme.id, d, &ok, NextStep::Succeeded).await;
+    }
+    let (count, reached) = store
+        .purge_before(None, at(100), 10, Some(at(20)))
+        .await
+        .unwrap();
+    assert_eq!((count.events, reached), (1, Some(at(20))));
+    assert!(
+        store.get_event(&acme.id, "evt_1").await.is_ok(),
+        "received before `from`: not looked at"
+    );
+    assert_not_found(store.get_event(&acme.id, "evt_2").await);
+}
+
 async fn purging_removes_old_finished_history_and_keeps_pending_work(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (globex, other) = org_with_webhook(&store, "globex").await;
@@ -1037,9 +1058,10 @@ async fn purging_removes_old_finished_history_and_keeps_pending_work(store: Arc<
 
     // One organization, before t=100: only its finished, old event goes.
     let purged = store
-        .purge_before(Some(&acme.id), at(100), 10)
+        .purge_before(Some(&acme.id), at(100), 10, None)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(
         purged,
         PurgeCount {
@@ -1068,11 +1090,17 @@ async fn purging_removes_old_finished_history_and_keeps_pending_work(store: Arc<
     );
 
     // Every organization, in batches of one.
-    let first = store.purge_before(None, at(100), 1).await.unwrap();
+    let (first, reached) = store.purge_before(None, at(100), 1, None).await.unwrap();
     assert_eq!(first.events, 1);
     assert_not_found(store.get_delivery(&globex.id, &elsewhere).await);
+    assert!(reached.is_some());
     assert_eq!(
-        store.purge_before(None, at(100), 1).await.unwrap().events,
+        store
+            .purge_before(None, at(100), 1, reached)
+            .await
+            .unwrap()
+            .0
+            .events,
         0
     );
     // An id purged can be ingested again.
@@ -2051,6 +2079,7 @@ macro_rules! stories {
             a_group_of_outcomes_is_recorded_whole,
             health_counts_attempts_and_deliveries_per_hour_of_one_webhook,
             purging_removes_old_finished_history_and_keeps_pending_work,
+            a_purge_batch_starts_where_the_last_one_ended,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
             disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile,
             a_lease_given_back_for_an_inactive_webhook_stays_parked,

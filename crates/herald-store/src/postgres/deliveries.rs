@@ -470,17 +470,27 @@ pub(crate) async fn purge(
     org: Option<&OrgId>,
     cutoff: Timestamp,
     limit: u32,
-) -> DbResult<PurgeCount> {
+    from: Option<Timestamp>,
+) -> DbResult<(PurgeCount, Option<Timestamp>)> {
     let victims = c
         .rows(
-            "SELECT e.org_id, e.id FROM events e WHERE e.received_at < $1 \
-             AND ($2::TEXT IS NULL OR e.org_id = $2) \
+            "SELECT e.org_id, e.id, e.received_at FROM events e WHERE e.received_at < $1 \
+             AND e.received_at >= $4 AND ($2::TEXT IS NULL OR e.org_id = $2) \
              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id \
                              AND d.state = 'pending') \
              ORDER BY e.received_at LIMIT $3 FOR UPDATE OF e SKIP LOCKED",
-            &[&cutoff.as_millis(), &org.map(|o| o.as_str()), &big(limit)],
+            &[
+                &cutoff.as_millis(),
+                &org.map(|o| o.as_str()),
+                &big(limit),
+                &from.map_or(i64::MIN, Timestamp::as_millis),
+            ],
         )
         .await?;
+    let reached = match victims.last() {
+        Some(row) => Some(Timestamp::from_millis(row.try_get(2)?)),
+        None => None,
+    };
     // A resend may make one of these deliveries pending after the query above looked (each
     // statement sees what committed before it began): the deletes below skip pending
     // deliveries, and an event keeps its row while any delivery of it is left.
@@ -508,7 +518,7 @@ pub(crate) async fn purge(
             )
             .await?;
     }
-    Ok(count)
+    Ok((count, reached))
 }
 
 pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {

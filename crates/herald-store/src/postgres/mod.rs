@@ -631,8 +631,9 @@ impl Store for PostgresStore {
         org: Option<&OrgId>,
         cutoff: Timestamp,
         limit: u32,
-    ) -> StoreResult<PurgeCount> {
-        in_tx!(self, |tx| deliveries::purge(&tx, org, cutoff, limit))
+        from: Option<Timestamp>,
+    ) -> StoreResult<(PurgeCount, Option<Timestamp>)> {
+        in_tx!(self, |tx| deliveries::purge(&tx, org, cutoff, limit, from))
     }
 
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>> {

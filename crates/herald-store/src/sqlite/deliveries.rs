@@ -363,33 +363,41 @@ pub(crate) fn purge(
     org: Option<&OrgId>,
     cutoff: Timestamp,
     limit: u32,
-) -> DbResult<PurgeCount> {
+    from: Option<Timestamp>,
+) -> DbResult<(PurgeCount, Option<Timestamp>)> {
     // Deliveries name their event by its sequence number (migration 8), so each step here goes
     // through an index: events by age, deliveries by event sequence, attempts by delivery.
-    let victims: Vec<i64> = conn
+    let victims: Vec<(i64, i64)> = conn
         .prepare_cached(
-            "SELECT e.seq FROM events e WHERE e.received_at < ?1 AND (?2 IS NULL OR e.org_id = ?2) \
+            "SELECT e.seq, e.received_at FROM events e WHERE e.received_at < ?1 \
+             AND e.received_at >= ?4 AND (?2 IS NULL OR e.org_id = ?2) \
              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq \
                              AND d.state = 'pending') \
              ORDER BY e.received_at LIMIT ?3",
         )?
         .query_map(
-            params![cutoff.as_millis(), org.map(|o| o.as_str()), limit],
-            |r| r.get(0),
+            params![
+                cutoff.as_millis(),
+                org.map(|o| o.as_str()),
+                limit,
+                from.map_or(i64::MIN, Timestamp::as_millis)
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?
         .collect::<Result<_, _>>()?;
+    let reached = victims.last().map(|(_, at)| Timestamp::from_millis(*at));
     let mut count = PurgeCount::default();
     let mut attempts = conn.prepare_cached(
         "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq = ?1)",
     )?;
     let mut deliveries = conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?;
     let mut events = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
-    for seq in &victims {
+    for (seq, _) in &victims {
         count.attempts += attempts.execute([seq])? as u64;
         count.deliveries += deliveries.execute([seq])? as u64;
         count.events += events.execute([seq])? as u64;
     }
-    Ok(count)
+    Ok((count, reached))
 }
 
 pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {

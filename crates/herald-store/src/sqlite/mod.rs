@@ -472,9 +472,10 @@ impl Store for SqliteStore {
         org: Option<&OrgId>,
         cutoff: Timestamp,
         limit: u32,
-    ) -> StoreResult<PurgeCount> {
+        from: Option<Timestamp>,
+    ) -> StoreResult<(PurgeCount, Option<Timestamp>)> {
         let org = org.cloned();
-        self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit))
+        self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit, from))
             .await
     }
 
@@ -646,9 +647,10 @@ mod upgrade_tests {
             "both deliveries name their event: {numbered:?}"
         );
         let purged = store
-            .purge_before(None, Timestamp::from_millis(1_000), 100)
+            .purge_before(None, Timestamp::from_millis(1_000), 100, None)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(
             purged,
             PurgeCount {
