@@ -174,6 +174,12 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<bool>;
 
+    /// Cancels pending deliveries of webhooks deleted since `since`. Deleting a webhook cancels
+    /// what was pending, but an ingest that read the organization just before the deletion can
+    /// still store a delivery for it afterwards, which nothing would ever claim. Answers how
+    /// many it cancelled.
+    async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64>;
+
     /// Notes a webhook's latest outcome: a success clears its failing streak, a failure starts
     /// one if none is running. Answers since when it has been failing (`None` after a success).
     async fn note_webhook_outcome(

@@ -1031,6 +1031,29 @@ async fn a_purge_batch_starts_where_the_last_one_ended(store: Arc<dyn Store>) {
     assert_not_found(store.get_event(&acme.id, "evt_2").await);
 }
 
+async fn a_delivery_stored_for_a_webhook_just_deleted_is_cancelled(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let deleted = store
+        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(10))
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![hook.id.clone()]);
+    // An ingest that read the organization before the deletion stores its delivery after it.
+    let late = deliver(&store, &hook, "evt_late", at(11), false).await;
+    assert!(claim(&store, FAR_FUTURE).await.is_empty(), "never claimed");
+
+    assert_eq!(
+        store.cancel_orphaned(at(20), at(30)).await.unwrap(),
+        0,
+        "deleted before `since`"
+    );
+    assert_eq!(store.cancel_orphaned(at(5), at(30)).await.unwrap(), 1);
+    assert_eq!(
+        state_of(&store, &org.id, &late).await,
+        DeliveryState::Cancelled
+    );
+}
+
 async fn purging_removes_old_finished_history_and_keeps_pending_work(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (globex, other) = org_with_webhook(&store, "globex").await;
@@ -2080,6 +2103,7 @@ macro_rules! stories {
             health_counts_attempts_and_deliveries_per_hour_of_one_webhook,
             purging_removes_old_finished_history_and_keeps_pending_work,
             a_purge_batch_starts_where_the_last_one_ended,
+            a_delivery_stored_for_a_webhook_just_deleted_is_cancelled,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
             disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile,
             a_lease_given_back_for_an_inactive_webhook_stays_parked,

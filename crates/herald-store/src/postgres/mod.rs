@@ -504,6 +504,10 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| webhooks::delete_many(&tx, org, ids, now))
     }
 
+    async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64> {
+        in_tx!(self, |tx| webhooks::cancel_orphaned(&tx, since, now))
+    }
+
     async fn disable_webhook(
         &self,
         org: &OrgId,

@@ -165,6 +165,22 @@ pub(crate) async fn delete_many(
     Ok(deleted)
 }
 
+/// Cancels what is still pending for webhooks deleted since `since` (see
+/// `Store::cancel_orphaned`).
+pub(crate) async fn cancel_orphaned(
+    c: &impl Conn,
+    since: Timestamp,
+    now: Timestamp,
+) -> DbResult<u64> {
+    Ok(c.exec(
+        "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
+         lease_until = NULL, updated_at = $1 WHERE state = 'pending' AND webhook_id IN \
+         (SELECT id FROM webhooks WHERE deleted_at >= $2)",
+        &[&now.as_millis(), &since.as_millis()],
+    )
+    .await?)
+}
+
 pub(crate) async fn org_subscriptions(c: &impl Conn, org: &OrgId) -> DbResult<Vec<Subscription>> {
     let sql = format!(
         "SELECT {} FROM subscriptions WHERE org_id = $1 ORDER BY webhook_id, channel",

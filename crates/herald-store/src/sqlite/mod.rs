@@ -358,6 +358,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64> {
+        self.write(move |c| webhooks::cancel_orphaned(c, since, now))
+            .await
+    }
+
     async fn disable_webhook(
         &self,
         org: &OrgId,

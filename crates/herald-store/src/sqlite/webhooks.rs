@@ -182,16 +182,42 @@ pub(crate) fn delete_many(
             )?
             .execute(params![now.as_millis(), org.as_str(), id.as_str()])?;
         if n == 1 {
-            conn.prepare_cached(
-                "UPDATE deliveries INDEXED BY deliveries_due SET state = 'cancelled', \
-                 next_attempt_at = NULL, due_at = NULL, lease_until = NULL, updated_at = ? \
-                 WHERE webhook_id = ? AND state = 'pending'",
-            )?
-            .execute(params![now.as_millis(), id.as_str()])?;
+            cancel_pending(conn, id, now)?;
             deleted.push(id.clone());
         }
     }
     Ok(deleted)
+}
+
+/// Cancels a deleted webhook's pending deliveries; answers how many.
+fn cancel_pending(conn: &Connection, id: &WebhookId, now: Timestamp) -> DbResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries INDEXED BY deliveries_due SET state = 'cancelled', \
+             next_attempt_at = NULL, due_at = NULL, lease_until = NULL, updated_at = ? \
+             WHERE webhook_id = ? AND state = 'pending'",
+        )?
+        .execute(params![now.as_millis(), id.as_str()])?;
+    Ok(n as u64)
+}
+
+/// Cancels what is still pending for webhooks deleted since `since` (see
+/// `Store::cancel_orphaned`). The webhooks table is small; the deliveries are found through
+/// the index of pending ones, and only when such a webhook exists.
+pub(crate) fn cancel_orphaned(
+    conn: &Connection,
+    since: Timestamp,
+    now: Timestamp,
+) -> DbResult<u64> {
+    let deleted: Vec<String> = conn
+        .prepare_cached("SELECT id FROM webhooks WHERE deleted_at >= ?")?
+        .query_map([since.as_millis()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut cancelled = 0;
+    for id in deleted {
+        cancelled += cancel_pending(conn, &WebhookId::from_trusted(id), now)?;
+    }
+    Ok(cancelled)
 }
 
 pub(crate) fn org_subscriptions(conn: &Connection, org: &OrgId) -> DbResult<Vec<Subscription>> {

@@ -65,10 +65,20 @@ pub async fn purge_org(
 /// The background task: every few minutes (or when woken), purge what is past retention.
 pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     let days = state.settings.delivery.retention_days;
-    if days == 0 {
-        return;
-    }
     loop {
+        cancel_orphaned(&state).await;
+        if days == 0 {
+            // History is kept forever; only the sweep above runs.
+            tokio::select! {
+                _ = tokio::time::sleep(EVERY) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            continue;
+        }
         let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
         // A long purge gives way to shutdown between batches: each batch is a transaction of
         // its own, and what is left is purged at the next start.
@@ -96,6 +106,27 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
         }
         if *shutdown.borrow() {
             return;
+        }
+    }
+}
+
+/// Cancels deliveries stored for a webhook just after it was deleted (an ingest racing the
+/// deletion), so that none stays pending for good. Deletions of the last day are looked at:
+/// the race lasts milliseconds, and this runs every few minutes.
+async fn cancel_orphaned(state: &AppState) {
+    let now = state.clock.now();
+    match state
+        .store
+        .cancel_orphaned(now.plus_secs(-86_400), now)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deliveries = n,
+            "cancelled deliveries stored for webhooks just deleted"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not cancel deliveries of deleted webhooks; trying again later")
         }
     }
 }
