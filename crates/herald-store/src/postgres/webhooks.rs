@@ -153,12 +153,7 @@ pub(crate) async fn delete_many(
             )
             .await?;
         if n == 1 {
-            c.exec(
-                "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
-                 lease_until = NULL, updated_at = $1 WHERE webhook_id = $2 AND state = 'pending'",
-                &[&now.as_millis(), &id.as_str()],
-            )
-            .await?;
+            cancel_pending(c, id.as_str(), now).await?;
             deleted.push(id.clone());
         }
     }
@@ -166,17 +161,33 @@ pub(crate) async fn delete_many(
 }
 
 /// Cancels what is still pending for webhooks deleted since `since` (see
-/// `Store::cancel_orphaned`).
+/// `Store::cancel_orphaned`): the small webhooks table first, then each such webhook's
+/// deliveries through its index, so that a run with no recent deletion reads no delivery.
 pub(crate) async fn cancel_orphaned(
     c: &impl Conn,
     since: Timestamp,
     now: Timestamp,
 ) -> DbResult<u64> {
+    let deleted = c
+        .rows(
+            "SELECT id FROM webhooks WHERE deleted_at >= $1",
+            &[&since.as_millis()],
+        )
+        .await?;
+    let mut cancelled = 0;
+    for row in deleted {
+        let id: String = row.try_get(0)?;
+        cancelled += cancel_pending(c, &id, now).await?;
+    }
+    Ok(cancelled)
+}
+
+/// Cancels a deleted webhook's pending deliveries; answers how many.
+async fn cancel_pending(c: &impl Conn, webhook: &str, now: Timestamp) -> DbResult<u64> {
     Ok(c.exec(
         "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
-         lease_until = NULL, updated_at = $1 WHERE state = 'pending' AND webhook_id IN \
-         (SELECT id FROM webhooks WHERE deleted_at >= $2)",
-        &[&now.as_millis(), &since.as_millis()],
+         lease_until = NULL, updated_at = $1 WHERE webhook_id = $2 AND state = 'pending'",
+        &[&now.as_millis(), &webhook],
     )
     .await?)
 }

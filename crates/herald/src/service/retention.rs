@@ -1,6 +1,7 @@
 //! Retention: finished history older than the retention period is deleted in small batches, so
 //! the database does not grow without bound. Pending deliveries (and their events) are never
-//! deleted. An organization can also purge its own history up to a time.
+//! deleted. An organization can also purge its own history up to a time. The same task cancels
+//! deliveries left pending for webhooks that were deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,37 +68,27 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
     let days = state.settings.delivery.retention_days;
     loop {
         cancel_orphaned(&state).await;
-        if days == 0 {
-            // History is kept forever; only the sweep above runs.
-            tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
-                _ = wake.notified() => {}
-                _ = shutdown.changed() => {}
+        if days > 0 {
+            let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
+            // A long purge gives way to shutdown between batches: each batch is a transaction
+            // of its own, and what is left is purged at the next start.
+            let purged = tokio::select! {
+                purged = purge(&state, None, cutoff) => purged,
+                _ = shutdown.changed() => return,
+            };
+            match purged {
+                Ok(c) if c.events > 0 => {
+                    tracing::info!(
+                        events = c.events,
+                        deliveries = c.deliveries,
+                        attempts = c.attempts,
+                        days,
+                        "purged history past retention"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention purge failed; trying again later"),
             }
-            if *shutdown.borrow() {
-                return;
-            }
-            continue;
-        }
-        let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
-        // A long purge gives way to shutdown between batches: each batch is a transaction of
-        // its own, and what is left is purged at the next start.
-        let purged = tokio::select! {
-            purged = purge(&state, None, cutoff) => purged,
-            _ = shutdown.changed() => return,
-        };
-        match purged {
-            Ok(c) if c.events > 0 => {
-                tracing::info!(
-                    events = c.events,
-                    deliveries = c.deliveries,
-                    attempts = c.attempts,
-                    days,
-                    "purged history past retention"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "retention purge failed; trying again later"),
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
@@ -112,7 +103,7 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
 
 /// Cancels deliveries stored for a webhook just after it was deleted (an ingest racing the
 /// deletion), so that none stays pending for good. Deletions of the last day are looked at:
-/// the race lasts milliseconds, and this runs every few minutes.
+/// the race lasts milliseconds, and this runs every ten minutes (with retention off too).
 async fn cancel_orphaned(state: &AppState) {
     let now = state.clock.now();
     match state
