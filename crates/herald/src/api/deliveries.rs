@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use herald_core::delivery::{Delivery, DeliveryState};
 use herald_core::store::{DeliveryFilter, PurgeCount};
-use herald_core::{DeliveryId, Page, PageRequest, Timestamp};
+use herald_core::{DeliveryId, Page, Timestamp};
 
 use super::ApiResult;
 use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
@@ -59,7 +59,7 @@ async fn list_deliveries(
     PathParams(path): PathParams<OrgItemPath>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Page<Delivery>>> {
-    let page = PageRequest::new(q.limit, q.cursor).map_err(ServiceError::from)?;
+    let page = super::page_request(q.limit, q.cursor, DeliveryId::parse)?;
     let filter = DeliveryFilter {
         state: q
             .state

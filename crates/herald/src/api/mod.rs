@@ -38,10 +38,35 @@ pub(crate) struct PageQuery {
 }
 
 impl PageQuery {
-    pub fn into_page(self) -> ApiResult<herald_core::PageRequest> {
-        herald_core::PageRequest::new(self.limit, self.cursor)
-            .map_err(|e| crate::service::ServiceError::from(e).into())
+    /// The page asked for, in a list of items whose ids `parse` reads: a cursor is the id of
+    /// the last item of the previous page, so anything else is refused rather than answered
+    /// with an empty or a first page.
+    pub fn into_page<T>(
+        self,
+        parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
+    ) -> ApiResult<herald_core::PageRequest> {
+        page_request(self.limit, self.cursor, parse)
     }
+}
+
+/// A page request whose cursor, if any, must be an id that `parse` accepts.
+pub(crate) fn page_request<T>(
+    limit: Option<u32>,
+    cursor: Option<String>,
+    parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
+) -> ApiResult<herald_core::PageRequest> {
+    let page =
+        herald_core::PageRequest::new(limit, cursor).map_err(crate::service::ServiceError::from)?;
+    if let Some(cursor) = &page.cursor
+        && parse(cursor).is_err()
+    {
+        let invalid = herald_core::Invalid::new(
+            "cursor",
+            "is not a cursor Herald gave out for this list: pass the previous page's next_cursor, or none for the first page",
+        );
+        return Err(crate::service::ServiceError::from(invalid).into());
+    }
+    Ok(page)
 }
 
 /// An unknown route: a JSON error, except for a browser asking for a page outside `/v1`,

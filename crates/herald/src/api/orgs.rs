@@ -84,7 +84,8 @@ async fn list_orgs(
     Caller(scope): Caller,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<Page<Organization>>> {
-    Ok(Json(orgs::list(&state, &scope, q.into_page()?).await?))
+    let page = q.into_page(herald_core::OrgId::parse)?;
+    Ok(Json(orgs::list(&state, &scope, page).await?))
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}", tag = "organizations",

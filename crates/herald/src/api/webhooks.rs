@@ -211,7 +211,8 @@ async fn list_webhooks(
     PathParams(path): PathParams<OrgPath>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<Page<Webhook>>> {
-    let page = webhooks::list(&state, &scope, &org_id(&path.org)?, q.into_page()?).await?;
+    let page = q.into_page(WebhookId::parse)?;
+    let page = webhooks::list(&state, &scope, &org_id(&path.org)?, page).await?;
     Ok(Json(page))
 }
 

@@ -506,6 +506,22 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert_eq!(page["data"][0]["id"], c["id"], "newest first");
     assert!(page["next_cursor"].is_string());
+    let next = page["next_cursor"].as_str().unwrap();
+    let (status, rest) = app
+        .get(&format!("/v1/orgs/{org}/webhooks?limit=2&cursor={next}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rest}");
+    // Anything but a cursor Herald gave out for this list is refused, not answered with an
+    // empty or a first page.
+    for path in [
+        format!("/v1/orgs/{org}/webhooks?cursor=zzz"),
+        format!("/v1/orgs?cursor={next}"),
+        format!("/v1/orgs/{org}/webhooks/{next}/deliveries?cursor={org}"),
+    ] {
+        let (status, err) = app.get(&path).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {err}");
+        assert_eq!(err["error"]["field"], "cursor", "{path}: {err}");
+    }
 
     let ids = json!({ "ids": [a["id"], b["id"], "wh_01bbbbbbbbbbbbbbbbbbbbbbbb", "junk"] });
     let (status, answer) = app
