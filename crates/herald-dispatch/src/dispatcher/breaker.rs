@@ -124,12 +124,12 @@ impl<'a> Ticket<'a> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if self.probe
-            && let Some(b) = self
-                .breakers
-                .lock()
-                .expect("breakers lock")
-                .get_mut(self.webhook)
+        if !self.probe {
+            return;
+        }
+        // No `expect` here: a drop while a panic unwinds must not panic again.
+        if let Ok(mut all) = self.breakers.lock()
+            && let Some(b) = all.get_mut(self.webhook)
         {
             b.abandon_probe();
         }
