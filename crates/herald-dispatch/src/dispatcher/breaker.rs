@@ -183,51 +183,69 @@ mod tests {
         assert_eq!(b.record(false, t), None);
     }
 
-    /// Opens the breaker of `webhook` in `breakers`; answers when its cool-down ends.
-    fn opened(breakers: &Breakers, webhook: &WebhookId, t: Timestamp) -> Timestamp {
-        let mut all = breakers.lock().unwrap();
-        let b = of(&mut all, webhook);
-        for _ in 0..THRESHOLD - 1 {
-            b.record(false, t);
+    /// One webhook's breaker, opened at 0; `until` is when its cool-down ends.
+    struct Opened {
+        breakers: Breakers,
+        webhook: WebhookId,
+        until: Timestamp,
+    }
+
+    impl Opened {
+        fn new() -> Self {
+            let (breakers, webhook) = (Breakers::default(), WebhookId::generate());
+            let t = Timestamp::from_millis(0);
+            let until = {
+                let mut all = breakers.lock().unwrap();
+                let b = of(&mut all, &webhook);
+                for _ in 0..THRESHOLD - 1 {
+                    b.record(false, t);
+                }
+                b.record(false, t).expect("opens")
+            };
+            Self {
+                breakers,
+                webhook,
+                until,
+            }
         }
-        b.record(false, t).expect("opens")
+
+        fn gate(&self, at: Timestamp) -> Gate {
+            of(&mut self.breakers.lock().unwrap(), &self.webhook).gate(at)
+        }
+
+        fn ticket(&self, probe: bool) -> Ticket<'_> {
+            Ticket::new(&self.breakers, &self.webhook, probe)
+        }
     }
 
     #[test]
     fn a_probe_that_gets_no_answer_is_given_back() {
-        let breakers = Breakers::default();
-        let webhook = WebhookId::generate();
-        let t = Timestamp::from_millis(0);
-        let until = opened(&breakers, &webhook, t);
-        let gate = |at| of(&mut breakers.lock().unwrap(), &webhook).gate(at);
-        assert_eq!(gate(until), Gate::Probe);
-        drop(Ticket::new(&breakers, &webhook, true));
-        assert_eq!(gate(until), Gate::Probe, "the next request probes");
+        let b = Opened::new();
+        let until = b.until;
+        assert_eq!(b.gate(until), Gate::Probe);
+        drop(b.ticket(true));
+        assert_eq!(b.gate(until), Gate::Probe, "the next request probes");
 
         // A probe that got its answer is not given back: the answer decides.
-        Ticket::new(&breakers, &webhook, true).settle(false, until);
+        b.ticket(true).settle(false, until);
         assert!(
-            matches!(gate(until), Gate::Defer(_)),
+            matches!(b.gate(until), Gate::Defer(_)),
             "failed probe: open again"
         );
         let later = until.plus_millis(60_000);
-        assert_eq!(gate(later), Gate::Probe);
-        Ticket::new(&breakers, &webhook, true).settle(true, later);
-        assert_eq!(gate(later), Gate::Pass, "successful probe: closed");
+        assert_eq!(b.gate(later), Gate::Probe);
+        b.ticket(true).settle(true, later);
+        assert_eq!(b.gate(later), Gate::Pass, "successful probe: closed");
     }
 
     #[test]
     fn an_ordinary_attempt_without_an_answer_leaves_a_probe_in_flight_alone() {
-        let breakers = Breakers::default();
-        let webhook = WebhookId::generate();
-        let t = Timestamp::from_millis(0);
-        let until = opened(&breakers, &webhook, t);
-        let gate = |at| of(&mut breakers.lock().unwrap(), &webhook).gate(at);
-        assert_eq!(gate(until), Gate::Probe);
+        let b = Opened::new();
+        assert_eq!(b.gate(b.until), Gate::Probe);
         // An attempt let through before the circuit opened ends without an answer.
-        drop(Ticket::new(&breakers, &webhook, false));
+        drop(b.ticket(false));
         assert!(
-            matches!(gate(until), Gate::Defer(_)),
+            matches!(b.gate(b.until), Gate::Defer(_)),
             "still one probe at a time"
         );
     }

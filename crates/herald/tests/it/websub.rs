@@ -29,6 +29,13 @@ async fn insecure_app() -> TestApp {
     TestApp::spawn_with(|s| s.security.allow_insecure_urls = true).await
 }
 
+/// An asgardeo webhook at `rx`'s `/hub` for `channels`, asked to be active on creation (and so
+/// verified at once).
+async fn active_hub(app: &TestApp, org: &str, rx: &TestReceiver, channels: &[&str]) -> Value {
+    app.create_webhook(org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": channels, "secret": "asgardeo-secret-value", "active": true }))
+        .await
+}
+
 fn state_of<'a>(subs: &'a Value, channel: &str) -> &'a Value {
     subs.as_array()
         .unwrap()
@@ -168,7 +175,7 @@ async fn deactivation_unsubscribes_and_only_then_may_the_webhook_be_deleted() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
     let (org, _) = asgardeo_org(&app).await;
-    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
     assert_eq!(
         hook["active"], true,
         "asked to be active on creation: verified at once"
@@ -219,7 +226,7 @@ async fn turning_a_webhook_off_and_on_by_patch_unsubscribes_and_subscribes() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
     let (org, _) = asgardeo_org(&app).await;
-    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
     let id = hook["id"].as_str().unwrap();
     assert_eq!(rx.verifications_on("/hub").len(), 1);
 
@@ -247,7 +254,7 @@ async fn a_new_url_that_refuses_verification_gets_no_events() {
     let app = insecure_app().await;
     let (rx, moved) = (TestReceiver::start().await, TestReceiver::start().await);
     let (org, _) = asgardeo_org(&app).await;
-    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
     let id = hook["id"].as_str().unwrap();
     assert_eq!(hook["active"], true);
 
@@ -281,7 +288,7 @@ async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refus
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
     let (org, _) = asgardeo_org(&app).await;
-    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
     let id = hook["id"].as_str().unwrap();
 
     // A delivery fails and waits for its retry.
@@ -351,7 +358,7 @@ async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried(
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
     let (org, _) = asgardeo_org(&app).await;
-    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
     let id = hook["id"].as_str().unwrap();
     assert_eq!(rx.verifications_on("/hub").len(), 1);
 
@@ -405,7 +412,7 @@ async fn a_channel_dropped_from_the_webhook_is_not_renewed() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
     let (org, _) = asgardeo_org(&app).await;
-    let hook = app.create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value", "active": true })).await;
+    let hook = active_hub(&app, &org, &rx, &["login", "session"]).await;
     let id = hook["id"].as_str().unwrap();
     assert_eq!(rx.verifications_on("/hub").len(), 2);
     let (status, _) = app
