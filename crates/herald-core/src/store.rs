@@ -39,14 +39,50 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct NewDelivery {
     pub id: DeliveryId,
     pub webhook_id: WebhookId,
-    /// Leased to this node's dispatcher right away (it is handed over in memory after the
-    /// commit), so that the retry scheduler does not pick it up as well.
-    pub leased: bool,
+    /// Where the delivery goes after the commit (ignored when `skip` or `not_before` is set).
+    pub placement: Placement,
     /// Set when the delivery must not be attempted; it is stored as `skipped` with this reason.
     pub skip: Option<String>,
     /// Set when the webhook's retry schedule puts off the first attempt (a first delay above
     /// zero): the delivery is stored unleased and comes due then.
     pub not_before: Option<Timestamp>,
+}
+
+impl NewDelivery {
+    /// A pending delivery's `next_attempt_at`, `due_at` and `lease_until` when stored at `now`.
+    pub fn stored_times(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> (Timestamp, Timestamp, Option<Timestamp>) {
+        if let Some(at) = self.not_before {
+            return (at, at, None);
+        }
+        match self.placement {
+            Placement::Leased => (now, lease_until, Some(lease_until)),
+            Placement::Due => (now, now, None),
+            Placement::Spilled => (now, lease_until, None),
+        }
+    }
+
+    /// Whether the schedulers must hear of it: it is stored pending and nobody holds it.
+    pub fn for_scheduler(&self) -> bool {
+        self.skip.is_none() && (self.not_before.is_some() || self.placement == Placement::Due)
+    }
+}
+
+/// Where a new pending delivery waits for its first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Leased to this node's dispatcher right away (it is handed over in memory after the
+    /// commit), so that the retry scheduler does not pick it up as well.
+    Leased,
+    /// Due now, for the scheduler of any node to claim.
+    Due,
+    /// Its webhook already holds its share of this node's memory: it waits in the store for
+    /// that webhook to pull it ([`Store::claim_spilled`]), and is due for any node only when a
+    /// lease taken now would end (in case this node stops before pulling it).
+    Spilled,
 }
 
 /// One event of an ingest request with its fan-out.
@@ -206,6 +242,22 @@ pub trait Store: Send + Sync + 'static {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<DueDelivery>>;
+    /// Leases up to `limit` of one webhook's spilled deliveries (pending, unleased, due by their
+    /// schedule but put off because memory was short), in id order from `from` on. Plain due
+    /// deliveries of the webhook in that range are taken too; those deferred or parked are not.
+    async fn claim_spilled(
+        &self,
+        webhook: &WebhookId,
+        from: &DeliveryId,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// Gives leased deliveries back to wait for their webhook to pull them (this node needs
+    /// the memory): unleased, but still not due for anyone before their lease would have ended.
+    async fn spill_deliveries(&self, ids: &[DeliveryId]) -> StoreResult<()>;
+    /// The webhook of the delivery that came due first (by `now`), of those still unclaimed.
+    async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>>;
     /// When the earliest pending, unleased delivery comes due.
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
     /// Stores attempts and moves their deliveries on; releases their leases. All or nothing.
@@ -218,7 +270,8 @@ pub trait Store: Send + Sync + 'static {
     async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()>;
     /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
-    /// Releases every lease: on start-up of a node that is the only one using the store.
+    /// Releases every lease and makes spilled deliveries due: on start-up of a node that is the
+    /// only one using the store.
     async fn release_all_leases(&self) -> StoreResult<u64>;
     async fn list_deliveries(
         &self,

@@ -12,6 +12,8 @@ use crate::dispatcher::Dispatcher;
 const CLAIM_BATCH: u32 = 500;
 /// The longest the scheduler sleeps without looking, in case a wake-up was missed.
 const IDLE_LOOK: Duration = Duration::from_secs(5);
+/// How often the scheduler looks while memory is full or deliveries are spilled.
+const FULL_LOOK: Duration = Duration::from_millis(200);
 /// How long to wait before trying again after the store failed.
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -43,9 +45,16 @@ pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
 async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::StoreError> {
     let store = dispatcher.store();
     let now = dispatcher.clock().now();
+    let lease_until = now.plus_millis(dispatcher.settings().lease.as_millis() as i64);
+    // Memory first: restore the budget if a webhook within its share was let past it, make room
+    // for one that waits to pull its spilled deliveries, and let those with room pull them.
+    let needy = dispatcher.blocked_pull();
+    dispatcher.rebalance(needy.as_ref()).await;
+    if dispatcher.pull_spilled(now, lease_until).await? {
+        return Ok(Duration::ZERO);
+    }
     let room = dispatcher.room();
     if room > 0 {
-        let lease_until = now.plus_millis(dispatcher.settings().lease.as_millis() as i64);
         let limit = CLAIM_BATCH.min(room as u32);
         let due = store.claim_due(now, lease_until, limit).await?;
         let full = due.len() as u32 == limit;
@@ -57,12 +66,23 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
             return Ok(Duration::ZERO);
         }
     } else {
-        // The dispatcher is full; look again soon, once it has worked some off.
-        return Ok(Duration::from_millis(200));
+        // The dispatcher is full. If what is due first belongs to a webhook owed a share of
+        // it, others give room back; if not, look again soon, once some is worked off.
+        if let Some(webhook) = store.earliest_due_webhook(now).await?
+            && dispatcher.owed_room(&webhook)
+            && dispatcher.rebalance(Some(&webhook)).await
+        {
+            return Ok(Duration::ZERO);
+        }
+        return Ok(FULL_LOOK);
     }
     let wait = match store.next_due_at().await? {
         Some(at) => Duration::from_millis((at.as_millis() - now.as_millis()).max(1) as u64),
         None => IDLE_LOOK,
     };
+    if dispatcher.any_spilled() {
+        // A webhook's room for its spilled deliveries also opens as others finish theirs.
+        return Ok(wait.min(FULL_LOOK));
+    }
     Ok(wait.min(IDLE_LOOK))
 }

@@ -21,8 +21,8 @@ use herald_core::org::{ApiKey, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::{NextStep, RetrySchedule};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PurgeCount,
-    Store, StoreError, StoreResult,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, Placement,
+    PurgeCount, Store, StoreError, StoreResult,
 };
 use herald_core::webhook::{ContentMode, Webhook, WebhookOptions, WebhookUrl};
 use herald_core::{
@@ -133,7 +133,21 @@ fn event(org: &OrgId, id: &str, event_type: &str, received_at: Timestamp) -> Arc
     )
 }
 
+/// An event with its deliveries, leased at ingest or due at once.
 fn item(event: Arc<Event>, deliveries: &[(&DeliveryId, &WebhookId)], leased: bool) -> IngestItem {
+    let placement = if leased {
+        Placement::Leased
+    } else {
+        Placement::Due
+    };
+    placed_item(event, deliveries, placement)
+}
+
+fn placed_item(
+    event: Arc<Event>,
+    deliveries: &[(&DeliveryId, &WebhookId)],
+    placement: Placement,
+) -> IngestItem {
     IngestItem {
         event,
         deliveries: deliveries
@@ -141,7 +155,7 @@ fn item(event: Arc<Event>, deliveries: &[(&DeliveryId, &WebhookId)], leased: boo
             .map(|(id, webhook_id)| NewDelivery {
                 id: (*id).clone(),
                 webhook_id: (*webhook_id).clone(),
-                leased,
+                placement,
                 skip: None,
                 not_before: None,
             })
@@ -791,6 +805,149 @@ async fn a_delivery_leased_at_ingest_waits_for_its_lease_to_end(store: Arc<dyn S
     assert_eq!(
         claim(&store, at(LEASE_SECS).plus_millis(1)).await,
         vec![delivery]
+    );
+}
+
+/// Deliveries spilled for lack of memory wait for their webhook to pull them, in id order; no
+/// scheduler takes them before a lease taken then would have ended.
+async fn spilled_deliveries_are_pulled_by_their_webhook_in_id_order(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let other = webhook(&org.id);
+    store.create_webhook(&other).await.unwrap();
+    let ids: Vec<DeliveryId> = (0..3).map(|_| DeliveryId::generate()).collect();
+    let theirs = DeliveryId::generate();
+    let items: Vec<IngestItem> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
+            placed_item(event, &[(id, &hook.id)], Placement::Spilled)
+        })
+        .chain([placed_item(
+            event(&org.id, "evt_other", "user.created", T0),
+            &[(&theirs, &other.id)],
+            Placement::Spilled,
+        )])
+        .collect();
+    store
+        .insert_events(&org.id, &items, T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+
+    assert!(
+        claim(&store, at(1)).await.is_empty(),
+        "no scheduler takes them"
+    );
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
+    let pull = |from: DeliveryId, limit: u32| {
+        let (store, hook) = (store.clone(), hook.id.clone());
+        async move {
+            let pulled = store
+                .claim_spilled(&hook, &from, at(1), at(1 + LEASE_SECS), limit)
+                .await
+                .unwrap();
+            pulled
+                .into_iter()
+                .map(|d| d.delivery_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(pull(ids[0].clone(), 2).await, ids[..2].to_vec());
+    assert_eq!(
+        pull(ids[0].clone(), 5).await,
+        ids[2..].to_vec(),
+        "leased now: the first two are passed over"
+    );
+    assert!(pull(ids[0].clone(), 5).await.is_empty());
+
+    // Given back by a dispatcher short of memory: its webhook may pull it again, nobody else
+    // may take it before its lease would have ended.
+    store.spill_deliveries(&ids[1..2]).await.unwrap();
+    assert!(claim(&store, at(2)).await.is_empty());
+    assert_eq!(
+        pull(ids[2].clone(), 5).await,
+        Vec::<DeliveryId>::new(),
+        "from a later id"
+    );
+    assert_eq!(pull(ids[0].clone(), 5).await, ids[1..2].to_vec());
+
+    // The other webhook's spilled delivery is its own, and due to anyone once a lease would
+    // have ended (its dispatcher may have stopped before pulling it).
+    assert_eq!(claim(&store, at(LEASE_SECS)).await, vec![theirs]);
+}
+
+async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let ids: Vec<DeliveryId> = (0..2).map(|_| DeliveryId::generate()).collect();
+    let items: Vec<IngestItem> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
+            placed_item(event, &[(id, &hook.id)], Placement::Leased)
+        })
+        .collect();
+    store
+        .insert_events(&org.id, &items, T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+    // A circuit breaker put the first off for a minute; the second is spilled.
+    store.defer_deliveries(&ids[..1], at(60)).await.unwrap();
+    store.spill_deliveries(&ids[1..]).await.unwrap();
+    let pulled = store
+        .claim_spilled(&hook.id, &ids[0], at(1), at(31), 10)
+        .await
+        .unwrap();
+    assert_eq!(pulled.len(), 1);
+    assert_eq!(pulled[0].delivery_id, ids[1]);
+
+    // Deactivated: nothing is pulled.
+    store.spill_deliveries(&ids[1..]).await.unwrap();
+    let inactive = Webhook {
+        active: false,
+        updated_at: at(2),
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+    let pulled = store
+        .claim_spilled(&hook.id, &ids[0], at(2), at(32), 10)
+        .await
+        .unwrap();
+    assert!(pulled.is_empty());
+}
+
+async fn releasing_all_leases_makes_spilled_deliveries_due(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let id = DeliveryId::generate();
+    let spilled = placed_item(
+        event(&org.id, "evt_1", "user.created", T0),
+        &[(&id, &hook.id)],
+        Placement::Spilled,
+    );
+    store
+        .insert_events(&org.id, &[spilled], T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+    assert!(claim(&store, at(1)).await.is_empty());
+    assert_eq!(store.release_all_leases().await.unwrap(), 1);
+    assert_eq!(claim(&store, at(1)).await, vec![id]);
+}
+
+async fn the_earliest_due_delivery_names_its_webhook(store: Arc<dyn Store>) {
+    let (org, first) = org_with_webhook(&store, "acme").await;
+    let second = webhook(&org.id);
+    store.create_webhook(&second).await.unwrap();
+    assert_eq!(store.earliest_due_webhook(at(100)).await.unwrap(), None);
+    deliver(&store, &second, "evt_1", at(5), false).await;
+    deliver(&store, &first, "evt_2", at(9), false).await;
+    assert_eq!(
+        store.earliest_due_webhook(at(1)).await.unwrap(),
+        None,
+        "none due yet"
+    );
+    assert_eq!(
+        store.earliest_due_webhook(at(10)).await.unwrap(),
+        Some(second.id.clone())
     );
 }
 
@@ -2090,6 +2247,10 @@ macro_rules! stories {
             a_delivery_leased_at_ingest_waits_for_its_lease_to_end,
             a_delivery_is_not_claimed_before_it_is_due,
             a_delivery_put_off_by_its_schedule_comes_due_then,
+            spilled_deliveries_are_pulled_by_their_webhook_in_id_order,
+            a_deferred_or_parked_delivery_is_not_pulled_early,
+            releasing_all_leases_makes_spilled_deliveries_due,
+            the_earliest_due_delivery_names_its_webhook,
             deliveries_of_an_inactive_webhook_are_not_claimed,
             a_claimed_delivery_carries_its_event_as_inserted,
             claim_due_takes_no_more_than_its_limit,

@@ -2,11 +2,18 @@
 //! lease and what its event weighs. The scheduler never hands out a delivery held here, and new
 //! deliveries are left in the store once either budget is spent: a count, and bytes of events,
 //! since a count alone would let large events take any amount of memory.
+//!
+//! The budget is shared fairly between webhooks. While one webhook alone has work, it may take
+//! all of it; once several have, each is owed an equal share, so that an endpoint that answers
+//! slowly (but in time) cannot keep the others' deliveries waiting in the store (SPEC 5). A
+//! webhook past its share has its new deliveries *spilled*: stored unleased, to be pulled back
+//! by id when it has room again; and when a webhook within its share needs room that others
+//! hold, the newest deliveries they have not started are *evicted* (spilled in turn).
 
 use foldhash::HashMap;
 use std::collections::hash_map::Entry;
 
-use herald_core::{DeliveryId, Timestamp};
+use herald_core::{DeliveryId, Timestamp, WebhookId};
 
 /// How much may be held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,9 +22,65 @@ pub(crate) struct Budget {
     pub bytes: usize,
 }
 
+impl Budget {
+    /// What eviction keeps free once several webhooks compete: a sixteenth of the budget,
+    /// between 1 and 1,000 deliveries, so that a webhook within its share rarely waits for an
+    /// eviction.
+    fn headroom(self) -> Budget {
+        Budget {
+            deliveries: (self.deliveries / 16).clamp(1, 1_000),
+            bytes: self.bytes / 16,
+        }
+    }
+
+    fn divided(self, parts: usize) -> Budget {
+        let parts = parts.max(1);
+        Budget {
+            deliveries: self.deliveries / parts,
+            bytes: self.bytes / parts,
+        }
+    }
+}
+
 struct Held {
     lease_until: Timestamp,
     bytes: usize,
+    /// Which entry of `loads` (its webhook's).
+    load: usize,
+    /// Taken by its webhook's task for an attempt: it may no longer be evicted.
+    started: bool,
+}
+
+/// What one webhook holds, and where its spilled deliveries start.
+struct Load {
+    webhook: WebhookId,
+    count: usize,
+    bytes: usize,
+    spilled: Option<Spill>,
+}
+
+impl Load {
+    fn active(&self) -> bool {
+        self.count > 0 || self.spilled.is_some()
+    }
+}
+
+/// Where a webhook's spilled deliveries begin, as far as this node knows. Delivery ids grow
+/// with time, so its deliveries spilled since are all at `from` or after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Spill {
+    pub from: DeliveryId,
+    /// Counts the spills noted, so that a pull that found nothing more can tell whether some
+    /// were noted meanwhile (and must not forget them).
+    pub notes: u64,
+}
+
+/// A pull the scheduler may make now: up to `limit` of `webhook`'s spilled deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pull {
+    pub webhook: WebhookId,
+    pub spill: Spill,
+    pub limit: usize,
 }
 
 #[derive(Default)]
@@ -26,32 +89,89 @@ pub(crate) struct HeldDeliveries {
     /// delivery is looked up here three times, and std's SipHash cost about 230 instructions a
     /// time for an id. The ids are Herald's own, so nothing outside chooses what collides.
     by_id: HashMap<DeliveryId, Held>,
+    /// Each webhook that has held a delivery on this node, by its entry in `loads` (kept once
+    /// made: a webhook that had work is likely to have more, and an entry is small).
+    slots: HashMap<WebhookId, usize>,
+    loads: Vec<Load>,
+    /// Webhooks that hold deliveries or have spilled ones: those the budget is shared between.
+    active: usize,
     bytes: usize,
 }
 
 impl HeldDeliveries {
     /// Holds a delivery leased until `lease_until`; `true` if it was not held yet. One held
     /// already only learns that its lease lasts longer.
-    pub(crate) fn hold(&mut self, id: &DeliveryId, lease_until: Timestamp, bytes: usize) -> bool {
-        match self.by_id.entry(id.clone()) {
+    pub(crate) fn hold(
+        &mut self,
+        id: &DeliveryId,
+        webhook: &WebhookId,
+        lease_until: Timestamp,
+        bytes: usize,
+    ) -> bool {
+        if let Some(held) = self.by_id.get_mut(id) {
+            held.lease_until = held.lease_until.max(lease_until);
+            return false;
+        }
+        let load = self.slot(webhook);
+        self.by_id.insert(
+            id.clone(),
+            Held {
+                lease_until,
+                bytes,
+                load,
+                started: false,
+            },
+        );
+        let entry = &mut self.loads[load];
+        if !entry.active() {
+            self.active += 1;
+        }
+        entry.count += 1;
+        entry.bytes += bytes;
+        self.bytes += bytes;
+        true
+    }
+
+    fn slot(&mut self, webhook: &WebhookId) -> usize {
+        match self.slots.entry(webhook.clone()) {
+            Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
-                e.insert(Held { lease_until, bytes });
-                self.bytes += bytes;
-                true
-            }
-            Entry::Occupied(mut e) => {
-                let held = e.get_mut();
-                held.lease_until = held.lease_until.max(lease_until);
-                false
+                self.loads.push(Load {
+                    webhook: webhook.clone(),
+                    count: 0,
+                    bytes: 0,
+                    spilled: None,
+                });
+                *e.insert(self.loads.len() - 1)
             }
         }
     }
 
-    /// Forgets a delivery; `true` if it was held.
-    pub(crate) fn release(&mut self, id: &DeliveryId) -> bool {
-        match self.by_id.remove(id) {
+    /// Forgets a delivery: `None` if it was not held, else whether its webhook has spilled
+    /// deliveries and now holds few enough to pull them (the scheduler should be woken).
+    pub(crate) fn release(&mut self, id: &DeliveryId, budget: Budget) -> Option<bool> {
+        let held = self.by_id.remove(id)?;
+        self.forget(&held);
+        let load = &self.loads[held.load];
+        Some(load.spilled.is_some() && self.may_pull(load, budget))
+    }
+
+    fn forget(&mut self, held: &Held) {
+        self.bytes -= held.bytes;
+        let load = &mut self.loads[held.load];
+        load.count -= 1;
+        load.bytes -= held.bytes;
+        if !load.active() {
+            self.active -= 1;
+        }
+    }
+
+    /// Marks a delivery as taken for an attempt; `false` if it is no longer held (it was
+    /// evicted while queued, or released).
+    pub(crate) fn start(&mut self, id: &DeliveryId) -> bool {
+        match self.by_id.get_mut(id) {
             Some(held) => {
-                self.bytes -= held.bytes;
+                held.started = true;
                 true
             }
             None => false,
@@ -85,6 +205,246 @@ impl HeldDeliveries {
         let by_bytes = (budget.bytes - self.bytes) / typical.max(1);
         (budget.deliveries - self.len()).min(by_bytes.max(1))
     }
+
+    /// What and how much `webhook` holds.
+    pub(crate) fn load_of(&self, webhook: &WebhookId) -> Budget {
+        match self.slots.get(webhook) {
+            Some(&i) => Budget {
+                deliveries: self.loads[i].count,
+                bytes: self.loads[i].bytes,
+            },
+            None => Budget {
+                deliveries: 0,
+                bytes: 0,
+            },
+        }
+    }
+
+    /// The share of `budget` owed to `webhook`: an equal part for each webhook with work,
+    /// counting this one.
+    pub(crate) fn share_of(&self, webhook: &WebhookId, budget: Budget) -> Budget {
+        let active = self
+            .slots
+            .get(webhook)
+            .is_some_and(|&i| self.loads[i].active());
+        budget.divided(self.active + usize::from(!active))
+    }
+
+    /// Whether a new delivery for `webhook` may be held, when `load` is what the webhook holds
+    /// (with what this request already placed) and `total` what everyone does: while the
+    /// budget has room to spare, or while the webhook is within its share. In the second case
+    /// the budget may be overrun until [`Self::evict`] runs.
+    pub(crate) fn admits(
+        &self,
+        webhook: &WebhookId,
+        load: Budget,
+        total: Budget,
+        budget: Budget,
+    ) -> bool {
+        let share = self.share_of(webhook, budget);
+        if load.deliveries < share.deliveries && load.bytes < share.bytes {
+            return true;
+        }
+        // Past its share, a webhook takes only what is free, less the headroom kept for others.
+        let keep = if self.active > 1 {
+            budget.headroom()
+        } else {
+            Budget {
+                deliveries: 0,
+                bytes: 0,
+            }
+        };
+        total.deliveries + keep.deliveries < budget.deliveries
+            && total.bytes + keep.bytes < budget.bytes
+    }
+
+    /// Takes back, from webhooks holding more than their share, the newest deliveries they
+    /// have not started, until the budget is kept with its headroom: when it was overrun, or
+    /// when it is full and `needy` (a webhook within its share, with work in the store) needs
+    /// room. Returns what
+    /// was evicted, by webhook; the caller spills it in the store and notes the spills.
+    pub(crate) fn evict(
+        &mut self,
+        budget: Budget,
+        needy: Option<&WebhookId>,
+    ) -> Vec<(WebhookId, Vec<DeliveryId>)> {
+        let over = self.len() > budget.deliveries || self.bytes > budget.bytes;
+        let full = self.len() >= budget.deliveries || self.bytes >= budget.bytes;
+        // A needy webhook with nothing held or spilled yet is owed a share all the same.
+        let newcomer =
+            needy.is_some_and(|w| !self.slots.get(w).is_some_and(|&i| self.loads[i].active()));
+        let parts = self.active + usize::from(newcomer);
+        if !(over || (needy.is_some() && full)) || parts < 2 {
+            return Vec::new();
+        }
+        let share = budget.divided(parts);
+        let spare = budget.headroom();
+        let target = Budget {
+            deliveries: budget.deliveries - spare.deliveries,
+            bytes: budget.bytes - spare.bytes,
+        };
+        let mut evicted = Vec::new();
+        // At most one pass per webhook: each picks the one furthest past its share.
+        for _ in 0..self.active {
+            let need_count = self.len().saturating_sub(target.deliveries);
+            let need_bytes = self.bytes.saturating_sub(target.bytes);
+            if need_count == 0 && need_bytes == 0 {
+                break;
+            }
+            let Some(victim) = self
+                .loads
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.count > share.deliveries || l.bytes > share.bytes)
+                .max_by_key(|(_, l)| l.count.saturating_sub(share.deliveries))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let ids = self.evict_from(victim, share, need_count, need_bytes);
+            if ids.is_empty() {
+                break;
+            }
+            evicted.push((self.loads[victim].webhook.clone(), ids));
+        }
+        evicted
+    }
+
+    /// Evicts `load`'s newest unstarted deliveries until `count` and `bytes` are freed or it is
+    /// down to its share.
+    fn evict_from(
+        &mut self,
+        load: usize,
+        share: Budget,
+        count: usize,
+        bytes: usize,
+    ) -> Vec<DeliveryId> {
+        let mut queued: Vec<(&DeliveryId, usize)> = self
+            .by_id
+            .iter()
+            .filter(|(_, h)| h.load == load && !h.started)
+            .map(|(id, h)| (id, h.bytes))
+            .collect();
+        queued.sort_unstable_by(|a, b| b.0.cmp(a.0));
+        let l = &self.loads[load];
+        let (mut left_count, mut left_bytes) = (l.count, l.bytes);
+        let (mut freed_count, mut freed_bytes) = (0, 0);
+        let mut chosen = Vec::new();
+        for (id, size) in queued {
+            let enough = freed_count >= count && freed_bytes >= bytes;
+            let within = left_count <= share.deliveries && left_bytes <= share.bytes;
+            if enough || within {
+                break;
+            }
+            chosen.push(id.clone());
+            freed_count += 1;
+            freed_bytes += size;
+            left_count -= 1;
+            left_bytes -= size;
+        }
+        for id in &chosen {
+            if let Some(held) = self.by_id.remove(id) {
+                self.forget(&held);
+            }
+        }
+        chosen
+    }
+
+    /// Notes that `webhook`'s delivery `id` waits in the store, spilled.
+    pub(crate) fn note_spilled(&mut self, webhook: &WebhookId, id: &DeliveryId) {
+        let i = self.slot(webhook);
+        let load = &mut self.loads[i];
+        match &mut load.spilled {
+            Some(spill) => {
+                if *id < spill.from {
+                    spill.from = id.clone();
+                }
+                spill.notes += 1;
+            }
+            None => {
+                if !load.active() {
+                    self.active += 1;
+                }
+                self.loads[i].spilled = Some(Spill {
+                    from: id.clone(),
+                    notes: 1,
+                });
+            }
+        }
+    }
+
+    /// A webhook pulls its spilled deliveries once it holds less than half its share.
+    fn may_pull(&self, load: &Load, budget: Budget) -> bool {
+        let share = budget.divided(self.active);
+        load.count < share.deliveries.div_ceil(2) && load.bytes < share.bytes.div_ceil(2)
+    }
+
+    /// The pulls to make now, within `room` (deliveries of the typical size that still fit).
+    pub(crate) fn pulls(&self, budget: Budget, room: usize) -> Vec<Pull> {
+        let share = budget.divided(self.active);
+        let mut room = room;
+        let mut pulls = Vec::new();
+        for load in &self.loads {
+            let Some(spill) = &load.spilled else { continue };
+            if room == 0 {
+                break;
+            }
+            if !self.may_pull(load, budget) {
+                continue;
+            }
+            let limit = share.deliveries.saturating_sub(load.count).min(room).max(1);
+            room = room.saturating_sub(limit);
+            pulls.push(Pull {
+                webhook: load.webhook.clone(),
+                spill: spill.clone(),
+                limit,
+            });
+        }
+        pulls
+    }
+
+    /// A webhook with spilled deliveries that may pull them but finds no room, if any.
+    pub(crate) fn blocked_pull(&self, budget: Budget, room: usize) -> Option<WebhookId> {
+        if room > 0 {
+            return None;
+        }
+        self.loads
+            .iter()
+            .find(|l| l.spilled.is_some() && self.may_pull(l, budget))
+            .map(|l| l.webhook.clone())
+    }
+
+    /// Whether any webhook has spilled deliveries.
+    pub(crate) fn any_spilled(&self) -> bool {
+        self.loads.iter().any(|l| l.spilled.is_some())
+    }
+
+    /// Records a pull of `pull.spill`: it went up to `last`; `exhausted` if it found fewer than
+    /// it asked for. The spill is forgotten when nothing more was found and none was noted
+    /// meanwhile; otherwise the next pull starts from `last` (or from an earlier note).
+    pub(crate) fn pulled(&mut self, pull: &Pull, last: Option<&DeliveryId>, exhausted: bool) {
+        let Some(&i) = self.slots.get(&pull.webhook) else {
+            return;
+        };
+        let load = &mut self.loads[i];
+        let Some(spill) = &mut load.spilled else {
+            return;
+        };
+        let untouched = spill.notes == pull.spill.notes;
+        if exhausted && untouched {
+            load.spilled = None;
+            if !load.active() {
+                self.active -= 1;
+            }
+            return;
+        }
+        if let Some(last) = last
+            && spill.from == pull.spill.from
+            && *last > spill.from
+        {
+            spill.from = last.clone();
+        }
+    }
 }
 
 /// The next estimate of what an event weighs, after a batch whose largest weighed `largest`:
@@ -102,30 +462,35 @@ mod tests {
         deliveries: 10,
         bytes: 1_000,
     };
+    const T: Timestamp = Timestamp::from_millis(1);
 
     fn ids(n: usize) -> Vec<DeliveryId> {
         (0..n).map(|_| DeliveryId::generate()).collect()
     }
 
+    fn hook() -> WebhookId {
+        WebhookId::generate()
+    }
+
     #[test]
     fn large_events_spend_the_byte_budget_before_the_count() {
         let mut held = HeldDeliveries::default();
-        let ids = ids(3);
+        let (ids, w) = (ids(3), hook());
         assert_eq!(
             held.room(BUDGET, 400),
             2,
             "two events of 400 bytes fit in 1,000"
         );
-        assert!(held.hold(&ids[0], Timestamp::from_millis(1), 400));
-        assert!(held.hold(&ids[1], Timestamp::from_millis(1), 400));
+        assert!(held.hold(&ids[0], &w, T, 400));
+        assert!(held.hold(&ids[1], &w, T, 400));
         assert_eq!(
             held.room(BUDGET, 400),
             1,
             "less than one is left: one more goes"
         );
-        assert!(held.hold(&ids[2], Timestamp::from_millis(1), 400));
+        assert!(held.hold(&ids[2], &w, T, 400));
         assert_eq!(held.room(BUDGET, 400), 0, "1,200 bytes held: nothing more");
-        assert!(held.release(&ids[0]));
+        assert_eq!(held.release(&ids[0], BUDGET), Some(false));
         assert_eq!(held.bytes(), 800);
         assert_eq!(held.room(BUDGET, 400), 1);
     }
@@ -144,8 +509,9 @@ mod tests {
     #[test]
     fn small_events_are_bounded_by_the_count() {
         let mut held = HeldDeliveries::default();
+        let w = hook();
         for id in ids(10) {
-            assert!(held.hold(&id, Timestamp::from_millis(1), 10));
+            assert!(held.hold(&id, &w, T, 10));
         }
         assert_eq!(held.bytes(), 100);
         assert_eq!(held.room(BUDGET, 10), 0);
@@ -154,15 +520,154 @@ mod tests {
     #[test]
     fn holding_a_delivery_again_extends_its_lease_and_counts_it_once() {
         let mut held = HeldDeliveries::default();
-        let ids = ids(2);
-        assert!(held.hold(&ids[0], Timestamp::from_millis(50), 100));
-        assert!(!held.hold(&ids[0], Timestamp::from_millis(80), 100));
-        assert!(held.hold(&ids[1], Timestamp::from_millis(70), 100));
+        let (ids, w) = (ids(2), hook());
+        assert!(held.hold(&ids[0], &w, Timestamp::from_millis(50), 100));
+        assert!(!held.hold(&ids[0], &w, Timestamp::from_millis(80), 100));
+        assert!(held.hold(&ids[1], &w, Timestamp::from_millis(70), 100));
         assert_eq!((held.len(), held.bytes()), (2, 200));
         assert_eq!(held.lease_ends(&ids), Some(Timestamp::from_millis(70)));
         assert_eq!(held.lease_ends(&ids[..1]), Some(Timestamp::from_millis(80)));
-        assert!(held.release(&ids[0]));
-        assert!(!held.release(&ids[0]), "released once");
+        assert!(held.release(&ids[0], BUDGET).is_some());
+        assert!(held.release(&ids[0], BUDGET).is_none(), "released once");
         assert_eq!((held.len(), held.bytes()), (1, 100));
+    }
+
+    fn admits(held: &HeldDeliveries, w: &WebhookId) -> bool {
+        let total = Budget {
+            deliveries: held.len(),
+            bytes: held.bytes(),
+        };
+        held.admits(w, held.load_of(w), total, BUDGET)
+    }
+
+    #[test]
+    fn a_webhook_alone_may_take_the_whole_budget_but_not_another_ones_share() {
+        let mut held = HeldDeliveries::default();
+        let (slow, other) = (hook(), hook());
+        for id in ids(10) {
+            assert!(admits(&held, &slow));
+            held.hold(&id, &slow, T, 10);
+        }
+        assert!(!admits(&held, &slow), "the budget is spent");
+        assert!(admits(&held, &other), "the other is owed half of it");
+        held.hold(&DeliveryId::generate(), &other, T, 10);
+        assert_eq!(held.len(), 11, "overrun until eviction");
+
+        let evicted = held.evict(BUDGET, None);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].0, slow);
+        assert_eq!(
+            evicted[0].1.len(),
+            2,
+            "back within the budget, and one spare"
+        );
+        assert_eq!(held.len(), 9);
+        assert!(
+            !admits(&held, &slow),
+            "past its share, it leaves the rest alone"
+        );
+    }
+
+    #[test]
+    fn eviction_takes_the_newest_deliveries_not_yet_started() {
+        let mut held = HeldDeliveries::default();
+        let (slow, other) = (hook(), hook());
+        let slow_ids = ids(10);
+        for id in &slow_ids {
+            held.hold(id, &slow, T, 10);
+        }
+        assert!(held.start(&slow_ids[9]), "the newest is in flight");
+        held.hold(&DeliveryId::generate(), &other, T, 10);
+        held.hold(&DeliveryId::generate(), &other, T, 10);
+
+        let evicted = held.evict(BUDGET, None);
+        assert_eq!(
+            evicted[0].1,
+            slow_ids[6..9].iter().rev().cloned().collect::<Vec<_>>()
+        );
+        assert!(
+            !held.start(&slow_ids[8]),
+            "an evicted delivery is not started"
+        );
+        assert!(held.start(&slow_ids[0]));
+    }
+
+    #[test]
+    fn eviction_never_goes_below_a_share_and_needs_a_reason() {
+        let mut held = HeldDeliveries::default();
+        let (a, b) = (hook(), hook());
+        for id in ids(5) {
+            held.hold(&id, &a, T, 10);
+        }
+        for id in ids(5) {
+            held.hold(&id, &b, T, 10);
+        }
+        assert!(
+            held.evict(BUDGET, Some(&a)).is_empty(),
+            "both are within their share"
+        );
+        let mut alone = HeldDeliveries::default();
+        for id in ids(10) {
+            alone.hold(&id, &a, T, 10);
+        }
+        assert!(
+            alone.evict(BUDGET, Some(&a)).is_empty(),
+            "a webhook alone keeps it all"
+        );
+        let evicted = alone.evict(BUDGET, Some(&b));
+        assert_eq!(
+            evicted[0].1.len(),
+            1,
+            "one spare, for a webhook with due work"
+        );
+    }
+
+    #[test]
+    fn a_spill_is_pulled_from_its_first_id_and_forgotten_once_exhausted() {
+        let mut held = HeldDeliveries::default();
+        let (w, other) = (hook(), hook());
+        let spilled = ids(3);
+        held.note_spilled(&w, &spilled[1]);
+        held.note_spilled(&w, &spilled[0]);
+        held.note_spilled(&w, &spilled[2]);
+        for id in ids(9) {
+            held.hold(&id, &other, T, 10);
+        }
+        let pulls = held.pulls(BUDGET, 1);
+        assert_eq!(pulls.len(), 1);
+        assert_eq!(pulls[0].spill.from, spilled[0]);
+        assert_eq!(pulls[0].limit, 1, "as much as the room allows");
+        assert_eq!(held.blocked_pull(BUDGET, 1), None);
+        assert_eq!(held.blocked_pull(BUDGET, 0), Some(w.clone()));
+
+        held.pulled(&pulls[0], Some(&spilled[0]), false);
+        let again = held.pulls(BUDGET, 5);
+        assert_eq!(again[0].spill.from, spilled[0]);
+        held.note_spilled(&w, &spilled[2]);
+        held.pulled(&again[0], Some(&spilled[2]), true);
+        assert!(held.any_spilled(), "a spill noted while it pulled: kept");
+        let last = held.pulls(BUDGET, 5);
+        assert_eq!(
+            last[0].spill.from, spilled[2],
+            "from where the last pull ended"
+        );
+        held.pulled(&last[0], None, true);
+        assert!(!held.any_spilled());
+        assert!(held.pulls(BUDGET, 5).is_empty());
+    }
+
+    #[test]
+    fn a_webhook_pulls_only_below_half_its_share_and_a_release_says_when() {
+        let mut held = HeldDeliveries::default();
+        let w = hook();
+        let mine = ids(6);
+        for id in &mine {
+            held.hold(id, &w, T, 10);
+        }
+        held.note_spilled(&w, &DeliveryId::generate());
+        assert!(held.pulls(BUDGET, 4).is_empty(), "6 of a share of 10");
+        assert_eq!(held.release(&mine[0], BUDGET), Some(false));
+        assert_eq!(held.release(&mine[1], BUDGET), Some(true), "down to 4");
+        assert_eq!(held.pulls(BUDGET, 8)[0].limit, 6);
     }
 }

@@ -6,7 +6,8 @@
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
 //! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
-//! - `held.rs`: the deliveries held in memory, and their budget.
+//! - `held.rs`: the deliveries held in memory, and their budget, shared between webhooks.
+//! - `spill.rs`: deliveries left in the store for lack of memory, and pulled back.
 //! - `recorder.rs`: outcomes stored in groups.
 
 mod attempt;
@@ -15,6 +16,7 @@ mod health;
 mod held;
 mod limit;
 mod recorder;
+mod spill;
 mod worker;
 
 use foldhash::{HashMap, HashMapExt};
@@ -179,13 +181,6 @@ impl Dispatcher {
         &self.shared.settings
     }
 
-    /// Whether new deliveries may be held in memory; if not, ingest stores them unleased and the
-    /// scheduler brings them in when there is room.
-    pub fn has_room(&self) -> bool {
-        let budget = self.budget();
-        self.held() < budget.deliveries && self.held_bytes() < budget.bytes
-    }
-
     /// How many more deliveries the scheduler may bring in, at the size of recent events.
     pub fn room(&self) -> usize {
         let typical = self.shared.typical_event_bytes.load(Ordering::Relaxed);
@@ -194,13 +189,6 @@ impl Dispatcher {
             .lock()
             .expect("held lock")
             .room(self.budget(), typical)
-    }
-
-    fn budget(&self) -> held::Budget {
-        held::Budget {
-            deliveries: self.shared.settings.max_in_memory,
-            bytes: self.shared.settings.max_bytes_in_memory,
-        }
     }
 
     /// Deliveries currently held in memory.
@@ -260,7 +248,7 @@ impl Dispatcher {
                 .into_iter()
                 .filter(|d| {
                     let bytes = d.event.approx_bytes();
-                    let fresh = held.hold(&d.delivery_id, lease_until, bytes);
+                    let fresh = held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes);
                     if fresh {
                         largest = largest.max(bytes);
                     }
@@ -323,8 +311,13 @@ impl Dispatcher {
     /// find it still held. Until then its lease keeps the scheduler away.
     fn release_held(&self, id: &DeliveryId) {
         let mut held = self.shared.held.lock().expect("held lock");
-        if held.release(id) {
+        if let Some(pull) = held.release(id, self.budget()) {
             self.note_held(&held);
+            drop(held);
+            if pull {
+                // Its webhook has room again for what it spilled.
+                self.wake_delivery_scheduler();
+            }
         }
     }
 

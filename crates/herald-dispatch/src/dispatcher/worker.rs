@@ -79,6 +79,11 @@ impl Dispatcher {
             // adaptive limit, which would then grow on the store's backpressure.
             let task = tasks.clone().acquire_owned().await.expect("never closed");
             let permit = slots.acquire().await;
+            self.start(&mut batch);
+            if batch.is_empty() {
+                // Evicted while queued: back in the store, to be pulled again.
+                continue;
+            }
             let Some(probe) = self.pass_breaker(&webhook_id, &batch).await else {
                 continue;
             };

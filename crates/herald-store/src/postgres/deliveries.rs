@@ -16,7 +16,8 @@ use herald_core::delivery::{Attempt, Delivery};
 use herald_core::event::Event;
 use herald_core::retry::NextStep;
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
+    PurgeCount,
 };
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -96,9 +97,14 @@ pub(crate) async fn insert_events(
             let (state, next, due, lease) = match &d.skip {
                 Some(_) => ("skipped", None, None, None),
                 None => {
-                    let next = d.not_before.unwrap_or(now).as_millis();
-                    let lease = d.leased.then_some(lease_until.as_millis());
-                    ("pending", Some(next), Some(lease.unwrap_or(next)), lease)
+                    let (next, due, lease) = d.stored_times(now, lease_until);
+                    let lease = lease.map(Timestamp::as_millis);
+                    (
+                        "pending",
+                        Some(next.as_millis()),
+                        Some(due.as_millis()),
+                        lease,
+                    )
                 }
             };
             cols.delivery_ids.push(d.id.as_str());
@@ -151,14 +157,10 @@ pub(crate) async fn insert_events(
             }
         })
         .collect();
-    let unleased = items.iter().zip(&results).any(|(item, r)| {
-        *r == IngestResult::Stored
-            && item
-                .deliveries
-                .iter()
-                .any(|d| d.skip.is_none() && !d.leased)
+    let for_scheduler = items.iter().zip(&results).any(|(item, r)| {
+        *r == IngestResult::Stored && item.deliveries.iter().any(NewDelivery::for_scheduler)
     });
-    if unleased {
+    if for_scheduler {
         announce_work(c).await?;
     }
     Ok(results)
@@ -205,6 +207,75 @@ pub(crate) async fn claim_due(
         )
         .await?;
     rows::all(found, due_row)
+}
+
+/// One webhook's spilled deliveries from `from` on, in id order (see the SQLite store's).
+pub(crate) async fn claim_spilled(
+    c: &impl Conn,
+    webhook: &WebhookId,
+    from: &DeliveryId,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: u32,
+) -> DbResult<Vec<DueDelivery>> {
+    let sql = format!(
+        "WITH due AS ( \
+             SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.webhook_id = $1 AND d.id >= $2 AND d.state = 'pending' \
+             AND d.lease_until IS NULL AND d.due_at IS NOT NULL AND d.next_attempt_at <= $3 \
+             AND w.active AND w.deleted_at IS NULL \
+             ORDER BY d.id LIMIT $4 \
+             FOR UPDATE OF d SKIP LOCKED \
+         ), leased AS ( \
+             UPDATE deliveries SET lease_until = $5, due_at = $5 FROM due WHERE deliveries.id = due.id \
+             RETURNING deliveries.* \
+         ) \
+         SELECT {DUE_COLUMNS} FROM leased d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id \
+         ORDER BY d.id"
+    );
+    let found = c
+        .rows(
+            &sql,
+            &[
+                &webhook.as_str(),
+                &from.as_str(),
+                &now.as_millis(),
+                &big(limit),
+                &lease_until.as_millis(),
+            ],
+        )
+        .await?;
+    rows::all(found, due_row)
+}
+
+/// Unleases deliveries this node gives back, leaving `due_at` at the lease's end. Not announced:
+/// no scheduler may take them before then.
+pub(crate) async fn spill(c: &impl Conn, ids: &[DeliveryId]) -> DbResult<()> {
+    let ids: Vec<&str> = ids.iter().map(DeliveryId::as_str).collect();
+    c.exec(
+        "UPDATE deliveries SET lease_until = NULL \
+         WHERE id = ANY($1) AND state = 'pending' AND lease_until IS NOT NULL",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn earliest_due_webhook(
+    c: &impl Conn,
+    now: Timestamp,
+) -> DbResult<Option<WebhookId>> {
+    let webhook: Option<String> = c
+        .opt_row(
+            "SELECT d.webhook_id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.state = 'pending' AND d.due_at <= $1 AND w.active AND w.deleted_at IS NULL \
+             ORDER BY d.due_at LIMIT 1",
+            &[&now.as_millis()],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    Ok(webhook.map(WebhookId::from_trusted))
 }
 
 pub(crate) async fn next_due_at(c: &impl Conn) -> DbResult<Option<Timestamp>> {
@@ -310,6 +381,14 @@ pub(crate) async fn release_all_leases(c: &impl Conn) -> DbResult<u64> {
             &[],
         )
         .await?;
+    let spilled = c
+        .exec(
+            "UPDATE deliveries SET due_at = next_attempt_at WHERE state = 'pending' \
+             AND lease_until IS NULL AND due_at > next_attempt_at",
+            &[],
+        )
+        .await?;
+    let n = n + spilled;
     if n > 0 {
         announce_work(c).await?;
     }

@@ -32,8 +32,8 @@ use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
-    Store, StoreError, StoreResult, StoreSignal,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
+    PurgeCount, Store, StoreError, StoreResult, StoreSignal,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -538,7 +538,7 @@ impl Store for PostgresStore {
         // with it (deliveries stored without a lease, which no node holds yet).
         let announces = items
             .iter()
-            .any(|i| i.deliveries.iter().any(|d| d.skip.is_none() && !d.leased));
+            .any(|i| i.deliveries.iter().any(NewDelivery::for_scheduler));
         if announces {
             in_tx!(self, |tx| deliveries::insert_events(
                 &tx,
@@ -570,6 +570,32 @@ impl Store for PostgresStore {
             lease_until,
             limit
         ))
+    }
+
+    async fn claim_spilled(
+        &self,
+        webhook: &WebhookId,
+        from: &DeliveryId,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        in_tx!(self, |tx| deliveries::claim_spilled(
+            &tx,
+            webhook,
+            from,
+            now,
+            lease_until,
+            limit
+        ))
+    }
+
+    async fn spill_deliveries(&self, ids: &[DeliveryId]) -> StoreResult<()> {
+        on_client!(self, |c| deliveries::spill(&c, ids))
+    }
+
+    async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>> {
+        on_client!(self, |c| deliveries::earliest_due_webhook(&c, now))
     }
 
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {

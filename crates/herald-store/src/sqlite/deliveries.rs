@@ -53,9 +53,14 @@ pub(crate) fn insert_events(
             let (state, next, due, lease) = match &d.skip {
                 Some(_) => ("skipped", None, None, None),
                 None => {
-                    let next = d.not_before.unwrap_or(now).as_millis();
-                    let lease = d.leased.then_some(lease_until.as_millis());
-                    ("pending", Some(next), Some(lease.unwrap_or(next)), lease)
+                    let (next, due, lease) = d.stored_times(now, lease_until);
+                    let lease = lease.map(Timestamp::as_millis);
+                    (
+                        "pending",
+                        Some(next.as_millis()),
+                        Some(due.as_millis()),
+                        lease,
+                    )
                 }
             };
             insert_delivery.execute(params![
@@ -121,6 +126,66 @@ pub(crate) fn claim_due(
         lease.execute(params![lease_until.as_millis(), d.delivery_id.as_str()])?;
     }
     Ok(due)
+}
+
+/// One webhook's spilled deliveries from `from` on, in id order, through
+/// `deliveries_by_webhook`: pending and unleased, due by their schedule (`next_attempt_at`) but
+/// with `due_at` put off. Plain due ones in the range match too; deferred ones (whose
+/// `next_attempt_at` moved) and parked ones (no `due_at`) do not.
+pub(crate) fn claim_spilled(
+    conn: &Connection,
+    webhook: &WebhookId,
+    from: &DeliveryId,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: u32,
+) -> DbResult<Vec<DueDelivery>> {
+    let sql = format!(
+        "{DUE_SELECT} JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE d.webhook_id = ?1 AND d.id >= ?2 AND d.state = 'pending' AND d.lease_until IS NULL \
+         AND d.due_at IS NOT NULL AND d.next_attempt_at <= ?3 AND w.active = 1 AND w.deleted_at IS NULL \
+         ORDER BY d.id LIMIT ?4"
+    );
+    let due = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![webhook.as_str(), from.as_str(), now.as_millis(), limit],
+            due_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lease =
+        conn.prepare_cached("UPDATE deliveries SET lease_until = ?1, due_at = ?1 WHERE id = ?2")?;
+    for d in &due {
+        lease.execute(params![lease_until.as_millis(), d.delivery_id.as_str()])?;
+    }
+    Ok(due)
+}
+
+/// Unleases deliveries this node gives back to the store, leaving `due_at` at the lease's end.
+pub(crate) fn spill(conn: &Connection, ids: &[DeliveryId]) -> DbResult<()> {
+    let mut spill = conn.prepare_cached(
+        "UPDATE deliveries SET lease_until = NULL \
+         WHERE id = ?1 AND state = 'pending' AND lease_until IS NOT NULL",
+    )?;
+    for id in ids {
+        spill.execute(params![id.as_str()])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn earliest_due_webhook(
+    conn: &Connection,
+    now: Timestamp,
+) -> DbResult<Option<WebhookId>> {
+    let webhook: Option<String> = conn
+        .prepare_cached(
+            "SELECT d.webhook_id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.state = 'pending' AND d.due_at <= ?1 AND w.active = 1 AND w.deleted_at IS NULL \
+             ORDER BY d.due_at LIMIT 1",
+        )?
+        .query_row([now.as_millis()], |r| r.get(0))
+        .optional()?;
+    Ok(webhook.map(WebhookId::from_trusted))
 }
 
 pub(crate) fn next_due_at(conn: &Connection) -> DbResult<Option<Timestamp>> {
@@ -204,7 +269,13 @@ pub(crate) fn release_all_leases(conn: &Connection) -> DbResult<u64> {
         ),
         [],
     )?;
-    Ok(n as u64)
+    // Spilled deliveries waited for this node's dispatcher to pull them; it starts empty.
+    let spilled = conn.execute(
+        "UPDATE deliveries SET due_at = next_attempt_at WHERE state = 'pending' \
+         AND lease_until IS NULL AND due_at > next_attempt_at",
+        [],
+    )?;
+    Ok((n + spilled) as u64)
 }
 
 pub(crate) fn list(

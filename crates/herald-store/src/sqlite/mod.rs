@@ -408,6 +408,29 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn claim_spilled(
+        &self,
+        webhook: &WebhookId,
+        from: &DeliveryId,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let (webhook, from) = (webhook.clone(), from.clone());
+        self.write(move |c| deliveries::claim_spilled(c, &webhook, &from, now, lease_until, limit))
+            .await
+    }
+
+    async fn spill_deliveries(&self, ids: &[DeliveryId]) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        self.write(move |c| deliveries::spill(c, &ids)).await
+    }
+
+    async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>> {
+        self.read(move |c| deliveries::earliest_due_webhook(c, now))
+            .await
+    }
+
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
         self.read(deliveries::next_due_at).await
     }

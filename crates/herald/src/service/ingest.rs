@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use herald_core::event::NewEvent;
 use herald_core::event_type::{self, check_against_schema};
-use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery};
+use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery, Placement};
 use herald_core::{DeliveryId, Invalid, OrgId};
 
 use super::{Scope, ServiceError, ServiceResult};
@@ -86,7 +86,6 @@ pub(crate) async fn ingest_values<T>(
         .await
         .map_err(ServiceError::from_store("organization"))?;
     let now = state.clock.now();
-    let leased = state.dispatcher.has_room();
     let mut items = Vec::with_capacity(raw_events.len());
     for (i, raw) in raw_events.into_iter().enumerate() {
         let at = |e: Invalid| {
@@ -136,7 +135,7 @@ pub(crate) async fn ingest_values<T>(
                 NewDelivery {
                     id: DeliveryId::generate(),
                     webhook_id: w.id.clone(),
-                    leased: leased && skip.is_none() && not_before.is_none(),
+                    placement: Placement::Leased,
                     skip,
                     not_before,
                 }
@@ -144,6 +143,8 @@ pub(crate) async fn ingest_values<T>(
             .collect();
         items.push(IngestItem { event, deliveries });
     }
+    // Held in memory, or spilled to the store if the webhook has more than its share there.
+    state.dispatcher.place(&mut items);
     let lease_until = state.lease_until(now);
     let results = state
         .store
@@ -156,10 +157,11 @@ pub(crate) async fn ingest_values<T>(
         deliveries: 0,
     };
     let mut due = Vec::with_capacity(items.iter().map(|i| i.deliveries.len()).sum());
+    let mut spilled = Vec::new();
     let mut delayed_total = 0;
     for (item, result) in items.into_iter().zip(results) {
         let stored = result == IngestResult::Stored;
-        let before = due.len();
+        let before = due.len() + spilled.len();
         let (mut skipped, mut delayed) = (0, 0);
         if stored {
             for d in item.deliveries {
@@ -169,6 +171,10 @@ pub(crate) async fn ingest_values<T>(
                 }
                 if d.not_before.is_some() {
                     delayed += 1;
+                    continue;
+                }
+                if d.placement == Placement::Spilled {
+                    spilled.push((d.webhook_id, d.id));
                     continue;
                 }
                 due.push(DueDelivery {
@@ -181,7 +187,7 @@ pub(crate) async fn ingest_values<T>(
                 });
             }
         }
-        let sent = due.len() - before + delayed;
+        let sent = due.len() + spilled.len() - before + delayed;
         delayed_total += delayed;
         report.deliveries += sent;
         report.events.push(IngestedEvent {
@@ -191,10 +197,13 @@ pub(crate) async fn ingest_values<T>(
             skipped,
         });
     }
-    if leased {
+    if !due.is_empty() {
         state.dispatcher.enqueue(due, lease_until);
-    } else if !due.is_empty() {
-        state.dispatcher.wake_delivery_scheduler();
+    }
+    if !spilled.is_empty() {
+        state
+            .dispatcher
+            .note_spilled(spilled.iter().map(|(w, id)| (w, id)));
     }
     if delayed_total > 0 {
         // Delayed deliveries: the scheduler sleeps until the earliest due time it knows of.

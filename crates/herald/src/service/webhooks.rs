@@ -7,7 +7,7 @@ use herald_core::directory::OrgSnapshot;
 use herald_core::event::NewEvent;
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
-use herald_core::store::{DueDelivery, IngestItem, NewDelivery};
+use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
 use herald_core::subscription::{Mode, Subscription, Verification};
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
@@ -492,13 +492,14 @@ pub async fn send_test(
     .into_event(org.clone(), now);
     let event = Arc::new(event);
     let delivery_id = DeliveryId::generate();
-    let leased = state.dispatcher.has_room();
     let item = IngestItem {
         event: event.clone(),
         deliveries: vec![NewDelivery {
             id: delivery_id.clone(),
             webhook_id: w.id.clone(),
-            leased,
+            // Held whatever memory is left, like a resend: someone is waiting to see it arrive,
+            // and it must not queue behind the webhook's backlog.
+            placement: Placement::Leased,
             skip: None,
             // A test is sent now, whatever the schedule says.
             not_before: None,
@@ -510,20 +511,16 @@ pub async fn send_test(
         .insert_events(org, &[item], now, lease_until)
         .await
         .map_err(ServiceError::from_store("organization"))?;
-    if leased {
-        state.dispatcher.enqueue(
-            vec![DueDelivery {
-                delivery_id: delivery_id.clone(),
-                org_id: org.clone(),
-                webhook_id: w.id.clone(),
-                event: event.clone(),
-                attempt_count: 0,
-                schedule_base: 0,
-            }],
-            lease_until,
-        );
-    } else {
-        state.dispatcher.wake_scheduler();
-    }
+    state.dispatcher.enqueue(
+        vec![DueDelivery {
+            delivery_id: delivery_id.clone(),
+            org_id: org.clone(),
+            webhook_id: w.id.clone(),
+            event: event.clone(),
+            attempt_count: 0,
+            schedule_base: 0,
+        }],
+        lease_until,
+    );
     Ok((event.id.clone(), delivery_id))
 }

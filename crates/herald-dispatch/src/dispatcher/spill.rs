@@ -1,0 +1,177 @@
+//! The store as the overflow of memory, shared fairly (see `held.rs`): where ingest places new
+//! deliveries, how a webhook past its share gives deliveries back (spills them), and how it
+//! pulls them again once it has room.
+
+use herald_core::store::{DueDelivery, IngestItem, Placement, StoreError};
+use herald_core::{DeliveryId, Timestamp, WebhookId};
+
+use super::Dispatcher;
+use super::held::{Budget, Pull};
+
+/// The most deliveries one pull leases: a pull is one write, and a large one would hold up
+/// ingest behind it.
+const PULL_BATCH: usize = 2_000;
+
+impl Dispatcher {
+    /// Decides, for each pending delivery of an ingest request, whether this node holds it in
+    /// memory (leased) or it waits in the store for its webhook to pull it (spilled). A
+    /// delivery with a first delay is left to the scheduler whatever is chosen here.
+    pub fn place(&self, items: &mut [IngestItem]) {
+        let budget = self.budget();
+        let held = self.shared.held.lock().expect("held lock");
+        let mut total = Budget {
+            deliveries: held.len(),
+            bytes: held.bytes(),
+        };
+        // What this request has placed so far, by webhook (a request rarely names many).
+        let mut placed: Vec<(&WebhookId, Budget)> = Vec::new();
+        let mut overrun = false;
+        for item in items.iter_mut() {
+            let bytes = item.event.approx_bytes();
+            for d in item.deliveries.iter_mut() {
+                if d.skip.is_some() || d.not_before.is_some() {
+                    continue;
+                }
+                let mine = match placed.iter_mut().find(|(w, _)| *w == &d.webhook_id) {
+                    Some((_, load)) => load,
+                    None => {
+                        placed.push((&d.webhook_id, held.load_of(&d.webhook_id)));
+                        &mut placed.last_mut().expect("just pushed").1
+                    }
+                };
+                d.placement = if held.admits(&d.webhook_id, *mine, total, budget) {
+                    mine.deliveries += 1;
+                    mine.bytes += bytes;
+                    total.deliveries += 1;
+                    total.bytes += bytes;
+                    overrun |= total.deliveries > budget.deliveries || total.bytes > budget.bytes;
+                    Placement::Leased
+                } else {
+                    Placement::Spilled
+                };
+            }
+        }
+        drop(held);
+        if overrun {
+            // Within its share, a webhook was let past the budget; eviction restores it.
+            self.wake_delivery_scheduler();
+        }
+    }
+
+    /// Notes deliveries just stored spilled, so that their webhooks pull them when they can.
+    pub fn note_spilled<'a>(
+        &self,
+        spilled: impl IntoIterator<Item = (&'a WebhookId, &'a DeliveryId)>,
+    ) {
+        let mut any = false;
+        {
+            let mut held = self.shared.held.lock().expect("held lock");
+            for (webhook, id) in spilled {
+                held.note_spilled(webhook, id);
+                any = true;
+            }
+        }
+        if any {
+            self.wake_delivery_scheduler();
+        }
+    }
+
+    /// Takes from each queued delivery of `batch` its place for an attempt, dropping those
+    /// evicted while they waited (they are back in the store).
+    pub(crate) fn start(&self, batch: &mut Vec<DueDelivery>) {
+        let mut held = self.shared.held.lock().expect("held lock");
+        batch.retain(|d| held.start(&d.delivery_id));
+    }
+
+    /// Restores the budget after a webhook within its share was let past it, or makes room for
+    /// `needy`, a webhook within its share with work in the store: the newest queued
+    /// deliveries of webhooks past their share are given back to the store. `true` if any was.
+    pub(crate) async fn rebalance(&self, needy: Option<&WebhookId>) -> bool {
+        let evicted = {
+            let mut held = self.shared.held.lock().expect("held lock");
+            let evicted = held.evict(self.budget(), needy);
+            self.note_held(&held);
+            evicted
+        };
+        for (webhook, ids) in &evicted {
+            tracing::debug!(webhook = %webhook, count = ids.len(), "gave queued deliveries back to the store to make room for other webhooks");
+            match self.shared.store.spill_deliveries(ids).await {
+                // Noted only now: a pull before the commit would not find them.
+                Ok(()) => self.note_spilled(ids.iter().map(|id| (webhook, id))),
+                Err(e) => {
+                    tracing::error!(webhook = %webhook, error = %e, "could not give deliveries back to the store; they come back when their lease ends");
+                }
+            }
+        }
+        !evicted.is_empty()
+    }
+
+    /// Whether some webhook may pull spilled deliveries but finds no room; if so, which.
+    pub(crate) fn blocked_pull(&self) -> Option<WebhookId> {
+        let room = self.room();
+        let held = self.shared.held.lock().expect("held lock");
+        held.blocked_pull(self.budget(), room)
+    }
+
+    /// Whether `webhook`, with due work in the store, is owed room it cannot find.
+    pub(crate) fn owed_room(&self, webhook: &WebhookId) -> bool {
+        let held = self.shared.held.lock().expect("held lock");
+        let (load, share) = (held.load_of(webhook), held.share_of(webhook, self.budget()));
+        load.deliveries < share.deliveries && load.bytes < share.bytes
+    }
+
+    /// Whether any webhook has deliveries spilled in the store (the scheduler then looks
+    /// often, in case one can pull them).
+    pub(crate) fn any_spilled(&self) -> bool {
+        self.shared.held.lock().expect("held lock").any_spilled()
+    }
+
+    /// Pulls back spilled deliveries for each webhook that has room for them; `true` if a
+    /// pull found all it asked for (there may be more at once).
+    pub(crate) async fn pull_spilled(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let pulls: Vec<Pull> = {
+            let room = self.room();
+            let held = self.shared.held.lock().expect("held lock");
+            held.pulls(self.budget(), room)
+        };
+        let mut more = false;
+        for pull in pulls {
+            let limit = pull.limit.min(PULL_BATCH);
+            let due = self
+                .shared
+                .store
+                .claim_spilled(
+                    &pull.webhook,
+                    &pull.spill.from,
+                    now,
+                    lease_until,
+                    limit as u32,
+                )
+                .await?;
+            let exhausted = due.len() < limit;
+            more |= !exhausted;
+            let last = due.iter().map(|d| &d.delivery_id).max().cloned();
+            self.shared
+                .held
+                .lock()
+                .expect("held lock")
+                .pulled(&pull, last.as_ref(), exhausted);
+            if !due.is_empty() {
+                tracing::debug!(webhook = %pull.webhook, count = due.len(), "pulled spilled deliveries back");
+                self.enqueue(due, lease_until);
+            }
+        }
+        Ok(more)
+    }
+
+    pub(super) fn budget(&self) -> Budget {
+        Budget {
+            deliveries: self.shared.settings.max_in_memory,
+            bytes: self.shared.settings.max_bytes_in_memory,
+        }
+    }
+}
