@@ -11,7 +11,6 @@
 //! hold, the newest deliveries they have not started are *evicted* (spilled in turn).
 
 use foldhash::HashMap;
-use std::collections::hash_map::Entry;
 
 use herald_core::{DeliveryId, Timestamp, WebhookId};
 
@@ -133,18 +132,18 @@ impl HeldDeliveries {
     }
 
     fn slot(&mut self, webhook: &WebhookId) -> usize {
-        match self.slots.entry(webhook.clone()) {
-            Entry::Occupied(e) => *e.get(),
-            Entry::Vacant(e) => {
-                self.loads.push(Load {
-                    webhook: webhook.clone(),
-                    count: 0,
-                    bytes: 0,
-                    spilled: None,
-                });
-                *e.insert(self.loads.len() - 1)
-            }
+        // Looked up before inserting: an entry would need an owned id, cloned on every hold.
+        if let Some(&i) = self.slots.get(webhook) {
+            return i;
         }
+        self.loads.push(Load {
+            webhook: webhook.clone(),
+            count: 0,
+            bytes: 0,
+            spilled: None,
+        });
+        self.slots.insert(webhook.clone(), self.loads.len() - 1);
+        self.loads.len() - 1
     }
 
     /// Forgets a delivery: `None` if it was not held, else whether its webhook has spilled
@@ -230,18 +229,17 @@ impl HeldDeliveries {
         budget.divided(self.active + usize::from(!active))
     }
 
-    /// Whether a new delivery for `webhook` may be held, when `load` is what the webhook holds
-    /// (with what this request already placed) and `total` what everyone does: while the
+    /// Whether a new delivery may be held for a webhook owed `share`, when `load` is what it
+    /// holds (with what this request already placed) and `total` what everyone does: while the
     /// budget has room to spare, or while the webhook is within its share. In the second case
     /// the budget may be overrun until [`Self::evict`] runs.
     pub(crate) fn admits(
         &self,
-        webhook: &WebhookId,
         load: Budget,
+        share: Budget,
         total: Budget,
         budget: Budget,
     ) -> bool {
-        let share = self.share_of(webhook, budget);
         if load.deliveries < share.deliveries && load.bytes < share.bytes {
             return true;
         }
@@ -537,7 +535,7 @@ mod tests {
             deliveries: held.len(),
             bytes: held.bytes(),
         };
-        held.admits(w, held.load_of(w), total, BUDGET)
+        held.admits(held.load_of(w), held.share_of(w, BUDGET), total, BUDGET)
     }
 
     #[test]

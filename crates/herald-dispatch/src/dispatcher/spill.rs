@@ -23,8 +23,9 @@ impl Dispatcher {
             deliveries: held.len(),
             bytes: held.bytes(),
         };
-        // What this request has placed so far, by webhook (a request rarely names many).
-        let mut placed: Vec<(&WebhookId, Budget)> = Vec::new();
+        // Each webhook this request names (rarely many), with what it holds, counting what was
+        // placed so far, and its share.
+        let mut placed: Vec<(&WebhookId, Budget, Budget)> = Vec::new();
         let mut overrun = false;
         for item in items.iter_mut() {
             let bytes = item.event.approx_bytes();
@@ -32,14 +33,19 @@ impl Dispatcher {
                 if d.skip.is_some() || d.not_before.is_some() {
                     continue;
                 }
-                let mine = match placed.iter_mut().find(|(w, _)| *w == &d.webhook_id) {
-                    Some((_, load)) => load,
+                let i = match placed.iter().position(|(w, _, _)| *w == &d.webhook_id) {
+                    Some(i) => i,
                     None => {
-                        placed.push((&d.webhook_id, held.load_of(&d.webhook_id)));
-                        &mut placed.last_mut().expect("just pushed").1
+                        let (load, share) = (
+                            held.load_of(&d.webhook_id),
+                            held.share_of(&d.webhook_id, budget),
+                        );
+                        placed.push((&d.webhook_id, load, share));
+                        placed.len() - 1
                     }
                 };
-                d.placement = if held.admits(&d.webhook_id, *mine, total, budget) {
+                let (_, mine, share) = &mut placed[i];
+                d.placement = if held.admits(*mine, *share, total, budget) {
                     mine.deliveries += 1;
                     mine.bytes += bytes;
                     total.deliveries += 1;
