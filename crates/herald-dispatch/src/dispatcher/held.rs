@@ -165,15 +165,17 @@ impl HeldDeliveries {
         }
     }
 
-    /// Marks a delivery as taken for an attempt; `false` if it is no longer held (it was
-    /// evicted while queued, or released).
+    /// Marks a delivery as taken for an attempt; `false` if it is no longer held (evicted while
+    /// queued, or released) or was taken already. An evicted delivery pulled back is queued a
+    /// second time while the first copy may still wait in its webhook's queue: whichever copy
+    /// comes first is attempted, the other is dropped.
     pub(crate) fn start(&mut self, id: &DeliveryId) -> bool {
         match self.by_id.get_mut(id) {
-            Some(held) => {
+            Some(held) if !held.started => {
                 held.started = true;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -588,6 +590,11 @@ mod tests {
             "an evicted delivery is not started"
         );
         assert!(held.start(&slow_ids[0]));
+
+        // Pulled back, it is queued again beside the stale copy: only one copy starts.
+        assert!(held.hold(&slow_ids[8], &slow, T, 10));
+        assert!(held.start(&slow_ids[8]));
+        assert!(!held.start(&slow_ids[8]), "the other copy is dropped");
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl Dispatcher {
     }
 
     /// Takes from each queued delivery of `batch` its place for an attempt, dropping those
-    /// evicted while they waited (they are back in the store).
+    /// evicted while they waited (they are back in the store) and second copies of one pulled
+    /// back after an eviction.
     pub(crate) fn start(&self, batch: &mut Vec<DueDelivery>) {
         let mut held = self.shared.held.lock().expect("held lock");
         batch.retain(|d| held.start(&d.delivery_id));
