@@ -254,8 +254,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<DueDelivery>>;
     /// Gives leased deliveries back to wait for their webhook to pull them (this node needs
-    /// the memory): unleased, but still not due for anyone before their lease would have ended.
-    async fn spill_deliveries(&self, ids: &[DeliveryId]) -> StoreResult<()>;
+    /// the memory): unleased, but still not due for anyone before their lease would have ended
+    /// (parked if their webhook was deactivated). Each only if its lease is still the one
+    /// given with it: once that ended, another node may have leased it.
+    async fn spill_deliveries(&self, leases: &[(DeliveryId, Timestamp)]) -> StoreResult<()>;
     /// The webhook of the delivery that came due first (by `now`), of those still unclaimed.
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>>;
     /// When the earliest pending, unleased delivery comes due.

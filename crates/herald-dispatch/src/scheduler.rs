@@ -50,7 +50,7 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
     // for one that waits to pull its spilled deliveries, and let those with room pull them.
     let needy = dispatcher.blocked_pull();
     dispatcher.rebalance(needy.as_ref()).await;
-    if dispatcher.pull_spilled(now, lease_until).await? {
+    if dispatcher.pull_spilled().await? {
         return Ok(Duration::ZERO);
     }
     let room = dispatcher.room();

@@ -861,15 +861,26 @@ async fn spilled_deliveries_are_pulled_by_their_webhook_in_id_order(store: Arc<d
     assert!(pull(ids[0].clone(), 5).await.is_empty());
 
     // Given back by a dispatcher short of memory: its webhook may pull it again, nobody else
-    // may take it before its lease would have ended.
-    store.spill_deliveries(&ids[1..2]).await.unwrap();
+    // may take it before its lease would have ended. A lease that is not the one given (it
+    // ended, and another node took the delivery) is left alone.
+    store
+        .spill_deliveries(&[
+            (ids[1].clone(), at(1 + LEASE_SECS)),
+            (ids[0].clone(), at(LEASE_SECS)),
+        ])
+        .await
+        .unwrap();
     assert!(claim(&store, at(2)).await.is_empty());
     assert_eq!(
         pull(ids[2].clone(), 5).await,
         Vec::<DeliveryId>::new(),
         "from a later id"
     );
-    assert_eq!(pull(ids[0].clone(), 5).await, ids[1..2].to_vec());
+    assert_eq!(
+        pull(ids[0].clone(), 5).await,
+        ids[1..2].to_vec(),
+        "only the one given back"
+    );
 
     // The other webhook's spilled delivery is its own, and due to anyone once a lease would
     // have ended (its dispatcher may have stopped before pulling it).
@@ -893,7 +904,10 @@ async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>
         .unwrap();
     // A circuit breaker put the first off for a minute; the second is spilled.
     store.defer_deliveries(&ids[..1], at(60)).await.unwrap();
-    store.spill_deliveries(&ids[1..]).await.unwrap();
+    store
+        .spill_deliveries(&[(ids[1].clone(), at(LEASE_SECS))])
+        .await
+        .unwrap();
     let pulled = store
         .claim_spilled(&hook.id, &ids[0], at(1), at(31), 10)
         .await
@@ -901,19 +915,30 @@ async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>
     assert_eq!(pulled.len(), 1);
     assert_eq!(pulled[0].delivery_id, ids[1]);
 
-    // Deactivated: nothing is pulled.
-    store.spill_deliveries(&ids[1..]).await.unwrap();
+    // Given back after its webhook was deactivated: parked, so neither pulled nor due until
+    // the webhook is activated, and due at once then.
     let inactive = Webhook {
         active: false,
         updated_at: at(2),
         ..hook.clone()
     };
     store.update_webhook(&inactive).await.unwrap();
+    store
+        .spill_deliveries(&[(ids[1].clone(), at(31))])
+        .await
+        .unwrap();
     let pulled = store
-        .claim_spilled(&hook.id, &ids[0], at(2), at(32), 10)
+        .claim_spilled(&hook.id, &ids[0], at(3), at(33), 10)
         .await
         .unwrap();
     assert!(pulled.is_empty());
+    let active = Webhook {
+        active: true,
+        updated_at: at(3),
+        ..hook.clone()
+    };
+    store.update_webhook(&active).await.unwrap();
+    assert_eq!(claim(&store, at(3)).await, vec![ids[1].clone()]);
 }
 
 async fn releasing_all_leases_makes_spilled_deliveries_due(store: Arc<dyn Store>) {

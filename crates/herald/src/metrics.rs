@@ -84,6 +84,18 @@ impl Snapshot<'_> {
             "Attempts refused by the address policy.",
             &d.blocked,
         );
+        counter(
+            &mut out,
+            "herald_deliveries_spilled_total",
+            "New deliveries left in the store because their webhook had its share of memory.",
+            &d.spilled,
+        );
+        counter(
+            &mut out,
+            "herald_deliveries_given_back_total",
+            "Queued deliveries given back to the store to make room for other webhooks.",
+            &d.given_back,
+        );
         d.attempt_latency.render(
             &mut out,
             "herald_attempt_duration_seconds",

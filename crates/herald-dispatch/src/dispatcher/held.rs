@@ -43,6 +43,9 @@ impl Budget {
 
 struct Held {
     lease_until: Timestamp,
+    /// Which hold this is: a delivery evicted and pulled back is queued again while its first
+    /// copy may still wait in its webhook's queue, and only the copy of the current hold runs.
+    hold: u64,
     bytes: usize,
     /// Which entry of `loads` (its webhook's).
     load: usize,
@@ -95,27 +98,32 @@ pub(crate) struct HeldDeliveries {
     /// Webhooks that hold deliveries or have spilled ones: those the budget is shared between.
     active: usize,
     bytes: usize,
+    /// Numbers the holds.
+    holds: u64,
 }
 
 impl HeldDeliveries {
-    /// Holds a delivery leased until `lease_until`; `true` if it was not held yet. One held
-    /// already only learns that its lease lasts longer.
+    /// Holds a delivery leased until `lease_until`; the hold's number if it was not held yet
+    /// (its copy in the webhook's queue carries it). One held already only learns that its
+    /// lease lasts longer.
     pub(crate) fn hold(
         &mut self,
         id: &DeliveryId,
         webhook: &WebhookId,
         lease_until: Timestamp,
         bytes: usize,
-    ) -> bool {
+    ) -> Option<u64> {
         if let Some(held) = self.by_id.get_mut(id) {
             held.lease_until = held.lease_until.max(lease_until);
-            return false;
+            return None;
         }
         let load = self.slot(webhook);
+        self.holds += 1;
         self.by_id.insert(
             id.clone(),
             Held {
                 lease_until,
+                hold: self.holds,
                 bytes,
                 load,
                 started: false,
@@ -128,7 +136,7 @@ impl HeldDeliveries {
         entry.count += 1;
         entry.bytes += bytes;
         self.bytes += bytes;
-        true
+        Some(self.holds)
     }
 
     fn slot(&mut self, webhook: &WebhookId) -> usize {
@@ -165,13 +173,19 @@ impl HeldDeliveries {
         }
     }
 
-    /// Marks a delivery as taken for an attempt; `false` if it is no longer held (evicted while
-    /// queued, or released) or was taken already. An evicted delivery pulled back is queued a
-    /// second time while the first copy may still wait in its webhook's queue: whichever copy
-    /// comes first is attempted, the other is dropped.
-    pub(crate) fn start(&mut self, id: &DeliveryId) -> bool {
+    /// Whether a queued copy of hold `hold` may still be attempted: it is that delivery's
+    /// current hold, not started yet. A copy left behind by an eviction is not.
+    pub(crate) fn is_current(&self, id: &DeliveryId, hold: u64) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|h| h.hold == hold && !h.started)
+    }
+
+    /// Marks the copy of hold `hold` as taken for an attempt; `false` if it is not current
+    /// (see [`Self::is_current`]): it must then be dropped.
+    pub(crate) fn start(&mut self, id: &DeliveryId, hold: u64) -> bool {
         match self.by_id.get_mut(id) {
-            Some(held) if !held.started => {
+            Some(held) if held.hold == hold && !held.started => {
                 held.started = true;
                 true
             }
@@ -267,7 +281,8 @@ impl HeldDeliveries {
         &mut self,
         budget: Budget,
         needy: Option<&WebhookId>,
-    ) -> Vec<(WebhookId, Vec<DeliveryId>)> {
+        now: Timestamp,
+    ) -> Vec<(WebhookId, Vec<(DeliveryId, Timestamp)>)> {
         let over = self.len() > budget.deliveries || self.bytes > budget.bytes;
         let full = self.len() >= budget.deliveries || self.bytes >= budget.bytes;
         // A needy webhook with nothing held or spilled yet is owed a share all the same.
@@ -284,8 +299,9 @@ impl HeldDeliveries {
             bytes: budget.bytes - spare.bytes,
         };
         let mut evicted = Vec::new();
-        // At most one pass per webhook: each picks the one furthest past its share.
-        for _ in 0..self.active {
+        // Each webhook once at most, the one furthest past its share first.
+        let mut tried = Vec::new();
+        loop {
             let need_count = self.len().saturating_sub(target.deliveries);
             let need_bytes = self.bytes.saturating_sub(target.bytes);
             if need_count == 0 && need_bytes == 0 {
@@ -295,54 +311,59 @@ impl HeldDeliveries {
                 .loads
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.count > share.deliveries || l.bytes > share.bytes)
+                .filter(|(i, l)| {
+                    (l.count > share.deliveries || l.bytes > share.bytes) && !tried.contains(i)
+                })
                 .max_by_key(|(_, l)| l.count.saturating_sub(share.deliveries))
                 .map(|(i, _)| i)
             else {
                 break;
             };
-            let ids = self.evict_from(victim, share, need_count, need_bytes);
-            if ids.is_empty() {
-                break;
+            tried.push(victim);
+            let ids = self.evict_from(victim, share, need_count, need_bytes, now);
+            if !ids.is_empty() {
+                evicted.push((self.loads[victim].webhook.clone(), ids));
             }
-            evicted.push((self.loads[victim].webhook.clone(), ids));
         }
         evicted
     }
 
     /// Evicts `load`'s newest unstarted deliveries until `count` and `bytes` are freed or it is
-    /// down to its share.
+    /// down to its share; with each, the lease this node took on it. Those whose lease has
+    /// ended are left alone: another node may have leased them since. Scans every held
+    /// delivery, so it runs only when the budget is overrun or a webhook is owed room.
     fn evict_from(
         &mut self,
         load: usize,
         share: Budget,
         count: usize,
         bytes: usize,
-    ) -> Vec<DeliveryId> {
-        let mut queued: Vec<(&DeliveryId, usize)> = self
+        now: Timestamp,
+    ) -> Vec<(DeliveryId, Timestamp)> {
+        let mut queued: Vec<(&DeliveryId, usize, Timestamp)> = self
             .by_id
             .iter()
-            .filter(|(_, h)| h.load == load && !h.started)
-            .map(|(id, h)| (id, h.bytes))
+            .filter(|(_, h)| h.load == load && !h.started && h.lease_until > now)
+            .map(|(id, h)| (id, h.bytes, h.lease_until))
             .collect();
         queued.sort_unstable_by(|a, b| b.0.cmp(a.0));
         let l = &self.loads[load];
         let (mut left_count, mut left_bytes) = (l.count, l.bytes);
         let (mut freed_count, mut freed_bytes) = (0, 0);
         let mut chosen = Vec::new();
-        for (id, size) in queued {
+        for (id, size, lease_until) in queued {
             let enough = freed_count >= count && freed_bytes >= bytes;
             let within = left_count <= share.deliveries && left_bytes <= share.bytes;
             if enough || within {
                 break;
             }
-            chosen.push(id.clone());
+            chosen.push((id.clone(), lease_until));
             freed_count += 1;
             freed_bytes += size;
             left_count -= 1;
             left_bytes -= size;
         }
-        for id in &chosen {
+        for (id, _) in &chosen {
             if let Some(held) = self.by_id.remove(id) {
                 self.forget(&held);
             }
@@ -421,7 +442,8 @@ impl HeldDeliveries {
 
     /// Records a pull of `pull.spill`: it went up to `last`; `exhausted` if it found fewer than
     /// it asked for. The spill is forgotten when nothing more was found and none was noted
-    /// meanwhile; otherwise the next pull starts from `last` (or from an earlier note).
+    /// meanwhile; otherwise the next pull starts from `last`, or where it started if spills
+    /// were noted meanwhile.
     pub(crate) fn pulled(&mut self, pull: &Pull, last: Option<&DeliveryId>, exhausted: bool) {
         let Some(&i) = self.slots.get(&pull.webhook) else {
             return;
@@ -438,8 +460,10 @@ impl HeldDeliveries {
             }
             return;
         }
+        // Only when no spill was noted meanwhile: one noted during the pull may lie before
+        // `last` without the pull having seen it.
         if let Some(last) = last
-            && spill.from == pull.spill.from
+            && untouched
             && *last > spill.from
         {
             spill.from = last.clone();
@@ -462,7 +486,9 @@ mod tests {
         deliveries: 10,
         bytes: 1_000,
     };
-    const T: Timestamp = Timestamp::from_millis(1);
+    /// When the tests' leases end, and a time before that.
+    const T: Timestamp = Timestamp::from_millis(1_000);
+    const T0: Timestamp = Timestamp::from_millis(0);
 
     fn ids(n: usize) -> Vec<DeliveryId> {
         (0..n).map(|_| DeliveryId::generate()).collect()
@@ -481,14 +507,14 @@ mod tests {
             2,
             "two events of 400 bytes fit in 1,000"
         );
-        assert!(held.hold(&ids[0], &w, T, 400));
-        assert!(held.hold(&ids[1], &w, T, 400));
+        assert!(held.hold(&ids[0], &w, T, 400).is_some());
+        assert!(held.hold(&ids[1], &w, T, 400).is_some());
         assert_eq!(
             held.room(BUDGET, 400),
             1,
             "less than one is left: one more goes"
         );
-        assert!(held.hold(&ids[2], &w, T, 400));
+        assert!(held.hold(&ids[2], &w, T, 400).is_some());
         assert_eq!(held.room(BUDGET, 400), 0, "1,200 bytes held: nothing more");
         assert_eq!(held.release(&ids[0], BUDGET), Some(false));
         assert_eq!(held.bytes(), 800);
@@ -511,7 +537,7 @@ mod tests {
         let mut held = HeldDeliveries::default();
         let w = hook();
         for id in ids(10) {
-            assert!(held.hold(&id, &w, T, 10));
+            assert!(held.hold(&id, &w, T, 10).is_some());
         }
         assert_eq!(held.bytes(), 100);
         assert_eq!(held.room(BUDGET, 10), 0);
@@ -521,9 +547,18 @@ mod tests {
     fn holding_a_delivery_again_extends_its_lease_and_counts_it_once() {
         let mut held = HeldDeliveries::default();
         let (ids, w) = (ids(2), hook());
-        assert!(held.hold(&ids[0], &w, Timestamp::from_millis(50), 100));
-        assert!(!held.hold(&ids[0], &w, Timestamp::from_millis(80), 100));
-        assert!(held.hold(&ids[1], &w, Timestamp::from_millis(70), 100));
+        assert!(
+            held.hold(&ids[0], &w, Timestamp::from_millis(50), 100)
+                .is_some()
+        );
+        assert!(
+            held.hold(&ids[0], &w, Timestamp::from_millis(80), 100)
+                .is_none()
+        );
+        assert!(
+            held.hold(&ids[1], &w, Timestamp::from_millis(70), 100)
+                .is_some()
+        );
         assert_eq!((held.len(), held.bytes()), (2, 200));
         assert_eq!(held.lease_ends(&ids), Some(Timestamp::from_millis(70)));
         assert_eq!(held.lease_ends(&ids[..1]), Some(Timestamp::from_millis(80)));
@@ -553,7 +588,7 @@ mod tests {
         held.hold(&DeliveryId::generate(), &other, T, 10);
         assert_eq!(held.len(), 11, "overrun until eviction");
 
-        let evicted = held.evict(BUDGET, None);
+        let evicted = held.evict(BUDGET, None, T0);
         assert_eq!(evicted.len(), 1);
         assert_eq!(evicted[0].0, slow);
         assert_eq!(
@@ -573,28 +608,58 @@ mod tests {
         let mut held = HeldDeliveries::default();
         let (slow, other) = (hook(), hook());
         let slow_ids = ids(10);
-        for id in &slow_ids {
-            held.hold(id, &slow, T, 10);
-        }
-        assert!(held.start(&slow_ids[9]), "the newest is in flight");
+        let holds: Vec<u64> = slow_ids
+            .iter()
+            .map(|id| held.hold(id, &slow, T, 10).unwrap())
+            .collect();
+        assert!(
+            held.start(&slow_ids[9], holds[9]),
+            "the newest is in flight"
+        );
         held.hold(&DeliveryId::generate(), &other, T, 10);
         held.hold(&DeliveryId::generate(), &other, T, 10);
 
-        let evicted = held.evict(BUDGET, None);
-        assert_eq!(
-            evicted[0].1,
-            slow_ids[6..9].iter().rev().cloned().collect::<Vec<_>>()
-        );
+        let evicted = held.evict(BUDGET, None, T0);
+        let expected: Vec<_> = slow_ids[6..9]
+            .iter()
+            .rev()
+            .map(|id| (id.clone(), T))
+            .collect();
+        assert_eq!(evicted[0].1, expected, "with the lease this node took");
         assert!(
-            !held.start(&slow_ids[8]),
+            !held.start(&slow_ids[8], holds[8]),
             "an evicted delivery is not started"
         );
-        assert!(held.start(&slow_ids[0]));
+        assert!(held.start(&slow_ids[0], holds[0]));
 
-        // Pulled back, it is queued again beside the stale copy: only one copy starts.
-        assert!(held.hold(&slow_ids[8], &slow, T, 10));
-        assert!(held.start(&slow_ids[8]));
-        assert!(!held.start(&slow_ids[8]), "the other copy is dropped");
+        // Pulled back, it is queued again beside the stale copy: only the new copy starts,
+        // even when the stale one comes first.
+        let again = held.hold(&slow_ids[8], &slow, T, 10).unwrap();
+        assert!(!held.is_current(&slow_ids[8], holds[8]));
+        assert!(
+            !held.start(&slow_ids[8], holds[8]),
+            "the stale copy is dropped"
+        );
+        assert!(held.is_current(&slow_ids[8], again));
+        assert!(held.start(&slow_ids[8], again));
+        assert!(!held.start(&slow_ids[8], again), "started once");
+    }
+
+    #[test]
+    fn a_delivery_whose_lease_ended_is_not_evicted() {
+        let mut held = HeldDeliveries::default();
+        let (slow, other) = (hook(), hook());
+        let expired = DeliveryId::generate();
+        for id in ids(9) {
+            held.hold(&id, &slow, T, 10);
+        }
+        held.hold(&expired, &slow, T0, 10);
+        held.hold(&DeliveryId::generate(), &other, T, 10);
+        held.hold(&DeliveryId::generate(), &other, T, 10);
+        // Another node may lease it now: giving it back would undo that node's lease.
+        let evicted = held.evict(BUDGET, None, T0.plus_millis(1));
+        assert!(evicted[0].1.iter().all(|(id, _)| *id != expired));
+        assert_eq!(evicted[0].1.len(), 3);
     }
 
     #[test]
@@ -608,7 +673,7 @@ mod tests {
             held.hold(&id, &b, T, 10);
         }
         assert!(
-            held.evict(BUDGET, Some(&a)).is_empty(),
+            held.evict(BUDGET, Some(&a), T0).is_empty(),
             "both are within their share"
         );
         let mut alone = HeldDeliveries::default();
@@ -616,10 +681,10 @@ mod tests {
             alone.hold(&id, &a, T, 10);
         }
         assert!(
-            alone.evict(BUDGET, Some(&a)).is_empty(),
+            alone.evict(BUDGET, Some(&a), T0).is_empty(),
             "a webhook alone keeps it all"
         );
-        let evicted = alone.evict(BUDGET, Some(&b));
+        let evicted = alone.evict(BUDGET, Some(&b), T0);
         assert_eq!(
             evicted[0].1.len(),
             1,
@@ -645,16 +710,19 @@ mod tests {
         assert_eq!(held.blocked_pull(BUDGET, 1), None);
         assert_eq!(held.blocked_pull(BUDGET, 0), Some(w.clone()));
 
-        held.pulled(&pulls[0], Some(&spilled[0]), false);
+        held.pulled(&pulls[0], Some(&spilled[1]), false);
         let again = held.pulls(BUDGET, 5);
-        assert_eq!(again[0].spill.from, spilled[0]);
+        assert_eq!(
+            again[0].spill.from, spilled[1],
+            "from where the last pull ended"
+        );
         held.note_spilled(&w, &spilled[2]);
         held.pulled(&again[0], Some(&spilled[2]), true);
         assert!(held.any_spilled(), "a spill noted while it pulled: kept");
         let last = held.pulls(BUDGET, 5);
         assert_eq!(
-            last[0].spill.from, spilled[2],
-            "from where the last pull ended"
+            last[0].spill.from, spilled[1],
+            "from where that pull started: it may have missed the spill noted meanwhile"
         );
         held.pulled(&last[0], None, true);
         assert!(!held.any_spilled());

@@ -87,14 +87,25 @@ pub struct DispatchMetrics {
     pub exhausted: Counter,
     /// Attempts refused by the address policy.
     pub blocked: Counter,
+    /// New deliveries stored spilled: their webhook had its share of memory.
+    pub spilled: Counter,
+    /// Queued deliveries given back to the store to make room for other webhooks.
+    pub given_back: Counter,
     /// How long attempts take, success or not.
     pub attempt_latency: Histogram,
 }
 
 /// A webhook's running task: where its deliveries go, and how many it may send at once.
 struct Worker {
-    tx: mpsc::UnboundedSender<DueDelivery>,
+    tx: mpsc::UnboundedSender<Queued>,
     limit: Arc<limit::Limit>,
+}
+
+/// A delivery in its webhook's queue, with the number of the hold it was queued under (see
+/// `held.rs`): a copy left behind by an eviction is recognised and dropped.
+struct Queued {
+    delivery: DueDelivery,
+    hold: u64,
 }
 
 /// The handle that ingest, the API and the scheduler use. Cheap to clone.
@@ -242,17 +253,15 @@ impl Dispatcher {
     /// already held is not queued again; its lease is known to last longer now.
     pub fn enqueue(&self, deliveries: Vec<DueDelivery>, lease_until: Timestamp) {
         let mut largest = 0;
-        let fresh: Vec<DueDelivery> = {
+        let fresh: Vec<Queued> = {
             let mut held = self.shared.held.lock().expect("held lock");
-            let fresh: Vec<DueDelivery> = deliveries
+            let fresh: Vec<Queued> = deliveries
                 .into_iter()
-                .filter(|d| {
+                .filter_map(|d| {
                     let bytes = d.event.approx_bytes();
-                    let fresh = held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes);
-                    if fresh {
-                        largest = largest.max(bytes);
-                    }
-                    fresh
+                    let hold = held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes)?;
+                    largest = largest.max(bytes);
+                    Some(Queued { delivery: d, hold })
                 })
                 .collect();
             self.note_held(&held);
@@ -266,15 +275,15 @@ impl Dispatcher {
             );
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
-        for delivery in fresh {
-            let delivery = match workers.get(&delivery.webhook_id) {
-                Some(worker) => match worker.tx.send(delivery) {
+        for queued in fresh {
+            let delivery = match workers.get(&queued.delivery.webhook_id) {
+                Some(worker) => match worker.tx.send(queued) {
                     Ok(()) => continue,
-                    Err(mpsc::error::SendError(d)) => d,
+                    Err(mpsc::error::SendError(q)) => q,
                 },
-                None => delivery,
+                None => queued,
             };
-            let webhook_id = delivery.webhook_id.clone();
+            let webhook_id = delivery.delivery.webhook_id.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             tx.send(delivery).expect("the receiver is alive");
             let limit = limit::Limit::new(self.shared.settings.per_webhook_concurrency);

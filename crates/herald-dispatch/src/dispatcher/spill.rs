@@ -2,11 +2,13 @@
 //! deliveries, how a webhook past its share gives deliveries back (spills them), and how it
 //! pulls them again once it has room.
 
-use herald_core::store::{DueDelivery, IngestItem, Placement, StoreError};
-use herald_core::{DeliveryId, Timestamp, WebhookId};
+use foldhash::HashMap;
 
-use super::Dispatcher;
+use herald_core::store::{DueDelivery, IngestItem, Placement, StoreError};
+use herald_core::{DeliveryId, WebhookId};
+
 use super::held::{Budget, Pull};
+use super::{Dispatcher, Queued};
 
 /// The most deliveries one pull leases: a pull is one write, and a large one would hold up
 /// ingest behind it.
@@ -15,36 +17,32 @@ const PULL_BATCH: usize = 2_000;
 impl Dispatcher {
     /// Decides, for each pending delivery of an ingest request, whether this node holds it in
     /// memory (leased) or it waits in the store for its webhook to pull it (spilled). A
-    /// delivery with a first delay is left to the scheduler whatever is chosen here.
-    pub fn place(&self, items: &mut [IngestItem]) {
+    /// delivery with a first delay is left to the scheduler whatever is chosen here. Returns
+    /// whether a webhook within its share was let past the budget: the scheduler must then be
+    /// woken, once the deliveries are handed over, to restore it.
+    pub fn place(&self, items: &mut [IngestItem]) -> bool {
         let budget = self.budget();
         let held = self.shared.held.lock().expect("held lock");
         let mut total = Budget {
             deliveries: held.len(),
             bytes: held.bytes(),
         };
-        // Each webhook this request names (rarely many), with what it holds, counting what was
-        // placed so far, and its share.
-        let mut placed: Vec<(&WebhookId, Budget, Budget)> = Vec::new();
-        let mut overrun = false;
+        // Each webhook the request names, with what it holds (counting what was placed so
+        // far) and its share.
+        let mut placed: HashMap<&WebhookId, (Budget, Budget)> = HashMap::default();
+        let (mut overrun, mut spilled) = (false, 0);
         for item in items.iter_mut() {
             let bytes = item.event.approx_bytes();
             for d in item.deliveries.iter_mut() {
                 if d.skip.is_some() || d.not_before.is_some() {
                     continue;
                 }
-                let i = match placed.iter().position(|(w, _, _)| *w == &d.webhook_id) {
-                    Some(i) => i,
-                    None => {
-                        let (load, share) = (
-                            held.load_of(&d.webhook_id),
-                            held.share_of(&d.webhook_id, budget),
-                        );
-                        placed.push((&d.webhook_id, load, share));
-                        placed.len() - 1
-                    }
-                };
-                let (_, mine, share) = &mut placed[i];
+                let (mine, share) = placed.entry(&d.webhook_id).or_insert_with(|| {
+                    (
+                        held.load_of(&d.webhook_id),
+                        held.share_of(&d.webhook_id, budget),
+                    )
+                });
                 d.placement = if held.admits(*mine, *share, total, budget) {
                     mine.deliveries += 1;
                     mine.bytes += bytes;
@@ -53,15 +51,13 @@ impl Dispatcher {
                     overrun |= total.deliveries > budget.deliveries || total.bytes > budget.bytes;
                     Placement::Leased
                 } else {
+                    spilled += 1;
                     Placement::Spilled
                 };
             }
         }
-        drop(held);
-        if overrun {
-            // Within its share, a webhook was let past the budget; eviction restores it.
-            self.wake_delivery_scheduler();
-        }
+        self.shared.metrics.spilled.add(spilled);
+        overrun
     }
 
     /// Notes deliveries just stored spilled, so that their webhooks pull them when they can.
@@ -82,29 +78,42 @@ impl Dispatcher {
         }
     }
 
-    /// Takes from each queued delivery of `batch` its place for an attempt, dropping those
-    /// evicted while they waited (they are back in the store) and second copies of one pulled
-    /// back after an eviction.
-    pub(crate) fn start(&self, batch: &mut Vec<DueDelivery>) {
+    /// Whether a queued copy may still be attempted (it was not left behind by an eviction).
+    pub(super) fn is_current(&self, queued: &Queued) -> bool {
+        let held = self.shared.held.lock().expect("held lock");
+        held.is_current(&queued.delivery.delivery_id, queued.hold)
+    }
+
+    /// Takes for an attempt each delivery of `batch` that is still current, dropping those
+    /// evicted while they waited (they are back in the store).
+    pub(super) fn start(&self, batch: Vec<Queued>) -> Vec<DueDelivery> {
         let mut held = self.shared.held.lock().expect("held lock");
-        batch.retain(|d| held.start(&d.delivery_id));
+        batch
+            .into_iter()
+            .filter(|q| held.start(&q.delivery.delivery_id, q.hold))
+            .map(|q| q.delivery)
+            .collect()
     }
 
     /// Restores the budget after a webhook within its share was let past it, or makes room for
     /// `needy`, a webhook within its share with work in the store: the newest queued
     /// deliveries of webhooks past their share are given back to the store. `true` if any was.
     pub(crate) async fn rebalance(&self, needy: Option<&WebhookId>) -> bool {
+        let now = self.shared.clock.now();
         let evicted = {
             let mut held = self.shared.held.lock().expect("held lock");
-            let evicted = held.evict(self.budget(), needy);
+            let evicted = held.evict(self.budget(), needy, now);
             self.note_held(&held);
             evicted
         };
-        for (webhook, ids) in &evicted {
-            tracing::debug!(webhook = %webhook, count = ids.len(), "gave queued deliveries back to the store to make room for other webhooks");
-            match self.shared.store.spill_deliveries(ids).await {
+        for (webhook, leases) in &evicted {
+            tracing::debug!(webhook = %webhook, count = leases.len(), "gave queued deliveries back to the store to make room for other webhooks");
+            match self.shared.store.spill_deliveries(leases).await {
                 // Noted only now: a pull before the commit would not find them.
-                Ok(()) => self.note_spilled(ids.iter().map(|id| (webhook, id))),
+                Ok(()) => {
+                    self.shared.metrics.given_back.add(leases.len() as u64);
+                    self.note_spilled(leases.iter().map(|(id, _)| (webhook, id)));
+                }
                 Err(e) => {
                     tracing::error!(webhook = %webhook, error = %e, "could not give deliveries back to the store; they come back when their lease ends");
                 }
@@ -135,16 +144,16 @@ impl Dispatcher {
 
     /// Pulls back spilled deliveries for each webhook that has room for them; `true` if a
     /// pull found all it asked for (there may be more at once).
-    pub(crate) async fn pull_spilled(
-        &self,
-        now: Timestamp,
-        lease_until: Timestamp,
-    ) -> Result<bool, StoreError> {
+    pub(crate) async fn pull_spilled(&self) -> Result<bool, StoreError> {
         let pulls: Vec<Pull> = {
             let room = self.room();
             let held = self.shared.held.lock().expect("held lock");
             held.pulls(self.budget(), room)
         };
+        // Read after the spills were: every delivery noted spilled was stored by now, with its
+        // schedule's time no later than this.
+        let now = self.shared.clock.now();
+        let lease_until = now.plus_millis(self.shared.settings.lease.as_millis() as i64);
         let mut more = false;
         for pull in pulls {
             let limit = pull.limit.min(PULL_BATCH);

@@ -16,7 +16,7 @@ use herald_core::webhook::Webhook;
 use super::breaker::{self, Gate};
 use super::limit::Limit;
 
-use super::Dispatcher;
+use super::{Dispatcher, Queued};
 
 /// The most deliveries one batched request carries.
 pub(crate) const MAX_BATCH: usize = 100;
@@ -25,7 +25,7 @@ impl Dispatcher {
     pub(super) async fn run_worker(
         self,
         webhook_id: WebhookId,
-        mut rx: mpsc::UnboundedReceiver<DueDelivery>,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
         slots: Arc<Limit>,
     ) {
         // Requests in flight hold a slot; attempts whose outcome is still being written hold only
@@ -55,7 +55,11 @@ impl Dispatcher {
                     }
                 }
             };
-            let webhook = self.webhook_of(&first).await;
+            if !self.is_current(&first) {
+                // Left behind by an eviction: dropped before it takes a rate-limit slot.
+                continue;
+            }
+            let webhook = self.webhook_of(&first.delivery).await;
             let mut batch = vec![first];
             if let Some(window) = webhook
                 .as_ref()
@@ -65,7 +69,11 @@ impl Dispatcher {
                 let deadline = tokio::time::Instant::now() + window;
                 while batch.len() < MAX_BATCH {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(d)) => batch.push(d),
+                        Ok(Some(q)) => {
+                            if self.is_current(&q) {
+                                batch.push(q);
+                            }
+                        }
                         _ => break,
                     }
                 }
@@ -79,9 +87,9 @@ impl Dispatcher {
             // adaptive limit, which would then grow on the store's backpressure.
             let task = tasks.clone().acquire_owned().await.expect("never closed");
             let permit = slots.acquire().await;
-            self.start(&mut batch);
+            let batch = self.start(batch);
             if batch.is_empty() {
-                // Evicted while queued: back in the store, to be pulled again.
+                // Evicted while it waited: back in the store, to be pulled again.
                 continue;
             }
             let Some(probe) = self.pass_breaker(&webhook_id, &batch).await else {

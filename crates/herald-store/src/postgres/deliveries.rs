@@ -248,14 +248,19 @@ pub(crate) async fn claim_spilled(
     rows::all(found, due_row)
 }
 
-/// Unleases deliveries this node gives back, leaving `due_at` at the lease's end. Not announced:
-/// no scheduler may take them before then.
-pub(crate) async fn spill(c: &impl Conn, ids: &[DeliveryId]) -> DbResult<()> {
-    let ids: Vec<&str> = ids.iter().map(DeliveryId::as_str).collect();
+/// Unleases deliveries this node gives back, leaving `due_at` at the lease's end (or parking
+/// them), each only if it still has the lease this node took. Not announced: no scheduler may
+/// take them before then.
+pub(crate) async fn spill(c: &impl Conn, leases: &[(DeliveryId, Timestamp)]) -> DbResult<()> {
+    let ids: Vec<&str> = leases.iter().map(|(id, _)| id.as_str()).collect();
+    let ends: Vec<i64> = leases.iter().map(|(_, end)| end.as_millis()).collect();
     c.exec(
-        "UPDATE deliveries SET lease_until = NULL \
-         WHERE id = ANY($1) AND state = 'pending' AND lease_until IS NOT NULL",
-        &[&ids],
+        "UPDATE deliveries SET lease_until = NULL, due_at = CASE WHEN \
+         (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN due_at ELSE NULL END \
+         FROM UNNEST($1::text[], $2::bigint[]) AS given(id, lease_until) \
+         WHERE deliveries.id = given.id AND deliveries.lease_until = given.lease_until \
+         AND deliveries.state = 'pending'",
+        &[&ids, &ends],
     )
     .await?;
     Ok(())
@@ -383,8 +388,10 @@ pub(crate) async fn release_all_leases(c: &impl Conn) -> DbResult<u64> {
         .await?;
     let spilled = c
         .exec(
-            "UPDATE deliveries SET due_at = next_attempt_at WHERE state = 'pending' \
-             AND lease_until IS NULL AND due_at > next_attempt_at",
+            &format!(
+                "UPDATE deliveries SET due_at = {DUE_UNLESS_PARKED} WHERE state = 'pending' \
+                 AND lease_until IS NULL AND due_at > next_attempt_at"
+            ),
             &[],
         )
         .await?;

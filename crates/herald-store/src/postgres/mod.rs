@@ -590,8 +590,8 @@ impl Store for PostgresStore {
         ))
     }
 
-    async fn spill_deliveries(&self, ids: &[DeliveryId]) -> StoreResult<()> {
-        on_client!(self, |c| deliveries::spill(&c, ids))
+    async fn spill_deliveries(&self, leases: &[(DeliveryId, Timestamp)]) -> StoreResult<()> {
+        on_client!(self, |c| deliveries::spill(&c, leases))
     }
 
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>> {

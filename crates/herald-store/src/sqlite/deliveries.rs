@@ -161,14 +161,17 @@ pub(crate) fn claim_spilled(
     Ok(due)
 }
 
-/// Unleases deliveries this node gives back to the store, leaving `due_at` at the lease's end.
-pub(crate) fn spill(conn: &Connection, ids: &[DeliveryId]) -> DbResult<()> {
+/// Unleases deliveries this node gives back to the store, leaving `due_at` at the lease's end
+/// (or parking them, if their webhook was deactivated meanwhile), each only if it still has
+/// the lease this node took.
+pub(crate) fn spill(conn: &Connection, leases: &[(DeliveryId, Timestamp)]) -> DbResult<()> {
     let mut spill = conn.prepare_cached(
-        "UPDATE deliveries SET lease_until = NULL \
-         WHERE id = ?1 AND state = 'pending' AND lease_until IS NOT NULL",
+        "UPDATE deliveries SET lease_until = NULL, due_at = CASE WHEN \
+         (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN due_at ELSE NULL END \
+         WHERE id = ?1 AND state = 'pending' AND lease_until = ?2",
     )?;
-    for id in ids {
-        spill.execute(params![id.as_str()])?;
+    for (id, lease_until) in leases {
+        spill.execute(params![id.as_str(), lease_until.as_millis()])?;
     }
     Ok(())
 }
@@ -271,8 +274,10 @@ pub(crate) fn release_all_leases(conn: &Connection) -> DbResult<u64> {
     )?;
     // Spilled deliveries waited for this node's dispatcher to pull them; it starts empty.
     let spilled = conn.execute(
-        "UPDATE deliveries SET due_at = next_attempt_at WHERE state = 'pending' \
-         AND lease_until IS NULL AND due_at > next_attempt_at",
+        &format!(
+            "UPDATE deliveries SET due_at = {DUE_UNLESS_PARKED} WHERE state = 'pending' \
+             AND lease_until IS NULL AND due_at > next_attempt_at"
+        ),
         [],
     )?;
     Ok((n + spilled) as u64)

@@ -421,9 +421,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn spill_deliveries(&self, ids: &[DeliveryId]) -> StoreResult<()> {
-        let ids = ids.to_vec();
-        self.write(move |c| deliveries::spill(c, &ids)).await
+    async fn spill_deliveries(&self, leases: &[(DeliveryId, Timestamp)]) -> StoreResult<()> {
+        let leases = leases.to_vec();
+        self.write(move |c| deliveries::spill(c, &leases)).await
     }
 
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>> {

@@ -144,7 +144,7 @@ pub(crate) async fn ingest_values<T>(
         items.push(IngestItem { event, deliveries });
     }
     // Held in memory, or spilled to the store if the webhook has more than its share there.
-    state.dispatcher.place(&mut items);
+    let overrun = state.dispatcher.place(&mut items);
     let lease_until = state.lease_until(now);
     let results = state
         .store
@@ -204,6 +204,10 @@ pub(crate) async fn ingest_values<T>(
         state
             .dispatcher
             .note_spilled(spilled.iter().map(|(w, id)| (w, id)));
+    }
+    if overrun {
+        // A webhook within its share was let past the memory budget: others give room back.
+        state.dispatcher.wake_delivery_scheduler();
     }
     if delayed_total > 0 {
         // Delayed deliveries: the scheduler sleeps until the earliest due time it knows of.
