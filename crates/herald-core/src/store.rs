@@ -258,6 +258,20 @@ pub trait Store: Send + Sync + 'static {
     /// (parked if their webhook was deactivated). Each only if its lease is still the one
     /// given with it: once that ended, another node may have leased it.
     async fn spill_deliveries(&self, leases: &[(DeliveryId, Timestamp)]) -> StoreResult<()>;
+    /// Puts off again, to `until`, up to `limit` of one webhook's spilled deliveries whose
+    /// fallback time (the end of the lease they would have had) has passed: while this node
+    /// still pulls them, they must not stand in the scheduler's due order before other
+    /// webhooks' work. Answers how many it put off.
+    async fn rearm_spilled(
+        &self,
+        webhook: &WebhookId,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<u64>;
+    /// Each webhook with spilled deliveries, with the smallest of their ids: where a node that
+    /// is the only user of the store starts pulling them after a restart.
+    async fn spilled_starts(&self) -> StoreResult<Vec<(WebhookId, DeliveryId)>>;
     /// The webhook of the delivery that came due first (by `now`), of those still unclaimed.
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>>;
     /// When the earliest pending, unleased delivery comes due.
@@ -272,8 +286,8 @@ pub trait Store: Send + Sync + 'static {
     async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()>;
     /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
-    /// Releases every lease and makes spilled deliveries due: on start-up of a node that is the
-    /// only one using the store.
+    /// Releases every lease: on start-up of a node that is the only one using the store.
+    /// Spilled deliveries stay spilled ([`Store::spilled_starts`]).
     async fn release_all_leases(&self) -> StoreResult<u64>;
     async fn list_deliveries(
         &self,

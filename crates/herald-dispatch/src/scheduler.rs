@@ -10,6 +10,8 @@ use crate::dispatcher::Dispatcher;
 
 /// How many deliveries one claim leases.
 const CLAIM_BATCH: u32 = 500;
+/// How many spilled deliveries one write puts off again.
+const REARM_BATCH: u32 = 2_000;
 /// The longest the scheduler sleeps without looking, in case a wake-up was missed.
 const IDLE_LOOK: Duration = Duration::from_secs(5);
 /// How often the scheduler looks while memory is full or deliveries are spilled.
@@ -68,11 +70,20 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
     } else {
         // The dispatcher is full. If what is due first belongs to a webhook owed a share of
         // it, others give room back; if not, look again soon, once some is worked off.
-        if let Some(webhook) = store.earliest_due_webhook(now).await?
-            && dispatcher.owed_room(&webhook)
-            && dispatcher.rebalance(Some(&webhook)).await
-        {
-            return Ok(Duration::ZERO);
+        if let Some(webhook) = store.earliest_due_webhook(now).await? {
+            if dispatcher.owed_room(&webhook) && dispatcher.rebalance(Some(&webhook)).await {
+                return Ok(Duration::ZERO);
+            }
+            // Or it is what this node spilled for a webhook it still pulls for, come due as a
+            // fallback: put off again, out of the other webhooks' way.
+            if dispatcher.is_spilling(&webhook)
+                && store
+                    .rearm_spilled(&webhook, now, lease_until, REARM_BATCH)
+                    .await?
+                    > 0
+            {
+                return Ok(Duration::ZERO);
+            }
         }
         return Ok(FULL_LOOK);
     }

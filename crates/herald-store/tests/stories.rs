@@ -941,21 +941,63 @@ async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>
     assert_eq!(claim(&store, at(3)).await, vec![ids[1].clone()]);
 }
 
-async fn releasing_all_leases_makes_spilled_deliveries_due(store: Arc<dyn Store>) {
+async fn spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
-    let id = DeliveryId::generate();
-    let spilled = placed_item(
+    let ids: Vec<DeliveryId> = (0..2).map(|_| DeliveryId::generate()).collect();
+    let items: Vec<IngestItem> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
+            placed_item(event, &[(id, &hook.id)], Placement::Spilled)
+        })
+        .collect();
+    store
+        .insert_events(&org.id, &items, T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+    assert_eq!(store.release_all_leases().await.unwrap(), 0);
+    assert!(claim(&store, at(1)).await.is_empty());
+    assert_eq!(
+        store.spilled_starts().await.unwrap(),
+        vec![(hook.id.clone(), ids[0].clone())]
+    );
+}
+
+/// A spilled delivery's fallback time comes; while its node still pulls for the webhook, it
+/// is put off again, and other work due after it is claimed first.
+async fn spilled_deliveries_come_due_as_a_fallback_unless_put_off_again(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let other = webhook(&org.id);
+    store.create_webhook(&other).await.unwrap();
+    let spilled = DeliveryId::generate();
+    let item = placed_item(
         event(&org.id, "evt_1", "user.created", T0),
-        &[(&id, &hook.id)],
+        &[(&spilled, &hook.id)],
         Placement::Spilled,
     );
     store
-        .insert_events(&org.id, &[spilled], T0, at(LEASE_SECS))
+        .insert_events(&org.id, &[item], T0, at(LEASE_SECS))
         .await
         .unwrap();
-    assert!(claim(&store, at(1)).await.is_empty());
-    assert_eq!(store.release_all_leases().await.unwrap(), 1);
-    assert_eq!(claim(&store, at(1)).await, vec![id]);
+    let plain = deliver(&store, &hook, "evt_2", at(LEASE_SECS), false).await;
+    let theirs = deliver(&store, &other, "evt_3", at(LEASE_SECS + 1), false).await;
+
+    let now = at(LEASE_SECS + 2);
+    assert_eq!(
+        store.earliest_due_webhook(now).await.unwrap(),
+        Some(hook.id.clone())
+    );
+    // Before the claim below's leases end.
+    let later = now.plus_secs(LEASE_SECS / 2);
+    assert_eq!(
+        store.rearm_spilled(&hook.id, now, later, 10).await.unwrap(),
+        1,
+        "only the spilled one; a plain due delivery is left due"
+    );
+    assert_eq!(claim(&store, now).await, vec![plain, theirs]);
+    assert!(claim(&store, later.plus_millis(-1)).await.is_empty());
+    assert_eq!(claim(&store, later).await, vec![spilled]);
 }
 
 async fn the_earliest_due_delivery_names_its_webhook(store: Arc<dyn Store>) {
@@ -2274,7 +2316,8 @@ macro_rules! stories {
             a_delivery_put_off_by_its_schedule_comes_due_then,
             spilled_deliveries_are_pulled_by_their_webhook_in_id_order,
             a_deferred_or_parked_delivery_is_not_pulled_early,
-            releasing_all_leases_makes_spilled_deliveries_due,
+            spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again,
+            spilled_deliveries_come_due_as_a_fallback_unless_put_off_again,
             the_earliest_due_delivery_names_its_webhook,
             deliveries_of_an_inactive_webhook_are_not_claimed,
             a_claimed_delivery_carries_its_event_as_inserted,

@@ -111,6 +111,17 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             ..DispatchSettings::default()
         },
     );
+    if !store.is_shared() {
+        // What the previous run spilled is still in the store; its webhooks pull it again.
+        let spilled = store.spilled_starts().await?;
+        if !spilled.is_empty() {
+            tracing::info!(
+                webhooks = spilled.len(),
+                "resuming deliveries the previous run left in the store for lack of memory"
+            );
+            dispatcher.note_spilled(spilled.iter().map(|(w, id)| (w, id)));
+        }
+    }
     let state = AppState {
         auth: Arc::new(Authenticator::new(&admin_token, store.clone())),
         store,

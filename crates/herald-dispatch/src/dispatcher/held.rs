@@ -435,6 +435,13 @@ impl HeldDeliveries {
             .map(|l| l.webhook.clone())
     }
 
+    /// Whether `webhook` has spilled deliveries to pull.
+    pub(crate) fn is_spilling(&self, webhook: &WebhookId) -> bool {
+        self.slots
+            .get(webhook)
+            .is_some_and(|&i| self.loads[i].spilled.is_some())
+    }
+
     /// Whether any webhook has spilled deliveries.
     pub(crate) fn any_spilled(&self) -> bool {
         self.loads.iter().any(|l| l.spilled.is_some())

@@ -136,6 +136,12 @@ impl Dispatcher {
         load.deliveries < share.deliveries && load.bytes < share.bytes
     }
 
+    /// Whether this node pulls `webhook`'s spilled deliveries.
+    pub(crate) fn is_spilling(&self, webhook: &WebhookId) -> bool {
+        let held = self.shared.held.lock().expect("held lock");
+        held.is_spilling(webhook)
+    }
+
     /// Whether any webhook has deliveries spilled in the store (the scheduler then looks
     /// often, in case one can pull them).
     pub(crate) fn any_spilled(&self) -> bool {

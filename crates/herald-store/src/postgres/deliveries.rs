@@ -266,6 +266,49 @@ pub(crate) async fn spill(c: &impl Conn, leases: &[(DeliveryId, Timestamp)]) -> 
     Ok(())
 }
 
+/// A spilled delivery: pending and unleased, with `due_at` (its fallback) after its schedule.
+const SPILLED: &str = "state = 'pending' AND lease_until IS NULL AND due_at > next_attempt_at";
+
+pub(crate) async fn rearm_spilled(
+    c: &impl Conn,
+    webhook: &WebhookId,
+    now: Timestamp,
+    until: Timestamp,
+    limit: u32,
+) -> DbResult<u64> {
+    Ok(c.exec(
+        &format!(
+            "UPDATE deliveries SET due_at = $3 WHERE id IN ( \
+                 SELECT id FROM deliveries WHERE {SPILLED} AND due_at <= $2 AND webhook_id = $1 \
+                 ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
+        ),
+        &[
+            &webhook.as_str(),
+            &now.as_millis(),
+            &until.as_millis(),
+            &big(limit),
+        ],
+    )
+    .await?)
+}
+
+pub(crate) async fn spilled_starts(c: &impl Conn) -> DbResult<Vec<(WebhookId, DeliveryId)>> {
+    let found = c
+        .rows(
+            &format!(
+                "SELECT webhook_id, MIN(id) FROM deliveries WHERE {SPILLED} GROUP BY webhook_id"
+            ),
+            &[],
+        )
+        .await?;
+    rows::all(found, |r| {
+        Ok((
+            WebhookId::from_trusted(r.try_get(0)?),
+            DeliveryId::from_trusted(r.try_get(1)?),
+        ))
+    })
+}
+
 pub(crate) async fn earliest_due_webhook(
     c: &impl Conn,
     now: Timestamp,
@@ -386,16 +429,7 @@ pub(crate) async fn release_all_leases(c: &impl Conn) -> DbResult<u64> {
             &[],
         )
         .await?;
-    let spilled = c
-        .exec(
-            &format!(
-                "UPDATE deliveries SET due_at = {DUE_UNLESS_PARKED} WHERE state = 'pending' \
-                 AND lease_until IS NULL AND due_at > next_attempt_at"
-            ),
-            &[],
-        )
-        .await?;
-    let n = n + spilled;
+
     if n > 0 {
         announce_work(c).await?;
     }

@@ -594,6 +594,22 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::spill(&c, leases))
     }
 
+    async fn rearm_spilled(
+        &self,
+        webhook: &WebhookId,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        on_client!(self, |c| deliveries::rearm_spilled(
+            &c, webhook, now, until, limit
+        ))
+    }
+
+    async fn spilled_starts(&self) -> StoreResult<Vec<(WebhookId, DeliveryId)>> {
+        on_client!(self, |c| deliveries::spilled_starts(&c))
+    }
+
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>> {
         on_client!(self, |c| deliveries::earliest_due_webhook(&c, now))
     }

@@ -176,6 +176,47 @@ pub(crate) fn spill(conn: &Connection, leases: &[(DeliveryId, Timestamp)]) -> Db
     Ok(())
 }
 
+/// A spilled delivery: pending and unleased, with `due_at` (its fallback) after its schedule.
+const SPILLED: &str = "state = 'pending' AND lease_until IS NULL AND due_at > next_attempt_at";
+
+pub(crate) fn rearm_spilled(
+    conn: &Connection,
+    webhook: &WebhookId,
+    now: Timestamp,
+    until: Timestamp,
+    limit: u32,
+) -> DbResult<u64> {
+    // Through `deliveries_due`: the rows put off are the ones at the head of the due order.
+    let n = conn
+        .prepare_cached(&format!(
+            "UPDATE deliveries SET due_at = ?3 WHERE id IN ( \
+                 SELECT id FROM deliveries INDEXED BY deliveries_due \
+                 WHERE {SPILLED} AND due_at <= ?2 AND webhook_id = ?1 ORDER BY due_at LIMIT ?4)"
+        ))?
+        .execute(params![
+            webhook.as_str(),
+            now.as_millis(),
+            until.as_millis(),
+            limit
+        ])?;
+    Ok(n as u64)
+}
+
+pub(crate) fn spilled_starts(conn: &Connection) -> DbResult<Vec<(WebhookId, DeliveryId)>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT webhook_id, MIN(id) FROM deliveries INDEXED BY deliveries_due \
+             WHERE {SPILLED} GROUP BY webhook_id"
+        ))?
+        .query_map([], |r| {
+            Ok((
+                WebhookId::from_trusted(r.get(0)?),
+                DeliveryId::from_trusted(r.get(1)?),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 pub(crate) fn earliest_due_webhook(
     conn: &Connection,
     now: Timestamp,
@@ -272,15 +313,7 @@ pub(crate) fn release_all_leases(conn: &Connection) -> DbResult<u64> {
         ),
         [],
     )?;
-    // Spilled deliveries waited for this node's dispatcher to pull them; it starts empty.
-    let spilled = conn.execute(
-        &format!(
-            "UPDATE deliveries SET due_at = {DUE_UNLESS_PARKED} WHERE state = 'pending' \
-             AND lease_until IS NULL AND due_at > next_attempt_at"
-        ),
-        [],
-    )?;
-    Ok((n + spilled) as u64)
+    Ok(n as u64)
 }
 
 pub(crate) fn list(

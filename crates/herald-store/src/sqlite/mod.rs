@@ -426,6 +426,22 @@ impl Store for SqliteStore {
         self.write(move |c| deliveries::spill(c, &leases)).await
     }
 
+    async fn rearm_spilled(
+        &self,
+        webhook: &WebhookId,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let webhook = webhook.clone();
+        self.write(move |c| deliveries::rearm_spilled(c, &webhook, now, until, limit))
+            .await
+    }
+
+    async fn spilled_starts(&self) -> StoreResult<Vec<(WebhookId, DeliveryId)>> {
+        self.read(deliveries::spilled_starts).await
+    }
+
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>> {
         self.read(move |c| deliveries::earliest_due_webhook(c, now))
             .await
