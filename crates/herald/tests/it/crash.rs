@@ -73,11 +73,31 @@ impl Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
+    let rx = TestReceiver::start().await;
+    every_acknowledged_event_arrives_after_a_sigkill(&rx, &[]).await;
+}
+
+/// With room for 100 deliveries in memory (the least allowed) and an endpoint that takes
+/// 20 ms, most deliveries are spilled to the store when the server dies; after the restart it
+/// must find them again rather than wait for their fallback time (five minutes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_spilled_for_lack_of_memory_are_delivered_after_a_sigkill() {
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(200).after(Duration::from_millis(20)));
+    let env = [("HERALD_MAX_DELIVERIES_IN_MEMORY", "100".to_owned())];
+    every_acknowledged_event_arrives_after_a_sigkill(&rx, &env).await;
+}
+
+/// Eight producers post until the server is killed; after a restart with the same data, every
+/// acknowledged event reaches `rx` within a minute.
+async fn every_acknowledged_event_arrives_after_a_sigkill(
+    rx: &TestReceiver,
+    env: &[(&str, String)],
+) {
     let _turn = crate::helpers::heavy_turn().await;
     let dir = tempfile::tempdir().unwrap();
-    let rx = TestReceiver::start().await;
     let http = http_client();
-    let mut server = Server::start(dir.path()).await;
+    let mut server = Server::start_with(dir.path(), env).await;
 
     let post = |base: &str, path: &str, body: serde_json::Value| {
         http.post(format!("{base}{path}"))
@@ -144,7 +164,7 @@ async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
         acked.len()
     );
 
-    let _restarted = Server::start(dir.path()).await;
+    let _restarted = Server::start_with(dir.path(), env).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let delivered: HashSet<String> = rx
