@@ -55,7 +55,7 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
     if dispatcher.pull_spilled().await? {
         return Ok(Duration::ZERO);
     }
-    let room = dispatcher.room();
+    let room = dispatcher.claim_room();
     if room > 0 {
         let limit = CLAIM_BATCH.min(room as u32);
         let due = store.claim_due(now, lease_until, limit).await?;

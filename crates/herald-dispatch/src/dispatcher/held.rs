@@ -211,6 +211,22 @@ impl HeldDeliveries {
         self.bytes
     }
 
+    /// How many more deliveries the scheduler may claim from the due order: the room, less the
+    /// headroom kept for webhooks within their share once several have work (claims would
+    /// otherwise refill it with whatever is due first, often the backlog of the webhook that
+    /// just had to give room back).
+    pub(crate) fn claim_room(&self, budget: Budget, typical: usize) -> usize {
+        if self.active < 2 {
+            return self.room(budget, typical);
+        }
+        let spare = budget.headroom();
+        let less = Budget {
+            deliveries: budget.deliveries.saturating_sub(spare.deliveries),
+            bytes: budget.bytes.saturating_sub(spare.bytes),
+        };
+        self.room(less, typical)
+    }
+
     /// How many more deliveries of `typical` bytes fit in `budget` (at least one while both
     /// budgets have room, so that a single huge event still gets through).
     pub(crate) fn room(&self, budget: Budget, typical: usize) -> usize {
@@ -283,8 +299,11 @@ impl HeldDeliveries {
         needy: Option<&WebhookId>,
         now: Timestamp,
     ) -> Vec<(WebhookId, Vec<(DeliveryId, Timestamp)>)> {
+        let spare = budget.headroom();
         let over = self.len() > budget.deliveries || self.bytes > budget.bytes;
-        let full = self.len() >= budget.deliveries || self.bytes >= budget.bytes;
+        // No room left for a claim (see `claim_room`).
+        let full = self.len() + spare.deliveries >= budget.deliveries
+            || self.bytes + spare.bytes >= budget.bytes;
         // A needy webhook with nothing held or spilled yet is owed a share all the same.
         let newcomer =
             needy.is_some_and(|w| !self.slots.get(w).is_some_and(|&i| self.loads[i].active()));
@@ -293,10 +312,11 @@ impl HeldDeliveries {
             return Vec::new();
         }
         let share = budget.divided(parts);
-        let spare = budget.headroom();
+        // Down to the headroom; for a needy webhook, with as much again for it to take.
+        let keep = if over { 1 } else { 2 };
         let target = Budget {
-            deliveries: budget.deliveries - spare.deliveries,
-            bytes: budget.bytes - spare.bytes,
+            deliveries: budget.deliveries.saturating_sub(keep * spare.deliveries),
+            bytes: budget.bytes.saturating_sub(keep * spare.bytes),
         };
         let mut evicted = Vec::new();
         // Each webhook once at most, the one furthest past its share first.
@@ -694,8 +714,25 @@ mod tests {
         let evicted = alone.evict(BUDGET, Some(&b), T0);
         assert_eq!(
             evicted[0].1.len(),
-            1,
-            "one spare, for a webhook with due work"
+            2,
+            "the headroom and as much again, for a webhook with due work"
+        );
+    }
+
+    #[test]
+    fn claims_leave_the_headroom_to_webhooks_within_their_share() {
+        let mut held = HeldDeliveries::default();
+        let (a, b) = (hook(), hook());
+        for id in ids(8) {
+            held.hold(&id, &a, T, 10);
+        }
+        assert_eq!(held.claim_room(BUDGET, 10), 2, "alone: the whole room");
+        held.hold(&DeliveryId::generate(), &b, T, 10);
+        assert_eq!(held.room(BUDGET, 10), 1);
+        assert_eq!(
+            held.claim_room(BUDGET, 10),
+            0,
+            "the last one is kept for a webhook within its share"
         );
     }
 

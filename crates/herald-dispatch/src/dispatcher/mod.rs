@@ -129,6 +129,9 @@ struct Shared {
     /// The count and bytes of `held`, readable without its lock (ingest asks on every request).
     held_count: AtomicUsize,
     held_bytes: AtomicUsize,
+    /// How many times queued deliveries were given back to the store: until the first, no
+    /// queue holds a stale copy (see `spill.rs`).
+    evictions: AtomicUsize,
     /// What a recently held event weighed: how the scheduler sizes its claims. It starts at the
     /// default body limit and follows larger events at once, smaller ones slowly, so that a
     /// claim overshoots the byte budget at most once, by one batch of unexpectedly large events.
@@ -166,6 +169,7 @@ impl Dispatcher {
                 held: Mutex::new(held::HeldDeliveries::default()),
                 held_count: AtomicUsize::new(0),
                 held_bytes: AtomicUsize::new(0),
+                evictions: AtomicUsize::new(0),
                 typical_event_bytes: AtomicUsize::new(FIRST_EVENT_ESTIMATE),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
@@ -190,6 +194,17 @@ impl Dispatcher {
 
     pub fn settings(&self) -> &DispatchSettings {
         &self.shared.settings
+    }
+
+    /// How many more deliveries the scheduler may claim from the due order, at the size of
+    /// recent events: the room, less a headroom once several webhooks have work.
+    pub fn claim_room(&self) -> usize {
+        let typical = self.shared.typical_event_bytes.load(Ordering::Relaxed);
+        self.shared
+            .held
+            .lock()
+            .expect("held lock")
+            .claim_room(self.budget(), typical)
     }
 
     /// How many more deliveries the scheduler may bring in, at the size of recent events.

@@ -3,6 +3,7 @@
 //! pulls them again once it has room.
 
 use foldhash::HashMap;
+use std::sync::atomic::Ordering;
 
 use herald_core::store::{DueDelivery, IngestItem, Placement, StoreError};
 use herald_core::{DeliveryId, WebhookId};
@@ -79,7 +80,12 @@ impl Dispatcher {
     }
 
     /// Whether a queued copy may still be attempted (it was not left behind by an eviction).
+    /// Until this node has evicted anything there is no such copy, and no lock is taken (the
+    /// check is only an early drop: `start` decides).
     pub(super) fn is_current(&self, queued: &Queued) -> bool {
+        if self.shared.evictions.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
         let held = self.shared.held.lock().expect("held lock");
         held.is_current(&queued.delivery.delivery_id, queued.hold)
     }
@@ -103,6 +109,9 @@ impl Dispatcher {
         let evicted = {
             let mut held = self.shared.held.lock().expect("held lock");
             let evicted = held.evict(self.budget(), needy, now);
+            if !evicted.is_empty() {
+                self.shared.evictions.fetch_add(1, Ordering::Relaxed);
+            }
             self.note_held(&held);
             evicted
         };
