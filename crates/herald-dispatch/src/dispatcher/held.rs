@@ -25,7 +25,7 @@ impl Budget {
     /// What eviction keeps free once several webhooks compete: a sixteenth of the budget,
     /// between 1 and 1,000 deliveries, so that a webhook within its share rarely waits for an
     /// eviction.
-    fn headroom(self) -> Budget {
+    pub(crate) fn headroom(self) -> Budget {
         Budget {
             deliveries: (self.deliveries / 16).clamp(1, 1_000),
             bytes: self.bytes / 16,

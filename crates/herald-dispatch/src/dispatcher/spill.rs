@@ -23,6 +23,13 @@ impl Dispatcher {
     /// woken, once the deliveries are handed over, to restore it.
     pub fn place(&self, items: &mut [IngestItem]) -> bool {
         let budget = self.budget();
+        if self.fits_with_headroom(items, budget) {
+            // Shares only matter near the limit.
+            for d in items.iter_mut().flat_map(|i| i.deliveries.iter_mut()) {
+                d.placement = Placement::Leased;
+            }
+            return false;
+        }
         let held = self.shared.held.lock().expect("held lock");
         let mut total = Budget {
             deliveries: held.len(),
@@ -59,6 +66,20 @@ impl Dispatcher {
         }
         self.shared.metrics.spilled.add(spilled);
         overrun
+    }
+
+    /// Whether the request's deliveries fit in the budget with the headroom still free, from
+    /// the published counts and without the lock: then every one of them is admitted.
+    fn fits_with_headroom(&self, items: &[IngestItem], budget: Budget) -> bool {
+        let (mut count, mut bytes) = (0, 0);
+        for item in items {
+            let n = item.deliveries.len();
+            count += n;
+            bytes += n * item.event.approx_bytes();
+        }
+        let spare = budget.headroom();
+        self.held() + count + spare.deliveries < budget.deliveries
+            && self.held_bytes() + bytes + spare.bytes < budget.bytes
     }
 
     /// Notes deliveries just stored spilled, so that their webhooks pull them when they can.
