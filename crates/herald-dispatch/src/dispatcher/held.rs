@@ -289,10 +289,10 @@ impl HeldDeliveries {
     }
 
     /// Takes back, from webhooks holding more than their share, the newest deliveries they
-    /// have not started, until the budget is kept with its headroom: when it was overrun, or
-    /// when it is full and `needy` (a webhook within its share, with work in the store) needs
-    /// room. Returns what
-    /// was evicted, by webhook; the caller spills it in the store and notes the spills.
+    /// have not started: down to the budget less its headroom when the budget was overrun, or
+    /// less twice that when no room is left for a claim and `needy` (a webhook within its
+    /// share, with work in the store) needs some. Returns what was evicted, by webhook, with
+    /// the leases: the caller gives it back to the store and notes the spills.
     pub(crate) fn evict(
         &mut self,
         budget: Budget,
