@@ -38,7 +38,7 @@ impl Dispatcher {
         // Each webhook the request names, with what it holds (counting what was placed so
         // far) and its share.
         let mut placed: HashMap<&WebhookId, (Budget, Budget)> = HashMap::default();
-        let (mut overrun, mut spilled) = (false, 0);
+        let mut overrun = false;
         for item in items.iter_mut() {
             let bytes = item.event.approx_bytes();
             for d in item.deliveries.iter_mut() {
@@ -59,12 +59,10 @@ impl Dispatcher {
                     overrun |= total.deliveries > budget.deliveries || total.bytes > budget.bytes;
                     Placement::Leased
                 } else {
-                    spilled += 1;
                     Placement::Spilled
                 };
             }
         }
-        self.shared.metrics.spilled.add(spilled);
         overrun
     }
 
@@ -80,6 +78,13 @@ impl Dispatcher {
         let spare = budget.headroom();
         self.held() + count + spare.deliveries < budget.deliveries
             && self.held_bytes() + bytes + spare.bytes < budget.bytes
+    }
+
+    /// Notes new deliveries just stored spilled (and counts them), so that their webhooks pull
+    /// them when they can.
+    pub fn note_new_spilled(&self, spilled: &[(WebhookId, DeliveryId)]) {
+        self.shared.metrics.spilled.add(spilled.len() as u64);
+        self.note_spilled(spilled.iter().map(|(w, id)| (w, id)));
     }
 
     /// Notes deliveries just stored spilled, so that their webhooks pull them when they can.

@@ -201,9 +201,7 @@ pub(crate) async fn ingest_values<T>(
         state.dispatcher.enqueue(due, lease_until);
     }
     if !spilled.is_empty() {
-        state
-            .dispatcher
-            .note_spilled(spilled.iter().map(|(w, id)| (w, id)));
+        state.dispatcher.note_new_spilled(&spilled);
     }
     if overrun {
         // A webhook within its share was let past the memory budget: others give room back.
