@@ -258,19 +258,20 @@ pub trait Store: Send + Sync + 'static {
     /// (parked if their webhook was deactivated). Each only if its lease is still the one
     /// given with it: once that ended, another node may have leased it.
     async fn spill_deliveries(&self, leases: &[(DeliveryId, Timestamp)]) -> StoreResult<()>;
-    /// Puts off again, to `until`, up to `limit` of one webhook's spilled deliveries whose
-    /// fallback time (the end of the lease they would have had) has passed: while this node
-    /// still pulls them, they must not stand in the scheduler's due order before other
-    /// webhooks' work. Answers how many it put off.
+    /// Puts off again, to `until`, up to `limit` of one webhook's spilled deliveries from
+    /// `from` on (those this node will pull) whose fallback time (the end of the lease they
+    /// would have had) has passed: while this node still pulls them, they must not stand in
+    /// the scheduler's due order before other webhooks' work. Answers how many it put off.
     async fn rearm_spilled(
         &self,
         webhook: &WebhookId,
+        from: &DeliveryId,
         now: Timestamp,
         until: Timestamp,
         limit: u32,
     ) -> StoreResult<u64>;
-    /// Each webhook with spilled deliveries, with the smallest of their ids: where a node that
-    /// is the only user of the store starts pulling them after a restart.
+    /// Each active webhook with spilled deliveries, with the smallest of their ids: where a
+    /// node that is the only user of the store starts pulling them after a restart.
     async fn spilled_starts(&self) -> StoreResult<Vec<(WebhookId, DeliveryId)>>;
     /// The webhook of the delivery that came due first (by `now`), of those still unclaimed.
     async fn earliest_due_webhook(&self, now: Timestamp) -> StoreResult<Option<WebhookId>>;

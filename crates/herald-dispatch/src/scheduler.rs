@@ -76,9 +76,9 @@ async fn tick(dispatcher: &Dispatcher) -> Result<Duration, herald_core::store::S
             }
             // Or it is what this node spilled for a webhook it still pulls for, come due as a
             // fallback: put off again, out of the other webhooks' way.
-            if dispatcher.is_spilling(&webhook)
+            if let Some(from) = dispatcher.spilled_from(&webhook)
                 && store
-                    .rearm_spilled(&webhook, now, lease_until, REARM_BATCH)
+                    .rearm_spilled(&webhook, &from, now, lease_until, REARM_BATCH)
                     .await?
                     > 0
             {

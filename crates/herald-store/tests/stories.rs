@@ -962,6 +962,25 @@ async fn spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again(stor
         store.spilled_starts().await.unwrap(),
         vec![(hook.id.clone(), ids[0].clone())]
     );
+
+    // One stored spilled just after its webhook was deactivated is nobody's to pull.
+    let inactive = Webhook {
+        active: false,
+        updated_at: at(2),
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+    let late = DeliveryId::generate();
+    let item = placed_item(
+        event(&org.id, "evt_late", "user.created", at(3)),
+        &[(&late, &hook.id)],
+        Placement::Spilled,
+    );
+    store
+        .insert_events(&org.id, &[item], at(3), at(3 + LEASE_SECS))
+        .await
+        .unwrap();
+    assert!(store.spilled_starts().await.unwrap().is_empty());
 }
 
 /// A spilled delivery's fallback time comes; while its node still pulls for the webhook, it
@@ -991,7 +1010,18 @@ async fn spilled_deliveries_come_due_as_a_fallback_unless_put_off_again(store: A
     // Before the claim below's leases end.
     let later = now.plus_secs(LEASE_SECS / 2);
     assert_eq!(
-        store.rearm_spilled(&hook.id, now, later, 10).await.unwrap(),
+        store
+            .rearm_spilled(&hook.id, &plain, now, later, 10)
+            .await
+            .unwrap(),
+        0,
+        "before the node's cursor: not one it will pull, so left due for anyone"
+    );
+    assert_eq!(
+        store
+            .rearm_spilled(&hook.id, &spilled, now, later, 10)
+            .await
+            .unwrap(),
         1,
         "only the spilled one; a plain due delivery is left due"
     );

@@ -313,7 +313,7 @@ impl HeldDeliveries {
         }
         let share = budget.divided(parts);
         // Down to the headroom; for a needy webhook, with as much again for it to take.
-        let keep = if over { 1 } else { 2 };
+        let keep = if needy.is_some() { 2 } else { 1 };
         let target = Budget {
             deliveries: budget.deliveries.saturating_sub(keep * spare.deliveries),
             bytes: budget.bytes.saturating_sub(keep * spare.bytes),
@@ -414,10 +414,12 @@ impl HeldDeliveries {
         }
     }
 
-    /// A webhook pulls its spilled deliveries once it holds less than half its share.
+    /// A webhook pulls its spilled deliveries once it holds less than half its share (or
+    /// nothing, when more webhooks have work than the budget has deliveries).
     fn may_pull(&self, load: &Load, budget: Budget) -> bool {
         let share = budget.divided(self.active);
-        load.count < share.deliveries.div_ceil(2) && load.bytes < share.bytes.div_ceil(2)
+        load.count < share.deliveries.max(1).div_ceil(2)
+            && load.bytes < share.bytes.max(1).div_ceil(2)
     }
 
     /// The pulls to make now, within `room` (deliveries of the typical size that still fit).
@@ -455,11 +457,10 @@ impl HeldDeliveries {
             .map(|l| l.webhook.clone())
     }
 
-    /// Whether `webhook` has spilled deliveries to pull.
-    pub(crate) fn is_spilling(&self, webhook: &WebhookId) -> bool {
-        self.slots
-            .get(webhook)
-            .is_some_and(|&i| self.loads[i].spilled.is_some())
+    /// Where `webhook`'s spilled deliveries to pull begin, if it has any.
+    pub(crate) fn spilled_from(&self, webhook: &WebhookId) -> Option<DeliveryId> {
+        let &i = self.slots.get(webhook)?;
+        self.loads[i].spilled.as_ref().map(|s| s.from.clone())
     }
 
     /// Whether any webhook has spilled deliveries.
@@ -771,6 +772,17 @@ mod tests {
         held.pulled(&last[0], None, true);
         assert!(!held.any_spilled());
         assert!(held.pulls(BUDGET, 5).is_empty());
+    }
+
+    #[test]
+    fn with_more_webhooks_than_room_one_holding_nothing_may_still_pull() {
+        let mut held = HeldDeliveries::default();
+        for _ in 0..11 {
+            held.hold(&DeliveryId::generate(), &hook(), T, 10);
+        }
+        let w = hook();
+        held.note_spilled(&w, &DeliveryId::generate());
+        assert_eq!(held.blocked_pull(BUDGET, 0), Some(w), "a share of none");
     }
 
     #[test]

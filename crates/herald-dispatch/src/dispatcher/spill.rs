@@ -171,10 +171,10 @@ impl Dispatcher {
         load.deliveries < share.deliveries && load.bytes < share.bytes
     }
 
-    /// Whether this node pulls `webhook`'s spilled deliveries.
-    pub(crate) fn is_spilling(&self, webhook: &WebhookId) -> bool {
+    /// Where this node pulls `webhook`'s spilled deliveries from, if it does.
+    pub(crate) fn spilled_from(&self, webhook: &WebhookId) -> Option<DeliveryId> {
         let held = self.shared.held.lock().expect("held lock");
-        held.is_spilling(webhook)
+        held.spilled_from(webhook)
     }
 
     /// Whether any webhook has deliveries spilled in the store (the scheduler then looks

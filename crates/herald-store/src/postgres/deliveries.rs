@@ -272,18 +272,20 @@ const SPILLED: &str = "state = 'pending' AND lease_until IS NULL AND due_at > ne
 pub(crate) async fn rearm_spilled(
     c: &impl Conn,
     webhook: &WebhookId,
+    from: &DeliveryId,
     now: Timestamp,
     until: Timestamp,
     limit: u32,
 ) -> DbResult<u64> {
     Ok(c.exec(
         &format!(
-            "UPDATE deliveries SET due_at = $3 WHERE id IN ( \
-                 SELECT id FROM deliveries WHERE {SPILLED} AND due_at <= $2 AND webhook_id = $1 \
-                 ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
+            "UPDATE deliveries SET due_at = $4 WHERE id IN ( \
+                 SELECT id FROM deliveries WHERE webhook_id = $1 AND id >= $2 AND {SPILLED} \
+                 AND due_at <= $3 ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED)"
         ),
         &[
             &webhook.as_str(),
+            &from.as_str(),
             &now.as_millis(),
             &until.as_millis(),
             &big(limit),
@@ -296,7 +298,8 @@ pub(crate) async fn spilled_starts(c: &impl Conn) -> DbResult<Vec<(WebhookId, De
     let found = c
         .rows(
             &format!(
-                "SELECT webhook_id, MIN(id) FROM deliveries WHERE {SPILLED} GROUP BY webhook_id"
+                "SELECT webhook_id, MIN(id) FROM deliveries WHERE {SPILLED} AND webhook_id IN \
+                 (SELECT id FROM webhooks WHERE active AND deleted_at IS NULL) GROUP BY webhook_id"
             ),
             &[],
         )
@@ -429,7 +432,6 @@ pub(crate) async fn release_all_leases(c: &impl Conn) -> DbResult<u64> {
             &[],
         )
         .await?;
-
     if n > 0 {
         announce_work(c).await?;
     }

@@ -597,12 +597,13 @@ impl Store for PostgresStore {
     async fn rearm_spilled(
         &self,
         webhook: &WebhookId,
+        from: &DeliveryId,
         now: Timestamp,
         until: Timestamp,
         limit: u32,
     ) -> StoreResult<u64> {
         on_client!(self, |c| deliveries::rearm_spilled(
-            &c, webhook, now, until, limit
+            &c, webhook, from, now, until, limit
         ))
     }
 

@@ -182,19 +182,23 @@ const SPILLED: &str = "state = 'pending' AND lease_until IS NULL AND due_at > ne
 pub(crate) fn rearm_spilled(
     conn: &Connection,
     webhook: &WebhookId,
+    from: &DeliveryId,
     now: Timestamp,
     until: Timestamp,
     limit: u32,
 ) -> DbResult<u64> {
-    // Through `deliveries_due`: the rows put off are the ones at the head of the due order.
+    // Through `deliveries_by_webhook` from the cursor: only what this node will pull, and
+    // without reading other webhooks' due deliveries.
     let n = conn
         .prepare_cached(&format!(
-            "UPDATE deliveries SET due_at = ?3 WHERE id IN ( \
-                 SELECT id FROM deliveries INDEXED BY deliveries_due \
-                 WHERE {SPILLED} AND due_at <= ?2 AND webhook_id = ?1 ORDER BY due_at LIMIT ?4)"
+            "UPDATE deliveries SET due_at = ?4 WHERE id IN ( \
+                 SELECT id FROM deliveries INDEXED BY deliveries_by_webhook \
+                 WHERE webhook_id = ?1 AND id >= ?2 AND {SPILLED} AND due_at <= ?3 \
+                 ORDER BY id LIMIT ?5)"
         ))?
         .execute(params![
             webhook.as_str(),
+            from.as_str(),
             now.as_millis(),
             until.as_millis(),
             limit
@@ -206,7 +210,9 @@ pub(crate) fn spilled_starts(conn: &Connection) -> DbResult<Vec<(WebhookId, Deli
     Ok(conn
         .prepare_cached(&format!(
             "SELECT webhook_id, MIN(id) FROM deliveries INDEXED BY deliveries_due \
-             WHERE {SPILLED} GROUP BY webhook_id"
+             WHERE {SPILLED} AND webhook_id IN \
+                 (SELECT id FROM webhooks WHERE active = 1 AND deleted_at IS NULL) \
+             GROUP BY webhook_id"
         ))?
         .query_map([], |r| {
             Ok((

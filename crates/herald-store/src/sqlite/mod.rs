@@ -429,12 +429,13 @@ impl Store for SqliteStore {
     async fn rearm_spilled(
         &self,
         webhook: &WebhookId,
+        from: &DeliveryId,
         now: Timestamp,
         until: Timestamp,
         limit: u32,
     ) -> StoreResult<u64> {
-        let webhook = webhook.clone();
-        self.write(move |c| deliveries::rearm_spilled(c, &webhook, now, until, limit))
+        let (webhook, from) = (webhook.clone(), from.clone());
+        self.write(move |c| deliveries::rearm_spilled(c, &webhook, &from, now, until, limit))
             .await
     }
 
