@@ -163,6 +163,29 @@ fn placed_item(
     }
 }
 
+/// Stores `n` events of one delivery each to `hook` at `T0`, placed as `placement` (leased
+/// until `LEASE_SECS`); returns the deliveries' ids, in order.
+async fn store_placed(
+    store: &Arc<dyn Store>,
+    hook: &Webhook,
+    n: usize,
+    placement: Placement,
+) -> Vec<DeliveryId> {
+    let ids: Vec<DeliveryId> = (0..n).map(|_| DeliveryId::generate()).collect();
+    let items: Vec<IngestItem> = ids
+        .iter()
+        .map(|id| {
+            let event = event(&hook.org_id, &format!("evt_{id}"), "user.created", T0);
+            placed_item(event, &[(id, &hook.id)], placement)
+        })
+        .collect();
+    store
+        .insert_events(&hook.org_id, &items, T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+    ids
+}
+
 fn page(limit: u32, cursor: Option<String>) -> PageRequest {
     PageRequest::new(Some(limit), cursor).unwrap()
 }
@@ -814,25 +837,8 @@ async fn spilled_deliveries_are_pulled_by_their_webhook_in_id_order(store: Arc<d
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let other = webhook(&org.id);
     store.create_webhook(&other).await.unwrap();
-    let ids: Vec<DeliveryId> = (0..3).map(|_| DeliveryId::generate()).collect();
-    let theirs = DeliveryId::generate();
-    let items: Vec<IngestItem> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
-            placed_item(event, &[(id, &hook.id)], Placement::Spilled)
-        })
-        .chain([placed_item(
-            event(&org.id, "evt_other", "user.created", T0),
-            &[(&theirs, &other.id)],
-            Placement::Spilled,
-        )])
-        .collect();
-    store
-        .insert_events(&org.id, &items, T0, at(LEASE_SECS))
-        .await
-        .unwrap();
+    let ids = store_placed(&store, &hook, 3, Placement::Spilled).await;
+    let theirs = store_placed(&store, &other, 1, Placement::Spilled).await;
 
     assert!(
         claim(&store, at(1)).await.is_empty(),
@@ -884,24 +890,12 @@ async fn spilled_deliveries_are_pulled_by_their_webhook_in_id_order(store: Arc<d
 
     // The other webhook's spilled delivery is its own, and due to anyone once a lease would
     // have ended (its dispatcher may have stopped before pulling it).
-    assert_eq!(claim(&store, at(LEASE_SECS)).await, vec![theirs]);
+    assert_eq!(claim(&store, at(LEASE_SECS)).await, theirs);
 }
 
 async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>) {
-    let (org, hook) = org_with_webhook(&store, "acme").await;
-    let ids: Vec<DeliveryId> = (0..2).map(|_| DeliveryId::generate()).collect();
-    let items: Vec<IngestItem> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
-            placed_item(event, &[(id, &hook.id)], Placement::Leased)
-        })
-        .collect();
-    store
-        .insert_events(&org.id, &items, T0, at(LEASE_SECS))
-        .await
-        .unwrap();
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let ids = store_placed(&store, &hook, 2, Placement::Leased).await;
     // A circuit breaker put the first off for a minute; the second is spilled.
     store.defer_deliveries(&ids[..1], at(60)).await.unwrap();
     store
@@ -943,19 +937,7 @@ async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>
 
 async fn spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
-    let ids: Vec<DeliveryId> = (0..2).map(|_| DeliveryId::generate()).collect();
-    let items: Vec<IngestItem> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
-            placed_item(event, &[(id, &hook.id)], Placement::Spilled)
-        })
-        .collect();
-    store
-        .insert_events(&org.id, &items, T0, at(LEASE_SECS))
-        .await
-        .unwrap();
+    let ids = store_placed(&store, &hook, 2, Placement::Spilled).await;
     assert_eq!(store.release_all_leases().await.unwrap(), 0);
     assert!(claim(&store, at(1)).await.is_empty());
     assert_eq!(

@@ -120,12 +120,18 @@ pub(crate) fn claim_due(
         .prepare_cached(&claim_sql())?
         .query_map(params![now.as_millis(), limit], due_row)?
         .collect::<Result<Vec<_>, _>>()?;
+    lease(conn, &due, lease_until)?;
+    Ok(due)
+}
+
+/// Leases deliveries just read to this node until `lease_until`.
+fn lease(conn: &Connection, due: &[DueDelivery], lease_until: Timestamp) -> DbResult<()> {
     let mut lease =
         conn.prepare_cached("UPDATE deliveries SET lease_until = ?1, due_at = ?1 WHERE id = ?2")?;
-    for d in &due {
+    for d in due {
         lease.execute(params![lease_until.as_millis(), d.delivery_id.as_str()])?;
     }
-    Ok(due)
+    Ok(())
 }
 
 /// One webhook's spilled deliveries from `from` on, in id order, through
@@ -153,11 +159,7 @@ pub(crate) fn claim_spilled(
             due_row,
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut lease =
-        conn.prepare_cached("UPDATE deliveries SET lease_until = ?1, due_at = ?1 WHERE id = ?2")?;
-    for d in &due {
-        lease.execute(params![lease_until.as_millis(), d.delivery_id.as_str()])?;
-    }
+    lease(conn, &due, lease_until)?;
     Ok(due)
 }
 
