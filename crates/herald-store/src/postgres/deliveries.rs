@@ -180,6 +180,18 @@ fn due_row(row: &tokio_postgres::Row) -> DbResult<DueDelivery> {
     })
 }
 
+/// A statement that leases the deliveries `due` selects (locking them, skipping rows other
+/// nodes hold) until the parameter `lease_until`, and returns them with their events.
+fn leasing(due: &str, lease_until: &str) -> String {
+    format!(
+        "WITH due AS ({due}), leased AS ( \
+             UPDATE deliveries SET lease_until = {lease_until}, due_at = {lease_until} \
+             FROM due WHERE deliveries.id = due.id RETURNING deliveries.* \
+         ) \
+         SELECT {DUE_COLUMNS} FROM leased d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id"
+    )
+}
+
 /// Leases what is due. Rows another node is claiming at this moment are skipped, not waited
 /// for; a row whose lease another node renewed meanwhile is re-checked by PostgreSQL and left.
 pub(crate) async fn claim_due(
@@ -188,17 +200,12 @@ pub(crate) async fn claim_due(
     lease_until: Timestamp,
     limit: u32,
 ) -> DbResult<Vec<DueDelivery>> {
-    let sql = format!(
-        "WITH due AS ( \
-             SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-             WHERE d.state = 'pending' AND d.due_at <= $1 AND w.active AND w.deleted_at IS NULL \
-             ORDER BY d.due_at LIMIT $2 \
-             FOR UPDATE OF d SKIP LOCKED \
-         ), leased AS ( \
-             UPDATE deliveries SET lease_until = $3, due_at = $3 FROM due WHERE deliveries.id = due.id \
-             RETURNING deliveries.* \
-         ) \
-         SELECT {DUE_COLUMNS} FROM leased d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id"
+    let sql = leasing(
+        "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE d.state = 'pending' AND d.due_at <= $1 AND w.active AND w.deleted_at IS NULL \
+         ORDER BY d.due_at LIMIT $2 \
+         FOR UPDATE OF d SKIP LOCKED",
+        "$3",
     );
     let found = c
         .rows(
@@ -218,21 +225,15 @@ pub(crate) async fn claim_spilled(
     lease_until: Timestamp,
     limit: u32,
 ) -> DbResult<Vec<DueDelivery>> {
-    let sql = format!(
-        "WITH due AS ( \
-             SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-             WHERE d.webhook_id = $1 AND d.id >= $2 AND d.state = 'pending' \
-             AND d.lease_until IS NULL AND d.due_at IS NOT NULL AND d.next_attempt_at <= $3 \
-             AND w.active AND w.deleted_at IS NULL \
-             ORDER BY d.id LIMIT $4 \
-             FOR UPDATE OF d SKIP LOCKED \
-         ), leased AS ( \
-             UPDATE deliveries SET lease_until = $5, due_at = $5 FROM due WHERE deliveries.id = due.id \
-             RETURNING deliveries.* \
-         ) \
-         SELECT {DUE_COLUMNS} FROM leased d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id \
-         ORDER BY d.id"
-    );
+    let sql = leasing(
+        "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE d.webhook_id = $1 AND d.id >= $2 AND d.state = 'pending' \
+         AND d.lease_until IS NULL AND d.due_at IS NOT NULL AND d.next_attempt_at <= $3 \
+         AND w.active AND w.deleted_at IS NULL \
+         ORDER BY d.id LIMIT $4 \
+         FOR UPDATE OF d SKIP LOCKED",
+        "$5",
+    ) + " ORDER BY d.id";
     let found = c
         .rows(
             &sql,
