@@ -24,6 +24,17 @@ use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use super::rows::{self, big};
 use super::{Conn, DbResult, conflict, not_found, paginate};
 
+/// `value` as a pending delivery's `due_at`, or NULL (parked) if its webhook is inactive.
+macro_rules! unless_parked {
+    ($value:literal) => {
+        concat!(
+            "CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN ",
+            $value,
+            " ELSE NULL END"
+        )
+    };
+}
+
 /// The channel that wakes the nodes' schedulers.
 pub(crate) const WORK_CHANNEL: &str = "herald_work";
 
@@ -256,11 +267,13 @@ pub(crate) async fn spill(c: &impl Conn, leases: &[(DeliveryId, Timestamp)]) -> 
     let ids: Vec<&str> = leases.iter().map(|(id, _)| id.as_str()).collect();
     let ends: Vec<i64> = leases.iter().map(|(_, end)| end.as_millis()).collect();
     c.exec(
-        "UPDATE deliveries SET lease_until = NULL, due_at = CASE WHEN \
-         (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN due_at ELSE NULL END \
-         FROM UNNEST($1::text[], $2::bigint[]) AS given(id, lease_until) \
-         WHERE deliveries.id = given.id AND deliveries.lease_until = given.lease_until \
-         AND deliveries.state = 'pending'",
+        concat!(
+            "UPDATE deliveries SET lease_until = NULL, due_at = ",
+            unless_parked!("due_at"),
+            " FROM UNNEST($1::text[], $2::bigint[]) AS given(id, lease_until) \
+             WHERE deliveries.id = given.id AND deliveries.lease_until = given.lease_until \
+             AND deliveries.state = 'pending'"
+        ),
         &[&ids, &ends],
     )
     .await?;
@@ -345,8 +358,7 @@ pub(crate) async fn next_due_at(c: &impl Conn) -> DbResult<Option<Timestamp>> {
 }
 
 /// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
-const DUE_UNLESS_PARKED: &str = "CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) \
-     THEN next_attempt_at ELSE NULL END";
+const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 
 pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
     // Pipelined: every record's statements go to the server together instead of waiting for a

@@ -14,6 +14,17 @@ use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use super::rows;
 use super::{DbResult, conflict, not_found, paginate};
 
+/// `value` as a pending delivery's `due_at`, or NULL (parked) if its webhook is inactive.
+macro_rules! unless_parked {
+    ($value:literal) => {
+        concat!(
+            "CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN ",
+            $value,
+            " ELSE NULL END"
+        )
+    };
+}
+
 pub(crate) fn insert_events(
     conn: &Connection,
     org: &OrgId,
@@ -167,11 +178,11 @@ pub(crate) fn claim_spilled(
 /// (or parking them, if their webhook was deactivated meanwhile), each only if it still has
 /// the lease this node took.
 pub(crate) fn spill(conn: &Connection, leases: &[(DeliveryId, Timestamp)]) -> DbResult<()> {
-    let mut spill = conn.prepare_cached(
-        "UPDATE deliveries SET lease_until = NULL, due_at = CASE WHEN \
-         (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN due_at ELSE NULL END \
-         WHERE id = ?1 AND state = 'pending' AND lease_until = ?2",
-    )?;
+    let mut spill = conn.prepare_cached(concat!(
+        "UPDATE deliveries SET lease_until = NULL, due_at = ",
+        unless_parked!("due_at"),
+        " WHERE id = ?1 AND state = 'pending' AND lease_until = ?2"
+    ))?;
     for (id, lease_until) in leases {
         spill.execute(params![id.as_str(), lease_until.as_millis()])?;
     }
@@ -253,8 +264,7 @@ pub(crate) fn next_due_at(conn: &Connection) -> DbResult<Option<Timestamp>> {
 }
 
 /// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
-const DUE_UNLESS_PARKED: &str = "CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
-     THEN next_attempt_at ELSE NULL END";
+const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 
 /// Records attempts and moves their deliveries on. Each statement is taken from the cache once
 /// for all the records: taking it and giving it back hashes its whole text, which cost about a
