@@ -13,6 +13,19 @@ fn user_created(id: &str) -> serde_json::Value {
     json!({ "type": "user.created", "data": { "user": { "id": id, "email": "ada@example.com" } } })
 }
 
+fn session_revoked(id: &str) -> serde_json::Value {
+    json!({ "type": "session.revoked", "data": { "session": { "id": id }, "user": { "id": "u" } } })
+}
+
+/// The value of an unlabelled counter or gauge in `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = app.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_reaches_every_matching_active_webhook_signed() {
     let app = TestApp::spawn().await;
@@ -1039,9 +1052,7 @@ async fn a_slow_endpoint_does_not_take_the_memory_other_webhooks_need() {
 
     // The slow one's deliveries fill memory (16 requests in flight, 9 s each); these should
     // not wait behind them.
-    let revoked: Vec<_> = (0..10)
-        .map(|i| json!({ "type": "session.revoked", "data": { "session": { "id": format!("s{i}") }, "user": { "id": "u" } } }))
-        .collect();
+    let revoked: Vec<_> = (0..10).map(|i| session_revoked(&format!("s{i}"))).collect();
     app.send_event(&org, json!(revoked)).await;
     healthy.wait_for("/ok", 10, Duration::from_secs(5)).await;
 
@@ -1058,12 +1069,7 @@ async fn a_slow_endpoint_does_not_take_the_memory_other_webhooks_need() {
 async fn held_in_memory_once_within(app: &TestApp, budget: u64) -> u64 {
     let mut held = u64::MAX;
     for _ in 0..20 {
-        let metrics = app.metrics().await;
-        held = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("herald_deliveries_in_memory "))
-            .and_then(|v| v.parse().ok())
-            .expect("the gauge is there");
+        held = metric(app, "herald_deliveries_in_memory").await;
         if held <= budget {
             break;
         }
@@ -1098,19 +1104,12 @@ async fn deliveries_given_back_for_room_are_pulled_again_and_arrive_once() {
     app.send_event(&org, json!(backlog)).await;
     busy.wait_for("/busy", 1, WAIT).await;
     // The other webhook is owed half the room: the busy one gives back queued deliveries.
-    let revoked: Vec<_> = (0..20)
-        .map(|i| json!({ "type": "session.revoked", "data": { "session": { "id": format!("s{i}") }, "user": { "id": "u" } } }))
-        .collect();
+    let revoked: Vec<_> = (0..20).map(|i| session_revoked(&format!("s{i}"))).collect();
     app.send_event(&org, json!(revoked)).await;
     other.wait_for("/other", 20, Duration::from_secs(5)).await;
     // The busy one gave room back rather than keep its 40.
-    let metrics = app.metrics().await;
-    let given_back: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("herald_deliveries_given_back_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("the counter is there");
-    assert!(given_back > 0, "nothing was given back:\n{metrics}");
+    let given_back = metric(&app, "herald_deliveries_given_back_total").await;
+    assert!(given_back > 0, "nothing was given back");
 
     busy.wait_for("/busy", 120, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1193,7 +1192,7 @@ async fn metrics_count_what_happened() {
     for i in 0..3 {
         app.send_event(&org, user_created(&format!("u{i}"))).await;
     }
-    app.send_event(&org, json!({ "type": "session.revoked", "data": { "session": { "id": "s" }, "user": { "id": "u" } } })).await;
+    app.send_event(&org, session_revoked("s")).await;
     for id in app.delivery_ids(&org, good["id"].as_str().unwrap()).await {
         app.wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")
             .await;
