@@ -199,22 +199,16 @@ impl Dispatcher {
     /// How many more deliveries the scheduler may claim from the due order, at the size of
     /// recent events: the room, less a headroom once several webhooks have work.
     pub fn claim_room(&self) -> usize {
-        let typical = self.shared.typical_event_bytes.load(Ordering::Relaxed);
         self.shared
             .held
             .lock()
             .expect("held lock")
-            .claim_room(self.budget(), typical)
+            .claim_room(self.budget(), self.typical_event_bytes())
     }
 
-    /// How many more deliveries the scheduler may bring in, at the size of recent events.
-    pub fn room(&self) -> usize {
-        let typical = self.shared.typical_event_bytes.load(Ordering::Relaxed);
-        self.shared
-            .held
-            .lock()
-            .expect("held lock")
-            .room(self.budget(), typical)
+    /// What a recent event weighed, for sizing rooms in deliveries.
+    fn typical_event_bytes(&self) -> usize {
+        self.shared.typical_event_bytes.load(Ordering::Relaxed)
     }
 
     /// Deliveries currently held in memory.

@@ -159,9 +159,11 @@ impl Dispatcher {
 
     /// Whether some webhook may pull spilled deliveries but finds no room; if so, which.
     pub(crate) fn blocked_pull(&self) -> Option<WebhookId> {
-        let room = self.room();
         let held = self.shared.held.lock().expect("held lock");
-        held.blocked_pull(self.budget(), room)
+        held.blocked_pull(
+            self.budget(),
+            held.room(self.budget(), self.typical_event_bytes()),
+        )
     }
 
     /// Whether `webhook`, with due work in the store, is owed room it cannot find.
@@ -187,9 +189,11 @@ impl Dispatcher {
     /// pull found all it asked for (there may be more at once).
     pub(crate) async fn pull_spilled(&self) -> Result<bool, StoreError> {
         let pulls: Vec<Pull> = {
-            let room = self.room();
             let held = self.shared.held.lock().expect("held lock");
-            held.pulls(self.budget(), room)
+            held.pulls(
+                self.budget(),
+                held.room(self.budget(), self.typical_event_bytes()),
+            )
         };
         // Read after the spills were: every delivery noted spilled was stored by now, with its
         // schedule's time no later than this.
