@@ -285,6 +285,14 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Gives leased deliveries back to be attempted at `until` (a circuit breaker is open).
     async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()>;
+    /// Makes due at `now` the webhook's deliveries deferred to exactly `deferred_to` (its
+    /// circuit's probe succeeded before then). Answers how many.
+    async fn wake_deferred(
+        &self,
+        webhook: &WebhookId,
+        deferred_to: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
     /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
     /// Releases every lease: on start-up of a node that is the only one using the store.

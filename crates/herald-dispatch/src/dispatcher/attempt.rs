@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use herald_core::AttemptId;
 use herald_core::Timestamp;
 use herald_core::delivery::{Attempt, AttemptError};
 use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
+use herald_core::{AttemptId, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::Ticket;
@@ -60,6 +60,27 @@ impl Dispatcher {
                 self.release_held(&d.delivery_id);
             }
             tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
+        }
+    }
+
+    /// After a successful probe: what was deferred while it was out is due now, not when the
+    /// probe's time would have run out. If this fails, they come due then anyway.
+    async fn wake_deferred(&self, webhook: &WebhookId, deferred_to: Timestamp) {
+        let now = self.shared.clock.now();
+        match self
+            .shared
+            .store
+            .wake_deferred(webhook, deferred_to, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(woken) => {
+                tracing::debug!(webhook = %webhook, woken, "deliveries deferred during the probe are due again");
+                self.wake_delivery_scheduler();
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %webhook, error = %e, until = %deferred_to.to_rfc3339(), "could not wake the deliveries deferred during a probe; they wait until then");
+            }
         }
     }
 
@@ -173,7 +194,9 @@ impl Dispatcher {
         });
         // The breaker hears the answer before the outcome is written: a failure to write it says
         // nothing about the endpoint.
-        ticket.settle(outcome.is_success(), shared.clock.now());
+        if let Some(deferred_to) = ticket.settle(outcome.is_success(), shared.clock.now()) {
+            self.wake_deferred(&webhook.id, deferred_to).await;
+        }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint looks overloaded; sending fewer requests to it at once");
         }

@@ -2,6 +2,8 @@
 //! for a cool-down, then lets one request through as a probe; success closes the circuit,
 //! failure opens it again for twice as long (up to a ceiling). Deliveries that arrive while it is
 //! open are deferred to the end of the cool-down in the store: they wait, they are not dropped.
+//! While the probe is out they wait for its answer (at the latest, the end of its timeout), and a
+//! probe that succeeds wakes them at once.
 
 use std::sync::Mutex;
 
@@ -12,13 +14,26 @@ use herald_core::{Timestamp, WebhookId};
 pub(crate) const THRESHOLD: u32 = 10;
 const FIRST_COOLDOWN_MS: i64 = 30_000;
 const MAX_COOLDOWN_MS: i64 = 600_000;
+/// The shortest deferral: what comes back sooner would only be deferred again.
+const MIN_DEFER_MS: i64 = 1_000;
+/// Time allowed past a probe's timeout for its answer to be heard.
+const PROBE_MARGIN_MS: i64 = 1_000;
+/// How long a probe may take when its webhook is not known (the longest timeout a webhook has).
+pub(crate) const LONGEST_PROBE_MS: i64 = 60_000 + PROBE_MARGIN_MS;
+
+/// How long a probe may take, for a webhook with this timeout.
+pub(crate) fn probe_ms(timeout_ms: u32) -> i64 {
+    i64::from(timeout_ms) + PROBE_MARGIN_MS
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Breaker {
     failures: u32,
     open_until: Option<Timestamp>,
     cooldown_ms: i64,
-    probing: bool,
+    /// While a probe is out: when its answer is due at the latest. Deliveries deferred meanwhile
+    /// wait until then, and a successful probe wakes exactly those.
+    probe_due: Option<Timestamp>,
 }
 
 /// What to do with the next request.
@@ -32,14 +47,17 @@ pub(crate) enum Gate {
 }
 
 impl Breaker {
-    pub(crate) fn gate(&mut self, now: Timestamp) -> Gate {
-        match self.open_until {
-            None => Gate::Pass,
-            Some(until) if now < until || self.probing => {
-                Gate::Defer(until.max(now.plus_millis(1000)))
-            }
-            Some(_) => {
-                self.probing = true;
+    /// `probe_ms` is how long a probe may take (the webhook's timeout and a margin): deliveries
+    /// that come while it is out wait that long rather than come back every second, which for a
+    /// large backlog would mean writing all of it again every second.
+    pub(crate) fn gate(&mut self, now: Timestamp, probe_ms: i64) -> Gate {
+        let soonest = now.plus_millis(MIN_DEFER_MS);
+        match (self.open_until, self.probe_due) {
+            (None, _) => Gate::Pass,
+            (Some(_), Some(due)) => Gate::Defer(due.max(soonest)),
+            (Some(until), None) if now < until => Gate::Defer(until.max(soonest)),
+            (Some(_), None) => {
+                self.probe_due = Some(now.plus_millis(probe_ms.max(MIN_DEFER_MS)));
                 Gate::Probe
             }
         }
@@ -48,17 +66,23 @@ impl Breaker {
     /// Gives back the probe of an attempt that ended without an answer from the endpoint, so the
     /// next request probes instead.
     fn abandon_probe(&mut self) {
-        self.probing = false;
+        self.probe_due = None;
     }
 
-    /// Records an outcome; answers the time the circuit is now open until, if it just opened.
-    pub(crate) fn record(&mut self, success: bool, now: Timestamp) -> Option<Timestamp> {
+    /// Records an outcome.
+    pub(crate) fn record(&mut self, success: bool, now: Timestamp) -> Settled {
         if success {
+            let was_open = self.open_until.is_some();
+            let waiting = self.probe_due;
             *self = Self::default();
-            return None;
+            return if was_open {
+                Settled::Closed { waiting }
+            } else {
+                Settled::Unchanged
+            };
         }
         self.failures += 1;
-        let was_probe = std::mem::take(&mut self.probing);
+        let was_probe = self.probe_due.take().is_some();
         if was_probe || (self.open_until.is_none() && self.failures >= THRESHOLD) {
             self.cooldown_ms = if was_probe {
                 (self.cooldown_ms * 2).min(MAX_COOLDOWN_MS)
@@ -67,10 +91,23 @@ impl Breaker {
             };
             let until = now.plus_millis(self.cooldown_ms);
             self.open_until = Some(until);
-            return Some(until);
+            return Settled::Opened(until);
         }
-        None
+        Settled::Unchanged
     }
+}
+
+/// What an outcome did to the circuit.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Unchanged,
+    /// Opened (or opened again) until this time.
+    Opened(Timestamp),
+    /// Closed by a success; `waiting` is the time the deliveries deferred during the probe were
+    /// put off to, if one was out.
+    Closed {
+        waiting: Option<Timestamp>,
+    },
 }
 
 /// Every webhook's breaker, made on a webhook's first request.
@@ -108,16 +145,25 @@ impl<'a> Ticket<'a> {
         }
     }
 
-    /// Records the endpoint's answer.
-    pub(crate) fn settle(mut self, success: bool, now: Timestamp) {
+    /// Records the endpoint's answer. Answers the time deliveries deferred during a probe were
+    /// put off to, when the probe succeeded: they may be woken now.
+    pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Option<Timestamp> {
         self.probe = false;
-        let opened = of(
+        let settled = of(
             &mut self.breakers.lock().expect("breakers lock"),
             self.webhook,
         )
         .record(success, now);
-        if let Some(until) = opened {
-            tracing::warn!(webhook = %self.webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
+        match settled {
+            Settled::Unchanged => None,
+            Settled::Opened(until) => {
+                tracing::warn!(webhook = %self.webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
+                None
+            }
+            Settled::Closed { waiting } => {
+                tracing::info!(webhook = %self.webhook, "endpoint answers again; resuming deliveries to it (circuit closed)");
+                waiting
+            }
         }
     }
 }
@@ -140,24 +186,36 @@ impl Drop for Ticket<'_> {
 mod tests {
     use super::*;
 
+    const PROBE_MS: i64 = 16_000;
+
     #[test]
     fn the_circuit_opens_after_a_run_of_failures_and_a_probe_closes_it() {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD - 1 {
-            assert_eq!(b.record(false, t), None);
-            assert_eq!(b.gate(t), Gate::Pass);
+            assert_eq!(b.record(false, t), Settled::Unchanged);
+            assert_eq!(b.gate(t, PROBE_MS), Gate::Pass);
         }
-        let until = b.record(false, t).expect("opens");
+        let Settled::Opened(until) = b.record(false, t) else {
+            panic!("opens")
+        };
         assert_eq!(until, t.plus_millis(30_000));
-        assert!(matches!(b.gate(t.plus_millis(10)), Gate::Defer(_)));
-        assert_eq!(b.gate(until), Gate::Probe);
+        assert!(matches!(
+            b.gate(t.plus_millis(10), PROBE_MS),
+            Gate::Defer(_)
+        ));
+        assert_eq!(b.gate(until, PROBE_MS), Gate::Probe);
         assert!(
-            matches!(b.gate(until), Gate::Defer(_)),
+            matches!(b.gate(until, PROBE_MS), Gate::Defer(_)),
             "one probe at a time"
         );
-        assert_eq!(b.record(true, until), None);
-        assert_eq!(b.gate(until), Gate::Pass);
+        assert_eq!(
+            b.record(true, until),
+            Settled::Closed {
+                waiting: Some(until.plus_millis(PROBE_MS))
+            }
+        );
+        assert_eq!(b.gate(until, PROBE_MS), Gate::Pass);
     }
 
     #[test]
@@ -168,8 +226,11 @@ mod tests {
             b.record(false, t);
         }
         let first = t.plus_millis(30_000);
-        assert_eq!(b.gate(first), Gate::Probe);
-        assert_eq!(b.record(false, first), Some(first.plus_millis(60_000)));
+        assert_eq!(b.gate(first, PROBE_MS), Gate::Probe);
+        assert_eq!(
+            b.record(false, first),
+            Settled::Opened(first.plus_millis(60_000))
+        );
     }
 
     #[test]
@@ -180,7 +241,7 @@ mod tests {
             b.record(false, t);
         }
         b.record(true, t);
-        assert_eq!(b.record(false, t), None);
+        assert_eq!(b.record(false, t), Settled::Unchanged);
     }
 
     /// One webhook's breaker, opened at 0; `until` is when its cool-down ends.
@@ -200,7 +261,10 @@ mod tests {
                 for _ in 0..THRESHOLD - 1 {
                     b.record(false, t);
                 }
-                b.record(false, t).expect("opens")
+                match b.record(false, t) {
+                    Settled::Opened(until) => until,
+                    other => panic!("opens: {other:?}"),
+                }
             };
             Self {
                 breakers,
@@ -209,8 +273,8 @@ mod tests {
             }
         }
 
-        fn gate(&self, at: Timestamp) -> Gate {
-            of(&mut self.breakers.lock().unwrap(), &self.webhook).gate(at)
+        fn gate(&self, at: Timestamp, probe_ms: i64) -> Gate {
+            of(&mut self.breakers.lock().unwrap(), &self.webhook).gate(at, probe_ms)
         }
 
         fn ticket(&self, probe: bool) -> Ticket<'_> {
@@ -222,31 +286,66 @@ mod tests {
     fn a_probe_that_gets_no_answer_is_given_back() {
         let b = Opened::new();
         let until = b.until;
-        assert_eq!(b.gate(until), Gate::Probe);
+        assert_eq!(b.gate(until, PROBE_MS), Gate::Probe);
         drop(b.ticket(true));
-        assert_eq!(b.gate(until), Gate::Probe, "the next request probes");
+        assert_eq!(
+            b.gate(until, PROBE_MS),
+            Gate::Probe,
+            "the next request probes"
+        );
 
         // A probe that got its answer is not given back: the answer decides.
         b.ticket(true).settle(false, until);
         assert!(
-            matches!(b.gate(until), Gate::Defer(_)),
+            matches!(b.gate(until, PROBE_MS), Gate::Defer(_)),
             "failed probe: open again"
         );
         let later = until.plus_millis(60_000);
-        assert_eq!(b.gate(later), Gate::Probe);
+        assert_eq!(b.gate(later, PROBE_MS), Gate::Probe);
         b.ticket(true).settle(true, later);
-        assert_eq!(b.gate(later), Gate::Pass, "successful probe: closed");
+        assert_eq!(
+            b.gate(later, PROBE_MS),
+            Gate::Pass,
+            "successful probe: closed"
+        );
     }
 
     #[test]
     fn an_ordinary_attempt_without_an_answer_leaves_a_probe_in_flight_alone() {
         let b = Opened::new();
-        assert_eq!(b.gate(b.until), Gate::Probe);
+        assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
         // An attempt let through before the circuit opened ends without an answer.
         drop(b.ticket(false));
         assert!(
-            matches!(b.gate(b.until), Gate::Defer(_)),
+            matches!(b.gate(b.until, PROBE_MS), Gate::Defer(_)),
             "still one probe at a time"
         );
+    }
+
+    #[test]
+    fn deliveries_wait_for_the_probe_and_its_success_tells_until_when() {
+        let b = Opened::new();
+        assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
+        let due = b.until.plus_millis(PROBE_MS);
+        // Not every second: the whole backlog would be written again each time.
+        let later = b.until.plus_millis(1_500);
+        assert_eq!(b.gate(later, PROBE_MS), Gate::Defer(due));
+        assert_eq!(
+            b.gate(b.until, 5),
+            Gate::Defer(due),
+            "the probe's own window"
+        );
+        assert_eq!(b.ticket(true).settle(true, later), Some(due));
+        assert_eq!(b.gate(later, PROBE_MS), Gate::Pass);
+
+        // A probe that fails opens the circuit again: nothing to wake.
+        let b = Opened::new();
+        assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
+        assert_eq!(b.ticket(true).settle(false, b.until), None);
+        // An overdue probe (no answer yet past its window) defers by the minimum.
+        let b = Opened::new();
+        assert_eq!(b.gate(b.until, 10), Gate::Probe);
+        let past = b.until.plus_millis(5_000);
+        assert_eq!(b.gate(past, PROBE_MS), Gate::Defer(past.plus_millis(1_000)));
     }
 }

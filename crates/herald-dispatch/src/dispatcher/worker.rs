@@ -92,7 +92,10 @@ impl Dispatcher {
                 // Evicted while it waited: back in the store, to be pulled again.
                 continue;
             }
-            let Some(probe) = self.pass_breaker(&webhook_id, &batch).await else {
+            let probe_ms = webhook.as_ref().map_or(breaker::LONGEST_PROBE_MS, |w| {
+                breaker::probe_ms(w.effective_timeout_ms())
+            });
+            let Some(probe) = self.pass_breaker(&webhook_id, &batch, probe_ms).await else {
                 continue;
             };
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -123,14 +126,20 @@ impl Dispatcher {
     }
 
     /// Whether the webhook's circuit lets this batch through (`Some`, and whether it is the
-    /// probe); if not, the batch is deferred to the end of the cool-down in the store.
-    async fn pass_breaker(&self, webhook: &WebhookId, batch: &[DueDelivery]) -> Option<bool> {
+    /// probe); if not, the batch is deferred to the end of the cool-down in the store, or of the
+    /// probe that is out (`probe_ms` is how long one may take).
+    async fn pass_breaker(
+        &self,
+        webhook: &WebhookId,
+        batch: &[DueDelivery],
+        probe_ms: i64,
+    ) -> Option<bool> {
         let now = self.shared.clock.now();
         let gate = breaker::of(
             &mut self.shared.breakers.lock().expect("breakers lock"),
             webhook,
         )
-        .gate(now);
+        .gate(now, probe_ms);
         let until = match gate {
             Gate::Pass => return Some(false),
             Gate::Probe => return Some(true),

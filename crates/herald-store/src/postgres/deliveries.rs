@@ -672,6 +672,32 @@ pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -
     Ok(())
 }
 
+/// A webhook's deliveries deferred to exactly `deferred_to`, made due at `now` (found through
+/// `deliveries_due` by that one time); other nodes are told there is work.
+pub(crate) async fn wake_deferred(
+    c: &impl Conn,
+    webhook: &WebhookId,
+    deferred_to: Timestamp,
+    now: Timestamp,
+) -> DbResult<u64> {
+    let woken = c
+        .exec(
+            "UPDATE deliveries SET next_attempt_at = $3, due_at = $3 \
+             WHERE due_at = $1 AND state = 'pending' AND webhook_id = $2 \
+             AND lease_until IS NULL AND next_attempt_at = $1",
+            &[
+                &deferred_to.as_millis(),
+                &webhook.as_str(),
+                &now.as_millis(),
+            ],
+        )
+        .await?;
+    if woken > 0 {
+        announce_work(c).await?;
+    }
+    Ok(woken)
+}
+
 pub(crate) async fn pending_by_webhook(c: &impl Conn) -> DbResult<Vec<PendingStat>> {
     let found = c
         .rows(

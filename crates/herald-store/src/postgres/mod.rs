@@ -627,6 +627,20 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| deliveries::defer(&tx, ids, until))
     }
 
+    async fn wake_deferred(
+        &self,
+        webhook: &WebhookId,
+        deferred_to: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        in_tx!(self, |tx| deliveries::wake_deferred(
+            &tx,
+            webhook,
+            deferred_to,
+            now
+        ))
+    }
+
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
         in_tx!(self, |tx| deliveries::release_lease(&tx, id))
     }

@@ -538,6 +538,30 @@ pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> 
     Ok(())
 }
 
+/// A webhook's deliveries deferred to exactly `deferred_to`, made due at `now`. Found through
+/// `deliveries_due` by that one time (named, so that SQLite does not walk the webhook's whole
+/// history through `deliveries_by_webhook` instead); a delivery
+/// whose own retry comes later kept its time when it was deferred, and so is left alone.
+pub(crate) fn wake_deferred(
+    conn: &Connection,
+    webhook: &WebhookId,
+    deferred_to: Timestamp,
+    now: Timestamp,
+) -> DbResult<u64> {
+    let woken = conn
+        .prepare_cached(
+            "UPDATE deliveries INDEXED BY deliveries_due SET next_attempt_at = ?3, due_at = ?3 \
+             WHERE due_at = ?1 AND state = 'pending' AND webhook_id = ?2 \
+             AND lease_until IS NULL AND next_attempt_at = ?1",
+        )?
+        .execute(params![
+            deferred_to.as_millis(),
+            webhook.as_str(),
+            now.as_millis()
+        ])?;
+    Ok(woken as u64)
+}
+
 /// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,
 /// through the index that holds just those; left to itself, SQLite would rather walk
 /// `deliveries_by_webhook` (already grouped) and so read every delivery ever kept.

@@ -463,6 +463,17 @@ impl Store for SqliteStore {
         self.write(move |c| deliveries::defer(c, &ids, until)).await
     }
 
+    async fn wake_deferred(
+        &self,
+        webhook: &WebhookId,
+        deferred_to: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let webhook = webhook.clone();
+        self.write(move |c| deliveries::wake_deferred(c, &webhook, deferred_to, now))
+            .await
+    }
+
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
         let id = id.clone();
         self.write(move |c| deliveries::release_lease(c, &id)).await

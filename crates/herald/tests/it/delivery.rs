@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use herald_core::time::Clock;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -1171,6 +1172,58 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
         40,
         "every delivery got through in the end (retried or deferred)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succeeds() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/flaky"),
+            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5], "timeout_ms": 30000 }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let batch: Vec<_> = (0..20).map(|i| user_created(&format!("u{i}"))).collect();
+    app.send_event(&org, json!(batch)).await;
+    rx.wait_for("/flaky", 10, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The endpoint is back but slow: after the cool-down, the probe is out for two seconds.
+    rx.answer_by_default(Reply::status(200).after(Duration::from_secs(2)));
+    app.advance(Duration::from_secs(31));
+    let cooled = chrono::DateTime::parse_from_rfc3339(&app.clock.now().to_rfc3339()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Meanwhile the others wait for its answer (its timeout at most), instead of coming back
+    // every second, which for a large backlog meant writing all of it again every second.
+    let (_, pending) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries?state=pending&limit=200"
+        ))
+        .await;
+    let waits: Vec<i64> = pending["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["next_attempt_at"].as_str())
+        .map(|at| (chrono::DateTime::parse_from_rfc3339(at).unwrap() - cooled).num_seconds())
+        .collect();
+    assert_eq!(
+        waits.iter().filter(|w| **w >= 30).count(),
+        19,
+        "all but the probe wait for it: {waits:?}"
+    );
+
+    // It succeeds: the rest follow at once, not when its time would have run out (30 s on,
+    // longer than the waits below).
+    for delivery in app.delivery_ids(&org, id).await {
+        app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
