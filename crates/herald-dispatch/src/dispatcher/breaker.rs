@@ -72,8 +72,11 @@ impl Breaker {
     /// Records an outcome.
     pub(crate) fn record(&mut self, success: bool, now: Timestamp) -> Settled {
         if success {
+            // Deferred deliveries wait for the probe's answer if one is out (those put off to
+            // the cool-down's end are due already), or else for the cool-down's end: a request
+            // let through before the circuit opened may answer during it.
+            let waiting = self.probe_due.or(self.open_until);
             let was_open = self.open_until.is_some();
-            let waiting = self.probe_due;
             *self = Self::default();
             return if was_open {
                 Settled::Closed { waiting }
@@ -103,8 +106,8 @@ pub(crate) enum Settled {
     Unchanged,
     /// Opened (or opened again) until this time.
     Opened(Timestamp),
-    /// Closed by a success; `waiting` is the time the deliveries deferred during the probe were
-    /// put off to, if one was out.
+    /// Closed by a success; `waiting` is the time the deliveries deferred meanwhile were put off
+    /// to: the end of the probe's time if one was out, or else of the cool-down.
     Closed {
         waiting: Option<Timestamp>,
     },
@@ -145,8 +148,8 @@ impl<'a> Ticket<'a> {
         }
     }
 
-    /// Records the endpoint's answer. Answers the time deliveries deferred during a probe were
-    /// put off to, when the probe succeeded: they may be woken now.
+    /// Records the endpoint's answer. When it closes the circuit, answers the time the
+    /// deliveries deferred meanwhile were put off to: they may be woken now.
     pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Option<Timestamp> {
         self.probe = false;
         let settled = of(
@@ -342,6 +345,13 @@ mod tests {
         let b = Opened::new();
         assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
         assert_eq!(b.ticket(true).settle(false, b.until), None);
+        // A request let through before the circuit opened succeeds during the cool-down: what
+        // was put off to its end may go now.
+        let b = Opened::new();
+        let early = b.until.plus_millis(-20_000);
+        assert_eq!(b.gate(early, PROBE_MS), Gate::Defer(b.until));
+        assert_eq!(b.ticket(false).settle(true, early), Some(b.until));
+        assert_eq!(b.gate(early, PROBE_MS), Gate::Pass);
         // An overdue probe (no answer yet past its window) defers by the minimum.
         let b = Opened::new();
         assert_eq!(b.gate(b.until, 10), Gate::Probe);
