@@ -185,10 +185,6 @@ impl Receiver {
                 .map(|b| Endpoint::new(*b, capacity))
                 .collect(),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("the receiver could not listen on 127.0.0.1")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let runtime = match threads {
             0 => None,
             n => Some(
@@ -204,15 +200,15 @@ impl Receiver {
         // another one, so on failure it is shut down without waiting.
         let listener = {
             let _in = runtime.as_ref().map(tokio::runtime::Runtime::enter);
-            tokio::net::TcpListener::from_std(listener)
+            loopback_listener().and_then(|l| Ok((l.local_addr()?, l)))
         };
-        let listener = match listener {
+        let (addr, listener) = match listener {
             Ok(l) => l,
             Err(e) => {
                 if let Some(rt) = runtime {
                     rt.shutdown_background();
                 }
-                return Err(e).context("the receiver could not listen");
+                return Err(e).context("the receiver could not listen on 127.0.0.1");
             }
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -306,6 +302,16 @@ async fn receive(State(endpoints): State<Arc<Endpoints>>, uri: Uri, body: Bytes)
             StatusCode::OK
         }
     }
+}
+
+/// A listener on 127.0.0.1 whose queue of new connections is as long as the kernel allows.
+/// Herald opens up to `--endpoint-concurrency` connections per webhook at once (640 in `fanout`);
+/// past std's queue of 128 the kernel dropped their SYNs, each sent again only a second later,
+/// which was the one-second maximum latency of `fanout`, `slow-endpoint` and `failing-endpoint`.
+fn loopback_listener() -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    socket.listen(4096)
 }
 
 fn endpoint_index(path: &str) -> Option<usize> {
