@@ -1126,10 +1126,15 @@ async fn deliveries_given_back_for_room_are_pulled_again_and_arrive_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_resuming() {
-    let app = TestApp::spawn().await;
-    let rx = TestReceiver::start().await;
+/// An organization and the id of its webhook to `/flaky` on `rx`, which answered 500 to the
+/// first of `events` deliveries until the webhook's circuit opened. `timeout_ms` is the
+/// webhook's.
+async fn circuit_opened(
+    app: &TestApp,
+    rx: &TestReceiver,
+    events: usize,
+    timeout_ms: u32,
+) -> (String, String) {
     rx.answer_by_default(Reply::status(500));
     let org = app.create_org("Acme").await;
     // One request at a time, so the breaker sees each failure before the next request.
@@ -1137,14 +1142,24 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
         .create_webhook(
             &org,
             &rx.url("/flaky"),
-            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5] }),
+            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5], "timeout_ms": timeout_ms }),
         )
         .await;
-    let id = hook["id"].as_str().unwrap();
-    let batch: Vec<_> = (0..40).map(|i| user_created(&format!("u{i}"))).collect();
+    let batch: Vec<_> = (0..events)
+        .map(|i| user_created(&format!("u{i}")))
+        .collect();
     app.send_event(&org, json!(batch)).await;
     rx.wait_for("/flaky", 10, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (org, hook["id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_resuming() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened(&app, &rx, 40, 10_000).await;
+    let id = id.as_str();
     let hammered = rx.received_on("/flaky").len();
     assert!(
         hammered < 40,
@@ -1178,20 +1193,7 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
 async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succeeds() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    rx.answer_by_default(Reply::status(500));
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(
-            &org,
-            &rx.url("/flaky"),
-            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5], "timeout_ms": 30000 }),
-        )
-        .await;
-    let id = hook["id"].as_str().unwrap();
-    let batch: Vec<_> = (0..20).map(|i| user_created(&format!("u{i}"))).collect();
-    app.send_event(&org, json!(batch)).await;
-    rx.wait_for("/flaky", 10, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (org, id) = circuit_opened(&app, &rx, 20, 30_000).await;
 
     // The endpoint is back but slow: after the cool-down, the probe is out for four seconds.
     rx.answer_by_default(Reply::status(200).after(Duration::from_secs(4)));
@@ -1227,7 +1229,7 @@ async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succ
     // It succeeds: the rest follow at once (answered at once now), not when its time would
     // have run out (30 s on, longer than the waits below).
     rx.answer_by_default(Reply::status(200));
-    for delivery in app.delivery_ids(&org, id).await {
+    for delivery in app.delivery_ids(&org, &id).await {
         app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
             .await;
     }
