@@ -285,13 +285,14 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Gives leased deliveries back to be attempted at `until` (a circuit breaker is open).
     async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()>;
-    /// Makes due at `now` the webhook's deliveries deferred to exactly `deferred_to` (its
-    /// circuit's probe succeeded before then). Answers how many.
-    async fn wake_deferred(
+    /// Moves the webhook's deliveries deferred to exactly `deferred_to` to `to`: to now when its
+    /// circuit's probe succeeded before then, to the next cool-down's end when it failed.
+    /// Answers how many.
+    async fn move_deferred(
         &self,
         webhook: &WebhookId,
         deferred_to: Timestamp,
-        now: Timestamp,
+        to: Timestamp,
     ) -> StoreResult<u64>;
     /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;

@@ -893,20 +893,21 @@ async fn spilled_deliveries_are_pulled_by_their_webhook_in_id_order(store: Arc<d
     assert_eq!(claim(&store, at(LEASE_SECS)).await, theirs);
 }
 
-async fn deliveries_deferred_during_a_probe_are_woken_when_it_succeeds(store: Arc<dyn Store>) {
+async fn deliveries_deferred_during_a_probe_are_moved_when_it_ends(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let other = webhook(&org.id);
     store.create_webhook(&other).await.unwrap();
-    let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
+    let ids = store_placed(&store, &hook, 4, Placement::Leased).await;
     let theirs = store_placed(&store, &other, 1, Placement::Leased).await;
     // While the probe was out, two were put off to its end (40 s); one to a later cool-down;
-    // another webhook's to the same time.
+    // another webhook's to the same time. The last waits for another probe (100 s).
     store.defer_deliveries(&ids[..2], at(40)).await.unwrap();
-    store.defer_deliveries(&ids[2..], at(90)).await.unwrap();
+    store.defer_deliveries(&ids[2..3], at(90)).await.unwrap();
     store.defer_deliveries(&theirs, at(40)).await.unwrap();
+    store.defer_deliveries(&ids[3..], at(100)).await.unwrap();
 
     // The probe succeeded at 5 s. Claims here lease past the end of the story.
-    let woken = store.wake_deferred(&hook.id, at(40), at(5)).await.unwrap();
+    let woken = store.move_deferred(&hook.id, at(40), at(5)).await.unwrap();
     assert_eq!(woken, 2);
     let claim = async |now: Timestamp| {
         let due = store.claim_due(now, at(500), 10).await.unwrap();
@@ -919,12 +920,21 @@ async fn deliveries_deferred_during_a_probe_are_woken_when_it_succeeds(store: Ar
     assert_eq!(claim(at(5)).await, first_two);
     assert_eq!(claim(at(39)).await, Vec::<DeliveryId>::new());
     assert_eq!(claim(at(40)).await, theirs, "another webhook's wait");
-    assert_eq!(claim(at(90)).await, ids[2..].to_vec(), "a later cool-down");
+    assert_eq!(claim(at(90)).await, ids[2..3].to_vec(), "a later cool-down");
     assert_eq!(
-        store.wake_deferred(&hook.id, at(40), at(6)).await.unwrap(),
+        store.move_deferred(&hook.id, at(40), at(6)).await.unwrap(),
         0,
         "leased ones are not touched"
     );
+
+    // That probe failed at 95 s: its deliveries go to the next cool-down's end at once.
+    let moved = store
+        .move_deferred(&hook.id, at(100), at(160))
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    assert_eq!(claim(at(159)).await, Vec::<DeliveryId>::new());
+    assert_eq!(claim(at(160)).await, ids[3..].to_vec());
 }
 
 async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>) {
@@ -2362,7 +2372,7 @@ macro_rules! stories {
             a_delivery_put_off_by_its_schedule_comes_due_then,
             spilled_deliveries_are_pulled_by_their_webhook_in_id_order,
             a_deferred_or_parked_delivery_is_not_pulled_early,
-            deliveries_deferred_during_a_probe_are_woken_when_it_succeeds,
+            deliveries_deferred_during_a_probe_are_moved_when_it_ends,
             spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again,
             spilled_deliveries_come_due_as_a_fallback_unless_put_off_again,
             the_earliest_due_delivery_names_its_webhook,

@@ -12,7 +12,7 @@ use herald_core::webhook::Webhook;
 use herald_core::{AttemptId, WebhookId};
 
 use super::Dispatcher;
-use super::breaker::Ticket;
+use super::breaker::{Move, Ticket};
 use super::limit::{Signal, Slot};
 
 /// Time kept free between the end of an attempt and the end of its lease (clock differences
@@ -63,23 +63,19 @@ impl Dispatcher {
         }
     }
 
-    /// After a successful probe: what was deferred while it was out is due now, not when the
-    /// probe's time would have run out. If this fails, they come due then anyway.
-    async fn wake_deferred(&self, webhook: &WebhookId, deferred_to: Timestamp) {
-        let now = self.shared.clock.now();
-        match self
-            .shared
-            .store
-            .wake_deferred(webhook, deferred_to, now)
-            .await
-        {
+    /// Moves what the breaker deferred while the circuit was open: due now if the circuit
+    /// closed, to the next cool-down's end if its probe failed. One write, whatever the backlog;
+    /// if it fails, they come due at their old time and are deferred again one by one.
+    async fn move_deferred(&self, webhook: &WebhookId, moved: Move) {
+        let Move { from, to } = moved;
+        match self.shared.store.move_deferred(webhook, from, to).await {
             Ok(0) => {}
-            Ok(woken) => {
-                tracing::debug!(webhook = %webhook, woken, "deliveries deferred during the probe are due again");
+            Ok(count) => {
+                tracing::debug!(webhook = %webhook, count, to = %to.to_rfc3339(), "deliveries deferred during the probe moved");
                 self.wake_delivery_scheduler();
             }
             Err(e) => {
-                tracing::warn!(webhook = %webhook, error = %e, until = %deferred_to.to_rfc3339(), "could not wake the deliveries deferred during a probe; they wait until then");
+                tracing::warn!(webhook = %webhook, error = %e, until = %from.to_rfc3339(), "could not move the deliveries deferred during a probe; they come due then");
             }
         }
     }
@@ -194,8 +190,8 @@ impl Dispatcher {
         });
         // The breaker hears the answer before the outcome is written: a failure to write it says
         // nothing about the endpoint.
-        if let Some(deferred_to) = ticket.settle(outcome.is_success(), shared.clock.now()) {
-            self.wake_deferred(&webhook.id, deferred_to).await;
+        if let Some(moved) = ticket.settle(outcome.is_success(), shared.clock.now()) {
+            self.move_deferred(&webhook.id, moved).await;
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint looks overloaded; sending fewer requests to it at once");

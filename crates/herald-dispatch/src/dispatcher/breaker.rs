@@ -2,8 +2,9 @@
 //! for a cool-down, then lets one request through as a probe; success closes the circuit,
 //! failure opens it again for twice as long (up to a ceiling). Deliveries that arrive while it is
 //! open are deferred to the end of the cool-down in the store: they wait, they are not dropped.
-//! While the probe is out they wait for its answer (at the latest, the end of its timeout), and a
-//! probe that succeeds wakes them at once.
+//! While the probe is out they wait for its answer (at the latest, the end of its timeout): a
+//! probe that succeeds wakes them at once, one that fails puts them off to the next cool-down's
+//! end, both with one write to the store rather than one per delivery.
 
 use std::sync::Mutex;
 
@@ -85,7 +86,8 @@ impl Breaker {
             };
         }
         self.failures += 1;
-        let was_probe = self.probe_due.take().is_some();
+        let probe_due = self.probe_due.take();
+        let was_probe = probe_due.is_some();
         if was_probe || (self.open_until.is_none() && self.failures >= THRESHOLD) {
             self.cooldown_ms = if was_probe {
                 (self.cooldown_ms * 2).min(MAX_COOLDOWN_MS)
@@ -94,7 +96,10 @@ impl Breaker {
             };
             let until = now.plus_millis(self.cooldown_ms);
             self.open_until = Some(until);
-            return Settled::Opened(until);
+            return Settled::Opened {
+                until,
+                waiting: probe_due,
+            };
         }
         Settled::Unchanged
     }
@@ -104,13 +109,24 @@ impl Breaker {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Settled {
     Unchanged,
-    /// Opened (or opened again) until this time.
-    Opened(Timestamp),
+    /// Opened (or opened again) until this time; `waiting` is the time the deliveries deferred
+    /// during the probe that failed were put off to.
+    Opened {
+        until: Timestamp,
+        waiting: Option<Timestamp>,
+    },
     /// Closed by a success; `waiting` is the time the deliveries deferred meanwhile were put off
     /// to: the end of the probe's time if one was out, or else of the cool-down.
     Closed {
         waiting: Option<Timestamp>,
     },
+}
+
+/// Deliveries the breaker put off to `from` that are to be due at `to` instead.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Move {
+    pub(crate) from: Timestamp,
+    pub(crate) to: Timestamp,
 }
 
 /// Every webhook's breaker, made on a webhook's first request.
@@ -148,9 +164,9 @@ impl<'a> Ticket<'a> {
         }
     }
 
-    /// Records the endpoint's answer. When it closes the circuit, answers the time the
-    /// deliveries deferred meanwhile were put off to: they may be woken now.
-    pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Option<Timestamp> {
+    /// Records the endpoint's answer. Answers where the deliveries deferred meanwhile should go
+    /// now: due at once if it closed the circuit, to the new cool-down's end if a probe failed.
+    pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Option<Move> {
         self.probe = false;
         let settled = of(
             &mut self.breakers.lock().expect("breakers lock"),
@@ -159,13 +175,13 @@ impl<'a> Ticket<'a> {
         .record(success, now);
         match settled {
             Settled::Unchanged => None,
-            Settled::Opened(until) => {
+            Settled::Opened { until, waiting } => {
                 tracing::warn!(webhook = %self.webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
-                None
+                waiting.map(|from| Move { from, to: until })
             }
             Settled::Closed { waiting } => {
                 tracing::info!(webhook = %self.webhook, "endpoint answers again; resuming deliveries to it (circuit closed)");
-                waiting
+                waiting.map(|from| Move { from, to: now })
             }
         }
     }
@@ -199,7 +215,11 @@ mod tests {
             assert_eq!(b.record(false, t), Settled::Unchanged);
             assert_eq!(b.gate(t, PROBE_MS), Gate::Pass);
         }
-        let Settled::Opened(until) = b.record(false, t) else {
+        let Settled::Opened {
+            until,
+            waiting: None,
+        } = b.record(false, t)
+        else {
             panic!("opens")
         };
         assert_eq!(until, t.plus_millis(30_000));
@@ -232,7 +252,10 @@ mod tests {
         assert_eq!(b.gate(first, PROBE_MS), Gate::Probe);
         assert_eq!(
             b.record(false, first),
-            Settled::Opened(first.plus_millis(60_000))
+            Settled::Opened {
+                until: first.plus_millis(60_000),
+                waiting: Some(first.plus_millis(PROBE_MS))
+            }
         );
     }
 
@@ -265,7 +288,7 @@ mod tests {
                     b.record(false, t);
                 }
                 match b.record(false, t) {
-                    Settled::Opened(until) => until,
+                    Settled::Opened { until, .. } => until,
                     other => panic!("opens: {other:?}"),
                 }
             };
@@ -338,19 +361,44 @@ mod tests {
             Gate::Defer(due),
             "the probe's own window"
         );
-        assert_eq!(b.ticket(true).settle(true, later), Some(due));
+        assert_eq!(
+            b.ticket(true).settle(true, later),
+            Some(Move {
+                from: due,
+                to: later
+            })
+        );
         assert_eq!(b.gate(later, PROBE_MS), Gate::Pass);
 
-        // A probe that fails opens the circuit again: nothing to wake.
+        // A probe that fails opens the circuit again: they go to the end of the next cool-down
+        // (twice as long) at once, rather than come due at the probe's deadline only to be
+        // deferred again one by one.
         let b = Opened::new();
         assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
-        assert_eq!(b.ticket(true).settle(false, b.until), None);
+        let failed = b.until.plus_millis(2_000);
+        assert_eq!(
+            b.ticket(true).settle(false, failed),
+            Some(Move {
+                from: b.until.plus_millis(PROBE_MS),
+                to: failed.plus_millis(60_000)
+            })
+        );
+        assert_eq!(
+            b.gate(failed, PROBE_MS),
+            Gate::Defer(failed.plus_millis(60_000))
+        );
         // A request let through before the circuit opened succeeds during the cool-down: what
         // was put off to its end may go now.
         let b = Opened::new();
         let early = b.until.plus_millis(-20_000);
         assert_eq!(b.gate(early, PROBE_MS), Gate::Defer(b.until));
-        assert_eq!(b.ticket(false).settle(true, early), Some(b.until));
+        assert_eq!(
+            b.ticket(false).settle(true, early),
+            Some(Move {
+                from: b.until,
+                to: early
+            })
+        );
         assert_eq!(b.gate(early, PROBE_MS), Gate::Pass);
         // An overdue probe (no answer yet past its window) defers by the minimum.
         let b = Opened::new();

@@ -672,30 +672,26 @@ pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -
     Ok(())
 }
 
-/// A webhook's deliveries deferred to exactly `deferred_to`, made due at `now` (found through
+/// A webhook's deliveries deferred to exactly `deferred_to`, moved to `to` (found through
 /// `deliveries_due` by that one time); other nodes are told there is work.
-pub(crate) async fn wake_deferred(
+pub(crate) async fn move_deferred(
     c: &impl Conn,
     webhook: &WebhookId,
     deferred_to: Timestamp,
-    now: Timestamp,
+    to: Timestamp,
 ) -> DbResult<u64> {
-    let woken = c
+    let moved = c
         .exec(
             "UPDATE deliveries SET next_attempt_at = $3, due_at = $3 \
              WHERE due_at = $1 AND state = 'pending' AND webhook_id = $2 \
              AND lease_until IS NULL AND next_attempt_at = $1",
-            &[
-                &deferred_to.as_millis(),
-                &webhook.as_str(),
-                &now.as_millis(),
-            ],
+            &[&deferred_to.as_millis(), &webhook.as_str(), &to.as_millis()],
         )
         .await?;
-    if woken > 0 {
+    if moved > 0 {
         announce_work(c).await?;
     }
-    Ok(woken)
+    Ok(moved)
 }
 
 pub(crate) async fn pending_by_webhook(c: &impl Conn) -> DbResult<Vec<PendingStat>> {

@@ -627,17 +627,17 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| deliveries::defer(&tx, ids, until))
     }
 
-    async fn wake_deferred(
+    async fn move_deferred(
         &self,
         webhook: &WebhookId,
         deferred_to: Timestamp,
-        now: Timestamp,
+        to: Timestamp,
     ) -> StoreResult<u64> {
-        in_tx!(self, |tx| deliveries::wake_deferred(
+        in_tx!(self, |tx| deliveries::move_deferred(
             &tx,
             webhook,
             deferred_to,
-            now
+            to
         ))
     }
 

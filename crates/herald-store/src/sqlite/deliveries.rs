@@ -538,17 +538,17 @@ pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> 
     Ok(())
 }
 
-/// A webhook's deliveries deferred to exactly `deferred_to`, made due at `now`. Found through
+/// A webhook's deliveries deferred to exactly `deferred_to`, moved to `to`. Found through
 /// `deliveries_due` by that one time (named, so that SQLite does not walk the webhook's whole
 /// history through `deliveries_by_webhook` instead); a delivery
 /// whose own retry comes later kept its time when it was deferred, and so is left alone.
-pub(crate) fn wake_deferred(
+pub(crate) fn move_deferred(
     conn: &Connection,
     webhook: &WebhookId,
     deferred_to: Timestamp,
-    now: Timestamp,
+    to: Timestamp,
 ) -> DbResult<u64> {
-    let woken = conn
+    let moved = conn
         .prepare_cached(
             "UPDATE deliveries INDEXED BY deliveries_due SET next_attempt_at = ?3, due_at = ?3 \
              WHERE due_at = ?1 AND state = 'pending' AND webhook_id = ?2 \
@@ -557,9 +557,9 @@ pub(crate) fn wake_deferred(
         .execute(params![
             deferred_to.as_millis(),
             webhook.as_str(),
-            now.as_millis()
+            to.as_millis()
         ])?;
-    Ok(woken as u64)
+    Ok(moved as u64)
 }
 
 /// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,

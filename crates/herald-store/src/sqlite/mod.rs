@@ -463,14 +463,14 @@ impl Store for SqliteStore {
         self.write(move |c| deliveries::defer(c, &ids, until)).await
     }
 
-    async fn wake_deferred(
+    async fn move_deferred(
         &self,
         webhook: &WebhookId,
         deferred_to: Timestamp,
-        now: Timestamp,
+        to: Timestamp,
     ) -> StoreResult<u64> {
         let webhook = webhook.clone();
-        self.write(move |c| deliveries::wake_deferred(c, &webhook, deferred_to, now))
+        self.write(move |c| deliveries::move_deferred(c, &webhook, deferred_to, to))
             .await
     }
 

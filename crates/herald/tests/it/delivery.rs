@@ -1204,18 +1204,7 @@ async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succ
     let mut waits = Vec::new();
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (_, pending) = app
-            .get(&format!(
-                "/v1/orgs/{org}/webhooks/{id}/deliveries?state=pending&limit=200"
-            ))
-            .await;
-        waits = pending["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|d| d["next_attempt_at"].as_str())
-            .map(|at| (chrono::DateTime::parse_from_rfc3339(at).unwrap() - cooled).num_seconds())
-            .collect::<Vec<i64>>();
+        waits = next_due_after(&app, &org, &id, cooled).await;
         if waits.iter().filter(|w| **w >= 30).count() == 19 {
             break;
         }
@@ -1233,6 +1222,53 @@ async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succ
         app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
             .await;
     }
+}
+
+/// The pending deliveries of webhook `id` and how many seconds after `from` each is next due.
+async fn next_due_after(
+    app: &TestApp,
+    org: &str,
+    id: &str,
+    from: chrono::DateTime<chrono::FixedOffset>,
+) -> Vec<i64> {
+    let (_, pending) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries?state=pending&limit=200"
+        ))
+        .await;
+    pending["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["next_attempt_at"].as_str())
+        .map(|at| (chrono::DateTime::parse_from_rfc3339(at).unwrap() - from).num_seconds())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_deferred_during_a_failed_probe_go_to_the_next_cool_downs_end_at_once() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened(&app, &rx, 20, 30_000).await;
+    // After the cool-down the probe is out for two seconds, and fails.
+    rx.answer_by_default(Reply::status(500).after(Duration::from_secs(2)));
+    app.advance(Duration::from_secs(31));
+    let cooled = chrono::DateTime::parse_from_rfc3339(&app.clock.now().to_rfc3339()).unwrap();
+    // The others waited for it (31 s on); now they wait for the next cool-down (60 s from the
+    // failure), moved there by one write instead of coming due at the probe's deadline to be
+    // deferred again one by one.
+    let mut waits = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waits = next_due_after(&app, &org, &id, cooled).await;
+        if waits.iter().filter(|w| **w >= 60).count() >= 19 {
+            break;
+        }
+    }
+    assert!(
+        waits.iter().filter(|w| **w >= 60).count() >= 19,
+        "all but the probe wait for the next cool-down: {waits:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
