@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use herald_core::Timestamp;
 use herald_core::time::Clock;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -1189,6 +1190,40 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
     );
 }
 
+/// How many seconds after `from` each pending delivery of webhook `id` is next due, once at
+/// least `count` of them are `secs` or more ahead (or as they stand after five seconds).
+async fn waits_after(
+    app: &TestApp,
+    org: &str,
+    id: &str,
+    from: Timestamp,
+    (count, secs): (usize, i64),
+) -> Vec<i64> {
+    let mut waits = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, pending) = app
+            .get(&format!(
+                "/v1/orgs/{org}/webhooks/{id}/deliveries?state=pending&limit=200"
+            ))
+            .await;
+        waits = pending["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["next_attempt_at"].as_str())
+            .map(|at| {
+                let at = Timestamp::parse_rfc3339(at, "next_attempt_at").unwrap();
+                (at.as_millis() - from.as_millis()) / 1000
+            })
+            .collect();
+        if waits.iter().filter(|w| **w >= secs).count() >= count {
+            break;
+        }
+    }
+    waits
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succeeds() {
     let app = TestApp::spawn().await;
@@ -1198,17 +1233,10 @@ async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succ
     // The endpoint is back but slow: after the cool-down, the probe is out for four seconds.
     rx.answer_by_default(Reply::status(200).after(Duration::from_secs(4)));
     app.advance(Duration::from_secs(31));
-    let cooled = chrono::DateTime::parse_from_rfc3339(&app.clock.now().to_rfc3339()).unwrap();
+    let cooled = app.clock.now();
     // Meanwhile the others wait for its answer (its timeout at most), instead of coming back
     // every second, which for a large backlog meant writing all of it again every second.
-    let mut waits = Vec::new();
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waits = next_due_after(&app, &org, &id, cooled).await;
-        if waits.iter().filter(|w| **w >= 30).count() == 19 {
-            break;
-        }
-    }
+    let waits = waits_after(&app, &org, &id, cooled, (19, 30)).await;
     assert_eq!(
         waits.iter().filter(|w| **w >= 30).count(),
         19,
@@ -1224,27 +1252,6 @@ async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succ
     }
 }
 
-/// The pending deliveries of webhook `id` and how many seconds after `from` each is next due.
-async fn next_due_after(
-    app: &TestApp,
-    org: &str,
-    id: &str,
-    from: chrono::DateTime<chrono::FixedOffset>,
-) -> Vec<i64> {
-    let (_, pending) = app
-        .get(&format!(
-            "/v1/orgs/{org}/webhooks/{id}/deliveries?state=pending&limit=200"
-        ))
-        .await;
-    pending["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["next_attempt_at"].as_str())
-        .map(|at| (chrono::DateTime::parse_from_rfc3339(at).unwrap() - from).num_seconds())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_deferred_during_a_failed_probe_go_to_the_next_cool_downs_end_at_once() {
     let app = TestApp::spawn().await;
@@ -1253,18 +1260,11 @@ async fn deliveries_deferred_during_a_failed_probe_go_to_the_next_cool_downs_end
     // After the cool-down the probe is out for two seconds, and fails.
     rx.answer_by_default(Reply::status(500).after(Duration::from_secs(2)));
     app.advance(Duration::from_secs(31));
-    let cooled = chrono::DateTime::parse_from_rfc3339(&app.clock.now().to_rfc3339()).unwrap();
+    let cooled = app.clock.now();
     // The others waited for it (31 s on); now they wait for the next cool-down (60 s from the
     // failure), moved there by one write instead of coming due at the probe's deadline to be
     // deferred again one by one.
-    let mut waits = Vec::new();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waits = next_due_after(&app, &org, &id, cooled).await;
-        if waits.iter().filter(|w| **w >= 60).count() >= 19 {
-            break;
-        }
-    }
+    let waits = waits_after(&app, &org, &id, cooled, (19, 60)).await;
     assert!(
         waits.iter().filter(|w| **w >= 60).count() >= 19,
         "all but the probe wait for the next cool-down: {waits:?}"
