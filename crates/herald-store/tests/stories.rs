@@ -937,6 +937,117 @@ async fn deliveries_deferred_during_a_probe_are_moved_when_it_ends(store: Arc<dy
     assert_eq!(claim(at(160)).await, ids[3..].to_vec());
 }
 
+/// More than two steps of the SQLite store's changes to many deliveries (1,000 each).
+const BACKLOG: usize = 2_500;
+
+/// Claims up to 10,000 deliveries due at `now`; returns their ids, sorted.
+async fn claim_many(store: &Arc<dyn Store>, now: Timestamp) -> Vec<DeliveryId> {
+    let due = store.claim_due(now, at(500), 10_000).await.unwrap();
+    let mut ids: Vec<DeliveryId> = due.into_iter().map(|d| d.delivery_id).collect();
+    ids.sort();
+    ids
+}
+
+async fn pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let other = webhook(&org.id);
+    store.create_webhook(&other).await.unwrap();
+    let mut ids = store_placed(&store, &hook, BACKLOG, Placement::Due).await;
+    ids.sort();
+    // Another webhook's, leased until LEASE_SECS: whatever is due before then is the backlog's.
+    let theirs = store_placed(&store, &other, 3, Placement::Leased).await;
+    let paused = Webhook {
+        active: false,
+        updated_at: at(1),
+        ..hook.clone()
+    };
+    let resumed = Webhook {
+        active: true,
+        updated_at: at(2),
+        ..hook.clone()
+    };
+
+    store.update_webhook(&paused).await.unwrap();
+    assert_eq!(
+        store.next_due_at().await.unwrap(),
+        Some(at(LEASE_SECS)),
+        "every delivery of the paused webhook is parked"
+    );
+    store.update_webhook(&resumed).await.unwrap();
+    assert_eq!(store.next_due_at().await.unwrap(), Some(T0));
+    assert_eq!(claim_many(&store, at(1)).await, ids, "every one is back");
+
+    // Now leased; more come and are parked by the next pause, which leaves leased ones alone.
+    let mut parked = store_placed(&store, &hook, BACKLOG / 2, Placement::Due).await;
+    parked.sort();
+    store.update_webhook(&paused).await.unwrap();
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
+
+    // Deleting cancels the parked and the leased alike, and nothing of the other webhook.
+    let deleted = store
+        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(3))
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![hook.id.clone()]);
+    let pending = store.pending_by_webhook().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!((&pending[0].webhook_id, pending[0].count), (&other.id, 3));
+    for d in [
+        &ids[0],
+        &ids[BACKLOG - 1],
+        &parked[0],
+        &parked[BACKLOG / 2 - 1],
+    ] {
+        assert_eq!(state_of(&store, &org.id, d).await, DeliveryState::Cancelled);
+    }
+    assert_eq!(claim_many(&store, at(LEASE_SECS)).await.len(), theirs.len());
+}
+
+async fn a_probes_answer_moves_every_delivery_of_a_backlog(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let mut ids = store_placed(&store, &hook, BACKLOG, Placement::Leased).await;
+    ids.sort();
+    store.defer_deliveries(&ids, at(40)).await.unwrap();
+    let moved = store.move_deferred(&hook.id, at(40), at(5)).await.unwrap();
+    assert_eq!(moved, BACKLOG as u64);
+    assert_eq!(claim_many(&store, at(5)).await, ids);
+}
+
+async fn recovering_reaches_every_failed_delivery_of_a_long_history(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    // Every other delivery failed: more than one read of the webhook's history (5,000 a step).
+    let ids = store_placed(&store, &hook, 6_000, Placement::Leased).await;
+    let records: Vec<AttemptRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let (outcome, next) = if i % 2 == 0 {
+                (server_error(), NextStep::Failed)
+            } else {
+                (
+                    AttemptOutcome::succeeded(200, 5, String::new()),
+                    NextStep::Succeeded,
+                )
+            };
+            AttemptRecord {
+                org_id: org.id.clone(),
+                attempt: attempt(AttemptId::generate(), d, 1, T0, &outcome),
+                next,
+            }
+        })
+        .collect();
+    store.record_attempts(&records).await.unwrap();
+
+    let recovered = store
+        .recover_failed(&org.id, &hook.id, T0, at(200))
+        .await
+        .unwrap();
+    assert_eq!(recovered, 3_000);
+    let mut failed: Vec<DeliveryId> = ids.iter().step_by(2).cloned().collect();
+    failed.sort();
+    assert_eq!(claim_many(&store, at(200)).await, failed);
+}
+
 async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>) {
     let (_, hook) = org_with_webhook(&store, "acme").await;
     let ids = store_placed(&store, &hook, 2, Placement::Leased).await;
@@ -2373,6 +2484,9 @@ macro_rules! stories {
             spilled_deliveries_are_pulled_by_their_webhook_in_id_order,
             a_deferred_or_parked_delivery_is_not_pulled_early,
             deliveries_deferred_during_a_probe_are_moved_when_it_ends,
+            a_probes_answer_moves_every_delivery_of_a_backlog,
+            pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog,
+            recovering_reaches_every_failed_delivery_of_a_long_history,
             spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again,
             spilled_deliveries_come_due_as_a_fallback_unless_put_off_again,
             the_earliest_due_delivery_names_its_webhook,

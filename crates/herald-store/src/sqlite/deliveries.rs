@@ -456,33 +456,6 @@ pub(crate) fn resend(
         .query_row([id.as_str()], due_row)?)
 }
 
-pub(crate) fn recover_failed(
-    conn: &Connection,
-    org: &OrgId,
-    webhook: &WebhookId,
-    since: Timestamp,
-    now: Timestamp,
-) -> DbResult<u64> {
-    let n = conn
-        .prepare_cached(
-            // By the webhook's index: left to itself SQLite takes the organization's, and reads
-            // every delivery of every webhook of the organization, inside the writer's commit.
-            "UPDATE deliveries INDEXED BY deliveries_by_webhook SET state = 'pending', \
-             schedule_base = attempt_count, next_attempt_at = ?1, \
-             due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
-                 THEN ?1 ELSE NULL END, \
-             lease_until = NULL, updated_at = ?1 \
-             WHERE org_id = ?2 AND webhook_id = ?3 AND state = 'failed' AND created_at >= ?4",
-        )?
-        .execute(params![
-            now.as_millis(),
-            org.as_str(),
-            webhook.as_str(),
-            since.as_millis()
-        ])?;
-    Ok(n as u64)
-}
-
 /// Deletes up to `limit` events received before `cutoff` (of one organization, or all) that have
 /// no pending delivery, with their deliveries and attempts. Answers how many events went.
 pub(crate) fn purge(
@@ -536,30 +509,6 @@ pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> 
         defer.execute(params![until.as_millis(), id.as_str()])?;
     }
     Ok(())
-}
-
-/// A webhook's deliveries deferred to exactly `deferred_to`, moved to `to`. Found through
-/// `deliveries_due` by that one time (named, so that SQLite does not walk the webhook's whole
-/// history through `deliveries_by_webhook` instead); a delivery
-/// whose own retry comes later kept its time when it was deferred, and so is left alone.
-pub(crate) fn move_deferred(
-    conn: &Connection,
-    webhook: &WebhookId,
-    deferred_to: Timestamp,
-    to: Timestamp,
-) -> DbResult<u64> {
-    let moved = conn
-        .prepare_cached(
-            "UPDATE deliveries INDEXED BY deliveries_due SET next_attempt_at = ?3, due_at = ?3 \
-             WHERE due_at = ?1 AND state = 'pending' AND webhook_id = ?2 \
-             AND lease_until IS NULL AND next_attempt_at = ?1",
-        )?
-        .execute(params![
-            deferred_to.as_millis(),
-            webhook.as_str(),
-            to.as_millis()
-        ])?;
-    Ok(moved as u64)
 }
 
 /// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: one file, WAL mode, `synchronous=FULL` (an acknowledged event
 //! survives power loss), one writer thread doing group commits and a small pool of readers.
 
+mod bulk;
 mod deliveries;
 mod health;
 mod orgs;
@@ -63,6 +64,7 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let conn = open_connection(&path, false)?;
         migrate(&conn)?;
+        bulk::finish_interrupted(&conn).map_err(StoreError::from_db)?;
         Ok(Self {
             writer: Writer::start(conn),
             readers: ReadPool::new(path.clone(), READERS),
@@ -109,6 +111,44 @@ impl SqliteStore {
         self.readers
             .read(move |c| f(c).map_err(StoreError::from_db))
             .await
+    }
+
+    /// Makes a change to many deliveries as a series of writer jobs, `step` after `step` from
+    /// `start` until one says it is done (`bulk` says why); answers how many it changed.
+    async fn in_steps<C, F>(&self, start: C, step: F) -> StoreResult<u64>
+    where
+        C: Clone + Send + 'static,
+        F: Fn(&Connection, &C) -> DbResult<bulk::Step<C>> + Clone + Send + Sync + 'static,
+    {
+        let mut cursor = start;
+        let mut changed = 0;
+        loop {
+            let (step, from) = (step.clone(), cursor);
+            let done = self.write(move |c| step(c, &from)).await?;
+            changed += done.changed;
+            match done.next {
+                Some(next) => cursor = next,
+                None => return Ok(changed),
+            }
+        }
+    }
+
+    /// Cancels a deleted webhook's pending deliveries, in steps.
+    async fn cancel_pending(&self, webhook: &WebhookId, now: Timestamp) -> StoreResult<u64> {
+        let webhook = webhook.clone();
+        self.in_steps(bulk::Walk::parked(), move |c, walk| {
+            bulk::cancel(c, &webhook, now, walk)
+        })
+        .await
+    }
+
+    /// Parks an inactive webhook's due deliveries, in steps.
+    async fn park_pending(&self, webhook: &WebhookId) -> StoreResult<u64> {
+        let webhook = webhook.clone();
+        self.in_steps(bulk::Walk::due(), move |c, walk| {
+            bulk::park(c, &webhook, walk)
+        })
+        .await
     }
 }
 
@@ -344,7 +384,20 @@ impl Store for SqliteStore {
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
         let w = self.sealed(webhook);
-        self.write(move |c| webhooks::update(c, &w)).await
+        let id = webhook.id.clone();
+        match self.write(move |c| webhooks::update(c, &w)).await? {
+            webhooks::ActiveChange::None => {}
+            webhooks::ActiveChange::Paused => {
+                self.park_pending(&id).await?;
+            }
+            webhooks::ActiveChange::Resumed => {
+                self.in_steps(bulk::Walk::parked(), move |c, walk| {
+                    bulk::unpark(c, &id, walk)
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete_webhooks(
@@ -354,13 +407,24 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<Vec<WebhookId>> {
         let (org, ids) = (org.clone(), ids.to_vec());
-        self.write(move |c| webhooks::delete_many(c, &org, &ids, now))
-            .await
+        let deleted = self
+            .write(move |c| webhooks::delete_many(c, &org, &ids, now))
+            .await?;
+        for id in &deleted {
+            self.cancel_pending(id, now).await?;
+        }
+        Ok(deleted)
     }
 
     async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64> {
-        self.write(move |c| webhooks::cancel_orphaned(c, since, now))
-            .await
+        let deleted = self
+            .write(move |c| webhooks::deleted_since(c, since))
+            .await?;
+        let mut cancelled = 0;
+        for id in &deleted {
+            cancelled += self.cancel_pending(id, now).await?;
+        }
+        Ok(cancelled)
     }
 
     async fn disable_webhook(
@@ -370,9 +434,14 @@ impl Store for SqliteStore {
         reason: &str,
         now: Timestamp,
     ) -> StoreResult<bool> {
-        let (org, id, reason) = (org.clone(), id.clone(), reason.to_owned());
-        self.write(move |c| webhooks::disable(c, &org, &id, &reason, now))
-            .await
+        let (org, webhook, reason) = (org.clone(), id.clone(), reason.to_owned());
+        let disabled = self
+            .write(move |c| webhooks::disable(c, &org, &webhook, &reason, now))
+            .await?;
+        if disabled {
+            self.park_pending(id).await?;
+        }
+        Ok(disabled)
     }
 
     async fn note_webhook_outcome(
@@ -470,8 +539,10 @@ impl Store for SqliteStore {
         to: Timestamp,
     ) -> StoreResult<u64> {
         let webhook = webhook.clone();
-        self.write(move |c| deliveries::move_deferred(c, &webhook, deferred_to, to))
-            .await
+        self.in_steps(String::new(), move |c, after| {
+            bulk::move_deferred(c, &webhook, deferred_to, to, after)
+        })
+        .await
     }
 
     async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
@@ -591,8 +662,10 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<u64> {
         let (org, webhook) = (org.clone(), webhook.clone());
-        self.write(move |c| deliveries::recover_failed(c, &org, &webhook, since, now))
-            .await
+        self.in_steps(String::new(), move |c, after| {
+            bulk::recover_failed(c, &org, &webhook, since, now, after)
+        })
+        .await
     }
 }
 

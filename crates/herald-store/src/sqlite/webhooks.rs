@@ -82,9 +82,8 @@ pub(crate) fn get(conn: &Connection, org: &OrgId, id: &WebhookId) -> DbResult<We
         .ok_or_else(not_found)
 }
 
-/// Saves every field. When `active` changes, pending deliveries are parked (no due time, so the
-/// scheduler skips them cheaply) or put back on their schedule.
-pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
+/// Saves every field; answers whether that paused or resumed the webhook.
+pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<ActiveChange> {
     let was_active: bool = conn
         .prepare_cached(
             "SELECT active FROM webhooks WHERE org_id = ? AND id = ? AND deleted_at IS NULL",
@@ -121,22 +120,24 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<()> {
         w.rate_limit_per_second,
         w.id.as_str()
     ])?;
-    // These read the pending deliveries through the index that holds only those; by the webhook's
-    // index they would read every delivery the webhook ever had, inside the writer's commit.
-    if was_active && !w.active {
-        park_pending(conn, &w.id)?;
-    } else if !was_active && w.active {
-        conn.prepare_cached(
-            "UPDATE deliveries INDEXED BY deliveries_due SET due_at = next_attempt_at, lease_until = NULL \
-             WHERE webhook_id = ? AND state = 'pending' AND due_at IS NULL",
-        )?
-        .execute([w.id.as_str()])?;
-    }
-    Ok(())
+    Ok(match (was_active, w.active) {
+        (true, false) => ActiveChange::Paused,
+        (false, true) => ActiveChange::Resumed,
+        _ => ActiveChange::None,
+    })
+}
+
+/// Whether saving a webhook paused or resumed it: its pending deliveries are then parked or put
+/// back on their schedule, in steps (`bulk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActiveChange {
+    None,
+    Paused,
+    Resumed,
 }
 
 /// Disables an active webhook, touching nothing else of it (a user may be changing it at the
-/// same time); `false` if it was not active (or is gone).
+/// same time); `false` if it was not active (or is gone). Its deliveries are parked after.
 pub(crate) fn disable(
     conn: &Connection,
     org: &OrgId,
@@ -150,23 +151,11 @@ pub(crate) fn disable(
              WHERE org_id = ? AND id = ? AND active = 1 AND deleted_at IS NULL",
         )?
         .execute(params![reason, now.as_millis(), org.as_str(), id.as_str()])?;
-    if changed == 1 {
-        park_pending(conn, id)?;
-    }
     Ok(changed == 1)
 }
 
-/// Parks an inactive webhook's pending deliveries: no due time until it is active again.
-/// Leased ones keep their lease; whoever holds them gives them back parked.
-fn park_pending(conn: &Connection, id: &WebhookId) -> DbResult<()> {
-    conn.prepare_cached(
-        "UPDATE deliveries INDEXED BY deliveries_due SET due_at = NULL \
-         WHERE webhook_id = ? AND state = 'pending' AND lease_until IS NULL",
-    )?
-    .execute([id.as_str()])?;
-    Ok(())
-}
-
+/// Marks webhooks deleted (wiping their secrets); answers those that were not already. Their
+/// pending deliveries are cancelled after, in steps.
 pub(crate) fn delete_many(
     conn: &Connection,
     org: &OrgId,
@@ -182,42 +171,21 @@ pub(crate) fn delete_many(
             )?
             .execute(params![now.as_millis(), org.as_str(), id.as_str()])?;
         if n == 1 {
-            cancel_pending(conn, id, now)?;
             deleted.push(id.clone());
         }
     }
     Ok(deleted)
 }
 
-/// Cancels a deleted webhook's pending deliveries; answers how many.
-fn cancel_pending(conn: &Connection, id: &WebhookId, now: Timestamp) -> DbResult<u64> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE deliveries INDEXED BY deliveries_due SET state = 'cancelled', \
-             next_attempt_at = NULL, due_at = NULL, lease_until = NULL, updated_at = ? \
-             WHERE webhook_id = ? AND state = 'pending'",
-        )?
-        .execute(params![now.as_millis(), id.as_str()])?;
-    Ok(n as u64)
-}
-
-/// Cancels what is still pending for webhooks deleted since `since` (see
-/// `Store::cancel_orphaned`). The webhooks table is small; the deliveries are found through
-/// the index of pending ones, and only when such a webhook exists.
-pub(crate) fn cancel_orphaned(
-    conn: &Connection,
-    since: Timestamp,
-    now: Timestamp,
-) -> DbResult<u64> {
-    let deleted: Vec<String> = conn
+/// Webhooks deleted since `since`, whose deliveries may still be pending (see
+/// `Store::cancel_orphaned`); the webhooks table is small.
+pub(crate) fn deleted_since(conn: &Connection, since: Timestamp) -> DbResult<Vec<WebhookId>> {
+    Ok(conn
         .prepare_cached("SELECT id FROM webhooks WHERE deleted_at >= ?")?
-        .query_map([since.as_millis()], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut cancelled = 0;
-    for id in deleted {
-        cancelled += cancel_pending(conn, &WebhookId::from_trusted(id), now)?;
-    }
-    Ok(cancelled)
+        .query_map([since.as_millis()], |r| {
+            Ok(WebhookId::from_trusted(r.get(0)?))
+        })?
+        .collect::<Result<_, _>>()?)
 }
 
 pub(crate) fn org_subscriptions(conn: &Connection, org: &OrgId) -> DbResult<Vec<Subscription>> {
