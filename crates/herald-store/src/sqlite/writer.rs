@@ -119,8 +119,11 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, latency: &Histogram) {
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, latency: &Histogram) {
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
+    // Declared after `group`, so that a panic drops it first: `is_running` is false before the
+    // group's callers hear that the writer stopped (a parameter would be dropped last).
+    let mut rx = rx;
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
