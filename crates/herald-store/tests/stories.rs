@@ -2276,6 +2276,36 @@ async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Stor
 // Concurrency
 // ---------------------------------------------------------------------------------------------
 
+async fn deleting_an_organization_with_a_backlog_removes_all_of_it(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (_, their_hook) = org_with_webhook(&store, "globex").await;
+    let ids = store_placed(&store, &hook, BACKLOG, Placement::Leased).await;
+    let failed: Vec<AttemptRecord> = ids[..BACKLOG / 2]
+        .iter()
+        .map(|d| AttemptRecord {
+            org_id: acme.id.clone(),
+            attempt: attempt(AttemptId::generate(), d, 1, T0, &server_error()),
+            next: NextStep::Failed,
+        })
+        .collect();
+    store.record_attempts(&failed).await.unwrap();
+    store_placed(&store, &their_hook, 3, Placement::Leased).await;
+
+    store.delete_org(&acme.id).await.unwrap();
+
+    assert_not_found(store.get_org(&acme.id).await);
+    for d in [&ids[0], &ids[BACKLOG - 1]] {
+        assert_not_found(store.get_delivery(&acme.id, d).await);
+        assert_not_found(store.get_event(&acme.id, &format!("evt_{d}")).await);
+    }
+    let pending = store.pending_by_webhook().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (&pending[0].webhook_id, pending[0].count),
+        (&their_hook.id, 3)
+    );
+}
+
 async fn concurrent_ingests_are_all_committed(store: Arc<dyn Store>) {
     const N: usize = 200;
     let (acme, hook) = org_with_webhook(&store, "acme").await;
@@ -2515,6 +2545,7 @@ macro_rules! stories {
             recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,
             delivery_history_is_newest_first_and_filterable,
             deleting_an_organization_removes_everything_it_owns,
+            deleting_an_organization_with_a_backlog_removes_all_of_it,
             concurrent_ingests_are_all_committed,
             concurrent_claims_never_lease_a_delivery_twice,
         );

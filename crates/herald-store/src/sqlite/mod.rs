@@ -317,6 +317,17 @@ impl Store for SqliteStore {
     }
 
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {
+        // Its deliveries and events in steps first (`bulk`), then the rest, with whatever was
+        // stored meanwhile, in one transaction that ends with the organization itself.
+        let org = id.clone();
+        let webhooks = self.read(move |c| orgs::webhook_ids(c, &org)).await?;
+        for webhook in webhooks {
+            self.in_steps((), move |c, _| bulk::delete_deliveries(c, &webhook))
+                .await?;
+        }
+        let org = id.clone();
+        self.in_steps((), move |c, _| bulk::delete_events(c, &org))
+            .await?;
         let id = id.clone();
         self.write(move |c| orgs::delete(c, &id)).await
     }

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::StoreError;
-use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
+use herald_core::{ApiKeyId, OrgId, Page, PageRequest, WebhookId};
 
 use super::rows::{self, to_json};
 use super::{DbResult, classify, is_unique_violation, not_found, paginate};
@@ -79,6 +79,14 @@ pub(crate) fn update(conn: &Connection, org: &Organization) -> DbResult<()> {
         return Err(not_found());
     }
     Ok(())
+}
+
+/// Every webhook of the organization, deleted ones too (they keep their deliveries' history).
+pub(crate) fn webhook_ids(conn: &Connection, org: &OrgId) -> DbResult<Vec<WebhookId>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM webhooks WHERE org_id = ?")?
+        .query_map([org.as_str()], |r| Ok(WebhookId::from_trusted(r.get(0)?)))?
+        .collect::<Result<_, _>>()?)
 }
 
 pub(crate) fn delete(conn: &Connection, id: &OrgId) -> DbResult<()> {
