@@ -5,8 +5,9 @@
 //!
 //! SQLite has one writer, and every tenant's ingest waits for its commits. One statement over a
 //! million deliveries held it for 4.4–6.4 s (pausing, resuming or deleting a webhook, or its
-//! organization, with a million pending), and every `202` in that time with it. Each change here is therefore a
-//! series of writer jobs of at most [`STEP`] deliveries, and other jobs run between them.
+//! organization, with a million pending), and every `202` in that time with it. Each change
+//! here is therefore a series of writer jobs of at most [`STEP`] deliveries, and other jobs run
+//! between them.
 //!
 //! A step selects only deliveries that still need the change, from where the last one ended
 //! (the cursor), and checks that the webhook still asks for it: a step that comes after the
