@@ -20,6 +20,8 @@ use super::{Dispatcher, Queued};
 
 /// The most deliveries one batched request carries.
 pub(crate) const MAX_BATCH: usize = 100;
+/// The most deliveries an open circuit defers with one write.
+const MAX_DEFERRED: usize = 1_000;
 
 impl Dispatcher {
     pub(super) async fn run_worker(
@@ -95,7 +97,10 @@ impl Dispatcher {
             let probe_ms = webhook.as_ref().map_or(breaker::LONGEST_PROBE_MS, |w| {
                 breaker::probe_ms(w.effective_timeout_ms())
             });
-            let Some(probe) = self.pass_breaker(&webhook_id, &batch, probe_ms).await else {
+            let Some(probe) = self
+                .pass_breaker(&webhook_id, &batch, probe_ms, &mut rx)
+                .await
+            else {
                 continue;
             };
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -127,12 +132,15 @@ impl Dispatcher {
 
     /// Whether the webhook's circuit lets this batch through (`Some`, and whether it is the
     /// probe); if not, the batch is deferred to the end of the cool-down in the store, or of the
-    /// probe that is out (`probe_ms` is how long one may take).
+    /// probe that is out (`probe_ms` is how long one may take), and so is what is queued behind
+    /// it, up to [`MAX_DEFERRED`] in all: a backlog is then put off a thousand at a time, where
+    /// one write each, waited for in turn, took minutes for a large one.
     async fn pass_breaker(
         &self,
         webhook: &WebhookId,
         batch: &[DueDelivery],
         probe_ms: i64,
+        queue: &mut mpsc::UnboundedReceiver<Queued>,
     ) -> Option<bool> {
         let now = self.shared.clock.now();
         let gate = breaker::of(
@@ -145,7 +153,19 @@ impl Dispatcher {
             Gate::Probe => return Some(true),
             Gate::Defer(until) => until,
         };
-        let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
+        let mut behind = Vec::new();
+        while batch.len() + behind.len() < MAX_DEFERRED {
+            match queue.try_recv() {
+                Ok(queued) => behind.push(queued),
+                Err(_) => break,
+            }
+        }
+        let behind = self.start(behind);
+        let ids: Vec<_> = batch
+            .iter()
+            .chain(&behind)
+            .map(|d| d.delivery_id.clone())
+            .collect();
         for id in &ids {
             self.release_held(id);
         }
