@@ -429,7 +429,7 @@ impl Store for SqliteStore {
 
     async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64> {
         let deleted = self
-            .write(move |c| webhooks::deleted_since(c, since))
+            .read(move |c| webhooks::deleted_since(c, since))
             .await?;
         let mut cancelled = 0;
         for id in &deleted {
