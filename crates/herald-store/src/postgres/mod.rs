@@ -44,16 +44,24 @@ use crate::migrations;
 
 /// The longest one store operation may take before it counts as the database being away.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a change to all of one webhook's deliveries (pausing, resuming, deleting it,
+/// recovering, a breaker's probe answering) or deleting an organization: one statement over a
+/// million deliveries takes longer than [`OPERATION_TIMEOUT`], and it would fail every time.
+/// Other tenants' writes touch other rows and do not wait for it.
+const BULK_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long to wait for a connection to open, or for a free one in the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Serialises migrations when several nodes start at once (any constant; "herald" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
 
 /// Runs `$body` (a `DbResult` future using the transaction `$tx`) in its own transaction and
-/// commits it, within [`OPERATION_TIMEOUT`].
+/// commits it, within [`OPERATION_TIMEOUT`] (or `$timeout`).
 macro_rules! in_tx {
     ($self:ident, |$tx:ident| $body:expr) => {
-        $crate::postgres::timed(async {
+        in_tx!($self, $crate::postgres::OPERATION_TIMEOUT, |$tx| $body)
+    };
+    ($self:ident, $timeout:expr, |$tx:ident| $body:expr) => {
+        $crate::postgres::timed_within($timeout, async {
             let mut client = $self.client().await?;
             let $tx = client.transaction().await.map_err($crate::postgres::sql)?;
             let out = $body.await?;
@@ -252,13 +260,19 @@ impl PostgresStore {
 /// while committing may still have been stored: the caller hears "unavailable", never "stored"
 /// for what was not.)
 pub(crate) async fn timed<T>(f: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-    tokio::time::timeout(OPERATION_TIMEOUT, f)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the database did not answer in time".into(),
-            ))
-        })
+    timed_within(OPERATION_TIMEOUT, f).await
+}
+
+/// [`timed`], with another bound.
+pub(crate) async fn timed_within<T>(
+    timeout: Duration,
+    f: impl Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(
+            "the database did not answer in time".into(),
+        ))
+    })
 }
 
 /// What the SQL functions run on: a pooled connection or a transaction. Every statement is
@@ -434,7 +448,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {
-        in_tx!(self, |tx| orgs::delete(&tx, id))
+        in_tx!(self, BULK_TIMEOUT, |tx| orgs::delete(&tx, id))
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
@@ -492,7 +506,7 @@ impl Store for PostgresStore {
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
         let w = self.cipher.seal_webhook(webhook);
-        in_tx!(self, |tx| webhooks::update(&tx, &w))
+        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::update(&tx, &w))
     }
 
     async fn delete_webhooks(
@@ -501,11 +515,15 @@ impl Store for PostgresStore {
         ids: &[WebhookId],
         now: Timestamp,
     ) -> StoreResult<Vec<WebhookId>> {
-        in_tx!(self, |tx| webhooks::delete_many(&tx, org, ids, now))
+        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::delete_many(
+            &tx, org, ids, now
+        ))
     }
 
     async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64> {
-        in_tx!(self, |tx| webhooks::cancel_orphaned(&tx, since, now))
+        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::cancel_orphaned(
+            &tx, since, now
+        ))
     }
 
     async fn disable_webhook(
@@ -515,7 +533,9 @@ impl Store for PostgresStore {
         reason: &str,
         now: Timestamp,
     ) -> StoreResult<bool> {
-        in_tx!(self, |tx| webhooks::disable(&tx, org, id, reason, now))
+        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::disable(
+            &tx, org, id, reason, now
+        ))
     }
 
     async fn note_webhook_outcome(
@@ -624,7 +644,11 @@ impl Store for PostgresStore {
     }
 
     async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
-        in_tx!(self, |tx| deliveries::defer(&tx, ids, until))
+        // Each row on its own, not in one transaction: a breaker defers up to a thousand at
+        // once, and a transaction holding some of them while it waits for the next would
+        // deadlock with a change to all of the webhook's deliveries (a pause, a deletion) that
+        // holds that one and waits for these. Deferring twice is harmless.
+        on_client!(self, |c| deliveries::defer(&c, ids, until))
     }
 
     async fn move_deferred(
@@ -633,7 +657,7 @@ impl Store for PostgresStore {
         deferred_to: Timestamp,
         to: Timestamp,
     ) -> StoreResult<u64> {
-        in_tx!(self, |tx| deliveries::move_deferred(
+        in_tx!(self, BULK_TIMEOUT, |tx| deliveries::move_deferred(
             &tx,
             webhook,
             deferred_to,
@@ -752,7 +776,7 @@ impl Store for PostgresStore {
         since: Timestamp,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        in_tx!(self, |tx| deliveries::recover_failed(
+        in_tx!(self, BULK_TIMEOUT, |tx| deliveries::recover_failed(
             &tx, org, webhook, since, now
         ))
     }
