@@ -506,7 +506,15 @@ impl Store for PostgresStore {
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
         let w = self.cipher.seal_webhook(webhook);
-        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::update(&tx, &w))
+        // Only pausing or resuming changes the webhook's deliveries, and only that needs longer
+        // than any other operation.
+        let current = on_client!(self, |c| webhooks::get(&c, &w.org_id, &w.id))?;
+        let timeout = if current.active == w.active {
+            OPERATION_TIMEOUT
+        } else {
+            BULK_TIMEOUT
+        };
+        in_tx!(self, timeout, |tx| webhooks::update(&tx, &w))
     }
 
     async fn delete_webhooks(
