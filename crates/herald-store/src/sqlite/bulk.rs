@@ -15,7 +15,7 @@
 //! finished at the next start ([`finish_interrupted`]), or by the sweep of deleted webhooks'
 //! deliveries (`Store::cancel_orphaned`).
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params};
 
 use herald_core::{OrgId, Timestamp, WebhookId};
 
@@ -124,12 +124,20 @@ fn next_batch(
     }
 }
 
-/// Runs `update` (one `?1` for the id) on each of `ids`; answers how many rows it changed.
-fn update_each(conn: &Connection, sql: &str, ids: &[String]) -> DbResult<usize> {
+/// Runs `sql` on each of `ids` (`?1`, followed by `rest` as `?2`…); answers how many rows it
+/// changed.
+fn update_each<'a>(
+    conn: &Connection,
+    sql: &str,
+    ids: impl IntoIterator<Item = &'a String>,
+    rest: &[&dyn ToSql],
+) -> DbResult<usize> {
     let mut update = conn.prepare_cached(sql)?;
     let mut changed = 0;
     for id in ids {
-        changed += update.execute([id])?;
+        let mut values: Vec<&dyn ToSql> = vec![id];
+        values.extend_from_slice(rest);
+        changed += update.execute(values.as_slice())?;
     }
     Ok(changed)
 }
@@ -149,6 +157,7 @@ pub(crate) fn park(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbRes
         conn,
         "UPDATE deliveries SET due_at = NULL WHERE id = ?1",
         &ids,
+        &[],
     )?;
     Ok(Step::new(changed, next))
 }
@@ -166,6 +175,7 @@ pub(crate) fn unpark(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbR
         conn,
         "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL WHERE id = ?1",
         &ids,
+        &[],
     )?;
     Ok(Step::new(changed, next))
 }
@@ -179,14 +189,13 @@ pub(crate) fn cancel(
     walk: &Walk,
 ) -> DbResult<Step<Walk>> {
     let (ids, next) = next_batch(conn, webhook, walk, "1", true)?;
-    let mut update = conn.prepare_cached(
+    let changed = update_each(
+        conn,
         "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
          lease_until = NULL, updated_at = ?2 WHERE id = ?1 AND state = 'pending'",
+        &ids,
+        &[&now.as_millis()],
     )?;
-    let mut changed = 0;
-    for id in &ids {
-        changed += update.execute(params![id, now.as_millis()])?;
-    }
     Ok(Step::new(changed, next))
 }
 
@@ -213,12 +222,12 @@ pub(crate) fn move_deferred(
             |r| r.get(0),
         )?
         .collect::<Result<_, _>>()?;
-    let mut update = conn
-        .prepare_cached("UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2 WHERE id = ?1")?;
-    let mut changed = 0;
-    for id in &ids {
-        changed += update.execute(params![id, to.as_millis()])?;
-    }
+    let changed = update_each(
+        conn,
+        "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2 WHERE id = ?1",
+        &ids,
+        &[&to.as_millis()],
+    )?;
     Ok(Step::after(changed, ids.len(), STEP, ids.last().cloned()))
 }
 
@@ -245,18 +254,19 @@ pub(crate) fn recover_failed(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?
         .collect::<Result<_, _>>()?;
-    let mut update = conn.prepare_cached(
+    let changed = update_each(
+        conn,
         "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, \
          next_attempt_at = ?2, \
          due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
              THEN ?2 ELSE NULL END, \
          lease_until = NULL, updated_at = ?2 \
          WHERE id = ?1 AND state = 'failed'",
+        read.iter()
+            .filter(|(_, recover)| *recover)
+            .map(|(id, _)| id),
+        &[&now.as_millis()],
     )?;
-    let mut changed = 0;
-    for (id, _) in read.iter().filter(|(_, recover)| *recover) {
-        changed += update.execute(params![id, now.as_millis()])?;
-    }
     let last = read.last().map(|(id, _)| id.clone());
     Ok(Step::after(changed, read.len(), RECOVERY_SCAN, last))
 }
@@ -271,8 +281,13 @@ pub(crate) fn delete_deliveries(conn: &Connection, webhook: &WebhookId) -> DbRes
         ))?
         .query_map([webhook.as_str()], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    update_each(conn, "DELETE FROM attempts WHERE delivery_id = ?1", &ids)?;
-    let deleted = update_each(conn, "DELETE FROM deliveries WHERE id = ?1", &ids)?;
+    update_each(
+        conn,
+        "DELETE FROM attempts WHERE delivery_id = ?1",
+        &ids,
+        &[],
+    )?;
+    let deleted = update_each(conn, "DELETE FROM deliveries WHERE id = ?1", &ids, &[])?;
     Ok(Step::after(deleted, ids.len(), STEP, Some(())))
 }
 
