@@ -9,9 +9,11 @@
 //! - `receiver.rs`, `load.rs`, `measure.rs`: the receiving end, the producers, what they count.
 //! - `scenarios.rs`, `backlog.rs`, `restart.rs`: the scenarios; `report.rs`, `progress.rs`: output.
 //! - `relay.rs`: the same load through a bare relay instead of Herald, to compare machines.
+//! - `cpu.rs`: how busy the machine was during each run, and what the hypervisor took.
 
 mod api;
 mod backlog;
+mod cpu;
 mod load;
 mod measure;
 mod progress;
@@ -308,7 +310,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
         for round in 0..rounds {
             ctx.round = round;
             eprintln!("[{name}] starting (run {} of {rounds})", round + 1);
-            let outcome = match scenario {
+            let cpu_before = cpu::CpuTimes::now();
+            let mut outcome = match scenario {
                 Scenario::Burst => scenarios::burst(&mut ctx).await,
                 Scenario::Batch => scenarios::batch(&mut ctx).await,
                 Scenario::Latency => scenarios::latency(&mut ctx).await,
@@ -321,6 +324,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
                 Scenario::All => break,
             }
             .with_context(|| format!("the {name} scenario failed"))?;
+            note_cpu(&mut outcome, cpu_before);
             runs.push(outcome);
         }
         if !runs.is_empty() {
@@ -330,6 +334,21 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
     outcomes.sort_by_key(|o| EVERY.iter().position(|s| scenario_name(*s) == o.scenario));
     relate_to_relay(&mut outcomes, ctx.args.server.is_some());
     Ok(outcomes)
+}
+
+/// Adds how busy the machine was during the run, and what the hypervisor took, to its figures.
+fn note_cpu(outcome: &mut Outcome, before: Option<cpu::CpuTimes>) {
+    let Some(share) = before
+        .zip(cpu::CpuTimes::now())
+        .and_then(|(b, a)| a.since(&b))
+    else {
+        return;
+    };
+    outcome.figure("cpu_busy", scenarios::round3(share.busy));
+    outcome.figure("cpu_steal", scenarios::round3(share.steal));
+    if let Some(warning) = share.warning() {
+        outcome.note(warning);
+    }
 }
 
 /// With `relay` in the same run, says what share of the machine's bare relay `burst` reached:
