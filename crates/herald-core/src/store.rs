@@ -128,6 +128,25 @@ pub struct PurgeCount {
     pub attempts: u64,
 }
 
+/// Where the next step of a purge starts: just after the last event the previous step looked
+/// at, by time received and then by the store's own order of arrival (`seq`; a backend without
+/// one leaves it 0 and starts at the time itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeFrom {
+    pub received_at: Timestamp,
+    pub seq: i64,
+}
+
+impl PurgeFrom {
+    /// The first event received at `received_at` or later.
+    pub fn at(received_at: Timestamp) -> Self {
+        Self {
+            received_at,
+            seq: i64::MIN,
+        }
+    }
+}
+
 impl std::ops::AddAssign for PurgeCount {
     fn add_assign(&mut self, other: Self) {
         self.events += other.events;
@@ -321,19 +340,20 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<DueDelivery>;
-    /// Deletes up to `limit` events received before `cutoff` (of `org`, or of every
-    /// organization) whose deliveries are all finished, with those deliveries and their
-    /// attempts, oldest first and none received before `from`. Answers what it removed and
-    /// when the last event it removed was received: callers repeat it from there until it
-    /// removes fewer than `limit` events, so that events kept back by a pending delivery are
-    /// passed over once per run, not once per batch.
+    /// One step of a purge: deletes up to `limit` events received before `cutoff` (of `org`,
+    /// or of every organization) whose deliveries are all finished, with those deliveries and
+    /// their attempts, oldest first and starting at `from`. Answers what it removed and where
+    /// the next step starts, `None` once every event before `cutoff` has been looked at:
+    /// callers repeat it until then, so that events kept back by a pending delivery are passed
+    /// over once per run, not once per step. A step may look at only so many events (SQLite's
+    /// one writer is every tenant's), so it can remove nothing and still not be the last.
     async fn purge_before(
         &self,
         org: Option<&OrgId>,
         cutoff: Timestamp,
         limit: u32,
-        from: Option<Timestamp>,
-    ) -> StoreResult<(PurgeCount, Option<Timestamp>)>;
+        from: Option<PurgeFrom>,
+    ) -> StoreResult<(PurgeCount, Option<PurgeFrom>)>;
 
     /// Whether other nodes may use this store at the same time. A node of a shared store
     /// must not release leases it did not take ([`Store::release_all_leases`]); leases held by

@@ -17,7 +17,7 @@ use herald_core::event::Event;
 use herald_core::retry::NextStep;
 use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
-    PurgeCount,
+    PurgeCount, PurgeFrom,
 };
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -598,15 +598,18 @@ pub(crate) async fn recover_failed(
     Ok(n)
 }
 
-/// Deletes up to `limit` events received before `cutoff` (of one organization, or all) that have
-/// no pending delivery, with their deliveries and attempts.
+/// One step of a purge: deletes up to `limit` events received before `cutoff` (of one
+/// organization, or all) that have no pending delivery, with their deliveries and attempts.
+/// Unlike SQLite's, a step here looks as far as it must to find `limit` events: it reads a
+/// snapshot and locks only what it deletes, so other tenants' writes go on meanwhile. The next
+/// step starts at the time of the last event removed (events have no sequence number here).
 pub(crate) async fn purge(
     c: &impl Conn,
     org: Option<&OrgId>,
     cutoff: Timestamp,
     limit: u32,
-    from: Option<Timestamp>,
-) -> DbResult<(PurgeCount, Option<Timestamp>)> {
+    from: Option<PurgeFrom>,
+) -> DbResult<(PurgeCount, Option<PurgeFrom>)> {
     let victims = c
         .rows(
             "SELECT e.org_id, e.id, e.received_at FROM events e WHERE e.received_at < $1 \
@@ -618,13 +621,16 @@ pub(crate) async fn purge(
                 &cutoff.as_millis(),
                 &org.map(|o| o.as_str()),
                 &big(limit),
-                &from.map_or(i64::MIN, Timestamp::as_millis),
+                &from.map_or(i64::MIN, |f| f.received_at.as_millis()),
             ],
         )
         .await?;
-    let reached = match victims.last() {
-        Some(row) => Some(Timestamp::from_millis(row.try_get(2)?)),
-        None => None,
+    // Fewer than `limit`: nothing else before the cutoff is a victim (as of this snapshot).
+    let next = match victims.last() {
+        Some(row) if victims.len() >= limit as usize => {
+            Some(PurgeFrom::at(Timestamp::from_millis(row.try_get(2)?)))
+        }
+        _ => None,
     };
     // A resend may make one of these deliveries pending after the query above looked (each
     // statement sees what committed before it began): the deletes below skip pending
@@ -653,7 +659,7 @@ pub(crate) async fn purge(
             )
             .await?;
     }
-    Ok((count, reached))
+    Ok((count, next))
 }
 
 pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {

@@ -33,7 +33,7 @@ use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
-    PurgeCount, Store, StoreError, StoreResult, StoreSignal,
+    PurgeCount, PurgeFrom, Store, StoreError, StoreResult, StoreSignal,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -724,8 +724,8 @@ impl Store for PostgresStore {
         org: Option<&OrgId>,
         cutoff: Timestamp,
         limit: u32,
-        from: Option<Timestamp>,
-    ) -> StoreResult<(PurgeCount, Option<Timestamp>)> {
+        from: Option<PurgeFrom>,
+    ) -> StoreResult<(PurgeCount, Option<PurgeFrom>)> {
         in_tx!(self, |tx| deliveries::purge(&tx, org, cutoff, limit, from))
     }
 

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use herald_core::delivery::{Attempt, Delivery};
 use herald_core::event::Event;
 use herald_core::retry::NextStep;
-use herald_core::store::PurgeCount;
 use herald_core::store::{AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult};
+use herald_core::store::{PurgeCount, PurgeFrom};
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::rows;
@@ -456,48 +456,80 @@ pub(crate) fn resend(
         .query_row([id.as_str()], due_row)?)
 }
 
-/// Deletes up to `limit` events received before `cutoff` (of one organization, or all) that have
-/// no pending delivery, with their deliveries and attempts. Answers how many events went.
+/// The most events one step of a purge looks at. Each step is one job of the writer that every
+/// tenant shares, and purging a small organization may pass over millions of others' events
+/// (or of events kept back by a pending delivery): passing over 2,000 takes about 0.4 ms.
+pub(crate) const PURGE_SCAN: u32 = 2_000;
+
+/// One step of a purge: deletes up to `limit` events received before `cutoff` (of one
+/// organization, or all) that have no pending delivery, with their deliveries and attempts.
+/// Answers what went and where the next step starts (`None`: nothing left to look at).
 pub(crate) fn purge(
     conn: &Connection,
     org: Option<&OrgId>,
     cutoff: Timestamp,
     limit: u32,
-    from: Option<Timestamp>,
-) -> DbResult<(PurgeCount, Option<Timestamp>)> {
+    from: Option<PurgeFrom>,
+) -> DbResult<(PurgeCount, Option<PurgeFrom>)> {
     // Deliveries name their event by its sequence number (migration 8), so each step here goes
-    // through an index: events by age, deliveries by event sequence, attempts by delivery.
-    let victims: Vec<(i64, i64)> = conn
+    // through an index: events by age (whose entries end with the sequence number, so that the
+    // step's start is one seek however many events share a millisecond), deliveries by event
+    // sequence, attempts by delivery. Only events of `org` with nothing pending are victims;
+    // the rest are passed over, at most PURGE_SCAN of them per step.
+    let (from_at, from_seq) =
+        from.map_or((i64::MIN, i64::MIN), |f| (f.received_at.as_millis(), f.seq));
+    let looked_at: Vec<(i64, i64, bool)> = conn
         .prepare_cached(
-            "SELECT e.seq, e.received_at FROM events e WHERE e.received_at < ?1 \
-             AND e.received_at >= ?4 AND (?2 IS NULL OR e.org_id = ?2) \
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq \
-                             AND d.state = 'pending') \
-             ORDER BY e.received_at LIMIT ?3",
+            "SELECT e.seq, e.received_at, \
+               CASE WHEN ?2 IS NOT NULL AND e.org_id <> ?2 THEN 0 \
+                    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq \
+                                 AND d.state = 'pending') THEN 0 \
+                    ELSE 1 END \
+             FROM events e INDEXED BY events_by_age \
+             WHERE e.received_at < ?1 AND (e.received_at, e.seq) > (?3, ?4) \
+             ORDER BY e.received_at, e.seq LIMIT ?5",
         )?
         .query_map(
             params![
                 cutoff.as_millis(),
                 org.map(|o| o.as_str()),
-                limit,
-                from.map_or(i64::MIN, Timestamp::as_millis)
+                from_at,
+                from_seq,
+                PURGE_SCAN
             ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?
         .collect::<Result<_, _>>()?;
-    let reached = victims.last().map(|(_, at)| Timestamp::from_millis(*at));
+    let position = |&(seq, at, _): &(i64, i64, bool)| PurgeFrom {
+        received_at: Timestamp::from_millis(at),
+        seq,
+    };
+    let mut victims = Vec::new();
+    let mut next = None;
+    for row in &looked_at {
+        if row.2 {
+            victims.push(row.0);
+            if victims.len() >= limit as usize {
+                next = Some(position(row));
+                break;
+            }
+        }
+    }
+    if next.is_none() && looked_at.len() >= PURGE_SCAN as usize {
+        next = looked_at.last().map(position);
+    }
     let mut count = PurgeCount::default();
     let mut attempts = conn.prepare_cached(
         "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq = ?1)",
     )?;
     let mut deliveries = conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?;
     let mut events = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
-    for (seq, _) in &victims {
+    for seq in &victims {
         count.attempts += attempts.execute([seq])? as u64;
         count.deliveries += deliveries.execute([seq])? as u64;
         count.events += events.execute([seq])? as u64;
     }
-    Ok((count, reached))
+    Ok((count, next))
 }
 
 pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {

@@ -22,7 +22,7 @@ use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
-    Store, StoreError, StoreResult,
+    PurgeFrom, Store, StoreError, StoreResult,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -610,8 +610,8 @@ impl Store for SqliteStore {
         org: Option<&OrgId>,
         cutoff: Timestamp,
         limit: u32,
-        from: Option<Timestamp>,
-    ) -> StoreResult<(PurgeCount, Option<Timestamp>)> {
+        from: Option<PurgeFrom>,
+    ) -> StoreResult<(PurgeCount, Option<PurgeFrom>)> {
         let org = org.cloned();
         self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit, from))
             .await

@@ -14,12 +14,12 @@ use herald_core::{OrgId, Timestamp};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
-/// Events removed per transaction: small enough never to hold the writer for long.
+/// Events removed per step (one transaction each): small enough never to hold the writer for long.
 const BATCH: u32 = 500;
 /// How often the retention task looks, unless woken.
 const EVERY: Duration = Duration::from_secs(600);
 
-/// Deletes, in batches, finished history received before `cutoff`.
+/// Deletes, in steps, finished history received before `cutoff`.
 async fn purge(
     state: &AppState,
     org: Option<&OrgId>,
@@ -28,19 +28,19 @@ async fn purge(
     let mut total = PurgeCount::default();
     let mut from = None;
     loop {
-        let (batch, reached) = state
+        let (batch, next) = state
             .store
             .purge_before(org, cutoff, BATCH, from)
             .await
             .map_err(ServiceError::from_store("organization"))?;
         total += batch;
-        // The next batch starts where this one ended: events kept back by a pending delivery
-        // are not read again by every batch of the run.
-        from = reached;
-        if batch.events < u64::from(BATCH) {
+        // The next step starts where this one ended: events kept back by a pending delivery
+        // (or of other organizations) are not read again by every step of the run.
+        let Some(next) = next else {
             return Ok(total);
-        }
-        // Let other writers in between batches.
+        };
+        from = Some(next);
+        // Let other writers in between steps.
         tokio::task::yield_now().await;
     }
 }
