@@ -345,6 +345,7 @@ mod tests {
             )
             .unwrap();
         }
+        conn.execute_batch("BEGIN").unwrap();
         let mut insert = conn
             .prepare(
                 "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
@@ -363,6 +364,7 @@ mod tests {
             .execute(params!["dlv_other", OTHER, 5_000, 5_000, None::<i64>])
             .unwrap();
         drop(insert);
+        conn.execute_batch("COMMIT").unwrap();
         (dir, conn)
     }
 
@@ -455,6 +457,51 @@ mod tests {
             2_200
         );
         assert_eq!(count(&conn, "state = 'pending'"), 1, "the other webhook's");
+    }
+
+    /// A resume whose caller gives up halfway (hyper drops a request's future when its client
+    /// disconnects) still puts every delivery back on its schedule.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_whose_caller_gives_up_is_still_made_whole() {
+        use herald_core::store::Store;
+        const N: usize = 30_000;
+        let (dir, conn) = backlog(N, 0, false);
+        conn.execute(
+            "UPDATE deliveries SET due_at = NULL WHERE webhook_id = ?1",
+            [HOOK],
+        )
+        .unwrap();
+        drop(conn);
+        let path = dir.path().join("herald.db");
+        let store = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        let org = herald_core::OrgId::from_trusted("org_1".into());
+        let resumed = herald_core::webhook::Webhook {
+            active: true,
+            ..store.get_webhook(&org, &hook()).await.unwrap()
+        };
+        let caller = tokio::spawn({
+            let store = store.clone();
+            async move { store.update_webhook(&resumed).await }
+        });
+        // The caller goes away once the first step is committed.
+        let watch = open_connection(&path, true).unwrap();
+        let parked = |watch: &Connection| count(watch, "webhook_id = 'wh_big' AND due_at IS NULL");
+        for _ in 0..5_000 {
+            if parked(&watch) < N as i64 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        caller.abort();
+        let mut left = parked(&watch);
+        for _ in 0..1_000 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            left = parked(&watch);
+        }
+        assert_eq!(left, 0, "deliveries left parked by a resume given up");
     }
 
     #[test]

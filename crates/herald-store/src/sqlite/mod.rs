@@ -36,11 +36,12 @@ use writer::Writer;
 /// How many read connections serve the API at once.
 const READERS: usize = 4;
 
-/// The SQLite store. Cheap to share behind an `Arc`.
+/// The SQLite store. Cheap to share behind an `Arc`; a clone shares the same connections.
+#[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
-    readers: ReadPool,
+    readers: Arc<ReadPool>,
     /// Seals webhook secrets before they are written and opens them when read.
     cipher: Arc<SecretCipher>,
 }
@@ -67,7 +68,7 @@ impl SqliteStore {
         bulk::finish_interrupted(&conn).map_err(StoreError::from_db)?;
         Ok(Self {
             writer: Writer::start(conn),
-            readers: ReadPool::new(path.clone(), READERS),
+            readers: Arc::new(ReadPool::new(path.clone(), READERS)),
             path,
             cipher: Arc::new(cipher),
         })
@@ -114,23 +115,28 @@ impl SqliteStore {
     }
 
     /// Makes a change to many deliveries as a series of writer jobs, `step` after `step` from
-    /// `start` until one says it is done (`bulk` says why); answers how many it changed.
+    /// `start` until one says it is done (`bulk` says why); answers how many it changed. The
+    /// series is seen through to the end even if the caller gives up (`to_the_end`).
     async fn in_steps<C, F>(&self, start: C, step: F) -> StoreResult<u64>
     where
         C: Clone + Send + 'static,
         F: Fn(&Connection, &C) -> DbResult<bulk::Step<C>> + Clone + Send + Sync + 'static,
     {
-        let mut cursor = start;
-        let mut changed = 0;
-        loop {
-            let (step, from) = (step.clone(), cursor);
-            let done = self.write(move |c| step(c, &from)).await?;
-            changed += done.changed;
-            match done.next {
-                Some(next) => cursor = next,
-                None => return Ok(changed),
+        let store = self.clone();
+        to_the_end(async move {
+            let mut cursor = start;
+            let mut changed = 0;
+            loop {
+                let (step, from) = (step.clone(), cursor);
+                let done = store.write(move |c| step(c, &from)).await?;
+                changed += done.changed;
+                match done.next {
+                    Some(next) => cursor = next,
+                    None => return Ok(changed),
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Cancels a deleted webhook's pending deliveries, in steps.
@@ -150,6 +156,20 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Runs a change made of several writer jobs in a task of its own, and waits for it. Its caller
+/// may give up halfway: hyper drops a request's future when the client disconnects, and a
+/// client's timeout may be shorter than a change to a million deliveries. The change must still
+/// be made whole, not leave (say) a resumed webhook with deliveries parked until the next start.
+async fn to_the_end<T, F>(change: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = StoreResult<T>> + Send + 'static,
+{
+    tokio::spawn(change).await.map_err(|e| {
+        StoreError::Unavailable(format!("a change to many deliveries stopped halfway: {e}").into())
+    })?
 }
 
 /// Opens one connection with Herald's settings.
@@ -319,17 +339,22 @@ impl Store for SqliteStore {
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {
         // Its deliveries and events in steps first (`bulk`), then the rest, with whatever was
         // stored meanwhile, in one transaction that ends with the organization itself.
-        let org = id.clone();
-        let webhooks = self.read(move |c| orgs::webhook_ids(c, &org)).await?;
-        for webhook in webhooks {
-            self.in_steps((), move |c, _| bulk::delete_deliveries(c, &webhook))
+        let (store, id) = (self.clone(), id.clone());
+        to_the_end(async move {
+            let org = id.clone();
+            let webhooks = store.read(move |c| orgs::webhook_ids(c, &org)).await?;
+            for webhook in webhooks {
+                store
+                    .in_steps((), move |c, _| bulk::delete_deliveries(c, &webhook))
+                    .await?;
+            }
+            let org = id.clone();
+            store
+                .in_steps((), move |c, _| bulk::delete_events(c, &org))
                 .await?;
-        }
-        let org = id.clone();
-        self.in_steps((), move |c, _| bulk::delete_events(c, &org))
-            .await?;
-        let id = id.clone();
-        self.write(move |c| orgs::delete(c, &id)).await
+            store.write(move |c| orgs::delete(c, &id)).await
+        })
+        .await
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
@@ -394,21 +419,25 @@ impl Store for SqliteStore {
     }
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
-        let w = self.sealed(webhook);
-        let id = webhook.id.clone();
-        match self.write(move |c| webhooks::update(c, &w)).await? {
-            webhooks::ActiveChange::None => {}
-            webhooks::ActiveChange::Paused => {
-                self.park_pending(&id).await?;
+        let (store, w, id) = (self.clone(), self.sealed(webhook), webhook.id.clone());
+        // Once the flag is written, its deliveries must follow (`to_the_end`).
+        to_the_end(async move {
+            match store.write(move |c| webhooks::update(c, &w)).await? {
+                webhooks::ActiveChange::None => {}
+                webhooks::ActiveChange::Paused => {
+                    store.park_pending(&id).await?;
+                }
+                webhooks::ActiveChange::Resumed => {
+                    store
+                        .in_steps(bulk::Walk::parked(), move |c, walk| {
+                            bulk::unpark(c, &id, walk)
+                        })
+                        .await?;
+                }
             }
-            webhooks::ActiveChange::Resumed => {
-                self.in_steps(bulk::Walk::parked(), move |c, walk| {
-                    bulk::unpark(c, &id, walk)
-                })
-                .await?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn delete_webhooks(
@@ -417,14 +446,17 @@ impl Store for SqliteStore {
         ids: &[WebhookId],
         now: Timestamp,
     ) -> StoreResult<Vec<WebhookId>> {
-        let (org, ids) = (org.clone(), ids.to_vec());
-        let deleted = self
-            .write(move |c| webhooks::delete_many(c, &org, &ids, now))
-            .await?;
-        for id in &deleted {
-            self.cancel_pending(id, now).await?;
-        }
-        Ok(deleted)
+        let (store, org, ids) = (self.clone(), org.clone(), ids.to_vec());
+        to_the_end(async move {
+            let deleted = store
+                .write(move |c| webhooks::delete_many(c, &org, &ids, now))
+                .await?;
+            for id in &deleted {
+                store.cancel_pending(id, now).await?;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn cancel_orphaned(&self, since: Timestamp, now: Timestamp) -> StoreResult<u64> {
@@ -445,14 +477,19 @@ impl Store for SqliteStore {
         reason: &str,
         now: Timestamp,
     ) -> StoreResult<bool> {
-        let (org, webhook, reason) = (org.clone(), id.clone(), reason.to_owned());
-        let disabled = self
-            .write(move |c| webhooks::disable(c, &org, &webhook, &reason, now))
-            .await?;
-        if disabled {
-            self.park_pending(id).await?;
-        }
-        Ok(disabled)
+        let (store, org, id) = (self.clone(), org.clone(), id.clone());
+        let reason = reason.to_owned();
+        to_the_end(async move {
+            let webhook = id.clone();
+            let disabled = store
+                .write(move |c| webhooks::disable(c, &org, &webhook, &reason, now))
+                .await?;
+            if disabled {
+                store.park_pending(&id).await?;
+            }
+            Ok(disabled)
+        })
+        .await
     }
 
     async fn note_webhook_outcome(
