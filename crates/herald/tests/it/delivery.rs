@@ -81,6 +81,40 @@ async fn an_event_reaches_every_matching_active_webhook_signed() {
     assert!(rx.received_on("/inactive").is_empty());
 }
 
+/// A producer that disconnects while its event is being stored makes hyper drop the request's
+/// future before the deliveries are handed to the dispatcher. They are stored leased to this
+/// node, and the test's clock never reaches the end of the lease: only giving them back makes
+/// them arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_producer_went_away_is_delivered_without_waiting_for_the_lease() {
+    use futures::FutureExt;
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    // One event through the API first, so that the organization's settings are at hand and the
+    // request below first waits where it stores.
+    app.send_event(&org, user_created("u0")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let org_id = herald_core::OrgId::parse(&org).unwrap();
+    let event = serde_json::value::to_raw_value(&user_created("u1")).unwrap();
+    let ingest = herald::service::ingest::ingest(
+        &app.state,
+        &herald::service::Scope::Admin,
+        &org_id,
+        vec![&event],
+        false,
+    );
+    // Polled once (up to the wait for the store's commit), then dropped.
+    assert!(
+        ingest.now_or_never().is_none(),
+        "the store had not answered"
+    );
+    let got = rx.wait_for("/h", 2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].json()["data"]["user"]["id"], "u1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_retried_on_schedule_with_the_same_webhook_id() {
     let app = TestApp::spawn().await;
