@@ -9,6 +9,7 @@ use herald_core::store::DeliveryFilter;
 use herald_core::store::StoreError;
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
+use super::handoff::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -60,11 +61,10 @@ pub async fn resend(
     scope.check_org(org)?;
     let now = state.clock.now();
     let lease_until = state.lease_until(now);
-    let due = state
-        .store
-        .resend_delivery(org, id, now, lease_until)
-        .await
-        .map_err(ServiceError::from_store("delivery"))?;
+    let handing_off = GiveBackIfDropped::one(state, id, now);
+    let resent = state.store.resend_delivery(org, id, now, lease_until).await;
+    handing_off.disarm();
+    let due = resent.map_err(ServiceError::from_store("delivery"))?;
     state.dispatcher.enqueue(vec![due], lease_until);
     get(state, scope, org, id).await
 }

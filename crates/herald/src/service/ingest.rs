@@ -13,6 +13,7 @@ use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery, Placement};
 use herald_core::{DeliveryId, Invalid, OrgId};
 
+use super::handoff::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -146,12 +147,7 @@ pub(crate) async fn ingest_values<T>(
     // Held in memory, or spilled to the store if the webhook has more than its share there.
     let overrun = state.dispatcher.place(&mut items);
     let lease_until = state.lease_until(now);
-    let handing_off = GiveBackIfDropped {
-        state,
-        items: &items,
-        now,
-        armed: true,
-    };
+    let handing_off = GiveBackIfDropped::items(state, &items, now);
     let stored = state
         .store
         .insert_events(org, &items, now, lease_until)
@@ -223,65 +219,4 @@ pub(crate) async fn ingest_values<T>(
         report.deliveries,
     );
     Ok(report)
-}
-
-/// Gives back the leases of a request's deliveries if the request is dropped while its events
-/// are being stored: a producer that disconnects makes hyper drop the request's future, and
-/// the deliveries, stored leased to this node but never handed to its dispatcher, would wait
-/// for the lease to end (5 minutes by default). SQLite's writer runs jobs in the order they
-/// came, so the give-back runs after the insert it follows, and finds nothing if the insert
-/// never ran. On PostgreSQL it may run before the insert commits; the lease then ends as usual.
-struct GiveBackIfDropped<'a> {
-    state: &'a AppState,
-    items: &'a [IngestItem],
-    now: herald_core::Timestamp,
-    armed: bool,
-}
-
-impl GiveBackIfDropped<'_> {
-    /// The store answered: the request goes on and hands its deliveries over itself.
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for GiveBackIfDropped<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let ids: Vec<DeliveryId> = self
-            .items
-            .iter()
-            .flat_map(|i| &i.deliveries)
-            .filter(|d| {
-                d.placement == Placement::Leased && d.skip.is_none() && d.not_before.is_none()
-            })
-            .map(|d| d.id.clone())
-            .collect();
-        // Without a runtime the process is stopping, and the leases end by themselves.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if ids.is_empty() {
-            return;
-        }
-        let (state, now) = (self.state.clone(), self.now);
-        runtime.spawn(async move {
-            match state.store.defer_deliveries(&ids, now).await {
-                Ok(()) => {
-                    tracing::debug!(
-                        deliveries = ids.len(),
-                        "a producer went away while its events were stored; their deliveries are due now"
-                    );
-                    state.dispatcher.wake_delivery_scheduler();
-                }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "could not give back the deliveries of a request whose producer went away; \
-                     they are attempted when their lease ends"
-                ),
-            }
-        });
-    }
 }

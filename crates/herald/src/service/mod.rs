@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cluster;
 pub mod deliveries;
 pub mod event_types;
+mod handoff;
 pub mod health;
 pub mod ingest;
 pub mod operations;

@@ -15,6 +15,7 @@ use herald_core::webhook::{
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
 
+use super::handoff::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -506,11 +507,14 @@ pub async fn send_test(
         }],
     };
     let lease_until = state.lease_until(now);
-    state
+    let items = [item];
+    let handing_off = GiveBackIfDropped::items(state, &items, now);
+    let stored = state
         .store
-        .insert_events(org, &[item], now, lease_until)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+        .insert_events(org, &items, now, lease_until)
+        .await;
+    handing_off.disarm();
+    stored.map_err(ServiceError::from_store("organization"))?;
     state.dispatcher.enqueue(
         vec![DueDelivery {
             delivery_id: delivery_id.clone(),

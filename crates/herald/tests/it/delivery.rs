@@ -81,17 +81,17 @@ async fn an_event_reaches_every_matching_active_webhook_signed() {
     assert!(rx.received_on("/inactive").is_empty());
 }
 
-/// A producer that disconnects while its event is being stored makes hyper drop the request's
-/// future before the deliveries are handed to the dispatcher. They are stored leased to this
-/// node, and the test's clock never reaches the end of the lease: only giving them back makes
-/// them arrive.
+/// A client that disconnects while its event is being stored (or its delivery resent) makes
+/// hyper drop the request's future before the delivery is handed to the dispatcher. It is
+/// stored leased to this node, and the test's clock never reaches the end of the lease: only
+/// giving the lease back makes it arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_producer_went_away_is_delivered_without_waiting_for_the_lease() {
     use futures::FutureExt;
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
     let org = app.create_org("Acme").await;
-    app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
     // One event through the API first, so that the organization's settings are at hand and the
     // request below first waits where it stores.
     app.send_event(&org, user_created("u0")).await;
@@ -113,6 +113,27 @@ async fn an_event_whose_producer_went_away_is_delivered_without_waiting_for_the_
     let got = rx.wait_for("/h", 2, WAIT).await;
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].json()["data"]["user"]["id"], "u1");
+
+    // A resend whose caller went away.
+    let first = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .pop()
+        .unwrap();
+    app.wait_for_delivery(&org, &first, |d| d["state"] == "succeeded")
+        .await;
+    let first_id = herald_core::DeliveryId::parse(&first).unwrap();
+    let resend = herald::service::deliveries::resend(
+        &app.state,
+        &herald::service::Scope::Admin,
+        &org_id,
+        &first_id,
+    );
+    assert!(
+        resend.now_or_never().is_none(),
+        "the store had not answered"
+    );
+    assert_eq!(rx.wait_for("/h", 3, WAIT).await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
