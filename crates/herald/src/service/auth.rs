@@ -12,6 +12,7 @@ use herald_core::org::ApiKey;
 use herald_core::store::Store;
 use herald_core::{ApiKeyId, OrgId};
 
+use super::cancel_safe::to_the_end;
 use super::{ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -193,13 +194,18 @@ pub async fn delete_api_key(
     id: &ApiKeyId,
 ) -> ServiceResult<()> {
     scope.check_org(org)?;
-    state
-        .store
-        .delete_api_key(org, id)
-        .await
-        .map_err(ServiceError::from_store("api key"))?;
-    state.auth.forget_org_keys(org);
-    Ok(())
+    let (org, id) = (org.clone(), id.clone());
+    // A key revoked in the store but still cached would go on being admitted here.
+    to_the_end(state, |state| async move {
+        state
+            .store
+            .delete_api_key(&org, &id)
+            .await
+            .map_err(ServiceError::from_store("api key"))?;
+        state.auth.forget_org_keys(&org);
+        Ok(())
+    })
+    .await
 }
 
 /// Called when an organization is deleted, or another node changed it (a key may be revoked).

@@ -9,7 +9,7 @@ use herald_core::store::DeliveryFilter;
 use herald_core::store::StoreError;
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
-use super::handoff::GiveBackIfDropped;
+use super::cancel_safe::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 

@@ -8,6 +8,7 @@ use herald_core::event_type::{
 };
 use herald_core::{EventTypeId, Invalid, OrgId};
 
+use super::cancel_safe::to_the_end;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -87,13 +88,17 @@ pub async fn register(
         example: input.example,
         created_at: state.clock.now(),
     };
-    state
-        .store
-        .create_event_type(&event_type)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
-    state.directory.invalidate(org);
-    Ok(event_type)
+    let org = org.clone();
+    to_the_end(state, |state| async move {
+        state
+            .store
+            .create_event_type(&event_type)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        state.directory.invalidate(&org);
+        Ok(event_type)
+    })
+    .await
 }
 
 /// Every type the organization can post: its catalogs' and its own.

@@ -13,7 +13,7 @@ use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery, Placement};
 use herald_core::{DeliveryId, Invalid, OrgId};
 
-use super::handoff::GiveBackIfDropped;
+use super::cancel_safe::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 

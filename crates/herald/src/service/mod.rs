@@ -3,10 +3,10 @@
 //! directory and the dispatcher. Nothing here knows HTTP.
 
 pub mod auth;
+mod cancel_safe;
 pub mod cluster;
 pub mod deliveries;
 pub mod event_types;
-mod handoff;
 pub mod health;
 pub mod ingest;
 pub mod operations;

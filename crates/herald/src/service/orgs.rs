@@ -4,6 +4,7 @@ use herald_core::catalog::{CatalogName, CatalogSetError, parse_catalog_set};
 use herald_core::org::{OrgHandle, Organization, parse_name};
 use herald_core::{OrgId, Page, PageRequest};
 
+use super::cancel_safe::to_the_end;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -118,24 +119,32 @@ pub async fn update(
         }
     }
     org.updated_at = state.clock.now();
-    state
-        .store
-        .update_org(&org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
-    state.directory.invalidate(id);
-    Ok(org)
+    to_the_end(state, |state| async move {
+        state
+            .store
+            .update_org(&org)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        state.directory.invalidate(&org.id);
+        Ok(org)
+    })
+    .await
 }
 
 pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResult<()> {
     scope.require_admin()?;
-    state
-        .store
-        .delete_org(id)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
-    state.directory.invalidate(id);
-    super::auth::forget_org(state, id);
+    let org = id.clone();
+    to_the_end(state, |state| async move {
+        state
+            .store
+            .delete_org(&org)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        state.directory.invalidate(&org);
+        super::auth::forget_org(&state, &org);
+        Ok(())
+    })
+    .await?;
     tracing::info!(org = %id, "organization deleted with all its data");
     Ok(())
 }

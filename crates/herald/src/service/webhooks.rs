@@ -15,7 +15,7 @@ use herald_core::webhook::{
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
 
-use super::handoff::GiveBackIfDropped;
+use super::cancel_safe::{GiveBackIfDropped, to_the_end};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -213,12 +213,16 @@ pub async fn create(
             .transpose()?,
     };
     check_profile_rules(state, &snapshot, &webhook)?;
-    state
-        .store
-        .create_webhook(&webhook)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
-    state.directory.invalidate(org);
+    let webhook = to_the_end(state, |state| async move {
+        state
+            .store
+            .create_webhook(&webhook)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        state.directory.invalidate(&webhook.org_id);
+        Ok(webhook)
+    })
+    .await?;
     tracing::info!(org = %org, webhook = %webhook.id, url = webhook.url.as_str(), "webhook created");
     if verification == Verification::Websub && input.active == Some(true) {
         return Ok(set_active(state, scope, org, &webhook.id, true).await?.0);
@@ -383,12 +387,16 @@ async fn tell_subscriber(state: &AppState, w: &Webhook) -> ServiceResult<Vec<Sub
 
 async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
     w.updated_at = state.clock.now();
-    state
-        .store
-        .update_webhook(&w)
-        .await
-        .map_err(ServiceError::from_store("webhook"))?;
-    state.directory.invalidate(&w.org_id);
+    let w = to_the_end(state, |state| async move {
+        state
+            .store
+            .update_webhook(&w)
+            .await
+            .map_err(ServiceError::from_store("webhook"))?;
+        state.directory.invalidate(&w.org_id);
+        Ok(w)
+    })
+    .await?;
     if w.active {
         // Deliveries parked while it was disabled are due again.
         state.dispatcher.wake_scheduler();
@@ -456,12 +464,17 @@ pub async fn delete(
             active.id, active.id
         )));
     }
-    let deleted = state
-        .store
-        .delete_webhooks(org, ids, state.clock.now())
-        .await
-        .map_err(ServiceError::from_store("webhook"))?;
-    state.directory.invalidate(org);
+    let (org, ids) = (org.clone(), ids.to_vec());
+    let deleted = to_the_end(state, |state| async move {
+        let deleted = state
+            .store
+            .delete_webhooks(&org, &ids, state.clock.now())
+            .await
+            .map_err(ServiceError::from_store("webhook"))?;
+        state.directory.invalidate(&org);
+        Ok(deleted)
+    })
+    .await?;
     for id in &deleted {
         tracing::info!(webhook = %id, "webhook deleted; its pending deliveries are cancelled");
     }

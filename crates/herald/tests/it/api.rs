@@ -731,3 +731,118 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     .await;
     assert!(!ok && out.contains("is `herald serve` running?"), "{out}");
 }
+
+/// Polls `change` (a use case's future) until `stored` says its write is in the store, then
+/// drops it without polling it again: what hyper does when the client disconnects. Answers
+/// false if the change finished first (nothing was dropped halfway).
+async fn drop_once_stored<F, S>(change: F, mut stored: impl FnMut() -> S) -> bool
+where
+    F: std::future::Future,
+    S: std::future::Future<Output = bool>,
+{
+    let mut change = std::pin::pin!(change);
+    for _ in 0..5_000 {
+        if futures::poll!(change.as_mut()).is_ready() {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if stored().await {
+            return true;
+        }
+    }
+    panic!("the change never reached the store");
+}
+
+/// A revoked key and a paused webhook take effect in this node's memory even when the client
+/// that asked goes away once the store has the change: the cached key and the organization's
+/// cached webhooks are forgotten all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_whose_client_went_away_still_reach_the_caches() {
+    use herald::service::{Scope, auth, webhooks};
+    use herald_core::{ApiKeyId, OrgId, WebhookId};
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, "http://127.0.0.1:9/h", json!({}))
+        .await;
+    let (status, key) = app
+        .post(&format!("/v1/orgs/{org}/api-keys"), json!({ "name": "ci" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let token = key["key"].as_str().unwrap().to_owned();
+    let event = json!({ "type": "user.created", "data": { "user": { "id": "u1" } } });
+    // Both cached: the key by using it, the webhooks by an event.
+    let (status, sent) = app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{org}/events"),
+            &token,
+            Some(event.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, sent["deliveries"].as_u64()),
+        (StatusCode::ACCEPTED, Some(1))
+    );
+
+    let (org_id, state) = (OrgId::parse(&org).unwrap(), &app.state);
+    let hook_id = WebhookId::parse(hook["id"].as_str().unwrap()).unwrap();
+    let pause = webhooks::set_active(state, &Scope::Admin, &org_id, &hook_id, false);
+    let paused = || async {
+        !state
+            .store
+            .get_webhook(&org_id, &hook_id)
+            .await
+            .unwrap()
+            .active
+    };
+    assert!(
+        drop_once_stored(pause, paused).await,
+        "the pause finished first"
+    );
+    let mut deliveries = None;
+    for _ in 0..100 {
+        let (_, sent) = app
+            .post(&format!("/v1/orgs/{org}/events"), event.clone())
+            .await;
+        deliveries = sent["deliveries"].as_u64();
+        if deliveries == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        deliveries,
+        Some(0),
+        "new events still fan out to the paused webhook"
+    );
+
+    let key_id = ApiKeyId::parse(key["id"].as_str().unwrap()).unwrap();
+    let revoke = auth::delete_api_key(state, &Scope::Admin, &org_id, &key_id);
+    let revoked = || async { state.store.list_api_keys(&org_id).await.unwrap().is_empty() };
+    assert!(
+        drop_once_stored(revoke, revoked).await,
+        "the revocation finished first"
+    );
+    let mut status = StatusCode::OK;
+    for _ in 0..100 {
+        status = app
+            .call(
+                Method::GET,
+                &format!("/v1/orgs/{org}/webhooks"),
+                &token,
+                None,
+            )
+            .await
+            .0;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the revoked key is still admitted"
+    );
+}

@@ -1,13 +1,38 @@
-//! Deliveries stored leased to this node are handed to its dispatcher in memory once the store
-//! answers. A request's future can be dropped before that: a client that disconnects makes
-//! hyper drop it. What the store's writer already took is committed anyway, and those
-//! deliveries would wait for their lease to end (5 minutes by default). The guard here gives
-//! their leases back instead, so that they are due at once.
+//! What a request must finish even if its client goes away. Hyper drops a request's future
+//! when the client disconnects, and what the store's writer already took is committed anyway;
+//! what was to follow in this node's memory would then never happen.
+//!
+//! - [`to_the_end`]: a write and what follows it in memory (forgetting a cached snapshot or an
+//!   API key) run in a task of their own, so a revoked key is never left admitted, nor a paused
+//!   webhook given new deliveries, until the process restarts.
+//! - [`GiveBackIfDropped`]: deliveries stored leased to this node are handed to its dispatcher
+//!   once the store answers; if the request is dropped first, their leases are given back so
+//!   that they are due at once instead of when the lease ends (5 minutes by default). Ingest
+//!   takes this path for every request, so it costs nothing unless the request is dropped.
+
+use std::future::Future;
 
 use herald_core::store::{IngestItem, Placement};
 use herald_core::{DeliveryId, Timestamp};
 
 use crate::app::AppState;
+
+use super::{ServiceError, ServiceResult};
+
+/// Runs `change` (a write to the store and what must follow it in memory) in a task of its own,
+/// and waits for it: it goes on if the caller is dropped.
+pub(crate) async fn to_the_end<T, F, Fut>(state: &AppState, change: F) -> ServiceResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(AppState) -> Fut,
+    Fut: Future<Output = ServiceResult<T>> + Send + 'static,
+{
+    tokio::spawn(change(state.clone())).await.map_err(|e| {
+        ServiceError::Internal(herald_core::store::StoreError::Other(
+            format!("a change stopped halfway: {e}").into(),
+        ))
+    })?
+}
 
 /// Armed while a request waits for the store; disarmed once the store has answered.
 pub(crate) struct GiveBackIfDropped<'a> {
