@@ -12,8 +12,10 @@
 
 use std::future::Future;
 
-use herald_core::store::{IngestItem, Placement};
-use herald_core::{DeliveryId, Timestamp};
+use std::sync::Arc;
+
+use herald_core::store::{IngestItem, Placement, Store, StoreResult};
+use herald_core::{DeliveryId, OrgId, Timestamp};
 
 use crate::app::AppState;
 
@@ -32,6 +34,28 @@ where
             format!("a change stopped halfway: {e}").into(),
         ))
     })?
+}
+
+/// Writes with `write` and then forgets what is cached of `org`, to the end (`to_the_end`).
+/// `what` names the thing a store's "not found" is about.
+pub(crate) async fn write_then_forget<T, F, Fut>(
+    state: &AppState,
+    org: &OrgId,
+    what: &'static str,
+    write: F,
+) -> ServiceResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = StoreResult<T>> + Send + 'static,
+{
+    let (org, written) = (org.clone(), write(state.store.clone()));
+    to_the_end(state, |state| async move {
+        let value = written.await.map_err(ServiceError::from_store(what))?;
+        state.directory.invalidate(&org);
+        Ok(value)
+    })
+    .await
 }
 
 /// Armed while a request waits for the store; disarmed once the store has answered.

@@ -8,7 +8,7 @@ use herald_core::event_type::{
 };
 use herald_core::{EventTypeId, Invalid, OrgId};
 
-use super::cancel_safe::to_the_end;
+use super::cancel_safe::write_then_forget;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -88,15 +88,11 @@ pub async fn register(
         example: input.example,
         created_at: state.clock.now(),
     };
-    let org = org.clone();
-    to_the_end(state, |state| async move {
-        state
-            .store
+    write_then_forget(state, org, "organization", |store| async move {
+        store
             .create_event_type(&event_type)
             .await
-            .map_err(ServiceError::from_store("organization"))?;
-        state.directory.invalidate(&org);
-        Ok(event_type)
+            .map(|()| event_type)
     })
     .await
 }

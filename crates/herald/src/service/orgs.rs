@@ -4,7 +4,7 @@ use herald_core::catalog::{CatalogName, CatalogSetError, parse_catalog_set};
 use herald_core::org::{OrgHandle, Organization, parse_name};
 use herald_core::{OrgId, Page, PageRequest};
 
-use super::cancel_safe::to_the_end;
+use super::cancel_safe::{to_the_end, write_then_forget};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -119,14 +119,8 @@ pub async fn update(
         }
     }
     org.updated_at = state.clock.now();
-    to_the_end(state, |state| async move {
-        state
-            .store
-            .update_org(&org)
-            .await
-            .map_err(ServiceError::from_store("organization"))?;
-        state.directory.invalidate(&org.id);
-        Ok(org)
+    write_then_forget(state, id, "organization", |store| async move {
+        store.update_org(&org).await.map(|()| org)
     })
     .await
 }

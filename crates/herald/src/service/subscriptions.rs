@@ -9,7 +9,7 @@ use herald_core::webhook::Webhook;
 use herald_core::{Invalid, OrgId, WebhookId};
 use herald_dispatch::websub;
 
-use super::cancel_safe::to_the_end;
+use super::cancel_safe::write_then_forget;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -73,19 +73,11 @@ pub async fn verify(
         }
     });
     let subs: Vec<Subscription> = futures::future::join_all(checks).await;
-    let subs = {
-        let org = webhook.org_id.clone();
-        to_the_end(state, |state| async move {
-            state
-                .store
-                .save_subscriptions(&org, &subs)
-                .await
-                .map_err(ServiceError::from_store("webhook"))?;
-            state.directory.invalidate(&org);
-            Ok(subs)
-        })
-        .await?
-    };
+    let org = webhook.org_id.clone();
+    let subs = write_then_forget(state, &webhook.org_id, "webhook", |store| async move {
+        store.save_subscriptions(&org, &subs).await.map(|()| subs)
+    })
+    .await?;
     let failed = subs.iter().filter(|s| s.state == State::Failed).count();
     tracing::info!(webhook = %webhook.id, mode = mode.as_str(), channels = subs.len(), failed, "WebSub verification sent");
     Ok(subs)

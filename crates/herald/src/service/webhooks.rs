@@ -15,7 +15,7 @@ use herald_core::webhook::{
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
 
-use super::cancel_safe::{GiveBackIfDropped, to_the_end};
+use super::cancel_safe::{GiveBackIfDropped, write_then_forget};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -213,14 +213,8 @@ pub async fn create(
             .transpose()?,
     };
     check_profile_rules(state, &snapshot, &webhook)?;
-    let webhook = to_the_end(state, |state| async move {
-        state
-            .store
-            .create_webhook(&webhook)
-            .await
-            .map_err(ServiceError::from_store("organization"))?;
-        state.directory.invalidate(&webhook.org_id);
-        Ok(webhook)
+    let webhook = write_then_forget(state, org, "organization", |store| async move {
+        store.create_webhook(&webhook).await.map(|()| webhook)
     })
     .await?;
     tracing::info!(org = %org, webhook = %webhook.id, url = webhook.url.as_str(), "webhook created");
@@ -387,14 +381,9 @@ async fn tell_subscriber(state: &AppState, w: &Webhook) -> ServiceResult<Vec<Sub
 
 async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
     w.updated_at = state.clock.now();
-    let w = to_the_end(state, |state| async move {
-        state
-            .store
-            .update_webhook(&w)
-            .await
-            .map_err(ServiceError::from_store("webhook"))?;
-        state.directory.invalidate(&w.org_id);
-        Ok(w)
+    let org = w.org_id.clone();
+    let w = write_then_forget(state, &org, "webhook", |store| async move {
+        store.update_webhook(&w).await.map(|()| w)
     })
     .await?;
     if w.active {
@@ -464,15 +453,9 @@ pub async fn delete(
             active.id, active.id
         )));
     }
-    let (org, ids) = (org.clone(), ids.to_vec());
-    let deleted = to_the_end(state, |state| async move {
-        let deleted = state
-            .store
-            .delete_webhooks(&org, &ids, state.clock.now())
-            .await
-            .map_err(ServiceError::from_store("webhook"))?;
-        state.directory.invalidate(&org);
-        Ok(deleted)
+    let (owner, ids, now) = (org.clone(), ids.to_vec(), state.clock.now());
+    let deleted = write_then_forget(state, org, "webhook", |store| async move {
+        store.delete_webhooks(&owner, &ids, now).await
     })
     .await?;
     for id in &deleted {
