@@ -4,14 +4,14 @@
 //!
 //! - [`to_the_end`]: a write and what follows it in memory (forgetting a cached snapshot or an
 //!   API key) run in a task of their own, so a revoked key is never left admitted, nor a paused
-//!   webhook given new deliveries, until the process restarts.
+//!   webhook given new deliveries, until the process restarts. [`write_then_forget`] is its
+//!   usual case: a write, then the organization's cached snapshot forgotten.
 //! - [`GiveBackIfDropped`]: deliveries stored leased to this node are handed to its dispatcher
 //!   once the store answers; if the request is dropped first, their leases are given back so
 //!   that they are due at once instead of when the lease ends (5 minutes by default). Ingest
 //!   takes this path for every request, so it costs nothing unless the request is dropped.
 
 use std::future::Future;
-
 use std::sync::Arc;
 
 use herald_core::store::{IngestItem, Placement, Store, StoreResult};
