@@ -129,8 +129,8 @@ pub struct PurgeCount {
 }
 
 /// Where the next step of a purge starts: just after the last event the previous step looked
-/// at, by time received and then by the store's own order of arrival (`seq`; a backend without
-/// one leaves it 0 and starts at the time itself).
+/// at, by time received and then by the store's own order of arrival (`seq`, SQLite's sequence
+/// number; PostgreSQL has none, ignores it and starts at the time itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeFrom {
     pub received_at: Timestamp,
