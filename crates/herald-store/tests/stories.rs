@@ -1423,8 +1423,10 @@ async fn a_purge_batch_starts_where_the_last_one_ended(store: Arc<dyn Store>) {
 }
 
 /// Purging one organization passes over every other's events and those kept back by a pending
-/// delivery, however many share one millisecond. On SQLite it does so in several steps, each
-/// looking at a bounded number of events, since each step holds the writer of every tenant.
+/// delivery, however many share one millisecond, and so does the retention task's purge of
+/// every organization: in several steps, each looking at a bounded number of events (on SQLite
+/// each step holds the writer of every tenant; on PostgreSQL a step that looked for its victims
+/// however far they were took seconds).
 async fn a_purge_passes_over_a_large_history_it_may_not_remove(store: Arc<dyn Store>) {
     let (acme, mine) = org_with_webhook(&store, "acme").await;
     let (_, theirs) = org_with_webhook(&store, "globex").await;
@@ -1450,12 +1452,9 @@ async fn a_purge_passes_over_a_large_history_it_may_not_remove(store: Arc<dyn St
             }
         }
         assert_eq!(purged.events, want, "for {org:?}");
-        if !store.is_shared() {
-            assert!(
-                steps > 1,
-                "SQLite looked at {} events in one step",
-                2 * BACKLOG + 1
-            );
+        // PostgreSQL finds one organization's events by its key, without walking the others.
+        if org.is_none() || !store.is_shared() {
+            assert!(steps > 1, "{} events looked at in one step", 2 * BACKLOG);
         }
     }
     assert_not_found(store.get_event(&acme.id, "evt_done").await);
