@@ -1473,6 +1473,61 @@ async fn a_purge_passes_over_a_large_history_it_may_not_remove(store: Arc<dyn St
     );
 }
 
+/// The retention task's purge of every organization walks the whole history in bounded steps,
+/// across milliseconds of different sizes and with `limit` reached on the way, and removes
+/// every finished event whatever is kept back around it.
+async fn the_retention_purge_walks_the_whole_history_in_steps(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    for ms in 0..5 {
+        // 700 events still pending and a finished one, all received in one millisecond.
+        let received = T0.plus_millis(ms * 10);
+        let ids: Vec<DeliveryId> = (0..700).map(|_| DeliveryId::generate()).collect();
+        let items: Vec<IngestItem> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let event = event(&org.id, &format!("evt_{ms}_{i}"), "user.created", received);
+                placed_item(event, &[(id, &hook.id)], Placement::Leased)
+            })
+            .collect();
+        store
+            .insert_events(&org.id, &items, received, at(LEASE_SECS))
+            .await
+            .unwrap();
+        let done = format!("evt_done_{ms}");
+        let d = deliver(&store, &hook, &done, received, true).await;
+        record_first_attempt(&store, &org.id, &d, &ok, NextStep::Succeeded).await;
+    }
+
+    let mut purged = PurgeCount::default();
+    let mut steps = 0;
+    let mut from = None;
+    loop {
+        steps += 1;
+        assert!(steps <= 100, "the purge never finished");
+        let (count, next) = store.purge_before(None, at(100), 2, from).await.unwrap();
+        purged += count;
+        match next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(purged.events, 5, "every finished event, in {steps} steps");
+    assert!(steps > 2, "3,505 events looked at in {steps} steps");
+    for ms in 0..5 {
+        assert_not_found(store.get_event(&org.id, &format!("evt_done_{ms}")).await);
+    }
+    let pending: Vec<u64> = store
+        .pending_by_webhook()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.count)
+        .collect();
+    assert_eq!(pending, [3_500], "nothing pending went");
+}
+
 async fn a_delivery_stored_for_a_webhook_just_deleted_is_cancelled(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let deleted = store
@@ -2578,6 +2633,7 @@ macro_rules! stories {
             purging_removes_old_finished_history_and_keeps_pending_work,
             a_purge_batch_starts_where_the_last_one_ended,
             a_purge_passes_over_a_large_history_it_may_not_remove,
+            the_retention_purge_walks_the_whole_history_in_steps,
             a_delivery_stored_for_a_webhook_just_deleted_is_cancelled,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
             disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile,
