@@ -459,7 +459,7 @@ pub(crate) fn resend(
 /// The most events one step of a purge looks at. Each step is one job of the writer that every
 /// tenant shares, and purging a small organization may pass over millions of others' events
 /// (or of events kept back by a pending delivery): passing over 2,000 takes about 0.4 ms.
-pub(crate) const PURGE_SCAN: u32 = 2_000;
+const PURGE_SCAN: u32 = 2_000;
 
 /// One step of a purge: deletes up to `limit` events received before `cutoff` (of one
 /// organization, or all) that have no pending delivery, with their deliveries and attempts.
