@@ -1424,9 +1424,9 @@ async fn a_purge_batch_starts_where_the_last_one_ended(store: Arc<dyn Store>) {
 
 /// Purging one organization passes over every other's events and those kept back by a pending
 /// delivery, however many share one millisecond, and so does the retention task's purge of
-/// every organization: in several steps, each looking at a bounded number of events (on SQLite
-/// each step holds the writer of every tenant; on PostgreSQL a step that looked for its victims
-/// however far they were took seconds).
+/// every organization. Both go in several steps that each look at a bounded number of events
+/// (on SQLite each step holds the writer of every tenant), except one organization's purge on
+/// PostgreSQL, which finds that organization's events by their key and never walks the others.
 async fn a_purge_passes_over_a_large_history_it_may_not_remove(store: Arc<dyn Store>) {
     let (acme, mine) = org_with_webhook(&store, "acme").await;
     let (_, theirs) = org_with_webhook(&store, "globex").await;
