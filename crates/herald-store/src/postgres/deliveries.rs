@@ -714,48 +714,50 @@ async fn victims_by_walk(
             &[&cutoff.as_millis(), &from, &PURGE_SCAN],
         )
         .await?;
-    let full = rows.len() as i64 >= PURGE_SCAN;
-    let millis = |row: Option<&tokio_postgres::Row>| -> DbResult<Option<i64>> {
-        row.map(|r| r.try_get::<_, i64>(2))
-            .transpose()
-            .map_err(Into::into)
+    let millis = |row: &tokio_postgres::Row| row.try_get::<_, i64>(2);
+    // A full step: the first and last milliseconds it reached.
+    let reached = match (rows.first(), rows.last()) {
+        (Some(first), Some(last)) if rows.len() as i64 >= PURGE_SCAN => {
+            Some((millis(first)?, millis(last)?))
+        }
+        _ => None,
     };
-    let (first, last) = (millis(rows.first())?, millis(rows.last())?);
     // A whole step within one millisecond (batches of a thousand share one): read all of it,
     // so that the next step can start after it.
-    let one_millisecond = full && first == last;
-    if let (true, Some(at)) = (one_millisecond, first) {
+    if let Some((at, last)) = reached
+        && at == last
+    {
         rows = c
             .rows(&format!("{LOOK} WHERE e.received_at = $1"), &[&at])
             .await?;
     }
-    let mut candidates: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    let mut next = None;
+    let (mut orgs, mut ids): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut limit_reached_at = None;
     for row in &rows {
         if row.try_get::<_, bool>(3)? {
-            candidates.0.push(row.try_get(0)?);
-            candidates.1.push(row.try_get(1)?);
-            if candidates.0.len() >= limit as usize {
-                // From this millisecond again: what was removed is gone, the rest is read again.
-                next = Some(row.try_get::<_, i64>(2)?);
+            orgs.push(row.try_get(0)?);
+            ids.push(row.try_get(1)?);
+            if ids.len() >= limit as usize {
+                limit_reached_at = Some(millis(row)?);
                 break;
             }
         }
     }
-    let next = match (next, last) {
+    let next = match (limit_reached_at, reached) {
+        // From this millisecond again: what was removed is gone, the rest is read again.
         (Some(at), _) => Some(at),
-        (None, Some(at)) if one_millisecond => Some(at + 1),
-        (None, Some(at)) if full => Some(at),
-        _ => None,
+        (None, Some((first, last))) if first == last => Some(last + 1),
+        (None, Some((_, last))) => Some(last),
+        (None, None) => None,
     };
-    let victims = if candidates.0.is_empty() {
+    let victims = if ids.is_empty() {
         Vec::new()
     } else {
         c.rows(
             "SELECT e.org_id, e.id FROM events e \
              WHERE (e.org_id, e.id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
              FOR UPDATE OF e SKIP LOCKED",
-            &[&candidates.0, &candidates.1],
+            &[&orgs, &ids],
         )
         .await?
         .iter()
