@@ -171,16 +171,27 @@ async fn store_placed(
     n: usize,
     placement: Placement,
 ) -> Vec<DeliveryId> {
+    store_placed_at(store, hook, n, placement, T0).await
+}
+
+/// Like [`store_placed`], the events received at `received`.
+async fn store_placed_at(
+    store: &Arc<dyn Store>,
+    hook: &Webhook,
+    n: usize,
+    placement: Placement,
+    received: Timestamp,
+) -> Vec<DeliveryId> {
     let ids: Vec<DeliveryId> = (0..n).map(|_| DeliveryId::generate()).collect();
     let items: Vec<IngestItem> = ids
         .iter()
         .map(|id| {
-            let event = event(&hook.org_id, &format!("evt_{id}"), "user.created", T0);
+            let event = event(&hook.org_id, &format!("evt_{id}"), "user.created", received);
             placed_item(event, &[(id, &hook.id)], placement)
         })
         .collect();
     store
-        .insert_events(&hook.org_id, &items, T0, at(LEASE_SECS))
+        .insert_events(&hook.org_id, &items, received, at(LEASE_SECS))
         .await
         .unwrap();
     ids
@@ -1438,19 +1449,7 @@ async fn a_purge_passes_over_a_large_history_it_may_not_remove(store: Arc<dyn St
     record_first_attempt(&store, &acme.id, &done, &ok, NextStep::Succeeded).await;
 
     for (org, want) in [(Some(&acme.id), 1), (None, 0)] {
-        let mut purged = PurgeCount::default();
-        let mut steps = 0;
-        let mut from = None;
-        loop {
-            steps += 1;
-            assert!(steps <= 100, "the purge never finished");
-            let (count, next) = store.purge_before(org, at(100), 500, from).await.unwrap();
-            purged += count;
-            match next {
-                Some(next) => from = Some(next),
-                None => break,
-            }
-        }
+        let (purged, steps) = purge_in_steps(&store, org, at(100), 500).await;
         assert_eq!(purged.events, want, "for {org:?}");
         // PostgreSQL finds one organization's events by its key, without walking the others.
         if org.is_none() || !store.is_shared() {
@@ -1458,19 +1457,45 @@ async fn a_purge_passes_over_a_large_history_it_may_not_remove(store: Arc<dyn St
         }
     }
     assert_not_found(store.get_event(&acme.id, "evt_done").await);
-    let mut pending: Vec<u64> = store
+    assert_eq!(
+        pending_counts(&store).await,
+        [BACKLOG as u64, BACKLOG as u64],
+        "nothing pending went"
+    );
+}
+
+/// Purges step after step until the store says nothing is left to look at; answers what went
+/// and in how many steps.
+async fn purge_in_steps(
+    store: &Arc<dyn Store>,
+    org: Option<&OrgId>,
+    cutoff: Timestamp,
+    limit: u32,
+) -> (PurgeCount, u32) {
+    let (mut purged, mut steps, mut from) = (PurgeCount::default(), 0, None);
+    loop {
+        steps += 1;
+        assert!(steps <= 100, "the purge never finished");
+        let (count, next) = store.purge_before(org, cutoff, limit, from).await.unwrap();
+        purged += count;
+        match next {
+            Some(next) => from = Some(next),
+            None => return (purged, steps),
+        }
+    }
+}
+
+/// How many deliveries each webhook has pending, smallest first.
+async fn pending_counts(store: &Arc<dyn Store>) -> Vec<u64> {
+    let mut counts: Vec<u64> = store
         .pending_by_webhook()
         .await
         .unwrap()
         .iter()
         .map(|p| p.count)
         .collect();
-    pending.sort();
-    assert_eq!(
-        pending,
-        [BACKLOG as u64, BACKLOG as u64],
-        "nothing pending went"
-    );
+    counts.sort();
+    counts
 }
 
 /// The retention task's purge of every organization walks the whole history in bounded steps,
@@ -1482,50 +1507,23 @@ async fn the_retention_purge_walks_the_whole_history_in_steps(store: Arc<dyn Sto
     for ms in 0..5 {
         // 700 events still pending and a finished one, all received in one millisecond.
         let received = T0.plus_millis(ms * 10);
-        let ids: Vec<DeliveryId> = (0..700).map(|_| DeliveryId::generate()).collect();
-        let items: Vec<IngestItem> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let event = event(&org.id, &format!("evt_{ms}_{i}"), "user.created", received);
-                placed_item(event, &[(id, &hook.id)], Placement::Leased)
-            })
-            .collect();
-        store
-            .insert_events(&org.id, &items, received, at(LEASE_SECS))
-            .await
-            .unwrap();
+        store_placed_at(&store, &hook, 700, Placement::Leased, received).await;
         let done = format!("evt_done_{ms}");
         let d = deliver(&store, &hook, &done, received, true).await;
         record_first_attempt(&store, &org.id, &d, &ok, NextStep::Succeeded).await;
     }
 
-    let mut purged = PurgeCount::default();
-    let mut steps = 0;
-    let mut from = None;
-    loop {
-        steps += 1;
-        assert!(steps <= 100, "the purge never finished");
-        let (count, next) = store.purge_before(None, at(100), 2, from).await.unwrap();
-        purged += count;
-        match next {
-            Some(next) => from = Some(next),
-            None => break,
-        }
-    }
+    let (purged, steps) = purge_in_steps(&store, None, at(100), 2).await;
     assert_eq!(purged.events, 5, "every finished event, in {steps} steps");
     assert!(steps > 2, "3,505 events looked at in {steps} steps");
     for ms in 0..5 {
         assert_not_found(store.get_event(&org.id, &format!("evt_done_{ms}")).await);
     }
-    let pending: Vec<u64> = store
-        .pending_by_webhook()
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.count)
-        .collect();
-    assert_eq!(pending, [3_500], "nothing pending went");
+    assert_eq!(
+        pending_counts(&store).await,
+        [3_500],
+        "nothing pending went"
+    );
 }
 
 async fn a_delivery_stored_for_a_webhook_just_deleted_is_cancelled(store: Arc<dyn Store>) {
