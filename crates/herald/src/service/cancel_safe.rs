@@ -36,7 +36,8 @@ where
     })?
 }
 
-/// Writes with `write` and then forgets what is cached of `org`, to the end (`to_the_end`).
+/// Writes with `write` and then forgets what is cached of `org` (even if the write failed), to
+/// the end (`to_the_end`).
 /// `what` names the thing a store's "not found" is about.
 pub(crate) async fn write_then_forget<T, F, Fut>(
     state: &AppState,
@@ -51,9 +52,11 @@ where
 {
     let (org, written) = (org.clone(), write(state.store.clone()));
     to_the_end(state, |state| async move {
-        let value = written.await.map_err(ServiceError::from_store(what))?;
+        let written = written.await.map_err(ServiceError::from_store(what));
+        // Whatever the answer: a change that failed halfway (a pause whose steps failed after
+        // its flag was written) may be partly in the store, and forgetting costs one reload.
         state.directory.invalidate(&org);
-        Ok(value)
+        written
     })
     .await
 }
