@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use clap::Args;
 
 use herald_signature::{VerifyError, hex, hub, opal, standard};
@@ -58,6 +59,9 @@ pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
                 println!("No --secret given: signatures are shown, not checked.");
             }
             let app = Router::new().fallback(receive).with_state(Listener { args });
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;
