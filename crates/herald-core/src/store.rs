@@ -65,6 +65,12 @@ impl NewDelivery {
         }
     }
 
+    /// Whether it is stored leased to this node, to be handed to its dispatcher by the caller
+    /// once the store answers.
+    pub fn held_at_ingest(&self) -> bool {
+        self.skip.is_none() && self.not_before.is_none() && self.placement == Placement::Leased
+    }
+
     /// Whether the schedulers must hear of it: it is stored pending and nobody holds it.
     pub fn for_scheduler(&self) -> bool {
         self.skip.is_none() && (self.not_before.is_some() || self.placement == Placement::Due)

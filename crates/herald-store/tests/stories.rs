@@ -2403,6 +2403,98 @@ async fn deleting_an_organization_with_a_backlog_removes_all_of_it(store: Arc<dy
     );
 }
 
+/// Requests stored at the same time may share a statement (PostgreSQL groups them); each must
+/// still get its own answer: an id is new for exactly one of the requests that send it in its
+/// organization, and a request that fails takes no other request down with it.
+async fn concurrent_requests_each_get_their_own_answer(store: Arc<dyn Store>) {
+    const REQUESTS: usize = 24;
+    let (acme, acme_hook) = org_with_webhook(&store, "acme").await;
+    let (globex, globex_hook) = org_with_webhook(&store, "globex").await;
+    let taken = deliver(&store, &acme_hook, "evt_taken", T0, false).await;
+
+    // Request i goes to acme when i is even, globex when odd, with two events: `evt_{i / 4}`
+    // (so every such id is sent by two requests of each organization) and one of its own.
+    let hooks = [&acme_hook, &globex_hook];
+    let request = |i: usize| {
+        let hook = hooks[i % 2];
+        let ids = vec![DeliveryId::generate(), DeliveryId::generate()];
+        let items = vec![
+            item(
+                event(&hook.org_id, &format!("evt_{}", i / 4), "invoice.paid", T0),
+                &[(&ids[0], &hook.id)],
+                false,
+            ),
+            item(
+                event(&hook.org_id, &format!("own_{i}"), "invoice.paid", T0),
+                &[(&ids[1], &hook.id)],
+                false,
+            ),
+        ];
+        (hook.org_id.clone(), ids, items)
+    };
+    // All at once, then the last four beside one that must fail: its delivery id is taken.
+    let first: Vec<_> = (0..REQUESTS).map(request).collect();
+    let answers = store_all(&store, &first).await;
+    let late: Vec<_> = (REQUESTS..REQUESTS + 4).map(request).collect();
+    let failing = vec![item(
+        event(&acme.id, "evt_clash", "invoice.paid", T0),
+        &[(&taken, &acme_hook.id)],
+        false,
+    )];
+    let (late_answers, failed) = tokio::join!(
+        store_all(&store, &late),
+        store.insert_events(&acme.id, &failing, T0, at(LEASE_SECS))
+    );
+
+    assert!(
+        matches!(failed, Err(ref e) if !matches!(e, StoreError::Unavailable(_))),
+        "the clashing request fails on its own account, got {failed:?}"
+    );
+    assert_not_found(store.get_event(&acme.id, "evt_clash").await);
+    let mut new_ids: BTreeMap<(OrgId, String), usize> = BTreeMap::new();
+    let all = first.iter().chain(&late);
+    for ((org, deliveries, items), answer) in all.zip(answers.into_iter().chain(late_answers)) {
+        let results = answer.expect("a request beside a failing one is stored");
+        assert_eq!(results.len(), items.len());
+        for ((item, delivery), result) in items.iter().zip(deliveries).zip(results) {
+            let stored = store.get_delivery(org, delivery).await.is_ok();
+            assert_eq!(
+                stored,
+                result == IngestResult::Stored,
+                "{}: a delivery is stored exactly when its event is new",
+                item.event.id
+            );
+            if result == IngestResult::Stored {
+                *new_ids
+                    .entry((org.clone(), item.event.id.clone()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    // Seven shared ids and fourteen own ids per organization, each new exactly once.
+    for org in [&acme.id, &globex.id] {
+        let ids: Vec<usize> = new_ids
+            .iter()
+            .filter(|((o, _), _)| o == org)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(ids, vec![1; 7 + 14], "{org}");
+    }
+}
+
+/// Stores every request at once; answers in the same order.
+async fn store_all(
+    store: &Arc<dyn Store>,
+    requests: &[(OrgId, Vec<DeliveryId>, Vec<IngestItem>)],
+) -> Vec<StoreResult<Vec<IngestResult>>> {
+    futures::future::join_all(
+        requests
+            .iter()
+            .map(|(org, _, items)| store.insert_events(org, items, T0, at(LEASE_SECS))),
+    )
+    .await
+}
+
 async fn concurrent_ingests_are_all_committed(store: Arc<dyn Store>) {
     const N: usize = 200;
     let (acme, hook) = org_with_webhook(&store, "acme").await;
@@ -2646,6 +2738,7 @@ macro_rules! stories {
             deleting_an_organization_removes_everything_it_owns,
             deleting_an_organization_with_a_backlog_removes_all_of_it,
             concurrent_ingests_are_all_committed,
+            concurrent_requests_each_get_their_own_answer,
             concurrent_claims_never_lease_a_delivery_twice,
         );
     };
@@ -2667,3 +2760,39 @@ macro_rules! stories {
 
 stories!(sqlite);
 stories!(postgres);
+
+/// PostgreSQL stores queued requests in a task of its own. A request whose caller goes away
+/// after queueing it (hyper drops a request's future when its client disconnects) is still
+/// stored, and its deliveries, leased to a dispatcher that will never hear of them, are made
+/// due then, not when their lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
+    let Some(fresh) = postgres().await else {
+        return;
+    };
+    let store = fresh.store.clone();
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let id = DeliveryId::generate();
+    let items = [item(
+        event(&acme.id, "evt_1", "invoice.paid", T0),
+        &[(&id, &hook.id)],
+        true,
+    )];
+    {
+        let queued = store.insert_events(&acme.id, &items, T0, at(LEASE_SECS));
+        futures::pin_mut!(queued);
+        assert!(
+            futures::poll!(&mut queued).is_pending(),
+            "a request waits for its commit"
+        );
+    }
+    let mut claimed = vec![];
+    for _ in 0..100 {
+        claimed = claim(&store, at(1)).await;
+        if !claimed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(claimed, vec![id], "due well before its lease ends");
+}

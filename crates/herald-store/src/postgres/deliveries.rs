@@ -10,6 +10,7 @@
 //! scheduled, a lease given back, a webhook activated) is announced on `herald_work` in the same
 //! transaction; PostgreSQL delivers the notification at commit, and idle nodes look at once.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_core::delivery::{Attempt, Delivery};
@@ -44,29 +45,50 @@ pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
     Ok(())
 }
 
-/// Stores a request's events and their deliveries in one statement: one round trip whatever the
-/// batch size (row by row, a batch of 100 events took 200 sequential round trips). Events whose
-/// id is already stored, or repeated earlier in the same batch, are duplicates: nothing of
-/// theirs is written.
+/// Stores the events of one or more ingest requests and their deliveries in one statement: one
+/// round trip whatever the number of events (row by row, a batch of 100 events took 200
+/// sequential round trips). Events whose id is already stored in their organization, or
+/// repeated earlier among the requests, are duplicates: nothing of theirs is written.
 const INSERT_EVENTS: &str = "WITH ev AS ( \
        INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
-       SELECT $1, * FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[]) \
+       SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+         $6::TEXT[], $7::TEXT[]) \
        ON CONFLICT (org_id, id) DO NOTHING \
-       RETURNING id), \
+       RETURNING org_id, id), \
      dl AS ( \
        INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, attempt_count, \
          schedule_base, next_attempt_at, due_at, lease_until, last_error, created_at, updated_at) \
-       SELECT d.id, $1, d.webhook_id, d.event_id, d.event_type, d.state, 0, 0, d.next_at, d.due_at, \
-         d.lease, d.skip, $8, $8 \
-       FROM UNNEST($9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::BIGINT[], \
-         $15::BIGINT[], $16::BIGINT[], $17::TEXT[]) \
-         AS d(id, webhook_id, event_id, event_type, state, next_at, due_at, lease, skip) \
-       WHERE d.event_id IN (SELECT id FROM ev)) \
-     SELECT id FROM ev";
+       SELECT d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.state, 0, 0, d.next_at, \
+         d.due_at, d.lease, d.skip, d.created, d.created \
+       FROM UNNEST($8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
+         $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::BIGINT[]) \
+         AS d(id, org_id, webhook_id, event_id, event_type, state, next_at, due_at, lease, skip, \
+           created) \
+       WHERE (d.org_id, d.event_id) IN (SELECT org_id, id FROM ev)) \
+     SELECT org_id, id FROM ev";
+
+/// One ingest request's part of [`insert_events`].
+pub(crate) struct IngestRequest<'a> {
+    pub org: &'a OrgId,
+    pub items: &'a [IngestItem],
+    pub now: Timestamp,
+    pub lease_until: Timestamp,
+}
+
+impl IngestRequest<'_> {
+    /// Whether storing it must wake the schedulers: it has deliveries stored without a lease,
+    /// which no node holds yet.
+    pub(crate) fn announces(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| i.deliveries.iter().any(NewDelivery::for_scheduler))
+    }
+}
 
 /// The columns of [`INSERT_EVENTS`], one array per column.
 #[derive(Default)]
 struct IngestColumns<'a> {
+    event_orgs: Vec<&'a str>,
     event_ids: Vec<&'a str>,
     types: Vec<&'a str>,
     occurred: Vec<i64>,
@@ -74,6 +96,7 @@ struct IngestColumns<'a> {
     correlation: Vec<Option<&'a str>>,
     data: Vec<&'a str>,
     delivery_ids: Vec<&'a str>,
+    delivery_orgs: Vec<&'a str>,
     webhooks: Vec<&'a str>,
     delivery_events: Vec<&'a str>,
     delivery_types: Vec<&'a str>,
@@ -82,33 +105,25 @@ struct IngestColumns<'a> {
     due_at: Vec<Option<i64>>,
     lease: Vec<Option<i64>>,
     skip: Vec<Option<&'a str>>,
+    created: Vec<i64>,
 }
 
-pub(crate) async fn insert_events(
-    c: &impl Conn,
-    org: &OrgId,
-    items: &[IngestItem],
-    now: Timestamp,
-    lease_until: Timestamp,
-) -> DbResult<Vec<IngestResult>> {
-    let mut cols = IngestColumns::default();
-    let mut first_of_id = std::collections::HashSet::with_capacity(items.len());
-    for item in items {
+impl<'a> IngestColumns<'a> {
+    fn push_event(&mut self, r: &IngestRequest<'a>, item: &'a IngestItem) {
         let e = &item.event;
-        if !first_of_id.insert(e.id.as_str()) {
-            continue;
-        }
-        cols.event_ids.push(&e.id);
-        cols.types.push(&e.event_type);
-        cols.occurred.push(e.occurred_at.as_millis());
-        cols.received.push(e.received_at.as_millis());
-        cols.correlation.push(e.correlation_id.as_deref());
-        cols.data.push(e.data.get());
+        let org = r.org.as_str();
+        self.event_orgs.push(org);
+        self.event_ids.push(&e.id);
+        self.types.push(&e.event_type);
+        self.occurred.push(e.occurred_at.as_millis());
+        self.received.push(e.received_at.as_millis());
+        self.correlation.push(e.correlation_id.as_deref());
+        self.data.push(e.data.get());
         for d in &item.deliveries {
             let (state, next, due, lease) = match &d.skip {
                 Some(_) => ("skipped", None, None, None),
                 None => {
-                    let (next, due, lease) = d.stored_times(now, lease_until);
+                    let (next, due, lease) = d.stored_times(r.now, r.lease_until);
                     let lease = lease.map(Timestamp::as_millis);
                     (
                         "pending",
@@ -118,30 +133,49 @@ pub(crate) async fn insert_events(
                     )
                 }
             };
-            cols.delivery_ids.push(d.id.as_str());
-            cols.webhooks.push(d.webhook_id.as_str());
-            cols.delivery_events.push(&e.id);
-            cols.delivery_types.push(&e.event_type);
-            cols.states.push(state);
-            cols.next_at.push(next);
-            cols.due_at.push(due);
-            cols.lease.push(lease);
-            cols.skip.push(d.skip.as_deref());
+            self.delivery_ids.push(d.id.as_str());
+            self.delivery_orgs.push(org);
+            self.webhooks.push(d.webhook_id.as_str());
+            self.delivery_events.push(&e.id);
+            self.delivery_types.push(&e.event_type);
+            self.states.push(state);
+            self.next_at.push(next);
+            self.due_at.push(due);
+            self.lease.push(lease);
+            self.skip.push(d.skip.as_deref());
+            self.created.push(r.now.as_millis());
+        }
+    }
+}
+
+/// Stores the requests' events and deliveries with one statement, and answers each request's
+/// results in its items' order, as if the requests had been stored one after the other.
+pub(crate) async fn insert_events(
+    c: &impl Conn,
+    requests: &[IngestRequest<'_>],
+) -> DbResult<Vec<Vec<IngestResult>>> {
+    let mut cols = IngestColumns::default();
+    let mut first_of_id = HashSet::new();
+    for r in requests {
+        for item in r.items {
+            if first_of_id.insert((r.org.as_str(), item.event.id.as_str())) {
+                cols.push_event(r, item);
+            }
         }
     }
     let rows = c
         .rows(
             INSERT_EVENTS,
             &[
-                &org.as_str(),
+                &cols.event_orgs,
                 &cols.event_ids,
                 &cols.types,
                 &cols.occurred,
                 &cols.received,
                 &cols.correlation,
                 &cols.data,
-                &now.as_millis(),
                 &cols.delivery_ids,
+                &cols.delivery_orgs,
                 &cols.webhooks,
                 &cols.delivery_events,
                 &cols.delivery_types,
@@ -150,28 +184,39 @@ pub(crate) async fn insert_events(
                 &cols.due_at,
                 &cols.lease,
                 &cols.skip,
+                &cols.created,
             ],
         )
         .await?;
-    let mut stored = std::collections::HashSet::with_capacity(rows.len());
+    // The ids stored, by organization.
+    let mut stored: HashMap<String, HashSet<String>> = HashMap::new();
     for row in &rows {
-        stored.insert(row.try_get::<_, String>(0)?);
+        let (org, id) = (row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
+        stored.entry(org).or_default().insert(id);
     }
     // The first occurrence of a stored id is the one stored; any later one is a duplicate.
-    let results: Vec<IngestResult> = items
+    let mut announce = false;
+    let results = requests
         .iter()
-        .map(|item| {
-            if stored.remove(&item.event.id) {
-                IngestResult::Stored
-            } else {
-                IngestResult::Duplicate
-            }
+        .map(|r| {
+            let mut stored = stored.get_mut(r.org.as_str());
+            r.items
+                .iter()
+                .map(|item| {
+                    if stored
+                        .as_mut()
+                        .is_some_and(|ids| ids.remove(item.event.id.as_str()))
+                    {
+                        announce |= item.deliveries.iter().any(NewDelivery::for_scheduler);
+                        IngestResult::Stored
+                    } else {
+                        IngestResult::Duplicate
+                    }
+                })
+                .collect()
         })
         .collect();
-    let for_scheduler = items.iter().zip(&results).any(|(item, r)| {
-        *r == IngestResult::Stored && item.deliveries.iter().any(NewDelivery::for_scheduler)
-    });
-    if for_scheduler {
+    if announce {
         announce_work(c).await?;
     }
     Ok(results)
@@ -360,10 +405,28 @@ pub(crate) async fn next_due_at(c: &impl Conn) -> DbResult<Option<Timestamp>> {
 /// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
 const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 
+/// A group's attempts, one array per column: one statement whatever the group's size.
+const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (id, delivery_id, number, started_at, \
+     duration_ms, status, error, error_message, response_body) \
+     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
+       $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[])";
+
+/// A delivery's state after an attempt. One statement per delivery: an `UPDATE … FROM UNNEST`
+/// for the group was planned as a scan of the partial index `deliveries_due` (see BENCHMARKS,
+/// "PostgreSQL"), while this one always goes through the primary key.
+const UPDATE_AFTER_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempt_count = $2, \
+     next_attempt_at = $3::BIGINT, \
+     due_at = CASE WHEN $3::BIGINT IS NOT NULL \
+         AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN $3::BIGINT ELSE NULL END, \
+     lease_until = NULL, last_status = $4, last_error = $5, updated_at = $6 \
+     WHERE id = $7 AND org_id = $8 AND state = 'pending'";
+
 pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
-    // Pipelined: every record's statements go to the server together instead of waiting for a
-    // round trip each (a group from the recorder holds up to 512).
-    futures::future::try_join_all(records.iter().map(|r| record_attempt(c, r))).await?;
+    // Pipelined: the attempts' insert and every delivery's update go to the server together
+    // instead of waiting for a round trip each (a group from the recorder holds up to 512).
+    let insert = insert_attempts(c, records);
+    let updates = futures::future::try_join_all(records.iter().map(|r| update_delivery(c, r)));
+    futures::future::try_join(insert, updates).await?;
     if records
         .iter()
         .any(|r| matches!(r.next, NextStep::RetryAt(_)))
@@ -373,39 +436,45 @@ pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) ->
     Ok(())
 }
 
-async fn record_attempt(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
-    let a = &r.attempt;
-    let insert = async {
-        c.exec(
-        "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, error, \
-         error_message, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+async fn insert_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
+    let attempts = || records.iter().map(|r| &r.attempt);
+    let ids: Vec<&str> = attempts().map(|a| a.id.as_str()).collect();
+    let deliveries: Vec<&str> = attempts().map(|a| a.delivery_id.as_str()).collect();
+    let numbers: Vec<i64> = attempts().map(|a| big(a.number)).collect();
+    let started: Vec<i64> = attempts().map(|a| a.started_at.as_millis()).collect();
+    let durations: Vec<i64> = attempts().map(|a| big(a.duration_ms)).collect();
+    let statuses: Vec<Option<i64>> = attempts().map(|a| a.status.map(big)).collect();
+    let errors: Vec<Option<&str>> = attempts().map(|a| a.error.as_deref()).collect();
+    let messages: Vec<Option<&str>> = attempts().map(|a| a.error_message.as_deref()).collect();
+    let bodies: Vec<&str> = attempts().map(|a| a.response_body.as_str()).collect();
+    c.exec(
+        INSERT_ATTEMPTS,
         &[
-            &a.id.as_str(),
-            &a.delivery_id.as_str(),
-            &big(a.number),
-            &a.started_at.as_millis(),
-            &big(a.duration_ms),
-            &a.status.map(big),
-            &a.error,
-            &a.error_message,
-            &a.response_body,
+            &ids,
+            &deliveries,
+            &numbers,
+            &started,
+            &durations,
+            &statuses,
+            &errors,
+            &messages,
+            &bodies,
         ],
     )
-    .await
-    };
+    .await?;
+    Ok(())
+}
+
+async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
+    let a = &r.attempt;
     let (state, next_at) = match r.next {
         NextStep::Succeeded => ("succeeded", None),
         NextStep::Failed => ("failed", None),
         NextStep::RetryAt(at) => ("pending", Some(at.as_millis())),
     };
     let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
-    let update = async {
-        c.exec(
-        "UPDATE deliveries SET state = $1, attempt_count = $2, next_attempt_at = $3::BIGINT, \
-         due_at = CASE WHEN $3::BIGINT IS NOT NULL \
-             AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) THEN $3::BIGINT ELSE NULL END, \
-         lease_until = NULL, last_status = $4, last_error = $5, updated_at = $6 \
-         WHERE id = $7 AND org_id = $8 AND state = 'pending'",
+    c.exec(
+        UPDATE_AFTER_ATTEMPT,
         &[
             &state,
             &big(a.number),
@@ -417,9 +486,7 @@ async fn record_attempt(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
             &r.org_id.as_str(),
         ],
     )
-    .await
-    };
-    futures::future::try_join(insert, update).await?;
+    .await?;
     Ok(())
 }
 

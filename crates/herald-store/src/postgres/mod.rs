@@ -12,6 +12,7 @@
 
 mod deliveries;
 mod health;
+mod ingest;
 mod orgs;
 mod rows;
 mod signals;
@@ -32,8 +33,8 @@ use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
-    PurgeCount, PurgeFrom, Store, StoreError, StoreResult, StoreSignal,
+    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
+    PurgeFrom, Store, StoreError, StoreResult, StoreSignal,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -106,6 +107,8 @@ pub struct PostgresStore {
     signals: broadcast::Sender<StoreSignal>,
     /// The task that listens for other nodes' notifications, started on first use.
     listener: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// Ingest requests waiting to share a statement.
+    ingest: ingest::IngestQueue,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -166,6 +169,7 @@ impl PostgresStore {
             cipher: Arc::new(cipher),
             signals: broadcast::channel(1024).0,
             listener: std::sync::OnceLock::new(),
+            ingest: ingest::IngestQueue::default(),
         })
     }
 
@@ -396,7 +400,7 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
         || e.to_string().starts_with("timeout")
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     use deadpool_postgres::PoolError;
     match e {
         PoolError::Backend(e) => sql(e),
@@ -562,28 +566,9 @@ impl Store for PostgresStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
-        // One statement, atomic by itself; a transaction only when work must be announced
-        // with it (deliveries stored without a lease, which no node holds yet).
-        let announces = items
-            .iter()
-            .any(|i| i.deliveries.iter().any(NewDelivery::for_scheduler));
-        if announces {
-            in_tx!(self, |tx| deliveries::insert_events(
-                &tx,
-                org,
-                items,
-                now,
-                lease_until
-            ))
-        } else {
-            on_client!(self, |client| deliveries::insert_events(
-                &client,
-                org,
-                items,
-                now,
-                lease_until
-            ))
-        }
+        self.ingest
+            .store(&self.pool, org, items, now, lease_until)
+            .await
     }
 
     async fn claim_due(

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use herald_core::store::{IngestItem, Placement, Store, StoreResult};
+use herald_core::store::{IngestItem, Store, StoreResult};
 use herald_core::{DeliveryId, OrgId, Timestamp};
 
 use crate::app::AppState;
@@ -115,9 +115,7 @@ impl Drop for GiveBackIfDropped<'_> {
             Deliveries::HeldOf(items) => items
                 .iter()
                 .flat_map(|i| &i.deliveries)
-                .filter(|d| {
-                    d.placement == Placement::Leased && d.skip.is_none() && d.not_before.is_none()
-                })
+                .filter(|d| d.held_at_ingest())
                 .map(|d| d.id.clone())
                 .collect(),
             Deliveries::One(id) => vec![id.clone()],
@@ -127,7 +125,8 @@ impl Drop for GiveBackIfDropped<'_> {
         }
         // SQLite's writer runs jobs in the order they came, so this runs after the write it
         // follows, and finds nothing pending if that write never ran. On PostgreSQL it may run
-        // before that write commits; the lease then ends as it would have.
+        // before that write commits; the store then gives the leases back itself once the
+        // write is committed and nobody waits for its answer (`postgres/ingest.rs`).
         let (state, now) = (self.state.clone(), self.now);
         runtime.spawn(async move {
             match state.store.defer_deliveries(&ids, now).await {
