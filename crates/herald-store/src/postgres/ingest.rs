@@ -19,7 +19,7 @@ use herald_core::store::{IngestItem, IngestResult, StoreError, StoreResult};
 use herald_core::{DeliveryId, OrgId, Timestamp};
 
 use super::deliveries::{self, IngestRequest};
-use super::{pool_error, sql, timed};
+use super::{OPERATION_TIMEOUT, pool_error, sql, timed, timed_within};
 
 /// Groups stored at the same time, each on a connection of its own: one can wait for its
 /// commit while the next is written. More only made the groups smaller (one, two, four and
@@ -79,11 +79,18 @@ impl IngestQueue {
             return Ok(results.pop().unwrap_or_default());
         }
         // The runner answers every job it takes; it drops one only if it is itself stopped.
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the server is shutting down; the events may not have been stored".into(),
-            ))
+        // The wait is bounded as one statement is: a caller that gives up is told the database
+        // is away, and if its events are stored after all, the runner gives their leases back.
+        timed_within(2 * OPERATION_TIMEOUT, async {
+            answer.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "storing the events stopped before it answered (the server may be shutting \
+                     down); send them again: repeated ids are recognized"
+                        .into(),
+                ))
+            })
         })
+        .await
     }
 
     fn runner(&self, pool: &Pool) -> mpsc::UnboundedSender<Job> {
