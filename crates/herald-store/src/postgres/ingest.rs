@@ -136,35 +136,36 @@ async fn answer(pool: &Pool, group: Vec<Job>) {
     match outcome {
         Ok(results) => {
             for (job, results) in group.into_iter().zip(results) {
-                let Job {
-                    items, now, reply, ..
-                } = job;
-                if let Err(Ok(results)) = reply.send(Ok(results)) {
-                    give_back(pool, &items, &results, now).await;
-                }
+                reply(pool, job, Ok(results)).await;
             }
         }
         Err(StoreError::Unavailable(cause)) => {
             let why = cause.to_string();
             for job in group {
-                let _ = job
-                    .reply
-                    .send(Err(StoreError::Unavailable(why.clone().into())));
+                reply(pool, job, Err(StoreError::Unavailable(why.clone().into()))).await;
             }
         }
         Err(e) if group.len() == 1 => {
             if let Some(job) = group.into_iter().next() {
-                let _ = job.reply.send(Err(e));
+                reply(pool, job, Err(e)).await;
             }
         }
         Err(_) => {
             for job in group {
                 let results = store_group(pool, &[job.request()]).await;
-                let _ = job
-                    .reply
-                    .send(results.map(|mut r| r.pop().unwrap_or_default()));
+                reply(pool, job, results.map(|mut r| r.pop().unwrap_or_default())).await;
             }
         }
+    }
+}
+
+/// Answers one job; if its caller has gone, gives back what it stored.
+async fn reply(pool: &Pool, job: Job, result: StoreResult<Vec<IngestResult>>) {
+    let Job {
+        items, now, reply, ..
+    } = job;
+    if let Err(Ok(results)) = reply.send(result) {
+        give_back(pool, &items, &results, now).await;
     }
 }
 
