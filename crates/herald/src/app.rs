@@ -21,6 +21,7 @@ use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler, websu
 use herald_store::cipher::SecretCipher;
 use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
+use crate::api::BodyBudget;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::service::auth::Authenticator;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub maintenance: Arc<tokio::sync::Notify>,
     /// The dashboard's sign-in sessions (in this node's memory).
     pub sessions: Arc<crate::dashboard::Sessions>,
+    /// Room for the request bodies this node holds at once (`api::admission`).
+    pub admission: Arc<BodyBudget>,
 }
 
 impl AppState {
@@ -133,6 +136,11 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         address_policy: Arc::new(policy),
         maintenance: Arc::new(tokio::sync::Notify::new()),
         sessions: Arc::new(crate::dashboard::Sessions::new()),
+        admission: Arc::new(BodyBudget::new(
+            settings.server.max_body_bytes_in_flight,
+            settings.server.max_body_bytes,
+            Duration::from_millis(settings.server.admission_wait_ms),
+        )),
         settings: Arc::new(settings),
     };
     state.dispatcher.set_operations(Arc::new(

@@ -33,6 +33,14 @@ pub struct ServerSettings {
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The most bytes of request bodies this node holds at once (each request counts its
+    /// `Content-Length`, or the largest body if it sends none). Past it, requests wait for room
+    /// and then get `503 overloaded`, instead of growing the process without bound.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes_in_flight: usize,
+    /// How long a request waits for room under that limit before its `503`, in milliseconds.
+    #[arg(long, env = "HERALD_ADMISSION_WAIT_MS", default_value_t = 5_000)]
+    pub admission_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -195,6 +203,8 @@ impl Settings {
                 listen: "127.0.0.1:0".parse().expect("a valid address"),
                 public_url: None,
                 max_body_bytes: 1024 * 1024,
+                max_body_bytes_in_flight: 64 * 1024 * 1024,
+                admission_wait_ms: 5_000,
             },
             storage: StorageSettings {
                 data_dir,

@@ -13,12 +13,18 @@ use herald_dispatch::DispatchMetrics;
 pub struct Metrics {
     events_ingested: Counter,
     deliveries_created: Counter,
+    requests_shed: Counter,
 }
 
 impl Metrics {
     pub fn events_ingested(&self, events: usize, deliveries: usize) {
         self.events_ingested.add(events as u64);
         self.deliveries_created.add(deliveries as u64);
+    }
+
+    /// A request turned away with `503 overloaded` (`api::admission`).
+    pub fn request_shed(&self) {
+        self.requests_shed.add(1);
     }
 }
 
@@ -29,6 +35,8 @@ pub struct Snapshot<'a> {
     pub commit_latency: Option<&'a herald_core::metrics::Histogram>,
     pub held_in_memory: usize,
     pub held_bytes: usize,
+    /// Bytes of request bodies admitted and not yet answered (`api::admission`).
+    pub body_bytes_in_flight: u64,
     pub pending: Vec<PendingStat>,
     /// Each webhook with a running task on this node and its adaptive limit.
     pub concurrency: Vec<(WebhookId, usize)>,
@@ -52,6 +60,12 @@ impl Snapshot<'_> {
             "herald_deliveries_created_total",
             "Deliveries created by fan-out.",
             &self.ingest.deliveries_created,
+        );
+        counter(
+            &mut out,
+            "herald_requests_shed_total",
+            "Requests answered 503 overloaded: request bodies in flight were at their limit.",
+            &self.ingest.requests_shed,
         );
         let d = self.dispatch;
         counter(
@@ -121,6 +135,13 @@ impl Snapshot<'_> {
             "gauge",
             "Bytes of events those deliveries carry, counted once per delivery.",
             self.held_bytes as u64,
+        );
+        render_value(
+            &mut out,
+            "herald_request_body_bytes_in_flight",
+            "gauge",
+            "Bytes of request bodies admitted and not yet answered (limit: HERALD_MAX_BODY_BYTES_IN_FLIGHT).",
+            self.body_bytes_in_flight,
         );
         let _ = writeln!(
             out,

@@ -101,7 +101,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code to branch on: `invalid_json`, `invalid_field`, `unknown_event_type`,
     /// `schema_violation`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unavailable`, `internal`…
+    /// `payload_too_large`, `unavailable`, `overloaded`, `internal`…
     #[schema(example = "invalid_field")]
     pub code: &'static str,
     /// What is wrong and what to do, in words.

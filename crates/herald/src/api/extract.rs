@@ -3,8 +3,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -21,16 +21,11 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        // Admission (`admission::admit`) resolved the token already for a request with a body.
+        if let Some(Authenticated(scope)) = parts.extensions.remove::<Authenticated>() {
+            return Ok(Caller(scope));
+        }
+        let token = bearer_token(&parts.headers);
         if token.is_empty() {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -47,6 +42,23 @@ impl FromRequestParts<AppState> for Caller {
             )),
         }
     }
+}
+
+/// A caller whose token was resolved before the handler ran; only the server sets it.
+#[derive(Clone)]
+pub(super) struct Authenticated(pub Scope);
+
+/// The token of `Authorization: Bearer <token>`, or "" when there is none.
+pub(super) fn bearer_token(headers: &HeaderMap) -> &str {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
 }
 
 /// A JSON body whose errors say what is wrong (and where), as `400 invalid_json`, or `413` when

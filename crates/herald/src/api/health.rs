@@ -92,6 +92,7 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
         commit_latency: state.store.commit_latency(),
         held_in_memory: state.dispatcher.held(),
         held_bytes: state.dispatcher.held_bytes(),
+        body_bytes_in_flight: state.admission.in_flight_bytes(),
         pending,
         concurrency: state.dispatcher.concurrency_limits(),
         now: state.clock.now(),

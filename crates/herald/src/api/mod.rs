@@ -3,6 +3,7 @@
 //! registered through `utoipa_axum::routes!`, which also puts it in the OpenAPI document served
 //! at `/openapi.json` (`openapi.rs`).
 
+mod admission;
 mod deliveries;
 mod error;
 mod event_types;
@@ -21,6 +22,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use admission::BodyBudget;
 pub use error::{ApiError, ApiResult, ErrorBody};
 pub use openapi::ApiDoc;
 
@@ -125,5 +127,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
         .with_state(state)
 }

@@ -99,7 +99,13 @@ impl Modify for Conventions {
                 add("401", "No bearer token, or one that is not valid");
                 add(
                     "503",
-                    "The database is unavailable; retry after `Retry-After` seconds",
+                    if has_body {
+                        "The database is unavailable (`unavailable`), or this node is handling \
+                         as many request bodies as it may hold (`overloaded`); nothing was \
+                         stored, retry after `Retry-After` seconds"
+                    } else {
+                        "The database is unavailable; retry after `Retry-After` seconds"
+                    },
                 );
                 if has_body || has_path {
                     add(

@@ -1,7 +1,11 @@
 //! API stories: bad input gets a clear 4xx, tokens and tenants are enforced, resources behave.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
@@ -841,4 +845,124 @@ async fn changes_whose_client_went_away_still_reach_the_caches() {
         StatusCode::UNAUTHORIZED,
         "the revoked key is still admitted"
     );
+}
+
+/// The value of an unlabelled counter or gauge in `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = app.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Opens a connection and starts a request whose body declares `length` bytes but sends only
+/// its first one, so the server holds it while it waits for the rest.
+async fn start_slow_upload(app: &TestApp, path: &str, token: &str, length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n["
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Waits until `/metrics` shows `bytes` of request bodies admitted.
+async fn wait_for_bodies_in_flight(app: &TestApp, bytes: u64) {
+    let gauge = "herald_request_body_bytes_in_flight";
+    for _ in 0..200 {
+        if metric(app, gauge).await == bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{gauge} never reached {bytes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_past_the_budget_wait_for_room_then_get_503() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_body_bytes_in_flight = 8 * 1024;
+        s.server.admission_wait_ms = 700;
+    })
+    .await;
+    let org = app.create_org("Acme").await;
+    let events = format!("/v1/orgs/{org}/events");
+    let event = json!({ "type": "user.created", "id": "admitted-once", "data": { "user": { "id": "u1" } } });
+
+    // Someone without a token cannot spend the budget, not even on a route that reads its
+    // body before knowing who sends it (the dashboard's sign-in form).
+    let _stranger = start_slow_upload(&app, "/login", "not-a-token", 8 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = app.post(&events, event.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "an unauthenticated upload took room"
+    );
+
+    // An authenticated upload of 8 KiB, stalled after one byte, holds the whole budget.
+    let slow = start_slow_upload(&app, &events, ADMIN_TOKEN, 8 * 1024).await;
+    wait_for_bodies_in_flight(&app, 8 * 1024).await;
+
+    // A write that finds no room waits, then is turned away with a 503 that says what to do.
+    let started = std::time::Instant::now();
+    let next =
+        json!({ "type": "user.created", "id": "waited", "data": { "user": { "id": "u2" } } });
+    let resp = app
+        .http
+        .post(format!("{}{events}", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&next)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "it did not wait for room"
+    );
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(code(&body), "overloaded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HERALD_MAX_BODY_BYTES_IN_FLIGHT"),
+        "{body}"
+    );
+    assert_eq!(metric(&app, "herald_requests_shed_total").await, 1);
+
+    // Reads are not held up.
+    let (status, _) = app.get(&format!("/v1/orgs/{org}/event-types")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A write that comes while the budget is spent gets in as soon as room frees up: here,
+    // when the stalled upload's client goes away.
+    let waiting = {
+        let (http, url) = (app.http.clone(), format!("{}{events}", app.base));
+        let next = next.clone();
+        tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&next)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!waiting.is_finished(), "the write did not wait for room");
+    drop(slow);
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // The write turned away earlier stored nothing: this one is new.
+    assert_eq!(body["events"][0]["duplicate"], json!(false), "{body}");
+    wait_for_bodies_in_flight(&app, 0).await;
 }

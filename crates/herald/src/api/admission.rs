@@ -1,0 +1,210 @@
+//! Admission: a bound on the request bodies this node handles at once.
+//!
+//! Every request body is read into memory whole (up to `HERALD_MAX_BODY_BYTES`) and lives, with
+//! what is parsed from it, until its answer. Without a bound, a flood of large requests (a
+//! producer replaying a backlog over hundreds of connections) grows the process until the kernel
+//! kills it. So a request with a body first takes its size from a budget
+//! (`HERALD_MAX_BODY_BYTES_IN_FLIGHT`) and gives it back with its answer. A request that finds
+//! the budget spent waits, its body still unread in the socket, and is answered `503
+//! overloaded` with `Retry-After` if no room frees up in time: nothing of it was stored, so
+//! sending it again loses nothing. Requests without a body (reads) are never held up, nor are
+//! the dashboard's forms (signed in by cookie, not by token; small, and read under the same
+//! `HERALD_MAX_BODY_BYTES`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use super::extract::{Authenticated, bearer_token};
+use crate::app::AppState;
+
+/// The budget is counted in KiB, so that a `u32` of permits covers any size.
+const UNIT: usize = 1024;
+/// At most one warning per this long while requests are being turned away.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Room for request bodies, shared by every connection of this node.
+pub struct BodyBudget {
+    room: Semaphore,
+    total_units: u32,
+    /// The largest body accepted: what a body of unknown length (chunked) is charged.
+    max_body: usize,
+    /// How long a request waits for room before its `503`.
+    wait: Duration,
+    started: Instant,
+    /// When (ms since `started`, plus one) the last warning was logged; 0: never.
+    last_warned: AtomicU64,
+    shed_since_warned: AtomicU64,
+}
+
+impl BodyBudget {
+    pub fn new(total_bytes: usize, max_body: usize, wait: Duration) -> Self {
+        let total_units = u32::try_from(total_bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        Self {
+            room: Semaphore::new(total_units as usize),
+            total_units,
+            max_body,
+            wait,
+            started: Instant::now(),
+            last_warned: AtomicU64::new(0),
+            shed_since_warned: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes of request bodies admitted and not yet answered.
+    pub fn in_flight_bytes(&self) -> u64 {
+        let used = self.total_units as usize - self.room.available_permits();
+        (used * UNIT) as u64
+    }
+
+    /// What a request is charged, in units: its declared length (no more than the largest body
+    /// accepted; a longer one is refused with `413` before it is read), the largest body when
+    /// it does not declare one, and nothing for methods that carry none. A single request
+    /// larger than the whole budget is charged the whole budget, so it can still go alone.
+    fn charge(&self, request: &Request) -> u32 {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let bytes = match declared {
+            Some(n) => n.min(self.max_body),
+            None if carries_body(request.method()) => self.max_body,
+            None => 0,
+        };
+        u32::try_from(bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .min(self.total_units)
+    }
+
+    /// Logs that requests are being turned away, at most once per [`WARN_EVERY`].
+    fn note_shed(&self) {
+        let shed = self.shed_since_warned.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_warned.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.shed_since_warned.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                turned_away = shed,
+                budget_bytes = self.total_units as u64 * UNIT as u64,
+                waited_ms = self.wait.as_millis() as u64,
+                "request bodies in flight are at HERALD_MAX_BODY_BYTES_IN_FLIGHT; answering 503 \
+                 to requests that found no room (raise it if this node has memory to spare, or \
+                 add nodes)"
+            );
+        }
+    }
+}
+
+fn carries_body(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Middleware: admits a request once its body fits in the budget, and holds its share until
+/// the answer is ready.
+///
+/// Only a caller with a valid token is charged. Anyone else's request goes on uncharged: its
+/// handler refuses it (`401`) before reading a byte of its body, so it holds no memory, and a
+/// client without a token cannot spend the budget by declaring large bodies it never sends.
+pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let budget = &state.admission;
+    let units = budget.charge(&request);
+    if units == 0 {
+        return next.run(request).await;
+    }
+    let token = bearer_token(request.headers());
+    let scope = match token {
+        "" => None,
+        token => state.auth.resolve(token).await.ok().flatten(),
+    };
+    let Some(scope) = scope else {
+        return next.run(request).await;
+    };
+    request.extensions_mut().insert(Authenticated(scope));
+    // A permit is taken at once when there is room; the timer is only set when there is not.
+    let share = match budget.room.try_acquire_many(units) {
+        Ok(share) => share,
+        Err(_) => match tokio::time::timeout(budget.wait, budget.room.acquire_many(units)).await {
+            Ok(Ok(share)) => share,
+            // The semaphore is never closed; a timeout is the one way here.
+            Ok(Err(_)) | Err(_) => {
+                budget.note_shed();
+                state.metrics.request_shed();
+                return overloaded(budget).into_response();
+            }
+        },
+    };
+    let response = next.run(request).await;
+    drop(share);
+    response
+}
+
+fn overloaded(budget: &BodyBudget) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!(
+            "this node is already handling {} MiB of request bodies, its limit \
+             (HERALD_MAX_BODY_BYTES_IN_FLIGHT), and no room freed up within {} ms; nothing of \
+             this request was stored, so send it again after Retry-After",
+            budget.total_units as usize * UNIT / (1024 * 1024),
+            budget.wait.as_millis()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn request(method: Method, length: Option<&str>) -> Request {
+        let mut builder = axum::http::Request::builder()
+            .method(method)
+            .uri("/v1/orgs");
+        if let Some(length) = length {
+            builder = builder.header(header::CONTENT_LENGTH, length);
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_request_is_charged_what_its_body_may_hold() {
+        let budget = BodyBudget::new(64 * 1024, 16 * 1024, Duration::from_secs(1));
+        // Declared lengths round up to whole KiB; a body over the limit costs the limit.
+        assert_eq!(budget.charge(&request(Method::POST, Some("1"))), 1);
+        assert_eq!(budget.charge(&request(Method::POST, Some("2049"))), 3);
+        assert_eq!(budget.charge(&request(Method::POST, Some("999999"))), 16);
+        assert_eq!(budget.charge(&request(Method::POST, Some("0"))), 0);
+        // A body of unknown length may be as large as the limit.
+        assert_eq!(budget.charge(&request(Method::PATCH, None)), 16);
+        assert_eq!(budget.charge(&request(Method::POST, Some("many"))), 16);
+        // Reads carry nothing to hold.
+        assert_eq!(budget.charge(&request(Method::GET, None)), 0);
+        assert_eq!(budget.charge(&request(Method::DELETE, None)), 0);
+    }
+
+    #[test]
+    fn a_request_larger_than_the_whole_budget_can_still_go_alone() {
+        let budget = BodyBudget::new(4 * 1024, 1024 * 1024, Duration::from_secs(1));
+        assert_eq!(budget.charge(&request(Method::POST, Some("1048576"))), 4);
+        assert_eq!(budget.in_flight_bytes(), 0);
+    }
+}
