@@ -1,28 +1,27 @@
 //! Admission: a bound on the request bodies this node handles at once.
 //!
-//! Every request body is read into memory whole (up to `HERALD_MAX_BODY_BYTES`) and lives, with
-//! what is parsed from it, until its answer. Without a bound, a flood of large requests (a
-//! producer replaying a backlog over hundreds of connections) grows the process until the kernel
-//! kills it. So a request with a body first takes its size from a budget
-//! (`HERALD_MAX_BODY_BYTES_IN_FLIGHT`) and gives it back with its answer. A request that finds
-//! the budget spent waits, its body still unread in the socket, and is answered `503
-//! overloaded` with `Retry-After` if no room frees up in time: nothing of it was stored, so
-//! sending it again loses nothing. Requests without a body (reads) are never held up, nor are
-//! the dashboard's forms (signed in by cookie, not by token; small, and read under the same
-//! `HERALD_MAX_BODY_BYTES`).
+//! Every request body is read into memory whole (up to `HERALD_MAX_BODY_BYTES`), and posted
+//! events live, with what is parsed from them, until their answer. Without a bound, a flood of
+//! large requests (a producer replaying a backlog over hundreds of connections) grows the
+//! process until the kernel kills it. So the API's body extractors (`extract.rs`) first take
+//! the body's size from a budget (`HERALD_MAX_BODY_BYTES_IN_FLIGHT`); posted events keep their
+//! share until the answer, other bodies until they are parsed. A request that finds the budget
+//! spent waits, its body still unread in the socket, and is answered `503 overloaded` with
+//! `Retry-After` if no room frees up in time: nothing of it was stored, so sending it again
+//! loses nothing. Requests without a body (reads) are never held up. The dashboard's forms,
+//! small and rare, are not counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use std::sync::Arc;
+
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
-use super::extract::{Authenticated, bearer_token};
-use crate::app::AppState;
+use crate::metrics::Metrics;
 
 /// The budget is counted in KiB, so that a `u32` of permits covers any size.
 const UNIT: usize = 1024;
@@ -31,7 +30,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Room for request bodies, shared by every connection of this node.
 pub struct BodyBudget {
-    room: Semaphore,
+    room: Arc<Semaphore>,
     total_units: u32,
     /// The largest body accepted: what a body of unknown length (chunked) is charged.
     max_body: usize,
@@ -49,7 +48,7 @@ impl BodyBudget {
             .unwrap_or(u32::MAX)
             .clamp(1, Semaphore::MAX_PERMITS as u32);
         Self {
-            room: Semaphore::new(total_units as usize),
+            room: Arc::new(Semaphore::new(total_units as usize)),
             total_units,
             max_body,
             wait,
@@ -69,7 +68,7 @@ impl BodyBudget {
     /// accepted; a longer one is refused with `413` before it is read), the largest body when
     /// it does not declare one, and nothing for methods that carry none. A single request
     /// larger than the whole budget is charged the whole budget, so it can still go alone.
-    fn charge(&self, request: &Request) -> u32 {
+    pub fn charge(&self, request: &Request) -> u32 {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -117,43 +116,33 @@ fn carries_body(method: &Method) -> bool {
     )
 }
 
-/// Middleware: admits a request once its body fits in the budget, and holds its share until
-/// the answer is ready.
-///
-/// Only a caller with a valid token is charged. Anyone else's request goes on uncharged: its
-/// handler refuses it (`401`) before reading a byte of its body, so it holds no memory, and a
-/// client without a token cannot spend the budget by declaring large bodies it never sends.
-pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let budget = &state.admission;
-    let units = budget.charge(&request);
-    if units == 0 {
-        return next.run(request).await;
-    }
-    let token = bearer_token(request.headers());
-    let scope = match token {
-        "" => None,
-        token => state.auth.resolve(token).await.ok().flatten(),
-    };
-    let Some(scope) = scope else {
-        return next.run(request).await;
-    };
-    request.extensions_mut().insert(Authenticated(scope));
-    // A permit is taken at once when there is room; the timer is only set when there is not.
-    let share = match budget.room.try_acquire_many(units) {
-        Ok(share) => share,
-        Err(_) => match tokio::time::timeout(budget.wait, budget.room.acquire_many(units)).await {
-            Ok(Ok(share)) => share,
+/// A request's share of the budget, given back when dropped: hold it for as long as what was
+/// read from the body lives.
+pub struct Admitted(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl BodyBudget {
+    /// Waits for room for a body charged `units` ([`BodyBudget::charge`]); `503 overloaded` if
+    /// none frees up within the wait. Called by the body extractors, after the caller's token
+    /// was checked: a request without a valid one is refused before it gets here, so it
+    /// cannot spend the budget by declaring large bodies it never sends.
+    pub async fn admit(&self, units: u32, metrics: &Metrics) -> Result<Admitted, ApiError> {
+        if units == 0 {
+            return Ok(Admitted(None));
+        }
+        // Room is taken at once when there is some; the timer is only set when there is not.
+        if let Ok(share) = self.room.clone().try_acquire_many_owned(units) {
+            return Ok(Admitted(Some(share)));
+        }
+        match tokio::time::timeout(self.wait, self.room.clone().acquire_many_owned(units)).await {
+            Ok(Ok(share)) => Ok(Admitted(Some(share))),
             // The semaphore is never closed; a timeout is the one way here.
             Ok(Err(_)) | Err(_) => {
-                budget.note_shed();
-                state.metrics.request_shed();
-                return overloaded(budget).into_response();
+                self.note_shed();
+                metrics.request_shed();
+                Err(overloaded(self))
             }
-        },
-    };
-    let response = next.run(request).await;
-    drop(share);
-    response
+        }
+    }
 }
 
 fn overloaded(budget: &BodyBudget) -> ApiError {

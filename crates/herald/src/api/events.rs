@@ -70,7 +70,8 @@ async fn post_events(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgPath>,
-    RawJsonBody(body): RawJsonBody,
+    // Its share of the bodies in flight is held until the events are stored and answered.
+    RawJsonBody(body, _admitted): RawJsonBody,
 ) -> ApiResult<(StatusCode, Json<IngestReport>)> {
     let (events, batch) = posted_events(&body)?;
     let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, events, batch).await?;

@@ -3,10 +3,11 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::admission::Admitted;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::service::Scope;
@@ -21,11 +22,16 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        // Admission (`admission::admit`) resolved the token already for a request with a body.
-        if let Some(Authenticated(scope)) = parts.extensions.remove::<Authenticated>() {
-            return Ok(Caller(scope));
-        }
-        let token = bearer_token(&parts.headers);
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
         if token.is_empty() {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -42,23 +48,6 @@ impl FromRequestParts<AppState> for Caller {
             )),
         }
     }
-}
-
-/// A caller whose token was resolved before the handler ran; only the server sets it.
-#[derive(Clone)]
-pub(super) struct Authenticated(pub Scope);
-
-/// The token of `Authorization: Bearer <token>`, or "" when there is none.
-pub(super) fn bearer_token(headers: &HeaderMap) -> &str {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
 }
 
 /// A JSON body whose errors say what is wrong (and where), as `400 invalid_json`, or `413` when
@@ -92,14 +81,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
 }
 
 /// A JSON body left as bytes, for a handler that parses it borrowing from it: read under the
-/// size limit, with the errors of [`JsonBody`], and not empty.
-pub struct RawJsonBody(pub Bytes);
+/// size limit, with the errors of [`JsonBody`], and not empty. The body's share of the bodies
+/// in flight ([`Admitted`]) comes with it: hold it until the answer.
+pub struct RawJsonBody(pub Bytes, pub Admitted);
 
 impl FromRequest<AppState> for RawJsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, state).await?;
+        let (bytes, admitted) = read_body(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -107,7 +97,7 @@ impl FromRequest<AppState> for RawJsonBody {
                 "the request body is empty; send a JSON object",
             ));
         }
-        Ok(RawJsonBody(bytes))
+        Ok(RawJsonBody(bytes, admitted))
     }
 }
 
@@ -126,16 +116,22 @@ async fn read_json<T: DeserializeOwned>(
     req: Request,
     state: &AppState,
 ) -> Result<Option<T>, ApiError> {
-    let bytes = read_body(req, state).await?;
+    // The body's share of the budget is given back once it is parsed: what a handler keeps of
+    // an (administrative) body is small beside the body itself.
+    let (bytes, _admitted) = read_body(req, state).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     parse_json(&bytes).map(Some)
 }
 
-async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+/// Reads a body under the size limit, once there is room for it among the bodies in flight
+/// (`admission`).
+async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), ApiError> {
     let limit = state.settings.server.max_body_bytes;
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let units = state.admission.charge(&req);
+    let admitted = state.admission.admit(units, &state.metrics).await?;
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -151,7 +147,8 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
                 format!("could not read the request body: {e}"),
             )
         }
-    })
+    })?;
+    Ok((bytes, admitted))
 }
 
 /// Parses a path id, answering 404 for anything that is not one (an id of the wrong shape

@@ -127,9 +127,5 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admission::admit,
-        ))
         .with_state(state)
 }
