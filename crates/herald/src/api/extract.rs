@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::admission::Admitted;
@@ -130,7 +131,13 @@ async fn read_json<T: DeserializeOwned>(
 async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), ApiError> {
     let limit = state.settings.server.max_body_bytes;
     let units = state.admission.charge(&req);
-    let admitted = state.admission.admit(units, &state.metrics).await?;
+    let admitted = match state.admission.admit(units, &state.metrics).await {
+        Ok(admitted) => admitted,
+        Err(overloaded) => {
+            discard_body(req, limit).await;
+            return Err(overloaded);
+        }
+    };
     let bytes = Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -149,6 +156,23 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
         }
     })?;
     Ok((bytes, admitted))
+}
+
+/// Reads and drops what the client still sends of a body that will not be used (at most
+/// `limit` bytes, for at most a second), a chunk at a time. Answered before its body is read,
+/// a client still sending it would often see the connection reset instead of the answer.
+async fn discard_body(req: Request, limit: usize) {
+    let mut body = req.into_body();
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |data| data.len());
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// Parses a path id, answering 404 for anything that is not one (an id of the wrong shape
