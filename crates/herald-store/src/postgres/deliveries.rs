@@ -441,10 +441,10 @@ const FINISH_AFTER_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempt_co
 /// parked if its webhook is inactive. See [`FINISH_AFTER_ATTEMPT`] for why it is a statement of
 /// its own.
 const RETRY_AFTER_ATTEMPT: &str = concat!(
-    "UPDATE deliveries SET attempt_count = $1, next_attempt_at = $2::BIGINT, due_at = ",
-    unless_parked!("$2::BIGINT"),
-    ", lease_until = NULL, last_status = $3, last_error = $4, updated_at = $5 \
-     WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8"
+    "UPDATE deliveries SET next_attempt_at = $1::BIGINT, due_at = ",
+    unless_parked!("$1::BIGINT"),
+    ", attempt_count = $2, lease_until = NULL, last_status = $3, last_error = $4, \
+     updated_at = $5 WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8"
 );
 
 pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
@@ -496,37 +496,37 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
     let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
     let (number, status) = (big(a.number), a.status.map(big));
     let (id, org) = (a.delivery_id.as_str(), r.org_id.as_str());
-    let pending = DeliveryState::Pending.as_str();
-    let finished = match r.next {
-        NextStep::Succeeded => DeliveryState::Succeeded.as_str(),
-        NextStep::Failed => DeliveryState::Failed.as_str(),
+    let [pending, succeeded, failed] = [
+        DeliveryState::Pending,
+        DeliveryState::Succeeded,
+        DeliveryState::Failed,
+    ]
+    .map(|s| s.as_str());
+    // The two statements differ only in their first parameter: the final state, or when the
+    // next attempt is due.
+    let next_at;
+    let (sql, first): (&str, &(dyn ToSql + Sync)) = match r.next {
+        NextStep::Succeeded => (FINISH_AFTER_ATTEMPT, &succeeded),
+        NextStep::Failed => (FINISH_AFTER_ATTEMPT, &failed),
         NextStep::RetryAt(at) => {
-            let at = at.as_millis();
-            let params: [&(dyn ToSql + Sync); 8] = [
-                &number,
-                &at,
-                &status,
-                &a.error,
-                &updated_at,
-                &id,
-                &org,
-                &pending,
-            ];
-            c.exec(RETRY_AFTER_ATTEMPT, &params).await?;
-            return Ok(());
+            next_at = at.as_millis();
+            (RETRY_AFTER_ATTEMPT, &next_at)
         }
     };
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &finished,
-        &number,
-        &status,
-        &a.error,
-        &updated_at,
-        &id,
-        &org,
-        &pending,
-    ];
-    c.exec(FINISH_AFTER_ATTEMPT, &params).await?;
+    c.exec(
+        sql,
+        &[
+            first,
+            &number,
+            &status,
+            &a.error,
+            &updated_at,
+            &id,
+            &org,
+            &pending,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -1003,7 +1003,7 @@ mod tests {
         let retry = generic_plan(
             &scoped,
             RETRY_AFTER_ATTEMPT,
-            "1, 100, 500, 'http', 5, 'dlv_x', 'org_x', 'pending'",
+            "100, 1, 500, 'http', 5, 'dlv_x', 'org_x', 'pending'",
         )
         .await;
         admin

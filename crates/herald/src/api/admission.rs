@@ -11,10 +11,9 @@
 //! loses nothing. Requests without a body (reads) are never held up. The dashboard's forms,
 //! small and rare, are not counted.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
@@ -84,6 +83,33 @@ impl BodyBudget {
             .min(self.total_units)
     }
 
+    /// Waits for room for a body charged `units` ([`BodyBudget::charge`]); `503 overloaded` if
+    /// none frees up within the wait. Called by the body extractors, after the caller's token
+    /// was checked: a request without a valid one is refused before it gets here, so it
+    /// cannot spend the budget by declaring large bodies it never sends.
+    pub async fn admit(&self, units: u32, metrics: &Metrics) -> Result<Admitted, ApiError> {
+        if units == 0 {
+            return Ok(Admitted { _share: None });
+        }
+        // Room is taken at once when there is some; the timer is only set when there is not.
+        if let Ok(share) = self.room.clone().try_acquire_many_owned(units) {
+            return Ok(Admitted {
+                _share: Some(share),
+            });
+        }
+        match tokio::time::timeout(self.wait, self.room.clone().acquire_many_owned(units)).await {
+            Ok(Ok(share)) => Ok(Admitted {
+                _share: Some(share),
+            }),
+            // The semaphore is never closed; a timeout is the one way here.
+            Ok(Err(_)) | Err(_) => {
+                self.note_shed();
+                metrics.request_shed();
+                Err(overloaded(self))
+            }
+        }
+    }
+
     /// Logs that requests are being turned away, at most once per [`WARN_EVERY`].
     fn note_shed(&self) {
         let shed = self.shed_since_warned.fetch_add(1, Ordering::Relaxed) + 1;
@@ -109,6 +135,12 @@ impl BodyBudget {
     }
 }
 
+/// A request's share of the budget, given back when dropped: hold it for as long as what was
+/// read from the body lives.
+pub struct Admitted {
+    _share: Option<OwnedSemaphorePermit>,
+}
+
 fn carries_body(method: &Method) -> bool {
     !matches!(
         *method,
@@ -116,47 +148,27 @@ fn carries_body(method: &Method) -> bool {
     )
 }
 
-/// A request's share of the budget, given back when dropped: hold it for as long as what was
-/// read from the body lives.
-pub struct Admitted(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
-
-impl BodyBudget {
-    /// Waits for room for a body charged `units` ([`BodyBudget::charge`]); `503 overloaded` if
-    /// none frees up within the wait. Called by the body extractors, after the caller's token
-    /// was checked: a request without a valid one is refused before it gets here, so it
-    /// cannot spend the budget by declaring large bodies it never sends.
-    pub async fn admit(&self, units: u32, metrics: &Metrics) -> Result<Admitted, ApiError> {
-        if units == 0 {
-            return Ok(Admitted(None));
-        }
-        // Room is taken at once when there is some; the timer is only set when there is not.
-        if let Ok(share) = self.room.clone().try_acquire_many_owned(units) {
-            return Ok(Admitted(Some(share)));
-        }
-        match tokio::time::timeout(self.wait, self.room.clone().acquire_many_owned(units)).await {
-            Ok(Ok(share)) => Ok(Admitted(Some(share))),
-            // The semaphore is never closed; a timeout is the one way here.
-            Ok(Err(_)) | Err(_) => {
-                self.note_shed();
-                metrics.request_shed();
-                Err(overloaded(self))
-            }
-        }
-    }
-}
-
 fn overloaded(budget: &BodyBudget) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
         format!(
-            "this node is already handling {} MiB of request bodies, its limit \
+            "this node is already handling {} of request bodies, its limit \
              (HERALD_MAX_BODY_BYTES_IN_FLIGHT), and no room freed up within {} ms; nothing of \
              this request was stored, so send it again after Retry-After",
-            budget.total_units as usize * UNIT / (1024 * 1024),
+            in_kib_or_mib(budget.total_units),
             budget.wait.as_millis()
         ),
     )
+}
+
+/// `units` KiB, as "512 KiB" or "64 MiB".
+fn in_kib_or_mib(units: u32) -> String {
+    if units >= 1024 && units.is_multiple_of(1024) {
+        format!("{} MiB", units / 1024)
+    } else {
+        format!("{units} KiB")
+    }
 }
 
 #[cfg(test)]

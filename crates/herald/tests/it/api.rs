@@ -847,15 +847,6 @@ async fn changes_whose_client_went_away_still_reach_the_caches() {
     );
 }
 
-/// The value of an unlabelled counter or gauge in `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 /// Opens a connection and starts a request whose body declares `length` bytes but sends only
 /// its first one, so the server holds it while it waits for the rest.
 async fn start_slow_upload(app: &TestApp, path: &str, token: &str, length: usize) -> TcpStream {
@@ -874,7 +865,7 @@ async fn start_slow_upload(app: &TestApp, path: &str, token: &str, length: usize
 async fn wait_for_bodies_in_flight(app: &TestApp, bytes: u64) {
     let gauge = "herald_request_body_bytes_in_flight";
     for _ in 0..200 {
-        if metric(app, gauge).await == bytes {
+        if app.metric(gauge).await == bytes {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -934,7 +925,7 @@ async fn request_bodies_past_the_budget_wait_for_room_then_get_503() {
             .contains("HERALD_MAX_BODY_BYTES_IN_FLIGHT"),
         "{body}"
     );
-    assert_eq!(metric(&app, "herald_requests_shed_total").await, 1);
+    assert_eq!(app.metric("herald_requests_shed_total").await, 1);
 
     // Reads are not held up.
     let (status, _) = app.get(&format!("/v1/orgs/{org}/event-types")).await;

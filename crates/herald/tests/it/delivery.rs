@@ -19,15 +19,6 @@ fn session_revoked(id: &str) -> serde_json::Value {
     json!({ "type": "session.revoked", "data": { "session": { "id": id }, "user": { "id": "u" } } })
 }
 
-/// The value of an unlabelled counter or gauge in `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_reaches_every_matching_active_webhook_signed() {
     let app = TestApp::spawn().await;
@@ -1121,7 +1112,7 @@ async fn a_slow_endpoint_does_not_take_the_memory_other_webhooks_need() {
 async fn held_in_memory_once_within(app: &TestApp, budget: u64) -> u64 {
     let mut held = u64::MAX;
     for _ in 0..20 {
-        held = metric(app, "herald_deliveries_in_memory").await;
+        held = app.metric("herald_deliveries_in_memory").await;
         if held <= budget {
             break;
         }
@@ -1160,7 +1151,7 @@ async fn deliveries_given_back_for_room_are_pulled_again_and_arrive_once() {
     app.send_event(&org, json!(revoked)).await;
     other.wait_for("/other", 20, Duration::from_secs(5)).await;
     // The busy one gave room back rather than keep its 40.
-    let given_back = metric(&app, "herald_deliveries_given_back_total").await;
+    let given_back = app.metric("herald_deliveries_given_back_total").await;
     assert!(given_back > 0, "nothing was given back");
 
     busy.wait_for("/busy", 120, Duration::from_secs(30)).await;

@@ -134,7 +134,6 @@ impl TestApp {
         self.call(Method::DELETE, path, ADMIN_TOKEN, None).await
     }
 
-    /// Creates an organization and returns its id.
     /// `/metrics` as text.
     pub async fn metrics(&self) -> String {
         self.http
@@ -147,6 +146,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The value of an unlabelled counter or gauge in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// Creates an organization and returns its id.
     pub async fn create_org(&self, name: &str) -> String {
         let (status, org) = self.post("/v1/orgs", json!({ "name": name })).await;
         assert_eq!(status, StatusCode::CREATED, "{org}");
