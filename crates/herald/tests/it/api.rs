@@ -884,10 +884,13 @@ async fn request_bodies_past_the_budget_wait_for_room_then_get_503() {
     let events = format!("/v1/orgs/{org}/events");
     let event = json!({ "type": "user.created", "id": "admitted-once", "data": { "user": { "id": "u1" } } });
 
-    // Someone without a valid token cannot spend the budget by declaring a body.
-    let _stranger = start_slow_upload(&app, &events, "not-a-token", 8 * 1024).await;
+    // Someone without a valid token cannot spend the budget by declaring a body, not even on
+    // a route that reads its body before knowing who sends it (the dashboard's sign-in form).
+    // An unauthenticated API request is refused before its body is read, so it would release
+    // any share at once; this one would hold it while it waits for the rest.
+    let _stranger = start_slow_upload(&app, "/login", "not-a-token", 8 * 1024).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, _) = app.post(&events, event.clone()).await;
+    let (status, _) = app.post(&events, event).await;
     assert_eq!(
         status,
         StatusCode::ACCEPTED,
