@@ -308,8 +308,15 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
         self.record_attempts(std::slice::from_ref(record)).await
     }
-    /// Gives leased deliveries back to be attempted at `until` (a circuit breaker is open).
-    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()>;
+    /// Gives the organization's leased deliveries back to be attempted at `until` (a circuit
+    /// breaker is open, or a client went away while they were stored). Another organization's
+    /// ids are left as they are.
+    async fn defer_deliveries(
+        &self,
+        org: &OrgId,
+        ids: &[DeliveryId],
+        until: Timestamp,
+    ) -> StoreResult<()>;
     /// Moves the webhook's deliveries deferred to exactly `deferred_to` to `to`: to now when its
     /// circuit's probe succeeded before then, to the next cool-down's end when it failed.
     /// Answers how many.

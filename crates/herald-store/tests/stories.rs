@@ -912,10 +912,20 @@ async fn deliveries_deferred_during_a_probe_are_moved_when_it_ends(store: Arc<dy
     let theirs = store_placed(&store, &other, 1, Placement::Leased).await;
     // While the probe was out, two were put off to its end (40 s); one to a later cool-down;
     // another webhook's to the same time. The last waits for another probe (100 s).
-    store.defer_deliveries(&ids[..2], at(40)).await.unwrap();
-    store.defer_deliveries(&ids[2..3], at(90)).await.unwrap();
-    store.defer_deliveries(&theirs, at(40)).await.unwrap();
-    store.defer_deliveries(&ids[3..], at(100)).await.unwrap();
+    let org = &org.id;
+    store
+        .defer_deliveries(org, &ids[..2], at(40))
+        .await
+        .unwrap();
+    store
+        .defer_deliveries(org, &ids[2..3], at(90))
+        .await
+        .unwrap();
+    store.defer_deliveries(org, &theirs, at(40)).await.unwrap();
+    store
+        .defer_deliveries(org, &ids[3..], at(100))
+        .await
+        .unwrap();
 
     // The probe succeeded at 5 s. Claims here lease past the end of the story.
     let woken = store.move_deferred(&hook.id, at(40), at(5)).await.unwrap();
@@ -1015,10 +1025,10 @@ async fn pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog(store: 
 }
 
 async fn a_probes_answer_moves_every_delivery_of_a_backlog(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let (org, hook) = org_with_webhook(&store, "acme").await;
     let mut ids = store_placed(&store, &hook, BACKLOG, Placement::Leased).await;
     ids.sort();
-    store.defer_deliveries(&ids, at(40)).await.unwrap();
+    store.defer_deliveries(&org.id, &ids, at(40)).await.unwrap();
     let moved = store.move_deferred(&hook.id, at(40), at(5)).await.unwrap();
     assert_eq!(moved, BACKLOG as u64);
     assert_eq!(claim_many(&store, at(5)).await, ids);
@@ -1059,11 +1069,35 @@ async fn recovering_reaches_every_failed_delivery_of_a_long_history(store: Arc<d
     assert_eq!(claim_many(&store, at(200)).await, failed);
 }
 
+async fn a_deferral_reaches_only_its_own_organizations_deliveries(store: Arc<dyn Store>) {
+    let (acme, _) = org_with_webhook(&store, "acme").await;
+    let (_, theirs) = org_with_webhook(&store, "globex").await;
+    let leased = store_placed(&store, &theirs, 1, Placement::Leased).await;
+    // Acme names globex's delivery (a resend of an id it does not own, whose client went
+    // away): globex's lease stands, so its dispatcher is not raced by a second send.
+    store
+        .defer_deliveries(&acme.id, &leased, at(5))
+        .await
+        .unwrap();
+    assert!(
+        claim(&store, at(5)).await.is_empty(),
+        "another org's lease was given back"
+    );
+    store
+        .defer_deliveries(&theirs.org_id, &leased, at(5))
+        .await
+        .unwrap();
+    assert_eq!(claim(&store, at(5)).await, leased);
+}
+
 async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>) {
-    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let (org, hook) = org_with_webhook(&store, "acme").await;
     let ids = store_placed(&store, &hook, 2, Placement::Leased).await;
     // A circuit breaker put the first off for a minute; the second is spilled.
-    store.defer_deliveries(&ids[..1], at(60)).await.unwrap();
+    store
+        .defer_deliveries(&org.id, &ids[..1], at(60))
+        .await
+        .unwrap();
     store
         .spill_deliveries(&[(ids[1].clone(), at(LEASE_SECS))])
         .await
@@ -2702,6 +2736,7 @@ macro_rules! stories {
             a_delivery_put_off_by_its_schedule_comes_due_then,
             spilled_deliveries_are_pulled_by_their_webhook_in_id_order,
             a_deferred_or_parked_delivery_is_not_pulled_early,
+            a_deferral_reaches_only_its_own_organizations_deliveries,
             deliveries_deferred_during_a_probe_are_moved_when_it_ends,
             a_probes_answer_moves_every_delivery_of_a_backlog,
             pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog,

@@ -138,7 +138,10 @@ impl Dispatcher {
                 .clock
                 .now()
                 .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
-            shared.store.defer_deliveries(&ids, until).await?;
+            shared
+                .store
+                .defer_deliveries(&first.org_id, &ids, until)
+                .await?;
             tracing::debug!(webhook = %webhook.id, deliveries = ids.len(), reason, "webhook not verified; deliveries wait");
             return Ok(());
         }

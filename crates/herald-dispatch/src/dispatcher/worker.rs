@@ -169,7 +169,9 @@ impl Dispatcher {
         for id in &ids {
             self.release_held(id);
         }
-        if let Err(e) = self.shared.store.defer_deliveries(&ids, until).await {
+        // One webhook's deliveries, so one organization's.
+        let org = &batch.first().or(behind.first())?.org_id;
+        if let Err(e) = self.shared.store.defer_deliveries(org, &ids, until).await {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }
         self.wake_delivery_scheduler();

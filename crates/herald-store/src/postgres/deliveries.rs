@@ -877,13 +877,19 @@ async fn victims_by_walk(
     ))
 }
 
-pub(crate) async fn defer(c: &impl Conn, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {
+pub(crate) async fn defer(
+    c: &impl Conn,
+    org: &OrgId,
+    ids: &[DeliveryId],
+    until: Timestamp,
+) -> DbResult<()> {
     for id in ids {
         c.exec(
             "UPDATE deliveries SET lease_until = NULL, \
              next_attempt_at = GREATEST(COALESCE(next_attempt_at, $1), $1), \
-             due_at = GREATEST(COALESCE(next_attempt_at, $1), $1) WHERE id = $2 AND state = 'pending'",
-            &[&until.as_millis(), &id.as_str()],
+             due_at = GREATEST(COALESCE(next_attempt_at, $1), $1) \
+             WHERE id = $2 AND org_id = $3 AND state = 'pending'",
+            &[&until.as_millis(), &id.as_str(), &org.as_str()],
         )
         .await?;
     }

@@ -162,17 +162,27 @@ async fn answer(pool: &Pool, group: Vec<Job>) {
 /// Answers one job; if its caller has gone, gives back what it stored.
 async fn reply(pool: &Pool, job: Job, result: StoreResult<Vec<IngestResult>>) {
     let Job {
-        items, now, reply, ..
+        org,
+        items,
+        now,
+        reply,
+        ..
     } = job;
     if let Err(Ok(results)) = reply.send(result) {
-        give_back(pool, &items, &results, now).await;
+        give_back(pool, &org, &items, &results, now).await;
     }
 }
 
 /// The caller of a stored request went away (its client disconnected), so nobody hands the
 /// deliveries leased to this node to its dispatcher: they are made due now instead of when
 /// their lease ends. Its own give-back may have run before the commit and found nothing.
-async fn give_back(pool: &Pool, items: &[IngestItem], results: &[IngestResult], now: Timestamp) {
+async fn give_back(
+    pool: &Pool,
+    org: &OrgId,
+    items: &[IngestItem],
+    results: &[IngestResult],
+    now: Timestamp,
+) {
     let held: Vec<DeliveryId> = items
         .iter()
         .zip(results)
@@ -186,7 +196,7 @@ async fn give_back(pool: &Pool, items: &[IngestItem], results: &[IngestResult], 
     }
     let given_back = timed(async {
         let client = pool.get().await.map_err(pool_error)?;
-        Ok(deliveries::defer(&client, &held, now).await?)
+        Ok(deliveries::defer(&client, org, &held, now).await?)
     })
     .await;
     match given_back {

@@ -636,12 +636,17 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| deliveries::record_attempts(&tx, records))
     }
 
-    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
+    async fn defer_deliveries(
+        &self,
+        org: &OrgId,
+        ids: &[DeliveryId],
+        until: Timestamp,
+    ) -> StoreResult<()> {
         // Each row on its own, not in one transaction: a breaker defers up to a thousand at
         // once, and a transaction holding some of them while it waits for the next would
         // deadlock with a change to all of the webhook's deliveries (a pause, a deletion) that
         // holds that one and waits for these. Deferring twice is harmless.
-        on_client!(self, |c| deliveries::defer(&c, ids, until))
+        on_client!(self, |c| deliveries::defer(&c, org, ids, until))
     }
 
     async fn move_deferred(

@@ -532,13 +532,19 @@ pub(crate) fn purge(
     Ok((count, next))
 }
 
-pub(crate) fn defer(conn: &Connection, ids: &[DeliveryId], until: Timestamp) -> DbResult<()> {
+pub(crate) fn defer(
+    conn: &Connection,
+    org: &OrgId,
+    ids: &[DeliveryId],
+    until: Timestamp,
+) -> DbResult<()> {
     let mut defer = conn.prepare_cached(
         "UPDATE deliveries SET lease_until = NULL, next_attempt_at = MAX(COALESCE(next_attempt_at, ?1), ?1), \
-         due_at = MAX(COALESCE(next_attempt_at, ?1), ?1) WHERE id = ?2 AND state = 'pending'",
+         due_at = MAX(COALESCE(next_attempt_at, ?1), ?1) \
+         WHERE id = ?2 AND org_id = ?3 AND state = 'pending'",
     )?;
     for id in ids {
-        defer.execute(params![until.as_millis(), id.as_str()])?;
+        defer.execute(params![until.as_millis(), id.as_str(), org.as_str()])?;
     }
     Ok(())
 }

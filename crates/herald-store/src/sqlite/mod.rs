@@ -575,9 +575,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn defer_deliveries(&self, ids: &[DeliveryId], until: Timestamp) -> StoreResult<()> {
-        let ids = ids.to_vec();
-        self.write(move |c| deliveries::defer(c, &ids, until)).await
+    async fn defer_deliveries(
+        &self,
+        org: &OrgId,
+        ids: &[DeliveryId],
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        let (org, ids) = (org.clone(), ids.to_vec());
+        self.write(move |c| deliveries::defer(c, &org, &ids, until))
+            .await
     }
 
     async fn move_deferred(

@@ -64,6 +64,8 @@ where
 /// Armed while a request waits for the store; disarmed once the store has answered.
 pub(crate) struct GiveBackIfDropped<'a> {
     state: &'a AppState,
+    /// The request's organization: only its deliveries are given back, whatever ids it named.
+    org: &'a OrgId,
     deliveries: Deliveries<'a>,
     now: Timestamp,
     armed: bool,
@@ -78,18 +80,34 @@ enum Deliveries<'a> {
 
 impl<'a> GiveBackIfDropped<'a> {
     /// For the deliveries of `items` placed to be held in memory.
-    pub(crate) fn items(state: &'a AppState, items: &'a [IngestItem], now: Timestamp) -> Self {
-        Self::new(state, Deliveries::HeldOf(items), now)
+    pub(crate) fn items(
+        state: &'a AppState,
+        org: &'a OrgId,
+        items: &'a [IngestItem],
+        now: Timestamp,
+    ) -> Self {
+        Self::new(state, org, Deliveries::HeldOf(items), now)
     }
 
     /// For one delivery (a resend).
-    pub(crate) fn one(state: &'a AppState, id: &'a DeliveryId, now: Timestamp) -> Self {
-        Self::new(state, Deliveries::One(id), now)
+    pub(crate) fn one(
+        state: &'a AppState,
+        org: &'a OrgId,
+        id: &'a DeliveryId,
+        now: Timestamp,
+    ) -> Self {
+        Self::new(state, org, Deliveries::One(id), now)
     }
 
-    fn new(state: &'a AppState, deliveries: Deliveries<'a>, now: Timestamp) -> Self {
+    fn new(
+        state: &'a AppState,
+        org: &'a OrgId,
+        deliveries: Deliveries<'a>,
+        now: Timestamp,
+    ) -> Self {
         Self {
             state,
+            org,
             deliveries,
             now,
             armed: true,
@@ -127,9 +145,9 @@ impl Drop for GiveBackIfDropped<'_> {
         // follows, and finds nothing pending if that write never ran. On PostgreSQL it may run
         // before that write commits; the store then gives the leases back itself once the
         // write is committed and nobody waits for its answer (`postgres/ingest.rs`).
-        let (state, now) = (self.state.clone(), self.now);
+        let (state, org, now) = (self.state.clone(), self.org.clone(), self.now);
         runtime.spawn(async move {
-            match state.store.defer_deliveries(&ids, now).await {
+            match state.store.defer_deliveries(&org, &ids, now).await {
                 Ok(()) => {
                     tracing::debug!(
                         deliveries = ids.len(),
