@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -302,17 +301,8 @@ pub async fn run(
         stop_rx,
     ));
     let router = crate::api::router(state.clone());
-    // Answers go out as soon as they are written, not held back by Nagle's algorithm for the
-    // client's acknowledgement of the last one: a producer waits for each `202`.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    let header_timeout = Duration::from_millis(state.settings.server.header_timeout_ms);
+    crate::http_server::serve(listener, router, header_timeout, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
     let _ = renewals.await;

@@ -41,6 +41,14 @@ pub struct ServerSettings {
     /// How long a request waits for room under that limit before its `503`, in milliseconds.
     #[arg(long, env = "HERALD_ADMISSION_WAIT_MS", default_value_t = 5_000)]
     pub admission_wait_ms: u64,
+    /// How long a request body may take to arrive once admitted, in milliseconds, plus one
+    /// second per 64 KiB it declares. A slower one gets `408` and gives its room back.
+    #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// How long a client has to send a request's headers, in milliseconds; an idle keep-alive
+    /// connection is closed after as long.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -205,6 +213,8 @@ impl Settings {
                 max_body_bytes: 1024 * 1024,
                 max_body_bytes_in_flight: 64 * 1024 * 1024,
                 admission_wait_ms: 5_000,
+                body_timeout_ms: 10_000,
+                header_timeout_ms: 30_000,
             },
             storage: StorageSettings {
                 data_dir,

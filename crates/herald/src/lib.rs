@@ -5,6 +5,7 @@
 //! - [`service`]: use cases shared by the API, the dashboard and the CLI.
 //! - [`api`]: the JSON API over HTTP (axum); maps service errors to statuses in one place.
 //! - [`dashboard`]: the web dashboard at `/` (server-rendered pages over the same services).
+//! - [`http_server`]: the accept loop (hyper, with a header deadline and bounded buffers).
 //! - [`cli`]: the `herald` command.
 
 pub mod api;
@@ -12,5 +13,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod http_server;
 pub mod metrics;
 pub mod service;

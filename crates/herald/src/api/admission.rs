@@ -42,6 +42,9 @@ pub struct BodyBudget {
 }
 
 impl BodyBudget {
+    /// Bytes per unit of [`BodyBudget::charge`].
+    pub const UNIT_BYTES: u64 = UNIT as u64;
+
     pub fn new(total_bytes: usize, max_body: usize, wait: Duration) -> Self {
         let total_units = u32::try_from(total_bytes.div_ceil(UNIT))
             .unwrap_or(u32::MAX)

@@ -1,6 +1,8 @@
 //! Extractors: who is calling ([`Caller`]), JSON bodies with clear errors ([`JsonBody`]), and
 //! typed ids from the path.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -8,7 +10,7 @@ use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use super::admission::Admitted;
+use super::admission::{Admitted, BodyBudget};
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::service::Scope;
@@ -126,8 +128,20 @@ async fn read_json<T: DeserializeOwned>(
     parse_json(&bytes).map(Some)
 }
 
+/// The slowest a body may arrive once admitted, after the time every body has
+/// (`--body-timeout-ms`): a client trickling its body would otherwise hold its share of the
+/// budget, and with a few connections all of it.
+const BODY_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
+
+/// How long a body charged `units` of the budget may take to arrive: `grace` and a second per
+/// 64 KiB (26 s for 1 MiB by default).
+fn body_deadline(grace: Duration, units: u32) -> Duration {
+    let bytes = u64::from(units) * BodyBudget::UNIT_BYTES;
+    grace + Duration::from_millis(bytes * 1000 / BODY_MIN_BYTES_PER_SEC)
+}
+
 /// Reads a body under the size limit, once there is room for it among the bodies in flight
-/// (`admission`).
+/// (`admission`), and within [`body_deadline`].
 async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), ApiError> {
     let limit = state.settings.server.max_body_bytes;
     let units = state.admission.charge(&req);
@@ -138,7 +152,22 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
             return Err(overloaded);
         }
     };
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+    let grace = Duration::from_millis(state.settings.server.body_timeout_ms);
+    let deadline = body_deadline(grace, units);
+    let Ok(read) = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {:.1} s (after the first {:.1} s, \
+                 bodies must come at {} KiB/s at least); send it faster or in smaller requests",
+                deadline.as_secs_f64(),
+                grace.as_secs_f64(),
+                BODY_MIN_BYTES_PER_SEC / 1024
+            ),
+        ));
+    };
+    let bytes = read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

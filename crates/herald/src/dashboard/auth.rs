@@ -2,7 +2,7 @@
 //! to the organizations, an organization key to its organization.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -18,9 +18,18 @@ use crate::service::auth::TokenDigest;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
-        .route("/login", get(show_login).post(sign_in))
+        .route(
+            "/login",
+            get(show_login)
+                .post(sign_in)
+                .layer(DefaultBodyLimit::max(SIGN_IN_MAX_BODY)),
+        )
         .route("/logout", post(sign_out))
 }
+
+/// The sign-in form is a token and a path. It is read before anything is known of who sends
+/// it, so it is kept small: strangers must not hold much memory each.
+const SIGN_IN_MAX_BODY: usize = 16 * 1024;
 
 /// Where a scope starts.
 pub fn home_of(scope: &Scope) -> String {

@@ -873,6 +873,76 @@ async fn wait_for_bodies_in_flight(app: &TestApp, bytes: u64) {
     panic!("{gauge} never reached {bytes}");
 }
 
+/// Reads what the server sends on `stream` until it closes the connection (at most 5 s).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_give_their_room_back() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_body_bytes_in_flight = 8 * 1024;
+        s.server.body_timeout_ms = 300;
+        s.server.header_timeout_ms = 300;
+    })
+    .await;
+    let org = app.create_org("Acme").await;
+    let events = format!("/v1/orgs/{org}/events");
+
+    // A producer trickling its body holds the whole budget only until its deadline (300 ms,
+    // and 125 ms for its 8 KiB); then it is told why, and the room is free again.
+    let mut slow = start_slow_upload(&app, &events, ADMIN_TOKEN, 8 * 1024).await;
+    wait_for_bodies_in_flight(&app, 8 * 1024).await;
+    let answer = read_until_closed(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(
+        answer.contains("send it faster or in smaller requests"),
+        "{answer}"
+    );
+    wait_for_bodies_in_flight(&app, 0).await;
+    let event =
+        json!({ "type": "user.created", "id": "after", "data": { "user": { "id": "u1" } } });
+    let (status, _) = app.post(&events, event).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    // Headers sent a piece at a time, and a connection left idle, are closed after the
+    // header deadline instead of being kept open for as long as the client likes.
+    let address = app.base.trim_start_matches("http://");
+    let mut partial = TcpStream::connect(address).await.unwrap();
+    partial
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: herald\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut partial).await;
+    let mut idle = TcpStream::connect(address).await.unwrap();
+    read_until_closed(&mut idle).await;
+
+    // The sign-in form is read before anyone is known, so a stranger may send only a little.
+    let resp = app
+        .http
+        .post(format!("{}/login", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", "x".repeat(20 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_past_the_budget_wait_for_room_then_get_503() {
     let app = TestApp::spawn_with(|s| {

@@ -1,0 +1,91 @@
+//! The accept loop: serves the router over HTTP/1.1 with hyper, one task per connection.
+//!
+//! `axum::serve` would do, but it gives hyper no timer and no way to set its buffers, so a
+//! client could hold a connection by sending its headers a byte at a time, and every
+//! connection kept a read buffer grown by its largest request (about half a MiB after a 1 MB
+//! batch). Here each connection has a deadline for its request headers, which also closes a
+//! keep-alive connection left idle that long, and a bounded read buffer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// The most a connection buffers of what it reads. Larger bodies are read through it in
+/// pieces; a request's headers must fit in it.
+pub const MAX_READ_BUFFER: usize = 64 * 1024;
+/// How long shutdown waits for requests in progress before it closes their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets the
+/// requests in progress finish (up to [`SHUTDOWN_GRACE`]) and returns. A client has
+/// `header_timeout` to send a request's headers, counted from when the connection is ready for
+/// them (so an idle keep-alive connection is closed after as long).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_READ_BUFFER);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors, say: accepting again at once would spin.
+                        tracing::warn!(error = %e, "could not accept a connection; trying again in a second");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers go out as soon as they are written, not held back by Nagle's algorithm for
+        // the client's acknowledgement of the last one: a producer waits for each `202`.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away or breaks the protocol ends only its own connection.
+            if let Err(e) = connection.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in progress after {}s of shutdown; closing their connections",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+}
+
+/// Errors that concern only the connection being accepted (it was reset before it was taken).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
