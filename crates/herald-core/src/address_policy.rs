@@ -136,6 +136,22 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
     } else if seg[0] == 0x0064 && seg[1] == 0xff9b {
         // NAT64 can reach any IPv4 address, private ones included.
         Some("NAT64")
+    } else if seg[..6] == [0; 6] {
+        // `::a.b.c.d`, deprecated; a host that still routes it reaches that IPv4 address.
+        Some("IPv4-compatible")
+    } else if seg[..4] == [0; 4] && seg[4] == 0xffff && seg[5] == 0 {
+        Some("IPv4-translated")
+    } else if seg[0] == 0x2002 {
+        // 6to4 carries an IPv4 address in its second and third groups, and a relay reaches it.
+        let [a, b] = seg[1].to_be_bytes();
+        let [c, d] = seg[2].to_be_bytes();
+        v4_kind(Ipv4Addr::new(a, b, c, d))
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        Some("Teredo")
+    } else if (seg[0] & 0xffc0) == 0xfec0 {
+        Some("site-local")
+    } else if seg[0] == 0x0100 && seg[1..4] == [0; 3] {
+        Some("discard-only")
     } else {
         None
     }
@@ -171,6 +187,14 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "::ffff:0:a00:1",
+            "2002:a9fe:a9fe::",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(blocked(ip), "{ip} must be refused");
         }
@@ -184,6 +208,8 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "100.128.0.1",
+            "2002:808:808::1",
+            "2001:4860:4860::8888",
         ] {
             assert!(!blocked(ip), "{ip} must be allowed");
         }

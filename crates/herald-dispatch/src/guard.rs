@@ -77,11 +77,12 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
-/// Checks a URL's host when it is an IP literal (or `localhost`).
+/// Checks a URL's host when it is an IP literal (or `localhost`); a URL that does not parse is
+/// refused, since nothing can be said of where it leads.
 pub fn check_url(policy: &AddressPolicy, url: &str) -> Result<(), Blocked> {
     match url::Url::parse(url) {
         Ok(parsed) => check_parsed_url(policy, &parsed),
-        Err(_) => policy.check_host("").map_err(Blocked),
+        Err(e) => Err(Blocked(format!("the URL does not parse ({e})"))),
     }
 }
 
@@ -91,4 +92,19 @@ pub fn check_parsed_url(policy: &AddressPolicy, url: &url::Url) -> Result<(), Bl
     policy
         .check_host(url.host_str().unwrap_or_default())
         .map_err(Blocked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_refused_by_their_literal_host_or_when_they_do_not_parse() {
+        let policy = AddressPolicy::default();
+        assert!(check_url(&policy, "https://example.com/hook").is_ok());
+        assert!(check_url(&policy, "http://[::127.0.0.1]/").is_err());
+        assert!(check_url(&policy, "http://[2002:a9fe:a9fe::]/latest").is_err());
+        let Blocked(why) = check_url(&policy, "http://[::1").unwrap_err();
+        assert!(why.contains("does not parse"), "{why}");
+    }
 }

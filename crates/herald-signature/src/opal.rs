@@ -14,11 +14,15 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     ))
 }
 
+/// Verifies a received request: the signature must match, and `timestamp` must be within
+/// `tolerance_secs` of `now` (unix seconds), so that a captured request cannot be replayed later.
 pub fn verify(
     secret: &str,
     timestamp: &str,
     signature: &str,
     body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
     let ts: i64 = timestamp
         .trim()
@@ -26,6 +30,9 @@ pub fn verify(
         .map_err(|_| VerifyError::Malformed("the timestamp must be unix seconds"))?;
     if signature.trim().is_empty() {
         return Err(VerifyError::Missing);
+    }
+    if now.abs_diff(ts) > u64::try_from(tolerance_secs).unwrap_or(0) {
+        return Err(VerifyError::Timestamp);
     }
     if constant_time_eq(
         signature.trim().as_bytes(),
@@ -39,10 +46,28 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    use crate::VerifyError;
+
     #[test]
     fn the_timestamp_is_part_of_what_is_signed() {
         let sig = super::sign("k", 10, b"{}");
-        assert!(super::verify("k", "10", &sig, b"{}").is_ok());
-        assert!(super::verify("k", "11", &sig, b"{}").is_err());
+        assert!(super::verify("k", "10", &sig, b"{}", 10, 300).is_ok());
+        assert!(super::verify("k", "11", &sig, b"{}", 10, 300).is_err());
+    }
+
+    #[test]
+    fn an_old_or_far_future_request_is_refused_even_when_signed() {
+        let sig = super::sign("k", 1_000, b"{}");
+        assert!(super::verify("k", "1000", &sig, b"{}", 1_300, 300).is_ok());
+        assert!(matches!(
+            super::verify("k", "1000", &sig, b"{}", 1_301, 300),
+            Err(VerifyError::Timestamp)
+        ));
+        assert!(matches!(
+            super::verify("k", "1000", &sig, b"{}", 699, 300),
+            Err(VerifyError::Timestamp)
+        ));
+        let min = i64::MIN.to_string();
+        assert!(super::verify("k", &min, &sig, b"{}", 1_000, 300).is_err());
     }
 }

@@ -125,7 +125,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::Malformed("webhook-timestamp must be unix seconds"))?;
-    if (now - ts).abs() > tolerance_secs {
+    // `abs_diff`: a timestamp of i64::MIN must be refused, not overflow.
+    if now.abs_diff(ts) > u64::try_from(tolerance_secs).unwrap_or(0) {
         return Err(VerifyError::Timestamp);
     }
     let expected = key.sign(msg_id, ts, body);
@@ -209,6 +210,13 @@ mod tests {
             verify(&key, "m", "100", "", b"{}", 100, 300),
             Err(VerifyError::Missing)
         );
+        // The farthest timestamps are refused, not an overflow (a panic in a debug build).
+        for ts in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                verify(&key, "m", &ts.to_string(), &header, b"{}", 100, 300),
+                Err(VerifyError::Timestamp)
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ proptest! {
         prop_assert!(verify(&key, &id, &ts, &header, &body, 1_700_000_000, 300).is_err());
         prop_assert!(hex::verify("s3cret-s3cret-s3cret", &header, &body).is_err());
         prop_assert!(hub::verify("s3cret-s3cret-s3cret", &header, &body).is_err());
-        prop_assert!(opal::verify("s3cret-s3cret-s3cret", &ts, &header, &body).is_err());
+        prop_assert!(opal::verify("s3cret-s3cret-s3cret", &ts, &header, &body, 1_700_000_000, 300).is_err());
     }
 
     #[test]

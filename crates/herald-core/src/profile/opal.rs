@@ -54,6 +54,8 @@ mod tests {
             ts,
             header(&headers, "x-opal-signature"),
             body.as_bytes(),
+            1_700_000_001,
+            300,
         )
         .unwrap();
     }

@@ -138,12 +138,12 @@ fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> St
     let Some(secret) = secret else {
         return "not checked (no --secret)".into();
     };
+    let now = chrono::Utc::now().timestamp();
     if let Some(sig) = header(standard::HEADER_SIGNATURE) {
         let key = match standard::SigningKey::for_secret(secret) {
             Ok(k) => k,
             Err(e) => return format!("standard webhooks: the secret is not usable ({e})"),
         };
-        let now = chrono::Utc::now().timestamp();
         return verdict(
             "standard webhooks",
             standard::verify(
@@ -165,6 +165,8 @@ fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> St
                 header("x-opal-request-timestamp").unwrap_or_default(),
                 sig,
                 body,
+                now,
+                300,
             ),
         );
     }
