@@ -238,12 +238,62 @@ impl OrgSnapshot {
     }
 }
 
+/// How many counters organizations share (by hash) to tell a load that raced with a change.
+const GENERATION_STRIPES: usize = 64;
+
+/// Invalidation counters, so that a load which raced with an invalidation of its organization
+/// is not cached. One counter for everything would let one tenant changing its webhooks in a
+/// loop keep every other tenant's snapshot from being cached; organizations share one of
+/// [`GENERATION_STRIPES`] counters instead, and a shared one only costs an extra load.
+struct Generations {
+    all: AtomicU64,
+    stripes: [AtomicU64; GENERATION_STRIPES],
+}
+
+/// What [`Generations::before_load`] saw.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Seen(u64, u64);
+
+impl Generations {
+    fn new() -> Self {
+        Self {
+            all: AtomicU64::new(0),
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn stripe(&self, org: &OrgId) -> &AtomicU64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(org.as_str());
+        &self.stripes[(hash % GENERATION_STRIPES as u64) as usize]
+    }
+
+    fn before_load(&self, org: &OrgId) -> Seen {
+        Seen(
+            self.all.load(Ordering::SeqCst),
+            self.stripe(org).load(Ordering::SeqCst),
+        )
+    }
+
+    /// Whether nothing invalidated `org` since `seen`.
+    fn unchanged(&self, org: &OrgId, seen: Seen) -> bool {
+        self.before_load(org) == seen
+    }
+
+    fn invalidate(&self, org: &OrgId) {
+        self.stripe(org).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn invalidate_all(&self) {
+        self.all.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Caches one [`OrgSnapshot`] per organization, loaded on first use.
 pub struct Directory {
     store: Arc<dyn Store>,
     orgs: RwLock<HashMap<OrgId, Arc<OrgSnapshot>>>,
-    /// Bumped by every invalidation, so that a load which raced with one is not cached.
-    generation: AtomicU64,
+    generations: Generations,
 }
 
 impl Directory {
@@ -251,7 +301,7 @@ impl Directory {
         Self {
             store,
             orgs: RwLock::new(HashMap::new()),
-            generation: AtomicU64::new(0),
+            generations: Generations::new(),
         }
     }
 
@@ -259,7 +309,7 @@ impl Directory {
         if let Some(s) = self.orgs.read().expect("directory lock").get(org) {
             return Ok(s.clone());
         }
-        let generation = self.generation.load(Ordering::SeqCst);
+        let seen = self.generations.before_load(org);
         let organization = self.store.get_org(org).await?;
         let webhooks = self.store.org_webhooks(org).await?;
         let types = self.store.list_event_types(org).await?;
@@ -271,7 +321,7 @@ impl Directory {
             subscriptions,
         ));
         let mut orgs = self.orgs.write().expect("directory lock");
-        if self.generation.load(Ordering::SeqCst) == generation {
+        if self.generations.unchanged(org, seen) {
             orgs.insert(org.clone(), snapshot.clone());
         }
         Ok(snapshot)
@@ -280,14 +330,14 @@ impl Directory {
     /// Forgets what is cached of `org`; the next use loads it again.
     pub fn invalidate(&self, org: &OrgId) {
         let mut orgs = self.orgs.write().expect("directory lock");
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.generations.invalidate(org);
         orgs.remove(org);
     }
 
     /// Forgets every organization (another node may have changed any of them unheard).
     pub fn invalidate_all(&self) {
         let mut orgs = self.orgs.write().expect("directory lock");
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.generations.invalidate_all();
         orgs.clear();
     }
 }
@@ -297,6 +347,35 @@ mod tests {
     use super::*;
     use crate::profile::ProfileName;
     use crate::profile::fixtures::{org, webhook};
+
+    #[test]
+    fn a_load_is_cached_unless_its_own_organization_changed_meanwhile() {
+        let generations = Generations::new();
+        let (ours, other) = (OrgId::generate(), OrgId::generate());
+        let seen = generations.before_load(&ours);
+        generations.invalidate(&other);
+        // Another organization's change lands on our counter only if the two share a stripe.
+        let shared = std::ptr::eq(generations.stripe(&ours), generations.stripe(&other));
+        assert_eq!(generations.unchanged(&ours, seen), !shared);
+        let seen = generations.before_load(&ours);
+        generations.invalidate(&ours);
+        assert!(!generations.unchanged(&ours, seen));
+        let seen = generations.before_load(&ours);
+        generations.invalidate_all();
+        assert!(!generations.unchanged(&ours, seen));
+        // Over many organizations, few share ours (one in 64 on average).
+        let sharing = (0..640)
+            .filter(|_| {
+                let seen = generations.before_load(&ours);
+                generations.invalidate(&OrgId::generate());
+                !generations.unchanged(&ours, seen)
+            })
+            .count();
+        assert!(
+            sharing < 40,
+            "{sharing} of 640 organizations share a counter"
+        );
+    }
 
     #[test]
     fn each_webhook_is_found_by_its_id() {
