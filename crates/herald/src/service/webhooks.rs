@@ -217,7 +217,11 @@ pub async fn create(
         store.create_webhook(&webhook).await.map(|()| webhook)
     })
     .await?;
-    tracing::info!(org = %org, webhook = %webhook.id, url = webhook.url.as_str(), "webhook created");
+    // Only the origin: a URL's path or query often carries a token.
+    let origin = url::Url::parse(webhook.url.as_str())
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    tracing::info!(org = %org, webhook = %webhook.id, origin, "webhook created");
     if verification == Verification::Websub && input.active == Some(true) {
         return Ok(set_active(state, scope, org, &webhook.id, true).await?.0);
     }
