@@ -212,13 +212,16 @@ impl Dispatcher {
         let mut records = Vec::with_capacity(batch.len());
         let mut retrying = false;
         let mut exhausted = Vec::new();
+        // One jitter for the whole batch: its deliveries come due together again and go out
+        // as one batch, rather than as pieces spread over the jitter's tenth of the delay.
+        let jitter = rand::random();
         for due in batch {
             let number = due.attempt_count + 1;
             let next = schedule.next_step(
                 number.saturating_sub(due.schedule_base),
                 &outcome,
                 finished_at,
-                rand::random(),
+                jitter,
             );
             retrying |= matches!(next, NextStep::RetryAt(_));
             match next {

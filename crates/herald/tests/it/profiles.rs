@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Received, TestApp, TestReceiver};
+use crate::helpers::{Received, Reply, TestApp, TestReceiver};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -402,6 +402,48 @@ async fn an_opal_batch_window_puts_close_events_in_one_signed_body() {
             StatusCode::UNPROCESSABLE_ENTITY,
             json!("options.batch_window_ms")
         )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_opal_batch_is_retried_as_the_same_batch() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(500)]);
+    let org = org_with(&app, &["opal"]).await;
+    // A retry 3 s later: jitter of up to 300 ms drawn for each delivery would spread the five
+    // far past the 20 ms window, and they would go out as several batches with other ids.
+    app.create_webhook(
+        &org,
+        &rx.url("/opal"),
+        json!({ "profile": "opal", "retry_schedule": [0, 3], "options": { "batch_window_ms": 20 } }),
+    )
+    .await;
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({ "type": "USER_ADDED_TO_GROUP", "data": { "group_type": "CONNECTOR_GROUP", "user_id": format!("user{i}@example.com"), "group_id": "00g1835ro5hxRmpel5d7" } }))
+        .collect();
+    app.send_event(&org, json!(events)).await;
+    let requests = rx.wait_for("/opal", 2, WAIT).await;
+    let ids = |r: &Received| {
+        let mut ids: Vec<String> = r
+            .header("x-herald-delivery-id")
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&requests[0]).len(), 5);
+    assert_eq!(
+        ids(&requests[1]),
+        ids(&requests[0]),
+        "the retry is another batch"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rx.received_on("/opal").len(),
+        2,
+        "the retry went out in pieces"
     );
 }
 
