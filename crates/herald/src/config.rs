@@ -176,6 +176,10 @@ pub struct DeliverySettings {
     /// up as room frees.
     #[arg(long, env = "HERALD_MAX_DELIVERIES_IN_MEMORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub max_deliveries_in_memory: u64,
+    /// The most webhooks one organization may have. Every event is matched against each of its
+    /// webhooks and may become a delivery for each, all in the one write that stores it.
+    #[arg(long, env = "HERALD_MAX_WEBHOOKS_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_webhooks_per_org: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -236,6 +240,7 @@ impl Settings {
                 lease_seconds: 300,
                 endpoint_concurrency: 64,
                 max_deliveries_in_memory: 100_000,
+                max_webhooks_per_org: 1_000,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,

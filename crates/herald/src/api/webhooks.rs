@@ -182,7 +182,7 @@ impl From<Webhook> for WebhookWithSecret {
     responses(
         (status = 201, description = "Created; the secret is shown once", body = WebhookWithSecret),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
-        (status = 409, description = "The profile allows one webhook per organization", body = super::ErrorBody),
+        (status = 409, description = "The profile allows one webhook per organization, or the organization has HERALD_MAX_WEBHOOKS_PER_ORG webhooks already", body = super::ErrorBody),
         (status = 422, description = "A field is not valid (`field` names it), e.g. an address Herald may not reach", body = super::ErrorBody),
     ))]
 async fn create_webhook(

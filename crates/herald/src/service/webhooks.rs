@@ -146,6 +146,13 @@ pub async fn create(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     let snapshot = snapshot(state, scope, org).await?;
+    let most = state.settings.delivery.max_webhooks_per_org;
+    if snapshot.webhooks().len() >= most as usize {
+        return Err(ServiceError::Conflict(format!(
+            "the organization already has {most} webhooks, the most one may have \
+             (HERALD_MAX_WEBHOOKS_PER_ORG); delete the ones it no longer needs"
+        )));
+    }
     let name = org::parse_name(input.name.as_deref().unwrap_or_default(), "name")?;
     let url = WebhookUrl::parse(
         input

@@ -873,6 +873,33 @@ async fn wait_for_bodies_in_flight(app: &TestApp, bytes: u64) {
     panic!("{gauge} never reached {bytes}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_has_at_most_its_share_of_webhooks() {
+    let app = TestApp::spawn_with(|s| s.delivery.max_webhooks_per_org = 2).await;
+    let org = app.create_org("Acme").await;
+    let hooks = format!("/v1/orgs/{org}/webhooks");
+    let first = app
+        .create_webhook(&org, "https://example.com/a", json!({}))
+        .await;
+    app.create_webhook(&org, "https://example.com/b", json!({}))
+        .await;
+    let third = json!({ "name": "c", "url": "https://example.com/c" });
+    let (status, body) = app.post(&hooks, third.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("HERALD_MAX_WEBHOOKS_PER_ORG"), "{message}");
+    // Another organization is not held to this one's count.
+    let other = app.create_org("Globex").await;
+    app.create_webhook(&other, "https://example.com/g", json!({}))
+        .await;
+    // Room again once one is deleted.
+    let id = first["id"].as_str().unwrap();
+    let (status, _) = app.delete(&format!("{hooks}/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.post(&hooks, third).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 /// Reads what the server sends on `stream` until it closes the connection (at most 5 s).
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     use tokio::io::AsyncReadExt;
