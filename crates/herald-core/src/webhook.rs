@@ -12,7 +12,7 @@ use crate::{Invalid, OrgId, Timestamp, WebhookId};
 /// How long the previous secret keeps signing after a rotation, so receivers can switch over.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Webhook {
     pub id: WebhookId,
     pub org_id: OrgId,
@@ -45,6 +45,44 @@ pub struct Webhook {
     pub failing_since: Option<Timestamp>,
     /// Why Herald disabled it, if it did.
     pub disabled_reason: Option<String>,
+}
+
+/// Everything but the secrets and the custom headers' values (which often hold credentials), so
+/// that a webhook logged or shown in a failed assertion gives none of them away.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("channels", &self.channels)
+            .field("profile", &self.profile)
+            .field("signature", &self.signature)
+            .field("options", &self.options)
+            .field("verification", &self.verification)
+            .field("secret", &"[redacted]")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .field("active", &self.active)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_schedule", &self.retry_schedule)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("failing_since", &self.failing_since)
+            .field("disabled_reason", &self.disabled_reason)
+            .finish()
+    }
 }
 
 impl Webhook {
@@ -393,6 +431,25 @@ mod tests {
         assert!(WebhookUrl::parse("ftp://example.com/hook").is_err());
         assert!(WebhookUrl::parse("https://user:pw@example.com/hook").is_err());
         assert!(WebhookUrl::parse("https://example.com/hook?a=1").is_ok());
+    }
+
+    #[test]
+    fn debug_output_gives_away_no_secret_or_header_value() {
+        use crate::profile::ProfileName;
+        let mut hook =
+            crate::profile::fixtures::webhook(ProfileName::Standard, "s3cret-s3cret-s3cret");
+        hook.previous_secret = Some("old-s3cret-old-s3cret".into());
+        hook.headers
+            .insert("authorization".into(), "Bearer tok-123456".into());
+        let shown = format!("{hook:?}");
+        for secret in [
+            "s3cret-s3cret-s3cret",
+            "old-s3cret-old-s3cret",
+            "tok-123456",
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("authorization") && shown.contains(hook.id.as_str()));
     }
 
     #[test]
