@@ -113,6 +113,11 @@ impl OrgSnapshot {
             .find_map(|c| c.event_type(name).map(|t| (c, t)))
     }
 
+    /// How many event types the organization registered itself.
+    pub fn custom_type_count(&self) -> usize {
+        self.custom_types.len()
+    }
+
     pub fn has_custom_type(&self, name: &str) -> bool {
         self.custom_types.contains_key(name)
     }

@@ -17,6 +17,8 @@ pub struct Settings {
     #[command(flatten)]
     pub delivery: DeliverySettings,
     #[command(flatten)]
+    pub limits: LimitSettings,
+    #[command(flatten)]
     pub logging: LogSettings,
 }
 
@@ -176,10 +178,20 @@ pub struct DeliverySettings {
     /// up as room frees.
     #[arg(long, env = "HERALD_MAX_DELIVERIES_IN_MEMORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub max_deliveries_in_memory: u64,
+}
+
+/// What one organization may have, so that one tenant cannot load the node every tenant shares.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits per organization")]
+pub struct LimitSettings {
     /// The most webhooks one organization may have. Every event is matched against each of its
     /// webhooks and may become a delivery for each, all in the one write that stores it.
     #[arg(long, env = "HERALD_MAX_WEBHOOKS_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_webhooks_per_org: u32,
+    /// The most event types one organization may register (the catalogs' types not counted).
+    /// Their JSON Schemas are compiled again whenever the organization's settings change.
+    #[arg(long, env = "HERALD_MAX_EVENT_TYPES_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_event_types_per_org: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -240,7 +252,10 @@ impl Settings {
                 lease_seconds: 300,
                 endpoint_concurrency: 64,
                 max_deliveries_in_memory: 100_000,
+            },
+            limits: LimitSettings {
                 max_webhooks_per_org: 1_000,
+                max_event_types_per_org: 1_000,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,

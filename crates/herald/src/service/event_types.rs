@@ -45,6 +45,13 @@ pub async fn register(
         .snapshot(org)
         .await
         .map_err(ServiceError::from_store("organization"))?;
+    let most = state.settings.limits.max_event_types_per_org;
+    if snapshot.custom_type_count() >= most as usize {
+        return Err(ServiceError::Conflict(format!(
+            "the organization already has {most} event types of its own, the most one may have \
+             (HERALD_MAX_EVENT_TYPES_PER_ORG); delete the ones it no longer needs"
+        )));
+    }
     let name = parse_type_name(&input.name, "name")?;
     if herald_core::event_type::is_reserved(&name) {
         return Err(Invalid::new(

@@ -146,7 +146,7 @@ pub async fn create(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     let snapshot = snapshot(state, scope, org).await?;
-    let most = state.settings.delivery.max_webhooks_per_org;
+    let most = state.settings.limits.max_webhooks_per_org;
     if snapshot.webhooks().len() >= most as usize {
         return Err(ServiceError::Conflict(format!(
             "the organization already has {most} webhooks, the most one may have \

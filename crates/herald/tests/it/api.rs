@@ -874,8 +874,12 @@ async fn wait_for_bodies_in_flight(app: &TestApp, bytes: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_organization_has_at_most_its_share_of_webhooks() {
-    let app = TestApp::spawn_with(|s| s.delivery.max_webhooks_per_org = 2).await;
+async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
+    let app = TestApp::spawn_with(|s| {
+        s.limits.max_webhooks_per_org = 2;
+        s.limits.max_event_types_per_org = 1;
+    })
+    .await;
     let org = app.create_org("Acme").await;
     let hooks = format!("/v1/orgs/{org}/webhooks");
     let first = app
@@ -898,6 +902,18 @@ async fn an_organization_has_at_most_its_share_of_webhooks() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = app.post(&hooks, third).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // And so with the event types it registers itself.
+    let types = format!("/v1/orgs/{org}/event-types");
+    let (status, body) = app.post(&types, json!({ "name": "invoice.paid" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app.post(&types, json!({ "name": "invoice.sent" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("HERALD_MAX_EVENT_TYPES_PER_ORG"),
+        "{message}"
+    );
 }
 
 /// Reads what the server sends on `stream` until it closes the connection (at most 5 s).
