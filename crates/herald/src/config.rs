@@ -148,6 +148,11 @@ pub struct SecuritySettings {
         hide_env_values = true
     )]
     pub encryption_old_keys: Vec<String>,
+    /// A bearer token `/metrics` then asks for (the admin token also works). Without it the
+    /// metrics, which name every organization's webhooks and their backlogs, are open to
+    /// whoever reaches the listen address.
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -245,6 +250,7 @@ impl Settings {
                 allow_insecure_urls: false,
                 encryption_key: None,
                 encryption_old_keys: Vec::new(),
+                metrics_token: None,
             },
             delivery: DeliverySettings {
                 disable_after_hours: 120,

@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ApiError;
 use crate::app::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -77,8 +78,21 @@ async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) 
 /// Prometheus metrics: events ingested, deliveries by outcome, retries, per-webhook backlog and
 /// oldest pending age, attempt and commit latency histograms.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
-async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+        (status = 401, description = "HERALD_METRICS_TOKEN is set and the request does not carry it (or the admin token)", body = super::ErrorBody),
+    ))]
+async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.settings.security.metrics_token
+        && !may_scrape(&state, &headers, expected).await
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics needs 'Authorization: Bearer <token>' with HERALD_METRICS_TOKEN or the admin token",
+        )
+        .into_response();
+    }
     let pending = match state.store.pending_by_webhook().await {
         Ok(p) => p,
         Err(e) => {
@@ -100,5 +114,30 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         snapshot.render(),
+    )
+        .into_response()
+}
+
+/// Whether the request carries the metrics token (compared by digest, in constant time) or
+/// the admin token.
+async fn may_scrape(state: &AppState, headers: &HeaderMap, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if sent.is_empty() {
+        return false;
+    }
+    let (sent_digest, expected_digest) = (Sha256::digest(sent), Sha256::digest(expected));
+    if bool::from(sent_digest.ct_eq(&expected_digest)) {
+        return true;
+    }
+    matches!(
+        state.auth.resolve(sent).await,
+        Ok(Some(crate::service::Scope::Admin))
     )
 }

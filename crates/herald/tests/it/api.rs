@@ -916,6 +916,34 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_kept_to_those_with_the_metrics_token() {
+    let app = TestApp::spawn_with(|s| {
+        s.security.metrics_token = Some("scrape-me-0123456789".into());
+    })
+    .await;
+    let scrape = |token: Option<&'static str>| {
+        let mut request = app.http.get(format!("{}/metrics", app.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let resp = request.send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = scrape(None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("HERALD_METRICS_TOKEN"), "{body}");
+    let (status, _) = scrape(Some("scrape-me-0123456788")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for token in ["scrape-me-0123456789", ADMIN_TOKEN] {
+        let (status, body) = scrape(Some(token)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("herald_events_ingested_total"), "{body}");
+    }
+}
+
 /// Reads what the server sends on `stream` until it closes the connection (at most 5 s).
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     use tokio::io::AsyncReadExt;
