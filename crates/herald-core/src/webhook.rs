@@ -56,7 +56,8 @@ impl std::fmt::Debug for Webhook {
             .field("org_id", &self.org_id)
             .field("name", &self.name)
             .field("description", &self.description)
-            .field("url", &self.url)
+            // A query string may carry a token the receiver checks.
+            .field("url", &redact_query(self.url.as_str()))
             .field("events", &self.events)
             .field("channels", &self.channels)
             .field("profile", &self.profile)
@@ -82,6 +83,14 @@ impl std::fmt::Debug for Webhook {
             .field("failing_since", &self.failing_since)
             .field("disabled_reason", &self.disabled_reason)
             .finish()
+    }
+}
+
+/// `url` with its query string, if any, replaced by `[redacted]`.
+fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?[redacted]").into(),
+        None => url.into(),
     }
 }
 
@@ -441,15 +450,21 @@ mod tests {
         hook.previous_secret = Some("old-s3cret-old-s3cret".into());
         hook.headers
             .insert("authorization".into(), "Bearer tok-123456".into());
+        hook.url = WebhookUrl::parse("https://example.com/hook?token=q-tok-7890").unwrap();
         let shown = format!("{hook:?}");
         for secret in [
             "s3cret-s3cret-s3cret",
             "old-s3cret-old-s3cret",
             "tok-123456",
+            "q-tok-7890",
         ] {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("authorization") && shown.contains(hook.id.as_str()));
+        assert!(
+            shown.contains("https://example.com/hook?[redacted]"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -44,11 +44,12 @@ pub struct ServerSettings {
     #[arg(long, env = "HERALD_ADMISSION_WAIT_MS", default_value_t = 5_000)]
     pub admission_wait_ms: u64,
     /// How long a request body may take to arrive once admitted, in milliseconds, plus one
-    /// second per 64 KiB it declares. A slower one gets `408` and gives its room back.
+    /// second per 64 KiB it declares (or of the largest body, when it declares no length). A
+    /// slower one gets `408` and gives its room back.
     #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
     /// How long a client has to send a request's headers, in milliseconds; an idle keep-alive
-    /// connection is closed after as long.
+    /// connection is closed after as long (clients should keep their idle timeout below it).
     #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
 }

@@ -19,11 +19,14 @@ use tokio::net::TcpListener;
 /// The most a connection buffers of what it reads. Larger bodies are read through it in
 /// pieces; a request's headers must fit in it.
 pub const MAX_READ_BUFFER: usize = 64 * 1024;
-/// How long shutdown waits for requests in progress before it closes their connections.
+/// How long shutdown waits for requests in progress before it closes their connections. A
+/// request cut off here was never answered, so its client sends it again: an event is only
+/// acknowledged once stored.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets the
-/// requests in progress finish (up to [`SHUTDOWN_GRACE`]) and returns. A client has
+/// requests in progress finish (up to [`SHUTDOWN_GRACE`]), closes the connections still open
+/// and returns. A client has
 /// `header_timeout` to send a request's headers, counted from when the connection is ready for
 /// them (so an idle keep-alive connection is closed after as long).
 pub async fn serve(
@@ -38,6 +41,8 @@ pub async fn serve(
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_READ_BUFFER);
     let graceful = GracefulShutdown::new();
+    // Dropped at the end of shutdown, which cuts every connection still open.
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -62,10 +67,15 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        let mut cut = cut_rx.clone();
         tokio::spawn(async move {
-            // A client that goes away or breaks the protocol ends only its own connection.
-            if let Err(e) = connection.await {
-                tracing::trace!(error = %e, "connection ended with an error");
+            tokio::select! {
+                // A client that goes away or breaks the protocol ends only its own connection.
+                ended = connection => if let Err(e) = ended {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                },
+                // Shutdown's grace is over: dropping the connection closes it.
+                _ = cut.changed() => {}
             }
         });
     }
@@ -75,10 +85,12 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(
-            "requests still in progress after {}s of shutdown; closing their connections",
+            "requests still in progress after {}s of shutdown; closing their connections \
+             (their clients get no answer, and send them again)",
             SHUTDOWN_GRACE.as_secs()
         );
     }
+    drop(cut_tx);
 }
 
 /// Errors that concern only the connection being accepted (it was reset before it was taken).

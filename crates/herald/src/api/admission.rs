@@ -42,9 +42,6 @@ pub struct BodyBudget {
 }
 
 impl BodyBudget {
-    /// Bytes per unit of [`BodyBudget::charge`].
-    pub const UNIT_BYTES: u64 = UNIT as u64;
-
     pub fn new(total_bytes: usize, max_body: usize, wait: Duration) -> Self {
         let total_units = u32::try_from(total_bytes.div_ceil(UNIT))
             .unwrap_or(u32::MAX)
@@ -66,22 +63,27 @@ impl BodyBudget {
         (used * UNIT) as u64
     }
 
-    /// What a request is charged, in units: its declared length (no more than the largest body
-    /// accepted; a longer one is refused with `413` before it is read), the largest body when
-    /// it does not declare one, and nothing for methods that carry none. A single request
-    /// larger than the whole budget is charged the whole budget, so it can still go alone.
-    pub fn charge(&self, request: &Request) -> u32 {
+    /// The bytes a request's body is expected to bring: its declared length (no more than the
+    /// largest body accepted; a longer one is refused with `413` before it is read), the
+    /// largest body when it does not declare one, and nothing for methods that carry none.
+    pub fn expected_bytes(&self, request: &Request) -> usize {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok());
-        let bytes = match declared {
+        match declared {
             Some(n) => n.min(self.max_body),
             None if carries_body(request.method()) => self.max_body,
             None => 0,
-        };
-        u32::try_from(bytes.div_ceil(UNIT))
+        }
+    }
+
+    /// What a request is charged, in units: its [`BodyBudget::expected_bytes`]. A single
+    /// request larger than the whole budget is charged the whole budget, so it can still go
+    /// alone.
+    pub fn charge(&self, request: &Request) -> u32 {
+        u32::try_from(self.expected_bytes(request).div_ceil(UNIT))
             .unwrap_or(u32::MAX)
             .min(self.total_units)
     }

@@ -127,6 +127,14 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("1"),
             );
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still be on its way: the connection cannot carry
+            // another request, and the client is told so instead of finding it closed.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use super::admission::{Admitted, BodyBudget};
+use super::admission::Admitted;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::service::Scope;
@@ -25,16 +26,7 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        let token = bearer_token(&parts.headers);
         if token.is_empty() {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -51,6 +43,19 @@ impl FromRequestParts<AppState> for Caller {
             )),
         }
     }
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme in either case), or `""`.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> &str {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
 }
 
 /// A JSON body whose errors say what is wrong (and where), as `400 invalid_json`, or `413` when
@@ -133,11 +138,48 @@ async fn read_json<T: DeserializeOwned>(
 /// budget, and with a few connections all of it.
 const BODY_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
 
-/// How long a body charged `units` of the budget may take to arrive: `grace` and a second per
-/// 64 KiB (26 s for 1 MiB by default).
-fn body_deadline(grace: Duration, units: u32) -> Duration {
-    let bytes = u64::from(units) * BodyBudget::UNIT_BYTES;
-    grace + Duration::from_millis(bytes * 1000 / BODY_MIN_BYTES_PER_SEC)
+/// How long a body expected to bring `bytes` may take to arrive: `grace` and a second per
+/// 64 KiB (26 s for 1 MiB, or for a chunked body under the default limit).
+fn body_deadline(grace: Duration, bytes: usize) -> Duration {
+    grace + Duration::from_millis(bytes as u64 * 1000 / BODY_MIN_BYTES_PER_SEC)
+}
+
+/// A body that did not arrive within its [`body_deadline`].
+pub struct BodyTimedOut {
+    deadline: Duration,
+    grace: Duration,
+}
+
+impl BodyTimedOut {
+    /// What the client should do about it.
+    pub fn message(&self) -> String {
+        format!(
+            "the request body did not arrive within {:.1} s (after the first {:.1} s, bodies must \
+             come at {} KiB/s at least); send it faster or in smaller requests",
+            self.deadline.as_secs_f64(),
+            self.grace.as_secs_f64(),
+            BODY_MIN_BYTES_PER_SEC / 1024
+        )
+    }
+}
+
+impl From<BodyTimedOut> for ApiError {
+    fn from(e: BodyTimedOut) -> Self {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", e.message())
+    }
+}
+
+/// Reads a request's body as [`Bytes`] within its [`body_deadline`], for every body, counted
+/// by admission or not (the dashboard's forms).
+pub async fn read_within_deadline(
+    req: Request,
+    state: &AppState,
+) -> Result<Result<Bytes, BytesRejection>, BodyTimedOut> {
+    let grace = Duration::from_millis(state.settings.server.body_timeout_ms);
+    let deadline = body_deadline(grace, state.admission.expected_bytes(&req));
+    tokio::time::timeout(deadline, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| BodyTimedOut { deadline, grace })
 }
 
 /// Reads a body under the size limit, once there is room for it among the bodies in flight
@@ -152,21 +194,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
             return Err(overloaded);
         }
     };
-    let grace = Duration::from_millis(state.settings.server.body_timeout_ms);
-    let deadline = body_deadline(grace, units);
-    let Ok(read) = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {:.1} s (after the first {:.1} s, \
-                 bodies must come at {} KiB/s at least); send it faster or in smaller requests",
-                deadline.as_secs_f64(),
-                grace.as_secs_f64(),
-                BODY_MIN_BYTES_PER_SEC / 1024
-            ),
-        ));
-    };
+    let read = read_within_deadline(req, state).await?;
     let bytes = read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

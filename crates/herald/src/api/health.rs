@@ -123,16 +123,11 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
 async fn may_scrape(state: &AppState, headers: &HeaderMap, expected: &str) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
+    let sent = super::extract::bearer_token(headers);
     if sent.is_empty() {
         return false;
     }
-    let (sent_digest, expected_digest) = (Sha256::digest(sent), Sha256::digest(expected));
+    let (sent_digest, expected_digest) = (Sha256::digest(sent), Sha256::digest(expected.trim()));
     if bool::from(sent_digest.ct_eq(&expected_digest)) {
         return true;
     }

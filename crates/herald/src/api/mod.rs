@@ -8,7 +8,7 @@ mod deliveries;
 mod error;
 mod event_types;
 mod events;
-mod extract;
+pub(crate) mod extract;
 mod health;
 mod openapi;
 mod orgs;

@@ -158,7 +158,8 @@ fn not_null<T>(
 }
 
 /// The webhook with its secret: only in the answers to creation and rotation.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds the secret.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct WebhookWithSecret {
     #[serde(flatten)]
     webhook: Webhook,
@@ -380,7 +381,8 @@ async fn deactivate_webhook(
     set_active(&state, &scope, path, false).await
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+// No `Debug`: it holds the secret.
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// The new secret; generated when absent.

@@ -2,7 +2,7 @@
 //! to the organizations, an organization key to its organization.
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -98,7 +98,8 @@ async fn show_login(Query(q): Query<NextQuery>) -> Response {
     )
 }
 
-async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
+    let headers = request.headers().clone();
     if !posted_from_here(&headers) {
         return (
             StatusCode::FORBIDDEN,
@@ -106,7 +107,11 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: String
         )
             .into_response();
     }
-    let form = Form::parse(body.as_bytes());
+    let body = match session::read_form(request, &state).await {
+        Ok(body) => body,
+        Err(page) => return page,
+    };
+    let form = Form::parse(&body);
     let token = form.text("token");
     let next = safe_next(form.get("next"));
     let scope = match state.auth.resolve(&token).await {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use rand::RngCore;
 use serde::Serialize;
@@ -262,6 +262,29 @@ impl FromRequestParts<AppState> for Signed {
     }
 }
 
+/// Reads a posted form within the time an API body of its size has, as a page's answer when it
+/// cannot: too large, cut off, or too slow.
+pub async fn read_form(req: Request, state: &AppState) -> Result<Bytes, Response> {
+    match crate::api::extract::read_within_deadline(req, state).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(DashError::Status(
+            e.status(),
+            "The form could not be read; it may be too large.",
+        )
+        .into_response()),
+        Err(_) => {
+            let mut page = DashError::Status(
+                StatusCode::REQUEST_TIMEOUT,
+                "The form took too long to arrive. Go back and send it again.",
+            )
+            .into_response();
+            page.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(page)
+        }
+    }
+}
+
 /// A form posted by a signed-in person, with its CSRF token checked (in constant time).
 pub struct Post {
     pub signed: Signed,
@@ -274,15 +297,7 @@ impl FromRequest<AppState> for Post {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let signed = Signed::from_request_parts(&mut parts, state).await?;
-        let bytes = Bytes::from_request(Request::from_parts(parts, body), state)
-            .await
-            .map_err(|e| {
-                DashError::Status(
-                    e.status(),
-                    "The form could not be read; it may be too large.",
-                )
-                .into_response()
-            })?;
+        let bytes = read_form(Request::from_parts(parts, body), state).await?;
         let form = Form::parse(&bytes);
         let sent = form.get("csrf").unwrap_or_default();
         if !bool::from(sent.as_bytes().ct_eq(signed.csrf.as_bytes())) {

@@ -20,8 +20,8 @@ use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
 /// Fields of a create or change request; `None` leaves a field as it is (or at its default).
-/// For clearable fields, `Some(None)` clears it.
-#[derive(Debug, Default)]
+/// For clearable fields, `Some(None)` clears it. No `Debug`: it may hold a secret.
+#[derive(Default)]
 pub struct WebhookInput {
     pub name: Option<String>,
     pub url: Option<String>,

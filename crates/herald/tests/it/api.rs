@@ -919,7 +919,8 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_kept_to_those_with_the_metrics_token() {
     let app = TestApp::spawn_with(|s| {
-        s.security.metrics_token = Some("scrape-me-0123456789".into());
+        // Read from the environment, a token may keep a stray newline.
+        s.security.metrics_token = Some("scrape-me-0123456789\n".into());
     })
     .await;
     let scrape = |token: Option<&'static str>| {
@@ -942,6 +943,15 @@ async fn metrics_can_be_kept_to_those_with_the_metrics_token() {
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("herald_events_ingested_total"), "{body}");
     }
+    // The scheme's case does not matter, as on the API.
+    let resp = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .header("authorization", "bearer scrape-me-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 /// Reads what the server sends on `stream` until it closes the connection (at most 5 s).
@@ -966,15 +976,15 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
 async fn slow_clients_are_cut_off_and_give_their_room_back() {
     let app = TestApp::spawn_with(|s| {
         s.server.max_body_bytes_in_flight = 8 * 1024;
-        s.server.body_timeout_ms = 300;
+        s.server.body_timeout_ms = 1_000;
         s.server.header_timeout_ms = 300;
     })
     .await;
     let org = app.create_org("Acme").await;
     let events = format!("/v1/orgs/{org}/events");
 
-    // A producer trickling its body holds the whole budget only until its deadline (300 ms,
-    // and 125 ms for its 8 KiB); then it is told why, and the room is free again.
+    // A producer trickling its body holds the whole budget only until its deadline (1 s, and
+    // 125 ms for its 8 KiB); then it is told why, and the room is free again.
     let mut slow = start_slow_upload(&app, &events, ADMIN_TOKEN, 8 * 1024).await;
     wait_for_bodies_in_flight(&app, 8 * 1024).await;
     let answer = read_until_closed(&mut slow).await;
@@ -984,6 +994,7 @@ async fn slow_clients_are_cut_off_and_give_their_room_back() {
         answer.contains("send it faster or in smaller requests"),
         "{answer}"
     );
+    assert!(answer.contains("connection: close"), "{answer}");
     wait_for_bodies_in_flight(&app, 0).await;
     let event =
         json!({ "type": "user.created", "id": "after", "data": { "user": { "id": "u1" } } });
@@ -1001,6 +1012,12 @@ async fn slow_clients_are_cut_off_and_give_their_room_back() {
     read_until_closed(&mut partial).await;
     let mut idle = TcpStream::connect(address).await.unwrap();
     read_until_closed(&mut idle).await;
+
+    // The dashboard's forms, which the budget does not count, have the same deadline.
+    let mut stranger = start_slow_upload(&app, "/login", "not-a-token", 1024).await;
+    let answer = read_until_closed(&mut stranger).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("took too long to arrive"), "{answer}");
 
     // The sign-in form is read before anyone is known, so a stranger may send only a little.
     let resp = app
