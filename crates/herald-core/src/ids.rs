@@ -102,6 +102,20 @@ prefixed_id!(
     EventTypeId, "et"
 );
 
+/// 16 bytes written as a UUID (`8-4-4-4-12` lower-case hex); the caller sets the version and
+/// variant bits it needs.
+pub fn uuid_string(bytes: [u8; 16]) -> String {
+    let h = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,15 +53,7 @@ pub async fn verify_intent(
 fn new_challenge() -> String {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    herald_core::ids::uuid_string(b)
 }
 
 /// Renews the leases that are due, until `shutdown`. Renewals are few and may wait on slow
