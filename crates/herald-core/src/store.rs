@@ -309,12 +309,13 @@ pub trait Store: Send + Sync + 'static {
         self.record_attempts(std::slice::from_ref(record)).await
     }
     /// Gives the organization's leased deliveries back to be attempted at `until` (a circuit
-    /// breaker is open, or a client went away while they were stored). Another organization's
-    /// ids are left as they are.
+    /// breaker is open, or a client went away while they were stored), each only if it still
+    /// has the lease given with it: once that ended, another node may have leased it and be
+    /// sending it. Another organization's ids are left as they are.
     async fn defer_deliveries(
         &self,
         org: &OrgId,
-        ids: &[DeliveryId],
+        leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()>;
     /// Moves the webhook's deliveries deferred to exactly `deferred_to` to `to`: to now when its
@@ -326,8 +327,9 @@ pub trait Store: Send + Sync + 'static {
         deferred_to: Timestamp,
         to: Timestamp,
     ) -> StoreResult<u64>;
-    /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile).
-    async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()>;
+    /// Gives a leased delivery back without an attempt (its webhook was disabled meanwhile),
+    /// only if it still has the lease `lease_until` (as [`Store::defer_deliveries`]).
+    async fn release_lease(&self, id: &DeliveryId, lease_until: Timestamp) -> StoreResult<()>;
     /// Releases every lease: on start-up of a node that is the only one using the store.
     /// Spilled deliveries stay spilled ([`Store::spilled_starts`]).
     async fn release_all_leases(&self) -> StoreResult<u64>;

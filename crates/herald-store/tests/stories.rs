@@ -197,6 +197,11 @@ async fn store_placed_at(
     ids
 }
 
+/// `ids` with the lease [`store_placed`] gives them, as a holder gives them back.
+fn under_first_lease(ids: &[DeliveryId]) -> Vec<(DeliveryId, Timestamp)> {
+    ids.iter().map(|id| (id.clone(), at(LEASE_SECS))).collect()
+}
+
 fn page(limit: u32, cursor: Option<String>) -> PageRequest {
     PageRequest::new(Some(limit), cursor).unwrap()
 }
@@ -914,16 +919,19 @@ async fn deliveries_deferred_during_a_probe_are_moved_when_it_ends(store: Arc<dy
     // another webhook's to the same time. The last waits for another probe (100 s).
     let org = &org.id;
     store
-        .defer_deliveries(org, &ids[..2], at(40))
+        .defer_deliveries(org, &under_first_lease(&ids[..2]), at(40))
         .await
         .unwrap();
     store
-        .defer_deliveries(org, &ids[2..3], at(90))
+        .defer_deliveries(org, &under_first_lease(&ids[2..3]), at(90))
         .await
         .unwrap();
-    store.defer_deliveries(org, &theirs, at(40)).await.unwrap();
     store
-        .defer_deliveries(org, &ids[3..], at(100))
+        .defer_deliveries(org, &under_first_lease(&theirs), at(40))
+        .await
+        .unwrap();
+    store
+        .defer_deliveries(org, &under_first_lease(&ids[3..]), at(100))
         .await
         .unwrap();
 
@@ -1028,7 +1036,10 @@ async fn a_probes_answer_moves_every_delivery_of_a_backlog(store: Arc<dyn Store>
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let mut ids = store_placed(&store, &hook, BACKLOG, Placement::Leased).await;
     ids.sort();
-    store.defer_deliveries(&org.id, &ids, at(40)).await.unwrap();
+    store
+        .defer_deliveries(&org.id, &under_first_lease(&ids), at(40))
+        .await
+        .unwrap();
     let moved = store.move_deferred(&hook.id, at(40), at(5)).await.unwrap();
     assert_eq!(moved, BACKLOG as u64);
     assert_eq!(claim_many(&store, at(5)).await, ids);
@@ -1076,7 +1087,7 @@ async fn a_deferral_reaches_only_its_own_organizations_deliveries(store: Arc<dyn
     // Acme names globex's delivery (a resend of an id it does not own, whose client went
     // away): globex's lease stands, so its dispatcher is not raced by a second send.
     store
-        .defer_deliveries(&acme.id, &leased, at(5))
+        .defer_deliveries(&acme.id, &under_first_lease(&leased), at(5))
         .await
         .unwrap();
     assert!(
@@ -1084,7 +1095,7 @@ async fn a_deferral_reaches_only_its_own_organizations_deliveries(store: Arc<dyn
         "another org's lease was given back"
     );
     store
-        .defer_deliveries(&theirs.org_id, &leased, at(5))
+        .defer_deliveries(&theirs.org_id, &under_first_lease(&leased), at(5))
         .await
         .unwrap();
     assert_eq!(claim(&store, at(5)).await, leased);
@@ -1095,7 +1106,7 @@ async fn a_deferred_or_parked_delivery_is_not_pulled_early(store: Arc<dyn Store>
     let ids = store_placed(&store, &hook, 2, Placement::Leased).await;
     // A circuit breaker put the first off for a minute; the second is spilled.
     store
-        .defer_deliveries(&org.id, &ids[..1], at(60))
+        .defer_deliveries(&org.id, &under_first_lease(&ids[..1]), at(60))
         .await
         .unwrap();
     store
@@ -1970,7 +1981,10 @@ async fn a_lease_given_back_for_an_inactive_webhook_stays_parked(store: Arc<dyn 
     };
     store.update_webhook(&inactive).await.unwrap();
 
-    store.release_lease(&delivery).await.unwrap();
+    store
+        .release_lease(&delivery, at(LEASE_SECS))
+        .await
+        .unwrap();
     assert!(claim(&store, FAR_FUTURE).await.is_empty());
     assert_eq!(store.next_due_at().await.unwrap(), None);
 
@@ -1983,8 +1997,43 @@ async fn a_released_lease_makes_the_delivery_due_again(store: Arc<dyn Store>) {
     let delivery = deliver(&store, &hook, "evt_1", T0, true).await;
     assert!(claim(&store, at(1)).await.is_empty());
 
-    store.release_lease(&delivery).await.unwrap();
+    store
+        .release_lease(&delivery, at(LEASE_SECS))
+        .await
+        .unwrap();
     assert_eq!(claim(&store, at(1)).await, vec![delivery]);
+}
+
+async fn a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease(
+    store: Arc<dyn Store>,
+) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
+    // The first lease ended, and another node took all three (until 100 s); it is sending
+    // them. The first holder still had them queued: its deferral, its release and its
+    // give-back name the lease that ended, and must not make them due for a third sender.
+    let taken = store.claim_due(at(LEASE_SECS), at(100), 10).await.unwrap();
+    assert_eq!(taken.len(), 3);
+    let stale = under_first_lease(&ids);
+    store
+        .defer_deliveries(&org.id, &stale[..2], at(LEASE_SECS + 1))
+        .await
+        .unwrap();
+    store.release_lease(&ids[2], at(LEASE_SECS)).await.unwrap();
+    assert!(
+        claim(&store, at(99)).await.is_empty(),
+        "a lease that had ended undid the current one"
+    );
+    // Under the current lease they are given back as before.
+    let current: Vec<_> = ids[..2].iter().map(|id| (id.clone(), at(100))).collect();
+    store
+        .defer_deliveries(&org.id, &current, at(50))
+        .await
+        .unwrap();
+    store.release_lease(&ids[2], at(100)).await.unwrap();
+    let mut expected = ids;
+    expected.sort();
+    assert_eq!(claim(&store, at(50)).await, expected);
 }
 
 async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: Arc<dyn Store>) {
@@ -2764,6 +2813,7 @@ macro_rules! stories {
             disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile,
             a_lease_given_back_for_an_inactive_webhook_stays_parked,
             a_released_lease_makes_the_delivery_due_again,
+            a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             only_a_finished_delivery_can_be_resent,
             recovering_brings_back_failed_deliveries_created_since_a_time,

@@ -56,9 +56,7 @@ impl Dispatcher {
         let ticket = Ticket::new(&self.shared.breakers, &batch[0].webhook_id, probe);
         if let Err(e) = self.try_attempt(&batch, slot, ticket).await {
             // The leases stay; the deliveries come back when they run out.
-            for d in &batch {
-                self.release_held(&d.delivery_id);
-            }
+            self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
             tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
         }
     }
@@ -106,7 +104,10 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let shared = &self.shared;
         let first = &batch[0];
-        let forget = |this: &Self| batch.iter().for_each(|d| this.release_held(&d.delivery_id));
+        let ids = || batch.iter().map(|d| &d.delivery_id);
+        let forget = |this: &Self| {
+            this.release_held_leases(ids());
+        };
         let snapshot = match shared.directory.snapshot(&first.org_id).await {
             Ok(s) => s,
             // The organization was deleted, and its deliveries with it.
@@ -122,9 +123,8 @@ impl Dispatcher {
             return Ok(());
         };
         if !webhook.active {
-            forget(self);
-            for d in batch {
-                shared.store.release_lease(&d.delivery_id).await?;
+            for (id, lease_until) in self.release_held_leases(ids()) {
+                shared.store.release_lease(&id, lease_until).await?;
             }
             return Ok(());
         }
@@ -132,17 +132,16 @@ impl Dispatcher {
             // Its WebSub verification is pending or was refused (the webhook was switched on
             // again, say, and the subscriber said no): its deliveries wait for it rather than go
             // to an endpoint that has not confirmed.
-            forget(self);
-            let ids: Vec<_> = batch.iter().map(|d| d.delivery_id.clone()).collect();
+            let leases = self.release_held_leases(ids());
             let until = shared
                 .clock
                 .now()
                 .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
             shared
                 .store
-                .defer_deliveries(&first.org_id, &ids, until)
+                .defer_deliveries(&first.org_id, &leases, until)
                 .await?;
-            tracing::debug!(webhook = %webhook.id, deliveries = ids.len(), reason, "webhook not verified; deliveries wait");
+            tracing::debug!(webhook = %webhook.id, deliveries = leases.len(), reason, "webhook not verified; deliveries wait");
             return Ok(());
         }
 

@@ -155,12 +155,16 @@ impl HeldDeliveries {
     }
 
     /// Forgets a delivery: `None` if it was not held, else whether its webhook has spilled
-    /// deliveries and now holds few enough to pull them (the scheduler should be woken).
-    pub(crate) fn release(&mut self, id: &DeliveryId, budget: Budget) -> Option<bool> {
+    /// deliveries and now holds few enough to pull them (the scheduler should be woken), and
+    /// the lease it was held under.
+    pub(crate) fn release(&mut self, id: &DeliveryId, budget: Budget) -> Option<(bool, Timestamp)> {
         let held = self.by_id.remove(id)?;
         self.forget(&held);
         let load = &self.loads[held.load];
-        Some(load.spilled.is_some() && self.may_pull(load, budget))
+        Some((
+            load.spilled.is_some() && self.may_pull(load, budget),
+            held.lease_until,
+        ))
     }
 
     fn forget(&mut self, held: &Held) {
@@ -544,7 +548,10 @@ mod tests {
         );
         assert!(held.hold(&ids[2], &w, T, 400).is_some());
         assert_eq!(held.room(BUDGET, 400), 0, "1,200 bytes held: nothing more");
-        assert_eq!(held.release(&ids[0], BUDGET), Some(false));
+        assert_eq!(
+            held.release(&ids[0], BUDGET).map(|(pull, _)| pull),
+            Some(false)
+        );
         assert_eq!(held.bytes(), 800);
         assert_eq!(held.room(BUDGET, 400), 1);
     }
@@ -795,8 +802,15 @@ mod tests {
         }
         held.note_spilled(&w, &DeliveryId::generate());
         assert!(held.pulls(BUDGET, 4).is_empty(), "6 of a share of 10");
-        assert_eq!(held.release(&mine[0], BUDGET), Some(false));
-        assert_eq!(held.release(&mine[1], BUDGET), Some(true), "down to 4");
+        assert_eq!(
+            held.release(&mine[0], BUDGET).map(|(pull, _)| pull),
+            Some(false)
+        );
+        assert_eq!(
+            held.release(&mine[1], BUDGET).map(|(pull, _)| pull),
+            Some(true),
+            "down to 4"
+        );
         assert_eq!(held.pulls(BUDGET, 8)[0].limit, 6);
     }
 }

@@ -327,16 +327,27 @@ impl Dispatcher {
     /// Forgets a delivery once its attempt is made, *before* the outcome is written: from the
     /// moment the write commits, a resend or the scheduler may hand it out again, and must not
     /// find it still held. Until then its lease keeps the scheduler away.
-    fn release_held(&self, id: &DeliveryId) {
+    fn release_held(&self, id: &DeliveryId) -> Option<Timestamp> {
         let mut held = self.shared.held.lock().expect("held lock");
-        if let Some(pull) = held.release(id, self.budget()) {
-            self.note_held(&held);
-            drop(held);
-            if pull {
-                // Its webhook has room again for what it spilled.
-                self.wake_delivery_scheduler();
-            }
+        let (pull, lease_until) = held.release(id, self.budget())?;
+        self.note_held(&held);
+        drop(held);
+        if pull {
+            // Its webhook has room again for what it spilled.
+            self.wake_delivery_scheduler();
         }
+        Some(lease_until)
+    }
+
+    /// Stops holding these deliveries; answers each one this node held with the lease it
+    /// held it under, for giving it back to the store (which does so only under that lease).
+    fn release_held_leases<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a DeliveryId>,
+    ) -> Vec<(DeliveryId, Timestamp)> {
+        ids.into_iter()
+            .filter_map(|id| Some((id.clone(), self.release_held(id)?)))
+            .collect()
     }
 
     /// Publishes the held count and bytes (called with the lock held, so they stay in step).

@@ -161,17 +161,16 @@ impl Dispatcher {
             }
         }
         let behind = self.start(behind);
-        let ids: Vec<_> = batch
-            .iter()
-            .chain(&behind)
-            .map(|d| d.delivery_id.clone())
-            .collect();
-        for id in &ids {
-            self.release_held(id);
-        }
+        // Each under the lease this node took: one that has ended may be another node's now.
+        let leases = self.release_held_leases(batch.iter().chain(&behind).map(|d| &d.delivery_id));
         // One webhook's deliveries, so one organization's.
         let org = &batch.first().or(behind.first())?.org_id;
-        if let Err(e) = self.shared.store.defer_deliveries(org, &ids, until).await {
+        if let Err(e) = self
+            .shared
+            .store
+            .defer_deliveries(org, &leases, until)
+            .await
+        {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }
         self.wake_delivery_scheduler();

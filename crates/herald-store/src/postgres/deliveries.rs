@@ -530,13 +530,17 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
     Ok(())
 }
 
-pub(crate) async fn release_lease(c: &impl Conn, id: &DeliveryId) -> DbResult<()> {
+pub(crate) async fn release_lease(
+    c: &impl Conn,
+    id: &DeliveryId,
+    lease_until: Timestamp,
+) -> DbResult<()> {
     c.exec(
         &format!(
             "UPDATE deliveries SET lease_until = NULL, due_at = {DUE_UNLESS_PARKED} \
-             WHERE id = $1 AND state = 'pending'"
+             WHERE id = $1 AND state = 'pending' AND lease_until = $2"
         ),
-        &[&id.as_str()],
+        &[&id.as_str(), &lease_until.as_millis()],
     )
     .await?;
     announce_work(c).await
@@ -880,20 +884,25 @@ async fn victims_by_walk(
 pub(crate) async fn defer(
     c: &impl Conn,
     org: &OrgId,
-    ids: &[DeliveryId],
+    leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<()> {
-    for id in ids {
+    for (id, lease_until) in leases {
         c.exec(
             "UPDATE deliveries SET lease_until = NULL, \
              next_attempt_at = GREATEST(COALESCE(next_attempt_at, $1), $1), \
              due_at = GREATEST(COALESCE(next_attempt_at, $1), $1) \
-             WHERE id = $2 AND org_id = $3 AND state = 'pending'",
-            &[&until.as_millis(), &id.as_str(), &org.as_str()],
+             WHERE id = $2 AND org_id = $3 AND state = 'pending' AND lease_until = $4",
+            &[
+                &until.as_millis(),
+                &id.as_str(),
+                &org.as_str(),
+                &lease_until.as_millis(),
+            ],
         )
         .await?;
     }
-    if !ids.is_empty() {
+    if !leases.is_empty() {
         announce_work(c).await?;
     }
     Ok(())

@@ -165,11 +165,11 @@ async fn reply(pool: &Pool, job: Job, result: StoreResult<Vec<IngestResult>>) {
         org,
         items,
         now,
+        lease_until,
         reply,
-        ..
     } = job;
     if let Err(Ok(results)) = reply.send(result) {
-        give_back(pool, &org, &items, &results, now).await;
+        give_back(pool, &org, &items, &results, now, lease_until).await;
     }
 }
 
@@ -182,14 +182,15 @@ async fn give_back(
     items: &[IngestItem],
     results: &[IngestResult],
     now: Timestamp,
+    lease_until: Timestamp,
 ) {
-    let held: Vec<DeliveryId> = items
+    let held: Vec<(DeliveryId, Timestamp)> = items
         .iter()
         .zip(results)
         .filter(|(_, result)| **result == IngestResult::Stored)
         .flat_map(|(item, _)| &item.deliveries)
         .filter(|d| d.held_at_ingest())
-        .map(|d| d.id.clone())
+        .map(|d| (d.id.clone(), lease_until))
         .collect();
     if held.is_empty() {
         return;

@@ -639,14 +639,14 @@ impl Store for PostgresStore {
     async fn defer_deliveries(
         &self,
         org: &OrgId,
-        ids: &[DeliveryId],
+        leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()> {
         // Each row on its own, not in one transaction: a breaker defers up to a thousand at
         // once, and a transaction holding some of them while it waits for the next would
         // deadlock with a change to all of the webhook's deliveries (a pause, a deletion) that
         // holds that one and waits for these. Deferring twice is harmless.
-        on_client!(self, |c| deliveries::defer(&c, org, ids, until))
+        on_client!(self, |c| deliveries::defer(&c, org, leases, until))
     }
 
     async fn move_deferred(
@@ -663,8 +663,8 @@ impl Store for PostgresStore {
         ))
     }
 
-    async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
-        in_tx!(self, |tx| deliveries::release_lease(&tx, id))
+    async fn release_lease(&self, id: &DeliveryId, lease_until: Timestamp) -> StoreResult<()> {
+        in_tx!(self, |tx| deliveries::release_lease(&tx, id, lease_until))
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {

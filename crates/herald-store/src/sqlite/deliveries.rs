@@ -314,12 +314,16 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
     Ok(())
 }
 
-pub(crate) fn release_lease(conn: &Connection, id: &DeliveryId) -> DbResult<()> {
+pub(crate) fn release_lease(
+    conn: &Connection,
+    id: &DeliveryId,
+    lease_until: Timestamp,
+) -> DbResult<()> {
     conn.prepare_cached(&format!(
         "UPDATE deliveries SET lease_until = NULL, due_at = {DUE_UNLESS_PARKED} \
-         WHERE id = ? AND state = 'pending'"
+         WHERE id = ?1 AND state = 'pending' AND lease_until = ?2"
     ))?
-    .execute([id.as_str()])?;
+    .execute(params![id.as_str(), lease_until.as_millis()])?;
     Ok(())
 }
 
@@ -535,16 +539,21 @@ pub(crate) fn purge(
 pub(crate) fn defer(
     conn: &Connection,
     org: &OrgId,
-    ids: &[DeliveryId],
+    leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<()> {
     let mut defer = conn.prepare_cached(
         "UPDATE deliveries SET lease_until = NULL, next_attempt_at = MAX(COALESCE(next_attempt_at, ?1), ?1), \
          due_at = MAX(COALESCE(next_attempt_at, ?1), ?1) \
-         WHERE id = ?2 AND org_id = ?3 AND state = 'pending'",
+         WHERE id = ?2 AND org_id = ?3 AND state = 'pending' AND lease_until = ?4",
     )?;
-    for id in ids {
-        defer.execute(params![until.as_millis(), id.as_str(), org.as_str()])?;
+    for (id, lease_until) in leases {
+        defer.execute(params![
+            until.as_millis(),
+            id.as_str(),
+            org.as_str(),
+            lease_until.as_millis()
+        ])?;
     }
     Ok(())
 }

@@ -578,11 +578,11 @@ impl Store for SqliteStore {
     async fn defer_deliveries(
         &self,
         org: &OrgId,
-        ids: &[DeliveryId],
+        leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()> {
-        let (org, ids) = (org.clone(), ids.to_vec());
-        self.write(move |c| deliveries::defer(c, &org, &ids, until))
+        let (org, leases) = (org.clone(), leases.to_vec());
+        self.write(move |c| deliveries::defer(c, &org, &leases, until))
             .await
     }
 
@@ -599,9 +599,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_lease(&self, id: &DeliveryId) -> StoreResult<()> {
+    async fn release_lease(&self, id: &DeliveryId, lease_until: Timestamp) -> StoreResult<()> {
         let id = id.clone();
-        self.write(move |c| deliveries::release_lease(c, &id)).await
+        self.write(move |c| deliveries::release_lease(c, &id, lease_until))
+            .await
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {

@@ -68,6 +68,8 @@ pub(crate) struct GiveBackIfDropped<'a> {
     org: &'a OrgId,
     deliveries: Deliveries<'a>,
     now: Timestamp,
+    /// The lease the write gives them: they are given back only while they still have it.
+    lease_until: Timestamp,
     armed: bool,
 }
 
@@ -85,8 +87,9 @@ impl<'a> GiveBackIfDropped<'a> {
         org: &'a OrgId,
         items: &'a [IngestItem],
         now: Timestamp,
+        lease_until: Timestamp,
     ) -> Self {
-        Self::new(state, org, Deliveries::HeldOf(items), now)
+        Self::new(state, org, Deliveries::HeldOf(items), now, lease_until)
     }
 
     /// For one delivery (a resend).
@@ -95,8 +98,9 @@ impl<'a> GiveBackIfDropped<'a> {
         org: &'a OrgId,
         id: &'a DeliveryId,
         now: Timestamp,
+        lease_until: Timestamp,
     ) -> Self {
-        Self::new(state, org, Deliveries::One(id), now)
+        Self::new(state, org, Deliveries::One(id), now, lease_until)
     }
 
     fn new(
@@ -104,12 +108,14 @@ impl<'a> GiveBackIfDropped<'a> {
         org: &'a OrgId,
         deliveries: Deliveries<'a>,
         now: Timestamp,
+        lease_until: Timestamp,
     ) -> Self {
         Self {
             state,
             org,
             deliveries,
             now,
+            lease_until,
             armed: true,
         }
     }
@@ -129,14 +135,17 @@ impl Drop for GiveBackIfDropped<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let ids: Vec<DeliveryId> = match self.deliveries {
+        let lease_until = self.lease_until;
+        let ids: Vec<(DeliveryId, Timestamp)> = match self.deliveries {
             Deliveries::HeldOf(items) => items
                 .iter()
                 .flat_map(|i| &i.deliveries)
                 .filter(|d| d.held_at_ingest())
-                .map(|d| d.id.clone())
+                .map(|d| (d.id.clone(), lease_until))
                 .collect(),
-            Deliveries::One(id) => vec![id.clone()],
+            // A resend refused (the delivery was still pending) wrote no lease, so this
+            // leaves whoever holds it alone.
+            Deliveries::One(id) => vec![(id.clone(), lease_until)],
         };
         if ids.is_empty() {
             return;

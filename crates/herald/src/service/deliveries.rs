@@ -61,7 +61,7 @@ pub async fn resend(
     scope.check_org(org)?;
     let now = state.clock.now();
     let lease_until = state.lease_until(now);
-    let handing_off = GiveBackIfDropped::one(state, org, id, now);
+    let handing_off = GiveBackIfDropped::one(state, org, id, now, lease_until);
     let resent = state.store.resend_delivery(org, id, now, lease_until).await;
     handing_off.disarm();
     let due = resent.map_err(ServiceError::from_store("delivery"))?;

@@ -147,7 +147,7 @@ pub(crate) async fn ingest_values<T>(
     // Held in memory, or spilled to the store if the webhook has more than its share there.
     let overrun = state.dispatcher.place(&mut items);
     let lease_until = state.lease_until(now);
-    let handing_off = GiveBackIfDropped::items(state, org, &items, now);
+    let handing_off = GiveBackIfDropped::items(state, org, &items, now, lease_until);
     let stored = state
         .store
         .insert_events(org, &items, now, lease_until)

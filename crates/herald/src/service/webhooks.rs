@@ -515,7 +515,7 @@ pub async fn send_test(
     };
     let lease_until = state.lease_until(now);
     let items = [item];
-    let handing_off = GiveBackIfDropped::items(state, org, &items, now);
+    let handing_off = GiveBackIfDropped::items(state, org, &items, now, lease_until);
     let stored = state
         .store
         .insert_events(org, &items, now, lease_until)
