@@ -115,6 +115,11 @@ impl Modify for Conventions {
                     );
                 }
                 if has_body {
+                    add(
+                        "408",
+                        "The body did not arrive in time (`request_timeout`); nothing was \
+                         stored, send it again faster or in smaller requests",
+                    );
                     add("413", "The body is larger than the server's limit");
                 }
                 op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
