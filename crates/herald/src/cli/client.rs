@@ -42,24 +42,34 @@ pub enum OrgsCommand {
         catalogs: Vec<String>,
     },
     /// Show one organization.
-    Get { id: String },
+    Get {
+        /// The organization's id (`org_…`).
+        id: String,
+    },
     /// Delete an organization and everything it owns.
-    Delete { id: String },
+    Delete {
+        /// The organization's id (`org_…`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
     /// List an organization's webhooks.
     List {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
     },
     /// Create a webhook; its secret is printed once.
     Create {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// A name for people (unique in the organization).
         #[arg(long)]
         name: String,
+        /// Where to deliver: an http(s) URL of a public address.
         #[arg(long)]
         url: String,
         /// An event type to subscribe to (repeatable; `*` for all).
@@ -77,38 +87,50 @@ pub enum WebhooksCommand {
     },
     /// Show one webhook.
     Get {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         id: String,
     },
     /// Enable a webhook (and verify it, for WebSub webhooks).
     Enable {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         id: String,
     },
     /// Disable a webhook; its deliveries wait.
     Disable {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         id: String,
     },
     /// Replace the secret; the old one signs too for 24 hours.
     Rotate {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         id: String,
     },
     /// Send a test event to the webhook.
     Test {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         id: String,
     },
     /// Delete a webhook; its pending deliveries are cancelled.
     Delete {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         id: String,
     },
 }
@@ -117,32 +139,41 @@ pub enum WebhooksCommand {
 pub enum DeliveriesCommand {
     /// A webhook's deliveries, newest first.
     List {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         #[arg(long)]
         webhook: String,
         /// pending, succeeded, failed, cancelled or skipped.
         #[arg(long)]
         state: Option<String>,
+        /// How many, newest first (1–200).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// One delivery with its attempts.
     Get {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The delivery's id (`dlv_…`).
         id: String,
     },
     /// Send a finished delivery again.
     Retry {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The delivery's id (`dlv_…`).
         id: String,
     },
     /// Send again every failed delivery of a webhook created since a time.
     Recover {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The webhook's id (`wh_…`).
         #[arg(long)]
         webhook: String,
         /// An RFC 3339 time, e.g. 2026-01-31T00:00:00Z.
@@ -155,6 +186,7 @@ pub enum DeliveriesCommand {
 pub enum EventsCommand {
     /// The event types an organization can post (its catalogs' and its own).
     Types {
+        /// The organization's id (`org_…`).
         #[arg(long)]
         org: String,
     },
@@ -185,6 +217,29 @@ pub struct SendArgs {
     pub file: Option<String>,
 }
 
+/// What a path segment or query value keeps as it is; everything else is percent-encoded, so
+/// that an id given on the command line (`org_1/api-keys/key_2`, `x?limit=1`) names one
+/// segment and nothing else.
+const VERBATIM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One path segment or query value, percent-encoded.
+fn encode(raw: &str) -> String {
+    percent_encoding::utf8_percent_encode(raw, VERBATIM).to_string()
+}
+
+/// `/seg/seg/…`, each segment percent-encoded.
+fn api_path(segments: &[&str]) -> String {
+    segments.iter().fold(String::new(), |mut path, segment| {
+        path.push('/');
+        path.push_str(&encode(segment));
+        path
+    })
+}
+
 struct Api {
     http: reqwest::blocking::Client,
     conn: Connection,
@@ -196,9 +251,14 @@ impl Api {
         herald_dispatch::client::install_tls_provider();
         let token = match &conn.token {
             Some(t) => t.clone(),
-            None => std::fs::read_to_string("herald-data/admin-token")
-                .map(|t| t.trim().to_owned())
-                .context("no token: pass --token or set HERALD_TOKEN (the admin token, or an organization API key)")?,
+            None => match std::fs::read_to_string("herald-data/admin-token") {
+                Ok(t) => t.trim().to_owned(),
+                Err(_) => bail!(
+                    "no token: pass --token or set HERALD_TOKEN (the admin token, or an \
+                     organization API key); without either, ./herald-data/admin-token is read, \
+                     and there is none here"
+                ),
+            },
         };
         Ok(Self {
             http: reqwest::blocking::Client::new(),
@@ -213,7 +273,10 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.conn.server.trim_end_matches('/'));
+        // `--server http://host:7600/v1` means the same server: every path starts with /v1.
+        let base = self.conn.server.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        let url = format!("{base}{path}");
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(&body);
@@ -226,19 +289,29 @@ impl Api {
         })?;
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
-        let value: Value = if text.is_empty() {
-            Value::Null
+        // Herald answers a JSON object, or nothing with 204 (a deletion).
+        let value: Option<Value> = if text.is_empty() && status == reqwest::StatusCode::NO_CONTENT {
+            Some(Value::Null)
         } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+            serde_json::from_str(&text).ok()
+        };
+        let not_herald = || {
+            format!(
+                "{status} from {url}, and not Herald's JSON; is --server ({}) the address of \
+                 `herald serve`?",
+                self.conn.server
+            )
         };
         if !status.is_success() {
-            let message = value["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string());
-            bail!("{status}: {message}");
+            match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
+                Some(message) => bail!("{status}: {message}"),
+                None => bail!(not_herald()),
+            }
         }
-        Ok(value)
+        match value {
+            Some(value) if value.is_object() || value.is_null() => Ok(value),
+            _ => bail!(not_herald()),
+        }
     }
 
     /// Every item of a paged list, page after page, as one page (`{"data": [...]}`).
@@ -246,13 +319,14 @@ impl Api {
         let mut items = Vec::new();
         let mut page = self.get(path)?;
         loop {
-            if let Some(data) = page["data"].as_array_mut() {
-                items.append(data);
-            }
+            let Some(data) = page.get_mut("data").and_then(Value::as_array_mut) else {
+                bail!("the answer to {path} is not a list: {page}");
+            };
+            items.append(data);
             let Some(cursor) = page["next_cursor"].as_str() else {
                 break;
             };
-            page = self.get(&format!("{path}&cursor={cursor}"))?;
+            page = self.get(&format!("{path}&cursor={}", encode(cursor)))?;
         }
         Ok(json!({ "data": items, "next_cursor": null }))
     }
@@ -329,9 +403,13 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             }
             show(&conn, &api.post("/v1/orgs", body)?, cols)
         }
-        OrgsCommand::Get { id } => show(&conn, &api.get(&format!("/v1/orgs/{id}"))?, cols),
+        OrgsCommand::Get { id } => show(&conn, &api.get(&api_path(&["v1", "orgs", &id]))?, cols),
         OrgsCommand::Delete { id } => {
-            api.call(reqwest::Method::DELETE, &format!("/v1/orgs/{id}"), None)?;
+            api.call(
+                reqwest::Method::DELETE,
+                &api_path(&["v1", "orgs", &id]),
+                None,
+            )?;
             println!("Deleted {id}.");
         }
     }
@@ -344,7 +422,10 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
     match cmd {
         WebhooksCommand::List { org } => show(
             &conn,
-            &api.get_all(&format!("/v1/orgs/{org}/webhooks?limit=200"))?,
+            &api.get_all(&format!(
+                "{}?limit=200",
+                api_path(&["v1", "orgs", &org, "webhooks"])
+            ))?,
             cols,
         ),
         WebhooksCommand::Create {
@@ -367,7 +448,7 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
                     body[key] = json!(v);
                 }
             }
-            let created = api.post(&format!("/v1/orgs/{org}/webhooks"), body)?;
+            let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"]), body)?;
             show(&conn, &created, cols);
             if !conn.json {
                 println!(
@@ -378,25 +459,28 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
         }
         WebhooksCommand::Get { org, id } => show(
             &conn,
-            &api.get(&format!("/v1/orgs/{org}/webhooks/{id}"))?,
+            &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id]))?,
             cols,
         ),
         WebhooksCommand::Enable { org, id } => show(
             &conn,
-            &api.post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))?,
+            &api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "activate"]),
+                json!({}),
+            )?,
             cols,
         ),
         WebhooksCommand::Disable { org, id } => show(
             &conn,
             &api.post(
-                &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "deactivate"]),
                 json!({}),
             )?,
             cols,
         ),
         WebhooksCommand::Rotate { org, id } => {
             let rotated = api.post(
-                &format!("/v1/orgs/{org}/webhooks/{id}/rotate-secret"),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "rotate-secret"]),
                 json!({}),
             )?;
             show(&conn, &rotated, cols);
@@ -409,13 +493,16 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
         }
         WebhooksCommand::Test { org, id } => show(
             &conn,
-            &api.post(&format!("/v1/orgs/{org}/webhooks/{id}/test"), json!({}))?,
+            &api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "test"]),
+                json!({}),
+            )?,
             &["event_id", "delivery_id"],
         ),
         WebhooksCommand::Delete { org, id } => {
             api.call(
                 reqwest::Method::DELETE,
-                &format!("/v1/orgs/{org}/webhooks/{id}"),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id]),
                 None,
             )?;
             println!("Deleted {id}.");
@@ -441,14 +528,17 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
             state,
             limit,
         } => {
-            let mut path = format!("/v1/orgs/{org}/webhooks/{webhook}/deliveries?limit={limit}");
+            let mut path = format!(
+                "{}?limit={limit}",
+                api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])
+            );
             if let Some(s) = state {
-                path.push_str(&format!("&state={s}"));
+                path.push_str(&format!("&state={}", encode(&s)));
             }
             show(&conn, &api.get(&path)?, cols)
         }
         DeliveriesCommand::Get { org, id } => {
-            let d = api.get(&format!("/v1/orgs/{org}/deliveries/{id}"))?;
+            let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id]))?;
             show(&conn, &d, cols);
             if !conn.json {
                 println!();
@@ -461,7 +551,10 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
         }
         DeliveriesCommand::Retry { org, id } => show(
             &conn,
-            &api.post(&format!("/v1/orgs/{org}/deliveries/{id}/retry"), json!({}))?,
+            &api.post(
+                &api_path(&["v1", "orgs", &org, "deliveries", &id, "retry"]),
+                json!({}),
+            )?,
             cols,
         ),
         DeliveriesCommand::Recover {
@@ -470,7 +563,7 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
             since,
         } => {
             let answer = api.post(
-                &format!("/v1/orgs/{org}/webhooks/{webhook}/recover"),
+                &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "recover"]),
                 json!({ "since": since }),
             )?;
             show(&conn, &answer, &["recovered"]);
@@ -484,7 +577,7 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Types { org } => show(
             &conn,
-            &api.get(&format!("/v1/orgs/{org}/event-types"))?,
+            &api.get(&api_path(&["v1", "orgs", &org, "event-types"]))?,
             &["name", "channel", "source", "description"],
         ),
         EventsCommand::Catalog { name } => {
@@ -549,7 +642,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             serde_json::from_str(&input).context("standard input is not JSON: give one event or an array of them, or use --type and --data")?
         }
     };
-    let answer = api.post(&format!("/v1/orgs/{}/events", args.org), body)?;
+    let answer = api.post(&api_path(&["v1", "orgs", &args.org, "events"]), body)?;
     if conn.json {
         println!(
             "{}",

@@ -734,6 +734,40 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     )
     .await;
     assert!(!ok && out.contains("is `herald serve` running?"), "{out}");
+
+    // Pointed at a server that is not Herald (here a receiver answering 200 with no body),
+    // the CLI says so rather than panicking or printing an empty table.
+    let elsewhere = rx.url("");
+    let send = [
+        "send",
+        "--org",
+        &org,
+        "--type",
+        "user.created",
+        "--data",
+        "{}",
+    ];
+    for args in [&["orgs", "list"][..], &send[..]] {
+        let args = [args, &["--server", elsewhere.as_str()][..]].concat();
+        let (ok, out) = herald_cli(&app, &args, None).await;
+        assert!(
+            !ok && out.contains("not Herald's JSON") && !out.contains("panicked"),
+            "{args:?}: {out}"
+        );
+    }
+    // An id is one path segment: one that holds slashes names nothing, not another route.
+    let keys = format!("/v1/orgs/{org}/api-keys");
+    let (status, key) = app.post(&keys, json!({ "name": "ci" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let pasted = format!("{org}/api-keys/{}", key["id"].as_str().unwrap());
+    let (ok, out) = herald_cli(&app, &["orgs", "delete", &pasted], None).await;
+    assert!(!ok && out.contains("404"), "{out}");
+    let (_, listed) = app.get(&keys).await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        1,
+        "the key was deleted"
+    );
 }
 
 /// Polls `change` (a use case's future) until `stored` says its write is in the store, then
