@@ -74,6 +74,14 @@ impl OrgHandle {
         }
     }
 
+    /// This handle with `-n` after it (shortened to stay within 63 characters): the next one to
+    /// try when a handle derived from a name is taken.
+    pub fn numbered(&self, n: u32) -> Self {
+        let suffix = format!("-{n}");
+        let base: String = self.0.chars().take(63 - suffix.len()).collect();
+        Self(format!("{}{suffix}", base.trim_end_matches(['-', '.'])))
+    }
+
     pub fn from_trusted(raw: String) -> Self {
         Self(raw)
     }
@@ -105,6 +113,10 @@ mod tests {
         assert_eq!(OrgHandle::from_name("Acme Inc.").as_str(), "acme-inc");
         assert_eq!(OrgHandle::from_name("  ~~ ").as_str(), "org");
         assert_eq!(OrgHandle::from_name("Ünïcode Café").as_str(), "n-code-caf");
+        assert_eq!(OrgHandle::from_name("日本").numbered(2).as_str(), "org-2");
+        let long = OrgHandle::from_name(&"a".repeat(80)).numbered(12);
+        assert_eq!(long.as_str().len(), 63);
+        assert!(OrgHandle::parse(long.as_str()).is_ok());
     }
 
     #[test]

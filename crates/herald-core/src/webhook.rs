@@ -230,6 +230,26 @@ impl WebhookUrl {
         if raw.len() > Self::MAX_LEN {
             return Err(Invalid::new("url", "must be at most 2048 characters"));
         }
+        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Invalid::new(
+                "url",
+                "must not contain spaces or control characters; percent-encode them (%20)",
+            ));
+        }
+        // The URL parser would read `http:///path` and `http:host` as `http://path/` and
+        // `http://host/`: a URL stored other than as given could go somewhere else.
+        if !raw
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
+        {
+            return Err(Invalid::new(
+                "url",
+                format!(
+                    "'{}' does not name a host after its scheme; use e.g. https://example.com/webhooks",
+                    crate::truncate_for_message(raw)
+                ),
+            ));
+        }
         let url = url::Url::parse(raw).map_err(|e| {
             Invalid::new(
                 "url",
@@ -253,6 +273,9 @@ impl WebhookUrl {
         }
         if url.fragment().is_some() {
             return Err(Invalid::new("url", "must not contain a #fragment"));
+        }
+        if url.port() == Some(0) {
+            return Err(Invalid::new("url", "port 0 cannot be connected to"));
         }
         Ok(Self(url.to_string()))
     }
@@ -440,6 +463,18 @@ mod tests {
         assert!(WebhookUrl::parse("ftp://example.com/hook").is_err());
         assert!(WebhookUrl::parse("https://user:pw@example.com/hook").is_err());
         assert!(WebhookUrl::parse("https://example.com/hook?a=1").is_ok());
+        // Nothing is stored other than as given: a URL the parser would rewrite is refused.
+        for rewritten in [
+            "https://example.com/\r\nX-Injected: 1",
+            "https://example.com/a b",
+            "https://example.com/\0",
+            "http:///path",
+            "http:example.com/hook",
+            "https://example.com:0/",
+        ] {
+            assert!(WebhookUrl::parse(rewritten).is_err(), "{rewritten:?}");
+        }
+        assert!(WebhookUrl::parse("  https://example.com/hook  ").is_ok());
     }
 
     #[test]

@@ -30,10 +30,10 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The public base URL of this server, as receivers and browsers reach it (used in links and
     /// token issuers). Defaults to http://<listen>.
-    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
-    /// The largest request body accepted, in bytes.
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    /// The largest request body accepted, in bytes (at least 1024).
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=(1 << 30)))]
     pub max_body_bytes: usize,
     /// The most bytes of request bodies this node holds at once (each request counts its
     /// `Content-Length`, or the largest body if it sends none). Past it, requests wait for room
@@ -215,6 +215,20 @@ pub struct LogSettings {
     /// Log filter, e.g. `info` or `herald=debug,info`.
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// `HERALD_PUBLIC_URL`: an absolute http(s) URL with a host (it goes into tokens' issuers,
+/// CloudEvents' `source` and the dashboard's links).
+fn parse_public_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        format!("'{raw}' is not an absolute URL ({e}); use e.g. https://herald.example.com")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "'{raw}' must be an http:// or https:// URL with a host, e.g. https://herald.example.com"
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 impl Settings {

@@ -2,11 +2,15 @@
 
 use herald_core::catalog::{CatalogName, CatalogSetError, parse_catalog_set};
 use herald_core::org::{OrgHandle, Organization, parse_name};
+use herald_core::store::StoreError;
 use herald_core::{OrgId, Page, PageRequest};
 
 use super::cancel_safe::{to_the_end, write_then_forget};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
+
+/// How many handles creating an organization tries when the one derived from its name is taken.
+const HANDLE_TRIES: u32 = 16;
 
 #[derive(Debug, Default)]
 pub struct OrgInput {
@@ -29,6 +33,7 @@ pub async fn create(
 ) -> ServiceResult<Organization> {
     scope.require_admin()?;
     let name = parse_name(input.name.as_deref().unwrap_or_default(), "name")?;
+    let derived = input.handle.is_none();
     let handle = match input.handle {
         Some(h) => OrgHandle::parse(&h)?,
         None => OrgHandle::from_name(&name),
@@ -38,19 +43,32 @@ pub async fn create(
         None => CatalogName::default_set(),
     };
     let now = state.clock.now();
-    let org = Organization {
+    let mut org = Organization {
         id: OrgId::generate(),
         name,
-        handle,
+        handle: handle.clone(),
         catalogs,
         created_at: now,
         updated_at: now,
     };
-    state
-        .store
-        .create_org(&org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    // A handle derived from the name is numbered when taken (`acme-2`, `acme-3`…): names repeat,
+    // and names in other scripts all derive `org`. A handle given is the caller's to change.
+    // Past the first few numbers, a random one: each try is a write.
+    let mut tries = 1;
+    loop {
+        match state.store.create_org(&org).await {
+            Err(StoreError::Conflict(_)) if derived && tries < HANDLE_TRIES => {
+                tries += 1;
+                let n = if tries <= 9 {
+                    tries
+                } else {
+                    rand::random_range(10_000..100_000)
+                };
+                org.handle = handle.numbered(n);
+            }
+            done => break done.map_err(ServiceError::from_store("organization"))?,
+        }
+    }
     tracing::info!(org = %org.id, handle = org.handle.as_str(), "organization created");
     Ok(org)
 }
