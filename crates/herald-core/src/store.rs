@@ -34,6 +34,11 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Why a user's change to a webhook was refused ([`Store::save_webhook_change`]).
+pub const WEBHOOK_CHANGED_MEANWHILE: &str = "the webhook changed while this change was being made \
+     (Herald may have disabled it, or another request changed it); read it again and send the \
+     change again";
+
 /// A delivery to create along with its event.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -215,7 +220,13 @@ pub trait Store: Send + Sync + 'static {
     /// Every webhook of the organization (not deleted), for the in-memory directory.
     async fn org_webhooks(&self, org: &OrgId) -> StoreResult<Vec<Webhook>>;
     async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> StoreResult<Webhook>;
+    /// Saves every field of the webhook.
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// Saves a user's change to a webhook read when its `updated_at` was `read_at`: `Conflict`
+    /// if it changed since (Herald disabled it, or another request saved it), so that the
+    /// change does not undo that. Its failing streak stays as the store has it (attempts
+    /// move it without touching `updated_at`), unless the change switches the webhook on.
+    async fn save_webhook_change(&self, webhook: &Webhook, read_at: Timestamp) -> StoreResult<()>;
     /// Deletes the webhooks and cancels their pending deliveries; returns the ids it deleted.
     async fn delete_webhooks(
         &self,

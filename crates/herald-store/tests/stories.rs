@@ -2004,6 +2004,57 @@ async fn a_released_lease_makes_the_delivery_due_again(store: Arc<dyn Store>) {
     assert_eq!(claim(&store, at(1)).await, vec![delivery]);
 }
 
+async fn a_users_change_does_not_undo_what_happened_since_it_was_read(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let read = store.get_webhook(&org.id, &hook.id).await.unwrap();
+    let renamed = |name: &str, at_secs: i64| Webhook {
+        name: name.into(),
+        updated_at: at(at_secs),
+        ..read.clone()
+    };
+    // Attempts failing since 3 s; a rename saved at 4 s keeps the streak it did not read.
+    store
+        .note_webhook_outcome(&hook.id, true, at(3))
+        .await
+        .unwrap();
+    store
+        .save_webhook_change(&renamed("crm", 4), read.updated_at)
+        .await
+        .unwrap();
+    let now = store.get_webhook(&org.id, &hook.id).await.unwrap();
+    assert_eq!((now.name.as_str(), now.failing_since), ("crm", Some(at(3))));
+
+    // Herald disables it at 5 s; a change made from what was read at 4 s is refused, and the
+    // webhook stays disabled.
+    assert!(
+        store
+            .disable_webhook(&org.id, &hook.id, "410 Gone", at(5))
+            .await
+            .unwrap()
+    );
+    let stale = store
+        .save_webhook_change(&renamed("crm2", 6), now.updated_at)
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let now = store.get_webhook(&org.id, &hook.id).await.unwrap();
+    assert_eq!((now.name.as_str(), now.active), ("crm", false));
+
+    // Read again, the user switches it on: a fresh start, streak and reason cleared.
+    let on = Webhook {
+        active: true,
+        disabled_reason: None,
+        failing_since: None,
+        updated_at: at(7),
+        ..now.clone()
+    };
+    store
+        .save_webhook_change(&on, now.updated_at)
+        .await
+        .unwrap();
+    let now = store.get_webhook(&org.id, &hook.id).await.unwrap();
+    assert!(now.active && now.failing_since.is_none() && now.disabled_reason.is_none());
+}
+
 async fn a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease(
     store: Arc<dyn Store>,
 ) {
@@ -2814,6 +2865,7 @@ macro_rules! stories {
             a_lease_given_back_for_an_inactive_webhook_stays_parked,
             a_released_lease_makes_the_delivery_due_again,
             a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
+            a_users_change_does_not_undo_what_happened_since_it_was_read,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             only_a_finished_delivery_can_be_resent,
             recovering_brings_back_failed_deliveries_created_since_a_time,

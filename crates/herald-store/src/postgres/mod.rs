@@ -130,6 +130,20 @@ impl Drop for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Saves a webhook (see `webhooks::update` for `read_at`).
+    async fn save_webhook(&self, webhook: &Webhook, read_at: Option<Timestamp>) -> StoreResult<()> {
+        let w = self.cipher.seal_webhook(webhook);
+        // Only pausing or resuming changes the webhook's deliveries, and only that needs longer
+        // than any other operation.
+        let current = on_client!(self, |c| webhooks::get(&c, &w.org_id, &w.id))?;
+        let timeout = if current.active == w.active {
+            OPERATION_TIMEOUT
+        } else {
+            BULK_TIMEOUT
+        };
+        in_tx!(self, timeout, |tx| webhooks::update(&tx, &w, read_at))
+    }
+
     /// Builds the pool for `url` (`postgres://user[:password]@host[:port]/database`). It does not
     /// connect yet: [`PostgresStore::migrate`] or [`PostgresStore::check_schema`] do, and say
     /// clearly when the database cannot be reached.
@@ -509,16 +523,11 @@ impl Store for PostgresStore {
     }
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
-        let w = self.cipher.seal_webhook(webhook);
-        // Only pausing or resuming changes the webhook's deliveries, and only that needs longer
-        // than any other operation.
-        let current = on_client!(self, |c| webhooks::get(&c, &w.org_id, &w.id))?;
-        let timeout = if current.active == w.active {
-            OPERATION_TIMEOUT
-        } else {
-            BULK_TIMEOUT
-        };
-        in_tx!(self, timeout, |tx| webhooks::update(&tx, &w))
+        self.save_webhook(webhook, None).await
+    }
+
+    async fn save_webhook_change(&self, webhook: &Webhook, read_at: Timestamp) -> StoreResult<()> {
+        self.save_webhook(webhook, Some(read_at)).await
     }
 
     async fn delete_webhooks(

@@ -1,6 +1,7 @@
 //! Webhooks and their WebSub subscriptions. Deleting a webhook keeps its row (without secrets)
 //! so its delivery history stays readable.
 
+use herald_core::store::{StoreError, WEBHOOK_CHANGED_MEANWHILE};
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
@@ -82,16 +83,28 @@ pub(crate) async fn get(c: &impl Conn, org: &OrgId, id: &WebhookId) -> DbResult<
 }
 
 /// Saves every field. When `active` changes, pending deliveries are parked (no due time, so the
-/// scheduler skips them cheaply) or put back on their schedule (and other nodes told).
-pub(crate) async fn update(c: &impl Conn, w: &Webhook) -> DbResult<()> {
-    let was_active: bool = c
+/// scheduler skips them cheaply) or put back on their schedule (and other nodes told). With
+/// `read_at`, a user's change: refused if the webhook changed since, and the failing streak is
+/// the store's (`Store::save_webhook_change`).
+pub(crate) async fn update(c: &impl Conn, w: &Webhook, read_at: Option<Timestamp>) -> DbResult<()> {
+    let row = c
         .opt_row(
-            "SELECT active FROM webhooks WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE",
+            "SELECT active, updated_at, failing_since FROM webhooks \
+             WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE",
             &[&w.org_id.as_str(), &w.id.as_str()],
         )
         .await?
-        .ok_or_else(not_found)?
-        .try_get(0)?;
+        .ok_or_else(not_found)?;
+    let was_active: bool = row.try_get(0)?;
+    let updated_at: i64 = row.try_get(1)?;
+    let failing_since: Option<i64> = match read_at {
+        None => w.failing_since.map(Timestamp::as_millis),
+        Some(read_at) if read_at.as_millis() != updated_at => {
+            return Err(StoreError::Conflict(WEBHOOK_CHANGED_MEANWHILE.to_owned()).into());
+        }
+        Some(_) if w.active && !was_active => None,
+        Some(_) => row.try_get(2)?,
+    };
     c.exec(
         "UPDATE webhooks SET name = $1, description = $2, url = $3, events = $4, channels = $5, \
          profile = $6, secret = $7, previous_secret = $8, previous_secret_expires_at = $9, \
@@ -116,7 +129,7 @@ pub(crate) async fn update(c: &impl Conn, w: &Webhook) -> DbResult<()> {
             &w.signature.map(|s| s.as_str()),
             &to_json(&w.options),
             &w.verification.as_str(),
-            &w.failing_since.map(Timestamp::as_millis),
+            &failing_since,
             &w.disabled_reason,
             &w.rate_limit_per_second.map(big),
             &w.id.as_str(),

@@ -55,6 +55,33 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Saves a webhook (see `webhooks::update` for `read_at`), then parks or unparks its
+    /// pending deliveries if that paused or resumed it.
+    async fn save_webhook(&self, webhook: &Webhook, read_at: Option<Timestamp>) -> StoreResult<()> {
+        let (store, w, id) = (self.clone(), self.sealed(webhook), webhook.id.clone());
+        // Once the flag is written, its deliveries must follow (`to_the_end`).
+        to_the_end(async move {
+            match store
+                .write(move |c| webhooks::update(c, &w, read_at))
+                .await?
+            {
+                webhooks::ActiveChange::None => {}
+                webhooks::ActiveChange::Paused => {
+                    store.park_pending(&id).await?;
+                }
+                webhooks::ActiveChange::Resumed => {
+                    store
+                        .in_steps(bulk::Walk::parked(), move |c, walk| {
+                            bulk::unpark(c, &id, walk)
+                        })
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         Self::open_with_cipher(path, SecretCipher::none())
@@ -276,6 +303,11 @@ pub(crate) fn conflict(message: String) -> DbError {
     DbError::Store(StoreError::Conflict(message))
 }
 
+/// A user's change to a webhook that changed since it was read.
+pub(crate) fn changed_meanwhile() -> DbError {
+    conflict(herald_core::store::WEBHOOK_CHANGED_MEANWHILE.to_owned())
+}
+
 /// Sorts a SQLite error into the store's classes.
 pub(crate) fn classify(e: &rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
@@ -419,25 +451,11 @@ impl Store for SqliteStore {
     }
 
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
-        let (store, w, id) = (self.clone(), self.sealed(webhook), webhook.id.clone());
-        // Once the flag is written, its deliveries must follow (`to_the_end`).
-        to_the_end(async move {
-            match store.write(move |c| webhooks::update(c, &w)).await? {
-                webhooks::ActiveChange::None => {}
-                webhooks::ActiveChange::Paused => {
-                    store.park_pending(&id).await?;
-                }
-                webhooks::ActiveChange::Resumed => {
-                    store
-                        .in_steps(bulk::Walk::parked(), move |c, walk| {
-                            bulk::unpark(c, &id, walk)
-                        })
-                        .await?;
-                }
-            }
-            Ok(())
-        })
-        .await
+        self.save_webhook(webhook, None).await
+    }
+
+    async fn save_webhook_change(&self, webhook: &Webhook, read_at: Timestamp) -> StoreResult<()> {
+        self.save_webhook(webhook, Some(read_at)).await
     }
 
     async fn delete_webhooks(

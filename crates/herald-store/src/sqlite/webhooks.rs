@@ -7,7 +7,7 @@ use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::rows::{self, to_json};
-use super::{DbResult, not_found, paginate};
+use super::{DbResult, changed_meanwhile, not_found, paginate};
 
 pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
@@ -82,15 +82,30 @@ pub(crate) fn get(conn: &Connection, org: &OrgId, id: &WebhookId) -> DbResult<We
         .ok_or_else(not_found)
 }
 
-/// Saves every field; answers whether that paused or resumed the webhook.
-pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<ActiveChange> {
-    let was_active: bool = conn
+/// Saves every field; answers whether that paused or resumed the webhook. With `read_at`, a
+/// user's change: refused if the webhook changed since, and the failing streak is the store's
+/// (`Store::save_webhook_change`).
+pub(crate) fn update(
+    conn: &Connection,
+    w: &Webhook,
+    read_at: Option<Timestamp>,
+) -> DbResult<ActiveChange> {
+    let (was_active, updated_at, failing_since): (bool, i64, Option<i64>) = conn
         .prepare_cached(
-            "SELECT active FROM webhooks WHERE org_id = ? AND id = ? AND deleted_at IS NULL",
+            "SELECT active, updated_at, failing_since FROM webhooks \
+             WHERE org_id = ? AND id = ? AND deleted_at IS NULL",
         )?
-        .query_row([w.org_id.as_str(), w.id.as_str()], |r| r.get(0))
+        .query_row([w.org_id.as_str(), w.id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?
         .ok_or_else(not_found)?;
+    let failing_since = match read_at {
+        None => w.failing_since.map(Timestamp::as_millis),
+        Some(read_at) if read_at.as_millis() != updated_at => return Err(changed_meanwhile()),
+        Some(_) if w.active && !was_active => None,
+        Some(_) => failing_since,
+    };
     conn.prepare_cached(
         "UPDATE webhooks SET name = ?, description = ?, url = ?, events = ?, channels = ?, profile = ?, \
          secret = ?, previous_secret = ?, previous_secret_expires_at = ?, active = ?, headers = ?, \
@@ -115,7 +130,7 @@ pub(crate) fn update(conn: &Connection, w: &Webhook) -> DbResult<ActiveChange> {
         w.signature.map(|s| s.as_str()),
         to_json(&w.options),
         w.verification.as_str(),
-        w.failing_since.map(Timestamp::as_millis),
+        failing_since,
         w.disabled_reason,
         w.rate_limit_per_second,
         w.id.as_str()

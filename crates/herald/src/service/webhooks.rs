@@ -390,11 +390,16 @@ async fn tell_subscriber(state: &AppState, w: &Webhook) -> ServiceResult<Vec<Sub
     .await
 }
 
+/// Saves a user's change to `w`, as read (its `updated_at` not yet moved): `409` if the webhook
+/// changed meanwhile, rather than undoing that (Herald disabling it, say).
 async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
-    w.updated_at = state.clock.now();
+    let read_at = w.updated_at;
+    // Later than the version read even within its millisecond, so that the next change can
+    // tell the two apart.
+    w.updated_at = state.clock.now().max(read_at.plus_millis(1));
     let org = w.org_id.clone();
     let w = write_then_forget(state, &org, "webhook", |store| async move {
-        store.update_webhook(&w).await.map(|()| w)
+        store.save_webhook_change(&w, read_at).await.map(|()| w)
     })
     .await?;
     if w.active {

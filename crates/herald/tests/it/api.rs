@@ -377,7 +377,11 @@ async fn organizations_can_be_created_changed_and_deleted() {
     assert_eq!((status, code(&err)), (StatusCode::CONFLICT, "conflict"));
     // A handle derived from the name is numbered when taken; names in other scripts all
     // derive `org`.
-    for (name, handle) in [("Acme Inc", "acme-inc-2"), ("日本", "org"), ("日本", "org-2")] {
+    for (name, handle) in [
+        ("Acme Inc", "acme-inc-2"),
+        ("日本", "org"),
+        ("日本", "org-2"),
+    ] {
         let (status, org) = app.post("/v1/orgs", json!({ "name": name })).await;
         assert_eq!(status, StatusCode::CREATED, "{org}");
         assert_eq!(org["handle"], handle);
