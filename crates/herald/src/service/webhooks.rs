@@ -8,14 +8,14 @@ use herald_core::event::NewEvent;
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
-use herald_core::subscription::{Mode, Subscription, Verification};
+use herald_core::subscription::{Mode, State, Subscription, Verification};
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
     parse_rate_limit, parse_subscription, parse_timeout_ms,
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
 
-use super::cancel_safe::{GiveBackIfDropped, write_then_forget};
+use super::cancel_safe::{GiveBackIfDropped, to_the_end, write_then_forget};
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -336,16 +336,69 @@ pub async fn update(
                     || old.verification != w.verification
             }));
     let unsubscribe = websub && was_active && !w.active;
-    let w = save(state, w).await?;
-    if w.active != was_active {
-        switched(state, &w);
+    let previous: Vec<Subscription> = snapshot
+        .subscriptions_of(&w.id)
+        .into_iter()
+        .cloned()
+        .collect();
+    // To the end once started: a change stored without the verification it calls for would
+    // leave its deliveries waiting for one nobody sent.
+    to_the_end(state, move |state| async move {
+        let w = if reverify {
+            // Turned on, or a new URL or new channels: verified again before they get events.
+            save_unverified(&state, w, previous).await?
+        } else {
+            save(&state, w).await?
+        };
+        if w.active != was_active {
+            switched(&state, &w);
+        }
+        if reverify || unsubscribe {
+            // Turned off: the subscriber hears of it, as with `deactivate`.
+            tell_subscriber(&state, &w).await?;
+        }
+        Ok(w)
+    })
+    .await
+}
+
+/// Saves a change after which the webhook's channels must be verified again (a new URL, say).
+/// What they had verified stops counting before the change is stored, so that no delivery
+/// goes to the new URL on the old verification, even if this request is dropped before the
+/// new one is sent; if the change is refused, they are put back as they were.
+async fn save_unverified(
+    state: &AppState,
+    w: Webhook,
+    previous: Vec<Subscription>,
+) -> ServiceResult<Webhook> {
+    let org = w.org_id.clone();
+    let reset: Vec<Subscription> = previous
+        .iter()
+        .cloned()
+        .map(|mut sub| {
+            sub.state = State::Pending;
+            sub.expires_at = None;
+            sub.renew_at = None;
+            sub.reason = Some("to be verified again after a change to the webhook".into());
+            sub
+        })
+        .collect();
+    write_then_forget(state, &org, "webhook", {
+        let org = org.clone();
+        |store| async move { store.save_subscriptions(&org, &reset).await }
+    })
+    .await?;
+    match save(state, w).await {
+        Ok(w) => Ok(w),
+        Err(refused) => {
+            let owner = org.clone();
+            write_then_forget(state, &org, "webhook", |store| async move {
+                store.save_subscriptions(&owner, &previous).await
+            })
+            .await?;
+            Err(refused)
+        }
     }
-    if reverify || unsubscribe {
-        // Turned on, or a new URL or new channels: verified again before they get events.
-        // Turned off: the subscriber hears of it, as with `deactivate`.
-        tell_subscriber(state, &w).await?;
-    }
-    Ok(w)
 }
 
 /// Switches `w` on or off (not saved yet). Switching on is a fresh start: whatever made Herald

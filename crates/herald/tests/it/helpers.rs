@@ -327,6 +327,8 @@ pub enum Subscriber {
     WrongEcho,
     /// Refuses with this status.
     Refuse(u16),
+    /// Echoes the challenge after this long.
+    SlowEcho(Duration),
 }
 
 struct ReceiverState {
@@ -489,9 +491,13 @@ async fn receive(
         body,
     };
     if method == axum::http::Method::GET {
-        let answer = websub_answer(&received, *state.subscriber.lock().unwrap());
+        let behaviour = *state.subscriber.lock().unwrap();
+        let answer = websub_answer(&received, behaviour);
         state.received.lock().unwrap().push(received);
         state.arrived.notify_waiters();
+        if let Subscriber::SlowEcho(delay) = behaviour {
+            tokio::time::sleep(delay).await;
+        }
         return answer;
     }
     let _in_flight = InFlight::enter(&state);
@@ -530,7 +536,9 @@ fn websub_answer(req: &Received, behaviour: Subscriber) -> Response {
         return (StatusCode::BAD_REQUEST, "not a WebSub verification").into_response();
     };
     match behaviour {
-        Subscriber::Echo => (StatusCode::OK, challenge.to_owned()).into_response(),
+        Subscriber::Echo | Subscriber::SlowEcho(_) => {
+            (StatusCode::OK, challenge.to_owned()).into_response()
+        }
         Subscriber::WrongEcho => (StatusCode::OK, "sure, whatever").into_response(),
         Subscriber::Refuse(status) => (StatusCode::from_u16(status).unwrap(), "no").into_response(),
     }

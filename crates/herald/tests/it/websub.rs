@@ -284,6 +284,52 @@ async fn a_new_url_that_refuses_verification_gets_no_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_url_gets_no_events_on_the_old_ones_verification_even_if_its_client_gives_up() {
+    let app = insecure_app().await;
+    let (rx, moved) = (TestReceiver::start().await, TestReceiver::start().await);
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+
+    // The new URL takes 1.5 s to confirm; the client that moved the webhook gives up sooner.
+    moved.subscriber(Subscriber::SlowEcho(Duration::from_millis(1_500)));
+    let patch = app
+        .http
+        .patch(format!("{}/v1/orgs/{org}/webhooks/{id}", app.base))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .json(&json!({ "url": moved.url("/hub") }))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(
+        patch.is_err(),
+        "answered before its verification: {patch:?}"
+    );
+    for _ in 0..100 {
+        if !moved.verifications_on("/hub").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(moved.verifications_on("/hub").len(), 1);
+
+    // The change is stored and its verification under way: the old URL's does not count.
+    let answer = app.send_event(&org, login_success("during")).await;
+    assert_eq!(answer["events"][0]["skipped"], 1, "{answer}");
+    // The verification goes on without the client, and then events flow to the new URL.
+    subscription(&app, &org, &id, |s| s["state"] == "verified").await;
+    let answer = app.send_event(&org, login_success("after")).await;
+    assert_eq!(answer["events"][0]["skipped"], 0, "{answer}");
+    let posts = moved.wait_for("/hub", 1, WAIT).await;
+    assert_eq!(posts.len(), 1, "only the event sent after verification");
+    assert!(
+        String::from_utf8_lossy(&posts[0].body).contains("after"),
+        "{:?}",
+        posts[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refused() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
