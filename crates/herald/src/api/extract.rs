@@ -109,15 +109,39 @@ impl FromRequest<AppState> for RawJsonBody {
     }
 }
 
-/// Parses a JSON body, answering `400 invalid_json` with serde's account of what is wrong.
+/// Parses a JSON body, answering `400 invalid_json` with serde's account of what is wrong:
+/// JSON that does not parse, or JSON of another shape than the operation takes.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the request body is not valid JSON for this operation: {e}"),
-        )
+        let message = match e.classify() {
+            serde_json::error::Category::Data => {
+                format!(
+                    "the request body is JSON, but not of this operation's shape: {}",
+                    without_type_names(&e.to_string())
+                )
+            }
+            _ => format!("the request body is not valid JSON: {e}"),
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     })
+}
+
+/// serde names the Rust type it expected (`expected struct RotateBody`); the client knows it
+/// as a JSON object.
+fn without_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "struct ".len()..];
+        let name_len = after
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .unwrap_or(after.len());
+        out.push_str("a JSON object");
+        rest = &after[name_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn read_json<T: DeserializeOwned>(
@@ -286,5 +310,27 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
                     format!("the query string is not valid: {e}"),
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_errors_name_json_not_rust_types() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct RotateBody {
+            secret: Option<String>,
+        }
+        let shape = parse_json::<RotateBody>(b"\"text\"").unwrap_err().message;
+        assert!(shape.contains("not of this operation's shape"), "{shape}");
+        assert!(shape.contains("expected a JSON object"), "{shape}");
+        assert!(!shape.contains("RotateBody"), "{shape}");
+        let syntax = parse_json::<RotateBody>(b"{\"secret\": ")
+            .unwrap_err()
+            .message;
+        assert!(syntax.contains("not valid JSON"), "{syntax}");
     }
 }

@@ -101,7 +101,13 @@ pub async fn list(
         .ok_or(ServiceError::NotFound("webhook"))?;
     let existing = snapshot.subscriptions_of(id);
     let mut out: Vec<Subscription> = existing.iter().map(|s| (*s).clone()).collect();
-    for channel in snapshot.channels_of(webhook) {
+    // A webhook that does not verify its intent sends no verification: nothing is to come.
+    let channels = if webhook.verification == Verification::None {
+        Vec::new()
+    } else {
+        snapshot.channels_of(webhook)
+    };
+    for channel in channels {
         if !out.iter().any(|s| s.channel == channel) {
             let mode = if webhook.active {
                 Mode::Subscribe
