@@ -151,8 +151,16 @@ async fn read_json<T: DeserializeOwned>(
     // The body's share of the budget is given back once it is parsed: what a handler keeps of
     // an (administrative) body is small beside the body itself.
     let (bytes, _admitted) = read_body(req, state).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(None);
+    };
+    // Every such body is an object; serde would also take an array of its fields in order.
+    if *first != b'{' {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body must be a JSON object ({…})",
+        ));
     }
     parse_json(&bytes).map(Some)
 }

@@ -40,6 +40,27 @@ async fn bad_input_gets_a_clear_client_error() {
     let resp = raw("").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
+    // An administrative body is an object: serde alone would take an array of its fields, in
+    // order, and a string where an object belongs is named as such, not as a Rust type.
+    for (body, says) in [
+        (
+            json!(["Array Org", "array-org", ["optare"]]),
+            "must be a JSON object",
+        ),
+        (json!({ "name": ["Acme"] }), "not of this operation's shape"),
+    ] {
+        let (status, answer) = app.post("/v1/orgs", body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(says) && !message.contains("Body"),
+            "{message}"
+        );
+    }
+
     let big = format!(
         "{{\"type\":\"user.created\",\"data\":{{\"pad\":\"{}\"}}}}",
         "x".repeat(5000)
