@@ -238,17 +238,26 @@ impl WebhookUrl {
         }
         // The URL parser would read `http:///path` and `http:host` as `http://path/` and
         // `http://host/`: a URL stored other than as given could go somewhere else.
-        if !raw
-            .split_once("://")
-            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
-        {
-            return Err(Invalid::new(
-                "url",
-                format!(
-                    "'{}' does not name a host after its scheme; use e.g. https://example.com/webhooks",
-                    crate::truncate_for_message(raw)
-                ),
-            ));
+        match raw.split_once("://") {
+            None => {
+                return Err(Invalid::new(
+                    "url",
+                    format!(
+                        "'{}' must start with https:// (or http://) and a host, e.g. https://example.com/webhooks",
+                        crate::truncate_for_message(raw)
+                    ),
+                ));
+            }
+            Some((_, rest)) if rest.is_empty() || rest.starts_with('/') => {
+                return Err(Invalid::new(
+                    "url",
+                    format!(
+                        "'{}' does not name a host after its scheme; use e.g. https://example.com/webhooks",
+                        crate::truncate_for_message(raw)
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
         let url = url::Url::parse(raw).map_err(|e| {
             Invalid::new(
@@ -475,6 +484,11 @@ mod tests {
             assert!(WebhookUrl::parse(rewritten).is_err(), "{rewritten:?}");
         }
         assert!(WebhookUrl::parse("  https://example.com/hook  ").is_ok());
+        let no_scheme = WebhookUrl::parse("example.com/hook").unwrap_err();
+        assert!(
+            no_scheme.message.contains("must start with https://"),
+            "{no_scheme:?}"
+        );
     }
 
     #[test]

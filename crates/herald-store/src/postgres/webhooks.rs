@@ -279,7 +279,10 @@ pub(crate) async fn disable(
 ) -> DbResult<bool> {
     let changed = c
         .exec(
-            "UPDATE webhooks SET active = FALSE, disabled_reason = $1, updated_at = $2 \
+            // `updated_at` moves even within the millisecond of the last save, so that a
+            // user's change read before this one is refused (`update` with `read_at`).
+            "UPDATE webhooks SET active = FALSE, disabled_reason = $1, \
+             updated_at = GREATEST($2, updated_at + 1) \
              WHERE org_id = $3 AND id = $4 AND active AND deleted_at IS NULL",
             &[&reason, &now.as_millis(), &org.as_str(), &id.as_str()],
         )

@@ -162,8 +162,10 @@ pub(crate) fn disable(
 ) -> DbResult<bool> {
     let changed = conn
         .prepare_cached(
-            "UPDATE webhooks SET active = 0, disabled_reason = ?, updated_at = ? \
-             WHERE org_id = ? AND id = ? AND active = 1 AND deleted_at IS NULL",
+            // `updated_at` moves even within the millisecond of the last save, so that a
+            // user's change read before this one is refused (`update` with `read_at`).
+            "UPDATE webhooks SET active = 0, disabled_reason = ?1, updated_at = MAX(?2, updated_at + 1) \
+             WHERE org_id = ?3 AND id = ?4 AND active = 1 AND deleted_at IS NULL",
         )?
         .execute(params![reason, now.as_millis(), org.as_str(), id.as_str()])?;
     Ok(changed == 1)

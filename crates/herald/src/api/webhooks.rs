@@ -239,7 +239,7 @@ async fn get_webhook(
     responses(
         (status = 200, description = "The changed webhook", body = Webhook),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
-        (status = 409, description = "The change conflicts with the webhook's state or profile", body = super::ErrorBody),
+        (status = 409, description = "The change conflicts with the webhook's state or profile, or the webhook changed while it was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
         (status = 422, description = "A field is not valid; `field` names it", body = super::ErrorBody),
     ))]
 async fn update_webhook(
@@ -357,6 +357,7 @@ async fn set_active(
     responses(
         (status = 200, description = "The webhook, with its channels' verification states", body = WebhookActivation),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
     ))]
 async fn activate_webhook(
     State(state): State<AppState>,
@@ -372,6 +373,7 @@ async fn activate_webhook(
     responses(
         (status = 200, description = "The webhook", body = WebhookActivation),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
     ))]
 async fn deactivate_webhook(
     State(state): State<AppState>,
@@ -396,6 +398,7 @@ struct RotateBody {
     responses(
         (status = 200, description = "The webhook with its new secret, shown once", body = WebhookWithSecret),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
         (status = 422, description = "The secret is not valid for the profile", body = super::ErrorBody),
     ))]
 async fn rotate_secret(

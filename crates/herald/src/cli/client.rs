@@ -218,8 +218,8 @@ pub struct SendArgs {
 }
 
 /// What a path segment or query value keeps as it is; everything else is percent-encoded, so
-/// that an id given on the command line (`org_1/api-keys/key_2`, `x?limit=1`) names one
-/// segment and nothing else.
+/// that an id given on the command line (`org_1/api-keys/key_2`, `x?limit=1`) stays within its
+/// segment ([`api_path`] refuses the dot segments `.` and `..`).
 const VERBATIM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
@@ -231,13 +231,18 @@ fn encode(raw: &str) -> String {
     percent_encoding::utf8_percent_encode(raw, VERBATIM).to_string()
 }
 
-/// `/seg/seg/…`, each segment percent-encoded.
-fn api_path(segments: &[&str]) -> String {
-    segments.iter().fold(String::new(), |mut path, segment| {
+/// `/seg/seg/…`, each segment percent-encoded. An empty id, `.` or `..` would name another
+/// path (URLs resolve dot segments, encoded or not), so it is refused.
+fn api_path(segments: &[&str]) -> anyhow::Result<String> {
+    let mut path = String::new();
+    for segment in segments {
+        if matches!(*segment, "" | "." | "..") {
+            bail!("'{segment}' is not an id; ids look like org_…, wh_… or dlv_…");
+        }
         path.push('/');
         path.push_str(&encode(segment));
-        path
-    })
+    }
+    Ok(path)
 }
 
 struct Api {
@@ -403,11 +408,11 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             }
             show(&conn, &api.post("/v1/orgs", body)?, cols)
         }
-        OrgsCommand::Get { id } => show(&conn, &api.get(&api_path(&["v1", "orgs", &id]))?, cols),
+        OrgsCommand::Get { id } => show(&conn, &api.get(&api_path(&["v1", "orgs", &id])?)?, cols),
         OrgsCommand::Delete { id } => {
             api.call(
                 reqwest::Method::DELETE,
-                &api_path(&["v1", "orgs", &id]),
+                &api_path(&["v1", "orgs", &id])?,
                 None,
             )?;
             println!("Deleted {id}.");
@@ -424,7 +429,7 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
             &conn,
             &api.get_all(&format!(
                 "{}?limit=200",
-                api_path(&["v1", "orgs", &org, "webhooks"])
+                api_path(&["v1", "orgs", &org, "webhooks"])?
             ))?,
             cols,
         ),
@@ -448,7 +453,7 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
                     body[key] = json!(v);
                 }
             }
-            let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"]), body)?;
+            let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"])?, body)?;
             show(&conn, &created, cols);
             if !conn.json {
                 println!(
@@ -459,13 +464,13 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
         }
         WebhooksCommand::Get { org, id } => show(
             &conn,
-            &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id]))?,
+            &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id])?)?,
             cols,
         ),
         WebhooksCommand::Enable { org, id } => show(
             &conn,
             &api.post(
-                &api_path(&["v1", "orgs", &org, "webhooks", &id, "activate"]),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "activate"])?,
                 json!({}),
             )?,
             cols,
@@ -473,14 +478,14 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
         WebhooksCommand::Disable { org, id } => show(
             &conn,
             &api.post(
-                &api_path(&["v1", "orgs", &org, "webhooks", &id, "deactivate"]),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "deactivate"])?,
                 json!({}),
             )?,
             cols,
         ),
         WebhooksCommand::Rotate { org, id } => {
             let rotated = api.post(
-                &api_path(&["v1", "orgs", &org, "webhooks", &id, "rotate-secret"]),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "rotate-secret"])?,
                 json!({}),
             )?;
             show(&conn, &rotated, cols);
@@ -494,7 +499,7 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
         WebhooksCommand::Test { org, id } => show(
             &conn,
             &api.post(
-                &api_path(&["v1", "orgs", &org, "webhooks", &id, "test"]),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "test"])?,
                 json!({}),
             )?,
             &["event_id", "delivery_id"],
@@ -502,7 +507,7 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
         WebhooksCommand::Delete { org, id } => {
             api.call(
                 reqwest::Method::DELETE,
-                &api_path(&["v1", "orgs", &org, "webhooks", &id]),
+                &api_path(&["v1", "orgs", &org, "webhooks", &id])?,
                 None,
             )?;
             println!("Deleted {id}.");
@@ -530,7 +535,7 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
         } => {
             let mut path = format!(
                 "{}?limit={limit}",
-                api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])
+                api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])?
             );
             if let Some(s) = state {
                 path.push_str(&format!("&state={}", encode(&s)));
@@ -538,7 +543,7 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
             show(&conn, &api.get(&path)?, cols)
         }
         DeliveriesCommand::Get { org, id } => {
-            let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id]))?;
+            let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;
             show(&conn, &d, cols);
             if !conn.json {
                 println!();
@@ -552,7 +557,7 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
         DeliveriesCommand::Retry { org, id } => show(
             &conn,
             &api.post(
-                &api_path(&["v1", "orgs", &org, "deliveries", &id, "retry"]),
+                &api_path(&["v1", "orgs", &org, "deliveries", &id, "retry"])?,
                 json!({}),
             )?,
             cols,
@@ -563,7 +568,7 @@ pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()
             since,
         } => {
             let answer = api.post(
-                &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "recover"]),
+                &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "recover"])?,
                 json!({ "since": since }),
             )?;
             show(&conn, &answer, &["recovered"]);
@@ -577,7 +582,7 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Types { org } => show(
             &conn,
-            &api.get(&api_path(&["v1", "orgs", &org, "event-types"]))?,
+            &api.get(&api_path(&["v1", "orgs", &org, "event-types"])?)?,
             &["name", "channel", "source", "description"],
         ),
         EventsCommand::Catalog { name } => {
@@ -642,7 +647,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             serde_json::from_str(&input).context("standard input is not JSON: give one event or an array of them, or use --type and --data")?
         }
     };
-    let answer = api.post(&api_path(&["v1", "orgs", &args.org, "events"]), body)?;
+    let answer = api.post(&api_path(&["v1", "orgs", &args.org, "events"])?, body)?;
     if conn.json {
         println!(
             "{}",

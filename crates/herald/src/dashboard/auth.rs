@@ -109,7 +109,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     }
     let body = match session::read_form(request, &state).await {
         Ok(body) => body,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let form = Form::parse(&body);
     let token = form.text("token");

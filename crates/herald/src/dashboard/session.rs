@@ -264,14 +264,16 @@ impl FromRequestParts<AppState> for Signed {
 
 /// Reads a posted form within the time an API body of its size has, as a page's answer when it
 /// cannot: too large, cut off, or too slow.
-pub async fn read_form(req: Request, state: &AppState) -> Result<Bytes, Response> {
+pub async fn read_form(req: Request, state: &AppState) -> Result<Bytes, Box<Response>> {
     match crate::api::extract::read_within_deadline(req, state).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(DashError::Status(
-            e.status(),
-            "The form could not be read; it may be too large.",
-        )
-        .into_response()),
+        Ok(Err(e)) => Err(Box::new(
+            DashError::Status(
+                e.status(),
+                "The form could not be read; it may be too large.",
+            )
+            .into_response(),
+        )),
         Err(_) => {
             let mut page = DashError::Status(
                 StatusCode::REQUEST_TIMEOUT,
@@ -280,7 +282,7 @@ pub async fn read_form(req: Request, state: &AppState) -> Result<Bytes, Response
             .into_response();
             page.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(page)
+            Err(Box::new(page))
         }
     }
 }
@@ -297,7 +299,9 @@ impl FromRequest<AppState> for Post {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let signed = Signed::from_request_parts(&mut parts, state).await?;
-        let bytes = read_form(Request::from_parts(parts, body), state).await?;
+        let bytes = read_form(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|page| *page)?;
         let form = Form::parse(&bytes);
         let sent = form.get("csrf").unwrap_or_default();
         if !bool::from(sent.as_bytes().ct_eq(signed.csrf.as_bytes())) {

@@ -66,6 +66,12 @@ pub async fn create(
                 };
                 org.handle = handle.numbered(n);
             }
+            Err(StoreError::Conflict(_)) if derived => {
+                return Err(ServiceError::Conflict(format!(
+                    "no free handle could be derived from the name '{}'; choose one and send it as `handle`",
+                    org.name
+                )));
+            }
             done => break done.map_err(ServiceError::from_store("organization"))?,
         }
     }

@@ -99,15 +99,14 @@ pub async fn list(
     let webhook = snapshot
         .webhook(id)
         .ok_or(ServiceError::NotFound("webhook"))?;
+    // A webhook that does not verify its intent has no subscription that counts, whatever
+    // was kept from when it did.
+    if webhook.verification == Verification::None {
+        return Ok(Vec::new());
+    }
     let existing = snapshot.subscriptions_of(id);
     let mut out: Vec<Subscription> = existing.iter().map(|s| (*s).clone()).collect();
-    // A webhook that does not verify its intent sends no verification: nothing is to come.
-    let channels = if webhook.verification == Verification::None {
-        Vec::new()
-    } else {
-        snapshot.channels_of(webhook)
-    };
-    for channel in channels {
+    for channel in snapshot.channels_of(webhook) {
         if !out.iter().any(|s| s.channel == channel) {
             let mode = if webhook.active {
                 Mode::Subscribe

@@ -364,8 +364,8 @@ pub async fn update(
 
 /// Saves a change after which the webhook's channels must be verified again (a new URL, say).
 /// What they had verified stops counting before the change is stored, so that no delivery
-/// goes to the new URL on the old verification, even if this request is dropped before the
-/// new one is sent; if the change is refused, they are put back as they were.
+/// goes to the new URL on the old verification; if the change is refused, whatever is stored
+/// then is verified afresh.
 async fn save_unverified(
     state: &AppState,
     w: Webhook,
@@ -388,14 +388,20 @@ async fn save_unverified(
         |store| async move { store.save_subscriptions(&org, &reset).await }
     })
     .await?;
+    let id = w.id.clone();
     match save(state, w).await {
         Ok(w) => Ok(w),
         Err(refused) => {
-            let owner = org.clone();
-            write_then_forget(state, &org, "webhook", |store| async move {
-                store.save_subscriptions(&owner, &previous).await
-            })
-            .await?;
+            // Whatever is stored now (this change after all, the webhook as it was, or another
+            // request's change) is verified afresh. Writing back what was read could hand a
+            // URL that another request stored meanwhile the old URL's verification.
+            if let Ok(current) = state.store.get_webhook(&org, &id).await
+                && current.active
+                && current.verification == Verification::Websub
+                && let Err(e) = tell_subscriber(state, &current).await
+            {
+                tracing::warn!(webhook = %id, error = %e, "could not verify a webhook again after a change to it was refused; its channels wait for POST …/verify");
+            }
             Err(refused)
         }
     }
@@ -472,10 +478,22 @@ pub async fn set_active(
     active: bool,
 ) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     let mut w = get(state, scope, org, id).await?;
-    if w.active != active {
-        switch(&mut w, active);
-        w = save(state, w).await?;
-        switched(state, &w);
+    let mut looked_again = false;
+    while w.active != active {
+        let mut changed = w.clone();
+        switch(&mut changed, active);
+        match save(state, changed).await {
+            Ok(saved) => {
+                switched(state, &saved);
+                w = saved;
+            }
+            // Changed meanwhile (Herald disabled it, say): as it is now, it may need nothing.
+            Err(ServiceError::Conflict(_)) if !looked_again => {
+                looked_again = true;
+                w = get(state, scope, org, id).await?;
+            }
+            Err(e) => return Err(e),
+        }
     }
     if w.verification != Verification::Websub {
         return Ok((w, None));

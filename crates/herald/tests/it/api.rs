@@ -800,6 +800,9 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         1,
         "the key was deleted"
     );
+    // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/webhooks/..`).
+    let (ok, out) = herald_cli(&app, &["webhooks", "delete", "--org", &org, ".."], None).await;
+    assert!(!ok && out.contains("is not an id"), "{out}");
 }
 
 /// Polls `change` (a use case's future) until `stored` says its write is in the store, then
