@@ -162,6 +162,8 @@ enum Field<'a> {
 #[derive(Default)]
 struct Posted<'a> {
     unknown: Option<String>,
+    /// A field given twice: JSON leaves it undefined which one counts.
+    repeated: Option<String>,
     event_type: Option<Field<'a>>,
     data: Option<Field<'a>>,
     id: Option<Field<'a>>,
@@ -182,7 +184,9 @@ impl<'a> Posted<'a> {
                 return;
             }
         };
-        *slot = Some(value);
+        if slot.replace(value).is_some() {
+            self.repeated.get_or_insert(key);
+        }
     }
 
     fn check(self) -> Result<NewEvent, Invalid> {
@@ -191,6 +195,9 @@ impl<'a> Posted<'a> {
                 crate::truncate_for_message(&unknown),
                 "is not an event field; use type, data, id, occurred_at and correlation_id",
             ));
+        }
+        if let Some(repeated) = self.repeated {
+            return Err(Invalid::new(repeated, "is given twice; send each field once"));
         }
         let event_type = match self.event_type {
             Some(Field::Text(t)) => crate::event_type::parse_type_name(&t, "type")?,
@@ -405,6 +412,9 @@ mod tests {
         assert_eq!(fails(r#"{"type":"a","data":[]}"#), "data");
         assert_eq!(fails(r#"{"type":"a","data":{},"typo":1}"#), "typo");
         assert_eq!(fails(r#"{"type":"a","data":{},"id":7}"#), "id");
+        // JSON leaves a repeated key's meaning open; the schema check and the delivery must
+        // not read different ones.
+        assert_eq!(fails(r#"{"type":"a","data":{},"type":"b"}"#), "type");
         let deep = format!(
             r#"{{"type":"a","data":{}{{}}{}}}"#,
             r#"{"a":"#.repeat(40),
