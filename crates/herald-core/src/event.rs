@@ -197,7 +197,10 @@ impl<'a> Posted<'a> {
             ));
         }
         if let Some(repeated) = self.repeated {
-            return Err(Invalid::new(repeated, "is given twice; send each field once"));
+            return Err(Invalid::new(
+                repeated,
+                "is given twice; send each field once",
+            ));
         }
         let event_type = match self.event_type {
             Some(Field::Text(t)) => crate::event_type::parse_type_name(&t, "type")?,

@@ -129,6 +129,10 @@ pub struct AttemptRecord {
     pub org_id: OrgId,
     pub attempt: Attempt,
     pub next: NextStep,
+    /// The lease the attempt was made under. The attempt is stored in any case, but the
+    /// delivery moves on only if it still has that lease: once it ended, another node may have
+    /// taken the delivery over, and its attempt decides. `None`: whatever the lease.
+    pub lease_until: Option<Timestamp>,
 }
 
 /// What a purge removed.

@@ -308,6 +308,7 @@ async fn record_first_attempt(
         org_id: org.clone(),
         attempt,
         next,
+        lease_until: None,
     };
     store.record_attempt(&record).await.unwrap();
 }
@@ -1065,6 +1066,7 @@ async fn recovering_reaches_every_failed_delivery_of_a_long_history(store: Arc<d
                 org_id: org.id.clone(),
                 attempt: attempt(AttemptId::generate(), d, 1, T0, &outcome),
                 next,
+                lease_until: None,
             }
         })
         .collect();
@@ -1694,6 +1696,7 @@ async fn attempts_are_listed_in_order_with_their_outcome(store: Arc<dyn Store>) 
             org_id: acme.id.clone(),
             attempt: attempt.clone(),
             next: nexts[i],
+            lease_until: None,
         };
         store.record_attempt(&record).await.unwrap();
         expected.push(attempt);
@@ -1735,6 +1738,7 @@ async fn a_group_of_outcomes_is_recorded_whole(store: Arc<dyn Store>) {
                 &outcome,
             ),
             next,
+            lease_until: None,
         });
     }
     store.record_attempts(&records).await.unwrap();
@@ -1777,6 +1781,7 @@ async fn record_attempt_at(
         org_id: org.clone(),
         attempt: attempt(AttemptId::generate(), delivery, number, started, outcome),
         next,
+        lease_until: None,
     };
     store.record_attempt(&record).await.unwrap();
 }
@@ -2002,6 +2007,44 @@ async fn a_released_lease_makes_the_delivery_due_again(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(claim(&store, at(1)).await, vec![delivery]);
+}
+
+async fn a_late_outcome_does_not_undo_the_next_holders_lease(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let id = store_placed(&store, &hook, 1, Placement::Leased)
+        .await
+        .remove(0);
+    // The first lease ended before its attempt's outcome was written; another node took the
+    // delivery (until 100 s) and is sending it.
+    let taken = store.claim_due(at(LEASE_SECS), at(100), 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let outcome = AttemptOutcome::succeeded(200, 5, String::new());
+    let record = |number, lease| AttemptRecord {
+        org_id: org.id.clone(),
+        attempt: attempt(AttemptId::generate(), &id, number, at(29), &outcome),
+        next: NextStep::Succeeded,
+        lease_until: Some(lease),
+    };
+    // The late outcome is kept as an attempt, but leaves the delivery to its holder.
+    store
+        .record_attempts(&[record(1, at(LEASE_SECS))])
+        .await
+        .unwrap();
+    let (delivery, attempts) = store.get_delivery(&org.id, &id).await.unwrap();
+    assert_eq!(
+        (delivery.state, attempts.len()),
+        (DeliveryState::Pending, 1)
+    );
+    assert!(
+        claim(&store, at(99)).await.is_empty(),
+        "the holder's lease was cleared"
+    );
+    // The holder's own outcome moves it on.
+    store.record_attempts(&[record(1, at(100))]).await.unwrap();
+    assert_eq!(
+        state_of(&store, &org.id, &id).await,
+        DeliveryState::Succeeded
+    );
 }
 
 async fn a_users_change_does_not_undo_what_happened_since_it_was_read(store: Arc<dyn Store>) {
@@ -2517,6 +2560,7 @@ async fn deleting_an_organization_with_a_backlog_removes_all_of_it(store: Arc<dy
             org_id: acme.id.clone(),
             attempt: attempt(AttemptId::generate(), d, 1, T0, &server_error()),
             next: NextStep::Failed,
+            lease_until: None,
         })
         .collect();
     store.record_attempts(&failed).await.unwrap();
@@ -2866,6 +2910,7 @@ macro_rules! stories {
             a_released_lease_makes_the_delivery_due_again,
             a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
             a_users_change_does_not_undo_what_happened_since_it_was_read,
+            a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             only_a_finished_delivery_can_be_resent,
             recovering_brings_back_failed_deliveries_created_since_a_time,

@@ -214,6 +214,10 @@ impl Dispatcher {
         // One jitter for the whole batch: its deliveries come due together again and go out
         // as one batch, rather than as pieces spread over the jitter's tenth of the delay.
         let jitter = rand::random();
+        // Each outcome moves its delivery on only under the lease it was sent under: if that
+        // ended first (a slow write of outcomes), another node may be sending it now.
+        let leases = self.release_held_leases(ids());
+        let lease_of = |id| leases.iter().find(|(held, _)| held == id).map(|(_, l)| *l);
         for due in batch {
             let number = due.attempt_count + 1;
             let next = schedule.next_step(
@@ -252,9 +256,9 @@ impl Dispatcher {
                     response_body: outcome.response_body.clone(),
                 },
                 next,
+                lease_until: lease_of(&due.delivery_id),
             });
         }
-        forget(self);
         shared.recorder.record(records).await?;
         if retrying {
             self.wake_delivery_scheduler();

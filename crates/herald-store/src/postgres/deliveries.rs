@@ -435,7 +435,8 @@ const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (id, delivery_id, number, st
 const FINISH_AFTER_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempt_count = $2, \
      next_attempt_at = NULL, due_at = NULL, lease_until = NULL, last_status = $3, \
      last_error = $4, updated_at = $5 \
-     WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8";
+     WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8 \
+     AND ($9::BIGINT IS NULL OR lease_until = $9::BIGINT)";
 
 /// A delivery going back on its schedule after a failed attempt: due at its next attempt, or
 /// parked if its webhook is inactive. See [`FINISH_AFTER_ATTEMPT`] for why it is a statement of
@@ -444,7 +445,8 @@ const RETRY_AFTER_ATTEMPT: &str = concat!(
     "UPDATE deliveries SET next_attempt_at = $1::BIGINT, due_at = ",
     unless_parked!("$1::BIGINT"),
     ", attempt_count = $2, lease_until = NULL, last_status = $3, last_error = $4, \
-     updated_at = $5 WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8"
+     updated_at = $5 WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8 \
+     AND ($9::BIGINT IS NULL OR lease_until = $9::BIGINT)"
 );
 
 pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
@@ -496,6 +498,7 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
     let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
     let (number, status) = (big(a.number), a.status.map(big));
     let (id, org) = (a.delivery_id.as_str(), r.org_id.as_str());
+    let lease = r.lease_until.map(Timestamp::as_millis);
     let [pending, succeeded, failed] = [
         DeliveryState::Pending,
         DeliveryState::Succeeded,
@@ -524,6 +527,7 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
             &id,
             &org,
             &pending,
+            &lease,
         ],
     )
     .await?;
@@ -1012,13 +1016,13 @@ mod tests {
         let finish = generic_plan(
             &scoped,
             FINISH_AFTER_ATTEMPT,
-            "'succeeded', 1, 200, NULL, 5, 'dlv_x', 'org_x', 'pending'",
+            "'succeeded', 1, 200, NULL, 5, 'dlv_x', 'org_x', 'pending', 30",
         )
         .await;
         let retry = generic_plan(
             &scoped,
             RETRY_AFTER_ATTEMPT,
-            "100, 1, 500, 'http', 5, 'dlv_x', 'org_x', 'pending'",
+            "100, 1, 500, 'http', 5, 'dlv_x', 'org_x', 'pending', 30",
         )
         .await;
         admin

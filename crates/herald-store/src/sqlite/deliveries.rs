@@ -279,7 +279,7 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
          due_at = CASE WHEN ?3 IS NOT NULL \
              AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN ?3 ELSE NULL END, \
          lease_until = NULL, last_status = ?4, last_error = ?5, updated_at = ?6 \
-         WHERE id = ?7 AND org_id = ?8 AND state = 'pending'",
+         WHERE id = ?7 AND org_id = ?8 AND state = 'pending' AND (?9 IS NULL OR lease_until = ?9)",
     )?;
     for r in records {
         let a = &r.attempt;
@@ -308,7 +308,8 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
             a.error,
             updated_at,
             a.delivery_id.as_str(),
-            r.org_id.as_str()
+            r.org_id.as_str(),
+            r.lease_until.map(Timestamp::as_millis)
         ])?;
     }
     Ok(())
