@@ -9,6 +9,7 @@
 
 use serde::Deserialize;
 use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
@@ -58,6 +59,42 @@ pub struct OrgItemPath {
 /// Completes the document once every route is in it (see [`Conventions`]).
 pub fn complete(doc: &mut Document) {
     Conventions.modify(doc);
+    require_on_create(doc);
+}
+
+/// The fields a creation needs, by route: its body shares a schema with the change (`PATCH`),
+/// whose fields are all optional.
+const REQUIRED_ON_CREATE: &[(&str, &str, &[&str])] = &[
+    ("/v1/orgs", "OrgBody", &["name"]),
+    ("/v1/orgs/{org}/webhooks", "WebhookBody", &["name", "url"]),
+];
+
+/// Marks what [`REQUIRED_ON_CREATE`] lists as required in those routes' bodies (the shared
+/// schema and a list of required fields, both to hold), so that a generated client asks for
+/// them.
+fn require_on_create(doc: &mut Document) {
+    for (path, schema, required) in REQUIRED_ON_CREATE {
+        let Some(RefOr::T(body)) = doc
+            .paths
+            .paths
+            .get_mut(*path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|post| post.request_body.as_mut())
+        else {
+            panic!("POST {path} takes a body");
+        };
+        for content in body.content.values_mut() {
+            let RefOr::T(content) = content else { continue };
+            let needed = required.iter().fold(ObjectBuilder::new(), |object, field| {
+                object.required(*field)
+            });
+            let both = AllOfBuilder::new()
+                .item(Ref::from_schema_name(*schema))
+                .item(needed)
+                .build();
+            content.schema = Some(RefOr::T(Schema::AllOf(both)));
+        }
+    }
 }
 
 /// Adds what every operation shares, so the handlers' annotations list only their own answers:

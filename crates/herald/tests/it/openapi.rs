@@ -528,12 +528,20 @@ async fn the_document_describes_authentication_and_errors() {
         create["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/ErrorBody"
     );
+    // Creation shares its body's schema with the change (PATCH), and adds what it requires.
+    let body = &create["requestBody"]["content"]["application/json"]["schema"]["allOf"];
     assert!(
-        create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        body[0]["$ref"].as_str().unwrap().ends_with("/WebhookBody"),
+        "{create}"
+    );
+    assert_eq!(body[1]["required"], json!(["name", "url"]), "{create}");
+    let change = &doc["paths"]["/v1/orgs/{org}/webhooks/{id}"]["patch"];
+    assert!(
+        change["requestBody"]["content"]["application/json"]["schema"]["$ref"]
             .as_str()
             .unwrap()
             .ends_with("/WebhookBody"),
-        "{create}"
+        "{change}"
     );
     // The health routes need no token.
     assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
