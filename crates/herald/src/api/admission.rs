@@ -79,11 +79,11 @@ impl BodyBudget {
         }
     }
 
-    /// What a request is charged, in units: its [`BodyBudget::expected_bytes`]. A single
-    /// request larger than the whole budget is charged the whole budget, so it can still go
-    /// alone.
-    pub fn charge(&self, request: &Request) -> u32 {
-        u32::try_from(self.expected_bytes(request).div_ceil(UNIT))
+    /// What a request expected to bring `bytes` ([`BodyBudget::expected_bytes`]) is charged, in
+    /// units. A single request larger than the whole budget is charged the whole budget, so it
+    /// can still go alone.
+    pub fn charge(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(UNIT))
             .unwrap_or(u32::MAX)
             .min(self.total_units)
     }
@@ -195,22 +195,49 @@ mod tests {
     fn a_request_is_charged_what_its_body_may_hold() {
         let budget = BodyBudget::new(64 * 1024, 16 * 1024, Duration::from_secs(1));
         // Declared lengths round up to whole KiB; a body over the limit costs the limit.
-        assert_eq!(budget.charge(&request(Method::POST, Some("1"))), 1);
-        assert_eq!(budget.charge(&request(Method::POST, Some("2049"))), 3);
-        assert_eq!(budget.charge(&request(Method::POST, Some("999999"))), 16);
-        assert_eq!(budget.charge(&request(Method::POST, Some("0"))), 0);
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::POST, Some("1")))),
+            1
+        );
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::POST, Some("2049")))),
+            3
+        );
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::POST, Some("999999")))),
+            16
+        );
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::POST, Some("0")))),
+            0
+        );
         // A body of unknown length may be as large as the limit.
-        assert_eq!(budget.charge(&request(Method::PATCH, None)), 16);
-        assert_eq!(budget.charge(&request(Method::POST, Some("many"))), 16);
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::PATCH, None))),
+            16
+        );
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::POST, Some("many")))),
+            16
+        );
         // Reads carry nothing to hold.
-        assert_eq!(budget.charge(&request(Method::GET, None)), 0);
-        assert_eq!(budget.charge(&request(Method::DELETE, None)), 0);
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::GET, None))),
+            0
+        );
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::DELETE, None))),
+            0
+        );
     }
 
     #[test]
     fn a_request_larger_than_the_whole_budget_can_still_go_alone() {
         let budget = BodyBudget::new(4 * 1024, 1024 * 1024, Duration::from_secs(1));
-        assert_eq!(budget.charge(&request(Method::POST, Some("1048576"))), 4);
+        assert_eq!(
+            budget.charge(budget.expected_bytes(&request(Method::POST, Some("1048576")))),
+            4
+        );
         assert_eq!(budget.in_flight_bytes(), 0);
     }
 }

@@ -207,8 +207,18 @@ pub async fn read_within_deadline(
     req: Request,
     state: &AppState,
 ) -> Result<Result<Bytes, BytesRejection>, BodyTimedOut> {
+    let expected = state.admission.expected_bytes(&req);
+    read_by_deadline(req, state, expected).await
+}
+
+/// [`read_within_deadline`] for a body expected to bring `expected` bytes.
+async fn read_by_deadline(
+    req: Request,
+    state: &AppState,
+    expected: usize,
+) -> Result<Result<Bytes, BytesRejection>, BodyTimedOut> {
     let grace = Duration::from_millis(state.settings.server.body_timeout_ms);
-    let deadline = body_deadline(grace, state.admission.expected_bytes(&req));
+    let deadline = body_deadline(grace, expected);
     tokio::time::timeout(deadline, Bytes::from_request(req, state))
         .await
         .map_err(|_| BodyTimedOut { deadline, grace })
@@ -218,7 +228,8 @@ pub async fn read_within_deadline(
 /// (`admission`), and within [`body_deadline`].
 async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), ApiError> {
     let limit = state.settings.server.max_body_bytes;
-    let units = state.admission.charge(&req);
+    let expected = state.admission.expected_bytes(&req);
+    let units = state.admission.charge(expected);
     let admitted = match state.admission.admit(units, &state.metrics).await {
         Ok(admitted) => admitted,
         Err(overloaded) => {
@@ -226,7 +237,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
             return Err(overloaded);
         }
     };
-    let read = read_within_deadline(req, state).await?;
+    let read = read_by_deadline(req, state, expected).await?;
     let bytes = read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
