@@ -21,7 +21,7 @@ use herald_store::cipher::SecretCipher;
 use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use crate::api::BodyBudget;
-use crate::config::Settings;
+use crate::config::{EncryptionSettings, Settings, StorageSettings};
 use crate::metrics::Metrics;
 use crate::service::auth::Authenticator;
 
@@ -76,7 +76,12 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
-    let store = open_store(&settings, settings.storage.migrate_on_start()).await?;
+    let store = open_store(
+        &settings.storage,
+        &settings.encryption,
+        settings.server.migrate_on_start(),
+    )
+    .await?;
     if !store.is_shared() {
         // This node is the only user of the embedded database: whatever a previous run held in
         // memory was lost with it and is due again now. (Nodes sharing PostgreSQL leave each
@@ -155,23 +160,24 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
 /// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
 /// directory. Applies pending migrations when `migrate` (else checks the schema is current),
 /// and re-encrypts stored secrets when an encryption key is configured.
-pub async fn open_store(settings: &Settings, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(
+    storage: &StorageSettings,
+    encryption: &EncryptionSettings,
+    migrate: bool,
+) -> anyhow::Result<Arc<dyn Store>> {
     let cipher = SecretCipher::new(
-        settings.security.encryption_key.as_deref(),
-        &settings.security.encryption_old_keys,
+        encryption.encryption_key.as_deref(),
+        &encryption.encryption_old_keys,
     )
     .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
     let encrypting = cipher.enabled();
-    let reencrypted = match &settings.storage.database_url {
+    let reencrypted = match &storage.database_url {
         Some(url) => {
-            let shown = settings
-                .storage
-                .database_url_for_display()
-                .unwrap_or_default();
+            let shown = storage.database_url_for_display().unwrap_or_default();
             let store = PostgresStore::new(
                 url,
                 PostgresOptions {
-                    pool_size: settings.storage.database_pool_size as usize,
+                    pool_size: storage.database_pool_size as usize,
                 },
                 cipher,
             )
@@ -195,7 +201,7 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> anyhow::Result<Ar
             (Arc::new(store) as Arc<dyn Store>, rewritten)
         }
         None => {
-            let data_dir = settings.storage.data_dir.clone();
+            let data_dir = storage.data_dir.clone();
             std::fs::create_dir_all(&data_dir).with_context(|| {
                 format!("could not create the data directory {}", data_dir.display())
             })?;

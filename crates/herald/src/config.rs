@@ -5,6 +5,17 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+/// `herald migrate` settings: only what opening the database takes.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateSettings {
+    #[command(flatten)]
+    pub storage: StorageSettings,
+    #[command(flatten)]
+    pub encryption: EncryptionSettings,
+    #[command(flatten)]
+    pub logging: LogSettings,
+}
+
 /// `herald serve` settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -12,6 +23,8 @@ pub struct Settings {
     pub server: ServerSettings,
     #[command(flatten)]
     pub storage: StorageSettings,
+    #[command(flatten)]
+    pub encryption: EncryptionSettings,
     #[command(flatten)]
     pub security: SecuritySettings,
     #[command(flatten)]
@@ -52,6 +65,13 @@ pub struct ServerSettings {
     /// connection is closed after as long (clients should keep their idle timeout below it).
     #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
+    /// Apply pending database migrations on start (`false`: only check that the schema is
+    /// current, and leave migrating to `herald migrate`).
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub migrate: bool,
+    /// Do not apply migrations on start (the same as `--migrate false`).
+    #[arg(long)]
+    pub no_migrate: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,21 +88,16 @@ pub struct StorageSettings {
     /// PostgreSQL connections this node keeps open at most.
     #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
-    /// Apply pending database migrations on start (`false`: only check that the schema is
-    /// current, and leave migrating to `herald migrate`).
-    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub migrate: bool,
-    /// Do not apply migrations on start (the same as `--migrate false`).
-    #[arg(long)]
-    pub no_migrate: bool,
 }
 
-impl StorageSettings {
+impl ServerSettings {
     /// Whether `serve` applies pending migrations on start.
     pub fn migrate_on_start(&self) -> bool {
         self.migrate && !self.no_migrate
     }
+}
 
+impl StorageSettings {
     /// The database URL without its password, for messages.
     pub fn database_url_for_display(&self) -> Option<String> {
         self.database_url.as_deref().map(redact_password)
@@ -123,6 +138,26 @@ pub fn redact_password(url: &str) -> String {
     shown
 }
 
+/// Webhook secrets encrypted at rest. `migrate` takes them too, since it re-encrypts secrets
+/// stored under an old key or none.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Encryption at rest")]
+pub struct EncryptionSettings {
+    /// Encrypt webhook secrets at rest with this key: 32 random bytes as 64 hex characters or
+    /// base64 (`openssl rand -hex 32`). Secrets stored before are encrypted on start, or by `herald migrate`.
+    #[arg(long, env = "HERALD_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Previous encryption keys, comma-separated, still accepted to read secrets during a key
+    /// rotation; secrets are re-encrypted with the current key on start, or by `herald migrate`.
+    #[arg(
+        long,
+        env = "HERALD_ENCRYPTION_OLD_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub encryption_old_keys: Vec<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Security")]
 pub struct SecuritySettings {
@@ -136,19 +171,6 @@ pub struct SecuritySettings {
     /// Allow http:// webhook URLs for profiles that otherwise require https://.
     #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS")]
     pub allow_insecure_urls: bool,
-    /// Encrypt webhook secrets at rest with this key: 32 random bytes as 64 hex characters or
-    /// base64 (`openssl rand -hex 32`). Secrets stored before are encrypted on start.
-    #[arg(long, env = "HERALD_ENCRYPTION_KEY", hide_env_values = true)]
-    pub encryption_key: Option<String>,
-    /// Previous encryption keys, comma-separated, still accepted to read secrets during a key
-    /// rotation; secrets are re-encrypted with the current key on start.
-    #[arg(
-        long,
-        env = "HERALD_ENCRYPTION_OLD_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub encryption_old_keys: Vec<String>,
     /// A bearer token `/metrics` then asks for (the admin token also works). Without it the
     /// metrics, which name every organization's webhooks and their backlogs, are open to
     /// whoever reaches the listen address.
@@ -251,20 +273,22 @@ impl Settings {
                 admission_wait_ms: 5_000,
                 body_timeout_ms: 10_000,
                 header_timeout_ms: 30_000,
+                migrate: true,
+                no_migrate: false,
             },
             storage: StorageSettings {
                 data_dir,
                 database_url: None,
                 database_pool_size: 16,
-                migrate: true,
-                no_migrate: false,
+            },
+            encryption: EncryptionSettings {
+                encryption_key: None,
+                encryption_old_keys: Vec::new(),
             },
             security: SecuritySettings {
                 admin_token: None,
                 allow_private_networks: Vec::new(),
                 allow_insecure_urls: false,
-                encryption_key: None,
-                encryption_old_keys: Vec::new(),
                 metrics_token: None,
             },
             delivery: DeliverySettings {

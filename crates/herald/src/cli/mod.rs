@@ -7,7 +7,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Settings;
+use crate::config::{MigrateSettings, Settings};
 
 /// Herald: webhook delivery for identity and access events.
 ///
@@ -26,8 +26,9 @@ pub enum Command {
     /// Run the Herald server (API and delivery). With no flags: 127.0.0.1:7600, data in
     /// ./herald-data (embedded SQLite).
     Serve(Box<Settings>),
-    /// Apply database migrations and exit (`serve` also applies them on start).
-    Migrate(Box<Settings>),
+    /// Apply database migrations, re-encrypt stored secrets if --encryption-key is set, and exit
+    /// (`serve` does both on start).
+    Migrate(Box<MigrateSettings>),
     /// Receive webhooks locally for testing: print each request, check its signature (Standard
     /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
     Listen(listen::ListenArgs),

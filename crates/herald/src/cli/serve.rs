@@ -8,20 +8,20 @@ use tracing_subscriber::EnvFilter;
 use herald_core::SystemClock;
 
 use crate::app::{self, AdminTokenSource};
-use crate::config::{LogFormat, Settings};
+use crate::config::{LogFormat, LogSettings, MigrateSettings, Settings};
 
-fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&settings.logging.log).with_context(|| {
+fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&logging.log).with_context(|| {
         format!(
             "'{}' is not a valid log filter; try 'info' or 'herald=debug,info'",
-            settings.logging.log
+            logging.log
         )
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match settings.logging.log_format {
+    match logging.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
@@ -36,7 +36,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_logging(&settings)?;
+    init_logging(&settings.logging)?;
     runtime()?.block_on(async move {
         let listen = settings.server.listen;
         let public_url = settings.server.public_url.clone();
@@ -67,10 +67,10 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
     })
 }
 
-pub fn migrate(settings: Settings) -> anyhow::Result<()> {
-    init_logging(&settings)?;
+pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
+    init_logging(&settings.logging)?;
     runtime()?.block_on(async move {
-        app::open_store(&settings, true).await?;
+        app::open_store(&settings.storage, &settings.encryption, true).await?;
         match settings.storage.database_url_for_display() {
             Some(url) => println!("The database {url} is up to date."),
             None => println!(

@@ -164,7 +164,7 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     // With a key: what was plain is encrypted on start, new secrets are sealed.
     let app = TestApp::spawn_with(|s| {
         s.storage.data_dir = data.clone();
-        s.security.encryption_key = Some(KEY_1.into());
+        s.encryption.encryption_key = Some(KEY_1.into());
     })
     .await;
     let sealed_hook = app
@@ -200,8 +200,8 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     // Rotation: the new key with the old one listed re-encrypts everything on start…
     let app = TestApp::spawn_with(|s| {
         s.storage.data_dir = data.clone();
-        s.security.encryption_key = Some(KEY_2.into());
-        s.security.encryption_old_keys = vec![KEY_1.into()];
+        s.encryption.encryption_key = Some(KEY_2.into());
+        s.encryption.encryption_old_keys = vec![KEY_1.into()];
     })
     .await;
     let under_key_2: Vec<String> = stored_secrets(&data);
@@ -210,7 +210,7 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     // …after which the old key is no longer needed.
     let app = TestApp::spawn_with(|s| {
         s.storage.data_dir = data.clone();
-        s.security.encryption_key = Some(KEY_2.into());
+        s.encryption.encryption_key = Some(KEY_2.into());
     })
     .await;
     assert_eq!(stored_secrets(&data), under_key_2);
@@ -223,10 +223,73 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     drop(app);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut settings = herald::config::Settings::for_data_dir(data.clone());
-    settings.security.encryption_key = Some(KEY_1.into());
+    settings.encryption.encryption_key = Some(KEY_1.into());
     let err = herald::app::build(settings, std::sync::Arc::new(herald_core::SystemClock))
         .await
         .err()
         .expect("refused");
     assert!(format!("{err:#}").contains("not configured"), "{err:#}");
+}
+
+/// Runs `herald migrate` with these arguments and environment, Herald's own variables cleared.
+fn herald_migrate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.arg("migrate").args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("the herald binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_database_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let data_arg = data.to_str().unwrap();
+    let rx = TestReceiver::start().await;
+    let app = TestApp::spawn_with(|s| s.storage.data_dir = data.clone()).await;
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/a"), json!({})).await;
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stored_secrets(&data).contains(&secret));
+
+    // A serve-only flag is refused, naming it, and nothing is touched.
+    let out = herald_migrate(&["--data-dir", data_arg, "--listen", "127.0.0.1:1"], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--listen"), "{stderr}");
+    assert!(stored_secrets(&data).contains(&secret));
+
+    // With a key, migrating seals what was stored plain.
+    let out = herald_migrate(
+        &["--data-dir", data_arg],
+        &[("HERALD_ENCRYPTION_KEY", KEY_1)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("is up to date"), "{stdout}");
+    let stored = stored_secrets(&data);
+    assert!(
+        stored.len() == 1 && stored[0].starts_with("enc:v1:"),
+        "{stored:?}"
+    );
+
+    // Under another key alone, it refuses and says why.
+    let out = herald_migrate(
+        &["--data-dir", data_arg],
+        &[("HERALD_ENCRYPTION_KEY", KEY_2)],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("re-encrypt"), "{stderr}");
+    assert_eq!(stored_secrets(&data), stored);
 }
