@@ -79,7 +79,7 @@ async fn list_deliveries(
 }
 
 fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
-    path_id(raw, "delivery", DeliveryId::parse)
+    path_id(raw, "delivery", DeliveryId::PREFIX, DeliveryId::parse)
 }
 
 /// Reads a delivery with every attempt.

@@ -276,13 +276,25 @@ async fn discard_body(req: Request, limit: usize) {
 }
 
 /// Parses a path id, answering 404 for anything that is not one (an id of the wrong shape
-/// cannot exist).
+/// cannot exist). The message says what an id looks like, since the usual mistake is another
+/// name for the thing (an organization's handle, a webhook's name).
 pub fn path_id<T>(
     raw: &str,
     what: &str,
+    prefix: &str,
     parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
 ) -> Result<T, ApiError> {
-    parse(raw).map_err(|_| ApiError::not_found(what))
+    parse(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no such {what}: '{}' is not an id; ids here are {prefix}_ followed by 26 \
+                 letters or digits",
+                herald_core::truncate_for_message(raw)
+            ),
+        )
+    })
 }
 
 /// Path parameters with a JSON error when they do not decode (percent-encoded bytes that are

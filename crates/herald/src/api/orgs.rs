@@ -50,7 +50,7 @@ impl From<OrgBody> for orgs::OrgInput {
 }
 
 pub(crate) fn org_id(raw: &str) -> ApiResult<OrgId> {
-    path_id(raw, "organization", OrgId::parse)
+    path_id(raw, "organization", OrgId::PREFIX, OrgId::parse)
 }
 
 /// Creates an organization (admin token only).
@@ -207,7 +207,7 @@ async fn delete_api_key(
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<StatusCode> {
-    let id = path_id(&path.id, "api key", ApiKeyId::parse)?;
+    let id = path_id(&path.id, "API key", ApiKeyId::PREFIX, ApiKeyId::parse)?;
     auth::delete_api_key(&state, &scope, &org_id(&path.org)?, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

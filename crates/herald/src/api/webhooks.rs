@@ -39,7 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 pub(crate) fn webhook_id(raw: &str) -> ApiResult<WebhookId> {
-    path_id(raw, "webhook", WebhookId::parse)
+    path_id(raw, "webhook", WebhookId::PREFIX, WebhookId::parse)
 }
 
 /// Tells "absent" (leave as is) from `null` (clear) for optional fields of a PATCH.

@@ -33,8 +33,11 @@ pub enum OrgsCommand {
     List,
     /// Create an organization.
     Create {
+        /// A name for people.
         #[arg(long)]
         name: String,
+        /// A short domain-like name (lower-case letters, digits, `-`, `.`), used in topics and
+        /// token issuers; derived from the name when absent.
         #[arg(long)]
         handle: Option<String>,
         /// A built-in event catalog to enable (repeatable); optare by default.
@@ -43,12 +46,12 @@ pub enum OrgsCommand {
     },
     /// Show one organization.
     Get {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         id: String,
     },
     /// Delete an organization and everything it owns.
     Delete {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         id: String,
     },
 }
@@ -57,13 +60,13 @@ pub enum OrgsCommand {
 pub enum WebhooksCommand {
     /// List an organization's webhooks.
     List {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
     },
     /// Create a webhook; its secret is printed once.
     Create {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// A name for people (unique in the organization).
@@ -87,7 +90,7 @@ pub enum WebhooksCommand {
     },
     /// Show one webhook.
     Get {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -95,7 +98,7 @@ pub enum WebhooksCommand {
     },
     /// Enable a webhook (and verify it, for WebSub webhooks).
     Enable {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -103,7 +106,7 @@ pub enum WebhooksCommand {
     },
     /// Disable a webhook; its deliveries wait.
     Disable {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -111,7 +114,7 @@ pub enum WebhooksCommand {
     },
     /// Replace the secret; the old one signs too for 24 hours.
     Rotate {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -119,7 +122,7 @@ pub enum WebhooksCommand {
     },
     /// Send a test event to the webhook.
     Test {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -127,7 +130,7 @@ pub enum WebhooksCommand {
     },
     /// Delete a webhook; its pending deliveries are cancelled.
     Delete {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -135,11 +138,26 @@ pub enum WebhooksCommand {
     },
 }
 
+impl WebhooksCommand {
+    fn org_mut(&mut self) -> &mut String {
+        match self {
+            Self::List { org }
+            | Self::Create { org, .. }
+            | Self::Get { org, .. }
+            | Self::Enable { org, .. }
+            | Self::Disable { org, .. }
+            | Self::Rotate { org, .. }
+            | Self::Test { org, .. }
+            | Self::Delete { org, .. } => org,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
     /// A webhook's deliveries, newest first.
     List {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -154,7 +172,7 @@ pub enum DeliveriesCommand {
     },
     /// One delivery with its attempts.
     Get {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The delivery's id (`dlv_…`).
@@ -162,7 +180,7 @@ pub enum DeliveriesCommand {
     },
     /// Send a finished delivery again.
     Retry {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The delivery's id (`dlv_…`).
@@ -170,7 +188,7 @@ pub enum DeliveriesCommand {
     },
     /// Send again every failed delivery of a webhook created since a time.
     Recover {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
@@ -182,11 +200,22 @@ pub enum DeliveriesCommand {
     },
 }
 
+impl DeliveriesCommand {
+    fn org_mut(&mut self) -> &mut String {
+        match self {
+            Self::List { org, .. }
+            | Self::Get { org, .. }
+            | Self::Retry { org, .. }
+            | Self::Recover { org, .. } => org,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// The event types an organization can post (its catalogs' and its own).
     Types {
-        /// The organization's id (`org_…`).
+        /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
     },
@@ -203,6 +232,7 @@ pub enum EventsCommand {
 /// `herald send` options.
 #[derive(Debug, Args)]
 pub struct SendArgs {
+    /// The organization: its id (`org_…`) or its handle.
     #[arg(long)]
     pub org: String,
     /// The event type; with --data, sends one event built from them.
@@ -336,6 +366,28 @@ impl Api {
         Ok(json!({ "data": items, "next_cursor": null }))
     }
 
+    /// `--org` as an id: an id is taken as it is, anything else is looked up as a handle among
+    /// the organizations the token sees.
+    fn org_id(&self, org: &str) -> anyhow::Result<String> {
+        if herald_core::OrgId::parse(org).is_ok() {
+            return Ok(org.to_owned());
+        }
+        let orgs = self.get_all("/v1/orgs?limit=200")?;
+        let found = orgs["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["handle"].as_str() == Some(org))
+            .and_then(|o| o["id"].as_str());
+        match found {
+            Some(id) => Ok(id.to_owned()),
+            None => bail!(
+                "no organization has the handle '{org}'; --org takes an organization's id \
+                 (org_…) or handle, and `herald orgs list` shows both"
+            ),
+        }
+    }
+
     fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None)
     }
@@ -361,6 +413,11 @@ fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     let cell = |row: &Value, col: &str| match &row[col] {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     };
     let widths: Vec<usize> = columns
@@ -408,8 +465,13 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             }
             show(&conn, &api.post("/v1/orgs", body)?, cols)
         }
-        OrgsCommand::Get { id } => show(&conn, &api.get(&api_path(&["v1", "orgs", &id])?)?, cols),
+        OrgsCommand::Get { id } => show(
+            &conn,
+            &api.get(&api_path(&["v1", "orgs", &api.org_id(&id)?])?)?,
+            cols,
+        ),
         OrgsCommand::Delete { id } => {
+            let id = api.org_id(&id)?;
             api.call(
                 reqwest::Method::DELETE,
                 &api_path(&["v1", "orgs", &id])?,
@@ -421,8 +483,10 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
+pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
+    let org = cmd.org_mut();
+    *org = api.org_id(org)?;
     let cols = &["id", "name", "profile", "active", "url"];
     match cmd {
         WebhooksCommand::List { org } => show(
@@ -516,8 +580,10 @@ pub fn webhooks(conn: Connection, cmd: WebhooksCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn deliveries(conn: Connection, cmd: DeliveriesCommand) -> anyhow::Result<()> {
+pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
+    let org = cmd.org_mut();
+    *org = api.org_id(org)?;
     let cols = &[
         "id",
         "event_type",
@@ -582,7 +648,12 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Types { org } => show(
             &conn,
-            &api.get(&api_path(&["v1", "orgs", &org, "event-types"])?)?,
+            &api.get(&api_path(&[
+                "v1",
+                "orgs",
+                &api.org_id(&org)?,
+                "event-types",
+            ])?)?,
             &["name", "channel", "source", "description"],
         ),
         EventsCommand::Catalog { name } => {
@@ -647,7 +718,8 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             serde_json::from_str(&input).context("standard input is not JSON: give one event or an array of them, or use --type and --data")?
         }
     };
-    let answer = api.post(&api_path(&["v1", "orgs", &args.org, "events"])?, body)?;
+    let org = api.org_id(&args.org)?;
+    let answer = api.post(&api_path(&["v1", "orgs", &org, "events"])?, body)?;
     if conn.json {
         println!(
             "{}",

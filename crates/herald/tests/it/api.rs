@@ -40,6 +40,23 @@ async fn bad_input_gets_a_clear_client_error() {
     let resp = raw("").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
+    // A handle or a name where an id belongs: the 404 says what an id looks like.
+    for (path, expected) in [
+        ("/v1/orgs/acme/webhooks".to_owned(), "org_"),
+        (format!("/v1/orgs/{org}/webhooks/crm"), "wh_"),
+    ] {
+        let (status, answer) = app.get(&path).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("is not an id") && message.contains(expected),
+            "{path}: {message}"
+        );
+    }
+
     // An administrative body is an object: serde alone would take an array of its fields, in
     // order, and a string where an object belongs is named as such, not as a Rust type.
     for (body, says) in [
@@ -678,8 +695,14 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     .await;
     assert!(ok && out.contains("false"), "{out}");
     let batch = r#"[{"type":"user.created","id":"from-stdin","data":{"user":{"id":"u2"}}}]"#;
-    let (ok, out) = herald_cli(&app, &["send", "--org", &org], Some(batch)).await;
+    // An organization may be named by its handle; Acme's is on the last of two pages.
+    let (ok, out) = herald_cli(&app, &["send", "--org", "acme"], Some(batch)).await;
     assert!(ok && out.contains("from-stdin"), "{out}");
+    let (ok, out) = herald_cli(&app, &["webhooks", "list", "--org", "acne"], None).await;
+    assert!(
+        !ok && out.contains("no organization has the handle 'acne'"),
+        "{out}"
+    );
     rx.wait_for("/cli", 2, std::time::Duration::from_secs(10))
         .await;
 
@@ -791,8 +814,9 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let keys = format!("/v1/orgs/{org}/api-keys");
     let (status, key) = app.post(&keys, json!({ "name": "ci" })).await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
-    let pasted = format!("{org}/api-keys/{}", key["id"].as_str().unwrap());
-    let (ok, out) = herald_cli(&app, &["orgs", "delete", &pasted], None).await;
+    // Unencoded, `webhooks/../api-keys/key_…` would resolve to the key and delete it.
+    let pasted = format!("../api-keys/{}", key["id"].as_str().unwrap());
+    let (ok, out) = herald_cli(&app, &["webhooks", "delete", "--org", &org, &pasted], None).await;
     assert!(!ok && out.contains("404"), "{out}");
     let (_, listed) = app.get(&keys).await;
     assert_eq!(
