@@ -22,6 +22,7 @@ use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use crate::api::BodyBudget;
 use crate::config::{EncryptionSettings, Settings, StorageSettings};
+use crate::database_lock::DatabaseLock;
 use crate::metrics::Metrics;
 use crate::service::auth::Authenticator;
 
@@ -68,6 +69,8 @@ pub struct App {
     pub state: AppState,
     pub admin_token: String,
     pub admin_token_source: AdminTokenSource,
+    /// Given back once [`run`] has stopped everything.
+    pub database_lock: Option<DatabaseLock>,
 }
 
 /// Opens everything the server needs. Fails with a message that says what to do.
@@ -76,7 +79,10 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
-    let store = open_store(
+    let OpenStore {
+        store,
+        lock: database_lock,
+    } = open_store(
         &settings.storage,
         &settings.encryption,
         settings.server.migrate_on_start(),
@@ -154,17 +160,26 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         state,
         admin_token,
         admin_token_source,
+        database_lock,
     })
 }
 
+/// An open store, with the lock on its file when it is the embedded database.
+pub struct OpenStore {
+    pub store: Arc<dyn Store>,
+    /// Held for as long as this process uses the embedded database.
+    pub lock: Option<DatabaseLock>,
+}
+
 /// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
-/// directory. Applies pending migrations when `migrate` (else checks the schema is current),
-/// and re-encrypts stored secrets when an encryption key is configured.
+/// directory, once no other process uses it. Applies pending migrations when `migrate` (else
+/// checks the schema is current), and re-encrypts stored secrets when an encryption key is
+/// configured.
 pub async fn open_store(
     storage: &StorageSettings,
     encryption: &EncryptionSettings,
     migrate: bool,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<OpenStore> {
     let cipher = SecretCipher::new(
         encryption.encryption_key.as_deref(),
         &encryption.encryption_old_keys,
@@ -198,7 +213,7 @@ pub async fn open_store(
             } else {
                 0
             };
-            (Arc::new(store) as Arc<dyn Store>, rewritten)
+            (Arc::new(store) as Arc<dyn Store>, None, rewritten)
         }
         None => {
             let data_dir = storage.data_dir.clone();
@@ -206,8 +221,10 @@ pub async fn open_store(
                 format!("could not create the data directory {}", data_dir.display())
             })?;
             let db_path = data_dir.join("herald.db");
-            let store = tokio::task::spawn_blocking(move || {
-                SqliteStore::open_with_cipher(&db_path, cipher)
+            let (lock, store) = tokio::task::spawn_blocking(move || {
+                let lock = DatabaseLock::acquire(&db_path)?;
+                let store = SqliteStore::open_with_cipher(&db_path, cipher)?;
+                anyhow::Ok((lock, store))
             })
             .await?
             .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
@@ -219,17 +236,17 @@ pub async fn open_store(
             } else {
                 0
             };
-            (Arc::new(store) as Arc<dyn Store>, rewritten)
+            (Arc::new(store) as Arc<dyn Store>, Some(lock), rewritten)
         }
     };
-    let (store, rewritten) = reencrypted;
+    let (store, lock, rewritten) = reencrypted;
     if rewritten > 0 {
         tracing::info!(
             webhooks = rewritten,
             "encrypted stored webhook secrets with the current key"
         );
     }
-    Ok(store)
+    Ok(OpenStore { store, lock })
 }
 
 const REENCRYPT_FAILED: &str =
@@ -317,6 +334,7 @@ pub async fn run(
         let _ = cluster.await;
     }
     state.dispatcher.drain(Duration::from_secs(10)).await;
+    drop(app.database_lock);
     tracing::info!("stopped");
     Ok(())
 }

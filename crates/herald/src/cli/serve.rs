@@ -70,7 +70,8 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
 pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
     init_logging(&settings.logging)?;
     runtime()?.block_on(async move {
-        app::open_store(&settings.storage, &settings.encryption, true).await?;
+        // The lock is held until the store is dropped, at the end of this block.
+        let _opened = app::open_store(&settings.storage, &settings.encryption, true).await?;
         match settings.storage.database_url_for_display() {
             Some(url) => println!("The database {url} is up to date."),
             None => println!(

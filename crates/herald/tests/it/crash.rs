@@ -317,3 +317,47 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         );
     }
 }
+
+/// A second node on one SQLite file would take the first one's deliveries back on start and
+/// send each of them twice: it is refused, saying who holds the file and what to do instead. Once
+/// the first is killed (however it ends, the system drops its lock), a new one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_herald_on_one_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(dir.path()).await;
+    let pid = first.child.id().unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another Herald (process {pid}) is using this database"
+        )) && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+    // The refused one changed nothing: the first still answers.
+    let orgs = |base: String| {
+        http_client()
+            .get(format!("{base}/v1/orgs"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    assert_eq!(
+        orgs(first.base.clone()).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    first.child.kill().await.unwrap();
+    let again = Server::start(dir.path()).await;
+    assert_eq!(
+        orgs(again.base.clone()).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
