@@ -67,7 +67,7 @@ pub struct ServerSettings {
     pub header_timeout_ms: u64,
     /// Apply pending database migrations on start (`false`: only check that the schema is
     /// current, and leave migrating to `herald migrate`).
-    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub migrate: bool,
     /// Do not apply migrations on start (the same as `--migrate false`).
     #[arg(long)]
@@ -169,7 +169,7 @@ pub struct SecuritySettings {
     #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", value_delimiter = ',')]
     pub allow_private_networks: Vec<String>,
     /// Allow http:// webhook URLs for profiles that otherwise require https://.
-    #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS")]
+    #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_urls: bool,
     /// A bearer token `/metrics` then asks for (the admin token also works). Without it the
     /// metrics, which name every organization's webhooks and their backlogs, are open to

@@ -15,7 +15,8 @@ pub struct Connection {
         long,
         env = "HERALD_SERVER",
         default_value = "http://127.0.0.1:7600",
-        global = true
+        global = true,
+        value_parser = parse_server
     )]
     pub server: String,
     /// The bearer token (admin token or an organization API key). Defaults to the admin token
@@ -25,6 +26,18 @@ pub struct Connection {
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// `--server`: an http(s) URL with a host, so that a mistake is named before any request.
+fn parse_server(raw: &str) -> Result<String, String> {
+    match url::Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+            Ok(raw.to_owned())
+        }
+        _ => Err(format!(
+            "'{raw}' is not a server URL; give its scheme and host, e.g. http://127.0.0.1:7600"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +66,9 @@ pub enum OrgsCommand {
     Delete {
         /// The organization: its id (`org_…`) or its handle.
         id: String,
+        /// Yes, delete its webhooks, event types, API keys, events and delivery history too.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -69,7 +85,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// A name for people (unique in the organization).
+        /// A name for people (it appears in some profiles' bodies).
         #[arg(long)]
         name: String,
         /// Where to deliver: an http(s) URL of a public address.
@@ -128,6 +144,25 @@ pub enum WebhooksCommand {
         /// The webhook's id (`wh_…`).
         id: String,
     },
+    /// Where each channel's WebSub verification stands (WebSub webhooks, such as asgardeo's).
+    Subscriptions {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The webhook's id (`wh_…`).
+        id: String,
+    },
+    /// Verify a WebSub webhook's endpoint again, for one channel or all, and show the outcome.
+    Verify {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The webhook's id (`wh_…`).
+        id: String,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
     /// Delete a webhook; its pending deliveries are cancelled.
     Delete {
         /// The organization: its id (`org_…`) or its handle.
@@ -148,6 +183,8 @@ impl WebhooksCommand {
             | Self::Disable { org, .. }
             | Self::Rotate { org, .. }
             | Self::Test { org, .. }
+            | Self::Subscriptions { org, .. }
+            | Self::Verify { org, .. }
             | Self::Delete { org, .. } => org,
         }
     }
@@ -239,7 +276,7 @@ pub struct SendArgs {
     #[arg(long = "type", conflicts_with = "file")]
     pub event_type: Option<String>,
     /// The event's data as JSON (with --type).
-    #[arg(long, requires = "event_type")]
+    #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub data: Option<String>,
     /// A file with one event or an array of them (`-` for standard input). Used when --type is
     /// not given; standard input is read when neither is.
@@ -382,8 +419,8 @@ impl Api {
         match found {
             Some(id) => Ok(id.to_owned()),
             None => bail!(
-                "no organization has the handle '{org}'; --org takes an organization's id \
-                 (org_…) or handle, and `herald orgs list` shows both"
+                "no organization has the handle '{org}'; give an organization's id (org_…) or \
+                 handle (`herald orgs list` shows both)"
             ),
         }
     }
@@ -400,7 +437,7 @@ impl Api {
 /// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
 fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     if conn.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         );
@@ -440,12 +477,12 @@ fn show(conn: &Connection, value: &Value, columns: &[&str]) {
             .trim_end()
             .to_owned()
     };
-    println!(
+    out!(
         "{}",
         line(columns.iter().map(|c| c.to_uppercase()).collect())
     );
     for row in rows {
-        println!("{}", line(columns.iter().map(|c| cell(row, c)).collect()));
+        out!("{}", line(columns.iter().map(|c| cell(row, c)).collect()));
     }
 }
 
@@ -470,15 +507,42 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             &api.get(&api_path(&["v1", "orgs", &api.org_id(&id)?])?)?,
             cols,
         ),
-        OrgsCommand::Delete { id } => {
-            let id = api.org_id(&id)?;
+        OrgsCommand::Delete { id: given, yes } => {
+            let id = api.org_id(&given)?;
+            if !yes {
+                bail!(
+                    "deleting {given} deletes its webhooks, event types, API keys, events and \
+                     delivery history for good; run `herald orgs delete {given} --yes` to go ahead"
+                );
+            }
             api.call(
                 reqwest::Method::DELETE,
                 &api_path(&["v1", "orgs", &id])?,
                 None,
             )?;
-            println!("Deleted {id}.");
+            out!("Deleted {id}.");
         }
+    }
+    Ok(())
+}
+
+const SUBSCRIPTION_COLUMNS: &[&str] = &["topic", "mode", "state", "reason"];
+
+/// Shows a page of WebSub subscriptions; fails, after showing them, if any channel's endpoint
+/// refused or did not answer, since no events go out on that channel until it verifies.
+fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Result<()> {
+    show(conn, page, SUBSCRIPTION_COLUMNS);
+    let failed = page["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] == "failed")
+        .count();
+    if failed > 0 {
+        bail!(
+            "{failed} channel(s) failed verification and get no events until they verify; once \
+             the endpoint answers its challenge, run `herald webhooks verify`"
+        );
     }
     Ok(())
 }
@@ -520,7 +584,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"])?, body)?;
             show(&conn, &created, cols);
             if !conn.json {
-                println!(
+                out!(
                     "\nSecret (shown once): {}",
                     created["secret"].as_str().unwrap_or_default()
                 );
@@ -531,14 +595,36 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id])?)?,
             cols,
         ),
-        WebhooksCommand::Enable { org, id } => show(
-            &conn,
-            &api.post(
+        WebhooksCommand::Enable { org, id } => {
+            let answer = api.post(
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "activate"])?,
                 json!({}),
-            )?,
-            cols,
+            )?;
+            show(&conn, &answer, cols);
+            if !conn.json && answer["subscriptions"].is_array() {
+                out!();
+                show_subscriptions(&conn, &json!({ "data": answer["subscriptions"] }))?;
+            }
+        }
+        WebhooksCommand::Subscriptions { org, id } => show(
+            &conn,
+            &api.get(&api_path(&[
+                "v1",
+                "orgs",
+                &org,
+                "webhooks",
+                &id,
+                "subscriptions",
+            ])?)?,
+            SUBSCRIPTION_COLUMNS,
         ),
+        WebhooksCommand::Verify { org, id, channel } => {
+            let answer = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "verify"])?,
+                json!({ "channel": channel }),
+            )?;
+            show_subscriptions(&conn, &answer)?;
+        }
         WebhooksCommand::Disable { org, id } => show(
             &conn,
             &api.post(
@@ -554,7 +640,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             )?;
             show(&conn, &rotated, cols);
             if !conn.json {
-                println!(
+                out!(
                     "\nNew secret (shown once; the old one signs too for 24 hours): {}",
                     rotated["secret"].as_str().unwrap_or_default()
                 );
@@ -574,7 +660,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 &api_path(&["v1", "orgs", &org, "webhooks", &id])?,
                 None,
             )?;
-            println!("Deleted {id}.");
+            out!("Deleted {id}.");
         }
     }
     Ok(())
@@ -612,7 +698,7 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
             let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;
             show(&conn, &d, cols);
             if !conn.json {
-                println!();
+                out!();
                 show(
                     &conn,
                     &json!({ "data": d["attempts"] }),
@@ -721,7 +807,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
     let org = api.org_id(&args.org)?;
     let answer = api.post(&api_path(&["v1", "orgs", &org, "events"])?, body)?;
     if conn.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&answer).unwrap_or_default()
         );

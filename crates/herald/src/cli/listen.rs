@@ -54,9 +54,9 @@ pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("could not listen on {}; choose another address with --listen", args.listen))?;
             let addr = listener.local_addr()?;
-            println!("Listening on http://{addr}/ (answering {status}); point a webhook here. Ctrl-C stops.");
+            out!("Listening on http://{addr}/ (answering {status}); point a webhook here. Ctrl-C stops.");
             if args.secret.is_none() {
-                println!("No --secret given: signatures are shown, not checked.");
+                out!("No --secret given: signatures are shown, not checked.");
             }
             let app = Router::new().fallback(receive).with_state(Listener { args });
             let listener = listener.tap_io(|tcp| {
@@ -83,18 +83,18 @@ async fn receive(
     {
         return answer;
     }
-    println!("\n{method} {uri}");
+    out!("\n{method} {uri}");
     for (name, value) in &headers {
-        println!("  {name}: {}", value.to_str().unwrap_or("<binary>"));
+        out!("  {name}: {}", value.to_str().unwrap_or("<binary>"));
     }
     match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(json) => println!(
+        Ok(json) => out!(
             "{}",
             serde_json::to_string_pretty(&json).unwrap_or_default()
         ),
-        Err(_) => println!("{}", String::from_utf8_lossy(&body)),
+        Err(_) => out!("{}", String::from_utf8_lossy(&body)),
     }
-    println!(
+    out!(
         "signature: {}",
         check_signature(&headers, &body, l.args.secret.as_deref())
     );
@@ -121,10 +121,10 @@ fn websub_challenge(l: &Listener, uri: &Uri) -> Option<Response> {
     let mode = param("hub.mode").unwrap_or_default();
     let topic = param("hub.topic").unwrap_or_default();
     if l.args.refuse_verification {
-        println!("\nWebSub {mode} for {topic}: refused (--refuse-verification)");
+        out!("\nWebSub {mode} for {topic}: refused (--refuse-verification)");
         return Some((StatusCode::OK, "refused").into_response());
     }
-    println!("\nWebSub {mode} for {topic}: confirmed");
+    out!("\nWebSub {mode} for {topic}: confirmed");
     Some((StatusCode::OK, challenge).into_response())
 }
 

@@ -1,5 +1,16 @@
 //! The `herald` command line.
 
+/// `println!` for command output. When the reader has gone away (`herald … | head`), the command
+/// ends quietly with success, as Unix tools do, instead of panicking on the broken pipe.
+macro_rules! out {
+    () => {
+        $crate::cli::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod client;
 mod listen;
@@ -72,6 +83,18 @@ pub enum Command {
         #[command(flatten)]
         args: client::SendArgs,
     },
+}
+
+/// Writes one line to standard output for [`out!`].
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: could not write to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Runs the parsed command.

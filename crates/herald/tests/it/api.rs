@@ -827,6 +827,36 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/webhooks/..`).
     let (ok, out) = herald_cli(&app, &["webhooks", "delete", "--org", &org, ".."], None).await;
     assert!(!ok && out.contains("is not an id"), "{out}");
+
+    // A server address without its scheme is named before any request is made.
+    let (ok, out) = herald_cli(&app, &["orgs", "list", "--server", "127.0.0.1:7600"], None).await;
+    assert!(!ok && out.contains("give its scheme and host"), "{out}");
+    // Deleting an organization, which takes everything it owns, needs --yes.
+    let (ok, out) = herald_cli(&app, &["orgs", "delete", "acme"], None).await;
+    assert!(!ok && out.contains("--yes"), "{out}");
+    let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::OK, "asked, not deleted");
+    let (ok, out) = herald_cli(&app, &["orgs", "delete", "acme", "--yes"], None).await;
+    assert!(ok && out.contains(&org), "{out}");
+    let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A reader that goes away (`herald orgs list | head -1`) ends the command quietly.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["orgs", "list"])
+        .env("HERALD_SERVER", &app.base)
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let (status, errors) = (out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        status.success() && !errors.contains("panicked"),
+        "{status}: {errors}"
+    );
 }
 
 /// Polls `change` (a use case's future) until `stored` says its write is in the store, then

@@ -217,7 +217,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     });
     let outcomes = runtime.block_on(run(args))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
-    println!();
+    out!();
     report::print_table(&outcomes, &mut std::io::stdout().lock())?;
     if let Some(path) = json {
         report::write_json(&path, settings, &outcomes)?;
