@@ -332,14 +332,16 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
         _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query)
+        let params = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        // The path names the parameter, which the parser's own message does not.
+        serde_path_to_error::deserialize(params)
             .map(QueryParams)
             .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("the query string is not valid: {e}"),
-                )
+                let message = match e.path().to_string() {
+                    path if path == "." => format!("the query string is not valid: {}", e.inner()),
+                    path => format!("the query parameter `{path}` is not valid: {}", e.inner()),
+                };
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
             })
     }
 }

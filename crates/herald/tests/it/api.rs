@@ -183,6 +183,17 @@ async fn bad_input_gets_a_clear_client_error() {
         (status, code(&err)),
         (StatusCode::BAD_REQUEST, "invalid_query")
     );
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("colour"),
+        "{err}"
+    );
+    let (status, err) = app.get(&format!("{hooks}?limit=abc")).await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`limit`"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
