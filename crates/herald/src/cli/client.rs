@@ -73,6 +73,33 @@ pub enum OrgsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List an organization's API keys (never the keys themselves).
+    List {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+    },
+    /// Create an API key for an organization; the key is printed once.
+    Create {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// What the key is for (e.g. the producer that will use it).
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke an API key at once.
+    Delete {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The key's id (`key_…`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
     /// List an organization's webhooks.
     List {
@@ -103,6 +130,34 @@ pub enum WebhooksCommand {
         /// The secret (generated when absent, except for permit).
         #[arg(long)]
         secret: Option<String>,
+        /// Create it disabled: nothing is sent until `herald webhooks enable`.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        options: WebhookOptions,
+    },
+    /// Change a webhook: only the fields given change.
+    Update {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The webhook's id (`wh_…`).
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new URL (WebSub webhooks verify it again).
+        #[arg(long)]
+        url: Option<String>,
+        /// The event types to subscribe to, replacing the current ones (repeatable; `*` for
+        /// all).
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// The channels to subscribe to, replacing the current ones (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        #[command(flatten)]
+        options: WebhookOptions,
     },
     /// Show one webhook.
     Get {
@@ -173,11 +228,65 @@ pub enum WebhooksCommand {
     },
 }
 
+/// Webhook settings that `create` and `update` share.
+#[derive(Debug, Args)]
+pub struct WebhookOptions {
+    /// A description for people.
+    #[arg(long)]
+    description: Option<String>,
+    /// How long to wait for the endpoint's answer, in milliseconds (100–60000).
+    #[arg(long)]
+    timeout_ms: Option<u32>,
+    /// The delays before each attempt, in seconds, comma-separated (e.g. `0,60,300,900,3600`).
+    #[arg(long, value_delimiter = ',')]
+    retry_schedule: Option<Vec<u64>>,
+    /// A header sent with every request, as `Name: value` (repeatable; replaces the current
+    /// ones on update).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+impl WebhookOptions {
+    /// Adds the options that were given to a create or update body.
+    fn add_to(self, body: &mut Value) {
+        if let Some(description) = self.description {
+            body["description"] = json!(description);
+        }
+        if let Some(timeout) = self.timeout_ms {
+            body["timeout_ms"] = json!(timeout);
+        }
+        if let Some(schedule) = self.retry_schedule {
+            body["retry_schedule"] = json!(schedule);
+        }
+        if !self.headers.is_empty() {
+            let headers: serde_json::Map<String, Value> = self
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, json!(value)))
+                .collect();
+            body["headers"] = Value::Object(headers);
+        }
+    }
+}
+
+/// `--header 'Name: value'`.
+fn parse_header(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "'{raw}' is not a header; write it as 'Name: value'"
+        )),
+    }
+}
+
 impl WebhooksCommand {
     fn org_mut(&mut self) -> &mut String {
         match self {
             Self::List { org }
             | Self::Create { org, .. }
+            | Self::Update { org, .. }
             | Self::Get { org, .. }
             | Self::Enable { org, .. }
             | Self::Disable { org, .. }
@@ -203,9 +312,15 @@ pub enum DeliveriesCommand {
         /// pending, succeeded, failed, cancelled or skipped.
         #[arg(long)]
         state: Option<String>,
+        /// Only deliveries of this event type.
+        #[arg(long)]
+        event_type: Option<String>,
         /// How many, newest first (1–200).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Where the page starts: the cursor the previous page ended with.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// One delivery with its attempts.
     Get {
@@ -434,6 +549,62 @@ impl Api {
     }
 }
 
+/// One field as a table shows it: lists of plain values joined with commas, `-` for nothing.
+fn cell(row: &Value, col: &str) -> String {
+    match &row[col] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "-".to_owned(),
+        Value::Object(fields) if fields.is_empty() => "-".to_owned(),
+        Value::Object(fields) if fields.values().all(Value::is_string) => fields
+            .iter()
+            .map(|(name, value)| format!("{name}: {}", value.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Array(items) if items.iter().all(|i| i.is_string() || i.is_number()) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints one object as `field  value` lines, or as JSON with --json.
+fn show_record(conn: &Connection, value: &Value, fields: &[&str]) {
+    if conn.json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+        return;
+    }
+    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
+    for field in fields {
+        out!("{field:<width$}  {}", cell(value, field));
+    }
+}
+
+/// What `webhooks get` and `update` show of a webhook.
+const WEBHOOK_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "url",
+    "profile",
+    "active",
+    "events",
+    "channels",
+    "timeout_ms",
+    "retry_schedule",
+    "headers",
+    "created_at",
+    "updated_at",
+];
+
 /// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
 fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     if conn.json {
@@ -446,16 +617,6 @@ fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     let rows: Vec<&Value> = match value.get("data").and_then(Value::as_array) {
         Some(items) => items.iter().collect(),
         None => vec![value],
-    };
-    let cell = |row: &Value, col: &str| match &row[col] {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
     };
     let widths: Vec<usize> = columns
         .iter()
@@ -547,6 +708,34 @@ fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let cols = &["id", "name", "prefix", "created_at"];
+    match cmd {
+        KeysCommand::List { org } => {
+            let path = api_path(&["v1", "orgs", &api.org_id(&org)?, "api-keys"])?;
+            show(&conn, &api.get(&path)?, cols);
+        }
+        KeysCommand::Create { org, name } => {
+            let path = api_path(&["v1", "orgs", &api.org_id(&org)?, "api-keys"])?;
+            let created = api.post(&path, json!({ "name": name }))?;
+            show(&conn, &created, cols);
+            if !conn.json {
+                out!(
+                    "\nKey (shown once): {}",
+                    created["key"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        KeysCommand::Delete { org, id } => {
+            let path = api_path(&["v1", "orgs", &api.org_id(&org)?, "api-keys", &id])?;
+            api.call(reqwest::Method::DELETE, &path, None)?;
+            out!("Deleted {id}.");
+        }
+    }
+    Ok(())
+}
+
 pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let org = cmd.org_mut();
@@ -569,6 +758,8 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             channels,
             profile,
             secret,
+            disabled,
+            options,
         } => {
             let mut body = json!({ "name": name, "url": url });
             for (key, value) in [("events", json!(events)), ("channels", json!(channels))] {
@@ -581,6 +772,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                     body[key] = json!(v);
                 }
             }
+            if disabled {
+                body["active"] = json!(false);
+            }
+            options.add_to(&mut body);
             let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"])?, body)?;
             show(&conn, &created, cols);
             if !conn.json {
@@ -590,10 +785,43 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 );
             }
         }
-        WebhooksCommand::Get { org, id } => show(
+        WebhooksCommand::Update {
+            org,
+            id,
+            name,
+            url,
+            events,
+            channels,
+            options,
+        } => {
+            let mut body = json!({});
+            for (key, value) in [("name", name), ("url", url)] {
+                if let Some(v) = value {
+                    body[key] = json!(v);
+                }
+            }
+            for (key, value) in [("events", events), ("channels", channels)] {
+                if !value.is_empty() {
+                    body[key] = json!(value);
+                }
+            }
+            options.add_to(&mut body);
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                bail!(
+                    "nothing to change; give at least one of the fields in `herald webhooks update --help`"
+                );
+            }
+            let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
+            show_record(
+                &conn,
+                &api.call(reqwest::Method::PATCH, &path, Some(body))?,
+                WEBHOOK_FIELDS,
+            );
+        }
+        WebhooksCommand::Get { org, id } => show_record(
             &conn,
             &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id])?)?,
-            cols,
+            WEBHOOK_FIELDS,
         ),
         WebhooksCommand::Enable { org, id } => {
             let answer = api.post(
@@ -683,16 +911,28 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
             org,
             webhook,
             state,
+            event_type,
             limit,
+            cursor,
         } => {
             let mut path = format!(
                 "{}?limit={limit}",
                 api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])?
             );
-            if let Some(s) = state {
-                path.push_str(&format!("&state={}", encode(&s)));
+            for (key, value) in [
+                ("state", state),
+                ("event_type", event_type),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    path.push_str(&format!("&{key}={}", encode(&value)));
+                }
             }
-            show(&conn, &api.get(&path)?, cols)
+            let page = api.get(&path)?;
+            show(&conn, &page, cols);
+            if let (false, Some(next)) = (conn.json, page["next_cursor"].as_str()) {
+                eprintln!("More: add --cursor {next}");
+            }
         }
         DeliveriesCommand::Get { org, id } => {
             let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;
@@ -702,7 +942,14 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 show(
                     &conn,
                     &json!({ "data": d["attempts"] }),
-                    &["number", "started_at", "duration_ms", "status", "error"],
+                    &[
+                        "number",
+                        "started_at",
+                        "duration_ms",
+                        "status",
+                        "error",
+                        "error_message",
+                    ],
                 );
             }
         }

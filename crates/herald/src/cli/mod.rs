@@ -55,6 +55,13 @@ pub enum Command {
         #[command(subcommand)]
         command: client::OrgsCommand,
     },
+    /// Manage an organization's API keys (for producers posting its events) on a running server.
+    Keys {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::KeysCommand,
+    },
     /// Manage an organization's webhooks on a running server.
     Webhooks {
         #[command(flatten)]
@@ -105,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen(args) => listen::listen(args),
         Command::Bench(args) => bench::bench(args),
         Command::Orgs { conn, command } => client::orgs(conn, command),
+        Command::Keys { conn, command } => client::keys(conn, command),
         Command::Webhooks { conn, command } => client::webhooks(conn, command),
         Command::Events { conn, command } => client::events(conn, command),
         Command::Deliveries { conn, command } => client::deliveries(conn, command),

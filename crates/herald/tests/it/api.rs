@@ -731,6 +731,101 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         ok && out.lines().count() == 3,
         "a header and two deliveries: {out}"
     );
+    // A page at a time: the next page's cursor is given, and --event-type filters.
+    let list = ["deliveries", "list", "--org", "acme", "--webhook", &hook];
+    let (ok, out) = herald_cli(&app, &[&list[..], &["--limit", "1"]].concat(), None).await;
+    let cursor = out
+        .lines()
+        .find_map(|l| l.strip_prefix("More: add --cursor "))
+        .unwrap_or_else(|| panic!("a cursor for the next page: {out}"))
+        .to_owned();
+    assert!(
+        ok && out.lines().filter(|l| l.starts_with("dlv_")).count() == 1,
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &[&list[..], &["--cursor", &cursor]].concat(), None).await;
+    assert!(
+        ok && out.lines().filter(|l| l.starts_with("dlv_")).count() == 1 && !out.contains("More:"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(
+        &app,
+        &[&list[..], &["--event-type", "user.deleted"]].concat(),
+        None,
+    )
+    .await;
+    assert!(ok && !out.contains("dlv_"), "{out}");
+
+    // Changing a webhook: only what is given changes; `get` shows every setting.
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "webhooks",
+            "update",
+            "--org",
+            "acme",
+            &hook,
+            "--timeout-ms",
+            "5000",
+            "--retry-schedule",
+            "0,30,120",
+            "--header",
+            "X-Env: prod",
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(
+        (
+            &stored["timeout_ms"],
+            &stored["retry_schedule"],
+            &stored["headers"],
+            &stored["name"]
+        ),
+        (
+            &json!(5000),
+            &json!([0, 30, 120]),
+            &json!({ "x-env": "prod" }),
+            &json!("crm")
+        )
+    );
+    let (ok, out) = herald_cli(&app, &["webhooks", "get", "--org", "acme", &hook], None).await;
+    assert!(
+        ok && out.contains("retry_schedule  0,30,120") && out.contains("x-env: prod"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &["webhooks", "update", "--org", "acme", &hook], None).await;
+    assert!(!ok && out.contains("nothing to change"), "{out}");
+
+    // API keys for producers: shown once, listed by prefix, revoked.
+    let (ok, out) = herald_cli(
+        &app,
+        &["keys", "create", "--org", "acme", "--name", "producer"],
+        None,
+    )
+    .await;
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Key (shown once): "))
+        .unwrap_or_else(|| panic!("the key: {out}"))
+        .to_owned();
+    assert!(ok, "{out}");
+    let (status, _) = app
+        .call(Method::GET, &format!("/v1/orgs/{org}/webhooks"), &key, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the new key works");
+    let (ok, out) = herald_cli(&app, &["keys", "list", "--org", "acme", "--json"], None).await;
+    assert!(ok && !out.contains(&key), "never shown again: {out}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let key_id = listed["data"][0]["id"].as_str().unwrap().to_owned();
+    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", &key_id], None).await;
+    assert!(ok, "{out}");
+    let (status, _) = app
+        .call(Method::GET, &format!("/v1/orgs/{org}/webhooks"), &key, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked");
 
     let (ok, out) = herald_cli(
         &app,
