@@ -35,7 +35,11 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         match state.auth.resolve(token).await? {
-            Some(scope) => Ok(Caller(scope)),
+            Some(scope) => {
+                // For the body extractors, which count bodies by organization (`admission`).
+                parts.extensions.insert(scope.clone());
+                Ok(Caller(scope))
+            }
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -224,13 +228,28 @@ async fn read_by_deadline(
         .map_err(|_| BodyTimedOut { deadline, grace })
 }
 
+/// The organization a request's body counts against (`admission`): an API key's own, whatever
+/// path it names, or the one in the admin's path (`/v1/orgs/{org}/…`). `None` for the admin's
+/// requests about no organization in particular.
+fn tenant_of(req: &Request) -> Option<String> {
+    match req.extensions().get::<Scope>()? {
+        Scope::Org(org) => Some(org.as_str().to_owned()),
+        Scope::Admin => {
+            let rest = req.uri().path().strip_prefix("/v1/orgs/")?;
+            let org = rest.split('/').next().filter(|org| !org.is_empty())?;
+            Some(org.to_ascii_lowercase())
+        }
+    }
+}
+
 /// Reads a body under the size limit, once there is room for it among the bodies in flight
 /// (`admission`), and within [`body_deadline`].
 async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), ApiError> {
     let limit = state.settings.server.max_body_bytes;
     let expected = state.admission.expected_bytes(&req);
     let units = state.admission.charge(expected);
-    let admitted = match state.admission.admit(units, &state.metrics).await {
+    let tenant = tenant_of(&req);
+    let admitted = match state.admission.admit(units, tenant, &state.metrics).await {
         Ok(admitted) => admitted,
         Err(overloaded) => {
             discard_body(req, limit).await;

@@ -1346,3 +1346,56 @@ async fn request_bodies_past_the_budget_wait_for_room_then_get_503() {
     assert_eq!(body["events"][0]["duplicate"], json!(false), "{body}");
     wait_for_bodies_in_flight(&app, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_organizations_flood_leaves_room_for_the_others_events() {
+    // 8 KiB of room and bodies of at most 2 KiB: one organization holds 2 KiB at most.
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_body_bytes_in_flight = 8 * 1024;
+        s.server.max_body_bytes = 2 * 1024;
+        s.server.admission_wait_ms = 500;
+    })
+    .await;
+    let (acme, globex) = (app.create_org("Acme").await, app.create_org("Globex").await);
+    let event =
+        |id: &str| json!({ "type": "user.created", "id": id, "data": { "user": { "id": "u" } } });
+
+    // Acme's producer stalls an upload that takes its whole share.
+    let acme_events = format!("/v1/orgs/{acme}/events");
+    let _stalled = start_slow_upload(&app, &acme_events, ADMIN_TOKEN, 2 * 1024).await;
+    wait_for_bodies_in_flight(&app, 2 * 1024).await;
+
+    // Globex's events get in at once, though the same (admin) token posts both.
+    let (status, body) = app
+        .post(&format!("/v1/orgs/{globex}/events"), event("globex-1"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    // Acme's next one waits for Acme's own, and is turned away saying why.
+    let (status, body) = app.post(&acme_events, event("acme-2")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("this organization"), "{message}");
+
+    // An API key counts against its own organization, whichever path it names: Globex's key on
+    // Acme's path is admitted at once and refused by the API (counted against Acme's spent
+    // share, it would have waited, then got 503).
+    let (_, key) = app
+        .post(
+            &format!("/v1/orgs/{globex}/api-keys"),
+            json!({ "name": "producer" }),
+        )
+        .await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &acme_events,
+            key["key"].as_str().unwrap(),
+            Some(event("not-globex-s")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
