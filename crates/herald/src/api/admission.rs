@@ -13,11 +13,13 @@
 //!
 //! One organization may hold at most a quarter of the budget (or its largest body, if that is
 //! more): a tenant replaying a backlog waits for its own requests to finish, and the others'
-//! events still find room.
+//! events still find room. Organizations are counted in [`STRIPES`] rooms by a hash of their
+//! id, with no map to keep and no lock to take per request; two that share a room share its
+//! quarter.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
@@ -29,6 +31,8 @@ use crate::metrics::Metrics;
 
 /// The budget is counted in KiB, so that a `u32` of permits covers any size.
 const UNIT: usize = 1024;
+/// How many rooms organizations are counted in.
+const STRIPES: usize = 64;
 /// At most one warning per this long while requests are being turned away.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -38,8 +42,9 @@ pub struct BodyBudget {
     total_units: u32,
     /// The most one organization holds at once.
     tenant_units: u32,
-    /// Each organization's room, while it has requests admitted or waiting.
-    tenants: Arc<Tenants>,
+    /// The organizations' rooms, of `tenant_units` each; an organization's is chosen by a hash
+    /// of its id.
+    tenant_rooms: Box<[Arc<Semaphore>]>,
     /// The largest body accepted: what a body of unknown length (chunked) is charged.
     max_body: usize,
     /// How long a request waits for room before its `503`.
@@ -61,7 +66,9 @@ impl BodyBudget {
             room: Arc::new(Semaphore::new(total_units as usize)),
             total_units,
             tenant_units,
-            tenants: Arc::new(Tenants::default()),
+            tenant_rooms: (0..STRIPES)
+                .map(|_| Arc::new(Semaphore::new(tenant_units as usize)))
+                .collect(),
             max_body,
             wait,
             started: Instant::now(),
@@ -106,11 +113,12 @@ impl BodyBudget {
     /// was checked: a request without a valid one is refused before it gets here, so it
     /// cannot spend the budget by declaring large bodies it never sends.
     ///
-    /// `tenant` is the organization the request is for, if any: its room is taken first.
+    /// `tenant` is the room of the organization the request is for, if any
+    /// ([`BodyBudget::tenant_room`]): it is taken first.
     pub async fn admit(
         &self,
         units: u32,
-        tenant: Option<String>,
+        tenant: Option<TenantRoom>,
         metrics: &Metrics,
     ) -> Result<Admitted, ApiError> {
         if units == 0 {
@@ -121,10 +129,10 @@ impl BodyBudget {
         }
         let deadline = tokio::time::Instant::now() + self.wait;
         let tenant = match tenant {
-            Some(key) => {
-                let share = TenantShare::new(&self.tenants, key, self.tenant_units);
-                match acquire(&share.room, units.min(self.tenant_units), deadline).await {
-                    Some(permit) => Some(share.holding(permit)),
+            Some(TenantRoom(i)) => {
+                let room = &self.tenant_rooms[i];
+                match acquire(room, units.min(self.tenant_units), deadline).await {
+                    Some(permit) => Some(permit),
                     None => {
                         self.note_shed();
                         metrics.request_shed();
@@ -147,10 +155,15 @@ impl BodyBudget {
         }
     }
 
-    /// Organizations with requests admitted or waiting (for tests).
-    #[cfg(test)]
-    fn tenants_tracked(&self) -> usize {
-        self.tenants.lock().len()
+    /// The room an organization's bodies are counted in, from its id as written in a path (in
+    /// any case).
+    pub fn tenant_room(&self, org: &str) -> TenantRoom {
+        // Fixed seeds: an organization lands in the same room every time.
+        let mut hasher = foldhash::fast::FixedState::default().build_hasher();
+        for b in org.bytes() {
+            hasher.write_u8(b.to_ascii_lowercase());
+        }
+        TenantRoom((hasher.finish() % STRIPES as u64) as usize)
     }
 
     /// Logs that requests are being turned away, at most once per [`WARN_EVERY`].
@@ -198,72 +211,13 @@ async fn acquire(
 /// A request's share of the budget, given back when dropped: hold it for as long as what was
 /// read from the body lives.
 pub struct Admitted {
-    // Dropped in this order: the node's room, then the organization's.
     _share: Option<OwnedSemaphorePermit>,
-    _tenant: Option<TenantShare>,
+    _tenant: Option<OwnedSemaphorePermit>,
 }
 
-/// Each organization's room, by organization id. An entry lives while someone holds or waits
-/// for its room: it is made by the first such request and removed by the last.
-#[derive(Default)]
-struct Tenants(Mutex<HashMap<String, Arc<Semaphore>>>);
-
-impl Tenants {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Semaphore>>> {
-        // The map is left consistent at every step, so a panic elsewhere does not spoil it.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// One request's claim on its organization's room.
-struct TenantShare {
-    tenants: Arc<Tenants>,
-    key: String,
-    room: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl TenantShare {
-    fn new(tenants: &Arc<Tenants>, key: String, units: u32) -> Self {
-        let room = {
-            let mut map = tenants.lock();
-            match map.get(&key) {
-                Some(room) => room.clone(),
-                None => {
-                    let room = Arc::new(Semaphore::new(units as usize));
-                    map.insert(key.clone(), room.clone());
-                    room
-                }
-            }
-        };
-        Self {
-            tenants: tenants.clone(),
-            key,
-            room,
-            permit: None,
-        }
-    }
-
-    fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
-        self.permit = Some(permit);
-        self
-    }
-}
-
-impl Drop for TenantShare {
-    fn drop(&mut self) {
-        // The permit holds a reference to the room too; give it back first.
-        self.permit = None;
-        let mut tenants = self.tenants.lock();
-        // Only the map's reference and this one left: nobody else holds or waits for it (every
-        // other reference is taken from the map under this lock).
-        if Arc::strong_count(&self.room) == 2 {
-            tenants.remove(&self.key);
-        }
-    }
-}
+/// Which of the organizations' rooms a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantRoom(usize);
 
 fn carries_body(method: &Method) -> bool {
     !matches!(
@@ -380,17 +334,22 @@ mod tests {
         // 64 KiB of room, bodies of at most 4 KiB: an organization holds 16 KiB at most.
         let budget = BodyBudget::new(64 * 1024, 4 * 1024, Duration::from_millis(50));
         let metrics = Metrics::default();
-        let acme = || Some("org_acme".to_owned());
+        let acme = budget.tenant_room("org_acme");
+        // Another organization, in another room (rooms are chosen by a fixed hash).
+        let globex = (0..)
+            .map(|i| budget.tenant_room(&format!("org_{i}")))
+            .find(|room| *room != acme)
+            .unwrap();
         let mut held = Vec::new();
         for _ in 0..4 {
-            let Ok(admitted) = budget.admit(4, acme(), &metrics).await else {
+            let Ok(admitted) = budget.admit(4, Some(acme), &metrics).await else {
                 panic!("no room within the share");
             };
             held.push(admitted);
         }
         assert_eq!(budget.in_flight_bytes(), 16 * 1024);
         // Acme's fifth body waits for its own, though the node has room, and is turned away.
-        let Err(refused) = budget.admit(1, acme(), &metrics).await else {
+        let Err(refused) = budget.admit(1, Some(acme), &metrics).await else {
             panic!("admitted over its share");
         };
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -400,17 +359,29 @@ mod tests {
             refused.message
         );
         // Another organization, and the admin's requests about none, get in at once.
-        let globex = budget.admit(4, Some("org_globex".into()), &metrics).await;
+        let other = budget.admit(4, Some(globex), &metrics).await;
         let admin = budget.admit(4, None, &metrics).await;
-        assert!(globex.is_ok() && admin.is_ok());
-        assert_eq!(budget.tenants_tracked(), 2);
+        assert!(other.is_ok() && admin.is_ok());
         // Once one of Acme's is answered, its next one gets in.
         held.pop();
-        assert!(budget.admit(4, acme(), &metrics).await.is_ok());
-        // Organizations with nothing in flight are forgotten.
-        drop((held, globex, admin));
-        assert_eq!(budget.tenants_tracked(), 0);
+        let again = budget.admit(4, Some(acme), &metrics).await;
+        assert!(again.is_ok());
+        drop((held, other, admin, again));
         assert_eq!(budget.in_flight_bytes(), 0);
+    }
+
+    #[test]
+    fn an_organization_is_counted_in_one_room_whatever_the_case_of_its_id() {
+        let budget = BodyBudget::new(64 * 1024, 4 * 1024, Duration::from_millis(50));
+        assert_eq!(
+            budget.tenant_room("org_01JD0000000000000000000000"),
+            budget.tenant_room("org_01jd0000000000000000000000")
+        );
+        // Ids spread over the rooms.
+        let rooms: std::collections::HashSet<TenantRoom> = (0..1_000)
+            .map(|i| budget.tenant_room(&format!("org_{i:026}")))
+            .collect();
+        assert!(rooms.len() > STRIPES / 2, "{} rooms used", rooms.len());
     }
 
     #[tokio::test]
@@ -421,27 +392,21 @@ mod tests {
             Duration::from_secs(5),
         ));
         let metrics = Arc::new(Metrics::default());
-        let first = budget.admit(16, Some("org_a".into()), &metrics).await.ok();
+        let room = budget.tenant_room("org_a");
+        let first = budget.admit(16, Some(room), &metrics).await.ok();
         let waiting = tokio::spawn({
             let (budget, metrics) = (budget.clone(), metrics.clone());
-            async move {
-                budget
-                    .admit(16, Some("org_a".into()), &metrics)
-                    .await
-                    .is_ok()
-            }
+            async move { budget.admit(16, Some(room), &metrics).await.is_ok() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             !waiting.is_finished(),
             "it waits while the first holds the share"
         );
-        assert_eq!(budget.tenants_tracked(), 1);
         drop(first);
         assert!(
             waiting.await.unwrap(),
             "admitted once the first was answered"
         );
-        assert_eq!(budget.tenants_tracked(), 0);
     }
 }

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use super::admission::Admitted;
+use super::admission::{Admitted, BodyBudget, TenantRoom};
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::service::Scope;
@@ -231,13 +231,13 @@ async fn read_by_deadline(
 /// The organization a request's body counts against (`admission`): an API key's own, whatever
 /// path it names, or the one in the admin's path (`/v1/orgs/{org}/…`). `None` for the admin's
 /// requests about no organization in particular.
-fn tenant_of(req: &Request) -> Option<String> {
+fn tenant_of(req: &Request, budget: &BodyBudget) -> Option<TenantRoom> {
     match req.extensions().get::<Scope>()? {
-        Scope::Org(org) => Some(org.as_str().to_owned()),
+        Scope::Org(org) => Some(budget.tenant_room(org.as_str())),
         Scope::Admin => {
             let rest = req.uri().path().strip_prefix("/v1/orgs/")?;
             let org = rest.split('/').next().filter(|org| !org.is_empty())?;
-            Some(org.to_ascii_lowercase())
+            Some(budget.tenant_room(org))
         }
     }
 }
@@ -248,7 +248,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
     let limit = state.settings.server.max_body_bytes;
     let expected = state.admission.expected_bytes(&req);
     let units = state.admission.charge(expected);
-    let tenant = tenant_of(&req);
+    let tenant = tenant_of(&req, &state.admission);
     let admitted = match state.admission.admit(units, tenant, &state.metrics).await {
         Ok(admitted) => admitted,
         Err(overloaded) => {

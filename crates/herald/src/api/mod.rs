@@ -22,7 +22,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-pub use admission::BodyBudget;
+pub use admission::{BodyBudget, TenantRoom};
 pub use error::{ApiError, ApiResult, ErrorBody};
 pub use openapi::ApiDoc;
 
