@@ -36,8 +36,11 @@ impl FromRequestParts<AppState> for Caller {
         }
         match state.auth.resolve(token).await? {
             Some(scope) => {
-                // For the body extractors, which count bodies by organization (`admission`).
-                parts.extensions.insert(scope.clone());
+                // For the body extractors, which count an API key's bodies against its own
+                // organization (`admission`); the admin's count against the path's.
+                if let Scope::Org(_) = &scope {
+                    parts.extensions.insert(scope.clone());
+                }
                 Ok(Caller(scope))
             }
             None => Err(ApiError::new(
@@ -229,17 +232,15 @@ async fn read_by_deadline(
 }
 
 /// The organization a request's body counts against (`admission`): an API key's own, whatever
-/// path it names, or the one in the admin's path (`/v1/orgs/{org}/…`). `None` for the admin's
+/// path it names, else the one in the path (`/v1/orgs/{org}/…`), as for the admin. `None` for
 /// requests about no organization in particular.
 fn tenant_of(req: &Request, budget: &BodyBudget) -> Option<TenantRoom> {
-    match req.extensions().get::<Scope>()? {
-        Scope::Org(org) => Some(budget.tenant_room(org.as_str())),
-        Scope::Admin => {
-            let rest = req.uri().path().strip_prefix("/v1/orgs/")?;
-            let org = rest.split('/').next().filter(|org| !org.is_empty())?;
-            Some(budget.tenant_room(org))
-        }
+    if let Some(Scope::Org(org)) = req.extensions().get::<Scope>() {
+        return Some(budget.tenant_room(org.as_str()));
     }
+    let rest = req.uri().path().strip_prefix("/v1/orgs/")?;
+    let org = rest.split('/').next().filter(|org| !org.is_empty())?;
+    Some(budget.tenant_room(org))
 }
 
 /// Reads a body under the size limit, once there is room for it among the bodies in flight
