@@ -78,11 +78,10 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let data_dir = settings.storage.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
+    // First, so that a refused second process writes nothing (not even an admin token).
+    let database_lock = lock_database(&settings.storage).await?;
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
-    let OpenStore {
-        store,
-        lock: database_lock,
-    } = open_store(
+    let store = open_store(
         &settings.storage,
         &settings.encryption,
         settings.server.migrate_on_start(),
@@ -164,22 +163,31 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     })
 }
 
-/// An open store, with the lock on its file when it is the embedded database.
-pub struct OpenStore {
-    pub store: Arc<dyn Store>,
-    /// Held for as long as this process uses the embedded database.
-    pub lock: Option<DatabaseLock>,
+/// Locks the embedded database for this process (see [`DatabaseLock`]); nothing to lock for
+/// PostgreSQL, which nodes share. Take it before anything else touches the data directory.
+pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<DatabaseLock>> {
+    if storage.database_url.is_some() {
+        return Ok(None);
+    }
+    let data_dir = storage.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
+    let db_path = data_dir.join("herald.db");
+    let lock = tokio::task::spawn_blocking(move || DatabaseLock::acquire(&db_path))
+        .await?
+        .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
+    Ok(Some(lock))
 }
 
 /// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
-/// directory, once no other process uses it. Applies pending migrations when `migrate` (else
-/// checks the schema is current), and re-encrypts stored secrets when an encryption key is
-/// configured.
+/// directory (lock it first: [`lock_database`]). Applies pending migrations when `migrate`
+/// (else checks the schema is current), and re-encrypts stored secrets when an encryption key
+/// is configured.
 pub async fn open_store(
     storage: &StorageSettings,
     encryption: &EncryptionSettings,
     migrate: bool,
-) -> anyhow::Result<OpenStore> {
+) -> anyhow::Result<Arc<dyn Store>> {
     let cipher = SecretCipher::new(
         encryption.encryption_key.as_deref(),
         &encryption.encryption_old_keys,
@@ -213,7 +221,7 @@ pub async fn open_store(
             } else {
                 0
             };
-            (Arc::new(store) as Arc<dyn Store>, None, rewritten)
+            (Arc::new(store) as Arc<dyn Store>, rewritten)
         }
         None => {
             let data_dir = storage.data_dir.clone();
@@ -221,10 +229,8 @@ pub async fn open_store(
                 format!("could not create the data directory {}", data_dir.display())
             })?;
             let db_path = data_dir.join("herald.db");
-            let (lock, store) = tokio::task::spawn_blocking(move || {
-                let lock = DatabaseLock::acquire(&db_path)?;
-                let store = SqliteStore::open_with_cipher(&db_path, cipher)?;
-                anyhow::Ok((lock, store))
+            let store = tokio::task::spawn_blocking(move || {
+                SqliteStore::open_with_cipher(&db_path, cipher)
             })
             .await?
             .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
@@ -236,17 +242,17 @@ pub async fn open_store(
             } else {
                 0
             };
-            (Arc::new(store) as Arc<dyn Store>, Some(lock), rewritten)
+            (Arc::new(store) as Arc<dyn Store>, rewritten)
         }
     };
-    let (store, lock, rewritten) = reencrypted;
+    let (store, rewritten) = reencrypted;
     if rewritten > 0 {
         tracing::info!(
             webhooks = rewritten,
             "encrypted stored webhook secrets with the current key"
         );
     }
-    Ok(OpenStore { store, lock })
+    Ok(store)
 }
 
 const REENCRYPT_FAILED: &str =
@@ -334,6 +340,8 @@ pub async fn run(
         let _ = cluster.await;
     }
     state.dispatcher.drain(Duration::from_secs(10)).await;
+    // The store goes before the lock (tasks that outlived the drain may still hold it).
+    drop(state);
     drop(app.database_lock);
     tracing::info!("stopped");
     Ok(())

@@ -50,7 +50,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// The most bytes of request bodies this node holds at once (each request counts its
     /// `Content-Length`, or the largest body if it sends none). Past it, requests wait for room
-    /// and then get `503 overloaded`, instead of growing the process without bound.
+    /// and then get `503 overloaded`, instead of growing the process without bound. One
+    /// organization holds at most a quarter of it (or the largest body, if that is more).
     #[arg(long, env = "HERALD_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes_in_flight: usize,
     /// How long a request waits for room under that limit before its `503`, in milliseconds.

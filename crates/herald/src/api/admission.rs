@@ -245,10 +245,11 @@ fn tenant_overloaded(budget: &BodyBudget) -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
         format!(
-            "this organization already has {} of request bodies in flight on this node, the most \
-             one organization may hold (a quarter of HERALD_MAX_BODY_BYTES_IN_FLIGHT), and none \
-             of them was answered within {} ms; nothing of this request was stored, so send it \
-             again after Retry-After, with fewer requests at once",
+            "this organization already has {} of request bodies in flight on this node (counted \
+             with the few organizations that share its room), the most one organization may \
+             hold (a quarter of HERALD_MAX_BODY_BYTES_IN_FLIGHT, or the largest body if that is \
+             more), and none of them was answered within {} ms; nothing of this request was \
+             stored, so send it again after Retry-After, with fewer requests at once",
             in_kib_or_mib(budget.tenant_units),
             budget.wait.as_millis()
         ),

@@ -241,7 +241,8 @@ pub struct WebhookOptions {
     #[arg(long, value_delimiter = ',')]
     retry_schedule: Option<Vec<u64>>,
     /// A header sent with every request, as `Name: value` (repeatable; replaces the current
-    /// ones on update).
+    /// ones on update). A value given here stays in the shell's history: for a credential, read
+    /// it from a variable (`--header "Authorization: $TOKEN"`).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
 }
@@ -584,7 +585,16 @@ fn show_record(conn: &Connection, value: &Value, fields: &[&str]) {
     }
     let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
     for field in fields {
-        out!("{field:<width$}  {}", cell(value, field));
+        let shown = match (*field, &value[*field]) {
+            // Custom headers often carry credentials: their names only (--json shows all).
+            ("headers", Value::Object(headers)) if !headers.is_empty() => headers
+                .keys()
+                .map(|name| format!("{name}: …"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => cell(value, field),
+        };
+        out!("{field:<width$}  {shown}");
     }
 }
 
@@ -595,12 +605,19 @@ const WEBHOOK_FIELDS: &[&str] = &[
     "description",
     "url",
     "profile",
+    "signature",
+    "verification",
+    "options",
     "active",
+    "disabled_reason",
+    "failing_since",
     "events",
     "channels",
     "timeout_ms",
     "retry_schedule",
+    "rate_limit_per_second",
     "headers",
+    "previous_secret_expires_at",
     "created_at",
     "updated_at",
 ];
@@ -669,13 +686,13 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             cols,
         ),
         OrgsCommand::Delete { id: given, yes } => {
-            let id = api.org_id(&given)?;
             if !yes {
                 bail!(
                     "deleting {given} deletes its webhooks, event types, API keys, events and \
                      delivery history for good; run `herald orgs delete {given} --yes` to go ahead"
                 );
             }
+            let id = api.org_id(&given)?;
             api.call(
                 reqwest::Method::DELETE,
                 &api_path(&["v1", "orgs", &id])?,
@@ -693,6 +710,11 @@ const SUBSCRIPTION_COLUMNS: &[&str] = &["topic", "mode", "state", "reason"];
 /// refused or did not answer, since no events go out on that channel until it verifies.
 fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Result<()> {
     show(conn, page, SUBSCRIPTION_COLUMNS);
+    fail_on_unverified(page)
+}
+
+/// Fails if any channel of a page of WebSub subscriptions failed verification.
+fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
     let failed = page["data"]
         .as_array()
         .into_iter()
@@ -829,9 +851,14 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 json!({}),
             )?;
             show(&conn, &answer, cols);
-            if !conn.json && answer["subscriptions"].is_array() {
-                out!();
-                show_subscriptions(&conn, &json!({ "data": answer["subscriptions"] }))?;
+            if answer["subscriptions"].is_array() {
+                let page = json!({ "data": answer["subscriptions"] });
+                if conn.json {
+                    fail_on_unverified(&page)?;
+                } else {
+                    out!();
+                    show_subscriptions(&conn, &page)?;
+                }
             }
         }
         WebhooksCommand::Subscriptions { org, id } => show(

@@ -54,9 +54,12 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         match &app.admin_token_source {
             AdminTokenSource::Generated(path) => {
-                // Shown once, on stdout, so it can be captured; never logged.
-                println!("Admin token (shown once; kept in {}):\n\n    {}\n", path.display(), app.admin_token);
-                println!("Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\nor sign in to the dashboard at {base}/ with it.\n", app.admin_token);
+                // Shown once, on stdout, so it can be captured; never logged. A server whose
+                // stdout nobody reads goes on serving.
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "Admin token (shown once; kept in {}):\n\n    {}\n", path.display(), app.admin_token);
+                let _ = writeln!(stdout, "Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\nor sign in to the dashboard at {base}/ with it.\n", app.admin_token);
             }
             AdminTokenSource::Stored(path) => {
                 tracing::info!("using the admin token kept in {}", path.display());
@@ -70,11 +73,11 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
 pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
     init_logging(&settings.logging)?;
     runtime()?.block_on(async move {
-        // The lock is held until the store is dropped, at the end of this block.
-        let _opened = app::open_store(&settings.storage, &settings.encryption, true).await?;
+        let _lock = app::lock_database(&settings.storage).await?;
+        app::open_store(&settings.storage, &settings.encryption, true).await?;
         match settings.storage.database_url_for_display() {
-            Some(url) => println!("The database {url} is up to date."),
-            None => println!(
+            Some(url) => out!("The database {url} is up to date."),
+            None => out!(
                 "The database in {} is up to date.",
                 settings.storage.data_dir.display()
             ),

@@ -793,7 +793,7 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     );
     let (ok, out) = herald_cli(&app, &["webhooks", "get", "--org", "acme", &hook], None).await;
     assert!(
-        ok && out.contains("retry_schedule  0,30,120") && out.contains("x-env: prod"),
+        ok && out.contains("0,30,120") && out.contains("x-env: …") && !out.contains("prod"),
         "{out}"
     );
     let (ok, out) = herald_cli(&app, &["webhooks", "update", "--org", "acme", &hook], None).await;

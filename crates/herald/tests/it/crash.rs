@@ -326,13 +326,17 @@ async fn a_second_herald_on_one_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = Server::start(dir.path()).await;
     let pid = first.child.id().unwrap();
+    // Without an admin token of its own, it would generate one into the data directory.
     let second = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("serve")
         .env("HERALD_LISTEN", "127.0.0.1:0")
         .env("HERALD_DATA_DIR", dir.path())
-        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
+        .env_remove("HERALD_ADMIN_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let second = tokio::time::timeout(Duration::from_secs(20), second)
         .await
+        .expect("the second server stops by itself")
         .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{stderr}");
@@ -342,7 +346,8 @@ async fn a_second_herald_on_one_data_directory_is_refused() {
         )) && stderr.contains("--data-dir"),
         "{stderr}"
     );
-    // The refused one changed nothing: the first still answers.
+    // The refused one changed nothing: no token was written, and the first still answers.
+    assert!(!dir.path().join("admin-token").exists());
     let orgs = |base: String| {
         http_client()
             .get(format!("{base}/v1/orgs"))

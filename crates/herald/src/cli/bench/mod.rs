@@ -218,7 +218,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let outcomes = runtime.block_on(run(args))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     out!();
-    report::print_table(&outcomes, &mut std::io::stdout().lock())?;
+    match report::print_table(&outcomes, &mut std::io::stdout().lock()) {
+        // A reader that went away (`| head`) does not stop the JSON from being written.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
     if let Some(path) = json {
         report::write_json(&path, settings, &outcomes)?;
     }
