@@ -48,6 +48,15 @@ impl DatabaseLock {
                         path.display()
                     );
                 }
+                // A file system without locks: run, as before there was a lock, and say so.
+                Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    tracing::warn!(
+                        lock = %path.display(),
+                        "this file system cannot lock files; make sure no other Herald uses this \
+                         data directory"
+                    );
+                    break;
+                }
                 Err(TryLockError::Error(e)) => {
                     return Err(e).with_context(|| format!("could not lock {}", path.display()));
                 }
