@@ -27,11 +27,28 @@ impl std::error::Error for Blocked {}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How many names are resolved at once. The system resolver runs on tokio's blocking threads,
+/// which SQLite's reads share; a name whose DNS server never answers holds one for as long as
+/// the resolver's own timeouts (5 s per try by default). Bounded, a tenant's webhooks on such
+/// names wait for a turn (within their attempt's timeout) instead of taking every thread.
+pub(crate) const MAX_LOOKUPS_IN_FLIGHT: usize = 32;
+
 /// A resolver that drops every address the policy refuses, and fails when none is left. The
 /// connector calls it for every host name (IP literals are checked by [`check_url`]).
 #[derive(Clone)]
 pub(crate) struct GuardedResolver {
     pub(crate) policy: Arc<AddressPolicy>,
+    /// Turns to resolve a name ([`MAX_LOOKUPS_IN_FLIGHT`]).
+    pub(crate) lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl GuardedResolver {
+    pub(crate) fn new(policy: Arc<AddressPolicy>) -> Self {
+        Self {
+            policy,
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS_IN_FLIGHT)),
+        }
+    }
 }
 
 impl tower_service::Service<Name> for GuardedResolver {
@@ -44,11 +61,21 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
+        let (policy, lookups) = (self.policy.clone(), self.lookups.clone());
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // The semaphore is never closed.
+            let turn = lookups.acquire_owned().await?;
+            // The turn goes with the blocking task, not with this future: an attempt that times
+            // out stops waiting, but its thread is busy until the system resolver gives up, and
+            // until then the turn stays taken.
+            let lookup = host.clone();
+            let resolved: Vec<SocketAddr> = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                std::net::ToSocketAddrs::to_socket_addrs(&(lookup.as_str(), 0))
+            })
+            .await??
+            .collect();
             let mut refused = None;
             let permitted: Vec<SocketAddr> = resolved
                 .into_iter()
@@ -106,5 +133,30 @@ mod tests {
         assert!(check_url(&policy, "http://[2002:a9fe:a9fe::]/latest").is_err());
         let Blocked(why) = check_url(&policy, "http://[::1").unwrap_err();
         assert!(why.contains("does not parse"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_name_waits_for_a_turn_when_every_lookup_is_taken() {
+        use std::str::FromStr;
+        use tower_service::Service;
+        let allow_loopback = AddressPolicy::parse(&["127.0.0.0/8".into()]).unwrap();
+        let mut resolver = GuardedResolver::new(Arc::new(allow_loopback));
+        let taken = resolver
+            .lookups
+            .clone()
+            .acquire_many_owned(MAX_LOOKUPS_IN_FLIGHT as u32)
+            .await
+            .unwrap();
+        let name = Name::from_str("localhost").unwrap();
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            resolver.call(name.clone()),
+        )
+        .await;
+        assert!(waiting.is_err(), "it resolved without a turn");
+        drop(taken);
+        let addrs: Vec<SocketAddr> = resolver.call(name).await.unwrap().collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+        assert_eq!(resolver.lookups.available_permits(), MAX_LOOKUPS_IN_FLIGHT);
     }
 }

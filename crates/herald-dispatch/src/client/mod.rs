@@ -65,9 +65,7 @@ impl HttpClient {
     pub fn new(policy: AddressPolicy) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
         install_tls_provider();
-        let mut tcp = HttpConnector::new_with_resolver(GuardedResolver {
-            policy: policy.clone(),
-        });
+        let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
