@@ -30,7 +30,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How many names are resolved at once. The system resolver runs on tokio's blocking threads,
 /// which SQLite's reads share; a name whose DNS server never answers holds one for as long as
 /// the resolver's own timeouts (5 s per try by default). Bounded, a tenant's webhooks on such
-/// names wait for a turn (within their attempt's timeout) instead of taking every thread.
+/// names wait for a turn (within their attempt's timeout) instead of taking every thread. The
+/// price: names that never answer, while they hold most turns, slow other webhooks' new
+/// connections (kept-alive ones are not concerned).
 pub(crate) const MAX_LOOKUPS_IN_FLIGHT: usize = 32;
 
 /// A resolver that drops every address the policy refuses, and fails when none is left. The
@@ -139,7 +141,8 @@ mod tests {
     async fn a_name_waits_for_a_turn_when_every_lookup_is_taken() {
         use std::str::FromStr;
         use tower_service::Service;
-        let allow_loopback = AddressPolicy::parse(&["127.0.0.0/8".into()]).unwrap();
+        let allow_loopback =
+            AddressPolicy::parse(&["127.0.0.0/8".into(), "::1/128".into()]).unwrap();
         let mut resolver = GuardedResolver::new(Arc::new(allow_loopback));
         let taken = resolver
             .lookups

@@ -340,7 +340,9 @@ pub async fn run(
         let _ = cluster.await;
     }
     state.dispatcher.drain(Duration::from_secs(10)).await;
-    // The store goes before the lock (tasks that outlived the drain may still hold it).
+    // The lock goes last. Tasks that outlived the drain may still hold the store: a server
+    // process exits next; a program that runs another app on this directory in the same
+    // process (the tests do) gets the lock while they wind down.
     drop(state);
     drop(app.database_lock);
     tracing::info!("stopped");

@@ -48,8 +48,9 @@ impl DatabaseLock {
                         path.display()
                     );
                 }
-                // A file system without locks: run, as before there was a lock, and say so.
-                Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                // A file system without locks (NFS without its lock daemon answers ENOLCK): run,
+                // as before there was a lock, and say so.
+                Err(TryLockError::Error(e)) if cannot_lock(&e) => {
                     tracing::warn!(
                         lock = %path.display(),
                         "this file system cannot lock files; make sure no other Herald uses this \
@@ -69,6 +70,12 @@ impl DatabaseLock {
             .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(Self { _file: file })
     }
+}
+
+/// Whether an error says that this file system has no locks, rather than that locking failed.
+fn cannot_lock(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(e.raw_os_error(), Some(code) if code == libc::ENOLCK || code == libc::ENOTSUP || code == libc::EOPNOTSUPP)
 }
 
 fn lock_path(db_path: &Path) -> PathBuf {

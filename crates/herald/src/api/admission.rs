@@ -13,9 +13,9 @@
 //!
 //! One organization may hold at most a quarter of the budget (or its largest body, if that is
 //! more): a tenant replaying a backlog waits for its own requests to finish, and the others'
-//! events still find room. Organizations are counted in [`STRIPES`] rooms by a hash of their
-//! id, with no map to keep and no lock to take per request; two that share a room share its
-//! quarter.
+//! events still find room, as long as fewer than four organizations flood at once. They are
+//! counted in [`STRIPES`] rooms by a hash of their id, with no map to keep and no lock to take
+//! per request; two that share a room share its quarter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,7 +133,7 @@ impl BodyBudget {
                 match acquire(room, units.min(self.tenant_units), deadline).await {
                     Some(permit) => Some(permit),
                     None => {
-                        self.note_shed();
+                        self.note_shed(Shed::OrganizationShare);
                         metrics.request_shed();
                         return Err(tenant_overloaded(self));
                     }
@@ -147,7 +147,7 @@ impl BodyBudget {
                 _tenant: tenant,
             }),
             None => {
-                self.note_shed();
+                self.note_shed(Shed::Node);
                 metrics.request_shed();
                 Err(overloaded(self))
             }
@@ -167,7 +167,7 @@ impl BodyBudget {
     }
 
     /// Logs that requests are being turned away, at most once per [`WARN_EVERY`].
-    fn note_shed(&self) {
+    fn note_shed(&self, why: Shed) {
         let shed = self.shed_since_warned.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.started.elapsed().as_millis() as u64 + 1;
         let last = self.last_warned.load(Ordering::Relaxed);
@@ -179,16 +179,39 @@ impl BodyBudget {
                 .is_ok()
         {
             self.shed_since_warned.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                turned_away = shed,
-                budget_bytes = self.total_units as u64 * UNIT as u64,
-                waited_ms = self.wait.as_millis() as u64,
-                "request bodies in flight are at HERALD_MAX_BODY_BYTES_IN_FLIGHT; answering 503 \
-                 to requests that found no room (raise it if this node has memory to spare, or \
-                 add nodes)"
+            let (budget, waited) = (
+                self.total_units as u64 * UNIT as u64,
+                self.wait.as_millis() as u64,
             );
+            match why {
+                Shed::Node => tracing::warn!(
+                    turned_away = shed,
+                    budget_bytes = budget,
+                    waited_ms = waited,
+                    "request bodies in flight are at HERALD_MAX_BODY_BYTES_IN_FLIGHT; answering \
+                     503 to requests that found no room (raise it if this node has memory to \
+                     spare, or add nodes)"
+                ),
+                Shed::OrganizationShare => tracing::warn!(
+                    turned_away = shed,
+                    organization_share_bytes = self.tenant_units as u64 * UNIT as u64,
+                    waited_ms = waited,
+                    "an organization's request bodies in flight are at its share (a quarter of \
+                     HERALD_MAX_BODY_BYTES_IN_FLIGHT); answering 503 to its requests that found \
+                     no room while other organizations' still get in"
+                ),
+            }
         }
     }
+}
+
+/// Why a request was turned away, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Shed {
+    /// The node's whole budget was in use.
+    Node,
+    /// Its organization's share was.
+    OrganizationShare,
 }
 
 /// `units` of `room`, taken at once when there are (the timer is set only when there are not),
@@ -383,6 +406,27 @@ mod tests {
             .map(|i| budget.tenant_room(&format!("org_{i:026}")))
             .collect();
         assert!(rooms.len() > STRIPES / 2, "{} rooms used", rooms.len());
+    }
+
+    #[tokio::test]
+    async fn a_request_turned_away_by_the_node_gives_its_organizations_room_back() {
+        let budget = BodyBudget::new(64 * 1024, 4 * 1024, Duration::from_millis(50));
+        let metrics = Metrics::default();
+        let Ok(everything) = budget.admit(64, None, &metrics).await else {
+            panic!("the whole budget, for the admin");
+        };
+        let room = budget.tenant_room("org_acme");
+        let Err(refused) = budget.admit(4, Some(room), &metrics).await else {
+            panic!("admitted with the node full");
+        };
+        assert!(refused.message.contains("this node"), "{}", refused.message);
+        assert_eq!(
+            budget.tenant_rooms[room.0].available_permits(),
+            budget.tenant_units as usize,
+            "the organization's room was not given back"
+        );
+        drop(everything);
+        assert_eq!(budget.in_flight_bytes(), 0);
     }
 
     #[tokio::test]
