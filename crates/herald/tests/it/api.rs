@@ -622,7 +622,11 @@ async fn unknown_routes_and_ids_answer_json_404s() {
 }
 
 /// Runs the `herald` binary with `args`; answers its exit status and standard output.
-async fn herald_cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+pub(crate) async fn herald_cli(
+    app: &TestApp,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)

@@ -627,3 +627,45 @@ async fn herald_listen_prints_requests_checks_signatures_and_answers_challenges(
     listen.wait_for_line("\"user.created\"").await;
     listen.child.start_kill().unwrap();
 }
+
+/// `herald webhooks enable` and `verify` fail (after showing where each channel stands) when an
+/// endpoint did not confirm, with `--json` too: a script must not take it for working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_fails_when_a_channel_is_not_verified() {
+    let app = insecure_app().await;
+    let (org, _) = asgardeo_org(&app).await;
+    // A port just freed: nothing listens there, so the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let hook = app
+        .create_webhook(
+            &org,
+            &format!("http://{closed}/hub"),
+            json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value" }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let cli = |args: &'static [&'static str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--org", "myorg", id]);
+        all
+    };
+    let (ok, out) =
+        crate::api::herald_cli(&app, &cli(&["webhooks", "enable", "--json"]), None).await;
+    assert!(
+        !ok && out.contains("\"failed\"") && out.contains("failed verification"),
+        "{out}"
+    );
+    let (ok, out) = crate::api::herald_cli(&app, &cli(&["webhooks", "subscriptions"]), None).await;
+    assert!(
+        ok && out.contains("failed") && out.contains("event.login"),
+        "{out}"
+    );
+    let (ok, out) = crate::api::herald_cli(&app, &cli(&["webhooks", "verify"]), None).await;
+    assert!(
+        !ok && out.contains("STATE") && out.contains("failed verification"),
+        "{out}"
+    );
+}
