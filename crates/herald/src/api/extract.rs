@@ -240,7 +240,9 @@ fn tenant_of(req: &Request, budget: &BodyBudget) -> Option<TenantRoom> {
     }
     let rest = req.uri().path().strip_prefix("/v1/orgs/")?;
     let org = rest.split('/').next().filter(|org| !org.is_empty())?;
-    Some(budget.tenant_room(org))
+    // As the router will read it: `org%5F…` is the same organization as `org_…`.
+    let org = percent_encoding::percent_decode_str(org).decode_utf8_lossy();
+    Some(budget.tenant_room(&org))
 }
 
 /// Reads a body under the size limit, once there is room for it among the bodies in flight
@@ -369,6 +371,33 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_counts_against_the_api_keys_organization_else_the_paths() {
+        let budget = BodyBudget::new(64 * 1024, 4 * 1024, Duration::from_secs(1));
+        let request = |path: &str, scope: Option<Scope>| {
+            let mut req = axum::http::Request::builder()
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            if let Some(scope) = scope {
+                req.extensions_mut().insert(scope);
+            }
+            req
+        };
+        let acme = "org_01jd0000000000000000000000";
+        let room = Some(budget.tenant_room(acme));
+        for path in [
+            format!("/v1/orgs/{acme}/events"),
+            "/v1/orgs/org%5F01JD0000000000000000000000/events".to_owned(),
+        ] {
+            assert_eq!(tenant_of(&request(&path, None), &budget), room, "{path}");
+        }
+        let key = Scope::Org(herald_core::OrgId::from_trusted(acme.to_owned()));
+        let elsewhere = "/v1/orgs/org_01jd1111111111111111111111/events";
+        assert_eq!(tenant_of(&request(elsewhere, Some(key)), &budget), room);
+        assert_eq!(tenant_of(&request("/v1/orgs", None), &budget), None);
+    }
 
     #[test]
     fn shape_errors_name_json_not_rust_types() {
