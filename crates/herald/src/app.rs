@@ -224,10 +224,8 @@ pub async fn open_store(
             (Arc::new(store) as Arc<dyn Store>, rewritten)
         }
         None => {
+            // `lock_database`, called first, made the directory.
             let data_dir = storage.data_dir.clone();
-            std::fs::create_dir_all(&data_dir).with_context(|| {
-                format!("could not create the data directory {}", data_dir.display())
-            })?;
             let db_path = data_dir.join("herald.db");
             let store = tokio::task::spawn_blocking(move || {
                 SqliteStore::open_with_cipher(&db_path, cipher)

@@ -246,12 +246,17 @@ fn parse_public_url(raw: &str) -> Result<String, String> {
     let url = url::Url::parse(raw).map_err(|e| {
         format!("'{raw}' is not an absolute URL ({e}); use e.g. https://herald.example.com")
     })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+    if !is_http_with_host(&url) {
         return Err(format!(
             "'{raw}' must be an http:// or https:// URL with a host, e.g. https://herald.example.com"
         ));
     }
     Ok(raw.to_owned())
+}
+
+/// An `http://` or `https://` URL that names a host: what Herald's own addresses must be.
+pub fn is_http_with_host(url: &url::Url) -> bool {
+    matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty())
 }
 
 impl Settings {

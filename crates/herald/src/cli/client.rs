@@ -31,9 +31,7 @@ pub struct Connection {
 /// `--server`: an http(s) URL with a host, so that a mistake is named before any request.
 fn parse_server(raw: &str) -> Result<String, String> {
     match url::Url::parse(raw) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
-            Ok(raw.to_owned())
-        }
+        Ok(url) if crate::config::is_http_with_host(&url) => Ok(raw.to_owned()),
         _ => Err(format!(
             "'{raw}' is not a server URL; give its scheme and host, e.g. http://127.0.0.1:7600"
         )),
@@ -574,13 +572,18 @@ fn cell(row: &Value, col: &str) -> String {
     }
 }
 
+/// The server's JSON as it is (`--json`).
+fn print_json(value: &Value) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
 /// Prints one object as `field  value` lines, or as JSON with --json.
 fn show_record(conn: &Connection, value: &Value, fields: &[&str]) {
     if conn.json {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
+        print_json(value);
         return;
     }
     let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
@@ -625,10 +628,7 @@ const WEBHOOK_FIELDS: &[&str] = &[
 /// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
 fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     if conn.json {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
+        print_json(value);
         return;
     }
     let rows: Vec<&Value> = match value.get("data").and_then(Value::as_array) {
@@ -733,13 +733,17 @@ fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
 pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let cols = &["id", "name", "prefix", "created_at"];
+    let (KeysCommand::List { org }
+    | KeysCommand::Create { org, .. }
+    | KeysCommand::Delete { org, .. }) = &cmd;
+    let org = api.org_id(org)?;
     match cmd {
-        KeysCommand::List { org } => {
-            let path = api_path(&["v1", "orgs", &api.org_id(&org)?, "api-keys"])?;
+        KeysCommand::List { .. } => {
+            let path = api_path(&["v1", "orgs", &org, "api-keys"])?;
             show(&conn, &api.get(&path)?, cols);
         }
-        KeysCommand::Create { org, name } => {
-            let path = api_path(&["v1", "orgs", &api.org_id(&org)?, "api-keys"])?;
+        KeysCommand::Create { name, .. } => {
+            let path = api_path(&["v1", "orgs", &org, "api-keys"])?;
             let created = api.post(&path, json!({ "name": name }))?;
             show(&conn, &created, cols);
             if !conn.json {
@@ -749,8 +753,8 @@ pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        KeysCommand::Delete { org, id } => {
-            let path = api_path(&["v1", "orgs", &api.org_id(&org)?, "api-keys", &id])?;
+        KeysCommand::Delete { id, .. } => {
+            let path = api_path(&["v1", "orgs", &org, "api-keys", &id])?;
             api.call(reqwest::Method::DELETE, &path, None)?;
             out!("Deleted {id}.");
         }
@@ -1081,10 +1085,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
     let org = api.org_id(&args.org)?;
     let answer = api.post(&api_path(&["v1", "orgs", &org, "events"])?, body)?;
     if conn.json {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
-        );
+        print_json(&answer);
     } else {
         show(
             &conn,
