@@ -137,6 +137,35 @@ impl OrgSnapshot {
                 .any(|c| c.types.iter().any(|t| t.channel == channel))
     }
 
+    /// The event type of the organization that `typed` most likely meant, for "did you mean
+    /// …?". Herald's own operational types count only when asked for (`with_operational`:
+    /// webhooks may subscribe to them, producers may not post them).
+    pub fn closest_type(&self, typed: &str, with_operational: bool) -> Option<&str> {
+        use crate::event_type::{DELIVERY_EXHAUSTED, WEBHOOK_DISABLED, WEBHOOK_ENABLED};
+        let catalog_types = self
+            .org
+            .catalogs
+            .iter()
+            .filter_map(|c| c.catalog())
+            .flat_map(|c| c.types.iter().map(|t| t.name.as_str()));
+        let operational = [WEBHOOK_DISABLED, WEBHOOK_ENABLED, DELIVERY_EXHAUSTED]
+            .into_iter()
+            .filter(|_| with_operational);
+        crate::suggest::closest(
+            typed,
+            catalog_types
+                .chain(self.custom_types.keys().map(String::as_str))
+                .chain(operational),
+        )
+    }
+
+    /// The channel of the organization that `typed` most likely meant.
+    pub fn closest_channel(&self, typed: &str) -> Option<String> {
+        let mut channels = self.all_channels();
+        channels.push(crate::event_type::OPERATIONS_CHANNEL.to_owned());
+        crate::suggest::closest(typed, channels.iter().map(String::as_str)).map(str::to_owned)
+    }
+
     /// Every channel the organization's types belong to, sorted.
     pub fn all_channels(&self) -> Vec<String> {
         let mut channels: Vec<String> = self

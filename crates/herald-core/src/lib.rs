@@ -21,6 +21,7 @@ pub mod profile;
 pub mod retry;
 pub mod store;
 pub mod subscription;
+pub mod suggest;
 pub mod time;
 pub mod webhook;
 

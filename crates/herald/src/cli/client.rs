@@ -376,6 +376,27 @@ pub enum EventsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Register an event type of the organization's own (beside its catalogs'), optionally
+    /// with a JSON Schema that every posted event of the type must match.
+    Register {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The type's name, e.g. `invoice.paid` (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        name: String,
+        /// The channel it belongs to (what webhooks may subscribe to as a whole).
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A file holding the JSON Schema of the event's data (`-` for standard input).
+        #[arg(long)]
+        schema: Option<String>,
+        /// An example of the event's data, as JSON; checked against the schema.
+        #[arg(long)]
+        example: Option<String>,
+    },
     /// Post an event (or a batch); the same as `herald send`.
     Send(SendArgs),
 }
@@ -396,6 +417,43 @@ pub struct SendArgs {
     /// not given; standard input is read when neither is.
     #[arg(long)]
     pub file: Option<String>,
+}
+
+/// The server's advice names API routes; here it names the commands that do the same.
+fn in_cli_terms(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" /v1/orgs/") {
+        let (before, from) = rest.split_at(at);
+        // The method before the path: `GET` or `POST`.
+        let (head, method) = match before.rsplit_once(' ') {
+            Some((head, method)) => (head, method),
+            None => ("", before),
+        };
+        let path = &from[1..];
+        let end = path
+            .find(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == ')')
+            .unwrap_or(path.len());
+        let org = path["/v1/orgs/".len()..end].split('/').next().unwrap_or("");
+        let org = if org == "{org}" { "…" } else { org };
+        let command = match (method, path[..end].strip_suffix("/event-types")) {
+            ("GET", Some(_)) => Some(format!("`herald events types --org {org}`")),
+            ("POST", Some(_)) => Some(format!("`herald events register --org {org} --name …`")),
+            _ => None,
+        };
+        match command {
+            Some(command) if head.is_empty() => out.push_str(&command),
+            Some(command) => {
+                out.push_str(head);
+                out.push(' ');
+                out.push_str(&command);
+            }
+            None => out.push_str(&rest[..at + 1 + end]),
+        }
+        rest = &path[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a path segment or query value keeps as it is; everything else is percent-encoded, so
@@ -490,7 +548,7 @@ impl Api {
         };
         if !status.is_success() {
             match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
-                Some(message) => bail!("{status}: {message}"),
+                Some(message) => bail!("{status}: {}", in_cli_terms(message)),
                 None => bail!(not_herald()),
             }
         }
@@ -1053,9 +1111,49 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                 &["catalog", "name", "channel", "description"],
             );
         }
+        EventsCommand::Register {
+            org,
+            name,
+            channel,
+            description,
+            schema,
+            example,
+        } => {
+            let mut body = json!({ "name": name });
+            if let Some(channel) = channel {
+                body["channel"] = json!(channel);
+            }
+            if let Some(description) = description {
+                body["description"] = json!(description);
+            }
+            if let Some(file) = schema {
+                body["schema"] = read_json_input(&file, "--schema")?;
+            }
+            if let Some(example) = example {
+                body["example"] = serde_json::from_str(&example)
+                    .context("--example must be JSON, e.g. '{\"invoice\": {\"id\": \"in_1\"}}'")?;
+            }
+            let org = api.org_id(&org)?;
+            let answer = api.post(&api_path(&["v1", "orgs", &org, "event-types"])?, body)?;
+            show(&conn, &answer, &["name", "channel", "description"]);
+        }
         EventsCommand::Send(args) => send(conn, args)?,
     }
     Ok(())
+}
+
+/// The JSON in `file` (`-`: standard input), for the option `flag`.
+fn read_json_input(file: &str, flag: &str) -> anyhow::Result<Value> {
+    let text = if file == "-" {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("could not read standard input")?;
+        input
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("could not read {file} ({flag})"))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{flag} {file} is not JSON"))
 }
 
 pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
@@ -1094,4 +1192,29 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_advice_names_commands() {
+        assert_eq!(
+            in_cli_terms(
+                "the event type 'x' is unknown; list the known types with GET \
+                 /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types"
+            ),
+            "the event type 'x' is unknown; list the known types with `herald events types \
+             --org …` or register it with `herald events register --org … --name …`"
+        );
+        assert_eq!(
+            in_cli_terms("events[0]: 'x' is not one; see GET /v1/orgs/org_1/event-types"),
+            "events[0]: 'x' is not one; see `herald events types --org org_1`"
+        );
+        // Routes without a command of their own are left as they are.
+        let other = "see GET /v1/orgs/org_1/webhooks, then POST /v1/orgs";
+        assert_eq!(in_cli_terms(other), other);
+        assert_eq!(in_cli_terms("no route here"), "no route here");
+    }
 }

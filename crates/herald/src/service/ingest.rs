@@ -105,14 +105,17 @@ pub(crate) async fn ingest_values<T>(
             .into());
         }
         let Some(resolved) = snapshot.resolve_type(&new.event_type) else {
-            return Err(ServiceError::UnknownEventType(
-                new.event_type.clone(),
-                if batch {
+            return Err(ServiceError::UnknownEventType {
+                suggestion: snapshot
+                    .closest_type(&new.event_type, false)
+                    .map(str::to_owned),
+                name: new.event_type,
+                field: if batch {
                     format!("[{i}].type")
                 } else {
                     "type".into()
                 },
-            ));
+            });
         };
         if let Some(validator) = resolved.validator {
             // The stored form is what is checked: what every receiver gets.

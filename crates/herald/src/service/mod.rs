@@ -26,8 +26,14 @@ pub enum ServiceError {
     /// An input is malformed or out of range; names the field.
     #[error(transparent)]
     Invalid(Invalid),
-    #[error("the event type '{0}' is not known to this organization")]
-    UnknownEventType(String, String),
+    /// An event names a type the organization does not know; says which input field, and the
+    /// known type it most likely meant.
+    #[error("the event type '{name}' is not known to this organization")]
+    UnknownEventType {
+        name: String,
+        field: String,
+        suggestion: Option<String>,
+    },
     #[error("the event data does not match its type's schema")]
     SchemaViolation(Invalid),
     /// Nothing with that id is visible to the caller.

@@ -9,6 +9,7 @@ use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
 use herald_core::subscription::{Mode, State, Subscription, Verification};
+use herald_core::suggest::did_you_mean;
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
     parse_rate_limit, parse_subscription, parse_timeout_ms,
@@ -122,7 +123,11 @@ fn check_subscription(
         if e != "*" && snapshot.resolve_type(e).is_none() {
             return Err(Invalid::new(
                 format!("events[{i}]"),
-                format!("'{e}' is not an event type of this organization; see GET /v1/orgs/{}/event-types", snapshot.org.id),
+                format!(
+                    "'{e}' is not an event type of this organization{}; see GET /v1/orgs/{}/event-types",
+                    did_you_mean(snapshot.closest_type(e, true)),
+                    snapshot.org.id
+                ),
             )
             .into());
         }
@@ -131,7 +136,10 @@ fn check_subscription(
         if c != "*" && !snapshot.knows_channel(c) {
             return Err(Invalid::new(
                 format!("channels[{i}]"),
-                format!("'{c}' is not a channel of any event type of this organization"),
+                format!(
+                    "'{c}' is not a channel of any event type of this organization{}",
+                    did_you_mean(snapshot.closest_channel(c).as_deref())
+                ),
             )
             .into());
         }

@@ -173,6 +173,48 @@ async fn bad_input_gets_a_clear_client_error() {
     );
     assert!(err["error"]["message"].as_str().unwrap().contains("evnts"));
 
+    // A misspelt name is answered with the one most likely meant.
+    for (path, body, meant) in [
+        (
+            format!("/v1/orgs/{org}/events"),
+            json!({ "type": "user.creatd", "data": {} }),
+            "did you mean 'user.created'?",
+        ),
+        (
+            hooks.clone(),
+            json!({ "name": "x", "url": "https://example.com", "events": ["User_Deleted"] }),
+            "did you mean 'user.deleted'?",
+        ),
+        (
+            hooks.clone(),
+            json!({ "name": "x", "url": "https://example.com", "events": ["webhook.disabld"] }),
+            "did you mean 'webhook.disabled'?",
+        ),
+        (
+            hooks.clone(),
+            json!({ "name": "x", "url": "https://example.com", "channels": ["sesion"] }),
+            "did you mean 'session'?",
+        ),
+    ] {
+        let (status, err) = app.post(&path, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(meant), "{body} → {message}");
+    }
+    let (_, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "invoice.paid", "data": {} }),
+        )
+        .await;
+    assert!(
+        !err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean"),
+        "nothing close, nothing suggested: {err}"
+    );
+
     let (status, err) = app.get(&format!("{hooks}?limit=100000")).await;
     assert_eq!(
         (status, code(&err)),
@@ -853,6 +895,67 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let (ok, out) = herald_cli(&app, &["events", "types", "--org", &org], None).await;
     assert!(
         ok && out.starts_with("NAME") && out.contains("user.created") && out.contains("optare"),
+        "{out}"
+    );
+    // An organization's own type, with its schema from standard input.
+    let schema = r#"{"type": "object", "required": ["invoice"]}"#;
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "events",
+            "register",
+            "--org",
+            &org,
+            "--name",
+            "invoice.paid",
+            "--channel",
+            "billing",
+            "--schema",
+            "-",
+            "--example",
+            r#"{"invoice": {"id": "in_1"}}"#,
+        ],
+        Some(schema),
+    )
+    .await;
+    assert!(
+        ok && out.contains("invoice.paid") && out.contains("billing"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "send",
+            "--org",
+            &org,
+            "--type",
+            "invoice.paid",
+            "--data",
+            "{}",
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok && out.contains("invoice"), "the schema holds: {out}");
+    // A misspelt type: the server's suggestion, and its advice as commands.
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "send",
+            "--org",
+            &org,
+            "--type",
+            "invoice.piad",
+            "--data",
+            "{}",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !ok && out.contains("did you mean 'invoice.paid'?")
+            && out.contains("`herald events types --org ")
+            && !out.contains("/v1/"),
         "{out}"
     );
     let (ok, out) = herald_cli(&app, &["events", "catalog", "--name", "opal"], None).await;
