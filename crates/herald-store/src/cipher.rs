@@ -197,6 +197,8 @@ mod tests {
         let c = SecretCipher::new(Some(K1), &[]).unwrap();
         let sealed = c.seal("whsec_supersecret");
         assert!(sealed.starts_with("enc:v1:") && !sealed.contains("supersecret"));
+        // Users may not choose a secret that looks sealed (the webhook's secret is refused).
+        assert!(sealed.starts_with(herald_core::profile::ENCRYPTED_MARK));
         assert_ne!(
             sealed,
             c.seal("whsec_supersecret"),

@@ -76,10 +76,13 @@ pub struct App {
 /// Opens everything the server needs. Fails with a message that says what to do.
 pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let data_dir = settings.storage.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
-    // First, so that a refused second process writes nothing (not even an admin token).
+    // First, so that a refused second process writes nothing (not even an admin token). It
+    // makes the data directory for the embedded database; PostgreSQL's nodes still keep their
+    // generated admin token there.
     let database_lock = lock_database(&settings.storage).await?;
+    if settings.storage.database_url.is_some() {
+        make_data_dir(&data_dir)?;
+    }
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
     let store = open_store(
         &settings.storage,
@@ -163,6 +166,32 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     })
 }
 
+/// Creates the data directory, readable by this user only: it holds the database (webhook
+/// secrets, unless `--encryption-key` seals them, and every event) and the admin token. One that
+/// already exists is left as its owner set it, with a warning if other users can read it.
+fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("could not create the data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("could not read the data directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "other users of this machine can read the data directory, which holds webhook \
+             secrets and events; make it private with `chmod 700 {}`",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Locks the embedded database for this process (see [`DatabaseLock`]); nothing to lock for
 /// PostgreSQL, which nodes share. Take it before anything else touches the data directory.
 pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<DatabaseLock>> {
@@ -170,8 +199,7 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
         return Ok(None);
     }
     let data_dir = storage.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
+    make_data_dir(&data_dir)?;
     let db_path = data_dir.join("herald.db");
     let lock = tokio::task::spawn_blocking(move || DatabaseLock::acquire(&db_path))
         .await?

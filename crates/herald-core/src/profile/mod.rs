@@ -23,7 +23,7 @@ use crate::retry::RetrySchedule;
 use crate::webhook::Webhook;
 use crate::{DeliveryId, Invalid, Timestamp};
 
-pub use secret::SecretPolicy;
+pub use secret::{ENCRYPTED_MARK, SecretPolicy};
 pub use signature::SignatureScheme;
 
 /// What a profile needs to render one attempt.

@@ -45,6 +45,16 @@ impl SecretPolicy {
             })?;
             return Ok(key.to_secret_string());
         }
+        if raw.starts_with(ENCRYPTED_MARK) {
+            // The store marks secrets it encrypted this way; a plain one that looked the same
+            // would be taken for ciphertext and could not be read back.
+            return Err(Invalid::new(
+                "secret",
+                format!(
+                    "may not begin with '{ENCRYPTED_MARK}' (Herald marks encrypted secrets so); choose another, or omit it to have one generated"
+                ),
+            ));
+        }
         if raw.len() < 16 || raw.len() > 256 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Invalid::new(
                 "secret",
@@ -54,6 +64,9 @@ impl SecretPolicy {
         Ok(raw.to_owned())
     }
 }
+
+/// How the store's encrypted secrets begin (`enc:v1:<key id>:…`); no secret a user supplies may.
+pub const ENCRYPTED_MARK: &str = "enc:";
 
 #[cfg(test)]
 mod tests {
@@ -90,6 +103,13 @@ mod tests {
             SecretPolicy::UserSupplied
                 .parse("correct-horse-battery-staple")
                 .is_ok()
+        );
+        let looks_encrypted = SecretPolicy::UserSupplied
+            .parse("enc:v1:deadbeef:AAAAAAAAAAAAAAAAAAAA")
+            .unwrap_err();
+        assert!(
+            looks_encrypted.message.contains("enc:"),
+            "{looks_encrypted}"
         );
     }
 }

@@ -293,3 +293,35 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
     assert!(stderr.contains("re-encrypt"), "{stderr}");
     assert_eq!(stored_secrets(&data), stored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_to_heralds_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    // One Herald creates is readable by its user alone.
+    let fresh = dir.path().join("new/data");
+    let out = herald_migrate(&["--data-dir", fresh.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&fresh), 0o700);
+
+    // One that others can read is left as it is, with a warning that says what to do.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = herald_migrate(&["--data-dir", shared.to_str().unwrap()], &[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("other users of this machine can read the data directory")
+            && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&shared), 0o755);
+}
