@@ -275,6 +275,13 @@ impl OrgSnapshot {
 /// How many counters organizations share (by hash) to tell a load that raced with a change.
 const GENERATION_STRIPES: usize = 64;
 
+/// Which of the [`GENERATION_STRIPES`] an organization shares.
+fn stripe_of(org: &OrgId) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(org.as_str());
+    (hash % GENERATION_STRIPES as u64) as usize
+}
+
 /// Invalidation counters, so that a load which raced with an invalidation of its organization
 /// is not cached. One counter for everything would let one tenant changing its webhooks in a
 /// loop keep every other tenant's snapshot from being cached; organizations share one of
@@ -297,9 +304,7 @@ impl Generations {
     }
 
     fn stripe(&self, org: &OrgId) -> &AtomicU64 {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(org.as_str());
-        &self.stripes[(hash % GENERATION_STRIPES as u64) as usize]
+        &self.stripes[stripe_of(org)]
     }
 
     fn before_load(&self, org: &OrgId) -> Seen {
@@ -328,6 +333,10 @@ pub struct Directory {
     store: Arc<dyn Store>,
     orgs: RwLock<HashMap<OrgId, Arc<OrgSnapshot>>>,
     generations: Generations,
+    /// One load at a time per stripe of organizations: requests that miss the cache together
+    /// (after a change, with hundreds of producers posting) wait for one load and share it,
+    /// rather than each reading the organization and compiling its schemas again.
+    loading: [tokio::sync::Mutex<()>; GENERATION_STRIPES],
 }
 
 impl Directory {
@@ -336,12 +345,18 @@ impl Directory {
             store,
             orgs: RwLock::new(HashMap::new()),
             generations: Generations::new(),
+            loading: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         }
     }
 
     pub async fn snapshot(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
-        if let Some(s) = self.orgs.read().expect("directory lock").get(org) {
-            return Ok(s.clone());
+        if let Some(s) = self.cached(org) {
+            return Ok(s);
+        }
+        let _loading = self.loading[stripe_of(org)].lock().await;
+        // Whoever held the turn may have loaded it.
+        if let Some(s) = self.cached(org) {
+            return Ok(s);
         }
         let seen = self.generations.before_load(org);
         let organization = self.store.get_org(org).await?;
@@ -359,6 +374,10 @@ impl Directory {
             orgs.insert(org.clone(), snapshot.clone());
         }
         Ok(snapshot)
+    }
+
+    fn cached(&self, org: &OrgId) -> Option<Arc<OrgSnapshot>> {
+        self.orgs.read().expect("directory lock").get(org).cloned()
     }
 
     /// Forgets what is cached of `org`; the next use loads it again.

@@ -12,6 +12,10 @@ use super::cancel_safe::write_then_forget;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
+/// The most a type's schema or example may take, written as compact JSON. Every change to the
+/// organization compiles all its schemas again, so they are kept small.
+const MAX_SCHEMA_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, Default)]
 pub struct EventTypeInput {
     pub name: String,
@@ -71,6 +75,20 @@ pub async fn register(
         .map(|c| parse_channel(&c, "channel"))
         .transpose()?;
     let description = herald_core::webhook::parse_description(input.description)?;
+    for (field, value) in [("schema", &input.schema), ("example", &input.example)] {
+        let written = value.as_ref().map_or(0, |v| v.to_string().len());
+        if written > MAX_SCHEMA_BYTES {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "is {written} bytes written as compact JSON; at most {} KiB are taken (the \
+                     built-in catalogs' largest is under 2 KiB)",
+                    MAX_SCHEMA_BYTES / 1024
+                ),
+            )
+            .into());
+        }
+    }
     if let Some(schema) = &input.schema {
         let validator = compile_schema(schema)?;
         if let Some(example) = &input.example {

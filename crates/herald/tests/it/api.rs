@@ -1239,8 +1239,15 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
     let (status, body) = app.post(&hooks, third).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
-    // And so with the event types it registers itself.
+    // And so with the event types it registers itself, whose schemas are kept small (every
+    // change to the organization compiles them all again).
     let types = format!("/v1/orgs/{org}/event-types");
+    let huge = json!({ "enum": (0..3000).map(|i| format!("value-{i}")).collect::<Vec<_>>() });
+    let (status, body) = app
+        .post(&types, json!({ "name": "invoice.huge", "schema": huge }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "schema", "{body}");
     let (status, body) = app.post(&types, json!({ "name": "invoice.paid" })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = app.post(&types, json!({ "name": "invoice.sent" })).await;
