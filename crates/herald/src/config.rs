@@ -221,6 +221,11 @@ pub struct LimitSettings {
     /// Their JSON Schemas are compiled again whenever the organization's settings change.
     #[arg(long, env = "HERALD_MAX_EVENT_TYPES_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_event_types_per_org: u32,
+    /// The most deliveries one request of events may create (each event becomes one per
+    /// webhook subscribed to it); a request over it is refused whole, so that a batch fanned
+    /// out to many webhooks cannot hold unbounded memory while it is stored.
+    #[arg(long, env = "HERALD_MAX_DELIVERIES_PER_REQUEST", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_deliveries_per_request: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -307,6 +312,7 @@ impl Settings {
             limits: LimitSettings {
                 max_webhooks_per_org: 1_000,
                 max_event_types_per_org: 1_000,
+                max_deliveries_per_request: 10_000,
             },
             logging: LogSettings {
                 log_format: LogFormat::Text,

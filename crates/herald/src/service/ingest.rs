@@ -87,6 +87,8 @@ pub(crate) async fn ingest_values<T>(
         .await
         .map_err(ServiceError::from_store("organization"))?;
     let now = state.clock.now();
+    let most_deliveries = state.settings.limits.max_deliveries_per_request as usize;
+    let mut fanned_out = 0usize;
     let mut items = Vec::with_capacity(raw_events.len());
     for (i, raw) in raw_events.into_iter().enumerate() {
         let at = |e: Invalid| {
@@ -144,7 +146,23 @@ pub(crate) async fn ingest_values<T>(
                     not_before,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        fanned_out += deliveries.len();
+        // The first event always goes, whatever its fan-out: sending fewer must be possible.
+        if fanned_out > most_deliveries && !items.is_empty() {
+            return Err(Invalid::new(
+                "",
+                format!(
+                    "the events of this request would become more than {most_deliveries} \
+                     deliveries, the most one request may create \
+                     (HERALD_MAX_DELIVERIES_PER_REQUEST): each event becomes a delivery for every \
+                     webhook subscribed to it, and the first {} events alone make {fanned_out}; \
+                     send fewer events per request",
+                    i + 1
+                ),
+            )
+            .into());
+        }
         items.push(IngestItem { event, deliveries });
     }
     // Held in memory, or spilled to the store if the webhook has more than its share there.

@@ -1260,6 +1260,51 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_may_create_at_most_so_many_deliveries() {
+    let app = TestApp::spawn_with(|s| s.limits.max_deliveries_per_request = 4).await;
+    let org = app.create_org("Acme").await;
+    let mut hooks = Vec::new();
+    for name in ["a", "b", "c"] {
+        let hook = app
+            .create_webhook(&org, &format!("https://example.com/{name}"), json!({}))
+            .await;
+        hooks.push(hook["id"].as_str().unwrap().to_owned());
+    }
+    let event =
+        |id: &str| json!({ "type": "user.created", "id": id, "data": { "user": { "id": "u1" } } });
+    let events = format!("/v1/orgs/{org}/events");
+
+    // Two events to three webhooks each: six deliveries, over four. Nothing is stored.
+    let (status, body) = app.post(&events, json!([event("e1"), event("e2")])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("HERALD_MAX_DELIVERIES_PER_REQUEST")
+            && message.contains("send fewer events"),
+        "{message}"
+    );
+    assert!(app.delivery_ids(&org, &hooks[0]).await.is_empty());
+
+    // One at a time they go; and a lone event goes whatever its fan-out, or nothing could.
+    for id in ["e1", "e2"] {
+        let (status, body) = app.post(&events, event(id)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    assert_eq!(app.delivery_ids(&org, &hooks[0]).await.len(), 2);
+    let app = TestApp::spawn_with(|s| s.limits.max_deliveries_per_request = 1).await;
+    let org = app.create_org("Acme").await;
+    for name in ["a", "b"] {
+        app.create_webhook(&org, &format!("https://example.com/{name}"), json!({}))
+            .await;
+    }
+    let (status, body) = app
+        .post(&format!("/v1/orgs/{org}/events"), json!([event("e1")]))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["deliveries"], 2, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_kept_to_those_with_the_metrics_token() {
     let app = TestApp::spawn_with(|s| {
         // Read from the environment, a token may keep a stray newline.
