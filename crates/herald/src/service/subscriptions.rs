@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use herald_core::directory::OrgSnapshot;
 use herald_core::subscription::{self, Mode, State, Subscription, Verification};
 use herald_core::webhook::Webhook;
@@ -23,8 +24,11 @@ pub enum Request {
     Repeat,
 }
 
-/// Sends `mode` for each of the webhook's channels (or just `only`) at once, and stores what
-/// each endpoint answered.
+/// How many channels' verification requests are out at once, per verification.
+const VERIFICATIONS_AT_ONCE: usize = 8;
+
+/// Sends `mode` for each of the webhook's channels (or just `only`), [`VERIFICATIONS_AT_ONCE`]
+/// at a time, and stores what each endpoint answered.
 pub async fn verify(
     state: &AppState,
     snapshot: &OrgSnapshot,
@@ -40,15 +44,17 @@ pub async fn verify(
     let existing = snapshot.subscriptions_of(&webhook.id);
     let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
     let client = state.dispatcher.client();
-    let checks = channels.iter().map(|channel| {
-        let topic = subscription::topic(&snapshot.org, webhook.profile, channel);
+    // Each check owns its channel: a stream of futures borrowing from the iterator's items
+    // would not be `Send` for every lifetime, as the caller's task needs.
+    let checks = channels.into_iter().map(|channel| {
+        let topic = subscription::topic(&snapshot.org, webhook.profile, &channel);
         let previous = existing
             .iter()
-            .find(|s| &s.channel == channel)
+            .find(|s| s.channel == channel)
             .map(|s| (*s).clone());
         async move {
             let mut sub = previous.unwrap_or_else(|| {
-                Subscription::pending(webhook.id.clone(), channel.clone(), topic.clone(), mode)
+                Subscription::pending(webhook.id.clone(), channel, topic.clone(), mode)
             });
             if sub.mode != mode || request == Request::New {
                 // A new request: what was verified before (for the other mode, or another URL)
@@ -72,7 +78,12 @@ pub async fn verify(
             sub
         }
     });
-    let subs: Vec<Subscription> = futures::future::join_all(checks).await;
+    // A few at a time: a webhook subscribed to everything may have a channel for each of
+    // hundreds of the organization's own types, each a connection held up to the timeout.
+    let subs: Vec<Subscription> = futures::stream::iter(checks)
+        .buffered(VERIFICATIONS_AT_ONCE)
+        .collect()
+        .await;
     let org = webhook.org_id.clone();
     let subs = write_then_forget(state, &webhook.org_id, "webhook", |store| async move {
         store.save_subscriptions(&org, &subs).await.map(|()| subs)

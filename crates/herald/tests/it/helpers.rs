@@ -337,12 +337,13 @@ struct ReceiverState {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     arrived: Notify,
-    /// Deliveries (POSTs) being answered now, and the most there ever were at once.
+    /// Requests (deliveries and verifications) being answered now, and the most there ever
+    /// were at once.
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
 }
 
-/// Counts a delivery as in flight until it is answered (or its connection is dropped).
+/// Counts a request as in flight until it is answered (or its connection is dropped).
 struct InFlight<'a>(&'a ReceiverState);
 
 impl<'a> InFlight<'a> {
@@ -413,7 +414,7 @@ impl TestReceiver {
         *self.state.default.lock().unwrap() = reply;
     }
 
-    /// The most deliveries (POSTs) this receiver was answering at once.
+    /// The most requests this receiver was answering at once.
     pub fn most_in_flight(&self) -> usize {
         self.state.most_in_flight.load(Ordering::SeqCst)
     }
@@ -490,6 +491,7 @@ async fn receive(
         headers,
         body,
     };
+    let _in_flight = InFlight::enter(&state);
     if method == axum::http::Method::GET {
         let behaviour = *state.subscriber.lock().unwrap();
         let answer = websub_answer(&received, behaviour);
@@ -500,7 +502,6 @@ async fn receive(
         }
         return answer;
     }
-    let _in_flight = InFlight::enter(&state);
     let reply = {
         let next = state.script.lock().unwrap().pop_front();
         next.unwrap_or_else(|| state.default.lock().unwrap().clone())

@@ -669,3 +669,37 @@ async fn the_cli_fails_when_a_channel_is_not_verified() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_channels_are_verified_a_few_at_a_time() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    rx.subscriber(Subscriber::SlowEcho(Duration::from_millis(150)));
+    let (org, _) = asgardeo_org(&app).await;
+    let channels: Vec<String> = (0..20).map(|i| format!("team{i}")).collect();
+    for channel in &channels {
+        let (status, body) = app
+            .post(
+                &format!("/v1/orgs/{org}/event-types"),
+                json!({ "name": format!("{channel}.changed"), "channel": channel }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let channel_names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let hook = active_hub(&app, &org, &rx, &channel_names).await;
+    let id = hook["id"].as_str().unwrap();
+    let (_, listed) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{id}/subscriptions"))
+        .await;
+    for channel in &channels {
+        assert_eq!(
+            state_of(&listed["data"], channel)["state"],
+            "verified",
+            "{listed}"
+        );
+    }
+    assert_eq!(rx.verifications_on("/hub").len(), 20);
+    let most = rx.most_in_flight();
+    assert!((2..=8).contains(&most), "verifications at once: {most}");
+}
