@@ -98,7 +98,12 @@ async fn list_deliveries(
             .map(DeliveryState::parse)
             .transpose()
             .map_err(ServiceError::from)?,
-        event_type: Some(type_filter.clone()).filter(|t| !t.is_empty()),
+        // Checked as the API checks it: PostgreSQL refuses some bytes (NUL) outright.
+        event_type: Some(type_filter.as_str())
+            .filter(|t| !t.is_empty())
+            .map(|t| herald_core::event_type::parse_type_name(t, "event_type"))
+            .transpose()
+            .map_err(ServiceError::from)?,
     };
     let cursor = Some(q.text("cursor")).filter(|c| !c.is_empty());
     let page = PageRequest::new(Some(50), cursor).map_err(ServiceError::from)?;

@@ -136,6 +136,9 @@ impl Authenticator {
     }
 }
 
+/// The most API keys one organization may have: they are listed whole, never paged.
+const MAX_API_KEYS_PER_ORG: usize = 100;
+
 /// A new API key: the record to store and the key itself, shown once.
 pub async fn create_api_key(
     state: &AppState,
@@ -150,6 +153,18 @@ pub async fn create_api_key(
         .snapshot(org)
         .await
         .map_err(ServiceError::from_store("organization"))?;
+    // Checked before the write, as the caps on webhooks and event types are.
+    let existing = state
+        .store
+        .list_api_keys(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    if existing.len() >= MAX_API_KEYS_PER_ORG {
+        return Err(ServiceError::Conflict(format!(
+            "the organization already has {MAX_API_KEYS_PER_ORG} API keys, the most one may \
+             have; delete those no producer uses any more"
+        )));
+    }
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let key = format!("{API_KEY_PREFIX}{}", hex::encode(secret));

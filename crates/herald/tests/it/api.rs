@@ -1257,6 +1257,17 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
         message.contains("HERALD_MAX_EVENT_TYPES_PER_ORG"),
         "{message}"
     );
+
+    // And a hundred API keys at most (they are listed whole).
+    let keys = format!("/v1/orgs/{org}/api-keys");
+    for i in 0..100 {
+        let (status, body) = app.post(&keys, json!({ "name": format!("k{i}") })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = app.post(&keys, json!({ "name": "one too many" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("100 API keys"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,14 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         (a.status, a.location.as_str()),
         (StatusCode::SEE_OTHER, "/orgs")
     );
+    // A filter that is no event type's name is refused as the API refuses it.
+    let a = admin
+        .get(&format!(
+            "/orgs/{org}/webhooks/{hook}/deliveries?event_type=%00"
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(a.body.contains("not a valid event type name"), "{}", a.body);
 
     // Pages are never cached and may run only the dashboard's own script.
     let resp = app
