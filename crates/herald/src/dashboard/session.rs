@@ -31,6 +31,10 @@ const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; past that the ones closest to expiry go first. Only people holding
 /// a valid token can create sessions, so this only bounds memory against a runaway script.
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions of one token kept at most; past that its own oldest goes. A script signing in
+/// with one organization's keys in a loop (at most 100 keys, so 1,600 sessions) thus never
+/// reaches [`MAX_SESSIONS`] and signs nobody else out.
+const MAX_SESSIONS_PER_TOKEN: usize = 16;
 
 /// A message shown once on the next page: the outcome of an action, or a new secret.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +94,17 @@ impl Sessions {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| s.expires > now);
+        let own: Vec<(&String, Instant)> = map
+            .iter()
+            .filter(|(_, s)| s.digest == digest)
+            .map(|(k, s)| (k, s.expires))
+            .collect();
+        if own.len() >= MAX_SESSIONS_PER_TOKEN
+            && let Some(oldest) = own.iter().min_by_key(|(_, expires)| *expires)
+        {
+            let oldest = oldest.0.clone();
+            map.remove(&oldest);
+        }
         while map.len() >= MAX_SESSIONS {
             let Some(oldest) = map
                 .iter()
@@ -341,5 +356,21 @@ mod tests {
         assert!(sessions.take_flashes(&id).is_empty());
         sessions.remove(&id);
         assert!(sessions.get(&id).is_none());
+    }
+
+    #[test]
+    fn signing_in_again_and_again_ends_only_the_same_tokens_sessions() {
+        let sessions = Sessions::new();
+        let someone = sessions.create(TokenDigest::of("someone"));
+        let first = sessions.create(TokenDigest::of("script"));
+        let mut latest = first.clone();
+        for _ in 0..MAX_SESSIONS_PER_TOKEN {
+            latest = sessions.create(TokenDigest::of("script"));
+        }
+        assert!(sessions.get(&first).is_none(), "its own oldest went");
+        assert!(sessions.get(&latest).is_some());
+        assert!(sessions.get(&someone).is_some(), "another's stays");
+        let map = sessions.map.lock().unwrap();
+        assert_eq!(map.len(), MAX_SESSIONS_PER_TOKEN + 1);
     }
 }
