@@ -75,7 +75,7 @@ pub struct ServerSettings {
     pub no_migrate: bool,
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Storage")]
 pub struct StorageSettings {
     /// Where the embedded database and generated secrets live.
@@ -103,6 +103,44 @@ impl StorageSettings {
     pub fn database_url_for_display(&self) -> Option<String> {
         self.database_url.as_deref().map(redact_password)
     }
+}
+
+// The settings that hold secrets show them as `…` when debug-printed, so that printing the
+// settings (in a test failure, say) shows none of them.
+
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url_for_display())
+            .field("database_pool_size", &self.database_pool_size)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EncryptionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionSettings")
+            .field("encryption_key", &hidden(&self.encryption_key))
+            .field("encryption_old_keys", &self.encryption_old_keys.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SecuritySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecuritySettings")
+            .field("admin_token", &hidden(&self.admin_token))
+            .field("allow_private_networks", &self.allow_private_networks)
+            .field("allow_insecure_urls", &self.allow_insecure_urls)
+            .field("metrics_token", &hidden(&self.metrics_token))
+            .finish()
+    }
+}
+
+/// `Some("…")` for a secret that is set.
+fn hidden(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "…")
 }
 
 /// `postgres://user:secret@host/db?password=x` → `postgres://user@host/db?password=…`: the
@@ -141,7 +179,7 @@ pub fn redact_password(url: &str) -> String {
 
 /// Webhook secrets encrypted at rest. `migrate` takes them too, since it re-encrypts secrets
 /// stored under an old key or none.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Encryption at rest")]
 pub struct EncryptionSettings {
     /// Encrypt webhook secrets at rest with this key: 32 random bytes as 64 hex characters or
@@ -159,7 +197,7 @@ pub struct EncryptionSettings {
     pub encryption_old_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Security")]
 pub struct SecuritySettings {
     /// The admin bearer token. Without it, one is generated on first start and kept in the data
@@ -324,7 +362,28 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_password;
+    use super::*;
+
+    #[test]
+    fn debug_printed_settings_show_no_secret() {
+        let mut settings = Settings::for_data_dir("/tmp/x".into());
+        settings.security.admin_token = Some("hadm_admin-secret".into());
+        settings.security.metrics_token = Some("metrics-secret".into());
+        settings.storage.database_url = Some("postgres://u:db-secret@h/d".into());
+        settings.encryption.encryption_key = Some("key-secret".into());
+        settings.encryption.encryption_old_keys = vec!["old-secret".into()];
+        let shown = format!("{settings:?}");
+        for secret in [
+            "admin-secret",
+            "metrics-secret",
+            "db-secret",
+            "key-secret",
+            "old-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres://u@h/d"), "{shown}");
+    }
 
     #[test]
     fn a_database_password_is_never_shown() {
