@@ -65,7 +65,25 @@ impl Dispatcher {
             }
         };
         let limit = shared.settings.disable_after;
-        if now.as_millis() - since.as_millis() >= limit.as_millis() as i64 {
+        let long_enough =
+            |since: Timestamp| now.as_millis() - since.as_millis() >= limit.as_millis() as i64;
+        if !long_enough(since) {
+            return Ok(());
+        }
+        // This node's memory of the streak may be stale: another node's success since (with
+        // several nodes) cleared it in the store. The store's answer decides.
+        let since = if known.is_some() {
+            let stored = shared
+                .store
+                .note_webhook_outcome(&webhook.id, true, now)
+                .await?
+                .unwrap_or(now);
+            self.note_streak(webhook, Some(stored));
+            stored
+        } else {
+            since
+        };
+        if long_enough(since) {
             let days = limit.as_secs_f64() / 86_400.0;
             return self
                 .disable(

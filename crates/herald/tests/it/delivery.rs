@@ -822,6 +822,50 @@ async fn a_webhook_that_recovered_is_not_disabled_by_its_next_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streak_another_node_ended_does_not_disable_the_webhook() {
+    let app = TestApp::spawn().await;
+    let target = TestReceiver::start().await;
+    target.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &target.url("/hook"),
+            json!({ "events": ["user.created"], "retry_schedule": [0] }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    let first = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &first, |d| d["state"] == "failed")
+        .await;
+    // This node remembers the webhook failing since now. Another node (sharing the database)
+    // then delivers to it, which ends the streak in the store, not in this node's memory.
+    let webhook_id = herald_core::WebhookId::parse(id).unwrap();
+    let ended = app
+        .state
+        .store
+        .note_webhook_outcome(&webhook_id, false, app.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(ended, None);
+
+    // Six days on, one failure here starts a new streak; it does not count from the old one.
+    app.advance(Duration::from_secs(6 * 24 * 3600));
+    app.send_event(&org, user_created("u2")).await;
+    let second = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &second, |d| d["state"] == "failed")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(
+        (hook["active"].clone(), hook["disabled_reason"].clone()),
+        (json!(true), serde_json::Value::Null),
+        "{hook}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_fails_its_last_attempt_is_reported() {
     let app = TestApp::spawn().await;
     let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
