@@ -61,6 +61,10 @@ impl Dispatcher {
                 // Left behind by an eviction: dropped before it takes a rate-limit slot.
                 continue;
             }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                self.give_back(first, &mut rx).await;
+                continue;
+            }
             let webhook = self.webhook_of(&first.delivery).await;
             let mut batch = vec![first];
             if let Some(window) = webhook
@@ -104,10 +108,12 @@ impl Dispatcher {
                 continue;
             };
             if self.shared.stopping.load(Ordering::SeqCst) {
-                // Shutting down: what has not started stays leased in the store and is picked
-                // up again at the next start, rather than being sent and cut off half-way.
-                for d in &batch {
-                    self.release_held(&d.delivery_id);
+                // Shutting down: what has not started is given back rather than being sent and
+                // cut off half-way.
+                if let Some(first) = batch.first() {
+                    let org = first.org_id.clone();
+                    self.give_back_leases(&org, batch.iter().map(|d| &d.delivery_id))
+                        .await;
                 }
                 continue;
             }
@@ -122,6 +128,45 @@ impl Dispatcher {
             while in_flight.try_join_next().is_some() {}
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Shutting down: gives `first` and everything queued behind it back to the store.
+    async fn give_back(&self, first: Queued, rx: &mut mpsc::UnboundedReceiver<Queued>) {
+        let org = first.delivery.org_id.clone();
+        let mut ids = vec![first.delivery.delivery_id];
+        // The senders are gone (the dispatcher is draining): this empties the queue.
+        while let Ok(queued) = rx.try_recv() {
+            if self.is_current(&queued) {
+                ids.push(queued.delivery.delivery_id);
+            }
+        }
+        self.give_back_leases(&org, ids.iter()).await;
+    }
+
+    /// Gives these held deliveries back to the store, due now, so that another node (or this
+    /// one, started again) takes them at once rather than when their leases end: with
+    /// PostgreSQL, a rolling restart would otherwise hold each node's backlog up for a lease.
+    async fn give_back_leases<'a>(
+        &self,
+        org: &herald_core::OrgId,
+        ids: impl IntoIterator<Item = &'a herald_core::DeliveryId>,
+    ) {
+        let leases = self.release_held_leases(ids);
+        if leases.is_empty() {
+            return;
+        }
+        let now = self.shared.clock.now();
+        match self.shared.store.defer_deliveries(org, &leases, now).await {
+            Ok(()) => tracing::debug!(
+                deliveries = leases.len(),
+                "gave deliveries back on shutdown"
+            ),
+            Err(e) => tracing::warn!(
+                deliveries = leases.len(),
+                error = %e,
+                "could not give deliveries back on shutdown; they come back when their leases end"
+            ),
+        }
     }
 
     /// The webhook as the directory has it now.

@@ -1415,3 +1415,50 @@ async fn metrics_count_what_happened() {
         )) >= 0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_gives_back_what_it_had_not_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let app = TestApp::spawn_with(|s| {
+        s.storage.data_dir = data.clone();
+        s.delivery.endpoint_concurrency = 1;
+    })
+    .await;
+    let target = TestReceiver::start().await;
+    target.answer_by_default(Reply::status(200).after(Duration::from_millis(1500)));
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &target.url("/slow"),
+        json!({ "events": ["user.created"] }),
+    )
+    .await;
+    for i in 0..5 {
+        app.send_event(&org, user_created(&format!("u{i}"))).await;
+    }
+    target.wait_for("/slow", 1, WAIT).await;
+
+    // Stopping: the attempt in flight finishes; the four queued behind it are given back to
+    // the store, due now and without a lease, for another node (or the next start) to take at
+    // once rather than after the lease (five minutes by default).
+    drop(app);
+    let still_leased = || {
+        let conn = rusqlite::Connection::open(data.join("herald.db")).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FILTER (WHERE lease_until IS NOT NULL), COUNT(*) \
+             FROM deliveries WHERE state = 'pending'",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen = still_leased();
+    while seen != (0, 4) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = still_leased();
+    }
+    assert_eq!(seen, (0, 4), "(pending with a lease, pending)");
+    assert_eq!(target.received_on("/slow").len(), 1);
+}
