@@ -192,7 +192,7 @@ impl Dispatcher {
         });
         // The breaker hears the answer before the outcome is written: a failure to write it says
         // nothing about the endpoint.
-        if let Some(moved) = ticket.settle(outcome.is_success(), shared.clock.now()) {
+        for moved in ticket.settle(outcome.is_success(), shared.clock.now()) {
             self.move_deferred(&webhook.id, moved).await;
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {

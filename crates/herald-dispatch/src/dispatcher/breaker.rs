@@ -51,12 +51,15 @@ impl Breaker {
     /// `probe_ms` is how long a probe may take (the webhook's timeout and a margin): deliveries
     /// that come while it is out wait that long rather than come back every second, which for a
     /// large backlog would mean writing all of it again every second.
-    pub(crate) fn gate(&mut self, now: Timestamp, probe_ms: i64) -> Gate {
+    ///
+    /// An `urgent` request (a test, a resend: someone is waiting to see it) does not wait for
+    /// the cool-down's end: it goes at once as the probe, unless a probe is already out.
+    pub(crate) fn gate(&mut self, now: Timestamp, probe_ms: i64, urgent: bool) -> Gate {
         let soonest = now.plus_millis(MIN_DEFER_MS);
         match (self.open_until, self.probe_due) {
             (None, _) => Gate::Pass,
             (Some(_), Some(due)) => Gate::Defer(due.max(soonest)),
-            (Some(until), None) if now < until => Gate::Defer(until.max(soonest)),
+            (Some(until), None) if now < until && !urgent => Gate::Defer(until.max(soonest)),
             (Some(_), None) => {
                 self.probe_due = Some(now.plus_millis(probe_ms.max(MIN_DEFER_MS)));
                 Gate::Probe
@@ -76,7 +79,15 @@ impl Breaker {
             // Deferred deliveries wait for the probe's answer if one is out (those put off to
             // the cool-down's end are due already), or else for the cool-down's end: a request
             // let through before the circuit opened may answer during it.
-            let waiting = self.probe_due.or(self.open_until);
+            let mut waiting: Vec<Timestamp> =
+                self.probe_due.or(self.open_until).into_iter().collect();
+            // An urgent probe may come before the cool-down's end: what was put off to that end
+            // waits no longer either.
+            if let (Some(_), Some(until)) = (self.probe_due, self.open_until)
+                && until > now
+            {
+                waiting.push(until);
+            }
             let was_open = self.open_until.is_some();
             *self = Self::default();
             return if was_open {
@@ -115,10 +126,11 @@ pub(crate) enum Settled {
         until: Timestamp,
         waiting: Option<Timestamp>,
     },
-    /// Closed by a success; `waiting` is the time the deliveries deferred meanwhile were put off
-    /// to: the end of the probe's time if one was out, or else of the cool-down.
+    /// Closed by a success; `waiting` is the times the deliveries deferred meanwhile were put
+    /// off to: the end of the probe's time if one was out (and the cool-down's, if the probe
+    /// came before it), or else the cool-down's end.
     Closed {
-        waiting: Option<Timestamp>,
+        waiting: Vec<Timestamp>,
     },
 }
 
@@ -166,7 +178,7 @@ impl<'a> Ticket<'a> {
 
     /// Records the endpoint's answer. Answers where the deliveries deferred meanwhile should go
     /// now: due at once if it closed the circuit, to the new cool-down's end if a probe failed.
-    pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Option<Move> {
+    pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Vec<Move> {
         self.probe = false;
         let settled = of(
             &mut self.breakers.lock().expect("breakers lock"),
@@ -174,14 +186,20 @@ impl<'a> Ticket<'a> {
         )
         .record(success, now);
         match settled {
-            Settled::Unchanged => None,
+            Settled::Unchanged => Vec::new(),
             Settled::Opened { until, waiting } => {
                 tracing::warn!(webhook = %self.webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
-                waiting.map(|from| Move { from, to: until })
+                waiting
+                    .map(|from| Move { from, to: until })
+                    .into_iter()
+                    .collect()
             }
             Settled::Closed { waiting } => {
                 tracing::info!(webhook = %self.webhook, "endpoint answers again; resuming deliveries to it (circuit closed)");
-                waiting.map(|from| Move { from, to: now })
+                waiting
+                    .into_iter()
+                    .map(|from| Move { from, to: now })
+                    .collect()
             }
         }
     }
@@ -213,7 +231,7 @@ mod tests {
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD - 1 {
             assert_eq!(b.record(false, t), Settled::Unchanged);
-            assert_eq!(b.gate(t, PROBE_MS), Gate::Pass);
+            assert_eq!(b.gate(t, PROBE_MS, false), Gate::Pass);
         }
         let Settled::Opened {
             until,
@@ -224,21 +242,43 @@ mod tests {
         };
         assert_eq!(until, t.plus_millis(30_000));
         assert!(matches!(
-            b.gate(t.plus_millis(10), PROBE_MS),
+            b.gate(t.plus_millis(10), PROBE_MS, false),
             Gate::Defer(_)
         ));
-        assert_eq!(b.gate(until, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(until, PROBE_MS, false), Gate::Probe);
         assert!(
-            matches!(b.gate(until, PROBE_MS), Gate::Defer(_)),
+            matches!(b.gate(until, PROBE_MS, false), Gate::Defer(_)),
             "one probe at a time"
         );
         assert_eq!(
             b.record(true, until),
             Settled::Closed {
-                waiting: Some(until.plus_millis(PROBE_MS))
+                waiting: vec![until.plus_millis(PROBE_MS)]
             }
         );
-        assert_eq!(b.gate(until, PROBE_MS), Gate::Pass);
+        assert_eq!(b.gate(until, PROBE_MS, false), Gate::Pass);
+    }
+
+    #[test]
+    fn an_urgent_request_goes_as_the_probe_without_waiting_for_the_cool_down() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        for _ in 0..THRESHOLD {
+            b.record(false, t);
+        }
+        let early = t.plus_millis(10);
+        assert!(matches!(b.gate(early, PROBE_MS, false), Gate::Defer(_)));
+        assert_eq!(b.gate(early, PROBE_MS, true), Gate::Probe);
+        // One probe at a time, urgent or not.
+        assert!(matches!(b.gate(early, PROBE_MS, true), Gate::Defer(_)));
+        assert_eq!(
+            b.record(true, early),
+            Settled::Closed {
+                // The probe's deferrals, and those put off to the cool-down's end.
+                waiting: vec![early.plus_millis(PROBE_MS), t.plus_millis(30_000)]
+            }
+        );
+        assert_eq!(b.gate(early, PROBE_MS, false), Gate::Pass);
     }
 
     #[test]
@@ -249,7 +289,7 @@ mod tests {
             b.record(false, t);
         }
         let first = t.plus_millis(30_000);
-        assert_eq!(b.gate(first, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(first, PROBE_MS, false), Gate::Probe);
         assert_eq!(
             b.record(false, first),
             Settled::Opened {
@@ -299,8 +339,8 @@ mod tests {
             }
         }
 
-        fn gate(&self, at: Timestamp, probe_ms: i64) -> Gate {
-            of(&mut self.breakers.lock().unwrap(), &self.webhook).gate(at, probe_ms)
+        fn gate(&self, at: Timestamp, probe_ms: i64, urgent: bool) -> Gate {
+            of(&mut self.breakers.lock().unwrap(), &self.webhook).gate(at, probe_ms, urgent)
         }
 
         fn ticket(&self, probe: bool) -> Ticket<'_> {
@@ -312,10 +352,10 @@ mod tests {
     fn a_probe_that_gets_no_answer_is_given_back() {
         let b = Opened::new();
         let until = b.until;
-        assert_eq!(b.gate(until, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(until, PROBE_MS, false), Gate::Probe);
         drop(b.ticket(true));
         assert_eq!(
-            b.gate(until, PROBE_MS),
+            b.gate(until, PROBE_MS, false),
             Gate::Probe,
             "the next request probes"
         );
@@ -323,14 +363,14 @@ mod tests {
         // A probe that got its answer is not given back: the answer decides.
         b.ticket(true).settle(false, until);
         assert!(
-            matches!(b.gate(until, PROBE_MS), Gate::Defer(_)),
+            matches!(b.gate(until, PROBE_MS, false), Gate::Defer(_)),
             "failed probe: open again"
         );
         let later = until.plus_millis(60_000);
-        assert_eq!(b.gate(later, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Probe);
         b.ticket(true).settle(true, later);
         assert_eq!(
-            b.gate(later, PROBE_MS),
+            b.gate(later, PROBE_MS, false),
             Gate::Pass,
             "successful probe: closed"
         );
@@ -339,11 +379,11 @@ mod tests {
     #[test]
     fn an_ordinary_attempt_without_an_answer_leaves_a_probe_in_flight_alone() {
         let b = Opened::new();
-        assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(b.until, PROBE_MS, false), Gate::Probe);
         // An attempt let through before the circuit opened ends without an answer.
         drop(b.ticket(false));
         assert!(
-            matches!(b.gate(b.until, PROBE_MS), Gate::Defer(_)),
+            matches!(b.gate(b.until, PROBE_MS, false), Gate::Defer(_)),
             "still one probe at a time"
         );
     }
@@ -351,59 +391,62 @@ mod tests {
     #[test]
     fn deliveries_wait_for_the_probe_and_its_success_tells_until_when() {
         let b = Opened::new();
-        assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(b.until, PROBE_MS, false), Gate::Probe);
         let due = b.until.plus_millis(PROBE_MS);
         // Not every second: the whole backlog would be written again each time.
         let later = b.until.plus_millis(1_500);
-        assert_eq!(b.gate(later, PROBE_MS), Gate::Defer(due));
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Defer(due));
         assert_eq!(
-            b.gate(b.until, 5),
+            b.gate(b.until, 5, false),
             Gate::Defer(due),
             "the probe's own window"
         );
         assert_eq!(
             b.ticket(true).settle(true, later),
-            Some(Move {
+            vec![Move {
                 from: due,
                 to: later
-            })
+            }]
         );
-        assert_eq!(b.gate(later, PROBE_MS), Gate::Pass);
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
 
         // A probe that fails opens the circuit again: they go to the end of the next cool-down
         // (twice as long) at once, rather than come due at the probe's deadline only to be
         // deferred again one by one.
         let b = Opened::new();
-        assert_eq!(b.gate(b.until, PROBE_MS), Gate::Probe);
+        assert_eq!(b.gate(b.until, PROBE_MS, false), Gate::Probe);
         let failed = b.until.plus_millis(2_000);
         assert_eq!(
             b.ticket(true).settle(false, failed),
-            Some(Move {
+            vec![Move {
                 from: b.until.plus_millis(PROBE_MS),
                 to: failed.plus_millis(60_000)
-            })
+            }]
         );
         assert_eq!(
-            b.gate(failed, PROBE_MS),
+            b.gate(failed, PROBE_MS, false),
             Gate::Defer(failed.plus_millis(60_000))
         );
         // A request let through before the circuit opened succeeds during the cool-down: what
         // was put off to its end may go now.
         let b = Opened::new();
         let early = b.until.plus_millis(-20_000);
-        assert_eq!(b.gate(early, PROBE_MS), Gate::Defer(b.until));
+        assert_eq!(b.gate(early, PROBE_MS, false), Gate::Defer(b.until));
         assert_eq!(
             b.ticket(false).settle(true, early),
-            Some(Move {
+            vec![Move {
                 from: b.until,
                 to: early
-            })
+            }]
         );
-        assert_eq!(b.gate(early, PROBE_MS), Gate::Pass);
+        assert_eq!(b.gate(early, PROBE_MS, false), Gate::Pass);
         // An overdue probe (no answer yet past its window) defers by the minimum.
         let b = Opened::new();
-        assert_eq!(b.gate(b.until, 10), Gate::Probe);
+        assert_eq!(b.gate(b.until, 10, false), Gate::Probe);
         let past = b.until.plus_millis(5_000);
-        assert_eq!(b.gate(past, PROBE_MS), Gate::Defer(past.plus_millis(1_000)));
+        assert_eq!(
+            b.gate(past, PROBE_MS, false),
+            Gate::Defer(past.plus_millis(1_000))
+        );
     }
 }

@@ -97,8 +97,21 @@ pub struct DispatchMetrics {
 
 /// A webhook's running task: where its deliveries go, and how many it may send at once.
 struct Worker {
-    tx: mpsc::UnboundedSender<Queued>,
+    /// Its queues: the urgent one (a test, a resend: someone is watching) is taken first.
+    tx: Queues<mpsc::UnboundedSender<Queued>>,
     limit: Arc<limit::Limit>,
+}
+
+/// A webhook's two queues.
+struct Queues<T> {
+    urgent: T,
+    regular: T,
+}
+
+impl<T> Queues<T> {
+    fn pick(&self, urgent: bool) -> &T {
+        if urgent { &self.urgent } else { &self.regular }
+    }
 }
 
 /// A delivery in its webhook's queue, with the number of the hold it was queued under (see
@@ -106,6 +119,10 @@ struct Worker {
 struct Queued {
     delivery: DueDelivery,
     hold: u64,
+    /// Asked for by a person now (a test, a resend): it goes ahead of the webhook's backlog,
+    /// and an open circuit lets it through as its probe rather than hold it to the cool-down's
+    /// end.
+    urgent: bool,
 }
 
 /// The handle that ingest, the API and the scheduler use. Cheap to clone.
@@ -261,6 +278,16 @@ impl Dispatcher {
     /// Queues deliveries leased to this node until `lease_until` for their webhooks. A delivery
     /// already held is not queued again; its lease is known to last longer now.
     pub fn enqueue(&self, deliveries: Vec<DueDelivery>, lease_until: Timestamp) {
+        self.queue(deliveries, lease_until, false);
+    }
+
+    /// Queues one delivery someone is waiting to see (a test, a resend) ahead of its webhook's
+    /// backlog; an open circuit sends it as its probe.
+    pub fn enqueue_urgent(&self, delivery: DueDelivery, lease_until: Timestamp) {
+        self.queue(vec![delivery], lease_until, true);
+    }
+
+    fn queue(&self, deliveries: Vec<DueDelivery>, lease_until: Timestamp, urgent: bool) {
         let mut largest = 0;
         let fresh: Vec<Queued> = {
             let mut held = self.shared.held.lock().expect("held lock");
@@ -270,7 +297,11 @@ impl Dispatcher {
                     let bytes = d.event.approx_bytes();
                     let hold = held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes)?;
                     largest = largest.max(bytes);
-                    Some(Queued { delivery: d, hold })
+                    Some(Queued {
+                        delivery: d,
+                        hold,
+                        urgent,
+                    })
                 })
                 .collect();
             self.note_held(&held);
@@ -286,15 +317,26 @@ impl Dispatcher {
         let mut workers = self.shared.workers.lock().expect("workers lock");
         for queued in fresh {
             let delivery = match workers.get(&queued.delivery.webhook_id) {
-                Some(worker) => match worker.tx.send(queued) {
+                Some(worker) => match worker.tx.pick(urgent).send(queued) {
                     Ok(()) => continue,
                     Err(mpsc::error::SendError(q)) => q,
                 },
                 None => queued,
             };
             let webhook_id = delivery.delivery.webhook_id.clone();
-            let (tx, rx) = mpsc::unbounded_channel();
-            tx.send(delivery).expect("the receiver is alive");
+            let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
+            let (regular_tx, regular_rx) = mpsc::unbounded_channel();
+            let tx = Queues {
+                urgent: urgent_tx,
+                regular: regular_tx,
+            };
+            let rx = Queues {
+                urgent: urgent_rx,
+                regular: regular_rx,
+            };
+            tx.pick(urgent)
+                .send(delivery)
+                .expect("the receiver is alive");
             let limit = limit::Limit::new(self.shared.settings.per_webhook_concurrency);
             workers.insert(
                 webhook_id.clone(),

@@ -16,7 +16,7 @@ use herald_core::webhook::Webhook;
 use super::breaker::{self, Gate};
 use super::limit::Limit;
 
-use super::{Dispatcher, Queued};
+use super::{Dispatcher, Queued, Queues};
 
 /// The most deliveries one batched request carries.
 pub(crate) const MAX_BATCH: usize = 100;
@@ -27,7 +27,7 @@ impl Dispatcher {
     pub(super) async fn run_worker(
         self,
         webhook_id: WebhookId,
-        mut rx: mpsc::UnboundedReceiver<Queued>,
+        mut queues: Queues<mpsc::UnboundedReceiver<Queued>>,
         slots: Arc<Limit>,
     ) {
         // Requests in flight hold a slot; attempts whose outcome is still being written hold only
@@ -39,16 +39,24 @@ impl Dispatcher {
         // The earliest time the next request may start, when the webhook has a rate limit.
         let mut next_slot = tokio::time::Instant::now();
         loop {
+            // The urgent queue first; a closed queue's branch is left out until both are.
             let next = tokio::select! {
-                d = rx.recv() => d,
+                biased;
+                Some(d) = queues.urgent.recv() => Some(d),
+                Some(d) = queues.regular.recv() => Some(d),
                 _ = tokio::time::sleep(self.shared.settings.idle_worker) => None,
+                else => None,
             };
             let first = match next {
                 Some(d) => d,
                 None => {
                     // Idle (or shut down): leave unless something arrived while we decided.
                     let mut workers = self.shared.workers.lock().expect("workers lock");
-                    match rx.try_recv() {
+                    match queues
+                        .urgent
+                        .try_recv()
+                        .or_else(|_| queues.regular.try_recv())
+                    {
                         Ok(d) => d,
                         Err(_) => {
                             workers.remove(&webhook_id);
@@ -62,7 +70,7 @@ impl Dispatcher {
                 continue;
             }
             if self.shared.stopping.load(Ordering::SeqCst) {
-                self.give_back(first, &mut rx).await;
+                self.give_back(first, &mut queues).await;
                 continue;
             }
             let webhook = self.webhook_of(&first.delivery).await;
@@ -74,7 +82,7 @@ impl Dispatcher {
             {
                 let deadline = tokio::time::Instant::now() + window;
                 while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    match tokio::time::timeout_at(deadline, queues.regular.recv()).await {
                         Ok(Some(q)) => {
                             if self.is_current(&q) {
                                 batch.push(q);
@@ -93,6 +101,7 @@ impl Dispatcher {
             // adaptive limit, which would then grow on the store's backpressure.
             let task = tasks.clone().acquire_owned().await.expect("never closed");
             let permit = slots.acquire().await;
+            let urgent = batch.iter().any(|q| q.urgent);
             let batch = self.start(batch);
             if batch.is_empty() {
                 // Evicted while it waited: back in the store, to be pulled again.
@@ -102,7 +111,7 @@ impl Dispatcher {
                 breaker::probe_ms(w.effective_timeout_ms())
             });
             let Some(probe) = self
-                .pass_breaker(&webhook_id, &batch, probe_ms, &mut rx)
+                .pass_breaker(&webhook_id, &batch, probe_ms, urgent, &mut queues.regular)
                 .await
             else {
                 continue;
@@ -131,11 +140,15 @@ impl Dispatcher {
     }
 
     /// Shutting down: gives `first` and everything queued behind it back to the store.
-    async fn give_back(&self, first: Queued, rx: &mut mpsc::UnboundedReceiver<Queued>) {
+    async fn give_back(&self, first: Queued, queues: &mut Queues<mpsc::UnboundedReceiver<Queued>>) {
         let org = first.delivery.org_id.clone();
         let mut ids = vec![first.delivery.delivery_id];
-        // The senders are gone (the dispatcher is draining): this empties the queue.
-        while let Ok(queued) = rx.try_recv() {
+        // The senders are gone (the dispatcher is draining): this empties the queues.
+        while let Ok(queued) = queues
+            .urgent
+            .try_recv()
+            .or_else(|_| queues.regular.try_recv())
+        {
             if self.is_current(&queued) {
                 ids.push(queued.delivery.delivery_id);
             }
@@ -176,7 +189,7 @@ impl Dispatcher {
     }
 
     /// Whether the webhook's circuit lets this batch through (`Some`, and whether it is the
-    /// probe); if not, the batch is deferred to the end of the cool-down in the store, or of the
+    /// probe: an `urgent` batch is one as soon as no other probe is out); if not, the batch is deferred to the end of the cool-down in the store, or of the
     /// probe that is out (`probe_ms` is how long one may take), and so is what is queued behind
     /// it, up to [`MAX_DEFERRED`] in all: a backlog is then put off a thousand at a time, where
     /// one write each, waited for in turn, took minutes for a large one.
@@ -185,6 +198,7 @@ impl Dispatcher {
         webhook: &WebhookId,
         batch: &[DueDelivery],
         probe_ms: i64,
+        urgent: bool,
         queue: &mut mpsc::UnboundedReceiver<Queued>,
     ) -> Option<bool> {
         let now = self.shared.clock.now();
@@ -192,7 +206,7 @@ impl Dispatcher {
             &mut self.shared.breakers.lock().expect("breakers lock"),
             webhook,
         )
-        .gate(now, probe_ms);
+        .gate(now, probe_ms, urgent);
         let until = match gate {
             Gate::Pass => return Some(false),
             Gate::Probe => return Some(true),

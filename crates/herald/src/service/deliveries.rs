@@ -65,7 +65,9 @@ pub async fn resend(
     let resent = state.store.resend_delivery(org, id, now, lease_until).await;
     handing_off.disarm();
     let due = resent.map_err(ServiceError::from_store("delivery"))?;
-    state.dispatcher.enqueue(vec![due], lease_until);
+    // Someone is waiting to see it: ahead of the webhook's backlog, and through an open
+    // circuit as its probe.
+    state.dispatcher.enqueue_urgent(due, lease_until);
     get(state, scope, org, id).await
 }
 

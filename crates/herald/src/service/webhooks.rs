@@ -590,7 +590,7 @@ pub async fn send_test(
             id: delivery_id.clone(),
             webhook_id: w.id.clone(),
             // Held whatever memory is left, like a resend: someone is waiting to see it arrive,
-            // and it must not queue behind the webhook's backlog.
+            // and it goes ahead of the webhook's backlog (`enqueue_urgent`).
             placement: Placement::Leased,
             skip: None,
             // A test is sent now, whatever the schedule says.
@@ -606,15 +606,15 @@ pub async fn send_test(
         .await;
     handing_off.disarm();
     stored.map_err(ServiceError::from_store("organization"))?;
-    state.dispatcher.enqueue(
-        vec![DueDelivery {
+    state.dispatcher.enqueue_urgent(
+        DueDelivery {
             delivery_id: delivery_id.clone(),
             org_id: org.clone(),
             webhook_id: w.id.clone(),
             event: event.clone(),
             attempt_count: 0,
             schedule_base: 0,
-        }],
+        },
         lease_until,
     );
     Ok((event.id.clone(), delivery_id))

@@ -627,6 +627,58 @@ async fn a_test_event_goes_through_the_normal_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_goes_ahead_of_the_backlog_and_through_an_open_circuit() {
+    let app = TestApp::spawn_with(|s| s.delivery.endpoint_concurrency = 1).await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(200).after(Duration::from_millis(200)));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/h"),
+            json!({ "events": ["user.created"], "retry_schedule": [0] }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let test = format!("/v1/orgs/{org}/webhooks/{id}/test");
+
+    // Eight events queued one at a time behind a slow endpoint; the test overtakes them.
+    for i in 0..8 {
+        app.send_event(&org, user_created(&format!("u{i}"))).await;
+    }
+    rx.wait_for("/h", 1, WAIT).await;
+    let (status, answer) = app.post(&test, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let got = rx.wait_for("/h", 9, WAIT).await;
+    let at = got
+        .iter()
+        .position(|r| r.json()["type"] == "herald.test")
+        .unwrap();
+    assert!(at <= 2, "the test arrived as request {at} of 9");
+
+    // Ten failures open the circuit for 30 s (the clock does not move here); a test then goes
+    // at once as its probe, and its success closes the circuit.
+    rx.answer_by_default(Reply::status(500));
+    for i in 0..10 {
+        app.send_event(&org, user_created(&format!("f{i}"))).await;
+    }
+    rx.wait_for("/h", 19, WAIT).await;
+    app.send_event(&org, user_created("held")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received_on("/h").len(), 19, "the circuit is open");
+    rx.answer_by_default(Reply::status(200));
+    let (status, answer) = app.post(&test, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let got = rx.wait_for("/h", 21, WAIT).await;
+    assert_eq!(got[19].json()["type"], "herald.test", "the probe");
+    assert_eq!(
+        got[20].json()["data"]["user"]["id"],
+        "held",
+        "then what waited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_organizations_own_type_is_checked_against_its_schema() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
