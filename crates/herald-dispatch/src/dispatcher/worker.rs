@@ -39,13 +39,13 @@ impl Dispatcher {
         // The earliest time the next request may start, when the webhook has a rate limit.
         let mut next_slot = tokio::time::Instant::now();
         loop {
-            // The urgent queue first; a closed queue's branch is left out until both are.
+            // The urgent queue first. Both close together (the dispatcher is draining): the
+            // regular queue's `None` then ends the wait at once.
             let next = tokio::select! {
                 biased;
                 Some(d) = queues.urgent.recv() => Some(d),
-                Some(d) = queues.regular.recv() => Some(d),
+                d = queues.regular.recv() => d,
                 _ = tokio::time::sleep(self.shared.settings.idle_worker) => None,
-                else => None,
             };
             let first = match next {
                 Some(d) => d,
