@@ -201,6 +201,7 @@ impl PostgresStore {
         .await
         .map_err(sql)?;
         let mut applied = 0;
+        let mut upgrading = false;
         for m in migrations::POSTGRES {
             let done = tx
                 .query_opt(
@@ -211,6 +212,7 @@ impl PostgresStore {
                 .map_err(sql)?
                 .is_some();
             if done {
+                upgrading = true;
                 continue;
             }
             tx.batch_execute(m.sql).await.map_err(sql)?;
@@ -224,10 +226,19 @@ impl PostgresStore {
             )
             .await
             .map_err(sql)?;
-            tracing::info!(version = m.version, name = m.name, "applied migration");
+            if upgrading {
+                tracing::info!(version = m.version, name = m.name, "applied migration");
+            } else {
+                tracing::debug!(version = m.version, name = m.name, "applied migration");
+            }
             applied += 1;
         }
         tx.commit().await.map_err(sql)?;
+        if !upgrading && applied > 0 {
+            // A new database: one line, not one per migration.
+            let version = migrations::POSTGRES.last().map_or(0, |m| m.version);
+            tracing::info!(version, "created the database schema");
+        }
         Ok(applied)
     }
 

@@ -225,6 +225,7 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
         )?;
         let mut upgrading = false;
+        let mut applied_fresh = false;
         for m in migrations::SQLITE {
             let done: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)",
@@ -254,7 +255,17 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
                 ],
             )?;
             tx.commit()?;
-            tracing::info!(version = m.version, name = m.name, "applied migration");
+            applied_fresh = !upgrading;
+            if upgrading {
+                tracing::info!(version = m.version, name = m.name, "applied migration");
+            } else {
+                tracing::debug!(version = m.version, name = m.name, "applied migration");
+            }
+        }
+        if applied_fresh {
+            // A new database: one line, not one per migration.
+            let version = migrations::SQLITE.last().map_or(0, |m| m.version);
+            tracing::info!(version, "created the database schema");
         }
         Ok(())
     };
