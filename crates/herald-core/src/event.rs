@@ -220,9 +220,7 @@ impl<'a> Posted<'a> {
         };
         let id = match self.id {
             Some(Field::Text(id)) => parse_event_id(&id)?,
-            Some(Field::Null) | None => {
-                format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase())
-            }
+            Some(Field::Null) | None => generate_event_id(),
             Some(_) => return Err(Invalid::new("id", "must be a string")),
         };
         let occurred_at = match self.occurred_at {
@@ -300,6 +298,11 @@ fn too_deep() -> Invalid {
         "data",
         format!("is nested deeper than {MAX_DATA_DEPTH} levels"),
     )
+}
+
+/// A new event id (`evt_` and a ULID), for an event posted without one.
+pub fn generate_event_id() -> String {
+    format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
 /// An idempotency key: 1 to 255 visible ASCII characters.
