@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use herald_core::directory::Directory;
@@ -158,8 +158,11 @@ struct Shared {
     wake_renewals: Notify,
     /// Each webhook's failing streak as this node last saved it, newer than the directory's.
     failing: Mutex<HashMap<WebhookId, health::Streak>>,
-    /// Set on shutdown: attempts in flight finish, queued ones are left for the next start.
+    /// Set on shutdown: attempts in flight finish, queued ones are given back to the store.
     stopping: AtomicBool,
+    /// The same, for a webhook's task waiting for room to send: it gives its queue back then
+    /// rather than wait for an attempt in flight (which may take longer than the drain's grace).
+    stop: watch::Sender<bool>,
     breakers: breaker::Breakers,
     metrics: DispatchMetrics,
     operations: OnceLock<Arc<dyn Operations>>,
@@ -192,6 +195,7 @@ impl Dispatcher {
                 wake_renewals: Notify::new(),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
+                stop: watch::Sender::new(false),
                 breakers: breaker::Breakers::default(),
                 metrics: DispatchMetrics::default(),
                 operations: OnceLock::new(),
@@ -410,6 +414,7 @@ impl Dispatcher {
     /// ingest have stopped feeding it), up to `grace`.
     pub async fn drain(&self, grace: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.stop.send_replace(true);
         self.shared.workers.lock().expect("workers lock").clear();
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
         let _ =

@@ -38,6 +38,7 @@ impl Dispatcher {
         let mut in_flight = JoinSet::new();
         // The earliest time the next request may start, when the webhook has a rate limit.
         let mut next_slot = tokio::time::Instant::now();
+        let mut stop = self.shared.stop.subscribe();
         loop {
             // The urgent queue first. Both close together (the dispatcher is draining): the
             // regular queue's `None` then ends the wait at once.
@@ -70,15 +71,19 @@ impl Dispatcher {
                 continue;
             }
             if self.shared.stopping.load(Ordering::SeqCst) {
-                self.give_back(first, &mut queues).await;
+                self.give_back(vec![first], &mut queues).await;
                 continue;
             }
             let webhook = self.webhook_of(&first.delivery).await;
+            // A test or a resend goes alone: what would share its request would pass an open
+            // circuit with it.
+            let urgent = first.urgent;
             let mut batch = vec![first];
             if let Some(window) = webhook
                 .as_ref()
                 .and_then(|w| w.batch_window_ms())
                 .map(|ms| Duration::from_millis(u64::from(ms)))
+                .filter(|_| !urgent)
             {
                 let deadline = tokio::time::Instant::now() + window;
                 while batch.len() < MAX_BATCH {
@@ -99,9 +104,19 @@ impl Dispatcher {
             }
             // The task first: a slot taken while waiting for a task would look busy to the
             // adaptive limit, which would then grow on the store's backpressure.
-            let task = tasks.clone().acquire_owned().await.expect("never closed");
-            let permit = slots.acquire().await;
-            let urgent = batch.iter().any(|q| q.urgent);
+            let room = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopping| *stopping) => None,
+                room = async {
+                    let task = tasks.clone().acquire_owned().await.expect("never closed");
+                    (task, slots.acquire().await)
+                } => Some(room),
+            };
+            let Some((task, permit)) = room else {
+                // Shutting down while the attempts in flight hold every slot.
+                self.give_back(batch, &mut queues).await;
+                continue;
+            };
             let batch = self.start(batch);
             if batch.is_empty() {
                 // Evicted while it waited: back in the store, to be pulled again.
@@ -139,10 +154,17 @@ impl Dispatcher {
         while in_flight.join_next().await.is_some() {}
     }
 
-    /// Shutting down: gives `first` and everything queued behind it back to the store.
-    async fn give_back(&self, first: Queued, queues: &mut Queues<mpsc::UnboundedReceiver<Queued>>) {
-        let org = first.delivery.org_id.clone();
-        let mut ids = vec![first.delivery.delivery_id];
+    /// Shutting down: gives `taken` (taken off the queue, not started) and everything queued
+    /// behind it back to the store.
+    async fn give_back(
+        &self,
+        taken: Vec<Queued>,
+        queues: &mut Queues<mpsc::UnboundedReceiver<Queued>>,
+    ) {
+        let Some(org) = taken.first().map(|q| q.delivery.org_id.clone()) else {
+            return;
+        };
+        let mut ids: Vec<_> = taken.into_iter().map(|q| q.delivery.delivery_id).collect();
         // The senders are gone (the dispatcher is draining): this empties the queues.
         while let Ok(queued) = queues
             .urgent

@@ -1478,7 +1478,7 @@ async fn a_stopping_node_gives_back_what_it_had_not_started() {
     })
     .await;
     let target = TestReceiver::start().await;
-    target.answer_by_default(Reply::status(200).after(Duration::from_millis(1500)));
+    target.answer_by_default(Reply::status(200).after(Duration::from_millis(3000)));
     let org = app.create_org("Acme").await;
     app.create_webhook(
         &org,
@@ -1491,9 +1491,9 @@ async fn a_stopping_node_gives_back_what_it_had_not_started() {
     }
     target.wait_for("/slow", 1, WAIT).await;
 
-    // Stopping: the attempt in flight finishes; the four queued behind it are given back to
-    // the store, due now and without a lease, for another node (or the next start) to take at
-    // once rather than after the lease (five minutes by default).
+    // Stopping: the four queued behind the attempt in flight are given back to the store at
+    // once, due now and without a lease, for another node (or the next start) to take rather
+    // than after the lease (five minutes by default); the attempt in flight finishes.
     drop(app);
     let still_leased = || {
         let conn = rusqlite::Connection::open(data.join("herald.db")).unwrap();
@@ -1505,12 +1505,21 @@ async fn a_stopping_node_gives_back_what_it_had_not_started() {
         )
         .unwrap()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut seen = still_leased();
-    while seen != (0, 4) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = still_leased();
-    }
+    let wait_for = |wanted: (i64, i64), within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        async move {
+            let mut seen = still_leased();
+            while seen != wanted && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen = still_leased();
+            }
+            seen
+        }
+    };
+    // Given back while the first is still in flight (it answers after 3 s).
+    let seen = wait_for((1, 5), Duration::from_secs(2)).await;
+    assert_eq!(seen, (1, 5), "(pending with a lease, pending)");
+    let seen = wait_for((0, 4), Duration::from_secs(15)).await;
     assert_eq!(seen, (0, 4), "(pending with a lease, pending)");
     assert_eq!(target.received_on("/slow").len(), 1);
 }
