@@ -6,7 +6,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
@@ -333,10 +333,11 @@ pub struct Directory {
     store: Arc<dyn Store>,
     orgs: RwLock<HashMap<OrgId, Arc<OrgSnapshot>>>,
     generations: Generations,
-    /// One load at a time per stripe of organizations: requests that miss the cache together
-    /// (after a change, with hundreds of producers posting) wait for one load and share it,
-    /// rather than each reading the organization and compiling its schemas again.
-    loading: [tokio::sync::Mutex<()>; GENERATION_STRIPES],
+    /// One load at a time per organization: requests that miss the cache together (after a
+    /// change, with hundreds of producers posting) wait for one load and share it, rather than
+    /// each reading the organization and compiling its schemas again. An entry lives while
+    /// someone loads or waits.
+    loading: Mutex<HashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Directory {
@@ -345,7 +346,7 @@ impl Directory {
             store,
             orgs: RwLock::new(HashMap::new()),
             generations: Generations::new(),
-            loading: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -353,11 +354,31 @@ impl Directory {
         if let Some(s) = self.cached(org) {
             return Ok(s);
         }
-        let _loading = self.loading[stripe_of(org)].lock().await;
-        // Whoever held the turn may have loaded it.
-        if let Some(s) = self.cached(org) {
-            return Ok(s);
+        let turn = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(org.clone())
+            .or_default()
+            .clone();
+        let loaded = {
+            let _turn = turn.lock().await;
+            // Whoever held the turn before may have loaded it.
+            match self.cached(org) {
+                Some(s) => Ok(s),
+                None => self.load(org).await,
+            }
+        };
+        let mut loading = self.loading.lock().expect("loading lock");
+        // Ours and the map's: nobody else waits for this organization's turn.
+        if Arc::strong_count(&turn) == 2 {
+            loading.remove(org);
         }
+        loaded
+    }
+
+    /// Reads the organization from the store and caches it, unless it changed meanwhile.
+    async fn load(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
         let seen = self.generations.before_load(org);
         let organization = self.store.get_org(org).await?;
         let webhooks = self.store.org_webhooks(org).await?;

@@ -2978,3 +2978,41 @@ async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
     }
     assert_eq!(claimed, vec![id], "due well before its lease ends");
 }
+
+/// The directory's cache over a real store: requests that miss it together share one load of
+/// their organization (they get the very same snapshot), each organization its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_miss_the_directory_together_share_one_load() {
+    use herald_core::directory::Directory;
+    let fresh = sqlite().await.unwrap();
+    let store = fresh.store.clone();
+    let (acme, _) = org_with_webhook(&store, "acme").await;
+    let (globex, _) = org_with_webhook(&store, "globex").await;
+    let directory = Arc::new(Directory::new(store));
+    for _ in 0..3 {
+        let loads = (0..32).map(|i| {
+            let directory = directory.clone();
+            let org = if i % 2 == 0 {
+                acme.id.clone()
+            } else {
+                globex.id.clone()
+            };
+            tokio::spawn(async move { (org.clone(), directory.snapshot(&org).await.unwrap()) })
+        });
+        let loaded: Vec<_> = futures::future::join_all(loads)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for org in [&acme.id, &globex.id] {
+            let mine: Vec<_> = loaded.iter().filter(|(o, _)| o == org).collect();
+            assert_eq!(mine.len(), 16);
+            assert!(
+                mine.iter().all(|(_, s)| Arc::ptr_eq(s, &mine[0].1)),
+                "one load, shared"
+            );
+            assert_eq!(&mine[0].1.org.id, org);
+        }
+        directory.invalidate_all();
+    }
+}
