@@ -168,7 +168,9 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
 
 /// Creates the data directory, readable by this user only: it holds the database (webhook
 /// secrets, unless `--encryption-key` seals them, and every event) and the admin token. One that
-/// already exists is left as its owner set it, with a warning if other users can read it.
+/// already exists is left as its owner set it, with a warning if users outside its owner and
+/// group may reach into it.
+#[cfg(unix)]
 fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -184,12 +186,18 @@ fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         tracing::warn!(
             data_dir = %dir.display(),
             mode = format!("{:o}", mode & 0o777),
-            "other users of this machine can read the data directory, which holds webhook \
+            "other users of this machine can reach into the data directory, which holds webhook \
              secrets and events; make it private with `chmod 700 {}`",
             dir.display()
         );
     }
     Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("could not create the data directory {}", dir.display()))
 }
 
 /// Locks the embedded database for this process (see [`DatabaseLock`]); nothing to lock for

@@ -51,7 +51,7 @@ impl SecretPolicy {
             return Err(Invalid::new(
                 "secret",
                 format!(
-                    "may not begin with '{ENCRYPTED_MARK}' (Herald marks encrypted secrets so); choose another, or omit it to have one generated"
+                    "may not begin with '{ENCRYPTED_MARK}' (Herald marks encrypted secrets so); choose another"
                 ),
             ));
         }

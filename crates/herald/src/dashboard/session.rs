@@ -32,9 +32,10 @@ const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// a valid token can create sessions, so this only bounds memory against a runaway script.
 const MAX_SESSIONS: usize = 10_000;
 /// Sessions of one token kept at most; past that its own oldest goes. A script signing in
-/// with one organization's keys in a loop (at most 100 keys, so 1,600 sessions) thus never
-/// reaches [`MAX_SESSIONS`] and signs nobody else out.
-const MAX_SESSIONS_PER_TOKEN: usize = 16;
+/// with one organization's keys in a loop (at most 100 keys, so 6,400 sessions) thus never
+/// reaches [`MAX_SESSIONS`] and signs nobody else out, while a team sharing the admin token
+/// still has room for everyone's browsers.
+const MAX_SESSIONS_PER_TOKEN: usize = 64;
 
 /// A message shown once on the next page: the outcome of an action, or a new secret.
 #[derive(Debug, Clone, Serialize)]

@@ -25,7 +25,7 @@ pub enum Request {
 }
 
 /// How many channels' verification requests are out at once, per verification.
-const VERIFICATIONS_AT_ONCE: usize = 8;
+const VERIFICATIONS_AT_ONCE: usize = 32;
 
 /// Sends `mode` for each of the webhook's channels (or just `only`), [`VERIFICATIONS_AT_ONCE`]
 /// at a time, and stores what each endpoint answered.
@@ -78,8 +78,9 @@ pub async fn verify(
             sub
         }
     });
-    // A few at a time: a webhook subscribed to everything may have a channel for each of
-    // hundreds of the organization's own types, each a connection held up to the timeout.
+    // A bounded number at a time: a webhook subscribed to everything may have a channel for
+    // each of hundreds of the organization's own types, each a connection held up to the
+    // timeout. The catalogs' channels (a dozen at most) all go at once, as before.
     let subs: Vec<Subscription> = futures::stream::iter(checks)
         .buffered(VERIFICATIONS_AT_ONCE)
         .collect()

@@ -319,7 +319,7 @@ async fn the_data_directory_is_private_to_heralds_user() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("other users of this machine can read the data directory")
+        stderr.contains("other users of this machine can reach into the data directory")
             && stderr.contains("chmod 700"),
         "{stderr}"
     );
