@@ -382,12 +382,15 @@ pub enum EventsCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The type's name, e.g. `invoice.paid` (letters, digits, `.`, `_`, `-`).
+        /// The type's name, e.g. `invoice.paid`: up to 128 letters, digits, `.`, `_`, `-`, `:`
+        /// or `/`.
         #[arg(long)]
         name: String,
-        /// The channel it belongs to (what webhooks may subscribe to as a whole).
+        /// The channel it belongs to (what webhooks may subscribe to as a whole): lower-case
+        /// letters, digits, `_` or `-`.
         #[arg(long)]
         channel: Option<String>,
+        /// What the event means, shown with the organization's types.
         #[arg(long)]
         description: Option<String>,
         /// A file holding the JSON Schema of the event's data (`-` for standard input).
@@ -419,8 +422,17 @@ pub struct SendArgs {
     pub file: Option<String>,
 }
 
-/// The server's advice names API routes; here it names the commands that do the same.
-fn in_cli_terms(message: &str) -> String {
+/// The organization a request's path names (`/v1/orgs/{org}/…`), if any.
+fn org_in(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/orgs/")?
+        .split(['/', '?'])
+        .next()
+        .filter(|org| !org.is_empty())
+}
+
+/// The server's advice names API routes; here it names the commands that do the same, for
+/// `org` (the request's) where the advice leaves it open.
+fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(at) = rest.find(" /v1/orgs/") {
@@ -435,7 +447,11 @@ fn in_cli_terms(message: &str) -> String {
             .find(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == ')')
             .unwrap_or(path.len());
         let org = path["/v1/orgs/".len()..end].split('/').next().unwrap_or("");
-        let org = if org == "{org}" { "…" } else { org };
+        let org = match (org, request_org) {
+            ("{org}", Some(known)) => known,
+            ("{org}", None) => "…",
+            (named, _) => named,
+        };
         let command = match (method, path[..end].strip_suffix("/event-types")) {
             ("GET", Some(_)) => Some(format!("`herald events types --org {org}`")),
             ("POST", Some(_)) => Some(format!("`herald events register --org {org} --name …`")),
@@ -548,7 +564,7 @@ impl Api {
         };
         if !status.is_success() {
             match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
-                Some(message) => bail!("{status}: {}", in_cli_terms(message)),
+                Some(message) => bail!("{status}: {}", in_cli_terms(message, org_in(path))),
                 None => bail!(not_herald()),
             }
         }
@@ -1200,21 +1216,31 @@ mod tests {
 
     #[test]
     fn the_servers_advice_names_commands() {
+        let advice = "the event type 'x' is unknown; list the known types with GET \
+                      /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types";
         assert_eq!(
-            in_cli_terms(
-                "the event type 'x' is unknown; list the known types with GET \
-                 /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types"
-            ),
+            in_cli_terms(advice, None),
             "the event type 'x' is unknown; list the known types with `herald events types \
              --org …` or register it with `herald events register --org … --name …`"
         );
+        let path = "/v1/orgs/org_9/events";
         assert_eq!(
-            in_cli_terms("events[0]: 'x' is not one; see GET /v1/orgs/org_1/event-types"),
+            in_cli_terms(advice, org_in(path)),
+            "the event type 'x' is unknown; list the known types with `herald events types \
+             --org org_9` or register it with `herald events register --org org_9 --name …`"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "events[0]: 'x' is not one; see GET /v1/orgs/org_1/event-types",
+                None
+            ),
             "events[0]: 'x' is not one; see `herald events types --org org_1`"
         );
         // Routes without a command of their own are left as they are.
         let other = "see GET /v1/orgs/org_1/webhooks, then POST /v1/orgs";
-        assert_eq!(in_cli_terms(other), other);
-        assert_eq!(in_cli_terms("no route here"), "no route here");
+        assert_eq!(in_cli_terms(other, None), other);
+        assert_eq!(in_cli_terms("no route here", None), "no route here");
+        assert_eq!(org_in("/v1/orgs?limit=200"), None);
+        assert_eq!(org_in("/v1/orgs/org_9?x=1"), Some("org_9"));
     }
 }
