@@ -2,6 +2,7 @@
 //! a running server over its HTTP API, print tables for people and JSON with `--json`.
 
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -189,13 +190,17 @@ pub enum WebhooksCommand {
         /// The webhook's id (`wh_…`).
         id: String,
     },
-    /// Send a test event to the webhook.
+    /// Send a test event to the webhook and wait for the endpoint's answer (fails if it is not
+    /// a success).
     Test {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
         id: String,
+        /// Only send it: print the event and delivery ids without waiting for the answer.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Where each channel's WebSub verification stands (WebSub webhooks, such as asgardeo's).
     Subscriptions {
@@ -787,6 +792,52 @@ fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Result<()> {
     fail_on_unverified(page)
 }
 
+/// The longest a test waits for its first attempt: the longest webhook timeout and a margin.
+const TEST_WAIT: Duration = Duration::from_secs(65);
+
+/// Waits for the test delivery's first attempt and says how it went; fails unless it succeeded.
+fn show_test_outcome(api: &Api, org: &str, delivery: &str) -> anyhow::Result<()> {
+    let path = api_path(&["v1", "orgs", org, "deliveries", delivery])?;
+    let deadline = Instant::now() + TEST_WAIT;
+    eprintln!("Sent {delivery}; waiting for the endpoint's answer…");
+    let detail = loop {
+        let detail = api.get(&path)?;
+        if detail["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break detail;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no answer recorded for {delivery} after {} s; see `herald deliveries get --org \
+                 {org} {delivery}`",
+                TEST_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let attempt = &detail["attempts"][0];
+    let took = attempt["duration_ms"].as_u64().unwrap_or_default();
+    if detail["state"] == "succeeded" {
+        out!(
+            "Delivered {delivery}: the endpoint answered {} in {took} ms.",
+            attempt["status"]
+        );
+        return Ok(());
+    }
+    let answer = match (
+        attempt["status"].as_u64(),
+        attempt["error_message"].as_str(),
+    ) {
+        (Some(status), _) => format!("the endpoint answered {status}"),
+        (None, Some(message)) => message.to_owned(),
+        (None, None) => attempt["error"].as_str().unwrap_or("it failed").to_owned(),
+    };
+    let next = match detail["next_attempt_at"].as_str() {
+        Some(at) => format!("Herald tries again at {at}"),
+        None => "no attempt is left".to_owned(),
+    };
+    bail!("not delivered ({delivery}): {answer} after {took} ms; {next}")
+}
+
 /// Fails if any channel of a page of WebSub subscriptions failed verification.
 fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
     let failed = page["data"]
@@ -979,14 +1030,18 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 );
             }
         }
-        WebhooksCommand::Test { org, id } => show(
-            &conn,
-            &api.post(
+        WebhooksCommand::Test { org, id, no_wait } => {
+            let sent = api.post(
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "test"])?,
                 json!({}),
-            )?,
-            &["event_id", "delivery_id"],
-        ),
+            )?;
+            if no_wait || conn.json {
+                show(&conn, &sent, &["event_id", "delivery_id"]);
+            } else {
+                let delivery = sent["delivery_id"].as_str().unwrap_or_default();
+                show_test_outcome(&api, &org, delivery)?;
+            }
+        }
         WebhooksCommand::Delete { org, id } => {
             api.call(
                 reqwest::Method::DELETE,

@@ -1041,6 +1041,22 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let (ok, out) = herald_cli(&app, &["webhooks", "delete", "--org", &org, ".."], None).await;
     assert!(!ok && out.contains("is not an id"), "{out}");
 
+    // A test waits for the endpoint's answer, and fails when it is not a success.
+    let test = ["webhooks", "test", "--org", "acme", &hook];
+    let (ok, out) = herald_cli(&app, &test, None).await;
+    assert!(
+        ok && out.contains("Delivered dlv_") && out.contains("answered 200"),
+        "{out}"
+    );
+    rx.answer_by_default(crate::helpers::Reply::status(500));
+    let (ok, out) = herald_cli(&app, &test, None).await;
+    assert!(
+        !ok && out.contains("the endpoint answered 500") && out.contains("tries again at"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &[&test[..], &["--no-wait"]].concat(), None).await;
+    assert!(ok && out.starts_with("EVENT_ID"), "{out}");
+
     // A server address without its scheme is named before any request is made.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--server", "127.0.0.1:7600"], None).await;
     assert!(!ok && out.contains("give its scheme and host"), "{out}");
