@@ -232,13 +232,10 @@ async fn webhook_action(
                     "Secret rotated; the previous one keeps signing beside it for 24 hours.",
                 )
             }),
-        "test" => webhooks::send_test(&state, scope, &org, &id)
-            .await
-            .map(|(_, delivery)| {
-                Flash::ok(format!(
-                    "Test event sent as delivery {delivery}; it shows in the history below."
-                ))
-            }),
+        "test" => match webhooks::send_test(&state, scope, &org, &id).await {
+            Ok((_, delivery)) => test_flash(&state, scope, &org, &delivery).await,
+            Err(e) => Err(e),
+        },
         "verify" => {
             let channel = Some(form.text("channel")).filter(|c| !c.is_empty());
             subscriptions::resend(&state, scope, &org, &id, channel)
@@ -263,6 +260,46 @@ async fn webhook_action(
         Err(e) => signed.flash(&state, Flash::error(describe(e).1)),
     }
     Ok(Redirect::to(&back).into_response())
+}
+
+/// How long "Send test" waits for the endpoint's answer before the page comes back.
+const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What became of a test just sent: the endpoint's answer if it came within [`TEST_WAIT`].
+async fn test_flash(
+    state: &AppState,
+    scope: &crate::service::Scope,
+    org: &OrgId,
+    delivery: &herald_core::DeliveryId,
+) -> Result<Flash, ServiceError> {
+    let Some(detail) = deliveries::first_attempt(state, scope, org, delivery, TEST_WAIT).await?
+    else {
+        return Ok(Flash::ok(format!(
+            "Test event sent as delivery {delivery}; no answer yet: it shows in the history \
+             below when one comes."
+        )));
+    };
+    let attempt = &detail.attempts[0];
+    let took = attempt.duration_ms;
+    Ok(match (detail.delivery.state, attempt.status) {
+        (herald_core::delivery::DeliveryState::Succeeded, status) => Flash::ok(format!(
+            "Test delivered: the endpoint answered {} in {took} ms.",
+            status.map_or("2xx".to_owned(), |s| s.to_string())
+        )),
+        (_, Some(status)) => Flash::error(format!(
+            "Test not delivered: the endpoint answered {status} after {took} ms; it is retried on \
+             the webhook's schedule (delivery {delivery} in the history below)."
+        )),
+        (_, None) => Flash::error(format!(
+            "Test not delivered: {} after {took} ms; it is retried on the webhook's schedule \
+             (delivery {delivery} in the history below).",
+            attempt
+                .error_message
+                .as_deref()
+                .or(attempt.error.as_deref())
+                .unwrap_or("it failed")
+        )),
+    })
 }
 
 fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {

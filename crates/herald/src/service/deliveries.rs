@@ -51,6 +51,28 @@ pub async fn get(
     Ok(DeliveryDetail { delivery, attempts })
 }
 
+/// The delivery once its first attempt is recorded, looked at every 100 ms for at most
+/// `within`; `None` if none is recorded by then (for a person who just sent a test).
+pub async fn first_attempt(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &DeliveryId,
+    within: std::time::Duration,
+) -> ServiceResult<Option<DeliveryDetail>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let detail = get(state, scope, org, id).await?;
+        if !detail.attempts.is_empty() {
+            return Ok(Some(detail));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends a finished delivery again now, with a fresh retry schedule.
 pub async fn resend(
     state: &AppState,

@@ -1038,3 +1038,32 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
         .verify_standard(&old)
         .expect("the previous secret signs too during the overlap");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_tells_what_the_endpoint_answered() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/t"), json!({})).await;
+    let id = hook["id"].as_str().unwrap();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}/webhooks/{id}");
+    let csrf = admin.csrf(&page).await;
+    let test = format!("{page}/test");
+
+    let a = admin.post(&test, &[("csrf", csrf.as_str())]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let shown = admin.get(&a.location).await.body;
+    assert!(
+        shown.contains("Test delivered: the endpoint answered 200"),
+        "{shown}"
+    );
+
+    rx.answer_by_default(Reply::status(503));
+    let a = admin.post(&test, &[("csrf", csrf.as_str())]).await;
+    let shown = admin.get(&a.location).await.body;
+    assert!(
+        shown.contains("Test not delivered: the endpoint answered 503"),
+        "{shown}"
+    );
+}
