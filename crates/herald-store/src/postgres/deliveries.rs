@@ -891,18 +891,19 @@ pub(crate) async fn defer(
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<()> {
-    for (id, lease_until) in leases {
+    // One statement for a whole backlog (up to a thousand from an open circuit, or a webhook's
+    // queue on shutdown), not a round trip per delivery.
+    for chunk in leases.chunks(10_000) {
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+        let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
         c.exec(
-            "UPDATE deliveries SET lease_until = NULL, \
-             next_attempt_at = GREATEST(COALESCE(next_attempt_at, $1), $1), \
-             due_at = GREATEST(COALESCE(next_attempt_at, $1), $1) \
-             WHERE id = $2 AND org_id = $3 AND state = 'pending' AND lease_until = $4",
-            &[
-                &until.as_millis(),
-                &id.as_str(),
-                &org.as_str(),
-                &lease_until.as_millis(),
-            ],
+            "UPDATE deliveries d SET lease_until = NULL, \
+             next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $1), $1), \
+             due_at = GREATEST(COALESCE(d.next_attempt_at, $1), $1) \
+             FROM unnest($2::text[], $3::bigint[]) AS l(id, lease_until) \
+             WHERE d.id = l.id AND d.org_id = $4 AND d.state = 'pending' \
+             AND d.lease_until = l.lease_until",
+            &[&until.as_millis(), &ids, &held, &org.as_str()],
         )
         .await?;
     }
