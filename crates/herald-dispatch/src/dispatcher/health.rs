@@ -54,15 +54,7 @@ impl Dispatcher {
         }
         let since = match known {
             Some(since) => since,
-            None => {
-                let since = shared
-                    .store
-                    .note_webhook_outcome(&webhook.id, true, now)
-                    .await?
-                    .unwrap_or(now);
-                self.note_streak(webhook, Some(since));
-                since
-            }
+            None => self.note_failure(webhook, now).await?,
         };
         let limit = shared.settings.disable_after;
         let long_enough =
@@ -72,16 +64,9 @@ impl Dispatcher {
         }
         // This node's memory of the streak may be stale: another node's success since (with
         // several nodes) cleared it in the store. The store's answer decides.
-        let since = if known.is_some() {
-            let stored = shared
-                .store
-                .note_webhook_outcome(&webhook.id, true, now)
-                .await?
-                .unwrap_or(now);
-            self.note_streak(webhook, Some(stored));
-            stored
-        } else {
-            since
+        let since = match known {
+            Some(_) => self.note_failure(webhook, now).await?,
+            None => since,
         };
         if long_enough(since) {
             let days = limit.as_secs_f64() / 86_400.0;
@@ -96,6 +81,23 @@ impl Dispatcher {
                 .await;
         }
         Ok(())
+    }
+
+    /// Notes a failure in the store (which starts a streak if none runs) and here; answers since
+    /// when the webhook has been failing, as the store says.
+    async fn note_failure(
+        &self,
+        webhook: &Webhook,
+        now: Timestamp,
+    ) -> Result<Timestamp, StoreError> {
+        let since = self
+            .shared
+            .store
+            .note_webhook_outcome(&webhook.id, true, now)
+            .await?
+            .unwrap_or(now);
+        self.note_streak(webhook, Some(since));
+        Ok(since)
     }
 
     /// Since when every attempt to the webhook failed, as far as this node knows.
