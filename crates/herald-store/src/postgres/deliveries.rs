@@ -892,17 +892,23 @@ pub(crate) async fn defer(
     until: Timestamp,
 ) -> DbResult<()> {
     // One statement for a whole backlog (up to a thousand from an open circuit, or a webhook's
-    // queue on shutdown), not a round trip per delivery.
+    // queue on shutdown), not a round trip per delivery. It skips the rows another transaction
+    // holds rather than wait for them: a change to all of the webhook's deliveries (a pause, a
+    // deletion) holding some of these and waiting for others would deadlock with it. A row
+    // skipped keeps its lease and comes back when that ends (or the change settles it).
     for chunk in leases.chunks(10_000) {
         let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
         let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
         c.exec(
-            "UPDATE deliveries d SET lease_until = NULL, \
+            "WITH mine AS ( \
+                 SELECT d.id FROM deliveries d \
+                 JOIN unnest($2::text[], $3::bigint[]) AS l(id, lease_until) ON d.id = l.id \
+                 WHERE d.org_id = $4 AND d.state = 'pending' AND d.lease_until = l.lease_until \
+                 FOR UPDATE OF d SKIP LOCKED) \
+             UPDATE deliveries d SET lease_until = NULL, \
              next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $1), $1), \
              due_at = GREATEST(COALESCE(d.next_attempt_at, $1), $1) \
-             FROM unnest($2::text[], $3::bigint[]) AS l(id, lease_until) \
-             WHERE d.id = l.id AND d.org_id = $4 AND d.state = 'pending' \
-             AND d.lease_until = l.lease_until",
+             FROM mine WHERE d.id = mine.id",
             &[&until.as_millis(), &ids, &held, &org.as_str()],
         )
         .await?;

@@ -662,10 +662,11 @@ impl Store for PostgresStore {
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()> {
-        // Each row on its own, not in one transaction: a breaker defers up to a thousand at
-        // once, and a transaction holding some of them while it waits for the next would
-        // deadlock with a change to all of the webhook's deliveries (a pause, a deletion) that
-        // holds that one and waits for these. Deferring twice is harmless.
+        // Not in a transaction of its own: a breaker defers up to a thousand at once, and a
+        // transaction holding some of them while it waits for the next would deadlock with a
+        // change to all of the webhook's deliveries (a pause, a deletion) that holds that one
+        // and waits for these. Each statement skips the rows others hold instead (see
+        // `deliveries::defer`). Deferring twice is harmless.
         on_client!(self, |c| deliveries::defer(&c, org, leases, until))
     }
 
