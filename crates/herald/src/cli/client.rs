@@ -198,7 +198,8 @@ pub enum WebhooksCommand {
         org: String,
         /// The webhook's id (`wh_…`).
         id: String,
-        /// Only send it: print the event and delivery ids without waiting for the answer.
+        /// Only send it: print the event and delivery ids without waiting for the answer (as
+        /// `--json` does, printing the server's answer).
         #[arg(long)]
         no_wait: bool,
     },
@@ -801,9 +802,21 @@ fn show_test_outcome(api: &Api, org: &str, delivery: &str) -> anyhow::Result<()>
     let deadline = Instant::now() + TEST_WAIT;
     eprintln!("Sent {delivery}; waiting for the endpoint's answer…");
     let detail = loop {
-        let detail = api.get(&path)?;
+        let detail = api
+            .get(&path)
+            .with_context(|| format!("{delivery} was sent, but its outcome could not be read"))?;
         if detail["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
             break detail;
+        }
+        // Finished without an attempt: the webhook was deleted (cancelled) meanwhile, say.
+        if !matches!(detail["state"].as_str(), Some("pending") | None) {
+            bail!(
+                "{delivery} ended {} without being sent: {}",
+                detail["state"].as_str().unwrap_or_default(),
+                detail["last_error"]
+                    .as_str()
+                    .unwrap_or("no reason was given")
+            );
         }
         if Instant::now() >= deadline {
             bail!(
@@ -814,7 +827,12 @@ fn show_test_outcome(api: &Api, org: &str, delivery: &str) -> anyhow::Result<()>
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let attempt = &detail["attempts"][0];
+    // The latest attempt: a retry may already have followed a first one that failed.
+    let attempts = detail["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let attempt = attempts.last().unwrap_or(&Value::Null);
     let took = attempt["duration_ms"].as_u64().unwrap_or_default();
     if detail["state"] == "succeeded" {
         out!(

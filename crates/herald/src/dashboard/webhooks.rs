@@ -272,32 +272,40 @@ async fn test_flash(
     org: &OrgId,
     delivery: &herald_core::DeliveryId,
 ) -> Result<Flash, ServiceError> {
-    let Some(detail) = deliveries::first_attempt(state, scope, org, delivery, TEST_WAIT).await?
-    else {
-        return Ok(Flash::ok(format!(
+    use herald_core::delivery::DeliveryState;
+    let sent = || {
+        Flash::ok(format!(
             "Test event sent as delivery {delivery}; no answer yet: it shows in the history \
              below when one comes."
-        )));
+        ))
     };
-    let attempt = &detail.attempts[0];
+    // Sent is sent: a failure to read what became of it says so, not that nothing was sent.
+    let Ok(Some(detail)) = deliveries::first_attempt(state, scope, org, delivery, TEST_WAIT).await
+    else {
+        return Ok(sent());
+    };
+    // The latest attempt: a retry may already have followed a first one that failed.
+    let Some(attempt) = detail.attempts.last() else {
+        return Ok(sent());
+    };
     let took = attempt.duration_ms;
-    Ok(match (detail.delivery.state, attempt.status) {
-        (herald_core::delivery::DeliveryState::Succeeded, status) => Flash::ok(format!(
-            "Test delivered: the endpoint answered {} in {took} ms.",
-            status.map_or("2xx".to_owned(), |s| s.to_string())
+    let answer = match attempt.status {
+        Some(status) => format!("the endpoint answered {status}"),
+        None => attempt
+            .error_message
+            .clone()
+            .or(attempt.error.clone())
+            .unwrap_or_else(|| "it failed".to_owned()),
+    };
+    Ok(match detail.delivery.state {
+        DeliveryState::Succeeded => Flash::ok(format!("Test delivered: {answer} in {took} ms.")),
+        DeliveryState::Pending => Flash::error(format!(
+            "Test not delivered: {answer} after {took} ms; it is retried on the webhook's \
+             schedule (delivery {delivery} in the history below)."
         )),
-        (_, Some(status)) => Flash::error(format!(
-            "Test not delivered: the endpoint answered {status} after {took} ms; it is retried on \
-             the webhook's schedule (delivery {delivery} in the history below)."
-        )),
-        (_, None) => Flash::error(format!(
-            "Test not delivered: {} after {took} ms; it is retried on the webhook's schedule \
-             (delivery {delivery} in the history below).",
-            attempt
-                .error_message
-                .as_deref()
-                .or(attempt.error.as_deref())
-                .unwrap_or("it failed")
+        _ => Flash::error(format!(
+            "Test not delivered: {answer} after {took} ms, and no attempt is left (delivery \
+             {delivery} in the history below)."
         )),
     })
 }

@@ -52,7 +52,8 @@ pub async fn get(
 }
 
 /// The delivery once its first attempt is recorded, looked at every 100 ms for at most
-/// `within`; `None` if none is recorded by then (for a person who just sent a test).
+/// `within`; `None` if none is recorded by then, or it ended without one (cancelled, say).
+/// For a person who just sent a test.
 pub async fn first_attempt(
     state: &AppState,
     scope: &Scope,
@@ -66,7 +67,8 @@ pub async fn first_attempt(
         if !detail.attempts.is_empty() {
             return Ok(Some(detail));
         }
-        if tokio::time::Instant::now() >= deadline {
+        let pending = detail.delivery.state == herald_core::delivery::DeliveryState::Pending;
+        if !pending || tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
