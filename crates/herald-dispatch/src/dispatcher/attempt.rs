@@ -132,16 +132,12 @@ impl Dispatcher {
             // Its WebSub verification is pending or was refused (the webhook was switched on
             // again, say, and the subscriber said no): its deliveries wait for it rather than go
             // to an endpoint that has not confirmed.
-            let leases = self.release_held_leases(ids());
             let until = shared
                 .clock
                 .now()
                 .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
-            shared
-                .store
-                .defer_deliveries(&first.org_id, &leases, until)
-                .await?;
-            tracing::debug!(webhook = %webhook.id, deliveries = leases.len(), reason, "webhook not verified; deliveries wait");
+            let count = self.defer_held(&first.org_id, ids(), until).await?;
+            tracing::debug!(webhook = %webhook.id, deliveries = count, reason, "webhook not verified; deliveries wait");
             return Ok(());
         }
 

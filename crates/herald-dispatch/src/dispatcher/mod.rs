@@ -396,6 +396,25 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Stops holding these deliveries and gives them back to the store, due at `until`, each
+    /// only under the lease it was held with ([`Store::defer_deliveries`]); answers how many.
+    async fn defer_held<'a>(
+        &self,
+        org: &herald_core::OrgId,
+        ids: impl IntoIterator<Item = &'a DeliveryId>,
+        until: Timestamp,
+    ) -> Result<usize, herald_core::store::StoreError> {
+        let leases = self.release_held_leases(ids);
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        self.shared
+            .store
+            .defer_deliveries(org, &leases, until)
+            .await
+            .map(|()| leases.len())
+    }
+
     /// Publishes the held count and bytes (called with the lock held, so they stay in step).
     fn note_held(&self, held: &held::HeldDeliveries) {
         self.shared.held_count.store(held.len(), Ordering::Relaxed);

@@ -186,18 +186,11 @@ impl Dispatcher {
         org: &herald_core::OrgId,
         ids: impl IntoIterator<Item = &'a herald_core::DeliveryId>,
     ) {
-        let leases = self.release_held_leases(ids);
-        if leases.is_empty() {
-            return;
-        }
         let now = self.shared.clock.now();
-        match self.shared.store.defer_deliveries(org, &leases, now).await {
-            Ok(()) => tracing::debug!(
-                deliveries = leases.len(),
-                "gave deliveries back on shutdown"
-            ),
+        match self.defer_held(org, ids, now).await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(deliveries = count, "gave deliveries back on shutdown"),
             Err(e) => tracing::warn!(
-                deliveries = leases.len(),
                 error = %e,
                 "could not give deliveries back on shutdown; they come back when their leases end"
             ),
@@ -242,16 +235,11 @@ impl Dispatcher {
             }
         }
         let behind = self.start(behind);
-        // Each under the lease this node took: one that has ended may be another node's now.
-        let leases = self.release_held_leases(batch.iter().chain(&behind).map(|d| &d.delivery_id));
-        // One webhook's deliveries, so one organization's.
+        // One webhook's deliveries, so one organization's. Each under the lease this node
+        // took: one that has ended may be another node's now.
         let org = &batch.first().or(behind.first())?.org_id;
-        if let Err(e) = self
-            .shared
-            .store
-            .defer_deliveries(org, &leases, until)
-            .await
-        {
+        let ids = batch.iter().chain(&behind).map(|d| &d.delivery_id);
+        if let Err(e) = self.defer_held(org, ids, until).await {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }
         self.wake_delivery_scheduler();
