@@ -1216,7 +1216,7 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                 body["description"] = json!(description);
             }
             if let Some(file) = schema {
-                body["schema"] = read_json_input(&file, "--schema")?;
+                body["schema"] = read_json_input(&file, "give --schema a JSON Schema")?;
             }
             if let Some(example) = example {
                 body["example"] = serde_json::from_str(&example)
@@ -1231,18 +1231,21 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The JSON in `file` (`-`: standard input), for the option `flag`.
-fn read_json_input(file: &str, flag: &str) -> anyhow::Result<Value> {
-    let text = if file == "-" {
+/// The JSON in `file` (`-`: standard input); `wanted` says what it should hold, for the
+/// message when it is not JSON.
+fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value> {
+    let (text, source) = if file == "-" {
         let mut input = String::new();
         std::io::stdin()
             .read_to_string(&mut input)
             .context("could not read standard input")?;
-        input
+        (input, "standard input")
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("could not read {file} ({flag})"))?
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?;
+        (text, file)
     };
-    serde_json::from_str(&text).with_context(|| format!("{flag} {file} is not JSON"))
+    serde_json::from_str(&text).with_context(|| format!("{source} is not JSON: {wanted}"))
 }
 
 pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
@@ -1253,21 +1256,10 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
                 .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
             json!({ "type": t, "data": data })
         }
-        (None, Some(file)) if file != "-" => serde_json::from_str(
-            &std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?,
-        )
-        .with_context(|| {
-            format!(
-                "{file} is not JSON: put one event ({{\"type\", \"data\"}}) or an array of them"
-            )
-        })?,
-        _ => {
-            let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("could not read standard input")?;
-            serde_json::from_str(&input).context("standard input is not JSON: give one event or an array of them, or use --type and --data")?
-        }
+        (None, file) => read_json_input(
+            file.as_deref().unwrap_or("-"),
+            "give one event ({\"type\", \"data\"}) or an array of them, or use --type and --data",
+        )?,
     };
     let org = api.org_id(&args.org)?;
     let answer = api.post(&api_path(&["v1", "orgs", &org, "events"])?, body)?;
