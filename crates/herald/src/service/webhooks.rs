@@ -290,6 +290,7 @@ pub async fn update(
     if let Some(url) = input.url {
         w.url = WebhookUrl::parse(&url)?;
     }
+    let old_profile = w.profile;
     if let Some(profile) = input.profile {
         w.profile = ProfileName::parse(&profile)?;
     }
@@ -330,11 +331,21 @@ pub async fn update(
     if let Some(limit) = input.rate_limit_per_second {
         w.rate_limit_per_second = limit.map(parse_rate_limit).transpose()?;
     }
+    let old_verification = w.verification;
     if let Some(v) = input.verification {
         w.verification = Verification::parse(&v)?;
+    } else if w.profile != old_profile && w.verification == old_profile.default_verification() {
+        // A new profile brings its own way (Asgardeo's receivers confirm their intent first),
+        // unless the webhook's verification was chosen rather than its profile's default.
+        w.verification = w.profile.default_verification();
     }
     check_profile_rules(state, &snapshot, &w)?;
     let websub = w.verification == Verification::Websub;
+    // An active webhook that stops verifying its intent unsubscribes where it had subscribed
+    // (its old URL and channels), as deactivating it would.
+    let leaves_websub = (old_verification == Verification::Websub && !websub && was_active)
+        .then(|| snapshot.webhook(&w.id).map(|old| (**old).clone()))
+        .flatten();
     let reverify = websub
         && w.active
         && (!was_active
@@ -364,6 +375,22 @@ pub async fn update(
         if reverify || unsubscribe {
             // Turned off: the subscriber hears of it, as with `deactivate`.
             tell_subscriber(&state, &w).await?;
+        }
+        if let Some(old) = leaves_websub {
+            let snapshot = state
+                .directory
+                .snapshot(&old.org_id)
+                .await
+                .map_err(ServiceError::from_store("organization"))?;
+            super::subscriptions::verify(
+                &state,
+                &snapshot,
+                &old,
+                Mode::Unsubscribe,
+                None,
+                super::subscriptions::Request::New,
+            )
+            .await?;
         }
         Ok(w)
     })

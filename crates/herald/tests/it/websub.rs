@@ -249,6 +249,73 @@ async fn turning_a_webhook_off_and_on_by_patch_unsubscribes_and_subscribes() {
     assert_eq!(posts[0].json()["jti"], "e1");
 }
 
+/// A webhook moved to the Asgardeo profile takes its verification of intent (before, it kept
+/// sending, now as Asgardeo, to an endpoint that never confirmed); moved back, it unsubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_moved_to_the_asgardeo_profile_verifies_first_and_moved_back_unsubscribes() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/hub"), json!({ "channels": ["login"] }))
+        .await;
+    assert_eq!(
+        (hook["verification"].clone(), hook["active"].clone()),
+        (json!("none"), json!(true))
+    );
+    let id = hook["id"].as_str().unwrap();
+
+    rx.subscriber(Subscriber::Refuse(404));
+    let (status, moved) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "profile": "asgardeo" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["verification"], "websub", "{moved}");
+    let asked = rx.verifications_on("/hub");
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].param("hub.mode"), Some("subscribe"));
+    let answer = app.send_event(&org, login_success("e1")).await;
+    assert_eq!(answer["events"][0]["skipped"], 1, "{answer}");
+
+    // Moved back, it takes the standard profile's way (none) and tells the endpoint.
+    rx.subscriber(Subscriber::Echo);
+    let (_, back) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "profile": "standard" }),
+        )
+        .await;
+    assert_eq!(back["verification"], "none", "{back}");
+    let last = rx.verifications_on("/hub").pop().unwrap();
+    assert_eq!(last.param("hub.mode"), Some("unsubscribe"));
+    app.send_event(&org, login_success("e2")).await;
+    let posts = rx.wait_for("/hub", 1, WAIT).await;
+    assert_eq!(
+        posts[0].json()["type"],
+        "loginSuccess",
+        "sent the standard way"
+    );
+
+    // A verification chosen rather than the profile's default stays through a change of profile.
+    let chosen = app
+        .create_webhook(
+            &org,
+            &rx.url("/chosen"),
+            json!({ "channels": ["login"], "verification": "websub" }),
+        )
+        .await;
+    let (_, changed) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{}", chosen["id"].as_str().unwrap()),
+            json!({ "profile": "optare" }),
+        )
+        .await;
+    assert_eq!(changed["verification"], "websub", "{changed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_url_that_refuses_verification_gets_no_events() {
     let app = insecure_app().await;
