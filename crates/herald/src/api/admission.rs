@@ -86,12 +86,7 @@ impl BodyBudget {
     /// largest body accepted; a longer one is refused with `413` before it is read), the
     /// largest body when it does not declare one, and nothing for methods that carry none.
     pub fn expected_bytes(&self, request: &Request) -> usize {
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        match declared {
+        match declared_length(request) {
             Some(n) => n.min(self.max_body),
             None if carries_body(request.method()) => self.max_body,
             None => 0,
@@ -241,6 +236,15 @@ pub struct Admitted {
 /// Which of the organizations' rooms a request counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TenantRoom(usize);
+
+/// The body length the request declares (`Content-Length`), if it declares one that reads.
+pub fn declared_length(request: &Request) -> Option<usize> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+}
 
 fn carries_body(method: &Method) -> bool {
     !matches!(

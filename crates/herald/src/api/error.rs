@@ -52,13 +52,14 @@ impl From<ServiceError> for ApiError {
             },
             E::UnknownEventType {
                 name,
+                org,
                 field,
                 suggestion,
             } => Self {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "unknown_event_type",
                 message: format!(
-                    "the event type '{name}' is not in this organization's catalogs nor registered by it{}; list the known types with GET /v1/orgs/{{org}}/event-types or register it with POST /v1/orgs/{{org}}/event-types",
+                    "the event type '{name}' is not in this organization's catalogs nor registered by it{}; list the known types with GET /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types",
                     herald_core::suggest::did_you_mean(suggestion.as_deref())
                 ),
                 field: Some(field),

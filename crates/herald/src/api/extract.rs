@@ -249,6 +249,11 @@ fn tenant_of(req: &Request, budget: &BodyBudget) -> Option<TenantRoom> {
 /// (`admission`), and within [`body_deadline`].
 async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), ApiError> {
     let limit = state.settings.server.max_body_bytes;
+    if super::admission::declared_length(&req).is_some_and(|declared| declared > limit) {
+        // Said at once, rather than after waiting for a body that would be refused anyway.
+        discard_body(req, limit).await;
+        return Err(too_large(limit));
+    }
     let expected = state.admission.expected_bytes(&req);
     let units = state.admission.charge(expected);
     let tenant = tenant_of(&req, &state.admission);
@@ -262,13 +267,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
     let read = read_by_deadline(req, state, expected).await?;
     let bytes = read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the request body is larger than {limit} bytes; split it into smaller requests"
-                ),
-            )
+            too_large(limit)
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -278,6 +277,14 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
         }
     })?;
     Ok((bytes, admitted))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than {limit} bytes; split it into smaller requests"),
+    )
 }
 
 /// Reads and drops what the client still sends of a body that will not be used (at most

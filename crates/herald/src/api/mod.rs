@@ -34,6 +34,7 @@ use crate::app::AppState;
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// At most this many items (1 to 200, 50 by default).
+    #[serde(default, deserialize_with = "whole_number")]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -49,6 +50,31 @@ impl PageQuery {
     ) -> ApiResult<herald_core::PageRequest> {
         page_request(self.limit, self.cursor, parse)
     }
+}
+
+/// A `limit` in a query string: any whole number reads, so that one out of range (`-1`,
+/// `99999999999`) is refused with the range, as `201` is, rather than with the parser's words.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::Deserialize;
+    let Some(raw) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let digits = raw.strip_prefix('-').unwrap_or(&raw);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a whole number, not '{}'",
+            herald_core::truncate_for_message(&raw)
+        )));
+    }
+    // Out of range either way (0 included): the page's own check names the range.
+    let negative = raw.starts_with('-');
+    Ok(Some(if negative {
+        0
+    } else {
+        raw.parse().unwrap_or(u32::MAX)
+    }))
 }
 
 /// A page request whose cursor, if any, must be an id that `parse` accepts.

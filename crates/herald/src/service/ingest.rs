@@ -112,6 +112,7 @@ pub(crate) async fn ingest_values<T>(
                     .closest_type(&new.event_type, false)
                     .map(str::to_owned),
                 name: new.event_type,
+                org: org.clone(),
                 field: if batch {
                     format!("[{i}].type")
                 } else {

@@ -15,8 +15,8 @@ pub mod retention;
 pub mod subscriptions;
 pub mod webhooks;
 
-use herald_core::Invalid;
 use herald_core::store::StoreError;
+use herald_core::{Invalid, OrgId};
 
 pub use auth::Scope;
 
@@ -31,6 +31,8 @@ pub enum ServiceError {
     #[error("the event type '{name}' is not known to this organization")]
     UnknownEventType {
         name: String,
+        /// The organization, for the advice (where its types are listed).
+        org: OrgId,
         field: String,
         suggestion: Option<String>,
     },

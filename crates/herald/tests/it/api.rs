@@ -92,6 +92,18 @@ async fn bad_input_gets_a_clear_client_error() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(code(&resp.json().await.unwrap()), "payload_too_large");
+    // A body declared larger than the limit is refused on its declaration, not after waiting
+    // (up to the body's deadline, then 408) for bytes that would be refused anyway.
+    let mut declared = start_slow_upload(
+        &app,
+        &format!("/v1/orgs/{org}/events"),
+        ADMIN_TOKEN,
+        1 << 20,
+    )
+    .await;
+    let answer = read_until_closed(&mut declared).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"payload_too_large\""), "{answer}");
 
     let cases = [
         (json!({ "data": {} }), "type"),
@@ -215,11 +227,17 @@ async fn bad_input_gets_a_clear_client_error() {
         "nothing close, nothing suggested: {err}"
     );
 
-    let (status, err) = app.get(&format!("{hooks}?limit=100000")).await;
-    assert_eq!(
-        (status, code(&err)),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
-    );
+    // Out of range, whatever the number: the range is what the answer says.
+    for limit in ["100000", "0", "-1", "4294967297", "99999999999999999999"] {
+        let (status, err) = app.get(&format!("{hooks}?limit={limit}")).await;
+        assert_eq!(
+            (status, code(&err)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            "{limit}: {err}"
+        );
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("between 1 and 200"), "{limit}: {message}");
+    }
     let (status, err) = app.get(&format!("{hooks}?colour=blue")).await;
     assert_eq!(
         (status, code(&err)),

@@ -375,6 +375,11 @@ async fn a_batch_with_one_bad_event_stores_nothing() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(err["error"]["code"], "unknown_event_type");
     assert_eq!(err["error"]["field"], "[1].type");
+    let advice = format!("GET /v1/orgs/{org}/event-types");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(&advice),
+        "{err}"
+    );
     assert!(
         app.delivery_ids(&org, hook["id"].as_str().unwrap())
             .await
