@@ -175,6 +175,17 @@ impl WebhookOptions {
     /// The longest batch window accepted.
     pub const MAX_BATCH_WINDOW_MS: u32 = 10_000;
 
+    /// The options that still apply after a change to `profile` (a batch window only to
+    /// opal, a content mode only to cloudevents); the rest are dropped.
+    pub fn kept_for(&self, profile: ProfileName) -> Self {
+        Self {
+            content_mode: self
+                .content_mode
+                .filter(|_| profile == ProfileName::CloudEvents),
+            batch_window_ms: self.batch_window_ms.filter(|_| profile.batches_events()),
+        }
+    }
+
     /// Checks the options against the webhook's profile.
     pub fn check(&self, profile: ProfileName) -> Result<(), Invalid> {
         if let Some(ms) = self.batch_window_ms {

@@ -299,6 +299,9 @@ pub async fn update(
     }
     if let Some(options) = input.options {
         w.options = parse_options(options)?;
+    } else if w.profile != old_profile {
+        // Moved to another profile, the old one's settings go rather than block the move.
+        w.options = w.options.kept_for(w.profile);
     }
     if input.events.is_some() || input.channels.is_some() {
         let (events, channels) = parse_subscription(
