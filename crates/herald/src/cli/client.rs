@@ -189,6 +189,9 @@ pub enum WebhooksCommand {
         org: String,
         /// The webhook's id (`wh_…`).
         id: String,
+        /// The new secret (generated when absent, except for permit, whose secret you choose).
+        #[arg(long)]
+        secret: Option<String>,
     },
     /// Send a test event to the webhook and wait for the endpoint's answer (fails if it is not
     /// a success).
@@ -1035,10 +1038,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             )?,
             cols,
         ),
-        WebhooksCommand::Rotate { org, id } => {
+        WebhooksCommand::Rotate { org, id, secret } => {
             let rotated = api.post(
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "rotate-secret"])?,
-                json!({}),
+                json!({ "secret": secret }),
             )?;
             show(&conn, &rotated, cols);
             if !conn.json {

@@ -72,6 +72,8 @@ struct WebhookView {
     events: Vec<String>,
     channels: Vec<String>,
     secret_masked: String,
+    /// The profile takes a secret the user chooses (permit): rotating asks for the new one.
+    secret_chosen: bool,
     previous_secret_until: Option<String>,
     headers: Vec<(String, String)>,
     timeout: String,
@@ -108,6 +110,8 @@ impl WebhookView {
             events: w.events.clone(),
             channels: w.channels.clone(),
             secret_masked: mask(&w.secret),
+            secret_chosen: w.profile.secret_policy()
+                == herald_core::profile::SecretPolicy::UserSupplied,
             previous_secret_until: w.previous_secret_expires_at.filter(|t| *t > now).map(when),
             headers: w
                 .headers
@@ -224,14 +228,17 @@ async fn webhook_action(
                 .await
                 .map(|(_, subs)| active_flash(active, subs.as_deref()))
         }
-        "rotate" => webhooks::rotate_secret(&state, scope, &org, &id, None)
-            .await
-            .map(|w| {
-                secret_flash(
-                    &w,
-                    "Secret rotated; the previous one keeps signing beside it for 24 hours.",
-                )
-            }),
+        "rotate" => {
+            let secret = Some(form.text("secret")).filter(|s| !s.is_empty());
+            webhooks::rotate_secret(&state, scope, &org, &id, secret)
+                .await
+                .map(|w| {
+                    secret_flash(
+                        &w,
+                        "Secret rotated; the previous one keeps signing beside it for 24 hours.",
+                    )
+                })
+        }
         "test" => match webhooks::send_test(&state, scope, &org, &id).await {
             Ok((_, delivery)) => test_flash(&state, scope, &org, &delivery).await,
             Err(e) => Err(e),

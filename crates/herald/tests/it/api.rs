@@ -785,6 +785,17 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert!(ok, "{out}");
     let hooks: Value = serde_json::from_str(&out).unwrap();
     let hook = hooks["data"][0]["id"].as_str().unwrap().to_owned();
+    let rotate = ["webhooks", "rotate", "--org", "acme", &hook, "--secret"];
+    let (ok, out) = herald_cli(
+        &app,
+        &[&rotate[..], &["a-secret-of-my-choosing"]].concat(),
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.contains("24 hours): a-secret-of-my-choosing"),
+        "{out}"
+    );
     let (ok, out) = herald_cli(
         &app,
         &["deliveries", "list", "--org", &org, "--webhook", &hook],

@@ -1037,6 +1037,28 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
     got[0]
         .verify_standard(&old)
         .expect("the previous secret signs too during the overlap");
+
+    // A profile whose secret the user chooses asks for the new one (it could not be rotated
+    // from here at all).
+    let permit = app
+        .create_webhook(
+            &org,
+            &rx.url("/permit"),
+            json!({ "profile": "permit", "secret": "the-first-permit-secret" }),
+        )
+        .await;
+    let page = format!("/orgs/{org}/webhooks/{}", permit["id"].as_str().unwrap());
+    assert!(admin.get(&page).await.body.contains("name=\"secret\""));
+    let rotate = format!("{page}/rotate");
+    let chosen = "the-second-permit-secret";
+    let a = admin
+        .post(&rotate, &[("csrf", csrf.as_str()), ("secret", chosen)])
+        .await;
+    let shown = slashes(&admin.get(&a.location).await.body);
+    assert_eq!(shown_secret(&shown).as_deref(), Some(chosen), "{shown}");
+    let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
+    let shown = admin.get(&a.location).await.body;
+    assert!(shown.contains("signs with a secret you choose"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
