@@ -49,6 +49,43 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// `headers`, present or `null`, as [`present`] reads it, but refusing a name given twice:
+/// serde would keep the second value and silently drop the first.
+fn present_headers<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<BTreeMap<String, String>>>, D::Error> {
+    struct Unique(BTreeMap<String, String>);
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Names;
+            impl<'de> serde::de::Visitor<'de> for Names {
+                type Value = Unique;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object of header names and values")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Unique, A::Error> {
+                    let mut headers = BTreeMap::new();
+                    while let Some((name, value)) = map.next_entry::<String, String>()? {
+                        if headers.contains_key(&name) {
+                            return Err(serde::de::Error::custom(format!(
+                                "the header '{}' is given twice; keep one",
+                                herald_core::truncate_for_message(&name)
+                            )));
+                        }
+                        headers.insert(name, value);
+                    }
+                    Ok(Unique(headers))
+                }
+            }
+            d.deserialize_map(Names)
+        }
+    }
+    Option::<Unique>::deserialize(d).map(|h| Some(h.map(|h| h.0)))
+}
+
 /// A webhook's settings. On creation `name` and `url` are required; on a change, absent fields
 /// stay as they are and `null` clears an optional one (`description`, `headers`, `options`,
 /// `timeout_ms`, `retry_schedule`, `signature`, `rate_limit_per_second`). `null` for any other
@@ -86,7 +123,7 @@ struct WebhookBody {
     #[schema(value_type = Option<bool>)]
     active: Option<Option<bool>>,
     /// Extra headers sent with every request.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_headers")]
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     headers: Option<Option<BTreeMap<String, String>>>,
     #[serde(default, deserialize_with = "present")]

@@ -107,7 +107,15 @@ impl WebhookForm {
                     format!("line {}: write each header as Name: value", i + 1),
                 )
             })?;
-            headers.insert(name.trim().to_owned(), value.trim().to_owned());
+            if headers
+                .insert(name.trim().to_owned(), value.trim().to_owned())
+                .is_some()
+            {
+                return Err(Invalid::new(
+                    "headers",
+                    format!("line {}: '{}' is given twice; keep one", i + 1, name.trim()),
+                ));
+            }
         }
         let timeout_ms = match self.timeout_ms.as_str() {
             "" => None,

@@ -602,6 +602,20 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    // The same name twice is refused too, not kept with its last value.
+    let resp = app
+        .http
+        .patch(format!("{}/v1/orgs/{org}/webhooks/{a_id}", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"headers": {"X-Team": "a", "X-Team": "b"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await.unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("'X-Team' is given twice"), "{message}");
     let (status, err) = app
         .get(&format!(
             "/v1/orgs/{org}/webhooks/{a_id}/deliveries?event_type=%00"

@@ -419,6 +419,19 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(a.body.contains("number of milliseconds"), "{}", a.body);
+    let a = admin
+        .post(
+            &create,
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "x"),
+                ("url", "https://example.com/h"),
+                ("headers", "X-Team: a\nX-Team: b"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.body.contains("given twice"), "{}", a.body);
 
     let mut fixed = typed;
     fixed[2] = ("url", "https://example.com/h");
