@@ -117,6 +117,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let scope = match state.auth.resolve(&token).await {
         Ok(Some(scope)) if !token.is_empty() => scope,
         Ok(_) => {
+            tracing::warn!("dashboard sign-in refused: the token is not valid");
             let page = LoginPage {
                 next,
                 error: Some(
@@ -129,6 +130,10 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         }
         Err(e) => return super::error::DashError::from(e).into_response(),
     };
+    match &scope {
+        Scope::Admin => tracing::info!("signed in to the dashboard with the admin token"),
+        Scope::Org(org) => tracing::info!(org = %org, "signed in to the dashboard with an API key"),
+    }
     let id = state.sessions.create(TokenDigest::of(&token));
     let target = next.unwrap_or_else(|| home_of(&scope));
     (

@@ -181,6 +181,8 @@ pub async fn create_api_key(
         .create_api_key(&record)
         .await
         .map_err(ServiceError::from_store("organization"))?;
+    // The prefix only: it tells keys apart in the list, and cannot be used.
+    tracing::info!(org = %org, key = %record.id, prefix = record.prefix, "API key created");
     Ok((record, key))
 }
 
@@ -218,6 +220,7 @@ pub async fn delete_api_key(
             .await
             .map_err(ServiceError::from_store("api key"))?;
         state.auth.forget_org_keys(&org);
+        tracing::info!(org = %org, key = %id, "API key revoked");
         Ok(())
     })
     .await

@@ -143,10 +143,13 @@ pub async fn update(
         }
     }
     org.updated_at = state.clock.now();
-    write_then_forget(state, id, "organization", |store| async move {
+    let org = write_then_forget(state, id, "organization", |store| async move {
         store.update_org(&org).await.map(|()| org)
     })
-    .await
+    .await?;
+    let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();
+    tracing::info!(org = %org.id, handle = org.handle.as_str(), catalogs = ?catalogs, "organization changed");
+    Ok(org)
 }
 
 pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResult<()> {

@@ -41,6 +41,35 @@ pub struct WebhookInput {
     pub rate_limit_per_second: Option<Option<u64>>,
 }
 
+impl WebhookInput {
+    /// The names of the fields given, for the log (never their values: a secret, headers).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("url", self.url.is_some()),
+            ("events", self.events.is_some()),
+            ("channels", self.channels.is_some()),
+            ("profile", self.profile.is_some()),
+            ("description", self.description.is_some()),
+            ("secret", self.secret.is_some()),
+            ("active", self.active.is_some()),
+            ("headers", self.headers.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+            ("retry_schedule", self.retry_schedule.is_some()),
+            ("signature", self.signature.is_some()),
+            ("options", self.options.is_some()),
+            ("verification", self.verification.is_some()),
+            (
+                "rate_limit_per_second",
+                self.rate_limit_per_second.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+}
+
 fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
     serde_json::from_value(raw).map_err(|e| {
         Invalid::new(
@@ -279,6 +308,7 @@ pub async fn update(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     let snapshot = snapshot(state, scope, org).await?;
+    let fields = input.given();
     let mut w = state
         .store
         .get_webhook(org, id)
@@ -372,6 +402,7 @@ pub async fn update(
         } else {
             save(&state, w).await?
         };
+        tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
         if w.active != was_active {
             switched(&state, &w);
         }
@@ -553,7 +584,9 @@ pub async fn rotate_secret(
     let now = state.clock.now();
     w.previous_secret = Some(std::mem::replace(&mut w.secret, new));
     w.previous_secret_expires_at = Some(now.plus_millis(ROTATION_OVERLAP_MS));
-    save(state, w).await
+    let w = save(state, w).await?;
+    tracing::info!(org = %w.org_id, webhook = %w.id, "webhook secret rotated; the previous one signs too for 24 hours");
+    Ok(w)
 }
 
 /// Deletes webhooks; their pending deliveries are cancelled. Returns the ids deleted.
@@ -584,7 +617,7 @@ pub async fn delete(
     })
     .await?;
     for id in &deleted {
-        tracing::info!(webhook = %id, "webhook deleted; its pending deliveries are cancelled");
+        tracing::info!(org = %org, webhook = %id, "webhook deleted; its pending deliveries are cancelled");
     }
     Ok(deleted)
 }

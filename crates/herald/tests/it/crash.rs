@@ -240,11 +240,30 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         .unwrap(),
     )
     .await;
+    // A change, and a sign-in with a wrong token: logged, without what they carried.
+    let changed = http
+        .patch(format!("{}/v1/orgs/{org}/webhooks/{hook_id}", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "sink 2", "headers": { "X-Api-Token": "a-header-credential" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let refused = http
+        .post(format!("{}/login", server.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=a-mistyped-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let secrets = [
         ADMIN_TOKEN.to_owned(),
         key["key"].as_str().unwrap().to_owned(),
         hook["secret"].as_str().unwrap().to_owned(),
         rotated["secret"].as_str().unwrap().to_owned(),
+        "a-header-credential".to_owned(),
+        "a-mistyped-admin-token".to_owned(),
     ];
 
     let events: Vec<_> = (0..40)
@@ -274,10 +293,19 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         .unwrap();
     assert!(status.success(), "a clean exit: {status:?}");
     let first_log = server.log.lock().unwrap().clone();
-    assert!(
-        first_log.iter().any(|l| l.contains("shutting down")),
-        "the shutdown is logged"
-    );
+    for event in [
+        "shutting down",
+        "API key created",
+        "webhook secret rotated",
+        "webhook changed",
+        r#"fields=["name", "headers"]"#,
+        "dashboard sign-in refused",
+    ] {
+        assert!(
+            first_log.iter().any(|l| l.contains(event)),
+            "'{event}' is logged: {first_log:#?}"
+        );
+    }
 
     let restarted = Server::start(dir.path()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
