@@ -39,28 +39,37 @@ pub struct OrgHandle(String);
 
 impl OrgHandle {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 63
-            && raw.as_bytes()[0].is_ascii_alphanumeric()
+        // As a domain name's labels: it goes into WebSub topics (`acme.org_….event.user`).
+        let label = |l: &str| {
+            l.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && l.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        };
+        let ok = raw.len() <= 63
             && raw
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && raw.split('.').all(label);
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
             Err(Invalid::new(
                 "handle",
-                "must be 1 to 63 lower-case letters, digits, '-' or '.', starting with a letter or digit (e.g. acme-corp)",
+                "must be 1 to 63 lower-case letters, digits, '-' or '.', starting and ending with a letter or digit, with a letter or digit on each side of every '.' (e.g. acme-corp)",
             ))
         }
     }
 
     /// A handle derived from a display name: `Acme Inc.` becomes `acme-inc`.
     pub fn from_name(name: &str) -> Self {
+        use unicode_normalization::UnicodeNormalization;
+        use unicode_normalization::char::is_combining_mark;
         let mut slug = String::new();
-        for c in name.chars().flat_map(char::to_lowercase) {
+        // Decomposed, `é` is `e` and a mark, which is dropped: `Café` → `cafe`.
+        for c in name.nfkd().flat_map(char::to_lowercase) {
             if c.is_ascii_alphanumeric() {
                 slug.push(c);
+            } else if is_combining_mark(c) {
+                continue;
             } else if !slug.is_empty() && !slug.ends_with('-') {
                 slug.push('-');
             }
@@ -112,7 +121,14 @@ mod tests {
     fn a_handle_is_derived_from_the_name() {
         assert_eq!(OrgHandle::from_name("Acme Inc.").as_str(), "acme-inc");
         assert_eq!(OrgHandle::from_name("  ~~ ").as_str(), "org");
-        assert_eq!(OrgHandle::from_name("Ünïcode Café").as_str(), "n-code-caf");
+        assert_eq!(
+            OrgHandle::from_name("Ünïcödé Çorp").as_str(),
+            "unicode-corp"
+        );
+        assert_eq!(
+            OrgHandle::from_name("Straße ﬁnance").as_str(),
+            "stra-e-finance"
+        );
         assert_eq!(OrgHandle::from_name("日本").numbered(2).as_str(), "org-2");
         let long = OrgHandle::from_name(&"a".repeat(80)).numbered(12);
         assert_eq!(long.as_str().len(), 63);
@@ -125,6 +141,10 @@ mod tests {
         assert!(OrgHandle::parse("acme corp").is_err());
         assert!(OrgHandle::parse("-acme").is_err());
         assert!(OrgHandle::parse("acme.corp-1").is_ok());
+        assert!(OrgHandle::parse("a--b.c9").is_ok());
+        for bad in ["", "a.", "a-", "a..b", "a.-b", "a-.b", ".a"] {
+            assert!(OrgHandle::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
