@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
@@ -136,14 +136,11 @@ async fn register_type(
     };
     match registered {
         Ok(t) => {
-            signed.flash(
-                &state,
-                Flash::ok(format!(
-                    "Event type {} registered: webhooks can subscribe to it and events of it can be sent.",
-                    t.name
-                )),
-            );
-            Ok(Redirect::to(&format!("/orgs/{}/catalog", org.id)).into_response())
+            let flash = Flash::ok(format!(
+                "Event type {} registered: webhooks can subscribe to it and events of it can be sent.",
+                t.name
+            ));
+            Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}/catalog", org.id)))
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => {

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
@@ -192,8 +192,11 @@ async fn recover_deliveries(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    signed.flash(&state, flash);
-    Ok(Redirect::to(&format!("/orgs/{org}/webhooks/{id}/deliveries")).into_response())
+    Ok(signed.flash_then_go(
+        &state,
+        flash,
+        &format!("/orgs/{org}/webhooks/{id}/deliveries"),
+    ))
 }
 
 #[derive(Serialize)]
@@ -286,8 +289,7 @@ async fn resend_delivery(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    signed.flash(&state, flash);
-    Ok(Redirect::to(&format!("/orgs/{org}/deliveries/{id}")).into_response())
+    Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}/deliveries/{id}")))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::post;
 use serde::Serialize;
 
@@ -69,8 +69,7 @@ async fn create_key(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(format!("No key created: {}", describe(e).1)),
     };
-    signed.flash(&state, flash);
-    Ok(Redirect::to(&keys_section(&org)).into_response())
+    Ok(signed.flash_then_go(&state, flash, &keys_section(&org)))
 }
 
 async fn revoke_key(
@@ -84,9 +83,7 @@ async fn revoke_key(
     auth::delete_api_key(&state, &signed.scope, &org, &id).await?;
     // If this was the key of this session, the next page (the organization's) finds it gone
     // and sends the person to sign in, saying why.
-    signed.flash(
-        &state,
-        Flash::ok("API key revoked: requests and sessions using it are refused from now on."),
-    );
-    Ok(Redirect::to(&keys_section(&org)).into_response())
+    let flash =
+        Flash::ok("API key revoked: requests and sessions using it are refused from now on.");
+    Ok(signed.flash_then_go(&state, flash, &keys_section(&org)))
 }

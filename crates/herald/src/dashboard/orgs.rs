@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
@@ -142,11 +142,8 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
     };
     match orgs::create(&state, &signed.scope, input).await {
         Ok(org) => {
-            signed.flash(
-                &state,
-                Flash::ok(format!("Organization {} created.", org.name)),
-            );
-            Ok(Redirect::to(&format!("/orgs/{}", org.id)).into_response())
+            let flash = Flash::ok(format!("Organization {} created.", org.name));
+            Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", org.id)))
         }
         Err(e) => {
             let (status, message) = describe(e);
@@ -245,6 +242,5 @@ async fn bulk_delete(
             Err(e) => Flash::error(describe(e).1),
         }
     };
-    signed.flash(&state, flash);
-    Ok(Redirect::to(&format!("/orgs/{org}")).into_response())
+    Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}")))
 }

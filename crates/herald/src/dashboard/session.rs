@@ -69,7 +69,17 @@ struct Session {
     digest: TokenDigest,
     csrf: String,
     expires: Instant,
-    flashes: Vec<Flash>,
+    /// Messages waiting for the page they are about, by its path: a second tab's page shows
+    /// none of another's (a new secret least of all).
+    flashes: Vec<(String, Flash)>,
+}
+
+/// The most messages a session keeps waiting; past it the oldest go.
+const MAX_FLASHES: usize = 16;
+
+/// The path of a link (`/orgs/x#api-keys` → `/orgs/x`), as the page it leads to sees its own.
+fn page_path(link: &str) -> &str {
+    link.split(['#', '?']).next().unwrap_or(link)
 }
 
 /// Every session of this node.
@@ -148,24 +158,32 @@ impl Sessions {
             .remove(id);
     }
 
-    pub fn flash(&self, id: &str, flash: Flash) {
+    /// Keeps `flash` for the next time the session shows the page at `link`.
+    pub fn flash(&self, id: &str, link: &str, flash: Flash) {
         if let Some(s) = self
             .map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(id)
         {
-            s.flashes.push(flash);
+            if s.flashes.len() >= MAX_FLASHES {
+                s.flashes.remove(0);
+            }
+            s.flashes.push((page_path(link).to_owned(), flash));
         }
     }
 
-    pub fn take_flashes(&self, id: &str) -> Vec<Flash> {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(id)
-            .map(|s| std::mem::take(&mut s.flashes))
-            .unwrap_or_default()
+    /// The messages waiting for the page at `path`, which are then gone.
+    pub fn take_flashes(&self, id: &str, path: &str) -> Vec<Flash> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = map.get_mut(id) else {
+            return Vec::new();
+        };
+        let (here, elsewhere) = std::mem::take(&mut s.flashes)
+            .into_iter()
+            .partition(|(page, _)| page == path);
+        s.flashes = elsewhere;
+        here.into_iter().map(|(_, flash)| flash).collect()
     }
 }
 
@@ -215,11 +233,15 @@ pub struct Signed {
     pub scope: Scope,
     pub session: String,
     pub csrf: String,
+    /// The path of the page asked for: its messages are the ones shown.
+    pub path: String,
 }
 
 impl Signed {
-    pub fn flash(&self, state: &AppState, flash: Flash) {
-        state.sessions.flash(&self.session, flash);
+    /// Goes to `link`, where `flash` is shown.
+    pub fn flash_then_go(&self, state: &AppState, flash: Flash, link: &str) -> Response {
+        state.sessions.flash(&self.session, link, flash);
+        Redirect::to(link).into_response()
     }
 }
 
@@ -266,6 +288,7 @@ impl FromRequestParts<AppState> for Signed {
                 scope,
                 session,
                 csrf,
+                path: parts.uri.path().to_owned(),
             }),
             Ok(None) => {
                 // The key was revoked (or its organization deleted) since: the session ends
@@ -352,9 +375,11 @@ mod tests {
     fn a_session_keeps_its_flashes_until_they_are_shown() {
         let sessions = Sessions::new();
         let id = sessions.create(TokenDigest::of("t"));
-        sessions.flash(&id, Flash::ok("saved"));
-        assert_eq!(sessions.take_flashes(&id).len(), 1);
-        assert!(sessions.take_flashes(&id).is_empty());
+        sessions.flash(&id, "/orgs/a#api-keys", Flash::ok("saved"));
+        sessions.flash(&id, "/orgs/b", Flash::ok("another tab's"));
+        assert_eq!(sessions.take_flashes(&id, "/orgs/a").len(), 1);
+        assert!(sessions.take_flashes(&id, "/orgs/a").is_empty());
+        assert_eq!(sessions.take_flashes(&id, "/orgs/b").len(), 1);
         sessions.remove(&id);
         assert!(sessions.get(&id).is_none());
     }

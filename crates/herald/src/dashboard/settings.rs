@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
@@ -126,8 +126,8 @@ async fn save_settings(
     };
     match orgs::update(&state, &signed.scope, &org.id, input).await {
         Ok(updated) => {
-            signed.flash(&state, Flash::ok("Organization settings saved."));
-            Ok(Redirect::to(&format!("/orgs/{}", updated.id)).into_response())
+            let flash = Flash::ok("Organization settings saved.");
+            Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", updated.id)))
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => {
@@ -174,12 +174,9 @@ async fn delete_org(
         return Ok(settings_page(&state, &signed, &org, form, Some(refusal)));
     }
     orgs::delete(&state, &signed.scope, &org.id).await?;
-    signed.flash(
-        &state,
-        Flash::ok(format!(
-            "Organization {} deleted, with its webhooks, deliveries, event types and API keys.",
-            org.name
-        )),
-    );
-    Ok(Redirect::to("/orgs").into_response())
+    let flash = Flash::ok(format!(
+        "Organization {} deleted, with its webhooks, deliveries, event types and API keys.",
+        org.name
+    ));
+    Ok(signed.flash_then_go(&state, flash, "/orgs"))
 }

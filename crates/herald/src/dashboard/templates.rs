@@ -97,7 +97,7 @@ impl Layout {
                 id: o.id.to_string(),
                 name: o.name.clone(),
             }),
-            flashes: state.sessions.take_flashes(&signed.session),
+            flashes: state.sessions.take_flashes(&signed.session, &signed.path),
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
@@ -290,8 +290,8 @@ async fn create_webhook(
     };
     match created {
         Ok(w) => {
-            signed.flash(&state, secret_flash(&w, "Webhook created."));
-            Ok(Redirect::to(&webhook_path(&org.id, &w.id)).into_response())
+            let flash = secret_flash(&w, "Webhook created.");
+            Ok(signed.flash_then_go(&state, flash, &webhook_path(&org.id, &w.id)))
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => form_page(&state, &signed, &org, None, typed, Some(form_error(e))).await,
@@ -331,8 +331,8 @@ async fn update_webhook(
     };
     match updated {
         Ok(w) => {
-            signed.flash(&state, Flash::ok("Webhook saved."));
-            Ok(Redirect::to(&webhook_path(&org.id, &w.id)).into_response())
+            let flash = Flash::ok("Webhook saved.");
+            Ok(signed.flash_then_go(&state, flash, &webhook_path(&org.id, &w.id)))
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => form_page(&state, &signed, &org, Some(&id), typed, Some(form_error(e))).await,

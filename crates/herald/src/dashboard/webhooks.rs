@@ -8,7 +8,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
@@ -261,12 +261,12 @@ async fn webhook_action(
         },
         _ => return Err(DashError::not_found()),
     };
-    match outcome {
-        Ok(flash) => signed.flash(&state, flash),
+    let flash = match outcome {
+        Ok(flash) => flash,
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
-        Err(e) => signed.flash(&state, Flash::error(describe(e).1)),
-    }
-    Ok(Redirect::to(&back).into_response())
+        Err(e) => Flash::error(describe(e).1),
+    };
+    Ok(signed.flash_then_go(&state, flash, &back))
 }
 
 /// How long "Send test" waits for the endpoint's answer before the page comes back.

@@ -1029,6 +1029,9 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "no CSRF token");
     let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    // Another page opened meanwhile (a second tab) neither shows the secret nor uses it up.
+    let elsewhere = admin.get(&format!("/orgs/{org}")).await.body;
+    assert!(shown_secret(&elsewhere).is_none() && !elsewhere.contains("Secret rotated"));
     let shown = slashes(&admin.get(&a.location).await.body);
     let new = shown_secret(&shown).expect("the new secret is shown once");
     assert!(new.starts_with("whsec_") && new != old, "{new}");
