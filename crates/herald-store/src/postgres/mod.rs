@@ -707,7 +707,22 @@ impl Store for PostgresStore {
         org: &OrgId,
         id: &DeliveryId,
     ) -> StoreResult<(Delivery, Vec<Attempt>)> {
-        on_client!(self, |c| deliveries::get(&c, org, id))
+        // One snapshot for both reads: between them an attempt's outcome may be committed,
+        // and a delivery still `pending` would show the attempt that made it `succeeded`.
+        timed(async {
+            let mut client = self.client().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(sql)?;
+            let out = deliveries::get(&tx, org, id).await?;
+            tx.commit().await.map_err(sql)?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event> {

@@ -385,6 +385,9 @@ pub(crate) fn get(
     org: &OrgId,
     id: &DeliveryId,
 ) -> DbResult<(Delivery, Vec<Attempt>)> {
+    // One snapshot for both reads: between them an attempt's outcome may be committed, and a
+    // delivery still `pending` would show the attempt that made it `succeeded`.
+    let snapshot = conn.unchecked_transaction()?;
     let sql = format!(
         "SELECT {} FROM deliveries WHERE org_id = ? AND id = ?",
         rows::DELIVERY_COLUMNS
@@ -402,6 +405,7 @@ pub(crate) fn get(
         .prepare_cached(&sql)?
         .query_map([id.as_str()], rows::attempt)?
         .collect::<Result<Vec<_>, _>>()?;
+    snapshot.commit()?;
     Ok((delivery, attempts))
 }
 
