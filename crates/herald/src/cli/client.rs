@@ -155,6 +155,13 @@ pub enum WebhooksCommand {
         /// The channels to subscribe to, replacing the current ones (repeatable).
         #[arg(long = "channel")]
         channels: Vec<String>,
+        /// Another wire format: standard, opal, optare, parallelworks, permit, asgardeo or
+        /// cloudevents (moving to or from asgardeo verifies or unsubscribes the endpoint).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Puts a setting back to its default (repeatable).
+        #[arg(long, value_enum, value_name = "SETTING")]
+        reset: Vec<Resettable>,
         #[command(flatten)]
         options: WebhookOptions,
     },
@@ -235,6 +242,31 @@ pub enum WebhooksCommand {
     },
 }
 
+/// A webhook setting `update --reset` puts back to its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resettable {
+    /// No description.
+    Description,
+    /// No custom headers.
+    Headers,
+    /// The profile's timeout.
+    TimeoutMs,
+    /// The profile's retry schedule.
+    RetrySchedule,
+}
+
+impl Resettable {
+    /// The API's name for the field.
+    fn field(self) -> &'static str {
+        match self {
+            Self::Description => "description",
+            Self::Headers => "headers",
+            Self::TimeoutMs => "timeout_ms",
+            Self::RetrySchedule => "retry_schedule",
+        }
+    }
+}
+
 /// Webhook settings that `create` and `update` share.
 #[derive(Debug, Args)]
 pub struct WebhookOptions {
@@ -245,7 +277,7 @@ pub struct WebhookOptions {
     #[arg(long)]
     timeout_ms: Option<u32>,
     /// The delays before each attempt, in seconds, comma-separated (e.g. `0,60,300,900,3600`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_seconds)]
     retry_schedule: Option<Vec<u64>>,
     /// A header sent with every request, as `Name: value` (repeatable; replaces the current
     /// ones on update). A value given here stays in the shell's history: for a credential, read
@@ -275,6 +307,14 @@ impl WebhookOptions {
             body["headers"] = Value::Object(headers);
         }
     }
+}
+
+/// One delay of `--retry-schedule`, spaces allowed around it (`0, 60, 300` as the dashboard
+/// shows a schedule).
+fn parse_seconds(raw: &str) -> Result<u64, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| format!("'{}' is not a whole number of seconds", raw.trim()))
 }
 
 /// `--header 'Name: value'`.
@@ -964,10 +1004,12 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             url,
             events,
             channels,
+            profile,
+            reset,
             options,
         } => {
             let mut body = json!({});
-            for (key, value) in [("name", name), ("url", url)] {
+            for (key, value) in [("name", name), ("url", url), ("profile", profile)] {
                 if let Some(v) = value {
                     body[key] = json!(v);
                 }
@@ -978,6 +1020,16 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 }
             }
             options.add_to(&mut body);
+            for setting in reset {
+                let field = setting.field();
+                if body.get(field).is_some() {
+                    bail!(
+                        "--reset {} and a new value for it were both given; give one",
+                        field.replace('_', "-")
+                    );
+                }
+                body[field] = Value::Null;
+            }
             if body.as_object().is_some_and(serde_json::Map::is_empty) {
                 bail!(
                     "nothing to change; give at least one of the fields in `herald webhooks update --help`"

@@ -857,7 +857,7 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             "--timeout-ms",
             "5000",
             "--retry-schedule",
-            "0,30,120",
+            "0, 30,120",
             "--header",
             "X-Env: prod",
         ],
@@ -887,6 +887,30 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     );
     let (ok, out) = herald_cli(&app, &["webhooks", "update", "--org", "acme", &hook], None).await;
     assert!(!ok && out.contains("nothing to change"), "{out}");
+    // Back to the profile's defaults, and no more custom headers.
+    let update = ["webhooks", "update", "--org", "acme", &hook];
+    let reset = [
+        "--reset",
+        "timeout-ms",
+        "--reset",
+        "retry-schedule",
+        "--reset",
+        "headers",
+    ];
+    let (ok, out) = herald_cli(&app, &[&update[..], &reset[..]].concat(), None).await;
+    assert!(ok, "{out}");
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(
+        (
+            &stored["timeout_ms"],
+            &stored["retry_schedule"],
+            &stored["headers"]
+        ),
+        (&json!(null), &json!(null), &json!({}))
+    );
+    let both = ["--reset", "timeout-ms", "--timeout-ms", "900"];
+    let (ok, out) = herald_cli(&app, &[&update[..], &both[..]].concat(), None).await;
+    assert!(!ok && out.contains("give one"), "{out}");
 
     // API keys for producers: shown once, listed by prefix, revoked.
     let (ok, out) = herald_cli(
