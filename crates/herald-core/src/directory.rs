@@ -122,6 +122,28 @@ impl OrgSnapshot {
         self.custom_types.contains_key(name)
     }
 
+    /// One of the organization's own types.
+    pub fn custom_type(&self, name: &str) -> Option<&CustomEventType> {
+        self.custom_types.get(name).map(|(t, _)| t)
+    }
+
+    /// How many of the organization's types (catalog or own) belong to `channel`.
+    pub fn types_in_channel(&self, channel: &str) -> usize {
+        let own = self
+            .custom_types
+            .values()
+            .filter(|(t, _)| t.channel.as_deref() == Some(channel))
+            .count();
+        let catalogs: usize = self
+            .org
+            .catalogs
+            .iter()
+            .filter_map(|c| c.catalog())
+            .map(|c| c.types.iter().filter(|t| t.channel == channel).count())
+            .sum();
+        own + catalogs
+    }
+
     /// Whether any type of the organization (catalog or own) belongs to `channel`.
     pub fn knows_channel(&self, channel: &str) -> bool {
         channel == crate::event_type::OPERATIONS_CHANNEL

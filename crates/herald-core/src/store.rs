@@ -217,6 +217,8 @@ pub trait Store: Send + Sync + 'static {
     // Event types.
     async fn create_event_type(&self, event_type: &CustomEventType) -> StoreResult<()>;
     async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<CustomEventType>>;
+    /// Deletes one of the organization's own types; `NotFound` if it has none of that name.
+    async fn delete_event_type(&self, org: &OrgId, name: &str) -> StoreResult<()>;
 
     // Webhooks.
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()>;

@@ -484,8 +484,27 @@ async fn event_type_names_are_unique_within_an_organization(store: Arc<dyn Store
     store.create_event_type(&theirs).await.unwrap();
     assert_eq!(
         store.list_event_types(&globex.id).await.unwrap(),
+        vec![theirs.clone()]
+    );
+
+    // Deleted by name, within its organization only; the name is free again.
+    store
+        .delete_event_type(&acme.id, "invoice.paid")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_event_types(&acme.id).await.unwrap(),
+        vec![voided]
+    );
+    assert_eq!(
+        store.list_event_types(&globex.id).await.unwrap(),
         vec![theirs]
     );
+    assert!(matches!(
+        store.delete_event_type(&acme.id, "invoice.paid").await,
+        Err(StoreError::NotFound)
+    ));
+    store.create_event_type(&paid).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

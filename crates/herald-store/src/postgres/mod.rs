@@ -504,6 +504,10 @@ impl Store for PostgresStore {
         on_client!(self, |c| orgs::list_event_types(&c, org))
     }
 
+    async fn delete_event_type(&self, org: &OrgId, name: &str) -> StoreResult<()> {
+        in_tx!(self, |tx| orgs::delete_event_type(&tx, org, name))
+    }
+
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
         let w = self.cipher.seal_webhook(webhook);
         in_tx!(self, |tx| webhooks::create(&tx, &w))

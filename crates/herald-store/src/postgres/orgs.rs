@@ -191,6 +191,19 @@ pub(crate) async fn create_event_type(c: &impl Conn, t: &CustomEventType) -> DbR
     Ok(())
 }
 
+pub(crate) async fn delete_event_type(c: &impl Conn, org: &OrgId, name: &str) -> DbResult<()> {
+    let deleted = c
+        .exec(
+            "DELETE FROM event_types WHERE org_id = $1 AND name = $2",
+            &[&org.as_str(), &name],
+        )
+        .await?;
+    if deleted == 0 {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
 pub(crate) async fn list_event_types(c: &impl Conn, org: &OrgId) -> DbResult<Vec<CustomEventType>> {
     let sql = format!(
         "SELECT {} FROM event_types WHERE org_id = $1 ORDER BY name",

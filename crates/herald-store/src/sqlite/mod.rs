@@ -431,6 +431,12 @@ impl Store for SqliteStore {
         self.read(move |c| orgs::list_event_types(c, &org)).await
     }
 
+    async fn delete_event_type(&self, org: &OrgId, name: &str) -> StoreResult<()> {
+        let (org, name) = (org.clone(), name.to_owned());
+        self.write(move |c| orgs::delete_event_type(c, &org, &name))
+            .await
+    }
+
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
         let w = self.sealed(webhook);
         self.write(move |c| webhooks::create(c, &w)).await

@@ -193,6 +193,16 @@ pub(crate) fn create_event_type(conn: &Connection, t: &CustomEventType) -> DbRes
     Ok(())
 }
 
+pub(crate) fn delete_event_type(conn: &Connection, org: &OrgId, name: &str) -> DbResult<()> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM event_types WHERE org_id = ? AND name = ?")?
+        .execute([org.as_str(), name])?;
+    if deleted == 0 {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
 pub(crate) fn list_event_types(conn: &Connection, org: &OrgId) -> DbResult<Vec<CustomEventType>> {
     let sql = format!(
         "SELECT {} FROM event_types WHERE org_id = ? ORDER BY name",

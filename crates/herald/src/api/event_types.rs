@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_catalogs))
         .routes(routes!(list_org_types, register_type))
+        .routes(routes!(unregister_type))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,4 +100,31 @@ async fn register_type(
     };
     let created = event_types::register(&state, &scope, &org_id(&path.org)?, input).await?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `{org}` and an event type's `{name}` in a path.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TypePath {
+    /// The organization's id (`org_…`).
+    org: String,
+    /// The name of one of the organization's own event types.
+    name: String,
+}
+
+/// Deletes one of the organization's own event types. Events already stored keep their type.
+#[utoipa::path(delete, path = "/v1/orgs/{org}/event-types/{name}", tag = "event types",
+    params(TypePath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such organization visible to the caller, or no type of its own by that name", body = super::ErrorBody),
+        (status = 409, description = "A catalog's type (change the catalogs instead), or webhooks still subscribe to it by name or to its channel, of which it is the last type", body = super::ErrorBody),
+    ))]
+async fn unregister_type(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    PathParams(path): PathParams<TypePath>,
+) -> ApiResult<StatusCode> {
+    event_types::unregister(&state, &scope, &org_id(&path.org)?, &path.name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

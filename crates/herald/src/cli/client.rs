@@ -449,6 +449,16 @@ pub enum EventsCommand {
         #[arg(long)]
         example: Option<String>,
     },
+    /// Delete an event type of the organization's own (events already stored keep it). Refused
+    /// while a webhook subscribes to it by name, or to its channel if it is the last type there.
+    Unregister {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The type's name.
+        #[arg(long)]
+        name: String,
+    },
     /// Post an event (or a batch); the same as `herald send`.
     Send(SendArgs),
 }
@@ -491,6 +501,11 @@ fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
             Some((head, method)) => (head, method),
             None => ("", before),
         };
+        // `(DELETE /v1/…)`: the parenthesis stays, around the command.
+        let (open, method) = match method.strip_prefix('(') {
+            Some(method) => ("(", method),
+            None => ("", method),
+        };
         let path = &from[1..];
         let end = path
             .find(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == ')')
@@ -501,16 +516,26 @@ fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
             ("{org}", None) => "…",
             (named, _) => named,
         };
-        let command = match (method, path[..end].strip_suffix("/event-types")) {
-            ("GET", Some(_)) => Some(format!("`herald events types --org {org}`")),
-            ("POST", Some(_)) => Some(format!("`herald events register --org {org} --name …`")),
+        let one_type = path[..end]
+            .rsplit_once("/event-types/")
+            .map(|(_, name)| name);
+        let command = match (method, path[..end].strip_suffix("/event-types"), one_type) {
+            ("GET", Some(_), _) => Some(format!("`herald events types --org {org}`")),
+            ("POST", Some(_), _) => Some(format!("`herald events register --org {org} --name …`")),
+            ("DELETE", _, Some(name)) => Some(format!(
+                "`herald events unregister --org {org} --name {name}`"
+            )),
             _ => None,
         };
         match command {
-            Some(command) if head.is_empty() => out.push_str(&command),
+            Some(command) if head.is_empty() => {
+                out.push_str(open);
+                out.push_str(&command);
+            }
             Some(command) => {
                 out.push_str(head);
                 out.push(' ');
+                out.push_str(open);
                 out.push_str(&command);
             }
             None => out.push_str(&rest[..at + 1 + end]),
@@ -1281,6 +1306,15 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
             let answer = api.post(&api_path(&["v1", "orgs", &org, "event-types"])?, body)?;
             show(&conn, &answer, &["name", "channel", "description"]);
         }
+        EventsCommand::Unregister { org, name } => {
+            let org = api.org_id(&org)?;
+            api.call(
+                reqwest::Method::DELETE,
+                &api_path(&["v1", "orgs", &org, "event-types", &name])?,
+                None,
+            )?;
+            out!("Deleted the event type {name}.");
+        }
         EventsCommand::Send(args) => send(conn, args)?,
     }
     Ok(())
@@ -1355,6 +1389,13 @@ mod tests {
                 None
             ),
             "events[0]: 'x' is not one; see `herald events types --org org_1`"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "delete that one first (DELETE /v1/orgs/org_1/event-types/invoice.paid) or not",
+                None
+            ),
+            "delete that one first (`herald events unregister --org org_1 --name invoice.paid`) or not"
         );
         // Routes without a command of their own are left as they are.
         let other = "see GET /v1/orgs/org_1/webhooks, then POST /v1/orgs";

@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orgs/{org}/catalog", get(show_catalog))
         .route("/orgs/{org}/event-types", post(register_type))
+        .route("/orgs/{org}/event-types/delete", post(unregister_type))
 }
 
 /// The new-type form as typed.
@@ -159,6 +160,25 @@ async fn register_type(
             catalog_page(&state, &signed, &org, typed, Some((status, message, field))).await
         }
     }
+}
+
+/// Deletes one of the organization's own types (named in the form: names may hold `/`).
+async fn unregister_type(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    post: Post,
+) -> DashResult<Response> {
+    let Post { signed, form } = post;
+    let org = org_id(&org)?;
+    let name = form.text("name");
+    let flash = match event_types::unregister(&state, &signed.scope, &org, &name).await {
+        Ok(()) => Flash::ok(format!(
+            "Event type {name} deleted; events already stored keep it."
+        )),
+        Err(ServiceError::NotFound("organization")) => return Err(DashError::not_found()),
+        Err(e) => Flash::error(describe(e).1),
+    };
+    Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}/catalog")))
 }
 
 async fn catalog_page(

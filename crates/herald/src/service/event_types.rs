@@ -122,6 +122,66 @@ pub async fn register(
     .await
 }
 
+/// Deletes one of the organization's own types. Events already stored keep it. Refused while
+/// a webhook names it, or names its channel and it is that channel's last type: their
+/// subscriptions would name what no longer exists (and could not be saved again unchanged).
+pub async fn unregister(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    name: &str,
+) -> ServiceResult<()> {
+    scope.check_org(org)?;
+    let snapshot = state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    let Some(own) = snapshot.custom_type(name) else {
+        if let Some((catalog, _)) = snapshot.catalog_type(name) {
+            return Err(ServiceError::Conflict(format!(
+                "'{name}' comes from the '{}' catalog, not from this organization's own types; \
+                 to stop using it, change the organization's catalogs",
+                catalog.name
+            )));
+        }
+        return Err(ServiceError::NotFound("event type"));
+    };
+    let naming = |wants: &dyn Fn(&herald_core::webhook::Webhook) -> bool| -> Vec<String> {
+        snapshot
+            .webhooks()
+            .iter()
+            .filter(|w| wants(w))
+            .map(|w| w.id.to_string())
+            .collect()
+    };
+    let by_name = naming(&|w| w.events.iter().any(|e| e == name));
+    if !by_name.is_empty() {
+        return Err(ServiceError::Conflict(format!(
+            "webhooks subscribe to '{name}' by name ({}); take it out of their events first",
+            by_name.join(", ")
+        )));
+    }
+    if let Some(channel) = own.channel.as_deref()
+        && snapshot.types_in_channel(channel) == 1
+    {
+        let by_channel = naming(&|w| w.channels.iter().any(|c| c == channel));
+        if !by_channel.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "'{name}' is the last type of the channel '{channel}', which webhooks subscribe \
+                 to ({}); take the channel out of their channels first",
+                by_channel.join(", ")
+            )));
+        }
+    }
+    let (owner, name) = (org.clone(), name.to_owned());
+    write_then_forget(state, org, "event type", |store| async move {
+        store.delete_event_type(&owner, &name).await.map(|()| name)
+    })
+    .await
+    .map(|name| tracing::info!(org = %org, event_type = name, "event type deleted"))
+}
+
 /// Every type the organization can post: its catalogs' and its own.
 pub async fn list_for_org(
     state: &AppState,

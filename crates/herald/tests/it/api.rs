@@ -1353,6 +1353,115 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
     assert!(message.contains("100 API keys"), "{message}");
 }
 
+/// An organization's own type can be deleted, once no webhook depends on it; what was stored
+/// of it stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_type_of_its_own_is_deleted_once_no_webhook_depends_on_it() {
+    let app = TestApp::spawn().await;
+    let rx = crate::helpers::TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let types = format!("/v1/orgs/{org}/event-types");
+    let (status, _) = app
+        .post(
+            &types,
+            json!({ "name": "invoice.paid", "channel": "billing" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let by_name = app
+        .create_webhook(&org, &rx.url("/n"), json!({ "events": ["invoice.paid"] }))
+        .await;
+    let paid = app
+        .send_event(
+            &org,
+            json!({ "type": "invoice.paid", "id": "inv-1", "data": { "n": 1 } }),
+        )
+        .await;
+    assert_eq!(paid["deliveries"], 1, "{paid}");
+
+    let one = format!("{types}/invoice.paid");
+    let (status, err) = app.delete(&one).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(by_name["id"].as_str().unwrap()),
+        "{message}"
+    );
+    let hook = format!(
+        "/v1/orgs/{org}/webhooks/{}",
+        by_name["id"].as_str().unwrap()
+    );
+    let (status, _) = app
+        .patch(&hook, json!({ "channels": ["billing"], "events": [] }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Subscribed to its channel, of which it is the only type: refused too.
+    let (status, err) = app.delete(&one).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last type of the channel")
+    );
+    let (status, _) = app
+        .post(
+            &types,
+            json!({ "name": "invoice.voided", "channel": "billing" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = app.delete(&one).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    let (_, listed) = app.get(&types).await;
+    assert!(!listed.to_string().contains("invoice.paid"), "{listed}");
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "invoice.paid", "data": {} }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unknown_event_type")
+    );
+    let delivered = app
+        .delivery_ids(&org, by_name["id"].as_str().unwrap())
+        .await;
+    let (status, detail) = app
+        .get(&format!("/v1/orgs/{org}/deliveries/{}", delivered[0]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "what was stored stays: {detail}");
+
+    let (status, _) = app.delete(&one).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "already gone");
+    let (status, err) = app.delete(&format!("{types}/user.created")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a catalog's type: {err}");
+    // Another organization's key sees none of it.
+    let other = app.create_org("Globex").await;
+    let (_, key) = app
+        .post(
+            &format!("/v1/orgs/{other}/api-keys"),
+            json!({ "name": "theirs" }),
+        )
+        .await;
+    let resp = app
+        .http
+        .delete(format!("{}{types}/invoice.voided", app.base))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (status, _) = app.delete(&format!("{types}/invoice.voided")).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "still the channel's last type"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_may_create_at_most_so_many_deliveries() {
     let app = TestApp::spawn_with(|s| s.limits.max_deliveries_per_request = 4).await;

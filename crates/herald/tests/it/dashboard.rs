@@ -1006,6 +1006,26 @@ async fn custom_event_types_are_registered_from_the_catalog_page() {
         .await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
     assert!(a.body.contains("already has an event type"), "{}", a.body);
+
+    // Its own types have a delete button; the catalogs' do not.
+    let body = admin.get(&catalog).await.body;
+    assert_eq!(body.matches("/event-types/delete").count(), 1, "{body}");
+    let delete = format!("/orgs/{org}/event-types/delete");
+    let a = admin
+        .post(&delete, &[("csrf", &csrf), ("name", "invoice.paid")])
+        .await;
+    assert_eq!(a.location, catalog);
+    let body = admin.get(&catalog).await.body;
+    assert!(body.contains("Event type invoice.paid deleted"), "{body}");
+    assert!(!body.contains("<code>invoice.paid</code>"), "{body}");
+    let a = admin
+        .post(&delete, &[("csrf", &csrf), ("name", "user.created")])
+        .await;
+    let body = admin.get(&a.location).await.body;
+    assert!(
+        body.contains("comes from the"),
+        "a catalog's type stays: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -300,6 +300,20 @@ async fn every_documented_operation_answers_as_documented() {
         .admin(M::POST, "/v1/orgs/{org}/event-types", &[&org], Some(custom))
         .await;
     assert_eq!(st, StatusCode::CONFLICT);
+    let draft = json!({ "name": "invoice.draft" });
+    let (st, _) = w
+        .admin(M::POST, "/v1/orgs/{org}/event-types", &[&org], Some(draft))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let one = "/v1/orgs/{org}/event-types/{name}";
+    for (name, expected) in [
+        ("invoice.draft", StatusCode::NO_CONTENT),
+        ("invoice.draft", StatusCode::NOT_FOUND),
+        ("user.created", StatusCode::CONFLICT),
+    ] {
+        let (st, _) = w.admin(M::DELETE, one, &[&org, name], None).await;
+        assert_eq!(st, expected, "{name}");
+    }
 
     // Webhooks.
     let (st, hook) = w
