@@ -71,6 +71,14 @@ impl WebhookInput {
 }
 
 fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
+    // serde would read an array as the struct's fields in order (`[]` as no options).
+    if !raw.is_object() {
+        return Err(Invalid::new(
+            "options",
+            "must be a JSON object, e.g. {\"batch_window_ms\": 500}",
+        )
+        .into());
+    }
     serde_json::from_value(raw).map_err(|e| {
         Invalid::new(
             "options",

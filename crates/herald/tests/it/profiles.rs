@@ -414,6 +414,11 @@ async fn an_opal_batch_window_puts_close_events_in_one_signed_body() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    let (status, err) = app.patch(&path, json!({ "options": [] })).await;
+    assert_eq!(
+        (status, err["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("options"))
+    );
     let (status, moved) = app.patch(&path, json!({ "profile": "standard" })).await;
     assert_eq!(status, StatusCode::OK, "{moved}");
     assert_eq!(moved["options"], json!({}));
