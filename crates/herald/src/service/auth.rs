@@ -191,12 +191,7 @@ pub async fn list_api_keys(
     scope: &Scope,
     org: &OrgId,
 ) -> ServiceResult<Vec<ApiKey>> {
-    scope.check_org(org)?;
-    state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    super::org_snapshot(state, scope, org).await?;
     state
         .store
         .list_api_keys(org)

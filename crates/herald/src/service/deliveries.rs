@@ -134,12 +134,7 @@ pub async fn preview_request(
     org: &OrgId,
     delivery: &Delivery,
 ) -> ServiceResult<Option<RequestPreview>> {
-    scope.check_org(org)?;
-    let snapshot = state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let Some(webhook) = snapshot.webhook(&delivery.webhook_id) else {
         return Ok(None);
     };

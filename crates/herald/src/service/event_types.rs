@@ -43,12 +43,7 @@ pub async fn register(
     org: &OrgId,
     input: EventTypeInput,
 ) -> ServiceResult<CustomEventType> {
-    scope.check_org(org)?;
-    let snapshot = state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let most = state.settings.limits.max_event_types_per_org;
     if snapshot.custom_type_count() >= most as usize {
         return Err(ServiceError::Conflict(format!(
@@ -131,12 +126,7 @@ pub async fn unregister(
     org: &OrgId,
     name: &str,
 ) -> ServiceResult<()> {
-    scope.check_org(org)?;
-    let snapshot = state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let Some(own) = snapshot.custom_type(name) else {
         if let Some((catalog, _)) = snapshot.catalog_type(name) {
             return Err(ServiceError::Conflict(format!(
@@ -188,12 +178,7 @@ pub async fn list_for_org(
     scope: &Scope,
     org: &OrgId,
 ) -> ServiceResult<Vec<AvailableType>> {
-    scope.check_org(org)?;
-    let snapshot = state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let mut out: Vec<AvailableType> = snapshot
         .org
         .catalogs

@@ -20,6 +20,21 @@ use herald_core::{Invalid, OrgId};
 
 pub use auth::Scope;
 
+/// The organization's snapshot, for a caller allowed to see it (`404` for anyone else, as for
+/// an organization that does not exist).
+pub(crate) async fn org_snapshot(
+    state: &crate::app::AppState,
+    scope: &Scope,
+    org: &OrgId,
+) -> ServiceResult<std::sync::Arc<herald_core::directory::OrgSnapshot>> {
+    scope.check_org(org)?;
+    state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))
+}
+
 /// Why a use case did not happen. The API maps each variant to one status in `api/error.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

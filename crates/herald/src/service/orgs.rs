@@ -99,12 +99,7 @@ pub async fn list(
 }
 
 pub async fn get(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResult<Organization> {
-    scope.check_org(id)?;
-    let snapshot = state
-        .directory
-        .snapshot(id)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, id).await?;
     Ok(snapshot.org.clone())
 }
 
@@ -114,12 +109,7 @@ pub async fn update(
     id: &OrgId,
     input: OrgInput,
 ) -> ServiceResult<Organization> {
-    scope.check_org(id)?;
-    let snapshot = state
-        .directory
-        .snapshot(id)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, id).await?;
     let mut org = snapshot.org.clone();
     if let Some(name) = input.name {
         org.name = parse_name(&name, "name")?;

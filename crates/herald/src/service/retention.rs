@@ -52,12 +52,7 @@ pub async fn purge_org(
     org: &OrgId,
     before: Timestamp,
 ) -> ServiceResult<PurgeCount> {
-    scope.check_org(org)?;
-    state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    super::org_snapshot(state, scope, org).await?;
     let count = purge(state, Some(org), before).await?;
     tracing::info!(org = %org, events = count.events, deliveries = count.deliveries, attempts = count.attempts, "organization history purged");
     Ok(count)

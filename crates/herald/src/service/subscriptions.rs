@@ -102,12 +102,7 @@ pub async fn list(
     org: &OrgId,
     id: &WebhookId,
 ) -> ServiceResult<Vec<Subscription>> {
-    scope.check_org(org)?;
-    let snapshot = state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let webhook = snapshot
         .webhook(id)
         .ok_or(ServiceError::NotFound("webhook"))?;
@@ -143,12 +138,7 @@ pub async fn resend(
     id: &WebhookId,
     channel: Option<String>,
 ) -> ServiceResult<Vec<Subscription>> {
-    scope.check_org(org)?;
-    let snapshot = state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let webhook = snapshot
         .webhook(id)
         .ok_or(ServiceError::NotFound("webhook"))?

@@ -140,15 +140,6 @@ fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) ->
     Ok(())
 }
 
-async fn snapshot(state: &AppState, scope: &Scope, org: &OrgId) -> ServiceResult<Arc<OrgSnapshot>> {
-    scope.check_org(org)?;
-    state
-        .directory
-        .snapshot(org)
-        .await
-        .map_err(ServiceError::from_store("organization"))
-}
-
 /// Checks that every named event type and channel exists for the organization, so that a typo
 /// in a subscription is caught now rather than silently matching nothing.
 fn check_subscription(
@@ -190,7 +181,7 @@ pub async fn create(
     org: &OrgId,
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
-    let snapshot = snapshot(state, scope, org).await?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let most = state.settings.limits.max_webhooks_per_org;
     if snapshot.webhooks().len() >= most as usize {
         return Err(ServiceError::Conflict(format!(
@@ -286,7 +277,7 @@ pub async fn list(
     org: &OrgId,
     page: PageRequest,
 ) -> ServiceResult<Page<Webhook>> {
-    snapshot(state, scope, org).await?;
+    super::org_snapshot(state, scope, org).await?;
     state
         .store
         .list_webhooks(org, &page)
@@ -315,7 +306,7 @@ pub async fn update(
     id: &WebhookId,
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
-    let snapshot = snapshot(state, scope, org).await?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let fields = input.given();
     let mut w = state
         .store
@@ -608,7 +599,7 @@ pub async fn delete(
     if ids.len() > 1000 {
         return Err(Invalid::new("ids", "at most 1000 ids at once").into());
     }
-    let snapshot = snapshot(state, scope, org).await?;
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     if let Some(active) = ids
         .iter()
         .filter_map(|id| snapshot.webhook(id))

@@ -406,32 +406,20 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
     assert!(a.body.contains(r#"value="user.created" checked"#));
     assert!(a.body.contains("X-Team: identity"));
 
-    let a = admin
-        .post(
-            &create,
-            &[
-                ("csrf", csrf.as_str()),
-                ("name", "x"),
-                ("url", "https://example.com/h"),
-                ("timeout_ms", "soon"),
-            ],
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(a.body.contains("number of milliseconds"), "{}", a.body);
-    let a = admin
-        .post(
-            &create,
-            &[
-                ("csrf", csrf.as_str()),
-                ("name", "x"),
-                ("url", "https://example.com/h"),
-                ("headers", "X-Team: a\nX-Team: b"),
-            ],
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(a.body.contains("given twice"), "{}", a.body);
+    for (field, typed, says) in [
+        ("timeout_ms", "soon", "number of milliseconds"),
+        ("headers", "X-Team: a\nX-Team: b", "given twice"),
+    ] {
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("name", "x"),
+            ("url", "https://example.com/h"),
+            (field, typed),
+        ];
+        let a = admin.post(&create, &form).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert!(a.body.contains(says), "{}", a.body);
+    }
 
     let mut fixed = typed;
     fixed[2] = ("url", "https://example.com/h");
