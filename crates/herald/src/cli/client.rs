@@ -156,7 +156,8 @@ pub enum WebhooksCommand {
         #[arg(long = "channel")]
         channels: Vec<String>,
         /// Another wire format: standard, opal, optare, parallelworks, permit, asgardeo or
-        /// cloudevents (moving to or from asgardeo verifies or unsubscribes the endpoint).
+        /// cloudevents. An active webhook moved to asgardeo verifies its channels (WebSub)
+        /// before it gets another event; moved off it, it then unsubscribes them.
         #[arg(long)]
         profile: Option<String>,
         /// Puts a setting back to its default (repeatable).
@@ -288,7 +289,7 @@ pub struct WebhookOptions {
 
 impl WebhookOptions {
     /// Adds the options that were given to a create or update body.
-    fn add_to(self, body: &mut Value) {
+    fn add_to(self, body: &mut Value) -> anyhow::Result<()> {
         if let Some(description) = self.description {
             body["description"] = json!(description);
         }
@@ -299,13 +300,17 @@ impl WebhookOptions {
             body["retry_schedule"] = json!(schedule);
         }
         if !self.headers.is_empty() {
-            let headers: serde_json::Map<String, Value> = self
-                .headers
-                .into_iter()
-                .map(|(name, value)| (name, json!(value)))
-                .collect();
+            let mut headers = serde_json::Map::new();
+            for (name, value) in self.headers {
+                // Names are not case-sensitive; a second value would silently replace the first.
+                if headers.keys().any(|n| n.eq_ignore_ascii_case(&name)) {
+                    bail!("--header {name} is given twice; give each header once");
+                }
+                headers.insert(name, json!(value));
+            }
             body["headers"] = Value::Object(headers);
         }
+        Ok(())
     }
 }
 
@@ -1012,7 +1017,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             if disabled {
                 body["active"] = json!(false);
             }
-            options.add_to(&mut body);
+            options.add_to(&mut body)?;
             let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"])?, body)?;
             show(&conn, &created, cols);
             if !conn.json {
@@ -1044,7 +1049,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                     body[key] = json!(value);
                 }
             }
-            options.add_to(&mut body);
+            options.add_to(&mut body)?;
+            let mut reset = reset;
+            reset.sort_by_key(|r| r.field());
+            reset.dedup();
             for setting in reset {
                 let field = setting.field();
                 if body.get(field).is_some() {

@@ -164,6 +164,22 @@ pub async fn unregister(
             )));
         }
     }
+    // A delivery finds its channel through its event's type when it is sent: without the type,
+    // one to a webhook that verifies its intent per channel (WebSub) could never go.
+    if let Some(channel) = own.channel.as_deref() {
+        let verifying = naming(&|w| {
+            w.verification == herald_core::subscription::Verification::Websub
+                && snapshot.channels_of(w).iter().any(|c| c == channel)
+        });
+        if !verifying.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "webhooks that verify their intent per channel (WebSub) receive '{name}' through \
+                 the channel '{channel}' ({}); their deliveries of it need its channel, so take \
+                 the channel out of their subscriptions first",
+                verifying.join(", ")
+            )));
+        }
+    }
     let (owner, name) = (org.clone(), name.to_owned());
     write_then_forget(state, org, "event type", |store| async move {
         store.delete_event_type(&owner, &name).await.map(|()| name)

@@ -114,7 +114,11 @@ pub async fn update(
     if let Some(name) = input.name {
         org.name = parse_name(&name, "name")?;
     }
-    if let Some(handle) = input.handle {
+    // The handle it has is kept as it is, even if today's rules would not take it (forms send
+    // it back with every change).
+    if let Some(handle) = input.handle
+        && handle != org.handle.as_str()
+    {
         org.handle = OrgHandle::parse(&handle)?;
     }
     if let Some(raw) = input.catalogs {

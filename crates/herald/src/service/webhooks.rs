@@ -385,8 +385,11 @@ pub async fn update(
                 old.url != w.url
                     || snapshot.channels_of(old) != snapshot.channels_of(&w)
                     || old.verification != w.verification
+                    // The topics name the profile.
+                    || old.profile != w.profile
             }));
-    let unsubscribe = websub && was_active && !w.active;
+    // Only where it had subscribed: not a webhook that takes WebSub and is switched off at once.
+    let unsubscribe = websub && old_verification == Verification::Websub && was_active && !w.active;
     let previous: Vec<Subscription> = snapshot
         .subscriptions_of(&w.id)
         .into_iter()

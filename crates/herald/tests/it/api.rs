@@ -1353,6 +1353,34 @@ async fn an_organization_has_at_most_its_share_of_webhooks_and_event_types() {
     assert!(message.contains("100 API keys"), "{message}");
 }
 
+/// A handle taken before today's rules stays usable: the dashboard's settings form sends it back
+/// with every change, which must not be refused for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_from_older_rules_is_kept_through_other_changes() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let id = herald_core::OrgId::parse(&org).unwrap();
+    let mut stored = app.state.store.get_org(&id).await.unwrap();
+    stored.handle = herald_core::org::OrgHandle::from_trusted("acme..old-".to_owned());
+    app.state.store.update_org(&stored).await.unwrap();
+    app.state.directory.invalidate(&id);
+    let path = format!("/v1/orgs/{org}");
+    let (status, body) = app
+        .patch(
+            &path,
+            json!({ "name": "Acme Corp", "handle": "acme..old-" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "Acme Corp");
+    let (status, body) = app.patch(&path, json!({ "handle": "acme..new-" })).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a new one follows them: {body}"
+    );
+}
+
 /// An organization's own type can be deleted, once no webhook depends on it; what was stored
 /// of it stays readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

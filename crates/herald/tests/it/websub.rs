@@ -314,6 +314,93 @@ async fn a_webhook_moved_to_the_asgardeo_profile_verifies_first_and_moved_back_u
         )
         .await;
     assert_eq!(changed["verification"], "websub", "{changed}");
+
+    // Moved to asgardeo and switched off in one change: it never subscribed, so nothing is
+    // asked of the endpoint, not even to unsubscribe.
+    let quiet = app
+        .create_webhook(&org, &rx.url("/quiet"), json!({ "channels": ["login"] }))
+        .await;
+    let (status, off) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{}", quiet["id"].as_str().unwrap()),
+            json!({ "profile": "asgardeo", "active": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{off}");
+    assert!(rx.verifications_on("/quiet").is_empty());
+}
+
+/// The topic names the profile: a verified webhook moved to another profile, keeping its
+/// WebSub verification, is verified again on the new topic before it gets another event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_profile_is_a_new_topic_verified_again() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/std"),
+            json!({ "verification": "websub", "events": ["user.created"], "active": true }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let first = rx.verifications_on("/std");
+    assert_eq!(first.len(), 1, "verified on creation");
+    assert!(
+        first[0]
+            .param("hub.topic")
+            .unwrap()
+            .contains(".schema.standard.")
+    );
+
+    let (status, moved) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "profile": "optare" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    let asked = rx.verifications_on("/std");
+    assert_eq!(asked.len(), 2, "verified again");
+    assert!(
+        asked[1]
+            .param("hub.topic")
+            .unwrap()
+            .contains(".schema.optare.")
+    );
+    assert_eq!(asked[1].param("hub.mode"), Some("subscribe"));
+
+    // And a type of its own whose channel it receives cannot be deleted from under it (its
+    // deliveries need the type's channel to be let through).
+    let types = format!("/v1/orgs/{org}/event-types");
+    let (status, _) = app
+        .post(
+            &types,
+            json!({ "name": "invoice.paid", "channel": "billing" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "events": ["user.created", "invoice.paid"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "events": ["*"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, err) = app.delete(&format!("{types}/invoice.paid")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("WebSub"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
