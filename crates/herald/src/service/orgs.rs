@@ -130,7 +130,7 @@ pub async fn update(
                 .find(|t| snapshot.has_custom_type(&t.name))
             {
                 return Err(ServiceError::Conflict(format!(
-                    "the catalog '{}' defines '{}', which this organization registered as its own event type; delete that one first (DELETE /v1/orgs/{}/event-types/{}) or leave the catalog out",
+                    "the catalog '{}' defines '{}', which this organization registered as its own event type; delete that one first (DELETE /v1/orgs/{}/event-types/{}), once no webhook names it, or leave the catalog out",
                     catalog.name, t.name, id, t.name
                 )));
             }
