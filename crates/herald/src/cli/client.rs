@@ -61,6 +61,21 @@ pub enum OrgsCommand {
         /// The organization: its id (`org_…`) or its handle.
         id: String,
     },
+    /// Change an organization's name, handle or catalogs.
+    Update {
+        /// The organization: its id (`org_…`) or its handle.
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new handle (WebSub topics and Asgardeo issuers name it).
+        #[arg(long)]
+        handle: Option<String>,
+        /// The built-in catalogs it uses, replacing the current ones (repeatable): optare, opal,
+        /// parallelworks, permit, asgardeo.
+        #[arg(long = "catalog")]
+        catalogs: Vec<String>,
+    },
     /// Delete an organization and everything it owns.
     Delete {
         /// The organization: its id (`org_…`) or its handle.
@@ -838,6 +853,31 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             &api.get(&api_path(&["v1", "orgs", &api.org_id(&id)?])?)?,
             cols,
         ),
+        OrgsCommand::Update {
+            id,
+            name,
+            handle,
+            catalogs,
+        } => {
+            let mut body = json!({});
+            for (key, value) in [("name", name), ("handle", handle)] {
+                if let Some(v) = value {
+                    body[key] = json!(v);
+                }
+            }
+            if !catalogs.is_empty() {
+                body["catalogs"] = json!(catalogs);
+            }
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                bail!("nothing to change; give --name, --handle or --catalog");
+            }
+            let path = api_path(&["v1", "orgs", &api.org_id(&id)?])?;
+            show(
+                &conn,
+                &api.call(reqwest::Method::PATCH, &path, Some(body))?,
+                cols,
+            );
+        }
         OrgsCommand::Delete { id: given, yes } => {
             if !yes {
                 bail!(

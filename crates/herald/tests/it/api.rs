@@ -748,6 +748,16 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         201,
         "{out}"
     );
+    let catalogs = ["--catalog", "optare", "--catalog", "permit"];
+    let (ok, out) = herald_cli(
+        &app,
+        &[&["orgs", "update", &org][..], &catalogs].concat(),
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("optare,permit"), "{out}");
+    let (ok, out) = herald_cli(&app, &["orgs", "update", &org], None).await;
+    assert!(!ok && out.contains("nothing to change"), "{out}");
 
     let url = rx.url("/cli");
     let (ok, out) = herald_cli(
