@@ -413,20 +413,7 @@ pub async fn update(
             tell_subscriber(&state, &w).await?;
         }
         if let Some(old) = leaves_websub {
-            let snapshot = state
-                .directory
-                .snapshot(&old.org_id)
-                .await
-                .map_err(ServiceError::from_store("organization"))?;
-            super::subscriptions::verify(
-                &state,
-                &snapshot,
-                &old,
-                Mode::Unsubscribe,
-                None,
-                super::subscriptions::Request::New,
-            )
-            .await?;
+            send_verification(&state, &old, Mode::Unsubscribe).await?;
         }
         Ok(w)
     })
@@ -499,16 +486,25 @@ fn switched(state: &AppState, w: &Webhook) {
 /// Sends a webhook that verifies its intent a new subscribe (when active) or unsubscribe for
 /// each of its channels, and answers where each stands.
 async fn tell_subscriber(state: &AppState, w: &Webhook) -> ServiceResult<Vec<Subscription>> {
-    let snapshot = state
-        .directory
-        .snapshot(&w.org_id)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
     let mode = if w.active {
         Mode::Subscribe
     } else {
         Mode::Unsubscribe
     };
+    send_verification(state, w, mode).await
+}
+
+/// Sends `mode` for each of the webhook's channels (as `w` has them), afresh.
+async fn send_verification(
+    state: &AppState,
+    w: &Webhook,
+    mode: Mode,
+) -> ServiceResult<Vec<Subscription>> {
+    let snapshot = state
+        .directory
+        .snapshot(&w.org_id)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
     super::subscriptions::verify(
         state,
         &snapshot,
