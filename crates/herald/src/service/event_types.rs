@@ -118,8 +118,9 @@ pub async fn register(
 }
 
 /// Deletes one of the organization's own types. Events already stored keep it. Refused while
-/// a webhook names it, or names its channel and it is that channel's last type: their
-/// subscriptions would name what no longer exists (and could not be saved again unchanged).
+/// a webhook names it, or names its channel and it is that channel's last type (their
+/// subscriptions would name what no longer exists, and could not be saved again unchanged),
+/// or while a WebSub webhook receives its channel (see below).
 pub async fn unregister(
     state: &AppState,
     scope: &Scope,
