@@ -335,6 +335,15 @@ pub trait Store: Send + Sync + 'static {
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()>;
+    /// Extends the leases of deliveries this node holds to `until`, each only if it still has
+    /// the lease given with it (as [`Store::defer_deliveries`]): a backlog held in memory can
+    /// outlast the leases it was taken under. Answers the ids renewed; the others are another
+    /// node's now, or no longer pending.
+    async fn renew_leases(
+        &self,
+        leases: &[(DeliveryId, Timestamp)],
+        until: Timestamp,
+    ) -> StoreResult<Vec<DeliveryId>>;
     /// Moves the webhook's deliveries deferred to exactly `deferred_to` to `to`: to now when its
     /// circuit's probe succeeded before then, to the next cool-down's end when it failed.
     /// Answers how many.

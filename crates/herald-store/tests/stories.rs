@@ -2149,6 +2149,34 @@ async fn a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease(
     assert_eq!(claim(&store, at(50)).await, expected);
 }
 
+async fn a_lease_is_renewed_only_by_its_holder(store: Arc<dyn Store>) {
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
+    // The holder extends the first two leases to 200 s, as it was given them.
+    let renewed = store
+        .renew_leases(&under_first_lease(&ids[..2]), at(200))
+        .await
+        .unwrap();
+    assert_eq!(renewed, ids[..2].to_vec());
+    // The third one's lease ended and another node took it (until 100 s): the first holder's
+    // renewal names the lease that ended and changes nothing.
+    let taken = store.claim_due(at(LEASE_SECS), at(100), 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "only the one not renewed is due");
+    let renewed = store
+        .renew_leases(&under_first_lease(&ids[2..]), at(300))
+        .await
+        .unwrap();
+    assert!(renewed.is_empty());
+    assert_eq!(
+        claim(&store, at(199)).await,
+        vec![ids[2].clone()],
+        "the other node's lease ended at 100 s; the renewed ones last until 200 s"
+    );
+    let mut first_two = ids[..2].to_vec();
+    first_two.sort();
+    assert_eq!(claim(&store, at(200)).await, first_two);
+}
+
 async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: Arc<dyn Store>) {
     let (_, hook) = org_with_webhook(&store, "acme").await;
     let leased_at_ingest = deliver(&store, &hook, "evt_1", T0, true).await;
@@ -2928,6 +2956,7 @@ macro_rules! stories {
             a_lease_given_back_for_an_inactive_webhook_stays_parked,
             a_released_lease_makes_the_delivery_due_again,
             a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
+            a_lease_is_renewed_only_by_its_holder,
             a_users_change_does_not_undo_what_happened_since_it_was_read,
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,

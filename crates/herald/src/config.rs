@@ -229,8 +229,9 @@ pub struct DeliverySettings {
     #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=36_500))]
     pub retention_days: u64,
     /// How long a node holds the deliveries it took before another node may take them over: a
-    /// node that dies leaves its deliveries to the others after this. No attempt runs past the
-    /// end of its lease (timeouts are shortened to fit), so keep it above your longest webhook
+    /// node that dies leaves its deliveries to the others after this. A delivery left queued
+    /// until too little of its lease remains for the webhook's timeout is leased anew before its
+    /// attempt. No attempt runs past the end of its lease, so keep it above your longest webhook
     /// timeout (at most 60 s) plus a few seconds.
     #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..=86_400))]
     pub lease_seconds: u64,

@@ -78,6 +78,49 @@ impl Dispatcher {
         }
     }
 
+    /// Renews the batch's leases for a whole lease from `now` when what is left would not cover
+    /// an attempt with the webhook's full timeout: a backlog queued in memory can outlast the
+    /// leases it was taken under, and an attempt cut to fit one would be recorded as the
+    /// endpoint's timeout. Answers whether the batch may go now: a delivery whose lease could
+    /// not be renewed is another node's (or settled), and is forgotten here; the rest of such
+    /// a batch is given back, due now.
+    async fn renew_if_short(
+        &self,
+        batch: &[DueDelivery],
+        webhook: &Webhook,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let needed = i64::from(webhook.effective_timeout_ms()) + LEASE_MARGIN.as_millis() as i64;
+        match self.lease_ends(batch) {
+            Some(ends) if ends.as_millis() - now.as_millis() < needed => {}
+            _ => return Ok(true),
+        }
+        let shared = &self.shared;
+        let leases = {
+            let held = shared.held.lock().expect("held lock");
+            held.leases_of(batch.iter().map(|d| &d.delivery_id))
+        };
+        let until = now.plus_millis(shared.settings.lease.as_millis() as i64);
+        let renewed = shared.store.renew_leases(&leases, until).await?;
+        {
+            let mut held = shared.held.lock().expect("held lock");
+            for id in &renewed {
+                held.renewed(id, until);
+            }
+        }
+        if renewed.len() == batch.len() {
+            return Ok(true);
+        }
+        let (kept, lost): (Vec<&herald_core::DeliveryId>, Vec<_>) = batch
+            .iter()
+            .map(|d| &d.delivery_id)
+            .partition(|id| renewed.contains(id));
+        tracing::debug!(webhook = %webhook.id, lost = lost.len(), "leases taken over before an attempt; not sending those");
+        self.release_held_leases(lost);
+        self.defer_held(&batch[0].org_id, kept, now).await?;
+        Ok(false)
+    }
+
     /// The webhook's timeout, shortened if needed so that the attempt ends before the batch's
     /// lease does (with a margin): after that, another node may take the deliveries over, and
     /// a delivery must never be attempted by two nodes at once. `None` if too little is left.
@@ -142,6 +185,9 @@ impl Dispatcher {
         }
 
         let started_at = shared.clock.now();
+        if !self.renew_if_short(batch, &webhook, started_at).await? {
+            return Ok(());
+        }
         let Some(timeout) = self.timeout_within_lease(batch, &webhook, started_at) else {
             // Too little of the lease is left for an attempt: leave the deliveries to whichever
             // node takes them when the lease ends (this one, most likely).

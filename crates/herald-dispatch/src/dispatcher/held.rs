@@ -197,6 +197,23 @@ impl HeldDeliveries {
         }
     }
 
+    /// The leases these deliveries are held under (those held).
+    pub(crate) fn leases_of<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a DeliveryId>,
+    ) -> Vec<(DeliveryId, Timestamp)> {
+        ids.into_iter()
+            .filter_map(|id| Some((id.clone(), self.by_id.get(id)?.lease_until)))
+            .collect()
+    }
+
+    /// Notes that a held delivery's lease was renewed in the store until `until`.
+    pub(crate) fn renewed(&mut self, id: &DeliveryId, until: Timestamp) {
+        if let Some(held) = self.by_id.get_mut(id) {
+            held.lease_until = until;
+        }
+    }
+
     /// When the first of these deliveries' leases ends, if any of them is held.
     pub(crate) fn lease_ends<'a>(
         &self,

@@ -885,6 +885,37 @@ async fn victims_by_walk(
     ))
 }
 
+/// Extends leases still held as given; answers the ids renewed. Rows another transaction holds
+/// are skipped (as in [`defer`]): a change to all of the webhook's deliveries may be settling
+/// them, and the delivery then comes back when its old lease ends.
+pub(crate) async fn renew_leases(
+    c: &impl Conn,
+    leases: &[(DeliveryId, Timestamp)],
+    until: Timestamp,
+) -> DbResult<Vec<DeliveryId>> {
+    let mut renewed = Vec::with_capacity(leases.len());
+    for chunk in leases.chunks(10_000) {
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+        let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
+        let rows = c
+            .rows(
+                "WITH mine AS ( \
+                     SELECT d.id FROM deliveries d \
+                     JOIN unnest($2::text[], $3::bigint[]) AS l(id, lease_until) ON d.id = l.id \
+                     WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
+                     FOR UPDATE OF d SKIP LOCKED) \
+                 UPDATE deliveries d SET lease_until = $1, due_at = $1 \
+                 FROM mine WHERE d.id = mine.id RETURNING d.id",
+                &[&until.as_millis(), &ids, &held],
+            )
+            .await?;
+        for row in rows {
+            renewed.push(DeliveryId::from_trusted(row.try_get(0)?));
+        }
+    }
+    Ok(renewed)
+}
+
 pub(crate) async fn defer(
     c: &impl Conn,
     org: &OrgId,

@@ -674,6 +674,14 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::defer(&c, org, leases, until))
     }
 
+    async fn renew_leases(
+        &self,
+        leases: &[(DeliveryId, Timestamp)],
+        until: Timestamp,
+    ) -> StoreResult<Vec<DeliveryId>> {
+        on_client!(self, |c| deliveries::renew_leases(&c, leases, until))
+    }
+
     async fn move_deferred(
         &self,
         webhook: &WebhookId,

@@ -541,6 +541,29 @@ pub(crate) fn purge(
     Ok((count, next))
 }
 
+pub(crate) fn renew_leases(
+    conn: &Connection,
+    leases: &[(DeliveryId, Timestamp)],
+    until: Timestamp,
+) -> DbResult<Vec<DeliveryId>> {
+    let mut renew = conn.prepare_cached(
+        "UPDATE deliveries SET lease_until = ?1, due_at = ?1 \
+         WHERE id = ?2 AND state = 'pending' AND lease_until = ?3",
+    )?;
+    let mut renewed = Vec::with_capacity(leases.len());
+    for (id, lease_until) in leases {
+        if renew.execute(params![
+            until.as_millis(),
+            id.as_str(),
+            lease_until.as_millis()
+        ])? == 1
+        {
+            renewed.push(id.clone());
+        }
+    }
+    Ok(renewed)
+}
+
 pub(crate) fn defer(
     conn: &Connection,
     org: &OrgId,

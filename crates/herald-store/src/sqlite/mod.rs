@@ -621,6 +621,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn renew_leases(
+        &self,
+        leases: &[(DeliveryId, Timestamp)],
+        until: Timestamp,
+    ) -> StoreResult<Vec<DeliveryId>> {
+        let leases = leases.to_vec();
+        self.write(move |c| deliveries::renew_leases(c, &leases, until))
+            .await
+    }
+
     async fn move_deferred(
         &self,
         webhook: &WebhookId,

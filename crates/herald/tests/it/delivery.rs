@@ -631,6 +631,44 @@ async fn a_test_event_goes_through_the_normal_path() {
     );
 }
 
+/// A delivery queued behind a slow attempt for most of its lease is sent with the webhook's full
+/// timeout under a renewed lease. Before, its attempt was cut to fit what was left of the lease
+/// (and recorded as the endpoint's timeout) or, with too little left, not started at all until
+/// the lease ended and the scheduler took it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_waited_most_of_its_lease_is_sent_under_a_renewed_one() {
+    let app = TestApp::spawn_with(|s| {
+        s.delivery.endpoint_concurrency = 1;
+        s.delivery.lease_seconds = 10;
+    })
+    .await;
+    let rx = TestReceiver::start().await;
+    rx.script([
+        Reply::status(200).after(Duration::from_millis(500)),
+        Reply::status(200).after(Duration::from_millis(1500)),
+    ]);
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "timeout_ms": 3000 }))
+        .await;
+    app.send_event(&org, user_created("slow")).await;
+    app.send_event(&org, user_created("queued")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    // While the first is answered, the second's lease (10 s) runs down to about 3 s, under the
+    // webhook's timeout (3 s) and its margin (2 s): the clock moves on 6.5 s. Cut to fit that
+    // lease, the attempt would have had about a second for an answer that takes 1.5 s.
+    app.clock.advance(Duration::from_millis(6_500));
+    let got = rx.wait_for("/h", 2, WAIT).await;
+    assert_eq!(got[1].json()["data"]["user"]["id"], "queued");
+    for id in app.delivery_ids(&org, hook["id"].as_str().unwrap()).await {
+        let d = app
+            .wait_for_delivery(&org, &id, |d| d["state"] != "pending")
+            .await;
+        assert_eq!(d["state"], "succeeded", "{d}");
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_goes_ahead_of_the_backlog_and_through_an_open_circuit() {
     let app = TestApp::spawn_with(|s| s.delivery.endpoint_concurrency = 1).await;
