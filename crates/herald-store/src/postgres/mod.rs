@@ -412,12 +412,15 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     if let Some(code) = e.code() {
         let code = code.code();
         // 08: connection exception; 53: insufficient resources; 57P0x: shutting down, cannot
-        // connect now; 40001/40P01: serialization failure, deadlock (try again).
+        // connect now; 40001/40P01: serialization failure, deadlock (try again); 55000 as a
+        // new connection hears it: the database does not take connections now (an operator's
+        // `ALLOW_CONNECTIONS false` during maintenance).
         return code.starts_with("08")
             || code.starts_with("53")
             || code.starts_with("57P")
             || code == "40001"
-            || code == "40P01";
+            || code == "40P01"
+            || code == "55000";
     }
     // No SQLSTATE: the connection itself failed (refused, reset, closed, timed out).
     e.is_closed()
@@ -850,6 +853,45 @@ mod tests {
             store.migrate().await,
             Err(StoreError::Unavailable(_))
         ));
+    }
+
+    /// A database that refuses connections for a while (maintenance) is unavailable, not a
+    /// fault: callers answer 503 with `Retry-After`. Needs a PostgreSQL server where it may
+    /// create a database (`HERALD_TEST_DATABASE_URL`); skipped without one.
+    #[tokio::test]
+    async fn a_database_that_takes_no_connections_now_is_unavailable() {
+        let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+            return;
+        };
+        let admin =
+            PostgresStore::new(&url, PostgresOptions::default(), SecretCipher::none()).unwrap();
+        let client = admin.client().await.unwrap();
+        let name = format!("herald_closed_{}", std::process::id());
+        // One statement at a time: several in one go run as one transaction, which
+        // `CREATE DATABASE` refuses.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+            format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+        ] {
+            client.batch_execute(&statement).await.unwrap();
+        }
+        let base = url.rsplit_once('/').unwrap().0;
+        let closed = PostgresStore::new(
+            &format!("{base}/{name}"),
+            PostgresOptions::default(),
+            SecretCipher::none(),
+        )
+        .unwrap();
+        let got = closed.get_org(&OrgId::generate()).await;
+        client
+            .batch_execute(&format!("DROP DATABASE {name}"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(got, Err(StoreError::Unavailable(_))),
+            "expected Unavailable, got {got:?}"
+        );
     }
 
     #[test]
