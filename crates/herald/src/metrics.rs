@@ -145,7 +145,7 @@ impl Snapshot<'_> {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook.\n# TYPE herald_webhook_pending_deliveries gauge"
+            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook, as the database counts them: with several nodes, every node reports the same whole count (take one node's, or the max, not the sum).\n# TYPE herald_webhook_pending_deliveries gauge"
         );
         for p in &self.pending {
             let _ = writeln!(
@@ -156,7 +156,7 @@ impl Snapshot<'_> {
         }
         let _ = writeln!(
             out,
-            "# HELP herald_webhook_oldest_pending_seconds Age of each webhook's oldest pending delivery.\n# TYPE herald_webhook_oldest_pending_seconds gauge"
+            "# HELP herald_webhook_oldest_pending_seconds Age of each webhook's oldest pending delivery, as the database knows it (the same on every node).\n# TYPE herald_webhook_oldest_pending_seconds gauge"
         );
         for p in &self.pending {
             let age = (self.now.as_millis() - p.oldest.as_millis()).max(0) as f64 / 1000.0;
