@@ -156,6 +156,8 @@ struct Shared {
     /// Wakes the scheduler: a retry was scheduled, a webhook was enabled, the clock moved.
     wake: Notify,
     wake_renewals: Notify,
+    /// Deliveries the webhooks' tasks gave back to the store while stopping (see `drain`).
+    given_back_on_stop: std::sync::atomic::AtomicU64,
     /// Each webhook's failing streak as this node last saved it, newer than the directory's.
     failing: Mutex<HashMap<WebhookId, health::Streak>>,
     /// Set on shutdown: attempts in flight finish, queued ones are given back to the store.
@@ -193,6 +195,7 @@ impl Dispatcher {
                 typical_event_bytes: AtomicUsize::new(FIRST_EVENT_ESTIMATE),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
+                given_back_on_stop: std::sync::atomic::AtomicU64::new(0),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 stop: watch::Sender::new(false),
@@ -438,5 +441,12 @@ impl Dispatcher {
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
         let _ =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let given_back = self.shared.given_back_on_stop.load(Ordering::Relaxed);
+        if given_back > 0 {
+            tracing::info!(
+                deliveries = given_back,
+                "gave the deliveries queued here back to the store, due now, for another node or the next start"
+            );
+        }
     }
 }

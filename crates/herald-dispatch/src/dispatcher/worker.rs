@@ -189,7 +189,12 @@ impl Dispatcher {
         let now = self.shared.clock.now();
         match self.defer_held(org, ids, now).await {
             Ok(0) => {}
-            Ok(count) => tracing::debug!(deliveries = count, "gave deliveries back on shutdown"),
+            Ok(count) => {
+                // Summed and logged once by `drain`.
+                self.shared
+                    .given_back_on_stop
+                    .fetch_add(count as u64, Ordering::Relaxed);
+            }
             Err(e) => tracing::warn!(
                 error = %e,
                 "could not give deliveries back on shutdown; they come back when their leases end"
