@@ -90,34 +90,52 @@ impl Dispatcher {
         webhook: &Webhook,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
+        let shared = &self.shared;
         let needed = i64::from(webhook.effective_timeout_ms()) + LEASE_MARGIN.as_millis() as i64;
-        match self.lease_ends(batch) {
-            Some(ends) if ends.as_millis() - now.as_millis() < needed => {}
+        let lease = shared.settings.lease.as_millis() as i64;
+        match self
+            .lease_ends(batch)
+            .map(|ends| ends.as_millis() - now.as_millis())
+        {
+            // Short, and a new lease adds more than half of one: with a lease setting barely
+            // above the timeout even a fresh lease is short, and renewing it would gain nothing.
+            Some(left) if left < needed && lease - left > lease / 2 => {}
             _ => return Ok(true),
         }
-        let shared = &self.shared;
         let leases = {
             let held = shared.held.lock().expect("held lock");
             held.leases_of(batch.iter().map(|d| &d.delivery_id))
         };
-        let until = now.plus_millis(shared.settings.lease.as_millis() as i64);
+        let until = now.plus_millis(lease);
         let renewed = shared.store.renew_leases(&leases, until).await?;
-        {
+        let lost: Vec<herald_core::DeliveryId> = {
             let mut held = shared.held.lock().expect("held lock");
             for id in &renewed {
                 held.renewed(id, until);
             }
-        }
-        if renewed.len() == batch.len() {
+            // Not renewed: another node's now, or settled. Unless this node's own scheduler took
+            // it again meanwhile: its held lease was then raised past the one sent, and it is
+            // this node's under that one.
+            leases
+                .iter()
+                .filter(|(id, sent)| {
+                    !renewed.contains(id)
+                        && held.leases_of([id]).first().map(|(_, l)| l) == Some(sent)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        if lost.is_empty() {
             return Ok(true);
         }
-        let (kept, lost): (Vec<&herald_core::DeliveryId>, Vec<_>) = batch
+        tracing::debug!(webhook = %webhook.id, lost = lost.len(), "leases taken over before an attempt; not sending those");
+        self.release_held_leases(&lost);
+        let kept = batch
             .iter()
             .map(|d| &d.delivery_id)
-            .partition(|id| renewed.contains(id));
-        tracing::debug!(webhook = %webhook.id, lost = lost.len(), "leases taken over before an attempt; not sending those");
-        self.release_held_leases(lost);
+            .filter(|id| !lost.contains(id));
         self.defer_held(&batch[0].org_id, kept, now).await?;
+        self.wake_delivery_scheduler();
         Ok(false)
     }
 
