@@ -427,9 +427,12 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
     Ok(out)
 }
 
+/// The longest timeout a webhook may have.
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
+
 /// Parses a timeout override: 100 ms to 60 s.
 pub fn parse_timeout_ms(raw: u64) -> Result<u32, Invalid> {
-    if (100..=60_000).contains(&raw) {
+    if (100..=u64::from(MAX_TIMEOUT_MS)).contains(&raw) {
         Ok(raw as u32)
     } else {
         Err(Invalid::new(

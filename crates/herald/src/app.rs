@@ -111,6 +111,17 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         )
     })?;
     let client = HttpClient::new(policy.clone()).context("could not build the HTTP client")?;
+    // An attempt never runs past its lease (2 s to spare): a shorter lease cuts every attempt
+    // to a webhook with a long timeout, and those cut attempts count as the endpoint's timeouts.
+    let longest = u64::from(herald_core::webhook::MAX_TIMEOUT_MS) / 1000 + 2;
+    if settings.delivery.lease_seconds < longest {
+        tracing::warn!(
+            lease_seconds = settings.delivery.lease_seconds,
+            "HERALD_LEASE_SECONDS is under {longest}: attempts to webhooks whose timeout is longer \
+             than the lease less 2 s are cut to fit it and count as timeouts; raise it above the \
+             longest webhook timeout plus a few seconds"
+        );
+    }
     let dispatcher = Dispatcher::new(
         store.clone(),
         directory.clone(),

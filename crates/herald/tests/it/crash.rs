@@ -349,6 +349,19 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
     }
 }
 
+/// A lease shorter than the longest webhook timeout allows is said at start-up, with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_too_short_for_long_timeouts_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &[("HERALD_LEASE_SECONDS", "10".into())]).await;
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("HERALD_LEASE_SECONDS is under 62") && l.contains("raise it")),
+        "{log:#?}"
+    );
+}
+
 /// A second node on one SQLite file would take the first one's deliveries back on start and
 /// send each of them twice: it is refused, saying who holds the file and what to do instead. Once
 /// the first is killed (however it ends, the system drops its lock), a new one starts.
