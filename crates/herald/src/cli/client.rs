@@ -470,7 +470,8 @@ pub enum EventsCommand {
         example: Option<String>,
     },
     /// Delete an event type of the organization's own (events already stored keep it). Refused
-    /// while a webhook subscribes to it by name, or to its channel if it is the last type there.
+    /// while a webhook subscribes to it by name, or to its channel if it is the last type there,
+    /// or while a webhook with WebSub verification receives its channel.
     Unregister {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
