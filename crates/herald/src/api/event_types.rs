@@ -118,7 +118,7 @@ struct TypePath {
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such organization visible to the caller, or no type of its own by that name", body = super::ErrorBody),
-        (status = 409, description = "A catalog's type (change the catalogs instead), or webhooks still subscribe to it by name or to its channel, of which it is the last type", body = super::ErrorBody),
+        (status = 409, description = "A catalog's type (change the catalogs instead), or webhooks still depend on it: they name it, or its channel of which it is the last type, or verify their intent (WebSub) on its channel", body = super::ErrorBody),
     ))]
 async fn unregister_type(
     State(state): State<AppState>,
