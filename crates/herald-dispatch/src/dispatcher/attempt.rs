@@ -24,6 +24,9 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 /// they are looked at again.
 const UNVERIFIED_WAIT: Duration = Duration::from_secs(60);
 
+/// Part of a batch was taken over by another node before its attempt: it is not sent here.
+struct Lost;
+
 /// Why the batch may not be sent to a webhook that verifies its intent, if it may not: one of
 /// its channels is not verified now. A test event, which a user sends on purpose, always goes.
 fn unverified(
@@ -78,29 +81,27 @@ impl Dispatcher {
         }
     }
 
-    /// Renews the batch's leases for a whole lease from `now` when what is left would not cover
-    /// an attempt with the webhook's full timeout: a backlog queued in memory can outlast the
-    /// leases it was taken under, and an attempt cut to fit one would be recorded as the
-    /// endpoint's timeout. Answers whether the batch may go now: a delivery whose lease could
-    /// not be renewed is another node's (or settled), and is forgotten here; the rest of such
-    /// a batch is given back, due now.
-    async fn renew_if_short(
+    /// When the first of the batch's leases ends (`None`: not held here), renewed for a whole
+    /// lease from `now` when what is left would not cover an attempt with the webhook's full
+    /// timeout: a backlog queued in memory can outlast the leases it was taken under, and an
+    /// attempt cut to fit one would be recorded as the endpoint's timeout. `Err(Lost)` when
+    /// the batch may not go: a delivery whose lease could not be renewed is another node's (or
+    /// settled), and is forgotten here; the rest of such a batch is given back, due now.
+    async fn lease_for_attempt(
         &self,
         batch: &[DueDelivery],
         webhook: &Webhook,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Result<Option<Timestamp>, Lost>, StoreError> {
         let shared = &self.shared;
         let needed = i64::from(webhook.effective_timeout_ms()) + LEASE_MARGIN.as_millis() as i64;
         let lease = shared.settings.lease.as_millis() as i64;
-        match self
-            .lease_ends(batch)
-            .map(|ends| ends.as_millis() - now.as_millis())
-        {
+        let ends = self.lease_ends(batch);
+        match ends.map(|ends| ends.as_millis() - now.as_millis()) {
             // Short, and a new lease adds more than half of one: with a lease setting barely
             // above the timeout even a fresh lease is short, and renewing it would gain nothing.
             Some(left) if left < needed && lease - left > lease / 2 => {}
-            _ => return Ok(true),
+            _ => return Ok(Ok(ends)),
         }
         let leases = {
             let held = shared.held.lock().expect("held lock");
@@ -126,7 +127,8 @@ impl Dispatcher {
                 .collect()
         };
         if lost.is_empty() {
-            return Ok(true);
+            // Renewed here, or taken again by this node's own scheduler: read them afresh.
+            return Ok(Ok(self.lease_ends(batch)));
         }
         tracing::debug!(webhook = %webhook.id, lost = lost.len(), "leases taken over before an attempt; not sending those");
         self.release_held_leases(&lost);
@@ -136,20 +138,20 @@ impl Dispatcher {
             .filter(|id| !lost.contains(id));
         self.defer_held(&batch[0].org_id, kept, now).await?;
         self.wake_delivery_scheduler();
-        Ok(false)
+        Ok(Err(Lost))
     }
 
     /// The webhook's timeout, shortened if needed so that the attempt ends before the batch's
-    /// lease does (with a margin): after that, another node may take the deliveries over, and
-    /// a delivery must never be attempted by two nodes at once. `None` if too little is left.
+    /// lease (ending at `ends`) does, with a margin: after that, another node may take the
+    /// deliveries over, and a delivery must never be attempted by two nodes at once. `None` if
+    /// too little is left.
     fn timeout_within_lease(
-        &self,
-        batch: &[DueDelivery],
+        ends: Option<Timestamp>,
         webhook: &Webhook,
         now: Timestamp,
     ) -> Option<Duration> {
         let wanted = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
-        let Some(ends) = self.lease_ends(batch) else {
+        let Some(ends) = ends else {
             return Some(wanted);
         };
         let left = ends.as_millis() - now.as_millis() - LEASE_MARGIN.as_millis() as i64;
@@ -203,10 +205,10 @@ impl Dispatcher {
         }
 
         let started_at = shared.clock.now();
-        if !self.renew_if_short(batch, &webhook, started_at).await? {
+        let Ok(ends) = self.lease_for_attempt(batch, &webhook, started_at).await? else {
             return Ok(());
-        }
-        let Some(timeout) = self.timeout_within_lease(batch, &webhook, started_at) else {
+        };
+        let Some(timeout) = Self::timeout_within_lease(ends, &webhook, started_at) else {
             // Too little of the lease is left for an attempt: leave the deliveries to whichever
             // node takes them when the lease ends (this one, most likely).
             tracing::debug!(deliveries = batch.len(), first = %first.delivery_id, "lease nearly over; not starting an attempt");
