@@ -2066,6 +2066,59 @@ async fn a_late_outcome_does_not_undo_the_next_holders_lease(store: Arc<dyn Stor
     );
 }
 
+/// A webhook deleted while its deliveries were being sent: the one its endpoint accepted is
+/// recorded as delivered (the receiver has it), the others stay cancelled, attempts kept.
+async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
+    let lease = at(LEASE_SECS);
+    let deleted = store
+        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(1))
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![hook.id.clone()]);
+    for id in &ids {
+        assert_eq!(
+            state_of(&store, &org.id, id).await,
+            DeliveryState::Cancelled
+        );
+    }
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    let record = |id: &DeliveryId, outcome: &AttemptOutcome, next| AttemptRecord {
+        org_id: org.id.clone(),
+        attempt: attempt(AttemptId::generate(), id, 1, at(2), outcome),
+        next,
+        lease_until: Some(lease),
+    };
+    store
+        .record_attempts(&[
+            record(&ids[0], &ok, NextStep::Succeeded),
+            record(&ids[1], &server_error(), NextStep::RetryAt(at(60))),
+            record(&ids[2], &server_error(), NextStep::Failed),
+        ])
+        .await
+        .unwrap();
+
+    let (sent, attempts) = store.get_delivery(&org.id, &ids[0]).await.unwrap();
+    assert_eq!(
+        (
+            sent.state,
+            sent.attempt_count,
+            sent.last_status,
+            attempts.len()
+        ),
+        (DeliveryState::Succeeded, 1, Some(200), 1)
+    );
+    for id in &ids[1..] {
+        let (d, attempts) = store.get_delivery(&org.id, id).await.unwrap();
+        assert_eq!(
+            (d.state, d.next_attempt_at, attempts.len()),
+            (DeliveryState::Cancelled, None, 1)
+        );
+    }
+    assert!(claim(&store, FAR_FUTURE).await.is_empty());
+}
+
 async fn a_users_change_does_not_undo_what_happened_since_it_was_read(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let read = store.get_webhook(&org.id, &hook.id).await.unwrap();
@@ -2957,6 +3010,7 @@ macro_rules! stories {
             a_released_lease_makes_the_delivery_due_again,
             a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
             a_lease_is_renewed_only_by_its_holder,
+            a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success,
             a_users_change_does_not_undo_what_happened_since_it_was_read,
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,

@@ -415,7 +415,8 @@ const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (id, delivery_id, number, st
 /// A delivery's state after an attempt that ended it (succeeded, or failed for good). One
 /// statement per delivery: an `UPDATE … FROM UNNEST` for the group was planned as a scan of the
 /// partial index `deliveries_due` (see BENCHMARKS, "PostgreSQL"), while this one always goes
-/// through the primary key.
+/// through the primary key. A delivery cancelled while its attempt was in flight (its webhook
+/// deleted) that the endpoint accepted becomes succeeded: the receiver has it.
 ///
 /// Two statements, this one and [`RETRY_AFTER_ATTEMPT`], each of a fixed shape, so that
 /// PostgreSQL settles on one generic plan for each instead of planning every execution again:
@@ -435,8 +436,9 @@ const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (id, delivery_id, number, st
 const FINISH_AFTER_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempt_count = $2, \
      next_attempt_at = NULL, due_at = NULL, lease_until = NULL, last_status = $3, \
      last_error = $4, updated_at = $5 \
-     WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 AND state = $8 \
-     AND ($9::BIGINT IS NULL OR lease_until = $9::BIGINT)";
+     WHERE id = $6 AND org_id IS NOT DISTINCT FROM $7 \
+     AND ((state = $8 AND ($9::BIGINT IS NULL OR lease_until = $9::BIGINT)) \
+     OR (state = 'cancelled' AND $1 = 'succeeded'))";
 
 /// A delivery going back on its schedule after a failed attempt: due at its next attempt, or
 /// parked if its webhook is inactive. See [`FINISH_AFTER_ATTEMPT`] for why it is a statement of

@@ -266,7 +266,9 @@ pub(crate) fn next_due_at(conn: &Connection) -> DbResult<Option<Timestamp>> {
 /// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
 const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 
-/// Records attempts and moves their deliveries on. Each statement is taken from the cache once
+/// Records attempts and moves their deliveries on. A delivery cancelled while its attempt was
+/// in flight (its webhook deleted) that the endpoint accepted is recorded as succeeded: the
+/// receiver has it, and its history should say so. Each statement is taken from the cache once
 /// for all the records: taking it and giving it back hashes its whole text, which cost about a
 /// tenth of recording an attempt when done for each one.
 pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> DbResult<()> {
@@ -279,7 +281,8 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
          due_at = CASE WHEN ?3 IS NOT NULL \
              AND (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN ?3 ELSE NULL END, \
          lease_until = NULL, last_status = ?4, last_error = ?5, updated_at = ?6 \
-         WHERE id = ?7 AND org_id = ?8 AND state = 'pending' AND (?9 IS NULL OR lease_until = ?9)",
+         WHERE id = ?7 AND org_id = ?8 AND ((state = 'pending' AND (?9 IS NULL OR lease_until = ?9)) \
+             OR (state = 'cancelled' AND ?1 = 'succeeded'))",
     )?;
     for r in records {
         let a = &r.attempt;
