@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -64,18 +64,42 @@ enum EventsBody {
     responses(
         (status = 202, description = "Stored; deliveries will follow", body = IngestReport),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
-        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`)", body = super::ErrorBody),
+        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`), or `delivery_loop` (the request is a Herald webhook delivery)", body = super::ErrorBody),
     ))]
 async fn post_events(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgPath>,
+    headers: HeaderMap,
     // Its share of the bodies in flight is held until the events are stored and answered.
     RawJsonBody(body, _admitted): RawJsonBody,
 ) -> ApiResult<(StatusCode, Json<IngestReport>)> {
+    refuse_deliveries(&headers)?;
     let (events, batch) = posted_events(&body)?;
     let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, events, batch).await?;
     Ok((StatusCode::ACCEPTED, Json(report)))
+}
+
+/// Refuses a request sent by a Herald delivery (its `User-Agent`, which no webhook's custom
+/// headers may set). A webhook pointed at an events API, this server's or another Herald's,
+/// would post its deliveries back as events; with two such webhooks each event would come back
+/// twice, and the events would multiply until the nesting limit. The delivery fails instead,
+/// with this message in its attempt.
+fn refuse_deliveries(headers: &HeaderMap) -> Result<(), ApiError> {
+    let from_herald = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("Herald/"));
+    if from_herald {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "delivery_loop",
+            "this request is a Herald webhook delivery (User-Agent Herald/…); events cannot be \
+             posted by a webhook, which would feed its deliveries back as events. Point the \
+             webhook at a receiver, not at an events API",
+        ));
+    }
+    Ok(())
 }
 
 /// The body's events, each as its text (a tree is built only for data not written as Herald

@@ -765,6 +765,59 @@ async fn an_organizations_own_type_is_checked_against_its_schema() {
     );
 }
 
+/// Webhooks pointed at Herald's own events API (a permit body is a valid event) would post each
+/// delivery back as an event, two of them doubling the events at every hop: the deliveries are
+/// refused, and nothing comes of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_pointed_at_the_events_api_does_not_feed_its_deliveries_back() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let (status, t) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "loop.t", "channel": "loop" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let events_api = format!("{}/v1/orgs/{org}/events", app.base);
+    let mut hooks = Vec::new();
+    for _ in 0..2 {
+        let hook = app
+            .create_webhook(
+                &org,
+                &events_api,
+                json!({
+                    "profile": "permit",
+                    "secret": "a-secret-of-my-own-choosing",
+                    "events": ["loop.t"],
+                    "retry_schedule": [0, 3600],
+                    "headers": { "authorization": format!("Bearer {}", crate::helpers::ADMIN_TOKEN) },
+                }),
+            )
+            .await;
+        hooks.push(hook["id"].as_str().unwrap().to_owned());
+    }
+    app.send_event(
+        &org,
+        json!({ "type": "loop.t", "data": { "data": { "n": 1 } } }),
+    )
+    .await;
+    for hook in &hooks {
+        let ids = app.delivery_ids(&org, hook).await;
+        assert_eq!(ids.len(), 1);
+        let d = app
+            .wait_for_delivery(&org, &ids[0], |d| d["attempt_count"] == 1)
+            .await;
+        assert_eq!(d["last_status"], 422, "{d}");
+        let body = d["attempts"][0]["response_body"].as_str().unwrap();
+        assert!(body.contains("delivery_loop"), "{body}");
+    }
+    // Each attempt was answered only after any event it posted was stored: none was.
+    for hook in &hooks {
+        assert_eq!(app.delivery_ids(&org, hook).await.len(), 1);
+    }
+}
+
 /// An organization with a webhook on `target` and an operations webhook on `ops` that receives
 /// Herald's operational events.
 async fn with_operations_webhook(
