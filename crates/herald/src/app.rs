@@ -311,11 +311,21 @@ fn describe(e: &StoreError) -> String {
     }
 }
 
+/// Below this length a configured admin token is warned of.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {
     if let Some(token) = &settings.security.admin_token {
-        if token.len() < 16 {
+        if token.trim().is_empty() {
             anyhow::bail!(
-                "the admin token must be at least 16 characters; use a long random string"
+                "the admin token (HERALD_ADMIN_TOKEN / --admin-token) is empty; set a long random string, or unset it to have one generated"
+            );
+        }
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            // Refusing it would stop a server whose deployment chose it; saying so is enough.
+            tracing::warn!(
+                length = token.len(),
+                "the admin token is short and could be guessed; use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
             );
         }
         return Ok((token.clone(), AdminTokenSource::Configured));
@@ -392,4 +402,26 @@ pub async fn run(
     drop(app.database_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(token: &str, dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {
+        let mut settings = Settings::for_data_dir(dir.to_path_buf());
+        settings.security.admin_token = Some(token.into());
+        admin_token(&settings, dir)
+    }
+
+    #[test]
+    fn a_configured_admin_token_is_used_even_if_short_but_not_if_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, source) = with_token("secret", dir.path()).unwrap();
+        assert_eq!(token, "secret");
+        assert!(matches!(source, AdminTokenSource::Configured));
+        let err = with_token("  ", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(!dir.path().join("admin-token").exists());
+    }
 }
