@@ -335,6 +335,17 @@ pub trait Store: Send + Sync + 'static {
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()>;
+    /// Ends the organization's leased deliveries as `failed` without another attempt, `error`
+    /// as their last error (their endpoint's circuit stayed open past the end of their retry
+    /// schedule), each only if it still has the lease given with it (as
+    /// [`Store::defer_deliveries`]). Answers the ids it ended.
+    async fn fail_unsent(
+        &self,
+        org: &OrgId,
+        leases: &[(DeliveryId, Timestamp)],
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<DeliveryId>>;
     /// Extends the leases of deliveries this node holds to `until`, each only if it still has
     /// the lease given with it (as [`Store::defer_deliveries`]): a backlog held in memory can
     /// outlast the leases it was taken under. Answers the ids renewed; the others are another

@@ -8,6 +8,13 @@ use herald_core::webhook::Webhook;
 pub trait Operations: Send + Sync {
     /// Herald disabled `webhook` (it is already saved inactive) for `reason`.
     fn webhook_disabled(&self, webhook: &Webhook, reason: &str);
-    /// `delivery` failed its last attempt with `error`.
-    fn delivery_exhausted(&self, delivery: &DueDelivery, webhook: &Webhook, error: &str);
+    /// `delivery` failed for good after `attempts` attempts, the last with `error` (or
+    /// without another attempt: its endpoint's circuit stayed open past its retry schedule).
+    fn delivery_exhausted(
+        &self,
+        delivery: &DueDelivery,
+        webhook: &Webhook,
+        attempts: u32,
+        error: &str,
+    );
 }

@@ -2119,6 +2119,51 @@ async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: 
     assert!(claim(&store, FAR_FUTURE).await.is_empty());
 }
 
+/// A circuit that stayed open past deliveries' retry schedules ends them as failed, unsent:
+/// only those still under the lease given, and only the organization's own.
+async fn deliveries_past_their_schedule_fail_unsent_under_their_lease(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let (_, theirs) = org_with_webhook(&store, "globex").await;
+    let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
+    let their_ids = store_placed(&store, &theirs, 1, Placement::Leased).await;
+    let mut leases = under_first_lease(&ids[..2]);
+    leases.push((ids[2].clone(), at(LEASE_SECS + 1)));
+    leases.extend(under_first_lease(&their_ids));
+
+    let failed = store
+        .fail_unsent(&org.id, &leases, "circuit_open", at(5))
+        .await
+        .unwrap();
+    assert_eq!(failed, ids[..2].to_vec());
+    for id in &ids[..2] {
+        let (d, attempts) = store.get_delivery(&org.id, id).await.unwrap();
+        assert_eq!(
+            (
+                d.state,
+                d.last_error.as_deref(),
+                d.next_attempt_at,
+                attempts.len()
+            ),
+            (DeliveryState::Failed, Some("circuit_open"), None, 0)
+        );
+    }
+    assert_eq!(
+        state_of(&store, &org.id, &ids[2]).await,
+        DeliveryState::Pending
+    );
+    let (globex_delivery, _) = store
+        .get_delivery(&theirs.org_id, &their_ids[0])
+        .await
+        .unwrap();
+    assert_eq!(globex_delivery.state, DeliveryState::Pending);
+    // Once the leases end, only what was not ended comes due again.
+    let mut due = claim(&store, at(LEASE_SECS)).await;
+    let mut want = vec![ids[2].clone(), their_ids[0].clone()];
+    due.sort();
+    want.sort();
+    assert_eq!(due, want);
+}
+
 async fn a_users_change_does_not_undo_what_happened_since_it_was_read(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let read = store.get_webhook(&org.id, &hook.id).await.unwrap();
@@ -3011,6 +3056,7 @@ macro_rules! stories {
             a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
             a_lease_is_renewed_only_by_its_holder,
             a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success,
+            deliveries_past_their_schedule_fail_unsent_under_their_lease,
             a_users_change_does_not_undo_what_happened_since_it_was_read,
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,

@@ -302,7 +302,7 @@ impl Dispatcher {
             }
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
                 tracing::warn!(delivery = %due.delivery_id, webhook = %webhook.id, attempts = number, error = error.code(), "delivery failed after its last attempt");
-                exhausted.push((due, error.message()));
+                exhausted.push((due, number, error.message()));
             }
             records.push(AttemptRecord {
                 org_id: due.org_id.clone(),
@@ -325,8 +325,8 @@ impl Dispatcher {
         if retrying {
             self.wake_delivery_scheduler();
         }
-        for (due, error) in exhausted {
-            self.report_exhausted(due, &webhook, &error);
+        for (due, attempts, error) in exhausted {
+            self.report_exhausted(due, &webhook, attempts, &error);
         }
         self.track_health(&webhook, &outcome).await
     }

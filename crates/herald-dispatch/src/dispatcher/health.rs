@@ -1,15 +1,42 @@
 //! Endpoint health: `410 Gone` disables a webhook at once; a webhook whose every attempt failed
 //! for `disable_after` is disabled too. Either way the organization hears of it through an
-//! operational event, and its pending deliveries wait (parked), they are not dropped.
+//! operational event, and its pending deliveries wait (parked), they are not dropped. A
+//! delivery whose endpoint's circuit stays open past the end of its retry schedule fails, unsent,
+//! as it would have after its last attempt.
 
 use std::sync::Arc;
 
 use herald_core::Timestamp;
 use herald_core::delivery::AttemptOutcome;
+use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
 use super::Dispatcher;
+
+/// The last error of a delivery that failed unsent (see [`past_schedule`]).
+pub(super) const CIRCUIT_OPEN: &str = "circuit_open";
+
+/// Whether a delivery the open circuit would put off to `until` would only come due after its
+/// retry schedule ran out: its last attempt was due, at the latest (every delay with its whole
+/// tenth of jitter), that long after its event arrived. Without this, an endpoint that stays
+/// down keeps its deliveries pending for as long as it is down, never failing them as the
+/// schedule says. A resent delivery, whose schedule restarted at a time not kept, waits for the
+/// endpoint however long it takes.
+pub(super) fn past_schedule(due: &DueDelivery, webhook: &Webhook, until: Timestamp) -> bool {
+    due.schedule_base == 0
+        && until > schedule_end(due.event.received_at, &webhook.effective_retry_schedule())
+}
+
+/// When the last attempt of a schedule started at `start` is due at the latest.
+fn schedule_end(start: Timestamp, schedule: &RetrySchedule) -> Timestamp {
+    let span_ms: i64 = schedule
+        .delays()
+        .iter()
+        .map(|&secs| i64::from(secs) * 1_100)
+        .sum();
+    start.plus_millis(span_ms)
+}
 
 /// A webhook's failing streak as this node last saved it: since when every attempt failed, or
 /// `None` once one succeeded. The directory's copy of the webhook (`failing_since`) is read when
@@ -165,14 +192,71 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Tells the organization a delivery failed its last attempt (not for operational events
-    /// themselves, so that a failing endpoint cannot feed itself forever).
-    pub(super) fn report_exhausted(&self, due: &DueDelivery, webhook: &Webhook, error: &str) {
+    /// Fails these held deliveries unsent, their endpoint's circuit being open past the end of
+    /// their retry schedules ([`past_schedule`]), and tells the organization of each.
+    pub(super) async fn fail_past_schedule(&self, webhook: &Webhook, ended: &[&DueDelivery]) {
+        let Some(first) = ended.first() else {
+            return;
+        };
+        let shared = &self.shared;
+        let leases = self.release_held_leases(ended.iter().map(|d| &d.delivery_id));
+        let failed = match shared
+            .store
+            .fail_unsent(&first.org_id, &leases, CIRCUIT_OPEN, shared.clock.now())
+            .await
+        {
+            Ok(failed) => failed,
+            Err(e) => {
+                tracing::error!(webhook = %webhook.id, error = %e, "could not fail deliveries past their retry schedule; they come back when their leases end");
+                return;
+            }
+        };
+        if failed.is_empty() {
+            return;
+        }
+        shared.metrics.exhausted.add(failed.len() as u64);
+        tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, deliveries = failed.len(), "deliveries failed unsent: the endpoint's circuit stayed open past their retry schedule");
+        let failed: foldhash::HashSet<_> = failed.into_iter().collect();
+        for due in ended.iter().filter(|d| failed.contains(&d.delivery_id)) {
+            self.report_exhausted(
+                due,
+                webhook,
+                due.attempt_count,
+                "not sent: the endpoint's last requests failed, and its circuit stayed open past the delivery's retry schedule",
+            );
+        }
+    }
+
+    /// Tells the organization a delivery failed for good after `attempts` (not for operational
+    /// events themselves, so that a failing endpoint cannot feed itself forever).
+    pub(super) fn report_exhausted(
+        &self,
+        due: &DueDelivery,
+        webhook: &Webhook,
+        attempts: u32,
+        error: &str,
+    ) {
         if herald_core::event_type::is_operational(&due.event.event_type) {
             return;
         }
         if let Some(ops) = self.shared.operations.get() {
-            ops.delivery_exhausted(due, webhook, error);
+            ops.delivery_exhausted(due, webhook, attempts, error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_ends_with_its_last_delay_and_the_whole_jitter_of_each() {
+        let start = Timestamp::from_millis(1_000_000);
+        assert_eq!(
+            schedule_end(start, &RetrySchedule::standard()),
+            start.plus_millis((60 + 300 + 900 + 3600) * 1_100)
+        );
+        let once = RetrySchedule::parse(vec![0]).unwrap();
+        assert_eq!(schedule_end(start, &once), start);
     }
 }

@@ -14,6 +14,7 @@ use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
 
 use super::breaker::{self, Gate};
+use super::health::past_schedule;
 use super::limit::Limit;
 
 use super::{Dispatcher, Queued, Queues};
@@ -126,7 +127,14 @@ impl Dispatcher {
                 breaker::probe_ms(w.effective_timeout_ms())
             });
             let Some(probe) = self
-                .pass_breaker(&webhook_id, &batch, probe_ms, urgent, &mut queues.regular)
+                .pass_breaker(
+                    &webhook_id,
+                    webhook.as_deref(),
+                    &batch,
+                    probe_ms,
+                    urgent,
+                    &mut queues.regular,
+                )
                 .await
             else {
                 continue;
@@ -212,10 +220,12 @@ impl Dispatcher {
     /// probe: an `urgent` batch is one as soon as no other probe is out); if not, the batch is deferred to the end of the cool-down in the store, or of the
     /// probe that is out (`probe_ms` is how long one may take), and so is what is queued behind
     /// it, up to [`MAX_DEFERRED`] in all: a backlog is then put off a thousand at a time, where
-    /// one write each, waited for in turn, took minutes for a large one.
+    /// one write each, waited for in turn, took minutes for a large one. Those the deferral
+    /// would carry past the end of their retry schedule fail instead ([`past_schedule`]).
     async fn pass_breaker(
         &self,
         webhook: &WebhookId,
+        hook: Option<&Webhook>,
         batch: &[DueDelivery],
         probe_ms: i64,
         urgent: bool,
@@ -243,7 +253,14 @@ impl Dispatcher {
         // One webhook's deliveries, so one organization's. Each under the lease this node
         // took: one that has ended may be another node's now.
         let org = &batch.first().or(behind.first())?.org_id;
-        let ids = batch.iter().chain(&behind).map(|d| &d.delivery_id);
+        let (ended, waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = batch
+            .iter()
+            .chain(&behind)
+            .partition(|d| hook.is_some_and(|w| past_schedule(d, w, until)));
+        if let Some(hook) = hook {
+            self.fail_past_schedule(hook, &ended).await;
+        }
+        let ids = waiting.iter().map(|d| &d.delivery_id);
         if let Err(e) = self.defer_held(org, ids, until).await {
             tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
         }

@@ -677,6 +677,19 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::defer(&c, org, leases, until))
     }
 
+    async fn fail_unsent(
+        &self,
+        org: &OrgId,
+        leases: &[(DeliveryId, Timestamp)],
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<DeliveryId>> {
+        // Not in a transaction of its own, for the reason `defer_deliveries` gives.
+        on_client!(self, |c| deliveries::fail_unsent(
+            &c, org, leases, error, now
+        ))
+    }
+
     async fn renew_leases(
         &self,
         leases: &[(DeliveryId, Timestamp)],

@@ -589,6 +589,34 @@ pub(crate) fn defer(
     Ok(())
 }
 
+pub(crate) fn fail_unsent(
+    conn: &Connection,
+    org: &OrgId,
+    leases: &[(DeliveryId, Timestamp)],
+    error: &str,
+    now: Timestamp,
+) -> DbResult<Vec<DeliveryId>> {
+    let mut fail = conn.prepare_cached(
+        "UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, due_at = NULL, \
+         lease_until = NULL, last_error = ?1, updated_at = ?2 \
+         WHERE id = ?3 AND org_id = ?4 AND state = 'pending' AND lease_until = ?5",
+    )?;
+    let mut failed = Vec::new();
+    for (id, lease_until) in leases {
+        let changed = fail.execute(params![
+            error,
+            now.as_millis(),
+            id.as_str(),
+            org.as_str(),
+            lease_until.as_millis()
+        ])?;
+        if changed == 1 {
+            failed.push(id.clone());
+        }
+    }
+    Ok(failed)
+}
+
 /// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,
 /// through the index that holds just those; left to itself, SQLite would rather walk
 /// `deliveries_by_webhook` (already grouped) and so read every delivery ever kept.

@@ -621,6 +621,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn fail_unsent(
+        &self,
+        org: &OrgId,
+        leases: &[(DeliveryId, Timestamp)],
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<DeliveryId>> {
+        let (org, leases, error) = (org.clone(), leases.to_vec(), error.to_owned());
+        self.write(move |c| deliveries::fail_unsent(c, &org, &leases, &error, now))
+            .await
+    }
+
     async fn renew_leases(
         &self,
         leases: &[(DeliveryId, Timestamp)],

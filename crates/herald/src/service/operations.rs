@@ -40,11 +40,17 @@ impl Operations for OperationalEvents {
         );
     }
 
-    fn delivery_exhausted(&self, delivery: &DueDelivery, webhook: &Webhook, error: &str) {
+    fn delivery_exhausted(
+        &self,
+        delivery: &DueDelivery,
+        webhook: &Webhook,
+        attempts: u32,
+        error: &str,
+    ) {
         let data = json!({
             "webhook": summary(webhook),
             "delivery": { "id": delivery.delivery_id.as_str(), "event_id": delivery.event.id, "event_type": delivery.event.event_type },
-            "attempts": delivery.attempt_count + 1,
+            "attempts": attempts,
             "last_error": error,
         });
         emit(

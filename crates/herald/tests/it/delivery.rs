@@ -679,7 +679,9 @@ async fn a_test_goes_ahead_of_the_backlog_and_through_an_open_circuit() {
         .create_webhook(
             &org,
             &rx.url("/h"),
-            json!({ "events": ["user.created"], "retry_schedule": [0] }),
+            // The retry far off: what fails is not sent again here, and what the open circuit
+            // holds does not outlive its schedule.
+            json!({ "events": ["user.created"], "retry_schedule": [0, 3600] }),
         )
         .await;
     let id = hook["id"].as_str().unwrap();
@@ -1362,7 +1364,8 @@ async fn deliveries_given_back_for_room_are_pulled_again_and_arrive_once() {
 
 /// An organization and the id of its webhook to `/flaky` on `rx`, which answered 500 to the
 /// first of `events` deliveries until the webhook's circuit opened. `timeout_ms` is the
-/// webhook's.
+/// webhook's. Its retry schedule (a retry 5 s on, a last one 600 s after that) outlasts the
+/// cool-downs, so that the circuit holds its deliveries rather than failing them.
 async fn circuit_opened(
     app: &TestApp,
     rx: &TestReceiver,
@@ -1376,7 +1379,7 @@ async fn circuit_opened(
         .create_webhook(
             &org,
             &rx.url("/flaky"),
-            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5], "timeout_ms": timeout_ms }),
+            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5, 600], "timeout_ms": timeout_ms }),
         )
         .await;
     let batch: Vec<_> = (0..events)
@@ -1420,6 +1423,69 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
         ok["data"].as_array().unwrap().len(),
         40,
         "every delivery got through in the end (retried or deferred)"
+    );
+}
+
+/// An endpoint that stays down: its open circuit holds deliveries without sending them, and
+/// those it would hold past the end of their retry schedule fail then, as the schedule says,
+/// each told to the organization. None of them is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
+    let app = TestApp::spawn().await;
+    let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
+    target.answer_by_default(Reply::status(500));
+    // One request at a time, so the breaker sees each failure before the next request.
+    let (org, id) = with_operations_webhook(
+        &app,
+        &target,
+        &ops,
+        json!({ "events": ["user.created"], "rate_limit_per_second": 200, "retry_schedule": [0, 5] }),
+    )
+    .await;
+    let batch: Vec<_> = (0..20).map(|i| user_created(&format!("u{i}"))).collect();
+    app.send_event(&org, json!(batch)).await;
+    target.wait_for("/target", 10, WAIT).await;
+    // Ten failures opened the circuit for 30 s, past the 5.5 s the schedule lasts at most: the
+    // deliveries not tried yet fail at once, the ones tried when their retry comes.
+    app.advance(Duration::from_secs(6));
+    let ids = app.delivery_ids(&org, &id).await;
+    assert_eq!(ids.len(), 20);
+    let mut tried = 0;
+    for delivery in &ids {
+        let d = app
+            .wait_for_delivery(&org, delivery, |d| d["state"] == "failed")
+            .await;
+        assert_eq!(d["last_error"], "circuit_open", "{d}");
+        tried += d["attempt_count"].as_u64().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = target.received_on("/target").len() as u64;
+    assert_eq!(tried, sent, "one attempt each for those sent, none after");
+    assert!(
+        sent < 20,
+        "the circuit opened before every delivery was tried"
+    );
+
+    let mut exhausted = Vec::new();
+    for _ in 0..200 {
+        exhausted = ops_events(&ops, "delivery.exhausted");
+        if exhausted.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(exhausted.len(), 20);
+    let attempts: u64 = exhausted
+        .iter()
+        .map(|e| e["data"]["attempts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(attempts, sent);
+    assert!(
+        exhausted.iter().all(|e| e["data"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit")),
+        "{exhausted:?}"
     );
 }
 
