@@ -134,7 +134,9 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         Scope::Admin => tracing::info!("signed in to the dashboard with the admin token"),
         Scope::Org(org) => tracing::info!(org = %org, "signed in to the dashboard with an API key"),
     }
-    let id = state.sessions.create(TokenDigest::of(&token));
+    let id = state
+        .sessions
+        .create(TokenDigest::of(&token), scope.clone());
     let target = next.unwrap_or_else(|| home_of(&scope));
     (
         [(

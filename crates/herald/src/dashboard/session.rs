@@ -31,11 +31,13 @@ const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; past that the ones closest to expiry go first. Only people holding
 /// a valid token can create sessions, so this only bounds memory against a runaway script.
 const MAX_SESSIONS: usize = 10_000;
-/// Sessions of one token kept at most; past that its own oldest goes. A script signing in
-/// with one organization's keys in a loop (at most 100 keys, so 6,400 sessions) thus never
-/// reaches [`MAX_SESSIONS`] and signs nobody else out, while a team sharing the admin token
-/// still has room for everyone's browsers.
-const MAX_SESSIONS_PER_TOKEN: usize = 64;
+/// Sessions of one organization (whichever of its keys signed in) or of the admin token kept at
+/// most; past that its own oldest goes. A script signing in with an organization's keys in a
+/// loop, creating and deleting keys as it goes (a deleted key's sessions end, but stay in the
+/// map until they expire), thus holds at most this many and never reaches [`MAX_SESSIONS`] to
+/// sign anyone else out, while a team sharing the admin token still has room for everyone's
+/// browsers.
+const MAX_SESSIONS_PER_OWNER: usize = 64;
 
 /// A message shown once on the next page: the outcome of an action, or a new secret.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +69,8 @@ impl Flash {
 
 struct Session {
     digest: TokenDigest,
+    /// Who signed in: the admin, or an organization (by any of its keys).
+    owner: Scope,
     csrf: String,
     expires: Instant,
     /// Messages waiting for the page they are about, by its path: a second tab's page shows
@@ -99,18 +103,19 @@ impl Sessions {
         Self::default()
     }
 
-    /// Starts a session; answers its id (for the cookie).
-    pub fn create(&self, digest: TokenDigest) -> String {
+    /// Starts a session for the token with `digest`, which resolved to `owner`; answers its id
+    /// (for the cookie).
+    pub fn create(&self, digest: TokenDigest, owner: Scope) -> String {
         let id = random_hex();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| s.expires > now);
         let own: Vec<(&String, Instant)> = map
             .iter()
-            .filter(|(_, s)| s.digest == digest)
+            .filter(|(_, s)| s.owner == owner)
             .map(|(k, s)| (k, s.expires))
             .collect();
-        if own.len() >= MAX_SESSIONS_PER_TOKEN
+        if own.len() >= MAX_SESSIONS_PER_OWNER
             && let Some(oldest) = own.iter().min_by_key(|(_, expires)| *expires)
         {
             let oldest = oldest.0.clone();
@@ -130,6 +135,7 @@ impl Sessions {
             id.clone(),
             Session {
                 digest,
+                owner,
                 csrf: random_hex(),
                 expires: now + LIFETIME,
                 flashes: Vec::new(),
@@ -357,6 +363,7 @@ impl FromRequest<AppState> for Post {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::OrgId;
 
     #[test]
     fn the_session_cookie_is_found_among_others() {
@@ -374,7 +381,7 @@ mod tests {
     #[test]
     fn a_session_keeps_its_flashes_until_they_are_shown() {
         let sessions = Sessions::new();
-        let id = sessions.create(TokenDigest::of("t"));
+        let id = sessions.create(TokenDigest::of("t"), Scope::Admin);
         sessions.flash(&id, "/orgs/a#api-keys", Flash::ok("saved"));
         sessions.flash(&id, "/orgs/b", Flash::ok("another tab's"));
         assert_eq!(sessions.take_flashes(&id, "/orgs/a").len(), 1);
@@ -385,18 +392,28 @@ mod tests {
     }
 
     #[test]
-    fn signing_in_again_and_again_ends_only_the_same_tokens_sessions() {
+    fn signing_in_again_and_again_ends_only_the_same_organizations_sessions() {
         let sessions = Sessions::new();
-        let someone = sessions.create(TokenDigest::of("someone"));
-        let first = sessions.create(TokenDigest::of("script"));
+        let acme = || Scope::Org(OrgId::from_trusted("org_acme".into()));
+        let admin = sessions.create(TokenDigest::of("admin"), Scope::Admin);
+        let other = sessions.create(
+            TokenDigest::of("hk_other"),
+            Scope::Org(OrgId::from_trusted("org_other".into())),
+        );
+        let first = sessions.create(TokenDigest::of("hk_first"), acme());
         let mut latest = first.clone();
-        for _ in 0..MAX_SESSIONS_PER_TOKEN {
-            latest = sessions.create(TokenDigest::of("script"));
+        // A new key for every sign-in (as a script creating and deleting keys would).
+        for i in 0..MAX_SESSIONS_PER_OWNER {
+            latest = sessions.create(TokenDigest::of(&format!("hk_{i}")), acme());
         }
         assert!(sessions.get(&first).is_none(), "its own oldest went");
         assert!(sessions.get(&latest).is_some());
-        assert!(sessions.get(&someone).is_some(), "another's stays");
+        assert!(sessions.get(&admin).is_some(), "the admin's stays");
+        assert!(
+            sessions.get(&other).is_some(),
+            "another organization's stays"
+        );
         let map = sessions.map.lock().unwrap();
-        assert_eq!(map.len(), MAX_SESSIONS_PER_TOKEN + 1);
+        assert_eq!(map.len(), MAX_SESSIONS_PER_OWNER + 2);
     }
 }
