@@ -159,6 +159,11 @@ impl SecretCipher {
         let mut w = w.clone();
         w.secret = self.seal(&w.secret);
         w.previous_secret = w.previous_secret.as_deref().map(|s| self.seal(s));
+        // Custom headers often carry the receiver's credentials (`Authorization`): their
+        // values are kept like the secrets.
+        for value in w.headers.values_mut() {
+            *value = self.seal(value);
+        }
         w
     }
 
@@ -173,7 +178,26 @@ impl SecretCipher {
         };
         w.secret = open(&w.secret)?;
         w.previous_secret = w.previous_secret.as_deref().map(open).transpose()?;
+        for value in w.headers.values_mut() {
+            *value = open(value)?;
+        }
         Ok(w)
+    }
+
+    /// Stored custom headers (their JSON, as [`Self::seal_webhook`] wrote it) sealed again with
+    /// the current key, or `None` when none of their values is stale.
+    pub fn reseal_headers(&self, stored: &str) -> Result<Option<String>, CipherError> {
+        let mut headers: std::collections::BTreeMap<String, String> = serde_json::from_str(stored)
+            .map_err(|_| CipherError("stored custom headers are malformed".into()))?;
+        if !headers.values().any(|v| self.is_stale(v)) {
+            return Ok(None);
+        }
+        for value in headers.values_mut() {
+            *value = self.seal(&self.open(value)?);
+        }
+        Ok(Some(
+            serde_json::to_string(&headers).expect("a map of strings serialises"),
+        ))
     }
 
     /// Whether a stored value should be written again (plain, or sealed with an old key).
@@ -223,6 +247,35 @@ mod tests {
                 .0
                 .contains("not configured")
         );
+    }
+
+    #[test]
+    fn custom_header_values_are_sealed_and_resealed_like_secrets() {
+        let old = SecretCipher::new(Some(K1), &[]).unwrap();
+        let plain = r#"{"authorization":"Bearer receiver-token","x-team":"id"}"#;
+        let sealed = old
+            .reseal_headers(plain)
+            .unwrap()
+            .expect("plain values are stale");
+        assert!(!sealed.contains("receiver-token") && sealed.contains("authorization"));
+        assert_eq!(
+            old.reseal_headers(&sealed).unwrap(),
+            None,
+            "already current"
+        );
+        let rotated = SecretCipher::new(Some(K2), &[K1.into()]).unwrap();
+        let again = rotated
+            .reseal_headers(&sealed)
+            .unwrap()
+            .expect("an old key's");
+        let values: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&again).unwrap();
+        assert_eq!(
+            rotated.open(&values["authorization"]).unwrap(),
+            "Bearer receiver-token"
+        );
+        assert!(!rotated.is_stale(&values["x-team"]));
+        assert_eq!(SecretCipher::none().reseal_headers(plain).unwrap(), None);
     }
 
     #[test]

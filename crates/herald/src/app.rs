@@ -294,7 +294,7 @@ pub async fn open_store(
     if rewritten > 0 {
         tracing::info!(
             webhooks = rewritten,
-            "encrypted stored webhook secrets with the current key"
+            "encrypted stored webhook secrets and custom header values with the current key"
         );
     }
     Ok(store)

@@ -339,29 +339,33 @@ pub(crate) async fn reencrypt(
 ) -> DbResult<u64> {
     let found = c
         .rows(
-            "SELECT id, secret, previous_secret FROM webhooks WHERE deleted_at IS NULL FOR UPDATE",
+            "SELECT id, secret, previous_secret, headers FROM webhooks WHERE deleted_at IS NULL FOR UPDATE",
             &[],
         )
         .await?;
+    let other = |e: crate::cipher::CipherError| herald_core::store::StoreError::Other(Box::new(e));
     let mut rewritten = 0;
     for row in found {
-        let (id, secret, previous): (String, String, Option<String>) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let stale =
-            cipher.is_stale(&secret) || previous.as_deref().is_some_and(|p| cipher.is_stale(p));
+        let (id, secret, previous, headers): (String, String, Option<String>, String) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
+        let resealed_headers = cipher.reseal_headers(&headers).map_err(other)?;
+        let stale = cipher.is_stale(&secret)
+            || previous.as_deref().is_some_and(|p| cipher.is_stale(p))
+            || resealed_headers.is_some();
         if !stale {
             continue;
         }
-        let reseal = |s: &str| -> DbResult<String> {
-            let plain = cipher
-                .open(s)
-                .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
-            Ok(cipher.seal(&plain))
-        };
+        let reseal =
+            |s: &str| -> DbResult<String> { Ok(cipher.seal(&cipher.open(s).map_err(other)?)) };
         let previous = previous.as_deref().map(reseal).transpose()?;
+        let headers = resealed_headers.unwrap_or(headers);
         c.exec(
-            "UPDATE webhooks SET secret = $1, previous_secret = $2 WHERE id = $3",
-            &[&reseal(&secret)?, &previous, &id],
+            "UPDATE webhooks SET secret = $1, previous_secret = $2, headers = $3 WHERE id = $4",
+            &[&reseal(&secret)?, &previous, &headers, &id],
         )
         .await?;
         rewritten += 1;

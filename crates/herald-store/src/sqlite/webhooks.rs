@@ -294,29 +294,32 @@ pub(crate) fn note_outcome(
     Ok(since.flatten().map(Timestamp::from_millis))
 }
 
-/// Seals again every secret that is plain or sealed with an old key.
+/// Seals again every secret and custom header value that is plain or sealed with an old key.
 pub(crate) fn reencrypt(conn: &Connection, cipher: &crate::cipher::SecretCipher) -> DbResult<u64> {
-    let rows: Vec<(String, String, Option<String>)> = conn
-        .prepare("SELECT id, secret, previous_secret FROM webhooks WHERE deleted_at IS NULL")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    let rows: Vec<(String, String, Option<String>, String)> = conn
+        .prepare(
+            "SELECT id, secret, previous_secret, headers FROM webhooks WHERE deleted_at IS NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
-    let mut update =
-        conn.prepare_cached("UPDATE webhooks SET secret = ?1, previous_secret = ?2 WHERE id = ?3")?;
+    let mut update = conn.prepare_cached(
+        "UPDATE webhooks SET secret = ?1, previous_secret = ?2, headers = ?3 WHERE id = ?4",
+    )?;
+    let other = |e: crate::cipher::CipherError| herald_core::store::StoreError::Other(Box::new(e));
     let mut rewritten = 0;
-    for (id, secret, previous) in rows {
-        let stale =
-            cipher.is_stale(&secret) || previous.as_deref().is_some_and(|p| cipher.is_stale(p));
+    for (id, secret, previous, headers) in rows {
+        let resealed_headers = cipher.reseal_headers(&headers).map_err(other)?;
+        let stale = cipher.is_stale(&secret)
+            || previous.as_deref().is_some_and(|p| cipher.is_stale(p))
+            || resealed_headers.is_some();
         if !stale {
             continue;
         }
-        let reseal = |s: &str| -> DbResult<String> {
-            let plain = cipher
-                .open(s)
-                .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
-            Ok(cipher.seal(&plain))
-        };
+        let reseal =
+            |s: &str| -> DbResult<String> { Ok(cipher.seal(&cipher.open(s).map_err(other)?)) };
         let previous = previous.as_deref().map(reseal).transpose()?;
-        update.execute(params![reseal(&secret)?, previous, id])?;
+        let headers = resealed_headers.unwrap_or(headers);
+        update.execute(params![reseal(&secret)?, previous, headers, id])?;
         rewritten += 1;
     }
     Ok(rewritten)

@@ -131,6 +131,16 @@ async fn websub_verification_goes_through_the_same_guard() {
 const KEY_1: &str = "8f3c2d1e0a9b8c7d6e5f4a3b2c1d0e0f1a2b3c4d5e6f708192a3b4c5d6e7f809";
 const KEY_2: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// The custom headers column as stored in the database file, one JSON text per webhook.
+fn stored_headers(dir: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(dir.join("herald.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT headers FROM webhooks").unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// The secret columns as stored in the database file.
 fn stored_secrets(dir: &std::path::Path) -> Vec<String> {
     let conn = rusqlite::Connection::open(dir.join("herald.db")).unwrap();
@@ -155,11 +165,18 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     // Written before any key: plain.
     let app = TestApp::spawn_with(|s| s.storage.data_dir = data.clone()).await;
     let org = app.create_org("Acme").await;
-    let plain_hook = app.create_webhook(&org, &rx.url("/a"), json!({})).await;
+    let plain_hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/a"),
+            json!({ "headers": { "Authorization": "Bearer plain-receiver-token" } }),
+        )
+        .await;
     let plain_secret = plain_hook["secret"].as_str().unwrap().to_owned();
     drop(app);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(stored_secrets(&data).contains(&plain_secret));
+    assert!(stored_headers(&data)[0].contains("plain-receiver-token"));
 
     // With a key: what was plain is encrypted on start, new secrets are sealed.
     let app = TestApp::spawn_with(|s| {
@@ -171,10 +188,19 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
         .create_webhook(
             &org,
             &rx.url("/b"),
-            json!({ "events": ["session.revoked"] }),
+            json!({ "events": ["session.revoked"], "headers": { "X-Api-Key": "sealed-receiver-key" } }),
         )
         .await;
     let sealed_secret = sealed_hook["secret"].as_str().unwrap().to_owned();
+    // Custom headers (credentials, often) are kept like the secrets, and shown as given.
+    let headers = stored_headers(&data);
+    assert!(
+        headers.iter().all(|h| h.contains("enc:v1:")
+            && !h.contains("plain-receiver-token")
+            && !h.contains("sealed-receiver-key")),
+        "{headers:?}"
+    );
+    assert_eq!(sealed_hook["headers"]["x-api-key"], "sealed-receiver-key");
     let stored = stored_secrets(&data);
     assert_eq!(stored.len(), 2);
     assert!(
@@ -191,9 +217,12 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
         json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
     )
     .await;
-    rx.wait_for("/a", 1, Duration::from_secs(10)).await[0]
-        .verify_standard(&plain_secret)
-        .unwrap();
+    let got = rx.wait_for("/a", 1, Duration::from_secs(10)).await;
+    got[0].verify_standard(&plain_secret).unwrap();
+    assert_eq!(
+        got[0].header("authorization"),
+        "Bearer plain-receiver-token"
+    );
     drop(app);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -205,6 +234,8 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     })
     .await;
     let under_key_2: Vec<String> = stored_secrets(&data);
+    let headers_under_key_2 = stored_headers(&data);
+    assert_ne!(headers_under_key_2, headers, "headers are sealed again too");
     drop(app);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // …after which the old key is no longer needed.
@@ -214,10 +245,11 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     })
     .await;
     assert_eq!(stored_secrets(&data), under_key_2);
+    assert_eq!(stored_headers(&data), headers_under_key_2);
     app.send_event(&org, json!({ "type": "session.revoked", "data": { "session": { "id": "s" }, "user": { "id": "u" } } })).await;
-    rx.wait_for("/b", 1, Duration::from_secs(10)).await[0]
-        .verify_standard(&sealed_secret)
-        .unwrap();
+    let got = rx.wait_for("/b", 1, Duration::from_secs(10)).await;
+    got[0].verify_standard(&sealed_secret).unwrap();
+    assert_eq!(got[0].header("x-api-key"), "sealed-receiver-key");
 
     // Without the key, Herald refuses to start rather than send unsigned requests.
     drop(app);
