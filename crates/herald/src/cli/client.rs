@@ -496,6 +496,16 @@ pub struct SendArgs {
     /// The event's data as JSON (with --type).
     #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub data: Option<String>,
+    /// The event's id, its idempotency key: sending it again is accepted once (with --type;
+    /// generated when absent).
+    #[arg(long, requires = "event_type", conflicts_with = "file")]
+    pub id: Option<String>,
+    /// When it happened, RFC 3339 (with --type; the time of receipt when absent).
+    #[arg(long, requires = "event_type", conflicts_with = "file")]
+    pub occurred_at: Option<String>,
+    /// A correlation id carried to the receivers (with --type; `rci` in asgardeo's tokens).
+    #[arg(long, requires = "event_type", conflicts_with = "file")]
+    pub correlation_id: Option<String>,
     /// A file with one event or an array of them (`-` for standard input). Used when --type is
     /// not given; standard input is read when neither is.
     #[arg(long)]
@@ -1392,7 +1402,17 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
         (Some(t), _) => {
             let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or("{}"))
                 .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
-            json!({ "type": t, "data": data })
+            let mut event = json!({ "type": t, "data": data });
+            for (field, value) in [
+                ("id", &args.id),
+                ("occurred_at", &args.occurred_at),
+                ("correlation_id", &args.correlation_id),
+            ] {
+                if let Some(value) = value {
+                    event[field] = json!(value);
+                }
+            }
+            event
         }
         (None, file) => read_json_input(
             file.as_deref().unwrap_or("-"),

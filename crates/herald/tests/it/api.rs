@@ -855,6 +855,45 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     .await;
     assert!(ok && !out.contains("dlv_"), "{out}");
 
+    // The idempotency key, time and correlation id from flags: sent twice, stored once.
+    let keyed = [
+        "send",
+        "--org",
+        &org,
+        "--type",
+        "user.created",
+        "--data",
+        r#"{"user":{"id":"u3"}}"#,
+        "--id",
+        "cli-keyed",
+        "--occurred-at",
+        "2026-01-02T03:04:05Z",
+        "--correlation-id",
+        "corr-9",
+    ];
+    let (ok, out) = herald_cli(&app, &keyed, None).await;
+    assert!(
+        ok && out.contains("cli-keyed") && out.contains("false"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &keyed, None).await;
+    assert!(ok && out.contains("true"), "a duplicate: {out}");
+    let got = rx
+        .wait_for("/cli", 3, std::time::Duration::from_secs(10))
+        .await;
+    let keyed = got
+        .iter()
+        .map(|r| r.json())
+        .find(|b| b["data"]["user"]["id"] == "u3")
+        .expect("the keyed event arrived");
+    assert!(
+        keyed["timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-01-02T03:04:05"),
+        "{keyed}"
+    );
+
     // Changing a webhook: only what is given changes; `get` shows every setting.
     let (ok, out) = herald_cli(
         &app,
