@@ -121,6 +121,9 @@ pub struct DueDelivery {
     pub attempt_count: u32,
     /// Attempts made before the current retry schedule started (a manual resend restarts it).
     pub schedule_base: u32,
+    /// When the delivery last moved on: stored, its last attempt ended, or it was resent (a
+    /// deferral does not count). Its remaining retry schedule runs from then.
+    pub updated_at: Timestamp,
 }
 
 /// The outcome of one attempt, to be stored with the delivery's next state.

@@ -89,7 +89,7 @@ impl Snapshot<'_> {
         counter(
             &mut out,
             "herald_deliveries_exhausted_total",
-            "Deliveries that failed their last attempt.",
+            "Deliveries that failed for good: their last attempt failed, or their endpoint's circuit stayed open past their retry schedule.",
             &d.exhausted,
         );
         counter(

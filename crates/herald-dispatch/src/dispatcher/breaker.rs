@@ -1,7 +1,8 @@
 //! A circuit breaker per webhook: after a run of failures Herald stops sending to the endpoint
 //! for a cool-down, then lets one request through as a probe; success closes the circuit,
 //! failure opens it again for twice as long (up to a ceiling). Deliveries that arrive while it is
-//! open are deferred to the end of the cool-down in the store: they wait, they are not dropped.
+//! open are deferred to the end of the cool-down in the store: they wait, they are not dropped
+//! (unless that would carry them past the end of their retry schedule: see `health.rs`).
 //! While the probe is out they wait for its answer (at the latest, the end of its timeout): a
 //! probe that succeeds wakes them at once, one that fails puts them off to the next cool-down's
 //! end, both with one write to the store rather than one per delivery.
@@ -35,6 +36,9 @@ pub(crate) struct Breaker {
     /// While a probe is out: when its answer is due at the latest. Deliveries deferred meanwhile
     /// wait until then, and a successful probe wakes exactly those.
     probe_due: Option<Timestamp>,
+    /// When the circuit opened after being closed: how long the endpoint has been down, for
+    /// judging which deliveries it holds past their retry schedule.
+    open_since: Option<Timestamp>,
 }
 
 /// What to do with the next request.
@@ -65,6 +69,11 @@ impl Breaker {
                 Gate::Probe
             }
         }
+    }
+
+    /// Since when the circuit has been open (`None` while closed).
+    pub(crate) fn open_since(&self) -> Option<Timestamp> {
+        self.open_since.filter(|_| self.open_until.is_some())
     }
 
     /// Gives back the probe of an attempt that ended without an answer from the endpoint, so the
@@ -107,6 +116,7 @@ impl Breaker {
             };
             let until = now.plus_millis(self.cooldown_ms);
             self.open_until = Some(until);
+            self.open_since.get_or_insert(now);
             return Settled::Opened {
                 until,
                 waiting: probe_due,
@@ -297,6 +307,13 @@ mod tests {
                 waiting: Some(first.plus_millis(PROBE_MS))
             }
         );
+        assert_eq!(
+            b.open_since(),
+            Some(t),
+            "the outage began when it first opened"
+        );
+        b.record(true, first.plus_millis(60_000));
+        assert_eq!(b.open_since(), None);
     }
 
     #[test]

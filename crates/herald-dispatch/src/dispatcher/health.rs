@@ -18,24 +18,36 @@ use super::Dispatcher;
 pub(super) const CIRCUIT_OPEN: &str = "circuit_open";
 
 /// Whether a delivery the open circuit would put off to `until` would only come due after its
-/// retry schedule ran out: its last attempt was due, at the latest (every delay with its whole
-/// tenth of jitter), that long after its event arrived. Without this, an endpoint that stays
-/// down keeps its deliveries pending for as long as it is down, never failing them as the
-/// schedule says. A resent delivery, whose schedule restarted at a time not kept, waits for the
-/// endpoint however long it takes.
-pub(super) fn past_schedule(due: &DueDelivery, webhook: &Webhook, until: Timestamp) -> bool {
-    due.schedule_base == 0
-        && until > schedule_end(due.event.received_at, &webhook.effective_retry_schedule())
+/// retry schedule ran out. What is left of its schedule (every delay from its next attempt's on,
+/// each with its whole tenth of jitter) runs from the latest of: when it last moved on (stored,
+/// its last attempt, a resend), when its webhook last changed (re-enabled, say), and when the
+/// circuit opened (`outage_since`: a backlog queued before the endpoint went down is not held
+/// to a schedule that ran out while it queued). Without this, an endpoint that stays down keeps
+/// its deliveries pending for as long as it is down, never failing them as the schedule says.
+pub(super) fn past_schedule(
+    due: &DueDelivery,
+    webhook: &Webhook,
+    until: Timestamp,
+    outage_since: Option<Timestamp>,
+) -> bool {
+    let from = due
+        .updated_at
+        .max(webhook.updated_at)
+        .max(outage_since.unwrap_or(due.updated_at));
+    let made = due.attempt_count.saturating_sub(due.schedule_base) as usize;
+    until > schedule_end(from, &webhook.effective_retry_schedule(), made)
 }
 
-/// When the last attempt of a schedule started at `start` is due at the latest.
-fn schedule_end(start: Timestamp, schedule: &RetrySchedule) -> Timestamp {
+/// When the last attempt of a schedule is due at the latest, `made` of its attempts having been
+/// made by `from`.
+fn schedule_end(from: Timestamp, schedule: &RetrySchedule, made: usize) -> Timestamp {
     let span_ms: i64 = schedule
         .delays()
         .iter()
+        .skip(made)
         .map(|&secs| i64::from(secs) * 1_100)
         .sum();
-    start.plus_millis(span_ms)
+    from.plus_millis(span_ms)
 }
 
 /// A webhook's failing streak as this node last saved it: since when every attempt failed, or
@@ -200,6 +212,9 @@ impl Dispatcher {
         };
         let shared = &self.shared;
         let leases = self.release_held_leases(ended.iter().map(|d| &d.delivery_id));
+        if leases.is_empty() {
+            return;
+        }
         let failed = match shared
             .store
             .fail_unsent(&first.org_id, &leases, CIRCUIT_OPEN, shared.clock.now())
@@ -250,13 +265,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_schedule_ends_with_its_last_delay_and_the_whole_jitter_of_each() {
-        let start = Timestamp::from_millis(1_000_000);
+    fn what_is_left_of_a_schedule_runs_from_its_last_move() {
+        let from = Timestamp::from_millis(1_000_000);
+        let standard = RetrySchedule::standard();
         assert_eq!(
-            schedule_end(start, &RetrySchedule::standard()),
-            start.plus_millis((60 + 300 + 900 + 3600) * 1_100)
+            schedule_end(from, &standard, 0),
+            from.plus_millis((60 + 300 + 900 + 3600) * 1_100)
+        );
+        assert_eq!(
+            schedule_end(from, &standard, 3),
+            from.plus_millis((900 + 3600) * 1_100),
+            "three attempts made: the fourth's delay and the fifth's are left"
         );
         let once = RetrySchedule::parse(vec![0]).unwrap();
-        assert_eq!(schedule_end(start, &once), start);
+        assert_eq!(schedule_end(from, &once, 0), from);
     }
 }

@@ -232,11 +232,11 @@ impl Dispatcher {
         queue: &mut mpsc::UnboundedReceiver<Queued>,
     ) -> Option<bool> {
         let now = self.shared.clock.now();
-        let gate = breaker::of(
-            &mut self.shared.breakers.lock().expect("breakers lock"),
-            webhook,
-        )
-        .gate(now, probe_ms, urgent);
+        let (gate, outage_since) = {
+            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+            let breaker = breaker::of(&mut breakers, webhook);
+            (breaker.gate(now, probe_ms, urgent), breaker.open_since())
+        };
         let until = match gate {
             Gate::Pass => return Some(false),
             Gate::Probe => return Some(true),
@@ -253,10 +253,15 @@ impl Dispatcher {
         // One webhook's deliveries, so one organization's. Each under the lease this node
         // took: one that has ended may be another node's now.
         let org = &batch.first().or(behind.first())?.org_id;
-        let (ended, waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = batch
+        // An urgent batch (a test, a resend: someone is waiting for it) waits for the probe.
+        let judged = if urgent { &[][..] } else { batch };
+        let (ended, mut waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = judged
             .iter()
             .chain(&behind)
-            .partition(|d| hook.is_some_and(|w| past_schedule(d, w, until)));
+            .partition(|d| hook.is_some_and(|w| past_schedule(d, w, until, outage_since)));
+        if urgent {
+            waiting.extend(batch);
+        }
         if let Some(hook) = hook {
             self.fail_past_schedule(hook, &ended).await;
         }

@@ -224,7 +224,7 @@ pub(crate) async fn insert_events(
 }
 
 const DUE_COLUMNS: &str = "d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
-     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data";
+     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data, d.updated_at";
 
 fn due_row(row: &tokio_postgres::Row) -> DbResult<DueDelivery> {
     Ok(DueDelivery {
@@ -234,6 +234,7 @@ fn due_row(row: &tokio_postgres::Row) -> DbResult<DueDelivery> {
         attempt_count: rows::int(row, 3)?,
         schedule_base: rows::int(row, 4)?,
         event: Arc::new(rows::event_at(row, 5)?),
+        updated_at: Timestamp::from_millis(row.try_get(12)?),
     })
 }
 

@@ -181,7 +181,7 @@ pub(crate) fn unpark(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbR
 }
 
 /// Cancels the pending deliveries of a deleted webhook, parked or not, leased or not (an
-/// attempt in flight then records nothing).
+/// attempt in flight then records its attempt, and `succeeded` if the endpoint accepted it).
 pub(crate) fn cancel(
     conn: &Connection,
     webhook: &WebhookId,

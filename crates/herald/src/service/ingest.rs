@@ -209,6 +209,7 @@ pub(crate) async fn ingest_values<T>(
                     event: item.event.clone(),
                     attempt_count: 0,
                     schedule_base: 0,
+                    updated_at: now,
                 });
             }
         }

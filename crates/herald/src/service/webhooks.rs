@@ -675,6 +675,7 @@ pub async fn send_test(
             event: event.clone(),
             attempt_count: 0,
             schedule_base: 0,
+            updated_at: now,
         },
         lease_until,
     );

@@ -1487,6 +1487,39 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
             .contains("circuit")),
         "{exhausted:?}"
     );
+
+    // Given a longer schedule (27.5 s at most: it would have run out 2.5 s before the circuit's
+    // cool-down ends, counted from their arrival) and recovered while the circuit is still
+    // open, they get it whole from then, rather than failing again at once: they wait for the
+    // probe.
+    let (status, hook) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "retry_schedule": [0, 25] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{hook}");
+    let (status, answer) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/recover"),
+            json!({ "since": "2020-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(answer["recovered"], 20, "{status} {answer}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, failed) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries?state=failed"
+        ))
+        .await;
+    assert_eq!(failed["data"].as_array().unwrap().len(), 0, "{failed}");
+    // The endpoint is back; after the cool-down the probe goes, and the rest follow.
+    target.answer_by_default(Reply::status(200));
+    app.advance(Duration::from_secs(30));
+    for delivery in &ids {
+        app.wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
+            .await;
+    }
 }
 
 /// How many seconds after `from` each pending delivery of webhook `id` is next due, once at

@@ -32,7 +32,12 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let n = ctx.args.backlog;
     let since = (chrono::Utc::now() - chrono::Duration::minutes(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let retries: Vec<u32> = std::iter::once(0).chain([5; 19]).collect();
+    // Retries every 5 s, then one a day later: a schedule that outlasts the run, so that the
+    // open circuit holds the backlog pending rather than failing it past its schedule's end.
+    let retries: Vec<u32> = std::iter::once(0)
+        .chain([5; 18])
+        .chain(std::iter::once(86_400))
+        .collect();
     let hook = (Behaviour::Down, json!({ "retry_schedule": retries }));
     let server = ctx.server_process().await?;
     let process = server.process();
