@@ -417,16 +417,6 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
                 "value must be at most 1024 visible ASCII characters",
             ));
         }
-        if value.starts_with(crate::profile::ENCRYPTED_MARK) {
-            // Stored values are encrypted like the secrets when a key is configured.
-            return Err(Invalid::new(
-                field,
-                format!(
-                    "value may not begin with '{}' (Herald marks encrypted values so)",
-                    crate::profile::ENCRYPTED_MARK
-                ),
-            ));
-        }
         if out.insert(lower, value).is_some() {
             return Err(Invalid::new(
                 field,
@@ -560,8 +550,6 @@ mod tests {
         }
         let ok = BTreeMap::from([("X-Team".to_owned(), "identity".to_owned())]);
         assert_eq!(parse_headers(ok).unwrap()["x-team"], "identity");
-        let sealed_look = BTreeMap::from([("X-Auth".to_owned(), "enc:v1:k:abc".to_owned())]);
-        assert!(parse_headers(sealed_look).is_err());
     }
 
     #[test]

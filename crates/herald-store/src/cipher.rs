@@ -15,6 +15,11 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "enc:v1:";
+/// The one key of a webhook's custom headers as stored sealed: their JSON, encrypted whole. A
+/// header name cannot contain `:`, so a map of real headers is never taken for sealed ones.
+const SEALED_HEADERS: &str = ":sealed";
+
+type Headers = std::collections::BTreeMap<String, String>;
 
 /// One key and its short id (the first 8 hex characters of its SHA-256).
 struct Key {
@@ -159,11 +164,9 @@ impl SecretCipher {
         let mut w = w.clone();
         w.secret = self.seal(&w.secret);
         w.previous_secret = w.previous_secret.as_deref().map(|s| self.seal(s));
-        // Custom headers often carry the receiver's credentials (`Authorization`): their
-        // values are kept like the secrets.
-        for value in w.headers.values_mut() {
-            *value = self.seal(value);
-        }
+        // Custom headers often carry the receiver's credentials (`Authorization`): they are
+        // kept like the secrets.
+        w.headers = self.seal_headers(&w.headers);
         w
     }
 
@@ -178,25 +181,48 @@ impl SecretCipher {
         };
         w.secret = open(&w.secret)?;
         w.previous_secret = w.previous_secret.as_deref().map(open).transpose()?;
-        for value in w.headers.values_mut() {
-            *value = open(value)?;
-        }
+        w.headers = self
+            .open_headers(std::mem::take(&mut w.headers))
+            .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
         Ok(w)
     }
 
-    /// Stored custom headers (their JSON, as [`Self::seal_webhook`] wrote it) sealed again with
-    /// the current key, or `None` when none of their values is stale.
+    /// Custom headers in their stored form: sealed whole, as the one entry
+    /// [`SEALED_HEADERS`], when a key is configured.
+    fn seal_headers(&self, headers: &Headers) -> Headers {
+        if !self.enabled() || headers.is_empty() {
+            return headers.clone();
+        }
+        let json = serde_json::to_string(headers).expect("a map of strings serialises");
+        Headers::from([(SEALED_HEADERS.to_owned(), self.seal(&json))])
+    }
+
+    /// Custom headers from their stored form; a map of real headers is plain, whatever its
+    /// values look like.
+    fn open_headers(&self, stored: Headers) -> Result<Headers, CipherError> {
+        match stored.get(SEALED_HEADERS) {
+            Some(blob) if stored.len() == 1 => serde_json::from_str(&self.open(blob)?)
+                .map_err(|_| CipherError("stored custom headers are malformed".into())),
+            _ => Ok(stored),
+        }
+    }
+
+    /// Stored custom headers (their JSON, as [`Self::seal_webhook`] wrote it) sealed with the
+    /// current key, or `None` when they need no rewrite (sealed with it already, empty, or no
+    /// key is configured).
     pub fn reseal_headers(&self, stored: &str) -> Result<Option<String>, CipherError> {
-        let mut headers: std::collections::BTreeMap<String, String> = serde_json::from_str(stored)
+        let stored: Headers = serde_json::from_str(stored)
             .map_err(|_| CipherError("stored custom headers are malformed".into()))?;
-        if !headers.values().any(|v| self.is_stale(v)) {
+        let current = stored.len() == 1
+            && stored
+                .get(SEALED_HEADERS)
+                .is_some_and(|blob| !self.is_stale(blob));
+        if !self.enabled() || stored.is_empty() || current {
             return Ok(None);
         }
-        for value in headers.values_mut() {
-            *value = self.seal(&self.open(value)?);
-        }
+        let sealed = self.seal_headers(&self.open_headers(stored)?);
         Ok(Some(
-            serde_json::to_string(&headers).expect("a map of strings serialises"),
+            serde_json::to_string(&sealed).expect("a map of strings serialises"),
         ))
     }
 
@@ -250,14 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn custom_header_values_are_sealed_and_resealed_like_secrets() {
+    fn custom_headers_are_sealed_whole_and_resealed_like_secrets() {
         let old = SecretCipher::new(Some(K1), &[]).unwrap();
         let plain = r#"{"authorization":"Bearer receiver-token","x-team":"id"}"#;
         let sealed = old
             .reseal_headers(plain)
             .unwrap()
-            .expect("plain values are stale");
-        assert!(!sealed.contains("receiver-token") && sealed.contains("authorization"));
+            .expect("plain headers are sealed");
+        assert!(!sealed.contains("receiver-token") && !sealed.contains("authorization"));
         assert_eq!(
             old.reseal_headers(&sealed).unwrap(),
             None,
@@ -268,14 +294,21 @@ mod tests {
             .reseal_headers(&sealed)
             .unwrap()
             .expect("an old key's");
-        let values: std::collections::BTreeMap<String, String> =
-            serde_json::from_str(&again).unwrap();
-        assert_eq!(
-            rotated.open(&values["authorization"]).unwrap(),
-            "Bearer receiver-token"
-        );
-        assert!(!rotated.is_stale(&values["x-team"]));
+        let opened = rotated
+            .open_headers(serde_json::from_str(&again).unwrap())
+            .unwrap();
+        assert_eq!(opened["authorization"], "Bearer receiver-token");
+        assert_eq!(rotated.reseal_headers(&again).unwrap(), None);
+        // Without a key, and for values that merely look sealed, headers stay as they are.
         assert_eq!(SecretCipher::none().reseal_headers(plain).unwrap(), None);
+        let look_alike = Headers::from([("x-token".to_owned(), "enc:v1:k:abc".to_owned())]);
+        assert_eq!(
+            SecretCipher::none()
+                .open_headers(look_alike.clone())
+                .unwrap(),
+            look_alike
+        );
+        assert_eq!(old.open_headers(look_alike.clone()).unwrap(), look_alike);
     }
 
     #[test]
