@@ -124,6 +124,9 @@ pub struct DueDelivery {
     /// When the delivery last moved on: stored, its last attempt ended, or it was resent (a
     /// deferral does not count). Its remaining retry schedule runs from then.
     pub updated_at: Timestamp,
+    /// The status its last attempt got, if any: a `429` or `503` may have put its next attempt
+    /// off by up to [`crate::retry::MAX_RETRY_AFTER_SECS`].
+    pub last_status: Option<u16>,
 }
 
 /// The outcome of one attempt, to be stored with the delivery's next state.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use herald_core::Timestamp;
 use herald_core::delivery::AttemptOutcome;
-use herald_core::retry::RetrySchedule;
+use herald_core::retry::{MAX_RETRY_AFTER_SECS, RetrySchedule};
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
@@ -35,17 +35,39 @@ pub(super) fn past_schedule(
         .max(webhook.updated_at)
         .max(outage_since.unwrap_or(due.updated_at));
     let made = due.attempt_count.saturating_sub(due.schedule_base) as usize;
-    until > schedule_end(from, &webhook.effective_retry_schedule(), made)
+    let asked_to_wait = made > 0 && matches!(due.last_status, Some(429 | 503));
+    until
+        > schedule_end(
+            from,
+            &webhook.effective_retry_schedule(),
+            made,
+            asked_to_wait,
+        )
 }
 
 /// When the last attempt of a schedule is due at the latest, `made` of its attempts having been
-/// made by `from`.
-fn schedule_end(from: Timestamp, schedule: &RetrySchedule, made: usize) -> Timestamp {
+/// made by `from`; `asked_to_wait`: the last one's answer may have put the next off by up to
+/// an hour (`Retry-After`).
+fn schedule_end(
+    from: Timestamp,
+    schedule: &RetrySchedule,
+    made: usize,
+    asked_to_wait: bool,
+) -> Timestamp {
     let span_ms: i64 = schedule
         .delays()
         .iter()
         .skip(made)
-        .map(|&secs| i64::from(secs) * 1_100)
+        .enumerate()
+        .map(|(i, &secs)| {
+            let delay = u64::from(secs) * 1_100;
+            let asked = if i == 0 && asked_to_wait {
+                MAX_RETRY_AFTER_SECS * 1_000
+            } else {
+                0
+            };
+            delay.max(asked) as i64
+        })
         .sum();
     from.plus_millis(span_ms)
 }
@@ -269,15 +291,21 @@ mod tests {
         let from = Timestamp::from_millis(1_000_000);
         let standard = RetrySchedule::standard();
         assert_eq!(
-            schedule_end(from, &standard, 0),
+            schedule_end(from, &standard, 0, false),
             from.plus_millis((60 + 300 + 900 + 3600) * 1_100)
         );
         assert_eq!(
-            schedule_end(from, &standard, 3),
+            schedule_end(from, &standard, 3, false),
             from.plus_millis((900 + 3600) * 1_100),
             "three attempts made: the fourth's delay and the fifth's are left"
         );
         let once = RetrySchedule::parse(vec![0]).unwrap();
-        assert_eq!(schedule_end(from, &once, 0), from);
+        assert_eq!(schedule_end(from, &once, 0, false), from);
+        let short = RetrySchedule::parse(vec![0, 60, 300]).unwrap();
+        assert_eq!(
+            schedule_end(from, &short, 1, true),
+            from.plus_millis(3_600_000 + 300 * 1_100),
+            "a Retry-After may have put the next attempt off by up to an hour"
+        );
     }
 }

@@ -255,10 +255,11 @@ impl Dispatcher {
         let org = &batch.first().or(behind.first())?.org_id;
         // An urgent batch (a test, a resend: someone is waiting for it) waits for the probe.
         let judged = if urgent { &[][..] } else { batch };
-        let (ended, mut waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = judged
-            .iter()
-            .chain(&behind)
-            .partition(|d| hook.is_some_and(|w| past_schedule(d, w, until, outage_since)));
+        let (ended, mut waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) =
+            judged.iter().chain(&behind).partition(|d| {
+                // A paused webhook's deliveries are parked when given back, not failed.
+                hook.is_some_and(|w| w.active && past_schedule(d, w, until, outage_since))
+            });
         if urgent {
             waiting.extend(batch);
         }

@@ -224,7 +224,7 @@ pub(crate) async fn insert_events(
 }
 
 const DUE_COLUMNS: &str = "d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
-     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data, d.updated_at";
+     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data, d.updated_at, d.last_status";
 
 fn due_row(row: &tokio_postgres::Row) -> DbResult<DueDelivery> {
     Ok(DueDelivery {
@@ -235,6 +235,7 @@ fn due_row(row: &tokio_postgres::Row) -> DbResult<DueDelivery> {
         schedule_base: rows::int(row, 4)?,
         event: Arc::new(rows::event_at(row, 5)?),
         updated_at: Timestamp::from_millis(row.try_get(12)?),
+        last_status: rows::opt_int(row, 13)?,
     })
 }
 

@@ -57,7 +57,7 @@ pub(crate) fn int<T: TryFrom<i64>>(row: &Row, idx: usize) -> DbResult<T> {
     Ok(T::try_from(v).map_err(|_| bad(idx, v))?)
 }
 
-fn opt_int<T: TryFrom<i64>>(row: &Row, idx: usize) -> DbResult<Option<T>> {
+pub(crate) fn opt_int<T: TryFrom<i64>>(row: &Row, idx: usize) -> DbResult<Option<T>> {
     let v: Option<i64> = row.try_get(idx)?;
     Ok(v.map(|v| T::try_from(v).map_err(|_| bad(idx, v)))
         .transpose()?)

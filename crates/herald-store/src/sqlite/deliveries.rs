@@ -98,7 +98,7 @@ pub(crate) fn insert_events(
 /// A due delivery with its event, found by the event's sequence number (its rowid): one
 /// integer lookup instead of a search of the `(org_id, id)` index by two strings.
 const DUE_SELECT: &str = "SELECT d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
-     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data, d.updated_at \
+     e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data, d.updated_at, d.last_status \
      FROM deliveries d JOIN events e ON e.seq = d.event_seq AND e.org_id = d.org_id";
 
 fn due_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
@@ -110,6 +110,7 @@ fn due_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DueDelivery> {
         schedule_base: row.get(4)?,
         event: Arc::new(rows::event_at(row, 5)?),
         updated_at: Timestamp::from_millis(row.get(12)?),
+        last_status: row.get(13)?,
     })
 }
 

@@ -210,6 +210,7 @@ pub(crate) async fn ingest_values<T>(
                     attempt_count: 0,
                     schedule_base: 0,
                     updated_at: now,
+                    last_status: None,
                 });
             }
         }

@@ -676,6 +676,7 @@ pub async fn send_test(
             attempt_count: 0,
             schedule_base: 0,
             updated_at: now,
+            last_status: None,
         },
         lease_until,
     );
