@@ -341,14 +341,16 @@ pub trait Store: Send + Sync + 'static {
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<()>;
-    /// Ends the organization's leased deliveries as `failed` without another attempt, `error`
-    /// as their last error (their endpoint's circuit stayed open past the end of their retry
-    /// schedule), each only if it still has the lease given with it (as
-    /// [`Store::defer_deliveries`]). Answers the ids it ended.
-    async fn fail_unsent(
+    /// Ends the organization's leased deliveries without another attempt, as `state` (`failed`:
+    /// their endpoint's circuit stayed open past the end of their retry schedule; `skipped`:
+    /// their WebSub channel stayed unverified as long), `error` as their last error, each only if
+    /// it still has the lease given with it (as [`Store::defer_deliveries`]). Answers the ids it
+    /// ended.
+    async fn end_unsent(
         &self,
         org: &OrgId,
         leases: &[(DeliveryId, Timestamp)],
+        state: crate::delivery::DeliveryState,
         error: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<DeliveryId>>;

@@ -2131,7 +2131,13 @@ async fn deliveries_past_their_schedule_fail_unsent_under_their_lease(store: Arc
     leases.extend(under_first_lease(&their_ids));
 
     let failed = store
-        .fail_unsent(&org.id, &leases, "circuit_open", at(5))
+        .end_unsent(
+            &org.id,
+            &leases,
+            DeliveryState::Failed,
+            "circuit_open",
+            at(5),
+        )
         .await
         .unwrap();
     assert_eq!(failed, ids[..2].to_vec());

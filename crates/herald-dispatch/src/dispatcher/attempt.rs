@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herald_core::Timestamp;
-use herald_core::delivery::{Attempt, AttemptError};
+use herald_core::delivery::{Attempt, AttemptError, DeliveryState};
 use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
@@ -13,6 +13,7 @@ use herald_core::{AttemptId, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::{Move, Ticket};
+use super::health::past_schedule;
 use super::limit::{Signal, Slot};
 
 /// Time kept free between the end of an attempt and the end of its lease (clock differences
@@ -195,11 +196,29 @@ impl Dispatcher {
             // Its WebSub verification is pending or was refused (the webhook was switched on
             // again, say, and the subscriber said no): its deliveries wait for it rather than go
             // to an endpoint that has not confirmed.
+            // Those that would wait past the end of their retry schedule are skipped instead,
+            // as the events that arrive while the channel is not verified are: they would
+            // otherwise be looked at every minute for as long as nobody verifies it again.
             let until = shared
                 .clock
                 .now()
                 .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
-            let count = self.defer_held(&first.org_id, ids(), until).await?;
+            let (ended, waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = batch
+                .iter()
+                .partition(|d| past_schedule(d, &webhook, until, None));
+            if !ended.is_empty() {
+                let leases = self.release_held_leases(ended.iter().map(|d| &d.delivery_id));
+                let why = format!("{reason}; it waited until its retry schedule ran out");
+                let now = shared.clock.now();
+                let skipped = shared
+                    .store
+                    .end_unsent(&first.org_id, &leases, DeliveryState::Skipped, &why, now)
+                    .await?;
+                tracing::info!(webhook = %webhook.id, deliveries = skipped.len(), reason, "deliveries skipped: their WebSub channel stayed unverified past their retry schedule");
+            }
+            let count = self
+                .defer_held(&first.org_id, waiting.iter().map(|d| &d.delivery_id), until)
+                .await?;
             tracing::debug!(webhook = %webhook.id, deliveries = count, reason, "webhook not verified; deliveries wait");
             return Ok(());
         }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use herald_core::Timestamp;
-use herald_core::delivery::AttemptOutcome;
+use herald_core::delivery::{AttemptOutcome, DeliveryState};
 use herald_core::retry::{MAX_RETRY_AFTER_SECS, RetrySchedule};
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
@@ -17,8 +17,8 @@ use super::Dispatcher;
 /// The last error of a delivery that failed unsent (see [`past_schedule`]).
 pub(super) const CIRCUIT_OPEN: &str = "circuit_open";
 
-/// Whether a delivery the open circuit would put off to `until` would only come due after its
-/// retry schedule ran out. What is left of its schedule (every delay from its next attempt's on,
+/// Whether a delivery put off to `until` (by an open circuit, or while its WebSub channel is
+/// not verified, with no `outage_since`) would only come due after its retry schedule ran out. What is left of its schedule (every delay from its next attempt's on,
 /// each with its whole tenth of jitter) runs from the latest of: when it last moved on (stored,
 /// its last attempt, a resend), when its webhook last changed (re-enabled, say), and when the
 /// circuit opened (`outage_since`: a backlog queued before the endpoint went down is not held
@@ -239,7 +239,13 @@ impl Dispatcher {
         }
         let failed = match shared
             .store
-            .fail_unsent(&first.org_id, &leases, CIRCUIT_OPEN, shared.clock.now())
+            .end_unsent(
+                &first.org_id,
+                &leases,
+                DeliveryState::Failed,
+                CIRCUIT_OPEN,
+                shared.clock.now(),
+            )
             .await
         {
             Ok(failed) => failed,

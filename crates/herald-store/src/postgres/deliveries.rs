@@ -954,16 +954,17 @@ pub(crate) async fn defer(
     Ok(())
 }
 
-/// Ends leased deliveries as failed, unsent; like [`defer`], it skips the rows another
-/// transaction holds (they keep their lease and come back when it ends).
-pub(crate) async fn fail_unsent(
+/// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`); like [`defer`], it
+/// skips the rows another transaction holds (they keep their lease and come back when it ends).
+pub(crate) async fn end_unsent(
     c: &impl Conn,
     org: &OrgId,
     leases: &[(DeliveryId, Timestamp)],
+    state: DeliveryState,
     error: &str,
     now: Timestamp,
 ) -> DbResult<Vec<DeliveryId>> {
-    let mut failed = Vec::new();
+    let mut ended = Vec::new();
     for chunk in leases.chunks(10_000) {
         let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
         let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
@@ -974,17 +975,24 @@ pub(crate) async fn fail_unsent(
                      JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
                      WHERE d.org_id = $3 AND d.state = 'pending' AND d.lease_until = l.lease_until \
                      FOR UPDATE OF d SKIP LOCKED) \
-                 UPDATE deliveries d SET state = 'failed', next_attempt_at = NULL, due_at = NULL, \
+                 UPDATE deliveries d SET state = $6, next_attempt_at = NULL, due_at = NULL, \
                  lease_until = NULL, last_error = $4, updated_at = $5 \
                  FROM mine WHERE d.id = mine.id RETURNING d.id",
-                &[&ids, &held, &org.as_str(), &error, &now.as_millis()],
+                &[
+                    &ids,
+                    &held,
+                    &org.as_str(),
+                    &error,
+                    &now.as_millis(),
+                    &state.as_str(),
+                ],
             )
             .await?;
         for row in rows {
-            failed.push(DeliveryId::from_trusted(row.try_get(0)?));
+            ended.push(DeliveryId::from_trusted(row.try_get(0)?));
         }
     }
-    Ok(failed)
+    Ok(ended)
 }
 
 /// A webhook's deliveries deferred to exactly `deferred_to`, moved to `to` (found through

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use herald_core::delivery::{Attempt, Delivery};
+use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
@@ -677,16 +677,17 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::defer(&c, org, leases, until))
     }
 
-    async fn fail_unsent(
+    async fn end_unsent(
         &self,
         org: &OrgId,
         leases: &[(DeliveryId, Timestamp)],
+        state: DeliveryState,
         error: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<DeliveryId>> {
         // Not in a transaction of its own, for the reason `defer_deliveries` gives.
-        on_client!(self, |c| deliveries::fail_unsent(
-            &c, org, leases, error, now
+        on_client!(self, |c| deliveries::end_unsent(
+            &c, org, leases, state, error, now
         ))
     }
 

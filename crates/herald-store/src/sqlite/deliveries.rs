@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use herald_core::delivery::{Attempt, Delivery};
+use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult};
@@ -591,21 +591,24 @@ pub(crate) fn defer(
     Ok(())
 }
 
-pub(crate) fn fail_unsent(
+/// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`).
+pub(crate) fn end_unsent(
     conn: &Connection,
     org: &OrgId,
     leases: &[(DeliveryId, Timestamp)],
+    state: DeliveryState,
     error: &str,
     now: Timestamp,
 ) -> DbResult<Vec<DeliveryId>> {
-    let mut fail = conn.prepare_cached(
-        "UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, due_at = NULL, \
-         lease_until = NULL, last_error = ?1, updated_at = ?2 \
-         WHERE id = ?3 AND org_id = ?4 AND state = 'pending' AND lease_until = ?5",
+    let mut end = conn.prepare_cached(
+        "UPDATE deliveries SET state = ?1, next_attempt_at = NULL, due_at = NULL, \
+         lease_until = NULL, last_error = ?2, updated_at = ?3 \
+         WHERE id = ?4 AND org_id = ?5 AND state = 'pending' AND lease_until = ?6",
     )?;
-    let mut failed = Vec::new();
+    let mut ended = Vec::new();
     for (id, lease_until) in leases {
-        let changed = fail.execute(params![
+        let changed = end.execute(params![
+            state.as_str(),
             error,
             now.as_millis(),
             id.as_str(),
@@ -613,10 +616,10 @@ pub(crate) fn fail_unsent(
             lease_until.as_millis()
         ])?;
         if changed == 1 {
-            failed.push(id.clone());
+            ended.push(id.clone());
         }
     }
-    Ok(failed)
+    Ok(ended)
 }
 
 /// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use herald_core::delivery::{Attempt, Delivery};
+use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
@@ -621,15 +621,16 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn fail_unsent(
+    async fn end_unsent(
         &self,
         org: &OrgId,
         leases: &[(DeliveryId, Timestamp)],
+        state: DeliveryState,
         error: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<DeliveryId>> {
         let (org, leases, error) = (org.clone(), leases.to_vec(), error.to_owned());
-        self.write(move |c| deliveries::fail_unsent(c, &org, &leases, &error, now))
+        self.write(move |c| deliveries::end_unsent(c, &org, &leases, state, &error, now))
             .await
     }
 

@@ -553,6 +553,66 @@ async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refus
         .await;
 }
 
+/// A delivery waiting for its channel to be verified again waits no longer than its retry
+/// schedule: then it is skipped, as an event arriving on an unverified channel is, instead of
+/// being looked at every minute for as long as nobody verifies the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_verification_past_its_schedule_is_skipped() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
+    let id = hook["id"].as_str().unwrap();
+    let (status, hook) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "retry_schedule": [0, 60] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{hook}");
+
+    rx.answer_by_default(Reply::status(500));
+    app.send_event(&org, login_success("e1")).await;
+    rx.wait_for("/hub", 1, WAIT).await;
+    let delivery = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    // Switched off and on again; the subscriber refuses the new subscription.
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    rx.subscriber(Subscriber::Refuse(404));
+    let (status, on) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{on}");
+    assert_eq!(state_of(&on["subscriptions"], "login")["state"], "failed");
+
+    // Its retry comes due (60 s on, 66 s at most) while the channel is refused; waiting another
+    // minute would take it past its schedule's end.
+    rx.answer_by_default(Reply::status(200));
+    app.advance(Duration::from_secs(70));
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "skipped")
+        .await;
+    assert_eq!(d["attempt_count"], 1, "{d}");
+    let why = d["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("not verified") && why.contains("retry schedule"),
+        "{why}"
+    );
+    let posts = rx
+        .received_on("/hub")
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "never sent to the unverified endpoint");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried() {
     let app = insecure_app().await;
