@@ -2121,10 +2121,10 @@ async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: 
 
 /// A circuit that stayed open past deliveries' retry schedules ends them as failed, unsent:
 /// only those still under the lease given, and only the organization's own.
-async fn deliveries_past_their_schedule_fail_unsent_under_their_lease(store: Arc<dyn Store>) {
+async fn deliveries_past_their_schedule_end_unsent_under_their_lease(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let (_, theirs) = org_with_webhook(&store, "globex").await;
-    let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
+    let ids = store_placed(&store, &hook, 4, Placement::Leased).await;
     let their_ids = store_placed(&store, &theirs, 1, Placement::Leased).await;
     let mut leases = under_first_lease(&ids[..2]);
     leases.push((ids[2].clone(), at(LEASE_SECS + 1)));
@@ -2156,6 +2156,24 @@ async fn deliveries_past_their_schedule_fail_unsent_under_their_lease(store: Arc
     assert_eq!(
         state_of(&store, &org.id, &ids[2]).await,
         DeliveryState::Pending
+    );
+    // A WebSub channel that stayed unverified skips them instead, the reason kept.
+    let why = "not sent: the channel 'login' is not verified";
+    let skipped = store
+        .end_unsent(
+            &org.id,
+            &under_first_lease(&ids[3..]),
+            DeliveryState::Skipped,
+            why,
+            at(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(skipped, ids[3..].to_vec());
+    let (d, _) = store.get_delivery(&org.id, &ids[3]).await.unwrap();
+    assert_eq!(
+        (d.state, d.last_error.as_deref()),
+        (DeliveryState::Skipped, Some(why))
     );
     let (globex_delivery, _) = store
         .get_delivery(&theirs.org_id, &their_ids[0])
@@ -3062,7 +3080,7 @@ macro_rules! stories {
             a_delivery_another_holder_leased_is_not_given_back_under_an_old_lease,
             a_lease_is_renewed_only_by_its_holder,
             a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success,
-            deliveries_past_their_schedule_fail_unsent_under_their_lease,
+            deliveries_past_their_schedule_end_unsent_under_their_lease,
             a_users_change_does_not_undo_what_happened_since_it_was_read,
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
