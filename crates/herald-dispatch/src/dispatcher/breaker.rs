@@ -39,6 +39,18 @@ pub(crate) struct Breaker {
     /// When the circuit opened after being closed: how long the endpoint has been down, for
     /// judging which deliveries it holds past their retry schedule.
     open_since: Option<Timestamp>,
+    /// When the endpoint last failed a request (this run of failures'): a delivery is failed
+    /// for the open circuit only if the endpoint failed after the delivery last moved on.
+    last_failure: Option<Timestamp>,
+}
+
+/// What an open circuit knows of the endpoint's outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outage {
+    /// When the circuit opened.
+    pub(crate) since: Timestamp,
+    /// When the endpoint last failed a request.
+    pub(crate) last_failure: Timestamp,
 }
 
 /// What to do with the next request.
@@ -71,9 +83,13 @@ impl Breaker {
         }
     }
 
-    /// Since when the circuit has been open (`None` while closed).
-    pub(crate) fn open_since(&self) -> Option<Timestamp> {
-        self.open_since.filter(|_| self.open_until.is_some())
+    /// The outage, while the circuit is open.
+    pub(crate) fn outage(&self) -> Option<Outage> {
+        self.open_until?;
+        Some(Outage {
+            since: self.open_since?,
+            last_failure: self.last_failure?,
+        })
     }
 
     /// Gives back the probe of an attempt that ended without an answer from the endpoint, so the
@@ -106,6 +122,7 @@ impl Breaker {
             };
         }
         self.failures += 1;
+        self.last_failure = Some(self.last_failure.map_or(now, |last| last.max(now)));
         let probe_due = self.probe_due.take();
         let was_probe = probe_due.is_some();
         if was_probe || (self.open_until.is_none() && self.failures >= THRESHOLD) {
@@ -308,12 +325,15 @@ mod tests {
             }
         );
         assert_eq!(
-            b.open_since(),
-            Some(t),
-            "the outage began when it first opened"
+            b.outage(),
+            Some(Outage {
+                since: t,
+                last_failure: first
+            }),
+            "the outage began when it first opened; the probe failed last"
         );
         b.record(true, first.plus_millis(60_000));
-        assert_eq!(b.open_since(), None);
+        assert_eq!(b.outage(), None);
     }
 
     #[test]

@@ -13,27 +13,32 @@ use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
 use super::Dispatcher;
+use super::breaker::Outage;
 
 /// The last error of a delivery that failed unsent (see [`past_schedule`]).
 pub(super) const CIRCUIT_OPEN: &str = "circuit_open";
 
 /// Whether a delivery put off to `until` (by an open circuit, or while its WebSub channel is
-/// not verified, with no `outage_since`) would only come due after its retry schedule ran out. What is left of its schedule (every delay from its next attempt's on,
-/// each with its whole tenth of jitter) runs from the latest of: when it last moved on (stored,
-/// its last attempt, a resend), when its webhook last changed (re-enabled, say), and when the
-/// circuit opened (`outage_since`: a backlog queued before the endpoint went down is not held
-/// to a schedule that ran out while it queued). Without this, an endpoint that stays down keeps
+/// not verified) would only come due after its retry schedule ran out. What is left of its
+/// schedule (every delay from its next attempt's on, each with its whole tenth of jitter) runs
+/// from the latest of: when it last moved on (stored, its last attempt, a resend), when its
+/// webhook last changed (re-enabled, say), and, for an open circuit, when it opened (a backlog
+/// queued before the endpoint went down is not held to a schedule that ran out while it
+/// queued). For an open circuit the endpoint must also have failed a request since the delivery
+/// (or its webhook) last moved on: one recovered or re-enabled during the cool-down waits for the
+/// probe, which may find the endpoint fixed. Without this, an endpoint that stays down keeps
 /// its deliveries pending for as long as it is down, never failing them as the schedule says.
 pub(super) fn past_schedule(
     due: &DueDelivery,
     webhook: &Webhook,
     until: Timestamp,
-    outage_since: Option<Timestamp>,
+    outage: Option<Outage>,
 ) -> bool {
-    let from = due
-        .updated_at
-        .max(webhook.updated_at)
-        .max(outage_since.unwrap_or(due.updated_at));
+    let moved = due.updated_at.max(webhook.updated_at);
+    if outage.is_some_and(|o| o.last_failure < moved) {
+        return false;
+    }
+    let from = outage.map_or(moved, |o| moved.max(o.since));
     let made = due.attempt_count.saturating_sub(due.schedule_base) as usize;
     let asked_to_wait = made > 0 && matches!(due.last_status, Some(429 | 503));
     until

@@ -232,10 +232,10 @@ impl Dispatcher {
         queue: &mut mpsc::UnboundedReceiver<Queued>,
     ) -> Option<bool> {
         let now = self.shared.clock.now();
-        let (gate, outage_since) = {
+        let (gate, outage) = {
             let mut breakers = self.shared.breakers.lock().expect("breakers lock");
             let breaker = breaker::of(&mut breakers, webhook);
-            (breaker.gate(now, probe_ms, urgent), breaker.open_since())
+            (breaker.gate(now, probe_ms, urgent), breaker.outage())
         };
         let until = match gate {
             Gate::Pass => return Some(false),
@@ -258,7 +258,7 @@ impl Dispatcher {
         let (ended, mut waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) =
             judged.iter().chain(&behind).partition(|d| {
                 // A paused webhook's deliveries are parked when given back, not failed.
-                hook.is_some_and(|w| w.active && past_schedule(d, w, until, outage_since))
+                hook.is_some_and(|w| w.active && past_schedule(d, w, until, outage))
             });
         if urgent {
             waiting.extend(batch);
