@@ -64,7 +64,8 @@ enum EventsBody {
     responses(
         (status = 202, description = "Stored; deliveries will follow", body = IngestReport),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
-        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`), or `delivery_loop` (the request is a Herald webhook delivery)", body = super::ErrorBody),
+        (status = 410, description = "`delivery_loop`: the request is a Herald webhook delivery (a webhook pointed at an events API); the sending Herald disables that webhook", body = super::ErrorBody),
+        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`)", body = super::ErrorBody),
     ))]
 async fn post_events(
     State(state): State<AppState>,
@@ -83,8 +84,9 @@ async fn post_events(
 /// Refuses a request sent by a Herald delivery (its `User-Agent`, which no webhook's custom
 /// headers may set). A webhook pointed at an events API, this server's or another Herald's,
 /// would post its deliveries back as events; with two such webhooks each event would come back
-/// twice, and the events would multiply until the nesting limit. The delivery fails instead,
-/// with this message in its attempt.
+/// twice, and the events would multiply until the nesting limit. `410 Gone` makes the sending
+/// Herald disable the webhook at once (and tell its organization), with this message in the
+/// attempt, rather than retry it on schedule.
 fn refuse_deliveries(headers: &HeaderMap) -> Result<(), ApiError> {
     let from_herald = headers
         .get(axum::http::header::USER_AGENT)
@@ -92,7 +94,7 @@ fn refuse_deliveries(headers: &HeaderMap) -> Result<(), ApiError> {
         .is_some_and(|ua| ua.starts_with("Herald/"));
     if from_herald {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::GONE,
             "delivery_loop",
             "this request is a Herald webhook delivery (User-Agent Herald/…); events cannot be \
              posted by a webhook, which would feed its deliveries back as events. Point the \

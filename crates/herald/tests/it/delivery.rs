@@ -769,7 +769,7 @@ async fn an_organizations_own_type_is_checked_against_its_schema() {
 
 /// Webhooks pointed at Herald's own events API (a permit body is a valid event) would post each
 /// delivery back as an event, two of them doubling the events at every hop: the deliveries are
-/// refused, and nothing comes of them.
+/// refused with `410 Gone`, nothing comes of them, and the webhooks are disabled at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_pointed_at_the_events_api_does_not_feed_its_deliveries_back() {
     let app = TestApp::spawn().await;
@@ -810,9 +810,11 @@ async fn a_webhook_pointed_at_the_events_api_does_not_feed_its_deliveries_back()
         let d = app
             .wait_for_delivery(&org, &ids[0], |d| d["attempt_count"] == 1)
             .await;
-        assert_eq!(d["last_status"], 422, "{d}");
+        assert_eq!(d["last_status"], 410, "{d}");
         let body = d["attempts"][0]["response_body"].as_str().unwrap();
         assert!(body.contains("delivery_loop"), "{body}");
+        let (_, w) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+        assert_eq!(w["active"], false, "{w}");
     }
     // Each attempt was answered only after any event it posted was stored: none was.
     for hook in &hooks {
