@@ -8,6 +8,21 @@ use crate::{AttemptId, DeliveryId, Invalid, OrgId, Timestamp, WebhookId};
 /// How many bytes of a response body an attempt keeps.
 pub const RESPONSE_BODY_KEEP: usize = 1024;
 
+/// A delivery's `last_error` when it failed without another attempt: its endpoint's circuit
+/// stayed open past the end of its retry schedule.
+pub const CIRCUIT_OPEN: &str = "circuit_open";
+
+/// What a delivery's `last_error` means and what to do, for a code that no attempt explains
+/// (an attempt's own error has its message).
+pub fn explain_last_error(code: &str) -> Option<&'static str> {
+    (code == CIRCUIT_OPEN).then_some(
+        "Herald stopped sending to this endpoint after its last requests failed (its circuit \
+         is open), and the delivery's retry schedule ran out while it waited. Fix the endpoint, \
+         send a test event (it goes through at once and closes the circuit), then resend or \
+         recover the delivery.",
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {

@@ -7,16 +7,13 @@
 use std::sync::Arc;
 
 use herald_core::Timestamp;
-use herald_core::delivery::{AttemptOutcome, DeliveryState};
+use herald_core::delivery::{AttemptOutcome, CIRCUIT_OPEN, DeliveryState};
 use herald_core::retry::{MAX_RETRY_AFTER_SECS, RetrySchedule};
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
 use super::Dispatcher;
 use super::breaker::Outage;
-
-/// The last error of a delivery that failed unsent (see [`past_schedule`]).
-pub(super) const CIRCUIT_OPEN: &str = "circuit_open";
 
 /// Whether a delivery put off to `until` (by an open circuit, or while its WebSub channel is
 /// not verified) would only come due after its retry schedule ran out. What is left of its
@@ -270,7 +267,7 @@ impl Dispatcher {
                 due,
                 webhook,
                 due.attempt_count,
-                "not sent: the endpoint's last requests failed, and its circuit stayed open past the delivery's retry schedule",
+                "no further attempt: the endpoint's last requests failed, and its circuit stayed open past the delivery's retry schedule",
             );
         }
     }

@@ -1222,6 +1222,7 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
         "attempt_count",
         "last_status",
         "next_attempt_at",
+        "last_error",
     ];
     match cmd {
         DeliveriesCommand::List {
@@ -1255,6 +1256,12 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
             let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;
             show(&conn, &d, cols);
             if !conn.json {
+                if let Some(why) = d["last_error"]
+                    .as_str()
+                    .and_then(herald_core::delivery::explain_last_error)
+                {
+                    out!("\n{why}");
+                }
                 out!();
                 show(
                     &conn,

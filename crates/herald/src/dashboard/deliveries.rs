@@ -46,6 +46,8 @@ pub struct DeliveryRow {
     attempts: u32,
     last_status: Option<u16>,
     last_error: Option<String>,
+    /// What `last_error` means, when no attempt explains it.
+    why: Option<&'static str>,
     created: String,
     next_attempt: Option<String>,
 }
@@ -61,6 +63,10 @@ impl From<&Delivery> for DeliveryRow {
             attempts: d.attempt_count,
             last_status: d.last_status,
             last_error: d.last_error.clone(),
+            why: d
+                .last_error
+                .as_deref()
+                .and_then(herald_core::delivery::explain_last_error),
             created: when(d.created_at),
             next_attempt: when_opt(d.next_attempt_at).filter(|_| d.state == DeliveryState::Pending),
         }

@@ -1490,6 +1490,27 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
         "{exhausted:?}"
     );
 
+    // The dashboard says why one that was never tried failed, and what to do.
+    let untried = ids
+        .iter()
+        .find(|d| {
+            exhausted
+                .iter()
+                .any(|e| e["data"]["delivery"]["id"] == d.as_str() && e["data"]["attempts"] == 0)
+        })
+        .expect("one never tried");
+    let visitor = crate::dashboard::Visitor::signed_in(&app, crate::helpers::ADMIN_TOKEN).await;
+    let page = visitor
+        .get(&format!("/orgs/{org}/deliveries/{untried}"))
+        .await;
+    assert!(
+        page.body.contains("No attempt was made.")
+            && page.body.contains("its circuit is open")
+            && page.body.contains("send a test event"),
+        "{}",
+        page.body
+    );
+
     // Recovered while the circuit is still open (the endpoint fixed, say), they wait for the
     // probe rather than fail again at once: the endpoint has not failed since.
     let (status, answer) = app
