@@ -83,6 +83,11 @@ impl Breaker {
         }
     }
 
+    /// When the cool-down ends (or ended: the next request is the probe), while it is open.
+    pub(crate) fn open_until(&self) -> Option<Timestamp> {
+        self.open_until
+    }
+
     /// The outage, while the circuit is open.
     pub(crate) fn outage(&self) -> Option<Outage> {
         self.open_until?;

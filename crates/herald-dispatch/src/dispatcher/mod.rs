@@ -373,6 +373,13 @@ impl Dispatcher {
         limits
     }
 
+    /// Until when this node holds requests to the webhook back because its circuit is open
+    /// (`None` while it is closed), for the dashboard. Each node keeps its own circuit.
+    pub fn circuit_open_until(&self, webhook: &WebhookId) -> Option<Timestamp> {
+        let breakers = self.shared.breakers.lock().expect("breakers lock");
+        breakers.get(webhook).and_then(breaker::Breaker::open_until)
+    }
+
     /// Forgets a delivery once its attempt is made, *before* the outcome is written: from the
     /// moment the write commits, a resend or the scheduler may hand it out again, and must not
     /// find it still held. Until then its lease keeps the scheduler away.

@@ -170,6 +170,8 @@ impl From<Subscription> for SubscriptionRow {
 struct WebhookPage {
     org_id: String,
     webhook: WebhookView,
+    /// Until when this node holds requests back (its circuit is open), if it does.
+    circuit_open_until: Option<String>,
     subscriptions: Vec<SubscriptionRow>,
     charts: Vec<Chart>,
     recent: Vec<DeliveryRow>,
@@ -194,6 +196,10 @@ async fn show_webhook(
     let page = WebhookPage {
         org_id: org.id.to_string(),
         webhook: WebhookView::of(&w, state.clock.now()),
+        circuit_open_until: state
+            .dispatcher
+            .circuit_open_until(&w.id)
+            .map(super::templates::when),
         subscriptions: subscriptions
             .into_iter()
             .map(SubscriptionRow::from)

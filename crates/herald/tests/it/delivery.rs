@@ -1510,6 +1510,12 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
         "{}",
         page.body
     );
+    let page = visitor.get(&format!("/orgs/{org}/webhooks/{id}")).await;
+    assert!(
+        page.body.contains("Herald holds deliveries back until"),
+        "the webhook's page says its circuit is open: {}",
+        page.body
+    );
 
     // Recovered while the circuit is still open (the endpoint fixed, say), they wait for the
     // probe rather than fail again at once: the endpoint has not failed since.
