@@ -414,10 +414,38 @@ pub enum DeliveriesCommand {
         /// The webhook's id (`wh_…`).
         #[arg(long)]
         webhook: String,
-        /// An RFC 3339 time, e.g. 2026-01-31T00:00:00Z.
-        #[arg(long)]
+        /// Failed deliveries created since: an RFC 3339 time (2026-01-31T00:00:00Z), or how long
+        /// ago (90m, 6h, 2d).
+        #[arg(long, value_parser = parse_since)]
         since: String,
     },
+}
+
+/// `--since`: an RFC 3339 time as it is, or a time that long before now (`30s`, `90m`, `6h`,
+/// `2d`) written as one.
+fn parse_since(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let unit = |c: char| match c {
+        's' => Some(1),
+        'm' => Some(60),
+        'h' => Some(3_600),
+        'd' => Some(86_400),
+        _ => None,
+    };
+    let ago = raw
+        .char_indices()
+        .last()
+        .and_then(|(at, c)| Some((raw[..at].parse::<i64>().ok()?, unit(c)?)));
+    match ago {
+        Some((n, secs)) if n >= 0 => {
+            let at = chrono::Utc::now() - chrono::Duration::seconds(n.saturating_mul(secs));
+            Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        }
+        _ if chrono::DateTime::parse_from_rfc3339(raw).is_ok() => Ok(raw.to_owned()),
+        _ => Err(format!(
+            "'{raw}' is neither an RFC 3339 time (2026-01-31T00:00:00Z) nor how long ago (90m, 6h, 2d)"
+        )),
+    }
 }
 
 impl DeliveriesCommand {
@@ -503,7 +531,7 @@ pub struct SendArgs {
     /// When it happened, RFC 3339 (with --type; the time of receipt when absent).
     #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub occurred_at: Option<String>,
-    /// A correlation id carried to the receivers (with --type; `rci` in asgardeo's tokens).
+    /// A correlation id kept with the event (with --type); asgardeo's tokens carry it as `rci`.
     #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub correlation_id: Option<String>,
     /// A file with one event or an array of them (`-` for standard input). Used when --type is
@@ -1443,6 +1471,21 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_how_long_ago() {
+        assert_eq!(
+            parse_since("2026-01-31T00:00:00Z").unwrap(),
+            "2026-01-31T00:00:00Z"
+        );
+        let ago = parse_since("2h").unwrap();
+        let ago = chrono::DateTime::parse_from_rfc3339(&ago).unwrap();
+        let expected = chrono::Utc::now() - chrono::Duration::hours(2);
+        assert!((ago.timestamp() - expected.timestamp()).abs() <= 2);
+        for bad in ["yesterday", "2w", "-3h", ""] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_servers_advice_names_commands() {
