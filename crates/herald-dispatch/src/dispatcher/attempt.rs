@@ -195,8 +195,8 @@ impl Dispatcher {
         if let Some(reason) = unverified(&snapshot, &webhook, batch, shared.clock.now()) {
             // Its WebSub verification is pending or was refused (the webhook was switched on
             // again, say, and the subscriber said no): its deliveries wait for it rather than go
-            // to an endpoint that has not confirmed.
-            // Those that would wait past the end of their retry schedule are skipped instead,
+            // to an endpoint that has not confirmed. Those that would wait past the end of their
+            // retry schedule are skipped instead,
             // as the events that arrive while the channel is not verified are: they would
             // otherwise be looked at every minute for as long as nobody verifies it again.
             let until = shared
