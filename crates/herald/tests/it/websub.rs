@@ -483,23 +483,20 @@ async fn a_new_url_gets_no_events_on_the_old_ones_verification_even_if_its_clien
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refused() {
-    let app = insecure_app().await;
-    let rx = TestReceiver::start().await;
-    let (org, _) = asgardeo_org(&app).await;
-    let hook = active_hub(&app, &org, &rx, &["login"]).await;
-    let id = hook["id"].as_str().unwrap();
-
-    // A delivery fails and waits for its retry.
+/// Sends an event whose first attempt fails (it then waits for its retry), switches the webhook
+/// off and on again and has the subscriber refuse the new subscription; answers the delivery.
+async fn failed_then_refused_on_reactivation(
+    app: &TestApp,
+    org: &str,
+    id: &str,
+    rx: &TestReceiver,
+) -> String {
     rx.answer_by_default(Reply::status(500));
-    app.send_event(&org, login_success("e1")).await;
+    app.send_event(org, login_success("e1")).await;
     rx.wait_for("/hub", 1, WAIT).await;
-    let delivery = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+    let delivery = app.delivery_ids(org, id).await.remove(0);
+    app.wait_for_delivery(org, &delivery, |d| d["attempt_count"] == 1)
         .await;
-
-    // Switched off and on again; the subscriber refuses the new subscription.
     let (status, _) = app
         .post(
             &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
@@ -513,6 +510,18 @@ async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refus
         .await;
     assert_eq!(status, StatusCode::OK, "{on}");
     assert_eq!(state_of(&on["subscriptions"], "login")["state"], "failed");
+    delivery
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_while_inactive_are_not_sent_if_reactivation_is_refused() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
+    let id = hook["id"].as_str().unwrap();
+
+    let delivery = failed_then_refused_on_reactivation(&app, &org, id, &rx).await;
 
     // Its retry comes due: it waits for verification instead of being sent.
     rx.answer_by_default(Reply::status(200));
@@ -571,26 +580,7 @@ async fn a_delivery_waiting_for_verification_past_its_schedule_is_skipped() {
         .await;
     assert_eq!(status, StatusCode::OK, "{hook}");
 
-    rx.answer_by_default(Reply::status(500));
-    app.send_event(&org, login_success("e1")).await;
-    rx.wait_for("/hub", 1, WAIT).await;
-    let delivery = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
-        .await;
-    // Switched off and on again; the subscriber refuses the new subscription.
-    let (status, _) = app
-        .post(
-            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    rx.subscriber(Subscriber::Refuse(404));
-    let (status, on) = app
-        .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{on}");
-    assert_eq!(state_of(&on["subscriptions"], "login")["state"], "failed");
+    let delivery = failed_then_refused_on_reactivation(&app, &org, id, &rx).await;
 
     // Its retry comes due (60 s on, 66 s at most) while the channel is refused; waiting another
     // minute would take it past its schedule's end.
