@@ -16,15 +16,16 @@ use super::Dispatcher;
 use super::breaker::Outage;
 
 /// Whether a delivery put off to `until` (by an open circuit, or while its WebSub channel is
-/// not verified) would only come due after its retry schedule ran out. What is left of its
+/// not verified) is to end instead, its retry schedule having run out. What is left of its
 /// schedule (every delay from its next attempt's on, each with its whole tenth of jitter) runs
 /// from the latest of: when it last moved on (stored, its last attempt, a resend), when its
 /// webhook last changed (re-enabled, say), and, for an open circuit, when it opened (a backlog
 /// queued before the endpoint went down is not held to a schedule that ran out while it
-/// queued). For an open circuit the endpoint must also have failed a request since the delivery
-/// (or its webhook) last moved on: one recovered or re-enabled during the cool-down waits for the
-/// probe, which may find the endpoint fixed. Without this, an endpoint that stays down keeps
-/// its deliveries pending for as long as it is down, never failing them as the schedule says.
+/// queued). A WebSub wait ends when the deferral would carry the delivery past that end. An
+/// open circuit ends it only once the endpoint failed a request (a probe) at or after that end:
+/// its last attempt, made then, would have failed too. So a delivery whose schedule ends during
+/// a cool-down is not failed for the circuit's blindness: if the endpoint is back, the next
+/// probe finds it and the delivery goes; and a node whose circuit is stale fails nothing.
 pub(super) fn past_schedule(
     due: &DueDelivery,
     webhook: &Webhook,
@@ -32,19 +33,19 @@ pub(super) fn past_schedule(
     outage: Option<Outage>,
 ) -> bool {
     let moved = due.updated_at.max(webhook.updated_at);
-    if outage.is_some_and(|o| o.last_failure < moved) {
-        return false;
-    }
     let from = outage.map_or(moved, |o| moved.max(o.since));
     let made = due.attempt_count.saturating_sub(due.schedule_base) as usize;
     let asked_to_wait = made > 0 && matches!(due.last_status, Some(429 | 503));
-    until
-        > schedule_end(
-            from,
-            &webhook.effective_retry_schedule(),
-            made,
-            asked_to_wait,
-        )
+    let end = schedule_end(
+        from,
+        &webhook.effective_retry_schedule(),
+        made,
+        asked_to_wait,
+    );
+    match outage {
+        Some(o) => o.last_failure >= end,
+        None => until > end,
+    }
 }
 
 /// When the last attempt of a schedule is due at the latest, `made` of its attempts having been

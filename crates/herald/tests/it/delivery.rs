@@ -1386,16 +1386,31 @@ async fn circuit_opened(
     events: usize,
     timeout_ms: u32,
 ) -> (String, String) {
+    let settings = json!({ "retry_schedule": [0, 5, 600], "timeout_ms": timeout_ms });
+    opened(app, rx, events, settings).await
+}
+
+/// [`circuit_opened`] with this retry schedule.
+async fn circuit_opened_with(
+    app: &TestApp,
+    rx: &TestReceiver,
+    events: usize,
+    schedule: serde_json::Value,
+) -> (String, String) {
+    opened(app, rx, events, json!({ "retry_schedule": schedule })).await
+}
+
+async fn opened(
+    app: &TestApp,
+    rx: &TestReceiver,
+    events: usize,
+    mut settings: serde_json::Value,
+) -> (String, String) {
     rx.answer_by_default(Reply::status(500));
     let org = app.create_org("Acme").await;
     // One request at a time, so the breaker sees each failure before the next request.
-    let hook = app
-        .create_webhook(
-            &org,
-            &rx.url("/flaky"),
-            json!({ "rate_limit_per_second": 200, "retry_schedule": [0, 5, 600], "timeout_ms": timeout_ms }),
-        )
-        .await;
+    settings["rate_limit_per_second"] = json!(200);
+    let hook = app.create_webhook(&org, &rx.url("/flaky"), settings).await;
     let batch: Vec<_> = (0..events)
         .map(|i| user_created(&format!("u{i}")))
         .collect();
@@ -1441,42 +1456,51 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
 }
 
 /// An endpoint that stays down: its open circuit holds deliveries without sending them, and
-/// those it would hold past the end of their retry schedule fail then, as the schedule says,
-/// each told to the organization. None of them is sent.
+/// one whose schedule has run out by the time the endpoint fails a request fails then, unsent,
+/// as its last attempt would have, each told to the organization.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
     let app = TestApp::spawn().await;
     let (target, ops) = (TestReceiver::start().await, TestReceiver::start().await);
     target.answer_by_default(Reply::status(500));
-    // One request at a time, so the breaker sees each failure before the next request.
+    // One request at a time, so the breaker sees each failure before the next request; one
+    // attempt each.
     let (org, id) = with_operations_webhook(
         &app,
         &target,
         &ops,
-        json!({ "events": ["user.created"], "rate_limit_per_second": 200, "retry_schedule": [0, 5] }),
+        json!({ "events": ["user.created"], "rate_limit_per_second": 200, "retry_schedule": [0] }),
     )
     .await;
     let batch: Vec<_> = (0..20).map(|i| user_created(&format!("u{i}"))).collect();
     app.send_event(&org, json!(batch)).await;
     target.wait_for("/target", 10, WAIT).await;
-    // Ten failures opened the circuit for 30 s, past the 5.5 s the schedule lasts at most: the
-    // deliveries not tried yet fail at once, the ones tried when their retry comes.
-    app.advance(Duration::from_secs(6));
+    // Ten failures opened the circuit; the deliveries not tried yet were due at once, when
+    // the endpoint failed: they fail unsent, the ones tried after their one attempt.
     let ids = app.delivery_ids(&org, &id).await;
     assert_eq!(ids.len(), 20);
-    let mut tried = 0;
+    let (mut tried, mut untried) = (0, Vec::new());
     for delivery in &ids {
         let d = app
             .wait_for_delivery(&org, delivery, |d| d["state"] == "failed")
             .await;
-        assert_eq!(d["last_error"], "circuit_open", "{d}");
-        tried += d["attempt_count"].as_u64().unwrap();
+        if d["attempt_count"] == 0 {
+            assert_eq!(d["last_error"], "circuit_open", "{d}");
+            untried.push(delivery.clone());
+        } else {
+            assert_eq!(
+                (d["attempt_count"].as_u64(), d["last_error"].as_str()),
+                (Some(1), Some("http_status")),
+                "{d}"
+            );
+            tried += 1;
+        }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent = target.received_on("/target").len() as u64;
     assert_eq!(tried, sent, "one attempt each for those sent, none after");
     assert!(
-        sent < 20,
+        !untried.is_empty(),
         "the circuit opened before every delivery was tried"
     );
 
@@ -1494,26 +1518,23 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
         .map(|e| e["data"]["attempts"].as_u64().unwrap())
         .sum();
     assert_eq!(attempts, sent);
+    let unsent: Vec<_> = exhausted
+        .iter()
+        .filter(|e| e["data"]["attempts"] == 0)
+        .collect();
+    assert_eq!(unsent.len(), untried.len());
     assert!(
-        exhausted.iter().all(|e| e["data"]["last_error"]
+        unsent.iter().all(|e| e["data"]["last_error"]
             .as_str()
             .unwrap()
             .contains("circuit")),
-        "{exhausted:?}"
+        "{unsent:?}"
     );
 
     // The dashboard says why one that was never tried failed, and what to do.
-    let untried = ids
-        .iter()
-        .find(|d| {
-            exhausted
-                .iter()
-                .any(|e| e["data"]["delivery"]["id"] == d.as_str() && e["data"]["attempts"] == 0)
-        })
-        .expect("one never tried");
     let visitor = crate::dashboard::Visitor::signed_in(&app, crate::helpers::ADMIN_TOKEN).await;
     let page = visitor
-        .get(&format!("/orgs/{org}/deliveries/{untried}"))
+        .get(&format!("/orgs/{org}/deliveries/{}", untried[0]))
         .await;
     assert!(
         page.body.contains("No attempt was made.")
@@ -1531,6 +1552,7 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
 
     // Recovered while the circuit is still open (the endpoint fixed, say), they wait for the
     // probe rather than fail again at once: the endpoint has not failed since.
+    app.advance(Duration::from_secs(1));
     let (status, answer) = app
         .post(
             &format!("/v1/orgs/{org}/webhooks/{id}/recover"),
@@ -1550,6 +1572,30 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
     app.advance(Duration::from_secs(30));
     for delivery in &ids {
         app.wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
+            .await;
+    }
+}
+
+/// A delivery whose schedule runs out during a cool-down is not failed for the circuit's not
+/// knowing better: if the endpoint is back by the probe, it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_schedule_ends_during_a_cool_down_goes_if_the_endpoint_is_back() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened_with(&app, &rx, 20, json!([0, 5])).await;
+    // The retries (5.5 s at most) and the rest come due during the 30 s cool-down.
+    app.advance(Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, failed) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries?state=failed"
+        ))
+        .await;
+    assert_eq!(failed["data"].as_array().unwrap().len(), 0, "{failed}");
+    rx.answer_by_default(Reply::status(200));
+    app.advance(Duration::from_secs(25));
+    for delivery in app.delivery_ids(&org, &id).await {
+        app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
             .await;
     }
 }
