@@ -864,13 +864,27 @@ fn ops_events(ops: &TestReceiver, event_type: &str) -> Vec<serde_json::Value> {
 }
 
 async fn wait_ops_event(ops: &TestReceiver, event_type: &str) -> serde_json::Value {
+    match wait_ops_events(ops, event_type, 1).await.pop() {
+        Some(e) => e,
+        None => panic!("no {event_type} event reached the operations webhook"),
+    }
+}
+
+/// The operational events of `event_type` received, once there are `count` of them or after
+/// ten seconds (bounded), whichever comes first.
+async fn wait_ops_events(
+    ops: &TestReceiver,
+    event_type: &str,
+    count: usize,
+) -> Vec<serde_json::Value> {
     for _ in 0..200 {
-        if let Some(e) = ops_events(ops, event_type).pop() {
-            return e;
+        let got = ops_events(ops, event_type);
+        if got.len() >= count {
+            return got;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no {event_type} event reached the operations webhook");
+    ops_events(ops, event_type)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,13 +936,7 @@ async fn a_410_gone_disables_the_webhook_and_the_organization_hears_of_it() {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    for _ in 0..200 {
-        if ops_events(&ops, "webhook.enabled").len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ops_events(&ops, "webhook.enabled").len(), 2);
+    assert_eq!(wait_ops_events(&ops, "webhook.enabled", 2).await.len(), 2);
     // The parked delivery resumes on its schedule.
     app.advance(Duration::from_secs(70));
     app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
@@ -1504,14 +1512,7 @@ async fn deliveries_an_open_circuit_holds_past_their_schedule_fail_unsent() {
         "the circuit opened before every delivery was tried"
     );
 
-    let mut exhausted = Vec::new();
-    for _ in 0..200 {
-        exhausted = ops_events(&ops, "delivery.exhausted");
-        if exhausted.len() >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let exhausted = wait_ops_events(&ops, "delivery.exhausted", 20).await;
     assert_eq!(exhausted.len(), 20);
     let attempts: u64 = exhausted
         .iter()
