@@ -436,11 +436,13 @@ fn parse_since(raw: &str) -> Result<String, String> {
         .char_indices()
         .last()
         .and_then(|(at, c)| Some((raw[..at].parse::<i64>().ok()?, unit(c)?)));
-    match ago {
-        Some((n, secs)) if n >= 0 => {
-            let at = chrono::Utc::now() - chrono::Duration::seconds(n.saturating_mul(secs));
-            Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        }
+    // Out of range (`99999999999d`) reads as neither, rather than overflowing.
+    let at = ago.filter(|(n, _)| *n >= 0).and_then(|(n, secs)| {
+        let back = chrono::TimeDelta::try_seconds(n.checked_mul(secs)?)?;
+        chrono::Utc::now().checked_sub_signed(back)
+    });
+    match at {
+        Some(at) => Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         _ if chrono::DateTime::parse_from_rfc3339(raw).is_ok() => Ok(raw.to_owned()),
         _ => Err(format!(
             "'{raw}' is neither an RFC 3339 time (2026-01-31T00:00:00Z) nor how long ago (90m, 6h, 2d)"
@@ -1482,7 +1484,14 @@ mod tests {
         let ago = chrono::DateTime::parse_from_rfc3339(&ago).unwrap();
         let expected = chrono::Utc::now() - chrono::Duration::hours(2);
         assert!((ago.timestamp() - expected.timestamp()).abs() <= 2);
-        for bad in ["yesterday", "2w", "-3h", ""] {
+        for bad in [
+            "yesterday",
+            "2w",
+            "-3h",
+            "",
+            "99999999999999999d",
+            "9999999999999d",
+        ] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
     }
