@@ -391,6 +391,8 @@ pub trait Store: Send + Sync + 'static {
         id: &DeliveryId,
     ) -> StoreResult<(Delivery, Vec<Attempt>)>;
     async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event>;
+    /// The organization's events with these ids, those that are kept (in no particular order).
+    async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>>;
     /// Makes a finished delivery pending again with a fresh retry schedule, leased for an
     /// immediate attempt. `Conflict` if it is still pending.
     async fn resend_delivery(

@@ -765,6 +765,15 @@ async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
             .received_at,
         at(6)
     );
+    // Read back several at once: only the organization's own, only those kept.
+    let ids = ["evt_order_1", "evt_missing"].map(String::from);
+    let mine = store.get_events(&acme.id, &ids).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_same_event(&mine[0], &stored);
+    let theirs = store.get_events(&globex.id, &ids).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].received_at, at(6));
+    assert!(store.get_events(&globex.id, &[]).await.unwrap().is_empty());
 }
 
 async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {

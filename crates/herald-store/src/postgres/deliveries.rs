@@ -639,6 +639,16 @@ pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<
     }
 }
 
+pub(crate) async fn get_events(c: &impl Conn, org: &OrgId, ids: &[String]) -> DbResult<Vec<Event>> {
+    let sql = format!(
+        "SELECT {} FROM events WHERE org_id = $1 AND id = ANY($2::TEXT[])",
+        rows::EVENT_COLUMNS
+    );
+    rows::all(c.rows(&sql, &[&org.as_str(), &ids]).await?, |row| {
+        rows::event_at(row, 0)
+    })
+}
+
 pub(crate) async fn resend(
     c: &impl Conn,
     org: &OrgId,

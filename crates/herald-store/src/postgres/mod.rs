@@ -758,6 +758,10 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::get_event(&c, org, id))
     }
 
+    async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>> {
+        on_client!(self, |c| deliveries::get_events(&c, org, ids))
+    }
+
     async fn resend_delivery(
         &self,
         org: &OrgId,

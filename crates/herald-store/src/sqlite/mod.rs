@@ -695,6 +695,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>> {
+        let (org, ids) = (org.clone(), ids.to_vec());
+        self.read(move |c| deliveries::get_events(c, &org, &ids))
+            .await
+    }
+
     async fn resend_delivery(
         &self,
         org: &OrgId,

@@ -1467,6 +1467,25 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             &["id", "duplicate", "deliveries", "skipped"],
         );
     }
+    // A reused id drops the event: say so even where only the exit status is read.
+    let reused: Vec<String> = answer["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(format!(
+                "{}: {}",
+                e["id"].as_str()?,
+                e["mismatch"].as_str()?
+            ))
+        })
+        .collect();
+    if !reused.is_empty() {
+        bail!(
+            "not stored, an id already used by another event:\n  {}",
+            reused.join("\n  ")
+        );
+    }
     Ok(())
 }
 

@@ -2,13 +2,14 @@
 //! active webhooks that want it, store events and deliveries durably in one transaction, and only
 //! then hand the deliveries to the dispatcher in memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use herald_core::event::NewEvent;
+use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery, Placement};
 use herald_core::{DeliveryId, Invalid, OrgId};
@@ -26,6 +27,10 @@ pub struct IngestedEvent {
     pub id: String,
     /// True when the id was already used: nothing was stored for it this time.
     pub duplicate: bool,
+    /// Set on a duplicate whose content is not the stored event's: what differs. The id was
+    /// likely reused for another event, which was not stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
     /// Deliveries created for it (to be attempted).
     pub deliveries: usize,
     /// Deliveries recorded as skipped, not attempted (a WebSub channel not verified).
@@ -90,6 +95,8 @@ pub(crate) async fn ingest_values<T>(
     let most_deliveries = state.settings.limits.max_deliveries_per_request as usize;
     let mut fanned_out = 0usize;
     let mut items = Vec::with_capacity(raw_events.len());
+    // Which events said when they occurred (only then does a duplicate's time count).
+    let mut occurred_given = Vec::with_capacity(raw_events.len());
     for (i, raw) in raw_events.into_iter().enumerate() {
         let at = |e: Invalid| {
             if batch {
@@ -127,6 +134,7 @@ pub(crate) async fn ingest_values<T>(
             check_against_schema(validator, &new.event_type, &data)
                 .map_err(|e| ServiceError::SchemaViolation(at(e)))?;
         }
+        occurred_given.push(new.occurred_at.is_some());
         let channel = resolved.channel.map(str::to_owned);
         let event = Arc::new(new.into_event(org.clone(), now));
         let deliveries = snapshot
@@ -181,10 +189,11 @@ pub(crate) async fn ingest_values<T>(
         events: Vec::with_capacity(items.len()),
         deliveries: 0,
     };
+    let mut mismatches = mismatches(state, org, &items, &results, &occurred_given).await;
     let mut due = Vec::with_capacity(items.iter().map(|i| i.deliveries.len()).sum());
     let mut spilled = Vec::new();
     let mut delayed_total = 0;
-    for (item, result) in items.into_iter().zip(results) {
+    for (i, (item, result)) in items.into_iter().zip(results).enumerate() {
         let stored = result == IngestResult::Stored;
         let before = due.len() + spilled.len();
         let (mut skipped, mut delayed) = (0, 0);
@@ -220,6 +229,7 @@ pub(crate) async fn ingest_values<T>(
         report.events.push(IngestedEvent {
             id: item.event.id.clone(),
             duplicate: !stored,
+            mismatch: mismatches.remove(&i),
             deliveries: sent,
             skipped,
         });
@@ -243,4 +253,103 @@ pub(crate) async fn ingest_values<T>(
         report.deliveries,
     );
     Ok(report)
+}
+
+/// What differs between each duplicate and the event stored under its id, by the duplicate's
+/// place in `items` (those that match are absent). A producer retrying sends the same event again; one that reuses an id for
+/// another event would otherwise see that event silently dropped, so the answer and the log say
+/// so. Only duplicates are read back, after the commit: the usual path pays nothing.
+async fn mismatches(
+    state: &AppState,
+    org: &OrgId,
+    items: &[IngestItem],
+    results: &[IngestResult],
+    occurred_given: &[bool],
+) -> HashMap<usize, String> {
+    let duplicates: Vec<(usize, &Event, bool)> = items
+        .iter()
+        .zip(results)
+        .zip(occurred_given)
+        .enumerate()
+        .filter(|(_, ((_, r), _))| **r == IngestResult::Duplicate)
+        .map(|(i, ((item, _), given))| (i, &*item.event, *given))
+        .collect();
+    if duplicates.is_empty() {
+        return HashMap::new();
+    }
+    let ids: Vec<String> = duplicates.iter().map(|(_, e, _)| e.id.clone()).collect();
+    let stored = match state.store.get_events(org, &ids).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            // The events are stored; only the comparison is lost.
+            tracing::warn!(org = %org, error = %e, "could not read back duplicate events to compare them");
+            return HashMap::new();
+        }
+    };
+    let stored: HashMap<&str, &Event> = stored.iter().map(|e| (e.id.as_str(), e)).collect();
+    let mut found = HashMap::new();
+    for (i, posted, occurred_given) in duplicates {
+        let Some(kept) = stored.get(posted.id.as_str()) else {
+            continue;
+        };
+        let differs = differences(kept, posted, occurred_given);
+        if !differs.is_empty() {
+            found.insert(
+                i,
+                format!(
+                    "an event with this id is already stored with another {}; nothing was stored \
+                     for this one (if it is another event, give it an id of its own)",
+                    in_words(&differs)
+                ),
+            );
+        }
+    }
+    if let Some(first) = found.keys().min() {
+        tracing::warn!(
+            org = %org,
+            count = found.len(),
+            example = %items[*first].event.id,
+            "events were posted with the ids of stored events but other content; they were not stored (duplicates)"
+        );
+    }
+    found
+}
+
+/// The fields of `posted` that are not those of `kept`, the event stored under the same id.
+fn differences(kept: &Event, posted: &Event, occurred_given: bool) -> Vec<&'static str> {
+    let mut differs = Vec::new();
+    if kept.event_type != posted.event_type {
+        differs.push("type");
+    }
+    if kept.data.get() != posted.data.get() && !same_json(kept.data.get(), posted.data.get()) {
+        differs.push("data");
+    }
+    if kept.correlation_id != posted.correlation_id {
+        differs.push("correlation_id");
+    }
+    // Stored to the millisecond.
+    if occurred_given && kept.occurred_at.as_millis() != posted.occurred_at.as_millis() {
+        differs.push("occurred_at");
+    }
+    differs
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn in_words(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Whether two JSON texts hold the same value (objects' keys in any order).
+fn same_json(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

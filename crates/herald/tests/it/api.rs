@@ -878,6 +878,13 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     );
     let (ok, out) = herald_cli(&app, &keyed, None).await;
     assert!(ok && out.contains("true"), "a duplicate: {out}");
+    // The id reused for another event: not stored, and the command fails saying so.
+    let reused = [&keyed[..6], &[r#"{"user":{"id":"u4"}}"#], &keyed[7..]].concat();
+    let (ok, out) = herald_cli(&app, &reused, None).await;
+    assert!(
+        !ok && out.contains("cli-keyed: an event with this id is already stored with another data"),
+        "{out}"
+    );
     let got = rx
         .wait_for("/cli", 3, std::time::Duration::from_secs(10))
         .await;
