@@ -83,13 +83,14 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     if settings.storage.database_url.is_some() {
         make_data_dir(&data_dir)?;
     }
-    let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
     let store = open_store(
         &settings.storage,
         &settings.encryption,
         settings.server.migrate_on_start(),
     )
     .await?;
+    // Once the database is there: a start that fails writes no token nobody was shown.
+    let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
     if !store.is_shared() {
         // This node is the only user of the embedded database: whatever a previous run held in
         // memory was lost with it and is due again now. (Nodes sharing PostgreSQL leave each
@@ -304,11 +305,19 @@ const REENCRYPT_FAILED: &str =
     "could not re-encrypt stored secrets; is every key they were sealed with configured?";
 
 /// A store error with its cause, for a start-up message.
+/// The error and every cause under it: PostgreSQL's own reason ("role \"herald\" does not
+/// exist", "Connection refused") is often the last.
 fn describe(e: &StoreError) -> String {
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
     }
+    text
 }
 
 /// Below this length a configured admin token is warned of.

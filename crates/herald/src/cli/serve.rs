@@ -42,10 +42,11 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         let public_url = settings.server.public_url.clone();
         let data_dir = settings.storage.data_dir.clone();
         let database = settings.storage.database_url_for_display();
-        let app = app::build(settings, Arc::new(SystemClock)).await?;
+        // The address first: a start that cannot serve creates nothing (not even an admin token).
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("could not listen on {listen}; is another Herald running? choose another address with --listen"))?;
+        let app = app::build(settings, Arc::new(SystemClock)).await?;
         let addr = listener.local_addr()?;
         let base = public_url.unwrap_or_else(|| format!("http://{addr}"));
         match &database {

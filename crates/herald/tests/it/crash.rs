@@ -362,6 +362,60 @@ async fn a_lease_too_short_for_long_timeouts_is_warned_of() {
     );
 }
 
+/// A start that fails writes nothing a later start would pass off as already shown: not the
+/// admin token (only the busy address or the database's own reason is said). Before, a failed
+/// start wrote a token, the next one said only "using the admin token kept in …", and the CLI
+/// picked it up against a server with a configured token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_writes_no_admin_token() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |envs: Vec<(&'static str, String)>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg("serve")
+            .env("HERALD_DATA_DIR", dir.path())
+            .env_remove("HERALD_ADMIN_TOKEN")
+            .env_remove("HERALD_DATABASE_URL")
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+                .await
+                .expect("the server stops by itself")
+                .unwrap();
+            assert!(!out.status.success());
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    };
+    let stderr = serve(vec![("HERALD_LISTEN", busy.clone())]).await;
+    assert!(
+        stderr.contains(&format!("could not listen on {busy}")),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("admin-token").exists());
+    // PostgreSQL's own reason for refusing, not only "storage failed": a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let stderr = serve(vec![
+        ("HERALD_LISTEN", "127.0.0.1:0".into()),
+        (
+            "HERALD_DATABASE_URL",
+            format!("postgres://herald@127.0.0.1:{port}/herald"),
+        ),
+    ])
+    .await;
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("admin-token").exists());
+}
+
 /// A second node on one SQLite file would take the first one's deliveries back on start and
 /// send each of them twice: it is refused, saying who holds the file and what to do instead. Once
 /// the first is killed (however it ends, the system drops its lock), a new one starts.
