@@ -22,10 +22,11 @@ pub struct ListenArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
-    /// The webhook's secret, to check signatures (`whsec_…` or the secret as shown).
+    /// The webhook's secret, to check signatures (`whsec_…` or the secret as shown). A request
+    /// whose signature does not verify with it is answered 401, as a receiver would.
     #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// The status to answer deliveries with.
+    /// The status to answer deliveries with (those whose signature verifies, given --secret).
     #[arg(long, default_value_t = 200)]
     pub status: u16,
     /// Wait this long before answering, in milliseconds.
@@ -94,12 +95,19 @@ async fn receive(
         ),
         Err(_) => out!("{}", String::from_utf8_lossy(&body)),
     }
-    out!(
-        "signature: {}",
-        check_signature(&headers, &body, l.args.secret.as_deref())
-    );
+    let (verdict, verified) = check_signature(&headers, &body, l.args.secret.as_deref());
+    out!("signature: {verdict}");
     if l.args.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(l.args.delay_ms)).await;
+    }
+    if !verified {
+        // What a receiver does: the sender (and `herald webhooks test`) sees the setup is wrong.
+        out!("answered 401: the signature does not verify with --secret");
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!("signature not verified: {verdict}"),
+        )
+            .into_response();
     }
     (
         StatusCode::from_u16(l.args.status).unwrap_or(StatusCode::OK),
@@ -128,21 +136,38 @@ fn websub_challenge(l: &Listener, uri: &Uri) -> Option<Response> {
     Some((StatusCode::OK, challenge).into_response())
 }
 
-/// Names the scheme the request carries and whether its signature holds.
-fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> String {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verdict = |scheme: &str, result: Result<(), VerifyError>| match result {
-        Ok(()) => format!("{scheme}: verified"),
-        Err(e) => format!("{scheme}: NOT VERIFIED ({e})"),
-    };
+/// Names the scheme the request carries and whether its signature holds; answers false only
+/// when a secret was given and the request is not signed with it.
+fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> (String, bool) {
     let Some(secret) = secret else {
-        return "not checked (no --secret)".into();
+        return ("not checked (no --secret)".into(), true);
+    };
+    match signature_with(headers, body, secret) {
+        (scheme, Ok(())) => (format!("{scheme}: verified"), true),
+        (scheme, Err(e)) => (format!("{scheme}: NOT VERIFIED ({e})"), false),
+    }
+}
+
+/// The scheme of the request's signature header, and whether it holds with `secret`.
+fn signature_with(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &str,
+) -> (&'static str, Result<(), String>) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verdict = |scheme: &'static str, result: Result<(), VerifyError>| {
+        (scheme, result.map_err(|e| e.to_string()))
     };
     let now = chrono::Utc::now().timestamp();
     if let Some(sig) = header(standard::HEADER_SIGNATURE) {
         let key = match standard::SigningKey::for_secret(secret) {
             Ok(k) => k,
-            Err(e) => return format!("standard webhooks: the secret is not usable ({e})"),
+            Err(e) => {
+                return (
+                    "standard webhooks",
+                    Err(format!("the secret is not usable: {e}")),
+                );
+            }
         };
         return verdict(
             "standard webhooks",
@@ -176,5 +201,8 @@ fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> St
     if let Some(sig) = header("x-hub-signature") {
         return verdict("hub", hub::verify(secret, sig, body));
     }
-    "no signature header".into()
+    (
+        "no signature header",
+        Err("the request is not signed".into()),
+    )
 }

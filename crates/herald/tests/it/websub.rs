@@ -829,6 +829,36 @@ async fn herald_listen_prints_requests_checks_signatures_and_answers_challenges(
         .await;
     listen.wait_for_line("signature: optare: verified").await;
     listen.wait_for_line("\"user.created\"").await;
+    // Signed with another secret: refused as a receiver would, so the sender sees it.
+    let wrong = app
+        .create_webhook(
+            &org,
+            &format!("{}wrong", listen.url),
+            json!({ "secret": "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk=", "events": ["user.deleted"] }),
+        )
+        .await;
+    app.send_event(
+        &org,
+        json!({ "type": "user.deleted", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    listen
+        .wait_for_line("signature: standard webhooks: NOT VERIFIED")
+        .await;
+    listen.wait_for_line("answered 401").await;
+    let wrong = wrong["id"].as_str().unwrap();
+    let mut last = json!(null);
+    for _ in 0..100 {
+        let (_, list) = app
+            .get(&format!("/v1/orgs/{org}/webhooks/{wrong}/deliveries"))
+            .await;
+        last = list["data"][0]["last_status"].clone();
+        if last == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, 401);
     listen.child.start_kill().unwrap();
 }
 
