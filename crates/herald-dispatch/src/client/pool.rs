@@ -30,8 +30,11 @@ pub(super) type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 /// Idle connections kept per origin at most; past it the oldest is closed.
 const MAX_IDLE: usize = 64;
 /// An idle connection unused for this long is closed rather than reused: servers close theirs
-/// after a while, and a request sent just as they do fails.
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// after a while, and a request sent just as they do fails (a reset, counted as a failed
+/// attempt). Below the shortest keep-alive of common servers (Node.js, uvicorn and Apache close
+/// after 5 s idle), so an endpoint sent to every few seconds never sees that race; one that
+/// receives more often keeps its connections.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// One origin's idle connections, the most recently used last.
 #[derive(Default)]
