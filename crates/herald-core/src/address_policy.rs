@@ -44,8 +44,13 @@ impl AddressPolicy {
         match self.refused_kind(ip) {
             None => Ok(()),
             Some(kind) => Err(format!(
-                "{} is a {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
-                canonical(ip)
+                "{} is {} {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+                canonical(ip),
+                if kind.starts_with(['a', 'e', 'i', 'o', 'u', 'I']) {
+                    "an"
+                } else {
+                    "a"
+                }
             )),
         }
     }

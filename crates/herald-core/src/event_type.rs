@@ -90,8 +90,40 @@ pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validato
     if !schema.is_object() && !schema.is_boolean() {
         return Err(Invalid::new("schema", "must be a JSON Schema object"));
     }
-    jsonschema::validator_for(schema)
-        .map_err(|e| Invalid::new("schema", format!("is not a valid JSON Schema: {e}")))
+    // An event's data is an object: a schema for anything else would refuse every event.
+    if let Some(wanted) = schema.get("type")
+        && !names_object(wanted)
+    {
+        return Err(Invalid::new(
+            "schema.type",
+            format!(
+                "is {wanted}, but an event's data is always a JSON object: use \"type\": \"object\" \
+                 (or leave it out)"
+            ),
+        ));
+    }
+    jsonschema::validator_for(schema).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("resolve-http") || text.contains("resolve-file") {
+            // Herald never fetches a schema (a request it would make on a tenant's behalf).
+            Invalid::new(
+                "schema",
+                "refers ($ref) to a schema elsewhere, which Herald does not fetch: put it in \
+                 this schema under \"$defs\" and refer to it as \"#/$defs/…\"",
+            )
+        } else {
+            Invalid::new("schema", format!("is not a valid JSON Schema: {text}"))
+        }
+    })
+}
+
+/// Whether a schema's `type` lets the value be an object.
+fn names_object(wanted: &serde_json::Value) -> bool {
+    match wanted {
+        serde_json::Value::String(t) => t == "object",
+        serde_json::Value::Array(ts) => ts.iter().any(|t| t == "object"),
+        _ => true, // Not a valid `type`: the compiler says so.
+    }
 }
 
 /// Checks `data` against a compiled schema; the error names the first failing location.
@@ -109,9 +141,17 @@ pub fn check_against_schema(
             } else {
                 format!("data{path}")
             };
+            // The value is quoted back only while short: a megabyte string is not echoed.
+            let mut reason = e.to_string();
+            if reason.chars().count() > 300 {
+                let value = e.instance().to_string();
+                reason = e
+                    .masked_with(crate::truncate_for_message(&value))
+                    .to_string();
+            }
             Err(Invalid::new(
                 at,
-                format!("does not match the schema of '{type_name}': {e}"),
+                format!("does not match the schema of '{type_name}': {reason}"),
             ))
         }
     }
@@ -148,5 +188,48 @@ mod tests {
     fn an_invalid_schema_is_refused() {
         assert!(compile_schema(&serde_json::json!({"type": 12})).is_err());
         assert!(compile_schema(&serde_json::json!("x")).is_err());
+    }
+
+    #[test]
+    fn a_schema_no_event_could_match_is_refused() {
+        let err = compile_schema(&serde_json::json!({"type": "string"})).unwrap_err();
+        assert_eq!(err.field, "schema.type");
+        assert!(
+            err.message.contains("always a JSON object"),
+            "{}",
+            err.message
+        );
+        assert!(compile_schema(&serde_json::json!({"type": ["null", "array"]})).is_err());
+        assert!(compile_schema(&serde_json::json!({"type": ["object", "null"]})).is_ok());
+        assert!(compile_schema(&serde_json::json!({"properties": {}})).is_ok());
+    }
+
+    #[test]
+    fn a_schema_elsewhere_is_not_fetched_and_the_message_says_what_to_do() {
+        for target in ["http://127.0.0.1:9/s.json", "file:///etc/passwd"] {
+            let err = compile_schema(&serde_json::json!({"$ref": target})).unwrap_err();
+            assert!(err.message.contains("\"$defs\""), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_huge_value_is_not_quoted_back_whole() {
+        let v =
+            compile_schema(&serde_json::json!({"properties": {"s": {"maxLength": 3}}})).unwrap();
+        let long = "a".repeat(100_000);
+        let err = check_against_schema(&v, "t", &serde_json::json!({ "s": long })).unwrap_err();
+        assert!(err.message.len() < 400, "{}", err.message);
+        assert!(
+            err.message.contains("is longer than 3 characters"),
+            "{}",
+            err.message
+        );
+        // A short one is quoted whole.
+        let err = check_against_schema(&v, "t", &serde_json::json!({ "s": "abcd" })).unwrap_err();
+        assert!(
+            err.message.contains("\"abcd\" is longer"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -318,13 +318,13 @@ pub fn parse_subscription(
     events: Option<Vec<String>>,
     channels: Option<Vec<String>>,
 ) -> Result<(Vec<String>, Vec<String>), Invalid> {
-    let mut parsed_events = unique(events.unwrap_or_default(), 500, |i, e| {
+    let mut parsed_events = unique(events.unwrap_or_default(), "events", 500, |i, e| {
         if e != "*" {
             crate::event_type::parse_type_name(e, &format!("events[{i}]"))?;
         }
         Ok(())
     })?;
-    let parsed_channels = unique(channels.unwrap_or_default(), 100, |i, c| {
+    let parsed_channels = unique(channels.unwrap_or_default(), "channels", 100, |i, c| {
         if c != "*" {
             crate::event_type::parse_channel(c, &format!("channels[{i}]"))?;
         }
@@ -340,6 +340,7 @@ pub fn parse_subscription(
 /// More than `max` are refused as soon as the one too many is read, without reading the rest.
 fn unique(
     raw: Vec<String>,
+    field: &str,
     max: usize,
     check: impl Fn(usize, &str) -> Result<(), Invalid>,
 ) -> Result<Vec<String>, Invalid> {
@@ -350,8 +351,15 @@ fn unique(
         if seen.insert(name.clone()) {
             if kept.len() == max {
                 return Err(Invalid::new(
-                    "events",
-                    "at most 500 event types and 100 channels; subscribe to a channel or '*' instead",
+                    field,
+                    format!(
+                        "at most {max} distinct {field}; subscribe to {} instead",
+                        if field == "events" {
+                            "a channel or '*'"
+                        } else {
+                            "'*'"
+                        }
+                    ),
                 ));
             }
             kept.push(name);
@@ -576,7 +584,12 @@ mod tests {
         assert!(err.message.contains("at most 500"), "{err:?}");
 
         let channels: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
-        assert!(parse_subscription(None, Some(channels)).is_err());
+        let err = parse_subscription(None, Some(channels)).unwrap_err();
+        assert_eq!(err.field, "channels");
+        assert!(
+            err.message.contains("at most 100 distinct channels"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; the API lives under /v1",
+        "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md",
     )
     .into_response()
 }

@@ -69,6 +69,14 @@ pub async fn register(
         .channel
         .map(|c| parse_channel(&c, "channel"))
         .transpose()?;
+    if channel.as_deref() == Some(herald_core::event_type::OPERATIONS_CHANNEL) {
+        return Err(Invalid::new(
+            "channel",
+            "'operations' is reserved for Herald's own events (webhook.disabled, \
+             delivery.exhausted…); choose another channel",
+        )
+        .into());
+    }
     let description = herald_core::webhook::parse_description(input.description)?;
     for (field, value) in [("schema", &input.schema), ("example", &input.example)] {
         let written = value.as_ref().map_or(0, |v| v.to_string().len());

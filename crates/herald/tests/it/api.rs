@@ -1452,6 +1452,15 @@ async fn an_event_type_of_its_own_is_deleted_once_no_webhook_depends_on_it() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
+    // Herald's own channel is not the organization's to fill: its webhooks trust what comes on it.
+    let (status, err) = app
+        .post(
+            &types,
+            json!({ "name": "fake.disabled", "channel": "operations" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "channel", "{err}");
     let by_name = app
         .create_webhook(&org, &rx.url("/n"), json!({ "events": ["invoice.paid"] }))
         .await;
