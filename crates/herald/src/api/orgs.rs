@@ -9,13 +9,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use herald_core::org::{ApiKey, Organization};
-use herald_core::{ApiKeyId, OrgId, Page};
+use herald_core::{ApiKeyId, Invalid, OrgId, Page};
 
 use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;
-use crate::service::{auth, orgs};
+use crate::service::{ServiceError, auth, orgs};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -25,27 +25,33 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(delete_api_key))
 }
 
-/// An organization's settings; on creation `name` is required.
+/// An organization's settings; on creation `name` is required. In a PATCH, fields left out stay
+/// as they are; `null` is refused (none of them can be cleared).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgBody {
-    #[schema(example = "Acme")]
-    name: Option<String>,
+    #[serde(default, deserialize_with = "super::webhooks::present")]
+    #[schema(value_type = Option<String>, example = "Acme")]
+    name: Option<Option<String>>,
     /// Lower-case letters, digits, `-` and `.`; derived from the name when absent.
-    #[schema(example = "acme")]
-    handle: Option<String>,
+    #[serde(default, deserialize_with = "super::webhooks::present")]
+    #[schema(value_type = Option<String>, example = "acme")]
+    handle: Option<Option<String>>,
     /// Built-in catalogs to take event types from (`optare` by default).
-    #[schema(example = json!(["optare"]))]
-    catalogs: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::webhooks::present")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["optare"]))]
+    catalogs: Option<Option<Vec<String>>>,
 }
 
-impl From<OrgBody> for orgs::OrgInput {
-    fn from(b: OrgBody) -> Self {
-        Self {
-            name: b.name,
-            handle: b.handle,
-            catalogs: b.catalogs,
-        }
+impl OrgBody {
+    /// `null` means "absent" on creation (a default applies); in a change it is refused.
+    fn into_input(self, creating: bool) -> Result<orgs::OrgInput, Invalid> {
+        use super::webhooks::not_null;
+        Ok(orgs::OrgInput {
+            name: not_null(self.name, "name", creating)?,
+            handle: not_null(self.handle, "handle", creating)?,
+            catalogs: not_null(self.catalogs, "catalogs", creating)?,
+        })
     }
 }
 
@@ -67,7 +73,12 @@ async fn create_org(
     Caller(scope): Caller,
     JsonBody(body): JsonBody<OrgBody>,
 ) -> ApiResult<(StatusCode, Json<Organization>)> {
-    let org = orgs::create(&state, &scope, body.into()).await?;
+    let org = orgs::create(
+        &state,
+        &scope,
+        body.into_input(true).map_err(ServiceError::from)?,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(org)))
 }
 
@@ -118,7 +129,13 @@ async fn update_org(
     PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<OrgBody>,
 ) -> ApiResult<Json<Organization>> {
-    let org = orgs::update(&state, &scope, &org_id(&path.org)?, body.into()).await?;
+    let org = orgs::update(
+        &state,
+        &scope,
+        &org_id(&path.org)?,
+        body.into_input(false).map_err(ServiceError::from)?,
+    )
+    .await?;
     Ok(Json(org))
 }
 

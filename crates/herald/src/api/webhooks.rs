@@ -43,7 +43,7 @@ pub(crate) fn webhook_id(raw: &str) -> ApiResult<WebhookId> {
 }
 
 /// Tells "absent" (leave as is) from `null` (clear) for optional fields of a PATCH.
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -180,7 +180,7 @@ impl WebhookBody {
 }
 
 /// A field with no empty value: left out (or `null` on creation) it stays as it is.
-fn not_null<T>(
+pub(super) fn not_null<T>(
     value: Option<Option<T>>,
     field: &str,
     creating: bool,

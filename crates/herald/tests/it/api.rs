@@ -512,6 +512,17 @@ async fn organizations_can_be_created_changed_and_deleted() {
     );
     let (_, fetched) = app.get(&format!("/v1/orgs/{id}")).await;
     assert_eq!(fetched["name"], "Acme Corp");
+    // Nothing of an organization can be cleared: `null` is refused, not ignored.
+    for field in ["name", "handle", "catalogs"] {
+        let (status, err) = app
+            .patch(&format!("/v1/orgs/{id}"), json!({ field: null }))
+            .await;
+        assert_eq!(
+            (status, err["error"]["field"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!(field)),
+            "{err}"
+        );
+    }
 
     let (status, catalogs) = app.get("/v1/event-types").await;
     assert_eq!(status, StatusCode::OK);
