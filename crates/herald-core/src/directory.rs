@@ -274,6 +274,50 @@ impl OrgSnapshot {
     }
 
     /// The organization's webhooks.
+    /// What each webhook names that would no longer exist with `catalogs` instead of the
+    /// organization's: event types and channels that only the catalogs left out define. Only
+    /// webhooks that would lose something are listed.
+    pub fn lost_with_catalogs(
+        &self,
+        catalogs: &[crate::catalog::CatalogName],
+    ) -> Vec<(WebhookId, Vec<String>)> {
+        let kept: Vec<&crate::catalog::Catalog> =
+            catalogs.iter().filter_map(|c| c.catalog()).collect();
+        let type_stays = |name: &str| {
+            crate::event_type::is_reserved(name)
+                || self.custom_types.contains_key(name)
+                || kept.iter().any(|c| c.event_type(name).is_some())
+        };
+        let channel_stays = |channel: &str| {
+            channel == crate::event_type::OPERATIONS_CHANNEL
+                || self
+                    .custom_types
+                    .values()
+                    .any(|(t, _)| t.channel.as_deref() == Some(channel))
+                || kept
+                    .iter()
+                    .any(|c| c.types.iter().any(|t| t.channel == channel))
+        };
+        self.webhooks
+            .iter()
+            .filter_map(|w| {
+                let lost: Vec<String> = w
+                    .events
+                    .iter()
+                    .filter(|e| *e != "*" && !type_stays(e))
+                    .map(|e| format!("'{e}'"))
+                    .chain(
+                        w.channels
+                            .iter()
+                            .filter(|c| *c != "*" && !channel_stays(c))
+                            .map(|c| format!("channel '{c}'")),
+                    )
+                    .collect();
+                (!lost.is_empty()).then(|| (w.id.clone(), lost))
+            })
+            .collect()
+    }
+
     pub fn webhooks(&self) -> &[Arc<Webhook>] {
         &self.webhooks
     }

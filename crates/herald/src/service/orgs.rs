@@ -135,6 +135,23 @@ pub async fn update(
                 )));
             }
         }
+        // A subscription naming what no longer exists would match nothing, silently, and could
+        // not be saved again unchanged: as for deleting a type, the webhooks change first.
+        let lost = snapshot.lost_with_catalogs(&org.catalogs);
+        if !lost.is_empty() {
+            let named: Vec<String> = lost
+                .iter()
+                .take(5)
+                .map(|(w, names)| format!("{w} ({})", names.join(", ")))
+                .collect();
+            return Err(ServiceError::Conflict(format!(
+                "{} webhook(s) subscribe to event types or channels only the catalogs left out \
+                 define: {}{}; take those out of their subscriptions first, or keep the catalog",
+                lost.len(),
+                named.join("; "),
+                if lost.len() > 5 { "; …" } else { "" }
+            )));
+        }
     }
     org.updated_at = state.clock.now();
     let org = write_then_forget(state, id, "organization", |store| async move {

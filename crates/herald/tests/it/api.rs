@@ -512,6 +512,40 @@ async fn organizations_can_be_created_changed_and_deleted() {
     );
     let (_, fetched) = app.get(&format!("/v1/orgs/{id}")).await;
     assert_eq!(fetched["name"], "Acme Corp");
+    // A catalog whose types or channels webhooks name stays until they no longer do.
+    let hook = app
+        .create_webhook(
+            id,
+            "https://example.com/h",
+            json!({ "events": ["user.created"], "channels": ["session"] }),
+        )
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let (status, err) = app
+        .patch(&format!("/v1/orgs/{id}"), json!({ "catalogs": ["permit"] }))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{hook_id} ('user.created', channel 'session')")),
+        "{message}"
+    );
+    let (_, kept) = app.get(&format!("/v1/orgs/{id}")).await;
+    assert_eq!(kept["catalogs"], json!(["optare"]));
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{id}/webhooks/{hook_id}"),
+            json!({ "events": ["*"], "channels": [] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{id}"),
+            json!({ "catalogs": ["permit", "optare"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
     // Nothing of an organization can be cleared: `null` is refused, not ignored.
     for field in ["name", "handle", "catalogs"] {
         let (status, err) = app
