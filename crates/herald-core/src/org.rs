@@ -68,6 +68,8 @@ impl OrgHandle {
         for c in name.nfkd().flat_map(char::to_lowercase) {
             if c.is_ascii_alphanumeric() {
                 slug.push(c);
+            } else if c == 'ß' {
+                slug.push_str("ss");
             } else if is_combining_mark(c) {
                 continue;
             } else if !slug.is_empty() && !slug.ends_with('-') {
@@ -127,7 +129,7 @@ mod tests {
         );
         assert_eq!(
             OrgHandle::from_name("Straße ﬁnance").as_str(),
-            "stra-e-finance"
+            "strasse-finance"
         );
         assert_eq!(OrgHandle::from_name("日本").numbered(2).as_str(), "org-2");
         let long = OrgHandle::from_name(&"a".repeat(80)).numbered(12);

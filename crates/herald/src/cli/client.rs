@@ -873,6 +873,16 @@ fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     }
 }
 
+/// Says what was deleted: a sentence, or `{"id", "deleted": true}` with `--json` (the API's
+/// answer, `204`, has no body to print).
+fn deleted(conn: &Connection, id: &str, sentence: &str) {
+    if conn.json {
+        print_json(&json!({ "id": id, "deleted": true }));
+    } else {
+        out!("{sentence}");
+    }
+}
+
 pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let cols = &["id", "handle", "name", "catalogs"];
@@ -887,7 +897,19 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             if !catalogs.is_empty() {
                 body["catalogs"] = json!(catalogs);
             }
-            show(&conn, &api.post("/v1/orgs", body)?, cols)
+            let created = api.post("/v1/orgs", body)?;
+            show(&conn, &created, cols);
+            // A derived handle is numbered when taken: say so, since commands name it.
+            let wanted = herald_core::org::OrgHandle::from_name(&name);
+            if handle.is_none()
+                && let Some(given) = created["handle"].as_str()
+                && given != wanted.as_str()
+            {
+                eprintln!(
+                    "Note: the handle {} is taken (by an organization of the same name?); this one's is {given}.",
+                    wanted.as_str()
+                );
+            }
         }
         OrgsCommand::Get { id } => show(
             &conn,
@@ -932,7 +954,7 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
                 &api_path(&["v1", "orgs", &id])?,
                 None,
             )?;
-            out!("Deleted {id}.");
+            deleted(&conn, &id, &format!("Deleted {id}."));
         }
     }
     Ok(())
@@ -1053,7 +1075,7 @@ pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Delete { id, .. } => {
             let path = api_path(&["v1", "orgs", &org, "api-keys", &id])?;
             api.call(reqwest::Method::DELETE, &path, None)?;
-            out!("Deleted {id}.");
+            deleted(&conn, &id, &format!("Deleted {id}."));
         }
     }
     Ok(())
@@ -1235,7 +1257,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 &api_path(&["v1", "orgs", &org, "webhooks", &id])?,
                 None,
             )?;
-            out!("Deleted {id}.");
+            deleted(&conn, &id, &format!("Deleted {id}."));
         }
     }
     Ok(())
@@ -1366,7 +1388,11 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             let shown = if conn.json {
-                answer
+                // The API's answer, with only the catalog asked for.
+                json!({ "catalogs": catalogs
+                    .iter()
+                    .filter(|c| name.as_deref().is_none_or(|n| c["catalog"] == n))
+                    .collect::<Vec<_>>() })
             } else {
                 json!({ "data": rows })
             };
@@ -1409,7 +1435,7 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                 &api_path(&["v1", "orgs", &org, "event-types", &name])?,
                 None,
             )?;
-            out!("Deleted the event type {name}.");
+            deleted(&conn, &name, &format!("Deleted the event type {name}."));
         }
         EventsCommand::Send(args) => send(conn, args)?,
     }

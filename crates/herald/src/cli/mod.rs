@@ -26,7 +26,7 @@ use crate::config::{MigrateSettings, Settings};
 /// subscribed webhook, signs each request, delivers it, retries on schedule and keeps every
 /// attempt.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, propagate_version = true)]
+#[command(name = "herald", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -793,6 +793,13 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         201,
         "{out}"
     );
+    // A second organization of that name gets a numbered handle, and is told so.
+    let (ok, out) = herald_cli(&app, &["orgs", "create", "--name", "Acme"], None).await;
+    assert!(
+        ok && out.contains("Note: the handle acme is taken")
+            && out.contains("this one's is acme-2"),
+        "{out}"
+    );
     let catalogs = ["--catalog", "optare", "--catalog", "permit"];
     let (ok, out) = herald_cli(
         &app,
@@ -1131,6 +1138,21 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         ok && out.contains("USER_ADDED_TO_GROUP") && !out.contains("optare"),
         "{out}"
     );
+    // As JSON too, only the catalog asked for.
+    let (ok, out) = herald_cli(
+        &app,
+        &["events", "catalog", "--name", "opal", "--json"],
+        None,
+    )
+    .await;
+    let shown: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    let names: Vec<&Value> = shown["catalogs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["catalog"])
+        .collect();
+    assert!(ok && names == [&json!("opal")], "{out}");
     let (ok, out) = herald_cli(&app, &["events", "catalog", "--name", "okta"], None).await;
     assert!(!ok && out.contains("the catalogs are optare"), "{out}");
     let (ok, out) = herald_cli(
@@ -1233,8 +1255,12 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert!(!ok && out.contains("--yes"), "{out}");
     let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
     assert_eq!(status, StatusCode::OK, "asked, not deleted");
-    let (ok, out) = herald_cli(&app, &["orgs", "delete", "acme", "--yes"], None).await;
-    assert!(ok && out.contains(&org), "{out}");
+    let (ok, out) = herald_cli(&app, &["orgs", "delete", "acme", "--yes", "--json"], None).await;
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert!(
+        ok && answer == json!({ "id": org, "deleted": true }),
+        "{out}"
+    );
     let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
