@@ -269,6 +269,12 @@ pub enum Resettable {
     TimeoutMs,
     /// The profile's retry schedule.
     RetrySchedule,
+    /// The profile's signature scheme.
+    Signature,
+    /// No rate limit.
+    RateLimitPerSecond,
+    /// The profile's settings' defaults.
+    Options,
 }
 
 impl Resettable {
@@ -279,6 +285,9 @@ impl Resettable {
             Self::Headers => "headers",
             Self::TimeoutMs => "timeout_ms",
             Self::RetrySchedule => "retry_schedule",
+            Self::Signature => "signature",
+            Self::RateLimitPerSecond => "rate_limit_per_second",
+            Self::Options => "options",
         }
     }
 }
@@ -300,6 +309,20 @@ pub struct WebhookOptions {
     /// it from a variable (`--header "Authorization: $TOKEN"`).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// WebSub verification of intent per channel before events go: websub or none (the
+    /// profile's default when absent: websub for asgardeo).
+    #[arg(long, value_parser = ["websub", "none"])]
+    verification: Option<String>,
+    /// Another signature scheme than the profile's: standard, optare, hub or opal.
+    #[arg(long, value_parser = ["standard", "optare", "hub", "opal"])]
+    signature: Option<String>,
+    /// The most requests per second sent to the endpoint (1–10000).
+    #[arg(long)]
+    rate_limit_per_second: Option<u32>,
+    /// A profile setting as KEY=VALUE (repeatable; replaces the current ones on update):
+    /// content_mode=structured|binary (cloudevents), batch_window_ms=500 (opal).
+    #[arg(long = "option", value_parser = parse_option)]
+    options: Vec<(String, Value)>,
 }
 
 impl WebhookOptions {
@@ -325,7 +348,37 @@ impl WebhookOptions {
             }
             body["headers"] = Value::Object(headers);
         }
+        for (field, value) in [
+            ("verification", self.verification),
+            ("signature", self.signature),
+        ] {
+            if let Some(value) = value {
+                body[field] = json!(value);
+            }
+        }
+        if let Some(rate) = self.rate_limit_per_second {
+            body["rate_limit_per_second"] = json!(rate);
+        }
+        if !self.options.is_empty() {
+            body["options"] = Value::Object(self.options.into_iter().collect());
+        }
         Ok(())
+    }
+}
+
+/// `--option KEY=VALUE`: a number when it reads as one (`batch_window_ms=500`), else text.
+fn parse_option(raw: &str) -> Result<(String, Value), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            let value = value.trim();
+            let value = value
+                .parse::<u64>()
+                .map_or_else(|_| json!(value), |n| json!(n));
+            Ok((key.trim().to_owned(), value))
+        }
+        _ => Err(format!(
+            "'{raw}' is not KEY=VALUE, e.g. batch_window_ms=500 or content_mode=binary"
+        )),
     }
 }
 
@@ -580,14 +633,35 @@ fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
         let one_type = path[..end]
             .rsplit_once("/event-types/")
             .map(|(_, name)| name);
-        let command = match (method, path[..end].strip_suffix("/event-types"), one_type) {
+        // `…/webhooks/{id}` and what follows it (`/deactivate`).
+        let webhook = path[..end]
+            .split_once("/webhooks/")
+            .map(|(_, rest)| rest.split_once('/').unwrap_or((rest, "")));
+        let mut command = match (method, path[..end].strip_suffix("/event-types"), one_type) {
             ("GET", Some(_), _) => Some(format!("`herald events types --org {org}`")),
             ("POST", Some(_), _) => Some(format!("`herald events register --org {org} --name …`")),
             ("DELETE", _, Some(name)) => Some(format!(
                 "`herald events unregister --org {org} --name {name}`"
             )),
-            _ => None,
+            _ => match (method, webhook) {
+                ("POST", Some((id, "deactivate"))) => {
+                    Some(format!("`herald webhooks disable --org {org} {id}`"))
+                }
+                ("PATCH", Some((id, ""))) => {
+                    Some(format!("`herald webhooks update --org {org} {id}`"))
+                }
+                _ => None,
+            },
         };
+        // A change the advice spells as JSON, spelt as the command's flag.
+        const WEBSUB: &str = " with \"verification\": \"websub\"";
+        let mut end = end;
+        if let Some(c) = command.as_mut()
+            && path[end..].starts_with(WEBSUB)
+        {
+            c.insert_str(c.len() - 1, " --verification websub");
+            end += WEBSUB.len();
+        }
         match command {
             Some(command) if head.is_empty() => {
                 out.push_str(open);
@@ -1569,6 +1643,20 @@ mod tests {
                 None
             ),
             "delete that one first (`herald events unregister --org org_1 --name invoice.paid`) or not"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "turn it on first (PATCH /v1/orgs/org_1/webhooks/wh_2 with \"verification\": \"websub\")",
+                None
+            ),
+            "turn it on first (`herald webhooks update --org org_1 wh_2 --verification websub`)"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "deactivate it first (POST /v1/orgs/org_1/webhooks/wh_2/deactivate): a webhook",
+                None
+            ),
+            "deactivate it first (`herald webhooks disable --org org_1 wh_2`): a webhook"
         );
         // Routes without a command of their own are left as they are.
         let other = "see GET /v1/orgs/org_1/webhooks, then POST /v1/orgs";

@@ -144,10 +144,10 @@ pub async fn resend(
         .ok_or(ServiceError::NotFound("webhook"))?
         .clone();
     if webhook.verification != Verification::Websub {
-        return Err(ServiceError::Conflict(
-            "this webhook does not use WebSub verification (set \"verification\": \"websub\")"
-                .into(),
-        ));
+        return Err(ServiceError::Conflict(format!(
+            "this webhook does not use WebSub verification; turn it on first (PATCH \
+             /v1/orgs/{org}/webhooks/{id} with \"verification\": \"websub\")"
+        )));
     }
     if let Some(c) = &channel
         && !snapshot.channels_of(&webhook).contains(c)

@@ -605,7 +605,7 @@ pub async fn delete(
         .find(|w| w.active && w.verification == Verification::Websub)
     {
         return Err(ServiceError::Conflict(format!(
-            "the webhook {} is active; deactivate it first (POST …/webhooks/{}/deactivate): a webhook with WebSub verification is deleted only when inactive, after it was told to unsubscribe",
+            "the webhook {} is active; deactivate it first (POST /v1/orgs/{org}/webhooks/{}/deactivate): a webhook with WebSub verification is deleted only when inactive, after it was told to unsubscribe",
             active.id, active.id
         )));
     }

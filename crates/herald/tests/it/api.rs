@@ -1016,6 +1016,55 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         ),
         (&json!(null), &json!(null), &json!({}))
     );
+    // The rest of a webhook's settings from flags, and back.
+    let more = [
+        "--signature",
+        "hub",
+        "--rate-limit-per-second",
+        "50",
+        "--option",
+        "content_mode=binary",
+        "--profile",
+        "cloudevents",
+    ];
+    let (ok, out) = herald_cli(&app, &[&update[..], &more[..]].concat(), None).await;
+    assert!(ok, "{out}");
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(
+        (
+            &stored["signature"],
+            &stored["rate_limit_per_second"],
+            &stored["options"]["content_mode"]
+        ),
+        (&json!("hub"), &json!(50), &json!("binary")),
+        "{stored}"
+    );
+    // `verify` on a webhook without WebSub says which command turns it on.
+    let (ok, out) = herald_cli(&app, &["webhooks", "verify", "--org", "acme", &hook], None).await;
+    assert!(
+        !ok && out.contains(&format!(
+            "`herald webhooks update --org {org} {hook} --verification websub`"
+        )),
+        "{out}"
+    );
+    let back = [
+        "--reset",
+        "signature",
+        "--reset",
+        "rate-limit-per-second",
+        "--reset",
+        "options",
+        "--profile",
+        "standard",
+    ];
+    let (ok, out) = herald_cli(&app, &[&update[..], &back[..]].concat(), None).await;
+    assert!(ok, "{out}");
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(
+        (&stored["signature"], &stored["rate_limit_per_second"]),
+        (&json!(null), &json!(null)),
+        "{stored}"
+    );
     let both = ["--reset", "timeout-ms", "--timeout-ms", "900"];
     let (ok, out) = herald_cli(&app, &[&update[..], &both[..]].concat(), None).await;
     assert!(!ok && out.contains("give one"), "{out}");
