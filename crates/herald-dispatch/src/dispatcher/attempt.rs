@@ -277,7 +277,17 @@ impl Dispatcher {
             self.move_deferred(&webhook.id, moved).await;
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
-            tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint looks overloaded; sending fewer requests to it at once");
+            // One line when it is down to one request at a time; the steps there are details.
+            let why = match error {
+                AttemptError::Connect(_) => "cannot be reached",
+                AttemptError::Timeout => "does not answer in time",
+                _ => "answers that it is overloaded",
+            };
+            if limit == 1 {
+                tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, "endpoint {why}; sending it one request at a time until it answers again");
+            } else {
+                tracing::debug!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint {why}; sending fewer requests to it at once");
+            }
         }
 
         let metrics = &shared.metrics;

@@ -116,13 +116,15 @@ pub async fn register(
         example: input.example,
         created_at: state.clock.now(),
     };
-    write_then_forget(state, org, "organization", |store| async move {
+    let created = write_then_forget(state, org, "organization", |store| async move {
         store
             .create_event_type(&event_type)
             .await
             .map(|()| event_type)
     })
-    .await
+    .await?;
+    tracing::info!(org = %org, event_type = created.name, channel = ?created.channel, "event type registered");
+    Ok(created)
 }
 
 /// Deletes one of the organization's own types. Events already stored keep it. Refused while

@@ -153,6 +153,26 @@ pub async fn update(
             )));
         }
     }
+    if (&org.name, &org.handle, &org.catalogs)
+        == (
+            &snapshot.org.name,
+            &snapshot.org.handle,
+            &snapshot.org.catalogs,
+        )
+    {
+        // Nothing changes: nothing to write, nothing to tell.
+        return Ok(org);
+    }
+    if (&org.name, &org.handle, &org.catalogs)
+        == (
+            &snapshot.org.name,
+            &snapshot.org.handle,
+            &snapshot.org.catalogs,
+        )
+    {
+        // Nothing changes: nothing to write, nothing to tell.
+        return Ok(org);
+    }
     org.updated_at = state.clock.now();
     let org = write_then_forget(state, id, "organization", |store| async move {
         store.update_org(&org).await.map(|()| org)

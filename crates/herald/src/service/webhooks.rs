@@ -404,7 +404,10 @@ pub async fn update(
         } else {
             save(&state, w).await?
         };
-        tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
+        // Switching alone is said by `switched`, in its own words.
+        if fields.iter().any(|f| *f != "active") {
+            tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
+        }
         if w.active != was_active {
             switched(&state, &w);
         }
@@ -477,7 +480,7 @@ fn switch(w: &mut Webhook, active: bool) {
 
 /// After a switch was saved: the log line, and `webhook.enabled` for the organization.
 fn switched(state: &AppState, w: &Webhook) {
-    tracing::info!(webhook = %w.id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
+    tracing::info!(org = %w.org_id, webhook = %w.id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
     if w.active {
         super::operations::webhook_enabled(state, w);
     }

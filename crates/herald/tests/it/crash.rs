@@ -257,6 +257,25 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    // Switched off and on: one line each, with the organization, and no "changed" beside them.
+    for active in [false, true] {
+        let switched = http
+            .patch(format!("{}/v1/orgs/{org}/webhooks/{hook_id}", server.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "active": active }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(switched.status(), StatusCode::OK);
+    }
+    let registered = call(
+        &server.base,
+        &format!("/v1/orgs/{org}/event-types"),
+        json!({ "name": "invoice.paid", "channel": "billing" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
     let secrets = [
         ADMIN_TOKEN.to_owned(),
         key["key"].as_str().unwrap().to_owned(),
@@ -300,6 +319,9 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         "webhook changed",
         r#"fields=["name", "headers"]"#,
         "dashboard sign-in refused",
+        format!("webhook disabled org={org} webhook={hook_id} active=false").as_str(),
+        format!("webhook enabled org={org} webhook={hook_id} active=true").as_str(),
+        "event type registered",
         // At most 16 of the 40 were in flight (the webhook's first limit): the rest is given
         // back, and said once.
         "gave the deliveries queued here back to the store",
@@ -309,6 +331,10 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
             "'{event}' is logged: {first_log:#?}"
         );
     }
+    assert!(
+        !first_log.iter().any(|l| l.contains(r#"fields=["active"]"#)),
+        "{first_log:#?}"
+    );
 
     let restarted = Server::start(dir.path()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
