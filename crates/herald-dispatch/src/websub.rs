@@ -49,10 +49,13 @@ pub async fn verify_intent(
     Ok(())
 }
 
-/// 128 random bits as a UUID-shaped string.
+/// A random (version 4) UUID, as Asgardeo's challenges are: 122 random bits, and a subscriber
+/// that checks the challenge's form finds a valid one.
 fn new_challenge() -> String {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     herald_core::ids::uuid_string(b)
 }
 
@@ -147,10 +150,14 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
 #[cfg(test)]
 mod tests {
     #[test]
-    fn challenges_are_fresh_and_uuid_shaped() {
+    fn challenges_are_fresh_random_uuids() {
         let (a, b) = (super::new_challenge(), super::new_challenge());
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert_eq!(a.matches('-').count(), 4);
+        for c in [&a, &b] {
+            assert_eq!(&c[14..15], "4", "version 4: {c}");
+            assert!("89ab".contains(&c[19..20]), "RFC 4122 variant: {c}");
+        }
     }
 }
