@@ -20,8 +20,8 @@ pub struct Connection {
         value_parser = parse_server
     )]
     pub server: String,
-    /// The bearer token (admin token or an organization API key). Defaults to the admin token
-    /// kept in ./herald-data/admin-token, if there is one.
+    /// The bearer token (admin token or an organization API key). Defaults to
+    /// HERALD_ADMIN_TOKEN, then to the admin token kept in ./herald-data/admin-token.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Print the server's JSON instead of a table.
@@ -713,19 +713,25 @@ struct Api {
     http: reqwest::blocking::Client,
     conn: Connection,
     token: String,
+    /// Where the token came from, for the message when the server refuses it.
+    token_source: &'static str,
 }
 
 impl Api {
     fn new(conn: Connection) -> anyhow::Result<Self> {
         herald_dispatch::client::install_tls_provider();
-        let token = match &conn.token {
-            Some(t) => t.clone(),
-            None => match std::fs::read_to_string("herald-data/admin-token") {
-                Ok(t) => t.trim().to_owned(),
+        let admin = std::env::var("HERALD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        let (token, token_source) = match (&conn.token, admin) {
+            (Some(t), _) => (t.clone(), "--token or HERALD_TOKEN"),
+            (None, Some(t)) => (t, "HERALD_ADMIN_TOKEN"),
+            (None, None) => match std::fs::read_to_string("herald-data/admin-token") {
+                Ok(t) => (t.trim().to_owned(), "./herald-data/admin-token"),
                 Err(_) => bail!(
                     "no token: pass --token or set HERALD_TOKEN (the admin token, or an \
-                     organization API key); without either, ./herald-data/admin-token is read, \
-                     and there is none here"
+                     organization API key); without either, HERALD_ADMIN_TOKEN or else \
+                     ./herald-data/admin-token is read, and there is neither here"
                 ),
             },
         };
@@ -733,6 +739,7 @@ impl Api {
             http: reqwest::blocking::Client::new(),
             conn,
             token,
+            token_source,
         })
     }
 
@@ -773,6 +780,11 @@ impl Api {
         };
         if !status.is_success() {
             match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
+                Some(message) if status == reqwest::StatusCode::UNAUTHORIZED => bail!(
+                    "{status}: {message} (the token was read from {}; give the right one with \
+                     --token or HERALD_TOKEN)",
+                    self.token_source
+                ),
                 Some(message) => bail!("{status}: {}", in_cli_terms(message, org_in(path))),
                 None => bail!(not_herald()),
             }

@@ -1296,6 +1296,13 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let (ok, out) = herald_cli(&app, &[&test[..], &["--no-wait"]].concat(), None).await;
     assert!(ok && out.starts_with("EVENT_ID"), "{out}");
 
+    // A refused token: where it came from, and how to give another.
+    let (ok, out) = herald_cli(&app, &["orgs", "list", "--token", "not-the-token"], None).await;
+    assert!(
+        !ok && out.contains("401")
+            && out.contains("the token was read from --token or HERALD_TOKEN"),
+        "{out}"
+    );
     // A server address without its scheme is named before any request is made.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--server", "127.0.0.1:7600"], None).await;
     assert!(!ok && out.contains("give its scheme and host"), "{out}");
