@@ -954,8 +954,11 @@ fn show(conn: &Connection, value: &Value, columns: &[&str]) {
         "{}",
         line(columns.iter().map(|c| c.to_uppercase()).collect())
     );
-    for row in rows {
+    for row in &rows {
         out!("{}", line(columns.iter().map(|c| cell(row, c)).collect()));
+    }
+    if rows.is_empty() {
+        out!("(none)");
     }
 }
 
@@ -1413,6 +1416,15 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                         "error_message",
                     ],
                 );
+                // What the endpoint said last, often the reason it refused.
+                if let Some(body) = d["attempts"]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .and_then(|a| a["response_body"].as_str())
+                    .filter(|b| !b.is_empty())
+                {
+                    out!("\nThe last answer's body (first KiB):\n{body}");
+                }
             }
         }
         DeliveriesCommand::Retry { org, id } => show(
@@ -1432,7 +1444,20 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "recover"])?,
                 json!({ "since": since }),
             )?;
-            show(&conn, &answer, &["recovered"]);
+            if conn.json {
+                print_json(&answer);
+            } else {
+                let n = answer["recovered"].as_u64().unwrap_or(0);
+                out!(
+                    "Recovered {n} failed {} since {since}: {}.",
+                    if n == 1 { "delivery" } else { "deliveries" },
+                    if n == 0 {
+                        "there were none to send again"
+                    } else {
+                        "they are sent again now, each with a new retry schedule"
+                    }
+                );
+            }
         }
     }
     Ok(())

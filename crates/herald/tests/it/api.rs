@@ -1113,9 +1113,28 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     )
     .await;
     assert!(
-        ok && out.starts_with("RECOVERED") && out.contains('0'),
+        ok && out.starts_with(
+            "Recovered 0 failed deliveries since 2020-01-01T00:00:00Z: there were none"
+        ),
         "{out}"
     );
+    // An empty list says so under its header.
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "deliveries",
+            "list",
+            "--org",
+            &org,
+            "--webhook",
+            &hook,
+            "--state",
+            "failed",
+        ],
+        None,
+    )
+    .await;
+    assert!(ok && out.lines().nth(1) == Some("(none)"), "{out}");
     let (ok, out) = herald_cli(&app, &["events", "types", "--org", &org], None).await;
     assert!(
         ok && out.starts_with("NAME") && out.contains("user.created") && out.contains("optare"),
@@ -1295,6 +1314,31 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     );
     let (ok, out) = herald_cli(&app, &[&test[..], &["--no-wait"]].concat(), None).await;
     assert!(ok && out.starts_with("EVENT_ID"), "{out}");
+    // A delivery shows its attempts and what the endpoint answered last.
+    let delivery = out
+        .split_whitespace()
+        .find(|w| w.starts_with("dlv_"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let mut shown = String::new();
+    for _ in 0..100 {
+        let (ok, out) = herald_cli(
+            &app,
+            &["deliveries", "get", "--org", "acme", &delivery],
+            None,
+        )
+        .await;
+        assert!(ok, "{out}");
+        shown = out;
+        if shown.contains("receiver says hi") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        shown.contains("The last answer's body (first KiB):\nreceiver says hi"),
+        "{shown}"
+    );
 
     // A refused token: where it came from, and how to give another.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--token", "not-the-token"], None).await;
