@@ -1049,7 +1049,7 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-const SUBSCRIPTION_COLUMNS: &[&str] = &["topic", "mode", "state", "reason"];
+const SUBSCRIPTION_COLUMNS: &[&str] = &["channel", "topic", "mode", "state", "reason"];
 
 /// Shows a page of WebSub subscriptions; fails, after showing them, if any channel's endpoint
 /// refused or did not answer, since no events go out on that channel until it verifies.
@@ -1217,6 +1217,15 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                     "\nSecret (shown once): {}",
                     created["secret"].as_str().unwrap_or_default()
                 );
+                if created["active"] == false && !disabled {
+                    // WebSub webhooks (asgardeo's) start inactive, waiting to be verified.
+                    out!(
+                        "\nIt is inactive until its endpoint confirms each channel: run `herald \
+                         webhooks enable --org {org} {}` once the endpoint answers WebSub \
+                         challenges.",
+                        created["id"].as_str().unwrap_or_default()
+                    );
+                }
             }
         }
         WebhooksCommand::Update {

@@ -115,14 +115,14 @@ pub async fn list(
     let mut out: Vec<Subscription> = existing.iter().map(|s| (*s).clone()).collect();
     for channel in snapshot.channels_of(webhook) {
         if !out.iter().any(|s| s.channel == channel) {
-            let mode = if webhook.active {
-                Mode::Subscribe
-            } else {
-                Mode::Unsubscribe
-            };
+            // Never sent: what enabling sends (there is nothing to unsubscribe from).
             let topic = subscription::topic(&snapshot.org, webhook.profile, &channel);
-            let mut sub = Subscription::pending(id.clone(), channel, topic, mode);
-            sub.reason = Some("not sent yet".into());
+            let mut sub = Subscription::pending(id.clone(), channel, topic, Mode::Subscribe);
+            sub.reason = Some(if webhook.active {
+                "not sent yet".into()
+            } else {
+                "not sent yet: it is sent when the webhook is enabled".into()
+            });
             out.push(sub);
         }
     }
@@ -149,14 +149,19 @@ pub async fn resend(
              /v1/orgs/{org}/webhooks/{id} with \"verification\": \"websub\")"
         )));
     }
-    if let Some(c) = &channel
-        && !snapshot.channels_of(&webhook).contains(c)
-    {
-        return Err(Invalid::new(
-            "channel",
-            format!("'{c}' is not one of this webhook's channels"),
-        )
-        .into());
+    if let Some(c) = &channel {
+        let channels = snapshot.channels_of(&webhook);
+        if !channels.contains(c) {
+            return Err(Invalid::new(
+                "channel",
+                format!(
+                    "'{}' is not one of this webhook's channels ({})",
+                    herald_core::truncate_for_message(c),
+                    channels.join(", ")
+                ),
+            )
+            .into());
+        }
     }
     let mode = if webhook.active {
         Mode::Subscribe

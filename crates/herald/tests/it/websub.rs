@@ -886,6 +886,52 @@ async fn the_cli_fails_when_a_channel_is_not_verified() {
         all.extend(["--org", "myorg", id]);
         all
     };
+    // Created from the CLI, it says how to enable it.
+    let url = format!("http://{closed}/other");
+    let (ok, out) = crate::api::herald_cli(
+        &app,
+        &[
+            "webhooks",
+            "create",
+            "--org",
+            "myorg",
+            "--name",
+            "other",
+            "--url",
+            &url,
+            "--profile",
+            "asgardeo",
+            "--channel",
+            "login",
+            "--secret",
+            "asgardeo-secret-value",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.contains("It is inactive until its endpoint confirms each channel: run `herald webhooks enable --org "),
+        "{out}"
+    );
+    // Before it is enabled: what enabling will send, per channel.
+    let (ok, out) = crate::api::herald_cli(&app, &cli(&["webhooks", "subscriptions"]), None).await;
+    assert!(
+        ok && out.starts_with("CHANNEL")
+            && out.contains("subscribe")
+            && !out.contains("unsubscribe")
+            && out.contains("it is sent when the webhook is enabled"),
+        "{out}"
+    );
+    let (ok, out) = crate::api::herald_cli(
+        &app,
+        &cli(&["webhooks", "verify", "--channel", "nope"]),
+        None,
+    )
+    .await;
+    assert!(
+        !ok && out.contains("'nope' is not one of this webhook's channels (login)"),
+        "{out}"
+    );
     let (ok, out) =
         crate::api::herald_cli(&app, &cli(&["webhooks", "enable", "--json"]), None).await;
     assert!(
