@@ -14,7 +14,7 @@ use herald_core::catalog::Catalog;
 use herald_core::event_type::CustomEventType;
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody, PathParams};
+use super::extract::{Caller, JsonBody, PathParams, WholeList};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
@@ -34,8 +34,11 @@ struct CatalogList {
 
 /// Lists the built-in catalogs with every event type's channel, description, example and schema.
 #[utoipa::path(get, path = "/v1/event-types", tag = "event types",
-    responses((status = 200, description = "The built-in catalogs", body = CatalogList)))]
-async fn list_catalogs(Caller(_): Caller) -> Json<CatalogList> {
+    responses(
+        (status = 200, description = "The built-in catalogs", body = CatalogList),
+        (status = 400, description = "A query parameter was given: the list comes whole", body = super::ErrorBody),
+    ))]
+async fn list_catalogs(Caller(_): Caller, _: WholeList) -> Json<CatalogList> {
     Json(CatalogList {
         catalogs: event_types::catalogs(),
     })
@@ -45,12 +48,14 @@ async fn list_catalogs(Caller(_): Caller) -> Json<CatalogList> {
 #[utoipa::path(get, path = "/v1/orgs/{org}/event-types", tag = "event types",
     params(OrgPath),
     responses(
+        (status = 400, description = "A query parameter was given: the list comes whole", body = super::ErrorBody),
         (status = 200, description = "The organization's event types", body = Page<AvailableType>),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
     ))]
 async fn list_org_types(
     State(state): State<AppState>,
     Caller(scope): Caller,
+    _: WholeList,
     PathParams(path): PathParams<OrgPath>,
 ) -> ApiResult<Json<Page<AvailableType>>> {
     let types = event_types::list_for_org(&state, &scope, &org_id(&path.org)?).await?;

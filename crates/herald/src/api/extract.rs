@@ -375,6 +375,32 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
     }
 }
 
+/// For a list that comes whole in one answer: any query parameter (`limit`, `cursor`) is
+/// refused, rather than ignored as if it had been applied.
+pub struct WholeList;
+
+impl FromRequestParts<AppState> for WholeList {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        match form_urlencoded::parse(query.as_bytes()).next() {
+            None => Ok(WholeList),
+            Some((name, _)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "this list comes whole in one answer and takes no query parameters (`{}`)",
+                    herald_core::truncate_for_message(&name)
+                ),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::{ApiKeyId, Invalid, OrgId, Page};
 
-use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
+use super::extract::{Caller, JsonBody, PathParams, QueryParams, WholeList, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;
@@ -198,12 +198,14 @@ async fn create_api_key(
 #[utoipa::path(get, path = "/v1/orgs/{org}/api-keys", tag = "organizations",
     params(OrgPath),
     responses(
+        (status = 400, description = "A query parameter was given: the list comes whole", body = super::ErrorBody),
         (status = 200, description = "Every key of the organization", body = Page<ApiKey>),
         (status = 404, description = "No such organization", body = super::ErrorBody),
     ))]
 async fn list_api_keys(
     State(state): State<AppState>,
     Caller(scope): Caller,
+    _: WholeList,
     PathParams(path): PathParams<OrgPath>,
 ) -> ApiResult<Json<Page<ApiKey>>> {
     let keys = auth::list_api_keys(&state, &scope, &org_id(&path.org)?).await?;

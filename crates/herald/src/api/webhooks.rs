@@ -16,7 +16,9 @@ use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{DeliveryId, Invalid, Page, WebhookId};
 
-use super::extract::{Caller, JsonBody, OptionalJsonBody, PathParams, QueryParams, path_id};
+use super::extract::{
+    Caller, JsonBody, OptionalJsonBody, PathParams, QueryParams, WholeList, path_id,
+};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::{ApiResult, PageQuery};
@@ -485,12 +487,14 @@ async fn send_test_event(
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}/subscriptions", tag = "webhooks",
     params(OrgItemPath),
     responses(
+        (status = 400, description = "A query parameter was given: the list comes whole", body = super::ErrorBody),
         (status = 200, description = "One subscription per channel", body = Page<Subscription>),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
     ))]
 async fn list_subscriptions(
     State(state): State<AppState>,
     Caller(scope): Caller,
+    _: WholeList,
     PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<Json<Page<Subscription>>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);

@@ -1623,6 +1623,21 @@ async fn an_event_type_of_its_own_is_deleted_once_no_webhook_depends_on_it() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
+    // Lists that come whole refuse a page size rather than ignore it.
+    for path in [
+        format!("{types}?limit=5"),
+        format!("/v1/orgs/{org}/api-keys?cursor=x"),
+        "/v1/event-types?limit=1".to_owned(),
+    ] {
+        let (status, err) = app.get(&path).await;
+        assert_eq!(
+            (status, err["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("invalid_query")),
+            "{path}: {err}"
+        );
+    }
+    let (status, _) = app.get(&types).await;
+    assert_eq!(status, StatusCode::OK);
     // Herald's own channel is not the organization's to fill: its webhooks trust what comes on it.
     let (status, err) = app
         .post(
