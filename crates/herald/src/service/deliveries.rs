@@ -7,7 +7,7 @@ use herald_core::delivery::{Attempt, Delivery};
 use herald_core::profile::{self, RenderInput};
 use herald_core::store::DeliveryFilter;
 use herald_core::store::StoreError;
-use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
+use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::cancel_safe::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
@@ -29,11 +29,31 @@ pub async fn list(
     page: PageRequest,
 ) -> ServiceResult<Page<Delivery>> {
     super::webhooks::get(state, scope, org, webhook).await?;
-    state
+    let found = state
         .store
         .list_deliveries(org, webhook, &filter, &page)
         .await
-        .map_err(ServiceError::from_store("webhook"))
+        .map_err(ServiceError::from_store("webhook"))?;
+    // Nothing of a type the organization does not know: most likely a misspelling, which an
+    // empty list would not reveal. (A type since unregistered still finds its deliveries.)
+    if let Some(wanted) = &filter.event_type
+        && found.data.is_empty()
+        && page.cursor.is_none()
+    {
+        let snapshot = super::org_snapshot(state, scope, org).await?;
+        if snapshot.resolve_type(wanted).is_none() {
+            return Err(Invalid::new(
+                "event_type",
+                format!(
+                    "'{}' is not an event type of this organization{}, and no delivery has it",
+                    herald_core::truncate_for_message(wanted),
+                    herald_core::suggest::did_you_mean(snapshot.closest_type(wanted, true))
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(found)
 }
 
 pub async fn get(

@@ -668,6 +668,26 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["error"]["field"], "event_type");
+    // A misspelt type finds nothing: said, with the likely one, instead of an empty list.
+    let (status, err) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{a_id}/deliveries?event_type=user.creatd"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean 'user.created'?"),
+        "{err}"
+    );
+    let (status, none) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{a_id}/deliveries?event_type=user.deleted"
+        ))
+        .await;
+    assert_eq!((status, &none["data"]), (StatusCode::OK, &json!([])));
     // On creation `null` is the same as leaving the field out.
     let (status, created) = app
         .post(
