@@ -254,6 +254,24 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
         discard_body(req, limit).await;
         return Err(too_large(limit));
     }
+    if let Some(encoding) = req
+        .headers()
+        .get(axum::http::header::CONTENT_ENCODING)
+        .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        // Read as it is, a compressed body would be "not JSON", which misleads.
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        discard_body(req, limit).await;
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "the body is sent with Content-Encoding: {}, and Herald reads bodies \
+                 uncompressed; send it without compression",
+                herald_core::truncate_for_message(&encoding)
+            ),
+        ));
+    }
     let expected = state.admission.expected_bytes(&req);
     let units = state.admission.charge(expected);
     let tenant = tenant_of(&req, &state.admission);
@@ -276,6 +294,11 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
             )
         }
     })?;
+    // A byte-order mark is no part of JSON's text (RFC 8259 lets a reader ignore it).
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => bytes.slice(bytes.len() - rest.len()..),
+        None => bytes,
+    };
     Ok((bytes, admitted))
 }
 
@@ -291,6 +314,15 @@ fn too_large(limit: usize) -> ApiError {
 /// `limit` bytes, for at most a second), a chunk at a time. Answered before its body is read,
 /// a client still sending it would often see the connection reset instead of the answer.
 async fn discard_body(req: Request, limit: usize) {
+    // A client that waits for `100 Continue` before sending gets the answer instead: reading
+    // would first invite it to send what is refused.
+    if req
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|e| e.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        return;
+    }
     let mut body = req.into_body();
     let drain = async {
         let mut seen = 0;

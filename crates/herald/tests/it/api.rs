@@ -104,6 +104,41 @@ async fn bad_input_gets_a_clear_client_error() {
     let answer = read_until_closed(&mut declared).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"payload_too_large\""), "{answer}");
+    // A client waiting for `100 Continue` gets the refusal instead of an invitation to send.
+    let mut waiting = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/orgs/{org}/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer \
+         {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    waiting.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut waiting).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A compressed body is named as such, not "not JSON".
+    let resp = app
+        .http
+        .post(&events)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(code(&resp.json().await.unwrap()), "unsupported_encoding");
+    // A byte-order mark before the JSON is passed over.
+    let resp = app
+        .http
+        .post(&events)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("\u{feff}{\"type\":\"user.created\",\"data\":{\"user\":{\"id\":\"bom\"}}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
 
     let cases = [
         (json!({ "data": {} }), "type"),
