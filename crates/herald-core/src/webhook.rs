@@ -233,6 +233,23 @@ pub enum ContentMode {
 #[schema(value_type = String, example = "https://example.com/webhooks")]
 pub struct WebhookUrl(String);
 
+/// Whether a (lower-cased, IDNA-encoded) host name is one DNS can hold: labels of 1 to 63
+/// letters, digits, `-` or `_` (some services name hosts with it), neither starting nor ending
+/// with `-`, a trailing dot allowed.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 impl WebhookUrl {
     pub const MAX_LEN: usize = 2048;
 
@@ -296,6 +313,20 @@ impl WebhookUrl {
         }
         if url.port() == Some(0) {
             return Err(Invalid::new("url", "port 0 cannot be connected to"));
+        }
+        if let Some(url::Host::Domain(name)) = url.host()
+            && !is_dns_name(name)
+        {
+            // `a..b` or `-a.com` parse as URLs, but no resolver finds them: every attempt
+            // would fail with a DNS error, after the webhook was accepted.
+            return Err(Invalid::new(
+                "url",
+                format!(
+                    "'{}' is not a valid host name (labels of letters, digits and '-', not \
+                     starting or ending with '-', separated by single dots)",
+                    crate::truncate_for_message(name)
+                ),
+            ));
         }
         Ok(Self(url.to_string()))
     }
@@ -506,6 +537,29 @@ mod tests {
             assert!(WebhookUrl::parse(rewritten).is_err(), "{rewritten:?}");
         }
         assert!(WebhookUrl::parse("  https://example.com/hook  ").is_ok());
+        // Host names DNS cannot hold are refused; names it can, IDNs and IPs pass.
+        for bad in [
+            "http://a..b/",
+            "http://-a.com/",
+            "http://a-.com/",
+            "https://.example.com/",
+        ] {
+            let err = WebhookUrl::parse(bad).unwrap_err();
+            assert!(
+                err.message.contains("not a valid host name"),
+                "{bad}: {err:?}"
+            );
+        }
+        for good in [
+            "https://hooks.example.com./x",
+            "https://my_service.internal.example/x",
+            "https://bücher.example/x",
+            "http://127.0.0.1:8080/x",
+            "http://[::1]/x",
+            "http://localhost/x",
+        ] {
+            assert!(WebhookUrl::parse(good).is_ok(), "{good}");
+        }
         let no_scheme = WebhookUrl::parse("example.com/hook").unwrap_err();
         assert!(
             no_scheme.message.contains("must start with https://"),
