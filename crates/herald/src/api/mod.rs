@@ -90,7 +90,7 @@ pub(crate) fn page_request<T>(
     {
         let invalid = herald_core::Invalid::new(
             "cursor",
-            "is not a cursor Herald gave out for this list: pass the previous page's next_cursor, or none for the first page",
+            "is not a cursor of this kind of list (one is the id of the last item of a page, as next_cursor gives it): pass the previous page's next_cursor, or none for the first page",
         );
         return Err(crate::service::ServiceError::from(invalid).into());
     }

@@ -749,7 +749,7 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
         .get(&format!("/v1/orgs/{org}/webhooks?limit=2&cursor={next}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{rest}");
-    // Anything but a cursor Herald gave out for this list is refused, not answered with an
+    // Anything but a cursor of the list's kind is refused, not answered with an
     // empty or a first page.
     for path in [
         format!("/v1/orgs/{org}/webhooks?cursor=zzz"),
