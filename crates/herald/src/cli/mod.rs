@@ -36,17 +36,27 @@ pub struct Cli {
 pub enum Command {
     /// Run the Herald server (API and delivery). With no flags: 127.0.0.1:7600, data in
     /// ./herald-data (embedded SQLite).
+    #[command(after_help = "Examples:
+  herald serve                                     # 127.0.0.1:7600, data in ./herald-data
+  herald serve --listen 0.0.0.0:7600 --data-dir /var/lib/herald
+  HERALD_DATABASE_URL=postgres://herald@db/herald herald serve   # one of several nodes")]
     Serve(Box<Settings>),
     /// Apply database migrations, re-encrypt stored secrets if --encryption-key is set, and exit
     /// (`serve` does both on start).
     Migrate(Box<MigrateSettings>),
     /// Receive webhooks locally for testing: print each request, check its signature (Standard
     /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
+    #[command(after_help = "Examples:
+  herald listen --secret whsec_…                   # http://127.0.0.1:7700/, 401 on a bad signature
+  herald listen --status 503 --delay-ms 2000       # see how retries behave")]
     Listen(listen::ListenArgs),
     /// Benchmark Herald on this machine: start a server on a temporary data directory (or use
     /// --server), a fast receiver and producers on loopback, run scenarios (burst, batch,
     /// latency, fanout, slow-endpoint, failing-endpoint, backlog, restart, and relay to calibrate)
     /// and print a table.
+    #[command(after_help = "Examples:
+  herald bench                                     # every scenario, on a temporary server
+  herald bench --scenario burst,latency")]
     Bench(bench::BenchArgs),
     /// Manage organizations on a running server.
     Orgs {
@@ -63,6 +73,11 @@ pub enum Command {
         command: client::KeysCommand,
     },
     /// Manage an organization's webhooks on a running server.
+    #[command(after_help = "Examples:
+  herald webhooks create --org acme --name crm --url https://crm.example.com/hooks --event user.created
+  herald webhooks update --org acme wh_… --retry-schedule 0,60,600 --header \"Authorization: $TOKEN\"
+  herald webhooks test --org acme wh_…             # waits for the endpoint's answer
+  herald webhooks enable --org acme wh_…           # WebSub webhooks verify each channel first")]
     Webhooks {
         #[command(flatten)]
         conn: client::Connection,
@@ -77,6 +92,10 @@ pub enum Command {
         command: client::EventsCommand,
     },
     /// Read delivery history, resend and recover.
+    #[command(after_help = "Examples:
+  herald deliveries list --org acme --webhook wh_… --state failed
+  herald deliveries get --org acme dlv_…           # every attempt, and the endpoint's last answer
+  herald deliveries recover --org acme --webhook wh_… --since 6h")]
     Deliveries {
         #[command(flatten)]
         conn: client::Connection,
@@ -84,6 +103,10 @@ pub enum Command {
         command: client::DeliveriesCommand,
     },
     /// Post an event (or a batch) from --type/--data, a file, or standard input.
+    #[command(after_help = "Examples:
+  herald send --org acme --type user.created --data '{\"user\": {\"id\": \"u1\"}}' --id evt-1
+  herald send --org acme --file events.json        # one event or an array of them
+  producer | herald send --org acme                # from standard input")]
     Send {
         #[command(flatten)]
         conn: client::Connection,
