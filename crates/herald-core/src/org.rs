@@ -102,6 +102,37 @@ impl OrgHandle {
     }
 }
 
+/// What an API key may do within its organization.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// Everything of its organization: webhooks, keys, event types, history, events.
+    #[default]
+    Manager,
+    /// Posts events and reads the event types: what a producer needs, and nothing that could
+    /// redirect or read the organization's deliveries if the key leaked.
+    Producer,
+}
+
+impl KeyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manager => "manager",
+            Self::Producer => "producer",
+        }
+    }
+
+    /// The role stored as `raw`; an unknown one (from a newer version) grants the least.
+    pub fn from_stored(raw: &str) -> Self {
+        match raw {
+            "manager" => Self::Manager,
+            _ => Self::Producer,
+        }
+    }
+}
+
 /// An organization-scoped API key as stored: only a hash of the key is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
@@ -112,6 +143,7 @@ pub struct ApiKey {
     pub prefix: String,
     #[serde(skip)]
     pub key_hash: String,
+    pub role: KeyRole,
     pub created_at: Timestamp,
 }
 

@@ -41,6 +41,7 @@ sequence! {
     6 "0006" "rate_limit",
     7 "0007" "clustered_deliveries",
     8 "0008" "events_sequence",
+    9 "0009" "api_key_roles",
 }
 
 #[cfg(test)]

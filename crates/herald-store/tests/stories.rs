@@ -17,7 +17,7 @@ use herald_core::delivery::{Attempt, AttemptError, AttemptOutcome, Delivery, Del
 use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::CustomEventType;
 use herald_core::health::{AttemptCounts, HealthRows, HealthSeries, HealthWindow, duration_class};
-use herald_core::org::{ApiKey, OrgHandle, Organization};
+use herald_core::org::{ApiKey, KeyRole, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::{NextStep, RetrySchedule};
 use herald_core::store::{
@@ -71,6 +71,7 @@ fn api_key(org: &OrgId, hash: &str) -> ApiKey {
         name: "deploy bot".into(),
         prefix: "hk_live_ab".into(),
         key_hash: hash.into(),
+        role: KeyRole::Manager,
         created_at: T0,
     }
 }
@@ -438,6 +439,17 @@ async fn an_api_key_is_found_by_its_hash_until_it_is_deleted(store: Arc<dyn Stor
         Some(key.clone())
     );
     assert_eq!(store.find_api_key("sha256:bbbb").await.unwrap(), None);
+    // A producer's key keeps its role.
+    let producer = ApiKey {
+        role: KeyRole::Producer,
+        ..api_key(&acme.id, "sha256:cccc")
+    };
+    store.create_api_key(&producer).await.unwrap();
+    assert_eq!(
+        store.find_api_key("sha256:cccc").await.unwrap(),
+        Some(producer.clone())
+    );
+    store.delete_api_key(&acme.id, &producer.id).await.unwrap();
     assert_eq!(
         store.list_api_keys(&acme.id).await.unwrap(),
         vec![key.clone()]

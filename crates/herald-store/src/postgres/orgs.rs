@@ -111,7 +111,7 @@ pub(crate) async fn delete(c: &impl Conn, id: &OrgId) -> DbResult<()> {
 
 pub(crate) async fn create_api_key(c: &impl Conn, key: &ApiKey) -> DbResult<()> {
     c.exec(
-        "INSERT INTO api_keys (id, org_id, name, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO api_keys (id, org_id, name, prefix, key_hash, created_at, role) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &key.id.as_str(),
             &key.org_id.as_str(),
@@ -119,6 +119,7 @@ pub(crate) async fn create_api_key(c: &impl Conn, key: &ApiKey) -> DbResult<()> 
             &key.prefix,
             &key.key_hash,
             &key.created_at.as_millis(),
+            &key.role.as_str(),
         ],
     )
     .await?;

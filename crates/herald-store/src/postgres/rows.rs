@@ -10,7 +10,7 @@ use herald_core::catalog::CatalogName;
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
-use herald_core::org::{ApiKey, OrgHandle, Organization};
+use herald_core::org::{ApiKey, KeyRole, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::store::StoreError;
 use herald_core::subscription::{Mode, State, Subscription, Verification};
@@ -86,6 +86,7 @@ pub(crate) fn api_key(row: &Row) -> DbResult<ApiKey> {
         prefix: row.try_get(3)?,
         key_hash: row.try_get(4)?,
         created_at: ts(row, 5)?,
+        role: KeyRole::from_stored(row.try_get(6)?),
     })
 }
 

@@ -119,7 +119,7 @@ pub(crate) fn delete(conn: &Connection, id: &OrgId) -> DbResult<()> {
 
 pub(crate) fn create_api_key(conn: &Connection, key: &ApiKey) -> DbResult<()> {
     conn.prepare_cached(
-        "INSERT INTO api_keys (id, org_id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO api_keys (id, org_id, name, prefix, key_hash, created_at, role) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         key.id.as_str(),
@@ -127,7 +127,8 @@ pub(crate) fn create_api_key(conn: &Connection, key: &ApiKey) -> DbResult<()> {
         key.name,
         key.prefix,
         key.key_hash,
-        key.created_at.as_millis()
+        key.created_at.as_millis(),
+        key.role.as_str()
     ])?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use herald_core::catalog::CatalogName;
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
-use herald_core::org::{ApiKey, OrgHandle, Organization};
+use herald_core::org::{ApiKey, KeyRole, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::subscription::{Mode, State, Subscription, Verification};
@@ -46,7 +46,7 @@ pub(crate) fn org(row: &Row<'_>) -> rusqlite::Result<Organization> {
     })
 }
 
-pub(crate) const API_KEY_COLUMNS: &str = "id, org_id, name, prefix, key_hash, created_at";
+pub(crate) const API_KEY_COLUMNS: &str = "id, org_id, name, prefix, key_hash, created_at, role";
 
 pub(crate) fn api_key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
     Ok(ApiKey {
@@ -56,6 +56,7 @@ pub(crate) fn api_key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
         prefix: row.get(3)?,
         key_hash: row.get(4)?,
         created_at: ts(row.get(5)?),
+        role: KeyRole::from_stored(&row.get::<_, String>(6)?),
     })
 }
 

@@ -15,6 +15,7 @@ use super::admission::{Admitted, BodyBudget, TenantRoom};
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::service::Scope;
+use herald_core::org::KeyRole;
 
 /// The authenticated caller's scope, from `Authorization: Bearer <token>`.
 pub struct Caller(pub Scope);
@@ -35,7 +36,15 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         match state.auth.resolve(token).await? {
-            Some(scope) => {
+            Some((scope, role)) => {
+                if role == KeyRole::Producer && !producer_may(&parts.method, parts.uri.path()) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "this API key is a producer's: it may post events and read event types, \
+                         nothing else; use a manager key (or the admin token) for this",
+                    ));
+                }
                 // For the body extractors, which count an API key's bodies against its own
                 // organization (`admission`); the admin's count against the path's.
                 if let Scope::Org(_) = &scope {
@@ -50,6 +59,21 @@ impl FromRequestParts<AppState> for Caller {
             )),
         }
     }
+}
+
+/// What a producer's key may do: post its organization's events, read its event types and
+/// the catalogs, and find its organization (the CLI looks it up by handle).
+fn producer_may(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        (method, segments.as_slice()),
+        (&Method::POST, ["", "v1", "orgs", _, "events"])
+            | (&Method::GET, ["", "v1", "orgs", _, "event-types"])
+            | (&Method::GET, ["", "v1", "event-types"])
+            | (&Method::GET, ["", "v1", "orgs"])
+            | (&Method::GET, ["", "v1", "orgs", _])
+    )
 }
 
 /// The token of `Authorization: Bearer <token>` (the scheme in either case), or `""`.

@@ -133,6 +133,6 @@ async fn may_scrape(state: &AppState, headers: &HeaderMap, expected: &str) -> bo
     }
     matches!(
         state.auth.resolve(sent).await,
-        Ok(Some(crate::service::Scope::Admin))
+        Ok(Some((crate::service::Scope::Admin, _)))
     )
 }

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use herald_core::org::{ApiKey, Organization};
+use herald_core::org::{ApiKey, KeyRole, Organization};
 use herald_core::{ApiKeyId, Invalid, OrgId, Page};
 
 use super::extract::{Caller, JsonBody, PathParams, QueryParams, WholeList, path_id};
@@ -162,6 +162,10 @@ struct ApiKeyBody {
     /// A name to tell keys apart.
     #[schema(example = "producer")]
     name: String,
+    /// `manager` (default: everything of the organization) or `producer` (posts events and
+    /// reads event types only).
+    #[serde(default)]
+    role: KeyRole,
 }
 
 /// A new API key: the key itself is shown only in this answer.
@@ -190,7 +194,7 @@ async fn create_api_key(
     JsonBody(body): JsonBody<ApiKeyBody>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     let (record, key) =
-        auth::create_api_key(&state, &scope, &org_id(&path.org)?, &body.name).await?;
+        auth::create_api_key(&state, &scope, &org_id(&path.org)?, &body.name, body.role).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { record, key })))
 }
 

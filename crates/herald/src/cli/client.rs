@@ -102,6 +102,10 @@ pub enum KeysCommand {
         /// What the key is for (e.g. the producer that will use it).
         #[arg(long)]
         name: String,
+        /// producer: posts events and reads event types, nothing else (give producers this);
+        /// manager: everything of the organization (webhooks, keys, history).
+        #[arg(long, value_parser = ["manager", "producer"], default_value = "manager")]
+        role: String,
     },
     /// Revoke an API key at once.
     Delete {
@@ -1140,7 +1144,7 @@ fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
 
 pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
-    let cols = &["id", "name", "prefix", "created_at"];
+    let cols = &["id", "name", "prefix", "role", "created_at"];
     let (KeysCommand::List { org }
     | KeysCommand::Create { org, .. }
     | KeysCommand::Delete { org, .. }) = &cmd;
@@ -1150,9 +1154,9 @@ pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
             let path = api_path(&["v1", "orgs", &org, "api-keys"])?;
             show(&conn, &api.get(&path)?, cols);
         }
-        KeysCommand::Create { name, .. } => {
+        KeysCommand::Create { name, role, .. } => {
             let path = api_path(&["v1", "orgs", &org, "api-keys"])?;
-            let created = api.post(&path, json!({ "name": name }))?;
+            let created = api.post(&path, json!({ "name": name, "role": role }))?;
             show(&conn, &created, cols);
             if !conn.json {
                 out!(

@@ -14,6 +14,7 @@ use super::templates::{self, Layout};
 use crate::app::AppState;
 use crate::service::Scope;
 use crate::service::auth::TokenDigest;
+use herald_core::org::KeyRole;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -115,7 +116,19 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let token = form.text("token");
     let next = safe_next(form.get("next"));
     let scope = match state.auth.resolve(&token).await {
-        Ok(Some(scope)) if !token.is_empty() => scope,
+        Ok(Some((scope, KeyRole::Manager))) if !token.is_empty() => scope,
+        Ok(Some((Scope::Org(org), KeyRole::Producer))) => {
+            tracing::warn!(org = %org, "dashboard sign-in refused: a producer's API key");
+            let page = LoginPage {
+                next,
+                error: Some(
+                    "That API key is a producer's: it may post events, not manage the organization. Sign in with a manager key or the admin token.",
+                ),
+                notice: None,
+            };
+            let layout = Layout::anonymous("Sign in");
+            return templates::render(StatusCode::FORBIDDEN, "login.html", &layout, page);
+        }
         Ok(_) => {
             tracing::warn!("dashboard sign-in refused: the token is not valid");
             let page = LoginPage {

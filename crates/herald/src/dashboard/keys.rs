@@ -10,7 +10,7 @@ use axum::routing::post;
 use serde::Serialize;
 
 use herald_core::ApiKeyId;
-use herald_core::org::ApiKey;
+use herald_core::org::{ApiKey, KeyRole};
 
 use super::error::{DashError, DashResult, describe};
 use super::forms::path_id;
@@ -32,6 +32,7 @@ pub struct KeyRow {
     id: String,
     name: String,
     prefix: String,
+    role: &'static str,
     created: String,
 }
 
@@ -41,6 +42,7 @@ impl From<&ApiKey> for KeyRow {
             id: k.id.to_string(),
             name: k.name.clone(),
             prefix: k.prefix.clone(),
+            role: k.role.as_str(),
             created: when(k.created_at),
         }
     }
@@ -57,12 +59,27 @@ async fn create_key(
 ) -> DashResult<Response> {
     let org = org_id(&org)?;
     let Post { signed, form } = post;
-    let flash = match auth::create_api_key(&state, &signed.scope, &org, &form.text("name")).await {
+    // A form that names no role (an older page) gets what the API gives: a manager's.
+    let role = match form.text("role").as_str() {
+        "manager" | "" => KeyRole::Manager,
+        "producer" => KeyRole::Producer,
+        other => {
+            let flash = Flash::error(format!(
+                "No key created: '{}' is not a role; choose producer or manager.",
+                herald_core::truncate_for_message(other)
+            ));
+            return Ok(signed.flash_then_go(&state, flash, &keys_section(&org)));
+        }
+    };
+    let flash = match auth::create_api_key(&state, &signed.scope, &org, &form.text("name"), role)
+        .await
+    {
         Ok((record, key)) => Flash {
             kind: "secret",
             message: format!(
-                "API key {} created. This is the key: copy it now, it will not be shown again.",
-                record.name
+                "API key {} ({}) created. This is the key: copy it now, it will not be shown again.",
+                record.name,
+                record.role.as_str()
             ),
             secret: Some(key),
         },

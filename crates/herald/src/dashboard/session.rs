@@ -15,6 +15,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use herald_core::org::KeyRole;
 use rand::RngCore;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -290,15 +291,15 @@ impl FromRequestParts<AppState> for Signed {
             return Err(to_sign_in(parts));
         };
         match state.auth.resolve_digest(&digest).await {
-            Ok(Some(scope)) => Ok(Signed {
+            Ok(Some((scope, KeyRole::Manager))) => Ok(Signed {
                 scope,
                 session,
                 csrf,
                 path: parts.uri.path().to_owned(),
             }),
-            Ok(None) => {
+            Ok(None | Some((_, KeyRole::Producer))) => {
                 // The key was revoked (or its organization deleted) since: the session ends
-                // with it.
+                // with it. (A producer's key never signs in.)
                 state.sessions.remove(&session);
                 Err(ended(parts))
             }

@@ -8,7 +8,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use herald_core::org::ApiKey;
+use herald_core::org::{ApiKey, KeyRole};
 use herald_core::store::Store;
 use herald_core::{ApiKeyId, OrgId};
 
@@ -69,11 +69,11 @@ pub struct Authenticator {
     keys: RwLock<KeyCache>,
 }
 
-/// Keys seen, by hash, with their organization. Every forgetting bumps `generation`, so that a
-/// lookup that started before a key was deleted cannot put the key back when it ends.
+/// Keys seen, by hash, with their organization and role. Every forgetting bumps `generation`,
+/// so that a lookup that started before a key was deleted cannot put the key back when it ends.
 #[derive(Default)]
 struct KeyCache {
-    by_hash: HashMap<String, OrgId>,
+    by_hash: HashMap<String, (OrgId, KeyRole)>,
     generation: u64,
 }
 
@@ -86,17 +86,21 @@ impl Authenticator {
         }
     }
 
-    /// `None` when the token is unknown.
-    pub async fn resolve(&self, token: &str) -> ServiceResult<Option<Scope>> {
+    /// What the token reaches and what it may do there (the admin token: everything, as a
+    /// manager); `None` when the token is unknown.
+    pub async fn resolve(&self, token: &str) -> ServiceResult<Option<(Scope, KeyRole)>> {
         self.resolve_digest(&TokenDigest::of(token)).await
     }
 
     /// Like [`Authenticator::resolve`], from a token's digest: the dashboard's sessions keep
     /// only that, and check it again on every request so that a deleted key ends them.
-    pub async fn resolve_digest(&self, digest: &TokenDigest) -> ServiceResult<Option<Scope>> {
+    pub async fn resolve_digest(
+        &self,
+        digest: &TokenDigest,
+    ) -> ServiceResult<Option<(Scope, KeyRole)>> {
         let hash = digest.hash;
         if bool::from(hash.ct_eq(&self.admin_hash)) {
-            return Ok(Some(Scope::Admin));
+            return Ok(Some((Scope::Admin, KeyRole::Manager)));
         }
         if !digest.api_key {
             return Ok(None);
@@ -104,8 +108,8 @@ impl Authenticator {
         let hex_hash = hex::encode(hash);
         let generation = {
             let cache = self.keys.read().expect("key cache lock");
-            if let Some(org) = cache.by_hash.get(&hex_hash) {
-                return Ok(Some(Scope::Org(org.clone())));
+            if let Some((org, role)) = cache.by_hash.get(&hex_hash) {
+                return Ok(Some((Scope::Org(org.clone()), *role)));
             }
             cache.generation
         };
@@ -117,15 +121,17 @@ impl Authenticator {
         Ok(found.map(|key| {
             let mut cache = self.keys.write().expect("key cache lock");
             if cache.generation == generation {
-                cache.by_hash.insert(hex_hash, key.org_id.clone());
+                cache
+                    .by_hash
+                    .insert(hex_hash, (key.org_id.clone(), key.role));
             }
-            Scope::Org(key.org_id)
+            (Scope::Org(key.org_id), key.role)
         }))
     }
 
     fn forget_org_keys(&self, org: &OrgId) {
         let mut cache = self.keys.write().expect("key cache lock");
-        cache.by_hash.retain(|_, o| o != org);
+        cache.by_hash.retain(|_, (o, _)| o != org);
         cache.generation += 1;
     }
 
@@ -145,6 +151,7 @@ pub async fn create_api_key(
     scope: &Scope,
     org: &OrgId,
     name: &str,
+    role: KeyRole,
 ) -> ServiceResult<(ApiKey, String)> {
     scope.check_org(org)?;
     let name = herald_core::org::parse_name(name, "name")?;
@@ -174,6 +181,7 @@ pub async fn create_api_key(
         name,
         prefix: key[..API_KEY_PREFIX.len() + 6].to_owned(),
         key_hash: hex::encode(Sha256::digest(key.as_bytes())),
+        role,
         created_at: state.clock.now(),
     };
     state
@@ -182,7 +190,7 @@ pub async fn create_api_key(
         .await
         .map_err(ServiceError::from_store("organization"))?;
     // The prefix only: it tells keys apart in the list, and cannot be used.
-    tracing::info!(org = %org, key = %record.id, prefix = record.prefix, "API key created");
+    tracing::info!(org = %org, key = %record.id, prefix = record.prefix, role = role.as_str(), "API key created");
     Ok((record, key))
 }
 

@@ -322,6 +322,96 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let globex_key = key["key"].as_str().unwrap().to_owned();
     assert!(globex_key.starts_with("hk_"));
+    assert_eq!(key["role"], "manager", "{key}");
+
+    // A producer's key posts events and reads event types; everything else is refused.
+    let (status, producer) = app
+        .post(
+            &format!("/v1/orgs/{acme}/api-keys"),
+            json!({ "name": "idp", "role": "producer" }),
+        )
+        .await;
+    assert_eq!(
+        (status, &producer["role"]),
+        (StatusCode::CREATED, &json!("producer"))
+    );
+    let producer = producer["key"].as_str().unwrap().to_owned();
+    let event = json!({ "type": "user.created", "data": { "user": { "id": "u1" } } });
+    let may = [
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/events"),
+            Some(event),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}/event-types"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Method::GET,
+            "/v1/event-types".to_owned(),
+            None,
+            StatusCode::OK,
+        ),
+        (Method::GET, "/v1/orgs".to_owned(), None, StatusCode::OK),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}"),
+            None,
+            StatusCode::OK,
+        ),
+    ];
+    for (method, path, body, expected) in may {
+        let (status, answer) = app.call(method.clone(), &path, &producer, body).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+    }
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/orgs/{acme}/webhooks"), None),
+        (
+            Method::PATCH,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}"),
+            Some(json!({ "url": "https://evil.example/h" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orgs/{acme}/api-keys"),
+            Some(json!({ "name": "more" })),
+        ),
+        (
+            Method::GET,
+            format!("/v1/orgs/{acme}/webhooks/{acme_hook}/deliveries"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/orgs/{acme}"),
+            Some(json!({ "name": "Mine" })),
+        ),
+    ] {
+        let (status, err) = app.call(method.clone(), &path, &producer, body).await;
+        assert_eq!(
+            (status, code(&err)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{method} {path}: {err}"
+        );
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("producer"),
+            "{err}"
+        );
+    }
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{acme}/api-keys"),
+            json!({ "name": "x", "role": "owner" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
 
     // Globex's key works on Globex…
     let (status, _) = app
@@ -1141,6 +1231,38 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         .call(Method::GET, &format!("/v1/orgs/{org}/webhooks"), &key, None)
         .await;
     assert_eq!(status, StatusCode::OK, "the new key works");
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "keys", "create", "--org", "acme", "--name", "idp", "--role", "producer", "--json",
+        ],
+        None,
+    )
+    .await;
+    let made: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert!(ok && made["role"] == "producer", "{out}");
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/orgs/{org}/webhooks"),
+            made["key"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a producer's key");
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "keys",
+            "delete",
+            "--org",
+            "acme",
+            made["id"].as_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}");
     let (ok, out) = herald_cli(&app, &["keys", "list", "--org", "acme", "--json"], None).await;
     assert!(ok && !out.contains(&key), "never shown again: {out}");
     let listed: Value = serde_json::from_str(&out).unwrap();

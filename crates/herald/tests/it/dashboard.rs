@@ -223,6 +223,36 @@ async fn a_wrong_token_is_refused_with_a_message() {
     assert!(a.body.contains("That token is not valid"), "{}", a.body);
     assert!(visitor.cookie.is_none());
     assert_eq!(visitor.get("/orgs").await.status, StatusCode::SEE_OTHER);
+
+    // A producer's key posts events; it does not manage the organization here either.
+    let org = app.create_org("Acme").await;
+    let (_, key) = app
+        .post(
+            &format!("/v1/orgs/{org}/api-keys"),
+            json!({ "name": "idp", "role": "producer" }),
+        )
+        .await;
+    let a = visitor.sign_in(key["key"].as_str().unwrap()).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("is a producer"), "{}", a.body);
+    assert!(visitor.cookie.is_none());
+    // The page's form makes either kind, and the list says which is which.
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}");
+    let csrf = admin.csrf(&page).await;
+    let made = admin
+        .post(
+            &format!("/orgs/{org}/api-keys"),
+            &[("csrf", &csrf), ("name", "billing"), ("role", "manager")],
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains("<td data-label=\"Role\">producer</td>")
+            && body.contains("<td data-label=\"Role\">manager</td>"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,7 +723,7 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
     let body = admin.get(&page).await.body;
     let key = shown_secret(&body).expect("the new key is shown");
     assert!(key.starts_with("hk_") && key.len() > 40, "{key}");
-    assert!(body.contains("API key ops created"), "{body}");
+    assert!(body.contains("API key ops (manager) created"), "{body}");
     let body = admin.get(&page).await.body;
     assert!(!body.contains(&key) && shown_secret(&body).is_none());
     assert!(
