@@ -727,7 +727,8 @@ impl Api {
         let admin = std::env::var("HERALD_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty());
-        let (token, token_source) = match (&conn.token, admin) {
+        let given = conn.token.as_ref().filter(|t| !t.trim().is_empty());
+        let (token, token_source) = match (given, admin) {
             (Some(t), _) => (t.clone(), "--token or HERALD_TOKEN"),
             (None, Some(t)) => (t, "HERALD_ADMIN_TOKEN"),
             (None, None) => match std::fs::read_to_string("herald-data/admin-token") {
@@ -996,10 +997,11 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             let wanted = herald_core::org::OrgHandle::from_name(&name);
             if handle.is_none()
                 && let Some(given) = created["handle"].as_str()
-                && given != wanted.as_str()
+                && let Some(n) = given.strip_prefix(&format!("{}-", wanted.as_str()))
+                && n.bytes().all(|b| b.is_ascii_digit())
             {
                 eprintln!(
-                    "Note: the handle {} is taken (by an organization of the same name?); this one's is {given}.",
+                    "Note: the handle {} was taken; this organization's is {given}.",
                     wanted.as_str()
                 );
             }
@@ -1436,6 +1438,16 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                     .and_then(|a| a["response_body"].as_str())
                     .filter(|b| !b.is_empty())
                 {
+                    // The endpoint's text, not the terminal's: control characters are shown, not
+                    // played (an escape sequence could rewrite what is on screen).
+                    let body: String = body
+                        .chars()
+                        .map(|c| match c {
+                            '\n' | '\t' => c.to_string(),
+                            c if c.is_control() => c.escape_unicode().to_string(),
+                            c => c.to_string(),
+                        })
+                        .collect();
                     out!("\nThe last answer's body (first KiB):\n{body}");
                 }
             }
@@ -1580,7 +1592,9 @@ fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value> {
             std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?;
         (text, file)
     };
-    serde_json::from_str(&text).with_context(|| format!("{source} is not JSON: {wanted}"))
+    // As the server does, a byte-order mark (some editors write one) is passed over.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    serde_json::from_str(text).with_context(|| format!("{source} is not JSON: {wanted}"))
 }
 
 pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {

@@ -100,7 +100,8 @@ async fn receive(
     if l.args.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(l.args.delay_ms)).await;
     }
-    if !verified {
+    // Deliveries are POSTs; a browser or a health check looking at the address is not refused.
+    if !verified && method == Method::POST {
         // What a receiver does: the sender (and `herald webhooks test`) sees the setup is wrong.
         out!("answered 401: the signature does not verify with --secret");
         return (

@@ -42,11 +42,20 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         let public_url = settings.server.public_url.clone();
         let data_dir = settings.storage.data_dir.clone();
         let database = settings.storage.database_url_for_display();
-        // The address first: a start that cannot serve creates nothing (not even an admin token).
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("could not listen on {listen}; is another Herald running? choose another address with --listen"))?;
+        // The address is taken first, so that a start that cannot serve creates nothing (not
+        // even an admin token), but only listened on once the node is ready: while migrations
+        // run, a load balancer's check finds the port closed rather than a node that hangs.
+        let busy = |e| anyhow::Error::new(e).context(format!("could not listen on {listen}; is another Herald running? choose another address with --listen"));
+        let socket = match listen {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(busy)?;
+        #[cfg(unix)]
+        socket.set_reuseaddr(true).map_err(busy)?;
+        socket.bind(listen).map_err(busy)?;
         let app = app::build(settings, Arc::new(SystemClock)).await?;
+        let listener = socket.listen(1024).map_err(busy)?;
         let addr = listener.local_addr()?;
         let base = public_url.unwrap_or_else(|| format!("http://{addr}"));
         match &database {

@@ -35,8 +35,10 @@ pub async fn list(
         .await
         .map_err(ServiceError::from_store("webhook"))?;
     // Nothing of a type the organization does not know: most likely a misspelling, which an
-    // empty list would not reveal. (A type since unregistered still finds its deliveries.)
+    // empty list would not reveal. (A type since unregistered still finds its deliveries; with
+    // a state too, an empty list may just mean none is in that state, so nothing is said.)
     if let Some(wanted) = &filter.event_type
+        && filter.state.is_none()
         && found.data.is_empty()
         && page.cursor.is_none()
     {

@@ -189,11 +189,21 @@ pub(crate) async fn ingest_values<T>(
         events: Vec::with_capacity(items.len()),
         deliveries: 0,
     };
-    let mut mismatches = mismatches(state, org, &items, &results, &occurred_given).await;
+    // Only noted now: what the answer says of duplicates is read after the handoff below, so
+    // that a client gone meanwhile cannot strand the new deliveries (nothing may wait between
+    // the store's answer and the handoff).
+    let duplicates: Vec<Duplicate> = items
+        .iter()
+        .zip(&results)
+        .zip(&occurred_given)
+        .enumerate()
+        .filter(|(_, ((_, r), _))| **r == IngestResult::Duplicate)
+        .map(|(i, ((item, _), given))| (i, item.event.clone(), *given))
+        .collect();
     let mut due = Vec::with_capacity(items.iter().map(|i| i.deliveries.len()).sum());
     let mut spilled = Vec::new();
     let mut delayed_total = 0;
-    for (i, (item, result)) in items.into_iter().zip(results).enumerate() {
+    for (item, result) in items.into_iter().zip(results) {
         let stored = result == IngestResult::Stored;
         let before = due.len() + spilled.len();
         let (mut skipped, mut delayed) = (0, 0);
@@ -229,7 +239,7 @@ pub(crate) async fn ingest_values<T>(
         report.events.push(IngestedEvent {
             id: item.event.id.clone(),
             duplicate: !stored,
-            mismatch: mismatches.remove(&i),
+            mismatch: None,
             deliveries: sent,
             skipped,
         });
@@ -248,6 +258,9 @@ pub(crate) async fn ingest_values<T>(
         // Delayed deliveries: the scheduler sleeps until the earliest due time it knows of.
         state.dispatcher.wake_delivery_scheduler();
     }
+    for (i, mismatch) in mismatches(state, org, duplicates).await {
+        report.events[i].mismatch = Some(mismatch);
+    }
     state.metrics.events_ingested(
         report.events.iter().filter(|e| !e.duplicate).count(),
         report.deliveries,
@@ -255,25 +268,20 @@ pub(crate) async fn ingest_values<T>(
     Ok(report)
 }
 
+/// A duplicate event: its place in the request, the event as posted, and whether it said when
+/// it occurred.
+type Duplicate = (usize, Arc<Event>, bool);
+
 /// What differs between each duplicate and the event stored under its id, by the duplicate's
-/// place in `items` (those that match are absent). A producer retrying sends the same event again; one that reuses an id for
-/// another event would otherwise see that event silently dropped, so the answer and the log say
-/// so. Only duplicates are read back, after the commit: the usual path pays nothing.
+/// place in the request (those that match are absent). A producer retrying sends the same event
+/// again; one that reuses an id for another event would otherwise see that event silently
+/// dropped, so the answer and the log say so. Only duplicates are read back, after the commit:
+/// the usual path pays nothing.
 async fn mismatches(
     state: &AppState,
     org: &OrgId,
-    items: &[IngestItem],
-    results: &[IngestResult],
-    occurred_given: &[bool],
+    duplicates: Vec<Duplicate>,
 ) -> HashMap<usize, String> {
-    let duplicates: Vec<(usize, &Event, bool)> = items
-        .iter()
-        .zip(results)
-        .zip(occurred_given)
-        .enumerate()
-        .filter(|(_, ((_, r), _))| **r == IngestResult::Duplicate)
-        .map(|(i, ((item, _), given))| (i, &*item.event, *given))
-        .collect();
     if duplicates.is_empty() {
         return HashMap::new();
     }
@@ -288,27 +296,29 @@ async fn mismatches(
     };
     let stored: HashMap<&str, &Event> = stored.iter().map(|e| (e.id.as_str(), e)).collect();
     let mut found = HashMap::new();
-    for (i, posted, occurred_given) in duplicates {
+    let mut example = None;
+    for (i, posted, occurred_given) in &duplicates {
         let Some(kept) = stored.get(posted.id.as_str()) else {
             continue;
         };
-        let differs = differences(kept, posted, occurred_given);
+        let differs = differences(kept, posted, *occurred_given);
         if !differs.is_empty() {
+            example.get_or_insert_with(|| posted.id.clone());
             found.insert(
-                i,
+                *i,
                 format!(
-                    "an event with this id is already stored with another {}; nothing was stored \
-                     for this one (if it is another event, give it an id of its own)",
+                    "the event already stored under this id differs in its {}; nothing was \
+                     stored for this one (if it is another event, give it an id of its own)",
                     in_words(&differs)
                 ),
             );
         }
     }
-    if let Some(first) = found.keys().min() {
+    if let Some(example) = example {
         tracing::warn!(
             org = %org,
             count = found.len(),
-            example = %items[*first].event.id,
+            example = %example,
             "events were posted with the ids of stored events but other content; they were not stored (duplicates)"
         );
     }

@@ -3,7 +3,7 @@
 use herald_core::catalog::{CatalogName, CatalogSetError, parse_catalog_set};
 use herald_core::org::{OrgHandle, Organization, parse_name};
 use herald_core::store::StoreError;
-use herald_core::{OrgId, Page, PageRequest};
+use herald_core::{OrgId, Page, PageRequest, WebhookId};
 
 use super::cancel_safe::{to_the_end, write_then_forget};
 use super::{Scope, ServiceError, ServiceResult};
@@ -137,7 +137,21 @@ pub async fn update(
         }
         // A subscription naming what no longer exists would match nothing, silently, and could
         // not be saved again unchanged: as for deleting a type, the webhooks change first.
-        let lost = snapshot.lost_with_catalogs(&org.catalogs);
+        // Only what this change would take away: what already names nothing (left so by an
+        // earlier version) must not stop unrelated changes.
+        let already = snapshot.lost_with_catalogs(&snapshot.org.catalogs);
+        let lost: Vec<(WebhookId, Vec<String>)> = snapshot
+            .lost_with_catalogs(&org.catalogs)
+            .into_iter()
+            .filter_map(|(w, names)| {
+                let before = already.iter().find(|(a, _)| *a == w).map(|(_, n)| n);
+                let new: Vec<String> = names
+                    .into_iter()
+                    .filter(|n| before.is_none_or(|b| !b.contains(n)))
+                    .collect();
+                (!new.is_empty()).then_some((w, new))
+            })
+            .collect();
         if !lost.is_empty() {
             let named: Vec<String> = lost
                 .iter()
@@ -152,16 +166,6 @@ pub async fn update(
                 if lost.len() > 5 { "; …" } else { "" }
             )));
         }
-    }
-    if (&org.name, &org.handle, &org.catalogs)
-        == (
-            &snapshot.org.name,
-            &snapshot.org.handle,
-            &snapshot.org.catalogs,
-        )
-    {
-        // Nothing changes: nothing to write, nothing to tell.
-        return Ok(org);
     }
     if (&org.name, &org.handle, &org.catalogs)
         == (

@@ -671,6 +671,32 @@ async fn organizations_can_be_created_changed_and_deleted() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{changed}");
+    // A subscription an earlier version left naming nothing does not stop other changes.
+    app.create_webhook(
+        id,
+        "https://example.com/old",
+        json!({ "events": ["user.deleted"] }),
+    )
+    .await;
+    let org_id = herald_core::OrgId::parse(id).unwrap();
+    let mut stored = app.state.store.get_org(&org_id).await.unwrap();
+    stored.catalogs = vec![herald_core::catalog::CatalogName::parse("permit").unwrap()];
+    app.state.store.update_org(&stored).await.unwrap();
+    app.state.directory.invalidate(&org_id);
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{id}"),
+            json!({ "name": "Acme Inc.", "catalogs": ["permit"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{id}"),
+            json!({ "catalogs": ["permit", "optare"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
     // Nothing of an organization can be cleared: `null` is refused, not ignored.
     for field in ["name", "handle", "catalogs"] {
         let (status, err) = app
@@ -813,6 +839,13 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
         ))
         .await;
     assert_eq!((status, &none["data"]), (StatusCode::OK, &json!([])));
+    // With a state as well, an empty list may only mean none is in that state.
+    let (status, none) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/{a_id}/deliveries?event_type=user.creatd&state=failed"
+        ))
+        .await;
+    assert_eq!((status, &none["data"]), (StatusCode::OK, &json!([])));
     // On creation `null` is the same as leaving the field out.
     let (status, created) = app
         .post(
@@ -941,8 +974,7 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     // A second organization of that name gets a numbered handle, and is told so.
     let (ok, out) = herald_cli(&app, &["orgs", "create", "--name", "Acme"], None).await;
     assert!(
-        ok && out.contains("Note: the handle acme is taken")
-            && out.contains("this one's is acme-2"),
+        ok && out.contains("Note: the handle acme was taken; this organization's is acme-2."),
         "{out}"
     );
     let catalogs = ["--catalog", "optare", "--catalog", "permit"];
@@ -1079,7 +1111,8 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let reused = [&keyed[..6], &[r#"{"user":{"id":"u4"}}"#], &keyed[7..]].concat();
     let (ok, out) = herald_cli(&app, &reused, None).await;
     assert!(
-        !ok && out.contains("cli-keyed: an event with this id is already stored with another data"),
+        !ok && out
+            .contains("cli-keyed: the event already stored under this id differs in its data"),
         "{out}"
     );
     let got = rx
@@ -1517,6 +1550,24 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         "{shown}"
     );
 
+    // An empty token is no token: the defaults apply (here, none is left).
+    let (ok, out) = herald_cli(&app, &["orgs", "list", "--token", ""], None).await;
+    assert!(!ok && out.contains("no token"), "{out}");
+    // A file an editor saved with a byte-order mark is read as the server reads it.
+    let bom = std::env::temp_dir().join(format!("herald-bom-{}.json", std::process::id()));
+    std::fs::write(
+        &bom,
+        "\u{feff}{\"type\": \"user.created\", \"data\": {\"user\": {\"id\": \"bom\"}}}",
+    )
+    .unwrap();
+    let (ok, out) = herald_cli(
+        &app,
+        &["send", "--org", "acme", "--file", bom.to_str().unwrap()],
+        None,
+    )
+    .await;
+    let _ = std::fs::remove_file(&bom);
+    assert!(ok && out.contains("false"), "{out}");
     // A refused token: where it came from, and how to give another.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--token", "not-the-token"], None).await;
     assert!(

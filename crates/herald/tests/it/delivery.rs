@@ -384,7 +384,7 @@ async fn the_same_event_id_is_accepted_once() {
     assert_eq!(other["events"][0]["duplicate"], true);
     assert_eq!(
         other["events"][0]["mismatch"],
-        "an event with this id is already stored with another type, data and occurred_at; \
+        "the event already stored under this id differs in its type, data and occurred_at; \
          nothing was stored for this one (if it is another event, give it an id of its own)"
     );
     assert!(other["events"][1].get("mismatch").is_none(), "{other}");
@@ -393,7 +393,7 @@ async fn the_same_event_id_is_accepted_once() {
     assert!(
         other["events"][2]["mismatch"]
             .as_str()
-            .is_some_and(|m| m.contains("another data;")),
+            .is_some_and(|m| m.contains("differs in its data;")),
         "{other}"
     );
     assert_eq!(other["deliveries"], 1);

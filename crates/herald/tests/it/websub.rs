@@ -846,6 +846,13 @@ async fn herald_listen_prints_requests_checks_signatures_and_answers_challenges(
         .wait_for_line("signature: standard webhooks: NOT VERIFIED")
         .await;
     listen.wait_for_line("answered 401").await;
+    // A look at the address (a browser, a health check) is not a delivery: not refused.
+    let looked = crate::helpers::http_client()
+        .get(format!("{}health", listen.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(looked.status(), StatusCode::OK);
     let wrong = wrong["id"].as_str().unwrap();
     let mut last = json!(null);
     for _ in 0..100 {
