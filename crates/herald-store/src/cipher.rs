@@ -1,7 +1,11 @@
 //! Encryption at rest for webhook secrets (XChaCha20-Poly1305), on when the operator gives a key
-//! (`HERALD_ENCRYPTION_KEY`). A stored secret reads `enc:v1:<key id>:<base64 nonce+ciphertext>`;
-//! a plain one (written before a key was set) is read as it is, and every start (`herald serve`
-//! or `herald migrate`) re-encrypts what is plain or sealed with an old key.
+//! (`HERALD_ENCRYPTION_KEY`). A stored secret reads `enc:v2:<key id>:<base64 nonce+ciphertext>`,
+//! sealed for its place (the webhook's id and the field, as associated data): moved to another
+//! webhook or field by someone who can write the database but lacks the key, it does not open,
+//! so a receiver's credentials cannot be redirected to an endpoint of theirs. `enc:v1:` (sealed
+//! for no place, by earlier versions) still opens. A plain one (written before a key was set) is
+//! read as it is, and every start (`herald serve` or `herald migrate`) re-encrypts what is plain,
+//! `v1` or sealed with an old key.
 //!
 //! Rotating the key: make the new key `HERALD_ENCRYPTION_KEY`, list the old one in
 //! `HERALD_ENCRYPTION_OLD_KEYS` so stored secrets still open, start Herald once (or run
@@ -9,12 +13,15 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-const PREFIX: &str = "enc:v1:";
+/// Sealed for a place (see the module's documentation).
+const PREFIX: &str = "enc:v2:";
+/// Sealed by earlier versions, for no place: opened, and sealed again on the next start.
+const PREFIX_V1: &str = "enc:v1:";
 /// The one key of a webhook's custom headers as stored sealed: their JSON, encrypted whole. A
 /// header name cannot contain `:`, so a map of real headers is never taken for sealed ones.
 const SEALED_HEADERS: &str = ":sealed";
@@ -51,6 +58,11 @@ fn hex_or_base64(raw: &str) -> Option<Vec<u8>> {
     from_hex
         .or_else(|| B64.decode(raw).ok())
         .filter(|b| b.len() == 32)
+}
+
+/// Where a sealed value is kept: its webhook and field, its associated data.
+pub fn place(webhook: &str, field: &str) -> String {
+    format!("{webhook}/{field}")
 }
 
 fn hex_prefix(digest: &[u8]) -> String {
@@ -110,8 +122,9 @@ impl SecretCipher {
         self.current.is_some()
     }
 
-    /// The form to store.
-    pub fn seal(&self, secret: &str) -> String {
+    /// The form to store of `secret`, kept at `place` (`<webhook id>/<field>`): it opens only
+    /// there.
+    pub fn seal(&self, secret: &str, place: &str) -> String {
         let Some(key) = &self.current else {
             return secret.to_owned();
         };
@@ -120,19 +133,25 @@ impl SecretCipher {
         }
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: secret.as_bytes(),
+            aad: place.as_bytes(),
+        };
         let sealed = key
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), secret.as_bytes())
+            .encrypt(XNonce::from_slice(&nonce), payload)
             .expect("encryption with a valid key cannot fail");
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&sealed);
         format!("{PREFIX}{}:{}", key.id, B64.encode(blob))
     }
 
-    /// The secret from its stored form.
-    pub fn open(&self, stored: &str) -> Result<String, CipherError> {
-        let Some(rest) = stored.strip_prefix(PREFIX) else {
-            return Ok(stored.to_owned());
+    /// The secret from its stored form, kept at `place`.
+    pub fn open(&self, stored: &str, place: &str) -> Result<String, CipherError> {
+        let (rest, aad) = match (stored.strip_prefix(PREFIX), stored.strip_prefix(PREFIX_V1)) {
+            (Some(rest), _) => (rest, place.as_bytes()),
+            (None, Some(rest)) => (rest, &[][..]),
+            (None, None) => return Ok(stored.to_owned()),
         };
         let (id, blob) = rest
             .split_once(':')
@@ -152,21 +171,31 @@ impl SecretCipher {
             return Err(CipherError("a stored secret is malformed".into()));
         }
         let (nonce, sealed) = blob.split_at(24);
+        let payload = Payload { msg: sealed, aad };
         let plain = key
             .cipher
-            .decrypt(XNonce::from_slice(nonce), sealed)
-            .map_err(|_| CipherError(format!("a stored secret does not open with key {id}")))?;
+            .decrypt(XNonce::from_slice(nonce), payload)
+            .map_err(|_| {
+                CipherError(format!(
+                    "a stored secret does not open with key {id} where it is ({place}): it was \
+                     sealed with another key of that id, or for another webhook or field"
+                ))
+            })?;
         String::from_utf8(plain).map_err(|_| CipherError("a stored secret is malformed".into()))
     }
 
     /// A copy of the webhook with its secrets in their stored form.
     pub fn seal_webhook(&self, w: &herald_core::webhook::Webhook) -> herald_core::webhook::Webhook {
         let mut w = w.clone();
-        w.secret = self.seal(&w.secret);
-        w.previous_secret = w.previous_secret.as_deref().map(|s| self.seal(s));
+        let id = w.id.as_str();
+        w.secret = self.seal(&w.secret, &place(id, "secret"));
+        w.previous_secret = w
+            .previous_secret
+            .as_deref()
+            .map(|s| self.seal(s, &place(id, "previous_secret")));
         // Custom headers often carry the receiver's credentials (`Authorization`): they are
         // kept like the secrets.
-        w.headers = self.seal_headers(&w.headers);
+        w.headers = self.seal_headers(&w.headers, id);
         w
     }
 
@@ -175,34 +204,44 @@ impl SecretCipher {
         &self,
         mut w: herald_core::webhook::Webhook,
     ) -> herald_core::store::StoreResult<herald_core::webhook::Webhook> {
-        let open = |s: &str| {
-            self.open(s)
+        let id = w.id.to_string();
+        let open = |s: &str, field: &str| {
+            self.open(s, &place(&id, field))
                 .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))
         };
-        w.secret = open(&w.secret)?;
-        w.previous_secret = w.previous_secret.as_deref().map(open).transpose()?;
+        w.secret = open(&w.secret, "secret")?;
+        w.previous_secret = w
+            .previous_secret
+            .as_deref()
+            .map(|s| open(s, "previous_secret"))
+            .transpose()?;
         w.headers = self
-            .open_headers(std::mem::take(&mut w.headers))
+            .open_headers(std::mem::take(&mut w.headers), &id)
             .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
         Ok(w)
     }
 
     /// Custom headers in their stored form: sealed whole, as the one entry
     /// [`SEALED_HEADERS`], when a key is configured.
-    fn seal_headers(&self, headers: &Headers) -> Headers {
+    fn seal_headers(&self, headers: &Headers, webhook: &str) -> Headers {
         if !self.enabled() || headers.is_empty() {
             return headers.clone();
         }
         let json = serde_json::to_string(headers).expect("a map of strings serialises");
-        Headers::from([(SEALED_HEADERS.to_owned(), self.seal(&json))])
+        Headers::from([(
+            SEALED_HEADERS.to_owned(),
+            self.seal(&json, &place(webhook, "headers")),
+        )])
     }
 
     /// Custom headers from their stored form; a map of real headers is plain, whatever its
     /// values look like.
-    fn open_headers(&self, stored: Headers) -> Result<Headers, CipherError> {
+    fn open_headers(&self, stored: Headers, webhook: &str) -> Result<Headers, CipherError> {
         match stored.get(SEALED_HEADERS) {
-            Some(blob) if stored.len() == 1 => serde_json::from_str(&self.open(blob)?)
-                .map_err(|_| CipherError("stored custom headers are malformed".into())),
+            Some(blob) if stored.len() == 1 => {
+                serde_json::from_str(&self.open(blob, &place(webhook, "headers"))?)
+                    .map_err(|_| CipherError("stored custom headers are malformed".into()))
+            }
             _ => Ok(stored),
         }
     }
@@ -210,7 +249,11 @@ impl SecretCipher {
     /// Stored custom headers (their JSON, as [`Self::seal_webhook`] wrote it) sealed with the
     /// current key, or `None` when they need no rewrite (sealed with it already, empty, or no
     /// key is configured).
-    pub fn reseal_headers(&self, stored: &str) -> Result<Option<String>, CipherError> {
+    pub fn reseal_headers(
+        &self,
+        stored: &str,
+        webhook: &str,
+    ) -> Result<Option<String>, CipherError> {
         let stored: Headers = serde_json::from_str(stored)
             .map_err(|_| CipherError("stored custom headers are malformed".into()))?;
         let current = stored.len() == 1
@@ -220,18 +263,71 @@ impl SecretCipher {
         if !self.enabled() || stored.is_empty() || current {
             return Ok(None);
         }
-        let sealed = self.seal_headers(&self.open_headers(stored)?);
+        let sealed = self.seal_headers(&self.open_headers(stored, webhook)?, webhook);
         Ok(Some(
             serde_json::to_string(&sealed).expect("a map of strings serialises"),
         ))
     }
 
-    /// Whether a stored value should be written again (plain, or sealed with an old key).
+    /// A stored value sealed again with the current key for its place, if it needs it (plain,
+    /// `v1`, or sealed with an old key); `None` when it is current.
+    pub fn reseal(&self, stored: &str, place: &str) -> Result<Option<String>, CipherError> {
+        if !self.is_stale(stored) {
+            return Ok(None);
+        }
+        Ok(Some(self.seal(&self.open(stored, place)?, place)))
+    }
+
+    /// Whether a stored value should be written again (plain, `v1`, or sealed with an old key).
     pub fn is_stale(&self, stored: &str) -> bool {
         match &self.current {
             None => false,
             Some(key) => !stored.is_empty() && !stored.starts_with(&format!("{PREFIX}{}:", key.id)),
         }
+    }
+}
+
+/// A stored webhook's sealed columns as the current key seals them, those that need it (both
+/// backends' re-encryption).
+pub(crate) struct Resealed {
+    secret: Option<String>,
+    previous: Option<String>,
+    headers: Option<String>,
+}
+
+impl Resealed {
+    pub(crate) fn of(
+        cipher: &SecretCipher,
+        webhook: &str,
+        secret: &str,
+        previous: Option<&str>,
+        headers: &str,
+    ) -> Result<Self, CipherError> {
+        Ok(Self {
+            secret: cipher.reseal(secret, &place(webhook, "secret"))?,
+            previous: previous
+                .map(|p| cipher.reseal(p, &place(webhook, "previous_secret")))
+                .transpose()?
+                .flatten(),
+            headers: cipher.reseal_headers(headers, webhook)?,
+        })
+    }
+
+    /// The row to write (`secret`, `previous_secret`, `headers`), or `None` if nothing changed.
+    pub(crate) fn into_row(
+        self,
+        secret: String,
+        previous: Option<String>,
+        headers: String,
+    ) -> Option<(String, Option<String>, String)> {
+        if self.secret.is_none() && self.previous.is_none() && self.headers.is_none() {
+            return None;
+        }
+        Some((
+            self.secret.unwrap_or(secret),
+            self.previous.or(previous),
+            self.headers.unwrap_or(headers),
+        ))
     }
 }
 
@@ -241,34 +337,71 @@ mod tests {
 
     const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     const K2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+    const HERE: &str = "wh_1/secret";
 
     #[test]
     fn a_sealed_secret_opens_and_does_not_show() {
         let c = SecretCipher::new(Some(K1), &[]).unwrap();
-        let sealed = c.seal("whsec_supersecret");
-        assert!(sealed.starts_with("enc:v1:") && !sealed.contains("supersecret"));
+        let sealed = c.seal("whsec_supersecret", HERE);
+        assert!(sealed.starts_with("enc:v2:") && !sealed.contains("supersecret"));
         // Users may not choose a secret that looks sealed (the webhook's secret is refused).
         assert!(sealed.starts_with(herald_core::profile::ENCRYPTED_MARK));
         assert_ne!(
             sealed,
-            c.seal("whsec_supersecret"),
+            c.seal("whsec_supersecret", HERE),
             "a fresh nonce each time"
         );
-        assert_eq!(c.open(&sealed).unwrap(), "whsec_supersecret");
+        assert_eq!(c.open(&sealed, HERE).unwrap(), "whsec_supersecret");
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_where_it_was_sealed_for() {
+        let c = SecretCipher::new(Some(K1), &[]).unwrap();
+        let sealed = c.seal("Bearer receiver-token", &place("wh_a", "headers"));
+        // Copied into another webhook's row, or into another field of the same one.
+        for elsewhere in [place("wh_b", "headers"), place("wh_a", "secret")] {
+            let err = c.open(&sealed, &elsewhere).unwrap_err();
+            assert!(err.0.contains("for another webhook or field"), "{err}");
+        }
+        assert_eq!(
+            c.open(&sealed, &place("wh_a", "headers")).unwrap(),
+            "Bearer receiver-token"
+        );
+    }
+
+    #[test]
+    fn a_value_sealed_by_an_earlier_version_opens_and_is_sealed_again_for_its_place() {
+        let c = SecretCipher::new(Some(K1), &[]).unwrap();
+        // `enc:v1:`, as earlier versions wrote it: sealed with no associated data.
+        let key = Key::parse(K1).unwrap();
+        let nonce = [7u8; 24];
+        let mut blob = nonce.to_vec();
+        blob.extend(
+            key.cipher
+                .encrypt(XNonce::from_slice(&nonce), b"s".as_ref())
+                .unwrap(),
+        );
+        let v1 = format!("{PREFIX_V1}{}:{}", key.id, B64.encode(blob));
+        assert_eq!(c.open(&v1, HERE).unwrap(), "s");
+        assert!(c.is_stale(&v1));
+        let again = c.reseal(&v1, HERE).unwrap().expect("v1 is sealed again");
+        assert!(again.starts_with("enc:v2:"));
+        assert_eq!(c.open(&again, HERE).unwrap(), "s");
+        assert_eq!(c.reseal(&again, HERE).unwrap(), None);
     }
 
     #[test]
     fn a_rotated_key_still_opens_old_secrets_and_marks_them_stale() {
         let old = SecretCipher::new(Some(K1), &[]).unwrap();
-        let sealed = old.seal("s");
+        let sealed = old.seal("s", HERE);
         let rotated = SecretCipher::new(Some(K2), &[K1.into()]).unwrap();
-        assert_eq!(rotated.open(&sealed).unwrap(), "s");
+        assert_eq!(rotated.open(&sealed, HERE).unwrap(), "s");
         assert!(rotated.is_stale(&sealed));
-        assert!(!rotated.is_stale(&rotated.seal("s")));
+        assert!(!rotated.is_stale(&rotated.seal("s", HERE)));
         let without_old = SecretCipher::new(Some(K2), &[]).unwrap();
         assert!(
             without_old
-                .open(&sealed)
+                .open(&sealed, HERE)
                 .unwrap_err()
                 .0
                 .contains("not configured")
@@ -280,41 +413,52 @@ mod tests {
         let old = SecretCipher::new(Some(K1), &[]).unwrap();
         let plain = r#"{"authorization":"Bearer receiver-token","x-team":"id"}"#;
         let sealed = old
-            .reseal_headers(plain)
+            .reseal_headers(plain, "wh_1")
             .unwrap()
             .expect("plain headers are sealed");
         assert!(!sealed.contains("receiver-token") && !sealed.contains("authorization"));
         assert_eq!(
-            old.reseal_headers(&sealed).unwrap(),
+            old.reseal_headers(&sealed, "wh_1").unwrap(),
             None,
             "already current"
         );
+        // Another webhook's sealed headers do not open here.
+        assert!(
+            old.open_headers(serde_json::from_str(&sealed).unwrap(), "wh_2")
+                .is_err()
+        );
         let rotated = SecretCipher::new(Some(K2), &[K1.into()]).unwrap();
         let again = rotated
-            .reseal_headers(&sealed)
+            .reseal_headers(&sealed, "wh_1")
             .unwrap()
             .expect("an old key's");
         let opened = rotated
-            .open_headers(serde_json::from_str(&again).unwrap())
+            .open_headers(serde_json::from_str(&again).unwrap(), "wh_1")
             .unwrap();
         assert_eq!(opened["authorization"], "Bearer receiver-token");
-        assert_eq!(rotated.reseal_headers(&again).unwrap(), None);
+        assert_eq!(rotated.reseal_headers(&again, "wh_1").unwrap(), None);
         // Without a key, and for values that merely look sealed, headers stay as they are.
-        assert_eq!(SecretCipher::none().reseal_headers(plain).unwrap(), None);
-        let look_alike = Headers::from([("x-token".to_owned(), "enc:v1:k:abc".to_owned())]);
+        assert_eq!(
+            SecretCipher::none().reseal_headers(plain, "wh_1").unwrap(),
+            None
+        );
+        let look_alike = Headers::from([("x-token".to_owned(), "enc:v2:k:abc".to_owned())]);
         assert_eq!(
             SecretCipher::none()
-                .open_headers(look_alike.clone())
+                .open_headers(look_alike.clone(), "wh_1")
                 .unwrap(),
             look_alike
         );
-        assert_eq!(old.open_headers(look_alike.clone()).unwrap(), look_alike);
+        assert_eq!(
+            old.open_headers(look_alike.clone(), "wh_1").unwrap(),
+            look_alike
+        );
     }
 
     #[test]
     fn plain_secrets_read_as_they_are() {
         let c = SecretCipher::new(Some(K1), &[]).unwrap();
-        assert_eq!(c.open("whsec_plain").unwrap(), "whsec_plain");
+        assert_eq!(c.open("whsec_plain", HERE).unwrap(), "whsec_plain");
         assert!(c.is_stale("whsec_plain"));
         assert!(SecretCipher::new(Some("short"), &[]).is_err());
     }

@@ -352,20 +352,15 @@ pub(crate) async fn reencrypt(
             row.try_get(2)?,
             row.try_get(3)?,
         );
-        let resealed_headers = cipher.reseal_headers(&headers).map_err(other)?;
-        let stale = cipher.is_stale(&secret)
-            || previous.as_deref().is_some_and(|p| cipher.is_stale(p))
-            || resealed_headers.is_some();
-        if !stale {
+        let resealed =
+            crate::cipher::Resealed::of(cipher, &id, &secret, previous.as_deref(), &headers)
+                .map_err(other)?;
+        let Some((secret, previous, headers)) = resealed.into_row(secret, previous, headers) else {
             continue;
-        }
-        let reseal =
-            |s: &str| -> DbResult<String> { Ok(cipher.seal(&cipher.open(s).map_err(other)?)) };
-        let previous = previous.as_deref().map(reseal).transpose()?;
-        let headers = resealed_headers.unwrap_or(headers);
+        };
         c.exec(
             "UPDATE webhooks SET secret = $1, previous_secret = $2, headers = $3 WHERE id = $4",
-            &[&reseal(&secret)?, &previous, &headers, &id],
+            &[&secret, &previous, &headers, &id],
         )
         .await?;
         rewritten += 1;

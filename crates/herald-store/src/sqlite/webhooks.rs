@@ -308,18 +308,13 @@ pub(crate) fn reencrypt(conn: &Connection, cipher: &crate::cipher::SecretCipher)
     let other = |e: crate::cipher::CipherError| herald_core::store::StoreError::Other(Box::new(e));
     let mut rewritten = 0;
     for (id, secret, previous, headers) in rows {
-        let resealed_headers = cipher.reseal_headers(&headers).map_err(other)?;
-        let stale = cipher.is_stale(&secret)
-            || previous.as_deref().is_some_and(|p| cipher.is_stale(p))
-            || resealed_headers.is_some();
-        if !stale {
+        let resealed =
+            crate::cipher::Resealed::of(cipher, &id, &secret, previous.as_deref(), &headers)
+                .map_err(other)?;
+        let Some((secret, previous, headers)) = resealed.into_row(secret, previous, headers) else {
             continue;
-        }
-        let reseal =
-            |s: &str| -> DbResult<String> { Ok(cipher.seal(&cipher.open(s).map_err(other)?)) };
-        let previous = previous.as_deref().map(reseal).transpose()?;
-        let headers = resealed_headers.unwrap_or(headers);
-        update.execute(params![reseal(&secret)?, previous, headers, id])?;
+        };
+        update.execute(params![secret, previous, headers, id])?;
         rewritten += 1;
     }
     Ok(rewritten)

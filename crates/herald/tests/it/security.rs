@@ -195,7 +195,7 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     // Custom headers (credentials, often) are kept like the secrets, and shown as given.
     let headers = stored_headers(&data);
     assert!(
-        headers.iter().all(|h| h.contains("enc:v1:")
+        headers.iter().all(|h| h.contains("enc:v2:")
             && !h.contains("plain-receiver-token")
             && !h.contains("sealed-receiver-key")),
         "{headers:?}"
@@ -204,7 +204,7 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     let stored = stored_secrets(&data);
     assert_eq!(stored.len(), 2);
     assert!(
-        stored.iter().all(|s| s.starts_with("enc:v1:")),
+        stored.iter().all(|s| s.starts_with("enc:v2:")),
         "{stored:?}"
     );
     assert!(
@@ -250,6 +250,46 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     let got = rx.wait_for("/b", 1, Duration::from_secs(10)).await;
     got[0].verify_standard(&sealed_secret).unwrap();
     assert_eq!(got[0].header("x-api-key"), "sealed-receiver-key");
+
+    // Someone who can write the database but lacks the key copies one webhook's sealed headers
+    // (a receiver's credential) to another, whose URL could be theirs: they do not open there,
+    // and nothing is sent with them.
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let conn = rusqlite::Connection::open(data.join("herald.db")).unwrap();
+        let moved = conn
+            .execute(
+                "UPDATE webhooks SET headers = (SELECT headers FROM webhooks WHERE id = ?1) \
+                 WHERE id = ?2",
+                [
+                    sealed_hook["id"].as_str().unwrap(),
+                    plain_hook["id"].as_str().unwrap(),
+                ],
+            )
+            .unwrap();
+        assert_eq!(moved, 1);
+    }
+    let app = TestApp::spawn_with(|s| {
+        s.storage.data_dir = data.clone();
+        s.encryption.encryption_key = Some(KEY_2.into());
+    })
+    .await;
+    let before = rx.received_on("/a").len();
+    let _ = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "user.created", "data": { "user": { "id": "u2" } } }),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        rx.received_on("/a")
+            .iter()
+            .skip(before)
+            .all(|r| r.header("x-api-key") != "sealed-receiver-key"),
+        "a credential moved to another webhook was sent"
+    );
 
     // Without the key, Herald refuses to start rather than send unsigned requests.
     drop(app);
@@ -311,7 +351,7 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
     assert!(stdout.contains("is up to date"), "{stdout}");
     let stored = stored_secrets(&data);
     assert!(
-        stored.len() == 1 && stored[0].starts_with("enc:v1:"),
+        stored.len() == 1 && stored[0].starts_with("enc:v2:"),
         "{stored:?}"
     );
 
