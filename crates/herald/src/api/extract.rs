@@ -66,14 +66,16 @@ impl FromRequestParts<AppState> for Caller {
 fn producer_may(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    matches!(
-        (method, segments.as_slice()),
-        (&Method::POST, ["", "v1", "orgs", _, "events"])
-            | (&Method::GET, ["", "v1", "orgs", _, "event-types"])
-            | (&Method::GET, ["", "v1", "event-types"])
-            | (&Method::GET, ["", "v1", "orgs"])
-            | (&Method::GET, ["", "v1", "orgs", _])
-    )
+    // HEAD is answered by the GET handlers.
+    let reads = method == Method::GET || method == Method::HEAD;
+    match segments.as_slice() {
+        ["", "v1", "orgs", _, "events"] => method == Method::POST,
+        ["", "v1", "orgs", _, "event-types"]
+        | ["", "v1", "event-types"]
+        | ["", "v1", "orgs"]
+        | ["", "v1", "orgs", _] => reads,
+        _ => false,
+    }
 }
 
 /// The token of `Authorization: Bearer <token>` (the scheme in either case), or `""`.

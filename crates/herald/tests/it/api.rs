@@ -363,6 +363,12 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             None,
             StatusCode::OK,
         ),
+        (
+            Method::HEAD,
+            format!("/v1/orgs/{acme}/event-types"),
+            None,
+            StatusCode::OK,
+        ),
     ];
     for (method, path, body, expected) in may {
         let (status, answer) = app.call(method.clone(), &path, &producer, body).await;
