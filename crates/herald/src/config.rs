@@ -6,6 +6,16 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 /// `herald migrate` settings: only what opening the database takes.
+/// A yes-or-no setting, from a flag's value or its variable, with a message that says what is
+/// taken (clap's own says only "value was not a boolean").
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "on" => Ok(true),
+        "false" | "0" | "no" | "n" | "off" | "" => Ok(false),
+        _ => Err("give true or false (also taken: 1/0, yes/no, on/off)".into()),
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MigrateSettings {
     #[command(flatten)]
@@ -68,7 +78,7 @@ pub struct ServerSettings {
     pub header_timeout_ms: u64,
     /// Apply pending database migrations on start (`false`: only check that the schema is
     /// current, and leave migrating to `herald migrate`).
-    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", value_parser = parse_bool)]
     pub migrate: bool,
     /// Do not apply migrations on start (the same as `--migrate false`).
     #[arg(long)]
@@ -208,7 +218,7 @@ pub struct SecuritySettings {
     #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", value_delimiter = ',')]
     pub allow_private_networks: Vec<String>,
     /// Allow http:// webhook URLs for profiles that otherwise require https://.
-    #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS", value_parser = parse_bool)]
     pub allow_insecure_urls: bool,
     /// A bearer token `/metrics` then asks for (the admin token also works). Without it the
     /// metrics, which name every organization's webhooks and their backlogs, are open to
@@ -405,5 +415,24 @@ mod tests {
             "postgres://herald@db/herald?PASSWORD=…"
         );
         assert_eq!(redact_password("nonsense:s3cret"), "(not a URL)");
+    }
+
+    #[test]
+    fn yes_or_no_settings_take_the_usual_spellings_and_say_which() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from([&["herald"][..], args].concat());
+        for (given, want) in [("true", true), ("YES", true), ("1", true), ("off", false)] {
+            let cli = parse(&["--migrate", given]).unwrap();
+            assert_eq!(cli.settings.server.migrate, want, "{given}");
+        }
+        let cli = parse(&["--allow-insecure-urls"]).unwrap();
+        assert!(cli.settings.security.allow_insecure_urls);
+        let err = parse(&["--migrate", "maybe"]).err().unwrap().to_string();
+        assert!(err.contains("give true or false"), "{err}");
     }
 }
