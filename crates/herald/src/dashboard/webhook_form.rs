@@ -187,8 +187,22 @@ async fn form_page(
     form: WebhookForm,
     error: Option<(StatusCode, String, Option<String>)>,
 ) -> DashResult<Response> {
-    let types = event_types::list_for_org(state, &signed.scope, &org.id).await?;
-    let mut channels: Vec<String> = types.iter().filter_map(|t| t.channel.clone()).collect();
+    use herald_core::event_type::{
+        DELIVERY_EXHAUSTED, OPERATIONS_CHANNEL, WEBHOOK_DISABLED, WEBHOOK_ENABLED,
+    };
+    // What the organization posts, and Herald's own news, which webhooks may subscribe to too
+    // (left off the form, a subscription to them made through the API would be lost on save).
+    let types: Vec<(String, Option<String>)> =
+        event_types::list_for_org(state, &signed.scope, &org.id)
+            .await?
+            .into_iter()
+            .map(|t| (t.name, t.channel))
+            .chain(
+                [WEBHOOK_DISABLED, WEBHOOK_ENABLED, DELIVERY_EXHAUSTED]
+                    .map(|name| (name.to_owned(), Some(OPERATIONS_CHANNEL.to_owned()))),
+            )
+            .collect();
+    let mut channels: Vec<String> = types.iter().filter_map(|(_, c)| c.clone()).collect();
     channels.sort();
     channels.dedup();
     let profile = if form.profile.is_empty() {
@@ -202,11 +216,11 @@ async fn form_page(
         all_events: form.events.iter().any(|e| e == "*"),
         types: types
             .iter()
-            .map(|t| Choice {
-                checked: form.events.contains(&t.name),
-                value: t.name.clone(),
-                label: t.name.clone(),
-                hint: t.channel.clone().unwrap_or_default(),
+            .map(|(name, channel)| Choice {
+                checked: form.events.contains(name),
+                value: name.clone(),
+                label: name.clone(),
+                hint: channel.clone().unwrap_or_default(),
             })
             .collect(),
         channels: channels

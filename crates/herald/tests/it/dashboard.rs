@@ -1143,3 +1143,34 @@ async fn send_test_tells_what_the_endpoint_answered() {
         "{shown}"
     );
 }
+
+/// The edit form offers Herald's own news as it offers the organization's types: a webhook
+/// subscribed to them through the API keeps them when saved from the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edit_form_shows_subscriptions_to_herald_s_own_events() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            "https://example.com/ops",
+            json!({ "events": ["delivery.exhausted"], "channels": ["operations"] }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let body = admin
+        .get(&format!("/orgs/{org}/webhooks/{hook}/edit"))
+        .await
+        .body;
+    for checked in [
+        r#"name="events" value="delivery.exhausted" checked"#,
+        r#"name="channels" value="operations" checked"#,
+    ] {
+        assert!(body.contains(checked), "{checked} in {body}");
+    }
+    assert!(
+        body.contains(r#"name="events" value="webhook.disabled">"#),
+        "{body}"
+    );
+}
