@@ -84,6 +84,20 @@ pub enum OrgsCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Delete an organization's events received before a time whose deliveries are all
+    /// finished, with their deliveries and attempts (what retention does after
+    /// HERALD_RETENTION_DAYS).
+    Purge {
+        /// The organization: its id (`org_…`) or its handle.
+        id: String,
+        /// Events received before: an RFC 3339 time (2026-01-31T00:00:00Z), or how long ago
+        /// (90m, 6h, 30d).
+        #[arg(long, value_parser = parse_since)]
+        before: String,
+        /// Yes, delete that history for good.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,13 +266,14 @@ pub enum WebhooksCommand {
         #[arg(long)]
         channel: Option<String>,
     },
-    /// Delete a webhook; its pending deliveries are cancelled.
+    /// Delete webhooks; their pending deliveries are cancelled.
     Delete {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
-        id: String,
+        /// The webhooks' ids (`wh_…`), one or more (up to 1,000).
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
     },
 }
 
@@ -1036,6 +1051,34 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
                 cols,
             );
         }
+        OrgsCommand::Purge {
+            id: given,
+            before,
+            yes,
+        } => {
+            if !yes {
+                bail!(
+                    "purging deletes {given}'s finished history before {before} for good; run \
+                     `herald orgs purge {given} --before {before} --yes` to go ahead"
+                );
+            }
+            let id = api.org_id(&given)?;
+            let answer = api.post(
+                &api_path(&["v1", "orgs", &id, "purge"])?,
+                json!({ "before": before }),
+            )?;
+            if conn.json {
+                print_json(&answer);
+            } else {
+                let n = |k: &str| answer["purged"][k].as_u64().unwrap_or(0);
+                out!(
+                    "Purged {} events, {} deliveries and {} attempts received before {before}.",
+                    n("events"),
+                    n("deliveries"),
+                    n("attempts")
+                );
+            }
+        }
         OrgsCommand::Delete { id: given, yes } => {
             if !yes {
                 bail!(
@@ -1355,13 +1398,37 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 show_test_outcome(&api, &org, delivery)?;
             }
         }
-        WebhooksCommand::Delete { org, id } => {
-            api.call(
-                reqwest::Method::DELETE,
-                &api_path(&["v1", "orgs", &org, "webhooks", &id])?,
-                None,
-            )?;
-            deleted(&conn, &id, &format!("Deleted {id}."));
+        WebhooksCommand::Delete { org, ids } => {
+            if let [id] = ids.as_slice() {
+                api.call(
+                    reqwest::Method::DELETE,
+                    &api_path(&["v1", "orgs", &org, "webhooks", id])?,
+                    None,
+                )?;
+                deleted(&conn, id, &format!("Deleted {id}."));
+            } else {
+                let answer = api.post(
+                    &api_path(&["v1", "orgs", &org, "webhooks", "bulk-delete"])?,
+                    json!({ "ids": ids }),
+                )?;
+                let names = |key: &str| -> Vec<String> {
+                    answer[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                };
+                let (gone, missing) = (names("deleted"), names("not_found"));
+                if conn.json {
+                    print_json(&answer);
+                } else {
+                    out!("Deleted {} webhook(s): {}.", gone.len(), gone.join(", "));
+                }
+                if !missing.is_empty() {
+                    bail!("no such webhook: {}", missing.join(", "));
+                }
+            }
         }
     }
     Ok(())

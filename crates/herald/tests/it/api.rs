@@ -1584,6 +1584,43 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     // A server address without its scheme is named before any request is made.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--server", "127.0.0.1:7600"], None).await;
     assert!(!ok && out.contains("give its scheme and host"), "{out}");
+    // Several webhooks at once; one that does not exist is named, and the command fails.
+    let mut made = Vec::new();
+    for name in ["one", "two"] {
+        let hook = app
+            .create_webhook(&org, &format!("https://example.com/{name}"), json!({}))
+            .await;
+        made.push(hook["id"].as_str().unwrap().to_owned());
+    }
+    let missing = "wh_01bbbbbbbbbbbbbbbbbbbbbbbb";
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "webhooks", "delete", "--org", "acme", &made[0], &made[1], missing,
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !ok && out.contains("Deleted 2 webhook(s)")
+            && out.contains(&format!("no such webhook: {missing}")),
+        "{out}"
+    );
+    let (status, _) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{}", made[1]))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Purging history asks first, then says what went.
+    let purge = ["orgs", "purge", "acme", "--before", "2020-01-01T00:00:00Z"];
+    let (ok, out) = herald_cli(&app, &purge, None).await;
+    assert!(!ok && out.contains("--yes"), "{out}");
+    let (ok, out) = herald_cli(&app, &[&purge[..], &["--yes"]].concat(), None).await;
+    assert!(
+        ok && out.contains(
+            "Purged 0 events, 0 deliveries and 0 attempts received before 2020-01-01T00:00:00Z."
+        ),
+        "{out}"
+    );
     // Deleting an organization, which takes everything it owns, needs --yes.
     let (ok, out) = herald_cli(&app, &["orgs", "delete", "acme"], None).await;
     assert!(!ok && out.contains("--yes"), "{out}");
