@@ -330,7 +330,6 @@ impl Dispatcher {
                 }
             }
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
-                tracing::warn!(delivery = %due.delivery_id, webhook = %webhook.id, attempts = number, error = error.code(), "delivery failed after its last attempt");
                 exhausted.push((due, number, error.message()));
             }
             records.push(AttemptRecord {
@@ -353,6 +352,10 @@ impl Dispatcher {
         shared.recorder.record(records).await?;
         if retrying {
             self.wake_delivery_scheduler();
+        }
+        // One line per request, however many deliveries it carried (a batching profile's).
+        if let (Some((first, attempts, _)), Some(error)) = (exhausted.first(), &outcome.error) {
+            tracing::warn!(delivery = %first.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, attempts, error = error.code(), "delivery failed after its last attempt");
         }
         for (due, attempts, error) in exhausted {
             self.report_exhausted(due, &webhook, attempts, &error);
