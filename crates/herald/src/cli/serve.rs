@@ -42,6 +42,15 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         let public_url = settings.server.public_url.clone();
         let data_dir = settings.storage.data_dir.clone();
         let database = settings.storage.database_url_for_display();
+        // What loosens or tightens outgoing requests and storage, said once at start: an
+        // operator reading the log sees how this node is set up.
+        let private_networks = settings.security.allow_private_networks.join(",");
+        let insecure_urls = settings.security.allow_insecure_urls;
+        let encrypted = settings
+            .encryption
+            .encryption_key
+            .as_deref()
+            .is_some_and(|k| !k.trim().is_empty());
         // The address is taken first, so that a start that cannot serve creates nothing (not
         // even an admin token), but only listened on once the node is ready: while migrations
         // run, a load balancer's check finds the port closed rather than a node that hangs.
@@ -62,6 +71,14 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
             Some(url) => tracing::info!(address = %addr, database = %url, "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", herald_core::VERSION),
             None => tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", herald_core::VERSION),
         }
+        tracing::info!(
+            private_networks = if private_networks.is_empty() { "none" } else { private_networks.as_str() },
+            insecure_urls,
+            secrets_at_rest = if encrypted { "encrypted" } else { "plain (set HERALD_ENCRYPTION_KEY to encrypt)" },
+            "delivering to public addresses{}{}",
+            if private_networks.is_empty() { "" } else { " and the private networks allowed" },
+            if insecure_urls { "; http:// allowed for every profile" } else { "" }
+        );
         match &app.admin_token_source {
             AdminTokenSource::Generated(path) => {
                 // Shown once, on stdout, so it can be captured; never logged. A server whose
