@@ -8,8 +8,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-/// Where the server is and how to authenticate.
+/// Where the server is and how to authenticate: grouped under their own heading in every
+/// command's help, after the command's own options.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server and output")]
 pub struct Connection {
     /// The Herald server's base URL.
     #[arg(
