@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
-use herald_core::{DeliveryId, Invalid, Page, WebhookId};
+use herald_core::{DeliveryId, Invalid, Page, Timestamp, WebhookId};
 
 use super::extract::{
     Caller, JsonBody, OptionalJsonBody, PathParams, QueryParams, WholeList, path_id,
@@ -256,19 +256,35 @@ async fn list_webhooks(
     Ok(Json(page))
 }
 
+/// A webhook as one is read by itself: with what this node knows of its endpoint now.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct WebhookView {
+    #[serde(flatten)]
+    webhook: Webhook,
+    /// Set while this node's circuit breaker holds deliveries to the endpoint back (it kept
+    /// failing): until then only a probe goes, and deliveries whose retry schedule runs out
+    /// meanwhile fail unsent. Each node has its own; absent when this one's is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit_open_until: Option<Timestamp>,
+}
+
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "The webhook (without its secret)", body = Webhook),
+        (status = 200, description = "The webhook (without its secret)", body = WebhookView),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
     ))]
 async fn get_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<Webhook>> {
+) -> ApiResult<Json<WebhookView>> {
     let w = webhooks::get(&state, &scope, &org_id(&path.org)?, &webhook_id(&path.id)?).await?;
-    Ok(Json(w))
+    let circuit_open_until = state.dispatcher.circuit_open_until(&w.id);
+    Ok(Json(WebhookView {
+        webhook: w,
+        circuit_open_until,
+    }))
 }
 
 /// Changes a webhook: absent fields stay, `null` clears an optional one.

@@ -931,6 +931,7 @@ const WEBHOOK_FIELDS: &[&str] = &[
     "active",
     "disabled_reason",
     "failing_since",
+    "circuit_open_until",
     "events",
     "channels",
     "timeout_ms",

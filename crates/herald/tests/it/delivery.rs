@@ -1482,6 +1482,9 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
     );
     let ids = app.delivery_ids(&org, id).await;
     assert_eq!(ids.len(), 40);
+    // The API says so too (this node's circuit).
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(hook["circuit_open_until"].is_string(), "{hook}");
 
     // The endpoint recovers; after the cool-down a probe goes through and the rest follow.
     rx.answer_by_default(Reply::status(200));
@@ -1502,6 +1505,10 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
         40,
         "every delivery got through in the end (retried or deferred)"
     );
+    // Closed again: no longer said.
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(hook.get("circuit_open_until").is_none(), "{hook}");
+    assert_eq!(hook["id"], id, "the webhook itself, as before");
 }
 
 /// An endpoint that stays down: its open circuit holds deliveries without sending them, and
