@@ -194,6 +194,7 @@ async fn recover_deliveries(
     };
     let flash = match recovered {
         Ok(0) => Flash::ok("No failed deliveries since then; nothing to recover."),
+        Ok(1) => Flash::ok("1 failed delivery is being sent again."),
         Ok(n) => Flash::ok(format!("{n} failed deliveries are being sent again.")),
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),

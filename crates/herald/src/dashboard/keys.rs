@@ -48,6 +48,12 @@ impl From<&ApiKey> for KeyRow {
     }
 }
 
+/// Where a key's creation lands: the top of the page, where the message shows the new key (or
+/// why none was made); anchored at the keys, it sat above the view.
+fn key_shown(org: &impl std::fmt::Display) -> String {
+    format!("/orgs/{org}")
+}
+
 fn keys_section(org: &impl std::fmt::Display) -> String {
     format!("/orgs/{org}#api-keys")
 }
@@ -68,7 +74,7 @@ async fn create_key(
                 "No key created: '{}' is not a role; choose producer or manager.",
                 herald_core::truncate_for_message(other)
             ));
-            return Ok(signed.flash_then_go(&state, flash, &keys_section(&org)));
+            return Ok(signed.flash_then_go(&state, flash, &key_shown(&org)));
         }
     };
     let flash = match auth::create_api_key(&state, &signed.scope, &org, &form.text("name"), role)
@@ -86,7 +92,7 @@ async fn create_key(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(format!("No key created: {}", describe(e).1)),
     };
-    Ok(signed.flash_then_go(&state, flash, &keys_section(&org)))
+    Ok(signed.flash_then_go(&state, flash, &key_shown(&org)))
 }
 
 async fn revoke_key(

@@ -435,6 +435,15 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
     assert!(slashes(&a.body).contains(r#"value="http://127.0.0.1:9/h""#));
     assert!(a.body.contains(r#"value="user.created" checked"#));
     assert!(a.body.contains("X-Team: identity"));
+    // A secret typed in is kept too: sent again without it, another would be generated.
+    let with_secret = [&typed[..], &[("secret", "a-typed-secret-of-mine")]].concat();
+    let a = admin.post(&create, &with_secret).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        a.body.contains(r#"value="a-typed-secret-of-mine""#),
+        "{}",
+        a.body
+    );
 
     for (field, typed, says) in [
         ("timeout_ms", "soon", "number of milliseconds"),
@@ -608,7 +617,7 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
             .get(&history)
             .await
             .body
-            .contains("1 failed deliveries are being sent again")
+            .contains("1 failed delivery is being sent again")
     );
     app.wait_for_delivery(&org, &failed, |d| d["state"] == "succeeded")
         .await;
@@ -715,9 +724,10 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
     let a = admin
         .post(&create, &[("csrf", &csrf), ("name", "ops")])
         .await;
+    // To the top of the page, where the key is shown (anchored at the keys, it was out of view).
     assert_eq!(
         (a.status, a.location.as_str()),
-        (StatusCode::SEE_OTHER, format!("{page}#api-keys").as_str())
+        (StatusCode::SEE_OTHER, page.as_str())
     );
     // The key is on the next page, once; afterwards only its first characters are.
     let body = admin.get(&page).await.body;
