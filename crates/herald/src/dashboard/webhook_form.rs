@@ -50,6 +50,9 @@ struct WebhookForm {
     /// Seconds, separated by commas.
     retry_schedule: String,
     active: bool,
+    /// When the webhook being edited was last changed, as the form was opened (milliseconds):
+    /// a save over a change made since (another tab, Herald disabling it) is refused.
+    read_at: String,
 }
 
 impl WebhookForm {
@@ -66,6 +69,7 @@ impl WebhookForm {
             timeout_ms: form.text("timeout_ms"),
             retry_schedule: form.text("retry_schedule"),
             active: form.checked("active"),
+            read_at: form.text("read_at"),
         }
     }
 
@@ -90,6 +94,7 @@ impl WebhookForm {
                 .map(|s| join_numbers(s.delays().iter().map(|&d| u64::from(d))))
                 .unwrap_or_default(),
             active: w.active,
+            read_at: w.updated_at.as_millis().to_string(),
         }
     }
 
@@ -339,6 +344,20 @@ async fn update_webhook(
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let id = webhook_id(&id)?;
     let typed = WebhookForm::read(&form);
+    // Saved over a change made since the form was opened, the form would undo it unseen.
+    let current = webhooks::get(&state, &signed.scope, &org.id, &id).await;
+    if let (Ok(current), Ok(read_at)) = (&current, typed.read_at.parse::<i64>())
+        && current.updated_at.as_millis() > read_at
+    {
+        let mut again = typed;
+        again.read_at = current.updated_at.as_millis().to_string();
+        let message = "This webhook was changed since this form was opened (in another tab, \
+                       or by Herald). Your changes are below and were not saved: compare them \
+                       with the webhook's page, then save again."
+            .to_owned();
+        let error = (StatusCode::CONFLICT, message, None);
+        return form_page(&state, &signed, &org, Some(&id), again, Some(error)).await;
+    }
     let updated = match typed.input(false) {
         Ok(input) => webhooks::update(&state, &signed.scope, &org.id, &id, input).await,
         Err(invalid) => Err(invalid.into()),

@@ -1184,3 +1184,69 @@ async fn the_edit_form_shows_subscriptions_to_herald_s_own_events() {
         "{body}"
     );
 }
+
+/// Two tabs editing one webhook: the later save, over a change it never saw, is refused with
+/// what it typed, instead of silently putting the other change back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, "https://example.com/old", json!({ "name": "crm" }))
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let edit = format!("/orgs/{org}/webhooks/{hook}/edit");
+    let body = admin.get(&edit).await.body;
+    let marker = r#"name="read_at" value=""#;
+    let start = body.find(marker).expect("the form says when it was read") + marker.len();
+    let read_at = body[start..].split('"').next().unwrap().to_owned();
+    let csrf = admin.csrf(&edit).await;
+    // Meanwhile, another tab (here the API) moves the webhook.
+    app.advance(std::time::Duration::from_secs(1));
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{hook}"),
+            json!({ "url": "https://example.com/new" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let save = format!("/orgs/{org}/webhooks/{hook}");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("read_at", read_at.as_str()),
+        ("name", "crm renamed"),
+        ("url", "https://example.com/old"),
+        ("events", "*"),
+        ("active", "on"),
+    ];
+    let a = admin.post(&save, &form).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(
+        a.body.contains("was changed since this form was opened"),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains(r#"value="crm renamed""#), "{}", a.body);
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(
+        (&stored["url"], &stored["name"]),
+        (&json!("https://example.com/new"), &json!("crm"))
+    );
+    // Sent again from the page it got back (which read the change), it saves.
+    let body = a.body;
+    let start = body.find(marker).unwrap() + marker.len();
+    let read_again = body[start..].split('"').next().unwrap().to_owned();
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("read_at", read_again.as_str()),
+        ("name", "crm renamed"),
+        ("url", "https://example.com/new"),
+        ("events", "*"),
+        ("active", "on"),
+    ];
+    let a = admin.post(&save, &form).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(stored["name"], "crm renamed");
+}
