@@ -113,10 +113,11 @@ impl WebhookView {
             secret_chosen: w.profile.secret_policy()
                 == herald_core::profile::SecretPolicy::UserSupplied,
             previous_secret_until: w.previous_secret_expires_at.filter(|t| *t > now).map(when),
+            // Often the receiver's credentials: names only (the edit form has the values).
             headers: w
                 .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .keys()
+                .map(|k| (k.clone(), "••••••••".to_owned()))
                 .collect(),
             timeout: format!(
                 "{} ms{}",

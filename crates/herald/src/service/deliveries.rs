@@ -140,6 +140,9 @@ pub async fn recover(
 
 /// A delivery's request as its webhook's profile renders it now: the headers (custom ones,
 /// `User-Agent`, the profile's, and signatures computed now) and the body.
+/// What shows in place of a custom header's value.
+pub const HIDDEN_HEADER_VALUE: &str = "•••••••• (custom header: its value is not shown)";
+
 #[derive(Debug, Serialize)]
 pub struct RequestPreview {
     pub headers: Vec<(String, String)>,
@@ -177,10 +180,12 @@ pub async fn preview_request(
         channel: resolved.as_ref().and_then(|t| t.channel),
         type_uri: resolved.as_ref().and_then(|t| t.uri),
     });
+    // Custom headers often carry the receiver's credentials: their names only, as everywhere
+    // a webhook is shown.
     let mut headers: Vec<(String, String)> = webhook
         .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .keys()
+        .map(|k| (k.clone(), HIDDEN_HEADER_VALUE.to_owned()))
         .collect();
     headers.push((
         "user-agent".into(),

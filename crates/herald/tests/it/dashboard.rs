@@ -1250,3 +1250,43 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
     let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
     assert_eq!(stored["name"], "crm renamed");
 }
+
+/// Custom headers often carry the receiver's credentials: the webhook's page and a delivery's
+/// request show their names, not their values (as secrets are shown masked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_header_values_are_not_shown_outside_the_edit_form() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/h"),
+            json!({ "headers": { "Authorization": "Bearer receiver-s3cret" } }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    rx.wait_for("/h", 1, std::time::Duration::from_secs(10))
+        .await;
+    let delivery = app.delivery_ids(&org, hook).await.remove(0);
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    for page in [
+        format!("/orgs/{org}/webhooks/{hook}"),
+        format!("/orgs/{org}/deliveries/{delivery}"),
+    ] {
+        let body = admin.get(&page).await.body;
+        assert!(body.contains("authorization"), "{page}: {body}");
+        assert!(!body.contains("receiver-s3cret"), "{page} shows the value");
+    }
+    // The edit form has it, to be changed.
+    let body = admin
+        .get(&format!("/orgs/{org}/webhooks/{hook}/edit"))
+        .await
+        .body;
+    assert!(body.contains("receiver-s3cret"));
+}
