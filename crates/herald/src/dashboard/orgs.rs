@@ -140,9 +140,22 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
         handle: Some(form.text("handle")).filter(|h| !h.is_empty()),
         catalogs: Some(form.all("catalogs")),
     };
+    let derived = input.handle.is_none();
     match orgs::create(&state, &signed.scope, input).await {
         Ok(org) => {
-            let flash = Flash::ok(format!("Organization {} created.", org.name));
+            // A derived handle is numbered when taken (often: another organization of the same
+            // name), and topics and issuer URLs name it: said rather than left to be noticed.
+            let wanted = herald_core::org::OrgHandle::from_name(&org.name);
+            let note = if derived && org.handle != wanted {
+                format!(
+                    " Its handle is {} ({} was taken); its settings can change it.",
+                    org.handle.as_str(),
+                    wanted.as_str()
+                )
+            } else {
+                String::new()
+            };
+            let flash = Flash::ok(format!("Organization {} created.{note}", org.name));
             Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", org.id)))
         }
         Err(e) => {

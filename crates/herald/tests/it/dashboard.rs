@@ -1290,3 +1290,21 @@ async fn custom_header_values_are_not_shown_outside_the_edit_form() {
         .body;
     assert!(body.contains("receiver-s3cret"));
 }
+
+/// A second organization of one name gets a numbered handle, and the dashboard says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbered_handle_is_announced() {
+    let app = TestApp::spawn().await;
+    app.create_org("Acme").await;
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let csrf = admin.csrf("/orgs").await;
+    let a = admin
+        .post("/orgs", &[("csrf", &csrf), ("name", "Acme")])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let body = admin.get(&a.location).await.body;
+    assert!(
+        body.contains("Its handle is acme-2 (acme was taken)"),
+        "{body}"
+    );
+}
