@@ -40,8 +40,48 @@ pub fn describe(e: ServiceError) -> (StatusCode, String) {
             ),
         );
     }
+    if let ServiceError::Invalid(i) = &e
+        && !i.field.is_empty()
+    {
+        // Named as the form names it, not as the API does (`timeout_ms`, `headers.x-team`).
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{}: {}", field_label(&i.field), i.message),
+        );
+    }
     let api = ApiError::from(e);
     (api.status, api.message)
+}
+
+/// The form's name for an API field (`events[2]` is one of the event types).
+fn field_label(field: &str) -> String {
+    let (head, rest) = match field.split_once(['.', '[']) {
+        Some((head, _)) => (head, &field[head.len()..]),
+        None => (field, ""),
+    };
+    let label = match head {
+        "url" => "URL",
+        "name" => "Name",
+        "description" => "Description",
+        "secret" => "Secret",
+        "timeout_ms" => "Timeout",
+        "retry_schedule" => "Retry schedule",
+        "events" => "Event types",
+        "channels" => "Channels",
+        "channel" => "Channel",
+        "profile" => "Profile",
+        "handle" => "Handle",
+        "catalogs" => "Catalogs",
+        "schema" => "JSON Schema",
+        "example" => "Example",
+        "options" => "Profile settings",
+        "headers" => "Custom headers",
+        _ => return field.to_owned(),
+    };
+    match (head, rest.strip_prefix('.')) {
+        ("headers", Some(name)) => format!("Custom header {name}"),
+        _ => label.to_owned(),
+    }
 }
 
 impl IntoResponse for DashError {
@@ -55,3 +95,17 @@ impl IntoResponse for DashError {
 }
 
 pub type DashResult<T> = Result<T, DashError>;
+
+#[cfg(test)]
+mod tests {
+    use super::field_label;
+
+    #[test]
+    fn fields_are_named_as_the_form_names_them() {
+        assert_eq!(field_label("timeout_ms"), "Timeout");
+        assert_eq!(field_label("events[2]"), "Event types");
+        assert_eq!(field_label("headers.x-team"), "Custom header x-team");
+        assert_eq!(field_label("headers"), "Custom headers");
+        assert_eq!(field_label("data/user/id"), "data/user/id");
+    }
+}

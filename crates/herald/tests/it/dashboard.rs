@@ -954,7 +954,8 @@ async fn custom_event_types_are_registered_from_the_catalog_page() {
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert!(
-        a.body.contains("schema: is not valid JSON (line 1, column"),
+        a.body
+            .contains("JSON Schema: is not valid JSON (line 1, column"),
         "{}",
         a.body
     );
@@ -977,7 +978,7 @@ async fn custom_event_types_are_registered_from_the_catalog_page() {
         )
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
-    assert!(a.body.contains("Not registered: schema"), "{}", a.body);
+    assert!(a.body.contains("Not registered: JSON Schema"), "{}", a.body);
     // An example that does not match the schema.
     let a = admin
         .post(
@@ -991,7 +992,7 @@ async fn custom_event_types_are_registered_from_the_catalog_page() {
         )
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
-    assert!(a.body.contains("Not registered: example"), "{}", a.body);
+    assert!(a.body.contains("Not registered: Example"), "{}", a.body);
 
     let a = admin
         .post(
