@@ -899,6 +899,14 @@ async fn victims_by_walk(
     ))
 }
 
+/// Leases as the two arrays the statements below join on (`unnest(ids, held)`).
+fn lease_columns(leases: &[(DeliveryId, Timestamp)]) -> (Vec<&str>, Vec<i64>) {
+    leases
+        .iter()
+        .map(|(id, lease)| (id.as_str(), lease.as_millis()))
+        .unzip()
+}
+
 /// Extends leases still held as given; answers the ids renewed. Rows another transaction holds
 /// are skipped (as in [`defer`]): a change to all of the webhook's deliveries may be settling
 /// them, and the delivery then comes back when its old lease ends.
@@ -909,8 +917,7 @@ pub(crate) async fn renew_leases(
 ) -> DbResult<Vec<DeliveryId>> {
     let mut renewed = Vec::with_capacity(leases.len());
     for chunk in leases.chunks(10_000) {
-        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-        let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
+        let (ids, held) = lease_columns(chunk);
         let rows = c
             .rows(
                 "WITH mine AS ( \
@@ -942,8 +949,7 @@ pub(crate) async fn defer(
     // deletion) holding some of these and waiting for others would deadlock with it. A row
     // skipped keeps its lease and comes back when that ends (or the change settles it).
     for chunk in leases.chunks(10_000) {
-        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-        let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
+        let (ids, held) = lease_columns(chunk);
         c.exec(
             "WITH mine AS ( \
                  SELECT d.id FROM deliveries d \
@@ -976,8 +982,7 @@ pub(crate) async fn end_unsent(
 ) -> DbResult<Vec<DeliveryId>> {
     let mut ended = Vec::new();
     for chunk in leases.chunks(10_000) {
-        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-        let held: Vec<i64> = chunk.iter().map(|(_, lease)| lease.as_millis()).collect();
+        let (ids, held) = lease_columns(chunk);
         let rows = c
             .rows(
                 "WITH mine AS ( \

@@ -83,6 +83,16 @@ struct LoginPage {
     notice: Option<&'static str>,
 }
 
+/// The sign-in page again, saying why the token was not taken.
+fn refused(status: StatusCode, next: Option<String>, why: &'static str) -> Response {
+    let page = LoginPage {
+        next,
+        error: Some(why),
+        notice: None,
+    };
+    templates::render(status, "login.html", &Layout::anonymous("Sign in"), page)
+}
+
 async fn show_login(Query(q): Query<NextQuery>) -> Response {
     let page = LoginPage {
         next: safe_next(q.next.as_deref()),
@@ -119,27 +129,19 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         Ok(Some((scope, KeyRole::Manager))) if !token.is_empty() => scope,
         Ok(Some((Scope::Org(org), KeyRole::Producer))) => {
             tracing::warn!(org = %org, "dashboard sign-in refused: a producer's API key");
-            let page = LoginPage {
+            return refused(
+                StatusCode::FORBIDDEN,
                 next,
-                error: Some(
-                    "That API key is a producer's: it may post events, not manage the organization. Sign in with a manager key or the admin token.",
-                ),
-                notice: None,
-            };
-            let layout = Layout::anonymous("Sign in");
-            return templates::render(StatusCode::FORBIDDEN, "login.html", &layout, page);
+                "That API key is a producer's: it may post events, not manage the organization. Sign in with a manager key or the admin token.",
+            );
         }
         Ok(_) => {
             tracing::warn!("dashboard sign-in refused: the token is not valid");
-            let page = LoginPage {
+            return refused(
+                StatusCode::UNAUTHORIZED,
                 next,
-                error: Some(
-                    "That token is not valid. Use the admin token (printed on the first start and kept in the data directory as admin-token) or an organization API key (hk_…).",
-                ),
-                notice: None,
-            };
-            let layout = Layout::anonymous("Sign in");
-            return templates::render(StatusCode::UNAUTHORIZED, "login.html", &layout, page);
+                "That token is not valid. Use the admin token (printed on the first start and kept in the data directory as admin-token) or an organization API key (hk_…).",
+            );
         }
         Err(e) => return super::error::DashError::from(e).into_response(),
     };
