@@ -72,6 +72,14 @@ impl From<ServiceError> for ApiError {
             },
             E::NotFound(what) => Self::not_found(what),
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            E::Changed { now } => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "changed",
+                format!(
+                    "the webhook changed since the version If-Match names (its ETag is now \"{}\"); read it again and send the change again",
+                    now.as_millis()
+                ),
+            ),
             E::Forbidden => Self::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -106,7 +114,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable code to branch on: `invalid_json`, `invalid_field`, `unknown_event_type`,
-    /// `schema_violation`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `schema_violation`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `changed`,
     /// `payload_too_large`, `unavailable`, `overloaded`, `internal`…
     #[schema(example = "invalid_field")]
     pub code: &'static str,

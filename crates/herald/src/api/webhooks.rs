@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -21,7 +21,7 @@ use super::extract::{
 };
 use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
-use super::{ApiResult, PageQuery};
+use super::{ApiError, ApiResult, PageQuery};
 use crate::app::AppState;
 use crate::service::subscriptions;
 use crate::service::webhooks::{self, WebhookInput};
@@ -177,6 +177,7 @@ impl WebhookBody {
             retry_schedule: self.retry_schedule,
             signature: self.signature,
             rate_limit_per_second: self.rate_limit_per_second,
+            unchanged_since: None,
         })
     }
 }
@@ -220,7 +221,8 @@ impl From<Webhook> for WebhookWithSecret {
     params(OrgPath),
     request_body = WebhookBody,
     responses(
-        (status = 201, description = "Created; the secret is shown once", body = WebhookWithSecret),
+        (status = 201, description = "Created; the secret is shown once", body = WebhookWithSecret,
+            headers(("ETag" = String, description = "The webhook's version, for `If-Match` on a change"))),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The profile allows one webhook per organization, or the organization has HERALD_MAX_WEBHOOKS_PER_ORG webhooks already", body = super::ErrorBody),
         (status = 422, description = "A field is not valid (`field` names it), e.g. an address Herald may not reach", body = super::ErrorBody),
@@ -230,10 +232,18 @@ async fn create_webhook(
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<WebhookBody>,
-) -> ApiResult<(StatusCode, Json<WebhookWithSecret>)> {
+) -> ApiResult<(
+    StatusCode,
+    [(header::HeaderName, HeaderValue); 1],
+    Json<WebhookWithSecret>,
+)> {
     let input = body.input(true).map_err(ServiceError::from)?;
     let w = webhooks::create(&state, &scope, &org_id(&path.org)?, input).await?;
-    Ok((StatusCode::CREATED, Json(w.into())))
+    Ok((
+        StatusCode::CREATED,
+        [(header::ETAG, etag(&w))],
+        Json(w.into()),
+    ))
 }
 
 /// Lists the organization's webhooks, newest first.
@@ -271,43 +281,85 @@ pub(crate) struct WebhookView {
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "The webhook (without its secret)", body = WebhookView),
+        (status = 200, description = "The webhook (without its secret)", body = WebhookView,
+            headers(("ETag" = String, description = "The webhook's version, for `If-Match` on a change"))),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
     ))]
 async fn get_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<WebhookView>> {
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookView>)> {
     let w = webhooks::get(&state, &scope, &org_id(&path.org)?, &webhook_id(&path.id)?).await?;
     let circuit_open_until = state.dispatcher.circuit_open_until(&w.id);
-    Ok(Json(WebhookView {
-        webhook: w,
-        circuit_open_until,
-    }))
+    Ok((
+        [(header::ETAG, etag(&w))],
+        Json(WebhookView {
+            webhook: w,
+            circuit_open_until,
+        }),
+    ))
+}
+
+/// A webhook's version as an entity tag: its `updated_at` in milliseconds. Every change moves
+/// `updated_at` on by at least a millisecond, so two versions never share a tag.
+fn etag(w: &Webhook) -> HeaderValue {
+    HeaderValue::try_from(format!("\"{}\"", w.updated_at.as_millis()))
+        .expect("digits in quotes are a valid header value")
+}
+
+/// The version a change was made on, from `If-Match` (an entity tag as `etag` writes it);
+/// none without the header or with `*`. Proxies that compress answers may weaken the tag
+/// (`W/"…"`); it names the same version.
+fn if_match(headers: &HeaderMap) -> Result<Option<Timestamp>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<i64>().ok())
+        .map(|ms| Some(Timestamp::from_millis(ms)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                "If-Match: send one entity tag as the webhook's ETag header gave it, quotes \
+                 included (e.g. \"1733356800000\"), or leave the header out",
+            )
+        })
 }
 
 /// Changes a webhook: absent fields stay, `null` clears an optional one.
 #[utoipa::path(patch, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
-    params(OrgItemPath),
+    params(OrgItemPath,
+        ("If-Match" = Option<String>, Header, description = "The `ETag` of the version the change was made on: the change is refused (`412`) if the webhook changed since, instead of undoing that change")),
     request_body = WebhookBody,
     responses(
-        (status = 200, description = "The changed webhook", body = Webhook),
+        (status = 200, description = "The changed webhook", body = Webhook,
+            headers(("ETag" = String, description = "The webhook's new version"))),
+        (status = 400, description = "`invalid_header`: `If-Match` is not one of the webhook's entity tags", body = super::ErrorBody),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The change conflicts with the webhook's state or profile, or the webhook changed while it was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
+        (status = 412, description = "`changed`: the webhook changed since the version `If-Match` names; read it again and send the change again", body = super::ErrorBody),
         (status = 422, description = "A field is not valid; `field` names it", body = super::ErrorBody),
     ))]
 async fn update_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<WebhookBody>,
-) -> ApiResult<Json<Webhook>> {
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<Webhook>)> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
-    let input = body.input(false).map_err(ServiceError::from)?;
-    Ok(Json(
-        webhooks::update(&state, &scope, &org, &id, input).await?,
-    ))
+    let mut input = body.input(false).map_err(ServiceError::from)?;
+    input.unchanged_since = if_match(&headers)?;
+    let w = webhooks::update(&state, &scope, &org, &id, input).await?;
+    Ok(([(header::ETAG, etag(&w))], Json(w)))
 }
 
 /// Deletes a webhook; its pending deliveries are cancelled, its history kept.

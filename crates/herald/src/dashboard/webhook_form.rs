@@ -14,7 +14,7 @@ use serde::Serialize;
 use herald_core::org::Organization;
 use herald_core::profile::ProfileName;
 use herald_core::webhook::Webhook;
-use herald_core::{Invalid, WebhookId};
+use herald_core::{Invalid, Timestamp, WebhookId};
 
 use super::error::{DashError, DashResult, describe};
 use super::forms::Form;
@@ -344,28 +344,29 @@ async fn update_webhook(
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let id = webhook_id(&id)?;
     let typed = WebhookForm::read(&form);
-    // Saved over a change made since the form was opened, the form would undo it unseen.
-    let current = webhooks::get(&state, &signed.scope, &org.id, &id).await;
-    if let (Ok(current), Ok(read_at)) = (&current, typed.read_at.parse::<i64>())
-        && current.updated_at.as_millis() > read_at
-    {
-        let mut again = typed;
-        again.read_at = current.updated_at.as_millis().to_string();
-        let message = "This webhook was changed since this form was opened (in another tab, \
-                       or by Herald). Your changes are below and were not saved: compare them \
-                       with the webhook's page, then save again."
-            .to_owned();
-        let error = (StatusCode::CONFLICT, message, None);
-        return form_page(&state, &signed, &org, Some(&id), again, Some(error)).await;
-    }
     let updated = match typed.input(false) {
-        Ok(input) => webhooks::update(&state, &signed.scope, &org.id, &id, input).await,
+        Ok(mut input) => {
+            // Saved over a change made since the form was opened, the form would undo it
+            // unseen: the service refuses it.
+            input.unchanged_since = typed.read_at.parse().ok().map(Timestamp::from_millis);
+            webhooks::update(&state, &signed.scope, &org.id, &id, input).await
+        }
         Err(invalid) => Err(invalid.into()),
     };
     match updated {
         Ok(w) => {
             let flash = Flash::ok("Webhook saved.");
             Ok(signed.flash_then_go(&state, flash, &webhook_path(&org.id, &w.id)))
+        }
+        Err(ServiceError::Changed { now }) => {
+            let mut again = typed;
+            again.read_at = now.as_millis().to_string();
+            let message = "This webhook was changed since this form was opened (in another \
+                           tab, or by Herald). Your changes are below and were not saved: \
+                           compare them with the webhook's page, then save again."
+                .to_owned();
+            let error = (StatusCode::CONFLICT, message, None);
+            form_page(&state, &signed, &org, Some(&id), again, Some(error)).await
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => form_page(&state, &signed, &org, Some(&id), typed, Some(form_error(e))).await,

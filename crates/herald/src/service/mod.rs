@@ -16,7 +16,7 @@ pub mod subscriptions;
 pub mod webhooks;
 
 use herald_core::store::StoreError;
-use herald_core::{Invalid, OrgId};
+use herald_core::{Invalid, OrgId, Timestamp};
 
 pub use auth::Scope;
 
@@ -58,6 +58,10 @@ pub enum ServiceError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// The caller's copy is out of date: the webhook changed since the version it names was
+    /// read (`If-Match`, the dashboard's form). Carries the version it has now.
+    #[error("the webhook changed since it was read")]
+    Changed { now: Timestamp },
     #[error("this operation needs the admin token")]
     Forbidden,
     #[error("the store is unavailable")]

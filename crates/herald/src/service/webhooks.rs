@@ -14,7 +14,9 @@ use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
     parse_rate_limit, parse_subscription, parse_timeout_ms,
 };
-use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, WebhookId, event_type, org};
+use herald_core::{
+    DeliveryId, Invalid, OrgId, Page, PageRequest, Timestamp, WebhookId, event_type, org,
+};
 
 use super::cancel_safe::{GiveBackIfDropped, to_the_end, write_then_forget};
 use super::{Scope, ServiceError, ServiceResult};
@@ -39,6 +41,9 @@ pub struct WebhookInput {
     pub options: Option<serde_json::Value>,
     pub verification: Option<String>,
     pub rate_limit_per_second: Option<Option<u64>>,
+    /// The version (`updated_at`) the caller's change was made on: refused with
+    /// [`ServiceError::Changed`] if the webhook changed since, rather than undoing that change.
+    pub unchanged_since: Option<Timestamp>,
 }
 
 impl WebhookInput {
@@ -313,6 +318,10 @@ pub async fn update(
         .get_webhook(org, id)
         .await
         .map_err(ServiceError::from_store("webhook"))?;
+    // Compared with this read; `save` then refuses any change made after it.
+    if input.unchanged_since.is_some_and(|v| v != w.updated_at) {
+        return Err(ServiceError::Changed { now: w.updated_at });
+    }
     if let Some(name) = input.name {
         w.name = org::parse_name(&name, "name")?;
     }

@@ -901,6 +901,102 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
     assert_eq!(left["data"].as_array().unwrap().len(), 1);
 }
 
+/// A PATCH with the `ETag` it read and a status; the answer's `ETag` and body.
+async fn patch_if_match(
+    app: &TestApp,
+    path: &str,
+    if_match: Option<&str>,
+    body: Value,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = app
+        .http
+        .patch(format!("{}{path}", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body);
+    if let Some(tag) = if_match {
+        req = req.header("if-match", tag);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, etag, resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let w = app
+        .create_webhook(&org, "https://a.example/h", json!({}))
+        .await;
+    let path = format!("/v1/orgs/{org}/webhooks/{}", w["id"].as_str().unwrap());
+    let read = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let first = read.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(first.starts_with('"') && first.ends_with('"'), "{first}");
+
+    // Made on the version read: saved, with the new version's tag.
+    let (status, second, changed) =
+        patch_if_match(&app, &path, Some(&first), json!({ "name": "one" })).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let second = second.expect("a change answers with its ETag");
+    assert_ne!(second, first);
+
+    // Made on the first version, after another change: refused, and nothing of it saved.
+    let (status, _, err) = patch_if_match(
+        &app,
+        &path,
+        Some(&first),
+        json!({ "name": "two", "timeout_ms": 1000 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{err}");
+    assert_eq!(code(&err), "changed");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(&second),
+        "names the current tag: {err}"
+    );
+    let (_, now) = app.get(&path).await;
+    assert_eq!(
+        (now["name"].as_str(), now["timeout_ms"].as_u64()),
+        (Some("one"), None)
+    );
+
+    // Weakened by a proxy, `*`, or no condition at all: saved.
+    let (status, third, _) = patch_if_match(
+        &app,
+        &path,
+        Some(&format!("W/{second}")),
+        json!({ "name": "two" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = patch_if_match(&app, &path, Some("*"), json!({ "name": "three" })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = patch_if_match(&app, &path, None, json!({ "name": "four" })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(third, Some(second));
+
+    // A tag that is not one: a 400 that says what to send.
+    let (status, _, err) =
+        patch_if_match(&app, &path, Some("yesterday"), json!({ "name": "five" })).await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::BAD_REQUEST, "invalid_header"),
+        "{err}"
+    );
+    let (_, now) = app.get(&path).await;
+    assert_eq!(now["name"], "four");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_ids_answer_json_404s() {
     let app = TestApp::spawn().await;
