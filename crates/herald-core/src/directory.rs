@@ -163,14 +163,13 @@ impl OrgSnapshot {
     /// …?". Herald's own operational types count only when asked for (`with_operational`:
     /// webhooks may subscribe to them, producers may not post them).
     pub fn closest_type(&self, typed: &str, with_operational: bool) -> Option<&str> {
-        use crate::event_type::{DELIVERY_EXHAUSTED, WEBHOOK_DISABLED, WEBHOOK_ENABLED};
         let catalog_types = self
             .org
             .catalogs
             .iter()
             .filter_map(|c| c.catalog())
             .flat_map(|c| c.types.iter().map(|t| t.name.as_str()));
-        let operational = [WEBHOOK_DISABLED, WEBHOOK_ENABLED, DELIVERY_EXHAUSTED]
+        let operational = crate::event_type::OPERATIONAL_TYPES
             .into_iter()
             .filter(|_| with_operational);
         crate::suggest::closest(

@@ -15,6 +15,8 @@ pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 pub const WEBHOOK_ENABLED: &str = "webhook.enabled";
 /// A delivery failed its last attempt.
 pub const DELIVERY_EXHAUSTED: &str = "delivery.exhausted";
+/// Herald's operational events, all in [`OPERATIONS_CHANNEL`].
+pub const OPERATIONAL_TYPES: [&str; 3] = [WEBHOOK_DISABLED, WEBHOOK_ENABLED, DELIVERY_EXHAUSTED];
 
 /// Whether a type is one of Herald's own: every organization has them, producers cannot post
 /// them, and no catalog or organization may define them.
@@ -24,10 +26,7 @@ pub fn is_reserved(name: &str) -> bool {
 
 /// Whether a type is an operational event, which an organization's own webhooks may subscribe to.
 pub fn is_operational(name: &str) -> bool {
-    matches!(
-        name,
-        WEBHOOK_DISABLED | WEBHOOK_ENABLED | DELIVERY_EXHAUSTED
-    )
+    OPERATIONAL_TYPES.contains(&name)
 }
 
 /// Checks an event type name: 1 to 128 characters from letters, digits and `. _ - : /`.

@@ -114,6 +114,38 @@ struct CatalogPage {
     error_field: Option<String>,
 }
 
+/// Herald's own news about the organization's webhooks: not posted by it, but its webhooks
+/// may subscribe to them like to any other type.
+fn operations_group() -> ChannelGroup {
+    use herald_core::event_type::{
+        DELIVERY_EXHAUSTED, OPERATIONAL_TYPES, OPERATIONS_CHANNEL, WEBHOOK_DISABLED,
+        WEBHOOK_ENABLED,
+    };
+    let description = |name: &str| match name {
+        WEBHOOK_DISABLED => {
+            "Herald disabled a webhook: its endpoint answered 410 Gone, or every attempt failed for days. Data: webhook, reason."
+        }
+        WEBHOOK_ENABLED => "A webhook was enabled again. Data: webhook.",
+        DELIVERY_EXHAUSTED => {
+            "A delivery failed its last attempt (or its endpoint's circuit stayed open past its retry schedule). Data: webhook, delivery, attempts, last_error."
+        }
+        _ => "",
+    };
+    ChannelGroup {
+        channel: OPERATIONS_CHANNEL.to_owned(),
+        types: OPERATIONAL_TYPES
+            .iter()
+            .map(|name| TypeView {
+                name: (*name).to_owned(),
+                description: Some(description(name).to_owned()),
+                source: "herald".to_owned(),
+                example: None,
+                has_schema: false,
+            })
+            .collect(),
+    }
+}
+
 async fn show_catalog(
     State(state): State<AppState>,
     signed: Signed,
@@ -211,6 +243,7 @@ async fn catalog_page(
             }),
         }
     }
+    groups.push(operations_group());
     let status = error.as_ref().map_or(StatusCode::OK, |(s, _, _)| *s);
     let page = CatalogPage {
         org_id: org.id.to_string(),

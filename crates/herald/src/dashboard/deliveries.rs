@@ -128,6 +128,8 @@ async fn list_deliveries(
         .into_iter()
         .map(|t| t.name)
         .chain([herald_core::event_type::TEST_EVENT_TYPE.to_owned()])
+        // Herald's own news, which the webhook may subscribe to.
+        .chain(herald_core::event_type::OPERATIONAL_TYPES.map(str::to_owned))
         .collect();
     event_types.sort();
     event_types.dedup();

@@ -192,9 +192,7 @@ async fn form_page(
     form: WebhookForm,
     error: Option<(StatusCode, String, Option<String>)>,
 ) -> DashResult<Response> {
-    use herald_core::event_type::{
-        DELIVERY_EXHAUSTED, OPERATIONS_CHANNEL, WEBHOOK_DISABLED, WEBHOOK_ENABLED,
-    };
+    use herald_core::event_type::{OPERATIONAL_TYPES, OPERATIONS_CHANNEL};
     // What the organization posts, and Herald's own news, which webhooks may subscribe to too
     // (left off the form, a subscription to them made through the API would be lost on save).
     let types: Vec<(String, Option<String>)> =
@@ -203,7 +201,7 @@ async fn form_page(
             .into_iter()
             .map(|t| (t.name, t.channel))
             .chain(
-                [WEBHOOK_DISABLED, WEBHOOK_ENABLED, DELIVERY_EXHAUSTED]
+                OPERATIONAL_TYPES
                     .map(|name| (name.to_owned(), Some(OPERATIONS_CHANNEL.to_owned()))),
             )
             .collect();

@@ -1158,7 +1158,7 @@ async fn send_test_tells_what_the_endpoint_answered() {
 /// The edit form offers Herald's own news as it offers the organization's types: a webhook
 /// subscribed to them through the API keeps them when saved from the dashboard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_edit_form_shows_subscriptions_to_herald_s_own_events() {
+async fn the_dashboard_shows_subscriptions_to_herald_s_own_events() {
     let app = TestApp::spawn().await;
     let org = app.create_org("Acme").await;
     let hook = app
@@ -1184,6 +1184,22 @@ async fn the_edit_form_shows_subscriptions_to_herald_s_own_events() {
         body.contains(r#"name="events" value="webhook.disabled">"#),
         "{body}"
     );
+    // Its history can be filtered to them too.
+    let history = admin
+        .get(&format!("/orgs/{org}/webhooks/{hook}/deliveries"))
+        .await
+        .body;
+    assert!(
+        history.contains(r#"<option value="delivery.exhausted">"#),
+        "{history}"
+    );
+    // The catalog page lists and explains them.
+    let catalog = admin.get(&format!("/orgs/{org}/catalog")).await.body;
+    assert!(
+        catalog.contains("<code>webhook.disabled</code>"),
+        "{catalog}"
+    );
+    assert!(catalog.contains("410 Gone"), "{catalog}");
 }
 
 /// Two tabs editing one webhook: the later save, over a change it never saw, is refused with
