@@ -93,7 +93,13 @@ fn refused(status: StatusCode, next: Option<String>, why: &'static str) -> Respo
     templates::render(status, "login.html", &Layout::anonymous("Sign in"), page)
 }
 
-async fn show_login(Query(q): Query<NextQuery>) -> Response {
+/// The sign-in form; someone already signed in goes on to where they were going (signing in as
+/// another token starts with signing out).
+async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>) -> Response {
+    if let Ok(signed) = signed {
+        let next = safe_next(q.next.as_deref()).unwrap_or_else(|| home_of(&signed.scope));
+        return Redirect::to(&next).into_response();
+    }
     let page = LoginPage {
         next: safe_next(q.next.as_deref()),
         error: None,

@@ -172,6 +172,17 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         (a.status, a.location.as_str()),
         (StatusCode::SEE_OTHER, "/orgs")
     );
+    // Signed in, the sign-in page goes on to where it would lead.
+    let a = admin.get("/login").await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, "/orgs")
+    );
+    let a = admin.get(&format!("/login?next=%2Forgs%2F{org}")).await;
+    assert_eq!(
+        (a.status, a.location),
+        (StatusCode::SEE_OTHER, format!("/orgs/{org}"))
+    );
     // A filter that is no event type's name is refused as the API refuses it.
     let a = admin
         .get(&format!(
