@@ -146,23 +146,33 @@ impl WebhookView {
 struct SubscriptionRow {
     channel: String,
     topic: String,
-    mode: &'static str,
+    /// The badge's colour: the state of the last request, whatever its mode.
     state: &'static str,
+    /// Where the channel stands, in words ("unsubscribed", not "unsubscribe · verified").
+    status: &'static str,
     reason: Option<String>,
     last_attempt: Option<String>,
+    /// Only while subscribed: an unsubscribed channel's old lease means nothing.
     expires: Option<String>,
 }
 
 impl From<Subscription> for SubscriptionRow {
     fn from(s: Subscription) -> Self {
+        use herald_core::subscription::{Mode, State};
+        let status = match (s.mode, s.state) {
+            (Mode::Subscribe, state) => state.as_str(),
+            (Mode::Unsubscribe, State::Pending) => "unsubscribing",
+            (Mode::Unsubscribe, State::Verified) => "unsubscribed",
+            (Mode::Unsubscribe, State::Failed) => "unsubscribe failed",
+        };
         Self {
             channel: s.channel,
             topic: s.topic,
-            mode: s.mode.as_str(),
             state: s.state.as_str(),
+            status,
             reason: s.reason,
             last_attempt: when_opt(s.last_attempt_at),
-            expires: when_opt(s.expires_at),
+            expires: when_opt(s.expires_at.filter(|_| s.mode == Mode::Subscribe)),
         }
     }
 }

@@ -562,6 +562,7 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         "{body}"
     );
     assert_eq!(rx.verifications_on("/hub").len(), 2);
+    assert!(!body.contains(r#"data-label="Lease ends"></td>"#), "{body}");
 
     // One channel again.
     let a = admin
@@ -578,6 +579,24 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         .await;
     let body = admin.get(&page).await.body;
     assert!(body.contains("deactivate it first"), "{body}");
+
+    // Disabled: each channel reads as unsubscribed, without the lease it gave up.
+    let a = admin
+        .post(&format!("{page}/disable"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let body = admin.get(&page).await.body;
+    assert_eq!(
+        body.matches(r#"class="badge verified">unsubscribed</span>"#)
+            .count(),
+        2,
+        "{body}"
+    );
+    assert_eq!(
+        body.matches(r#"data-label="Lease ends"></td>"#).count(),
+        2,
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
