@@ -156,6 +156,24 @@ impl HttpClient {
         uri: &http::Uri,
         mut req: http::Request<pool::Body>,
     ) -> Result<(hyper::Response<Incoming>, Connection), AttemptError> {
+        let informational = Informational::watch(&mut req);
+        tokio::select! {
+            exchanged = self.exchange_on_any(origin, uri, req) => exchanged,
+            // Dropping the exchange drops its connection, whose task then ends.
+            () = informational.too_many() => Err(AttemptError::Request(format!(
+                "the endpoint sent more than {MAX_INFORMATIONAL} informational (1xx) answers \
+                 before its answer"
+            ))),
+        }
+    }
+
+    /// `exchange`, without the limit on informational answers.
+    async fn exchange_on_any(
+        &self,
+        origin: &Origin,
+        uri: &http::Uri,
+        mut req: http::Request<pool::Body>,
+    ) -> Result<(hyper::Response<Incoming>, Connection), AttemptError> {
         while let Some(mut connection) = origin.checkout() {
             if connection.ready().await.is_err() {
                 continue;
@@ -176,6 +194,41 @@ impl HttpClient {
             .await
             .map_err(|e| classify(&e, Stage::Exchange))?;
         Ok((response, connection))
+    }
+}
+
+/// Informational (1xx) answers taken before a request's answer at most. hyper passes over
+/// any number of them, so an endpoint streaming `102 Processing` heads would keep a core busy
+/// parsing until the timeout (gigabytes in a minute); a real server sends one or two.
+const MAX_INFORMATIONAL: u32 = 32;
+
+/// Counts one request's informational answers, and says when there were too many.
+#[derive(Default)]
+struct Informational {
+    seen: std::sync::atomic::AtomicU32,
+    exceeded: tokio::sync::Notify,
+}
+
+impl Informational {
+    /// Counts `req`'s informational answers from now on.
+    fn watch<B>(req: &mut http::Request<B>) -> Arc<Self> {
+        let watch = Arc::new(Self::default());
+        let counter = watch.clone();
+        hyper::ext::on_informational(req, move |_| {
+            let seen = counter
+                .seen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if seen == MAX_INFORMATIONAL {
+                // Kept as a permit if `too_many` is not waiting yet.
+                counter.exceeded.notify_one();
+            }
+        });
+        watch
+    }
+
+    /// Completes once more than `MAX_INFORMATIONAL` came.
+    async fn too_many(&self) {
+        self.exceeded.notified().await;
     }
 }
 
@@ -584,6 +637,63 @@ mod tests {
             String::from_utf8_lossy(&read).into_owned()
         });
         (format!("127.0.0.1:{}", addr.port()), seen)
+    }
+
+    /// A server on loopback that reads one request, then writes `head` again and again until
+    /// the connection is closed (or a million times); hands back how many it wrote.
+    async fn streaming_heads(head: &'static str) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let mut written = 0;
+            while written < 1_000_000 && socket.write_all(head.as_bytes()).await.is_ok() {
+                written += 1;
+            }
+            written
+        });
+        (format!("127.0.0.1:{}", addr.port()), written)
+    }
+
+    /// hyper passes over informational answers without end: an endpoint streaming them is cut
+    /// off after a few, its connection closed, not read until the timeout. One or two (Early
+    /// Hints) before the answer are fine.
+    #[tokio::test]
+    async fn an_endless_stream_of_informational_answers_is_cut_off() {
+        let (addr, written) = streaming_heads("HTTP/1.1 102 Processing\r\n\r\n").await;
+        let outcome = loopback_client()
+            .send(
+                &format!("http://{addr}/hook"),
+                request("{}"),
+                &[],
+                Duration::from_secs(20),
+            )
+            .await;
+        assert!(
+            matches!(&outcome.error, Some(AttemptError::Request(m)) if m.contains("informational")),
+            "{outcome:?}"
+        );
+        let written = tokio::time::timeout(Duration::from_secs(10), written)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        assert!(written < 1_000_000, "{written} heads written");
+
+        let (addr, _seen) = one_shot(Some(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        ))
+        .await;
+        let outcome = loopback_client()
+            .send(
+                &format!("http://{addr}/hook"),
+                request("{}"),
+                &[],
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(outcome.status, Some(204), "{outcome:?}");
     }
 
     /// Targets are remembered per URL: a refused URL stays refused on every attempt.
