@@ -69,7 +69,9 @@ impl AddressPolicy {
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return self.check(ip);
         }
+        // `localhost.` is the same name, fully qualified.
         let lower = bare.to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower);
         if lower == "localhost" || lower.ends_with(".localhost") {
             return self.check(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
@@ -235,7 +237,10 @@ mod tests {
         assert!(policy.check_host("[::1]").is_err());
         assert!(policy.check_host("LOCALHOST").is_err());
         assert!(policy.check_host("api.localhost").is_err());
+        assert!(policy.check_host("localhost.").is_err());
+        assert!(policy.check_host("api.localhost.").is_err());
         assert!(policy.check_host("example.com").is_ok());
+        assert!(policy.check_host("example.com.").is_ok());
         let err = policy.check_host("169.254.169.254").unwrap_err();
         assert!(err.contains("cloud metadata"), "{err}");
     }

@@ -328,7 +328,15 @@ impl WebhookUrl {
                 ),
             ));
         }
-        Ok(Self(url.to_string()))
+        // Percent-encoding (of a non-ASCII path, say) can make the URL longer than given.
+        let url = url.to_string();
+        if url.len() > Self::MAX_LEN {
+            return Err(Invalid::new(
+                "url",
+                "must be at most 2048 characters once percent-encoded",
+            ));
+        }
+        Ok(Self(url))
     }
 
     pub fn from_trusted(raw: String) -> Self {
@@ -399,12 +407,11 @@ fn unique(
     Ok(kept)
 }
 
-/// Header names a webhook may not set, because Herald sets them (or HTTP itself does).
+/// Header names a webhook may not set, because Herald sets them, HTTP itself does, or they
+/// speak for a proxy on the way (which a receiver behind one would believe). `content-*`,
+/// `proxy-*` and `x-forwarded-*` are refused as a whole, below.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
-    "content-type",
-    "content-length",
-    "content-encoding",
     "transfer-encoding",
     "connection",
     "keep-alive",
@@ -413,6 +420,11 @@ const RESERVED_HEADERS: &[&str] = &[
     "trailer",
     "user-agent",
     "expect",
+    "date",
+    "range",
+    "via",
+    "forwarded",
+    "http2-settings",
 ];
 
 /// Parses custom headers: at most 20, RFC 9110 token names, visible ASCII values, none that
@@ -434,6 +446,9 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
             return Err(Invalid::new(field, "is not a valid header name"));
         }
         if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("content-")
+            || lower.starts_with("proxy-")
+            || lower.starts_with("x-forwarded-")
             || lower.starts_with("webhook-")
             || lower.starts_with("herald-")
             || lower.starts_with("x-herald-")
@@ -443,7 +458,7 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
         {
             return Err(Invalid::new(
                 field,
-                "is set by Herald itself and cannot be overridden",
+                "is set by Herald or by HTTP itself, or speaks for a proxy, and cannot be a custom header",
             ));
         }
         if value.len() > 1024
@@ -518,6 +533,15 @@ pub fn parse_description(raw: Option<String>) -> Result<Option<String>, Invalid>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_at_most_2048_characters_as_stored() {
+        let emoji = format!("https://example.com/{}", "😀".repeat(400));
+        assert!(emoji.len() < WebhookUrl::MAX_LEN, "short as given");
+        let err = WebhookUrl::parse(&emoji).unwrap_err();
+        assert!(err.message.contains("percent-encoded"), "{err:?}");
+        assert!(WebhookUrl::parse(&format!("https://example.com/{}", "😀".repeat(100))).is_ok());
+    }
 
     #[test]
     fn a_url_without_a_scheme_or_with_credentials_is_rejected() {
@@ -606,6 +630,11 @@ mod tests {
             "webhook-signature",
             "X-Optare-Signature",
             "Content-Type",
+            "Content-Disposition",
+            "Proxy-Authorization",
+            "X-Forwarded-For",
+            "Forwarded",
+            "Date",
         ] {
             let raw = BTreeMap::from([(name.to_owned(), "x".to_owned())]);
             assert!(parse_headers(raw).is_err(), "{name}");
