@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant as Deadline, timeout_at};
 
 use herald_core::address_policy::AddressPolicy;
@@ -105,7 +106,8 @@ impl HttpClient {
             Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
         };
-        let exchanged = timeout_at(deadline, self.exchange(&target.origin, &target.uri, req)).await;
+        let exchanged =
+            by_deadline(deadline, self.exchange(&target.origin, &target.uri, req)).await;
         let (response, connection) = match exchanged {
             Ok(Ok(exchanged)) => exchanged,
             Ok(Err(error)) => return failed(error, None, started, String::new(), None),
@@ -431,7 +433,7 @@ impl HttpClient {
             .body(Full::default())
             .map_err(|e| AttemptError::Request(e.to_string()))?;
         let (response, _connection) =
-            timeout_at(deadline, self.exchange(&Origin::default(), &uri, req))
+            by_deadline(deadline, self.exchange(&Origin::default(), &uri, req))
                 .await
                 .map_err(|_| AttemptError::Timeout)??;
         let status = response.status().as_u16();
@@ -463,7 +465,7 @@ async fn read_prefix(mut body: Incoming, max: usize, deadline: Deadline) -> (Vec
     use hyper::body::Body as _;
     let mut read = Vec::new();
     while read.len() < max {
-        match timeout_at(deadline, body.frame()).await {
+        match by_deadline(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     read.extend_from_slice(&data);
@@ -480,6 +482,31 @@ async fn read_prefix(mut body: Incoming, max: usize, deadline: Deadline) -> (Vec
         BodyEnd::Limit
     };
     (read, end)
+}
+
+/// A timer this late fired after a stall of the whole process (suspended, frozen by its
+/// hypervisor, starved of CPU), not because the endpoint was slow.
+const STALLED: Duration = Duration::from_millis(500);
+/// How long a stalled wait gets at most to take an answer that came meanwhile.
+const STALL_GRACE: Duration = Duration::from_secs(2);
+
+/// Awaits `fut` until `deadline`. After a stall every timer fires at once, often before the
+/// connection's task has read the answer that came meanwhile and is waiting in the socket: the
+/// attempt would be a timeout the endpoint did not cause (and, repeated, open its circuit). A
+/// timer that fires `STALLED` late gives `fut` up to as long again (`STALL_GRACE` at most) to
+/// finish first.
+async fn by_deadline<F: Future>(deadline: Deadline, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    match timeout_at(deadline, &mut fut).await {
+        Ok(done) => Ok(done),
+        Err(elapsed) => {
+            let late = Deadline::now().saturating_duration_since(deadline);
+            if late < STALLED {
+                return Err(elapsed);
+            }
+            tokio::time::timeout(late.min(STALL_GRACE), fut).await
+        }
+    }
 }
 
 /// `Retry-After` in seconds, given as seconds or as an HTTP date (RFC 9110 §10.2.3).
@@ -694,6 +721,49 @@ mod tests {
             )
             .await;
         assert_eq!(outcome.status, Some(204), "{outcome:?}");
+    }
+
+    /// A process stalled past an attempt's deadline (suspended, frozen by its hypervisor) finds
+    /// the endpoint's answer waiting when it resumes: the attempt is that answer, not a timeout
+    /// the endpoint did not cause. The server runs on a thread of its own, so it answers during
+    /// the stall; the stall blocks the client's only runtime thread.
+    #[test]
+    fn an_answer_that_came_while_the_process_stalled_is_taken() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf);
+            std::thread::sleep(Duration::from_millis(100));
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async move {
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The stall: nothing on this runtime runs for two seconds.
+                std::thread::sleep(Duration::from_millis(2000));
+            });
+            loopback_client()
+                .send(
+                    &format!("http://{addr}/hook"),
+                    request("{}"),
+                    &[],
+                    Duration::from_millis(1000),
+                )
+                .await
+        });
+        server.join().unwrap();
+        assert_eq!(outcome.status, Some(200), "{outcome:?}");
+        assert!(outcome.is_success(), "{outcome:?}");
     }
 
     /// Targets are remembered per URL: a refused URL stays refused on every attempt.
