@@ -326,10 +326,16 @@ pub trait Store: Send + Sync + 'static {
     /// When the earliest pending, unleased delivery comes due.
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
     /// Stores attempts and moves their deliveries on; releases their leases. All or nothing.
-    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()>;
+    /// Answers, for each record, whether it moved its delivery on. One that did not came under
+    /// a lease that has passed to another node (this one stalled), or for a delivery finished
+    /// meanwhile: its outcome is not the delivery's, and its attempt is not kept either,
+    /// unless the delivery was cancelled (its webhook deleted while the attempt was out).
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<Vec<bool>>;
     /// Stores one attempt.
     async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
-        self.record_attempts(std::slice::from_ref(record)).await
+        self.record_attempts(std::slice::from_ref(record))
+            .await
+            .map(|_| ())
     }
     /// Gives the organization's leased deliveries back to be attempted at `until` (a circuit
     /// breaker is open, or a client went away while they were stored), each only if it still

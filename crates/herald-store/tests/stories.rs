@@ -2065,25 +2065,29 @@ async fn a_late_outcome_does_not_undo_the_next_holders_lease(store: Arc<dyn Stor
         next: NextStep::Succeeded,
         lease_until: Some(lease),
     };
-    // The late outcome is kept as an attempt, but leaves the delivery to its holder.
-    store
+    // The late outcome is not the delivery's (the node that sent it stalled past its lease):
+    // it is not kept, and leaves the delivery to its holder.
+    let moved = store
         .record_attempts(&[record(1, at(LEASE_SECS))])
         .await
         .unwrap();
+    assert_eq!(moved, vec![false]);
     let (delivery, attempts) = store.get_delivery(&org.id, &id).await.unwrap();
     assert_eq!(
         (delivery.state, attempts.len()),
-        (DeliveryState::Pending, 1)
+        (DeliveryState::Pending, 0)
     );
     assert!(
         claim(&store, at(99)).await.is_empty(),
         "the holder's lease was cleared"
     );
     // The holder's own outcome moves it on.
-    store.record_attempts(&[record(1, at(100))]).await.unwrap();
+    let moved = store.record_attempts(&[record(1, at(100))]).await.unwrap();
+    assert_eq!(moved, vec![true]);
+    let (delivery, attempts) = store.get_delivery(&org.id, &id).await.unwrap();
     assert_eq!(
-        state_of(&store, &org.id, &id).await,
-        DeliveryState::Succeeded
+        (delivery.state, attempts.len()),
+        (DeliveryState::Succeeded, 1)
     );
 }
 
@@ -2111,7 +2115,7 @@ async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: 
         next,
         lease_until: Some(lease),
     };
-    store
+    let moved = store
         .record_attempts(&[
             record(&ids[0], &ok, NextStep::Succeeded),
             record(&ids[1], &server_error(), NextStep::RetryAt(at(60))),
@@ -2119,6 +2123,8 @@ async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: 
         ])
         .await
         .unwrap();
+    // Only the success moved its delivery on (to succeeded); the failures' attempts are kept.
+    assert_eq!(moved, vec![true, false, false]);
 
     let (sent, attempts) = store.get_delivery(&org.id, &ids[0]).await.unwrap();
     assert_eq!(

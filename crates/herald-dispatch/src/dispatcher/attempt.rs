@@ -330,7 +330,7 @@ impl Dispatcher {
                 }
             }
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
-                exhausted.push((due, number, error.message()));
+                exhausted.push((records.len(), due, number, error.message()));
             }
             records.push(AttemptRecord {
                 org_id: due.org_id.clone(),
@@ -349,15 +349,18 @@ impl Dispatcher {
                 lease_until: lease_of(&due.delivery_id),
             });
         }
-        shared.recorder.record(records).await?;
+        let moved = shared.recorder.record(records).await?;
         if retrying {
             self.wake_delivery_scheduler();
         }
+        // Only where the outcome was the delivery's: not where its lease had passed to another
+        // node meanwhile (this one stalled), which may have delivered it.
+        exhausted.retain(|(record, ..)| moved.get(*record).copied().unwrap_or(false));
         // One line per request, however many deliveries it carried (a batching profile's).
-        if let (Some((first, attempts, _)), Some(error)) = (exhausted.first(), &outcome.error) {
+        if let (Some((_, first, attempts, _)), Some(error)) = (exhausted.first(), &outcome.error) {
             tracing::warn!(delivery = %first.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, attempts, error = error.code(), "delivery failed after its last attempt");
         }
-        for (due, attempts, error) in exhausted {
+        for (_, due, attempts, error) in exhausted {
             self.report_exhausted(due, &webhook, attempts, &error);
         }
         self.track_health(&webhook, &outcome).await

@@ -25,7 +25,7 @@ pub(super) struct Recorder {
 /// One caller's outcomes, and where to tell it they are stored.
 struct Pending {
     records: Vec<AttemptRecord>,
-    done: oneshot::Sender<StoreResult<()>>,
+    done: oneshot::Sender<StoreResult<Vec<bool>>>,
 }
 
 impl Recorder {
@@ -36,8 +36,9 @@ impl Recorder {
         Self { tx }
     }
 
-    /// Stores the attempts (all or nothing for this caller) and answers once they are durable.
-    pub(super) async fn record(&self, records: Vec<AttemptRecord>) -> StoreResult<()> {
+    /// Stores the attempts (all or nothing for this caller) and answers once they are durable,
+    /// with whether each moved its delivery on (`Store::record_attempts`).
+    pub(super) async fn record(&self, records: Vec<AttemptRecord>) -> StoreResult<Vec<bool>> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Pending { records, done })
@@ -90,9 +91,10 @@ async fn write(store: &dyn Store, group: Vec<Pending>) {
         callers.push((records.len(), done));
         all.extend(records);
     }
-    if store.record_attempts(&all).await.is_ok() {
-        for (_, done) in callers {
-            let _ = done.send(Ok(()));
+    if let Ok(moved) = store.record_attempts(&all).await {
+        let mut moved = moved.into_iter();
+        for (len, done) in callers {
+            let _ = done.send(Ok(moved.by_ref().take(len).collect()));
         }
         return;
     }

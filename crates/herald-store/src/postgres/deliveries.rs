@@ -453,19 +453,40 @@ const RETRY_AFTER_ATTEMPT: &str = concat!(
      AND ($9::BIGINT IS NULL OR lease_until = $9::BIGINT)"
 );
 
-pub(crate) async fn record_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
+/// Records attempts and moves their deliveries on (`Store::record_attempts`), answering which
+/// did.
+pub(crate) async fn record_attempts(
+    c: &impl Conn,
+    records: &[AttemptRecord],
+) -> DbResult<Vec<bool>> {
     // Pipelined: the attempts' insert and every delivery's update go to the server together
     // instead of waiting for a round trip each (a group from the recorder holds up to 512).
     let insert = insert_attempts(c, records);
     let updates = futures::future::try_join_all(records.iter().map(|r| update_delivery(c, r)));
-    futures::future::try_join(insert, updates).await?;
+    let ((), moved) = futures::future::try_join(insert, updates).await?;
+    // Rarely any: the attempts of a node that lost its leases (it stalled) are not the
+    // deliveries' history.
+    let stale: Vec<&str> = records
+        .iter()
+        .zip(&moved)
+        .filter(|(_, moved)| !**moved)
+        .map(|(r, _)| r.attempt.id.as_str())
+        .collect();
+    if !stale.is_empty() {
+        c.exec(
+            "DELETE FROM attempts a WHERE a.id = ANY($1) AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id AND d.state = 'cancelled')",
+            &[&stale],
+        )
+        .await?;
+    }
     if records
         .iter()
         .any(|r| matches!(r.next, NextStep::RetryAt(_)))
     {
         announce_work(c).await?;
     }
-    Ok(())
+    Ok(moved)
 }
 
 async fn insert_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
@@ -497,7 +518,8 @@ async fn insert_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<(
     Ok(())
 }
 
-async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
+/// Moves the delivery on after its attempt; answers whether it did.
+async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<bool> {
     let a = &r.attempt;
     let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
     let (number, status) = (big(a.number), a.status.map(big));
@@ -534,8 +556,9 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<()> {
             &lease,
         ],
     )
-    .await?;
-    Ok(())
+    .await
+    .map(|changed| changed == 1)
+    .map_err(Into::into)
 }
 
 pub(crate) async fn release_lease(

@@ -659,7 +659,7 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::next_due_at(&c))
     }
 
-    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<Vec<bool>> {
         in_tx!(self, |tx| deliveries::record_attempts(&tx, records))
     }
 

@@ -268,12 +268,13 @@ pub(crate) fn next_due_at(conn: &Connection) -> DbResult<Option<Timestamp>> {
 /// `due_at` for a delivery going back on its schedule: parked (NULL) if its webhook is inactive.
 const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 
-/// Records attempts and moves their deliveries on. A delivery cancelled while its attempt was
-/// in flight (its webhook deleted) that the endpoint accepted is recorded as succeeded: the
-/// receiver has it, and its history should say so. Each statement is taken from the cache once
-/// for all the records: taking it and giving it back hashes its whole text, which cost about a
-/// tenth of recording an attempt when done for each one.
-pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> DbResult<()> {
+/// Records attempts and moves their deliveries on (`Store::record_attempts`), answering which
+/// did. A delivery cancelled while its attempt was in flight (its webhook deleted) that the
+/// endpoint accepted is recorded as succeeded: the receiver has it, and its history should say
+/// so. Each statement is taken from the cache once for all the records: taking it and giving it
+/// back hashes its whole text, which cost about a tenth of recording an attempt when done for
+/// each one.
+pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> DbResult<Vec<bool>> {
     let mut insert_attempt = conn.prepare_cached(
         "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, error, \
          error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -286,26 +287,16 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
          WHERE id = ?7 AND org_id = ?8 AND ((state = 'pending' AND (?9 IS NULL OR lease_until = ?9)) \
              OR (state = 'cancelled' AND ?1 = 'succeeded'))",
     )?;
+    let mut moved = Vec::with_capacity(records.len());
     for r in records {
         let a = &r.attempt;
-        insert_attempt.execute(params![
-            a.id.as_str(),
-            a.delivery_id.as_str(),
-            a.number,
-            a.started_at.as_millis(),
-            a.duration_ms,
-            a.status,
-            a.error,
-            a.error_message,
-            a.response_body
-        ])?;
         let (state, next_at) = match r.next {
             NextStep::Succeeded => ("succeeded", None),
             NextStep::Failed => ("failed", None),
             NextStep::RetryAt(at) => ("pending", Some(at.as_millis())),
         };
         let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
-        update_delivery.execute(params![
+        let applied = update_delivery.execute(params![
             state,
             a.number,
             next_at,
@@ -315,9 +306,32 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
             a.delivery_id.as_str(),
             r.org_id.as_str(),
             r.lease_until.map(Timestamp::as_millis)
-        ])?;
+        ])? == 1;
+        if applied || is_cancelled(conn, &a.delivery_id)? {
+            insert_attempt.execute(params![
+                a.id.as_str(),
+                a.delivery_id.as_str(),
+                a.number,
+                a.started_at.as_millis(),
+                a.duration_ms,
+                a.status,
+                a.error,
+                a.error_message,
+                a.response_body
+            ])?;
+        }
+        moved.push(applied);
     }
-    Ok(())
+    Ok(moved)
+}
+
+/// Whether the delivery was cancelled: an attempt that was out meanwhile is part of its history.
+fn is_cancelled(conn: &Connection, id: &DeliveryId) -> DbResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM deliveries WHERE id = ? AND state = 'cancelled'")?
+        .query_row([id.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 pub(crate) fn release_lease(

@@ -604,7 +604,7 @@ impl Store for SqliteStore {
         self.read(deliveries::next_due_at).await
     }
 
-    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<Vec<bool>> {
         let records = records.to_vec();
         self.write(move |c| deliveries::record_attempts(c, &records))
             .await
