@@ -44,6 +44,19 @@ sequence! {
     9 "0009" "api_key_roles",
 }
 
+/// Says that the database was migrated by a newer Herald (its `schema` version is past the
+/// `known` ones). This one runs on it, as old nodes do beside new ones during a rolling
+/// upgrade, but knows nothing of what the newer migrations added.
+pub fn warn_if_newer(schema: i64, known: usize) {
+    if schema > known as i64 {
+        tracing::warn!(
+            schema,
+            known,
+            "the database was migrated by a newer Herald; this one runs on it as during a rolling upgrade, but should be replaced by the newer version"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

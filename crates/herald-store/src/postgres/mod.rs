@@ -233,7 +233,13 @@ impl PostgresStore {
             }
             applied += 1;
         }
+        let newest: i64 = tx
+            .query_one("SELECT MAX(version) FROM schema_migrations", &[])
+            .await
+            .map_err(sql)?
+            .get(0);
         tx.commit().await.map_err(sql)?;
+        migrations::warn_if_newer(newest, migrations::POSTGRES.len());
         if !upgrading && applied > 0 {
             // A new database: one line, not one per migration.
             let version = migrations::POSTGRES.last().map_or(0, |m| m.version);
@@ -263,13 +269,7 @@ impl PostgresStore {
                 format!("the database schema is at version {version}, this Herald needs {wanted}: run `herald migrate` (or start one node with migrations on)").into(),
             ));
         }
-        if version > wanted {
-            tracing::warn!(
-                schema = version,
-                known = wanted,
-                "the database was migrated by a newer Herald"
-            );
-        }
+        migrations::warn_if_newer(version, migrations::POSTGRES.len());
         Ok(version)
     }
 

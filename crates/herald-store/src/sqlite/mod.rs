@@ -267,6 +267,11 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             let version = migrations::SQLITE.last().map_or(0, |m| m.version);
             tracing::info!(version, "created the database schema");
         }
+        let newest: i64 =
+            conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })?;
+        migrations::warn_if_newer(newest, migrations::SQLITE.len());
         Ok(())
     };
     run().map_err(|e| classify(&e))

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::helpers::{ADMIN_TOKEN, Reply, TestReceiver, http_client};
+use crate::pg::TestDatabase;
 
 /// A `herald serve` process on a port of its own.
 pub(crate) struct Server {
@@ -388,6 +389,46 @@ async fn a_lease_too_short_for_long_timeouts_is_warned_of() {
             .any(|l| l.contains("HERALD_LEASE_SECONDS is under 62") && l.contains("raise it")),
         "{log:#?}"
     );
+}
+
+/// A Herald older than its database (a downgrade, or an old node left behind after an upgrade)
+/// runs on it, but says so rather than pass for up to date: SQLite, then PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_by_a_newer_herald_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = |database: Option<String>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg("migrate")
+            .env("HERALD_DATA_DIR", dir.path())
+            .env("HERALD_LOG", "info")
+            .kill_on_drop(true);
+        if let Some(url) = database {
+            command.env("HERALD_DATABASE_URL", url);
+        }
+        command.output()
+    };
+    let newer = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'from_the_future', 0)";
+    let warned = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr.contains("migrated by a newer Herald") && stderr.contains("schema=999")
+    };
+
+    let first = migrate(None).await.unwrap();
+    assert!(!warned(&first));
+    let db = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
+    db.execute(newer, []).unwrap();
+    drop(db);
+    assert!(warned(&migrate(None).await.unwrap()));
+
+    let Some(pg) = TestDatabase::create("the newer schema test").await else {
+        return;
+    };
+    let first = migrate(Some(pg.url.clone())).await.unwrap();
+    assert!(!warned(&first));
+    pg.connect().await.batch_execute(newer).await.unwrap();
+    assert!(warned(&migrate(Some(pg.url.clone())).await.unwrap()));
 }
 
 /// A start that fails writes nothing a later start would pass off as already shown: not the
