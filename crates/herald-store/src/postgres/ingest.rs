@@ -141,6 +141,20 @@ async fn answer(pool: &Pool, group: Vec<Job>) {
         }
         Err(StoreError::Unavailable(cause)) => {
             let why = cause.to_string();
+            // Cut off by the timeout or a broken connection, the group may have been stored
+            // all the same (the server took the commit, then stalled or answered too late):
+            // its deliveries, leased to this node and handed to nobody, would wait for their
+            // leases to end. Once the database answers they are given back, which finds
+            // nothing of what was not stored.
+            let unknown: Vec<Unanswered> = group
+                .iter()
+                .map(|job| Unanswered {
+                    org: job.org.clone(),
+                    items: job.items.clone(),
+                    lease_until: job.lease_until,
+                })
+                .collect();
+            tokio::spawn(give_back_when_answering(pool.clone(), unknown));
             for job in group {
                 reply(pool, job, Err(StoreError::Unavailable(why.clone().into()))).await;
             }
@@ -156,6 +170,50 @@ async fn answer(pool: &Pool, group: Vec<Job>) {
                 reply(pool, job, results.map(|mut r| r.pop().unwrap_or_default())).await;
             }
         }
+    }
+}
+
+/// A request whose storing was cut off: stored or not, nobody knows yet.
+struct Unanswered {
+    org: OrgId,
+    items: Vec<IngestItem>,
+    lease_until: Timestamp,
+}
+
+/// How often a give-back waiting for the database asks whether it answers again.
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Gives back the deliveries of requests that may have been stored while their callers heard
+/// "unavailable", once the database answers again (and once more a little later, for a commit
+/// the server finishes only after answering others); until their leases end, after which
+/// they are due anyway.
+async fn give_back_when_answering(pool: Pool, requests: Vec<Unanswered>) {
+    let Some(last_lease) = requests.iter().map(|r| r.lease_until).max() else {
+        return;
+    };
+    let now = || herald_core::Clock::now(&herald_core::SystemClock);
+    let answers = || {
+        timed(async {
+            let client = pool.get().await.map_err(pool_error)?;
+            client.simple_query("SELECT 1").await.map_err(sql)?;
+            Ok(())
+        })
+    };
+    while now() < last_lease {
+        tokio::time::sleep(ASK_AGAIN).await;
+        if answers().await.is_err() {
+            continue;
+        }
+        for pass in 0..2 {
+            if pass > 0 {
+                tokio::time::sleep(5 * ASK_AGAIN).await;
+            }
+            for r in &requests {
+                let stored = vec![IngestResult::Stored; r.items.len()];
+                give_back(&pool, &r.org, &r.items, &stored, now(), r.lease_until).await;
+            }
+        }
+        return;
     }
 }
 
@@ -203,7 +261,7 @@ async fn give_back(
     match given_back {
         Ok(()) => tracing::debug!(
             deliveries = held.len(),
-            "a client went away while its events were stored; their deliveries are due now"
+            "deliveries of a request whose caller was not answered are due now"
         ),
         Err(e) => tracing::warn!(
             error = %e,

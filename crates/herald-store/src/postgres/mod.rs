@@ -414,8 +414,13 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
         // 08: connection exception; 53: insufficient resources; 57P0x: shutting down, cannot
         // connect now; 40001/40P01: serialization failure, deadlock (try again); 55000 as a
         // new connection hears it: the database does not take connections now (an operator's
-        // `ALLOW_CONNECTIONS false` during maintenance).
+        // `ALLOW_CONNECTIONS false` during maintenance). 28: the password or role was changed
+        // under a running node; 3D000: its database was dropped or renamed. Each is an
+        // operator's to mend, and meanwhile nothing can be stored: a 503 to try again, not a
+        // 500 that many producers give up on.
         return code.starts_with("08")
+            || code.starts_with("28")
+            || code == "3D000"
             || code.starts_with("53")
             || code.starts_with("57P")
             || code == "40001"
@@ -910,6 +915,48 @@ mod tests {
             matches!(got, Err(StoreError::Unavailable(_))),
             "expected Unavailable, got {got:?}"
         );
+    }
+
+    /// A node whose database was dropped, or whose password was changed, under it cannot store
+    /// anything until an operator mends it: a 503 to try again, not a 500 that producers give
+    /// up on. Skipped without `HERALD_TEST_DATABASE_URL`.
+    #[tokio::test]
+    async fn a_missing_database_or_a_refused_password_is_unavailable() {
+        let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+            return;
+        };
+        let base = url.rsplit_once('/').unwrap().0;
+        let missing = format!("{base}/herald_missing_{}", std::process::id());
+        let admin =
+            PostgresStore::new(&url, PostgresOptions::default(), SecretCipher::none()).unwrap();
+        let client = admin.client().await.unwrap();
+        let role = format!("herald_pw_{}", std::process::id());
+        client
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'right-password'"
+            ))
+            .await
+            .unwrap();
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let host_and_db = rest.split_once('@').map_or(rest, |(_, h)| h);
+        let wrong = format!("{scheme}://{role}:wrong-password@{host_and_db}");
+        for target in [missing, wrong] {
+            let store =
+                PostgresStore::new(&target, PostgresOptions::default(), SecretCipher::none())
+                    .unwrap();
+            // Trust authentication (a test server's) takes any password: only a server that
+            // checks passwords refuses the wrong one.
+            if let Err(e) = &store.client().await {
+                assert!(
+                    matches!(e, StoreError::Unavailable(_)),
+                    "{target}: expected Unavailable, got {e:?}"
+                );
+            }
+        }
+        client
+            .batch_execute(&format!("DROP ROLE {role}"))
+            .await
+            .unwrap();
     }
 
     #[test]

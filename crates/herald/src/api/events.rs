@@ -15,6 +15,7 @@ use super::extract::{Caller, PathParams, RawJsonBody, parse_json};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
+use crate::service::ServiceError;
 use crate::service::ingest::{self, IngestReport};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -77,7 +78,21 @@ async fn post_events(
 ) -> ApiResult<(StatusCode, Json<IngestReport>)> {
     refuse_deliveries(&headers)?;
     let (events, batch) = posted_events(&body)?;
-    let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, events, batch).await?;
+    let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, events, batch)
+        .await
+        .map_err(|e| {
+            let unavailable = matches!(e, ServiceError::Unavailable(_));
+            let mut answer = ApiError::from(e);
+            if unavailable {
+                // A commit cut off by a stalled database may still land.
+                answer.message = "the database is unavailable, and the events may or may not \
+                                  have been stored: send them again shortly with the same id \
+                                  (an id already stored is answered as a duplicate, not stored \
+                                  twice)"
+                    .into();
+            }
+            answer
+        })?;
     Ok((StatusCode::ACCEPTED, Json(report)))
 }
 

@@ -68,7 +68,7 @@ async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) 
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(Status {
                     status: "unavailable",
-                    reason: Some("the database does not answer"),
+                    reason: Some("the database is unavailable (the log says why)"),
                 }),
             )
         }

@@ -27,6 +27,8 @@ struct Answers {
     /// 503s, and how many of them said when to try again.
     unavailable: usize,
     with_retry_after: usize,
+    /// 503s that said to send the events again with the same ids.
+    saying_same_id: usize,
     /// Anything else: status and body.
     other: Vec<String>,
 }
@@ -99,9 +101,7 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
                     .expect("Herald itself stays up");
                 let status = r.status();
                 let retry_after = r.headers().contains_key("retry-after");
-                let body = if status == StatusCode::ACCEPTED
-                    || status == StatusCode::SERVICE_UNAVAILABLE
-                {
+                let body = if status == StatusCode::ACCEPTED {
                     String::new()
                 } else {
                     r.text().await.unwrap_or_default()
@@ -116,6 +116,7 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
                         StatusCode::SERVICE_UNAVAILABLE => {
                             a.unavailable += 1;
                             a.with_retry_after += usize::from(retry_after);
+                            a.saying_same_id += usize::from(body.contains("same id"));
                             true
                         }
                         other => {
@@ -174,6 +175,10 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
     assert_eq!(
         answers.with_retry_after, answers.unavailable,
         "every 503 says when to try again"
+    );
+    assert_eq!(
+        answers.saying_same_id, answers.unavailable,
+        "every 503 says to send the events again with their ids (they may have been stored)"
     );
 
     // Every 202 was stored ...
