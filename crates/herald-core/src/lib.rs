@@ -22,6 +22,7 @@ pub mod retry;
 pub mod store;
 pub mod subscription;
 pub mod suggest;
+pub mod throttle;
 pub mod time;
 pub mod webhook;
 

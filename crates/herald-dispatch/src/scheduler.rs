@@ -21,14 +21,31 @@ const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true.
 pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
+    // Since when the store has failed the scheduler: an outage is said when it starts (and
+    // every minute while it lasts) and when it ends, not every second.
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut said_at = std::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return;
         }
         let wait = match tick(&dispatcher).await {
-            Ok(wait) => wait,
+            Ok(wait) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        after_secs = since.elapsed().as_secs(),
+                        "the database answers again; due deliveries are sent"
+                    );
+                }
+                wait
+            }
             Err(e) => {
-                tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "the scheduler could not read due deliveries");
+                let first = failing_since.is_none();
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if first || said_at.elapsed() >= Duration::from_secs(60) {
+                    said_at = std::time::Instant::now();
+                    tracing::error!(error = %e, cause = ?std::error::Error::source(&e), failing_secs = since.elapsed().as_secs(), "the scheduler cannot read due deliveries; trying again every second");
+                }
                 STORE_BACKOFF
             }
         };

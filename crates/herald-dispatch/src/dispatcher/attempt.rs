@@ -13,6 +13,10 @@ use herald_core::{AttemptId, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::{Move, Ticket};
+
+/// Attempts whose outcome could not be stored (the database is away): one line per 10 s.
+static UNRECORDED: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
 use super::health::past_schedule;
 use super::limit::{Signal, Slot};
 
@@ -61,7 +65,9 @@ impl Dispatcher {
         if let Err(e) = self.try_attempt(&batch, slot, ticket).await {
             // The leases stay; the deliveries come back when they run out.
             self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
-            tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %e, cause = ?std::error::Error::source(&e), "could not record an attempt; it will be retried after its lease");
+            if let Some(held_back) = UNRECORDED.admit() {
+                tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %e, cause = ?std::error::Error::source(&e), held_back, "could not record an attempt; it will be retried after its lease (said once per 10 s; held_back counts the others)");
+            }
         }
     }
 

@@ -9,6 +9,11 @@ use serde::Serialize;
 
 use crate::service::ServiceError;
 
+/// One line per 10 s for requests (and readiness probes) the database failed: an outage at
+/// a thousand requests a second would otherwise be a thousand lines a second.
+pub static STORE_UNAVAILABLE: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -86,7 +91,9 @@ impl From<ServiceError> for ApiError {
                 "this operation needs the admin token, not an organization API key",
             ),
             E::Unavailable(cause) => {
-                tracing::warn!(error = %cause, source = ?std::error::Error::source(&cause), "storage unavailable");
+                if let Some(held_back) = STORE_UNAVAILABLE.admit() {
+                    tracing::warn!(error = %cause, source = ?std::error::Error::source(&cause), held_back, "the database is unavailable: answering 503 (said once per 10 s while it lasts; held_back counts the answers since the last line)");
+                }
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",

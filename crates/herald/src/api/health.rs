@@ -63,7 +63,9 @@ async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) 
             }),
         ),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
+            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), held_back, "readiness check failed: the database is unavailable");
+            }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(Status {

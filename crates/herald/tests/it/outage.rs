@@ -214,6 +214,19 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     crate::pg::assert_never_at_once(&rx.repeats());
+    // The outage is a line or two in the log, not one per refused request.
+    let said = node
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("the database is unavailable: answering 503"))
+        .count();
+    assert!(
+        (1..=3).contains(&said),
+        "{said} lines for {} refused requests",
+        answers.unavailable
+    );
     eprintln!(
         "outage: {} events accepted, {} answered 503 while the database was away, {} deliveries repeated",
         answers.accepted.len(),
