@@ -437,10 +437,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending deliveries per webhook (for metrics).
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;
-    /// Whether the store can still take writes, as far as it knows without trying (the SQLite
-    /// store's writer thread ends only after a panic). The readiness check asks.
-    fn accepts_writes(&self) -> bool {
-        true
+    /// Why the store cannot take writes now, as far as it knows without trying (the SQLite
+    /// store's writer thread stopped, its file was deleted, its last commit failed moments
+    /// ago: a full disk); `None` when nothing says so. The readiness check asks.
+    fn write_trouble(&self) -> Option<String> {
+        None
     }
     /// How long write transactions take to commit, if the backend measures it.
     fn commit_latency(&self) -> Option<&crate::metrics::Histogram> {

@@ -734,8 +734,21 @@ impl Store for SqliteStore {
         self.read(deliveries::pending_by_webhook).await
     }
 
-    fn accepts_writes(&self) -> bool {
-        self.writer.is_running()
+    fn write_trouble(&self) -> Option<String> {
+        if !self.writer.is_running() {
+            return Some("the SQLite writer has stopped (see the log); restart Herald".into());
+        }
+        if !self.path.exists() {
+            return Some(format!(
+                "the database file {} was removed while Herald ran: what is stored now is lost \
+                 when Herald stops; restore the file from a backup, or restart Herald to begin \
+                 an empty one",
+                self.path.display()
+            ));
+        }
+        self.writer.recent_failure().map(|e| {
+            format!("the last write failed moments ago ({e}); is the disk full? Herald tries again")
+        })
     }
 
     fn commit_latency(&self) -> Option<&herald_core::metrics::Histogram> {

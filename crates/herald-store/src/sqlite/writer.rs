@@ -65,20 +65,28 @@ pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
     /// How long each group takes from BEGIN to the end of COMMIT (the fsync).
     pub(crate) commit_latency: Arc<Histogram>,
+    /// The last group's failure (a full disk, an I/O error) and when; cleared by a commit.
+    failure: Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
+
+/// For how long a failed commit makes the node not ready: long enough for a load balancer to
+/// look elsewhere, short enough that a node nobody writes to any more is tried again.
+const FAILURE_SAYS_NOT_READY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
     pub(crate) fn start(conn: Connection) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let commit_latency = Arc::new(Histogram::default());
         let latency = commit_latency.clone();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let failed = failure.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || {
                 // A panic ends the thread (the callers of its group get "stopped"); say so once,
                 // loudly, since every write fails from then on.
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(conn, rx, &latency)
+                    run(conn, rx, &latency, &failed)
                 }));
                 if ran.is_err() {
                     tracing::error!(
@@ -87,7 +95,20 @@ impl Writer {
                 }
             })
             .expect("spawning the writer thread");
-        Self { tx, commit_latency }
+        Self {
+            tx,
+            commit_latency,
+            failure,
+        }
+    }
+
+    /// The error of the last group, if it failed within `FAILURE_SAYS_NOT_READY`.
+    pub(crate) fn recent_failure(&self) -> Option<String> {
+        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILURE_SAYS_NOT_READY)
+            .map(|(_, e)| e.clone())
     }
 
     /// Whether the writer thread still takes work (it ends only after a panic).
@@ -119,7 +140,14 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, latency: &Histogram) {
+type Failure = std::sync::Mutex<Option<(std::time::Instant, String)>>;
+
+fn run(
+    conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    latency: &Histogram,
+    last_failure: &Failure,
+) {
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
     // Declared after `group`, so that a panic drops it first: `is_running` is false before the
     // group's callers hear that the writer stopped (a parameter would be dropped last).
@@ -134,6 +162,9 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, latency: &Histogram) 
         }
         let started = std::time::Instant::now();
         let failure = commit_group(&conn, &mut group).err();
+        *last_failure.lock().unwrap_or_else(|e| e.into_inner()) = failure
+            .as_ref()
+            .map(|e| (std::time::Instant::now(), e.to_string()));
         for job in group.drain(..) {
             job.finish(failure.as_ref());
         }
@@ -249,6 +280,32 @@ mod tests {
             busy,
             _dir: dir,
         }
+    }
+
+    /// A commit that fails (here a deferred foreign key; in life a full disk) is remembered
+    /// for a while, so that the node says it is not ready; the next commit clears it.
+    #[tokio::test]
+    async fn a_failed_commit_is_remembered_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("f.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; CREATE TABLE p (id INTEGER PRIMARY KEY); \
+             CREATE TABLE c (pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        let writer = Writer::start(conn);
+        assert_eq!(writer.recent_failure(), None);
+        let failed = writer
+            .write(|c| exec(c, "INSERT INTO c (pid) VALUES (42)"))
+            .await;
+        assert!(failed.is_err());
+        let failure = writer.recent_failure().expect("remembered");
+        assert!(failure.contains("FOREIGN KEY"), "{failure}");
+        writer
+            .write(|c| exec(c, "INSERT INTO p (id) VALUES (1)"))
+            .await
+            .unwrap();
+        assert_eq!(writer.recent_failure(), None);
     }
 
     fn spawn_write<F>(writer: &Writer, work: F) -> Answer

@@ -25,7 +25,7 @@ struct Status {
     status: &'static str,
     /// Why it is not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    reason: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// Alive: the process answers HTTP.
@@ -45,12 +45,12 @@ async fn get_health() -> Json<Status> {
         (status = 503, description = "The database does not answer, or cannot store anything", body = Status),
     ))]
 async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
-    if !state.store.accepts_writes() {
+    if let Some(trouble) = state.store.write_trouble() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Status {
                 status: "unavailable",
-                reason: Some("the SQLite writer has stopped (see the log); restart Herald"),
+                reason: Some(trouble.into()),
             }),
         );
     }
@@ -70,7 +70,7 @@ async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) 
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(Status {
                     status: "unavailable",
-                    reason: Some("the database is unavailable (the log says why)"),
+                    reason: Some("the database is unavailable (the log says why)".into()),
                 }),
             )
         }

@@ -1020,6 +1020,22 @@ async fn unknown_routes_and_ids_answer_json_404s() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// The SQLite file deleted under a running node: what it stores from then on would be lost at
+/// restart, so it is no longer ready (a load balancer looks elsewhere), and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_database_file_was_removed_is_not_ready() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app.call(Method::GET, "/readyz", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    std::fs::remove_file(app.data_dir().join("herald.db")).unwrap();
+    let (status, ready) = app.call(Method::GET, "/readyz", "", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert!(
+        ready["reason"].as_str().unwrap().contains("was removed"),
+        "{ready}"
+    );
+}
+
 /// Runs the `herald` binary with `args`; answers its exit status and standard output.
 pub(crate) async fn herald_cli(
     app: &TestApp,

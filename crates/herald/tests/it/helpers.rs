@@ -85,6 +85,11 @@ impl TestApp {
         }
     }
 
+    /// The server's data directory (its SQLite file, `herald.db`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Moves the clock ahead and wakes the scheduler, as if that much time had passed.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
