@@ -5,6 +5,9 @@
 //! bigger (and cheaper per attempt) each write.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -22,11 +25,20 @@ pub(super) struct Recorder {
     tx: mpsc::UnboundedSender<Pending>,
 }
 
+/// What a caller hears: which records moved their deliveries on, or why they were not stored,
+/// with the records to try again.
+type Answer = Result<Vec<bool>, (StoreError, Vec<AttemptRecord>)>;
+
 /// One caller's outcomes, and where to tell it they are stored.
 struct Pending {
     records: Vec<AttemptRecord>,
-    done: oneshot::Sender<StoreResult<Vec<bool>>>,
+    done: oneshot::Sender<Answer>,
 }
+
+/// How long outcomes are kept trying while the database is away. An attempt whose outcome is
+/// lost is sent again once its lease ends (a duplicate for the receiver); kept, it is stored
+/// when the database is back. Bounded, so that a node asked to stop meanwhile does.
+const KEEP_TRYING: Duration = Duration::from_secs(30);
 
 impl Recorder {
     /// Starts the recorder's task on the current runtime; it ends when every handle is gone.
@@ -37,13 +49,26 @@ impl Recorder {
     }
 
     /// Stores the attempts (all or nothing for this caller) and answers once they are durable,
-    /// with whether each moved its delivery on (`Store::record_attempts`).
-    pub(super) async fn record(&self, records: Vec<AttemptRecord>) -> StoreResult<Vec<bool>> {
-        let (done, answer) = oneshot::channel();
-        self.tx
-            .send(Pending { records, done })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+    /// with whether each moved its delivery on (`Store::record_attempts`). While the database is
+    /// away it tries again, for `KEEP_TRYING` at most.
+    pub(super) async fn record(&self, mut records: Vec<AttemptRecord>) -> StoreResult<Vec<bool>> {
+        let give_up = Instant::now() + KEEP_TRYING;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let (done, answer) = oneshot::channel();
+            self.tx
+                .send(Pending { records, done })
+                .map_err(|_| stopped())?;
+            match answer.await.map_err(|_| stopped())? {
+                Ok(moved) => return Ok(moved),
+                Err((StoreError::Unavailable(_), again)) if Instant::now() + pause < give_up => {
+                    records = again;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(4));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 }
 
@@ -82,7 +107,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
 async fn write(store: &dyn Store, group: Vec<Pending>) {
     if group.len() == 1 {
         let Pending { records, done } = group.into_iter().next().expect("one");
-        let _ = done.send(store.record_attempts(&records).await);
+        let answer = store.record_attempts(&records).await;
+        let _ = done.send(answer.map_err(|e| (e, records)));
         return;
     }
     let mut all = Vec::with_capacity(group.iter().map(|p| p.records.len()).sum());
@@ -98,10 +124,10 @@ async fn write(store: &dyn Store, group: Vec<Pending>) {
         }
         return;
     }
-    let mut start = 0;
+    let mut all = all.into_iter();
     for (len, done) in callers {
-        let mine = &all[start..start + len];
-        start += len;
-        let _ = done.send(store.record_attempts(mine).await);
+        let mine: Vec<AttemptRecord> = all.by_ref().take(len).collect();
+        let answer = store.record_attempts(&mine).await;
+        let _ = done.send(answer.map_err(|e| (e, mine)));
     }
 }

@@ -234,3 +234,85 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
         rx.repeats().len()
     );
 }
+
+/// Deliveries go on from memory while the database is away; their outcomes wait to be stored
+/// until it is back rather than being lost, which would send each of them again once its lease
+/// ended (a duplicate for the receiver).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_made_while_the_database_is_away_are_not_sent_again() {
+    let _turn = crate::helpers::heavy_turn().await;
+    let Some(db) = TestDatabase::create("the outcomes-kept test").await else {
+        return;
+    };
+    let proxy = Proxy::start(server_address(&db.url)).await;
+    let rx = TimingReceiver::start(Duration::from_millis(100)).await;
+    let http = http_client();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_with(
+        dir.path(),
+        &[
+            ("HERALD_DATABASE_URL", via(&db.url, proxy.addr)),
+            ("HERALD_LEASE_SECONDS", "20".to_owned()),
+        ],
+    )
+    .await;
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{}{path}", node.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let org: serde_json::Value = post("/v1/orgs".into(), json!({ "name": "Acme" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org = org["id"].as_str().unwrap().to_owned();
+    let hook = post(
+        format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "sink", "url": rx.url(), "timeout_ms": 2000 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hook.status(), StatusCode::CREATED);
+    // A backlog that takes a few seconds to deliver (16 at a time, 100 ms each).
+    let events: Vec<serde_json::Value> = (0..400)
+        .map(|i| json!({ "type": "user.created", "id": format!("b-{i}"), "data": { "user": { "id": format!("b-{i}") } } }))
+        .collect();
+    let stored = post(format!("/v1/orgs/{org}/events"), json!(events))
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.visits().len() < 30 {
+        assert!(Instant::now() < deadline, "delivery did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent_while_away = rx.visits().len();
+    proxy.restore();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let arrived: HashSet<String> = rx.visits().into_iter().map(|v| v.key).collect();
+        if arrived.len() == 400 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 400 arrived",
+            arrived.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the leases of anything whose outcome was lost.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let repeats = rx.repeats();
+    assert!(
+        repeats.is_empty(),
+        "{} deliveries sent twice ({sent_while_away} requests had arrived when the database came back)",
+        repeats.len()
+    );
+}
