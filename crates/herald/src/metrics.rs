@@ -37,7 +37,8 @@ pub struct Snapshot<'a> {
     pub held_bytes: usize,
     /// Bytes of request bodies admitted and not yet answered (`api::admission`).
     pub body_bytes_in_flight: u64,
-    pub pending: Vec<PendingStat>,
+    /// Each webhook's backlog; `None` when the database did not answer for this scrape.
+    pub pending: Option<Vec<PendingStat>>,
     /// Each webhook with a running task on this node and its adaptive limit.
     pub concurrency: Vec<(WebhookId, usize)>,
     pub now: Timestamp,
@@ -46,6 +47,13 @@ pub struct Snapshot<'a> {
 impl Snapshot<'_> {
     pub fn render(&self) -> String {
         let mut out = String::new();
+        render_value(
+            &mut out,
+            "herald_database_up",
+            "gauge",
+            "Whether the database answered this scrape's read (1) or not (0); without it the per-webhook backlog series are missing, not zero.",
+            u64::from(self.pending.is_some()),
+        );
         let counter = |out: &mut String, name: &str, help: &str, c: &Counter| {
             render_value(out, name, "counter", help, c.get())
         };
@@ -147,7 +155,7 @@ impl Snapshot<'_> {
             out,
             "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook, as the database counts them: with several nodes, every node reports the same whole count (take one node's, or the max, not the sum).\n# TYPE herald_webhook_pending_deliveries gauge"
         );
-        for p in &self.pending {
+        for p in self.pending.iter().flatten() {
             let _ = writeln!(
                 out,
                 "herald_webhook_pending_deliveries{{webhook=\"{}\"}} {}",
@@ -158,7 +166,7 @@ impl Snapshot<'_> {
             out,
             "# HELP herald_webhook_oldest_pending_seconds Age of each webhook's oldest pending delivery, as the database knows it (the same on every node).\n# TYPE herald_webhook_oldest_pending_seconds gauge"
         );
-        for p in &self.pending {
+        for p in self.pending.iter().flatten() {
             let age = (self.now.as_millis() - p.oldest.as_millis()).max(0) as f64 / 1000.0;
             let _ = writeln!(
                 out,

@@ -77,6 +77,9 @@ async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) 
     }
 }
 
+/// How long `/metrics` waits for the database's backlog figures.
+const METRICS_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Prometheus metrics: events ingested, deliveries by outcome, retries, per-webhook backlog and
 /// oldest pending age, attempt and commit latency histograms.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
@@ -95,12 +98,18 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         )
         .into_response();
     }
-    let pending = match state.store.pending_by_webhook().await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not count pending deliveries for /metrics");
-            Vec::new()
+    // Within a scraper's patience (Prometheus gives up after 10 s by default): a database
+    // that does not answer is reported as down rather than holding the whole scrape.
+    let read = tokio::time::timeout(METRICS_READ_WITHIN, state.store.pending_by_webhook()).await;
+    let pending = match read {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e)) => {
+            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
+                tracing::warn!(error = %e, held_back, "could not count pending deliveries for /metrics: herald_database_up is 0");
+            }
+            None
         }
+        Err(_) => None,
     };
     let snapshot = crate::metrics::Snapshot {
         ingest: &state.metrics,

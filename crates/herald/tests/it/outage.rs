@@ -150,6 +150,21 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // the outage lasts a few seconds
+    let database_up = || async {
+        let metrics = http
+            .get(format!("{}/metrics", node.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_database_up "))
+            .map(str::to_owned)
+    };
+    assert_eq!(database_up().await.as_deref(), Some("0"));
     let accepted_before_restore = accepted();
     proxy.restore();
 
@@ -162,6 +177,7 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(database_up().await.as_deref(), Some("1"));
     stop.store(true, Ordering::SeqCst);
     for p in producers {
         p.await.unwrap();
