@@ -97,7 +97,7 @@ impl HttpClient {
         timeout: Duration,
     ) -> AttemptOutcome {
         let started = Instant::now();
-        let deadline = Deadline::now() + timeout;
+        let mut deadline = Budget::new(timeout);
         let built = self
             .targets
             .target(&self.policy, url)
@@ -106,8 +106,11 @@ impl HttpClient {
             Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
         };
-        let exchanged =
-            by_deadline(deadline, self.exchange(&target.origin, &target.uri, req)).await;
+        let exchanged = by_deadline(
+            &mut deadline,
+            self.exchange(&target.origin, &target.uri, req),
+        )
+        .await;
         let (response, connection) = match exchanged {
             Ok(Ok(exchanged)) => exchanged,
             Ok(Err(error)) => return failed(error, None, started, String::new(), None),
@@ -119,7 +122,8 @@ impl HttpClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let (kept, end) = read_prefix(response.into_body(), RESPONSE_BODY_KEEP, deadline).await;
+        let (kept, end) =
+            read_prefix(response.into_body(), RESPONSE_BODY_KEEP, &mut deadline).await;
         let kept = keep_response_prefix(&kept);
         match end {
             BodyEnd::Complete => target.origin.checkin(connection),
@@ -425,7 +429,7 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, String), AttemptError> {
-        let deadline = Deadline::now() + timeout;
+        let mut deadline = Budget::new(timeout);
         let (uri, path, host) = resolve_target(&self.policy, url)?;
         let req = http::Request::get(path)
             .header(HOST, host)
@@ -433,11 +437,11 @@ impl HttpClient {
             .body(Full::default())
             .map_err(|e| AttemptError::Request(e.to_string()))?;
         let (response, _connection) =
-            by_deadline(deadline, self.exchange(&Origin::default(), &uri, req))
+            by_deadline(&mut deadline, self.exchange(&Origin::default(), &uri, req))
                 .await
                 .map_err(|_| AttemptError::Timeout)??;
         let status = response.status().as_u16();
-        let (mut text, end) = read_prefix(response.into_body(), max_body, deadline).await;
+        let (mut text, end) = read_prefix(response.into_body(), max_body, &mut deadline).await;
         match end {
             BodyEnd::Deadline => return Err(AttemptError::Timeout),
             BodyEnd::Broken(e) => return Err(AttemptError::Request(error_chain(&e))),
@@ -461,7 +465,7 @@ enum BodyEnd {
 /// Reads a response body by `deadline` until its end or until at least `max` bytes are in
 /// (a short body is read to its end, so its connection can be used again). Answers what was
 /// read, and how reading ended.
-async fn read_prefix(mut body: Incoming, max: usize, deadline: Deadline) -> (Vec<u8>, BodyEnd) {
+async fn read_prefix(mut body: Incoming, max: usize, deadline: &mut Budget) -> (Vec<u8>, BodyEnd) {
     use hyper::body::Body as _;
     let mut read = Vec::new();
     while read.len() < max {
@@ -490,21 +494,40 @@ const STALLED: Duration = Duration::from_millis(500);
 /// How long a stalled wait gets at most to take an answer that came meanwhile.
 const STALL_GRACE: Duration = Duration::from_secs(2);
 
-/// Awaits `fut` until `deadline`. After a stall every timer fires at once, often before the
+/// A request's deadline, which a stall of the process may move once (see `by_deadline`).
+struct Budget {
+    at: Deadline,
+    moved: bool,
+}
+
+impl Budget {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            at: Deadline::now() + timeout,
+            moved: false,
+        }
+    }
+}
+
+/// Awaits `fut` until the deadline. After a stall every timer fires at once, often before the
 /// connection's task has read the answer that came meanwhile and is waiting in the socket: the
 /// attempt would be a timeout the endpoint did not cause (and, repeated, open its circuit). A
-/// timer that fires `STALLED` late gives `fut` up to as long again (`STALL_GRACE` at most) to
-/// finish first.
-async fn by_deadline<F: Future>(deadline: Deadline, fut: F) -> Result<F::Output, Elapsed> {
+/// timer that fires `STALLED` late moves the deadline to give `fut` up to as long again
+/// (`STALL_GRACE` at most) to finish; once per request, so that an endpoint dripping its body
+/// cannot be given grace after grace.
+async fn by_deadline<F: Future>(deadline: &mut Budget, fut: F) -> Result<F::Output, Elapsed> {
     let mut fut = std::pin::pin!(fut);
-    match timeout_at(deadline, &mut fut).await {
+    match timeout_at(deadline.at, &mut fut).await {
         Ok(done) => Ok(done),
         Err(elapsed) => {
-            let late = Deadline::now().saturating_duration_since(deadline);
-            if late < STALLED {
+            let now = Deadline::now();
+            let late = now.saturating_duration_since(deadline.at);
+            if late < STALLED || deadline.moved {
                 return Err(elapsed);
             }
-            tokio::time::timeout(late.min(STALL_GRACE), fut).await
+            deadline.moved = true;
+            deadline.at = now + late.min(STALL_GRACE);
+            timeout_at(deadline.at, fut).await
         }
     }
 }
@@ -764,6 +787,37 @@ mod tests {
         server.join().unwrap();
         assert_eq!(outcome.status, Some(200), "{outcome:?}");
         assert!(outcome.is_success(), "{outcome:?}");
+    }
+
+    /// A stall moves a request's deadline once: a second late timer (an endpoint dripping its
+    /// body after the first grace) ends it at once. The stalls block the test's only runtime
+    /// thread; the bounds are loose, one from below and one from above.
+    #[tokio::test]
+    async fn a_stall_moves_the_deadline_once() {
+        let stall = || std::thread::sleep(Duration::from_millis(800));
+        let mut budget = Budget::new(Duration::from_millis(100));
+        stall();
+        let started = Deadline::now();
+        assert!(
+            by_deadline(&mut budget, std::future::pending::<()>())
+                .await
+                .is_err()
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(600),
+            "waited the grace"
+        );
+        stall();
+        let started = Deadline::now();
+        assert!(
+            by_deadline(&mut budget, std::future::pending::<()>())
+                .await
+                .is_err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "no second grace"
+        );
     }
 
     /// Targets are remembered per URL: a refused URL stays refused on every attempt.
