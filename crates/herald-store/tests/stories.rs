@@ -2082,7 +2082,16 @@ async fn a_late_outcome_does_not_undo_the_next_holders_lease(store: Arc<dyn Stor
         "the holder's lease was cleared"
     );
     // The holder's own outcome moves it on.
-    let moved = store.record_attempts(&[record(1, at(100))]).await.unwrap();
+    let holders = [record(1, at(100))];
+    let moved = store.record_attempts(&holders).await.unwrap();
+    assert_eq!(moved, vec![true]);
+    let (delivery, attempts) = store.get_delivery(&org.id, &id).await.unwrap();
+    assert_eq!(
+        (delivery.state, attempts.len()),
+        (DeliveryState::Succeeded, 1)
+    );
+    // Stored again (a try whose answer was lost, then retried): it was stored, once.
+    let moved = store.record_attempts(&holders).await.unwrap();
     assert_eq!(moved, vec![true]);
     let (delivery, attempts) = store.get_delivery(&org.id, &id).await.unwrap();
     assert_eq!(

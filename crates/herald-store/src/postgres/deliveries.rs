@@ -412,7 +412,8 @@ const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (id, delivery_id, number, started_at, \
      duration_ms, status, error, error_message, response_body) \
      SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
-       $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[])";
+       $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
+     ON CONFLICT (id) DO NOTHING RETURNING id";
 
 /// A delivery's state after an attempt that ended it (succeeded, or failed for good). One
 /// statement per delivery: an `UPDATE … FROM UNNEST` for the group was planned as a scan of the
@@ -463,7 +464,15 @@ pub(crate) async fn record_attempts(
     // instead of waiting for a round trip each (a group from the recorder holds up to 512).
     let insert = insert_attempts(c, records);
     let updates = futures::future::try_join_all(records.iter().map(|r| update_delivery(c, r)));
-    let ((), moved) = futures::future::try_join(insert, updates).await?;
+    let (inserted, mut moved) = futures::future::try_join(insert, updates).await?;
+    // An attempt already there was stored by an earlier try whose answer was lost (a commit
+    // the server took after Herald stopped waiting), which moved its delivery on then.
+    if inserted.len() < records.len() {
+        let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+        for (r, moved) in records.iter().zip(moved.iter_mut()) {
+            *moved |= !inserted.contains(r.attempt.id.as_str());
+        }
+    }
     // Rarely any: the attempts of a node that lost its leases (it stalled) are not the
     // deliveries' history.
     let stale: Vec<&str> = records
@@ -489,7 +498,8 @@ pub(crate) async fn record_attempts(
     Ok(moved)
 }
 
-async fn insert_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<()> {
+/// Inserts the attempts not stored yet; answers the ids it inserted.
+async fn insert_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<Vec<String>> {
     let attempts = || records.iter().map(|r| &r.attempt);
     let ids: Vec<&str> = attempts().map(|a| a.id.as_str()).collect();
     let deliveries: Vec<&str> = attempts().map(|a| a.delivery_id.as_str()).collect();
@@ -500,22 +510,23 @@ async fn insert_attempts(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<(
     let errors: Vec<Option<&str>> = attempts().map(|a| a.error.as_deref()).collect();
     let messages: Vec<Option<&str>> = attempts().map(|a| a.error_message.as_deref()).collect();
     let bodies: Vec<&str> = attempts().map(|a| a.response_body.as_str()).collect();
-    c.exec(
-        INSERT_ATTEMPTS,
-        &[
-            &ids,
-            &deliveries,
-            &numbers,
-            &started,
-            &durations,
-            &statuses,
-            &errors,
-            &messages,
-            &bodies,
-        ],
-    )
-    .await?;
-    Ok(())
+    let rows = c
+        .rows(
+            INSERT_ATTEMPTS,
+            &[
+                &ids,
+                &deliveries,
+                &numbers,
+                &started,
+                &durations,
+                &statuses,
+                &errors,
+                &messages,
+                &bodies,
+            ],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// Moves the delivery on after its attempt; answers whether it did.

@@ -307,7 +307,9 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
             r.org_id.as_str(),
             r.lease_until.map(Timestamp::as_millis)
         ])? == 1;
-        if applied || is_cancelled(conn, &a.delivery_id)? {
+        // Not moved on: its lease passed to another node, or an earlier try stored it already.
+        let stored_before = !applied && attempt_exists(conn, &a.id)?;
+        if !stored_before && (applied || is_cancelled(conn, &a.delivery_id)?) {
             insert_attempt.execute(params![
                 a.id.as_str(),
                 a.delivery_id.as_str(),
@@ -320,9 +322,17 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
                 a.response_body
             ])?;
         }
-        moved.push(applied);
+        moved.push(applied || stored_before);
     }
     Ok(moved)
+}
+
+fn attempt_exists(conn: &Connection, id: &herald_core::AttemptId) -> DbResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM attempts WHERE id = ?")?
+        .query_row([id.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// Whether the delivery was cancelled: an attempt that was out meanwhile is part of its history.
