@@ -37,7 +37,8 @@ struct Pending {
 
 /// How long outcomes are kept trying while the database is away. An attempt whose outcome is
 /// lost is sent again once its lease ends (a duplicate for the receiver); kept, it is stored
-/// when the database is back. Bounded, so that a node asked to stop meanwhile does.
+/// when the database is back. Bounded, so that the caller's lease renewal and the
+/// shutdown's wait are not outlived by much.
 const KEEP_TRYING: Duration = Duration::from_secs(30);
 
 impl Recorder {
@@ -59,7 +60,13 @@ impl Recorder {
             self.tx
                 .send(Pending { records, done })
                 .map_err(|_| stopped())?;
-            match answer.await.map_err(|_| stopped())? {
+            // A stalled database holds a write until its timeout: the wait is bounded too.
+            let answered = tokio::time::timeout_at(give_up, answer)
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable("the database did not store the outcome in time".into())
+                })?;
+            match answered.map_err(|_| stopped())? {
                 Ok(moved) => return Ok(moved),
                 Err((StoreError::Unavailable(_), again)) if Instant::now() + pause < give_up => {
                     records = again;
@@ -117,14 +124,27 @@ async fn write(store: &dyn Store, group: Vec<Pending>) {
         callers.push((records.len(), done));
         all.extend(records);
     }
-    if let Ok(moved) = store.record_attempts(&all).await {
-        let mut moved = moved.into_iter();
+    let unavailable = match store.record_attempts(&all).await {
+        Ok(moved) => {
+            let mut moved = moved.into_iter();
+            for (len, done) in callers {
+                let _ = done.send(Ok(moved.by_ref().take(len).collect()));
+            }
+            return;
+        }
+        Err(StoreError::Unavailable(cause)) => Some(cause.to_string()),
+        Err(_) => None,
+    };
+    let mut all = all.into_iter();
+    if let Some(cause) = unavailable {
+        // No record can make the database away: each caller would only wait its turn to fail
+        // the same way.
         for (len, done) in callers {
-            let _ = done.send(Ok(moved.by_ref().take(len).collect()));
+            let mine: Vec<AttemptRecord> = all.by_ref().take(len).collect();
+            let _ = done.send(Err((StoreError::Unavailable(cause.clone().into()), mine)));
         }
         return;
     }
-    let mut all = all.into_iter();
     for (len, done) in callers {
         let mine: Vec<AttemptRecord> = all.by_ref().take(len).collect();
         let answer = store.record_attempts(&mine).await;
