@@ -10,6 +10,7 @@
 //! A group that fails for any reason but the database being away is stored again request by
 //! request, so that one request's failure is that request's alone.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
@@ -53,6 +54,9 @@ impl Job {
 #[derive(Default)]
 pub(crate) struct IngestQueue {
     runner: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// Deliveries of requests whose storing was cut off, to give back once the database
+    /// answers (`Unanswered`).
+    unanswered: Arc<Unanswered>,
 }
 
 impl IngestQueue {
@@ -99,7 +103,7 @@ impl IngestQueue {
             return tx.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool.clone(), rx));
+        tokio::spawn(run(pool.clone(), rx, self.unanswered.clone()));
         *runner = Some(tx.clone());
         tx
     }
@@ -107,7 +111,7 @@ impl IngestQueue {
 
 /// Takes everything queued as one group, while fewer than [`GROUPS_IN_FLIGHT`] are being
 /// stored; stops when the store (the queue's sender) is dropped.
-async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, unanswered: Arc<Unanswered>) {
     let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     while let Some(first) = jobs.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -120,16 +124,16 @@ async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>) {
             events += job.items.len();
             group.push(job);
         }
-        let pool = pool.clone();
+        let (pool, unanswered) = (pool.clone(), unanswered.clone());
         tokio::spawn(async move {
-            answer(&pool, group).await;
+            answer(&pool, group, &unanswered).await;
             drop(slot);
         });
     }
 }
 
 /// Stores a group and answers each of its jobs.
-async fn answer(pool: &Pool, group: Vec<Job>) {
+async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
     let requests: Vec<IngestRequest<'_>> = group.iter().map(Job::request).collect();
     let outcome = store_group(pool, &requests).await;
     drop(requests);
@@ -146,15 +150,10 @@ async fn answer(pool: &Pool, group: Vec<Job>) {
             // its deliveries, leased to this node and handed to nobody, would wait for their
             // leases to end. Once the database answers they are given back, which finds
             // nothing of what was not stored.
-            let unknown: Vec<Unanswered> = group
-                .iter()
-                .map(|job| Unanswered {
-                    org: job.org.clone(),
-                    items: job.items.clone(),
-                    lease_until: job.lease_until,
-                })
-                .collect();
-            tokio::spawn(give_back_when_answering(pool.clone(), unknown));
+            for job in &group {
+                let held = held_at_ingest(&job.items, None, job.lease_until);
+                unanswered.add(pool, &job.org, held);
+            }
             for job in group {
                 reply(pool, job, Err(StoreError::Unavailable(why.clone().into()))).await;
             }
@@ -173,48 +172,106 @@ async fn answer(pool: &Pool, group: Vec<Job>) {
     }
 }
 
-/// A request whose storing was cut off: stored or not, nobody knows yet.
-struct Unanswered {
-    org: OrgId,
-    items: Vec<IngestItem>,
-    lease_until: Timestamp,
+/// Deliveries of requests whose storing was cut off (a timeout, a broken connection): stored or
+/// not, nobody knows yet. Only their ids and leases are kept, not the events; one task gives
+/// them back once the database answers, for every such request at once.
+#[derive(Default)]
+pub(crate) struct Unanswered {
+    /// By organization: each delivery and the lease it would be under.
+    held: Mutex<HashMap<OrgId, Vec<(DeliveryId, Timestamp)>>>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
-/// How often a give-back waiting for the database asks whether it answers again.
+impl Unanswered {
+    fn add(self: &Arc<Self>, pool: &Pool, org: &OrgId, held: Vec<(DeliveryId, Timestamp)>) {
+        if held.is_empty() {
+            return;
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(org.clone())
+            .or_default()
+            .extend(held);
+        if !self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(self.clone().drain(pool.clone()));
+        }
+    }
+
+    /// Gives back what is held a little after the database answers again (a commit the server
+    /// took before stalling lands only then); drops what is past its lease, which is due
+    /// anyway. Ends when nothing is held.
+    async fn drain(self: Arc<Self>, pool: Pool) {
+        let now = || herald_core::Clock::now(&herald_core::SystemClock);
+        let answers = || {
+            timed(async {
+                let client = pool.get().await.map_err(pool_error)?;
+                client.simple_query("SELECT 1").await.map_err(sql)?;
+                Ok(())
+            })
+        };
+        loop {
+            tokio::time::sleep(ASK_AGAIN).await;
+            if self.prune(now()) {
+                self.draining
+                    .store(false, std::sync::atomic::Ordering::Release);
+                // Added while this was stopping: go on.
+                if self
+                    .held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                    || self
+                        .draining
+                        .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            if answers().await.is_err() {
+                continue;
+            }
+            tokio::time::sleep(5 * ASK_AGAIN).await;
+            let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+            for (org, deliveries) in held {
+                give_back(&pool, &org, deliveries, now()).await;
+            }
+        }
+    }
+
+    /// Drops what is past its lease by `now`; answers whether nothing is left.
+    fn prune(&self, now: Timestamp) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|_, deliveries| {
+            deliveries.retain(|(_, lease)| *lease > now);
+            !deliveries.is_empty()
+        });
+        held.is_empty()
+    }
+}
+
+/// How often the give-back waiting for the database asks whether it answers again.
 const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Gives back the deliveries of requests that may have been stored while their callers heard
-/// "unavailable", once the database answers again (and once more a little later, for a commit
-/// the server finishes only after answering others); until their leases end, after which
-/// they are due anyway.
-async fn give_back_when_answering(pool: Pool, requests: Vec<Unanswered>) {
-    let Some(last_lease) = requests.iter().map(|r| r.lease_until).max() else {
-        return;
-    };
-    let now = || herald_core::Clock::now(&herald_core::SystemClock);
-    let answers = || {
-        timed(async {
-            let client = pool.get().await.map_err(pool_error)?;
-            client.simple_query("SELECT 1").await.map_err(sql)?;
-            Ok(())
-        })
-    };
-    while now() < last_lease {
-        tokio::time::sleep(ASK_AGAIN).await;
-        if answers().await.is_err() {
-            continue;
-        }
-        for pass in 0..2 {
-            if pass > 0 {
-                tokio::time::sleep(5 * ASK_AGAIN).await;
-            }
-            for r in &requests {
-                let stored = vec![IngestResult::Stored; r.items.len()];
-                give_back(&pool, &r.org, &r.items, &stored, now(), r.lease_until).await;
-            }
-        }
-        return;
-    }
+/// The deliveries of `items` that were leased to this node as they were stored (of those
+/// `results` says were stored, if it says).
+fn held_at_ingest(
+    items: &[IngestItem],
+    results: Option<&[IngestResult]>,
+    lease_until: Timestamp,
+) -> Vec<(DeliveryId, Timestamp)> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| results.is_none_or(|r| r.get(*i) == Some(&IngestResult::Stored)))
+        .flat_map(|(_, item)| &item.deliveries)
+        .filter(|d| d.held_at_ingest())
+        .map(|d| (d.id.clone(), lease_until))
+        .collect()
 }
 
 /// Answers one job; if its caller has gone, gives back what it stored.
@@ -227,29 +284,16 @@ async fn reply(pool: &Pool, job: Job, result: StoreResult<Vec<IngestResult>>) {
         reply,
     } = job;
     if let Err(Ok(results)) = reply.send(result) {
-        give_back(pool, &org, &items, &results, now, lease_until).await;
+        let held = held_at_ingest(&items, Some(&results), lease_until);
+        give_back(pool, &org, held, now).await;
     }
 }
 
-/// The caller of a stored request went away (its client disconnected), so nobody hands the
-/// deliveries leased to this node to its dispatcher: they are made due now instead of when
-/// their lease ends. Its own give-back may have run before the commit and found nothing.
-async fn give_back(
-    pool: &Pool,
-    org: &OrgId,
-    items: &[IngestItem],
-    results: &[IngestResult],
-    now: Timestamp,
-    lease_until: Timestamp,
-) {
-    let held: Vec<(DeliveryId, Timestamp)> = items
-        .iter()
-        .zip(results)
-        .filter(|(_, result)| **result == IngestResult::Stored)
-        .flat_map(|(item, _)| &item.deliveries)
-        .filter(|d| d.held_at_ingest())
-        .map(|d| (d.id.clone(), lease_until))
-        .collect();
+/// Deliveries leased to this node as they were stored that nobody hands to its dispatcher (the
+/// request's caller went away, or was told the database was unavailable while it stored them
+/// after all) are made due now instead of when their lease ends. Finds nothing of what was not
+/// stored, or was given back already.
+async fn give_back(pool: &Pool, org: &OrgId, held: Vec<(DeliveryId, Timestamp)>, now: Timestamp) {
     if held.is_empty() {
         return;
     }
@@ -263,13 +307,22 @@ async fn give_back(
             deliveries = held.len(),
             "deliveries of a request whose caller was not answered are due now"
         ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "could not give back the deliveries of a request whose client went away; \
-             they are attempted when their lease ends"
-        ),
+        Err(e) => {
+            if let Some(held_back) = NOT_GIVEN_BACK.admit() {
+                tracing::warn!(
+                    error = %e,
+                    held_back,
+                    "could not give back the deliveries of a request whose caller was not \
+                     answered; they are attempted when their lease ends"
+                );
+            }
+        }
     }
 }
+
+/// Give-backs that failed: one line per 10 s.
+static NOT_GIVEN_BACK: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
 
 /// One statement for all of `requests`, in a transaction only when work must be announced
 /// with it (deliveries stored without a lease, which no node holds yet).
