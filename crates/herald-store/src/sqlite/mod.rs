@@ -40,6 +40,9 @@ const READERS: usize = 4;
 #[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
+    /// The file opened, as the file system knows it (device and inode): a file put back at
+    /// `path` later is another file, which this process does not write to.
+    file: Option<(u64, u64)>,
     writer: Writer,
     readers: Arc<ReadPool>,
     /// Seals webhook secrets before they are written and opens them when read.
@@ -96,6 +99,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Writer::start(conn),
             readers: Arc::new(ReadPool::new(path.clone(), READERS)),
+            file: file_identity(&path),
             path,
             cipher: Arc::new(cipher),
         })
@@ -317,6 +321,20 @@ pub(crate) fn not_found() -> DbError {
 
 pub(crate) fn conflict(message: String) -> DbError {
     DbError::Store(StoreError::Conflict(message))
+}
+
+/// The device and inode of the file at `path`, where the platform has them.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// A user's change to a webhook that changed since it was read.
@@ -738,11 +756,13 @@ impl Store for SqliteStore {
         if !self.writer.is_running() {
             return Some("the SQLite writer has stopped (see the log); restart Herald".into());
         }
-        if !self.path.exists() {
+        if self.file.is_some() && file_identity(&self.path) != self.file {
             return Some(format!(
-                "the database file {} was removed while Herald ran: what is stored now is lost \
-                 when Herald stops; restore the file from a backup, or restart Herald to begin \
-                 an empty one",
+                "the database file {} was removed or replaced while Herald ran: what it stores \
+                 now goes to the removed file and is lost when it stops. Stop Herald, then \
+                 restore herald.db from a backup and remove herald.db-wal and herald.db-shm \
+                 beside it (they belong to the removed file), or start with an empty data \
+                 directory",
                 self.path.display()
             ));
         }

@@ -1034,6 +1034,10 @@ async fn a_node_whose_database_file_was_removed_is_not_ready() {
         ready["reason"].as_str().unwrap().contains("was removed"),
         "{ready}"
     );
+    // A file put back at the path is another file: the node still writes to the removed one.
+    std::fs::write(app.data_dir().join("herald.db"), b"").unwrap();
+    let (status, ready) = app.call(Method::GET, "/readyz", "", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
 }
 
 /// Runs the `herald` binary with `args`; answers its exit status and standard output.
