@@ -319,7 +319,8 @@ pub async fn update(
         .await
         .map_err(ServiceError::from_store("webhook"))?;
     // Compared with this read; `save` then refuses any change made after it.
-    if input.unchanged_since.is_some_and(|v| v != w.updated_at) {
+    let unchanged_since = input.unchanged_since;
+    if unchanged_since.is_some_and(|v| v != w.updated_at) {
         return Err(ServiceError::Changed { now: w.updated_at });
     }
     if let Some(name) = input.name {
@@ -406,7 +407,7 @@ pub async fn update(
         .collect();
     // To the end once started: a change stored without the verification it calls for would
     // leave its deliveries waiting for one nobody sent.
-    to_the_end(state, move |state| async move {
+    let saved = to_the_end(state, move |state| async move {
         let w = if reverify {
             // Turned on, or a new URL or new channels: verified again before they get events.
             save_unverified(&state, w, previous).await?
@@ -429,7 +430,24 @@ pub async fn update(
         }
         Ok(w)
     })
-    .await
+    .await;
+    match saved {
+        // Changed between this read and the write: for a caller that named its version, that
+        // is the same answer as a change before the read.
+        Err(ServiceError::Conflict(m))
+            if unchanged_since.is_some() && m == herald_core::store::WEBHOOK_CHANGED_MEANWHILE =>
+        {
+            let now = state
+                .store
+                .get_webhook(org, id)
+                .await
+                .map_err(ServiceError::from_store("webhook"))?;
+            Err(ServiceError::Changed {
+                now: now.updated_at,
+            })
+        }
+        other => other,
+    }
 }
 
 /// Saves a change after which the webhook's channels must be verified again (a new URL, say).
