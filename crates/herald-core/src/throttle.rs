@@ -1,14 +1,16 @@
 //! Lets a repeated log line through at most once per interval, counting the ones held back:
 //! an outage of the database is then a few lines with their count, not one per request.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// One kind of repeated line. Cheap enough to sit in a `static`.
 #[derive(Debug)]
 pub struct Throttle {
     every_ms: i64,
-    /// When the next line may go, in ms since the epoch.
+    /// When the next line may go, in ms since this process first asked (a monotonic clock: a
+    /// wall clock stepped back would silence every line for as long).
     next_ms: AtomicI64,
     held: AtomicU64,
 }
@@ -24,9 +26,8 @@ impl Throttle {
 
     /// Whether to log now: `Some(n)` with how many were held back since the last line.
     pub fn admit(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        static START: OnceLock<Instant> = OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as i64;
         self.admit_at(now)
     }
 
