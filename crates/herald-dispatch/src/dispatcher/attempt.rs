@@ -308,6 +308,8 @@ impl Dispatcher {
         let mut records = Vec::with_capacity(batch.len());
         let mut retrying = false;
         let mut exhausted = Vec::new();
+        // What each outcome does to its delivery, counted once it is stored as the delivery's.
+        let mut steps = Vec::with_capacity(batch.len());
         // One jitter for the whole batch: its deliveries come due together again and go out
         // as one batch, rather than as pieces spread over the jitter's tenth of the delay.
         let jitter = rand::random();
@@ -324,17 +326,10 @@ impl Dispatcher {
                 jitter,
             );
             retrying |= matches!(next, NextStep::RetryAt(_));
-            match next {
-                NextStep::Succeeded => metrics.delivered.add(1),
-                NextStep::RetryAt(_) => {
-                    metrics.failed_attempts.add(1);
-                    metrics.retries_scheduled.add(1);
-                }
-                NextStep::Failed => {
-                    metrics.failed_attempts.add(1);
-                    metrics.exhausted.add(1);
-                }
+            if !matches!(next, NextStep::Succeeded) {
+                metrics.failed_attempts.add(1);
             }
+            steps.push(next);
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
                 exhausted.push((records.len(), due, number, error.message()));
             }
@@ -356,6 +351,14 @@ impl Dispatcher {
             });
         }
         let moved = shared.recorder.record(records).await?;
+        for (step, moved) in steps.iter().zip(&moved) {
+            match (step, moved) {
+                (_, false) => {}
+                (NextStep::Succeeded, true) => metrics.delivered.add(1),
+                (NextStep::RetryAt(_), true) => metrics.retries_scheduled.add(1),
+                (NextStep::Failed, true) => metrics.exhausted.add(1),
+            }
+        }
         if retrying {
             self.wake_delivery_scheduler();
         }
