@@ -109,7 +109,15 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
             }
             None
         }
-        Err(_) => None,
+        Err(_) => {
+            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
+                tracing::warn!(
+                    held_back,
+                    "the database did not count pending deliveries for /metrics within 3 s: herald_database_up is 0"
+                );
+            }
+            None
+        }
     };
     let snapshot = crate::metrics::Snapshot {
         ingest: &state.metrics,
