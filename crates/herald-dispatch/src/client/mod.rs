@@ -108,7 +108,7 @@ impl HttpClient {
         };
         let exchanged = by_deadline(
             &mut deadline,
-            self.exchange(&target.origin, &target.uri, req),
+            std::pin::pin!(self.exchange(&target.origin, &target.uri, req)),
         )
         .await;
         let (response, connection) = match exchanged {
@@ -436,10 +436,12 @@ impl HttpClient {
             .header(http::header::USER_AGENT, USER_AGENT)
             .body(Full::default())
             .map_err(|e| AttemptError::Request(e.to_string()))?;
-        let (response, _connection) =
-            by_deadline(&mut deadline, self.exchange(&Origin::default(), &uri, req))
-                .await
-                .map_err(|_| AttemptError::Timeout)??;
+        let (response, _connection) = by_deadline(
+            &mut deadline,
+            std::pin::pin!(self.exchange(&Origin::default(), &uri, req)),
+        )
+        .await
+        .map_err(|_| AttemptError::Timeout)??;
         let status = response.status().as_u16();
         let (mut text, end) = read_prefix(response.into_body(), max_body, &mut deadline).await;
         match end {
@@ -469,7 +471,7 @@ async fn read_prefix(mut body: Incoming, max: usize, deadline: &mut Budget) -> (
     use hyper::body::Body as _;
     let mut read = Vec::new();
     while read.len() < max {
-        match by_deadline(deadline, body.frame()).await {
+        match by_deadline(deadline, std::pin::pin!(body.frame())).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     read.extend_from_slice(&data);
@@ -515,9 +517,15 @@ impl Budget {
 /// timer that fires `STALLED` late moves the deadline to give `fut` up to as long again
 /// (`STALL_GRACE` at most) to finish; once per request, so that an endpoint dripping its body
 /// cannot be given grace after grace.
-async fn by_deadline<F: Future>(deadline: &mut Budget, fut: F) -> Result<F::Output, Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    match timeout_at(deadline.at, &mut fut).await {
+///
+/// `fut` comes pinned where its caller keeps it: moved in here, a large future (an exchange,
+/// with its connection's handshake) would be stored twice in this one's state, and copied
+/// with it into every attempt's box (a tenth of an attempt's instructions).
+async fn by_deadline<F: Future>(
+    deadline: &mut Budget,
+    mut fut: std::pin::Pin<&mut F>,
+) -> Result<F::Output, Elapsed> {
+    match timeout_at(deadline.at, fut.as_mut()).await {
         Ok(done) => Ok(done),
         Err(elapsed) => {
             let now = Deadline::now();
@@ -799,7 +807,7 @@ mod tests {
         stall();
         let started = Deadline::now();
         assert!(
-            by_deadline(&mut budget, std::future::pending::<()>())
+            by_deadline(&mut budget, std::pin::pin!(std::future::pending::<()>()))
                 .await
                 .is_err()
         );
@@ -810,7 +818,7 @@ mod tests {
         stall();
         let started = Deadline::now();
         assert!(
-            by_deadline(&mut budget, std::future::pending::<()>())
+            by_deadline(&mut budget, std::pin::pin!(std::future::pending::<()>()))
                 .await
                 .is_err()
         );
