@@ -7,9 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use herald_core::store::{AttemptRecord, Store, StoreError, StoreResult};
 
