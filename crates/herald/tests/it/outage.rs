@@ -33,45 +33,84 @@ struct Answers {
     other: Vec<String>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() {
-    let _turn = crate::helpers::heavy_turn().await;
-    let Some(db) = TestDatabase::create("the database outage test").await else {
-        return;
-    };
+/// A node whose database is reached through a proxy the test can cut, with an organization and
+/// a webhook (`extra` fields) delivering to `rx`.
+struct Behind {
+    db: TestDatabase,
+    proxy: Proxy,
+    node: Server,
+    org: String,
+    _dir: tempfile::TempDir,
+}
+
+/// `None` (with a notice) without `HERALD_TEST_DATABASE_URL`.
+async fn node_behind_a_proxy(
+    test: &str,
+    lease_seconds: u32,
+    rx: &TimingReceiver,
+    extra: serde_json::Value,
+) -> Option<Behind> {
+    let db = TestDatabase::create(test).await?;
     let proxy = Proxy::start(server_address(&db.url)).await;
-    let rx = TimingReceiver::start(Duration::from_millis(2)).await;
-    let http = http_client();
     let dir = tempfile::tempdir().unwrap();
     let node = Server::start_with(
         dir.path(),
         &[
             ("HERALD_DATABASE_URL", via(&db.url, proxy.addr)),
-            ("HERALD_LEASE_SECONDS", "10".to_owned()),
+            ("HERALD_LEASE_SECONDS", lease_seconds.to_string()),
         ],
     )
     .await;
-    let base = node.base.clone();
-    let post = |path: String, body: serde_json::Value| {
-        http.post(format!("{base}{path}"))
+    let http = http_client();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", node.base))
             .bearer_auth(ADMIN_TOKEN)
             .json(&body)
             .send()
     };
-    let org: serde_json::Value = post("/v1/orgs".into(), json!({ "name": "Acme" }))
+    let org: serde_json::Value = post("/v1/orgs", json!({ "name": "Acme" }))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     let org = org["id"].as_str().unwrap().to_owned();
-    let resp = post(
-        format!("/v1/orgs/{org}/webhooks"),
-        json!({ "name": "sink", "url": rx.url(), "profile": "standard" }),
-    )
-    .await
-    .unwrap();
+    let mut webhook = json!({ "name": "sink", "url": rx.url() });
+    webhook
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let resp = post(&format!("/v1/orgs/{org}/webhooks"), webhook)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+    Some(Behind {
+        db,
+        proxy,
+        node,
+        org,
+        _dir: dir,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() {
+    let _turn = crate::helpers::heavy_turn().await;
+    let rx = TimingReceiver::start(Duration::from_millis(2)).await;
+    // Bound whole: a part left out of a pattern would be dropped at once (the database, the
+    // data directory).
+    let Some(behind) = node_behind_a_proxy("the database outage test", 10, &rx, json!({})).await
+    else {
+        return;
+    };
+    let Behind {
+        db,
+        proxy,
+        node,
+        org,
+        ..
+    } = &behind;
+    let http = http_client();
 
     // Producers post until told to stop.
     let answers = Arc::new(Mutex::new(Answers::default()));
@@ -257,41 +296,27 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_made_while_the_database_is_away_are_not_sent_again() {
     let _turn = crate::helpers::heavy_turn().await;
-    let Some(db) = TestDatabase::create("the outcomes-kept test").await else {
+    let rx = TimingReceiver::start(Duration::from_millis(100)).await;
+    let Some(behind) = node_behind_a_proxy(
+        "the outcomes-kept test",
+        20,
+        &rx,
+        json!({ "timeout_ms": 2000 }),
+    )
+    .await
+    else {
         return;
     };
-    let proxy = Proxy::start(server_address(&db.url)).await;
-    let rx = TimingReceiver::start(Duration::from_millis(100)).await;
+    let Behind {
+        proxy, node, org, ..
+    } = &behind;
     let http = http_client();
-    let dir = tempfile::tempdir().unwrap();
-    let node = Server::start_with(
-        dir.path(),
-        &[
-            ("HERALD_DATABASE_URL", via(&db.url, proxy.addr)),
-            ("HERALD_LEASE_SECONDS", "20".to_owned()),
-        ],
-    )
-    .await;
     let post = |path: String, body: serde_json::Value| {
         http.post(format!("{}{path}", node.base))
             .bearer_auth(ADMIN_TOKEN)
             .json(&body)
             .send()
     };
-    let org: serde_json::Value = post("/v1/orgs".into(), json!({ "name": "Acme" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap().to_owned();
-    let hook = post(
-        format!("/v1/orgs/{org}/webhooks"),
-        json!({ "name": "sink", "url": rx.url(), "timeout_ms": 2000 }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(hook.status(), StatusCode::CREATED);
     // A backlog that takes a few seconds to deliver (16 at a time, 100 ms each).
     let events: Vec<serde_json::Value> = (0..400)
         .map(|i| json!({ "type": "user.created", "id": format!("b-{i}"), "data": { "user": { "id": format!("b-{i}") } } }))
