@@ -275,6 +275,7 @@ pub async fn open_store(
             // `lock_database`, called first, made the directory.
             let data_dir = storage.data_dir.clone();
             let db_path = data_dir.join("herald.db");
+            warn_if_database_went_missing(&data_dir);
             let store = tokio::task::spawn_blocking(move || {
                 SqliteStore::open_with_cipher(&db_path, cipher)
             })
@@ -299,6 +300,26 @@ pub async fn open_store(
         );
     }
     Ok(store)
+}
+
+/// A data directory that held a Herald before (its write-ahead log, or the admin token it
+/// generated) but has no database any more: a fresh, empty one is about to be created, which
+/// an operator who deleted or lost `herald.db` should hear of before anything is stored in it.
+fn warn_if_database_went_missing(data_dir: &Path) {
+    if data_dir.join("herald.db").exists() {
+        return;
+    }
+    let left = ["herald.db-wal", "herald.db-shm", "admin-token"]
+        .into_iter()
+        .filter(|f| data_dir.join(f).exists())
+        .collect::<Vec<_>>();
+    if !left.is_empty() {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            found = ?left,
+            "this data directory held a Herald database, but herald.db is gone: starting an empty one. If that is not what you want, stop Herald and restore herald.db (removing herald.db-wal and herald.db-shm)"
+        );
+    }
 }
 
 const REENCRYPT_FAILED: &str =

@@ -391,6 +391,28 @@ async fn a_lease_too_short_for_long_timeouts_is_warned_of() {
     );
 }
 
+/// A data directory whose database was deleted (its write-ahead log left behind) starts an
+/// empty database, but says so first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_gone_from_its_data_directory_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(dir.path()).await;
+    assert!(dir.path().join("herald.db-wal").exists());
+    first.child.kill().await.unwrap();
+    let said = |server: &Server| {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("herald.db is gone"))
+    };
+    assert!(!said(&first));
+    std::fs::remove_file(dir.path().join("herald.db")).unwrap();
+    let second = Server::start(dir.path()).await;
+    assert!(said(&second), "{:#?}", second.log.lock().unwrap());
+}
+
 /// A Herald older than its database (a downgrade, or an old node left behind after an upgrade)
 /// runs on it, but says so rather than pass for up to date: SQLite, then PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
