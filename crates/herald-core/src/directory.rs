@@ -146,17 +146,25 @@ impl OrgSnapshot {
 
     /// Whether any type of the organization (catalog or own) belongs to `channel`.
     pub fn knows_channel(&self, channel: &str) -> bool {
+        self.channel_defined(
+            self.org.catalogs.iter().filter_map(|c| c.catalog()),
+            channel,
+        )
+    }
+
+    /// Whether `channel` is Herald's own, or a type of the organization's own or of one of
+    /// `catalogs` belongs to it.
+    fn channel_defined<'c>(
+        &self,
+        mut catalogs: impl Iterator<Item = &'c crate::catalog::Catalog>,
+        channel: &str,
+    ) -> bool {
         channel == crate::event_type::OPERATIONS_CHANNEL
             || self
                 .custom_types
                 .values()
                 .any(|(t, _)| t.channel.as_deref() == Some(channel))
-            || self
-                .org
-                .catalogs
-                .iter()
-                .filter_map(|c| c.catalog())
-                .any(|c| c.types.iter().any(|t| t.channel == channel))
+            || catalogs.any(|c| c.types.iter().any(|t| t.channel == channel))
     }
 
     /// The event type of the organization that `typed` most likely meant, for "did you mean
@@ -272,7 +280,6 @@ impl OrgSnapshot {
         }
     }
 
-    /// The organization's webhooks.
     /// What each webhook names that would no longer exist with `catalogs` instead of the
     /// organization's: event types and channels that only the catalogs left out define. Only
     /// webhooks that would lose something are listed.
@@ -287,16 +294,7 @@ impl OrgSnapshot {
                 || self.custom_types.contains_key(name)
                 || kept.iter().any(|c| c.event_type(name).is_some())
         };
-        let channel_stays = |channel: &str| {
-            channel == crate::event_type::OPERATIONS_CHANNEL
-                || self
-                    .custom_types
-                    .values()
-                    .any(|(t, _)| t.channel.as_deref() == Some(channel))
-                || kept
-                    .iter()
-                    .any(|c| c.types.iter().any(|t| t.channel == channel))
-        };
+        let channel_stays = |channel: &str| self.channel_defined(kept.iter().copied(), channel);
         self.webhooks
             .iter()
             .filter_map(|w| {
@@ -317,6 +315,7 @@ impl OrgSnapshot {
             .collect()
     }
 
+    /// The organization's webhooks.
     pub fn webhooks(&self) -> &[Arc<Webhook>] {
         &self.webhooks
     }
