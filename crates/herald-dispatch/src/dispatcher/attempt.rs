@@ -63,6 +63,7 @@ impl Dispatcher {
     pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: Slot, probe: bool) {
         let ticket = Ticket::new(&self.shared.breakers, &batch[0].webhook_id, probe);
         if let Err(e) = self.try_attempt(&batch, slot, ticket).await {
+            self.shared.recorder.saw(&e);
             // The leases stay; the deliveries come back when they run out.
             self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
             if let Some(held_back) = UNRECORDED.admit() {

@@ -8,7 +8,7 @@
 //! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
 //! - `held.rs`: the deliveries held in memory, and their budget, shared between webhooks.
 //! - `spill.rs`: deliveries left in the store for lack of memory, and pulled back.
-//! - `recorder.rs`: outcomes stored in groups.
+//! - `recorder.rs`: outcomes stored in groups; attempts paused while they cannot be.
 
 mod attempt;
 mod breaker;
@@ -181,7 +181,7 @@ impl Dispatcher {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                recorder: recorder::Recorder::start(store.clone()),
+                recorder: recorder::Recorder::start(store.clone(), clock.clone(), settings.lease),
                 store,
                 directory,
                 clock,

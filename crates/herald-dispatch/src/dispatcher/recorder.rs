@@ -3,13 +3,21 @@
 //! savepoint, a wake-up and a reply per delivery. The recorder gathers what arrives while its
 //! previous writes are committing and stores it in one call, so the busier the dispatcher, the
 //! bigger (and cheaper per attempt) each write.
+//!
+//! It also knows whether outcomes can be stored at all. While the database is away no attempt
+//! should start: its outcome could not be stored, and a delivery whose outcome is lost is sent
+//! again once its lease ends (a duplicate for the receiver). So the webhooks' tasks wait for
+//! [`Recorder::storable`] before each attempt, and a queued backlog waits out an outage instead
+//! of draining into outcomes that would be lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use herald_core::Clock;
 use herald_core::store::{AttemptRecord, Store, StoreError, StoreResult};
 
 /// Attempts stored in one call at most.
@@ -22,6 +30,7 @@ const WRITES_IN_FLIGHT: usize = 4;
 #[derive(Clone)]
 pub(super) struct Recorder {
     tx: mpsc::UnboundedSender<Pending>,
+    health: Arc<Health>,
 }
 
 /// What a caller hears: which records moved their deliveries on, or why they were not stored,
@@ -34,40 +43,105 @@ struct Pending {
     done: oneshot::Sender<Answer>,
 }
 
-/// How long outcomes are kept trying while the database is away. An attempt whose outcome is
-/// lost is sent again once its lease ends (a duplicate for the receiver); kept, it is stored
-/// when the database is back. Bounded, so that the caller's lease renewal and the
-/// shutdown's wait are not outlived by much.
+/// How long outcomes are kept trying while the database is away, at least: an attempt whose
+/// outcome is lost is sent again once its lease ends, so they are kept trying until the lease
+/// they were sent under ends (less a margin), when that is later. Storing one after that would
+/// change nothing: its delivery may be another node's by then.
 const KEEP_TRYING: Duration = Duration::from_secs(30);
+/// Kept free before the end of a lease: clock differences between nodes.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// A write of outcomes unanswered for this long means the database is stalled (frozen, or cut
+/// off without the connection noticing): attempts pause as if it had refused.
+const STALLED: Duration = Duration::from_secs(5);
+/// How often the database is looked at while away and no outcome is waiting to be stored.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the database stores outcomes now, as the recorder last saw it.
+struct Health {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// The longest an outcome is kept trying: the lease setting.
+    lease: Duration,
+    /// `Some(since)` while the database is away.
+    away: watch::Sender<Option<Instant>>,
+    /// Callers in [`Recorder::record`] now: while any is, its next write tells whether the
+    /// database is back.
+    waiting: AtomicUsize,
+}
 
 impl Recorder {
     /// Starts the recorder's task on the current runtime; it ends when every handle is gone.
-    pub(super) fn start(store: Arc<dyn Store>) -> Self {
+    /// `lease` is the lease setting: outcomes are not kept trying for longer.
+    pub(super) fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, lease: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx));
-        Self { tx }
+        tokio::spawn(run(store.clone(), rx));
+        Self {
+            tx,
+            health: Arc::new(Health {
+                store,
+                clock,
+                lease,
+                away: watch::Sender::new(None),
+                waiting: AtomicUsize::new(0),
+            }),
+        }
     }
 
     /// Stores the attempts (all or nothing for this caller) and answers once they are durable,
     /// with whether each moved its delivery on (`Store::record_attempts`). While the database is
-    /// away it tries again, for `KEEP_TRYING` at most.
-    pub(super) async fn record(&self, mut records: Vec<AttemptRecord>) -> StoreResult<Vec<bool>> {
-        let give_up = Instant::now() + KEEP_TRYING;
+    /// away it tries again, until the earliest of their leases ends ([`KEEP_TRYING`] at least).
+    pub(super) async fn record(&self, records: Vec<AttemptRecord>) -> StoreResult<Vec<bool>> {
+        let give_up = Instant::now() + self.health.keep_trying(&records);
+        let answer = {
+            let _waiting = Waiting::enter(&self.health.waiting);
+            self.record_until(records, give_up).await
+        };
+        match &answer {
+            Ok(_) => self.health.back(),
+            Err(e @ StoreError::Unavailable(_)) => self.health.away(e),
+            Err(_) => {}
+        }
+        answer
+    }
+
+    async fn record_until(
+        &self,
+        mut records: Vec<AttemptRecord>,
+        give_up: Instant,
+    ) -> StoreResult<Vec<bool>> {
         let mut pause = Duration::from_millis(250);
         loop {
-            let (done, answer) = oneshot::channel();
+            let (done, mut answer) = oneshot::channel();
             self.tx
                 .send(Pending { records, done })
                 .map_err(|_| stopped())?;
-            // A stalled database holds a write until its timeout: the wait is bounded too.
-            let answered = tokio::time::timeout_at(give_up, answer)
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable("the database did not store the outcome in time".into())
-                })?;
+            // A stalled database holds a write until its timeout: the wait is bounded too, and
+            // attempts pause once it has lasted too long.
+            let answered = match tokio::time::timeout(STALLED, &mut answer).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    self.health.away(&StoreError::Unavailable(
+                        format!(
+                            "a write of attempt outcomes took over {} s",
+                            STALLED.as_secs()
+                        )
+                        .into(),
+                    ));
+                    tokio::time::timeout_at(give_up, answer)
+                        .await
+                        .map_err(|_| {
+                            StoreError::Unavailable(
+                                "the database did not store the outcome in time".into(),
+                            )
+                        })?
+                }
+            };
             match answered.map_err(|_| stopped())? {
                 Ok(moved) => return Ok(moved),
-                Err((StoreError::Unavailable(_), again)) if Instant::now() + pause < give_up => {
+                Err((e @ StoreError::Unavailable(_), again))
+                    if Instant::now() + pause < give_up =>
+                {
+                    self.health.away(&e);
                     records = again;
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(4));
@@ -75,6 +149,107 @@ impl Recorder {
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// Notes a store error met on the way to an attempt (renewing its lease, say): if the
+    /// database is away, attempts pause until it is back.
+    pub(super) fn saw(&self, error: &StoreError) {
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.health.away(error);
+        }
+    }
+
+    /// Whether attempts are paused: the database did not store the last outcomes.
+    pub(super) fn paused(&self) -> bool {
+        self.health.away.borrow().is_some()
+    }
+
+    /// Waits until outcomes can be stored (at once, unless the database is away).
+    pub(super) async fn storable(&self) {
+        let mut away = self.health.away.subscribe();
+        let _ = away.wait_for(Option::is_none).await;
+    }
+}
+
+impl Health {
+    /// How long to keep an outcome trying: until the earliest lease it was sent under ends.
+    fn keep_trying(&self, records: &[AttemptRecord]) -> Duration {
+        let now = self.clock.now();
+        let lease_left = records
+            .iter()
+            .filter_map(|r| r.lease_until)
+            .min()
+            .and_then(|ends| u64::try_from(ends.as_millis() - now.as_millis()).ok())
+            .map(Duration::from_millis)
+            .map_or(Duration::ZERO, |left| left.saturating_sub(LEASE_MARGIN));
+        lease_left.min(self.lease).max(KEEP_TRYING)
+    }
+
+    /// The database did not store outcomes: attempts pause, and the first to notice says so
+    /// and starts looking for its return.
+    fn away(self: &Arc<Self>, error: &StoreError) {
+        let newly = self.away.send_if_modified(|away| {
+            let newly = away.is_none();
+            if newly {
+                *away = Some(Instant::now());
+            }
+            newly
+        });
+        if newly {
+            tracing::warn!(error = %error, "the database is not storing attempt outcomes: no new attempt starts until it does (deliveries wait in their queues)");
+            tokio::spawn(self.clone().look_for_return());
+        }
+    }
+
+    /// Outcomes were stored: attempts go on.
+    fn back(&self) {
+        let mut since = None;
+        self.away.send_if_modified(|away| {
+            since = away.take();
+            since.is_some()
+        });
+        if let Some(since) = since {
+            tracing::info!(
+                paused_seconds = since.elapsed().as_secs(),
+                "the database stores attempt outcomes again: attempts resume"
+            );
+        }
+    }
+
+    /// While the database is away, looks at it every [`LOOK_EVERY`] when no outcome is waiting
+    /// to be stored (otherwise that write tells): it is back once it answers a read and knows of
+    /// no trouble with writes.
+    async fn look_for_return(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(LOOK_EVERY).await;
+            if self.away.borrow().is_none() {
+                return;
+            }
+            if self.waiting.load(Ordering::SeqCst) > 0 || self.store.write_trouble().is_some() {
+                continue;
+            }
+            if let Ok(Ok(_)) = tokio::time::timeout(STALLED, self.store.next_due_at()).await {
+                self.back();
+                return;
+            }
+        }
+    }
+}
+
+/// Counts a caller in [`Recorder::record`] for as long as it is there (dropped with it, if its
+/// task is cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

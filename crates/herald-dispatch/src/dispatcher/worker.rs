@@ -71,6 +71,15 @@ impl Dispatcher {
                 // Left behind by an eviction: dropped before it takes a rate-limit slot.
                 continue;
             }
+            if self.shared.recorder.paused() {
+                // The database is away: an attempt's outcome could not be stored, and its
+                // delivery would be sent again after its lease. The queue waits instead.
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stopping| *stopping) => {}
+                    () = self.shared.recorder.storable() => {}
+                }
+            }
             if self.shared.stopping.load(Ordering::SeqCst) {
                 self.give_back(vec![first], &mut queues).await;
                 continue;

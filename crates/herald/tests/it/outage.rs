@@ -290,16 +290,18 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
     );
 }
 
-/// Deliveries go on from memory while the database is away; their outcomes wait to be stored
-/// until it is back rather than being lost, which would send each of them again once its lease
-/// ended (a duplicate for the receiver).
+/// While the database is away no attempt starts: its outcome could not be stored, and the
+/// delivery would be sent again once its lease ended (a duplicate for the receiver). The
+/// attempts already in flight keep their outcomes until the database is back, for as long as
+/// their leases last (here past the 30 s a first version kept them), and every delivery is
+/// then made exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attempts_made_while_the_database_is_away_are_not_sent_again() {
+async fn attempts_pause_while_the_database_is_away_and_none_is_sent_again() {
     let _turn = crate::helpers::heavy_turn().await;
     let rx = TimingReceiver::start(Duration::from_millis(100)).await;
     let Some(behind) = node_behind_a_proxy(
         "the outcomes-kept test",
-        20,
+        90,
         &rx,
         json!({ "timeout_ms": 2000 }),
     )
@@ -308,7 +310,11 @@ async fn attempts_made_while_the_database_is_away_are_not_sent_again() {
         return;
     };
     let Behind {
-        proxy, node, org, ..
+        db,
+        proxy,
+        node,
+        org,
+        ..
     } = &behind;
     let http = http_client();
     let post = |path: String, body: serde_json::Value| {
@@ -317,8 +323,8 @@ async fn attempts_made_while_the_database_is_away_are_not_sent_again() {
             .json(&body)
             .send()
     };
-    // A backlog that takes a few seconds to deliver (16 at a time, 100 ms each).
-    let events: Vec<serde_json::Value> = (0..400)
+    // A backlog that takes several seconds to deliver (16 at a time, 100 ms each).
+    let events: Vec<serde_json::Value> = (0..1000)
         .map(|i| json!({ "type": "user.created", "id": format!("b-{i}"), "data": { "user": { "id": format!("b-{i}") } } }))
         .collect();
     let stored = post(format!("/v1/orgs/{org}/events"), json!(events))
@@ -331,29 +337,69 @@ async fn attempts_made_while_the_database_is_away_are_not_sent_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.cut();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let sent_while_away = rx.visits().len();
+    let cut_at = Instant::now();
+    // Longer than the 30 s outcomes were once kept for.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let visits = rx.visits();
     proxy.restore();
+    // The attempts in flight when it went finish; the first outcome refused pauses the rest.
+    let late: Vec<_> = visits
+        .iter()
+        .filter(|v| v.started > cut_at + Duration::from_secs(2))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} requests started while the database was away ({} in all before it came back)",
+        late.len(),
+        visits.len()
+    );
+    assert!(visits.len() < 900, "the backlog was not waiting");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let arrived: HashSet<String> = rx.visits().into_iter().map(|v| v.key).collect();
-        if arrived.len() == 400 {
+        if arrived.len() == 1000 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of 400 arrived",
+            "{} of 1000 arrived",
             arrived.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Past the leases of anything whose outcome was lost.
-    tokio::time::sleep(Duration::from_secs(22)).await;
+    // Every outcome was stored, those of the attempts in flight during the outage too: none is
+    // left pending, to be sent again when its lease ends.
+    let client = db.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending: i64 = client
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE state <> 'succeeded'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} deliveries are not marked delivered: their outcomes were lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let repeats = rx.repeats();
     assert!(
         repeats.is_empty(),
-        "{} deliveries sent twice ({sent_while_away} requests had arrived when the database came back)",
+        "{} deliveries sent twice",
         repeats.len()
+    );
+    let log = node.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("the database is not storing attempt outcomes")
+            && log.contains("the database stores attempt outcomes again"),
+        "the pause and the resumption are each said once"
     );
 }
