@@ -388,7 +388,8 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Serves the API on `listener` and runs the scheduler until `shutdown` completes; then stops
+/// Serves the API on `listener` and runs the background tasks (the scheduler, WebSub renewals,
+/// retention, and the cluster's signals on PostgreSQL) until `shutdown` completes; then stops
 /// taking requests and lets in-flight deliveries finish for a few seconds.
 pub async fn run(
     app: App,

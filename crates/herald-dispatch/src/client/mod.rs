@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::error::Elapsed;
-use tokio::time::{Instant as Deadline, timeout_at};
+use tokio::time::timeout_at;
 
 use herald_core::address_policy::AddressPolicy;
 
@@ -97,7 +97,7 @@ impl HttpClient {
         timeout: Duration,
     ) -> AttemptOutcome {
         let started = Instant::now();
-        let mut deadline = Budget::new(timeout);
+        let mut deadline = Deadline::new(timeout);
         let built = self
             .targets
             .target(&self.policy, url)
@@ -429,7 +429,7 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, String), AttemptError> {
-        let mut deadline = Budget::new(timeout);
+        let mut deadline = Deadline::new(timeout);
         let (uri, path, host) = resolve_target(&self.policy, url)?;
         let req = http::Request::get(path)
             .header(HOST, host)
@@ -467,7 +467,11 @@ enum BodyEnd {
 /// Reads a response body by `deadline` until its end or until at least `max` bytes are in
 /// (a short body is read to its end, so its connection can be used again). Answers what was
 /// read, and how reading ended.
-async fn read_prefix(mut body: Incoming, max: usize, deadline: &mut Budget) -> (Vec<u8>, BodyEnd) {
+async fn read_prefix(
+    mut body: Incoming,
+    max: usize,
+    deadline: &mut Deadline,
+) -> (Vec<u8>, BodyEnd) {
     use hyper::body::Body as _;
     let mut read = Vec::new();
     while read.len() < max {
@@ -497,15 +501,15 @@ const STALLED: Duration = Duration::from_millis(500);
 const STALL_GRACE: Duration = Duration::from_secs(2);
 
 /// A request's deadline, which a stall of the process may move once (see `by_deadline`).
-struct Budget {
-    at: Deadline,
+struct Deadline {
+    at: tokio::time::Instant,
     moved: bool,
 }
 
-impl Budget {
+impl Deadline {
     fn new(timeout: Duration) -> Self {
         Self {
-            at: Deadline::now() + timeout,
+            at: tokio::time::Instant::now() + timeout,
             moved: false,
         }
     }
@@ -522,13 +526,13 @@ impl Budget {
 /// with its connection's handshake) would be stored twice in this one's state, and copied
 /// with it into every attempt's box (a tenth of an attempt's instructions).
 async fn by_deadline<F: Future>(
-    deadline: &mut Budget,
+    deadline: &mut Deadline,
     mut fut: std::pin::Pin<&mut F>,
 ) -> Result<F::Output, Elapsed> {
     match timeout_at(deadline.at, fut.as_mut()).await {
         Ok(done) => Ok(done),
         Err(elapsed) => {
-            let now = Deadline::now();
+            let now = tokio::time::Instant::now();
             let late = now.saturating_duration_since(deadline.at);
             if late < STALLED || deadline.moved {
                 return Err(elapsed);
@@ -803,11 +807,11 @@ mod tests {
     #[tokio::test]
     async fn a_stall_moves_the_deadline_once() {
         let stall = || std::thread::sleep(Duration::from_millis(800));
-        let mut budget = Budget::new(Duration::from_millis(100));
+        let mut deadline = Deadline::new(Duration::from_millis(100));
         stall();
-        let started = Deadline::now();
+        let started = tokio::time::Instant::now();
         assert!(
-            by_deadline(&mut budget, std::pin::pin!(std::future::pending::<()>()))
+            by_deadline(&mut deadline, std::pin::pin!(std::future::pending::<()>()))
                 .await
                 .is_err()
         );
@@ -816,9 +820,9 @@ mod tests {
             "waited the grace"
         );
         stall();
-        let started = Deadline::now();
+        let started = tokio::time::Instant::now();
         assert!(
-            by_deadline(&mut budget, std::pin::pin!(std::future::pending::<()>()))
+            by_deadline(&mut deadline, std::pin::pin!(std::future::pending::<()>()))
                 .await
                 .is_err()
         );

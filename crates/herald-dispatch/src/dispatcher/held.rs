@@ -93,7 +93,7 @@ pub(crate) struct HeldDeliveries {
     by_id: HashMap<DeliveryId, Held>,
     /// Each webhook that has held a delivery on this node, by its entry in `loads` (kept once
     /// made: a webhook that had work is likely to have more, and an entry is small).
-    slots: HashMap<WebhookId, usize>,
+    load_index: HashMap<WebhookId, usize>,
     loads: Vec<Load>,
     /// Webhooks that hold deliveries or have spilled ones: those the budget is shared between.
     active: usize,
@@ -117,7 +117,7 @@ impl HeldDeliveries {
             held.lease_until = held.lease_until.max(lease_until);
             return None;
         }
-        let load = self.slot(webhook);
+        let load = self.load_entry(webhook);
         self.holds += 1;
         self.by_id.insert(
             id.clone(),
@@ -139,9 +139,9 @@ impl HeldDeliveries {
         Some(self.holds)
     }
 
-    fn slot(&mut self, webhook: &WebhookId) -> usize {
+    fn load_entry(&mut self, webhook: &WebhookId) -> usize {
         // Looked up before inserting: an entry would need an owned id, cloned on every hold.
-        if let Some(&i) = self.slots.get(webhook) {
+        if let Some(&i) = self.load_index.get(webhook) {
             return i;
         }
         self.loads.push(Load {
@@ -150,7 +150,8 @@ impl HeldDeliveries {
             bytes: 0,
             spilled: None,
         });
-        self.slots.insert(webhook.clone(), self.loads.len() - 1);
+        self.load_index
+            .insert(webhook.clone(), self.loads.len() - 1);
         self.loads.len() - 1
     }
 
@@ -260,7 +261,7 @@ impl HeldDeliveries {
 
     /// What and how much `webhook` holds.
     pub(crate) fn load_of(&self, webhook: &WebhookId) -> Budget {
-        match self.slots.get(webhook) {
+        match self.load_index.get(webhook) {
             Some(&i) => Budget {
                 deliveries: self.loads[i].count,
                 bytes: self.loads[i].bytes,
@@ -276,7 +277,7 @@ impl HeldDeliveries {
     /// counting this one.
     pub(crate) fn share_of(&self, webhook: &WebhookId, budget: Budget) -> Budget {
         let active = self
-            .slots
+            .load_index
             .get(webhook)
             .is_some_and(|&i| self.loads[i].active());
         budget.divided(self.active + usize::from(!active))
@@ -326,8 +327,12 @@ impl HeldDeliveries {
         let full = self.len() + spare.deliveries >= budget.deliveries
             || self.bytes + spare.bytes >= budget.bytes;
         // A needy webhook with nothing held or spilled yet is owed a share all the same.
-        let newcomer =
-            needy.is_some_and(|w| !self.slots.get(w).is_some_and(|&i| self.loads[i].active()));
+        let newcomer = needy.is_some_and(|w| {
+            !self
+                .load_index
+                .get(w)
+                .is_some_and(|&i| self.loads[i].active())
+        });
         let parts = self.active + usize::from(newcomer);
         if !(over || (needy.is_some() && full)) || parts < 2 {
             return Vec::new();
@@ -414,7 +419,7 @@ impl HeldDeliveries {
 
     /// Notes that `webhook`'s delivery `id` waits in the store, spilled.
     pub(crate) fn note_spilled(&mut self, webhook: &WebhookId, id: &DeliveryId) {
-        let i = self.slot(webhook);
+        let i = self.load_entry(webhook);
         let load = &mut self.loads[i];
         match &mut load.spilled {
             Some(spill) => {
@@ -480,7 +485,7 @@ impl HeldDeliveries {
 
     /// Where `webhook`'s spilled deliveries to pull begin, if it has any.
     pub(crate) fn spilled_from(&self, webhook: &WebhookId) -> Option<DeliveryId> {
-        let &i = self.slots.get(webhook)?;
+        let &i = self.load_index.get(webhook)?;
         self.loads[i].spilled.as_ref().map(|s| s.from.clone())
     }
 
@@ -494,7 +499,7 @@ impl HeldDeliveries {
     /// meanwhile; otherwise the next pull starts from `last`, or where it started if spills
     /// were noted meanwhile.
     pub(crate) fn pulled(&mut self, pull: &Pull, last: Option<&DeliveryId>, exhausted: bool) {
-        let Some(&i) = self.slots.get(&pull.webhook) else {
+        let Some(&i) = self.load_index.get(&pull.webhook) else {
             return;
         };
         let load = &mut self.loads[i];

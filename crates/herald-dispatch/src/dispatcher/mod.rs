@@ -6,6 +6,9 @@
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
 //! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
+//! - `breaker.rs`: each webhook's circuit breaker (cool-downs, the probe, what waited for it).
+//! - `health.rs`: failing streaks, disabling a webhook that keeps failing, and which deliveries
+//!   an outage carried past the end of their retry schedule.
 //! - `held.rs`: the deliveries held in memory, and their budget, shared between webhooks.
 //! - `spill.rs`: deliveries left in the store for lack of memory, and pulled back.
 //! - `recorder.rs`: outcomes stored in groups; attempts paused while they cannot be.
@@ -246,7 +249,7 @@ impl Dispatcher {
     }
 
     /// Wakes the scheduler (and the WebSub lease renewer) to look for due work now.
-    pub fn wake_scheduler(&self) {
+    pub fn wake_scheduler_and_renewals(&self) {
         self.shared.wake.notify_one();
         self.shared.wake_renewals.notify_one();
     }

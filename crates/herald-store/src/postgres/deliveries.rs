@@ -1,4 +1,5 @@
-//! Events, deliveries and attempts: ingest, claiming due work, recording outcomes, history.
+//! Events, deliveries and attempts: the SQL of ingest (`ingest.rs` groups the requests),
+//! claiming due work, leases, recording outcomes, history and purges.
 //!
 //! Leases are how nodes share work. A delivery a node holds in memory has `lease_until` set and
 //! `due_at` equal to it, so when the node dies its deliveries simply become due at the end of the
@@ -37,12 +38,10 @@ macro_rules! unless_parked {
     };
 }
 
-/// The channel that wakes the nodes' schedulers.
-pub(crate) const WORK_CHANNEL: &str = "herald_work";
-
 /// Tells every node (at commit) that work may be due.
 pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
-    c.exec("SELECT pg_notify($1, '')", &[&WORK_CHANNEL]).await?;
+    c.exec("SELECT pg_notify($1, '')", &[&super::signals::WORK_CHANNEL])
+        .await?;
     Ok(())
 }
 

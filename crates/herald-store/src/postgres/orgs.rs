@@ -146,8 +146,11 @@ pub(crate) async fn delete_api_key(c: &impl Conn, org: &OrgId, id: &ApiKeyId) ->
     }
     // Every node caches the keys it has seen: announced as a change to the organization, the
     // revocation makes the others forget its keys when this commits.
-    c.exec("SELECT pg_notify('herald_directory', $1)", &[&org.as_str()])
-        .await?;
+    c.exec(
+        "SELECT pg_notify($1, $2)",
+        &[&super::signals::DIRECTORY_CHANNEL, &org.as_str()],
+    )
+    .await?;
     Ok(())
 }
 

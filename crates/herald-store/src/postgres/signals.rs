@@ -14,10 +14,10 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use herald_core::OrgId;
 use herald_core::store::StoreSignal;
 
-use super::deliveries::WORK_CHANNEL;
-
-/// The channel the directory triggers (migration 0001) notify on.
-const DIRECTORY_CHANNEL: &str = "herald_directory";
+/// The channel that wakes the nodes' schedulers (`deliveries.rs`, `announce_work`).
+pub(crate) const WORK_CHANNEL: &str = "herald_work";
+/// The channel the directory triggers (migration 0001) notify on, and an API key's revocation.
+pub(crate) const DIRECTORY_CHANNEL: &str = "herald_directory";
 /// Waits between reconnection attempts: doubling from the first to the last.
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);

@@ -1,4 +1,5 @@
-//! Webhooks. Deleting one keeps its row (without secrets) so its delivery history stays readable.
+//! Webhooks and their WebSub subscriptions. Deleting a webhook keeps its row (without secrets)
+//! so its delivery history stays readable.
 
 use rusqlite::{Connection, OptionalExtension, params};
 

@@ -1,5 +1,7 @@
 //! Extractors: who is calling ([`Caller`]), JSON bodies with clear errors ([`JsonBody`]), and
-//! typed ids from the path.
+//! typed ids from the path. Bodies are read here against the admission budget
+//! (`admission.rs`): within their deadline (`408`), size (`413`) and media type (`415`), and
+//! refused with `503` when the budget has no room in time.
 
 use std::time::Duration;
 

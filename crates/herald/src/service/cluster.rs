@@ -32,13 +32,13 @@ pub async fn run(
                 // One of its API keys may have been revoked.
                 crate::service::auth::forget_org(&state, &org);
                 // An activated webhook may have made parked deliveries due.
-                state.dispatcher.wake_scheduler();
+                state.dispatcher.wake_scheduler_and_renewals();
             }
             Ok(StoreSignal::Resync) | Err(RecvError::Lagged(_)) => {
                 tracing::info!("may have missed other nodes' changes; reloading caches");
                 state.directory.invalidate_all();
                 crate::service::auth::forget_all(&state);
-                state.dispatcher.wake_scheduler();
+                state.dispatcher.wake_scheduler_and_renewals();
             }
             Err(RecvError::Closed) => return,
         }

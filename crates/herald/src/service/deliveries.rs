@@ -132,7 +132,7 @@ pub async fn recover(
         .await
         .map_err(ServiceError::from_store("webhook"))?;
     if n > 0 {
-        state.dispatcher.wake_scheduler();
+        state.dispatcher.wake_delivery_scheduler();
         tracing::info!(webhook = %webhook, count = n, "recovering failed deliveries");
     }
     Ok(n)

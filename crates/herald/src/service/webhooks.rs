@@ -560,7 +560,7 @@ async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
     .await?;
     if w.active {
         // Deliveries parked while it was disabled are due again.
-        state.dispatcher.wake_scheduler();
+        state.dispatcher.wake_scheduler_and_renewals();
     }
     Ok(w)
 }

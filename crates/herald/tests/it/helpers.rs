@@ -93,7 +93,7 @@ impl TestApp {
     /// Moves the clock ahead and wakes the scheduler, as if that much time had passed.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
-        self.state.dispatcher.wake_scheduler();
+        self.state.dispatcher.wake_scheduler_and_renewals();
         self.state.maintenance.notify_one();
     }
 
