@@ -37,6 +37,20 @@ pub enum DeliveryState {
     Skipped,
 }
 
+/// Why a delivery in `state` (as stored), of a webhook `active` or not and `deleted` or not, may
+/// not be resent (`None`: it may). Both stores check it under the row's lock.
+pub fn resend_refusal(state: &str, active: bool, deleted: bool) -> Option<&'static str> {
+    if deleted {
+        Some("the delivery's webhook was deleted; it cannot be resent")
+    } else if !active {
+        Some("the delivery's webhook is disabled; activate it first")
+    } else if state == DeliveryState::Pending.as_str() {
+        Some("the delivery is still pending; it will be attempted on its schedule")
+    } else {
+        None
+    }
+}
+
 impl DeliveryState {
     pub fn as_str(self) -> &'static str {
         match self {

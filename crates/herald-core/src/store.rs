@@ -39,6 +39,34 @@ pub const WEBHOOK_CHANGED_MEANWHILE: &str = "the webhook changed while this chan
      (Herald may have disabled it, or another request changed it); read it again and send the \
      change again";
 
+/// The failing streak (milliseconds) to save with `webhook`, found stored as `stored` under the
+/// row's lock. A save of the webhook as Herald has it (`read_at` `None`) keeps its own; a
+/// user's change read at `read_at` is refused with [`WEBHOOK_CHANGED_MEANWHILE`] if the webhook
+/// changed since, keeps the stored streak (attempts move it without touching `updated_at`), and
+/// starts none when it switches the webhook on. Both stores decide with this.
+pub fn failing_since_to_save(
+    webhook: &Webhook,
+    read_at: Option<Timestamp>,
+    stored: StoredVersion,
+) -> StoreResult<Option<i64>> {
+    match read_at {
+        None => Ok(webhook.failing_since.map(Timestamp::as_millis)),
+        Some(read_at) if read_at.as_millis() != stored.updated_at => {
+            Err(StoreError::Conflict(WEBHOOK_CHANGED_MEANWHILE.to_owned()))
+        }
+        Some(_) if webhook.active && !stored.active => Ok(None),
+        Some(_) => Ok(stored.failing_since),
+    }
+}
+
+/// What a change to a webhook finds stored (milliseconds), for [`failing_since_to_save`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoredVersion {
+    pub active: bool,
+    pub updated_at: i64,
+    pub failing_since: Option<i64>,
+}
+
 /// A delivery to create along with its event.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {

@@ -25,3 +25,21 @@ pub(crate) fn duration_class_sql(column: &str) -> String {
     sql.push_str(&format!(" ELSE {} END", bounds.len()));
     sql
 }
+
+/// Cuts the one extra row a list query fetched and turns it into the next cursor.
+pub(crate) fn paginate<T>(
+    mut items: Vec<T>,
+    page: &herald_core::PageRequest,
+    key: impl Fn(&T) -> String,
+) -> herald_core::Page<T> {
+    let next_cursor = if items.len() > page.limit as usize {
+        items.truncate(page.limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    };
+    herald_core::Page {
+        data: items,
+        next_cursor,
+    }
+}

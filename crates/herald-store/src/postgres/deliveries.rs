@@ -25,7 +25,8 @@ use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use tokio_postgres::types::ToSql;
 
 use super::rows::{self, big};
-use super::{Conn, DbResult, conflict, not_found, paginate};
+use super::{Conn, DbResult, conflict, not_found};
+use crate::paginate;
 
 /// `value` as a pending delivery's `due_at`, or NULL (parked) if its webhook is inactive.
 macro_rules! unless_parked {
@@ -699,20 +700,8 @@ pub(crate) async fn resend(
         .ok_or_else(not_found)?;
     let (state, active, deleted): (String, bool, bool) =
         (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if deleted {
-        return Err(conflict(
-            "the delivery's webhook was deleted; it cannot be resent".into(),
-        ));
-    }
-    if !active {
-        return Err(conflict(
-            "the delivery's webhook is disabled; activate it first".into(),
-        ));
-    }
-    if state == "pending" {
-        return Err(conflict(
-            "the delivery is still pending; it will be attempted on its schedule".into(),
-        ));
+    if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted) {
+        return Err(conflict(why.into()));
     }
     c.exec(
         "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = $1, \

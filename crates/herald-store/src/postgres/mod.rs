@@ -448,24 +448,6 @@ pub(crate) fn is_unique_violation(e: &DbError) -> bool {
     matches!(e, DbError::Sql(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
 }
 
-/// Cuts the one extra row a list query fetched and turns it into the next cursor.
-pub(crate) fn paginate<T>(
-    mut items: Vec<T>,
-    page: &PageRequest,
-    key: impl Fn(&T) -> String,
-) -> Page<T> {
-    let next_cursor = if items.len() > page.limit as usize {
-        items.truncate(page.limit as usize);
-        items.last().map(key)
-    } else {
-        None
-    };
-    Page {
-        data: items,
-        next_cursor,
-    }
-}
-
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_org(&self, org: &Organization) -> StoreResult<()> {

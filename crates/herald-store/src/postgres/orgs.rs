@@ -6,7 +6,8 @@ use herald_core::store::StoreError;
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
 
 use super::rows::{self, to_json};
-use super::{Conn, DbError, DbResult, is_unique_violation, not_found, paginate};
+use super::{Conn, DbError, DbResult, is_unique_violation, not_found};
+use crate::paginate;
 
 pub(crate) async fn create(c: &impl Conn, org: &Organization) -> DbResult<()> {
     let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();

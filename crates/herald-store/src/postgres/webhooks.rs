@@ -1,13 +1,14 @@
 //! Webhooks and their WebSub subscriptions. Deleting a webhook keeps its row (without secrets)
 //! so its delivery history stays readable.
 
-use herald_core::store::{StoreError, WEBHOOK_CHANGED_MEANWHILE};
+use herald_core::store::{StoredVersion, failing_since_to_save};
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::rows::{self, big, to_json};
-use super::{Conn, DbResult, not_found, paginate};
+use super::{Conn, DbResult, not_found};
+use crate::paginate;
 
 pub(crate) async fn create(c: &impl Conn, w: &Webhook) -> DbResult<()> {
     c.exec(
@@ -95,16 +96,13 @@ pub(crate) async fn update(c: &impl Conn, w: &Webhook, read_at: Option<Timestamp
         )
         .await?
         .ok_or_else(not_found)?;
-    let was_active: bool = row.try_get(0)?;
-    let updated_at: i64 = row.try_get(1)?;
-    let failing_since: Option<i64> = match read_at {
-        None => w.failing_since.map(Timestamp::as_millis),
-        Some(read_at) if read_at.as_millis() != updated_at => {
-            return Err(StoreError::Conflict(WEBHOOK_CHANGED_MEANWHILE.to_owned()).into());
-        }
-        Some(_) if w.active && !was_active => None,
-        Some(_) => row.try_get(2)?,
+    let stored = StoredVersion {
+        active: row.try_get(0)?,
+        updated_at: row.try_get(1)?,
+        failing_since: row.try_get(2)?,
     };
+    let was_active = stored.active;
+    let failing_since = failing_since_to_save(w, read_at, stored)?;
     c.exec(
         "UPDATE webhooks SET name = $1, description = $2, url = $3, events = $4, channels = $5, \
          profile = $6, secret = $7, previous_secret = $8, previous_secret_expires_at = $9, \

@@ -12,7 +12,8 @@ use herald_core::store::{PurgeCount, PurgeFrom};
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::rows;
-use super::{DbResult, conflict, not_found, paginate};
+use super::{DbResult, conflict, not_found};
+use crate::paginate;
 
 /// `value` as a pending delivery's `due_at`, or NULL (parked) if its webhook is inactive.
 macro_rules! unless_parked {
@@ -488,20 +489,8 @@ pub(crate) fn resend(
     let Some((state, active, deleted)) = state else {
         return Err(not_found());
     };
-    if deleted {
-        return Err(conflict(
-            "the delivery's webhook was deleted; it cannot be resent".into(),
-        ));
-    }
-    if !active {
-        return Err(conflict(
-            "the delivery's webhook is disabled; activate it first".into(),
-        ));
-    }
-    if state == "pending" {
-        return Err(conflict(
-            "the delivery is still pending; it will be attempted on its schedule".into(),
-        ));
+    if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted) {
+        return Err(conflict(why.into()));
     }
     conn.prepare_cached(
         "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = ?1, \

@@ -337,11 +337,6 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
     }
 }
 
-/// A user's change to a webhook that changed since it was read.
-pub(crate) fn changed_meanwhile() -> DbError {
-    conflict(herald_core::store::WEBHOOK_CHANGED_MEANWHILE.to_owned())
-}
-
 /// Sorts a SQLite error into the store's classes.
 pub(crate) fn classify(e: &rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
@@ -360,24 +355,6 @@ pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
-}
-
-/// Cuts the one extra row a list query fetched and turns it into the next cursor.
-pub(crate) fn paginate<T>(
-    mut items: Vec<T>,
-    page: &PageRequest,
-    key: impl Fn(&T) -> String,
-) -> Page<T> {
-    let next_cursor = if items.len() > page.limit as usize {
-        items.truncate(page.limit as usize);
-        items.last().map(key)
-    } else {
-        None
-    };
-    Page {
-        data: items,
-        next_cursor,
-    }
 }
 
 #[async_trait]

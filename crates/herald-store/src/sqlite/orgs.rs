@@ -8,7 +8,8 @@ use herald_core::store::StoreError;
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest, WebhookId};
 
 use super::rows::{self, to_json};
-use super::{DbResult, classify, is_unique_violation, not_found, paginate};
+use super::{DbResult, classify, is_unique_violation, not_found};
+use crate::paginate;
 
 pub(crate) fn create(conn: &Connection, org: &Organization) -> DbResult<()> {
     let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();

@@ -3,12 +3,14 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use herald_core::store::{StoredVersion, failing_since_to_save};
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::rows::{self, to_json};
-use super::{DbResult, changed_meanwhile, not_found, paginate};
+use super::{DbResult, not_found};
+use crate::paginate;
 
 pub(crate) fn create(conn: &Connection, w: &Webhook) -> DbResult<()> {
     conn.prepare_cached(
@@ -101,12 +103,12 @@ pub(crate) fn update(
         })
         .optional()?
         .ok_or_else(not_found)?;
-    let failing_since = match read_at {
-        None => w.failing_since.map(Timestamp::as_millis),
-        Some(read_at) if read_at.as_millis() != updated_at => return Err(changed_meanwhile()),
-        Some(_) if w.active && !was_active => None,
-        Some(_) => failing_since,
+    let stored = StoredVersion {
+        active: was_active,
+        updated_at,
+        failing_since,
     };
+    let failing_since = failing_since_to_save(w, read_at, stored)?;
     conn.prepare_cached(
         "UPDATE webhooks SET name = ?, description = ?, url = ?, events = ?, channels = ?, profile = ?, \
          secret = ?, previous_secret = ?, previous_secret_expires_at = ?, active = ?, headers = ?, \
