@@ -1,15 +1,17 @@
 //! One request: render the delivery (or batch) in its webhook's profile, send it, and record
 //! an attempt per delivery with its next state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::Timestamp;
-use herald_core::delivery::{Attempt, AttemptError, DeliveryState};
+use herald_core::delivery::{Attempt, AttemptError, AttemptOutcome, DeliveryState};
+use herald_core::directory::OrgSnapshot;
 use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
-use herald_core::{AttemptId, WebhookId};
+use herald_core::{AttemptId, DeliveryId, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::{Move, Ticket};
@@ -174,62 +176,12 @@ impl Dispatcher {
         ticket: Ticket<'_>,
     ) -> Result<(), StoreError> {
         let shared = &self.shared;
-        let first = &batch[0];
-        let ids = || batch.iter().map(|d| &d.delivery_id);
-        let forget = |this: &Self| {
-            this.release_held_leases(ids());
-        };
-        let snapshot = match shared.directory.snapshot(&first.org_id).await {
-            Ok(s) => s,
-            // The organization was deleted, and its deliveries with it.
-            Err(StoreError::NotFound) => {
-                forget(self);
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(webhook) = snapshot.webhook(&first.webhook_id).cloned() else {
-            // Deleted: its pending deliveries were cancelled with it.
-            forget(self);
+        let Some((snapshot, webhook)) = self.webhook_to_send_to(batch).await? else {
             return Ok(());
         };
-        if !webhook.active {
-            for (id, lease_until) in self.release_held_leases(ids()) {
-                shared.store.release_lease(&id, lease_until).await?;
-            }
-            return Ok(());
-        }
         if let Some(reason) = unverified(&snapshot, &webhook, batch, shared.clock.now()) {
-            // Its WebSub verification is pending or was refused (the webhook was switched on
-            // again, say, and the subscriber said no): its deliveries wait for it rather than go
-            // to an endpoint that has not confirmed. Those that would wait past the end of their
-            // retry schedule are skipped instead,
-            // as the events that arrive while the channel is not verified are: they would
-            // otherwise be looked at every minute for as long as nobody verifies it again.
-            let until = shared
-                .clock
-                .now()
-                .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
-            let (ended, waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = batch
-                .iter()
-                .partition(|d| past_schedule(d, &webhook, until, None));
-            if !ended.is_empty() {
-                let leases = self.release_held_leases(ended.iter().map(|d| &d.delivery_id));
-                let why = format!("{reason}; it waited until its retry schedule ran out");
-                let now = shared.clock.now();
-                let skipped = shared
-                    .store
-                    .end_unsent(&first.org_id, &leases, DeliveryState::Skipped, &why, now)
-                    .await?;
-                tracing::info!(webhook = %webhook.id, deliveries = skipped.len(), reason, "deliveries skipped: their WebSub channel stayed unverified past their retry schedule");
-            }
-            let count = self
-                .defer_held(&first.org_id, waiting.iter().map(|d| &d.delivery_id), until)
-                .await?;
-            tracing::debug!(webhook = %webhook.id, deliveries = count, reason, "webhook not verified; deliveries wait");
-            return Ok(());
+            return self.wait_for_verification(batch, &webhook, &reason).await;
         }
-
         let started_at = shared.clock.now();
         let Ok(ends) = self.lease_for_attempt(batch, &webhook, started_at).await? else {
             return Ok(());
@@ -237,29 +189,17 @@ impl Dispatcher {
         let Some(timeout) = Self::timeout_within_lease(ends, &webhook, started_at) else {
             // Too little of the lease is left for an attempt: leave the deliveries to whichever
             // node takes them when the lease ends (this one, most likely).
-            tracing::debug!(deliveries = batch.len(), first = %first.delivery_id, "lease nearly over; not starting an attempt");
-            forget(self);
+            tracing::debug!(deliveries = batch.len(), first = %batch[0].delivery_id, "lease nearly over; not starting an attempt");
+            self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
             return Ok(());
         };
-        let resolved: Vec<_> = batch
-            .iter()
-            .map(|d| snapshot.resolve_type(&d.event.event_type))
-            .collect();
-        let inputs: Vec<RenderInput<'_>> = batch
-            .iter()
-            .zip(&resolved)
-            .map(|(d, t)| RenderInput {
-                event: &d.event,
-                webhook: &webhook,
-                org: &snapshot.org,
-                delivery_id: &d.delivery_id,
-                now: started_at,
-                public_url: &shared.settings.public_url,
-                channel: t.as_ref().and_then(|t| t.channel),
-                type_uri: t.as_ref().and_then(|t| t.uri),
-            })
-            .collect();
-        let request = profile::render_batch(&inputs);
+        let request = render(
+            &snapshot,
+            &webhook,
+            batch,
+            started_at,
+            &shared.settings.public_url,
+        );
         let headers: Vec<(String, String)> = webhook
             .headers
             .iter()
@@ -269,8 +209,126 @@ impl Dispatcher {
             .client
             .send(webhook.url.as_str(), request, &headers, timeout)
             .await;
+        self.hear_answer(&webhook, &outcome, timeout, slot, ticket)
+            .await;
+
+        let metrics = &shared.metrics;
+        metrics
+            .attempt_latency
+            .observe_ms(u64::from(outcome.duration_ms));
+        if matches!(outcome.error, Some(AttemptError::Blocked(_))) {
+            metrics.blocked.add(batch.len() as u64);
+        }
+        // Each outcome moves its delivery on only under the lease it was sent under: if that
+        // ended first (a slow write of outcomes), another node may be sending it now.
+        let leases = self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
+        let outcomes = Outcomes::of(
+            batch,
+            &webhook,
+            &outcome,
+            &leases,
+            started_at,
+            shared.clock.now(),
+        );
+        let failed = outcomes
+            .steps
+            .iter()
+            .filter(|s| !matches!(s, NextStep::Succeeded));
+        metrics.failed_attempts.add(failed.count() as u64);
+        let moved = shared.recorder.record(outcomes.records).await?;
+        self.after_recorded(
+            &webhook,
+            &outcome,
+            &outcomes.steps,
+            outcomes.exhausted,
+            &moved,
+        );
+        self.track_health(&webhook, &outcome).await
+    }
+
+    /// The organization's snapshot and the webhook the batch goes to, if it is to be sent:
+    /// not if the organization or the webhook was deleted (their pending deliveries went with
+    /// them), nor if the webhook is paused (the batch is given back, parked).
+    async fn webhook_to_send_to(
+        &self,
+        batch: &[DueDelivery],
+    ) -> Result<Option<(Arc<OrgSnapshot>, Arc<Webhook>)>, StoreError> {
+        let shared = &self.shared;
+        let first = &batch[0];
+        let ids = || batch.iter().map(|d| &d.delivery_id);
+        let snapshot = match shared.directory.snapshot(&first.org_id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound) => {
+                self.release_held_leases(ids());
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(webhook) = snapshot.webhook(&first.webhook_id).cloned() else {
+            self.release_held_leases(ids());
+            return Ok(None);
+        };
+        if !webhook.active {
+            for (id, lease_until) in self.release_held_leases(ids()) {
+                shared.store.release_lease(&id, lease_until).await?;
+            }
+            return Ok(None);
+        }
+        Ok(Some((snapshot, webhook)))
+    }
+
+    /// The webhook's WebSub verification is pending or was refused (it was switched on again,
+    /// say, and the subscriber said no, as `reason` tells): its deliveries wait for it rather
+    /// than go to an endpoint that has not confirmed. Those that would wait past the end of
+    /// their retry schedule are skipped instead, as the events that arrive while the channel is
+    /// not verified are: they would otherwise be looked at every minute for as long as nobody
+    /// verifies it again.
+    async fn wait_for_verification(
+        &self,
+        batch: &[DueDelivery],
+        webhook: &Webhook,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let org = &batch[0].org_id;
+        let until = shared
+            .clock
+            .now()
+            .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
+        let (ended, waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = batch
+            .iter()
+            .partition(|d| past_schedule(d, webhook, until, None));
+        if !ended.is_empty() {
+            let leases = self.release_held_leases(ended.iter().map(|d| &d.delivery_id));
+            let why = format!("{reason}; it waited until its retry schedule ran out");
+            let now = shared.clock.now();
+            let skipped = shared
+                .store
+                .end_unsent(org, &leases, DeliveryState::Skipped, &why, now)
+                .await?;
+            tracing::info!(webhook = %webhook.id, deliveries = skipped.len(), reason, "deliveries skipped: their WebSub channel stayed unverified past their retry schedule");
+        }
+        let count = self
+            .defer_held(org, waiting.iter().map(|d| &d.delivery_id), until)
+            .await?;
+        tracing::debug!(webhook = %webhook.id, deliveries = count, reason, "webhook not verified; deliveries wait");
+        Ok(())
+    }
+
+    /// What the endpoint's answer says about it, heard before the outcome is written (a
+    /// failure to write it says nothing about the endpoint): its concurrency slot goes back
+    /// with the answer's signal, and its circuit breaker hears whether it succeeded.
+    async fn hear_answer(
+        &self,
+        webhook: &Webhook,
+        outcome: &AttemptOutcome,
+        timeout: Duration,
+        slot: Slot,
+        ticket: Ticket<'_>,
+    ) {
+        // A timeout cut short to fit the lease says nothing about the endpoint's capacity.
         let shortened = timeout < Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
-        let cut = slot.finish(match Signal::of(&outcome) {
+        let cut = slot.finish(match Signal::of(outcome) {
             Signal::Overloaded
                 if shortened && matches!(outcome.error, Some(AttemptError::Timeout)) =>
             {
@@ -278,9 +336,7 @@ impl Dispatcher {
             }
             signal => signal,
         });
-        // The breaker hears the answer before the outcome is written: a failure to write it says
-        // nothing about the endpoint.
-        for moved in ticket.settle(outcome.is_success(), shared.clock.now()) {
+        for moved in ticket.settle(outcome.is_success(), self.shared.clock.now()) {
             self.move_deferred(&webhook.id, moved).await;
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
@@ -296,43 +352,124 @@ impl Dispatcher {
                 tracing::debug!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint {why}; sending fewer requests to it at once");
             }
         }
+    }
 
-        let metrics = &shared.metrics;
-        metrics
-            .attempt_latency
-            .observe_ms(u64::from(outcome.duration_ms));
-        if matches!(outcome.error, Some(AttemptError::Blocked(_))) {
-            metrics.blocked.add(batch.len() as u64);
+    /// Counts what the stored outcomes did (`moved`: which were their deliveries'), wakes the
+    /// scheduler for retries, and reports the deliveries that failed their last attempt.
+    fn after_recorded(
+        &self,
+        webhook: &Webhook,
+        outcome: &AttemptOutcome,
+        steps: &[NextStep],
+        mut exhausted: Vec<Exhausted<'_>>,
+        moved: &[bool],
+    ) {
+        let metrics = &self.shared.metrics;
+        for (step, moved) in steps.iter().zip(moved) {
+            match (step, moved) {
+                (_, false) => {}
+                (NextStep::Succeeded, true) => metrics.delivered.add(1),
+                (NextStep::RetryAt(_), true) => metrics.retries_scheduled.add(1),
+                (NextStep::Failed, true) => metrics.exhausted.add(1),
+            }
         }
+        if steps.iter().any(|s| matches!(s, NextStep::RetryAt(_))) {
+            self.wake_delivery_scheduler();
+        }
+        // Only where the outcome was the delivery's: not where its lease had passed to another
+        // node meanwhile (this one stalled), which may have delivered it.
+        exhausted.retain(|e| moved.get(e.record).copied().unwrap_or(false));
+        // One line per request, however many deliveries it carried (a batching profile's).
+        if let (Some(first), Some(error)) = (exhausted.first(), &outcome.error) {
+            tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, attempts = first.attempts, error = error.code(), "delivery failed after its last attempt");
+        }
+        for e in exhausted {
+            self.report_exhausted(e.due, webhook, e.attempts, &e.error);
+        }
+    }
+}
+
+/// Renders the batch in its webhook's profile, as at `now`.
+fn render(
+    snapshot: &OrgSnapshot,
+    webhook: &Webhook,
+    batch: &[DueDelivery],
+    now: Timestamp,
+    public_url: &str,
+) -> profile::OutgoingRequest {
+    let resolved: Vec<_> = batch
+        .iter()
+        .map(|d| snapshot.resolve_type(&d.event.event_type))
+        .collect();
+    let inputs: Vec<RenderInput<'_>> = batch
+        .iter()
+        .zip(&resolved)
+        .map(|(d, t)| RenderInput {
+            event: &d.event,
+            webhook,
+            org: &snapshot.org,
+            delivery_id: &d.delivery_id,
+            now,
+            public_url,
+            channel: t.as_ref().and_then(|t| t.channel),
+            type_uri: t.as_ref().and_then(|t| t.uri),
+        })
+        .collect();
+    profile::render_batch(&inputs)
+}
+
+/// A delivery whose last attempt failed, to report once its outcome is stored.
+struct Exhausted<'a> {
+    /// Its outcome's place among the records.
+    record: usize,
+    due: &'a DueDelivery,
+    attempts: u32,
+    error: String,
+}
+
+/// An attempt's outcome for each delivery of its batch: the records to store, and what each
+/// does to its delivery.
+struct Outcomes<'a> {
+    records: Vec<AttemptRecord>,
+    steps: Vec<NextStep>,
+    exhausted: Vec<Exhausted<'a>>,
+}
+
+impl<'a> Outcomes<'a> {
+    /// Each delivery's next step by its webhook's retry schedule, recorded under the lease it
+    /// was sent under (`leases`).
+    fn of(
+        batch: &'a [DueDelivery],
+        webhook: &Webhook,
+        outcome: &AttemptOutcome,
+        leases: &[(DeliveryId, Timestamp)],
+        started_at: Timestamp,
+        finished_at: Timestamp,
+    ) -> Self {
         let schedule = webhook.effective_retry_schedule();
-        let finished_at = shared.clock.now();
         let mut records = Vec::with_capacity(batch.len());
-        let mut retrying = false;
-        let mut exhausted = Vec::new();
-        // What each outcome does to its delivery, counted once it is stored as the delivery's.
         let mut steps = Vec::with_capacity(batch.len());
+        let mut exhausted = Vec::new();
         // One jitter for the whole batch: its deliveries come due together again and go out
         // as one batch, rather than as pieces spread over the jitter's tenth of the delay.
         let jitter = rand::random();
-        // Each outcome moves its delivery on only under the lease it was sent under: if that
-        // ended first (a slow write of outcomes), another node may be sending it now.
-        let leases = self.release_held_leases(ids());
         let lease_of = |id| leases.iter().find(|(held, _)| held == id).map(|(_, l)| *l);
         for due in batch {
             let number = due.attempt_count + 1;
             let next = schedule.next_step(
                 number.saturating_sub(due.schedule_base),
-                &outcome,
+                outcome,
                 finished_at,
                 jitter,
             );
-            retrying |= matches!(next, NextStep::RetryAt(_));
-            if !matches!(next, NextStep::Succeeded) {
-                metrics.failed_attempts.add(1);
-            }
             steps.push(next);
             if let (NextStep::Failed, Some(error)) = (&next, &outcome.error) {
-                exhausted.push((records.len(), due, number, error.message()));
+                exhausted.push(Exhausted {
+                    record: records.len(),
+                    due,
+                    attempts: number,
+                    error: error.message(),
+                });
             }
             records.push(AttemptRecord {
                 org_id: due.org_id.clone(),
@@ -351,28 +488,10 @@ impl Dispatcher {
                 lease_until: lease_of(&due.delivery_id),
             });
         }
-        let moved = shared.recorder.record(records).await?;
-        for (step, moved) in steps.iter().zip(&moved) {
-            match (step, moved) {
-                (_, false) => {}
-                (NextStep::Succeeded, true) => metrics.delivered.add(1),
-                (NextStep::RetryAt(_), true) => metrics.retries_scheduled.add(1),
-                (NextStep::Failed, true) => metrics.exhausted.add(1),
-            }
+        Self {
+            records,
+            steps,
+            exhausted,
         }
-        if retrying {
-            self.wake_delivery_scheduler();
-        }
-        // Only where the outcome was the delivery's: not where its lease had passed to another
-        // node meanwhile (this one stalled), which may have delivered it.
-        exhausted.retain(|(record, ..)| moved.get(*record).copied().unwrap_or(false));
-        // One line per request, however many deliveries it carried (a batching profile's).
-        if let (Some((_, first, attempts, _)), Some(error)) = (exhausted.first(), &outcome.error) {
-            tracing::warn!(delivery = %first.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, attempts, error = error.code(), "delivery failed after its last attempt");
-        }
-        for (_, due, attempts, error) in exhausted {
-            self.report_exhausted(due, &webhook, attempts, &error);
-        }
-        self.track_health(&webhook, &outcome).await
     }
 }

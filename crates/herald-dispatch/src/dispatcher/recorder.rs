@@ -11,7 +11,7 @@
 //! of draining into outcomes that would be lost.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -64,6 +64,8 @@ struct Health {
     lease: Duration,
     /// `Some(since)` while the database is away.
     away: watch::Sender<Option<Instant>>,
+    /// The same, read before every attempt without the watch's lock.
+    paused: AtomicBool,
     /// Callers in [`Recorder::record`] now: while any is, its next write tells whether the
     /// database is back.
     waiting: AtomicUsize,
@@ -82,6 +84,7 @@ impl Recorder {
                 clock,
                 lease,
                 away: watch::Sender::new(None),
+                paused: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
             }),
         }
@@ -161,7 +164,7 @@ impl Recorder {
 
     /// Whether attempts are paused: the database did not store the last outcomes.
     pub(super) fn paused(&self) -> bool {
-        self.health.away.borrow().is_some()
+        self.health.paused.load(Ordering::Relaxed)
     }
 
     /// Waits until outcomes can be stored (at once, unless the database is away).
@@ -192,6 +195,7 @@ impl Health {
             let newly = away.is_none();
             if newly {
                 *away = Some(Instant::now());
+                self.paused.store(true, Ordering::Relaxed);
             }
             newly
         });
@@ -206,6 +210,7 @@ impl Health {
         let mut since = None;
         self.away.send_if_modified(|away| {
             since = away.take();
+            self.paused.store(false, Ordering::Relaxed);
             since.is_some()
         });
         if let Some(since) = since {
