@@ -17,7 +17,35 @@ pub const MAX_DELAY_SECS: u32 = 7 * 24 * 3600;
 /// A `Retry-After` longer than this is cut to it: a receiver cannot park deliveries for days.
 pub const MAX_RETRY_AFTER_SECS: u64 = 3600;
 
+/// The most a delay is lengthened by its jitter: a tenth of it.
+const JITTER: f64 = 0.1;
+
+/// A delay of `secs` lengthened by `jitter` (0 to 1) of [`JITTER`], in milliseconds.
+fn jittered_ms(secs: u32, jitter: f64) -> i64 {
+    let ms = i64::from(secs) * 1000;
+    ms + (ms as f64 * JITTER * jitter.clamp(0.0, 1.0)) as i64
+}
+
 impl RetrySchedule {
+    /// How long after a delivery's last move its last attempt is due at the latest (every delay
+    /// at its full jitter), `made` of the schedule's attempts having been made; `asked_to_wait`:
+    /// the last answer may have put the next attempt off by up to an hour (`Retry-After`).
+    pub fn latest_span_ms(&self, made: usize, asked_to_wait: bool) -> i64 {
+        self.0
+            .iter()
+            .skip(made)
+            .enumerate()
+            .map(|(i, &secs)| {
+                let delay = jittered_ms(secs, 1.0);
+                if i == 0 && asked_to_wait {
+                    delay.max(MAX_RETRY_AFTER_SECS as i64 * 1000)
+                } else {
+                    delay
+                }
+            })
+            .sum()
+    }
+
     pub fn parse(raw: Vec<u64>) -> Result<Self, Invalid> {
         if raw.is_empty() || raw.len() > 20 {
             return Err(Invalid::new(
@@ -65,8 +93,7 @@ impl RetrySchedule {
         let Some(&delay) = self.0.get(attempt as usize) else {
             return NextStep::Failed;
         };
-        let mut delay_ms = i64::from(delay) * 1000;
-        delay_ms += (delay_ms as f64 * 0.1 * jitter.clamp(0.0, 1.0)) as i64;
+        let mut delay_ms = jittered_ms(delay, jitter);
         if let Some(after) = outcome.retry_after_secs() {
             let after_ms = after.min(MAX_RETRY_AFTER_SECS) as i64 * 1000;
             delay_ms = delay_ms.max(after_ms);
@@ -85,6 +112,28 @@ pub enum NextStep {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_latest_span_counts_what_is_left_at_full_jitter() {
+        let standard = super::RetrySchedule::standard();
+        assert_eq!(
+            standard.latest_span_ms(0, false),
+            (60 + 300 + 900 + 3600) * 1_100
+        );
+        assert_eq!(
+            standard.latest_span_ms(3, false),
+            (900 + 3600) * 1_100,
+            "three attempts made: the fourth's delay and the fifth's are left"
+        );
+        let once = super::RetrySchedule::parse(vec![0]).unwrap();
+        assert_eq!(once.latest_span_ms(0, false), 0);
+        let short = super::RetrySchedule::parse(vec![0, 60, 300]).unwrap();
+        assert_eq!(
+            short.latest_span_ms(1, true),
+            3_600_000 + 300 * 1_100,
+            "a Retry-After may have put the next attempt off by up to an hour"
+        );
+    }
+
     use super::*;
     use crate::delivery::{AttemptError, AttemptOutcome};
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use herald_core::Timestamp;
 use herald_core::delivery::{AttemptOutcome, CIRCUIT_OPEN, DeliveryState};
-use herald_core::retry::{MAX_RETRY_AFTER_SECS, RetrySchedule};
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
@@ -36,43 +35,15 @@ pub(super) fn past_schedule(
     let from = outage.map_or(moved, |o| moved.max(o.since));
     let made = due.attempt_count.saturating_sub(due.schedule_base) as usize;
     let asked_to_wait = made > 0 && matches!(due.last_status, Some(429 | 503));
-    let end = schedule_end(
-        from,
-        &webhook.effective_retry_schedule(),
-        made,
-        asked_to_wait,
+    let end = from.plus_millis(
+        webhook
+            .effective_retry_schedule()
+            .latest_span_ms(made, asked_to_wait),
     );
     match outage {
         Some(o) => o.last_failure >= end,
         None => until > end,
     }
-}
-
-/// When the last attempt of a schedule is due at the latest, `made` of its attempts having been
-/// made by `from`; `asked_to_wait`: the last one's answer may have put the next off by up to
-/// an hour (`Retry-After`).
-fn schedule_end(
-    from: Timestamp,
-    schedule: &RetrySchedule,
-    made: usize,
-    asked_to_wait: bool,
-) -> Timestamp {
-    let span_ms: i64 = schedule
-        .delays()
-        .iter()
-        .skip(made)
-        .enumerate()
-        .map(|(i, &secs)| {
-            let delay = u64::from(secs) * 1_100;
-            let asked = if i == 0 && asked_to_wait {
-                MAX_RETRY_AFTER_SECS * 1_000
-            } else {
-                0
-            };
-            delay.max(asked) as i64
-        })
-        .sum();
-    from.plus_millis(span_ms)
 }
 
 /// A webhook's failing streak as this node last saved it: since when every attempt failed, or
@@ -288,33 +259,5 @@ impl Dispatcher {
         if let Some(ops) = self.shared.operations.get() {
             ops.delivery_exhausted(due, webhook, attempts, error);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_is_left_of_a_schedule_runs_from_its_last_move() {
-        let from = Timestamp::from_millis(1_000_000);
-        let standard = RetrySchedule::standard();
-        assert_eq!(
-            schedule_end(from, &standard, 0, false),
-            from.plus_millis((60 + 300 + 900 + 3600) * 1_100)
-        );
-        assert_eq!(
-            schedule_end(from, &standard, 3, false),
-            from.plus_millis((900 + 3600) * 1_100),
-            "three attempts made: the fourth's delay and the fifth's are left"
-        );
-        let once = RetrySchedule::parse(vec![0]).unwrap();
-        assert_eq!(schedule_end(from, &once, 0, false), from);
-        let short = RetrySchedule::parse(vec![0, 60, 300]).unwrap();
-        assert_eq!(
-            schedule_end(from, &short, 1, true),
-            from.plus_millis(3_600_000 + 300 * 1_100),
-            "a Retry-After may have put the next attempt off by up to an hour"
-        );
     }
 }
