@@ -1,0 +1,311 @@
+//! Requests to the server's API, and its error messages told in the CLI's terms.
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::Connection;
+
+/// The organization a request's path names (`/v1/orgs/{org}/…`), if any.
+pub(super) fn org_in(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/orgs/")?
+        .split(['/', '?'])
+        .next()
+        .filter(|org| !org.is_empty())
+}
+
+/// The server's advice names API routes; here it names the commands that do the same, for
+/// `org` (the request's) where the advice leaves it open.
+pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" /v1/orgs/") {
+        let (before, from) = rest.split_at(at);
+        // The method before the path: `GET` or `POST`.
+        let (head, method) = match before.rsplit_once(' ') {
+            Some((head, method)) => (head, method),
+            None => ("", before),
+        };
+        // `(DELETE /v1/…)`: the parenthesis stays, around the command.
+        let (open, method) = match method.strip_prefix('(') {
+            Some(method) => ("(", method),
+            None => ("", method),
+        };
+        let path = &from[1..];
+        let end = path
+            .find(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == ')')
+            .unwrap_or(path.len());
+        let org = path["/v1/orgs/".len()..end].split('/').next().unwrap_or("");
+        let org = match (org, request_org) {
+            ("{org}", Some(known)) => known,
+            ("{org}", None) => "…",
+            (named, _) => named,
+        };
+        let one_type = path[..end]
+            .rsplit_once("/event-types/")
+            .map(|(_, name)| name);
+        // `…/webhooks/{id}` and what follows it (`/deactivate`).
+        let webhook = path[..end]
+            .split_once("/webhooks/")
+            .map(|(_, rest)| rest.split_once('/').unwrap_or((rest, "")));
+        let mut command = match (method, path[..end].strip_suffix("/event-types"), one_type) {
+            ("GET", Some(_), _) => Some(format!("`herald events types --org {org}`")),
+            ("POST", Some(_), _) => Some(format!("`herald events register --org {org} --name …`")),
+            ("DELETE", _, Some(name)) => Some(format!(
+                "`herald events unregister --org {org} --name {name}`"
+            )),
+            _ => match (method, webhook) {
+                ("POST", Some((id, "deactivate"))) => {
+                    Some(format!("`herald webhooks disable --org {org} {id}`"))
+                }
+                ("PATCH", Some((id, ""))) => {
+                    Some(format!("`herald webhooks update --org {org} {id}`"))
+                }
+                _ => None,
+            },
+        };
+        // A change the advice spells as JSON, spelt as the command's flag.
+        const WEBSUB: &str = " with \"verification\": \"websub\"";
+        let mut end = end;
+        if let Some(c) = command.as_mut()
+            && path[end..].starts_with(WEBSUB)
+        {
+            c.insert_str(c.len() - 1, " --verification websub");
+            end += WEBSUB.len();
+        }
+        match command {
+            Some(command) if head.is_empty() => {
+                out.push_str(open);
+                out.push_str(&command);
+            }
+            Some(command) => {
+                out.push_str(head);
+                out.push(' ');
+                out.push_str(open);
+                out.push_str(&command);
+            }
+            None => out.push_str(&rest[..at + 1 + end]),
+        }
+        rest = &path[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a path segment or query value keeps as it is; everything else is percent-encoded, so
+/// that an id given on the command line (`org_1/api-keys/key_2`, `x?limit=1`) stays within its
+/// segment ([`api_path`] refuses the dot segments `.` and `..`).
+pub(super) const VERBATIM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One path segment or query value, percent-encoded.
+pub(super) fn encode(raw: &str) -> String {
+    percent_encoding::utf8_percent_encode(raw, VERBATIM).to_string()
+}
+
+/// `/seg/seg/…`, each segment percent-encoded. An empty id, `.` or `..` would name another
+/// path (URLs resolve dot segments, encoded or not), so it is refused.
+pub(super) fn api_path(segments: &[&str]) -> anyhow::Result<String> {
+    let mut path = String::new();
+    for segment in segments {
+        if matches!(*segment, "" | "." | "..") {
+            bail!("'{segment}' is not an id; ids look like org_…, wh_… or dlv_…");
+        }
+        path.push('/');
+        path.push_str(&encode(segment));
+    }
+    Ok(path)
+}
+
+pub(super) struct Api {
+    http: reqwest::blocking::Client,
+    conn: Connection,
+    token: String,
+    /// Where the token came from, for the message when the server refuses it.
+    token_source: &'static str,
+}
+
+impl Api {
+    pub(super) fn new(conn: Connection) -> anyhow::Result<Self> {
+        herald_dispatch::client::install_tls_provider();
+        let admin = std::env::var("HERALD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        let given = conn.token.as_ref().filter(|t| !t.trim().is_empty());
+        let (token, token_source) = match (given, admin) {
+            (Some(t), _) => (t.clone(), "--token or HERALD_TOKEN"),
+            (None, Some(t)) => (t, "HERALD_ADMIN_TOKEN"),
+            (None, None) => match std::fs::read_to_string("herald-data/admin-token") {
+                Ok(t) => (t.trim().to_owned(), "./herald-data/admin-token"),
+                Err(_) => bail!(
+                    "no token: pass --token or set HERALD_TOKEN (the admin token, or an \
+                     organization API key); without either, HERALD_ADMIN_TOKEN or else \
+                     ./herald-data/admin-token is read, and there is neither here"
+                ),
+            },
+        };
+        Ok(Self {
+            http: reqwest::blocking::Client::new(),
+            conn,
+            token,
+            token_source,
+        })
+    }
+
+    pub(super) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        // `--server http://host:7600/v1` means the same server: every path starts with /v1.
+        let base = self.conn.server.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        let url = format!("{base}{path}");
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().with_context(|| {
+            format!(
+                "could not reach Herald at {}; is `herald serve` running? (--server)",
+                self.conn.server
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        // Herald answers a JSON object, or nothing with 204 (a deletion).
+        let value: Option<Value> = if text.is_empty() && status == reqwest::StatusCode::NO_CONTENT {
+            Some(Value::Null)
+        } else {
+            serde_json::from_str(&text).ok()
+        };
+        let not_herald = || {
+            format!(
+                "{status} from {url}, and not Herald's JSON; is --server ({}) the address of \
+                 `herald serve`?",
+                self.conn.server
+            )
+        };
+        if !status.is_success() {
+            match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
+                Some(message) if status == reqwest::StatusCode::UNAUTHORIZED => bail!(
+                    "{status}: {message} (the token was read from {}; give the right one with \
+                     --token or HERALD_TOKEN)",
+                    self.token_source
+                ),
+                Some(message) => bail!("{status}: {}", in_cli_terms(message, org_in(path))),
+                None => bail!(not_herald()),
+            }
+        }
+        match value {
+            Some(value) if value.is_object() || value.is_null() => Ok(value),
+            _ => bail!(not_herald()),
+        }
+    }
+
+    /// Every item of a paged list, page after page, as one page (`{"data": [...]}`).
+    pub(super) fn get_all(&self, path: &str) -> anyhow::Result<Value> {
+        let mut items = Vec::new();
+        let mut page = self.get(path)?;
+        loop {
+            let Some(data) = page.get_mut("data").and_then(Value::as_array_mut) else {
+                bail!("the answer to {path} is not a list: {page}");
+            };
+            items.append(data);
+            let Some(cursor) = page["next_cursor"].as_str() else {
+                break;
+            };
+            page = self.get(&format!("{path}&cursor={}", encode(cursor)))?;
+        }
+        Ok(json!({ "data": items, "next_cursor": null }))
+    }
+
+    /// `--org` as an id: an id is taken as it is, anything else is looked up as a handle among
+    /// the organizations the token sees.
+    pub(super) fn org_id(&self, org: &str) -> anyhow::Result<String> {
+        if herald_core::OrgId::parse(org).is_ok() {
+            return Ok(org.to_owned());
+        }
+        let orgs = self.get_all("/v1/orgs?limit=200")?;
+        let found = orgs["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["handle"].as_str() == Some(org))
+            .and_then(|o| o["id"].as_str());
+        match found {
+            Some(id) => Ok(id.to_owned()),
+            None => bail!(
+                "no organization has the handle '{org}'; give an organization's id (org_…) or \
+                 handle (`herald orgs list` shows both)"
+            ),
+        }
+    }
+
+    pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    pub(super) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_advice_names_commands() {
+        let advice = "the event type 'x' is unknown; list the known types with GET \
+                      /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types";
+        assert_eq!(
+            in_cli_terms(advice, None),
+            "the event type 'x' is unknown; list the known types with `herald events types \
+             --org …` or register it with `herald events register --org … --name …`"
+        );
+        let path = "/v1/orgs/org_9/events";
+        assert_eq!(
+            in_cli_terms(advice, org_in(path)),
+            "the event type 'x' is unknown; list the known types with `herald events types \
+             --org org_9` or register it with `herald events register --org org_9 --name …`"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "events[0]: 'x' is not one; see GET /v1/orgs/org_1/event-types",
+                None
+            ),
+            "events[0]: 'x' is not one; see `herald events types --org org_1`"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "delete that one first (DELETE /v1/orgs/org_1/event-types/invoice.paid) or not",
+                None
+            ),
+            "delete that one first (`herald events unregister --org org_1 --name invoice.paid`) or not"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "turn it on first (PATCH /v1/orgs/org_1/webhooks/wh_2 with \"verification\": \"websub\")",
+                None
+            ),
+            "turn it on first (`herald webhooks update --org org_1 wh_2 --verification websub`)"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "deactivate it first (POST /v1/orgs/org_1/webhooks/wh_2/deactivate): a webhook",
+                None
+            ),
+            "deactivate it first (`herald webhooks disable --org org_1 wh_2`): a webhook"
+        );
+        // Routes without a command of their own are left as they are.
+        let other = "see GET /v1/orgs/org_1/webhooks, then POST /v1/orgs";
+        assert_eq!(in_cli_terms(other, None), other);
+        assert_eq!(in_cli_terms("no route here", None), "no route here");
+        assert_eq!(org_in("/v1/orgs?limit=200"), None);
+        assert_eq!(org_in("/v1/orgs/org_9?x=1"), Some("org_9"));
+    }
+}

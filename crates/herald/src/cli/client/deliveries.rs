@@ -1,0 +1,129 @@
+//! `herald deliveries`.
+
+use serde_json::json;
+
+use super::Connection;
+use super::api::*;
+use super::args::*;
+use super::output::*;
+
+pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let org = cmd.org_mut();
+    *org = api.org_id(org)?;
+    let cols = &[
+        "id",
+        "event_type",
+        "state",
+        "attempt_count",
+        "last_status",
+        "next_attempt_at",
+        "last_error",
+    ];
+    match cmd {
+        DeliveriesCommand::List {
+            org,
+            webhook,
+            state,
+            event_type,
+            limit,
+            cursor,
+        } => {
+            let mut path = format!(
+                "{}?limit={limit}",
+                api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])?
+            );
+            for (key, value) in [
+                ("state", state),
+                ("event_type", event_type),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    path.push_str(&format!("&{key}={}", encode(&value)));
+                }
+            }
+            let page = api.get(&path)?;
+            show(&conn, &page, cols);
+            if let (false, Some(next)) = (conn.json, page["next_cursor"].as_str()) {
+                eprintln!("More: add --cursor {next}");
+            }
+        }
+        DeliveriesCommand::Get { org, id } => {
+            let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;
+            show(&conn, &d, cols);
+            if !conn.json {
+                if let Some(why) = d["last_error"]
+                    .as_str()
+                    .and_then(herald_core::delivery::explain_last_error)
+                {
+                    out!("\n{why}");
+                }
+                out!();
+                show(
+                    &conn,
+                    &json!({ "data": d["attempts"] }),
+                    &[
+                        "number",
+                        "started_at",
+                        "duration_ms",
+                        "status",
+                        "error",
+                        "error_message",
+                    ],
+                );
+                // What the endpoint said last, often the reason it refused.
+                if let Some(body) = d["attempts"]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .and_then(|a| a["response_body"].as_str())
+                    .filter(|b| !b.is_empty())
+                {
+                    // The endpoint's text, not the terminal's: control characters are shown, not
+                    // played (an escape sequence could rewrite what is on screen).
+                    let body: String = body
+                        .chars()
+                        .map(|c| match c {
+                            '\n' | '\t' => c.to_string(),
+                            c if c.is_control() => c.escape_unicode().to_string(),
+                            c => c.to_string(),
+                        })
+                        .collect();
+                    out!("\nThe last answer's body (first KiB):\n{body}");
+                }
+            }
+        }
+        DeliveriesCommand::Retry { org, id } => show(
+            &conn,
+            &api.post(
+                &api_path(&["v1", "orgs", &org, "deliveries", &id, "retry"])?,
+                json!({}),
+            )?,
+            cols,
+        ),
+        DeliveriesCommand::Recover {
+            org,
+            webhook,
+            since,
+        } => {
+            let answer = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "recover"])?,
+                json!({ "since": since }),
+            )?;
+            if conn.json {
+                print_json(&answer);
+            } else {
+                let n = answer["recovered"].as_u64().unwrap_or(0);
+                out!(
+                    "Recovered {n} failed {} since {since}: {}.",
+                    if n == 1 { "delivery" } else { "deliveries" },
+                    if n == 0 {
+                        "there were none to send again"
+                    } else {
+                        "they are sent again now, each with a new retry schedule"
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}

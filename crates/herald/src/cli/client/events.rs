@@ -1,0 +1,176 @@
+//! `herald events` and `herald send`.
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::Connection;
+use super::api::*;
+use super::args::*;
+use super::output::*;
+
+pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    match cmd {
+        EventsCommand::Types { org } => show(
+            &conn,
+            &api.get(&api_path(&[
+                "v1",
+                "orgs",
+                &api.org_id(&org)?,
+                "event-types",
+            ])?)?,
+            &["name", "channel", "source", "description"],
+        ),
+        EventsCommand::Catalog { name } => {
+            let answer = api.get("/v1/event-types")?;
+            let catalogs = answer["catalogs"].as_array().cloned().unwrap_or_default();
+            let known: Vec<&str> = catalogs
+                .iter()
+                .filter_map(|c| c["catalog"].as_str())
+                .collect();
+            if let Some(name) = &name
+                && !known.contains(&name.as_str())
+            {
+                bail!("no catalog '{name}'; the catalogs are {}", known.join(", "));
+            }
+            let rows: Vec<Value> = catalogs
+                .iter()
+                .filter(|c| name.as_deref().is_none_or(|n| c["catalog"] == n))
+                .flat_map(|c| {
+                    let catalog = c["catalog"].clone();
+                    c["types"].as_array().cloned().unwrap_or_default().into_iter().map(
+                        move |t| json!({ "catalog": catalog, "name": t["name"], "channel": t["channel"], "description": t["description"] }),
+                    )
+                })
+                .collect();
+            let shown = if conn.json {
+                // The API's answer, with only the catalog asked for.
+                json!({ "catalogs": catalogs
+                    .iter()
+                    .filter(|c| name.as_deref().is_none_or(|n| c["catalog"] == n))
+                    .collect::<Vec<_>>() })
+            } else {
+                json!({ "data": rows })
+            };
+            show(
+                &conn,
+                &shown,
+                &["catalog", "name", "channel", "description"],
+            );
+        }
+        EventsCommand::Register {
+            org,
+            name,
+            channel,
+            description,
+            schema,
+            example,
+        } => {
+            let mut body = json!({ "name": name });
+            if let Some(channel) = channel {
+                body["channel"] = json!(channel);
+            }
+            if let Some(description) = description {
+                body["description"] = json!(description);
+            }
+            if let Some(file) = schema {
+                body["schema"] = read_json_input(&file, "give --schema a JSON Schema")?;
+            }
+            if let Some(example) = example {
+                body["example"] = serde_json::from_str(&example)
+                    .context("--example must be JSON, e.g. '{\"invoice\": {\"id\": \"in_1\"}}'")?;
+            }
+            let org = api.org_id(&org)?;
+            let answer = api.post(&api_path(&["v1", "orgs", &org, "event-types"])?, body)?;
+            show(&conn, &answer, &["name", "channel", "description"]);
+        }
+        EventsCommand::Unregister { org, name } => {
+            let org = api.org_id(&org)?;
+            api.call(
+                reqwest::Method::DELETE,
+                &api_path(&["v1", "orgs", &org, "event-types", &name])?,
+                None,
+            )?;
+            deleted(&conn, &name, &format!("Deleted the event type {name}."));
+        }
+        EventsCommand::Send(args) => send(conn, args)?,
+    }
+    Ok(())
+}
+
+/// The JSON in `file` (`-`: standard input); `wanted` says what it should hold, for the
+/// message when it is not JSON.
+pub(super) fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value> {
+    let (text, source) = if file == "-" {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("could not read standard input")?;
+        (input, "standard input")
+    } else {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?;
+        (text, file)
+    };
+    // As the server does, a byte-order mark (some editors write one) is passed over.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    serde_json::from_str(text).with_context(|| format!("{source} is not JSON: {wanted}"))
+}
+
+pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let body = match (&args.event_type, &args.file) {
+        (Some(t), _) => {
+            let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or("{}"))
+                .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
+            let mut event = json!({ "type": t, "data": data });
+            for (field, value) in [
+                ("id", &args.id),
+                ("occurred_at", &args.occurred_at),
+                ("correlation_id", &args.correlation_id),
+            ] {
+                if let Some(value) = value {
+                    event[field] = json!(value);
+                }
+            }
+            event
+        }
+        (None, file) => read_json_input(
+            file.as_deref().unwrap_or("-"),
+            "give one event ({\"type\", \"data\"}) or an array of them, or use --type and --data",
+        )?,
+    };
+    let org = api.org_id(&args.org)?;
+    let answer = api.post(&api_path(&["v1", "orgs", &org, "events"])?, body)?;
+    if conn.json {
+        print_json(&answer);
+    } else {
+        show(
+            &conn,
+            &json!({ "data": answer["events"] }),
+            &["id", "duplicate", "deliveries", "skipped"],
+        );
+    }
+    // A reused id drops the event: say so even where only the exit status is read.
+    let reused: Vec<String> = answer["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(format!(
+                "{}: {}",
+                e["id"].as_str()?,
+                e["mismatch"].as_str()?
+            ))
+        })
+        .collect();
+    if !reused.is_empty() {
+        bail!(
+            "not stored, an id already used by another event:\n  {}",
+            reused.join("\n  ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Tables for people and JSON with `--json`.
+
+use serde_json::{Value, json};
+
+use super::Connection;
+
+/// One field as a table shows it: lists of plain values joined with commas, `-` for nothing.
+pub(super) fn cell(row: &Value, col: &str) -> String {
+    match &row[col] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "-".to_owned(),
+        Value::Object(fields) if fields.is_empty() => "-".to_owned(),
+        Value::Object(fields) if fields.values().all(Value::is_string) => fields
+            .iter()
+            .map(|(name, value)| format!("{name}: {}", value.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Array(items) if items.iter().all(|i| i.is_string() || i.is_number()) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The server's JSON as it is (`--json`).
+pub(super) fn print_json(value: &Value) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// Prints one object as `field  value` lines, or as JSON with --json.
+pub(super) fn show_record(conn: &Connection, value: &Value, fields: &[&str]) {
+    if conn.json {
+        print_json(value);
+        return;
+    }
+    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
+    for field in fields {
+        let shown = match (*field, &value[*field]) {
+            // Custom headers often carry credentials: their names only (--json shows all).
+            ("headers", Value::Object(headers)) if !headers.is_empty() => headers
+                .keys()
+                .map(|name| format!("{name}: …"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => cell(value, field),
+        };
+        out!("{field:<width$}  {shown}");
+    }
+}
+
+/// What `webhooks get` and `update` show of a webhook.
+pub(super) const WEBHOOK_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "url",
+    "profile",
+    "signature",
+    "verification",
+    "options",
+    "active",
+    "disabled_reason",
+    "failing_since",
+    "circuit_open_until",
+    "events",
+    "channels",
+    "timeout_ms",
+    "retry_schedule",
+    "rate_limit_per_second",
+    "headers",
+    "previous_secret_expires_at",
+    "created_at",
+    "updated_at",
+];
+
+/// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
+pub(super) fn show(conn: &Connection, value: &Value, columns: &[&str]) {
+    if conn.json {
+        print_json(value);
+        return;
+    }
+    let rows: Vec<&Value> = match value.get("data").and_then(Value::as_array) {
+        Some(items) => items.iter().collect(),
+        None => vec![value],
+    };
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    out!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
+    for row in &rows {
+        out!("{}", line(columns.iter().map(|c| cell(row, c)).collect()));
+    }
+    if rows.is_empty() {
+        out!("(none)");
+    }
+}
+
+/// Says what was deleted: a sentence, or `{"id", "deleted": true}` with `--json` (the API's
+/// answer, `204`, has no body to print).
+pub(super) fn deleted(conn: &Connection, id: &str, sentence: &str) {
+    if conn.json {
+        print_json(&json!({ "id": id, "deleted": true }));
+    } else {
+        out!("{sentence}");
+    }
+}

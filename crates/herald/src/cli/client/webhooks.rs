@@ -1,0 +1,315 @@
+//! `herald webhooks`, with a test event's outcome and WebSub subscriptions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::Connection;
+use super::api::*;
+use super::args::*;
+use super::output::*;
+
+pub(super) const SUBSCRIPTION_COLUMNS: &[&str] = &["channel", "topic", "mode", "state", "reason"];
+
+/// Shows a page of WebSub subscriptions; fails, after showing them, if any channel's endpoint
+/// refused or did not answer, since no events go out on that channel until it verifies.
+pub(super) fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Result<()> {
+    show(conn, page, SUBSCRIPTION_COLUMNS);
+    fail_on_unverified(page)
+}
+
+/// The longest a test waits for its first attempt: the longest webhook timeout and a margin.
+pub(super) const TEST_WAIT: Duration = Duration::from_secs(65);
+
+/// Waits for the test delivery's first attempt and says how it went; fails unless it succeeded.
+pub(super) fn show_test_outcome(api: &Api, org: &str, delivery: &str) -> anyhow::Result<()> {
+    let path = api_path(&["v1", "orgs", org, "deliveries", delivery])?;
+    let deadline = Instant::now() + TEST_WAIT;
+    eprintln!("Sent {delivery}; waiting for the endpoint's answer…");
+    let detail = loop {
+        let detail = api
+            .get(&path)
+            .with_context(|| format!("{delivery} was sent, but its outcome could not be read"))?;
+        if detail["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break detail;
+        }
+        // Finished without an attempt: the webhook was deleted (cancelled) meanwhile, say.
+        if !matches!(detail["state"].as_str(), Some("pending") | None) {
+            bail!(
+                "{delivery} ended {} without being sent: {}",
+                detail["state"].as_str().unwrap_or_default(),
+                detail["last_error"]
+                    .as_str()
+                    .unwrap_or("no reason was given")
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no answer recorded for {delivery} after {} s; see `herald deliveries get --org \
+                 {org} {delivery}`",
+                TEST_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The latest attempt: a retry may already have followed a first one that failed.
+    let attempts = detail["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let attempt = attempts.last().unwrap_or(&Value::Null);
+    let took = attempt["duration_ms"].as_u64().unwrap_or_default();
+    if detail["state"] == "succeeded" {
+        out!(
+            "Delivered {delivery}: the endpoint answered {} in {took} ms.",
+            attempt["status"]
+        );
+        return Ok(());
+    }
+    let answer = match (
+        attempt["status"].as_u64(),
+        attempt["error_message"].as_str(),
+    ) {
+        (Some(status), _) => format!("the endpoint answered {status}"),
+        (None, Some(message)) => message.to_owned(),
+        (None, None) => attempt["error"].as_str().unwrap_or("it failed").to_owned(),
+    };
+    let next = match detail["next_attempt_at"].as_str() {
+        Some(at) => format!("Herald tries again at {at}"),
+        None => "no attempt is left".to_owned(),
+    };
+    bail!("not delivered ({delivery}): {answer} after {took} ms; {next}")
+}
+
+/// Fails if any channel of a page of WebSub subscriptions failed verification.
+pub(super) fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
+    let failed = page["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] == "failed")
+        .count();
+    if failed > 0 {
+        bail!(
+            "{failed} channel(s) failed verification and get no events until they verify; once \
+             the endpoint answers its challenge, run `herald webhooks verify`"
+        );
+    }
+    Ok(())
+}
+
+pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn.clone())?;
+    let org = cmd.org_mut();
+    *org = api.org_id(org)?;
+    let cols = &["id", "name", "profile", "active", "url"];
+    match cmd {
+        WebhooksCommand::List { org } => show(
+            &conn,
+            &api.get_all(&format!(
+                "{}?limit=200",
+                api_path(&["v1", "orgs", &org, "webhooks"])?
+            ))?,
+            cols,
+        ),
+        WebhooksCommand::Create {
+            org,
+            name,
+            url,
+            events,
+            channels,
+            profile,
+            secret,
+            disabled,
+            options,
+        } => {
+            let mut body = json!({ "name": name, "url": url });
+            for (key, value) in [("events", json!(events)), ("channels", json!(channels))] {
+                if value.as_array().is_some_and(|a| !a.is_empty()) {
+                    body[key] = value;
+                }
+            }
+            for (key, value) in [("profile", profile), ("secret", secret)] {
+                if let Some(v) = value {
+                    body[key] = json!(v);
+                }
+            }
+            if disabled {
+                body["active"] = json!(false);
+            }
+            options.add_to(&mut body)?;
+            let created = api.post(&api_path(&["v1", "orgs", &org, "webhooks"])?, body)?;
+            show(&conn, &created, cols);
+            if !conn.json {
+                out!(
+                    "\nSecret (shown once): {}",
+                    created["secret"].as_str().unwrap_or_default()
+                );
+                if created["active"] == false && !disabled {
+                    // WebSub webhooks (asgardeo's) start inactive, waiting to be verified.
+                    out!(
+                        "\nIt is inactive until its endpoint confirms each channel: run `herald \
+                         webhooks enable --org {org} {}` once the endpoint answers WebSub \
+                         challenges.",
+                        created["id"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        WebhooksCommand::Update {
+            org,
+            id,
+            name,
+            url,
+            events,
+            channels,
+            profile,
+            reset,
+            options,
+        } => {
+            let mut body = json!({});
+            for (key, value) in [("name", name), ("url", url), ("profile", profile)] {
+                if let Some(v) = value {
+                    body[key] = json!(v);
+                }
+            }
+            for (key, value) in [("events", events), ("channels", channels)] {
+                if !value.is_empty() {
+                    body[key] = json!(value);
+                }
+            }
+            options.add_to(&mut body)?;
+            let mut reset = reset;
+            reset.sort_by_key(|r| r.field());
+            reset.dedup();
+            for setting in reset {
+                let field = setting.field();
+                if body.get(field).is_some() {
+                    bail!(
+                        "--reset {} and a new value for it were both given; give one",
+                        field.replace('_', "-")
+                    );
+                }
+                body[field] = Value::Null;
+            }
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                bail!(
+                    "nothing to change; give at least one of the fields in `herald webhooks update --help`"
+                );
+            }
+            let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
+            show_record(
+                &conn,
+                &api.call(reqwest::Method::PATCH, &path, Some(body))?,
+                WEBHOOK_FIELDS,
+            );
+        }
+        WebhooksCommand::Get { org, id } => show_record(
+            &conn,
+            &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id])?)?,
+            WEBHOOK_FIELDS,
+        ),
+        WebhooksCommand::Enable { org, id } => {
+            let answer = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "activate"])?,
+                json!({}),
+            )?;
+            show(&conn, &answer, cols);
+            if answer["subscriptions"].is_array() {
+                let page = json!({ "data": answer["subscriptions"] });
+                if conn.json {
+                    fail_on_unverified(&page)?;
+                } else {
+                    out!();
+                    show_subscriptions(&conn, &page)?;
+                }
+            }
+        }
+        WebhooksCommand::Subscriptions { org, id } => show(
+            &conn,
+            &api.get(&api_path(&[
+                "v1",
+                "orgs",
+                &org,
+                "webhooks",
+                &id,
+                "subscriptions",
+            ])?)?,
+            SUBSCRIPTION_COLUMNS,
+        ),
+        WebhooksCommand::Verify { org, id, channel } => {
+            let answer = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "verify"])?,
+                json!({ "channel": channel }),
+            )?;
+            show_subscriptions(&conn, &answer)?;
+        }
+        WebhooksCommand::Disable { org, id } => show(
+            &conn,
+            &api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "deactivate"])?,
+                json!({}),
+            )?,
+            cols,
+        ),
+        WebhooksCommand::Rotate { org, id, secret } => {
+            let rotated = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "rotate-secret"])?,
+                json!({ "secret": secret }),
+            )?;
+            show(&conn, &rotated, cols);
+            if !conn.json {
+                out!(
+                    "\nNew secret (shown once; the old one signs too for 24 hours): {}",
+                    rotated["secret"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        WebhooksCommand::Test { org, id, no_wait } => {
+            let sent = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &id, "test"])?,
+                json!({}),
+            )?;
+            if no_wait || conn.json {
+                show(&conn, &sent, &["event_id", "delivery_id"]);
+            } else {
+                let delivery = sent["delivery_id"].as_str().unwrap_or_default();
+                show_test_outcome(&api, &org, delivery)?;
+            }
+        }
+        WebhooksCommand::Delete { org, ids } => {
+            if let [id] = ids.as_slice() {
+                api.call(
+                    reqwest::Method::DELETE,
+                    &api_path(&["v1", "orgs", &org, "webhooks", id])?,
+                    None,
+                )?;
+                deleted(&conn, id, &format!("Deleted {id}."));
+            } else {
+                let answer = api.post(
+                    &api_path(&["v1", "orgs", &org, "webhooks", "bulk-delete"])?,
+                    json!({ "ids": ids }),
+                )?;
+                let names = |key: &str| -> Vec<String> {
+                    answer[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                };
+                let (gone, missing) = (names("deleted"), names("not_found"));
+                if conn.json {
+                    print_json(&answer);
+                } else {
+                    out!("Deleted {} webhook(s): {}.", gone.len(), gone.join(", "));
+                }
+                if !missing.is_empty() {
+                    bail!("no such webhook: {}", missing.join(", "));
+                }
+            }
+        }
+    }
+    Ok(())
+}
