@@ -9,10 +9,11 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use herald_core::directory::OrgSnapshot;
 use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery, Placement};
-use herald_core::{DeliveryId, Invalid, OrgId};
+use herald_core::{DeliveryId, Invalid, OrgId, Timestamp};
 
 use super::cancel_safe::GiveBackIfDropped;
 use super::{Scope, ServiceError, ServiceResult};
@@ -77,7 +78,8 @@ pub(crate) enum Origin {
     Herald,
 }
 
-/// Ingests events posted as `T` (text or trees), each turned into a [`NewEvent`] by `parse`.
+/// Ingests events posted as `T` (text or trees), each turned into a [`NewEvent`] by `parse`:
+/// each checked and fanned out, all stored in one write, then handed to the dispatcher.
 pub(crate) async fn ingest_values<T>(
     state: &AppState,
     org: &OrgId,
@@ -98,64 +100,12 @@ pub(crate) async fn ingest_values<T>(
     // Which events said when they occurred (only then does a duplicate's time count).
     let mut occurred_given = Vec::with_capacity(raw_events.len());
     for (i, raw) in raw_events.into_iter().enumerate() {
-        let at = |e: Invalid| {
-            if batch {
-                e.within(&format!("[{i}]"))
-            } else {
-                e
-            }
-        };
-        let new = parse(raw).map_err(at)?;
-        if origin == Origin::Producer && event_type::is_reserved(&new.event_type) {
-            return Err(at(Invalid::new(
-                "type",
-                format!("'{}' is reserved for Herald's own events", new.event_type),
-            ))
-            .into());
-        }
-        let Some(resolved) = snapshot.resolve_type(&new.event_type) else {
-            return Err(ServiceError::UnknownEventType {
-                suggestion: snapshot
-                    .closest_type(&new.event_type, false)
-                    .map(str::to_owned),
-                name: new.event_type,
-                org: org.clone(),
-                field: if batch {
-                    format!("[{i}].type")
-                } else {
-                    "type".into()
-                },
-            });
-        };
-        if let Some(validator) = resolved.validator {
-            // The stored form is what is checked: what every receiver gets.
-            let data: Value = serde_json::from_str(new.data.get())
-                .map_err(|e| at(Invalid::new("data", format!("could not be read back: {e}"))))?;
-            check_against_schema(validator, &new.event_type, &data)
-                .map_err(|e| ServiceError::SchemaViolation(at(e)))?;
-        }
+        let position = batch.then_some(i);
+        let new = parse(raw).map_err(|e| at(position, e))?;
+        let channel = check(&snapshot, org, &new, origin, position)?;
         occurred_given.push(new.occurred_at.is_some());
-        let channel = resolved.channel.map(str::to_owned);
         let event = Arc::new(new.into_event(org.clone(), now));
-        let deliveries = snapshot
-            .subscribers(&event.event_type, channel.as_deref())
-            .map(|w| {
-                let skip = snapshot.withheld_because(w, channel.as_deref(), now);
-                // The schedule's first delay counts from ingest; such a delivery is left to the
-                // scheduler rather than held in memory.
-                let not_before = match w.first_delay_secs() {
-                    0 => None,
-                    secs => Some(now.plus_secs(i64::from(secs))),
-                };
-                NewDelivery {
-                    id: DeliveryId::generate(),
-                    webhook_id: w.id.clone(),
-                    placement: Placement::Leased,
-                    skip,
-                    not_before,
-                }
-            })
-            .collect::<Vec<_>>();
+        let deliveries = fan_out(&snapshot, &event, channel.as_deref(), now);
         fanned_out += deliveries.len();
         // The first event always goes, whatever its fan-out: sending fewer must be possible.
         if fanned_out > most_deliveries && !items.is_empty() {
@@ -185,10 +135,6 @@ pub(crate) async fn ingest_values<T>(
     handing_off.disarm();
     let results = stored.map_err(ServiceError::from_store("organization"))?;
 
-    let mut report = IngestReport {
-        events: Vec::with_capacity(items.len()),
-        deliveries: 0,
-    };
     // Only noted now: what the answer says of duplicates is read after the handoff below, so
     // that a client gone meanwhile cannot strand the new deliveries (nothing may wait between
     // the store's answer and the handoff).
@@ -200,11 +146,123 @@ pub(crate) async fn ingest_values<T>(
         .filter(|(_, ((_, r), _))| **r == IngestResult::Duplicate)
         .map(|(i, ((item, _), given))| (i, item.event.clone(), *given))
         .collect();
+    let mut report = hand_off(state, org, items, &results, now, lease_until, overrun);
+    for (i, mismatch) in mismatches(state, org, duplicates).await {
+        report.events[i].mismatch = Some(mismatch);
+    }
+    state.metrics.events_ingested(
+        report.events.iter().filter(|e| !e.duplicate).count(),
+        report.deliveries,
+    );
+    Ok(report)
+}
+
+/// An error about the event at `position` in a batch (`None`: the request's only event).
+fn at(position: Option<usize>, e: Invalid) -> Invalid {
+    match position {
+        Some(i) => e.within(&format!("[{i}]")),
+        None => e,
+    }
+}
+
+/// Checks that the organization may send the event: its type is known and not reserved for
+/// Herald (unless Herald sends it), and its data fits the type's schema. Answers the type's
+/// channel.
+fn check(
+    snapshot: &OrgSnapshot,
+    org: &OrgId,
+    new: &NewEvent,
+    origin: Origin,
+    position: Option<usize>,
+) -> ServiceResult<Option<String>> {
+    if origin == Origin::Producer && event_type::is_reserved(&new.event_type) {
+        return Err(at(
+            position,
+            Invalid::new(
+                "type",
+                format!("'{}' is reserved for Herald's own events", new.event_type),
+            ),
+        )
+        .into());
+    }
+    let Some(resolved) = snapshot.resolve_type(&new.event_type) else {
+        return Err(ServiceError::UnknownEventType {
+            suggestion: snapshot
+                .closest_type(&new.event_type, false)
+                .map(str::to_owned),
+            name: new.event_type.clone(),
+            org: org.clone(),
+            field: match position {
+                Some(i) => format!("[{i}].type"),
+                None => "type".into(),
+            },
+        });
+    };
+    if let Some(validator) = resolved.validator {
+        // The stored form is what is checked: what every receiver gets.
+        let data: Value = serde_json::from_str(new.data.get()).map_err(|e| {
+            at(
+                position,
+                Invalid::new("data", format!("could not be read back: {e}")),
+            )
+        })?;
+        check_against_schema(validator, &new.event_type, &data)
+            .map_err(|e| ServiceError::SchemaViolation(at(position, e)))?;
+    }
+    Ok(resolved.channel.map(str::to_owned))
+}
+
+/// A new delivery of `event` for each active webhook that wants it (on `channel`), held in
+/// memory unless its webhook's WebSub channel is not verified (recorded skipped) or its
+/// schedule's first delay is not zero (left to the scheduler).
+fn fan_out(
+    snapshot: &OrgSnapshot,
+    event: &Event,
+    channel: Option<&str>,
+    now: Timestamp,
+) -> Vec<NewDelivery> {
+    snapshot
+        .subscribers(&event.event_type, channel)
+        .map(|w| {
+            let skip = snapshot.withheld_because(w, channel, now);
+            // The schedule's first delay counts from ingest.
+            let not_before = match w.first_delay_secs() {
+                0 => None,
+                secs => Some(now.plus_secs(i64::from(secs))),
+            };
+            NewDelivery {
+                id: DeliveryId::generate(),
+                webhook_id: w.id.clone(),
+                placement: Placement::Leased,
+                skip,
+                not_before,
+            }
+        })
+        .collect()
+}
+
+/// Hands the stored events' deliveries over: those held go to the dispatcher's queues, those
+/// spilled are noted for their webhooks, and the scheduler is woken for delayed ones (and if
+/// `overrun`: a webhook within its share was let past the memory budget, and others give room
+/// back). Answers what became of each event. Nothing here waits: see the caller.
+fn hand_off(
+    state: &AppState,
+    org: &OrgId,
+    items: Vec<IngestItem>,
+    results: &[IngestResult],
+    now: Timestamp,
+    lease_until: Timestamp,
+    overrun: bool,
+) -> IngestReport {
+    let mut report = IngestReport {
+        events: Vec::with_capacity(items.len()),
+        deliveries: 0,
+    };
     let mut due = Vec::with_capacity(items.iter().map(|i| i.deliveries.len()).sum());
     let mut spilled = Vec::new();
     let mut delayed_total = 0;
     for (item, result) in items.into_iter().zip(results) {
-        let stored = result == IngestResult::Stored;
+        let stored = *result == IngestResult::Stored;
         let before = due.len() + spilled.len();
         let (mut skipped, mut delayed) = (0, 0);
         if stored {
@@ -250,22 +308,11 @@ pub(crate) async fn ingest_values<T>(
     if !spilled.is_empty() {
         state.dispatcher.note_new_spilled(&spilled);
     }
-    if overrun {
-        // A webhook within its share was let past the memory budget: others give room back.
-        state.dispatcher.wake_delivery_scheduler();
-    }
-    if delayed_total > 0 {
+    if overrun || delayed_total > 0 {
         // Delayed deliveries: the scheduler sleeps until the earliest due time it knows of.
         state.dispatcher.wake_delivery_scheduler();
     }
-    for (i, mismatch) in mismatches(state, org, duplicates).await {
-        report.events[i].mismatch = Some(mismatch);
-    }
-    state.metrics.events_ingested(
-        report.events.iter().filter(|e| !e.duplicate).count(),
-        report.deliveries,
-    );
-    Ok(report)
+    report
 }
 
 /// A duplicate event: its place in the request, the event as posted, and whether it said when
