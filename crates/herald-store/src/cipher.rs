@@ -288,7 +288,7 @@ impl SecretCipher {
 }
 
 /// A stored webhook's sealed columns as the current key seals them, those that need it (both
-/// backends' re-encryption).
+/// backends' re-encryption). Without a key, nothing needs it, but each must open.
 pub(crate) struct Resealed {
     secret: Option<String>,
     previous: Option<String>,
@@ -303,6 +303,23 @@ impl Resealed {
         previous: Option<&str>,
         headers: &str,
     ) -> Result<Self, CipherError> {
+        if !cipher.enabled() {
+            // Nothing is sealed without a key, but what was sealed must still open: a server
+            // started without the key it sealed with would otherwise fail every attempt and
+            // every event of the webhook while it looks healthy.
+            cipher.open(secret, &place(webhook, "secret"))?;
+            if let Some(previous) = previous {
+                cipher.open(previous, &place(webhook, "previous_secret"))?;
+            }
+            let headers: Headers = serde_json::from_str(headers)
+                .map_err(|_| CipherError("stored custom headers are malformed".into()))?;
+            cipher.open_headers(headers, webhook)?;
+            return Ok(Self {
+                secret: None,
+                previous: None,
+                headers: None,
+            });
+        }
         Ok(Self {
             secret: cipher.reseal(secret, &place(webhook, "secret"))?,
             previous: previous

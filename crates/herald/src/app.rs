@@ -241,7 +241,6 @@ pub async fn open_store(
         &encryption.encryption_old_keys,
     )
     .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
-    let encrypting = cipher.enabled();
     let reencrypted = match &storage.database_url {
         Some(url) => {
             let shown = storage.database_url_for_display().unwrap_or_default();
@@ -261,14 +260,10 @@ pub async fn open_store(
                 store.check_schema().await.map(|_| 0)
             }
             .map_err(|e| anyhow::anyhow!("database {shown}: {}", describe(&e)))?;
-            let rewritten = if encrypting {
-                store
-                    .reencrypt_stale_secrets()
-                    .await
-                    .context(REENCRYPT_FAILED)?
-            } else {
-                0
-            };
+            let rewritten = store
+                .reencrypt_stale_secrets()
+                .await
+                .context(REENCRYPT_FAILED)?;
             (Arc::new(store) as Arc<dyn Store>, rewritten)
         }
         None => {
@@ -281,14 +276,10 @@ pub async fn open_store(
             })
             .await?
             .with_context(|| format!("could not open the database in {}", data_dir.display()))?;
-            let rewritten = if encrypting {
-                store
-                    .reencrypt_stale_secrets()
-                    .await
-                    .context(REENCRYPT_FAILED)?
-            } else {
-                0
-            };
+            let rewritten = store
+                .reencrypt_stale_secrets()
+                .await
+                .context(REENCRYPT_FAILED)?;
             (Arc::new(store) as Arc<dyn Store>, rewritten)
         }
     };
@@ -322,8 +313,8 @@ fn warn_if_database_went_missing(data_dir: &Path) {
     }
 }
 
-const REENCRYPT_FAILED: &str =
-    "could not re-encrypt stored secrets; is every key they were sealed with configured?";
+const REENCRYPT_FAILED: &str = "could not open the stored webhook secrets; is every key they \
+     were sealed with configured (HERALD_ENCRYPTION_KEY, HERALD_ENCRYPTION_OLD_KEYS)?";
 
 /// A store error with its cause, for a start-up message.
 /// The error and every cause under it: PostgreSQL's own reason ("role \"herald\" does not

@@ -274,7 +274,8 @@ impl PostgresStore {
     }
 
     /// Writes again every secret stored plain or sealed with an old key; answers how many
-    /// webhooks it rewrote.
+    /// webhooks it rewrote. Run at start-up; without a key it only checks that every stored
+    /// secret opens (none was sealed with a key that is not configured).
     pub async fn reencrypt_stale_secrets(&self) -> StoreResult<u64> {
         let cipher = self.cipher.clone();
         in_tx!(self, |tx| webhooks::reencrypt(&tx, &cipher))

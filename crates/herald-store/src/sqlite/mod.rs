@@ -106,7 +106,8 @@ impl SqliteStore {
     }
 
     /// Writes again every secret stored plain or sealed with an old key; answers how many
-    /// webhooks it rewrote. Run at start-up when a key is configured.
+    /// webhooks it rewrote. Run at start-up; without a key it only checks that every stored
+    /// secret opens (none was sealed with a key that is not configured).
     pub async fn reencrypt_stale_secrets(&self) -> StoreResult<u64> {
         let cipher = self.cipher.clone();
         self.write(move |c| webhooks::reencrypt(c, &cipher)).await

@@ -362,7 +362,22 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("re-encrypt"), "{stderr}");
+    assert!(
+        stderr.contains("is every key they were sealed with configured"),
+        "{stderr}"
+    );
+    assert_eq!(stored_secrets(&data), stored);
+
+    // Without any key too: started so, it would look healthy and fail every attempt and every
+    // event of the webhook.
+    let out = herald_migrate(&["--data-dir", data_arg], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is every key they were sealed with configured")
+            && stderr.contains("which is not configured"),
+        "{stderr}"
+    );
     assert_eq!(stored_secrets(&data), stored);
 }
 
