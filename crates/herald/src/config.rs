@@ -290,8 +290,32 @@ pub struct LogSettings {
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `herald=debug,info`.
-    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    #[arg(long, env = "HERALD_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log: String,
+}
+
+/// The levels a log filter may name.
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `HERALD_LOG`: a filter whose every bare word is a level (or names Herald's own code). To
+/// tracing a bare word is also a target, so a misspelt level (`verbose`, `warnn`) would
+/// otherwise be taken as one and turn every line off without a word.
+fn parse_log_filter(raw: &str) -> Result<String, String> {
+    for directive in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        let level = LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str());
+        if bare && !level && !directive.starts_with("herald") {
+            return Err(format!(
+                "HERALD_LOG: '{directive}' is not a level; use one of {}, or target=level \
+                 (e.g. 'info' or 'herald=debug,info')",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(raw).map_err(|e| {
+        format!("HERALD_LOG: '{raw}' is not a log filter ({e}); try 'info' or 'herald=debug,info'")
+    })?;
+    Ok(raw.to_owned())
 }
 
 /// `HERALD_PUBLIC_URL`: an absolute http(s) URL with a host (it goes into tokens' issuers,
@@ -305,7 +329,21 @@ fn parse_public_url(raw: &str) -> Result<String, String> {
             "'{raw}' must be an http:// or https:// URL with a host, e.g. https://herald.example.com"
         ));
     }
-    Ok(raw.to_owned())
+    // It is shown to every receiver (an issuer, a CloudEvents source) and in the log.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "HERALD_PUBLIC_URL must not carry a user name or password: it is shown to every \
+             receiver and in the log; give only the scheme, host and any path prefix"
+                .into(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "'{raw}' has a query or fragment; HERALD_PUBLIC_URL is a base that paths are added \
+             to: give only the scheme, host and any path prefix"
+        ));
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
 }
 
 /// An `http://` or `https://` URL that names a host: what Herald's own addresses must be.
@@ -394,6 +432,48 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("postgres://u@h/d"), "{shown}");
+    }
+
+    #[test]
+    fn a_misspelt_log_level_is_refused_rather_than_silencing_the_log() {
+        for good in [
+            "info",
+            "WARN",
+            "herald=debug,info",
+            "herald",
+            "tower_http=off,info",
+            "",
+        ] {
+            assert_eq!(parse_log_filter(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in ["verbose", "warnn", "info,debgu"] {
+            let e = parse_log_filter(bad).unwrap_err();
+            assert!(e.contains("is not a level") && e.contains("trace"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_public_url_is_a_bare_base() {
+        assert_eq!(
+            parse_public_url("https://herald.example.com/").as_deref(),
+            Ok("https://herald.example.com")
+        );
+        assert_eq!(
+            parse_public_url("https://example.com/herald/").as_deref(),
+            Ok("https://example.com/herald")
+        );
+        let e = parse_public_url("https://user:pass@herald.example.com").unwrap_err();
+        assert!(
+            e.contains("user name or password") && !e.contains("pass@"),
+            "{e}"
+        );
+        for bad in ["https://h.example.com/?x=1", "https://h.example.com/#top"] {
+            assert!(
+                parse_public_url(bad)
+                    .unwrap_err()
+                    .contains("query or fragment")
+            );
+        }
     }
 
     #[test]

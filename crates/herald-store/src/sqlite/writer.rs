@@ -193,10 +193,16 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Resu
         }
     }
     run_cached(conn, "COMMIT").inspect_err(|e| {
-        tracing::error!(error = %e, "a group commit failed; its writes are rolled back");
+        if let Some(held_back) = COMMIT_FAILED.admit() {
+            tracing::error!(error = %e, held_back, "a group commit failed; its writes are rolled back and their callers told (said once per 10 s; held_back counts the others)");
+        }
         let _ = conn.execute_batch("ROLLBACK");
     })
 }
+
+/// Failed commits: one line per 10 s. A full disk fails every commit, thousands a second.
+static COMMIT_FAILED: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
 
 /// Runs the jobs back to back in the open transaction. `false` if the transaction holds writes
 /// of a job that failed (or is gone), so that the group must run again job by job. A job that

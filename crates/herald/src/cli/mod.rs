@@ -127,6 +127,43 @@ pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Variables read outside the commands' arguments: by the CLI's token fallback and by the
+/// scripts (`scripts/`); tests' own are `HERALD_TEST_*`.
+const READ_ELSEWHERE: &[&str] = &["HERALD_ADMIN_TOKEN", "HERALD_BIN", "HERALD_BENCH_PG"];
+
+/// The `HERALD_*` variables set here that Herald does not read, each with the one it most
+/// likely misspells: a setting misspelt (`HERALD_LEASE_SECOND`) would otherwise be ignored
+/// without a word.
+pub(crate) fn unknown_variables() -> Vec<(String, Option<String>)> {
+    use clap::CommandFactory;
+    fn read_by(command: &clap::Command, into: &mut std::collections::BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                into.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            read_by(sub, into);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    read_by(&Cli::command(), &mut known);
+    known.extend(READ_ELSEWHERE.iter().map(|v| v.to_string()));
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.starts_with("HERALD_")
+                && !name.starts_with("HERALD_TEST_")
+                && !known.contains(name)
+        })
+        .map(|name| {
+            let meant = herald_core::suggest::closest(&name, known.iter().map(String::as_str));
+            let meant = meant.map(str::to_owned);
+            (name, meant)
+        })
+        .collect()
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -25,6 +25,13 @@ fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    for (name, meant) in super::unknown_variables() {
+        tracing::warn!(
+            variable = %name,
+            "{name} is set, but Herald has no such setting{}: it is ignored (`herald serve --help` lists them)",
+            herald_core::suggest::did_you_mean(meant.as_deref())
+        );
+    }
     Ok(())
 }
 
@@ -93,8 +100,25 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
             }
             AdminTokenSource::Configured => {}
         }
+        #[cfg(unix)]
+        tokio::spawn(answer_hangups());
         app::run(app, listener, shutdown_signal()).await
     })
+}
+
+/// SIGHUP, which many daemons take as "reload your configuration": Herald reads its settings
+/// only at start, and says so rather than ignore the signal without a word (or die of it).
+#[cfg(unix)]
+async fn answer_hangups() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::warn!(
+            "SIGHUP received: Herald reads its settings only when it starts; restart it (SIGTERM, then start) to apply changes"
+        );
+    }
 }
 
 pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {

@@ -299,7 +299,29 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     rx.wait_for("/sink", 5, Duration::from_secs(10)).await;
 
+    // A hang-up is answered with a line saying settings are read only at start; the server
+    // goes on.
     let pid = server.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("SIGHUP received: Herald reads its settings only when it starts"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP unanswered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "still running");
+
     assert!(
         std::process::Command::new("kill")
             .args(["-TERM", &pid])

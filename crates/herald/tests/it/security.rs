@@ -381,6 +381,35 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
     assert_eq!(stored_secrets(&data), stored);
 }
 
+/// A misspelt setting is named at start, not ignored without a word; a misspelt log level is
+/// refused rather than turning every line off.
+#[test]
+fn misspelt_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_arg = dir.path().to_str().unwrap();
+    let out = herald_migrate(
+        &["--data-dir", data_arg],
+        &[("HERALD_LEASE_SECOND", "10"), ("HERALD_TEST_ANYTHING", "x")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "HERALD_LEASE_SECOND is set, but Herald has no such setting (did you mean 'HERALD_LEASE_SECONDS'?)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("HERALD_TEST_ANYTHING"), "{stderr}");
+
+    let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_LOG", "verbose")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("HERALD_LOG: 'verbose' is not a level"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_private_to_heralds_user() {
     use std::os::unix::fs::PermissionsExt;
