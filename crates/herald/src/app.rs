@@ -183,8 +183,14 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
 /// already exists is left as its owner set it, with a warning if users outside its owner and
 /// group may reach into it.
 #[cfg(unix)]
-fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "{} is a file, not a directory; give a directory with --data-dir (or HERALD_DATA_DIR)",
+            dir.display()
+        );
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -207,7 +213,7 @@ fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("could not create the data directory {}", dir.display()))
 }
@@ -367,7 +373,7 @@ fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, 
 }
 
 /// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: one file, WAL mode, `synchronous=FULL` (an acknowledged event
 //! survives power loss), one writer thread doing group commits and a small pool of readers.
 
+pub mod backup;
 mod bulk;
 mod deliveries;
 mod health;

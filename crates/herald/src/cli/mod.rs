@@ -11,6 +11,7 @@ macro_rules! out {
     };
 }
 
+mod backup;
 mod bench;
 mod client;
 mod listen;
@@ -44,6 +45,12 @@ pub enum Command {
     /// Apply database migrations, re-encrypt stored secrets if --encryption-key is set, and exit
     /// (`serve` does both on start).
     Migrate(Box<MigrateSettings>),
+    /// Copy the embedded database (and the generated admin token) into a new directory while
+    /// the server runs: a consistent snapshot, from which `herald serve --data-dir` restores.
+    #[command(after_help = "Examples:
+  herald backup --to /backups/herald-$(date +%F)   # from ./herald-data
+  herald backup --data-dir /var/lib/herald --to /backups/herald-$(date +%F)")]
+    Backup(backup::BackupArgs),
     /// Receive webhooks locally for testing: print each request, check its signature (Standard
     /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
     #[command(after_help = "Examples:
@@ -169,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),
+        Command::Backup(args) => backup::backup(args),
         Command::Listen(args) => listen::listen(args),
         Command::Bench(args) => bench::bench(args),
         Command::Orgs { conn, command } => client::orgs(conn, command),

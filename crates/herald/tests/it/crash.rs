@@ -577,3 +577,169 @@ async fn a_second_herald_on_one_data_directory_is_refused() {
         StatusCode::OK
     );
 }
+
+/// `herald backup` copies the database while the server stores events under load: the copy is
+/// whole (SQLite's integrity check), holds every event acknowledged before it began, keeps the
+/// admin token private beside it, and a server started on it serves what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
+    let _turn = crate::helpers::heavy_turn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("herald-backup");
+    let rx = TestReceiver::start().await;
+    let server = Server::start(dir.path()).await;
+    std::fs::write(dir.path().join("admin-token"), "hadm_generated-earlier\n").unwrap();
+    let http = http_client();
+    let org: serde_json::Value = http
+        .post(format!("{}/v1/orgs", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "Acme" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org = org["id"].as_str().unwrap().to_owned();
+    let resp = http
+        .post(format!("{}/v1/orgs/{org}/webhooks", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "sink", "url": rx.url("/sink") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    // Producers post batches until told to stop; the backup runs in the middle.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..2 {
+        let (http, base, org, accepted, stop) = (
+            http.clone(),
+            server.base.clone(),
+            org.clone(),
+            accepted.clone(),
+            stop.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 2_000 {
+                let ids: Vec<String> = (0..20).map(|i| format!("b-{p}-{n}-{i}")).collect();
+                n += 1;
+                let events: Vec<_> = ids
+                    .iter()
+                    .map(|id| json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } }))
+                    .collect();
+                let resp = http
+                    .post(format!("{base}/v1/orgs/{org}/events"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&events)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                accepted.lock().unwrap().extend(ids);
+            }
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().len() < 2_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the load did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before: Vec<String> = accepted.lock().unwrap().clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["backup", "--to"])
+        .arg(&copy_dir)
+        .env("HERALD_DATA_DIR", dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("herald.db") && stdout.contains("admin-token"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("herald serve --data-dir"), "{stdout}");
+    let during = accepted.lock().unwrap().len();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in producers {
+        p.await.unwrap();
+    }
+    eprintln!(
+        "backup: {} events acknowledged before it began, {during} by its end",
+        before.len()
+    );
+
+    // Whole, and holding everything acknowledged before it began.
+    let db = rusqlite::Connection::open(copy_dir.join("herald.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let stored: HashSet<String> = db
+        .prepare("SELECT id FROM events")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing = before.iter().filter(|id| !stored.contains(*id)).count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} acknowledged before the backup",
+        before.len()
+    );
+    drop(db);
+    assert_eq!(
+        std::fs::read_to_string(copy_dir.join("admin-token")).unwrap(),
+        "hadm_generated-earlier\n"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["herald.db", "admin-token"] {
+            let mode = std::fs::metadata(copy_dir.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{file} is private: {mode:o}");
+        }
+    }
+
+    // A second backup into the same place is refused rather than mixed with the first.
+    let again = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["backup", "--to"])
+        .arg(&copy_dir)
+        .env("HERALD_DATA_DIR", dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a database"));
+    drop(server);
+
+    // Restored: a server started on the copy serves what it holds.
+    let restored = Server::start(&copy_dir).await;
+    let page: serde_json::Value = http
+        .get(format!("{}/v1/orgs/{org}/webhooks", restored.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"][0]["name"], "sink", "{page}");
+}

@@ -382,9 +382,9 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
 }
 
 /// A misspelt setting is named at start, not ignored without a word; a misspelt log level is
-/// refused rather than turning every line off.
+/// refused rather than turning every line off; a data directory that is a file is called so.
 #[test]
-fn misspelt_settings_are_named() {
+fn settings_that_cannot_be_what_was_meant_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let data_arg = dir.path().to_str().unwrap();
     let out = herald_migrate(
@@ -408,6 +408,13 @@ fn misspelt_settings_are_named() {
         stderr.contains("HERALD_LOG: 'verbose' is not a level"),
         "{stderr}"
     );
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = herald_migrate(&["--data-dir", file.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is a file, not a directory"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,105 @@
+//! `herald backup`: a consistent copy of the embedded database, taken while the server runs.
+//!
+//! The copy itself is the store's (`herald_store::sqlite::backup`); this command checks where
+//! from and where to, keeps the generated admin token with it, and says how to restore.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::config::StorageSettings;
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The directory to write the copy into (created, readable by this user only); it must not
+    /// hold a database already.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    #[command(flatten)]
+    pub storage: StorageSettings,
+}
+
+pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    if args.storage.database_url.is_some() {
+        bail!(
+            "Herald's PostgreSQL database is backed up with PostgreSQL's tools (pg_dump -Fc, or \
+             your provider's snapshots); keep HERALD_ENCRYPTION_KEY with the dump if you set one"
+        );
+    }
+    let source = args.storage.data_dir.join("herald.db");
+    if !source.is_file() {
+        bail!(
+            "there is no Herald database in {}; give the server's data directory with --data-dir \
+             (or HERALD_DATA_DIR)",
+            args.storage.data_dir.display()
+        );
+    }
+    let target = args.to.join("herald.db");
+    if target.exists() {
+        bail!(
+            "{} already holds a database; back up into a new or empty directory",
+            args.to.display()
+        );
+    }
+    crate::app::make_data_dir(&args.to)?;
+    let size = std::fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "Copying {} ({} MiB with free pages) to {} ...",
+        source.display(),
+        size >> 20,
+        target.display()
+    );
+    let started = Instant::now();
+    let sealed = herald_store::sqlite::backup::copy(&source, &target)
+        .with_context(|| format!("could not copy the database to {}", target.display()))?;
+    restrict(&target)?;
+    let copied = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+    let mut kept = vec![format!("herald.db ({} MiB)", copied >> 20)];
+    if copy_admin_token(&args.storage.data_dir, &args.to)? {
+        kept.push("admin-token".into());
+    }
+    out!(
+        "Backed up to {} in {:.1} s: {}.",
+        args.to.display(),
+        started.elapsed().as_secs_f64(),
+        kept.join(", ")
+    );
+    out!(
+        "To restore, start Herald on it: herald serve --data-dir {}",
+        args.to.display()
+    );
+    out!(
+        "Deliveries being attempted when the copy was taken are attempted again then (at least once)."
+    );
+    if sealed {
+        out!(
+            "Webhook secrets in it are encrypted: keep HERALD_ENCRYPTION_KEY (and any \
+             HERALD_ENCRYPTION_OLD_KEYS) with the copy, or it will not start."
+        );
+    }
+    Ok(())
+}
+
+/// The copy holds every secret the database does: readable by this user only.
+fn restrict(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("could not make {} private", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies the generated admin token, if there is one, so that the restored server answers to
+/// the same token. Answers whether there was.
+fn copy_admin_token(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
+    let Ok(token) = std::fs::read_to_string(data_dir.join("admin-token")) else {
+        return Ok(false);
+    };
+    crate::app::write_private(&to.join("admin-token"), token.trim_end())
+        .with_context(|| format!("could not write the admin token into {}", to.display()))?;
+    Ok(true)
+}
