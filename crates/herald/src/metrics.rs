@@ -14,6 +14,8 @@ pub struct Metrics {
     events_ingested: Counter,
     deliveries_created: Counter,
     requests_shed: Counter,
+    /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    responses: [Counter; 5],
 }
 
 impl Metrics {
@@ -25,6 +27,16 @@ impl Metrics {
     /// A request turned away with `503 overloaded` (`api::admission`).
     pub fn request_shed(&self) {
         self.requests_shed.add(1);
+    }
+
+    /// A response of the API or the dashboard, counted by its status class.
+    pub fn responded(&self, status: u16) {
+        if let Some(class) = self
+            .responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            class.add(1);
+        }
     }
 }
 
@@ -41,6 +53,8 @@ pub struct Snapshot<'a> {
     pub pending: Option<Vec<PendingStat>>,
     /// Each webhook with a running task on this node and its adaptive limit.
     pub concurrency: Vec<(WebhookId, usize)>,
+    /// Whether this node's attempts wait for the database to store outcomes again.
+    pub attempts_paused: bool,
     pub now: Timestamp,
 }
 
@@ -54,6 +68,30 @@ impl Snapshot<'_> {
             "Whether the database answered this scrape's read (1) or not (0); without it the per-webhook backlog series are missing, not zero.",
             u64::from(self.pending.is_some()),
         );
+        let _ = writeln!(
+            out,
+            "# HELP herald_build_info The running version of Herald.\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\"}} 1",
+            herald_core::VERSION
+        );
+        render_value(
+            &mut out,
+            "herald_attempts_paused",
+            "gauge",
+            "Whether this node holds its attempts back (1) because the database does not store their outcomes.",
+            u64::from(self.attempts_paused),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_http_responses_total Responses of the API and the dashboard by status class (5xx: Herald's fault or its database's; 503s with Retry-After are also counted in herald_requests_shed_total when shed).\n# TYPE herald_http_responses_total counter"
+        );
+        for (i, class) in self.ingest.responses.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "herald_http_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                class.get()
+            );
+        }
         let counter = |out: &mut String, name: &str, help: &str, c: &Counter| {
             render_value(out, name, "counter", help, c.get())
         };

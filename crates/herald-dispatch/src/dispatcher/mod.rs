@@ -238,6 +238,11 @@ impl Dispatcher {
         self.shared.typical_event_bytes.load(Ordering::Relaxed)
     }
 
+    /// Whether attempts wait for the database to store outcomes again (`recorder.rs`).
+    pub fn attempts_paused(&self) -> bool {
+        self.shared.recorder.paused()
+    }
+
     /// Deliveries currently held in memory.
     pub fn held(&self) -> usize {
         self.shared.held_count.load(Ordering::Relaxed)

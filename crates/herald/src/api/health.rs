@@ -128,6 +128,7 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         body_bytes_in_flight: state.admission.in_flight_bytes(),
         pending,
         concurrency: state.dispatcher.concurrency_limits(),
+        attempts_paused: state.dispatcher.attempts_paused(),
         now: state.clock.now(),
     };
     (

@@ -153,5 +153,18 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_response,
+        ))
         .with_state(state)
+}
+
+/// Counts every response by its status class, for `/metrics`.
+async fn count_response(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    response: axum::response::Response,
+) -> axum::response::Response {
+    state.metrics.responded(response.status().as_u16());
+    response
 }

@@ -1760,6 +1760,10 @@ async fn metrics_count_what_happened() {
         .remove(0);
     app.wait_for_delivery(&org, &bad_delivery, |d| d["attempt_count"] == 1)
         .await;
+    let (status, _) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/wh_missing"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     let text = app.metrics().await;
     let value = |line_start: &str| -> f64 {
@@ -1770,6 +1774,17 @@ async fn metrics_count_what_happened() {
             .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
     };
     assert_eq!(value("herald_events_ingested_total "), 4.0);
+    assert!(value("herald_http_responses_total{class=\"2xx\"}") >= 4.0);
+    assert!(value("herald_http_responses_total{class=\"4xx\"}") >= 1.0);
+    assert_eq!(value("herald_http_responses_total{class=\"5xx\"}"), 0.0);
+    assert_eq!(value("herald_attempts_paused "), 0.0);
+    assert!(
+        text.contains(&format!(
+            "herald_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
     assert_eq!(value("herald_deliveries_created_total "), 4.0);
     assert_eq!(value("herald_deliveries_succeeded_total "), 3.0);
     assert_eq!(value("herald_retries_scheduled_total "), 1.0);

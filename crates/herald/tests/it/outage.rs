@@ -204,6 +204,21 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
             .map(str::to_owned)
     };
     assert_eq!(database_up().await.as_deref(), Some("0"));
+    let five_hundreds = http
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_http_responses_total{class=\"5xx\"} "))
+        .and_then(|v| v.parse::<usize>().ok());
+    assert!(
+        five_hundreds >= Some(20),
+        "the 503s are counted: {five_hundreds:?}"
+    );
     let accepted_before_restore = accepted();
     proxy.restore();
 
@@ -341,6 +356,18 @@ async fn attempts_pause_while_the_database_is_away_and_none_is_sent_again() {
     // Longer than the 30 s outcomes were once kept for.
     tokio::time::sleep(Duration::from_secs(35)).await;
     let visits = rx.visits();
+    let metrics = http
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "herald_attempts_paused 1"),
+        "/metrics says attempts wait"
+    );
     proxy.restore();
     // The attempts in flight when it went finish; the first outcome refused pauses the rest.
     let late: Vec<_> = visits
