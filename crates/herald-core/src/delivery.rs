@@ -126,6 +126,9 @@ pub enum AttemptError {
     Blocked(String),
     /// Anything else that kept the request from completing.
     Request(String),
+    /// This node could not send it (it ran out of file descriptors): nothing about the
+    /// endpoint, so the attempt is not counted against it.
+    Local(String),
 }
 
 impl AttemptError {
@@ -140,6 +143,7 @@ impl AttemptError {
             Self::Status(_) => "http_status",
             Self::Blocked(_) => "blocked",
             Self::Request(_) => "request",
+            Self::Local(_) => "local",
         }
     }
 
@@ -157,6 +161,7 @@ impl AttemptError {
             Self::Status(s) => format!("the endpoint answered {s}"),
             Self::Blocked(m) => format!("the address is not allowed: {m}"),
             Self::Request(m) => format!("the request failed: {m}"),
+            Self::Local(m) => format!("Herald could not send it: {m}"),
         }
     }
 }

@@ -132,6 +132,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             public_url: settings.public_url(),
             lease: Duration::from_secs(settings.delivery.lease_seconds),
             per_webhook_concurrency: settings.delivery.endpoint_concurrency as usize,
+            max_requests_in_flight: settings.delivery.max_requests_in_flight as usize,
             max_in_memory: settings.delivery.max_deliveries_in_memory as usize,
             disable_after: std::time::Duration::from_secs(
                 settings.delivery.disable_after_hours * 3600,

@@ -251,6 +251,11 @@ pub struct DeliverySettings {
     /// 503 or 504. Lower it to spare fragile endpoints; 1 sends one request at a time.
     #[arg(long, env = "HERALD_ENDPOINT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
+    /// The most requests this node has in flight at once to all webhooks together: each holds a
+    /// connection (a file descriptor) and memory, and a fan-out to a thousand webhooks at 64
+    /// each would otherwise open tens of thousands. Lowered at start to fit the open-file limit.
+    #[arg(long, env = "HERALD_MAX_REQUESTS_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=65_536))]
+    pub max_requests_in_flight: u32,
     /// The most deliveries this node holds in memory, queued or in flight, across all webhooks
     /// (with at most 64 MiB of their events); past it new ones wait in the store and are taken
     /// up as room frees.
@@ -394,6 +399,7 @@ impl Settings {
                 retention_days: 30,
                 lease_seconds: 300,
                 endpoint_concurrency: 64,
+                max_requests_in_flight: 1024,
                 max_deliveries_in_memory: 100_000,
             },
             limits: LimitSettings {

@@ -583,12 +583,25 @@ fn classify(e: &(dyn std::error::Error + 'static), stage: Stage) -> AttemptError
         if let Some(blocked) = err.downcast_ref::<Blocked>() {
             return AttemptError::Blocked(blocked.0.clone());
         }
-        // The connector's own limit (CONNECT_TIMEOUT) ran out.
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return AttemptError::Timeout;
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // The connector's own limit (CONNECT_TIMEOUT) ran out: the endpoint's host did not
+            // take the connection, which says more than "did not answer in time".
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return match stage {
+                    Stage::Connect => AttemptError::Connect(format!(
+                        "no connection within {} s (the host did not accept it)",
+                        CONNECT_TIMEOUT.as_secs()
+                    )),
+                    Stage::Exchange => AttemptError::Timeout,
+                };
+            }
+            // EMFILE, ENFILE: this process (or machine) is out of file descriptors.
+            if matches!(io.raw_os_error(), Some(23 | 24)) {
+                return AttemptError::Local(format!(
+                    "this node is out of file descriptors ({io}); raise its open-file limit \
+                     or lower HERALD_MAX_REQUESTS_IN_FLIGHT"
+                ));
+            }
         }
         tls |= is_tls(err);
         source = err.source();
@@ -660,6 +673,37 @@ mod tests {
         assert_eq!(profile_header_name("X-Upper").unwrap(), "x-upper");
         assert!(profile_header_name("no spaces").is_err());
         assert!(profile_header_name("").is_err());
+    }
+
+    /// What this node ran out of is not the endpoint's failure; a host that does not take the
+    /// connection is a connection failure, not a late answer.
+    #[test]
+    fn local_failures_and_connect_timeouts_are_told_apart() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let emfile = Wrapper(std::io::Error::from_raw_os_error(24));
+        for stage in [Stage::Connect, Stage::Exchange] {
+            assert!(matches!(
+                classify(&emfile, stage),
+                AttemptError::Local(m) if m.contains("open-file limit")
+            ));
+        }
+        let late = Wrapper(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(matches!(
+            classify(&late, Stage::Connect),
+            AttemptError::Connect(m) if m.contains("no connection within 10 s")
+        ));
+        assert_eq!(classify(&late, Stage::Exchange), AttemptError::Timeout);
     }
 
     fn loopback_client() -> HttpClient {

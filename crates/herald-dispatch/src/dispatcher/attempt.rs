@@ -15,12 +15,17 @@ use herald_core::{AttemptId, DeliveryId, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::{Move, Ticket};
+use super::health::past_schedule;
+use super::limit::{Signal, Slot};
 
 /// Attempts whose outcome could not be stored (the database is away): one line per 10 s.
 static UNRECORDED: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
-use super::health::past_schedule;
-use super::limit::{Signal, Slot};
+/// Requests this node could not send (out of file descriptors): one line per 10 s.
+static UNSENT: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
+/// How soon a batch this node could not send comes due again.
+const LOCAL_RETRY: Duration = Duration::from_secs(2);
 
 /// Time kept free between the end of an attempt and the end of its lease (clock differences
 /// between nodes, writing the outcome).
@@ -37,7 +42,7 @@ struct Lost;
 /// Why the batch may not be sent to a webhook that verifies its intent, if it may not: one of
 /// its channels is not verified now. A test event, which a user sends on purpose, always goes.
 fn unverified(
-    snapshot: &herald_core::directory::OrgSnapshot,
+    snapshot: &OrgSnapshot,
     webhook: &Webhook,
     batch: &[DueDelivery],
     now: herald_core::Timestamp,
@@ -209,6 +214,10 @@ impl Dispatcher {
             .client
             .send(webhook.url.as_str(), request, &headers, timeout)
             .await;
+        if let Some(AttemptError::Local(why)) = &outcome.error {
+            drop((slot, ticket));
+            return self.put_off_unsent(batch, why).await;
+        }
         self.hear_answer(&webhook, &outcome, timeout, slot, ticket)
             .await;
 
@@ -312,6 +321,28 @@ impl Dispatcher {
             .defer_held(org, waiting.iter().map(|d| &d.delivery_id), until)
             .await?;
         tracing::debug!(webhook = %webhook.id, deliveries = count, reason, "webhook not verified; deliveries wait");
+        Ok(())
+    }
+
+    /// This node could not send the batch (out of file descriptors): nothing the endpoint did,
+    /// so no attempt is counted against it, its circuit and its limit hear nothing, and the
+    /// batch comes due again in a moment.
+    async fn put_off_unsent(&self, batch: &[DueDelivery], why: &str) -> Result<(), StoreError> {
+        if let Some(held_back) = UNSENT.admit() {
+            tracing::error!(webhook = %batch[0].webhook_id, held_back, "could not send a request: {why} (said once per 10 s; held_back counts the others)");
+        }
+        let until = self
+            .shared
+            .clock
+            .now()
+            .plus_millis(LOCAL_RETRY.as_millis() as i64);
+        self.defer_held(
+            &batch[0].org_id,
+            batch.iter().map(|d| &d.delivery_id),
+            until,
+        )
+        .await?;
+        self.wake_delivery_scheduler();
         Ok(())
     }
 

@@ -44,7 +44,8 @@ impl Signal {
                 AttemptError::Dns(_)
                 | AttemptError::Tls(_)
                 | AttemptError::Blocked(_)
-                | AttemptError::Request(_),
+                | AttemptError::Request(_)
+                | AttemptError::Local(_),
             ) => Self::Unknown,
         }
     }
@@ -76,6 +77,8 @@ pub(super) struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     round: u64,
     limit: Arc<Limit>,
+    /// The node's permit for a request in flight (to any webhook), given back with the slot.
+    outgoing: Option<OwnedSemaphorePermit>,
 }
 
 impl Limit {
@@ -109,6 +112,7 @@ impl Limit {
             permit: Some(permit),
             round,
             limit: self.clone(),
+            outgoing: None,
         }
     }
 
@@ -155,6 +159,12 @@ impl Limit {
 }
 
 impl Slot {
+    /// The slot, holding also the node's permit for one more request in flight.
+    pub(super) fn with_outgoing(mut self, permit: OwnedSemaphorePermit) -> Self {
+        self.outgoing = Some(permit);
+        self
+    }
+
     /// Gives the slot back with what the request said about the endpoint; returns the
     /// webhook's new limit if this answer lowered it.
     pub(super) fn finish(mut self, signal: Signal) -> Option<usize> {

@@ -47,6 +47,10 @@ pub struct DispatchSettings {
     /// The most requests in flight at once to one webhook. Each starts at 16 (or this, if
     /// lower) and adapts to what its endpoint can take (see `limit.rs`).
     pub per_webhook_concurrency: usize,
+    /// The most requests in flight at once to all webhooks together (connections held open),
+    /// and a quarter of the most attempts under way (sending, or writing their outcome): each
+    /// holds memory, and a fan-out to many webhooks would otherwise hold it per webhook.
+    pub max_requests_in_flight: usize,
     /// Deliveries held in memory across all queues before new ones are left to the scheduler.
     pub max_in_memory: usize,
     /// Bytes of events those deliveries may hold (each delivery counts its event's size, so a
@@ -67,6 +71,7 @@ impl Default for DispatchSettings {
     fn default() -> Self {
         Self {
             per_webhook_concurrency: 64,
+            max_requests_in_flight: 1024,
             max_in_memory: 100_000,
             max_bytes_in_memory: 64 << 20,
             lease: Duration::from_secs(300),
@@ -169,6 +174,10 @@ struct Shared {
     /// rather than wait for an attempt in flight (which may take longer than the drain's grace).
     stop: watch::Sender<bool>,
     breakers: breaker::Breakers,
+    /// Requests in flight to all webhooks together (`max_requests_in_flight`).
+    outgoing: Arc<tokio::sync::Semaphore>,
+    /// Attempts under way on this node, sending or writing their outcome (four times that).
+    attempts: Arc<tokio::sync::Semaphore>,
     metrics: DispatchMetrics,
     operations: OnceLock<Arc<dyn Operations>>,
     tasks: Mutex<JoinSet<()>>,
@@ -182,6 +191,7 @@ impl Dispatcher {
         client: HttpClient,
         settings: DispatchSettings,
     ) -> Self {
+        let in_flight = settings.max_requests_in_flight.max(1);
         Self {
             shared: Arc::new(Shared {
                 recorder: recorder::Recorder::start(store.clone(), clock.clone(), settings.lease),
@@ -203,6 +213,8 @@ impl Dispatcher {
                 stopping: AtomicBool::new(false),
                 stop: watch::Sender::new(false),
                 breakers: breaker::Breakers::default(),
+                outgoing: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+                attempts: Arc::new(tokio::sync::Semaphore::new(in_flight * 4)),
                 metrics: DispatchMetrics::default(),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),

@@ -53,6 +53,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// A write of outcomes unanswered for this long means the database is stalled (frozen, or cut
 /// off without the connection noticing): attempts pause as if it had refused.
 const STALLED: Duration = Duration::from_secs(5);
+/// Pauses said in the log: one line per 10 s.
+static PAUSED: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
 /// How often the database is looked at while away and no outcome is waiting to be stored.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -66,6 +69,8 @@ struct Health {
     away: watch::Sender<Option<Instant>>,
     /// The same, read before every attempt without the watch's lock.
     paused: AtomicBool,
+    /// Whether this pause was said in the log (its end is said only if it was).
+    announced: AtomicBool,
     /// Callers in [`Recorder::record`] now: while any is, its next write tells whether the
     /// database is back.
     waiting: AtomicUsize,
@@ -85,6 +90,7 @@ impl Recorder {
                 lease,
                 away: watch::Sender::new(None),
                 paused: AtomicBool::new(false),
+                announced: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
             }),
         }
@@ -200,7 +206,16 @@ impl Health {
             newly
         });
         if newly {
-            tracing::warn!(error = %error, "the database is not storing attempt outcomes: no new attempt starts until it does (deliveries wait in their queues)");
+            // Said once per 10 s: a database that fails now and then would otherwise fill the
+            // log with pauses and resumptions.
+            let said = PAUSED.admit();
+            self.announced.store(said.is_some(), Ordering::Relaxed);
+            if let Some(held_back) = said {
+                let cause = std::error::Error::source(error)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(error = %error, cause, held_back, "the database is not storing attempt outcomes: no new attempt starts until it does (deliveries wait in their queues)");
+            }
             tokio::spawn(self.clone().look_for_return());
         }
     }
@@ -213,7 +228,7 @@ impl Health {
             self.paused.store(false, Ordering::Relaxed);
             since.is_some()
         });
-        if let Some(since) = since {
+        if let Some(since) = since.filter(|_| self.announced.swap(false, Ordering::Relaxed)) {
             tracing::info!(
                 paused_seconds = since.elapsed().as_secs(),
                 "the database stores attempt outcomes again: attempts resume"

@@ -112,14 +112,18 @@ impl Dispatcher {
                 tokio::time::sleep_until(at).await;
                 next_slot = at + Duration::from_secs(1) / rate.max(1);
             }
-            // The task first: a slot taken while waiting for a task would look busy to the
-            // adaptive limit, which would then grow on the store's backpressure.
+            // The task first, then the node's room for one more request: a slot taken while
+            // waiting for either would look busy to the adaptive limit, which would then grow
+            // on the store's backpressure or on other webhooks' traffic.
+            let shared = &self.shared;
             let room = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stopping| *stopping) => None,
                 room = async {
                     let task = tasks.clone().acquire_owned().await.expect("never closed");
-                    (task, slots.acquire().await)
+                    let attempt = shared.attempts.clone().acquire_owned().await.expect("never closed");
+                    let outgoing = shared.outgoing.clone().acquire_owned().await.expect("never closed");
+                    ((task, attempt), slots.acquire().await.with_outgoing(outgoing))
                 } => Some(room),
             };
             let Some((task, permit)) = room else {

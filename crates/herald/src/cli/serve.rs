@@ -42,8 +42,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("could not start the async runtime")
 }
 
-pub fn serve(settings: Settings) -> anyhow::Result<()> {
+pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings.logging)?;
+    fit_requests_to_open_files(&mut settings);
     runtime()?.block_on(async move {
         let listen = settings.server.listen;
         let public_url = settings.server.public_url.clone();
@@ -104,6 +105,53 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(answer_hangups());
         app::run(app, listener, shutdown_signal()).await
     })
+}
+
+/// File descriptors kept for everything but outgoing requests: SQLite's files and readers, the
+/// API's connections, idle connections kept for reuse.
+const FILES_BESIDES_REQUESTS: u64 = 512;
+
+/// Raises the open-file limit to its hard maximum (a request in flight holds a connection, so
+/// a common default of 1,024 would fail a large fan-out with "too many open files"), and
+/// lowers `HERALD_MAX_REQUESTS_IN_FLIGHT` to what the limit leaves room for, saying so.
+fn fit_requests_to_open_files(settings: &mut Settings) {
+    let Some(limit) = raise_open_file_limit() else {
+        return;
+    };
+    let wanted = u64::from(settings.delivery.max_requests_in_flight);
+    // Each request may also leave an idle connection behind for the next one.
+    let room = limit.saturating_sub(FILES_BESIDES_REQUESTS) / 2;
+    if room < wanted {
+        let lowered = room.max(16) as u32;
+        tracing::warn!(
+            open_file_limit = limit,
+            "the open-file limit leaves room for {lowered} requests in flight at once, not the {wanted} HERALD_MAX_REQUESTS_IN_FLIGHT asks; raise the limit (systemd LimitNOFILE=, ulimit -n) to send more at once"
+        );
+        settings.delivery.max_requests_in_flight = lowered;
+    }
+}
+
+/// The open-file limit, raised to the hard maximum first if it was lower.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|current| current < wanted) {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    Some(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
 }
 
 /// SIGHUP, which many daemons take as "reload your configuration": Herald reads its settings

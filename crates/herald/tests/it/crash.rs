@@ -743,3 +743,45 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
         .unwrap();
     assert_eq!(page["data"][0]["name"], "sink", "{page}");
 }
+
+/// Under a low open-file limit (here 600, which the server cannot raise) the requests in
+/// flight are lowered to fit it, and the log says so and how to raise it: run out of file
+/// descriptors, every attempt would fail as the endpoint's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_open_file_limit_lowers_the_requests_in_flight_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 600 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("HERALD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let listening = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("address=");
+            log.push(line);
+            if done {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), listening)
+        .await
+        .expect("the server listens");
+    assert!(
+        log.iter().any(|l| l.contains(
+            "the open-file limit leaves room for 44 requests in flight at once, not the 1024"
+        ) && l.contains("LimitNOFILE")),
+        "{log:#?}"
+    );
+    child.kill().await.unwrap();
+}

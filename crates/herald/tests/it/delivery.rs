@@ -1860,3 +1860,47 @@ async fn a_stopping_node_gives_back_what_it_had_not_started() {
     assert_eq!(seen, (0, 4), "(pending with a lease, pending)");
     assert_eq!(target.received_on("/slow").len(), 1);
 }
+
+/// The node's requests in flight are bounded across webhooks (HERALD_MAX_REQUESTS_IN_FLIGHT):
+/// a fan-out to many webhooks at their own limits would otherwise hold a connection each, tens
+/// of thousands at once, past the open-file limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded_across_webhooks() {
+    let rx = crate::pg::TimingReceiver::start(Duration::from_millis(40)).await;
+    let app = TestApp::spawn_with(|s| s.delivery.max_requests_in_flight = 16).await;
+    let org = app.create_org("Acme").await;
+    for _ in 0..6 {
+        app.create_webhook(&org, &rx.url(), json!({ "events": ["user.created"] }))
+            .await;
+    }
+    let events: Vec<serde_json::Value> = (0..100).map(|i| user_created(&format!("u{i}"))).collect();
+    let (status, _) = app
+        .post(&format!("/v1/orgs/{org}/events"), json!(events))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while rx.visits().len() < 600 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 600 delivered",
+            rx.visits().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The most requests the receiver was handling at one moment.
+    let mut edges: Vec<(tokio::time::Instant, i32)> = rx
+        .visits()
+        .iter()
+        .flat_map(|v| [(v.started, 1), (v.ended, -1)])
+        .collect();
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    assert!(
+        (2..=16).contains(&most),
+        "{most} requests in flight at once (six webhooks, 16 each at first)"
+    );
+}
