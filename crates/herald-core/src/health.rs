@@ -99,7 +99,14 @@ pub struct HealthPoint {
 pub struct HealthSeries {
     pub bucket_ms: i64,
     pub points: Vec<HealthPoint>,
+    /// The window held more deliveries than the counts look at ([`SCAN_LIMIT`], the latest):
+    /// the older ones in it are not counted.
+    pub capped: bool,
 }
+
+/// How many of a webhook's most recent deliveries the health counts look at, so that a plot
+/// costs a bounded scan of one index however much history is kept.
+pub const SCAN_LIMIT: u64 = 100_000;
 
 impl HealthSeries {
     pub fn from_rows(window: &HealthWindow, rows: &HealthRows) -> Self {
@@ -146,6 +153,7 @@ impl HealthSeries {
         Self {
             bucket_ms: window.bucket_ms,
             points,
+            capped: created.iter().sum::<u64>() >= SCAN_LIMIT,
         }
     }
 }
@@ -226,5 +234,14 @@ mod tests {
         assert_eq!(s.points[0].success_rate, None);
         assert_eq!(s.points[1].success_rate, Some(0.75));
         assert_eq!(s.points[1].p50_ms, Some(10));
+        assert!(!s.capped);
+        let full = HealthRows {
+            created: vec![(0, SCAN_LIMIT - 1), (2, 1)],
+            ..rows
+        };
+        assert!(
+            HealthSeries::from_rows(&window, &full).capped,
+            "the scan's limit reached within the window"
+        );
     }
 }

@@ -10,9 +10,8 @@ pub mod sqlite;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
-/// How many of a webhook's most recent deliveries the health counts look at, so that a plot
-/// costs a bounded scan of one index however much history is kept.
-pub(crate) const HEALTH_SCAN_LIMIT: i64 = 100_000;
+/// How many of a webhook's most recent deliveries the health counts look at.
+pub(crate) const HEALTH_SCAN_LIMIT: i64 = herald_core::health::SCAN_LIMIT as i64;
 
 /// A SQL `CASE` giving the latency class of `column` (an index into
 /// [`herald_core::health::DURATION_BOUNDS_MS`]), the same for both backends.

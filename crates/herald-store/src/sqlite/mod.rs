@@ -207,6 +207,7 @@ where
 
 /// Opens one connection with Herald's settings.
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
+    create_private(path)?;
     let conn = Connection::open(path).map_err(|e| classify(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| classify(&e))?;
@@ -223,6 +224,23 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Creates the database file readable by its owner only, if it is not there yet: it holds every
+/// event (and the webhooks' secrets, unless sealed), and SQLite gives its write-ahead log and
+/// shared-memory files the database file's permissions.
+fn create_private(path: &Path) -> StoreResult<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Other(
+            format!("could not create {}: {e}", path.display()).into(),
+        )),
+    }
 }
 
 fn migrate(conn: &Connection) -> StoreResult<()> {

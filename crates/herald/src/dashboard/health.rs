@@ -142,11 +142,20 @@ pub fn charts(series: &HealthSeries) -> Vec<Chart> {
     let frame = Frame {
         slots: series.points.len(),
     };
-    vec![
+    let mut charts = vec![
         success_chart(&frame, &series.points),
         latency_chart(&frame, &series.points),
         backlog_chart(&frame, &series.points),
-    ]
+    ];
+    if series.capped {
+        for chart in &mut charts {
+            chart.caption.push_str(&format!(
+                " Only the webhook's latest {} deliveries are counted: older ones in these 24 hours are not.",
+                herald_core::health::SCAN_LIMIT
+            ));
+        }
+    }
+    charts
 }
 
 fn success_chart(frame: &Frame, points: &[HealthPoint]) -> Chart {
@@ -335,6 +344,7 @@ mod tests {
         let series = HealthSeries {
             bucket_ms: 3_600_000,
             points: vec![point(0, 0, 0, 0), point(1, 4, 3, 7), point(2, 2, 2, 0)],
+            capped: false,
         };
         let [success, latency, backlog] = <[Chart; 3]>::try_from(charts(&series)).unwrap();
         assert_eq!(success.bars.len(), 2);
@@ -353,7 +363,25 @@ mod tests {
         let series = HealthSeries {
             bucket_ms: 3_600_000,
             points: (0..24).map(|i| point(i, 0, 0, 0)).collect(),
+            capped: false,
         };
         assert!(charts(&series).iter().all(|c| c.empty));
+    }
+
+    #[test]
+    fn counts_of_only_the_latest_deliveries_say_so() {
+        let mut series = HealthSeries {
+            bucket_ms: 3_600_000,
+            points: vec![point(0, 4, 3, 7)],
+            capped: false,
+        };
+        let said = |series: &HealthSeries| {
+            charts(series)
+                .iter()
+                .all(|c| c.caption.contains("latest 100000 deliveries are counted"))
+        };
+        assert!(!said(&series));
+        series.capped = true;
+        assert!(said(&series));
     }
 }

@@ -433,6 +433,15 @@ async fn the_data_directory_is_private_to_heralds_user() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(mode(&fresh), 0o700);
+    // And so are the database's files, which a directory others may reach into would not
+    // protect.
+    for file in ["herald.db", "herald.db-wal", "herald.db-shm"] {
+        let path = fresh.join(file);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+    }
+    assert_eq!(mode(&fresh.join("herald.db")), 0o600);
 
     // One that others can read is left as it is, with a warning that says what to do.
     let shared = dir.path().join("shared");
