@@ -6,7 +6,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
@@ -25,7 +25,11 @@ pub struct OrgSnapshot {
     webhook_at: HashMap<WebhookId, usize>,
     /// WebSub subscriptions by webhook and channel.
     subscriptions: HashMap<(WebhookId, String), Subscription>,
-    custom_types: HashMap<String, (CustomEventType, Option<jsonschema::Validator>)>,
+    /// The organization's own types, each with its schema's validator, compiled when the first
+    /// event of the type needs it: a compiled schema can weigh hundreds of KiB, an
+    /// organization may have a thousand types, and the snapshot is rebuilt on every change to
+    /// the organization.
+    custom_types: HashMap<String, (CustomEventType, OnceLock<Option<jsonschema::Validator>>)>,
 }
 
 /// What ingest needs to know of an event type.
@@ -45,15 +49,7 @@ impl OrgSnapshot {
     ) -> Self {
         let custom_types = custom
             .into_iter()
-            .map(|t| {
-                // Schemas were compiled when registered; one that no longer compiles (a newer
-                // library being stricter) is treated as absent rather than blocking ingest.
-                let validator = t
-                    .schema
-                    .as_ref()
-                    .and_then(|s| crate::event_type::compile_schema(s).ok());
-                (t.name.clone(), (t, validator))
-            })
+            .map(|t| (t.name.clone(), (t, OnceLock::new())))
             .collect();
         let webhook_at = webhooks
             .iter()
@@ -89,10 +85,17 @@ impl OrgSnapshot {
             });
         }
         if let Some((t, v)) = self.custom_types.get(name) {
+            // Schemas were compiled when registered; one that no longer compiles (a newer
+            // library being stricter) is treated as absent rather than blocking ingest.
+            let validator = v.get_or_init(|| {
+                t.schema
+                    .as_ref()
+                    .and_then(|s| crate::event_type::compile_schema(s).ok())
+            });
             return Some(ResolvedType {
                 channel: t.channel.as_deref(),
                 uri: None,
-                validator: v.as_ref(),
+                validator: validator.as_ref(),
             });
         }
         self.catalog_type(name).map(|(catalog, t)| ResolvedType {
@@ -532,5 +535,30 @@ mod tests {
             assert_eq!(snapshot.webhook(&hook.id).map(|w| &w.id), Some(&hook.id));
         }
         assert!(snapshot.webhook(&WebhookId::generate()).is_none());
+    }
+
+    /// A snapshot is rebuilt on every change to its organization: its types' schemas are
+    /// compiled only when an event of the type needs them, not each time for every type.
+    #[test]
+    fn a_schema_is_compiled_when_its_type_is_first_used() {
+        let types: Vec<CustomEventType> = ["a.one", "a.two"]
+            .into_iter()
+            .map(|name| CustomEventType {
+                id: crate::EventTypeId::generate(),
+                org_id: OrgId::generate(),
+                name: name.into(),
+                channel: None,
+                description: None,
+                schema: Some(serde_json::json!({ "type": "object", "required": ["x"] })),
+                example: None,
+                created_at: crate::Timestamp::from_millis(0),
+            })
+            .collect();
+        let snapshot = OrgSnapshot::build(org(), vec![], types, vec![]);
+        let compiled = |name: &str| snapshot.custom_types[name].1.get().is_some();
+        assert!(!compiled("a.one") && !compiled("a.two"));
+        let validator = snapshot.resolve_type("a.one").unwrap().validator.unwrap();
+        assert!(!validator.is_valid(&serde_json::json!({})));
+        assert!(compiled("a.one") && !compiled("a.two"));
     }
 }

@@ -12,8 +12,8 @@ use super::cancel_safe::write_then_forget;
 use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
-/// The most a type's schema or example may take, written as compact JSON. Every change to the
-/// organization compiles all its schemas again, so they are kept small.
+/// The most a type's schema or example may take, written as compact JSON: a compiled schema
+/// weighs many times its text, and the organization's list of types comes whole in one answer.
 const MAX_SCHEMA_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Default)]
