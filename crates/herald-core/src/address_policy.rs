@@ -34,6 +34,20 @@ impl AddressPolicy {
         Ok(Self { allowed })
     }
 
+    /// The allowed ranges that take the guard down rather than open a door in it: every
+    /// address (`/0`), or the cloud metadata service's, where an instance's credentials are.
+    pub fn too_broad(&self) -> Vec<String> {
+        let metadata: [IpAddr; 2] = [
+            IpAddr::from([169, 254, 169, 254]),
+            "fd00:ec2::254".parse().expect("an IPv6 address"),
+        ];
+        self.allowed
+            .iter()
+            .filter(|net| net.prefix_len() == 0 || metadata.iter().any(|ip| net.contains(ip)))
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// Allows these ranges (tests and local development use loopback).
     pub fn allowing(allowed: Vec<IpNet>) -> Self {
         Self { allowed }
@@ -170,6 +184,26 @@ mod tests {
 
     fn blocked(ip: &str) -> bool {
         AddressPolicy::default().check(ip.parse().unwrap()).is_err()
+    }
+
+    #[test]
+    fn ranges_that_take_the_guard_down_are_named() {
+        let policy = |ranges: &[&str]| {
+            AddressPolicy::parse(&ranges.iter().map(|r| r.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        assert!(
+            policy(&["127.0.0.0/8", "10.0.0.0/8", "fd12:3456::/32"])
+                .too_broad()
+                .is_empty()
+        );
+        assert_eq!(
+            policy(&["0.0.0.0/0", "::/0", "10.0.0.0/8"]).too_broad(),
+            ["0.0.0.0/0", "::/0"]
+        );
+        assert_eq!(
+            policy(&["169.254.0.0/16", "fd00::/8"]).too_broad(),
+            ["169.254.0.0/16", "fd00::/8"]
+        );
     }
 
     #[test]

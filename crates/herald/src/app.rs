@@ -111,6 +111,13 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             e.message
         )
     })?;
+    let too_broad = policy.too_broad();
+    if !too_broad.is_empty() {
+        tracing::warn!(
+            ranges = %too_broad.join(","),
+            "HERALD_ALLOW_PRIVATE_NETWORKS lets deliveries reach every address or the cloud metadata service (169.254.169.254, fd00:ec2::254), where this machine's credentials may be: any webhook URL can then read them; allow only the ranges your receivers are in"
+        );
+    }
     let client = HttpClient::new(policy.clone()).context("could not build the HTTP client")?;
     // An attempt never runs past its lease (2 s to spare): a shorter lease cuts every attempt
     // to a webhook with a long timeout, and those cut attempts count as the endpoint's timeouts.

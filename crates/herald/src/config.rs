@@ -49,7 +49,7 @@ pub struct Settings {
 #[command(next_help_heading = "Server")]
 pub struct ServerSettings {
     /// Address to serve the API on.
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7600")]
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7600", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// The public base URL of this server, as receivers and browsers reach it (used in links and
     /// token issuers). Defaults to http://<listen>.
@@ -223,7 +223,7 @@ pub struct SecuritySettings {
     /// A bearer token `/metrics` then asks for (the admin token also works). Without it the
     /// metrics, which name every organization's webhooks and their backlogs, are open to
     /// whoever reaches the listen address.
-    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true, value_parser = parse_metrics_token)]
     pub metrics_token: Option<String>,
 }
 
@@ -297,6 +297,26 @@ pub struct LogSettings {
     /// Log filter, e.g. `info` or `herald=debug,info`.
     #[arg(long, env = "HERALD_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log: String,
+}
+
+/// `HERALD_LISTEN`: an IP address and a port (a name would need resolving, and might resolve to
+/// several addresses).
+fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| {
+        format!(
+            "HERALD_LISTEN: '{raw}' is not an IP address and port; use e.g. 127.0.0.1:7600 (this \
+             machine only) or 0.0.0.0:7600 (every interface)"
+        )
+    })
+}
+
+/// `HERALD_METRICS_TOKEN`: empty would be a token nobody could send (only the admin token would
+/// open `/metrics`), most likely a variable set to nothing by mistake.
+fn parse_metrics_token(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("HERALD_METRICS_TOKEN is empty; set a long random string, or unset it to leave /metrics open".into());
+    }
+    Ok(raw.to_owned())
 }
 
 /// The levels a log filter may name.
@@ -456,6 +476,18 @@ mod tests {
             let e = parse_log_filter(bad).unwrap_err();
             assert!(e.contains("is not a level") && e.contains("trace"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_listen_address_and_metrics_token_say_what_they_take() {
+        assert_eq!(
+            parse_listen("0.0.0.0:7600"),
+            Ok("0.0.0.0:7600".parse().unwrap())
+        );
+        let e = parse_listen("localhost:7600").unwrap_err();
+        assert!(e.contains("not an IP address and port") && e.contains("127.0.0.1:7600"));
+        assert!(parse_metrics_token(" ").unwrap_err().contains("is empty"));
+        assert_eq!(parse_metrics_token("t0ken").as_deref(), Ok("t0ken"));
     }
 
     #[test]
