@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use herald_core::WebhookId;
@@ -15,7 +15,7 @@ use herald_core::webhook::Webhook;
 
 use super::breaker::{self, Gate};
 use super::health::past_schedule;
-use super::limit::Limit;
+use super::limit::{Limit, Slot};
 
 use super::{Dispatcher, Queued, Queues};
 
@@ -40,33 +40,7 @@ impl Dispatcher {
         // The earliest time the next request may start, when the webhook has a rate limit.
         let mut next_slot = tokio::time::Instant::now();
         let mut stop = self.shared.stop.subscribe();
-        loop {
-            // The urgent queue first. Both close together (the dispatcher is draining): the
-            // regular queue's `None` then ends the wait at once.
-            let next = tokio::select! {
-                biased;
-                Some(d) = queues.urgent.recv() => Some(d),
-                d = queues.regular.recv() => d,
-                _ = tokio::time::sleep(self.shared.settings.idle_worker) => None,
-            };
-            let first = match next {
-                Some(d) => d,
-                None => {
-                    // Idle (or shut down): leave unless something arrived while we decided.
-                    let mut workers = self.shared.workers.lock().expect("workers lock");
-                    match queues
-                        .urgent
-                        .try_recv()
-                        .or_else(|_| queues.regular.try_recv())
-                    {
-                        Ok(d) => d,
-                        Err(_) => {
-                            workers.remove(&webhook_id);
-                            break;
-                        }
-                    }
-                }
-            };
+        while let Some(first) = self.next_queued(&webhook_id, &mut queues).await {
             if !self.is_current(&first) {
                 // Left behind by an eviction: dropped before it takes a rate-limit slot.
                 continue;
@@ -85,46 +59,19 @@ impl Dispatcher {
                 continue;
             }
             let webhook = self.webhook_of(&first.delivery).await;
-            // A test or a resend goes alone: what would share its request would pass an open
-            // circuit with it.
             let urgent = first.urgent;
-            let mut batch = vec![first];
-            if let Some(window) = webhook
-                .as_ref()
-                .and_then(|w| w.batch_window_ms())
-                .map(|ms| Duration::from_millis(u64::from(ms)))
-                .filter(|_| !urgent)
-            {
-                let deadline = tokio::time::Instant::now() + window;
-                while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(deadline, queues.regular.recv()).await {
-                        Ok(Some(q)) => {
-                            if self.is_current(&q) {
-                                batch.push(q);
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-            }
+            let batch = self
+                .gather_batch(first, webhook.as_deref(), &mut queues.regular)
+                .await;
             if let Some(rate) = webhook.as_ref().and_then(|w| w.rate_limit_per_second) {
                 let at = next_slot.max(tokio::time::Instant::now());
                 tokio::time::sleep_until(at).await;
                 next_slot = at + Duration::from_secs(1) / rate.max(1);
             }
-            // The task first, then the node's room for one more request: a slot taken while
-            // waiting for either would look busy to the adaptive limit, which would then grow
-            // on the store's backpressure or on other webhooks' traffic.
-            let shared = &self.shared;
             let room = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stopping| *stopping) => None,
-                room = async {
-                    let task = tasks.clone().acquire_owned().await.expect("never closed");
-                    let attempt = shared.attempts.clone().acquire_owned().await.expect("never closed");
-                    let outgoing = shared.outgoing.clone().acquire_owned().await.expect("never closed");
-                    ((task, attempt), slots.acquire().await.with_outgoing(outgoing))
-                } => Some(room),
+                room = self.room_to_send(&tasks, &slots) => Some(room),
             };
             let Some((task, permit)) = room else {
                 // Shutting down while the attempts in flight hold every slot.
@@ -173,6 +120,94 @@ impl Dispatcher {
             while in_flight.try_join_next().is_some() {}
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// The next delivery for this webhook, the urgent queue first; `None` when the task should
+    /// end: idle for `idle_worker` (it leaves the webhook's entry, unless something arrived
+    /// while it decided), or the dispatcher is draining (both queues close together, and the
+    /// regular queue's `None` ends the wait at once).
+    async fn next_queued(
+        &self,
+        webhook_id: &WebhookId,
+        queues: &mut Queues<mpsc::UnboundedReceiver<Queued>>,
+    ) -> Option<Queued> {
+        let next = tokio::select! {
+            biased;
+            Some(d) = queues.urgent.recv() => Some(d),
+            d = queues.regular.recv() => d,
+            _ = tokio::time::sleep(self.shared.settings.idle_worker) => None,
+        };
+        if next.is_some() {
+            return next;
+        }
+        let mut workers = self.shared.workers.lock().expect("workers lock");
+        let last = queues
+            .urgent
+            .try_recv()
+            .or_else(|_| queues.regular.try_recv())
+            .ok();
+        if last.is_none() {
+            workers.remove(webhook_id);
+        }
+        last
+    }
+
+    /// `first` and, for a webhook with a batch window (Opal), what arrives within the window
+    /// after it, up to [`MAX_BATCH`]. A test or a resend goes alone: what would share its
+    /// request would pass an open circuit with it.
+    async fn gather_batch(
+        &self,
+        first: Queued,
+        webhook: Option<&Webhook>,
+        queue: &mut mpsc::UnboundedReceiver<Queued>,
+    ) -> Vec<Queued> {
+        let window = webhook
+            .and_then(|w| w.batch_window_ms())
+            .map(|ms| Duration::from_millis(u64::from(ms)))
+            .filter(|_| !first.urgent);
+        let mut batch = vec![first];
+        let Some(window) = window else {
+            return batch;
+        };
+        let deadline = tokio::time::Instant::now() + window;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(q)) if self.is_current(&q) => batch.push(q),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    /// Room for one more attempt: a task of the webhook's and of the node's (which it keeps
+    /// until its outcome is written), the node's room for one more request, and a slot of the
+    /// webhook's limit, taken last: a slot taken while waiting for the others would look busy to
+    /// the adaptive limit, which would then grow on the store's backpressure or on other
+    /// webhooks' traffic.
+    async fn room_to_send(
+        &self,
+        tasks: &Arc<Semaphore>,
+        slots: &Arc<Limit>,
+    ) -> ((OwnedSemaphorePermit, OwnedSemaphorePermit), Slot) {
+        let shared = &self.shared;
+        let task = tasks.clone().acquire_owned().await.expect("never closed");
+        let attempt = shared
+            .attempts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let outgoing = shared
+            .outgoing
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        (
+            (task, attempt),
+            slots.acquire().await.with_outgoing(outgoing),
+        )
     }
 
     /// Shutting down: gives `taken` (taken off the queue, not started) and everything queued
