@@ -922,6 +922,21 @@ async fn victims_by_walk(
 }
 
 /// Leases as the two arrays the statements below join on (`unnest(ids, held)`).
+/// Leases written about in one statement at most.
+const HELD_CHUNK: usize = 10_000;
+
+/// The deliveries still held under the leases named by `$1` (ids) and `$2` (each one's lease),
+/// pending and of the organization `$3` (any, if `NULL`), locked for the statement that follows.
+/// Rows another transaction holds are skipped rather than waited for: a change to all of a
+/// webhook's deliveries (a pause, a deletion) holding some of these and waiting for others
+/// would deadlock with it. A row skipped keeps its lease and comes back when that ends.
+const STILL_HELD: &str = "WITH mine AS ( \
+     SELECT d.id FROM deliveries d \
+     JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
+     WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
+     AND ($3::text IS NULL OR d.org_id = $3) \
+     FOR UPDATE OF d SKIP LOCKED) ";
+
 fn lease_columns(leases: &[(DeliveryId, Timestamp)]) -> (Vec<&str>, Vec<i64>) {
     leases
         .iter()
@@ -930,27 +945,23 @@ fn lease_columns(leases: &[(DeliveryId, Timestamp)]) -> (Vec<&str>, Vec<i64>) {
 }
 
 /// Extends leases still held as given; answers the ids renewed. Rows another transaction holds
-/// are skipped (as in [`defer`]): a change to all of the webhook's deliveries may be settling
+/// are skipped ([`STILL_HELD`]): a change to all of the webhook's deliveries may be settling
 /// them, and the delivery then comes back when its old lease ends.
 pub(crate) async fn renew_leases(
     c: &impl Conn,
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<Vec<DeliveryId>> {
+    let sql = format!(
+        "{STILL_HELD} UPDATE deliveries d SET lease_until = $4, due_at = $4 \
+         FROM mine WHERE d.id = mine.id RETURNING d.id"
+    );
+    let any_org: Option<&str> = None;
     let mut renewed = Vec::with_capacity(leases.len());
-    for chunk in leases.chunks(10_000) {
+    for chunk in leases.chunks(HELD_CHUNK) {
         let (ids, held) = lease_columns(chunk);
         let rows = c
-            .rows(
-                "WITH mine AS ( \
-                     SELECT d.id FROM deliveries d \
-                     JOIN unnest($2::text[], $3::bigint[]) AS l(id, lease_until) ON d.id = l.id \
-                     WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
-                     FOR UPDATE OF d SKIP LOCKED) \
-                 UPDATE deliveries d SET lease_until = $1, due_at = $1 \
-                 FROM mine WHERE d.id = mine.id RETURNING d.id",
-                &[&until.as_millis(), &ids, &held],
-            )
+            .rows(&sql, &[&ids, &held, &any_org, &until.as_millis()])
             .await?;
         for row in rows {
             renewed.push(DeliveryId::from_trusted(row.try_get(0)?));
@@ -966,23 +977,19 @@ pub(crate) async fn defer(
     until: Timestamp,
 ) -> DbResult<()> {
     // One statement for a whole backlog (up to a thousand from an open circuit, or a webhook's
-    // queue on shutdown), not a round trip per delivery. It skips the rows another transaction
-    // holds rather than wait for them: a change to all of the webhook's deliveries (a pause, a
-    // deletion) holding some of these and waiting for others would deadlock with it. A row
-    // skipped keeps its lease and comes back when that ends (or the change settles it).
-    for chunk in leases.chunks(10_000) {
+    // queue on shutdown), not a round trip per delivery; rows another transaction holds are
+    // skipped ([`STILL_HELD`]), and come back when their lease ends (or the change settles them).
+    let sql = format!(
+        "{STILL_HELD} UPDATE deliveries d SET lease_until = NULL, \
+         next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4), \
+         due_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4) \
+         FROM mine WHERE d.id = mine.id"
+    );
+    for chunk in leases.chunks(HELD_CHUNK) {
         let (ids, held) = lease_columns(chunk);
         c.exec(
-            "WITH mine AS ( \
-                 SELECT d.id FROM deliveries d \
-                 JOIN unnest($2::text[], $3::bigint[]) AS l(id, lease_until) ON d.id = l.id \
-                 WHERE d.org_id = $4 AND d.state = 'pending' AND d.lease_until = l.lease_until \
-                 FOR UPDATE OF d SKIP LOCKED) \
-             UPDATE deliveries d SET lease_until = NULL, \
-             next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $1), $1), \
-             due_at = GREATEST(COALESCE(d.next_attempt_at, $1), $1) \
-             FROM mine WHERE d.id = mine.id",
-            &[&until.as_millis(), &ids, &held, &org.as_str()],
+            &sql,
+            &[&ids, &held, &Some(org.as_str()), &until.as_millis()],
         )
         .await?;
     }
@@ -992,8 +999,8 @@ pub(crate) async fn defer(
     Ok(())
 }
 
-/// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`); like [`defer`], it
-/// skips the rows another transaction holds (they keep their lease and come back when it ends).
+/// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`); rows another transaction
+/// holds are skipped ([`STILL_HELD`]), and come back when their lease ends.
 pub(crate) async fn end_unsent(
     c: &impl Conn,
     org: &OrgId,
@@ -1002,23 +1009,21 @@ pub(crate) async fn end_unsent(
     error: &str,
     now: Timestamp,
 ) -> DbResult<Vec<DeliveryId>> {
+    let sql = format!(
+        "{STILL_HELD} UPDATE deliveries d SET state = $6, next_attempt_at = NULL, due_at = NULL, \
+         lease_until = NULL, last_error = $4, updated_at = $5 \
+         FROM mine WHERE d.id = mine.id RETURNING d.id"
+    );
     let mut ended = Vec::new();
-    for chunk in leases.chunks(10_000) {
+    for chunk in leases.chunks(HELD_CHUNK) {
         let (ids, held) = lease_columns(chunk);
         let rows = c
             .rows(
-                "WITH mine AS ( \
-                     SELECT d.id FROM deliveries d \
-                     JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
-                     WHERE d.org_id = $3 AND d.state = 'pending' AND d.lease_until = l.lease_until \
-                     FOR UPDATE OF d SKIP LOCKED) \
-                 UPDATE deliveries d SET state = $6, next_attempt_at = NULL, due_at = NULL, \
-                 lease_until = NULL, last_error = $4, updated_at = $5 \
-                 FROM mine WHERE d.id = mine.id RETURNING d.id",
+                &sql,
                 &[
                     &ids,
                     &held,
-                    &org.as_str(),
+                    &Some(org.as_str()),
                     &error,
                     &now.as_millis(),
                     &state.as_str(),
