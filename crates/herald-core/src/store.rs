@@ -157,6 +157,29 @@ pub struct DueDelivery {
     pub last_status: Option<u16>,
 }
 
+impl DueDelivery {
+    /// A delivery just stored with its event at `now`, not attempted yet: what ingest hands
+    /// the dispatcher without reading it back.
+    pub fn new(
+        id: DeliveryId,
+        org_id: OrgId,
+        webhook_id: WebhookId,
+        event: Arc<Event>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            delivery_id: id,
+            org_id,
+            webhook_id,
+            event,
+            attempt_count: 0,
+            schedule_base: 0,
+            updated_at: now,
+            last_status: None,
+        }
+    }
+}
+
 /// The outcome of one attempt, to be stored with the delivery's next state.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {

@@ -279,16 +279,13 @@ fn hand_off(
                     spilled.push((d.webhook_id, d.id));
                     continue;
                 }
-                due.push(DueDelivery {
-                    delivery_id: d.id,
-                    org_id: org.clone(),
-                    webhook_id: d.webhook_id,
-                    event: item.event.clone(),
-                    attempt_count: 0,
-                    schedule_base: 0,
-                    updated_at: now,
-                    last_status: None,
-                });
+                due.push(DueDelivery::new(
+                    d.id,
+                    org.clone(),
+                    d.webhook_id,
+                    item.event.clone(),
+                    now,
+                ));
             }
         }
         let sent = due.len() + spilled.len() - before + delayed;

@@ -698,16 +698,13 @@ pub async fn send_test(
     handing_off.disarm();
     stored.map_err(ServiceError::from_store("organization"))?;
     state.dispatcher.enqueue_urgent(
-        DueDelivery {
-            delivery_id: delivery_id.clone(),
-            org_id: org.clone(),
-            webhook_id: w.id.clone(),
-            event: event.clone(),
-            attempt_count: 0,
-            schedule_base: 0,
-            updated_at: now,
-            last_status: None,
-        },
+        DueDelivery::new(
+            delivery_id.clone(),
+            org.clone(),
+            w.id.clone(),
+            event.clone(),
+            now,
+        ),
         lease_until,
     );
     Ok((event.id.clone(), delivery_id))
