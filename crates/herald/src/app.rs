@@ -91,45 +91,11 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     .await?;
     // Once the database is there: a start that fails writes no token nobody was shown.
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
-    if !store.is_shared() {
-        // This node is the only user of the embedded database: whatever a previous run held in
-        // memory was lost with it and is due again now. (Nodes sharing PostgreSQL leave each
-        // other's leases alone; those of a node that died end by themselves.)
-        let released = store.release_all_leases().await?;
-        if released > 0 {
-            tracing::info!(
-                count = released,
-                "resuming deliveries left in flight by the previous run"
-            );
-        }
-    }
 
     let directory = Arc::new(Directory::new(store.clone()));
-    let policy = AddressPolicy::parse(&settings.security.allow_private_networks).map_err(|e| {
-        anyhow::anyhow!(
-            "HERALD_ALLOW_PRIVATE_NETWORKS / --allow-private-networks: {}",
-            e.message
-        )
-    })?;
-    let too_broad = policy.too_broad();
-    if !too_broad.is_empty() {
-        tracing::warn!(
-            ranges = %too_broad.join(","),
-            "HERALD_ALLOW_PRIVATE_NETWORKS lets deliveries reach every address or the cloud metadata service (169.254.169.254, fd00:ec2::254), where this machine's credentials may be: any webhook URL can then read them; allow only the ranges your receivers are in"
-        );
-    }
+    let policy = address_policy(&settings)?;
     let client = HttpClient::new(policy.clone()).context("could not build the HTTP client")?;
-    // An attempt never runs past its lease (2 s to spare): a shorter lease cuts every attempt
-    // to a webhook with a long timeout, and those cut attempts count as the endpoint's timeouts.
-    let longest = u64::from(herald_core::webhook::MAX_TIMEOUT_MS) / 1000 + 2;
-    if settings.delivery.lease_seconds < longest {
-        tracing::warn!(
-            lease_seconds = settings.delivery.lease_seconds,
-            "HERALD_LEASE_SECONDS is under {longest}: attempts to webhooks whose timeout is longer \
-             than the lease less 2 s are cut to fit it and count as timeouts; raise it above the \
-             longest webhook timeout plus a few seconds"
-        );
-    }
+    warn_of_a_short_lease(&settings);
     let dispatcher = Dispatcher::new(
         store.clone(),
         directory.clone(),
@@ -148,15 +114,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         },
     );
     if !store.is_shared() {
-        // What the previous run spilled is still in the store; its webhooks pull it again.
-        let spilled = store.spilled_starts().await?;
-        if !spilled.is_empty() {
-            tracing::info!(
-                webhooks = spilled.len(),
-                "resuming deliveries the previous run left in the store for lack of memory"
-            );
-            dispatcher.note_spilled(spilled.iter().map(|(w, id)| (w, id)));
-        }
+        resume_previous_run(&*store, &dispatcher).await?;
     }
     let state = AppState {
         auth: Arc::new(Authenticator::new(&admin_token, store.clone())),
@@ -184,6 +142,62 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         admin_token_source,
         database_lock,
     })
+}
+
+/// Takes up what the previous run of this node left, when it is the only user of the embedded
+/// database: whatever it held in memory was lost with it and is due again now, and its
+/// webhooks pull again what it left in the store for lack of memory. (Nodes sharing PostgreSQL
+/// leave each other's leases alone; those of a node that died end by themselves.)
+async fn resume_previous_run(store: &dyn Store, dispatcher: &Dispatcher) -> anyhow::Result<()> {
+    let released = store.release_all_leases().await?;
+    if released > 0 {
+        tracing::info!(
+            count = released,
+            "resuming deliveries left in flight by the previous run"
+        );
+    }
+    let spilled = store.spilled_starts().await?;
+    if !spilled.is_empty() {
+        tracing::info!(
+            webhooks = spilled.len(),
+            "resuming deliveries the previous run left in the store for lack of memory"
+        );
+        dispatcher.note_spilled(spilled.iter().map(|(w, id)| (w, id)));
+    }
+    Ok(())
+}
+
+/// Where deliveries may go: public addresses and the private ranges allowed, warning of a
+/// range that takes the guard down.
+fn address_policy(settings: &Settings) -> anyhow::Result<AddressPolicy> {
+    let policy = AddressPolicy::parse(&settings.security.allow_private_networks).map_err(|e| {
+        anyhow::anyhow!(
+            "HERALD_ALLOW_PRIVATE_NETWORKS / --allow-private-networks: {}",
+            e.message
+        )
+    })?;
+    let too_broad = policy.too_broad();
+    if !too_broad.is_empty() {
+        tracing::warn!(
+            ranges = %too_broad.join(","),
+            "HERALD_ALLOW_PRIVATE_NETWORKS lets deliveries reach every address or the cloud metadata service (169.254.169.254, fd00:ec2::254), where this machine's credentials may be: any webhook URL can then read them; allow only the ranges your receivers are in"
+        );
+    }
+    Ok(policy)
+}
+
+/// An attempt never runs past its lease (2 s to spare): a shorter lease cuts every attempt to
+/// a webhook with a long timeout, and those cut attempts count as the endpoint's timeouts.
+fn warn_of_a_short_lease(settings: &Settings) {
+    let longest = u64::from(herald_core::webhook::MAX_TIMEOUT_MS) / 1000 + 2;
+    if settings.delivery.lease_seconds < longest {
+        tracing::warn!(
+            lease_seconds = settings.delivery.lease_seconds,
+            "HERALD_LEASE_SECONDS is under {longest}: attempts to webhooks whose timeout is longer \
+             than the lease less 2 s are cut to fit it and count as timeouts; raise it above the \
+             longest webhook timeout plus a few seconds"
+        );
+    }
 }
 
 /// Creates the data directory, readable by this user only: it holds the database (webhook
