@@ -94,7 +94,11 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
 
     let directory = Arc::new(Directory::new(store.clone()));
     let policy = address_policy(&settings)?;
-    let client = HttpClient::new(policy.clone()).context("could not build the HTTP client")?;
+    let client = HttpClient::keeping_idle(
+        policy.clone(),
+        settings.delivery.max_requests_in_flight as usize,
+    )
+    .context("could not build the HTTP client")?;
     warn_of_a_short_lease(&settings);
     let dispatcher = Dispatcher::new(
         store.clone(),

@@ -64,6 +64,12 @@ impl HttpClient {
     /// A client that reaches only the addresses `policy` permits. Fails if the platform's
     /// certificate verifier cannot be set up.
     pub fn new(policy: AddressPolicy) -> Result<Self, rustls::Error> {
+        Self::keeping_idle(policy, pool::MAX_IDLE_TOTAL)
+    }
+
+    /// [`Self::new`], keeping at most `idle` idle connections across origins (a server keeps as
+    /// many as it may have requests in flight, so that both fit its open-file limit).
+    pub fn keeping_idle(policy: AddressPolicy, idle: usize) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
         install_tls_provider();
         let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
@@ -75,7 +81,10 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
-        let targets = Arc::<Targets>::default();
+        let targets = Arc::new(Targets {
+            known: Mutex::default(),
+            idle: Arc::new(pool::IdleCount::capped(idle)),
+        });
         // Outside a runtime (a client made for a one-off command) connections are still closed
         // when an origin is next used; a server's client sweeps all of them now and then.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -257,9 +266,10 @@ struct Target {
 /// while the answer depends only on the URL and the policy, which never changes for a client.
 /// Tenants choose the URLs; the maps' hash (foldhash) is seeded per process, so collisions
 /// cannot be planned, and they hold at most `MAX_TARGETS`, which bounds what they could cost.
-#[derive(Default)]
 struct Targets {
     known: Mutex<Known>,
+    /// Idle connections kept across the origins (`pool::MAX_IDLE_TOTAL` at most).
+    idle: Arc<pool::IdleCount>,
 }
 
 #[derive(Default)]
@@ -291,7 +301,11 @@ impl Targets {
                 uri.scheme_str().unwrap_or(""),
                 host_and_port(&uri)
             );
-            let origin = known.origins.entry(origin_key).or_default().clone();
+            let origin = known
+                .origins
+                .entry(origin_key)
+                .or_insert_with(|| Arc::new(Origin::counted_in(self.idle.clone())))
+                .clone();
             Arc::new(Target {
                 uri,
                 path,
@@ -319,8 +333,9 @@ impl Targets {
     }
 }
 
-/// How often idle connections are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often idle connections are swept: soon after they go stale (`pool::IDLE_TIMEOUT`), so
+/// that origins nothing more is sent to give their descriptors back.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Sweeps the client's idle connections every `SWEEP_EVERY` until the client is gone. Without
 /// it, an endpoint that receives nothing more would keep up to `MAX_IDLE` connections (and as
@@ -1056,6 +1071,50 @@ mod tests {
             assert_eq!(origin.idle(), 0, "the closed connection still looks open");
         }
         assert_eq!(connections.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// Idle connections are kept up to the client's total across origins, past which a
+    /// connection is closed once its response is read: a fan-out to a thousand origins would
+    /// otherwise keep dozens of descriptors each.
+    #[tokio::test]
+    async fn idle_connections_are_bounded_across_origins() {
+        let client =
+            HttpClient::keeping_idle(AddressPolicy::parse(&["127.0.0.0/8".into()]).unwrap(), 2)
+                .unwrap();
+        let mut servers = Vec::new();
+        for _ in 0..4 {
+            let (url, connections) = keep_alive_server(false).await;
+            let outcome = client
+                .send(&url, request("{}"), &[], Duration::from_secs(5))
+                .await;
+            assert!(outcome.is_success(), "{outcome:?}");
+            servers.push((url, connections));
+        }
+        let kept: usize = servers
+            .iter()
+            .map(|(url, _)| origin_of(&client, url).idle())
+            .sum();
+        assert_eq!(kept, 2);
+        assert_eq!(client.targets.idle.get(), 2);
+        // The others were closed, and the servers saw it.
+        wait_until(|| {
+            servers
+                .iter()
+                .map(|(_, c)| c.ended.load(Ordering::SeqCst))
+                .sum::<usize>()
+                == 2
+        })
+        .await;
+        // Reused, and given back, a kept connection stays counted once.
+        let outcome = client
+            .send(&servers[0].0, request("{}"), &[], Duration::from_secs(5))
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert!(client.targets.idle.get() <= 2);
+        client
+            .targets
+            .close_stale(Instant::now() + pool::IDLE_TIMEOUT);
+        assert_eq!(client.targets.idle.get(), 0);
     }
 
     #[tokio::test]

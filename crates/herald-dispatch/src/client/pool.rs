@@ -6,7 +6,8 @@
 //! with no task spawned to wait for it. Together those were about a sixth of an attempt's
 //! instructions (8,300 of 48,300 in `batch`; BENCHMARKS.md).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,10 +37,51 @@ const MAX_IDLE: usize = 64;
 /// receives more often keeps its connections.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Idle connections kept across all origins at most: each holds a file descriptor, and a
+/// fan-out to a thousand origins would otherwise keep up to `MAX_IDLE` of each. Past it, a
+/// connection whose response has been read is closed rather than kept.
+pub(super) const MAX_IDLE_TOTAL: usize = 1024;
+
+/// How many idle connections a client keeps across its origins, and how many it may.
+pub(super) struct IdleCount {
+    kept: AtomicUsize,
+    cap: usize,
+}
+
+impl Default for IdleCount {
+    fn default() -> Self {
+        Self::capped(MAX_IDLE_TOTAL)
+    }
+}
+
+impl IdleCount {
+    pub(super) fn capped(cap: usize) -> Self {
+        Self {
+            kept: AtomicUsize::new(0),
+            cap,
+        }
+    }
+
+    fn changed(&self, before: usize, after: usize) {
+        if after > before {
+            self.kept.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.kept.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Idle connections kept now, across origins.
+    pub(super) fn get(&self) -> usize {
+        self.kept.load(Ordering::Relaxed)
+    }
+}
+
 /// One origin's idle connections, the most recently used last.
 #[derive(Default)]
 pub(super) struct Origin {
     idle: Mutex<Vec<Idle>>,
+    /// The client's count across its origins, kept in step with `idle`'s length.
+    total: Arc<IdleCount>,
 }
 
 struct Idle {
@@ -55,17 +97,29 @@ impl Idle {
 }
 
 impl Origin {
+    /// An origin's pool, counted in `total` with the client's others.
+    pub(super) fn counted_in(total: Arc<IdleCount>) -> Self {
+        Self {
+            idle: Mutex::default(),
+            total,
+        }
+    }
+
     /// An idle connection still open, if there is one. The most recently used comes first, so
     /// that when fewer are needed the others age out.
     pub(super) fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("idle connections lock");
+        let before = idle.len();
         let now = Instant::now();
+        let mut found = None;
         while let Some(candidate) = idle.pop() {
             if !candidate.connection.is_closed() && !candidate.stale(now) {
-                return Some(candidate.connection);
+                found = Some(candidate.connection);
+                break;
             }
         }
-        None
+        self.total.changed(before, idle.len());
+        found
     }
 
     /// Keeps `connection` for the next request. Only for a connection whose last response was
@@ -76,16 +130,22 @@ impl Origin {
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("idle connections lock");
+        let before = idle.len();
         // The oldest are first: drop those idle too long, and make room.
         let stale = idle.iter().take_while(|c| c.stale(now)).count();
         idle.drain(..stale);
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
-        idle.push(Idle {
-            connection,
-            since: now,
-        });
+        // Past the client's total, the connection closes (dropped) rather than wait here.
+        let elsewhere = self.total.get().saturating_sub(before);
+        if elsewhere + idle.len() < self.total.cap {
+            idle.push(Idle {
+                connection,
+                since: now,
+            });
+        }
+        self.total.changed(before, idle.len());
     }
 
     /// Closes the idle connections that the server closed or that have waited `IDLE_TIMEOUT`
@@ -94,7 +154,9 @@ impl Origin {
     /// long as its server allows.
     pub(super) fn close_stale(&self, now: Instant) {
         let mut idle = self.idle.lock().expect("idle connections lock");
+        let before = idle.len();
         idle.retain(|c| !c.connection.is_closed() && !c.stale(now));
+        self.total.changed(before, idle.len());
     }
 
     /// Idle connections still open.
@@ -102,6 +164,14 @@ impl Origin {
     pub(super) fn idle(&self) -> usize {
         let idle = self.idle.lock().expect("idle connections lock");
         idle.iter().filter(|c| !c.connection.is_closed()).count()
+    }
+}
+
+impl Drop for Origin {
+    /// A forgotten origin's idle connections close with it.
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |idle| idle.len());
+        self.total.changed(idle, 0);
     }
 }
 

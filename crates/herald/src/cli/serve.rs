@@ -119,7 +119,8 @@ fn fit_requests_to_open_files(settings: &mut Settings) {
         return;
     };
     let wanted = u64::from(settings.delivery.max_requests_in_flight);
-    // Each request may also leave an idle connection behind for the next one.
+    // Each request may also leave an idle connection behind for the next one (the client
+    // keeps as many idle as requests may be in flight).
     let room = limit.saturating_sub(FILES_BESIDES_REQUESTS) / 2;
     if room < wanted {
         let lowered = room.max(16) as u32;
