@@ -222,6 +222,12 @@ impl Health {
 
     /// Outcomes were stored: attempts go on.
     fn back(&self) {
+        // Called after every stored write: the watch's lock only when there is a pause to end.
+        // (One set just now, unseen here, is ended by the next write or by the look for the
+        // database's return.)
+        if !self.paused.load(Ordering::Relaxed) {
+            return;
+        }
         let mut since = None;
         self.away.send_if_modified(|away| {
             since = away.take();
