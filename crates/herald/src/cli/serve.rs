@@ -107,8 +107,8 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
     })
 }
 
-/// File descriptors kept for everything but outgoing requests: SQLite's files and readers, the
-/// API's connections, idle connections kept for reuse.
+/// File descriptors kept for everything but outgoing connections (in use or idle): SQLite's
+/// files and readers, the API's connections, the runtime's own.
 const FILES_BESIDES_REQUESTS: u64 = 512;
 
 /// Raises the open-file limit to its hard maximum (a request in flight holds a connection, so
