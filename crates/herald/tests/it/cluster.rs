@@ -230,26 +230,7 @@ async fn three_nodes_share_the_work_and_survive_a_sigkill() {
 
     // Every outcome gets recorded: nothing stays pending in the database (the last outcomes
     // may still be on their way when the last request arrives).
-    let client = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pending: i64 = client
-            .query_one(
-                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pending} deliveries stay pending"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pg::wait_until_none_pending(&db, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

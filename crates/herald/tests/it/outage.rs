@@ -43,6 +43,21 @@ struct Behind {
     _dir: tempfile::TempDir,
 }
 
+/// The value of one series in the node's `/metrics` (the name with its labels, as printed).
+async fn metric(node: &Server, series: &str) -> Option<String> {
+    let text = http_client()
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_owned)
+}
+
 /// `None` (with a notice) without `HERALD_TEST_DATABASE_URL`.
 async fn node_behind_a_proxy(
     test: &str,
@@ -189,31 +204,12 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // the outage lasts a few seconds
-    let database_up = || async {
-        let metrics = http
-            .get(format!("{}/metrics", node.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("herald_database_up "))
-            .map(str::to_owned)
-    };
-    assert_eq!(database_up().await.as_deref(), Some("0"));
-    let five_hundreds = http
-        .get(format!("{}/metrics", node.base))
-        .send()
+    assert_eq!(
+        metric(node, "herald_database_up").await.as_deref(),
+        Some("0")
+    );
+    let five_hundreds = metric(node, "herald_http_responses_total{class=\"5xx\"}")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("herald_http_responses_total{class=\"5xx\"} "))
         .and_then(|v| v.parse::<usize>().ok());
     assert!(
         five_hundreds >= Some(20),
@@ -231,7 +227,10 @@ async fn ingest_answers_503_while_the_database_is_away_and_everything_resumes() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(database_up().await.as_deref(), Some("1"));
+    assert_eq!(
+        metric(node, "herald_database_up").await.as_deref(),
+        Some("1")
+    );
     stop.store(true, Ordering::SeqCst);
     for p in producers {
         p.await.unwrap();
@@ -356,16 +355,9 @@ async fn attempts_pause_while_the_database_is_away_and_none_is_sent_again() {
     // Longer than the 30 s outcomes were once kept for.
     tokio::time::sleep(Duration::from_secs(35)).await;
     let visits = rx.visits();
-    let metrics = http
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.lines().any(|l| l == "herald_attempts_paused 1"),
+    assert_eq!(
+        metric(node, "herald_attempts_paused").await.as_deref(),
+        Some("1"),
         "/metrics says attempts wait"
     );
     proxy.restore();
@@ -397,26 +389,7 @@ async fn attempts_pause_while_the_database_is_away_and_none_is_sent_again() {
     }
     // Every outcome was stored, those of the attempts in flight during the outage too: none is
     // left pending, to be sent again when its lease ends.
-    let client = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pending: i64 = client
-            .query_one(
-                "SELECT count(*) FROM deliveries WHERE state <> 'succeeded'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pending} deliveries are not marked delivered: their outcomes were lost"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pg::wait_until_none_pending(db, Duration::from_secs(20)).await;
     let repeats = rx.repeats();
     assert!(
         repeats.is_empty(),

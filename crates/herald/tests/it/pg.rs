@@ -252,3 +252,28 @@ impl Proxy {
         self.up.send_replace(true);
     }
 }
+
+/// Waits (up to `within`) until no delivery of the database is pending: every outcome was
+/// stored, the last of them perhaps after the receiver saw the last request.
+pub async fn wait_until_none_pending(db: &TestDatabase, within: Duration) {
+    let client = db.connect().await;
+    let deadline = Instant::now() + within;
+    loop {
+        let pending: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} deliveries stay pending: their outcomes were not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
