@@ -652,14 +652,15 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let backup = || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["backup", "--to"])
+            .arg(&copy_dir)
+            .env("HERALD_DATA_DIR", dir.path())
+            .output()
+    };
     let before: Vec<String> = accepted.lock().unwrap().clone();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["backup", "--to"])
-        .arg(&copy_dir)
-        .env("HERALD_DATA_DIR", dir.path())
-        .output()
-        .await
-        .unwrap();
+    let out = backup().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -719,13 +720,7 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
     }
 
     // A second backup into the same place is refused rather than mixed with the first.
-    let again = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["backup", "--to"])
-        .arg(&copy_dir)
-        .env("HERALD_DATA_DIR", dir.path())
-        .output()
-        .await
-        .unwrap();
+    let again = backup().await.unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a database"));
     drop(server);
