@@ -94,11 +94,12 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
 
     let directory = Arc::new(Directory::new(store.clone()));
     let policy = address_policy(&settings)?;
-    let client = HttpClient::keeping_idle(
-        policy.clone(),
-        settings.delivery.max_requests_in_flight as usize,
-    )
-    .context("could not build the HTTP client")?;
+    let idle = settings
+        .delivery
+        .max_idle_connections
+        .unwrap_or(settings.delivery.max_requests_in_flight);
+    let client = HttpClient::keeping_idle(policy.clone(), idle as usize)
+        .context("could not build the HTTP client")?;
     warn_of_a_short_lease(&settings);
     let dispatcher = Dispatcher::new(
         store.clone(),

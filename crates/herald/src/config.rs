@@ -256,6 +256,11 @@ pub struct DeliverySettings {
     /// each would otherwise open tens of thousands. Lowered at start to fit the open-file limit.
     #[arg(long, env = "HERALD_MAX_REQUESTS_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=65_536))]
     pub max_requests_in_flight: u32,
+    /// Idle connections kept for reuse across all receivers: what the open-file limit leaves
+    /// beside the requests in flight, at most four times as many (set at start by `serve`;
+    /// `None`: as many as requests in flight).
+    #[arg(skip)]
+    pub max_idle_connections: Option<u32>,
     /// The most deliveries this node holds in memory, queued or in flight, across all webhooks
     /// (with at most 64 MiB of their events); past it new ones wait in the store and are taken
     /// up as room frees.
@@ -420,6 +425,7 @@ impl Settings {
                 lease_seconds: 300,
                 endpoint_concurrency: 64,
                 max_requests_in_flight: 1024,
+                max_idle_connections: None,
                 max_deliveries_in_memory: 100_000,
             },
             limits: LimitSettings {

@@ -112,23 +112,53 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
 const FILES_BESIDES_REQUESTS: u64 = 512;
 
 /// Raises the open-file limit to its hard maximum (a request in flight holds a connection, so
-/// a common default of 1,024 would fail a large fan-out with "too many open files"), and
-/// lowers `HERALD_MAX_REQUESTS_IN_FLIGHT` to what the limit leaves room for, saying so.
+/// a common default of 1,024 would fail a large fan-out with "too many open files"), lowers
+/// `HERALD_MAX_REQUESTS_IN_FLIGHT` to what the limit leaves room for, saying so, and gives the
+/// rest to idle connections kept for reuse (four per request in flight at most): kept too few,
+/// a fan-out to many receivers opens a new connection for most requests.
 fn fit_requests_to_open_files(settings: &mut Settings) {
     let Some(limit) = raise_open_file_limit() else {
         return;
     };
-    let wanted = u64::from(settings.delivery.max_requests_in_flight);
-    // Each request may also leave an idle connection behind for the next one (the client
-    // keeps as many idle as requests may be in flight).
-    let room = limit.saturating_sub(FILES_BESIDES_REQUESTS) / 2;
-    if room < wanted {
-        let lowered = room.max(16) as u32;
+    let wanted = settings.delivery.max_requests_in_flight;
+    let (requests, idle) = connections_within(limit, wanted);
+    if requests < wanted {
         tracing::warn!(
             open_file_limit = limit,
-            "the open-file limit leaves room for {lowered} requests in flight at once, not the {wanted} HERALD_MAX_REQUESTS_IN_FLIGHT asks; raise the limit (systemd LimitNOFILE=, ulimit -n) to send more at once"
+            "the open-file limit leaves room for {requests} requests in flight at once, not the {wanted} HERALD_MAX_REQUESTS_IN_FLIGHT asks; raise the limit (systemd LimitNOFILE=, ulimit -n) to send more at once"
         );
-        settings.delivery.max_requests_in_flight = lowered;
+    }
+    settings.delivery.max_requests_in_flight = requests;
+    settings.delivery.max_idle_connections = Some(idle);
+}
+
+/// The requests in flight (at most `wanted`) and idle connections that fit `limit` open files:
+/// at least one idle connection beside each request, at most four.
+fn connections_within(limit: u64, wanted: u32) -> (u32, u32) {
+    let room = limit.saturating_sub(FILES_BESIDES_REQUESTS);
+    let requests = (room / 2)
+        .clamp(16, u64::from(wanted).max(16))
+        .min(u64::from(wanted));
+    let idle = room.saturating_sub(requests).clamp(requests, requests * 4);
+    (requests as u32, idle.min(u64::from(u32::MAX)) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_idle_connections_fit_the_open_file_limit() {
+        // Plenty of room: the setting, and four idle connections per request.
+        assert_eq!(connections_within(1 << 20, 1024), (1024, 4096));
+        // Room for more requests than idle ones at four each: the rest goes idle.
+        assert_eq!(connections_within(4096, 1024), (1024, 2560));
+        // Too little room: one idle connection beside each request.
+        assert_eq!(connections_within(1024, 1024), (256, 256));
+        assert_eq!(connections_within(600, 1024), (44, 44));
+        // Never fewer than 16 requests, whatever the limit.
+        assert_eq!(connections_within(100, 1024).0, 16);
+        assert_eq!(connections_within(1 << 20, 8).0, 8);
     }
 }
 
