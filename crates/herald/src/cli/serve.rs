@@ -143,25 +143,6 @@ fn connections_within(limit: u64, wanted: u32) -> (u32, u32) {
     (requests as u32, idle.min(u64::from(u32::MAX)) as u32)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_and_idle_connections_fit_the_open_file_limit() {
-        // Plenty of room: the setting, and four idle connections per request.
-        assert_eq!(connections_within(1 << 20, 1024), (1024, 4096));
-        // Room for more requests than idle ones at four each: the rest goes idle.
-        assert_eq!(connections_within(4096, 1024), (1024, 2560));
-        // Too little room: one idle connection beside each request.
-        assert_eq!(connections_within(1024, 1024), (256, 256));
-        assert_eq!(connections_within(600, 1024), (44, 44));
-        // Never fewer than 16 requests, whatever the limit.
-        assert_eq!(connections_within(100, 1024).0, 16);
-        assert_eq!(connections_within(1 << 20, 8).0, 8);
-    }
-}
-
 /// The open-file limit, raised to the hard maximum first if it was lower.
 #[cfg(unix)]
 fn raise_open_file_limit() -> Option<u64> {
@@ -237,4 +218,23 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: no new requests; finishing deliveries in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_idle_connections_fit_the_open_file_limit() {
+        // Plenty of room: the setting, and four idle connections per request.
+        assert_eq!(connections_within(1 << 20, 1024), (1024, 4096));
+        // Room for more requests than idle ones at four each: the rest goes idle.
+        assert_eq!(connections_within(4096, 1024), (1024, 2560));
+        // Too little room: one idle connection beside each request.
+        assert_eq!(connections_within(1024, 1024), (256, 256));
+        assert_eq!(connections_within(600, 1024), (44, 44));
+        // Never fewer than 16 requests, whatever the limit.
+        assert_eq!(connections_within(100, 1024).0, 16);
+        assert_eq!(connections_within(1 << 20, 8).0, 8);
+    }
 }
