@@ -37,8 +37,9 @@ const MAX_IDLE: usize = 64;
 /// receives more often keeps its connections.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Idle connections kept across all origins at most: each holds a file descriptor, and a
-/// fan-out to a thousand origins would otherwise keep up to `MAX_IDLE` of each. Past it, a
+/// Idle connections a client made with `HttpClient::new` keeps across all origins at most (a
+/// server's client is given what its open-file limit leaves): each holds a file descriptor, and
+/// a fan-out to a thousand origins would otherwise keep up to `MAX_IDLE` of each. Past it, a
 /// connection whose response has been read is closed rather than kept.
 pub(super) const MAX_IDLE_TOTAL: usize = 1024;
 

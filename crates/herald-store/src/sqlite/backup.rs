@@ -10,10 +10,20 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-/// Writes a compacted copy of the database at `source` to `target` (a new file); answers
-/// whether it holds encrypted webhook secrets (which need their key to be of use). A copy that
-/// failed half-way is removed.
+/// Writes a compacted copy of the database at `source` to `target` (a new file, readable by its
+/// owner only from the start: it holds every event and secret); answers whether it holds
+/// encrypted webhook secrets (which need their key to be of use). A copy that failed half-way
+/// is removed.
 pub fn copy(source: &Path, target: &Path) -> rusqlite::Result<bool> {
+    // `VACUUM INTO` writes into an empty file that is there, keeping its permissions. A file
+    // already there is not ours to fill (or to remove if the copy fails).
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(target)
+        .map_err(|_| rusqlite::Error::InvalidPath(target.to_path_buf()))?;
     let conn = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
