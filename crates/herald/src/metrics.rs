@@ -8,7 +8,7 @@ use herald_core::store::PendingStat;
 use herald_core::{Timestamp, WebhookId};
 use herald_dispatch::DispatchMetrics;
 
-/// What ingest counts.
+/// What the API counts: events ingested, requests shed, responses by status class.
 #[derive(Debug, Default)]
 pub struct Metrics {
     events_ingested: Counter,

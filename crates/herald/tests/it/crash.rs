@@ -186,6 +186,15 @@ async fn every_acknowledged_event_arrives_after_a_sigkill(
     }
 }
 
+/// Sends the process `pid` the signal `name` (`HUP`, `TERM`).
+fn signal(pid: &str, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logged() {
     let _turn = crate::helpers::heavy_turn().await;
@@ -302,13 +311,7 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
     // A hang-up is answered with a line saying settings are read only at start; the server
     // goes on.
     let pid = server.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "HUP");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !server
         .log
@@ -322,13 +325,7 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
     }
     assert!(server.child.try_wait().unwrap().is_none(), "still running");
 
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
         .await
         .expect("the server exits within 20 s of SIGTERM")
