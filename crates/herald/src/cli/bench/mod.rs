@@ -7,6 +7,7 @@
 //! - `server.rs`: the Herald under test (in-process, a child process, or `--server`).
 //! - `api.rs`: setup through the public API.
 //! - `receiver.rs`, `load.rs`, `measure.rs`: the receiving end, the producers, what they count.
+//! - `wire.rs`: the little HTTP/1.1 the receiver and the producers speak, cheaper than a framework.
 //! - `scenarios.rs`, `backlog.rs`, `restart.rs`: the scenarios; `report.rs`, `progress.rs`: output.
 //! - `relay.rs`: the same load through a bare relay instead of Herald, to compare machines.
 //! - `cpu.rs`: how busy the machine was during each run, and what the hypervisor took.
@@ -24,6 +25,7 @@ mod report;
 mod restart;
 mod scenarios;
 mod server;
+mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -290,7 +292,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
     rand::rng().fill_bytes(&mut random);
     let mut ctx = Ctx {
         http: client(4)?,
-        load_client: load::load_client(args.connections)?,
+        load_client: load::load_client()?,
         clock: Clock::start(),
         token: format!("bench-{}", hex::encode(random)),
         parent: args.data_dir.clone().unwrap_or_else(server::default_parent),

@@ -3,9 +3,11 @@
 //! answer too late). It counts requests, marks which events arrived (so duplicates and losses are
 //! exact), and takes each event's latency from the send time the producer wrote into it.
 //!
-//! It must stay cheap, since it shares the cores with the server it measures: it reads two numbers
-//! out of the body with a byte search instead of parsing the JSON, records into atomics, and can
-//! run on a runtime of its own (`--receiver-threads`) or on the load generator's.
+//! It must stay cheap, since it shares the cores with the server it measures: it serves each
+//! connection in one task with the bench's own HTTP/1.1 (`wire.rs`; axum on hyper cost it 1.6
+//! times the CPU per request), reads two numbers out of the body with a byte search instead of parsing the JSON,
+//! records into atomics, and can run on a runtime of its own (`--receiver-threads`) or on the load
+//! generator's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,14 +15,12 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::measure::{Clock, Histogram, Seen, Span};
+use super::wire::Connection;
 
 /// How one webhook's endpoint answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,10 +212,7 @@ impl Receiver {
             }
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = Router::new()
-            .fallback(receive)
-            .with_state(endpoints.clone());
-        let serve = serve_until(listener, app, stopped, "receiver");
+        let serve = serve_until(listener, endpoints.clone(), stopped);
         let task = match &runtime {
             Some(rt) => rt.spawn(serve),
             None => tokio::spawn(serve),
@@ -262,44 +259,84 @@ impl Drop for Receiver {
     }
 }
 
-/// Serves `app` until `stopped` fires (or the sender is dropped); a failure is printed, naming
-/// `what` stopped, since nobody awaits the task's result.
-pub(super) async fn serve_until(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    stopped: oneshot::Receiver<()>,
-    what: &'static str,
+/// Serves the endpoints until `stopped` fires (or its sender is dropped), then cuts every
+/// connection still open: Herald keeps its idle ones, and a slow endpoint's request may be held.
+async fn serve_until(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+    mut stopped: oneshot::Receiver<()>,
 ) {
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await;
-    if let Err(e) = served {
-        eprintln!("the {what} stopped: {e}");
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, endpoints.clone()));
+                }
+                // Out of file descriptors, or a connection reset before it was taken: the next
+                // accept may work, so wait a moment rather than spin or stop.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
 }
 
-async fn receive(State(endpoints): State<Arc<Endpoints>>, uri: Uri, body: Bytes) -> StatusCode {
-    let now = endpoints.clock.now_us();
-    let Some(endpoint) = endpoint_index(uri.path()).and_then(|i| endpoints.list.get(i)) else {
-        return StatusCode::NOT_FOUND;
-    };
-    endpoint.requests.fetch_add(1, Ordering::Relaxed);
-    let event = endpoint.attempt(&body);
-    match endpoint.behaviour.load(Ordering::Relaxed) {
-        0 => {
-            if let Some((seq, sent)) = event {
-                endpoint.accept(seq, sent, now);
+/// Answers one connection's requests in turn until the client closes it.
+async fn serve_connection(stream: TcpStream, endpoints: Arc<Endpoints>) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection::new(stream);
+    loop {
+        let request = match conn.read_request().await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(_) => {
+                let _ = conn.send(answer(400), b"").await;
+                return;
             }
-            StatusCode::OK
+        };
+        let status = endpoints.receive(&request.path, &request.body).await;
+        if conn.send(answer(status), b"").await.is_err() || request.close {
+            return;
         }
-        1 => StatusCode::INTERNAL_SERVER_ERROR,
-        2 => StatusCode::SERVICE_UNAVAILABLE,
-        _ => {
-            // Herald has given up by the time this answers; it is not a delivery.
-            tokio::time::sleep(endpoint.slow).await;
-            StatusCode::OK
+    }
+}
+
+/// The whole answer with `status` and no body.
+fn answer(status: u16) -> &'static [u8] {
+    match status {
+        200 => b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        404 => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        500 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+        503 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+        _ => b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    }
+}
+
+impl Endpoints {
+    /// Takes one delivery to `path`; the status to answer.
+    async fn receive(&self, path: &str, body: &[u8]) -> u16 {
+        let now = self.clock.now_us();
+        let Some(endpoint) = endpoint_index(path).and_then(|i| self.list.get(i)) else {
+            return 404;
+        };
+        endpoint.requests.fetch_add(1, Ordering::Relaxed);
+        let event = endpoint.attempt(body);
+        match endpoint.behaviour.load(Ordering::Relaxed) {
+            0 => {
+                if let Some((seq, sent)) = event {
+                    endpoint.accept(seq, sent, now);
+                }
+                200
+            }
+            1 => 500,
+            2 => 503,
+            _ => {
+                // Herald has given up by the time this answers; it is not a delivery.
+                tokio::time::sleep(endpoint.slow).await;
+                200
+            }
         }
     }
 }
@@ -308,7 +345,7 @@ async fn receive(State(endpoints): State<Arc<Endpoints>>, uri: Uri, body: Bytes)
 /// Herald opens up to `--endpoint-concurrency` connections per webhook at once (640 in `fanout`);
 /// past std's queue of 128 the kernel dropped their SYNs, each sent again only a second later,
 /// which was the one-second maximum latency of `fanout`, `slow-endpoint` and `failing-endpoint`.
-fn loopback_listener() -> std::io::Result<tokio::net::TcpListener> {
+fn loopback_listener() -> std::io::Result<TcpListener> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     socket.listen(4096)
@@ -320,7 +357,7 @@ fn endpoint_index(path: &str) -> Option<usize> {
 
 /// The unsigned integer that follows `key` in `body` (spaces allowed in between).
 fn number_after(body: &[u8], key: &[u8]) -> Option<u64> {
-    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(body, key)? + key.len();
     let rest = &body[at..];
     let start = rest.iter().position(|b| *b != b' ')?;
     let digits = rest[start..]

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::Ctx;
 use super::load::Producer;
-use super::receiver::{Behaviour, Receiver, serve_until};
+use super::receiver::{Behaviour, Receiver};
 use super::report::{Outcome, thousands};
 use super::scenarios::{Finished, measure, push_and_wait};
 
@@ -188,4 +188,22 @@ pub(super) async fn relay_scenario(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         ctx.args.connections
     ));
     Ok(o)
+}
+
+/// Serves `app` until `stopped` fires (or the sender is dropped); a failure is printed, naming
+/// `what` stopped, since nobody awaits the task's result.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stopped: oneshot::Receiver<()>,
+    what: &'static str,
+) {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await;
+    if let Err(e) = served {
+        eprintln!("the {what} stopped: {e}");
+    }
 }
