@@ -241,8 +241,8 @@ impl Receiver {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            // Graceful shutdown waits for open keep-alive connections; Herald keeps its pool
-            // open, so give it a moment and then cut.
+            // The serving task cuts its connections as it ends; bounded in case its runtime is
+            // too busy to run it at once.
             let _ = tokio::time::timeout(Duration::from_millis(200), task).await;
         }
         if let Some(rt) = self.runtime.take() {
