@@ -42,6 +42,7 @@ pub struct LoadClient {
     tls: TlsConnector,
 }
 
+/// The producers' client, with its TLS set up once for every scenario.
 pub fn load_client() -> anyhow::Result<LoadClient> {
     let config = ClientConfig::builder()
         .try_with_platform_verifier()

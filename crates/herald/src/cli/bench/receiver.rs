@@ -5,9 +5,9 @@
 //!
 //! It must stay cheap, since it shares the cores with the server it measures: it serves each
 //! connection in one task with the bench's own HTTP/1.1 (`wire.rs`; axum on hyper cost it 1.6
-//! times the CPU per request), reads two numbers out of the body with a byte search instead of parsing the JSON,
-//! records into atomics, and can run on a runtime of its own (`--receiver-threads`) or on the load
-//! generator's.
+//! times the CPU per request), reads two numbers out of the body with a byte search instead of
+//! parsing the JSON, records into atomics, and can run on a runtime of its own
+//! (`--receiver-threads`) or on the load generator's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -374,6 +374,41 @@ fn number_after(body: &[u8], key: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Posts an event of the bench's to `path` on `conn`; the answer's status.
+    async fn post(conn: &mut Connection<TcpStream>, path: &str) -> u16 {
+        let body = br#"{"data":{"bench_seq":3,"bench_t":1}}"#;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.send(head.as_bytes(), body).await.unwrap();
+        conn.read_response().await.unwrap().status
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_answers_as_told_on_one_kept_connection() {
+        let behaviours = [Behaviour::Accept, Behaviour::Fail];
+        let receiver = Receiver::start(Clock::start(), &behaviours, 10, 0)
+            .await
+            .unwrap();
+        let stream = TcpStream::connect(receiver.addr).await.unwrap();
+        let mut conn = Connection::new(stream);
+        assert_eq!(post(&mut conn, "/h/0").await, 200);
+        assert_eq!(post(&mut conn, "/h/1").await, 500);
+        assert_eq!(post(&mut conn, "/h/7").await, 404);
+        assert_eq!(post(&mut conn, "/h/0").await, 200);
+        let accepted = receiver.endpoints().get(0);
+        assert_eq!((accepted.requests(), accepted.delivered()), (2, 1));
+        assert_eq!(accepted.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(receiver.endpoints().get(1).first_attempts(), 1);
+
+        let mut garbage = Connection::new(TcpStream::connect(receiver.addr).await.unwrap());
+        garbage.send(b"not http\r\n\r\n", b"").await.unwrap();
+        let refused = garbage.read_response().await.unwrap();
+        assert_eq!((refused.status, refused.close), (400, true));
+        receiver.stop().await;
+    }
 
     #[test]
     fn reads_the_benchmark_fields_from_a_delivered_body() {
