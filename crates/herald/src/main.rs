@@ -1,12 +1,10 @@
-use clap::Parser;
-
 /// mimalloc rather than glibc's malloc: the server allocates small buffers on every request, and
 /// glibc's allocator spent about a fifth of the CPU of a loaded server (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = herald::cli::Cli::parse();
+    let cli = herald::cli::Cli::parse_or_exit();
     match herald::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -17,7 +17,10 @@ mod client;
 mod listen;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{MigrateSettings, Settings};
 
@@ -31,6 +34,80 @@ use crate::config::{MigrateSettings, Settings};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line and the environment, or exits with clap's message. A value
+    /// refused from a `HERALD_…` variable is said to come from it: clap names only the flag,
+    /// which someone who set the variable never typed.
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(mut e) => {
+                if let Some(var) = refused_from_environment(&e, std::env::args_os()) {
+                    let tip = format!(
+                        "the value came from the environment variable {var}: correct it, or \
+                         unset it for the default"
+                    );
+                    e.insert(
+                        ContextKind::Suggested,
+                        ContextValue::StyledStrs(vec![tip.into()]),
+                    );
+                }
+                e.exit()
+            }
+        }
+    }
+}
+
+/// The environment variable a refused value came from: the refused flag reads one, the
+/// variable holds that value, and `args` (the command line) does not give the flag.
+fn refused_from_environment(
+    e: &clap::Error,
+    args: impl IntoIterator<Item = OsString>,
+) -> Option<String> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let (Some(ContextValue::String(flag)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let long = flag.split_whitespace().next()?.strip_prefix("--")?;
+    let given = args.into_iter().any(|arg| {
+        arg.to_str().is_some_and(|arg| {
+            arg.strip_prefix("--")
+                .and_then(|arg| arg.strip_prefix(long))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        })
+    });
+    if given {
+        return None;
+    }
+    let mut variables = Vec::new();
+    environment_variables_of(&Cli::command(), long, &mut variables);
+    variables
+        .into_iter()
+        .find(|var| std::env::var_os(var).is_some_and(|set| set == value.as_str()))
+}
+
+/// The environment variables that `--long` reads, in `command` and its subcommands.
+fn environment_variables_of(command: &clap::Command, long: &str, found: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        if arg.get_long() == Some(long)
+            && let Some(var) = arg.get_env()
+        {
+            found.push(var.to_string_lossy().into_owned());
+        }
+    }
+    for sub in command.get_subcommands() {
+        environment_variables_of(sub, long, found);
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -409,6 +409,27 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
         "{stderr}"
     );
 
+    // A value clap refuses is traced to the variable it came from, not only to the flag.
+    let out = herald_migrate(
+        &["--data-dir", data_arg],
+        &[("HERALD_DATABASE_POOL_SIZE", "many")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("came from the environment variable HERALD_DATABASE_POOL_SIZE"),
+        "{stderr}"
+    );
+    // Given on the command line too, the value is the flag's: no word of the variable.
+    let out = herald_migrate(
+        &["--data-dir", data_arg, "--database-pool-size=many"],
+        &[("HERALD_DATABASE_POOL_SIZE", "many")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("'many'"), "{stderr}");
+    assert!(!stderr.contains("environment variable"), "{stderr}");
+
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
     let out = herald_migrate(&["--data-dir", file.to_str().unwrap()], &[]);
