@@ -4,17 +4,21 @@
 //! client could hold a connection by sending its headers a byte at a time, and every
 //! connection kept a read buffer grown by its largest request (about half a MiB after a 1 MB
 //! batch). Here each connection has a deadline for its request headers, which also closes a
-//! keep-alive connection left idle that long, and a bounded read buffer.
+//! keep-alive connection left idle that long, and a bounded read buffer. Every request carries
+//! its connection's peer address (`ConnectInfo`), for the lines that must say who asked.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 /// The most a connection buffers of what it reads. Larger bodies are read through it in
 /// pieces; a request's headers must fit in it.
@@ -45,9 +49,9 @@ pub async fn serve(
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     if !is_connection_error(&e) {
                         // Out of file descriptors, say: accepting again at once would spin.
@@ -64,7 +68,12 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
         }
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req
+            },
+        ));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         let mut cut = cut_rx.clone();

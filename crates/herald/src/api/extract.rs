@@ -3,11 +3,12 @@
 //! (`admission.rs`): within their deadline (`408`), size (`413`) and media type (`415`), and
 //! refused with `503` when the budget has no room in time.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use http_body_util::BodyExt;
@@ -17,7 +18,9 @@ use super::admission::{Admitted, BodyBudget, TenantRoom};
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::service::Scope;
+use crate::service::auth::API_KEY_PREFIX;
 use herald_core::org::KeyRole;
+use herald_core::throttle::Throttle;
 
 /// The authenticated caller's scope, from `Authorization: Bearer <token>`.
 pub struct Caller(pub Scope);
@@ -54,13 +57,48 @@ impl FromRequestParts<AppState> for Caller {
                 }
                 Ok(Caller(scope))
             }
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the bearer token is not valid (neither the admin token nor a current API key)",
-            )),
+            None => {
+                log_refused_token(parts, token);
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the bearer token is not valid (neither the admin token nor a current API key)",
+                ))
+            }
         }
     }
+}
+
+/// Says who sent a token that is not valid: a producer still using a deleted key, or someone
+/// guessing. At most one line per 10 s, with how many were refused meanwhile. Of the token
+/// only an API key's prefix (`hk_` and six characters, as the key list shows it, which cannot
+/// be used) is logged.
+fn log_refused_token(parts: &Parts, token: &str) {
+    static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
+    let Some(held_back) = REFUSED.admit() else {
+        return;
+    };
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_string());
+    let forwarded_for = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let key_prefix = token
+        .starts_with(API_KEY_PREFIX)
+        .then(|| token.get(..API_KEY_PREFIX.len() + 6))
+        .flatten();
+    tracing::warn!(
+        client = client.as_deref().unwrap_or("unknown"),
+        forwarded_for,
+        key_prefix,
+        method = %parts.method,
+        path = parts.uri.path(),
+        refused_since_last_line = held_back,
+        "refused a bearer token that is neither the admin token nor a current API key"
+    );
 }
 
 /// What a producer's key may do: post its organization's events, read its event types and

@@ -478,3 +478,47 @@ async fn the_data_directory_is_private_to_heralds_user() {
     );
     assert_eq!(mode(&shared), 0o755);
 }
+
+/// A token that is neither the admin token nor a current key is logged with the client's
+/// address, once per 10 s whatever the number of tries, and nothing of the token but an API
+/// key's public prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_are_logged_with_who_sent_them_and_not_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::crash::Server::start_with(dir.path(), &[]).await;
+    let http = crate::helpers::http_client();
+    let deleted_key = format!("hk_0a1b2c{}", "d".repeat(58));
+    for _ in 0..5 {
+        let resp = http
+            .get(format!("{}/v1/orgs", server.base))
+            .bearer_auth(&deleted_key)
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = http
+        .get(format!("{}/v1/orgs", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.log.lock().unwrap().clone();
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("refused a bearer token"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log:#?}");
+    let line = refused[0];
+    for expected in [
+        "client=\"127.0.0.1\"",
+        "forwarded_for=\"203.0.113.9\"",
+        "key_prefix=\"hk_0a1b2c\"",
+        "path=\"/v1/orgs\"",
+    ] {
+        assert!(line.contains(expected), "{expected} in {line}");
+    }
+    assert!(!log.iter().any(|l| l.contains("dddddd")), "{log:#?}");
+}
