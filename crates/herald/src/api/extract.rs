@@ -82,10 +82,13 @@ fn log_refused_token(parts: &Parts, token: &str) {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip().to_string());
+    // As sent, so not to be trusted, and cut to a length a log line can carry (visible ASCII,
+    // so any byte is a boundary).
     let forwarded_for = parts
         .headers
         .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.get(..200).unwrap_or(v));
     let key_prefix = token
         .starts_with(API_KEY_PREFIX)
         .then(|| token.get(..API_KEY_PREFIX.len() + 6))
