@@ -102,6 +102,24 @@ pub async fn serve(
     drop(cut_tx);
 }
 
+/// Who sent a request, for a log line: its connection's peer address (`unknown` where it was
+/// served another way, as in tests), and `X-Forwarded-For` as sent (so not to be trusted; cut
+/// to 200 characters, visible ASCII, so any byte is a boundary).
+pub fn client_of<'a>(
+    extensions: &axum::http::Extensions,
+    headers: &'a axum::http::HeaderMap,
+) -> (String, Option<&'a str>) {
+    let address = extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(
+        || "unknown".to_owned(),
+        |ConnectInfo(peer)| peer.ip().to_string(),
+    );
+    let forwarded_for = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.get(..200).unwrap_or(v));
+    (address, forwarded_for)
+}
+
 /// Errors that concern only the connection being accepted (it was reset before it was taken).
 fn is_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};

@@ -3,12 +3,11 @@
 //! (`admission.rs`): within their deadline (`408`), size (`413`) and media type (`415`), and
 //! refused with `503` when the budget has no room in time.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use http_body_util::BodyExt;
@@ -78,23 +77,13 @@ fn log_refused_token(parts: &Parts, token: &str) {
     let Some(held_back) = REFUSED.admit() else {
         return;
     };
-    let client = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip().to_string());
-    // As sent, so not to be trusted, and cut to a length a log line can carry (visible ASCII,
-    // so any byte is a boundary).
-    let forwarded_for = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.get(..200).unwrap_or(v));
+    let (client, forwarded_for) = crate::http_server::client_of(&parts.extensions, &parts.headers);
     let key_prefix = token
         .starts_with(API_KEY_PREFIX)
         .then(|| token.get(..API_KEY_PREFIX.len() + 6))
         .flatten();
     tracing::warn!(
-        client = client.as_deref().unwrap_or("unknown"),
+        client,
         forwarded_for,
         key_prefix,
         method = %parts.method,

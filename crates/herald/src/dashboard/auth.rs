@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::service::Scope;
 use crate::service::auth::TokenDigest;
 use herald_core::org::KeyRole;
+use herald_core::throttle::Throttle;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -117,6 +118,7 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
 
 async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
+    let (client, forwarded_for) = crate::http_server::client_of(request.extensions(), &headers);
     if !posted_from_here(&headers) {
         return (
             StatusCode::FORBIDDEN,
@@ -134,7 +136,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let scope = match state.auth.resolve(&token).await {
         Ok(Some((scope, KeyRole::Manager))) if !token.is_empty() => scope,
         Ok(Some((Scope::Org(org), KeyRole::Producer))) => {
-            tracing::warn!(org = %org, "dashboard sign-in refused: a producer's API key");
+            tracing::warn!(org = %org, client, forwarded_for, "dashboard sign-in refused: a producer's API key");
             return refused(
                 StatusCode::FORBIDDEN,
                 next,
@@ -142,7 +144,16 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
             );
         }
         Ok(_) => {
-            tracing::warn!("dashboard sign-in refused: the token is not valid");
+            // One line per 10 s at most: a script guessing tokens would otherwise fill the log.
+            static REFUSED: Throttle = Throttle::new(std::time::Duration::from_secs(10));
+            if let Some(held_back) = REFUSED.admit() {
+                tracing::warn!(
+                    client,
+                    forwarded_for,
+                    refused_since_last_line = held_back,
+                    "dashboard sign-in refused: the token is not valid"
+                );
+            }
             return refused(
                 StatusCode::UNAUTHORIZED,
                 next,
@@ -152,8 +163,16 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         Err(e) => return super::error::DashError::from(e).into_response(),
     };
     match &scope {
-        Scope::Admin => tracing::info!("signed in to the dashboard with the admin token"),
-        Scope::Org(org) => tracing::info!(org = %org, "signed in to the dashboard with an API key"),
+        Scope::Admin => {
+            tracing::info!(
+                client,
+                forwarded_for,
+                "signed in to the dashboard with the admin token"
+            );
+        }
+        Scope::Org(org) => {
+            tracing::info!(org = %org, client, forwarded_for, "signed in to the dashboard with an API key");
+        }
     }
     let id = state
         .sessions

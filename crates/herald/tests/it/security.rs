@@ -521,4 +521,29 @@ async fn refused_tokens_are_logged_with_who_sent_them_and_not_the_token() {
         assert!(line.contains(expected), "{expected} in {line}");
     }
     assert!(!log.iter().any(|l| l.contains("dddddd")), "{log:#?}");
+
+    // The dashboard's sign-in form says who tried too, once per 10 s.
+    for _ in 0..3 {
+        let resp = http
+            .post(format!("{}/login", server.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={deleted_key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.log.lock().unwrap().clone();
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("dashboard sign-in refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log:#?}");
+    assert!(
+        refused[0].contains("client=\"127.0.0.1\""),
+        "{}",
+        refused[0]
+    );
+    assert!(!log.iter().any(|l| l.contains("dddddd")), "{log:#?}");
 }
