@@ -6,6 +6,9 @@
 //! so the test puts a TCP proxy it controls between Herald and PostgreSQL and cuts that: every
 //! connection through it closes and new ones are refused, which is what Herald sees when the
 //! server or the network goes away. Skipped (with a notice) without `HERALD_TEST_DATABASE_URL`.
+//!
+//! The embedded database's disk filling up is tested on a small tmpfs mounted for the test
+//! (which needs root, as CI runs; skipped with a notice otherwise).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -402,4 +405,178 @@ async fn attempts_pause_while_the_database_is_away_and_none_is_sent_again() {
             && log.contains("the database stores attempt outcomes again"),
         "the pause and the resumption are each said once"
     );
+}
+
+/// A file system of `MiB` megabytes of memory (tmpfs) mounted for one test, unmounted when
+/// dropped. Mounting needs root (as CI and the development machines run); elsewhere `mount`
+/// returns `None`.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        mounted.success().then(|| Self {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+
+    /// Writes a file until the disk has no room left; the file is returned, to remove.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A disk that fills up: posts are answered `503` saying to send again with the same ids,
+/// `/readyz` says the disk may be full, the log says so once (not once per request), and once
+/// room is made new events are taken and every acknowledged one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() {
+    let Some(disk) = SmallDisk::mount(48) else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let rx = crate::helpers::TestReceiver::start().await;
+    let server = Server::start_with(&disk.path.join("data"), &[]).await;
+    let http = http_client();
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{}{path}", server.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let org: serde_json::Value = post("/v1/orgs".into(), json!({ "name": "Acme" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org = org["id"].as_str().unwrap().to_owned();
+    let hook = post(
+        format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "sink", "url": rx.url("/sink") }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hook.status(), StatusCode::CREATED);
+
+    // Events stored before the disk fills, some of them still being delivered when it does.
+    rx.answer_by_default(crate::helpers::Reply::status(200).after(Duration::from_millis(5)));
+    let mut answers = Answers::default();
+    for i in 0..10 {
+        let events: Vec<_> = (0..20)
+            .map(|j| format!("before{i}-{j}"))
+            .map(|id| json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } }))
+            .collect();
+        let resp = post(format!("/v1/orgs/{org}/events"), json!(events))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        answers
+            .accepted
+            .extend((0..20).map(|j| format!("before{i}-{j}")));
+    }
+
+    let filler = disk.fill();
+    for i in 0..3000 {
+        let ids: Vec<String> = (0..20).map(|j| format!("e{i}-{j}")).collect();
+        let events: Vec<_> = ids
+            .iter()
+            .map(|id| json!({ "type": "user.created", "id": id, "data": { "user": { "id": id }, "pad": "x".repeat(500) } }))
+            .collect();
+        let resp = post(format!("/v1/orgs/{org}/events"), json!(events))
+            .await
+            .unwrap();
+        match resp.status() {
+            StatusCode::ACCEPTED => answers.accepted.extend(ids),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                answers.unavailable += 1;
+                let text = resp.text().await.unwrap();
+                if text.contains("send them again") && text.contains("same id") {
+                    answers.saying_same_id += 1;
+                }
+                if answers.unavailable == 20 {
+                    break;
+                }
+            }
+            other => answers
+                .other
+                .push(format!("{other}: {}", resp.text().await.unwrap())),
+        }
+    }
+    assert!(answers.other.is_empty(), "{:?}", answers.other);
+    assert_eq!(answers.unavailable, 20, "the disk never filled up");
+    assert_eq!(answers.saying_same_id, 20);
+    let ready = http
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("disk is full"));
+    let said = |what: &str| {
+        let log = server.log.lock().unwrap();
+        log.iter().filter(|line| line.contains(what)).count()
+    };
+    assert_eq!(said("a group commit failed"), 1, "one line for 20 failures");
+    assert_eq!(said("answering 503"), 1, "one line for 20 answers");
+    assert!(said("not storing attempt outcomes") <= 1);
+
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let event =
+            json!({ "type": "user.created", "id": "after", "data": { "user": { "id": "after" } } });
+        let resp = post(format!("/v1/orgs/{org}/events"), event).await.unwrap();
+        if resp.status() == StatusCode::ACCEPTED {
+            answers.accepted.insert("after".into());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused once room was made"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: HashSet<String> = rx
+            .received_on("/sink")
+            .iter()
+            .map(|r| r.json()["data"]["user"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        let missing = answers.accepted.difference(&delivered).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged events were never delivered",
+            answers.accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
