@@ -541,6 +541,13 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
         let log = server.log.lock().unwrap();
         log.iter().filter(|line| line.contains(what)).count()
     };
+    // The log is read from the process's stderr as it comes: give the lines a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (said("a group commit failed") == 0 || said("answering 503") == 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(said("a group commit failed"), 1, "one line for 20 failures");
     assert_eq!(said("answering 503"), 1, "one line for 20 answers");
     assert!(said("not storing attempt outcomes") <= 1);

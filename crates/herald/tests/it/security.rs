@@ -479,6 +479,19 @@ async fn the_data_directory_is_private_to_heralds_user() {
     assert_eq!(mode(&shared), 0o755);
 }
 
+/// The server's log once a line containing `what` is in it (up to 10 s), and a moment more for
+/// any line that should not follow.
+async fn logged(server: &crate::crash::Server, what: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.log.lock().unwrap().iter().any(|l| l.contains(what))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.log.lock().unwrap().clone()
+}
+
 /// A token that is neither the admin token nor a current key is logged with the client's
 /// address, once per 10 s whatever the number of tries, and nothing of the token but an API
 /// key's public prefix.
@@ -504,8 +517,7 @@ async fn refused_tokens_are_logged_with_who_sent_them_and_not_the_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = server.log.lock().unwrap().clone();
+    let log = logged(&server, "refused a bearer token").await;
     let refused: Vec<&String> = log
         .iter()
         .filter(|line| line.contains("refused a bearer token"))
@@ -533,8 +545,7 @@ async fn refused_tokens_are_logged_with_who_sent_them_and_not_the_token() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = server.log.lock().unwrap().clone();
+    let log = logged(&server, "dashboard sign-in refused").await;
     let refused: Vec<&String> = log
         .iter()
         .filter(|line| line.contains("dashboard sign-in refused"))
