@@ -1117,6 +1117,45 @@ mod tests {
         assert_eq!(client.targets.idle.get(), 0);
     }
 
+    /// A full pool does not stay with the origins that filled it: one holding less than its
+    /// share keeps its connection, and one holding more gives up its excess at its next
+    /// request.
+    #[tokio::test]
+    async fn a_full_pool_is_shared_between_origins() {
+        let client =
+            HttpClient::keeping_idle(AddressPolicy::parse(&["127.0.0.0/8".into()]).unwrap(), 4)
+                .unwrap();
+        let (busy, _) = keep_alive_server(false).await;
+        let send = || client.send(&busy, request("{}"), &[], Duration::from_secs(5));
+        let (a, b, c, d) = tokio::join!(send(), send(), send(), send());
+        for outcome in [a, b, c, d] {
+            assert!(outcome.is_success(), "{outcome:?}");
+        }
+        assert_eq!(
+            origin_of(&client, &busy).idle(),
+            4,
+            "the busy origin filled the pool"
+        );
+
+        let (quiet, _) = keep_alive_server(false).await;
+        let outcome = client
+            .send(&quiet, request("{}"), &[], Duration::from_secs(5))
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert_eq!(
+            origin_of(&client, &quiet).idle(),
+            1,
+            "kept: under its share of two"
+        );
+
+        let outcome = client
+            .send(&busy, request("{}"), &[], Duration::from_secs(5))
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert_eq!(origin_of(&client, &busy).idle(), 2, "down to its share");
+        assert_eq!(client.targets.idle.get(), 3);
+    }
+
     #[tokio::test]
     async fn idle_connections_are_closed_once_they_have_waited_too_long() {
         let (url, connections) = keep_alive_server(false).await;

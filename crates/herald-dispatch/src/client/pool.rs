@@ -46,6 +46,8 @@ pub(super) const MAX_IDLE_TOTAL: usize = 1024;
 /// How many idle connections a client keeps across its origins, and how many it may.
 pub(super) struct IdleCount {
     kept: AtomicUsize,
+    /// Origins holding at least one idle connection.
+    origins: AtomicUsize,
     cap: usize,
 }
 
@@ -59,6 +61,7 @@ impl IdleCount {
     pub(super) fn capped(cap: usize) -> Self {
         Self {
             kept: AtomicUsize::new(0),
+            origins: AtomicUsize::new(0),
             cap,
         }
     }
@@ -69,6 +72,19 @@ impl IdleCount {
         } else {
             self.kept.fetch_sub(before - after, Ordering::Relaxed);
         }
+        if before == 0 && after > 0 {
+            self.origins.fetch_add(1, Ordering::Relaxed);
+        } else if before > 0 && after == 0 {
+            self.origins.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An origin's fair share of the cap: the cap divided between the origins holding idle
+    /// connections (`holding` says whether the asking one is among them already). 0 once there
+    /// are more origins than the cap allows connections.
+    fn share(&self, holding: bool) -> usize {
+        let origins = self.origins.load(Ordering::Relaxed) + usize::from(!holding);
+        self.cap / origins.max(1)
     }
 
     /// Idle connections kept now, across origins.
@@ -138,9 +154,21 @@ impl Origin {
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
-        // Past the client's total, the connection closes (dropped) rather than wait here.
+        // Past the client's total, the connection closes (dropped) rather than wait here,
+        // unless this origin holds less than its share: then it is kept, a little over the
+        // total for as long as origins holding more than theirs take to give up their excess
+        // (here, at their next request, or once they have waited too long). Without that, a few busy origins
+        // held every idle place in a fan-out to a thousand, and the rest opened a new
+        // connection for nearly every request (BENCHMARKS.md).
+        let share = self.total.share(before > 0);
         let elsewhere = self.total.get().saturating_sub(before);
-        if elsewhere + idle.len() < self.total.cap {
+        let full = elsewhere + idle.len() >= self.total.cap;
+        if full && share > 0 && idle.len() >= share {
+            // Over its share of a full pool: down to it, this connection included.
+            let excess = idle.len() + 1 - share;
+            idle.drain(..excess);
+        }
+        if !full || idle.len() < share {
             idle.push(Idle {
                 connection,
                 since: now,
