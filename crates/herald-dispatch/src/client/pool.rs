@@ -157,9 +157,9 @@ impl Origin {
         // Past the client's total, the connection closes (dropped) rather than wait here,
         // unless this origin holds less than its share: then it is kept, a little over the
         // total for as long as origins holding more than theirs take to give up their excess
-        // (here, at their next request, or once they have waited too long). Without that, a few busy origins
-        // held every idle place in a fan-out to a thousand, and the rest opened a new
-        // connection for nearly every request (BENCHMARKS.md).
+        // (here, at their next request, or once they have waited too long). Without that, a
+        // few busy origins held every idle place in a fan-out to a thousand, and the rest
+        // opened a new connection for most requests (BENCHMARKS.md).
         let share = self.total.share(before > 0);
         let elsewhere = self.total.get().saturating_sub(before);
         let full = elsewhere + idle.len() >= self.total.cap;
