@@ -72,6 +72,61 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Creates an organization with one webhook, `sink`, delivering to `rx`'s `/sink`; answers
+    /// the organization's id.
+    pub(crate) async fn org_with_sink(&self, rx: &TestReceiver) -> String {
+        let http = http_client();
+        let org: serde_json::Value = http
+            .post(format!("{}/v1/orgs", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "name": "Acme" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let org = org["id"].as_str().unwrap().to_owned();
+        let resp = http
+            .post(format!("{}/v1/orgs/{org}/webhooks", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "name": "sink", "url": rx.url("/sink") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        org
+    }
+}
+
+/// Waits until every event of `acked` (by its `data.user.id`) reached `rx`'s `/sink`, failing
+/// after `within`.
+pub(crate) async fn wait_until_delivered(
+    rx: &TestReceiver,
+    acked: &HashSet<String>,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let delivered: HashSet<String> = rx
+            .received_on("/sink")
+            .iter()
+            .map(|r| r.json()["data"]["user"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        let missing = acked.difference(&delivered).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} acknowledged events were never delivered",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_is_delivered_after_a_sigkill() {
     let rx = TestReceiver::start().await;
@@ -99,28 +154,7 @@ async fn every_acknowledged_event_arrives_after_a_sigkill(
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let mut server = Server::start_with(dir.path(), env).await;
-
-    let post = |base: &str, path: &str, body: serde_json::Value| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-    };
-    let org: serde_json::Value = post(&server.base, "/v1/orgs", json!({ "name": "Acme" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap().to_owned();
-    let resp = post(
-        &server.base,
-        &format!("/v1/orgs/{org}/webhooks"),
-        json!({ "name": "sink", "url": rx.url("/sink") }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let org = server.org_with_sink(rx).await;
 
     // Eight producers post as fast as they can until the server dies under them.
     let acked = Arc::new(Mutex::new(HashSet::new()));
@@ -166,24 +200,7 @@ async fn every_acknowledged_event_arrives_after_a_sigkill(
     );
 
     let _restarted = Server::start_with(dir.path(), env).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: HashSet<String> = rx
-            .received_on("/sink")
-            .iter()
-            .map(|r| r.json()["data"]["user"]["id"].as_str().unwrap().to_owned())
-            .collect();
-        let missing = acked.difference(&delivered).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing} of {} acknowledged events were never delivered",
-            acked.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_delivered(rx, &acked, Duration::from_secs(60)).await;
 }
 
 /// Sends the process `pid` the signal `name` (`HUP`, `TERM`).
@@ -588,25 +605,7 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
     let server = Server::start(dir.path()).await;
     std::fs::write(dir.path().join("admin-token"), "hadm_generated-earlier\n").unwrap();
     let http = http_client();
-    let org: serde_json::Value = http
-        .post(format!("{}/v1/orgs", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "Acme" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap().to_owned();
-    let resp = http
-        .post(format!("{}/v1/orgs/{org}/webhooks", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "sink", "url": rx.url("/sink") }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let org = server.org_with_sink(&rx).await;
 
     // Producers post batches until told to stop; the backup runs in the middle.
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));

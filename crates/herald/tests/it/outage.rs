@@ -461,6 +461,7 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
     };
     let rx = crate::helpers::TestReceiver::start().await;
     let server = Server::start_with(&disk.path.join("data"), &[]).await;
+    let org = server.org_with_sink(&rx).await;
     let http = http_client();
     let post = |path: String, body: serde_json::Value| {
         http.post(format!("{}{path}", server.base))
@@ -468,20 +469,6 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
             .json(&body)
             .send()
     };
-    let org: serde_json::Value = post("/v1/orgs".into(), json!({ "name": "Acme" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap().to_owned();
-    let hook = post(
-        format!("/v1/orgs/{org}/webhooks"),
-        json!({ "name": "sink", "url": rx.url("/sink") }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(hook.status(), StatusCode::CREATED);
 
     // Events stored before the disk fills, some of them still being delivered when it does.
     rx.answer_by_default(crate::helpers::Reply::status(200).after(Duration::from_millis(5)));
@@ -568,22 +555,5 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: HashSet<String> = rx
-            .received_on("/sink")
-            .iter()
-            .map(|r| r.json()["data"]["user"]["id"].as_str().unwrap().to_owned())
-            .collect();
-        let missing = answers.accepted.difference(&delivered).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} acknowledged events were never delivered",
-            answers.accepted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::crash::wait_until_delivered(&rx, &answers.accepted, Duration::from_secs(60)).await;
 }
