@@ -210,10 +210,16 @@ impl Dispatcher {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let outcome = shared
-            .client
-            .send(webhook.url.as_str(), request, &headers, timeout)
-            .await;
+        // Boxed, and so freed once the endpoint answered: the exchange's future is four fifths
+        // of this one's size, which an attempt would otherwise keep while its outcome waits for
+        // the database (thousands of them, when the writer is behind).
+        let outcome = Box::pin(shared.client.send(
+            webhook.url.as_str(),
+            request,
+            &headers,
+            timeout,
+        ))
+        .await;
         if let Some(AttemptError::Local(why)) = &outcome.error {
             drop((slot, ticket));
             return self.put_off_unsent(batch, why).await;

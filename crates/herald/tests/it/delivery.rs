@@ -301,6 +301,63 @@ async fn a_hanging_endpoint_does_not_delay_other_webhooks() {
     );
 }
 
+/// A webhook whose endpoint keeps up goes on being sent its queue while the outcomes of its
+/// attempts wait for the database (behind a large group of events, or a slow disk), up to the
+/// node's bound on attempts under way: a bound of eight per slot (512) held `herald bench`'s
+/// `batch` to about 20,000 deliveries/s while events were still arriving. Once the database
+/// writes again every outcome is stored, and none was sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_go_on_while_their_outcomes_wait_for_the_database() {
+    const EVENTS: usize = 2_000;
+    let app = TestApp::spawn().await;
+    let receiver = TestReceiver::start().await;
+    // The first wave is held until the database is locked below.
+    receiver.script((0..16).map(|_| Reply::status(200).after(Duration::from_secs(2))));
+    receiver.answer_by_default(Reply::status(200));
+    let org = app.create_org("Acme").await;
+    app.create_webhook(&org, &receiver.url("/sink"), json!({}))
+        .await;
+    for round in 0..EVENTS / 100 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| user_created(&format!("u{round}-{i}")))
+            .collect();
+        app.send_event(&org, json!(batch)).await;
+    }
+    // Another connection holds the write lock: no outcome is stored until it lets go (Herald's
+    // writer waits up to 5 s for it).
+    let lock = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut sent = 0;
+    for _ in 0..80 {
+        sent = receiver.received_on("/sink").len();
+        if sent == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.metric("herald_deliveries_succeeded_total").await, 0);
+    lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        sent, EVENTS,
+        "only {sent} of {EVENTS} deliveries were sent while their outcomes waited"
+    );
+    for _ in 0..200 {
+        if app.metric("herald_deliveries_succeeded_total").await == EVENTS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.metric("herald_deliveries_succeeded_total").await,
+        EVENTS as u64
+    );
+    assert_eq!(
+        receiver.received_on("/sink").len(),
+        EVENTS,
+        "none sent twice"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to_the_ceiling() {
     const CEILING: usize = 24;
