@@ -44,6 +44,8 @@ pub struct AppState {
     pub sessions: Arc<crate::dashboard::Sessions>,
     /// Room for the request bodies this node holds at once (`api::admission`).
     pub admission: Arc<BodyBudget>,
+    /// Each webhook's backlog as last counted for `/metrics`.
+    pub backlog: Arc<crate::metrics::BacklogCount>,
 }
 
 impl AppState {
@@ -136,6 +138,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             settings.server.max_body_bytes,
             Duration::from_millis(settings.server.admission_wait_ms),
         )),
+        backlog: Arc::default(),
         settings: Arc::new(settings),
     };
     state.dispatcher.set_operations(Arc::new(

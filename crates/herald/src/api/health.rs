@@ -98,27 +98,7 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         )
         .into_response();
     }
-    // Within a scraper's patience (Prometheus gives up after 10 s by default): a database
-    // that does not answer is reported as down rather than holding the whole scrape.
-    let read = tokio::time::timeout(METRICS_READ_WITHIN, state.store.pending_by_webhook()).await;
-    let pending = match read {
-        Ok(Ok(p)) => Some(p),
-        Ok(Err(e)) => {
-            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
-                tracing::warn!(error = %e, held_back, "could not count pending deliveries for /metrics: herald_database_up is 0");
-            }
-            None
-        }
-        Err(_) => {
-            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
-                tracing::warn!(
-                    held_back,
-                    "the database did not count pending deliveries for /metrics within 3 s: herald_database_up is 0"
-                );
-            }
-            None
-        }
-    };
+    let pending = state.backlog.get(|| count_backlog(&state)).await;
     let snapshot = crate::metrics::Snapshot {
         ingest: &state.metrics,
         dispatch: state.dispatcher.metrics(),
@@ -136,6 +116,31 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         snapshot.render(),
     )
         .into_response()
+}
+
+/// Each webhook's backlog, as the database counts it now; `None` if it cannot. Within a
+/// scraper's patience (Prometheus gives up after 10 s by default): a database that does not
+/// answer is reported as down rather than holding the whole scrape.
+async fn count_backlog(state: &AppState) -> Option<Vec<herald_core::store::PendingStat>> {
+    let read = tokio::time::timeout(METRICS_READ_WITHIN, state.store.pending_by_webhook()).await;
+    match read {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e)) => {
+            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
+                tracing::warn!(error = %e, held_back, "could not count pending deliveries for /metrics: herald_database_up is 0");
+            }
+            None
+        }
+        Err(_) => {
+            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
+                tracing::warn!(
+                    held_back,
+                    "the database did not count pending deliveries for /metrics within 3 s: herald_database_up is 0"
+                );
+            }
+            None
+        }
+    }
 }
 
 /// Whether the request carries the metrics token (compared by digest, in constant time) or
