@@ -47,9 +47,9 @@ impl Metrics {
 /// often it is asked for. A small backlog, counted in a millisecond, is counted at every scrape.
 #[derive(Default)]
 pub struct BacklogCount {
-    /// The last successful count; held while counting, so that scrapes arriving meanwhile wait
-    /// for it instead of counting again.
-    last: tokio::sync::Mutex<Option<Counted>>,
+    /// The last successful count, and when the last count failed; held while counting, so
+    /// that scrapes arriving meanwhile wait for it instead of counting again.
+    last: tokio::sync::Mutex<(Option<Counted>, Option<tokio::time::Instant>)>,
 }
 
 struct Counted {
@@ -69,15 +69,26 @@ impl BacklogCount {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Option<Vec<PendingStat>>>,
     {
+        let arrived = tokio::time::Instant::now();
         let mut last = self.last.lock().await;
-        if let Some(counted) = last.as_ref()
+        let (counted, failed_at) = &mut *last;
+        if let Some(counted) = counted.as_ref()
             && counted.at.elapsed() < counted.took * REUSE_FOR
         {
             return Some(counted.pending.clone());
         }
+        // A count that failed while this scrape waited for it (a database away or stalled, up
+        // to 3 s each) answers it too, rather than each waiting scrape trying in turn.
+        if failed_at.is_some_and(|at| at > arrived) {
+            return None;
+        }
         let started = tokio::time::Instant::now();
-        let pending = count().await?;
-        *last = Some(Counted {
+        let Some(pending) = count().await else {
+            *failed_at = Some(tokio::time::Instant::now());
+            return None;
+        };
+        *failed_at = None;
+        *counted = Some(Counted {
             at: tokio::time::Instant::now(),
             took: started.elapsed(),
             pending: pending.clone(),
@@ -322,11 +333,19 @@ mod backlog_tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_count_is_not_kept() {
+    async fn a_failed_count_answers_the_scrapes_that_waited_for_it_and_is_not_kept() {
         let backlog = BacklogCount::default();
         let runs = AtomicUsize::new(0);
-        assert_eq!(backlog.get(|| async { None }).await, None);
-        assert_eq!(backlog.get(|| slow_count(&runs)).await, Some(stat(1)));
+        let failing = || async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            runs.fetch_add(1, Ordering::SeqCst);
+            None
+        };
+        let answers = futures::future::join_all((0..5).map(|_| backlog.get(failing))).await;
+        assert!(answers.iter().all(Option::is_none));
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one count for the five");
+        // The next scrape counts again.
+        assert_eq!(backlog.get(|| slow_count(&runs)).await, Some(stat(2)));
         // A quick count (a small backlog) is not reused for long.
         let quick = BacklogCount::default();
         assert_eq!(quick.get(|| async { Some(stat(7)) }).await, Some(stat(7)));
