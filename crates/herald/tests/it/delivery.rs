@@ -323,12 +323,13 @@ async fn attempts_go_on_while_their_outcomes_wait_for_the_database() {
             .collect();
         app.send_event(&org, json!(batch)).await;
     }
-    // Another connection holds the write lock: no outcome is stored until it lets go (Herald's
-    // writer waits up to 5 s for it).
+    // Another connection holds the write lock: no outcome is stored until it lets go. Herald's
+    // writer waits up to 5 s for it from the first outcome it must write (when the first wave
+    // is answered), so the lock is held 6 s at most.
     let lock = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut sent = 0;
-    for _ in 0..80 {
+    for _ in 0..120 {
         sent = receiver.received_on("/sink").len();
         if sent == EVENTS {
             break;
