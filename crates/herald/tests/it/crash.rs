@@ -76,6 +76,12 @@ impl Server {
     /// Creates an organization with one webhook, `sink`, delivering to `rx`'s `/sink`; answers
     /// the organization's id.
     pub(crate) async fn org_with_sink(&self, rx: &TestReceiver) -> String {
+        self.org_with_webhook(&rx.url("/sink"), json!({})).await
+    }
+
+    /// Creates an organization with one webhook, `sink`, delivering to `url`, with the fields
+    /// of `extra` added to its definition; answers the organization's id.
+    pub(crate) async fn org_with_webhook(&self, url: &str, extra: serde_json::Value) -> String {
         let http = http_client();
         let org: serde_json::Value = http
             .post(format!("{}/v1/orgs", self.base))
@@ -88,10 +94,15 @@ impl Server {
             .await
             .unwrap();
         let org = org["id"].as_str().unwrap().to_owned();
+        let mut webhook = json!({ "name": "sink", "url": url });
+        webhook
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
         let resp = http
             .post(format!("{}/v1/orgs/{org}/webhooks", self.base))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "name": "sink", "url": rx.url("/sink") }))
+            .json(&webhook)
             .send()
             .await
             .unwrap();

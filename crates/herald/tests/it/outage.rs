@@ -79,29 +79,7 @@ async fn node_behind_a_proxy(
         ],
     )
     .await;
-    let http = http_client();
-    let post = |path: &str, body: serde_json::Value| {
-        http.post(format!("{}{path}", node.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-    };
-    let org: serde_json::Value = post("/v1/orgs", json!({ "name": "Acme" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap().to_owned();
-    let mut webhook = json!({ "name": "sink", "url": rx.url() });
-    webhook
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().cloned().unwrap_or_default());
-    let resp = post(&format!("/v1/orgs/{org}/webhooks"), webhook)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let org = node.org_with_webhook(&rx.url(), extra).await;
     Some(Behind {
         db,
         proxy,
