@@ -307,20 +307,20 @@ pub fn generate_event_id() -> String {
 
 /// An idempotency key: 1 to 255 visible ASCII characters.
 pub fn parse_event_id(raw: &str) -> Result<String, Invalid> {
-    if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Invalid::new(
-            "id",
-            "must be 1 to 255 visible ASCII characters (no spaces)",
-        ));
-    }
-    Ok(raw.to_owned())
+    visible_ascii("id", raw)
 }
 
+/// A correlation id: 1 to 255 visible ASCII characters, as an event id. Profiles send it in
+/// headers (CloudEvents' `ce-correlationid`), where anything else would arrive mangled.
 fn parse_correlation_id(raw: &str) -> Result<String, Invalid> {
-    if raw.is_empty() || raw.len() > 255 || raw.chars().any(char::is_control) {
+    visible_ascii("correlation_id", raw)
+}
+
+fn visible_ascii(field: &str, raw: &str) -> Result<String, Invalid> {
+    if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Invalid::new(
-            "correlation_id",
-            "must be 1 to 255 characters without control characters",
+            field,
+            "must be 1 to 255 visible ASCII characters (no spaces)",
         ));
     }
     Ok(raw.to_owned())
@@ -338,6 +338,40 @@ fn depth(v: &Value) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_correlation_id_is_visible_ascii_as_an_event_id() {
+        let with = |c: &str| {
+            NewEvent::parse(json!({"type": "user.created", "data": {}, "correlation_id": c}))
+        };
+        assert_eq!(
+            with("req-9").unwrap().correlation_id.as_deref(),
+            Some("req-9")
+        );
+        assert!(with(&"a".repeat(255)).is_ok());
+        // Spaces, invisible and non-ASCII characters would reach receivers mangled in a header;
+        // 128 two-byte characters are 256 bytes.
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "\u{200b}",
+            "\u{feff}",
+            "caf\u{e9}",
+            "\u{1f600}",
+            "\u{202e}x",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.field, "correlation_id", "{bad:?}");
+            assert!(
+                e.message.contains("visible ASCII"),
+                "{bad:?}: {}",
+                e.message
+            );
+        }
+        assert!(with(&"a".repeat(256)).is_err());
+        assert!(with(&"\u{e9}".repeat(128)).is_err());
+    }
 
     #[test]
     fn a_minimal_event_gets_a_generated_id() {
