@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// At most this many (1 to 200, 50 by default).
+    #[param(minimum = 1, maximum = 200)]
     #[serde(default, deserialize_with = "super::whole_number")]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.

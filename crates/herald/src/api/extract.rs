@@ -42,6 +42,13 @@ impl FromRequestParts<AppState> for Caller {
         match state.auth.resolve(token).await? {
             Some((scope, role)) => {
                 if role == KeyRole::Producer && !producer_may(&parts.method, parts.uri.path()) {
+                    // Another organization's data is "not found" to every key, as in
+                    // `Scope::check_org`: a producer's key learns nothing more from a 403.
+                    if let Scope::Org(own) = &scope
+                        && names_another_org(parts.uri.path(), own)
+                    {
+                        return Err(crate::service::ServiceError::NotFound("organization").into());
+                    }
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         "forbidden",
@@ -110,6 +117,15 @@ fn producer_may(method: &axum::http::Method, path: &str) -> bool {
     }
 }
 
+/// Whether `path` is under `/v1/orgs/{org}` for an organization other than `own`.
+fn names_another_org(path: &str, own: &herald_core::OrgId) -> bool {
+    let mut segments = path.split('/');
+    matches!(
+        (segments.next(), segments.next(), segments.next(), segments.next()),
+        (Some(""), Some("v1"), Some("orgs"), Some(org)) if !org.is_empty() && org != own.as_str()
+    )
+}
+
 /// The token of `Authorization: Bearer <token>` (the scheme in either case), or `""`.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> &str {
     let header = headers
@@ -131,7 +147,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        match read_json(req, state).await? {
+        match read_json(req, state, false).await? {
             Some(v) => Ok(JsonBody(v)),
             None => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -149,7 +165,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        read_json(req, state).await.map(OptionalJsonBody)
+        read_json(req, state, true).await.map(OptionalJsonBody)
     }
 }
 
@@ -178,17 +194,33 @@ impl FromRequest<AppState> for RawJsonBody {
 /// JSON that does not parse, or JSON of another shape than the operation takes.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        let message = match e.classify() {
-            serde_json::error::Category::Data => {
-                format!(
-                    "the request body is JSON, but not of this operation's shape: {}",
-                    without_type_names(&e.to_string())
-                )
-            }
-            _ => format!("the request body is not valid JSON: {e}"),
+        let message = if e.to_string().starts_with("recursion limit exceeded") {
+            "the request body nests arrays and objects more than 128 levels deep".to_owned()
+        } else if e.classify() == serde_json::error::Category::Data
+            || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+        {
+            // serde_json calls some wrong types a syntax error (`null` for a field that takes
+            // one of several names): the body is valid JSON all the same. Parsed again, on
+            // this error path only, to name the field.
+            format!(
+                "the request body is JSON, but not of this operation's shape: {}{}",
+                field_of::<T>(bytes),
+                without_type_names(&e.to_string())
+            )
+        } else {
+            format!("the request body is not valid JSON: {e}")
         };
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     })
+}
+
+/// "`field`: " for the field whose value `T` could not take, or "" when it is the body itself.
+fn field_of<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> String {
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut parser) {
+        Err(e) if e.path().iter().next().is_some() => format!("`{}`: ", e.path()),
+        _ => String::new(),
+    }
 }
 
 /// serde names the Rust type it expected (`expected struct RotateBody`); the client knows it
@@ -212,6 +244,7 @@ fn without_type_names(message: &str) -> String {
 async fn read_json<T: DeserializeOwned>(
     req: Request,
     state: &AppState,
+    optional: bool,
 ) -> Result<Option<T>, ApiError> {
     // The body's share of the budget is given back once it is parsed: what a handler keeps of
     // an (administrative) body is small beside the body itself.
@@ -219,6 +252,10 @@ async fn read_json<T: DeserializeOwned>(
     let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(None);
     };
+    // JSON's `null` is no body where the body is optional, as the OpenAPI document says.
+    if optional && bytes.trim_ascii() == b"null" {
+        return Ok(None);
+    }
     // Every such body is an object; serde would also take an array of its fields in order.
     if *first != b'{' {
         return Err(ApiError::new(
@@ -537,5 +574,45 @@ mod tests {
             .unwrap_err()
             .message;
         assert!(syntax.contains("not valid JSON"), "{syntax}");
+    }
+
+    #[test]
+    fn valid_json_of_the_wrong_shape_is_not_called_invalid_json() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Role {
+            Manager,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct KeyBody {
+            name: String,
+            role: Option<Role>,
+        }
+        // serde_json reports these as syntax errors, though the JSON is valid.
+        for body in [
+            r#"{"name": "k", "role": 7}"#,
+            r#"{"name": "k", "role": [1]}"#,
+        ] {
+            let message = parse_json::<KeyBody>(body.as_bytes()).unwrap_err().message;
+            assert!(
+                message.contains("not of this operation's shape"),
+                "{body}: {message}"
+            );
+            assert!(message.contains("`role`: "), "{body}: {message}");
+        }
+        let message = parse_json::<KeyBody>(br#"{"name": 1}"#)
+            .unwrap_err()
+            .message;
+        assert!(
+            message.contains("`name`: invalid type: integer"),
+            "{message}"
+        );
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let message = parse_json::<Vec<serde_json::Value>>(deep.as_bytes())
+            .unwrap_err()
+            .message;
+        assert!(message.contains("more than 128 levels deep"), "{message}");
+        assert!(!message.contains("not valid JSON"), "{message}");
     }
 }

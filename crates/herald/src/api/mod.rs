@@ -34,6 +34,7 @@ use crate::app::AppState;
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// At most this many items (1 to 200, 50 by default).
+    #[param(minimum = 1, maximum = 200)]
     #[serde(default, deserialize_with = "whole_number")]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.

@@ -319,9 +319,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Timestamp>, ApiError> {
     if text == "*" {
         return Ok(None);
     }
-    text.trim_start_matches("W/")
-        .strip_prefix('"')
+    let tag = text.strip_prefix("W/").unwrap_or(text);
+    tag.strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|t| t.parse::<i64>().ok())
         .map(|ms| Some(Timestamp::from_millis(ms)))
         .ok_or_else(|| {
@@ -419,6 +420,7 @@ async fn bulk_delete_webhooks(
     JsonBody(body): JsonBody<BulkDeleteBody>,
 ) -> ApiResult<Json<BulkDeleted>> {
     let org = org_id(&path.org)?;
+    webhooks::check_bulk_size(body.ids.len())?;
     let mut ids = Vec::new();
     let mut not_found = Vec::new();
     for raw in body.ids {

@@ -617,6 +617,18 @@ pub async fn rotate_secret(
     Ok(w)
 }
 
+/// The most webhooks one bulk delete names.
+const MAX_BULK_DELETE: usize = 1000;
+
+/// Refuses a bulk delete of more than [`MAX_BULK_DELETE`] ids, well-formed or not: the answer
+/// echoes every id it did not delete.
+pub fn check_bulk_size(ids: usize) -> ServiceResult<()> {
+    if ids > MAX_BULK_DELETE {
+        return Err(Invalid::new("ids", format!("at most {MAX_BULK_DELETE} ids at once")).into());
+    }
+    Ok(())
+}
+
 /// Deletes webhooks; their pending deliveries are cancelled. Returns the ids deleted.
 pub async fn delete(
     state: &AppState,
@@ -625,9 +637,7 @@ pub async fn delete(
     ids: &[WebhookId],
 ) -> ServiceResult<Vec<WebhookId>> {
     scope.check_org(org)?;
-    if ids.len() > 1000 {
-        return Err(Invalid::new("ids", "at most 1000 ids at once").into());
-    }
+    check_bulk_size(ids.len())?;
     let snapshot = super::org_snapshot(state, scope, org).await?;
     if let Some(active) = ids
         .iter()

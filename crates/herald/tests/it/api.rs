@@ -411,6 +411,20 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             "{err}"
         );
     }
+    // Another organization's, or one that does not exist, is not found rather than forbidden,
+    // as for every other key: the answer tells nothing of what exists.
+    for path in [
+        format!("/v1/orgs/{globex}/webhooks"),
+        format!("/v1/orgs/{globex}/api-keys"),
+        "/v1/orgs/org_01zzzzzzzzzzzzzzzzzzzzzzzz/webhooks".to_owned(),
+    ] {
+        let (status, err) = app.call(Method::GET, &path, &producer, None).await;
+        assert_eq!(
+            (status, code(&err)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{path}: {err}"
+        );
+    }
     let (status, err) = app
         .post(
             &format!("/v1/orgs/{acme}/api-keys"),
@@ -899,6 +913,17 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
     assert_eq!(answer["not_found"].as_array().unwrap().len(), 2);
     let (_, left) = app.get(&format!("/v1/orgs/{org}/webhooks")).await;
     assert_eq!(left["data"].as_array().unwrap().len(), 1);
+
+    // The cap counts every id, so that malformed ones cannot make an answer of any size.
+    let junk: Vec<String> = (0..1001).map(|i| format!("x{i}")).collect();
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/bulk-delete"),
+            json!({ "ids": junk }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "ids", "{err}");
 }
 
 /// A PATCH with the `ETag` it read and a status; the answer's `ETag` and body.
@@ -985,14 +1010,24 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
     assert_eq!(status, StatusCode::OK);
     assert_ne!(third, Some(second));
 
-    // A tag that is not one: a 400 that says what to send.
-    let (status, _, err) =
-        patch_if_match(&app, &path, Some("yesterday"), json!({ "name": "five" })).await;
-    assert_eq!(
-        (status, code(&err)),
-        (StatusCode::BAD_REQUEST, "invalid_header"),
-        "{err}"
-    );
+    // A tag that is not one, or not as Herald writes them: a 400 that says what to send.
+    let number = third.as_deref().unwrap().trim_matches('"');
+    for tag in [
+        "yesterday".to_owned(),
+        format!("W/W/\"{number}\""),
+        format!("\"+{number}\""),
+        "\"-1\"".to_owned(),
+        "\"99999999999999999999\"".to_owned(),
+        "\"\"".to_owned(),
+    ] {
+        let (status, _, err) =
+            patch_if_match(&app, &path, Some(&tag), json!({ "name": "five" })).await;
+        assert_eq!(
+            (status, code(&err)),
+            (StatusCode::BAD_REQUEST, "invalid_header"),
+            "{tag}: {err}"
+        );
+    }
     let (_, now) = app.get(&path).await;
     assert_eq!(now["name"], "four");
 }

@@ -410,7 +410,8 @@ async fn every_documented_operation_answers_as_documented() {
         M::POST,
         "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
         &[&org, &hook],
-        None,
+        // The document allows `null` for its optional body.
+        Some(json!(null)),
     )
     .await;
     w.admin(
@@ -559,6 +560,17 @@ async fn the_document_describes_authentication_and_errors() {
     );
     // The health routes need no token.
     assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
+    // Every paged list's `limit` has the range the server enforces.
+    let mut limits = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let params = item["get"]["parameters"].as_array().into_iter().flatten();
+        for limit in params.filter(|p| p["name"] == "limit") {
+            assert_eq!(limit["schema"]["minimum"], 1, "{path}: {limit}");
+            assert_eq!(limit["schema"]["maximum"], 200, "{path}: {limit}");
+            limits += 1;
+        }
+    }
+    assert!(limits >= 3, "{limits} lists with a limit");
 }
 
 /// The checks above can fail: a body missing required fields does not validate.
