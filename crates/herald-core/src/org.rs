@@ -15,11 +15,19 @@ pub struct Organization {
     pub updated_at: Timestamp,
 }
 
-/// A display name: 1 to 200 characters after trimming, no control characters.
+/// A display name: 1 to 200 characters after trimming, at least one of them visible, no control
+/// characters, and none that reorders the text around it (a name shown in the dashboard could
+/// otherwise pass for another).
 pub fn parse_name(raw: &str, field: &str) -> Result<String, Invalid> {
     let name = raw.trim();
-    if name.is_empty() {
+    if !name.chars().any(|c| !c.is_whitespace() && !is_invisible(c)) {
         return Err(Invalid::new(field, "must not be empty"));
+    }
+    if name.chars().any(is_bidi_control) {
+        return Err(Invalid::new(
+            field,
+            "must not contain bidirectional embedding, override or isolate characters (U+202A to U+202E, U+2066 to U+2069)",
+        ));
     }
     if name.chars().count() > 200 {
         return Err(Invalid::new(field, "must be at most 200 characters"));
@@ -28,6 +36,16 @@ pub fn parse_name(raw: &str, field: &str) -> Result<String, Invalid> {
         return Err(Invalid::new(field, "must not contain control characters"));
     }
     Ok(name.to_owned())
+}
+
+/// Characters that take no room: zero-width spaces and joiners, the word joiner, the byte-order
+/// mark. A name of these alone looks empty.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A short, domain-like name used in WebSub topics and issuer URLs: lower-case letters, digits,
@@ -185,5 +203,26 @@ mod tests {
     fn an_empty_name_is_rejected() {
         assert!(parse_name("   ", "name").is_err());
         assert_eq!(parse_name(" Acme ", "name").unwrap(), "Acme");
+        for invisible in ["\u{200B}", "\u{FEFF}", " \u{200D}\u{2060} "] {
+            let e = parse_name(invisible, "name").unwrap_err();
+            assert_eq!(e.message, "must not be empty", "{invisible:?}");
+        }
+        // Joiners inside a visible name are text (emoji sequences, Persian).
+        assert!(parse_name("Team \u{1F468}\u{200D}\u{1F469}", "name").is_ok());
+        assert!(parse_name("\u{645}\u{200C}\u{6CC}", "name").is_ok());
+    }
+
+    #[test]
+    fn a_name_cannot_reorder_the_text_around_it() {
+        for spoof in ["Acme\u{202E}txt.exe", "\u{2066}Acme\u{2069}", "a\u{202A}b"] {
+            let e = parse_name(spoof, "name").unwrap_err();
+            assert!(
+                e.message.contains("bidirectional"),
+                "{spoof:?}: {}",
+                e.message
+            );
+        }
+        // Marks that only set a direction stay.
+        assert!(parse_name("\u{5D0}\u{200F}Acme", "name").is_ok());
     }
 }
