@@ -105,6 +105,21 @@ impl HttpClient {
         extra_headers: &[(String, String)],
         timeout: Duration,
     ) -> AttemptOutcome {
+        self.send_noting_slow(url, request, extra_headers, timeout, || {})
+            .await
+    }
+
+    /// [`HttpClient::send`], calling `on_slow` once if the endpoint has not answered (its
+    /// status line and headers) within [`SLOW_ANSWER`] while the timeout runs on: the
+    /// dispatcher then counts the request apart from those that take the node's room.
+    pub async fn send_noting_slow(
+        &self,
+        url: &str,
+        request: OutgoingRequest,
+        extra_headers: &[(String, String)],
+        timeout: Duration,
+        on_slow: impl FnOnce(),
+    ) -> AttemptOutcome {
         let started = Instant::now();
         let mut deadline = Deadline::new(timeout);
         let built = self
@@ -115,11 +130,20 @@ impl HttpClient {
             Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
         };
-        let exchanged = by_deadline(
-            &mut deadline,
-            std::pin::pin!(self.exchange(&target.origin, &target.uri, req)),
-        )
-        .await;
+        let mut exchange = std::pin::pin!(self.exchange(&target.origin, &target.uri, req));
+        // One timer as before when the answer comes in time: it fires at the slow mark first.
+        let slow_at = tokio::time::Instant::now() + SLOW_ANSWER;
+        let exchanged = if slow_at < deadline.at {
+            match timeout_at(slow_at, exchange.as_mut()).await {
+                Ok(done) => Ok(done),
+                Err(_) => {
+                    on_slow();
+                    by_deadline(&mut deadline, exchange).await
+                }
+            }
+        } else {
+            by_deadline(&mut deadline, exchange).await
+        };
         let (response, connection) = match exchanged {
             Ok(Ok(exchanged)) => exchanged,
             Ok(Err(error)) => return failed(error, None, started, String::new(), None),
@@ -508,6 +532,11 @@ async fn read_prefix(
     };
     (read, end)
 }
+
+/// How long an endpoint may take to answer before its request counts as slow (see
+/// [`HttpClient::send_noting_slow`]): most answer within milliseconds; one that takes a second
+/// is likely to take its whole timeout.
+pub const SLOW_ANSWER: Duration = Duration::from_secs(1);
 
 /// A timer this late fired after a stall of the whole process (suspended, frozen by its
 /// hypervisor, starved of CPU), not because the endpoint was slow.

@@ -213,11 +213,13 @@ impl Dispatcher {
         // Boxed, and so freed once the endpoint answered: the exchange's future is four fifths
         // of this one's size, which an attempt would otherwise keep while its outcome waits for
         // the database (thousands of them, when the writer is behind).
-        let outcome = Box::pin(shared.client.send(
+        let mut slot = slot;
+        let outcome = Box::pin(shared.client.send_noting_slow(
             webhook.url.as_str(),
             request,
             &headers,
             timeout,
+            || slot.slow(&shared.slow),
         ))
         .await;
         if let Some(AttemptError::Local(why)) = &outcome.error {

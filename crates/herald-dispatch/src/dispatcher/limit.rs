@@ -77,7 +77,8 @@ pub(super) struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     round: u64,
     limit: Arc<Limit>,
-    /// The node's permit for a request in flight (to any webhook), given back with the slot.
+    /// The node's permit for a request in flight (to any webhook), given back with the slot;
+    /// once the request is slow, a permit of the node's bound on slow requests instead.
     outgoing: Option<OwnedSemaphorePermit>,
 }
 
@@ -163,6 +164,17 @@ impl Slot {
     pub(super) fn with_outgoing(mut self, permit: OwnedSemaphorePermit) -> Self {
         self.outgoing = Some(permit);
         self
+    }
+
+    /// The request has waited long for its answer: its room among the node's requests in flight
+    /// goes back for others, for one among the slow ones, if any is free (if none is, it keeps
+    /// what it has: the node's connections stay bounded).
+    pub(super) fn slow(&mut self, slow: &Arc<Semaphore>) {
+        if self.outgoing.is_some()
+            && let Ok(permit) = slow.clone().try_acquire_owned()
+        {
+            self.outgoing = Some(permit);
+        }
     }
 
     /// Gives the slot back with what the request said about the endpoint; returns the

@@ -133,13 +133,16 @@ fn fit_requests_to_open_files(settings: &mut Settings) {
 }
 
 /// The requests in flight (at most `wanted`) and idle connections that fit `limit` open files:
-/// at least one idle connection beside each request, at most four.
+/// each request may have a slow one beside it (the dispatcher moves requests unanswered after a
+/// second to a second bound of the same size), and at least one idle connection, at most four.
 fn connections_within(limit: u64, wanted: u32) -> (u32, u32) {
     let room = limit.saturating_sub(FILES_BESIDES_REQUESTS);
-    let requests = (room / 2)
+    let requests = (room / 3)
         .clamp(16, u64::from(wanted).max(16))
         .min(u64::from(wanted));
-    let idle = room.saturating_sub(requests).clamp(requests, requests * 4);
+    let idle = room
+        .saturating_sub(requests * 2)
+        .clamp(requests, requests * 4);
     (requests as u32, idle.min(u64::from(u32::MAX)) as u32)
 }
 
@@ -228,11 +231,12 @@ mod tests {
     fn requests_and_idle_connections_fit_the_open_file_limit() {
         // Plenty of room: the setting, and four idle connections per request.
         assert_eq!(connections_within(1 << 20, 1024), (1024, 4096));
-        // Room for more requests than idle ones at four each: the rest goes idle.
-        assert_eq!(connections_within(4096, 1024), (1024, 2560));
-        // Too little room: one idle connection beside each request.
-        assert_eq!(connections_within(1024, 1024), (256, 256));
-        assert_eq!(connections_within(600, 1024), (44, 44));
+        // Room for the requests and as many slow ones, not for four idle ones each: the rest
+        // goes idle.
+        assert_eq!(connections_within(4096, 1024), (1024, 1536));
+        // Too little room: a slow request and one idle connection beside each request.
+        assert_eq!(connections_within(1024, 1024), (170, 172));
+        assert_eq!(connections_within(600, 1024), (29, 30));
         // Never fewer than 16 requests, whatever the limit.
         assert_eq!(connections_within(100, 1024).0, 16);
         assert_eq!(connections_within(1 << 20, 8).0, 8);

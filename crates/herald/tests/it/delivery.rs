@@ -301,6 +301,54 @@ async fn a_hanging_endpoint_does_not_delay_other_webhooks() {
     );
 }
 
+/// Endpoints that hang until their timeout, together more than the node's requests in flight
+/// (`HERALD_MAX_REQUESTS_IN_FLIGHT`), hold every other webhook up for about a second, when
+/// their requests move among the slow ones, not for their timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_that_hang_together_hold_the_others_up_a_second_not_their_timeout() {
+    let app = TestApp::spawn_with(|s| {
+        s.delivery.max_requests_in_flight = 16;
+        s.delivery.endpoint_concurrency = 12;
+    })
+    .await;
+    let hanging = TestReceiver::start().await;
+    hanging.answer_by_default(Reply::status(200).after(Duration::from_secs(30)));
+    let fast = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    for path in ["/hang-1", "/hang-2"] {
+        let only_created = json!({ "events": ["user.created"], "timeout_ms": 20000 });
+        app.create_webhook(&org, &hanging.url(path), only_created)
+            .await;
+    }
+    app.create_webhook(
+        &org,
+        &fast.url("/fast"),
+        json!({ "events": ["session.revoked"] }),
+    )
+    .await;
+    let batch: Vec<_> = (0..40).map(|i| user_created(&format!("u{i}"))).collect();
+    app.send_event(&org, json!(batch)).await;
+    // The node's sixteen are taken: fifteen requests or more hang (a webhook's task may hold
+    // the last while it waits for a slot of its own).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let hung = || hanging.received_on("/hang-1").len() + hanging.received_on("/hang-2").len();
+    while hung() < 15 {
+        assert!(tokio::time::Instant::now() < deadline, "{} hanging", hung());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let posted = tokio::time::Instant::now();
+    let events: Vec<_> = (0..10).map(|i| session_revoked(&format!("s{i}"))).collect();
+    app.send_event(&org, json!(events)).await;
+    fast.wait_for("/fast", 10, Duration::from_secs(6)).await;
+    let waited = posted.elapsed();
+    // Each hanging webhook is held to its own slots, and the slow ones to the node's bound.
+    assert!(hung() <= 24, "{} requests hanging", hung());
+    assert!(
+        waited < Duration::from_secs(6),
+        "the fast webhook waited {waited:?} behind endpoints that hang"
+    );
+}
+
 /// A webhook whose endpoint keeps up goes on being sent its queue while the outcomes of its
 /// attempts wait for the database (behind a large group of events, or a slow disk), up to the
 /// node's bound on attempts under way: a bound of eight per slot (512) held `herald bench`'s
