@@ -213,19 +213,42 @@ impl AttemptOutcome {
     }
 }
 
-/// Keeps at most [`RESPONSE_BODY_KEEP`] bytes of a response body, cut on a character boundary.
-/// A NUL byte becomes U+FFFD: PostgreSQL cannot store it in text, and an attempt that cannot be
-/// recorded would be sent again and again.
+/// Keeps at most [`RESPONSE_BODY_KEEP`] bytes of a response body, as text: each invalid UTF-8
+/// sequence becomes U+FFFD (within the same bytes), and a character the cut splits is left out.
+/// A NUL byte becomes U+FFFD too: PostgreSQL cannot store it in text, and an attempt that
+/// cannot be recorded would be sent again and again.
 pub fn keep_response_prefix(body: &[u8]) -> String {
+    let truncated = body.len() > RESPONSE_BODY_KEEP;
     let cut = &body[..body.len().min(RESPONSE_BODY_KEEP)];
-    let text = String::from_utf8_lossy(cut);
-    // A multi-byte character split by the cut shows up as one replacement character; drop it.
-    let text = text.trim_end_matches('\u{fffd}');
-    if text.contains('\0') {
-        text.replace('\0', "\u{fffd}")
-    } else {
-        text.to_owned()
+    let mut kept = String::with_capacity(cut.len());
+    let mut chunks = cut.utf8_chunks().peekable();
+    while let Some(chunk) = chunks.next() {
+        for c in chunk.valid().chars() {
+            if !push_within(&mut kept, if c == '\0' { '\u{fffd}' } else { c }) {
+                return kept;
+            }
+        }
+        let invalid = chunk.invalid();
+        let split_by_cut = truncated && chunks.peek().is_none() && is_unfinished(invalid);
+        if !invalid.is_empty() && !split_by_cut && !push_within(&mut kept, '\u{fffd}') {
+            return kept;
+        }
     }
+    kept
+}
+
+/// Adds `c` if the kept text stays within [`RESPONSE_BODY_KEEP`] bytes; `false` if it is full.
+fn push_within(kept: &mut String, c: char) -> bool {
+    let fits = kept.len() + c.len_utf8() <= RESPONSE_BODY_KEEP;
+    if fits {
+        kept.push(c);
+    }
+    fits
+}
+
+/// Whether `bytes` begin a UTF-8 character that the input ended before finishing.
+fn is_unfinished(bytes: &[u8]) -> bool {
+    matches!(std::str::from_utf8(bytes), Err(e) if e.error_len().is_none())
 }
 
 #[cfg(test)]
@@ -244,6 +267,33 @@ mod tests {
         let kept = keep_response_prefix(body.as_bytes());
         assert!(kept.len() <= RESPONSE_BODY_KEEP);
         assert!(kept.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_response_that_is_not_utf8_is_kept_within_the_kib_and_not_emptied() {
+        let keep = |body: &[u8]| keep_response_prefix(body);
+        // Binary: a replacement character for each invalid byte, as long as they fit.
+        let binary = keep(&b"\xff\xfe".repeat(1000));
+        assert_eq!(binary, "\u{fffd}".repeat(RESPONSE_BODY_KEEP / 3));
+        assert_eq!(keep(b"ok\xff"), "ok\u{fffd}");
+        for body in [b"a\xff".repeat(600), [&b"ok"[..], &[0xff; 2000]].concat()] {
+            let kept = keep(&body);
+            assert!(
+                kept.len() <= RESPONSE_BODY_KEEP,
+                "{} bytes kept",
+                kept.len()
+            );
+            assert!(
+                kept.len() > RESPONSE_BODY_KEEP - 3,
+                "{} bytes kept",
+                kept.len()
+            );
+        }
+        // A three-byte character split by the cut is left out, not replaced.
+        let euros = keep("€".repeat(1000).as_bytes());
+        assert_eq!(euros, "€".repeat(RESPONSE_BODY_KEEP / 3));
+        // An unfinished character at the very end of a body that was not cut is invalid.
+        assert_eq!(keep(b"ok\xe2\x82"), "ok\u{fffd}");
     }
 
     #[test]

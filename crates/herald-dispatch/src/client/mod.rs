@@ -160,11 +160,10 @@ impl HttpClient {
         let kept = keep_response_prefix(&kept);
         match end {
             BodyEnd::Complete => target.origin.checkin(connection),
-            BodyEnd::Deadline => {
-                return failed(AttemptError::Timeout, Some(status), started, kept, None);
-            }
-            // A body cut short after a complete status line does not change the verdict.
-            BodyEnd::Limit | BodyEnd::Broken(_) => {}
+            // The status came in time: a body cut short, or still coming at the deadline, does
+            // not change the verdict (a 2xx within the timeout is a success: sent again, it
+            // would reach the endpoint twice). The connection is not reused.
+            BodyEnd::Limit | BodyEnd::Broken(_) | BodyEnd::Deadline => {}
         }
         let duration_ms = elapsed_ms(started);
         if (200..300).contains(&status) {
@@ -975,6 +974,78 @@ mod tests {
         ] {
             assert!(head.contains(line), "{line} missing from {head}");
         }
+    }
+
+    /// A server on loopback that reads one request's first bytes, writes `head` and holds the
+    /// connection open for five seconds.
+    async fn answer_then_hold(head: &'static str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            socket.write_all(head.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        format!("http://127.0.0.1:{}/hook", addr.port())
+    }
+
+    /// The status decides: a 2xx that came in time is a success though its body was still
+    /// coming at the deadline (sent again, the event would reach the endpoint twice).
+    #[tokio::test]
+    async fn a_body_still_coming_at_the_deadline_keeps_the_status_verdict() {
+        let client = loopback_client();
+        let timeout = Duration::from_millis(300);
+        let ok = answer_then_hold("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+        let outcome = client.send(&ok, request("{}"), &[], timeout).await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert_eq!(
+            (outcome.status, outcome.response_body.as_str()),
+            (Some(200), "0123456789")
+        );
+        let failing = answer_then_hold("HTTP/1.1 500 Oops\r\ncontent-length: 100\r\n\r\nbro").await;
+        let outcome = client.send(&failing, request("{}"), &[], timeout).await;
+        assert!(
+            matches!(outcome.error, Some(AttemptError::Status(500))),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.response_body, "bro");
+    }
+
+    /// `on_slow` is called once the endpoint has taken `SLOW_ANSWER` without answering, and not
+    /// for an answer in time.
+    #[tokio::test]
+    async fn a_slow_answer_is_noted_once_and_a_quick_one_not_at_all() {
+        let client = loopback_client();
+        let (quick, _) = one_shot(Some("HTTP/1.1 204 No Content\r\n\r\n")).await;
+        let noted = std::cell::Cell::new(0);
+        let outcome = client
+            .send_noting_slow(
+                &format!("http://{quick}/hook"),
+                request("{}"),
+                &[],
+                Duration::from_secs(5),
+                || noted.set(noted.get() + 1),
+            )
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert_eq!(noted.get(), 0);
+        let (hanging, _) = one_shot(None).await;
+        let outcome = client
+            .send_noting_slow(
+                &format!("http://{hanging}/hook"),
+                request("{}"),
+                &[],
+                SLOW_ANSWER + Duration::from_millis(300),
+                || noted.set(noted.get() + 1),
+            )
+            .await;
+        assert!(
+            matches!(outcome.error, Some(AttemptError::Timeout)),
+            "{outcome:?}"
+        );
+        assert_eq!(noted.get(), 1);
     }
 
     /// The pool of `url`'s origin in `client`.
