@@ -781,7 +781,7 @@ async fn a_low_open_file_limit_lowers_the_requests_in_flight_and_says_so() {
         .expect("the server listens");
     assert!(
         log.iter().any(|l| l.contains(
-            "the open-file limit leaves room for 44 requests in flight at once, not the 1024"
+            "the open-file limit leaves room for 29 requests in flight at once, not the 1024"
         ) && l.contains("LimitNOFILE")),
         "{log:#?}"
     );
