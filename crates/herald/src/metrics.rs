@@ -104,6 +104,8 @@ pub struct Snapshot<'a> {
     pub commit_latency: Option<&'a herald_core::metrics::Histogram>,
     pub held_in_memory: usize,
     pub held_bytes: usize,
+    /// Requests in flight, and slow ones (`Dispatcher::requests_in_flight`).
+    pub requests_in_flight: (usize, usize),
     /// Bytes of request bodies admitted and not yet answered (`api::admission`).
     pub body_bytes_in_flight: u64,
     /// Each webhook's backlog; `None` when the database did not answer for this scrape.
@@ -238,6 +240,20 @@ impl Snapshot<'_> {
             "gauge",
             "Bytes of events those deliveries carry, counted once per delivery.",
             self.held_bytes as u64,
+        );
+        render_value(
+            &mut out,
+            "herald_requests_in_flight",
+            "gauge",
+            "Requests this node has in flight to webhooks, answered within a second so far (limit: HERALD_MAX_REQUESTS_IN_FLIGHT).",
+            self.requests_in_flight.0 as u64,
+        );
+        render_value(
+            &mut out,
+            "herald_slow_requests_in_flight",
+            "gauge",
+            "Requests in flight whose endpoint has not answered within a second; they make room for the others, up to as many again (at that limit, endpoints that hang hold the others up).",
+            self.requests_in_flight.1 as u64,
         );
         render_value(
             &mut out,

@@ -274,6 +274,15 @@ impl Dispatcher {
         self.shared.held_bytes.load(Ordering::Relaxed)
     }
 
+    /// Requests in flight within the node's bound, and slow ones (unanswered after
+    /// `client::SLOW_ANSWER`) within theirs; each bound is `max_requests_in_flight`. The first
+    /// counts also a webhook's task holding its place while it waits for a slot of its own.
+    pub fn requests_in_flight(&self) -> (usize, usize) {
+        let bound = self.shared.settings.max_requests_in_flight.max(1);
+        let taken = |s: &tokio::sync::Semaphore| bound.saturating_sub(s.available_permits());
+        (taken(&self.shared.outgoing), taken(&self.shared.slow))
+    }
+
     /// Wakes the scheduler (and the WebSub lease renewer) to look for due work now.
     pub fn wake_scheduler_and_renewals(&self) {
         self.shared.wake.notify_one();

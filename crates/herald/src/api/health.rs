@@ -105,6 +105,7 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         commit_latency: state.store.commit_latency(),
         held_in_memory: state.dispatcher.held(),
         held_bytes: state.dispatcher.held_bytes(),
+        requests_in_flight: state.dispatcher.requests_in_flight(),
         body_bytes_in_flight: state.admission.in_flight_bytes(),
         pending,
         concurrency: state.dispatcher.concurrency_limits(),

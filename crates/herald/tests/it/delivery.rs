@@ -343,6 +343,9 @@ async fn endpoints_that_hang_together_hold_the_others_up_a_second_not_their_time
     let waited = posted.elapsed();
     // Each hanging webhook is held to its own slots, and the slow ones to the node's bound.
     assert!(hung() <= 24, "{} requests hanging", hung());
+    let slow = app.metric("herald_slow_requests_in_flight").await;
+    assert!((15..=16).contains(&slow), "{slow} slow requests");
+    assert!(app.metric("herald_requests_in_flight").await <= 16);
     assert!(
         waited < Duration::from_secs(6),
         "the fast webhook waited {waited:?} behind endpoints that hang"
