@@ -129,13 +129,17 @@ pub enum AttemptError {
     /// This node could not send it (it ran out of file descriptors): nothing about the
     /// endpoint, so the attempt is not counted against it.
     Local(String),
+    /// Unanswered after a second while this node already had as many slow requests as it
+    /// allows: given up then, so that endpoints that hang do not hold up the others' requests
+    /// until their timeout. Counted as a timeout.
+    CutShort,
 }
 
 impl AttemptError {
     /// A stable code, stored and shown in the API.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Timeout => "timeout",
+            Self::Timeout | Self::CutShort => "timeout",
             Self::Dns(_) => "dns",
             Self::Connect(_) => "connect",
             Self::Tls(_) => "tls",
@@ -150,6 +154,7 @@ impl AttemptError {
     pub fn message(&self) -> String {
         match self {
             Self::Timeout => "the endpoint did not answer within the timeout".to_owned(),
+            Self::CutShort => "the endpoint did not answer within 1 s while this node was already waiting on as many slow requests as it allows (HERALD_MAX_REQUESTS_IN_FLIGHT): given up early so that other endpoints are not held up; retried on schedule".to_owned(),
             Self::Dns(m) => format!("could not resolve the host: {m}"),
             Self::Connect(m) => format!("could not connect: {m}"),
             Self::Tls(m) => format!("TLS failed: {m}"),

@@ -252,7 +252,7 @@ impl Snapshot<'_> {
             &mut out,
             "herald_slow_requests_in_flight",
             "gauge",
-            "Requests in flight whose endpoint has not answered within a second; they make room for the others, up to as many again (at that limit, endpoints that hang hold the others up).",
+            "Requests in flight whose endpoint has not answered within a second; they make room for the others, up to as many again (past that, such a request is given up as a timeout).",
             self.requests_in_flight.1 as u64,
         );
         render_value(

@@ -105,20 +105,21 @@ impl HttpClient {
         extra_headers: &[(String, String)],
         timeout: Duration,
     ) -> AttemptOutcome {
-        self.send_noting_slow(url, request, extra_headers, timeout, || {})
+        self.send_noting_slow(url, request, extra_headers, timeout, || true)
             .await
     }
 
     /// [`HttpClient::send`], calling `on_slow` once if the endpoint has not answered (its
     /// status line and headers) within [`SLOW_ANSWER`] while the timeout runs on: the
-    /// dispatcher then counts the request apart from those that take the node's room.
+    /// dispatcher then counts the request apart from those that take the node's room, or, if
+    /// `on_slow` says `false`, the request is given up ([`AttemptError::CutShort`]).
     pub async fn send_noting_slow(
         &self,
         url: &str,
         request: OutgoingRequest,
         extra_headers: &[(String, String)],
         timeout: Duration,
-        on_slow: impl FnOnce(),
+        on_slow: impl FnOnce() -> bool,
     ) -> AttemptOutcome {
         let started = Instant::now();
         let mut deadline = Deadline::new(timeout);
@@ -136,10 +137,10 @@ impl HttpClient {
         let exchanged = if slow_at < deadline.at {
             match timeout_at(slow_at, exchange.as_mut()).await {
                 Ok(done) => Ok(done),
-                Err(_) => {
-                    on_slow();
-                    by_deadline(&mut deadline, exchange).await
+                Err(_) if !on_slow() => {
+                    return failed(AttemptError::CutShort, None, started, String::new(), None);
                 }
+                Err(_) => by_deadline(&mut deadline, exchange).await,
             }
         } else {
             by_deadline(&mut deadline, exchange).await
@@ -1014,7 +1015,7 @@ mod tests {
     }
 
     /// `on_slow` is called once the endpoint has taken `SLOW_ANSWER` without answering, and not
-    /// for an answer in time.
+    /// for an answer in time; if it says `false`, the request is given up then.
     #[tokio::test]
     async fn a_slow_answer_is_noted_once_and_a_quick_one_not_at_all() {
         let client = loopback_client();
@@ -1026,7 +1027,10 @@ mod tests {
                 request("{}"),
                 &[],
                 Duration::from_secs(5),
-                || noted.set(noted.get() + 1),
+                || {
+                    noted.set(noted.get() + 1);
+                    true
+                },
             )
             .await;
         assert!(outcome.is_success(), "{outcome:?}");
@@ -1038,7 +1042,10 @@ mod tests {
                 request("{}"),
                 &[],
                 SLOW_ANSWER + Duration::from_millis(300),
-                || noted.set(noted.get() + 1),
+                || {
+                    noted.set(noted.get() + 1);
+                    true
+                },
             )
             .await;
         assert!(
@@ -1046,6 +1053,27 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(noted.get(), 1);
+        // Told to give up, it does so at once, not at the timeout.
+        let (hanging, _) = one_shot(None).await;
+        let started = Instant::now();
+        let outcome = client
+            .send_noting_slow(
+                &format!("http://{hanging}/hook"),
+                request("{}"),
+                &[],
+                Duration::from_secs(4),
+                || false,
+            )
+            .await;
+        assert!(
+            matches!(outcome.error, Some(AttemptError::CutShort)),
+            "{outcome:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// The pool of `url`'s origin in `client`.

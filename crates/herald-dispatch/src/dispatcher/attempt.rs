@@ -382,7 +382,7 @@ impl Dispatcher {
             // One line when it is down to one request at a time; the steps there are details.
             let why = match error {
                 AttemptError::Connect(_) => "cannot be reached",
-                AttemptError::Timeout => "does not answer in time",
+                AttemptError::Timeout | AttemptError::CutShort => "does not answer in time",
                 _ => "answers that it is overloaded",
             };
             if limit == 1 {

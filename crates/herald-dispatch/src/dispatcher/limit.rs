@@ -37,7 +37,9 @@ impl Signal {
             None => Self::Answered,
             // `attempt` passes `Unknown` instead when it had shortened the timeout to fit the
             // lease, since timing out then says nothing about the endpoint.
-            Some(AttemptError::Timeout | AttemptError::Connect(_)) => Self::Overloaded,
+            Some(AttemptError::Timeout | AttemptError::CutShort | AttemptError::Connect(_)) => {
+                Self::Overloaded
+            }
             Some(AttemptError::Status(429 | 502 | 503 | 504)) => Self::Overloaded,
             Some(AttemptError::Status(_)) => Self::Answered,
             Some(
@@ -167,13 +169,18 @@ impl Slot {
     }
 
     /// The request has waited long for its answer: its room among the node's requests in flight
-    /// goes back for others, for one among the slow ones, if any is free (if none is, it keeps
-    /// what it has: the node's connections stay bounded).
-    pub(super) fn slow(&mut self, slow: &Arc<Semaphore>) {
-        if self.outgoing.is_some()
-            && let Ok(permit) = slow.clone().try_acquire_owned()
-        {
-            self.outgoing = Some(permit);
+    /// goes back for others, for one among the slow ones. `false` if none is free: the request
+    /// is to be given up, rather than hold the node's room until its timeout.
+    pub(super) fn slow(&mut self, slow: &Arc<Semaphore>) -> bool {
+        if self.outgoing.is_none() {
+            return true;
+        }
+        match slow.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.outgoing = Some(permit);
+                true
+            }
+            Err(_) => false,
         }
     }
 

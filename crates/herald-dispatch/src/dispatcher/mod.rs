@@ -2,7 +2,8 @@
 //! so an endpoint that hangs until its timeout holds only its own slots; every other webhook's
 //! deliveries go on at full speed. The node's bound on requests in flight is shared, so a
 //! request unanswered after a second moves to a second bound of slow requests, giving its place
-//! back: many endpoints hanging at once hold up the others for a second, not their timeout.
+//! back, or is given up when that one is full: many endpoints hanging at once hold up the others
+//! for a second, not their timeout.
 //!
 //! - `mod.rs`: the handle ingest and the scheduler use, and what is held in memory.
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
@@ -53,7 +54,8 @@ pub struct DispatchSettings {
     /// and a quarter of the most attempts under way (sending, or writing their outcome): each
     /// holds memory, and a fan-out to many webhooks would otherwise hold it per webhook.
     /// Requests still unanswered after `client::SLOW_ANSWER` move to a second bound of this
-    /// size, so up to twice this many connections are open for requests.
+    /// size (or are given up when it is full), so up to twice this many connections are open
+    /// for requests.
     pub max_requests_in_flight: usize,
     /// Deliveries held in memory across all queues before new ones are left to the scheduler.
     pub max_in_memory: usize,
@@ -181,8 +183,9 @@ struct Shared {
     /// Requests in flight to all webhooks together (`max_requests_in_flight`).
     outgoing: Arc<tokio::sync::Semaphore>,
     /// As many more for requests whose endpoint has not answered within a second: they give
-    /// their room in `outgoing` back for one of these, so that endpoints which hang until their
-    /// timeout do not hold up every other webhook's requests for as long.
+    /// their room in `outgoing` back for one of these (or are given up when none is left), so
+    /// that endpoints which hang until their timeout do not hold up every other webhook's
+    /// requests for as long.
     slow: Arc<tokio::sync::Semaphore>,
     /// Attempts under way on this node, sending or writing their outcome (four times that).
     attempts: Arc<tokio::sync::Semaphore>,
