@@ -245,7 +245,7 @@ impl Snapshot<'_> {
             &mut out,
             "herald_requests_in_flight",
             "gauge",
-            "Requests this node has in flight to webhooks, answered within a second so far (limit: HERALD_MAX_REQUESTS_IN_FLIGHT).",
+            "Requests this node has in flight to webhooks, and webhooks' tasks holding a place while they wait for a slot of their own (limit: HERALD_MAX_REQUESTS_IN_FLIGHT); a request unanswered after a second leaves for herald_slow_requests_in_flight.",
             self.requests_in_flight.0 as u64,
         );
         render_value(
