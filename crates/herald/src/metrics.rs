@@ -205,6 +205,12 @@ impl Snapshot<'_> {
         );
         counter(
             &mut out,
+            "herald_requests_cut_short_total",
+            "Requests given up after a second unanswered because herald_slow_requests_in_flight was at its limit (recorded as timeouts).",
+            &d.cut_short,
+        );
+        counter(
+            &mut out,
             "herald_deliveries_spilled_total",
             "New deliveries left in the store because their webhook had its share of memory.",
             &d.spilled,

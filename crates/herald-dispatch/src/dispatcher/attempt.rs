@@ -233,8 +233,10 @@ impl Dispatcher {
         metrics
             .attempt_latency
             .observe_ms(u64::from(outcome.duration_ms));
-        if matches!(outcome.error, Some(AttemptError::Blocked(_))) {
-            metrics.blocked.add(batch.len() as u64);
+        match outcome.error {
+            Some(AttemptError::Blocked(_)) => metrics.blocked.add(batch.len() as u64),
+            Some(AttemptError::CutShort) => metrics.cut_short.add(1),
+            _ => {}
         }
         // Each outcome moves its delivery on only under the lease it was sent under: if that
         // ended first (a slow write of outcomes), another node may be sending it now.

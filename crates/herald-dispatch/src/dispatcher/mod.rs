@@ -101,6 +101,9 @@ pub struct DispatchMetrics {
     pub exhausted: Counter,
     /// Attempts refused by the address policy.
     pub blocked: Counter,
+    /// Requests given up after a second unanswered, the node's slow requests being at their
+    /// bound (`AttemptError::CutShort`).
+    pub cut_short: Counter,
     /// New deliveries stored spilled: their webhook had its share of memory.
     pub spilled: Counter,
     /// Queued deliveries given back to the store to make room for other webhooks.
