@@ -42,12 +42,10 @@ impl FromRequestParts<AppState> for Caller {
         match state.auth.resolve(token).await? {
             Some((scope, role)) => {
                 if role == KeyRole::Producer && !producer_may(&parts.method, parts.uri.path()) {
-                    // Another organization's data is "not found" to every key, as in
-                    // `Scope::check_org`: a producer's key learns nothing more from a 403.
-                    if let Scope::Org(own) = &scope
-                        && names_another_org(parts.uri.path(), own)
-                    {
-                        return Err(crate::service::ServiceError::NotFound("organization").into());
+                    // Another organization's data is "not found" to every key: a producer's
+                    // key learns nothing more from a 403.
+                    if let Some(org) = path_org(parts.uri.path()) {
+                        scope.check_org(&herald_core::OrgId::from_trusted(org.to_owned()))?;
                     }
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
@@ -117,13 +115,10 @@ fn producer_may(method: &axum::http::Method, path: &str) -> bool {
     }
 }
 
-/// Whether `path` is under `/v1/orgs/{org}` for an organization other than `own`.
-fn names_another_org(path: &str, own: &herald_core::OrgId) -> bool {
-    let mut segments = path.split('/');
-    matches!(
-        (segments.next(), segments.next(), segments.next(), segments.next()),
-        (Some(""), Some("v1"), Some("orgs"), Some(org)) if !org.is_empty() && org != own.as_str()
-    )
+/// The organization `path` is under (`/v1/orgs/{org}/…`), if any.
+fn path_org(path: &str) -> Option<&str> {
+    let org = path.strip_prefix("/v1/orgs/")?.split('/').next()?;
+    (!org.is_empty()).then_some(org)
 }
 
 /// The token of `Authorization: Bearer <token>` (the scheme in either case), or `""`.
