@@ -131,24 +131,9 @@ impl HttpClient {
             Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
         };
-        let mut exchange = std::pin::pin!(self.exchange(&target.origin, &target.uri, req));
-        // One timer as before when the answer comes in time: it fires at the slow mark first.
-        let slow_at = tokio::time::Instant::now() + SLOW_ANSWER;
-        let exchanged = if slow_at < deadline.at {
-            match timeout_at(slow_at, exchange.as_mut()).await {
-                Ok(done) => Ok(done),
-                Err(_) => {
-                    // A timer this late fired after a stall of the whole process: the answer
-                    // may be waiting unread, so the request is not given up then.
-                    let late = tokio::time::Instant::now().saturating_duration_since(slow_at);
-                    if !on_slow() && late < STALLED {
-                        return failed(AttemptError::CutShort, None, started, String::new(), None);
-                    }
-                    by_deadline(&mut deadline, exchange).await
-                }
-            }
-        } else {
-            by_deadline(&mut deadline, exchange).await
+        let exchange = std::pin::pin!(self.exchange(&target.origin, &target.uri, req));
+        let Some(exchanged) = past_slow_mark(&mut deadline, exchange, on_slow).await else {
+            return failed(AttemptError::CutShort, None, started, String::new(), None);
         };
         let (response, connection) = match exchanged {
             Ok(Ok(exchanged)) => exchanged,
@@ -593,6 +578,30 @@ async fn by_deadline<F: Future>(
     }
 }
 
+/// [`by_deadline`], asking `on_slow` whether to go on if `fut` is not done by the slow mark
+/// ([`SLOW_ANSWER`], when the deadline is later): `None` when it says no. With one timer when
+/// `fut` is done in time: it fires at the mark first. A mark passed during a stall of the whole
+/// process (its timer `STALLED` late) gives nothing up: the answer may be waiting unread.
+async fn past_slow_mark<F: Future>(
+    deadline: &mut Deadline,
+    mut fut: std::pin::Pin<&mut F>,
+    on_slow: impl FnOnce() -> bool,
+) -> Option<Result<F::Output, Elapsed>> {
+    let slow_at = tokio::time::Instant::now() + SLOW_ANSWER;
+    if slow_at < deadline.at {
+        match timeout_at(slow_at, fut.as_mut()).await {
+            Ok(done) => return Some(Ok(done)),
+            Err(_) => {
+                let late = tokio::time::Instant::now().saturating_duration_since(slow_at);
+                if !on_slow() && late < STALLED {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(by_deadline(deadline, fut).await)
+}
+
 /// `Retry-After` in seconds, given as seconds or as an HTTP date (RFC 9110 §10.2.3).
 fn parse_retry_after(raw: &str) -> Option<u64> {
     let raw = raw.trim();
@@ -1026,16 +1035,20 @@ mod tests {
         let client = loopback_client();
         let (quick, _) = one_shot(Some("HTTP/1.1 204 No Content\r\n\r\n")).await;
         let noted = std::cell::Cell::new(0);
+        // Counts the notices and says to go on waiting.
+        let noting = || {
+            || {
+                noted.set(noted.get() + 1);
+                true
+            }
+        };
         let outcome = client
             .send_noting_slow(
                 &format!("http://{quick}/hook"),
                 request("{}"),
                 &[],
                 Duration::from_secs(5),
-                || {
-                    noted.set(noted.get() + 1);
-                    true
-                },
+                noting(),
             )
             .await;
         assert!(outcome.is_success(), "{outcome:?}");
@@ -1047,10 +1060,7 @@ mod tests {
                 request("{}"),
                 &[],
                 SLOW_ANSWER + Duration::from_millis(300),
-                || {
-                    noted.set(noted.get() + 1);
-                    true
-                },
+                noting(),
             )
             .await;
         assert!(
