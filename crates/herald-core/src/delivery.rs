@@ -131,7 +131,8 @@ pub enum AttemptError {
     Local(String),
     /// Unanswered after a second while this node already had as many slow requests as it
     /// allows: given up then, so that endpoints that hang do not hold up the others' requests
-    /// until their timeout. Counted as a timeout.
+    /// until their timeout. Stored as a timeout and retried on schedule, but neither the
+    /// circuit breaker nor the failing streak that disables a webhook hears of it.
     CutShort,
 }
 

@@ -377,8 +377,12 @@ impl Dispatcher {
             }
             signal => signal,
         });
-        for moved in ticket.settle(outcome.is_success(), self.shared.clock.now()) {
-            self.move_deferred(&webhook.id, moved).await;
+        // A request given up for want of room on this node says nothing of the endpoint: its
+        // circuit does not hear of it (a probe is given back when the ticket is dropped).
+        if !matches!(outcome.error, Some(AttemptError::CutShort)) {
+            for moved in ticket.settle(outcome.is_success(), self.shared.clock.now()) {
+                self.move_deferred(&webhook.id, moved).await;
+            }
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             // One line when it is down to one request at a time; the steps there are details.

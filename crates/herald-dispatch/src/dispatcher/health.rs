@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use herald_core::Timestamp;
-use herald_core::delivery::{AttemptOutcome, CIRCUIT_OPEN, DeliveryState};
+use herald_core::delivery::{AttemptError, AttemptOutcome, CIRCUIT_OPEN, DeliveryState};
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
 
@@ -70,6 +70,11 @@ impl Dispatcher {
             return self
                 .disable(webhook, "the endpoint answered 410 Gone".to_owned())
                 .await;
+        }
+        if matches!(outcome.error, Some(AttemptError::CutShort)) {
+            // Given up because this node was full of slow requests, not because the endpoint
+            // failed: neither a failure of its streak nor an answer that ends one.
+            return Ok(());
         }
         let known = self.failing_since(webhook);
         if outcome.is_success() {
