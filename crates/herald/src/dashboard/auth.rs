@@ -68,13 +68,44 @@ fn safe_next(next: Option<&str>) -> Option<String> {
 /// Whether a sign-in form was posted from this site. Without a session there is no CSRF token
 /// to check, and another site could sign a visitor in to the attacker's organization (whose
 /// webhooks the visitor would then set up). Browsers say where a request comes from in
-/// `Sec-Fetch-Site`, which proxies leave alone (unlike `Host`): anything but `same-origin` or
-/// `none` (typed or bookmarked) is refused. A client that sends no such header is let through.
-fn posted_from_here(headers: &HeaderMap) -> bool {
-    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
-        None | Some(b"same-origin") | Some(b"none") => true,
-        Some(_) => false,
+/// `Sec-Fetch-Site`, which proxies leave alone: anything but `same-origin` or `none` (typed or
+/// bookmarked) is refused. Browsers send it only to secure origins (https, localhost), so a
+/// dashboard served over plain http on another name gets `Origin` alone: it must then be this
+/// site as the request names it (`Host`, or `X-Forwarded-Host` from a proxy) or as
+/// `public_url` does. A client that sends neither header (not a browser) is let through.
+fn posted_from_here(headers: &HeaderMap, public_url: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
     }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    // `null`: a sandboxed frame, a `data:` page, a redirect from elsewhere.
+    let Some(origin) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| url::Url::parse(o).ok())
+        .filter(|o| matches!(o.scheme(), "http" | "https"))
+    else {
+        return false;
+    };
+    let is_origin = |site: url::Url| {
+        site.host() == origin.host()
+            && site.port_or_known_default() == origin.port_or_known_default()
+    };
+    let header_names_it = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|authority| {
+                url::Url::parse(&format!("{}://{}", origin.scheme(), authority.trim())).ok()
+            })
+            .is_some_and(is_origin)
+    };
+    header_names_it("host")
+        || header_names_it("x-forwarded-host")
+        || url::Url::parse(public_url).is_ok_and(is_origin)
 }
 
 #[derive(Serialize)]
@@ -119,7 +150,7 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
 async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
     let (client, forwarded_for) = crate::http_server::client_of(request.extensions(), &headers);
-    if !posted_from_here(&headers) {
+    if !posted_from_here(&headers, &state.settings.public_url()) {
         return (
             StatusCode::FORBIDDEN,
             "This sign-in form was posted from another site. Open the dashboard's own /login page and sign in there.",
@@ -214,15 +245,45 @@ mod tests {
 
     #[test]
     fn a_sign_in_posted_from_another_site_is_refused() {
-        let with = |site: &'static str| {
+        let posted = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();
-            h.insert("sec-fetch-site", header::HeaderValue::from_static(site));
-            posted_from_here(&h)
+            for (name, value) in pairs {
+                h.insert(*name, header::HeaderValue::from_static(value));
+            }
+            posted_from_here(&h, "http://127.0.0.1:7600")
         };
-        assert!(posted_from_here(&HeaderMap::new()), "not a browser");
-        assert!(with("same-origin"));
-        assert!(with("none"));
-        assert!(!with("cross-site"));
-        assert!(!with("same-site"));
+        assert!(posted(&[]), "not a browser");
+        assert!(posted(&[("sec-fetch-site", "same-origin")]));
+        assert!(posted(&[("sec-fetch-site", "none")]));
+        assert!(!posted(&[("sec-fetch-site", "cross-site")]));
+        assert!(!posted(&[("sec-fetch-site", "same-site")]));
+        // Over plain http to a name that is not localhost, browsers send only `Origin`.
+        let lan = ("host", "herald.lan:7600");
+        assert!(posted(&[lan, ("origin", "http://herald.lan:7600")]));
+        assert!(!posted(&[lan, ("origin", "http://attacker.example:7600")]));
+        assert!(!posted(&[lan, ("origin", "http://herald.lan:7601")]));
+        assert!(!posted(&[
+            lan,
+            ("origin", "http://herald.lan:7600.evil.example")
+        ]));
+        assert!(!posted(&[lan, ("origin", "null")]));
+        // The default port is implied on either side.
+        let proxied = ("host", "herald.example");
+        assert!(posted(&[proxied, ("origin", "http://herald.example:80")]));
+        // A proxy that rewrote `Host` names the site in `X-Forwarded-Host`, or the public URL does.
+        let rewritten = ("host", "10.0.0.5:7600");
+        assert!(posted(&[
+            rewritten,
+            ("x-forwarded-host", "herald.example"),
+            ("origin", "http://herald.example")
+        ]));
+        assert!(posted(&[rewritten, ("origin", "http://127.0.0.1:7600")]));
+        assert!(!posted(&[rewritten, ("origin", "http://herald.example")]));
+        // `Sec-Fetch-Site` decides when both are sent.
+        assert!(!posted(&[
+            lan,
+            ("origin", "http://herald.lan:7600"),
+            ("sec-fetch-site", "cross-site")
+        ]));
     }
 }

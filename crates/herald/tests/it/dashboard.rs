@@ -4,7 +4,8 @@
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE,
+    ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN,
+    SET_COOKIE,
 };
 use serde_json::json;
 
@@ -125,6 +126,35 @@ async fn org_with_delivery(app: &TestApp, url: &str) -> (String, String, String)
     .await;
     let delivery = app.delivery_ids(&org, &hook).await.remove(0);
     (org, hook, delivery)
+}
+
+/// Another site's page that posts the sign-in form would sign its visitor in to the attacker's
+/// organization. Over plain http to a name other than localhost, browsers send `Origin` but
+/// not `Sec-Fetch-Site`: the origin must be the dashboard's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_posted_from_another_origin_is_refused() {
+    let app = TestApp::spawn().await;
+    let visitor = Visitor::new(&app);
+    let sign_in_from = |origin: String| {
+        visitor
+            .http
+            .post(format!("{}/login", app.base))
+            .header(CONTENT_TYPE, FORM)
+            .header(ORIGIN, origin)
+            .body(serde_urlencoded::to_string([("token", ADMIN_TOKEN)]).unwrap())
+            .send()
+    };
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    for elsewhere in [format!("http://attacker.example:{port}"), "null".to_owned()] {
+        let resp = sign_in_from(elsewhere.clone()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{elsewhere}");
+        assert!(resp.headers().get(SET_COOKIE).is_none(), "{elsewhere}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("posted from another site"), "{body}");
+    }
+    let resp = sign_in_from(app.base.clone()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(resp.headers().get(SET_COOKIE).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
