@@ -78,7 +78,10 @@ pub struct App {
 /// Opens everything the server needs. Fails with a message that says what to do.
 pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let data_dir = settings.storage.data_dir.clone();
-    // First, so that a refused second process writes nothing (not even an admin token). It
+    // Settings first: a mistake in them must not leave a database and an admin token nobody
+    // was shown behind.
+    let policy = address_policy(&settings)?;
+    // Then the lock, so that a refused second process writes nothing (not even an admin token). It
     // makes the data directory for the embedded database; PostgreSQL's nodes still keep their
     // generated admin token there.
     let database_lock = lock_database(&settings.storage).await?;
@@ -95,7 +98,6 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
 
     let directory = Arc::new(Directory::new(store.clone()));
-    let policy = address_policy(&settings)?;
     let idle = settings
         .delivery
         .max_idle_connections

@@ -215,7 +215,7 @@ pub struct SecuritySettings {
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Comma-separated CIDRs that deliveries may reach although they are not public.
-    #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", value_delimiter = ',')]
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", value_delimiter = ',', value_parser = parse_network)]
     pub allow_private_networks: Vec<String>,
     /// Allow http:// webhook URLs for profiles that otherwise require https://.
     #[arg(long, env = "HERALD_ALLOW_INSECURE_URLS", value_parser = parse_bool)]
@@ -313,6 +313,18 @@ fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
              machine only) or 0.0.0.0:7600 (every interface)"
         )
     })
+}
+
+/// One of `HERALD_ALLOW_PRIVATE_NETWORKS`' ranges, checked as the command line is read: a
+/// mistake stops the start before the data directory or an admin token nobody sees is made.
+fn parse_network(raw: &str) -> Result<String, String> {
+    match herald_core::address_policy::AddressPolicy::parse(&[raw.to_owned()]) {
+        Ok(_) => Ok(raw.to_owned()),
+        Err(_) if raw.trim().contains(char::is_whitespace) => Err(format!(
+            "'{raw}' is not a CIDR; separate several with commas, e.g. 10.0.0.0/8,127.0.0.1/32"
+        )),
+        Err(e) => Err(e.message),
+    }
 }
 
 /// `HERALD_METRICS_TOKEN`: empty would be a token nobody could send (only the admin token would

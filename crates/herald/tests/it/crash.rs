@@ -552,6 +552,18 @@ async fn a_start_that_fails_writes_no_admin_token() {
         "{stderr}"
     );
     assert!(!dir.path().join("admin-token").exists());
+    // A mistake in the settings the README has newcomers set: named, and nothing written.
+    let stderr = serve(vec![
+        ("HERALD_LISTEN", "127.0.0.1:0".into()),
+        (
+            "HERALD_ALLOW_PRIVATE_NETWORKS",
+            "127.0.0.0/8 10.0.0.0/8".into(),
+        ),
+    ])
+    .await;
+    assert!(stderr.contains("separate several with commas"), "{stderr}");
+    assert!(!dir.path().join("herald.db").exists());
+    assert!(!dir.path().join("admin-token").exists());
 }
 
 /// A second node on one SQLite file would take the first one's deliveries back on start and

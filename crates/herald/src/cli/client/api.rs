@@ -119,33 +119,82 @@ pub(super) fn api_path(segments: &[&str]) -> anyhow::Result<String> {
     Ok(path)
 }
 
+/// The token to send, and where it came from: `--token` or `HERALD_TOKEN` (`given`; clap reads
+/// an empty variable as none, so `token_env_set` says whether it was set at all), else
+/// `HERALD_ADMIN_TOKEN`, else the admin token kept in the data directory (`HERALD_DATA_DIR`, as
+/// `herald serve` reads it, or `./herald-data`). A token given empty is refused rather than
+/// replaced by the admin's: `--token "$KEY"` with `KEY` unset must not run as the admin.
+fn token_to_use(
+    given: Option<&str>,
+    token_env_set: bool,
+    admin: Option<&str>,
+    data_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<(String, String)> {
+    let usable = |token: &str, source: String| -> anyhow::Result<(String, String)> {
+        let token = token.trim();
+        if token.bytes().any(|b| b.is_ascii_control() || !b.is_ascii()) {
+            bail!(
+                "the token from {source} holds a character a header cannot carry (a control \
+                 character or a non-ASCII one); tokens are plain ASCII, copy it again"
+            );
+        }
+        Ok((token.to_owned(), source))
+    };
+    match given {
+        Some(t) if !t.trim().is_empty() => return usable(t, "--token or HERALD_TOKEN".into()),
+        Some(_) => bail!(
+            "--token is empty; give the admin token or an organization API key (hk_…), or \
+             leave --token out to use HERALD_ADMIN_TOKEN or the admin token kept in the data \
+             directory"
+        ),
+        None if token_env_set => bail!(
+            "HERALD_TOKEN is set but empty; set it to the admin token or an organization API \
+             key (hk_…), or unset it to use HERALD_ADMIN_TOKEN or the admin token kept in the \
+             data directory"
+        ),
+        None => {}
+    }
+    if let Some(t) = admin.filter(|t| !t.trim().is_empty()) {
+        return usable(t, "HERALD_ADMIN_TOKEN".into());
+    }
+    let (file, shown) = match data_dir {
+        Some(dir) => {
+            let file = dir.join("admin-token");
+            let shown = format!("{} (HERALD_DATA_DIR)", file.display());
+            (file, shown)
+        }
+        None => (
+            std::path::PathBuf::from("herald-data/admin-token"),
+            "./herald-data/admin-token".to_owned(),
+        ),
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(t) => usable(&t, shown),
+        Err(_) => bail!(
+            "no token: pass --token or set HERALD_TOKEN (the admin token, or an organization \
+             API key); without either, HERALD_ADMIN_TOKEN or else {shown} is read, and there \
+             is neither here"
+        ),
+    }
+}
+
 pub(super) struct Api {
     http: reqwest::blocking::Client,
     conn: Connection,
     token: String,
     /// Where the token came from, for the message when the server refuses it.
-    token_source: &'static str,
+    token_source: String,
 }
 
 impl Api {
     pub(super) fn new(conn: Connection) -> anyhow::Result<Self> {
         herald_dispatch::client::install_tls_provider();
-        let admin = std::env::var("HERALD_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty());
-        let given = conn.token.as_ref().filter(|t| !t.trim().is_empty());
-        let (token, token_source) = match (given, admin) {
-            (Some(t), _) => (t.clone(), "--token or HERALD_TOKEN"),
-            (None, Some(t)) => (t, "HERALD_ADMIN_TOKEN"),
-            (None, None) => match std::fs::read_to_string("herald-data/admin-token") {
-                Ok(t) => (t.trim().to_owned(), "./herald-data/admin-token"),
-                Err(_) => bail!(
-                    "no token: pass --token or set HERALD_TOKEN (the admin token, or an \
-                     organization API key); without either, HERALD_ADMIN_TOKEN or else \
-                     ./herald-data/admin-token is read, and there is neither here"
-                ),
-            },
-        };
+        let (token, token_source) = token_to_use(
+            conn.token.as_deref(),
+            std::env::var_os("HERALD_TOKEN").is_some(),
+            std::env::var("HERALD_ADMIN_TOKEN").ok().as_deref(),
+            std::env::var_os("HERALD_DATA_DIR").map(std::path::PathBuf::from),
+        )?;
         Ok(Self {
             http: reqwest::blocking::Client::new(),
             conn,
@@ -257,6 +306,35 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_or_unusable_token_is_refused_not_replaced_by_the_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin-token"), "admin-from-file\n").unwrap();
+        let data_dir = || Some(dir.path().to_path_buf());
+        let token = |given, env_set, admin| token_to_use(given, env_set, admin, data_dir());
+        let refused = |r: anyhow::Result<(String, String)>| r.unwrap_err().to_string();
+        assert!(refused(token(Some(""), true, Some("adm"))).starts_with("--token is empty"));
+        assert!(refused(token(Some("  "), false, None)).starts_with("--token is empty"));
+        assert!(
+            refused(token(None, true, Some("adm"))).starts_with("HERALD_TOKEN is set but empty")
+        );
+        // Pasted from a file with Windows line ends: trimmed; a control character inside is named.
+        assert_eq!(token(Some(" hk_abc\r\n"), true, None).unwrap().0, "hk_abc");
+        assert!(refused(token(Some("hk_a\rbc"), true, None)).contains("a header cannot carry"));
+        assert_eq!(
+            token(None, false, Some("adm")).unwrap(),
+            ("adm".to_owned(), "HERALD_ADMIN_TOKEN".to_owned())
+        );
+        let (from_file, source) = token(None, false, Some(" ")).unwrap();
+        assert_eq!(from_file, "admin-from-file");
+        assert!(
+            source.ends_with("admin-token (HERALD_DATA_DIR)"),
+            "{source}"
+        );
+        let missing = token_to_use(None, false, None, Some(dir.path().join("nowhere")));
+        assert!(refused(missing).contains("nowhere/admin-token (HERALD_DATA_DIR) is read"));
+    }
 
     #[test]
     fn the_servers_advice_names_commands() {
