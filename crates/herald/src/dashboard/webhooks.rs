@@ -74,6 +74,8 @@ struct WebhookView {
     secret_masked: String,
     /// The profile takes a secret the user chooses (permit): rotating asks for the new one.
     secret_chosen: bool,
+    /// Its signature carries the previous secret's too after a rotation (Standard Webhooks).
+    rotation_overlaps: bool,
     previous_secret_until: Option<String>,
     headers: Vec<(String, String)>,
     timeout: String,
@@ -112,6 +114,8 @@ impl WebhookView {
             secret_masked: mask(&w.secret),
             secret_chosen: w.profile.secret_policy()
                 == herald_core::profile::SecretPolicy::UserSupplied,
+            rotation_overlaps: w.effective_signature()
+                == herald_core::profile::SignatureScheme::Standard,
             previous_secret_until: w.previous_secret_expires_at.filter(|t| *t > now).map(when),
             // Often the receiver's credentials: names only (the edit form has the values).
             headers: w
@@ -250,10 +254,12 @@ async fn webhook_action(
             webhooks::rotate_secret(&state, scope, &org, &id, secret)
                 .await
                 .map(|w| {
-                    secret_flash(
-                        &w,
-                        "Secret rotated; the previous one keeps signing beside it for 24 hours.",
-                    )
+                    let what = if w.previous_secret_expires_at.is_some() {
+                        "Secret rotated; the previous one keeps signing beside it for 24 hours."
+                    } else {
+                        "Secret rotated. This profile's signature carries one secret, made with the new one from now on: its receiver needs it now."
+                    };
+                    secret_flash(&w, what)
                 })
         }
         "test" => match webhooks::send_test(&state, scope, &org, &id).await {

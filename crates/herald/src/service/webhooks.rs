@@ -610,10 +610,18 @@ pub async fn rotate_secret(
     let mut w = get(state, scope, org, id).await?;
     let new = new_secret(w.profile, secret.as_deref())?;
     let now = state.clock.now();
-    w.previous_secret = Some(std::mem::replace(&mut w.secret, new));
-    w.previous_secret_expires_at = Some(now.plus_millis(ROTATION_OVERLAP_MS));
+    let previous = std::mem::replace(&mut w.secret, new);
+    // Only Standard Webhooks' header carries two signatures; the other schemes sign with the
+    // new secret at once, and the answer must not promise an overlap they do not have.
+    let overlaps = w.effective_signature() == SignatureScheme::Standard;
+    w.previous_secret = overlaps.then_some(previous);
+    w.previous_secret_expires_at = overlaps.then(|| now.plus_millis(ROTATION_OVERLAP_MS));
     let w = save(state, w).await?;
-    tracing::info!(org = %w.org_id, webhook = %w.id, "webhook secret rotated; the previous one signs too for 24 hours");
+    if overlaps {
+        tracing::info!(org = %w.org_id, webhook = %w.id, "webhook secret rotated; the previous one signs too for 24 hours");
+    } else {
+        tracing::info!(org = %w.org_id, webhook = %w.id, "webhook secret rotated; its scheme carries one signature, made with the new secret from now on");
+    }
     Ok(w)
 }
 

@@ -1707,9 +1707,10 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         "{shown}"
     );
 
-    // An empty token is no token: the defaults apply (here, none is left).
+    // An empty token (a variable that was not set) stops the command: it must not fall back
+    // to the admin token.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--token", ""], None).await;
-    assert!(!ok && out.contains("no token"), "{out}");
+    assert!(!ok && out.contains("--token is empty"), "{out}");
     // A file an editor saved with a byte-order mark is read as the server reads it.
     let bom = std::env::temp_dir().join(format!("herald-bom-{}.json", std::process::id()));
     std::fs::write(

@@ -1184,6 +1184,19 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
     let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
     let shown = admin.get(&a.location).await.body;
     assert!(shown.contains("signs with a secret you choose"), "{shown}");
+
+    // A scheme whose header carries one signature (hub): no overlap is promised, before or after.
+    let hub = json!({ "signature": "hub" });
+    let hub = app.create_webhook(&org, &rx.url("/hub"), hub).await;
+    let page = format!("/orgs/{org}/webhooks/{}", hub["id"].as_str().unwrap());
+    let before = slashes(&admin.get(&page).await.body);
+    assert!(before.contains("needs the new one at once"), "{before}");
+    let a = admin
+        .post(&format!("{page}/rotate"), &[("csrf", csrf.as_str())])
+        .await;
+    let shown = slashes(&admin.get(&a.location).await.body);
+    assert!(shown.contains("carries one secret"), "{shown}");
+    assert!(!shown.contains("keeps signing beside it"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

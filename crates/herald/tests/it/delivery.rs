@@ -705,6 +705,22 @@ async fn after_a_rotation_both_secrets_sign_for_a_day() {
     let verify = |secret: &str| got[1].verify_standard_at_own_time(secret);
     assert!(verify(&new).is_ok(), "the new secret verifies");
     assert!(verify(&old).is_err(), "the old secret no longer signs");
+    assert!(rotated["previous_secret_expires_at"].is_string());
+
+    // A scheme with room for one signature switches at once: no overlap is promised.
+    let hub = json!({ "signature": "hub", "events": ["session.revoked"] });
+    let hub = app.create_webhook(&org, &rx.url("/hub"), hub).await;
+    let (status, rotated) = app
+        .post(
+            &format!(
+                "/v1/orgs/{org}/webhooks/{}/rotate-secret",
+                hub["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["previous_secret_expires_at"], json!(null));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,7 +188,9 @@ pub enum WebhooksCommand {
         /// The webhook's id (`wh_…`).
         id: String,
     },
-    /// Replace the secret; the old one signs too for 24 hours.
+    /// Replace the secret. With Standard Webhooks signatures the old one signs too for 24
+    /// hours; the other schemes carry one signature, made with the new secret at once (let the
+    /// receiver accept a secret you choose, then rotate to it with --secret).
     Rotate {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]

@@ -260,8 +260,13 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             )?;
             show(&conn, &rotated, cols);
             if !conn.json {
+                let overlap = if rotated["previous_secret_expires_at"].is_null() {
+                    "this profile's signature carries one secret: its receiver needs the new one now"
+                } else {
+                    "the old one signs too for 24 hours"
+                };
                 out!(
-                    "\nNew secret (shown once; the old one signs too for 24 hours): {}",
+                    "\nNew secret (shown once; {overlap}): {}",
                     rotated["secret"].as_str().unwrap_or_default()
                 );
             }
