@@ -24,7 +24,7 @@ pub struct ListenArgs {
     pub listen: SocketAddr,
     /// The webhook's secret, to check signatures (`whsec_…` or the secret as shown). A request
     /// whose signature does not verify with it is answered 401, as a receiver would.
-    #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true)]
+    #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<String>,
     /// The status to answer deliveries with (those whose signature verifies, given --secret).
     #[arg(long, default_value_t = 200)]
@@ -35,6 +35,18 @@ pub struct ListenArgs {
     /// Answer WebSub verification with a wrong body instead of the challenge.
     #[arg(long)]
     pub refuse_verification: bool,
+}
+
+/// `--secret`: one Herald could have given (a `whsec_` key, or 16 to 256 visible characters),
+/// so that a mistake (an empty variable, a cut-off paste) stops here rather than answering
+/// every delivery 401.
+fn parse_secret(raw: &str) -> Result<String, String> {
+    herald_core::profile::SecretPolicy::UserSupplied
+        .parse(raw)
+        .map_err(|e| {
+            let why = e.message.split("; omit it").next().unwrap_or_default();
+            format!("not a webhook secret ({why}); give the secret Herald showed when the webhook was created or its secret rotated")
+        })
 }
 
 #[derive(Clone)]
@@ -58,6 +70,8 @@ pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
             out!("Listening on http://{addr}/ (answering {status}); point a webhook here. Ctrl-C stops.");
             if args.secret.is_none() {
                 out!("No --secret given: signatures are shown, not checked.");
+            } else {
+                out!("Checking signatures with --secret: a request that does not verify is answered 401.");
             }
             let app = Router::new().fallback(receive).with_state(Listener { args });
             let listener = listener.tap_io(|tcp| {
@@ -206,4 +220,26 @@ fn signature_with(
         "no signature header",
         Err("the request is not signed".into()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_herald_could_not_have_given_is_refused_at_start() {
+        assert!(parse_secret("").unwrap_err().contains("16 to 256"));
+        assert!(parse_secret("short").is_err());
+        assert!(
+            parse_secret("whsec_!!!notbase64")
+                .unwrap_err()
+                .contains("base64")
+        );
+        let key = herald_core::profile::SecretPolicy::StandardKey
+            .generate()
+            .unwrap();
+        assert_eq!(parse_secret(&format!(" {key}\n")).unwrap(), key);
+        let hex = herald_core::profile::SecretPolicy::Hex.generate().unwrap();
+        assert_eq!(parse_secret(&hex).unwrap(), hex);
+    }
 }
