@@ -1679,6 +1679,12 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         !ok && out.contains("the endpoint answered 500") && out.contains("tries again at"),
         "{out}"
     );
+    // With --json too: the delivery with its attempts, and the exit code says how it went.
+    let (ok, out) = herald_cli(&app, &[&test[..], &["--json"]].concat(), None).await;
+    assert!(
+        !ok && out.contains("\"status\": 500") && out.contains("not delivered"),
+        "{out}"
+    );
     let (ok, out) = herald_cli(&app, &[&test[..], &["--no-wait"]].concat(), None).await;
     assert!(ok && out.starts_with("EVENT_ID"), "{out}");
     // A delivery shows its attempts and what the endpoint answered last.

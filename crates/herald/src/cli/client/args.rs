@@ -202,15 +202,14 @@ pub enum WebhooksCommand {
         secret: Option<String>,
     },
     /// Send a test event to the webhook and wait for the endpoint's answer (fails if it is not
-    /// a success).
+    /// a success; with --json, prints the delivery and its attempts).
     Test {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The webhook's id (`wh_…`).
         id: String,
-        /// Only send it: print the event and delivery ids without waiting for the answer (as
-        /// `--json` does, printing the server's answer).
+        /// Only send it: print the event and delivery ids without waiting for the answer.
         #[arg(long)]
         no_wait: bool,
     },

@@ -22,8 +22,14 @@ pub(super) fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Res
 /// The longest a test waits for its first attempt: the longest webhook timeout and a margin.
 pub(super) const TEST_WAIT: Duration = Duration::from_secs(65);
 
-/// Waits for the test delivery's first attempt and says how it went; fails unless it succeeded.
-pub(super) fn show_test_outcome(api: &Api, org: &str, delivery: &str) -> anyhow::Result<()> {
+/// Waits for the test delivery's first attempt and says how it went (with `--json`, the
+/// delivery as the server has it, attempts and all); fails unless it succeeded.
+pub(super) fn show_test_outcome(
+    api: &Api,
+    conn: &Connection,
+    org: &str,
+    delivery: &str,
+) -> anyhow::Result<()> {
     let path = api_path(&["v1", "orgs", org, "deliveries", delivery])?;
     let deadline = Instant::now() + TEST_WAIT;
     eprintln!("Sent {delivery}; waiting for the endpoint's answer…");
@@ -60,7 +66,13 @@ pub(super) fn show_test_outcome(api: &Api, org: &str, delivery: &str) -> anyhow:
         .unwrap_or_default();
     let attempt = attempts.last().unwrap_or(&Value::Null);
     let took = attempt["duration_ms"].as_u64().unwrap_or_default();
+    if conn.json {
+        print_json(&detail);
+    }
     if detail["state"] == "succeeded" {
+        if conn.json {
+            return Ok(());
+        }
         out!(
             "Delivered {delivery}: the endpoint answered {} in {took} ms.",
             attempt["status"]
@@ -276,11 +288,11 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "test"])?,
                 json!({}),
             )?;
-            if no_wait || conn.json {
+            if no_wait {
                 show(&conn, &sent, &["event_id", "delivery_id"]);
             } else {
                 let delivery = sent["delivery_id"].as_str().unwrap_or_default();
-                show_test_outcome(&api, &org, delivery)?;
+                show_test_outcome(&api, &conn, &org, delivery)?;
             }
         }
         WebhooksCommand::Delete { org, ids } => {
