@@ -97,7 +97,10 @@ impl From<ServiceError> for ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "the database is unavailable; try again shortly",
+                    format!(
+                        "the database is unavailable{}; try again shortly",
+                        unavailable_because(&cause)
+                    ),
                 )
             }
             E::Internal(cause) => {
@@ -109,6 +112,21 @@ impl From<ServiceError> for ApiError {
                 )
             }
         }
+    }
+}
+
+/// Why the database is unavailable, where the reason is the operator's to act on and says
+/// nothing of the deployment (a full disk); otherwise nothing, as PostgreSQL's own messages
+/// may name hosts.
+pub fn unavailable_because(cause: &herald_core::store::StoreError) -> &'static str {
+    let mut reasons =
+        std::iter::successors(Some(cause as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
+    if reasons.any(|e| e.to_string().contains("disk is full")) {
+        " (its disk is full: free some space where Herald keeps its data)"
+    } else {
+        ""
     }
 }
 
@@ -167,3 +185,19 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::store::StoreError;
+
+    #[test]
+    fn a_full_disk_is_named_and_nothing_else_of_the_database_is() {
+        let full = StoreError::Unavailable("database or disk is full".into());
+        let message = ApiError::from(ServiceError::Unavailable(full)).message;
+        assert!(message.contains("its disk is full"), "{message}");
+        let refused = StoreError::Unavailable("connection to 10.1.2.3:5432 refused".into());
+        let message = ApiError::from(ServiceError::Unavailable(refused)).message;
+        assert_eq!(message, "the database is unavailable; try again shortly");
+    }
+}

@@ -81,15 +81,19 @@ async fn post_events(
     let report = ingest::ingest(&state, &scope, &org_id(&path.org)?, events, batch)
         .await
         .map_err(|e| {
-            let unavailable = matches!(e, ServiceError::Unavailable(_));
+            let because = match &e {
+                ServiceError::Unavailable(cause) => Some(super::error::unavailable_because(cause)),
+                _ => None,
+            };
             let mut answer = ApiError::from(e);
-            if unavailable {
+            if let Some(because) = because {
                 // A commit cut off by a stalled database may still land.
-                answer.message = "the database is unavailable, and the events may or may not \
-                                  have been stored: send them again shortly with the same id \
-                                  (an id already stored is answered as a duplicate, not stored \
-                                  twice)"
-                    .into();
+                answer.message = format!(
+                    "the database is unavailable{because}, and the events may or may not have \
+                     been stored: send them again shortly with the same ids (an id already \
+                     stored is answered as a duplicate, not stored twice; an event sent without \
+                     an id is given a new one, so give such events ids of yours first)"
+                );
             }
             answer
         })?;
