@@ -490,6 +490,14 @@ impl Dispatcher {
         self.shared.stop.send_replace(true);
         self.shared.workers.lock().expect("workers lock").clear();
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
+        let (requests, slow) = self.requests_in_flight();
+        if requests + slow > 0 {
+            tracing::info!(
+                requests = requests + slow,
+                "waiting up to {} s for the requests in flight to be answered and recorded (what is cut off is sent again after the next start)",
+                grace.as_secs()
+            );
+        }
         let _ =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         let given_back = self.shared.given_back_on_stop.load(Ordering::Relaxed);

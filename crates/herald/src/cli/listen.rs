@@ -77,12 +77,15 @@ pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await
-                .context("the listener failed")
+            // Ctrl-C stops at once, even with a request waiting out --delay-ms: the sender sees
+            // the connection close and tries again, as a receiver that stopped would make it.
+            tokio::select! {
+                served = axum::serve(listener, app) => served.context("the listener failed"),
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("Stopped.");
+                    Ok(())
+                }
+            }
         })
 }
 

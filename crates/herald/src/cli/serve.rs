@@ -220,7 +220,18 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: no new requests; finishing deliveries in flight");
+    tracing::info!(
+        "shutting down: no new requests; finishing deliveries in flight (Ctrl-C again to stop at once)"
+    );
+    // A second signal stops at once: what was in flight is sent again after the next start,
+    // as after a crash (every acknowledged event is already on disk).
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::warn!(
+            "stopping at once (second Ctrl-C); deliveries cut off are sent again after the next start"
+        );
+        std::process::exit(130);
+    });
 }
 
 #[cfg(test)]

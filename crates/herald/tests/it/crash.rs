@@ -223,6 +223,49 @@ fn signal(pid: &str, name: &str) {
     assert!(sent.success(), "kill -{name} {pid}");
 }
 
+/// Ctrl-C waits for the requests in flight (up to 10 s), saying how many; a second one stops at
+/// once, and what it cut off is sent again after the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(200).after(Duration::from_secs(30))]);
+    rx.answer_by_default(Reply::status(200));
+    let mut server = Server::start(dir.path()).await;
+    let org = server
+        .org_with_webhook(&rx.url("/sink"), json!({ "timeout_ms": 20000 }))
+        .await;
+    let posted = http_client()
+        .post(format!("{}/v1/orgs/{org}/events", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "type": "user.created", "id": "e1", "data": { "user": { "id": "u1" } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::ACCEPTED);
+    rx.wait_for("/sink", 1, Duration::from_secs(10)).await;
+    let pid = server.child.id().unwrap().to_string();
+    signal(&pid, "INT");
+    let said = |text: &str| server.log.lock().unwrap().iter().any(|l| l.contains(text));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !said("waiting up to 10 s for the requests in flight") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no word of the wait"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(said("requests=1"), "{:?}", server.log.lock().unwrap());
+    signal(&pid, "INT");
+    let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("a second Ctrl-C stops the server at once, not after the 10 s wait")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    let _again = Server::start(dir.path()).await;
+    rx.wait_for("/sink", 2, Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logged() {
     let _turn = crate::helpers::heavy_turn().await;
