@@ -36,6 +36,12 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             args.storage.data_dir.display()
         );
     }
+    if args.to.exists() && !args.to.is_dir() {
+        bail!(
+            "{} is a file; give --to a new or empty directory",
+            args.to.display()
+        );
+    }
     let target = args.to.join("herald.db");
     if target.exists() {
         bail!(
@@ -44,19 +50,20 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         );
     }
     crate::app::make_data_dir(&args.to)?;
-    let size = std::fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
+    // What is read: the file and the changes still in its write-ahead log.
+    let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size = size_of(&source) + size_of(&args.storage.data_dir.join("herald.db-wal"));
     eprintln!(
-        "Copying {} ({} MiB with free pages) to {} ...",
+        "Copying {} ({} with its write-ahead log) to {} ...",
         source.display(),
-        size >> 20,
+        in_units(size),
         target.display()
     );
     let started = Instant::now();
     let sealed = herald_store::sqlite::backup::copy(&source, &target)
         .with_context(|| format!("could not copy the database to {}", target.display()))?;
     restrict(&target)?;
-    let copied = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
-    let mut kept = vec![format!("herald.db ({} MiB)", copied >> 20)];
+    let mut kept = vec![format!("herald.db ({})", in_units(size_of(&target)))];
     if copy_admin_token(&args.storage.data_dir, &args.to)? {
         kept.push("admin-token".into());
     }
@@ -82,6 +89,19 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A size as people read it: `954 KiB`, `3.2 MiB`, `1.5 GiB`.
+fn in_units(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB * KIB {
+        format!("{:.0} KiB", (b / KIB).ceil())
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.1} GiB", b / (KIB * KIB * KIB))
+    }
+}
+
 /// The copy holds every secret the database does: readable by this user only.
 fn restrict(path: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
@@ -102,4 +122,17 @@ fn copy_admin_token(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
     crate::app::write_private(&to.join("admin-token"), token.trim_end())
         .with_context(|| format!("could not write the admin token into {}", to.display()))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_units;
+
+    #[test]
+    fn sizes_read_as_people_read_them() {
+        assert_eq!(in_units(0), "0 KiB");
+        assert_eq!(in_units(976_896), "954 KiB");
+        assert_eq!(in_units(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
+        assert_eq!(in_units(3 << 30), "3.0 GiB");
+    }
 }

@@ -785,6 +785,20 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
     let again = backup().await.unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a database"));
+    // So is a file where the directory should be, naming the flag to change.
+    let file = copy_dir.join("admin-token");
+    let onto_file = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["backup", "--to"])
+        .arg(&file)
+        .env("HERALD_DATA_DIR", dir.path())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&onto_file.stderr);
+    assert!(
+        !onto_file.status.success() && said.contains("give --to a new or empty directory"),
+        "{said}"
+    );
     drop(server);
 
     // Restored: a server started on the copy serves what it holds.

@@ -104,6 +104,11 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
 /// message when it is not JSON.
 pub(super) fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value> {
     let (text, source) = if file == "-" {
+        use std::io::IsTerminal;
+        if std::io::stdin().is_terminal() {
+            // Nothing piped in: say why the command waits, and how to end it.
+            eprintln!("Reading JSON from standard input; end it with Ctrl-D (or give --file).");
+        }
         let mut input = String::new();
         std::io::stdin()
             .read_to_string(&mut input)
