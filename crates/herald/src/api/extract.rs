@@ -47,11 +47,18 @@ impl FromRequestParts<AppState> for Caller {
                     if let Some(org) = path_org(parts.uri.path()) {
                         scope.check_org(&herald_core::OrgId::from_trusted(org.to_owned()))?;
                     }
+                    let instead = if admin_only(&parts.method, parts.uri.path()) {
+                        "this operation needs the admin token"
+                    } else {
+                        "use a manager key (or the admin token) for this"
+                    };
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         "forbidden",
-                        "this API key is a producer's: it may post events and read event types, \
-                         nothing else; use a manager key (or the admin token) for this",
+                        format!(
+                            "this API key is a producer's: it may post events and read event \
+                             types, nothing else; {instead}"
+                        ),
                     ));
                 }
                 // For the body extractors, which count an API key's bodies against its own
@@ -111,6 +118,17 @@ fn producer_may(method: &axum::http::Method, path: &str) -> bool {
         | ["", "v1", "event-types"]
         | ["", "v1", "orgs"]
         | ["", "v1", "orgs", _] => reads,
+        _ => false,
+    }
+}
+
+/// Creating and deleting organizations: no organization's key may (`Scope::require_admin`).
+fn admin_only(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["", "v1", "orgs"] => method == Method::POST,
+        ["", "v1", "orgs", _] => method == Method::DELETE,
         _ => false,
     }
 }

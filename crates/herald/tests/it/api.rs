@@ -1440,6 +1440,34 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a producer's key");
+    // What to use instead: a manager key, or the admin token where no key may.
+    let producer = made["key"].as_str().unwrap();
+    let (status, refused) = app
+        .call(
+            Method::GET,
+            &format!("/v1/orgs/{org}/webhooks"),
+            producer,
+            None,
+        )
+        .await;
+    let said = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        status == StatusCode::FORBIDDEN && said.contains("use a manager key"),
+        "{said}"
+    );
+    let (status, refused) = app
+        .call(
+            Method::POST,
+            "/v1/orgs",
+            producer,
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    let said = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        status == StatusCode::FORBIDDEN && said.ends_with("needs the admin token"),
+        "{said}"
+    );
     let (ok, out) = herald_cli(
         &app,
         &[
