@@ -19,8 +19,8 @@ use herald_signature::{VerifyError, hex, hub, opal, standard};
 /// `herald listen` options.
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    /// Address to listen on: an IP address and a port.
+    #[arg(long, default_value = "127.0.0.1:7700", value_parser = parse_address)]
     pub listen: SocketAddr,
     /// The webhook's secret, to check signatures (`whsec_…` or the secret as shown). A request
     /// whose signature does not verify with it is answered 401, as a receiver would.
@@ -47,6 +47,12 @@ fn parse_secret(raw: &str) -> Result<String, String> {
             let why = e.message.split("; omit it").next().unwrap_or_default();
             format!("not a webhook secret ({why}); give the secret Herald showed when the webhook was created or its secret rotated")
         })
+}
+
+/// `--listen`: an IP address and a port, said so when it is a name (`localhost:7700`).
+fn parse_address(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse()
+        .map_err(|_| format!("'{raw}' is not an IP address and port; use e.g. 127.0.0.1:7700"))
 }
 
 #[derive(Clone)]

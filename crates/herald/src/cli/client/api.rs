@@ -278,6 +278,13 @@ impl Api {
         if herald_core::OrgId::parse(org).is_ok() {
             return Ok(org.to_owned());
         }
+        let shown = herald_core::truncate_for_message(org);
+        if org.starts_with("org_") {
+            bail!(
+                "'{shown}' is not an organization id (org_ and 26 letters and digits); `herald \
+                 orgs list` shows them, with each one's handle"
+            );
+        }
         let orgs = self.get_all("/v1/orgs?limit=200")?;
         let found = orgs["data"]
             .as_array()
@@ -288,7 +295,7 @@ impl Api {
         match found {
             Some(id) => Ok(id.to_owned()),
             None => bail!(
-                "no organization has the handle '{org}'; give an organization's id (org_…) or \
+                "no organization has the handle '{shown}'; give an organization's id (org_…) or \
                  handle (`herald orgs list` shows both)"
             ),
         }
