@@ -955,6 +955,11 @@ async fn the_cli_fails_when_a_channel_is_not_verified() {
         !ok && out.contains("STATE") && out.contains("failed verification"),
         "{out}"
     );
+    // The way out names the webhook, ready to run.
+    assert!(
+        out.contains("run `herald webhooks verify --org org_") && out.contains(&format!(" {id}`")),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

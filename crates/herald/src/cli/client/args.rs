@@ -284,7 +284,7 @@ pub struct WebhookOptions {
     #[arg(long)]
     description: Option<String>,
     /// How long to wait for the endpoint's answer, in milliseconds (100–60000).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(100..=60_000))]
     timeout_ms: Option<u32>,
     /// The delays before each attempt, in seconds, comma-separated (e.g. `0,60,300,900,3600`).
     #[arg(long, value_delimiter = ',', value_parser = parse_seconds)]
@@ -302,7 +302,7 @@ pub struct WebhookOptions {
     #[arg(long, value_parser = ["standard", "optare", "hub", "opal"])]
     signature: Option<String>,
     /// The most requests per second sent to the endpoint (1–10000).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     rate_limit_per_second: Option<u32>,
     /// A profile setting as KEY=VALUE (repeatable; replaces the current ones on update):
     /// content_mode=structured|binary (cloudevents), batch_window_ms=500 (opal).

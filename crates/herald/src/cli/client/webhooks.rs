@@ -14,9 +14,13 @@ pub(super) const SUBSCRIPTION_COLUMNS: &[&str] = &["channel", "topic", "mode", "
 
 /// Shows a page of WebSub subscriptions; fails, after showing them, if any channel's endpoint
 /// refused or did not answer, since no events go out on that channel until it verifies.
-pub(super) fn show_subscriptions(conn: &Connection, page: &Value) -> anyhow::Result<()> {
+pub(super) fn show_subscriptions(
+    conn: &Connection,
+    page: &Value,
+    webhook: (&str, &str),
+) -> anyhow::Result<()> {
     show(conn, page, SUBSCRIPTION_COLUMNS);
-    fail_on_unverified(page)
+    fail_on_unverified(page, webhook)
 }
 
 /// The longest a test waits for its first attempt: the longest webhook timeout and a margin.
@@ -95,7 +99,7 @@ pub(super) fn show_test_outcome(
 }
 
 /// Fails if any channel of a page of WebSub subscriptions failed verification.
-pub(super) fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
+pub(super) fn fail_on_unverified(page: &Value, (org, id): (&str, &str)) -> anyhow::Result<()> {
     let failed = page["data"]
         .as_array()
         .into_iter()
@@ -105,7 +109,7 @@ pub(super) fn fail_on_unverified(page: &Value) -> anyhow::Result<()> {
     if failed > 0 {
         bail!(
             "{failed} channel(s) failed verification and get no events until they verify; once \
-             the endpoint answers its challenge, run `herald webhooks verify`"
+             the endpoint answers its challenge, run `herald webhooks verify --org {org} {id}`"
         );
     }
     Ok(())
@@ -231,10 +235,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             if answer["subscriptions"].is_array() {
                 let page = json!({ "data": answer["subscriptions"] });
                 if conn.json {
-                    fail_on_unverified(&page)?;
+                    fail_on_unverified(&page, (&org, &id))?;
                 } else {
                     out!();
-                    show_subscriptions(&conn, &page)?;
+                    show_subscriptions(&conn, &page, (&org, &id))?;
                 }
             }
         }
@@ -255,7 +259,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "verify"])?,
                 json!({ "channel": channel }),
             )?;
-            show_subscriptions(&conn, &answer)?;
+            show_subscriptions(&conn, &answer, (&org, &id))?;
         }
         WebhooksCommand::Disable { org, id } => show(
             &conn,
