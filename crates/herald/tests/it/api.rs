@@ -1767,6 +1767,22 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             && out.contains("the token was read from --token or HERALD_TOKEN"),
         "{out}"
     );
+    // With --json, a refusal is the server's error object on standard output too.
+    let bad_url = [
+        "webhooks",
+        "create",
+        "--org",
+        "acme",
+        "--name",
+        "x",
+        "--url",
+        "ftp://example.com/",
+        "--json",
+    ];
+    let (ok, out) = herald_cli(&app, &bad_url, None).await;
+    let printed: Value = serde_json::from_str(out.split("\nerror:").next().unwrap())
+        .unwrap_or_else(|_| panic!("{out}"));
+    assert!(!ok && printed["error"]["field"] == "url", "{out}");
     // A server address without its scheme is named before any request is made.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--server", "127.0.0.1:7600"], None).await;
     assert!(!ok && out.contains("give its scheme and host"), "{out}");

@@ -239,6 +239,13 @@ impl Api {
             )
         };
         if !status.is_success() {
+            // With --json, the server's error as it sent it (code, message, field), for
+            // scripts; the message goes to standard error and the exit status says it failed.
+            if let Some(error) = value.as_ref().filter(|v| v["error"].is_object())
+                && self.conn.json
+            {
+                super::output::print_json(error);
+            }
             match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
                 Some(message) if status == reqwest::StatusCode::UNAUTHORIZED => bail!(
                     "{status}: {message} (the token was read from {}; give the right one with \
