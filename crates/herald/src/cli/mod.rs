@@ -250,6 +250,24 @@ pub(crate) fn unknown_variables() -> Vec<(String, Option<String>)> {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let is_client = matches!(
+        cli.command,
+        Command::Orgs { .. }
+            | Command::Keys { .. }
+            | Command::Webhooks { .. }
+            | Command::Events { .. }
+            | Command::Deliveries { .. }
+            | Command::Send { .. }
+    );
+    if is_client {
+        // `herald serve` logs these; a client command says them where its user looks.
+        for (name, meant) in unknown_variables() {
+            eprintln!(
+                "warning: {name} is set, but Herald has no such setting{}: it is ignored",
+                herald_core::suggest::did_you_mean(meant.as_deref())
+            );
+        }
+    }
     match cli.command {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),

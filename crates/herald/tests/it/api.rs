@@ -1767,6 +1767,20 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             && out.contains("the token was read from --token or HERALD_TOKEN"),
         "{out}"
     );
+    // A misspelt variable is named, with the one it most likely meant.
+    let misspelt = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["orgs", "list"])
+        .env("HERALD_SERVER", &app.base)
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .env("HERALD_SERVR", "http://elsewhere.example")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&misspelt.stderr);
+    assert!(
+        misspelt.status.success() && said.contains("did you mean 'HERALD_SERVER'?"),
+        "{said}"
+    );
     // With --json, a refusal is the server's error object on standard output too.
     let bad_url = [
         "webhooks",
