@@ -88,7 +88,11 @@ pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
         rest = &path[end..];
     }
     out.push_str(rest);
-    out
+    // The API's "send one" for a secret the user chooses, as the command's flag.
+    out.replace(
+        "a secret you choose; send one",
+        "a secret you choose; give one with --secret",
+    )
 }
 
 /// What a path segment or query value keeps as it is; everything else is percent-encoded, so
@@ -392,6 +396,13 @@ mod tests {
                 None
             ),
             "deactivate it first (`herald webhooks disable --org org_1 wh_2`): a webhook"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "the permit profile signs with a secret you choose; send one (16 to 256 characters)",
+                None
+            ),
+            "the permit profile signs with a secret you choose; give one with --secret (16 to 256 characters)"
         );
         // Routes without a command of their own are left as they are.
         let other = "see GET /v1/orgs/org_1/webhooks, then POST /v1/orgs";
