@@ -46,6 +46,16 @@ pub(super) fn past_schedule(
     }
 }
 
+/// `HERALD_DISABLE_AFTER_HOURS` as the reason for disabling says it: `36 hours`, `5 days`.
+fn in_hours_or_days(limit: std::time::Duration) -> String {
+    let hours = limit.as_secs() / 3600;
+    match hours {
+        1 => "1 hour".to_owned(),
+        h if h < 48 || h % 24 != 0 => format!("{h} hours"),
+        h => format!("{} days", h / 24),
+    }
+}
+
 /// A webhook's failing streak as this node last saved it: since when every attempt failed, or
 /// `None` once one succeeded. The directory's copy of the webhook (`failing_since`) is read when
 /// the organization is loaded and is not reloaded when the streak changes, so this one is newer,
@@ -109,13 +119,13 @@ impl Dispatcher {
             None => since,
         };
         if long_enough(since) {
-            let days = limit.as_secs_f64() / 86_400.0;
             return self
                 .disable(
                     webhook,
                     format!(
-                        "every attempt failed since {} ({days:.1} days or more)",
-                        since.to_rfc3339()
+                        "every attempt failed since {} ({} or more)",
+                        since.to_rfc3339(),
+                        in_hours_or_days(limit)
                     ),
                 )
                 .await;
@@ -264,5 +274,20 @@ impl Dispatcher {
         if let Some(ops) = self.shared.operations.get() {
             ops.delivery_exhausted(due, webhook, attempts, error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_hours_or_days;
+    use std::time::Duration;
+
+    #[test]
+    fn the_disabling_threshold_reads_in_hours_or_whole_days() {
+        let hours = |h: u64| in_hours_or_days(Duration::from_secs(h * 3600));
+        assert_eq!(hours(1), "1 hour");
+        assert_eq!(hours(36), "36 hours");
+        assert_eq!(hours(120), "5 days");
+        assert_eq!(hours(50), "50 hours");
     }
 }
