@@ -2996,6 +2996,12 @@ async fn sqlite() -> Option<Fresh> {
 /// A new PostgreSQL store in a schema of its own (dropped afterwards), in the database
 /// `HERALD_TEST_DATABASE_URL` names; `None` (the story is skipped, with a notice) when it is unset.
 async fn postgres() -> Option<Fresh> {
+    postgres_in_schema().await.map(|(fresh, _, _)| fresh)
+}
+
+/// A new PostgreSQL store, with the database's URL and the schema it lives in (for a story
+/// that reaches its tables from another connection).
+async fn postgres_in_schema() -> Option<(Fresh, String, String)> {
     static NOTICE: std::sync::Once = std::sync::Once::new();
     let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
         NOTICE.call_once(|| {
@@ -3018,10 +3024,14 @@ async fn postgres() -> Option<Fresh> {
     )
     .expect("a valid database URL");
     store.migrate().await.expect("migrating the story's schema");
-    Some(Fresh {
+    let fresh = Fresh {
         store: Arc::new(store),
-        _keep: Box::new(DropSchema { url, schema }),
-    })
+        _keep: Box::new(DropSchema {
+            url: url.clone(),
+            schema: schema.clone(),
+        }),
+    };
+    Some((fresh, url, schema))
 }
 
 async fn admin_client(url: &str) -> tokio_postgres::Client {
@@ -3185,6 +3195,49 @@ async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(claimed, vec![id], "due well before its lease ends");
+}
+
+/// A lock held on the events table (a migration by hand, a long report) makes storing events
+/// time out: the store says so to the readiness check, which its own read would not notice,
+/// until events are stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reports_a_locked_events_table_until_events_are_stored_again() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let store = fresh.store.clone();
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    assert_eq!(store.write_trouble(), None);
+    let locker = admin_client(&url).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    let posted = |name: &str| {
+        let id = DeliveryId::generate();
+        [item(
+            event(&acme.id, name, "invoice.paid", T0),
+            &[(&id, &hook.id)],
+            true,
+        )]
+    };
+    let stored = store
+        .insert_events(&acme.id, &posted("evt_1"), T0, at(LEASE_SECS))
+        .await;
+    assert!(
+        matches!(stored, Err(StoreError::Unavailable(_))),
+        "{stored:?}"
+    );
+    let trouble = store.write_trouble().expect("the failed store is reported");
+    assert!(trouble.contains("did not answer in time"), "{trouble}");
+    locker.batch_execute("COMMIT").await.unwrap();
+    store
+        .insert_events(&acme.id, &posted("evt_2"), T0, at(LEASE_SECS))
+        .await
+        .unwrap();
+    assert_eq!(store.write_trouble(), None);
 }
 
 /// The directory's cache over a real store: requests that miss it together share one load of

@@ -57,7 +57,15 @@ pub(crate) struct IngestQueue {
     /// Deliveries of requests whose storing was cut off, to give back once the database
     /// answers (`Unanswered`).
     unanswered: Arc<Unanswered>,
+    /// When storing a request last failed for want of the database (a lock held, a stall),
+    /// until one is stored again: the readiness check reports it, since its own read may pass
+    /// while the tables events go to are locked.
+    failing_since: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a failed store of events the node still reports it is not ready, unless one
+/// is stored meanwhile.
+const TROUBLE_SHOWN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl IngestQueue {
     /// Stores one request's events, with whatever other requests are waiting.
@@ -85,7 +93,7 @@ impl IngestQueue {
         // The runner answers every job it takes; it drops one only if it is itself stopped.
         // The wait is bounded as one statement is: a caller that gives up is told the database
         // is away, and if its events are stored after all, the runner gives their leases back.
-        timed_within(2 * OPERATION_TIMEOUT, async {
+        let stored = timed_within(2 * OPERATION_TIMEOUT, async {
             answer.await.unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
                     "storing the events stopped before it answered (the server may be shutting \
@@ -94,7 +102,28 @@ impl IngestQueue {
                 ))
             })
         })
-        .await
+        .await;
+        let mut failing = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        match &stored {
+            Ok(_) => *failing = None,
+            Err(StoreError::Unavailable(_)) => *failing = Some(std::time::Instant::now()),
+            Err(_) => {}
+        }
+        stored
+    }
+
+    /// Why events cannot be stored now, if storing the last of them failed for want of the
+    /// database moments ago.
+    pub(crate) fn trouble(&self) -> Option<String> {
+        let failing = *self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        failing
+            .filter(|at| at.elapsed() < TROUBLE_SHOWN_FOR)
+            .map(|_| {
+                "storing events failed moments ago: the database did not answer in time (a lock \
+             held on Herald's tables, or an overloaded server); Herald tries again with the \
+             next request"
+                    .to_owned()
+            })
     }
 
     fn runner(&self, pool: &Pool) -> mpsc::UnboundedSender<Job> {
@@ -140,7 +169,7 @@ async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
     match outcome {
         Ok(results) => {
             for (job, results) in group.into_iter().zip(results) {
-                reply(pool, job, Ok(results)).await;
+                reply(pool, unanswered, job, Ok(results)).await;
             }
         }
         Err(StoreError::Unavailable(cause)) => {
@@ -155,18 +184,30 @@ async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
                 unanswered.add(pool, &job.org, held);
             }
             for job in group {
-                reply(pool, job, Err(StoreError::Unavailable(why.clone().into()))).await;
+                reply(
+                    pool,
+                    unanswered,
+                    job,
+                    Err(StoreError::Unavailable(why.clone().into())),
+                )
+                .await;
             }
         }
         Err(e) if group.len() == 1 => {
             if let Some(job) = group.into_iter().next() {
-                reply(pool, job, Err(e)).await;
+                reply(pool, unanswered, job, Err(e)).await;
             }
         }
         Err(_) => {
             for job in group {
                 let results = store_group(pool, &[job.request()]).await;
-                reply(pool, job, results.map(|mut r| r.pop().unwrap_or_default())).await;
+                reply(
+                    pool,
+                    unanswered,
+                    job,
+                    results.map(|mut r| r.pop().unwrap_or_default()),
+                )
+                .await;
             }
         }
     }
@@ -187,18 +228,23 @@ impl Unanswered {
         if held.is_empty() {
             return;
         }
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(org.clone())
-            .or_default()
-            .extend(held);
+        self.keep(org, held);
         if !self
             .draining
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             tokio::spawn(self.clone().drain(pool.clone()));
         }
+    }
+
+    /// Holds `held` for the next give-back.
+    fn keep(&self, org: &OrgId, held: Vec<(DeliveryId, Timestamp)>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(org.clone())
+            .or_default()
+            .extend(held);
     }
 
     /// Gives back what is held a little after the database answers again (a commit the server
@@ -238,7 +284,10 @@ impl Unanswered {
             tokio::time::sleep(5 * ASK_AGAIN).await;
             let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
             for (org, deliveries) in held {
-                give_back(&pool, &org, deliveries, now()).await;
+                if let Err(deliveries) = give_back(&pool, &org, deliveries, now()).await {
+                    // Asked again at the next round, until their leases end.
+                    self.keep(&org, deliveries);
+                }
             }
         }
     }
@@ -274,8 +323,15 @@ fn held_at_ingest(
         .collect()
 }
 
-/// Answers one job; if its caller has gone, gives back what it stored.
-async fn reply(pool: &Pool, job: Job, result: StoreResult<Vec<IngestResult>>) {
+/// Answers one job; if its caller has gone, gives back what it stored, or, if the database
+/// does not take that either (a lock held past the caller's patience), has it given back once
+/// the database answers rather than when its lease ends.
+async fn reply(
+    pool: &Pool,
+    unanswered: &Arc<Unanswered>,
+    job: Job,
+    result: StoreResult<Vec<IngestResult>>,
+) {
     let Job {
         org,
         items,
@@ -285,17 +341,24 @@ async fn reply(pool: &Pool, job: Job, result: StoreResult<Vec<IngestResult>>) {
     } = job;
     if let Err(Ok(results)) = reply.send(result) {
         let held = held_at_ingest(&items, Some(&results), lease_until);
-        give_back(pool, &org, held, now).await;
+        if let Err(held) = give_back(pool, &org, held, now).await {
+            unanswered.add(pool, &org, held);
+        }
     }
 }
 
 /// Deliveries leased to this node as they were stored that nobody hands to its dispatcher (the
 /// request's caller went away, or was told the database was unavailable while it stored them
 /// after all) are made due now instead of when their lease ends. Finds nothing of what was not
-/// stored, or was given back already.
-async fn give_back(pool: &Pool, org: &OrgId, held: Vec<(DeliveryId, Timestamp)>, now: Timestamp) {
+/// stored, or was given back already. Answers what it could not give back.
+async fn give_back(
+    pool: &Pool,
+    org: &OrgId,
+    held: Vec<(DeliveryId, Timestamp)>,
+    now: Timestamp,
+) -> Result<(), Vec<(DeliveryId, Timestamp)>> {
     if held.is_empty() {
-        return;
+        return Ok(());
     }
     let given_back = timed(async {
         let client = pool.get().await.map_err(pool_error)?;
@@ -303,19 +366,24 @@ async fn give_back(pool: &Pool, org: &OrgId, held: Vec<(DeliveryId, Timestamp)>,
     })
     .await;
     match given_back {
-        Ok(()) => tracing::debug!(
-            deliveries = held.len(),
-            "deliveries of a request whose caller was not answered are due now"
-        ),
+        Ok(()) => {
+            tracing::debug!(
+                deliveries = held.len(),
+                "deliveries of a request whose caller was not answered are due now"
+            );
+            Ok(())
+        }
         Err(e) => {
             if let Some(held_back) = NOT_GIVEN_BACK.admit() {
                 tracing::warn!(
                     error = %e,
                     held_back,
                     "could not give back the deliveries of a request whose caller was not \
-                     answered; they are attempted when their lease ends"
+                     answered; asking again once the database answers (at the latest, they are \
+                     attempted when their lease ends)"
                 );
             }
+            Err(held)
         }
     }
 }

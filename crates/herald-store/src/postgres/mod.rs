@@ -784,6 +784,10 @@ impl Store for PostgresStore {
         true
     }
 
+    fn write_trouble(&self) -> Option<String> {
+        self.ingest.trouble()
+    }
+
     fn signals(&self) -> Option<broadcast::Receiver<StoreSignal>> {
         let receiver = self.signals.subscribe();
         self.listener
