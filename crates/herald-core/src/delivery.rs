@@ -131,8 +131,9 @@ pub enum AttemptError {
     Local(String),
     /// Unanswered after a second while this node already had as many slow requests as it
     /// allows: given up then, so that endpoints that hang do not hold up the others' requests
-    /// until their timeout. Stored as a timeout and retried on schedule, but neither the
-    /// circuit breaker nor the failing streak that disables a webhook hears of it.
+    /// until their timeout. Stored as a timeout and retried on schedule; the circuit breaker
+    /// and the endpoint's concurrency limit hear it as a timeout (they protect this node too),
+    /// the failing streak that disables a webhook does not.
     CutShort,
 }
 

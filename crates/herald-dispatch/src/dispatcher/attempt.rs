@@ -377,12 +377,11 @@ impl Dispatcher {
             }
             signal => signal,
         });
-        // A request given up for want of room on this node says nothing of the endpoint: its
-        // circuit does not hear of it (a probe is given back when the ticket is dropped).
-        if !matches!(outcome.error, Some(AttemptError::CutShort)) {
-            for moved in ticket.settle(outcome.is_success(), self.shared.clock.now()) {
-                self.move_deferred(&webhook.id, moved).await;
-            }
+        // The circuit protects this node too: a request given up for want of room here counts
+        // as a failure (a probe cut short backs off as a failed one does). The failing streak
+        // that disables the webhook does not hear of it (`track_health`).
+        for moved in ticket.settle(outcome.is_success(), self.shared.clock.now()) {
+            self.move_deferred(&webhook.id, moved).await;
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             // One line when it is down to one request at a time; the steps there are details.

@@ -82,8 +82,9 @@ impl Dispatcher {
                 .await;
         }
         if matches!(outcome.error, Some(AttemptError::CutShort)) {
-            // Given up because this node was full of slow requests, not because the endpoint
-            // failed: neither a failure of its streak nor an answer that ends one.
+            // Given up because this node was full of slow requests, not failed by the endpoint
+            // within its timeout: neither a failure of its streak (which disables it, for good
+            // until someone enables it) nor an answer that ends one.
             return Ok(());
         }
         let known = self.failing_since(webhook);

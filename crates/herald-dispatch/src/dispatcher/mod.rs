@@ -494,7 +494,7 @@ impl Dispatcher {
         if requests + slow > 0 {
             tracing::info!(
                 requests = requests + slow,
-                "waiting up to {} s for the requests in flight to be answered and recorded (what is cut off is sent again after the next start)",
+                "waiting up to {} s for the requests in flight to be answered and recorded (what is cut off is sent again later, at least once)",
                 grace.as_secs()
             );
         }

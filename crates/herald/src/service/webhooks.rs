@@ -336,6 +336,12 @@ pub async fn update(
     if let Some(signature) = input.signature {
         w.signature = signature.map(|s| SignatureScheme::parse(&s)).transpose()?;
     }
+    if w.effective_signature() != SignatureScheme::Standard {
+        // Its scheme carries one signature: a rotation's previous secret signs nothing now,
+        // and must not come back to life if the scheme is switched back.
+        w.previous_secret = None;
+        w.previous_secret_expires_at = None;
+    }
     if let Some(options) = input.options {
         w.options = parse_options(options)?;
     } else if w.profile != old_profile {
@@ -599,7 +605,8 @@ pub async fn set_active(
     Ok((w, Some(subs)))
 }
 
-/// Replaces the secret; the old one keeps signing beside the new one for 24 hours.
+/// Replaces the secret. With Standard Webhooks signatures the old one keeps signing beside the
+/// new one for 24 hours; the other schemes carry one signature, made with the new one at once.
 pub async fn rotate_secret(
     state: &AppState,
     scope: &Scope,
