@@ -58,9 +58,9 @@ pub(crate) struct IngestQueue {
     /// answers (`Unanswered`).
     unanswered: Arc<Unanswered>,
     /// When storing a request last failed for want of the database (a lock held, a stall),
-    /// until one is stored again: the readiness check reports it, since its own read may pass
-    /// while the tables events go to are locked.
-    failing_since: Mutex<Option<std::time::Instant>>,
+    /// cleared when one is stored again: the readiness check reports it, since its own read
+    /// may pass while the tables events go to are locked.
+    last_failed_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// How long after a failed store of events the node still reports it is not ready, unless one
@@ -103,7 +103,10 @@ impl IngestQueue {
             })
         })
         .await;
-        let mut failing = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failing = self
+            .last_failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match &stored {
             Ok(_) => *failing = None,
             Err(StoreError::Unavailable(_)) => *failing = Some(std::time::Instant::now()),
@@ -115,7 +118,10 @@ impl IngestQueue {
     /// Why events cannot be stored now, if storing the last of them failed for want of the
     /// database moments ago.
     pub(crate) fn trouble(&self) -> Option<String> {
-        let failing = *self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        let failing = *self
+            .last_failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         failing
             .filter(|at| at.elapsed() < TROUBLE_SHOWN_FOR)
             .map(|_| {

@@ -50,13 +50,11 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         );
     }
     crate::app::make_data_dir(&args.to)?;
-    // What is read: the file and the changes still in its write-ahead log.
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let size = size_of(&source) + size_of(&args.storage.data_dir.join("herald.db-wal"));
     eprintln!(
-        "Copying {} ({} with its write-ahead log) to {} ...",
+        "Copying {} ({}, with what its write-ahead log holds) to {} ...",
         source.display(),
-        in_units(size),
+        in_units(size_of(&source)),
         target.display()
     );
     let started = Instant::now();
@@ -93,7 +91,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
 fn in_units(bytes: u64) -> String {
     const KIB: f64 = 1024.0;
     let b = bytes as f64;
-    if b < KIB * KIB {
+    // Up to 999 KiB: a size that would round to 1024 KiB reads as 1.0 MiB.
+    if b < 1000.0 * KIB {
         format!("{:.0} KiB", (b / KIB).ceil())
     } else if b < KIB * KIB * KIB {
         format!("{:.1} MiB", b / (KIB * KIB))
@@ -134,5 +133,6 @@ mod tests {
         assert_eq!(in_units(976_896), "954 KiB");
         assert_eq!(in_units(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
         assert_eq!(in_units(3 << 30), "3.0 GiB");
+        assert_eq!(in_units(1_048_575), "1.0 MiB");
     }
 }

@@ -223,12 +223,13 @@ async fn shutdown_signal() {
     tracing::info!(
         "shutting down: no new requests; finishing deliveries in flight (Ctrl-C again to stop at once)"
     );
-    // A second signal stops at once: what was in flight is sent again after the next start,
-    // as after a crash (every acknowledged event is already on disk).
+    // A second signal stops at once: what was in flight is sent again as after a crash (every
+    // acknowledged event is already stored): at the next start on SQLite, when their leases
+    // end on PostgreSQL.
     tokio::spawn(async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::warn!(
-            "stopping at once (second Ctrl-C); deliveries cut off are sent again after the next start"
+            "stopping at once (second Ctrl-C); deliveries cut off are sent again at the next start (SQLite) or when their leases end (PostgreSQL)"
         );
         std::process::exit(130);
     });

@@ -108,6 +108,32 @@ fn posted_from_here(headers: &HeaderMap, public_url: &str) -> bool {
         || url::Url::parse(public_url).is_ok_and(is_origin)
 }
 
+/// Says why a sign-in was refused as posted from another site, at most once per 10 s: behind a
+/// proxy that rewrites `Host` every sign-in over plain http would be refused, and the operator
+/// must be able to tell why.
+fn log_refused_origin(headers: &HeaderMap, client: &str) {
+    static REFUSED: Throttle = Throttle::new(std::time::Duration::from_secs(10));
+    let Some(held_back) = REFUSED.admit() else {
+        return;
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.get(..200).unwrap_or(v))
+            .unwrap_or_default()
+    };
+    tracing::warn!(
+        client,
+        origin = %header("origin"),
+        host = %header("host"),
+        forwarded_host = %header("x-forwarded-host"),
+        sec_fetch_site = %header("sec-fetch-site"),
+        refused_since_last_line = held_back,
+        "dashboard sign-in refused: posted from another site (behind a proxy that rewrites Host, forward X-Forwarded-Host or set HERALD_PUBLIC_URL)"
+    );
+}
+
 #[derive(Serialize)]
 struct LoginPage {
     next: Option<String>,
@@ -151,9 +177,10 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
     let (client, forwarded_for) = crate::http_server::client_of(request.extensions(), &headers);
     if !posted_from_here(&headers, &state.settings.public_url()) {
+        log_refused_origin(&headers, &client);
         return (
             StatusCode::FORBIDDEN,
-            "This sign-in form was posted from another site. Open the dashboard's own /login page and sign in there.",
+            "This sign-in form was posted from another site. Open the dashboard's own /login page and sign in there. (If you did, and Herald is behind a proxy that rewrites Host, the log says what it saw: forward X-Forwarded-Host or set HERALD_PUBLIC_URL.)",
         )
             .into_response();
     }

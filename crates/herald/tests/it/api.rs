@@ -1744,7 +1744,10 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     // An empty token (a variable that was not set) stops the command: it must not fall back
     // to the admin token.
     let (ok, out) = herald_cli(&app, &["orgs", "list", "--token", ""], None).await;
-    assert!(!ok && out.contains("--token is empty"), "{out}");
+    assert!(
+        !ok && out.contains("--token (or HERALD_TOKEN) is empty"),
+        "{out}"
+    );
     // A file an editor saved with a byte-order mark is read as the server reads it.
     let bom = std::env::temp_dir().join(format!("herald-bom-{}.json", std::process::id()));
     std::fs::write(

@@ -227,6 +227,7 @@ fn signal(pid: &str, name: &str) {
 /// once, and what it cut off is sent again after the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
+    let _turn = crate::helpers::heavy_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
     rx.script([Reply::status(200).after(Duration::from_secs(30))]);

@@ -123,14 +123,12 @@ pub(super) fn api_path(segments: &[&str]) -> anyhow::Result<String> {
     Ok(path)
 }
 
-/// The token to send, and where it came from: `--token` or `HERALD_TOKEN` (`given`; clap reads
-/// an empty variable as none, so `token_env_set` says whether it was set at all), else
+/// The token to send, and where it came from: `--token` or `HERALD_TOKEN` (`given`), else
 /// `HERALD_ADMIN_TOKEN`, else the admin token kept in the data directory (`HERALD_DATA_DIR`, as
 /// `herald serve` reads it, or `./herald-data`). A token given empty is refused rather than
 /// replaced by the admin's: `--token "$KEY"` with `KEY` unset must not run as the admin.
 fn token_to_use(
     given: Option<&str>,
-    token_env_set: bool,
     admin: Option<&str>,
     data_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<(String, String)> {
@@ -147,14 +145,9 @@ fn token_to_use(
     match given {
         Some(t) if !t.trim().is_empty() => return usable(t, "--token or HERALD_TOKEN".into()),
         Some(_) => bail!(
-            "--token is empty; give the admin token or an organization API key (hk_…), or \
-             leave --token out to use HERALD_ADMIN_TOKEN or the admin token kept in the data \
-             directory"
-        ),
-        None if token_env_set => bail!(
-            "HERALD_TOKEN is set but empty; set it to the admin token or an organization API \
-             key (hk_…), or unset it to use HERALD_ADMIN_TOKEN or the admin token kept in the \
-             data directory"
+            "--token (or HERALD_TOKEN) is empty; give the admin token or an organization API \
+             key (hk_…), or leave both out to use HERALD_ADMIN_TOKEN or the admin token kept in \
+             the data directory"
         ),
         None => {}
     }
@@ -174,6 +167,9 @@ fn token_to_use(
     };
     match std::fs::read_to_string(&file) {
         Ok(t) => usable(&t, shown),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!("could not read the admin token from {shown}: {e}; pass --token instead")
+        }
         Err(_) => bail!(
             "no token: pass --token or set HERALD_TOKEN (the admin token, or an organization \
              API key); without either, HERALD_ADMIN_TOKEN or else {shown} is read, and there \
@@ -195,7 +191,6 @@ impl Api {
         herald_dispatch::client::install_tls_provider();
         let (token, token_source) = token_to_use(
             conn.token.as_deref(),
-            std::env::var_os("HERALD_TOKEN").is_some(),
             std::env::var("HERALD_ADMIN_TOKEN").ok().as_deref(),
             std::env::var_os("HERALD_DATA_DIR").map(std::path::PathBuf::from),
         )?;
@@ -330,27 +325,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin-token"), "admin-from-file\n").unwrap();
         let data_dir = || Some(dir.path().to_path_buf());
-        let token = |given, env_set, admin| token_to_use(given, env_set, admin, data_dir());
+        let token = |given, admin| token_to_use(given, admin, data_dir());
         let refused = |r: anyhow::Result<(String, String)>| r.unwrap_err().to_string();
-        assert!(refused(token(Some(""), true, Some("adm"))).starts_with("--token is empty"));
-        assert!(refused(token(Some("  "), false, None)).starts_with("--token is empty"));
-        assert!(
-            refused(token(None, true, Some("adm"))).starts_with("HERALD_TOKEN is set but empty")
-        );
+        // clap gives an empty HERALD_TOKEN as an empty value, as it gives --token "".
+        let empty = "--token (or HERALD_TOKEN) is empty";
+        assert!(refused(token(Some(""), Some("adm"))).starts_with(empty));
+        assert!(refused(token(Some("  "), None)).starts_with(empty));
         // Pasted from a file with Windows line ends: trimmed; a control character inside is named.
-        assert_eq!(token(Some(" hk_abc\r\n"), true, None).unwrap().0, "hk_abc");
-        assert!(refused(token(Some("hk_a\rbc"), true, None)).contains("a header cannot carry"));
+        assert_eq!(token(Some(" hk_abc\r\n"), None).unwrap().0, "hk_abc");
+        assert!(refused(token(Some("hk_a\rbc"), None)).contains("a header cannot carry"));
         assert_eq!(
-            token(None, false, Some("adm")).unwrap(),
+            token(None, Some("adm")).unwrap(),
             ("adm".to_owned(), "HERALD_ADMIN_TOKEN".to_owned())
         );
-        let (from_file, source) = token(None, false, Some(" ")).unwrap();
+        let (from_file, source) = token(None, Some(" ")).unwrap();
         assert_eq!(from_file, "admin-from-file");
         assert!(
             source.ends_with("admin-token (HERALD_DATA_DIR)"),
             "{source}"
         );
-        let missing = token_to_use(None, false, None, Some(dir.path().join("nowhere")));
+        let missing = token_to_use(None, None, Some(dir.path().join("nowhere")));
         assert!(refused(missing).contains("nowhere/admin-token (HERALD_DATA_DIR) is read"));
     }
 
