@@ -123,7 +123,11 @@ pub fn unavailable_because(cause: &herald_core::store::StoreError) -> &'static s
         std::iter::successors(Some(cause as &(dyn std::error::Error + 'static)), |e| {
             e.source()
         });
-    if reasons.any(|e| e.to_string().contains("disk is full")) {
+    // SQLite's "database or disk is full"; PostgreSQL's "could not extend file …: No space
+    // left on device" (SQLSTATE 53100).
+    let full =
+        |text: String| text.contains("disk is full") || text.contains("No space left on device");
+    if reasons.any(|e| full(e.to_string())) {
         " (its disk is full: free some space where Herald keeps its data)"
     } else {
         ""
@@ -195,6 +199,11 @@ mod tests {
     fn a_full_disk_is_named_and_nothing_else_of_the_database_is() {
         let full = StoreError::Unavailable("database or disk is full".into());
         let message = ApiError::from(ServiceError::Unavailable(full)).message;
+        assert!(message.contains("its disk is full"), "{message}");
+        let postgres = StoreError::Unavailable(
+            "could not extend file \"base/16384/16385\": No space left on device".into(),
+        );
+        let message = ApiError::from(ServiceError::Unavailable(postgres)).message;
         assert!(message.contains("its disk is full"), "{message}");
         let refused = StoreError::Unavailable("connection to 10.1.2.3:5432 refused".into());
         let message = ApiError::from(ServiceError::Unavailable(refused)).message;
