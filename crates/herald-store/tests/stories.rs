@@ -3198,8 +3198,8 @@ async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
 }
 
 /// A lock held on the events table (a migration by hand, a long report) makes storing events
-/// time out: the store says so to the readiness check, which its own read would not notice,
-/// until events are stored again.
+/// wait, then time out: the store says so to the readiness check (which its own read would not
+/// notice) while they wait and after they failed, until events are stored again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reports_a_locked_events_table_until_events_are_stored_again() {
     let Some((fresh, url, schema)) = postgres_in_schema().await else {
@@ -3223,9 +3223,15 @@ async fn postgres_reports_a_locked_events_table_until_events_are_stored_again() 
             true,
         )]
     };
-    let stored = store
-        .insert_events(&acme.id, &posted("evt_1"), T0, at(LEASE_SECS))
-        .await;
+    let waiting = {
+        let (store, org, items) = (store.clone(), acme.id.clone(), posted("evt_1"));
+        tokio::spawn(async move { store.insert_events(&org, &items, T0, at(LEASE_SECS)).await })
+    };
+    // Said while the request still waits, well before it fails (10 s).
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let stalled = store.write_trouble().expect("a stalled store is reported");
+    assert!(stalled.contains("have waited"), "{stalled}");
+    let stored = waiting.await.unwrap();
     assert!(
         matches!(stored, Err(StoreError::Unavailable(_))),
         "{stored:?}"

@@ -61,7 +61,31 @@ pub(crate) struct IngestQueue {
     /// cleared when one is stored again: the readiness check reports it, since its own read
     /// may pass while the tables events go to are locked.
     last_failed_at: Mutex<Option<std::time::Instant>>,
+    /// When each request now waiting to be stored began, by a number of its own: the oldest
+    /// shows a stall before any request has failed (that takes 10 to 20 s).
+    waiting: Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>,
+    next_waiting: std::sync::atomic::AtomicU64,
 }
+
+/// A request's place among those waiting to be stored, given up however its wait ends (the
+/// API drops the future of a request whose client went away).
+struct Waiting {
+    waiting: Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>,
+    number: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.number);
+    }
+}
+
+/// How long the oldest request may wait to be stored before the node says it is not ready: a
+/// group normally commits in milliseconds.
+const STALL_SHOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long after a failed store of events the node still reports it is not ready, unless one
 /// is stored meanwhile.
@@ -77,6 +101,17 @@ impl IngestQueue {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
+        let number = self
+            .next_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(number, std::time::Instant::now());
+        let _waiting = Waiting {
+            waiting: self.waiting.clone(),
+            number,
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             org: org.clone(),
@@ -115,9 +150,23 @@ impl IngestQueue {
         stored
     }
 
-    /// Why events cannot be stored now, if storing the last of them failed for want of the
-    /// database moments ago.
+    /// Why events cannot be stored now: a request has waited over [`STALL_SHOWN_AFTER`], or
+    /// storing one failed for want of the database moments ago.
     pub(crate) fn trouble(&self) -> Option<String> {
+        let oldest = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .next()
+            .copied();
+        if let Some(since) = oldest.filter(|at| at.elapsed() > STALL_SHOWN_AFTER) {
+            return Some(format!(
+                "events have waited {} s to be stored: the database does not answer in time (a \
+                 lock held on Herald's tables, or an overloaded server)",
+                since.elapsed().as_secs()
+            ));
+        }
         let failing = *self
             .last_failed_at
             .lock()
