@@ -1351,6 +1351,19 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         ),
         (&json!(null), &json!(null), &json!({}))
     );
+    // Shown as what applies, not as a blank.
+    let (ok, out) = herald_cli(&app, &["webhooks", "get", "--org", "acme", &hook], None).await;
+    let line = |field: &str| {
+        out.lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        ok && line("timeout_ms").ends_with("the profile's default"),
+        "{out}"
+    );
+    assert!(line("rate_limit_per_second").ends_with("none"), "{out}");
     // The rest of a webhook's settings from flags, and back.
     let more = [
         "--signature",

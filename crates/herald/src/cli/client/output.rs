@@ -51,6 +51,11 @@ pub(super) fn show_record(conn: &Connection, value: &Value, fields: &[&str]) {
                 .map(|name| format!("{name}: …"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            // Unset, a webhook takes its profile's (which `--reset` goes back to).
+            ("signature" | "timeout_ms" | "retry_schedule", Value::Null) => {
+                "the profile's default".to_owned()
+            }
+            ("rate_limit_per_second", Value::Null) => "none".to_owned(),
             _ => cell(value, field),
         };
         out!("{field:<width$}  {shown}");
