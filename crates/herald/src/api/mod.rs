@@ -45,7 +45,7 @@ impl PageQuery {
     /// The page asked for, in a list of items whose ids `parse` reads: a cursor is the id of
     /// the last item of the previous page, so anything else is refused rather than answered
     /// with an empty or a first page.
-    pub fn into_page<T>(
+    pub fn into_page<T: std::fmt::Display>(
         self,
         parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
     ) -> ApiResult<herald_core::PageRequest> {
@@ -79,21 +79,24 @@ pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
 }
 
 /// A page request whose cursor, if any, must be an id that `parse` accepts.
-pub(crate) fn page_request<T>(
+pub(crate) fn page_request<T: std::fmt::Display>(
     limit: Option<u32>,
     cursor: Option<String>,
     parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
 ) -> ApiResult<herald_core::PageRequest> {
-    let page =
+    let mut page =
         herald_core::PageRequest::new(limit, cursor).map_err(crate::service::ServiceError::from)?;
-    if let Some(cursor) = &page.cursor
-        && parse(cursor).is_err()
-    {
-        let invalid = herald_core::Invalid::new(
-            "cursor",
-            "is not a cursor of this kind of list (one is the id of the last item of a page, as next_cursor gives it): pass the previous page's next_cursor, or none for the first page",
-        );
-        return Err(crate::service::ServiceError::from(invalid).into());
+    if let Some(cursor) = &page.cursor {
+        let Ok(id) = parse(cursor) else {
+            let invalid = herald_core::Invalid::new(
+                "cursor",
+                "is not a cursor of this kind of list (one is the id of the last item of a page, as next_cursor gives it): pass the previous page's next_cursor, or none for the first page",
+            );
+            return Err(crate::service::ServiceError::from(invalid).into());
+        };
+        // As the id reads everywhere else (ids are case-insensitive): compared as given, an
+        // upper-case cursor sorted before every stored id and ended the list early.
+        page.cursor = Some(id.to_string());
     }
     Ok(page)
 }

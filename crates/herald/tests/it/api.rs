@@ -892,6 +892,13 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
         .get(&format!("/v1/orgs/{org}/webhooks?limit=2&cursor={next}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{rest}");
+    assert!(!rest["data"].as_array().unwrap().is_empty(), "{rest}");
+    // Ids are case-insensitive, cursors too: the same page, not an empty one.
+    let shouted = format!("wh_{}", next["wh_".len()..].to_uppercase());
+    let (_, same) = app
+        .get(&format!("/v1/orgs/{org}/webhooks?limit=2&cursor={shouted}"))
+        .await;
+    assert_eq!(same["data"], rest["data"], "{same}");
     // Anything but a cursor of the list's kind is refused, not answered with an
     // empty or a first page.
     for path in [
