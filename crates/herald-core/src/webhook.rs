@@ -130,6 +130,12 @@ impl Webhook {
             .unwrap_or_else(|| self.profile.default_signature())
     }
 
+    /// Whether a rotation's previous secret signs beside the new one: only Standard Webhooks'
+    /// header carries two signatures; the other schemes sign with the current secret alone.
+    pub fn rotation_overlaps(&self) -> bool {
+        self.effective_signature() == SignatureScheme::Standard
+    }
+
     /// The retry schedule: the webhook's override, else its profile's default.
     /// How long the retry schedule puts off the first attempt, counted from ingest (0: at once).
     /// Read on every delivery made, so it does not build the profile's default schedule: every

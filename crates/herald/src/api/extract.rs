@@ -109,10 +109,9 @@ fn log_refused_token(parts: &Parts, token: &str) {
 /// the catalogs, and find its organization (the CLI looks it up by handle).
 fn producer_may(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     // HEAD is answered by the GET handlers.
     let reads = method == Method::GET || method == Method::HEAD;
-    match segments.as_slice() {
+    match segments(path).as_slice() {
         ["", "v1", "orgs", _, "events"] => method == Method::POST,
         ["", "v1", "orgs", _, "event-types"]
         | ["", "v1", "event-types"]
@@ -122,11 +121,15 @@ fn producer_may(method: &axum::http::Method, path: &str) -> bool {
     }
 }
 
+/// A path's segments, a trailing slash aside, for matching routes by shape.
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').collect()
+}
+
 /// Creating and deleting organizations: no organization's key may (`Scope::require_admin`).
 fn admin_only(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match segments.as_slice() {
+    match segments(path).as_slice() {
         ["", "v1", "orgs"] => method == Method::POST,
         ["", "v1", "orgs", _] => method == Method::DELETE,
         _ => false,

@@ -114,8 +114,7 @@ impl WebhookView {
             secret_masked: mask(&w.secret),
             secret_chosen: w.profile.secret_policy()
                 == herald_core::profile::SecretPolicy::UserSupplied,
-            rotation_overlaps: w.effective_signature()
-                == herald_core::profile::SignatureScheme::Standard,
+            rotation_overlaps: w.rotation_overlaps(),
             previous_secret_until: w.previous_secret_expires_at.filter(|t| *t > now).map(when),
             // Often the receiver's credentials: names only (the edit form has the values).
             headers: w

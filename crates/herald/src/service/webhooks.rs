@@ -336,7 +336,7 @@ pub async fn update(
     if let Some(signature) = input.signature {
         w.signature = signature.map(|s| SignatureScheme::parse(&s)).transpose()?;
     }
-    if w.effective_signature() != SignatureScheme::Standard {
+    if !w.rotation_overlaps() {
         // Its scheme carries one signature: a rotation's previous secret signs nothing now,
         // and must not come back to life if the scheme is switched back.
         w.previous_secret = None;
@@ -618,9 +618,8 @@ pub async fn rotate_secret(
     let new = new_secret(w.profile, secret.as_deref())?;
     let now = state.clock.now();
     let previous = std::mem::replace(&mut w.secret, new);
-    // Only Standard Webhooks' header carries two signatures; the other schemes sign with the
-    // new secret at once, and the answer must not promise an overlap they do not have.
-    let overlaps = w.effective_signature() == SignatureScheme::Standard;
+    // The answer must not promise an overlap the scheme does not have.
+    let overlaps = w.rotation_overlaps();
     w.previous_secret = overlaps.then_some(previous);
     w.previous_secret_expires_at = overlaps.then(|| now.plus_millis(ROTATION_OVERLAP_MS));
     let w = save(state, w).await?;
