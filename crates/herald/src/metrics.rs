@@ -12,6 +12,9 @@ use herald_dispatch::DispatchMetrics;
 #[derive(Debug, Default)]
 pub struct Metrics {
     events_ingested: Counter,
+    /// Herald's own events (`delivery.exhausted`, `webhook.disabled`...), apart: a failing
+    /// endpoint would otherwise look like producers sending more.
+    own_events: Counter,
     deliveries_created: Counter,
     requests_shed: Counter,
     /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
@@ -19,8 +22,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn events_ingested(&self, events: usize, deliveries: usize) {
-        self.events_ingested.add(events as u64);
+    /// Events stored (duplicates excluded) and the deliveries they fanned out to; `own`: they
+    /// are Herald's operational events, not a producer's.
+    pub fn events_stored(&self, own: bool, events: usize, deliveries: usize) {
+        let counter = if own {
+            &self.own_events
+        } else {
+            &self.events_ingested
+        };
+        counter.add(events as u64);
         self.deliveries_created.add(deliveries as u64);
     }
 
@@ -39,6 +49,12 @@ impl Metrics {
         }
     }
 }
+
+/// Marks an answer to a liveness or readiness probe, which `/metrics` does not count among
+/// the API's responses: a load balancer asking `/readyz` through an outage would swell the 5xx
+/// count an operator alerts on.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe;
 
 /// Each webhook's backlog as last counted for `/metrics`. Counting reads every pending
 /// delivery (0.29 s with 500,000 pending), and `/metrics` may be scraped by anyone unless
@@ -141,7 +157,7 @@ impl Snapshot<'_> {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_http_responses_total Responses of the API and the dashboard by status class (5xx: Herald's fault or its database's; 503s with Retry-After are also counted in herald_requests_shed_total when shed).\n# TYPE herald_http_responses_total counter"
+            "# HELP herald_http_responses_total Responses of the API and the dashboard by status class, not counting /healthz and /readyz (5xx: Herald's fault or its database's; 503s with Retry-After are also counted in herald_requests_shed_total when shed).\n# TYPE herald_http_responses_total counter"
         );
         for (i, class) in self.ingest.responses.iter().enumerate() {
             let _ = writeln!(
@@ -157,13 +173,19 @@ impl Snapshot<'_> {
         counter(
             &mut out,
             "herald_events_ingested_total",
-            "Events accepted (duplicates excluded).",
+            "Events accepted from producers (duplicates excluded).",
             &self.ingest.events_ingested,
         );
         counter(
             &mut out,
+            "herald_own_events_total",
+            "Herald's own events stored (delivery.exhausted, webhook.disabled, webhook.enabled).",
+            &self.ingest.own_events,
+        );
+        counter(
+            &mut out,
             "herald_deliveries_created_total",
-            "Deliveries created by fan-out.",
+            "Deliveries created by fan-out (of producers' events and Herald's own).",
             &self.ingest.deliveries_created,
         );
         counter(

@@ -1,9 +1,9 @@
 //! Liveness, readiness and metrics.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::metrics::Probe;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,11 +32,14 @@ struct Status {
 /// Alive: the process answers HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive", body = Status)))]
-async fn get_health() -> Json<Status> {
-    Json(Status {
-        status: "ok",
-        reason: None,
-    })
+async fn get_health() -> (Extension<Probe>, Json<Status>) {
+    (
+        Extension(Probe),
+        Json(Status {
+            status: "ok",
+            reason: None,
+        }),
+    )
 }
 
 /// Ready when the store answers a read and can take writes.
@@ -44,34 +48,40 @@ async fn get_health() -> Json<Status> {
         (status = 200, description = "Ready to take events", body = Status),
         (status = 503, description = "The database does not answer, or cannot store anything", body = Status),
     ))]
-async fn get_ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
+async fn get_ready(State(state): State<AppState>) -> (StatusCode, Extension<Probe>, Json<Status>) {
+    let (status, body) = readiness(&state).await;
+    (status, Extension(Probe), Json(body))
+}
+
+/// Whether the store can take events now, and if not, why.
+async fn readiness(state: &AppState) -> (StatusCode, Status) {
     if let Some(trouble) = state.store.write_trouble() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status {
+            Status {
                 status: "unavailable",
                 reason: Some(trouble.into()),
-            }),
+            },
         );
     }
     match state.store.next_due_at().await {
         Ok(_) => (
             StatusCode::OK,
-            Json(Status {
+            Status {
                 status: "ready",
                 reason: None,
-            }),
+            },
         ),
         Err(e) => {
             if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), held_back, "readiness check failed: the database is unavailable");
+                tracing::warn!(error = %herald_core::error_chain(&e), held_back, "readiness check failed: the database is unavailable");
             }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(Status {
+                Status {
                     status: "unavailable",
                     reason: Some("the database is unavailable (the log says why)".into()),
-                }),
+                },
             )
         }
     }

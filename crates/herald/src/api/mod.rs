@@ -164,11 +164,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts every response by its status class, for `/metrics`.
+/// Counts every response by its status class, for `/metrics`; not the probes' answers.
 async fn count_response(
     axum::extract::State(state): axum::extract::State<AppState>,
     response: axum::response::Response,
 ) -> axum::response::Response {
-    state.metrics.responded(response.status().as_u16());
+    if response
+        .extensions()
+        .get::<crate::metrics::Probe>()
+        .is_none()
+    {
+        state.metrics.responded(response.status().as_u16());
+    }
     response
 }

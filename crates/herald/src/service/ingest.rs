@@ -150,7 +150,8 @@ pub(crate) async fn ingest_values<T>(
     for (i, mismatch) in mismatches(state, org, duplicates).await {
         report.events[i].mismatch = Some(mismatch);
     }
-    state.metrics.events_ingested(
+    state.metrics.events_stored(
+        origin == Origin::Herald,
         report.events.iter().filter(|e| !e.duplicate).count(),
         report.deliveries,
     );

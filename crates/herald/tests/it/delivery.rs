@@ -1250,6 +1250,9 @@ async fn a_delivery_that_fails_its_last_attempt_is_reported() {
     let exhausted = wait_ops_event(&ops, "delivery.exhausted").await;
     let delivery = app.delivery_ids(&org, &id).await.remove(0);
     assert_eq!(exhausted["data"]["delivery"]["id"], delivery.as_str());
+    // Herald's own event is counted apart from what producers sent.
+    assert_eq!(app.metric("herald_events_ingested_total").await, 1);
+    assert_eq!(app.metric("herald_own_events_total").await, 1);
     assert_eq!(exhausted["data"]["delivery"]["event_type"], "user.created");
     assert!(
         exhausted["data"]["last_error"]
@@ -1959,6 +1962,19 @@ async fn metrics_count_what_happened() {
             bad["id"].as_str().unwrap()
         )) >= 0.0
     );
+    // A load balancer's probes are not the API's responses: between two scrapes, only the
+    // first scrape's own answer is counted.
+    let ok_before = value("herald_http_responses_total{class=\"2xx\"}");
+    for path in ["/readyz", "/healthz", "/readyz"] {
+        assert_eq!(app.get(path).await.0, StatusCode::OK);
+    }
+    let text = app.metrics().await;
+    let ok_after = text
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_http_responses_total{class=\"2xx\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert_eq!(ok_after, ok_before + 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
