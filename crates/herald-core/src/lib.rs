@@ -29,6 +29,22 @@ pub mod webhook;
 pub use ids::{ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, WebhookId};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 
+/// An error and every cause under it, as one line: PostgreSQL's own reason ("database \"x\"
+/// is not currently accepting connections", "Connection refused") is often the last, under a
+/// "storage unavailable" and a "db error" that say nothing.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Herald's version, sent in `User-Agent` and shown by `herald --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -44,7 +44,7 @@ pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
                 let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                 if first || said_at.elapsed() >= Duration::from_secs(60) {
                     said_at = std::time::Instant::now();
-                    tracing::error!(error = %e, cause = ?std::error::Error::source(&e), failing_secs = since.elapsed().as_secs(), "the scheduler cannot read due deliveries; trying again every second");
+                    tracing::error!(error = %herald_core::error_chain(&e), failing_secs = since.elapsed().as_secs(), "the scheduler cannot read due deliveries; trying again every second");
                 }
                 STORE_BACKOFF
             }

@@ -78,7 +78,7 @@ pub async fn run_renewals(
             _ = shutdown.changed() => return,
         };
         if let Err(e) = renewed {
-            tracing::error!(error = %e, "could not renew WebSub leases; trying again shortly");
+            tracing::error!(error = %herald_core::error_chain(&e), "could not renew WebSub leases; trying again shortly");
         }
         tokio::select! {
             _ = tokio::time::sleep(LOOK_EVERY) => {}

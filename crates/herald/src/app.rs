@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use herald_core::address_policy::AddressPolicy;
 use herald_core::directory::Directory;
 use herald_core::store::Store;
-use herald_core::store::StoreError;
 use herald_core::{Clock, Timestamp};
 use herald_dispatch::{DispatchSettings, Dispatcher, HttpClient, scheduler, websub};
 use herald_store::cipher::SecretCipher;
@@ -290,14 +289,17 @@ pub async fn open_store(
                 cipher,
             )
             .map_err(|e| {
-                anyhow::anyhow!("HERALD_DATABASE_URL / --database-url: {}", describe(&e))
+                anyhow::anyhow!(
+                    "HERALD_DATABASE_URL / --database-url: {}",
+                    herald_core::error_chain(&e)
+                )
             })?;
             if migrate {
                 store.migrate().await
             } else {
                 store.check_schema().await.map(|_| 0)
             }
-            .map_err(|e| anyhow::anyhow!("database {shown}: {}", describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("database {shown}: {}", herald_core::error_chain(&e)))?;
             let rewritten = store
                 .reencrypt_stale_secrets()
                 .await
@@ -353,22 +355,6 @@ fn warn_if_database_went_missing(data_dir: &Path) {
 
 const REENCRYPT_FAILED: &str = "could not open the stored webhook secrets; is every key they \
      were sealed with configured (HERALD_ENCRYPTION_KEY, HERALD_ENCRYPTION_OLD_KEYS)?";
-
-/// A store error with its cause, for a start-up message.
-/// The error and every cause under it: PostgreSQL's own reason ("role \"herald\" does not
-/// exist", "Connection refused") is often the last.
-fn describe(e: &StoreError) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.ends_with(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
-}
 
 /// Below this length a configured admin token is warned of.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;

@@ -299,7 +299,8 @@ pub struct LogSettings {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Log filter, e.g. `info` or `herald=debug,info`.
+    /// Log filter, e.g. `info` or `herald=debug,info`. The PostgreSQL connection pool's own
+    /// lines show only from `error` unless it is named (`deadpool=warn`).
     #[arg(long, env = "HERALD_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log: String,
 }

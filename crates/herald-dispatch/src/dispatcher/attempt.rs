@@ -21,6 +21,10 @@ use super::limit::{Signal, Slot};
 /// Attempts whose outcome could not be stored (the database is away): one line per 10 s.
 static UNRECORDED: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
+/// Deliveries that failed their last attempt: one line per 10 s, however many endpoints fail
+/// (an endpoint failing one request in two never opens its circuit, which would group them).
+static EXHAUSTED: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
 /// Requests this node could not send (out of file descriptors): one line per 10 s.
 static UNSENT: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
@@ -68,13 +72,18 @@ impl Dispatcher {
     /// outcome (which waits for a group commit) does not keep the endpoint's next request waiting.
     /// `probe` tells whether the webhook's circuit breaker let it through as its probe.
     pub(super) async fn attempt(&self, batch: Vec<DueDelivery>, slot: Slot, probe: bool) {
-        let ticket = Ticket::new(&self.shared.breakers, &batch[0].webhook_id, probe);
+        let ticket = Ticket::new(
+            &self.shared.breakers,
+            &batch[0].webhook_id,
+            &batch[0].org_id,
+            probe,
+        );
         if let Err(e) = self.try_attempt(&batch, slot, ticket).await {
             self.shared.recorder.saw(&e);
             // The leases stay; the deliveries come back when they run out.
             self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
             if let Some(held_back) = UNRECORDED.admit() {
-                tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %e, cause = ?std::error::Error::source(&e), held_back, "could not record an attempt; it will be retried after its lease (said once per 10 s; held_back counts the others)");
+                tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %herald_core::error_chain(&e), held_back, "could not record an attempt; it will be retried after its lease (said once per 10 s; held_back counts the others)");
             }
         }
     }
@@ -91,7 +100,7 @@ impl Dispatcher {
                 self.wake_delivery_scheduler();
             }
             Err(e) => {
-                tracing::warn!(webhook = %webhook, error = %e, until = %from.to_rfc3339(), "could not move the deliveries deferred during a probe; they come due then");
+                tracing::warn!(webhook = %webhook, error = %herald_core::error_chain(&e), until = %from.to_rfc3339(), "could not move the deliveries deferred during a probe; they come due then");
             }
         }
     }
@@ -423,9 +432,11 @@ impl Dispatcher {
         // Only where the outcome was the delivery's: not where its lease had passed to another
         // node meanwhile (this one stalled), which may have delivered it.
         exhausted.retain(|e| moved.get(e.record).copied().unwrap_or(false));
-        // One line per request, however many deliveries it carried (a batching profile's).
-        if let (Some(first), Some(error)) = (exhausted.first(), &outcome.error) {
-            tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, attempts = first.attempts, error = error.code(), "delivery failed after its last attempt");
+        // One line per 10 s: each delivery's history is in the API, its count in `/metrics`.
+        if let (Some(first), Some(error)) = (exhausted.first(), &outcome.error)
+            && let Some(held_back) = EXHAUSTED.admit()
+        {
+            tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, org = %webhook.org_id, attempts = first.attempts, error = error.code(), held_back, "delivery failed after its last attempt (said once per 10 s; held_back counts the requests since)");
         }
         for e in exhausted {
             self.report_exhausted(e.due, webhook, e.attempts, &e.error);

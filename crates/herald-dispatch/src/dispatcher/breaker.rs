@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 
 use foldhash::HashMap;
-use herald_core::{Timestamp, WebhookId};
+use herald_core::{OrgId, Timestamp, WebhookId};
 
 /// Consecutive failures that open the circuit.
 pub(crate) const THRESHOLD: u32 = 10;
@@ -196,14 +196,22 @@ pub(crate) fn of<'a>(
 pub(crate) struct Ticket<'a> {
     breakers: &'a Breakers,
     webhook: &'a WebhookId,
+    /// The webhook's organization, named in the lines the circuit's changes log.
+    org: &'a OrgId,
     probe: bool,
 }
 
 impl<'a> Ticket<'a> {
-    pub(crate) fn new(breakers: &'a Breakers, webhook: &'a WebhookId, probe: bool) -> Self {
+    pub(crate) fn new(
+        breakers: &'a Breakers,
+        webhook: &'a WebhookId,
+        org: &'a OrgId,
+        probe: bool,
+    ) -> Self {
         Self {
             breakers,
             webhook,
+            org,
             probe,
         }
     }
@@ -220,14 +228,14 @@ impl<'a> Ticket<'a> {
         match settled {
             Settled::Unchanged => Vec::new(),
             Settled::Opened { until, waiting } => {
-                tracing::warn!(webhook = %self.webhook, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
+                tracing::warn!(webhook = %self.webhook, org = %self.org, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
                 waiting
                     .map(|from| Move { from, to: until })
                     .into_iter()
                     .collect()
             }
             Settled::Closed { waiting } => {
-                tracing::info!(webhook = %self.webhook, "endpoint answers again; resuming deliveries to it (circuit closed)");
+                tracing::info!(webhook = %self.webhook, org = %self.org, "endpoint answers again; resuming deliveries to it (circuit closed)");
                 waiting
                     .into_iter()
                     .map(|from| Move { from, to: now })
@@ -356,6 +364,7 @@ mod tests {
     struct Opened {
         breakers: Breakers,
         webhook: WebhookId,
+        org: OrgId,
         until: Timestamp,
     }
 
@@ -377,6 +386,7 @@ mod tests {
             Self {
                 breakers,
                 webhook,
+                org: OrgId::generate(),
                 until,
             }
         }
@@ -386,7 +396,7 @@ mod tests {
         }
 
         fn ticket(&self, probe: bool) -> Ticket<'_> {
-            Ticket::new(&self.breakers, &self.webhook, probe)
+            Ticket::new(&self.breakers, &self.webhook, &self.org, probe)
         }
     }
 

@@ -240,7 +240,7 @@ impl Dispatcher {
         {
             Ok(failed) => failed,
             Err(e) => {
-                tracing::error!(webhook = %webhook.id, error = %e, "could not fail deliveries past their retry schedule; they come back when their leases end");
+                tracing::error!(webhook = %webhook.id, error = %herald_core::error_chain(&e), "could not fail deliveries past their retry schedule; they come back when their leases end");
                 return;
             }
         };

@@ -211,10 +211,7 @@ impl Health {
             let said = PAUSED.admit();
             self.announced.store(said.is_some(), Ordering::Relaxed);
             if let Some(held_back) = said {
-                let cause = std::error::Error::source(error)
-                    .map(|c| c.to_string())
-                    .unwrap_or_default();
-                tracing::warn!(error = %error, cause, held_back, "the database is not storing attempt outcomes: no new attempt starts until it does (deliveries wait in their queues)");
+                tracing::warn!(error = %herald_core::error_chain(error), held_back, "the database is not storing attempt outcomes: no new attempt starts until it does (deliveries wait in their queues)");
             }
             tokio::spawn(self.clone().look_for_return());
         }

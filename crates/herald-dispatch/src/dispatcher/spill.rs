@@ -150,7 +150,7 @@ impl Dispatcher {
                     self.note_spilled(leases.iter().map(|(id, _)| (webhook, id)));
                 }
                 Err(e) => {
-                    tracing::error!(webhook = %webhook, error = %e, "could not give deliveries back to the store; they come back when their lease ends");
+                    tracing::error!(webhook = %webhook, error = %herald_core::error_chain(&e), "could not give deliveries back to the store; they come back when their lease ends");
                 }
             }
         }

@@ -243,7 +243,7 @@ impl Dispatcher {
                     .fetch_add(count as u64, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(
-                error = %e,
+                error = %herald_core::error_chain(&e),
                 "could not give deliveries back on shutdown; they come back when their leases end"
             ),
         }
@@ -307,7 +307,7 @@ impl Dispatcher {
         }
         let ids = waiting.iter().map(|d| &d.delivery_id);
         if let Err(e) = self.defer_held(org, ids, until).await {
-            tracing::error!(webhook = %webhook, error = %e, "could not defer deliveries; they come back when their lease ends");
+            tracing::error!(webhook = %webhook, error = %herald_core::error_chain(&e), "could not defer deliveries; they come back when their lease ends");
         }
         self.wake_delivery_scheduler();
         None

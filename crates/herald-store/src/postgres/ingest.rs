@@ -431,7 +431,7 @@ async fn give_back(
         Err(e) => {
             if let Some(held_back) = NOT_GIVEN_BACK.admit() {
                 tracing::warn!(
-                    error = %e,
+                    error = %herald_core::error_chain(&e),
                     held_back,
                     "could not give back the deliveries of a request whose caller was not \
                      answered; asking again once the database answers (at the latest, they are \

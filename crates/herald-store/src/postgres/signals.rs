@@ -22,6 +22,10 @@ pub(crate) const DIRECTORY_CHANNEL: &str = "herald_directory";
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
+/// Failed tries to listen, while the database is away: one line per 10 s, not one per try.
+static UNREACHABLE: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
+
 /// Starts the listener; it runs until aborted.
 pub(crate) fn spawn(
     config: tokio_postgres::Config,
@@ -41,7 +45,9 @@ async fn run(config: tokio_postgres::Config, signals: broadcast::Sender<StoreSig
                 wait = RECONNECT_FIRST;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not listen for other nodes' changes; retrying");
+                if let Some(held_back) = UNREACHABLE.admit() {
+                    tracing::warn!(error = %herald_core::error_chain(&e), held_back, "could not listen for other nodes' changes; retrying (said once per 10 s; held_back counts the tries since)");
+                }
             }
         }
         first = false;

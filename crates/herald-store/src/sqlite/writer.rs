@@ -185,7 +185,7 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Resu
         // may have rolled the transaction back itself (disk full, I/O error).
         if !conn.is_autocommit() {
             run_cached(conn, "ROLLBACK")
-                .inspect_err(|e| tracing::error!(error = %e, "could not roll back a group"))?;
+                .inspect_err(|e| tracing::error!(error = %herald_core::error_chain(e), "could not roll back a group"))?;
         }
         begin(conn)?;
         for job in group.iter_mut() {
@@ -194,7 +194,7 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Resu
     }
     run_cached(conn, "COMMIT").inspect_err(|e| {
         if let Some(held_back) = COMMIT_FAILED.admit() {
-            tracing::error!(error = %e, held_back, "a group commit failed; its writes are rolled back and their callers told (said once per 10 s; held_back counts the others)");
+            tracing::error!(error = %herald_core::error_chain(e), held_back, "a group commit failed; its writes are rolled back and their callers told (said once per 10 s; held_back counts the others)");
         }
         let _ = conn.execute_batch("ROLLBACK");
     })
@@ -220,7 +220,7 @@ fn run_together(conn: &Connection, group: &mut [Box<dyn Job>]) -> bool {
 
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
     run_cached(conn, "BEGIN IMMEDIATE")
-        .inspect_err(|e| tracing::error!(error = %e, "could not begin a write transaction"))
+        .inspect_err(|e| tracing::error!(error = %herald_core::error_chain(e), "could not begin a write transaction"))
 }
 
 /// Runs one job inside a savepoint, undoing its writes if it fails. `Err` if that cannot be

@@ -92,7 +92,7 @@ impl From<ServiceError> for ApiError {
             ),
             E::Unavailable(cause) => {
                 if let Some(held_back) = STORE_UNAVAILABLE.admit() {
-                    tracing::warn!(error = %cause, source = ?std::error::Error::source(&cause), held_back, "the database is unavailable: answering 503 (said once per 10 s while it lasts; held_back counts the answers since the last line)");
+                    tracing::warn!(error = %herald_core::error_chain(&cause), held_back, "the database is unavailable: answering 503 (said once per 10 s while it lasts; held_back counts the answers since the last line)");
                 }
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -104,7 +104,7 @@ impl From<ServiceError> for ApiError {
                 )
             }
             E::Internal(cause) => {
-                tracing::error!(error = %cause, source = ?std::error::Error::source(&cause), "internal error");
+                tracing::error!(error = %herald_core::error_chain(&cause), "internal error");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

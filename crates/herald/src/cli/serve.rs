@@ -10,13 +10,21 @@ use herald_core::SystemClock;
 use crate::app::{self, AdminTokenSource};
 use crate::config::{LogFormat, LogSettings, MigrateSettings, Settings};
 
+/// The PostgreSQL connection pool's own lines, kept to errors unless the filter names it: it
+/// says "Connection error: db error" once per pooled connection when the database drops them
+/// (32 lines for one restart), where Herald's own lines say what it means, once per 10 s.
+const POOL_TARGET: &str = "deadpool";
+
 fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&logging.log).with_context(|| {
+    let mut filter = EnvFilter::try_new(&logging.log).with_context(|| {
         format!(
             "'{}' is not a valid log filter; try 'info' or 'herald=debug,info'",
             logging.log
         )
     })?;
+    if !logging.log.contains(POOL_TARGET) {
+        filter = filter.add_directive(format!("{POOL_TARGET}=error").parse()?);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -24,6 +32,12 @@ fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
     match logging.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if std::env::var_os("RUST_LOG").is_some() && std::env::var_os("HERALD_LOG").is_none() {
+        tracing::warn!(
+            "RUST_LOG is set, but Herald's log filter is HERALD_LOG (now '{}'): set HERALD_LOG instead",
+            logging.log
+        );
     }
     for (name, meant) in super::unknown_variables() {
         tracing::warn!(
@@ -89,12 +103,17 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         );
         match &app.admin_token_source {
             AdminTokenSource::Generated(path) => {
-                // Shown once, on stdout, so it can be captured; never logged. A server whose
-                // stdout nobody reads goes on serving.
-                use std::io::Write;
+                // Shown once, to the person at the terminal; never logged. Where standard
+                // output is a file or a pipe (systemd's journal, a container's log) the token
+                // would be kept wherever those logs go, so only where it is kept is said.
+                use std::io::{IsTerminal, Write};
                 let mut stdout = std::io::stdout().lock();
-                let _ = writeln!(stdout, "Admin token (shown once; kept in {}):\n\n    {}\n", path.display(), app.admin_token);
-                let _ = writeln!(stdout, "Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\nor sign in to the dashboard at {base}/ with it.\n", app.admin_token);
+                if stdout.is_terminal() {
+                    let _ = writeln!(stdout, "Admin token (shown once; kept in {}):\n\n    {}\n", path.display(), app.admin_token);
+                    let _ = writeln!(stdout, "Try it:\n    curl -H 'Authorization: Bearer {}' {base}/v1/orgs\nor sign in to the dashboard at {base}/ with it.\n", app.admin_token);
+                } else {
+                    tracing::info!("generated an admin token, kept in {} (readable by this user only; not printed, as standard output is not a terminal): read it with `cat {}`", path.display(), path.display());
+                }
             }
             AdminTokenSource::Stored(path) => {
                 tracing::info!("using the admin token kept in {}", path.display());

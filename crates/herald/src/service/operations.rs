@@ -103,7 +103,7 @@ fn emit(state: AppState, org: OrgId, event_type: &'static str, data: Value) {
         })
         .await;
         if let Err(e) = stored {
-            tracing::error!(org = %org, event_type, error = %e, "could not record an operational event");
+            tracing::error!(org = %org, event_type, error = %herald_core::error_chain(&e), "could not record an operational event");
         }
     });
 }
@@ -119,7 +119,7 @@ where
     for wait in waits {
         match &result {
             Err(e @ (ServiceError::Unavailable(_) | ServiceError::Internal(_))) => {
-                tracing::debug!(error = %e, "storing an operational event failed; trying again");
+                tracing::debug!(error = %herald_core::error_chain(e), "storing an operational event failed; trying again");
             }
             _ => break,
         }

@@ -82,7 +82,9 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
                     )
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "retention purge failed; trying again later"),
+                Err(e) => {
+                    tracing::error!(error = %herald_core::error_chain(&e), "retention purge failed; trying again later")
+                }
             }
         }
         tokio::select! {
@@ -112,7 +114,7 @@ async fn cancel_orphaned(state: &AppState) {
             "cancelled deliveries stored for webhooks just deleted"
         ),
         Err(e) => {
-            tracing::error!(error = %e, "could not cancel deliveries of deleted webhooks; trying again later")
+            tracing::error!(error = %herald_core::error_chain(&e), "could not cancel deliveries of deleted webhooks; trying again later")
         }
     }
 }

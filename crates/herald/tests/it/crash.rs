@@ -610,6 +610,49 @@ async fn a_start_that_fails_writes_no_admin_token() {
     assert!(!dir.path().join("admin-token").exists());
 }
 
+/// A generated admin token is printed only to a terminal: under systemd or in a container,
+/// standard output goes to a log kept elsewhere, so only where the token is kept is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_admin_token_is_not_printed_where_output_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_LOG", "info")
+        .env_remove("HERALD_ADMIN_TOKEN")
+        .env_remove("HERALD_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the herald binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("generated an admin token") {
+                return line;
+            }
+        }
+        panic!("the server exited without saying where its admin token is");
+    })
+    .await
+    .expect("the server says where its admin token is within 20 s");
+    let kept = dir.path().join("admin-token");
+    let token = std::fs::read_to_string(&kept).unwrap();
+    let token = token.trim();
+    assert!(token.starts_with("hadm_"), "{token}");
+    assert!(said.contains(&kept.display().to_string()), "{said}");
+    assert!(!said.contains(token), "{said}");
+    child.start_kill().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the server stops")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(token), "the token was printed: {stdout}");
+}
+
 /// A second node on one SQLite file would take the first one's deliveries back on start and
 /// send each of them twice: it is refused, saying who holds the file and what to do instead. Once
 /// the first is killed (however it ends, the system drops its lock), a new one starts.
