@@ -129,6 +129,12 @@ impl Drop for PostgresStore {
     }
 }
 
+/// Said for `sslmode=require`, which would otherwise fail at the first connection with "no
+/// TLS implementation configured".
+const SSL_REQUIRED: &str = "sslmode=require in the database URL: Herald does not speak TLS to \
+     PostgreSQL; reach it over a private network (sslmode=disable or prefer), or run a TLS tunnel \
+     beside Herald (stunnel, or your cloud's proxy such as cloud-sql-proxy) and point the URL at it";
+
 impl PostgresStore {
     /// Saves a webhook (see `webhooks::update` for `read_at`).
     async fn save_webhook(&self, webhook: &Webhook, read_at: Option<Timestamp>) -> StoreResult<()> {
@@ -153,6 +159,9 @@ impl PostgresStore {
                 format!("the database URL is not valid ({e}); expected postgres://user@host:port/database").into(),
             )
         })?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::Other(SSL_REQUIRED.into()));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -944,6 +953,19 @@ mod tests {
             .batch_execute(&format!("DROP ROLE {role}"))
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn a_url_that_requires_tls_is_refused_saying_what_to_do() {
+        let err = PostgresStore::new(
+            "postgres://herald@db.example.com/herald?sslmode=require",
+            PostgresOptions::default(),
+            SecretCipher::none(),
+        )
+        .unwrap_err();
+        let said = herald_core::error_chain(&err);
+        assert!(said.contains("does not speak TLS"), "{said}");
+        assert!(said.contains("tunnel"), "{said}");
     }
 
     #[test]
