@@ -147,7 +147,20 @@ impl SecretCipher {
     }
 
     /// The secret from its stored form, kept at `place`.
+    ///
+    /// A `v1` value whose content is itself sealed (`enc:v2:…`) is opened twice: a Herald from
+    /// before `v2` that ran again on this database after an upgrade (a downgrade) took the `v2`
+    /// values for plain ones and sealed them again. No user's secret or header looks sealed
+    /// (both are refused), so this content can only be that.
     pub fn open(&self, stored: &str, place: &str) -> Result<String, CipherError> {
+        let plain = self.open_once(stored, place)?;
+        if stored.starts_with(PREFIX_V1) && plain.starts_with(PREFIX) {
+            return self.open_once(&plain, place);
+        }
+        Ok(plain)
+    }
+
+    fn open_once(&self, stored: &str, place: &str) -> Result<String, CipherError> {
         let (rest, aad) = match (stored.strip_prefix(PREFIX), stored.strip_prefix(PREFIX_V1)) {
             (Some(rest), _) => (rest, place.as_bytes()),
             (None, Some(rest)) => (rest, &[][..]),
@@ -405,6 +418,30 @@ mod tests {
         assert!(again.starts_with("enc:v2:"));
         assert_eq!(c.open(&again, HERE).unwrap(), "s");
         assert_eq!(c.reseal(&again, HERE).unwrap(), None);
+    }
+
+    /// A Herald from before `v2` run again after an upgrade took a `v2` value for a plain one
+    /// and sealed it as `v1`: it opens to the secret, and the next start seals it as it should be.
+    #[test]
+    fn a_value_sealed_again_by_an_earlier_version_after_an_upgrade_opens_to_the_secret() {
+        let c = SecretCipher::new(Some(K1), &[]).unwrap();
+        let v2 = c.seal("whsec_supersecret", HERE);
+        let key = Key::parse(K1).unwrap();
+        let nonce = [9u8; 24];
+        let mut blob = nonce.to_vec();
+        blob.extend(
+            key.cipher
+                .encrypt(XNonce::from_slice(&nonce), v2.as_bytes())
+                .unwrap(),
+        );
+        let twice = format!("{PREFIX_V1}{}:{}", key.id, B64.encode(blob));
+        assert_eq!(c.open(&twice, HERE).unwrap(), "whsec_supersecret");
+        let again = c.reseal(&twice, HERE).unwrap().expect("sealed again");
+        assert!(again.starts_with(PREFIX));
+        assert_eq!(c.open(&again, HERE).unwrap(), "whsec_supersecret");
+        // Only a v1 value is opened twice: a v2 one holding a sealed-looking text is not.
+        let odd = c.seal(&v2, HERE);
+        assert_eq!(c.open(&odd, HERE).unwrap(), v2);
     }
 
     #[test]

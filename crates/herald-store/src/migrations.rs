@@ -57,6 +57,24 @@ pub fn warn_if_newer(schema: i64, known: usize) {
     }
 }
 
+/// Refuses a SQLite database migrated by a newer Herald (its `schema` version past the `known`
+/// ones). One node owns the file, so no rolling upgrade needs an older one to run on it, and an
+/// older Herald misreads what a newer one wrote: older versions run on upgraded files stored
+/// deliveries nothing could find and sealed sealed secrets again.
+pub fn refuse_if_newer(schema: i64, known: usize) -> herald_core::store::StoreResult<()> {
+    if schema > known as i64 {
+        return Err(herald_core::store::StoreError::Other(
+            format!(
+                "the database was migrated by a newer Herald (schema version {schema}; this one \
+                 knows up to {known}), and running an older Herald on it is not supported: run \
+                 the newer Herald, or restore the backup taken before the upgrade"
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3246,6 +3246,30 @@ async fn postgres_reports_a_locked_events_table_until_events_are_stored_again() 
     assert_eq!(store.write_trouble(), None);
 }
 
+/// A Herald from before deliveries named their event by its sequence number (migration 8),
+/// run again on an upgraded SQLite file, stores deliveries without that number: nothing finds
+/// them until the next start links them to their events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_an_older_herald_stored_unlinked_are_linked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
+    // As the older Herald's INSERT leaves it.
+    let older = rusqlite::Connection::open(&path).unwrap();
+    older
+        .execute("UPDATE deliveries SET event_seq = NULL", [])
+        .unwrap();
+    assert!(claim(&store, T0).await.is_empty(), "found by nothing");
+
+    let restarted: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    let due = restarted.claim_due(T0, at(LEASE_SECS), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery_id, delivery);
+    assert_eq!(due[0].event.id, "evt_1");
+}
+
 /// The directory's cache over a real store: requests that miss it together share one load of
 /// their organization (they get the very same snapshot), each organization its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -676,6 +676,28 @@ pub(crate) fn pending_by_webhook(
         .collect::<Result<_, _>>()?)
 }
 
+/// Links to their events the deliveries stored without the event's sequence number: a Herald
+/// from before that number (migration 8) ran again on this database after an upgrade and
+/// wrote them so. Nothing finds such a delivery (its event is joined by that number): it would
+/// never be sent, and retention would purge its event under it. Run at start; the index on
+/// `event_seq` holds the missing ones, so it costs nothing when there are none.
+pub(crate) fn link_to_their_events(conn: &Connection) -> DbResult<()> {
+    let linked = conn.execute(
+        "UPDATE deliveries SET event_seq = \
+             (SELECT seq FROM events e WHERE e.org_id = deliveries.org_id AND e.id = deliveries.event_id) \
+         WHERE event_seq IS NULL AND EXISTS \
+             (SELECT 1 FROM events e WHERE e.org_id = deliveries.org_id AND e.id = deliveries.event_id)",
+        [],
+    )?;
+    if linked > 0 {
+        tracing::warn!(
+            deliveries = linked,
+            "linked to their events deliveries an older Herald stored on this database after it was upgraded; downgrading is not supported: restore the backup taken before the upgrade instead"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,7 @@ impl SqliteStore {
         let conn = open_connection(&path, false)?;
         migrate(&conn)?;
         bulk::finish_interrupted(&conn).map_err(StoreError::from_db)?;
+        deliveries::link_to_their_events(&conn).map_err(StoreError::from_db)?;
         Ok(Self {
             writer: Writer::start(conn),
             readers: Arc::new(ReadPool::new(path.clone(), READERS)),
@@ -244,7 +245,7 @@ fn create_private(path: &Path) -> StoreResult<()> {
 }
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
-    let run = || -> rusqlite::Result<()> {
+    let run = || -> rusqlite::Result<i64> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
         )?;
@@ -291,14 +292,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             let version = migrations::SQLITE.last().map_or(0, |m| m.version);
             tracing::info!(version, "created the database schema");
         }
-        let newest: i64 =
-            conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-                r.get(0)
-            })?;
-        migrations::warn_if_newer(newest, migrations::SQLITE.len());
-        Ok(())
+        conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get::<_, i64>(0)
+        })
     };
-    run().map_err(|e| classify(&e))
+    let newest = run().map_err(|e| classify(&e))?;
+    migrations::refuse_if_newer(newest, migrations::SQLITE.len())
 }
 
 /// What the SQL functions return: either a database error or a domain answer (not found,

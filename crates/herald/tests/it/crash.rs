@@ -504,10 +504,11 @@ async fn a_database_gone_from_its_data_directory_is_warned_of() {
     assert!(said(&second), "{:#?}", second.log.lock().unwrap());
 }
 
-/// A Herald older than its database (a downgrade, or an old node left behind after an upgrade)
-/// runs on it, but says so rather than pass for up to date: SQLite, then PostgreSQL.
+/// A Herald older than its database: on SQLite (a downgrade: one node owns the file) it is
+/// refused, saying what to do; on PostgreSQL (an old node left behind during a rolling
+/// upgrade) it runs, but says so rather than pass for up to date.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_migrated_by_a_newer_herald_is_warned_of() {
+async fn a_database_migrated_by_a_newer_herald_is_refused_or_warned_of() {
     let dir = tempfile::tempdir().unwrap();
     let migrate = |database: Option<String>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -533,7 +534,14 @@ async fn a_database_migrated_by_a_newer_herald_is_warned_of() {
     let db = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
     db.execute(newer, []).unwrap();
     drop(db);
-    assert!(warned(&migrate(None).await.unwrap()));
+    let refused = migrate(None).await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("migrated by a newer Herald (schema version 999")
+            && stderr.contains("restore the backup taken before the upgrade"),
+        "{stderr}"
+    );
 
     let Some(pg) = TestDatabase::create("the newer schema test").await else {
         return;
