@@ -95,6 +95,14 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     .await?;
     // Once the database is there: a start that fails writes no token nobody was shown.
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
+    if let Some(token) = &settings.security.metrics_token
+        && token.trim().len() < MIN_ADMIN_TOKEN_LEN
+    {
+        tracing::warn!(
+            length = token.trim().len(),
+            "HERALD_METRICS_TOKEN is short and could be guessed (/metrics names every organization's webhooks); use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
+        );
+    }
 
     let directory = Arc::new(Directory::new(store.clone()));
     let idle = settings
@@ -356,7 +364,7 @@ fn warn_if_database_went_missing(data_dir: &Path) {
 const REENCRYPT_FAILED: &str = "could not open the stored webhook secrets; is every key they \
      were sealed with configured (HERALD_ENCRYPTION_KEY, HERALD_ENCRYPTION_OLD_KEYS)?";
 
-/// Below this length a configured admin token is warned of.
+/// Below this length a configured admin token (or metrics token) is warned of.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {

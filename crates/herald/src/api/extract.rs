@@ -90,10 +90,7 @@ fn log_refused_token(parts: &Parts, token: &str) {
         return;
     };
     let (client, forwarded_for) = crate::http_server::client_of(&parts.extensions, &parts.headers);
-    let key_prefix = token
-        .starts_with(API_KEY_PREFIX)
-        .then(|| token.get(..API_KEY_PREFIX.len() + 6))
-        .flatten();
+    let key_prefix = key_prefix(token);
     tracing::warn!(
         client,
         forwarded_for,
@@ -103,6 +100,15 @@ fn log_refused_token(parts: &Parts, token: &str) {
         refused_since_last_line = held_back,
         "refused a bearer token that is neither the admin token nor a current API key"
     );
+}
+
+/// An API key's public prefix (`hk_` and six characters, as the key list shows it), the part
+/// of a token that may be logged; `None` for any other token.
+pub(crate) fn key_prefix(token: &str) -> Option<&str> {
+    token
+        .starts_with(API_KEY_PREFIX)
+        .then(|| token.get(..API_KEY_PREFIX.len() + 6))
+        .flatten()
 }
 
 /// What a producer's key may do: post its organization's events, read its event types and

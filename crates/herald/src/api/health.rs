@@ -101,6 +101,17 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     if let Some(expected) = &state.settings.security.metrics_token
         && !may_scrape(&state, &headers, expected).await
     {
+        // A scraper left with an old token shows up here, not only as a target down.
+        static REFUSED: herald_core::throttle::Throttle =
+            herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
+        if let Some(held_back) = REFUSED.admit() {
+            let token_sent = !super::extract::bearer_token(&headers).is_empty();
+            tracing::warn!(
+                token_sent,
+                held_back,
+                "refused a /metrics scrape without HERALD_METRICS_TOKEN or the admin token (said once per 10 s; held_back counts the others)"
+            );
+        }
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

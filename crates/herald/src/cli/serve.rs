@@ -235,12 +235,12 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    let stop_at_once = tokio::select! {
+        _ = ctrl_c => "Ctrl-C again",
+        _ = term => "SIGINT (Ctrl-C)",
+    };
     tracing::info!(
-        "shutting down: no new requests; finishing deliveries in flight (Ctrl-C again to stop at once)"
+        "shutting down: no new requests; finishing deliveries in flight ({stop_at_once} to stop at once)"
     );
     // A second signal stops at once: what was in flight is sent again as after a crash (every
     // acknowledged event is already stored): at the next start on SQLite, when their leases
@@ -248,7 +248,7 @@ async fn shutdown_signal() {
     tokio::spawn(async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::warn!(
-            "stopping at once (second Ctrl-C); deliveries cut off are sent again at the next start (SQLite) or when their leases end (PostgreSQL)"
+            "stopping at once (Ctrl-C while shutting down); deliveries cut off are sent again at the next start (SQLite) or when their leases end (PostgreSQL)"
         );
         std::process::exit(130);
     });

@@ -194,7 +194,8 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let scope = match state.auth.resolve(&token).await {
         Ok(Some((scope, KeyRole::Manager))) if !token.is_empty() => scope,
         Ok(Some((Scope::Org(org), KeyRole::Producer))) => {
-            tracing::warn!(org = %org, client, forwarded_for, "dashboard sign-in refused: a producer's API key");
+            let key_prefix = crate::api::extract::key_prefix(&token);
+            tracing::warn!(org = %org, key_prefix, client, forwarded_for, "dashboard sign-in refused: a producer's API key");
             return refused(
                 StatusCode::FORBIDDEN,
                 next,
@@ -229,7 +230,8 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
             );
         }
         Scope::Org(org) => {
-            tracing::info!(org = %org, client, forwarded_for, "signed in to the dashboard with an API key");
+            let key_prefix = crate::api::extract::key_prefix(&token);
+            tracing::info!(org = %org, key_prefix, client, forwarded_for, "signed in to the dashboard with an API key");
         }
     }
     let id = state

@@ -90,8 +90,23 @@ pub async fn verify(
         store.save_subscriptions(&org, &subs).await.map(|()| subs)
     })
     .await?;
-    let failed = subs.iter().filter(|s| s.state == State::Failed).count();
-    tracing::info!(webhook = %webhook.id, mode = mode.as_str(), channels = subs.len(), failed, "WebSub verification sent");
+    let failed: Vec<&Subscription> = subs.iter().filter(|s| s.state == State::Failed).collect();
+    match failed.first() {
+        None => {
+            tracing::info!(webhook = %webhook.id, org = %webhook.org_id, mode = mode.as_str(), channels = subs.len(), "WebSub verification sent; every channel confirmed")
+        }
+        // One channel's reason stands for the rest: they went to the same endpoint.
+        Some(first) => tracing::info!(
+            webhook = %webhook.id,
+            org = %webhook.org_id,
+            mode = mode.as_str(),
+            channels = subs.len(),
+            failed = failed.len(),
+            channel = first.channel,
+            reason = first.reason.as_deref().unwrap_or("-"),
+            "WebSub verification sent; the endpoint did not confirm some channels"
+        ),
+    }
     Ok(subs)
 }
 
