@@ -120,3 +120,106 @@ fn every_scenario_runs_at_a_tiny_size_and_delivers_every_acknowledged_event() {
         by_name("backlog")
     );
 }
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (name) state ppid …": the name may hold spaces, so read after its parenthesis.
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        if after_name.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            found.extend(
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok()),
+            );
+        }
+    }
+    found
+}
+
+/// Ctrl-C in the middle of a run stops the `herald serve` it started and removes the temporary
+/// data directories: a benchmark interrupted by hand leaves no server running (which would skew
+/// the next one) and no hundreds of megabytes behind.
+#[test]
+fn ctrl_c_stops_what_the_run_started_and_removes_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bench", "--scenario", "backlog", "--backlog", "500000"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("HERALD_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the herald binary starts");
+    let bench_pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let server = loop {
+        let started = std::fs::read_dir(dir.path()).unwrap().count() > 0;
+        if let Some(server) = children_of(bench_pid).first()
+            && started
+        {
+            break *server;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench started its server within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Should the bench leave it running, it is not left running after the test.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains("herald") {
+                return;
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _server_guard = KillOnDrop(server);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sent = Command::new("kill")
+        .args(["-INT", &bench_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench stops within 30 s of Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{server}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap_or_default();
+        if state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server it started ({server}) is still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -99,6 +99,22 @@ impl Api {
             .and_then(|n| n.trim().parse().ok()))
     }
 
+    /// Deletes an organization and everything it owns (its pending deliveries are cancelled).
+    pub async fn delete_org(&self, org: &str) -> anyhow::Result<()> {
+        let url = format!("{}/v1/orgs/{org}", self.base);
+        let resp = self
+            .http
+            .delete(&url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .with_context(|| format!("could not reach {url}"))?;
+        if !resp.status().is_success() {
+            bail!("{url} answered {}", resp.status());
+        }
+        Ok(())
+    }
+
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let resp = self

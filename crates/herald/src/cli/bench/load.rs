@@ -271,6 +271,12 @@ impl Producer {
             producers.spawn(async move {
                 let batch = plan.batch.max(1) as u64;
                 loop {
+                    // Events given up on (refused for good, or unanswered for the whole
+                    // patience) mean the server will not take the rest either: a server that
+                    // died would otherwise be waited for, request after request, for hours.
+                    if counters.abandoned.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
                     let first = next.fetch_add(batch, Ordering::Relaxed);
                     if first >= plan.events {
                         break;
@@ -285,7 +291,8 @@ impl Producer {
     }
 
     /// Posts one event every `1/rate` seconds for `duration`, with at most `connections`
-    /// requests in flight (an open loop: a slow answer does not delay the next event).
+    /// requests in flight (an open loop: a slow answer does not delay the next event). It stops
+    /// at `duration` even if fewer were sent (the server did not keep up: the caller says so).
     pub async fn steady(
         self: &Arc<Self>,
         rate: u32,
@@ -298,8 +305,12 @@ impl Producer {
             tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
         let slots = Arc::new(Semaphore::new(connections.max(1)));
         let mut in_flight = JoinSet::new();
+        let started = Instant::now();
         for seq in 0..total {
             ticker.tick().await;
+            if started.elapsed() >= duration {
+                break;
+            }
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };

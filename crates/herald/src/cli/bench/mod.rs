@@ -46,10 +46,10 @@ pub struct BenchArgs {
     pub scenario: Vec<Scenario>,
     /// Events per scenario for burst, batch, fanout, slow-endpoint, failing-endpoint, restart and
     /// relay (default: 50,000, 200,000, 10,000, 10,000, 10,000, 20,000 and 50,000).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub events: Option<u64>,
     /// Producers, each with one request in flight (so at most this many connections).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub connections: usize,
     /// Events per request in `batch` (at most 1,000).
     #[arg(long, default_value_t = 100)]
@@ -59,13 +59,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
     /// Events per second in `latency`.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
     /// Seconds `latency` runs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub duration: u64,
     /// Deliveries to pile up in `backlog`.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub backlog: u64,
     /// Bytes of padding added to every event's data (each is about 110 bytes without), to see
     /// how Herald does with events the size of yours. Requests carry fewer events if needed to
@@ -81,6 +81,7 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     /// Run against this Herald instead of starting one (it must allow deliveries to
     /// 127.0.0.0/8). `restart` is skipped, memory is not measured, and `relay` still runs here.
+    /// Each scenario's organization is deleted when it ends (one whose setup failed stays).
     #[arg(long, requires = "admin_token")]
     pub server: Option<String>,
     /// The admin token of the server given with --server.
@@ -91,11 +92,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Threads of the receiver's own runtime; 0 runs it on the load generator's runtime.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=64))]
     pub receiver_threads: usize,
     /// Run each scenario this many times and report the median run, since figures on a small
     /// shared machine vary by ±10–15% from run to run (backlog and restart run once).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
     pub repeat: usize,
 }
 
@@ -203,6 +204,26 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("could not start the async runtime")?;
     let json = args.json.clone();
+    // Said under the table, so that a copied table carries how its events looked.
+    let shape = match (args.random_ids, args.event_bytes) {
+        (false, 0) => None,
+        (random, bytes) => Some(format!(
+            "every scenario's events: {}{}",
+            if random {
+                "ids in random order (--random-ids)"
+            } else {
+                "ids in order"
+            },
+            if bytes > 0 {
+                format!(
+                    ", data padded by {} bytes (--event-bytes)",
+                    report::thousands(u64::from(bytes))
+                )
+            } else {
+                String::new()
+            }
+        )),
+    };
     let settings = serde_json::json!({
         "connections": args.connections,
         "batch_size": args.batch_size,
@@ -217,13 +238,39 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "repeat": args.repeat,
         "server": if args.server.is_some() { "external" } else { "in-process" },
     });
-    let outcomes = runtime.block_on(run(args))?;
+    let external = args.server.is_some();
+    let mut outcomes = Vec::new();
+    // Interrupted, the run is dropped: its servers' data directories are removed and a `herald
+    // serve` it started is killed, then what finished is reported.
+    let stopped_by = runtime.block_on(async {
+        tokio::select! {
+            done = run(args, &mut outcomes) => done.map(|()| None),
+            signal = interrupted() => Ok(Some(signal)),
+        }
+    })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
+    finish(&mut outcomes, external);
+    if let Some(signal) = stopped_by {
+        eprintln!(
+            "\nstopped by {signal}: the servers this run started are stopped and their temporary data removed{}",
+            if outcomes.is_empty() {
+                ""
+            } else {
+                "; the scenarios that finished are below"
+            }
+        );
+        if outcomes.is_empty() {
+            std::process::exit(130);
+        }
+    }
     out!();
     match report::print_table(&outcomes, &mut std::io::stdout().lock()) {
         // A reader that went away (`| head`) does not stop the JSON from being written.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
         _ => {}
+    }
+    if let Some(shape) = shape {
+        out!("\n{shape}");
     }
     if let Some(path) = json {
         report::write_json(&path, settings, &outcomes)?;
@@ -233,27 +280,60 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|o| !o.complete)
         .map(|o| o.scenario.as_str())
         .collect();
+    if stopped_by.is_some() {
+        std::process::exit(130);
+    }
     if !incomplete.is_empty() {
         bail!(
-            "not every acknowledged event was delivered in: {}; see MISSING above (run with HERALD_LOG=warn to see the server's log)",
-            incomplete.join(", ")
+            "incomplete: {}; see their notes above (events the server never acknowledged, or MISSING: acknowledged but not delivered){}",
+            incomplete.join(", "),
+            if external {
+                ""
+            } else {
+                " (run with HERALD_LOG=warn to see the server's log)"
+            }
         );
     }
     Ok(())
 }
 
-fn check(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.connections == 0 {
-        bail!("--connections must be at least 1");
+/// Completes on Ctrl-C or SIGTERM, naming which.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term => "SIGTERM",
     }
+}
+
+/// What clap's ranges do not say; checked before anything runs, so a mistake does not surface
+/// after minutes of measuring.
+fn check(args: &BenchArgs) -> anyhow::Result<()> {
     if !(1..=1000).contains(&args.batch_size) {
         bail!("--batch-size must be between 1 and 1,000 (Herald's limit per request)");
     }
-    if args.rate == 0 || args.duration == 0 {
-        bail!("--rate and --duration must be at least 1");
-    }
-    if args.backlog == 0 || args.events == Some(0) || args.repeat == 0 {
-        bail!("--events, --backlog and --repeat must be at least 1");
+    if let Some(path) = &args.json {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "--json {}: {} is not a directory; create it first",
+                path.display(),
+                dir.display()
+            );
+        }
     }
     if let Some(dir) = &args.data_dir
         && !dir.is_dir()
@@ -277,7 +357,8 @@ fn init_logging() {
         .try_init();
 }
 
-async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
+/// Runs the scenarios asked for, adding each one's outcome to `outcomes` as it finishes.
+async fn run(args: BenchArgs, outcomes: &mut Vec<Outcome>) -> anyhow::Result<()> {
     herald_dispatch::client::install_tls_provider();
     let client = |pool: usize| {
         reqwest::Client::builder()
@@ -305,7 +386,6 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
         .into_iter()
         .filter(|s| ctx.args.scenario.contains(s) || ctx.args.scenario.contains(&Scenario::All))
         .collect();
-    let mut outcomes = Vec::new();
     for scenario in wanted {
         let name = scenario_name(scenario);
         let rounds = match scenario {
@@ -337,9 +417,13 @@ async fn run(args: BenchArgs) -> anyhow::Result<Vec<Outcome>> {
             outcomes.push(repeat::combine(runs));
         }
     }
+    Ok(())
+}
+
+/// Puts the outcomes in the scenarios' order and relates `burst` to `relay`.
+fn finish(outcomes: &mut [Outcome], external_server: bool) {
     outcomes.sort_by_key(|o| EVERY.iter().position(|s| scenario_name(*s) == o.scenario));
-    relate_to_relay(&mut outcomes, ctx.args.server.is_some());
-    Ok(outcomes)
+    relate_to_relay(outcomes, external_server);
 }
 
 /// Adds how busy the machine was during the run, and what the hypervisor took, to its figures.

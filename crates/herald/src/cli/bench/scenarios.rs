@@ -89,7 +89,17 @@ impl Prepared {
         })
     }
 
+    /// Stops what the scenario started. On a server given with `--server`, its organization
+    /// is deleted, so that its webhooks do not go on retrying towards a receiver now gone.
     pub async fn stop(self) {
+        if matches!(self.server, Server::External { .. })
+            && let Err(e) = self.api.delete_org(&self.org).await
+        {
+            eprintln!(
+                "could not delete the benchmark's organization {} on the server: {e:#}",
+                self.org
+            );
+        }
         self.receiver.stop().await;
         self.server.stop().await;
     }
@@ -333,10 +343,19 @@ pub(super) async fn latency(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     wait_delivered(&shared, &[0], counters.acked(), STALL).await;
     progress.stop().await;
     run.stop().await;
+    let sent = counters.sent.load(std::sync::atomic::Ordering::Relaxed);
     let mut o = Outcome::new("latency");
     measure(&mut o, &Finished::one_endpoint(counters, shared));
     o.figure("rate_per_s", rate);
     o.figure("duration_s", secs);
+    if sent * 100 < events * 95 {
+        o.note(format!(
+            "only {} of the {} events were sent in {secs} s: the server did not keep up with {}/s, so these latencies include queueing; try a lower --rate",
+            thousands(sent),
+            thousands(events),
+            thousands(u64::from(rate))
+        ));
+    }
     o.note(format!(
         "{rate} events/s for {secs} s, one per request; latency runs from just before the producer sends (so it includes the durable 202) to arrival at the receiver"
     ));
@@ -419,5 +438,12 @@ pub(super) async fn failing_endpoint(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         thousands(first),
         thousands(requests.saturating_sub(first))
     ));
+    if requests >= 10 && requests < o.events {
+        // Ten failures in a row open a webhook's circuit: what it had waits for a probe (30 s
+        // on), so a short run sees few of its requests, and retries only if it outlasts that.
+        o.note(
+            "its circuit opened after 10 failures in a row: its deliveries then wait for a probe 30 s later, so a run shorter than that shows no retries",
+        );
+    }
     Ok(o)
 }
