@@ -52,7 +52,12 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         "backlog",
         counters.clone(),
         endpoints.clone(),
-        Some(memory_line(process, peak_sampled.clone(), up.clone())),
+        Some(memory_line(
+            process,
+            peak_sampled.clone(),
+            up.clone(),
+            endpoints.clone(),
+        )),
     );
 
     let fill_started = Instant::now();
@@ -173,12 +178,14 @@ fn memory_line(
     process: Option<String>,
     peak: Arc<AtomicU64>,
     up: Arc<AtomicBool>,
+    endpoints: Arc<super::receiver::Endpoints>,
 ) -> super::progress::Extra {
     Box::new(move || {
-        let state = if up.load(Ordering::Relaxed) {
-            "endpoint up"
-        } else {
-            "endpoint down"
+        // Until the circuit's probe goes (up to its 30 s cool-down), nothing moves: say why.
+        let state = match (up.load(Ordering::Relaxed), endpoints.delivered(&[0]) > 0) {
+            (false, _) => "endpoint down",
+            (true, false) => "endpoint up, waiting for the circuit's next probe",
+            (true, true) => "endpoint up",
         };
         let m = process.as_deref().and_then(Memory::of);
         Some(match m {

@@ -322,6 +322,14 @@ fn check(args: &BenchArgs) -> anyhow::Result<()> {
     if !(1..=1000).contains(&args.batch_size) {
         bail!("--batch-size must be between 1 and 1,000 (Herald's limit per request)");
     }
+    if let Some(server) = &args.server {
+        let parsed = url::Url::parse(server).ok();
+        if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+            bail!(
+                "--server {server} is not an http:// or https:// URL; e.g. http://127.0.0.1:7600"
+            );
+        }
+    }
     if let Some(path) = &args.json {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
