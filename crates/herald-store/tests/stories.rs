@@ -3246,6 +3246,80 @@ async fn postgres_reports_a_locked_events_table_until_events_are_stored_again() 
     assert_eq!(store.write_trouble(), None);
 }
 
+/// `tests/fixtures/schema-6.db`: a database written through the API by Herald at commit
+/// `eca6e5e` (2026-12-01, schema version 6) with this encryption key: two organizations, two
+/// API keys, a custom event type, 12 webhooks (custom headers, a rotated secret, paused,
+/// disabled by a 410, WebSub, the Optare, hub and Opal schemes, one deleted), 9 events, 37
+/// deliveries (18 pending) and their attempts.
+const SCHEMA_6_KEY: &str = "79c65e8234fb51ad742802db8182c78878dae072ce3264b58c562ff894db04e5";
+
+/// Upgrading keeps everything: today's Herald migrates the older database (three migrations,
+/// two of which rebuild tables), opens every secret the older one sealed and seals it for its
+/// place, and carries on with what was pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-6.db");
+    std::fs::copy(fixture, &path).unwrap();
+    let pending_then: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.state = 'pending' AND w.active = 1 AND w.deleted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(pending_then > 0);
+
+    let cipher = SecretCipher::new(Some(SCHEMA_6_KEY), &[]).unwrap();
+    let sqlite = SqliteStore::open_with_cipher(&path, cipher).unwrap();
+    assert_eq!(sqlite.reencrypt_stale_secrets().await.unwrap(), 11);
+    let store: Arc<dyn Store> = Arc::new(sqlite);
+
+    let acme = OrgId::parse("org_01m9370kevxczmx8mhgwjzyh04").unwrap();
+    assert_eq!(store.get_org(&acme).await.unwrap().name, "Acme Inc");
+    assert_eq!(store.list_api_keys(&acme).await.unwrap().len(), 1);
+    let hooks = store.org_webhooks(&acme).await.unwrap();
+    let named = |name: &str| hooks.iter().find(|w| w.name == name).unwrap();
+    // The secrets shown when they were created (and rotated), the headers as given.
+    let ok = named("ok");
+    assert_eq!(
+        ok.secret,
+        "whsec_/fTSuzkQO6Bt0vf0I1XpAmkL0c2LrvBKqISiZShL0y0="
+    );
+    assert_eq!(
+        ok.previous_secret.as_deref(),
+        Some("whsec_9T9me48hynCqj868ngVxkUD5M/wODaZav+IfCX8IC2Q=")
+    );
+    assert_eq!(ok.headers.get("x-custom").map(String::as_str), Some("v1"));
+    assert_eq!(
+        named("optare").secret,
+        "8f01a9b2fff703f11086edb4a10aff89e598ce5ef9d4f7ec07b8c87aa4011a2f"
+    );
+    assert!(!named("paused").active);
+
+    // Its events are there, and posting one again is still a duplicate.
+    let first = store.get_event(&acme, "evt-1").await.unwrap();
+    let again = item(Arc::new(first), &[], false);
+    assert_eq!(
+        store
+            .insert_events(&acme, &[again], T0, at(LEASE_SECS))
+            .await
+            .unwrap(),
+        vec![IngestResult::Duplicate]
+    );
+    // What was pending comes due, each delivery with its event.
+    let now = Timestamp::from_millis(i64::MAX / 4);
+    let due = store
+        .claim_due(now, now.plus_secs(LEASE_SECS), 1000)
+        .await
+        .unwrap();
+    assert_eq!(due.len() as i64, pending_then);
+    assert!(due.iter().all(|d| !d.event.id.is_empty()));
+}
+
 /// A Herald from before deliveries named their event by its sequence number (migration 8),
 /// run again on an upgraded SQLite file, stores deliveries without that number: nothing finds
 /// them until the next start links them to their events.
