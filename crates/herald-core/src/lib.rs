@@ -31,18 +31,45 @@ pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 
 /// An error and every cause under it, as one line: PostgreSQL's own reason ("database \"x\"
 /// is not currently accepting connections", "Connection refused") is often the last, under a
-/// "storage unavailable" and a "db error" that say nothing.
+/// "storage unavailable" and a "db error" that say nothing. Of each, only its first line:
+/// PostgreSQL adds a `DETAIL` line that may quote a row's values (a webhook's secret among
+/// them), which have no place in a log.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
+    let first_line = |e: &dyn std::error::Error| {
+        let text = e.to_string();
+        text.lines().next().unwrap_or_default().to_owned()
+    };
+    let mut text = first_line(e);
     let mut cause = e.source();
     while let Some(c) = cause {
-        let more = c.to_string();
+        let more = first_line(c);
         if !text.ends_with(&more) {
             text = format!("{text}: {more}");
         }
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage failed")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "ERROR: null value in column \"url\"\nDETAIL: Failing row contains (wh_1, whsec_secret)"
+    )]
+    struct Inner;
+
+    #[test]
+    fn an_error_chain_is_one_line_without_the_details_of_a_row() {
+        assert_eq!(
+            super::error_chain(&Outer(Inner)),
+            "storage failed: ERROR: null value in column \"url\""
+        );
+    }
 }
 
 /// Herald's version, sent in `User-Agent` and shown by `herald --version`.

@@ -151,13 +151,19 @@ impl SecretCipher {
     /// A `v1` value whose content is itself sealed (`enc:v2:…`) is opened twice: a Herald from
     /// before `v2` that ran again on this database after an upgrade (a downgrade) took the `v2`
     /// values for plain ones and sealed them again. No user's secret or header looks sealed
-    /// (both are refused), so this content can only be that.
+    /// (both are refused), so this content can only be that. A previous secret may have been
+    /// sealed as the secret: the older Herald rotated it there.
     pub fn open(&self, stored: &str, place: &str) -> Result<String, CipherError> {
         let plain = self.open_once(stored, place)?;
-        if stored.starts_with(PREFIX_V1) && plain.starts_with(PREFIX) {
-            return self.open_once(&plain, place);
+        if !(stored.starts_with(PREFIX_V1) && plain.starts_with(PREFIX)) {
+            return Ok(plain);
         }
-        Ok(plain)
+        match place.strip_suffix("/previous_secret") {
+            Some(webhook) => self
+                .open_once(&plain, place)
+                .or_else(|_| self.open_once(&plain, &format!("{webhook}/secret"))),
+            None => self.open_once(&plain, place),
+        }
     }
 
     fn open_once(&self, stored: &str, place: &str) -> Result<String, CipherError> {
@@ -442,6 +448,12 @@ mod tests {
         // Only a v1 value is opened twice: a v2 one holding a sealed-looking text is not.
         let odd = c.seal(&v2, HERE);
         assert_eq!(c.open(&odd, HERE).unwrap(), v2);
+        // A secret rotated under the older Herald: sealed for the secret's place, kept as the
+        // previous one.
+        assert_eq!(
+            c.open(&twice, "wh_1/previous_secret").unwrap(),
+            "whsec_supersecret"
+        );
     }
 
     #[test]

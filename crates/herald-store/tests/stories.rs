@@ -3322,26 +3322,58 @@ async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
 
 /// A Herald from before deliveries named their event by its sequence number (migration 8),
 /// run again on an upgraded SQLite file, stores deliveries without that number: nothing finds
-/// them until the next start links them to their events.
+/// them until the next start links them to their events, or removes them where their event is
+/// gone (retention purged it under them). Deliveries stored as they should be are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_an_older_herald_stored_unlinked_are_linked_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
-    let (_, hook) = org_with_webhook(&store, "acme").await;
-    let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
-    // As the older Herald's INSERT leaves it.
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let unlinked = deliver(&store, &hook, "evt_1", T0, false).await;
+    let linked = deliver(&store, &hook, "evt_2", T0, false).await;
+    let orphan = deliver(&store, &hook, "evt_3", T0, false).await;
+    // As the older Herald's INSERT leaves them, one of them with its event purged since.
     let older = rusqlite::Connection::open(&path).unwrap();
     older
-        .execute("UPDATE deliveries SET event_seq = NULL", [])
+        .execute(
+            "UPDATE deliveries SET event_seq = NULL WHERE event_id IN ('evt_1', 'evt_3')",
+            [],
+        )
         .unwrap();
-    assert!(claim(&store, T0).await.is_empty(), "found by nothing");
+    older
+        .execute("DELETE FROM events WHERE id = 'evt_3'", [])
+        .unwrap();
+    assert_eq!(
+        claim(&store, T0).await,
+        vec![linked.clone()],
+        "found by nothing"
+    );
 
+    // Restarted once that claim's lease has ended.
     let restarted: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
-    let due = restarted.claim_due(T0, at(LEASE_SECS), 10).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].delivery_id, delivery);
-    assert_eq!(due[0].event.id, "evt_1");
+    let due = restarted
+        .claim_due(at(LEASE_SECS), at(2 * LEASE_SECS), 10)
+        .await
+        .unwrap();
+    let mut found: Vec<(DeliveryId, String)> = due
+        .iter()
+        .map(|d| (d.delivery_id.clone(), d.event.id.clone()))
+        .collect();
+    found.sort();
+    let mut want = vec![(unlinked, "evt_1".to_owned()), (linked, "evt_2".to_owned())];
+    want.sort();
+    assert_eq!(found, want);
+    // The one whose event is gone is no longer there to hold the scheduler's earliest due time.
+    let left: i64 = older
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE id = ?1 OR event_seq IS NULL",
+            [orphan.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_not_found(restarted.get_delivery(&org.id, &orphan).await);
 }
 
 /// The directory's cache over a real store: requests that miss it together share one load of

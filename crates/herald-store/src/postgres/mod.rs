@@ -129,9 +129,9 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Said for `sslmode=require`, which would otherwise fail at the first connection with "no
-/// TLS implementation configured".
-const SSL_REQUIRED: &str = "sslmode=require in the database URL: Herald does not speak TLS to \
+/// Said for `sslmode=require` (which would otherwise fail at the first connection with "no TLS
+/// implementation configured") and `verify-ca`/`verify-full` (which would be "not valid").
+const SSL_REQUIRED: &str = "sslmode in the database URL asks for TLS: Herald does not speak TLS to \
      PostgreSQL; reach it over a private network (sslmode=disable or prefer), or run a TLS tunnel \
      beside Herald (stunnel, or your cloud's proxy such as cloud-sql-proxy) and point the URL at it";
 
@@ -154,6 +154,10 @@ impl PostgresStore {
     /// connect yet: [`PostgresStore::migrate`] or [`PostgresStore::check_schema`] do, and say
     /// clearly when the database cannot be reached.
     pub fn new(url: &str, options: PostgresOptions, cipher: SecretCipher) -> StoreResult<Self> {
+        // tokio-postgres knows no `verify-ca` or `verify-full` and calls the URL invalid.
+        if url.contains("sslmode=verify") {
+            return Err(StoreError::Other(SSL_REQUIRED.into()));
+        }
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             StoreError::Other(
                 format!("the database URL is not valid ({e}); expected postgres://user@host:port/database").into(),
@@ -966,6 +970,13 @@ mod tests {
         let said = herald_core::error_chain(&err);
         assert!(said.contains("does not speak TLS"), "{said}");
         assert!(said.contains("tunnel"), "{said}");
+        let err = PostgresStore::new(
+            "postgres://herald@db.example.com/herald?sslmode=verify-full",
+            PostgresOptions::default(),
+            SecretCipher::none(),
+        )
+        .unwrap_err();
+        assert!(herald_core::error_chain(&err).contains("does not speak TLS"));
     }
 
     #[test]

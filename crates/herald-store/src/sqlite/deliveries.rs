@@ -679,20 +679,34 @@ pub(crate) fn pending_by_webhook(
 /// Links to their events the deliveries stored without the event's sequence number: a Herald
 /// from before that number (migration 8) ran again on this database after an upgrade and
 /// wrote them so. Nothing finds such a delivery (its event is joined by that number): it would
-/// never be sent, and retention would purge its event under it. Run at start; the index on
-/// `event_seq` holds the missing ones, so it costs nothing when there are none.
+/// never be sent, and retention would purge its event under it. Those whose event is gone that
+/// way can never be sent or shown: they are removed, with their attempts. Run at start; the
+/// index on `event_seq` holds the missing ones, so it costs nothing when there are none.
 pub(crate) fn link_to_their_events(conn: &Connection) -> DbResult<()> {
-    let linked = conn.execute(
-        "UPDATE deliveries SET event_seq = \
-             (SELECT seq FROM events e WHERE e.org_id = deliveries.org_id AND e.id = deliveries.event_id) \
-         WHERE event_seq IS NULL AND EXISTS \
-             (SELECT 1 FROM events e WHERE e.org_id = deliveries.org_id AND e.id = deliveries.event_id)",
+    // Its event: same organization, id and type, stored no later than the delivery (a
+    // producer that reused a purged event's id must not have its new event sent in its place).
+    const THEIR_EVENT: &str = "FROM events e WHERE e.org_id = deliveries.org_id \
+         AND e.id = deliveries.event_id AND e.type = deliveries.event_type \
+         AND e.received_at <= deliveries.created_at";
+    let tx = conn.unchecked_transaction()?;
+    let linked = tx.execute(
+        &format!(
+            "UPDATE deliveries SET event_seq = (SELECT seq {THEIR_EVENT}) \
+             WHERE event_seq IS NULL AND EXISTS (SELECT 1 {THEIR_EVENT})"
+        ),
         [],
     )?;
-    if linked > 0 {
+    tx.execute(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq IS NULL)",
+        [],
+    )?;
+    let removed = tx.execute("DELETE FROM deliveries WHERE event_seq IS NULL", [])?;
+    tx.commit()?;
+    if linked + removed > 0 {
         tracing::warn!(
-            deliveries = linked,
-            "linked to their events deliveries an older Herald stored on this database after it was upgraded; downgrading is not supported: restore the backup taken before the upgrade instead"
+            linked,
+            removed,
+            "found deliveries an older Herald stored on this database after it was upgraded: linked those whose event is here, removed those whose event it purged (they could not be sent); downgrading is not supported: restore the backup taken before the upgrade instead"
         );
     }
     Ok(())

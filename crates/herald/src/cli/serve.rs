@@ -33,7 +33,11 @@ fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    if std::env::var_os("RUST_LOG").is_some() && std::env::var_os("HERALD_LOG").is_none() {
+    // Only while the filter is the default: `--log` given on the command line says otherwise.
+    if std::env::var_os("RUST_LOG").is_some()
+        && std::env::var_os("HERALD_LOG").is_none()
+        && logging.log == "info"
+    {
         tracing::warn!(
             "RUST_LOG is set, but Herald's log filter is HERALD_LOG (now '{}'): set HERALD_LOG instead",
             logging.log

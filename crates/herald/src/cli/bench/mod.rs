@@ -81,7 +81,8 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     /// Run against this Herald instead of starting one (it must allow deliveries to
     /// 127.0.0.0/8). `restart` is skipped, memory is not measured, and `relay` still runs here.
-    /// Each scenario's organization is deleted when it ends (one whose setup failed stays).
+    /// Each scenario's organization is deleted when it ends (one left by a failure or Ctrl-C
+    /// stays).
     #[arg(long, requires = "admin_token")]
     pub server: Option<String>,
     /// The admin token of the server given with --server.

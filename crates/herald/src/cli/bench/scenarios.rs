@@ -438,7 +438,7 @@ pub(super) async fn failing_endpoint(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         thousands(first),
         thousands(requests.saturating_sub(first))
     ));
-    if requests >= 10 && requests < o.events {
+    if requests >= 10 && requests == first && requests < o.events {
         // Ten failures in a row open a webhook's circuit: what it had waits for a probe (30 s
         // on), so a short run sees few of its requests, and retries only if it outlasts that.
         o.note(
