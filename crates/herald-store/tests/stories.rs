@@ -3322,7 +3322,7 @@ async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
 
 /// A Herald from before deliveries named their event by its sequence number (migration 8),
 /// run again on an upgraded SQLite file, stores deliveries without that number: nothing finds
-/// them until the next start links them to their events, or removes them where their event is
+/// them until the next start links them to their events, or fails them where their event is
 /// gone (retention purged it under them). Deliveries stored as they should be are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_an_older_herald_stored_unlinked_are_linked_at_start() {
@@ -3364,16 +3364,13 @@ async fn deliveries_an_older_herald_stored_unlinked_are_linked_at_start() {
     let mut want = vec![(unlinked, "evt_1".to_owned()), (linked, "evt_2".to_owned())];
     want.sort();
     assert_eq!(found, want);
-    // The one whose event is gone is no longer there to hold the scheduler's earliest due time.
-    let left: i64 = older
-        .query_row(
-            "SELECT COUNT(*) FROM deliveries WHERE id = ?1 OR event_seq IS NULL",
-            [orphan.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(left, 0);
-    assert_not_found(restarted.get_delivery(&org.id, &orphan).await);
+    // The one whose event is gone no longer holds the scheduler's earliest due time.
+    let (delivery, _) = restarted.get_delivery(&org.id, &orphan).await.unwrap();
+    assert_eq!(delivery.state, DeliveryState::Failed);
+    assert_eq!(delivery.last_error.as_deref(), Some("event_missing"));
+    // (It was due at T0; the two claimed are leased past that.)
+    let next = restarted.next_due_at().await.unwrap();
+    assert!(next.is_some_and(|t| t >= at(LEASE_SECS)), "{next:?}");
 }
 
 /// The directory's cache over a real store: requests that miss it together share one load of

@@ -679,9 +679,11 @@ pub(crate) fn pending_by_webhook(
 /// Links to their events the deliveries stored without the event's sequence number: a Herald
 /// from before that number (migration 8) ran again on this database after an upgrade and
 /// wrote them so. Nothing finds such a delivery (its event is joined by that number): it would
-/// never be sent, and retention would purge its event under it. Those whose event is gone that
-/// way can never be sent or shown: they are removed, with their attempts. Run at start; the
-/// index on `event_seq` holds the missing ones, so it costs nothing when there are none.
+/// never be sent, and retention would purge its event under it. A pending one whose event is
+/// gone that way can never be sent: it fails, `event_missing`, rather than stay due for ever
+/// (the scheduler would look for it every millisecond); finished ones stay history. Run at
+/// start; the index on `event_seq` holds the missing ones, so it costs nothing when there are
+/// none.
 pub(crate) fn link_to_their_events(conn: &Connection) -> DbResult<()> {
     // Its event: same organization, id and type, stored no later than the delivery (a
     // producer that reused a purged event's id must not have its new event sent in its place).
@@ -696,17 +698,18 @@ pub(crate) fn link_to_their_events(conn: &Connection) -> DbResult<()> {
         ),
         [],
     )?;
-    tx.execute(
-        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq IS NULL)",
+    let failed = tx.execute(
+        "UPDATE deliveries SET state = 'failed', last_error = 'event_missing', \
+             next_attempt_at = NULL, due_at = NULL, lease_until = NULL \
+         WHERE event_seq IS NULL AND state = 'pending'",
         [],
     )?;
-    let removed = tx.execute("DELETE FROM deliveries WHERE event_seq IS NULL", [])?;
     tx.commit()?;
-    if linked + removed > 0 {
+    if linked + failed > 0 {
         tracing::warn!(
             linked,
-            removed,
-            "found deliveries an older Herald stored on this database after it was upgraded: linked those whose event is here, removed those whose event it purged (they could not be sent); downgrading is not supported: restore the backup taken before the upgrade instead"
+            failed,
+            "found deliveries an older Herald stored on this database after it was upgraded: linked those whose event is here, failed those still pending whose event it purged (they cannot be sent); downgrading is not supported: restore the backup taken before the upgrade instead"
         );
     }
     Ok(())
