@@ -56,8 +56,8 @@ impl FromRequestParts<AppState> for Caller {
                         StatusCode::FORBIDDEN,
                         "forbidden",
                         format!(
-                            "this API key is a producer's: it may post events and read event \
-                             types, nothing else; {instead}"
+                            "this API key is a producer's: it may post events and read its \
+                             organization, event types and the catalogs, nothing else; {instead}"
                         ),
                     ));
                 }

@@ -199,6 +199,31 @@ pub enum Command {
     },
 }
 
+/// A signal that asks a long-running command to stop.
+pub(crate) enum Signal {
+    CtrlC,
+    Term,
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM, saying which.
+pub(crate) async fn ctrl_c_or_sigterm() -> Signal {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Signal::CtrlC,
+        _ = term => Signal::Term,
+    }
+}
+
 /// Writes one line to standard output for [`out!`].
 pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write;

@@ -213,9 +213,9 @@ pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
         let _lock = app::lock_database(&settings.storage).await?;
         app::open_store(&settings.storage, &settings.encryption, true).await?;
         match settings.storage.database_url_for_display() {
-            Some(url) => out!("The database {url} is up to date."),
+            Some(url) => out!("The database {url} is at the current schema."),
             None => out!(
-                "The database in {} is up to date.",
+                "The database in {} is at the current schema.",
                 settings.storage.data_dir.display()
             ),
         }
@@ -225,23 +225,9 @@ pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
 
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    let stop_at_once = tokio::select! {
-        _ = ctrl_c => "Ctrl-C again",
-        _ = term => "SIGINT (Ctrl-C)",
+    let stop_at_once = match super::ctrl_c_or_sigterm().await {
+        super::Signal::CtrlC => "Ctrl-C again",
+        super::Signal::Term => "SIGINT (Ctrl-C)",
     };
     tracing::info!(
         "shutting down: no new requests; finishing deliveries in flight ({stop_at_once} to stop at once)"

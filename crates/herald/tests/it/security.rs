@@ -348,7 +348,7 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("is up to date"), "{stdout}");
+    assert!(stdout.contains("is at the current schema"), "{stdout}");
     let stored = stored_secrets(&data);
     assert!(
         stored.len() == 1 && stored[0].starts_with("enc:v2:"),

@@ -300,20 +300,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Completes on Ctrl-C or SIGTERM, naming which.
 async fn interrupted() -> &'static str {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        _ = term => "SIGTERM",
+    match super::ctrl_c_or_sigterm().await {
+        super::Signal::CtrlC => "Ctrl-C",
+        super::Signal::Term => "SIGTERM",
     }
 }
 

@@ -81,7 +81,8 @@ pub enum KeysCommand {
         /// What the key is for (e.g. the producer that will use it).
         #[arg(long)]
         name: String,
-        /// producer: posts events and reads event types, nothing else (give producers this);
+        /// producer: posts events and reads its organization, event types and the catalogs,
+        /// nothing else (give producers this);
         /// manager: everything of the organization (webhooks, keys, history).
         #[arg(long, value_parser = ["manager", "producer"], default_value = "manager")]
         role: String,
