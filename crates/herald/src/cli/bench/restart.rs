@@ -144,6 +144,14 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         o.figure("restart_to_first_delivery_s", round3(s));
     }
     o.figure("lost", lost);
+    let failed_requests = counters.failures.load(std::sync::atomic::Ordering::Relaxed);
+    o.figure("failed_requests", failed_requests);
+    if failed_requests > 0 {
+        o.note(format!(
+            "{} requests failed while the server was down and were sent again (their events' ids make that safe)",
+            thousands(failed_requests)
+        ));
+    }
     if let Some(m) = idle {
         o.figure("server_rss_idle_mib", mib(m.rss_kib));
     }
