@@ -60,7 +60,7 @@ pub fn warn_if_newer(schema: i64, known: usize) {
 /// Refuses a SQLite database migrated by a newer Herald (its `schema` version past the `known`
 /// ones). One node owns the file, so no rolling upgrade needs an older one to run on it, and an
 /// older Herald misreads what a newer one wrote: older versions run on upgraded files stored
-/// deliveries nothing could find and sealed sealed secrets again.
+/// deliveries nothing could find and sealed already sealed secrets a second time.
 pub fn refuse_if_newer(schema: i64, known: usize) -> herald_core::store::StoreResult<()> {
     if schema > known as i64 {
         return Err(herald_core::store::StoreError::Other(
