@@ -105,12 +105,7 @@ pub(crate) fn page_request<T: std::fmt::Display>(
 /// which gets the dashboard's HTML page.
 async fn not_found(request: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let wants_html = request
-        .headers()
-        .get(axum::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
-    if wants_html && !request.uri().path().starts_with("/v1") {
+    if is_browsing(&request) {
         return crate::dashboard::not_found_page();
     }
     ApiError::new(
@@ -119,6 +114,32 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
         "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md",
     )
     .into_response()
+}
+
+/// A route that does not take the method: a JSON error, except for a browser opening a
+/// dashboard address that only takes a form (the address bar after a form was refused, say),
+/// which gets the dashboard's page instead of raw JSON.
+async fn method_not_allowed(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if is_browsing(&request) {
+        return crate::dashboard::not_found_page();
+    }
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+    .into_response()
+}
+
+/// A browser asking for a page outside the API.
+fn is_browsing(request: &axum::extract::Request) -> bool {
+    let wants_html = request
+        .headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    wants_html && !request.uri().path().starts_with("/v1")
 }
 
 /// The API's routes and the OpenAPI document that describes them, built together.
@@ -149,13 +170,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::dashboard::router())
         .fallback(not_found)
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

@@ -50,7 +50,27 @@ pub fn describe(e: ServiceError) -> (StatusCode, String) {
         );
     }
     let api = ApiError::from(e);
-    (api.status, api.message)
+    (api.status, in_dashboard_terms(&api.message))
+}
+
+/// The service's wording where the dashboard has a button for it: the API route a message
+/// names in parentheses (`(POST /v1/orgs/…/deactivate)`) is dropped, and the webhook's
+/// "activate"/"deactivate" are the buttons' Enable and Disable.
+fn in_dashboard_terms(message: &str) -> String {
+    let mut text = message
+        .replace("deactivate it first", "disable it first")
+        .replace("activate it before", "enable it before");
+    while let Some(start) = text.find(" (") {
+        let inside = &text[start + 2..];
+        let names_a_route = inside.split_once(' ').is_some_and(|(method, rest)| {
+            method.chars().all(|c| c.is_ascii_uppercase()) && rest.starts_with("/v1/")
+        });
+        let Some(end) = inside.find(')').filter(|_| names_a_route) else {
+            break;
+        };
+        text.replace_range(start..start + 2 + end + 1, "");
+    }
+    text
 }
 
 /// The form's name for an API field (`events[2]` is one of the event types).
@@ -98,6 +118,26 @@ pub type DashResult<T> = Result<T, DashError>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn api_routes_in_messages_become_the_dashboard_buttons() {
+        assert_eq!(
+            super::in_dashboard_terms(
+                "the webhook wh_1 is active; deactivate it first (POST /v1/orgs/org_1/webhooks/wh_1/deactivate): a webhook with WebSub verification is deleted only when inactive"
+            ),
+            "the webhook wh_1 is active; disable it first: a webhook with WebSub verification is deleted only when inactive"
+        );
+        assert_eq!(
+            super::in_dashboard_terms(
+                "the webhook is disabled; activate it before sending a test event"
+            ),
+            "the webhook is disabled; enable it before sending a test event"
+        );
+        assert_eq!(
+            super::in_dashboard_terms("a name (one word) stays"),
+            "a name (one word) stays"
+        );
+    }
+
     use super::field_label;
 
     #[test]

@@ -547,6 +547,28 @@ async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
+    // A dashboard address that only takes a form, opened again from the address bar (it stays
+    // there after a form was refused): a page, not the API's JSON. The API keeps its 405.
+    let org = app.create_org("Acme").await;
+    let resp = app
+        .http
+        .get(format!("{}/orgs/{org}/webhooks", app.base))
+        .header(ACCEPT, "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(resp.text().await.unwrap().contains("<!doctype html>"));
+    let resp = app
+        .http
+        .put(format!("{}/v1/orgs", app.base))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,7 +630,9 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         .post(&format!("{page}/delete"), &[("csrf", &csrf)])
         .await;
     let body = admin.get(&page).await.body;
-    assert!(body.contains("deactivate it first"), "{body}");
+    // In the dashboard's terms: its Disable button, not the API's route.
+    assert!(body.contains("disable it first:"), "{body}");
+    assert!(!body.contains("/v1/"), "{body}");
 
     // Disabled: each channel reads as unsubscribed, without the lease it gave up.
     let a = admin
