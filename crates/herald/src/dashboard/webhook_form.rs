@@ -98,6 +98,41 @@ impl WebhookForm {
         }
     }
 
+    /// The form's fields whose values differ from `other`'s, by their labels (the secret, which
+    /// a form never shows, aside).
+    fn differs_from(&self, other: &Self) -> Vec<&'static str> {
+        let lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect()
+        };
+        [
+            ("Name", self.name.trim() != other.name.trim()),
+            ("URL", self.url.trim() != other.url.trim()),
+            (
+                "Description",
+                self.description.trim() != other.description.trim(),
+            ),
+            ("Profile", self.profile != other.profile),
+            ("Event types", self.events != other.events),
+            ("Channels", self.channels != other.channels),
+            (
+                "Custom headers",
+                lines(&self.headers) != lines(&other.headers),
+            ),
+            ("Timeout", self.timeout_ms.trim() != other.timeout_ms.trim()),
+            (
+                "Retry schedule",
+                self.retry_schedule.trim() != other.retry_schedule.trim(),
+            ),
+            ("Active", self.active != other.active),
+        ]
+        .into_iter()
+        .filter_map(|(label, differs)| differs.then_some(label))
+        .collect()
+    }
+
     /// What the service gets. Empty optional fields clear the override.
     fn input(&self, creating: bool) -> Result<WebhookInput, Invalid> {
         let mut headers = BTreeMap::new();
@@ -357,12 +392,28 @@ async fn update_webhook(
             Ok(signed.flash_then_go(&state, flash, &webhook_path(&org.id, &w.id)))
         }
         Err(ServiceError::Changed { now }) => {
+            // Saving again puts every field of this form back: say which of them differ from
+            // the webhook as it is now, the other change among them.
+            let differing = match webhooks::get(&state, &signed.scope, &org.id, &id).await {
+                Ok(current) => typed.differs_from(&WebhookForm::of(&current)),
+                Err(_) => Vec::new(),
+            };
             let mut again = typed;
             again.read_at = now.as_millis().to_string();
-            let message = "This webhook was changed since this form was opened (in another \
-                           tab, or by Herald). Your changes are below and were not saved: \
-                           compare them with the webhook's page, then save again."
-                .to_owned();
+            let differ = if differing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " This form differs from the webhook as it is now in: {}; saving again \
+                     keeps this form's value for each.",
+                    differing.join(", ")
+                )
+            };
+            let message = format!(
+                "This webhook was changed since this form was opened (in another tab, or by \
+                 Herald). Your changes are below and were not saved: compare them with the \
+                 webhook's page, then save again.{differ}"
+            );
             let error = (StatusCode::CONFLICT, message, None);
             form_page(&state, &signed, &org, Some(&id), again, Some(error)).await
         }

@@ -1342,6 +1342,13 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
         a.body
     );
     assert!(a.body.contains(r#"value="crm renamed""#), "{}", a.body);
+    // Saving again would put the old URL back: the page says which fields differ now.
+    assert!(
+        a.body
+            .contains("differs from the webhook as it is now in: Name, URL"),
+        "{}",
+        a.body
+    );
     let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
     assert_eq!(
         (&stored["url"], &stored["name"]),
