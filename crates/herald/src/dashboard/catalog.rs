@@ -250,12 +250,7 @@ async fn catalog_page(
         form,
         error_field: error.as_ref().and_then(|(_, _, f)| f.clone()),
         error: error.map(|(_, m, _)| m),
-        catalogs: org
-            .catalogs
-            .iter()
-            .map(|c| c.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
+        catalogs: super::orgs::catalogs_named(org),
         groups,
     };
     let layout = Layout::new(state, signed, "Event catalog", Some(org));

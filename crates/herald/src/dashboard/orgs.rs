@@ -47,12 +47,7 @@ impl From<&Organization> for OrgRow {
             id: o.id.to_string(),
             name: o.name.clone(),
             handle: o.handle.as_str().to_owned(),
-            catalogs: o
-                .catalogs
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            catalogs: catalogs_named(o),
             created: when(o.created_at),
         }
     }
@@ -256,4 +251,16 @@ async fn bulk_delete(
         }
     };
     Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}")))
+}
+
+/// The organization's catalogs, comma-separated, or "none" (it sends only its own types).
+pub(super) fn catalogs_named(org: &herald_core::org::Organization) -> String {
+    if org.catalogs.is_empty() {
+        return "none".to_owned();
+    }
+    org.catalogs
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
