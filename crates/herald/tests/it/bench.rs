@@ -51,6 +51,10 @@ fn finish(child: Child, json: &Path) -> Vec<Value> {
     );
     let doc: Value = serde_json::from_slice(&std::fs::read(json).expect("the JSON was written"))
         .expect("the JSON parses");
+    // What machine, and when: virtual machines name their processors alike.
+    assert!(doc["written_at"].is_string(), "{doc:#}");
+    assert!(doc["cpu_family_model"].is_string(), "{doc:#}");
+    assert!(doc["memory_mib"].as_u64().is_some_and(|m| m > 0), "{doc:#}");
     doc["scenarios"].as_array().expect("scenarios").clone()
 }
 

@@ -188,10 +188,16 @@ fn row(o: &Outcome) -> [String; 10] {
 
 /// Writes every outcome, with the settings they ran with, as JSON.
 pub fn write_json(path: &Path, settings: Value, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    use herald_core::Clock;
     let doc = serde_json::json!({
         "herald_version": herald_core::VERSION,
+        "written_at": herald_core::SystemClock.now().to_rfc3339(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": cpu_model(),
+        // Virtual machines often name every processor alike ("Intel(R) Xeon(R) Processor"):
+        // the family and model tell them apart.
+        "cpu_family_model": cpu_field("cpu family").zip(cpu_field("model")).map(|(f, m)| format!("{f}/{m}")),
+        "memory_mib": memory_mib(),
         "settings": settings,
         "scenarios": outcomes,
     });
@@ -203,11 +209,30 @@ pub fn write_json(path: &Path, settings: Value, outcomes: &[Outcome]) -> anyhow:
 /// The processor's name as Linux reports it (figures from different processors differ more
 /// than most changes do); `None` elsewhere.
 fn cpu_model() -> Option<String> {
+    cpu_field("model name")
+}
+
+/// A field of the first processor in `/proc/cpuinfo` (`model name`, `cpu family`, `model`).
+fn cpu_field(name: &str) -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     info.lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|rest| rest.split_once(':'))
-        .map(|(_, name)| name.trim().to_owned())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// The machine's memory, from `/proc/meminfo`; `None` elsewhere.
+fn memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 /// `1234567` → `1,234,567`.
