@@ -101,11 +101,20 @@ impl WebhookForm {
     /// The form's fields whose values differ from `other`'s, by their labels (the secret, which
     /// a form never shows, aside).
     fn differs_from(&self, other: &Self) -> Vec<&'static str> {
+        // Header names are stored lower-case and in order: `X-Team: a` typed is `x-team: a`.
         let lines = |text: &str| -> Vec<String> {
-            text.lines()
-                .map(|l| l.trim().to_owned())
+            let mut lines: Vec<String> = text
+                .lines()
+                .map(|l| match l.split_once(':') {
+                    Some((name, value)) => {
+                        format!("{}:{}", name.trim().to_ascii_lowercase(), value.trim())
+                    }
+                    None => l.trim().to_owned(),
+                })
                 .filter(|l| !l.is_empty())
-                .collect()
+                .collect();
+            lines.sort();
+            lines
         };
         [
             ("Name", self.name.trim() != other.name.trim()),
