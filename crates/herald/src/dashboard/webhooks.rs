@@ -80,10 +80,31 @@ struct WebhookView {
     headers: Vec<(String, String)>,
     timeout: String,
     retry_schedule: String,
+    /// `none`, or the most requests a second it is sent.
+    rate_limit: String,
+    /// `none` or `websub`.
+    verification: &'static str,
+    /// The profile's settings (CloudEvents' content mode, Opal's batch window), if any is set.
+    options: Option<String>,
     created: String,
     updated: String,
     failing_since: Option<String>,
     disabled_reason: Option<String>,
+}
+
+/// The profile settings set (`content_mode binary`, `batch_window_ms 200`), as the API names
+/// them; `None` when none is.
+fn profile_settings(options: &herald_core::webhook::WebhookOptions) -> Option<String> {
+    let value = serde_json::to_value(options).ok()?;
+    let set: Vec<String> = value
+        .as_object()?
+        .iter()
+        .map(|(name, v)| match v.as_str() {
+            Some(text) => format!("{name} {text}"),
+            None => format!("{name} {v}"),
+        })
+        .collect();
+    (!set.is_empty()).then(|| set.join(", "))
 }
 
 /// `whsec_••••••••` for Standard Webhooks keys; dots alone for others. Nothing of the secret
@@ -137,6 +158,11 @@ impl WebhookView {
                 ),
                 overridden(w.retry_schedule.is_some())
             ),
+            rate_limit: w
+                .rate_limit_per_second
+                .map_or_else(|| "none".to_owned(), |n| format!("{n} requests a second")),
+            verification: w.verification.as_str(),
+            options: profile_settings(&w.options),
             created: when(w.created_at),
             updated: when(w.updated_at),
             failing_since: when_opt(w.failing_since),

@@ -1429,3 +1429,34 @@ async fn a_numbered_handle_is_announced() {
         "{body}"
     );
 }
+
+/// The webhook's page shows every setting the API has: its rate limit, its verification and
+/// its profile's settings too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhooks_page_shows_its_rate_limit_verification_and_profile_settings() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            "https://example.com/ce",
+            json!({
+                "profile": "cloudevents",
+                "options": { "content_mode": "binary" },
+                "rate_limit_per_second": 5
+            }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = admin
+        .get(&format!("/orgs/{org}/webhooks/{hook}"))
+        .await
+        .body;
+    assert!(page.contains("<dd>5 requests a second</dd>"), "{page}");
+    assert!(
+        page.contains("<dt>Verification</dt><dd>none</dd>"),
+        "{page}"
+    );
+    assert!(page.contains("<dd>content_mode binary</dd>"), "{page}");
+}
