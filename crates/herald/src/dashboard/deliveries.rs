@@ -85,6 +85,8 @@ struct HistoryPage {
     event_types: Vec<String>,
     /// The next page's URL, with the filters kept.
     next_href: Option<String>,
+    /// Back to the newest deliveries, past the first page.
+    first_href: Option<String>,
     /// A default for the recover form: a day ago, as `datetime-local` wants it.
     recover_since: String,
 }
@@ -112,6 +114,15 @@ async fn list_deliveries(
             .map_err(ServiceError::from)?,
     };
     let cursor = Some(q.text("cursor")).filter(|c| !c.is_empty());
+    // Past the first page, a way back to the newest (cursors lead only to older ones).
+    let first_href = cursor.is_some().then(|| {
+        let query = serde_urlencoded::to_string([
+            ("state", state_filter.as_str()),
+            ("event_type", type_filter.as_str()),
+        ])
+        .unwrap_or_default();
+        format!("/orgs/{}/webhooks/{}/deliveries?{query}", org.id, w.id)
+    });
     let page = PageRequest::new(Some(50), cursor).map_err(ServiceError::from)?;
     let list = deliveries::list(&state, &signed.scope, &org.id, &w.id, filter, page).await?;
     let next_href = list.next_cursor.map(|cursor| {
@@ -150,6 +161,7 @@ async fn list_deliveries(
         states: STATES,
         event_types,
         next_href,
+        first_href,
         recover_since,
     };
     let layout = Layout::new(

@@ -1460,3 +1460,45 @@ async fn a_webhooks_page_shows_its_rate_limit_verification_and_profile_settings(
     );
     assert!(page.contains("<dd>content_mode binary</dd>"), "{page}");
 }
+
+/// Past the first page of a webhook's history there is a way back to the newest deliveries,
+/// with the filters kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_lead_to_older_deliveries_and_back_to_the_newest() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, "https://example.com/h", json!({}))
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    let events: Vec<_> = (0..55)
+        .map(|i| json!({ "type": "user.created", "data": { "user": { "id": format!("u{i}") } } }))
+        .collect();
+    let (status, _) = app
+        .post(&format!("/v1/orgs/{org}/events"), json!(events))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let first = admin
+        .get(&format!(
+            "/orgs/{org}/webhooks/{hook}/deliveries?state=pending"
+        ))
+        .await
+        .body;
+    assert!(first.contains("Older deliveries"), "{first}");
+    assert!(!first.contains("Newest deliveries"), "{first}");
+    let marker = "<a href=\"";
+    let older = first
+        .split(marker)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|href| href.contains("cursor="))
+        .expect("a link to older deliveries")
+        .replace("&amp;", "&")
+        .replace("&#x2f;", "/");
+    let second = admin.get(&older).await.body;
+    let back = format!(
+        "<a href=\"&#x2f;orgs&#x2f;{org}&#x2f;webhooks&#x2f;{hook}&#x2f;deliveries?state=pending&amp;event_type=\">← Newest deliveries</a>"
+    );
+    assert!(second.contains(&back), "{second}");
+    assert!(!second.contains("Older deliveries"), "{second}");
+}
