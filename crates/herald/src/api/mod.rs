@@ -104,32 +104,37 @@ pub(crate) fn page_request<T: std::fmt::Display>(
 /// An unknown route: a JSON error, except for a browser asking for a page outside `/v1`,
 /// which gets the dashboard's HTML page.
 async fn not_found(request: axum::extract::Request) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if is_browsing(&request) {
-        return crate::dashboard::not_found_page();
-    }
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md",
+    page_or(
+        &request,
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md",
+        ),
     )
-    .into_response()
 }
 
 /// A route that does not take the method: a JSON error, except for a browser opening a
 /// dashboard address that only takes a form (the address bar after a form was refused, say),
 /// which gets the dashboard's page instead of raw JSON.
 async fn method_not_allowed(request: axum::extract::Request) -> axum::response::Response {
+    page_or(
+        &request,
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        ),
+    )
+}
+
+/// The dashboard's not-found page for a browser outside the API, else `error` as JSON.
+fn page_or(request: &axum::extract::Request, error: ApiError) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if is_browsing(&request) {
+    if is_browsing(request) {
         return crate::dashboard::not_found_page();
     }
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
-    .into_response()
+    error.into_response()
 }
 
 /// A browser asking for a page outside the API.

@@ -528,20 +528,19 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     let app = TestApp::spawn().await;
-    let resp = app
-        .http
-        .get(format!("{}/nowhere", app.base))
-        .header(ACCEPT, "text/html,application/xhtml+xml")
-        .send()
+    let ask = |method: reqwest::Method, path: String, accept: &'static str| {
+        app.http
+            .request(method, format!("{}{path}", app.base))
+            .header(ACCEPT, accept)
+            .send()
+    };
+    let (browser, html) = ("text/html,application/xhtml+xml", "text/html");
+    let resp = ask(reqwest::Method::GET, "/nowhere".into(), browser)
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert!(resp.text().await.unwrap().contains("<!doctype html>"));
-    let resp = app
-        .http
-        .get(format!("{}/v1/nowhere", app.base))
-        .header(ACCEPT, "text/html")
-        .send()
+    let resp = ask(reqwest::Method::GET, "/v1/nowhere".into(), html)
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -550,20 +549,16 @@ async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     // A dashboard address that only takes a form, opened again from the address bar (it stays
     // there after a form was refused): a page, not the API's JSON. The API keeps its 405.
     let org = app.create_org("Acme").await;
-    let resp = app
-        .http
-        .get(format!("{}/orgs/{org}/webhooks", app.base))
-        .header(ACCEPT, "text/html,application/xhtml+xml")
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(
+        reqwest::Method::GET,
+        format!("/orgs/{org}/webhooks"),
+        browser,
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert!(resp.text().await.unwrap().contains("<!doctype html>"));
-    let resp = app
-        .http
-        .put(format!("{}/v1/orgs", app.base))
-        .header(ACCEPT, "text/html")
-        .send()
+    let resp = ask(reqwest::Method::PUT, "/v1/orgs".into(), html)
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
