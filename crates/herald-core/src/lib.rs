@@ -158,4 +158,27 @@ impl PageRequest {
         }
         Ok(Self { limit, cursor })
     }
+
+    /// The page asked for, in a list of items whose ids `parse` reads: a cursor is the id of
+    /// the last item of the previous page, so anything else is refused rather than answered
+    /// with an empty or a first page.
+    pub fn of_ids<T: std::fmt::Display>(
+        limit: Option<u32>,
+        cursor: Option<String>,
+        parse: impl Fn(&str) -> Result<T, Invalid>,
+    ) -> Result<Self, Invalid> {
+        let mut page = Self::new(limit, cursor)?;
+        if let Some(cursor) = &page.cursor {
+            let Ok(id) = parse(cursor) else {
+                return Err(Invalid::new(
+                    "cursor",
+                    "is not a cursor of this kind of list (one is the id of the last item of a page, as next_cursor gives it): pass the previous page's next_cursor, or none for the first page",
+                ));
+            };
+            // As the id reads everywhere else (ids are case-insensitive): compared as given, an
+            // upper-case cursor sorted before every stored id and ended the list early.
+            page.cursor = Some(id.to_string());
+        }
+        Ok(page)
+    }
 }

@@ -84,21 +84,8 @@ pub(crate) fn page_request<T: std::fmt::Display>(
     cursor: Option<String>,
     parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
 ) -> ApiResult<herald_core::PageRequest> {
-    let mut page =
-        herald_core::PageRequest::new(limit, cursor).map_err(crate::service::ServiceError::from)?;
-    if let Some(cursor) = &page.cursor {
-        let Ok(id) = parse(cursor) else {
-            let invalid = herald_core::Invalid::new(
-                "cursor",
-                "is not a cursor of this kind of list (one is the id of the last item of a page, as next_cursor gives it): pass the previous page's next_cursor, or none for the first page",
-            );
-            return Err(crate::service::ServiceError::from(invalid).into());
-        };
-        // As the id reads everywhere else (ids are case-insensitive): compared as given, an
-        // upper-case cursor sorted before every stored id and ended the list early.
-        page.cursor = Some(id.to_string());
-    }
-    Ok(page)
+    herald_core::PageRequest::of_ids(limit, cursor, parse)
+        .map_err(|invalid| crate::service::ServiceError::from(invalid).into())
 }
 
 /// An unknown route: a JSON error, except for a browser asking for a page outside `/v1`,

@@ -1,46 +1,64 @@
 //! The stylesheet and the small script, compiled into the binary and served with a long cache
-//! lifetime: their URLs carry the version, so a new release is fetched anew.
+//! lifetime. Their URLs carry a digest of their content, so a browser fetches them anew exactly
+//! when they changed: the package version stays the same across many builds, and a browser
+//! holding last week's stylesheet under the same URL would show new pages with old styles.
+
+use std::sync::LazyLock;
 
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-
-pub const CSS_PATH: &str = concat!("/assets/herald-", env!("CARGO_PKG_VERSION"), ".css");
-pub const JS_PATH: &str = concat!("/assets/herald-", env!("CARGO_PKG_VERSION"), ".js");
 
 const CSS: &str = include_str!("../../assets/herald.css");
 const JS: &str = include_str!("../../assets/herald.js");
 const CACHE: &str = "public, max-age=604800, immutable";
 
+/// Where the stylesheet is served: `/assets/herald-<digest>.css`.
+pub static CSS_PATH: LazyLock<String> = LazyLock::new(|| content_path(CSS, "css"));
+/// Where the script is served: `/assets/herald-<digest>.js`.
+pub static JS_PATH: LazyLock<String> = LazyLock::new(|| content_path(JS, "js"));
+
+/// `/assets/herald-<the first 12 hex digits of the content's SHA-256>.<extension>`.
+fn content_path(content: &str, extension: &str) -> String {
+    let digest = Sha256::digest(content.as_bytes());
+    format!("/assets/herald-{}.{extension}", &hex::encode(digest)[..12])
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
-            CSS_PATH,
-            get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-                        (header::CACHE_CONTROL, CACHE),
-                    ],
-                    CSS,
-                )
-                    .into_response()
-            }),
+            &CSS_PATH,
+            get(|| async { asset("text/css; charset=utf-8", CSS) }),
         )
         .route(
-            JS_PATH,
-            get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-                        (header::CACHE_CONTROL, CACHE),
-                    ],
-                    JS,
-                )
-                    .into_response()
-            }),
+            &JS_PATH,
+            get(|| async { asset("text/javascript; charset=utf-8", JS) }),
         )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, CACHE),
+        ],
+        body,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_paths_change_with_their_content() {
+        assert_ne!(content_path("a {}", "css"), content_path("b {}", "css"));
+        assert_eq!(content_path("a {}", "css"), content_path("a {}", "css"));
+        assert!(CSS_PATH.starts_with("/assets/herald-") && CSS_PATH.ends_with(".css"));
+        assert!(JS_PATH.ends_with(".js"));
+    }
 }

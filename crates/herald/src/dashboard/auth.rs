@@ -48,7 +48,8 @@ async fn home(signed: Signed) -> Redirect {
 #[derive(Debug, Default, Deserialize)]
 struct NextQuery {
     next: Option<String>,
-    /// Set when a session ended because its token stopped being valid.
+    /// Why the person is asked to sign in again: `revoked` when the session's token stopped
+    /// being valid, `unsaved` when a form came after the session had ended.
     ended: Option<String>,
 }
 
@@ -161,9 +162,10 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
     let page = LoginPage {
         next: safe_next(q.next.as_deref()),
         error: None,
-        notice: q.ended.is_some().then_some(
-            "Your session has ended: the API key you signed in with was revoked (or its organization deleted). Sign in again with a valid token.",
-        ),
+        notice: q.ended.as_deref().map(|why| match why {
+            "unsaved" => "Your session had ended (Herald restarted, or it expired 12 hours after signing in), so the form you sent was not saved. Sign in to go back to its page, then send it again.",
+            _ => "Your session has ended: the API key you signed in with was revoked (or its organization deleted). Sign in again with a valid token.",
+        }),
     };
     templates::render(
         StatusCode::OK,

@@ -123,7 +123,8 @@ async fn list_deliveries(
         .unwrap_or_default();
         format!("/orgs/{}/webhooks/{}/deliveries?{query}", org.id, w.id)
     });
-    let page = PageRequest::new(Some(50), cursor).map_err(ServiceError::from)?;
+    let page =
+        PageRequest::of_ids(Some(50), cursor, DeliveryId::parse).map_err(ServiceError::from)?;
     let list = deliveries::list(&state, &signed.scope, &org.id, &w.id, filter, page).await?;
     let next_href = list.next_cursor.map(|cursor| {
         let query = serde_urlencoded::to_string([

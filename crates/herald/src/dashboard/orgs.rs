@@ -114,7 +114,8 @@ async fn orgs_page(
     chosen: Option<Vec<String>>,
     status: StatusCode,
 ) -> DashResult<Response> {
-    let page = PageRequest::new(Some(100), cursor).map_err(crate::service::ServiceError::from)?;
+    let page = PageRequest::of_ids(Some(100), cursor, OrgId::parse)
+        .map_err(crate::service::ServiceError::from)?;
     let list = orgs::list(state, &signed.scope, page).await?;
     let chosen = chosen.unwrap_or_else(|| vec![herald_core::catalog::CatalogName::DEFAULT.into()]);
     let page = OrgsPage {
@@ -209,7 +210,8 @@ async fn show_org(
     QueryForm(q): QueryForm,
 ) -> DashResult<Response> {
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
-    let page = PageRequest::new(Some(100), q.get("cursor").map(str::to_owned))
+    let cursor = q.get("cursor").map(str::to_owned);
+    let page = PageRequest::of_ids(Some(100), cursor, WebhookId::parse)
         .map_err(crate::service::ServiceError::from)?;
     let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;
     let keys = auth::list_api_keys(&state, &signed.scope, &org.id).await?;

@@ -252,9 +252,25 @@ impl Signed {
     }
 }
 
-/// Where to go to sign in, coming back to `path` afterwards.
+/// Where to go to sign in, coming back to the page asked for afterwards. A form posted without
+/// a session (it ended when Herald restarted, or expired) was not saved, and the sign-in page
+/// must say so, then lead back to the form's page: the browser's `Referer` (sent within this
+/// site, whose pages say `Referrer-Policy: same-origin`).
 fn to_sign_in(parts: &Parts) -> Response {
-    Redirect::to(&format!("/login?{}", next_query(parts))).into_response()
+    if parts.method == axum::http::Method::GET {
+        return Redirect::to(&format!("/login?{}", next_query(parts))).into_response();
+    }
+    let form_page = parts
+        .headers
+        .get(header::REFERER)
+        .and_then(|r| url::Url::parse(r.to_str().ok()?).ok())
+        .map(|r| match r.query() {
+            Some(query) => format!("{}?{query}", r.path()),
+            None => r.path().to_owned(),
+        })
+        .unwrap_or_else(|| "/".to_owned());
+    let query = serde_urlencoded::to_string([("ended", "unsaved"), ("next", &form_page)]);
+    Redirect::to(&format!("/login?{}", query.unwrap_or_default())).into_response()
 }
 
 fn next_query(parts: &Parts) -> String {

@@ -51,8 +51,8 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     // A misspelt name in a template fails the render (and the tests) instead of printing "".
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
-    env.add_global("css_path", super::assets::CSS_PATH);
-    env.add_global("js_path", super::assets::JS_PATH);
+    env.add_global("css_path", super::assets::CSS_PATH.as_str());
+    env.add_global("js_path", super::assets::JS_PATH.as_str());
     for (name, source) in SOURCES {
         if let Err(e) = env.add_template(name, source) {
             // Pages using it answer 500; the template tests fail on this.

@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN,
-    SET_COOKIE,
+    REFERER, SET_COOKIE,
 };
 use serde_json::json;
 
@@ -221,6 +221,15 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert!(a.body.contains("not a valid event type name"), "{}", a.body);
+    // So is a cursor that is no delivery's id (it was ignored: the first page, unexplained).
+    for cursor in ["nonsense", "wh_0123456789abcdefghjkmnpqrs"] {
+        let history = format!("/orgs/{org}/webhooks/{hook}/deliveries?cursor={cursor}");
+        let a = admin.get(&history).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+        assert!(a.body.contains("not a cursor of this kind"), "{}", a.body);
+    }
+    let a = admin.get(&format!("/orgs/{org}?cursor=nonsense")).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
 
     // Pages are never cached and may run only the dashboard's own script.
     let resp = app
@@ -233,26 +242,55 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
     let csp = resp.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let page = slashes(&resp.text().await.unwrap());
-    let css = page
-        .split("href=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    let resp = app
+    let linked = |before: &str| {
+        let path = page.split(before).nth(1).and_then(|s| s.split('"').next());
+        path.unwrap_or_else(|| panic!("no {before} in {page}"))
+            .to_owned()
+    };
+    for (path, kind) in [
+        (linked(r#"rel="stylesheet" href=""#), "text/css"),
+        (linked(r#"<script src=""#), "text/javascript"),
+    ] {
+        // Named by a digest of the content, not by the package's version, which stays the
+        // same over many builds: a browser would keep last week's styles for a week.
+        let digest = path.trim_start_matches("/assets/herald-").split('.').next();
+        assert!(
+            digest.is_some_and(|d| d.len() == 12 && d.chars().all(|c| c.is_ascii_hexdigit())),
+            "{path}"
+        );
+        let resp = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let header = |name| resp.headers()[name].to_str().unwrap().to_owned();
+        assert!(header(CONTENT_TYPE).starts_with(kind), "{path}");
+        assert!(header(CACHE_CONTROL).contains("immutable"), "{path}");
+    }
+
+    // A form sent after the session ended (Herald restarted) was not saved: the sign-in page
+    // says so and leads back to the form's page.
+    let form_page = format!("{}/orgs/{org}/webhooks/new", app.base);
+    let resp = stranger
         .http
-        .get(format!("{}{css}", app.base))
+        .post(format!("{}/orgs/{org}/webhooks", app.base))
+        .header(COOKIE, format!("herald_session={}", "ab".repeat(32)))
+        .header(REFERER, &form_page)
+        .header(CONTENT_TYPE, FORM)
+        .body("csrf=x&name=crm&url=https%3A%2F%2Fexample.com%2Fh")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(
-        resp.headers()[CACHE_CONTROL]
-            .to_str()
-            .unwrap()
-            .contains("immutable")
-    );
+    let a = answer(resp).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let next = format!("/orgs/{org}/webhooks/new");
+    let expected = serde_urlencoded::to_string([("ended", "unsaved"), ("next", next.as_str())]);
+    assert_eq!(a.location, format!("/login?{}", expected.unwrap()));
+    let sign_in = stranger.get(&a.location).await;
+    assert!(sign_in.body.contains("was not saved"), "{}", sign_in.body);
+    assert!(slashes(&sign_in.body).contains(&next), "{}", sign_in.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,6 +537,15 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
         let a = admin.post(&create, &form).await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
         assert!(a.body.contains(says), "{}", a.body);
+        // The refused field is marked for screen readers and tied to its message.
+        let marked = format!(r#"aria-invalid="true" aria-describedby="error-{field}""#);
+        assert!(a.body.contains(&marked), "{}", a.body);
+        assert!(
+            a.body.contains(&format!(r#"id="error-{field}">"#)),
+            "{}",
+            a.body
+        );
+        assert_eq!(a.body.matches("aria-invalid").count(), 1, "{}", a.body);
     }
 
     let mut fixed = typed;
