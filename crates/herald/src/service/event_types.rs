@@ -148,19 +148,20 @@ pub async fn unregister(
         }
         return Err(ServiceError::NotFound("event type"));
     };
-    let naming = |wants: &dyn Fn(&herald_core::webhook::Webhook) -> bool| -> Vec<String> {
-        snapshot
-            .webhooks()
-            .iter()
-            .filter(|w| wants(w))
-            .map(|w| w.id.to_string())
-            .collect()
+    let naming = |wants: &dyn Fn(&herald_core::webhook::Webhook) -> bool| -> String {
+        super::name_webhooks(
+            snapshot
+                .webhooks()
+                .iter()
+                .filter(|w| wants(w))
+                .map(|w| (&**w, None)),
+        )
     };
     let by_name = naming(&|w| w.events.iter().any(|e| e == name));
     if !by_name.is_empty() {
         return Err(ServiceError::Conflict(format!(
             "webhooks subscribe to '{name}' by name ({}); take it out of their events first",
-            by_name.join(", ")
+            by_name
         )));
     }
     if let Some(channel) = own.channel.as_deref()
@@ -171,7 +172,7 @@ pub async fn unregister(
             return Err(ServiceError::Conflict(format!(
                 "'{name}' is the last type of the channel '{channel}', which webhooks subscribe \
                  to ({}); take the channel out of their channels first",
-                by_channel.join(", ")
+                by_channel
             )));
         }
     }
@@ -187,7 +188,7 @@ pub async fn unregister(
                 "webhooks that verify their intent per channel (WebSub) receive '{name}' through \
                  the channel '{channel}' ({}); their deliveries of it need its channel, so take \
                  the channel out of their subscriptions first",
-                verifying.join(", ")
+                verifying
             )));
         }
     }

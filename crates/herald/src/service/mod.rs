@@ -35,6 +35,30 @@ pub(crate) async fn org_snapshot(
         .map_err(ServiceError::from_store("organization"))
 }
 
+/// Webhooks named in a refusal as people know them, by name with the id the API takes:
+/// `'crm' (wh_…), 'audit' (wh_…)`, the first five and how many more. `detail` adds what
+/// concerns each, in parentheses after it.
+pub(crate) fn name_webhooks<'a>(
+    webhooks: impl IntoIterator<Item = (&'a herald_core::webhook::Webhook, Option<String>)>,
+) -> String {
+    const SHOWN: usize = 5;
+    let mut named = Vec::new();
+    let mut more = 0;
+    for (webhook, detail) in webhooks {
+        if named.len() == SHOWN {
+            more += 1;
+            continue;
+        }
+        let detail = detail.map(|d| format!(": {d}")).unwrap_or_default();
+        named.push(format!("'{}' ({}{detail})", webhook.name, webhook.id));
+    }
+    let mut text = named.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
 /// Why a use case did not happen. The API maps each variant to one status in `api/error.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

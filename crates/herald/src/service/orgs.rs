@@ -153,17 +153,14 @@ pub async fn update(
             })
             .collect();
         if !lost.is_empty() {
-            let named: Vec<String> = lost
-                .iter()
-                .take(5)
-                .map(|(w, names)| format!("{w} ({})", names.join(", ")))
-                .collect();
+            let named = super::name_webhooks(lost.iter().filter_map(|(id, names)| {
+                let webhook = snapshot.webhooks().iter().find(|w| w.id == *id)?;
+                Some((&**webhook, Some(names.join(", "))))
+            }));
             return Err(ServiceError::Conflict(format!(
                 "{} webhook(s) subscribe to event types or channels only the catalogs left out \
-                 define: {}{}; take those out of their subscriptions first, or keep the catalog",
+                 define: {named}; take those out of their subscriptions first, or keep the catalog",
                 lost.len(),
-                named.join("; "),
-                if lost.len() > 5 { "; …" } else { "" }
             )));
         }
     }

@@ -672,7 +672,10 @@ async fn organizations_can_be_created_changed_and_deleted() {
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     let message = err["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains(&format!("{hook_id} ('user.created', channel 'session')")),
+        message.contains(&format!(
+            "'{}' ({hook_id}: 'user.created', channel 'session')",
+            hook["name"].as_str().unwrap()
+        )),
         "{message}"
     );
     let (_, kept) = app.get(&format!("/v1/orgs/{id}")).await;
@@ -2172,10 +2175,13 @@ async fn an_event_type_of_its_own_is_deleted_once_no_webhook_depends_on_it() {
     let (status, err) = app.delete(&one).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     let message = err["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(by_name["id"].as_str().unwrap()),
-        "{message}"
+    // Named as people know it, with the id the API takes.
+    let named = format!(
+        "'{}' ({})",
+        by_name["name"].as_str().unwrap(),
+        by_name["id"].as_str().unwrap()
     );
+    assert!(message.contains(&named), "{message}");
     let hook = format!(
         "/v1/orgs/{org}/webhooks/{}",
         by_name["id"].as_str().unwrap()
