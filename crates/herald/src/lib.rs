@@ -18,3 +18,11 @@ pub mod database_lock;
 pub mod http_server;
 pub mod metrics;
 pub mod service;
+
+/// The git commit this binary was built from (ten hex digits; empty when built outside a git
+/// checkout), recorded by `build.rs`.
+pub const COMMIT: &str = env!("BUILT_FROM_COMMIT");
+
+/// The version and, where known, the commit: `0.1.0 (3d21b09d2a)`. `herald --version`, the
+/// start-up line and `herald bench --json` show it.
+pub const BUILD: &str = env!("BUILT_VERSION");

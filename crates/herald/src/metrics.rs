@@ -145,8 +145,9 @@ impl Snapshot<'_> {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_build_info The running version of Herald.\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\"}} 1",
-            herald_core::VERSION
+            "# HELP herald_build_info The running version of Herald.\n# TYPE herald_build_info gauge\nherald_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            herald_core::VERSION,
+            crate::COMMIT
         );
         render_value(
             &mut out,

@@ -30,7 +30,7 @@ use crate::config::{MigrateSettings, Settings};
 /// subscribed webhook, signs each request, delivers it, retries on schedule and keeps every
 /// attempt.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version)]
+#[command(name = "herald", version = crate::BUILD)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -94,8 +94,8 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let base = public_url.unwrap_or_else(|| format!("http://{addr}"));
         match &database {
-            Some(url) => tracing::info!(address = %addr, database = %url, "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", herald_core::VERSION),
-            None => tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", herald_core::VERSION),
+            Some(url) => tracing::info!(address = %addr, database = %url, "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", crate::BUILD),
+            None => tracing::info!(address = %addr, data_dir = %data_dir.display(), "Herald {} is serving the API at {base}/v1 and the dashboard at {base}/", crate::BUILD),
         }
         tracing::info!(
             private_networks = if private_networks.is_empty() { "none" } else { private_networks.as_str() },

@@ -1116,6 +1116,31 @@ pub(crate) async fn herald_cli(
     (out.status.success(), text)
 }
 
+/// The package version stays the same over many commits: a bug report quoting `herald
+/// --version` must name the build.
+#[test]
+fn the_version_names_the_commit_built_from() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=10", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8(out.stdout).unwrap().trim().to_owned());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let said = String::from_utf8(out.stdout).unwrap();
+    match head {
+        Some(head) => assert_eq!(
+            said.trim(),
+            format!("herald {} ({head})", env!("CARGO_PKG_VERSION"))
+        ),
+        // Outside a git checkout (a source archive) there is no commit to name.
+        None => assert_eq!(said.trim(), format!("herald {}", env!("CARGO_PKG_VERSION"))),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let app = TestApp::spawn().await;

@@ -1939,8 +1939,9 @@ async fn metrics_count_what_happened() {
     assert_eq!(value("herald_attempts_paused "), 0.0);
     assert!(
         text.contains(&format!(
-            "herald_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "herald_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            herald::COMMIT
         )),
         "{text}"
     );

@@ -191,6 +191,8 @@ pub fn write_json(path: &Path, settings: Value, outcomes: &[Outcome]) -> anyhow:
     use herald_core::Clock;
     let doc = serde_json::json!({
         "herald_version": herald_core::VERSION,
+        // Empty when built outside a git checkout.
+        "herald_commit": crate::COMMIT,
         "written_at": herald_core::SystemClock.now().to_rfc3339(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": cpu_model(),
