@@ -46,7 +46,7 @@ pub struct BenchArgs {
     pub scenario: Vec<Scenario>,
     /// Events per scenario for burst, batch, fanout, slow-endpoint, failing-endpoint, restart and
     /// relay (default: 50,000, 200,000, 10,000, 10,000, 10,000, 20,000 and 50,000).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    #[arg(long, value_parser = count::<1, 100_000_000>)]
     pub events: Option<u64>,
     /// Producers, each with one request in flight (so at most this many connections).
     #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
@@ -65,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub duration: u64,
     /// Deliveries to pile up in `backlog`.
-    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    #[arg(long, default_value_t = 1_000_000, value_parser = count::<1, 100_000_000>)]
     pub backlog: u64,
     /// Bytes of padding added to every event's data (each is about 110 bytes without), to see
     /// how Herald does with events the size of yours. Requests carry fewer events if needed to
@@ -235,7 +235,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "backlog": args.backlog,
         "events": args.events,
         "receiver_threads": args.receiver_threads,
-        "endpoint_concurrency": args.endpoint_concurrency,
+        // Not this flag's value with --server: that server has its own.
+        "endpoint_concurrency": args.server.is_none().then_some(args.endpoint_concurrency),
         "repeat": args.repeat,
         "server": if args.server.is_some() { "external" } else { "in-process" },
     });
@@ -303,6 +304,26 @@ async fn interrupted() -> &'static str {
     match super::ctrl_c_or_sigterm().await {
         super::Signal::CtrlC => "Ctrl-C",
         super::Signal::Term => "SIGTERM",
+    }
+}
+
+/// A count as people write it: `50000`, `50,000` or `50_000` (the help writes its defaults
+/// with commas), between `MIN` and `MAX`.
+fn count<const MIN: u64, const MAX: u64>(given: &str) -> Result<u64, String> {
+    let digits: String = given.chars().filter(|c| !matches!(c, ',' | '_')).collect();
+    let grouped_well = !given.starts_with([',', '_']) && !given.ends_with([',', '_']);
+    let n = match digits.parse::<u64>() {
+        Ok(n) if grouped_well && digits.chars().all(|c| c.is_ascii_digit()) => n,
+        _ => {
+            return Err(format!(
+                "{given:?} is not a whole number (e.g. 50000 or 50,000)"
+            ));
+        }
+    };
+    if (MIN..=MAX).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be between {MIN} and {MAX}"))
     }
 }
 
@@ -471,4 +492,24 @@ fn scenario_name(s: Scenario) -> String {
     s.to_possible_value()
         .map(|v| v.get_name().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_may_be_written_with_separators() {
+        assert_eq!(count::<1, 100>("50"), Ok(50));
+        assert_eq!(count::<1, 100_000>("50,000"), Ok(50_000));
+        assert_eq!(count::<1, 100_000>("50_000"), Ok(50_000));
+        assert!(
+            count::<1, 100>("0")
+                .unwrap_err()
+                .contains("between 1 and 100")
+        );
+        for bad in ["", ",", "5,", ",5", "-5", "5.0", "five", "+5"] {
+            assert!(count::<1, 100>(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -101,6 +101,15 @@ fn compare(o: &mut Outcome, before: f64, before_p99: Option<f64>) {
             fmt(before_p99)
         ),
     );
+    // A run of a few hundred events is over before the webhooks' connections are warm.
+    if let Some(secs) = o.last_delivery_s.filter(|s| *s < 1.0) {
+        o.notes.insert(
+            1,
+            format!(
+                "a run of {secs:.2} s is mostly start-up, so this comparison says little; use --events 10,000 or more"
+            ),
+        );
+    }
 }
 
 fn figure(o: &Outcome, name: &str) -> Option<f64> {
@@ -177,5 +186,13 @@ mod tests {
         assert_eq!(o.figures["healthy_deliveries_per_s_alone"], 100.0);
         assert_eq!(o.figures["healthy_rate_change_pct"], -10.0);
         assert!(o.notes[0].contains("-10.0%"), "{:?}", o.notes);
+        let says_short = |o: &Outcome| o.notes.iter().any(|n| n.contains("mostly start-up"));
+        assert!(!says_short(&o), "{:?}", o.notes);
+
+        // A run shorter than a second is said to say little.
+        let mut short = with_alone(90.0, 100.0);
+        short.last_delivery_s = Some(0.2);
+        let o = combine(vec![short]);
+        assert!(says_short(&o), "{:?}", o.notes);
     }
 }

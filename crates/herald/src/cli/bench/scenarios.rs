@@ -303,9 +303,13 @@ pub(super) async fn batch(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
 pub(super) fn note_limit(o: &mut Outcome, limit: Option<u64>, ctx: &Ctx) {
     if let Some(limit) = limit {
         o.figure("concurrency_limit", limit);
+        // A --server has its own HERALD_ENDPOINT_CONCURRENCY, which the bench cannot read.
+        let ceiling = match ctx.args.server {
+            Some(_) => "the server's HERALD_ENDPOINT_CONCURRENCY".to_owned(),
+            None => format!("--endpoint-concurrency {}", ctx.args.endpoint_concurrency),
+        };
         o.note(format!(
-            "the webhook ended with {limit} requests in flight allowed (each starts at 16; --endpoint-concurrency {})",
-            ctx.args.endpoint_concurrency
+            "the webhook ended with {limit} requests in flight allowed (each starts at 16; at most {ceiling})"
         ));
     }
 }
