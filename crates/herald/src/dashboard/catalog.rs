@@ -253,6 +253,11 @@ async fn catalog_page(
         catalogs: super::orgs::catalogs_named(org),
         groups,
     };
-    let layout = Layout::new(state, signed, "Event catalog", Some(org));
+    let layout = Layout::new(
+        state,
+        signed,
+        format!("Event catalog of {}", org.name),
+        Some(org),
+    );
     Ok(templates::render(status, "catalog.html", &layout, page))
 }

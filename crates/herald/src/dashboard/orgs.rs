@@ -19,7 +19,7 @@ use super::session::{Flash, Post, Signed};
 use super::templates::{self, Layout, when};
 use crate::app::AppState;
 use crate::service::orgs::OrgInput;
-use crate::service::{Scope, auth, event_types, orgs, webhooks};
+use crate::service::{Scope, ServiceError, auth, event_types, orgs, webhooks};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -59,6 +59,8 @@ struct OrgForm {
     name: String,
     handle: String,
     error: Option<String>,
+    /// The field the refusal is about, marked on the form.
+    error_field: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -155,11 +157,18 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
             Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", org.id)))
         }
         Err(e) => {
+            let error_field = match &e {
+                ServiceError::Invalid(i) => Some(i.field.clone()),
+                ServiceError::Conflict(m) if m.contains("handle") => Some("handle".to_owned()),
+                ServiceError::Conflict(_) => Some("catalogs".to_owned()),
+                _ => None,
+            };
             let (status, message) = describe(e);
             let kept = OrgForm {
                 name: form.text("name"),
                 handle: form.text("handle"),
                 error: Some(message),
+                error_field,
             };
             let chosen = Some(form.all("catalogs"));
             orgs_page(&state, &signed, None, kept, chosen, status).await

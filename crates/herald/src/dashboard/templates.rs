@@ -125,6 +125,8 @@ pub fn render(
         t.render(context! {
             layout => Serde(layout),
             page => Serde(&page),
+            // A refused form's page says so in its title, which screen readers read first.
+            refused => status.is_client_error(),
         })
     });
     match rendered {

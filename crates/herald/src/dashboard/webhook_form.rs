@@ -293,10 +293,11 @@ async fn form_page(
         error_field: error.as_ref().and_then(|(_, _, f)| f.clone()),
     };
     let status = error.map_or(StatusCode::OK, |(s, _, _)| s);
+    // Tabs and history entries say which webhook, and for which organization.
     let title = if editing.is_some() {
-        "Edit webhook"
+        format!("Edit {}", page.form.name)
     } else {
-        "New webhook"
+        format!("New webhook for {}", org.name)
     };
     let layout = Layout::new(state, signed, title, Some(org));
     Ok(templates::render(

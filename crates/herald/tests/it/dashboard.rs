@@ -538,7 +538,7 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
         assert!(a.body.contains(says), "{}", a.body);
         // The refused field is marked for screen readers and tied to its message.
-        let marked = format!(r#"aria-invalid="true" aria-describedby="error-{field}""#);
+        let marked = format!(r#"aria-invalid="true" autofocus aria-describedby="error-{field}""#);
         assert!(a.body.contains(&marked), "{}", a.body);
         assert!(
             a.body.contains(&format!(r#"id="error-{field}">"#)),
@@ -546,6 +546,13 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
             a.body
         );
         assert_eq!(a.body.matches("aria-invalid").count(), 1, "{}", a.body);
+        // The title says so too: screen readers read it first.
+        assert!(
+            a.body
+                .contains("<title>Error: New webhook for Acme · Herald</title>"),
+            "{}",
+            a.body
+        );
     }
 
     let mut fixed = typed;
@@ -1470,6 +1477,22 @@ async fn a_numbered_handle_is_announced() {
         body.contains("Its handle is acme-2 (acme was taken)"),
         "{body}"
     );
+    // A handle asked for and taken: the form marks that field, focused for typing again.
+    let a = admin
+        .post(
+            "/orgs",
+            &[("csrf", &csrf), ("name", "Acme"), ("handle", "acme")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(
+        a.body
+            .contains(r#"aria-invalid="true" autofocus aria-describedby="error-handle""#),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains(r#"id="error-handle""#), "{}", a.body);
+    assert!(a.body.contains("<title>Error: Organizations"), "{}", a.body);
 }
 
 /// The webhook's page shows every setting the API has: its rate limit, its verification and
