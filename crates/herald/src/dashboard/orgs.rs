@@ -157,12 +157,7 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
             Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", org.id)))
         }
         Err(e) => {
-            let error_field = match &e {
-                ServiceError::Invalid(i) => Some(i.field.clone()),
-                ServiceError::Conflict(m) if m.contains("handle") => Some("handle".to_owned()),
-                ServiceError::Conflict(_) => Some("catalogs".to_owned()),
-                _ => None,
-            };
+            let error_field = refused_field(&e);
             let (status, message) = describe(e);
             let kept = OrgForm {
                 name: form.text("name"),
@@ -173,6 +168,17 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
             let chosen = Some(form.all("catalogs"));
             orgs_page(&state, &signed, None, kept, chosen, status).await
         }
+    }
+}
+
+/// The field of an organization's form that a refusal is about, to mark it: a conflict is a
+/// taken handle or catalogs that webhooks still use.
+pub(super) fn refused_field(e: &ServiceError) -> Option<String> {
+    match e {
+        ServiceError::Invalid(i) => Some(i.field.clone()),
+        ServiceError::Conflict(m) if m.contains("handle") => Some("handle".to_owned()),
+        ServiceError::Conflict(_) => Some("catalogs".to_owned()),
+        _ => None,
     }
 }
 

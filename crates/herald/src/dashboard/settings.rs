@@ -131,12 +131,7 @@ async fn save_settings(
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => {
-            let field = match &e {
-                ServiceError::Invalid(i) => Some(i.field.clone()),
-                ServiceError::Conflict(m) if m.contains("handle") => Some("handle".to_owned()),
-                ServiceError::Conflict(_) => Some("catalogs".to_owned()),
-                _ => None,
-            };
+            let field = super::orgs::refused_field(&e);
             let (status, message) = describe(e);
             let refusal = Refusal {
                 status,
