@@ -227,3 +227,41 @@ fn ctrl_c_stops_what_the_run_started_and_removes_its_data() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Against a running server (`--server`), each scenario's organization is deleted when it
+/// ends, so that its webhooks do not retry towards a receiver that is gone; `--keep-orgs`
+/// leaves it, history and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_server_each_scenario_cleans_up_unless_told_to_keep() {
+    use crate::helpers::{ADMIN_TOKEN, TestApp};
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let orgs_after = |extra: &'static [&'static str]| {
+        let (base, json) = (app.base.clone(), dir.path().join("server.json"));
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(["bench", "--scenario", "burst", "--events", "50"])
+                .args(["--server", &base, "--admin-token", ADMIN_TOKEN])
+                .args(extra)
+                .arg("--json")
+                .arg(&json)
+                .env_remove("HERALD_LOG")
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+            assert_eq!(doc["scenarios"][0]["complete"], true, "{doc:#}");
+        }
+    };
+    orgs_after(&[]).await;
+    let (_, listed) = app.get("/v1/orgs").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0, "{listed}");
+    orgs_after(&["--keep-orgs"]).await;
+    let (_, listed) = app.get("/v1/orgs").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+}

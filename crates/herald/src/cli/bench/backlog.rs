@@ -101,7 +101,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         .await
         .ok()
         .flatten();
-    run.stop().await;
+    run.stop(ctx.args.keep_orgs).await;
 
     let mut o = Outcome::new("backlog");
     let endpoint = endpoints.get(0);

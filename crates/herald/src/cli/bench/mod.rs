@@ -85,6 +85,11 @@ pub struct BenchArgs {
     /// stays).
     #[arg(long, requires = "admin_token")]
     pub server: Option<String>,
+    /// With --server, leave each scenario's organization on the server instead of deleting it:
+    /// to look at its history afterwards, or to leave the deletion out of what the server is
+    /// measured doing (scripts/bench-instructions). Its webhooks keep retrying what failed.
+    #[arg(long, requires = "server")]
+    pub keep_orgs: bool,
     /// The admin token of the server given with --server.
     #[arg(long, env = "HERALD_BENCH_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -90,9 +90,11 @@ impl Prepared {
     }
 
     /// Stops what the scenario started. On a server given with `--server`, its organization
-    /// is deleted, so that its webhooks do not go on retrying towards a receiver now gone.
-    pub async fn stop(self) {
+    /// is deleted (unless `--keep-orgs`), so that its webhooks do not go on retrying towards a
+    /// receiver now gone.
+    pub async fn stop(self, keep_org: bool) {
         if matches!(self.server, Server::External { .. })
+            && !keep_org
             && let Err(e) = self.api.delete_org(&self.org).await
         {
             eprintln!(
@@ -145,7 +147,7 @@ async fn burst_through(
     for hook in &run.hooks {
         limits.push(run.api.concurrency_limit(hook).await.ok().flatten());
     }
-    run.stop().await;
+    run.stop(ctx.args.keep_orgs).await;
     Ok(Finished {
         counters,
         endpoints: shared,
@@ -346,7 +348,7 @@ pub(super) async fn latency(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         .await;
     wait_delivered(&shared, &[0], counters.acked(), STALL).await;
     progress.stop().await;
-    run.stop().await;
+    run.stop(ctx.args.keep_orgs).await;
     let sent = counters.sent.load(std::sync::atomic::Ordering::Relaxed);
     let mut o = Outcome::new("latency");
     measure(&mut o, &Finished::one_endpoint(counters, shared));
