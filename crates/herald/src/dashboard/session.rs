@@ -260,6 +260,10 @@ fn to_sign_in(parts: &Parts) -> Response {
     if parts.method == axum::http::Method::GET {
         return Redirect::to(&format!("/login?{}", next_query(parts))).into_response();
     }
+    if parts.uri.path() == "/logout" {
+        // Signing out of a session that already ended: done, nothing was lost.
+        return Redirect::to("/login").into_response();
+    }
     let form_page = parts
         .headers
         .get(header::REFERER)

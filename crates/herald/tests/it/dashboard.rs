@@ -291,6 +291,18 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
     let sign_in = stranger.get(&a.location).await;
     assert!(sign_in.body.contains("was not saved"), "{}", sign_in.body);
     assert!(slashes(&sign_in.body).contains(&next), "{}", sign_in.body);
+    // Signing out of a session that had ended loses nothing and says nothing of the kind.
+    let resp = stranger
+        .http
+        .post(format!("{}/logout", app.base))
+        .header(COOKIE, format!("herald_session={}", "ab".repeat(32)))
+        .header(REFERER, &form_page)
+        .header(CONTENT_TYPE, FORM)
+        .body("csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(resp).await.location, "/login");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
