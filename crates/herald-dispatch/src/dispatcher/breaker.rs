@@ -83,6 +83,11 @@ impl Breaker {
         }
     }
 
+    /// Closed with no failure counted: what a new breaker would be, so it may be forgotten.
+    pub(crate) fn is_at_rest(&self) -> bool {
+        self.failures == 0 && self.open_until.is_none() && self.probe_due.is_none()
+    }
+
     /// When the cool-down ends (or ended: the next request is the probe), while it is open.
     pub(crate) fn open_until(&self) -> Option<Timestamp> {
         self.open_until
@@ -347,6 +352,24 @@ mod tests {
         );
         b.record(true, first.plus_millis(60_000));
         assert_eq!(b.outage(), None);
+    }
+
+    /// Only a breaker with nothing to remember is forgotten when its webhook's task ends.
+    #[test]
+    fn a_breaker_is_at_rest_only_with_nothing_to_remember() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        assert!(b.is_at_rest());
+        b.record(false, t);
+        assert!(!b.is_at_rest(), "a failure counts towards opening it");
+        b.record(true, t);
+        assert!(b.is_at_rest());
+        for _ in 0..THRESHOLD {
+            b.record(false, t);
+        }
+        assert!(!b.is_at_rest(), "open");
+        b.record(true, t);
+        assert!(b.is_at_rest(), "closed by a success");
     }
 
     #[test]

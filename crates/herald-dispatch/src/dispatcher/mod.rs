@@ -194,7 +194,23 @@ struct Shared {
     attempts: Arc<tokio::sync::Semaphore>,
     metrics: DispatchMetrics,
     operations: OnceLock<Arc<dyn Operations>>,
+    /// The webhooks' tasks, for `drain` to wait for; finished ones are reaped as others start.
     tasks: Mutex<JoinSet<()>>,
+}
+
+/// Spawns a webhook's task into `tasks`, first reaping those that ended. A finished task stays
+/// in the set until it is joined, so without this each webhook that sends less than once a
+/// minute (its task ends when idle, and its next delivery starts another) would keep about a
+/// kilobyte for good.
+fn spawn_reaping(tasks: &mut JoinSet<()>, task: impl Future<Output = ()> + Send + 'static) {
+    while let Some(ended) = tasks.try_join_next() {
+        if let Err(e) = ended
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "a webhook's delivery task panicked; its next delivery starts another");
+        }
+    }
+    tasks.spawn(task);
 }
 
 impl Dispatcher {
@@ -397,11 +413,10 @@ impl Dispatcher {
                 },
             );
             let this = self.clone();
-            self.shared
-                .tasks
-                .lock()
-                .expect("tasks lock")
-                .spawn(async move { this.run_worker(webhook_id, rx, limit).await });
+            spawn_reaping(
+                &mut self.shared.tasks.lock().expect("tasks lock"),
+                async move { this.run_worker(webhook_id, rx, limit).await },
+            );
         }
     }
 
@@ -507,5 +522,32 @@ impl Dispatcher {
                 "gave the deliveries queued here back to the store, due now, for another node or the next start"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tasks_that_ended_are_reaped_as_others_start() {
+        let mut tasks = JoinSet::new();
+        for _ in 0..100 {
+            spawn_reaping(&mut tasks, async {});
+            // Each ends at once, long before the next starts (as an idle webhook's task does).
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(tasks.len() <= 2, "{} tasks held", tasks.len());
+        // One that has not ended stays, to be waited for when the node stops.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        spawn_reaping(&mut tasks, async move {
+            let _ = stopped.await;
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        spawn_reaping(&mut tasks, async {});
+        assert!(tasks.len() >= 2, "the running task is kept");
+        drop(stop);
+        while tasks.join_next().await.is_some() {}
     }
 }

@@ -143,6 +143,16 @@ impl Dispatcher {
             .ok();
         if last.is_none() {
             workers.remove(webhook_id);
+            drop(workers);
+            // A breaker with nothing to remember goes with the task: kept, every webhook that
+            // ever sent (deleted ones too) would hold one for good. An open one stays.
+            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+            if breakers
+                .get(webhook_id)
+                .is_some_and(breaker::Breaker::is_at_rest)
+            {
+                breakers.remove(webhook_id);
+            }
         }
         last
     }
