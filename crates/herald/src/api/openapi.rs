@@ -97,6 +97,14 @@ fn require_on_create(doc: &mut Document) {
     }
 }
 
+/// What an organization's producer key may call under its organization (as `docs/api.md` says);
+/// every other operation there answers it `403`.
+const PRODUCER_MAY: &[(&str, &str)] = &[
+    ("get", "/v1/orgs/{org}"),
+    ("get", "/v1/orgs/{org}/event-types"),
+    ("post", "/v1/orgs/{org}/events"),
+];
+
 /// Adds what every operation shares, so the handlers' annotations list only their own answers:
 /// the bearer scheme, and the errors any authenticated call may get.
 struct Conventions;
@@ -120,7 +128,7 @@ impl Modify for Conventions {
             if !path.starts_with("/v1/") {
                 continue;
             }
-            for op in operations(item) {
+            for (method, op) in operations(item) {
                 let has_body = op.request_body.is_some();
                 let has_path = op
                     .parameters
@@ -158,6 +166,18 @@ impl Modify for Conventions {
                          stored, send it again faster or in smaller requests",
                     );
                     add("413", "The body is larger than the server's limit");
+                    add(
+                        "415",
+                        "The body is compressed (`unsupported_encoding`): Herald reads bodies \
+                         without a `Content-Encoding`",
+                    );
+                }
+                if path.starts_with("/v1/orgs/{org}") && !PRODUCER_MAY.contains(&(method, path)) {
+                    add(
+                        "403",
+                        "An organization's producer key (`forbidden`): it may only post events \
+                         and read its organization and the event types",
+                    );
                 }
                 op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
                     "bearer",
@@ -168,17 +188,19 @@ impl Modify for Conventions {
     }
 }
 
-/// Every operation of a path item.
-fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+/// Every operation of a path item, with its method as the document names it.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (&'static str, &mut Operation)> {
     [
-        item.get.as_mut(),
-        item.post.as_mut(),
-        item.patch.as_mut(),
-        item.put.as_mut(),
-        item.delete.as_mut(),
+        ("get", item.get.as_mut()),
+        ("post", item.post.as_mut()),
+        ("patch", item.patch.as_mut()),
+        ("put", item.put.as_mut()),
+        ("delete", item.delete.as_mut()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, op)| Some((method, op?)))
 }
 
 fn error_response(description: &str) -> RefOr<Response> {

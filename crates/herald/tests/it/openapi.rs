@@ -480,6 +480,37 @@ async fn every_documented_operation_answers_as_documented() {
         .await;
     assert_eq!(st, StatusCode::OK);
 
+    // A producer's key on every operation under its organization: each answer is documented,
+    // 403 where it may not go (it may post events and read its organization and the types).
+    let (st, producer) = w
+        .admin(
+            M::POST,
+            "/v1/orgs/{org}/api-keys",
+            &[&org],
+            Some(json!({ "name": "feed", "role": "producer" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{producer}");
+    let producer = s(&producer, "key");
+    let mut refused = 0;
+    for (method, template) in w.documented() {
+        if !template.starts_with("/v1/orgs/{org}") {
+            continue;
+        }
+        let item = if template.contains("{name}") {
+            "invoice.paid"
+        } else {
+            hook.as_str()
+        };
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let body = matches!(method, M::POST | M::PATCH).then(|| json!({}));
+        let (st, _) = w
+            .call(method, &template, &[&org, item], &producer, body)
+            .await;
+        refused += usize::from(st == StatusCode::FORBIDDEN);
+    }
+    assert!(refused >= 20, "{refused} operations refused the producer");
+
     // Clean-up operations.
     w.admin(
         M::POST,
@@ -543,6 +574,11 @@ async fn the_document_describes_authentication_and_errors() {
         create["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/ErrorBody"
     );
+    // A compressed body's refusal, and a producer key's, are documented where they can happen.
+    assert!(create["responses"]["415"].is_object(), "{create}");
+    assert!(create["responses"]["403"].is_object(), "{create}");
+    let post_events = &doc["paths"]["/v1/orgs/{org}/events"]["post"];
+    assert!(post_events["responses"]["403"].is_null(), "{post_events}");
     // Creation shares its body's schema with the change (PATCH), and adds what it requires.
     let body = &create["requestBody"]["content"]["application/json"]["schema"]["allOf"];
     assert!(
