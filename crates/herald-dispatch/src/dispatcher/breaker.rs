@@ -141,7 +141,16 @@ impl Breaker {
             } else {
                 FIRST_COOLDOWN_MS
             };
-            let until = now.plus_millis(self.cooldown_ms);
+            // After a failed probe, up to a fifth longer, at random: an endpoint down on a
+            // schedule (up 30 s, down 30 s) met every probe in the same phase of its outage, as
+            // the cool-downs are multiples of 30 s, and stayed shut out for as long as it
+            // flapped. The first cool-down stays 30 s.
+            let jitter = if was_probe {
+                (rand::random::<f64>() * self.cooldown_ms as f64 / 5.0) as i64
+            } else {
+                0
+            };
+            let until = now.plus_millis(self.cooldown_ms + jitter);
             self.open_until = Some(until);
             self.open_since.get_or_insert(now);
             return Settled::Opened {
@@ -326,22 +335,29 @@ mod tests {
         assert_eq!(b.gate(early, PROBE_MS, false), Gate::Pass);
     }
 
-    #[test]
-    fn a_failed_probe_doubles_the_cool_down() {
-        let mut b = Breaker::default();
+    /// A breaker that opened at 0, whose first probe (30 s on) failed: what that answered.
+    fn failed_probe(b: &mut Breaker) -> Settled {
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD {
             b.record(false, t);
         }
         let first = t.plus_millis(30_000);
         assert_eq!(b.gate(first, PROBE_MS, false), Gate::Probe);
-        assert_eq!(
-            b.record(false, first),
-            Settled::Opened {
-                until: first.plus_millis(60_000),
-                waiting: Some(first.plus_millis(PROBE_MS))
-            }
-        );
+        b.record(false, first)
+    }
+
+    #[test]
+    fn a_failed_probe_doubles_the_cool_down() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        let first = t.plus_millis(30_000);
+        let Settled::Opened { until, waiting } = failed_probe(&mut b) else {
+            panic!("opens again")
+        };
+        assert_eq!(waiting, Some(first.plus_millis(PROBE_MS)));
+        // Twice the first cool-down, and up to a fifth more.
+        let waited = until.as_millis() - first.as_millis();
+        assert!((60_000..72_000).contains(&waited), "{waited}");
         assert_eq!(
             b.outage(),
             Some(Outage {
@@ -352,6 +368,19 @@ mod tests {
         );
         b.record(true, first.plus_millis(60_000));
         assert_eq!(b.outage(), None);
+    }
+
+    /// Cool-downs after a failed probe vary, so that probes to an endpoint down on a schedule
+    /// do not all land in its outages.
+    #[test]
+    fn cool_downs_after_a_failed_probe_vary() {
+        let untils: std::collections::BTreeSet<i64> = (0..20)
+            .map(|_| match failed_probe(&mut Breaker::default()) {
+                Settled::Opened { until, .. } => until.as_millis(),
+                other => panic!("opens again: {other:?}"),
+            })
+            .collect();
+        assert!(untils.len() > 10, "{untils:?}");
     }
 
     /// Only a breaker with nothing to remember is forgotten when its webhook's task ends.
@@ -441,7 +470,8 @@ mod tests {
             matches!(b.gate(until, PROBE_MS, false), Gate::Defer(_)),
             "failed probe: open again"
         );
-        let later = until.plus_millis(60_000);
+        // Twice the cool-down, and up to a fifth more.
+        let later = until.plus_millis(72_000);
         assert_eq!(b.gate(later, PROBE_MS, false), Gate::Probe);
         b.ticket(true).settle(true, later);
         assert_eq!(
@@ -491,17 +521,14 @@ mod tests {
         let b = Opened::new();
         assert_eq!(b.gate(b.until, PROBE_MS, false), Gate::Probe);
         let failed = b.until.plus_millis(2_000);
-        assert_eq!(
-            b.ticket(true).settle(false, failed),
-            vec![Move {
-                from: b.until.plus_millis(PROBE_MS),
-                to: failed.plus_millis(60_000)
-            }]
-        );
-        assert_eq!(
-            b.gate(failed, PROBE_MS, false),
-            Gate::Defer(failed.plus_millis(60_000))
-        );
+        let moved = b.ticket(true).settle(false, failed);
+        let [Move { from, to }] = moved.as_slice() else {
+            panic!("one move: {moved:?}")
+        };
+        assert_eq!(*from, b.until.plus_millis(PROBE_MS));
+        let waited = to.as_millis() - failed.as_millis();
+        assert!((60_000..72_000).contains(&waited), "{waited}");
+        assert_eq!(b.gate(failed, PROBE_MS, false), Gate::Defer(*to));
         // A request let through before the circuit opened succeeds during the cool-down: what
         // was put off to its end may go now.
         let b = Opened::new();
