@@ -41,6 +41,7 @@ struct ListQuery {
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Only deliveries in this state: pending, succeeded, failed, cancelled or skipped.
+    #[param(value_type = Option<herald_core::delivery::DeliveryState>)]
     state: Option<String>,
     /// Only deliveries of this event type.
     event_type: Option<String>,
@@ -121,7 +122,7 @@ async fn retry_delivery(
 #[serde(deny_unknown_fields)]
 struct RecoverBody {
     /// An RFC 3339 time: failed deliveries created since then are sent again.
-    #[schema(example = "2026-01-31T00:00:00Z")]
+    #[schema(example = "2026-01-31T00:00:00Z", format = DateTime)]
     since: String,
 }
 
@@ -156,7 +157,7 @@ async fn recover_deliveries(
 #[serde(deny_unknown_fields)]
 struct PurgeBody {
     /// An RFC 3339 time: finished history received before it is deleted.
-    #[schema(example = "2026-01-01T00:00:00Z")]
+    #[schema(example = "2026-01-01T00:00:00Z", format = DateTime)]
     before: String,
 }
 

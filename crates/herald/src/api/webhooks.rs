@@ -112,7 +112,7 @@ struct WebhookBody {
     /// The wire format: standard (default), opal, optare, parallelworks, permit, asgardeo,
     /// cloudevents.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, example = "standard")]
+    #[schema(value_type = Option<herald_core::profile::ProfileName>, example = "standard")]
     profile: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -129,15 +129,15 @@ struct WebhookBody {
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     headers: Option<Option<BTreeMap<String, String>>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>, example = 10000)]
+    #[schema(value_type = Option<u64>, example = 10000, minimum = 100, maximum = 60000)]
     timeout_ms: Option<Option<u64>>,
-    /// Delays in seconds before each attempt.
+    /// Delays in seconds before each attempt (1 to 20, each at most 7 days).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<u64>>, example = json!([0, 60, 300, 900, 3600]))]
+    #[schema(value_type = Option<Vec<u64>>, example = json!([0, 60, 300, 900, 3600]), min_items = 1, max_items = 20)]
     retry_schedule: Option<Option<Vec<u64>>>,
     /// Overrides the profile's signature scheme: standard, optare, hub or opal.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<herald_core::profile::SignatureScheme>)]
     signature: Option<Option<String>>,
     /// Profile options: `content_mode` (cloudevents), `batch_window_ms` (opal).
     #[serde(default, deserialize_with = "present")]
@@ -145,10 +145,10 @@ struct WebhookBody {
     options: Option<Option<Value>>,
     /// `websub` to require verification of intent before events are sent, or `none`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<herald_core::subscription::Verification>)]
     verification: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 10000)]
     rate_limit_per_second: Option<Option<u64>>,
 }
 

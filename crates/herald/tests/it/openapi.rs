@@ -579,6 +579,15 @@ async fn the_document_describes_authentication_and_errors() {
     assert!(create["responses"]["403"].is_object(), "{create}");
     let post_events = &doc["paths"]["/v1/orgs/{org}/events"]["post"];
     assert!(post_events["responses"]["403"].is_null(), "{post_events}");
+    // A webhook's body says what the server accepts: the names it knows and the ranges it keeps,
+    // so that a generated client catches a mistake before sending it.
+    let webhook = &doc["components"]["schemas"]["WebhookBody"]["properties"];
+    assert_eq!(
+        webhook["profile"]["oneOf"][0]["$ref"], "#/components/schemas/ProfileName",
+        "{webhook}"
+    );
+    assert_eq!(webhook["timeout_ms"]["maximum"], 60000, "{webhook}");
+    assert_eq!(webhook["retry_schedule"]["maxItems"], 20, "{webhook}");
     // Creation shares its body's schema with the change (PATCH), and adds what it requires.
     let body = &create["requestBody"]["content"]["application/json"]["schema"]["allOf"];
     assert!(
