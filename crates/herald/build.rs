@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    // Without it, a build outside git would run this again after every change to the sources.
+    println!("cargo:rerun-if-changed=build.rs");
     let commit = commit_from_git();
     let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
     let build = match &commit {
@@ -27,11 +29,16 @@ fn commit_from_git() -> Option<String> {
     // Branches live in the common directory (a worktree's own has only its HEAD).
     let common = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
         .map_or_else(|| git_dir.clone(), PathBuf::from);
-    // HEAD names the branch; the branch's file (or packed-refs) names the commit.
+    // HEAD names the branch; the branch's file (or packed-refs) names the commit. A branch
+    // packed away by `git gc` has no file until its next commit creates one, so the branches'
+    // directory is watched too (cargo looks through it), and HEAD's log, which every commit,
+    // checkout and reset appends to.
     watch(&git_dir.join("HEAD"));
+    watch(&git_dir.join("logs").join("HEAD"));
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watch(&common.join(branch));
     }
+    watch(&common.join("refs").join("heads"));
     watch(&common.join("packed-refs"));
     git(&["rev-parse", "--short=10", "HEAD"])
 }

@@ -115,6 +115,16 @@ impl Dispatcher {
             while in_flight.try_join_next().is_some() {}
         }
         while in_flight.join_next().await.is_some() {}
+        // Its attempts all settled: a breaker with nothing to remember goes with the task (kept,
+        // every webhook that ever sent, deleted ones too, would hold one for good; a new task
+        // makes another). An open one stays.
+        let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+        if breakers
+            .get(&webhook_id)
+            .is_some_and(breaker::Breaker::is_at_rest)
+        {
+            breakers.remove(&webhook_id);
+        }
     }
 
     /// The next delivery for this webhook, the urgent queue first; `None` when the task should
@@ -143,16 +153,6 @@ impl Dispatcher {
             .ok();
         if last.is_none() {
             workers.remove(webhook_id);
-            drop(workers);
-            // A breaker with nothing to remember goes with the task: kept, every webhook that
-            // ever sent (deleted ones too) would hold one for good. An open one stays.
-            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
-            if breakers
-                .get(webhook_id)
-                .is_some_and(breaker::Breaker::is_at_rest)
-            {
-                breakers.remove(webhook_id);
-            }
         }
         last
     }

@@ -113,7 +113,7 @@ pub(crate) fn key_prefix(token: &str) -> Option<&str> {
 
 /// What a producer's key may do: post its organization's events, read its event types and
 /// the catalogs, and find its organization (the CLI looks it up by handle).
-fn producer_may(method: &axum::http::Method, path: &str) -> bool {
+pub(crate) fn producer_may(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     // HEAD is answered by the GET handlers.
     let reads = method == Method::GET || method == Method::HEAD;

@@ -97,14 +97,6 @@ fn require_on_create(doc: &mut Document) {
     }
 }
 
-/// What an organization's producer key may call under its organization (as `docs/api.md` says);
-/// every other operation there answers it `403`.
-const PRODUCER_MAY: &[(&str, &str)] = &[
-    ("get", "/v1/orgs/{org}"),
-    ("get", "/v1/orgs/{org}/event-types"),
-    ("post", "/v1/orgs/{org}/events"),
-];
-
 /// Adds what every operation shares, so the handlers' annotations list only their own answers:
 /// the bearer scheme, and the errors any authenticated call may get.
 struct Conventions;
@@ -172,7 +164,13 @@ impl Modify for Conventions {
                          without a `Content-Encoding`",
                     );
                 }
-                if path.starts_with("/v1/orgs/{org}") && !PRODUCER_MAY.contains(&(method, path)) {
+                // What the server refuses a producer's key, by the rule it applies
+                // (`extract::producer_may`; a template's `{org}` matches as an id would).
+                let method = axum::http::Method::from_bytes(method.to_uppercase().as_bytes())
+                    .expect("an HTTP method");
+                if path.starts_with("/v1/orgs/{org}")
+                    && !super::extract::producer_may(&method, path)
+                {
                     add(
                         "403",
                         "An organization's producer key (`forbidden`): it may only post events \

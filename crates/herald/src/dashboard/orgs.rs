@@ -176,7 +176,8 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
 pub(super) fn refused_field(e: &ServiceError) -> Option<String> {
     match e {
         ServiceError::Invalid(i) => Some(i.field.clone()),
-        ServiceError::Conflict(m) if m.contains("handle") => Some("handle".to_owned()),
+        // The stores' words for a taken handle; other conflicts may quote names with "handle".
+        ServiceError::Conflict(m) if m.starts_with("the handle '") => Some("handle".to_owned()),
         ServiceError::Conflict(_) => Some("catalogs".to_owned()),
         _ => None,
     }

@@ -257,7 +257,7 @@ impl Signed {
 /// must say so, then lead back to the form's page: the browser's `Referer` (sent within this
 /// site, whose pages say `Referrer-Policy: same-origin`).
 fn to_sign_in(parts: &Parts) -> Response {
-    if parts.method == axum::http::Method::GET {
+    if parts.method.is_safe() {
         return Redirect::to(&format!("/login?{}", next_query(parts))).into_response();
     }
     if parts.uri.path() == "/logout" {
@@ -268,13 +268,31 @@ fn to_sign_in(parts: &Parts) -> Response {
         .headers
         .get(header::REFERER)
         .and_then(|r| url::Url::parse(r.to_str().ok()?).ok())
-        .map(|r| match r.query() {
-            Some(query) => format!("{}?{query}", r.path()),
-            None => r.path().to_owned(),
+        .map(|r| match (form_page(r.path()), r.query()) {
+            (Some(page), _) => page,
+            (None, Some(query)) => format!("{}?{query}", r.path()),
+            (None, None) => r.path().to_owned(),
         })
         .unwrap_or_else(|| "/".to_owned());
     let query = serde_urlencoded::to_string([("ended", "unsaved"), ("next", &form_page)]);
     Redirect::to(&format!("/login?{}", query.unwrap_or_default())).into_response()
+}
+
+/// The page of a form whose refusal was shown at the address it posts to, which has no page of
+/// its own: coming back there after signing in would find nothing.
+fn form_page(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["orgs", org, posted] = segments.as_slice() else {
+        return None;
+    };
+    let page = match *posted {
+        "webhooks" => "/webhooks/new",
+        "event-types" => "/catalog",
+        "delete" => "/settings",
+        "api-keys" => "",
+        _ => return None,
+    };
+    Some(format!("/orgs/{org}{page}"))
 }
 
 fn next_query(parts: &Parts) -> String {
@@ -385,6 +403,29 @@ impl FromRequest<AppState> for Post {
 mod tests {
     use super::*;
     use herald_core::OrgId;
+
+    #[test]
+    fn a_form_refused_at_its_posting_address_is_found_on_its_page() {
+        assert_eq!(
+            form_page("/orgs/org_1/webhooks").as_deref(),
+            Some("/orgs/org_1/webhooks/new")
+        );
+        assert_eq!(
+            form_page("/orgs/org_1/event-types").as_deref(),
+            Some("/orgs/org_1/catalog")
+        );
+        assert_eq!(
+            form_page("/orgs/org_1/delete").as_deref(),
+            Some("/orgs/org_1/settings")
+        );
+        assert_eq!(
+            form_page("/orgs/org_1/api-keys").as_deref(),
+            Some("/orgs/org_1")
+        );
+        // Pages of their own stay as they are.
+        assert_eq!(form_page("/orgs/org_1/webhooks/new"), None);
+        assert_eq!(form_page("/orgs/org_1/settings"), None);
+    }
 
     #[test]
     fn the_session_cookie_is_found_among_others() {

@@ -293,11 +293,14 @@ async fn form_page(
         error_field: error.as_ref().and_then(|(_, _, f)| f.clone()),
     };
     let status = error.map_or(StatusCode::OK, |(s, _, _)| s);
-    // Tabs and history entries say which webhook, and for which organization.
-    let title = if editing.is_some() {
-        format!("Edit {}", page.form.name)
-    } else {
-        format!("New webhook for {}", org.name)
+    // Tabs and history entries say which webhook (by its stored name: the typed one may be
+    // what was refused), and for which organization.
+    let title = match editing {
+        Some(id) => match webhooks::get(state, &signed.scope, &org.id, id).await {
+            Ok(w) => format!("Edit {}", w.name),
+            Err(_) => "Edit webhook".to_owned(),
+        },
+        None => format!("New webhook for {}", org.name),
     };
     let layout = Layout::new(state, signed, title, Some(org));
     Ok(templates::render(

@@ -154,7 +154,7 @@ pub async fn update(
             .collect();
         if !lost.is_empty() {
             let named = super::name_webhooks(lost.iter().filter_map(|(id, names)| {
-                let webhook = snapshot.webhooks().iter().find(|w| w.id == *id)?;
+                let webhook = snapshot.webhook(id)?;
                 Some((&**webhook, Some(names.join(", "))))
             }));
             return Err(ServiceError::Conflict(format!(

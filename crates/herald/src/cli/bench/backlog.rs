@@ -3,7 +3,7 @@
 //! whether memory stays bounded while they wait (peak RSS) and how fast the pile drains.
 //!
 //! Herald treats a failing endpoint with a circuit breaker: after ten failures it stops sending
-//! and probes once after a cool-down of 30 s, doubling while the probes fail (up to 10 min). So
+//! and probes once after a cool-down of 30 s, doubling while the probes fail (up to 10 min, and a fifth more). So
 //! "then up" is the endpoint answering again plus a recover call for anything that ran out of
 //! attempts; the first delivery comes with the next probe, and that wait is reported apart from
 //! the drain rate. The server runs as a `herald serve` child process, so that the memory

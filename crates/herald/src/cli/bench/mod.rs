@@ -316,7 +316,10 @@ async fn interrupted() -> &'static str {
 /// with commas), between `MIN` and `MAX`.
 fn count<const MIN: u64, const MAX: u64>(given: &str) -> Result<u64, String> {
     let digits: String = given.chars().filter(|c| !matches!(c, ',' | '_')).collect();
-    let grouped_well = !given.starts_with([',', '_']) && !given.ends_with([',', '_']);
+    // Groups of three after the first (1 to 3 digits), as thousands are written.
+    let groups: Vec<&str> = given.split([',', '_']).collect();
+    let grouped_well = groups.len() == 1
+        || ((1..=3).contains(&groups[0].len()) && groups[1..].iter().all(|g| g.len() == 3));
     let n = match digits.parse::<u64>() {
         Ok(n) if grouped_well && digits.chars().all(|c| c.is_ascii_digit()) => n,
         _ => {
@@ -513,7 +516,10 @@ mod tests {
                 .unwrap_err()
                 .contains("between 1 and 100")
         );
-        for bad in ["", ",", "5,", ",5", "-5", "5.0", "five", "+5"] {
+        assert_eq!(count::<1, 10_000_000>("1,000,000"), Ok(1_000_000));
+        for bad in [
+            "", ",", "5,", ",5", "-5", "5.0", "five", "+5", "5,0", "5,,000", "5000,000",
+        ] {
             assert!(count::<1, 100>(bad).is_err(), "{bad:?}");
         }
     }
