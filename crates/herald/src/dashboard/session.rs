@@ -264,7 +264,7 @@ fn to_sign_in(parts: &Parts) -> Response {
         // Signing out of a session that already ended: done, nothing was lost.
         return Redirect::to("/login").into_response();
     }
-    let form_page = parts
+    let back = parts
         .headers
         .get(header::REFERER)
         .and_then(|r| url::Url::parse(r.to_str().ok()?).ok())
@@ -274,7 +274,7 @@ fn to_sign_in(parts: &Parts) -> Response {
             (None, None) => r.path().to_owned(),
         })
         .unwrap_or_else(|| "/".to_owned());
-    let query = serde_urlencoded::to_string([("ended", "unsaved"), ("next", &form_page)]);
+    let query = serde_urlencoded::to_string([("ended", "unsaved"), ("next", &back)]);
     Redirect::to(&format!("/login?{}", query.unwrap_or_default())).into_response()
 }
 

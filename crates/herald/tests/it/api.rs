@@ -1134,7 +1134,9 @@ fn the_version_names_the_commit_built_from() {
     match head {
         Some(head) => assert_eq!(
             said.trim(),
-            format!("herald {} ({head})", env!("CARGO_PKG_VERSION"))
+            format!("herald {} ({head})", env!("CARGO_PKG_VERSION")),
+            "the binary names another commit than HEAD (a commit made while the tests ran? run \
+             them again)"
         ),
         // Outside a git checkout (a source archive) there is no commit to name.
         None => assert_eq!(said.trim(), format!("herald {}", env!("CARGO_PKG_VERSION"))),
