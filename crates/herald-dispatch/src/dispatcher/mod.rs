@@ -439,6 +439,21 @@ impl Dispatcher {
         breakers.get(webhook).and_then(breaker::Breaker::open_until)
     }
 
+    /// Forgets what this node remembers of deleted webhooks' endpoints (their circuits and
+    /// failing streaks), which nothing else would ever clear. Other nodes forget theirs when
+    /// the webhooks' tasks end there, unless a circuit was open.
+    pub fn forget_webhooks(&self, ids: &[WebhookId]) {
+        let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+        for id in ids {
+            breakers.remove(id);
+        }
+        drop(breakers);
+        let mut failing = self.shared.failing.lock().expect("failing lock");
+        for id in ids {
+            failing.remove(id);
+        }
+    }
+
     /// Forgets a delivery once its attempt is made, *before* the outcome is written: from the
     /// moment the write commits, a resend or the scheduler may hand it out again, and must not
     /// find it still held. Until then its lease keeps the scheduler away.

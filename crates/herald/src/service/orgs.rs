@@ -188,11 +188,17 @@ pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResul
     scope.require_admin()?;
     let org = id.clone();
     to_the_end(state, |state| async move {
+        // Its webhooks, for the dispatcher to forget their endpoints once they are gone.
+        let webhooks: Vec<_> = match state.directory.snapshot(&org).await {
+            Ok(snapshot) => snapshot.webhooks().iter().map(|w| w.id.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
         state
             .store
             .delete_org(&org)
             .await
             .map_err(ServiceError::from_store("organization"))?;
+        state.dispatcher.forget_webhooks(&webhooks);
         state.directory.invalidate(&org);
         super::auth::forget_org(&state, &org);
         Ok(())

@@ -668,6 +668,7 @@ pub async fn delete(
         store.delete_webhooks(&owner, &ids, now).await
     })
     .await?;
+    state.dispatcher.forget_webhooks(&deleted);
     for id in &deleted {
         tracing::info!(org = %org, webhook = %id, "webhook deleted; its pending deliveries are cancelled");
     }

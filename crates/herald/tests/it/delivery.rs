@@ -1842,6 +1842,29 @@ async fn waits_after(
     waits
 }
 
+/// A deleted webhook's open circuit is forgotten (nothing else would ever clear it), and so is
+/// its organization's when that is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_webhooks_circuit_is_forgotten() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened(&app, &rx, 20, 30_000).await;
+    let webhook = herald_core::WebhookId::parse(&id).unwrap();
+    let dispatcher = &app.state.dispatcher;
+    assert!(dispatcher.circuit_open_until(&webhook).is_some());
+    let (status, _) = app.delete(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(dispatcher.circuit_open_until(&webhook).is_none());
+
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened(&app, &rx, 20, 30_000).await;
+    let webhook = herald_core::WebhookId::parse(&id).unwrap();
+    assert!(dispatcher.circuit_open_until(&webhook).is_some());
+    let (status, _) = app.delete(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(dispatcher.circuit_open_until(&webhook).is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_wait_for_the_breakers_probe_and_follow_it_as_soon_as_it_succeeds() {
     let app = TestApp::spawn().await;
