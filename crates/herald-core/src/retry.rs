@@ -7,13 +7,38 @@ use crate::{Invalid, Timestamp};
 
 /// The delays in seconds before each attempt, the first counted from ingest and each later one
 /// from the previous failure. `[0, 60, 300, 900, 3600]` means five attempts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-#[schema(value_type = Vec<u32>, example = json!([0, 60, 300, 900, 3600]))]
 pub struct RetrySchedule(Vec<u32>);
 
 /// The longest single delay a schedule or a `Retry-After` may ask for: one week.
 pub const MAX_DELAY_SECS: u32 = 7 * 24 * 3600;
+/// The most delays a schedule lists.
+pub const MAX_STEPS: usize = 20;
+
+/// 1 to [`MAX_STEPS`] delays of 0 to [`MAX_DELAY_SECS`] seconds, as [`RetrySchedule::parse`]
+/// takes them: so that a generated client knows the limits before the server refuses.
+impl utoipa::PartialSchema for RetrySchedule {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let delay = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(MAX_DELAY_SECS));
+        ArrayBuilder::new()
+            .items(delay)
+            .min_items(Some(1))
+            .max_items(Some(MAX_STEPS))
+            .description(Some(
+                "Delays in seconds before each attempt: the first from ingest, each later one \
+                 from the previous failure",
+            ))
+            .examples([serde_json::json!([0, 60, 300, 900, 3600])])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RetrySchedule {}
 /// A `Retry-After` longer than this is cut to it: a receiver cannot park deliveries for days.
 pub const MAX_RETRY_AFTER_SECS: u64 = 3600;
 
@@ -47,7 +72,7 @@ impl RetrySchedule {
     }
 
     pub fn parse(raw: Vec<u64>) -> Result<Self, Invalid> {
-        if raw.is_empty() || raw.len() > 20 {
+        if raw.is_empty() || raw.len() > MAX_STEPS {
             return Err(Invalid::new(
                 "retry_schedule",
                 "must list between 1 and 20 delays in seconds, e.g. [0, 60, 300, 900, 3600]",

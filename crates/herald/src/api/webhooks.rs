@@ -133,7 +133,7 @@ struct WebhookBody {
     timeout_ms: Option<Option<u64>>,
     /// Delays in seconds before each attempt (1 to 20, each at most 7 days).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<u64>>, example = json!([0, 60, 300, 900, 3600]), min_items = 1, max_items = 20)]
+    #[schema(value_type = Option<herald_core::retry::RetrySchedule>)]
     retry_schedule: Option<Option<Vec<u64>>>,
     /// Overrides the profile's signature scheme: standard, optare, hub or opal.
     #[serde(default, deserialize_with = "present")]

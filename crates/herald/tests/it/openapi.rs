@@ -587,7 +587,9 @@ async fn the_document_describes_authentication_and_errors() {
         "{webhook}"
     );
     assert_eq!(webhook["timeout_ms"]["maximum"], 60000, "{webhook}");
-    assert_eq!(webhook["retry_schedule"]["maxItems"], 20, "{webhook}");
+    let schedule = &doc["components"]["schemas"]["RetrySchedule"];
+    assert_eq!(schedule["maxItems"], 20, "{schedule}");
+    assert_eq!(schedule["items"]["maximum"], 7 * 24 * 3600, "{schedule}");
     // Creation shares its body's schema with the change (PATCH), and adds what it requires.
     let body = &create["requestBody"]["content"]["application/json"]["schema"]["allOf"];
     assert!(
