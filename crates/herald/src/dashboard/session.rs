@@ -406,22 +406,14 @@ mod tests {
 
     #[test]
     fn a_form_refused_at_its_posting_address_is_found_on_its_page() {
-        assert_eq!(
-            form_page("/orgs/org_1/webhooks").as_deref(),
-            Some("/orgs/org_1/webhooks/new")
-        );
-        assert_eq!(
-            form_page("/orgs/org_1/event-types").as_deref(),
-            Some("/orgs/org_1/catalog")
-        );
-        assert_eq!(
-            form_page("/orgs/org_1/delete").as_deref(),
-            Some("/orgs/org_1/settings")
-        );
-        assert_eq!(
-            form_page("/orgs/org_1/api-keys").as_deref(),
-            Some("/orgs/org_1")
-        );
+        for (posted, page) in [
+            ("/orgs/org_1/webhooks", "/orgs/org_1/webhooks/new"),
+            ("/orgs/org_1/event-types", "/orgs/org_1/catalog"),
+            ("/orgs/org_1/delete", "/orgs/org_1/settings"),
+            ("/orgs/org_1/api-keys", "/orgs/org_1"),
+        ] {
+            assert_eq!(form_page(posted).as_deref(), Some(page), "{posted}");
+        }
         // Pages of their own stay as they are.
         assert_eq!(form_page("/orgs/org_1/webhooks/new"), None);
         assert_eq!(form_page("/orgs/org_1/settings"), None);
