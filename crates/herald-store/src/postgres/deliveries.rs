@@ -776,36 +776,28 @@ pub(crate) async fn purge(
     };
     // A resend may make one of these deliveries pending after the query above looked (each
     // statement sees what committed before it began): the deletes below skip pending
-    // deliveries, and an event keeps its row while any delivery of it is left. That check
-    // compares `event_id` with the parameter, not with `e.id`: `events.id` sorts as "C" and
-    // `deliveries.event_id` by the database's collation, and compared with each other they
-    // could keep PostgreSQL from `deliveries_by_event` (a scan of every delivery, 110 ms per
-    // event with a million, was measured in such a plan).
+    // deliveries, and an event keeps its row while any delivery of it is left. Each statement
+    // finds its rows by an index (`deliveries_by_event`, `attempts_by_delivery`), which holds
+    // only while the columns compared sort alike (migration 0010).
     let mut count = PurgeCount::default();
     for (org_id, event_id) in victims {
-        count.attempts += c
-            .exec(
-                "DELETE FROM attempts WHERE delivery_id IN \
-                 (SELECT id FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending')",
-                &[&org_id, &event_id],
-            )
-            .await?;
-        count.deliveries += c
-            .exec(
-                "DELETE FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending'",
-                &[&org_id, &event_id],
-            )
-            .await?;
-        count.events += c
-            .exec(
-                "DELETE FROM events e WHERE e.org_id = $1 AND e.id = $2 AND NOT EXISTS \
-                 (SELECT 1 FROM deliveries d WHERE d.org_id = $1 AND d.event_id = $2)",
-                &[&org_id, &event_id],
-            )
-            .await?;
+        let event: [&(dyn ToSql + Sync); 2] = [&org_id, &event_id];
+        count.attempts += c.exec(PURGE_ATTEMPTS, &event).await?;
+        count.deliveries += c.exec(PURGE_DELIVERIES, &event).await?;
+        count.events += c.exec(PURGE_EVENT, &event).await?;
     }
     Ok((count, next))
 }
+
+/// A purged event's attempts (`$1` its organization, `$2` its id).
+const PURGE_ATTEMPTS: &str = "DELETE FROM attempts WHERE delivery_id IN \
+     (SELECT id FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending')";
+/// A purged event's deliveries.
+const PURGE_DELIVERIES: &str =
+    "DELETE FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending'";
+/// A purged event, unless a delivery of it is left.
+const PURGE_EVENT: &str = "DELETE FROM events e WHERE e.org_id = $1 AND e.id = $2 AND NOT EXISTS \
+     (SELECT 1 FROM deliveries d WHERE d.org_id = $1 AND d.event_id = $2)";
 
 /// One organization's events to purge: PostgreSQL finds them through the primary key, whatever
 /// other organizations hold, and the first `limit` without pending work are taken.
@@ -821,7 +813,7 @@ async fn victims_of_org(
             "SELECT e.org_id, e.id, e.received_at FROM events e WHERE e.received_at < $1 \
              AND e.received_at >= $4 AND e.org_id = $2 \
              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = $2 \
-                             AND d.event_id = e.id COLLATE \"default\" AND d.state = 'pending') \
+                             AND d.event_id = e.id AND d.state = 'pending') \
              ORDER BY e.received_at LIMIT $3 FOR UPDATE OF e SKIP LOCKED",
             &[&cutoff.as_millis(), &org.as_str(), &big(limit), &from],
         )
@@ -851,10 +843,8 @@ async fn victims_by_walk(
     limit: u32,
     from: i64,
 ) -> DbResult<(Vec<Victim>, Option<PurgeFrom>)> {
-    // `events.id` sorts as "C" and `deliveries.event_id` by the database's collation: compared
-    // as they are, PostgreSQL may not use `deliveries_by_event`, so the comparison names it.
     const LOOK: &str = "SELECT e.org_id, e.id, e.received_at, NOT EXISTS (SELECT 1 FROM deliveries d \
-         WHERE d.org_id = e.org_id AND d.event_id = e.id COLLATE \"default\" AND d.state = 'pending') \
+         WHERE d.org_id = e.org_id AND d.event_id = e.id AND d.state = 'pending') \
          FROM events e";
     let mut rows = c
         .rows(
@@ -1083,15 +1073,15 @@ mod tests {
     use crate::{PostgresOptions, PostgresStore};
 
     /// The plan PostgreSQL keeps for `statement` once it settles on a generic one, on a fresh,
-    /// empty schema (where every index looks as cheap as any other).
-    async fn generic_plan(url: &str, statement: &str, arguments: &str) -> String {
+    /// empty schema (where every index looks as cheap as any other), after `settings`.
+    async fn generic_plan(url: &str, settings: &str, statement: &str, arguments: &str) -> String {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .expect("connecting to HERALD_TEST_DATABASE_URL");
         tokio::spawn(connection);
         client
             .batch_execute(&format!(
-                "SET plan_cache_mode = force_generic_plan; PREPARE probe AS {statement}"
+                "SET plan_cache_mode = force_generic_plan; {settings} PREPARE probe AS {statement}"
             ))
             .await
             .expect("the statement prepares");
@@ -1109,15 +1099,12 @@ mod tests {
             .join("\n")
     }
 
-    /// Recording an outcome runs once per attempt, with a plan kept for the connection's life:
-    /// it must find the delivery through its primary key whatever the statistics said when the
-    /// plan was made. Through `deliveries_by_event` it would read every delivery of the
-    /// organization for each attempt; through `deliveries_due`, every pending one.
-    #[tokio::test]
-    async fn attempt_outcomes_keep_to_the_primary_key_in_a_generic_plan() {
+    /// A schema of its own, migrated, on the test server: the admin connection (which drops it
+    /// when done), its URL, and its name. None without HERALD_TEST_DATABASE_URL.
+    async fn fresh_schema() -> Option<(tokio_postgres::Client, String, String)> {
         let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
             eprintln!("HERALD_TEST_DATABASE_URL is not set: skipping (./scripts/test sets it)");
-            return;
+            return None;
         };
         let schema = format!("herald_plans_{:016x}", rand::random::<u64>());
         let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -1137,15 +1124,28 @@ mod tests {
         )
         .unwrap();
         store.migrate().await.expect("migrating the schema");
+        Some((admin, scoped, schema))
+    }
 
+    /// Recording an outcome runs once per attempt, with a plan kept for the connection's life:
+    /// it must find the delivery through its primary key whatever the statistics said when the
+    /// plan was made. Through `deliveries_by_event` it would read every delivery of the
+    /// organization for each attempt; through `deliveries_due`, every pending one.
+    #[tokio::test]
+    async fn attempt_outcomes_keep_to_the_primary_key_in_a_generic_plan() {
+        let Some((admin, scoped, schema)) = fresh_schema().await else {
+            return;
+        };
         let finish = generic_plan(
             &scoped,
+            "",
             FINISH_AFTER_ATTEMPT,
             "'succeeded', 1, 200, NULL, 5, 'dlv_x', 'org_x', 'pending', 30",
         )
         .await;
         let retry = generic_plan(
             &scoped,
+            "",
             RETRY_AFTER_ATTEMPT,
             "100, 1, 500, 'http', 5, 'dlv_x', 'org_x', 'pending', 30",
         )
@@ -1157,7 +1157,75 @@ mod tests {
         for plan in [finish, retry] {
             assert!(plan.contains("deliveries_pkey"), "{plan}");
             assert!(!plan.contains("deliveries_by_event"), "{plan}");
+            assert!(!plan.contains("deliveries_by_webhook"), "{plan}");
             assert!(!plan.contains("deliveries_due"), "{plan}");
         }
+    }
+
+    /// Deleting an event's or an organization's history reaches its attempts through
+    /// `attempts_by_delivery`, which PostgreSQL can do only while `attempts.delivery_id` sorts
+    /// as `deliveries.id` does (migration 0010): otherwise each purged event read every attempt
+    /// stored. Scans are priced out here, so a plan that still has one found no index to use.
+    #[tokio::test]
+    async fn purges_can_reach_attempts_and_deliveries_by_index() {
+        let Some((admin, scoped, schema)) = fresh_schema().await else {
+            return;
+        };
+        let no_scans = "SET enable_seqscan = off;";
+        let mut plans = Vec::new();
+        for statement in [PURGE_ATTEMPTS, PURGE_DELIVERIES, PURGE_EVENT] {
+            plans.push(generic_plan(&scoped, no_scans, statement, "'org_x', 'evt_x'").await);
+        }
+        let org = generic_plan(
+            &scoped,
+            no_scans,
+            super::super::orgs::DELETE_ATTEMPTS,
+            "'org_x'",
+        );
+        plans.push(org.await);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        for plan in &plans {
+            assert!(!plan.contains("Seq Scan"), "{plan}");
+        }
+        assert!(plans[0].contains("attempts_by_delivery"), "{}", plans[0]);
+        assert!(plans[3].contains("attempts_by_delivery"), "{}", plans[3]);
+    }
+
+    /// Every column that holds an id (its row's or another's) sorts as "C", so that any two
+    /// compare by index: the joins of deliveries with webhooks and events, and of attempts
+    /// with deliveries, run on every page of history. `correlation_id` is the producer's
+    /// label, compared with no column.
+    #[tokio::test]
+    async fn every_id_column_sorts_as_ids_do() {
+        let Some((admin, _, schema)) = fresh_schema().await else {
+            return;
+        };
+        let columns = admin
+            .query(
+                "SELECT table_name::TEXT, column_name::TEXT, collation_name::TEXT \
+                 FROM information_schema.columns WHERE table_schema = $1 \
+                 AND (column_name = 'id' OR column_name LIKE '%\\_id') \
+                 AND column_name <> 'correlation_id' ORDER BY 1, 2",
+                &[&schema],
+            )
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        let named: Vec<(String, String, Option<String>)> = columns
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert!(named.len() >= 14, "{named:?}");
+        let other: Vec<_> = named
+            .iter()
+            .filter(|(_, _, collation)| collation.as_deref() != Some("C"))
+            .collect();
+        assert!(other.is_empty(), "not sorting as \"C\": {other:?}");
     }
 }

@@ -83,13 +83,13 @@ pub(crate) async fn update(c: &impl Conn, org: &Organization) -> DbResult<()> {
     Ok(())
 }
 
+/// An organization's attempts, deleted with it (`$1` its id).
+pub(super) const DELETE_ATTEMPTS: &str =
+    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = $1)";
+
 pub(crate) async fn delete(c: &impl Conn, id: &OrgId) -> DbResult<()> {
     let id = id.as_str();
-    c.exec(
-        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = $1)",
-        &[&id],
-    )
-    .await?;
+    c.exec(DELETE_ATTEMPTS, &[&id]).await?;
     for table in [
         "deliveries",
         "events",
