@@ -1,6 +1,10 @@
 //! A circuit breaker per webhook: after a run of failures Herald stops sending to the endpoint
 //! for a cool-down, then lets one request through as a probe; success closes the circuit,
-//! failure opens it again for twice as long (up to a ceiling). Deliveries that arrive while it is
+//! failure opens it again for twice as long (up to a ceiling). Only the probe decides: the
+//! answers of requests sent before the circuit opened neither close it nor count as the probe's
+//! (a two-node soak against endpoints failing part of the time had the first success of those
+//! close every circuit within moments of its opening, and the next run of failures open it
+//! again, each time writing the webhook's backlog to the store and back). Deliveries that arrive while it is
 //! open are deferred to the end of the cool-down in the store: they wait, they are not dropped
 //! (unless that would carry them past the end of their retry schedule: see `health.rs`).
 //! While the probe is out they wait for its answer (at the latest, the end of its timeout): a
@@ -108,12 +112,19 @@ impl Breaker {
         self.probe_due = None;
     }
 
-    /// Records an outcome.
-    pub(crate) fn record(&mut self, success: bool, now: Timestamp) -> Settled {
+    /// Records an outcome: of the probe (`probe`), or of any other request.
+    pub(crate) fn record(&mut self, success: bool, probe: bool, now: Timestamp) -> Settled {
+        if self.open_until.is_some() && !probe {
+            // Sent before the circuit opened (or as it did): the probe decides. A failure still
+            // tells how long the endpoint has been failing.
+            if !success {
+                self.last_failure = Some(self.last_failure.map_or(now, |last| last.max(now)));
+            }
+            return Settled::Unchanged;
+        }
         if success {
-            // Deferred deliveries wait for the probe's answer if one is out (those put off to
-            // the cool-down's end are due already), or else for the cool-down's end: a request
-            // let through before the circuit opened may answer during it.
+            // Deferred deliveries wait for the probe's answer (those put off to the cool-down's
+            // end are due already).
             let mut waiting: Vec<Timestamp> =
                 self.probe_due.or(self.open_until).into_iter().collect();
             // An urgent probe may come before the cool-down's end: what was put off to that end
@@ -233,12 +244,13 @@ impl<'a> Ticket<'a> {
     /// Records the endpoint's answer. Answers where the deliveries deferred meanwhile should go
     /// now: due at once if it closed the circuit, to the new cool-down's end if a probe failed.
     pub(crate) fn settle(mut self, success: bool, now: Timestamp) -> Vec<Move> {
-        self.probe = false;
+        // Answered: not to be given back when dropped.
+        let probe = std::mem::take(&mut self.probe);
         let settled = of(
             &mut self.breakers.lock().expect("breakers lock"),
             self.webhook,
         )
-        .record(success, now);
+        .record(success, probe, now);
         match settled {
             Settled::Unchanged => Vec::new(),
             Settled::Opened { until, waiting } => {
@@ -284,13 +296,13 @@ mod tests {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD - 1 {
-            assert_eq!(b.record(false, t), Settled::Unchanged);
+            assert_eq!(b.record(false, false, t), Settled::Unchanged);
             assert_eq!(b.gate(t, PROBE_MS, false), Gate::Pass);
         }
         let Settled::Opened {
             until,
             waiting: None,
-        } = b.record(false, t)
+        } = b.record(false, false, t)
         else {
             panic!("opens")
         };
@@ -305,7 +317,7 @@ mod tests {
             "one probe at a time"
         );
         assert_eq!(
-            b.record(true, until),
+            b.record(true, true, until),
             Settled::Closed {
                 waiting: vec![until.plus_millis(PROBE_MS)]
             }
@@ -318,7 +330,7 @@ mod tests {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD {
-            b.record(false, t);
+            b.record(false, false, t);
         }
         let early = t.plus_millis(10);
         assert!(matches!(b.gate(early, PROBE_MS, false), Gate::Defer(_)));
@@ -326,7 +338,7 @@ mod tests {
         // One probe at a time, urgent or not.
         assert!(matches!(b.gate(early, PROBE_MS, true), Gate::Defer(_)));
         assert_eq!(
-            b.record(true, early),
+            b.record(true, true, early),
             Settled::Closed {
                 // The probe's deferrals, and those put off to the cool-down's end.
                 waiting: vec![early.plus_millis(PROBE_MS), t.plus_millis(30_000)]
@@ -339,11 +351,11 @@ mod tests {
     fn failed_probe(b: &mut Breaker) -> Settled {
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD {
-            b.record(false, t);
+            b.record(false, false, t);
         }
         let first = t.plus_millis(30_000);
         assert_eq!(b.gate(first, PROBE_MS, false), Gate::Probe);
-        b.record(false, first)
+        b.record(false, true, first)
     }
 
     #[test]
@@ -366,7 +378,8 @@ mod tests {
             }),
             "the outage began when it first opened; the probe failed last"
         );
-        b.record(true, first.plus_millis(60_000));
+        assert_eq!(b.gate(until, PROBE_MS, false), Gate::Probe);
+        b.record(true, true, until);
         assert_eq!(b.outage(), None);
     }
 
@@ -389,16 +402,18 @@ mod tests {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
         assert!(b.is_at_rest());
-        b.record(false, t);
+        b.record(false, false, t);
         assert!(!b.is_at_rest(), "a failure counts towards opening it");
-        b.record(true, t);
+        b.record(true, false, t);
         assert!(b.is_at_rest());
         for _ in 0..THRESHOLD {
-            b.record(false, t);
+            b.record(false, false, t);
         }
         assert!(!b.is_at_rest(), "open");
-        b.record(true, t);
-        assert!(b.is_at_rest(), "closed by a success");
+        let probe = t.plus_millis(30_000);
+        assert_eq!(b.gate(probe, PROBE_MS, false), Gate::Probe);
+        b.record(true, true, probe);
+        assert!(b.is_at_rest(), "closed by the probe's success");
     }
 
     #[test]
@@ -406,10 +421,10 @@ mod tests {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
         for _ in 0..THRESHOLD - 1 {
-            b.record(false, t);
+            b.record(false, false, t);
         }
-        b.record(true, t);
-        assert_eq!(b.record(false, t), Settled::Unchanged);
+        b.record(true, false, t);
+        assert_eq!(b.record(false, false, t), Settled::Unchanged);
     }
 
     /// One webhook's breaker, opened at 0; `until` is when its cool-down ends.
@@ -428,9 +443,9 @@ mod tests {
                 let mut all = breakers.lock().unwrap();
                 let b = of(&mut all, &webhook);
                 for _ in 0..THRESHOLD - 1 {
-                    b.record(false, t);
+                    b.record(false, false, t);
                 }
-                match b.record(false, t) {
+                match b.record(false, false, t) {
                     Settled::Opened { until, .. } => until,
                     other => panic!("opens: {other:?}"),
                 }
@@ -529,19 +544,28 @@ mod tests {
         let waited = to.as_millis() - failed.as_millis();
         assert!((60_000..72_000).contains(&waited), "{waited}");
         assert_eq!(b.gate(failed, PROBE_MS, false), Gate::Defer(*to));
-        // A request let through before the circuit opened succeeds during the cool-down: what
-        // was put off to its end may go now.
+        // A request let through before the circuit opened succeeds during the cool-down: the
+        // probe still decides (on an endpoint failing part of the time, such successes closed
+        // every circuit moments after it opened).
         let b = Opened::new();
         let early = b.until.plus_millis(-20_000);
         assert_eq!(b.gate(early, PROBE_MS, false), Gate::Defer(b.until));
+        assert_eq!(b.ticket(false).settle(true, early), vec![]);
+        assert_eq!(b.gate(early, PROBE_MS, false), Gate::Defer(b.until));
+        assert_eq!(b.gate(b.until, PROBE_MS, false), Gate::Probe);
+        // One that fails while the probe is out is not the probe's answer either.
+        let later = b.until.plus_millis(1_000);
+        assert_eq!(b.ticket(false).settle(false, later), vec![]);
+        let due = b.until.plus_millis(PROBE_MS);
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Defer(due));
         assert_eq!(
-            b.ticket(false).settle(true, early),
+            b.ticket(true).settle(true, later),
             vec![Move {
-                from: b.until,
-                to: early
+                from: due,
+                to: later
             }]
         );
-        assert_eq!(b.gate(early, PROBE_MS, false), Gate::Pass);
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
         // An overdue probe (no answer yet past its window) defers by the minimum.
         let b = Opened::new();
         assert_eq!(b.gate(b.until, 10, false), Gate::Probe);
