@@ -391,13 +391,14 @@ pub trait Store: Send + Sync + 'static {
     /// Gives the organization's leased deliveries back to be attempted at `until` (a circuit
     /// breaker is open, or a client went away while they were stored), each only if it still
     /// has the lease given with it: once that ended, another node may have leased it and be
-    /// sending it. Another organization's ids are left as they are.
+    /// sending it. Another organization's ids are left as they are. Answers how many it gave
+    /// back.
     async fn defer_deliveries(
         &self,
         org: &OrgId,
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<usize>;
     /// Ends the organization's leased deliveries without another attempt, as `state` (`failed`:
     /// their endpoint's circuit stayed open past the end of their retry schedule; `skipped`:
     /// their WebSub channel stayed unverified as long), `error` as their last error, each only if

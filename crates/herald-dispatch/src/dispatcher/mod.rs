@@ -496,7 +496,6 @@ impl Dispatcher {
             .store
             .defer_deliveries(org, &leases, until)
             .await
-            .map(|()| leases.len())
     }
 
     /// Publishes the held count and bytes (called with the lock held, so they stay in step).

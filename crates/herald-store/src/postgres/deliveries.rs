@@ -911,7 +911,6 @@ async fn victims_by_walk(
     ))
 }
 
-/// Leases as the two arrays the statements below join on (`unnest(ids, held)`).
 /// Leases written about in one statement at most.
 const HELD_CHUNK: usize = 10_000;
 
@@ -919,7 +918,7 @@ const HELD_CHUNK: usize = 10_000;
 /// pending and of the organization `$3` (any, if `NULL`), locked for the statement that follows.
 /// Rows another transaction holds are skipped rather than waited for: a change to all of a
 /// webhook's deliveries (a pause, a deletion) holding some of these and waiting for others
-/// would deadlock with it. A row skipped keeps its lease and comes back when that ends.
+/// would deadlock with it. [`write_held`] tries those again.
 const STILL_HELD: &str = "WITH mine AS ( \
      SELECT d.id FROM deliveries d \
      JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
@@ -927,16 +926,82 @@ const STILL_HELD: &str = "WITH mine AS ( \
      AND ($3::text IS NULL OR d.org_id = $3) \
      FOR UPDATE OF d SKIP LOCKED) ";
 
-fn lease_columns(leases: &[(DeliveryId, Timestamp)]) -> (Vec<&str>, Vec<i64>) {
-    leases
+/// Which of the deliveries named as in [`STILL_HELD`] are still held so, without locking
+/// (nor waiting for) them.
+const STILL_HELD_UNLOCKED: &str = "SELECT d.id FROM deliveries d \
+     JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
+     WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
+     AND ($3::text IS NULL OR d.org_id = $3)";
+
+/// How many more times [`write_held`] tries the rows it skipped, pausing 10 ms, then twice as
+/// long each time (310 ms in all).
+const SKIPPED_RETRIES: u32 = 5;
+const SKIPPED_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Runs `sql` (a [`STILL_HELD`] statement answering the ids it changed; `$3` on are `rest`,
+/// `$3` the organization or `NULL`) for `leases`; answers the ids it changed. The rows it
+/// skipped while another statement held them, and still held under their leases, are tried
+/// again after a pause: such a lock is most often another node's claim of due work, whose
+/// snapshot predates this node's lease and which keeps the rows it read locked until its
+/// statement ends, a few milliseconds. Skipped for good, a delivery would be in no node's
+/// memory and due for none until its lease ended (a two-node soak left 1,624 so, for five
+/// minutes, all deferred by open circuits). Each statement commits on its own: nothing is
+/// held while pausing.
+async fn write_held(
+    c: &impl Conn,
+    sql: &str,
+    leases: &[(DeliveryId, Timestamp)],
+    rest: &[&(dyn ToSql + Sync)],
+) -> DbResult<Vec<DeliveryId>> {
+    let mut changed = Vec::with_capacity(leases.len());
+    let mut left: Vec<(&str, i64)> = leases
         .iter()
         .map(|(id, lease)| (id.as_str(), lease.as_millis()))
-        .unzip()
+        .collect();
+    let mut pause = SKIPPED_FIRST_PAUSE;
+    for retry in 0..=SKIPPED_RETRIES {
+        if retry > 0 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        let mut done = HashSet::new();
+        for chunk in left.chunks(HELD_CHUNK) {
+            let (ids, held): (Vec<&str>, Vec<i64>) = chunk.iter().copied().unzip();
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &held];
+            params.extend_from_slice(rest);
+            for row in c.rows(sql, &params).await? {
+                let id: String = row.try_get(0)?;
+                changed.push(DeliveryId::from_trusted(id.clone()));
+                done.insert(id);
+            }
+        }
+        left.retain(|(id, _)| !done.contains(*id));
+        if left.is_empty() {
+            break;
+        }
+        // The others either are no longer under these leases (finished, cancelled, another
+        // node's) and are left alone, or were locked.
+        let (ids, held): (Vec<&str>, Vec<i64>) = left.iter().copied().unzip();
+        let held_rows = c.rows(STILL_HELD_UNLOCKED, &[&ids, &held, rest[0]]).await?;
+        let locked: HashSet<String> = held_rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        left.retain(|(id, _)| locked.contains(*id));
+        if left.is_empty() {
+            break;
+        }
+    }
+    if !left.is_empty() {
+        tracing::info!(
+            deliveries = left.len(),
+            "deliveries locked by another statement kept this node's lease; they come due when it ends"
+        );
+    }
+    Ok(changed)
 }
 
-/// Extends leases still held as given; answers the ids renewed. Rows another transaction holds
-/// are skipped ([`STILL_HELD`]): a change to all of the webhook's deliveries may be settling
-/// them, and the delivery then comes back when its old lease ends.
+/// Extends leases still held as given; answers the ids renewed ([`write_held`]).
 pub(crate) async fn renew_leases(
     c: &impl Conn,
     leases: &[(DeliveryId, Timestamp)],
@@ -947,50 +1012,33 @@ pub(crate) async fn renew_leases(
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
     let any_org: Option<&str> = None;
-    let mut renewed = Vec::with_capacity(leases.len());
-    for chunk in leases.chunks(HELD_CHUNK) {
-        let (ids, held) = lease_columns(chunk);
-        let rows = c
-            .rows(&sql, &[&ids, &held, &any_org, &until.as_millis()])
-            .await?;
-        for row in rows {
-            renewed.push(DeliveryId::from_trusted(row.try_get(0)?));
-        }
-    }
-    Ok(renewed)
+    write_held(c, &sql, leases, &[&any_org, &until.as_millis()]).await
 }
 
+/// Gives leased deliveries back, due at `until` at the soonest; answers how many
+/// ([`write_held`]). One statement for a whole backlog (up to a thousand from an open circuit,
+/// or a webhook's queue on shutdown), not a round trip per delivery.
 pub(crate) async fn defer(
     c: &impl Conn,
     org: &OrgId,
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
-) -> DbResult<()> {
-    // One statement for a whole backlog (up to a thousand from an open circuit, or a webhook's
-    // queue on shutdown), not a round trip per delivery; rows another transaction holds are
-    // skipped ([`STILL_HELD`]), and come back when their lease ends (or the change settles them).
+) -> DbResult<usize> {
     let sql = format!(
         "{STILL_HELD} UPDATE deliveries d SET lease_until = NULL, \
          next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4), \
          due_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4) \
-         FROM mine WHERE d.id = mine.id"
+         FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
-    for chunk in leases.chunks(HELD_CHUNK) {
-        let (ids, held) = lease_columns(chunk);
-        c.exec(
-            &sql,
-            &[&ids, &held, &Some(org.as_str()), &until.as_millis()],
-        )
-        .await?;
-    }
-    if !leases.is_empty() {
+    let org = Some(org.as_str());
+    let deferred = write_held(c, &sql, leases, &[&org, &until.as_millis()]).await?;
+    if !deferred.is_empty() {
         announce_work(c).await?;
     }
-    Ok(())
+    Ok(deferred.len())
 }
 
-/// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`); rows another transaction
-/// holds are skipped ([`STILL_HELD`]), and come back when their lease ends.
+/// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`; [`write_held`]).
 pub(crate) async fn end_unsent(
     c: &impl Conn,
     org: &OrgId,
@@ -1004,27 +1052,9 @@ pub(crate) async fn end_unsent(
          lease_until = NULL, last_error = $4, updated_at = $5 \
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
-    let mut ended = Vec::new();
-    for chunk in leases.chunks(HELD_CHUNK) {
-        let (ids, held) = lease_columns(chunk);
-        let rows = c
-            .rows(
-                &sql,
-                &[
-                    &ids,
-                    &held,
-                    &Some(org.as_str()),
-                    &error,
-                    &now.as_millis(),
-                    &state.as_str(),
-                ],
-            )
-            .await?;
-        for row in rows {
-            ended.push(DeliveryId::from_trusted(row.try_get(0)?));
-        }
-    }
-    Ok(ended)
+    let org = Some(org.as_str());
+    let rest: [&(dyn ToSql + Sync); 4] = [&org, &error, &now.as_millis(), &state.as_str()];
+    write_held(c, &sql, leases, &rest).await
 }
 
 /// A webhook's deliveries deferred to exactly `deferred_to`, moved to `to` (found through
@@ -1192,6 +1222,85 @@ mod tests {
         }
         assert!(plans[0].contains("attempts_by_delivery"), "{}", plans[0]);
         assert!(plans[3].contains("attempts_by_delivery"), "{}", plans[3]);
+    }
+
+    /// A delivery that another statement holds locked for a moment when this node gives it
+    /// back (another node's claim of due work keeps the rows it read locked until it ends) is
+    /// tried again, not left leased to nobody until its lease ends; one whose lease is no
+    /// longer the one named is left alone.
+    #[tokio::test]
+    async fn deliveries_locked_for_a_moment_are_given_back_all_the_same() {
+        use herald_core::store::Store;
+        let Some((admin, scoped, schema)) = fresh_schema().await else {
+            return;
+        };
+        let lease = 1_000_000_i64;
+        let (locker, connection) = tokio_postgres::connect(&scoped, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        locker
+            .batch_execute(&format!(
+                "INSERT INTO deliveries (id, org_id, webhook_id, event_id, event_type, state, \
+                 due_at, lease_until, created_at, updated_at) VALUES \
+                 ('dlv_a', 'org_x', 'wh_x', 'evt_a', 't', 'pending', {lease}, {lease}, 0, 0), \
+                 ('dlv_b', 'org_x', 'wh_x', 'evt_b', 't', 'pending', {lease}, {lease}, 0, 0), \
+                 ('dlv_c', 'org_x', 'wh_x', 'evt_c', 't', 'pending', 5, 5, 0, 0)"
+            ))
+            .await
+            .unwrap();
+        let store = PostgresStore::new(
+            &scoped,
+            PostgresOptions { pool_size: 1 },
+            SecretCipher::none(),
+        )
+        .unwrap();
+        let (org, until) = (
+            OrgId::from_trusted("org_x".into()),
+            Timestamp::from_millis(7),
+        );
+        let held = |id: &str| {
+            (
+                DeliveryId::from_trusted(id.into()),
+                Timestamp::from_millis(lease),
+            )
+        };
+        // The pool's connection is made before the lock is taken, so that the first try
+        // finds the row locked.
+        assert_eq!(store.defer_deliveries(&org, &[], until).await.unwrap(), 0);
+        locker
+            .batch_execute("BEGIN; SELECT 1 FROM deliveries WHERE id = 'dlv_a' FOR UPDATE")
+            .await
+            .unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            locker.batch_execute("COMMIT").await.unwrap();
+            locker
+        });
+        let deferred = store
+            .defer_deliveries(&org, &[held("dlv_a"), held("dlv_b"), held("dlv_c")], until)
+            .await
+            .unwrap();
+        let locker = release.await.unwrap();
+        let rows = locker
+            .query("SELECT id, lease_until FROM deliveries ORDER BY id", &[])
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        let leases: Vec<(String, Option<i64>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(deferred, 2, "{leases:?}");
+        assert_eq!(
+            leases,
+            [
+                ("dlv_a".to_owned(), None),
+                ("dlv_b".to_owned(), None),
+                ("dlv_c".to_owned(), Some(5))
+            ]
+        );
     }
 
     /// Every column that holds an id (its row's or another's) sorts as "C", so that any two

@@ -421,9 +421,9 @@ async fn give_back(
     })
     .await;
     match given_back {
-        Ok(()) => {
+        Ok(deferred) => {
             tracing::debug!(
-                deliveries = held.len(),
+                deliveries = deferred,
                 "deliveries of a request whose caller was not answered are due now"
             );
             Ok(())

@@ -686,12 +686,12 @@ impl Store for PostgresStore {
         org: &OrgId,
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<usize> {
         // Not in a transaction of its own: a breaker defers up to a thousand at once, and a
         // transaction holding some of them while it waits for the next would deadlock with a
         // change to all of the webhook's deliveries (a pause, a deletion) that holds that one
-        // and waits for these. Each statement skips the rows others hold instead (see
-        // `deliveries::defer`). Deferring twice is harmless.
+        // and waits for these. Each statement skips the rows others hold instead, and tries
+        // them again (see `deliveries::write_held`). Deferring twice is harmless.
         on_client!(self, |c| deliveries::defer(&c, org, leases, until))
     }
 

@@ -607,21 +607,22 @@ pub(crate) fn defer(
     org: &OrgId,
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
-) -> DbResult<()> {
+) -> DbResult<usize> {
     let mut defer = conn.prepare_cached(
         "UPDATE deliveries SET lease_until = NULL, next_attempt_at = MAX(COALESCE(next_attempt_at, ?1), ?1), \
          due_at = MAX(COALESCE(next_attempt_at, ?1), ?1) \
          WHERE id = ?2 AND org_id = ?3 AND state = 'pending' AND lease_until = ?4",
     )?;
+    let mut deferred = 0;
     for (id, lease_until) in leases {
-        defer.execute(params![
+        deferred += defer.execute(params![
             until.as_millis(),
             id.as_str(),
             org.as_str(),
             lease_until.as_millis()
         ])?;
     }
-    Ok(())
+    Ok(deferred)
 }
 
 /// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`).

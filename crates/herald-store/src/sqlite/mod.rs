@@ -634,7 +634,7 @@ impl Store for SqliteStore {
         org: &OrgId,
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<usize> {
         let (org, leases) = (org.clone(), leases.to_vec());
         self.write(move |c| deliveries::defer(c, &org, &leases, until))
             .await

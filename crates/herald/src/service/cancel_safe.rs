@@ -157,9 +157,9 @@ impl Drop for GiveBackIfDropped<'_> {
         let (state, org, now) = (self.state.clone(), self.org.clone(), self.now);
         runtime.spawn(async move {
             match state.store.defer_deliveries(&org, &ids, now).await {
-                Ok(()) => {
+                Ok(deferred) => {
                     tracing::debug!(
-                        deliveries = ids.len(),
+                        deliveries = deferred,
                         "a client went away while its deliveries were stored; they are due now"
                     );
                     state.dispatcher.wake_delivery_scheduler();
