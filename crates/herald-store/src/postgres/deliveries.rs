@@ -938,15 +938,15 @@ const STILL_HELD_UNLOCKED: &str = "SELECT d.id FROM deliveries d \
 const SKIPPED_RETRIES: u32 = 5;
 const SKIPPED_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Runs `sql` (a [`STILL_HELD`] statement answering the ids it changed; `$3` on are `rest`,
-/// `$3` the organization or `NULL`) for `leases`; answers the ids it changed. The rows it
-/// skipped while another statement held them, and still held under their leases, are tried
-/// again after a pause: such a lock is most often another node's claim of due work, whose
-/// snapshot predates this node's lease and which keeps the rows it read locked until its
-/// statement ends, a few milliseconds. Skipped for good, a delivery would be in no node's
-/// memory and due for none until its lease ended (a two-node soak left 1,624 so, for five
-/// minutes, all deferred by open circuits). Each statement commits on its own: nothing is
-/// held while pausing.
+/// Runs `sql` for `leases`, and answers the ids it changed: a [`STILL_HELD`] statement that
+/// answers those ids, `$1` and `$2` the leases, `rest` its parameters from `$3` on (`$3` the
+/// organization, or `NULL` for any). The rows it skipped while another statement held them,
+/// and still held under their leases, are tried again after a pause: such a lock is most often
+/// another node's claim of due work, whose snapshot predates this node's lease and which keeps
+/// the rows it read locked until its statement ends, a few milliseconds. Skipped for good, a
+/// delivery would be in no node's memory and due for none until its lease ended (a two-node
+/// soak left 1,624 so, for five minutes, all deferred by open circuits). Each statement
+/// commits on its own: nothing is held while pausing.
 async fn write_held(
     c: &impl Conn,
     sql: &str,
