@@ -1128,18 +1128,26 @@ async fn a_deferral_reaches_only_its_own_organizations_deliveries(store: Arc<dyn
     let leased = store_placed(&store, &theirs, 1, Placement::Leased).await;
     // Acme names globex's delivery (a resend of an id it does not own, whose client went
     // away): globex's lease stands, so its dispatcher is not raced by a second send.
-    store
+    let deferred = store
         .defer_deliveries(&acme.id, &under_first_lease(&leased), at(5))
         .await
         .unwrap();
+    assert_eq!(deferred, 0, "counted as given back");
     assert!(
         claim(&store, at(5)).await.is_empty(),
         "another org's lease was given back"
     );
-    store
+    let deferred = store
         .defer_deliveries(&theirs.org_id, &under_first_lease(&leased), at(5))
         .await
         .unwrap();
+    assert_eq!(deferred, 1);
+    // Given back already: that lease is no longer held, and nothing more is counted.
+    let again = store
+        .defer_deliveries(&theirs.org_id, &under_first_lease(&leased), at(5))
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
     assert_eq!(claim(&store, at(5)).await, leased);
 }
 

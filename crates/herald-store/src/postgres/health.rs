@@ -13,6 +13,20 @@ use crate::{HEALTH_SCAN_LIMIT, duration_class_sql};
 const RECENT: &str = "WITH recent AS (SELECT id, state, created_at, updated_at FROM deliveries \
      WHERE org_id = $1 AND webhook_id = $2 ORDER BY id DESC LIMIT $6)";
 
+/// The attempts of [`RECENT`] counted by time and duration; `$3` the window's start, `$4` a
+/// bucket's width, `$5` its end. Each delivery's attempts are found through their index (see
+/// "Collations" in `deliveries.rs`).
+pub(super) fn attempts_sql() -> String {
+    format!(
+        "{RECENT} SELECT (a.started_at - $3) / $4, ({})::BIGINT, \
+         SUM(CASE WHEN a.error IS NULL THEN 1 ELSE 0 END)::BIGINT, \
+         SUM(CASE WHEN a.error IS NULL THEN 0 ELSE 1 END)::BIGINT \
+         FROM recent r JOIN attempts a ON a.delivery_id = r.id COLLATE \"default\" \
+         WHERE a.started_at >= $3 AND a.started_at < $5 GROUP BY 1, 2",
+        duration_class_sql("a.duration_ms")
+    )
+}
+
 pub(crate) async fn webhook_health(
     c: &impl Conn,
     org: &OrgId,
@@ -29,15 +43,7 @@ pub(crate) async fn webhook_health(
         &until,
         &HEALTH_SCAN_LIMIT,
     ];
-    let attempts_sql = format!(
-        "{RECENT} SELECT (a.started_at - $3) / $4, ({})::BIGINT, \
-         SUM(CASE WHEN a.error IS NULL THEN 1 ELSE 0 END)::BIGINT, \
-         SUM(CASE WHEN a.error IS NULL THEN 0 ELSE 1 END)::BIGINT \
-         FROM recent r JOIN attempts a ON a.delivery_id = r.id \
-         WHERE a.started_at >= $3 AND a.started_at < $5 GROUP BY 1, 2",
-        duration_class_sql("a.duration_ms")
-    );
-    let found = c.rows(&attempts_sql, &args).await?;
+    let found = c.rows(&attempts_sql(), &args).await?;
     let attempts = rows::all(found, |r| {
         Ok(AttemptCounts {
             bucket: rows::int(r, 0)?,

@@ -396,9 +396,13 @@ async fn reply(
     } = job;
     if let Err(Ok(results)) = reply.send(result) {
         let held = held_at_ingest(&items, Some(&results), lease_until);
-        if let Err(held) = give_back(pool, &org, held, now).await {
-            unanswered.add(pool, &org, held);
-        }
+        // On its own: the group's other callers are not kept waiting for it.
+        let (pool, unanswered) = (pool.clone(), unanswered.clone());
+        tokio::spawn(async move {
+            if let Err(held) = give_back(&pool, &org, held, now).await {
+                unanswered.add(&pool, &org, held);
+            }
+        });
     }
 }
 

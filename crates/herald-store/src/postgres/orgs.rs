@@ -83,9 +83,10 @@ pub(crate) async fn update(c: &impl Conn, org: &Organization) -> DbResult<()> {
     Ok(())
 }
 
-/// An organization's attempts, deleted with it (`$1` its id).
-pub(super) const DELETE_ATTEMPTS: &str =
-    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE org_id = $1)";
+/// An organization's attempts, deleted with it (`$1` its id), found through their index (see
+/// "Collations" in `deliveries.rs`).
+pub(super) const DELETE_ATTEMPTS: &str = "DELETE FROM attempts WHERE delivery_id IN \
+     (SELECT id COLLATE \"default\" FROM deliveries WHERE org_id = $1)";
 
 pub(crate) async fn delete(c: &impl Conn, id: &OrgId) -> DbResult<()> {
     let id = id.as_str();

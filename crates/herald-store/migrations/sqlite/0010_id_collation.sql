@@ -1,2 +1,0 @@
--- PostgreSQL gives the columns naming other tables' rows the ids' collation in this step.
--- SQLite compares text bytewise everywhere already: nothing to change here.
