@@ -46,6 +46,9 @@ pub(crate) struct Breaker {
     /// When the endpoint last failed a request (this run of failures'): a delivery is failed
     /// for the open circuit only if the endpoint failed after the delivery last moved on.
     last_failure: Option<Timestamp>,
+    /// When a request sent before the circuit opened last succeeded while it was open: after
+    /// the last failure, the endpoint may be back, and nothing is failed before the probe says.
+    last_success: Option<Timestamp>,
 }
 
 /// What an open circuit knows of the endpoint's outage.
@@ -55,6 +58,8 @@ pub(crate) struct Outage {
     pub(crate) since: Timestamp,
     /// When the endpoint last failed a request.
     pub(crate) last_failure: Timestamp,
+    /// When a request sent before the circuit opened last succeeded, if one did while open.
+    pub(crate) last_success: Option<Timestamp>,
 }
 
 /// What to do with the next request.
@@ -103,6 +108,7 @@ impl Breaker {
         Some(Outage {
             since: self.open_since?,
             last_failure: self.last_failure?,
+            last_success: self.last_success,
         })
     }
 
@@ -115,11 +121,14 @@ impl Breaker {
     /// Records an outcome: of the probe (`probe`), or of any other request.
     pub(crate) fn record(&mut self, success: bool, probe: bool, now: Timestamp) -> Settled {
         if self.open_until.is_some() && !probe {
-            // Sent before the circuit opened (or as it did): the probe decides. A failure still
-            // tells how long the endpoint has been failing.
-            if !success {
-                self.last_failure = Some(self.last_failure.map_or(now, |last| last.max(now)));
-            }
+            // Sent before the circuit opened (or as it did): the probe decides. The answer still
+            // tells whether the endpoint was failing lately.
+            let last = if success {
+                &mut self.last_success
+            } else {
+                &mut self.last_failure
+            };
+            *last = Some(last.map_or(now, |last| last.max(now)));
             return Settled::Unchanged;
         }
         if success {
@@ -183,9 +192,9 @@ pub(crate) enum Settled {
         until: Timestamp,
         waiting: Option<Timestamp>,
     },
-    /// Closed by a success; `waiting` is the times the deliveries deferred meanwhile were put
-    /// off to: the end of the probe's time if one was out (and the cool-down's, if the probe
-    /// came before it), or else the cool-down's end.
+    /// Closed by the probe's success; `waiting` is the times the deliveries deferred meanwhile
+    /// were put off to: the end of the probe's time (and the cool-down's, if the probe came
+    /// before it).
     Closed {
         waiting: Vec<Timestamp>,
     },
@@ -374,13 +383,48 @@ mod tests {
             b.outage(),
             Some(Outage {
                 since: t,
-                last_failure: first
+                last_failure: first,
+                last_success: None,
             }),
             "the outage began when it first opened; the probe failed last"
         );
         assert_eq!(b.gate(until, PROBE_MS, false), Gate::Probe);
         b.record(true, true, until);
         assert_eq!(b.outage(), None);
+    }
+
+    /// Answers to requests sent before the circuit opened leave it open, but are remembered:
+    /// a success after the last failure keeps deliveries from being failed for the outage
+    /// (`health::past_schedule`) until the probe says the endpoint is still down.
+    #[test]
+    fn answers_sent_before_the_circuit_opened_are_remembered_not_obeyed() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        for _ in 0..THRESHOLD {
+            b.record(false, false, t);
+        }
+        let (failed, succeeded) = (t.plus_millis(1_000), t.plus_millis(2_000));
+        assert_eq!(b.record(false, false, failed), Settled::Unchanged);
+        assert_eq!(b.record(true, false, succeeded), Settled::Unchanged);
+        assert_eq!(
+            b.gate(succeeded, PROBE_MS, false),
+            Gate::Defer(t.plus_millis(30_000))
+        );
+        assert_eq!(
+            b.outage(),
+            Some(Outage {
+                since: t,
+                last_failure: failed,
+                last_success: Some(succeeded),
+            })
+        );
+        // The probe fails: the endpoint is down after all.
+        let probe = t.plus_millis(30_000);
+        assert_eq!(b.gate(probe, PROBE_MS, false), Gate::Probe);
+        b.record(false, true, probe);
+        let outage = b.outage().expect("open again");
+        assert_eq!(outage.last_failure, probe);
+        assert!(outage.last_success < Some(outage.last_failure));
     }
 
     /// Cool-downs after a failed probe vary, so that probes to an endpoint down on a schedule

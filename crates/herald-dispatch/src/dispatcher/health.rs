@@ -22,9 +22,10 @@ use super::breaker::Outage;
 /// queued before the endpoint went down is not held to a schedule that ran out while it
 /// queued). A WebSub wait ends when the deferral would carry the delivery past that end. An
 /// open circuit ends it only once the endpoint failed a request (a probe) at or after that end:
-/// its last attempt, made then, would have failed too. So a delivery whose schedule ends during
-/// a cool-down is not failed for the circuit's blindness: if the endpoint is back, the next
-/// probe finds it and the delivery goes; and a node whose circuit is stale fails nothing.
+/// its last attempt, made then, would have failed too, and no request succeeded since. So a
+/// delivery whose schedule ends during a cool-down is not failed for the circuit's blindness:
+/// if the endpoint is back, the next probe finds it and the delivery goes; and a node whose
+/// circuit is stale fails nothing.
 pub(super) fn past_schedule(
     due: &DueDelivery,
     webhook: &Webhook,
@@ -41,7 +42,8 @@ pub(super) fn past_schedule(
             .latest_span_ms(made, asked_to_wait),
     );
     match outage {
-        Some(o) => o.last_failure >= end,
+        // Unless a request succeeded after the last failure: then the probe decides.
+        Some(o) => o.last_failure >= end && o.last_success.is_none_or(|s| s < o.last_failure),
         None => until > end,
     }
 }
