@@ -2,6 +2,12 @@
 //! sequence (number and name); only the SQL differs. The list is written once, so a migration
 //! added for one backend and not the other does not compile, and a test checks that the
 //! directories hold exactly the files the list names.
+//!
+//! On PostgreSQL, nodes of the previous version keep running on a migrated database during a
+//! rolling upgrade, with their statements prepared. A migration may add tables, columns and
+//! indexes, but must not change the type or collation of a column those statements return:
+//! PostgreSQL then refuses every one of them (`cached plan must not change result type`) until
+//! the node restarts.
 
 /// One migration: its number, name and SQL.
 #[derive(Debug, Clone, Copy)]
