@@ -16,8 +16,14 @@ use std::sync::Mutex;
 use foldhash::HashMap;
 use herald_core::{OrgId, Timestamp, WebhookId};
 
-/// Consecutive failures that open the circuit.
+/// Consecutive failures that open the circuit...
 pub(crate) const THRESHOLD: u32 = 10;
+/// ...once no request has succeeded for this long either. An endpoint that fails many requests
+/// but answers others is flaky, not down: its deliveries go on, retried on their schedules. A
+/// two-node soak against endpoints failing 65% of requests saw runs of ten failures every few
+/// seconds among the successes; with only the probe closing the circuit, each run shut the
+/// endpoint out for a cool-down or more, and most of its deliveries failed unsent.
+const QUIET_MS: i64 = 5_000;
 const FIRST_COOLDOWN_MS: i64 = 30_000;
 const MAX_COOLDOWN_MS: i64 = 600_000;
 /// The shortest deferral: what comes back sooner would only be deferred again.
@@ -46,8 +52,9 @@ pub(crate) struct Breaker {
     /// When the endpoint last failed a request (this run of failures'): a delivery is failed
     /// for the open circuit only if the endpoint failed after the delivery last moved on.
     last_failure: Option<Timestamp>,
-    /// When a request sent before the circuit opened last succeeded while it was open: after
-    /// the last failure, the endpoint may be back, and nothing is failed before the probe says.
+    /// When a request last succeeded: closed, how long the endpoint has been failing (see
+    /// [`QUIET_MS`]); open, whether a request sent before it opened succeeded after the last
+    /// failure, when the endpoint may be back and nothing is failed before the probe says.
     last_success: Option<Timestamp>,
 }
 
@@ -92,7 +99,9 @@ impl Breaker {
         }
     }
 
-    /// Closed with no failure counted: what a new breaker would be, so it may be forgotten.
+    /// Closed with no failure counted: what a new breaker would be, so it may be forgotten (but
+    /// for when a request last succeeded, which a webhook's task, ending after a minute idle,
+    /// has outlived by more than [`QUIET_MS`]).
     pub(crate) fn is_at_rest(&self) -> bool {
         self.failures == 0 && self.open_until.is_none() && self.probe_due.is_none()
     }
@@ -144,7 +153,10 @@ impl Breaker {
                 waiting.push(until);
             }
             let was_open = self.open_until.is_some();
-            *self = Self::default();
+            *self = Self {
+                last_success: Some(now),
+                ..Self::default()
+            };
             return if was_open {
                 Settled::Closed { waiting }
             } else {
@@ -155,7 +167,11 @@ impl Breaker {
         self.last_failure = Some(self.last_failure.map_or(now, |last| last.max(now)));
         let probe_due = self.probe_due.take();
         let was_probe = probe_due.is_some();
-        if was_probe || (self.open_until.is_none() && self.failures >= THRESHOLD) {
+        let down = self.failures >= THRESHOLD
+            && self
+                .last_success
+                .is_none_or(|s| now.as_millis() - s.as_millis() >= QUIET_MS);
+        if was_probe || (self.open_until.is_none() && down) {
             self.cooldown_ms = if was_probe {
                 (self.cooldown_ms * 2).min(MAX_COOLDOWN_MS)
             } else {
@@ -393,6 +409,39 @@ mod tests {
         assert_eq!(b.outage(), None);
     }
 
+    /// Runs of failures among successes (an endpoint failing part of the time) leave the
+    /// circuit closed; it opens once no request has succeeded for a while.
+    #[test]
+    fn a_flaky_endpoint_is_not_shut_out_a_silent_one_is() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        b.record(true, false, t);
+        for i in 0..3 * THRESHOLD {
+            let at = t.plus_millis(100 * i64::from(i));
+            assert_eq!(
+                b.record(false, false, at),
+                Settled::Unchanged,
+                "failure {i}"
+            );
+        }
+        let silent = t.plus_millis(QUIET_MS);
+        assert!(matches!(
+            b.record(false, false, silent),
+            Settled::Opened { .. }
+        ));
+        // A success resets the count: ten more failures open it only after as long again.
+        let mut b = Breaker::default();
+        b.record(true, false, silent);
+        for _ in 0..THRESHOLD {
+            b.record(false, false, silent.plus_millis(QUIET_MS - 1));
+        }
+        assert_eq!(b.open_until(), None);
+        assert!(matches!(
+            b.record(false, false, silent.plus_millis(QUIET_MS)),
+            Settled::Opened { .. }
+        ));
+    }
+
     /// Answers to requests sent before the circuit opened leave it open, but are remembered:
     /// a success after the last failure keeps deliveries from being failed for the outage
     /// (`health::past_schedule`) until the probe says the endpoint is still down.
@@ -450,11 +499,13 @@ mod tests {
         assert!(!b.is_at_rest(), "a failure counts towards opening it");
         b.record(true, false, t);
         assert!(b.is_at_rest());
+        let down = t.plus_millis(QUIET_MS);
         for _ in 0..THRESHOLD {
-            b.record(false, false, t);
+            b.record(false, false, down);
         }
-        assert!(!b.is_at_rest(), "open");
-        let probe = t.plus_millis(30_000);
+        assert!(b.open_until().is_some(), "open");
+        assert!(!b.is_at_rest());
+        let probe = down.plus_millis(30_000);
         assert_eq!(b.gate(probe, PROBE_MS, false), Gate::Probe);
         b.record(true, true, probe);
         assert!(b.is_at_rest(), "closed by the probe's success");

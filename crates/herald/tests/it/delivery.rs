@@ -898,9 +898,15 @@ async fn a_test_goes_ahead_of_the_backlog_and_through_an_open_circuit() {
         .unwrap();
     assert!(at <= 2, "the test arrived as request {at} of 9");
 
-    // Ten failures open the circuit for 30 s (the clock does not move here); a test then goes
-    // at once as its probe, and its success closes the circuit.
+    // Ten failures, 5 s after the last success, open the circuit for 30 s (the clock does not
+    // move after that here); a test then goes at once as its probe, and its success closes the
+    // circuit.
+    for delivery in app.delivery_ids(&org, id).await {
+        app.wait_for_delivery(&org, &delivery, |d| d["state"] != "pending")
+            .await;
+    }
     rx.answer_by_default(Reply::status(500));
+    app.advance(Duration::from_secs(5));
     for i in 0..10 {
         app.send_event(&org, user_created(&format!("f{i}"))).await;
     }
