@@ -18,12 +18,19 @@ use herald_core::{OrgId, Timestamp, WebhookId};
 
 /// Consecutive failures that open the circuit...
 pub(crate) const THRESHOLD: u32 = 10;
-/// ...once no request has succeeded for this long either. An endpoint that fails many requests
-/// but answers others is flaky, not down: its deliveries go on, retried on their schedules. A
-/// two-node soak against endpoints failing 65% of requests saw runs of ten failures every few
-/// seconds among the successes; with only the probe closing the circuit, each run shut the
-/// endpoint out for a cool-down or more, and most of its deliveries failed unsent.
+/// ...once no request has succeeded for this long either, or hardly any lately
+/// ([`DOWN_FAILURE_SHARE`]). An endpoint that fails many requests but answers others is flaky, not
+/// down: its deliveries go on, retried on their schedules. A two-node soak against endpoints
+/// failing 65% of requests saw runs of ten failures every few seconds among the successes;
+/// with only the probe closing the circuit, each run shut the endpoint out for a cool-down or
+/// more, and most of its deliveries failed unsent.
 const QUIET_MS: i64 = 5_000;
+/// The share of recent requests that failed (a moving average over about the last twenty)
+/// above which an endpoint is down even if one succeeded within [`QUIET_MS`]: under heavy
+/// traffic, an endpoint answering one request in a hundred is never quiet for 5 s.
+const DOWN_FAILURE_SHARE: f32 = 0.9;
+/// How much each outcome weighs in that average.
+const SHARE_WEIGHT: f32 = 0.05;
 const FIRST_COOLDOWN_MS: i64 = 30_000;
 const MAX_COOLDOWN_MS: i64 = 600_000;
 /// The shortest deferral: what comes back sooner would only be deferred again.
@@ -56,6 +63,8 @@ pub(crate) struct Breaker {
     /// [`QUIET_MS`]); open, whether a request sent before it opened succeeded after the last
     /// failure, when the endpoint may be back and nothing is failed before the probe says.
     last_success: Option<Timestamp>,
+    /// The share of recent requests that failed (see [`DOWN_FAILURE_SHARE`]), from none.
+    failure_share: f32,
 }
 
 /// What an open circuit knows of the endpoint's outage.
@@ -153,8 +162,14 @@ impl Breaker {
                 waiting.push(until);
             }
             let was_open = self.open_until.is_some();
+            let failure_share = if was_open {
+                0.0
+            } else {
+                self.failure_share * (1.0 - SHARE_WEIGHT)
+            };
             *self = Self {
                 last_success: Some(now),
+                failure_share,
                 ..Self::default()
             };
             return if was_open {
@@ -164,13 +179,15 @@ impl Breaker {
             };
         }
         self.failures += 1;
+        self.failure_share += (1.0 - self.failure_share) * SHARE_WEIGHT;
         self.last_failure = Some(self.last_failure.map_or(now, |last| last.max(now)));
         let probe_due = self.probe_due.take();
         let was_probe = probe_due.is_some();
         let down = self.failures >= THRESHOLD
-            && self
-                .last_success
-                .is_none_or(|s| now.as_millis() - s.as_millis() >= QUIET_MS);
+            && (self.failure_share > DOWN_FAILURE_SHARE
+                || self
+                    .last_success
+                    .is_none_or(|s| now.as_millis() - s.as_millis() >= QUIET_MS));
         if was_probe || (self.open_until.is_none() && down) {
             self.cooldown_ms = if was_probe {
                 (self.cooldown_ms * 2).min(MAX_COOLDOWN_MS)
@@ -440,6 +457,33 @@ mod tests {
             b.record(false, false, silent.plus_millis(QUIET_MS)),
             Settled::Opened { .. }
         ));
+    }
+
+    /// An endpoint that answers one request in fifty is down, though under heavy traffic it is
+    /// never quiet for [`QUIET_MS`]; one failing two requests in three is not, however long
+    /// that lasts.
+    #[test]
+    fn a_mostly_dead_endpoint_is_shut_out_though_it_answers_now_and_then() {
+        let outcomes = |pattern: &[bool], count: usize| {
+            let mut b = Breaker::default();
+            let t = Timestamp::from_millis(0);
+            b.record(true, false, t);
+            for (i, success) in pattern.iter().cycle().take(count).enumerate() {
+                let at = t.plus_millis(1 + i as i64);
+                if let Settled::Opened { .. } = b.record(*success, false, at) {
+                    return Some(at);
+                }
+            }
+            None
+        };
+        let mut one_in_fifty = vec![false; 49];
+        one_in_fifty.push(true);
+        let opened = outcomes(&one_in_fifty, 1_000).expect("opens");
+        assert!(opened.as_millis() < QUIET_MS, "{opened:?}");
+        // Ten failures in a row now and then, but most requests answered.
+        let mut flaky = vec![false; 10];
+        flaky.extend([true; 6]);
+        assert_eq!(outcomes(&flaky, 4_000), None);
     }
 
     /// Answers to requests sent before the circuit opened leave it open, but are remembered:
