@@ -1,12 +1,13 @@
-//! A circuit breaker per webhook: after a run of failures Herald stops sending to the endpoint
-//! for a cool-down, then lets one request through as a probe; success closes the circuit,
-//! failure opens it again for twice as long (up to a ceiling). Only the probe decides: the
-//! answers of requests sent before the circuit opened neither close it nor count as the probe's
-//! (a two-node soak against endpoints failing part of the time had the first success of those
-//! close every circuit within moments of its opening, and the next run of failures open it
-//! again, each time writing the webhook's backlog to the store and back). Deliveries that arrive while it is
-//! open are deferred to the end of the cool-down in the store: they wait, they are not dropped
-//! (unless that would carry them past the end of their retry schedule: see `health.rs`).
+//! A circuit breaker per webhook: after a run of failures, from an endpoint that looks down
+//! rather than flaky ([`QUIET_MS`]), Herald stops sending to it for a cool-down, then lets one
+//! request through as a probe; success closes the circuit, failure opens it again for twice as
+//! long (up to a ceiling). Only the probe decides: the answers of requests sent before the
+//! circuit opened neither close it nor count as the probe's (a two-node soak against endpoints
+//! failing part of the time had the first success of those close every circuit within moments
+//! of its opening, and the next run of failures open it again, each time writing the webhook's
+//! backlog to the store and back). Deliveries that arrive while it is open are deferred to the
+//! end of the cool-down in the store: they wait, they are not dropped (unless that would carry
+//! them past the end of their retry schedule: see `health.rs`).
 //! While the probe is out they wait for its answer (at the latest, the end of its timeout): a
 //! probe that succeeds wakes them at once, one that fails puts them off to the next cool-down's
 //! end, both with one write to the store rather than one per delivery.
@@ -19,8 +20,8 @@ use herald_core::{OrgId, Timestamp, WebhookId};
 /// Consecutive failures that open the circuit...
 pub(crate) const THRESHOLD: u32 = 10;
 /// ...once no request has succeeded for this long either, or hardly any lately
-/// ([`DOWN_FAILURE_SHARE`]). An endpoint that fails many requests but answers others is flaky, not
-/// down: its deliveries go on, retried on their schedules. A two-node soak against endpoints
+/// ([`DOWN_FAILURE_SHARE`]). An endpoint that fails many requests but answers others is flaky,
+/// not down: its deliveries go on, retried on their schedules. A two-node soak against endpoints
 /// failing 65% of requests saw runs of ten failures every few seconds among the successes;
 /// with only the probe closing the circuit, each run shut the endpoint out for a cool-down or
 /// more, and most of its deliveries failed unsent.

@@ -955,13 +955,13 @@ const SKIPPED_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_milli
 
 /// Runs `sql` for `leases` of `org` (any, if `None`), and answers the ids it changed: a
 /// [`STILL_HELD`] statement that answers those ids, `$1` and `$2` the leases, `$3` the
-/// organization, `rest` its parameters from `$4` on. The rows it skipped while another statement held them,
-/// and still held under their leases, are tried again after a pause: such a lock is most often
-/// another node's claim of due work, whose snapshot predates this node's lease and which keeps
-/// the rows it read locked until its statement ends, a few milliseconds. Skipped for good, a
-/// delivery would be in no node's memory and due for none until its lease ended (a two-node
-/// soak left 1,624 so, for five minutes, all deferred by open circuits). Each statement
-/// commits on its own: nothing is held while pausing.
+/// organization, `rest` its parameters from `$4` on. The rows it skipped while another
+/// statement held them, and still held under their leases, are tried again after a pause: such
+/// a lock is most often another node's claim of due work, whose snapshot predates this node's
+/// lease and which keeps the rows it read locked until its statement ends, a few milliseconds.
+/// Skipped for good, a delivery would be in no node's memory and due for none until its lease
+/// ended (a two-node soak left 1,624 so, for five minutes, all deferred by open circuits). Each
+/// statement commits on its own: nothing is held while pausing.
 async fn write_held(
     c: &impl Conn,
     sql: &str,
