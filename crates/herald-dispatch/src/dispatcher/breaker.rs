@@ -166,11 +166,10 @@ impl Breaker {
                 waiting.push(until);
             }
             let was_open = self.open_until.is_some();
-            let failure_share = if was_open {
-                0.0
-            } else {
-                self.failure_share * (1.0 - SHARE_WEIGHT)
-            };
+            // Kept across a close: one probe's success is one request of the recent ones. Reset,
+            // an endpoint answering one request in fifty took over a hundred requests to be shut
+            // out again each time a lucky probe closed its circuit.
+            let failure_share = self.failure_share * (1.0 - SHARE_WEIGHT);
             *self = Self {
                 last_success: Some(now),
                 failure_share,
@@ -484,6 +483,30 @@ mod tests {
         one_in_fifty.push(true);
         let opened = outcomes(&one_in_fifty, 1_000).expect("opens");
         assert!(opened.as_millis() < QUIET_MS, "{opened:?}");
+        // A lucky probe closes it; ten more failures open it again, not a hundred.
+        let mut b = Breaker::default();
+        b.record(true, false, Timestamp::from_millis(0));
+        let mut at = Timestamp::from_millis(1);
+        while b.open_until().is_none() {
+            b.record(false, false, at);
+            at = at.plus_millis(1);
+        }
+        let probe = b.open_until().unwrap();
+        assert_eq!(b.gate(probe, PROBE_MS, false), Gate::Probe);
+        assert!(matches!(
+            b.record(true, true, probe),
+            Settled::Closed { .. }
+        ));
+        let failures = (1..=THRESHOLD)
+            .take_while(|i| {
+                b.record(false, false, probe.plus_millis(i64::from(*i))) == Settled::Unchanged
+            })
+            .count();
+        assert_eq!(
+            failures as u32,
+            THRESHOLD - 1,
+            "reopened by the tenth failure"
+        );
         // Ten failures in a row now and then, but most requests answered.
         let mut flaky = vec![false; 10];
         flaky.extend([true; 6]);
