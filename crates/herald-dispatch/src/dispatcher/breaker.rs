@@ -336,6 +336,13 @@ mod tests {
 
     const PROBE_MS: i64 = 16_000;
 
+    /// Records [`THRESHOLD`] failures in a row at `at`.
+    fn fail_in_a_row(b: &mut Breaker, at: Timestamp) {
+        for _ in 0..THRESHOLD {
+            b.record(false, false, at);
+        }
+    }
+
     #[test]
     fn the_circuit_opens_after_a_run_of_failures_and_a_probe_closes_it() {
         let mut b = Breaker::default();
@@ -374,9 +381,7 @@ mod tests {
     fn an_urgent_request_goes_as_the_probe_without_waiting_for_the_cool_down() {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
-        for _ in 0..THRESHOLD {
-            b.record(false, false, t);
-        }
+        fail_in_a_row(&mut b, t);
         let early = t.plus_millis(10);
         assert!(matches!(b.gate(early, PROBE_MS, false), Gate::Defer(_)));
         assert_eq!(b.gate(early, PROBE_MS, true), Gate::Probe);
@@ -395,9 +400,7 @@ mod tests {
     /// A breaker that opened at 0, whose first probe (30 s on) failed: what that answered.
     fn failed_probe(b: &mut Breaker) -> Settled {
         let t = Timestamp::from_millis(0);
-        for _ in 0..THRESHOLD {
-            b.record(false, false, t);
-        }
+        fail_in_a_row(b, t);
         let first = t.plus_millis(30_000);
         assert_eq!(b.gate(first, PROBE_MS, false), Gate::Probe);
         b.record(false, true, first)
@@ -452,9 +455,7 @@ mod tests {
         // A success resets the count: ten more failures open it only after as long again.
         let mut b = Breaker::default();
         b.record(true, false, silent);
-        for _ in 0..THRESHOLD {
-            b.record(false, false, silent.plus_millis(QUIET_MS - 1));
-        }
+        fail_in_a_row(&mut b, silent.plus_millis(QUIET_MS - 1));
         assert_eq!(b.open_until(), None);
         assert!(matches!(
             b.record(false, false, silent.plus_millis(QUIET_MS)),
@@ -524,9 +525,7 @@ mod tests {
     fn answers_sent_before_the_circuit_opened_are_remembered_not_obeyed() {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
-        for _ in 0..THRESHOLD {
-            b.record(false, false, t);
-        }
+        fail_in_a_row(&mut b, t);
         let (failed, succeeded) = (t.plus_millis(1_000), t.plus_millis(2_000));
         assert_eq!(b.record(false, false, failed), Settled::Unchanged);
         assert_eq!(b.record(true, false, succeeded), Settled::Unchanged);
@@ -575,9 +574,7 @@ mod tests {
         b.record(true, false, t);
         assert!(b.is_at_rest());
         let down = t.plus_millis(QUIET_MS);
-        for _ in 0..THRESHOLD {
-            b.record(false, false, down);
-        }
+        fail_in_a_row(&mut b, down);
         assert!(b.open_until().is_some(), "open");
         assert!(!b.is_at_rest());
         let probe = down.plus_millis(30_000);

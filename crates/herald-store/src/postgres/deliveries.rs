@@ -930,23 +930,28 @@ async fn victims_by_walk(
 const HELD_CHUNK: usize = 10_000;
 
 /// The deliveries still held under the leases named by `$1` (ids) and `$2` (each one's lease),
-/// pending and of the organization `$3` (any, if `NULL`), locked for the statement that follows.
-/// Rows another transaction holds are skipped rather than waited for: a change to all of a
-/// webhook's deliveries (a pause, a deletion) holding some of these and waiting for others
-/// would deadlock with it. [`write_held`] tries those again.
-const STILL_HELD: &str = "WITH mine AS ( \
-     SELECT d.id FROM deliveries d \
-     JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
-     WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
-     AND ($3::text IS NULL OR d.org_id = $3) \
-     FOR UPDATE OF d SKIP LOCKED) ";
+/// pending and of the organization `$3` (any, if `NULL`).
+macro_rules! still_held {
+    () => {
+        "SELECT d.id FROM deliveries d \
+         JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
+         WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
+         AND ($3::text IS NULL OR d.org_id = $3)"
+    };
+}
 
-/// Which of the deliveries named as in [`STILL_HELD`] are still held so, without locking
-/// (nor waiting for) them.
-const STILL_HELD_UNLOCKED: &str = "SELECT d.id FROM deliveries d \
-     JOIN unnest($1::text[], $2::bigint[]) AS l(id, lease_until) ON d.id = l.id \
-     WHERE d.state = 'pending' AND d.lease_until = l.lease_until \
-     AND ($3::text IS NULL OR d.org_id = $3)";
+/// [`still_held!`], locked for the statement that follows. Rows another transaction holds are
+/// skipped rather than waited for: a change to all of a webhook's deliveries (a pause, a
+/// deletion) holding some of these and waiting for others would deadlock with it.
+/// [`write_held`] tries those again.
+const STILL_HELD: &str = concat!(
+    "WITH mine AS (",
+    still_held!(),
+    " FOR UPDATE OF d SKIP LOCKED) "
+);
+
+/// [`still_held!`] without locking (nor waiting for) them.
+const STILL_HELD_UNLOCKED: &str = still_held!();
 
 /// How many more times [`write_held`] tries the rows it skipped, pausing 10 ms, then twice as
 /// long each time (310 ms in all).
