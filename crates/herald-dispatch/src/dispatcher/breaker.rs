@@ -78,7 +78,9 @@ pub(crate) struct Outage {
     pub(crate) since: Timestamp,
     /// When the endpoint last failed a request.
     pub(crate) last_failure: Timestamp,
-    /// When a request sent before the circuit opened last succeeded, if one did while open.
+    /// When a request last succeeded, if one ever did: before the circuit opened, or (a
+    /// request sent before it opened) since. Only one after `last_failure` says the endpoint
+    /// may be back.
     pub(crate) last_success: Option<Timestamp>,
 }
 
@@ -114,7 +116,8 @@ impl Breaker {
 
     /// Closed with no failure counted: what a new breaker would be, so it may be forgotten (but
     /// for when a request last succeeded, which a webhook's task, ending after a minute idle,
-    /// has outlived by more than [`QUIET_MS`]).
+    /// has outlived by more than [`QUIET_MS`], and the share of recent requests that failed,
+    /// which a success just lowered).
     pub(crate) fn is_at_rest(&self) -> bool {
         self.failures == 0 && self.open_until.is_none() && self.probe_due.is_none()
     }

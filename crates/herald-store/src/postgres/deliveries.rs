@@ -29,12 +29,14 @@ use herald_core::event::Event;
 use herald_core::retry::NextStep;
 use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
-    PurgeCount, PurgeFrom,
+    PurgeCount, PurgeFrom, StoreError,
 };
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use tokio_postgres::types::ToSql;
 
 use super::rows::{self, big};
+use deadpool_postgres::Pool;
+
 use super::{Conn, DbResult, conflict, not_found};
 use crate::paginate;
 
@@ -966,9 +968,15 @@ const SKIPPED_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_milli
 /// lease and which keeps the rows it read locked until its statement ends, a few milliseconds.
 /// Skipped for good, a delivery would be in no node's memory and due for none until its lease
 /// ended (a two-node soak left 1,624 so, for five minutes, all deferred by open circuits). Each
-/// statement commits on its own: nothing is held while pausing.
+/// statement commits on its own, and each round takes a connection from `pool` and gives it
+/// back before pausing: a webhook's attempts renewing leases while its pause holds their rows
+/// would otherwise hold a connection each through every pause, and drain the pool.
+///
+/// What a round changed is committed: if a later round fails, those ids are still answered
+/// (the rest keep their leases), so that a caller does not take deliveries it failed or
+/// renewed for untouched.
 async fn write_held(
-    c: &impl Conn,
+    pool: &Pool,
     sql: &str,
     leases: &[(DeliveryId, Timestamp)],
     org: Option<&str>,
@@ -985,31 +993,19 @@ async fn write_held(
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
-        let mut done = HashSet::new();
-        for chunk in left.chunks(HELD_CHUNK) {
-            let (ids, held): (Vec<&str>, Vec<i64>) = chunk.iter().copied().unzip();
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &held, &org];
-            params.extend_from_slice(rest);
-            for row in c.rows(sql, &params).await? {
-                let id: String = row.try_get(0)?;
-                changed.push(DeliveryId::from_trusted(id.clone()));
-                done.insert(id);
+        match write_round(pool, sql, &left, org, rest, &mut changed).await {
+            Ok(locked) => left.retain(|(id, _)| locked.contains(*id)),
+            Err(e) if !changed.is_empty() => {
+                let e = StoreError::from(e);
+                tracing::warn!(
+                    deliveries = left.len(),
+                    error = %herald_core::error_chain(&e),
+                    "could not finish writing deliveries held by this node; the rest come due when their leases end"
+                );
+                return Ok(changed);
             }
+            Err(e) => return Err(e),
         }
-        left.retain(|(id, _)| !done.contains(*id));
-        if left.is_empty() {
-            break;
-        }
-        // The others either are no longer under these leases (finished, cancelled, another
-        // node's) and are left alone, or were locked.
-        let mut locked = HashSet::new();
-        for chunk in left.chunks(HELD_CHUNK) {
-            let (ids, held): (Vec<&str>, Vec<i64>) = chunk.iter().copied().unzip();
-            for row in c.rows(STILL_HELD_UNLOCKED, &[&ids, &held, &org]).await? {
-                locked.insert(row.try_get::<_, String>(0)?);
-            }
-        }
-        left.retain(|(id, _)| locked.contains(*id));
         if left.is_empty() {
             break;
         }
@@ -1023,9 +1019,48 @@ async fn write_held(
     Ok(changed)
 }
 
+/// One round of [`write_held`]: runs `sql` for `left`, adding the ids it changed to `changed`,
+/// and answers which of the others are still held under their leases but were locked.
+async fn write_round(
+    pool: &Pool,
+    sql: &str,
+    left: &[(&str, i64)],
+    org: Option<&str>,
+    rest: &[&(dyn ToSql + Sync)],
+    changed: &mut Vec<DeliveryId>,
+) -> DbResult<HashSet<String>> {
+    let c = pool.get().await.map_err(super::pool_error)?;
+    let mut done = HashSet::new();
+    for chunk in left.chunks(HELD_CHUNK) {
+        let (ids, held): (Vec<&str>, Vec<i64>) = chunk.iter().copied().unzip();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &held, &org];
+        params.extend_from_slice(rest);
+        for row in c.rows(sql, &params).await? {
+            let id: String = row.try_get(0)?;
+            changed.push(DeliveryId::from_trusted(id.clone()));
+            done.insert(id);
+        }
+    }
+    // The others either are no longer under these leases (finished, cancelled, another node's)
+    // and are left alone, or were locked.
+    let mut locked = HashSet::new();
+    let others: Vec<(&str, i64)> = left
+        .iter()
+        .copied()
+        .filter(|(id, _)| !done.contains(*id))
+        .collect();
+    for chunk in others.chunks(HELD_CHUNK) {
+        let (ids, held): (Vec<&str>, Vec<i64>) = chunk.iter().copied().unzip();
+        for row in c.rows(STILL_HELD_UNLOCKED, &[&ids, &held, &org]).await? {
+            locked.insert(row.try_get::<_, String>(0)?);
+        }
+    }
+    Ok(locked)
+}
+
 /// Extends leases still held as given; answers the ids renewed ([`write_held`]).
 pub(crate) async fn renew_leases(
-    c: &impl Conn,
+    pool: &Pool,
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<Vec<DeliveryId>> {
@@ -1033,14 +1068,14 @@ pub(crate) async fn renew_leases(
         "{STILL_HELD} UPDATE deliveries d SET lease_until = $4, due_at = $4 \
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
-    write_held(c, &sql, leases, None, &[&until.as_millis()]).await
+    write_held(pool, &sql, leases, None, &[&until.as_millis()]).await
 }
 
 /// Gives leased deliveries back, due at `until` at the soonest; answers how many
 /// ([`write_held`]). One statement for a whole backlog (up to a thousand from an open circuit,
 /// or a webhook's queue on shutdown), not a round trip per delivery.
 pub(crate) async fn defer(
-    c: &impl Conn,
+    pool: &Pool,
     org: &OrgId,
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
@@ -1052,16 +1087,17 @@ pub(crate) async fn defer(
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
     let org = Some(org.as_str());
-    let deferred = write_held(c, &sql, leases, org, &[&until.as_millis()]).await?;
+    let deferred = write_held(pool, &sql, leases, org, &[&until.as_millis()]).await?;
     if !deferred.is_empty() {
-        announce_work(c).await?;
+        let c = pool.get().await.map_err(super::pool_error)?;
+        announce_work(&c).await?;
     }
     Ok(deferred.len())
 }
 
 /// Ends leased deliveries unsent, as `state` (see `Store::end_unsent`; [`write_held`]).
 pub(crate) async fn end_unsent(
-    c: &impl Conn,
+    pool: &Pool,
     org: &OrgId,
     leases: &[(DeliveryId, Timestamp)],
     state: DeliveryState,
@@ -1074,7 +1110,7 @@ pub(crate) async fn end_unsent(
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
     let rest: [&(dyn ToSql + Sync); 3] = [&error, &now.as_millis(), &state.as_str()];
-    write_held(c, &sql, leases, Some(org.as_str()), &rest).await
+    write_held(pool, &sql, leases, Some(org.as_str()), &rest).await
 }
 
 /// A webhook's deliveries deferred to exactly `deferred_to`, moved to `to` (found through
@@ -1257,7 +1293,8 @@ mod tests {
     /// A delivery that another statement holds locked for a moment when this node gives it
     /// back (another node's claim of due work keeps the rows it read locked until it ends) is
     /// tried again, not left leased to nobody until its lease ends; one whose lease is no
-    /// longer the one named is left alone.
+    /// longer the one named is left alone. The pool's one connection is free between tries:
+    /// another operation of the node's goes meanwhile.
     #[tokio::test]
     async fn deliveries_locked_for_a_moment_are_given_back_all_the_same() {
         use herald_core::store::Store;
@@ -1302,15 +1339,33 @@ mod tests {
             .batch_execute("BEGIN; SELECT 1 FROM deliveries WHERE id = 'dlv_a' FOR UPDATE")
             .await
             .unwrap();
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            locker.batch_execute("COMMIT").await.unwrap();
-            locker
+        let unlocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let release = tokio::spawn({
+            let unlocked = unlocked.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                locker.batch_execute("COMMIT").await.unwrap();
+                unlocked.store(true, std::sync::atomic::Ordering::SeqCst);
+                locker
+            }
         });
-        let deferred = store
-            .defer_deliveries(&org, &[held("dlv_a"), held("dlv_b"), held("dlv_c")], until)
-            .await
-            .unwrap();
+        let (deferred, went_while_locked) = tokio::join!(
+            async {
+                store
+                    .defer_deliveries(&org, &[held("dlv_a"), held("dlv_b"), held("dlv_c")], until)
+                    .await
+                    .unwrap()
+            },
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+                store.next_due_at().await.unwrap();
+                !unlocked.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        );
+        assert!(
+            went_while_locked,
+            "another operation waited for the retries to end"
+        );
         let locker = release.await.unwrap();
         let rows = locker
             .query("SELECT id, lease_until FROM deliveries ORDER BY id", &[])

@@ -419,11 +419,7 @@ async fn give_back(
     if held.is_empty() {
         return Ok(());
     }
-    let given_back = timed(async {
-        let client = pool.get().await.map_err(pool_error)?;
-        Ok(deliveries::defer(&client, org, &held, now).await?)
-    })
-    .await;
+    let given_back = timed(async { Ok(deliveries::defer(pool, org, &held, now).await?) }).await;
     match given_back {
         Ok(deferred) => {
             tracing::debug!(

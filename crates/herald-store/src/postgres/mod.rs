@@ -296,7 +296,7 @@ impl PostgresStore {
         in_tx!(self, |tx| webhooks::reencrypt(&tx, &cipher))
     }
 
-    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+    pub(crate) async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
     }
 }
@@ -692,7 +692,7 @@ impl Store for PostgresStore {
         // change to all of the webhook's deliveries (a pause, a deletion) that holds that one
         // and waits for these. Each statement skips the rows others hold instead, and tries
         // them again (see `deliveries::write_held`). Deferring twice is harmless.
-        on_client!(self, |c| deliveries::defer(&c, org, leases, until))
+        timed(async { Ok(deliveries::defer(&self.pool, org, leases, until).await?) }).await
     }
 
     async fn end_unsent(
@@ -704,9 +704,10 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> StoreResult<Vec<DeliveryId>> {
         // Not in a transaction of its own, for the reason `defer_deliveries` gives.
-        on_client!(self, |c| deliveries::end_unsent(
-            &c, org, leases, state, error, now
-        ))
+        timed(async {
+            Ok(deliveries::end_unsent(&self.pool, org, leases, state, error, now).await?)
+        })
+        .await
     }
 
     async fn renew_leases(
@@ -714,7 +715,7 @@ impl Store for PostgresStore {
         leases: &[(DeliveryId, Timestamp)],
         until: Timestamp,
     ) -> StoreResult<Vec<DeliveryId>> {
-        on_client!(self, |c| deliveries::renew_leases(&c, leases, until))
+        timed(async { Ok(deliveries::renew_leases(&self.pool, leases, until).await?) }).await
     }
 
     async fn move_deferred(
