@@ -3,6 +3,7 @@
 //! numbered sequence for every backend.
 
 pub mod cipher;
+pub mod copy;
 pub mod migrations;
 pub mod postgres;
 pub mod sqlite;

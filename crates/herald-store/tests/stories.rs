@@ -3328,6 +3328,158 @@ async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
     assert!(due.iter().all(|d| !d.event.id.is_empty()));
 }
 
+/// `herald copy`: the schema-6 database (written through Herald's API), upgraded and copied
+/// into an empty PostgreSQL schema, reads the same there through the store, secrets included;
+/// what was pending comes due, deliveries a stopped node had leased too; and a second copy
+/// into it is refused without changing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
+    let Some((_schema, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-6.db");
+    std::fs::copy(fixture, &path).unwrap();
+    let cipher = || SecretCipher::new(Some(SCHEMA_6_KEY), &[]).unwrap();
+    let sqlite = SqliteStore::open_with_cipher(&path, cipher()).unwrap();
+    sqlite.reencrypt_stale_secrets().await.unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(sqlite);
+    // A node stopped with three deliveries leased (attempts in flight).
+    let now = Timestamp::from_millis(i64::MAX / 4);
+    let leased = sqlite
+        .claim_due(now, now.plus_secs(LEASE_SECS), 3)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 3);
+    let ids = |sql: &str| -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut statement = conn.prepare(sql).unwrap();
+        statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let deliveries = ids("SELECT org_id, id FROM deliveries");
+    let events = ids("SELECT org_id, id FROM events");
+    let orgs = ids("SELECT id, handle FROM organizations");
+    let held =
+        ids("SELECT id, id FROM deliveries WHERE state = 'pending' AND lease_until IS NOT NULL");
+    assert!(deliveries.len() > 30 && events.len() > 5 && orgs.len() == 2);
+
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let target = PostgresStore::new(&scoped, PostgresOptions { pool_size: 2 }, cipher()).unwrap();
+    let mut progress = Vec::new();
+    let copied = herald_store::copy::sqlite_to_postgres(&path, &target, |p| {
+        progress.push((p.table.to_owned(), p.copied, p.total));
+    })
+    .await
+    .unwrap();
+    assert!(held.len() >= 3);
+    assert_eq!(copied.released, held.len() as u64);
+    let rows = |table: &str| copied.rows.iter().find(|(t, _)| *t == table).unwrap().1;
+    assert_eq!(rows("deliveries"), deliveries.len() as u64);
+    assert_eq!(rows("events"), events.len() as u64);
+    assert!(
+        progress.contains(&(
+            "deliveries".into(),
+            deliveries.len() as u64,
+            deliveries.len() as u64
+        )),
+        "{progress:?}"
+    );
+    assert_eq!(
+        target.reencrypt_stale_secrets().await.unwrap(),
+        0,
+        "sealed as they were"
+    );
+    let postgres: Arc<dyn Store> = Arc::new(target);
+
+    // The same through the store on both sides.
+    for (org, _) in &orgs {
+        let org = OrgId::parse(org).unwrap();
+        assert_eq!(
+            postgres.get_org(&org).await.unwrap(),
+            sqlite.get_org(&org).await.unwrap()
+        );
+        let keys = sqlite.list_api_keys(&org).await.unwrap();
+        assert_eq!(postgres.list_api_keys(&org).await.unwrap(), keys);
+        for key in &keys {
+            assert_eq!(
+                postgres.find_api_key(&key.key_hash).await.unwrap().as_ref(),
+                Some(key)
+            );
+        }
+        assert_eq!(
+            postgres.list_event_types(&org).await.unwrap(),
+            sqlite.list_event_types(&org).await.unwrap()
+        );
+        let hooks = sqlite.org_webhooks(&org).await.unwrap();
+        assert!(
+            postgres.org_webhooks(&org).await.unwrap() == hooks,
+            "webhooks differ"
+        );
+        assert!(hooks.iter().all(|w| !w.secret.is_empty()));
+        assert_eq!(
+            postgres.org_subscriptions(&org).await.unwrap(),
+            sqlite.org_subscriptions(&org).await.unwrap()
+        );
+    }
+    for (org, id) in &events {
+        let org = OrgId::parse(org).unwrap();
+        let (a, b) = (
+            sqlite.get_event(&org, id).await.unwrap(),
+            postgres.get_event(&org, id).await.unwrap(),
+        );
+        assert_eq!(
+            serde_json::to_value(&a).unwrap(),
+            serde_json::to_value(&b).unwrap()
+        );
+        assert_eq!(a.data.get(), b.data.get(), "byte for byte");
+    }
+    for (org, id) in &deliveries {
+        let (org, id) = (OrgId::parse(org).unwrap(), DeliveryId::parse(id).unwrap());
+        // (The leased ones as put back on their schedule: the copy does what a start would.)
+        let (here, attempts) = sqlite.get_delivery(&org, &id).await.unwrap();
+        let (there, copied_attempts) = postgres.get_delivery(&org, &id).await.unwrap();
+        assert_eq!(there, here);
+        assert_eq!(copied_attempts, attempts);
+    }
+    // Everything pending comes due at once on PostgreSQL, the three leased ones too.
+    let pending = sqlite
+        .claim_due(now, now.plus_secs(LEASE_SECS), 1000)
+        .await
+        .unwrap()
+        .len();
+    let due = postgres
+        .claim_due(now, now.plus_secs(LEASE_SECS), 1000)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), pending, "every pending delivery due");
+    for d in &leased {
+        assert!(due.iter().any(|x| x.delivery_id == d.delivery_id));
+    }
+
+    // Again into the same database: refused, and nothing changes.
+    let again = PostgresStore::new(&scoped, PostgresOptions { pool_size: 2 }, cipher()).unwrap();
+    let refused = herald_store::copy::sqlite_to_postgres(&path, &again, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        herald_core::error_chain(&refused).contains("already holds Herald data"),
+        "{refused:?}"
+    );
+    let still: i64 = admin_client(&url)
+        .await
+        .query_one(&format!("SELECT count(*) FROM {schema}.deliveries"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still as usize, deliveries.len());
+}
+
 /// A Herald from before deliveries named their event by its sequence number (migration 8),
 /// run again on an upgraded SQLite file, stores deliveries without that number: nothing finds
 /// them until the next start links them to their events, or fails them where their event is

@@ -24,6 +24,15 @@ pub struct DatabaseLock {
 impl DatabaseLock {
     /// Locks the database at `db_path`, or says who holds it.
     pub fn acquire(db_path: &Path) -> anyhow::Result<Self> {
+        Self::acquire_or_advise(
+            db_path,
+            "stop it first, or give this one a --data-dir of its own (nodes that share data use \
+             PostgreSQL: --database-url)",
+        )
+    }
+
+    /// [`Self::acquire`], with `advice` on what to do when another process holds it.
+    pub fn acquire_or_advise(db_path: &Path, advice: &str) -> anyhow::Result<Self> {
         let path = lock_path(db_path);
         let mut file = OpenOptions::new()
             .read(true)
@@ -42,9 +51,7 @@ impl DatabaseLock {
                 Err(TryLockError::WouldBlock) => {
                     let holder = read_holder(&mut file);
                     bail!(
-                        "another Herald{holder} is using this database (it holds {}); stop it \
-                         first, or give this one a --data-dir of its own (nodes that share data \
-                         use PostgreSQL: --database-url)",
+                        "another Herald{holder} is using this database (it holds {}); {advice}",
                         path.display()
                     );
                 }

@@ -206,6 +206,12 @@ where
     })?
 }
 
+/// Puts back on its schedule every delivery a node had leased (what a node's start does), for
+/// `herald copy`, which holds the database's lock.
+pub(crate) fn release_all_leases(conn: &Connection) -> StoreResult<u64> {
+    deliveries::release_all_leases(conn).map_err(StoreError::from_db)
+}
+
 /// Opens one connection with Herald's settings.
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
     create_private(path)?;

@@ -14,6 +14,7 @@ macro_rules! out {
 mod backup;
 mod bench;
 mod client;
+mod copy;
 mod listen;
 mod serve;
 
@@ -128,6 +129,13 @@ pub enum Command {
   herald backup --to /backups/herald-$(date +%F)   # from ./herald-data
   herald backup --data-dir /var/lib/herald --to /backups/herald-$(date +%F)")]
     Backup(backup::BackupArgs),
+    /// Copy the embedded database into an empty PostgreSQL database, to run several nodes on
+    /// it: organizations, keys, webhooks and their secrets, event types, events, deliveries
+    /// (pending ones too) and attempts, all or nothing. Stop the server first.
+    #[command(after_help = "Examples:
+  herald copy --to postgres://herald@db/herald     # from ./herald-data
+  herald copy --data-dir /var/lib/herald --to \"$HERALD_DATABASE_URL\"")]
+    Copy(Box<copy::CopyArgs>),
     /// Receive webhooks locally for testing: print each request, check its signature (Standard
     /// Webhooks, Optare, hub or Opal) with --secret, answer WebSub challenges.
     #[command(after_help = "Examples:
@@ -297,6 +305,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),
         Command::Backup(args) => backup::backup(args),
+        Command::Copy(args) => copy::copy(*args),
         Command::Listen(args) => listen::listen(args),
         Command::Bench(args) => bench::bench(args),
         Command::Orgs { conn, command } => client::orgs(conn, command),

@@ -15,7 +15,7 @@ use crate::config::{LogFormat, LogSettings, MigrateSettings, Settings};
 /// (32 lines for one restart), where Herald's own lines say what it means, once per 10 s.
 const POOL_TARGET: &str = "deadpool";
 
-fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
+pub(super) fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
     let mut filter = EnvFilter::try_new(&logging.log).with_context(|| {
         format!(
             "'{}' is not a valid log filter; try 'info' or 'herald=debug,info'",
@@ -53,7 +53,7 @@ fn init_logging(logging: &LogSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -73,6 +73,19 @@ impl Server {
 }
 
 impl Server {
+    /// `GET path` as the admin: the JSON answered.
+    pub(crate) async fn get_json(&self, path: &str) -> serde_json::Value {
+        http_client()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Creates an organization with one webhook, `sink`, delivering to `rx`'s `/sink`; answers
     /// the organization's id.
     pub(crate) async fn org_with_sink(&self, rx: &TestReceiver) -> String {
@@ -725,6 +738,104 @@ async fn a_second_herald_on_one_data_directory_is_refused() {
     );
 }
 
+/// `herald copy` moves a stopped server's data into an empty PostgreSQL database: refused while
+/// the server runs, then copied with progress and a summary; a node started on PostgreSQL
+/// serves the copied history and delivers new events; a second copy into it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_copy_moves_a_stopped_server_to_postgresql() {
+    let Some(db) = TestDatabase::create("herald_copy_moves_a_stopped_server_to_postgresql").await
+    else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    let (dir, pg_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let http = http_client();
+    let mut server = Server::start(dir.path()).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let org = server
+        .org_with_webhook(&rx.url("/sink"), json!({ "secret": secret }))
+        .await;
+    let post = |base: &str, id: &str| {
+        http.post(format!("{base}/v1/orgs/{org}/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } }))
+            .send()
+    };
+    let mut acked = HashSet::new();
+    for i in 0..20 {
+        let id = format!("before-{i}");
+        assert_eq!(
+            post(&server.base, &id).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+        acked.insert(id);
+    }
+    wait_until_delivered(&rx, &acked, Duration::from_secs(20)).await;
+    let copy = || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["copy", "--to", &db.url])
+            .env("HERALD_DATA_DIR", dir.path())
+            .env("HERALD_LOG", "warn")
+            .kill_on_drop(true)
+            .output()
+    };
+    let running = copy().await.unwrap();
+    let stderr = String::from_utf8_lossy(&running.stderr);
+    assert!(!running.status.success());
+    assert!(
+        stderr.contains("stop that server before copying"),
+        "{stderr}"
+    );
+
+    server.child.kill().await.unwrap();
+    let copied = copy().await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&copied.stdout),
+        String::from_utf8_lossy(&copied.stderr),
+    );
+    assert!(copied.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("deliveries") && stderr.contains("20 of 20"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("1 organization, 1 webhook, 20 events, 20 deliveries, 20 attempts"),
+        "{stdout}"
+    );
+
+    let node = Server::start_with(pg_dir.path(), &[("HERALD_DATABASE_URL", db.url.clone())]).await;
+    let hooks = node.get_json(&format!("/v1/orgs/{org}/webhooks")).await;
+    let hook = hooks["data"][0]["id"].as_str().unwrap();
+    let history = node
+        .get_json(&format!(
+            "/v1/orgs/{org}/webhooks/{hook}/deliveries?state=succeeded&limit=100"
+        ))
+        .await;
+    assert_eq!(history["data"].as_array().unwrap().len(), 20, "{history}");
+    assert_eq!(
+        post(&node.base, "after").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    acked.insert("after".into());
+    wait_until_delivered(&rx, &acked, Duration::from_secs(20)).await;
+    // Signed with the copied secret.
+    let sent = rx.received_on("/sink");
+    assert_eq!(sent.len(), 21);
+    let last = sent
+        .iter()
+        .find(|r| r.json()["data"]["user"]["id"] == "after")
+        .unwrap();
+    last.verify_standard(secret).unwrap();
+
+    let again = copy().await.unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        stderr.contains("already holds Herald data") && stderr.contains("nothing was copied"),
+        "{stderr}"
+    );
+}
+
 /// `herald backup` copies the database while the server stores events under load: the copy is
 /// whole (SQLite's integrity check), holds every event acknowledged before it began, keeps the
 /// admin token private beside it, and a server started on it serves what it holds.
@@ -870,15 +981,7 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
 
     // Restored: a server started on the copy serves what it holds.
     let restored = Server::start(&copy_dir).await;
-    let page: serde_json::Value = http
-        .get(format!("{}/v1/orgs/{org}/webhooks", restored.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = restored.get_json(&format!("/v1/orgs/{org}/webhooks")).await;
     assert_eq!(page["data"][0]["name"], "sink", "{page}");
 }
 

@@ -21,7 +21,7 @@ mod progress;
 mod receiver;
 mod relay;
 mod repeat;
-mod report;
+pub(crate) mod report;
 mod restart;
 mod scenarios;
 mod server;
