@@ -91,7 +91,7 @@ impl Dispatcher {
     /// Moves what the breaker deferred while the circuit was open: due now if the circuit
     /// closed, to the next cool-down's end if its probe failed. One store call, whatever the
     /// backlog; if it fails, they come due at their old time and are deferred again.
-    async fn move_deferred(&self, webhook: &WebhookId, moved: Move) {
+    pub(super) async fn move_deferred(&self, webhook: &WebhookId, moved: Move) {
         let Move { from, to } = moved;
         match self.shared.store.move_deferred(webhook, from, to).await {
             Ok(0) => {}

@@ -13,7 +13,7 @@ use herald_core::WebhookId;
 use herald_core::store::DueDelivery;
 use herald_core::webhook::Webhook;
 
-use super::breaker::{self, Gate};
+use super::breaker::{self, Gate, Move};
 use super::health::past_schedule;
 use super::limit::{Limit, Slot};
 
@@ -318,6 +318,18 @@ impl Dispatcher {
         let ids = waiting.iter().map(|d| &d.delivery_id);
         if let Err(e) = self.defer_held(org, ids, until).await {
             tracing::error!(webhook = %webhook, error = %herald_core::error_chain(&e), "could not defer deliveries; they come back when their lease ends");
+        }
+        // A probe that succeeded while these were written moved what it found put off to
+        // `until`, but not these: they would wait for the probe's deadline (up to a minute).
+        let closed = breaker::of(
+            &mut self.shared.breakers.lock().expect("breakers lock"),
+            webhook,
+        )
+        .open_until()
+        .is_none();
+        if closed {
+            let to = self.shared.clock.now();
+            self.move_deferred(webhook, Move { from: until, to }).await;
         }
         self.wake_delivery_scheduler();
         None
