@@ -15,12 +15,14 @@
 //! array per column); at most a few chunks wait between the two.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use herald_core::store::{StoreError, StoreResult};
 use rusqlite::types::ValueRef;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
+use crate::cipher::SecretCipher;
 use crate::postgres::{PostgresStore, sql};
 
 /// The tables copied, in this order.
@@ -151,10 +153,13 @@ enum Message {
 /// Copies the SQLite database at `sqlite` into `target`, whose schema must be current and whose
 /// tables must be empty. Nothing else may use the SQLite database meanwhile (the caller holds
 /// its lock): deliveries leased by a node that stopped are first put back on their schedule,
-/// as that node's next start would.
+/// as that node's next start would; nothing else in it is written. Every stored webhook secret
+/// must open with `cipher` (the keys the nodes will have), or nothing is copied; they are
+/// copied as stored (the nodes seal plain ones with their key when they start).
 pub async fn sqlite_to_postgres(
     sqlite: &Path,
     target: &PostgresStore,
+    cipher: Arc<SecretCipher>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> StoreResult<Copied> {
     let mut client = target.client().await?;
@@ -180,6 +185,13 @@ pub async fn sqlite_to_postgres(
         .await
         .map_err(sql)?
         .get(0);
+    let current = crate::migrations::POSTGRES.len() as i64;
+    if version != current {
+        return Err(other(&format!(
+            "the PostgreSQL database's schema is at version {version}, made by a newer Herald \
+             (this one's is {current}); copy with that version, or into a new, empty database"
+        )));
+    }
     let mut columns = Vec::with_capacity(TABLES.len());
     for table in TABLES {
         check_empty(&tx, table).await?;
@@ -189,7 +201,7 @@ pub async fn sqlite_to_postgres(
     let (sender, mut receiver) = mpsc::channel(4);
     let reader = {
         let (path, columns) = (sqlite.to_path_buf(), columns.clone());
-        tokio::task::spawn_blocking(move || read_sqlite(path, version, columns, sender))
+        tokio::task::spawn_blocking(move || read_sqlite(path, version, &cipher, columns, sender))
     };
     let mut copied = Copied::default();
     let (mut table, mut total) = (0, 0);
@@ -282,13 +294,13 @@ async fn check_empty(tx: &tokio_postgres::Transaction<'_>, table: &str) -> Store
         .map_err(sql)?
         .get(0);
     if rows > 0 {
-        let shown = if rows >= 1000 {
-            "1,000 or more".to_owned()
-        } else {
-            rows.to_string()
+        let shown = match rows {
+            1 => "1 row".to_owned(),
+            1000.. => "1,000 or more rows".to_owned(),
+            n => format!("{n} rows"),
         };
         return Err(other(&format!(
-            "the PostgreSQL database already holds Herald data ({shown} rows in `{table}`); \
+            "the PostgreSQL database already holds Herald data ({shown} in `{table}`); \
              copy into a new, empty database"
         )));
     }
@@ -337,14 +349,12 @@ fn insert_sql(table: &str, columns: &[Column]) -> String {
 fn read_sqlite(
     path: PathBuf,
     version: i64,
+    cipher: &SecretCipher,
     columns: Vec<Vec<Column>>,
     sender: mpsc::Sender<Message>,
 ) -> StoreResult<u64> {
     let conn = crate::sqlite::open_connection(&path, false)?;
-    let released = crate::sqlite::release_all_leases(&conn)?;
     let fail = |e: rusqlite::Error| crate::sqlite::classify(&e);
-    // One read transaction: every table as of the same moment.
-    conn.execute_batch("BEGIN").map_err(fail)?;
     let own: i64 = conn
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -354,10 +364,15 @@ fn read_sqlite(
         .map_err(fail)?;
     if own != version {
         return Err(other(&format!(
-            "the SQLite database's schema is at version {own}, the PostgreSQL database's at \
-             {version}; run `herald migrate` on both with this version of Herald first"
+            "the embedded database's schema is at version {own}, made by a newer Herald (this \
+             one's is {version}); copy with that version"
         )));
     }
+    crate::sqlite::check_secrets_open(&conn, cipher)?;
+    // Checked first: a copy refused leaves the source as it was.
+    let released = crate::sqlite::release_all_leases(&conn)?;
+    // One read transaction: every table as of the same moment.
+    conn.execute_batch("BEGIN").map_err(fail)?;
     for (table, columns) in TABLES.iter().zip(&columns) {
         let total: i64 = conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))

@@ -3371,8 +3371,22 @@ async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
     let separator = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
     let target = PostgresStore::new(&scoped, PostgresOptions { pool_size: 2 }, cipher()).unwrap();
+    // Without the key its secrets were sealed with: refused, nothing copied (the copy below
+    // finds the database empty).
+    let keyless = herald_store::copy::sqlite_to_postgres(
+        &path,
+        &target,
+        Arc::new(SecretCipher::none()),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        herald_core::error_chain(&keyless).contains("not configured"),
+        "{keyless:?}"
+    );
     let mut progress = Vec::new();
-    let copied = herald_store::copy::sqlite_to_postgres(&path, &target, |p| {
+    let copied = herald_store::copy::sqlite_to_postgres(&path, &target, Arc::new(cipher()), |p| {
         progress.push((p.table.to_owned(), p.copied, p.total));
     })
     .await
@@ -3464,7 +3478,7 @@ async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
 
     // Again into the same database: refused, and nothing changes.
     let again = PostgresStore::new(&scoped, PostgresOptions { pool_size: 2 }, cipher()).unwrap();
-    let refused = herald_store::copy::sqlite_to_postgres(&path, &again, |_| {})
+    let refused = herald_store::copy::sqlite_to_postgres(&path, &again, Arc::new(cipher()), |_| {})
         .await
         .unwrap_err();
     assert!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -99,6 +99,8 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let database_lock = lock_database(&settings.storage).await?;
     if settings.storage.database_url.is_some() {
         make_data_dir(&data_dir)?;
+    } else {
+        refuse_if_copied(&data_dir)?;
     }
     let store = open_store(
         &settings.storage,
@@ -268,6 +270,26 @@ pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("could not create the data directory {}", dir.display()))
+}
+
+/// The file `herald copy` leaves in a data directory it copied to PostgreSQL: `serve` will not
+/// run on it again.
+pub const COPIED_MARKER: &str = "copied-to-postgresql";
+
+/// Refuses to serve an embedded database that was copied to PostgreSQL: what it had pending
+/// would be sent a second time, and events it took would not reach the nodes.
+fn refuse_if_copied(data_dir: &Path) -> anyhow::Result<()> {
+    let marker = data_dir.join(COPIED_MARKER);
+    let Ok(note) = std::fs::read_to_string(&marker) else {
+        return Ok(());
+    };
+    let copied = note.lines().next().unwrap_or_default();
+    bail!(
+        "this data directory was copied to PostgreSQL ({copied}); start Herald on PostgreSQL \
+         (HERALD_DATABASE_URL) instead: this server would send what it had pending a second \
+         time. To run it anyway, remove {}",
+        marker.display()
+    )
 }
 
 /// Locks the embedded database for this process (see [`DatabaseLock`]); nothing to lock for

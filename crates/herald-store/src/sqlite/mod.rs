@@ -212,6 +212,12 @@ pub(crate) fn release_all_leases(conn: &Connection) -> StoreResult<u64> {
     deliveries::release_all_leases(conn).map_err(StoreError::from_db)
 }
 
+/// Checks that every stored webhook secret and custom header opens with `cipher`, writing
+/// nothing: for `herald copy`, whose target's nodes will have these keys.
+pub(crate) fn check_secrets_open(conn: &Connection, cipher: &SecretCipher) -> StoreResult<()> {
+    webhooks::check_secrets_open(conn, cipher).map_err(StoreError::from_db)
+}
+
 /// Opens one connection with Herald's settings.
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
     create_private(path)?;

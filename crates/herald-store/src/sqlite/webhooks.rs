@@ -299,12 +299,7 @@ pub(crate) fn note_outcome(
 
 /// Seals again every secret and custom header value that is plain or sealed with an old key.
 pub(crate) fn reencrypt(conn: &Connection, cipher: &crate::cipher::SecretCipher) -> DbResult<u64> {
-    let rows: Vec<(String, String, Option<String>, String)> = conn
-        .prepare(
-            "SELECT id, secret, previous_secret, headers FROM webhooks WHERE deleted_at IS NULL",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows = stored_secrets(conn)?;
     let mut update = conn.prepare_cached(
         "UPDATE webhooks SET secret = ?1, previous_secret = ?2, headers = ?3 WHERE id = ?4",
     )?;
@@ -321,4 +316,29 @@ pub(crate) fn reencrypt(conn: &Connection, cipher: &crate::cipher::SecretCipher)
         rewritten += 1;
     }
     Ok(rewritten)
+}
+
+/// A webhook's id and its stored secret, previous secret and custom headers.
+type StoredSecrets = (String, String, Option<String>, String);
+
+/// Each webhook's stored secrets (deleted ones have none).
+fn stored_secrets(conn: &Connection) -> DbResult<Vec<StoredSecrets>> {
+    Ok(conn
+        .prepare(
+            "SELECT id, secret, previous_secret, headers FROM webhooks WHERE deleted_at IS NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Checks that what [`reencrypt`] would reseal opens with `cipher`, writing nothing.
+pub(crate) fn check_secrets_open(
+    conn: &Connection,
+    cipher: &crate::cipher::SecretCipher,
+) -> DbResult<()> {
+    for (id, secret, previous, headers) in stored_secrets(conn)? {
+        crate::cipher::Resealed::of(cipher, &id, &secret, previous.as_deref(), &headers)
+            .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
+    }
+    Ok(())
 }

@@ -2,14 +2,15 @@
 //! to become several. The copying is the store's (`herald_store::copy`); this command checks
 //! where from and where to, shows progress, and says what to do next.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use herald_store::cipher::SecretCipher;
 use herald_store::copy::{Progress, sqlite_to_postgres};
-use herald_store::{PostgresOptions, PostgresStore};
+use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use super::bench::report::thousands;
 use crate::app;
@@ -40,10 +41,8 @@ pub fn copy(args: CopyArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: CopyArgs) -> anyhow::Result<()> {
+    check_target(&args.to)?;
     let shown = redact_password(&args.to);
-    if !args.to.starts_with("postgres://") && !args.to.starts_with("postgresql://") {
-        bail!("--to must be a PostgreSQL URL, postgres://user[:password]@host[:port]/database");
-    }
     let source = args.data_dir.join("herald.db");
     if !source.is_file() {
         bail!(
@@ -52,11 +51,11 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
-    let embedded = StorageSettings {
-        data_dir: args.data_dir.clone(),
-        database_url: None,
-        database_pool_size: 1,
-    };
+    let cipher = SecretCipher::new(
+        args.encryption.encryption_key.as_deref(),
+        &args.encryption.encryption_old_keys,
+    )
+    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
     // Held to the end: events a server took after the copy began would not be in PostgreSQL.
     let _lock = {
         let source = source.clone();
@@ -69,8 +68,15 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         })
         .await??
     };
-    // Brings it to this version's schema, and checks that its secrets open with the keys given.
-    drop(app::open_store(&embedded, &args.encryption, true).await?);
+    // Brings it to this version's schema first, as a start of this version would.
+    {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || SqliteStore::open(&source))
+            .await?
+            .with_context(|| {
+                format!("could not open the database in {}", args.data_dir.display())
+            })?;
+    }
 
     let target = PostgresStore::new(
         &args.to,
@@ -86,7 +92,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
     eprintln!("Copying {} to {shown} ...", source.display());
     let started = Instant::now();
     let mut shown_at = Instant::now();
-    let copied = sqlite_to_postgres(&source, &target, |p: Progress<'_>| {
+    let copying = sqlite_to_postgres(&source, &target, Arc::new(cipher), |p: Progress<'_>| {
         let done = p.copied == p.total;
         if done || shown_at.elapsed() >= PROGRESS_EVERY {
             shown_at = Instant::now();
@@ -98,14 +104,23 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
                 if done { "" } else { " ..." }
             );
         }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{}; nothing was copied", herald_core::error_chain(&e)))?;
+    });
+    let copied = tokio::select! {
+        copied = copying => copied
+            .map_err(|e| anyhow::anyhow!("{}; nothing was copied", herald_core::error_chain(&e)))?,
+        _ = super::ctrl_c_or_sigterm() => {
+            // The transaction ends unfinished with the process: PostgreSQL rolls it back.
+            eprintln!("Stopped: nothing was copied; run `herald copy` again to copy everything.");
+            std::process::exit(130);
+        }
+    };
+    mark_copied(&args.data_dir, &shown)?;
 
-    // Opened as a node opens it: every secret must open with the keys the nodes will have.
+    // Opened as a node opens it: sealed with the key given, if a secret was stored plain.
     let nodes = StorageSettings {
+        data_dir: args.data_dir.clone(),
         database_url: Some(args.to.clone()),
-        ..embedded.clone()
+        database_pool_size: 1,
     };
     app::open_store(&nodes, &args.encryption, false)
         .await
@@ -134,22 +149,96 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         counted.join(", ")
     );
-    out!("Start the nodes on it: HERALD_DATABASE_URL={shown} herald serve");
+    let password = if shown == args.to {
+        ""
+    } else {
+        " (with the password, left out here)"
+    };
+    out!("Start the nodes on it: HERALD_DATABASE_URL='{shown}' herald serve{password}");
     out!(
-        "Do not start the server on {} again: events it took would not reach PostgreSQL, and the \
-         deliveries it still had pending would be sent by both.",
-        args.data_dir.display()
+        "The server on {} will not start again (it would send what it had pending a second \
+         time, and events it took would not reach PostgreSQL); {} says so.",
+        args.data_dir.display(),
+        app::COPIED_MARKER
     );
     if args.data_dir.join("admin-token").is_file() {
         out!(
-            "The admin token was generated in {}/admin-token; give every node the same one with \
-             HERALD_ADMIN_TOKEN (nodes on PostgreSQL each generate their own otherwise). API keys \
-             were copied and work as before.",
-            args.data_dir.display()
+            "The admin token was generated in {}; give every node the same one with \
+             HERALD_ADMIN_TOKEN (nodes on PostgreSQL each generate their own otherwise).",
+            args.data_dir.join("admin-token").display()
         );
     }
+    if count("api_keys") > 0 {
+        out!("API keys were copied and work as before.");
+    }
     if args.encryption.encryption_key.is_some() {
-        out!("Webhook secrets stay encrypted: give every node the same HERALD_ENCRYPTION_KEY.");
+        out!(
+            "Webhook secrets are encrypted with HERALD_ENCRYPTION_KEY in PostgreSQL: give every \
+             node the same key."
+        );
     }
     Ok(())
+}
+
+/// Refuses what is not a PostgreSQL URL naming its database (without one, PostgreSQL would take
+/// the user's name: for `postgres`, its maintenance database).
+fn check_target(url: &str) -> anyhow::Result<()> {
+    const SHAPE: &str = "postgres://user[:password]@host[:port]/database";
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        bail!("--to must be a PostgreSQL URL, {SHAPE}");
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let after_host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    match after_host.split_once('/') {
+        Some((_, database)) if !database.is_empty() => Ok(()),
+        _ => bail!("--to names no database; give one: {SHAPE}"),
+    }
+}
+
+/// Leaves a note in the data directory that keeps `herald serve` from running on it again.
+fn mark_copied(data_dir: &Path, shown: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(app::COPIED_MARKER);
+    let at = herald_core::Clock::now(&herald_core::SystemClock).to_rfc3339();
+    std::fs::write(
+        &path,
+        format!(
+            "Copied to {shown} at {at} by `herald copy`.\n\
+             Start Herald on PostgreSQL instead: a server on this directory would send the \
+             deliveries it had pending a second time, and events it took would not reach \
+             PostgreSQL. Remove this file to run it anyway.\n"
+        ),
+    )
+    .with_context(|| {
+        format!(
+            "the copy is complete, but {} could not be written; do not start the server on {} \
+             again",
+            path.display(),
+            data_dir.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_target;
+
+    #[test]
+    fn a_target_must_name_its_database() {
+        assert!(check_target("postgres://herald:pw@db:5432/herald?sslmode=disable").is_ok());
+        assert!(check_target("postgresql://db/herald").is_ok());
+        for refused in [
+            "postgres://postgres@127.0.0.1:5432",
+            "postgres://postgres@127.0.0.1:5432/",
+            "postgres://u@h/?x=1",
+            "mysql://u@h/db",
+            "herald",
+        ] {
+            assert!(check_target(refused).is_err(), "{refused}");
+        }
+        // A slash in the password is not the database.
+        assert!(check_target("postgres://u:a/b@h").is_err());
+    }
 }

@@ -132,6 +132,10 @@ pub enum Command {
     /// Copy the embedded database into an empty PostgreSQL database, to run several nodes on
     /// it: organizations, keys, webhooks and their secrets, event types, events, deliveries
     /// (pending ones too) and attempts, all or nothing. Stop the server first.
+    ///
+    /// Give the encryption keys the nodes will have: every stored secret must open with them,
+    /// and the first node seals those stored plain with HERALD_ENCRYPTION_KEY. The embedded
+    /// database is not rewritten, but its server will not start again once copied.
     #[command(after_help = "Examples:
   herald copy --to postgres://herald@db/herald     # from ./herald-data
   herald copy --data-dir /var/lib/herald --to \"$HERALD_DATABASE_URL\"")]

@@ -227,6 +227,22 @@ async fn every_acknowledged_event_arrives_after_a_sigkill(
     wait_until_delivered(rx, &acked, Duration::from_secs(60)).await;
 }
 
+/// What `herald serve` on `data_dir`, without an admin token of its own, said and answered:
+/// for a server expected to refuse to start (it fails the test if it runs for 20 s).
+async fn refused_serve(data_dir: &Path) -> std::process::Output {
+    let serve = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", data_dir)
+        .env_remove("HERALD_ADMIN_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(20), serve)
+        .await
+        .expect("the server stops by itself")
+        .unwrap()
+}
+
 /// Sends the process `pid` the signal `name` (`HUP`, `TERM`).
 fn signal(pid: &str, name: &str) {
     let sent = std::process::Command::new("kill")
@@ -698,17 +714,7 @@ async fn a_second_herald_on_one_data_directory_is_refused() {
     let mut first = Server::start(dir.path()).await;
     let pid = first.child.id().unwrap();
     // Without an admin token of its own, it would generate one into the data directory.
-    let second = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("serve")
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("HERALD_DATA_DIR", dir.path())
-        .env_remove("HERALD_ADMIN_TOKEN")
-        .kill_on_drop(true)
-        .output();
-    let second = tokio::time::timeout(Duration::from_secs(20), second)
-        .await
-        .expect("the second server stops by itself")
-        .unwrap();
+    let second = refused_serve(dir.path()).await;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{stderr}");
     assert!(
@@ -739,8 +745,10 @@ async fn a_second_herald_on_one_data_directory_is_refused() {
 }
 
 /// `herald copy` moves a stopped server's data into an empty PostgreSQL database: refused while
-/// the server runs, then copied with progress and a summary; a node started on PostgreSQL
-/// serves the copied history and delivers new events; a second copy into it is refused.
+/// the server runs, then copied with progress and a summary, the source left as it was (its
+/// secrets stay plain though the nodes' key seals the copies) and its server kept from
+/// starting again; a node started on PostgreSQL serves the copied history and delivers new
+/// events; a second copy into it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_copy_moves_a_stopped_server_to_postgresql() {
     let Some(db) = TestDatabase::create("herald_copy_moves_a_stopped_server_to_postgresql").await
@@ -771,10 +779,12 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         acked.insert(id);
     }
     wait_until_delivered(&rx, &acked, Duration::from_secs(20)).await;
+    const KEY: &str = "79c65e8234fb51ad742802db8182c78878dae072ce3264b58c562ff894db04e5";
     let copy = || {
         Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["copy", "--to", &db.url])
             .env("HERALD_DATA_DIR", dir.path())
+            .env("HERALD_ENCRYPTION_KEY", KEY)
             .env("HERALD_LOG", "warn")
             .kill_on_drop(true)
             .output()
@@ -799,11 +809,38 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         "{stderr}"
     );
     assert!(
-        stdout.contains("1 organization, 1 webhook, 20 events, 20 deliveries, 20 attempts"),
+        stdout.contains("1 organization, 1 webhook, 20 events, 20 deliveries, 20 attempts")
+            && stdout.contains("will not start again"),
         "{stdout}"
     );
+    let stored: String = rusqlite::Connection::open(dir.path().join("herald.db"))
+        .unwrap()
+        .query_row("SELECT secret FROM webhooks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, secret, "the source is left as it was");
+    let old = refused_serve(dir.path()).await;
+    let said = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        !old.status.success() && said.contains("was copied to PostgreSQL"),
+        "{said}"
+    );
 
-    let node = Server::start_with(pg_dir.path(), &[("HERALD_DATABASE_URL", db.url.clone())]).await;
+    let node = Server::start_with(
+        pg_dir.path(),
+        &[
+            ("HERALD_DATABASE_URL", db.url.clone()),
+            ("HERALD_ENCRYPTION_KEY", KEY.into()),
+        ],
+    )
+    .await;
+    let sealed: String = db
+        .connect()
+        .await
+        .query_one("SELECT secret FROM webhooks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(sealed.starts_with("enc:"), "sealed in PostgreSQL: {sealed}");
     let hooks = node.get_json(&format!("/v1/orgs/{org}/webhooks")).await;
     let hook = hooks["data"][0]["id"].as_str().unwrap();
     let history = node
