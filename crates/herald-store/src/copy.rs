@@ -246,6 +246,13 @@ pub async fn sqlite_to_postgres(
         return Err(other("the copy stopped before every table was read"));
     }
     tx.commit().await.map_err(sql)?;
+    // Statistics now rather than when autovacuum gets to them (if it is on): until then the
+    // planner takes the tables for empty, and a node's first statements over millions of rows
+    // could pick plans made for none.
+    client
+        .batch_execute(&format!("ANALYZE {}", TABLES.join(", ")))
+        .await
+        .map_err(sql)?;
     Ok(copied)
 }
 

@@ -3409,6 +3409,16 @@ async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
         0,
         "sealed as they were"
     );
+    let estimated: f32 = admin_client(&url)
+        .await
+        .query_one(
+            &format!("SELECT reltuples FROM pg_class WHERE oid = '{schema}.deliveries'::regclass"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(estimated as usize, deliveries.len(), "analyzed");
     let postgres: Arc<dyn Store> = Arc::new(target);
 
     // The same through the store on both sides.
