@@ -487,6 +487,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The database server's clock, for a backend that several nodes share: leases are times
+    /// that every node compares with its own clock, so a node whose clock is off by more than
+    /// a lease's margin can take deliveries another node still holds. `None` when this node is
+    /// the only user.
+    async fn database_time(&self) -> StoreResult<Option<Timestamp>> {
+        Ok(None)
+    }
+
     /// Pending deliveries per webhook (for metrics).
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;
     /// Why the store cannot take writes now, as far as it knows without trying (the SQLite

@@ -3169,6 +3169,27 @@ macro_rules! stories {
 stories!(sqlite);
 stories!(postgres);
 
+/// A shared store tells its server's clock, for nodes to compare theirs with; a store only
+/// this node uses has none to tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_store_tells_the_database_servers_clock() {
+    use herald_core::Clock;
+    let alone = sqlite().await.unwrap();
+    assert_eq!(alone.store.database_time().await.unwrap(), None);
+    let Some(shared) = postgres().await else {
+        return;
+    };
+    let before = herald_core::SystemClock.now();
+    let database = shared.store.database_time().await.unwrap().expect("a time");
+    let after = herald_core::SystemClock.now();
+    // The same machine's clock: between the two readings, give or take a millisecond.
+    assert!(
+        database.as_millis() >= before.as_millis() - 1
+            && database.as_millis() <= after.as_millis() + 1,
+        "{before:?} {database:?} {after:?}"
+    );
+}
+
 /// PostgreSQL stores queued requests in a task of its own. A request whose caller goes away
 /// after queueing it (hyper drops a request's future when its client disconnects) is still
 /// stored, and its deliveries, leased to a dispatcher that will never hear of them, are made

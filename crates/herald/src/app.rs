@@ -447,7 +447,7 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
 }
 
 /// Serves the API on `listener` and runs the background tasks (the scheduler, WebSub renewals,
-/// retention, and the cluster's signals on PostgreSQL) until `shutdown` completes; then stops
+/// retention, the clock's watch, and the cluster's signals on PostgreSQL) until `shutdown` completes; then stops
 /// taking requests and lets in-flight deliveries finish for a few seconds.
 pub async fn run(
     app: App,
@@ -468,6 +468,10 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    let clock_watch = tokio::spawn(crate::service::clock_watch::run(
+        state.clone(),
+        stop_rx.clone(),
+    ));
     let retention = tokio::spawn(crate::service::retention::run(
         state.clone(),
         state.maintenance.clone(),
@@ -480,6 +484,7 @@ pub async fn run(
     let _ = scheduler.await;
     let _ = renewals.await;
     let _ = retention.await;
+    let _ = clock_watch.await;
     if let Some(cluster) = cluster {
         let _ = cluster.await;
     }

@@ -732,6 +732,18 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn database_time(&self) -> StoreResult<Option<Timestamp>> {
+        let row = on_client!(self, |c| async move {
+            c.query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+                &[],
+            )
+            .await
+            .map_err(sql)
+        })?;
+        Ok(Some(Timestamp::from_millis(row.get(0))))
+    }
+
     async fn release_lease(&self, id: &DeliveryId, lease_until: Timestamp) -> StoreResult<()> {
         in_tx!(self, |tx| deliveries::release_lease(&tx, id, lease_until))
     }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cancel_safe;
+pub mod clock_watch;
 pub mod cluster;
 pub mod deliveries;
 pub mod event_types;
