@@ -283,9 +283,13 @@ fn refuse_if_copied(data_dir: &Path) -> anyhow::Result<()> {
     let Ok(note) = std::fs::read_to_string(&marker) else {
         return Ok(());
     };
-    let copied = note.lines().next().unwrap_or_default();
+    let copied = note
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.');
     bail!(
-        "this data directory was copied to PostgreSQL ({copied}); start Herald on PostgreSQL \
+        "this data directory was copied to PostgreSQL: {copied}. Start Herald on PostgreSQL \
          (HERALD_DATABASE_URL) instead: this server would send what it had pending a second \
          time. To run it anyway, remove {}",
         marker.display()
@@ -447,8 +451,9 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
 }
 
 /// Serves the API on `listener` and runs the background tasks (the scheduler, WebSub renewals,
-/// retention, the clock's watch, and the cluster's signals on PostgreSQL) until `shutdown` completes; then stops
-/// taking requests and lets in-flight deliveries finish for a few seconds.
+/// retention, the clock's watch, and the cluster's signals on PostgreSQL) until `shutdown`
+/// completes; then stops taking requests and lets in-flight deliveries finish for a few
+/// seconds.
 pub async fn run(
     app: App,
     listener: TcpListener,
