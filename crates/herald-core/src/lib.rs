@@ -27,7 +27,7 @@ pub mod time;
 pub mod webhook;
 
 pub use ids::{ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, WebhookId};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, CorrectedClock, ManualClock, SystemClock, Timestamp};
 
 /// An error and every cause under it, as one line: PostgreSQL's own reason ("database \"x\"
 /// is not currently accepting connections", "Connection refused") is often the last, under a

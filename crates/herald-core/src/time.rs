@@ -106,6 +106,41 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// Where "now" comes from. Everything that schedules takes one, never `SystemTime` directly.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
+
+    /// Moves the clock by `by_ms` to agree with a reference (nodes sharing a database keep
+    /// their times on its server's clock), if it is one that can be corrected; answers
+    /// whether it was.
+    fn correct(&self, _by_ms: i64) -> bool {
+        false
+    }
+
+    /// The correction applied so far: how far this clock reads from the one it is built on.
+    fn correction_ms(&self) -> i64 {
+        0
+    }
+}
+
+/// The wall clock, corrected to agree with another (see [`Clock::correct`]): a node sharing
+/// a database takes its times from there, so that its leases mean the same to every node
+/// whatever the machines' clocks say.
+#[derive(Debug, Default)]
+pub struct CorrectedClock {
+    correction_ms: AtomicI64,
+}
+
+impl Clock for CorrectedClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(Utc::now().timestamp_millis() + self.correction_ms.load(Ordering::Relaxed))
+    }
+
+    fn correct(&self, by_ms: i64) -> bool {
+        self.correction_ms.fetch_add(by_ms, Ordering::Relaxed);
+        true
+    }
+
+    fn correction_ms(&self) -> i64 {
+        self.correction_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// The wall clock.
@@ -147,6 +182,20 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrected_clock_reads_the_wall_clock_plus_its_corrections() {
+        let clock = CorrectedClock::default();
+        assert!(clock.correct(120_000));
+        assert!(clock.correct(-20_000));
+        assert_eq!(clock.correction_ms(), 100_000);
+        let ahead = clock.now().as_millis() - SystemClock.now().as_millis();
+        assert!((99_990..=100_010).contains(&ahead), "{ahead}");
+        assert!(
+            !SystemClock.correct(5),
+            "the plain wall clock is never corrected"
+        );
+    }
 
     #[test]
     fn timestamps_format_as_utc_with_milliseconds() {

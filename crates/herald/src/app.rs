@@ -108,6 +108,11 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         settings.server.migrate_on_start(),
     )
     .await?;
+    // Nodes sharing a database keep their times on its server's clock (see `clock_watch`),
+    // before anything here reads the time.
+    if let Some(offset) = crate::service::clock_watch::align(&*store, &*clock).await {
+        crate::service::clock_watch::tell_offset(offset);
+    }
     // Once the database is there: a start that fails writes no token nobody was shown.
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
     if let Some(token) = &settings.security.metrics_token

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use herald_core::SystemClock;
+use herald_core::CorrectedClock;
 
 use crate::app::{self, AdminTokenSource};
 use crate::config::{LogFormat, LogSettings, MigrateSettings, Settings};
@@ -89,7 +89,8 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         #[cfg(unix)]
         socket.set_reuseaddr(true).map_err(busy)?;
         socket.bind(listen).map_err(busy)?;
-        let app = app::build(settings, Arc::new(SystemClock)).await?;
+        // The wall clock, corrected to the database server's when nodes share one.
+        let app = app::build(settings, Arc::new(CorrectedClock::default())).await?;
         let listener = socket.listen(1024).map_err(busy)?;
         let addr = listener.local_addr()?;
         let base = public_url.unwrap_or_else(|| format!("http://{addr}"));

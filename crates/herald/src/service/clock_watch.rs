@@ -1,15 +1,19 @@
 //! Watches the wall clock, which every stored time is read by: retry schedules, circuit
-//! cool-downs, leases, retention. A step of the system clock (an NTP correction, a virtual
-//! machine resumed, a date fixed by hand) moves all of them at once, and on PostgreSQL a node
-//! whose clock differs from the others' by more than a lease's margin can take deliveries
-//! another node still holds and send them twice. Herald cannot tell which clock is right; it
-//! says what happened, once, so that an operator sees why deliveries are late or doubled.
+//! cool-downs, leases, retention. On PostgreSQL the nodes' leases are times every node compares
+//! with its own clock, so a node whose clock is off by more than a lease's margin would take
+//! deliveries another node still holds and send them twice (a node two minutes ahead, with
+//! 30 s leases, sent everything twice): there a node keeps its times on the database server's
+//! clock (a [`CorrectedClock`](herald_core::CorrectedClock), set right at start and every
+//! [`EVERY`]), and says how far its own is off. A step of the clock a node goes by (the system
+//! clock on SQLite; on PostgreSQL, the database server's) moves every schedule at once; Herald
+//! cannot tell which reading is right, and says what happened, once.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use herald_core::Timestamp;
+use herald_core::store::{Store, StoreResult};
+use herald_core::{Clock, Timestamp};
 
 use crate::app::AppState;
 
@@ -17,21 +21,69 @@ use crate::app::AppState;
 const EVERY: Duration = Duration::from_secs(10);
 /// A step smaller than this is ordinary drift, or the time it took to look.
 const STEP_MS: i64 = 2_000;
-/// The difference from the database's clock above which a node says so: the lease margin
-/// (2 s) is what absorbs differences between nodes, and two nodes off in opposite directions
-/// use it up between them.
+/// A difference from the database server's clock smaller than this is left alone: the round
+/// trip it is measured over blurs it anyway, and every correction moves this node's times.
+const CORRECT_MS: i64 = 50;
+/// How far a node's own clock may be off the database server's before it says so.
 const OFFSET_MS: i64 = 1_000;
-/// A lasting difference from the database's clock is said again after this long.
+/// A lasting difference is said again after this long.
 const REPEAT: Duration = Duration::from_secs(600);
+
+/// Sets `clock` right against the database server's, for a store several nodes share; answers
+/// how far this machine's own clock is off it (positive: ahead), or `None` for a store only this
+/// node uses (or one that did not answer).
+pub async fn align(store: &dyn Store, clock: &dyn Clock) -> Option<i64> {
+    let off = offset_from_database(store, clock).await.ok()??;
+    // What the machine's own clock reads, against the database server's.
+    let own = off - clock.correction_ms();
+    if off.abs() >= CORRECT_MS {
+        clock.correct(-off);
+    }
+    Some(own)
+}
+
+/// Says, at start, how far this node's clock is from the database server's if that matters.
+pub fn tell_offset(offset: i64) {
+    if offset.abs() > OFFSET_MS {
+        tracing::warn!(offset_ms = offset, "{}", offset_words(offset));
+    }
+}
+
+fn offset_words(offset: i64) -> String {
+    let way = if offset > 0 { "ahead of" } else { "behind" };
+    format!(
+        "this machine's clock is {} {way} the database server's; Herald keeps this node's times on the database server's clock (leases, schedules), so that nodes agree, but keep every machine's clock in sync (NTP)",
+        in_words(offset.abs())
+    )
+}
 
 /// Looks every [`EVERY`] until `shutdown` turns true.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    // A difference found at start was said then (`tell_offset`).
+    let mut offset_said = align(&*state.store, &*state.clock)
+        .await
+        .filter(|offset| offset.abs() > OFFSET_MS)
+        .map(|_| Instant::now());
     let mut last = (Instant::now(), state.clock.now());
-    let mut offset_said: Option<Instant> = None;
+    let which = if state.store.signals().is_some() {
+        "the database server's clock"
+    } else {
+        "the system clock"
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = shutdown.changed() => return,
+        }
+        // Set right first: a step of this machine's clock alone is then no step at all.
+        if let Some(offset) = align(&*state.store, &*state.clock).await {
+            let said_lately = offset_said.is_some_and(|at| at.elapsed() < REPEAT);
+            if offset.abs() > OFFSET_MS && !said_lately {
+                tracing::warn!(offset_ms = offset, "{}", offset_words(offset));
+                offset_said = Some(Instant::now());
+            } else if offset.abs() <= OFFSET_MS && offset_said.take().is_some() {
+                tracing::info!("this machine's clock agrees with the database server's again");
+            }
         }
         let now = (Instant::now(), state.clock.now());
         let step = step_ms(last, now);
@@ -43,25 +95,11 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             };
             tracing::warn!(
                 step_seconds = step / 1000,
-                "the system clock stepped {way} by {}: retries, circuit cool-downs and leases scheduled before come due that much {due} than meant (a step forward also counts as time passed for retry schedules, disabling failing webhooks and retention); keep the clock in sync (NTP) rather than stepping it",
+                "{which} stepped {way} by {}: retries, circuit cool-downs and leases scheduled before come due that much {due} than meant (a step forward also counts as time passed for retry schedules, disabling failing webhooks and retention); keep the clock in sync (NTP) rather than stepping it",
                 in_words(step.abs())
             );
         }
         last = now;
-        if let Ok(Some(offset)) = offset_from_database(&state).await {
-            let said_lately = offset_said.is_some_and(|at| at.elapsed() < REPEAT);
-            if offset.abs() > OFFSET_MS && !said_lately {
-                let way = if offset > 0 { "ahead of" } else { "behind" };
-                tracing::warn!(
-                    offset_ms = offset,
-                    "this node's clock is {} {way} the database server's: nodes whose clocks differ by more than 2 s can take each other's leases and send deliveries twice; keep every node's clock in sync (NTP)",
-                    in_words(offset.abs())
-                );
-                offset_said = Some(Instant::now());
-            } else if offset.abs() <= OFFSET_MS && offset_said.take().is_some() {
-                tracing::info!("this node's clock agrees with the database server's again");
-            }
-        }
     }
 }
 
@@ -72,15 +110,14 @@ fn step_ms(before: (Instant, Timestamp), after: (Instant, Timestamp)) -> i64 {
     after.1.as_millis() - before.1.as_millis() - passed
 }
 
-/// How far this node's clock is ahead of the database server's (negative: behind), taking the
-/// database's answer as read halfway through the round trip. `None` for a store only this node
-/// uses.
-async fn offset_from_database(state: &AppState) -> herald_core::store::StoreResult<Option<i64>> {
-    let sent = state.clock.now();
-    let Some(database) = state.store.database_time().await? else {
+/// How far `clock` is ahead of the database server's (negative: behind), taking the database's
+/// answer as read halfway through the round trip. `None` for a store only this node uses.
+async fn offset_from_database(store: &dyn Store, clock: &dyn Clock) -> StoreResult<Option<i64>> {
+    let sent = clock.now();
+    let Some(database) = store.database_time().await? else {
         return Ok(None);
     };
-    let received = state.clock.now();
+    let received = clock.now();
     Ok(Some(midpoint(sent, received) - database.as_millis()))
 }
 
@@ -105,6 +142,40 @@ fn in_words(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node whose clock reads two minutes ahead is set right against the database server's
+    /// (here on the same machine, so the machine's own clock agrees with it); once right, it
+    /// is left alone. A store only this node uses sets nothing.
+    #[tokio::test]
+    async fn a_node_keeps_its_times_on_the_database_servers_clock() {
+        let ahead = herald_core::CorrectedClock::default();
+        ahead.correct(120_000);
+        let dir = tempfile::tempdir().unwrap();
+        let alone = herald_store::SqliteStore::open(dir.path().join("herald.db")).unwrap();
+        assert_eq!(align(&alone, &ahead).await, None);
+        assert_eq!(ahead.correction_ms(), 120_000);
+        let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+            return;
+        };
+        let shared = herald_store::PostgresStore::new(
+            &url,
+            herald_store::PostgresOptions { pool_size: 1 },
+            herald_store::cipher::SecretCipher::none(),
+        )
+        .unwrap();
+        let own = align(&shared, &ahead).await.expect("the server's clock");
+        assert!(
+            own.abs() < CORRECT_MS,
+            "this machine's clock is right: {own}"
+        );
+        let database = shared.database_time().await.unwrap().unwrap();
+        let gap = ahead.now().as_millis() - database.as_millis();
+        assert!(gap.abs() < CORRECT_MS, "{gap} ms from the database's clock");
+        let corrected = ahead.correction_ms();
+        assert!(corrected.abs() < CORRECT_MS, "{corrected}");
+        align(&shared, &ahead).await.unwrap();
+        assert_eq!(ahead.correction_ms(), corrected, "left alone once right");
+    }
 
     #[test]
     fn a_step_is_what_the_wall_clock_moved_beyond_the_time_that_passed() {
