@@ -33,10 +33,13 @@ const REPEAT: Duration = Duration::from_secs(600);
 /// how far this machine's own clock is off it (positive: ahead), or `None` for a store only this
 /// node uses (or one that did not answer).
 pub async fn align(store: &dyn Store, clock: &dyn Clock) -> Option<i64> {
-    let off = offset_from_database(store, clock).await.ok()??;
+    let (off, round_trip) = offset_from_database(store, clock).await.ok()??;
     // What the machine's own clock reads, against the database server's.
     let own = off - clock.correction_ms();
-    if off.abs() >= CORRECT_MS {
+    // Within the round trip the reading says nothing (the answer may have been read at any
+    // time in it): under load, corrections by such noise would move this node's times back
+    // and forth every look.
+    if off.abs() >= CORRECT_MS.max(round_trip) {
         clock.correct(-off);
     }
     Some(own)
@@ -111,18 +114,21 @@ fn step_ms(before: (Instant, Timestamp), after: (Instant, Timestamp)) -> i64 {
 }
 
 /// How far `clock` is ahead of the database server's (negative: behind), taking the database's
-/// answer as read halfway through the round trip. `None` for a store only this node uses.
-async fn offset_from_database(store: &dyn Store, clock: &dyn Clock) -> StoreResult<Option<i64>> {
-    let sent = clock.now();
+/// answer as read halfway through the round trip, and how long that round trip took. `None`
+/// for a store only this node uses.
+async fn offset_from_database(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) -> StoreResult<Option<(i64, i64)>> {
+    let (sent, started) = (clock.now(), Instant::now());
     let Some(database) = store.database_time().await? else {
         return Ok(None);
     };
-    let received = clock.now();
-    Ok(Some(midpoint(sent, received) - database.as_millis()))
-}
-
-fn midpoint(a: Timestamp, b: Timestamp) -> i64 {
-    a.as_millis() + (b.as_millis() - a.as_millis()) / 2
+    let round_trip = started.elapsed().as_millis() as i64;
+    Ok(Some((
+        sent.as_millis() + round_trip / 2 - database.as_millis(),
+        round_trip,
+    )))
 }
 
 /// `3 s`, `12 min`, `2.5 h`, `6 days`.
@@ -202,9 +208,5 @@ mod tests {
         assert_eq!(in_words(720_000), "12 min");
         assert_eq!(in_words(9_000_000), "2.5 h");
         assert_eq!(in_words(6 * 86_400_000), "6.0 days");
-        assert_eq!(
-            midpoint(Timestamp::from_millis(10), Timestamp::from_millis(20)),
-            15
-        );
     }
 }
