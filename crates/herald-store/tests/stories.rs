@@ -3355,7 +3355,7 @@ async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
 /// into it is refused without changing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
-    let Some((_schema, url, schema)) = postgres_in_schema().await else {
+    let Some((_fresh, url, schema)) = postgres_in_schema().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
