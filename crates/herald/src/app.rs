@@ -325,11 +325,7 @@ pub async fn open_store(
     encryption: &EncryptionSettings,
     migrate: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    let cipher = SecretCipher::new(
-        encryption.encryption_key.as_deref(),
-        &encryption.encryption_old_keys,
-    )
-    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
+    let cipher = cipher_of(encryption)?;
     let reencrypted = match &storage.database_url {
         Some(url) => {
             let shown = storage.database_url_for_display().unwrap_or_default();
@@ -383,6 +379,15 @@ pub async fn open_store(
         );
     }
     Ok(store)
+}
+
+/// The cipher for stored secrets from the configured keys, or what is wrong with them.
+pub fn cipher_of(encryption: &EncryptionSettings) -> anyhow::Result<SecretCipher> {
+    SecretCipher::new(
+        encryption.encryption_key.as_deref(),
+        &encryption.encryption_old_keys,
+    )
+    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))
 }
 
 /// A data directory that held a Herald before (its write-ahead log, or the admin token it

@@ -51,11 +51,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
-    let cipher = SecretCipher::new(
-        args.encryption.encryption_key.as_deref(),
-        &args.encryption.encryption_old_keys,
-    )
-    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))?;
+    let cipher = app::cipher_of(&args.encryption)?;
     // Held to the end: events a server took after the copy began would not be in PostgreSQL.
     let _lock = {
         let source = source.clone();
