@@ -37,15 +37,26 @@ pub enum DeliveryState {
     Skipped,
 }
 
-/// Why a delivery in `state` (as stored), of a webhook `active` or not and `deleted` or not, may
-/// not be resent (`None`: it may). Both stores check it under the row's lock.
-pub fn resend_refusal(state: &str, active: bool, deleted: bool) -> Option<&'static str> {
+/// Why a delivery in `state` (as stored), of a webhook `active` or not and `deleted` or not,
+/// `leased` by a node or not, may not be sent now (`None`: it may). A finished delivery is sent
+/// again; a pending one that waits for its next attempt has that attempt now; a pending one
+/// that a node holds is already queued or being attempted. Both stores check it under the
+/// row's lock.
+pub fn resend_refusal(
+    state: &str,
+    active: bool,
+    deleted: bool,
+    leased: bool,
+) -> Option<&'static str> {
     if deleted {
         Some("the delivery's webhook was deleted; it cannot be resent")
     } else if !active {
         Some("the delivery's webhook is disabled; activate it first")
-    } else if state == DeliveryState::Pending.as_str() {
-        Some("the delivery is still pending; it will be attempted on its schedule")
+    } else if state == DeliveryState::Pending.as_str() && leased {
+        Some(
+            "an attempt of the delivery is already queued or under way; its outcome shows in \
+             its attempts shortly",
+        )
     } else {
         None
     }

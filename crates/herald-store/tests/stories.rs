@@ -2361,33 +2361,63 @@ async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: A
 // Resending and recovering
 // ---------------------------------------------------------------------------------------------
 
-async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
+async fn a_delivery_is_sent_now_unless_a_node_holds_it(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let globex = org("globex");
     store.create_org(&globex).await.unwrap();
     let delivery = deliver(&store, &hook, "evt_1", T0, false).await;
 
+    // Claimed by a node: its attempt is queued or under way.
+    assert_eq!(claim(&store, T0).await, vec![delivery.clone()]);
     assert_conflict(
         store
             .resend_delivery(&acme.id, &delivery, at(1), at(31))
             .await,
     );
 
-    assert_eq!(claim(&store, T0).await, vec![delivery.clone()]);
+    // Its first attempt failed and the next waits until 300 s: made now instead, and the
+    // schedule goes on after it (no fresh start).
     record_first_attempt(
         &store,
         &acme.id,
         &delivery,
         &server_error(),
-        NextStep::Failed,
+        NextStep::RetryAt(at(300)),
     )
     .await;
-
     assert_not_found(
         store
-            .resend_delivery(&globex.id, &delivery, at(100), at(130))
+            .resend_delivery(&globex.id, &delivery, at(40), at(70))
             .await,
     );
+    let due = store
+        .resend_delivery(&acme.id, &delivery, at(40), at(70))
+        .await
+        .unwrap();
+    assert_eq!(due.attempt_count, 1);
+    assert_eq!(due.schedule_base, 0, "the schedule goes on");
+    assert_eq!(due.updated_at, at(40));
+    let (d, _) = store.get_delivery(&acme.id, &delivery).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(d.next_attempt_at, Some(at(40)));
+    // Leased to the caller until 70 s: a second press finds it under way.
+    assert_conflict(
+        store
+            .resend_delivery(&acme.id, &delivery, at(41), at(71))
+            .await,
+    );
+    assert!(claim(&store, at(69)).await.is_empty());
+    assert_eq!(claim(&store, at(70)).await, vec![delivery.clone()]);
+    store
+        .record_attempt(&AttemptRecord {
+            org_id: acme.id.clone(),
+            attempt: attempt(AttemptId::generate(), &delivery, 2, at(70), &server_error()),
+            next: NextStep::Failed,
+            lease_until: Some(at(100)),
+        })
+        .await
+        .unwrap();
+
     assert_not_found(
         store
             .resend_delivery(&acme.id, &DeliveryId::generate(), at(100), at(130))
@@ -2398,6 +2428,7 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
         DeliveryState::Failed
     );
 
+    // Finished: sent again with a fresh schedule.
     let due = store
         .resend_delivery(&acme.id, &delivery, at(100), at(130))
         .await
@@ -2406,8 +2437,8 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
     assert_eq!(due.org_id, acme.id);
     assert_eq!(due.webhook_id, hook.id);
     assert_eq!(due.event.id, "evt_1");
-    assert_eq!(due.attempt_count, 1);
-    assert_eq!(due.schedule_base, 1, "a resend starts a fresh schedule");
+    assert_eq!(due.attempt_count, 2);
+    assert_eq!(due.schedule_base, 2, "a resend starts a fresh schedule");
 
     let (d, _) = store.get_delivery(&acme.id, &delivery).await.unwrap();
     assert_eq!(d.state, DeliveryState::Pending);
@@ -2420,6 +2451,11 @@ async fn only_a_finished_delivery_can_be_resent(store: Arc<dyn Store>) {
             .resend_delivery(&acme.id, &delivery, at(131), at(161))
             .await,
     );
+    // A lease that ran out (its node stopped) no longer holds it back.
+    store
+        .resend_delivery(&acme.id, &delivery, at(160), at(190))
+        .await
+        .unwrap();
 }
 
 async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Arc<dyn Store>) {
@@ -3138,7 +3174,7 @@ macro_rules! stories {
             a_users_change_does_not_undo_what_happened_since_it_was_read,
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
-            only_a_finished_delivery_can_be_resent,
+            a_delivery_is_sent_now_unless_a_node_holds_it,
             recovering_brings_back_failed_deliveries_created_since_a_time,
             a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent,
             recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,

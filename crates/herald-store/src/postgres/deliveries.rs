@@ -704,19 +704,27 @@ pub(crate) async fn resend(
 ) -> DbResult<DueDelivery> {
     let row = c
         .opt_row(
-            "SELECT d.state, w.active, w.deleted_at IS NOT NULL FROM deliveries d \
+            "SELECT d.state, w.active, w.deleted_at IS NOT NULL, \
+               COALESCE(d.lease_until > $3, false) FROM deliveries d \
              JOIN webhooks w ON w.id = d.webhook_id WHERE d.org_id = $1 AND d.id = $2 FOR UPDATE OF d",
-            &[&org.as_str(), &id.as_str()],
+            &[&org.as_str(), &id.as_str(), &now.as_millis()],
         )
         .await?
         .ok_or_else(not_found)?;
-    let (state, active, deleted): (String, bool, bool) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted) {
+    let (state, active, deleted, leased): (String, bool, bool, bool) = (
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    );
+    if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted, leased) {
         return Err(conflict(why.into()));
     }
+    // A finished delivery starts its schedule over; a pending one has its next attempt now,
+    // and its schedule goes on after it.
     c.exec(
-        "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = $1, \
+        "UPDATE deliveries SET schedule_base = CASE WHEN state = 'pending' THEN schedule_base \
+           ELSE attempt_count END, state = 'pending', next_attempt_at = $1, \
          due_at = $2, lease_until = $2, updated_at = $1 WHERE id = $3",
         &[&now.as_millis(), &lease_until.as_millis(), &id.as_str()],
     )

@@ -477,26 +477,34 @@ pub(crate) fn resend(
     now: Timestamp,
     lease_until: Timestamp,
 ) -> DbResult<DueDelivery> {
-    let state: Option<(String, bool, bool)> = conn
+    let state: Option<(String, bool, bool, bool)> = conn
         .prepare_cached(
-            "SELECT d.state, w.active, w.deleted_at IS NOT NULL FROM deliveries d \
-             JOIN webhooks w ON w.id = d.webhook_id WHERE d.org_id = ? AND d.id = ?",
+            "SELECT d.state, w.active, w.deleted_at IS NOT NULL, \
+               COALESCE(d.lease_until > ?3, 0) FROM deliveries d \
+             JOIN webhooks w ON w.id = d.webhook_id WHERE d.org_id = ?1 AND d.id = ?2",
         )?
-        .query_row([org.as_str(), id.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        .query_row(params![org.as_str(), id.as_str(), now.as_millis()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
-    let Some((state, active, deleted)) = state else {
+    let Some((state, active, deleted, leased)) = state else {
         return Err(not_found());
     };
-    if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted) {
+    if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted, leased) {
         return Err(conflict(why.into()));
     }
+    // A finished delivery starts its schedule over; a pending one has its next attempt now,
+    // and its schedule goes on after it.
     conn.prepare_cached(
-        "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, next_attempt_at = ?1, \
+        "UPDATE deliveries SET schedule_base = CASE WHEN state = 'pending' THEN schedule_base \
+           ELSE attempt_count END, state = 'pending', next_attempt_at = ?1, \
          due_at = ?2, lease_until = ?2, updated_at = ?1 WHERE id = ?3",
     )?
-    .execute(params![now.as_millis(), lease_until.as_millis(), id.as_str()])?;
+    .execute(params![
+        now.as_millis(),
+        lease_until.as_millis(),
+        id.as_str()
+    ])?;
     let sql = format!("{DUE_SELECT} WHERE d.id = ?");
     Ok(conn
         .prepare_cached(&sql)?

@@ -101,13 +101,16 @@ async fn get_delivery(
     Ok(Json(deliveries::get(&state, &scope, &org, &id).await?))
 }
 
-/// Sends a finished delivery again now, with a fresh retry schedule.
+/// Sends a delivery now. A finished one (succeeded, failed, cancelled, skipped) is sent again
+/// with a fresh retry schedule. A pending one waiting for its next attempt (a retry, or its
+/// endpoint's cool-down) has that attempt now, and its schedule goes on after it: for an
+/// endpoint just fixed. Either way the attempt goes ahead of the webhook's backlog.
 #[utoipa::path(post, path = "/v1/orgs/{org}/deliveries/{id}/retry", tag = "deliveries",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "The delivery, pending again", body = DeliveryDetail),
+        (status = 200, description = "The delivery, pending with its attempt under way", body = DeliveryDetail),
         (status = 404, description = "No such delivery visible to the caller", body = super::ErrorBody),
-        (status = 409, description = "The delivery is still pending, or its webhook is gone or inactive", body = super::ErrorBody),
+        (status = 409, description = "An attempt of the delivery is already queued or under way, or its webhook is gone or inactive", body = super::ErrorBody),
     ))]
 async fn retry_delivery(
     State(state): State<AppState>,

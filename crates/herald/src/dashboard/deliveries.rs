@@ -257,7 +257,8 @@ struct DeliveryPage {
     request: Option<RequestPreview>,
     /// The body, pretty-printed when it is JSON.
     request_body: Option<String>,
-    can_resend: bool,
+    /// Pending: its next attempt can be made now (unless one is already under way).
+    pending: bool,
 }
 
 fn pretty(body: &str) -> String {
@@ -287,7 +288,7 @@ async fn show_delivery(
         attempts: detail.attempts.iter().map(AttemptRow::from).collect(),
         request_body: request.as_ref().map(|r| pretty(&r.body)),
         request,
-        can_resend: detail.delivery.state != DeliveryState::Pending,
+        pending: detail.delivery.state == DeliveryState::Pending,
     };
     let layout = Layout::new(&state, &signed, format!("Delivery {id}"), Some(&org));
     Ok(templates::render(
@@ -307,7 +308,7 @@ async fn resend_delivery(
     let id = path_id(&id, DeliveryId::parse)?;
     let Post { signed, .. } = post;
     let flash = match deliveries::resend(&state, &signed.scope, &org, &id).await {
-        Ok(_) => Flash::ok("Sent again; the new attempt shows below once it is made."),
+        Ok(_) => Flash::ok("Sent now; the attempt shows below once it is made."),
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };

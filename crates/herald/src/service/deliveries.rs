@@ -97,7 +97,9 @@ pub async fn first_attempt(
     }
 }
 
-/// Sends a finished delivery again now, with a fresh retry schedule.
+/// Sends a delivery now: a finished one again, with a fresh retry schedule; a pending one that
+/// waits for its next attempt (a retry, or the end of its endpoint's cool-down) has that
+/// attempt now, and its schedule goes on after it.
 pub async fn resend(
     state: &AppState,
     scope: &Scope,

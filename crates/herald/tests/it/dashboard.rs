@@ -1473,6 +1473,51 @@ async fn custom_header_values_are_not_shown_outside_the_edit_form() {
     assert!(body.contains("receiver-s3cret"));
 }
 
+/// A delivery waiting an hour for its retry offers its attempt now; a finished one, a resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_its_retry_is_attempted_now_from_its_page() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 3600] }))
+        .await;
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let delivery = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/orgs/{org}/deliveries/{delivery}");
+    let csrf = admin.csrf(&page).await;
+    assert!(
+        admin
+            .get(&page)
+            .await
+            .body
+            .contains(">Attempt now</button>")
+    );
+
+    rx.answer_by_default(Reply::status(204));
+    let a = admin
+        .post(&format!("{page}/resend"), &[("csrf", csrf.as_str())])
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let body = admin.get(&a.location).await.body;
+    assert!(body.contains("Sent now"), "{body}");
+    app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(rx.received_on("/h").len(), 2);
+    assert!(admin.get(&page).await.body.contains(">Resend</button>"));
+}
+
 /// A second organization of one name gets a numbered handle, and the dashboard says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_numbered_handle_is_announced() {

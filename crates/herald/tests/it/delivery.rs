@@ -226,6 +226,58 @@ async fn a_delivery_fails_after_its_last_attempt_and_can_be_resent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/h"),
+            json!({ "retry_schedule": [0, 3600, 60] }),
+        )
+        .await;
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let delivery = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    let retry = format!("/v1/orgs/{org}/deliveries/{delivery}/retry");
+
+    // Its second attempt, an hour away, is made now; it fails too, and the third follows the
+    // schedule's third delay (60 s), not a fresh schedule's second (an hour).
+    let (status, d) = app.post(&retry, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["state"], "pending");
+    rx.wait_for("/h", 2, WAIT).await;
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 2)
+        .await;
+    assert_eq!(d["state"], "pending");
+    let started =
+        chrono::DateTime::parse_from_rfc3339(d["attempts"][1]["started_at"].as_str().unwrap())
+            .unwrap();
+    let next =
+        chrono::DateTime::parse_from_rfc3339(d["next_attempt_at"].as_str().unwrap()).unwrap();
+    let gap = (next - started).num_seconds();
+    assert!((59..=67).contains(&gap), "the schedule goes on: {gap} s");
+
+    // The endpoint is fixed: the last attempt is made now and succeeds.
+    rx.answer_by_default(Reply::status(204));
+    let (status, d) = app.post(&retry, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    rx.wait_for("/h", 3, WAIT).await;
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(d["attempt_count"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_429_pushes_the_next_attempt_back() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;

@@ -437,7 +437,8 @@ pub enum DeliveriesCommand {
         /// The delivery's id (`dlv_…`).
         id: String,
     },
-    /// Send a finished delivery again.
+    /// Send a delivery now: a finished one again (with a new retry schedule), or a pending one
+    /// that waits for its next attempt (its schedule goes on after it).
     Retry {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
