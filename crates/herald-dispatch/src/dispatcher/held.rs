@@ -139,6 +139,29 @@ impl HeldDeliveries {
         Some(self.holds)
     }
 
+    /// Holds a delivery to be queued urgent (a resend): as [`Self::hold`], except that one held
+    /// already but not started is numbered anew, so that the copy queued urgent now is the one
+    /// attempted and the copy waiting in the regular queue is dropped when it comes up. A
+    /// delivery queued behind a slow endpoint's backlog for longer than its lease can be resent
+    /// (its lease ran out in the store), and must then go ahead of that backlog as promised.
+    pub(crate) fn hold_urgent(
+        &mut self,
+        id: &DeliveryId,
+        webhook: &WebhookId,
+        lease_until: Timestamp,
+        bytes: usize,
+    ) -> Option<u64> {
+        match self.by_id.get_mut(id) {
+            Some(held) if !held.started => {
+                self.holds += 1;
+                held.hold = self.holds;
+                held.lease_until = held.lease_until.max(lease_until);
+                Some(self.holds)
+            }
+            _ => self.hold(id, webhook, lease_until, bytes),
+        }
+    }
+
     fn load_entry(&mut self, webhook: &WebhookId) -> usize {
         // Looked up before inserting: an entry would need an owned id, cloned on every hold.
         if let Some(&i) = self.load_index.get(webhook) {
@@ -658,6 +681,28 @@ mod tests {
             !admits(&held, &slow),
             "past its share, it leaves the rest alone"
         );
+    }
+
+    #[test]
+    fn a_delivery_resent_while_queued_is_attempted_from_its_urgent_copy() {
+        let mut held = HeldDeliveries::default();
+        let w = hook();
+        let [queued, in_flight, new]: [DeliveryId; 3] = ids(3).try_into().unwrap();
+        let regular = held.hold(&queued, &w, T0, 10).unwrap();
+        let started = held.hold(&in_flight, &w, T0, 10).unwrap();
+        assert!(held.start(&in_flight, started));
+
+        let urgent = held.hold_urgent(&queued, &w, T, 10).unwrap();
+        assert!(!held.start(&queued, regular), "the regular copy is dropped");
+        assert!(held.start(&queued, urgent));
+        assert_eq!(held.leases_of([&queued]), vec![(queued.clone(), T)]);
+        assert_eq!(held.len(), 2, "held once");
+        assert_eq!(
+            held.hold_urgent(&in_flight, &w, T, 10),
+            None,
+            "one under way is not queued again"
+        );
+        assert!(held.hold_urgent(&new, &w, T, 10).is_some());
     }
 
     #[test]

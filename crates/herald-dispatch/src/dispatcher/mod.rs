@@ -362,7 +362,11 @@ impl Dispatcher {
                 .into_iter()
                 .filter_map(|d| {
                     let bytes = d.event.approx_bytes();
-                    let hold = held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes)?;
+                    let hold = if urgent {
+                        held.hold_urgent(&d.delivery_id, &d.webhook_id, lease_until, bytes)?
+                    } else {
+                        held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes)?
+                    };
                     largest = largest.max(bytes);
                     Some(Queued {
                         delivery: d,
