@@ -143,8 +143,8 @@ impl Drop for GiveBackIfDropped<'_> {
                 .filter(|d| d.held_at_ingest())
                 .map(|d| (d.id.clone(), lease_until))
                 .collect(),
-            // A resend refused (the delivery was still pending) wrote no lease, so this
-            // leaves whoever holds it alone.
+            // A resend refused (a node holds the delivery) wrote no lease, so this leaves
+            // whoever holds it alone: the give-back applies only under this request's lease.
             Deliveries::One(id) => vec![(id.clone(), lease_until)],
         };
         if ids.is_empty() {
