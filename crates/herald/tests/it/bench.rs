@@ -110,6 +110,15 @@ fn every_scenario_runs_at_a_tiny_size_and_delivers_every_acknowledged_event() {
     let share = &by_name("burst")["figures"]["share_of_relay"];
     assert!(share.as_f64().is_some_and(|s| s > 0.0), "{share}");
     assert_eq!(by_name("backlog")["figures"]["pending_when_up"], 2000);
+    // latency says how long this disk takes to make a write durable: the floor under its p50.
+    let fsync = &by_name("latency")["figures"];
+    assert!(
+        fsync["disk_fsync_p50_ms"]
+            .as_f64()
+            .zip(fsync["disk_fsync_p99_ms"].as_f64())
+            .is_some_and(|(p50, p99)| 0.0 < p50 && p50 <= p99),
+        "{fsync:#}"
+    );
     // batch and backlog say how many requests in flight their webhook was allowed at the end:
     // batch never saw overload (so at least the starting 16); backlog's 503s may have cut it.
     let limit = |n: &str| by_name(n)["figures"]["concurrency_limit"].as_u64();

@@ -11,10 +11,12 @@
 //! - `scenarios.rs`, `backlog.rs`, `restart.rs`: the scenarios; `report.rs`, `progress.rs`: output.
 //! - `relay.rs`: the same load through a bare relay instead of Herald, to compare machines.
 //! - `cpu.rs`: how busy the machine was during each run, and what the hypervisor took.
+//! - `disk.rs`: how long the disk takes to make a write durable, the floor under `latency`.
 
 mod api;
 mod backlog;
 mod cpu;
+mod disk;
 mod load;
 mod measure;
 mod progress;
@@ -419,6 +421,10 @@ async fn run(args: BenchArgs, outcomes: &mut Vec<Outcome>) -> anyhow::Result<()>
             Scenario::Backlog | Scenario::Restart => 1,
             _ => ctx.args.repeat,
         };
+        let disk = match scenario {
+            Scenario::Latency => probe_disk(&ctx).await,
+            _ => None,
+        };
         let mut runs = Vec::with_capacity(rounds);
         for round in 0..rounds {
             ctx.round = round;
@@ -441,10 +447,41 @@ async fn run(args: BenchArgs, outcomes: &mut Vec<Outcome>) -> anyhow::Result<()>
             runs.push(outcome);
         }
         if !runs.is_empty() {
-            outcomes.push(repeat::combine(runs));
+            let mut outcome = repeat::combine(runs);
+            if let Some(disk) = disk {
+                note_disk(&mut outcome, disk);
+            }
+            outcomes.push(outcome);
         }
     }
     Ok(())
+}
+
+/// How long the disk under the servers' data takes to make a write durable, at `latency`'s
+/// rate; `None` with `--server` (its disk is another's) or if it cannot be measured.
+async fn probe_disk(ctx: &Ctx) -> Option<disk::Durability> {
+    if ctx.args.server.is_some() {
+        return None;
+    }
+    let (dir, rate) = (ctx.parent.clone(), ctx.args.rate);
+    match tokio::task::spawn_blocking(move || disk::probe(&dir, rate)).await {
+        Ok(Ok(d)) => Some(d),
+        Ok(Err(e)) => {
+            eprintln!("[latency] could not time the disk's fsync: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+fn note_disk(outcome: &mut Outcome, disk: disk::Durability) {
+    outcome.figure("disk_fsync_p50_ms", scenarios::round3(disk.p50_ms));
+    outcome.figure("disk_fsync_p99_ms", scenarios::round3(disk.p99_ms));
+    outcome.note(format!(
+        "this disk made a 16 KiB write durable (`fsync`) in {:.2} ms at the median and {:.2} ms \
+         at p99, at {} writes a second: each `202` waits for one, so the p50 cannot be lower",
+        disk.p50_ms, disk.p99_ms, disk.per_s
+    ));
 }
 
 /// Puts the outcomes in the scenarios' order and relates `burst` to `relay`.
