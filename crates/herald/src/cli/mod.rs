@@ -191,6 +191,7 @@ pub enum Command {
     #[command(after_help = "Examples:
   herald deliveries list --org acme --webhook wh_… --state failed
   herald deliveries get --org acme dlv_…           # every attempt, and the endpoint's last answer
+  herald deliveries retry --org acme dlv_…         # attempt it now; waits for the answer
   herald deliveries recover --org acme --webhook wh_… --since 6h")]
     Deliveries {
         #[command(flatten)]

@@ -113,10 +113,13 @@ pub async fn resend(
     let resent = state.store.resend_delivery(org, id, now, lease_until).await;
     handing_off.disarm();
     let due = resent.map_err(ServiceError::from_store("delivery"))?;
+    // As it was sent, before this attempt, which is then the first one after those shown: what
+    // a caller waiting for the attempt's outcome needs (`herald deliveries retry`).
+    let sent = get(state, scope, org, id).await;
     // Someone is waiting to see it: ahead of the webhook's backlog, and through an open
     // circuit as its probe.
     state.dispatcher.enqueue_urgent(due, lease_until);
-    get(state, scope, org, id).await
+    sent
 }
 
 /// Resends every failed delivery of the webhook created at or after `since`.

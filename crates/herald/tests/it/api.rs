@@ -1790,6 +1790,24 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         shown.contains("The last answer's body (first KiB):\nreceiver says hi"),
         "{shown}"
     );
+    // Its retry, made now rather than on its schedule, waits for the answer as a test does.
+    let retry = ["deliveries", "retry", "--org", "acme", &delivery];
+    let (ok, out) = herald_cli(&app, &retry, None).await;
+    assert!(
+        !ok && out.contains("the endpoint answered 500") && out.contains("tries again at"),
+        "{out}"
+    );
+    rx.answer_by_default(crate::helpers::Reply::status(200));
+    let (ok, out) = herald_cli(&app, &retry, None).await;
+    assert!(
+        ok && out.contains(&format!("Delivered {delivery}")) && out.contains("answered 200"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &[&retry[..], &["--no-wait"]].concat(), None).await;
+    assert!(
+        ok && out.starts_with("ID") && out.contains("pending"),
+        "{out}"
+    );
 
     // An empty token (a variable that was not set) stops the command: it must not fall back
     // to the admin token.

@@ -438,13 +438,17 @@ pub enum DeliveriesCommand {
         id: String,
     },
     /// Send a delivery now: a finished one again (with a new retry schedule), or a pending one
-    /// that waits for its next attempt (its schedule goes on after it).
+    /// that waits for its next attempt (its schedule goes on after it). Waits for the
+    /// endpoint's answer and fails unless it succeeded.
     Retry {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
         /// The delivery's id (`dlv_…`).
         id: String,
+        /// Only send it: print the delivery without waiting for the answer.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Send again every failed delivery of a webhook created since a time.
     Recover {

@@ -92,14 +92,19 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 }
             }
         }
-        DeliveriesCommand::Retry { org, id } => show(
-            &conn,
-            &api.post(
+        DeliveriesCommand::Retry { org, id, no_wait } => {
+            let sent = api.post(
                 &api_path(&["v1", "orgs", &org, "deliveries", &id, "retry"])?,
                 json!({}),
-            )?,
-            cols,
-        ),
+            )?;
+            if no_wait {
+                show(&conn, &sent, cols);
+            } else {
+                // The answer shows the delivery as it was sent, before this attempt.
+                let before = sent["attempts"].as_array().map_or(0, Vec::len);
+                super::webhooks::show_attempt_outcome(&api, &conn, &org, &id, before)?;
+            }
+        }
         DeliveriesCommand::Recover {
             org,
             webhook,

@@ -23,25 +23,31 @@ pub(super) fn show_subscriptions(
     fail_on_unverified(page, webhook)
 }
 
-/// The longest a test waits for its first attempt: the longest webhook timeout and a margin.
-pub(super) const TEST_WAIT: Duration = Duration::from_secs(65);
+/// The longest a test or a retry waits for its attempt: the longest webhook timeout and a
+/// margin.
+pub(super) const ATTEMPT_WAIT: Duration = Duration::from_secs(65);
 
-/// Waits for the test delivery's first attempt and says how it went (with `--json`, the
-/// delivery as the server has it, attempts and all); fails unless it succeeded.
-pub(super) fn show_test_outcome(
+/// Waits for the delivery's attempt after the `attempts_before` it had when it was sent (a test
+/// or a retry) and says how it went (with `--json`, the delivery as the server has it, attempts
+/// and all); fails unless it succeeded.
+pub(super) fn show_attempt_outcome(
     api: &Api,
     conn: &Connection,
     org: &str,
     delivery: &str,
+    attempts_before: usize,
 ) -> anyhow::Result<()> {
     let path = api_path(&["v1", "orgs", org, "deliveries", delivery])?;
-    let deadline = Instant::now() + TEST_WAIT;
+    let deadline = Instant::now() + ATTEMPT_WAIT;
     eprintln!("Sent {delivery}; waiting for the endpoint's answer…");
     let detail = loop {
         let detail = api
             .get(&path)
             .with_context(|| format!("{delivery} was sent, but its outcome could not be read"))?;
-        if detail["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+        if detail["attempts"]
+            .as_array()
+            .is_some_and(|a| a.len() > attempts_before)
+        {
             break detail;
         }
         // Finished without an attempt: the webhook was deleted (cancelled) meanwhile, say.
@@ -58,7 +64,7 @@ pub(super) fn show_test_outcome(
             bail!(
                 "no answer recorded for {delivery} after {} s; see `herald deliveries get --org \
                  {org} {delivery}`",
-                TEST_WAIT.as_secs()
+                ATTEMPT_WAIT.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -296,7 +302,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 show(&conn, &sent, &["event_id", "delivery_id"]);
             } else {
                 let delivery = sent["delivery_id"].as_str().unwrap_or_default();
-                show_test_outcome(&api, &conn, &org, delivery)?;
+                show_attempt_outcome(&api, &conn, &org, delivery, 0)?;
             }
         }
         WebhooksCommand::Delete { org, ids } => {
