@@ -108,7 +108,7 @@ async fn get_delivery(
 #[utoipa::path(post, path = "/v1/orgs/{org}/deliveries/{id}/retry", tag = "deliveries",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "The delivery, pending with its attempt under way", body = DeliveryDetail),
+        (status = 200, description = "The delivery as sent: pending, with the attempts made before this one", body = DeliveryDetail),
         (status = 404, description = "No such delivery visible to the caller", body = super::ErrorBody),
         (status = 409, description = "An attempt of the delivery is already queued or under way, or its webhook is gone or inactive", body = super::ErrorBody),
     ))]
