@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::store::DeliveryFilter;
-use herald_core::{DeliveryId, Invalid, PageRequest, Timestamp};
+use herald_core::{DeliveryId, Invalid, OrgId, PageRequest, Timestamp};
 
 use super::error::{DashError, DashResult, describe};
 use super::forms::{QueryForm, path_id};
@@ -308,11 +308,34 @@ async fn resend_delivery(
     let id = path_id(&id, DeliveryId::parse)?;
     let Post { signed, .. } = post;
     let flash = match deliveries::resend(&state, &signed.scope, &org, &id).await {
-        Ok(_) => Flash::ok("Sent now; the attempt shows below once it is made."),
+        Ok(sent) => resend_flash(&state, &signed, &org, &id, sent.attempts.len()).await,
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
     Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}/deliveries/{id}")))
+}
+
+/// What became of a delivery just sent again: the endpoint's answer if it came within
+/// [`super::webhooks::ANSWER_WAIT`], so that the page shows the attempt.
+async fn resend_flash(
+    state: &AppState,
+    signed: &Signed,
+    org: &OrgId,
+    id: &DeliveryId,
+    made: usize,
+) -> Flash {
+    match super::webhooks::answer_to_attempt(state, &signed.scope, org, id, made).await {
+        None => Flash::ok("Sent now; no answer yet: the attempt shows below when one comes."),
+        Some((DeliveryState::Succeeded, answer, took)) => {
+            Flash::ok(format!("Delivered: {answer} in {took} ms."))
+        }
+        Some((DeliveryState::Pending, answer, took)) => Flash::error(format!(
+            "Not delivered: {answer} after {took} ms; it is retried on its schedule."
+        )),
+        Some((_, answer, took)) => Flash::error(format!(
+            "Not delivered: {answer} after {took} ms, and no attempt is left."
+        )),
+    }
 }
 
 #[cfg(test)]

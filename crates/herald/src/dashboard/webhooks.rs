@@ -317,33 +317,24 @@ async fn webhook_action(
     Ok(signed.flash_then_go(&state, flash, &back))
 }
 
-/// How long "Send test" waits for the endpoint's answer before the page comes back.
-const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long "Send test" and "Resend" wait for the endpoint's answer before the page comes back.
+pub(super) const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What became of a test just sent: the endpoint's answer if it came within [`TEST_WAIT`].
-async fn test_flash(
+/// What the endpoint answered to a delivery's attempt after the `made` it had, if it came
+/// within [`ANSWER_WAIT`]: the delivery's state then, the answer, and how long it took. A
+/// failure to read it counts as no answer yet: sent is sent.
+pub(super) async fn answer_to_attempt(
     state: &AppState,
     scope: &crate::service::Scope,
     org: &OrgId,
     delivery: &herald_core::DeliveryId,
-) -> Result<Flash, ServiceError> {
-    use herald_core::delivery::DeliveryState;
-    let sent = || {
-        Flash::ok(format!(
-            "Test event sent as delivery {delivery}; no answer yet: it shows in the history \
-             below when one comes."
-        ))
-    };
-    // Sent is sent: a failure to read what became of it says so, not that nothing was sent.
-    let Ok(Some(detail)) = deliveries::first_attempt(state, scope, org, delivery, TEST_WAIT).await
-    else {
-        return Ok(sent());
-    };
+    made: usize,
+) -> Option<(herald_core::delivery::DeliveryState, String, u32)> {
+    let detail = deliveries::next_attempt(state, scope, org, delivery, made, ANSWER_WAIT)
+        .await
+        .ok()??;
     // The latest attempt: a retry may already have followed a first one that failed.
-    let Some(attempt) = detail.attempts.last() else {
-        return Ok(sent());
-    };
-    let took = attempt.duration_ms;
+    let attempt = detail.attempts.last()?;
     let answer = match attempt.status {
         Some(status) => format!("the endpoint answered {status}"),
         None => attempt
@@ -352,7 +343,25 @@ async fn test_flash(
             .or(attempt.error.clone())
             .unwrap_or_else(|| "it failed".to_owned()),
     };
-    Ok(match detail.delivery.state {
+    Some((detail.delivery.state, answer, attempt.duration_ms))
+}
+
+/// What became of a test just sent: the endpoint's answer if it came within [`ANSWER_WAIT`].
+async fn test_flash(
+    state: &AppState,
+    scope: &crate::service::Scope,
+    org: &OrgId,
+    delivery: &herald_core::DeliveryId,
+) -> Result<Flash, ServiceError> {
+    use herald_core::delivery::DeliveryState;
+    let Some((after, answer, took)) = answer_to_attempt(state, scope, org, delivery, 0).await
+    else {
+        return Ok(Flash::ok(format!(
+            "Test event sent as delivery {delivery}; no answer yet: it shows in the history \
+             below when one comes."
+        )));
+    };
+    Ok(match after {
         DeliveryState::Succeeded => Flash::ok(format!("Test delivered: {answer} in {took} ms.")),
         DeliveryState::Pending => Flash::error(format!(
             "Test not delivered: {answer} after {took} ms; it is retried on the webhook's \

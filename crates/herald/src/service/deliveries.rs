@@ -73,20 +73,21 @@ pub async fn get(
     Ok(DeliveryDetail { delivery, attempts })
 }
 
-/// The delivery once its first attempt is recorded, looked at every 100 ms for at most
-/// `within`; `None` if none is recorded by then, or it ended without one (cancelled, say).
-/// For a person who just sent a test.
-pub async fn first_attempt(
+/// The delivery once an attempt after the `made` it had is recorded, looked at every 100 ms
+/// for at most `within`; `None` if none is recorded by then, or it ended without one
+/// (cancelled, say). For a person who just sent a test, or a delivery again.
+pub async fn next_attempt(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
     id: &DeliveryId,
+    made: usize,
     within: std::time::Duration,
 ) -> ServiceResult<Option<DeliveryDetail>> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let detail = get(state, scope, org, id).await?;
-        if !detail.attempts.is_empty() {
+        if detail.attempts.len() > made {
             return Ok(Some(detail));
         }
         let pending = detail.delivery.state == herald_core::delivery::DeliveryState::Pending;
