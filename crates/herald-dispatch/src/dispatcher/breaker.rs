@@ -210,12 +210,17 @@ impl Breaker {
                 0
             };
             let until = now.plus_millis(self.cooldown_ms + jitter);
+            // What waits for the probe, and, if it came before the cool-down's end (urgent: a
+            // test, a resend), what was put off to that end: all of it now waits for the new
+            // end, the one a later probe's success moves. Left at the old end, it would still
+            // wait for it after a success had closed the circuit: a two-node soak pressing
+            // "attempt now" on a down endpoint's deliveries left 122 of them waiting up to
+            // 12 minutes after it answered again.
+            let mut waiting: Vec<Timestamp> = probe_due.into_iter().collect();
+            waiting.extend(self.open_until.filter(|old| *old > now));
             self.open_until = Some(until);
             self.open_since.get_or_insert(now);
-            return Settled::Opened {
-                until,
-                waiting: probe_due,
-            };
+            return Settled::Opened { until, waiting };
         }
         Settled::Unchanged
     }
@@ -225,11 +230,12 @@ impl Breaker {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Settled {
     Unchanged,
-    /// Opened (or opened again) until this time; `waiting` is the time the deliveries deferred
-    /// during the probe that failed were put off to.
+    /// Opened (or opened again) until this time; `waiting` is the times the deliveries deferred
+    /// during the probe that failed were put off to (the end of the probe's time, and the old
+    /// cool-down's end if the probe came before it).
     Opened {
         until: Timestamp,
-        waiting: Option<Timestamp>,
+        waiting: Vec<Timestamp>,
     },
     /// Closed by the probe's success; `waiting` is the times the deliveries deferred meanwhile
     /// were put off to: the end of the probe's time (and the cool-down's, if the probe came
@@ -304,8 +310,8 @@ impl<'a> Ticket<'a> {
             Settled::Opened { until, waiting } => {
                 tracing::warn!(webhook = %self.webhook, org = %self.org, until = %until.to_rfc3339(), "endpoint keeps failing; pausing deliveries to it (circuit open) until a probe succeeds");
                 waiting
-                    .map(|from| Move { from, to: until })
                     .into_iter()
+                    .map(|from| Move { from, to: until })
                     .collect()
             }
             Settled::Closed { waiting } => {
@@ -354,13 +360,10 @@ mod tests {
             assert_eq!(b.record(false, false, t), Settled::Unchanged);
             assert_eq!(b.gate(t, PROBE_MS, false), Gate::Pass);
         }
-        let Settled::Opened {
-            until,
-            waiting: None,
-        } = b.record(false, false, t)
-        else {
+        let Settled::Opened { until, waiting } = b.record(false, false, t) else {
             panic!("opens")
         };
+        assert!(waiting.is_empty(), "nothing waited for a probe");
         assert_eq!(until, t.plus_millis(30_000));
         assert!(matches!(
             b.gate(t.plus_millis(10), PROBE_MS, false),
@@ -400,6 +403,29 @@ mod tests {
         assert_eq!(b.gate(early, PROBE_MS, false), Gate::Pass);
     }
 
+    #[test]
+    fn an_urgent_probe_that_fails_puts_off_what_waited_for_the_old_cool_down_too() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        fail_in_a_row(&mut b, t);
+        let old_end = t.plus_millis(30_000);
+        let early = t.plus_millis(10);
+        assert_eq!(b.gate(early, PROBE_MS, true), Gate::Probe);
+        let Settled::Opened { until, waiting } = b.record(false, true, early) else {
+            panic!("opens again")
+        };
+        assert!(until > old_end, "{until:?}");
+        assert_eq!(waiting, vec![early.plus_millis(PROBE_MS), old_end]);
+        // The next probe's success then finds everything at the one end left.
+        assert_eq!(b.gate(until, PROBE_MS, false), Gate::Probe);
+        assert_eq!(
+            b.record(true, true, until),
+            Settled::Closed {
+                waiting: vec![until.plus_millis(PROBE_MS)]
+            }
+        );
+    }
+
     /// A breaker that opened at 0, whose first probe (30 s on) failed: what that answered.
     fn failed_probe(b: &mut Breaker) -> Settled {
         let t = Timestamp::from_millis(0);
@@ -417,7 +443,7 @@ mod tests {
         let Settled::Opened { until, waiting } = failed_probe(&mut b) else {
             panic!("opens again")
         };
-        assert_eq!(waiting, Some(first.plus_millis(PROBE_MS)));
+        assert_eq!(waiting, vec![first.plus_millis(PROBE_MS)]);
         // Twice the first cool-down, and up to a fifth more.
         let waited = until.as_millis() - first.as_millis();
         assert!((60_000..72_000).contains(&waited), "{waited}");

@@ -104,7 +104,8 @@ async fn get_delivery(
 /// Sends a delivery now. A finished one (succeeded, failed, cancelled, skipped) is sent again
 /// with a fresh retry schedule. A pending one waiting for its next attempt (a retry, or its
 /// endpoint's cool-down) has that attempt now, and its schedule goes on after it: for an
-/// endpoint just fixed. Either way the attempt goes ahead of the webhook's backlog.
+/// endpoint just fixed. Either way the attempt goes ahead of the webhook's backlog, and through
+/// an open circuit as its probe, unless a probe is already out: it then waits for that one.
 #[utoipa::path(post, path = "/v1/orgs/{org}/deliveries/{id}/retry", tag = "deliveries",
     params(OrgItemPath),
     responses(
