@@ -111,12 +111,18 @@ pub async fn resend(
     let now = state.clock.now();
     let lease_until = state.lease_until(now);
     let handing_off = GiveBackIfDropped::one(state, org, id, now, lease_until);
-    let resent = state.store.resend_delivery(org, id, now, lease_until).await;
-    handing_off.disarm();
-    let due = resent.map_err(ServiceError::from_store("delivery"))?;
+    let due = match state.store.resend_delivery(org, id, now, lease_until).await {
+        Ok(due) => due,
+        Err(e) => {
+            handing_off.disarm();
+            return Err(ServiceError::from_store("delivery")(e));
+        }
+    };
     // As it was sent, before this attempt, which is then the first one after those shown: what
-    // a caller waiting for the attempt's outcome needs (`herald deliveries retry`).
+    // a caller waiting for the attempt's outcome needs (`herald deliveries retry`). Read while
+    // the guard is armed: a caller gone meanwhile has the lease given back, due now.
     let sent = get(state, scope, org, id).await;
+    handing_off.disarm();
     // Someone is waiting to see it: ahead of the webhook's backlog, and through an open
     // circuit as its probe.
     state.dispatcher.enqueue_urgent(due, lease_until);

@@ -120,6 +120,24 @@ async fn an_event_whose_producer_went_away_is_delivered_without_waiting_for_the_
     );
     let _ = resend.now_or_never();
     assert_eq!(rx.wait_for("/h", 3, WAIT).await.len(), 3);
+
+    // One whose caller went away after the store took it, while the delivery was read back to
+    // answer with (polled again once the write is done, then dropped).
+    app.wait_for_delivery(&org, &first, |d| d["state"] == "succeeded")
+        .await;
+    let mut resend = Box::pin(herald::service::deliveries::resend(
+        &app.state,
+        &herald::service::Scope::Admin,
+        &org_id,
+        &first_id,
+    ));
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(resend.as_mut().poll(&mut cx).is_pending());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = resend.as_mut().poll(&mut cx);
+    drop(resend);
+    assert_eq!(rx.wait_for("/h", 4, WAIT).await.len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
