@@ -55,7 +55,8 @@ pub fn resend_refusal(
     } else if state == DeliveryState::Pending.as_str() && leased {
         Some(
             "an attempt of the delivery is already queued or under way; its outcome shows in \
-             its attempts shortly",
+             its attempts once it is made (if the node holding it stopped, it is free again \
+             when that node's lease ends)",
         )
     } else {
         None

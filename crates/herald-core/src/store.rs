@@ -451,8 +451,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event>;
     /// The organization's events with these ids, those that are kept (in no particular order).
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>>;
-    /// Makes a finished delivery pending again with a fresh retry schedule, leased for an
-    /// immediate attempt. `Conflict` if it is still pending.
+    /// Leases a delivery for an immediate attempt: a finished one is pending again with a
+    /// fresh retry schedule; a pending one waiting for its next attempt has it now, its
+    /// schedule going on after it. `Conflict` while a node holds it (its lease has not ended)
+    /// or its webhook is disabled or deleted ([`crate::delivery::resend_refusal`]).
     async fn resend_delivery(
         &self,
         org: &OrgId,

@@ -139,6 +139,11 @@ impl HeldDeliveries {
         Some(self.holds)
     }
 
+    /// Whether the delivery is held and queued, not yet started.
+    pub(crate) fn is_queued(&self, id: &DeliveryId) -> bool {
+        self.by_id.get(id).is_some_and(|h| !h.started)
+    }
+
     /// Holds a delivery to be queued urgent (a resend): as [`Self::hold`], except that one held
     /// already but not started is numbered anew, so that the copy queued urgent now is the one
     /// attempted and the copy waiting in the regular queue is dropped when it comes up. A
@@ -692,6 +697,7 @@ mod tests {
         let started = held.hold(&in_flight, &w, T0, 10).unwrap();
         assert!(held.start(&in_flight, started));
 
+        assert!(held.is_queued(&queued) && !held.is_queued(&in_flight));
         let urgent = held.hold_urgent(&queued, &w, T, 10).unwrap();
         assert!(!held.start(&queued, regular), "the regular copy is dropped");
         assert!(held.start(&queued, urgent));

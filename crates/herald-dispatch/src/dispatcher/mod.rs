@@ -163,9 +163,10 @@ struct Shared {
     /// The count and bytes of `held`, readable without its lock (ingest asks on every request).
     held_count: AtomicUsize,
     held_bytes: AtomicUsize,
-    /// How many times queued deliveries were given back to the store: until the first, no
-    /// queue holds a stale copy (see `spill.rs`).
-    evictions: AtomicUsize,
+    /// How many times queued copies were left behind: deliveries given back to the store, or
+    /// queued anew as urgent (a resend). Until the first, no queue holds a stale copy (see
+    /// `spill.rs`).
+    stale_copies: AtomicUsize,
     /// What a recently held event weighed: how the scheduler sizes its claims. It starts at the
     /// default body limit and follows larger events at once, smaller ones slowly, so that a
     /// claim overshoots the byte budget at most once, by one batch of unexpectedly large events.
@@ -234,7 +235,7 @@ impl Dispatcher {
                 held: Mutex::new(held::HeldDeliveries::default()),
                 held_count: AtomicUsize::new(0),
                 held_bytes: AtomicUsize::new(0),
-                evictions: AtomicUsize::new(0),
+                stale_copies: AtomicUsize::new(0),
                 typical_event_bytes: AtomicUsize::new(FIRST_EVENT_ESTIMATE),
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
@@ -363,6 +364,10 @@ impl Dispatcher {
                 .filter_map(|d| {
                     let bytes = d.event.approx_bytes();
                     let hold = if urgent {
+                        if held.is_queued(&d.delivery_id) {
+                            // Its regular copy stays in the queue, stale.
+                            self.shared.stale_copies.fetch_add(1, Ordering::Relaxed);
+                        }
                         held.hold_urgent(&d.delivery_id, &d.webhook_id, lease_until, bytes)?
                     } else {
                         held.hold(&d.delivery_id, &d.webhook_id, lease_until, bytes)?

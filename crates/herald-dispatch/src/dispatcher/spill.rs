@@ -105,11 +105,11 @@ impl Dispatcher {
         }
     }
 
-    /// Whether a queued copy may still be attempted (it was not left behind by an eviction).
-    /// Until this node has evicted anything there is no such copy, and no lock is taken (the
-    /// check is only an early drop: `start` decides).
+    /// Whether a queued copy may still be attempted (it was not left behind by an eviction or
+    /// a resend). Until this node has left any behind there is no such copy, and no lock is
+    /// taken (the check is only an early drop: `start` decides).
     pub(super) fn is_current(&self, queued: &Queued) -> bool {
-        if self.shared.evictions.load(Ordering::Relaxed) == 0 {
+        if self.shared.stale_copies.load(Ordering::Relaxed) == 0 {
             return true;
         }
         let held = self.shared.held.lock().expect("held lock");
@@ -136,7 +136,7 @@ impl Dispatcher {
             let mut held = self.shared.held.lock().expect("held lock");
             let evicted = held.evict(self.budget(), needy, now);
             if !evicted.is_empty() {
-                self.shared.evictions.fetch_add(1, Ordering::Relaxed);
+                self.shared.stale_copies.fetch_add(1, Ordering::Relaxed);
             }
             self.note_held(&held);
             evicted

@@ -37,7 +37,7 @@ impl Dispatcher {
         let mut stop = self.shared.stop.subscribe();
         while let Some(first) = self.next_queued(&webhook_id, &mut queues).await {
             if !self.is_current(&first) {
-                // Left behind by an eviction: dropped before it takes a rate-limit slot.
+                // Left behind by an eviction or a resend: dropped before it takes a rate-limit slot.
                 continue;
             }
             if self.shared.recorder.paused() {

@@ -105,7 +105,8 @@ async fn get_delivery(
 /// with a fresh retry schedule. A pending one waiting for its next attempt (a retry, or its
 /// endpoint's cool-down) has that attempt now, and its schedule goes on after it: for an
 /// endpoint just fixed. Either way the attempt goes ahead of the webhook's backlog, and through
-/// an open circuit as its probe, unless a probe is already out: it then waits for that one.
+/// an open circuit as its probe, unless a probe is already out: it then waits for that one's
+/// answer and, if it fails, for the next cool-down's end.
 #[utoipa::path(post, path = "/v1/orgs/{org}/deliveries/{id}/retry", tag = "deliveries",
     params(OrgItemPath),
     responses(

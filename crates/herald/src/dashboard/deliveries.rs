@@ -325,7 +325,10 @@ async fn resend_flash(
     made: usize,
 ) -> Flash {
     match super::webhooks::answer_to_attempt(state, &signed.scope, org, id, made).await {
-        None => Flash::ok("Sent now; no answer yet: the attempt shows below when one comes."),
+        None => Flash::ok(
+            "Sent; no answer yet: the attempt shows below once it is made (behind an open \
+             circuit, at its next attempt time).",
+        ),
         Some((DeliveryState::Succeeded, answer, took)) => {
             Flash::ok(format!("Delivered: {answer} in {took} ms."))
         }

@@ -134,8 +134,10 @@ async fn an_event_whose_producer_went_away_is_delivered_without_waiting_for_the_
     let waker = futures::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     assert!(resend.as_mut().poll(&mut cx).is_pending());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = resend.as_mut().poll(&mut cx);
+    // Stored: the next poll goes on to read it back, and is dropped there.
+    app.wait_for_delivery(&org, &first, |d| d["state"] == "pending")
+        .await;
+    assert!(resend.as_mut().poll(&mut cx).is_pending());
     drop(resend);
     assert_eq!(rx.wait_for("/h", 4, WAIT).await.len(), 4);
 }

@@ -5,7 +5,7 @@
 //! when busy, so the writes are paced at `latency`'s rate (`scripts/bench-fsync` measures the
 //! same at any rate).
 
-use std::os::unix::fs::FileExt;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,12 @@ pub struct Durability {
     pub per_s: u32,
 }
 
-/// Writes 16 KiB and `fsync`s it, `per_s` times a second for about a second, in an unnamed
-/// file under `dir` (gone when closed). Blocking.
+/// Writes 16 KiB and `fsync`s it, `per_s` times a second, 10 to 200 times (a second at
+/// `latency`'s default 200), in an unnamed file under `dir` (gone when closed). Blocking.
 pub fn probe(dir: &Path, per_s: u32) -> std::io::Result<Durability> {
-    let writes = per_s.clamp(20, 200) as usize;
+    let writes = per_s.clamp(10, 200) as usize;
     let every = Duration::from_secs(1) / per_s.max(1);
-    let file = tempfile::tempfile_in(dir)?;
+    let mut file = tempfile::tempfile_in(dir)?;
     let block = vec![b'h'; WRITE_BYTES];
     let mut took = Vec::with_capacity(writes);
     let start = Instant::now();
@@ -34,7 +34,8 @@ pub fn probe(dir: &Path, per_s: u32) -> std::io::Result<Durability> {
             std::thread::sleep(wait);
         }
         // Over the same 64 blocks again and again, as SQLite's log is reused after a checkpoint.
-        file.write_all_at(&block, ((i % 64) * WRITE_BYTES) as u64)?;
+        file.seek(SeekFrom::Start(((i % 64) * WRITE_BYTES) as u64))?;
+        file.write_all(&block)?;
         let t = Instant::now();
         file.sync_all()?;
         took.push(t.elapsed());

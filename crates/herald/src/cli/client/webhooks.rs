@@ -62,8 +62,9 @@ pub(super) fn show_attempt_outcome(
         }
         if Instant::now() >= deadline {
             bail!(
-                "no answer recorded for {delivery} after {} s; see `herald deliveries get --org \
-                 {org} {delivery}`",
+                "no answer recorded for {delivery} after {} s (behind an open circuit it waits \
+                 for the next probe: its next_attempt_at says when); see `herald deliveries get \
+                 --org {org} {delivery}`",
                 ATTEMPT_WAIT.as_secs()
             );
         }
