@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::crash::Server;
-use crate::helpers::{ADMIN_TOKEN, TestReceiver, http_client};
+use crate::helpers::{ADMIN_TOKEN, Reply, TestReceiver, http_client};
 use crate::pg::{TestDatabase, TimingReceiver, assert_never_at_once};
 
 /// Short, so that the killed node's deliveries come back within the test.
@@ -350,6 +350,66 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
             Instant::now() < deadline,
             "node B still accepts the revoked key"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A delivery node A attempted, waiting an hour for its retry, is attempted now when asked
+    // through node B, and its outcome recorded.
+    let flaky = TestReceiver::start().await;
+    flaky.answer_by_default(Reply::status(500));
+    let (_, retried) = call(
+        &http,
+        a,
+        &format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "flaky", "url": flaky.url("/f"), "retry_schedule": [0, 3600] }),
+    )
+    .await;
+    let retried = retried["id"].as_str().unwrap().to_owned();
+    let event = json!({ "type": "user.created", "id": "r-1", "data": { "user": { "id": "r" } } });
+    let (status, _) = call(&http, a, &format!("/v1/orgs/{org}/events"), event).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    flaky.wait_for("/f", 1, Duration::from_secs(10)).await;
+    let read = |path: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .get(path)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let listed = read(format!("{b}/v1/orgs/{org}/webhooks/{retried}/deliveries")).await;
+    let delivery = listed["data"][0]["id"].as_str().unwrap().to_owned();
+    let detail = format!("{b}/v1/orgs/{org}/deliveries/{delivery}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read(detail.clone()).await["attempt_count"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first attempt is not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flaky.answer_by_default(Reply::status(200));
+    let (status, sent) = call(
+        &http,
+        b,
+        &format!("/v1/orgs/{org}/deliveries/{delivery}/retry"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    flaky.wait_for("/f", 2, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = read(detail.clone()).await;
+        if d["state"] == "succeeded" {
+            assert_eq!(d["attempt_count"], 2, "{d}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recorded as delivered: {d}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
