@@ -9,6 +9,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::measure::Histogram;
+use super::report::Latency;
+
 /// The size of each write: about what one event's commit writes to SQLite's log.
 const WRITE_BYTES: usize = 16 * 1024;
 
@@ -27,7 +30,7 @@ pub fn probe(dir: &Path, per_s: u32) -> std::io::Result<Durability> {
     let every = Duration::from_secs(1) / per_s.max(1);
     let mut file = tempfile::tempfile_in(dir)?;
     let block = vec![b'h'; WRITE_BYTES];
-    let mut took = Vec::with_capacity(writes);
+    let took = Histogram::default();
     let start = Instant::now();
     for i in 0..writes {
         if let Some(wait) = (start + every * i as u32).checked_duration_since(Instant::now()) {
@@ -38,16 +41,12 @@ pub fn probe(dir: &Path, per_s: u32) -> std::io::Result<Durability> {
         file.write_all(&block)?;
         let t = Instant::now();
         file.sync_all()?;
-        took.push(t.elapsed());
+        took.record(t.elapsed().as_micros() as u64);
     }
-    took.sort_unstable();
-    let ms = |q: f64| {
-        let i = ((took.len() - 1) as f64 * q).round() as usize;
-        took[i].as_secs_f64() * 1000.0
-    };
+    let quantiles = Latency::of(&took).ok_or_else(|| std::io::Error::other("nothing was timed"))?;
     Ok(Durability {
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
+        p50_ms: quantiles.p50,
+        p99_ms: quantiles.p99,
         per_s,
     })
 }
