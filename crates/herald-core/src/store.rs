@@ -545,4 +545,55 @@ pub trait Store: Send + Sync + 'static {
         webhook: &WebhookId,
         window: &HealthWindow,
     ) -> StoreResult<HealthRows>;
+
+    // Dashboard sessions, shared by every node so that a person stays signed in across
+    // restarts and behind a load balancer.
+    /// Stores a new session. Expired sessions go first; then, past `limits`, the owner's
+    /// sessions closest to expiry, then anyone's.
+    async fn create_session(
+        &self,
+        session: &DashboardSession,
+        now: Timestamp,
+        limits: SessionLimits,
+    ) -> StoreResult<()>;
+    /// The session with this id digest, unless it expired.
+    async fn get_session(
+        &self,
+        id_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<DashboardSession>>;
+    /// Ends a session, with its waiting messages.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Keeps a message (sealed by the caller) for the session's next view of `page`; past
+    /// `keep` waiting messages, its oldest go.
+    async fn add_flash(
+        &self,
+        id_hash: &str,
+        page: &str,
+        sealed: &str,
+        keep: usize,
+    ) -> StoreResult<()>;
+    /// The messages waiting for `page`, oldest first, which are then gone.
+    async fn take_flashes(&self, id_hash: &str, page: &str) -> StoreResult<Vec<String>>;
+}
+
+/// A dashboard session as stored. Its id (the cookie) is not: only its SHA-256, so that a copy
+/// of the database signs no one in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DashboardSession {
+    /// Hex SHA-256 of the session id.
+    pub id_hash: String,
+    /// Whose it is (`admin`, or an organization's id): the per-owner limit counts by it.
+    pub owner: String,
+    /// What signed in, in a form the dashboard checks again on every request.
+    pub credential: String,
+    pub csrf: String,
+    pub expires_at: Timestamp,
+}
+
+/// How many sessions are kept: `per_owner` of one owner, `total` in all.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub per_owner: usize,
+    pub total: usize,
 }

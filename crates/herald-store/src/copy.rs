@@ -36,8 +36,13 @@ pub const TABLES: &[&str] = &[
     "deliveries",
     "attempts",
 ];
-/// Tables each backend keeps for itself.
-const NOT_COPIED: &[&str] = &["schema_migrations"];
+/// Tables each backend keeps for itself. (Dashboard sessions are not carried over: people
+/// sign in again on the new database.)
+const NOT_COPIED: &[&str] = &[
+    "schema_migrations",
+    "dashboard_sessions",
+    "dashboard_flashes",
+];
 /// The most rows one insert carries...
 const CHUNK_ROWS: usize = 1_000;
 /// ...and about the most text (event data is up to a megabyte an event).

@@ -48,6 +48,7 @@ sequence! {
     7 "0007" "clustered_deliveries",
     8 "0008" "events_sequence",
     9 "0009" "api_key_roles",
+    10 "0010" "dashboard_sessions",
 }
 
 /// Says that the database was migrated by a newer Herald (its `schema` version is past the

@@ -24,6 +24,7 @@ use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, Placement,
     PurgeCount, PurgeFrom, Store, StoreError, StoreResult,
 };
+use herald_core::store::{DashboardSession, SessionLimits};
 use herald_core::webhook::{ContentMode, Webhook, WebhookOptions, WebhookUrl};
 use herald_core::{
     ApiKeyId, AttemptId, DeliveryId, EventTypeId, OrgId, PageRequest, Timestamp, WebhookId,
@@ -2361,6 +2362,140 @@ async fn releasing_all_leases_makes_leased_deliveries_claimable_at_once(store: A
 // Resending and recovering
 // ---------------------------------------------------------------------------------------------
 
+fn session(id: &str, owner: &str, expires_at: Timestamp) -> DashboardSession {
+    DashboardSession {
+        id_hash: id.into(),
+        owner: owner.into(),
+        credential: format!("key:{id}"),
+        csrf: format!("csrf-{id}"),
+        expires_at,
+    }
+}
+
+const LIMITS: SessionLimits = SessionLimits {
+    per_owner: 3,
+    total: 5,
+};
+
+async fn session_ids(store: &Arc<dyn Store>, ids: &[&str], now: Timestamp) -> Vec<String> {
+    let mut found = Vec::new();
+    for id in ids {
+        if let Some(s) = store.get_session(id, now).await.unwrap() {
+            found.push(s.id_hash);
+        }
+    }
+    found
+}
+
+async fn a_dashboard_session_is_kept_until_it_expires_or_ends(store: Arc<dyn Store>) {
+    let s = session("s1", "admin", at(3600));
+    store.create_session(&s, T0, LIMITS).await.unwrap();
+    assert_eq!(store.get_session("s1", at(10)).await.unwrap(), Some(s));
+    assert_eq!(store.get_session("s2", at(10)).await.unwrap(), None);
+    assert_eq!(
+        store.get_session("s1", at(3600)).await.unwrap(),
+        None,
+        "expired"
+    );
+
+    // Messages wait for their page, oldest first, and are taken once.
+    store
+        .create_session(&session("s2", "admin", at(3600)), T0, LIMITS)
+        .await
+        .unwrap();
+    for (page, sealed) in [("/a", "one"), ("/b", "other page"), ("/a", "two")] {
+        store.add_flash("s2", page, sealed, 16).await.unwrap();
+    }
+    store
+        .add_flash("s1", "/a", "another session's", 16)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_flashes("s2", "/a").await.unwrap(),
+        ["one", "two"]
+    );
+    assert!(store.take_flashes("s2", "/a").await.unwrap().is_empty());
+    assert_eq!(
+        store.take_flashes("s2", "/b").await.unwrap(),
+        ["other page"]
+    );
+    // Past `keep`, the oldest go.
+    for i in 0..5 {
+        store
+            .add_flash("s2", "/c", &format!("m{i}"), 3)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.take_flashes("s2", "/c").await.unwrap(),
+        ["m2", "m3", "m4"]
+    );
+    // None for a session that does not exist; an ended one's go with it.
+    store.add_flash("nobody", "/a", "lost", 16).await.unwrap();
+    assert!(store.take_flashes("nobody", "/a").await.unwrap().is_empty());
+    store.add_flash("s2", "/d", "waiting", 16).await.unwrap();
+    store.delete_session("s2").await.unwrap();
+    assert_eq!(store.get_session("s2", at(10)).await.unwrap(), None);
+    store
+        .create_session(&session("s2", "admin", at(3600)), T0, LIMITS)
+        .await
+        .unwrap();
+    assert!(
+        store.take_flashes("s2", "/d").await.unwrap().is_empty(),
+        "ended with its session"
+    );
+    assert_eq!(
+        store.take_flashes("s1", "/a").await.unwrap(),
+        ["another session's"]
+    );
+}
+
+async fn dashboard_sessions_past_their_limits_end_oldest_first(store: Arc<dyn Store>) {
+    let all = ["a1", "a2", "a3", "a4", "b1", "admin1", "x"];
+    // An owner's fourth session ends its first.
+    for (i, id) in ["a1", "a2", "a3", "a4"].iter().enumerate() {
+        let s = session(id, "org_a", at(1000 + i as i64));
+        store.create_session(&s, T0, LIMITS).await.unwrap();
+    }
+    assert_eq!(session_ids(&store, &all, T0).await, ["a2", "a3", "a4"]);
+    // Another owner's are not touched by it; past the total, the closest to expiry go.
+    store
+        .create_session(&session("b1", "org_b", at(500)), T0, LIMITS)
+        .await
+        .unwrap();
+    store
+        .create_session(&session("admin1", "admin", at(2000)), T0, LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        session_ids(&store, &all, T0).await,
+        ["a2", "a3", "a4", "b1", "admin1"]
+    );
+    store
+        .create_session(&session("x", "org_x", at(3000)), T0, LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        session_ids(&store, &all, T0).await,
+        ["a2", "a3", "a4", "admin1", "x"]
+    );
+    // Expired sessions go when the next one starts, with their messages.
+    store.add_flash("a2", "/p", "gone", 16).await.unwrap();
+    store
+        .create_session(&session("a1", "org_a", at(5000)), at(1001), LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        session_ids(&store, &all, T0).await,
+        ["a1", "a3", "a4", "admin1", "x"]
+    );
+    store
+        .create_session(&session("a2", "org_y", at(5000)), at(1001), LIMITS)
+        .await
+        .unwrap();
+    assert!(store.take_flashes("a2", "/p").await.unwrap().is_empty());
+}
+
 async fn a_delivery_is_sent_now_unless_a_node_holds_it(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let globex = org("globex");
@@ -3175,6 +3310,8 @@ macro_rules! stories {
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             a_delivery_is_sent_now_unless_a_node_holds_it,
+            a_dashboard_session_is_kept_until_it_expires_or_ends,
+            dashboard_sessions_past_their_limits_end_oldest_first,
             recovering_brings_back_failed_deliveries_created_since_a_time,
             a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent,
             recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,

@@ -152,6 +152,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     if !store.is_shared() {
         resume_previous_run(&*store, &dispatcher).await?;
     }
+    let sessions = Arc::new(crate::dashboard::Sessions::new(store.clone()));
     let state = AppState(Arc::new(Shared {
         auth: Arc::new(Authenticator::new(&admin_token, store.clone())),
         store,
@@ -161,7 +162,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         metrics: Arc::new(Metrics::default()),
         address_policy: Arc::new(policy),
         maintenance: Arc::new(tokio::sync::Notify::new()),
-        sessions: Arc::new(crate::dashboard::Sessions::new()),
+        sessions,
         admission: Arc::new(BodyBudget::new(
             settings.server.max_body_bytes_in_flight,
             settings.server.max_body_bytes,

@@ -15,6 +15,7 @@ mod health;
 mod ingest;
 mod orgs;
 mod rows;
+mod sessions;
 mod signals;
 mod webhooks;
 
@@ -33,8 +34,8 @@ use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
-    PurgeFrom, Store, StoreError, StoreResult, StoreSignal,
+    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, IngestItem, IngestResult,
+    PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError, StoreResult, StoreSignal,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -869,6 +870,43 @@ impl Store for PostgresStore {
         window: &herald_core::health::HealthWindow,
     ) -> StoreResult<herald_core::health::HealthRows> {
         on_client!(self, |c| health::webhook_health(&c, org, webhook, window))
+    }
+
+    async fn create_session(
+        &self,
+        session: &DashboardSession,
+        now: Timestamp,
+        limits: SessionLimits,
+    ) -> StoreResult<()> {
+        in_tx!(self, |tx| sessions::create(&tx, session, now, limits))
+    }
+
+    async fn get_session(
+        &self,
+        id_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<DashboardSession>> {
+        on_client!(self, |c| sessions::get(&c, id_hash, now))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        in_tx!(self, |tx| sessions::delete(&tx, id_hash))
+    }
+
+    async fn add_flash(
+        &self,
+        id_hash: &str,
+        page: &str,
+        sealed: &str,
+        keep: usize,
+    ) -> StoreResult<()> {
+        in_tx!(self, |tx| sessions::add_flash(
+            &tx, id_hash, page, sealed, keep
+        ))
+    }
+
+    async fn take_flashes(&self, id_hash: &str, page: &str) -> StoreResult<Vec<String>> {
+        on_client!(self, |c| sessions::take_flashes(&c, id_hash, page))
     }
 
     async fn recover_failed(

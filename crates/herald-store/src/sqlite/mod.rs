@@ -8,6 +8,7 @@ mod health;
 mod orgs;
 mod pool;
 pub(crate) mod rows;
+mod sessions;
 mod webhooks;
 mod writer;
 
@@ -22,8 +23,8 @@ use herald_core::event::Event;
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, PendingStat, PurgeCount,
-    PurgeFrom, Store, StoreError, StoreResult,
+    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, IngestItem, IngestResult,
+    PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError, StoreResult,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -816,6 +817,56 @@ impl Store for SqliteStore {
     ) -> StoreResult<herald_core::health::HealthRows> {
         let (org, webhook, window) = (org.clone(), webhook.clone(), *window);
         self.read(move |c| health::webhook_health(c, &org, &webhook, &window))
+            .await
+    }
+
+    async fn create_session(
+        &self,
+        session: &DashboardSession,
+        now: Timestamp,
+        limits: SessionLimits,
+    ) -> StoreResult<()> {
+        let session = session.clone();
+        self.write(move |c| sessions::create(c, &session, now, limits))
+            .await
+    }
+
+    async fn get_session(
+        &self,
+        id_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<DashboardSession>> {
+        let id_hash = id_hash.to_owned();
+        self.read(move |c| sessions::get(c, &id_hash, now)).await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let id_hash = id_hash.to_owned();
+        self.write(move |c| sessions::delete(c, &id_hash)).await
+    }
+
+    async fn add_flash(
+        &self,
+        id_hash: &str,
+        page: &str,
+        sealed: &str,
+        keep: usize,
+    ) -> StoreResult<()> {
+        let (id_hash, page, sealed) = (id_hash.to_owned(), page.to_owned(), sealed.to_owned());
+        self.write(move |c| sessions::add_flash(c, &id_hash, &page, &sealed, keep))
+            .await
+    }
+
+    async fn take_flashes(&self, id_hash: &str, page: &str) -> StoreResult<Vec<String>> {
+        let (id_hash, page) = (id_hash.to_owned(), page.to_owned());
+        let (id, at) = (id_hash.clone(), page.clone());
+        if !self
+            .read(move |c| sessions::has_flashes(c, &id, &at))
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| sessions::take_flashes(c, &id_hash, &page))
             .await
     }
 

@@ -8,12 +8,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use super::error::DashError;
 use super::forms::Form;
 use super::session::{self, Post, Signed};
 use super::templates::{self, Layout};
 use crate::app::AppState;
-use crate::service::Scope;
 use crate::service::auth::TokenDigest;
+use crate::service::{Scope, ServiceError};
 use herald_core::org::KeyRole;
 use herald_core::throttle::Throttle;
 
@@ -163,7 +164,7 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
         next: safe_next(q.next.as_deref()),
         error: None,
         notice: q.ended.as_deref().map(|why| match why {
-            "unsaved" => "Your session had ended (Herald restarted, or it expired 12 hours after signing in), so the form you sent was not saved. Sign in to go back to its page, then send it again.",
+            "unsaved" => "Your session had ended (it expires 12 hours after signing in, or you signed out in another tab), so the form you sent was not saved. Sign in to go back to its page, then send it again.",
             _ => "Your session has ended: the API key you signed in with was revoked (or its organization deleted). Sign in again with a valid token.",
         }),
     };
@@ -236,9 +237,14 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
             tracing::info!(org = %org, key_prefix, client, forwarded_for, "signed in to the dashboard with an API key");
         }
     }
-    let id = state
+    let id = match state
         .sessions
-        .create(TokenDigest::of(&token), scope.clone());
+        .create(&state.auth, &TokenDigest::of(&token), &scope)
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => return DashError::from(ServiceError::from_store("session")(e)).into_response(),
+    };
     let target = next.unwrap_or_else(|| home_of(&scope));
     (
         [(
@@ -251,7 +257,9 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
 }
 
 async fn sign_out(State(state): State<AppState>, post: Post) -> Response {
-    state.sessions.remove(&post.signed.session);
+    if let Err(e) = state.sessions.remove(&post.signed.session).await {
+        return DashError::from(ServiceError::from_store("session")(e)).into_response();
+    }
     (
         [(header::SET_COOKIE, session::clear_cookie())],
         Redirect::to("/login"),

@@ -173,7 +173,9 @@ async fn register_type(
                 "Event type {} registered: webhooks can subscribe to it and events of it can be sent.",
                 t.name
             ));
-            Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}/catalog", org.id)))
+            Ok(signed
+                .flash_then_go(&state, flash, &format!("/orgs/{}/catalog", org.id))
+                .await)
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => {
@@ -210,7 +212,9 @@ async fn unregister_type(
         Err(ServiceError::NotFound("organization")) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}/catalog")))
+    Ok(signed
+        .flash_then_go(&state, flash, &format!("/orgs/{org}/catalog"))
+        .await)
 }
 
 async fn catalog_page(
@@ -253,11 +257,6 @@ async fn catalog_page(
         catalogs: super::orgs::catalogs_named(org),
         groups,
     };
-    let layout = Layout::new(
-        state,
-        signed,
-        format!("Event catalog of {}", org.name),
-        Some(org),
-    );
+    let layout = Layout::new(signed, format!("Event catalog of {}", org.name), Some(org));
     Ok(templates::render(status, "catalog.html", &layout, page))
 }

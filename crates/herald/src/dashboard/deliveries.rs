@@ -165,12 +165,7 @@ async fn list_deliveries(
         first_href,
         recover_since,
     };
-    let layout = Layout::new(
-        &state,
-        &signed,
-        format!("History of {}", w.name),
-        Some(&org),
-    );
+    let layout = Layout::new(&signed, format!("History of {}", w.name), Some(&org));
     Ok(templates::render(
         StatusCode::OK,
         "deliveries.html",
@@ -214,11 +209,13 @@ async fn recover_deliveries(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    Ok(signed.flash_then_go(
-        &state,
-        flash,
-        &format!("/orgs/{org}/webhooks/{id}/deliveries"),
-    ))
+    Ok(signed
+        .flash_then_go(
+            &state,
+            flash,
+            &format!("/orgs/{org}/webhooks/{id}/deliveries"),
+        )
+        .await)
 }
 
 #[derive(Serialize)]
@@ -290,7 +287,7 @@ async fn show_delivery(
         request,
         pending: detail.delivery.state == DeliveryState::Pending,
     };
-    let layout = Layout::new(&state, &signed, format!("Delivery {id}"), Some(&org));
+    let layout = Layout::new(&signed, format!("Delivery {id}"), Some(&org));
     Ok(templates::render(
         StatusCode::OK,
         "delivery.html",
@@ -312,7 +309,9 @@ async fn resend_delivery(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}/deliveries/{id}")))
+    Ok(signed
+        .flash_then_go(&state, flash, &format!("/orgs/{org}/deliveries/{id}"))
+        .await)
 }
 
 /// What became of a delivery just sent again: the endpoint's answer if it came within

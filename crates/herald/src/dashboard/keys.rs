@@ -74,14 +74,14 @@ async fn create_key(
                 "No key created: '{}' is not a role; choose producer or manager.",
                 herald_core::truncate_for_message(other)
             ));
-            return Ok(signed.flash_then_go(&state, flash, &key_shown(&org)));
+            return Ok(signed.flash_then_go(&state, flash, &key_shown(&org)).await);
         }
     };
     let flash = match auth::create_api_key(&state, &signed.scope, &org, &form.text("name"), role)
         .await
     {
         Ok((record, key)) => Flash {
-            kind: "secret",
+            kind: "secret".to_owned(),
             message: format!(
                 "API key {} ({}) created. This is the key: copy it now, it will not be shown again.",
                 record.name,
@@ -92,7 +92,7 @@ async fn create_key(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(format!("No key created: {}", describe(e).1)),
     };
-    Ok(signed.flash_then_go(&state, flash, &key_shown(&org)))
+    Ok(signed.flash_then_go(&state, flash, &key_shown(&org)).await)
 }
 
 async fn revoke_key(
@@ -108,5 +108,7 @@ async fn revoke_key(
     // and sends the person to sign in, saying why.
     let flash =
         Flash::ok("API key revoked: requests and sessions using it are refused from now on.");
-    Ok(signed.flash_then_go(&state, flash, &keys_section(&org)))
+    Ok(signed
+        .flash_then_go(&state, flash, &keys_section(&org))
+        .await)
 }

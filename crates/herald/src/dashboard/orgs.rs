@@ -127,7 +127,7 @@ async fn orgs_page(
         form,
         catalogs: catalog_choices(&chosen),
     };
-    let layout = Layout::new(state, signed, "Organizations", None);
+    let layout = Layout::new(signed, "Organizations", None);
     Ok(templates::render(status, "orgs.html", &layout, page))
 }
 
@@ -154,7 +154,9 @@ async fn create_org(State(state): State<AppState>, post: Post) -> DashResult<Res
                 String::new()
             };
             let flash = Flash::ok(format!("Organization {} created.{note}", org.name));
-            Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", org.id)))
+            Ok(signed
+                .flash_then_go(&state, flash, &format!("/orgs/{}", org.id))
+                .await)
         }
         Err(e) => {
             let error_field = refused_field(&e);
@@ -237,7 +239,7 @@ async fn show_org(
         next_cursor: list.next_cursor,
         keys: keys.iter().map(KeyRow::from).collect(),
     };
-    let layout = Layout::new(&state, &signed, org.name.clone(), Some(&org));
+    let layout = Layout::new(&signed, org.name.clone(), Some(&org));
     Ok(templates::render(StatusCode::OK, "org.html", &layout, page))
 }
 
@@ -268,7 +270,9 @@ async fn bulk_delete(
             Err(e) => Flash::error(describe(e).1),
         }
     };
-    Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{org}")))
+    Ok(signed
+        .flash_then_go(&state, flash, &format!("/orgs/{org}"))
+        .await)
 }
 
 /// The organization's catalogs, comma-separated, or "none" (it sends only its own types).

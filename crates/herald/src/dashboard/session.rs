@@ -1,50 +1,53 @@
-//! Dashboard sessions: an in-memory map from a random 256-bit session id (the `herald_session`
-//! cookie, HttpOnly and SameSite=Strict) to what the person signed in with, a CSRF token and
-//! one-time messages. The map keeps only a digest of the token, never the token, and resolves
-//! it again on every request, so deleting an organization key ends its sessions at once.
-//!
-//! Sessions live in this node's memory: they end when it restarts, and behind a load balancer
-//! a person stays on one node only if the balancer keeps them there (sign in again otherwise).
+//! Dashboard sessions, kept in the store so that they outlive a restart and every node of a
+//! cluster knows them. The `herald_session` cookie (HttpOnly, SameSite=Strict) holds a random
+//! 256-bit id; the store keeps only its SHA-256, with what the person signed in with (in a form
+//! checked again on every request, so deleting an organization key ends its sessions at once),
+//! a CSRF token and one-time messages sealed with a key derived from the cookie.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use herald_core::Clock;
 use herald_core::org::KeyRole;
+use herald_core::store::{DashboardSession, SessionLimits, Store, StoreResult};
+use herald_core::time::SystemClock;
 use rand::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::DashError;
 use super::forms::Form;
 use crate::app::AppState;
-use crate::service::Scope;
-use crate::service::auth::TokenDigest;
+use crate::service::auth::{Authenticator, TokenDigest};
+use crate::service::{Scope, ServiceError};
 
 pub const COOKIE: &str = "herald_session";
 /// How long a session lasts after signing in.
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; past that the ones closest to expiry go first. Only people holding
-/// a valid token can create sessions, so this only bounds memory against a runaway script.
-const MAX_SESSIONS: usize = 10_000;
-/// Sessions of one organization (whichever of its keys signed in) or of the admin token kept at
-/// most; past that its own oldest goes. A script signing in with an organization's keys in a
-/// loop, creating and deleting keys as it goes (a deleted key's sessions end, but stay in the
-/// map until they expire), thus holds at most this many and never reaches [`MAX_SESSIONS`] to
-/// sign anyone else out, while a team sharing the admin token still has room for everyone's
-/// browsers.
-const MAX_SESSIONS_PER_OWNER: usize = 64;
+/// Sessions kept at most (past that the ones closest to expiry go first), and of one
+/// organization (whichever of its keys signed in) or of the admin token (past that its own
+/// oldest goes). Only people holding a valid token can create sessions, so these only bound
+/// the table against a runaway script: one signing in with an organization's keys in a loop,
+/// creating and deleting keys as it goes, holds at most `per_owner` and never signs anyone else
+/// out, while a team sharing the admin token still has room for everyone's browsers.
+const LIMITS: SessionLimits = SessionLimits {
+    per_owner: 64,
+    total: 10_000,
+};
 
 /// A message shown once on the next page: the outcome of an action, or a new secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Flash {
-    /// `ok` or `error`.
-    pub kind: &'static str,
+    /// `ok`, `error` or `secret`.
+    pub kind: String,
     pub message: String,
     /// A secret shown this once (after creation or rotation).
     pub secret: Option<String>,
@@ -53,7 +56,7 @@ pub struct Flash {
 impl Flash {
     pub fn ok(message: impl Into<String>) -> Self {
         Self {
-            kind: "ok",
+            kind: "ok".to_owned(),
             message: message.into(),
             secret: None,
         }
@@ -61,22 +64,11 @@ impl Flash {
 
     pub fn error(message: impl Into<String>) -> Self {
         Self {
-            kind: "error",
+            kind: "error".to_owned(),
             message: message.into(),
             secret: None,
         }
     }
-}
-
-struct Session {
-    digest: TokenDigest,
-    /// Who signed in: the admin, or an organization (by any of its keys).
-    owner: Scope,
-    csrf: String,
-    expires: Instant,
-    /// Messages waiting for the page they are about, by its path: a second tab's page shows
-    /// none of another's (a new secret least of all).
-    flashes: Vec<(String, Flash)>,
 }
 
 /// The most messages a session keeps waiting; past it the oldest go.
@@ -87,110 +79,131 @@ fn page_path(link: &str) -> &str {
     link.split(['#', '?']).next().unwrap_or(link)
 }
 
-/// Every session of this node.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
 fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 
+/// How the store finds a session: the SHA-256 of its id, so that a copy of the database signs
+/// no one in.
+fn id_hash(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+/// The key a session's messages are sealed with: derived from its id, which the store does not
+/// keep, so a new API key waiting there to be shown cannot be read from the database.
+fn flash_cipher(id: &str) -> XChaCha20Poly1305 {
+    let key = Sha256::new()
+        .chain_update(b"herald dashboard flash\0")
+        .chain_update(id.as_bytes())
+        .finalize();
+    XChaCha20Poly1305::new(&key)
+}
+
+fn seal(id: &str, page: &str, flash: &Flash) -> String {
+    let mut nonce = [0u8; 24];
+    rand::rng().fill_bytes(&mut nonce);
+    let plain = serde_json::to_vec(flash).expect("a flash serialises");
+    let sealed = flash_cipher(id)
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: page.as_bytes(),
+            },
+        )
+        .expect("sealing cannot fail for a message this size");
+    hex::encode([nonce.as_slice(), &sealed].concat())
+}
+
+fn open(id: &str, page: &str, sealed: &str) -> Option<Flash> {
+    let raw = hex::decode(sealed).ok()?;
+    if raw.len() < 24 {
+        return None;
+    }
+    let (nonce, sealed) = raw.split_at(24);
+    let plain = flash_cipher(id)
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: page.as_bytes(),
+            },
+        )
+        .ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+/// Every session, as the store keeps them; times are the system's (a session's 12 hours are
+/// real ones, whatever a test does to Herald's clock).
+pub struct Sessions {
+    store: Arc<dyn Store>,
+}
+
+/// A session found by its id: what to check it against, and its CSRF token.
+pub struct Found {
+    credential: String,
+    csrf: String,
+}
+
 impl Sessions {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
     }
 
     /// Starts a session for the token with `digest`, which resolved to `owner`; answers its id
     /// (for the cookie).
-    pub fn create(&self, digest: TokenDigest, owner: Scope) -> String {
+    pub async fn create(
+        &self,
+        auth: &Authenticator,
+        digest: &TokenDigest,
+        owner: &Scope,
+    ) -> StoreResult<String> {
         let id = random_hex();
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| s.expires > now);
-        let own: Vec<(&String, Instant)> = map
-            .iter()
-            .filter(|(_, s)| s.owner == owner)
-            .map(|(k, s)| (k, s.expires))
-            .collect();
-        if own.len() >= MAX_SESSIONS_PER_OWNER
-            && let Some(oldest) = own.iter().min_by_key(|(_, expires)| *expires)
-        {
-            let oldest = oldest.0.clone();
-            map.remove(&oldest);
-        }
-        while map.len() >= MAX_SESSIONS {
-            let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            map.remove(&oldest);
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                digest,
-                owner,
-                csrf: random_hex(),
-                expires: now + LIFETIME,
-                flashes: Vec::new(),
+        let now = SystemClock.now();
+        let session = DashboardSession {
+            id_hash: id_hash(&id),
+            owner: match owner {
+                Scope::Admin => "admin".to_owned(),
+                Scope::Org(org) => org.to_string(),
             },
-        );
-        id
+            credential: auth.session_credential(&id, digest, owner),
+            csrf: random_hex(),
+            expires_at: now.plus_millis(LIFETIME.as_millis() as i64),
+        };
+        self.store.create_session(&session, now, LIMITS).await?;
+        Ok(id)
     }
 
-    /// The session's token digest and CSRF token, if it exists and has not expired.
-    fn get(&self, id: &str) -> Option<(TokenDigest, String)> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(id) {
-            Some(s) if s.expires > Instant::now() => Some((s.digest.clone(), s.csrf.clone())),
-            Some(_) => {
-                map.remove(id);
-                None
-            }
-            None => None,
-        }
+    /// The session, if it exists and has not expired.
+    async fn get(&self, id: &str) -> StoreResult<Option<Found>> {
+        Ok(self
+            .store
+            .get_session(&id_hash(id), SystemClock.now())
+            .await?
+            .map(|s| Found {
+                credential: s.credential,
+                csrf: s.csrf,
+            }))
     }
 
-    pub fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+    pub async fn remove(&self, id: &str) -> StoreResult<()> {
+        self.store.delete_session(&id_hash(id)).await
     }
 
     /// Keeps `flash` for the next time the session shows the page at `link`.
-    pub fn flash(&self, id: &str, link: &str, flash: Flash) {
-        if let Some(s) = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(id)
-        {
-            if s.flashes.len() >= MAX_FLASHES {
-                s.flashes.remove(0);
-            }
-            s.flashes.push((page_path(link).to_owned(), flash));
-        }
+    pub async fn flash(&self, id: &str, link: &str, flash: &Flash) -> StoreResult<()> {
+        let page = page_path(link);
+        self.store
+            .add_flash(&id_hash(id), page, &seal(id, page, flash), MAX_FLASHES)
+            .await
     }
 
     /// The messages waiting for the page at `path`, which are then gone.
-    pub fn take_flashes(&self, id: &str, path: &str) -> Vec<Flash> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = map.get_mut(id) else {
-            return Vec::new();
-        };
-        let (here, elsewhere) = std::mem::take(&mut s.flashes)
-            .into_iter()
-            .partition(|(page, _)| page == path);
-        s.flashes = elsewhere;
-        here.into_iter().map(|(_, flash)| flash).collect()
+    pub async fn take_flashes(&self, id: &str, path: &str) -> StoreResult<Vec<Flash>> {
+        let sealed = self.store.take_flashes(&id_hash(id), path).await?;
+        Ok(sealed.iter().filter_map(|s| open(id, path, s)).collect())
     }
 }
 
@@ -240,20 +253,28 @@ pub struct Signed {
     pub scope: Scope,
     pub session: String,
     pub csrf: String,
-    /// The path of the page asked for: its messages are the ones shown.
-    pub path: String,
+    /// The messages waiting for the page asked for (taken on a GET: a form's answer goes on
+    /// to a page, which shows them).
+    pub flashes: Vec<Flash>,
+}
+
+/// The error page for a store that failed under a session's step.
+fn store_failed(e: herald_core::store::StoreError) -> Response {
+    DashError::from(ServiceError::from_store("session")(e)).into_response()
 }
 
 impl Signed {
     /// Goes to `link`, where `flash` is shown.
-    pub fn flash_then_go(&self, state: &AppState, flash: Flash, link: &str) -> Response {
-        state.sessions.flash(&self.session, link, flash);
-        Redirect::to(link).into_response()
+    pub async fn flash_then_go(&self, state: &AppState, flash: Flash, link: &str) -> Response {
+        match state.sessions.flash(&self.session, link, &flash).await {
+            Ok(()) => Redirect::to(link).into_response(),
+            Err(e) => store_failed(e),
+        }
     }
 }
 
 /// Where to go to sign in, coming back to the page asked for afterwards. A form posted without
-/// a session (it ended when Herald restarted, or expired) was not saved, and the sign-in page
+/// a session (it expired, or was signed out elsewhere) was not saved, and the sign-in page
 /// must say so, then lead back to the form's page: the browser's `Referer` (sent within this
 /// site, whose pages say `Referrer-Policy: same-origin`).
 fn to_sign_in(parts: &Parts) -> Response {
@@ -325,20 +346,39 @@ impl FromRequestParts<AppState> for Signed {
         let Some(session) = session_cookie(&parts.headers) else {
             return Err(to_sign_in(parts));
         };
-        let Some((digest, csrf)) = state.sessions.get(&session) else {
+        let Some(found) = state.sessions.get(&session).await.map_err(store_failed)? else {
             return Err(to_sign_in(parts));
         };
-        match state.auth.resolve_digest(&digest).await {
-            Ok(Some((scope, KeyRole::Manager))) => Ok(Signed {
-                scope,
-                session,
-                csrf,
-                path: parts.uri.path().to_owned(),
-            }),
+        match state
+            .auth
+            .resolve_session(&session, &found.credential)
+            .await
+        {
+            Ok(Some((scope, KeyRole::Manager))) => {
+                let flashes = if parts.method == Method::GET {
+                    state
+                        .sessions
+                        .take_flashes(&session, parts.uri.path())
+                        .await
+                        .map_err(store_failed)?
+                } else {
+                    Vec::new()
+                };
+                Ok(Signed {
+                    scope,
+                    session,
+                    csrf: found.csrf,
+                    flashes,
+                })
+            }
             Ok(None | Some((_, KeyRole::Producer))) => {
                 // The key was revoked (or its organization deleted) since: the session ends
                 // with it. (A producer's key never signs in.)
-                state.sessions.remove(&session);
+                state
+                    .sessions
+                    .remove(&session)
+                    .await
+                    .map_err(store_failed)?;
                 Err(ended(parts))
             }
             Err(e) => Err(DashError::from(e).into_response()),
@@ -402,7 +442,6 @@ impl FromRequest<AppState> for Post {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::OrgId;
 
     #[test]
     fn a_form_refused_at_its_posting_address_is_found_on_its_page() {
@@ -433,41 +472,16 @@ mod tests {
     }
 
     #[test]
-    fn a_session_keeps_its_flashes_until_they_are_shown() {
-        let sessions = Sessions::new();
-        let id = sessions.create(TokenDigest::of("t"), Scope::Admin);
-        sessions.flash(&id, "/orgs/a#api-keys", Flash::ok("saved"));
-        sessions.flash(&id, "/orgs/b", Flash::ok("another tab's"));
-        assert_eq!(sessions.take_flashes(&id, "/orgs/a").len(), 1);
-        assert!(sessions.take_flashes(&id, "/orgs/a").is_empty());
-        assert_eq!(sessions.take_flashes(&id, "/orgs/b").len(), 1);
-        sessions.remove(&id);
-        assert!(sessions.get(&id).is_none());
-    }
-
-    #[test]
-    fn signing_in_again_and_again_ends_only_the_same_organizations_sessions() {
-        let sessions = Sessions::new();
-        let acme = || Scope::Org(OrgId::from_trusted("org_acme".into()));
-        let admin = sessions.create(TokenDigest::of("admin"), Scope::Admin);
-        let other = sessions.create(
-            TokenDigest::of("hk_other"),
-            Scope::Org(OrgId::from_trusted("org_other".into())),
-        );
-        let first = sessions.create(TokenDigest::of("hk_first"), acme());
-        let mut latest = first.clone();
-        // A new key for every sign-in (as a script creating and deleting keys would).
-        for i in 0..MAX_SESSIONS_PER_OWNER {
-            latest = sessions.create(TokenDigest::of(&format!("hk_{i}")), acme());
-        }
-        assert!(sessions.get(&first).is_none(), "its own oldest went");
-        assert!(sessions.get(&latest).is_some());
-        assert!(sessions.get(&admin).is_some(), "the admin's stays");
-        assert!(
-            sessions.get(&other).is_some(),
-            "another organization's stays"
-        );
-        let map = sessions.map.lock().unwrap();
-        assert_eq!(map.len(), MAX_SESSIONS_PER_OWNER + 2);
+    fn a_message_opens_with_its_sessions_id_for_its_page_only() {
+        let (id, other) = (random_hex(), random_hex());
+        let mut flash = Flash::ok("API key created");
+        flash.secret = Some("hk_secret".to_owned());
+        let sealed = seal(&id, "/orgs/a", &flash);
+        assert!(!sealed.contains("hk_secret") && !sealed.contains(&hex::encode("hk_secret")));
+        assert_eq!(open(&id, "/orgs/a", &sealed), Some(flash));
+        assert_eq!(open(&other, "/orgs/a", &sealed), None, "another session");
+        assert_eq!(open(&id, "/orgs/b", &sealed), None, "another page");
+        assert_eq!(open(&id, "/orgs/a", "00ff"), None, "cut short");
+        assert_eq!(open(&id, "/orgs/a", "not hex"), None);
     }
 }

@@ -69,7 +69,6 @@ struct Refusal {
 }
 
 fn settings_page(
-    state: &AppState,
     signed: &Signed,
     org: &Organization,
     form: SettingsForm,
@@ -93,7 +92,7 @@ fn settings_page(
             .unwrap_or_default(),
         delete_error: delete_error.map(|(m, _)| m),
     };
-    let layout = Layout::new(state, signed, format!("{} · settings", org.name), Some(org));
+    let layout = Layout::new(signed, format!("{} · settings", org.name), Some(org));
     templates::render(status, "settings.html", &layout, page)
 }
 
@@ -104,7 +103,7 @@ async fn show_settings(
 ) -> DashResult<Response> {
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let form = SettingsForm::of(&org);
-    Ok(settings_page(&state, &signed, &org, form, None))
+    Ok(settings_page(&signed, &org, form, None))
 }
 
 async fn save_settings(
@@ -127,7 +126,9 @@ async fn save_settings(
     match orgs::update(&state, &signed.scope, &org.id, input).await {
         Ok(updated) => {
             let flash = Flash::ok("Organization settings saved.");
-            Ok(signed.flash_then_go(&state, flash, &format!("/orgs/{}", updated.id)))
+            Ok(signed
+                .flash_then_go(&state, flash, &format!("/orgs/{}", updated.id))
+                .await)
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => {
@@ -138,7 +139,7 @@ async fn save_settings(
                 error: Some((message, field)),
                 delete_error: None,
             };
-            Ok(settings_page(&state, &signed, &org, typed, Some(refusal)))
+            Ok(settings_page(&signed, &org, typed, Some(refusal)))
         }
     }
 }
@@ -166,12 +167,12 @@ async fn delete_org(
             )),
         };
         let form = SettingsForm::of(&org);
-        return Ok(settings_page(&state, &signed, &org, form, Some(refusal)));
+        return Ok(settings_page(&signed, &org, form, Some(refusal)));
     }
     orgs::delete(&state, &signed.scope, &org.id).await?;
     let flash = Flash::ok(format!(
         "Organization {} deleted, with its webhooks, deliveries, event types and API keys.",
         org.name
     ));
-    Ok(signed.flash_then_go(&state, flash, "/orgs"))
+    Ok(signed.flash_then_go(&state, flash, "/orgs").await)
 }

@@ -17,7 +17,6 @@ use herald_core::Timestamp;
 use herald_core::org::Organization;
 
 use super::session::{Flash, Signed};
-use crate::app::AppState;
 use crate::service::Scope;
 
 const SOURCES: &[(&str, &str)] = &[
@@ -82,12 +81,7 @@ pub struct OrgNav {
 
 impl Layout {
     /// The layout of a signed-in page; takes the session's one-time messages.
-    pub fn new(
-        state: &AppState,
-        signed: &Signed,
-        title: impl Into<String>,
-        org: Option<&Organization>,
-    ) -> Self {
+    pub fn new(signed: &Signed, title: impl Into<String>, org: Option<&Organization>) -> Self {
         Self {
             title: title.into(),
             signed_in: true,
@@ -97,7 +91,7 @@ impl Layout {
                 id: o.id.to_string(),
                 name: o.name.clone(),
             }),
-            flashes: state.sessions.take_flashes(&signed.session, &signed.path),
+            flashes: signed.flashes.clone(),
         }
     }
 

@@ -302,7 +302,7 @@ async fn form_page(
         },
         None => format!("New webhook for {}", org.name),
     };
-    let layout = Layout::new(state, signed, title, Some(org));
+    let layout = Layout::new(signed, title, Some(org));
     Ok(templates::render(
         status,
         "webhook_form.html",
@@ -356,7 +356,9 @@ async fn create_webhook(
     match created {
         Ok(w) => {
             let flash = secret_flash(&w, "Webhook created.");
-            Ok(signed.flash_then_go(&state, flash, &webhook_path(&org.id, &w.id)))
+            Ok(signed
+                .flash_then_go(&state, flash, &webhook_path(&org.id, &w.id))
+                .await)
         }
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => form_page(&state, &signed, &org, None, typed, Some(form_error(e))).await,
@@ -402,7 +404,9 @@ async fn update_webhook(
     match updated {
         Ok(w) => {
             let flash = Flash::ok("Webhook saved.");
-            Ok(signed.flash_then_go(&state, flash, &webhook_path(&org.id, &w.id)))
+            Ok(signed
+                .flash_then_go(&state, flash, &webhook_path(&org.id, &w.id))
+                .await)
         }
         Err(ServiceError::Changed { now }) => {
             // Saving again puts every field of this form back: say which of them differ from

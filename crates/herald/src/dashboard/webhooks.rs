@@ -42,7 +42,7 @@ pub fn webhook_path(org: &OrgId, id: &WebhookId) -> String {
 
 pub fn secret_flash(w: &Webhook, what: &str) -> Flash {
     Flash {
-        kind: "secret",
+        kind: "secret".to_owned(),
         message: format!(
             "{what} This is its signing secret: copy it now, it will not be shown again."
         ),
@@ -247,7 +247,7 @@ async fn show_webhook(
         charts: charts(&series),
         recent: recent.data.iter().map(DeliveryRow::from).collect(),
     };
-    let layout = Layout::new(&state, &signed, w.name.clone(), Some(&org));
+    let layout = Layout::new(&signed, w.name.clone(), Some(&org));
     Ok(templates::render(
         StatusCode::OK,
         "webhook.html",
@@ -314,7 +314,7 @@ async fn webhook_action(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    Ok(signed.flash_then_go(&state, flash, &back))
+    Ok(signed.flash_then_go(&state, flash, &back).await)
 }
 
 /// How long "Send test" and "Resend" wait for the endpoint's answer before the page comes back.

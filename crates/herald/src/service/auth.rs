@@ -129,6 +129,48 @@ impl Authenticator {
         }))
     }
 
+    /// What a dashboard session keeps of the token that signed it in (`session` is its id):
+    /// an API key's hash, as the key's own row has it; for the admin token, a hash of the
+    /// token's hash with the session id, which the store does not have, so that a copy of the
+    /// database offers nothing to test guesses of the admin token against.
+    pub fn session_credential(&self, session: &str, digest: &TokenDigest, scope: &Scope) -> String {
+        match scope {
+            Scope::Admin => format!("admin:{}", admin_session_check(session, &digest.hash)),
+            Scope::Org(_) => format!("key:{}", hex::encode(digest.hash)),
+        }
+    }
+
+    /// Resolves what a session keeps ([`Authenticator::session_credential`]) as
+    /// [`Authenticator::resolve_digest`] does a token: again on every request, so that a
+    /// deleted key or a changed admin token ends the sessions it signed in.
+    pub async fn resolve_session(
+        &self,
+        session: &str,
+        credential: &str,
+    ) -> ServiceResult<Option<(Scope, KeyRole)>> {
+        if let Some(check) = credential.strip_prefix("admin:") {
+            let expected = admin_session_check(session, &self.admin_hash);
+            return Ok(bool::from(check.as_bytes().ct_eq(expected.as_bytes()))
+                .then_some((Scope::Admin, KeyRole::Manager)));
+        }
+        let Some(hash) = credential
+            .strip_prefix("key:")
+            .and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok())
+        else {
+            return Ok(None);
+        };
+        let digest = TokenDigest {
+            hash,
+            api_key: true,
+        };
+        match self.resolve_digest(&digest).await? {
+            // The admin token that happens to look like an API key signs in as the admin,
+            // with the admin's kind of credential; one kept as a key's is not it.
+            Some((Scope::Admin, _)) => Ok(None),
+            other => Ok(other),
+        }
+    }
+
     fn forget_org_keys(&self, org: &OrgId) {
         let mut cache = self.keys.write().expect("key cache lock");
         cache.by_hash.retain(|_, (o, _)| o != org);
@@ -140,6 +182,16 @@ impl Authenticator {
         cache.by_hash.clear();
         cache.generation += 1;
     }
+}
+
+/// Binds the admin token's hash to one session id.
+fn admin_session_check(session: &str, admin_hash: &[u8; 32]) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(session.as_bytes())
+            .chain_update(admin_hash)
+            .finalize(),
+    )
 }
 
 /// The most API keys one organization may have: they are listed whole, never paged.
@@ -237,4 +289,77 @@ pub fn forget_org(state: &AppState, org: &OrgId) {
 /// Called when this node may have missed other nodes' changes.
 pub fn forget_all(state: &AppState) {
     state.auth.forget_all_keys();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::Timestamp;
+
+    fn authenticator(admin_token: &str, dir: &std::path::Path) -> Authenticator {
+        let store = herald_store::SqliteStore::open(dir.join("herald.db")).unwrap();
+        Authenticator::new(admin_token, Arc::new(store))
+    }
+
+    #[tokio::test]
+    async fn a_session_credential_resolves_for_its_own_session_and_token_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = authenticator("admin-token", dir.path());
+        let (session, other) = ("a".repeat(64), "b".repeat(64));
+        let admin =
+            auth.session_credential(&session, &TokenDigest::of("admin-token"), &Scope::Admin);
+        assert!(!admin.contains(&hex::encode(Sha256::digest(b"admin-token"))));
+        assert_eq!(
+            auth.resolve_session(&session, &admin).await.unwrap(),
+            Some((Scope::Admin, KeyRole::Manager))
+        );
+        assert_eq!(auth.resolve_session(&other, &admin).await.unwrap(), None);
+        // After a restart with another admin token, the admin's sessions have ended.
+        let changed = authenticator("new-admin-token", dir.path());
+        assert_eq!(
+            changed.resolve_session(&session, &admin).await.unwrap(),
+            None
+        );
+
+        // An API key's: resolved while the key exists.
+        let org = OrgId::from_trusted("org_acme".into());
+        let key = "hk_0123456789abcdef";
+        let digest = TokenDigest::of(key);
+        let kept = auth.session_credential(&session, &digest, &Scope::Org(org.clone()));
+        assert_eq!(auth.resolve_session(&session, &kept).await.unwrap(), None);
+        auth.store
+            .create_org(&herald_core::org::Organization {
+                id: org.clone(),
+                name: "Acme".into(),
+                handle: herald_core::org::OrgHandle::parse("acme").unwrap(),
+                catalogs: Vec::new(),
+                created_at: Timestamp::from_millis(0),
+                updated_at: Timestamp::from_millis(0),
+            })
+            .await
+            .unwrap();
+        auth.store
+            .create_api_key(&ApiKey {
+                id: ApiKeyId::generate(),
+                org_id: org.clone(),
+                name: "ops".into(),
+                prefix: key[..9].into(),
+                key_hash: hex::encode(Sha256::digest(key.as_bytes())),
+                role: KeyRole::Manager,
+                created_at: Timestamp::from_millis(0),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.resolve_session(&other, &kept).await.unwrap(),
+            Some((Scope::Org(org), KeyRole::Manager))
+        );
+        for forged in ["admin:", "key:zz", "key:", "other", &kept[..20]] {
+            assert_eq!(
+                auth.resolve_session(&session, forged).await.unwrap(),
+                None,
+                "{forged}"
+            );
+        }
+    }
 }

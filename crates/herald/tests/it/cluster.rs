@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::crash::Server;
+use crate::dashboard::{Visitor, shown_secret};
 use crate::helpers::{ADMIN_TOKEN, Reply, TestReceiver, http_client};
 use crate::pg::{TestDatabase, TimingReceiver, assert_never_at_once};
 
@@ -412,4 +413,35 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         assert!(Instant::now() < deadline, "not recorded as delivered: {d}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // Signed in to the dashboard through node A, a person is signed in on node B too (no
+    // sticky sessions needed); a new API key made through A is shown, once, on B's page.
+    let mut on_a = Visitor::at(a);
+    assert_eq!(
+        on_a.sign_in(ADMIN_TOKEN).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let on_b = on_a.on(b);
+    let page = format!("/orgs/{org}");
+    assert_eq!(on_b.get(&page).await.status, StatusCode::OK);
+    let csrf = on_b.csrf(&page).await;
+    let made = on_a
+        .post(
+            &format!("{page}/api-keys"),
+            &[("csrf", &csrf), ("name", "ops")],
+        )
+        .await;
+    assert_eq!(made.location, page, "{}", made.body);
+    let body = on_b.get(&page).await.body;
+    let key = shown_secret(&body).expect("node B shows the key made through node A");
+    assert!(key.starts_with("hk_"), "{key}");
+    assert!(
+        shown_secret(&on_a.get(&page).await.body).is_none(),
+        "shown once"
+    );
+    // Signed out through B, the session ends on A as well.
+    on_b.post("/logout", &[("csrf", &csrf)]).await;
+    let after = on_a.get(&page).await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+    assert!(after.location.starts_with("/login"), "{}", after.location);
 }

@@ -253,7 +253,8 @@ fn signal(pid: &str, name: &str) {
 }
 
 /// Ctrl-C waits for the requests in flight (up to 10 s), saying how many; a second one stops at
-/// once, and what it cut off is sent again after the next start.
+/// once, and what it cut off is sent again after the next start (where a dashboard session
+/// started before goes on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
     let _turn = crate::helpers::heavy_turn().await;
@@ -274,6 +275,12 @@ async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
         .unwrap();
     assert_eq!(posted.status(), StatusCode::ACCEPTED);
     rx.wait_for("/sink", 1, Duration::from_secs(10)).await;
+    // Someone signed in to the dashboard.
+    let mut visitor = crate::dashboard::Visitor::at(&server.base);
+    assert_eq!(
+        visitor.sign_in(ADMIN_TOKEN).await.status,
+        StatusCode::SEE_OTHER
+    );
     let pid = server.child.id().unwrap().to_string();
     signal(&pid, "INT");
     let said = |text: &str| server.log.lock().unwrap().iter().any(|l| l.contains(text));
@@ -292,8 +299,11 @@ async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
         .expect("a second Ctrl-C stops the server at once, not after the 10 s wait")
         .unwrap();
     assert_eq!(status.code(), Some(130));
-    let _again = Server::start(dir.path()).await;
+    let again = Server::start(dir.path()).await;
     rx.wait_for("/sink", 2, Duration::from_secs(10)).await;
+    // Their session outlived the restart.
+    let page = visitor.on(&again.base).get(&format!("/orgs/{org}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.location);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

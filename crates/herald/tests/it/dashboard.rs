@@ -40,6 +40,27 @@ impl Visitor {
         }
     }
 
+    /// A visitor of the server at `base` (a real `herald serve`).
+    pub fn at(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            cookie: None,
+        }
+    }
+
+    /// The same browser (its cookie) visiting the server at `base`: another node, or the same
+    /// one after a restart.
+    pub fn on(&self, base: &str) -> Self {
+        Self {
+            cookie: self.cookie.clone(),
+            ..Self::at(base)
+        }
+    }
+
     pub async fn signed_in(app: &TestApp, token: &str) -> Self {
         let mut visitor = Self::new(app);
         let answer = visitor.sign_in(token).await;
@@ -270,7 +291,7 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         assert!(header(CACHE_CONTROL).contains("immutable"), "{path}");
     }
 
-    // A form sent after the session ended (Herald restarted) was not saved: the sign-in page
+    // A form sent after the session ended (it expired) was not saved: the sign-in page
     // says so and leads back to the form's page.
     let form_page = format!("{}/orgs/{org}/webhooks/new", app.base);
     let resp = stranger
@@ -841,7 +862,7 @@ async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
 }
 
 /// The one-time secret on a page (the banner after creating a key or a webhook), if any.
-fn shown_secret(body: &str) -> Option<String> {
+pub fn shown_secret(body: &str) -> Option<String> {
     let marker = r#"<code id="new-secret">"#;
     let start = body.find(marker)? + marker.len();
     Some(body[start..].split('<').next()?.to_owned())
