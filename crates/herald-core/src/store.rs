@@ -526,6 +526,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<(OrgId, Subscription)>>;
 
+    /// Makes every pending delivery of the webhook waiting for its next attempt (a retry, or
+    /// its endpoint's cool-down) due at `now`, unless a node holds it (leased); their schedules
+    /// go on after it. Parked ones (an inactive webhook's) stay parked. Answers how many.
+    async fn retry_waiting(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
     /// Makes every failed delivery of the webhook created since `since` pending again, due now.
     async fn recover_failed(
         &self,

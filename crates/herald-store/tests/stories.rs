@@ -2496,6 +2496,75 @@ async fn dashboard_sessions_past_their_limits_end_oldest_first(store: Arc<dyn St
     assert!(store.take_flashes("a2", "/p").await.unwrap().is_empty());
 }
 
+async fn every_delivery_waiting_for_its_retry_is_made_due_now_when_asked(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (globex, other_hook) = org_with_webhook(&store, "globex").await;
+    // Three of the webhook's deliveries and one of another webhook failed their first attempt
+    // and wait until 300 s.
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        waiting.push(deliver(&store, &hook, &format!("evt_{i}"), T0, false).await);
+    }
+    let other = deliver(&store, &other_hook, "evt_other", T0, false).await;
+    assert_eq!(claim(&store, T0).await.len(), 4);
+    for (org, id) in waiting
+        .iter()
+        .map(|d| (&acme.id, d))
+        .chain([(&globex.id, &other)])
+    {
+        record_first_attempt(&store, org, id, &server_error(), NextStep::RetryAt(at(300))).await;
+    }
+    // One more, held by a node (claimed until 80 s), and one new, due already.
+    let held = deliver(&store, &hook, "evt_held", at(50), false).await;
+    assert_eq!(claim(&store, at(50)).await, vec![held.clone()]);
+    let fresh = deliver(&store, &hook, "evt_fresh", at(55), false).await;
+
+    // Another organization cannot reach the webhook.
+    assert_eq!(
+        store
+            .retry_waiting(&globex.id, &hook.id, at(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(claim(&store, at(60)).await, vec![fresh.clone()]);
+    assert_eq!(
+        store
+            .retry_waiting(&acme.id, &hook.id, at(60))
+            .await
+            .unwrap(),
+        3
+    );
+    let mut due_now = waiting.clone();
+    due_now.sort();
+    let claimed = store.claim_due(at(60), at(90), 100).await.unwrap();
+    let mut ids: Vec<DeliveryId> = claimed.iter().map(|d| d.delivery_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, due_now);
+    for due in &claimed {
+        assert_eq!(
+            (due.attempt_count, due.schedule_base),
+            (1, 0),
+            "the schedule goes on"
+        );
+        let (d, _) = store
+            .get_delivery(&acme.id, &due.delivery_id)
+            .await
+            .unwrap();
+        assert_eq!(d.next_attempt_at, Some(at(60)));
+    }
+    let (d, _) = store.get_delivery(&globex.id, &other).await.unwrap();
+    assert_eq!(d.next_attempt_at, Some(at(300)), "another webhook's waits");
+    // Now claimed, they are under way: nothing is waiting.
+    assert_eq!(
+        store
+            .retry_waiting(&acme.id, &hook.id, at(61))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 async fn a_delivery_is_sent_now_unless_a_node_holds_it(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let globex = org("globex");
@@ -3310,6 +3379,7 @@ macro_rules! stories {
             a_late_outcome_does_not_undo_the_next_holders_lease,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             a_delivery_is_sent_now_unless_a_node_holds_it,
+            every_delivery_waiting_for_its_retry_is_made_due_now_when_asked,
             a_dashboard_session_is_kept_until_it_expires_or_ends,
             dashboard_sessions_past_their_limits_end_oldest_first,
             recovering_brings_back_failed_deliveries_created_since_a_time,

@@ -740,6 +740,27 @@ pub(crate) async fn resend(
     due_row(&row)
 }
 
+pub(crate) async fn retry_waiting(
+    c: &impl Conn,
+    org: &OrgId,
+    webhook: &WebhookId,
+    now: Timestamp,
+) -> DbResult<u64> {
+    let n = c
+        .exec(
+            "UPDATE deliveries SET next_attempt_at = $1::BIGINT, due_at = $1::BIGINT, \
+             updated_at = $1::BIGINT \
+             WHERE org_id = $2 AND webhook_id = $3 AND state = 'pending' \
+             AND lease_until IS NULL AND due_at > $1::BIGINT",
+            &[&now.as_millis(), &org.as_str(), &webhook.as_str()],
+        )
+        .await?;
+    if n > 0 {
+        announce_work(c).await?;
+    }
+    Ok(n)
+}
+
 pub(crate) async fn recover_failed(
     c: &impl Conn,
     org: &OrgId,

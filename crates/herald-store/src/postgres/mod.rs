@@ -909,6 +909,17 @@ impl Store for PostgresStore {
         on_client!(self, |c| sessions::take_flashes(&c, id_hash, page))
     }
 
+    async fn retry_waiting(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        in_tx!(self, BULK_TIMEOUT, |tx| deliveries::retry_waiting(
+            &tx, org, webhook, now
+        ))
+    }
+
     async fn recover_failed(
         &self,
         org: &OrgId,

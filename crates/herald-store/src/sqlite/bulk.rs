@@ -271,6 +271,33 @@ pub(crate) fn recover_failed(
     Ok(Step::after(changed, read.len(), RECOVERY_SCAN, last))
 }
 
+/// Makes the pending deliveries of `org`'s `webhook` that wait for their next attempt (due after
+/// `now`) and that nobody holds due at `now`; the schedule goes on from their attempt count.
+/// The walk starts after `now`: a changed delivery leaves its range.
+pub(crate) fn retry_waiting(
+    conn: &Connection,
+    org: &OrgId,
+    webhook: &WebhookId,
+    now: Timestamp,
+    walk: &Walk,
+) -> DbResult<Step<Walk>> {
+    let theirs = conn
+        .prepare_cached("SELECT 1 FROM webhooks WHERE id = ?1 AND org_id = ?2")?
+        .exists(params![webhook.as_str(), org.as_str()])?;
+    if !theirs {
+        return Ok(Step::new(0, None));
+    }
+    let (ids, next) = next_batch(conn, webhook, walk, "lease_until IS NULL", false)?;
+    let changed = update_each(
+        conn,
+        "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2, updated_at = ?2 \
+         WHERE id = ?1 AND state = 'pending' AND lease_until IS NULL AND due_at > ?2",
+        &ids,
+        &[&now.as_millis()],
+    )?;
+    Ok(Step::new(changed, next))
+}
+
 /// Deletes up to [`STEP`] of a webhook's deliveries, whatever their state, with their attempts:
 /// the first part of deleting its organization.
 pub(crate) fn delete_deliveries(conn: &Connection, webhook: &WebhookId) -> DbResult<Step<()>> {

@@ -870,6 +870,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn retry_waiting(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let (org, webhook) = (org.clone(), webhook.clone());
+        let after_now = bulk::Walk::Due {
+            from: now.as_millis().saturating_add(1),
+        };
+        self.in_steps(after_now, move |c, walk| {
+            bulk::retry_waiting(c, &org, &webhook, now, walk)
+        })
+        .await
+    }
+
     async fn recover_failed(
         &self,
         org: &OrgId,

@@ -1,5 +1,5 @@
 //! Delivery history: `/v1/orgs/{org}/webhooks/{id}/deliveries`, `/v1/orgs/{org}/deliveries/{id}`,
-//! resend and recover.
+//! resend, retrying what waits, and recover.
 
 use axum::Json;
 use axum::extract::State;
@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_deliveries))
         .routes(routes!(recover_deliveries))
+        .routes(routes!(retry_waiting))
         .routes(routes!(get_delivery))
         .routes(routes!(retry_delivery))
         .routes(routes!(purge_history))
@@ -121,6 +122,34 @@ async fn retry_delivery(
 ) -> ApiResult<Json<DeliveryDetail>> {
     let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
     Ok(Json(deliveries::resend(&state, &scope, &org, &id).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Retried {
+    /// How many deliveries waiting for their next attempt were made due now.
+    retried: u64,
+}
+
+/// Attempts now every pending delivery of the webhook that waits for its next attempt (a
+/// retry, or its endpoint's cool-down): for an endpoint just fixed. Their schedules go on after
+/// it. Behind an open circuit, one of them goes first as its probe and the rest follow it once
+/// it succeeds. Deliveries already queued or under way go on as they are; failed ones are sent
+/// again by `recover`.
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/retry", tag = "deliveries",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "How many were made due now", body = Retried),
+        (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
+        (status = 409, description = "The webhook is inactive: its deliveries wait, parked, until it is activated", body = super::ErrorBody),
+    ))]
+async fn retry_waiting(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    PathParams(path): PathParams<OrgItemPath>,
+) -> ApiResult<Json<Retried>> {
+    let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
+    let retried = deliveries::retry_waiting(&state, &scope, &org, &webhook).await?;
+    Ok(Json(Retried { retried }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

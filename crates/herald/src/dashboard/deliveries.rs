@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
             "/orgs/{org}/webhooks/{id}/recover",
             post(recover_deliveries),
         )
+        .route("/orgs/{org}/webhooks/{id}/retry", post(retry_waiting))
         .route("/orgs/{org}/deliveries/{id}", get(show_delivery))
         .route("/orgs/{org}/deliveries/{id}/resend", post(resend_delivery))
 }
@@ -189,6 +190,34 @@ fn parse_since(raw: &str) -> Result<Timestamp, Invalid> {
                 "must be a date and time, e.g. 2026-05-01T12:00 (UTC)",
             )
         })
+}
+
+async fn retry_waiting(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    post: Post,
+) -> DashResult<Response> {
+    let (org, id) = (org_id(&org)?, webhook_id(&id)?);
+    let flash = match deliveries::retry_waiting(&state, &post.signed.scope, &org, &id).await {
+        Ok(0) => Flash::ok(
+            "No delivery is waiting for a retry: any pending ones are queued or under way. \
+             Failed ones are sent again from the form below.",
+        ),
+        Ok(1) => Flash::ok("1 delivery waiting for a retry is being attempted now."),
+        Ok(n) => Flash::ok(format!(
+            "{n} deliveries waiting for a retry are being attempted now."
+        )),
+        Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
+        Err(e) => Flash::error(describe(e).1),
+    };
+    Ok(post
+        .signed
+        .flash_then_go(
+            &state,
+            flash,
+            &format!("/orgs/{org}/webhooks/{id}/deliveries"),
+        )
+        .await)
 }
 
 async fn recover_deliveries(

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use herald_core::delivery::{Attempt, Delivery};
+use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::profile::{self, RenderInput};
 use herald_core::store::DeliveryFilter;
 use herald_core::store::StoreError;
@@ -127,6 +127,66 @@ pub async fn resend(
     // circuit as its probe.
     state.dispatcher.enqueue_urgent(due, lease_until);
     sent
+}
+
+/// Attempts now every delivery of the webhook waiting for its next attempt (a retry, or its
+/// endpoint's cool-down), for an endpoint just fixed; their schedules go on after it. Behind an
+/// open circuit, one of them goes first as its probe, as a resend does, so that the circuit
+/// closes now rather than at the cool-down's end and the rest follow. Answers how many.
+pub async fn retry_waiting(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    webhook: &WebhookId,
+) -> ServiceResult<u64> {
+    let w = super::webhooks::get(state, scope, org, webhook).await?;
+    if !w.active {
+        return Err(ServiceError::Conflict(
+            "the webhook is inactive: its deliveries wait, parked, until it is activated, and \
+             then go at once"
+                .into(),
+        ));
+    }
+    let mut probed = 0;
+    if state.dispatcher.circuit_open_until(webhook).is_some() {
+        let pending = state
+            .store
+            .list_deliveries(
+                org,
+                webhook,
+                &DeliveryFilter {
+                    state: Some(DeliveryState::Pending),
+                    event_type: None,
+                },
+                &PageRequest {
+                    limit: 1,
+                    cursor: None,
+                },
+            )
+            .await
+            .map_err(ServiceError::from_store("webhook"))?;
+        if let Some(first) = pending.data.first() {
+            // Held by a node already (409): that one is under way, or goes as the probe.
+            match resend(state, scope, org, &first.id).await {
+                Ok(_) => probed = 1,
+                Err(ServiceError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let n = state
+        .store
+        .retry_waiting(org, webhook, state.clock.now())
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    if n > 0 {
+        state.dispatcher.wake_delivery_scheduler();
+    }
+    let n = n + probed;
+    if n > 0 {
+        tracing::info!(webhook = %webhook, count = n, "attempting the webhook's waiting deliveries now");
+    }
+    Ok(n)
 }
 
 /// Resends every failed delivery of the webhook created at or after `since`.

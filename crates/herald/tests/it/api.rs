@@ -1563,6 +1563,25 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         ),
         "{out}"
     );
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "deliveries",
+            "retry-waiting",
+            "--org",
+            &org,
+            "--webhook",
+            &hook,
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.starts_with(&format!(
+            "No delivery of {hook} is waiting for a retry: any pending ones are queued or under way."
+        )),
+        "{out}"
+    );
     // An empty list says so under its header.
     let (ok, out) = herald_cli(
         &app,

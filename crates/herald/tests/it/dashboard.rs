@@ -1540,6 +1540,52 @@ async fn a_delivery_waiting_for_its_retry_is_attempted_now_from_its_page() {
     assert!(body.contains("#2 "), "{body}");
     assert_eq!(rx.received_on("/h").len(), 2);
     assert!(admin.get(&page).await.body.contains(">Resend</button>"));
+
+    // Another waits an hour for its retry: the webhook's history attempts every waiting one.
+    rx.answer_by_default(Reply::status(500));
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u2" } } }),
+    )
+    .await;
+    rx.wait_for("/h", 3, std::time::Duration::from_secs(10))
+        .await;
+    let second = app.delivery_ids(&org, hook["id"].as_str().unwrap()).await;
+    let second = second.iter().find(|d| **d != delivery).unwrap();
+    app.wait_for_delivery(&org, second, |d| d["attempt_count"] == 1)
+        .await;
+    rx.answer_by_default(Reply::status(204));
+    let history = format!(
+        "/orgs/{org}/webhooks/{}/deliveries",
+        hook["id"].as_str().unwrap()
+    );
+    assert!(
+        admin
+            .get(&history)
+            .await
+            .body
+            .contains(">Attempt waiting deliveries now</button>")
+    );
+    let a = admin
+        .post(
+            &format!(
+                "/orgs/{org}/webhooks/{}/retry",
+                hook["id"].as_str().unwrap()
+            ),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (StatusCode::SEE_OTHER, history.as_str())
+    );
+    let body = admin.get(&history).await.body;
+    assert!(
+        body.contains("1 delivery waiting for a retry is being attempted now."),
+        "{body}"
+    );
+    app.wait_for_delivery(&org, second, |d| d["state"] == "succeeded")
+        .await;
 }
 
 /// A second organization of one name gets a numbered handle, and the dashboard says so.

@@ -310,6 +310,59 @@ async fn a_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
     assert_eq!(d["attempt_count"], 3);
 }
 
+/// An endpoint fixed while its circuit is open and ten deliveries wait an hour for their
+/// retry: asked, Herald attempts every waiting one now, the first as the circuit's probe, and
+/// the rest follow once it succeeds (the test's clock never reaches the cool-down's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened_with(&app, &rx, 20, json!([0, 3600, 3600])).await;
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(hook["circuit_open_until"].is_string(), "{hook}");
+    let ids = app.delivery_ids(&org, &id).await;
+    assert_eq!(ids.len(), 20);
+    let retry = format!("/v1/orgs/{org}/webhooks/{id}/retry");
+
+    rx.answer_by_default(Reply::status(200));
+    let (status, answer) = app.post(&retry, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let retried = answer["retried"].as_u64().unwrap();
+    assert!((10..=20).contains(&retried), "{answer}");
+    for delivery in &ids {
+        app.wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
+            .await;
+    }
+    // Nothing waits any more; another organization's caller finds no such webhook, and an
+    // inactive webhook's deliveries wait for it to be activated.
+    let (status, answer) = app.post(&retry, json!({})).await;
+    assert_eq!(
+        (status, answer["retried"].as_u64()),
+        (StatusCode::OK, Some(0))
+    );
+    let other = app.create_org("Globex").await;
+    let (status, _) = app
+        .post(&format!("/v1/orgs/{other}/webhooks/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "active": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = app.post(&retry, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inactive"),
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_429_pushes_the_next_attempt_back() {
     let app = TestApp::spawn().await;

@@ -450,6 +450,16 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Attempt now every delivery of a webhook that waits for a retry (or for its endpoint's
+    /// cool-down): for an endpoint just fixed. Their retry schedules go on after it.
+    RetryWaiting {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The webhook's id (`wh_…`).
+        #[arg(long)]
+        webhook: String,
+    },
     /// Send again every failed delivery of a webhook created since a time.
     Recover {
         /// The organization: its id (`org_…`) or its handle.
@@ -500,6 +510,7 @@ impl DeliveriesCommand {
             Self::List { org, .. }
             | Self::Get { org, .. }
             | Self::Retry { org, .. }
+            | Self::RetryWaiting { org, .. }
             | Self::Recover { org, .. } => org,
         }
     }

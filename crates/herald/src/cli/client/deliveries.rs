@@ -105,6 +105,29 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 super::webhooks::show_attempt_outcome(&api, &conn, &org, &id, before)?;
             }
         }
+        DeliveriesCommand::RetryWaiting { org, webhook } => {
+            let answer = api.post(
+                &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "retry"])?,
+                json!({}),
+            )?;
+            if conn.json {
+                print_json(&answer);
+            } else {
+                match answer["retried"].as_u64().unwrap_or(0) {
+                    0 => out!(
+                        "No delivery of {webhook} is waiting for a retry: any pending ones are \
+                         queued or under way. Failed ones are sent again by `herald deliveries \
+                         recover --org {org} --webhook {webhook} --since 1d`."
+                    ),
+                    n => out!(
+                        "{n} {} of {webhook} waiting for a retry {} attempted now; see how they \
+                         go with `herald deliveries list --org {org} --webhook {webhook}`.",
+                        if n == 1 { "delivery" } else { "deliveries" },
+                        if n == 1 { "is" } else { "are" },
+                    ),
+                }
+            }
+        }
         DeliveriesCommand::Recover {
             org,
             webhook,
