@@ -527,8 +527,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(OrgId, Subscription)>>;
 
     /// Makes every pending delivery of the webhook waiting for its next attempt (a retry, or
-    /// its endpoint's cool-down) due at `now`, unless a node holds it (leased); their schedules
-    /// go on after it. Parked ones (an inactive webhook's) stay parked. Answers how many.
+    /// its endpoint's cool-down: its `next_attempt_at` after `now`) due at `now`, unless a node
+    /// holds it (leased) or it changed at `now` or later; their schedules go on after it.
+    /// Parked ones (an inactive webhook's) stay parked. Answers how many.
     async fn retry_waiting(
         &self,
         org: &OrgId,
@@ -596,7 +597,6 @@ pub struct DashboardSession {
     pub owner: String,
     /// What signed in, in a form the dashboard checks again on every request.
     pub credential: String,
-    pub csrf: String,
     pub expires_at: Timestamp,
 }
 

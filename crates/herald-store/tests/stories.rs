@@ -2367,7 +2367,6 @@ fn session(id: &str, owner: &str, expires_at: Timestamp) -> DashboardSession {
         id_hash: id.into(),
         owner: owner.into(),
         credential: format!("key:{id}"),
-        csrf: format!("csrf-{id}"),
         expires_at,
     }
 }
@@ -2514,10 +2513,21 @@ async fn every_delivery_waiting_for_its_retry_is_made_due_now_when_asked(store: 
     {
         record_first_attempt(&store, org, id, &server_error(), NextStep::RetryAt(at(300))).await;
     }
-    // One more, held by a node (claimed until 80 s), and one new, due already.
+    // One more, held by a node (claimed until 80 s), one new, due already, and one spilled (its
+    // node had no room for it: due already, marked due at 85 s for the node to pull in turn).
     let held = deliver(&store, &hook, "evt_held", at(50), false).await;
     assert_eq!(claim(&store, at(50)).await, vec![held.clone()]);
     let fresh = deliver(&store, &hook, "evt_fresh", at(55), false).await;
+    let spilled = DeliveryId::generate();
+    let item = placed_item(
+        event(&acme.id, "evt_spilled", "user.created", at(55)),
+        &[(&spilled, &hook.id)],
+        Placement::Spilled,
+    );
+    store
+        .insert_events(&acme.id, &[item], at(55), at(85))
+        .await
+        .unwrap();
 
     // Another organization cannot reach the webhook.
     assert_eq!(
@@ -2558,10 +2568,41 @@ async fn every_delivery_waiting_for_its_retry_is_made_due_now_when_asked(store: 
     // Now claimed, they are under way: nothing is waiting.
     assert_eq!(
         store
-            .retry_waiting(&acme.id, &hook.id, at(61))
+            .retry_waiting(&acme.id, &hook.id, at(60))
             .await
             .unwrap(),
         0
+    );
+    // Put off again by an open circuit while a call of that time still walks: passed over by
+    // it (or it would go round them for as long as the circuit stays open); a later call
+    // makes them due again.
+    let leases: Vec<_> = waiting.iter().map(|id| (id.clone(), at(90))).collect();
+    assert_eq!(
+        store
+            .defer_deliveries(&acme.id, &leases, at(400))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .retry_waiting(&acme.id, &hook.id, at(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .retry_waiting(&acme.id, &hook.id, at(61))
+            .await
+            .unwrap(),
+        3
+    );
+    let (d, _) = store.get_delivery(&acme.id, &spilled).await.unwrap();
+    assert_eq!(
+        d.next_attempt_at,
+        Some(at(55)),
+        "the spilled one comes in its turn"
     );
 }
 

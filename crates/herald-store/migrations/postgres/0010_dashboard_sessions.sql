@@ -4,7 +4,6 @@ CREATE TABLE dashboard_sessions (
     id_hash     TEXT PRIMARY KEY,
     owner       TEXT NOT NULL,
     credential  TEXT NOT NULL,
-    csrf        TEXT NOT NULL,
     expires_at  BIGINT NOT NULL
 );
 CREATE INDEX dashboard_sessions_by_owner ON dashboard_sessions (owner, expires_at);
@@ -14,7 +13,7 @@ CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions (expires_at);
 -- the session's cookie gives (a new API key or secret among them).
 CREATE TABLE dashboard_flashes (
     seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    session     TEXT NOT NULL,
+    session     TEXT NOT NULL REFERENCES dashboard_sessions (id_hash) ON DELETE CASCADE,
     page        TEXT NOT NULL,
     sealed      TEXT NOT NULL
 );

@@ -4,7 +4,6 @@ CREATE TABLE dashboard_sessions (
     id_hash     TEXT PRIMARY KEY,
     owner       TEXT NOT NULL,
     credential  TEXT NOT NULL,
-    csrf        TEXT NOT NULL,
     expires_at  INTEGER NOT NULL
 );
 CREATE INDEX dashboard_sessions_by_owner ON dashboard_sessions (owner, expires_at);

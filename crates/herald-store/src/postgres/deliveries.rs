@@ -748,10 +748,16 @@ pub(crate) async fn retry_waiting(
 ) -> DbResult<u64> {
     let n = c
         .exec(
+            // Waiting: its next attempt is later (a spilled delivery's is already due, and
+            // its webhook's backlog brings it in turn), and nobody holds it. Rows another
+            // transaction has locked (claimed, or moved by a probe's answer) are passed over
+            // rather than waited for, so that this never deadlocks with them. One changed at
+            // `now` or later was just attempted or made due, as in SQLite's walk.
             "UPDATE deliveries SET next_attempt_at = $1::BIGINT, due_at = $1::BIGINT, \
-             updated_at = $1::BIGINT \
+             updated_at = $1::BIGINT WHERE id IN (SELECT id FROM deliveries \
              WHERE org_id = $2 AND webhook_id = $3 AND state = 'pending' \
-             AND lease_until IS NULL AND due_at > $1::BIGINT",
+             AND lease_until IS NULL AND due_at > $1::BIGINT AND next_attempt_at > $1::BIGINT \
+             AND updated_at < $1::BIGINT FOR UPDATE SKIP LOCKED)",
             &[&now.as_millis(), &org.as_str(), &webhook.as_str()],
         )
         .await?;

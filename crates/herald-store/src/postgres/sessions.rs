@@ -44,13 +44,12 @@ pub(crate) async fn create(
         .await?;
     }
     c.exec(
-        "INSERT INTO dashboard_sessions (id_hash, owner, credential, csrf, expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO dashboard_sessions (id_hash, owner, credential, expires_at) \
+         VALUES ($1, $2, $3, $4)",
         &[
             &session.id_hash,
             &session.owner,
             &session.credential,
-            &session.csrf,
             &session.expires_at.as_millis(),
         ],
     )
@@ -65,7 +64,7 @@ pub(crate) async fn get(
 ) -> DbResult<Option<DashboardSession>> {
     let Some(row) = c
         .opt_row(
-            "SELECT id_hash, owner, credential, csrf, expires_at FROM dashboard_sessions \
+            "SELECT id_hash, owner, credential, expires_at FROM dashboard_sessions \
              WHERE id_hash = $1 AND expires_at > $2",
             &[&id_hash, &now.as_millis()],
         )
@@ -77,8 +76,7 @@ pub(crate) async fn get(
         id_hash: row.try_get(0)?,
         owner: row.try_get(1)?,
         credential: row.try_get(2)?,
-        csrf: row.try_get(3)?,
-        expires_at: Timestamp::from_millis(row.try_get(4)?),
+        expires_at: Timestamp::from_millis(row.try_get(3)?),
     }))
 }
 

@@ -74,13 +74,15 @@ impl Walk {
 }
 
 /// The next up to [`STEP`] pending deliveries of `webhook` from `walk` that match `filter` (SQL
-/// over the `deliveries` row), with where the next step starts (`None`: the walk is over). A
-/// walk over the parked ones goes on to the due ones once those are done, if `then_due`.
+/// over the `deliveries` row, which may name `?3`… for `values`), with where the next step
+/// starts (`None`: the walk is over). A walk over the parked ones goes on to the due ones once
+/// those are done, if `then_due`.
 fn next_batch(
     conn: &Connection,
     webhook: &WebhookId,
     walk: &Walk,
     filter: &str,
+    values: &[&dyn ToSql],
     then_due: bool,
 ) -> DbResult<(Vec<String>, Option<Walk>)> {
     match walk {
@@ -91,7 +93,9 @@ fn next_batch(
                      WHERE due_at IS NULL AND id > ?2 AND state = 'pending' AND webhook_id = ?1 \
                      AND {filter} ORDER BY id LIMIT {STEP}"
                 ))?
-                .query_map(params![webhook.as_str(), after], |r| r.get(0))?
+                .query_map(bound(&webhook.as_str(), after, values).as_slice(), |r| {
+                    r.get(0)
+                })?
                 .collect::<Result<_, _>>()?;
             let next = match ids.last() {
                 Some(last) if ids.len() == STEP => Some(Walk::Parked {
@@ -109,7 +113,7 @@ fn next_batch(
                      WHERE due_at >= ?2 AND state = 'pending' AND webhook_id = ?1 \
                      AND {filter} ORDER BY due_at LIMIT {STEP}"
                 ))?
-                .query_map(params![webhook.as_str(), from], |r| {
+                .query_map(bound(&webhook.as_str(), from, values).as_slice(), |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?
                 .collect::<Result<_, _>>()?;
@@ -122,6 +126,13 @@ fn next_batch(
             Ok((rows.into_iter().map(|(id, _)| id).collect(), next))
         }
     }
+}
+
+/// A walk's parameters: the webhook (`?1`), where the walk is (`?2`), then the filter's.
+fn bound<'a>(webhook: &'a &str, at: &'a dyn ToSql, values: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
+    let mut all: Vec<&dyn ToSql> = vec![webhook, at];
+    all.extend_from_slice(values);
+    all
 }
 
 /// Runs `sql` on each of `ids` (`?1`, followed by `rest` as `?2`…); answers how many rows it
@@ -151,6 +162,7 @@ pub(crate) fn park(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbRes
         webhook,
         walk,
         "lease_until IS NULL AND (SELECT active FROM webhooks WHERE id = ?1) = 0",
+        &[],
         false,
     )?;
     let changed = update_each(
@@ -169,6 +181,7 @@ pub(crate) fn unpark(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbR
         webhook,
         walk,
         "(SELECT active = 1 AND deleted_at IS NULL FROM webhooks WHERE id = ?1)",
+        &[],
         false,
     )?;
     let changed = update_each(
@@ -188,7 +201,7 @@ pub(crate) fn cancel(
     now: Timestamp,
     walk: &Walk,
 ) -> DbResult<Step<Walk>> {
-    let (ids, next) = next_batch(conn, webhook, walk, "1", true)?;
+    let (ids, next) = next_batch(conn, webhook, walk, "1", &[], true)?;
     let changed = update_each(
         conn,
         "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
@@ -287,11 +300,23 @@ pub(crate) fn retry_waiting(
     if !theirs {
         return Ok(Step::new(0, None));
     }
-    let (ids, next) = next_batch(conn, webhook, walk, "lease_until IS NULL", false)?;
+    // Waiting: its next attempt is later (a spilled delivery's is already due, and its own
+    // webhook's backlog brings it in turn), and nobody holds it. Changed since the walk began
+    // (by this walk, or claimed and put off again by an open circuit, or attempted): passed
+    // over, so that the walk ends.
+    let (ids, next) = next_batch(
+        conn,
+        webhook,
+        walk,
+        "lease_until IS NULL AND next_attempt_at > ?3 AND updated_at < ?3",
+        &[&now.as_millis()],
+        false,
+    )?;
     let changed = update_each(
         conn,
         "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2, updated_at = ?2 \
-         WHERE id = ?1 AND state = 'pending' AND lease_until IS NULL AND due_at > ?2",
+         WHERE id = ?1 AND state = 'pending' AND lease_until IS NULL AND due_at > ?2 \
+         AND next_attempt_at > ?2 AND updated_at < ?2",
         &ids,
         &[&now.as_millis()],
     )?;

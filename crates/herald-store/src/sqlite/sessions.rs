@@ -44,14 +44,13 @@ pub(crate) fn create(
         delete(conn, id)?;
     }
     conn.prepare_cached(
-        "INSERT INTO dashboard_sessions (id_hash, owner, credential, csrf, expires_at) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO dashboard_sessions (id_hash, owner, credential, expires_at) \
+         VALUES (?, ?, ?, ?)",
     )?
     .execute(params![
         session.id_hash,
         session.owner,
         session.credential,
-        session.csrf,
         session.expires_at.as_millis(),
     ])?;
     Ok(())
@@ -64,7 +63,7 @@ pub(crate) fn get(
 ) -> DbResult<Option<DashboardSession>> {
     Ok(conn
         .prepare_cached(
-            "SELECT id_hash, owner, credential, csrf, expires_at FROM dashboard_sessions \
+            "SELECT id_hash, owner, credential, expires_at FROM dashboard_sessions \
              WHERE id_hash = ? AND expires_at > ?",
         )?
         .query_row(params![id_hash, now.as_millis()], |r| {
@@ -72,8 +71,7 @@ pub(crate) fn get(
                 id_hash: r.get(0)?,
                 owner: r.get(1)?,
                 credential: r.get(2)?,
-                csrf: r.get(3)?,
-                expires_at: Timestamp::from_millis(r.get(4)?),
+                expires_at: Timestamp::from_millis(r.get(3)?),
             })
         })
         .optional()?)

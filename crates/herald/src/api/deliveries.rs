@@ -132,8 +132,8 @@ struct Retried {
 
 /// Attempts now every pending delivery of the webhook that waits for its next attempt (a
 /// retry, or its endpoint's cool-down): for an endpoint just fixed. Their schedules go on after
-/// it. Behind an open circuit, one of them goes first as its probe and the rest follow it once
-/// it succeeds. Deliveries already queued or under way go on as they are; failed ones are sent
+/// it. Behind this node's open circuit, one of them goes first as its probe and the rest follow
+/// it once it succeeds. Deliveries already queued or under way go on as they are; failed ones are sent
 /// again by `recover`.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/retry", tag = "deliveries",
     params(OrgItemPath),

@@ -165,7 +165,7 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
         error: None,
         notice: q.ended.as_deref().map(|why| match why {
             "unsaved" => "Your session had ended (it expires 12 hours after signing in, or you signed out in another tab), so the form you sent was not saved. Sign in to go back to its page, then send it again.",
-            _ => "Your session has ended: the API key you signed in with was revoked (or its organization deleted). Sign in again with a valid token.",
+            _ => "Your session has ended: the API key you signed in with was revoked (or its organization deleted), or the admin token was changed. Sign in again with a valid token.",
         }),
     };
     templates::render(
@@ -258,7 +258,13 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
 
 async fn sign_out(State(state): State<AppState>, post: Post) -> Response {
     if let Err(e) = state.sessions.remove(&post.signed.session).await {
-        return DashError::from(ServiceError::from_store("session")(e)).into_response();
+        // Signed out of this browser at least; the page says the rest failed.
+        let mut page = DashError::from(ServiceError::from_store("session")(e)).into_response();
+        page.headers_mut().insert(
+            header::SET_COOKIE,
+            session::clear_cookie().parse().expect("a valid header"),
+        );
+        return page;
     }
     (
         [(header::SET_COOKIE, session::clear_cookie())],

@@ -257,6 +257,12 @@ async fn catalog_page(
         catalogs: super::orgs::catalogs_named(org),
         groups,
     };
-    let layout = Layout::new(signed, format!("Event catalog of {}", org.name), Some(org));
+    let layout = Layout::new(
+        state,
+        signed,
+        format!("Event catalog of {}", org.name),
+        Some(org),
+    )
+    .await;
     Ok(templates::render(status, "catalog.html", &layout, page))
 }

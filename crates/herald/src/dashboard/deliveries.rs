@@ -90,6 +90,8 @@ struct HistoryPage {
     first_href: Option<String>,
     /// A default for the recover form: a day ago, as `datetime-local` wants it.
     recover_since: String,
+    /// Whether its deliveries are sent (an inactive webhook's wait, parked).
+    active: bool,
 }
 
 async fn list_deliveries(
@@ -165,8 +167,15 @@ async fn list_deliveries(
         next_href,
         first_href,
         recover_since,
+        active: w.active,
     };
-    let layout = Layout::new(&signed, format!("History of {}", w.name), Some(&org));
+    let layout = Layout::new(
+        &state,
+        &signed,
+        format!("History of {}", w.name),
+        Some(&org),
+    )
+    .await;
     Ok(templates::render(
         StatusCode::OK,
         "deliveries.html",
@@ -316,7 +325,7 @@ async fn show_delivery(
         request,
         pending: detail.delivery.state == DeliveryState::Pending,
     };
-    let layout = Layout::new(&signed, format!("Delivery {id}"), Some(&org));
+    let layout = Layout::new(&state, &signed, format!("Delivery {id}"), Some(&org)).await;
     Ok(templates::render(
         StatusCode::OK,
         "delivery.html",

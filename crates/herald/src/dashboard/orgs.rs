@@ -127,7 +127,7 @@ async fn orgs_page(
         form,
         catalogs: catalog_choices(&chosen),
     };
-    let layout = Layout::new(signed, "Organizations", None);
+    let layout = Layout::new(state, signed, "Organizations", None).await;
     Ok(templates::render(status, "orgs.html", &layout, page))
 }
 
@@ -239,7 +239,7 @@ async fn show_org(
         next_cursor: list.next_cursor,
         keys: keys.iter().map(KeyRow::from).collect(),
     };
-    let layout = Layout::new(&signed, org.name.clone(), Some(&org));
+    let layout = Layout::new(&state, &signed, org.name.clone(), Some(&org)).await;
     Ok(templates::render(StatusCode::OK, "org.html", &layout, page))
 }
 

@@ -1,8 +1,9 @@
 //! Dashboard sessions, kept in the store so that they outlive a restart and every node of a
 //! cluster knows them. The `herald_session` cookie (HttpOnly, SameSite=Strict) holds a random
 //! 256-bit id; the store keeps only its SHA-256, with what the person signed in with (in a form
-//! checked again on every request, so deleting an organization key ends its sessions at once),
-//! a CSRF token and one-time messages sealed with a key derived from the cookie.
+//! checked again on every request, so deleting an organization key ends its sessions at once)
+//! and one-time messages sealed with a key derived from the cookie. The CSRF token is derived
+//! from the cookie too, so the store holds nothing that acts for a session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +92,16 @@ fn id_hash(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
+/// The session's CSRF token: derived from its id, which only the browser holds.
+fn csrf_of(id: &str) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(b"herald dashboard csrf\0")
+            .chain_update(id.as_bytes())
+            .finalize(),
+    )
+}
+
 /// The key a session's messages are sealed with: derived from its id, which the store does not
 /// keep, so a new API key waiting there to be shown cannot be read from the database.
 fn flash_cipher(id: &str) -> XChaCha20Poly1305 {
@@ -141,10 +152,9 @@ pub struct Sessions {
     store: Arc<dyn Store>,
 }
 
-/// A session found by its id: what to check it against, and its CSRF token.
+/// A session found by its id: what to check it against.
 pub struct Found {
     credential: String,
-    csrf: String,
 }
 
 impl Sessions {
@@ -169,7 +179,6 @@ impl Sessions {
                 Scope::Org(org) => org.to_string(),
             },
             credential: auth.session_credential(&id, digest, owner),
-            csrf: random_hex(),
             expires_at: now.plus_millis(LIFETIME.as_millis() as i64),
         };
         self.store.create_session(&session, now, LIMITS).await?;
@@ -184,7 +193,6 @@ impl Sessions {
             .await?
             .map(|s| Found {
                 credential: s.credential,
-                csrf: s.csrf,
             }))
     }
 
@@ -253,9 +261,9 @@ pub struct Signed {
     pub scope: Scope,
     pub session: String,
     pub csrf: String,
-    /// The messages waiting for the page asked for (taken on a GET: a form's answer goes on
-    /// to a page, which shows them).
-    pub flashes: Vec<Flash>,
+    /// The path of the page asked for by a GET, whose messages the page shows (a form's
+    /// answer goes on to a page, which shows them).
+    pub page: Option<String>,
 }
 
 /// The error page for a store that failed under a session's step.
@@ -354,23 +362,12 @@ impl FromRequestParts<AppState> for Signed {
             .resolve_session(&session, &found.credential)
             .await
         {
-            Ok(Some((scope, KeyRole::Manager))) => {
-                let flashes = if parts.method == Method::GET {
-                    state
-                        .sessions
-                        .take_flashes(&session, parts.uri.path())
-                        .await
-                        .map_err(store_failed)?
-                } else {
-                    Vec::new()
-                };
-                Ok(Signed {
-                    scope,
-                    session,
-                    csrf: found.csrf,
-                    flashes,
-                })
-            }
+            Ok(Some((scope, KeyRole::Manager))) => Ok(Signed {
+                scope,
+                csrf: csrf_of(&session),
+                session,
+                page: (parts.method == Method::GET).then(|| parts.uri.path().to_owned()),
+            }),
             Ok(None | Some((_, KeyRole::Producer))) => {
                 // The key was revoked (or its organization deleted) since: the session ends
                 // with it. (A producer's key never signs in.)

@@ -68,7 +68,8 @@ struct Refusal {
     delete_error: Option<(String, String)>,
 }
 
-fn settings_page(
+async fn settings_page(
+    state: &AppState,
     signed: &Signed,
     org: &Organization,
     form: SettingsForm,
@@ -92,7 +93,7 @@ fn settings_page(
             .unwrap_or_default(),
         delete_error: delete_error.map(|(m, _)| m),
     };
-    let layout = Layout::new(signed, format!("{} · settings", org.name), Some(org));
+    let layout = Layout::new(state, signed, format!("{} · settings", org.name), Some(org)).await;
     templates::render(status, "settings.html", &layout, page)
 }
 
@@ -103,7 +104,7 @@ async fn show_settings(
 ) -> DashResult<Response> {
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let form = SettingsForm::of(&org);
-    Ok(settings_page(&signed, &org, form, None))
+    Ok(settings_page(&state, &signed, &org, form, None).await)
 }
 
 async fn save_settings(
@@ -139,7 +140,7 @@ async fn save_settings(
                 error: Some((message, field)),
                 delete_error: None,
             };
-            Ok(settings_page(&signed, &org, typed, Some(refusal)))
+            Ok(settings_page(&state, &signed, &org, typed, Some(refusal)).await)
         }
     }
 }
@@ -167,7 +168,7 @@ async fn delete_org(
             )),
         };
         let form = SettingsForm::of(&org);
-        return Ok(settings_page(&signed, &org, form, Some(refusal)));
+        return Ok(settings_page(&state, &signed, &org, form, Some(refusal)).await);
     }
     orgs::delete(&state, &signed.scope, &org.id).await?;
     let flash = Flash::ok(format!(

@@ -17,6 +17,7 @@ use herald_core::Timestamp;
 use herald_core::org::Organization;
 
 use super::session::{Flash, Signed};
+use crate::app::AppState;
 use crate::service::Scope;
 
 const SOURCES: &[(&str, &str)] = &[
@@ -81,7 +82,12 @@ pub struct OrgNav {
 
 impl Layout {
     /// The layout of a signed-in page; takes the session's one-time messages.
-    pub fn new(signed: &Signed, title: impl Into<String>, org: Option<&Organization>) -> Self {
+    pub async fn new(
+        state: &AppState,
+        signed: &Signed,
+        title: impl Into<String>,
+        org: Option<&Organization>,
+    ) -> Self {
         Self {
             title: title.into(),
             signed_in: true,
@@ -91,7 +97,18 @@ impl Layout {
                 id: o.id.to_string(),
                 name: o.name.clone(),
             }),
-            flashes: signed.flashes.clone(),
+            flashes: match &signed.page {
+                Some(page) => state
+                    .sessions
+                    .take_flashes(&signed.session, page)
+                    .await
+                    .unwrap_or_else(|e| {
+                        // Still stored: the next view of the page shows them.
+                        tracing::warn!(error = %e, "could not read the session's messages");
+                        Vec::new()
+                    }),
+                None => Vec::new(),
+            },
         }
     }
 

@@ -302,7 +302,7 @@ async fn form_page(
         },
         None => format!("New webhook for {}", org.name),
     };
-    let layout = Layout::new(signed, title, Some(org));
+    let layout = Layout::new(state, signed, title, Some(org)).await;
     Ok(templates::render(
         status,
         "webhook_form.html",

@@ -247,7 +247,7 @@ async fn show_webhook(
         charts: charts(&series),
         recent: recent.data.iter().map(DeliveryRow::from).collect(),
     };
-    let layout = Layout::new(&signed, w.name.clone(), Some(&org));
+    let layout = Layout::new(&state, &signed, w.name.clone(), Some(&org)).await;
     Ok(templates::render(
         StatusCode::OK,
         "webhook.html",

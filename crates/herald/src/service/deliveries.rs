@@ -130,9 +130,9 @@ pub async fn resend(
 }
 
 /// Attempts now every delivery of the webhook waiting for its next attempt (a retry, or its
-/// endpoint's cool-down), for an endpoint just fixed; their schedules go on after it. Behind an
-/// open circuit, one of them goes first as its probe, as a resend does, so that the circuit
-/// closes now rather than at the cool-down's end and the rest follow. Answers how many.
+/// endpoint's cool-down), for an endpoint just fixed; their schedules go on after it. Behind
+/// this node's open circuit, one of them goes first as its probe, as a resend does, so that the
+/// circuit closes now rather than at the cool-down's end and the rest follow. Answers how many.
 pub async fn retry_waiting(
     state: &AppState,
     scope: &Scope,
@@ -149,6 +149,9 @@ pub async fn retry_waiting(
     }
     let mut probed = 0;
     if state.dispatcher.circuit_open_until(webhook).is_some() {
+        // The newest waiting delivery: among the latest pending ones, one whose next attempt
+        // is later (a new one is due already, and goes as the probe once the cool-down ends).
+        let now = state.clock.now();
         let pending = state
             .store
             .list_deliveries(
@@ -159,16 +162,23 @@ pub async fn retry_waiting(
                     event_type: None,
                 },
                 &PageRequest {
-                    limit: 1,
+                    limit: PROBE_CANDIDATES,
                     cursor: None,
                 },
             )
             .await
             .map_err(ServiceError::from_store("webhook"))?;
-        if let Some(first) = pending.data.first() {
-            // Held by a node already (409): that one is under way, or goes as the probe.
-            match resend(state, scope, org, &first.id).await {
-                Ok(_) => probed = 1,
+        let waiting = pending
+            .data
+            .iter()
+            .filter(|d| d.next_attempt_at.is_some_and(|at| at > now));
+        for candidate in waiting.take(3) {
+            // One a node took meanwhile (409) is under way, or goes as the probe anyway.
+            match resend(state, scope, org, &candidate.id).await {
+                Ok(_) => {
+                    probed = 1;
+                    break;
+                }
                 Err(ServiceError::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -188,6 +198,10 @@ pub async fn retry_waiting(
     }
     Ok(n)
 }
+
+/// How many of a webhook's latest pending deliveries are looked through for one to send as the
+/// probe of its open circuit.
+const PROBE_CANDIDATES: u32 = 50;
 
 /// Resends every failed delivery of the webhook created at or after `since`.
 pub async fn recover(
