@@ -2495,6 +2495,25 @@ async fn dashboard_sessions_past_their_limits_end_oldest_first(store: Arc<dyn St
     assert!(store.take_flashes("a2", "/p").await.unwrap().is_empty());
 }
 
+async fn concurrent_sign_ins_of_one_owner_keep_its_limit(store: Arc<dyn Store>) {
+    // As nodes signing people in at once: none fails (on PostgreSQL, two trimming the same
+    // owner's sessions deadlocked), and the owner keeps no more than its limit.
+    let mut tasks = tokio::task::JoinSet::new();
+    let ids: Vec<String> = (0..24).map(|i| format!("c{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (store, s) = (store.clone(), session(id, "admin", at(1000 + i as i64)));
+        tasks.spawn(async move { store.create_session(&s, T0, LIMITS).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(
+        session_ids(&store, &names, T0).await.len(),
+        LIMITS.per_owner
+    );
+}
+
 async fn every_delivery_waiting_for_its_retry_is_made_due_now_when_asked(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (globex, other_hook) = org_with_webhook(&store, "globex").await;
@@ -3421,6 +3440,7 @@ macro_rules! stories {
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             a_delivery_is_sent_now_unless_a_node_holds_it,
             every_delivery_waiting_for_its_retry_is_made_due_now_when_asked,
+            concurrent_sign_ins_of_one_owner_keep_its_limit,
             a_dashboard_session_is_kept_until_it_expires_or_ends,
             dashboard_sessions_past_their_limits_end_oldest_first,
             recovering_brings_back_failed_deliveries_created_since_a_time,

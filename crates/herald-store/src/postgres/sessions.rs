@@ -5,12 +5,19 @@ use herald_core::store::{DashboardSession, SessionLimits};
 
 use super::{Conn, DbResult};
 
+/// Serialises sign-ins (any constant; "heraldse" in ASCII): two nodes trimming the same
+/// owner's oldest sessions at once locked rows in opposite orders and deadlocked, and each
+/// counted the other's new session out of its limit.
+const SIGN_IN_LOCK: i64 = 0x6865_7261_6c64_7365;
+
 pub(crate) async fn create(
     c: &impl Conn,
     session: &DashboardSession,
     now: Timestamp,
     limits: SessionLimits,
 ) -> DbResult<()> {
+    c.exec("SELECT pg_advisory_xact_lock($1)", &[&SIGN_IN_LOCK])
+        .await?;
     let mut gone: Vec<String> = Vec::new();
     for found in [
         c.rows(

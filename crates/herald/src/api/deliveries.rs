@@ -18,7 +18,7 @@ use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
 use crate::app::AppState;
-use crate::service::deliveries::DeliveryDetail;
+use crate::service::deliveries::{DeliveryDetail, RetriedWaiting};
 use crate::service::{ServiceError, deliveries, retention};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -124,12 +124,6 @@ async fn retry_delivery(
     Ok(Json(deliveries::resend(&state, &scope, &org, &id).await?))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-struct Retried {
-    /// How many deliveries waiting for their next attempt were made due now.
-    retried: u64,
-}
-
 /// Attempts now every pending delivery of the webhook that waits for its next attempt (a
 /// retry, or its endpoint's cool-down): for an endpoint just fixed. Their schedules go on after
 /// it. Behind this node's open circuit, one of them goes first as its probe and the rest follow
@@ -138,7 +132,7 @@ struct Retried {
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/retry", tag = "deliveries",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "How many were made due now", body = Retried),
+        (status = 200, description = "How many were made due now, and whether this node's circuit holds them for a probe", body = RetriedWaiting),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The webhook is inactive: its deliveries wait, parked, until it is activated", body = super::ErrorBody),
     ))]
@@ -146,10 +140,11 @@ async fn retry_waiting(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<Retried>> {
+) -> ApiResult<Json<RetriedWaiting>> {
     let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
-    let retried = deliveries::retry_waiting(&state, &scope, &org, &webhook).await?;
-    Ok(Json(Retried { retried }))
+    Ok(Json(
+        deliveries::retry_waiting(&state, &scope, &org, &webhook).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -208,14 +208,11 @@ async fn retry_waiting(
 ) -> DashResult<Response> {
     let (org, id) = (org_id(&org)?, webhook_id(&id)?);
     let flash = match deliveries::retry_waiting(&state, &post.signed.scope, &org, &id).await {
-        Ok(0) => Flash::ok(
+        Ok(done) => Flash::ok(done.summary().unwrap_or_else(|| {
             "No delivery is waiting for a retry: any pending ones are queued or under way. \
-             Failed ones are sent again from the form below.",
-        ),
-        Ok(1) => Flash::ok("1 delivery waiting for a retry is being attempted now."),
-        Ok(n) => Flash::ok(format!(
-            "{n} deliveries waiting for a retry are being attempted now."
-        )),
+             Failed ones are sent again from the form below."
+                .to_owned()
+        })),
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };

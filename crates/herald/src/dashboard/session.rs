@@ -370,12 +370,16 @@ impl FromRequestParts<AppState> for Signed {
             }),
             Ok(None | Some((_, KeyRole::Producer))) => {
                 // The key was revoked (or its organization deleted) since: the session ends
-                // with it. (A producer's key never signs in.)
-                state
-                    .sessions
-                    .remove(&session)
-                    .await
-                    .map_err(store_failed)?;
+                // with it, on every node. (A producer's key never signs in.) One of an admin
+                // token this node does not have is only refused here: during a rolling change
+                // of the token, nodes still on the old one keep it.
+                if !crate::service::auth::is_admin_credential(&found.credential) {
+                    state
+                        .sessions
+                        .remove(&session)
+                        .await
+                        .map_err(store_failed)?;
+                }
                 Err(ended(parts))
             }
             Err(e) => Err(DashError::from(e).into_response()),

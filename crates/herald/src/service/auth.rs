@@ -135,8 +135,11 @@ impl Authenticator {
     /// database offers nothing to test guesses of the admin token against.
     pub fn session_credential(&self, session: &str, digest: &TokenDigest, scope: &Scope) -> String {
         match scope {
-            Scope::Admin => format!("admin:{}", admin_session_check(session, &digest.hash)),
-            Scope::Org(_) => format!("key:{}", hex::encode(digest.hash)),
+            Scope::Admin => format!(
+                "{ADMIN_CREDENTIAL}{}",
+                admin_session_check(session, &digest.hash)
+            ),
+            Scope::Org(_) => format!("{KEY_CREDENTIAL}{}", hex::encode(digest.hash)),
         }
     }
 
@@ -148,13 +151,13 @@ impl Authenticator {
         session: &str,
         credential: &str,
     ) -> ServiceResult<Option<(Scope, KeyRole)>> {
-        if let Some(check) = credential.strip_prefix("admin:") {
+        if let Some(check) = credential.strip_prefix(ADMIN_CREDENTIAL) {
             let expected = admin_session_check(session, &self.admin_hash);
             return Ok(bool::from(check.as_bytes().ct_eq(expected.as_bytes()))
                 .then_some((Scope::Admin, KeyRole::Manager)));
         }
         let Some(hash) = credential
-            .strip_prefix("key:")
+            .strip_prefix(KEY_CREDENTIAL)
             .and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok())
         else {
             return Ok(None);
@@ -182,6 +185,17 @@ impl Authenticator {
         cache.by_hash.clear();
         cache.generation += 1;
     }
+}
+
+/// How a session's credential starts: signed in with the admin token, or with an API key.
+const ADMIN_CREDENTIAL: &str = "admin:";
+const KEY_CREDENTIAL: &str = "key:";
+
+/// Whether a session's credential is the admin token's: each node checks it against its own
+/// token, so one refused by a node may still be good on another (during a rolling change of the
+/// token), unlike a deleted key's.
+pub fn is_admin_credential(credential: &str) -> bool {
+    credential.starts_with(ADMIN_CREDENTIAL)
 }
 
 /// Binds the admin token's hash to one session id.

@@ -138,7 +138,7 @@ pub async fn retry_waiting(
     scope: &Scope,
     org: &OrgId,
     webhook: &WebhookId,
-) -> ServiceResult<u64> {
+) -> ServiceResult<RetriedWaiting> {
     let w = super::webhooks::get(state, scope, org, webhook).await?;
     if !w.active {
         return Err(ServiceError::Conflict(
@@ -147,7 +147,7 @@ pub async fn retry_waiting(
                 .into(),
         ));
     }
-    let mut probed = 0;
+    let mut probed = false;
     if state.dispatcher.circuit_open_until(webhook).is_some() {
         // The newest waiting delivery: among the latest pending ones, one whose next attempt
         // is later (a new one is due already, and goes as the probe once the cool-down ends).
@@ -176,7 +176,7 @@ pub async fn retry_waiting(
             // One a node took meanwhile (409) is under way, or goes as the probe anyway.
             match resend(state, scope, org, &candidate.id).await {
                 Ok(_) => {
-                    probed = 1;
+                    probed = true;
                     break;
                 }
                 Err(ServiceError::Conflict(_)) => {}
@@ -192,11 +192,56 @@ pub async fn retry_waiting(
     if n > 0 {
         state.dispatcher.wake_delivery_scheduler();
     }
-    let n = n + probed;
-    if n > 0 {
-        tracing::info!(webhook = %webhook, count = n, "attempting the webhook's waiting deliveries now");
+    let retried = n + u64::from(probed);
+    if retried > 0 {
+        tracing::info!(webhook = %webhook, count = retried, probed, "attempting the webhook's waiting deliveries now");
     }
-    Ok(n)
+    Ok(RetriedWaiting {
+        retried,
+        probed,
+        circuit_open_until: state.dispatcher.circuit_open_until(webhook),
+    })
+}
+
+/// What [`retry_waiting`] did.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RetriedWaiting {
+    /// How many deliveries waiting for their next attempt were made due now.
+    pub retried: u64,
+    /// Whether one of them went at once as the probe of this node's open circuit.
+    pub probed: bool,
+    /// Set while this node's circuit for the endpoint is open: what was made due goes once a
+    /// probe succeeds (the one sent now, or the next, at this time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_open_until: Option<Timestamp>,
+}
+
+impl RetriedWaiting {
+    /// What happened, in a sentence for a person (the dashboard's message, the CLI's answer);
+    /// `None` when nothing was waiting.
+    pub fn summary(&self) -> Option<String> {
+        let n = self.retried;
+        let deliveries = if n == 1 {
+            "1 delivery waiting for a retry is".to_owned()
+        } else {
+            format!("{n} deliveries waiting for a retry are")
+        };
+        Some(match (n, self.circuit_open_until) {
+            (0, _) => return None,
+            (_, None) => format!("{deliveries} being attempted now."),
+            (_, Some(until)) if self.probed => format!(
+                "{deliveries} due now. The endpoint's circuit is open on this node: one went \
+                 first as its probe, and the rest follow as soon as it succeeds (if it fails, \
+                 after the next probe, at {}).",
+                until.to_rfc3339_secs()
+            ),
+            (_, Some(until)) => format!(
+                "{deliveries} due now, behind the endpoint's open circuit on this node: they \
+                 follow its next probe, at {}.",
+                until.to_rfc3339_secs()
+            ),
+        })
+    }
 }
 
 /// How many of a webhook's latest pending deliveries are looked through for one to send as the
@@ -282,4 +327,39 @@ pub async fn preview_request(
         headers,
         body: String::from_utf8_lossy(&request.body).into_owned(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_retried_is_told_with_what_the_circuit_does_to_it() {
+        let told = |retried, probed, open: Option<i64>| {
+            RetriedWaiting {
+                retried,
+                probed,
+                circuit_open_until: open.map(Timestamp::from_millis),
+            }
+            .summary()
+        };
+        assert_eq!(told(0, false, None), None);
+        assert_eq!(
+            told(1, false, None).unwrap(),
+            "1 delivery waiting for a retry is being attempted now."
+        );
+        let probed = told(12, true, Some(1_700_000_000_000)).unwrap();
+        assert!(
+            probed.starts_with("12 deliveries waiting for a retry are due now.")
+                && probed.contains("one went first as its probe")
+                && probed.contains("2023-11-14T22:13:20Z"),
+            "{probed}"
+        );
+        let held = told(3, false, Some(1_700_000_000_000)).unwrap();
+        assert!(
+            held.contains("behind the endpoint's open circuit on this node")
+                && held.ends_with("at 2023-11-14T22:13:20Z."),
+            "{held}"
+        );
+    }
 }

@@ -329,6 +329,8 @@ async fn every_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     let retried = answer["retried"].as_u64().unwrap();
     assert!((10..=20).contains(&retried), "{answer}");
+    // (The circuit may be closed by the probe's success before the answer, or not yet.)
+    assert_eq!(answer["probed"], true, "{answer}");
     for delivery in &ids {
         app.wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
             .await;
@@ -339,6 +341,11 @@ async fn every_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
     assert_eq!(
         (status, answer["retried"].as_u64()),
         (StatusCode::OK, Some(0))
+    );
+    assert_eq!(answer["probed"], false, "{answer}");
+    assert!(
+        answer.get("circuit_open_until").is_none(),
+        "closed again: {answer}"
     );
     let other = app.create_org("Globex").await;
     let (status, _) = app

@@ -6,6 +6,7 @@ use super::Connection;
 use super::api::*;
 use super::args::*;
 use super::output::*;
+use crate::service::deliveries::RetriedWaiting;
 
 pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
@@ -113,17 +114,21 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
             if conn.json {
                 print_json(&answer);
             } else {
-                match answer["retried"].as_u64().unwrap_or(0) {
-                    0 => out!(
+                let done: RetriedWaiting = serde_json::from_value(answer).map_err(|e| {
+                    anyhow::anyhow!(
+                        "the server's answer could not be read ({e}); is the server a Herald \
+                         as new as this command?"
+                    )
+                })?;
+                match done.summary() {
+                    None => out!(
                         "No delivery of {webhook} is waiting for a retry: any pending ones are \
                          queued or under way. Failed ones are sent again by `herald deliveries \
                          recover --org {org} --webhook {webhook} --since 1d`."
                     ),
-                    n => out!(
-                        "{n} {} of {webhook} waiting for a retry {} attempted now; see how they \
-                         go with `herald deliveries list --org {org} --webhook {webhook}`.",
-                        if n == 1 { "delivery" } else { "deliveries" },
-                        if n == 1 { "is" } else { "are" },
+                    Some(summary) => out!(
+                        "{summary} See how they go with `herald deliveries list --org {org} \
+                         --webhook {webhook}`."
                     ),
                 }
             }
