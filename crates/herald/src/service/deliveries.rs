@@ -1,6 +1,7 @@
 //! Delivery history: list a webhook's deliveries, read one with its attempts, resend one, and
 //! recover every failed delivery since a time.
 
+use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
@@ -149,8 +150,10 @@ pub async fn retry_waiting(
     }
     let mut probed = false;
     if state.dispatcher.circuit_open_until(webhook).is_some() {
-        // The newest waiting delivery: among the latest pending ones, one whose next attempt
-        // is later (a new one is due already, and goes as the probe once the cool-down ends).
+        // A waiting delivery among the latest pending ones: one whose next attempt is later (a
+        // new one is due already, and goes as the probe once the cool-down ends). Picked at
+        // random, so that pressing again while the endpoint still fails spends one attempt
+        // each of several deliveries rather than one delivery's whole schedule.
         let now = state.clock.now();
         let pending = state
             .store
@@ -168,11 +171,13 @@ pub async fn retry_waiting(
             )
             .await
             .map_err(ServiceError::from_store("webhook"))?;
-        let waiting = pending
+        let mut waiting: Vec<&Delivery> = pending
             .data
             .iter()
-            .filter(|d| d.next_attempt_at.is_some_and(|at| at > now));
-        for candidate in waiting.take(3) {
+            .filter(|d| d.next_attempt_at.is_some_and(|at| at > now))
+            .collect();
+        waiting.shuffle(&mut rand::rng());
+        for candidate in waiting.into_iter().take(3) {
             // One a node took meanwhile (409) is under way, or goes as the probe anyway.
             match resend(state, scope, org, &candidate.id).await {
                 Ok(_) => {
