@@ -6,8 +6,8 @@ use herald_core::store::{DashboardSession, SessionLimits};
 use super::{Conn, DbResult};
 
 /// Serialises sign-ins (any constant; "heraldse" in ASCII): two nodes trimming the same
-/// owner's oldest sessions at once locked rows in opposite orders and deadlocked, and each
-/// counted the other's new session out of its limit.
+/// owner's oldest sessions at once locked rows in opposite orders and deadlocked, and neither
+/// saw the other's new session, so together they kept more than the limit.
 const SIGN_IN_LOCK: i64 = 0x6865_7261_6c64_7365;
 
 pub(crate) async fn create(

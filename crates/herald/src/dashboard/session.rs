@@ -153,7 +153,7 @@ pub struct Sessions {
 }
 
 /// A session found by its id: what to check it against.
-pub struct Found {
+struct Found {
     credential: String,
 }
 

@@ -1,5 +1,5 @@
-//! Delivery history: list a webhook's deliveries, read one with its attempts, resend one, and
-//! recover every failed delivery since a time.
+//! Delivery history: list a webhook's deliveries, read one with its attempts, resend one,
+//! attempt every one waiting for a retry now, and recover every failed delivery since a time.
 
 use rand::seq::SliceRandom;
 use serde::Serialize;
