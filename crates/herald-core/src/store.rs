@@ -452,8 +452,9 @@ pub trait Store: Send + Sync + 'static {
     /// The organization's events with these ids, those that are kept (in no particular order).
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>>;
     /// Leases a delivery for an immediate attempt: a finished one is pending again with a
-    /// fresh retry schedule; a pending one waiting for its next attempt has it now, its
-    /// schedule going on after it. `Conflict` while a node holds it (its lease has not ended)
+    /// fresh retry schedule; a pending one waiting for its next attempt has an attempt now
+    /// that its schedule does not count (failed, it waits for the same step again).
+    /// `Conflict` while a node holds it (its lease has not ended)
     /// or its webhook is disabled or deleted ([`crate::delivery::resend_refusal`]).
     async fn resend_delivery(
         &self,
@@ -528,7 +529,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every pending delivery of the webhook waiting for its next attempt (a retry, or
     /// its endpoint's cool-down: its `next_attempt_at` after `now`) due at `now`, unless a node
-    /// holds it (leased) or it changed at `now` or later; their schedules go on after it.
+    /// holds it (leased) or it changed at `now` or later, for an attempt besides their
+    /// schedules (which do not count it: one that fails waits for the same step again).
     /// Parked ones (an inactive webhook's) stay parked. Answers how many.
     async fn retry_waiting(
         &self,

@@ -285,7 +285,7 @@ pub(crate) fn recover_failed(
 }
 
 /// Makes the pending deliveries of `org`'s `webhook` that wait for their next attempt (due after
-/// `now`) and that nobody holds due at `now`; the schedule goes on from their attempt count.
+/// `now`) and that nobody holds due at `now`, for an attempt their schedule does not count.
 /// The walk starts after `now`: a changed delivery leaves its range.
 pub(crate) fn retry_waiting(
     conn: &Connection,
@@ -314,7 +314,8 @@ pub(crate) fn retry_waiting(
     )?;
     let changed = update_each(
         conn,
-        "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2, updated_at = ?2 \
+        "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2, updated_at = ?2, \
+         schedule_base = schedule_base + 1 \
          WHERE id = ?1 AND state = 'pending' AND lease_until IS NULL AND due_at > ?2 \
          AND next_attempt_at > ?2 AND updated_at < ?2",
         &ids,

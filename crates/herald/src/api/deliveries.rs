@@ -104,8 +104,8 @@ async fn get_delivery(
 
 /// Sends a delivery now. A finished one (succeeded, failed, cancelled, skipped) is sent again
 /// with a fresh retry schedule. A pending one waiting for its next attempt (a retry, or its
-/// endpoint's cool-down) has that attempt now, and its schedule goes on after it: for an
-/// endpoint just fixed. Either way the attempt goes ahead of the webhook's backlog, and through
+/// endpoint's cool-down) has an attempt now, which its schedule does not count (if it fails,
+/// the step it waited for comes again, from then): for an endpoint just fixed. Either way the attempt goes ahead of the webhook's backlog, and through
 /// an open circuit as its probe, unless a probe is already out: it then waits for that one's
 /// answer and, if it fails, for the next cool-down's end.
 #[utoipa::path(post, path = "/v1/orgs/{org}/deliveries/{id}/retry", tag = "deliveries",
@@ -125,10 +125,11 @@ async fn retry_delivery(
 }
 
 /// Attempts now every pending delivery of the webhook that waits for its next attempt (a
-/// retry, or its endpoint's cool-down): for an endpoint just fixed. Their schedules go on after
-/// it. Behind this node's open circuit, one of them goes first as its probe and the rest follow
-/// it once it succeeds. Deliveries already queued or under way go on as they are; failed ones are sent
-/// again by `recover`.
+/// retry, or its endpoint's cool-down): for an endpoint just fixed. Their schedules do not count
+/// that attempt (one that fails waits for the step it waited for again, from then), so pressing
+/// while the endpoint still fails ends no delivery early. Behind this node's open circuit, one
+/// of them goes first as its probe and the rest follow it once it succeeds. Deliveries already
+/// queued or under way go on as they are; failed ones are sent again by `recover`.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/retry", tag = "deliveries",
     params(OrgItemPath),
     responses(

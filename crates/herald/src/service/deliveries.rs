@@ -100,8 +100,8 @@ pub async fn next_attempt(
 }
 
 /// Sends a delivery now: a finished one again, with a fresh retry schedule; a pending one that
-/// waits for its next attempt (a retry, or the end of its endpoint's cool-down) has that
-/// attempt now, and its schedule goes on after it.
+/// waits for its next attempt (a retry, or the end of its endpoint's cool-down) has an attempt
+/// now that its schedule does not count (failed, it waits for the same step again).
 pub async fn resend(
     state: &AppState,
     scope: &Scope,
@@ -131,7 +131,7 @@ pub async fn resend(
 }
 
 /// Attempts now every delivery of the webhook waiting for its next attempt (a retry, or its
-/// endpoint's cool-down), for an endpoint just fixed; their schedules go on after it. Behind
+/// endpoint's cool-down), for an endpoint just fixed, which their schedules do not count. Behind
 /// this node's open circuit, one of them goes first as its probe, as a resend does, so that the
 /// circuit closes now rather than at the cool-down's end and the rest follow. Answers how many.
 pub async fn retry_waiting(

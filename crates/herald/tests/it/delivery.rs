@@ -281,8 +281,8 @@ async fn a_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
         .await;
     let retry = format!("/v1/orgs/{org}/deliveries/{delivery}/retry");
 
-    // Its second attempt, an hour away, is made now; it fails too, and the third follows the
-    // schedule's third delay (60 s), not a fresh schedule's second (an hour).
+    // An attempt is made now, besides the schedule; it fails too, and the retry it waited
+    // for (an hour) comes again, counted from then, not the schedule's next step (60 s).
     let (status, d) = app.post(&retry, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{d}");
     assert_eq!(d["state"], "pending");
@@ -297,17 +297,25 @@ async fn a_delivery_waiting_for_its_retry_is_attempted_now_when_asked() {
     let next =
         chrono::DateTime::parse_from_rfc3339(d["next_attempt_at"].as_str().unwrap()).unwrap();
     let gap = (next - started).num_seconds();
-    assert!((59..=67).contains(&gap), "the schedule goes on: {gap} s");
+    assert!((3599..=3967).contains(&gap), "the same step again: {gap} s");
+    // Pressed again while the endpoint still fails: more than its schedule's three attempts,
+    // and it is still pending, its retries all left.
+    app.post(&retry, json!({})).await;
+    rx.wait_for("/h", 3, WAIT).await;
+    let d = app
+        .wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 3)
+        .await;
+    assert_eq!(d["state"], "pending", "{d}");
 
-    // The endpoint is fixed: the last attempt is made now and succeeds.
+    // The endpoint is fixed: an attempt now succeeds.
     rx.answer_by_default(Reply::status(204));
     let (status, d) = app.post(&retry, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{d}");
-    rx.wait_for("/h", 3, WAIT).await;
+    rx.wait_for("/h", 4, WAIT).await;
     let d = app
         .wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
         .await;
-    assert_eq!(d["attempt_count"], 3);
+    assert_eq!(d["attempt_count"], 4);
 }
 
 /// An endpoint fixed while its circuit is open and ten deliveries wait an hour for their

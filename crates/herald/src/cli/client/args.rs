@@ -438,8 +438,9 @@ pub enum DeliveriesCommand {
         id: String,
     },
     /// Send a delivery now: a finished one again (with a new retry schedule), or a pending one
-    /// that waits for its next attempt (its schedule goes on after it). Waits for the
-    /// endpoint's answer and fails unless it succeeded.
+    /// that waits for its next attempt (an attempt its retry schedule does not count: if it
+    /// fails, the step it waited for comes again). Waits for the endpoint's answer and fails
+    /// unless it succeeded.
     Retry {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
@@ -451,7 +452,8 @@ pub enum DeliveriesCommand {
         no_wait: bool,
     },
     /// Attempt now every delivery of a webhook that waits for a retry (or for its endpoint's
-    /// cool-down): for an endpoint just fixed. Their retry schedules go on after it.
+    /// cool-down): for an endpoint just fixed. Their retry schedules do not count that attempt:
+    /// one that fails waits for the step it waited for again.
     RetryWaiting {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
