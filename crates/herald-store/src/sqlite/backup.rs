@@ -4,6 +4,7 @@
 //! corrupt copy more often than not, and SQLite's online backup starts over whenever the
 //! database changes, so under steady load it never ends. `VACUUM INTO` writes the copy from one
 //! read transaction: a snapshot of the last commit, however busy the writer, and compacted.
+//! Dashboard sessions are left out of the copy.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,7 +34,10 @@ pub fn copy(source: &Path, target: &Path) -> rusqlite::Result<bool> {
     let target_text = target
         .to_str()
         .ok_or_else(|| rusqlite::Error::InvalidPath(target.to_path_buf()))?;
-    if let Err(e) = conn.execute("VACUUM INTO ?1", [target_text]) {
+    if let Err(e) = conn
+        .execute("VACUUM INTO ?1", [target_text])
+        .and_then(|_| end_sessions(target))
+    {
         let _ = std::fs::remove_file(target);
         return Err(e);
     }
@@ -42,4 +46,21 @@ pub fn copy(source: &Path, target: &Path) -> rusqlite::Result<bool> {
         [],
         |r| r.get(0),
     )
+}
+
+/// Ends the dashboard sessions in the copy: restored, it would bring back sessions signed out
+/// since (as `herald copy`, a backup carries no one's sign-in over).
+fn end_sessions(copy: &Path) -> rusqlite::Result<()> {
+    let conn = Connection::open(copy)?;
+    let has_sessions: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dashboard_sessions')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_sessions {
+        conn.execute_batch(
+            "PRAGMA secure_delete = ON; DELETE FROM dashboard_flashes; DELETE FROM dashboard_sessions;",
+        )?;
+    }
+    Ok(())
 }

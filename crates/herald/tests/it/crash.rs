@@ -884,8 +884,9 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
 }
 
 /// `herald backup` copies the database while the server stores events under load: the copy is
-/// whole (SQLite's integrity check), holds every event acknowledged before it began, keeps the
-/// admin token private beside it, and a server started on it serves what it holds.
+/// whole (SQLite's integrity check), holds every event acknowledged before it began (and no
+/// dashboard session), keeps the admin token private beside it, and a server started on it
+/// serves what it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
     let _turn = crate::helpers::heavy_turn().await;
@@ -946,6 +947,12 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
             .env("HERALD_DATA_DIR", dir.path())
             .output()
     };
+    // Someone signed in to the dashboard: the copy does not carry their session.
+    let mut visitor = crate::dashboard::Visitor::at(&server.base);
+    assert_eq!(
+        visitor.sign_in(ADMIN_TOKEN).await.status,
+        StatusCode::SEE_OTHER
+    );
     let before: Vec<String> = accepted.lock().unwrap().clone();
     let out = backup().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -989,6 +996,10 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
         "of {} acknowledged before the backup",
         before.len()
     );
+    let sessions: i64 = db
+        .query_row("SELECT COUNT(*) FROM dashboard_sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sessions, 0, "no sign-in is carried over");
     drop(db);
     assert_eq!(
         std::fs::read_to_string(copy_dir.join("admin-token")).unwrap(),
@@ -1030,6 +1041,12 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
     let restored = Server::start(&copy_dir).await;
     let page = restored.get_json(&format!("/v1/orgs/{org}/webhooks")).await;
     assert_eq!(page["data"][0]["name"], "sink", "{page}");
+    let signed_out = visitor.on(&restored.base).get("/orgs").await;
+    assert!(
+        signed_out.location.starts_with("/login"),
+        "{}",
+        signed_out.location
+    );
 }
 
 /// Under a low open-file limit (here 600, which the server cannot raise) the requests in
