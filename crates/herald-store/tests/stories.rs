@@ -2623,6 +2623,32 @@ async fn every_delivery_waiting_for_its_retry_is_made_due_now_when_asked(store: 
         Some(at(55)),
         "the spilled one comes in its turn"
     );
+    // Asked again before an attempt was made (put off by the circuit meanwhile): the schedule
+    // still leaves out one attempt only, never more than were made.
+    for due in store.claim_due(at(61), at(95), 100).await.unwrap() {
+        if waiting.contains(&due.delivery_id) {
+            assert_eq!((due.attempt_count, due.schedule_base), (1, 1));
+        }
+    }
+
+    // One that no attempt of its schedule has reached yet (put off by the circuit before its
+    // first): asked for, it has that first attempt now. One due already (the spilled one)
+    // just has its attempt now. Neither is left out of its schedule.
+    let leases = [(fresh.clone(), at(90))];
+    assert_eq!(
+        store
+            .defer_deliveries(&acme.id, &leases, at(400))
+            .await
+            .unwrap(),
+        1
+    );
+    for id in [&fresh, &spilled] {
+        let due = store
+            .resend_delivery(&acme.id, id, at(100), at(130))
+            .await
+            .unwrap();
+        assert_eq!((due.attempt_count, due.schedule_base), (0, 0), "{id}");
+    }
 }
 
 async fn a_delivery_is_sent_now_unless_a_node_holds_it(store: Arc<dyn Store>) {

@@ -720,11 +720,15 @@ pub(crate) async fn resend(
     if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted, leased) {
         return Err(conflict(why.into()));
     }
-    // A finished delivery starts its schedule over; a pending one has an attempt now, besides
-    // its schedule (which does not count it): if it fails, the step it waited for comes again.
+    // A finished delivery starts its schedule over. A pending one waiting for its next attempt
+    // has one now, besides its schedule (which does not count it: if it fails, the step it
+    // waited for comes again), unless its schedule has made none yet (then this is its first);
+    // one due already just has its attempt now.
     c.exec(
-        "UPDATE deliveries SET schedule_base = CASE WHEN state = 'pending' \
-           THEN schedule_base + 1 ELSE attempt_count END, state = 'pending', next_attempt_at = $1, \
+        "UPDATE deliveries SET schedule_base = CASE \
+           WHEN state = 'pending' AND next_attempt_at > $1 \
+             THEN LEAST(schedule_base + 1, attempt_count) \
+           WHEN state = 'pending' THEN schedule_base ELSE attempt_count END, state = 'pending', next_attempt_at = $1, \
          due_at = $2, lease_until = $2, updated_at = $1 WHERE id = $3",
         &[&now.as_millis(), &lease_until.as_millis(), &id.as_str()],
     )
@@ -754,7 +758,7 @@ pub(crate) async fn retry_waiting(
             // rather than waited for, so that this never deadlocks with them. One changed at
             // `now` or later was just attempted or made due, as in SQLite's walk.
             "UPDATE deliveries SET next_attempt_at = $1::BIGINT, due_at = $1::BIGINT, \
-             updated_at = $1::BIGINT, schedule_base = schedule_base + 1 \
+             updated_at = $1::BIGINT, schedule_base = LEAST(schedule_base + 1, attempt_count) \
              WHERE id IN (SELECT id FROM deliveries \
              WHERE org_id = $2 AND webhook_id = $3 AND state = 'pending' \
              AND lease_until IS NULL AND due_at > $1::BIGINT AND next_attempt_at > $1::BIGINT \

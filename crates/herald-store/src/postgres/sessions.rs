@@ -18,38 +18,25 @@ pub(crate) async fn create(
 ) -> DbResult<()> {
     c.exec("SELECT pg_advisory_xact_lock($1)", &[&SIGN_IN_LOCK])
         .await?;
-    let mut gone: Vec<String> = Vec::new();
-    for found in [
-        c.rows(
-            "DELETE FROM dashboard_sessions WHERE expires_at <= $1 RETURNING id_hash",
-            &[&now.as_millis()],
-        )
-        .await?,
-        // Room for the new one: the owner's closest to expiry, then anyone's.
-        c.rows(
-            "DELETE FROM dashboard_sessions WHERE id_hash IN (SELECT id_hash FROM dashboard_sessions \
-             WHERE owner = $1 ORDER BY expires_at DESC OFFSET $2) RETURNING id_hash",
-            &[&session.owner, &count(limits.per_owner.saturating_sub(1))],
-        )
-        .await?,
-        c.rows(
-            "DELETE FROM dashboard_sessions WHERE id_hash IN (SELECT id_hash FROM dashboard_sessions \
-             ORDER BY expires_at DESC OFFSET $1) RETURNING id_hash",
-            &[&count(limits.total.saturating_sub(1))],
-        )
-        .await?,
-    ] {
-        for row in found {
-            gone.push(row.try_get(0)?);
-        }
-    }
-    if !gone.is_empty() {
-        c.exec(
-            "DELETE FROM dashboard_flashes WHERE session = ANY($1)",
-            &[&gone],
-        )
-        .await?;
-    }
+    // Their messages go with them (`ON DELETE CASCADE`).
+    c.exec(
+        "DELETE FROM dashboard_sessions WHERE expires_at <= $1",
+        &[&now.as_millis()],
+    )
+    .await?;
+    // Room for the new one: the owner's closest to expiry, then anyone's.
+    c.exec(
+        "DELETE FROM dashboard_sessions WHERE id_hash IN (SELECT id_hash FROM dashboard_sessions \
+         WHERE owner = $1 ORDER BY expires_at DESC OFFSET $2)",
+        &[&session.owner, &count(limits.per_owner.saturating_sub(1))],
+    )
+    .await?;
+    c.exec(
+        "DELETE FROM dashboard_sessions WHERE id_hash IN (SELECT id_hash FROM dashboard_sessions \
+         ORDER BY expires_at DESC OFFSET $1)",
+        &[&count(limits.total.saturating_sub(1))],
+    )
+    .await?;
     c.exec(
         "INSERT INTO dashboard_sessions (id_hash, owner, credential, expires_at) \
          VALUES ($1, $2, $3, $4)",
@@ -87,12 +74,9 @@ pub(crate) async fn get(
     }))
 }
 
+/// Its messages go with it (`ON DELETE CASCADE`), in the order a sign-in's trimming removes
+/// them, so that the two cannot deadlock.
 pub(crate) async fn delete(c: &impl Conn, id_hash: &str) -> DbResult<()> {
-    c.exec(
-        "DELETE FROM dashboard_flashes WHERE session = $1",
-        &[&id_hash],
-    )
-    .await?;
     c.exec(
         "DELETE FROM dashboard_sessions WHERE id_hash = $1",
         &[&id_hash],

@@ -58,8 +58,11 @@ fn end_sessions(copy: &Path) -> rusqlite::Result<()> {
         |r| r.get(0),
     )?;
     if has_sessions {
+        // No journal beside the copy: one left by a failure here would be replayed into the
+        // next copy made in the same place (a failed copy is removed whole).
         conn.execute_batch(
-            "PRAGMA secure_delete = ON; DELETE FROM dashboard_flashes; DELETE FROM dashboard_sessions;",
+            "PRAGMA journal_mode = MEMORY; PRAGMA secure_delete = ON; \
+             DELETE FROM dashboard_flashes; DELETE FROM dashboard_sessions;",
         )?;
     }
     Ok(())

@@ -315,7 +315,7 @@ pub(crate) fn retry_waiting(
     let changed = update_each(
         conn,
         "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2, updated_at = ?2, \
-         schedule_base = schedule_base + 1 \
+         schedule_base = MIN(schedule_base + 1, attempt_count) \
          WHERE id = ?1 AND state = 'pending' AND lease_until IS NULL AND due_at > ?2 \
          AND next_attempt_at > ?2 AND updated_at < ?2",
         &ids,

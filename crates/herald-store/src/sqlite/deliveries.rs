@@ -493,11 +493,15 @@ pub(crate) fn resend(
     if let Some(why) = herald_core::delivery::resend_refusal(&state, active, deleted, leased) {
         return Err(conflict(why.into()));
     }
-    // A finished delivery starts its schedule over; a pending one has an attempt now, besides
-    // its schedule (which does not count it): if it fails, the step it waited for comes again.
+    // A finished delivery starts its schedule over. A pending one waiting for its next attempt
+    // has one now, besides its schedule (which does not count it: if it fails, the step it
+    // waited for comes again), unless its schedule has made none yet (then this is its first);
+    // one due already just has its attempt now.
     conn.prepare_cached(
-        "UPDATE deliveries SET schedule_base = CASE WHEN state = 'pending' \
-           THEN schedule_base + 1 ELSE attempt_count END, state = 'pending', next_attempt_at = ?1, \
+        "UPDATE deliveries SET schedule_base = CASE \
+           WHEN state = 'pending' AND next_attempt_at > ?1 \
+             THEN MIN(schedule_base + 1, attempt_count) \
+           WHEN state = 'pending' THEN schedule_base ELSE attempt_count END, state = 'pending', next_attempt_at = ?1, \
          due_at = ?2, lease_until = ?2, updated_at = ?1 WHERE id = ?3",
     )?
     .execute(params![

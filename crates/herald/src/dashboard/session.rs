@@ -335,13 +335,14 @@ fn next_query(parts: &Parts) -> String {
 }
 
 /// Where a session whose token no longer resolves goes: the sign-in page, which says why,
-/// with the dead cookie cleared.
-fn ended(parts: &Parts) -> Response {
-    (
-        [(header::SET_COOKIE, clear_cookie())],
-        Redirect::to(&format!("/login?ended=revoked&{}", next_query(parts))),
-    )
-        .into_response()
+/// with the dead cookie cleared if it is dead everywhere.
+fn ended(parts: &Parts, clear: bool) -> Response {
+    let to = Redirect::to(&format!("/login?ended=revoked&{}", next_query(parts)));
+    if clear {
+        ([(header::SET_COOKIE, clear_cookie())], to).into_response()
+    } else {
+        to.into_response()
+    }
 }
 
 impl FromRequestParts<AppState> for Signed {
@@ -371,16 +372,17 @@ impl FromRequestParts<AppState> for Signed {
             Ok(None | Some((_, KeyRole::Producer))) => {
                 // The key was revoked (or its organization deleted) since: the session ends
                 // with it, on every node. (A producer's key never signs in.) One of an admin
-                // token this node does not have is only refused here: during a rolling change
-                // of the token, nodes still on the old one keep it.
-                if !crate::service::auth::is_admin_credential(&found.credential) {
+                // token this node does not have is only refused here, its row and the cookie
+                // kept: during a rolling change of the token, nodes still on the old one take it.
+                let dead_everywhere = !crate::service::auth::is_admin_credential(&found.credential);
+                if dead_everywhere {
                     state
                         .sessions
                         .remove(&session)
                         .await
                         .map_err(store_failed)?;
                 }
-                Err(ended(parts))
+                Err(ended(parts, dead_everywhere))
             }
             Err(e) => Err(DashError::from(e).into_response()),
         }

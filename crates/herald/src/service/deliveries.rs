@@ -148,13 +148,14 @@ pub async fn retry_waiting(
                 .into(),
         ));
     }
+    // One time for the whole call: the probe's resend comes after it, so what the probe
+    // changes (its attempt, recorded at once if it fails fast) is not made due again below.
+    let now = state.clock.now();
     let mut probed = false;
     if state.dispatcher.circuit_open_until(webhook).is_some() {
         // A waiting delivery among the latest pending ones: one whose next attempt is later (a
         // new one is due already, and goes as the probe once the cool-down ends). Picked at
-        // random, so that pressing again while the endpoint still fails spends one attempt
-        // each of several deliveries rather than one delivery's whole schedule.
-        let now = state.clock.now();
+        // random, so that presses do not all fall on one delivery.
         let pending = state
             .store
             .list_deliveries(
@@ -191,7 +192,7 @@ pub async fn retry_waiting(
     }
     let n = state
         .store
-        .retry_waiting(org, webhook, state.clock.now())
+        .retry_waiting(org, webhook, now)
         .await
         .map_err(ServiceError::from_store("webhook"))?;
     if n > 0 {
@@ -215,6 +216,7 @@ pub struct RetriedWaiting {
     pub retried: u64,
     /// Whether one of them was queued at once as the probe of this node's open circuit (behind
     /// a probe already out, it waits for that one's answer).
+    #[serde(default)]
     pub probed: bool,
     /// Set while this node's circuit for the endpoint is open: what was made due goes once a
     /// probe succeeds (the one sent now, or the next, at this time).
@@ -235,6 +237,10 @@ impl RetriedWaiting {
         Some(match (n, self.circuit_open_until) {
             (0, _) => return None,
             (_, None) => format!("{deliveries} being attempted now."),
+            (1, Some(_)) if self.probed => format!(
+                "{deliveries} due now. The endpoint's circuit is open on this node: it goes \
+                 ahead as its probe (after any probe already out)."
+            ),
             (_, Some(_)) if self.probed => format!(
                 "{deliveries} due now. The endpoint's circuit is open on this node: one of them \
                  goes ahead as its probe (after any probe already out), and the rest follow as \
@@ -352,6 +358,11 @@ mod tests {
         assert_eq!(
             told(1, false, None).unwrap(),
             "1 delivery waiting for a retry is being attempted now."
+        );
+        assert!(
+            told(1, true, Some(1_700_000_000_000))
+                .unwrap()
+                .ends_with("it goes ahead as its probe (after any probe already out).")
         );
         let probed = told(12, true, Some(1_700_000_000_000)).unwrap();
         assert!(
