@@ -439,6 +439,36 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         shown_secret(&on_a.get(&page).await.body).is_none(),
         "shown once"
     );
+    // A node started with another admin token (a rolling change of it) refuses the session,
+    // keeping its cookie, and the nodes still on the old token keep taking it.
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("HERALD_DATABASE_URL", db.url.clone()),
+        (
+            "HERALD_ADMIN_TOKEN",
+            "the-next-admin-token-0123456789".to_owned(),
+        ),
+    ];
+    let changed = Server::start_with(dir.path(), &env).await;
+    let refused = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}{page}", changed.base))
+        .header(reqwest::header::COOKIE, on_a.cookie().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let location = refused.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap();
+    assert!(location.starts_with("/login?ended=revoked"), "{location}");
+    assert!(
+        refused.headers().get(reqwest::header::SET_COOKIE).is_none(),
+        "the cookie is kept"
+    );
+    assert_eq!(on_b.get(&page).await.status, StatusCode::OK);
+    drop(changed);
     // Signed out through B, the session ends on A as well.
     on_b.post("/logout", &[("csrf", &csrf)]).await;
     let after = on_a.get(&page).await;

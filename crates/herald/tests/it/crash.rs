@@ -28,14 +28,15 @@ impl Server {
         Self::start_with(data_dir, &[]).await
     }
 
-    /// Starts the binary with these environment variables besides the usual ones.
+    /// Starts the binary with these environment variables besides the usual ones (the admin
+    /// token among them replaces the tests' own).
     pub(crate) async fn start_with(data_dir: &Path, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
+            .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", data_dir)
-            .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("HERALD_LOG", "info")
             .env("HERALD_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
             .stdout(Stdio::null())

@@ -52,6 +52,11 @@ impl Visitor {
         }
     }
 
+    /// The session cookie (`herald_session=…`), once signed in.
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
     /// The same browser (its cookie) visiting the server at `base`: another node, or the same
     /// one after a restart.
     pub fn on(&self, base: &str) -> Self {
