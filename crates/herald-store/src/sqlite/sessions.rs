@@ -13,36 +13,27 @@ pub(crate) fn create(
     now: Timestamp,
     limits: SessionLimits,
 ) -> DbResult<()> {
-    let expired: Vec<String> = conn
-        .prepare_cached("SELECT id_hash FROM dashboard_sessions WHERE expires_at <= ?")?
-        .query_map([now.as_millis()], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in &expired {
-        delete(conn, id)?;
-    }
+    conn.prepare_cached("DELETE FROM dashboard_sessions WHERE expires_at <= ?")?
+        .execute([now.as_millis()])?;
     // Room for the new one: the owner's closest to expiry, then anyone's.
-    let own_excess: Vec<String> = conn
-        .prepare_cached(
-            "SELECT id_hash FROM dashboard_sessions WHERE owner = ? \
-             ORDER BY expires_at DESC LIMIT -1 OFFSET ?",
-        )?
-        .query_map(
-            params![session.owner, limits.per_owner.saturating_sub(1) as i64],
-            |r| r.get(0),
-        )?
-        .collect::<Result<_, _>>()?;
-    for id in &own_excess {
-        delete(conn, id)?;
-    }
-    let excess: Vec<String> = conn
-        .prepare_cached(
-            "SELECT id_hash FROM dashboard_sessions ORDER BY expires_at DESC LIMIT -1 OFFSET ?",
-        )?
-        .query_map([limits.total.saturating_sub(1) as i64], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in &excess {
-        delete(conn, id)?;
-    }
+    conn.prepare_cached(
+        "DELETE FROM dashboard_sessions WHERE id_hash IN (SELECT id_hash FROM dashboard_sessions \
+         WHERE owner = ? ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
+    )?
+    .execute(params![
+        session.owner,
+        limits.per_owner.saturating_sub(1) as i64
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM dashboard_sessions WHERE id_hash IN (SELECT id_hash FROM dashboard_sessions \
+         ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
+    )?
+    .execute([limits.total.saturating_sub(1) as i64])?;
+    // Their messages with them (no foreign keys here: SQLite's are off).
+    conn.prepare_cached(
+        "DELETE FROM dashboard_flashes WHERE session NOT IN (SELECT id_hash FROM dashboard_sessions)",
+    )?
+    .execute([])?;
     conn.prepare_cached(
         "INSERT INTO dashboard_sessions (id_hash, owner, credential, expires_at) \
          VALUES (?, ?, ?, ?)",

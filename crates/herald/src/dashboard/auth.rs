@@ -8,13 +8,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::error::DashError;
 use super::forms::Form;
 use super::session::{self, Post, Signed};
 use super::templates::{self, Layout};
 use crate::app::AppState;
+use crate::service::Scope;
 use crate::service::auth::TokenDigest;
-use crate::service::{Scope, ServiceError};
 use herald_core::org::KeyRole;
 use herald_core::throttle::Throttle;
 
@@ -243,7 +242,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         .await
     {
         Ok(id) => id,
-        Err(e) => return DashError::from(ServiceError::from_store("session")(e)).into_response(),
+        Err(e) => return session::store_failed(e),
     };
     let target = next.unwrap_or_else(|| home_of(&scope));
     (
@@ -259,7 +258,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
 async fn sign_out(State(state): State<AppState>, post: Post) -> Response {
     if let Err(e) = state.sessions.remove(&post.signed.session).await {
         // Signed out of this browser at least; the page says the rest failed.
-        let mut page = DashError::from(ServiceError::from_store("session")(e)).into_response();
+        let mut page = session::store_failed(e);
         page.headers_mut().insert(
             header::SET_COOKIE,
             session::clear_cookie().parse().expect("a valid header"),

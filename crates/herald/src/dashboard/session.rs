@@ -152,11 +152,6 @@ pub struct Sessions {
     store: Arc<dyn Store>,
 }
 
-/// A session found by its id: what to check it against.
-struct Found {
-    credential: String,
-}
-
 impl Sessions {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
@@ -185,15 +180,13 @@ impl Sessions {
         Ok(id)
     }
 
-    /// The session, if it exists and has not expired.
-    async fn get(&self, id: &str) -> StoreResult<Option<Found>> {
+    /// What signed the session in (to check again), if it exists and has not expired.
+    async fn credential(&self, id: &str) -> StoreResult<Option<String>> {
         Ok(self
             .store
             .get_session(&id_hash(id), SystemClock.now())
             .await?
-            .map(|s| Found {
-                credential: s.credential,
-            }))
+            .map(|s| s.credential))
     }
 
     pub async fn remove(&self, id: &str) -> StoreResult<()> {
@@ -267,7 +260,7 @@ pub struct Signed {
 }
 
 /// The error page for a store that failed under a session's step.
-fn store_failed(e: herald_core::store::StoreError) -> Response {
+pub(super) fn store_failed(e: herald_core::store::StoreError) -> Response {
     DashError::from(ServiceError::from_store("session")(e)).into_response()
 }
 
@@ -355,14 +348,15 @@ impl FromRequestParts<AppState> for Signed {
         let Some(session) = session_cookie(&parts.headers) else {
             return Err(to_sign_in(parts));
         };
-        let Some(found) = state.sessions.get(&session).await.map_err(store_failed)? else {
+        let Some(credential) = state
+            .sessions
+            .credential(&session)
+            .await
+            .map_err(store_failed)?
+        else {
             return Err(to_sign_in(parts));
         };
-        match state
-            .auth
-            .resolve_session(&session, &found.credential)
-            .await
-        {
+        match state.auth.resolve_session(&session, &credential).await {
             Ok(Some((scope, KeyRole::Manager))) => Ok(Signed {
                 scope,
                 csrf: csrf_of(&session),
@@ -374,7 +368,7 @@ impl FromRequestParts<AppState> for Signed {
                 // with it, on every node. (A producer's key never signs in.) One of an admin
                 // token this node does not have is only refused here, its row and the cookie
                 // kept: during a rolling change of the token, nodes still on the old one take it.
-                let dead_everywhere = !crate::service::auth::is_admin_credential(&found.credential);
+                let dead_everywhere = !crate::service::auth::is_admin_credential(&credential);
                 if dead_everywhere {
                     state
                         .sessions
