@@ -93,7 +93,8 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// `postgres://user[:password]@host[:port]/database` selects PostgreSQL instead of the
     /// embedded database; several nodes may share it. The data directory then holds only the
-    /// generated admin token.
+    /// generated admin token. TLS as libpq's parameters say: add
+    /// `?sslmode=verify-full&sslrootcert=/path/to/ca.pem` to check the server's certificate.
     #[arg(long, env = "HERALD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// PostgreSQL connections this node keeps open at most.

@@ -17,6 +17,7 @@ mod orgs;
 mod rows;
 mod sessions;
 mod signals;
+mod tls;
 mod webhooks;
 
 use std::str::FromStr;
@@ -25,9 +26,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tls::DatabaseTls;
 use tokio::sync::broadcast;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::Event;
@@ -104,6 +106,8 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` and friends ask (`tls.rs`).
+    tls: DatabaseTls,
     cipher: Arc<SecretCipher>,
     signals: broadcast::Sender<StoreSignal>,
     /// The task that listens for other nodes' notifications, started on first use.
@@ -130,12 +134,6 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Said for `sslmode=require` (which would otherwise fail at the first connection with "no TLS
-/// implementation configured") and `verify-ca`/`verify-full` (which would be "not valid").
-const SSL_REQUIRED: &str = "sslmode in the database URL asks for TLS: Herald does not speak TLS to \
-     PostgreSQL; reach it over a private network (sslmode=disable or prefer), or run a TLS tunnel \
-     beside Herald (stunnel, or your cloud's proxy such as cloud-sql-proxy) and point the URL at it";
-
 impl PostgresStore {
     /// Saves a webhook (see `webhooks::update` for `read_at`).
     async fn save_webhook(&self, webhook: &Webhook, read_at: Option<Timestamp>) -> StoreResult<()> {
@@ -155,18 +153,15 @@ impl PostgresStore {
     /// connect yet: [`PostgresStore::migrate`] or [`PostgresStore::check_schema`] do, and say
     /// clearly when the database cannot be reached.
     pub fn new(url: &str, options: PostgresOptions, cipher: SecretCipher) -> StoreResult<Self> {
-        // tokio-postgres knows no `verify-ca` or `verify-full` and calls the URL invalid.
-        if url.contains("sslmode=verify") {
-            return Err(StoreError::Other(SSL_REQUIRED.into()));
-        }
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (url, tls) =
+            tls::TlsSettings::take_from(url).map_err(|e| StoreError::Other(e.into()))?;
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             StoreError::Other(
                 format!("the database URL is not valid ({e}); expected postgres://user@host:port/database").into(),
             )
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(StoreError::Other(SSL_REQUIRED.into()));
-        }
+        config.ssl_mode(tls.driver_mode());
+        let tls = tls.connector().map_err(|e| StoreError::Other(e.into()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -178,7 +173,7 @@ impl PostgresStore {
         config.keepalives_idle(Duration::from_secs(10));
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -194,6 +189,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             config,
+            tls,
             cipher: Arc::new(cipher),
             signals: broadcast::channel(1024).0,
             listener: std::sync::OnceLock::new(),
@@ -834,8 +830,9 @@ impl Store for PostgresStore {
 
     fn signals(&self) -> Option<broadcast::Receiver<StoreSignal>> {
         let receiver = self.signals.subscribe();
-        self.listener
-            .get_or_init(|| signals::spawn(self.config.clone(), self.signals.clone()));
+        self.listener.get_or_init(|| {
+            signals::spawn(self.config.clone(), self.tls.clone(), self.signals.clone())
+        });
         Some(receiver)
     }
 
@@ -1036,26 +1033,6 @@ mod tests {
             .batch_execute(&format!("DROP ROLE {role}"))
             .await
             .unwrap();
-    }
-
-    #[test]
-    fn a_url_that_requires_tls_is_refused_saying_what_to_do() {
-        let err = PostgresStore::new(
-            "postgres://herald@db.example.com/herald?sslmode=require",
-            PostgresOptions::default(),
-            SecretCipher::none(),
-        )
-        .unwrap_err();
-        let said = herald_core::error_chain(&err);
-        assert!(said.contains("does not speak TLS"), "{said}");
-        assert!(said.contains("tunnel"), "{said}");
-        let err = PostgresStore::new(
-            "postgres://herald@db.example.com/herald?sslmode=verify-full",
-            PostgresOptions::default(),
-            SecretCipher::none(),
-        )
-        .unwrap_err();
-        assert!(herald_core::error_chain(&err).contains("does not speak TLS"));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use super::tls::DatabaseTls;
 use futures::StreamExt;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use herald_core::OrgId;
 use herald_core::store::StoreSignal;
@@ -29,17 +30,22 @@ static UNREACHABLE: herald_core::throttle::Throttle =
 /// Starts the listener; it runs until aborted.
 pub(crate) fn spawn(
     config: tokio_postgres::Config,
+    tls: DatabaseTls,
     signals: broadcast::Sender<StoreSignal>,
 ) -> tokio::task::AbortHandle {
-    tokio::spawn(run(config, signals)).abort_handle()
+    tokio::spawn(run(config, tls, signals)).abort_handle()
 }
 
-async fn run(config: tokio_postgres::Config, signals: broadcast::Sender<StoreSignal>) {
+async fn run(
+    config: tokio_postgres::Config,
+    tls: DatabaseTls,
+    signals: broadcast::Sender<StoreSignal>,
+) {
     let mut wait = RECONNECT_FIRST;
     let mut first = true;
     loop {
         // Any connection but the very first may have missed something.
-        match listen(&config, &signals, !first).await {
+        match listen(&config, &tls, &signals, !first).await {
             Ok(()) => {
                 tracing::warn!("lost the connection that hears other nodes; reconnecting");
                 wait = RECONNECT_FIRST;
@@ -59,10 +65,11 @@ async fn run(config: tokio_postgres::Config, signals: broadcast::Sender<StoreSig
 /// Listens on one connection until it ends (`Ok`) or fails to start (`Err`).
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: &DatabaseTls,
     signals: &broadcast::Sender<StoreSignal>,
     resync: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let forward = signals.clone();
     // The connection object does the socket's work; polling it also yields notifications.
     let driver = tokio::spawn(async move {

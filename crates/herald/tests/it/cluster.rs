@@ -243,7 +243,19 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
     let new = TestReceiver::start().await;
     let http = http_client();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes = start_nodes(&db, &dirs).await;
+    // Node A connects as the test URL says (TLS when the server offers it), node B checks the
+    // server's certificate and name: both must find the same database.
+    let node = |dir: &tempfile::TempDir, url: String| {
+        let env = [
+            ("HERALD_DATABASE_URL", url),
+            ("HERALD_DATABASE_POOL_SIZE", "8".to_owned()),
+        ];
+        let path = dir.path().to_owned();
+        async move { Server::start_with(&path, &env).await }
+    };
+    let verified = db.verified_url().await;
+    let nodes =
+        futures::future::join_all([node(&dirs[0], db.url.clone()), node(&dirs[1], verified)]).await;
     let (a, b) = (&nodes[0].base, &nodes[1].base);
 
     let (_, org) = call(&http, a, "/v1/orgs", json!({ "name": "Acme" })).await;
@@ -296,6 +308,8 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         "cross-node change: node B used the new URL {:?} after the change",
         changed.elapsed()
     );
+    // Each node has its pool's connections and one that listens for the other's changes.
+    db.assert_herald_connections_encrypted(4).await;
 
     // Deactivated through node B: node A stores deliveries no more.
     let resp = http

@@ -47,6 +47,52 @@ impl TestDatabase {
     pub async fn connect(&self) -> tokio_postgres::Client {
         admin(&self.url).await
     }
+
+    /// The scratch database's URL with `sslmode=verify-full`, trusting the test server's own
+    /// certificate file and connecting by the name it is made out to (`localhost`, Debian's
+    /// snakeoil certificate), when the server is on this machine; else the URL as it is.
+    pub async fn verified_url(&self) -> String {
+        let address = server_address(&self.url);
+        let Some(port) = ["127.0.0.1:", "localhost:"]
+            .iter()
+            .find_map(|host| address.strip_prefix(host))
+        else {
+            eprintln!("the test server is not on this machine: not checking its certificate");
+            return self.url.clone();
+        };
+        let cert: String = self
+            .connect()
+            .await
+            .query_one("SHOW ssl_cert_file", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let url = self.url.replacen(&address, &format!("localhost:{port}"), 1);
+        let join = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{join}sslmode=verify-full&sslrootcert={cert}")
+    }
+
+    /// Asserts that Herald has at least `least` connections open to the scratch database,
+    /// and that every one of them is encrypted.
+    pub async fn assert_herald_connections_encrypted(&self, least: i64) {
+        let row = self
+            .connect()
+            .await
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) \
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.datname = current_database() AND a.application_name = 'herald'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
+        assert!(
+            all >= least,
+            "{all} Herald connections, expected at least {least}"
+        );
+        assert_eq!(encrypted, all, "Herald connections in the clear");
+    }
 }
 
 impl Drop for TestDatabase {

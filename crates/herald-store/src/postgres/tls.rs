@@ -1,0 +1,914 @@
+//! TLS to PostgreSQL, as libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` ask for it.
+//!
+//! tokio-postgres knows only `sslmode=disable|prefer|require` and refuses libpq's other TLS
+//! parameters, so [`TlsSettings::take_from`] takes them out of the database URL, and
+//! [`TlsSettings::connector`] builds the rustls configuration they describe. What each mode
+//! does is libpq's:
+//!
+//! | `sslmode` | encrypted | the server's certificate |
+//! |---|---|---|
+//! | `disable` | never | not asked for |
+//! | `prefer` (the default) | when the server offers it | not checked, unless `sslrootcert` is given: then it must chain to it |
+//! | `require` | always | the same |
+//! | `verify-ca` | always | must chain to `sslrootcert` (by default the system's trust store) |
+//! | `verify-full` | always | the same, and must name the host connected to |
+//!
+//! Unlike libpq, a `verify-*` mode without `sslrootcert` trusts the system's store rather than
+//! `~/.postgresql/root.crt`: a service has no home directory worth reading.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::SslMode as DriverMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The URL parameters this module takes; tokio-postgres gets the rest.
+const TLS_PARAMETERS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            "allow" => Err(
+                "sslmode=allow is not supported: use sslmode=prefer (TLS when the \
+                            server offers it) or sslmode=disable"
+                    .into(),
+            ),
+            other => Err(format!(
+                "sslmode={other} is not a TLS mode: use disable, prefer, require, verify-ca or \
+                 verify-full"
+            )),
+        }
+    }
+
+    /// What tokio-postgres is told: whether to ask for TLS, and whether to insist.
+    fn for_driver(self) -> DriverMode {
+        match self {
+            Self::Disable => DriverMode::Disable,
+            Self::Prefer => DriverMode::Prefer,
+            Self::Require | Self::VerifyCa | Self::VerifyFull => DriverMode::Require,
+        }
+    }
+}
+
+/// What the server's certificate is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Nothing but the handshake's own signature: encryption against a passive listener only.
+    Nothing,
+    /// That it chains to a trusted root.
+    Chain,
+    /// That, and that it names the host connected to.
+    ChainAndName,
+}
+
+/// The TLS part of a database URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    pub(crate) mode: SslMode,
+    /// A PEM file of trusted roots, or `system` for the system's store.
+    root_cert: Option<String>,
+    /// A PEM certificate (chain) and its key, for servers that ask for one.
+    client_cert: Option<String>,
+    client_key: Option<String>,
+}
+
+impl TlsSettings {
+    /// Splits `url` (a `postgres://` URL or libpq's `key=value` form) into the TLS settings and
+    /// what is left for tokio-postgres. A `key=value` string this cannot read goes through
+    /// unchanged, so that tokio-postgres says what is wrong with it.
+    pub(crate) fn take_from(url: &str) -> Result<(String, Self), String> {
+        let mut settings = Self::default();
+        let rest = if is_url(url) {
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let mut kept = Vec::new();
+            for part in query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = part.split_once('=').unwrap_or((part, ""));
+                let key = decode(key)?;
+                if TLS_PARAMETERS.contains(&key.as_str()) {
+                    settings.set(&key, decode(value)?)?;
+                } else {
+                    kept.push(part);
+                }
+            }
+            if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        } else {
+            let Some(pairs) = key_value_pairs(url) else {
+                return Ok((url.to_owned(), settings));
+            };
+            let mut kept = Vec::new();
+            for (key, value) in pairs {
+                if TLS_PARAMETERS.contains(&key.as_str()) {
+                    settings.set(&key, value)?;
+                } else {
+                    let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+                    kept.push(format!("{key}='{quoted}'"));
+                }
+            }
+            kept.join(" ")
+        };
+        settings.check_consistent()?;
+        Ok((rest, settings))
+    }
+
+    fn set(&mut self, key: &str, value: String) -> Result<(), String> {
+        match key {
+            "sslmode" => self.mode = SslMode::parse(&value)?,
+            "sslrootcert" => self.root_cert = Some(value).filter(|v| !v.is_empty()),
+            "sslcert" => self.client_cert = Some(value).filter(|v| !v.is_empty()),
+            "sslkey" => self.client_key = Some(value).filter(|v| !v.is_empty()),
+            _ => unreachable!("only TLS_PARAMETERS are set"),
+        }
+        Ok(())
+    }
+
+    fn check_consistent(&self) -> Result<(), String> {
+        if self.root_cert.as_deref() == Some("system") && self.mode != SslMode::VerifyFull {
+            // As libpq: the public roots trust anyone's certificate for some name.
+            return Err(
+                "sslrootcert=system needs sslmode=verify-full: any certificate a public \
+                        authority signed would pass without its host name checked"
+                    .into(),
+            );
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => Err("sslcert is given without sslkey: give both, the client \
+                                    certificate and its private key (PEM files)"
+                .into()),
+            (None, Some(_)) => Err("sslkey is given without sslcert: give both, the client \
+                                    certificate and its private key (PEM files)"
+                .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// What tokio-postgres is told to do.
+    pub(crate) fn driver_mode(&self) -> DriverMode {
+        self.mode.for_driver()
+    }
+
+    fn check(&self) -> Check {
+        match self.mode {
+            SslMode::VerifyFull => Check::ChainAndName,
+            SslMode::VerifyCa => Check::Chain,
+            // As libpq: a root certificate given is used whatever the mode.
+            _ if self.root_cert.is_some() => Check::Chain,
+            _ => Check::Nothing,
+        }
+    }
+
+    /// The connector for these settings, with its files read now: a missing or unreadable one
+    /// stops the start, not the first connection.
+    pub(crate) fn connector(&self) -> Result<DatabaseTls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let check = self.check();
+        let verifier = match check {
+            Check::Nothing => None,
+            Check::Chain | Check::ChainAndName => {
+                let (roots, source) = self.roots()?;
+                let verifier =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| format!("{source}: {e}"))?;
+                Some((verifier, source))
+            }
+        };
+        let (verifier, roots) = verifier.unzip();
+        let verifier = DatabaseCertVerifier {
+            check,
+            verifier,
+            provider: provider.clone(),
+        };
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS to the database cannot be set up: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let config = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certificates(cert, "sslcert")?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!("sslkey {key}: cannot read a private key from it ({e})")
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    format!("sslcert and sslkey do not make a client certificate: {e}")
+                })?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(DatabaseTls {
+            inner: MakeRustlsConnect::new(config),
+            roots: roots.unwrap_or_default().into(),
+        })
+    }
+
+    /// The trusted roots, and how to name where they came from in an error.
+    fn roots(&self) -> Result<(RootCertStore, String), String> {
+        let mut roots = RootCertStore::empty();
+        match self.root_cert.as_deref() {
+            Some(path) if path != "system" => {
+                let certs = read_certificates(path, "sslrootcert")?;
+                let (_, unusable) = roots.add_parsable_certificates(certs);
+                if roots.is_empty() {
+                    return Err(format!(
+                        "sslrootcert {path}: none of its {unusable} certificates can be a root"
+                    ));
+                }
+                Ok((roots, format!("sslrootcert {path}")))
+            }
+            _ => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(format!(
+                        "sslmode={} checks the database server's certificate, and this system's \
+                         trust store has no certificates: give the CA that signed it with \
+                         sslrootcert=/path/to/ca.pem",
+                        self.mode_name()
+                    ));
+                }
+                Ok((roots, "the system's trust store".into()))
+            }
+        }
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Whether `url` is in the URL form (rather than libpq's `key=value` form).
+fn is_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+fn decode(raw: &str) -> Result<String, String> {
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| "the database URL has a parameter that is not UTF-8 once decoded".into())
+}
+
+/// libpq's `key=value key2='quoted value'` form as pairs, or `None` if it is not well formed.
+fn key_value_pairs(s: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut key = String::new();
+        while let Some(c) = it.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        if key.is_empty() {
+            return it.peek().is_none().then_some(pairs);
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        it.next_if_eq(&'=')?;
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let quoted = it.next_if_eq(&'\'').is_some();
+        let mut value = String::new();
+        loop {
+            match it.peek() {
+                None if quoted => return None,
+                None => break,
+                Some('\'') if quoted => {
+                    it.next();
+                    break;
+                }
+                Some(c) if !quoted && c.is_whitespace() => break,
+                Some(_) => {}
+            }
+            let c = it.next()?;
+            value.push(if c == '\\' { it.next()? } else { c });
+        }
+        if value.is_empty() && !quoted {
+            return None;
+        }
+        pairs.push((key, value));
+    }
+}
+
+fn read_certificates(path: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{what} {path}: cannot read PEM certificates from it ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what} {path}: holds no certificate (expected PEM, -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(certs)
+}
+
+/// The connector of the pool and the listener: tokio-postgres-rustls's, with a certificate
+/// that did not pass explained in terms of the URL's parameters.
+#[derive(Clone)]
+pub(crate) struct DatabaseTls {
+    inner: MakeRustlsConnect,
+    /// Where the trusted roots came from (empty when none are checked against).
+    roots: Arc<str>,
+}
+
+impl<S> MakeTlsConnect<S> for DatabaseTls
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = Explaining<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<Self::TlsConnect, Self::Error> {
+        Ok(Explaining {
+            inner: MakeTlsConnect::<S>::make_tls_connect(&mut self.inner, host)?,
+            host: host.to_owned(),
+            roots: self.roots.clone(),
+        })
+    }
+}
+
+/// One handshake of [`DatabaseTls`].
+pub(crate) struct Explaining<T> {
+    inner: T,
+    host: String,
+    roots: Arc<str>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, T> TlsConnect<S> for Explaining<T>
+where
+    T: TlsConnect<S>,
+    T::Future: Send + 'static,
+    T::Stream: 'static,
+{
+    type Stream = T::Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<T::Stream, BoxError>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let Self { inner, host, roots } = self;
+        let handshake = inner.connect(stream);
+        Box::pin(async move {
+            handshake
+                .await
+                .map_err(|e| explain(e.into(), &host, &roots))
+        })
+    }
+}
+
+/// A failed handshake, with what to change when the server's certificate did not pass.
+fn explain(error: BoxError, host: &str, roots: &str) -> BoxError {
+    let rejected = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let hint = match rejected {
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => format!(
+            "sslmode=verify-full checks that the certificate is made out to the host connected \
+             to, {host}: connect by a name the certificate carries, or use sslmode=verify-ca"
+        ),
+        Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => format!(
+            "no root in {roots} signed it: give the CA that did with sslrootcert=/path/to/ca.pem"
+        ),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "renew the database server's certificate, or check this machine's clock".into(),
+        _ => return error,
+    };
+    // Still an I/O error, as the handshake's was: the store counts the database unavailable.
+    let kind = error
+        .downcast_ref::<std::io::Error>()
+        .map_or(std::io::ErrorKind::InvalidData, std::io::Error::kind);
+    Box::new(std::io::Error::new(kind, Explained { hint, error }))
+}
+
+/// A handshake error and what to do about it, said in one line.
+#[derive(Debug)]
+struct Explained {
+    hint: String,
+    error: BoxError,
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.error, self.hint)
+    }
+}
+
+impl std::error::Error for Explained {}
+
+/// Checks the database server's certificate as far as `check` asks.
+#[derive(Debug)]
+struct DatabaseCertVerifier {
+    check: Check,
+    /// The chain (and name) check, if any.
+    verifier: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for DatabaseCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let checked =
+            verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        match checked {
+            // webpki checks the chain before the name: only the name failed.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if self.check == Check::Chain => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn taken(url: &str) -> (String, TlsSettings) {
+        TlsSettings::take_from(url).unwrap()
+    }
+
+    #[test]
+    fn the_tls_parameters_are_taken_out_of_a_url_and_the_rest_kept() {
+        let (rest, tls) = taken(
+            "postgres://herald:pw@db:5433/herald?sslmode=verify-full&application_name=a%20b\
+             &sslrootcert=%2Fetc%2Fherald%2Fca.pem&sslcert=/c.pem&sslkey=/c.key",
+        );
+        assert_eq!(
+            rest,
+            "postgres://herald:pw@db:5433/herald?application_name=a%20b"
+        );
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root_cert.as_deref(), Some("/etc/herald/ca.pem"));
+        assert_eq!(tls.client_cert.as_deref(), Some("/c.pem"));
+        assert_eq!(tls.client_key.as_deref(), Some("/c.key"));
+        assert_eq!(tls.check(), Check::ChainAndName);
+        let config = tokio_postgres::Config::from_str(&rest).unwrap();
+        assert_eq!(config.get_application_name(), Some("a b"));
+
+        let plain = "postgresql://herald@db/herald";
+        let (rest, tls) = taken(plain);
+        assert_eq!(rest, plain);
+        assert_eq!(tls, TlsSettings::default());
+        assert_eq!(tls.driver_mode(), DriverMode::Prefer);
+        assert_eq!(tls.check(), Check::Nothing);
+        assert_eq!(
+            taken("postgres://db/h?sslmode=disable").0,
+            "postgres://db/h"
+        );
+    }
+
+    #[test]
+    fn the_tls_parameters_are_taken_out_of_the_key_value_form() {
+        let (rest, tls) = taken(
+            "host=db dbname='my \\'db\\'' sslmode = require  sslrootcert='/a b/ca.pem' user=h\\ x",
+        );
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(tls.root_cert.as_deref(), Some("/a b/ca.pem"));
+        // A root certificate given is checked whatever the mode, as libpq does.
+        assert_eq!(tls.check(), Check::Chain);
+        let config = tokio_postgres::Config::from_str(&rest).unwrap();
+        assert_eq!(config.get_dbname(), Some("my 'db'"));
+        assert_eq!(config.get_user(), Some("h x"));
+        // What cannot be read goes through for tokio-postgres to say what is wrong.
+        let (rest, tls) = taken("host=db dbname='unterminated");
+        assert_eq!(rest, "host=db dbname='unterminated");
+        assert_eq!(tls, TlsSettings::default());
+    }
+
+    #[test]
+    fn tls_parameters_that_cannot_work_are_refused_saying_what_to_do() {
+        let refused = |url: &str| TlsSettings::take_from(url).unwrap_err();
+        assert!(refused("postgres://db/h?sslmode=allow").contains("sslmode=prefer"));
+        assert!(refused("postgres://db/h?sslmode=on").contains("verify-full"));
+        assert!(
+            refused("postgres://db/h?sslmode=verify-ca&sslrootcert=system")
+                .contains("needs sslmode=verify-full")
+        );
+        assert!(refused("postgres://db/h?sslcert=/c.pem").contains("without sslkey"));
+        assert!(refused("sslkey=/c.key host=db").contains("without sslcert"));
+        let (_, tls) = taken("postgres://db/h?sslmode=verify-full&sslrootcert=system");
+        assert!(tls.connector().is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let url = format!(
+            "postgres://db/h?sslmode=verify-ca&sslrootcert={}",
+            missing.display()
+        );
+        let said = taken(&url).1.connector().err().unwrap();
+        assert!(
+            said.contains("sslrootcert") && said.contains("missing.pem"),
+            "{said}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let url = format!("postgres://db/h?sslrootcert={}", empty.display());
+        let said = taken(&url).1.connector().err().unwrap();
+        assert!(said.contains("holds no certificate"), "{said}");
+    }
+
+    /// The test server's host and port, and its user, from `HERALD_TEST_DATABASE_URL`.
+    fn test_server() -> Option<(String, u16, String, String)> {
+        let url = std::env::var("HERALD_TEST_DATABASE_URL").ok()?;
+        let config = tokio_postgres::Config::from_str(&url).unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => panic!("the TLS tests need a TCP host"),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        let dbname = config.get_dbname().unwrap_or("postgres").to_owned();
+        Some((host, port, user, dbname))
+    }
+
+    /// Connects as `url` says and answers whether the connection is encrypted.
+    async fn encrypted(url: &str) -> Result<bool, String> {
+        let (rest, tls) = TlsSettings::take_from(url)?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
+        config.ssl_mode(tls.driver_mode());
+        let (client, connection) = config
+            .connect(tls.connector()?)
+            .await
+            .map_err(|e| herald_core::error_chain(&e))?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+
+    /// Against the test server, which must have TLS on (Debian's default, with its snakeoil
+    /// certificate for `localhost`). Skipped without `HERALD_TEST_DATABASE_URL`.
+    #[tokio::test]
+    async fn each_sslmode_connects_to_a_real_server_as_libpq_would() {
+        let Some((host, port, user, db)) = test_server() else {
+            return;
+        };
+        let at = |host: &str, query: &str| format!("postgres://{user}@{host}:{port}/{db}?{query}");
+        let (client, connection) = tokio_postgres::connect(&at(&host, ""), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let shown = |name: &str| {
+            let client = &client;
+            let sql = format!("SHOW {name}");
+            async move {
+                client
+                    .query_one(&sql, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, String>(0)
+            }
+        };
+        assert_eq!(
+            shown("ssl").await,
+            "on",
+            "these tests need the test server to offer TLS (ssl = on)"
+        );
+        // The server's own certificate, self-signed, serves as the root to trust.
+        let cert = shown("ssl_cert_file").await;
+        let root = format!("sslrootcert={cert}");
+
+        assert_eq!(encrypted(&at(&host, "")).await, Ok(true), "prefer");
+        assert_eq!(encrypted(&at(&host, "sslmode=disable")).await, Ok(false));
+        assert_eq!(encrypted(&at(&host, "sslmode=require")).await, Ok(true));
+        assert_eq!(
+            encrypted(&at("localhost", &format!("sslmode=verify-full&{root}"))).await,
+            Ok(true)
+        );
+        assert_eq!(
+            encrypted(&at("127.0.0.1", &format!("sslmode=verify-ca&{root}"))).await,
+            Ok(true)
+        );
+
+        let said = encrypted(&at("127.0.0.1", &format!("sslmode=verify-full&{root}")))
+            .await
+            .unwrap_err();
+        assert!(
+            said.contains("certificate not valid for name \"127.0.0.1\"")
+                && said.contains("made out to the host connected to, 127.0.0.1")
+                && said.contains("or use sslmode=verify-ca"),
+            "{said}"
+        );
+        // The store counts a certificate that does not pass as the database being away (a
+        // 503 to try again, as for a changed password), and says why.
+        let store = crate::postgres::PostgresStore::new(
+            &at("127.0.0.1", &format!("sslmode=verify-full&{root}")),
+            crate::postgres::PostgresOptions::default(),
+            crate::cipher::SecretCipher::none(),
+        )
+        .unwrap();
+        match store.migrate().await {
+            Err(herald_core::store::StoreError::Unavailable(e)) => {
+                let said = herald_core::error_chain(&*e);
+                assert!(said.contains("or use sslmode=verify-ca"), "{said}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        // Roots that did not sign it (the public ones; Debian links its snakeoil certificate
+        // into /etc/ssl/certs, so the system's store as a whole would take it).
+        let others = "sslrootcert=/etc/ssl/certs/ca-certificates.crt";
+        let said = encrypted(&at("localhost", &format!("sslmode=verify-full&{others}")))
+            .await
+            .unwrap_err();
+        assert!(
+            said.contains("UnknownIssuer")
+                && said.contains("no root in sslrootcert /etc/ssl/certs/ca-certificates.crt")
+                && said.contains("sslrootcert=/path/to/ca.pem"),
+            "{said}"
+        );
+        // A root given is checked in require mode too, as libpq does.
+        let said = encrypted(&at(&host, &format!("sslmode=require&{others}")))
+            .await
+            .unwrap_err();
+        assert!(said.contains("no root in sslrootcert"), "{said}");
+    }
+
+    /// `openssl` in `dir`, which must succeed.
+    fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the TLS tests run openssl to make certificates");
+        assert!(status.success(), "openssl {args:?} failed");
+    }
+
+    /// Accepts one connection as a PostgreSQL server asking for a client certificate signed
+    /// by `ca` would: the TLS request, then the handshake. Answers what the client presented.
+    async fn serve_once(
+        listener: tokio::net::TcpListener,
+        ca: CertificateDer<'static>,
+        ca_key: PrivateKeyDer<'static>,
+    ) -> Result<Vec<CertificateDer<'static>>, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(clients)
+            .with_single_cert(vec![ca], ca_key)
+            .unwrap();
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        socket.read_exact(&mut request).await.unwrap();
+        // SSLRequest: its length, 8, and the code 80877103.
+        assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        socket.write_all(b"S").await.unwrap();
+        let stream = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            .accept(socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let presented = stream.get_ref().1.peer_certificates().unwrap_or_default();
+        Ok(presented.to_vec())
+    }
+
+    /// A server that does not offer TLS (or something in the way that says so) is refused by
+    /// every mode that insists on it, rather than spoken to in the clear.
+    #[tokio::test]
+    async fn a_mode_that_insists_on_tls_refuses_a_server_without_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let served = tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 8];
+                socket.read_exact(&mut request).await.unwrap();
+                socket.write_all(b"N").await.unwrap();
+                // What comes next: nothing from a client that insists, a startup message from
+                // one that would go on in the clear.
+                let mut next = Vec::new();
+                let _ = socket.read_to_end(&mut next).await;
+                next
+            });
+            let url = format!(
+                "postgres://herald@127.0.0.1:{port}/herald?sslmode={mode}&sslrootcert=system"
+            );
+            let url = if mode == "verify-full" {
+                url
+            } else {
+                url.replace("&sslrootcert=system", "")
+            };
+            let bounded = std::time::Duration::from_secs(10);
+            let said = tokio::time::timeout(bounded, encrypted(&url))
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(
+                said.contains("server does not support TLS"),
+                "{mode}: {said}"
+            );
+            let sent = tokio::time::timeout(bounded, served)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                sent.is_empty(),
+                "{mode}: sent {} bytes in the clear",
+                sent.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_presented_when_the_server_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            at,
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-subj",
+                    "/CN=Herald test CA",
+                    "-days",
+                    "2",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            at,
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "client.key",
+                    "-out",
+                    "client.csr",
+                    "-subj",
+                    "/CN=herald",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            at.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            at,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "client.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "client.ext",
+                "-out",
+                "client.pem",
+                "-days",
+                "2",
+            ],
+        );
+        let ca = CertificateDer::from_pem_file(at.join("ca.pem")).unwrap();
+        let ca_key = PrivateKeyDer::from_pem_file(at.join("ca.key")).unwrap();
+        let client = CertificateDer::from_pem_file(at.join("client.pem")).unwrap();
+
+        let bounded = std::time::Duration::from_secs(10);
+        for with_certificate in [true, false] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let served = tokio::spawn(serve_once(listener, ca.clone(), ca_key.clone_key()));
+            let mut url = format!("postgres://herald@127.0.0.1:{port}/herald?sslmode=require");
+            if with_certificate {
+                let (cert, key) = (at.join("client.pem"), at.join("client.key"));
+                url += &format!("&sslcert={}&sslkey={}", cert.display(), key.display());
+            }
+            // The server stops after the handshake, so the connection fails either way: what
+            // the server saw is the point.
+            let _ = tokio::time::timeout(bounded, encrypted(&url))
+                .await
+                .unwrap();
+            let seen = tokio::time::timeout(bounded, served)
+                .await
+                .unwrap()
+                .unwrap();
+            if with_certificate {
+                assert_eq!(seen.unwrap(), vec![client.clone()]);
+            } else {
+                let said = seen.unwrap_err();
+                assert!(said.contains("certificate"), "{said}");
+            }
+        }
+    }
+}
