@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-/// `herald migrate` settings: only what opening the database takes.
 /// A yes-or-no setting, from a flag's value or its variable, with a message that says what is
 /// taken (clap's own says only "value was not a boolean").
 fn parse_bool(raw: &str) -> Result<bool, String> {
@@ -16,6 +15,20 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
     }
 }
 
+/// A database URL, which cannot be empty: an empty variable would otherwise be taken for a
+/// PostgreSQL URL that names nothing.
+fn parse_database_url(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err(
+            "empty: unset HERALD_DATABASE_URL to use the embedded database, or give \
+                    postgres://user@host:port/database"
+                .into(),
+        );
+    }
+    Ok(raw.to_owned())
+}
+
+/// `herald migrate` settings: only what opening the database takes.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateSettings {
     #[command(flatten)]
@@ -95,7 +108,7 @@ pub struct StorageSettings {
     /// embedded database; several nodes may share it. The data directory then holds only the
     /// generated admin token. TLS as libpq's parameters say: add
     /// `?sslmode=verify-full&sslrootcert=/path/to/ca.pem` to check the server's certificate.
-    #[arg(long, env = "HERALD_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "HERALD_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
     pub database_url: Option<String>,
     /// PostgreSQL connections this node keeps open at most.
     #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -158,7 +171,8 @@ fn hidden(secret: &Option<String>) -> Option<&'static str> {
 /// password is dropped wherever libpq's URL syntax lets it appear.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return "(not a URL)".into();
+        return herald_store::postgres::conninfo::without_password(url)
+            .unwrap_or_else(|| "(not a URL)".into());
     };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
@@ -553,6 +567,10 @@ mod tests {
             "postgres://herald@db/herald?PASSWORD=…"
         );
         assert_eq!(redact_password("nonsense:s3cret"), "(not a URL)");
+        assert_eq!(
+            redact_password("host=db password=s3cret dbname=herald"),
+            "host=db password=… dbname=herald"
+        );
     }
 
     #[test]

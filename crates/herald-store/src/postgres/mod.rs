@@ -10,6 +10,7 @@
 //! - A connection error (refused, reset, timed out, server shutting down) is
 //!   [`StoreError::Unavailable`], which the API answers with `503` and `Retry-After`.
 
+pub mod conninfo;
 mod deliveries;
 mod health;
 mod ingest;
@@ -157,7 +158,11 @@ impl PostgresStore {
             tls::TlsSettings::take_from(url).map_err(|e| StoreError::Other(e.into()))?;
         let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             StoreError::Other(
-                format!("the database URL is not valid ({e}); expected postgres://user@host:port/database").into(),
+                format!(
+                    "the database URL is not valid ({}); expected postgres://user@host:port/database",
+                    herald_core::error_chain(&e)
+                )
+                .into(),
             )
         })?;
         config.ssl_mode(tls.driver_mode());
@@ -1050,5 +1055,14 @@ mod tests {
                 .to_string()
                 .contains("postgres://user@host")
         );
+        // What is wrong is named.
+        let err = PostgresStore::new(
+            "postgres://user@host/db?sslmod=require",
+            PostgresOptions::default(),
+            SecretCipher::none(),
+        )
+        .unwrap_err();
+        let said = herald_core::error_chain(&err);
+        assert!(said.contains("unknown option `sslmod`"), "{said}");
     }
 }

@@ -20,7 +20,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use percent_encoding::percent_decode_str;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -33,8 +32,37 @@ use tokio_postgres::config::SslMode as DriverMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::conninfo::{decode, is_url, key_value_pairs};
+
 /// The URL parameters this module takes; tokio-postgres gets the rest.
-const TLS_PARAMETERS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+const TLS_PARAMETERS: [&str; 9] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "sslcompression",
+    "gssencmode",
+];
+
+/// libpq's other TLS parameters Herald does not support, and what to do instead (refused by
+/// name, where tokio-postgres would call them unknown).
+const UNSUPPORTED: [(&str, &str); 5] = [
+    (
+        "sslpassword",
+        "Herald reads only unencrypted keys: decrypt it once (openssl pkey -in key.pem -out \
+         plain.pem) and let only Herald's user read the copy",
+    ),
+    ("sslcrl", "revocation lists are not checked"),
+    ("sslcrldir", "revocation lists are not checked"),
+    (
+        "sslcertmode",
+        "a client certificate is sent when sslcert and sslkey are given",
+    ),
+    ("sslkeylogfile", "TLS keys are never written out"),
+];
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,6 +125,11 @@ pub(crate) struct TlsSettings {
     /// A PEM certificate (chain) and its key, for servers that ask for one.
     client_cert: Option<String>,
     client_key: Option<String>,
+    /// `sslsni=0` turns off naming the host in the handshake.
+    no_sni: bool,
+    /// TLS 1.2 (`false`) or 1.3 only (`true`) at least and at most.
+    min_tls13: bool,
+    max_tls12: bool,
 }
 
 impl TlsSettings {
@@ -111,6 +144,7 @@ impl TlsSettings {
             for part in query.split('&').filter(|p| !p.is_empty()) {
                 let (key, value) = part.split_once('=').unwrap_or((part, ""));
                 let key = decode(key)?;
+                refuse_unsupported(&key)?;
                 if TLS_PARAMETERS.contains(&key.as_str()) {
                     settings.set(&key, decode(value)?)?;
                 } else {
@@ -128,6 +162,7 @@ impl TlsSettings {
             };
             let mut kept = Vec::new();
             for (key, value) in pairs {
+                refuse_unsupported(&key)?;
                 if TLS_PARAMETERS.contains(&key.as_str()) {
                     settings.set(&key, value)?;
                 } else {
@@ -147,9 +182,42 @@ impl TlsSettings {
             "sslrootcert" => self.root_cert = Some(value).filter(|v| !v.is_empty()),
             "sslcert" => self.client_cert = Some(value).filter(|v| !v.is_empty()),
             "sslkey" => self.client_key = Some(value).filter(|v| !v.is_empty()),
+            "sslsni" => self.no_sni = value == "0",
+            "ssl_min_protocol_version" => self.min_tls13 = tls13_only(key, &value, true)?,
+            "ssl_max_protocol_version" => self.max_tls12 = !tls13_only(key, &value, false)?,
+            // libpq ignores it unless OpenSSL allows compression, which it no longer does.
+            "sslcompression" => {}
+            "gssencmode" if value == "require" => {
+                return Err(
+                    "gssencmode=require: Herald does not speak GSSAPI encryption; \
+                            use TLS (sslmode=verify-full) instead"
+                        .into(),
+                );
+            }
+            // `disable`, or `prefer`, which libpq too falls back from without Kerberos.
+            "gssencmode" => {}
             _ => unreachable!("only TLS_PARAMETERS are set"),
         }
         Ok(())
+    }
+
+    /// The TLS versions the settings allow.
+    fn versions(&self) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
+        let mut versions = Vec::new();
+        if !self.min_tls13 {
+            versions.push(&rustls::version::TLS12);
+        }
+        if !self.max_tls12 {
+            versions.push(&rustls::version::TLS13);
+        }
+        if versions.is_empty() {
+            return Err(
+                "ssl_min_protocol_version=TLSv1.3 and ssl_max_protocol_version=TLSv1.2 \
+                        leave no TLS version to speak"
+                    .into(),
+            );
+        }
+        Ok(versions)
     }
 
     fn check_consistent(&self) -> Result<(), String> {
@@ -210,22 +278,27 @@ impl TlsSettings {
             provider: provider.clone(),
         };
         let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&self.versions()?)
             .map_err(|e| format!("TLS to the database cannot be set up: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
         let config = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
                 let chain = read_certificates(cert, "sslcert")?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    format!("sslkey {key}: cannot read a private key from it ({e})")
-                })?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    format!("sslcert and sslkey do not make a client certificate: {e}")
-                })?
+                let private = read_private_key(key)?;
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| match e {
+                        rustls::Error::InconsistentKeys(_) => {
+                            format!("sslkey {key} is not the private key of sslcert {cert}")
+                        }
+                        e => format!("sslcert {cert} with sslkey {key}: {e}"),
+                    })?
             }
             _ => builder.with_no_client_auth(),
         };
+        let mut config = config;
+        config.enable_sni = !self.no_sni;
         Ok(DatabaseTls {
             inner: MakeRustlsConnect::new(config),
             roots: roots.unwrap_or_default().into(),
@@ -273,55 +346,50 @@ impl TlsSettings {
     }
 }
 
-/// Whether `url` is in the URL form (rather than libpq's `key=value` form).
-fn is_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
-fn decode(raw: &str) -> Result<String, String> {
-    percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| "the database URL has a parameter that is not UTF-8 once decoded".into())
-}
-
-/// libpq's `key=value key2='quoted value'` form as pairs, or `None` if it is not well formed.
-fn key_value_pairs(s: &str) -> Option<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    let mut it = s.chars().peekable();
-    loop {
-        while it.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut key = String::new();
-        while let Some(c) = it.next_if(|c| !c.is_whitespace() && *c != '=') {
-            key.push(c);
-        }
-        if key.is_empty() {
-            return it.peek().is_none().then_some(pairs);
-        }
-        while it.next_if(|c| c.is_whitespace()).is_some() {}
-        it.next_if_eq(&'=')?;
-        while it.next_if(|c| c.is_whitespace()).is_some() {}
-        let quoted = it.next_if_eq(&'\'').is_some();
-        let mut value = String::new();
-        loop {
-            match it.peek() {
-                None if quoted => return None,
-                None => break,
-                Some('\'') if quoted => {
-                    it.next();
-                    break;
-                }
-                Some(c) if !quoted && c.is_whitespace() => break,
-                Some(_) => {}
-            }
-            let c = it.next()?;
-            value.push(if c == '\\' { it.next()? } else { c });
-        }
-        if value.is_empty() && !quoted {
-            return None;
-        }
-        pairs.push((key, value));
+/// Says what to do instead of a libpq parameter Herald does not support.
+fn refuse_unsupported(key: &str) -> Result<(), String> {
+    match UNSUPPORTED.iter().find(|(name, _)| *name == key) {
+        Some((name, instead)) => Err(format!("{name} is not supported: {instead}")),
+        None => Ok(()),
     }
+}
+
+/// Whether a `ssl_{min,max}_protocol_version` value allows TLS 1.3 only (`min`) or asks for
+/// 1.3 at most (`!min`). Herald speaks TLS 1.2 and 1.3.
+fn tls13_only(key: &str, value: &str, min: bool) -> Result<bool, String> {
+    match (value, min) {
+        ("TLSv1.3", _) => Ok(true),
+        ("TLSv1.2", _) => Ok(false),
+        ("TLSv1" | "TLSv1.1", true) => Ok(false),
+        ("TLSv1" | "TLSv1.1", false) => Err(format!(
+            "{key}={value}: Herald speaks TLS 1.2 and 1.3 only; TLS 1.0 and 1.1 are not safe"
+        )),
+        _ => Err(format!(
+            "{key}={value} is not a TLS version: use TLSv1.2 or TLSv1.3"
+        )),
+    }
+}
+
+fn read_private_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("sslkey {path}: cannot read it ({e})"))?;
+    if text
+        .windows(b"ENCRYPTED PRIVATE KEY".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+        || text
+            .windows(b"Proc-Type: 4,ENCRYPTED".len())
+            .any(|w| w == b"Proc-Type: 4,ENCRYPTED")
+    {
+        return Err(format!(
+            "sslkey {path} is encrypted, and Herald cannot ask for its passphrase: decrypt it \
+             once (openssl pkey -in {path} -out plain.pem) and let only Herald's user read the copy"
+        ));
+    }
+    PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
+        format!(
+            "sslkey {path}: cannot read a private key from it ({e}; expected PEM: PRIVATE KEY, \
+             RSA PRIVATE KEY or EC PRIVATE KEY)"
+        )
+    })
 }
 
 fn read_certificates(path: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -529,6 +597,18 @@ mod tests {
         let config = tokio_postgres::Config::from_str(&rest).unwrap();
         assert_eq!(config.get_application_name(), Some("a b"));
 
+        // libpq's other parameters that make sense here are taken, the rest stays.
+        let (rest, tls) = taken(
+            "postgres://db/h?sslsni=0&sslcompression=0&gssencmode=disable\
+             &ssl_min_protocol_version=TLSv1.3&connect_timeout=5",
+        );
+        assert_eq!(rest, "postgres://db/h?connect_timeout=5");
+        assert!(tls.no_sni);
+        assert_eq!(tls.versions().unwrap(), vec![&rustls::version::TLS13]);
+        let (_, tls) = taken("postgres://db/h?ssl_max_protocol_version=TLSv1.2");
+        assert_eq!(tls.versions().unwrap(), vec![&rustls::version::TLS12]);
+        assert_eq!(TlsSettings::default().versions().unwrap().len(), 2);
+
         let plain = "postgresql://herald@db/herald";
         let (rest, tls) = taken(plain);
         assert_eq!(rest, plain);
@@ -572,6 +652,18 @@ mod tests {
         assert!(refused("sslkey=/c.key host=db").contains("without sslcert"));
         let (_, tls) = taken("postgres://db/h?sslmode=verify-full&sslrootcert=system");
         assert!(tls.connector().is_ok());
+        assert!(refused("postgres://db/h?sslpassword=x").contains("openssl pkey"));
+        assert!(refused("sslcrl=/crl.pem host=db").contains("sslcrl is not supported"));
+        assert!(refused("postgres://db/h?gssencmode=require").contains("GSSAPI"));
+        assert!(
+            refused("postgres://db/h?ssl_max_protocol_version=TLSv1.1")
+                .contains("1.2 and 1.3 only")
+        );
+        assert!(refused("postgres://db/h?ssl_min_protocol_version=1.3").contains("TLSv1.3"));
+        let (_, tls) = taken(
+            "postgres://db/h?ssl_min_protocol_version=TLSv1.3&ssl_max_protocol_version=TLSv1.2",
+        );
+        assert!(tls.connector().err().unwrap().contains("no TLS version"));
 
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
@@ -608,6 +700,11 @@ mod tests {
 
     /// Connects as `url` says and answers whether the connection is encrypted.
     async fn encrypted(url: &str) -> Result<bool, String> {
+        Ok(negotiated(url).await?.is_some())
+    }
+
+    /// Connects as `url` says and answers the TLS version the server sees, if any.
+    async fn negotiated(url: &str) -> Result<Option<String>, String> {
         let (rest, tls) = TlsSettings::take_from(url)?;
         let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
         config.ssl_mode(tls.driver_mode());
@@ -618,7 +715,7 @@ mod tests {
         tokio::spawn(connection);
         let row = client
             .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
                 &[],
             )
             .await
@@ -661,6 +758,15 @@ mod tests {
         assert_eq!(encrypted(&at(&host, "")).await, Ok(true), "prefer");
         assert_eq!(encrypted(&at(&host, "sslmode=disable")).await, Ok(false));
         assert_eq!(encrypted(&at(&host, "sslmode=require")).await, Ok(true));
+        let only = |version: &str| Ok(Some(version.to_owned()));
+        assert_eq!(
+            negotiated(&at(&host, "ssl_min_protocol_version=TLSv1.3")).await,
+            only("TLSv1.3")
+        );
+        assert_eq!(
+            negotiated(&at(&host, "ssl_max_protocol_version=TLSv1.2")).await,
+            only("TLSv1.2")
+        );
         assert_eq!(
             encrypted(&at("localhost", &format!("sslmode=verify-full&{root}"))).await,
             Ok(true)
@@ -713,10 +819,10 @@ mod tests {
         assert!(said.contains("no root in sslrootcert"), "{said}");
     }
 
-    /// `openssl` in `dir`, which must succeed.
-    fn openssl(dir: &std::path::Path, args: &[&str]) {
+    /// `openssl` in `dir` with `args` (split at spaces), which must succeed.
+    fn openssl(dir: &std::path::Path, args: &str) {
         let status = std::process::Command::new("openssl")
-            .args(args)
+            .args(args.split_whitespace())
             .current_dir(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -814,46 +920,14 @@ mod tests {
     async fn a_client_certificate_is_presented_when_the_server_asks() {
         let dir = tempfile::tempdir().unwrap();
         let at = dir.path();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
         openssl(
             at,
-            &[
-                &["req", "-x509"],
-                &ec[..],
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                    "-subj",
-                    "/CN=Herald test CA",
-                    "-days",
-                    "2",
-                ],
-            ]
-            .concat(),
+            &format!("req -x509 {ec} -keyout ca.key -out ca.pem -subj /CN=Herald-test-CA -days 2"),
         );
         openssl(
             at,
-            &[
-                &["req"],
-                &ec[..],
-                &[
-                    "-keyout",
-                    "client.key",
-                    "-out",
-                    "client.csr",
-                    "-subj",
-                    "/CN=herald",
-                ],
-            ]
-            .concat(),
+            &format!("req {ec} -keyout client.key -out client.csr -subj /CN=herald"),
         );
         std::fs::write(
             at.join("client.ext"),
@@ -862,37 +936,34 @@ mod tests {
         .unwrap();
         openssl(
             at,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "client.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                "client.ext",
-                "-out",
-                "client.pem",
-                "-days",
-                "2",
-            ],
+            "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile client.ext -out client.pem -days 2",
+        );
+        // The same key as SEC1 (`EC PRIVATE KEY`) and encrypted; another key.
+        openssl(at, "ec -in client.key -out client-sec1.key");
+        openssl(
+            at,
+            "pkcs8 -topk8 -in client.key -out client-encrypted.key -passout pass:secret",
+        );
+        openssl(
+            at,
+            "genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out other.key",
         );
         let ca = CertificateDer::from_pem_file(at.join("ca.pem")).unwrap();
         let ca_key = PrivateKeyDer::from_pem_file(at.join("ca.key")).unwrap();
         let client = CertificateDer::from_pem_file(at.join("client.pem")).unwrap();
 
+        let with_key = |key: &str| {
+            let (cert, key) = (at.join("client.pem"), at.join(key));
+            format!("&sslcert={}&sslkey={}", cert.display(), key.display())
+        };
         let bounded = std::time::Duration::from_secs(10);
-        for with_certificate in [true, false] {
+        for key in [Some("client.key"), Some("client-sec1.key"), None] {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let served = tokio::spawn(serve_once(listener, ca.clone(), ca_key.clone_key()));
             let mut url = format!("postgres://herald@127.0.0.1:{port}/herald?sslmode=require");
-            if with_certificate {
-                let (cert, key) = (at.join("client.pem"), at.join("client.key"));
-                url += &format!("&sslcert={}&sslkey={}", cert.display(), key.display());
+            if let Some(key) = key {
+                url += &with_key(key);
             }
             // The server stops after the handshake, so the connection fails either way: what
             // the server saw is the point.
@@ -903,12 +974,28 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            if with_certificate {
-                assert_eq!(seen.unwrap(), vec![client.clone()]);
+            if key.is_some() {
+                assert_eq!(seen.unwrap(), vec![client.clone()], "{key:?}");
             } else {
                 let said = seen.unwrap_err();
                 assert!(said.contains("certificate"), "{said}");
             }
         }
+        // Keys that cannot serve say so at start, naming the files.
+        let refused = |key: &str| {
+            let url = format!("postgres://h/db?sslmode=require{}", with_key(key));
+            taken(&url).1.connector().err().unwrap()
+        };
+        let said = refused("client-encrypted.key");
+        assert!(
+            said.contains("is encrypted") && said.contains("openssl pkey"),
+            "{said}"
+        );
+        let said = refused("other.key");
+        assert!(
+            said.contains("other.key is not the private key of sslcert")
+                && said.contains("client.pem"),
+            "{said}"
+        );
     }
 }

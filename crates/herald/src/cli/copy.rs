@@ -20,7 +20,8 @@ use crate::database_lock::DatabaseLock;
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// The PostgreSQL database to copy into (`postgres://user[:password]@host[:port]/database`).
-    /// It must hold no Herald data; its schema is created if it has none.
+    /// It must hold no Herald data; its schema is created if it has none. TLS as for
+    /// HERALD_DATABASE_URL: `?sslmode=verify-full&sslrootcert=/path/to/ca.pem` checks the server.
     #[arg(long, value_name = "URL")]
     pub to: String,
     /// The data directory of the embedded database to copy. Stop the server using it first.

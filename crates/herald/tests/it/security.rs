@@ -420,6 +420,14 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
         stderr.contains("came from the environment variable HERALD_DATABASE_POOL_SIZE"),
         "{stderr}"
     );
+    // An empty database URL (a template that rendered nothing) is not taken for PostgreSQL.
+    let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_DATABASE_URL", "")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("empty: unset HERALD_DATABASE_URL to use the embedded database"),
+        "{stderr}"
+    );
     // Given on the command line too, the value is the flag's: no word of the variable.
     let out = herald_migrate(
         &["--data-dir", data_arg, "--database-pool-size=many"],
