@@ -372,13 +372,9 @@ fn tls13_only(key: &str, value: &str, min: bool) -> Result<bool, String> {
 
 fn read_private_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
     let text = std::fs::read(path).map_err(|e| format!("sslkey {path}: cannot read it ({e})"))?;
-    if text
-        .windows(b"ENCRYPTED PRIVATE KEY".len())
-        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
-        || text
-            .windows(b"Proc-Type: 4,ENCRYPTED".len())
-            .any(|w| w == b"Proc-Type: 4,ENCRYPTED")
-    {
+    let says = |marker: &[u8]| text.windows(marker.len()).any(|w| w == marker);
+    // PKCS#8's encrypted form, and OpenSSL's older one (a header in the PEM block).
+    if says(b"ENCRYPTED PRIVATE KEY") || says(b"Proc-Type: 4,ENCRYPTED") {
         return Err(format!(
             "sslkey {path} is encrypted, and Herald cannot ask for its passphrase: decrypt it \
              once (openssl pkey -in {path} -out plain.pem) and let only Herald's user read the copy"
@@ -832,12 +828,13 @@ mod tests {
     }
 
     /// Accepts one connection as a PostgreSQL server asking for a client certificate signed
-    /// by `ca` would: the TLS request, then the handshake. Answers what the client presented.
+    /// by `ca` would: the TLS request, then the handshake. Answers what the client presented,
+    /// and the host name it gave (SNI).
     async fn serve_once(
         listener: tokio::net::TcpListener,
         ca: CertificateDer<'static>,
         ca_key: PrivateKeyDer<'static>,
-    ) -> Result<Vec<CertificateDer<'static>>, String> {
+    ) -> Result<(Vec<CertificateDer<'static>>, Option<String>), String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
@@ -864,8 +861,9 @@ mod tests {
             .accept(socket)
             .await
             .map_err(|e| e.to_string())?;
-        let presented = stream.get_ref().1.peer_certificates().unwrap_or_default();
-        Ok(presented.to_vec())
+        let session = stream.get_ref().1;
+        let presented = session.peer_certificates().unwrap_or_default().to_vec();
+        Ok((presented, session.server_name().map(str::to_owned)))
     }
 
     /// A server that does not offer TLS (or something in the way that says so) is refused by
@@ -946,6 +944,10 @@ mod tests {
         );
         openssl(
             at,
+            "ec -in client.key -aes256 -out client-legacy.key -passout pass:secret",
+        );
+        openssl(
+            at,
             "genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out other.key",
         );
         let ca = CertificateDer::from_pem_file(at.join("ca.pem")).unwrap();
@@ -957,13 +959,20 @@ mod tests {
             format!("&sslcert={}&sslkey={}", cert.display(), key.display())
         };
         let bounded = std::time::Duration::from_secs(10);
-        for key in [Some("client.key"), Some("client-sec1.key"), None] {
+        for (key, sni) in [
+            (Some("client.key"), true),
+            (Some("client-sec1.key"), false),
+            (None, true),
+        ] {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let served = tokio::spawn(serve_once(listener, ca.clone(), ca_key.clone_key()));
-            let mut url = format!("postgres://herald@127.0.0.1:{port}/herald?sslmode=require");
+            let mut url = format!("postgres://herald@localhost:{port}/herald?sslmode=require");
             if let Some(key) = key {
                 url += &with_key(key);
+            }
+            if !sni {
+                url += "&sslsni=0";
             }
             // The server stops after the handshake, so the connection fails either way: what
             // the server saw is the point.
@@ -975,7 +984,9 @@ mod tests {
                 .unwrap()
                 .unwrap();
             if key.is_some() {
-                assert_eq!(seen.unwrap(), vec![client.clone()], "{key:?}");
+                let (presented, named) = seen.unwrap();
+                assert_eq!(presented, vec![client.clone()], "{key:?}");
+                assert_eq!(named.as_deref(), sni.then_some("localhost"));
             } else {
                 let said = seen.unwrap_err();
                 assert!(said.contains("certificate"), "{said}");
@@ -986,11 +997,14 @@ mod tests {
             let url = format!("postgres://h/db?sslmode=require{}", with_key(key));
             taken(&url).1.connector().err().unwrap()
         };
-        let said = refused("client-encrypted.key");
-        assert!(
-            said.contains("is encrypted") && said.contains("openssl pkey"),
-            "{said}"
-        );
+        for encrypted in ["client-encrypted.key", "client-legacy.key"] {
+            let said = refused(encrypted);
+            assert!(
+                said.contains(&format!("{encrypted} is encrypted"))
+                    && said.contains("openssl pkey"),
+                "{said}"
+            );
+        }
         let said = refused("other.key");
         assert!(
             said.contains("other.key is not the private key of sslcert")
