@@ -20,7 +20,7 @@ use herald_core::store::{IngestItem, IngestResult, StoreError, StoreResult};
 use herald_core::{DeliveryId, OrgId, Timestamp};
 
 use super::deliveries::{self, IngestRequest};
-use super::{OPERATION_TIMEOUT, pool_error, sql, timed, timed_within};
+use super::{OPERATION_TIMEOUT, TIMED_OUT, pool_error, sql, timed, timed_within};
 
 /// Groups stored at the same time, each on a connection of its own: one can wait for its
 /// commit while the next is written. More only made the groups smaller (one, two, four and
@@ -60,7 +60,7 @@ pub(crate) struct IngestQueue {
     /// When storing a request last failed for want of the database (a lock held, a stall),
     /// cleared when one is stored again: the readiness check reports it, since its own read
     /// may pass while the tables events go to are locked.
-    last_failed_at: Mutex<Option<std::time::Instant>>,
+    last_failed_at: Mutex<Option<(std::time::Instant, String)>>,
     /// When each request now waiting to be stored began, by a number of its own: the oldest
     /// shows a stall before any request has failed (that takes 10 to 20 s).
     waiting: Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>,
@@ -144,7 +144,9 @@ impl IngestQueue {
             .unwrap_or_else(|e| e.into_inner());
         match &stored {
             Ok(_) => *failing = None,
-            Err(StoreError::Unavailable(_)) => *failing = Some(std::time::Instant::now()),
+            Err(StoreError::Unavailable(why)) => {
+                *failing = Some((std::time::Instant::now(), herald_core::error_chain(&**why)));
+            }
             Err(_) => {}
         }
         stored
@@ -167,18 +169,24 @@ impl IngestQueue {
                 since.elapsed().as_secs()
             ));
         }
-        let failing = *self
+        let failing = self
             .last_failed_at
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        failing
-            .filter(|at| at.elapsed() < TROUBLE_SHOWN_FOR)
-            .map(|_| {
-                "storing events failed moments ago: the database did not answer in time (a lock \
-             held on Herald's tables, or an overloaded server); Herald tries again with the \
-             next request"
-                    .to_owned()
-            })
+        let (_, why) = failing
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < TROUBLE_SHOWN_FOR)?;
+        // A timeout says nothing of its cause; anything else (refused, a certificate that does
+        // not pass, a password changed) says what to mend.
+        let why = if why.starts_with(TIMED_OUT) {
+            "the database did not answer in time (a lock held on Herald's tables, or an \
+             overloaded server)"
+        } else {
+            why
+        };
+        Some(format!(
+            "storing events failed moments ago: {why}; Herald tries again with the next request"
+        ))
     }
 
     fn runner(&self, pool: &Pool) -> mpsc::UnboundedSender<Job> {
@@ -228,7 +236,9 @@ async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
             }
         }
         Err(StoreError::Unavailable(cause)) => {
-            let why = cause.to_string();
+            // Told to every job of the group, whole: a driver error's own text is only its
+            // kind ("db error", "error performing TLS handshake"), its cause says what.
+            let why = herald_core::error_chain(&*cause);
             // Cut off by the timeout or a broken connection, the group may have been stored
             // all the same (the server took the commit, then stalled or answered too late):
             // its deliveries, leased to this node and handed to nobody, would wait for their

@@ -315,12 +315,13 @@ pub(crate) async fn timed_within<T>(
     timeout: Duration,
     f: impl Future<Output = StoreResult<T>>,
 ) -> StoreResult<T> {
-    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
-        Err(StoreError::Unavailable(
-            "the database did not answer in time".into(),
-        ))
-    })
+    tokio::time::timeout(timeout, f)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable(TIMED_OUT.into())))
 }
+
+/// What a store operation past its bound fails with.
+pub(crate) const TIMED_OUT: &str = "the database did not answer in time";
 
 /// What the SQL functions run on: a pooled connection or a transaction. Every statement is
 /// prepared once per connection and cached.

@@ -796,6 +796,27 @@ mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
+        // Events that cannot be stored for it: the readiness check says why, not "in time".
+        use herald_core::store::{IngestItem, Store};
+        let org = herald_core::OrgId::generate();
+        let raw = serde_json::json!({"id": "e1", "type": "user.created", "data": {}});
+        let now = herald_core::Clock::now(&herald_core::SystemClock);
+        let event = herald_core::event::NewEvent::parse(raw)
+            .unwrap()
+            .into_event(org.clone(), now);
+        let item = IngestItem {
+            event: Arc::new(event),
+            deliveries: Vec::new(),
+        };
+        let stored = store.insert_events(&org, &[item], now, now).await;
+        assert!(stored.is_err(), "{stored:?}");
+        let trouble = store.write_trouble().expect("the failed store is reported");
+        assert!(
+            trouble.contains("storing events failed moments ago")
+                && trouble.contains("or use sslmode=verify-ca")
+                && !trouble.contains("in time"),
+            "{trouble}"
+        );
         // Roots that did not sign it (the public ones; Debian links its snakeoil certificate
         // into /etc/ssl/certs, so the system's store as a whole would take it).
         let others = "sslrootcert=/etc/ssl/certs/ca-certificates.crt";
