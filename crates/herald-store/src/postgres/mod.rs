@@ -435,7 +435,10 @@ async fn warn_if_autovacuum_is_off(client: &tokio_postgres::Client) {
 /// Sorts a PostgreSQL error into the store's classes: anything that says "the server is not
 /// there (now)" is `Unavailable`, so callers answer 503 and try again.
 pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
-    if is_unavailable(&e) {
+    if let Some(hint) = tls::client_certificate_refused(&e) {
+        let said = format!("{}; {hint}", herald_core::error_chain(&e));
+        StoreError::Unavailable(said.into())
+    } else if is_unavailable(&e) {
         StoreError::Unavailable(Box::new(e))
     } else {
         StoreError::Other(Box::new(e))

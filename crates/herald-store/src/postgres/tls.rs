@@ -484,6 +484,43 @@ fn explain(error: BoxError, host: &str, roots: &str) -> BoxError {
     Box::new(std::io::Error::new(kind, Explained { hint, error }))
 }
 
+/// What to do when the server refused this side's part of TLS, found in `error`'s causes: an
+/// alert about a client certificate, which arrives on the first read after the handshake
+/// (TLS 1.3 checks it then), so only the connection's error carries it.
+pub(crate) fn client_certificate_refused(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let alert = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = alert {
+            return matches!(
+                alert,
+                Alert::CertificateRequired
+                    | Alert::UnknownCA
+                    | Alert::BadCertificate
+                    | Alert::CertificateUnknown
+                    | Alert::CertificateExpired
+                    | Alert::CertificateRevoked
+                    | Alert::UnsupportedCertificate
+                    | Alert::AccessDenied
+            )
+            .then(|| {
+                "the database server did not take this connection's client certificate (or \
+                 wants one): give one signed by a CA in its ssl_ca_file, with sslcert and sslkey"
+                    .to_owned()
+            });
+        }
+        cause = e.source();
+    }
+    None
+}
+
 /// A handshake error and what to do about it, said in one line.
 #[derive(Debug)]
 struct Explained {
@@ -996,10 +1033,27 @@ mod tests {
                 url += "&sslsni=0";
             }
             // The server stops after the handshake, so the connection fails either way: what
-            // the server saw is the point.
-            let _ = tokio::time::timeout(bounded, encrypted(&url))
+            // the server saw is the point, and what the store says of a refusal.
+            let store = crate::postgres::PostgresStore::new(
+                &url,
+                crate::postgres::PostgresOptions::default(),
+                crate::cipher::SecretCipher::none(),
+            )
+            .unwrap();
+            let said = match tokio::time::timeout(bounded, store.migrate())
                 .await
-                .unwrap();
+                .unwrap()
+            {
+                Err(herald_core::store::StoreError::Unavailable(e)) => {
+                    herald_core::error_chain(&*e)
+                }
+                other => panic!("expected Unavailable, got {other:?}"),
+            };
+            assert_eq!(
+                said.contains("did not take this connection's client certificate (or wants one)"),
+                key.is_none(),
+                "{said}"
+            );
             let seen = tokio::time::timeout(bounded, served)
                 .await
                 .unwrap()
