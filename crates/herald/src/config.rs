@@ -170,14 +170,13 @@ fn hidden(secret: &Option<String>) -> Option<&'static str> {
 /// `postgres://user:secret@host/db?password=x` → `postgres://user@host/db?password=…`: the
 /// password is dropped wherever libpq's URL syntax lets it appear.
 pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, _)) = url.split_once("://") else {
         return herald_store::postgres::conninfo::without_password(url)
             .unwrap_or_else(|| "(not a URL)".into());
     };
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, Some(query)),
-        None => (rest, None),
-    };
+    // Where the driver finds the query: a `?` in the password does not start it.
+    let (rest, query) = herald_store::postgres::conninfo::split_query(url);
+    let rest = &rest[scheme.len() + 3..];
     let mut shown = match rest.rsplit_once('@') {
         Some((user, host)) => {
             let user = user.split(':').next().unwrap_or_default();
@@ -565,6 +564,10 @@ mod tests {
         assert_eq!(
             redact_password("postgres://herald:a@b@db/herald?PASSWORD=s3cret"),
             "postgres://herald@db/herald?PASSWORD=…"
+        );
+        assert_eq!(
+            redact_password("postgres://herald:s3?cret@db/herald?sslmode=require"),
+            "postgres://herald@db/herald?sslmode=require"
         );
         assert_eq!(redact_password("nonsense:s3cret"), "(not a URL)");
         assert_eq!(

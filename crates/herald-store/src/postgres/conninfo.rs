@@ -4,6 +4,27 @@
 
 use percent_encoding::percent_decode_str;
 
+/// A URL's part before its query and the query, split where tokio-postgres splits it: the
+/// credentials end at the first `@`, so a `?` before it belongs to the password.
+pub fn split_query(url: &str) -> (&str, Option<&str>) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let after_credentials = url[after_scheme..]
+        .find('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1);
+    match url[after_credentials..].find('?') {
+        Some(i) => {
+            let at = after_credentials + i;
+            (&url[..at], Some(&url[at + 1..]))
+        }
+        None => (url, None),
+    }
+}
+
+/// A `key=value` value as libpq and tokio-postgres read it back.
+pub(crate) fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// Whether `url` is in the URL form (rather than libpq's `key=value` form).
 pub(crate) fn is_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -65,8 +86,7 @@ pub fn without_password(s: &str) -> Option<String> {
             if key.to_ascii_lowercase().contains("password") {
                 format!("{key}=…")
             } else if value.is_empty() || value.contains([' ', '\'', '\\']) {
-                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
-                format!("{key}='{quoted}'")
+                format!("{key}={}", quoted(&value))
             } else {
                 format!("{key}={value}")
             }
@@ -87,5 +107,21 @@ mod tests {
             Some("host=db password=… dbname='my db' PassWord=… user=h")
         );
         assert_eq!(without_password("host=db password='unterminated"), None);
+    }
+
+    #[test]
+    fn the_query_starts_after_the_credentials() {
+        assert_eq!(
+            split_query("postgres://u:p?x@db/h?sslmode=require"),
+            ("postgres://u:p?x@db/h", Some("sslmode=require"))
+        );
+        assert_eq!(
+            split_query("postgres://db/h?a=b"),
+            ("postgres://db/h", Some("a=b"))
+        );
+        assert_eq!(
+            split_query("postgres://u@db/h"),
+            ("postgres://u@db/h", None)
+        );
     }
 }

@@ -60,11 +60,21 @@ pub(crate) struct IngestQueue {
     /// When storing a request last failed for want of the database (a lock held, a stall),
     /// cleared when one is stored again: the readiness check reports it, since its own read
     /// may pass while the tables events go to are locked.
-    last_failed_at: Mutex<Option<(std::time::Instant, String)>>,
+    last_failed_at: Mutex<Option<(std::time::Instant, Failure)>>,
     /// When each request now waiting to be stored began, by a number of its own: the oldest
     /// shows a stall before any request has failed (that takes 10 to 20 s).
     waiting: Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>,
     next_waiting: std::sync::atomic::AtomicU64,
+}
+
+/// How storing events last failed.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// No answer within the bound: a lock or an overloaded server, most likely.
+    TimedOut,
+    /// Anything else that counts as the database being away (refused, a password changed, a
+    /// certificate that does not pass): the log has its words.
+    Away,
 }
 
 /// A request's place among those waiting to be stored, given up however its wait ends (the
@@ -145,7 +155,12 @@ impl IngestQueue {
         match &stored {
             Ok(_) => *failing = None,
             Err(StoreError::Unavailable(why)) => {
-                *failing = Some((std::time::Instant::now(), herald_core::error_chain(&**why)));
+                let failure = if why.to_string() == TIMED_OUT {
+                    Failure::TimedOut
+                } else {
+                    Failure::Away
+                };
+                *failing = Some((std::time::Instant::now(), failure));
             }
             Err(_) => {}
         }
@@ -173,16 +188,17 @@ impl IngestQueue {
             .last_failed_at
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let (_, why) = failing
+        let (_, failure) = failing
             .as_ref()
             .filter(|(at, _)| at.elapsed() < TROUBLE_SHOWN_FOR)?;
-        // A timeout says nothing of its cause; anything else (refused, a certificate that does
-        // not pass, a password changed) says what to mend.
-        let why = if why.starts_with(TIMED_OUT) {
-            "the database did not answer in time (a lock held on Herald's tables, or an \
-             overloaded server)"
-        } else {
-            why
+        // The readiness check answers anyone: what the database said (its address, a user's
+        // name, a certificate's path) stays in the log.
+        let why = match failure {
+            Failure::TimedOut => {
+                "the database did not answer in time (a lock held on Herald's tables, or an \
+                 overloaded server)"
+            }
+            Failure::Away => "the database is unavailable (the log says why)",
         };
         Some(format!(
             "storing events failed moments ago: {why}; Herald tries again with the next request"

@@ -21,7 +21,6 @@ mod signals;
 mod tls;
 mod webhooks;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,19 +153,7 @@ impl PostgresStore {
     /// connect yet: [`PostgresStore::migrate`] or [`PostgresStore::check_schema`] do, and say
     /// clearly when the database cannot be reached.
     pub fn new(url: &str, options: PostgresOptions, cipher: SecretCipher) -> StoreResult<Self> {
-        let (url, tls) =
-            tls::TlsSettings::take_from(url).map_err(|e| StoreError::Other(e.into()))?;
-        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
-            StoreError::Other(
-                format!(
-                    "the database URL is not valid ({}); expected postgres://user@host:port/database",
-                    herald_core::error_chain(&e)
-                )
-                .into(),
-            )
-        })?;
-        config.ssl_mode(tls.driver_mode());
-        let tls = tls.connector().map_err(|e| StoreError::Other(e.into()))?;
+        let (mut config, tls) = tls::connection(url).map_err(|e| StoreError::Other(e.into()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -435,7 +422,8 @@ async fn warn_if_autovacuum_is_off(client: &tokio_postgres::Client) {
 /// Sorts a PostgreSQL error into the store's classes: anything that says "the server is not
 /// there (now)" is `Unavailable`, so callers answer 503 and try again.
 pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
-    if let Some(hint) = tls::client_certificate_refused(&e) {
+    if let Some(hint) = tls::client_certificate_refused(&e).or_else(|| tls::server_without_tls(&e))
+    {
         let said = format!("{}; {hint}", herald_core::error_chain(&e));
         StoreError::Unavailable(said.into())
     } else if is_unavailable(&e) {

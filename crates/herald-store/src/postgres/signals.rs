@@ -52,7 +52,7 @@ async fn run(
             }
             Err(e) => {
                 if let Some(held_back) = UNREACHABLE.admit() {
-                    tracing::warn!(error = %herald_core::error_chain(&e), held_back, "could not listen for other nodes' changes; retrying (said once per 10 s; held_back counts the tries since)");
+                    tracing::warn!(error = %herald_core::error_chain(&*e), held_back, "could not listen for other nodes' changes; retrying (said once per 10 s; held_back counts the tries since)");
                 }
             }
         }
@@ -68,8 +68,14 @@ async fn listen(
     tls: &DatabaseTls,
     signals: &broadcast::Sender<StoreSignal>,
     resync: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(tls.clone()).await?;
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // The driver's connect timeout covers the TCP connection only, not the TLS handshake or
+    // the sign-in after it: a server that stalls there would hold the listener for good.
+    let (client, mut connection) =
+        match tokio::time::timeout(super::OPERATION_TIMEOUT, config.connect(tls.clone())).await {
+            Ok(connected) => connected?,
+            Err(_) => return Err(super::TIMED_OUT.into()),
+        };
     let forward = signals.clone();
     // The connection object does the socket's work; polling it also yields notifications.
     let driver = tokio::spawn(async move {
@@ -99,7 +105,7 @@ async fn listen(
         .await;
     if let Err(e) = listening {
         driver.abort();
-        return Err(e);
+        return Err(e.into());
     }
     if resync {
         let _ = signals.send(StoreSignal::Resync);

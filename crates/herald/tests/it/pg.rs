@@ -49,8 +49,8 @@ impl TestDatabase {
     }
 
     /// The scratch database's URL with `sslmode=verify-full`, trusting the test server's own
-    /// certificate file and connecting by the name it is made out to (`localhost`, Debian's
-    /// snakeoil certificate), when the server is on this machine; else the URL as it is.
+    /// (self-signed) certificate file and connecting by the name it is made out to, at the
+    /// server's address, when the server is on this machine; else the URL as it is.
     pub async fn verified_url(&self) -> String {
         let address = server_address(&self.url);
         let Some(port) = ["127.0.0.1:", "localhost:"]
@@ -67,9 +67,18 @@ impl TestDatabase {
             .await
             .unwrap()
             .get(0);
-        let url = self.url.replacen(&address, &format!("localhost:{port}"), 1);
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in", &cert])
+            .output()
+            .expect("reading the test server's certificate with openssl");
+        let names = String::from_utf8_lossy(&out.stdout).into_owned();
+        let name = names
+            .split([',', '\n', ' '])
+            .find_map(|part| part.strip_prefix("DNS:"))
+            .unwrap_or_else(|| panic!("{cert} names no host: {names}"));
+        let url = self.url.replacen(&address, &format!("{name}:{port}"), 1);
         let join = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{join}sslmode=verify-full&sslrootcert={cert}")
+        format!("{url}{join}hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={cert}")
     }
 
     /// Asserts that Herald has at least `least` connections open to the scratch database,
