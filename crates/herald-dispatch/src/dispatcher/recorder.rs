@@ -329,7 +329,8 @@ async fn write(store: &dyn Store, group: Vec<Pending>) {
             }
             return;
         }
-        Err(StoreError::Unavailable(cause)) => Some(cause.to_string()),
+        // Whole: a driver error's own text is only its kind ("db error"), its cause says what.
+        Err(StoreError::Unavailable(cause)) => Some(herald_core::error_chain(&*cause)),
         Err(_) => None,
     };
     let mut all = all.into_iter();
