@@ -532,6 +532,20 @@ fn explain(error: BoxError, host: &str, roots: &str) -> BoxError {
         Some(rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         )) => "renew the database server's certificate, or check this machine's clock".into(),
+        // No TLS both sides speak. libpq's `prefer` would go on in the clear; Herald does not
+        // lower what was asked for by itself.
+        Some(
+            rustls::Error::PeerIncompatible(_)
+            | rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+                | rustls::AlertDescription::ProtocolVersion
+                | rustls::AlertDescription::InsufficientSecurity,
+            ),
+        ) => "the database server and Herald share no TLS version or cipher (Herald speaks TLS \
+              1.2 and 1.3, with ECDHE and AES-GCM or ChaCha20): update the server's TLS \
+              settings (ssl_min_protocol_version, ssl_ciphers), or, on a network you trust, \
+              use sslmode=disable"
+            .into(),
         _ => return error,
     };
     // Still an I/O error, as the handshake's was: the store counts the database unavailable.
@@ -1031,6 +1045,7 @@ mod tests {
         listener: tokio::net::TcpListener,
         ca: CertificateDer<'static>,
         ca_key: PrivateKeyDer<'static>,
+        versions: &'static [&'static rustls::SupportedProtocolVersion],
     ) -> Result<(Vec<CertificateDer<'static>>, Option<String>), String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -1043,7 +1058,7 @@ mod tests {
         .build()
         .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_client_cert_verifier(clients)
             .with_single_cert(vec![ca], ca_key)
@@ -1175,7 +1190,12 @@ mod tests {
         ] {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
-            let served = tokio::spawn(serve_once(listener, ca.clone(), ca_key.clone_key()));
+            let served = tokio::spawn(serve_once(
+                listener,
+                ca.clone(),
+                ca_key.clone_key(),
+                rustls::DEFAULT_VERSIONS,
+            ));
             let mut url = format!("postgres://herald@localhost:{port}/herald?sslmode=require");
             if let Some(key) = key {
                 url += &with_key(key);
@@ -1218,6 +1238,38 @@ mod tests {
                 assert!(said.contains("certificate"), "{said}");
             }
         }
+        // A server that speaks no TLS version Herald is allowed: said, not lowered to plain.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        static ONLY_TLS12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+        let served = tokio::spawn(serve_once(
+            listener,
+            ca.clone(),
+            ca_key.clone_key(),
+            &ONLY_TLS12,
+        ));
+        let store = crate::postgres::PostgresStore::new(
+            &format!("postgres://herald@127.0.0.1:{port}/herald?ssl_min_protocol_version=TLSv1.3"),
+            crate::postgres::PostgresOptions::default(),
+            crate::cipher::SecretCipher::none(),
+        )
+        .unwrap();
+        let said = match tokio::time::timeout(bounded, store.migrate())
+            .await
+            .unwrap()
+        {
+            Err(herald_core::store::StoreError::Unavailable(e)) => herald_core::error_chain(&*e),
+            other => panic!("expected Unavailable, got {other:?}"),
+        };
+        assert!(said.contains("share no TLS version or cipher"), "{said}");
+        assert!(
+            tokio::time::timeout(bounded, served)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_err()
+        );
+
         // Keys that cannot serve say so at start, naming the files.
         let refused = |key: &str| {
             let url = format!("postgres://h/db?sslmode=require{}", with_key(key));
