@@ -972,19 +972,10 @@ mod tests {
 
         // The store counts a certificate that does not pass as the database being away (a
         // 503 to try again, as for a changed password), and says why.
-        let store = crate::postgres::PostgresStore::new(
-            &by_addr(&format!("sslmode=verify-full&{root}")),
-            crate::postgres::PostgresOptions::default(),
-            crate::cipher::SecretCipher::none(),
-        )
-        .unwrap();
-        match store.migrate().await {
-            Err(herald_core::store::StoreError::Unavailable(e)) => {
-                let said = herald_core::error_chain(&*e);
-                assert!(said.contains("use sslmode=verify-ca"), "{said}");
-            }
-            other => panic!("expected Unavailable, got {other:?}"),
-        }
+        let url = by_addr(&format!("sslmode=verify-full&{root}"));
+        let said = store_unavailable(&url).await;
+        assert!(said.contains("use sslmode=verify-ca"), "{said}");
+        let store = store_for(&url);
         // Events that cannot be stored for it: the readiness check (which answers anyone)
         // says the database is away, not that it was slow; the caller, which logs, hears why.
         use herald_core::store::{IngestItem, Store};
@@ -1010,6 +1001,27 @@ mod tests {
             said.contains("if you trust everything its CA signs"),
             "{said}"
         );
+    }
+
+    fn store_for(url: &str) -> crate::postgres::PostgresStore {
+        crate::postgres::PostgresStore::new(
+            url,
+            crate::postgres::PostgresOptions::default(),
+            crate::cipher::SecretCipher::none(),
+        )
+        .unwrap()
+    }
+
+    /// What a store on `url` says when it cannot reach the database (within 10 s): that it is
+    /// away, and why.
+    async fn store_unavailable(url: &str) -> String {
+        let bounded = std::time::Duration::from_secs(10);
+        match tokio::time::timeout(bounded, store_for(url).migrate()).await {
+            Ok(Err(herald_core::store::StoreError::Unavailable(e))) => {
+                herald_core::error_chain(&*e)
+            }
+            other => panic!("{url}: expected Unavailable, got {other:?}"),
+        }
     }
 
     /// The first DNS name a certificate is made out to (`openssl x509 -ext subjectAltName`).
@@ -1106,22 +1118,8 @@ mod tests {
                 url.replace("&sslrootcert=system", "")
             };
             // Through the store: the database counts as away, and what to do is said.
-            let store = crate::postgres::PostgresStore::new(
-                &url,
-                crate::postgres::PostgresOptions::default(),
-                crate::cipher::SecretCipher::none(),
-            )
-            .unwrap();
+            let said = store_unavailable(&url).await;
             let bounded = std::time::Duration::from_secs(10);
-            let said = match tokio::time::timeout(bounded, store.migrate())
-                .await
-                .unwrap()
-            {
-                Err(herald_core::store::StoreError::Unavailable(e)) => {
-                    herald_core::error_chain(&*e)
-                }
-                other => panic!("{mode}: expected Unavailable, got {other:?}"),
-            };
             assert!(
                 said.contains("server does not support TLS") && said.contains("turn ssl on"),
                 "{mode}: {said}"
@@ -1205,21 +1203,7 @@ mod tests {
             }
             // The server stops after the handshake, so the connection fails either way: what
             // the server saw is the point, and what the store says of a refusal.
-            let store = crate::postgres::PostgresStore::new(
-                &url,
-                crate::postgres::PostgresOptions::default(),
-                crate::cipher::SecretCipher::none(),
-            )
-            .unwrap();
-            let said = match tokio::time::timeout(bounded, store.migrate())
-                .await
-                .unwrap()
-            {
-                Err(herald_core::store::StoreError::Unavailable(e)) => {
-                    herald_core::error_chain(&*e)
-                }
-                other => panic!("expected Unavailable, got {other:?}"),
-            };
+            let said = store_unavailable(&url).await;
             assert_eq!(
                 said.contains("did not take this connection's client certificate (or wants one)"),
                 key.is_none(),
@@ -1248,19 +1232,9 @@ mod tests {
             ca_key.clone_key(),
             &ONLY_TLS12,
         ));
-        let store = crate::postgres::PostgresStore::new(
-            &format!("postgres://herald@127.0.0.1:{port}/herald?ssl_min_protocol_version=TLSv1.3"),
-            crate::postgres::PostgresOptions::default(),
-            crate::cipher::SecretCipher::none(),
-        )
-        .unwrap();
-        let said = match tokio::time::timeout(bounded, store.migrate())
-            .await
-            .unwrap()
-        {
-            Err(herald_core::store::StoreError::Unavailable(e)) => herald_core::error_chain(&*e),
-            other => panic!("expected Unavailable, got {other:?}"),
-        };
+        let url =
+            format!("postgres://herald@127.0.0.1:{port}/herald?ssl_min_protocol_version=TLSv1.3");
+        let said = store_unavailable(&url).await;
         assert!(said.contains("share no TLS version or cipher"), "{said}");
         assert!(
             tokio::time::timeout(bounded, served)
