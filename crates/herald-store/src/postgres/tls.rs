@@ -80,7 +80,7 @@ pub(crate) fn connection(url: &str) -> Result<(tokio_postgres::Config, DatabaseT
     if config.get_ssl_mode() != DriverMode::Prefer {
         return Err(
             "the database URL gives sslmode where Herald could not read it: check its \
-                    quoting, and percent-encode a ? or @ in the password (%3F, %40)"
+             quoting, and percent-encode a ? or @ in the password (%3F, %40)"
                 .into(),
         );
     }
@@ -91,7 +91,7 @@ pub(crate) fn connection(url: &str) -> Result<(tokio_postgres::Config, DatabaseT
         if tls.mode == SslMode::VerifyFull && !config.get_hostaddrs().is_empty() {
             return Err(
                 "sslmode=verify-full checks the server's name: give host=<the name on \
-                        its certificate> beside hostaddr"
+                 its certificate> beside hostaddr"
                     .into(),
             );
         }
@@ -123,7 +123,7 @@ impl SslMode {
             "verify-full" => Ok(Self::VerifyFull),
             "allow" => Err(
                 "sslmode=allow is not supported: use sslmode=prefer (TLS when the \
-                            server offers it) or sslmode=disable"
+                 server offers it) or sslmode=disable"
                     .into(),
             ),
             other => Err(format!(
@@ -167,8 +167,9 @@ pub(crate) struct TlsSettings {
     mode_given: bool,
     /// `sslsni=0` turns off naming the host in the handshake.
     no_sni: bool,
-    /// TLS 1.2 (`false`) or 1.3 only (`true`) at least and at most.
+    /// `ssl_min_protocol_version=TLSv1.3`: TLS 1.3 only.
     min_tls13: bool,
+    /// `ssl_max_protocol_version=TLSv1.2`: TLS 1.2 only.
     max_tls12: bool,
 }
 
@@ -233,14 +234,14 @@ impl TlsSettings {
             "sslcert" => self.client_cert = Some(value).filter(|v| !v.is_empty()),
             "sslkey" => self.client_key = Some(value).filter(|v| !v.is_empty()),
             "sslsni" => self.no_sni = value == "0",
-            "ssl_min_protocol_version" => self.min_tls13 = tls13_only(key, &value, true)?,
-            "ssl_max_protocol_version" => self.max_tls12 = !tls13_only(key, &value, false)?,
+            "ssl_min_protocol_version" => self.min_tls13 = names_tls13(key, &value)? == Some(true),
+            "ssl_max_protocol_version" => self.max_tls12 = names_tls13(key, &value)? == Some(false),
             // libpq ignores it unless OpenSSL allows compression, which it no longer does.
             "sslcompression" => {}
             "gssencmode" if value == "require" => {
                 return Err(
                     "gssencmode=require: Herald does not speak GSSAPI encryption; \
-                            use TLS (sslmode=verify-full) instead"
+                     use TLS (sslmode=verify-full) instead"
                         .into(),
                 );
             }
@@ -263,7 +264,7 @@ impl TlsSettings {
         if versions.is_empty() {
             return Err(
                 "ssl_min_protocol_version=TLSv1.3 and ssl_max_protocol_version=TLSv1.2 \
-                        leave no TLS version to speak"
+                 leave no TLS version to speak"
                     .into(),
             );
         }
@@ -275,7 +276,7 @@ impl TlsSettings {
             // As libpq: the public roots trust anyone's certificate for some name.
             return Err(
                 "sslrootcert=system needs sslmode=verify-full: any certificate a public \
-                        authority signed would pass without its host name checked"
+                 authority signed would pass without its host name checked"
                     .into(),
             );
         }
@@ -327,7 +328,7 @@ impl TlsSettings {
             .map_err(|e| format!("TLS to the database cannot be set up: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
-        let config = match (&self.client_cert, &self.client_key) {
+        let mut config = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
                 let chain = read_certificates(cert, "sslcert")?;
                 let private = read_private_key(key)?;
@@ -342,7 +343,6 @@ impl TlsSettings {
             }
             _ => builder.with_no_client_auth(),
         };
-        let mut config = config;
         config.enable_sni = !self.no_sni;
         // What libpq 17 offers, and what PostgreSQL 17 asks for when TLS comes first
         // (`sslnegotiation=direct`); older servers pass over it.
@@ -408,16 +408,16 @@ fn refuse_unsupported(key: &str) -> Result<(), String> {
     }
 }
 
-/// Whether a `ssl_{min,max}_protocol_version` value allows TLS 1.3 only (`min`) or asks for
-/// 1.3 at most (`!min`). Herald speaks TLS 1.2 and 1.3.
-fn tls13_only(key: &str, value: &str, min: bool) -> Result<bool, String> {
-    match (value, min) {
-        // Empty: no bound, as in libpq.
-        ("", _) => Ok(!min),
-        ("TLSv1.3", _) => Ok(true),
-        ("TLSv1.2", _) => Ok(false),
-        ("TLSv1" | "TLSv1.1", true) => Ok(false),
-        ("TLSv1" | "TLSv1.1", false) => Err(format!(
+/// What a `ssl_{min,max}_protocol_version` value names: TLS 1.3 (`Some(true)`), TLS 1.2
+/// (`Some(false)`), or no bound (`None`, empty, as in libpq). Herald speaks 1.2 and 1.3 only:
+/// an older minimum is 1.2, an older maximum leaves nothing to speak.
+fn names_tls13(key: &str, value: &str) -> Result<Option<bool>, String> {
+    match value {
+        "" => Ok(None),
+        "TLSv1.3" => Ok(Some(true)),
+        "TLSv1.2" => Ok(Some(false)),
+        "TLSv1" | "TLSv1.1" if key == "ssl_min_protocol_version" => Ok(Some(false)),
+        "TLSv1" | "TLSv1.1" => Err(format!(
             "{key}={value}: Herald speaks TLS 1.2 and 1.3 only; TLS 1.0 and 1.1 are not safe"
         )),
         _ => Err(format!(
@@ -512,7 +512,8 @@ where
     }
 }
 
-/// A failed handshake, with what to change when the server's certificate did not pass.
+/// A failed handshake, with what to change when the server's certificate did not pass or the
+/// two sides share no TLS.
 fn explain(error: BoxError, host: &str, roots: &str) -> BoxError {
     let rejected = error
         .downcast_ref::<std::io::Error>()
@@ -730,6 +731,10 @@ mod tests {
         let (_, tls) = taken("postgres://db/h?ssl_max_protocol_version=TLSv1.2");
         assert_eq!(tls.versions().unwrap(), vec![&rustls::version::TLS12]);
         assert_eq!(TlsSettings::default().versions().unwrap().len(), 2);
+        // An older minimum is what Herald speaks at least; an empty bound is none.
+        let (_, tls) =
+            taken("postgres://db/h?ssl_min_protocol_version=TLSv1&ssl_max_protocol_version=");
+        assert_eq!(tls.versions().unwrap().len(), 2);
 
         let plain = "postgresql://herald@db/herald";
         let (rest, tls) = taken(plain);
