@@ -1751,7 +1751,12 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert_eq!(status, StatusCode::CREATED, "{key}");
     // Unencoded, `webhooks/../api-keys/key_…` would resolve to the key and delete it.
     let pasted = format!("../api-keys/{}", key["id"].as_str().unwrap());
-    let (ok, out) = herald_cli(&app, &["webhooks", "delete", "--org", &org, &pasted], None).await;
+    let (ok, out) = herald_cli(
+        &app,
+        &["webhooks", "delete", "--org", &org, &pasted, "--yes"],
+        None,
+    )
+    .await;
     assert!(!ok && out.contains("404"), "{out}");
     let (_, listed) = app.get(&keys).await;
     assert_eq!(
@@ -1760,7 +1765,12 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         "the key was deleted"
     );
     // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/webhooks/..`).
-    let (ok, out) = herald_cli(&app, &["webhooks", "delete", "--org", &org, ".."], None).await;
+    let (ok, out) = herald_cli(
+        &app,
+        &["webhooks", "delete", "--org", &org, "..", "--yes"],
+        None,
+    )
+    .await;
     assert!(!ok && out.contains("is not an id"), "{out}");
 
     // A test waits for the endpoint's answer, and fails when it is not a success.
@@ -1899,14 +1909,20 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         made.push(hook["id"].as_str().unwrap().to_owned());
     }
     let missing = "wh_01bbbbbbbbbbbbbbbbbbbbbbbb";
-    let (ok, out) = herald_cli(
-        &app,
-        &[
-            "webhooks", "delete", "--org", "acme", &made[0], &made[1], missing,
-        ],
-        None,
-    )
-    .await;
+    // Deleting asks first: it cancels what the webhooks still had to deliver.
+    let delete = [
+        "webhooks", "delete", "--org", "acme", &made[0], &made[1], missing,
+    ];
+    let (ok, out) = herald_cli(&app, &delete, None).await;
+    assert!(
+        !ok && out.contains("--yes") && out.contains("herald webhooks disable"),
+        "{out}"
+    );
+    let (status, _) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{}", made[0]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "deleted without --yes");
+    let (ok, out) = herald_cli(&app, &[&delete[..], &["--yes"]].concat(), None).await;
     assert!(
         !ok && out.contains("Deleted 2 webhook(s)")
             && out.contains(&format!("no such webhook: {missing}")),

@@ -233,7 +233,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         channel: Option<String>,
     },
-    /// Delete webhooks; their pending deliveries are cancelled.
+    /// Delete webhooks; their pending deliveries are cancelled (their history stays readable).
     Delete {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
@@ -241,6 +241,9 @@ pub enum WebhooksCommand {
         /// The webhooks' ids (`wh_…`), one or more (up to 1,000).
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
+        /// Yes, delete them and cancel what they still had to deliver.
+        #[arg(long)]
+        yes: bool,
     },
 }
 

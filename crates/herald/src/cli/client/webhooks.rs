@@ -306,7 +306,16 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 show_attempt_outcome(&api, &conn, &org, delivery, 0)?;
             }
         }
-        WebhooksCommand::Delete { org, ids } => {
+        WebhooksCommand::Delete { org, ids, yes } => {
+            if !yes {
+                let given = ids.join(" ");
+                bail!(
+                    "deleting {given} cancels what it still has to deliver, for good (its \
+                     history stays readable); run `herald webhooks delete --org {org} {given} \
+                     --yes` to go ahead, or `herald webhooks disable --org {org} ID` to stop \
+                     its deliveries and keep them waiting"
+                );
+            }
             if let [id] = ids.as_slice() {
                 api.call(
                     reqwest::Method::DELETE,
