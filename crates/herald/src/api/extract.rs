@@ -227,7 +227,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
             format!(
                 "the request body is JSON, but not of this operation's shape: {}{}",
                 field_of::<T>(bytes),
-                without_type_names(&e.to_string())
+                in_json_terms(&without_type_names(&e.to_string()))
             )
         } else {
             format!("the request body is not valid JSON: {e}")
@@ -261,6 +261,33 @@ fn without_type_names(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// serde's words for what it expected, in JSON's: a client sends numbers, arrays and
+/// objects, not `u64`s, sequences and maps, and picks a value, not a Rust enum's variant.
+fn in_json_terms(message: &str) -> String {
+    const WORDS: [(&str, &str); 12] = [
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a JSON object"),
+        ("unknown variant", "unknown value"),
+        (
+            "expected variant identifier",
+            "expected one of the values it takes",
+        ),
+    ];
+    WORDS
+        .iter()
+        .fold(message.to_owned(), |text, (serde, json)| {
+            text.replace(serde, json)
+        })
 }
 
 async fn read_json<T: DeserializeOwned>(
@@ -553,6 +580,43 @@ impl FromRequestParts<AppState> for WholeList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_told_in_json_terms() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            timeout_ms: Option<u64>,
+            events: Option<Vec<String>>,
+            role: Option<Role>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Role {
+            Manager,
+            Producer,
+        }
+        let said = |body: &str| parse_json::<Body>(body.as_bytes()).unwrap_err().message;
+        let timeout = said(r#"{"timeout_ms": "5000"}"#);
+        assert!(
+            timeout.contains("`timeout_ms`")
+                && timeout.contains("expected a whole number, 0 or more"),
+            "{timeout}"
+        );
+        let events = said(r#"{"events": "user.created"}"#);
+        assert!(events.contains("expected an array"), "{events}");
+        let role = said(r#"{"role": "admin"}"#);
+        assert!(
+            role.contains("unknown value `admin`, expected `manager` or `producer`"),
+            "{role}"
+        );
+        for text in [timeout, events, role] {
+            assert!(
+                !text.contains("u64") && !text.contains("sequence") && !text.contains("variant"),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn a_body_counts_against_the_api_keys_organization_else_the_paths() {

@@ -477,7 +477,8 @@ async fn activate_webhook(
     set_active(&state, &scope, path, true).await
 }
 
-/// Disables a webhook; its deliveries wait. A WebSub webhook unsubscribes its channels.
+/// Disables a webhook: what it has pending waits, parked, until it is activated; events that
+/// arrive meanwhile are not delivered to it. A WebSub webhook unsubscribes its channels.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/deactivate", tag = "webhooks",
     params(OrgItemPath),
     responses(

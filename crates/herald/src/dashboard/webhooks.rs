@@ -378,7 +378,10 @@ fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {
     match (active, subs) {
         (true, Some(subs)) => verification_flash(subs),
         (true, None) => Flash::ok("Webhook enabled; deliveries resume."),
-        (false, _) => Flash::ok("Webhook disabled; its deliveries wait until it is enabled."),
+        (false, _) => Flash::ok(
+            "Webhook disabled: what it has pending waits until it is enabled; events that arrive \
+             meanwhile are not delivered to it.",
+        ),
     }
 }
 

@@ -143,8 +143,9 @@ pub async fn retry_waiting(
     let w = super::webhooks::get(state, scope, org, webhook).await?;
     if !w.active {
         return Err(ServiceError::Conflict(
-            "the webhook is inactive: its deliveries wait, parked, until it is activated, and \
-             then go at once"
+            "the webhook is inactive: its deliveries wait, parked, until it is activated (their \
+             retry delays then count from the activation); activate it, then retry what waits \
+             to send them at once"
                 .into(),
         ));
     }

@@ -181,7 +181,8 @@ pub enum WebhooksCommand {
         /// The webhook's id (`wh_…`).
         id: String,
     },
-    /// Disable a webhook; its deliveries wait.
+    /// Disable a webhook: what it has pending waits until it is enabled; events that arrive
+    /// meanwhile are not delivered to it.
     Disable {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]

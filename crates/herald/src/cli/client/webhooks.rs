@@ -340,7 +340,9 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 if conn.json {
                     print_json(&answer);
                 } else {
-                    out!("Deleted {} webhook(s): {}.", gone.len(), gone.join(", "));
+                    if !gone.is_empty() {
+                        out!("Deleted {} webhook(s): {}.", gone.len(), gone.join(", "));
+                    }
                 }
                 if !missing.is_empty() {
                     bail!("no such webhook: {}", missing.join(", "));
