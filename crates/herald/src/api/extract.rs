@@ -490,12 +490,18 @@ pub fn path_id<T>(
     parse: impl Fn(&str) -> Result<T, herald_core::Invalid>,
 ) -> Result<T, ApiError> {
     parse(raw).map_err(|_| {
+        // The CLI takes an organization's handle; the API does not, and says where ids are.
+        let instead = if prefix == "org" {
+            "the API takes the id, not the handle: GET /v1/orgs lists both"
+        } else {
+            "the API takes the id, not a name: list them to find it"
+        };
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
                 "no such {what}: '{}' is not an id; ids here are {prefix}_ followed by 26 \
-                 letters or digits",
+                 letters or digits ({instead})",
                 herald_core::truncate_for_message(raw)
             ),
         )

@@ -42,7 +42,10 @@ async fn bad_input_gets_a_clear_client_error() {
 
     // A handle or a name where an id belongs: the 404 says what an id looks like.
     for (path, expected) in [
-        ("/v1/orgs/acme/webhooks".to_owned(), "org_"),
+        (
+            "/v1/orgs/acme/webhooks".to_owned(),
+            "not the handle: GET /v1/orgs lists both",
+        ),
         (format!("/v1/orgs/{org}/webhooks/crm"), "wh_"),
     ] {
         let (status, answer) = app.get(&path).await;
