@@ -789,6 +789,50 @@ async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
     assert!(store.get_events(&globex.id, &[]).await.unwrap().is_empty());
 }
 
+async fn an_events_deliveries_are_found_by_its_id(store: Arc<dyn Store>) {
+    let (acme, crm) = org_with_webhook(&store, "acme").await;
+    let billing = webhook(&acme.id);
+    store.create_webhook(&billing).await.unwrap();
+    let (globex, theirs) = org_with_webhook(&store, "globex").await;
+    // One event to two webhooks; another event; the same id in another organization.
+    let (to_crm, to_billing) = (DeliveryId::generate(), DeliveryId::generate());
+    let paid = event(&acme.id, "evt_paid", "invoice.paid", T0);
+    store
+        .insert_events(
+            &acme.id,
+            &[item(
+                paid,
+                &[(&to_crm, &crm.id), (&to_billing, &billing.id)],
+                false,
+            )],
+            T0,
+            at(LEASE_SECS),
+        )
+        .await
+        .unwrap();
+    deliver(&store, &crm, "evt_other", at(1), false).await;
+    let foreign = deliver(&store, &theirs, "evt_paid", at(2), false).await;
+
+    let (found, deliveries) = store.event_deliveries(&acme.id, "evt_paid").await.unwrap();
+    assert_same_event(&found, &event(&acme.id, "evt_paid", "invoice.paid", T0));
+    let mut expected = vec![to_crm.clone(), to_billing.clone()];
+    expected.sort();
+    let ids: Vec<DeliveryId> = deliveries.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(ids, expected, "oldest first, and only this event's");
+    assert!(deliveries.iter().all(|d| d.event_id == "evt_paid"));
+
+    let (_, theirs_found) = store
+        .event_deliveries(&globex.id, "evt_paid")
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs_found.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        vec![&foreign]
+    );
+    assert_not_found(store.event_deliveries(&acme.id, "evt_unknown").await);
+    assert_not_found(store.event_deliveries(&OrgId::generate(), "evt_paid").await);
+}
+
 async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (d1, d2) = (DeliveryId::generate(), DeliveryId::generate());
@@ -3424,6 +3468,7 @@ macro_rules! stories {
             updating_a_webhook_saves_every_field,
             deleting_webhooks_returns_only_what_it_deleted,
             an_event_id_is_stored_once_per_organization,
+            an_events_deliveries_are_found_by_its_id,
             a_repeated_id_within_one_batch_is_a_duplicate,
             a_batch_is_stored_all_or_nothing,
             an_unleased_delivery_is_claimed_once,

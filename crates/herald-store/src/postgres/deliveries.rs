@@ -674,6 +674,25 @@ pub(crate) async fn get(
     Ok((delivery, attempts))
 }
 
+/// An event and its deliveries (found by `deliveries_by_event`).
+pub(crate) async fn event_deliveries(
+    c: &impl Conn,
+    org: &OrgId,
+    id: &str,
+) -> DbResult<(Event, Vec<Delivery>)> {
+    let event = get_event(c, org, id).await?;
+    let sql = format!(
+        "SELECT {} FROM deliveries WHERE org_id = $1 AND event_id = $2 ORDER BY id LIMIT $3",
+        rows::DELIVERY_COLUMNS
+    );
+    let limit = i64::from(herald_core::store::EVENT_DELIVERIES_SHOWN);
+    let deliveries = rows::all(
+        c.rows(&sql, &[&org.as_str(), &id, &limit]).await?,
+        rows::delivery,
+    )?;
+    Ok((event, deliveries))
+}
+
 pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<Event> {
     let sql = format!(
         "SELECT {} FROM events WHERE org_id = $1 AND id = $2",

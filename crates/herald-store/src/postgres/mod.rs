@@ -787,6 +787,28 @@ impl Store for PostgresStore {
         on_client!(self, |c| deliveries::get_events(&c, org, ids))
     }
 
+    async fn event_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> StoreResult<(Event, Vec<Delivery>)> {
+        // One snapshot: a delivery stored with the event is seen with it.
+        timed(async {
+            let mut client = self.client().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(sql)?;
+            let out = deliveries::event_deliveries(&tx, org, event_id).await?;
+            tx.commit().await.map_err(sql)?;
+            Ok(out)
+        })
+        .await
+    }
+
     async fn resend_delivery(
         &self,
         org: &OrgId,

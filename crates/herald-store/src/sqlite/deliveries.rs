@@ -439,6 +439,31 @@ pub(crate) fn get(
     Ok((delivery, attempts))
 }
 
+/// An event and its deliveries, in one snapshot: its deliveries name it by its sequence number.
+pub(crate) fn event_deliveries(
+    conn: &Connection,
+    org: &OrgId,
+    id: &str,
+) -> DbResult<(Event, Vec<Delivery>)> {
+    let snapshot = conn.unchecked_transaction()?;
+    let event = get_event(conn, org, id)?;
+    let sql = format!(
+        "SELECT {} FROM deliveries WHERE event_seq = \
+         (SELECT seq FROM events WHERE org_id = ?1 AND id = ?2) AND org_id = ?1 \
+         ORDER BY id LIMIT ?3",
+        rows::DELIVERY_COLUMNS
+    );
+    let deliveries = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![org.as_str(), id, herald_core::store::EVENT_DELIVERIES_SHOWN],
+            rows::delivery,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    snapshot.commit()?;
+    Ok((event, deliveries))
+}
+
 pub(crate) fn get_event(conn: &Connection, org: &OrgId, id: &str) -> DbResult<Event> {
     let sql = format!(
         "SELECT {} FROM events WHERE org_id = ? AND id = ?",

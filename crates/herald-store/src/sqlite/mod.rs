@@ -727,6 +727,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn event_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> StoreResult<(Event, Vec<Delivery>)> {
+        let (org, id) = (org.clone(), event_id.to_owned());
+        self.read(move |c| deliveries::event_deliveries(c, &org, &id))
+            .await
+    }
+
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>> {
         let (org, ids) = (org.clone(), ids.to_vec());
         self.read(move |c| deliveries::get_events(c, &org, &ids))

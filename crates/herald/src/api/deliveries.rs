@@ -18,7 +18,7 @@ use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
 use crate::app::AppState;
-use crate::service::deliveries::{DeliveryDetail, RetriedWaiting};
+use crate::service::deliveries::{DeliveryDetail, EventDeliveries, RetriedWaiting};
 use crate::service::{ServiceError, deliveries, retention};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(recover_deliveries))
         .routes(routes!(retry_waiting))
         .routes(routes!(get_delivery))
+        .routes(routes!(get_event_deliveries))
         .routes(routes!(retry_delivery))
         .routes(routes!(purge_history))
 }
@@ -100,6 +101,26 @@ async fn get_delivery(
 ) -> ApiResult<Json<DeliveryDetail>> {
     let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
     Ok(Json(deliveries::get(&state, &scope, &org, &id).await?))
+}
+
+/// Reads an event and its deliveries: where it went, one delivery per webhook, without
+/// knowing which webhook to look in.
+#[utoipa::path(get, path = "/v1/orgs/{org}/events/{id}", tag = "deliveries",
+    params(OrgItemPath),
+    responses(
+        (status = 200, description = "The event and its deliveries, oldest first (at most 1,000)", body = EventDeliveries),
+        (status = 404, description = "No such event kept for the organization (events are kept for HERALD_RETENTION_DAYS)", body = super::ErrorBody),
+    ))]
+async fn get_event_deliveries(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    PathParams(path): PathParams<OrgItemPath>,
+) -> ApiResult<Json<EventDeliveries>> {
+    let org = org_id(&path.org)?;
+    // An id no event can have (a space, over 255 characters) names nothing.
+    let id = herald_core::event::parse_event_id(&path.id)
+        .map_err(|_| ServiceError::NotFound("event"))?;
+    Ok(Json(deliveries::of_event(&state, &scope, &org, &id).await?))
 }
 
 /// Sends a delivery now. A finished one (succeeded, failed, cancelled, skipped) is sent again

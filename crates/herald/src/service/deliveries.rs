@@ -59,6 +59,34 @@ pub async fn list(
     Ok(found)
 }
 
+/// An event and where it went: one delivery per webhook it was sent to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventDeliveries {
+    /// The event as stored: `id`, `type`, `occurred_at`, `received_at`, `correlation_id`,
+    /// `data`.
+    #[schema(value_type = Object)]
+    pub event: herald_core::event::Event,
+    /// Its deliveries, oldest first (at most 1,000).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Where an event went: for "did the customer's endpoint get it?", without knowing which
+/// webhook to look in.
+pub async fn of_event(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    event_id: &str,
+) -> ServiceResult<EventDeliveries> {
+    scope.check_org(org)?;
+    let (event, deliveries) = state
+        .store
+        .event_deliveries(org, event_id)
+        .await
+        .map_err(ServiceError::from_store("event"))?;
+    Ok(EventDeliveries { event, deliveries })
+}
+
 pub async fn get(
     state: &AppState,
     scope: &Scope,

@@ -1280,6 +1280,49 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     )
     .await;
     assert!(ok && !out.contains("dlv_"), "{out}");
+    // Where one event went, by its id alone.
+    let (ok, out) = herald_cli(
+        &app,
+        &["events", "get", "--org", "acme", "from-stdin"],
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.contains("from-stdin")
+            && out.contains("user.created")
+            && out
+                .lines()
+                .any(|l| l.starts_with("dlv_") && l.contains(&hook)),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(
+        &app,
+        &["events", "get", "--org", "acme", "never-sent"],
+        None,
+    )
+    .await;
+    assert!(!ok && out.contains("404"), "{out}");
+    // An id with what a path would otherwise read as its own (`/`, `?`, `#`, `%`).
+    let odd = "tenant/42?x#1%";
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "send",
+            "--org",
+            "acme",
+            "--type",
+            "user.created",
+            "--id",
+            odd,
+            "--data",
+            r#"{"user":{"id":"u9"}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = herald_cli(&app, &["events", "get", "--org", "acme", odd], None).await;
+    assert!(ok && out.contains(odd) && out.contains("dlv_"), "{out}");
 
     // The idempotency key, time and correlation id from flags: sent twice, stored once.
     let keyed = [

@@ -385,6 +385,20 @@ async fn every_documented_operation_answers_as_documented() {
         None,
     )
     .await;
+    let (st, traced) = w
+        .admin(M::GET, "/v1/orgs/{org}/events/{id}", &[&org, "inv-1"], None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{traced}");
+    assert_eq!(traced["deliveries"][0]["id"], delivery.as_str(), "{traced}");
+    let (st, _) = w
+        .admin(
+            M::GET,
+            "/v1/orgs/{org}/events/{id}",
+            &[&org, "inv-404"],
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
     w.admin(
         M::POST,
         "/v1/orgs/{org}/deliveries/{id}/retry",

@@ -573,6 +573,14 @@ pub enum EventsCommand {
     },
     /// Post an event (or a batch); the same as `herald send`.
     Send(SendArgs),
+    /// Show an event and where it went: its delivery to each webhook, with its state.
+    Get {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// The event's id, as the producer gave it (or as `herald send` printed it).
+        id: String,
+    },
 }
 
 /// `herald send` options.

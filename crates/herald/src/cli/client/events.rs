@@ -96,6 +96,38 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
             deleted(&conn, &name, &format!("Deleted the event type {name}."));
         }
         EventsCommand::Send(args) => send(conn, args)?,
+        EventsCommand::Get { org, id } => {
+            let org = api.org_id(&org)?;
+            let answer = api.get(&api_path(&["v1", "orgs", &org, "events", &id])?)?;
+            if conn.json {
+                print_json(&answer);
+            } else {
+                show_record(
+                    &conn,
+                    &answer["event"],
+                    &["id", "type", "occurred_at", "received_at", "correlation_id"],
+                );
+                out!();
+                let deliveries = answer["deliveries"].as_array().map_or(0, Vec::len);
+                if deliveries == 0 {
+                    out!("No delivery: no active webhook subscribed to it when it arrived.");
+                } else {
+                    show(
+                        &conn,
+                        &json!({ "data": answer["deliveries"] }),
+                        &[
+                            "id",
+                            "webhook_id",
+                            "state",
+                            "attempt_count",
+                            "last_status",
+                            "next_attempt_at",
+                            "last_error",
+                        ],
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
