@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/orgs/{org}/webhooks/{id}/retry", post(retry_waiting))
         .route("/orgs/{org}/deliveries/{id}", get(show_delivery))
+        .route("/orgs/{org}/events", get(show_event))
         .route("/orgs/{org}/deliveries/{id}/resend", post(resend_delivery))
 }
 
@@ -329,6 +330,87 @@ async fn show_delivery(
         &layout,
         page,
     ))
+}
+
+/// One event and its delivery to each webhook.
+#[derive(Serialize)]
+struct EventPage {
+    org_id: String,
+    /// The id asked for, as typed (shown back in the search box).
+    asked: String,
+    event: Option<EventView>,
+    rows: Vec<EventDeliveryRow>,
+}
+
+#[derive(Serialize)]
+struct EventView {
+    id: String,
+    event_type: String,
+    occurred: String,
+    received: String,
+    correlation_id: Option<String>,
+    data: String,
+}
+
+/// A delivery of the event, with the name of the webhook it went to.
+#[derive(Serialize)]
+struct EventDeliveryRow {
+    #[serde(flatten)]
+    delivery: DeliveryRow,
+    /// `None` for a webhook since deleted (only its id is left to show).
+    webhook_name: Option<String>,
+}
+
+/// `/orgs/{org}/events?id=…`: where an event went, found by the id its producer gave it (a
+/// query parameter, since event ids may hold `/` or `?`).
+async fn show_event(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(org): Path<String>,
+    QueryForm(form): QueryForm,
+) -> DashResult<Response> {
+    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let asked = form.text("id").trim().to_owned();
+    let mut page = EventPage {
+        org_id: org.id.to_string(),
+        asked: asked.clone(),
+        event: None,
+        rows: Vec::new(),
+    };
+    let mut status = StatusCode::OK;
+    if !asked.is_empty() {
+        match deliveries::of_event(&state, &signed.scope, &org.id, &asked).await {
+            Ok(found) => {
+                let snapshot = crate::service::org_snapshot(&state, &signed.scope, &org.id).await?;
+                page.rows = found
+                    .deliveries
+                    .iter()
+                    .map(|d| EventDeliveryRow {
+                        delivery: DeliveryRow::from(d),
+                        webhook_name: snapshot.webhook(&d.webhook_id).map(|w| w.name.clone()),
+                    })
+                    .collect();
+                let e = found.event;
+                page.event = Some(EventView {
+                    id: e.id,
+                    event_type: e.event_type,
+                    occurred: when(e.occurred_at),
+                    received: when(e.received_at),
+                    correlation_id: e.correlation_id,
+                    data: pretty(e.data.get()),
+                });
+            }
+            Err(ServiceError::NotFound(_)) => status = StatusCode::NOT_FOUND,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let title = if asked.is_empty() {
+        "Find an event".to_owned()
+    } else {
+        format!("Event {asked}")
+    };
+    let layout = Layout::new(&state, &signed, title, Some(&org)).await;
+    Ok(templates::render(status, "event.html", &layout, page))
 }
 
 async fn resend_delivery(

@@ -45,6 +45,7 @@ const SOURCES: &[(&str, &str)] = &[
         "delivery.html",
         include_str!("../../templates/delivery.html"),
     ),
+    ("event.html", include_str!("../../templates/event.html")),
 ];
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {

@@ -199,6 +199,7 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         format!("/orgs/{org}/webhooks/{hook}/deliveries"),
         format!("/orgs/{org}/webhooks/{hook}/deliveries?state=succeeded&event_type=user.created"),
         format!("/orgs/{org}/deliveries/{delivery}"),
+        format!("/orgs/{org}/events"),
     ];
     let stranger = Visitor::new(&app);
     for page in &pages {
@@ -329,6 +330,69 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         .await
         .unwrap();
     assert_eq!(answer(resp).await.location, "/login");
+}
+
+/// An event found by the id its producer gave it (one that a path would read apart), with its
+/// delivery to each webhook; a delivery's page leads there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_an_event_went_is_found_by_its_id() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let crm = app
+        .create_webhook(&org, &rx.url("/crm"), json!({ "name": "crm" }))
+        .await;
+    let crm = crm["id"].as_str().unwrap().to_owned();
+    let audit = app
+        .create_webhook(&org, &rx.url("/audit"), json!({ "name": "audit" }))
+        .await;
+    let audit = audit["id"].as_str().unwrap().to_owned();
+    let id = "tenant/42?x";
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "id": id, "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    let to_crm = app.delivery_ids(&org, &crm).await.remove(0);
+    let to_audit = app.delivery_ids(&org, &audit).await.remove(0);
+
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let found = admin
+        .get(&format!("/orgs/{org}/events?id=tenant%2F42%3Fx"))
+        .await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    let body = slashes(&found.body);
+    for shown in [
+        &to_crm,
+        &to_audit,
+        "crm",
+        "audit",
+        "user.created",
+        "tenant/42?x",
+    ] {
+        assert!(body.contains(shown), "{shown}: {body}");
+    }
+    let delivery = admin.get(&format!("/orgs/{org}/deliveries/{to_crm}")).await;
+    // (A `/` may stand in a query string as it is.)
+    let link = format!("/orgs/{org}/events?id=tenant/42%3Fx");
+    assert!(slashes(&delivery.body).contains(&link), "{}", delivery.body);
+    assert_eq!(admin.get(&link).await.status, StatusCode::OK);
+    let missing = admin
+        .get(&format!("/orgs/{org}/events?id=never-sent"))
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.body.contains("is kept for this organization"),
+        "{}",
+        missing.body
+    );
+    // The organization's page asks for one.
+    let page = admin.get(&format!("/orgs/{org}")).await;
+    assert!(
+        page.body.contains("Where did an event go?"),
+        "{}",
+        page.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
