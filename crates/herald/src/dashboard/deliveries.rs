@@ -378,7 +378,12 @@ async fn show_event(
         rows: Vec::new(),
     };
     let mut status = StatusCode::OK;
-    if !asked.is_empty() {
+    if asked.is_empty() {
+        // Only the search box.
+    } else if herald_core::event::parse_event_id(&asked).is_err() {
+        // What no event id can be (a space, over 255 characters) is not looked up.
+        status = StatusCode::NOT_FOUND;
+    } else {
         match deliveries::of_event(&state, &signed.scope, &org.id, &asked).await {
             Ok(found) => {
                 let snapshot = crate::service::org_snapshot(&state, &signed.scope, &org.id).await?;
@@ -407,7 +412,7 @@ async fn show_event(
     let title = if asked.is_empty() {
         "Find an event".to_owned()
     } else {
-        format!("Event {asked}")
+        format!("Event {}", herald_core::truncate_for_message(&asked))
     };
     let layout = Layout::new(&state, &signed, title, Some(&org)).await;
     Ok(templates::render(status, "event.html", &layout, page))

@@ -386,6 +386,10 @@ async fn where_an_event_went_is_found_by_its_id() {
         "{}",
         missing.body
     );
+    let spaced = admin
+        .get(&format!("/orgs/{org}/events?id=no+such+id"))
+        .await;
+    assert_eq!(spaced.status, StatusCode::NOT_FOUND);
     // The organization's page asks for one.
     let page = admin.get(&format!("/orgs/{org}")).await;
     assert!(
