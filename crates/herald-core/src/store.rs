@@ -243,10 +243,6 @@ pub struct DeliveryFilter {
     pub event_type: Option<String>,
 }
 
-/// The most deliveries [`Store::event_deliveries`] answers: one per webhook the event went to,
-/// and an organization with more webhooks than this on one event type is rare.
-pub const EVENT_DELIVERIES_SHOWN: u32 = 1_000;
-
 /// News a shared backend passes on from the nodes using it (this one included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSignal {
@@ -453,12 +449,13 @@ pub trait Store: Send + Sync + 'static {
         id: &DeliveryId,
     ) -> StoreResult<(Delivery, Vec<Attempt>)>;
     async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event>;
-    /// An event with its deliveries, oldest first and at most [`EVENT_DELIVERIES_SHOWN`], read
-    /// together: where one event went (`NotFound` if the event is not kept).
+    /// An event with its deliveries, oldest first and at most `limit`, read together: where
+    /// one event went (`NotFound` if the event is not kept).
     async fn event_deliveries(
         &self,
         org: &OrgId,
         event_id: &str,
+        limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)>;
     /// The organization's events with these ids, those that are kept (in no particular order).
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>>;

@@ -813,7 +813,10 @@ async fn an_events_deliveries_are_found_by_its_id(store: Arc<dyn Store>) {
     deliver(&store, &crm, "evt_other", at(1), false).await;
     let foreign = deliver(&store, &theirs, "evt_paid", at(2), false).await;
 
-    let (found, deliveries) = store.event_deliveries(&acme.id, "evt_paid").await.unwrap();
+    let (found, deliveries) = store
+        .event_deliveries(&acme.id, "evt_paid", 10)
+        .await
+        .unwrap();
     assert_same_event(&found, &event(&acme.id, "evt_paid", "invoice.paid", T0));
     let mut expected = vec![to_crm.clone(), to_billing.clone()];
     expected.sort();
@@ -821,16 +824,29 @@ async fn an_events_deliveries_are_found_by_its_id(store: Arc<dyn Store>) {
     assert_eq!(ids, expected, "oldest first, and only this event's");
     assert!(deliveries.iter().all(|d| d.event_id == "evt_paid"));
 
+    // At most as many as asked for, the oldest.
+    let (_, first) = store
+        .event_deliveries(&acme.id, "evt_paid", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        vec![&expected[0]]
+    );
     let (_, theirs_found) = store
-        .event_deliveries(&globex.id, "evt_paid")
+        .event_deliveries(&globex.id, "evt_paid", 10)
         .await
         .unwrap();
     assert_eq!(
         theirs_found.iter().map(|d| &d.id).collect::<Vec<_>>(),
         vec![&foreign]
     );
-    assert_not_found(store.event_deliveries(&acme.id, "evt_unknown").await);
-    assert_not_found(store.event_deliveries(&OrgId::generate(), "evt_paid").await);
+    assert_not_found(store.event_deliveries(&acme.id, "evt_unknown", 10).await);
+    assert_not_found(
+        store
+            .event_deliveries(&OrgId::generate(), "evt_paid", 10)
+            .await,
+    );
 }
 
 async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {

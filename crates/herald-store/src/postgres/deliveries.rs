@@ -679,13 +679,14 @@ pub(crate) async fn event_deliveries(
     c: &impl Conn,
     org: &OrgId,
     id: &str,
+    limit: u32,
 ) -> DbResult<(Event, Vec<Delivery>)> {
     let event = get_event(c, org, id).await?;
     let sql = format!(
         "SELECT {} FROM deliveries WHERE org_id = $1 AND event_id = $2 ORDER BY id LIMIT $3",
         rows::DELIVERY_COLUMNS
     );
-    let limit = i64::from(herald_core::store::EVENT_DELIVERIES_SHOWN);
+    let limit = i64::from(limit);
     let deliveries = rows::all(
         c.rows(&sql, &[&org.as_str(), &id, &limit]).await?,
         rows::delivery,

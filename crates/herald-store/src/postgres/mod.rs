@@ -791,6 +791,7 @@ impl Store for PostgresStore {
         &self,
         org: &OrgId,
         event_id: &str,
+        limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)> {
         // One snapshot: a delivery stored with the event is seen with it.
         timed(async {
@@ -802,7 +803,7 @@ impl Store for PostgresStore {
                 .start()
                 .await
                 .map_err(sql)?;
-            let out = deliveries::event_deliveries(&tx, org, event_id).await?;
+            let out = deliveries::event_deliveries(&tx, org, event_id, limit).await?;
             tx.commit().await.map_err(sql)?;
             Ok(out)
         })

@@ -444,6 +444,7 @@ pub(crate) fn event_deliveries(
     conn: &Connection,
     org: &OrgId,
     id: &str,
+    limit: u32,
 ) -> DbResult<(Event, Vec<Delivery>)> {
     let snapshot = conn.unchecked_transaction()?;
     let event = get_event(conn, org, id)?;
@@ -455,10 +456,7 @@ pub(crate) fn event_deliveries(
     );
     let deliveries = conn
         .prepare_cached(&sql)?
-        .query_map(
-            params![org.as_str(), id, herald_core::store::EVENT_DELIVERIES_SHOWN],
-            rows::delivery,
-        )?
+        .query_map(params![org.as_str(), id, limit], rows::delivery)?
         .collect::<Result<Vec<_>, _>>()?;
     snapshot.commit()?;
     Ok((event, deliveries))

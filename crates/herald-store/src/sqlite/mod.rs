@@ -731,9 +731,10 @@ impl Store for SqliteStore {
         &self,
         org: &OrgId,
         event_id: &str,
+        limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)> {
         let (org, id) = (org.clone(), event_id.to_owned());
-        self.read(move |c| deliveries::event_deliveries(c, &org, &id))
+        self.read(move |c| deliveries::event_deliveries(c, &org, &id, limit))
             .await
     }
 

@@ -14,7 +14,7 @@ use herald_core::{DeliveryId, Page, Timestamp};
 
 use super::ApiResult;
 use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
-use super::openapi::{OrgItemPath, OrgPath};
+use super::openapi::{OrgEventPath, OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
 use crate::app::AppState;
@@ -106,15 +106,15 @@ async fn get_delivery(
 /// Reads an event and its deliveries: where it went, one delivery per webhook, without
 /// knowing which webhook to look in.
 #[utoipa::path(get, path = "/v1/orgs/{org}/events/{id}", tag = "deliveries",
-    params(OrgItemPath),
+    params(OrgEventPath),
     responses(
-        (status = 200, description = "The event and its deliveries, oldest first (at most 1,000)", body = EventDeliveries),
+        (status = 200, description = "The event and its deliveries, oldest first (the first 1,000; `truncated` says whether there are more)", body = EventDeliveries),
         (status = 404, description = "No such event kept for the organization (events are kept for HERALD_RETENTION_DAYS)", body = super::ErrorBody),
     ))]
 async fn get_event_deliveries(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    PathParams(path): PathParams<OrgItemPath>,
+    PathParams(path): PathParams<OrgEventPath>,
 ) -> ApiResult<Json<EventDeliveries>> {
     let org = org_id(&path.org)?;
     // An id no event can have (a space, over 255 characters) names nothing.

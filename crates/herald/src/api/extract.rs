@@ -494,7 +494,7 @@ pub fn path_id<T>(
         let instead = if prefix == "org" {
             "the API takes the id, not the handle: GET /v1/orgs lists both"
         } else {
-            "the API takes the id, not a name: list them to find it"
+            "the API takes the id: list them to find it"
         };
         ApiError::new(
             StatusCode::NOT_FOUND,

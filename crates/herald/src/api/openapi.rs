@@ -56,6 +56,17 @@ pub struct OrgItemPath {
     pub id: String,
 }
 
+/// `{org}` and an event's `{id}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrgEventPath {
+    /// The organization's id (`org_…`).
+    pub org: String,
+    /// The event's id as its producer gave it (1 to 255 visible ASCII characters),
+    /// percent-encoded: `/`, `?`, `#` and `%` in it would otherwise be read as the path's own.
+    pub id: String,
+}
+
 /// Completes the document once every route is in it (see [`Conventions`]).
 pub fn complete(doc: &mut Document) {
     Conventions.modify(doc);

@@ -340,6 +340,8 @@ struct EventPage {
     asked: String,
     event: Option<EventView>,
     rows: Vec<EventDeliveryRow>,
+    /// It went to more webhooks than shown.
+    truncated: bool,
 }
 
 #[derive(Serialize)]
@@ -376,6 +378,7 @@ async fn show_event(
         asked: asked.clone(),
         event: None,
         rows: Vec::new(),
+        truncated: false,
     };
     let mut status = StatusCode::OK;
     if asked.is_empty() {
@@ -395,6 +398,7 @@ async fn show_event(
                         webhook_name: snapshot.webhook(&d.webhook_id).map(|w| w.name.clone()),
                     })
                     .collect();
+                page.truncated = found.truncated;
                 let e = found.event;
                 page.event = Some(EventView {
                     id: e.id,

@@ -66,9 +66,15 @@ pub struct EventDeliveries {
     /// `data`.
     #[schema(value_type = Object)]
     pub event: herald_core::event::Event,
-    /// Its deliveries, oldest first (at most 1,000).
+    /// Its deliveries, oldest first: the first [`EVENT_DELIVERIES_SHOWN`].
     pub deliveries: Vec<Delivery>,
+    /// Whether it has more deliveries than these (an organization with more webhooks on the
+    /// type than [`EVENT_DELIVERIES_SHOWN`]; `HERALD_MAX_WEBHOOKS_PER_ORG` allows it).
+    pub truncated: bool,
 }
+
+/// The most deliveries of one event shown at once.
+pub const EVENT_DELIVERIES_SHOWN: u32 = 1_000;
 
 /// Where an event went: for "did the customer's endpoint get it?", without knowing which
 /// webhook to look in.
@@ -79,12 +85,18 @@ pub async fn of_event(
     event_id: &str,
 ) -> ServiceResult<EventDeliveries> {
     scope.check_org(org)?;
-    let (event, deliveries) = state
+    let (event, mut deliveries) = state
         .store
-        .event_deliveries(org, event_id)
+        .event_deliveries(org, event_id, EVENT_DELIVERIES_SHOWN + 1)
         .await
         .map_err(ServiceError::from_store("event"))?;
-    Ok(EventDeliveries { event, deliveries })
+    let truncated = deliveries.len() > EVENT_DELIVERIES_SHOWN as usize;
+    deliveries.truncate(EVENT_DELIVERIES_SHOWN as usize);
+    Ok(EventDeliveries {
+        event,
+        deliveries,
+        truncated,
+    })
 }
 
 pub async fn get(

@@ -340,6 +340,16 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
     );
     let producer = producer["key"].as_str().unwrap().to_owned();
     let event = json!({ "type": "user.created", "data": { "user": { "id": "u1" } } });
+    // An event of Acme's that exists, for the reads below.
+    app.send_event(
+        &acme,
+        json!({ "type": "user.created", "id": "acme-evt", "data": { "user": { "id": "u0" } } }),
+    )
+    .await;
+    let acme_event = format!("/v1/orgs/{acme}/events/acme-evt");
+    let (status, traced) = app.get(&acme_event).await;
+    assert_eq!(status, StatusCode::OK, "{traced}");
+    assert_eq!(traced["truncated"], false, "{traced}");
     let may = [
         (
             Method::POST,
@@ -394,6 +404,7 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             format!("/v1/orgs/{acme}/webhooks/{acme_hook}/deliveries"),
             None,
         ),
+        (Method::GET, acme_event.clone(), None),
         (
             Method::PATCH,
             format!("/v1/orgs/{acme}"),
@@ -493,6 +504,7 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             format!("/v1/orgs/{acme}/webhooks/{acme_hook}/deliveries"),
             None,
         ),
+        (Method::GET, acme_event.clone(), None),
         (
             Method::POST,
             format!("/v1/orgs/{acme}/events"),

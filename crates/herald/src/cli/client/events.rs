@@ -110,7 +110,7 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                 out!();
                 let deliveries = answer["deliveries"].as_array().map_or(0, Vec::len);
                 if deliveries == 0 {
-                    out!("No delivery: no active webhook subscribed to it when it arrived.");
+                    out!("No delivery: no enabled webhook wanted it when it arrived.");
                 } else {
                     show(
                         &conn,
@@ -125,6 +125,9 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                             "last_error",
                         ],
                     );
+                    if answer["truncated"] == true {
+                        out!("(the first {deliveries} shown: it went to more webhooks)");
+                    }
                 }
             }
         }
