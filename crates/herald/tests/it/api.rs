@@ -1804,32 +1804,32 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         );
     }
     // An id is one path segment: one that holds slashes names nothing, not another route.
-    let keys = format!("/v1/orgs/{org}/api-keys");
-    let (status, key) = app.post(&keys, json!({ "name": "ci" })).await;
-    assert_eq!(status, StatusCode::CREATED, "{key}");
-    // Unencoded, `webhooks/../api-keys/key_…` would resolve to the key and delete it.
-    let pasted = format!("../api-keys/{}", key["id"].as_str().unwrap());
+    // Unencoded, `api-keys/../webhooks/wh_…` would resolve to the webhook and delete it.
+    let pasted = format!("../webhooks/{hook}");
+    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", &org, &pasted], None).await;
+    assert!(!ok && out.contains("404"), "{out}");
+    let (status, _) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(status, StatusCode::OK, "the webhook was deleted");
+    // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/api-keys/..`).
+    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", &org, ".."], None).await;
+    assert!(!ok && out.contains("is not an id"), "{out}");
+    // A webhook may be named by its name; what names none is said so, and nothing is sent.
+    let (ok, out) = herald_cli(&app, &["webhooks", "get", "--org", &org, "crm"], None).await;
+    assert!(ok && out.contains(&hook), "{out}");
+    let (ok, out) = herald_cli(
+        &app,
+        &["deliveries", "list", "--org", "acme", "--webhook", "crm"],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("dlv_"), "{out}");
     let (ok, out) = herald_cli(
         &app,
         &["webhooks", "delete", "--org", &org, &pasted, "--yes"],
         None,
     )
     .await;
-    assert!(!ok && out.contains("404"), "{out}");
-    let (_, listed) = app.get(&keys).await;
-    assert_eq!(
-        listed["data"].as_array().unwrap().len(),
-        1,
-        "the key was deleted"
-    );
-    // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/webhooks/..`).
-    let (ok, out) = herald_cli(
-        &app,
-        &["webhooks", "delete", "--org", &org, "..", "--yes"],
-        None,
-    )
-    .await;
-    assert!(!ok && out.contains("is not an id"), "{out}");
+    assert!(!ok && out.contains("no webhook is named"), "{out}");
 
     // A test waits for the endpoint's answer, and fails when it is not a success.
     let test = ["webhooks", "test", "--org", "acme", &hook];
@@ -1962,10 +1962,22 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let mut made = Vec::new();
     for name in ["one", "two"] {
         let hook = app
-            .create_webhook(&org, &format!("https://example.com/{name}"), json!({}))
+            .create_webhook(
+                &org,
+                &format!("https://example.com/{name}"),
+                json!({ "name": "twin" }),
+            )
             .await;
         made.push(hook["id"].as_str().unwrap().to_owned());
     }
+    // A name two webhooks share names neither: their ids are given instead.
+    let (ok, out) = herald_cli(&app, &["webhooks", "get", "--org", "acme", "twin"], None).await;
+    assert!(
+        !ok && out.contains("2 webhooks are named 'twin'")
+            && out.contains(&made[0])
+            && out.contains(&made[1]),
+        "{out}"
+    );
     let missing = "wh_01bbbbbbbbbbbbbbbbbbbbbbbb";
     // Deleting asks first: it cancels what the webhooks still had to deliver.
     let delete = [

@@ -307,6 +307,42 @@ impl Api {
         }
     }
 
+    /// A webhook's id from its id or its name (names are the organization's, and need not be
+    /// unique: a name two webhooks share is refused with their ids).
+    pub(super) fn webhook_id(&self, org: &str, webhook: &str) -> anyhow::Result<String> {
+        if herald_core::WebhookId::parse(webhook).is_ok() {
+            return Ok(webhook.to_owned());
+        }
+        let shown = herald_core::truncate_for_message(webhook);
+        let listed = self.get_all(&format!(
+            "{}?limit=200",
+            api_path(&["v1", "orgs", org, "webhooks"])?
+        ))?;
+        let named: Vec<&str> = listed["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["name"].as_str() == Some(webhook))
+            .filter_map(|w| w["id"].as_str())
+            .collect();
+        match named.as_slice() {
+            [id] => Ok((*id).to_owned()),
+            [] if webhook.starts_with("wh_") => bail!(
+                "'{shown}' is not a webhook id (wh_ and 26 letters and digits), nor a webhook's \
+                 name; `herald webhooks list --org {org}` shows both"
+            ),
+            [] => bail!(
+                "no webhook is named '{shown}'; give a webhook's id (wh_…) or name (`herald \
+                 webhooks list --org {org}` shows both)"
+            ),
+            several => bail!(
+                "{} webhooks are named '{shown}'; give one's id: {}",
+                several.len(),
+                several.join(", ")
+            ),
+        }
+    }
+
     pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None)
     }

@@ -139,7 +139,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
         /// A new name.
         #[arg(long)]
@@ -170,7 +170,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
     },
     /// Enable a webhook (and verify it, for WebSub webhooks).
@@ -178,7 +178,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
     },
     /// Disable a webhook: what it has pending waits until it is enabled; events that arrive
@@ -187,7 +187,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
     },
     /// Replace the secret. With Standard Webhooks signatures the old one signs too for 24
@@ -197,7 +197,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
         /// The new secret (generated when absent, except for permit, whose secret you choose).
         #[arg(long)]
@@ -209,7 +209,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
         /// Only send it: print the event and delivery ids without waiting for the answer.
         #[arg(long)]
@@ -220,7 +220,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
     },
     /// Verify a WebSub webhook's endpoint again, for one channel or all, and show the outcome.
@@ -228,7 +228,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         id: String,
         /// Only this channel.
         #[arg(long)]
@@ -239,7 +239,7 @@ pub enum WebhooksCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhooks' ids (`wh_…`), one or more (up to 1,000).
+        /// The webhooks: their ids (`wh_…`) or names, one or more (up to 1,000).
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
         /// Yes, delete them and cancel what they still had to deliver.
@@ -393,6 +393,22 @@ pub(super) fn parse_header(raw: &str) -> Result<(String, String), String> {
 }
 
 impl WebhooksCommand {
+    /// The webhooks the command names, each an id or a name until resolved.
+    pub(super) fn webhooks_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            Self::Update { id, .. }
+            | Self::Get { id, .. }
+            | Self::Enable { id, .. }
+            | Self::Disable { id, .. }
+            | Self::Rotate { id, .. }
+            | Self::Test { id, .. }
+            | Self::Subscriptions { id, .. }
+            | Self::Verify { id, .. } => vec![id],
+            Self::Delete { ids, .. } => ids.iter_mut().collect(),
+            Self::List { .. } | Self::Create { .. } => Vec::new(),
+        }
+    }
+
     pub(super) fn org_mut(&mut self) -> &mut String {
         match self {
             Self::List { org }
@@ -417,7 +433,7 @@ pub enum DeliveriesCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         #[arg(long)]
         webhook: String,
         /// pending, succeeded, failed, cancelled or skipped.
@@ -462,7 +478,7 @@ pub enum DeliveriesCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         #[arg(long)]
         webhook: String,
     },
@@ -471,7 +487,7 @@ pub enum DeliveriesCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The webhook's id (`wh_…`).
+        /// The webhook: its id (`wh_…`) or its name.
         #[arg(long)]
         webhook: String,
         /// Failed deliveries created since: an RFC 3339 time (2026-01-31T00:00:00Z), or how long
@@ -511,6 +527,16 @@ pub(super) fn parse_since(raw: &str) -> Result<String, String> {
 }
 
 impl DeliveriesCommand {
+    /// The webhook the command names, an id or a name until resolved.
+    pub(super) fn webhook_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Self::List { webhook, .. }
+            | Self::RetryWaiting { webhook, .. }
+            | Self::Recover { webhook, .. } => Some(webhook),
+            Self::Get { .. } | Self::Retry { .. } => None,
+        }
+    }
+
     pub(super) fn org_mut(&mut self) -> &mut String {
         match self {
             Self::List { org, .. }

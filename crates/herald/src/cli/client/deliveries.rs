@@ -12,6 +12,10 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
     let api = Api::new(conn.clone())?;
     let org = cmd.org_mut();
     *org = api.org_id(org)?;
+    let org = org.clone();
+    if let Some(webhook) = cmd.webhook_mut() {
+        *webhook = api.webhook_id(&org, webhook)?;
+    }
     let cols = &[
         "id",
         "event_type",

@@ -126,6 +126,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
     let api = Api::new(conn.clone())?;
     let org = cmd.org_mut();
     *org = api.org_id(org)?;
+    let org = org.clone();
+    for webhook in cmd.webhooks_mut() {
+        *webhook = api.webhook_id(&org, webhook)?;
+    }
     let cols = &["id", "name", "profile", "active", "url"];
     match cmd {
         WebhooksCommand::List { org } => show(
