@@ -76,6 +76,28 @@ macro_rules! in_tx {
     };
 }
 
+/// Runs `$body` (a `DbResult` future using the transaction `$tx`) in a read-only transaction of
+/// its own snapshot (repeatable read), within [`OPERATION_TIMEOUT`]: for reads that must agree
+/// with each other.
+macro_rules! in_snapshot {
+    ($self:ident, |$tx:ident| $body:expr) => {
+        $crate::postgres::timed(async {
+            let mut client = $self.client().await?;
+            let $tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err($crate::postgres::sql)?;
+            let out = $body.await?;
+            $tx.commit().await.map_err($crate::postgres::sql)?;
+            Ok(out)
+        })
+        .await
+    };
+}
+
 /// Runs `$body` (a `DbResult` future using the connection `$client`) outside a transaction,
 /// within [`OPERATION_TIMEOUT`].
 macro_rules! on_client {
@@ -763,20 +785,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<(Delivery, Vec<Attempt>)> {
         // One snapshot for both reads: between them an attempt's outcome may be committed,
         // and a delivery still `pending` would show the attempt that made it `succeeded`.
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(sql)?;
-            let out = deliveries::get(&tx, org, id).await?;
-            tx.commit().await.map_err(sql)?;
-            Ok(out)
-        })
-        .await
+        in_snapshot!(self, |tx| deliveries::get(&tx, org, id))
     }
 
     async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event> {
@@ -794,20 +803,9 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)> {
         // One snapshot: a delivery stored with the event is seen with it.
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(sql)?;
-            let out = deliveries::event_deliveries(&tx, org, event_id, limit).await?;
-            tx.commit().await.map_err(sql)?;
-            Ok(out)
-        })
-        .await
+        in_snapshot!(self, |tx| deliveries::event_deliveries(
+            &tx, org, event_id, limit
+        ))
     }
 
     async fn resend_delivery(

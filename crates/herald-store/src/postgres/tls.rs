@@ -114,13 +114,30 @@ pub(crate) enum SslMode {
 }
 
 impl SslMode {
+    const ALL: [Self; 5] = [
+        Self::Disable,
+        Self::Prefer,
+        Self::Require,
+        Self::VerifyCa,
+        Self::VerifyFull,
+    ];
+
+    /// Its name in a URL.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(value: &str) -> Result<Self, String> {
+        if let Some(mode) = Self::ALL.into_iter().find(|m| m.name() == value) {
+            return Ok(mode);
+        }
         match value {
-            "disable" => Ok(Self::Disable),
-            "prefer" => Ok(Self::Prefer),
-            "require" => Ok(Self::Require),
-            "verify-ca" => Ok(Self::VerifyCa),
-            "verify-full" => Ok(Self::VerifyFull),
             "allow" => Err(
                 "sslmode=allow is not supported: use sslmode=prefer (TLS when the \
                  server offers it) or sslmode=disable"
@@ -376,7 +393,7 @@ impl TlsSettings {
                         "sslmode={} checks the database server's certificate, and this system's \
                          trust store has no certificates{}: give the CA that signed it with \
                          sslrootcert=/path/to/ca.pem",
-                        self.mode_name(),
+                        self.mode.name(),
                         if why.is_empty() {
                             String::new()
                         } else {
@@ -386,16 +403,6 @@ impl TlsSettings {
                 }
                 Ok((roots, "the system's trust store".into()))
             }
-        }
-    }
-
-    fn mode_name(&self) -> &'static str {
-        match self.mode {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
         }
     }
 }

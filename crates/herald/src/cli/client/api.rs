@@ -307,40 +307,48 @@ impl Api {
         }
     }
 
-    /// A webhook's id from its id or its name (names are the organization's, and need not be
-    /// unique: a name two webhooks share is refused with their ids).
-    pub(super) fn webhook_id(&self, org: &str, webhook: &str) -> anyhow::Result<String> {
-        if herald_core::WebhookId::parse(webhook).is_ok() {
-            return Ok(webhook.to_owned());
+    /// Puts each webhook's id in place of its name (names are the organization's and need not
+    /// be unique: a name two webhooks share is refused with their ids). The webhooks are
+    /// listed once, and only if some name is not an id.
+    pub(super) fn resolve_webhooks(
+        &self,
+        org: &str,
+        webhooks: Vec<&mut String>,
+    ) -> anyhow::Result<()> {
+        let is_id = |w: &str| herald_core::WebhookId::parse(w).is_ok();
+        if webhooks.iter().all(|w| is_id(w)) {
+            return Ok(());
         }
-        let shown = herald_core::truncate_for_message(webhook);
         let listed = self.get_all(&format!(
             "{}?limit=200",
             api_path(&["v1", "orgs", org, "webhooks"])?
         ))?;
-        let named: Vec<&str> = listed["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|w| w["name"].as_str() == Some(webhook))
-            .filter_map(|w| w["id"].as_str())
-            .collect();
-        match named.as_slice() {
-            [id] => Ok((*id).to_owned()),
-            [] if webhook.starts_with("wh_") => bail!(
-                "'{shown}' is not a webhook id (wh_ and 26 letters and digits), nor a webhook's \
-                 name; `herald webhooks list --org {org}` shows both"
-            ),
-            [] => bail!(
-                "no webhook is named '{shown}'; give a webhook's id (wh_…) or name (`herald \
-                 webhooks list --org {org}` shows both)"
-            ),
-            several => bail!(
-                "{} webhooks are named '{shown}'; give one's id: {}",
-                several.len(),
-                several.join(", ")
-            ),
+        let listed = listed["data"].as_array().cloned().unwrap_or_default();
+        for webhook in webhooks.into_iter().filter(|w| !is_id(w)) {
+            let shown = herald_core::truncate_for_message(webhook);
+            let named: Vec<&str> = listed
+                .iter()
+                .filter(|w| w["name"].as_str() == Some(webhook.as_str()))
+                .filter_map(|w| w["id"].as_str())
+                .collect();
+            *webhook = match named.as_slice() {
+                [id] => (*id).to_owned(),
+                [] if webhook.starts_with("wh_") => bail!(
+                    "'{shown}' is not a webhook id (wh_ and 26 letters and digits), nor a \
+                     webhook's name; `herald webhooks list --org {org}` shows both"
+                ),
+                [] => bail!(
+                    "no webhook is named '{shown}'; give a webhook's id (wh_…) or name (`herald \
+                     webhooks list --org {org}` shows both)"
+                ),
+                several => bail!(
+                    "{} webhooks are named '{shown}'; give one's id: {}",
+                    several.len(),
+                    several.join(", ")
+                ),
+            };
         }
+        Ok(())
     }
 
     pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {

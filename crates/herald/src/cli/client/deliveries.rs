@@ -13,9 +13,7 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
     let org = cmd.org_mut();
     *org = api.org_id(org)?;
     let org = org.clone();
-    if let Some(webhook) = cmd.webhook_mut() {
-        *webhook = api.webhook_id(&org, webhook)?;
-    }
+    api.resolve_webhooks(&org, cmd.webhook_mut().into_iter().collect())?;
     let cols = &[
         "id",
         "event_type",

@@ -127,9 +127,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
     let org = cmd.org_mut();
     *org = api.org_id(org)?;
     let org = org.clone();
-    for webhook in cmd.webhooks_mut() {
-        *webhook = api.webhook_id(&org, webhook)?;
-    }
+    api.resolve_webhooks(&org, cmd.webhooks_mut())?;
     let cols = &["id", "name", "profile", "active", "url"];
     match cmd {
         WebhooksCommand::List { org } => show(
