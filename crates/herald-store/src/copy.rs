@@ -64,6 +64,8 @@ pub struct Copied {
     pub rows: Vec<(&'static str, u64)>,
     /// Deliveries a stopped node had leased, put back on their schedule first.
     pub released: u64,
+    /// Of the webhooks, those deleted (kept for their deliveries' history).
+    pub deleted_webhooks: u64,
 }
 
 /// A PostgreSQL column: its name and how its values travel.
@@ -250,6 +252,15 @@ pub async fn sqlite_to_postgres(
     if copied.rows.len() != TABLES.len() {
         return Err(other("the copy stopped before every table was read"));
     }
+    let deleted: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM webhooks WHERE deleted_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(sql)?
+        .get(0);
+    copied.deleted_webhooks = deleted as u64;
     tx.commit().await.map_err(sql)?;
     // Statistics now rather than when autovacuum gets to them (if it is on): until then the
     // planner takes the tables for empty, and a node's first statements over millions of rows

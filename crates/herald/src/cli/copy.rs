@@ -137,9 +137,17 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         ("delivery", "deliveries"),
         ("attempt", "attempts"),
     ]
-    .map(|(one, table)| match count(table) {
-        1 => format!("1 {one}"),
-        n => format!("{} {table}", thousands(n)),
+    .map(|(one, table)| {
+        let counted = match count(table) {
+            1 => format!("1 {one}"),
+            n => format!("{} {table}", thousands(n)),
+        };
+        let deleted = copied.deleted_webhooks;
+        if table != "webhooks" || deleted == 0 {
+            return counted;
+        }
+        let its = if deleted == 1 { "its" } else { "their" };
+        format!("{counted} ({deleted} deleted, kept for {its} history)")
     });
     out!(
         "Copied in {:.1} s: {}.",

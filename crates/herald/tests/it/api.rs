@@ -1593,8 +1593,21 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert!(ok && !out.contains(&key), "never shown again: {out}");
     let listed: Value = serde_json::from_str(&out).unwrap();
     let key_id = listed["data"][0]["id"].as_str().unwrap().to_owned();
-    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", &key_id], None).await;
-    assert!(ok, "{out}");
+    // A key may be revoked by its name, unless another key of the organization shares it.
+    let create = ["keys", "create", "--org", "acme", "--name"];
+    for name in ["twin", "twin"] {
+        let (ok, out) = herald_cli(&app, &[&create[..], &[name]].concat(), None).await;
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "twin"], None).await;
+    assert!(
+        !ok && out.contains("2 API keys are named 'twin'; give one's id: key_"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "nokey"], None).await;
+    assert!(!ok && out.contains("no API key is named 'nokey'"), "{out}");
+    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "producer"], None).await;
+    assert!(ok && out.contains(&key_id), "{out}");
     let (status, _) = app
         .call(Method::GET, &format!("/v1/orgs/{org}/webhooks"), &key, None)
         .await;
@@ -1803,16 +1816,20 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             "{args:?}: {out}"
         );
     }
-    // An id is one path segment: one that holds slashes names nothing, not another route.
-    // Unencoded, `api-keys/../webhooks/wh_…` would resolve to the webhook and delete it.
+    // A name is one path segment: one that holds slashes names nothing, not another route.
+    // Unencoded, `event-types/../webhooks/wh_…` would resolve to the webhook and delete it.
     let pasted = format!("../webhooks/{hook}");
-    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", &org, &pasted], None).await;
+    let unregister = ["events", "unregister", "--org", &org, "--name"];
+    let (ok, out) = herald_cli(&app, &[&unregister[..], &[&pasted]].concat(), None).await;
     assert!(!ok && out.contains("404"), "{out}");
     let (status, _) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
     assert_eq!(status, StatusCode::OK, "the webhook was deleted");
-    // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/api-keys/..`).
-    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", &org, ".."], None).await;
-    assert!(!ok && out.contains("is not an id"), "{out}");
+    // Nor may a dot segment climb out of it (`DELETE /v1/orgs/{org}/event-types/..`).
+    let (ok, out) = herald_cli(&app, &[&unregister[..], &[".."]].concat(), None).await;
+    assert!(
+        !ok && out.contains("is not an id or name the API can take"),
+        "{out}"
+    );
     // A webhook may be named by its name; what names none is said so, and nothing is sent.
     let (ok, out) = herald_cli(&app, &["webhooks", "get", "--org", &org, "crm"], None).await;
     assert!(ok && out.contains(&hook), "{out}");

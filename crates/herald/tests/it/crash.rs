@@ -790,6 +790,28 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         acked.insert(id);
     }
     wait_until_delivered(&rx, &acked, Duration::from_secs(20)).await;
+    // A deleted webhook is copied for its history, and the summary says so.
+    let gone: serde_json::Value = http
+        .post(format!("{}/v1/orgs/{org}/webhooks", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "gone", "url": rx.url("/gone") }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deleted = http
+        .delete(format!(
+            "{}/v1/orgs/{org}/webhooks/{}",
+            server.base,
+            gone["id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     const KEY: &str = "79c65e8234fb51ad742802db8182c78878dae072ce3264b58c562ff894db04e5";
     let copy = || {
         Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -820,13 +842,19 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         "{stderr}"
     );
     assert!(
-        stdout.contains("1 organization, 1 webhook, 20 events, 20 deliveries, 20 attempts")
-            && stdout.contains("will not start again"),
+        stdout.contains(
+            "1 organization, 2 webhooks (1 deleted, kept for its history), 20 events, 20 \
+             deliveries, 20 attempts"
+        ) && stdout.contains("will not start again"),
         "{stdout}"
     );
     let stored: String = rusqlite::Connection::open(dir.path().join("herald.db"))
         .unwrap()
-        .query_row("SELECT secret FROM webhooks", [], |r| r.get(0))
+        .query_row(
+            "SELECT secret FROM webhooks WHERE deleted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(stored, secret, "the source is left as it was");
     let old = refused_serve(dir.path()).await;
@@ -847,7 +875,7 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
     let sealed: String = db
         .connect()
         .await
-        .query_one("SELECT secret FROM webhooks", &[])
+        .query_one("SELECT secret FROM webhooks WHERE deleted_at IS NULL", &[])
         .await
         .unwrap()
         .get(0);

@@ -13,6 +13,44 @@ pub(super) fn org_in(path: &str) -> Option<&str> {
         .filter(|org| !org.is_empty())
 }
 
+/// Something of an organization's that the CLI takes by id or by name.
+struct Named {
+    /// With its article: "a webhook".
+    noun: &'static str,
+    one: &'static str,
+    many: &'static str,
+    prefix: &'static str,
+    is_id: fn(&str) -> bool,
+    /// Its list under `/v1/orgs/{org}/`, and the query that asks for all of it.
+    collection: &'static str,
+    whole_list_query: &'static str,
+    list_command: &'static str,
+}
+
+impl Named {
+    const WEBHOOKS: Self = Self {
+        noun: "a webhook",
+        one: "webhook",
+        many: "webhooks",
+        prefix: "wh_",
+        is_id: |w| herald_core::WebhookId::parse(w).is_ok(),
+        collection: "webhooks",
+        whole_list_query: "?limit=200",
+        list_command: "webhooks list",
+    };
+    const API_KEYS: Self = Self {
+        noun: "an API key",
+        one: "API key",
+        many: "API keys",
+        prefix: "key_",
+        is_id: |k| herald_core::ApiKeyId::parse(k).is_ok(),
+        // The keys come whole in one answer, which takes no query.
+        collection: "api-keys",
+        whole_list_query: "",
+        list_command: "keys list",
+    };
+}
+
 /// The server's advice names API routes; here it names the commands that do the same, for
 /// `org` (the request's) where the advice leaves it open.
 pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
@@ -114,8 +152,12 @@ pub(super) fn encode(raw: &str) -> String {
 pub(super) fn api_path(segments: &[&str]) -> anyhow::Result<String> {
     let mut path = String::new();
     for segment in segments {
-        if matches!(*segment, "" | "." | "..") {
-            bail!("'{segment}' is not an id; ids look like org_…, wh_… or dlv_…");
+        if segment.is_empty() {
+            bail!("an empty id or name was given; ids look like org_…, wh_… or dlv_…");
+        }
+        if matches!(*segment, "." | "..") {
+            // A URL path resolves them: `…/event-types/..` would name another route.
+            bail!("'{segment}' is not an id or name the API can take in a URL path");
         }
         path.push('/');
         path.push_str(&encode(segment));
@@ -315,35 +357,52 @@ impl Api {
         org: &str,
         webhooks: Vec<&mut String>,
     ) -> anyhow::Result<()> {
-        let is_id = |w: &str| herald_core::WebhookId::parse(w).is_ok();
-        if webhooks.iter().all(|w| is_id(w)) {
+        self.resolve_names(org, &Named::WEBHOOKS, webhooks)
+    }
+
+    /// The same for API keys, which `keys delete` takes by id or name.
+    pub(super) fn resolve_api_keys(&self, org: &str, keys: Vec<&mut String>) -> anyhow::Result<()> {
+        self.resolve_names(org, &Named::API_KEYS, keys)
+    }
+
+    fn resolve_names(
+        &self,
+        org: &str,
+        kind: &Named,
+        given: Vec<&mut String>,
+    ) -> anyhow::Result<()> {
+        let is_id = |w: &str| (kind.is_id)(w);
+        if given.iter().all(|w| is_id(w)) {
             return Ok(());
         }
-        let listed = self.get_all(&format!(
-            "{}?limit=200",
-            api_path(&["v1", "orgs", org, "webhooks"])?
-        ))?;
+        let path = api_path(&["v1", "orgs", org, kind.collection])?;
+        let listed = self.get_all(&format!("{path}{}", kind.whole_list_query))?;
         let listed = listed["data"].as_array().cloned().unwrap_or_default();
-        for webhook in webhooks.into_iter().filter(|w| !is_id(w)) {
-            let shown = herald_core::truncate_for_message(webhook);
+        let (noun, list) = (kind.noun, kind.list_command);
+        for name in given.into_iter().filter(|w| !is_id(w)) {
+            let shown = herald_core::truncate_for_message(name);
             let named: Vec<&str> = listed
                 .iter()
-                .filter(|w| w["name"].as_str() == Some(webhook.as_str()))
+                .filter(|w| w["name"].as_str() == Some(name.as_str()))
                 .filter_map(|w| w["id"].as_str())
                 .collect();
-            *webhook = match named.as_slice() {
+            *name = match named.as_slice() {
                 [id] => (*id).to_owned(),
-                [] if webhook.starts_with("wh_") => bail!(
-                    "'{shown}' is not a webhook id (wh_ and 26 letters and digits), nor a \
-                     webhook's name; `herald webhooks list --org {org}` shows both"
+                [] if name.starts_with(kind.prefix) => bail!(
+                    "'{shown}' is not {noun} id ({} and 26 letters and digits), nor {noun}'s \
+                     name; `herald {list} --org {org}` shows both",
+                    kind.prefix
                 ),
                 [] => bail!(
-                    "no webhook is named '{shown}'; give a webhook's id (wh_…) or name (`herald \
-                     webhooks list --org {org}` shows both)"
+                    "no {} is named '{shown}'; give {noun}'s id ({}…) or name (`herald {list} \
+                     --org {org}` shows both)",
+                    kind.one,
+                    kind.prefix
                 ),
                 several => bail!(
-                    "{} webhooks are named '{shown}'; give one's id: {}",
+                    "{} {} are named '{shown}'; give one's id: {}",
                     several.len(),
+                    kind.many,
                     several.join(", ")
                 ),
             };

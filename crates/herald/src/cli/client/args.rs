@@ -92,7 +92,7 @@ pub enum KeysCommand {
         /// The organization: its id (`org_…`) or its handle.
         #[arg(long)]
         org: String,
-        /// The key's id (`key_…`).
+        /// The key: its id (`key_…`) or its name, if no other key of the organization has it.
         id: String,
     },
 }

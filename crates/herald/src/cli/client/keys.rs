@@ -30,7 +30,8 @@ pub fn keys(conn: Connection, cmd: KeysCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        KeysCommand::Delete { id, .. } => {
+        KeysCommand::Delete { mut id, .. } => {
+            api.resolve_api_keys(&org, vec![&mut id])?;
             let path = api_path(&["v1", "orgs", &org, "api-keys", &id])?;
             api.call(reqwest::Method::DELETE, &path, None)?;
             deleted(&conn, &id, &format!("Deleted {id}."));
