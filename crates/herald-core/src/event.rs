@@ -37,6 +37,21 @@ impl Event {
     }
 }
 
+/// An event in a list: what it is and when, without its data (which may be up to a megabyte
+/// an event; reading one event gives it).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct EventSummary {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: Timestamp,
+    pub received_at: Timestamp,
+    pub correlation_id: Option<String>,
+    /// Its place in the store's order of arrival: the list's cursor.
+    #[serde(skip)]
+    pub seq: i64,
+}
+
 /// An event as posted, checked for shape but not yet against the organization's types.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

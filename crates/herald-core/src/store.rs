@@ -457,6 +457,16 @@ pub trait Store: Send + Sync + 'static {
         event_id: &str,
         limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)>;
+    /// A page of the organization's events, newest first (in the order the store took them),
+    /// of one type if `event_type` is given. The cursor is the last one's [`EventSummary::seq`].
+    ///
+    /// [`EventSummary::seq`]: crate::event::EventSummary::seq
+    async fn list_events(
+        &self,
+        org: &OrgId,
+        event_type: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<crate::event::EventSummary>>;
     /// The organization's events with these ids, those that are kept (in no particular order).
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>>;
     /// Leases a delivery for an immediate attempt: a finished one is pending again with a

@@ -27,6 +27,12 @@ pub(crate) fn duration_class_sql(column: &str) -> String {
 }
 
 /// Cuts the one extra row a list query fetched and turns it into the next cursor.
+/// The sequence number an event list's cursor holds. The API lets only numbers through; a
+/// cursor that is not one has nothing before it.
+pub(crate) fn seq_cursor(page: &herald_core::PageRequest) -> Option<i64> {
+    page.cursor.as_deref().map(|c| c.parse().unwrap_or(0))
+}
+
 pub(crate) fn paginate<T>(
     mut items: Vec<T>,
     page: &herald_core::PageRequest,

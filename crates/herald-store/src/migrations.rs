@@ -49,6 +49,7 @@ sequence! {
     8 "0008" "events_sequence",
     9 "0009" "api_key_roles",
     10 "0010" "dashboard_sessions",
+    11 "0011" "events_by_org",
 }
 
 /// Says that the database was migrated by a newer Herald (its `schema` version is past the

@@ -849,6 +849,74 @@ async fn an_events_deliveries_are_found_by_its_id(store: Arc<dyn Store>) {
     );
 }
 
+async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (globex, theirs) = org_with_webhook(&store, "globex").await;
+    // Stored one after another, some in one batch, another organization's in between.
+    for (i, id) in ["evt_a", "evt_b"].into_iter().enumerate() {
+        deliver(&store, &hook, id, at(i as i64), false).await;
+    }
+    deliver(&store, &theirs, "evt_theirs", at(2), false).await;
+    let voided = event(&acme.id, "evt_c", "invoice.voided", at(3));
+    let d = event(&acme.id, "evt_d", "invoice.paid", at(3));
+    store
+        .insert_events(
+            &acme.id,
+            &[item(voided, &[], false), item(d, &[], false)],
+            at(3),
+            at(3 + LEASE_SECS),
+        )
+        .await
+        .unwrap();
+
+    let ids = |page: &herald_core::Page<herald_core::event::EventSummary>| -> Vec<String> {
+        page.data.iter().map(|e| e.id.clone()).collect()
+    };
+    let first = store
+        .list_events(&acme.id, None, &page(3, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&first),
+        ["evt_d", "evt_c", "evt_b"],
+        "newest first, acme's only"
+    );
+    assert_eq!(first.data[1].event_type, "invoice.voided");
+    assert_eq!(first.data[1].received_at, at(3));
+    let rest = store
+        .list_events(&acme.id, None, &page(3, first.next_cursor.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&rest), rest.next_cursor),
+        (vec!["evt_a".to_owned()], None)
+    );
+    // Of one type; and a page that ends exactly at the last one says there is no more.
+    let paid = store
+        .list_events(&acme.id, Some("invoice.paid"), &page(3, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&paid), paid.next_cursor),
+        (vec!["evt_d".into(), "evt_b".into(), "evt_a".into()], None)
+    );
+    let voided = store
+        .list_events(&acme.id, Some("invoice.voided"), &page(1, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&voided), ["evt_c"]);
+    let theirs = store
+        .list_events(&globex.id, None, &page(10, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&theirs), ["evt_theirs"]);
+    let none = store
+        .list_events(&OrgId::generate(), None, &page(10, None))
+        .await
+        .unwrap();
+    assert!(none.data.is_empty() && none.next_cursor.is_none());
+}
+
 async fn a_repeated_id_within_one_batch_is_a_duplicate(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let (d1, d2) = (DeliveryId::generate(), DeliveryId::generate());
@@ -3485,6 +3553,7 @@ macro_rules! stories {
             deleting_webhooks_returns_only_what_it_deleted,
             an_event_id_is_stored_once_per_organization,
             an_events_deliveries_are_found_by_its_id,
+            an_organizations_events_are_listed_newest_first,
             a_repeated_id_within_one_batch_is_a_duplicate,
             a_batch_is_stored_all_or_nothing,
             an_unleased_delivery_is_claimed_once,

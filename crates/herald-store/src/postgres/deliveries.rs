@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
-use herald_core::event::Event;
+use herald_core::event::{Event, EventSummary};
 use herald_core::retry::NextStep;
 use herald_core::store::{
     AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
@@ -703,6 +703,48 @@ pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<
         Some(row) => rows::event_at(&row, 0),
         None => Err(not_found()),
     }
+}
+
+/// A page of the organization's events, newest first by their sequence number (migration
+/// 11), through `events_by_org`. With a cursor the statement says `seq < $2` plainly (as
+/// [`list`] explains).
+pub(crate) async fn list_events(
+    c: &impl Conn,
+    org: &OrgId,
+    event_type: Option<&str>,
+    page: &PageRequest,
+) -> DbResult<Page<EventSummary>> {
+    let sql = format!(
+        "SELECT seq, id, type, occurred_at, received_at, correlation_id FROM events \
+         WHERE org_id = $1 AND {} AND ($3::TEXT IS NULL OR type = $3) ORDER BY seq DESC LIMIT $4",
+        if page.cursor.is_some() {
+            "seq < $2"
+        } else {
+            "$2::BIGINT IS NULL"
+        }
+    );
+    let found = c
+        .rows(
+            &sql,
+            &[
+                &org.as_str(),
+                &crate::seq_cursor(page),
+                &event_type,
+                &big(page.limit + 1),
+            ],
+        )
+        .await?;
+    let items = rows::all(found, |r| {
+        Ok(EventSummary {
+            seq: r.try_get(0)?,
+            id: r.try_get(1)?,
+            event_type: r.try_get(2)?,
+            occurred_at: Timestamp::from_millis(r.try_get(3)?),
+            received_at: Timestamp::from_millis(r.try_get(4)?),
+            correlation_id: r.try_get(5)?,
+        })
+    })?;
+    Ok(paginate(items, page, |e| e.seq.to_string()))
 }
 
 pub(crate) async fn get_events(c: &impl Conn, org: &OrgId, ids: &[String]) -> DbResult<Vec<Event>> {

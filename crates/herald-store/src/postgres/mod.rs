@@ -32,7 +32,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
-use herald_core::event::Event;
+use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
@@ -790,6 +790,15 @@ impl Store for PostgresStore {
 
     async fn get_event(&self, org: &OrgId, id: &str) -> StoreResult<Event> {
         on_client!(self, |c| deliveries::get_event(&c, org, id))
+    }
+
+    async fn list_events(
+        &self,
+        org: &OrgId,
+        event_type: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<EventSummary>> {
+        on_client!(self, |c| deliveries::list_events(&c, org, event_type, page))
     }
 
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
-use herald_core::event::Event;
+use herald_core::event::{Event, EventSummary};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult};
 use herald_core::store::{PurgeCount, PurgeFrom};
@@ -473,6 +473,51 @@ pub(crate) fn get_event(conn: &Connection, org: &OrgId, id: &str) -> DbResult<Ev
         .ok_or_else(not_found)
 }
 
+/// A page of the organization's events, newest first, through `events_by_org` (whose key
+/// ends with the sequence number, the table's rowid). With a cursor the statement says
+/// `seq < ?2` plainly, so that the index starts there (as [`list_sql`] explains).
+pub(crate) fn list_events(
+    conn: &Connection,
+    org: &OrgId,
+    event_type: Option<&str>,
+    page: &PageRequest,
+) -> DbResult<Page<EventSummary>> {
+    let items = conn
+        .prepare_cached(&list_events_sql(page.cursor.is_some()))?
+        .query_map(
+            params![
+                org.as_str(),
+                crate::seq_cursor(page),
+                event_type,
+                page.limit + 1
+            ],
+            |r| {
+                Ok(EventSummary {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    event_type: r.get(2)?,
+                    occurred_at: Timestamp::from_millis(r.get(3)?),
+                    received_at: Timestamp::from_millis(r.get(4)?),
+                    correlation_id: r.get(5)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(paginate(items, page, |e| e.seq.to_string()))
+}
+
+fn list_events_sql(after_cursor: bool) -> String {
+    format!(
+        "SELECT seq, id, type, occurred_at, received_at, correlation_id FROM events \
+         WHERE org_id = ?1 AND {} AND (?3 IS NULL OR type = ?3) ORDER BY seq DESC LIMIT ?4",
+        if after_cursor {
+            "seq < ?2"
+        } else {
+            "?2 IS NULL"
+        }
+    )
+}
+
 /// Those of `ids` the organization has, each found by its index (the lookups share one
 /// prepared statement and one read).
 pub(crate) fn get_events(conn: &Connection, org: &OrgId, ids: &[String]) -> DbResult<Vec<Event>> {
@@ -782,6 +827,15 @@ mod tests {
         assert_eq!(
             plan(&list_sql(false)),
             "SEARCH deliveries USING INDEX deliveries_by_webhook (webhook_id=?)"
+        );
+        assert_eq!(
+            plan(&list_events_sql(true)),
+            "SEARCH events USING INDEX events_by_org (org_id=? AND rowid<?)",
+            "an organization's events, from the cursor"
+        );
+        assert_eq!(
+            plan(&list_events_sql(false)),
+            "SEARCH events USING INDEX events_by_org (org_id=?)"
         );
         let claim = plan(&claim_sql());
         assert!(

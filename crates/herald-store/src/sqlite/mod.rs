@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
-use herald_core::event::Event;
+use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
@@ -735,6 +735,17 @@ impl Store for SqliteStore {
     ) -> StoreResult<(Event, Vec<Delivery>)> {
         let (org, id) = (org.clone(), event_id.to_owned());
         self.read(move |c| deliveries::event_deliveries(c, &org, &id, limit))
+            .await
+    }
+
+    async fn list_events(
+        &self,
+        org: &OrgId,
+        event_type: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<EventSummary>> {
+        let (org, event_type, page) = (org.clone(), event_type.map(str::to_owned), page.clone());
+        self.read(move |c| deliveries::list_events(c, &org, event_type.as_deref(), &page))
             .await
     }
 

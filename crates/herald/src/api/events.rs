@@ -1,4 +1,5 @@
-//! `POST /v1/orgs/{org}/events`: the producer API.
+//! `/v1/orgs/{org}/events`: the producer API (`POST`), and the organization's events as they
+//! arrived (`GET`).
 
 use axum::Json;
 use axum::extract::State;
@@ -11,15 +12,64 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::ApiResult;
-use super::extract::{Caller, PathParams, RawJsonBody, parse_json};
+use super::extract::{Caller, PathParams, QueryParams, RawJsonBody, parse_json};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
-use crate::service::ServiceError;
 use crate::service::ingest::{self, IngestReport};
+use crate::service::{ServiceError, deliveries};
+use herald_core::Page;
+use herald_core::event::EventSummary;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(post_events))
+    OpenApiRouter::new().routes(routes!(post_events, list_events))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// At most this many (1 to 200, 50 by default).
+    #[param(minimum = 1, maximum = 200)]
+    #[serde(default, deserialize_with = "super::whole_number")]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    event_type: Option<String>,
+}
+
+/// Lists the organization's events, newest first (in the order they were stored), without
+/// their data: `GET /v1/orgs/{org}/events/{id}` reads one with its data and its deliveries.
+#[utoipa::path(get, path = "/v1/orgs/{org}/events", tag = "events",
+    params(OrgPath, ListQuery),
+    responses(
+        (status = 200, description = "A page of events", body = Page<EventSummary>),
+        (status = 400, description = "The query string is not valid", body = super::ErrorBody),
+        (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
+        (status = 422, description = "`type`, `limit` or `cursor` is not valid (a type the organization does not know, with what it may have meant)", body = super::ErrorBody),
+    ))]
+async fn list_events(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    PathParams(path): PathParams<OrgPath>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Page<EventSummary>>> {
+    let page = super::page_request(q.limit, q.cursor, |c| {
+        c.parse::<u64>()
+            .map_err(|_| herald_core::Invalid::new("cursor", "not a number"))
+    })?;
+    let event_type = q
+        .event_type
+        .map(|t| herald_core::event_type::parse_type_name(&t, "type"))
+        .transpose()
+        .map_err(ServiceError::from)?;
+    let org = org_id(&path.org)?;
+    Ok(Json(
+        deliveries::list_events(&state, &scope, &org, event_type, page).await?,
+    ))
 }
 
 /// One event as a producer posts it. Parsed by `herald_core::event::NewEvent::parse_text`, which

@@ -5,6 +5,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
+use herald_core::event::EventSummary;
 use herald_core::profile::{self, RenderInput};
 use herald_core::store::DeliveryFilter;
 use herald_core::store::StoreError;
@@ -44,16 +45,53 @@ pub async fn list(
         && page.cursor.is_none()
     {
         let snapshot = super::org_snapshot(state, scope, org).await?;
-        if snapshot.resolve_type(wanted).is_none() {
-            return Err(Invalid::new(
-                "event_type",
-                format!(
-                    "'{}' is not an event type of this organization{}, and no delivery has it",
-                    herald_core::truncate_for_message(wanted),
-                    herald_core::suggest::did_you_mean(snapshot.closest_type(wanted, true))
-                ),
-            )
-            .into());
+        refuse_unknown_type(&snapshot, wanted, "event_type", "delivery")?;
+    }
+    Ok(found)
+}
+
+/// For a filter by type that found nothing: an error if the organization has no such type
+/// (most likely a misspelling, with what it may have meant), `Ok` if the list is just empty.
+fn refuse_unknown_type(
+    snapshot: &herald_core::directory::OrgSnapshot,
+    wanted: &str,
+    field: &'static str,
+    listed: &str,
+) -> ServiceResult<()> {
+    if snapshot.resolve_type(wanted).is_some() {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        field,
+        format!(
+            "'{}' is not an event type of this organization{}, and no {listed} has it",
+            herald_core::truncate_for_message(wanted),
+            herald_core::suggest::did_you_mean(snapshot.closest_type(wanted, true))
+        ),
+    )
+    .into())
+}
+
+/// The organization's events, newest first, of one type if `event_type` is given: what
+/// arrived, for "did the producer send it?", without knowing an event's id.
+pub async fn list_events(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    event_type: Option<String>,
+    page: PageRequest,
+) -> ServiceResult<Page<EventSummary>> {
+    scope.check_org(org)?;
+    let found = state
+        .store
+        .list_events(org, event_type.as_deref(), &page)
+        .await
+        .map_err(ServiceError::from_store("organization"))?;
+    // An empty first page: the organization may not exist, or the type be misspelt.
+    if found.data.is_empty() && page.cursor.is_none() {
+        let snapshot = super::org_snapshot(state, scope, org).await?;
+        if let Some(wanted) = &event_type {
+            refuse_unknown_type(&snapshot, wanted, "type", "event")?;
         }
     }
     Ok(found)

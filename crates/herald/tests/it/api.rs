@@ -405,6 +405,7 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             None,
         ),
         (Method::GET, acme_event.clone(), None),
+        (Method::GET, format!("/v1/orgs/{acme}/events"), None),
         (
             Method::PATCH,
             format!("/v1/orgs/{acme}"),
@@ -468,6 +469,7 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
     let delivery = "dlv_01aaaaaaaaaaaaaaaaaaaaaaaa";
     for (method, path, body) in [
         (Method::GET, format!("/v1/orgs/{acme}"), None),
+        (Method::GET, format!("/v1/orgs/{acme}/events"), None),
         (
             Method::PATCH,
             format!("/v1/orgs/{acme}"),
@@ -625,6 +627,109 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// An organization's events are listed newest first, a page at a time, of one type if asked,
+/// without their data; the CLI lists them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organizations_events_are_listed_newest_first() {
+    let app = TestApp::spawn().await;
+    let acme = app.create_org("Acme").await;
+    let globex = app.create_org("Globex").await;
+    for (id, kind) in [
+        ("e1", "user.created"),
+        ("e2", "user.deleted"),
+        ("e3", "user.created"),
+    ] {
+        app.send_event(
+            &acme,
+            json!({ "type": kind, "id": id, "data": { "user": { "id": id } } }),
+        )
+        .await;
+    }
+    app.send_event(
+        &globex,
+        json!({ "type": "user.created", "id": "g1", "data": { "user": { "id": "g1" } } }),
+    )
+    .await;
+    let ids = |page: &Value| -> Vec<String> {
+        let items = page["data"].as_array().unwrap();
+        items
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let list = format!("/v1/orgs/{acme}/events");
+    let (status, first) = app.get(&format!("{list}?limit=2")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(ids(&first), ["e3", "e2"], "{first}");
+    let one = &first["data"][1];
+    assert_eq!(one["type"], "user.deleted", "{first}");
+    assert!(
+        one.get("data").is_none() && one["received_at"].is_string(),
+        "{one}"
+    );
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, rest) = app.get(&format!("{list}?limit=2&cursor={cursor}")).await;
+    assert_eq!(
+        (ids(&rest), &rest["next_cursor"]),
+        (vec!["e1".into()], &Value::Null)
+    );
+    let (_, created) = app.get(&format!("{list}?type=user.created")).await;
+    assert_eq!(ids(&created), ["e3", "e1"]);
+    let (_, theirs) = app.get(&format!("/v1/orgs/{globex}/events")).await;
+    assert_eq!(ids(&theirs), ["g1"]);
+
+    // A misspelt type is named, with what it may have meant; a known type none has is empty.
+    let (status, err) = app.get(&format!("{list}?type=user.creatd")).await;
+    let said = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        status == StatusCode::UNPROCESSABLE_ENTITY && said.contains("did you mean 'user.created'?"),
+        "{err}"
+    );
+    let (status, none) = app.get(&format!("{list}?type=session.revoked")).await;
+    assert_eq!((status, ids(&none)), (StatusCode::OK, vec![]), "{none}");
+    for bad in ["cursor=e3", "limit=0", "limit=201", "typo=1"] {
+        let (status, err) = app.get(&format!("{list}?{bad}")).await;
+        assert!(status.is_client_error(), "{bad}: {status} {err}");
+    }
+    let (status, _) = app
+        .get("/v1/orgs/org_01zzzzzzzzzzzzzzzzzzzzzzzz/events")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The CLI: a table, newest first, then how to ask for more.
+    let (ok, out) = herald_cli(
+        &app,
+        &["events", "list", "--org", "acme", "--limit", "2"],
+        None,
+    )
+    .await;
+    let listed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with('e'))
+        .collect();
+    assert!(
+        ok && listed == ["e3", "e2"] && out.contains("More: add --cursor"),
+        "{out}"
+    );
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "events",
+            "list",
+            "--org",
+            "acme",
+            "--type",
+            "user.deleted",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    let page: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert!(ok && ids(&page) == ["e2"], "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

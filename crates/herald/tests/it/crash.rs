@@ -894,6 +894,15 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
     );
     acked.insert("after".into());
     wait_until_delivered(&rx, &acked, Duration::from_secs(20)).await;
+    // Numbered after the copied events: the newest in the organization's list.
+    let newest = node
+        .get_json(&format!("/v1/orgs/{org}/events?limit=2"))
+        .await;
+    assert_eq!(
+        (&newest["data"][0]["id"], &newest["data"][1]["id"]),
+        (&json!("after"), &json!("before-19")),
+        "{newest}"
+    );
     // Signed with the copied secret.
     let sent = rx.received_on("/sink");
     assert_eq!(sent.len(), 21);

@@ -165,6 +165,21 @@ pub(super) fn api_path(segments: &[&str]) -> anyhow::Result<String> {
     Ok(path)
 }
 
+/// A list's path with its page size and the filters given (`None`s left out).
+pub(super) fn page_path<const N: usize>(
+    path: &str,
+    limit: u32,
+    query: [(&str, Option<String>); N],
+) -> String {
+    let mut path = format!("{path}?limit={limit}");
+    for (key, value) in query {
+        if let Some(value) = value {
+            path.push_str(&format!("&{key}={}", encode(&value)));
+        }
+    }
+    path
+}
+
 /// The token to send, and where it came from: `--token` or `HERALD_TOKEN` (`given`), else
 /// `HERALD_ADMIN_TOKEN`, else the admin token kept in the data directory (`HERALD_DATA_DIR`, as
 /// `herald serve` reads it, or `./herald-data`). A token given empty is refused rather than

@@ -599,6 +599,22 @@ pub enum EventsCommand {
     },
     /// Post an event (or a batch); the same as `herald send`.
     Send(SendArgs),
+    /// The organization's events, newest first (without their data: `events get` shows one
+    /// whole, with where it went).
+    List {
+        /// The organization: its id (`org_…`) or its handle.
+        #[arg(long)]
+        org: String,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// How many, newest first (1–200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Where the page starts: the cursor the previous page ended with.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Show an event and where it went: its delivery to each webhook, with its state.
     Get {
         /// The organization: its id (`org_…`) or its handle.

@@ -32,24 +32,13 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
             limit,
             cursor,
         } => {
-            let mut path = format!(
-                "{}?limit={limit}",
-                api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])?
-            );
-            for (key, value) in [
+            let path = api_path(&["v1", "orgs", &org, "webhooks", &webhook, "deliveries"])?;
+            let query = [
                 ("state", state),
                 ("event_type", event_type),
                 ("cursor", cursor),
-            ] {
-                if let Some(value) = value {
-                    path.push_str(&format!("&{key}={}", encode(&value)));
-                }
-            }
-            let page = api.get(&path)?;
-            show(&conn, &page, cols);
-            if let (false, Some(next)) = (conn.json, page["next_cursor"].as_str()) {
-                eprintln!("More: add --cursor {next}");
-            }
+            ];
+            show_page(&conn, &api.get(&page_path(&path, limit, query))?, cols);
         }
         DeliveriesCommand::Get { org, id } => {
             let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;

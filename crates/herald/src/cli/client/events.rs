@@ -96,6 +96,18 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
             deleted(&conn, &name, &format!("Deleted the event type {name}."));
         }
         EventsCommand::Send(args) => send(conn, args)?,
+        EventsCommand::List {
+            org,
+            event_type,
+            limit,
+            cursor,
+        } => {
+            let org = api.org_id(&org)?;
+            let path = api_path(&["v1", "orgs", &org, "events"])?;
+            let query = [("type", event_type), ("cursor", cursor)];
+            let cols = &["id", "type", "occurred_at", "received_at", "correlation_id"];
+            show_page(&conn, &api.get(&page_path(&path, limit, query))?, cols);
+        }
         EventsCommand::Get { org, id } => {
             let org = api.org_id(&org)?;
             let answer = api.get(&api_path(&["v1", "orgs", &org, "events", &id])?)?;

@@ -88,6 +88,14 @@ pub(super) const WEBHOOK_FIELDS: &[&str] = &[
 ];
 
 /// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
+/// A page of a list, then, unless printing JSON, how to ask for the next one.
+pub(super) fn show_page(conn: &Connection, page: &Value, columns: &[&str]) {
+    show(conn, page, columns);
+    if let (false, Some(next)) = (conn.json, page["next_cursor"].as_str()) {
+        eprintln!("More: add --cursor {next}");
+    }
+}
+
 pub(super) fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     if conn.json {
         print_json(value);
