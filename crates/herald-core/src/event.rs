@@ -47,9 +47,49 @@ pub struct EventSummary {
     pub occurred_at: Timestamp,
     pub received_at: Timestamp,
     pub correlation_id: Option<String>,
-    /// Its place in the store's order of arrival: the list's cursor.
+    /// Its place in the store's order of arrival: with `received_at`, the list's cursor.
     #[serde(skip)]
     pub seq: i64,
+}
+
+impl EventSummary {
+    /// Where the next page starts: after this event.
+    pub fn cursor(&self) -> String {
+        EventCursor {
+            received_at: self.received_at,
+            seq: self.seq,
+        }
+        .to_string()
+    }
+}
+
+/// Where a page of an event list starts: before the event received at `received_at` with
+/// the sequence number `seq` (events are listed by time received, then by order of arrival).
+/// Written `<milliseconds>.<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventCursor {
+    pub received_at: Timestamp,
+    pub seq: i64,
+}
+
+impl EventCursor {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        let number = |n: &str| n.parse::<i64>().ok();
+        text.split_once('.')
+            .and_then(|(at, seq)| {
+                Some(Self {
+                    received_at: Timestamp::from_millis(number(at)?),
+                    seq: number(seq)?,
+                })
+            })
+            .ok_or_else(|| Invalid::new("cursor", "not an event list's cursor"))
+    }
+}
+
+impl std::fmt::Display for EventCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.received_at.as_millis(), self.seq)
+    }
 }
 
 /// An event as posted, checked for shape but not yet against the organization's types.

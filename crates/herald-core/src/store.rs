@@ -202,19 +202,23 @@ pub struct PurgeCount {
 
 /// Where the next step of a purge starts: just after the last event the previous step looked
 /// at, by time received and then by the store's own order of arrival (`seq`, SQLite's sequence
-/// number; PostgreSQL has none, ignores it and starts at the time itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// number; PostgreSQL ignores it and starts at the time itself). SQLite purges every
+/// organization one after another, and `org` says which one the step reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeFrom {
     pub received_at: Timestamp,
     pub seq: i64,
+    pub org: Option<OrgId>,
 }
 
 impl PurgeFrom {
-    /// The first event received at `received_at` or later.
+    /// The first event received at `received_at` or later (on SQLite, of the first
+    /// organization a purge of all looks at).
     pub fn at(received_at: Timestamp) -> Self {
         Self {
             received_at,
             seq: i64::MIN,
+            org: None,
         }
     }
 }

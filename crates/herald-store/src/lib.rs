@@ -27,10 +27,17 @@ pub(crate) fn duration_class_sql(column: &str) -> String {
 }
 
 /// Cuts the one extra row a list query fetched and turns it into the next cursor.
-/// The sequence number an event list's cursor holds. The API lets only numbers through; a
-/// cursor that is not one has nothing before it.
-pub(crate) fn seq_cursor(page: &herald_core::PageRequest) -> Option<i64> {
-    page.cursor.as_deref().map(|c| c.parse().unwrap_or(0))
+/// Where an event list's page starts. The API lets only such cursors through; one that is
+/// not has nothing before it.
+pub(crate) fn event_cursor(
+    page: &herald_core::PageRequest,
+) -> Option<herald_core::event::EventCursor> {
+    page.cursor.as_deref().map(|c| {
+        herald_core::event::EventCursor::parse(c).unwrap_or(herald_core::event::EventCursor {
+            received_at: herald_core::Timestamp::from_millis(i64::MIN),
+            seq: i64::MIN,
+        })
+    })
 }
 
 pub(crate) fn paginate<T>(

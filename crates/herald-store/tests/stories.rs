@@ -905,6 +905,20 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
         .await
         .unwrap();
     assert_eq!(ids(&voided), ["evt_c"]);
+    // A page at a time, through the two events of one millisecond.
+    let (mut walked, mut cursor) = (Vec::new(), None);
+    loop {
+        let one = store
+            .list_events(&acme.id, None, &page(1, cursor))
+            .await
+            .unwrap();
+        walked.extend(ids(&one));
+        cursor = one.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(walked, ["evt_d", "evt_c", "evt_b", "evt_a"]);
     let theirs = store
         .list_events(&globex.id, None, &page(10, None))
         .await
@@ -1748,6 +1762,37 @@ async fn the_retention_purge_walks_the_whole_history_in_steps(store: Arc<dyn Sto
         [3_500],
         "nothing pending went"
     );
+}
+
+/// The retention task's purge reaches every organization's finished history, whichever
+/// organization a step ends in, and with one of them holding a backlog it may not remove.
+async fn the_retention_purge_reaches_every_organization(store: Arc<dyn Store>) {
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    let mut finished = Vec::new();
+    for (i, name) in ["acme", "globex", "initech"].into_iter().enumerate() {
+        let (org, hook) = org_with_webhook(&store, name).await;
+        if name == "globex" {
+            store_placed(&store, &hook, BACKLOG, Placement::Leased).await;
+        }
+        for n in 0..2 {
+            let id = format!("evt_{name}_{n}");
+            let d = deliver(&store, &hook, &id, at(i as i64 + n), true).await;
+            record_first_attempt(&store, &org.id, &d, &ok, NextStep::Succeeded).await;
+            finished.push((org.id.clone(), id));
+        }
+    }
+    for limit in [1, 500] {
+        let (purged, steps) = purge_in_steps(&store, None, at(100), limit).await;
+        if limit == 1 {
+            assert_eq!(purged.events, 6, "in {steps} steps");
+        } else {
+            assert_eq!(purged.events, 0, "nothing left");
+        }
+    }
+    for (org, id) in &finished {
+        assert_not_found(store.get_event(org, id).await);
+    }
+    assert_eq!(pending_counts(&store).await, [BACKLOG as u64]);
 }
 
 async fn a_delivery_stored_for_a_webhook_just_deleted_is_cancelled(store: Arc<dyn Store>) {
@@ -3585,6 +3630,7 @@ macro_rules! stories {
             a_purge_batch_starts_where_the_last_one_ended,
             a_purge_passes_over_a_large_history_it_may_not_remove,
             the_retention_purge_walks_the_whole_history_in_steps,
+            the_retention_purge_reaches_every_organization,
             a_delivery_stored_for_a_webhook_just_deleted_is_cancelled,
             deactivating_a_webhook_parks_its_deliveries_until_it_is_activated,
             disabling_a_webhook_parks_it_and_keeps_what_a_user_changed_meanwhile,

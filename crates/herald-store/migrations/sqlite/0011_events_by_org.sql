@@ -1,4 +1,7 @@
--- An organization's events, newest first (`GET /v1/orgs/{org}/events`). The key is the
--- organization and then, as in every SQLite index, the row's rowid: here the event's sequence
--- number, so each organization's events are in the order they were stored.
-CREATE INDEX events_by_org ON events (org_id);
+-- An organization's events by the time they were received (`GET /v1/orgs/{org}/events`, newest
+-- first; and retention, one organization after another). Its entries end, as in every SQLite
+-- index, with the row's rowid: here the event's sequence number, which orders events received
+-- in the same millisecond. It replaces the index by age alone, which only retention read: one
+-- index less to write for every event stored.
+DROP INDEX events_by_age;
+CREATE INDEX events_by_org ON events (org_id, received_at);

@@ -705,22 +705,24 @@ pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<
     }
 }
 
-/// A page of the organization's events, newest first by their sequence number (migration
-/// 11), through `events_by_org`. With a cursor the statement says `seq < $2` plainly (as
-/// [`list`] explains).
+/// A page of the organization's events, newest first (by time received, then by sequence
+/// number, migration 11), through `events_by_org`. With a cursor the statement says where it
+/// starts plainly (as [`list`] explains).
 pub(crate) async fn list_events(
     c: &impl Conn,
     org: &OrgId,
     event_type: Option<&str>,
     page: &PageRequest,
 ) -> DbResult<Page<EventSummary>> {
+    let cursor = crate::event_cursor(page);
     let sql = format!(
         "SELECT seq, id, type, occurred_at, received_at, correlation_id FROM events \
-         WHERE org_id = $1 AND {} AND ($3::TEXT IS NULL OR type = $3) ORDER BY seq DESC LIMIT $4",
-        if page.cursor.is_some() {
-            "seq < $2"
+         WHERE org_id = $1 AND {} AND ($4::TEXT IS NULL OR type = $4) \
+         ORDER BY received_at DESC, seq DESC LIMIT $5",
+        if cursor.is_some() {
+            "(received_at, seq) < ($2, $3)"
         } else {
-            "$2::BIGINT IS NULL"
+            "$2::BIGINT IS NULL AND $3::BIGINT IS NULL"
         }
     );
     let found = c
@@ -728,7 +730,8 @@ pub(crate) async fn list_events(
             &sql,
             &[
                 &org.as_str(),
-                &crate::seq_cursor(page),
+                &cursor.map(|c| c.received_at.as_millis()),
+                &cursor.map(|c| c.seq),
                 &event_type,
                 &big(page.limit + 1),
             ],
@@ -744,7 +747,7 @@ pub(crate) async fn list_events(
             correlation_id: r.try_get(5)?,
         })
     })?;
-    Ok(paginate(items, page, |e| e.seq.to_string()))
+    Ok(paginate(items, page, EventSummary::cursor))
 }
 
 pub(crate) async fn get_events(c: &impl Conn, org: &OrgId, ids: &[String]) -> DbResult<Vec<Event>> {

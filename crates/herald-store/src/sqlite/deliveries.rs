@@ -473,21 +473,24 @@ pub(crate) fn get_event(conn: &Connection, org: &OrgId, id: &str) -> DbResult<Ev
         .ok_or_else(not_found)
 }
 
-/// A page of the organization's events, newest first, through `events_by_org` (whose key
-/// ends with the sequence number, the table's rowid). With a cursor the statement says
-/// `seq < ?2` plainly, so that the index starts there (as [`list_sql`] explains).
+/// A page of the organization's events, newest first, through `events_by_org` (by time
+/// received, then by sequence number: the rowid every SQLite index ends with). With a cursor
+/// the statement says where it starts plainly, so that the index starts there (as
+/// [`list_sql`] explains).
 pub(crate) fn list_events(
     conn: &Connection,
     org: &OrgId,
     event_type: Option<&str>,
     page: &PageRequest,
 ) -> DbResult<Page<EventSummary>> {
+    let cursor = crate::event_cursor(page);
     let items = conn
-        .prepare_cached(&list_events_sql(page.cursor.is_some()))?
+        .prepare_cached(&list_events_sql(cursor.is_some()))?
         .query_map(
             params![
                 org.as_str(),
-                crate::seq_cursor(page),
+                cursor.map(|c| c.received_at.as_millis()),
+                cursor.map(|c| c.seq),
                 event_type,
                 page.limit + 1
             ],
@@ -503,17 +506,18 @@ pub(crate) fn list_events(
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(paginate(items, page, |e| e.seq.to_string()))
+    Ok(paginate(items, page, EventSummary::cursor))
 }
 
 fn list_events_sql(after_cursor: bool) -> String {
     format!(
         "SELECT seq, id, type, occurred_at, received_at, correlation_id FROM events \
-         WHERE org_id = ?1 AND {} AND (?3 IS NULL OR type = ?3) ORDER BY seq DESC LIMIT ?4",
+         WHERE org_id = ?1 AND {} AND (?4 IS NULL OR type = ?4) \
+         ORDER BY received_at DESC, seq DESC LIMIT ?5",
         if after_cursor {
-            "seq < ?2"
+            "(received_at, seq) < (?2, ?3)"
         } else {
-            "?2 IS NULL"
+            "?2 IS NULL AND ?3 IS NULL"
         }
     )
 }
@@ -599,52 +603,78 @@ pub(crate) fn purge(
     from: Option<PurgeFrom>,
 ) -> DbResult<(PurgeCount, Option<PurgeFrom>)> {
     // Deliveries name their event by its sequence number (migration 8), so each step here goes
-    // through an index: events by age (whose entries end with the sequence number, so that the
-    // step's start is one seek however many events share a millisecond), deliveries by event
-    // sequence, attempts by delivery. Only events of `org` with nothing pending are victims;
-    // the rest are passed over, at most PURGE_SCAN of them per step.
-    let (from_at, from_seq) =
-        from.map_or((i64::MIN, i64::MIN), |f| (f.received_at.as_millis(), f.seq));
-    let looked_at: Vec<(i64, i64, bool)> = conn
-        .prepare_cached(
-            "SELECT e.seq, e.received_at, \
-               CASE WHEN ?2 IS NOT NULL AND e.org_id <> ?2 THEN 0 \
-                    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq \
-                                 AND d.state = 'pending') THEN 0 \
-                    ELSE 1 END \
-             FROM events e INDEXED BY events_by_age \
-             WHERE e.received_at < ?1 AND (e.received_at, e.seq) > (?3, ?4) \
-             ORDER BY e.received_at, e.seq LIMIT ?5",
-        )?
-        .query_map(
-            params![
-                cutoff.as_millis(),
-                org.map(|o| o.as_str()),
-                from_at,
-                from_seq,
-                PURGE_SCAN
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?
-        .collect::<Result<_, _>>()?;
-    let position = |&(seq, at, _): &(i64, i64, bool)| PurgeFrom {
-        received_at: Timestamp::from_millis(at),
-        seq,
+    // through an index: an organization's events by age (`events_by_org`, whose entries end
+    // with the sequence number, so that the step's start is one seek however many events share
+    // a millisecond), deliveries by event sequence, attempts by delivery. Events with something
+    // pending are passed over, at most PURGE_SCAN of them per step. A purge of every
+    // organization walks them one after another, in the order of their ids; moving on to the
+    // next one counts as one event looked at, so that a step stays bounded however many
+    // organizations have nothing to purge.
+    let (mut at, mut seq) = from
+        .as_ref()
+        .map_or((i64::MIN, i64::MIN), |f| (f.received_at.as_millis(), f.seq));
+    let mut walked = match (org, from.and_then(|f| f.org)) {
+        (Some(org), _) => Some(org.to_string()),
+        (None, Some(walked)) => Some(walked.to_string()),
+        (None, None) => next_org_with_events(conn, "")?,
     };
+    let mut look = conn.prepare_cached(
+        "SELECT e.seq, e.received_at, NOT EXISTS (SELECT 1 FROM deliveries d \
+             WHERE d.event_seq = e.seq AND d.state = 'pending') \
+         FROM events e INDEXED BY events_by_org \
+         WHERE e.org_id = ?1 AND e.received_at < ?2 AND (e.received_at, e.seq) > (?3, ?4) \
+         ORDER BY e.received_at, e.seq LIMIT ?5",
+    )?;
     let mut victims = Vec::new();
-    let mut next = None;
-    for row in &looked_at {
-        if row.2 {
-            victims.push(row.0);
-            if victims.len() >= limit as usize {
-                next = Some(position(row));
-                break;
+    let mut looked_at = 0;
+    let next = loop {
+        let Some(current) = walked.take() else {
+            break None;
+        };
+        let rows: Vec<(i64, i64, bool)> = look
+            .query_map(
+                params![current, cutoff.as_millis(), at, seq, PURGE_SCAN - looked_at],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        looked_at += rows.len() as u32;
+        // Where the next step starts: after this event (of this organization, when walking all).
+        let after = |&(event, received, _): &(i64, i64, bool)| PurgeFrom {
+            received_at: Timestamp::from_millis(received),
+            seq: event,
+            org: org.is_none().then(|| OrgId::from_trusted(current.clone())),
+        };
+        let mut filled = None;
+        for row in &rows {
+            if row.2 {
+                victims.push(row.0);
+                if victims.len() >= limit as usize {
+                    filled = Some(after(row));
+                    break;
+                }
             }
         }
-    }
-    if next.is_none() && looked_at.len() >= PURGE_SCAN as usize {
-        next = looked_at.last().map(position);
-    }
+        if filled.is_some() {
+            break filled;
+        }
+        if looked_at >= PURGE_SCAN {
+            break rows.last().map(after);
+        }
+        // This organization is done; when walking all, the next one from its first event.
+        if org.is_some() {
+            break None;
+        }
+        looked_at += 1;
+        walked = next_org_with_events(conn, &current)?;
+        (at, seq) = (i64::MIN, i64::MIN);
+        if looked_at >= PURGE_SCAN {
+            break walked.map(|next| PurgeFrom {
+                received_at: Timestamp::from_millis(i64::MIN),
+                seq: i64::MIN,
+                org: Some(OrgId::from_trusted(next)),
+            });
+        }
+    };
     let mut count = PurgeCount::default();
     let mut attempts = conn.prepare_cached(
         "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq = ?1)",
@@ -657,6 +687,17 @@ pub(crate) fn purge(
         count.events += events.execute([seq])? as u64;
     }
     Ok((count, next))
+}
+
+/// The first organization after `after` (by id) that has events, found by one seek.
+fn next_org_with_events(conn: &Connection, after: &str) -> DbResult<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT org_id FROM events INDEXED BY events_by_org WHERE org_id > ?1 \
+             ORDER BY org_id LIMIT 1",
+        )?
+        .query_row([after], |r| r.get(0))
+        .optional()?)
 }
 
 pub(crate) fn renew_leases(
@@ -830,7 +871,7 @@ mod tests {
         );
         assert_eq!(
             plan(&list_events_sql(true)),
-            "SEARCH events USING INDEX events_by_org (org_id=? AND rowid<?)",
+            "SEARCH events USING INDEX events_by_org (org_id=? AND received_at<?)",
             "an organization's events, from the cursor"
         );
         assert_eq!(

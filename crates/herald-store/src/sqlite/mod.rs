@@ -775,7 +775,7 @@ impl Store for SqliteStore {
         from: Option<PurgeFrom>,
     ) -> StoreResult<(PurgeCount, Option<PurgeFrom>)> {
         let org = org.cloned();
-        self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit, from))
+        self.write(move |c| deliveries::purge(c, org.as_ref(), cutoff, limit, from.clone()))
             .await
     }
 

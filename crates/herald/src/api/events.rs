@@ -57,10 +57,7 @@ async fn list_events(
     PathParams(path): PathParams<OrgPath>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Page<EventSummary>>> {
-    let page = super::page_request(q.limit, q.cursor, |c| {
-        c.parse::<u64>()
-            .map_err(|_| herald_core::Invalid::new("cursor", "not a number"))
-    })?;
+    let page = super::page_request(q.limit, q.cursor, herald_core::event::EventCursor::parse)?;
     let event_type = q
         .event_type
         .map(|t| herald_core::event_type::parse_type_name(&t, "type"))
