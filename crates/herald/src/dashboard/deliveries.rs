@@ -332,7 +332,8 @@ async fn show_delivery(
     ))
 }
 
-/// One event and its delivery to each webhook.
+/// One event and its delivery to each webhook; without an id asked for, the organization's
+/// events, newest first.
 #[derive(Serialize)]
 struct EventPage {
     org_id: String,
@@ -342,6 +343,26 @@ struct EventPage {
     rows: Vec<EventDeliveryRow>,
     /// It went to more webhooks than shown.
     truncated: bool,
+    /// The list, when no id is asked for.
+    recent: Option<RecentEvents>,
+}
+
+#[derive(Serialize)]
+struct RecentEvents {
+    rows: Vec<RecentEvent>,
+    /// The type the list is filtered by (empty: any), and the types to choose from.
+    event_type: String,
+    event_types: Vec<String>,
+    next_href: Option<String>,
+    first_href: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RecentEvent {
+    id: String,
+    event_type: String,
+    received: String,
+    correlation_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -379,10 +400,11 @@ async fn show_event(
         event: None,
         rows: Vec::new(),
         truncated: false,
+        recent: None,
     };
     let mut status = StatusCode::OK;
     if asked.is_empty() {
-        // Only the search box.
+        page.recent = Some(recent_events(&state, &signed, &org.id, &form).await?);
     } else if herald_core::event::parse_event_id(&asked).is_err() {
         // What no event id can be (a space, over 255 characters) is not looked up.
         status = StatusCode::NOT_FOUND;
@@ -414,12 +436,61 @@ async fn show_event(
         }
     }
     let title = if asked.is_empty() {
-        "Find an event".to_owned()
+        "Events".to_owned()
     } else {
         format!("Event {}", herald_core::truncate_for_message(&asked))
     };
     let layout = Layout::new(&state, &signed, title, Some(&org)).await;
     Ok(templates::render(status, "event.html", &layout, page))
+}
+
+/// A page of the organization's events, newest first, of the type the form asks for.
+async fn recent_events(
+    state: &AppState,
+    signed: &Signed,
+    org: &OrgId,
+    form: &super::forms::Form,
+) -> DashResult<RecentEvents> {
+    let type_filter = form.text("type");
+    let event_type = Some(type_filter.as_str())
+        .filter(|t| !t.is_empty())
+        .map(|t| herald_core::event_type::parse_type_name(t, "type"))
+        .transpose()
+        .map_err(ServiceError::from)?;
+    let cursor = Some(form.text("cursor")).filter(|c| !c.is_empty());
+    let href = |cursor: Option<&str>| {
+        let mut query = vec![("type", type_filter.as_str())];
+        query.extend(cursor.map(|c| ("cursor", c)));
+        let query = serde_urlencoded::to_string(query).unwrap_or_default();
+        format!("/orgs/{org}/events?{query}")
+    };
+    // Past the first page, a way back to the newest (cursors lead only to older ones).
+    let first_href = cursor.is_some().then(|| href(None));
+    let page = PageRequest::of_ids(Some(50), cursor, herald_core::event::EventCursor::parse)
+        .map_err(ServiceError::from)?;
+    let list = deliveries::list_events(state, &signed.scope, org, event_type, page).await?;
+    let mut event_types: Vec<String> = event_types::list_for_org(state, &signed.scope, org)
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    event_types.sort();
+    Ok(RecentEvents {
+        rows: list
+            .data
+            .into_iter()
+            .map(|e| RecentEvent {
+                id: e.id,
+                event_type: e.event_type,
+                received: when(e.received_at),
+                correlation_id: e.correlation_id,
+            })
+            .collect(),
+        event_type: type_filter.clone(),
+        event_types,
+        next_href: list.next_cursor.as_deref().map(|c| href(Some(c))),
+        first_href,
+    })
 }
 
 async fn resend_delivery(

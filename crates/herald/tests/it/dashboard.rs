@@ -397,6 +397,44 @@ async fn where_an_event_went_is_found_by_its_id() {
         "{}",
         page.body
     );
+
+    // Without an id, the organization's events, newest first, each leading to its page; a
+    // type to filter by; 50 a page, then older ones.
+    for n in 0..50 {
+        app.send_event(
+            &org,
+            json!({ "type": "user.deleted", "id": format!("gone-{n}"), "data": { "user": { "id": "u1" } } }),
+        )
+        .await;
+    }
+    let recent = admin.get(&format!("/orgs/{org}/events")).await;
+    let body = slashes(&recent.body);
+    assert_eq!(recent.status, StatusCode::OK, "{body}");
+    let (newest, oldest_shown) = (body.find("gone-49"), body.find("gone-0<"));
+    assert!(
+        newest.is_some() && oldest_shown.is_some() && newest < oldest_shown,
+        "{body}"
+    );
+    assert!(
+        !body.contains(&link) && body.contains("Older events"),
+        "{body}"
+    );
+    let next = body
+        .split("href=\"")
+        .filter_map(|h| h.split('"').next())
+        .find(|h| h.contains("cursor="))
+        .unwrap_or_else(|| panic!("{body}"))
+        .replace("&amp;", "&");
+    let older = slashes(&admin.get(&next).await.body);
+    assert!(
+        older.contains(&link) && older.contains("Newest events"),
+        "{older}"
+    );
+    let created = admin
+        .get(&format!("/orgs/{org}/events?type=user.created"))
+        .await;
+    let body = slashes(&created.body);
+    assert!(body.contains(&link) && !body.contains("gone-"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
