@@ -47,9 +47,6 @@ pub struct EventSummary {
     pub occurred_at: Timestamp,
     pub received_at: Timestamp,
     pub correlation_id: Option<String>,
-    /// Its place in the store's order of arrival: with `received_at`, the list's cursor.
-    #[serde(skip)]
-    pub seq: i64,
 }
 
 impl EventSummary {
@@ -57,38 +54,46 @@ impl EventSummary {
     pub fn cursor(&self) -> String {
         EventCursor {
             received_at: self.received_at,
-            seq: self.seq,
+            id: self.id.clone(),
         }
         .to_string()
     }
 }
 
-/// Where a page of an event list starts: before the event received at `received_at` with
-/// the sequence number `seq` (events are listed by time received, then by order of arrival).
-/// Written `<milliseconds>.<seq>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a page of an event list starts: after the event received at `received_at` with the
+/// id `id`. Events are listed newest first by time received, then by id (byte order, the same
+/// on both backends), so the order is total however many share a millisecond. Written
+/// `<milliseconds>.<the id in unpadded base64url>`, which a query string carries as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventCursor {
     pub received_at: Timestamp,
-    pub seq: i64,
+    pub id: String,
 }
 
 impl EventCursor {
     pub fn parse(text: &str) -> Result<Self, Invalid> {
-        let number = |n: &str| n.parse::<i64>().ok();
-        text.split_once('.')
-            .and_then(|(at, seq)| {
-                Some(Self {
-                    received_at: Timestamp::from_millis(number(at)?),
-                    seq: number(seq)?,
-                })
-            })
-            .ok_or_else(|| Invalid::new("cursor", "not an event list's cursor"))
+        use base64::Engine;
+        let invalid = || Invalid::new("cursor", "not an event list's cursor");
+        let (at, id) = text.split_once('.').ok_or_else(invalid)?;
+        let at = at.parse::<i64>().map_err(|_| invalid())?;
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(id)
+            .ok()
+            .and_then(|id| String::from_utf8(id).ok())
+            .and_then(|id| parse_event_id(&id).ok())
+            .ok_or_else(invalid)?;
+        Ok(Self {
+            received_at: Timestamp::from_millis(at),
+            id,
+        })
     }
 }
 
 impl std::fmt::Display for EventCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.received_at.as_millis(), self.seq)
+        use base64::Engine;
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.id);
+        write!(f, "{}.{id}", self.received_at.as_millis())
     }
 }
 
@@ -393,6 +398,29 @@ fn depth(v: &Value) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_event_cursor_reads_back_what_it_wrote_and_nothing_else() {
+        let cursor = EventCursor {
+            received_at: Timestamp::from_millis(1_733_461_234_567),
+            id: "tenant/42?x#1%&.".into(),
+        };
+        let written = cursor.to_string();
+        // Safe in a query string as it is.
+        assert!(written.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        assert_eq!(EventCursor::parse(&written), Ok(cursor));
+        let longest = EventCursor {
+            received_at: Timestamp::from_millis(i64::MAX),
+            id: "x".repeat(255),
+        };
+        let written = longest.to_string();
+        assert!(crate::PageRequest::new(None, Some(written.clone())).is_ok());
+        assert_eq!(EventCursor::parse(&written), Ok(longest));
+        // What no cursor is: no time, no id, an id no event can have (a space), not base64.
+        for bad in ["", "123", "x.ZQ", "123.", "123.ZSBl", "123.!!"] {
+            assert!(EventCursor::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_correlation_id_is_visible_ascii_as_an_event_id() {

@@ -141,6 +141,8 @@ pub struct PageRequest {
 impl PageRequest {
     pub const DEFAULT_LIMIT: u32 = 50;
     pub const MAX_LIMIT: u32 = 200;
+    /// An event list's cursor carries an event id (up to 255 characters, in base64).
+    const MAX_CURSOR_LEN: usize = 400;
 
     pub fn new(limit: Option<u32>, cursor: Option<String>) -> Result<Self, Invalid> {
         let limit = limit.unwrap_or(Self::DEFAULT_LIMIT);
@@ -152,7 +154,7 @@ impl PageRequest {
         }
         let cursor = cursor.filter(|c| !c.is_empty());
         if let Some(c) = &cursor
-            && (c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()))
+            && (c.len() > Self::MAX_CURSOR_LEN || !c.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(Invalid::new("cursor", "is not a cursor Herald gave out"));
         }
@@ -172,7 +174,7 @@ impl PageRequest {
             let Ok(id) = parse(cursor) else {
                 return Err(Invalid::new(
                     "cursor",
-                    "is not a cursor of this kind of list (one is the id of the last item of a page, as next_cursor gives it): pass the previous page's next_cursor, or none for the first page",
+                    "is not a cursor of this kind of list: pass the previous page's next_cursor as it was given, or none for the first page",
                 ));
             };
             // As the id reads everywhere else (ids are case-insensitive): compared as given, an

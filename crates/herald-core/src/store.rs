@@ -461,10 +461,10 @@ pub trait Store: Send + Sync + 'static {
         event_id: &str,
         limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)>;
-    /// A page of the organization's events, newest first (in the order the store took them),
-    /// of one type if `event_type` is given. The cursor is the last one's [`EventSummary::seq`].
+    /// A page of the organization's events, newest first (by time received, then by id), of
+    /// one type if `event_type` is given. The cursor is an [`EventCursor`] after the last one.
     ///
-    /// [`EventSummary::seq`]: crate::event::EventSummary::seq
+    /// [`EventCursor`]: crate::event::EventCursor
     async fn list_events(
         &self,
         org: &OrgId,
@@ -487,7 +487,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<DueDelivery>;
     /// One step of a purge: deletes up to `limit` events received before `cutoff` (of `org`,
     /// or of every organization) whose deliveries are all finished, with those deliveries and
-    /// their attempts, oldest first and starting at `from`. Answers what it removed and where
+    /// their attempts, oldest first (on SQLite, one organization after another) and starting
+    /// at `from`. Answers what it removed and where
     /// the next step starts, `None` once every event before `cutoff` has been looked at:
     /// callers repeat it until then, so that events kept back by a pending delivery are passed
     /// over once per run, not once per step. A step may look at only so many events (SQLite's

@@ -7,8 +7,8 @@
 //!
 //! The columns copied are PostgreSQL's, read from its catalog, so that a column added to both
 //! backends by a later migration is copied without a change here; a table this module does not
-//! name stops the copy rather than being left behind. The events keep their sequence numbers
-//! (the order of an organization's event list), and PostgreSQL's numbering goes on after them.
+//! name stops the copy rather than being left behind. SQLite's own columns (the events'
+//! sequence numbers) have no counterpart and are not copied.
 //!
 //! A thread reads SQLite in one read transaction (a consistent snapshot) and hands chunks of
 //! rows to the PostgreSQL side, which inserts each chunk with one statement (`unnest` over one
@@ -261,14 +261,6 @@ pub async fn sqlite_to_postgres(
         .map_err(sql)?
         .get(0);
     copied.deleted_webhooks = deleted as u64;
-    // Events stored from now on are numbered after the copied ones.
-    tx.execute(
-        "SELECT setval(pg_get_serial_sequence('events', 'seq'), max(seq)) FROM events \
-         HAVING max(seq) IS NOT NULL",
-        &[],
-    )
-    .await
-    .map_err(sql)?;
     tx.commit().await.map_err(sql)?;
     // Statistics now rather than when autovacuum gets to them (if it is on): until then the
     // planner takes the tables for empty, and a node's first statements over millions of rows

@@ -26,20 +26,20 @@ pub(crate) fn duration_class_sql(column: &str) -> String {
     sql
 }
 
-/// Cuts the one extra row a list query fetched and turns it into the next cursor.
 /// Where an event list's page starts. The API lets only such cursors through; one that is
-/// not has nothing before it.
+/// not has nothing after it.
 pub(crate) fn event_cursor(
     page: &herald_core::PageRequest,
 ) -> Option<herald_core::event::EventCursor> {
     page.cursor.as_deref().map(|c| {
         herald_core::event::EventCursor::parse(c).unwrap_or(herald_core::event::EventCursor {
             received_at: herald_core::Timestamp::from_millis(i64::MIN),
-            seq: i64::MIN,
+            id: String::new(),
         })
     })
 }
 
+/// Cuts the one extra row a list query fetched and turns it into the next cursor.
 pub(crate) fn paginate<T>(
     mut items: Vec<T>,
     page: &herald_core::PageRequest,

@@ -705,9 +705,9 @@ pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<
     }
 }
 
-/// A page of the organization's events, newest first (by time received, then by sequence
-/// number, migration 11), through `events_by_org`. With a cursor the statement says where it
-/// starts plainly (as [`list`] explains).
+/// A page of the organization's events, newest first (by time received, then by id: `"C"`,
+/// byte order, as SQLite's), through `events_by_org` (migration 11), which PostgreSQL starts at
+/// the cursor's row value. With a cursor the statement says so plainly (as [`list`] explains).
 pub(crate) async fn list_events(
     c: &impl Conn,
     org: &OrgId,
@@ -716,13 +716,13 @@ pub(crate) async fn list_events(
 ) -> DbResult<Page<EventSummary>> {
     let cursor = crate::event_cursor(page);
     let sql = format!(
-        "SELECT seq, id, type, occurred_at, received_at, correlation_id FROM events \
+        "SELECT id, type, occurred_at, received_at, correlation_id FROM events \
          WHERE org_id = $1 AND {} AND ($4::TEXT IS NULL OR type = $4) \
-         ORDER BY received_at DESC, seq DESC LIMIT $5",
+         ORDER BY received_at DESC, id DESC LIMIT $5",
         if cursor.is_some() {
-            "(received_at, seq) < ($2, $3)"
+            "(received_at, id) < ($2, $3)"
         } else {
-            "$2::BIGINT IS NULL AND $3::BIGINT IS NULL"
+            "$2::BIGINT IS NULL AND $3::TEXT IS NULL"
         }
     );
     let found = c
@@ -730,8 +730,8 @@ pub(crate) async fn list_events(
             &sql,
             &[
                 &org.as_str(),
-                &cursor.map(|c| c.received_at.as_millis()),
-                &cursor.map(|c| c.seq),
+                &cursor.as_ref().map(|c| c.received_at.as_millis()),
+                &cursor.as_ref().map(|c| c.id.as_str()),
                 &event_type,
                 &big(page.limit + 1),
             ],
@@ -739,12 +739,11 @@ pub(crate) async fn list_events(
         .await?;
     let items = rows::all(found, |r| {
         Ok(EventSummary {
-            seq: r.try_get(0)?,
-            id: r.try_get(1)?,
-            event_type: r.try_get(2)?,
-            occurred_at: Timestamp::from_millis(r.try_get(3)?),
-            received_at: Timestamp::from_millis(r.try_get(4)?),
-            correlation_id: r.try_get(5)?,
+            id: r.try_get(0)?,
+            event_type: r.try_get(1)?,
+            occurred_at: Timestamp::from_millis(r.try_get(2)?),
+            received_at: Timestamp::from_millis(r.try_get(3)?),
+            correlation_id: r.try_get(4)?,
         })
     })?;
     Ok(paginate(items, page, EventSummary::cursor))

@@ -473,54 +473,95 @@ pub(crate) fn get_event(conn: &Connection, org: &OrgId, id: &str) -> DbResult<Ev
         .ok_or_else(not_found)
 }
 
-/// A page of the organization's events, newest first, through `events_by_org` (by time
-/// received, then by sequence number: the rowid every SQLite index ends with). With a cursor
-/// the statement says where it starts plainly, so that the index starts there (as
-/// [`list_sql`] explains).
+/// A page of the organization's events, newest first (by time received, then by id), through
+/// `events_by_org`. After a cursor, in two statements that each start the index where they
+/// should: the rest of the cursor's millisecond, then what was received before it. (Written
+/// as one row-value comparison, SQLite bounds the index by the time alone and walks the
+/// millisecond's other events, a thousand for each batch stored in it.)
 pub(crate) fn list_events(
     conn: &Connection,
     org: &OrgId,
     event_type: Option<&str>,
     page: &PageRequest,
 ) -> DbResult<Page<EventSummary>> {
+    let want = page.limit as usize + 1;
+    let summary = |r: &rusqlite::Row<'_>| {
+        Ok(EventSummary {
+            id: r.get(0)?,
+            event_type: r.get(1)?,
+            occurred_at: Timestamp::from_millis(r.get(2)?),
+            received_at: Timestamp::from_millis(r.get(3)?),
+            correlation_id: r.get(4)?,
+        })
+    };
+    // One snapshot for both statements: an event stored between them is in neither or both.
+    let _snapshot = conn.unchecked_transaction()?;
+    let mut items = Vec::with_capacity(want);
     let cursor = crate::event_cursor(page);
-    let items = conn
-        .prepare_cached(&list_events_sql(cursor.is_some()))?
-        .query_map(
-            params![
-                org.as_str(),
-                cursor.map(|c| c.received_at.as_millis()),
-                cursor.map(|c| c.seq),
-                event_type,
-                page.limit + 1
-            ],
-            |r| {
-                Ok(EventSummary {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    event_type: r.get(2)?,
-                    occurred_at: Timestamp::from_millis(r.get(3)?),
-                    received_at: Timestamp::from_millis(r.get(4)?),
-                    correlation_id: r.get(5)?,
-                })
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(cursor) = &cursor {
+        items = conn
+            .prepare_cached(&list_events_sql(EventsFrom::SameMillisecond))?
+            .query_map(
+                params![
+                    org.as_str(),
+                    cursor.received_at.as_millis(),
+                    cursor.id,
+                    event_type,
+                    want
+                ],
+                summary,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    if items.len() < want {
+        let from = if cursor.is_some() {
+            EventsFrom::Before
+        } else {
+            EventsFrom::Newest
+        };
+        let rest = conn
+            .prepare_cached(&list_events_sql(from))?
+            .query_map(
+                params![
+                    org.as_str(),
+                    cursor.as_ref().map(|c| c.received_at.as_millis()),
+                    None::<String>,
+                    event_type,
+                    want - items.len()
+                ],
+                summary,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        items.extend(rest);
+    }
     Ok(paginate(items, page, EventSummary::cursor))
 }
 
-fn list_events_sql(after_cursor: bool) -> String {
+/// Where a statement of [`list_events`] starts.
+#[derive(Clone, Copy)]
+enum EventsFrom {
+    Newest,
+    /// After the cursor's event, in its millisecond.
+    SameMillisecond,
+    /// Received before the cursor's millisecond.
+    Before,
+}
+
+fn list_events_sql(from: EventsFrom) -> String {
+    let start = match from {
+        EventsFrom::Newest => "?2 IS NULL AND ?3 IS NULL",
+        EventsFrom::SameMillisecond => "received_at = ?2 AND id < ?3",
+        EventsFrom::Before => "received_at < ?2 AND ?3 IS NULL",
+    };
     format!(
-        "SELECT seq, id, type, occurred_at, received_at, correlation_id FROM events \
-         WHERE org_id = ?1 AND {} AND (?4 IS NULL OR type = ?4) \
-         ORDER BY received_at DESC, seq DESC LIMIT ?5",
-        if after_cursor {
-            "(received_at, seq) < (?2, ?3)"
-        } else {
-            "?2 IS NULL AND ?3 IS NULL"
-        }
+        "SELECT {EVENT_SUMMARY} FROM events INDEXED BY events_by_org \
+         WHERE org_id = ?1 AND {start} AND (?4 IS NULL OR type = ?4) \
+         ORDER BY received_at DESC, id DESC LIMIT ?5"
     )
 }
+
+/// What a list shows of an event.
+const EVENT_SUMMARY: &str = "id, type, occurred_at, received_at, correlation_id";
 
 /// Those of `ids` the organization has, each found by its index (the lookups share one
 /// prepared statement and one read).
@@ -588,9 +629,13 @@ pub(crate) fn resend(
 }
 
 /// The most events one step of a purge looks at. Each step is one job of the writer that every
-/// tenant shares, and purging a small organization may pass over millions of others' events
-/// (or of events kept back by a pending delivery): passing over 2,000 takes about 0.4 ms.
+/// tenant shares, and an organization may have millions of events kept back by a pending
+/// delivery: passing over 2,000 takes about 0.4 ms.
 const PURGE_SCAN: u32 = 2_000;
+/// What moving on to the next organization counts for, in events looked at: two seeks, each
+/// dearer than a step along the index, so that a step of a purge of every organization stays
+/// bounded however many organizations have nothing to purge.
+const PURGE_ORG_HOP: u32 = 20;
 
 /// One step of a purge: deletes up to `limit` events received before `cutoff` (of one
 /// organization, or all) that have no pending delivery, with their deliveries and attempts.
@@ -604,12 +649,12 @@ pub(crate) fn purge(
 ) -> DbResult<(PurgeCount, Option<PurgeFrom>)> {
     // Deliveries name their event by its sequence number (migration 8), so each step here goes
     // through an index: an organization's events by age (`events_by_org`, whose entries end
-    // with the sequence number, so that the step's start is one seek however many events share
-    // a millisecond), deliveries by event sequence, attempts by delivery. Events with something
-    // pending are passed over, at most PURGE_SCAN of them per step. A purge of every
-    // organization walks them one after another, in the order of their ids; moving on to the
-    // next one counts as one event looked at, so that a step stays bounded however many
-    // organizations have nothing to purge.
+    // with the sequence number, which orders the events of one millisecond), deliveries by
+    // event sequence, attempts by delivery. Events with something pending are passed over, at
+    // most PURGE_SCAN of them per step. (SQLite bounds the index by the time alone and steps
+    // over the start's millisecond to the sequence number; a step stopped in a batch of a
+    // thousand events starts there again.) A purge of every organization walks them one after
+    // another, in the order of their ids, each move counting PURGE_ORG_HOP.
     let (mut at, mut seq) = from
         .as_ref()
         .map_or((i64::MIN, i64::MIN), |f| (f.received_at.as_millis(), f.seq));
@@ -639,10 +684,8 @@ pub(crate) fn purge(
             .collect::<Result<_, _>>()?;
         looked_at += rows.len() as u32;
         // Where the next step starts: after this event (of this organization, when walking all).
-        let after = |&(event, received, _): &(i64, i64, bool)| PurgeFrom {
-            received_at: Timestamp::from_millis(received),
-            seq: event,
-            org: org.is_none().then(|| OrgId::from_trusted(current.clone())),
+        let after = |&(event, received, _): &(i64, i64, bool)| {
+            purge_from(received, event, org.is_none().then_some(current.as_str()))
         };
         let mut filled = None;
         for row in &rows {
@@ -664,15 +707,11 @@ pub(crate) fn purge(
         if org.is_some() {
             break None;
         }
-        looked_at += 1;
+        looked_at += PURGE_ORG_HOP;
         walked = next_org_with_events(conn, &current)?;
         (at, seq) = (i64::MIN, i64::MIN);
         if looked_at >= PURGE_SCAN {
-            break walked.map(|next| PurgeFrom {
-                received_at: Timestamp::from_millis(i64::MIN),
-                seq: i64::MIN,
-                org: Some(OrgId::from_trusted(next)),
-            });
+            break walked.map(|next| purge_from(at, seq, Some(&next)));
         }
     };
     let mut count = PurgeCount::default();
@@ -687,6 +726,14 @@ pub(crate) fn purge(
         count.events += events.execute([seq])? as u64;
     }
     Ok((count, next))
+}
+
+fn purge_from(received_at: i64, seq: i64, org: Option<&str>) -> PurgeFrom {
+    PurgeFrom {
+        received_at: Timestamp::from_millis(received_at),
+        seq,
+        org: org.map(|o| OrgId::from_trusted(o.to_owned())),
+    }
 }
 
 /// The first organization after `after` (by id) that has events, found by one seek.
@@ -869,14 +916,26 @@ mod tests {
             plan(&list_sql(false)),
             "SEARCH deliveries USING INDEX deliveries_by_webhook (webhook_id=?)"
         );
-        assert_eq!(
-            plan(&list_events_sql(true)),
-            "SEARCH events USING INDEX events_by_org (org_id=? AND received_at<?)",
-            "an organization's events, from the cursor"
+        let events = |from| plan(&list_events_sql(from));
+        assert!(
+            events(EventsFrom::SameMillisecond).starts_with(
+                "SEARCH events USING INDEX events_by_org (org_id=? AND received_at=?)"
+            ),
+            "the rest of the cursor's millisecond: {}",
+            events(EventsFrom::SameMillisecond)
         );
-        assert_eq!(
-            plan(&list_events_sql(false)),
-            "SEARCH events USING INDEX events_by_org (org_id=?)"
+        assert!(
+            events(EventsFrom::Before).starts_with(
+                "SEARCH events USING INDEX events_by_org (org_id=? AND received_at<?)"
+            ),
+            "{}",
+            events(EventsFrom::Before)
+        );
+        assert!(
+            events(EventsFrom::Newest)
+                .starts_with("SEARCH events USING INDEX events_by_org (org_id=?)"),
+            "{}",
+            events(EventsFrom::Newest)
         );
         let claim = plan(&claim_sql());
         assert!(

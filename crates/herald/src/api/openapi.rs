@@ -30,7 +30,7 @@ use super::error::ErrorBody;
     tags(
         (name = "organizations", description = "Tenants and their API keys"),
         (name = "event types", description = "The built-in catalogs and an organization's own types"),
-        (name = "events", description = "The producer API"),
+        (name = "events", description = "The producer API, and the organization's events as they arrived"),
         (name = "webhooks", description = "Subscriptions: where to send what, and how to sign it"),
         (name = "deliveries", description = "Delivery history, attempts, resend and recovery"),
         (name = "operations", description = "Health, readiness and metrics"),

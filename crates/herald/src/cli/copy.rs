@@ -147,7 +147,10 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
             return counted;
         }
         let its = if deleted == 1 { "its" } else { "their" };
-        format!("{counted} ({deleted} deleted, kept for {its} history)")
+        format!(
+            "{counted} ({} deleted, kept for {its} history)",
+            thousands(deleted)
+        )
     });
     out!(
         "Copied in {:.1} s: {}.",

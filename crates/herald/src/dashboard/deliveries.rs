@@ -139,16 +139,7 @@ async fn list_deliveries(
         .unwrap_or_default();
         format!("/orgs/{}/webhooks/{}/deliveries?{query}", org.id, w.id)
     });
-    let mut event_types: Vec<String> = event_types::list_for_org(&state, &signed.scope, &org.id)
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .chain([herald_core::event_type::TEST_EVENT_TYPE.to_owned()])
-        // Herald's own news, which the webhook may subscribe to.
-        .chain(herald_core::event_type::OPERATIONAL_TYPES.map(str::to_owned))
-        .collect();
-    event_types.sort();
-    event_types.dedup();
+    let event_types = stored_types(&state, &signed, &org.id).await?;
     let recover_since = state
         .clock
         .now()
@@ -183,6 +174,21 @@ async fn list_deliveries(
         &layout,
         page,
     ))
+}
+
+/// The types a filter offers: the organization's, and what Herald stores of its own (test
+/// events, and its news: `webhook.disabled`…), sorted.
+async fn stored_types(state: &AppState, signed: &Signed, org: &OrgId) -> DashResult<Vec<String>> {
+    let mut types: Vec<String> = event_types::list_for_org(state, &signed.scope, org)
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .chain([herald_core::event_type::TEST_EVENT_TYPE.to_owned()])
+        .chain(herald_core::event_type::OPERATIONAL_TYPES.map(str::to_owned))
+        .collect();
+    types.sort();
+    types.dedup();
+    Ok(types)
 }
 
 /// A time typed in the recover form: RFC 3339, or a browser's `datetime-local`
@@ -469,12 +475,7 @@ async fn recent_events(
     let page = PageRequest::of_ids(Some(50), cursor, herald_core::event::EventCursor::parse)
         .map_err(ServiceError::from)?;
     let list = deliveries::list_events(state, &signed.scope, org, event_type, page).await?;
-    let mut event_types: Vec<String> = event_types::list_for_org(state, &signed.scope, org)
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    event_types.sort();
+    let event_types = stored_types(state, signed, org).await?;
     Ok(RecentEvents {
         rows: list
             .data

@@ -19,6 +19,7 @@ struct Named {
     noun: &'static str,
     one: &'static str,
     many: &'static str,
+    /// Its ids' prefix, before the `_`.
     prefix: &'static str,
     is_id: fn(&str) -> bool,
     /// Its list under `/v1/orgs/{org}/`, and the query that asks for all of it.
@@ -32,7 +33,7 @@ impl Named {
         noun: "a webhook",
         one: "webhook",
         many: "webhooks",
-        prefix: "wh_",
+        prefix: herald_core::WebhookId::PREFIX,
         is_id: |w| herald_core::WebhookId::parse(w).is_ok(),
         collection: "webhooks",
         whole_list_query: "?limit=200",
@@ -42,7 +43,7 @@ impl Named {
         noun: "an API key",
         one: "API key",
         many: "API keys",
-        prefix: "key_",
+        prefix: herald_core::ApiKeyId::PREFIX,
         is_id: |k| herald_core::ApiKeyId::parse(k).is_ok(),
         // The keys come whole in one answer, which takes no query.
         collection: "api-keys",
@@ -330,7 +331,8 @@ impl Api {
             let Some(cursor) = page["next_cursor"].as_str() else {
                 break;
             };
-            page = self.get(&format!("{path}&cursor={}", encode(cursor)))?;
+            let join = if path.contains('?') { '&' } else { '?' };
+            page = self.get(&format!("{path}{join}cursor={}", encode(cursor)))?;
         }
         Ok(json!({ "data": items, "next_cursor": null }))
     }
@@ -401,18 +403,17 @@ impl Api {
                 .filter(|w| w["name"].as_str() == Some(name.as_str()))
                 .filter_map(|w| w["id"].as_str())
                 .collect();
+            let prefix = format!("{}_", kind.prefix);
             *name = match named.as_slice() {
                 [id] => (*id).to_owned(),
-                [] if name.starts_with(kind.prefix) => bail!(
-                    "'{shown}' is not {noun} id ({} and 26 letters and digits), nor {noun}'s \
-                     name; `herald {list} --org {org}` shows both",
-                    kind.prefix
+                [] if name.starts_with(&prefix) => bail!(
+                    "'{shown}' is not {noun} id ({prefix} and 26 letters and digits), nor \
+                     {noun}'s name; `herald {list} --org {org}` shows both"
                 ),
                 [] => bail!(
-                    "no {} is named '{shown}'; give {noun}'s id ({}…) or name (`herald {list} \
-                     --org {org}` shows both)",
-                    kind.one,
-                    kind.prefix
+                    "no {} is named '{shown}'; give {noun}'s id ({prefix}…) or name (`herald \
+                     {list} --org {org}` shows both)",
+                    kind.one
                 ),
                 several => bail!(
                     "{} {} are named '{shown}'; give one's id: {}",

@@ -87,7 +87,6 @@ pub(super) const WEBHOOK_FIELDS: &[&str] = &[
     "updated_at",
 ];
 
-/// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
 /// A page of a list, then, unless printing JSON, how to ask for the next one.
 pub(super) fn show_page(conn: &Connection, page: &Value, columns: &[&str]) {
     show(conn, page, columns);
@@ -96,6 +95,7 @@ pub(super) fn show_page(conn: &Connection, page: &Value, columns: &[&str]) {
     }
 }
 
+/// Prints `value` as JSON, or `rows` of `columns` as an aligned table.
 pub(super) fn show(conn: &Connection, value: &Value, columns: &[&str]) {
     if conn.json {
         print_json(value);
