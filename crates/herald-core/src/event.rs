@@ -407,7 +407,11 @@ mod tests {
         };
         let written = cursor.to_string();
         // Safe in a query string as it is.
-        assert!(written.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        assert!(
+            written
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        );
         assert_eq!(EventCursor::parse(&written), Ok(cursor));
         let longest = EventCursor {
             received_at: Timestamp::from_millis(i64::MAX),

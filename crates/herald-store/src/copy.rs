@@ -183,25 +183,9 @@ pub async fn sqlite_to_postgres(
         ),
         _ => sql(e),
     })?;
-    check_tables(&tx).await?;
-    let version: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(sql)?
-        .get(0);
-    let current = crate::migrations::POSTGRES.len() as i64;
-    if version != current {
-        return Err(other(&format!(
-            "the PostgreSQL database's schema is at version {version}, made by a newer Herald \
-             (this one's is {current}); copy with that version, or into a new, empty database"
-        )));
-    }
+    let version = check_target_in(&tx).await?;
     let mut columns = Vec::with_capacity(TABLES.len());
     for table in TABLES {
-        check_empty(&tx, table).await?;
         columns.push(columns_of(&tx, table).await?);
     }
 
@@ -278,6 +262,39 @@ fn other(message: &str) -> StoreError {
 
 /// Refuses a database with a table this module does not know of (a later version's, whose rows
 /// would be left behind), or without one it copies.
+/// Whether `target` can take a copy: Herald's tables at this version's schema, all empty. For
+/// a caller to ask before it changes anything (the copy asks again, under its locks).
+pub async fn check_target(target: &PostgresStore) -> StoreResult<()> {
+    let mut client = target.client().await?;
+    let tx = client.transaction().await.map_err(sql)?;
+    check_target_in(&tx).await?;
+    Ok(())
+}
+
+/// [`check_target`] within the copy's transaction; answers the schema's version.
+async fn check_target_in(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<i64> {
+    check_tables(tx).await?;
+    let version: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(sql)?
+        .get(0);
+    let current = crate::migrations::POSTGRES.len() as i64;
+    if version != current {
+        return Err(other(&format!(
+            "the PostgreSQL database's schema is at version {version}, made by a newer Herald \
+             (this one's is {current}); copy with that version, or into a new, empty database"
+        )));
+    }
+    for table in TABLES {
+        check_empty(tx, table).await?;
+    }
+    Ok(version)
+}
+
 async fn check_tables(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<()> {
     let found: Vec<String> = tx
         .query(

@@ -65,16 +65,6 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         })
         .await??
     };
-    // Brings it to this version's schema first, as a start of this version would.
-    {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || SqliteStore::open(&source))
-            .await?
-            .with_context(|| {
-                format!("could not open the database in {}", args.data_dir.display())
-            })?;
-    }
-
     let target = PostgresStore::new(
         &args.to,
         PostgresOptions { pool_size: 2 },
@@ -85,6 +75,22 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         .migrate()
         .await
         .map_err(|e| anyhow::anyhow!("database {shown}: {}", herald_core::error_chain(&e)))?;
+
+    // Refused targets are refused before the embedded database is touched: it stays at its
+    // schema, and the version that wrote it still starts on it.
+    herald_store::copy::check_target(&target)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}; nothing was copied", herald_core::error_chain(&e)))?;
+    // Brings it to this version's schema first, as a start of this version would: the one
+    // change the copy makes to it.
+    {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || SqliteStore::open(&source))
+            .await?
+            .with_context(|| {
+                format!("could not open the database in {}", args.data_dir.display())
+            })?;
+    }
 
     eprintln!("Copying {} to {shown} ...", source.display());
     let started = Instant::now();

@@ -135,7 +135,8 @@ pub enum Command {
     ///
     /// Give the encryption keys the nodes will have: every stored secret must open with them,
     /// and the first node seals those stored plain with HERALD_ENCRYPTION_KEY. The embedded
-    /// database is not rewritten, but its server will not start again once copied.
+    /// database is brought to this version's schema once the target is found usable, and not
+    /// otherwise rewritten; its server will not start again once copied.
     #[command(after_help = "Examples:
   herald copy --to postgres://herald@db/herald     # from ./herald-data
   herald copy --data-dir /var/lib/herald --to \"$HERALD_DATABASE_URL\"")]

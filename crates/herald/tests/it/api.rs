@@ -1711,7 +1711,12 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     );
     let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "nokey"], None).await;
     assert!(!ok && out.contains("no API key is named 'nokey'"), "{out}");
-    let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "producer"], None).await;
+    let (ok, out) = herald_cli(
+        &app,
+        &["keys", "delete", "--org", "acme", " producer "],
+        None,
+    )
+    .await;
     assert!(ok && out.contains(&key_id), "{out}");
     let (status, _) = app
         .call(Method::GET, &format!("/v1/orgs/{org}/webhooks"), &key, None)

@@ -919,6 +919,34 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         stderr.contains("already holds Herald data") && stderr.contains("nothing was copied"),
         "{stderr}"
     );
+    // Refused, a copy leaves an older Herald's database at its schema, for that version to
+    // start on again.
+    let older = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../herald-store/tests/fixtures/schema-6.db"
+    );
+    std::fs::copy(fixture, older.path().join("herald.db")).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["copy", "--to", &db.url])
+        .env("HERALD_DATA_DIR", older.path())
+        .env("HERALD_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("already holds Herald data"),
+        "{stderr}"
+    );
+    let schema: i64 = rusqlite::Connection::open(older.path().join("herald.db"))
+        .unwrap()
+        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(schema, 6, "the embedded database was migrated");
 }
 
 /// `herald backup` copies the database while the server stores events under load: the copy is

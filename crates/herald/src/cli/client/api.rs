@@ -400,7 +400,8 @@ impl Api {
             let shown = herald_core::truncate_for_message(name);
             let named: Vec<&str> = listed
                 .iter()
-                .filter(|w| w["name"].as_str() == Some(name.as_str()))
+                // Stored names are trimmed.
+                .filter(|w| w["name"].as_str() == Some(name.trim()))
                 .filter_map(|w| w["id"].as_str())
                 .collect();
             let prefix = format!("{}_", kind.prefix);

@@ -518,6 +518,10 @@ pub(super) fn parse_since(raw: &str) -> Result<String, String> {
         chrono::Utc::now().checked_sub_signed(back)
     });
     match at {
+        // Herald's times start in 1970: nothing it holds is older.
+        Some(at) if at.timestamp() < 0 => Err(format!(
+            "'{raw}' ago is before 1970, older than anything Herald holds; give a shorter time"
+        )),
         Some(at) => Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         _ if chrono::DateTime::parse_from_rfc3339(raw).is_ok() => Ok(raw.to_owned()),
         _ => Err(format!(
@@ -677,5 +681,7 @@ mod tests {
         ] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
+        // Before 1970: said so, not sent as a year the server cannot read.
+        assert!(parse_since("9999999d").unwrap_err().contains("before 1970"));
     }
 }
