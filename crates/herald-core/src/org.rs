@@ -15,6 +15,21 @@ pub struct Organization {
     pub updated_at: Timestamp,
 }
 
+/// A name that does not have the form of an id of what it names (`kind`, "a webhook"): the CLI
+/// takes a webhook or an API key by its id or its name, and would take such a name for an id.
+pub fn refuse_id_form(name: String, looks_like_id: bool, kind: &str) -> Result<String, Invalid> {
+    if looks_like_id {
+        return Err(Invalid::new(
+            "name",
+            format!(
+                "has the form of {kind} id, and the CLI takes names and ids alike; choose \
+                 another name"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
 /// A display name: 1 to 200 characters after trimming, at least one of them visible, no control
 /// characters, and none that reorders the text around it (a name shown in the dashboard could
 /// otherwise pass for another).

@@ -221,6 +221,8 @@ pub async fn create_api_key(
 ) -> ServiceResult<(ApiKey, String)> {
     scope.check_org(org)?;
     let name = herald_core::org::parse_name(name, "name")?;
+    let looks_like_id = ApiKeyId::parse(&name).is_ok();
+    let name = herald_core::org::refuse_id_form(name, looks_like_id, "an API key")?;
     state
         .directory
         .snapshot(org)

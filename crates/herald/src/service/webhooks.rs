@@ -194,7 +194,7 @@ pub async fn create(
              (HERALD_MAX_WEBHOOKS_PER_ORG); delete the ones it no longer needs"
         )));
     }
-    let name = org::parse_name(input.name.as_deref().unwrap_or_default(), "name")?;
+    let name = webhook_name(input.name.as_deref().unwrap_or_default())?;
     let url = WebhookUrl::parse(
         input
             .url
@@ -324,7 +324,7 @@ pub async fn update(
         return Err(ServiceError::Changed { now: w.updated_at });
     }
     if let Some(name) = input.name {
-        w.name = org::parse_name(&name, "name")?;
+        w.name = webhook_name(&name)?;
     }
     if let Some(url) = input.url {
         w.url = WebhookUrl::parse(&url)?;
@@ -733,4 +733,11 @@ pub async fn send_test(
         lease_until,
     );
     Ok((event.id.clone(), delivery_id))
+}
+
+/// A webhook's name, as given in a create or a change.
+fn webhook_name(raw: &str) -> ServiceResult<String> {
+    let name = org::parse_name(raw, "name")?;
+    let looks_like_id = WebhookId::parse(&name).is_ok();
+    Ok(org::refuse_id_form(name, looks_like_id, "a webhook")?)
 }

@@ -1709,6 +1709,28 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         !ok && out.contains("2 API keys are named 'twin'; give one's id: key_"),
         "{out}"
     );
+    // A name in the form of an id would be taken for one: refused, for keys and webhooks.
+    let (ok, out) = herald_cli(
+        &app,
+        &[&create[..], &["key_01jd8x4m2c9v7t5r3q1p0n8k6h"]].concat(),
+        None,
+    )
+    .await;
+    assert!(
+        !ok && out.contains("has the form of an API key id"),
+        "{out}"
+    );
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "wh_01jd8x4m2c9v7t5r3q1p0n8k6h", "url": "https://example.com/h" }),
+        )
+        .await;
+    assert_eq!(
+        (status, &err["error"]["field"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("name")),
+        "{err}"
+    );
     let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "nokey"], None).await;
     assert!(!ok && out.contains("no API key is named 'nokey'"), "{out}");
     let (ok, out) = herald_cli(
