@@ -41,7 +41,7 @@ struct ListQuery {
     event_type: Option<String>,
 }
 
-/// Lists the organization's events, newest first (in the order they were stored), without
+/// Lists the organization's events, newest first (by time received, then by id), without
 /// their data: `GET /v1/orgs/{org}/events/{id}` reads one with its data and its deliveries.
 #[utoipa::path(get, path = "/v1/orgs/{org}/events", tag = "events",
     params(OrgPath, ListQuery),
