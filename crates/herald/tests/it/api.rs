@@ -2134,8 +2134,15 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     ];
     let (ok, out) = herald_cli(&app, &delete, None).await;
     assert!(
-        !ok && out.contains("--yes") && out.contains("herald webhooks disable"),
+        !ok && out.contains("--yes")
+            && out.contains("webhooks disable --org")
+            && out.contains("<id>` for each"),
         "{out}"
+    );
+    let (ok, out) = herald_cli(&app, &delete[..5], None).await;
+    assert!(
+        !ok && out.contains(&format!("webhooks disable --org {org} {}`", made[0])),
+        "one webhook, named in the advice: {out}"
     );
     let (status, _) = app
         .get(&format!("/v1/orgs/{org}/webhooks/{}", made[0]))

@@ -311,11 +311,15 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
         WebhooksCommand::Delete { org, ids, yes } => {
             if !yes {
                 let given = ids.join(" ");
+                let disable = match ids.as_slice() {
+                    [id] => format!("`herald webhooks disable --org {org} {id}`"),
+                    _ => format!("`herald webhooks disable --org {org} <id>` for each"),
+                };
                 bail!(
                     "deleting {given} cancels what it still has to deliver, for good (its \
                      history stays readable); run `herald webhooks delete --org {org} {given} \
-                     --yes` to go ahead, or `herald webhooks disable --org {org} ID` to stop \
-                     its deliveries and keep them waiting"
+                     --yes` to go ahead, or {disable} to stop its deliveries and keep them \
+                     waiting"
                 );
             }
             if let [id] = ids.as_slice() {
