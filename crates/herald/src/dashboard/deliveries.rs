@@ -351,6 +351,8 @@ struct EventPage {
     truncated: bool,
     /// The list, when no id is asked for.
     recent: Option<RecentEvents>,
+    /// How long events are kept (0: for ever), for an id not found.
+    retention_days: u64,
 }
 
 #[derive(Serialize)]
@@ -407,6 +409,7 @@ async fn show_event(
         rows: Vec::new(),
         truncated: false,
         recent: None,
+        retention_days: state.settings.delivery.retention_days,
     };
     let mut status = StatusCode::OK;
     if asked.is_empty() {

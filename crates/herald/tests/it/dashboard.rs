@@ -382,7 +382,8 @@ async fn where_an_event_went_is_found_by_its_id() {
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(
-        missing.body.contains("is kept for this organization"),
+        missing.body.contains("is kept for this organization")
+            && missing.body.contains("events are kept for 30 days"),
         "{}",
         missing.body
     );
