@@ -240,6 +240,14 @@ pub struct PendingStat {
     pub oldest: Timestamp,
 }
 
+/// Filters for an organization's event list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    /// Only events received at this time or later.
+    pub since: Option<Timestamp>,
+}
+
 /// Filters for a webhook's delivery history.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -461,14 +469,14 @@ pub trait Store: Send + Sync + 'static {
         event_id: &str,
         limit: u32,
     ) -> StoreResult<(Event, Vec<Delivery>)>;
-    /// A page of the organization's events, newest first (by time received, then by id), of
-    /// one type if `event_type` is given. The cursor is an [`EventCursor`] after the last one.
+    /// A page of the organization's events, newest first (by time received, then by id), as
+    /// `filter` says. The cursor is an [`EventCursor`] after the last one.
     ///
     /// [`EventCursor`]: crate::event::EventCursor
     async fn list_events(
         &self,
         org: &OrgId,
-        event_type: Option<&str>,
+        filter: &EventFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<crate::event::EventSummary>>;
     /// The organization's events with these ids, those that are kept (in no particular order).

@@ -21,8 +21,8 @@ use herald_core::org::{ApiKey, KeyRole, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::{NextStep, RetrySchedule};
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, Placement,
-    PurgeCount, PurgeFrom, Store, StoreError, StoreResult,
+    AttemptRecord, DeliveryFilter, DueDelivery, EventFilter, IngestItem, IngestResult, NewDelivery,
+    Placement, PurgeCount, PurgeFrom, Store, StoreError, StoreResult,
 };
 use herald_core::store::{DashboardSession, SessionLimits};
 use herald_core::webhook::{ContentMode, Webhook, WebhookOptions, WebhookUrl};
@@ -869,11 +869,16 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
         .await
         .unwrap();
 
+    let any = EventFilter::default();
+    let of_type = |t: &str| EventFilter {
+        event_type: Some(t.into()),
+        since: None,
+    };
     let ids = |page: &herald_core::Page<herald_core::event::EventSummary>| -> Vec<String> {
         page.data.iter().map(|e| e.id.clone()).collect()
     };
     let first = store
-        .list_events(&acme.id, None, &page(3, None))
+        .list_events(&acme.id, &any, &page(3, None))
         .await
         .unwrap();
     assert_eq!(
@@ -884,7 +889,7 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
     assert_eq!(first.data[1].event_type, "invoice.voided");
     assert_eq!(first.data[1].received_at, at(3));
     let rest = store
-        .list_events(&acme.id, None, &page(3, first.next_cursor.clone()))
+        .list_events(&acme.id, &any, &page(3, first.next_cursor.clone()))
         .await
         .unwrap();
     assert_eq!(
@@ -893,7 +898,7 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
     );
     // Of one type; and a page that ends exactly at the last one says there is no more.
     let paid = store
-        .list_events(&acme.id, Some("invoice.paid"), &page(3, None))
+        .list_events(&acme.id, &of_type("invoice.paid"), &page(3, None))
         .await
         .unwrap();
     assert_eq!(
@@ -901,7 +906,7 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
         (vec!["evt_d".into(), "evt_b".into(), "evt_a".into()], None)
     );
     let voided = store
-        .list_events(&acme.id, Some("invoice.voided"), &page(1, None))
+        .list_events(&acme.id, &of_type("invoice.voided"), &page(1, None))
         .await
         .unwrap();
     assert_eq!(ids(&voided), ["evt_c"]);
@@ -909,7 +914,7 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
     let (mut walked, mut cursor) = (Vec::new(), None);
     loop {
         let one = store
-            .list_events(&acme.id, None, &page(1, cursor))
+            .list_events(&acme.id, &any, &page(1, cursor))
             .await
             .unwrap();
         walked.extend(ids(&one));
@@ -920,12 +925,42 @@ async fn an_organizations_events_are_listed_newest_first(store: Arc<dyn Store>) 
     }
     assert_eq!(walked, ["evt_d", "evt_c", "evt_b", "evt_a"]);
     let theirs = store
-        .list_events(&globex.id, None, &page(10, None))
+        .list_events(&globex.id, &any, &page(10, None))
         .await
         .unwrap();
     assert_eq!(ids(&theirs), ["evt_theirs"]);
+    // Received at a time or later (`at(1)` keeps evt_b, not evt_a), with the type too.
+    let since = |t, kind: Option<&str>| EventFilter {
+        event_type: kind.map(str::to_owned),
+        since: Some(t),
+    };
+    let recent = store
+        .list_events(&acme.id, &since(at(1), None), &page(10, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&recent), ["evt_d", "evt_c", "evt_b"]);
+    let recent_paid = store
+        .list_events(
+            &acme.id,
+            &since(at(1), Some("invoice.paid")),
+            &page(1, None),
+        )
+        .await
+        .unwrap();
+    let rest = store
+        .list_events(
+            &acme.id,
+            &since(at(1), Some("invoice.paid")),
+            &page(1, recent_paid.next_cursor.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&recent_paid), ids(&rest), rest.next_cursor),
+        (vec!["evt_d".into()], vec!["evt_b".into()], None)
+    );
     let none = store
-        .list_events(&OrgId::generate(), None, &page(10, None))
+        .list_events(&OrgId::generate(), &any, &page(10, None))
         .await
         .unwrap();
     assert!(none.data.is_empty() && none.next_cursor.is_none());

@@ -28,8 +28,8 @@ use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::{Event, EventSummary};
 use herald_core::retry::NextStep;
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult, NewDelivery, PendingStat,
-    PurgeCount, PurgeFrom, StoreError,
+    AttemptRecord, DeliveryFilter, DueDelivery, EventFilter, IngestItem, IngestResult, NewDelivery,
+    PendingStat, PurgeCount, PurgeFrom, StoreError,
 };
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use tokio_postgres::types::ToSql;
@@ -711,13 +711,14 @@ pub(crate) async fn get_event(c: &impl Conn, org: &OrgId, id: &str) -> DbResult<
 pub(crate) async fn list_events(
     c: &impl Conn,
     org: &OrgId,
-    event_type: Option<&str>,
+    filter: &EventFilter,
     page: &PageRequest,
 ) -> DbResult<Page<EventSummary>> {
     let cursor = crate::event_cursor(page);
     let sql = format!(
         "SELECT id, type, occurred_at, received_at, correlation_id FROM events \
          WHERE org_id = $1 AND {} AND ($4::TEXT IS NULL OR type = $4) \
+         AND received_at >= coalesce($6::BIGINT, -9223372036854775808) \
          ORDER BY received_at DESC, id DESC LIMIT $5",
         if cursor.is_some() {
             "(received_at, id) < ($2, $3)"
@@ -732,8 +733,9 @@ pub(crate) async fn list_events(
                 &org.as_str(),
                 &cursor.as_ref().map(|c| c.received_at.as_millis()),
                 &cursor.as_ref().map(|c| c.id.as_str()),
-                &event_type,
+                &filter.event_type,
                 &big(page.limit + 1),
+                &filter.since.map(|t| t.as_millis()),
             ],
         )
         .await?;

@@ -36,8 +36,9 @@ use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, IngestItem, IngestResult,
-    PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError, StoreResult, StoreSignal,
+    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, EventFilter, IngestItem,
+    IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
+    StoreResult, StoreSignal,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -795,10 +796,10 @@ impl Store for PostgresStore {
     async fn list_events(
         &self,
         org: &OrgId,
-        event_type: Option<&str>,
+        filter: &EventFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<EventSummary>> {
-        on_client!(self, |c| deliveries::list_events(&c, org, event_type, page))
+        on_client!(self, |c| deliveries::list_events(&c, org, filter, page))
     }
 
     async fn get_events(&self, org: &OrgId, ids: &[String]) -> StoreResult<Vec<Event>> {

@@ -8,7 +8,7 @@ use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::{Event, EventSummary};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DeliveryFilter, DueDelivery, IngestItem, IngestResult};
-use herald_core::store::{PurgeCount, PurgeFrom};
+use herald_core::store::{EventFilter, PurgeCount, PurgeFrom};
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::rows;
@@ -481,9 +481,10 @@ pub(crate) fn get_event(conn: &Connection, org: &OrgId, id: &str) -> DbResult<Ev
 pub(crate) fn list_events(
     conn: &Connection,
     org: &OrgId,
-    event_type: Option<&str>,
+    filter: &EventFilter,
     page: &PageRequest,
 ) -> DbResult<Page<EventSummary>> {
+    let since = filter.since.map(|t| t.as_millis());
     let want = page.limit as usize + 1;
     let summary = |r: &rusqlite::Row<'_>| {
         Ok(EventSummary {
@@ -506,8 +507,9 @@ pub(crate) fn list_events(
                     org.as_str(),
                     cursor.received_at.as_millis(),
                     cursor.id,
-                    event_type,
-                    want
+                    filter.event_type,
+                    want,
+                    since
                 ],
                 summary,
             )?
@@ -526,8 +528,9 @@ pub(crate) fn list_events(
                     org.as_str(),
                     cursor.as_ref().map(|c| c.received_at.as_millis()),
                     None::<String>,
-                    event_type,
-                    want - items.len()
+                    filter.event_type,
+                    want - items.len(),
+                    since
                 ],
                 summary,
             )?
@@ -556,6 +559,7 @@ fn list_events_sql(from: EventsFrom) -> String {
     format!(
         "SELECT {EVENT_SUMMARY} FROM events INDEXED BY events_by_org \
          WHERE org_id = ?1 AND {start} AND (?4 IS NULL OR type = ?4) \
+         AND received_at >= coalesce(?6, -9223372036854775808) \
          ORDER BY received_at DESC, id DESC LIMIT ?5"
     )
 }
@@ -926,14 +930,15 @@ mod tests {
         );
         assert!(
             events(EventsFrom::Before).starts_with(
-                "SEARCH events USING INDEX events_by_org (org_id=? AND received_at<?)"
+                "SEARCH events USING INDEX events_by_org (org_id=? AND received_at>? AND received_at<?)"
             ),
             "{}",
             events(EventsFrom::Before)
         );
         assert!(
-            events(EventsFrom::Newest)
-                .starts_with("SEARCH events USING INDEX events_by_org (org_id=?)"),
+            events(EventsFrom::Newest).starts_with(
+                "SEARCH events USING INDEX events_by_org (org_id=? AND received_at>?)"
+            ),
             "{}",
             events(EventsFrom::Newest)
         );

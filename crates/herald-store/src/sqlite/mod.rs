@@ -23,8 +23,9 @@ use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, IngestItem, IngestResult,
-    PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError, StoreResult,
+    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, EventFilter, IngestItem,
+    IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
+    StoreResult,
 };
 use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
@@ -741,11 +742,11 @@ impl Store for SqliteStore {
     async fn list_events(
         &self,
         org: &OrgId,
-        event_type: Option<&str>,
+        filter: &EventFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<EventSummary>> {
-        let (org, event_type, page) = (org.clone(), event_type.map(str::to_owned), page.clone());
-        self.read(move |c| deliveries::list_events(c, &org, event_type.as_deref(), &page))
+        let (org, filter, page) = (org.clone(), filter.clone(), page.clone());
+        self.read(move |c| deliveries::list_events(c, &org, &filter, &page))
             .await
     }
 

@@ -39,6 +39,9 @@ struct ListQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     event_type: Option<String>,
+    /// Only events received at this time (RFC 3339) or later.
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
 }
 
 /// Lists the organization's events, newest first (by time received, then by id), without
@@ -49,7 +52,7 @@ struct ListQuery {
         (status = 200, description = "A page of events", body = Page<EventSummary>),
         (status = 400, description = "The query string is not valid", body = super::ErrorBody),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
-        (status = 422, description = "`type`, `limit` or `cursor` is not valid (a type the organization does not know, with what it may have meant)", body = super::ErrorBody),
+        (status = 422, description = "`type`, `since`, `limit` or `cursor` is not valid (a type the organization does not know, with what it may have meant)", body = super::ErrorBody),
     ))]
 async fn list_events(
     State(state): State<AppState>,
@@ -63,9 +66,15 @@ async fn list_events(
         .map(|t| herald_core::event_type::parse_type_name(&t, "type"))
         .transpose()
         .map_err(ServiceError::from)?;
+    let since = q
+        .since
+        .map(|t| herald_core::Timestamp::parse_rfc3339(&t, "since"))
+        .transpose()
+        .map_err(ServiceError::from)?;
+    let filter = herald_core::store::EventFilter { event_type, since };
     let org = org_id(&path.org)?;
     Ok(Json(
-        deliveries::list_events(&state, &scope, &org, event_type, page).await?,
+        deliveries::list_events(&state, &scope, &org, filter, page).await?,
     ))
 }
 

@@ -477,7 +477,11 @@ async fn recent_events(
     let first_href = cursor.is_some().then(|| href(None));
     let page = PageRequest::of_ids(Some(50), cursor, herald_core::event::EventCursor::parse)
         .map_err(ServiceError::from)?;
-    let list = deliveries::list_events(state, &signed.scope, org, event_type, page).await?;
+    let filter = herald_core::store::EventFilter {
+        event_type,
+        since: None,
+    };
+    let list = deliveries::list_events(state, &signed.scope, org, filter, page).await?;
     let event_types = stored_types(state, signed, org).await?;
     Ok(RecentEvents {
         rows: list

@@ -7,8 +7,8 @@ use serde::Serialize;
 use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::EventSummary;
 use herald_core::profile::{self, RenderInput};
-use herald_core::store::DeliveryFilter;
 use herald_core::store::StoreError;
+use herald_core::store::{DeliveryFilter, EventFilter};
 use herald_core::{DeliveryId, Invalid, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use super::cancel_safe::GiveBackIfDropped;
@@ -72,25 +72,25 @@ fn refuse_unknown_type(
     .into())
 }
 
-/// The organization's events, newest first, of one type if `event_type` is given: what
-/// arrived, for "did the producer send it?", without knowing an event's id.
+/// The organization's events, newest first, as `filter` says: what arrived, for "did the
+/// producer send it?", without knowing an event's id.
 pub async fn list_events(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
-    event_type: Option<String>,
+    filter: EventFilter,
     page: PageRequest,
 ) -> ServiceResult<Page<EventSummary>> {
     scope.check_org(org)?;
     let found = state
         .store
-        .list_events(org, event_type.as_deref(), &page)
+        .list_events(org, &filter, &page)
         .await
         .map_err(ServiceError::from_store("organization"))?;
     // An empty first page: the organization may not exist, or the type be misspelt.
     if found.data.is_empty() && page.cursor.is_none() {
         let snapshot = super::org_snapshot(state, scope, org).await?;
-        if let Some(wanted) = &event_type {
+        if let Some(wanted) = &filter.event_type {
             refuse_unknown_type(&snapshot, wanted, "type", "event")?;
         }
     }

@@ -689,7 +689,18 @@ async fn an_organizations_events_are_listed_newest_first() {
     );
     let (status, none) = app.get(&format!("{list}?type=session.revoked")).await;
     assert_eq!((status, ids(&none)), (StatusCode::OK, vec![]), "{none}");
-    for bad in ["cursor=e3", "limit=0", "limit=201", "typo=1"] {
+    // Received since a time: all of them since an hour ago, none since tomorrow.
+    let (_, recent) = app.get(&format!("{list}?since=2000-01-01T00:00:00Z")).await;
+    assert_eq!(ids(&recent), ["e3", "e2", "e1"], "{recent}");
+    let (status, none) = app.get(&format!("{list}?since=2999-01-01T00:00:00Z")).await;
+    assert_eq!((status, ids(&none)), (StatusCode::OK, vec![]), "{none}");
+    for bad in [
+        "cursor=e3",
+        "limit=0",
+        "limit=201",
+        "typo=1",
+        "since=yesterday",
+    ] {
         let (status, err) = app.get(&format!("{list}?{bad}")).await;
         assert!(status.is_client_error(), "{bad}: {status} {err}");
     }
@@ -730,6 +741,14 @@ async fn an_organizations_events_are_listed_newest_first() {
     .await;
     let page: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
     assert!(ok && ids(&page) == ["e2"], "{out}");
+    let (ok, out) = herald_cli(
+        &app,
+        &["events", "list", "--org", "acme", "--since", "1h", "--json"],
+        None,
+    )
+    .await;
+    let page: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert!(ok && ids(&page) == ["e3", "e2", "e1"], "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

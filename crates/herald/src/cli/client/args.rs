@@ -612,6 +612,9 @@ pub enum EventsCommand {
         /// Only events of this type.
         #[arg(long = "type")]
         event_type: Option<String>,
+        /// Only events received since then: an RFC 3339 time, or how long ago (90m, 6h, 2d).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<String>,
         /// How many, newest first (1–200).
         #[arg(long, default_value_t = 50)]
         limit: u32,

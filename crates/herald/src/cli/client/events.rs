@@ -99,12 +99,13 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
         EventsCommand::List {
             org,
             event_type,
+            since,
             limit,
             cursor,
         } => {
             let org = api.org_id(&org)?;
             let path = api_path(&["v1", "orgs", &org, "events"])?;
-            let query = [("type", event_type), ("cursor", cursor)];
+            let query = [("type", event_type), ("since", since), ("cursor", cursor)];
             let cols = &["id", "type", "occurred_at", "received_at", "correlation_id"];
             show_page(&conn, &api.get(&page_path(&path, limit, query))?, cols);
         }
