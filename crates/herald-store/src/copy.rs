@@ -260,8 +260,6 @@ fn other(message: &str) -> StoreError {
     StoreError::Other(message.to_owned().into())
 }
 
-/// Refuses a database with a table this module does not know of (a later version's, whose rows
-/// would be left behind), or without one it copies.
 /// Whether `target` can take a copy: Herald's tables at this version's schema, all empty. For
 /// a caller to ask before it changes anything (the copy asks again, under its locks).
 pub async fn check_target(target: &PostgresStore) -> StoreResult<()> {
@@ -295,6 +293,8 @@ async fn check_target_in(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<i6
     Ok(version)
 }
 
+/// Refuses a database with a table this module does not know of (a later version's, whose rows
+/// would be left behind), or without one it copies.
 async fn check_tables(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<()> {
     let found: Vec<String> = tx
         .query(

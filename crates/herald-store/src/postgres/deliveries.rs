@@ -726,8 +726,9 @@ pub(crate) async fn list_events(
             "$2::BIGINT IS NULL AND $3::TEXT IS NULL"
         }
     );
+    // Planned for each call's values: see `rows_planned_each_time`.
     let found = c
-        .rows(
+        .rows_planned_each_time(
             &sql,
             &[
                 &org.as_str(),

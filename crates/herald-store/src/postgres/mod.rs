@@ -333,8 +333,9 @@ pub(crate) async fn timed_within<T>(
 /// What a store operation past its bound fails with.
 pub(crate) const TIMED_OUT: &str = "the database did not answer in time";
 
-/// What the SQL functions run on: a pooled connection or a transaction. Every statement is
-/// prepared once per connection and cached.
+/// What the SQL functions run on: a pooled connection or a transaction. Statements are
+/// prepared once per connection and cached, except those run by
+/// [`Conn::rows_planned_each_time`].
 #[async_trait]
 pub(crate) trait Conn: Sync {
     async fn rows(
@@ -352,6 +353,15 @@ pub(crate) trait Conn: Sync {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error>;
+    /// As [`Conn::rows`], for a statement whose best plan depends on its arguments (one
+    /// tenant's rows among many): prepared afresh each time, so that PostgreSQL plans it for
+    /// these values. A cached statement gets a generic plan after five runs, which may pick an
+    /// index over every tenant's rows and filter them.
+    async fn rows_planned_each_time(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>;
 }
 
 macro_rules! conn_for {
@@ -381,6 +391,13 @@ macro_rules! conn_for {
             ) -> Result<u64, tokio_postgres::Error> {
                 let statement = GenericClient::prepare_cached(self, sql).await?;
                 GenericClient::execute(self, &statement, params).await
+            }
+            async fn rows_planned_each_time(
+                &self,
+                sql: &str,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> Result<Vec<Row>, tokio_postgres::Error> {
+                GenericClient::query(self, sql, params).await
             }
         }
     };

@@ -134,7 +134,7 @@ pub enum Command {
     /// (pending ones too) and attempts, all or nothing. Stop the server first.
     ///
     /// Give the encryption keys the nodes will have: every stored secret must open with them,
-    /// and the first node seals those stored plain with HERALD_ENCRYPTION_KEY. The embedded
+    /// and the copy then seals those stored plain with HERALD_ENCRYPTION_KEY. The embedded
     /// database is brought to this version's schema once the target is found usable, and not
     /// otherwise rewritten; its server will not start again once copied.
     #[command(after_help = "Examples:

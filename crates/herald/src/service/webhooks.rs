@@ -324,7 +324,12 @@ pub async fn update(
         return Err(ServiceError::Changed { now: w.updated_at });
     }
     if let Some(name) = input.name {
-        w.name = webhook_name(&name)?;
+        // A name kept as it was passes, whatever its form (one given before such names were
+        // refused): a form sends every field back.
+        let name = org::parse_name(&name, "name")?;
+        if name != w.name {
+            w.name = webhook_name(&name)?;
+        }
     }
     if let Some(url) = input.url {
         w.url = WebhookUrl::parse(&url)?;

@@ -749,6 +749,23 @@ async fn an_organizations_events_are_listed_newest_first() {
     .await;
     let page: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
     assert!(ok && ids(&page) == ["e3", "e2", "e1"], "{out}");
+    // The next page keeps the time `1h` stood for, not an hour before it is asked for.
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "events", "list", "--org", "acme", "--since", "1h", "--limit", "1",
+        ],
+        None,
+    )
+    .await;
+    let more = out
+        .lines()
+        .find(|l| l.starts_with("More: add --cursor"))
+        .unwrap_or_default();
+    assert!(
+        ok && more.contains(" --since 20") && more.ends_with('Z'),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1750,6 +1767,44 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         (StatusCode::UNPROCESSABLE_ENTITY, &json!("name")),
         "{err}"
     );
+    // One named so before such names were refused keeps its name through other changes (a
+    // form sends every field back), but cannot be renamed to another such name.
+    let legacy = app
+        .create_webhook(
+            &org,
+            "https://example.com/legacy",
+            json!({ "name": "legacy" }),
+        )
+        .await;
+    let legacy_id = herald_core::WebhookId::parse(legacy["id"].as_str().unwrap()).unwrap();
+    let org_id = herald_core::OrgId::parse(&org).unwrap();
+    let mut stored = app
+        .state
+        .store
+        .get_webhook(&org_id, &legacy_id)
+        .await
+        .unwrap();
+    stored.name = "wh_01jd8x4m2c9v7t5r3q1p0n8k6h".into();
+    app.state.store.update_webhook(&stored).await.unwrap();
+    let patch = |name: &str| json!({ "name": name, "timeout_ms": 4000 });
+    let path = format!("/v1/orgs/{org}/webhooks/{legacy_id}");
+    let (status, kept) = app
+        .call(Method::PATCH, &path, ADMIN_TOKEN, Some(patch(&stored.name)))
+        .await;
+    assert_eq!(
+        (status, &kept["timeout_ms"]),
+        (StatusCode::OK, &json!(4000)),
+        "{kept}"
+    );
+    let (status, err) = app
+        .call(
+            Method::PATCH,
+            &path,
+            ADMIN_TOKEN,
+            Some(patch("wh_01jd8x4m2c9v7t5r3q1p0n8k6j")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     let (ok, out) = herald_cli(&app, &["keys", "delete", "--org", "acme", "nokey"], None).await;
     assert!(!ok && out.contains("no API key is named 'nokey'"), "{out}");
     let (ok, out) = herald_cli(

@@ -386,8 +386,15 @@ impl Api {
         &self,
         org: &str,
         kind: &Named,
-        given: Vec<&mut String>,
+        mut given: Vec<&mut String>,
     ) -> anyhow::Result<()> {
+        // As the server stores names (and as a pasted id may come), trimmed.
+        for name in given.iter_mut() {
+            let trimmed = name.trim();
+            if trimmed.len() != name.len() {
+                **name = trimmed.to_owned();
+            }
+        }
         let is_id = |w: &str| (kind.is_id)(w);
         if given.iter().all(|w| is_id(w)) {
             return Ok(());
@@ -400,8 +407,7 @@ impl Api {
             let shown = herald_core::truncate_for_message(name);
             let named: Vec<&str> = listed
                 .iter()
-                // Stored names are trimmed.
-                .filter(|w| w["name"].as_str() == Some(name.trim()))
+                .filter(|w| w["name"].as_str() == Some(name.as_str()))
                 .filter_map(|w| w["id"].as_str())
                 .collect();
             let prefix = format!("{}_", kind.prefix);

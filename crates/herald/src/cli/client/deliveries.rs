@@ -38,7 +38,7 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 ("event_type", event_type),
                 ("cursor", cursor),
             ];
-            show_page(&conn, &api.get(&page_path(&path, limit, query))?, cols);
+            show_page(&conn, &api.get(&page_path(&path, limit, query))?, cols, "");
         }
         DeliveriesCommand::Get { org, id } => {
             let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;

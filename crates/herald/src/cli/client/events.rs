@@ -105,9 +105,19 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
         } => {
             let org = api.org_id(&org)?;
             let path = api_path(&["v1", "orgs", &org, "events"])?;
+            // `--since 1h` is a time by now: the next page keeps the same one.
+            let also = since
+                .as_deref()
+                .map(|t| format!(" --since {t}"))
+                .unwrap_or_default();
             let query = [("type", event_type), ("since", since), ("cursor", cursor)];
             let cols = &["id", "type", "occurred_at", "received_at", "correlation_id"];
-            show_page(&conn, &api.get(&page_path(&path, limit, query))?, cols);
+            show_page(
+                &conn,
+                &api.get(&page_path(&path, limit, query))?,
+                cols,
+                &also,
+            );
         }
         EventsCommand::Get { org, id } => {
             let org = api.org_id(&org)?;

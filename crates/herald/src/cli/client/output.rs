@@ -87,11 +87,12 @@ pub(super) const WEBHOOK_FIELDS: &[&str] = &[
     "updated_at",
 ];
 
-/// A page of a list, then, unless printing JSON, how to ask for the next one.
-pub(super) fn show_page(conn: &Connection, page: &Value, columns: &[&str]) {
+/// A page of a list, then, unless printing JSON, how to ask for the next one (`also`: what
+/// to give with the cursor besides the same filters, e.g. a relative time made absolute).
+pub(super) fn show_page(conn: &Connection, page: &Value, columns: &[&str], also: &str) {
     show(conn, page, columns);
     if let (false, Some(next)) = (conn.json, page["next_cursor"].as_str()) {
-        eprintln!("More: add --cursor {next}");
+        eprintln!("More: add --cursor {next}{also}");
     }
 }
 
