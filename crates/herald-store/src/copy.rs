@@ -163,10 +163,15 @@ enum Message {
 /// as that node's next start would; nothing else in it is written. Every stored webhook secret
 /// must open with `cipher` (the keys the nodes will have), or nothing is copied; they are
 /// copied as stored (the nodes seal plain ones with their key when they start).
+///
+/// `prepare_source` runs once the target is locked and found usable, before SQLite is read:
+/// the caller brings the embedded database to this version's schema there, so that a target
+/// refused leaves it as it was (for the version that wrote it to start on again).
 pub async fn sqlite_to_postgres(
     sqlite: &Path,
     target: &PostgresStore,
     cipher: Arc<SecretCipher>,
+    prepare_source: impl Future<Output = Result<(), String>>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> StoreResult<Copied> {
     let mut client = target.client().await?;
@@ -183,7 +188,8 @@ pub async fn sqlite_to_postgres(
         ),
         _ => sql(e),
     })?;
-    let version = check_target_in(&tx).await?;
+    let version = check_target(&tx).await?;
+    prepare_source.await.map_err(|e| other(&e))?;
     let mut columns = Vec::with_capacity(TABLES.len());
     for table in TABLES {
         columns.push(columns_of(&tx, table).await?);
@@ -260,17 +266,9 @@ fn other(message: &str) -> StoreError {
     StoreError::Other(message.to_owned().into())
 }
 
-/// Whether `target` can take a copy: Herald's tables at this version's schema, all empty. For
-/// a caller to ask before it changes anything (the copy asks again, under its locks).
-pub async fn check_target(target: &PostgresStore) -> StoreResult<()> {
-    let mut client = target.client().await?;
-    let tx = client.transaction().await.map_err(sql)?;
-    check_target_in(&tx).await?;
-    Ok(())
-}
-
-/// [`check_target`] within the copy's transaction; answers the schema's version.
-async fn check_target_in(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<i64> {
+/// Whether the target can take a copy: Herald's tables at this version's schema, all empty.
+/// Answers the schema's version.
+async fn check_target(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<i64> {
     check_tables(tx).await?;
     let version: i64 = tx
         .query_one(

@@ -3990,6 +3990,7 @@ async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
         &path,
         &target,
         Arc::new(SecretCipher::none()),
+        async { Ok(()) },
         |_| {},
     )
     .await
@@ -3999,9 +4000,15 @@ async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
         "{keyless:?}"
     );
     let mut progress = Vec::new();
-    let copied = herald_store::copy::sqlite_to_postgres(&path, &target, Arc::new(cipher()), |p| {
-        progress.push((p.table.to_owned(), p.copied, p.total));
-    })
+    let copied = herald_store::copy::sqlite_to_postgres(
+        &path,
+        &target,
+        Arc::new(cipher()),
+        async { Ok(()) },
+        |p| {
+            progress.push((p.table.to_owned(), p.copied, p.total));
+        },
+    )
     .await
     .unwrap();
     assert!(held.len() >= 3);
@@ -4101,13 +4108,25 @@ async fn an_embedded_database_copied_into_postgresql_reads_the_same() {
 
     // Again into the same database: refused, and nothing changes.
     let again = PostgresStore::new(&scoped, PostgresOptions { pool_size: 2 }, cipher()).unwrap();
-    let refused = herald_store::copy::sqlite_to_postgres(&path, &again, Arc::new(cipher()), |_| {})
-        .await
-        .unwrap_err();
+    // What the caller prepares the source with (a migration) does not run for a refused target.
+    let prepared = std::sync::atomic::AtomicBool::new(false);
+    let refused = herald_store::copy::sqlite_to_postgres(
+        &path,
+        &again,
+        Arc::new(cipher()),
+        async {
+            prepared.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        },
+        |_| {},
+    )
+    .await
+    .unwrap_err();
     assert!(
         herald_core::error_chain(&refused).contains("already holds Herald data"),
         "{refused:?}"
     );
+    assert!(!prepared.load(std::sync::atomic::Ordering::SeqCst));
     let still: i64 = admin_client(&url)
         .await
         .query_one(&format!("SELECT count(*) FROM {schema}.deliveries"), &[])

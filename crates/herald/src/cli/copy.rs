@@ -76,38 +76,46 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("database {shown}: {}", herald_core::error_chain(&e)))?;
 
-    // Refused targets are refused before the embedded database is touched: it stays at its
-    // schema, and the version that wrote it still starts on it.
-    herald_store::copy::check_target(&target)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}; nothing was copied", herald_core::error_chain(&e)))?;
-    // Brings it to this version's schema first, as a start of this version would: the one
-    // change the copy makes to it.
-    {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || SqliteStore::open(&source))
-            .await?
-            .with_context(|| {
-                format!("could not open the database in {}", args.data_dir.display())
-            })?;
-    }
-
     eprintln!("Copying {} to {shown} ...", source.display());
     let started = Instant::now();
     let mut shown_at = Instant::now();
-    let copying = sqlite_to_postgres(&source, &target, Arc::new(cipher), |p: Progress<'_>| {
-        let done = p.copied == p.total;
-        if done || shown_at.elapsed() >= PROGRESS_EVERY {
-            shown_at = Instant::now();
-            eprintln!(
-                "  {:<14} {:>12} of {}{}",
-                p.table,
-                thousands(p.copied),
-                thousands(p.total),
-                if done { "" } else { " ..." }
-            );
+    // Brings it to this version's schema first, as a start of this version would: the one
+    // change the copy makes to it, once the target is locked and found usable (a refused
+    // target leaves it as it was, for the version that wrote it to start on again).
+    let migrate_source = {
+        let (source, shown_dir) = (source.clone(), args.data_dir.display().to_string());
+        async move {
+            tokio::task::spawn_blocking(move || SqliteStore::open(&source))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(drop)
+                .map_err(|e| {
+                    format!(
+                        "could not open the database in {shown_dir}: {}",
+                        herald_core::error_chain(&e)
+                    )
+                })
         }
-    });
+    };
+    let copying = sqlite_to_postgres(
+        &source,
+        &target,
+        Arc::new(cipher),
+        migrate_source,
+        |p: Progress<'_>| {
+            let done = p.copied == p.total;
+            if done || shown_at.elapsed() >= PROGRESS_EVERY {
+                shown_at = Instant::now();
+                eprintln!(
+                    "  {:<14} {:>12} of {}{}",
+                    p.table,
+                    thousands(p.copied),
+                    thousands(p.total),
+                    if done { "" } else { " ..." }
+                );
+            }
+        },
+    );
     let copied = tokio::select! {
         copied = copying => copied
             .map_err(|e| anyhow::anyhow!("{}; nothing was copied", herald_core::error_chain(&e)))?,
