@@ -497,8 +497,8 @@ pub(crate) fn list_events(
     };
     // One snapshot for both statements: an event stored between them is in neither or both.
     let _snapshot = conn.unchecked_transaction()?;
-    let mut items = Vec::with_capacity(want);
     let cursor = crate::event_cursor(page);
+    let mut items = Vec::new();
     if let Some(cursor) = &cursor {
         items = conn
             .prepare_cached(&list_events_sql(EventsFrom::SameMillisecond))?

@@ -194,7 +194,10 @@ pub async fn create(
              (HERALD_MAX_WEBHOOKS_PER_ORG); delete the ones it no longer needs"
         )));
     }
-    let name = webhook_name(input.name.as_deref().unwrap_or_default())?;
+    let name = new_webhook_name(org::parse_name(
+        input.name.as_deref().unwrap_or_default(),
+        "name",
+    )?)?;
     let url = WebhookUrl::parse(
         input
             .url
@@ -328,7 +331,7 @@ pub async fn update(
         // refused): a form sends every field back.
         let name = org::parse_name(&name, "name")?;
         if name != w.name {
-            w.name = webhook_name(&name)?;
+            w.name = new_webhook_name(name)?;
         }
     }
     if let Some(url) = input.url {
@@ -740,9 +743,8 @@ pub async fn send_test(
     Ok((event.id.clone(), delivery_id))
 }
 
-/// A webhook's name, as given in a create or a change.
-fn webhook_name(raw: &str) -> ServiceResult<String> {
-    let name = org::parse_name(raw, "name")?;
+/// A new name for a webhook (already read by `org::parse_name`): not one in the form of an id.
+fn new_webhook_name(name: String) -> ServiceResult<String> {
     let looks_like_id = WebhookId::parse(&name).is_ok();
     Ok(org::refuse_id_form(name, looks_like_id, "a webhook")?)
 }

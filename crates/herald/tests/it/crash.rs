@@ -813,15 +813,16 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     const KEY: &str = "79c65e8234fb51ad742802db8182c78878dae072ce3264b58c562ff894db04e5";
-    let copy = || {
+    let copy_from = |data: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["copy", "--to", &db.url])
-            .env("HERALD_DATA_DIR", dir.path())
+            .env("HERALD_DATA_DIR", data)
             .env("HERALD_ENCRYPTION_KEY", KEY)
             .env("HERALD_LOG", "warn")
             .kill_on_drop(true)
             .output()
     };
+    let copy = || copy_from(dir.path());
     let running = copy().await.unwrap();
     let stderr = String::from_utf8_lossy(&running.stderr);
     assert!(!running.status.success());
@@ -927,14 +928,7 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         "/../herald-store/tests/fixtures/schema-6.db"
     );
     std::fs::copy(fixture, older.path().join("herald.db")).unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["copy", "--to", &db.url])
-        .env("HERALD_DATA_DIR", older.path())
-        .env("HERALD_LOG", "warn")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let refused = copy_from(older.path()).await.unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && stderr.contains("already holds Herald data"),
