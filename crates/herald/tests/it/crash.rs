@@ -87,6 +87,20 @@ impl Server {
             .unwrap()
     }
 
+    /// Posts `body` as the admin; answers the JSON answer.
+    pub(crate) async fn post_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        http_client()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Creates an organization with one webhook, `sink`, delivering to `rx`'s `/sink`; answers
     /// the organization's id.
     pub(crate) async fn org_with_sink(&self, rx: &TestReceiver) -> String {
@@ -97,16 +111,7 @@ impl Server {
     /// of `extra` added to its definition; answers the organization's id.
     pub(crate) async fn org_with_webhook(&self, url: &str, extra: serde_json::Value) -> String {
         let http = http_client();
-        let org: serde_json::Value = http
-            .post(format!("{}/v1/orgs", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "name": "Acme" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let org = self.post_json("/v1/orgs", json!({ "name": "Acme" })).await;
         let org = org["id"].as_str().unwrap().to_owned();
         let mut webhook = json!({ "name": "sink", "url": url });
         webhook
@@ -791,16 +796,12 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
     }
     wait_until_delivered(&rx, &acked, Duration::from_secs(20)).await;
     // A deleted webhook is copied for its history, and the summary says so.
-    let gone: serde_json::Value = http
-        .post(format!("{}/v1/orgs/{org}/webhooks", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "gone", "url": rx.url("/gone") }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let gone = server
+        .post_json(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "gone", "url": rx.url("/gone") }),
+        )
+        .await;
     let deleted = http
         .delete(format!(
             "{}/v1/orgs/{org}/webhooks/{}",
