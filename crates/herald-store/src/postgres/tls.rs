@@ -324,8 +324,38 @@ impl TlsSettings {
     }
 
     /// The connector for these settings, with its files read now: a missing or unreadable one
-    /// stops the start, not the first connection.
+    /// stops the start, not the first connection. It reads them again when they change.
     pub(crate) fn connector(&self) -> Result<DatabaseTls, String> {
+        let seen = self.stamps();
+        let (connect, roots) = self.build()?;
+        Ok(DatabaseTls {
+            shared: Arc::new(Reloading {
+                settings: self.clone(),
+                loaded: std::sync::Mutex::new(Loaded {
+                    connect,
+                    roots,
+                    seen,
+                }),
+            }),
+        })
+    }
+
+    /// The files these settings read (the system's store is not watched).
+    fn files(&self) -> impl Iterator<Item = &str> {
+        let roots = self.root_cert.as_deref().filter(|path| *path != "system");
+        roots
+            .into_iter()
+            .chain(self.client_cert.as_deref())
+            .chain(self.client_key.as_deref())
+    }
+
+    /// What the files look like now.
+    fn stamps(&self) -> Vec<FileStamp> {
+        self.files().map(FileStamp::of).collect()
+    }
+
+    /// The rustls connector for these settings, and where its trusted roots came from.
+    fn build(&self) -> Result<(MakeRustlsConnect, Arc<str>), String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let check = self.check();
         let (roots, source) = match check {
@@ -364,10 +394,10 @@ impl TlsSettings {
         // What libpq 17 offers, and what PostgreSQL 17 asks for when TLS comes first
         // (`sslnegotiation=direct`); older servers pass over it.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(DatabaseTls {
-            inner: MakeRustlsConnect::new(config),
-            roots: source.unwrap_or_default().into(),
-        })
+        Ok((
+            MakeRustlsConnect::new(config),
+            source.unwrap_or_default().into(),
+        ))
     }
 
     /// The trusted roots, and how to name where they came from in an error.
@@ -464,12 +494,77 @@ fn read_certificates(path: &str, what: &str) -> Result<Vec<CertificateDer<'stati
 }
 
 /// The connector of the pool and the listener: tokio-postgres-rustls's, with a certificate
-/// that did not pass explained in terms of the URL's parameters.
+/// that did not pass explained in terms of the URL's parameters. Clones share one connector,
+/// built again from the files when one of them has changed since it was read, so that a
+/// renewed certificate (a short-lived client certificate, a rotated CA) serves from the next
+/// connection on without a restart.
 #[derive(Clone)]
 pub(crate) struct DatabaseTls {
-    inner: MakeRustlsConnect,
+    shared: Arc<Reloading>,
+}
+
+struct Reloading {
+    settings: TlsSettings,
+    loaded: std::sync::Mutex<Loaded>,
+}
+
+/// The connector last built, and the files as they were when it was (or as they were when
+/// they last could not be used: a change half made is tried again once it changes again).
+struct Loaded {
+    connect: MakeRustlsConnect,
     /// Where the trusted roots came from (empty when none are checked against).
     roots: Arc<str>,
+    seen: Vec<FileStamp>,
+}
+
+/// What tells a file apart from the one it replaced: its inode (certificate managers and
+/// Kubernetes replace files by renaming), its length and when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp(Option<(u64, u64, std::time::SystemTime)>);
+
+impl FileStamp {
+    fn of(path: &str) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        // Following links, as reading the file does.
+        Self(
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.ino(), m.len(), m.modified().ok()?))),
+        )
+    }
+}
+
+impl Reloading {
+    /// The connector for the next connection: the one built before unless a file changed and
+    /// can be read. A file that cannot be read (yet) is said once, and the connection is
+    /// tried with what was read before, which may still be good.
+    fn current(&self) -> (MakeRustlsConnect, Arc<str>) {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.settings.stamps();
+        if now != loaded.seen {
+            match self.settings.build() {
+                Ok((connect, roots)) => {
+                    tracing::info!(
+                        files = %self.settings.files().collect::<Vec<_>>().join(", "),
+                        "read the database's TLS files again: they changed"
+                    );
+                    *loaded = Loaded {
+                        connect,
+                        roots,
+                        seen: now,
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the database's TLS files changed and cannot be used: connecting with what was read before, until they change again");
+                    loaded.seen = now;
+                }
+            }
+        }
+        (loaded.connect.clone(), loaded.roots.clone())
+    }
 }
 
 impl<S> MakeTlsConnect<S> for DatabaseTls
@@ -481,10 +576,11 @@ where
     type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
 
     fn make_tls_connect(&mut self, host: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let (mut connect, roots) = self.shared.current();
         Ok(Explaining {
-            inner: MakeTlsConnect::<S>::make_tls_connect(&mut self.inner, host)?,
+            inner: MakeTlsConnect::<S>::make_tls_connect(&mut connect, host)?,
             host: host.to_owned(),
-            roots: self.roots.clone(),
+            roots,
         })
     }
 }
@@ -1066,7 +1162,7 @@ mod tests {
     /// by `ca` would: the TLS request, then the handshake. Answers what the client presented,
     /// and the host name it gave (SNI).
     async fn serve_once(
-        listener: tokio::net::TcpListener,
+        listener: &tokio::net::TcpListener,
         ca: CertificateDer<'static>,
         ca_key: PrivateKeyDer<'static>,
         versions: &'static [&'static rustls::SupportedProtocolVersion],
@@ -1148,18 +1244,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_client_certificate_is_presented_when_the_server_asks() {
-        let dir = tempfile::tempdir().unwrap();
-        let at = dir.path();
-        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    const EC_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+
+    /// A test CA in `at`: `ca.pem` and `ca.key`.
+    fn make_ca(at: &std::path::Path) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         openssl(
             at,
-            &format!("req -x509 {ec} -keyout ca.key -out ca.pem -subj /CN=Herald-test-CA -days 2"),
+            &format!(
+                "req -x509 {EC_KEY} -keyout ca.key -out ca.pem -subj /CN=Herald-test-CA -days 2"
+            ),
         );
+        (
+            CertificateDer::from_pem_file(at.join("ca.pem")).unwrap(),
+            PrivateKeyDer::from_pem_file(at.join("ca.key")).unwrap(),
+        )
+    }
+
+    /// A client certificate `{name}.pem` and its key `{name}.key`, signed by the CA in `at`.
+    fn issue_client_certificate(at: &std::path::Path, name: &str) -> CertificateDer<'static> {
         openssl(
             at,
-            &format!("req {ec} -keyout client.key -out client.csr -subj /CN=herald"),
+            &format!("req {EC_KEY} -keyout {name}.key -out {name}.csr -subj /CN=herald"),
         );
         std::fs::write(
             at.join("client.ext"),
@@ -1168,8 +1273,20 @@ mod tests {
         .unwrap();
         openssl(
             at,
-            "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile client.ext -out client.pem -days 2",
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -extfile client.ext -out {name}.pem -days 2"
+            ),
         );
+        CertificateDer::from_pem_file(at.join(format!("{name}.pem"))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_presented_when_the_server_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path();
+        let (ca, ca_key) = make_ca(at);
+        issue_client_certificate(at, "client");
         // The same key as SEC1 (`EC PRIVATE KEY`) and encrypted; another key.
         openssl(at, "ec -in client.key -out client-sec1.key");
         openssl(
@@ -1184,8 +1301,6 @@ mod tests {
             at,
             "genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out other.key",
         );
-        let ca = CertificateDer::from_pem_file(at.join("ca.pem")).unwrap();
-        let ca_key = PrivateKeyDer::from_pem_file(at.join("ca.key")).unwrap();
         let client = CertificateDer::from_pem_file(at.join("client.pem")).unwrap();
 
         let with_key = |key: &str| {
@@ -1200,12 +1315,10 @@ mod tests {
         ] {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
-            let served = tokio::spawn(serve_once(
-                listener,
-                ca.clone(),
-                ca_key.clone_key(),
-                rustls::DEFAULT_VERSIONS,
-            ));
+            let (ca, ca_key) = (ca.clone(), ca_key.clone_key());
+            let served = tokio::spawn(async move {
+                serve_once(&listener, ca, ca_key, rustls::DEFAULT_VERSIONS).await
+            });
             let mut url = format!("postgres://herald@localhost:{port}/herald?sslmode=require");
             if let Some(key) = key {
                 url += &with_key(key);
@@ -1238,12 +1351,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         static ONLY_TLS12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
-        let served = tokio::spawn(serve_once(
-            listener,
-            ca.clone(),
-            ca_key.clone_key(),
-            &ONLY_TLS12,
-        ));
+        let (ca_tls12, ca_key_tls12) = (ca.clone(), ca_key.clone_key());
+        let served = tokio::spawn(async move {
+            serve_once(&listener, ca_tls12, ca_key_tls12, &ONLY_TLS12).await
+        });
         let url =
             format!("postgres://herald@127.0.0.1:{port}/herald?ssl_min_protocol_version=TLSv1.3");
         let said = store_unavailable(&url).await;
@@ -1275,5 +1386,70 @@ mod tests {
                 && said.contains("client.pem"),
             "{said}"
         );
+    }
+
+    /// Short-lived client certificates are renewed while Herald runs: each connection after a
+    /// renewal presents the new one, and a renewal caught half done (a certificate without its
+    /// key yet) leaves the one before in use rather than failing the connection.
+    #[tokio::test]
+    async fn a_renewed_client_certificate_is_presented_from_the_next_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path();
+        let (ca, ca_key) = make_ca(at);
+        let first = issue_client_certificate(at, "client");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cert, key) = (at.join("client.pem"), at.join("client.key"));
+        let url = format!(
+            "postgres://herald@localhost:{port}/herald?sslmode=require&sslcert={}&sslkey={}",
+            cert.display(),
+            key.display()
+        );
+        let store = store_for(&url);
+        let bounded = std::time::Duration::from_secs(10);
+        // One connection (it fails after the handshake, as the server stops there): what the
+        // server was shown.
+        let presented = || async {
+            let (served, _) = tokio::time::timeout(
+                bounded,
+                futures::future::join(
+                    serve_once(
+                        &listener,
+                        ca.clone(),
+                        ca_key.clone_key(),
+                        rustls::DEFAULT_VERSIONS,
+                    ),
+                    store.migrate(),
+                ),
+            )
+            .await
+            .unwrap();
+            served.unwrap().0
+        };
+        // As a certificate manager does: the new file written beside, then renamed over.
+        let replace = |from: &str, to: &std::path::Path| {
+            std::fs::rename(at.join(from), to).unwrap();
+        };
+        assert_eq!(presented().await, vec![first.clone()]);
+        assert_eq!(
+            presented().await,
+            vec![first.clone()],
+            "read again unchanged"
+        );
+
+        let second = issue_client_certificate(at, "second");
+        replace("second.pem", &cert);
+        replace("second.key", &key);
+        assert_eq!(presented().await, vec![second.clone()]);
+
+        let third = issue_client_certificate(at, "third");
+        replace("third.pem", &cert);
+        assert_eq!(
+            presented().await,
+            vec![second.clone()],
+            "a certificate without its key yet: the one before"
+        );
+        replace("third.key", &key);
+        assert_eq!(presented().await, vec![third]);
     }
 }
