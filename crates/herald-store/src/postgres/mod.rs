@@ -14,6 +14,7 @@ pub mod conninfo;
 mod deliveries;
 mod health;
 mod ingest;
+mod migrate;
 mod orgs;
 mod rows;
 mod sessions;
@@ -45,7 +46,6 @@ use herald_core::webhook::Webhook;
 use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
 use crate::cipher::SecretCipher;
-use crate::migrations;
 
 /// The longest one store operation may take before it counts as the database being away.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,8 +56,6 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 const BULK_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long to wait for a connection to open, or for a free one in the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Serialises migrations when several nodes start at once (any constant; "herald" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
 
 /// Runs `$body` (a `DbResult` future using the transaction `$tx`) in its own transaction and
 /// commits it, within [`OPERATION_TIMEOUT`] (or `$timeout`).
@@ -212,94 +210,6 @@ impl PostgresStore {
         })
     }
 
-    /// Applies the migrations the database lacks, all in one transaction, under an advisory
-    /// lock so that nodes starting together take turns. Answers how many it applied.
-    pub async fn migrate(&self) -> StoreResult<usize> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(sql)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(sql)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .await
-        .map_err(sql)?;
-        let mut applied = 0;
-        let mut upgrading = false;
-        for m in migrations::POSTGRES {
-            let done = tx
-                .query_opt(
-                    "SELECT 1 FROM schema_migrations WHERE version = $1",
-                    &[&m.version],
-                )
-                .await
-                .map_err(sql)?
-                .is_some();
-            if done {
-                upgrading = true;
-                continue;
-            }
-            tx.batch_execute(m.sql).await.map_err(sql)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                &[
-                    &m.version,
-                    &m.name,
-                    &herald_core::Clock::now(&herald_core::SystemClock).as_millis(),
-                ],
-            )
-            .await
-            .map_err(sql)?;
-            if upgrading {
-                tracing::info!(version = m.version, name = m.name, "applied migration");
-            } else {
-                tracing::debug!(version = m.version, name = m.name, "applied migration");
-            }
-            applied += 1;
-        }
-        let newest: i64 = tx
-            .query_one("SELECT MAX(version) FROM schema_migrations", &[])
-            .await
-            .map_err(sql)?
-            .get(0);
-        tx.commit().await.map_err(sql)?;
-        migrations::warn_if_newer(newest, migrations::POSTGRES.len());
-        warn_if_autovacuum_is_off(&client).await;
-        if !upgrading && applied > 0 {
-            // A new database: one line, not one per migration.
-            let version = migrations::POSTGRES.last().map_or(0, |m| m.version);
-            tracing::info!(version, "created the database schema");
-        }
-        Ok(applied)
-    }
-
-    /// Checks that the schema is the one this version needs (for a node started with
-    /// migrations turned off). Answers the schema's version.
-    pub async fn check_schema(&self) -> StoreResult<i64> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await;
-        let version: i64 = match row {
-            Ok(row) => row.map(|r| r.get(0)).unwrap_or(0),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
-            Err(e) => return Err(sql(e)),
-        };
-        let wanted = migrations::POSTGRES.len() as i64;
-        if version < wanted {
-            return Err(StoreError::Other(
-                format!("the database schema is at version {version}, this Herald needs {wanted}: run `herald migrate` (or start one node with migrations on)").into(),
-            ));
-        }
-        migrations::warn_if_newer(version, migrations::POSTGRES.len());
-        warn_if_autovacuum_is_off(&client).await;
-        Ok(version)
-    }
-
     /// Writes again every secret stored plain or sealed with an old key; answers how many
     /// webhooks it rewrote. Run at start-up; without a key it only checks that every stored
     /// secret opens (none was sealed with a key that is not configured).
@@ -448,17 +358,6 @@ pub(crate) fn conflict(message: String) -> DbError {
 /// times (created, leased, attempted, finished), each write leaving a dead row behind, and
 /// without vacuuming the tables grow without bound (a 35-minute soak on such a server left
 /// three dead rows of `deliveries` for each live one).
-async fn warn_if_autovacuum_is_off(client: &tokio_postgres::Client) {
-    let Ok(row) = client.query_one("SHOW autovacuum", &[]).await else {
-        return;
-    };
-    if row.get::<_, String>(0) == "off" {
-        tracing::warn!(
-            "PostgreSQL's autovacuum is off: Herald's tables will keep every dead row and grow; turn it on (autovacuum = on in postgresql.conf) or run VACUUM regularly"
-        );
-    }
-}
-
 /// Sorts a PostgreSQL error into the store's classes: anything that says "the server is not
 /// there (now)" is `Unavailable`, so callers answer 503 and try again.
 pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
