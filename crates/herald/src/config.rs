@@ -108,6 +108,8 @@ pub struct StorageSettings {
     /// embedded database; several nodes may share it. The data directory then holds only the
     /// generated admin token. TLS as libpq's parameters say: add
     /// `?sslmode=verify-full&sslrootcert=/path/to/ca.pem` to check the server's certificate.
+    /// libpq's variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, …) fill
+    /// what it leaves out: `postgres://` alone takes everything from them.
     #[arg(long, env = "HERALD_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
     pub database_url: Option<String>,
     /// PostgreSQL connections this node keeps open at most.
@@ -123,9 +125,21 @@ impl ServerSettings {
 }
 
 impl StorageSettings {
-    /// The database URL without its password, for messages.
+    /// The database URL without its password, for messages, naming the libpq variables
+    /// (`PGHOST`, …) that complete it.
     pub fn database_url_for_display(&self) -> Option<String> {
-        self.database_url.as_deref().map(redact_password)
+        self.database_url.as_deref().map(|url| {
+            let shown = redact_password(url);
+            let completed = herald_store::postgres::conninfo::completed_from_environment(url);
+            if completed.is_empty() {
+                shown
+            } else {
+                format!(
+                    "{shown} (with {} from the environment)",
+                    completed.join(", ")
+                )
+            }
+        })
     }
 }
 

@@ -34,7 +34,9 @@ use tokio_postgres::config::SslMode as DriverMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::conninfo::{decode, is_url, key_value_pairs, quoted, split_query};
+use super::conninfo::{
+    decode, is_url, key_value_pairs, quoted, split_query, unread_environment, with_environment,
+};
 
 /// The URL parameters this module takes; tokio-postgres gets the rest.
 const TLS_PARAMETERS: [&str; 9] = [
@@ -66,15 +68,46 @@ const UNSUPPORTED: [(&str, &str); 5] = [
     ("sslkeylogfile", "TLS keys are never written out"),
 ];
 
-/// The driver's configuration for `url` and the connector for its TLS settings.
+/// The driver's configuration for `url`, completed by libpq's environment variables, and the
+/// connector for its TLS settings.
 pub(crate) fn connection(url: &str) -> Result<(tokio_postgres::Config, DatabaseTls), String> {
-    let (rest, tls) = TlsSettings::take_from(url)?;
+    connection_with(url, |name| std::env::var(name).ok())
+}
+
+/// [`connection`], with the environment read through `env`.
+fn connection_with(
+    url: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(tokio_postgres::Config, DatabaseTls), String> {
+    for said in unread_environment(&env) {
+        tracing::warn!("{said}");
+    }
+    let (url, from_environment) = with_environment(url, &env);
+    // A value from the environment is not in the URL the reader will look at: say where.
+    let blame = |said: String| {
+        if from_environment.is_empty() {
+            said
+        } else {
+            format!(
+                "{said} (the URL as completed from the environment's {})",
+                from_environment.join(", ")
+            )
+        }
+    };
+    let (rest, tls) = TlsSettings::take_from(&url).map_err(blame)?;
     let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
-        format!(
+        blame(format!(
             "the database URL is not valid ({}); expected postgres://user@host:port/database",
             herald_core::error_chain(&e)
-        )
+        ))
     })?;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        return Err(
+            "the database URL names no host: give postgres://user@host:port/database, or set \
+             PGHOST (libpq's variables fill what the URL leaves out)"
+                .into(),
+        );
+    }
     // The driver found an `sslmode` that was not taken out: the two read the string apart.
     // Going on would replace it with ours, the default, which may be weaker.
     if config.get_ssl_mode() != DriverMode::Prefer {
@@ -867,6 +900,55 @@ mod tests {
         let (rest, tls) = taken("host=db dbname='unterminated");
         assert_eq!(rest, "host=db dbname='unterminated");
         assert_eq!(tls, TlsSettings::default());
+    }
+
+    #[test]
+    fn a_connection_can_come_from_libpqs_variables_alone() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        let (config, _) = connection_with(
+            "postgres://",
+            env(&[
+                ("PGHOST", "db.internal"),
+                ("PGPORT", "5433"),
+                ("PGUSER", "herald"),
+                ("PGPASSWORD", "p@ss w/rd?"),
+                ("PGDATABASE", "events"),
+                ("PGSSLMODE", "require"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_hosts(),
+            [tokio_postgres::config::Host::Tcp("db.internal".into())]
+        );
+        assert_eq!(config.get_ports(), [5433]);
+        assert_eq!(config.get_user(), Some("herald"));
+        assert_eq!(config.get_password(), Some(&b"p@ss w/rd?"[..]));
+        assert_eq!(config.get_dbname(), Some("events"));
+        assert_eq!(config.get_ssl_mode(), DriverMode::Require);
+        let said = connection_with("postgres://u@/db", env(&[])).err().unwrap();
+        assert!(
+            said.contains("names no host") && said.contains("PGHOST"),
+            "{said}"
+        );
+        // A value the environment gave that cannot serve is traced to it.
+        let said = connection_with("postgres://db/h", env(&[("PGPORT", "five")]))
+            .err()
+            .unwrap();
+        assert!(said.contains("`port`") && said.contains("PGPORT"), "{said}");
+        let said = connection_with("postgres://db/h", env(&[("PGSSLMODE", "on")]))
+            .err()
+            .unwrap();
+        assert!(
+            said.contains("sslmode=on") && said.contains("PGSSLMODE"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -612,6 +612,75 @@ async fn a_database_migrated_by_a_newer_herald_is_refused_or_warned_of() {
     assert!(warned(&migrate(Some(pg.url.clone())).await.unwrap()));
 }
 
+/// As `psql` does, Herald takes what `HERALD_DATABASE_URL` leaves out from libpq's variables:
+/// `postgres://` alone and `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` name the database
+/// migrated; a variable's bad value is traced to it; one Herald does not read gets a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_named_by_libpqs_variables_is_the_one_migrated() {
+    let Some(pg) = TestDatabase::create("the libpq variables test").await else {
+        return;
+    };
+    let config: tokio_postgres::Config = pg.url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    let mut variables = vec![
+        ("PGHOST", host),
+        (
+            "PGPORT",
+            config.get_ports().first().unwrap_or(&5432).to_string(),
+        ),
+        ("PGUSER", config.get_user().unwrap().to_owned()),
+        ("PGDATABASE", config.get_dbname().unwrap().to_owned()),
+    ];
+    if let Some(password) = config.get_password() {
+        variables.push(("PGPASSWORD", String::from_utf8(password.to_vec()).unwrap()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = |extra: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg("migrate")
+            .env("HERALD_DATA_DIR", dir.path())
+            .env("HERALD_DATABASE_URL", "postgres://")
+            .env_remove("PGSERVICE")
+            .envs(variables.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().copied())
+            .kill_on_drop(true);
+        command.output()
+    };
+    let out = migrate(&[("PGSERVICE", "prod")]).await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("The database postgres:// (with PGHOST, PGPORT, PGDATABASE, PGUSER"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("PGSERVICE is set and not read"), "{stderr}");
+    let versions: i64 = pg
+        .connect()
+        .await
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(versions > 10, "{versions}");
+
+    let out = migrate(&[("PGPORT", "five")]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`port`")
+            && stderr.contains("completed from the environment's")
+            && stderr.contains("PGPORT"),
+        "{stderr}"
+    );
+}
+
 /// A start that fails writes nothing a later start would pass off as already shown: not the
 /// admin token (only the busy address or the database's own reason is said). Before, a failed
 /// start wrote a token, the next one said only "using the admin token kept in …", and the CLI
