@@ -125,21 +125,9 @@ impl ServerSettings {
 }
 
 impl StorageSettings {
-    /// The database URL without its password, for messages, naming the libpq variables
-    /// (`PGHOST`, …) that complete it.
+    /// The database URL without its password, for messages (see [`database_for_display`]).
     pub fn database_url_for_display(&self) -> Option<String> {
-        self.database_url.as_deref().map(|url| {
-            let shown = redact_password(url);
-            let completed = herald_store::postgres::conninfo::completed_from_environment(url);
-            if completed.is_empty() {
-                shown
-            } else {
-                format!(
-                    "{shown} (with {} from the environment)",
-                    completed.join(", ")
-                )
-            }
-        })
+        self.database_url.as_deref().map(database_for_display)
     }
 }
 
@@ -179,6 +167,21 @@ impl std::fmt::Debug for SecuritySettings {
 /// `Some("…")` for a secret that is set.
 fn hidden(secret: &Option<String>) -> Option<&'static str> {
     secret.as_ref().map(|_| "…")
+}
+
+/// A database URL without its password, naming the libpq variables (`PGHOST`, …) that
+/// complete it: what messages say of the database a command uses.
+pub fn database_for_display(url: &str) -> String {
+    let shown = redact_password(url);
+    let completed = herald_store::postgres::conninfo::completed_from_environment(url);
+    if completed.is_empty() {
+        shown
+    } else {
+        format!(
+            "{shown} (with {} from the environment)",
+            completed.join(", ")
+        )
+    }
 }
 
 /// `postgres://user:secret@host/db?password=x` → `postgres://user@host/db?password=…`: the

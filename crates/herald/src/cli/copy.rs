@@ -14,7 +14,7 @@ use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use super::bench::report::thousands;
 use crate::app;
-use crate::config::{EncryptionSettings, LogSettings, StorageSettings, redact_password};
+use crate::config::{EncryptionSettings, LogSettings, StorageSettings, database_for_display};
 use crate::database_lock::DatabaseLock;
 
 #[derive(Debug, Args)]
@@ -43,7 +43,7 @@ pub fn copy(args: CopyArgs) -> anyhow::Result<()> {
 
 async fn run(args: CopyArgs) -> anyhow::Result<()> {
     check_target(&args.to)?;
-    let shown = redact_password(&args.to);
+    let shown = database_for_display(&args.to);
     let source = args.data_dir.join("herald.db");
     if !source.is_file() {
         bail!(
@@ -216,7 +216,8 @@ fn check_target(url: &str) -> anyhow::Result<()> {
     let after_host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     match after_host.split_once('/') {
         Some((_, database)) if !database.is_empty() => Ok(()),
-        _ => bail!("--to names no database; give one: {SHAPE}"),
+        _ if std::env::var_os("PGDATABASE").is_some_and(|v| !v.is_empty()) => Ok(()),
+        _ => bail!("--to names no database; give one: {SHAPE} (or set PGDATABASE)"),
     }
 }
 
