@@ -208,17 +208,25 @@ impl Sessions {
     }
 }
 
-/// The session id from the request's cookies.
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The most session cookies one request has looked up: a browser sends more than one when
+/// cookies of that name were set for several paths or domains (another Herald on a parent
+/// domain, say), and the live one need not come first.
+const MOST_SESSION_COOKIES: usize = 4;
+
+/// The well-formed session ids among the request's cookies, in the order sent.
+fn session_cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, value)| {
+            *name == COOKIE && value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
+        })
         .map(|(_, value)| value.to_owned())
-        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .take(MOST_SESSION_COOKIES)
+        .collect()
 }
 
 /// Whether the person reached us over https (directly or through a proxy that says so), so
@@ -345,15 +353,15 @@ impl FromRequestParts<AppState> for Signed {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(session) = session_cookie(&parts.headers) else {
-            return Err(to_sign_in(parts));
-        };
-        let Some(credential) = state
-            .sessions
-            .credential(&session)
-            .await
-            .map_err(store_failed)?
-        else {
+        // The first of the request's session cookies that names a live session.
+        let mut live = None;
+        for id in session_cookies(&parts.headers) {
+            if let Some(credential) = state.sessions.credential(&id).await.map_err(store_failed)? {
+                live = Some((id, credential));
+                break;
+            }
+        }
+        let Some((session, credential)) = live else {
             return Err(to_sign_in(parts));
         };
         match state.auth.resolve_session(&session, &credential).await {
@@ -463,9 +471,21 @@ mod tests {
             header::COOKIE,
             format!("theme=dark; {COOKIE}={id}; x=y").parse().unwrap(),
         );
-        assert_eq!(session_cookie(&headers), Some(id));
+        assert_eq!(
+            session_cookies(&headers).as_slice(),
+            std::slice::from_ref(&id)
+        );
         headers.insert(header::COOKIE, format!("{COOKIE}=short").parse().unwrap());
-        assert_eq!(session_cookie(&headers), None);
+        assert!(session_cookies(&headers).is_empty());
+        // Several, as a browser sends cookies of one name set for several paths or domains:
+        // each well-formed one, in order, up to a bound.
+        let other = "cd".repeat(32);
+        let many = format!("{COOKIE}={other}; {COOKIE}=short; {COOKIE}={id}")
+            + &format!("; {COOKIE}={other}").repeat(5);
+        headers.insert(header::COOKIE, many.parse().unwrap());
+        let found = session_cookies(&headers);
+        assert_eq!(found[..2], [other.clone(), id.clone()]);
+        assert_eq!(found.len(), MOST_SESSION_COOKIES);
     }
 
     #[test]

@@ -229,6 +229,13 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         (a.status, a.location.as_str()),
         (StatusCode::SEE_OTHER, "/orgs")
     );
+    // A browser holding session cookies for several paths or domains sends them all, a dead
+    // one first maybe: the live one still signs it in.
+    let live = admin.cookie().unwrap();
+    let mut both = Visitor::new(&app);
+    both.cookie = Some(format!("herald_session={}; {live}", "ab".repeat(32)));
+    let a = both.get("/orgs").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.location);
     // Signed in, the sign-in page goes on to where it would lead.
     let a = admin.get("/login").await;
     assert_eq!(
