@@ -186,14 +186,23 @@ impl HttpClient {
         mut req: http::Request<pool::Body>,
     ) -> Result<(hyper::Response<Incoming>, Connection), AttemptError> {
         let informational = Informational::watch(&mut req);
-        tokio::select! {
-            exchanged = self.exchange_on_any(origin, uri, req) => exchanged,
-            // Dropping the exchange drops its connection, whose task then ends.
-            () = informational.too_many() => Err(AttemptError::Request(format!(
+        let too_many = || {
+            AttemptError::Request(format!(
                 "the endpoint sent more than {MAX_INFORMATIONAL} informational (1xx) answers \
                  before its answer"
-            ))),
+            ))
+        };
+        let exchanged = tokio::select! {
+            exchanged = self.exchange_on_any(origin, uri, req) => exchanged,
+            // Dropping the exchange drops its connection, whose task then ends.
+            () = informational.too_many() => return Err(too_many()),
+        };
+        // The answer may have come in the same read as too many informational ones: the
+        // same endpoint fails the same way however its bytes were split.
+        if informational.exceeded() {
+            return Err(too_many());
         }
+        exchanged
     }
 
     /// `exchange`, without the limit on informational answers.
@@ -258,6 +267,11 @@ impl Informational {
     /// Completes once more than `MAX_INFORMATIONAL` came.
     async fn too_many(&self) {
         self.exceeded.notified().await;
+    }
+
+    /// Whether more than `MAX_INFORMATIONAL` came.
+    fn exceeded(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::Relaxed) > MAX_INFORMATIONAL
     }
 }
 
@@ -858,6 +872,28 @@ mod tests {
             )
             .await;
         assert_eq!(outcome.status, Some(204), "{outcome:?}");
+
+        // Too many before the answer, all in one write (so often in one read): refused every
+        // time, not only when the answer comes in a later read.
+        let heads: &'static str = Box::leak(
+            ("HTTP/1.1 100 Continue\r\n\r\n".repeat(40) + "HTTP/1.1 204 No Content\r\n\r\n")
+                .into_boxed_str(),
+        );
+        for _ in 0..8 {
+            let (addr, _seen) = one_shot(Some(heads)).await;
+            let outcome = loopback_client()
+                .send(
+                    &format!("http://{addr}/hook"),
+                    request("{}"),
+                    &[],
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(
+                matches!(&outcome.error, Some(AttemptError::Request(m)) if m.contains("informational")),
+                "{outcome:?}"
+            );
+        }
     }
 
     /// A process stalled past an attempt's deadline (suspended, frozen by its hypervisor) finds
