@@ -98,8 +98,9 @@ impl WebhookForm {
         }
     }
 
-    /// The form's fields whose values differ from `other`'s, by their labels (the secret, which
-    /// a form never shows, aside).
+    /// The edit form's fields whose values differ from `other`'s, by their labels: not the
+    /// secret, which a form never shows, nor whether the webhook is enabled, which only the
+    /// creation form asks (saving an edit leaves it as it is).
     fn differs_from(&self, other: &Self) -> Vec<&'static str> {
         // Header names are stored lower-case and in order: `X-Team: a` typed is `x-team: a`.
         let lines = |text: &str| -> Vec<String> {
@@ -135,7 +136,6 @@ impl WebhookForm {
                 "Retry schedule",
                 self.retry_schedule.trim() != other.retry_schedule.trim(),
             ),
-            ("Active", self.active != other.active),
         ]
         .into_iter()
         .filter_map(|(label, differs)| differs.then_some(label))

@@ -293,9 +293,9 @@ async fn webhook_action(
         },
         "verify" => {
             let channel = Some(form.text("channel")).filter(|c| !c.is_empty());
-            subscriptions::resend(&state, scope, &org, &id, channel)
+            subscriptions::resend(&state, scope, &org, &id, channel.clone())
                 .await
-                .map(|subs| verification_flash(&subs))
+                .map(|subs| verification_flash(&subs, channel.as_deref()))
         }
         "delete" => match webhooks::delete(&state, scope, &org, std::slice::from_ref(&id)).await {
             Ok(deleted) if deleted.is_empty() => Err(ServiceError::NotFound("webhook")),
@@ -376,7 +376,7 @@ async fn test_flash(
 
 fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {
     match (active, subs) {
-        (true, Some(subs)) => verification_flash(subs),
+        (true, Some(subs)) => verification_flash(subs, None),
         (true, None) => Flash::ok("Webhook enabled; deliveries resume."),
         (false, _) => Flash::ok(
             "Webhook disabled: what it has pending waits until it is enabled; events that arrive \
@@ -385,9 +385,15 @@ fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {
     }
 }
 
-fn verification_flash(subs: &[Subscription]) -> Flash {
+/// What became of the verification sent for `channel` (every channel when `None`): the
+/// webhook's other channels keep what they were, and are not this message's.
+fn verification_flash(subs: &[Subscription], channel: Option<&str>) -> Flash {
     use herald_core::subscription::State;
-    let failed: Vec<&str> = subs
+    let sent: Vec<&Subscription> = subs
+        .iter()
+        .filter(|s| channel.is_none_or(|c| s.channel == c))
+        .collect();
+    let failed: Vec<&str> = sent
         .iter()
         .filter(|s| s.state == State::Failed)
         .map(|s| s.channel.as_str())
@@ -395,7 +401,7 @@ fn verification_flash(subs: &[Subscription]) -> Flash {
     if failed.is_empty() {
         Flash::ok(format!(
             "WebSub verification sent for {} channel(s).",
-            subs.len()
+            sent.len()
         ))
     } else {
         Flash::error(format!(

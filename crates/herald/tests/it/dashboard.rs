@@ -826,6 +826,12 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert_eq!(rx.verifications_on("/hub").len(), 3);
+    // The message speaks of that channel only.
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains("WebSub verification sent for 1 channel(s)"),
+        "{body}"
+    );
     // An active WebSub webhook is not deleted: the page says why instead.
     admin
         .post(&format!("{page}/delete"), &[("csrf", &csrf)])
@@ -1509,6 +1515,7 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
     let hook = app
         .create_webhook(&org, "https://example.com/old", json!({ "name": "crm" }))
         .await;
+    let profile = hook["profile"].as_str().unwrap().to_owned();
     let hook = hook["id"].as_str().unwrap();
     let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
     let edit = format!("/orgs/{org}/webhooks/{hook}/edit");
@@ -1532,8 +1539,8 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
         ("read_at", read_at.as_str()),
         ("name", "crm renamed"),
         ("url", "https://example.com/old"),
+        ("profile", profile.as_str()),
         ("events", "*"),
-        ("active", "on"),
     ];
     let a = admin.post(&save, &form).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
@@ -1543,10 +1550,11 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
         a.body
     );
     assert!(a.body.contains(r#"value="crm renamed""#), "{}", a.body);
-    // Saving again would put the old URL back: the page says which fields differ now.
+    // Saving again would put the old URL back: the page says which fields differ now (and
+    // not whether it is enabled, which the edit form does not ask).
     assert!(
         a.body
-            .contains("differs from the webhook as it is now in: Name, URL"),
+            .contains("differs from the webhook as it is now in: Name, URL; saving"),
         "{}",
         a.body
     );
@@ -1564,8 +1572,8 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
         ("read_at", read_again.as_str()),
         ("name", "crm renamed"),
         ("url", "https://example.com/new"),
+        ("profile", profile.as_str()),
         ("events", "*"),
-        ("active", "on"),
     ];
     let a = admin.post(&save, &form).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
