@@ -840,19 +840,20 @@ mod tests {
     /// Hints) before the answer are fine.
     #[tokio::test]
     async fn an_endless_stream_of_informational_answers_is_cut_off() {
+        let send_to = |addr: String, within: u64| async move {
+            loopback_client()
+                .send(
+                    &format!("http://{addr}/hook"),
+                    request("{}"),
+                    &[],
+                    Duration::from_secs(within),
+                )
+                .await
+        };
+        let cut_off = |outcome: &AttemptOutcome| matches!(&outcome.error, Some(AttemptError::Request(m)) if m.contains("informational"));
         let (addr, written) = streaming_heads("HTTP/1.1 102 Processing\r\n\r\n").await;
-        let outcome = loopback_client()
-            .send(
-                &format!("http://{addr}/hook"),
-                request("{}"),
-                &[],
-                Duration::from_secs(20),
-            )
-            .await;
-        assert!(
-            matches!(&outcome.error, Some(AttemptError::Request(m)) if m.contains("informational")),
-            "{outcome:?}"
-        );
+        let outcome = send_to(addr, 20).await;
+        assert!(cut_off(&outcome), "{outcome:?}");
         let written = tokio::time::timeout(Duration::from_secs(10), written)
             .await
             .expect("the connection is closed")
@@ -863,14 +864,7 @@ mod tests {
             "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
         ))
         .await;
-        let outcome = loopback_client()
-            .send(
-                &format!("http://{addr}/hook"),
-                request("{}"),
-                &[],
-                Duration::from_secs(5),
-            )
-            .await;
+        let outcome = send_to(addr, 5).await;
         assert_eq!(outcome.status, Some(204), "{outcome:?}");
 
         // Too many before the answer, all in one write (so often in one read): refused every
@@ -881,18 +875,8 @@ mod tests {
         );
         for _ in 0..8 {
             let (addr, _seen) = one_shot(Some(heads)).await;
-            let outcome = loopback_client()
-                .send(
-                    &format!("http://{addr}/hook"),
-                    request("{}"),
-                    &[],
-                    Duration::from_secs(5),
-                )
-                .await;
-            assert!(
-                matches!(&outcome.error, Some(AttemptError::Request(m)) if m.contains("informational")),
-                "{outcome:?}"
-            );
+            let outcome = send_to(addr, 5).await;
+            assert!(cut_off(&outcome), "{outcome:?}");
         }
     }
 
