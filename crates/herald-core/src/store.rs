@@ -278,6 +278,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_org(&self, org: &Organization) -> StoreResult<()>;
     /// Deletes the organization and everything it owns.
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()>;
+    /// Deletes what writes that raced an organization's deletion stored for it afterwards (an
+    /// ingest or a new webhook on another node, which read the organization just before), so
+    /// that no delivery stays pending for good for an organization that is gone. Answers how
+    /// many rows it deleted. PostgreSQL's; SQLite's one writer refuses such writes instead.
+    async fn sweep_deleted_orgs(&self) -> StoreResult<u64>;
     async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()>;
     async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKey>>;
     async fn delete_api_key(&self, org: &OrgId, id: &ApiKeyId) -> StoreResult<()>;

@@ -42,6 +42,8 @@ const NOT_COPIED: &[&str] = &[
     "schema_migrations",
     "dashboard_sessions",
     "dashboard_flashes",
+    // PostgreSQL's own: organizations deleted lately (`Store::sweep_deleted_orgs`).
+    "deleted_organizations",
 ];
 /// The most rows one insert carries...
 const CHUNK_ROWS: usize = 1_000;

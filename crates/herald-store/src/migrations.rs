@@ -50,6 +50,7 @@ sequence! {
     9 "0009" "api_key_roles",
     10 "0010" "dashboard_sessions",
     11 "0011" "events_by_org",
+    12 "0012" "deleted_organizations",
 }
 
 /// Says that the database was migrated by a newer Herald (its `schema` version is past the

@@ -3282,6 +3282,63 @@ async fn populated_org(store: &Arc<dyn Store>, handle: &str) -> Populated {
     }
 }
 
+/// Writes that read an organization just before its deletion and arrive after it (an ingest,
+/// a new webhook or key): SQLite's one writer refuses them; on PostgreSQL another node's may
+/// commit, and the sweep removes what it stored. Either way nothing of the organization is
+/// left, no delivery stays pending for it, and the other organization keeps everything.
+async fn what_writes_racing_an_organizations_deletion_store_is_removed(store: Arc<dyn Store>) {
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let (globex, other_hook) = org_with_webhook(&store, "globex").await;
+    let kept = deliver(&store, &other_hook, "evt_kept", T0, false).await;
+    store.delete_org(&acme.id).await.unwrap();
+
+    let late = DeliveryId::generate();
+    let items = [item(
+        event(&acme.id, "evt_late", "invoice.paid", T0),
+        &[(&late, &hook.id)],
+        false,
+    )];
+    let ingested = store
+        .insert_events(&acme.id, &items, T0, at(LEASE_SECS))
+        .await;
+    let created = [
+        store.create_webhook(&webhook(&acme.id)).await,
+        store.create_api_key(&api_key(&acme.id, "late-key")).await,
+        store
+            .create_event_type(&event_type(&acme.id, "invoice.late"))
+            .await,
+    ];
+    for result in created
+        .iter()
+        .map(|r| r.as_ref().map(|_| ()))
+        .chain([ingested.as_ref().map(|_| ())])
+    {
+        assert!(
+            matches!(result, Ok(()) | Err(StoreError::NotFound)),
+            "{result:?}"
+        );
+    }
+    store.sweep_deleted_orgs().await.unwrap();
+
+    assert_not_found(store.get_event(&acme.id, "evt_late").await);
+    assert_not_found(store.get_delivery(&acme.id, &late).await);
+    assert!(store.org_webhooks(&acme.id).await.unwrap().is_empty());
+    assert_eq!(store.find_api_key("late-key").await.unwrap(), None);
+    assert!(store.list_event_types(&acme.id).await.unwrap().is_empty());
+    let pending = store.pending_by_webhook().await.unwrap();
+    assert!(
+        pending.iter().all(|p| p.webhook_id == other_hook.id),
+        "{pending:?}"
+    );
+    // Nothing more to sweep; the other organization keeps its own.
+    assert_eq!(store.sweep_deleted_orgs().await.unwrap(), 0);
+    assert_eq!(
+        state_of(&store, &globex.id, &kept).await,
+        DeliveryState::Pending
+    );
+    assert_eq!(claim(&store, FAR_FUTURE).await, vec![kept]);
+}
+
 async fn deleting_an_organization_removes_everything_it_owns(store: Arc<dyn Store>) {
     let Populated {
         org: acme,
@@ -3730,6 +3787,7 @@ macro_rules! stories {
             recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked,
             delivery_history_is_newest_first_and_filterable,
             deleting_an_organization_removes_everything_it_owns,
+            what_writes_racing_an_organizations_deletion_store_is_removed,
             deleting_an_organization_with_a_backlog_removes_all_of_it,
             concurrent_ingests_are_all_committed,
             concurrent_requests_each_get_their_own_answer,

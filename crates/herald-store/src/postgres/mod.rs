@@ -358,6 +358,17 @@ pub(crate) fn conflict(message: String) -> DbError {
 /// times (created, leased, attempted, finished), each write leaving a dead row behind, and
 /// without vacuuming the tables grow without bound (a 35-minute soak on such a server left
 /// three dead rows of `deliveries` for each live one).
+/// Whether PostgreSQL ended the transaction to break a deadlock.
+fn is_deadlock(e: &StoreError) -> bool {
+    let StoreError::Unavailable(cause) = e else {
+        return false;
+    };
+    cause
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+}
+
 /// Sorts a PostgreSQL error into the store's classes: anything that says "the server is not
 /// there (now)" is `Unavailable`, so callers answer 503 and try again.
 pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
@@ -431,7 +442,23 @@ impl Store for PostgresStore {
     }
 
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {
-        in_tx!(self, BULK_TIMEOUT, |tx| orgs::delete(&tx, id))
+        // Deleting every row of an organization in use can deadlock with a node recording
+        // outcomes for its deliveries (rows locked in other orders); PostgreSQL ends one of
+        // the two, and a deletion ended so is tried again rather than answered as an outage.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match in_tx!(self, BULK_TIMEOUT, |tx| orgs::delete(&tx, id)) {
+                Err(e) if tries < 3 && is_deadlock(&e) => {
+                    tracing::info!(org = %id, "deleting the organization met a deadlock; trying again");
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {
+        in_tx!(self, BULK_TIMEOUT, |tx| orgs::sweep_deleted(&tx))
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {

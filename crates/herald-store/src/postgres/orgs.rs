@@ -88,9 +88,39 @@ pub(crate) async fn update(c: &impl Conn, org: &Organization) -> DbResult<()> {
 pub(super) const DELETE_ATTEMPTS: &str = "DELETE FROM attempts WHERE delivery_id IN \
      (SELECT id COLLATE \"default\" FROM deliveries WHERE org_id = $1)";
 
+/// The database's clock in milliseconds: deletions are dated, and forgotten, by one clock
+/// whichever node did them.
+const DATABASE_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// How long a deleted organization is remembered, so that what writes racing its deletion
+/// stored is swept (they last seconds; the sweep runs every few minutes).
+const REMEMBER_DELETED_MS: i64 = 86_400_000;
+
+/// Deletes the organization and everything it owns, and remembers it for the sweep
+/// ([`sweep_deleted`]).
 pub(crate) async fn delete(c: &impl Conn, id: &OrgId) -> DbResult<()> {
     let id = id.as_str();
-    c.exec(DELETE_ATTEMPTS, &[&id]).await?;
+    c.exec(
+        &format!(
+            "INSERT INTO deleted_organizations (id, deleted_at) VALUES ($1, {DATABASE_NOW_MS}) \
+             ON CONFLICT (id) DO NOTHING"
+        ),
+        &[&id],
+    )
+    .await?;
+    delete_owned(c, id).await?;
+    if c.exec("DELETE FROM organizations WHERE id = $1", &[&id])
+        .await?
+        == 0
+    {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+/// Deletes every row organization `id` owns; answers how many.
+async fn delete_owned(c: &impl Conn, id: &str) -> DbResult<u64> {
+    let mut deleted = c.exec(DELETE_ATTEMPTS, &[&id]).await?;
     for table in [
         "deliveries",
         "events",
@@ -99,16 +129,28 @@ pub(crate) async fn delete(c: &impl Conn, id: &OrgId) -> DbResult<()> {
         "event_types",
         "api_keys",
     ] {
-        c.exec(&format!("DELETE FROM {table} WHERE org_id = $1"), &[&id])
+        deleted += c
+            .exec(&format!("DELETE FROM {table} WHERE org_id = $1"), &[&id])
             .await?;
     }
-    if c.exec("DELETE FROM organizations WHERE id = $1", &[&id])
-        .await?
-        == 0
-    {
-        return Err(not_found());
+    Ok(deleted)
+}
+
+/// Deletes what writes that raced the deletion of an organization stored for it afterwards,
+/// for every organization deleted in the last day; forgets those deleted before. Answers how
+/// many rows it deleted. Each organization costs a few index probes when nothing is left.
+pub(crate) async fn sweep_deleted(c: &impl Conn) -> DbResult<u64> {
+    c.exec(
+        &format!("DELETE FROM deleted_organizations WHERE deleted_at < {DATABASE_NOW_MS} - $1"),
+        &[&REMEMBER_DELETED_MS],
+    )
+    .await?;
+    let mut swept = 0;
+    for row in c.rows("SELECT id FROM deleted_organizations", &[]).await? {
+        let id: String = row.try_get(0)?;
+        swept += delete_owned(c, &id).await?;
     }
-    Ok(())
+    Ok(swept)
 }
 
 pub(crate) async fn create_api_key(c: &impl Conn, key: &ApiKey) -> DbResult<()> {

@@ -50,6 +50,28 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// Seals webhook secrets before they are written and opens them when read.
     cipher: Arc<SecretCipher>,
+    /// Organizations deleted since this process opened the file. A write for one that was
+    /// queued behind its deletion (an ingest or a new webhook that read the organization just
+    /// before) is refused in the writer, rather than stored for an organization that no longer
+    /// exists, out of reach. Only this process writes the file, so nothing queued before it
+    /// started can arrive.
+    deleted_orgs: Arc<std::sync::Mutex<std::collections::HashSet<OrgId>>>,
+}
+
+/// Refuses a write for an organization deleted meanwhile (see `SqliteStore::deleted_orgs`).
+/// Called in the writer, which runs one job at a time, so a deletion is either wholly before
+/// the write (refused) or wholly after (the deletion removes what it stored).
+fn refuse_deleted(
+    deleted: &std::sync::Mutex<std::collections::HashSet<OrgId>>,
+    org: &OrgId,
+) -> DbResult<()> {
+    let deleted = deleted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if deleted.contains(org) {
+        return Err(not_found());
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -106,6 +128,7 @@ impl SqliteStore {
             file: file_identity(&path),
             path,
             cipher: Arc::new(cipher),
+            deleted_orgs: Arc::default(),
         })
     }
 
@@ -428,14 +451,33 @@ impl Store for SqliteStore {
             store
                 .in_steps((), move |c, _| bulk::delete_events(c, &org))
                 .await?;
-            store.write(move |c| orgs::delete(c, &id)).await
+            let deleted = store.deleted_orgs.clone();
+            store
+                .write(move |c| {
+                    orgs::delete(c, &id)?;
+                    deleted
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id.clone());
+                    Ok(())
+                })
+                .await
         })
         .await
     }
 
+    async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {
+        // Nothing to sweep: the writer refuses writes queued behind a deletion (`deleted_orgs`).
+        Ok(0)
+    }
+
     async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
-        let key = key.clone();
-        self.write(move |c| orgs::create_api_key(c, &key)).await
+        let (key, deleted) = (key.clone(), self.deleted_orgs.clone());
+        self.write(move |c| {
+            refuse_deleted(&deleted, &key.org_id)?;
+            orgs::create_api_key(c, &key)
+        })
+        .await
     }
 
     async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKey>> {
@@ -455,8 +497,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_event_type(&self, event_type: &CustomEventType) -> StoreResult<()> {
-        let t = event_type.clone();
-        self.write(move |c| orgs::create_event_type(c, &t)).await
+        let (t, deleted) = (event_type.clone(), self.deleted_orgs.clone());
+        self.write(move |c| {
+            refuse_deleted(&deleted, &t.org_id)?;
+            orgs::create_event_type(c, &t)
+        })
+        .await
     }
 
     async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<CustomEventType>> {
@@ -471,8 +517,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
-        let w = self.sealed(webhook);
-        self.write(move |c| webhooks::create(c, &w)).await
+        let (w, deleted) = (self.sealed(webhook), self.deleted_orgs.clone());
+        self.write(move |c| {
+            refuse_deleted(&deleted, &w.org_id)?;
+            webhooks::create(c, &w)
+        })
+        .await
     }
 
     async fn list_webhooks(&self, org: &OrgId, page: &PageRequest) -> StoreResult<Page<Webhook>> {
@@ -578,9 +628,12 @@ impl Store for SqliteStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
-        let (org, items) = (org.clone(), items.to_vec());
-        self.write(move |c| deliveries::insert_events(c, &org, &items, now, lease_until))
-            .await
+        let (org, items, deleted) = (org.clone(), items.to_vec(), self.deleted_orgs.clone());
+        self.write(move |c| {
+            refuse_deleted(&deleted, &org)?;
+            deliveries::insert_events(c, &org, &items, now, lease_until)
+        })
+        .await
     }
 
     async fn claim_due(
@@ -818,9 +871,16 @@ impl Store for SqliteStore {
         org: &OrgId,
         subscriptions: &[Subscription],
     ) -> StoreResult<()> {
-        let (org, subs) = (org.clone(), subscriptions.to_vec());
-        self.write(move |c| webhooks::save_subscriptions(c, &org, &subs))
-            .await
+        let (org, subs, deleted) = (
+            org.clone(),
+            subscriptions.to_vec(),
+            self.deleted_orgs.clone(),
+        );
+        self.write(move |c| {
+            refuse_deleted(&deleted, &org)?;
+            webhooks::save_subscriptions(c, &org, &subs)
+        })
+        .await
     }
 
     async fn subscriptions_to_renew(

@@ -63,6 +63,7 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
     let days = state.settings.delivery.retention_days;
     loop {
         cancel_orphaned(&state).await;
+        sweep_deleted_orgs(&*state.store).await;
         if days > 0 {
             let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
             // A long purge gives way to shutdown between batches: each batch is a transaction
@@ -94,6 +95,21 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
         }
         if *shutdown.borrow() {
             return;
+        }
+    }
+}
+
+/// Deletes what writes racing an organization's deletion stored for it (on PostgreSQL, where
+/// they may come from other nodes): nothing of a deleted organization stays pending for good.
+pub(super) async fn sweep_deleted_orgs(store: &dyn herald_core::store::Store) {
+    match store.sweep_deleted_orgs().await {
+        Ok(0) => {}
+        Ok(rows) => tracing::info!(
+            rows,
+            "deleted what was stored for organizations just deleted (writes that raced the deletion)"
+        ),
+        Err(e) => {
+            tracing::error!(error = %herald_core::error_chain(&e), "could not sweep organizations just deleted; trying again later")
         }
     }
 }
