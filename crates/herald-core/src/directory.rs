@@ -395,6 +395,41 @@ impl Generations {
     }
 }
 
+/// One holder at a time for each key, the others waiting their turn in order. An entry lives
+/// while someone holds the key or waits for it.
+struct Turns<K> {
+    waiting: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Turns<K> {
+    fn new() -> Self {
+        Self {
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `work` when `key`'s turn comes.
+    async fn take<T>(&self, key: &K, work: impl Future<Output = T>) -> T {
+        let turn = self
+            .waiting
+            .lock()
+            .expect("turns lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let done = {
+            let _turn = turn.lock().await;
+            work.await
+        };
+        let mut waiting = self.waiting.lock().expect("turns lock");
+        // Ours and the map's: nobody else waits for this key.
+        if Arc::strong_count(&turn) == 2 {
+            waiting.remove(key);
+        }
+        done
+    }
+}
+
 /// Caches one [`OrgSnapshot`] per organization, loaded on first use.
 pub struct Directory {
     store: Arc<dyn Store>,
@@ -402,9 +437,10 @@ pub struct Directory {
     generations: Generations,
     /// One load at a time per organization: requests that miss the cache together (after a
     /// change, with hundreds of producers posting) wait for one load and share it, rather than
-    /// each reading the organization and compiling its schemas again. An entry lives while
-    /// someone loads or waits.
-    loading: Mutex<HashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
+    /// each reading the organization and compiling its schemas again.
+    loading: Turns<OrgId>,
+    /// One change at a time per organization (see [`Directory::changing`]).
+    changes: Turns<OrgId>,
 }
 
 impl Directory {
@@ -413,35 +449,33 @@ impl Directory {
             store,
             orgs: RwLock::new(HashMap::new()),
             generations: Generations::new(),
-            loading: Mutex::new(HashMap::new()),
+            loading: Turns::new(),
+            changes: Turns::new(),
         }
+    }
+
+    /// Runs `change`, a change to the organization's webhooks or event types that checks the
+    /// organization as it is and then writes, when no other change to it runs on this node.
+    /// Two at once would each pass the check that the other's write then breaks: two webhooks
+    /// of a profile that allows one per organization, or a type deleted while a new webhook
+    /// subscribes to it. (Nodes sharing PostgreSQL do not wait for each other's.)
+    pub async fn changing<T>(&self, org: &OrgId, change: impl Future<Output = T>) -> T {
+        self.changes.take(org, change).await
     }
 
     pub async fn snapshot(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
         if let Some(s) = self.cached(org) {
             return Ok(s);
         }
-        let turn = self
-            .loading
-            .lock()
-            .expect("loading lock")
-            .entry(org.clone())
-            .or_default()
-            .clone();
-        let loaded = {
-            let _turn = turn.lock().await;
-            // Whoever held the turn before may have loaded it.
-            match self.cached(org) {
-                Some(s) => Ok(s),
-                None => self.load(org).await,
-            }
-        };
-        let mut loading = self.loading.lock().expect("loading lock");
-        // Ours and the map's: nobody else waits for this organization's turn.
-        if Arc::strong_count(&turn) == 2 {
-            loading.remove(org);
-        }
-        loaded
+        self.loading
+            .take(org, async {
+                // Whoever held the turn before may have loaded it.
+                match self.cached(org) {
+                    Some(s) => Ok(s),
+                    None => self.load(org).await,
+                }
+            })
+            .await
     }
 
     /// Reads the organization from the store and caches it, unless it changed meanwhile.

@@ -43,6 +43,19 @@ pub async fn register(
     org: &OrgId,
     input: EventTypeInput,
 ) -> ServiceResult<CustomEventType> {
+    // Checked against the organization's limit, then written: one change at a time.
+    state
+        .directory
+        .changing(org, register_checked(state, scope, org, input))
+        .await
+}
+
+async fn register_checked(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    input: EventTypeInput,
+) -> ServiceResult<CustomEventType> {
     let snapshot = super::org_snapshot(state, scope, org).await?;
     let most = state.settings.limits.max_event_types_per_org;
     if snapshot.custom_type_count() >= most as usize {
@@ -132,6 +145,19 @@ pub async fn register(
 /// subscriptions would name what no longer exists, and could not be saved again unchanged),
 /// or while a WebSub webhook receives its channel (see below).
 pub async fn unregister(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    name: &str,
+) -> ServiceResult<()> {
+    // Checked against the webhooks that subscribe to it, then deleted: one change at a time.
+    state
+        .directory
+        .changing(org, unregister_checked(state, scope, org, name))
+        .await
+}
+
+async fn unregister_checked(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,

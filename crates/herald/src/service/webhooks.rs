@@ -186,6 +186,26 @@ pub async fn create(
     org: &OrgId,
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
+    // Checked against the organization's other webhooks, then written: one change at a time.
+    let (created, activate) = state
+        .directory
+        .changing(org, create_checked(state, scope, org, input))
+        .await?;
+    if activate {
+        return Ok(set_active(state, scope, org, &created.id, true).await?.0);
+    }
+    Ok(created)
+}
+
+/// [`create`], in the organization's turn for changes. Answers the webhook and whether to
+/// activate it now: a WebSub webhook asked to be active is stored inactive, and activating it
+/// sends the verification.
+async fn create_checked(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    input: WebhookInput,
+) -> ServiceResult<(Webhook, bool)> {
     let snapshot = super::org_snapshot(state, scope, org).await?;
     let most = state.settings.limits.max_webhooks_per_org;
     if snapshot.webhooks().len() >= most as usize {
@@ -273,10 +293,8 @@ pub async fn create(
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_default();
     tracing::info!(org = %org, webhook = %webhook.id, origin, "webhook created");
-    if verification == Verification::Websub && input.active == Some(true) {
-        return Ok(set_active(state, scope, org, &webhook.id, true).await?.0);
-    }
-    Ok(webhook)
+    let activate = verification == Verification::Websub && input.active == Some(true);
+    Ok((webhook, activate))
 }
 
 pub async fn list(
@@ -308,6 +326,20 @@ pub async fn get(
 }
 
 pub async fn update(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+    input: WebhookInput,
+) -> ServiceResult<Webhook> {
+    // Checked against the organization's other webhooks, then written: one change at a time.
+    state
+        .directory
+        .changing(org, update_checked(state, scope, org, id, input))
+        .await
+}
+
+async fn update_checked(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,

@@ -2942,3 +2942,67 @@ async fn one_organizations_flood_leaves_room_for_the_others_events() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// Changes checked against the organization as it is are made one at a time, so that requests
+/// sent together cannot each pass the check the other's write breaks: of many opal webhooks
+/// created at once (the profile allows one per organization) exactly one is; a type deleted
+/// while a webhook subscribing to it is created is either still there or never subscribed to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_sent_together_are_checked_one_after_another() {
+    let app = TestApp::spawn().await;
+    let (status, org) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "Acme Inc", "catalogs": ["opal", "optare"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{org}");
+    let org = org["id"].as_str().unwrap().to_owned();
+    let hooks = format!("/v1/orgs/{org}/webhooks");
+
+    let creates = (0..16).map(|i| {
+        app.post(
+            &hooks,
+            json!({ "name": format!("opal {i}"), "url": "https://example.com/o", "profile": "opal" }),
+        )
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
+        "{statuses:?}"
+    );
+
+    for round in 0..8 {
+        let name = format!("race.t{round}");
+        let (status, body) = app
+            .post(
+                &format!("/v1/orgs/{org}/event-types"),
+                json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let path = format!("/v1/orgs/{org}/event-types/{name}");
+        let ((subscribed, _), (deleted, _)) = tokio::join!(
+            app.post(
+                &hooks,
+                json!({ "name": format!("sub {round}"), "url": "https://example.com/s", "events": [name] }),
+            ),
+            app.delete(&path),
+        );
+        assert!(
+            !(subscribed == StatusCode::CREATED && deleted == StatusCode::NO_CONTENT),
+            "round {round}: a webhook subscribes to a type deleted under it"
+        );
+    }
+}
