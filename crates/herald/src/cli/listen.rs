@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -55,6 +55,10 @@ fn parse_address(raw: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("'{raw}' is not an IP address and port; use e.g. 127.0.0.1:7700"))
 }
 
+/// The largest body taken: more than Herald sends (a batch of 100 events of up to a megabyte
+/// each). A larger one is answered 413, and said so.
+const MOST_BODY_BYTES: usize = 128 << 20;
+
 #[derive(Clone)]
 struct Listener {
     args: ListenArgs,
@@ -100,7 +104,7 @@ async fn receive(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if method == Method::GET
         && let Some(answer) = websub_challenge(&l, &uri)
@@ -111,6 +115,17 @@ async fn receive(
     for (name, value) in &headers {
         out!("  {name}: {}", value.to_str().unwrap_or("<binary>"));
     }
+    let body: Bytes = match axum::body::to_bytes(body, MOST_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            out!(
+                "answered 413: the body could not be read whole ({}; at most {} MiB)",
+                herald_core::error_chain(&e),
+                MOST_BODY_BYTES >> 20
+            );
+            return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+        }
+    };
     match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(json) => out!(
             "{}",

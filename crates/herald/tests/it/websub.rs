@@ -853,6 +853,18 @@ async fn herald_listen_prints_requests_checks_signatures_and_answers_challenges(
         .await
         .unwrap();
     assert_eq!(looked.status(), StatusCode::OK);
+    // A body larger than the web framework's default (2 MiB), as a batch of large events can
+    // be: read whole and checked (here unsigned, so refused as any receiver would), not
+    // answered 413 unseen.
+    let big = format!("{{\"data\": \"{}\"}}", "x".repeat(3 << 20));
+    let posted = crate::helpers::http_client()
+        .post(format!("{}big", listen.url))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::UNAUTHORIZED);
+    listen.wait_for_line("POST /big").await;
     let wrong = wrong["id"].as_str().unwrap();
     let mut last = json!(null);
     for _ in 0..100 {
