@@ -51,7 +51,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     }
     crate::app::make_data_dir(&args.to)?;
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
+    note!(
         "Copying {} ({}, with what its write-ahead log holds) to {} ...",
         source.display(),
         in_units(size_of(&source)),

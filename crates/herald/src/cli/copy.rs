@@ -76,7 +76,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("database {shown}: {}", herald_core::error_chain(&e)))?;
 
-    eprintln!("Copying {} to {shown} ...", source.display());
+    note!("Copying {} to {shown} ...", source.display());
     let started = Instant::now();
     let mut shown_at = Instant::now();
     // Brings it to this version's schema first, as a start of this version would: the one
@@ -106,7 +106,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
             let done = p.copied == p.total;
             if done || shown_at.elapsed() >= PROGRESS_EVERY {
                 shown_at = Instant::now();
-                eprintln!(
+                note!(
                     "  {:<14} {:>12} of {}{}",
                     p.table,
                     thousands(p.copied),
@@ -121,7 +121,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}; nothing was copied", herald_core::error_chain(&e)))?,
         _ = super::ctrl_c_or_sigterm() => {
             // The transaction ends unfinished with the process: PostgreSQL rolls it back.
-            eprintln!("Stopped: nothing was copied; run `herald copy` again to copy everything.");
+            note!("Stopped: nothing was copied; run `herald copy` again to copy everything.");
             std::process::exit(130);
         }
     };

@@ -92,7 +92,7 @@ pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
             tokio::select! {
                 served = axum::serve(listener, app) => served.context("the listener failed"),
                 _ = tokio::signal::ctrl_c() => {
-                    eprintln!("Stopped.");
+                    note!("Stopped.");
                     Ok(())
                 }
             }
@@ -135,6 +135,11 @@ async fn receive(
     }
     let (verdict, verified) = check_signature(&headers, &body, l.args.secret.as_deref());
     out!("signature: {verdict}");
+    if crate::cli::stdout_gone() {
+        // Nobody reads what it prints any more (`herald listen | head`): it ends, as before a
+        // listener goes quiet for good.
+        std::process::exit(0);
+    }
     if l.args.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(l.args.delay_ms)).await;
     }

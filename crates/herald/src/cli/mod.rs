@@ -1,13 +1,21 @@
 //! The `herald` command line.
 
-/// `println!` for command output. When the reader has gone away (`herald … | head`), the command
-/// ends quietly with success, as Unix tools do, instead of panicking on the broken pipe.
+/// `println!` for command output. When the reader has gone away (`herald … | head`), the rest
+/// of the output is dropped instead of panicking on the broken pipe (see [`write_line`]).
 macro_rules! out {
     () => {
         $crate::cli::write_line(format_args!(""))
     };
     ($($arg:tt)*) => {
         $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` for messages beside a command's output (progress, hints, warnings), which does
+/// not panic when standard error is closed.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::write_note(format_args!($($arg)*))
     };
 }
 
@@ -238,16 +246,40 @@ pub(crate) async fn ctrl_c_or_sigterm() -> Signal {
     }
 }
 
-/// Writes one line to standard output for [`out!`].
+/// Set once standard output's reader has gone away.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one line to standard output for [`out!`]. Once the reader has gone away
+/// (`herald … | head`), the rest of the output goes nowhere and the command ends as it would
+/// have: its exit status still says whether it succeeded (a failure printed as JSON first is
+/// not taken for a success).
 pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
     if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            return;
         }
-        eprintln!("error: could not write to standard output: {e}");
+        note!("error: could not write to standard output: {e}");
         std::process::exit(1);
     }
+}
+
+/// Whether standard output's reader has gone away: a command that would print for ever
+/// (`herald listen`) stops then.
+pub(crate) fn stdout_gone() -> bool {
+    STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes one line to standard error for [`note!`], whatever becomes of it: a closed standard
+/// error must not turn a command's outcome into a panic.
+pub(crate) fn write_note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Variables read outside the commands' arguments: by the CLI's token fallback and by the
@@ -301,7 +333,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if is_client {
         // `herald serve` logs these; a client command says them where its user looks.
         for (name, meant) in unknown_variables() {
-            eprintln!(
+            note!(
                 "warning: {name} is set, but Herald has no such setting{}: it is ignored",
                 herald_core::suggest::did_you_mean(meant.as_deref())
             );

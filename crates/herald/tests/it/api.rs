@@ -2257,22 +2257,40 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let (status, _) = app.get(&format!("/v1/orgs/{org}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // A reader that goes away (`herald orgs list | head -1`) ends the command quietly.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["orgs", "list"])
-        .env("HERALD_SERVER", &app.base)
-        .env("HERALD_TOKEN", ADMIN_TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().await.unwrap();
+    // A reader that goes away (`herald orgs list | head -1`) ends the command quietly, and its
+    // status is still the command's: a failure printed as JSON first is not a success. A
+    // closed standard error is no panic (101) either.
+    let closed = |args: &[&str], token: &str, close_stderr: bool| {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("HERALD_SERVER", &app.base)
+            .env("HERALD_TOKEN", token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        if close_stderr {
+            drop(child.stderr.take());
+        }
+        child.wait_with_output()
+    };
+    let out = closed(&["orgs", "list"], ADMIN_TOKEN, false).await.unwrap();
     let (status, errors) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(
         status.success() && !errors.contains("panicked"),
         "{status}: {errors}"
     );
+    let out = closed(&["orgs", "list", "--json"], "wrong-token", false)
+        .await
+        .unwrap();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{errors}");
+    assert!(errors.contains("401"), "{errors}");
+    let out = closed(&["orgs", "get", "nope"], ADMIN_TOKEN, true)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 }
 
 /// Polls `change` (a use case's future) until `stored` says its write is in the store, then

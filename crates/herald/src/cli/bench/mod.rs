@@ -260,7 +260,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     finish(&mut outcomes, external);
     if let Some(signal) = stopped_by {
-        eprintln!(
+        note!(
             "\nstopped by {signal}: the servers this run started are stopped and their temporary data removed{}",
             if outcomes.is_empty() {
                 ""
@@ -428,7 +428,7 @@ async fn run(args: BenchArgs, outcomes: &mut Vec<Outcome>) -> anyhow::Result<()>
         let mut runs = Vec::with_capacity(rounds);
         for round in 0..rounds {
             ctx.round = round;
-            eprintln!("[{name}] starting (run {} of {rounds})", round + 1);
+            note!("[{name}] starting (run {} of {rounds})", round + 1);
             let cpu_before = cpu::CpuTimes::now();
             let mut outcome = match scenario {
                 Scenario::Burst => scenarios::burst(&mut ctx).await,
@@ -467,7 +467,7 @@ async fn probe_disk(ctx: &Ctx) -> Option<disk::Durability> {
     match tokio::task::spawn_blocking(move || disk::probe(&dir, rate)).await {
         Ok(Ok(d)) => Some(d),
         Ok(Err(e)) => {
-            eprintln!("[latency] could not time the disk's fsync: {e}");
+            note!("[latency] could not time the disk's fsync: {e}");
             None
         }
         Err(_) => None,

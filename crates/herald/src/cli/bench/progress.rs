@@ -55,7 +55,7 @@ impl Progress {
                     line.push_str("  ");
                     line.push_str(&more);
                 }
-                eprintln!("{line}");
+                note!("{line}");
             }
         });
         Self {

@@ -148,7 +148,7 @@ async fn relay_one(State(up): State<Arc<Upstream>>, body: Bytes) -> StatusCode {
         Err(_) => format!("the receiver did not answer within {UPSTREAM_TIMEOUT:?}"),
     };
     if !up.failed.swap(true, Ordering::Relaxed) {
-        eprintln!("the relay could not pass an event on: {failure}");
+        note!("the relay could not pass an event on: {failure}");
     }
     StatusCode::BAD_GATEWAY
 }
@@ -204,6 +204,6 @@ async fn serve_until(
         })
         .await;
     if let Err(e) = served {
-        eprintln!("the {what} stopped: {e}");
+        note!("the {what} stopped: {e}");
     }
 }

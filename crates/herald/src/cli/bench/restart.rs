@@ -86,7 +86,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     let acked_before_kill = counters.acked_set.snapshot();
     let acked_at_kill = counters.acked();
     let delivered_at_kill = endpoints.delivered(&[0]);
-    eprintln!(
+    note!(
         "[restart] killed the server (SIGKILL) after {} acknowledged, {} delivered; restarting",
         thousands(acked_at_kill),
         thousands(delivered_at_kill)

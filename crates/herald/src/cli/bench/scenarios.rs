@@ -97,7 +97,7 @@ impl Prepared {
             && !keep_org
             && let Err(e) = self.api.delete_org(&self.org).await
         {
-            eprintln!(
+            note!(
                 "could not delete the benchmark's organization {} on the server: {e:#}",
                 self.org
             );

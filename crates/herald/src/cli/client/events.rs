@@ -165,9 +165,7 @@ pub(super) fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value>
         use std::io::IsTerminal;
         if std::io::stdin().is_terminal() {
             // Nothing piped in: say why the command waits, and how to end it.
-            eprintln!(
-                "Reading JSON from standard input (nothing is piped in); end it with Ctrl-D."
-            );
+            note!("Reading JSON from standard input (nothing is piped in); end it with Ctrl-D.");
         }
         let mut input = String::new();
         std::io::stdin()

@@ -31,7 +31,7 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
                 && let Some(n) = given.strip_prefix(&format!("{}-", wanted.as_str()))
                 && n.bytes().all(|b| b.is_ascii_digit())
             {
-                eprintln!(
+                note!(
                     "Note: the handle {} was taken; this organization's is {given}.",
                     wanted.as_str()
                 );

@@ -92,7 +92,7 @@ pub(super) const WEBHOOK_FIELDS: &[&str] = &[
 pub(super) fn show_page(conn: &Connection, page: &Value, columns: &[&str], also: &str) {
     show(conn, page, columns);
     if let (false, Some(next)) = (conn.json, page["next_cursor"].as_str()) {
-        eprintln!("More: add --cursor {next}{also}");
+        note!("More: add --cursor {next}{also}");
     }
 }
 

@@ -39,7 +39,7 @@ pub(super) fn show_attempt_outcome(
 ) -> anyhow::Result<()> {
     let path = api_path(&["v1", "orgs", org, "deliveries", delivery])?;
     let deadline = Instant::now() + ATTEMPT_WAIT;
-    eprintln!("Sent {delivery}; waiting for the endpoint's answer…");
+    note!("Sent {delivery}; waiting for the endpoint's answer…");
     let detail = loop {
         let detail = api
             .get(&path)
