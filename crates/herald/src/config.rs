@@ -90,10 +90,11 @@ pub struct ServerSettings {
     #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
     /// Apply pending database migrations on start (`false`: only check that the schema is
-    /// current, and leave migrating to `herald migrate`).
+    /// current, and leave migrating to `herald migrate`). PostgreSQL only: the embedded
+    /// database always migrates, as one node owns it.
     #[arg(long, env = "HERALD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", value_parser = parse_bool)]
     pub migrate: bool,
-    /// Do not apply migrations on start (the same as `--migrate false`).
+    /// Do not apply migrations on start (the same as `--migrate false`; PostgreSQL only).
     #[arg(long)]
     pub no_migrate: bool,
 }

@@ -132,7 +132,10 @@ fn connection_with(
             config.host(address.to_string());
         }
     }
-    Ok((config, tls.connector()?))
+    let mut connector = tls.connector()?;
+    connector.direct =
+        config.get_ssl_negotiation() == tokio_postgres::config::SslNegotiation::Direct;
+    Ok((config, connector))
 }
 
 /// libpq's `sslmode`.
@@ -362,6 +365,7 @@ impl TlsSettings {
         let seen = self.stamps();
         let (connect, roots) = self.build()?;
         Ok(DatabaseTls {
+            direct: false,
             shared: Arc::new(Reloading {
                 settings: self.clone(),
                 loaded: std::sync::Mutex::new(Loaded {
@@ -534,6 +538,9 @@ fn read_certificates(path: &str, what: &str) -> Result<Vec<CertificateDer<'stati
 #[derive(Clone)]
 pub(crate) struct DatabaseTls {
     shared: Arc<Reloading>,
+    /// Whether TLS starts at once (`sslnegotiation=direct`), which servers before PostgreSQL
+    /// 17 answer by closing the connection.
+    direct: bool,
 }
 
 struct Reloading {
@@ -614,6 +621,7 @@ where
             inner: MakeTlsConnect::<S>::make_tls_connect(&mut connect, host)?,
             host: host.to_owned(),
             roots,
+            direct: self.direct,
         })
     }
 }
@@ -623,6 +631,7 @@ pub(crate) struct Explaining<T> {
     inner: T,
     host: String,
     roots: Arc<str>,
+    direct: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -638,19 +647,36 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<T::Stream, BoxError>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
-        let Self { inner, host, roots } = self;
+        let Self {
+            inner,
+            host,
+            roots,
+            direct,
+        } = self;
         let handshake = inner.connect(stream);
         Box::pin(async move {
             handshake
                 .await
-                .map_err(|e| explain(e.into(), &host, &roots))
+                .map_err(|e| explain(e.into(), &host, &roots, direct))
         })
     }
 }
 
 /// A failed handshake, with what to change when the server's certificate did not pass or the
 /// two sides share no TLS.
-fn explain(error: BoxError, host: &str, roots: &str) -> BoxError {
+fn explain(error: BoxError, host: &str, roots: &str, direct: bool) -> BoxError {
+    let closed = error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+    if direct && closed {
+        let hint = "the database server closed the connection when TLS started at once: servers \
+                    before PostgreSQL 17 do not take sslnegotiation=direct; remove it"
+            .to_owned();
+        return Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            Explained { hint, error },
+        ));
+    }
     let rejected = error
         .downcast_ref::<std::io::Error>()
         .and_then(|io| io.get_ref())
@@ -1159,6 +1185,19 @@ mod tests {
             .await
             .unwrap_err();
         assert!(said.contains("no root in sslrootcert"), "{said}");
+        // TLS at once (PostgreSQL 17's direct negotiation): an older server closes the
+        // connection, and what to change is said.
+        let version: i32 = shown("server_version_num").await.parse().unwrap();
+        let direct = encrypted(&by_addr("sslmode=require&sslnegotiation=direct")).await;
+        if version >= 170_000 {
+            assert_eq!(direct, Ok(true));
+        } else {
+            let said = direct.unwrap_err();
+            assert!(
+                said.contains("do not take sslnegotiation=direct; remove it"),
+                "{said}"
+            );
+        }
 
         // The store counts a certificate that does not pass as the database being away (a
         // 503 to try again, as for a changed password), and says why.
