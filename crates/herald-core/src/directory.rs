@@ -455,12 +455,23 @@ impl Directory {
     }
 
     /// Runs `change`, a change to the organization's webhooks or event types that checks the
-    /// organization as it is and then writes, when no other change to it runs on this node.
-    /// Two at once would each pass the check that the other's write then breaks: two webhooks
-    /// of a profile that allows one per organization, or a type deleted while a new webhook
-    /// subscribes to it. (Nodes sharing PostgreSQL do not wait for each other's.)
-    pub async fn changing<T>(&self, org: &OrgId, change: impl Future<Output = T>) -> T {
-        self.changes.take(org, change).await
+    /// organization as it is and then writes, when no other change to it runs: on this node
+    /// (its own turns, so that requests here queue without each holding a connection) or on
+    /// another sharing the store ([`Store::org_change_turn`]). Two at once would each pass the
+    /// check that the other's write then breaks: two webhooks of a profile that allows one per
+    /// organization, or a type deleted while a new webhook subscribes to it. Fails only when
+    /// the store cannot give the turn.
+    pub async fn changing<T>(
+        &self,
+        org: &OrgId,
+        change: impl Future<Output = T>,
+    ) -> StoreResult<T> {
+        self.changes
+            .take(org, async {
+                let _turn = self.store.org_change_turn(org).await?;
+                Ok(change.await)
+            })
+            .await
     }
 
     pub async fn snapshot(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {

@@ -240,6 +240,27 @@ pub struct PendingStat {
     pub oldest: Timestamp,
 }
 
+/// An organization's turn to change its configuration ([`Store::org_change_turn`]), held
+/// until dropped.
+pub struct ChangeTurn {
+    /// What gives the turn back when dropped.
+    _holder: Option<Box<dyn Send + Sync>>,
+}
+
+impl ChangeTurn {
+    /// A turn with nothing to give back: the only process that writes holds it already.
+    pub fn within_process() -> Self {
+        Self { _holder: None }
+    }
+
+    /// A turn held by `holder`, which gives it back when dropped.
+    pub fn held_by(holder: impl Send + Sync + 'static) -> Self {
+        Self {
+            _holder: Some(Box::new(holder)),
+        }
+    }
+}
+
 /// Filters for an organization's event list.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -278,6 +299,12 @@ pub trait Store: Send + Sync + 'static {
     async fn update_org(&self, org: &Organization) -> StoreResult<()>;
     /// Deletes the organization and everything it owns.
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()>;
+    /// Waits for the organization's turn to change its configuration (webhooks, event types)
+    /// among every process sharing this store, and holds it until the answer is dropped: a
+    /// change checks the organization as it is and then writes, and two at once would each
+    /// pass the check the other's write breaks. PostgreSQL's nodes take turns through the
+    /// database; SQLite's one process needs nothing more than its own turns.
+    async fn org_change_turn(&self, org: &OrgId) -> StoreResult<ChangeTurn>;
     /// Deletes what writes that raced an organization's deletion stored for it afterwards (an
     /// ingest or a new webhook on another node, which read the organization just before), so
     /// that no delivery stays pending for good for an organization that is gone. Answers how

@@ -3993,6 +3993,49 @@ async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
     assert!(due.iter().all(|d| !d.event.id.is_empty()));
 }
 
+/// Nodes sharing PostgreSQL take turns to change one organization's configuration: a second
+/// node waits while the first holds the turn and gets it once the first lets go; another
+/// organization's turn is not held up. (SQLite's one process needs only its own turns.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_postgresql_take_turns_to_change_an_organization() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let other_node = PostgresStore::new(
+        &scoped,
+        PostgresOptions { pool_size: 1 },
+        SecretCipher::none(),
+    )
+    .unwrap();
+    let (acme, globex) = (OrgId::generate(), OrgId::generate());
+    let bound = std::time::Duration::from_secs(5);
+
+    let held = fresh.store.org_change_turn(&acme).await.unwrap();
+    let mut waiting = std::pin::pin!(other_node.org_change_turn(&acme));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "the turn was given twice"
+    );
+    let other_org = tokio::time::timeout(bound, other_node.org_change_turn(&globex))
+        .await
+        .expect("another organization's turn is free");
+    drop(other_org.unwrap());
+    drop(held);
+    let taken = tokio::time::timeout(bound, waiting)
+        .await
+        .expect("the turn comes once the first node lets go");
+    drop(taken.unwrap());
+    // Let go however it ends: dropped (a request given up), the next one takes it at once.
+    let held = other_node.org_change_turn(&acme).await.unwrap();
+    drop(held);
+    let again = tokio::time::timeout(bound, fresh.store.org_change_turn(&acme)).await;
+    assert!(matches!(again, Ok(Ok(_))));
+}
+
 /// `herald copy`: the schema-6 database (written through Herald's API), upgraded and copied
 /// into an empty PostgreSQL schema, reads the same there through the store, secrets included;
 /// what was pending comes due, deliveries a stopped node had leased too; and a second copy

@@ -37,8 +37,8 @@ use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, EventFilter, IngestItem,
-    IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
+    AttemptRecord, ChangeTurn, DashboardSession, DeliveryFilter, DueDelivery, EventFilter,
+    IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
     StoreResult, StoreSignal,
 };
 use herald_core::subscription::Subscription;
@@ -455,6 +455,10 @@ impl Store for PostgresStore {
                 done => return done,
             }
         }
+    }
+
+    async fn org_change_turn(&self, org: &OrgId) -> StoreResult<ChangeTurn> {
+        orgs::change_turn(&self.config, &self.tls, org).await
     }
 
     async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {

@@ -2,12 +2,58 @@
 
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
-use herald_core::store::StoreError;
+use herald_core::store::{ChangeTurn, StoreError, StoreResult};
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
 
 use super::rows::{self, to_json};
 use super::{Conn, DbError, DbResult, is_unique_violation, not_found};
 use crate::paginate;
+
+/// The advisory locks of organizations' change turns (`htrn`): the two-key form, apart from the
+/// single-key locks of migrations and sign-ins.
+const CHANGE_TURN_LOCKS: i32 = 0x6874_726e;
+
+/// Takes the organization's turn for changes (`Store::org_change_turn`) on a connection of its
+/// own, outside the pool: the change itself needs the pool's connections (a pool of one would
+/// otherwise wait for itself), and closing the connection is what gives the turn back, however
+/// the change ends. Changes are rare; a connection each is cheap for them.
+pub(crate) async fn change_turn(
+    config: &tokio_postgres::Config,
+    tls: &super::tls::DatabaseTls,
+    org: &OrgId,
+) -> StoreResult<ChangeTurn> {
+    super::timed(async {
+        let (client, connection) = config.connect(tls.clone()).await.map_err(super::sql)?;
+        let connection = tokio::spawn(connection);
+        // Waits while another node's change to the organization runs (within the bound).
+        client
+            .execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))",
+                &[&CHANGE_TURN_LOCKS, &org.as_str()],
+            )
+            .await
+            .map_err(super::sql)?;
+        Ok(ChangeTurn::held_by(HeldTurn {
+            _client: client,
+            connection,
+        }))
+    })
+    .await
+}
+
+/// A turn held on its own connection. Dropped (with the change, or the request given up), the
+/// connection closes and the database ends the lock with the session.
+struct HeldTurn {
+    /// Held for the lock: dropping it closes the session.
+    _client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl Drop for HeldTurn {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
 
 pub(crate) async fn create(c: &impl Conn, org: &Organization) -> DbResult<()> {
     let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();

@@ -23,8 +23,8 @@ use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, DashboardSession, DeliveryFilter, DueDelivery, EventFilter, IngestItem,
-    IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
+    AttemptRecord, ChangeTurn, DashboardSession, DeliveryFilter, DueDelivery, EventFilter,
+    IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
     StoreResult,
 };
 use herald_core::subscription::Subscription;
@@ -464,6 +464,11 @@ impl Store for SqliteStore {
                 .await
         })
         .await
+    }
+
+    async fn org_change_turn(&self, _org: &OrgId) -> StoreResult<ChangeTurn> {
+        // This process is the only one writing the file: its own turns are the whole story.
+        Ok(ChangeTurn::within_process())
     }
 
     async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {

@@ -44,10 +44,7 @@ pub async fn register(
     input: EventTypeInput,
 ) -> ServiceResult<CustomEventType> {
     // Checked against the organization's limit, then written: one change at a time.
-    state
-        .directory
-        .changing(org, register_checked(state, scope, org, input))
-        .await
+    super::one_change_at_a_time(state, org, register_checked(state, scope, org, input)).await
 }
 
 async fn register_checked(
@@ -151,10 +148,7 @@ pub async fn unregister(
     name: &str,
 ) -> ServiceResult<()> {
     // Checked against the webhooks that subscribe to it, then deleted: one change at a time.
-    state
-        .directory
-        .changing(org, unregister_checked(state, scope, org, name))
-        .await
+    super::one_change_at_a_time(state, org, unregister_checked(state, scope, org, name)).await
 }
 
 async fn unregister_checked(

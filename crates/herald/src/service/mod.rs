@@ -21,6 +21,20 @@ use herald_core::{Invalid, OrgId, Timestamp};
 
 pub use auth::Scope;
 
+/// Runs `change`, which checks the organization as it is and then writes (a webhook, an event
+/// type), in the organization's turn for changes ([`herald_core::directory::Directory::changing`]).
+pub(crate) async fn one_change_at_a_time<T>(
+    state: &crate::app::AppState,
+    org: &OrgId,
+    change: impl std::future::Future<Output = ServiceResult<T>>,
+) -> ServiceResult<T> {
+    state
+        .directory
+        .changing(org, change)
+        .await
+        .map_err(ServiceError::from_store("organization"))?
+}
+
 /// The organization's snapshot, for a caller allowed to see it (`404` for anyone else, as for
 /// an organization that does not exist).
 pub(crate) async fn org_snapshot(

@@ -187,10 +187,8 @@ pub async fn create(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     // Checked against the organization's other webhooks, then written: one change at a time.
-    let (created, activate) = state
-        .directory
-        .changing(org, create_checked(state, scope, org, input))
-        .await?;
+    let (created, activate) =
+        super::one_change_at_a_time(state, org, create_checked(state, scope, org, input)).await?;
     if activate {
         return Ok(set_active(state, scope, org, &created.id, true).await?.0);
     }
@@ -333,10 +331,7 @@ pub async fn update(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     // Checked against the organization's other webhooks, then written: one change at a time.
-    state
-        .directory
-        .changing(org, update_checked(state, scope, org, id, input))
-        .await
+    super::one_change_at_a_time(state, org, update_checked(state, scope, org, id, input)).await
 }
 
 async fn update_checked(
