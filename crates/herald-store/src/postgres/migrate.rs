@@ -25,8 +25,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// builds. Such a migration is one statement, run outside a transaction, so that the nodes
 /// still running during a rolling upgrade go on storing events while it is built: a plain
 /// `CREATE INDEX` holds every insert into the table back for as long as it takes (about a
-/// second per million events; concurrently, a quarter longer: BENCHMARKS.md). A build cut off leaves an invalid index behind, which the next try
-/// drops and builds again.
+/// second per million events; concurrently, a quarter longer: BENCHMARKS.md). A build cut off
+/// leaves an invalid index behind, which the next try drops and builds again.
 const CONCURRENT_INDEXES: &[(i64, &str)] = &[(11, "events_by_org")];
 
 /// The index a migration builds concurrently, if it is one of those.
