@@ -353,6 +353,13 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<bool>;
 
+    /// Puts back on their schedule the webhook's pending deliveries left parked (no due time)
+    /// if it is active. Activating a webhook unparks what it has; this takes what writes that
+    /// raced the activation parked after it (an attempt's outcome recorded as it committed, an
+    /// ingest from a node that had not heard of it yet), which no node would ever claim.
+    /// Answers how many.
+    async fn unpark_active(&self, webhook: &WebhookId) -> StoreResult<u64>;
+
     /// Cancels pending deliveries of webhooks deleted since `since`. Deleting a webhook cancels
     /// what was pending, but an ingest that read the organization just before the deletion can
     /// still store a delivery for it afterwards, which nothing would ever claim. Answers how

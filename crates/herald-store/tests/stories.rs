@@ -3993,6 +3993,90 @@ async fn a_database_an_older_herald_wrote_is_migrated_with_everything_in_it() {
     assert!(due.iter().all(|d| !d.event.id.is_empty()));
 }
 
+/// A write that raced a webhook's activation parked one of its deliveries after it (what
+/// `park` does behind the store's back): `unpark_active` puts it back on its schedule, and
+/// leaves an inactive webhook's deliveries parked.
+async fn a_delivery_parked_after_its_webhook_was_activated_is_put_back<F, Fut>(
+    store: Arc<dyn Store>,
+    park: F,
+) where
+    F: Fn(DeliveryId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let stranded = deliver(&store, &hook, "evt_1", T0, false).await;
+    park(stranded.clone()).await;
+    assert!(claim(&store, FAR_FUTURE).await.is_empty(), "parked");
+    assert_eq!(store.unpark_active(&hook.id).await.unwrap(), 1);
+    assert_eq!(store.unpark_active(&hook.id).await.unwrap(), 0);
+    assert_eq!(claim(&store, at(2)).await, vec![stranded]);
+
+    let waiting = deliver(&store, &hook, "evt_2", T0, false).await;
+    let inactive = Webhook {
+        active: false,
+        updated_at: at(3),
+        ..hook.clone()
+    };
+    store.update_webhook(&inactive).await.unwrap();
+    assert_eq!(store.unpark_active(&hook.id).await.unwrap(), 0);
+    assert!(
+        claim(&store, FAR_FUTURE).await.is_empty(),
+        "inactive: parked"
+    );
+    let active = Webhook {
+        active: true,
+        updated_at: at(4),
+        ..hook.clone()
+    };
+    store.update_webhook(&active).await.unwrap();
+    assert_eq!(claim(&store, at(4)).await, vec![waiting]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_puts_back_a_delivery_parked_after_its_webhook_was_activated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let park = |id: DeliveryId| {
+        let path = path.clone();
+        async move {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "UPDATE deliveries SET due_at = NULL WHERE id = ?1",
+                    [id.as_str()],
+                )
+                .unwrap();
+        }
+    };
+    a_delivery_parked_after_its_webhook_was_activated_is_put_back(store, park).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_puts_back_a_delivery_parked_after_its_webhook_was_activated() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let admin = Arc::new(admin_client(&url).await);
+    admin
+        .batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .unwrap();
+    let park = |id: DeliveryId| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .execute(
+                    "UPDATE deliveries SET due_at = NULL WHERE id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    a_delivery_parked_after_its_webhook_was_activated_is_put_back(fresh.store.clone(), park).await;
+}
+
 /// Nodes sharing PostgreSQL take turns to change one organization's configuration: a second
 /// node waits while the first holds the turn and gets it once the first lets go; another
 /// organization's turn is not held up. (SQLite's one process needs only its own turns.)

@@ -461,6 +461,12 @@ impl Store for PostgresStore {
         orgs::change_turn(&self.config, &self.tls, org).await
     }
 
+    async fn unpark_active(&self, webhook: &WebhookId) -> StoreResult<u64> {
+        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::unpark_active(
+            &tx, webhook
+        ))
+    }
+
     async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {
         in_tx!(self, BULK_TIMEOUT, |tx| orgs::sweep_deleted(&tx))
     }

@@ -137,15 +137,40 @@ pub(crate) async fn update(c: &impl Conn, w: &Webhook, read_at: Option<Timestamp
     if was_active && !w.active {
         park_pending(c, &w.id).await?;
     } else if !was_active && w.active {
-        c.exec(
-            "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL \
-             WHERE webhook_id = $1 AND state = 'pending' AND due_at IS NULL",
-            &[&w.id.as_str()],
-        )
-        .await?;
+        unpark(c, w.id.as_str()).await?;
         super::deliveries::announce_work(c).await?;
     }
     Ok(())
+}
+
+/// Puts an active webhook's parked deliveries back on their schedule (`Store::unpark_active`);
+/// answers how many.
+pub(crate) async fn unpark_active(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
+    let active = c
+        .opt_row(
+            "SELECT 1 FROM webhooks WHERE id = $1 AND active AND deleted_at IS NULL",
+            &[&id.as_str()],
+        )
+        .await?
+        .is_some();
+    if !active {
+        return Ok(0);
+    }
+    let unparked = unpark(c, id.as_str()).await?;
+    if unparked > 0 {
+        super::deliveries::announce_work(c).await?;
+    }
+    Ok(unparked)
+}
+
+/// Puts the webhook's parked deliveries back on their schedule; answers how many.
+async fn unpark(c: &impl Conn, id: &str) -> DbResult<u64> {
+    Ok(c.exec(
+        "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL \
+         WHERE webhook_id = $1 AND state = 'pending' AND due_at IS NULL",
+        &[&id],
+    )
+    .await?)
 }
 
 pub(crate) async fn delete_many(

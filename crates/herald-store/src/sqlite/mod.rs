@@ -471,6 +471,14 @@ impl Store for SqliteStore {
         Ok(ChangeTurn::within_process())
     }
 
+    async fn unpark_active(&self, webhook: &WebhookId) -> StoreResult<u64> {
+        let id = webhook.clone();
+        self.in_steps(bulk::Walk::parked(), move |c, walk| {
+            bulk::unpark(c, &id, walk)
+        })
+        .await
+    }
+
     async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {
         // Nothing to sweep: the writer refuses writes queued behind a deletion (`deleted_orgs`).
         Ok(0)

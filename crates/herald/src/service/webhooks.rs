@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::directory::OrgSnapshot;
 use herald_core::event::NewEvent;
@@ -551,7 +552,34 @@ fn switched(state: &AppState, w: &Webhook) {
     tracing::info!(org = %w.org_id, webhook = %w.id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
     if w.active {
         super::operations::webhook_enabled(state, w);
+        unpark_stragglers_later(state, &w.id);
     }
+}
+
+/// When, after enabling or deleting a webhook, what writes that raced the change left behind
+/// is looked for again (parked deliveries of an enabled webhook, pending ones of a deleted one).
+const SWEEP_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
+
+/// Activating a webhook unparks its deliveries, but a write that raced the activation (an
+/// attempt's outcome committed with it, an ingest from a node that had not heard of it) can
+/// park one after: nothing would ever claim it. So the webhook's parked deliveries are put
+/// back again a little later, once such writes are over (an attempt lasts its timeout at most).
+fn unpark_stragglers_later(state: &AppState, id: &WebhookId) {
+    let (store, id) = (state.store.clone(), id.clone());
+    tokio::spawn(async move {
+        for wait in SWEEP_AGAIN_AFTER {
+            tokio::time::sleep(wait).await;
+            match store.unpark_active(&id).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(webhook = %id, deliveries = n, "put back on schedule deliveries parked while the webhook was being enabled")
+                }
+                Err(e) => {
+                    tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries parked while the webhook was being enabled")
+                }
+            }
+        }
+    });
 }
 
 /// Sends a webhook that verifies its intent a new subscribe (when active) or unsubscribe for
@@ -707,7 +735,37 @@ pub async fn delete(
     for id in &deleted {
         tracing::info!(org = %org, webhook = %id, "webhook deleted; its pending deliveries are cancelled");
     }
+    if !deleted.is_empty() {
+        cancel_stragglers_later(state, now);
+    }
     Ok(deleted)
+}
+
+/// An ingest that read the organization just before a deletion (on another node, say) can
+/// store a delivery for the deleted webhook after it, which nothing would claim: deliveries
+/// of webhooks deleted since `deleted_at` are cancelled again a little later, as well as by
+/// the retention task every ten minutes.
+fn cancel_stragglers_later(state: &AppState, deleted_at: Timestamp) {
+    let (store, clock) = (state.store.clone(), state.clock.clone());
+    tokio::spawn(async move {
+        for wait in SWEEP_AGAIN_AFTER {
+            tokio::time::sleep(wait).await;
+            // A little before: the deletion's time is this node's clock, and another's wrote.
+            match store
+                .cancel_orphaned(deleted_at.plus_secs(-60), clock.now())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deliveries = n,
+                    "cancelled deliveries stored for webhooks just deleted"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %herald_core::error_chain(&e), "could not cancel deliveries stored for webhooks just deleted; the retention task tries again")
+                }
+            }
+        }
+    });
 }
 
 /// Sends a `herald.test` event to this one webhook, through the normal delivery path.
