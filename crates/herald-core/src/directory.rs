@@ -469,6 +469,9 @@ impl Directory {
         self.changes
             .take(org, async {
                 let _turn = self.store.org_change_turn(org).await?;
+                // Another node's change may have committed just before, its notice not here
+                // yet: the change checks the organization as the store has it now.
+                self.invalidate(org);
                 Ok(change.await)
             })
             .await

@@ -135,6 +135,8 @@ pub struct PostgresStore {
     listener: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Ingest requests waiting to share a statement.
     ingest: ingest::IngestQueue,
+    /// Connections for organizations' change turns (`orgs::change_turn`) open at once, at most.
+    change_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -207,6 +209,7 @@ impl PostgresStore {
             signals: broadcast::channel(1024).0,
             listener: std::sync::OnceLock::new(),
             ingest: ingest::IngestQueue::default(),
+            change_turns: Arc::new(tokio::sync::Semaphore::new(orgs::MOST_CHANGE_TURNS)),
         })
     }
 
@@ -354,10 +357,6 @@ pub(crate) fn conflict(message: String) -> DbError {
     DbError::Store(StoreError::Conflict(message))
 }
 
-/// Says so at start when the server's autovacuum is off: every delivery is written several
-/// times (created, leased, attempted, finished), each write leaving a dead row behind, and
-/// without vacuuming the tables grow without bound (a 35-minute soak on such a server left
-/// three dead rows of `deliveries` for each live one).
 /// Whether PostgreSQL ended the transaction to break a deadlock.
 fn is_deadlock(e: &StoreError) -> bool {
     let StoreError::Unavailable(cause) = e else {
@@ -458,7 +457,7 @@ impl Store for PostgresStore {
     }
 
     async fn org_change_turn(&self, org: &OrgId) -> StoreResult<ChangeTurn> {
-        orgs::change_turn(&self.config, &self.tls, org).await
+        orgs::change_turn(&self.config, &self.tls, &self.change_turns, org).await
     }
 
     async fn unpark_active(&self, webhook: &WebhookId) -> StoreResult<u64> {

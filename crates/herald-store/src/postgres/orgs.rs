@@ -13,30 +13,39 @@ use crate::paginate;
 /// single-key locks of migrations and sign-ins.
 const CHANGE_TURN_LOCKS: i32 = 0x6874_726e;
 
+/// Change turns one node holds (or waits for) at once, each on a connection of its own.
+pub(crate) const MOST_CHANGE_TURNS: usize = 4;
+
 /// Takes the organization's turn for changes (`Store::org_change_turn`) on a connection of its
 /// own, outside the pool: the change itself needs the pool's connections (a pool of one would
 /// otherwise wait for itself), and closing the connection is what gives the turn back, however
-/// the change ends. Changes are rare; a connection each is cheap for them.
+/// the change ends. Changes are rare; a connection each is cheap for them, and `permits` keeps
+/// them to [`MOST_CHANGE_TURNS`] at once.
 pub(crate) async fn change_turn(
     config: &tokio_postgres::Config,
     tls: &super::tls::DatabaseTls,
+    permits: &std::sync::Arc<tokio::sync::Semaphore>,
     org: &OrgId,
 ) -> StoreResult<ChangeTurn> {
     super::timed(async {
+        let permit = permits.clone().acquire_owned().await.expect("never closed");
         let (client, connection) = config.connect(tls.clone()).await.map_err(super::sql)?;
-        let connection = tokio::spawn(connection);
+        // Held from here: given up while waiting for the lock (the bound, a request dropped),
+        // the connection closes, and with it the lock request.
+        let turn = HeldTurn {
+            client,
+            connection: tokio::spawn(connection),
+            _permit: permit,
+        };
         // Waits while another node's change to the organization runs (within the bound).
-        client
+        turn.client
             .execute(
                 "SELECT pg_advisory_lock($1, hashtext($2))",
                 &[&CHANGE_TURN_LOCKS, &org.as_str()],
             )
             .await
             .map_err(super::sql)?;
-        Ok(ChangeTurn::held_by(HeldTurn {
-            _client: client,
-            connection,
-        }))
+        Ok(ChangeTurn::held_by(turn))
     })
     .await
 }
@@ -44,9 +53,9 @@ pub(crate) async fn change_turn(
 /// A turn held on its own connection. Dropped (with the change, or the request given up), the
 /// connection closes and the database ends the lock with the session.
 struct HeldTurn {
-    /// Held for the lock: dropping it closes the session.
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for HeldTurn {

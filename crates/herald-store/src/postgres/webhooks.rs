@@ -148,7 +148,8 @@ pub(crate) async fn update(c: &impl Conn, w: &Webhook, read_at: Option<Timestamp
 pub(crate) async fn unpark_active(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
     let active = c
         .opt_row(
-            "SELECT 1 FROM webhooks WHERE id = $1 AND active AND deleted_at IS NULL",
+            // Held until commit: a deactivation waits, then parks what this puts back.
+            "SELECT 1 FROM webhooks WHERE id = $1 AND active AND deleted_at IS NULL FOR SHARE",
             &[&id.as_str()],
         )
         .await?

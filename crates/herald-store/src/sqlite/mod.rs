@@ -451,8 +451,8 @@ impl Store for SqliteStore {
             store
                 .in_steps((), move |c, _| bulk::delete_events(c, &org))
                 .await?;
-            let deleted = store.deleted_orgs.clone();
-            store
+            let (deleted, org) = (store.deleted_orgs.clone(), id.clone());
+            let done = store
                 .write(move |c| {
                     orgs::delete(c, &id)?;
                     deleted
@@ -461,7 +461,16 @@ impl Store for SqliteStore {
                         .insert(id.clone());
                     Ok(())
                 })
-                .await
+                .await;
+            if done.is_err() {
+                // The job ran but its commit failed: the organization is still there.
+                store
+                    .deleted_orgs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&org);
+            }
+            done
         })
         .await
     }

@@ -109,6 +109,17 @@ pub async fn update(
     id: &OrgId,
     input: OrgInput,
 ) -> ServiceResult<Organization> {
+    // Its catalogs are checked against its own types and webhooks, then written: one change at
+    // a time.
+    super::one_change_at_a_time(state, id, update_checked(state, scope, id, input)).await
+}
+
+async fn update_checked(
+    state: &AppState,
+    scope: &Scope,
+    id: &OrgId,
+    input: OrgInput,
+) -> ServiceResult<Organization> {
     let snapshot = super::org_snapshot(state, scope, id).await?;
     let mut org = snapshot.org.clone();
     if let Some(name) = input.name {

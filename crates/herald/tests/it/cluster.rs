@@ -368,6 +368,35 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Changes checked against the organization take turns across nodes too: of opal webhooks
+    // (one per organization) created through both nodes at once, exactly one is.
+    let (_, opal_org) = call(
+        &http,
+        a,
+        "/v1/orgs",
+        json!({ "name": "Opal users", "catalogs": ["opal"] }),
+    )
+    .await;
+    let opal_org = opal_org["id"].as_str().unwrap().to_owned();
+    let creates = (0..8).map(|i| {
+        let (http, base) = (http.clone(), if i % 2 == 0 { a.clone() } else { b.clone() });
+        let path = format!("/v1/orgs/{opal_org}/webhooks");
+        let url = old.url("/opal");
+        async move {
+            let body = json!({ "name": format!("opal {i}"), "url": url, "profile": "opal" });
+            call(&http, &base, &path, body).await.0
+        }
+    });
+    let statuses = futures::future::join_all(creates).await;
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+
     // A delivery node A attempted, waiting an hour for its retry, is attempted now when asked
     // through node B, and its outcome recorded.
     let flaky = TestReceiver::start().await;
