@@ -44,7 +44,11 @@ pub async fn register(
     input: EventTypeInput,
 ) -> ServiceResult<CustomEventType> {
     // Checked against the organization's limit, then written: one change at a time.
-    super::one_change_at_a_time(state, org, register_checked(state, scope, org, input)).await
+    let (scope, owner) = (scope.clone(), org.clone());
+    super::one_change_at_a_time(state, org, move |state| async move {
+        register_checked(&state, &scope, &owner, input).await
+    })
+    .await
 }
 
 async fn register_checked(
@@ -148,7 +152,11 @@ pub async fn unregister(
     name: &str,
 ) -> ServiceResult<()> {
     // Checked against the webhooks that subscribe to it, then deleted: one change at a time.
-    super::one_change_at_a_time(state, org, unregister_checked(state, scope, org, name)).await
+    let (scope, owner, name) = (scope.clone(), org.clone(), name.to_owned());
+    super::one_change_at_a_time(state, org, move |state| async move {
+        unregister_checked(&state, &scope, &owner, &name).await
+    })
+    .await
 }
 
 async fn unregister_checked(

@@ -22,17 +22,28 @@ use herald_core::{Invalid, OrgId, Timestamp};
 pub use auth::Scope;
 
 /// Runs `change`, which checks the organization as it is and then writes (a webhook, an event
-/// type), in the organization's turn for changes ([`herald_core::directory::Directory::changing`]).
-pub(crate) async fn one_change_at_a_time<T>(
+/// type), in the organization's turn for changes ([`herald_core::directory::Directory::changing`]),
+/// to the end even if the request is given up: the turn is held until its write is done, not
+/// handed to the next change while the write still runs.
+pub(crate) async fn one_change_at_a_time<T, F, Fut>(
     state: &crate::app::AppState,
     org: &OrgId,
-    change: impl std::future::Future<Output = ServiceResult<T>>,
-) -> ServiceResult<T> {
-    state
-        .directory
-        .changing(org, change)
-        .await
-        .map_err(ServiceError::from_store("organization"))?
+    change: F,
+) -> ServiceResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(crate::app::AppState) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ServiceResult<T>> + Send,
+{
+    let org = org.clone();
+    cancel_safe::to_the_end(state, move |state| async move {
+        let directory = state.directory.clone();
+        directory
+            .changing(&org, change(state))
+            .await
+            .map_err(ServiceError::from_store("organization"))?
+    })
+    .await
 }
 
 /// The organization's snapshot, for a caller allowed to see it (`404` for anyone else, as for

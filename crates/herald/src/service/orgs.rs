@@ -111,7 +111,11 @@ pub async fn update(
 ) -> ServiceResult<Organization> {
     // Its catalogs are checked against its own types and webhooks, then written: one change at
     // a time.
-    super::one_change_at_a_time(state, id, update_checked(state, scope, id, input)).await
+    let (scope, org) = (scope.clone(), id.clone());
+    super::one_change_at_a_time(state, id, move |state| async move {
+        update_checked(&state, &scope, &org, input).await
+    })
+    .await
 }
 
 async fn update_checked(

@@ -188,8 +188,11 @@ pub async fn create(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     // Checked against the organization's other webhooks, then written: one change at a time.
-    let (created, activate) =
-        super::one_change_at_a_time(state, org, create_checked(state, scope, org, input)).await?;
+    let (created, activate) = super::one_change_at_a_time(state, org, {
+        let (scope, owner) = (scope.clone(), org.clone());
+        move |state| async move { create_checked(&state, &scope, &owner, input).await }
+    })
+    .await?;
     if activate {
         return Ok(set_active(state, scope, org, &created.id, true).await?.0);
     }
@@ -332,7 +335,11 @@ pub async fn update(
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
     // Checked against the organization's other webhooks, then written: one change at a time.
-    super::one_change_at_a_time(state, org, update_checked(state, scope, org, id, input)).await
+    let (scope, owner, id) = (scope.clone(), org.clone(), id.clone());
+    super::one_change_at_a_time(state, org, move |state| async move {
+        update_checked(&state, &scope, &owner, &id, input).await
+    })
+    .await
 }
 
 async fn update_checked(
