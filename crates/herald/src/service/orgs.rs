@@ -223,13 +223,11 @@ pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResul
     // A write on another node that read the organization just before may still commit for it
     // (an ingest gives up after about 20 s): what it stored is swept once that is over, as well
     // as by the retention task every ten minutes.
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(SWEEP_AFTER_DELETION).await;
+    super::retention::sweep_later(state, &SWEEP_AFTER_DELETION, |store| async move {
         super::retention::sweep_deleted_orgs(&*store).await;
     });
     Ok(())
 }
 
 /// How long after deleting an organization what racing writes stored for it is swept.
-const SWEEP_AFTER_DELETION: std::time::Duration = std::time::Duration::from_secs(30);
+const SWEEP_AFTER_DELETION: [std::time::Duration; 1] = [std::time::Duration::from_secs(30)];

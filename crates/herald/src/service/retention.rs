@@ -99,6 +99,23 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
     }
 }
 
+/// Runs `sweep` on the store after each of `waits` in turn, in a task of its own: what writes
+/// that raced a change (enabling or deleting a webhook, deleting an organization) left behind
+/// is looked for once they are over, besides the retention task's run every ten minutes.
+pub(super) fn sweep_later<F, Fut>(state: &AppState, waits: &'static [Duration], sweep: F)
+where
+    F: Fn(Arc<dyn herald_core::store::Store>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        for wait in waits {
+            tokio::time::sleep(*wait).await;
+            sweep(store.clone()).await;
+        }
+    });
+}
+
 /// Deletes what writes racing an organization's deletion stored for it (on PostgreSQL, where
 /// they may come from other nodes): nothing of a deleted organization stays pending for good.
 pub(super) async fn sweep_deleted_orgs(store: &dyn herald_core::store::Store) {
@@ -119,11 +136,17 @@ pub(super) async fn sweep_deleted_orgs(store: &dyn herald_core::store::Store) {
 /// the race lasts milliseconds, and this runs every ten minutes (with retention off too).
 async fn cancel_orphaned(state: &AppState) {
     let now = state.clock.now();
-    match state
-        .store
-        .cancel_orphaned(now.plus_secs(-86_400), now)
-        .await
-    {
+    cancel_orphaned_since(&*state.store, now.plus_secs(-86_400), now).await;
+}
+
+/// Cancels what is pending for webhooks deleted since `since` (`Store::cancel_orphaned`), and
+/// says so.
+pub(super) async fn cancel_orphaned_since(
+    store: &dyn herald_core::store::Store,
+    since: Timestamp,
+    now: Timestamp,
+) {
+    match store.cancel_orphaned(since, now).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             deliveries = n,

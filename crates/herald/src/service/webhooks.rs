@@ -572,10 +572,10 @@ const SWEEP_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from
 /// park one after: nothing would ever claim it. So the webhook's parked deliveries are put
 /// back again a little later, once such writes are over (an attempt lasts its timeout at most).
 fn unpark_stragglers_later(state: &AppState, id: &WebhookId) {
-    let (store, id) = (state.store.clone(), id.clone());
-    tokio::spawn(async move {
-        for wait in SWEEP_AGAIN_AFTER {
-            tokio::time::sleep(wait).await;
+    let id = id.clone();
+    super::retention::sweep_later(state, &SWEEP_AGAIN_AFTER, move |store| {
+        let id = id.clone();
+        async move {
             match store.unpark_active(&id).await {
                 Ok(0) => {}
                 Ok(n) => {
@@ -753,24 +753,12 @@ pub async fn delete(
 /// of webhooks deleted since `deleted_at` are cancelled again a little later, as well as by
 /// the retention task every ten minutes.
 fn cancel_stragglers_later(state: &AppState, deleted_at: Timestamp) {
-    let (store, clock) = (state.store.clone(), state.clock.clone());
-    tokio::spawn(async move {
-        for wait in SWEEP_AGAIN_AFTER {
-            tokio::time::sleep(wait).await;
+    let clock = state.clock.clone();
+    super::retention::sweep_later(state, &SWEEP_AGAIN_AFTER, move |store| {
+        let now = clock.now();
+        async move {
             // A little before: the deletion's time is this node's clock, and another's wrote.
-            match store
-                .cancel_orphaned(deleted_at.plus_secs(-60), clock.now())
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    deliveries = n,
-                    "cancelled deliveries stored for webhooks just deleted"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %herald_core::error_chain(&e), "could not cancel deliveries stored for webhooks just deleted; the retention task tries again")
-                }
-            }
+            super::retention::cancel_orphaned_since(&*store, deleted_at.plus_secs(-60), now).await;
         }
     });
 }
