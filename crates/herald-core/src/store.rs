@@ -646,6 +646,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<DashboardSession>>;
     /// Ends a session, with its waiting messages.
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Deletes the sessions expired by `now`, with their waiting messages (what they keep of
+    /// the token that signed them in is gone with them); answers how many.
+    async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
     /// Keeps a message (sealed by the caller) for the session's next view of `page`; past
     /// `keep` waiting messages, its oldest go.
     async fn add_flash(

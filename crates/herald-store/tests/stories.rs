@@ -2696,6 +2696,20 @@ async fn a_dashboard_session_is_kept_until_it_expires_or_ends(store: Arc<dyn Sto
         store.take_flashes("s1", "/a").await.unwrap(),
         ["another session's"]
     );
+
+    // The retention run deletes the expired ones (refused already, but still holding their
+    // credentials) and leaves the rest.
+    store
+        .create_session(&session("s3", "admin", at(7200)), T0, LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(store.delete_expired_sessions(at(3599)).await.unwrap(), 0);
+    assert_eq!(store.delete_expired_sessions(at(3600)).await.unwrap(), 2);
+    assert_eq!(store.delete_expired_sessions(at(3600)).await.unwrap(), 0);
+    assert_eq!(
+        session_ids(&store, &["s1", "s2", "s3"], at(10)).await,
+        ["s3"]
+    );
 }
 
 async fn dashboard_sessions_past_their_limits_end_oldest_first(store: Arc<dyn Store>) {

@@ -870,6 +870,10 @@ impl Store for PostgresStore {
         in_tx!(self, |tx| sessions::delete(&tx, id_hash))
     }
 
+    async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        in_tx!(self, |tx| sessions::delete_expired(&tx, now))
+    }
+
     async fn add_flash(
         &self,
         id_hash: &str,

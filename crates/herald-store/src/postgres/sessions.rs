@@ -76,6 +76,16 @@ pub(crate) async fn get(
 
 /// Its messages go with it (`ON DELETE CASCADE`), in the order a sign-in's trimming removes
 /// them, so that the two cannot deadlock.
+/// Their messages go with them (`ON DELETE CASCADE`).
+pub(crate) async fn delete_expired(c: &impl Conn, now: Timestamp) -> DbResult<u64> {
+    c.exec(
+        "DELETE FROM dashboard_sessions WHERE expires_at <= $1",
+        &[&now.as_millis()],
+    )
+    .await
+    .map_err(Into::into)
+}
+
 pub(crate) async fn delete(c: &impl Conn, id_hash: &str) -> DbResult<()> {
     c.exec(
         "DELETE FROM dashboard_sessions WHERE id_hash = $1",

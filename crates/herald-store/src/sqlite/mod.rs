@@ -950,6 +950,10 @@ impl Store for SqliteStore {
         self.write(move |c| sessions::delete(c, &id_hash)).await
     }
 
+    async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        self.write(move |c| sessions::delete_expired(c, now)).await
+    }
+
     async fn add_flash(
         &self,
         id_hash: &str,

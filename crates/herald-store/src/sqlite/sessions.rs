@@ -68,6 +68,19 @@ pub(crate) fn get(
         .optional()?)
 }
 
+pub(crate) fn delete_expired(conn: &Connection, now: Timestamp) -> DbResult<u64> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM dashboard_sessions WHERE expires_at <= ?")?
+        .execute([now.as_millis()])?;
+    if deleted > 0 {
+        conn.prepare_cached(
+            "DELETE FROM dashboard_flashes WHERE session NOT IN (SELECT id_hash FROM dashboard_sessions)",
+        )?
+        .execute([])?;
+    }
+    Ok(deleted as u64)
+}
+
 pub(crate) fn delete(conn: &Connection, id_hash: &str) -> DbResult<()> {
     conn.prepare_cached("DELETE FROM dashboard_flashes WHERE session = ?")?
         .execute([id_hash])?;

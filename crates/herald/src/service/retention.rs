@@ -64,6 +64,7 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
     loop {
         cancel_orphaned(&state).await;
         sweep_deleted_orgs(&*state.store).await;
+        delete_expired_sessions(&state).await;
         if days > 0 {
             let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
             // A long purge gives way to shutdown between batches: each batch is a transaction
@@ -95,6 +96,18 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
         }
         if *shutdown.borrow() {
             return;
+        }
+    }
+}
+
+/// Dashboard sessions past their expiry: refused already, but each keeps what identifies the
+/// token that signed it in (an API key's hash), which should not outlive it by much.
+async fn delete_expired_sessions(state: &AppState) {
+    match state.store.delete_expired_sessions(state.clock.now()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(sessions = n, "deleted expired dashboard sessions"),
+        Err(e) => {
+            tracing::warn!(error = %herald_core::error_chain(&e), "could not delete expired dashboard sessions; trying again at the next retention run")
         }
     }
 }
