@@ -154,7 +154,11 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     }
     let sessions = Arc::new(crate::dashboard::Sessions::new(store.clone()));
     let state = AppState(Arc::new(Shared {
-        auth: Arc::new(Authenticator::new(&admin_token, store.clone())),
+        auth: Arc::new(Authenticator::new(
+            &admin_token,
+            store.clone(),
+            settings.security.token_failures_per_minute,
+        )),
         store,
         directory,
         dispatcher,

@@ -161,6 +161,7 @@ impl std::fmt::Debug for SecuritySettings {
             .field("allow_private_networks", &self.allow_private_networks)
             .field("allow_insecure_urls", &self.allow_insecure_urls)
             .field("metrics_token", &hidden(&self.metrics_token))
+            .field("token_failures_per_minute", &self.token_failures_per_minute)
             .finish()
     }
 }
@@ -257,6 +258,12 @@ pub struct SecuritySettings {
     /// whoever reaches the listen address.
     #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true, value_parser = parse_metrics_token)]
     pub metrics_token: Option<String>,
+    /// How many tokens that are not valid one client network (an IPv4 address, an IPv6 /64)
+    /// may send a minute to the API, the dashboard's sign-in and `/metrics`. Past it, its
+    /// tokens not used from there before get 429 unchecked until the allowance refills, and
+    /// tokens already used from there still pass. Counted per node; 0: no limit.
+    #[arg(long, env = "HERALD_TOKEN_FAILURES_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub token_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -463,6 +470,7 @@ impl Settings {
                 allow_private_networks: Vec::new(),
                 allow_insecure_urls: false,
                 metrics_token: None,
+                token_failures_per_minute: 30,
             },
             delivery: DeliverySettings {
                 disable_after_hours: 120,

@@ -102,6 +102,14 @@ pub async fn serve(
     drop(cut_tx);
 }
 
+/// The address of a request's connection's peer (`None` where it was served another way, as
+/// in tests).
+pub fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
+}
+
 /// Who sent a request, for a log line: its connection's peer address (`unknown` where it was
 /// served another way, as in tests), and `X-Forwarded-For` as sent (so not to be trusted; cut
 /// to 200 characters, visible ASCII, so any byte is a boundary).
@@ -109,10 +117,7 @@ pub fn client_of<'a>(
     extensions: &axum::http::Extensions,
     headers: &'a axum::http::HeaderMap,
 ) -> (String, Option<&'a str>) {
-    let address = extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(
-        || "unknown".to_owned(),
-        |ConnectInfo(peer)| peer.ip().to_string(),
-    );
+    let address = peer_of(extensions).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let forwarded_for = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())

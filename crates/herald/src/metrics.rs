@@ -117,6 +117,8 @@ impl BacklogCount {
 pub struct Snapshot<'a> {
     pub ingest: &'a Metrics,
     pub dispatch: &'a DispatchMetrics,
+    /// Tokens refused, and requests held back for them (`service::token_failures`).
+    pub tokens: &'a crate::service::token_failures::TokenFailures,
     pub commit_latency: Option<&'a herald_core::metrics::Histogram>,
     pub held_in_memory: usize,
     pub held_bytes: usize,
@@ -194,6 +196,18 @@ impl Snapshot<'_> {
             "herald_requests_shed_total",
             "Requests answered 503 overloaded: request bodies in flight were at their limit.",
             &self.ingest.requests_shed,
+        );
+        counter(
+            &mut out,
+            "herald_invalid_tokens_total",
+            "Tokens sent to the API, the dashboard's sign-in or /metrics that were checked and are not valid: a client with a revoked key, or someone guessing.",
+            &self.tokens.invalid,
+        );
+        counter(
+            &mut out,
+            "herald_tokens_held_back_total",
+            "Requests answered 429 too_many_invalid_tokens, their token unchecked: their network had sent more tokens that are not valid than HERALD_TOKEN_FAILURES_PER_MINUTE allows.",
+            &self.tokens.held_back,
         );
         let d = self.dispatch;
         counter(

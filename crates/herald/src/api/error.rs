@@ -20,6 +20,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for `Retry-After` (a 503 says 1 without it).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,6 +31,20 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
+        }
+    }
+
+    /// `429 too_many_invalid_tokens`: the client's network has sent too many tokens that
+    /// were not valid, and this one was not checked.
+    pub fn held_back(held: &crate::service::auth::HeldBack) -> Self {
+        Self {
+            retry_after: Some(held.retry_after_secs()),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_invalid_tokens",
+                held.message(),
+            )
         }
     }
 
@@ -54,6 +70,7 @@ impl From<ServiceError> for ApiError {
                     format!("{}: {}", i.field, i.message)
                 },
                 field: (!i.field.is_empty()).then_some(i.field),
+                retry_after: None,
             },
             E::UnknownEventType {
                 name,
@@ -68,12 +85,14 @@ impl From<ServiceError> for ApiError {
                     herald_core::suggest::did_you_mean(suggestion.as_deref())
                 ),
                 field: Some(field),
+                retry_after: None,
             },
             E::SchemaViolation(i) => Self {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "schema_violation",
                 message: format!("{}: {}", i.field, i.message),
                 field: Some(i.field),
+                retry_after: None,
             },
             E::NotFound(what) => Self::not_found(what),
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
@@ -143,8 +162,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable code to branch on: `invalid_json`, `invalid_field`, `unknown_event_type`,
-    /// `schema_violation`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `changed`,
-    /// `payload_too_large`, `unavailable`, `overloaded`, `internal`…
+    /// `schema_violation`, `unauthorized`, `too_many_invalid_tokens`, `forbidden`,
+    /// `not_found`, `conflict`, `changed`, `payload_too_large`, `unavailable`, `overloaded`,
+    /// `internal`…
     #[schema(example = "invalid_field")]
     pub code: &'static str,
     /// What is wrong and what to do, in words.
@@ -164,11 +184,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        let retry_after = self
+            .retry_after
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         if self.status == StatusCode::REQUEST_TIMEOUT {
             // The rest of a late body may still be on its way: the connection cannot carry

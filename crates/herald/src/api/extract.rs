@@ -39,7 +39,12 @@ impl FromRequestParts<AppState> for Caller {
                 "send 'Authorization: Bearer <token>' with the admin token or an organization API key",
             ));
         }
-        match state.auth.resolve(token).await? {
+        let client = crate::http_server::peer_of(&parts.extensions);
+        let presented = state
+            .auth
+            .present(client, token)
+            .map_err(|held| ApiError::held_back(&held))?;
+        match presented.resolve().await? {
             Some((scope, role)) => {
                 if role == KeyRole::Producer && !producer_may(&parts.method, parts.uri.path()) {
                     // Another organization's data is "not found" to every key: a producer's

@@ -96,11 +96,23 @@ const METRICS_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
         (status = 401, description = "HERALD_METRICS_TOKEN is set and the request does not carry it (or the admin token)", body = super::ErrorBody),
+        (status = 429, description = "Too many tokens that are not valid came from the client's network; this one was not checked (see Retry-After)", body = super::ErrorBody),
     ))]
-async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.settings.security.metrics_token
-        && !may_scrape(&state, &headers, expected).await
-    {
+async fn get_metrics(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+) -> Response {
+    let client = crate::http_server::peer_of(&extensions);
+    let may = match &state.settings.security.metrics_token {
+        Some(expected) => may_scrape(&state, client, &headers, expected).await,
+        None => Ok(true),
+    };
+    let may = match may {
+        Ok(may) => may,
+        Err(held) => return ApiError::held_back(&held).into_response(),
+    };
+    if !may {
         // A scraper left with an old token shows up here, not only as a target down.
         static REFUSED: herald_core::throttle::Throttle =
             herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
@@ -122,6 +134,7 @@ async fn get_metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let pending = state.backlog.get(|| count_backlog(&state)).await;
     let snapshot = crate::metrics::Snapshot {
         ingest: &state.metrics,
+        tokens: state.auth.failures(),
         dispatch: state.dispatcher.metrics(),
         commit_latency: state.store.commit_latency(),
         held_in_memory: state.dispatcher.held(),
@@ -166,20 +179,27 @@ async fn count_backlog(state: &AppState) -> Option<Vec<herald_core::store::Pendi
 }
 
 /// Whether the request carries the metrics token (compared by digest, in constant time) or
-/// the admin token.
-async fn may_scrape(state: &AppState, headers: &HeaderMap, expected: &str) -> bool {
+/// the admin token, within the client network's allowance for tokens that are not valid.
+async fn may_scrape(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    expected: &str,
+) -> Result<bool, crate::service::auth::HeldBack> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let sent = super::extract::bearer_token(headers);
     if sent.is_empty() {
-        return false;
+        return Ok(false);
     }
+    let presented = state.auth.present(client, sent)?;
     let (sent_digest, expected_digest) = (Sha256::digest(sent), Sha256::digest(expected.trim()));
     if bool::from(sent_digest.ct_eq(&expected_digest)) {
-        return true;
+        presented.admitted();
+        return Ok(true);
     }
-    matches!(
-        state.auth.resolve(sent).await,
+    Ok(matches!(
+        presented.resolve().await,
         Ok(Some((crate::service::Scope::Admin, _)))
-    )
+    ))
 }

@@ -146,6 +146,13 @@ impl Modify for Conventions {
                 };
                 add("401", "No bearer token, or one that is not valid");
                 add(
+                    "429",
+                    "`too_many_invalid_tokens`: the client's network sent more tokens that are \
+                     not valid than `HERALD_TOKEN_FAILURES_PER_MINUTE` allows, and this one, \
+                     not used from there before, was not checked; retry after `Retry-After` \
+                     seconds with a valid token",
+                );
+                add(
                     "503",
                     if has_body {
                         "The database is unavailable (`unavailable`), or this node is handling \

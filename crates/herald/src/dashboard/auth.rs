@@ -13,7 +13,6 @@ use super::session::{self, Post, Signed};
 use super::templates::{self, Layout};
 use crate::app::AppState;
 use crate::service::Scope;
-use crate::service::auth::TokenDigest;
 use herald_core::org::KeyRole;
 use herald_core::throttle::Throttle;
 
@@ -138,15 +137,15 @@ fn log_refused_origin(headers: &HeaderMap, client: &str) {
 #[derive(Serialize)]
 struct LoginPage {
     next: Option<String>,
-    error: Option<&'static str>,
+    error: Option<String>,
     notice: Option<&'static str>,
 }
 
 /// The sign-in page again, saying why the token was not taken.
-fn refused(status: StatusCode, next: Option<String>, why: &'static str) -> Response {
+fn refused(status: StatusCode, next: Option<String>, why: impl Into<String>) -> Response {
     let page = LoginPage {
         next,
-        error: Some(why),
+        error: Some(why.into()),
         notice: None,
     };
     templates::render(status, "login.html", &Layout::anonymous("Sign in"), page)
@@ -178,6 +177,7 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
 async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
     let (client, forwarded_for) = crate::http_server::client_of(request.extensions(), &headers);
+    let peer = crate::http_server::peer_of(request.extensions());
     if !posted_from_here(&headers, &state.settings.public_url()) {
         log_refused_origin(&headers, &client);
         return (
@@ -193,7 +193,21 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let form = Form::parse(&body);
     let token = form.text("token");
     let next = safe_next(form.get("next"));
-    let scope = match state.auth.resolve(&token).await {
+    let presented = match state.auth.present(peer, &token) {
+        Ok(presented) => presented,
+        Err(held) => {
+            let mut page = refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                next,
+                format!("{}.", held.message()),
+            );
+            page.headers_mut()
+                .insert(header::RETRY_AFTER, held.retry_after_secs().into());
+            return page;
+        }
+    };
+    let digest = presented.digest().clone();
+    let scope = match presented.resolve().await {
         Ok(Some((scope, KeyRole::Manager))) if !token.is_empty() => scope,
         Ok(Some((Scope::Org(org), KeyRole::Producer))) => {
             let key_prefix = crate::api::extract::key_prefix(&token);
@@ -236,11 +250,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
             tracing::info!(org = %org, key_prefix, client, forwarded_for, "signed in to the dashboard with an API key");
         }
     }
-    let id = match state
-        .sessions
-        .create(&state.auth, &TokenDigest::of(&token), &scope)
-        .await
-    {
+    let id = match state.sessions.create(&state.auth, &digest, &scope).await {
         Ok(id) => id,
         Err(e) => return session::store_failed(e),
     };

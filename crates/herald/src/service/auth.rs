@@ -2,7 +2,9 @@
 //! Keys are kept only as SHA-256 hashes; both kinds are compared without timing leaks.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -13,6 +15,7 @@ use herald_core::store::Store;
 use herald_core::{ApiKeyId, OrgId};
 
 use super::cancel_safe::to_the_end;
+use super::token_failures::{Check, Network, TokenFailures};
 use super::{ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -67,6 +70,7 @@ pub struct Authenticator {
     admin_hash: [u8; 32],
     store: Arc<dyn Store>,
     keys: RwLock<KeyCache>,
+    failures: TokenFailures,
 }
 
 /// Keys seen, by hash, with their organization and role. Every forgetting bumps `generation`,
@@ -78,23 +82,51 @@ struct KeyCache {
 }
 
 impl Authenticator {
-    pub fn new(admin_token: &str, store: Arc<dyn Store>) -> Self {
+    /// `failures_per_minute`: how many tokens that are not valid one client network may
+    /// present a minute before its new tokens are held back ([`TokenFailures`]; 0: no limit).
+    pub fn new(admin_token: &str, store: Arc<dyn Store>, failures_per_minute: u32) -> Self {
         Self {
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             store,
             keys: RwLock::default(),
+            failures: TokenFailures::new(failures_per_minute),
         }
     }
 
-    /// What the token reaches and what it may do there (the admin token: everything, as a
-    /// manager); `None` when the token is unknown.
-    pub async fn resolve(&self, token: &str) -> ServiceResult<Option<(Scope, KeyRole)>> {
-        self.resolve_digest(&TokenDigest::of(token)).await
+    /// The counts of tokens refused and held back, for `/metrics`.
+    pub fn failures(&self) -> &TokenFailures {
+        &self.failures
     }
 
-    /// Like [`Authenticator::resolve`], from a token's digest: the dashboard's sessions keep
-    /// only that, and check it again on every request so that a deleted key ends them.
-    pub async fn resolve_digest(
+    /// A token a client sent, to be resolved within its network's allowance for tokens that
+    /// are not valid: `Err` when that is spent and the token was not admitted from there
+    /// before, so it is not checked at all. `client` is the connection's peer (`None` where a
+    /// request came another way, as in tests: no allowance then).
+    pub fn present(&self, client: Option<IpAddr>, token: &str) -> Result<Presented<'_>, HeldBack> {
+        let digest = TokenDigest::of(token);
+        let network = client.map(Network::of);
+        if let Some(network) = network
+            && let Check::Wait(retry_after) = self.failures.check(network, &digest.hash)
+        {
+            return Err(HeldBack {
+                network,
+                retry_after,
+                per_minute: self.failures.per_minute(),
+            });
+        }
+        Ok(Presented {
+            auth: self,
+            network,
+            empty: token.is_empty(),
+            digest,
+        })
+    }
+
+    /// What a token (its digest) reaches and what it may do there (the admin token:
+    /// everything, as a manager); `None` when the token is unknown. Requests' tokens come
+    /// through [`Authenticator::present`]; the dashboard's sessions keep only the digest, and
+    /// check it again on every request so that a deleted key ends them.
+    async fn resolve_digest(
         &self,
         digest: &TokenDigest,
     ) -> ServiceResult<Option<(Scope, KeyRole)>> {
@@ -184,6 +216,94 @@ impl Authenticator {
         let mut cache = self.keys.write().expect("key cache lock");
         cache.by_hash.clear();
         cache.generation += 1;
+    }
+}
+
+/// A token a client sent, let through its network's allowance ([`Authenticator::present`]).
+/// Resolving it counts it as admitted or failed from that network.
+pub struct Presented<'a> {
+    auth: &'a Authenticator,
+    network: Option<Network>,
+    empty: bool,
+    digest: TokenDigest,
+}
+
+impl Presented<'_> {
+    /// What the token reaches (as [`Authenticator::resolve_digest`]); a token that is not
+    /// valid counts against its network's allowance (an empty one does not: nothing was
+    /// guessed).
+    pub async fn resolve(self) -> ServiceResult<Option<(Scope, KeyRole)>> {
+        let resolved = self.auth.resolve_digest(&self.digest).await?;
+        if resolved.is_some() {
+            self.admitted();
+        } else if !self.empty {
+            self.failed();
+        }
+        Ok(resolved)
+    }
+
+    /// The token was taken by other means (the metrics token): it passes its network's
+    /// allowance from now on.
+    pub fn admitted(&self) {
+        if let Some(network) = self.network {
+            self.auth.failures.admitted(network, &self.digest.hash);
+        }
+    }
+
+    /// The token was not valid for what it was sent to.
+    pub fn failed(&self) {
+        let Some(network) = self.network else {
+            self.auth.failures.invalid.add(1);
+            return;
+        };
+        if self.auth.failures.failed(network, &self.digest.hash) {
+            // Once per 10 s at most: a guesser spends its allowance again each time a
+            // failure's worth has refilled.
+            static SPENT: herald_core::throttle::Throttle =
+                herald_core::throttle::Throttle::new(Duration::from_secs(10));
+            if let Some(held_back) = SPENT.admit() {
+                tracing::warn!(
+                    network = %network,
+                    per_minute = self.auth.failures.per_minute(),
+                    networks_since_last_line = held_back,
+                    "a client network sent more tokens that are not valid than \
+                     HERALD_TOKEN_FAILURES_PER_MINUTE allows: its new tokens are answered 429 \
+                     unchecked until its allowance refills; tokens already used from there \
+                     still pass"
+                );
+            }
+        }
+    }
+
+    pub fn digest(&self) -> &TokenDigest {
+        &self.digest
+    }
+}
+
+/// A token not checked: its network has sent too many that were not valid.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldBack {
+    pub network: Network,
+    pub retry_after: Duration,
+    pub per_minute: u32,
+}
+
+impl HeldBack {
+    /// Whole seconds for `Retry-After`.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs().max(1)
+    }
+
+    /// What the client is told, for the API and the dashboard alike.
+    pub fn message(&self) -> String {
+        format!(
+            "too many tokens that are not valid came from {} (at most {} a minute are checked); \
+             tokens not used from there before are refused without being checked for {} s. \
+             Check the token: the admin token, or a current API key",
+            self.network,
+            self.per_minute,
+            self.retry_after_secs()
+        )
     }
 }
 
@@ -314,7 +434,7 @@ mod tests {
 
     fn authenticator(admin_token: &str, dir: &std::path::Path) -> Authenticator {
         let store = herald_store::SqliteStore::open(dir.join("herald.db")).unwrap();
-        Authenticator::new(admin_token, Arc::new(store))
+        Authenticator::new(admin_token, Arc::new(store), 30)
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ pub mod operations;
 pub mod orgs;
 pub mod retention;
 pub mod subscriptions;
+pub mod token_failures;
 pub mod webhooks;
 
 use herald_core::store::StoreError;

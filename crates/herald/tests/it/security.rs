@@ -566,3 +566,120 @@ async fn refused_tokens_are_logged_with_who_sent_them_and_not_the_token() {
     );
     assert!(!log.iter().any(|l| l.contains("dddddd")), "{log:#?}");
 }
+
+/// A network that sends more tokens that are not valid than `HERALD_TOKEN_FAILURES_PER_MINUTE`
+/// allows gets 429 for its new tokens, unchecked, on the API, the sign-in form and `/metrics`;
+/// a token it used before still passes; the warning names the network, not the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_tokens_is_held_back_per_network_and_tokens_in_use_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three a minute: one more every 20 s, longer than this test takes.
+    let server = crate::crash::Server::start_with(
+        dir.path(),
+        &[
+            ("HERALD_TOKEN_FAILURES_PER_MINUTE", "3".into()),
+            ("HERALD_METRICS_TOKEN", "metrics-token-0123456789".into()),
+        ],
+    )
+    .await;
+    let http = crate::helpers::http_client();
+    let org = server
+        .post_json("/v1/orgs", json!({ "name": "Acme" }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A manager key made now, but not used from here yet.
+    let key = server
+        .post_json(
+            &format!("/v1/orgs/{org}/api-keys"),
+            json!({ "name": "ops", "role": "manager" }),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |token: &str| {
+        http.get(format!("{}/v1/orgs", server.base))
+            .bearer_auth(token)
+            .send()
+    };
+    for guess in ["guess-1", "guess-2", "guess-3"] {
+        assert_eq!(get(guess).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let held = get("guess-4").await.unwrap();
+    assert_eq!(held.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = held.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = held.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_invalid_tokens");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("127.0.0.1") && message.contains("3 a minute"),
+        "{message}"
+    );
+    // Held back unchecked: the right token, never used from here, is not let through either…
+    assert_eq!(
+        get(&key).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // …while the admin token, used from here before, still is.
+    assert_eq!(
+        get(crate::helpers::ADMIN_TOKEN).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // The sign-in form and /metrics answer the same.
+    let sign_in = http
+        .post(format!("{}/login", server.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=guess-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_in.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(sign_in.headers().contains_key("retry-after"));
+    let page = sign_in.text().await.unwrap();
+    assert!(
+        page.contains("too many tokens that are not valid"),
+        "{page}"
+    );
+    let scrape = http
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth("guess-6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), StatusCode::TOO_MANY_REQUESTS);
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "herald_invalid_tokens_total 3",
+        "herald_tokens_held_back_total 4",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in {metrics}");
+    }
+
+    let log = logged(&server, "more tokens that are not valid").await;
+    let spent: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("more tokens that are not valid"))
+        .collect();
+    assert_eq!(spent.len(), 1, "{log:#?}");
+    assert!(spent[0].contains("network=127.0.0.1"), "{}", spent[0]);
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("guess-") || l.contains(&key[10..])),
+        "{log:#?}"
+    );
+}
