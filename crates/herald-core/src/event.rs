@@ -279,7 +279,7 @@ impl<'a> Posted<'a> {
             }
         };
         let id = match self.id {
-            Some(Field::Text(id)) => parse_event_id(&id)?,
+            Some(Field::Text(id)) => parse_new_event_id(&id)?,
             Some(Field::Null) | None => generate_event_id(),
             Some(_) => return Err(Invalid::new("id", "must be a string")),
         };
@@ -370,6 +370,20 @@ pub fn parse_event_id(raw: &str) -> Result<String, Invalid> {
     visible_ascii("id", raw)
 }
 
+/// A new event's id: as [`parse_event_id`], but not `.` or `..`, which every URL reads as a
+/// step in its path (encoded or not), so that the event could never be looked up by id. Ids
+/// stored before are still found where they can be (the dashboard's search, list cursors).
+fn parse_new_event_id(raw: &str) -> Result<String, Invalid> {
+    if matches!(raw, "." | "..") {
+        return Err(Invalid::new(
+            "id",
+            "cannot be '.' or '..', which URLs read as a step in their path: the event could \
+             not be looked up by its id",
+        ));
+    }
+    parse_event_id(raw)
+}
+
 /// A correlation id: 1 to 255 visible ASCII characters, as an event id. Profiles send it in
 /// headers (CloudEvents' `ce-correlationid`), where anything else would arrive mangled.
 fn parse_correlation_id(raw: &str) -> Result<String, Invalid> {
@@ -458,6 +472,26 @@ mod tests {
         }
         assert!(with(&"a".repeat(256)).is_err());
         assert!(with(&"\u{e9}".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn a_new_event_id_cannot_be_a_dot_segment() {
+        let with =
+            |id: &str| NewEvent::parse(json!({"type": "user.created", "data": {}, "id": id}));
+        for dots in [".", ".."] {
+            let e = with(dots).unwrap_err();
+            assert_eq!(e.field, "id");
+            assert!(e.message.contains("looked up"), "{}", e.message);
+            let raw: Box<RawValue> =
+                serde_json::from_str(&json!({"type": "a", "data": {}, "id": dots}).to_string())
+                    .unwrap();
+            assert_eq!(NewEvent::parse_text(&raw).unwrap_err().field, "id");
+            // One stored before is still looked up (the dashboard's search, a list's cursor).
+            assert_eq!(parse_event_id(dots).as_deref(), Ok(dots));
+        }
+        for fine in ["...", ".a", "./", "a/..", "%2e"] {
+            assert_eq!(with(fine).unwrap().id, fine);
+        }
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl std::fmt::Debug for SecuritySettings {
             .field("allow_insecure_urls", &self.allow_insecure_urls)
             .field("metrics_token", &hidden(&self.metrics_token))
             .field("token_failures_per_minute", &self.token_failures_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -264,6 +265,12 @@ pub struct SecuritySettings {
     /// tokens already used from there still pass. Counted per node; 0: no limit.
     #[arg(long, env = "HERALD_TOKEN_FAILURES_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub token_failures_per_minute: u32,
+    /// Comma-separated CIDRs of the proxies in front of Herald (a load balancer, a reverse
+    /// proxy). A request from one of them is counted against the client its
+    /// `X-Forwarded-For` names (the last address there that is not a trusted proxy) for the
+    /// token failures above, rather than against the proxy, which every client shares.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -365,6 +372,19 @@ fn parse_network(raw: &str) -> Result<String, String> {
         )),
         Err(e) => Err(e.message),
     }
+}
+
+/// One of `HERALD_TRUSTED_PROXIES`: a CIDR, or a single address.
+fn parse_proxy(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            format!(
+                "'{raw}' is not a CIDR or an address; give the proxies' addresses, separated by commas, e.g. 10.0.0.0/8,192.0.2.7"
+            )
+        })
 }
 
 /// `HERALD_METRICS_TOKEN`: empty would be a token nobody could send (only the admin token would
@@ -471,6 +491,7 @@ impl Settings {
                 allow_insecure_urls: false,
                 metrics_token: None,
                 token_failures_per_minute: 30,
+                trusted_proxies: Vec::new(),
             },
             delivery: DeliverySettings {
                 disable_after_hours: 120,

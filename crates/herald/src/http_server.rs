@@ -110,6 +110,51 @@ pub fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> 
         .map(|ConnectInfo(peer)| peer.ip())
 }
 
+/// The client a request counts against: its connection's peer, or, when the peer is one of
+/// `trusted` proxies, the last address in `X-Forwarded-For` that is not (each proxy appends
+/// the address it was reached from, so what precedes the first untrusted hop may be forged).
+/// `None` where the request was served another way, as in tests.
+pub fn client_address(
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let mut client = peer_of(extensions)?;
+    if trusted.is_empty() {
+        return Some(client);
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        if !trusted
+            .iter()
+            .any(|net| net.contains(&client.to_canonical()))
+        {
+            break;
+        }
+        match forwarded_address(hop) {
+            Some(address) => client = address,
+            // Not an address (`unknown`, a garbled header): the last trusted hop is the client.
+            None => break,
+        }
+    }
+    Some(client)
+}
+
+/// An address as proxies write it in `X-Forwarded-For`: bare, or with a port
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(hop: &str) -> Option<std::net::IpAddr> {
+    let hop = hop.trim();
+    hop.parse()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip: std::net::IpAddr| ip.to_canonical())
+}
+
 /// Who sent a request, for a log line: its connection's peer address (`unknown` where it was
 /// served another way, as in tests), and `X-Forwarded-For` as sent (so not to be trusted; cut
 /// to 200 characters, visible ASCII, so any byte is a boundary).
@@ -132,4 +177,76 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(peer: &str, forwarded: &[&str], trusted: &[&str]) -> Option<std::net::IpAddr> {
+        let mut extensions = axum::http::Extensions::new();
+        extensions.insert(ConnectInfo::<SocketAddr>(SocketAddr::new(
+            peer.parse().unwrap(),
+            4711,
+        )));
+        let mut headers = axum::http::HeaderMap::new();
+        for value in forwarded {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        client_address(&extensions, &headers, &trusted)
+    }
+
+    fn ip(address: &str) -> Option<std::net::IpAddr> {
+        Some(address.parse().unwrap())
+    }
+
+    #[test]
+    fn the_client_is_the_last_forwarded_address_that_is_not_a_trusted_proxy() {
+        // No trusted proxies: the peer, whatever the header says.
+        assert_eq!(client("10.0.0.5", &["203.0.113.9"], &[]), ip("10.0.0.5"));
+        // A peer that is not trusted cannot name another client.
+        assert_eq!(
+            client("198.51.100.7", &["203.0.113.9"], &["10.0.0.0/8"]),
+            ip("198.51.100.7")
+        );
+        // Through a trusted proxy: the address it appended, not what the client wrote before.
+        assert_eq!(
+            client("10.0.0.5", &["192.0.2.66, 203.0.113.9"], &["10.0.0.0/8"]),
+            ip("203.0.113.9")
+        );
+        // Through two trusted proxies, in one header or two, with ports and IPv6.
+        assert_eq!(
+            client(
+                "10.0.0.5",
+                &["192.0.2.66, 203.0.113.9:5000, 10.1.1.1"],
+                &["10.0.0.0/8"]
+            ),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client(
+                "10.0.0.5",
+                &["[2001:db8::1]:443", "10.1.1.1"],
+                &["10.0.0.0/8"]
+            ),
+            ip("2001:db8::1")
+        );
+        // An IPv4 proxy reached over IPv6 (mapped) is still trusted.
+        assert_eq!(
+            client("::ffff:10.0.0.5", &["203.0.113.9"], &["10.0.0.0/8"]),
+            ip("203.0.113.9")
+        );
+        // No header, or one that is not an address: the last trusted hop.
+        assert_eq!(client("10.0.0.5", &[], &["10.0.0.0/8"]), ip("10.0.0.5"));
+        assert_eq!(
+            client("10.0.0.5", &["203.0.113.9, unknown"], &["10.0.0.0/8"]),
+            ip("10.0.0.5")
+        );
+        // Every hop trusted: the first.
+        assert_eq!(
+            client("10.0.0.5", &["10.9.9.9, 10.1.1.1"], &["10.0.0.0/8"]),
+            ip("10.9.9.9")
+        );
+    }
 }

@@ -74,10 +74,11 @@ pub(crate) async fn get(
     }))
 }
 
-/// Its messages go with it (`ON DELETE CASCADE`), in the order a sign-in's trimming removes
-/// them, so that the two cannot deadlock.
-/// Their messages go with them (`ON DELETE CASCADE`).
+/// Their messages go with them (`ON DELETE CASCADE`). In the sign-ins' turn, as their own
+/// deletion of expired sessions is, so that the two never lock rows in opposite orders.
 pub(crate) async fn delete_expired(c: &impl Conn, now: Timestamp) -> DbResult<u64> {
+    c.exec("SELECT pg_advisory_xact_lock($1)", &[&SIGN_IN_LOCK])
+        .await?;
     c.exec(
         "DELETE FROM dashboard_sessions WHERE expires_at <= $1",
         &[&now.as_millis()],
@@ -86,6 +87,8 @@ pub(crate) async fn delete_expired(c: &impl Conn, now: Timestamp) -> DbResult<u6
     .map_err(Into::into)
 }
 
+/// Its messages go with it (`ON DELETE CASCADE`), in the order a sign-in's trimming removes
+/// them, so that the two cannot deadlock.
 pub(crate) async fn delete(c: &impl Conn, id_hash: &str) -> DbResult<()> {
     c.exec(
         "DELETE FROM dashboard_sessions WHERE id_hash = $1",

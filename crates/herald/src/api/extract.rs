@@ -39,7 +39,11 @@ impl FromRequestParts<AppState> for Caller {
                 "send 'Authorization: Bearer <token>' with the admin token or an organization API key",
             ));
         }
-        let client = crate::http_server::peer_of(&parts.extensions);
+        let client = crate::http_server::client_address(
+            &parts.extensions,
+            &parts.headers,
+            &state.settings.security.trusted_proxies,
+        );
         let presented = state
             .auth
             .present(client, token)

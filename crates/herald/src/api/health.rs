@@ -103,7 +103,11 @@ async fn get_metrics(
     extensions: axum::http::Extensions,
     headers: HeaderMap,
 ) -> Response {
-    let client = crate::http_server::peer_of(&extensions);
+    let client = crate::http_server::client_address(
+        &extensions,
+        &headers,
+        &state.settings.security.trusted_proxies,
+    );
     let may = match &state.settings.security.metrics_token {
         Some(expected) => may_scrape(&state, client, &headers, expected).await,
         None => Ok(true),

@@ -177,7 +177,11 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
 async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
     let (client, forwarded_for) = crate::http_server::client_of(request.extensions(), &headers);
-    let peer = crate::http_server::peer_of(request.extensions());
+    let peer = crate::http_server::client_address(
+        request.extensions(),
+        &headers,
+        &state.settings.security.trusted_proxies,
+    );
     if !posted_from_here(&headers, &state.settings.public_url()) {
         log_refused_origin(&headers, &client);
         return (

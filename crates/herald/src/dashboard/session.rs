@@ -189,6 +189,12 @@ impl Sessions {
             .map(|s| s.credential))
     }
 
+    /// Deletes the sessions that have expired (the retention run's): refused already, but
+    /// each keeps what identifies the token that signed it in. Answers how many.
+    pub async fn delete_expired(&self) -> StoreResult<u64> {
+        self.store.delete_expired_sessions(SystemClock.now()).await
+    }
+
     pub async fn remove(&self, id: &str) -> StoreResult<()> {
         self.store.delete_session(&id_hash(id)).await
     }

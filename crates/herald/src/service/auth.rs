@@ -15,7 +15,7 @@ use herald_core::store::Store;
 use herald_core::{ApiKeyId, OrgId};
 
 use super::cancel_safe::to_the_end;
-use super::token_failures::{Check, Network, TokenFailures};
+use super::token_failures::{Check, Network, Pass, TokenFailures};
 use super::{ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -100,24 +100,29 @@ impl Authenticator {
 
     /// A token a client sent, to be resolved within its network's allowance for tokens that
     /// are not valid: `Err` when that is spent and the token was not admitted from there
-    /// before, so it is not checked at all. `client` is the connection's peer (`None` where a
-    /// request came another way, as in tests: no allowance then).
+    /// before, so it is not checked at all. `client` is the request's client
+    /// (`http_server::client_address`; `None` where a request came another way, as in tests:
+    /// no allowance then).
     pub fn present(&self, client: Option<IpAddr>, token: &str) -> Result<Presented<'_>, HeldBack> {
         let digest = TokenDigest::of(token);
-        let network = client.map(Network::of);
-        if let Some(network) = network
-            && let Check::Wait(retry_after) = self.failures.check(network, &digest.hash)
-        {
-            return Err(HeldBack {
-                network,
-                retry_after,
-                per_minute: self.failures.per_minute(),
-            });
-        }
+        let counted = match client.map(Network::of) {
+            None => None,
+            Some(network) => match self.failures.check(network, &digest.hash) {
+                Check::Go(pass) => Some((network, pass)),
+                Check::Wait(retry_after) => {
+                    return Err(HeldBack {
+                        network,
+                        retry_after,
+                        per_minute: self.failures.per_minute(),
+                    });
+                }
+            },
+        };
         Ok(Presented {
             auth: self,
-            network,
+            counted,
             empty: token.is_empty(),
+            settled: false,
             digest,
         })
     }
@@ -220,11 +225,15 @@ impl Authenticator {
 }
 
 /// A token a client sent, let through its network's allowance ([`Authenticator::present`]).
-/// Resolving it counts it as admitted or failed from that network.
+/// Resolving it counts it as admitted or failed from that network; dropped unresolved (the
+/// request given up, the database failing), what its network's allowance held for it is
+/// given back.
 pub struct Presented<'a> {
     auth: &'a Authenticator,
-    network: Option<Network>,
+    /// The client's network and how the token was let through; `None`: not counted.
+    counted: Option<(Network, Pass)>,
     empty: bool,
+    settled: bool,
     digest: TokenDigest,
 }
 
@@ -242,21 +251,25 @@ impl Presented<'_> {
         Ok(resolved)
     }
 
-    /// The token was taken by other means (the metrics token): it passes its network's
-    /// allowance from now on.
-    pub fn admitted(&self) {
-        if let Some(network) = self.network {
-            self.auth.failures.admitted(network, &self.digest.hash);
+    /// The token was taken (here or by other means, as the metrics token is): it passes its
+    /// network's allowance from now on.
+    pub fn admitted(mut self) {
+        self.settled = true;
+        if let Some((network, pass)) = self.counted {
+            self.auth
+                .failures
+                .admitted(network, &self.digest.hash, pass);
         }
     }
 
     /// The token was not valid for what it was sent to.
-    pub fn failed(&self) {
-        let Some(network) = self.network else {
+    pub fn failed(mut self) {
+        self.settled = true;
+        let Some((network, pass)) = self.counted else {
             self.auth.failures.invalid.add(1);
             return;
         };
-        if self.auth.failures.failed(network, &self.digest.hash) {
+        if self.auth.failures.failed(network, &self.digest.hash, pass) {
             // Once per 10 s at most: a guesser spends its allowance again each time a
             // failure's worth has refilled.
             static SPENT: herald_core::throttle::Throttle =
@@ -265,7 +278,7 @@ impl Presented<'_> {
                 tracing::warn!(
                     network = %network,
                     per_minute = self.auth.failures.per_minute(),
-                    networks_since_last_line = held_back,
+                    spent_since_last_line = held_back,
                     "a client network sent more tokens that are not valid than \
                      HERALD_TOKEN_FAILURES_PER_MINUTE allows: its new tokens are answered 429 \
                      unchecked until its allowance refills; tokens already used from there \
@@ -277,6 +290,16 @@ impl Presented<'_> {
 
     pub fn digest(&self) -> &TokenDigest {
         &self.digest
+    }
+}
+
+impl Drop for Presented<'_> {
+    fn drop(&mut self) {
+        if !self.settled
+            && let Some((network, pass)) = self.counted
+        {
+            self.auth.failures.unsettled(network, pass);
+        }
     }
 }
 
@@ -297,9 +320,11 @@ impl HeldBack {
     /// What the client is told, for the API and the dashboard alike.
     pub fn message(&self) -> String {
         format!(
-            "too many tokens that are not valid came from {} (at most {} a minute are checked); \
-             tokens not used from there before are refused without being checked for {} s. \
-             Check the token: the admin token, or a current API key",
+            "more tokens that are not valid came from {} than the {} a minute Herald checks \
+             (HERALD_TOKEN_FAILURES_PER_MINUTE), so for {} s tokens not used from there before \
+             are refused without being checked. Send an admin token or current API key after \
+             that; if yours is one, the failures may be another client's at the same address \
+             (behind a proxy, see HERALD_TRUSTED_PROXIES)",
             self.network,
             self.per_minute,
             self.retry_after_secs()

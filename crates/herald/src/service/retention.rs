@@ -103,7 +103,7 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
 /// Dashboard sessions past their expiry: refused already, but each keeps what identifies the
 /// token that signed it in (an API key's hash), which should not outlive it by much.
 async fn delete_expired_sessions(state: &AppState) {
-    match state.store.delete_expired_sessions(state.clock.now()).await {
+    match state.sessions.delete_expired().await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(sessions = n, "deleted expired dashboard sessions"),
         Err(e) => {

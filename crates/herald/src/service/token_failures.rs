@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use herald_core::metrics::Counter;
 
-/// Client networks remembered at once; past it the one seen longest ago is forgotten, so that
-/// a client with many addresses cannot grow the map without bound.
+/// Client networks remembered at once. Past it the quietest tenth are forgotten together, so
+/// that a client with many addresses cannot grow the map without bound, and forgetting costs
+/// one pass over it per thousand new networks, not one per network.
 const MAX_NETWORKS: usize = 10_000;
-/// Tokens remembered as admitted from one network (a proxy in front of several producers).
-const ADMITTED_PER_NETWORK: usize = 16;
+/// Tokens remembered as admitted from one network, the least recently used forgotten first (a
+/// proxy in front of many producers).
+const ADMITTED_PER_NETWORK: usize = 64;
 
 /// Where a request came from, as far as counting failures goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,9 +51,21 @@ impl fmt::Display for Network {
 /// Whether a token may be checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    Go,
+    Go(Pass),
     /// Not now: the network's allowance is spent and the token is not one admitted from it.
     Wait(Duration),
+}
+
+/// Why a token may be checked, which says what its outcome changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Admitted from this network before: it passes whatever the allowance.
+    Known,
+    /// New here: one failure of the allowance is held for it until it turns out valid (given
+    /// back) or not (kept), so that many sent at once cannot all be checked.
+    Reserved,
+    /// No limit is set.
+    Unlimited,
 }
 
 /// The allowance of every client network, and the tokens admitted from each.
@@ -73,7 +87,7 @@ struct Allowance {
     at: Instant,
     /// When a token last came from this network, to forget the quietest first.
     seen: Instant,
-    /// SHA-256 digests of tokens admitted from this network, the latest last.
+    /// SHA-256 digests of tokens admitted from this network, the most recently used last.
     admitted: Vec<[u8; 32]>,
 }
 
@@ -82,6 +96,7 @@ impl Allowance {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.left = (self.left + elapsed * f64::from(per_minute) / 60.0).min(f64::from(per_minute));
         self.at = now;
+        self.seen = now;
     }
 }
 
@@ -95,21 +110,34 @@ impl TokenFailures {
         }
     }
 
-    /// Whether a token (its SHA-256) from `network` may be checked now.
+    /// Whether a token (its SHA-256) from `network` may be checked now; if it may, its
+    /// outcome goes to [`TokenFailures::admitted`] or [`TokenFailures::failed`] with the
+    /// [`Pass`], or to [`TokenFailures::unsettled`] if it was never checked after all.
     pub fn check(&self, network: Network, digest: &[u8; 32]) -> Check {
         self.check_at(network, digest, Instant::now())
     }
 
-    /// Remembers that a token was valid from `network`: it passes there whatever the
-    /// network's allowance. Called for every request a token admits, so it only looks up.
-    pub fn admitted(&self, network: Network, digest: &[u8; 32]) {
-        self.admitted_at(network, digest, Instant::now());
+    /// The token was valid from `network`: it passes there from now on, whatever the
+    /// network's allowance.
+    pub fn admitted(&self, network: Network, digest: &[u8; 32], pass: Pass) {
+        self.admitted_at(network, digest, pass, Instant::now());
     }
 
-    /// Counts a token from `network` that was not valid; `true` when this failure spent the
-    /// network's allowance (the moment to say so in the log).
-    pub fn failed(&self, network: Network, digest: &[u8; 32]) -> bool {
-        self.failed_at(network, digest, Instant::now())
+    /// The token from `network` was not valid; `true` when the network's allowance is spent
+    /// after it (the moment to say so in the log).
+    pub fn failed(&self, network: Network, digest: &[u8; 32], pass: Pass) -> bool {
+        self.failed_at(network, digest, pass, Instant::now())
+    }
+
+    /// A token let through was never checked (its request was given up): what was held for it
+    /// is given back.
+    pub fn unsettled(&self, network: Network, pass: Pass) {
+        if pass == Pass::Reserved {
+            let mut networks = self.networks.lock().expect("token failures lock");
+            if let Some(allowance) = networks.get_mut(&network) {
+                allowance.left = (allowance.left + 1.0).min(f64::from(self.per_minute));
+            }
+        }
     }
 
     /// The limit per minute, for the message that says it was reached.
@@ -119,29 +147,36 @@ impl TokenFailures {
 
     fn check_at(&self, network: Network, digest: &[u8; 32], now: Instant) -> Check {
         if self.per_minute == 0 {
-            return Check::Go;
+            return Check::Go(Pass::Unlimited);
         }
         let mut networks = self.networks.lock().expect("token failures lock");
-        let Some(allowance) = networks.get_mut(&network) else {
-            return Check::Go;
-        };
+        let allowance = self.allowance(&mut networks, network, now);
         allowance.refill(now, self.per_minute);
-        allowance.seen = now;
-        if allowance.left >= 1.0 || allowance.admitted.contains(digest) {
-            return Check::Go;
+        if let Some(i) = allowance.admitted.iter().position(|d| d == digest) {
+            if i + 1 != allowance.admitted.len() {
+                let used = allowance.admitted.remove(i);
+                allowance.admitted.push(used);
+            }
+            return Check::Go(Pass::Known);
+        }
+        if allowance.left >= 1.0 {
+            allowance.left -= 1.0;
+            return Check::Go(Pass::Reserved);
         }
         self.held_back.add(1);
         let seconds = (1.0 - allowance.left) * 60.0 / f64::from(self.per_minute);
         Check::Wait(Duration::from_secs_f64(seconds.ceil().max(1.0)))
     }
 
-    fn admitted_at(&self, network: Network, digest: &[u8; 32], now: Instant) {
-        if self.per_minute == 0 {
+    fn admitted_at(&self, network: Network, digest: &[u8; 32], pass: Pass, now: Instant) {
+        if pass != Pass::Reserved {
             return;
         }
         let mut networks = self.networks.lock().expect("token failures lock");
+        let per_minute = self.per_minute;
         let allowance = self.allowance(&mut networks, network, now);
-        allowance.seen = now;
+        allowance.refill(now, per_minute);
+        allowance.left = (allowance.left + 1.0).min(f64::from(per_minute));
         if !allowance.admitted.contains(digest) {
             if allowance.admitted.len() == ADMITTED_PER_NETWORK {
                 allowance.admitted.remove(0);
@@ -150,36 +185,39 @@ impl TokenFailures {
         }
     }
 
-    fn failed_at(&self, network: Network, digest: &[u8; 32], now: Instant) -> bool {
+    fn failed_at(&self, network: Network, digest: &[u8; 32], pass: Pass, now: Instant) -> bool {
         self.invalid.add(1);
-        if self.per_minute == 0 {
+        if pass == Pass::Unlimited {
             return false;
         }
         let mut networks = self.networks.lock().expect("token failures lock");
         let per_minute = self.per_minute;
         let allowance = self.allowance(&mut networks, network, now);
         allowance.refill(now, per_minute);
-        allowance.seen = now;
-        // A key revoked since it was admitted no longer passes a spent allowance.
-        allowance.admitted.retain(|d| d != digest);
-        let had_one = allowance.left >= 1.0;
-        allowance.left = (allowance.left - 1.0).max(0.0);
-        had_one && allowance.left < 1.0
+        if pass == Pass::Known {
+            // Admitted before and revoked since: it counts now, and no longer passes.
+            allowance.admitted.retain(|d| d != digest);
+            allowance.left = (allowance.left - 1.0).max(0.0);
+        }
+        allowance.left < 1.0
     }
 
-    /// The network's allowance, a full one if it has none yet (forgetting the network seen
-    /// longest ago when there are already [`MAX_NETWORKS`]).
+    /// The network's allowance, a full one if it has none yet (first forgetting the quietest
+    /// tenth of the networks when there are already [`MAX_NETWORKS`]).
     fn allowance<'a>(
         &self,
         networks: &'a mut HashMap<Network, Allowance>,
         network: Network,
         now: Instant,
     ) -> &'a mut Allowance {
-        if !networks.contains_key(&network)
-            && networks.len() >= MAX_NETWORKS
-            && let Some(quietest) = networks.iter().min_by_key(|(_, a)| a.seen).map(|(n, _)| *n)
-        {
-            networks.remove(&quietest);
+        if networks.len() >= MAX_NETWORKS && !networks.contains_key(&network) {
+            let mut by_quiet: Vec<(Instant, Network)> =
+                networks.iter().map(|(n, a)| (a.seen, *n)).collect();
+            let tenth = MAX_NETWORKS / 10;
+            by_quiet.select_nth_unstable_by_key(tenth, |(seen, _)| *seen);
+            for (_, quiet) in &by_quiet[..tenth] {
+                networks.remove(quiet);
+            }
         }
         networks.entry(network).or_insert_with(|| Allowance {
             left: f64::from(self.per_minute),
@@ -198,72 +236,139 @@ mod tests {
         Network::of(address.parse().unwrap())
     }
 
+    /// A token that turns out not valid, as the authenticator reports it.
+    fn guess(failures: &TokenFailures, client: Network, digest: &[u8; 32], now: Instant) -> bool {
+        let Check::Go(pass) = failures.check_at(client, digest, now) else {
+            panic!("held back");
+        };
+        failures.failed_at(client, digest, pass, now)
+    }
+
+    /// A token that turns out valid.
+    fn valid(failures: &TokenFailures, client: Network, digest: &[u8; 32], now: Instant) -> Pass {
+        let Check::Go(pass) = failures.check_at(client, digest, now) else {
+            panic!("held back");
+        };
+        failures.admitted_at(client, digest, pass, now);
+        pass
+    }
+
     #[test]
     fn a_network_that_spends_its_allowance_waits_for_it_to_refill() {
         let failures = TokenFailures::new(3);
-        let (client, guess) = (net("203.0.113.9"), [7u8; 32]);
+        let (client, wrong) = (net("203.0.113.9"), [7u8; 32]);
         let start = Instant::now();
-        assert_eq!(failures.check_at(client, &guess, start), Check::Go);
-        assert!(!failures.failed_at(client, &guess, start));
-        assert!(!failures.failed_at(client, &guess, start));
-        // The third failure spends it, and says so once.
-        assert!(failures.failed_at(client, &guess, start));
+        assert!(!guess(&failures, client, &wrong, start));
+        assert!(!guess(&failures, client, &wrong, start));
+        // The third failure spends it.
+        assert!(guess(&failures, client, &wrong, start));
         assert_eq!(
-            failures.check_at(client, &guess, start),
+            failures.check_at(client, &wrong, start),
             Check::Wait(Duration::from_secs(20))
         );
-        assert!(!failures.failed_at(client, &guess, start));
         // One failure back every 20 s.
         let later = start + Duration::from_secs(10);
         assert_eq!(
-            failures.check_at(client, &guess, later),
+            failures.check_at(client, &wrong, later),
             Check::Wait(Duration::from_secs(10))
         );
         let later = start + Duration::from_secs(20);
-        assert_eq!(failures.check_at(client, &guess, later), Check::Go);
-        assert!(failures.failed_at(client, &guess, later));
+        assert!(guess(&failures, client, &wrong, later));
         // Another network is not held back, nor is the same one after a quiet minute.
-        assert_eq!(
-            failures.check_at(net("203.0.113.10"), &guess, later),
-            Check::Go
-        );
+        assert!(!guess(&failures, net("203.0.113.10"), &wrong, later));
         let quiet = later + Duration::from_secs(60);
-        for _ in 0..2 {
-            assert!(!failures.failed_at(client, &guess, quiet));
-        }
+        assert!(!guess(&failures, client, &wrong, quiet));
+        assert!(!guess(&failures, client, &wrong, quiet));
         assert_eq!(failures.held_back.get(), 2);
         assert_eq!(failures.invalid.get(), 7);
+    }
+
+    #[test]
+    fn tokens_sent_at_once_are_checked_only_as_far_as_the_allowance_goes() {
+        let failures = TokenFailures::new(3);
+        let client = net("203.0.113.9");
+        let now = Instant::now();
+        // Four new tokens in flight at once (their checks waiting on the database): the
+        // fourth waits, though no failure has been counted yet.
+        let passes: Vec<Check> = (0..4u8)
+            .map(|i| failures.check_at(client, &[i; 32], now))
+            .collect();
+        assert_eq!(passes[..3], [Check::Go(Pass::Reserved); 3]);
+        assert!(matches!(passes[3], Check::Wait(_)));
+        // One turns out valid and one is given up: both give back what was held for them.
+        failures.admitted_at(client, &[0; 32], Pass::Reserved, now);
+        failures.unsettled(client, Pass::Reserved);
+        assert!(!failures.failed_at(client, &[2; 32], Pass::Reserved, now));
+        assert_eq!(
+            failures.check_at(client, &[4; 32], now),
+            Check::Go(Pass::Reserved)
+        );
+        assert_eq!(
+            failures.check_at(client, &[5; 32], now),
+            Check::Go(Pass::Reserved)
+        );
+        assert!(matches!(
+            failures.check_at(client, &[6; 32], now),
+            Check::Wait(_)
+        ));
     }
 
     #[test]
     fn tokens_admitted_before_still_pass_a_spent_allowance_until_they_fail() {
         let failures = TokenFailures::new(2);
         let client = net("198.51.100.1");
-        let (producer, guess) = ([1u8; 32], [2u8; 32]);
+        let (producer, wrong) = ([1u8; 32], [2u8; 32]);
         let now = Instant::now();
-        failures.admitted_at(client, &producer, now);
-        failures.failed_at(client, &guess, now);
-        failures.failed_at(client, &guess, now);
+        assert_eq!(valid(&failures, client, &producer, now), Pass::Reserved);
+        assert_eq!(valid(&failures, client, &producer, now), Pass::Known);
+        guess(&failures, client, &wrong, now);
+        guess(&failures, client, &wrong, now);
         assert!(matches!(
-            failures.check_at(client, &guess, now),
+            failures.check_at(client, &wrong, now),
             Check::Wait(_)
         ));
-        assert_eq!(failures.check_at(client, &producer, now), Check::Go);
+        assert_eq!(
+            failures.check_at(client, &producer, now),
+            Check::Go(Pass::Known)
+        );
         // Revoked meanwhile: it fails once, and is then held back like any other.
-        failures.failed_at(client, &producer, now);
+        failures.failed_at(client, &producer, Pass::Known, now);
         assert!(matches!(
             failures.check_at(client, &producer, now),
             Check::Wait(_)
         ));
-        // Only the latest ADMITTED_PER_NETWORK are remembered.
-        for i in 0..=ADMITTED_PER_NETWORK {
-            failures.admitted_at(client, &[100 + i as u8; 32], now);
+    }
+
+    #[test]
+    fn the_tokens_used_least_recently_are_forgotten_first() {
+        let failures = TokenFailures::new(1);
+        let client = net("198.51.100.1");
+        let now = Instant::now();
+        let token = |i: usize| {
+            [0, 0, (i >> 8) as u8, i as u8]
+                .repeat(8)
+                .try_into()
+                .unwrap()
+        };
+        for i in 0..ADMITTED_PER_NETWORK {
+            valid(&failures, client, &token(i), now);
         }
+        // The first, used again, is now the most recent; one more forgets the second.
+        valid(&failures, client, &token(0), now);
+        valid(&failures, client, &token(ADMITTED_PER_NETWORK), now);
+        guess(&failures, client, &[0xff; 32], now);
+        assert_eq!(
+            failures.check_at(client, &token(0), now),
+            Check::Go(Pass::Known)
+        );
         assert!(matches!(
-            failures.check_at(client, &[100; 32], now),
+            failures.check_at(client, &token(1), now),
             Check::Wait(_)
         ));
-        assert_eq!(failures.check_at(client, &[101; 32], now), Check::Go);
+        assert_eq!(
+            failures.check_at(client, &token(2), now),
+            Check::Go(Pass::Known)
+        );
     }
 
     #[test]
@@ -280,21 +385,32 @@ mod tests {
         let failures = TokenFailures::new(1);
         let start = Instant::now();
         let first = Network(IpAddr::from([10, 0, 0, 0]));
-        failures.failed_at(first, &[0; 32], start);
+        guess(&failures, first, &[0; 32], start);
         for i in 1..MAX_NETWORKS as u32 {
             let at = start + Duration::from_millis(u64::from(i));
-            failures.admitted_at(Network(IpAddr::from(i.to_be_bytes())), &[0; 32], at);
+            valid(
+                &failures,
+                Network(IpAddr::from(i.to_be_bytes())),
+                &[0; 32],
+                at,
+            );
         }
         // The first is still held back (asked as it spent its allowance: asking counts as
-        // being seen); one more network forgets it.
+        // being seen); one more network forgets the quietest tenth, the first among them.
         assert!(matches!(
             failures.check_at(first, &[1; 32], start),
             Check::Wait(_)
         ));
         let at = start + Duration::from_secs(30);
-        failures.admitted_at(net("192.0.2.1"), &[0; 32], at);
-        assert_eq!(failures.networks.lock().unwrap().len(), MAX_NETWORKS);
-        assert_eq!(failures.check_at(first, &[1; 32], at), Check::Go);
+        valid(&failures, net("192.0.2.1"), &[0; 32], at);
+        assert_eq!(
+            failures.networks.lock().unwrap().len(),
+            MAX_NETWORKS - MAX_NETWORKS / 10 + 1
+        );
+        assert_eq!(
+            failures.check_at(first, &[1; 32], at),
+            Check::Go(Pass::Reserved)
+        );
     }
 
     #[test]
@@ -302,9 +418,9 @@ mod tests {
         let failures = TokenFailures::new(0);
         let client = net("192.0.2.1");
         for _ in 0..100 {
-            assert!(!failures.failed(client, &[3; 32]));
+            assert!(!guess(&failures, client, &[3; 32], Instant::now()));
         }
-        assert_eq!(failures.check(client, &[3; 32]), Check::Go);
+        assert_eq!(failures.check(client, &[3; 32]), Check::Go(Pass::Unlimited));
         assert_eq!(failures.invalid.get(), 100);
         assert!(failures.networks.lock().unwrap().is_empty());
     }

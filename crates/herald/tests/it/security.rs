@@ -579,6 +579,7 @@ async fn guessing_tokens_is_held_back_per_network_and_tokens_in_use_keep_working
         &[
             ("HERALD_TOKEN_FAILURES_PER_MINUTE", "3".into()),
             ("HERALD_METRICS_TOKEN", "metrics-token-0123456789".into()),
+            ("HERALD_TRUSTED_PROXIES", "127.0.0.3".into()),
         ],
     )
     .await;
@@ -644,7 +645,7 @@ async fn guessing_tokens_is_held_back_per_network_and_tokens_in_use_keep_working
     assert!(sign_in.headers().contains_key("retry-after"));
     let page = sign_in.text().await.unwrap();
     assert!(
-        page.contains("too many tokens that are not valid"),
+        page.contains("more tokens that are not valid came from"),
         "{page}"
     );
     let scrape = http
@@ -654,6 +655,47 @@ async fn guessing_tokens_is_held_back_per_network_and_tokens_in_use_keep_working
         .await
         .unwrap();
     assert_eq!(scrape.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Another network is not held back (127.0.0.2, another address of this machine).
+    let from = |address: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(address.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    let other = from("127.0.0.2")
+        .get(format!("{}/v1/orgs", server.base))
+        .bearer_auth("guess-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+    // Behind a trusted proxy (127.0.0.3), each client it forwards has an allowance of its own,
+    // and the addresses a client writes in X-Forwarded-For before the proxy's are not believed.
+    let proxy = from("127.0.0.3");
+    let via_proxy = |token: &str, forwarded: &str| {
+        proxy
+            .get(format!("{}/v1/orgs", server.base))
+            .bearer_auth(token)
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    for guess in ["guess-8", "guess-9", "guess-10"] {
+        let answer = via_proxy(guess, "198.51.100.1").await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let held = via_proxy("guess-11", "198.51.100.1").await.unwrap();
+    assert_eq!(held.status(), StatusCode::TOO_MANY_REQUESTS);
+    let message = held.json::<serde_json::Value>().await.unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("198.51.100.1"), "{message}");
+    let answer = via_proxy("guess-12", "198.51.100.1, 198.51.100.2")
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+
     let metrics = http
         .get(format!("{}/metrics", server.base))
         .bearer_auth(crate::helpers::ADMIN_TOKEN)
@@ -664,10 +706,13 @@ async fn guessing_tokens_is_held_back_per_network_and_tokens_in_use_keep_working
         .await
         .unwrap();
     for expected in [
-        "herald_invalid_tokens_total 3",
-        "herald_tokens_held_back_total 4",
+        "herald_invalid_tokens_total 8",
+        "herald_tokens_held_back_total 5",
     ] {
-        assert!(metrics.contains(expected), "{expected} in {metrics}");
+        assert!(
+            metrics.lines().any(|line| line == expected),
+            "{expected} in {metrics}"
+        );
     }
 
     let log = logged(&server, "more tokens that are not valid").await;
