@@ -4,19 +4,21 @@
 
 /// The candidate closest to `typed`, if one is close enough to be what was meant: equal once
 /// case and separators are ignored, or within a few edits (one for a short name, up to three
-/// for a long one). Of equally close candidates the alphabetically first is chosen, so that the
-/// answer does not depend on the order they come in.
+/// for a long one). Of equally close candidates the one closest as typed (case and separators
+/// counted) is chosen, `user.created` for `user.creatd` rather than `USER_CREATED`, then the
+/// alphabetically first, so that the answer does not depend on the order they come in.
 pub fn closest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let typed = normalized(typed);
-    let allowed = (typed.chars().count() / 4).clamp(1, 3);
+    let normal = normalized(typed);
+    let allowed = (normal.chars().count() / 4).clamp(1, 3);
     candidates
         .into_iter()
         .filter_map(|c| {
-            let distance = strsim::damerau_levenshtein(&typed, &normalized(c));
-            (distance <= allowed).then_some((distance, c))
+            let distance = strsim::damerau_levenshtein(&normal, &normalized(c));
+            (distance <= allowed)
+                .then(|| (distance, strsim::damerau_levenshtein(typed.trim(), c), c))
         })
         .min()
-        .map(|(_, c)| c)
+        .map(|(_, _, c)| c)
 }
 
 /// `" (did you mean 'x'?)"`, to follow the complaint about a name; nothing without a suggestion.
@@ -74,6 +76,28 @@ mod tests {
         assert_eq!(suggest("user"), None);
         assert_eq!(suggest(""), None);
         assert_eq!(closest("user.created", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn of_names_equally_close_the_one_closest_as_typed_is_meant() {
+        // Two catalogs of one organization: Optare's and Parallel Works' names for one event.
+        let both = [
+            "USER_CREATED",
+            "user.created",
+            "USER_DELETED",
+            "user.deleted",
+        ];
+        for (typed, meant) in [
+            ("user.creatd", "user.created"),
+            ("user.createdd", "user.created"),
+            ("user_created", "user.created"),
+            ("USER_CREATD", "USER_CREATED"),
+            ("user-deleted", "user.deleted"),
+        ] {
+            assert_eq!(closest(typed, both), Some(meant), "{typed}");
+            let reversed: Vec<&str> = both.iter().rev().copied().collect();
+            assert_eq!(closest(typed, reversed), Some(meant), "{typed}");
+        }
     }
 
     #[test]

@@ -68,7 +68,17 @@ async fn list_events(
         .map_err(ServiceError::from)?;
     let since = q
         .since
-        .map(|t| herald_core::Timestamp::parse_rfc3339(&t, "since"))
+        .map(|t| {
+            herald_core::Timestamp::parse_rfc3339(&t, "since").map_err(|mut e| {
+                // `+01:00` unencoded arrives as ` 01:00`: a query string's `+` is a space.
+                if t.contains(' ') {
+                    e.message.push_str(
+                        " (a '+' in a query string reads as a space: write the offset's + as %2B, or give the time in UTC with Z)",
+                    );
+                }
+                e
+            })
+        })
         .transpose()
         .map_err(ServiceError::from)?;
     let filter = herald_core::store::EventFilter { event_type, since };

@@ -214,7 +214,7 @@ impl FromRequest<AppState> for RawJsonBody {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
-                "the request body is empty; send a JSON object",
+                "the request body is empty; send an event (a JSON object) or an array of events",
             ));
         }
         Ok(RawJsonBody(bytes, admitted))
@@ -459,7 +459,11 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!("the request body is larger than {limit} bytes; split it into smaller requests"),
+        format!(
+            "the request body is larger than {limit} bytes (the server's \
+             HERALD_MAX_BODY_BYTES): send less in one request (fewer events), or have the \
+             limit raised for a single event this large"
+        ),
     )
 }
 
@@ -505,16 +509,48 @@ pub fn path_id<T>(
         } else {
             "the API takes the id: list them to find it"
         };
+        let is = match other_kind_of_id(raw) {
+            Some(kind) => {
+                let article =
+                    if what.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']) {
+                        "an"
+                    } else {
+                        "a"
+                    };
+                format!("is {kind}'s id, not {article} {what}'s")
+            }
+            None => "is not an id".to_owned(),
+        };
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "no such {what}: '{}' is not an id; ids here are {prefix}_ followed by 26 \
-                 letters or digits ({instead})",
+                "no such {what}: '{}' {is}; ids here are {prefix}_ followed by 26 letters or \
+                 digits ({instead})",
                 herald_core::truncate_for_message(raw)
             ),
         )
     })
+}
+
+/// What `raw` is the id of, when it has the shape of one of Herald's ids (a delivery's id
+/// where a webhook's belongs is the usual mix-up): "a delivery", "an attempt"…
+fn other_kind_of_id(raw: &str) -> Option<&'static str> {
+    const KINDS: &[(&str, &str)] = &[
+        ("org", "an organization"),
+        ("wh", "a webhook"),
+        ("dlv", "a delivery"),
+        ("att", "an attempt"),
+        ("key", "an API key"),
+        ("evt", "an event"),
+        ("et", "an event type"),
+    ];
+    let (prefix, rest) = raw.split_once('_')?;
+    let ulid = rest.len() == 26 && rest.bytes().all(|b| b.is_ascii_alphanumeric());
+    KINDS
+        .iter()
+        .find(|(p, _)| ulid && p.eq_ignore_ascii_case(prefix))
+        .map(|(_, kind)| *kind)
 }
 
 /// Path parameters with a JSON error when they do not decode (percent-encoded bytes that are
@@ -595,6 +631,36 @@ impl FromRequestParts<AppState> for WholeList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_kind_of_id_in_a_path_is_named() {
+        let message = |raw: &str, what: &str, prefix: &str| {
+            path_id(raw, what, prefix, |_| {
+                Err::<(), _>(herald_core::Invalid::new("id", "not this kind's"))
+            })
+            .err()
+            .unwrap()
+            .message
+        };
+        let delivery = "dlv_01m95nkyeg077s282cs2yvkf2s";
+        assert!(
+            message(delivery, "webhook", "wh").starts_with(&format!(
+                "no such webhook: '{delivery}' is a delivery's id, not a webhook's; ids here are wh_"
+            )),
+            "{}",
+            message(delivery, "webhook", "wh")
+        );
+        assert!(
+            message("wh_01m95nkyeg077s282cs2yvkf2s", "API key", "key")
+                .contains("is a webhook's id, not an API key's"),
+        );
+        for not_an_id in ["crm", "dlv_short", "xyz_01m95nkyeg077s282cs2yvkf2s"] {
+            assert!(
+                message(not_an_id, "webhook", "wh").contains("' is not an id; ids here are wh_"),
+                "{not_an_id}"
+            );
+        }
+    }
 
     #[test]
     fn a_body_of_the_wrong_shape_is_told_in_json_terms() {

@@ -704,6 +704,15 @@ async fn an_organizations_events_are_listed_newest_first() {
         let (status, err) = app.get(&format!("{list}?{bad}")).await;
         assert!(status.is_client_error(), "{bad}: {status} {err}");
     }
+    // An offset's `+` left unencoded arrives as a space, and the answer says so.
+    let (status, err) = app
+        .get(&format!("{list}?since=2026-01-01T00:00:00+01:00"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("%2B"),
+        "{err}"
+    );
     let (status, _) = app
         .get("/v1/orgs/org_01zzzzzzzzzzzzzzzzzzzzzzzz/events")
         .await;
@@ -1376,6 +1385,14 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     // An organization may be named by its handle; Acme's is on the last of two pages.
     let (ok, out) = herald_cli(&app, &["send", "--org", "acme"], Some(batch)).await;
     assert!(ok && out.contains("from-stdin"), "{out}");
+    // The same id with other data is dropped: its row says so, and the command fails.
+    let reused = r#"[{"type":"user.created","id":"from-stdin","data":{"user":{"id":"u3"}}}]"#;
+    let (ok, out) = herald_cli(&app, &["send", "--org", "acme"], Some(reused)).await;
+    assert!(
+        !ok && out.contains("id reused: NOT STORED")
+            && out.contains("not stored, an id already used by another event"),
+        "{out}"
+    );
     let (ok, out) = herald_cli(&app, &["webhooks", "list", "--org", "acne"], None).await;
     assert!(
         !ok && out.contains("no organization has the handle 'acne'"),

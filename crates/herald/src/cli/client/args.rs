@@ -4,6 +4,17 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+/// The webhook profiles, as `--profile` takes them (checked, and listed by `--help`).
+const PROFILES: [&str; 7] = [
+    "standard",
+    "opal",
+    "optare",
+    "parallelworks",
+    "permit",
+    "asgardeo",
+    "cloudevents",
+];
+
 #[derive(Debug, Subcommand)]
 pub enum OrgsCommand {
     /// List organizations.
@@ -122,8 +133,8 @@ pub enum WebhooksCommand {
         /// A channel to subscribe to (repeatable).
         #[arg(long = "channel")]
         channels: Vec<String>,
-        /// standard, opal, optare, parallelworks, permit, asgardeo or cloudevents.
-        #[arg(long)]
+        /// The wire format (standard when absent).
+        #[arg(long, value_parser = PROFILES)]
         profile: Option<String>,
         /// The secret (generated when absent, except for permit).
         #[arg(long)]
@@ -154,10 +165,9 @@ pub enum WebhooksCommand {
         /// The channels to subscribe to, replacing the current ones (repeatable).
         #[arg(long = "channel")]
         channels: Vec<String>,
-        /// Another wire format: standard, opal, optare, parallelworks, permit, asgardeo or
-        /// cloudevents. An active webhook moved to asgardeo verifies its channels (WebSub)
-        /// before it gets another event; moved off it, it then unsubscribes them.
-        #[arg(long)]
+        /// Another wire format. An active webhook moved to asgardeo verifies its channels
+        /// (WebSub) before it gets another event; moved off it, it then unsubscribes them.
+        #[arg(long, value_parser = PROFILES)]
         profile: Option<String>,
         /// Puts a setting back to its default (repeatable).
         #[arg(long, value_enum, value_name = "SETTING")]
@@ -663,6 +673,15 @@ pub struct SendArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_takes_every_profile_the_server_does() {
+        let server: Vec<&str> = herald_core::profile::ProfileName::ALL
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        assert_eq!(server, PROFILES);
+    }
 
     #[test]
     fn since_takes_a_time_or_how_long_ago() {

@@ -210,9 +210,16 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
     if conn.json {
         print_json(&answer);
     } else {
+        // An event dropped for reusing another's id is no duplicate to shrug at.
+        let mut rows = answer["events"].clone();
+        for row in rows.as_array_mut().into_iter().flatten() {
+            if row.get("mismatch").is_some_and(|m| !m.is_null()) {
+                row["duplicate"] = json!("id reused: NOT STORED");
+            }
+        }
         show(
             &conn,
-            &json!({ "data": answer["events"] }),
+            &json!({ "data": rows }),
             &["id", "duplicate", "deliveries", "skipped"],
         );
     }

@@ -102,7 +102,7 @@ pub(super) fn show_attempt_outcome(
         Some(at) => format!("Herald tries again at {at}"),
         None => "no attempt is left".to_owned(),
     };
-    bail!("not delivered ({delivery}): {answer} after {took} ms; {next}")
+    bail!("not delivered ({delivery}), after {took} ms: {answer}; {next}")
 }
 
 /// Fails if any channel of a page of WebSub subscriptions failed verification.
