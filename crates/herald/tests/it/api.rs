@@ -1613,7 +1613,8 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             .to_owned()
     };
     assert!(
-        ok && line("timeout_ms").ends_with("the profile's default"),
+        ok && line("timeout_ms").ends_with(" 15000 (the profile's default)")
+            && line("retry_schedule").ends_with(" 0,60,300,900,3600 (the profile's default)"),
         "{out}"
     );
     assert!(line("rate_limit_per_second").ends_with("none"), "{out}");

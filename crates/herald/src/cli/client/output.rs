@@ -53,13 +53,35 @@ pub(super) fn show_record(conn: &Connection, value: &Value, fields: &[&str]) {
                 .join(", "),
             // Unset, a webhook takes its profile's (which `--reset` goes back to).
             ("signature" | "timeout_ms" | "retry_schedule", Value::Null) => {
-                "the profile's default".to_owned()
+                match profile_default(value, field) {
+                    Some(default) => format!("{default} (the profile's default)"),
+                    None => "the profile's default".to_owned(),
+                }
             }
             ("rate_limit_per_second", Value::Null) => "none".to_owned(),
             _ => cell(value, field),
         };
         out!("{field:<width$}  {shown}");
     }
+}
+
+/// What a webhook's profile gives for a setting it leaves unset, as the server applies it.
+fn profile_default(webhook: &Value, field: &str) -> Option<String> {
+    let profile = herald_core::profile::ProfileName::parse(webhook["profile"].as_str()?).ok()?;
+    let shown = match field {
+        "timeout_ms" => profile.default_timeout_ms().to_string(),
+        "retry_schedule" => {
+            let delays = profile.default_retry_schedule();
+            let shown: Vec<String> = delays.delays().iter().map(u32::to_string).collect();
+            shown.join(",")
+        }
+        "signature" => serde_json::to_value(profile.default_signature())
+            .ok()?
+            .as_str()?
+            .to_owned(),
+        _ => return None,
+    };
+    Some(shown)
 }
 
 /// What `webhooks get` and `update` show of a webhook.
