@@ -135,12 +135,14 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                 if deliveries == 0 {
                     out!("No delivery: no enabled webhook wanted it when it arrived.");
                 } else {
+                    let mut rows = answer["deliveries"].clone();
+                    name_webhooks(&api, &org, &mut rows);
                     show(
                         &conn,
-                        &json!({ "data": answer["deliveries"] }),
+                        &json!({ "data": rows }),
                         &[
                             "id",
-                            "webhook_id",
+                            "webhook",
                             "state",
                             "attempt_count",
                             "last_status",
@@ -156,6 +158,35 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Gives each delivery a `webhook` column: its webhook's name, as the CLI takes it, or the id
+/// where the name is shared, the webhook was deleted, or the list could not be read.
+fn name_webhooks(api: &Api, org: &str, deliveries: &mut Value) {
+    let listed = api_path(&["v1", "orgs", org, "webhooks"])
+        .and_then(|path| api.get_all(&format!("{path}?limit=200")))
+        .map(|page| page["data"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default();
+    let name_of = |id: &str| {
+        let name = listed
+            .iter()
+            .find(|w| w["id"].as_str() == Some(id))?
+            .get("name")?
+            .as_str()?;
+        let shared = listed
+            .iter()
+            .filter(|w| w["name"].as_str() == Some(name))
+            .count()
+            > 1;
+        (!shared).then(|| name.to_owned())
+    };
+    for delivery in deliveries.as_array_mut().into_iter().flatten() {
+        let id = delivery["webhook_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        delivery["webhook"] = json!(name_of(&id).unwrap_or(id));
+    }
 }
 
 /// The JSON in `file` (`-`: standard input); `wanted` says what it should hold, for the
