@@ -196,10 +196,16 @@ async fn update_checked(
     .await?;
     let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();
     tracing::info!(org = %org.id, handle = org.handle.as_str(), catalogs = ?catalogs, "organization changed");
+    if (&org.handle, &org.catalogs) != (&snapshot.org.handle, &snapshot.org.catalogs) {
+        // WebSub topics name the handle, and a catalog may bring new channels.
+        super::subscriptions::subscribe_new_topics_soon(state, &org.id);
+    }
     Ok(org)
 }
 
 pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResult<()> {
+    // Another organization's id is "not found" to a key, as everywhere; its own, "forbidden".
+    scope.check_org(id)?;
     scope.require_admin()?;
     let org = id.clone();
     to_the_end(state, |state| async move {

@@ -611,6 +611,16 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Another organization's is not found, as its every other route is.
+    let (status, err) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/orgs/{acme}"),
+            &globex_key,
+            None,
+        )
+        .await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
 
     // A deleted key stops working at once.
     let key_id = key["id"].as_str().unwrap();

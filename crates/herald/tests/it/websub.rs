@@ -403,6 +403,122 @@ async fn a_new_profile_is_a_new_topic_verified_again() {
     );
 }
 
+/// The verification requests `rx` has had on `path` once there are `n` (within [`WAIT`]),
+/// and a moment more for any that should not follow.
+async fn verifications(rx: &TestReceiver, path: &str, n: usize) -> Vec<crate::helpers::Received> {
+    rx.wait_for_verifications(path, n, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.verifications_on(path)
+}
+
+/// SPEC 4: every subscribed channel is verified, under a topic that names the organization's
+/// handle. A channel that appears later (a type of the organization's own on a new channel,
+/// for a webhook that takes them all) is subscribed when it appears, and a new handle is a
+/// new topic for every channel; channels already verified under their topic are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_channel_or_a_new_handle_is_subscribed_when_it_appears() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/all"),
+            json!({ "verification": "websub", "events": ["*"], "active": true }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let subscriptions = format!("/v1/orgs/{org}/webhooks/{id}/subscriptions");
+    let (_, subs) = app.get(&subscriptions).await;
+    let channels = subs["data"].as_array().unwrap().len();
+    assert!(channels > 1, "{subs}");
+    assert_eq!(rx.verifications_on("/all").len(), channels);
+
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "invoice.paid", "channel": "billing" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let asked = verifications(&rx, "/all", channels + 1).await;
+    assert_eq!(asked.len(), channels + 1, "billing alone is asked for");
+    let billing = asked.last().unwrap();
+    assert_eq!(billing.param("hub.mode"), Some("subscribe"));
+    assert!(
+        billing
+            .param("hub.topic")
+            .unwrap()
+            .ends_with(".event.billing"),
+        "{:?}",
+        billing.param("hub.topic")
+    );
+    let billing = subscription_on(&app, &subscriptions, "billing", |s| {
+        s["state"] == "verified"
+    })
+    .await;
+    assert!(
+        billing["topic"].as_str().unwrap().starts_with("acme."),
+        "{billing}"
+    );
+    // Its events now go out instead of being skipped.
+    let (status, sent) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "invoice.paid", "data": { "invoice": "in_1" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    assert_eq!(sent["events"][0]["deliveries"], 1, "{sent}");
+    rx.wait_for("/all", 1, WAIT).await;
+
+    // A new handle: every channel under its new topic.
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{org}"),
+            json!({ "handle": "acme-renamed" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let asked = verifications(&rx, "/all", 2 * (channels + 1)).await;
+    assert_eq!(asked.len(), 2 * (channels + 1));
+    for renewed in &asked[channels + 1..] {
+        assert_eq!(renewed.param("hub.mode"), Some("subscribe"));
+        assert!(
+            renewed
+                .param("hub.topic")
+                .unwrap()
+                .starts_with("acme-renamed."),
+            "{:?}",
+            renewed.param("hub.topic")
+        );
+    }
+    let billing = subscription_on(&app, &subscriptions, "billing", |s| {
+        s["state"] == "verified" && s["topic"].as_str().unwrap().starts_with("acme-renamed.")
+    })
+    .await;
+    assert_eq!(billing["mode"], "subscribe", "{billing}");
+}
+
+/// The webhook's subscription for `channel` once `ready` holds (within [`WAIT`]).
+async fn subscription_on(
+    app: &TestApp,
+    subscriptions: &str,
+    channel: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, listed) = app.get(subscriptions).await;
+        let sub = state_of(&listed["data"], channel).clone();
+        if ready(&sub) || tokio::time::Instant::now() > deadline {
+            assert!(ready(&sub), "{sub}");
+            return sub;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_url_that_refuses_verification_gets_no_events() {
     let app = insecure_app().await;
