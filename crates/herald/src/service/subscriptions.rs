@@ -48,49 +48,63 @@ pub async fn verify(
 /// subscription under their current topic: a channel new to the webhook (a type registered on
 /// a new channel, or a catalog enabled, under `*`), or every channel once the organization's
 /// handle changed (the topics name it). Run after such a change is stored, in a task of its
-/// own: the change's answer does not wait for endpoints. Other channels are left as they are.
+/// own: the change's answer does not wait for endpoints. It takes the organization's turn for
+/// changes once the change that called it is done, so that a webhook changed meanwhile (a new
+/// URL) is not verified as it was. Other channels are left as they are.
 pub fn subscribe_new_topics_soon(state: &AppState, org: &OrgId) {
     let (state, org) = (state.clone(), org.clone());
     tokio::spawn(async move {
-        let snapshot = match state.directory.snapshot(&org).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                tracing::warn!(org = %org, error = %herald_core::error_chain(&e), "could not read the organization to subscribe its WebSub webhooks' new channels; resend them with POST …/verify");
-                return;
-            }
-        };
-        for webhook in snapshot.webhooks() {
-            if !webhook.active || webhook.verification != Verification::Websub {
-                continue;
-            }
-            let subscribed = snapshot.subscriptions_of(&webhook.id);
-            let new: Vec<String> = snapshot
-                .channels_of(webhook)
-                .into_iter()
-                .filter(|channel| {
-                    let topic = subscription::topic(&snapshot.org, webhook.profile, channel);
-                    !subscribed.iter().any(|s| {
-                        &s.channel == channel && s.topic == topic && s.mode == Mode::Subscribe
-                    })
-                })
-                .collect();
-            if new.is_empty() {
-                continue;
-            }
-            let sent = verify_channels(
-                &state,
-                &snapshot,
-                webhook,
-                Mode::Subscribe,
-                new,
-                Request::New,
-            )
-            .await;
-            if let Err(e) = sent {
-                tracing::warn!(org = %org, webhook = %webhook.id, error = %e, "could not store the answers to a WebSub webhook's new channels; resend them with POST …/verify");
-            }
+        let turn = org.clone();
+        let done = super::one_change_at_a_time(&state, &turn, move |state| async move {
+            subscribe_new_topics(&state, &org).await;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(org = %turn, error = %e, "could not take the organization's turn to subscribe its WebSub webhooks' new channels; resend them with POST …/verify");
         }
     });
+}
+
+async fn subscribe_new_topics(state: &AppState, org: &OrgId) {
+    let snapshot = match state.directory.snapshot(org).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            tracing::warn!(org = %org, error = %herald_core::error_chain(&e), "could not read the organization to subscribe its WebSub webhooks' new channels; resend them with POST …/verify");
+            return;
+        }
+    };
+    for webhook in snapshot.webhooks() {
+        if !webhook.active || webhook.verification != Verification::Websub {
+            continue;
+        }
+        let subscribed = snapshot.subscriptions_of(&webhook.id);
+        let new: Vec<String> = snapshot
+            .channels_of(webhook)
+            .into_iter()
+            .filter(|channel| {
+                let topic = subscription::topic(&snapshot.org, webhook.profile, channel);
+                !subscribed
+                    .iter()
+                    .any(|s| &s.channel == channel && s.topic == topic && s.mode == Mode::Subscribe)
+            })
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        let sent = verify_channels(
+            state,
+            &snapshot,
+            webhook,
+            Mode::Subscribe,
+            new,
+            Request::New,
+        )
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(org = %org, webhook = %webhook.id, error = %e, "could not store the answers to a WebSub webhook's new channels; resend them with POST …/verify");
+        }
+    }
 }
 
 /// [`verify`] for these channels of the webhook.
