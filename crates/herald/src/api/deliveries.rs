@@ -1,7 +1,7 @@
 //! Delivery history: `/v1/orgs/{org}/webhooks/{id}/deliveries`, `/v1/orgs/{org}/deliveries/{id}`,
 //! resend, retrying what waits, and recover.
 
-use axum::Json;
+use super::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

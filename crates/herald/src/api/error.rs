@@ -2,7 +2,7 @@
 //! To add a case, add a `ServiceError` variant and give it a status and a stable code below.
 //! 5xx answers never carry internal text; the cause is logged once here.
 
-use axum::Json;
+use super::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

@@ -1,6 +1,6 @@
 //! `/v1/event-types` (the built-in catalogs) and `/v1/orgs/{org}/event-types`.
 
-use axum::Json;
+use super::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! `/v1/orgs/{org}/events`: the producer API (`POST`), and the organization's events as they
 //! arrived (`GET`).
 
-use axum::Json;
+use super::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;

@@ -10,6 +10,7 @@ mod event_types;
 mod events;
 pub(crate) mod extract;
 mod health;
+mod json;
 mod openapi;
 mod orgs;
 mod webhooks;
@@ -24,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use admission::{BodyBudget, TenantRoom};
 pub use error::{ApiError, ApiResult, ErrorBody};
+pub use json::Json;
 pub use openapi::ApiDoc;
 
 use crate::app::AppState;
@@ -154,7 +156,9 @@ pub fn router(state: AppState) -> Router {
     let (routes, doc) = routes();
     // Rendered once: the document does not change while the server runs, and each answer
     // shares these bytes instead of copying them.
-    let doc = Bytes::from(doc.to_json().expect("the OpenAPI document serializes"));
+    let mut doc = doc.to_json().expect("the OpenAPI document serializes");
+    doc.push('\n');
+    let doc = Bytes::from(doc);
     routes
         .route(
             "/openapi.json",

@@ -1,6 +1,6 @@
 //! `/v1/orgs` and `/v1/orgs/{org}/api-keys`.
 
-use axum::Json;
+use super::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};

@@ -311,6 +311,25 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
         (status, code(&err)),
         (StatusCode::UNAUTHORIZED, "unauthorized")
     );
+    // Answers, errors and the OpenAPI document alike, end with a newline (for curl's prompt).
+    let http = crate::helpers::http_client();
+    for (path, token) in [
+        ("/v1/orgs", crate::helpers::ADMIN_TOKEN),
+        ("/v1/orgs", "wrong-token"),
+        ("/openapi.json", ""),
+        ("/healthz", ""),
+    ] {
+        let text = http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.ends_with("}\n"), "{path}: {text}");
+    }
     let (status, _) = app.call(Method::GET, "/v1/orgs", "wrong-token", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = app.call(Method::GET, "/v1/orgs", "hk_0000", None).await;
