@@ -205,6 +205,10 @@ pub(crate) struct WebhookWithSecret {
     webhook: Webhook,
     /// The signing secret, shown only now.
     secret: String,
+    /// Created active with WebSub verification: each channel's state once it answered (or
+    /// timed out), as activating it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscriptions: Option<Vec<Subscription>>,
 }
 
 impl From<Webhook> for WebhookWithSecret {
@@ -212,6 +216,7 @@ impl From<Webhook> for WebhookWithSecret {
         Self {
             secret: w.secret.clone(),
             webhook: w,
+            subscriptions: None,
         }
     }
 }
@@ -238,12 +243,11 @@ async fn create_webhook(
     Json<WebhookWithSecret>,
 )> {
     let input = body.input(true).map_err(ServiceError::from)?;
-    let w = webhooks::create(&state, &scope, &org_id(&path.org)?, input).await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::ETAG, etag(&w))],
-        Json(w.into()),
-    ))
+    let (w, subscriptions) = webhooks::create(&state, &scope, &org_id(&path.org)?, input).await?;
+    let etag = etag(&w);
+    let mut created = WebhookWithSecret::from(w);
+    created.subscriptions = subscriptions;
+    Ok((StatusCode::CREATED, [(header::ETAG, etag)], Json(created)))
 }
 
 /// Lists the organization's webhooks, newest first.

@@ -350,7 +350,10 @@ async fn create_webhook(
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let typed = WebhookForm::read(&form);
     let created = match typed.input(true) {
-        Ok(input) => webhooks::create(&state, &signed.scope, &org.id, input).await,
+        // The webhook's page shows its channels' verification states.
+        Ok(input) => webhooks::create(&state, &signed.scope, &org.id, input)
+            .await
+            .map(|(w, _)| w),
         Err(invalid) => Err(invalid.into()),
     };
     match created {

@@ -181,12 +181,14 @@ fn check_subscription(
     Ok(())
 }
 
+/// Creates a webhook; one created active with WebSub verification comes with its channels'
+/// verification states, as activating it would answer.
 pub async fn create(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
     input: WebhookInput,
-) -> ServiceResult<Webhook> {
+) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     // Checked against the organization's other webhooks, then written: one change at a time.
     let (created, activate) = super::one_change_at_a_time(state, org, {
         let (scope, owner) = (scope.clone(), org.clone());
@@ -194,9 +196,9 @@ pub async fn create(
     })
     .await?;
     if activate {
-        return Ok(set_active(state, scope, org, &created.id, true).await?.0);
+        return set_active(state, scope, org, &created.id, true).await;
     }
-    Ok(created)
+    Ok((created, None))
 }
 
 /// [`create`], in the organization's turn for changes. Answers the webhook and whether to

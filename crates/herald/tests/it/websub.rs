@@ -433,6 +433,10 @@ async fn a_new_channel_or_a_new_handle_is_subscribed_when_it_appears() {
     let channels = subs["data"].as_array().unwrap().len();
     assert!(channels > 1, "{subs}");
     assert_eq!(rx.verifications_on("/all").len(), channels);
+    // Created active, it answered as activating it does: with each channel's state.
+    let answered = hook["subscriptions"].as_array().unwrap();
+    assert_eq!(answered.len(), channels, "{hook}");
+    assert!(answered.iter().all(|s| s["state"] == "verified"), "{hook}");
 
     let (status, _) = app
         .post(
