@@ -108,6 +108,8 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
             continue;
         }
         let read = (sub.mode, sub.last_attempt_at);
+        // Under the topic as it is now: the organization's handle may have changed since.
+        sub.topic = herald_core::subscription::topic(&snapshot.org, webhook.profile, &sub.channel);
         let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
         let outcome = verify_intent(
             dispatcher.client(),

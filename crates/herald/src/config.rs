@@ -65,8 +65,9 @@ pub struct ServerSettings {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7600", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// The public base URL of this server, as receivers and browsers reach it: deliveries name
-    /// it (asgardeo's `iss` and event URIs, cloudevents' `source`), and the
-    /// dashboard checks its forms were posted from it. Defaults to http://<listen>.
+    /// it (asgardeo's `iss` and event URIs, cloudevents' `source`); the dashboard's sign-in
+    /// checks its form was posted from it, and an https:// one marks the session cookie
+    /// Secure. Defaults to http://<listen>.
     #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
     /// The largest request body accepted, in bytes (at least 1024).

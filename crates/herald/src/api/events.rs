@@ -71,7 +71,13 @@ async fn list_events(
         .map(|t| {
             herald_core::Timestamp::parse_rfc3339(&t, "since").map_err(|mut e| {
                 // `+01:00` unencoded arrives as ` 01:00`: a query string's `+` is a space.
-                if t.contains(' ') {
+                let offset = t.rsplit_once(' ').is_some_and(|(_, after)| {
+                    let b = after.as_bytes();
+                    b.len() == 5
+                        && b[2] == b':'
+                        && [0, 1, 3, 4].iter().all(|&i| b[i].is_ascii_digit())
+                });
+                if offset {
                     e.message.push_str(
                         " (a '+' in a query string reads as a space: write the offset's + as %2B, or give the time in UTC with Z)",
                     );

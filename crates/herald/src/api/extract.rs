@@ -549,7 +549,7 @@ fn other_kind_of_id(raw: &str) -> Option<&'static str> {
     let ulid = rest.len() == 26 && rest.bytes().all(|b| b.is_ascii_alphanumeric());
     KINDS
         .iter()
-        .find(|(p, _)| ulid && p.eq_ignore_ascii_case(prefix))
+        .find(|(p, _)| ulid && *p == prefix)
         .map(|(_, kind)| *kind)
 }
 

@@ -44,26 +44,24 @@ pub async fn verify(
     verify_channels(state, snapshot, webhook, mode, channels, request).await
 }
 
+/// How many webhooks' channels are asked for at once after a change to their organization.
+const WEBHOOKS_AT_ONCE: usize = 8;
+
 /// Subscribes, on each enabled WebSub webhook of the organization, the channels that have no
-/// subscription under their current topic: a channel new to the webhook (a type registered on
-/// a new channel, or a catalog enabled, under `*`), or every channel once the organization's
-/// handle changed (the topics name it). Run after such a change is stored, in a task of its
-/// own: the change's answer does not wait for endpoints. It takes the organization's turn for
-/// changes once the change that called it is done, so that a webhook changed meanwhile (a new
-/// URL) is not verified as it was. Other channels are left as they are.
+/// live subscription under their current topic: a channel new to the webhook (a type
+/// registered on a new channel, or a catalog enabled, under `*`), one whose lease lapsed while
+/// it was not the webhook's, or every channel once the organization's handle changed (the
+/// topics name it). Run after such a change is stored, in a task of its own, so that the
+/// change's answer does not wait for endpoints.
+///
+/// A channel whose lease still holds keeps it while the new topic is asked for (as a resend
+/// does): an endpoint down at that moment keeps getting events, and its renewal is tried again
+/// within the hour. A new channel refused is tried again within the hour too. Answers are kept
+/// only where the webhook and the channel's subscription are still as they were read: a
+/// webhook disabled, deleted or given a new URL meanwhile is left to that change.
 pub fn subscribe_new_topics_soon(state: &AppState, org: &OrgId) {
     let (state, org) = (state.clone(), org.clone());
-    tokio::spawn(async move {
-        let turn = org.clone();
-        let done = super::one_change_at_a_time(&state, &turn, move |state| async move {
-            subscribe_new_topics(&state, &org).await;
-            Ok(())
-        })
-        .await;
-        if let Err(e) = done {
-            tracing::warn!(org = %turn, error = %e, "could not take the organization's turn to subscribe its WebSub webhooks' new channels; resend them with POST …/verify");
-        }
-    });
+    tokio::spawn(async move { subscribe_new_topics(&state, &org).await });
 }
 
 async fn subscribe_new_topics(state: &AppState, org: &OrgId) {
@@ -74,37 +72,129 @@ async fn subscribe_new_topics(state: &AppState, org: &OrgId) {
             return;
         }
     };
-    for webhook in snapshot.webhooks() {
-        if !webhook.active || webhook.verification != Verification::Websub {
-            continue;
-        }
-        let subscribed = snapshot.subscriptions_of(&webhook.id);
-        let new: Vec<String> = snapshot
-            .channels_of(webhook)
-            .into_iter()
-            .filter(|channel| {
-                let topic = subscription::topic(&snapshot.org, webhook.profile, channel);
-                !subscribed
-                    .iter()
-                    .any(|s| &s.channel == channel && s.topic == topic && s.mode == Mode::Subscribe)
-            })
-            .collect();
-        if new.is_empty() {
-            continue;
-        }
-        let sent = verify_channels(
-            state,
-            &snapshot,
-            webhook,
-            Mode::Subscribe,
-            new,
-            Request::New,
-        )
+    let now = state.clock.now();
+    let work: Vec<(&Webhook, Vec<String>, Vec<String>)> = snapshot
+        .webhooks()
+        .iter()
+        .filter(|w| w.active && w.verification == Verification::Websub)
+        .filter_map(|webhook| {
+            let (fresh, renewed) = channels_to_subscribe(&snapshot, webhook, now);
+            (!fresh.is_empty() || !renewed.is_empty()).then_some((&**webhook, fresh, renewed))
+        })
+        .collect();
+    futures::stream::iter(work)
+        .for_each_concurrent(WEBHOOKS_AT_ONCE, |(webhook, fresh, renewed)| {
+            let snapshot = &snapshot;
+            async move {
+                let mut asked =
+                    ask_channels(state, snapshot, webhook, Mode::Subscribe, fresh, Request::New)
+                        .await;
+                asked.extend(
+                    ask_channels(
+                        state,
+                        snapshot,
+                        webhook,
+                        Mode::Subscribe,
+                        renewed,
+                        Request::Repeat,
+                    )
+                    .await,
+                );
+                for sub in &mut asked {
+                    if sub.renew_at.is_none() && sub.state == State::Failed {
+                        // Nobody is waiting on this answer: the renewals ask again.
+                        sub.renew_at = Some(state.clock.now().plus_secs(3600));
+                    }
+                }
+                log_answers(webhook, Mode::Subscribe, &asked);
+                if let Err(e) = save_unless_changed(state, snapshot, webhook, asked).await {
+                    tracing::warn!(org = %webhook.org_id, webhook = %webhook.id, error = %e, "could not store the answers to a WebSub webhook's new channels; resend them with POST …/verify");
+                }
+            }
+        })
         .await;
-        if let Err(e) = sent {
-            tracing::warn!(org = %org, webhook = %webhook.id, error = %e, "could not store the answers to a WebSub webhook's new channels; resend them with POST …/verify");
+}
+
+/// The webhook's channels without a live subscription under their current topic: those to ask
+/// afresh, and those whose lease still holds (under an older topic, or no longer renewed), to
+/// ask again keeping it.
+fn channels_to_subscribe(
+    snapshot: &OrgSnapshot,
+    webhook: &Webhook,
+    now: herald_core::Timestamp,
+) -> (Vec<String>, Vec<String>) {
+    let stored = snapshot.subscriptions_of(&webhook.id);
+    let (mut fresh, mut renewed) = (Vec::new(), Vec::new());
+    for channel in snapshot.channels_of(webhook) {
+        let topic = subscription::topic(&snapshot.org, webhook.profile, &channel);
+        match stored.iter().find(|s| s.channel == channel) {
+            None => fresh.push(channel),
+            Some(s) if s.delivers(now) => {
+                if s.topic != topic || s.renew_at.is_none() {
+                    renewed.push(channel);
+                }
+            }
+            // Asked already (a verification under way), or refused: a resend's to repeat, or
+            // the renewals' when they ask again.
+            Some(s)
+                if s.topic == topic
+                    && s.mode == Mode::Subscribe
+                    && matches!(s.state, State::Pending | State::Failed) => {}
+            Some(_) => fresh.push(channel),
         }
     }
+    (fresh, renewed)
+}
+
+/// Stores what the endpoint answered for each channel, unless the webhook changed since
+/// `snapshot` was read (disabled, deleted, another URL or profile) or the channel's subscription
+/// did (a deactivation or resend meanwhile): that change stands.
+async fn save_unless_changed(
+    state: &AppState,
+    snapshot: &OrgSnapshot,
+    webhook: &Webhook,
+    asked: Vec<Subscription>,
+) -> ServiceResult<()> {
+    let org = webhook.org_id.clone();
+    let current = match state.store.get_webhook(&org, &webhook.id).await {
+        Ok(current) => current,
+        Err(herald_core::store::StoreError::NotFound) => return Ok(()),
+        Err(e) => return Err(ServiceError::from_store("webhook")(e)),
+    };
+    if !current.active
+        || current.verification != Verification::Websub
+        || current.url != webhook.url
+        || current.profile != webhook.profile
+    {
+        tracing::debug!(webhook = %webhook.id, "webhook changed while its new channels were asked for; the change stands");
+        return Ok(());
+    }
+    let stored_now = state
+        .store
+        .org_subscriptions(&org)
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    let read = snapshot.subscriptions_of(&webhook.id);
+    let version = |s: &Subscription| (s.mode, s.last_attempt_at, s.topic.clone());
+    let unchanged: Vec<Subscription> = asked
+        .into_iter()
+        .filter(|sub| {
+            let then = read
+                .iter()
+                .find(|s| s.channel == sub.channel)
+                .map(|s| version(s));
+            let now = stored_now
+                .iter()
+                .find(|s| s.webhook_id == sub.webhook_id && s.channel == sub.channel)
+                .map(version);
+            then == now
+        })
+        .collect();
+    write_then_forget(state, &org, "webhook", {
+        let org = org.clone();
+        |store| async move { store.save_subscriptions(&org, &unchanged).await }
+    })
+    .await
 }
 
 /// [`verify`] for these channels of the webhook.
@@ -116,6 +206,26 @@ async fn verify_channels(
     channels: Vec<String>,
     request: Request,
 ) -> ServiceResult<Vec<Subscription>> {
+    let subs = ask_channels(state, snapshot, webhook, mode, channels, request).await;
+    let org = webhook.org_id.clone();
+    let subs = write_then_forget(state, &webhook.org_id, "webhook", |store| async move {
+        store.save_subscriptions(&org, &subs).await.map(|()| subs)
+    })
+    .await?;
+    log_answers(webhook, mode, &subs);
+    Ok(subs)
+}
+
+/// Sends `mode` for these channels of the webhook, [`VERIFICATIONS_AT_ONCE`] at a time, and
+/// answers each channel's subscription with what its endpoint answered (not stored yet).
+async fn ask_channels(
+    state: &AppState,
+    snapshot: &OrgSnapshot,
+    webhook: &Webhook,
+    mode: Mode,
+    channels: Vec<String>,
+    request: Request,
+) -> Vec<Subscription> {
     let existing = snapshot.subscriptions_of(&webhook.id);
     let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
     let client = state.dispatcher.client();
@@ -156,16 +266,19 @@ async fn verify_channels(
     // A bounded number at a time: a webhook subscribed to everything may have a channel for
     // each of hundreds of the organization's own types, each a connection held up to the
     // timeout. The catalogs' channels (a dozen at most) all go at once, as before.
-    let subs: Vec<Subscription> = futures::stream::iter(checks)
+    futures::stream::iter(checks)
         .buffered(VERIFICATIONS_AT_ONCE)
         .collect()
-        .await;
-    let org = webhook.org_id.clone();
-    let subs = write_then_forget(state, &webhook.org_id, "webhook", |store| async move {
-        store.save_subscriptions(&org, &subs).await.map(|()| subs)
-    })
-    .await?;
-    let failed: Vec<&Subscription> = subs.iter().filter(|s| s.state == State::Failed).collect();
+        .await
+}
+
+/// Logs where a verification left the webhook's channels: one line for them all.
+fn log_answers(webhook: &Webhook, mode: Mode, subs: &[Subscription]) {
+    if subs.is_empty() {
+        return;
+    }
+    // Refused, whether the channel failed or kept a lease that still holds.
+    let failed: Vec<&Subscription> = subs.iter().filter(|s| s.reason.is_some()).collect();
     match failed.first() {
         None => {
             tracing::info!(webhook = %webhook.id, org = %webhook.org_id, mode = mode.as_str(), channels = subs.len(), "WebSub verification sent; every channel confirmed")
@@ -182,7 +295,6 @@ async fn verify_channels(
             "WebSub verification sent; the endpoint did not confirm some channels"
         ),
     }
-    Ok(subs)
 }
 
 /// Each channel of the webhook with its state; channels never sent show as pending.

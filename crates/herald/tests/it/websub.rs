@@ -502,6 +502,81 @@ async fn a_new_channel_or_a_new_handle_is_subscribed_when_it_appears() {
     })
     .await;
     assert_eq!(billing["mode"], "subscribe", "{billing}");
+
+    // Renamed again while the endpoint refuses: the lease it has still holds (its events go
+    // on), and the new topic is asked for again within the hour, as a renewal would be.
+    rx.subscriber(Subscriber::Refuse(503));
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}"),
+            json!({ "handle": "acme-third" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let billing = subscription_on(&app, &subscriptions, "billing", |s| {
+        s["topic"].as_str().unwrap().starts_with("acme-third.")
+    })
+    .await;
+    assert_eq!(billing["state"], "verified", "{billing}");
+    assert!(
+        billing["reason"].as_str().unwrap().contains("503"),
+        "{billing}"
+    );
+    assert!(billing["renew_at"].is_string(), "{billing}");
+    let (_, sent) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "invoice.paid", "data": { "invoice": "in_2" } }),
+        )
+        .await;
+    assert_eq!(sent["events"][0]["deliveries"], 1, "{sent}");
+}
+
+/// A webhook disabled while its new topics are being asked for stays unsubscribed: the late
+/// answers to the subscribe are not stored over the unsubscribe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_disabled_while_new_topics_are_asked_for_stays_unsubscribed() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/std"),
+            json!({ "verification": "websub", "events": ["user.created"], "active": true }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let before = rx.verifications_on("/std").len();
+    rx.subscriber(Subscriber::SlowEcho(Duration::from_millis(1500)));
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}"),
+            json!({ "handle": "acme-renamed" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    rx.wait_for_verifications("/std", before + 1, WAIT).await;
+    // The subscribe is on its way, to be answered late; the unsubscribe is answered at once.
+    rx.subscriber(Subscriber::Echo);
+    let (status, off) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{off}");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (_, subs) = app
+        .get(&format!("/v1/orgs/{org}/webhooks/{id}/subscriptions"))
+        .await;
+    for sub in subs["data"].as_array().unwrap() {
+        assert_eq!(
+            (&sub["mode"], &sub["state"]),
+            (&json!("unsubscribe"), &json!("verified")),
+            "{subs}"
+        );
+    }
 }
 
 /// The webhook's subscription for `channel` once `ready` holds (within [`WAIT`]).

@@ -178,7 +178,9 @@ fn name_webhooks(api: &Api, org: &str, deliveries: &mut Value) {
             .filter(|w| w["name"].as_str() == Some(name))
             .count()
             > 1;
-        (!shared).then(|| name.to_owned())
+        // A name the CLI would read back as an id (an old one, kept as it was) is not shown.
+        let like_an_id = herald_core::WebhookId::parse(name).is_ok();
+        (!shared && !like_an_id).then(|| name.to_owned())
     };
     for delivery in deliveries.as_array_mut().into_iter().flatten() {
         let id = delivery["webhook_id"]
