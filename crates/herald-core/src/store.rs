@@ -584,6 +584,9 @@ pub trait Store: Send + Sync + 'static {
     // WebSub subscriptions.
     /// Every subscription of the organization's webhooks, for the directory.
     async fn org_subscriptions(&self, org: &OrgId) -> StoreResult<Vec<Subscription>>;
+    /// The organizations with an enabled webhook that verifies its intent (WebSub), whose
+    /// channels the retention run checks are subscribed under their current topics.
+    async fn orgs_with_websub_webhooks(&self) -> StoreResult<Vec<OrgId>>;
     /// Inserts or replaces subscriptions (by webhook and channel).
     async fn save_subscriptions(
         &self,

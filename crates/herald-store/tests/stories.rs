@@ -2635,6 +2635,35 @@ async fn session_ids(store: &Arc<dyn Store>, ids: &[&str], now: Timestamp) -> Ve
     found
 }
 
+async fn organizations_with_enabled_websub_webhooks_are_listed(store: Arc<dyn Store>) {
+    use herald_core::subscription::Verification;
+    assert!(store.orgs_with_websub_webhooks().await.unwrap().is_empty());
+    // Acme: one enabled WebSub webhook among others; Globex: one disabled, one without
+    // WebSub, one deleted; Initech: none.
+    let (acme, plain) = org_with_webhook(&store, "acme").await;
+    let (globex, _) = org_with_webhook(&store, "globex").await;
+    org_with_webhook(&store, "initech").await;
+    let websub = |org: &OrgId, active: bool| Webhook {
+        verification: Verification::Websub,
+        active,
+        ..webhook(org)
+    };
+    store.create_webhook(&websub(&acme.id, true)).await.unwrap();
+    store.create_webhook(&websub(&acme.id, true)).await.unwrap();
+    store
+        .create_webhook(&websub(&globex.id, false))
+        .await
+        .unwrap();
+    let deleted = websub(&globex.id, true);
+    store.create_webhook(&deleted).await.unwrap();
+    store
+        .delete_webhooks(&globex.id, std::slice::from_ref(&deleted.id), T0)
+        .await
+        .unwrap();
+    assert_eq!(plain.verification, Verification::None);
+    assert_eq!(store.orgs_with_websub_webhooks().await.unwrap(), [acme.id]);
+}
+
 async fn a_dashboard_session_is_kept_until_it_expires_or_ends(store: Arc<dyn Store>) {
     let s = session("s1", "admin", at(3600));
     store.create_session(&s, T0, LIMITS).await.unwrap();
@@ -3795,6 +3824,7 @@ macro_rules! stories {
             every_delivery_waiting_for_its_retry_is_made_due_now_when_asked,
             concurrent_sign_ins_of_one_owner_keep_its_limit,
             a_dashboard_session_is_kept_until_it_expires_or_ends,
+            organizations_with_enabled_websub_webhooks_are_listed,
             dashboard_sessions_past_their_limits_end_oldest_first,
             recovering_brings_back_failed_deliveries_created_since_a_time,
             a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent,

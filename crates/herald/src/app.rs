@@ -58,6 +58,9 @@ pub struct Shared {
     pub admission: Arc<BodyBudget>,
     /// Each webhook's backlog as last counted for `/metrics`.
     pub backlog: Arc<crate::metrics::BacklogCount>,
+    /// Whether a check of every WebSub webhook's topics is running
+    /// (`service::subscriptions::subscribe_all_new_topics`).
+    pub checking_topics: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -173,6 +176,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             Duration::from_millis(settings.server.admission_wait_ms),
         )),
         backlog: Arc::default(),
+        checking_topics: std::sync::atomic::AtomicBool::new(false),
         settings: Arc::new(settings),
     }));
     state.dispatcher.set_operations(Arc::new(

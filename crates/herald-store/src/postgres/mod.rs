@@ -820,6 +820,10 @@ impl Store for PostgresStore {
         on_client!(self, |c| webhooks::org_subscriptions(&c, org))
     }
 
+    async fn orgs_with_websub_webhooks(&self) -> StoreResult<Vec<OrgId>> {
+        on_client!(self, |c| webhooks::orgs_with_websub_webhooks(&c))
+    }
+
     async fn save_subscriptions(
         &self,
         org: &OrgId,

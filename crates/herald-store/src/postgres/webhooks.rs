@@ -237,6 +237,19 @@ pub(crate) async fn org_subscriptions(c: &impl Conn, org: &OrgId) -> DbResult<Ve
     rows::all(c.rows(&sql, &[&org.as_str()]).await?, rows::subscription)
 }
 
+pub(crate) async fn orgs_with_websub_webhooks(c: &impl Conn) -> DbResult<Vec<OrgId>> {
+    let rows = c
+        .rows(
+            "SELECT DISTINCT org_id FROM webhooks \
+             WHERE active AND verification = 'websub' AND deleted_at IS NULL ORDER BY org_id",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok(OrgId::from_trusted(row.try_get(0)?)))
+        .collect()
+}
+
 pub(crate) async fn save_subscriptions(
     c: &impl Conn,
     org: &OrgId,

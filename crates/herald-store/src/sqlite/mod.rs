@@ -888,6 +888,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn orgs_with_websub_webhooks(&self) -> StoreResult<Vec<OrgId>> {
+        self.read(webhooks::orgs_with_websub_webhooks).await
+    }
+
     async fn save_subscriptions(
         &self,
         org: &OrgId,

@@ -219,6 +219,16 @@ pub(crate) fn org_subscriptions(conn: &Connection, org: &OrgId) -> DbResult<Vec<
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+pub(crate) fn orgs_with_websub_webhooks(conn: &Connection) -> DbResult<Vec<OrgId>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT DISTINCT org_id FROM webhooks \
+             WHERE active = 1 AND verification = 'websub' AND deleted_at IS NULL ORDER BY org_id",
+        )?
+        .query_map([], |row| Ok(OrgId::from_trusted(row.get(0)?)))?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 pub(crate) fn save_subscriptions(
     conn: &Connection,
     org: &OrgId,

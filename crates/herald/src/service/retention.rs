@@ -65,6 +65,7 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
         cancel_orphaned(&state).await;
         sweep_deleted_orgs(&*state.store).await;
         delete_expired_sessions(&state).await;
+        super::subscriptions::subscribe_all_new_topics(&state);
         if days > 0 {
             let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
             // A long purge gives way to shutdown between batches: each batch is a transaction

@@ -64,6 +64,31 @@ pub fn subscribe_new_topics_soon(state: &AppState, org: &OrgId) {
     tokio::spawn(async move { subscribe_new_topics(&state, &org).await });
 }
 
+/// [`subscribe_new_topics_soon`] for every organization with an enabled WebSub webhook, in a
+/// task of its own (none if the last is still running): what a change's own task did not do
+/// (the node stopped first) is done at the next start, and within ten minutes after. Quiet
+/// where every channel is subscribed under its topic.
+pub fn subscribe_all_new_topics(state: &AppState) {
+    use std::sync::atomic::Ordering;
+    if state.checking_topics.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        match state.store.orgs_with_websub_webhooks().await {
+            Ok(orgs) => {
+                for org in orgs {
+                    subscribe_new_topics(&state, &org).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %herald_core::error_chain(&e), "could not list the organizations with WebSub webhooks to check their topics; trying again at the next retention run")
+            }
+        }
+        state.checking_topics.store(false, Ordering::Release);
+    });
+}
+
 async fn subscribe_new_topics(state: &AppState, org: &OrgId) {
     let snapshot = match state.directory.snapshot(org).await {
         Ok(snapshot) => snapshot,

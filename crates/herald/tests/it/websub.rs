@@ -532,6 +532,59 @@ async fn a_new_channel_or_a_new_handle_is_subscribed_when_it_appears() {
     assert_eq!(sent["events"][0]["deliveries"], 1, "{sent}");
 }
 
+/// A channel the change's own task never asked for (its node stopped first) is asked for by
+/// the retention run, at the next start and every ten minutes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url("/all"),
+            json!({ "verification": "websub", "events": ["*"], "active": true }),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let before = rx.verifications_on("/all").len();
+    // Stored as a node that stopped before its task ran leaves it: no request sent.
+    let owner = herald_core::OrgId::from_trusted(org.clone());
+    app.state
+        .store
+        .create_event_type(&herald_core::event_type::CustomEventType {
+            id: herald_core::EventTypeId::generate(),
+            org_id: owner.clone(),
+            name: "invoice.paid".into(),
+            channel: Some("billing".into()),
+            description: None,
+            schema: None,
+            example: None,
+            created_at: herald_core::Timestamp::from_millis(0),
+        })
+        .await
+        .unwrap();
+    app.state.directory.invalidate(&owner);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.verifications_on("/all").len(), before);
+    app.state.maintenance.notify_one();
+    let asked = verifications(&rx, "/all", before + 1).await;
+    assert_eq!(asked.len(), before + 1, "billing alone");
+    assert!(
+        asked[before]
+            .param("hub.topic")
+            .unwrap()
+            .ends_with(".event.billing"),
+        "{:?}",
+        asked[before].param("hub.topic")
+    );
+    let subscriptions = format!("/v1/orgs/{org}/webhooks/{id}/subscriptions");
+    subscription_on(&app, &subscriptions, "billing", |s| {
+        s["state"] == "verified"
+    })
+    .await;
+}
+
 /// A webhook disabled while its new topics are being asked for stays unsubscribed: the late
 /// answers to the subscribe are not stored over the unsubscribe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
