@@ -146,6 +146,32 @@ fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) ->
     Ok(())
 }
 
+/// Refuses a webhook with WebSub verification that names an event type without a channel: it
+/// gets only the events of channels it verified, so every event of that type would be skipped.
+fn check_websub_channels(snapshot: &OrgSnapshot, w: &Webhook) -> ServiceResult<()> {
+    if w.verification != Verification::Websub {
+        return Ok(());
+    }
+    for (i, e) in w.events.iter().enumerate() {
+        if e != "*"
+            && snapshot
+                .resolve_type(e)
+                .is_some_and(|t| t.channel.is_none())
+        {
+            return Err(Invalid::new(
+                format!("events[{i}]"),
+                format!(
+                    "'{e}' has no channel, and a webhook with WebSub verification gets only the \
+                     events of channels it verified: every '{e}' would be skipped; register the \
+                     type with a channel, or subscribe to it without WebSub verification"
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Checks that every named event type and channel exists for the organization, so that a typo
 /// in a subscription is caught now rather than silently matching nothing.
 fn check_subscription(
@@ -288,6 +314,7 @@ async fn create_checked(
             .transpose()?,
     };
     check_profile_rules(state, &snapshot, &webhook)?;
+    check_websub_channels(&snapshot, &webhook)?;
     let webhook = write_then_forget(state, org, "organization", |store| async move {
         store.create_webhook(&webhook).await.map(|()| webhook)
     })
@@ -393,7 +420,8 @@ async fn update_checked(
         // Moved to another profile, the old one's settings go rather than block the move.
         w.options = w.options.kept_for(w.profile);
     }
-    if input.events.is_some() || input.channels.is_some() {
+    let subscription_changed = input.events.is_some() || input.channels.is_some();
+    if subscription_changed {
         let (events, channels) = parse_subscription(
             input.events.or_else(|| Some(w.events.clone())),
             input.channels.or_else(|| Some(w.channels.clone())),
@@ -433,6 +461,10 @@ async fn update_checked(
         w.verification = w.profile.default_verification();
     }
     check_profile_rules(state, &snapshot, &w)?;
+    // Only when what it checks changes: a webhook stored so before must not stop other changes.
+    if subscription_changed || w.verification != old_verification {
+        check_websub_channels(&snapshot, &w)?;
+    }
     let websub = w.verification == Verification::Websub;
     // An active webhook that stops verifying its intent unsubscribes where it had subscribed
     // (its old URL and channels), as deactivating it would.

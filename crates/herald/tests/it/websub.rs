@@ -585,6 +585,44 @@ async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
     .await;
 }
 
+/// A WebSub webhook gets only the events of channels it verified, so one naming a type without
+/// a channel is refused: every event of it would be skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websub_verification_refuses_a_type_without_a_channel() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let (status, _) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "audit.logged" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let hooks = format!("/v1/orgs/{org}/webhooks");
+    let body = |verification: &str| json!({ "name": "x", "url": "https://example.com/h", "verification": verification, "events": ["user.created", "audit.logged"] });
+    let (status, err) = app.post(&hooks, body("websub")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "events[1]", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no channel"),
+        "{err}"
+    );
+    // Without WebSub it is taken; turning WebSub on then is refused the same way.
+    let (status, hook) = app.post(&hooks, body("none")).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let (status, err) = app
+        .patch(
+            &format!("{hooks}/{}", hook["id"].as_str().unwrap()),
+            json!({ "verification": "websub" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "events[1]", "{err}");
+}
+
 /// A webhook disabled while its new topics are being asked for stays unsubscribed: the late
 /// answers to the subscribe are not stored over the unsubscribe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
