@@ -209,10 +209,14 @@ pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResul
     scope.require_admin()?;
     let org = id.clone();
     to_the_end(state, |state| async move {
-        // Its webhooks, for the dispatcher to forget their endpoints once they are gone.
-        let webhooks: Vec<_> = match state.directory.snapshot(&org).await {
-            Ok(snapshot) => snapshot.webhooks().iter().map(|w| w.id.clone()).collect(),
-            Err(_) => Vec::new(),
+        // Its webhooks, for the dispatcher to forget their endpoints once they are gone, and
+        // their WebSub subscribers, to be told.
+        let (webhooks, subscribed) = match state.directory.snapshot(&org).await {
+            Ok(snapshot) => (
+                snapshot.webhooks().iter().map(|w| w.id.clone()).collect(),
+                super::subscriptions::subscribed_channels(&snapshot, state.clock.now()),
+            ),
+            Err(_) => (Vec::new(), Vec::new()),
         };
         state
             .store
@@ -222,6 +226,7 @@ pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResul
         state.dispatcher.forget_webhooks(&webhooks);
         state.directory.invalidate(&org);
         super::auth::forget_org(&state, &org);
+        super::subscriptions::unsubscribe_soon(&state, &org, subscribed);
         Ok(())
     })
     .await?;

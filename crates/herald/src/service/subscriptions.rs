@@ -222,6 +222,57 @@ async fn save_unless_changed(
     .await
 }
 
+/// Where an organization's enabled WebSub webhooks are subscribed (a lease that holds), to tell
+/// them when the organization is deleted.
+pub fn subscribed_channels(
+    snapshot: &OrgSnapshot,
+    now: herald_core::Timestamp,
+) -> Vec<(Webhook, Subscription)> {
+    snapshot
+        .webhooks()
+        .iter()
+        .filter(|w| w.active && w.verification == Verification::Websub)
+        .flat_map(|w| {
+            snapshot
+                .subscriptions_of(&w.id)
+                .into_iter()
+                .filter(move |s| s.delivers(now))
+                .map(move |s| ((**w).clone(), s.clone()))
+        })
+        .collect()
+}
+
+/// Sends `hub.mode=unsubscribe` for each of these subscriptions, in a task of its own, as
+/// disabling their webhooks would: their organization was deleted (SPEC 4: a WebSub webhook
+/// is deleted only once it unsubscribed). Nothing is stored; the answers are logged.
+pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook, Subscription)>) {
+    if subscribed.is_empty() {
+        return;
+    }
+    let (state, org) = (state.clone(), org.clone());
+    tokio::spawn(async move {
+        let client = state.dispatcher.client();
+        let asked = futures::stream::iter(subscribed)
+            .map(|(webhook, sub)| async move {
+                let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+                websub::verify_intent(
+                    client,
+                    webhook.url.as_str(),
+                    Mode::Unsubscribe,
+                    &sub.topic,
+                    sub.lease_seconds,
+                    timeout,
+                )
+                .await
+            })
+            .buffer_unordered(VERIFICATIONS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        let refused = asked.iter().filter(|a| a.is_err()).count();
+        tracing::info!(org = %org, channels = asked.len(), refused, "WebSub unsubscribe sent for the deleted organization's webhooks");
+    });
+}
+
 /// [`verify`] for these channels of the webhook.
 async fn verify_channels(
     state: &AppState,

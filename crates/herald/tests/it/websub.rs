@@ -585,6 +585,51 @@ async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
     .await;
 }
 
+/// Deleting an organization tells its WebSub subscribers, as disabling each webhook would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_organization_unsubscribes_its_websub_webhooks() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &rx.url("/std"),
+        json!({ "verification": "websub", "events": ["user.created", "session.revoked"], "active": true }),
+    )
+    .await;
+    // A disabled one was told when it was disabled, and is not told again.
+    let off = app
+        .create_webhook(
+            &org,
+            &rx.url("/off"),
+            json!({ "verification": "websub", "events": ["user.created"] }),
+        )
+        .await;
+    assert_eq!(off["active"], false);
+    let subscribed = rx.verifications_on("/std");
+    assert_eq!(subscribed.len(), 2, "two channels");
+    let (status, _) = app.delete(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let asked = verifications(&rx, "/std", 4).await;
+    assert_eq!(asked.len(), 4);
+    let mut topics: Vec<(&str, &str)> = asked
+        .iter()
+        .map(|r| (r.param("hub.mode").unwrap(), r.param("hub.topic").unwrap()))
+        .collect();
+    let unsubscribed: Vec<&str> = topics
+        .split_off(2)
+        .into_iter()
+        .map(|(mode, topic)| {
+            assert_eq!(mode, "unsubscribe");
+            topic
+        })
+        .collect();
+    for (_, topic) in topics {
+        assert!(unsubscribed.contains(&topic), "{topic}: {unsubscribed:?}");
+    }
+    assert!(rx.verifications_on("/off").is_empty());
+}
+
 /// A WebSub webhook gets only the events of channels it verified, so one naming a type without
 /// a channel is refused: every event of it would be skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
