@@ -44,6 +44,10 @@ pub async fn verify(
     verify_channels(state, snapshot, webhook, mode, channels, request).await
 }
 
+/// How long a channel may stay pending before it counts as never asked: far longer than any
+/// verification takes (a webhook's timeout is at most a minute).
+const STUCK_AFTER_SECS: i64 = 600;
+
 /// How many webhooks' channels are asked for at once after a change to their organization.
 const WEBHOOKS_AT_ONCE: usize = 8;
 
@@ -159,12 +163,17 @@ fn channels_to_subscribe(
                     renewed.push(channel);
                 }
             }
-            // Asked already (a verification under way), or refused: a resend's to repeat, or
-            // the renewals' when they ask again.
+            // Refused: a resend's to repeat, or the renewals' when they ask again.
+            Some(s)
+                if s.topic == topic && s.mode == Mode::Subscribe && s.state == State::Failed => {}
+            // A verification under way (a change stores its channels pending, then asks);
+            // one left pending longer than any answer takes was cut short (its node stopped).
             Some(s)
                 if s.topic == topic
                     && s.mode == Mode::Subscribe
-                    && matches!(s.state, State::Pending | State::Failed) => {}
+                    && s.state == State::Pending
+                    && s.last_attempt_at
+                        .is_some_and(|at| at > now.plus_secs(-STUCK_AFTER_SECS)) => {}
             Some(_) => fresh.push(channel),
         }
     }

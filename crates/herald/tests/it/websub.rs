@@ -583,6 +583,34 @@ async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
         s["state"] == "verified"
     })
     .await;
+
+    // A channel left pending (a change stored it so, and its node stopped before asking) is
+    // asked for again once it has been pending longer than any answer takes.
+    let stored = app.state.store.org_subscriptions(&owner).await.unwrap();
+    let mut stuck = stored.into_iter().find(|s| s.channel == "billing").unwrap();
+    stuck.state = herald_core::subscription::State::Pending;
+    stuck.expires_at = None;
+    stuck.renew_at = None;
+    app.state
+        .store
+        .save_subscriptions(&owner, std::slice::from_ref(&stuck))
+        .await
+        .unwrap();
+    app.state.directory.invalidate(&owner);
+    app.state.maintenance.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.verifications_on("/all").len(),
+        before + 1,
+        "not yet: it may be under way"
+    );
+    app.advance(Duration::from_secs(700));
+    let asked = verifications(&rx, "/all", before + 2).await;
+    assert_eq!(asked.len(), before + 2, "billing again");
+    subscription_on(&app, &subscriptions, "billing", |s| {
+        s["state"] == "verified"
+    })
+    .await;
 }
 
 /// Deleting an organization tells its WebSub subscribers, as disabling each webhook would.
