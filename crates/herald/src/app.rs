@@ -61,6 +61,9 @@ pub struct Shared {
     /// Whether a check of every WebSub webhook's topics is running
     /// (`service::subscriptions::subscribe_all_new_topics`).
     pub checking_topics: std::sync::atomic::AtomicBool,
+    /// The organizations whose WebSub topics are being checked, each with whether to check
+    /// once more when done (`service::subscriptions`).
+    pub topic_checks: std::sync::Mutex<std::collections::HashMap<herald_core::OrgId, bool>>,
 }
 
 impl AppState {
@@ -177,6 +180,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         )),
         backlog: Arc::default(),
         checking_topics: std::sync::atomic::AtomicBool::new(false),
+        topic_checks: std::sync::Mutex::default(),
         settings: Arc::new(settings),
     }));
     state.dispatcher.set_operations(Arc::new(

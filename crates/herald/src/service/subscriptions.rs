@@ -60,12 +60,52 @@ const WEBHOOKS_AT_ONCE: usize = 8;
 ///
 /// A channel whose lease still holds keeps it while the new topic is asked for (as a resend
 /// does): an endpoint down at that moment keeps getting events, and its renewal is tried again
-/// within the hour. A new channel refused is tried again within the hour too. Answers are kept
-/// only where the webhook and the channel's subscription are still as they were read: a
-/// webhook disabled, deleted or given a new URL meanwhile is left to that change.
+/// within the hour. A new channel refused waits for a resend, as one refused at activation
+/// does. Answers are kept only where the webhook and the channel's subscription are still as
+/// they were read: a webhook disabled, deleted or given a new URL meanwhile is left to that
+/// change. One check runs per organization at a time; changes meanwhile make it run once more.
 pub fn subscribe_new_topics_soon(state: &AppState, org: &OrgId) {
     let (state, org) = (state.clone(), org.clone());
-    tokio::spawn(async move { subscribe_new_topics(&state, &org).await });
+    tokio::spawn(async move { check_org_topics(&state, &org).await });
+}
+
+/// Runs the organization's topic check now or, if one is running, has it run once more when
+/// done: a burst of changes (types registered one after another) asks each channel once, not
+/// once per change, and two renames are checked in order.
+async fn check_org_topics(state: &AppState, org: &OrgId) {
+    {
+        let mut running = state.topic_checks.lock().expect("topic checks lock");
+        if let Some(again) = running.get_mut(org) {
+            *again = true;
+            return;
+        }
+        running.insert(org.clone(), false);
+    }
+    // Taken out of the map however the check ends, so that a failed one does not stop the
+    // organization's next.
+    let _running = CheckRunning { state, org };
+    loop {
+        subscribe_new_topics(state, org).await;
+        let mut running = state.topic_checks.lock().expect("topic checks lock");
+        match running.get_mut(org) {
+            Some(again) if *again => *again = false,
+            _ => return,
+        }
+    }
+}
+
+/// The organization's entry in `topic_checks` while its check runs.
+struct CheckRunning<'a> {
+    state: &'a AppState,
+    org: &'a OrgId,
+}
+
+impl Drop for CheckRunning<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.state.topic_checks.lock() {
+            running.remove(self.org);
+        }
+    }
 }
 
 /// [`subscribe_new_topics_soon`] for every organization with an enabled WebSub webhook, in a
@@ -79,17 +119,24 @@ pub fn subscribe_all_new_topics(state: &AppState) {
     }
     let state = state.clone();
     tokio::spawn(async move {
+        // Cleared however the sweep ends, so that the next run is not skipped for good.
+        struct Sweeping<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Sweeping<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _sweeping = Sweeping(&state.checking_topics);
         match state.store.orgs_with_websub_webhooks().await {
             Ok(orgs) => {
                 for org in orgs {
-                    subscribe_new_topics(&state, &org).await;
+                    check_org_topics(&state, &org).await;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %herald_core::error_chain(&e), "could not list the organizations with WebSub webhooks to check their topics; trying again at the next retention run")
             }
         }
-        state.checking_topics.store(false, Ordering::Release);
     });
 }
 
@@ -129,12 +176,6 @@ async fn subscribe_new_topics(state: &AppState, org: &OrgId) {
                     )
                     .await,
                 );
-                for sub in &mut asked {
-                    if sub.renew_at.is_none() && sub.state == State::Failed {
-                        // Nobody is waiting on this answer: the renewals ask again.
-                        sub.renew_at = Some(state.clock.now().plus_secs(3600));
-                    }
-                }
                 log_answers(webhook, Mode::Subscribe, &asked);
                 if let Err(e) = save_unless_changed(state, snapshot, webhook, asked).await {
                     tracing::warn!(org = %webhook.org_id, webhook = %webhook.id, error = %e, "could not store the answers to a WebSub webhook's new channels; resend them with POST …/verify");
@@ -163,17 +204,23 @@ fn channels_to_subscribe(
                     renewed.push(channel);
                 }
             }
-            // Refused: a resend's to repeat, or the renewals' when they ask again.
+            // A lease that ran out while renewals failed: they go on asking, every hour, under
+            // the topic as it is then.
+            Some(s) if s.mode == Mode::Subscribe && s.renew_at.is_some() => {}
+            // Refused: a resend's to repeat.
             Some(s)
                 if s.topic == topic && s.mode == Mode::Subscribe && s.state == State::Failed => {}
-            // A verification under way (a change stores its channels pending, then asks);
-            // one left pending longer than any answer takes was cut short (its node stopped).
+            // A verification under way (a change to the webhook stores its channels pending,
+            // then asks); one left pending longer than any answer takes since the webhook's
+            // last change or attempt was cut short (its node stopped).
             Some(s)
                 if s.topic == topic
                     && s.mode == Mode::Subscribe
                     && s.state == State::Pending
                     && s.last_attempt_at
-                        .is_some_and(|at| at > now.plus_secs(-STUCK_AFTER_SECS)) => {}
+                        .unwrap_or(webhook.updated_at)
+                        .max(webhook.updated_at)
+                        > now.plus_secs(-STUCK_AFTER_SECS) => {}
             Some(_) => fresh.push(channel),
         }
     }

@@ -694,6 +694,73 @@ async fn websub_verification_refuses_a_type_without_a_channel() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["error"]["field"], "events[1]", "{err}");
+    // Herald's own test event goes whatever the verification.
+    let (status, made) = app
+        .post(
+            &hooks,
+            json!({ "name": "t", "url": "https://example.com/t", "verification": "websub", "events": ["user.created", "herald.test"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    // One stored so before the rule still takes changes that leave its subscription as it is,
+    // even sent along as the dashboard's form sends it.
+    let id = hook["id"].as_str().unwrap();
+    let owner = herald_core::OrgId::from_trusted(org.clone());
+    let mut old = app
+        .state
+        .store
+        .get_webhook(&owner, &herald_core::WebhookId::from_trusted(id.into()))
+        .await
+        .unwrap();
+    old.verification = herald_core::subscription::Verification::Websub;
+    app.state.store.update_webhook(&old).await.unwrap();
+    app.state.directory.invalidate(&owner);
+    let (status, renamed) = app
+        .patch(
+            &format!("{hooks}/{id}"),
+            json!({ "name": "renamed", "events": ["user.created", "audit.logged"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+}
+
+/// Types registered one after another on new channels are each asked for once, not once per
+/// registration: one check runs per organization at a time, and once more for the changes
+/// that came meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_channels_asks_each_channel_once() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    app.create_webhook(
+        &org,
+        &rx.url("/all"),
+        json!({ "verification": "websub", "events": ["*"], "active": true }),
+    )
+    .await;
+    let before = rx.verifications_on("/all").len();
+    // Answers take a moment, so that the registrations come while a check runs.
+    rx.subscriber(Subscriber::SlowEcho(Duration::from_millis(200)));
+    for i in 0..8 {
+        let (status, _) = app
+            .post(
+                &format!("/v1/orgs/{org}/event-types"),
+                json!({ "name": format!("bulk.t{i}"), "channel": format!("bulk{i}") }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    rx.wait_for_verifications("/all", before + 8, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = rx.verifications_on("/all");
+    let mut topics: Vec<&str> = asked[before..]
+        .iter()
+        .map(|r| r.param("hub.topic").unwrap())
+        .collect();
+    topics.sort_unstable();
+    let all = topics.len();
+    topics.dedup();
+    assert_eq!((all, topics.len()), (8, 8), "{topics:?}");
 }
 
 /// A webhook disabled while its new topics are being asked for stays unsubscribed: the late
