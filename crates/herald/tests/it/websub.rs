@@ -336,14 +336,7 @@ async fn a_webhook_moved_to_the_asgardeo_profile_verifies_first_and_moved_back_u
 async fn a_new_profile_is_a_new_topic_verified_again() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(
-            &org,
-            &rx.url("/std"),
-            json!({ "verification": "websub", "events": ["user.created"], "active": true }),
-        )
-        .await;
+    let (org, hook) = websub_org(&app, &rx, "/std", &["user.created"]).await;
     let id = hook["id"].as_str().unwrap();
     let first = rx.verifications_on("/std");
     assert_eq!(first.len(), 1, "verified on creation");
@@ -403,6 +396,25 @@ async fn a_new_profile_is_a_new_topic_verified_again() {
     );
 }
 
+/// An organization with an enabled webhook at `rx`'s `path` that verifies its intent (WebSub)
+/// for `events`, its channels verified; answers the organization's id and the webhook.
+async fn websub_org(
+    app: &TestApp,
+    rx: &TestReceiver,
+    path: &str,
+    events: &[&str],
+) -> (String, Value) {
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            &rx.url(path),
+            json!({ "verification": "websub", "events": events, "active": true }),
+        )
+        .await;
+    (org, hook)
+}
+
 /// The verification requests `rx` has had on `path` once there are `n` (within [`WAIT`]),
 /// and a moment more for any that should not follow.
 async fn verifications(rx: &TestReceiver, path: &str, n: usize) -> Vec<crate::helpers::Received> {
@@ -419,14 +431,7 @@ async fn verifications(rx: &TestReceiver, path: &str, n: usize) -> Vec<crate::he
 async fn a_new_channel_or_a_new_handle_is_subscribed_when_it_appears() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(
-            &org,
-            &rx.url("/all"),
-            json!({ "verification": "websub", "events": ["*"], "active": true }),
-        )
-        .await;
+    let (org, hook) = websub_org(&app, &rx, "/all", &["*"]).await;
     let id = hook["id"].as_str().unwrap();
     let subscriptions = format!("/v1/orgs/{org}/webhooks/{id}/subscriptions");
     let (_, subs) = app.get(&subscriptions).await;
@@ -538,14 +543,7 @@ async fn a_new_channel_or_a_new_handle_is_subscribed_when_it_appears() {
 async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(
-            &org,
-            &rx.url("/all"),
-            json!({ "verification": "websub", "events": ["*"], "active": true }),
-        )
-        .await;
+    let (org, hook) = websub_org(&app, &rx, "/all", &["*"]).await;
     let id = hook["id"].as_str().unwrap();
     let before = rx.verifications_on("/all").len();
     // Stored as a node that stopped before its task ran leaves it: no request sent.
@@ -618,13 +616,7 @@ async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
 async fn deleting_an_organization_unsubscribes_its_websub_webhooks() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    app.create_webhook(
-        &org,
-        &rx.url("/std"),
-        json!({ "verification": "websub", "events": ["user.created", "session.revoked"], "active": true }),
-    )
-    .await;
+    let (org, _) = websub_org(&app, &rx, "/std", &["user.created", "session.revoked"]).await;
     // A disabled one was told when it was disabled, and is not told again.
     let off = app
         .create_webhook(
@@ -731,13 +723,7 @@ async fn websub_verification_refuses_a_type_without_a_channel() {
 async fn a_burst_of_new_channels_asks_each_channel_once() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    app.create_webhook(
-        &org,
-        &rx.url("/all"),
-        json!({ "verification": "websub", "events": ["*"], "active": true }),
-    )
-    .await;
+    let (org, _) = websub_org(&app, &rx, "/all", &["*"]).await;
     let before = rx.verifications_on("/all").len();
     // Answers take a moment, so that the registrations come while a check runs.
     rx.subscriber(Subscriber::SlowEcho(Duration::from_millis(200)));
@@ -769,14 +755,7 @@ async fn a_burst_of_new_channels_asks_each_channel_once() {
 async fn a_webhook_disabled_while_new_topics_are_asked_for_stays_unsubscribed() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(
-            &org,
-            &rx.url("/std"),
-            json!({ "verification": "websub", "events": ["user.created"], "active": true }),
-        )
-        .await;
+    let (org, hook) = websub_org(&app, &rx, "/std", &["user.created"]).await;
     let id = hook["id"].as_str().unwrap();
     let before = rx.verifications_on("/std").len();
     rx.subscriber(Subscriber::SlowEcho(Duration::from_millis(1500)));
