@@ -177,7 +177,8 @@ async fn show_login(signed: Result<Signed, Response>, Query(q): Query<NextQuery>
 async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
     let (client, forwarded_for) = crate::http_server::client_of(request.extensions(), &headers);
-    let peer = crate::http_server::client_address(
+    // Whose allowance for tokens that are not valid this sign-in counts against.
+    let counted_as = crate::http_server::client_address(
         request.extensions(),
         &headers,
         &state.settings.security.trusted_proxies,
@@ -197,7 +198,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let form = Form::parse(&body);
     let token = form.text("token");
     let next = safe_next(form.get("next"));
-    let presented = match state.auth.present(peer, &token) {
+    let presented = match state.auth.present(counted_as, &token) {
         Ok(presented) => presented,
         Err(held) => {
             let mut page = refused(

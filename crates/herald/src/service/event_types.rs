@@ -139,7 +139,7 @@ async fn register_checked(
     .await?;
     tracing::info!(org = %org, event_type = created.name, channel = ?created.channel, "event type registered");
     if let Some(channel) = &created.channel
-        && !snapshot.all_channels().contains(channel)
+        && !snapshot.knows_channel(channel)
     {
         // A new channel, which WebSub webhooks that take every channel now receive.
         super::subscriptions::subscribe_new_topics_soon(state, org);
