@@ -12,7 +12,7 @@ use crate::event_type::CustomEventType;
 use crate::health::{HealthRows, HealthWindow};
 use crate::org::{ApiKey, Organization};
 use crate::retry::NextStep;
-use crate::subscription::Subscription;
+use crate::subscription::{AsRead, Subscription};
 use crate::webhook::Webhook;
 use crate::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -593,6 +593,23 @@ pub trait Store: Send + Sync + 'static {
         org: &OrgId,
         subscriptions: &[Subscription],
     ) -> StoreResult<()>;
+    /// Saves each subscription only where the stored one is still as it was read (`None`:
+    /// there was none), so that a change made while its endpoint was asked (a deactivation, a
+    /// resend, a new URL's reset) stands; answers how many were saved.
+    async fn save_subscriptions_as_read(
+        &self,
+        org: &OrgId,
+        subscriptions: &[(Subscription, Option<AsRead>)],
+    ) -> StoreResult<usize>;
+    /// Holds a due renewal until `until`, so that no other node renews it meanwhile (and this
+    /// one does again then, if its renewal was cut short): `false` if its `renew_at` is no
+    /// longer the one read (another node took it, or a change reset it).
+    async fn claim_renewal(
+        &self,
+        org: &OrgId,
+        subscription: &Subscription,
+        until: Timestamp,
+    ) -> StoreResult<bool>;
     /// Subscriptions whose lease renewal is due, with their organization.
     async fn subscriptions_to_renew(
         &self,

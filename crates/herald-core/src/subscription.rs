@@ -131,6 +131,16 @@ impl Subscription {
         }
     }
 
+    /// What a save that must not undo a change made meanwhile compares with the stored row.
+    pub fn as_read(&self) -> AsRead {
+        AsRead {
+            mode: self.mode,
+            state: self.state,
+            reason: self.reason.clone(),
+            last_attempt_at: self.last_attempt_at,
+        }
+    }
+
     /// Whether events of this channel may be delivered at `now`.
     pub fn delivers(&self, now: Timestamp) -> bool {
         self.mode == Mode::Subscribe
@@ -169,6 +179,18 @@ impl Subscription {
             }
         }
     }
+}
+
+/// A subscription as it was read before its endpoint was asked, for a save that stands back
+/// if it changed since ([`crate::store::Store::save_subscriptions_as_read`]). Every change but
+/// a renewal's claim moves one of these: a new request (mode, or its time), an answer (state,
+/// reason), a reset to pending after a new URL (state, reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsRead {
+    pub mode: Mode,
+    pub state: State,
+    pub reason: Option<String>,
+    pub last_attempt_at: Option<Timestamp>,
 }
 
 /// `{org handle}.{org id}.schema.{profile}.{version}.event.{channel}`; the asgardeo profile names

@@ -88,6 +88,9 @@ pub async fn run_renewals(
     }
 }
 
+/// How much longer than its webhook's timeout a renewal is held by the node asking.
+const RENEWAL_HOLD_MARGIN_MS: i64 = 60_000;
+
 async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::store::StoreError> {
     let store = dispatcher.store();
     let due = store
@@ -103,14 +106,26 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
         {
             // No longer asked for (verification switched off, or the channel dropped from the
             // webhook): the lease is left to run out, and not looked at again.
+            let read = sub.as_read();
             sub.renew_at = None;
-            store.save_subscriptions(&org, &[sub]).await?;
+            store
+                .save_subscriptions_as_read(&org, &[(sub, Some(read))])
+                .await?;
             continue;
         }
-        let read = (sub.mode, sub.last_attempt_at);
+        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        // Held while it is asked, so that the other nodes, which find it due as well, do not
+        // ask too; one cut short (its node stopped) is due again after the hold.
+        let hold = i64::from(webhook.effective_timeout_ms()) + RENEWAL_HOLD_MARGIN_MS;
+        if !store
+            .claim_renewal(&org, &sub, dispatcher.clock().now().plus_millis(hold))
+            .await?
+        {
+            continue;
+        }
+        let read = sub.as_read();
         // Under the topic as it is now: the organization's handle may have changed since.
         sub.topic = herald_core::subscription::topic(&snapshot.org, webhook.profile, &sub.channel);
-        let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
         let outcome = verify_intent(
             dispatcher.client(),
             webhook.url.as_str(),
@@ -131,19 +146,17 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
             // the subscription for good.
             sub.renew_at = Some(now.plus_secs(3600));
         }
-        // The GET took up to the webhook's timeout; a deactivation or resend that finished
-        // meanwhile is newer than this renewal, and must not be overwritten by it.
-        let now_stored = store.org_subscriptions(&org).await?;
-        let unchanged = now_stored.iter().any(|s| {
-            s.webhook_id == sub.webhook_id
-                && s.channel == sub.channel
-                && (s.mode, s.last_attempt_at) == read
-        });
-        if !unchanged {
-            tracing::debug!(webhook = %webhook.id, channel = sub.channel, "subscription changed during its renewal; the change stands");
+        // The GET took up to the webhook's timeout; a deactivation, resend or new URL that
+        // finished meanwhile is newer than this renewal, and must not be overwritten by it.
+        let (webhook_id, channel) = (sub.webhook_id.clone(), sub.channel.clone());
+        if store
+            .save_subscriptions_as_read(&org, &[(sub, Some(read))])
+            .await?
+            == 0
+        {
+            tracing::debug!(webhook = %webhook_id, channel, "subscription changed during its renewal; the change stands");
             continue;
         }
-        store.save_subscriptions(&org, &[sub]).await?;
         dispatcher.directory().invalidate(&org);
     }
     Ok(())

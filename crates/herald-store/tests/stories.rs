@@ -2664,6 +2664,102 @@ async fn organizations_with_enabled_websub_webhooks_are_listed(store: Arc<dyn St
     assert_eq!(store.orgs_with_websub_webhooks().await.unwrap(), [acme.id]);
 }
 
+async fn a_subscription_is_saved_only_as_read_and_a_renewal_is_claimed_once(store: Arc<dyn Store>) {
+    use herald_core::subscription::{Mode, State, Subscription, Verification};
+    let (acme, _) = org_with_webhook(&store, "acme").await;
+    let (globex, _) = org_with_webhook(&store, "globex").await;
+    let hook = Webhook {
+        verification: Verification::Websub,
+        active: true,
+        ..webhook(&acme.id)
+    };
+    store.create_webhook(&hook).await.unwrap();
+    let save = |org: &OrgId, subs: Vec<(Subscription, _)>| {
+        let (store, org) = (store.clone(), org.clone());
+        async move { store.save_subscriptions_as_read(&org, &subs).await.unwrap() }
+    };
+    let stored = || async { store.org_subscriptions(&acme.id).await.unwrap() };
+
+    // None stored: a new one is saved, and only once.
+    let mut sub = Subscription::pending(
+        hook.id.clone(),
+        "login".into(),
+        "t1".into(),
+        Mode::Subscribe,
+    );
+    assert_eq!(save(&acme.id, vec![(sub.clone(), None)]).await, 1);
+    let mut other = sub.clone();
+    other.topic = "t2".into();
+    assert_eq!(
+        save(&acme.id, vec![(other, None)]).await,
+        0,
+        "one is stored"
+    );
+    assert_eq!(stored().await, [sub.clone()]);
+
+    // Saved where it is as read; refused where it changed since (answered, reset to pending
+    // after a new URL), or under another organization.
+    let pending = sub.as_read();
+    sub.record(at(0), Ok(()));
+    assert_eq!(
+        save(&globex.id, vec![(sub.clone(), Some(pending.clone()))]).await,
+        0
+    );
+    assert_eq!(
+        save(&acme.id, vec![(sub.clone(), Some(pending.clone()))]).await,
+        1
+    );
+    let mut late = sub.clone();
+    late.state = State::Failed;
+    late.reason = Some("an answer read before the last one".into());
+    assert_eq!(save(&acme.id, vec![(late, Some(pending))]).await, 0);
+    let verified = sub.as_read();
+    let mut reset = sub.clone();
+    (reset.state, reset.expires_at, reset.renew_at) = (State::Pending, None, None);
+    reset.reason = Some("to be verified again".into());
+    store
+        .save_subscriptions(&acme.id, &[reset.clone()])
+        .await
+        .unwrap();
+    let mut renewed = sub.clone();
+    renewed.record(at(10), Ok(()));
+    assert_eq!(save(&acme.id, vec![(renewed, Some(verified))]).await, 0);
+    assert_eq!(stored().await, [reset.clone()]);
+
+    // A due renewal is claimed once, and not due again until the hold ends; the claim leaves
+    // what a renewal's save compares as it was.
+    sub.record(at(20), Ok(()));
+    store
+        .save_subscriptions(&acme.id, &[sub.clone()])
+        .await
+        .unwrap();
+    let due_at = sub.renew_at.unwrap();
+    let due = store.subscriptions_to_renew(due_at, 10).await.unwrap();
+    assert_eq!(due, [(acme.id.clone(), sub.clone())]);
+    let hold = due_at.plus_secs(75);
+    assert!(!store.claim_renewal(&globex.id, &sub, hold).await.unwrap());
+    assert!(store.claim_renewal(&acme.id, &sub, hold).await.unwrap());
+    assert!(
+        !store.claim_renewal(&acme.id, &sub, hold).await.unwrap(),
+        "another node took it"
+    );
+    assert!(
+        store
+            .subscriptions_to_renew(due_at.plus_secs(74), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.subscriptions_to_renew(hold, 10).await.unwrap().len(),
+        1
+    );
+    let read = sub.as_read();
+    sub.record(due_at.plus_secs(1), Ok(()));
+    assert_eq!(save(&acme.id, vec![(sub.clone(), Some(read))]).await, 1);
+    assert_eq!(stored().await, [sub]);
+}
+
 async fn a_dashboard_session_is_kept_until_it_expires_or_ends(store: Arc<dyn Store>) {
     let s = session("s1", "admin", at(3600));
     store.create_session(&s, T0, LIMITS).await.unwrap();
@@ -3825,6 +3921,7 @@ macro_rules! stories {
             concurrent_sign_ins_of_one_owner_keep_its_limit,
             a_dashboard_session_is_kept_until_it_expires_or_ends,
             organizations_with_enabled_websub_webhooks_are_listed,
+            a_subscription_is_saved_only_as_read_and_a_renewal_is_claimed_once,
             dashboard_sessions_past_their_limits_end_oldest_first,
             recovering_brings_back_failed_deliveries_created_since_a_time,
             a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent,

@@ -41,7 +41,7 @@ use herald_core::store::{
     IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
     StoreResult, StoreSignal,
 };
-use herald_core::subscription::Subscription;
+use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
 use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -833,6 +833,32 @@ impl Store for PostgresStore {
             &tx,
             org,
             subscriptions
+        ))
+    }
+
+    async fn save_subscriptions_as_read(
+        &self,
+        org: &OrgId,
+        subscriptions: &[(Subscription, Option<AsRead>)],
+    ) -> StoreResult<usize> {
+        in_tx!(self, |tx| webhooks::save_subscriptions_as_read(
+            &tx,
+            org,
+            subscriptions
+        ))
+    }
+
+    async fn claim_renewal(
+        &self,
+        org: &OrgId,
+        subscription: &Subscription,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        on_client!(self, |c| webhooks::claim_renewal(
+            &c,
+            org,
+            subscription,
+            until
         ))
     }
 

@@ -1,8 +1,10 @@
 //! Webhooks and their WebSub subscriptions. Deleting a webhook keeps its row (without secrets)
 //! so its delivery history stays readable.
 
+use tokio_postgres::types::ToSql;
+
 use herald_core::store::{StoredVersion, failing_since_to_save};
-use herald_core::subscription::Subscription;
+use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -282,6 +284,86 @@ pub(crate) async fn save_subscriptions(
         .await?;
     }
     Ok(())
+}
+
+/// [`save_subscriptions`] for those still stored as read: a new one only where none is, a
+/// known one only where its mode, state, reason and last request are as read.
+pub(crate) async fn save_subscriptions_as_read(
+    c: &impl Conn,
+    org: &OrgId,
+    subs: &[(Subscription, Option<AsRead>)],
+) -> DbResult<usize> {
+    let mut saved = 0;
+    for (s, read) in subs {
+        let lease = big(s.lease_seconds);
+        let times = [s.last_attempt_at, s.verified_at, s.expires_at, s.renew_at]
+            .map(|t| t.map(Timestamp::as_millis));
+        let row: [&(dyn ToSql + Sync); 12] = [
+            &s.webhook_id.as_str(),
+            &s.channel,
+            &org.as_str(),
+            &s.topic,
+            &s.mode.as_str(),
+            &s.state.as_str(),
+            &s.reason,
+            &lease,
+            &times[0],
+            &times[1],
+            &times[2],
+            &times[3],
+        ];
+        saved += match read {
+            None => {
+                c.exec(
+                    "INSERT INTO subscriptions (webhook_id, channel, org_id, topic, mode, state, reason, \
+                     lease_seconds, last_attempt_at, verified_at, expires_at, renew_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (webhook_id, channel) DO NOTHING",
+                    &row,
+                )
+                .await?
+            }
+            Some(read) => {
+                let read_at = read.last_attempt_at.map(Timestamp::as_millis);
+                let (mode, state) = (read.mode.as_str(), read.state.as_str());
+                let mut all = row.to_vec();
+                all.extend([&mode as &(dyn ToSql + Sync), &state, &read.reason, &read_at]);
+                c.exec(
+                    "UPDATE subscriptions SET topic = $4, mode = $5, state = $6, reason = $7, \
+                     lease_seconds = $8, last_attempt_at = $9, verified_at = $10, expires_at = $11, \
+                     renew_at = $12 WHERE webhook_id = $1 AND channel = $2 AND org_id = $3 \
+                     AND mode = $13 AND state = $14 AND reason IS NOT DISTINCT FROM $15 \
+                     AND last_attempt_at IS NOT DISTINCT FROM $16",
+                    &all,
+                )
+                .await?
+            }
+        };
+    }
+    Ok(usize::try_from(saved).unwrap_or(usize::MAX))
+}
+
+/// Moves a due renewal's `renew_at` to `until` if it is still `renew_at` as read.
+pub(crate) async fn claim_renewal(
+    c: &impl Conn,
+    org: &OrgId,
+    sub: &Subscription,
+    until: Timestamp,
+) -> DbResult<bool> {
+    let claimed = c
+        .exec(
+            "UPDATE subscriptions SET renew_at = $1 \
+             WHERE webhook_id = $2 AND channel = $3 AND org_id = $4 AND renew_at = $5",
+            &[
+                &until.as_millis(),
+                &sub.webhook_id.as_str(),
+                &sub.channel,
+                &org.as_str(),
+                &sub.renew_at.map(Timestamp::as_millis),
+            ],
+        )
+        .await?;
+    Ok(claimed == 1)
 }
 
 pub(crate) async fn subscriptions_to_renew(

@@ -27,7 +27,7 @@ use herald_core::store::{
     IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
     StoreResult,
 };
-use herald_core::subscription::Subscription;
+use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
 use herald_core::{ApiKeyId, DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -907,6 +907,34 @@ impl Store for SqliteStore {
             webhooks::save_subscriptions(c, &org, &subs)
         })
         .await
+    }
+
+    async fn save_subscriptions_as_read(
+        &self,
+        org: &OrgId,
+        subscriptions: &[(Subscription, Option<AsRead>)],
+    ) -> StoreResult<usize> {
+        let (org, subs, deleted) = (
+            org.clone(),
+            subscriptions.to_vec(),
+            self.deleted_orgs.clone(),
+        );
+        self.write(move |c| {
+            refuse_deleted(&deleted, &org)?;
+            webhooks::save_subscriptions_as_read(c, &org, &subs)
+        })
+        .await
+    }
+
+    async fn claim_renewal(
+        &self,
+        org: &OrgId,
+        subscription: &Subscription,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        let (org, sub) = (org.clone(), subscription.clone());
+        self.write(move |c| webhooks::claim_renewal(c, &org, &sub, until))
+            .await
     }
 
     async fn subscriptions_to_renew(

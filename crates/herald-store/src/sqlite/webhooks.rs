@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use herald_core::store::{StoredVersion, failing_since_to_save};
-use herald_core::subscription::Subscription;
+use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Page, PageRequest, Timestamp, WebhookId};
 
@@ -259,6 +259,76 @@ pub(crate) fn save_subscriptions(
         ])?;
     }
     Ok(())
+}
+
+/// [`save_subscriptions`] for those still stored as read: a new one only where none is, a
+/// known one only where its mode, state, reason and last request are as read.
+pub(crate) fn save_subscriptions_as_read(
+    conn: &Connection,
+    org: &OrgId,
+    subs: &[(Subscription, Option<AsRead>)],
+) -> DbResult<usize> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO subscriptions (webhook_id, channel, org_id, topic, mode, state, reason, lease_seconds, \
+         last_attempt_at, verified_at, expires_at, renew_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (webhook_id, channel) DO NOTHING",
+    )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE subscriptions SET topic = ?4, mode = ?5, state = ?6, reason = ?7, lease_seconds = ?8, \
+         last_attempt_at = ?9, verified_at = ?10, expires_at = ?11, renew_at = ?12 \
+         WHERE webhook_id = ?1 AND channel = ?2 AND org_id = ?3 \
+         AND mode = ?13 AND state = ?14 AND reason IS ?15 AND last_attempt_at IS ?16",
+    )?;
+    let mut saved = 0;
+    for (s, read) in subs {
+        let row = params![
+            s.webhook_id.as_str(),
+            s.channel,
+            org.as_str(),
+            s.topic,
+            s.mode.as_str(),
+            s.state.as_str(),
+            s.reason,
+            s.lease_seconds,
+            s.last_attempt_at.map(Timestamp::as_millis),
+            s.verified_at.map(Timestamp::as_millis),
+            s.expires_at.map(Timestamp::as_millis),
+            s.renew_at.map(Timestamp::as_millis)
+        ];
+        saved += match read {
+            None => insert.execute(row)?,
+            Some(read) => {
+                let read_at = read.last_attempt_at.map(Timestamp::as_millis);
+                let (mode, state) = (read.mode.as_str(), read.state.as_str());
+                let mut all = row.to_vec();
+                all.extend(params![mode, state, read.reason, read_at]);
+                update.execute(all.as_slice())?
+            }
+        };
+    }
+    Ok(saved)
+}
+
+/// Moves a due renewal's `renew_at` to `until` if it is still `renew_at` as read.
+pub(crate) fn claim_renewal(
+    conn: &Connection,
+    org: &OrgId,
+    sub: &Subscription,
+    until: Timestamp,
+) -> DbResult<bool> {
+    let claimed = conn
+        .prepare_cached(
+            "UPDATE subscriptions SET renew_at = ?1 \
+             WHERE webhook_id = ?2 AND channel = ?3 AND org_id = ?4 AND renew_at = ?5",
+        )?
+        .execute(params![
+            until.as_millis(),
+            sub.webhook_id.as_str(),
+            sub.channel,
+            org.as_str(),
+            sub.renew_at.map(Timestamp::as_millis)
+        ])?;
+    Ok(claimed == 1)
 }
 
 pub(crate) fn subscriptions_to_renew(

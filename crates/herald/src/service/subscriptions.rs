@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use herald_core::directory::OrgSnapshot;
-use herald_core::subscription::{self, Mode, State, Subscription, Verification};
+use herald_core::subscription::{self, AsRead, Mode, State, Subscription, Verification};
 use herald_core::webhook::Webhook;
 use herald_core::{Invalid, OrgId, WebhookId};
 use herald_dispatch::websub;
@@ -250,32 +250,23 @@ async fn save_unless_changed(
         tracing::debug!(webhook = %webhook.id, "webhook changed while its new channels were asked for; the change stands");
         return Ok(());
     }
-    let stored_now = state
-        .store
-        .org_subscriptions(&org)
-        .await
-        .map_err(ServiceError::from_store("webhook"))?;
     let read = snapshot.subscriptions_of(&webhook.id);
-    let version = |s: &Subscription| (s.mode, s.last_attempt_at, s.topic.clone());
-    let unchanged: Vec<Subscription> = asked
+    let as_read: Vec<(Subscription, Option<AsRead>)> = asked
         .into_iter()
-        .filter(|sub| {
+        .map(|sub| {
             let then = read
                 .iter()
                 .find(|s| s.channel == sub.channel)
-                .map(|s| version(s));
-            let now = stored_now
-                .iter()
-                .find(|s| s.webhook_id == sub.webhook_id && s.channel == sub.channel)
-                .map(version);
-            then == now
+                .map(|s| s.as_read());
+            (sub, then)
         })
         .collect();
     write_then_forget(state, &org, "webhook", {
         let org = org.clone();
-        |store| async move { store.save_subscriptions(&org, &unchanged).await }
+        |store| async move { store.save_subscriptions_as_read(&org, &as_read).await }
     })
     .await
+    .map(|_saved| ())
 }
 
 /// Where an organization's enabled WebSub webhooks are subscribed (a lease that holds), to tell
