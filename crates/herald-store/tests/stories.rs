@@ -4011,6 +4011,62 @@ async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
     assert_eq!(claimed, vec![id], "due well before its lease ends");
 }
 
+/// Two nodes storing batches with the same event ids in opposite orders (a producer's retry
+/// sent to another node, batches sent at once) both succeed, each id stored once: each
+/// statement inserts in one order, so they wait for each other rather than deadlock (which
+/// PostgreSQL ends by failing one of them, answered as unavailable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stores_the_same_ids_sent_in_opposite_orders_to_two_nodes() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let one = fresh.store.clone();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let other: Arc<dyn Store> = Arc::new(
+        PostgresStore::new(
+            &format!("{url}{separator}options=-c%20search_path%3D{schema}"),
+            PostgresOptions { pool_size: 4 },
+            SecretCipher::none(),
+        )
+        .unwrap(),
+    );
+    let (acme, hook) = org_with_webhook(&one, "acme").await;
+    let batch = |round: usize, reversed: bool| {
+        let mut items: Vec<IngestItem> = (0..100)
+            .map(|i| {
+                let id = DeliveryId::generate();
+                let name = format!("evt_{round}_{i:03}");
+                item(
+                    event(&acme.id, &name, "invoice.paid", T0),
+                    &[(&id, &hook.id)],
+                    true,
+                )
+            })
+            .collect();
+        if reversed {
+            items.reverse();
+        }
+        items
+    };
+    for round in 0..8 {
+        let (forward, backward) = (batch(round, false), batch(round, true));
+        let (a, b) = tokio::join!(
+            one.insert_events(&acme.id, &forward, T0, at(LEASE_SECS)),
+            other.insert_events(&acme.id, &backward, T0, at(LEASE_SECS)),
+        );
+        let (a, b) = (
+            a.expect("the first node stores"),
+            b.expect("the second node stores"),
+        );
+        let stored = a
+            .iter()
+            .chain(&b)
+            .filter(|r| **r == IngestResult::Stored)
+            .count();
+        assert_eq!(stored, 100, "round {round}: each id stored once");
+    }
+}
+
 /// A lock held on the events table (a migration by hand, a long report) makes storing events
 /// wait, then time out: the store says so to the readiness check (which its own read would not
 /// notice) while they wait and after they failed, until events are stored again.

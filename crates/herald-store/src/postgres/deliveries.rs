@@ -167,14 +167,19 @@ pub(crate) async fn insert_events(
     c: &impl Conn,
     requests: &[IngestRequest<'_>],
 ) -> DbResult<Vec<Vec<IngestResult>>> {
-    let mut cols = IngestColumns::default();
     let mut first_of_id = HashSet::new();
-    for r in requests {
-        for item in r.items {
-            if first_of_id.insert((r.org.as_str(), item.event.id.as_str())) {
-                cols.push_event(r, item);
-            }
-        }
+    let mut events: Vec<(&IngestRequest<'_>, &IngestItem)> = requests
+        .iter()
+        .flat_map(|r| r.items.iter().map(move |item| (r, item)))
+        .filter(|(r, item)| first_of_id.insert((r.org.as_str(), item.event.id.as_str())))
+        .collect();
+    // Inserted in one order whatever the order sent: two statements storing some of the same
+    // ids (a producer's retry on another node, batches sent at once) then wait for each other
+    // instead of deadlocking, which PostgreSQL would end by failing one of them.
+    events.sort_unstable_by_key(|(r, item)| (r.org.as_str(), item.event.id.as_str()));
+    let mut cols = IngestColumns::default();
+    for (r, item) in events {
+        cols.push_event(r, item);
     }
     let rows = c
         .rows(
