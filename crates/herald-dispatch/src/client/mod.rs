@@ -146,6 +146,7 @@ impl HttpClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        deadline.at = deadline.at.min(tokio::time::Instant::now() + BODY_WAIT);
         let (kept, end) =
             read_prefix(response.into_body(), RESPONSE_BODY_KEEP, &mut deadline).await;
         let kept = keep_response_prefix(&kept);
@@ -541,6 +542,12 @@ async fn read_prefix(
 /// [`HttpClient::send_noting_slow`]): most answer within milliseconds; one that takes a second
 /// is likely to take its whole timeout.
 pub const SLOW_ANSWER: Duration = Duration::from_secs(1);
+
+/// How long the body of an answer may take once its status came. The verdict is known then,
+/// and the body is only kept to be shown: an endpoint that sends `200` and then drips its body
+/// would otherwise hold one of the node's requests in flight for the rest of its timeout, and
+/// enough of them hold up every other endpoint's deliveries.
+const BODY_WAIT: Duration = Duration::from_secs(1);
 
 /// A timer this late fired after a stall of the whole process (suspended, frozen by its
 /// hypervisor, starved of CPU), not because the endpoint was slow.
@@ -1046,6 +1053,25 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(outcome.response_body, "bro");
+    }
+
+    /// A body still coming a second after its status is given up, however long the timeout:
+    /// the slot the request holds is another endpoint's to use.
+    #[tokio::test]
+    async fn a_body_is_waited_for_a_second_after_its_status_at_most() {
+        let client = loopback_client();
+        let ok = answer_then_hold("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+        let outcome = client
+            .send(&ok, request("{}"), &[], Duration::from_secs(60))
+            .await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        assert_eq!(outcome.response_body, "0123456789");
+        // The endpoint holds its connection for 5 s: without the limit the attempt ends then.
+        assert!(
+            outcome.duration_ms < 4_000,
+            "ended after {} ms, not when the endpoint let go",
+            outcome.duration_ms
+        );
     }
 
     /// `on_slow` is called once the endpoint has taken `SLOW_ANSWER` without answering, and not
