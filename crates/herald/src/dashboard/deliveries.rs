@@ -528,18 +528,22 @@ async fn resend_flash(
     id: &DeliveryId,
     made: usize,
 ) -> Flash {
-    match super::webhooks::answer_to_attempt(state, &signed.scope, org, id, made).await {
-        None => Flash::ok(
+    let Some(answered) =
+        super::webhooks::answer_to_attempt(state, &signed.scope, org, id, made).await
+    else {
+        return Flash::ok(
             "Sent; no answer yet: the attempt shows below once it is made (behind an open \
              circuit, at its next attempt time).",
-        ),
-        Some((DeliveryState::Succeeded, answer, took)) => {
-            Flash::ok(format!("Delivered: {answer} in {took} ms."))
-        }
-        Some((DeliveryState::Pending, answer, took)) => Flash::error(format!(
-            "Not delivered: {answer} after {took} ms; it is retried on its schedule."
+        );
+    };
+    let (answer, took) = (&answered.answer, answered.took_ms);
+    match answered.after {
+        DeliveryState::Succeeded => Flash::ok(format!("Delivered: {answer} in {took} ms.")),
+        DeliveryState::Pending => Flash::error(format!(
+            "Not delivered: {answer} after {took} ms; {}.",
+            answered.what_next()
         )),
-        Some((_, answer, took)) => Flash::error(format!(
+        _ => Flash::error(format!(
             "Not delivered: {answer} after {took} ms, and no attempt is left."
         )),
     }

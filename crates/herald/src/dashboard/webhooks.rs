@@ -320,16 +320,40 @@ async fn webhook_action(
 /// How long "Send test" and "Resend" wait for the endpoint's answer before the page comes back.
 pub(super) const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What the endpoint answered to an attempt, and where that left its delivery.
+pub(super) struct Answered {
+    /// The delivery's state after the attempt.
+    pub after: herald_core::delivery::DeliveryState,
+    /// The endpoint's answer, or what went wrong, in words.
+    pub answer: String,
+    pub took_ms: u32,
+    /// Why the delivery's webhook is disabled, if it is now: a `410 Gone` disables it as the
+    /// attempt is recorded (not before its page may read it), and so may a failing streak.
+    pub disabled: Option<String>,
+}
+
+impl Answered {
+    /// Where a delivery still pending after a failed attempt goes from here.
+    pub(super) fn what_next(&self) -> String {
+        match &self.disabled {
+            Some(why) => format!(
+                "Herald disabled the webhook ({why}): it waits until the webhook is enabled \
+                 again"
+            ),
+            None => "it is retried on the webhook's schedule".to_owned(),
+        }
+    }
+}
+
 /// What the endpoint answered to a delivery's attempt after the `made` it had, if it came
-/// within [`ANSWER_WAIT`]: the delivery's state then, the answer, and how long it took. A
-/// failure to read it counts as no answer yet: sent is sent.
+/// within [`ANSWER_WAIT`]. A failure to read it counts as no answer yet: sent is sent.
 pub(super) async fn answer_to_attempt(
     state: &AppState,
     scope: &crate::service::Scope,
     org: &OrgId,
     delivery: &herald_core::DeliveryId,
     made: usize,
-) -> Option<(herald_core::delivery::DeliveryState, String, u32)> {
+) -> Option<Answered> {
     let detail = deliveries::next_attempt(state, scope, org, delivery, made, ANSWER_WAIT)
         .await
         .ok()??;
@@ -343,7 +367,21 @@ pub(super) async fn answer_to_attempt(
             .or(attempt.error.clone())
             .unwrap_or_else(|| "it failed".to_owned()),
     };
-    Some((detail.delivery.state, answer, attempt.duration_ms))
+    let disabled = if attempt.status == Some(410) {
+        Some("the endpoint answered 410 Gone".to_owned())
+    } else {
+        webhooks::get(state, scope, org, &detail.delivery.webhook_id)
+            .await
+            .ok()
+            .filter(|w| !w.active)
+            .map(|w| w.disabled_reason.unwrap_or_else(|| "by a user".to_owned()))
+    };
+    Some(Answered {
+        after: detail.delivery.state,
+        answer,
+        took_ms: attempt.duration_ms,
+        disabled,
+    })
 }
 
 /// What became of a test just sent: the endpoint's answer if it came within [`ANSWER_WAIT`].
@@ -354,21 +392,24 @@ async fn test_flash(
     delivery: &herald_core::DeliveryId,
 ) -> Result<Flash, ServiceError> {
     use herald_core::delivery::DeliveryState;
-    let Some((after, answer, took)) = answer_to_attempt(state, scope, org, delivery, 0).await
-    else {
+    let Some(answered) = answer_to_attempt(state, scope, org, delivery, 0).await else {
         return Ok(Flash::ok(format!(
             "Test event sent as delivery {delivery}; no answer yet: it shows in the history \
              below when one comes."
         )));
     };
-    Ok(match after {
-        DeliveryState::Succeeded => Flash::ok(format!("Test delivered: {answer} in {took} ms.")),
+    let Answered {
+        answer, took_ms, ..
+    } = &answered;
+    Ok(match answered.after {
+        DeliveryState::Succeeded => Flash::ok(format!("Test delivered: {answer} in {took_ms} ms.")),
         DeliveryState::Pending => Flash::error(format!(
-            "Test not delivered: {answer} after {took} ms; it is retried on the webhook's \
-             schedule (delivery {delivery} in the history below)."
+            "Test not delivered: {answer} after {took_ms} ms; {} (delivery {delivery} in the \
+             history below).",
+            answered.what_next()
         )),
         _ => Flash::error(format!(
-            "Test not delivered: {answer} after {took} ms, and no attempt is left (delivery \
+            "Test not delivered: {answer} after {took_ms} ms, and no attempt is left (delivery \
              {delivery} in the history below)."
         )),
     })

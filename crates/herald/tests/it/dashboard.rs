@@ -1457,6 +1457,23 @@ async fn send_test_tells_what_the_endpoint_answered() {
         shown.contains("Test not delivered: the endpoint answered 503"),
         "{shown}"
     );
+    assert!(
+        shown.contains("it is retried on the webhook&#x27;s schedule"),
+        "{shown}"
+    );
+
+    // A 410 disables the webhook as its attempt is recorded: nothing is retried until then.
+    rx.answer_by_default(Reply::status(410));
+    let a = admin.post(&test, &[("csrf", csrf.as_str())]).await;
+    let shown = slashes(&admin.get(&a.location).await.body);
+    assert!(
+        shown.contains(
+            "Herald disabled the webhook (the endpoint answered 410 Gone): it waits until the \
+             webhook is enabled again"
+        ),
+        "{shown}"
+    );
+    assert!(!shown.contains("retried on the webhook"), "{shown}");
 }
 
 /// The edit form offers Herald's own news as it offers the organization's types: a webhook
