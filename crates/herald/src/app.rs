@@ -446,11 +446,28 @@ fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, 
         return Ok((token.clone(), AdminTokenSource::Configured));
     }
     let path = data_dir.join("admin-token");
-    if let Ok(stored) = std::fs::read_to_string(&path) {
-        let stored = stored.trim().to_owned();
-        if !stored.is_empty() {
+    match std::fs::read_to_string(&path) {
+        Ok(stored) if !stored.trim().is_empty() => {
+            let stored = stored.trim().to_owned();
+            if stored.len() < MIN_ADMIN_TOKEN_LEN {
+                tracing::warn!(
+                    length = stored.len(),
+                    path = %path.display(),
+                    "the admin token kept in this file is short and could be guessed; use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
+                );
+            }
             return Ok((stored, AdminTokenSource::Stored(path)));
         }
+        // None kept yet (or an empty file): one is generated below.
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // A token someone relies on, which a new one would replace: stop and say so.
+        Err(e) => anyhow::bail!(
+            "could not read the admin token kept in {}: {e}. Make it a text file the user \
+             Herald runs as can read, or delete it to have a new token generated (clients using \
+             the old one will need the new one)",
+            path.display()
+        ),
     }
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);

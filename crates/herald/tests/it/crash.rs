@@ -745,6 +745,19 @@ async fn a_start_that_fails_writes_no_admin_token() {
     assert!(stderr.contains("separate several with commas"), "{stderr}");
     assert!(!dir.path().join("herald.db").exists());
     assert!(!dir.path().join("admin-token").exists());
+    // A kept token Herald cannot read (not UTF-8 here; unreadable to its user alike) is named
+    // and left as it is, not replaced by a new one that would lock its clients out.
+    let kept = dir.path().join("admin-token");
+    std::fs::write(&kept, b"caf\xe9-token-0123456789abcdef\n").unwrap();
+    let stderr = serve(vec![("HERALD_LISTEN", "127.0.0.1:0".into())]).await;
+    assert!(
+        stderr.contains("could not read the admin token kept in") && stderr.contains("admin-token"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        b"caf\xe9-token-0123456789abcdef\n"
+    );
 }
 
 /// A generated admin token is printed only to a terminal: under systemd or in a container,
