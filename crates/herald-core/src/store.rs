@@ -570,6 +570,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending deliveries per webhook (for metrics).
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;
+    /// Makes the store's files whole by themselves as the server stops: SQLite moves its
+    /// write-ahead log into `herald.db` and empties it, so that a copy of that file alone, made
+    /// while the server is stopped, holds everything. Answers whether everything was moved
+    /// (false when a read or write that outlived the stop held some back); nothing to do on
+    /// other backends.
+    async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
     /// Why the store cannot take writes now, as far as it knows without trying (the SQLite
     /// store's writer thread stopped, its file was deleted, its last commit failed moments
     /// ago: a full disk); `None` when nothing says so. The readiness check asks.

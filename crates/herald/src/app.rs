@@ -534,6 +534,16 @@ pub async fn run(
         let _ = cluster.await;
     }
     state.dispatcher.drain(Duration::from_secs(10)).await;
+    match state.store.checkpoint_on_stop().await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "part of the write-ahead log (herald.db-wal) is still to be moved into herald.db: \
+             copy both files together, or use `herald backup`"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %herald_core::error_chain(&e), "could not move the write-ahead log (herald.db-wal) into herald.db: copy both files together, or use `herald backup`")
+        }
+    }
     // The lock goes last. Tasks that outlived the drain may still hold the store: a server
     // process exits next; a program that runs another app on this directory in the same
     // process (the tests do) gets the lock while they wind down.

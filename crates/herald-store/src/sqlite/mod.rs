@@ -937,6 +937,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
+        // On a connection of its own: the writer's jobs run in a transaction, where a
+        // checkpoint cannot. Its busy timeout lets a last write finish first.
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path, false)?;
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(|e| classify(&e))?;
+            Ok(busy == 0)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.into()))?
+    }
+
     async fn subscriptions_to_renew(
         &self,
         now: Timestamp,

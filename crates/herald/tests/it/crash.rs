@@ -448,6 +448,19 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         .expect("the server exits within 20 s of SIGTERM")
         .unwrap();
     assert!(status.success(), "a clean exit: {status:?}");
+    // The write-ahead log was moved into herald.db as the server stopped: a copy of that file
+    // alone, made now, holds every event.
+    let wal = std::fs::metadata(dir.path().join("herald.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "herald.db-wal is emptied");
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("herald.db"), copy.path().join("herald.db")).unwrap();
+    let copied: i64 = rusqlite::Connection::open(copy.path().join("herald.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM events WHERE id LIKE 't-%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(copied, 40);
     let first_log = server.log.lock().unwrap().clone();
     for event in [
         "shutting down",
