@@ -103,13 +103,21 @@ impl SecretCipher {
             .filter(|k| !k.trim().is_empty())
             .map(Key::parse)
             .transpose()
-            .map_err(CipherError)?;
+            .map_err(|e| CipherError(format!("HERALD_ENCRYPTION_KEY: {e}")))?;
         let old: Vec<Key> = old
             .iter()
             .filter(|k| !k.trim().is_empty())
-            .map(|k| Key::parse(k))
-            .collect::<Result<_, _>>()
-            .map_err(CipherError)?;
+            .enumerate()
+            .map(|(i, k)| {
+                Key::parse(k).map_err(|e| {
+                    CipherError(format!(
+                        "HERALD_ENCRYPTION_OLD_KEYS, key {} of {}: {e}",
+                        i + 1,
+                        old.len()
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if current.is_none() && !old.is_empty() {
             return Err(CipherError(
                 "old encryption keys were given without a current HERALD_ENCRYPTION_KEY".into(),
@@ -527,5 +535,16 @@ mod tests {
         assert_eq!(c.open("whsec_plain", HERE).unwrap(), "whsec_plain");
         assert!(c.is_stale("whsec_plain"));
         assert!(SecretCipher::new(Some("short"), &[]).is_err());
+    }
+
+    /// A key that is not one says which setting, and which of the old keys, it is.
+    #[test]
+    fn a_bad_key_is_named() {
+        let error = |current: &str, old: &[&str]| {
+            let old: Vec<String> = old.iter().map(|k| (*k).to_owned()).collect();
+            SecretCipher::new(Some(current), &old).unwrap_err().0
+        };
+        assert!(error("zz", &[]).starts_with("HERALD_ENCRYPTION_KEY: "));
+        assert!(error(K1, &[K2, "zz"]).starts_with("HERALD_ENCRYPTION_OLD_KEYS, key 2 of 2: "));
     }
 }

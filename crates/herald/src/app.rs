@@ -99,6 +99,16 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     // Settings first: a mistake in them must not leave a database and an admin token nobody
     // was shown behind.
     let policy = address_policy(&settings)?;
+    let server = &settings.server;
+    if server.max_body_bytes_in_flight < server.max_body_bytes {
+        anyhow::bail!(
+            "HERALD_MAX_BODY_BYTES_IN_FLIGHT ({}) is less than HERALD_MAX_BODY_BYTES ({}): a body \
+             of the largest size accepted could never be taken in; raise the first (its default \
+             is 64 MiB) or lower the second",
+            server.max_body_bytes_in_flight,
+            server.max_body_bytes
+        );
+    }
     // Then the lock, so that a refused second process writes nothing (not even an admin token). It
     // makes the data directory for the embedded database; PostgreSQL's nodes still keep their
     // generated admin token there.
@@ -400,7 +410,7 @@ pub fn cipher_of(encryption: &EncryptionSettings) -> anyhow::Result<SecretCipher
         encryption.encryption_key.as_deref(),
         &encryption.encryption_old_keys,
     )
-    .map_err(|e| anyhow::anyhow!("HERALD_ENCRYPTION_KEY / HERALD_ENCRYPTION_OLD_KEYS: {e}"))
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A data directory that held a Herald before (its write-ahead log, or the admin token it

@@ -77,7 +77,8 @@ pub struct ServerSettings {
     /// `Content-Length`, or the largest body if it sends none). Past it, requests wait for room
     /// and then get `503 overloaded`, instead of growing the process without bound. One
     /// organization holds at most a quarter of it (or the largest body, if that is more).
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
+    /// At least `max-body-bytes`.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=(1 << 40)))]
     pub max_body_bytes_in_flight: usize,
     /// How long a request waits for room under that limit before its `503`, in milliseconds.
     #[arg(long, env = "HERALD_ADMISSION_WAIT_MS", default_value_t = 5_000)]
@@ -85,7 +86,7 @@ pub struct ServerSettings {
     /// How long a request body may take to arrive once admitted, in milliseconds, plus one
     /// second per 64 KiB it declares (or of the largest body, when it declares no length). A
     /// slower one gets `408` and gives its room back.
-    #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub body_timeout_ms: u64,
     /// How long a client has to send a request's headers, in milliseconds; an idle keep-alive
     /// connection is closed after as long (clients should keep their idle timeout below it).

@@ -758,6 +758,20 @@ async fn a_start_that_fails_writes_no_admin_token() {
     assert!(stderr.contains("separate several with commas"), "{stderr}");
     assert!(!dir.path().join("herald.db").exists());
     assert!(!dir.path().join("admin-token").exists());
+    // Room for bodies in flight that no body of the largest size fits in (0 was taken, and
+    // left one request in at a time).
+    for (room, said) in [
+        ("0", "0 is not in 1024"),
+        ("4096", "is less than HERALD_MAX_BODY_BYTES"),
+    ] {
+        let stderr = serve(vec![
+            ("HERALD_LISTEN", "127.0.0.1:0".into()),
+            ("HERALD_MAX_BODY_BYTES_IN_FLIGHT", room.into()),
+        ])
+        .await;
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    assert!(!dir.path().join("herald.db").exists());
     // A kept token Herald cannot read (not UTF-8 here; unreadable to its user alike) is named
     // and left as it is, not replaced by a new one that would lock its clients out.
     let kept = dir.path().join("admin-token");
