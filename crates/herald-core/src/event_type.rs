@@ -50,6 +50,19 @@ pub fn parse_type_name(raw: &str, field: &str) -> Result<String, Invalid> {
     }
 }
 
+/// Checks the name of a type being registered: as [`parse_type_name`], but not `.` or `..`,
+/// which URLs read as a step in their path (its `DELETE …/event-types/{name}` could not name it).
+pub fn parse_new_type_name(raw: &str, field: &str) -> Result<String, Invalid> {
+    if matches!(raw, "." | "..") {
+        return Err(Invalid::new(
+            field,
+            "cannot be '.' or '..', which URLs read as a step in their path: the type could not \
+             be deleted by its name",
+        ));
+    }
+    parse_type_name(raw, field)
+}
+
 /// Checks a channel name: 1 to 64 lower-case letters, digits, `_` or `-`.
 pub fn parse_channel(raw: &str, field: &str) -> Result<String, Invalid> {
     let ok = !raw.is_empty()
@@ -172,6 +185,11 @@ mod tests {
         }
         assert!(parse_type_name("user created", "type").is_err());
         assert!(parse_type_name("", "type").is_err());
+        for name in [".", ".."] {
+            assert!(parse_new_type_name(name, "name").is_err(), "{name}");
+        }
+        assert!(parse_new_type_name("...", "name").is_ok());
+        assert!(parse_new_type_name("user.created", "name").is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use herald_core::catalog;
 use herald_core::event_type::{
-    CustomEventType, check_against_schema, compile_schema, parse_channel, parse_type_name,
+    CustomEventType, check_against_schema, compile_schema, parse_channel, parse_new_type_name,
 };
 use herald_core::{EventTypeId, Invalid, OrgId};
 
@@ -65,7 +65,7 @@ async fn register_checked(
              (HERALD_MAX_EVENT_TYPES_PER_ORG); delete the ones it no longer needs"
         )));
     }
-    let name = parse_type_name(&input.name, "name")?;
+    let name = parse_new_type_name(&input.name, "name")?;
     if herald_core::event_type::is_reserved(&name) {
         return Err(Invalid::new(
             "name",
