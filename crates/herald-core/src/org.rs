@@ -35,8 +35,14 @@ pub fn refuse_id_form(name: String, looks_like_id: bool, kind: &str) -> Result<S
 /// otherwise pass for another).
 pub fn parse_name(raw: &str, field: &str) -> Result<String, Invalid> {
     let name = raw.trim();
-    if !name.chars().any(|c| !c.is_whitespace() && !is_invisible(c)) {
+    if name.is_empty() {
         return Err(Invalid::new(field, "must not be empty"));
+    }
+    if !name.chars().any(|c| !c.is_whitespace() && !is_invisible(c)) {
+        return Err(Invalid::new(
+            field,
+            "must contain a visible character, not only blank or zero-width ones",
+        ));
     }
     if name.chars().any(is_bidi_control) {
         return Err(Invalid::new(
@@ -53,10 +59,30 @@ pub fn parse_name(raw: &str, field: &str) -> Result<String, Invalid> {
     Ok(name.to_owned())
 }
 
-/// Characters that take no room: zero-width spaces and joiners, the word joiner, the byte-order
-/// mark. A name of these alone looks empty.
+/// Characters that show nothing by themselves: Unicode's default-ignorable ones (zero-width
+/// spaces and joiners, direction marks, the soft hyphen, variation selectors, tags, the
+/// byte-order mark...) and the fillers that render blank (Hangul, Braille). A name of these
+/// alone looks empty.
 fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 fn is_bidi_control(c: char) -> bool {
@@ -218,9 +244,27 @@ mod tests {
     fn an_empty_name_is_rejected() {
         assert!(parse_name("   ", "name").is_err());
         assert_eq!(parse_name(" Acme ", "name").unwrap(), "Acme");
-        for invisible in ["\u{200B}", "\u{FEFF}", " \u{200D}\u{2060} "] {
+        assert_eq!(
+            parse_name("  ", "name").unwrap_err().message,
+            "must not be empty"
+        );
+        for invisible in [
+            "\u{200B}",
+            "\u{FEFF}",
+            " \u{200D}\u{2060} ",
+            "\u{00AD}",
+            "\u{200E}\u{200F}",
+            "\u{FE0F}",
+            "\u{E0041}",
+            "\u{180E}",
+            "\u{3164}",
+            "\u{2800}",
+            "\u{061C}",
+            "\u{115F}\u{3164}",
+            "\u{034F}\u{180E}\u{2060}",
+        ] {
             let e = parse_name(invisible, "name").unwrap_err();
-            assert_eq!(e.message, "must not be empty", "{invisible:?}");
+            assert!(e.message.contains("visible character"), "{invisible:?}");
         }
         // Joiners inside a visible name are text (emoji sequences, Persian).
         assert!(parse_name("Team \u{1F468}\u{200D}\u{1F469}", "name").is_ok());
