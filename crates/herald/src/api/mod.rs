@@ -105,8 +105,14 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
 
 /// A route that does not take the method: a JSON error, except for a browser opening a
 /// dashboard address that only takes a form (the address bar after a form was refused, say),
-/// which gets the dashboard's page instead of raw JSON.
+/// which is sent to the form's page (or gets the dashboard's not-found page, not raw JSON).
 async fn method_not_allowed(request: axum::extract::Request) -> axum::response::Response {
+    if is_browsing(&request)
+        && request.method().is_safe()
+        && let Some(page) = crate::dashboard::form_address_page(request.uri().path())
+    {
+        return page;
+    }
     page_or(
         &request,
         ApiError::new(

@@ -49,7 +49,13 @@ pub fn router() -> Router<AppState> {
         .merge(assets::router())
 }
 
-async fn page_headers(mut response: Response) -> Response {
+async fn page_headers(response: Response) -> Response {
+    with_page_headers(response)
+}
+
+/// Every page's headers: a strict Content-Security-Policy, never cached, framed or sniffed.
+/// Also for the pages answered outside the dashboard's router (an unknown address).
+pub fn with_page_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -73,8 +79,18 @@ async fn page_headers(mut response: Response) -> Response {
 
 /// The answer to an unknown path asked for by a browser (the JSON API keeps its JSON 404).
 pub fn not_found_page() -> Response {
-    templates::error_page(
+    with_page_headers(templates::error_page(
         axum::http::StatusCode::NOT_FOUND,
         "There is no page here. Start from the dashboard's home page.",
-    )
+    ))
+}
+
+/// The answer to a browser asking for the address of a form (which takes only its post): the
+/// form's page, where there is one.
+pub fn form_address_page(path: &str) -> Option<Response> {
+    use axum::response::IntoResponse;
+    let page = session::page_of_form_address(path)?;
+    Some(with_page_headers(
+        axum::response::Redirect::to(&page).into_response(),
+    ))
 }

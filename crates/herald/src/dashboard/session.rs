@@ -331,6 +331,28 @@ fn form_page(path: &str) -> Option<String> {
     Some(format!("/orgs/{org}{page}"))
 }
 
+/// The page a browser opening the address of a form goes to (it takes only the form's post:
+/// the address bar after a refusal shows it, and Enter there asks for it): the page the form
+/// is on. Only for an address that takes no GET, which is why an action's last segment can be
+/// dropped here though `/edit` and `/deliveries` have pages of their own.
+pub(crate) fn page_of_form_address(path: &str) -> Option<String> {
+    if let Some(page) = form_page(path) {
+        return Some(page);
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    Some(match segments.as_slice() {
+        ["logout"] => "/".to_owned(),
+        ["orgs", org, "event-types", "delete"] => format!("/orgs/{org}/catalog"),
+        ["orgs", org, "api-keys", _, "revoke"] | ["orgs", org, "webhooks", "bulk-delete"] => {
+            format!("/orgs/{org}")
+        }
+        ["orgs", org, kind @ ("webhooks" | "deliveries"), id, _action] => {
+            format!("/orgs/{org}/{kind}/{id}")
+        }
+        _ => return None,
+    })
+}
+
 fn next_query(parts: &Parts) -> String {
     let back = parts
         .uri
@@ -467,6 +489,37 @@ mod tests {
         // Pages of their own stay as they are.
         assert_eq!(form_page("/orgs/org_1/webhooks/new"), None);
         assert_eq!(form_page("/orgs/org_1/settings"), None);
+        assert_eq!(form_page("/orgs/org_1/webhooks/wh_1/edit"), None);
+    }
+
+    #[test]
+    fn a_form_address_opened_in_the_browser_leads_to_the_form_s_page() {
+        for (posted, page) in [
+            ("/logout", "/"),
+            ("/orgs/org_1/webhooks", "/orgs/org_1/webhooks/new"),
+            ("/orgs/org_1/event-types/delete", "/orgs/org_1/catalog"),
+            ("/orgs/org_1/api-keys/key_1/revoke", "/orgs/org_1"),
+            ("/orgs/org_1/webhooks/bulk-delete", "/orgs/org_1"),
+            (
+                "/orgs/org_1/webhooks/wh_1/test",
+                "/orgs/org_1/webhooks/wh_1",
+            ),
+            (
+                "/orgs/org_1/webhooks/wh_1/recover",
+                "/orgs/org_1/webhooks/wh_1",
+            ),
+            (
+                "/orgs/org_1/deliveries/dlv_1/resend",
+                "/orgs/org_1/deliveries/dlv_1",
+            ),
+        ] {
+            assert_eq!(
+                page_of_form_address(posted).as_deref(),
+                Some(page),
+                "{posted}"
+            );
+        }
+        assert_eq!(page_of_form_address("/v1/orgs"), None);
     }
 
     #[test]

@@ -734,9 +734,12 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     let app = TestApp::spawn().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let ask = |method: reqwest::Method, path: String, accept: &'static str| {
-        app.http
-            .request(method, format!("{}{path}", app.base))
+        http.request(method, format!("{}{path}", app.base))
             .header(ACCEPT, accept)
             .send()
     };
@@ -745,6 +748,13 @@ async fn a_browser_gets_an_html_404_and_the_api_its_json() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // With every page's headers, though no dashboard route answered.
+    assert!(
+        resp.headers()[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     assert!(resp.text().await.unwrap().contains("<!doctype html>"));
     let resp = ask(reqwest::Method::GET, "/v1/nowhere".into(), html)
         .await
@@ -753,17 +763,26 @@ async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
     // A dashboard address that only takes a form, opened again from the address bar (it stays
-    // there after a form was refused): a page, not the API's JSON. The API keeps its 405.
+    // there after a form was refused): the form's page, not the API's JSON nor a 404. The API
+    // keeps its 405.
     let org = app.create_org("Acme").await;
-    let resp = ask(
-        reqwest::Method::GET,
-        format!("/orgs/{org}/webhooks"),
-        browser,
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    assert!(resp.text().await.unwrap().contains("<!doctype html>"));
+    for (posted, page) in [
+        (
+            format!("/orgs/{org}/webhooks"),
+            format!("/orgs/{org}/webhooks/new"),
+        ),
+        (
+            format!("/orgs/{org}/webhooks/wh_01J0000000000000000000000/test"),
+            format!("/orgs/{org}/webhooks/wh_01J0000000000000000000000"),
+        ),
+        ("/logout".to_owned(), "/".to_owned()),
+    ] {
+        let resp = ask(reqwest::Method::GET, posted.clone(), browser)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{posted}");
+        assert_eq!(resp.headers()[LOCATION], page.as_str(), "{posted}");
+    }
     let resp = ask(reqwest::Method::PUT, "/v1/orgs".into(), html)
         .await
         .unwrap();
