@@ -239,7 +239,7 @@ async fn form_page(
     use herald_core::event_type::{OPERATIONAL_TYPES, OPERATIONS_CHANNEL};
     // What the organization posts, and Herald's own news, which webhooks may subscribe to too
     // (left off the form, a subscription to them made through the API would be lost on save).
-    let types: Vec<(String, Option<String>)> =
+    let mut types: Vec<(String, Option<String>)> =
         event_types::list_for_org(state, &signed.scope, &org.id)
             .await?
             .into_iter()
@@ -249,6 +249,15 @@ async fn form_page(
                     .map(|name| (name.to_owned(), Some(OPERATIONS_CHANNEL.to_owned()))),
             )
             .collect();
+    // Whatever else the webhook subscribes to (herald.test, through the API) stays offered,
+    // checked: a save from here keeps what the form does not otherwise show.
+    let others: Vec<String> = form
+        .events
+        .iter()
+        .filter(|e| *e != "*" && !types.iter().any(|(name, _)| name == *e))
+        .cloned()
+        .collect();
+    types.extend(others.into_iter().map(|name| (name, None)));
     let mut channels: Vec<String> = types.iter().filter_map(|(_, c)| c.clone()).collect();
     channels.sort();
     channels.dedup();

@@ -1505,7 +1505,7 @@ async fn the_dashboard_shows_subscriptions_to_herald_s_own_events() {
         .create_webhook(
             &org,
             "https://example.com/ops",
-            json!({ "events": ["delivery.exhausted"], "channels": ["operations"] }),
+            json!({ "events": ["delivery.exhausted", "herald.test"], "channels": ["operations"] }),
         )
         .await;
     let hook = hook["id"].as_str().unwrap();
@@ -1514,8 +1514,10 @@ async fn the_dashboard_shows_subscriptions_to_herald_s_own_events() {
         .get(&format!("/orgs/{org}/webhooks/{hook}/edit"))
         .await
         .body;
+    // herald.test, which only the API offers, stays too: saved from here, it is kept.
     for checked in [
         r#"name="events" value="delivery.exhausted" checked"#,
+        r#"name="events" value="herald.test" checked"#,
         r#"name="channels" value="operations" checked"#,
     ] {
         assert!(body.contains(checked), "{checked} in {body}");
