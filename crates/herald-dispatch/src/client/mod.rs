@@ -623,14 +623,19 @@ async fn past_slow_mark<F: Future>(
     Some(by_deadline(deadline, fut).await)
 }
 
-/// `Retry-After` in seconds, given as seconds or as an HTTP date (RFC 9110 §10.2.3).
+/// `Retry-After` in seconds, given as seconds or as an HTTP date in any of its three forms
+/// (RFC 9110 §10.2.3, §5.6.7). A number too large to hold is as long as can be: the retry
+/// schedule caps it, as it caps any long one.
 fn parse_retry_after(raw: &str) -> Option<u64> {
     let raw = raw.trim();
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Some(secs);
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(raw.parse::<u64>().unwrap_or(u64::MAX));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
-    Some((at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64)
+    let at = httpdate::parse_http_date(raw).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .map_or(0, |ahead| ahead.as_secs()),
+    )
 }
 
 fn failed(
@@ -1476,5 +1481,22 @@ mod tests {
             "a past date means now"
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-5"), None);
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(u64::MAX),
+            "too long to hold: as long as can be, which the schedule caps"
+        );
+        // The two older forms of an HTTP date, which a recipient must accept too.
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(120);
+        let imf = httpdate::fmt_http_date(ahead);
+        let at = chrono::DateTime::parse_from_rfc2822(&imf).unwrap();
+        for older in [
+            at.format("%A, %d-%b-%y %H:%M:%S GMT").to_string(),
+            at.format("%a %b %e %H:%M:%S %Y").to_string(),
+        ] {
+            let secs = parse_retry_after(&older).unwrap_or(0);
+            assert!((118..=121).contains(&secs), "{older}: {secs}");
+        }
     }
 }
