@@ -699,7 +699,7 @@ fn classify(e: &(dyn std::error::Error + 'static), stage: Stage) -> AttemptError
         || lower.contains("tls")
         || lower.contains("handshake")
     {
-        AttemptError::Tls(chain)
+        AttemptError::Tls(certificate_problem(e).unwrap_or(chain))
     } else {
         match stage {
             Stage::Connect => AttemptError::Connect(chain),
@@ -723,6 +723,47 @@ fn is_tls(mut err: &(dyn std::error::Error + 'static)) -> bool {
             None => return false,
         }
     }
+}
+
+/// What is wrong with the endpoint's certificate, in words its owner can act on, when the
+/// error's chain holds rustls's verdict on it (whose own words name the verifier's internals:
+/// `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`).
+fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::CertificateError as Cert;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::InvalidCertificate(bad)) = err.downcast_ref::<rustls::Error>() {
+            let what = match bad {
+                Cert::UnknownIssuer => {
+                    "is not signed by an authority Herald trusts (self-signed, or from a private \
+                     CA): give the endpoint a certificate from a public CA"
+                }
+                Cert::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                    "is a CA's, not a server's (a self-signed certificate made as a CA?): give \
+                     the endpoint a certificate from a public CA"
+                }
+                Cert::Expired | Cert::ExpiredContext { .. } => "has expired: renew it",
+                Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+                    "is not valid yet (or this machine's clock is behind)"
+                }
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    "is not for the host in the webhook's URL: use the host it names, or a \
+                     certificate for this one"
+                }
+                Cert::Revoked => "was revoked",
+                _ => return None,
+            };
+            return Some(format!("the endpoint's certificate {what} ({bad})"));
+        }
+        // io::Errors hide their inner error from `source()`.
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// "outer: inner: innermost", without repeating the same text twice.
@@ -1465,6 +1506,48 @@ mod tests {
             Some("blocked"),
             "{outcome:?}"
         );
+    }
+
+    /// A certificate refused is told in words its endpoint's owner can act on, however deep
+    /// in the transport's errors rustls's verdict sits.
+    #[test]
+    fn a_refused_certificate_says_what_to_do() {
+        use rustls::CertificateError as Cert;
+        let refused = |bad: Cert| {
+            let io = std::io::Error::other(rustls::Error::InvalidCertificate(bad));
+            classify(&io, Stage::Connect).message()
+        };
+        for (bad, said) in [
+            (
+                Cert::UnknownIssuer,
+                "not signed by an authority Herald trusts",
+            ),
+            (Cert::Expired, "has expired: renew it"),
+            (
+                Cert::NotValidForName,
+                "is not for the host in the webhook's URL",
+            ),
+        ] {
+            let message = refused(bad);
+            assert!(
+                message.starts_with("TLS failed: the endpoint's certificate "),
+                "{message}"
+            );
+            assert!(message.contains(said), "{message}");
+        }
+        // A self-signed certificate made as a CA, as the verifier names it.
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        let other = Cert::Other(rustls::OtherError(std::sync::Arc::new(CaUsedAsEndEntity)));
+        assert!(refused(other).contains("is a CA's, not a server's"));
+        // Others keep rustls's own words.
+        assert!(refused(Cert::BadEncoding).contains("invalid peer certificate"));
     }
 
     #[test]

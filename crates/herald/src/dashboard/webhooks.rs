@@ -359,12 +359,13 @@ pub(super) async fn answer_to_attempt(
         .ok()??;
     // The latest attempt: a retry may already have followed a first one that failed.
     let attempt = detail.attempts.last()?;
-    let answer = match attempt.status {
-        Some(status) => format!("the endpoint answered {status}"),
-        None => attempt
-            .error_message
+    // The attempt's own words say more than its status (a redirect: register the final URL).
+    let answer = match (&attempt.error_message, attempt.status) {
+        (Some(message), _) => message.clone(),
+        (None, Some(status)) => format!("the endpoint answered {status}"),
+        (None, None) => attempt
+            .error
             .clone()
-            .or(attempt.error.clone())
             .unwrap_or_else(|| "it failed".to_owned()),
     };
     let disabled = if attempt.status == Some(410) {

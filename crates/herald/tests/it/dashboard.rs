@@ -1481,6 +1481,17 @@ async fn send_test_tells_what_the_endpoint_answered() {
         "{shown}"
     );
 
+    // The attempt's own words, where they say more than its status.
+    rx.answer_by_default(Reply::status(302).header("location", "https://example.com/moved"));
+    let a = admin.post(&test, &[("csrf", csrf.as_str())]).await;
+    let shown = slashes(&admin.get(&a.location).await.body);
+    assert!(
+        shown.contains(
+            "the endpoint answered 302; redirects are not followed, register the final URL"
+        ),
+        "{shown}"
+    );
+
     // A 410 disables the webhook as its attempt is recorded: nothing is retried until then.
     rx.answer_by_default(Reply::status(410));
     let a = admin.post(&test, &[("csrf", csrf.as_str())]).await;

@@ -90,12 +90,13 @@ pub(super) fn show_attempt_outcome(
         );
         return Ok(());
     }
+    // The attempt's own words say more than its status (a redirect: register the final URL).
     let answer = match (
-        attempt["status"].as_u64(),
         attempt["error_message"].as_str(),
+        attempt["status"].as_u64(),
     ) {
-        (Some(status), _) => format!("the endpoint answered {status}"),
-        (None, Some(message)) => message.to_owned(),
+        (Some(message), _) => message.to_owned(),
+        (None, Some(status)) => format!("the endpoint answered {status}"),
         (None, None) => attempt["error"].as_str().unwrap_or("it failed").to_owned(),
     };
     let next = match detail["next_attempt_at"].as_str() {
