@@ -152,6 +152,9 @@ fn run(
     // Declared after `group`, so that a panic drops it first: `is_running` is false before the
     // group's callers hear that the writer stopped (a parameter would be dropped last).
     let mut rx = rx;
+    // Since when, and how many, group commits have failed in a row: an outage (a full disk)
+    // is logged as it starts (`commit_group`) and here as it ends.
+    let mut failing: Option<(std::time::Instant, u64)> = None;
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -162,6 +165,19 @@ fn run(
         }
         let started = std::time::Instant::now();
         let failure = commit_group(&conn, &mut group).err();
+        match (&failure, &mut failing) {
+            (Some(_), Some((_, failed))) => *failed += 1,
+            (Some(_), None) => failing = Some((std::time::Instant::now(), 1)),
+            (None, Some((since, failed))) => {
+                tracing::info!(
+                    failed_commits = *failed,
+                    for_secs = since.elapsed().as_secs(),
+                    "the database takes writes again: events and changes are stored"
+                );
+                failing = None;
+            }
+            (None, None) => {}
+        }
         *last_failure.lock().unwrap_or_else(|e| e.into_inner()) = failure
             .as_ref()
             .map(|e| (std::time::Instant::now(), e.to_string()));

@@ -534,4 +534,6 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     crate::crash::wait_until_delivered(&rx, &answers.accepted, Duration::from_secs(60)).await;
+    // And the log says it is over, once.
+    assert_eq!(said("the database takes writes again"), 1);
 }
