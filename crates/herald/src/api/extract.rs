@@ -222,36 +222,83 @@ impl FromRequest<AppState> for RawJsonBody {
 }
 
 /// Parses a JSON body, answering `400 invalid_json` with serde's account of what is wrong:
-/// JSON that does not parse, or JSON of another shape than the operation takes.
+/// JSON that does not parse, or JSON of another shape than the operation takes. A required
+/// field left out or given as `null` is `422 invalid_field` naming it, as a value out of range
+/// is: the client mistook the field, not the format.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        let message = if e.to_string().starts_with("recursion limit exceeded") {
-            "the request body nests arrays and objects more than 128 levels deep".to_owned()
-        } else if e.classify() == serde_json::error::Category::Data
-            || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+        if e.to_string().starts_with("recursion limit exceeded") {
+            return invalid_json(
+                "the request body nests arrays and objects more than 128 levels deep".to_owned(),
+            );
+        }
+        // Parsed again, on this error path only: serde_json calls some wrong types a syntax
+        // error (`null` for a field that takes one of several names), though the body is
+        // valid JSON; a lone surrogate (`"\ud800"`) or invalid UTF-8 is not.
+        let parsed = serde_json::from_slice::<serde_json::Value>(bytes);
+        if e.classify() != serde_json::error::Category::Data && parsed.is_err() {
+            return invalid_json(format!("the request body is not valid JSON: {e}"));
+        }
+        let path = path_of::<T>(bytes);
+        if let Some(field) = missing_field(&e) {
+            let field = match &path {
+                Some(p) => format!("{p}.{field}"),
+                None => field.to_owned(),
+            };
+            return crate::service::ServiceError::from(herald_core::Invalid::new(
+                field,
+                "is required",
+            ))
+            .into();
+        }
+        if let (Ok(value), Some(p)) = (&parsed, &path)
+            && value_at(value, p).is_some_and(serde_json::Value::is_null)
         {
-            // serde_json calls some wrong types a syntax error (`null` for a field that takes
-            // one of several names): the body is valid JSON all the same. Parsed again, on
-            // this error path only, to name the field.
-            format!(
-                "the request body is JSON, but not of this operation's shape: {}{}",
-                field_of::<T>(bytes),
-                in_json_terms(&without_type_names(&e.to_string()))
-            )
-        } else {
-            format!("the request body is not valid JSON: {e}")
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+            return crate::service::ServiceError::from(herald_core::Invalid::new(
+                p.to_string(),
+                "must not be null: give a value, or leave the field out where it may be",
+            ))
+            .into();
+        }
+        let field = path.map(|p| format!("`{p}`: ")).unwrap_or_default();
+        invalid_json(format!(
+            "the request body is JSON, but not of this operation's shape: {field}{}",
+            in_json_terms(&without_type_names(&e.to_string()))
+        ))
     })
 }
 
-/// "`field`: " for the field whose value `T` could not take, or "" when it is the body itself.
-fn field_of<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> String {
+fn invalid_json(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+}
+
+/// The field serde says is missing (`missing field `name``), if that is what it says.
+fn missing_field(e: &serde_json::Error) -> Option<String> {
+    let text = e.to_string();
+    let rest = text.strip_prefix("missing field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// Where in the body `T` could not take the value: `None` when it is the body itself.
+fn path_of<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Option<serde_path_to_error::Path> {
     let mut parser = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut parser) {
-        Err(e) if e.path().iter().next().is_some() => format!("`{}`: ", e.path()),
-        _ => String::new(),
+        Err(e) if e.path().iter().next().is_some() => Some(e.path().clone()),
+        _ => None,
     }
+}
+
+/// The value at `path` in `value`, if there is one.
+fn value_at<'v>(
+    value: &'v serde_json::Value,
+    path: &serde_path_to_error::Path,
+) -> Option<&'v serde_json::Value> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |at, segment| match segment {
+        Segment::Map { key } => at.get(key.as_str()),
+        Segment::Seq { index } => at.get(*index),
+        Segment::Enum { .. } | Segment::Unknown => None,
+    })
 }
 
 /// serde names the Rust type it expected (`expected struct RotateBody`); the client knows it
@@ -741,6 +788,60 @@ mod tests {
             .unwrap_err()
             .message;
         assert!(syntax.contains("not valid JSON"), "{syntax}");
+    }
+
+    /// A required field left out or given as null is the field's fault (422, named, nested
+    /// too); text that is not JSON (a lone surrogate) is the format's (400).
+    #[test]
+    fn a_required_field_missing_or_null_is_named() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Role {
+            #[default]
+            Manager,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            name: String,
+            #[serde(default)]
+            role: Role,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            key: Inner,
+        }
+        let refused = |body: &str| parse_json::<Outer>(body.as_bytes()).unwrap_err();
+        for (body, field, said) in [
+            (r#"{}"#, "key", "is required"),
+            (r#"{"key": {}}"#, "key.name", "is required"),
+            (r#"{"key": {"name": null}}"#, "key.name", "must not be null"),
+            (
+                r#"{"key": {"name": "k", "role": null}}"#,
+                "key.role",
+                "must not be null",
+            ),
+        ] {
+            let e = refused(body);
+            assert_eq!(
+                (e.status, e.code, e.field.as_deref()),
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    Some(field)
+                ),
+                "{body}: {}",
+                e.message
+            );
+            assert!(e.message.contains(said), "{body}: {}", e.message);
+        }
+        let e = refused(r#"{"key": {"name": "\ud800"}}"#);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
     }
 
     #[test]

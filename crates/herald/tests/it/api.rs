@@ -80,6 +80,23 @@ async fn bad_input_gets_a_clear_client_error() {
             "{message}"
         );
     }
+    // A required field left out, or null, is named as every route names a field it refuses.
+    for (path, body) in [
+        (format!("/v1/orgs/{org}/api-keys"), json!({})),
+        (format!("/v1/orgs/{org}/api-keys"), json!({ "name": null })),
+        (format!("/v1/orgs/{org}/event-types"), json!({})),
+    ] {
+        let (status, answer) = app.post(&path, body.clone()).await;
+        assert_eq!(
+            (status, code(&answer), answer["error"]["field"].as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                Some("name")
+            ),
+            "{path} {body}: {answer}"
+        );
+    }
 
     let big = format!(
         "{{\"type\":\"user.created\",\"data\":{{\"pad\":\"{}\"}}}}",
@@ -2807,6 +2824,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
 async fn slow_clients_are_cut_off_and_give_their_room_back() {
     let app = TestApp::spawn_with(|s| {
         s.server.max_body_bytes_in_flight = 8 * 1024;
+        s.server.max_body_bytes = 8 * 1024;
         s.server.body_timeout_ms = 1_000;
         s.server.header_timeout_ms = 300;
     })
@@ -2866,6 +2884,7 @@ async fn slow_clients_are_cut_off_and_give_their_room_back() {
 async fn request_bodies_past_the_budget_wait_for_room_then_get_503() {
     let app = TestApp::spawn_with(|s| {
         s.server.max_body_bytes_in_flight = 8 * 1024;
+        s.server.max_body_bytes = 8 * 1024;
         s.server.admission_wait_ms = 700;
     })
     .await;
