@@ -56,9 +56,18 @@ impl SecretPolicy {
             ));
         }
         if raw.len() < 16 || raw.len() > 256 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            // Only where Herald makes one: permit's is the user's to choose.
+            let or_generated = if self == Self::UserSupplied {
+                ""
+            } else {
+                "; omit it to have one generated"
+            };
             return Err(Invalid::new(
                 "secret",
-                "must be 16 to 256 visible ASCII characters (or a whsec_ Standard Webhooks secret); omit it to have one generated",
+                format!(
+                    "must be 16 to 256 visible ASCII characters (or a whsec_ Standard Webhooks \
+                     secret){or_generated}"
+                ),
             ));
         }
         Ok(raw.to_owned())

@@ -57,9 +57,7 @@ pub fn describe(e: ServiceError) -> (StatusCode, String) {
 /// names in parentheses (`(POST /v1/orgs/…/deactivate)`) is dropped, and the webhook's
 /// "activate"/"deactivate" are the buttons' Enable and Disable.
 fn in_dashboard_terms(message: &str) -> String {
-    let mut text = message
-        .replace("deactivate it first", "disable it first")
-        .replace("activate it before", "enable it before");
+    let mut text = message.to_owned();
     while let Some(start) = text.find(" (") {
         let inside = &text[start + 2..];
         let names_a_route = inside.split_once(' ').is_some_and(|(method, rest)| {
@@ -70,7 +68,9 @@ fn in_dashboard_terms(message: &str) -> String {
         };
         text.replace_range(start..start + 2 + end + 1, "");
     }
-    text
+    // The routes' words, once the routes are left out: the dashboard's buttons say these.
+    text.replace("deactivate it first", "disable it first")
+        .replace("activate it before", "enable it before")
 }
 
 /// The form's name for an API field (`events[2]` is one of the event types).
@@ -128,7 +128,7 @@ mod tests {
         );
         assert_eq!(
             super::in_dashboard_terms(
-                "the webhook is disabled; activate it before sending a test event"
+                "the webhook is disabled; activate it (POST /v1/orgs/org_1/webhooks/wh_1/activate) before sending a test event"
             ),
             "the webhook is disabled; enable it before sending a test event"
         );

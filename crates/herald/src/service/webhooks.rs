@@ -812,9 +812,10 @@ pub async fn send_test(
 ) -> ServiceResult<(String, DeliveryId)> {
     let w = get(state, scope, org, id).await?;
     if !w.active {
-        return Err(ServiceError::Conflict(
-            "the webhook is disabled; activate it before sending a test event".into(),
-        ));
+        return Err(ServiceError::Conflict(format!(
+            "the webhook is disabled; activate it (POST /v1/orgs/{org}/webhooks/{id}/activate) \
+                 before sending a test event"
+        )));
     }
     let now = state.clock.now();
     let event = NewEvent::parse(serde_json::json!({

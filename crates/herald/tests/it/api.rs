@@ -1511,6 +1511,11 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
                 .any(|l| l.starts_with("dlv_") && l.contains(" crm ")),
         "{out}"
     );
+    // And what it carried.
+    assert!(
+        out.contains("data:\n{\n  \"user\": {\n    \"id\": \"u2\""),
+        "{out}"
+    );
     let (ok, out) = herald_cli(
         &app,
         &["events", "get", "--org", "acme", "never-sent"],
@@ -2058,6 +2063,10 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     // --data without --type would otherwise fall through to reading standard input.
     let (ok, out) = herald_cli(&app, &["send", "--org", &org, "--data", "{}"], None).await;
     assert!(!ok && out.contains("--type"), "{out}");
+    // An organization pasted with spaces around it is found, as names are.
+    let padded = format!(" {org} ");
+    let (ok, out) = herald_cli(&app, &["webhooks", "list", "--org", &padded], None).await;
+    assert!(ok, "{out}");
     let (ok, out) = herald_cli(
         &app,
         &["orgs", "list", "--server", "http://127.0.0.1:9"],
@@ -2162,6 +2171,14 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     }
     assert!(
         shown.contains("The last answer's body (first KiB):\nreceiver says hi"),
+        "{shown}"
+    );
+    // Where it belongs, which its id alone does not say.
+    assert!(shown.lines().any(|l| l.starts_with("event_id ")), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("webhook_id") && l.contains("wh_")),
         "{shown}"
     );
     // Its retry, made now rather than on its schedule, waits for the answer as a test does.

@@ -96,6 +96,9 @@ pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
                 ("POST", Some((id, "deactivate"))) => {
                     Some(format!("`herald webhooks disable --org {org} {id}`"))
                 }
+                ("POST", Some((id, "activate"))) => {
+                    Some(format!("`herald webhooks enable --org {org} {id}`"))
+                }
                 ("PATCH", Some((id, ""))) => {
                     Some(format!("`herald webhooks update --org {org} {id}`"))
                 }
@@ -127,10 +130,15 @@ pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
         rest = &path[end..];
     }
     out.push_str(rest);
-    // The API's "send one" for a secret the user chooses, as the command's flag.
+    // The API's "send one" for a secret the user chooses, as the command's flag; the
+    // commands' verbs for the routes' (`enable` runs …/activate).
     out.replace(
         "a secret you choose; send one",
         "a secret you choose; give one with --secret",
+    )
+    .replace(
+        "activate it (`herald webhooks enable",
+        "enable it (`herald webhooks enable",
     )
 }
 
@@ -244,6 +252,11 @@ pub(super) struct Api {
     token_source: String,
 }
 
+/// How long a command waits for the server's answer: long enough for the slowest operations
+/// (deleting a large organization, a purge), short enough not to hang on a server that took
+/// the connection and stalled.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Api {
     pub(super) fn new(conn: Connection) -> anyhow::Result<Self> {
         herald_dispatch::client::install_tls_provider();
@@ -253,11 +266,36 @@ impl Api {
             std::env::var_os("HERALD_DATA_DIR").map(std::path::PathBuf::from),
         )?;
         Ok(Self {
-            http: reqwest::blocking::Client::new(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(CLIENT_TIMEOUT)
+                .build()
+                .context("could not set up the HTTP client")?,
             conn,
             token,
             token_source,
         })
+    }
+
+    /// Why a request got no answer, in words that fit: never sent, sent but unanswered in
+    /// time (it may have been carried out), or no server to take it.
+    fn not_answered(&self, e: reqwest::Error) -> anyhow::Error {
+        let server = &self.conn.server;
+        // Without the URL, which may be long (an id of 70,000 characters) and is the user's.
+        let (builder, timeout) = (e.is_builder(), e.is_timeout());
+        let why = herald_core::error_chain(&e.without_url());
+        if builder {
+            anyhow::anyhow!("could not make the request to {server}: {why}")
+        } else if timeout {
+            anyhow::anyhow!(
+                "Herald at {server} did not answer within {} s; the request may still have been \
+                 carried out: read what it changes before sending it again",
+                CLIENT_TIMEOUT.as_secs()
+            )
+        } else {
+            anyhow::anyhow!(
+                "could not reach Herald at {server}; is `herald serve` running? (--server): {why}"
+            )
+        }
     }
 
     pub(super) fn call(
@@ -274,12 +312,7 @@ impl Api {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().with_context(|| {
-            format!(
-                "could not reach Herald at {}; is `herald serve` running? (--server)",
-                self.conn.server
-            )
-        })?;
+        let resp = req.send().map_err(|e| self.not_answered(e))?;
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         // Herald answers a JSON object, or nothing with 204 (a deletion).
@@ -340,6 +373,8 @@ impl Api {
     /// `--org` as an id: an id is taken as it is, anything else is looked up as a handle among
     /// the organizations the token sees.
     pub(super) fn org_id(&self, org: &str) -> anyhow::Result<String> {
+        // Trimmed as names are: a pasted id or handle may come with spaces.
+        let org = org.trim();
         if herald_core::OrgId::parse(org).is_ok() {
             return Ok(org.to_owned());
         }
@@ -472,6 +507,19 @@ mod tests {
         );
         let missing = token_to_use(None, None, Some(dir.path().join("nowhere")));
         assert!(refused(missing).contains("nowhere/admin-token (HERALD_DATA_DIR) is read"));
+    }
+
+    #[test]
+    fn a_disabled_webhook_is_to_be_enabled_by_the_command_that_does_it() {
+        assert_eq!(
+            in_cli_terms(
+                "the webhook is disabled; activate it (POST /v1/orgs/org_1/webhooks/wh_1/activate) \
+                 before sending a test event",
+                None
+            ),
+            "the webhook is disabled; enable it (`herald webhooks enable --org org_1 wh_1`) \
+             before sending a test event"
+        );
     }
 
     #[test]
