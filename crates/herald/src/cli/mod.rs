@@ -339,7 +339,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
-    match cli.command {
+    let json = match &cli.command {
+        Command::Orgs { conn, .. }
+        | Command::Keys { conn, .. }
+        | Command::Webhooks { conn, .. }
+        | Command::Events { conn, .. }
+        | Command::Deliveries { conn, .. }
+        | Command::Send { conn, .. } => conn.json,
+        _ => false,
+    };
+    let done = match cli.command {
         Command::Serve(settings) => serve::serve(*settings),
         Command::Migrate(settings) => serve::migrate(*settings),
         Command::Backup(args) => backup::backup(args),
@@ -352,5 +361,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events { conn, command } => client::events(conn, command),
         Command::Deliveries { conn, command } => client::deliveries(conn, command),
         Command::Send { conn, args } => client::send(conn, args),
+    };
+    if json && let Err(e) = &done {
+        client::print_error_unless_printed(e);
     }
+    done
 }

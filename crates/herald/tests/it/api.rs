@@ -2067,6 +2067,25 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let padded = format!(" {org} ");
     let (ok, out) = herald_cli(&app, &["webhooks", "list", "--org", &padded], None).await;
     assert!(ok, "{out}");
+    // With --json, a failure found before any answer (no organization has this handle) is an
+    // error object on standard output too, as the server's refusals are.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["webhooks", "list", "--org", "no-such-handle", "--json"])
+        .env("HERALD_SERVER", &app.base)
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let error: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(error["error"]["code"], "cli", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no organization has the handle"),
+        "{error}"
+    );
     let (ok, out) = herald_cli(
         &app,
         &["orgs", "list", "--server", "http://127.0.0.1:9"],

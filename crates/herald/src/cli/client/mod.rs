@@ -58,4 +58,5 @@ pub use deliveries::deliveries;
 pub use events::{events, send};
 pub use keys::keys;
 pub use orgs::orgs;
+pub use output::print_error_unless_printed;
 pub use webhooks::webhooks;

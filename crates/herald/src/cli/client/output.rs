@@ -28,8 +28,13 @@ pub(super) fn cell(row: &Value, col: &str) -> String {
     }
 }
 
+/// Whether this command printed JSON (`--json`): an error it fails with afterwards is told on
+/// standard error only, so that standard output stays one document.
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The server's JSON as it is (`--json`).
 pub(super) fn print_json(value: &Value) {
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
     out!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -167,5 +172,16 @@ pub(super) fn deleted(conn: &Connection, id: &str, sentence: &str) {
         print_json(&json!({ "id": id, "deleted": true }));
     } else {
         out!("{sentence}");
+    }
+}
+
+/// With `--json`, a command that fails before the server answered anything (a name no
+/// webhook has, an organization handle not found, no server) prints an error object of the
+/// server's shape, so that a script reading standard output always gets one.
+pub fn print_error_unless_printed(error: &anyhow::Error) {
+    if !PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        print_json(&serde_json::json!({
+            "error": { "code": "cli", "message": format!("{error:#}") }
+        }));
     }
 }
