@@ -30,12 +30,22 @@ pub async fn list(
     filter: DeliveryFilter,
     page: PageRequest,
 ) -> ServiceResult<Page<Delivery>> {
-    super::webhooks::get(state, scope, org, webhook).await?;
+    scope.check_org(org)?;
+    // A deleted webhook's history stays readable by its id: only an id nothing was ever
+    // delivered to is unknown.
+    let deleted = match super::webhooks::get(state, scope, org, webhook).await {
+        Ok(_) => false,
+        Err(ServiceError::NotFound(_)) => true,
+        Err(e) => return Err(e),
+    };
     let found = state
         .store
         .list_deliveries(org, webhook, &filter, &page)
         .await
         .map_err(ServiceError::from_store("webhook"))?;
+    if deleted && found.data.is_empty() && page.cursor.is_none() {
+        return Err(ServiceError::NotFound("webhook"));
+    }
     // Nothing of a type the organization does not know: most likely a misspelling, which an
     // empty list would not reveal. (A type since unregistered still finds its deliveries; with
     // a state too, an empty list may just mean none is in that state, so nothing is said.)

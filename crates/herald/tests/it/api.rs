@@ -2619,6 +2619,42 @@ async fn a_handle_from_older_rules_is_kept_through_other_changes() {
     );
 }
 
+/// A deleted webhook's delivery history stays readable by its id, to its organization only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_webhooks_history_stays_readable() {
+    let app = TestApp::spawn().await;
+    let rx = crate::helpers::TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/gone"), json!({})).await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "id": "before-deletion", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    rx.wait_for("/gone", 1, std::time::Duration::from_secs(10))
+        .await;
+    let (status, _) = app.delete(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let history = format!("/v1/orgs/{org}/webhooks/{id}/deliveries");
+    let (status, page) = app.get(&history).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+    // Another organization's, or an id nothing went to: not found.
+    let other = app.create_org("Globex").await;
+    let (status, _) = app
+        .get(&format!("/v1/orgs/{other}/webhooks/{id}/deliveries"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .get(&format!(
+            "/v1/orgs/{org}/webhooks/wh_01j00000000000000000000000/deliveries"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// An organization's own type can be deleted, once no webhook depends on it; what was stored
 /// of it stays readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
