@@ -4011,6 +4011,51 @@ async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
     assert_eq!(claimed, vec![id], "due well before its lease ends");
 }
 
+/// Recording outcomes that meets a deadlock (another transaction locking some of the same
+/// deliveries in the other order: an organization's deletion on another node) is done again,
+/// not answered as the database being away, which pauses every attempt of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_records_outcomes_again_after_a_deadlock() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let store = fresh.store.clone();
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let first = deliver(&store, &hook, "evt_1", T0, false).await;
+    let second = deliver(&store, &hook, "evt_2", T0, false).await;
+    let records: Vec<AttemptRecord> = [&first, &second]
+        .into_iter()
+        .map(|d| AttemptRecord {
+            org_id: acme.id.clone(),
+            attempt: attempt(AttemptId::generate(), d, 1, T0, &server_error()),
+            next: NextStep::RetryAt(at(60)),
+            lease_until: None,
+        })
+        .collect();
+    // Another transaction holds the second delivery, and asks for the first once the recording
+    // holds it and waits for the second: PostgreSQL ends the one that waited first.
+    let other = admin_client(&url).await;
+    let touch = |id: &DeliveryId| {
+        format!("UPDATE {schema}.deliveries SET updated_at = updated_at WHERE id = '{id}'")
+    };
+    other
+        .batch_execute(&format!("BEGIN; {}", touch(&second)))
+        .await
+        .unwrap();
+    let recording = {
+        let store = store.clone();
+        tokio::spawn(async move { store.record_attempts(&records).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    other.batch_execute(&touch(&first)).await.unwrap();
+    other.batch_execute("COMMIT").await.unwrap();
+    let recorded = recording.await.unwrap();
+    assert_eq!(recorded.expect("recorded after the deadlock"), [true, true]);
+    for d in [&first, &second] {
+        assert_eq!(store.get_delivery(&acme.id, d).await.unwrap().1.len(), 1);
+    }
+}
+
 /// Two nodes storing batches with the same event ids in opposite orders (a producer's retry
 /// sent to another node, batches sent at once) both succeed, each id stored once: each
 /// statement inserts in one order, so they wait for each other rather than deadlock (which

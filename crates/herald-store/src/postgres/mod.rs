@@ -368,6 +368,26 @@ fn is_deadlock(e: &StoreError) -> bool {
         == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
 }
 
+/// Runs a transaction again (twice at most) when PostgreSQL ended it to break a deadlock with
+/// another that locks some of the same rows in another order: nothing of it was kept, and the
+/// other one has gone ahead.
+async fn again_after_deadlock<T, F, Fut>(what: &str, mut run: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match run().await {
+            Err(e) if tries < 3 && is_deadlock(&e) => {
+                tracing::info!("{what} met a deadlock; trying again");
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Sorts a PostgreSQL error into the store's classes: anything that says "the server is not
 /// there (now)" is `Unavailable`, so callers answer 503 and try again.
 pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
@@ -444,16 +464,10 @@ impl Store for PostgresStore {
         // Deleting every row of an organization in use can deadlock with a node recording
         // outcomes for its deliveries (rows locked in other orders); PostgreSQL ends one of
         // the two, and a deletion ended so is tried again rather than answered as an outage.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match in_tx!(self, BULK_TIMEOUT, |tx| orgs::delete(&tx, id)) {
-                Err(e) if tries < 3 && is_deadlock(&e) => {
-                    tracing::info!(org = %id, "deleting the organization met a deadlock; trying again");
-                }
-                done => return done,
-            }
-        }
+        again_after_deadlock(&format!("deleting the organization {id}"), || async {
+            in_tx!(self, BULK_TIMEOUT, |tx| orgs::delete(&tx, id))
+        })
+        .await
     }
 
     async fn org_change_turn(&self, org: &OrgId) -> StoreResult<ChangeTurn> {
@@ -647,7 +661,13 @@ impl Store for PostgresStore {
     }
 
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<Vec<bool>> {
-        in_tx!(self, |tx| deliveries::record_attempts(&tx, records))
+        // The other side of `delete_org`'s deadlock: ended by PostgreSQL, the outcomes are
+        // recorded again, not taken for the database being away (which pauses the node's
+        // attempts, every organization's, and says the database is down).
+        again_after_deadlock("recording attempt outcomes", || async {
+            in_tx!(self, |tx| deliveries::record_attempts(&tx, records))
+        })
+        .await
     }
 
     async fn defer_deliveries(
