@@ -69,6 +69,9 @@ pub(crate) struct Breaker {
     last_success: Option<Timestamp>,
     /// The share of recent requests that failed (see [`DOWN_FAILURE_SHARE`]), from none.
     failure_share: f32,
+    /// The version of the webhook (its `updated_at`) this breaker has judged: a change (a new
+    /// URL, headers, a secret, enabled again) gives the endpoint a fresh start.
+    version: Option<Timestamp>,
 }
 
 /// What an open circuit knows of the endpoint's outage.
@@ -110,6 +113,35 @@ impl Breaker {
             (Some(_), None) => {
                 self.probe_due = Some(now.plus_millis(probe_ms.max(MIN_DEFER_MS)));
                 Gate::Probe
+            }
+        }
+    }
+
+    /// Starts afresh, closed, if the webhook changed since this breaker began judging it: what
+    /// its endpoint did before (another URL, a wrong secret, a header it refused, or before it
+    /// was disabled and enabled again) is not what it does now. Answers, if the circuit was
+    /// open, the times the deliveries it deferred were put off to, to be due now, as a probe's
+    /// success would have them.
+    pub(crate) fn start_afresh_if_changed(
+        &mut self,
+        version: Timestamp,
+        now: Timestamp,
+    ) -> Option<Vec<Timestamp>> {
+        match self.version.replace(version) {
+            None => None,
+            Some(judged) if judged == version => None,
+            Some(_) => {
+                let waiting: Vec<Timestamp> = [self.probe_due, self.open_until]
+                    .into_iter()
+                    .flatten()
+                    .filter(|at| *at > now)
+                    .collect();
+                let was_open = self.open_until.is_some();
+                *self = Self {
+                    version: Some(version),
+                    ..Self::default()
+                };
+                was_open.then_some(waiting)
             }
         }
     }
@@ -176,6 +208,7 @@ impl Breaker {
             *self = Self {
                 last_success: Some(now),
                 failure_share,
+                version: self.version,
                 ..Self::default()
             };
             return if was_open {
@@ -610,6 +643,28 @@ mod tests {
         assert_eq!(b.gate(probe, PROBE_MS, false), Gate::Probe);
         b.record(true, true, probe);
         assert!(b.is_at_rest(), "closed by the probe's success");
+    }
+
+    /// A change to the webhook (a new URL, enabled again) closes an open circuit at once and
+    /// has what it deferred come due now; the same version changes nothing.
+    #[test]
+    fn a_changed_webhook_gets_a_fresh_start() {
+        let at = |secs: i64| Timestamp::from_millis(secs * 1000);
+        let mut b = Breaker::default();
+        let v1 = at(0);
+        assert_eq!(b.start_afresh_if_changed(v1, at(0)), None);
+        fail_in_a_row(&mut b, at(10));
+        let until = b.open_until().expect("open");
+        assert_eq!(b.start_afresh_if_changed(v1, at(11)), None, "unchanged");
+        assert!(matches!(b.gate(at(11), 1_000, false), Gate::Defer(_)));
+        let v2 = at(12);
+        assert_eq!(b.start_afresh_if_changed(v2, at(12)), Some(vec![until]));
+        assert_eq!(b.gate(at(12), 1_000, false), Gate::Pass);
+        assert!(b.is_at_rest());
+        // A closed breaker that changes has nothing to move.
+        fail_in_a_row(&mut b, at(20));
+        b.record(true, true, at(21));
+        assert_eq!(b.start_afresh_if_changed(at(22), at(22)), None);
     }
 
     #[test]

@@ -281,11 +281,23 @@ impl Dispatcher {
         queue: &mut mpsc::UnboundedReceiver<Queued>,
     ) -> Option<bool> {
         let now = self.shared.clock.now();
-        let (gate, outage) = {
+        let (gate, outage, afresh) = {
             let mut breakers = self.shared.breakers.lock().expect("breakers lock");
             let breaker = breaker::of(&mut breakers, webhook);
-            (breaker.gate(now, probe_ms, urgent), breaker.outage())
+            let afresh = hook.and_then(|w| breaker.start_afresh_if_changed(w.updated_at, now));
+            (
+                breaker.gate(now, probe_ms, urgent),
+                breaker.outage(),
+                afresh,
+            )
         };
+        if let Some(waiting) = afresh {
+            tracing::info!(webhook = %webhook, "webhook changed: its endpoint gets a fresh start (circuit closed), and what waited for it goes now");
+            for from in waiting {
+                self.move_deferred(webhook, breaker::Move { from, to: now })
+                    .await;
+            }
+        }
         let until = match gate {
             Gate::Pass => return Some(false),
             Gate::Probe => return Some(true),

@@ -1830,6 +1830,33 @@ async fn a_circuit_breaker_stops_hammering_a_failing_endpoint_and_probes_before_
     assert_eq!(hook["id"], id, "the webhook itself, as before");
 }
 
+/// A webhook changed while its circuit is open (here its URL, to an endpoint that works) gets a
+/// fresh start: what the open circuit deferred, and what comes next, goes now rather than at
+/// the cool-down's end (the clock does not move here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_changed_while_its_circuit_is_open_gets_a_fresh_start() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened(&app, &rx, 40, 10_000).await;
+    let hammered = rx.received_on("/flaky").len();
+    assert!(hammered < 40, "{hammered}");
+    rx.answer_by_default(Reply::status(200));
+    let (status, _) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "url": rx.url("/fixed") }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.send_event(&org, user_created("after-the-change")).await;
+    // The deliveries never tried, and the new one; those that failed wait for their retry.
+    let expected = 40 - hammered + 1;
+    let fixed = rx.wait_for("/fixed", expected, WAIT).await;
+    assert_eq!(fixed.len(), expected);
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(hook.get("circuit_open_until").is_none(), "{hook}");
+}
+
 /// An endpoint that stays down: its open circuit holds deliveries without sending them, and
 /// one whose schedule has run out by the time the endpoint fails a request fails then, unsent,
 /// as its last attempt would have, each told to the organization.
