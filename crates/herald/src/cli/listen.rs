@@ -126,12 +126,11 @@ async fn receive(
             return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
         }
     };
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(json) => out!(
-            "{}",
-            serde_json::to_string_pretty(&json).unwrap_or_default()
-        ),
-        Err(_) => out!("{}", String::from_utf8_lossy(&body)),
+    // The body as it came, laid out: not parsed and written again, which would change what
+    // was signed (a large number, a key given twice).
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        Ok(_) => out!("{}", indent_json(&String::from_utf8_lossy(&body))),
+        Err(_) => out!("{}", shown_as_text(&body)),
     }
     let (verdict, verified) = check_signature(&headers, &body, l.args.secret.as_deref());
     out!("signature: {verdict}");
@@ -251,9 +250,94 @@ fn signature_with(
     )
 }
 
+/// JSON text laid out two spaces an indent, its tokens as they came: whitespace outside
+/// strings is replaced, nothing else is touched.
+fn indent_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            c if c.is_whitespace() => {}
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    out.extend(chars.next());
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A body that is not JSON, as text: control characters shown escaped, not played (an escape
+/// sequence could rewrite what is on the terminal).
+fn shown_as_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What arrived is shown as it arrived, laid out: numbers beyond a double, a key given
+    /// twice and escapes kept; a terminal's escape sequences in text shown, not played.
+    #[test]
+    fn a_body_is_shown_as_it_came() {
+        let sent = r#"{"big":12345678901234567890123,"f":1.10,"dup":1,"dup":2,"s":"a,\"{b}:\u001b","e":{},"l":[ ],"n":[1,[2]]}"#;
+        assert_eq!(
+            indent_json(sent),
+            "{\n  \"big\": 12345678901234567890123,\n  \"f\": 1.10,\n  \"dup\": 1,\n  \"dup\": 2,\n  \
+             \"s\": \"a,\\\"{b}:\\u001b\",\n  \"e\": {},\n  \"l\": [],\n  \"n\": [\n    1,\n    [\n      2\n    \
+             ]\n  ]\n}"
+        );
+        assert_eq!(
+            shown_as_text(b"x \x1b]0;pwned\x07\n"),
+            "x \\u{1b}]0;pwned\\u{7}\n"
+        );
+    }
 
     #[test]
     fn a_secret_herald_could_not_have_given_is_refused_at_start() {
