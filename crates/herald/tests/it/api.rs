@@ -1392,6 +1392,21 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert!(ok && out.contains("optare,permit"), "{out}");
     let (ok, out) = herald_cli(&app, &["orgs", "update", &org], None).await;
     assert!(!ok && out.contains("nothing to change"), "{out}");
+    // An organization with no built-in catalog, only its own types.
+    let (ok, out) = herald_cli(
+        &app,
+        &[
+            "orgs",
+            "create",
+            "--name",
+            "Bare",
+            "--no-catalogs",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("\"catalogs\": []"), "{out}");
 
     let url = rx.url("/cli");
     let (ok, out) = herald_cli(
@@ -1667,6 +1682,15 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         ok && line("timeout_ms").ends_with(" 15000 (the profile's default)")
             && line("retry_schedule").ends_with(" 0,60,300,900,3600 (the profile's default)"),
         "{out}"
+    );
+    // From named types to a channel alone: the named ones cleared, with the channel given.
+    let to_channel = ["--reset", "events", "--channel", "session"];
+    let (ok, out) = herald_cli(&app, &[&update[..], &to_channel[..]].concat(), None).await;
+    assert!(ok, "{out}");
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
+    assert_eq!(
+        (&stored["events"], &stored["channels"]),
+        (&json!([]), &json!(["session"]))
     );
     assert!(line("rate_limit_per_second").ends_with("none"), "{out}");
     // The rest of a webhook's settings from flags, and back.

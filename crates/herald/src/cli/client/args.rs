@@ -31,6 +31,9 @@ pub enum OrgsCommand {
         /// A built-in event catalog to enable (repeatable); optare by default.
         #[arg(long = "catalog")]
         catalogs: Vec<String>,
+        /// No built-in catalog: the organization posts only event types it registers.
+        #[arg(long, conflicts_with = "catalogs")]
+        no_catalogs: bool,
     },
     /// Show one organization.
     Get {
@@ -51,6 +54,9 @@ pub enum OrgsCommand {
         /// parallelworks, permit, asgardeo.
         #[arg(long = "catalog")]
         catalogs: Vec<String>,
+        /// No built-in catalog any more: only the event types it registers.
+        #[arg(long, conflicts_with = "catalogs")]
+        no_catalogs: bool,
     },
     /// Delete an organization and everything it owns.
     Delete {
@@ -275,12 +281,27 @@ pub enum Resettable {
     RateLimitPerSecond,
     /// The profile's settings' defaults.
     Options,
+    /// No event types by name: only what the channels bring.
+    Events,
+    /// No channels: only the event types named.
+    Channels,
 }
 
 impl Resettable {
+    /// What the API takes to put the field back: `null`, or an empty list for the
+    /// subscription's two lists (which may not both be empty).
+    pub(super) fn cleared(self) -> serde_json::Value {
+        match self {
+            Self::Events | Self::Channels => serde_json::json!([]),
+            _ => serde_json::Value::Null,
+        }
+    }
+
     /// The API's name for the field.
     pub(super) fn field(self) -> &'static str {
         match self {
+            Self::Events => "events",
+            Self::Channels => "channels",
             Self::Description => "description",
             Self::Headers => "headers",
             Self::TimeoutMs => "timeout_ms",

@@ -17,9 +17,10 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             name,
             handle,
             catalogs,
+            no_catalogs,
         } => {
             let mut body = json!({ "name": name, "handle": handle });
-            if !catalogs.is_empty() {
+            if !catalogs.is_empty() || no_catalogs {
                 body["catalogs"] = json!(catalogs);
             }
             let created = api.post("/v1/orgs", body)?;
@@ -47,6 +48,7 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             name,
             handle,
             catalogs,
+            no_catalogs,
         } => {
             let mut body = json!({});
             for (key, value) in [("name", name), ("handle", handle)] {
@@ -54,11 +56,11 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
                     body[key] = json!(v);
                 }
             }
-            if !catalogs.is_empty() {
+            if !catalogs.is_empty() || no_catalogs {
                 body["catalogs"] = json!(catalogs);
             }
             if body.as_object().is_some_and(serde_json::Map::is_empty) {
-                bail!("nothing to change; give --name, --handle or --catalog");
+                bail!("nothing to change; give --name, --handle, --catalog or --no-catalogs");
             }
             let path = api_path(&["v1", "orgs", &api.org_id(&id)?])?;
             show(

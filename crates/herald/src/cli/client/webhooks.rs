@@ -217,7 +217,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                         field.replace('_', "-")
                     );
                 }
-                body[field] = Value::Null;
+                body[field] = setting.cleared();
             }
             if body.as_object().is_some_and(serde_json::Map::is_empty) {
                 bail!(
