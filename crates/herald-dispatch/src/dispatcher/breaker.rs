@@ -15,6 +15,7 @@
 use std::sync::Mutex;
 
 use foldhash::HashMap;
+use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Timestamp, WebhookId};
 
 /// Consecutive failures that open the circuit...
@@ -69,9 +70,32 @@ pub(crate) struct Breaker {
     last_success: Option<Timestamp>,
     /// The share of recent requests that failed (see [`DOWN_FAILURE_SHARE`]), from none.
     failure_share: f32,
-    /// The version of the webhook (its `updated_at`) this breaker has judged: a change (a new
-    /// URL, headers, a secret, enabled again) gives the endpoint a fresh start.
-    version: Option<Timestamp>,
+    /// The version of the webhook this breaker has judged: a change to what reaches the
+    /// endpoint, or enabling it again, gives the endpoint a fresh start.
+    judged: Option<Judged>,
+}
+
+/// A webhook as its breaker judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Judged {
+    updated_at: Timestamp,
+    /// What reaches the endpoint ([`endpoint_of`]).
+    endpoint: u64,
+}
+
+/// A digest of what reaches the webhook's endpoint: where (its URL), how it is signed and what
+/// its requests carry, and how long it is given. Its name or description are not the endpoint's.
+fn endpoint_of(w: &Webhook) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut digest = std::hash::DefaultHasher::new();
+    w.url.as_str().hash(&mut digest);
+    w.headers.hash(&mut digest);
+    w.secret.hash(&mut digest);
+    w.signature.hash(&mut digest);
+    w.profile.hash(&mut digest);
+    format!("{:?}", w.options).hash(&mut digest);
+    w.timeout_ms.hash(&mut digest);
+    digest.finish()
 }
 
 /// What an open circuit knows of the endpoint's outage.
@@ -117,33 +141,43 @@ impl Breaker {
         }
     }
 
-    /// Starts afresh, closed, if the webhook changed since this breaker began judging it: what
-    /// its endpoint did before (another URL, a wrong secret, a header it refused, or before it
-    /// was disabled and enabled again) is not what it does now. Answers, if the circuit was
+    /// Starts afresh, closed, if the webhook changed since this breaker began judging it in what
+    /// reaches its endpoint (another URL, headers, secret, timeout), or was enabled again (which
+    /// clears its failing streak): what the endpoint did before is not what it does now. A
+    /// change to its name or description changes nothing here. Answers, if the circuit was
     /// open, the times the deliveries it deferred were put off to, to be due now, as a probe's
     /// success would have them.
     pub(crate) fn start_afresh_if_changed(
         &mut self,
-        version: Timestamp,
+        webhook: &Webhook,
         now: Timestamp,
     ) -> Option<Vec<Timestamp>> {
-        match self.version.replace(version) {
-            None => None,
-            Some(judged) if judged == version => None,
-            Some(_) => {
-                let waiting: Vec<Timestamp> = [self.probe_due, self.open_until]
-                    .into_iter()
-                    .flatten()
-                    .filter(|at| *at > now)
-                    .collect();
-                let was_open = self.open_until.is_some();
-                *self = Self {
-                    version: Some(version),
-                    ..Self::default()
-                };
-                was_open.then_some(waiting)
-            }
+        let judged = match self.judged {
+            // An older copy of the webhook (a snapshot not reloaded yet) changes nothing.
+            Some(judged) if webhook.updated_at <= judged.updated_at => return None,
+            judged => judged,
+        };
+        let endpoint = endpoint_of(webhook);
+        self.judged = Some(Judged {
+            updated_at: webhook.updated_at,
+            endpoint,
+        });
+        let judged = judged?;
+        let enabled_again = webhook.failing_since.is_none();
+        if judged.endpoint == endpoint && !enabled_again {
+            return None;
         }
+        let waiting: Vec<Timestamp> = [self.probe_due, self.open_until]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .collect();
+        let was_open = self.open_until.is_some();
+        *self = Self {
+            judged: self.judged,
+            ..Self::default()
+        };
+        was_open.then_some(waiting)
     }
 
     /// Closed with no failure counted: what a new breaker would be, so it may be forgotten (but
@@ -208,7 +242,7 @@ impl Breaker {
             *self = Self {
                 last_success: Some(now),
                 failure_share,
-                version: self.version,
+                judged: self.judged,
                 ..Self::default()
             };
             return if was_open {
@@ -645,26 +679,73 @@ mod tests {
         assert!(b.is_at_rest(), "closed by the probe's success");
     }
 
-    /// A change to the webhook (a new URL, enabled again) closes an open circuit at once and
-    /// has what it deferred come due now; the same version changes nothing.
+    /// A change to what reaches the endpoint (a new URL), or enabling the webhook again, closes
+    /// an open circuit at once and has what it deferred come due now; a new name, the same
+    /// version or an older copy change nothing.
     #[test]
     fn a_changed_webhook_gets_a_fresh_start() {
+        use herald_core::webhook::{Webhook, WebhookUrl};
         let at = |secs: i64| Timestamp::from_millis(secs * 1000);
+        let hook = |url: &str, updated: i64, failing: bool| Webhook {
+            id: WebhookId::from_trusted("wh_01jd0000000000000000000000".into()),
+            org_id: OrgId::from_trusted("org_01jd0000000000000000000000".into()),
+            name: "crm".into(),
+            description: None,
+            url: WebhookUrl::parse(url).unwrap(),
+            events: vec!["*".into()],
+            channels: vec![],
+            profile: herald_core::profile::ProfileName::Standard,
+            signature: None,
+            options: Default::default(),
+            verification: Default::default(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            active: true,
+            headers: Default::default(),
+            timeout_ms: None,
+            retry_schedule: None,
+            rate_limit_per_second: None,
+            created_at: at(0),
+            updated_at: at(updated),
+            failing_since: failing.then(|| at(1)),
+            disabled_reason: None,
+        };
+        let (down, fixed) = ("https://down.example/h", "https://fixed.example/h");
         let mut b = Breaker::default();
-        let v1 = at(0);
-        assert_eq!(b.start_afresh_if_changed(v1, at(0)), None);
+        assert_eq!(b.start_afresh_if_changed(&hook(down, 0, true), at(0)), None);
         fail_in_a_row(&mut b, at(10));
         let until = b.open_until().expect("open");
-        assert_eq!(b.start_afresh_if_changed(v1, at(11)), None, "unchanged");
+        assert_eq!(
+            b.start_afresh_if_changed(&hook(down, 0, true), at(11)),
+            None
+        );
+        // Renamed while it keeps failing: nothing that reaches the endpoint changed.
+        let renamed = Webhook {
+            name: "crm (old)".into(),
+            ..hook(down, 5, true)
+        };
+        assert_eq!(b.start_afresh_if_changed(&renamed, at(11)), None);
         assert!(matches!(b.gate(at(11), 1_000, false), Gate::Defer(_)));
-        let v2 = at(12);
-        assert_eq!(b.start_afresh_if_changed(v2, at(12)), Some(vec![until]));
+        // Pointed elsewhere: a fresh start, and what waited goes now.
+        assert_eq!(
+            b.start_afresh_if_changed(&hook(fixed, 12, true), at(12)),
+            Some(vec![until])
+        );
         assert_eq!(b.gate(at(12), 1_000, false), Gate::Pass);
-        assert!(b.is_at_rest());
-        // A closed breaker that changes has nothing to move.
+        // An older copy, read before the change, does not undo it.
+        assert_eq!(
+            b.start_afresh_if_changed(&hook(down, 5, true), at(13)),
+            None
+        );
+        // Enabled again (its failing streak cleared), same URL: a fresh start too.
         fail_in_a_row(&mut b, at(20));
-        b.record(true, true, at(21));
-        assert_eq!(b.start_afresh_if_changed(at(22), at(22)), None);
+        let until = b.open_until().expect("open again");
+        assert_eq!(
+            b.start_afresh_if_changed(&hook(fixed, 30, false), at(30)),
+            Some(vec![until])
+        );
+        assert!(b.is_at_rest());
     }
 
     #[test]

@@ -284,7 +284,7 @@ impl Dispatcher {
         let (gate, outage, afresh) = {
             let mut breakers = self.shared.breakers.lock().expect("breakers lock");
             let breaker = breaker::of(&mut breakers, webhook);
-            let afresh = hook.and_then(|w| breaker.start_afresh_if_changed(w.updated_at, now));
+            let afresh = hook.and_then(|w| breaker.start_afresh_if_changed(w, now));
             (
                 breaker.gate(now, probe_ms, urgent),
                 breaker.outage(),
