@@ -4011,6 +4011,29 @@ async fn postgres_gives_back_the_leases_of_a_request_nobody_waits_for() {
     assert_eq!(claimed, vec![id], "due well before its lease ends");
 }
 
+/// A stop moves SQLite's write-ahead log into the database file, so that the file alone holds
+/// everything; but not into a file put in its place while Herald ran (a restore), which the
+/// log does not belong to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_moves_its_log_into_the_file_it_opened_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let wal_len = || std::fs::metadata(dir.path().join("herald.db-wal")).map_or(0, |m| m.len());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    org_with_webhook(&store, "acme").await;
+    assert!(wal_len() > 0, "written to the log first");
+    assert!(store.checkpoint_on_stop().await.unwrap());
+    assert_eq!(wal_len(), 0);
+
+    org_with_webhook(&store, "globex").await;
+    let restored = b"not the file Herald opened";
+    std::fs::rename(&path, dir.path().join("moved-away.db")).unwrap();
+    std::fs::write(&path, restored).unwrap();
+    let refused = herald_core::error_chain(&store.checkpoint_on_stop().await.unwrap_err());
+    assert!(refused.contains("removed or replaced"), "{refused}");
+    assert_eq!(std::fs::read(&path).unwrap(), restored);
+}
+
 /// Recording outcomes that meets a deadlock (another transaction locking some of the same
 /// deliveries in the other order: an organization's deletion on another node) is done again,
 /// not answered as the database being away, which pauses every attempt of the node.

@@ -551,7 +551,7 @@ pub async fn run(
              copy both files together, or use `herald backup`"
         ),
         Err(e) => {
-            tracing::warn!(error = %herald_core::error_chain(&e), "could not move the write-ahead log (herald.db-wal) into herald.db: copy both files together, or use `herald backup`")
+            tracing::warn!(error = %herald_core::error_chain(&e), "the write-ahead log (herald.db-wal) was not moved into herald.db as Herald stopped")
         }
     }
     // The lock goes last. Tasks that outlived the drain may still hold the store: a server

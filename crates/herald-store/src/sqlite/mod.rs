@@ -938,6 +938,16 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
+        // Not into a file put in its place (a restore while Herald ran), nor one made anew
+        // where it was removed: the write-ahead log beside it belongs to the file opened.
+        if self.file.is_none() || file_identity(&self.path) != self.file {
+            return Err(StoreError::Other(
+                "the database file was removed or replaced while Herald ran, so the write-ahead \
+                 log beside it (which belongs to the file Herald had open) was left as it is: \
+                 remove herald.db-wal and herald.db-shm before starting on the file now there"
+                    .into(),
+            ));
+        }
         // On a connection of its own: the writer's jobs run in a transaction, where a
         // checkpoint cannot. Its busy timeout lets a last write finish first.
         let path = self.path.clone();

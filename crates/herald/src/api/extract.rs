@@ -251,7 +251,10 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
             ))
             .into();
         }
+        // A null under a name the operation does not know is an unknown field (a misspelling,
+        // as `400` says), not a value refused.
         if let (Ok(value), Some(p)) = (&parsed, &path)
+            && !e.to_string().starts_with("unknown field")
             && value_at(value, p).is_some_and(serde_json::Value::is_null)
         {
             return crate::service::ServiceError::from(herald_core::Invalid::new(
@@ -801,6 +804,7 @@ mod tests {
             Manager,
         }
         #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         #[allow(dead_code)]
         struct Inner {
             name: String,
@@ -836,6 +840,13 @@ mod tests {
             );
             assert!(e.message.contains(said), "{body}: {}", e.message);
         }
+        // A misspelt field sent as null is an unknown field, not a null refused.
+        let e = refused(r#"{"key": {"name": "k", "rol": null}}"#);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
+        assert!(e.message.contains("unknown field `rol`"), "{}", e.message);
         let e = refused(r#"{"key": {"name": "\ud800"}}"#);
         assert_eq!(
             (e.status, e.code),

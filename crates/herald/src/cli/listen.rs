@@ -311,7 +311,7 @@ fn shown_as_text(body: &[u8]) -> String {
     String::from_utf8_lossy(body)
         .chars()
         .map(|c| match c {
-            '\n' | '\t' => c.to_string(),
+            '\n' | '\r' | '\t' => c.to_string(),
             c if c.is_control() => c.escape_unicode().to_string(),
             c => c.to_string(),
         })

@@ -293,7 +293,7 @@ impl From<&Attempt> for AttemptRow {
 fn shown(text: &str) -> String {
     text.chars()
         .map(|c| match c {
-            '\n' | '\t' => c.to_string(),
+            '\n' | '\r' | '\t' => c.to_string(),
             c if c.is_control()
                 || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') =>
             {

@@ -327,8 +327,8 @@ pub(super) struct Answered {
     /// The endpoint's answer, or what went wrong, in words.
     pub answer: String,
     pub took_ms: u32,
-    /// Why the delivery's webhook is disabled, if it is now: a `410 Gone` disables it as the
-    /// attempt is recorded (not before its page may read it), and so may a failing streak.
+    /// That the delivery's webhook is disabled now, and by whom: a `410 Gone` disables it as
+    /// the attempt is recorded (not before its page may read it), and so may a failing streak.
     pub disabled: Option<String>,
 }
 
@@ -336,10 +336,9 @@ impl Answered {
     /// Where a delivery still pending after a failed attempt goes from here.
     pub(super) fn what_next(&self) -> String {
         match &self.disabled {
-            Some(why) => format!(
-                "Herald disabled the webhook ({why}): it waits until the webhook is enabled \
-                 again"
-            ),
+            Some(disabled) => {
+                format!("{disabled}: it waits until the webhook is enabled again")
+            }
             None => "it is retried on the webhook's schedule".to_owned(),
         }
     }
@@ -369,13 +368,16 @@ pub(super) async fn answer_to_attempt(
             .unwrap_or_else(|| "it failed".to_owned()),
     };
     let disabled = if attempt.status == Some(410) {
-        Some("the endpoint answered 410 Gone".to_owned())
+        Some("Herald disabled the webhook (the endpoint answered 410 Gone)".to_owned())
     } else {
         webhooks::get(state, scope, org, &detail.delivery.webhook_id)
             .await
             .ok()
             .filter(|w| !w.active)
-            .map(|w| w.disabled_reason.unwrap_or_else(|| "by a user".to_owned()))
+            .map(|w| match w.disabled_reason {
+                Some(why) => format!("Herald disabled the webhook ({why})"),
+                None => "the webhook is disabled".to_owned(),
+            })
     };
     Some(Answered {
         after: detail.delivery.state,

@@ -43,7 +43,7 @@ pub async fn list(
         .list_deliveries(org, webhook, &filter, &page)
         .await
         .map_err(ServiceError::from_store("webhook"))?;
-    if deleted && found.data.is_empty() && page.cursor.is_none() {
+    if deleted && found.data.is_empty() && !ever_delivered(state, org, webhook).await? {
         return Err(ServiceError::NotFound("webhook"));
     }
     // Nothing of a type the organization does not know: most likely a misspelling, which an
@@ -58,6 +58,20 @@ pub async fn list(
         refuse_unknown_type(&snapshot, wanted, "event_type", "delivery")?;
     }
     Ok(found)
+}
+
+/// Whether the organization has any delivery to this webhook (a deleted one's history).
+async fn ever_delivered(state: &AppState, org: &OrgId, webhook: &WebhookId) -> ServiceResult<bool> {
+    let one = PageRequest {
+        limit: 1,
+        cursor: None,
+    };
+    let any = state
+        .store
+        .list_deliveries(org, webhook, &DeliveryFilter::default(), &one)
+        .await
+        .map_err(ServiceError::from_store("webhook"))?;
+    Ok(!any.data.is_empty())
 }
 
 /// For a filter by type that found nothing: an error if the organization has no such type

@@ -2665,6 +2665,10 @@ async fn a_deleted_webhooks_history_stays_readable() {
     let (status, page) = app.get(&history).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+    // A filter that finds none of it is an empty page, not an unknown webhook.
+    let (status, page) = app.get(&format!("{history}?state=pending")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page["data"].as_array().unwrap().is_empty(), "{page}");
     // Another organization's, or an id nothing went to: not found.
     let other = app.create_org("Globex").await;
     let (status, _) = app
