@@ -460,7 +460,11 @@ async fn read_body(req: Request, state: &AppState) -> Result<(Bytes, Admitted), 
     if let Some(encoding) = req
         .headers()
         .get(axum::http::header::CONTENT_ENCODING)
-        .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+        // Empty, as some clients send it, or `identity`: not compressed.
+        .filter(|e| {
+            let named = e.as_bytes().trim_ascii();
+            !named.is_empty() && !named.eq_ignore_ascii_case(b"identity")
+        })
     {
         // Read as it is, a compressed body would be "not JSON", which misleads.
         let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();

@@ -148,6 +148,17 @@ async fn bad_input_gets_a_clear_client_error() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(code(&resp.json().await.unwrap()), "unsupported_encoding");
+    // An empty Content-Encoding names none: the body is read as it is.
+    let resp = app
+        .http
+        .post(&events)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-encoding", "")
+        .body("{\"type\":\"user.created\",\"data\":{\"user\":{\"id\":\"plain\"}}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
     // A byte-order mark before the JSON is passed over.
     let resp = app
         .http
