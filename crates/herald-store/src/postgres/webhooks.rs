@@ -258,6 +258,7 @@ pub(crate) async fn save_subscriptions(
     subs: &[Subscription],
 ) -> DbResult<()> {
     for s in subs {
+        let row = subscription_row(s, org);
         c.exec(
             "INSERT INTO subscriptions (webhook_id, channel, org_id, topic, mode, state, reason, \
              lease_seconds, last_attempt_at, verified_at, expires_at, renew_at) \
@@ -266,24 +267,42 @@ pub(crate) async fn save_subscriptions(
              state = excluded.state, reason = excluded.reason, lease_seconds = excluded.lease_seconds, \
              last_attempt_at = excluded.last_attempt_at, verified_at = excluded.verified_at, \
              expires_at = excluded.expires_at, renew_at = excluded.renew_at",
-            &[
-                &s.webhook_id.as_str(),
-                &s.channel,
-                &org.as_str(),
-                &s.topic,
-                &s.mode.as_str(),
-                &s.state.as_str(),
-                &s.reason,
-                &big(s.lease_seconds),
-                &s.last_attempt_at.map(Timestamp::as_millis),
-                &s.verified_at.map(Timestamp::as_millis),
-                &s.expires_at.map(Timestamp::as_millis),
-                &s.renew_at.map(Timestamp::as_millis),
-            ],
+            &as_params(&row),
         )
         .await?;
     }
     Ok(())
+}
+
+/// A statement's parameters, owned.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn as_params(owned: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    owned
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// A subscription's columns, `$1` to `$12` in the statements here: webhook_id, channel, org_id,
+/// topic, mode, state, reason, lease_seconds, last_attempt_at, verified_at, expires_at,
+/// renew_at.
+fn subscription_row(s: &Subscription, org: &OrgId) -> Params {
+    let time = |t: Option<Timestamp>| Box::new(t.map(Timestamp::as_millis));
+    vec![
+        Box::new(s.webhook_id.as_str().to_owned()),
+        Box::new(s.channel.clone()),
+        Box::new(org.as_str().to_owned()),
+        Box::new(s.topic.clone()),
+        Box::new(s.mode.as_str()),
+        Box::new(s.state.as_str()),
+        Box::new(s.reason.clone()),
+        Box::new(big(s.lease_seconds)),
+        time(s.last_attempt_at),
+        time(s.verified_at),
+        time(s.expires_at),
+        time(s.renew_at),
+    ]
 }
 
 /// [`save_subscriptions`] for those still stored as read: a new one only where none is, a
@@ -295,23 +314,7 @@ pub(crate) async fn save_subscriptions_as_read(
 ) -> DbResult<usize> {
     let mut saved = 0;
     for (s, read) in subs {
-        let lease = big(s.lease_seconds);
-        let times = [s.last_attempt_at, s.verified_at, s.expires_at, s.renew_at]
-            .map(|t| t.map(Timestamp::as_millis));
-        let row: [&(dyn ToSql + Sync); 12] = [
-            &s.webhook_id.as_str(),
-            &s.channel,
-            &org.as_str(),
-            &s.topic,
-            &s.mode.as_str(),
-            &s.state.as_str(),
-            &s.reason,
-            &lease,
-            &times[0],
-            &times[1],
-            &times[2],
-            &times[3],
-        ];
+        let mut row = subscription_row(s, org);
         saved += match read {
             None => {
                 c.exec(
@@ -319,22 +322,24 @@ pub(crate) async fn save_subscriptions_as_read(
                      lease_seconds, last_attempt_at, verified_at, expires_at, renew_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                      ON CONFLICT (webhook_id, channel) DO NOTHING",
-                    &row,
+                    &as_params(&row),
                 )
                 .await?
             }
             Some(read) => {
-                let read_at = read.last_attempt_at.map(Timestamp::as_millis);
-                let (mode, state) = (read.mode.as_str(), read.state.as_str());
-                let mut all = row.to_vec();
-                all.extend([&mode as &(dyn ToSql + Sync), &state, &read.reason, &read_at]);
+                row.extend([
+                    Box::new(read.mode.as_str()) as Box<dyn ToSql + Sync + Send>,
+                    Box::new(read.state.as_str()),
+                    Box::new(read.reason.clone()),
+                    Box::new(read.last_attempt_at.map(Timestamp::as_millis)),
+                ]);
                 c.exec(
                     "UPDATE subscriptions SET topic = $4, mode = $5, state = $6, reason = $7, \
                      lease_seconds = $8, last_attempt_at = $9, verified_at = $10, expires_at = $11, \
                      renew_at = $12 WHERE webhook_id = $1 AND channel = $2 AND org_id = $3 \
                      AND mode = $13 AND state = $14 AND reason IS NOT DISTINCT FROM $15 \
                      AND last_attempt_at IS NOT DISTINCT FROM $16",
-                    &all,
+                    &as_params(&row),
                 )
                 .await?
             }

@@ -1,6 +1,7 @@
 //! Webhooks and their WebSub subscriptions. Deleting a webhook keeps its row (without secrets)
 //! so its delivery history stays readable.
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use herald_core::store::{StoredVersion, failing_since_to_save};
@@ -243,22 +244,30 @@ pub(crate) fn save_subscriptions(
          expires_at = excluded.expires_at, renew_at = excluded.renew_at",
     )?;
     for s in subs {
-        upsert.execute(params![
-            s.webhook_id.as_str(),
-            s.channel,
-            org.as_str(),
-            s.topic,
-            s.mode.as_str(),
-            s.state.as_str(),
-            s.reason,
-            s.lease_seconds,
-            s.last_attempt_at.map(Timestamp::as_millis),
-            s.verified_at.map(Timestamp::as_millis),
-            s.expires_at.map(Timestamp::as_millis),
-            s.renew_at.map(Timestamp::as_millis)
-        ])?;
+        upsert.execute(rusqlite::params_from_iter(subscription_row(s, org)))?;
     }
     Ok(())
+}
+
+/// A subscription's columns in the order the statements here name them: webhook_id, channel,
+/// org_id, topic, mode, state, reason, lease_seconds, last_attempt_at, verified_at,
+/// expires_at, renew_at.
+fn subscription_row(s: &Subscription, org: &OrgId) -> Vec<Value> {
+    let time = |t: Option<Timestamp>| t.map_or(Value::Null, |t| Value::Integer(t.as_millis()));
+    vec![
+        Value::Text(s.webhook_id.as_str().to_owned()),
+        Value::Text(s.channel.clone()),
+        Value::Text(org.as_str().to_owned()),
+        Value::Text(s.topic.clone()),
+        Value::Text(s.mode.as_str().to_owned()),
+        Value::Text(s.state.as_str().to_owned()),
+        s.reason.clone().map_or(Value::Null, Value::Text),
+        Value::Integer(i64::from(s.lease_seconds)),
+        time(s.last_attempt_at),
+        time(s.verified_at),
+        time(s.expires_at),
+        time(s.renew_at),
+    ]
 }
 
 /// [`save_subscriptions`] for those still stored as read: a new one only where none is, a
@@ -281,28 +290,18 @@ pub(crate) fn save_subscriptions_as_read(
     )?;
     let mut saved = 0;
     for (s, read) in subs {
-        let row = params![
-            s.webhook_id.as_str(),
-            s.channel,
-            org.as_str(),
-            s.topic,
-            s.mode.as_str(),
-            s.state.as_str(),
-            s.reason,
-            s.lease_seconds,
-            s.last_attempt_at.map(Timestamp::as_millis),
-            s.verified_at.map(Timestamp::as_millis),
-            s.expires_at.map(Timestamp::as_millis),
-            s.renew_at.map(Timestamp::as_millis)
-        ];
+        let mut row = subscription_row(s, org);
         saved += match read {
-            None => insert.execute(row)?,
+            None => insert.execute(rusqlite::params_from_iter(row))?,
             Some(read) => {
-                let read_at = read.last_attempt_at.map(Timestamp::as_millis);
-                let (mode, state) = (read.mode.as_str(), read.state.as_str());
-                let mut all = row.to_vec();
-                all.extend(params![mode, state, read.reason, read_at]);
-                update.execute(all.as_slice())?
+                row.extend([
+                    Value::Text(read.mode.as_str().to_owned()),
+                    Value::Text(read.state.as_str().to_owned()),
+                    read.reason.clone().map_or(Value::Null, Value::Text),
+                    read.last_attempt_at
+                        .map_or(Value::Null, |t| Value::Integer(t.as_millis())),
+                ]);
+                update.execute(rusqlite::params_from_iter(row))?
             }
         };
     }

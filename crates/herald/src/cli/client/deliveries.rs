@@ -43,21 +43,11 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
         DeliveriesCommand::Get { org, id } => {
             let d = api.get(&api_path(&["v1", "orgs", &org, "deliveries", &id])?)?;
             // One delivery, with where it belongs: its event and its webhook.
-            show_record(
-                &conn,
-                &d,
-                &[
-                    "id",
-                    "event_id",
-                    "webhook_id",
-                    "event_type",
-                    "state",
-                    "attempt_count",
-                    "last_status",
-                    "next_attempt_at",
-                    "last_error",
-                ],
-            );
+            let fields: Vec<&str> = ["id", "event_id", "webhook_id"]
+                .into_iter()
+                .chain(cols[1..].iter().copied())
+                .collect();
+            show_record(&conn, &d, &fields);
             if !conn.json {
                 if let Some(why) = d["last_error"]
                     .as_str()
