@@ -152,19 +152,19 @@ impl Breaker {
         webhook: &Webhook,
         now: Timestamp,
     ) -> Option<Vec<Timestamp>> {
-        let judged = match self.judged {
-            // An older copy of the webhook (a snapshot not reloaded yet) changes nothing.
-            Some(judged) if webhook.updated_at <= judged.updated_at => return None,
-            judged => judged,
-        };
-        let endpoint = endpoint_of(webhook);
+        // An older copy of the webhook (a snapshot not reloaded yet) changes nothing.
+        if self
+            .judged
+            .is_some_and(|judged| webhook.updated_at <= judged.updated_at)
+        {
+            return None;
+        }
+        let fresh = self.judged_before(webhook);
         self.judged = Some(Judged {
             updated_at: webhook.updated_at,
-            endpoint,
+            endpoint: endpoint_of(webhook),
         });
-        let judged = judged?;
-        let enabled_again = webhook.failing_since.is_none();
-        if judged.endpoint == endpoint && !enabled_again {
+        if !fresh {
             return None;
         }
         let waiting: Vec<Timestamp> = [self.probe_due, self.open_until]
@@ -178,6 +178,25 @@ impl Breaker {
             ..Self::default()
         };
         was_open.then_some(waiting)
+    }
+
+    /// Whether `webhook` is a later version than the one judged, changed in what reaches the
+    /// endpoint or enabled again (its failing streak cleared): one to start afresh for.
+    fn judged_before(&self, webhook: &Webhook) -> bool {
+        self.judged.is_some_and(|judged| {
+            webhook.updated_at > judged.updated_at
+                && (webhook.failing_since.is_none() || endpoint_of(webhook) != judged.endpoint)
+        })
+    }
+
+    /// When the cool-down ends, as [`Breaker::open_until`], for this version of the webhook:
+    /// none for a version it starts afresh for (at its next delivery), so that what is shown
+    /// right after a change is what the change did.
+    pub(crate) fn open_until_for(&self, webhook: &Webhook) -> Option<Timestamp> {
+        if self.judged_before(webhook) {
+            return None;
+        }
+        self.open_until
     }
 
     /// Closed with no failure counted: what a new breaker would be, so it may be forgotten (but
@@ -727,7 +746,10 @@ mod tests {
         };
         assert_eq!(b.start_afresh_if_changed(&renamed, at(11)), None);
         assert!(matches!(b.gate(at(11), 1_000, false), Gate::Defer(_)));
-        // Pointed elsewhere: a fresh start, and what waited goes now.
+        // Pointed elsewhere: shown closed at once, a fresh start at its next delivery, and
+        // what waited goes now.
+        assert_eq!(b.open_until_for(&hook(fixed, 12, true)), None);
+        assert_eq!(b.open_until_for(&renamed), Some(until));
         assert_eq!(
             b.start_afresh_if_changed(&hook(fixed, 12, true), at(12)),
             Some(vec![until])

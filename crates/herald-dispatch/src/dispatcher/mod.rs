@@ -442,10 +442,13 @@ impl Dispatcher {
     }
 
     /// Until when this node holds requests to the webhook back because its circuit is open
-    /// (`None` while it is closed), for the dashboard. Each node keeps its own circuit.
-    pub fn circuit_open_until(&self, webhook: &WebhookId) -> Option<Timestamp> {
+    /// (`None` while it is closed, or once a change gives its endpoint a fresh start), for the
+    /// dashboard. Each node keeps its own circuit.
+    pub fn circuit_open_until(&self, webhook: &herald_core::webhook::Webhook) -> Option<Timestamp> {
         let breakers = self.shared.breakers.lock().expect("breakers lock");
-        breakers.get(webhook).and_then(breaker::Breaker::open_until)
+        breakers
+            .get(&webhook.id)
+            .and_then(|b| b.open_until_for(webhook))
     }
 
     /// Forgets what this node remembers of deleted webhooks' endpoints (their circuits and

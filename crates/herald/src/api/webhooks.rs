@@ -295,7 +295,7 @@ async fn get_webhook(
     PathParams(path): PathParams<OrgItemPath>,
 ) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookView>)> {
     let w = webhooks::get(&state, &scope, &org_id(&path.org)?, &webhook_id(&path.id)?).await?;
-    let circuit_open_until = state.dispatcher.circuit_open_until(&w.id);
+    let circuit_open_until = state.dispatcher.circuit_open_until(&w);
     Ok((
         [(header::ETAG, etag(&w))],
         Json(WebhookView {

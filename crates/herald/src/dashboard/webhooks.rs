@@ -238,7 +238,7 @@ async fn show_webhook(
         webhook: WebhookView::of(&w, state.clock.now()),
         circuit_open_until: state
             .dispatcher
-            .circuit_open_until(&w.id)
+            .circuit_open_until(&w)
             .map(super::templates::when),
         subscriptions: subscriptions
             .into_iter()

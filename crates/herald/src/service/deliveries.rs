@@ -255,7 +255,7 @@ pub async fn retry_waiting(
     // changes (its attempt, recorded at once if it fails fast) is not made due again below.
     let now = state.clock.now();
     let mut probed = false;
-    if state.dispatcher.circuit_open_until(webhook).is_some() {
+    if state.dispatcher.circuit_open_until(&w).is_some() {
         // A waiting delivery among the latest pending ones: one whose next attempt is later (a
         // new one is due already, and goes as the probe once the cool-down ends). Picked at
         // random, so that presses do not all fall on one delivery.
@@ -308,7 +308,7 @@ pub async fn retry_waiting(
     Ok(RetriedWaiting {
         retried,
         probed,
-        circuit_open_until: state.dispatcher.circuit_open_until(webhook),
+        circuit_open_until: state.dispatcher.circuit_open_until(&w),
     })
 }
 

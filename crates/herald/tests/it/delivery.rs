@@ -1848,6 +1848,9 @@ async fn a_webhook_changed_while_its_circuit_is_open_gets_a_fresh_start() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    // Shown closed at once, as the change left it.
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(hook.get("circuit_open_until").is_none(), "{hook}");
     app.send_event(&org, user_created("after-the-change")).await;
     // The deliveries never tried, and the new one; those that failed wait for their retry.
     let expected = 40 - hammered + 1;
@@ -2036,7 +2039,18 @@ async fn a_deleted_webhooks_circuit_is_forgotten() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
     let (org, id) = circuit_opened(&app, &rx, 20, 30_000).await;
-    let webhook = herald_core::WebhookId::parse(&id).unwrap();
+    let store = app.state.store.clone();
+    let stored = |org: String, id: String| {
+        let store = store.clone();
+        async move {
+            let (org, id) = (
+                herald_core::OrgId::parse(&org).unwrap(),
+                herald_core::WebhookId::parse(&id).unwrap(),
+            );
+            store.get_webhook(&org, &id).await.unwrap()
+        }
+    };
+    let webhook = stored(org.clone(), id.clone()).await;
     let dispatcher = &app.state.dispatcher;
     assert!(dispatcher.circuit_open_until(&webhook).is_some());
     let (status, _) = app.delete(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
@@ -2045,7 +2059,7 @@ async fn a_deleted_webhooks_circuit_is_forgotten() {
 
     let rx = TestReceiver::start().await;
     let (org, id) = circuit_opened(&app, &rx, 20, 30_000).await;
-    let webhook = herald_core::WebhookId::parse(&id).unwrap();
+    let webhook = stored(org.clone(), id.clone()).await;
     assert!(dispatcher.circuit_open_until(&webhook).is_some());
     let (status, _) = app.delete(&format!("/v1/orgs/{org}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
