@@ -113,6 +113,10 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     // makes the data directory for the embedded database; PostgreSQL's nodes still keep their
     // generated admin token there.
     let database_lock = lock_database(&settings.storage).await?;
+    // A kept admin token that cannot be read is said before a database is made beside it.
+    if settings.security.admin_token.is_none() {
+        kept_admin_token(&data_dir.join("admin-token"))?;
+    }
     if settings.storage.database_url.is_some() {
         make_data_dir(&data_dir)?;
     } else {
@@ -456,28 +460,15 @@ fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, 
         return Ok((token.clone(), AdminTokenSource::Configured));
     }
     let path = data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(stored) if !stored.trim().is_empty() => {
-            let stored = stored.trim().to_owned();
-            if stored.len() < MIN_ADMIN_TOKEN_LEN {
-                tracing::warn!(
-                    length = stored.len(),
-                    path = %path.display(),
-                    "the admin token kept in this file is short and could be guessed; use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
-                );
-            }
-            return Ok((stored, AdminTokenSource::Stored(path)));
+    if let Some(stored) = kept_admin_token(&path)? {
+        if stored.len() < MIN_ADMIN_TOKEN_LEN {
+            tracing::warn!(
+                length = stored.len(),
+                path = %path.display(),
+                "the admin token kept in this file is short and could be guessed; use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
+            );
         }
-        // None kept yet (or an empty file): one is generated below.
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        // A token someone relies on, which a new one would replace: stop and say so.
-        Err(e) => anyhow::bail!(
-            "could not read the admin token kept in {}: {e}. Make it a text file the user \
-             Herald runs as can read, or delete it to have a new token generated (clients using \
-             the old one will need the new one)",
-            path.display()
-        ),
+        return Ok((stored, AdminTokenSource::Stored(path)));
     }
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -485,6 +476,21 @@ fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, 
     write_private(&path, &token)
         .with_context(|| format!("could not save the admin token to {}", path.display()))?;
     Ok((token, AdminTokenSource::Generated(path)))
+}
+
+/// The admin token kept in `path`, if one is (a missing or empty file keeps none). One there
+/// that cannot be read stops the start: a new token would replace one someone relies on.
+fn kept_admin_token(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(stored) => Ok(Some(stored.trim().to_owned()).filter(|t| !t.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => anyhow::bail!(
+            "could not read the admin token kept in {}: {e}. Make it a text file the user \
+             Herald runs as can read, or delete it to have a new token generated (clients using \
+             the old one will need the new one)",
+            path.display()
+        ),
+    }
 }
 
 /// Writes a file only its owner can read.

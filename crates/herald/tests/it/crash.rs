@@ -785,6 +785,10 @@ async fn a_start_that_fails_writes_no_admin_token() {
         std::fs::read(&kept).unwrap(),
         b"caf\xe9-token-0123456789abcdef\n"
     );
+    assert!(
+        !dir.path().join("herald.db").exists(),
+        "said before a database is made"
+    );
 }
 
 /// A generated admin token is printed only to a terminal: under systemd or in a container,
