@@ -105,18 +105,20 @@ pub async fn list_events(
     filter: EventFilter,
     page: PageRequest,
 ) -> ServiceResult<Page<EventSummary>> {
-    scope.check_org(org)?;
+    // The organization first (its cached copy): one deleted is not found, though another
+    // node's writes that raced its deletion may leave events of it for a moment.
+    let snapshot = super::org_snapshot(state, scope, org).await?;
     let found = state
         .store
         .list_events(org, &filter, &page)
         .await
         .map_err(ServiceError::from_store("organization"))?;
-    // An empty first page: the organization may not exist, or the type be misspelt.
-    if found.data.is_empty() && page.cursor.is_none() {
-        let snapshot = super::org_snapshot(state, scope, org).await?;
-        if let Some(wanted) = &filter.event_type {
-            refuse_unknown_type(&snapshot, wanted, "type", "event")?;
-        }
+    // An empty first page: the type may be misspelt.
+    if found.data.is_empty()
+        && page.cursor.is_none()
+        && let Some(wanted) = &filter.event_type
+    {
+        refuse_unknown_type(&snapshot, wanted, "type", "event")?;
     }
     Ok(found)
 }
