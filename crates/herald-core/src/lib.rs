@@ -63,6 +63,15 @@ mod tests {
     )]
     struct Inner;
 
+    /// Text from outside cannot play escape sequences or reorder what is around it.
+    #[test]
+    fn text_from_outside_is_shown_with_its_controls_escaped() {
+        assert_eq!(
+            super::shown_safely("ok\r\n\u{1b}[31mred\u{202e}txt.exe\tend\u{85}\u{7f}"),
+            "ok\r\n\\u{1b}[31mred\\u{202e}txt.exe\tend\\u{85}\\u{7f}"
+        );
+    }
+
     #[test]
     fn an_error_chain_is_one_line_without_the_details_of_a_row() {
         assert_eq!(
@@ -101,6 +110,22 @@ impl Invalid {
         };
         self
     }
+}
+
+/// Text from outside (an endpoint's answer, an event's data) made safe to show on a page or a
+/// terminal: control characters (line breaks and tabs aside) and the characters that reorder
+/// the text around them (bidirectional embeddings, overrides, isolates) are written as escapes
+/// (`\u{1b}`), so that whoever sent the text cannot rewrite or rearrange what is read.
+pub fn shown_safely(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\n' | '\r' | '\t') || !(c.is_control() || org::is_bidi_control(c)) {
+            out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    out
 }
 
 /// Cuts user input quoted back in an error message, so that a huge value cannot make a huge error.

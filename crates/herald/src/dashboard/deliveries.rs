@@ -282,26 +282,9 @@ impl From<&Attempt> for AttemptRow {
             ok: a.error.is_none(),
             error: a.error.clone(),
             error_message: a.error_message.clone(),
-            response_body: shown(&a.response_body),
+            response_body: herald_core::shown_safely(&a.response_body),
         }
     }
-}
-
-/// Text from outside (an endpoint's answer, an event's data) as it is shown: control
-/// characters and those that reorder the text around them (U+202A–U+202E, U+2066–U+2069) are
-/// written as escapes, so that what an operator reads is not rearranged by whoever sent it.
-fn shown(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\n' | '\r' | '\t' => c.to_string(),
-            c if c.is_control()
-                || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') =>
-            {
-                c.escape_unicode().to_string()
-            }
-            c => c.to_string(),
-        })
-        .collect()
 }
 
 #[derive(Serialize)]
@@ -321,7 +304,7 @@ fn pretty(body: &str) -> String {
     let laid_out = serde_json::from_str::<serde_json::Value>(body)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| body.to_owned());
-    shown(&laid_out)
+    herald_core::shown_safely(&laid_out)
 }
 
 async fn show_delivery(
@@ -573,10 +556,6 @@ mod tests {
 
     #[test]
     fn text_from_outside_cannot_rearrange_what_is_shown() {
-        assert_eq!(
-            shown("ok\n\u{1b}[31mred\u{202e}txt.exe\tend"),
-            "ok\n\\u{1b}[31mred\\u{202e}txt.exe\tend"
-        );
         assert_eq!(
             pretty(r#"{"name":"Acme\u202etxt"}"#),
             "{\n  \"name\": \"Acme\\u{202e}txt\"\n}"

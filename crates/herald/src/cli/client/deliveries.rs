@@ -77,14 +77,7 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 {
                     // The endpoint's text, not the terminal's: control characters are shown, not
                     // played (an escape sequence could rewrite what is on screen).
-                    let body: String = body
-                        .chars()
-                        .map(|c| match c {
-                            '\n' | '\t' => c.to_string(),
-                            c if c.is_control() => c.escape_unicode().to_string(),
-                            c => c.to_string(),
-                        })
-                        .collect();
+                    let body = herald_core::shown_safely(body);
                     out!("\nThe last answer's body (first KiB):\n{body}");
                 }
             }

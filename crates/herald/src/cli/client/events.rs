@@ -130,10 +130,10 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
                     &answer["event"],
                     &["id", "type", "occurred_at", "received_at", "correlation_id"],
                 );
-                // As JSON, whose strings show control characters escaped, not played.
+                // As JSON, with what could rewrite or reorder the terminal escaped.
                 let data =
                     serde_json::to_string_pretty(&answer["event"]["data"]).unwrap_or_default();
-                out!("data:\n{data}");
+                out!("data:\n{}", herald_core::shown_safely(&data));
                 out!();
                 let deliveries = answer["deliveries"].as_array().map_or(0, Vec::len);
                 if deliveries == 0 {
