@@ -190,7 +190,7 @@ struct Recovered {
     responses(
         (status = 200, description = "How many were scheduled again", body = Recovered),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
-        (status = 422, description = "`since` is not an RFC 3339 time", body = super::ErrorBody),
+        (status = 422, description = "`since` is missing, null or not an RFC 3339 time", body = super::ErrorBody),
     ))]
 async fn recover_deliveries(
     State(state): State<AppState>,
@@ -225,7 +225,7 @@ struct Purged {
     responses(
         (status = 200, description = "How much was deleted", body = Purged),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
-        (status = 422, description = "`before` is not an RFC 3339 time", body = super::ErrorBody),
+        (status = 422, description = "`before` is missing, null or not an RFC 3339 time", body = super::ErrorBody),
     ))]
 async fn purge_history(
     State(state): State<AppState>,

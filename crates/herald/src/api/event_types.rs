@@ -88,7 +88,7 @@ struct EventTypeBody {
         (status = 201, description = "Registered", body = CustomEventType),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The name is taken by a catalog type or an earlier registration, or the organization has HERALD_MAX_EVENT_TYPES_PER_ORG types of its own already", body = super::ErrorBody),
-        (status = 422, description = "A field is not valid (the name, the schema, or an example that breaks it)", body = super::ErrorBody),
+        (status = 422, description = "A field is missing, null or not valid (the name, the schema, or an example that breaks it); `field` names it", body = super::ErrorBody),
     ))]
 async fn register_type(
     State(state): State<AppState>,

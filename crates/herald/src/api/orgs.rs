@@ -185,7 +185,7 @@ pub(crate) struct CreatedApiKey {
         (status = 201, description = "Created; the key is shown once", body = CreatedApiKey),
         (status = 404, description = "No such organization", body = super::ErrorBody),
         (status = 409, description = "The organization already has 100 API keys, the most one may have", body = super::ErrorBody),
-        (status = 422, description = "The name is not valid", body = super::ErrorBody),
+        (status = 422, description = "The name is missing, null or not valid, or the role null; `field` names it", body = super::ErrorBody),
     ))]
 async fn create_api_key(
     State(state): State<AppState>,

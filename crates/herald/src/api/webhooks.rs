@@ -415,7 +415,7 @@ struct BulkDeleted {
         (status = 200, description = "What was deleted and what was not found", body = BulkDeleted),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
         (status = 409, description = "An active WebSub webhook must be deactivated first", body = super::ErrorBody),
-        (status = 422, description = "More than 1,000 ids", body = super::ErrorBody),
+        (status = 422, description = "`ids` is missing or null, or has more than 1,000 ids", body = super::ErrorBody),
     ))]
 async fn bulk_delete_webhooks(
     State(state): State<AppState>,
