@@ -227,7 +227,8 @@ impl FromRequest<AppState> for RawJsonBody {
 /// is: the client mistook the field, not the format.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        if e.to_string().starts_with("recursion limit exceeded") {
+        let said = e.to_string();
+        if said.starts_with("recursion limit exceeded") {
             return invalid_json(
                 "the request body nests arrays and objects more than 128 levels deep".to_owned(),
             );
@@ -240,7 +241,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
             return invalid_json(format!("the request body is not valid JSON: {e}"));
         }
         let path = path_of::<T>(bytes);
-        if let Some(field) = missing_field(&e) {
+        if let Some(field) = missing_field(&said) {
             let field = match &path {
                 Some(p) => format!("{p}.{field}"),
                 None => field.to_owned(),
@@ -254,7 +255,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
         // A null under a name the operation does not know is an unknown field (a misspelling,
         // as `400` says), not a value refused.
         if let (Ok(value), Some(p)) = (&parsed, &path)
-            && !e.to_string().starts_with("unknown field")
+            && !said.starts_with("unknown field")
             && value_at(value, p).is_some_and(serde_json::Value::is_null)
         {
             return crate::service::ServiceError::from(herald_core::Invalid::new(
@@ -266,7 +267,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
         let field = path.map(|p| format!("`{p}`: ")).unwrap_or_default();
         invalid_json(format!(
             "the request body is JSON, but not of this operation's shape: {field}{}",
-            in_json_terms(&without_type_names(&e.to_string()))
+            in_json_terms(&without_type_names(&said))
         ))
     })
 }
@@ -276,10 +277,9 @@ fn invalid_json(message: String) -> ApiError {
 }
 
 /// The field serde says is missing (`missing field `name``), if that is what it says.
-fn missing_field(e: &serde_json::Error) -> Option<String> {
-    let text = e.to_string();
-    let rest = text.strip_prefix("missing field `")?;
-    Some(rest[..rest.find('`')?].to_owned())
+fn missing_field(said: &str) -> Option<&str> {
+    let rest = said.strip_prefix("missing field `")?;
+    Some(&rest[..rest.find('`')?])
 }
 
 /// Where in the body `T` could not take the value: `None` when it is the body itself.
