@@ -278,12 +278,8 @@ pub fn number(x: f64) -> String {
         return "0".to_owned();
     }
     let sign = if x < 0.0 { "-" } else { "" };
-    // Rust's `{:e}` gives the shortest digits that round-trip, like JavaScript.
-    let sci = format!("{:e}", x.abs());
-    let (mantissa, exp) = sci.split_once('e').expect("scientific notation has an e");
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let (digits, n) = shortest_digits(x.abs());
     let k = digits.len() as i32;
-    let n = exp.parse::<i32>().expect("an integer exponent") + 1;
     let body = if k <= n && n <= 21 {
         format!("{digits}{}", "0".repeat((n - k) as usize))
     } else if 0 < n && n <= 21 {
@@ -300,6 +296,24 @@ pub fn number(x: f64) -> String {
         }
     };
     format!("{sign}{body}")
+}
+
+/// The shortest digits that read back as `x` (positive, finite, not zero), and where the
+/// decimal point goes: `x` is `0.digits × 10^n`. Where two shortest strings are equally close
+/// to `x`, JavaScript takes the even one; so does Ryū, while Rust's own `{:e}` takes the
+/// larger (`1125899906842624.25` is `…624.2` in JavaScript, `…624.3` in Rust), which would
+/// break a receiver that checks the signature over `JSON.stringify(JSON.parse(body))`.
+fn shortest_digits(x: f64) -> (String, i32) {
+    let mut buffer = ryu::Buffer::new();
+    // Ryū writes `1.5e-7`, `1e21`, `123.456` or `0.001`: read the digits and the point back.
+    let written = buffer.format_finite(x);
+    let (mantissa, exp) = written.split_once('e').unwrap_or((written, "0"));
+    let (int, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{int}{fraction}");
+    let significant = all.trim_start_matches('0');
+    let leading_zeros = (all.len() - significant.len()) as i32;
+    let n = int.len() as i32 - leading_zeros + exp.parse::<i32>().expect("an integer exponent");
+    (significant.trim_end_matches('0').to_owned(), n)
 }
 
 #[cfg(test)]
@@ -383,8 +397,23 @@ mod tests {
             (0.000001, "0.000001"),
             (123.456, "123.456"),
             (-0.0, "0"),
+            (100.0, "100"),
+            (0.001, "0.001"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
         ] {
             assert_eq!(number(x), js, "{x}");
+        }
+        // Each of these doubles lies exactly halfway between two shortest forms that read
+        // back as it: JavaScript writes the even one (Node's `String(x)`).
+        for (exact, js) in [
+            ("1125899906842624.25", "1125899906842624.2"),
+            ("115956229735893.125", "115956229735893.12"),
+            ("-139747609375515.625", "-139747609375515.62"),
+            ("22506816227134.3125", "22506816227134.312"),
+        ] {
+            let x: f64 = exact.parse().unwrap();
+            assert_eq!(number(x), js, "{exact}");
         }
     }
 
