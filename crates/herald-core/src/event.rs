@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::{Invalid, OrgId, Timestamp};
+use crate::{Invalid, OrgId, Timestamp, js_json};
 
 /// The deepest nesting accepted in event data; deeper data is almost always a mistake or an attack.
 pub const MAX_DATA_DEPTH: usize = 32;
@@ -142,8 +142,12 @@ impl NewEvent {
         }
         // Splitting text into values checks its grammar but not everything a tree would (lone
         // surrogates in escapes, numbers out of range); what is read further says so itself.
-        let fields: Fields<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| Invalid::new("", format!("is not valid JSON: {e}")))?;
+        let fields: Fields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+            Invalid::new(
+                "",
+                format!("is not valid JSON: {}", js_json::syntax_error_said(&e)),
+            )
+        })?;
         let mut posted = Posted::default();
         for (key, value) in fields.0 {
             let text = value.get();
@@ -314,7 +318,10 @@ fn data_from_text(text: &RawValue) -> Result<Box<RawValue>, Invalid> {
         if nested_deeper_than(text.get(), MAX_DATA_DEPTH) {
             too_deep()
         } else {
-            Invalid::new("data", format!("is not valid JSON: {e}"))
+            Invalid::new(
+                "data",
+                format!("is not valid JSON: {}", js_json::syntax_error_said(&e)),
+            )
         }
     })?;
     stored_data(&tree)

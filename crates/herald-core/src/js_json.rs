@@ -298,6 +298,26 @@ pub fn number(x: f64) -> String {
     format!("{sign}{body}")
 }
 
+/// What is wrong with JSON text that did not parse, in words a producer can act on. serde_json
+/// calls an escape that names half of a UTF-16 surrogate pair ("\\ud800", as JavaScript's
+/// `JSON.stringify` writes a string cut inside an emoji) "unexpected end of hex escape" or a
+/// "lone leading surrogate", even when the half is the trailing one.
+pub fn syntax_error_said(e: &serde_json::Error) -> String {
+    let said = e.to_string();
+    if said.starts_with("unexpected end of hex escape")
+        || said.starts_with("lone leading surrogate in hex escape")
+    {
+        return format!(
+            "a \\u escape at line {} column {} names half of a UTF-16 surrogate pair \
+             (\\ud800 to \\udfff) without the other half; JSON text must be valid Unicode, so \
+             mend the string where it was cut (often inside an emoji)",
+            e.line(),
+            e.column()
+        );
+    }
+    said
+}
+
 /// The shortest digits that read back as `x` (positive, finite, not zero), and where the
 /// decimal point goes: `x` is `0.digits × 10^n`. Where two shortest strings are equally close
 /// to `x`, JavaScript takes the even one; so does Ryū, while Rust's own `{:e}` takes the
@@ -344,6 +364,29 @@ mod tests {
             .raw("n", "1")
             .finish();
         assert_eq!(body, r#"{"a\"b":"c\nd","n":1}"#);
+    }
+
+    #[test]
+    fn half_a_surrogate_pair_is_named_as_such() {
+        for text in [
+            r#"{"s":"\ud800"}"#,
+            r#"{"s":"x\udc00y"}"#,
+            r#"{"s":"\ud83d\u0041"}"#,
+        ] {
+            let e = serde_json::from_str::<Value>(text).unwrap_err();
+            let said = syntax_error_said(&e);
+            assert!(
+                said.starts_with("a \\u escape at line 1 column ")
+                    && said.contains("half of a UTF-16 surrogate pair"),
+                "{text}: {said}"
+            );
+        }
+        let e = serde_json::from_str::<Value>(r#"{"s":"\q"}"#).unwrap_err();
+        assert_eq!(
+            syntax_error_said(&e),
+            e.to_string(),
+            "other errors are serde_json's"
+        );
     }
 
     /// A key repeated within one object is not the stored form (parsing keeps only the last);

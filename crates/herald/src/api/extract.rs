@@ -238,7 +238,10 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
         // valid JSON; a lone surrogate (`"\ud800"`) or invalid UTF-8 is not.
         let parsed = serde_json::from_slice::<serde_json::Value>(bytes);
         if e.classify() != serde_json::error::Category::Data && parsed.is_err() {
-            return invalid_json(format!("the request body is not valid JSON: {e}"));
+            return invalid_json(format!(
+                "the request body is not valid JSON: {}",
+                herald_core::js_json::syntax_error_said(&e)
+            ));
         }
         let path = path_of::<T>(bytes);
         if let Some(field) = missing_field(&said) {

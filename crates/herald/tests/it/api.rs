@@ -40,6 +40,19 @@ async fn bad_input_gets_a_clear_client_error() {
     let resp = raw("").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
+    // Half a surrogate pair in the data (a string cut inside an emoji) is named as such.
+    let resp = raw(r#"{"type":"user.created","data":{"user":{"id":"1","name":"x\udc00"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("names half of a UTF-16 surrogate pair"),
+        "{message}"
+    );
+
     // A handle or a name where an id belongs: the 404 says what an id looks like.
     for (path, expected) in [
         (
