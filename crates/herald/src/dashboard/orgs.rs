@@ -86,6 +86,8 @@ pub fn catalog_choices(chosen: &[String]) -> Vec<CatalogChoice> {
 struct OrgsPage {
     orgs: Vec<OrgRow>,
     next_cursor: Option<String>,
+    /// Past the first page: it gets a link back to the first.
+    paged: bool,
     can_create: bool,
     form: OrgForm,
     catalogs: Vec<CatalogChoice>,
@@ -116,6 +118,7 @@ async fn orgs_page(
     chosen: Option<Vec<String>>,
     status: StatusCode,
 ) -> DashResult<Response> {
+    let paged = cursor.is_some();
     let page = PageRequest::of_ids(Some(100), cursor, OrgId::parse)
         .map_err(crate::service::ServiceError::from)?;
     let list = orgs::list(state, &signed.scope, page).await?;
@@ -123,6 +126,7 @@ async fn orgs_page(
     let page = OrgsPage {
         orgs: list.data.iter().map(OrgRow::from).collect(),
         next_cursor: list.next_cursor,
+        paged,
         can_create: signed.scope == Scope::Admin,
         form,
         catalogs: catalog_choices(&chosen),
@@ -218,6 +222,8 @@ struct OrgPage {
     org: OrgRow,
     webhooks: Vec<WebhookRow>,
     next_cursor: Option<String>,
+    /// Past the first page: it gets a link back to the first.
+    paged: bool,
     keys: Vec<KeyRow>,
 }
 
@@ -229,6 +235,7 @@ async fn show_org(
 ) -> DashResult<Response> {
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let cursor = q.get("cursor").map(str::to_owned);
+    let paged = cursor.is_some();
     let page = PageRequest::of_ids(Some(100), cursor, WebhookId::parse)
         .map_err(crate::service::ServiceError::from)?;
     let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;
@@ -237,6 +244,7 @@ async fn show_org(
         org: OrgRow::from(&org),
         webhooks: list.data.iter().map(WebhookRow::from).collect(),
         next_cursor: list.next_cursor,
+        paged,
         keys: keys.iter().map(KeyRow::from).collect(),
     };
     let layout = Layout::new(&state, &signed, org.name.clone(), Some(&org)).await;

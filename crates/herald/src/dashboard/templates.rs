@@ -54,6 +54,7 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.add_global("css_path", super::assets::CSS_PATH.as_str());
     env.add_global("js_path", super::assets::JS_PATH.as_str());
+    env.add_global("icon_path", super::assets::ICON_PATH.as_str());
     for (name, source) in SOURCES {
         if let Err(e) = env.add_template(name, source) {
             // Pages using it answer 500; the template tests fail on this.

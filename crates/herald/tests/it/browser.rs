@@ -65,8 +65,13 @@ async fn story(app: &TestApp, rx: &TestReceiver, b: &Browser) {
     b.click("a.button.primary[href$='/webhooks/new']").await;
     b.type_into("#wh-name", "CRM sync").await;
     b.type_into("#wh-url", &rx.url("/hooks")).await;
-    b.type_into("#wh-description", "Keeps the CRM's users in step")
-        .await;
+    // A description with a long URL in it: it must wrap, not widen the page (checked on a phone).
+    b.type_into(
+        "#wh-description",
+        "Keeps the CRM's users in step. Runbook: https://wiki.example.com/display/IDENTITY/\
+         Webhook+Receivers+for+the+CRM+synchronisation+service?pageId=123456789",
+    )
+    .await;
     b.click("input[name=events][value='user.created']").await;
     b.click("input[name=events][value='user.deleted']").await;
     b.type_into("#wh-headers", "X-Team: identity").await;
@@ -163,7 +168,35 @@ async fn story(app: &TestApp, rx: &TestReceiver, b: &Browser) {
     b.goto(&format!("{base}/orgs/{org}/catalog")).await;
     b.wait_for("article.event-type").await;
     b.screenshot("09b-catalog-phone").await;
-    b.resize(DESKTOP.0, DESKTOP.1).await;
+    // An organization whose name is one long word, and a webhook named so too: the names
+    // wrap, so the page does not scroll sideways and "Sign out" stays in sight.
+    let long = app.create_org(&"Averylongorganizationname".repeat(5)).await;
+    app.post(
+        &format!("/v1/orgs/{long}/webhooks"),
+        json!({ "name": "Averylongwebhookname".repeat(5), "url": rx.url("/hooks") }),
+    )
+    .await;
+    for (width, height) in [PHONE, DESKTOP] {
+        b.resize(width, height).await;
+        b.goto(&format!("{base}/orgs/{long}")).await;
+        b.wait_for("table.list").await;
+        let overflow = b
+            .script("return String(document.documentElement.scrollWidth > window.innerWidth + 1);")
+            .await;
+        assert_eq!(
+            overflow, "false",
+            "a long name widens the page at {width}px"
+        );
+    }
+    b.screenshot("09d-long-names").await;
+
+    // A refused event type puts the focus on the field to mend.
+    b.goto(&format!("{base}/orgs/{org}/catalog")).await;
+    b.type_into("#type-name", "bad name").await;
+    b.click("#new-type form button.primary").await;
+    b.wait_for("p.error").await;
+    let focused = b.script("return document.activeElement.id;").await;
+    assert_eq!(focused, "type-name", "the refused field has the focus");
 
     // An API key, created on the organization page and shown once.
     b.goto(&format!("{base}/orgs/{org}")).await;

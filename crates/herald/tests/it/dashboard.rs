@@ -264,6 +264,16 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
     }
     let a = admin.get(&format!("/orgs/{org}?cursor=nonsense")).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    // A page past the first of a list leads back to the first; the first has no such link.
+    for (first, later) in [
+        (format!("/orgs/{org}"), format!("/orgs/{org}?cursor={hook}")),
+        ("/orgs".to_owned(), format!("/orgs?cursor={org}")),
+    ] {
+        let link = format!(r#"<a href="{first}">← First page</a>"#);
+        assert!(!admin.get(&first).await.body.contains(&link), "{first}");
+        let a = admin.get(&later).await;
+        assert!(a.body.contains(&link), "{later}: {}", a.body);
+    }
 
     // Pages are never cached and may run only the dashboard's own script.
     let resp = app
@@ -284,6 +294,7 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
     for (path, kind) in [
         (linked(r#"rel="stylesheet" href=""#), "text/css"),
         (linked(r#"<script src=""#), "text/javascript"),
+        (linked(r#"rel="icon" href=""#), "image/svg+xml"),
     ] {
         // Named by a digest of the content, not by the package's version, which stays the
         // same over many builds: a browser would keep last week's styles for a week.
@@ -303,6 +314,15 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
         assert!(header(CONTENT_TYPE).starts_with(kind), "{path}");
         assert!(header(CACHE_CONTROL).contains("immutable"), "{path}");
     }
+    // Browsers ask for /favicon.ico on pages that name no icon: they get it, not a 404.
+    let resp = app
+        .http
+        .get(format!("{}/favicon.ico", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "image/svg+xml");
 
     // A form sent after the session ended (it expired) was not saved: the sign-in page
     // says so and leads back to the form's page.
