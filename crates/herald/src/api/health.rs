@@ -200,7 +200,7 @@ async fn may_scrape(
     let presented = state.auth.present(client, sent)?;
     let (sent_digest, expected_digest) = (Sha256::digest(sent), Sha256::digest(expected.trim()));
     if bool::from(sent_digest.ct_eq(&expected_digest)) {
-        presented.admitted();
+        presented.admitted(crate::service::token_failures::Owner::Operator);
         return Ok(true);
     }
     Ok(matches!(

@@ -15,7 +15,7 @@ use herald_core::store::Store;
 use herald_core::{ApiKeyId, OrgId};
 
 use super::cancel_safe::to_the_end;
-use super::token_failures::{Check, Network, Pass, TokenFailures};
+use super::token_failures::{Check, Network, Owner, Pass, TokenFailures};
 use super::{ServiceError, ServiceResult};
 use crate::app::AppState;
 
@@ -243,22 +243,25 @@ impl Presented<'_> {
     /// guessed).
     pub async fn resolve(self) -> ServiceResult<Option<(Scope, KeyRole)>> {
         let resolved = self.auth.resolve_digest(&self.digest).await?;
-        if resolved.is_some() {
-            self.admitted();
+        if let Some((scope, _)) = &resolved {
+            self.admitted(match scope {
+                Scope::Admin => Owner::Operator,
+                Scope::Org(org) => Owner::org(org.as_str()),
+            });
         } else if !self.empty {
             self.failed();
         }
         Ok(resolved)
     }
 
-    /// The token was taken (here or by other means, as the metrics token is): it passes its
-    /// network's allowance from now on.
-    pub fn admitted(mut self) {
+    /// The token, `owner`'s, was taken (here or by other means, as the metrics token is): it
+    /// passes its network's allowance from now on.
+    pub fn admitted(mut self, owner: Owner) {
         self.settled = true;
         if let Some((network, pass)) = self.counted {
             self.auth
                 .failures
-                .admitted(network, &self.digest.hash, pass);
+                .admitted(network, &self.digest.hash, pass, owner);
         }
     }
 

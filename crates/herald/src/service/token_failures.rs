@@ -3,7 +3,9 @@
 //! has not used before are answered 429 without the token being checked, until its allowance
 //! refills. Tokens already admitted from that network still pass, so a producer behind the
 //! same proxy as a guesser, or beside a client still sending a revoked key, keeps working,
-//! while a weak admin token cannot be guessed at the server's speed.
+//! while a weak admin token cannot be guessed at the server's speed. A tenant cannot push the
+//! admin's token or another tenant's keys out of that memory by using many keys of its own
+//! (`Owner`).
 //!
 //! Counted by each node on its own, by the connection's peer address: an IPv6 address by its
 //! /64, which one host usually holds whole. `X-Forwarded-For` can be forged, so it is not used.
@@ -23,6 +25,9 @@ const MAX_NETWORKS: usize = 10_000;
 /// Tokens remembered as admitted from one network, the least recently used forgotten first (a
 /// proxy in front of many producers).
 const ADMITTED_PER_NETWORK: usize = 64;
+/// Of those, the most one organization's keys hold: past it, a new key of that organization
+/// takes the place of its own least recently used.
+const ADMITTED_PER_ORG: usize = 16;
 
 /// Where a request came from, as far as counting failures goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +73,28 @@ pub enum Pass {
     Unlimited,
 }
 
+/// Whose a token admitted from a network is, which decides what may take its place in the
+/// network's list. A tenant with a manager key can make as many keys as it likes: were the list
+/// only least-recently-used, 64 of them used once would push out the admin's token and every
+/// other tenant's, and a spent allowance would then hold those back too (a lock-out of
+/// everyone behind the same address). So the operator's tokens (the admin token, the metrics
+/// token) are never pushed out, and one organization's keys hold at most `ADMITTED_PER_ORG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Operator,
+    /// An organization, by a hash of its id (a collision only shares a quota).
+    Org(u64),
+}
+
+impl Owner {
+    pub fn org(id: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        id.hash(&mut hasher);
+        Owner::Org(hasher.finish())
+    }
+}
+
 /// The allowance of every client network, and the tokens admitted from each.
 pub struct TokenFailures {
     /// Failures a network may have in a minute, which is also how many it may have at once
@@ -87,8 +114,9 @@ struct Allowance {
     at: Instant,
     /// When a token last came from this network, to forget the quietest first.
     seen: Instant,
-    /// SHA-256 digests of tokens admitted from this network, the most recently used last.
-    admitted: Vec<[u8; 32]>,
+    /// SHA-256 digests of tokens admitted from this network and whose they are, the most
+    /// recently used last.
+    admitted: Vec<([u8; 32], Owner)>,
 }
 
 impl Allowance {
@@ -97,6 +125,22 @@ impl Allowance {
         self.left = (self.left + elapsed * f64::from(per_minute) / 60.0).min(f64::from(per_minute));
         self.at = now;
         self.seen = now;
+    }
+
+    /// Makes room in a full list for a token of `owner`: its own least recently used if it
+    /// holds its share already, else the least recently used that is not the operator's.
+    fn make_room_for(&mut self, owner: Owner) {
+        let holds = self.admitted.iter().filter(|(_, o)| *o == owner).count();
+        let victim = if owner != Owner::Operator && holds >= ADMITTED_PER_ORG {
+            self.admitted.iter().position(|(_, o)| *o == owner)
+        } else {
+            self.admitted
+                .iter()
+                .position(|(_, o)| *o != Owner::Operator)
+        };
+        if let Some(i) = victim {
+            self.admitted.remove(i);
+        }
     }
 }
 
@@ -117,10 +161,10 @@ impl TokenFailures {
         self.check_at(network, digest, Instant::now())
     }
 
-    /// The token was valid from `network`: it passes there from now on, whatever the
-    /// network's allowance.
-    pub fn admitted(&self, network: Network, digest: &[u8; 32], pass: Pass) {
-        self.admitted_at(network, digest, pass, Instant::now());
+    /// The token, `owner`'s, was valid from `network`: it passes there from now on, whatever
+    /// the network's allowance.
+    pub fn admitted(&self, network: Network, digest: &[u8; 32], pass: Pass, owner: Owner) {
+        self.admitted_at(network, digest, pass, owner, Instant::now());
     }
 
     /// The token from `network` was not valid; `true` when the network's allowance is spent
@@ -152,7 +196,7 @@ impl TokenFailures {
         let mut networks = self.networks.lock().expect("token failures lock");
         let allowance = self.allowance(&mut networks, network, now);
         allowance.refill(now, self.per_minute);
-        if let Some(i) = allowance.admitted.iter().position(|d| d == digest) {
+        if let Some(i) = allowance.admitted.iter().position(|(d, _)| d == digest) {
             if i + 1 != allowance.admitted.len() {
                 let used = allowance.admitted.remove(i);
                 allowance.admitted.push(used);
@@ -168,7 +212,14 @@ impl TokenFailures {
         Check::Wait(Duration::from_secs_f64(seconds.ceil().max(1.0)))
     }
 
-    fn admitted_at(&self, network: Network, digest: &[u8; 32], pass: Pass, now: Instant) {
+    fn admitted_at(
+        &self,
+        network: Network,
+        digest: &[u8; 32],
+        pass: Pass,
+        owner: Owner,
+        now: Instant,
+    ) {
         if pass != Pass::Reserved {
             return;
         }
@@ -177,11 +228,11 @@ impl TokenFailures {
         let allowance = self.allowance(&mut networks, network, now);
         allowance.refill(now, per_minute);
         allowance.left = (allowance.left + 1.0).min(f64::from(per_minute));
-        if !allowance.admitted.contains(digest) {
-            if allowance.admitted.len() == ADMITTED_PER_NETWORK {
-                allowance.admitted.remove(0);
+        if !allowance.admitted.iter().any(|(d, _)| d == digest) {
+            if allowance.admitted.len() >= ADMITTED_PER_NETWORK {
+                allowance.make_room_for(owner);
             }
-            allowance.admitted.push(*digest);
+            allowance.admitted.push((*digest, owner));
         }
     }
 
@@ -196,7 +247,7 @@ impl TokenFailures {
         allowance.refill(now, per_minute);
         if pass == Pass::Known {
             // Admitted before and revoked since: it counts now, and no longer passes.
-            allowance.admitted.retain(|d| d != digest);
+            allowance.admitted.retain(|(d, _)| d != digest);
             allowance.left = (allowance.left - 1.0).max(0.0);
         }
         allowance.left < 1.0
@@ -244,12 +295,29 @@ mod tests {
         failures.failed_at(client, digest, pass, now)
     }
 
-    /// A token that turns out valid.
+    /// A token that turns out valid, of an organization of its own.
     fn valid(failures: &TokenFailures, client: Network, digest: &[u8; 32], now: Instant) -> Pass {
+        valid_of(
+            failures,
+            client,
+            digest,
+            Owner::org(&hex::encode(digest)),
+            now,
+        )
+    }
+
+    /// A token of `owner` that turns out valid.
+    fn valid_of(
+        failures: &TokenFailures,
+        client: Network,
+        digest: &[u8; 32],
+        owner: Owner,
+        now: Instant,
+    ) -> Pass {
         let Check::Go(pass) = failures.check_at(client, digest, now) else {
             panic!("held back");
         };
-        failures.admitted_at(client, digest, pass, now);
+        failures.admitted_at(client, digest, pass, owner, now);
         pass
     }
 
@@ -296,7 +364,7 @@ mod tests {
         assert_eq!(passes[..3], [Check::Go(Pass::Reserved); 3]);
         assert!(matches!(passes[3], Check::Wait(_)));
         // One turns out valid and one is given up: both give back what was held for them.
-        failures.admitted_at(client, &[0; 32], Pass::Reserved, now);
+        failures.admitted_at(client, &[0; 32], Pass::Reserved, Owner::Operator, now);
         failures.unsettled(client, Pass::Reserved);
         assert!(!failures.failed_at(client, &[2; 32], Pass::Reserved, now));
         assert_eq!(
@@ -367,6 +435,59 @@ mod tests {
         ));
         assert_eq!(
             failures.check_at(client, &token(2), now),
+            Check::Go(Pass::Known)
+        );
+    }
+
+    #[test]
+    fn a_tenant_making_many_keys_cannot_push_out_the_admin_or_other_tenants() {
+        let failures = TokenFailures::new(1);
+        let client = net("198.51.100.1");
+        let now = Instant::now();
+        let (admin, neighbour) = ([0xaa; 32], [0xbb; 32]);
+        valid_of(&failures, client, &admin, Owner::Operator, now);
+        valid_of(
+            &failures,
+            client,
+            &neighbour,
+            Owner::org("org_neighbour"),
+            now,
+        );
+        // The tenant uses a hundred keys of its own, then spends the allowance.
+        let attacker = Owner::org("org_attacker");
+        for i in 0..100u8 {
+            valid_of(&failures, client, &[i; 32], attacker, now);
+        }
+        guess(&failures, client, &[0xff; 32], now);
+        for (token, who) in [(admin, "the admin"), (neighbour, "the neighbour")] {
+            assert_eq!(
+                failures.check_at(client, &token, now),
+                Check::Go(Pass::Known),
+                "{who} is held back"
+            );
+        }
+        // Only the tenant's most recent keys are remembered.
+        assert!(matches!(
+            failures.check_at(client, &[0; 32], now),
+            Check::Wait(_)
+        ));
+        assert_eq!(
+            failures.check_at(client, &[99; 32], now),
+            Check::Go(Pass::Known)
+        );
+        assert_eq!(
+            failures.networks.lock().unwrap()[&client].admitted.len(),
+            ADMITTED_PER_NETWORK
+        );
+        // Keys of a hundred organizations (a proxy in front of many) push out one another's,
+        // never the admin's.
+        let later = now + Duration::from_secs(60);
+        for i in 0..100u8 {
+            valid(&failures, client, &[i; 32].map(|b| b ^ 0x55), later);
+        }
+        guess(&failures, client, &[0xfe; 32], later);
+        assert_eq!(
+            failures.check_at(client, &admin, later),
             Check::Go(Pass::Known)
         );
     }
