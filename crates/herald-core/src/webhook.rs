@@ -431,6 +431,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "via",
     "forwarded",
     "http2-settings",
+    // The client's address as a proxy reports it: a receiver that trusts it would believe it.
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    // Another method than the POST sent, to frameworks that honour these.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// Parses custom headers: at most 20, RFC 9110 token names, visible ASCII values, none that
@@ -467,14 +475,30 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
                 "is set by Herald or by HTTP itself, or speaks for a proxy, and cannot be a custom header",
             ));
         }
-        if value.len() > 1024
-            || !value
-                .bytes()
-                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        if let Some(b) = value
+            .bytes()
+            .find(|&b| b != b'\t' && !(0x20..0x7f).contains(&b))
         {
+            let what = match b {
+                b'\r' | b'\n' => "a line break",
+                0x80.. => "a character outside ASCII",
+                _ => "a control character",
+            };
             return Err(Invalid::new(
                 field,
-                "value must be at most 1024 visible ASCII characters",
+                format!(
+                    "value holds {what} (byte 0x{b:02x}): a header value is one line of visible \
+                     ASCII characters, spaces and tabs"
+                ),
+            ));
+        }
+        if value.len() > 1024 {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "value is {} characters long; at most 1024 are sent",
+                    value.len()
+                ),
             ));
         }
         if out.insert(lower, value).is_some() {
@@ -641,12 +665,30 @@ mod tests {
             "X-Forwarded-For",
             "Forwarded",
             "Date",
+            "X-Real-IP",
+            "X-HTTP-Method-Override",
         ] {
             let raw = BTreeMap::from([(name.to_owned(), "x".to_owned())]);
             assert!(parse_headers(raw).is_err(), "{name}");
         }
         let ok = BTreeMap::from([("X-Team".to_owned(), "identity".to_owned())]);
         assert_eq!(parse_headers(ok).unwrap()["x-team"], "identity");
+    }
+
+    #[test]
+    fn a_custom_header_value_says_what_is_wrong_with_it() {
+        for (value, said) in [
+            ("a\r\nX-Evil: 1", "a line break (byte 0x0d)"),
+            ("caf\u{e9}", "a character outside ASCII"),
+            ("a\u{1}", "a control character (byte 0x01)"),
+            (&"x".repeat(1025), "1025 characters long"),
+        ] {
+            let raw = BTreeMap::from([("X-Team".to_owned(), value.to_owned())]);
+            let err = parse_headers(raw).unwrap_err();
+            assert!(err.message.contains(said), "{value:?}: {err:?}");
+        }
+        let raw = BTreeMap::from([("X-Team".to_owned(), "a\tb c".to_owned())]);
+        assert!(parse_headers(raw).is_ok());
     }
 
     #[test]
