@@ -107,6 +107,48 @@ fn new_secret(profile: ProfileName, given: Option<&str>) -> ServiceResult<String
     }
 }
 
+/// How long creating or changing a webhook waits for its URL's host name to resolve.
+const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuses a URL whose host name resolves only to addresses Herald does not deliver to, as an
+/// IP address of that kind is refused, so that the user learns it now rather than from the
+/// first failed delivery. A name that does not resolve (yet), or not within `RESOLVE_WAIT`,
+/// is accepted: DNS can change, and every delivery checks the addresses again anyway.
+/// Runs before the organization's one change at a time, which must not wait on DNS.
+async fn check_resolved_host(state: &AppState, url: Option<&str>) -> ServiceResult<()> {
+    // A URL that is not valid is refused with its reason by the checks that follow.
+    let Some(url) = url.and_then(|u| WebhookUrl::parse(u).ok()) else {
+        return Ok(());
+    };
+    let Some((host, port)) = url::Url::parse(url.as_str()).ok().and_then(|u| {
+        let port = u.port_or_known_default()?;
+        match u.host()? {
+            url::Host::Domain(name) => Some((name.to_owned(), port)),
+            url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
+        }
+    }) else {
+        return Ok(());
+    };
+    let lookup = tokio::net::lookup_host((host.as_str(), port));
+    let Ok(Ok(addresses)) = tokio::time::timeout(RESOLVE_WAIT, lookup).await else {
+        return Ok(());
+    };
+    let kinds: Vec<Option<&str>> = addresses
+        .map(|a| state.address_policy.refused_kind(a.ip()))
+        .collect();
+    match kinds.first() {
+        Some(Some(kind)) if kinds.iter().all(Option::is_some) => Err(Invalid::new(
+            "url",
+            format!(
+                "{host} resolves to a {kind} address; Herald delivers only to public addresses \
+                 unless HERALD_ALLOW_PRIVATE_NETWORKS includes it"
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Profile rules that involve the URL or the organization's other webhooks.
 fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) -> ServiceResult<()> {
     w.options.check(w.profile)?;
@@ -218,6 +260,7 @@ pub async fn create(
     org: &OrgId,
     input: WebhookInput,
 ) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
+    check_resolved_host(state, input.url.as_deref()).await?;
     // Checked against the organization's other webhooks, then written: one change at a time.
     let (created, activate) = super::one_change_at_a_time(state, org, {
         let (scope, owner) = (scope.clone(), org.clone());
@@ -366,6 +409,7 @@ pub async fn update(
     id: &WebhookId,
     input: WebhookInput,
 ) -> ServiceResult<Webhook> {
+    check_resolved_host(state, input.url.as_deref()).await?;
     // Checked against the organization's other webhooks, then written: one change at a time.
     let (scope, owner, id) = (scope.clone(), org.clone(), id.clone());
     super::one_change_at_a_time(state, org, move |state| async move {

@@ -42,12 +42,9 @@ async fn a_literal_non_public_address_is_refused_when_the_webhook_is_created() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_that_resolves_to_a_non_public_address_is_blocked_at_delivery() {
-    let app = strict_app().await;
-    let rx = TestReceiver::start().await;
-    let org = app.create_org("Acme").await;
-    // This machine's own name resolves locally (to loopback here, or a private address).
+/// This machine's own name, which resolves locally (to loopback here, or a private address),
+/// and what it resolves to.
+async fn local_name() -> (String, Vec<std::net::SocketAddr>) {
     let host = std::fs::read_to_string("/etc/hostname")
         .unwrap()
         .trim()
@@ -64,10 +61,75 @@ async fn a_name_that_resolves_to_a_non_public_address_is_blocked_at_delivery() {
                 .is_err()),
         "this test needs the machine's name to resolve to a non-public address: {resolved:?}"
     );
-    let url = format!("http://{host}:{}/h", rx.addr.port());
-    let hook = app
-        .create_webhook(&org, &url, json!({ "retry_schedule": [0] }))
+    (host, resolved)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_a_non_public_address_is_refused_when_the_webhook_is_created() {
+    let app = strict_app().await;
+    let org = app.create_org("Acme").await;
+    let (host, _) = local_name().await;
+    let url = format!("http://{host}:9000/h");
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "x", "url": url }),
+        )
         .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "url", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{host} resolves to a ")),
+        "{message}"
+    );
+    assert!(
+        message.contains("HERALD_ALLOW_PRIVATE_NETWORKS"),
+        "{message}"
+    );
+    // Changing a webhook's URL to it is refused the same way; a name that does not resolve
+    // (yet) is taken, as DNS may change: deliveries check again.
+    let hook = app
+        .create_webhook(&org, "http://no-such-host.invalid/h", json!({}))
+        .await;
+    let (status, err) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{}", hook["id"].as_str().unwrap()),
+            json!({ "url": url }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_a_non_public_address_is_blocked_at_delivery() {
+    let app = strict_app().await;
+    let rx = TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let (host, resolved) = local_name().await;
+    // Created while its name resolved to a public address; it resolves locally now (a
+    // rebinding): what the store holds is what a change of DNS would make of it.
+    let hook = app
+        .create_webhook(
+            &org,
+            "http://no-such-host.invalid/h",
+            json!({ "retry_schedule": [0] }),
+        )
+        .await;
+    let (org_id, hook_id) = (
+        herald_core::OrgId::parse(&org).unwrap(),
+        herald_core::WebhookId::parse(hook["id"].as_str().unwrap()).unwrap(),
+    );
+    let mut stored = app
+        .state
+        .store
+        .get_webhook(&org_id, &hook_id)
+        .await
+        .unwrap();
+    let url = format!("http://{host}:{}/h", rx.addr.port());
+    stored.url = herald_core::webhook::WebhookUrl::parse(&url).unwrap();
+    app.state.store.update_webhook(&stored).await.unwrap();
+    app.state.directory.invalidate(&org_id);
     app.send_event(
         &org,
         json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
@@ -103,19 +165,30 @@ async fn websub_verification_goes_through_the_same_guard() {
     .await;
     let rx = TestReceiver::start().await;
     let org = app.create_org("Acme").await;
-    let host = std::fs::read_to_string("/etc/hostname")
-        .unwrap()
-        .trim()
-        .to_owned();
-    let url = format!("http://{host}:{}/h", rx.addr.port());
+    let (host, _) = local_name().await;
+    // Its name resolves locally only since it was created (as at delivery, above).
     let hook = app
         .create_webhook(
             &org,
-            &url,
+            "http://no-such-host.invalid/h",
             json!({ "verification": "websub", "channels": ["user"] }),
         )
         .await;
     let id = hook["id"].as_str().unwrap();
+    let (org_id, hook_id) = (
+        herald_core::OrgId::parse(&org).unwrap(),
+        herald_core::WebhookId::parse(id).unwrap(),
+    );
+    let mut stored = app
+        .state
+        .store
+        .get_webhook(&org_id, &hook_id)
+        .await
+        .unwrap();
+    let url = format!("http://{host}:{}/h", rx.addr.port());
+    stored.url = herald_core::webhook::WebhookUrl::parse(&url).unwrap();
+    app.state.store.update_webhook(&stored).await.unwrap();
+    app.state.directory.invalidate(&org_id);
     let (_, active) = app
         .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
         .await;
