@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use herald_core::org::Organization;
+use herald_core::subscription::Verification;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, PageRequest, WebhookId};
 
@@ -19,7 +20,7 @@ use super::session::{Flash, Post, Signed};
 use super::templates::{self, Layout, when};
 use crate::app::AppState;
 use crate::service::orgs::OrgInput;
-use crate::service::{Scope, ServiceError, auth, event_types, orgs, webhooks};
+use crate::service::{Scope, ServiceError, auth, event_types, orgs, subscriptions, webhooks};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -199,6 +200,11 @@ pub struct WebhookRow {
     active: bool,
     wants: String,
     disabled_reason: Option<String>,
+    /// An active webhook that verifies its intent: how many of its channels deliver now, as
+    /// "1 of 2 channels verified" (enabled, it gets only those channels' events).
+    channels_verified: Option<String>,
+    /// None of them does: it gets nothing.
+    no_channel_verified: bool,
 }
 
 impl From<&Webhook> for WebhookRow {
@@ -213,8 +219,36 @@ impl From<&Webhook> for WebhookRow {
             active: w.active,
             wants: wants.join(", "),
             disabled_reason: w.disabled_reason.clone(),
+            channels_verified: None,
+            no_channel_verified: false,
         }
     }
+}
+
+/// Fills in how many channels each active WebSub webhook of the page delivers to, so that one
+/// whose verification failed does not look like every other enabled webhook.
+async fn count_verified_channels(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    webhooks: &[Webhook],
+    rows: &mut [WebhookRow],
+) -> DashResult<()> {
+    let now = state.clock.now();
+    for (w, row) in webhooks.iter().zip(rows.iter_mut()) {
+        if !(w.active && w.verification == Verification::Websub) {
+            continue;
+        }
+        let subs = subscriptions::list(state, scope, org, &w.id).await?;
+        let verified = subs.iter().filter(|s| s.delivers(now)).count();
+        row.channels_verified = Some(format!(
+            "{verified} of {} channel{} verified",
+            subs.len(),
+            if subs.len() == 1 { "" } else { "s" }
+        ));
+        row.no_channel_verified = verified == 0;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -240,9 +274,11 @@ async fn show_org(
         .map_err(crate::service::ServiceError::from)?;
     let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;
     let keys = auth::list_api_keys(&state, &signed.scope, &org.id).await?;
+    let mut rows: Vec<WebhookRow> = list.data.iter().map(WebhookRow::from).collect();
+    count_verified_channels(&state, &signed.scope, &org.id, &list.data, &mut rows).await?;
     let page = OrgPage {
         org: OrgRow::from(&org),
-        webhooks: list.data.iter().map(WebhookRow::from).collect(),
+        webhooks: rows,
         next_cursor: list.next_cursor,
         paged,
         keys: keys.iter().map(KeyRow::from).collect(),

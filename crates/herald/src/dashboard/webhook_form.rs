@@ -21,10 +21,10 @@ use super::forms::Form;
 use super::orgs::org_id;
 use super::session::{Flash, Post, Signed};
 use super::templates::{self, Layout};
-use super::webhooks::{join_numbers, secret_flash, webhook_id, webhook_path};
+use super::webhooks::{join_numbers, secret_flash, verification_flash, webhook_id, webhook_path};
 use crate::app::AppState;
 use crate::service::webhooks::{self, WebhookInput};
-use crate::service::{ServiceError, event_types, orgs};
+use crate::service::{ServiceError, event_types, orgs, subscriptions};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -395,6 +395,34 @@ async fn edit_webhook(
     .await
 }
 
+/// "Webhook saved.", and what became of the WebSub verification the change sent (a new URL,
+/// new channels or a profile that verifies its intent are verified again before they get
+/// events), as enabling the webhook says it.
+async fn saved_flash(
+    state: &AppState,
+    signed: &Signed,
+    w: &Webhook,
+    started: Timestamp,
+) -> DashResult<Flash> {
+    use herald_core::subscription::Verification;
+    if !(w.active && w.verification == Verification::Websub) {
+        return Ok(Flash::ok("Webhook saved."));
+    }
+    let subs = subscriptions::list(state, &signed.scope, &w.org_id, &w.id).await?;
+    let sent: Vec<_> = subs
+        .into_iter()
+        .filter(|s| s.last_attempt_at.is_some_and(|at| at >= started))
+        .collect();
+    if sent.is_empty() {
+        return Ok(Flash::ok("Webhook saved."));
+    }
+    let verified = verification_flash(&sent, None);
+    Ok(Flash {
+        message: format!("Webhook saved. {}", verified.message),
+        ..verified
+    })
+}
+
 async fn update_webhook(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
@@ -404,6 +432,7 @@ async fn update_webhook(
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let id = webhook_id(&id)?;
     let typed = WebhookForm::read(&form);
+    let started = state.clock.now();
     let updated = match typed.input(false) {
         Ok(mut input) => {
             // Saved over a change made since the form was opened, the form would undo it
@@ -415,7 +444,7 @@ async fn update_webhook(
     };
     match updated {
         Ok(w) => {
-            let flash = Flash::ok("Webhook saved.");
+            let flash = saved_flash(&state, &signed, &w, started).await?;
             Ok(signed
                 .flash_then_go(&state, flash, &webhook_path(&org.id, &w.id))
                 .await)

@@ -431,7 +431,7 @@ fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {
 
 /// What became of the verification sent for `channel` (every channel when `None`): the
 /// webhook's other channels keep what they were, and are not this message's.
-fn verification_flash(subs: &[Subscription], channel: Option<&str>) -> Flash {
+pub(super) fn verification_flash(subs: &[Subscription], channel: Option<&str>) -> Flash {
     use herald_core::subscription::State;
     let sent: Vec<&Subscription> = subs
         .iter()

@@ -9,7 +9,7 @@ use reqwest::header::{
 };
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, Reply, TestApp, TestReceiver};
+use crate::helpers::{ADMIN_TOKEN, Reply, Subscriber, TestApp, TestReceiver};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -871,6 +871,36 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         body.contains("WebSub verification sent for 1 channel(s)"),
         "{body}"
     );
+    // The organization's list says how many channels it delivers to.
+    let listed = admin.get(&format!("/orgs/{org}")).await.body;
+    assert!(listed.contains("2 of 2 channels verified"), "{listed}");
+    assert!(!listed.contains("it gets no events"), "{listed}");
+    // Another, whose endpoint refuses both channels: enabled, and the list says it gets
+    // nothing. (A channel verified before keeps its lease through a failed renewal.)
+    let refusing = TestReceiver::start().await;
+    refusing.subscriber(Subscriber::Refuse(404));
+    let other = app
+        .create_webhook(
+            org,
+            &refusing.url("/hub"),
+            json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value" }),
+        )
+        .await;
+    let other = other["id"].as_str().unwrap();
+    let (_, active) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{other}/activate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(active["subscriptions"][1]["state"], "failed", "{active}");
+    let listed = admin.get(&format!("/orgs/{org}")).await.body;
+    assert!(
+        listed.contains(
+            r#"<span class="badge failed">0 of 2 channels verified</span> <small>it gets no events</small>"#
+        ),
+        "{listed}"
+    );
     // An active WebSub webhook is not deleted: the page says why instead.
     admin
         .post(&format!("{page}/delete"), &[("csrf", &csrf)])
@@ -896,6 +926,71 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         body.matches(r#"data-label="Lease ends"></td>"#).count(),
         2,
         "{body}"
+    );
+}
+
+/// An edit that sends a WebSub verification (a new URL) says what became of it, as enabling
+/// does, instead of only "saved".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_that_verifies_again_says_how_the_verification_went() {
+    let app = TestApp::spawn_with(|s| s.security.allow_insecure_urls = true).await;
+    let (echoing, refusing) = (TestReceiver::start().await, TestReceiver::start().await);
+    refusing.subscriber(Subscriber::Refuse(404));
+    let (_, org) = app
+        .post(
+            "/v1/orgs",
+            json!({ "name": "My Org", "catalogs": ["asgardeo"] }),
+        )
+        .await;
+    let org = org["id"].as_str().unwrap();
+    let hook = app
+        .create_webhook(
+            org,
+            &echoing.url("/hub"),
+            json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value" }),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap();
+    app.post(
+        &format!("/v1/orgs/{org}/webhooks/{hook}/activate"),
+        json!({}),
+    )
+    .await;
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let edit = format!("/orgs/{org}/webhooks/{hook}/edit");
+    let save = format!("/orgs/{org}/webhooks/{hook}");
+    let saved_with = async |name: &str, url: &str| {
+        let body = admin.get(&edit).await.body;
+        let marker = r#"name="read_at" value=""#;
+        let start = body.find(marker).unwrap() + marker.len();
+        let read_at = body[start..].split('"').next().unwrap().to_owned();
+        let csrf = admin.csrf(&edit).await;
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("read_at", read_at.as_str()),
+            ("name", name),
+            ("url", url),
+            ("profile", "asgardeo"),
+            ("channels", "login"),
+        ];
+        let a = admin.post(&save, &form).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        admin.get(&save).await.body
+    };
+    // A new name only: nothing is verified again.
+    let page = saved_with("renamed", &echoing.url("/hub")).await;
+    assert!(page.contains("Webhook saved.</p>"), "{page}");
+    // A new URL whose endpoint refuses: saved, and the verification's failure said.
+    let page = saved_with("renamed", &refusing.url("/hub")).await;
+    assert!(
+        page.contains("Webhook saved. WebSub verification failed for: login."),
+        "{page}"
+    );
+    // Back to one that answers.
+    let page = saved_with("renamed", &echoing.url("/hub")).await;
+    assert!(
+        page.contains("Webhook saved. WebSub verification sent for 1 channel(s)."),
+        "{page}"
     );
 }
 
