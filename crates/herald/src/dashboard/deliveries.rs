@@ -52,10 +52,15 @@ pub struct DeliveryRow {
     why: Option<&'static str>,
     created: String,
     next_attempt: Option<String>,
+    /// The next attempt's time has come: it is under way, or waiting for its turn (the
+    /// endpoint's other requests, its circuit).
+    due: bool,
 }
 
-impl From<&Delivery> for DeliveryRow {
-    fn from(d: &Delivery) -> Self {
+impl DeliveryRow {
+    /// The row of `d` as seen at `now`.
+    pub fn of(d: &Delivery, now: Timestamp) -> Self {
+        let pending = d.state == DeliveryState::Pending;
         Self {
             id: d.id.to_string(),
             webhook_id: d.webhook_id.to_string(),
@@ -70,7 +75,8 @@ impl From<&Delivery> for DeliveryRow {
                 .as_deref()
                 .and_then(herald_core::delivery::explain_last_error),
             created: when(d.created_at),
-            next_attempt: when_opt(d.next_attempt_at).filter(|_| d.state == DeliveryState::Pending),
+            next_attempt: when_opt(d.next_attempt_at).filter(|_| pending),
+            due: pending && d.next_attempt_at.is_some_and(|at| at <= now),
         }
     }
 }
@@ -151,7 +157,11 @@ async fn list_deliveries(
         org_id: org.id.to_string(),
         webhook_id: w.id.to_string(),
         webhook_name: w.name.clone(),
-        rows: list.data.iter().map(DeliveryRow::from).collect(),
+        rows: list
+            .data
+            .iter()
+            .map(|d| DeliveryRow::of(d, state.clock.now()))
+            .collect(),
         state: state_filter,
         event_type: type_filter,
         states: STATES,
@@ -323,7 +333,7 @@ async fn show_delivery(
         .map(|w| w.name);
     let page = DeliveryPage {
         org_id: org.id.to_string(),
-        delivery: DeliveryRow::from(&detail.delivery),
+        delivery: DeliveryRow::of(&detail.delivery, state.clock.now()),
         webhook_name,
         attempts: detail.attempts.iter().map(AttemptRow::from).collect(),
         request_body: request.as_ref().map(|r| pretty(&r.body)),
@@ -426,7 +436,7 @@ async fn show_event(
                     .deliveries
                     .iter()
                     .map(|d| EventDeliveryRow {
-                        delivery: DeliveryRow::from(d),
+                        delivery: DeliveryRow::of(d, state.clock.now()),
                         webhook_name: snapshot.webhook(&d.webhook_id).map(|w| w.name.clone()),
                     })
                     .collect();

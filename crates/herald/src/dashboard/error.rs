@@ -33,11 +33,14 @@ impl From<ServiceError> for DashError {
 /// The status and message a person sees for an error.
 pub fn describe(e: ServiceError) -> (StatusCode, String) {
     if let ServiceError::NotFound(what) = &e {
+        let whose = if *what == "organization" {
+            "or it is not one you can see"
+        } else {
+            "or it belongs to an organization you cannot see"
+        };
         return (
             StatusCode::NOT_FOUND,
-            format!(
-                "No such {what} here. It may have been deleted, or it belongs to an organization you cannot see."
-            ),
+            format!("No such {what} here. It may have been deleted, {whose}."),
         );
     }
     if let ServiceError::Invalid(i) = &e
@@ -118,6 +121,21 @@ pub type DashResult<T> = Result<T, DashError>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_missing_organization_is_not_said_to_belong_to_another() {
+        use crate::service::ServiceError;
+        let (_, said) = super::describe(ServiceError::NotFound("organization"));
+        assert_eq!(
+            said,
+            "No such organization here. It may have been deleted, or it is not one you can see."
+        );
+        let (_, said) = super::describe(ServiceError::NotFound("webhook"));
+        assert!(
+            said.ends_with("belongs to an organization you cannot see."),
+            "{said}"
+        );
+    }
+
     #[test]
     fn api_routes_in_messages_become_the_dashboard_buttons() {
         assert_eq!(

@@ -245,7 +245,11 @@ async fn show_webhook(
             .map(SubscriptionRow::from)
             .collect(),
         charts: charts(&series),
-        recent: recent.data.iter().map(DeliveryRow::from).collect(),
+        recent: recent
+            .data
+            .iter()
+            .map(|d| DeliveryRow::of(d, state.clock.now()))
+            .collect(),
     };
     let layout = Layout::new(&state, &signed, w.name.clone(), Some(&org)).await;
     Ok(templates::render(

@@ -994,6 +994,32 @@ async fn an_edit_that_verifies_again_says_how_the_verification_went() {
     );
 }
 
+/// A delivery whose attempt's time has come (under way, here: the endpoint is slow) is "due
+/// since" that time, not "next" at a time already past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_under_way_is_due_not_next() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(200).after(std::time::Duration::from_secs(3)));
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let hook = hook["id"].as_str().unwrap();
+    app.send_event(
+        &org,
+        json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
+    )
+    .await;
+    rx.wait_for("/h", 1, std::time::Duration::from_secs(10))
+        .await;
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let body = admin
+        .get(&format!("/orgs/{org}/webhooks/{hook}/deliveries"))
+        .await
+        .body;
+    assert!(body.contains("<small>due since 20"), "{body}");
+    assert!(!body.contains("<small>next 20"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_filters_recover_and_edit_go_through_the_services() {
     let app = TestApp::spawn().await;
