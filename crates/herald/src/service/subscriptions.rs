@@ -291,7 +291,8 @@ pub fn subscribed_channels(
 
 /// Sends `hub.mode=unsubscribe` for each of these subscriptions, in a task of its own, as
 /// disabling their webhooks would: their organization was deleted (SPEC 4: a WebSub webhook
-/// is deleted only once it unsubscribed). Nothing is stored; the answers are logged.
+/// is deleted only once it unsubscribed), or their channels are no longer their webhooks'.
+/// Nothing is stored; the answers are logged.
 pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook, Subscription)>) {
     if subscribed.is_empty() {
         return;
@@ -316,12 +317,12 @@ pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook,
             .collect::<Vec<_>>()
             .await;
         let refused = asked.iter().filter(|a| a.is_err()).count();
-        tracing::info!(org = %org, channels = asked.len(), refused, "WebSub unsubscribe sent for the deleted organization's webhooks");
+        tracing::info!(org = %org, channels = asked.len(), refused, "WebSub unsubscribe sent for channels no longer subscribed");
     });
 }
 
 /// [`verify`] for these channels of the webhook.
-async fn verify_channels(
+pub async fn verify_channels(
     state: &AppState,
     snapshot: &OrgSnapshot,
     webhook: &Webhook,
@@ -436,9 +437,16 @@ pub async fn list(
     if webhook.verification == Verification::None {
         return Ok(Vec::new());
     }
+    // Only the webhook's channels: one dropped from it was unsubscribed, and has nothing left
+    // to show or resend.
+    let channels = snapshot.channels_of(webhook);
     let existing = snapshot.subscriptions_of(id);
-    let mut out: Vec<Subscription> = existing.iter().map(|s| (*s).clone()).collect();
-    for channel in snapshot.channels_of(webhook) {
+    let mut out: Vec<Subscription> = existing
+        .iter()
+        .filter(|s| channels.contains(&s.channel))
+        .map(|s| (*s).clone())
+        .collect();
+    for channel in channels {
         if !out.iter().any(|s| s.channel == channel) {
             // Never sent: what enabling sends (there is nothing to unsubscribe from).
             let topic = subscription::topic(&snapshot.org, webhook.profile, &channel);

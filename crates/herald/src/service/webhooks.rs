@@ -521,16 +521,30 @@ async fn update_checked(
     let leaves_websub = (old_verification == Verification::Websub && !websub && was_active)
         .then(|| snapshot.webhook(&w.id).map(|old| (**old).clone()))
         .flatten();
-    let reverify = websub
-        && w.active
-        && (!was_active
-            || snapshot.webhook(&w.id).is_some_and(|old| {
-                old.url != w.url
-                    || snapshot.channels_of(old) != snapshot.channels_of(&w)
-                    || old.verification != w.verification
-                    // The topics name the profile.
-                    || old.profile != w.profile
-            }));
+    let old = snapshot.webhook(&w.id).cloned();
+    // A new endpoint, or new topics for every channel (they name the profile).
+    let moved = old.as_ref().is_some_and(|old| {
+        old.url != w.url || old.verification != w.verification || old.profile != w.profile
+    });
+    let reverify = websub && w.active && (!was_active || moved);
+    // Only its channels changed, on an endpoint that stays: the new ones are asked for, the
+    // dropped ones unsubscribed, and the others keep their leases (they were all asked again,
+    // which stopped their events meanwhile, and for good where the endpoint refused then).
+    let (added, dropped) = match &old {
+        Some(old) if websub && w.active && was_active && !moved => {
+            let (before, after) = (snapshot.channels_of(old), snapshot.channels_of(&w));
+            let now = state.clock.now();
+            let dropped: Vec<(Webhook, Subscription)> = snapshot
+                .subscriptions_of(&w.id)
+                .into_iter()
+                .filter(|s| !after.contains(&s.channel) && s.delivers(now))
+                .map(|s| ((**old).clone(), s.clone()))
+                .collect();
+            let added: Vec<String> = after.into_iter().filter(|c| !before.contains(c)).collect();
+            (added, dropped)
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
     // Only where it had subscribed: not a webhook that takes WebSub and is switched off at once.
     let unsubscribe = websub && old_verification == Verification::Websub && was_active && !w.active;
     let previous: Vec<Subscription> = snapshot
@@ -558,6 +572,23 @@ async fn update_checked(
             // Turned off: the subscriber hears of it, as with `deactivate`.
             tell_subscriber(&state, &w).await?;
         }
+        if !added.is_empty() {
+            let snapshot = state
+                .directory
+                .snapshot(&w.org_id)
+                .await
+                .map_err(ServiceError::from_store("organization"))?;
+            super::subscriptions::verify_channels(
+                &state,
+                &snapshot,
+                &w,
+                Mode::Subscribe,
+                added,
+                super::subscriptions::Request::New,
+            )
+            .await?;
+        }
+        super::subscriptions::unsubscribe_soon(&state, &w.org_id, dropped);
         if let Some(old) = leaves_websub {
             send_verification(&state, &old, Mode::Unsubscribe).await?;
         }

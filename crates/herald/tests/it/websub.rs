@@ -1063,30 +1063,68 @@ async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_dropped_from_the_webhook_is_not_renewed() {
+async fn a_channel_change_asks_only_the_new_ones_and_unsubscribes_the_dropped_ones() {
     let app = insecure_app().await;
     let rx = TestReceiver::start().await;
     let (org, _) = asgardeo_org(&app).await;
     let hook = active_hub(&app, &org, &rx, &["login", "session"]).await;
     let id = hook["id"].as_str().unwrap();
+    let path = format!("/v1/orgs/{org}/webhooks/{id}");
     assert_eq!(rx.verifications_on("/hub").len(), 2);
+
+    // The endpoint refuses just as a channel is added: only the new one is asked (and
+    // fails); the others keep their leases, and their events go on.
+    rx.subscriber(Subscriber::Refuse(500));
     let (status, _) = app
-        .patch(
-            &format!("/v1/orgs/{org}/webhooks/{id}"),
-            json!({ "channels": ["login"] }),
-        )
+        .patch(&path, json!({ "channels": ["login", "session", "user"] }))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(rx.verifications_on("/hub").len(), 3, "login asked again");
+    let gets = rx.verifications_on("/hub");
+    assert_eq!(gets.len(), 3, "only the new channel is asked");
+    assert!(gets[2].param("hub.topic").unwrap().ends_with(".user"));
+    let (_, subs) = app.get(&format!("{path}/subscriptions")).await;
+    assert_eq!(
+        state_of(&subs["data"], "login")["state"],
+        "verified",
+        "{subs}"
+    );
+    assert_eq!(
+        state_of(&subs["data"], "session")["state"],
+        "verified",
+        "{subs}"
+    );
+    assert_eq!(state_of(&subs["data"], "user")["state"], "failed", "{subs}");
+    rx.subscriber(Subscriber::Echo);
+    let sent = app.send_event(&org, login_success("during-change")).await;
+    assert_eq!(sent["deliveries"], 1, "{sent}");
+    rx.wait_for("/hub", 1, WAIT).await;
 
+    // Dropped: the channel with a lease is unsubscribed (the refused one had none), and
+    // neither is listed any more.
+    let (status, _) = app.patch(&path, json!({ "channels": ["login"] })).await;
+    assert_eq!(status, StatusCode::OK);
+    let gets = rx.wait_for_verifications("/hub", 4, WAIT).await;
+    assert_eq!(gets[3].param("hub.mode"), Some("unsubscribe"));
+    assert!(gets[3].param("hub.topic").unwrap().ends_with(".session"));
+    let (_, subs) = app.get(&format!("{path}/subscriptions")).await;
+    let channels: Vec<&Value> = subs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["channel"])
+        .collect();
+    assert_eq!(channels, [&json!("login")], "{subs}");
+    assert_eq!(state_of(&subs["data"], "login")["state"], "verified");
+
+    // Only login is renewed.
     app.advance(Duration::from_secs(9 * 86_400 + 60));
-    let renewed = rx.wait_for_verifications("/hub", 4, WAIT).await;
-    assert!(renewed[3].param("hub.topic").unwrap().ends_with(".login"));
+    let renewed = rx.wait_for_verifications("/hub", 5, WAIT).await;
+    assert!(renewed[4].param("hub.topic").unwrap().ends_with(".login"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         rx.verifications_on("/hub").len(),
-        4,
-        "the dropped channel is not renewed"
+        5,
+        "the dropped channels are not renewed"
     );
 }
 
