@@ -64,6 +64,9 @@ pub struct Shared {
     /// The organizations whose WebSub topics are being checked, each with whether to check
     /// once more when done (`service::subscriptions`).
     pub topic_checks: std::sync::Mutex<std::collections::HashMap<herald_core::OrgId, bool>>,
+    /// When this node started: on the embedded database, which only this node writes, a
+    /// WebSub verification left pending before then was cut short, not under way.
+    pub started_at: Timestamp,
 }
 
 impl AppState {
@@ -173,6 +176,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         resume_previous_run(&*store, &dispatcher).await?;
     }
     let sessions = Arc::new(crate::dashboard::Sessions::new(store.clone()));
+    let started_at = clock.now();
     let state = AppState(Arc::new(Shared {
         auth: Arc::new(Authenticator::new(
             &admin_token,
@@ -195,6 +199,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         backlog: Arc::default(),
         checking_topics: std::sync::atomic::AtomicBool::new(false),
         topic_checks: std::sync::Mutex::default(),
+        started_at,
         settings: Arc::new(settings),
     }));
     state.dispatcher.set_operations(Arc::new(

@@ -149,12 +149,20 @@ async fn subscribe_new_topics(state: &AppState, org: &OrgId) {
         }
     };
     let now = state.clock.now();
+    // A channel pending since before this moment was asked by a verification that was cut
+    // short (its node stopped): it is asked again.
+    let mut stuck_before = now.plus_secs(-STUCK_AFTER_SECS);
+    if state.settings.storage.database_url.is_none() {
+        // The embedded database has one node, this one: nothing it did not start since it
+        // started is under way.
+        stuck_before = stuck_before.max(state.started_at);
+    }
     let work: Vec<(&Webhook, Vec<String>, Vec<String>)> = snapshot
         .webhooks()
         .iter()
         .filter(|w| w.active && w.verification == Verification::Websub)
         .filter_map(|webhook| {
-            let (fresh, renewed) = channels_to_subscribe(&snapshot, webhook, now);
+            let (fresh, renewed) = channels_to_subscribe(&snapshot, webhook, now, stuck_before);
             (!fresh.is_empty() || !renewed.is_empty()).then_some((&**webhook, fresh, renewed))
         })
         .collect();
@@ -192,6 +200,7 @@ fn channels_to_subscribe(
     snapshot: &OrgSnapshot,
     webhook: &Webhook,
     now: herald_core::Timestamp,
+    stuck_before: herald_core::Timestamp,
 ) -> (Vec<String>, Vec<String>) {
     let stored = snapshot.subscriptions_of(&webhook.id);
     let (mut fresh, mut renewed) = (Vec::new(), Vec::new());
@@ -211,8 +220,8 @@ fn channels_to_subscribe(
             Some(s)
                 if s.topic == topic && s.mode == Mode::Subscribe && s.state == State::Failed => {}
             // A verification under way (a change to the webhook stores its channels pending,
-            // then asks); one left pending longer than any answer takes since the webhook's
-            // last change or attempt was cut short (its node stopped).
+            // then asks); one left pending since `stuck_before` (longer than any answer takes,
+            // or from before this node started on the embedded database) was cut short.
             Some(s)
                 if s.topic == topic
                     && s.mode == Mode::Subscribe
@@ -220,7 +229,7 @@ fn channels_to_subscribe(
                     && s.last_attempt_at
                         .unwrap_or(webhook.updated_at)
                         .max(webhook.updated_at)
-                        > now.plus_secs(-STUCK_AFTER_SECS) => {}
+                        > stuck_before => {}
             Some(_) => fresh.push(channel),
         }
     }

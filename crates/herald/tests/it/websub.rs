@@ -611,6 +611,51 @@ async fn the_retention_run_subscribes_a_channel_a_change_left_unasked() {
     .await;
 }
 
+/// On the embedded database, a channel left pending by a verification cut short before this
+/// node started (it was stopped mid-way) is asked again at start, not ten minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_cut_short_before_this_node_started_is_asked_again_at_once() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, hook) = websub_org(&app, &rx, "/std", &["user.created"]).await;
+    let before = rx.verifications_on("/std").len();
+    let (owner, id) = (
+        herald_core::OrgId::from_trusted(org.clone()),
+        herald_core::WebhookId::parse(hook["id"].as_str().unwrap()).unwrap(),
+    );
+    // As a change a minute before the start left it: stored, its channel pending, unasked.
+    let a_minute_before = app.state.started_at.plus_secs(-60);
+    let mut webhook = app.state.store.get_webhook(&owner, &id).await.unwrap();
+    webhook.updated_at = a_minute_before;
+    app.state.store.update_webhook(&webhook).await.unwrap();
+    let mut stuck = app
+        .state
+        .store
+        .org_subscriptions(&owner)
+        .await
+        .unwrap()
+        .remove(0);
+    stuck.state = herald_core::subscription::State::Pending;
+    stuck.expires_at = None;
+    stuck.renew_at = None;
+    stuck.last_attempt_at = Some(a_minute_before);
+    app.state
+        .store
+        .save_subscriptions(&owner, std::slice::from_ref(&stuck))
+        .await
+        .unwrap();
+    app.state.directory.invalidate(&owner);
+    // The run at start (here: woken), with no time passed.
+    app.state.maintenance.notify_one();
+    let asked = verifications(&rx, "/std", before + 1).await;
+    assert_eq!(asked.len(), before + 1, "asked again at once");
+    let subscriptions = format!(
+        "/v1/orgs/{org}/webhooks/{}/subscriptions",
+        hook["id"].as_str().unwrap()
+    );
+    subscription_on(&app, &subscriptions, "user", |s| s["state"] == "verified").await;
+}
+
 /// Deleting an organization tells its WebSub subscribers, as disabling each webhook would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_organization_unsubscribes_its_websub_webhooks() {
