@@ -446,10 +446,23 @@ pub(super) fn verification_flash(subs: &[Subscription], channel: Option<&str>) -
         .filter(|s| s.state == State::Failed)
         .map(|s| s.channel.as_str())
         .collect();
-    if failed.is_empty() {
+    // Refused, but a lease given before still holds (a resend or renewal the endpoint turned
+    // down): events go on until it runs out, and this is no success either.
+    let refused: Vec<&str> = sent
+        .iter()
+        .filter(|s| s.state == State::Verified && s.reason.is_some())
+        .map(|s| s.channel.as_str())
+        .collect();
+    if failed.is_empty() && refused.is_empty() {
         Flash::ok(format!(
             "WebSub verification sent for {} channel(s).",
             sent.len()
+        ))
+    } else if failed.is_empty() {
+        Flash::error(format!(
+            "The endpoint refused the verification for: {}. The lease it gave before still \
+             holds, so events go on until it runs out. See each channel's reason below.",
+            refused.join(", ")
         ))
     } else {
         Flash::error(format!(

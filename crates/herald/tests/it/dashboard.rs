@@ -871,6 +871,20 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         body.contains("WebSub verification sent for 1 channel(s)"),
         "{body}"
     );
+    // Refused now: the lease it gave holds, and the page says both.
+    rx.subscriber(Subscriber::Refuse(404));
+    admin
+        .post(
+            &format!("{page}/verify"),
+            &[("csrf", &csrf), ("channel", "login")],
+        )
+        .await;
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains("The endpoint refused the verification for: login. The lease it gave"),
+        "{body}"
+    );
+    rx.subscriber(Subscriber::Echo);
     // The organization's list says how many channels it delivers to.
     let listed = admin.get(&format!("/orgs/{org}")).await.body;
     assert!(listed.contains("2 of 2 channels verified"), "{listed}");

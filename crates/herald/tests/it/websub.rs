@@ -1369,6 +1369,27 @@ async fn herald_listen_prints_requests_checks_signatures_and_answers_challenges(
     listen.child.start_kill().unwrap();
 }
 
+/// `herald webhooks verify` fails too when the endpoint refused a channel whose earlier lease
+/// still holds: its events go on, but the endpoint did not confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_fails_when_a_resend_is_refused_though_the_lease_holds() {
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
+    let id = hook["id"].as_str().unwrap();
+    let args = ["webhooks", "verify", "--org", "myorg", id];
+    let (ok, out) = crate::api::herald_cli(&app, &args, None).await;
+    assert!(ok, "{out}");
+    rx.subscriber(Subscriber::Refuse(404));
+    let (ok, out) = crate::api::herald_cli(&app, &args, None).await;
+    assert!(
+        !ok && out.contains("verified")
+            && out.contains("the endpoint refused verification for 1 channel(s); the lease"),
+        "{out}"
+    );
+}
+
 /// `herald webhooks enable` and `verify` fail (after showing where each channel stands) when an
 /// endpoint did not confirm, with `--json` too: a script must not take it for working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,20 @@ pub(super) fn fail_on_unverified(page: &Value, (org, id): (&str, &str)) -> anyho
              the endpoint answers its challenge, run `herald webhooks verify --org {org} {id}`"
         );
     }
+    // Asked again and refused, with the lease given before still holding.
+    let refused = page["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] == "verified" && !s["reason"].is_null())
+        .count();
+    if refused > 0 {
+        bail!(
+            "the endpoint refused verification for {refused} channel(s); the lease it gave \
+             before still holds, so their events go on until it runs out (`expires_at`); once \
+             the endpoint answers its challenge, run `herald webhooks verify --org {org} {id}`"
+        );
+    }
     Ok(())
 }
 
