@@ -2,6 +2,7 @@
 //! `hub.challenge` and `hub.lease_seconds` appended to its own query string; only a 2xx whose
 //! body is exactly the challenge verifies.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::RngCore;
@@ -13,10 +14,13 @@ use crate::client::HttpClient;
 /// Verification requests wait at most this long, whatever the webhook's delivery timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Asks the callback to confirm `mode` for `topic`. `Err` says why it did not, in words.
+/// Asks the callback to confirm `mode` for `topic`, with the webhook's custom `headers` (a
+/// gateway in front of the endpoint may require them of every request, as of deliveries).
+/// `Err` says why it did not, in words.
 pub async fn verify_intent(
     client: &HttpClient,
     callback: &str,
+    headers: &BTreeMap<String, String>,
     mode: Mode,
     topic: &str,
     lease_seconds: u32,
@@ -33,11 +37,20 @@ pub async fn verify_intent(
     let (status, body) = client
         .get_text(
             url.as_str(),
+            headers,
             timeout.min(MAX_TIMEOUT),
             challenge.len() + 256,
         )
         .await
-        .map_err(|e| e.message())?;
+        .map_err(|e| match e {
+            herald_core::delivery::AttemptError::Timeout => format!(
+                "the endpoint did not answer within {} ms (a verification waits at most the \
+                 webhook's timeout, and {} s at most)",
+                timeout.min(MAX_TIMEOUT).as_millis(),
+                MAX_TIMEOUT.as_secs()
+            ),
+            e => e.message(),
+        })?;
     if !(200..300).contains(&status) {
         return Err(format!(
             "the endpoint answered {status}; it must answer 2xx with the hub.challenge as the body"
@@ -129,6 +142,7 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
         let outcome = verify_intent(
             dispatcher.client(),
             webhook.url.as_str(),
+            &webhook.headers,
             Mode::Subscribe,
             &sub.topic,
             sub.lease_seconds,

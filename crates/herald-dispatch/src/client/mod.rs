@@ -470,14 +470,19 @@ impl HttpClient {
     pub async fn get_text(
         &self,
         url: &str,
+        extra_headers: &std::collections::BTreeMap<String, String>,
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, String), AttemptError> {
         let mut deadline = Deadline::new(timeout);
         let (uri, path, host) = resolve_target(&self.policy, url)?;
-        let req = http::Request::get(path)
+        let mut req = http::Request::get(path)
             .header(HOST, host)
-            .header(http::header::USER_AGENT, USER_AGENT)
+            .header(http::header::USER_AGENT, USER_AGENT);
+        for (name, value) in extra_headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let req = req
             .body(Full::default())
             .map_err(|e| AttemptError::Request(e.to_string()))?;
         let (response, _connection) = by_deadline(

@@ -315,6 +315,7 @@ pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook,
                 websub::verify_intent(
                     client,
                     webhook.url.as_str(),
+                    &webhook.headers,
                     Mode::Unsubscribe,
                     &sub.topic,
                     sub.lease_seconds,
@@ -386,6 +387,7 @@ async fn ask_channels(
             let outcome = websub::verify_intent(
                 client,
                 webhook.url.as_str(),
+                &webhook.headers,
                 mode,
                 &sub.topic,
                 sub.lease_seconds,

@@ -51,7 +51,7 @@ async fn activation_verifies_each_channel_with_the_websub_parameters() {
     let (org, _) = asgardeo_org(&app).await;
     // The callback's own query string is kept.
     let hook = app
-        .create_webhook(&org, &format!("{}?team=iam", rx.url("/hub")), json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value" }))
+        .create_webhook(&org, &format!("{}?team=iam", rx.url("/hub")), json!({ "profile": "asgardeo", "channels": ["login", "session"], "secret": "asgardeo-secret-value", "headers": { "X-Gateway-Key": "k-123" } }))
         .await;
     assert_eq!(hook["active"], false);
     assert_eq!(hook["verification"], "websub");
@@ -89,6 +89,8 @@ async fn activation_verifies_each_channel_with_the_websub_parameters() {
         assert_eq!(g.param("hub.mode"), Some("subscribe"));
         assert_eq!(g.param("hub.lease_seconds"), Some("864000"));
         assert_eq!(g.param("team"), Some("iam"));
+        // The custom headers, which a gateway in front may require of every request.
+        assert_eq!(g.header("x-gateway-key"), "k-123");
         assert!(
             g.param("hub.challenge").unwrap().len() >= 32,
             "an unguessable challenge"
@@ -142,6 +144,26 @@ async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent
     let login = state_of(&resent["data"], "login");
     assert_eq!(login["state"], "failed");
     assert!(login["reason"].as_str().unwrap().contains("404"), "{login}");
+
+    // Too slow for the webhook's timeout: the reason says how long it waited, and the cap.
+    app.patch(
+        &format!("/v1/orgs/{org}/webhooks/{id}"),
+        json!({ "timeout_ms": 200 }),
+    )
+    .await;
+    rx.subscriber(Subscriber::SlowEcho(Duration::from_millis(800)));
+    let (_, resent) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/verify"), json!({}))
+        .await;
+    let reason = state_of(&resent["data"], "login")["reason"].clone();
+    assert!(
+        reason
+            .as_str()
+            .unwrap()
+            .starts_with("the endpoint did not answer within 200 ms (")
+            && reason.as_str().unwrap().contains("10 s at most"),
+        "{reason}"
+    );
 
     // An event for the unverified channel is recorded, but not sent, and says why.
     let answer = app.send_event(&org, login_success("e1")).await;
