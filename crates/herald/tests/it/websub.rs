@@ -1410,6 +1410,30 @@ async fn the_cli_fails_when_a_resend_is_refused_though_the_lease_holds() {
             && out.contains("the endpoint refused verification for 1 channel(s); the lease"),
         "{out}"
     );
+    // A new channel asked by `update` and refused: it fails as `enable` does.
+    let update = [
+        "webhooks",
+        "update",
+        "--org",
+        "myorg",
+        id,
+        "--channel",
+        "login",
+        "--channel",
+        "session",
+    ];
+    let (ok, out) = crate::api::herald_cli(&app, &update, None).await;
+    assert!(
+        !ok && out.contains("CHANNEL") && out.contains("1 channel(s) failed verification"),
+        "{out}"
+    );
+    // Disabled all the same when the endpoint refuses the unsubscribe, and told so.
+    let (ok, out) =
+        crate::api::herald_cli(&app, &["webhooks", "disable", "--org", "myorg", id], None).await;
+    assert!(
+        ok && out.contains("did not confirm the unsubscribe for 2 channel(s)"),
+        "{out}"
+    );
 }
 
 /// `herald webhooks enable` and `verify` fail (after showing where each channel stands) when an

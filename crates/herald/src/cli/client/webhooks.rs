@@ -239,11 +239,21 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 );
             }
             let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
-            show_record(
-                &conn,
-                &api.call(reqwest::Method::PATCH, &path, Some(body))?,
-                WEBHOOK_FIELDS,
-            );
+            // What its endpoint must confirm again (SPEC 4): a new URL, channels or profile.
+            let reverifies = ["url", "events", "channels", "profile"]
+                .iter()
+                .any(|f| body.get(*f).is_some());
+            let updated = api.call(reqwest::Method::PATCH, &path, Some(body))?;
+            show_record(&conn, &updated, WEBHOOK_FIELDS);
+            if reverifies && updated["verification"] == "websub" && updated["active"] == true {
+                let page = api.get(&format!("{path}/subscriptions"))?;
+                if conn.json {
+                    fail_on_unverified(&page, (&org, &id))?;
+                } else {
+                    out!();
+                    show_subscriptions(&conn, &page, (&org, &id))?;
+                }
+            }
         }
         WebhooksCommand::Get { org, id } => show_record(
             &conn,
@@ -285,14 +295,31 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             )?;
             show_subscriptions(&conn, &answer, (&org, &id))?;
         }
-        WebhooksCommand::Disable { org, id } => show(
-            &conn,
-            &api.post(
-                &api_path(&["v1", "orgs", &org, "webhooks", &id, "deactivate"])?,
-                json!({}),
-            )?,
-            cols,
-        ),
+        WebhooksCommand::Disable { org, id } => {
+            let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
+            let disabled = api.post(&format!("{path}/deactivate"), json!({}))?;
+            show(&conn, &disabled, cols);
+            if disabled["verification"] == "websub" && !conn.json {
+                // Disabled whatever the endpoint said; an unsubscribe it did not confirm is
+                // worth a look, and a resend.
+                let page = api.get(&format!("{path}/subscriptions"))?;
+                let unconfirmed = page["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s["mode"] == "unsubscribe" && s["state"] == "failed")
+                    .count();
+                if unconfirmed > 0 {
+                    out!();
+                    show(&conn, &page, SUBSCRIPTION_COLUMNS);
+                    note!(
+                        "The endpoint did not confirm the unsubscribe for {unconfirmed} \
+                         channel(s); the webhook is disabled all the same. To tell it again: \
+                         `herald webhooks verify --org {org} {id}`"
+                    );
+                }
+            }
+        }
         WebhooksCommand::Rotate { org, id, secret } => {
             let rotated = api.post(
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "rotate-secret"])?,
