@@ -64,6 +64,19 @@ async fn local_name() -> (String, Vec<std::net::SocketAddr>) {
     (host, resolved)
 }
 
+/// Gives the webhook `url` in the store, past the API's checks: what a webhook created while
+/// its host name resolved to a public address becomes once the name resolves elsewhere.
+async fn moved_behind_the_api(app: &TestApp, org: &str, id: &str, url: &str) {
+    let (org, id) = (
+        herald_core::OrgId::parse(org).unwrap(),
+        herald_core::WebhookId::parse(id).unwrap(),
+    );
+    let mut stored = app.state.store.get_webhook(&org, &id).await.unwrap();
+    stored.url = herald_core::webhook::WebhookUrl::parse(url).unwrap();
+    app.state.store.update_webhook(&stored).await.unwrap();
+    app.state.directory.invalidate(&org);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_that_resolves_to_a_non_public_address_is_refused_when_the_webhook_is_created() {
     let app = strict_app().await;
@@ -116,20 +129,8 @@ async fn a_name_that_resolves_to_a_non_public_address_is_blocked_at_delivery() {
             json!({ "retry_schedule": [0] }),
         )
         .await;
-    let (org_id, hook_id) = (
-        herald_core::OrgId::parse(&org).unwrap(),
-        herald_core::WebhookId::parse(hook["id"].as_str().unwrap()).unwrap(),
-    );
-    let mut stored = app
-        .state
-        .store
-        .get_webhook(&org_id, &hook_id)
-        .await
-        .unwrap();
     let url = format!("http://{host}:{}/h", rx.addr.port());
-    stored.url = herald_core::webhook::WebhookUrl::parse(&url).unwrap();
-    app.state.store.update_webhook(&stored).await.unwrap();
-    app.state.directory.invalidate(&org_id);
+    moved_behind_the_api(&app, &org, hook["id"].as_str().unwrap(), &url).await;
     app.send_event(
         &org,
         json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }),
@@ -175,20 +176,8 @@ async fn websub_verification_goes_through_the_same_guard() {
         )
         .await;
     let id = hook["id"].as_str().unwrap();
-    let (org_id, hook_id) = (
-        herald_core::OrgId::parse(&org).unwrap(),
-        herald_core::WebhookId::parse(id).unwrap(),
-    );
-    let mut stored = app
-        .state
-        .store
-        .get_webhook(&org_id, &hook_id)
-        .await
-        .unwrap();
     let url = format!("http://{host}:{}/h", rx.addr.port());
-    stored.url = herald_core::webhook::WebhookUrl::parse(&url).unwrap();
-    app.state.store.update_webhook(&stored).await.unwrap();
-    app.state.directory.invalidate(&org_id);
+    moved_behind_the_api(&app, &org, id, &url).await;
     let (_, active) = app
         .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
         .await;
