@@ -58,13 +58,9 @@ impl AddressPolicy {
         match self.refused_kind(ip) {
             None => Ok(()),
             Some(kind) => Err(format!(
-                "{} is {} {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+                "{} is {} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
                 canonical(ip),
-                if kind.starts_with(['a', 'e', 'i', 'o', 'u', 'I']) {
-                    "an"
-                } else {
-                    "a"
-                }
+                a_kind(kind)
             )),
         }
     }
@@ -91,6 +87,16 @@ impl AddressPolicy {
         }
         Ok(())
     }
+}
+
+/// A kind of address with its article, as a message says it: `a loopback`, `an IPv4-compatible`.
+pub fn a_kind(kind: &str) -> String {
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u', 'I']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {kind}")
 }
 
 /// An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
@@ -181,6 +187,13 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_said_with_their_article() {
+        assert_eq!(a_kind("loopback"), "a loopback");
+        assert_eq!(a_kind("unspecified"), "an unspecified");
+        assert_eq!(a_kind("IPv4-compatible"), "an IPv4-compatible");
+    }
 
     fn blocked(ip: &str) -> bool {
         AddressPolicy::default().check(ip.parse().unwrap()).is_err()

@@ -95,7 +95,8 @@ impl tower_service::Service<Name> for GuardedResolver {
                 // map the internal network by registering names that resolve into it.
                 let why = match refused {
                     Some(kind) => format!(
-                        "{host} resolves to a {kind} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it"
+                        "{host} resolves to {} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+                        herald_core::address_policy::a_kind(kind)
                     ),
                     None => format!("{host} resolves to no address"),
                 };

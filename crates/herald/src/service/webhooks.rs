@@ -140,8 +140,9 @@ async fn check_resolved_host(state: &AppState, url: Option<&str>) -> ServiceResu
         Some(Some(kind)) if kinds.iter().all(Option::is_some) => Err(Invalid::new(
             "url",
             format!(
-                "{host} resolves to a {kind} address; Herald delivers only to public addresses \
-                 unless HERALD_ALLOW_PRIVATE_NETWORKS includes it"
+                "{host} resolves to {} address; Herald delivers only to public addresses \
+                 unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+                herald_core::address_policy::a_kind(kind)
             ),
         )
         .into()),
@@ -528,8 +529,8 @@ async fn update_checked(
     });
     let reverify = websub && w.active && (!was_active || moved);
     // Only its channels changed, on an endpoint that stays: the new ones are asked for, the
-    // dropped ones unsubscribed, and the others keep their leases (they were all asked again,
-    // which stopped their events meanwhile, and for good where the endpoint refused then).
+    // dropped ones unsubscribed, and the others keep their leases (asking them again would
+    // stop their events while it ran, and for good where the endpoint refused just then).
     let (added, dropped) = match &old {
         Some(old) if websub && w.active && was_active && !moved => {
             let (before, after) = (snapshot.channels_of(old), snapshot.channels_of(&w));
