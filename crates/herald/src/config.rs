@@ -279,8 +279,8 @@ pub struct SecuritySettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Delivery")]
 pub struct DeliverySettings {
-    /// Disable a webhook whose every attempt has failed for this many hours (a 410 Gone disables
-    /// it at once). The organization gets a `webhook.disabled` event.
+    /// Disable a webhook whose every attempt has failed for this many hours, five attempts at
+    /// least (a 410 Gone disables it at once). The organization gets a `webhook.disabled` event.
     #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub disable_after_hours: u64,
     /// Keep events and their finished deliveries and attempts this many days (0: forever).

@@ -1,5 +1,5 @@
 //! Endpoint health: `410 Gone` disables a webhook at once; a webhook whose every attempt failed
-//! for `disable_after` is disabled too. Either way the organization hears of it through an
+//! for `disable_after`, in at least `MIN_FAILURES_TO_DISABLE` attempts, is disabled too. Either way the organization hears of it through an
 //! operational event, and its pending deliveries wait (parked), they are not dropped. A
 //! delivery whose endpoint's circuit stays open past the end of its retry schedule fails, unsent,
 //! as it would have after its last attempt.
@@ -48,6 +48,12 @@ pub(super) fn past_schedule(
     }
 }
 
+/// Failed attempts a streak needs, as this node counted them, besides its length, before it
+/// disables the webhook: a rarely used endpoint that failed once, got nothing for days and
+/// failed once more has not been shown to fail all that while. Five is one delivery's whole
+/// default schedule. Counted in memory, so a restart makes it count again (later, never sooner).
+const MIN_FAILURES_TO_DISABLE: u32 = 5;
+
 /// `HERALD_DISABLE_AFTER_HOURS` as the reason for disabling says it: `36 hours`, `5 days`.
 fn in_hours_or_days(limit: std::time::Duration) -> String {
     let hours = limit.as_secs() / 3600;
@@ -67,6 +73,8 @@ fn in_hours_or_days(limit: std::time::Duration) -> String {
 pub(super) struct Streak {
     since: Option<Timestamp>,
     version: Timestamp,
+    /// Failed attempts of the streak this node has seen.
+    failures: u32,
 }
 
 impl Dispatcher {
@@ -109,10 +117,11 @@ impl Dispatcher {
             Some(since) => since,
             None => self.note_failure(webhook, now).await?,
         };
+        let failures = self.count_failure(webhook, since);
         let limit = shared.settings.disable_after;
         let long_enough =
             |since: Timestamp| now.as_millis() - since.as_millis() >= limit.as_millis() as i64;
-        if !long_enough(since) {
+        if !long_enough(since) || failures < MIN_FAILURES_TO_DISABLE {
             return Ok(());
         }
         // This node's memory of the streak may be stale: another node's success since (with
@@ -126,7 +135,7 @@ impl Dispatcher {
                 .disable(
                     webhook,
                     format!(
-                        "every attempt failed since {} ({} or more)",
+                        "every attempt failed since {} ({} or more; {failures} attempts)",
                         since.to_rfc3339(),
                         in_hours_or_days(limit)
                     ),
@@ -167,16 +176,45 @@ impl Dispatcher {
         }
     }
 
+    /// Notes since when the webhook has been failing (`None`: it is not), keeping the count of
+    /// failures this node saw while the streak is the same one.
     fn note_streak(&self, webhook: &Webhook, since: Option<Timestamp>) {
-        let streak = Streak {
-            since,
-            version: webhook.updated_at,
+        let mut failing = self.shared.failing.lock().expect("failing lock");
+        let failures = match failing.get(&webhook.id) {
+            // The same streak: the store still says it began then.
+            Some(s) if s.version == webhook.updated_at && since.is_some() && s.since == since => {
+                s.failures
+            }
+            _ => 0,
         };
-        self.shared
-            .failing
-            .lock()
-            .expect("failing lock")
-            .insert(webhook.id.clone(), streak);
+        failing.insert(
+            webhook.id.clone(),
+            Streak {
+                since,
+                version: webhook.updated_at,
+                failures,
+            },
+        );
+    }
+
+    /// Counts one more failed attempt in the streak running `since`; answers how many this
+    /// node has seen.
+    fn count_failure(&self, webhook: &Webhook, since: Timestamp) -> u32 {
+        let mut failing = self.shared.failing.lock().expect("failing lock");
+        let streak = failing.entry(webhook.id.clone()).or_insert(Streak {
+            since: Some(since),
+            version: webhook.updated_at,
+            failures: 0,
+        });
+        if streak.version != webhook.updated_at || streak.since != Some(since) {
+            *streak = Streak {
+                since: Some(since),
+                version: webhook.updated_at,
+                failures: 0,
+            };
+        }
+        streak.failures += 1;
+        streak.failures
     }
 
     fn forget_streak(&self, webhook: &Webhook) {

@@ -1456,12 +1456,31 @@ async fn a_webhook_that_fails_for_five_days_is_disabled() {
 
     app.advance(Duration::from_secs(5 * 86_400 + 120));
     target.wait_for("/target", 2, WAIT).await;
+    // Two failed attempts five days apart (nothing was sent in between) are not five days of
+    // failing: still enabled.
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(hook["active"], true, "two failures are not enough: {hook}");
+    // Three more attempts fail in that streak: the fifth disables it.
+    for i in 2..5 {
+        app.send_event(&org, user_created(&format!("u{i}"))).await;
+    }
+    target.wait_for("/target", 5, WAIT).await;
     let disabled = wait_ops_event(&ops, "webhook.disabled").await;
     assert!(
         disabled["data"]["reason"]
             .as_str()
             .unwrap()
             .contains("every attempt failed"),
+        "{disabled}"
+    );
+    assert!(
+        disabled["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("(5 days or more; 5 attempts)"),
         "{disabled}"
     );
     let (_, hook) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
