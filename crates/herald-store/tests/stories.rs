@@ -2409,6 +2409,22 @@ async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: 
             (d.state, d.next_attempt_at, attempts.len()),
             (DeliveryState::Cancelled, None, 1)
         );
+        // Its summary, as history lists show it, agrees with the attempt it kept.
+        assert_eq!(
+            (d.attempt_count, d.last_status, d.last_error.as_deref()),
+            (1, Some(500), Some("http_status"))
+        );
+        let listed = store
+            .list_deliveries(
+                &org.id,
+                &hook.id,
+                &DeliveryFilter::default(),
+                &page(10, None),
+            )
+            .await
+            .unwrap();
+        let row = listed.data.iter().find(|r| &r.id == id).unwrap();
+        assert_eq!((row.attempt_count, row.last_status), (1, Some(500)));
     }
     assert!(claim(&store, FAR_FUTURE).await.is_empty());
 }

@@ -505,6 +505,17 @@ pub(crate) async fn record_attempts(
             &[&stale],
         )
         .await?;
+        // Those out when their webhook was deleted are part of the delivery's history, and of
+        // its summary.
+        c.exec(
+            "UPDATE deliveries d SET attempt_count = GREATEST(d.attempt_count, a.number), \
+             last_status = a.status, last_error = a.error, \
+             updated_at = GREATEST(d.updated_at, a.started_at + a.duration_ms) \
+             FROM attempts a WHERE a.id = ANY($1) AND d.id = a.delivery_id \
+             AND d.state = 'cancelled'",
+            &[&stale],
+        )
+        .await?;
     }
     if records
         .iter()

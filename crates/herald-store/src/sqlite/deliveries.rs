@@ -310,7 +310,23 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
         ])? == 1;
         // Not moved on: its lease passed to another node, or an earlier try stored it already.
         let stored_before = !applied && attempt_exists(conn, &a.id)?;
-        if !stored_before && (applied || is_cancelled(conn, &a.delivery_id)?) {
+        let cancelled = !applied && !stored_before && is_cancelled(conn, &a.delivery_id)?;
+        if cancelled {
+            // Out when its webhook was deleted: part of its history, and of its summary.
+            conn.prepare_cached(
+                "UPDATE deliveries SET attempt_count = MAX(attempt_count, ?1), last_status = ?2, \
+                 last_error = ?3, updated_at = MAX(updated_at, ?4) \
+                 WHERE id = ?5 AND state = 'cancelled'",
+            )?
+            .execute(params![
+                a.number,
+                a.status,
+                a.error,
+                updated_at,
+                a.delivery_id.as_str()
+            ])?;
+        }
+        if !stored_before && (applied || cancelled) {
             insert_attempt.execute(params![
                 a.id.as_str(),
                 a.delivery_id.as_str(),
