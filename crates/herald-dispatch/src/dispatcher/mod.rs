@@ -445,6 +445,11 @@ impl Dispatcher {
     /// (`None` while it is closed, or once a change gives its endpoint a fresh start), for the
     /// dashboard. Each node keeps its own circuit.
     pub fn circuit_open_until(&self, webhook: &herald_core::webhook::Webhook) -> Option<Timestamp> {
+        // A disabled webhook's deliveries are parked, not held back by its circuit, and no
+        // probe goes; enabling it again starts its circuit afresh.
+        if !webhook.active {
+            return None;
+        }
         let breakers = self.shared.breakers.lock().expect("breakers lock");
         breakers
             .get(&webhook.id)

@@ -1879,6 +1879,22 @@ async fn a_webhook_changed_while_its_circuit_is_open_gets_a_fresh_start() {
     assert!(hook.get("circuit_open_until").is_none(), "{hook}");
 }
 
+/// A webhook disabled while its circuit is open is not said to hold deliveries back until a
+/// probe: they are parked, and nothing is sent until it is enabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_webhook_shows_no_open_circuit() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let (org, id) = circuit_opened(&app, &rx, 40, 10_000).await;
+    let path = format!("/v1/orgs/{org}/webhooks/{id}");
+    let (_, hook) = app.get(&path).await;
+    assert!(hook["circuit_open_until"].is_string(), "{hook}");
+    let (status, _) = app.post(&format!("{path}/deactivate"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, hook) = app.get(&path).await;
+    assert!(hook.get("circuit_open_until").is_none(), "{hook}");
+}
+
 /// An endpoint that stays down: its open circuit holds deliveries without sending them, and
 /// one whose schedule has run out by the time the endpoint fails a request fails then, unsent,
 /// as its last attempt would have, each told to the organization.
