@@ -236,6 +236,14 @@ impl HeldDeliveries {
             .collect()
     }
 
+    /// Every held delivery with the lease it is held under.
+    pub(crate) fn all_leases(&self) -> Vec<(DeliveryId, Timestamp)> {
+        self.by_id
+            .iter()
+            .map(|(id, h)| (id.clone(), h.lease_until))
+            .collect()
+    }
+
     /// Notes that a held delivery's lease was renewed in the store until `until`.
     pub(crate) fn renewed(&mut self, id: &DeliveryId, until: Timestamp) {
         if let Some(held) = self.by_id.get_mut(id) {

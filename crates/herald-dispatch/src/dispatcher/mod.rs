@@ -203,6 +203,9 @@ struct Shared {
 /// in the set until it is joined, so without this each webhook that sends less than once a
 /// minute (its task ends when idle, and its next delivery starts another) would keep about a
 /// kilobyte for good.
+/// How long a stopping node spends giving back the deliveries whose attempts it cut off.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
+
 fn spawn_reaping(tasks: &mut JoinSet<()>, task: impl Future<Output = ()> + Send + 'static) {
     while let Some(ended) = tasks.try_join_next() {
         if let Err(e) = ended
@@ -270,6 +273,10 @@ impl Dispatcher {
     /// How many more deliveries the scheduler may claim from the due order, at the size of
     /// recent events: the room, less a headroom once several webhooks have work.
     pub fn claim_room(&self) -> usize {
+        // A stopping node gives work back; it takes none.
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return 0;
+        }
         self.shared
             .held
             .lock()
@@ -531,6 +538,41 @@ impl Dispatcher {
 
     /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and
     /// ingest have stopped feeding it), up to `grace`.
+    /// The grace ran out: stops the attempts still out, and gives what this node still holds
+    /// back to the store, due now (each only under the lease it held), so that the next start,
+    /// or another node, sends them at once rather than when their leases end (PostgreSQL; the
+    /// embedded database releases every lease at start anyway). An answer that came meanwhile
+    /// and was not recorded means the endpoint gets the delivery again: at least once.
+    async fn give_back_cut_off(&self, mut tasks: JoinSet<()>) {
+        tasks.abort_all();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        let cut_off = self.shared.held.lock().expect("held lock").all_leases();
+        let mut given_back = 0usize;
+        // Bounded: a store that does not answer must not keep the node from stopping.
+        let _ = tokio::time::timeout(GIVE_BACK_WAIT, async {
+            for (id, lease_until) in &cut_off {
+                match self.shared.store.release_lease(id, *lease_until).await {
+                    Ok(()) => given_back += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %herald_core::error_chain(&e), "could not give back the deliveries cut off by the stop; they come back when their leases end");
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        if !cut_off.is_empty() {
+            tracing::info!(
+                deliveries = cut_off.len(),
+                given_back,
+                "gave the deliveries whose attempts the stop cut off back to the store, due now"
+            );
+        }
+    }
+
     pub async fn drain(&self, grace: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.stop.send_replace(true);
@@ -544,8 +586,11 @@ impl Dispatcher {
                 grace.as_secs()
             );
         }
-        let _ =
+        let finished =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            self.give_back_cut_off(tasks).await;
+        }
         let given_back = self.shared.given_back_on_stop.load(Ordering::Relaxed);
         if given_back > 0 {
             tracing::info!(

@@ -1879,6 +1879,30 @@ async fn a_webhook_changed_while_its_circuit_is_open_gets_a_fresh_start() {
     assert!(hook.get("circuit_open_until").is_none(), "{hook}");
 }
 
+/// A stop whose grace runs out gives the deliveries it cut off back to the store, due now, so
+/// that the next start (or another node) sends them at once, not when their leases end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_gives_back_the_deliveries_it_cut_off() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(200).after(Duration::from_secs(30)));
+    let org = app.create_org("Acme").await;
+    app.create_webhook(&org, &rx.url("/slow"), json!({ "timeout_ms": 60_000 }))
+        .await;
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/slow", 1, WAIT).await;
+    let leased = || {
+        let conn = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
+        conn.query_row("SELECT lease_until IS NOT NULL FROM deliveries", [], |r| {
+            r.get::<_, bool>(0)
+        })
+        .unwrap()
+    };
+    assert!(leased(), "held while its attempt is out");
+    app.state.dispatcher.drain(Duration::from_millis(200)).await;
+    assert!(!leased(), "given back when the stop cut it off");
+}
+
 /// A webhook disabled while its circuit is open is not said to hold deliveries back until a
 /// probe: they are parked, and nothing is sent until it is enabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
