@@ -1,6 +1,7 @@
 //! Endpoint health: `410 Gone` disables a webhook at once; a webhook whose every attempt failed
-//! for `disable_after`, in at least `MIN_FAILURES_TO_DISABLE` attempts, is disabled too. Either way the organization hears of it through an
-//! operational event, and its pending deliveries wait (parked), they are not dropped. A
+//! for `disable_after`, in at least `MIN_FAILURES_TO_DISABLE` attempts, is disabled too. Either
+//! way the organization hears of it through an operational event, and its pending deliveries
+//! wait (parked), they are not dropped. A
 //! delivery whose endpoint's circuit stays open past the end of its retry schedule fails, unsent,
 //! as it would have after its last attempt.
 

@@ -199,13 +199,13 @@ struct Shared {
     tasks: Mutex<JoinSet<()>>,
 }
 
+/// How long a stopping node spends giving back the deliveries whose attempts it cut off.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Spawns a webhook's task into `tasks`, first reaping those that ended. A finished task stays
 /// in the set until it is joined, so without this each webhook that sends less than once a
 /// minute (its task ends when idle, and its next delivery starts another) would keep about a
 /// kilobyte for good.
-/// How long a stopping node spends giving back the deliveries whose attempts it cut off.
-const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
-
 fn spawn_reaping(tasks: &mut JoinSet<()>, task: impl Future<Output = ()> + Send + 'static) {
     while let Some(ended) = tasks.try_join_next() {
         if let Err(e) = ended
@@ -536,8 +536,6 @@ impl Dispatcher {
         held.lease_ends(batch.iter().map(|d| &d.delivery_id))
     }
 
-    /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and
-    /// ingest have stopped feeding it), up to `grace`.
     /// The grace ran out: stops the attempts still out, and gives what this node still holds
     /// back to the store, due now (each only under the lease it held), so that the next start,
     /// or another node, sends them at once rather than when their leases end (PostgreSQL; the
@@ -573,6 +571,9 @@ impl Dispatcher {
         }
     }
 
+    /// Waits for every webhook task to finish its in-flight attempts (after the scheduler and
+    /// ingest have stopped feeding it), up to `grace`; what is still out then is cut off and
+    /// given back (`give_back_cut_off`).
     pub async fn drain(&self, grace: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.stop.send_replace(true);
