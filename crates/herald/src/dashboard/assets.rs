@@ -1,7 +1,8 @@
-//! The stylesheet, the small script and the icon, compiled into the binary and served with a long cache
-//! lifetime. Their URLs carry a digest of their content, so a browser fetches them anew exactly
-//! when they changed: the package version stays the same across many builds, and a browser
-//! holding last week's stylesheet under the same URL would show new pages with old styles.
+//! The stylesheet, the small script and the icon, compiled into the binary and served with a
+//! long cache lifetime. Their URLs carry a digest of their content, so a browser fetches them
+//! anew exactly when they changed: the package version stays the same across many builds, and a
+//! browser holding last week's stylesheet under the same URL would show new pages with old
+//! styles.
 
 use std::sync::LazyLock;
 
