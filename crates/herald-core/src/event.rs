@@ -157,7 +157,10 @@ impl NewEvent {
                     Err(e) => {
                         return Err(Invalid::new(
                             crate::truncate_for_message(&key),
-                            format!("is not a valid JSON string: {e}"),
+                            format!(
+                                "is not a valid JSON string: {}",
+                                js_json::syntax_error_said(&e)
+                            ),
                         ));
                     }
                 }

@@ -431,10 +431,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "via",
     "forwarded",
     "http2-settings",
-    // The client's address as a proxy reports it: a receiver that trusts it would believe it.
+    // The client's address, or the path it asked for, as a proxy reports them: a receiver
+    // that trusts them would believe them.
     "x-real-ip",
     "x-client-ip",
     "true-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
     // Another method than the POST sent, to frameworks that honour these.
     "x-http-method-override",
     "x-http-method",
@@ -667,6 +671,7 @@ mod tests {
             "Date",
             "X-Real-IP",
             "X-HTTP-Method-Override",
+            "X-Original-URL",
         ] {
             let raw = BTreeMap::from([(name.to_owned(), "x".to_owned())]);
             assert!(parse_headers(raw).is_err(), "{name}");

@@ -119,7 +119,7 @@ async fn orgs_page(
     chosen: Option<Vec<String>>,
     status: StatusCode,
 ) -> DashResult<Response> {
-    let paged = cursor.is_some();
+    let paged = cursor.as_deref().is_some_and(|c| !c.is_empty());
     let page = PageRequest::of_ids(Some(100), cursor, OrgId::parse)
         .map_err(crate::service::ServiceError::from)?;
     let list = orgs::list(state, &signed.scope, page).await?;
@@ -269,7 +269,7 @@ async fn show_org(
 ) -> DashResult<Response> {
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let cursor = q.get("cursor").map(str::to_owned);
-    let paged = cursor.is_some();
+    let paged = cursor.as_deref().is_some_and(|c| !c.is_empty());
     let page = PageRequest::of_ids(Some(100), cursor, WebhookId::parse)
         .map_err(crate::service::ServiceError::from)?;
     let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;

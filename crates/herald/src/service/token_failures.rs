@@ -4,8 +4,8 @@
 //! refills. Tokens already admitted from that network still pass, so a producer behind the
 //! same proxy as a guesser, or beside a client still sending a revoked key, keeps working,
 //! while a weak admin token cannot be guessed at the server's speed. A tenant cannot push the
-//! admin's token or another tenant's keys out of that memory by using many keys of its own
-//! (`Owner`).
+//! admin's token out of that memory by using many keys of its own, and pushes out other
+//! tenants' keys only behind an address that hundreds of them come from (`Owner`).
 //!
 //! Counted by each node on its own, by the connection's peer address: an IPv6 address by its
 //! /64, which one host usually holds whole. `X-Forwarded-For` can be forged, so it is not used.
@@ -23,8 +23,11 @@ use herald_core::metrics::Counter;
 /// one pass over it per thousand new networks, not one per network.
 const MAX_NETWORKS: usize = 10_000;
 /// Tokens remembered as admitted from one network, the least recently used forgotten first (a
-/// proxy in front of many producers).
-const ADMITTED_PER_NETWORK: usize = 64;
+/// proxy in front of many producers). Large beside `ADMITTED_PER_ORG`, so that a tenant using
+/// many keys can take the place of others' only behind an address that more than 238 other
+/// tokens come from (its 16 and the operator's two fill the rest); a network holds only tokens
+/// that were valid, 48 bytes each.
+const ADMITTED_PER_NETWORK: usize = 256;
 /// Of those, the most one organization's keys hold: past it, a new key of that organization
 /// takes the place of its own least recently used.
 const ADMITTED_PER_ORG: usize = 16;
@@ -75,10 +78,11 @@ pub enum Pass {
 
 /// Whose a token admitted from a network is, which decides what may take its place in the
 /// network's list. A tenant with a manager key can make as many keys as it likes: were the list
-/// only least-recently-used, 64 of them used once would push out the admin's token and every
-/// other tenant's, and a spent allowance would then hold those back too (a lock-out of
+/// only least-recently-used, enough of them used once would push out the admin's token and
+/// every other tenant's, and a spent allowance would then hold those back too (a lock-out of
 /// everyone behind the same address). So the operator's tokens (the admin token, the metrics
-/// token) are never pushed out, and one organization's keys hold at most `ADMITTED_PER_ORG`.
+/// token) are never pushed out, and one organization's keys hold at most `ADMITTED_PER_ORG` of
+/// the `ADMITTED_PER_NETWORK` places.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
     Operator,
@@ -444,46 +448,63 @@ mod tests {
         let failures = TokenFailures::new(1);
         let client = net("198.51.100.1");
         let now = Instant::now();
-        let (admin, neighbour) = ([0xaa; 32], [0xbb; 32]);
+        // A token of its own for each number (four bytes of it, repeated).
+        let token = |tag: u8, i: usize| -> [u8; 32] {
+            [tag, 0, (i >> 8) as u8, i as u8]
+                .repeat(8)
+                .try_into()
+                .unwrap()
+        };
+        let admin = [0xaa; 32];
         valid_of(&failures, client, &admin, Owner::Operator, now);
-        valid_of(
-            &failures,
-            client,
-            &neighbour,
-            Owner::org("org_neighbour"),
-            now,
-        );
-        // The tenant uses a hundred keys of its own, then spends the allowance.
+        // Fourteen neighbours behind the same address, sixteen keys each in use.
+        let neighbours: Vec<([u8; 32], Owner)> = (0..14 * ADMITTED_PER_ORG)
+            .map(|i| {
+                (
+                    token(1, i),
+                    Owner::org(&format!("org_{}", i / ADMITTED_PER_ORG)),
+                )
+            })
+            .collect();
+        for (key, owner) in &neighbours {
+            valid_of(&failures, client, key, *owner, now);
+        }
+        // The tenant uses three hundred keys of its own, then spends the allowance.
         let attacker = Owner::org("org_attacker");
-        for i in 0..100u8 {
-            valid_of(&failures, client, &[i; 32], attacker, now);
+        for i in 0..300 {
+            valid_of(&failures, client, &token(2, i), attacker, now);
         }
         guess(&failures, client, &[0xff; 32], now);
-        for (token, who) in [(admin, "the admin"), (neighbour, "the neighbour")] {
+        assert_eq!(
+            failures.check_at(client, &admin, now),
+            Check::Go(Pass::Known),
+            "the admin is held back"
+        );
+        for (key, _) in &neighbours {
             assert_eq!(
-                failures.check_at(client, &token, now),
+                failures.check_at(client, key, now),
                 Check::Go(Pass::Known),
-                "{who} is held back"
+                "a neighbour's key is held back"
             );
         }
         // Only the tenant's most recent keys are remembered.
         assert!(matches!(
-            failures.check_at(client, &[0; 32], now),
+            failures.check_at(client, &token(2, 0), now),
             Check::Wait(_)
         ));
         assert_eq!(
-            failures.check_at(client, &[99; 32], now),
+            failures.check_at(client, &token(2, 299), now),
             Check::Go(Pass::Known)
         );
         assert_eq!(
             failures.networks.lock().unwrap()[&client].admitted.len(),
             ADMITTED_PER_NETWORK
         );
-        // Keys of a hundred organizations (a proxy in front of many) push out one another's,
-        // never the admin's.
+        // Keys of three hundred organizations (a proxy in front of many) push out one
+        // another's, never the admin's.
         let later = now + Duration::from_secs(60);
-        for i in 0..100u8 {
-            valid(&failures, client, &[i; 32].map(|b| b ^ 0x55), later);
+        for i in 0..300 {
+            valid(&failures, client, &token(3, i), later);
         }
         guess(&failures, client, &[0xfe; 32], later);
         assert_eq!(

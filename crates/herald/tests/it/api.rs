@@ -40,18 +40,21 @@ async fn bad_input_gets_a_clear_client_error() {
     let resp = raw("").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
-    // Half a surrogate pair in the data (a string cut inside an emoji) is named as such.
-    let resp = raw(r#"{"type":"user.created","data":{"user":{"id":"1","name":"x\udc00"}}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = resp.json().await.unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("names half of a UTF-16 surrogate pair"),
-        "{message}"
-    );
+    // Half a surrogate pair in the data (a string cut inside an emoji), or in a field, is
+    // named as such.
+    for body in [
+        r#"{"type":"user.created","data":{"user":{"id":"1","name":"x\udc00"}}}"#,
+        r#"{"type":"user.created","id":"e\ud800","data":{"user":{"id":"1"}}}"#,
+    ] {
+        let resp = raw(body).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let answer: Value = resp.json().await.unwrap();
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("names half of a UTF-16 surrogate pair"),
+            "{body}: {message}"
+        );
+    }
 
     // A handle or a name where an id belongs: the 404 says what an id looks like.
     for (path, expected) in [

@@ -271,6 +271,9 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
     ] {
         let link = format!(r#"<a href="{first}">← First page</a>"#);
         assert!(!admin.get(&first).await.body.contains(&link), "{first}");
+        // An empty cursor is the first page too.
+        let empty = format!("{first}?cursor=");
+        assert!(!admin.get(&empty).await.body.contains(&link), "{empty}");
         let a = admin.get(&later).await;
         assert!(a.body.contains(&link), "{later}: {}", a.body);
     }
