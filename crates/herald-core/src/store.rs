@@ -636,13 +636,15 @@ pub trait Store: Send + Sync + 'static {
         webhook: &WebhookId,
         now: Timestamp,
     ) -> StoreResult<u64>;
-    /// Makes every failed delivery of the webhook created since `since` pending again, due now.
+    /// Makes every failed delivery of the webhook created since `since` pending again, due now;
+    /// with `skipped`, every skipped one too (never sent: its WebSub channel was not verified).
     async fn recover_failed(
         &self,
         org: &OrgId,
         webhook: &WebhookId,
         since: Timestamp,
         now: Timestamp,
+        skipped: bool,
     ) -> StoreResult<u64>;
 
     /// Counts for the webhook's delivery-health plots over `window` (see [`crate::health`]):

@@ -1310,13 +1310,40 @@ async fn recovering_reaches_every_failed_delivery_of_a_long_history(store: Arc<d
     store.record_attempts(&records).await.unwrap();
 
     let recovered = store
-        .recover_failed(&org.id, &hook.id, T0, at(200))
+        .recover_failed(&org.id, &hook.id, T0, at(200), false)
         .await
         .unwrap();
     assert_eq!(recovered, 3_000);
     let mut failed: Vec<DeliveryId> = ids.iter().step_by(2).cloned().collect();
     failed.sort();
     assert_eq!(claim_many(&store, at(200)).await, failed);
+
+    // Skipped ones (their WebSub channel was not verified) come back only when asked for
+    // (before the leases the failed ones were just claimed with end, at 230 s).
+    let skipped = store_placed(&store, &hook, 3, Placement::Leased).await;
+    store
+        .end_unsent(
+            &org.id,
+            &under_first_lease(&skipped),
+            DeliveryState::Skipped,
+            "not sent: the channel 'login' is not verified",
+            at(205),
+        )
+        .await
+        .unwrap();
+    let without = store
+        .recover_failed(&org.id, &hook.id, T0, at(220), false)
+        .await
+        .unwrap();
+    assert_eq!(without, 0, "the failed ones are pending already");
+    let with = store
+        .recover_failed(&org.id, &hook.id, T0, at(220), true)
+        .await
+        .unwrap();
+    assert_eq!(with, 3);
+    let mut skipped = skipped;
+    skipped.sort();
+    assert_eq!(claim_many(&store, at(220)).await, skipped);
 }
 
 async fn a_deferral_reaches_only_its_own_organizations_deliveries(store: Arc<dyn Store>) {
@@ -3176,7 +3203,7 @@ async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Ar
 
     assert_eq!(
         store
-            .recover_failed(&globex.id, &hook.id, T0, at(200))
+            .recover_failed(&globex.id, &hook.id, T0, at(200), false)
             .await
             .unwrap(),
         0
@@ -3188,7 +3215,7 @@ async fn recovering_brings_back_failed_deliveries_created_since_a_time(store: Ar
 
     assert_eq!(
         store
-            .recover_failed(&acme.id, &hook.id, since, at(200))
+            .recover_failed(&acme.id, &hook.id, since, at(200), false)
             .await
             .unwrap(),
         1
@@ -3236,7 +3263,7 @@ async fn recovering_failed_deliveries_of_an_inactive_webhook_leaves_them_parked(
 
     assert_eq!(
         store
-            .recover_failed(&acme.id, &hook.id, T0, at(10))
+            .recover_failed(&acme.id, &hook.id, T0, at(10), false)
             .await
             .unwrap(),
         1

@@ -861,6 +861,7 @@ pub(crate) async fn recover_failed(
     webhook: &WebhookId,
     since: Timestamp,
     now: Timestamp,
+    skipped: bool,
 ) -> DbResult<u64> {
     let n = c
         .exec(
@@ -869,12 +870,14 @@ pub(crate) async fn recover_failed(
              due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) \
                  THEN $1::BIGINT ELSE NULL END, \
              lease_until = NULL, updated_at = $1::BIGINT \
-             WHERE org_id = $2 AND webhook_id = $3 AND state = 'failed' AND created_at >= $4",
+             WHERE org_id = $2 AND webhook_id = $3 AND created_at >= $4 \
+             AND (state = 'failed' OR ($5 AND state = 'skipped'))",
             &[
                 &now.as_millis(),
                 &org.as_str(),
                 &webhook.as_str(),
                 &since.as_millis(),
+                &skipped,
             ],
         )
         .await?;

@@ -957,9 +957,10 @@ impl Store for PostgresStore {
         webhook: &WebhookId,
         since: Timestamp,
         now: Timestamp,
+        skipped: bool,
     ) -> StoreResult<u64> {
         in_tx!(self, BULK_TIMEOUT, |tx| deliveries::recover_failed(
-            &tx, org, webhook, since, now
+            &tx, org, webhook, since, now, skipped
         ))
     }
 }

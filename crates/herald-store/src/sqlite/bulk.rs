@@ -244,8 +244,8 @@ pub(crate) fn move_deferred(
     Ok(Step::after(changed, ids.len(), STEP, ids.last().cloned()))
 }
 
-/// Puts the failed deliveries of `webhook` created since `since` back to pending, due `now` (or
-/// parked, if the webhook is inactive). The webhook's deliveries are read in id order through
+/// Puts the failed deliveries of `webhook` created since `since` (and the skipped ones, with
+/// `skipped`) back to pending, due `now` (or parked, if the webhook is inactive). The webhook's deliveries are read in id order through
 /// its index, at most [`RECOVERY_SCAN`] per step whatever their state, since most of its history
 /// has nothing to recover; `after` is the last id the previous step read.
 pub(crate) fn recover_failed(
@@ -254,16 +254,24 @@ pub(crate) fn recover_failed(
     webhook: &WebhookId,
     since: Timestamp,
     now: Timestamp,
+    skipped: bool,
     after: &str,
 ) -> DbResult<Step<String>> {
     let read: Vec<(String, bool)> = conn
         .prepare_cached(&format!(
-            "SELECT id, org_id = ?2 AND state = 'failed' AND created_at >= ?3 \
+            "SELECT id, org_id = ?2 AND created_at >= ?3 \
+                 AND (state = 'failed' OR (?5 AND state = 'skipped')) \
              FROM deliveries INDEXED BY deliveries_by_webhook \
              WHERE webhook_id = ?1 AND id > ?4 ORDER BY id LIMIT {RECOVERY_SCAN}"
         ))?
         .query_map(
-            params![webhook.as_str(), org.as_str(), since.as_millis(), after],
+            params![
+                webhook.as_str(),
+                org.as_str(),
+                since.as_millis(),
+                after,
+                skipped
+            ],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?
         .collect::<Result<_, _>>()?;
@@ -274,7 +282,7 @@ pub(crate) fn recover_failed(
          due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 \
              THEN ?2 ELSE NULL END, \
          lease_until = NULL, updated_at = ?2 \
-         WHERE id = ?1 AND state = 'failed'",
+         WHERE id = ?1 AND state IN ('failed', 'skipped')",
         read.iter()
             .filter(|(_, recover)| *recover)
             .map(|(id, _)| id),

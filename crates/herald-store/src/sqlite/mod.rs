@@ -1058,10 +1058,11 @@ impl Store for SqliteStore {
         webhook: &WebhookId,
         since: Timestamp,
         now: Timestamp,
+        skipped: bool,
     ) -> StoreResult<u64> {
         let (org, webhook) = (org.clone(), webhook.clone());
         self.in_steps(String::new(), move |c, after| {
-            bulk::recover_failed(c, &org, &webhook, since, now, after)
+            bulk::recover_failed(c, &org, &webhook, since, now, skipped, after)
         })
         .await
     }

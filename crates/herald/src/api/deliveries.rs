@@ -175,6 +175,10 @@ struct RecoverBody {
     /// An RFC 3339 time: failed deliveries created since then are sent again.
     #[schema(example = "2026-01-31T00:00:00Z", format = DateTime)]
     since: String,
+    /// The skipped ones too (never sent: their WebSub channel was not verified), once the
+    /// endpoint has confirmed its channels. Default `false`.
+    #[serde(default)]
+    include_skipped: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -200,7 +204,8 @@ async fn recover_deliveries(
 ) -> ApiResult<Json<Recovered>> {
     let since = Timestamp::parse_rfc3339(&body.since, "since").map_err(ServiceError::from)?;
     let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
-    let recovered = deliveries::recover(&state, &scope, &org, &webhook, since).await?;
+    let recovered =
+        deliveries::recover(&state, &scope, &org, &webhook, since, body.include_skipped).await?;
     Ok(Json(Recovered { recovered }))
 }
 

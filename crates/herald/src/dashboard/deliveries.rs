@@ -251,7 +251,7 @@ async fn recover_deliveries(
     let (org, id) = (org_id(&org)?, webhook_id(&id)?);
     let Post { signed, form } = post;
     let recovered = match parse_since(&form.text("since")) {
-        Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since).await,
+        Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since, false).await,
         Err(invalid) => Err(invalid.into()),
     };
     let flash = match recovered {

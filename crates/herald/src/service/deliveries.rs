@@ -364,23 +364,25 @@ impl RetriedWaiting {
 /// probe of its open circuit.
 const PROBE_CANDIDATES: u32 = 50;
 
-/// Resends every failed delivery of the webhook created at or after `since`.
+/// Resends every failed delivery of the webhook created at or after `since` (and, with
+/// `skipped`, those never sent because their WebSub channel was not verified).
 pub async fn recover(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
     webhook: &WebhookId,
     since: Timestamp,
+    skipped: bool,
 ) -> ServiceResult<u64> {
     super::webhooks::get(state, scope, org, webhook).await?;
     let n = state
         .store
-        .recover_failed(org, webhook, since, state.clock.now())
+        .recover_failed(org, webhook, since, state.clock.now(), skipped)
         .await
         .map_err(ServiceError::from_store("webhook"))?;
     if n > 0 {
         state.dispatcher.wake_delivery_scheduler();
-        tracing::info!(webhook = %webhook, count = n, "recovering failed deliveries");
+        tracing::info!(webhook = %webhook, count = n, skipped, "recovering failed deliveries");
     }
     Ok(n)
 }

@@ -190,6 +190,36 @@ async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent
     app.send_event(&org, login_success("e2")).await;
     let posts = rx.wait_for("/hub", 1, WAIT).await;
     assert_eq!(posts[0].json()["jti"], "e2");
+
+    // The event skipped while the channel was not verified is sent by a recover that asks
+    // for skipped ones too; a plain recover (failed ones only) leaves it.
+    let recover = format!("/v1/orgs/{org}/webhooks/{id}/recover");
+    let since = "2000-01-01T00:00:00Z";
+    let (_, plain) = app.post(&recover, json!({ "since": since })).await;
+    assert_eq!(plain["recovered"], 0, "{plain}");
+    // (From the CLI, which sends `include_skipped`.)
+    let (ok, out) = crate::api::herald_cli(
+        &app,
+        &[
+            "deliveries",
+            "recover",
+            "--org",
+            "myorg",
+            "--webhook",
+            id,
+            "--since",
+            since,
+            "--include-skipped",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.contains("Recovered 1 failed or skipped delivery"),
+        "{out}"
+    );
+    let posts = rx.wait_for("/hub", 2, WAIT).await;
+    assert_eq!(posts[1].json()["jti"], "e1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

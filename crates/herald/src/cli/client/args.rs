@@ -525,6 +525,10 @@ pub enum DeliveriesCommand {
         /// ago (90m, 6h, 2d).
         #[arg(long, value_parser = parse_since)]
         since: String,
+        /// The skipped ones too: never sent because their WebSub channel was not verified (run
+        /// this once `herald webhooks verify` shows the channels verified).
+        #[arg(long)]
+        include_skipped: bool,
     },
 }
 

@@ -126,17 +126,24 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
             org,
             webhook,
             since,
+            include_skipped,
         } => {
+            let body = if include_skipped {
+                json!({ "since": since, "include_skipped": true })
+            } else {
+                json!({ "since": since })
+            };
             let answer = api.post(
                 &api_path(&["v1", "orgs", &org, "webhooks", &webhook, "recover"])?,
-                json!({ "since": since }),
+                body,
             )?;
             if conn.json {
                 print_json(&answer);
             } else {
                 let n = answer["recovered"].as_u64().unwrap_or(0);
                 out!(
-                    "Recovered {n} failed {} since {since}: {}.",
+                    "Recovered {n} failed{} {} since {since}: {}.",
+                    if include_skipped { " or skipped" } else { "" },
                     if n == 1 { "delivery" } else { "deliveries" },
                     if n == 0 {
                         "there were none to send again"
