@@ -245,9 +245,10 @@ pub(crate) fn move_deferred(
 }
 
 /// Puts the failed deliveries of `webhook` created since `since` (and the skipped ones, with
-/// `skipped`) back to pending, due `now` (or parked, if the webhook is inactive). The webhook's deliveries are read in id order through
-/// its index, at most [`RECOVERY_SCAN`] per step whatever their state, since most of its history
-/// has nothing to recover; `after` is the last id the previous step read.
+/// `skipped`) back to pending, due `now` (or parked, if the webhook is inactive). The webhook's
+/// deliveries are read in id order through its index, at most [`RECOVERY_SCAN`] per step
+/// whatever their state, since most of its history has nothing to recover; `after` is the last
+/// id the previous step read.
 pub(crate) fn recover_failed(
     conn: &Connection,
     org: &OrgId,
