@@ -51,15 +51,53 @@ pub async fn verify_intent(
             ),
             e => e.message(),
         })?;
+    match refusal(status, &body, &challenge) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// Why an answer does not verify, quoting what the endpoint said (the usual slips are a body
+/// in JSON, quotes or a trailing line break): `None` when it verifies.
+fn refusal(status: u16, body: &str, challenge: &str) -> Option<String> {
+    let said = match quoted(body) {
+        Some(q) => format!("{status} ({q})"),
+        None => format!("{status} with an empty body"),
+    };
     if !(200..300).contains(&status) {
-        return Err(format!(
-            "the endpoint answered {status}; it must answer 2xx with the hub.challenge as the body"
+        return Some(format!(
+            "the endpoint answered {said}; it must answer 2xx with the hub.challenge as the body"
         ));
     }
-    if body != challenge {
-        return Err("the endpoint answered 2xx but its body was not the hub.challenge".to_owned());
+    if body == challenge {
+        return None;
     }
-    Ok(())
+    let how = if body.trim() == challenge {
+        "the challenge with white space around it (a line break, say)"
+    } else if body.contains(challenge) {
+        "the challenge inside more text (JSON or quotes, say)"
+    } else {
+        "a body that is not the challenge"
+    };
+    Some(format!(
+        "the endpoint answered {said}: {how}; the body must be the hub.challenge from the query \
+         string, exactly"
+    ))
+}
+
+/// The start of a body, escaped so that it reads on one line: `None` when it is empty.
+fn quoted(body: &str) -> Option<String> {
+    const SHOWN: usize = 80;
+    if body.is_empty() {
+        return None;
+    }
+    let start: String = body.chars().take(SHOWN).collect();
+    let more = if body.chars().nth(SHOWN).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    Some(format!("\"{}{more}\"", start.escape_debug()))
 }
 
 /// A random (version 4) UUID, as Asgardeo's challenges are: 122 random bits, and a subscriber
@@ -178,6 +216,40 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
 
 #[cfg(test)]
 mod tests {
+    use super::refusal;
+
+    #[test]
+    fn a_refusal_quotes_what_the_endpoint_answered() {
+        let c = "0f1e2d3c-aaaa-4bbb-8ccc-000000000000";
+        assert_eq!(refusal(200, c, c), None);
+        assert_eq!(refusal(204, c, c), None);
+        let why = refusal(404, "Not Found\n", c).unwrap();
+        assert!(
+            why.starts_with(r#"the endpoint answered 404 ("Not Found\n"); it must answer 2xx"#),
+            "{why}"
+        );
+        let why = refusal(500, "", c).unwrap();
+        assert!(
+            why.starts_with("the endpoint answered 500 with an empty body;"),
+            "{why}"
+        );
+        let why = refusal(200, &format!("{c}\n"), c).unwrap();
+        assert!(why.contains("white space around it"), "{why}");
+        let why = refusal(200, &format!(r#"{{"challenge":"{c}"}}"#), c).unwrap();
+        assert!(
+            why.contains("inside more text") && why.contains(r#"{\"challenge\""#),
+            "{why}"
+        );
+        let why = refusal(200, "", c).unwrap();
+        assert!(
+            why.contains("200 with an empty body: a body that is not"),
+            "{why}"
+        );
+        let long = "é".repeat(200);
+        let why = refusal(200, &long, c).unwrap();
+        assert!(why.contains(&format!("\"{}…\"", "é".repeat(80))), "{why}");
+    }
+
     #[test]
     fn challenges_are_fresh_random_uuids() {
         let (a, b) = (super::new_challenge(), super::new_challenge());
