@@ -345,7 +345,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Timestamp>, ApiError> {
         ("If-Match" = Option<String>, Header, description = "The `ETag` of the version the change was made on: the change is refused (`412`) if the webhook changed since, instead of undoing that change")),
     request_body = WebhookBody,
     responses(
-        (status = 200, description = "The changed webhook", body = Webhook,
+        (status = 200, description = "The changed webhook; `subscriptions` when the change sent WebSub verification (a new URL, new channels, switched on or off)", body = WebhookChanged,
             headers(("ETag" = String, description = "The webhook's new version"))),
         (status = 400, description = "`invalid_header`: `If-Match` is not one of the webhook's entity tags", body = super::ErrorBody),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
@@ -359,12 +359,18 @@ async fn update_webhook(
     PathParams(path): PathParams<OrgItemPath>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<WebhookBody>,
-) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<Webhook>)> {
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookChanged>)> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let mut input = body.input(false).map_err(ServiceError::from)?;
     input.unchanged_since = if_match(&headers)?;
-    let w = webhooks::update(&state, &scope, &org, &id, input).await?;
-    Ok(([(header::ETAG, etag(&w))], Json(w)))
+    let (webhook, subscriptions) = webhooks::update(&state, &scope, &org, &id, input).await?;
+    Ok((
+        [(header::ETAG, etag(&webhook))],
+        Json(WebhookChanged {
+            webhook,
+            subscriptions,
+        }),
+    ))
 }
 
 /// Deletes a webhook; its pending deliveries are cancelled, its history kept.
@@ -442,11 +448,13 @@ async fn bulk_delete_webhooks(
     Ok(Json(BulkDeleted { deleted, not_found }))
 }
 
-/// A webhook after (de)activation, with its WebSub channels where it verifies intent.
+/// A webhook after a change, with the WebSub verification requests the change sent.
 #[derive(Debug, Serialize, ToSchema)]
-struct WebhookActivation {
+struct WebhookChanged {
     #[serde(flatten)]
     webhook: Webhook,
+    /// Each channel the change asked its endpoint to confirm (subscribe or unsubscribe), with
+    /// the endpoint's answer: present when it asked any.
     #[serde(skip_serializing_if = "Option::is_none")]
     subscriptions: Option<Vec<Subscription>>,
 }
@@ -456,10 +464,10 @@ async fn set_active(
     scope: &Scope,
     path: OrgItemPath,
     active: bool,
-) -> ApiResult<Json<WebhookActivation>> {
+) -> ApiResult<Json<WebhookChanged>> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let (webhook, subscriptions) = webhooks::set_active(state, scope, &org, &id, active).await?;
-    Ok(Json(WebhookActivation {
+    Ok(Json(WebhookChanged {
         webhook,
         subscriptions,
     }))
@@ -469,7 +477,7 @@ async fn set_active(
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/activate", tag = "webhooks",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "The webhook, with its channels' verification states", body = WebhookActivation),
+        (status = 200, description = "The webhook, with its channels' verification states", body = WebhookChanged),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
     ))]
@@ -477,7 +485,7 @@ async fn activate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<WebhookActivation>> {
+) -> ApiResult<Json<WebhookChanged>> {
     set_active(&state, &scope, path, true).await
 }
 
@@ -486,7 +494,7 @@ async fn activate_webhook(
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/deactivate", tag = "webhooks",
     params(OrgItemPath),
     responses(
-        (status = 200, description = "The webhook", body = WebhookActivation),
+        (status = 200, description = "The webhook", body = WebhookChanged),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
     ))]
@@ -494,7 +502,7 @@ async fn deactivate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<WebhookActivation>> {
+) -> ApiResult<Json<WebhookChanged>> {
     set_active(&state, &scope, path, false).await
 }
 

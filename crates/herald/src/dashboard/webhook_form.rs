@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use herald_core::org::Organization;
 use herald_core::profile::ProfileName;
+use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{Invalid, Timestamp, WebhookId};
 
@@ -24,7 +25,7 @@ use super::templates::{self, Layout};
 use super::webhooks::{join_numbers, secret_flash, verification_flash, webhook_id, webhook_path};
 use crate::app::AppState;
 use crate::service::webhooks::{self, WebhookInput};
-use crate::service::{ServiceError, event_types, orgs, subscriptions};
+use crate::service::{ServiceError, event_types, orgs};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -398,29 +399,18 @@ async fn edit_webhook(
 /// "Webhook saved.", and what became of the WebSub verification the change sent (a new URL,
 /// new channels or a profile that verifies its intent are verified again before they get
 /// events), as enabling the webhook says it.
-async fn saved_flash(
-    state: &AppState,
-    signed: &Signed,
-    w: &Webhook,
-    started: Timestamp,
-) -> DashResult<Flash> {
+fn saved_flash(w: &Webhook, asked: Option<&[Subscription]>) -> Flash {
     use herald_core::subscription::Verification;
-    if !(w.active && w.verification == Verification::Websub) {
-        return Ok(Flash::ok("Webhook saved."));
+    match asked {
+        Some(sent) if w.active && w.verification == Verification::Websub => {
+            let verified = verification_flash(sent, None);
+            Flash {
+                message: format!("Webhook saved. {}", verified.message),
+                ..verified
+            }
+        }
+        _ => Flash::ok("Webhook saved."),
     }
-    let subs = subscriptions::list(state, &signed.scope, &w.org_id, &w.id).await?;
-    let sent: Vec<_> = subs
-        .into_iter()
-        .filter(|s| s.last_attempt_at.is_some_and(|at| at >= started))
-        .collect();
-    if sent.is_empty() {
-        return Ok(Flash::ok("Webhook saved."));
-    }
-    let verified = verification_flash(&sent, None);
-    Ok(Flash {
-        message: format!("Webhook saved. {}", verified.message),
-        ..verified
-    })
 }
 
 async fn update_webhook(
@@ -432,7 +422,6 @@ async fn update_webhook(
     let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
     let id = webhook_id(&id)?;
     let typed = WebhookForm::read(&form);
-    let started = state.clock.now();
     let updated = match typed.input(false) {
         Ok(mut input) => {
             // Saved over a change made since the form was opened, the form would undo it
@@ -443,8 +432,8 @@ async fn update_webhook(
         Err(invalid) => Err(invalid.into()),
     };
     match updated {
-        Ok(w) => {
-            let flash = saved_flash(&state, &signed, &w, started).await?;
+        Ok((w, asked)) => {
+            let flash = saved_flash(&w, asked.as_deref());
             Ok(signed
                 .flash_then_go(&state, flash, &webhook_path(&org.id, &w.id))
                 .await)

@@ -403,13 +403,15 @@ pub async fn get(
         .map_err(ServiceError::from_store("webhook"))
 }
 
+/// Changes a webhook. Answers it with the WebSub verification requests the change sent, if it
+/// sent any (a new URL or channels, switching on or off), each with its endpoint's answer.
 pub async fn update(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,
     id: &WebhookId,
     input: WebhookInput,
-) -> ServiceResult<Webhook> {
+) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     check_resolved_host(state, input.url.as_deref()).await?;
     // Checked against the organization's other webhooks, then written: one change at a time.
     let (scope, owner, id) = (scope.clone(), org.clone(), id.clone());
@@ -425,7 +427,7 @@ async fn update_checked(
     org: &OrgId,
     id: &WebhookId,
     input: WebhookInput,
-) -> ServiceResult<Webhook> {
+) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     let snapshot = super::org_snapshot(state, scope, org).await?;
     let fields = input.given();
     let mut w = state
@@ -569,9 +571,12 @@ async fn update_checked(
         if w.active != was_active {
             switched(&state, &w);
         }
+        // What the endpoint was asked, and answered, while the change waited: the answer
+        // carries it, as enabling's does.
+        let mut asked = Vec::new();
         if reverify || unsubscribe {
             // Turned off: the subscriber hears of it, as with `deactivate`.
-            tell_subscriber(&state, &w).await?;
+            asked.extend(tell_subscriber(&state, &w).await?);
         }
         if !added.is_empty() {
             let snapshot = state
@@ -579,21 +584,23 @@ async fn update_checked(
                 .snapshot(&w.org_id)
                 .await
                 .map_err(ServiceError::from_store("organization"))?;
-            super::subscriptions::verify_channels(
-                &state,
-                &snapshot,
-                &w,
-                Mode::Subscribe,
-                added,
-                super::subscriptions::Request::New,
-            )
-            .await?;
+            asked.extend(
+                super::subscriptions::verify_channels(
+                    &state,
+                    &snapshot,
+                    &w,
+                    Mode::Subscribe,
+                    added,
+                    super::subscriptions::Request::New,
+                )
+                .await?,
+            );
         }
         super::subscriptions::unsubscribe_soon(&state, &w.org_id, dropped);
         if let Some(old) = leaves_websub {
-            send_verification(&state, &old, Mode::Unsubscribe).await?;
+            asked.extend(send_verification(&state, &old, Mode::Unsubscribe).await?);
         }
-        Ok(w)
+        Ok((w, (!asked.is_empty()).then_some(asked)))
     })
     .await;
     match saved {

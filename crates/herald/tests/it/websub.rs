@@ -128,8 +128,12 @@ async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent
         .await;
     let login = state_of(&active["subscriptions"], "login");
     assert_eq!(login["state"], "failed");
+    // The reason quotes what the endpoint answered.
     assert!(
-        login["reason"].as_str().unwrap().contains("challenge"),
+        login["reason"]
+            .as_str()
+            .unwrap()
+            .contains(r#"answered 200 ("sure, whatever"): a body that is not the challenge"#),
         "{login}"
     );
 
@@ -143,7 +147,13 @@ async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent
     assert_eq!(status, StatusCode::OK, "{resent}");
     let login = state_of(&resent["data"], "login");
     assert_eq!(login["state"], "failed");
-    assert!(login["reason"].as_str().unwrap().contains("404"), "{login}");
+    assert!(
+        login["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"the endpoint answered 404 ("no"); it must answer 2xx"#),
+        "{login}"
+    );
 
     // Too slow for the webhook's timeout: the reason says how long it waited, and the cap.
     app.patch(
@@ -293,7 +303,23 @@ async fn turning_a_webhook_off_and_on_by_patch_unsubscribes_and_subscribes() {
         assert_eq!(changed["active"], active);
         let last = rx.verifications_on("/hub").pop().unwrap();
         assert_eq!(last.param("hub.mode"), Some(mode));
+        // The answer says what the endpoint was asked, and what it said.
+        let asked = state_of(&changed["subscriptions"], "login");
+        assert_eq!(
+            (&asked["mode"], &asked["state"]),
+            (&json!(mode), &json!("verified")),
+            "{changed}"
+        );
     }
+    // A change that asks the endpoint nothing answers no subscriptions.
+    let (_, renamed) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{id}"),
+            json!({ "name": "renamed" }),
+        )
+        .await;
+    assert_eq!(renamed["name"], "renamed");
+    assert!(renamed.get("subscriptions").is_none(), "{renamed}");
     assert_eq!(rx.verifications_on("/hub").len(), 3);
     // Verified again, it gets events.
     app.send_event(&org, login_success("e1")).await;
@@ -923,6 +949,7 @@ async fn a_new_url_that_refuses_verification_gets_no_events() {
         .await;
     assert_eq!(status, StatusCode::OK, "{changed}");
     assert_eq!(moved.verifications_on("/hub").len(), 1);
+    assert_eq!(changed["subscriptions"][0]["state"], "failed", "{changed}");
     let (_, subs) = app
         .get(&format!("/v1/orgs/{org}/webhooks/{id}/subscriptions"))
         .await;
@@ -1172,10 +1199,17 @@ async fn a_channel_change_asks_only_the_new_ones_and_unsubscribes_the_dropped_on
     // The endpoint refuses just as a channel is added: only the new one is asked (and
     // fails); the others keep their leases, and their events go on.
     rx.subscriber(Subscriber::Refuse(500));
-    let (status, _) = app
+    let (status, changed) = app
         .patch(&path, json!({ "channels": ["login", "session", "user"] }))
         .await;
     assert_eq!(status, StatusCode::OK);
+    // The answer carries what was asked: the new channel alone.
+    let asked = changed["subscriptions"].as_array().unwrap();
+    assert_eq!(asked.len(), 1, "{changed}");
+    assert_eq!(
+        (&asked[0]["channel"], &asked[0]["state"]),
+        (&json!("user"), &json!("failed"))
+    );
     let gets = rx.verifications_on("/hub");
     assert_eq!(gets.len(), 3, "only the new channel is asked");
     assert!(gets[2].param("hub.topic").unwrap().ends_with(".user"));

@@ -137,6 +137,46 @@ pub(super) fn fail_on_unverified(page: &Value, (org, id): (&str, &str)) -> anyho
     Ok(())
 }
 
+/// Reports the WebSub verification a change sent (the answer's `subscriptions`, when it sent
+/// any). A channel that did not subscribe fails the command, since it gets no events until it
+/// verifies; an unsubscribe the endpoint did not confirm is only noted: the webhook stopped
+/// sending all the same.
+fn report_verification(
+    conn: &Connection,
+    answer: &Value,
+    (org, id): (&str, &str),
+) -> anyhow::Result<()> {
+    let Some(asked) = answer["subscriptions"].as_array() else {
+        return Ok(());
+    };
+    let page = json!({ "data": asked });
+    if asked.iter().any(|s| s["mode"] == "subscribe") {
+        if conn.json {
+            return fail_on_unverified(&page, (org, id));
+        }
+        out!();
+        return show_subscriptions(conn, &page, (org, id));
+    }
+    let unconfirmed = asked.iter().filter(|s| s["state"] == "failed").count();
+    if unconfirmed > 0 && !conn.json {
+        out!();
+        show(conn, &page, SUBSCRIPTION_COLUMNS);
+        if answer["active"] == false {
+            note!(
+                "The endpoint did not confirm the unsubscribe for {unconfirmed} channel(s); the \
+                 webhook is disabled all the same. To tell it again: `herald webhooks verify \
+                 --org {org} {id}`"
+            );
+        } else {
+            note!(
+                "The endpoint did not confirm the unsubscribe for {unconfirmed} channel(s); the \
+                 change stands all the same."
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let org = cmd.org_mut();
@@ -239,21 +279,9 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 );
             }
             let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
-            // What its endpoint must confirm again (SPEC 4): a new URL, channels or profile.
-            let reverifies = ["url", "events", "channels", "profile"]
-                .iter()
-                .any(|f| body.get(*f).is_some());
             let updated = api.call(reqwest::Method::PATCH, &path, Some(body))?;
             show_record(&conn, &updated, WEBHOOK_FIELDS);
-            if reverifies && updated["verification"] == "websub" && updated["active"] == true {
-                let page = api.get(&format!("{path}/subscriptions"))?;
-                if conn.json {
-                    fail_on_unverified(&page, (&org, &id))?;
-                } else {
-                    out!();
-                    show_subscriptions(&conn, &page, (&org, &id))?;
-                }
-            }
+            report_verification(&conn, &updated, (&org, &id))?;
         }
         WebhooksCommand::Get { org, id } => show_record(
             &conn,
@@ -266,15 +294,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 json!({}),
             )?;
             show(&conn, &answer, cols);
-            if answer["subscriptions"].is_array() {
-                let page = json!({ "data": answer["subscriptions"] });
-                if conn.json {
-                    fail_on_unverified(&page, (&org, &id))?;
-                } else {
-                    out!();
-                    show_subscriptions(&conn, &page, (&org, &id))?;
-                }
-            }
+            report_verification(&conn, &answer, (&org, &id))?;
         }
         WebhooksCommand::Subscriptions { org, id } => show(
             &conn,
@@ -299,26 +319,7 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
             let disabled = api.post(&format!("{path}/deactivate"), json!({}))?;
             show(&conn, &disabled, cols);
-            if disabled["verification"] == "websub" && !conn.json {
-                // Disabled whatever the endpoint said; an unsubscribe it did not confirm is
-                // worth a look, and a resend.
-                let page = api.get(&format!("{path}/subscriptions"))?;
-                let unconfirmed = page["data"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s["mode"] == "unsubscribe" && s["state"] == "failed")
-                    .count();
-                if unconfirmed > 0 {
-                    out!();
-                    show(&conn, &page, SUBSCRIPTION_COLUMNS);
-                    note!(
-                        "The endpoint did not confirm the unsubscribe for {unconfirmed} \
-                         channel(s); the webhook is disabled all the same. To tell it again: \
-                         `herald webhooks verify --org {org} {id}`"
-                    );
-                }
-            }
+            report_verification(&conn, &disabled, (&org, &id))?;
         }
         WebhooksCommand::Rotate { org, id, secret } => {
             let rotated = api.post(
