@@ -99,6 +99,8 @@ struct HistoryPage {
     recover_since: String,
     /// Whether its deliveries are sent (an inactive webhook's wait, parked).
     active: bool,
+    /// It verifies its intent (WebSub): the recover form offers the skipped deliveries too.
+    websub: bool,
 }
 
 async fn list_deliveries(
@@ -170,6 +172,7 @@ async fn list_deliveries(
         first_href,
         recover_since,
         active: w.active,
+        websub: w.verification == herald_core::subscription::Verification::Websub,
     };
     let layout = Layout::new(
         &state,
@@ -250,14 +253,23 @@ async fn recover_deliveries(
 ) -> DashResult<Response> {
     let (org, id) = (org_id(&org)?, webhook_id(&id)?);
     let Post { signed, form } = post;
+    // Skipped too: those a WebSub channel not verified then kept from being sent.
+    let skipped = form.checked("skipped");
     let recovered = match parse_since(&form.text("since")) {
-        Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since, false).await,
+        Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since, skipped).await,
         Err(invalid) => Err(invalid.into()),
     };
+    let which = if skipped {
+        "failed or skipped"
+    } else {
+        "failed"
+    };
     let flash = match recovered {
-        Ok(0) => Flash::ok("No failed deliveries since then; nothing to recover."),
-        Ok(1) => Flash::ok("1 failed delivery is being sent again."),
-        Ok(n) => Flash::ok(format!("{n} failed deliveries are being sent again.")),
+        Ok(0) => Flash::ok(format!(
+            "No {which} deliveries since then; nothing to recover."
+        )),
+        Ok(1) => Flash::ok(format!("1 {which} delivery is being sent again.")),
+        Ok(n) => Flash::ok(format!("{n} {which} deliveries are being sent again.")),
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };

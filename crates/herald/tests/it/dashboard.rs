@@ -918,6 +918,43 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         ),
         "{listed}"
     );
+    // Its event is skipped; once its endpoint verifies, the history's Recover sends it when
+    // asked for skipped ones too (a plain recover takes failed ones only).
+    let sent = app
+        .send_event(org, crate::websub::login_success("held-back"))
+        .await;
+    assert_eq!(sent["events"][0]["skipped"], 1, "{sent}");
+    refusing.subscriber(Subscriber::Echo);
+    app.post(
+        &format!("/v1/orgs/{org}/webhooks/{other}/verify"),
+        json!({}),
+    )
+    .await;
+    let history = format!("/orgs/{org}/webhooks/{other}/deliveries");
+    let body = admin.get(&history).await.body;
+    assert!(body.contains(r#"name="skipped""#), "{body}");
+    let recover = format!("/orgs/{org}/webhooks/{other}/recover");
+    let since = "2000-01-01T00:00";
+    admin
+        .post(&recover, &[("csrf", &csrf), ("since", since)])
+        .await;
+    let body = admin.get(&history).await.body;
+    assert!(body.contains("No failed deliveries since then"), "{body}");
+    admin
+        .post(
+            &recover,
+            &[("csrf", &csrf), ("since", since), ("skipped", "on")],
+        )
+        .await;
+    let body = admin.get(&history).await.body;
+    assert!(
+        body.contains("1 failed or skipped delivery is being sent again"),
+        "{body}"
+    );
+    let posts = refusing
+        .wait_for("/hub", 1, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(posts[0].json()["jti"], "held-back");
     // An active WebSub webhook is not deleted: the page says why instead.
     admin
         .post(&format!("{page}/delete"), &[("csrf", &csrf)])
@@ -1060,6 +1097,8 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
     let history = format!("/orgs/{org}/webhooks/{hook}/deliveries");
     let body = admin.get(&format!("{history}?state=failed")).await.body;
     assert!(body.contains(&failed), "{body}");
+    // Only a WebSub webhook's deliveries are ever skipped: no box for them here.
+    assert!(!body.contains(r#"name="skipped""#), "{body}");
     let body = admin.get(&format!("{history}?state=succeeded")).await.body;
     assert!(
         !body.contains(&failed) && body.contains("No deliveries match"),

@@ -10,7 +10,7 @@ use crate::helpers::{Reply, Subscriber, TestApp, TestReceiver};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn login_success(id: &str) -> Value {
+pub(crate) fn login_success(id: &str) -> Value {
     json!({ "type": "loginSuccess", "id": id, "data": { "user": { "id": "u1" }, "tenant": { "id": "1", "name": "acme" }, "organization": { "id": "o1", "name": "acme" } } })
 }
 
