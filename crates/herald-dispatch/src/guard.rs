@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::client::legacy::connect::dns::Name;
 
@@ -51,6 +52,53 @@ impl GuardedResolver {
             lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS_IN_FLIGHT)),
         }
     }
+
+    /// Resolves `host` with the system resolver, in one of the [`MAX_LOOKUPS_IN_FLIGHT`] turns.
+    async fn resolve(&self, host: String) -> Result<Vec<SocketAddr>, BoxError> {
+        // The semaphore is never closed.
+        let turn = self.lookups.clone().acquire_owned().await?;
+        // The turn goes with the blocking task, not with this future: a caller that stops
+        // waiting (an attempt's timeout) leaves the thread busy until the system resolver
+        // gives up, and until then the turn stays taken.
+        let resolved = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0))
+        })
+        .await??;
+        Ok(resolved.collect())
+    }
+
+    /// Why `host` would be refused at delivery: every address it resolves to is one the policy
+    /// refuses. `None` when one is permitted, or when it does not resolve within `wait` (a
+    /// delivery checks again each time it connects).
+    pub(crate) async fn refused_name(&self, host: &str, wait: Duration) -> Option<Blocked> {
+        let resolved = tokio::time::timeout(wait, self.resolve(host.to_owned()))
+            .await
+            .ok()?
+            .ok()?;
+        let kinds: Vec<Option<&str>> = resolved
+            .iter()
+            .map(|a| self.policy.refused_kind(a.ip()))
+            .collect();
+        match kinds.first() {
+            Some(Some(kind)) if kinds.iter().all(Option::is_some) => {
+                Some(Blocked(refused_name_message(host, kind)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The words for a name that resolves only to refused addresses. They are stored with the
+/// attempt and shown to the organization, so they name the kind of address but not the
+/// address: a tenant must not be able to map the internal network by registering names that
+/// resolve into it.
+fn refused_name_message(host: &str, kind: &str) -> String {
+    format!(
+        "{host} resolves to {} address; Herald delivers only to public addresses unless \
+         HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+        herald_core::address_policy::a_kind(kind)
+    )
 }
 
 impl tower_service::Service<Name> for GuardedResolver {
@@ -63,21 +111,11 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let (policy, lookups) = (self.policy.clone(), self.lookups.clone());
+        let resolver = self.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            // The semaphore is never closed.
-            let turn = lookups.acquire_owned().await?;
-            // The turn goes with the blocking task, not with this future: an attempt that times
-            // out stops waiting, but its thread is busy until the system resolver gives up, and
-            // until then the turn stays taken.
-            let lookup = host.clone();
-            let resolved: Vec<SocketAddr> = tokio::task::spawn_blocking(move || {
-                let _turn = turn;
-                std::net::ToSocketAddrs::to_socket_addrs(&(lookup.as_str(), 0))
-            })
-            .await??
-            .collect();
+            let resolved = resolver.resolve(host.clone()).await?;
+            let policy = &resolver.policy;
             let mut refused = None;
             let permitted: Vec<SocketAddr> = resolved
                 .into_iter()
@@ -90,14 +128,8 @@ impl tower_service::Service<Name> for GuardedResolver {
                 })
                 .collect();
             if permitted.is_empty() {
-                // The message is stored with the attempt and shown to the organization, so it
-                // names the kind of address but not the address: a tenant must not be able to
-                // map the internal network by registering names that resolve into it.
                 let why = match refused {
-                    Some(kind) => format!(
-                        "{host} resolves to {} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
-                        herald_core::address_policy::a_kind(kind)
-                    ),
+                    Some(kind) => refused_name_message(&host, kind),
                     None => format!("{host} resolves to no address"),
                 };
                 return Err(Box::new(Blocked(why)) as BoxError);
@@ -136,6 +168,32 @@ mod tests {
         assert!(check_url(&policy, "http://[2002:a9fe:a9fe::]/latest").is_err());
         let Blocked(why) = check_url(&policy, "http://[::1").unwrap_err();
         assert!(why.contains("does not parse"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_name_is_refused_ahead_only_when_all_its_addresses_are_and_in_a_turn() {
+        let wait = Duration::from_secs(2);
+        let resolver = GuardedResolver::new(Arc::new(AddressPolicy::default()));
+        let Blocked(why) = resolver.refused_name("localhost", wait).await.unwrap();
+        assert!(
+            why.starts_with("localhost resolves to a loopback address; Herald delivers only"),
+            "{why}"
+        );
+        let allowed = AddressPolicy::parse(&["127.0.0.0/8".into(), "::1/128".into()]).unwrap();
+        let allowed = GuardedResolver::new(Arc::new(allowed));
+        assert!(allowed.refused_name("localhost", wait).await.is_none());
+        // With every turn taken it waits for one, and past `wait` lets the name through (each
+        // delivery checks it again).
+        let taken = resolver
+            .lookups
+            .clone()
+            .acquire_many_owned(MAX_LOOKUPS_IN_FLIGHT as u32)
+            .await
+            .unwrap();
+        let short = Duration::from_millis(100);
+        assert!(resolver.refused_name("localhost", short).await.is_none());
+        drop(taken);
+        assert!(resolver.refused_name("localhost", wait).await.is_some());
     }
 
     #[tokio::test]

@@ -42,6 +42,8 @@ pub fn install_tls_provider() {
 #[derive(Clone)]
 pub struct HttpClient {
     connector: Connector,
+    /// The connector's resolver too, with its turns, for checking a name ahead of time.
+    resolver: GuardedResolver,
     policy: Arc<AddressPolicy>,
     targets: Arc<Targets>,
 }
@@ -72,7 +74,8 @@ impl HttpClient {
     pub fn keeping_idle(policy: AddressPolicy, idle: usize) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
         install_tls_provider();
-        let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
+        let resolver = GuardedResolver::new(policy.clone());
+        let mut tcp = HttpConnector::new_with_resolver(resolver.clone());
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -92,9 +95,20 @@ impl HttpClient {
         }
         Ok(Self {
             connector,
+            resolver,
             policy,
             targets,
         })
+    }
+
+    /// Refuses a host name that resolves only to addresses this client would not connect to,
+    /// waiting `wait` at most. Lookups take the same turns as the connections' own, so that
+    /// names checked ahead (a webhook being created) cannot take every blocking thread.
+    pub async fn check_name(&self, host: &str, wait: Duration) -> Result<(), Blocked> {
+        match self.resolver.refused_name(host, wait).await {
+            Some(blocked) => Err(blocked),
+            None => Ok(()),
+        }
     }
 
     /// POSTs `request` to `url` with `extra_headers`, and says how it went.

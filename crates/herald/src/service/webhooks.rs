@@ -120,34 +120,22 @@ async fn check_resolved_host(state: &AppState, url: Option<&str>) -> ServiceResu
     let Some(url) = url.and_then(|u| WebhookUrl::parse(u).ok()) else {
         return Ok(());
     };
-    let Some((host, port)) = url::Url::parse(url.as_str()).ok().and_then(|u| {
-        let port = u.port_or_known_default()?;
-        match u.host()? {
-            url::Host::Domain(name) => Some((name.to_owned(), port)),
+    let Some(host) = url::Url::parse(url.as_str())
+        .ok()
+        .and_then(|u| match u.host()? {
+            url::Host::Domain(name) => Some(name.to_owned()),
             url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
-        }
-    }) else {
+        })
+    else {
         return Ok(());
     };
-    let lookup = tokio::net::lookup_host((host.as_str(), port));
-    let Ok(Ok(addresses)) = tokio::time::timeout(RESOLVE_WAIT, lookup).await else {
-        return Ok(());
-    };
-    let kinds: Vec<Option<&str>> = addresses
-        .map(|a| state.address_policy.refused_kind(a.ip()))
-        .collect();
-    match kinds.first() {
-        Some(Some(kind)) if kinds.iter().all(Option::is_some) => Err(Invalid::new(
-            "url",
-            format!(
-                "{host} resolves to {} address; Herald delivers only to public addresses \
-                 unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
-                herald_core::address_policy::a_kind(kind)
-            ),
-        )
-        .into()),
-        _ => Ok(()),
-    }
+    // In the delivery resolver's turns: names that resolve slowly cannot take every thread.
+    state
+        .dispatcher
+        .client()
+        .check_name(&host, RESOLVE_WAIT)
+        .await
+        .map_err(|blocked| Invalid::new("url", blocked.0).into())
 }
 
 /// Profile rules that involve the URL or the organization's other webhooks.
