@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 
+use herald_core::Timestamp;
 use herald_core::subscription::{Mode, Verification};
 
 use crate::client::HttpClient;
@@ -139,6 +140,18 @@ pub async fn run_renewals(
     }
 }
 
+/// How long until a channel whose lease ran out is asked again: every hour during the first
+/// day, then once a day, so that an endpoint gone for good is not asked 24 times a day forever
+/// while one back within the day is found soon.
+fn lapsed_retry_secs(expired_at: Option<Timestamp>, now: Timestamp) -> i64 {
+    const HOUR: i64 = 3_600;
+    const DAY: i64 = 86_400;
+    match expired_at {
+        Some(at) if now.as_millis() - at.as_millis() < DAY * 1000 => HOUR,
+        _ => DAY,
+    }
+}
+
 /// How much longer than its webhook's timeout a renewal is held by the node asking.
 const RENEWAL_HOLD_MARGIN_MS: i64 = 60_000;
 
@@ -194,9 +207,9 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
         sub.record(now, outcome);
         if sub.renew_at.is_none() {
             // The lease ran out while renewals failed (an endpoint down for a while, say): the
-            // channel gets nothing now, and Herald keeps asking every hour rather than dropping
-            // the subscription for good.
-            sub.renew_at = Some(now.plus_secs(3600));
+            // channel gets nothing now, and Herald keeps asking rather than dropping the
+            // subscription for good.
+            sub.renew_at = Some(now.plus_secs(lapsed_retry_secs(sub.expires_at, now)));
         }
         // The GET took up to the webhook's timeout; a deactivation, resend or new URL that
         // finished meanwhile is newer than this renewal, and must not be overwritten by it.
@@ -216,7 +229,17 @@ async fn renew_due(dispatcher: &crate::Dispatcher) -> Result<(), herald_core::st
 
 #[cfg(test)]
 mod tests {
-    use super::refusal;
+    use super::{Timestamp, lapsed_retry_secs, refusal};
+
+    #[test]
+    fn a_lapsed_lease_is_asked_hourly_for_a_day_then_daily() {
+        let expired = Timestamp::from_millis(1_000_000_000_000);
+        let after = |secs: i64| expired.plus_secs(secs);
+        assert_eq!(lapsed_retry_secs(Some(expired), after(60)), 3_600);
+        assert_eq!(lapsed_retry_secs(Some(expired), after(86_399)), 3_600);
+        assert_eq!(lapsed_retry_secs(Some(expired), after(86_400)), 86_400);
+        assert_eq!(lapsed_retry_secs(None, after(60)), 86_400);
+    }
 
     #[test]
     fn a_refusal_quotes_what_the_endpoint_answered() {

@@ -1179,11 +1179,33 @@ async fn leases_are_renewed_before_they_run_out_and_a_failed_renewal_is_retried(
         lapsed["renew_at"].is_string(),
         "asked again later: {lapsed}"
     );
-    rx.subscriber(Subscriber::Echo);
-    app.advance(Duration::from_secs(3600 + 60));
+    assert_eq!(
+        seconds_between(&lapsed["last_attempt_at"], &lapsed["renew_at"]),
+        3_600
+    );
+    // Still refused a day after the lease ran out: asked once a day from then on.
+    app.advance(Duration::from_secs(86_400));
     rx.wait_for_verifications("/hub", 6, WAIT).await;
+    let daily = subscription(&app, &org, id, |s| {
+        s["last_attempt_at"] != lapsed["last_attempt_at"]
+    })
+    .await;
+    assert_eq!(daily["state"], "failed", "{daily}");
+    assert_eq!(
+        seconds_between(&daily["last_attempt_at"], &daily["renew_at"]),
+        86_400
+    );
+    rx.subscriber(Subscriber::Echo);
+    app.advance(Duration::from_secs(86_400 + 60));
+    rx.wait_for_verifications("/hub", 7, WAIT).await;
     let back = subscription(&app, &org, id, |s| s["state"] == "verified").await;
     assert!(back["reason"].is_null(), "{back}");
+}
+
+/// Whole seconds from one RFC 3339 time to another.
+fn seconds_between(from: &Value, to: &Value) -> i64 {
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    (at(to) - at(from)).num_seconds()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
