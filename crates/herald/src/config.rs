@@ -359,7 +359,7 @@ pub struct LogSettings {
 fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
     raw.parse().map_err(|_| {
         format!(
-            "HERALD_LISTEN: '{raw}' is not an IP address and port; use e.g. 127.0.0.1:7600 (this \
+            "'{raw}' is not an IP address and port; use e.g. 127.0.0.1:7600 (this \
              machine only) or 0.0.0.0:7600 (every interface)"
         )
     })
@@ -411,14 +411,14 @@ fn parse_log_filter(raw: &str) -> Result<String, String> {
         let level = LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str());
         if bare && !level && !directive.starts_with("herald") {
             return Err(format!(
-                "HERALD_LOG: '{directive}' is not a level; use one of {}, or target=level \
+                "'{directive}' is not a level; use one of {}, or target=level \
                  (e.g. 'info' or 'herald=debug,info')",
                 LOG_LEVELS.join(", ")
             ));
         }
     }
     tracing_subscriber::EnvFilter::try_new(raw).map_err(|e| {
-        format!("HERALD_LOG: '{raw}' is not a log filter ({e}); try 'info' or 'herald=debug,info'")
+        format!("'{raw}' is not a log filter ({e}); try 'info' or 'herald=debug,info'")
     })?;
     Ok(raw.to_owned())
 }

@@ -63,10 +63,42 @@ impl Cli {
                         ContextValue::StyledStrs(vec![tip.into()]),
                     );
                 }
+                if let Some(object) = json_error(&e, std::env::args_os()) {
+                    out!("{object}");
+                }
                 e.exit()
             }
         }
     }
+}
+
+/// With `--json` on the command line, a usage error as the error object a refused request
+/// prints (code `cli`), so that a script reading standard output gets one whoever refused
+/// the command; its words, with the usage, still go to standard error.
+fn json_error(e: &clap::Error, args: impl IntoIterator<Item = OsString>) -> Option<String> {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return None;
+    }
+    let json = args
+        .into_iter()
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    if !json {
+        return None;
+    }
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    let object = serde_json::json!({ "error": { "code": "cli", "message": message } });
+    serde_json::to_string_pretty(&object).ok()
 }
 
 /// The environment variable a refused value came from: the refused flag reads one, the
@@ -214,10 +246,11 @@ pub enum Command {
   herald send --org acme --file events.json        # one event or an array of them
   producer | herald send --org acme                # from standard input")]
     Send {
-        #[command(flatten)]
-        conn: client::Connection,
+        // Its own options first: the connection's come after, under their own heading.
         #[command(flatten)]
         args: client::SendArgs,
+        #[command(flatten)]
+        conn: client::Connection,
     },
 }
 

@@ -2137,6 +2137,44 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             .contains("no organization has the handle"),
         "{error}"
     );
+    // So is a value the command line itself refuses, before any request; `--help` is not.
+    for (args, expected) in [
+        (
+            &[
+                "webhooks",
+                "update",
+                "--org",
+                &org,
+                "crm",
+                "--timeout-ms",
+                "5",
+                "--json",
+            ][..],
+            "invalid value '5' for '--timeout-ms <TIMEOUT_MS>'",
+        ),
+        (
+            &["orgs", "get", "--json"][..],
+            "the following required arguments",
+        ),
+    ] {
+        let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{args:?}");
+        let error: Value = serde_json::from_slice(&refused.stdout).unwrap();
+        assert_eq!(error["error"]["code"], "cli", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(expected), "{error}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains(expected));
+    }
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["orgs", "get", "--help", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage"));
     let (ok, out) = herald_cli(
         &app,
         &["orgs", "list", "--server", "http://127.0.0.1:9"],

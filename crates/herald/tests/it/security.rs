@@ -467,7 +467,17 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("HERALD_LOG: 'verbose' is not a level"),
+        stderr.contains("'verbose' is not a level")
+            && stderr.contains("the value came from the environment variable HERALD_LOG"),
+        "{stderr}"
+    );
+    // Given as a flag, the flag alone is named.
+    let out = herald_migrate(&["--data-dir", data_arg, "--log", "verbose"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("for '--log <LOG>': 'verbose' is not a level")
+            && !stderr.contains("HERALD_LOG"),
         "{stderr}"
     );
 
