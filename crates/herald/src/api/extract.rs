@@ -267,11 +267,17 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
             ))
             .into();
         }
-        let field = path.map(|p| format!("`{p}`: ")).unwrap_or_default();
-        invalid_json(format!(
+        let field = path
+            .as_ref()
+            .map(|p| format!("`{p}`: "))
+            .unwrap_or_default();
+        let mut refused = invalid_json(format!(
             "the request body is JSON, but not of this operation's shape: {field}{}",
             in_json_terms(&without_type_names(&said))
-        ))
+        ));
+        // Named for a client to branch on too, as a value refused with `422` is.
+        refused.field = path.map(|p| p.to_string());
+        refused
     })
 }
 

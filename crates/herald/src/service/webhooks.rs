@@ -475,7 +475,14 @@ async fn update_checked(
         w.description = parse_description(description)?;
     }
     if let Some(secret) = input.secret {
-        w.secret = w.profile.secret_policy().parse(&secret)?;
+        let secret = w.profile.secret_policy().parse(&secret)?;
+        if secret != w.secret {
+            // Set outright, it signs alone at once (`rotate_secret` is the way with an
+            // overlap): the secret a rotation replaced must not go on signing beside it.
+            w.secret = secret;
+            w.previous_secret = None;
+            w.previous_secret_expires_at = None;
+        }
     }
     let was_active = w.active;
     if let Some(active) = input.active {

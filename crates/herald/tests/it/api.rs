@@ -96,6 +96,19 @@ async fn bad_input_gets_a_clear_client_error() {
             "{message}"
         );
     }
+    // A value of the wrong type, or not one of a field's names, is named in `field` too.
+    for (path, body, field) in [
+        ("/v1/orgs".to_owned(), json!({ "name": ["Acme"] }), "name"),
+        (
+            format!("/v1/orgs/{org}/api-keys"),
+            json!({ "name": "k", "role": "admin" }),
+            "role",
+        ),
+    ] {
+        let (status, answer) = app.post(&path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
     // A required field left out, or null, is named as every route names a field it refuses.
     for (path, body) in [
         (format!("/v1/orgs/{org}/api-keys"), json!({})),

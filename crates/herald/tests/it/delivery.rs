@@ -882,6 +882,33 @@ async fn after_a_rotation_both_secrets_sign_for_a_day() {
     assert_eq!(moved["previous_secret_expires_at"], json!(null), "{moved}");
     let (_, back) = app.patch(&path, json!({ "signature": null })).await;
     assert_eq!(back["previous_secret_expires_at"], json!(null), "{back}");
+
+    // A secret set outright after a rotation signs alone: the one rotated away stops at once
+    // (sending the current secret again changes nothing, the overlap included).
+    let other = app.create_webhook(&org, &rx.url("/set"), json!({})).await;
+    let path = format!("/v1/orgs/{org}/webhooks/{}", other["id"].as_str().unwrap());
+    let (_, rotated) = app.post(&format!("{path}/rotate-secret"), json!({})).await;
+    let rotated_to = rotated["secret"].as_str().unwrap();
+    let (_, same) = app.patch(&path, json!({ "secret": rotated_to })).await;
+    assert!(same["previous_secret_expires_at"].is_string(), "{same}");
+    let set = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (status, changed) = app.patch(&path, json!({ "secret": set })).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(
+        changed["previous_secret_expires_at"],
+        json!(null),
+        "{changed}"
+    );
+    app.send_event(&org, user_created("u3")).await;
+    let got = rx.wait_for("/set", 1, WAIT).await;
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 1);
+    let verify = |secret: &str| got[0].verify_standard_at_own_time(secret);
+    assert!(verify(set).is_ok(), "the secret set signs");
+    let first = other["secret"].as_str().unwrap();
+    assert!(
+        verify(first).is_err(),
+        "the secret rotated away no longer signs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
