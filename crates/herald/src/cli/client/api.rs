@@ -191,12 +191,14 @@ pub(super) fn page_path<const N: usize>(
 
 /// The token to send, and where it came from: `--token` or `HERALD_TOKEN` (`given`), else
 /// `HERALD_ADMIN_TOKEN`, else the admin token kept in the data directory (`HERALD_DATA_DIR`, as
-/// `herald serve` reads it, or `./herald-data`). A token given empty is refused rather than
+/// `herald serve` reads it, or `./herald-data`), which goes only to a `server` on this machine:
+/// nobody chose to send that file elsewhere. A token given empty is refused rather than
 /// replaced by the admin's: `--token "$KEY"` with `KEY` unset must not run as the admin.
 fn token_to_use(
     given: Option<&str>,
     admin: Option<&str>,
     data_dir: Option<std::path::PathBuf>,
+    server: &str,
 ) -> anyhow::Result<(String, String)> {
     let usable = |token: &str, source: String| -> anyhow::Result<(String, String)> {
         let token = token.trim();
@@ -232,6 +234,10 @@ fn token_to_use(
         ),
     };
     match std::fs::read_to_string(&file) {
+        Ok(_) if !on_this_machine(server) => bail!(
+            "no token for {server}: the admin token kept in {shown} is sent only to a Herald on \
+             this machine (localhost, 127.0.0.1 or ::1); pass --token or set HERALD_TOKEN"
+        ),
         Ok(t) => usable(&t, shown),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             bail!("could not read the admin token from {shown}: {e}; pass --token instead")
@@ -241,6 +247,16 @@ fn token_to_use(
              API key); without either, HERALD_ADMIN_TOKEN or else {shown} is read, and there \
              is neither here"
         ),
+    }
+}
+
+/// Whether `server` is a loopback address (or `localhost`).
+fn on_this_machine(server: &str) -> bool {
+    match url::Url::parse(server).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -264,6 +280,7 @@ impl Api {
             conn.token.as_deref(),
             std::env::var("HERALD_ADMIN_TOKEN").ok().as_deref(),
             std::env::var_os("HERALD_DATA_DIR").map(std::path::PathBuf::from),
+            &conn.server,
         )?;
         Ok(Self {
             http: reqwest::blocking::Client::builder()
@@ -486,7 +503,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin-token"), "admin-from-file\n").unwrap();
         let data_dir = || Some(dir.path().to_path_buf());
-        let token = |given, admin| token_to_use(given, admin, data_dir());
+        let local = "http://127.0.0.1:7600";
+        let token = |given, admin| token_to_use(given, admin, data_dir(), local);
         let refused = |r: anyhow::Result<(String, String)>| r.unwrap_err().to_string();
         // clap gives an empty HERALD_TOKEN as an empty value, as it gives --token "".
         let empty = "--token (or HERALD_TOKEN) is empty";
@@ -505,8 +523,17 @@ mod tests {
             source.ends_with("admin-token (HERALD_DATA_DIR)"),
             "{source}"
         );
-        let missing = token_to_use(None, None, Some(dir.path().join("nowhere")));
+        let missing = token_to_use(None, None, Some(dir.path().join("nowhere")), local);
         assert!(refused(missing).contains("nowhere/admin-token (HERALD_DATA_DIR) is read"));
+        // The file goes only to a server on this machine; a token given goes anywhere.
+        for server in ["http://localhost:7600", "http://[::1]:7600", "https://127.0.0.2"] {
+            assert!(token_to_use(None, None, data_dir(), server).is_ok(), "{server}");
+        }
+        for server in ["https://herald.example.com", "http://10.0.0.1:7600", "not a url"] {
+            let elsewhere = refused(token_to_use(None, None, data_dir(), server));
+            assert!(elsewhere.contains("sent only to a Herald on this machine"), "{elsewhere}");
+            assert!(token_to_use(Some("hk_x"), None, data_dir(), server).is_ok());
+        }
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub struct Connection {
     )]
     pub server: String,
     /// The bearer token (admin token or an organization API key). Left out, HERALD_ADMIN_TOKEN,
-    /// then the admin token kept in the data directory (HERALD_DATA_DIR, or ./herald-data).
-    /// Given empty, the command stops rather than run as the admin.
+    /// then the admin token kept in the data directory (HERALD_DATA_DIR, or ./herald-data),
+    /// which is sent only to a server on this machine. Given empty, the command stops rather
+    /// than run as the admin.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Print the server's JSON instead of a table.
