@@ -462,10 +462,24 @@ async fn update_checked(
     // every change.
     let mut subscription_changed = false;
     if input.events.is_some() || input.channels.is_some() {
-        let (events, channels) = parse_subscription(
-            input.events.or_else(|| Some(w.events.clone())),
-            input.channels.or_else(|| Some(w.channels.clone())),
-        )?;
+        let emptied = if input.channels.is_some() {
+            "channels"
+        } else {
+            "events"
+        };
+        let events = input.events.unwrap_or_else(|| w.events.clone());
+        let channels = input.channels.unwrap_or_else(|| w.channels.clone());
+        // Both empty is every event, as a webhook created without either: a change that
+        // empties what was left (`--reset events`) must not widen it to that unseen.
+        if events.is_empty() && channels.is_empty() {
+            return Err(Invalid::new(
+                emptied,
+                "with no event types and no channels the webhook would get every event; \
+                 name what it should get, give [\"*\"] for every event, or disable it",
+            )
+            .into());
+        }
+        let (events, channels) = parse_subscription(Some(events), Some(channels))?;
         check_subscription(&snapshot, &events, &channels)?;
         subscription_changed = (&events, &channels) != (&w.events, &w.channels);
         w.events = events;

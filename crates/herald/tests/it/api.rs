@@ -1037,6 +1037,27 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
     assert_eq!(changed["timeout_ms"], 2500);
     assert_eq!(changed["channels"], json!(["session"]));
     assert!(changed.get("secret").is_none());
+    // Emptying what is left would widen it to every event: refused, and nothing changes.
+    let (status, err) = app
+        .patch(
+            &format!("/v1/orgs/{org}/webhooks/{a_id}"),
+            json!({ "channels": [] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "channels", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("would get every event"),
+        "{err}"
+    );
+    let (_, kept) = app.get(&format!("/v1/orgs/{org}/webhooks/{a_id}")).await;
+    assert_eq!(
+        (&kept["events"], &kept["channels"]),
+        (&json!([]), &json!(["session"]))
+    );
 
     // `null` clears headers; it is refused for a field with nothing to clear to.
     let (status, cleared) = app

@@ -252,7 +252,10 @@ fn token_to_use(
 
 /// Whether `server` is a loopback address (or `localhost`).
 fn on_this_machine(server: &str) -> bool {
-    match url::Url::parse(server).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+    match url::Url::parse(server)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
         Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -526,12 +529,26 @@ mod tests {
         let missing = token_to_use(None, None, Some(dir.path().join("nowhere")), local);
         assert!(refused(missing).contains("nowhere/admin-token (HERALD_DATA_DIR) is read"));
         // The file goes only to a server on this machine; a token given goes anywhere.
-        for server in ["http://localhost:7600", "http://[::1]:7600", "https://127.0.0.2"] {
-            assert!(token_to_use(None, None, data_dir(), server).is_ok(), "{server}");
+        for server in [
+            "http://localhost:7600",
+            "http://[::1]:7600",
+            "https://127.0.0.2",
+        ] {
+            assert!(
+                token_to_use(None, None, data_dir(), server).is_ok(),
+                "{server}"
+            );
         }
-        for server in ["https://herald.example.com", "http://10.0.0.1:7600", "not a url"] {
+        for server in [
+            "https://herald.example.com",
+            "http://10.0.0.1:7600",
+            "not a url",
+        ] {
             let elsewhere = refused(token_to_use(None, None, data_dir(), server));
-            assert!(elsewhere.contains("sent only to a Herald on this machine"), "{elsewhere}");
+            assert!(
+                elsewhere.contains("sent only to a Herald on this machine"),
+                "{elsewhere}"
+            );
             assert!(token_to_use(Some("hk_x"), None, data_dir(), server).is_ok());
         }
     }
