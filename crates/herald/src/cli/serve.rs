@@ -210,14 +210,24 @@ async fn answer_hangups() {
 
 pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
     init_logging(&settings.logging)?;
+    // A mistyped --data-dir must not pass for an upgraded database: the new one made there
+    // is said to be new.
+    let data_dir = settings.storage.data_dir.clone();
+    let embedded = settings.storage.database_url_for_display().is_none();
+    let created = embedded && !data_dir.join("herald.db").exists();
     runtime()?.block_on(async move {
         let _lock = app::lock_database(&settings.storage).await?;
         app::open_store(&settings.storage, &settings.encryption, true).await?;
         match settings.storage.database_url_for_display() {
             Some(url) => out!("The database {url} is at the current schema."),
+            None if created => out!(
+                "There was no database in {}: created a new one, at the current schema. If you \
+                 meant an existing one, check --data-dir (or HERALD_DATA_DIR).",
+                data_dir.display()
+            ),
             None => out!(
                 "The database in {} is at the current schema.",
-                settings.storage.data_dir.display()
+                data_dir.display()
             ),
         }
         Ok(())

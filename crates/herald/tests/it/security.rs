@@ -533,6 +533,18 @@ async fn the_data_directory_is_private_to_heralds_user() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Said to be new, not passed off as an existing database brought up to date.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("There was no database in") && said.contains("created a new one"),
+        "{said}"
+    );
+    let again = herald_migrate(&["--data-dir", fresh.to_str().unwrap()], &[]);
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.starts_with("The database in") && !said.contains("new one"),
+        "{said}"
+    );
     assert_eq!(mode(&fresh), 0o700);
     // And so are the database's files, which a directory others may reach into would not
     // protect.
