@@ -352,6 +352,20 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
 /// directory (lock it first: [`lock_database`]). Applies pending migrations when `migrate`
 /// (else checks the schema is current), and re-encrypts stored secrets when an encryption key
 /// is configured.
+/// Advice for PostgreSQL's most common refusals at start, which name the problem but not the
+/// remedy; empty for the others.
+fn what_to_do_about(said: &str) -> &'static str {
+    if said.contains("database \"") && said.ends_with("does not exist") {
+        "; create it first (`createdb NAME`, or CREATE DATABASE), then start again"
+    } else if said.contains("Connection refused") {
+        "; is PostgreSQL running there, and listening on that address and port?"
+    } else if said.contains("password authentication failed") {
+        "; check the user and password in the URL (or PGPASSWORD)"
+    } else {
+        ""
+    }
+}
+
 pub async fn open_store(
     storage: &StorageSettings,
     encryption: &EncryptionSettings,
@@ -379,7 +393,10 @@ pub async fn open_store(
             } else {
                 store.check_schema().await.map(|_| 0)
             }
-            .map_err(|e| anyhow::anyhow!("database {shown}: {}", herald_core::error_chain(&e)))?;
+            .map_err(|e| {
+                let said = herald_core::error_chain(&e);
+                anyhow::anyhow!("database {shown}: {said}{}", what_to_do_about(&said))
+            })?;
             let rewritten = store
                 .reencrypt_stale_secrets()
                 .await

@@ -79,6 +79,19 @@ fn connection_with(
     url: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(tokio_postgres::Config, DatabaseTls), String> {
+    // Another database's URL would fail deep in the driver's parser ("unexpected EOF").
+    if let Some((scheme, _)) = url.split_once("://")
+        && !matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "postgres" | "postgresql"
+        )
+    {
+        return Err(format!(
+            "'{scheme}://' is not a database Herald can use: give a PostgreSQL URL \
+             (postgres://user@host:port/database), or leave the URL unset for the embedded \
+             database"
+        ));
+    }
     for said in unread_environment(&env) {
         tracing::warn!("{said}");
     }

@@ -500,6 +500,22 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
         stderr.contains("empty: unset HERALD_DATABASE_URL to use the embedded database"),
         "{stderr}"
     );
+    // Another database's URL, and a PostgreSQL database not created yet, say what to do.
+    for (url, says) in [
+        (
+            "mysql://root@127.0.0.1/test",
+            "'mysql://' is not a database Herald can use: give a PostgreSQL URL",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:5432/herald_never_created",
+            "does not exist; create it first",
+        ),
+    ] {
+        let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_DATABASE_URL", url)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(says), "{stderr}");
+    }
     // Given on the command line too, the value is the flag's: no word of the variable.
     let out = herald_migrate(
         &["--data-dir", data_arg, "--database-pool-size=many"],
