@@ -8,6 +8,7 @@
 //! - [`dashboard`]: the web dashboard at `/` (server-rendered pages over the same services).
 //! - [`http_server`]: the accept loop (hyper, with a header deadline and bounded buffers).
 //! - [`cli`]: the `herald` command.
+//! - [`counted`]: "1 channel", "2 channels", for the CLI's and the dashboard's sentences.
 
 pub mod api;
 pub mod app;
@@ -18,6 +19,11 @@ pub mod database_lock;
 pub mod http_server;
 pub mod metrics;
 pub mod service;
+
+/// `n` and the noun that goes with it: "1 delivery", "2 deliveries", "0 webhooks".
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
 
 /// The git commit this binary was built from (ten hex digits; empty when built outside a git
 /// checkout), recorded by `build.rs`.

@@ -400,3 +400,56 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     done
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_event_type_filter_takes_either_name_in_both_lists() {
+        for args in [
+            &["events", "list", "--org", "a", "--event-type", "x"][..],
+            &[
+                "deliveries",
+                "list",
+                "--org",
+                "a",
+                "--webhook",
+                "w",
+                "--type",
+                "x",
+            ][..],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_usage_error_is_a_json_error_object_only_when_json_is_asked_for() {
+        let args = ["orgs", "get", "--json"];
+        let e = parse(&args).unwrap_err();
+        let object = json_error(&e, args.iter().map(OsString::from)).unwrap();
+        let object: serde_json::Value = serde_json::from_str(&object).unwrap();
+        assert_eq!(object["error"]["code"], "cli");
+        let message = object["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("the following required arguments"),
+            "{message}"
+        );
+        // Without --json, or with it only after `--` (a value, not the flag), or for --help: none.
+        assert!(json_error(&e, ["orgs", "get"].map(OsString::from)).is_none());
+        assert!(json_error(&e, ["orgs", "get", "--", "--json"].map(OsString::from)).is_none());
+        let help = parse(&["orgs", "get", "--help", "--json"]).unwrap_err();
+        assert!(
+            json_error(
+                &help,
+                ["orgs", "get", "--help", "--json"].map(OsString::from)
+            )
+            .is_none()
+        );
+    }
+}

@@ -242,9 +242,8 @@ async fn count_verified_channels(
         let subs = subscriptions::list(state, scope, org, &w.id).await?;
         let verified = subs.iter().filter(|s| s.delivers(now)).count();
         row.channels_verified = Some(format!(
-            "{verified} of {} channel{} verified",
-            subs.len(),
-            if subs.len() == 1 { "" } else { "s" }
+            "{verified} of {} verified",
+            crate::counted(subs.len() as u64, "channel", "channels")
         ));
         row.no_channel_verified = verified == 0;
     }
@@ -304,9 +303,8 @@ async fn bulk_delete(
     } else {
         match webhooks::delete(&state, &signed.scope, &org, &ids).await {
             Ok(deleted) => Flash::ok(format!(
-                "Deleted {} webhook{}; their pending deliveries are cancelled.",
-                deleted.len(),
-                if deleted.len() == 1 { "" } else { "s" }
+                "Deleted {}; their pending deliveries are cancelled.",
+                crate::counted(deleted.len() as u64, "webhook", "webhooks")
             )),
             Err(crate::service::ServiceError::NotFound(_)) => {
                 return Err(super::error::DashError::not_found());

@@ -455,8 +455,8 @@ pub(super) fn verification_flash(subs: &[Subscription], channel: Option<&str>) -
         .collect();
     if failed.is_empty() && refused.is_empty() {
         Flash::ok(format!(
-            "WebSub verification sent for {} channel(s).",
-            sent.len()
+            "WebSub verification sent for {}.",
+            crate::counted(sent.len() as u64, "channel", "channels")
         ))
     } else if failed.is_empty() {
         Flash::error(format!(

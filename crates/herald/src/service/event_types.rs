@@ -137,7 +137,7 @@ async fn register_checked(
             .map(|()| event_type)
     })
     .await?;
-    tracing::info!(org = %org, event_type = created.name, channel = ?created.channel, "event type registered");
+    tracing::info!(org = %org, event_type = created.name, channel = created.channel.as_deref(), "event type registered");
     if let Some(channel) = &created.channel
         && !snapshot.knows_channel(channel)
     {

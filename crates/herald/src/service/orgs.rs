@@ -172,10 +172,13 @@ async fn update_checked(
                 let webhook = snapshot.webhook(id)?;
                 Some((&**webhook, Some(names.join(", "))))
             }));
+            let which = match lost.len() {
+                1 => "1 webhook subscribes".to_owned(),
+                n => format!("{n} webhooks subscribe"),
+            };
             return Err(ServiceError::Conflict(format!(
-                "{} webhook(s) subscribe to event types or channels only the catalogs left out \
-                 define: {named}; take those out of their subscriptions first, or keep the catalog",
-                lost.len(),
+                "{which} to event types or channels only the catalogs left out define: {named}; \
+                 take those out of their subscriptions first, or keep the catalog",
             )));
         }
     }

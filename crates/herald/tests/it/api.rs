@@ -2447,7 +2447,7 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert_eq!(status, StatusCode::OK, "deleted without --yes");
     let (ok, out) = herald_cli(&app, &[&delete[..], &["--yes"]].concat(), None).await;
     assert!(
-        !ok && out.contains("Deleted 2 webhook(s)")
+        !ok && out.contains("Deleted 2 webhooks")
             && out.contains(&format!("no such webhook: {missing}")),
         "{out}"
     );

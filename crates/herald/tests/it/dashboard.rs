@@ -848,7 +848,7 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     let body = admin.get(&page).await.body;
     assert!(
-        body.contains("WebSub verification sent for 2 channel(s)"),
+        body.contains("WebSub verification sent for 2 channels"),
         "{body}"
     );
     assert_eq!(
@@ -871,7 +871,7 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
     // The message speaks of that channel only.
     let body = admin.get(&page).await.body;
     assert!(
-        body.contains("WebSub verification sent for 1 channel(s)"),
+        body.contains("WebSub verification sent for 1 channel"),
         "{body}"
     );
     // Refused now: the lease it gave holds, and the page says both.
@@ -1043,7 +1043,7 @@ async fn an_edit_that_verifies_again_says_how_the_verification_went() {
     // Back to one that answers.
     let page = saved_with("renamed", &echoing.url("/hub")).await;
     assert!(
-        page.contains("Webhook saved. WebSub verification sent for 1 channel(s)."),
+        page.contains("Webhook saved. WebSub verification sent for 1 channel."),
         "{page}"
     );
 }

@@ -1493,7 +1493,7 @@ async fn the_cli_fails_when_a_resend_is_refused_though_the_lease_holds() {
     let (ok, out) = crate::api::herald_cli(&app, &args, None).await;
     assert!(
         !ok && out.contains("verified")
-            && out.contains("the endpoint refused verification for 1 channel(s); the lease"),
+            && out.contains("the endpoint refused verification for 1 channel; the lease"),
         "{out}"
     );
     // A new channel asked by `update` and refused: it fails as `enable` does.
@@ -1510,14 +1510,14 @@ async fn the_cli_fails_when_a_resend_is_refused_though_the_lease_holds() {
     ];
     let (ok, out) = crate::api::herald_cli(&app, &update, None).await;
     assert!(
-        !ok && out.contains("CHANNEL") && out.contains("1 channel(s) failed verification"),
+        !ok && out.contains("CHANNEL") && out.contains("1 channel failed verification"),
         "{out}"
     );
     // Disabled all the same when the endpoint refuses the unsubscribe, and told so.
     let (ok, out) =
         crate::api::herald_cli(&app, &["webhooks", "disable", "--org", "myorg", id], None).await;
     assert!(
-        ok && out.contains("did not confirm the unsubscribe for 2 channel(s)"),
+        ok && out.contains("did not confirm the unsubscribe for 2 channels"),
         "{out}"
     );
 }

@@ -133,7 +133,8 @@ pub enum WebhooksCommand {
         /// Where to deliver: an http(s) URL of a public address.
         #[arg(long)]
         url: String,
-        /// An event type to subscribe to (repeatable; `*` for all).
+        /// An event type to subscribe to (repeatable; `*` for all). With neither --event nor
+        /// --channel the webhook gets every event.
         #[arg(long = "event")]
         events: Vec<String>,
         /// A channel to subscribe to (repeatable).
@@ -471,7 +472,7 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         state: Option<String>,
         /// Only deliveries of this event type.
-        #[arg(long)]
+        #[arg(long, visible_alias = "type")]
         event_type: Option<String>,
         /// How many, newest first (1–200).
         #[arg(long, default_value_t = 50)]
@@ -645,7 +646,7 @@ pub enum EventsCommand {
         #[arg(long)]
         org: String,
         /// Only events of this type.
-        #[arg(long = "type")]
+        #[arg(long = "type", visible_alias = "event-type")]
         event_type: Option<String>,
         /// Only events received since then: an RFC 3339 time, or how long ago (90m, 6h, 2d).
         #[arg(long, value_parser = parse_since)]

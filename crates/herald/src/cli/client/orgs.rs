@@ -90,10 +90,10 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             } else {
                 let n = |k: &str| answer["purged"][k].as_u64().unwrap_or(0);
                 out!(
-                    "Purged {} events, {} deliveries and {} attempts received before {before}.",
-                    n("events"),
-                    n("deliveries"),
-                    n("attempts")
+                    "Purged {}, {} and {} received before {before}.",
+                    crate::counted(n("events"), "event", "events"),
+                    crate::counted(n("deliveries"), "delivery", "deliveries"),
+                    crate::counted(n("attempts"), "attempt", "attempts")
                 );
             }
         }

@@ -115,9 +115,16 @@ pub(super) fn fail_on_unverified(page: &Value, (org, id): (&str, &str)) -> anyho
         .filter(|s| s["state"] == "failed")
         .count();
     if failed > 0 {
+        let them = if failed == 1 {
+            "it verifies"
+        } else {
+            "they verify"
+        };
         bail!(
-            "{failed} channel(s) failed verification and get no events until they verify; once \
-             the endpoint answers its challenge, run `herald webhooks verify --org {org} {id}`"
+            "{} failed verification: no events go out on {} until {them}; once the endpoint \
+             answers its challenge, run `herald webhooks verify --org {org} {id}`",
+            crate::counted(failed as u64, "channel", "channels"),
+            if failed == 1 { "it" } else { "them" }
         );
     }
     // Asked again and refused, with the lease given before still holding.
@@ -129,9 +136,10 @@ pub(super) fn fail_on_unverified(page: &Value, (org, id): (&str, &str)) -> anyho
         .count();
     if refused > 0 {
         bail!(
-            "the endpoint refused verification for {refused} channel(s); the lease it gave \
-             before still holds, so their events go on until it runs out (`expires_at`); once \
-             the endpoint answers its challenge, run `herald webhooks verify --org {org} {id}`"
+            "the endpoint refused verification for {}; the lease it gave before still \
+             holds, so their events go on until it runs out (`expires_at`); once the endpoint \
+             answers its challenge, run `herald webhooks verify --org {org} {id}`",
+            crate::counted(refused as u64, "channel", "channels")
         );
     }
     Ok(())
@@ -163,14 +171,15 @@ fn report_verification(
         show(conn, &page, SUBSCRIPTION_COLUMNS);
         if answer["active"] == false {
             note!(
-                "The endpoint did not confirm the unsubscribe for {unconfirmed} channel(s); the \
-                 webhook is disabled all the same. To tell it again: `herald webhooks verify \
-                 --org {org} {id}`"
+                "The endpoint did not confirm the unsubscribe for {}; the webhook is disabled \
+                 all the same. To tell it again: `herald webhooks verify --org {org} {id}`",
+                crate::counted(unconfirmed as u64, "channel", "channels")
             );
         } else {
             note!(
-                "The endpoint did not confirm the unsubscribe for {unconfirmed} channel(s); the \
-                 change stands all the same."
+                "The endpoint did not confirm the unsubscribe for {}; the change stands all the \
+                 same.",
+                crate::counted(unconfirmed as u64, "channel", "channels")
             );
         }
     }
@@ -390,7 +399,11 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                     print_json(&answer);
                 } else {
                     if !gone.is_empty() {
-                        out!("Deleted {} webhook(s): {}.", gone.len(), gone.join(", "));
+                        out!(
+                            "Deleted {}: {}.",
+                            crate::counted(gone.len() as u64, "webhook", "webhooks"),
+                            gone.join(", ")
+                        );
                     }
                 }
                 if !missing.is_empty() {
