@@ -94,9 +94,11 @@ async fn list_events(
     ))
 }
 
-/// One event as a producer posts it. Parsed by `herald_core::event::NewEvent::parse_text`, which
-/// gives the precise errors; this type only describes it for the OpenAPI document.
+/// One event as a producer posts it.
+// Parsed by `herald_core::event::NewEvent::parse_text`, which gives the precise errors; this
+// type only describes it for the OpenAPI document (unknown fields are refused there too).
 #[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[expect(
     dead_code,
     reason = "describes the request body; the body is parsed as JSON"
@@ -200,8 +202,17 @@ fn refuse_deliveries(headers: &HeaderMap) -> Result<(), ApiError> {
 fn posted_events(body: &[u8]) -> Result<(Vec<&RawValue>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        Ok((parse_json(body)?, true))
-    } else {
-        Ok((vec![parse_json(body)?], false))
+        return Ok((parse_json(body)?, true));
     }
+    let event: &RawValue = parse_json(body)?;
+    // Valid JSON of another shape (`null`, `42`) is the body's shape, as every route says it.
+    if !event.get().starts_with('{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body is JSON, but not of this operation's shape: send an event (a \
+             JSON object like {\"type\": \"user.created\", \"data\": {…}}) or an array of them",
+        ));
+    }
+    Ok((vec![event], false))
 }

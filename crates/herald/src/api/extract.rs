@@ -157,17 +157,17 @@ fn path_org(path: &str) -> Option<&str> {
     (!org.is_empty()).then_some(org)
 }
 
-/// The token of `Authorization: Bearer <token>` (the scheme in either case), or `""`.
+/// The token of `Authorization: Bearer <token>`, or `""`. The scheme is matched without
+/// regard to case (RFC 9110 §11.1: `BEARER` is `Bearer`).
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> &str {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
+    match header.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => "",
+    }
 }
 
 /// A JSON body whose errors say what is wrong (and where), as `400 invalid_json`, or `413` when
@@ -694,6 +694,21 @@ impl FromRequestParts<AppState> for WholeList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let token = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            bearer_token(&headers).to_owned()
+        };
+        for value in ["Bearer hk_1", "bearer hk_1", "BEARER hk_1", "bEaReR  hk_1 "] {
+            assert_eq!(token(value), "hk_1", "{value}");
+        }
+        for value in ["Basic aGs6MQ==", "Bearerhk_1", "hk_1", "Bearer"] {
+            assert_eq!(token(value), "", "{value}");
+        }
+    }
 
     #[test]
     fn another_kind_of_id_in_a_path_is_named() {

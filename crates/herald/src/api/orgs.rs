@@ -31,15 +31,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct OrgBody {
     #[serde(default, deserialize_with = "super::webhooks::present")]
-    #[schema(value_type = Option<String>, example = "Acme")]
+    #[schema(nullable = false, value_type = Option<String>, example = "Acme")]
     name: Option<Option<String>>,
     /// Lower-case letters, digits, `-` and `.`; derived from the name when absent.
     #[serde(default, deserialize_with = "super::webhooks::present")]
-    #[schema(value_type = Option<String>, example = "acme")]
+    #[schema(nullable = false, value_type = Option<String>, example = "acme")]
     handle: Option<Option<String>>,
     /// Built-in catalogs to take event types from (`optare` by default).
     #[serde(default, deserialize_with = "super::webhooks::present")]
-    #[schema(value_type = Option<Vec<String>>, example = json!(["optare"]))]
+    #[schema(nullable = false, value_type = Option<Vec<String>>, example = json!(["optare"]))]
     catalogs: Option<Option<Vec<String>>>,
 }
 

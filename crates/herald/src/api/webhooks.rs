@@ -96,18 +96,18 @@ fn present_headers<'de, D: Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 struct WebhookBody {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, example = "Directory sync")]
+    #[schema(nullable = false, value_type = Option<String>, example = "Directory sync")]
     name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, example = "https://example.com/webhooks/herald")]
+    #[schema(nullable = false, value_type = Option<String>, example = "https://example.com/webhooks/herald")]
     url: Option<Option<String>>,
     /// Event type names, or `*` for every type (Herald's operational events excepted).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>, example = json!(["user.created", "user.deleted"]))]
+    #[schema(nullable = false, value_type = Option<Vec<String>>, example = json!(["user.created", "user.deleted"]))]
     events: Option<Option<Vec<String>>>,
     /// Channel names: a type matches if its channel is listed.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(nullable = false, value_type = Option<Vec<String>>)]
     channels: Option<Option<Vec<String>>>,
     /// The wire format: standard (default), opal, optare, parallelworks, permit, asgardeo,
     /// cloudevents.
@@ -119,10 +119,10 @@ struct WebhookBody {
     description: Option<Option<String>>,
     /// The signing secret; generated in the profile's format when absent.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(nullable = false, value_type = Option<String>)]
     secret: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<bool>)]
+    #[schema(nullable = false, value_type = Option<bool>)]
     active: Option<Option<bool>>,
     /// Extra headers sent with every request.
     #[serde(default, deserialize_with = "present_headers")]
@@ -342,7 +342,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Timestamp>, ApiError> {
 /// Changes a webhook: absent fields stay, `null` clears an optional one.
 #[utoipa::path(patch, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     params(OrgItemPath,
-        ("If-Match" = Option<String>, Header, description = "The `ETag` of the version the change was made on: the change is refused (`412`) if the webhook changed since, instead of undoing that change")),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The `ETag` of the version the change was made on: the change is refused (`412`) if the webhook changed since, instead of undoing that change")),
     request_body = WebhookBody,
     responses(
         (status = 200, description = "The changed webhook; `subscriptions` when the change sent WebSub verification (a new URL, new channels, switched on or off)", body = WebhookChanged,
@@ -602,7 +602,7 @@ struct VerifyBody {
     responses(
         (status = 200, description = "The channels after verification", body = Page<Subscription>),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
-        (status = 409, description = "The webhook does not verify intent, or is not active", body = super::ErrorBody),
+        (status = 409, description = "The webhook does not verify intent, or it is disabled and never subscribed (nothing to unsubscribe)", body = super::ErrorBody),
         (status = 422, description = "The channel is not one of the webhook's", body = super::ErrorBody),
     ))]
 async fn resend_verification(

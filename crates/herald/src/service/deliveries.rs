@@ -130,15 +130,19 @@ pub struct EventDeliveries {
     /// `data`.
     #[schema(value_type = Object)]
     pub event: herald_core::event::Event,
-    /// Its deliveries, oldest first: the first [`EVENT_DELIVERIES_SHOWN`].
+    /// Its deliveries, oldest first: the first 1,000.
     pub deliveries: Vec<Delivery>,
     /// Whether it has more deliveries than these (an organization with more webhooks on the
-    /// type than [`EVENT_DELIVERIES_SHOWN`]; `HERALD_MAX_WEBHOOKS_PER_ORG` allows it).
+    /// type than 1,000; `HERALD_MAX_WEBHOOKS_PER_ORG` allows it).
     pub truncated: bool,
 }
 
 /// The most deliveries of one event shown at once.
 pub const EVENT_DELIVERIES_SHOWN: u32 = 1_000;
+const _: () = assert!(
+    EVENT_DELIVERIES_SHOWN == 1_000,
+    "EventDeliveries' descriptions in the OpenAPI document say 1,000"
+);
 
 /// Where an event went: for "did the customer's endpoint get it?", without knowing which
 /// webhook to look in.
@@ -314,7 +318,7 @@ pub async fn retry_waiting(
     })
 }
 
-/// What [`retry_waiting`] did.
+/// What retrying a webhook's waiting deliveries did.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RetriedWaiting {
     /// How many deliveries waiting for their next attempt were made due now.

@@ -507,6 +507,19 @@ pub async fn resend(
             .into());
         }
     }
+    let never_asked = snapshot
+        .subscriptions_of(&webhook.id)
+        .iter()
+        .all(|s| s.last_attempt_at.is_none());
+    if !webhook.active && never_asked {
+        // Disabled, a resend is an unsubscribe: from a webhook never enabled, that would
+        // only puzzle its endpoint (and its owner, who meant to check the subscribe).
+        return Err(ServiceError::Conflict(format!(
+            "this webhook is disabled and has never subscribed, so there is nothing to \
+             unsubscribe; activate it (POST /v1/orgs/{org}/webhooks/{id}/activate) to send each \
+             channel the subscribe verification"
+        )));
+    }
     let mode = if webhook.active {
         Mode::Subscribe
     } else {

@@ -96,6 +96,22 @@ async fn bad_input_gets_a_clear_client_error() {
             "{message}"
         );
     }
+    // An event body that is JSON, but not an event nor an array of them, is refused as any
+    // route refuses a body of the wrong shape.
+    for body in [json!(null), json!(42), json!("x")] {
+        let (status, answer) = app.post(&format!("/v1/orgs/{org}/events"), body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::BAD_REQUEST, "invalid_json"),
+            "{answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("send an event")
+        );
+    }
     // A value of the wrong type, or not one of a field's names, is named in `field` too.
     for (path, body, field) in [
         ("/v1/orgs".to_owned(), json!({ "name": ["Acme"] }), "name"),

@@ -582,6 +582,51 @@ async fn the_document_describes_authentication_and_errors() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // Descriptions are for the API's users: no Rust paths or doc links from the source.
+    fn descriptions<'v>(v: &'v Value, found: &mut Vec<&'v str>) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("description", Value::String(text)) => found.push(text),
+                        _ => descriptions(value, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| descriptions(i, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    descriptions(&doc, &mut found);
+    assert!(found.len() > 100, "{}", found.len());
+    for text in found {
+        assert!(
+            !text.contains("[`") && !text.contains("::"),
+            "a description reads like Rust: {text}"
+        );
+    }
+    // A change's optional fields that `null` cannot clear are not said to take it, and
+    // If-Match is a string when sent.
+    let webhook_body = &doc["components"]["schemas"]["WebhookBody"]["properties"];
+    for field in ["name", "url", "events", "channels", "secret", "active"] {
+        assert!(
+            webhook_body[field]["type"].is_string(),
+            "{field}: {webhook_body}"
+        );
+    }
+    assert_eq!(
+        webhook_body["description"]["type"],
+        json!(["string", "null"])
+    );
+    let patch = &doc["paths"]["/v1/orgs/{org}/webhooks/{id}"]["patch"];
+    let if_match = patch["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "If-Match")
+        .unwrap();
+    assert_eq!(if_match["schema"]["type"], "string", "{if_match}");
     let create = &doc["paths"]["/v1/orgs/{org}/webhooks"]["post"];
     assert_eq!(create["security"][0]["bearer"], json!([]));
     assert_eq!(

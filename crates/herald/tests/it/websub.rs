@@ -60,6 +60,19 @@ async fn activation_verifies_each_channel_with_the_websub_parameters() {
         "nothing is sent before activation"
     );
     let id = hook["id"].as_str().unwrap();
+    // A resend before it was ever enabled would be an unsubscribe from nothing: refused.
+    let (status, refused) = app
+        .post(&format!("/v1/orgs/{org}/webhooks/{id}/verify"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never subscribed, so there is nothing to unsubscribe; activate it"),
+        "{refused}"
+    );
+    assert!(rx.received().is_empty());
 
     let (status, active) = app
         .post(&format!("/v1/orgs/{org}/webhooks/{id}/activate"), json!({}))
