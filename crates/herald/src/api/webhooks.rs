@@ -463,47 +463,62 @@ async fn set_active(
     state: &AppState,
     scope: &Scope,
     path: OrgItemPath,
+    headers: &HeaderMap,
     active: bool,
-) -> ApiResult<Json<WebhookChanged>> {
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookChanged>)> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
-    let (webhook, subscriptions) = webhooks::set_active(state, scope, &org, &id, active).await?;
-    Ok(Json(WebhookChanged {
-        webhook,
-        subscriptions,
-    }))
+    let unchanged_since = if_match(headers)?;
+    let (webhook, subscriptions) =
+        webhooks::set_active(state, scope, &org, &id, active, unchanged_since).await?;
+    Ok((
+        [(header::ETAG, etag(&webhook))],
+        Json(WebhookChanged {
+            webhook,
+            subscriptions,
+        }),
+    ))
 }
+
+/// `If-Match` on a change other than PATCH: the same as on PATCH.
+const IF_MATCH_TOO: &str = "The `ETag` of the version the change was made on: refused (`412`) if the webhook changed since";
 
 /// Enables a webhook. A WebSub webhook verifies each channel first (one GET per channel).
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/activate", tag = "webhooks",
-    params(OrgItemPath),
+    params(OrgItemPath, ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH_TOO)),
     responses(
-        (status = 200, description = "The webhook, with its channels' verification states", body = WebhookChanged),
+        (status = 200, description = "The webhook, with its channels' verification states", body = WebhookChanged,
+            headers(("ETag" = String, description = "The webhook's new version"))),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
+        (status = 412, description = "`changed`: the webhook changed since the version `If-Match` names", body = super::ErrorBody),
     ))]
 async fn activate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<WebhookChanged>> {
-    set_active(&state, &scope, path, true).await
+    headers: HeaderMap,
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookChanged>)> {
+    set_active(&state, &scope, path, &headers, true).await
 }
 
 /// Disables a webhook: what it has pending waits, parked, until it is activated; events that
 /// arrive meanwhile are not delivered to it. A WebSub webhook unsubscribes its channels.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/deactivate", tag = "webhooks",
-    params(OrgItemPath),
+    params(OrgItemPath, ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH_TOO)),
     responses(
-        (status = 200, description = "The webhook", body = WebhookChanged),
+        (status = 200, description = "The webhook", body = WebhookChanged,
+            headers(("ETag" = String, description = "The webhook's new version"))),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
+        (status = 412, description = "`changed`: the webhook changed since the version `If-Match` names", body = super::ErrorBody),
     ))]
 async fn deactivate_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
-) -> ApiResult<Json<WebhookChanged>> {
-    set_active(&state, &scope, path, false).await
+    headers: HeaderMap,
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookChanged>)> {
+    set_active(&state, &scope, path, &headers, false).await
 }
 
 // No `Debug`: it holds the secret.
@@ -516,10 +531,12 @@ struct RotateBody {
 
 /// Replaces the secret. The previous one keeps signing beside it for 24 hours.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/rotate-secret", tag = "webhooks",
-    params(OrgItemPath),
+    params(OrgItemPath, ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH_TOO)),
     request_body(content = Option<RotateBody>, description = "Optional"),
     responses(
-        (status = 200, description = "The webhook with its new secret, shown once", body = WebhookWithSecret),
+        (status = 200, description = "The webhook with its new secret, shown once", body = WebhookWithSecret,
+            headers(("ETag" = String, description = "The webhook's new version"))),
+        (status = 412, description = "`changed`: the webhook changed since the version `If-Match` names", body = super::ErrorBody),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The webhook changed while this change was made (Herald disabled it, or another request changed it): read it again and send the change again", body = super::ErrorBody),
         (status = 422, description = "The secret is not valid for the profile", body = super::ErrorBody),
@@ -528,12 +545,17 @@ async fn rotate_secret(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<RotateBody>,
-) -> ApiResult<Json<WebhookWithSecret>> {
+) -> ApiResult<(
+    [(header::HeaderName, HeaderValue); 1],
+    Json<WebhookWithSecret>,
+)> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let secret = body.and_then(|b| b.secret);
-    let w = webhooks::rotate_secret(&state, &scope, &org, &id, secret).await?;
-    Ok(Json(w.into()))
+    let unchanged_since = if_match(&headers)?;
+    let w = webhooks::rotate_secret(&state, &scope, &org, &id, secret, unchanged_since).await?;
+    Ok(([(header::ETAG, etag(&w))], Json(w.into())))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -274,13 +274,13 @@ async fn webhook_action(
     let outcome: Result<Flash, ServiceError> = match action.as_str() {
         "enable" | "disable" => {
             let active = action == "enable";
-            webhooks::set_active(&state, scope, &org, &id, active)
+            webhooks::set_active(&state, scope, &org, &id, active, None)
                 .await
                 .map(|(_, subs)| active_flash(active, subs.as_deref()))
         }
         "rotate" => {
             let secret = Some(form.text("secret")).filter(|s| !s.is_empty());
-            webhooks::rotate_secret(&state, scope, &org, &id, secret)
+            webhooks::rotate_secret(&state, scope, &org, &id, secret, None)
                 .await
                 .map(|w| {
                     let what = if w.previous_secret_expires_at.is_some() {

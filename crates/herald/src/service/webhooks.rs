@@ -257,7 +257,7 @@ pub async fn create(
     })
     .await?;
     if activate {
-        return set_active(state, scope, org, &created.id, true).await;
+        return set_active(state, scope, org, &created.id, true, None).await;
     }
     Ok((created, None))
 }
@@ -781,8 +781,13 @@ pub async fn set_active(
     org: &OrgId,
     id: &WebhookId,
     active: bool,
+    unchanged_since: Option<Timestamp>,
 ) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
     let mut w = get(state, scope, org, id).await?;
+    // The caller's version (`If-Match`), as a change by PATCH is checked.
+    if unchanged_since.is_some_and(|v| v != w.updated_at) {
+        return Err(ServiceError::Changed { now: w.updated_at });
+    }
     let mut looked_again = false;
     while w.active != active {
         let mut changed = w.clone();
@@ -791,6 +796,11 @@ pub async fn set_active(
             Ok(saved) => {
                 switched(state, &saved);
                 w = saved;
+            }
+            // Changed since the caller's version: that is its answer.
+            Err(ServiceError::Conflict(_)) if unchanged_since.is_some() => {
+                let now = get(state, scope, org, id).await?.updated_at;
+                return Err(ServiceError::Changed { now });
             }
             // Changed meanwhile (Herald disabled it, say): as it is now, it may need nothing.
             Err(ServiceError::Conflict(_)) if !looked_again => {
@@ -815,8 +825,12 @@ pub async fn rotate_secret(
     org: &OrgId,
     id: &WebhookId,
     secret: Option<String>,
+    unchanged_since: Option<Timestamp>,
 ) -> ServiceResult<Webhook> {
     let mut w = get(state, scope, org, id).await?;
+    if unchanged_since.is_some_and(|v| v != w.updated_at) {
+        return Err(ServiceError::Changed { now: w.updated_at });
+    }
     let new = new_secret(w.profile, secret.as_deref())?;
     let now = state.clock.now();
     let previous = std::mem::replace(&mut w.secret, new);

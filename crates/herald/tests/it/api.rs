@@ -1328,6 +1328,57 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
     }
     let (_, now) = app.get(&path).await;
     assert_eq!(now["name"], "four");
+
+    // The other changes of a webhook (enable, disable, rotate) answer their ETag and take
+    // If-Match as PATCH does.
+    let post = |action: &'static str, tag: Option<String>| {
+        let mut req = app
+            .http
+            .post(format!("{}{path}/{action}", app.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(tag) = tag {
+            req = req.header("if-match", tag);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let etag = resp
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (resp.status(), etag)
+        }
+    };
+    for action in ["deactivate", "activate", "rotate-secret"] {
+        let (status, _) = post(action, Some(first.clone())).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{action}");
+    }
+    let mut tag = None;
+    for action in ["deactivate", "activate", "rotate-secret"] {
+        let current = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let (status, answered) = post(action, Some(current.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{action}");
+        assert!(answered.is_some() && answered != Some(current), "{action}");
+        tag = answered;
+    }
+    // The last answer's tag is the version a read finds.
+    let read = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tag.as_deref(), read.headers()["etag"].to_str().ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2589,7 +2640,7 @@ async fn changes_whose_client_went_away_still_reach_the_caches() {
 
     let (org_id, state) = (OrgId::parse(&org).unwrap(), &app.state);
     let hook_id = WebhookId::parse(hook["id"].as_str().unwrap()).unwrap();
-    let pause = webhooks::set_active(state, &Scope::Admin, &org_id, &hook_id, false);
+    let pause = webhooks::set_active(state, &Scope::Admin, &org_id, &hook_id, false, None);
     let paused = || async {
         !state
             .store
