@@ -51,8 +51,10 @@ impl Timestamp {
     }
 
     /// Parses an RFC 3339 time with any offset; `field` names it in the error. The time must
-    /// fall within the years 0000 to 9999 in UTC, where Herald writes every time it sends:
-    /// `9999-12-31T23:59:59-01:00` would come out as a year 10000 that no receiver can read.
+    /// fall within the years 0001 to 9999 in UTC, where Herald writes every time it sends:
+    /// `9999-12-31T23:59:59-01:00` would come out as a year 10000 that no receiver can read,
+    /// and the year 0000, valid RFC 3339, is one that many cannot (Python's `datetime`, and
+    /// OpenAPI validators built on it).
     pub fn parse_rfc3339(raw: &str, field: &str) -> Result<Self, Invalid> {
         let shown = crate::truncate_for_message(raw);
         let t = DateTime::parse_from_rfc3339(raw).map_err(|_| {
@@ -65,15 +67,15 @@ impl Timestamp {
         if !(EARLIEST_MS..=LATEST_MS).contains(&millis) {
             return Err(Invalid::new(
                 field,
-                format!("'{shown}' is outside the years 0000 to 9999 once turned into UTC"),
+                format!("'{shown}' is outside the years 0001 to 9999 once turned into UTC"),
             ));
         }
         Ok(Self(millis))
     }
 }
 
-/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in milliseconds since 1970.
-const EARLIEST_MS: i64 = -62_167_219_200_000;
+/// 0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in milliseconds since 1970.
+const EARLIEST_MS: i64 = -62_135_596_800_000;
 const LATEST_MS: i64 = 253_402_300_799_999;
 
 impl Serialize for Timestamp {
@@ -220,19 +222,23 @@ mod tests {
     }
 
     #[test]
-    fn a_time_outside_the_years_0000_to_9999_in_utc_is_refused() {
+    fn a_time_outside_the_years_0001_to_9999_in_utc_is_refused() {
         let ok = |raw| Timestamp::parse_rfc3339(raw, "t").map(Timestamp::to_rfc3339);
         assert_eq!(
-            ok("0000-01-01T00:00:00Z").unwrap(),
-            "0000-01-01T00:00:00.000Z"
+            ok("0001-01-01T00:00:00Z").unwrap(),
+            "0001-01-01T00:00:00.000Z"
         );
         assert_eq!(
             ok("9999-12-31T23:59:59.999Z").unwrap(),
             "9999-12-31T23:59:59.999Z"
         );
-        for raw in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+01:00"] {
+        for raw in [
+            "9999-12-31T23:59:59-23:59",
+            "0001-01-01T00:00:00+01:00",
+            "0000-06-01T00:00:00Z",
+        ] {
             let err = ok(raw).unwrap_err();
-            assert!(err.message.contains("0000 to 9999"), "{raw}: {err:?}");
+            assert!(err.message.contains("0001 to 9999"), "{raw}: {err:?}");
         }
     }
 }

@@ -409,7 +409,7 @@ struct BulkDeleteBody {
 #[derive(Debug, Serialize, ToSchema)]
 struct BulkDeleted {
     deleted: Vec<WebhookId>,
-    /// The ids that name no webhook of the organization.
+    /// The ids that name no webhook of the organization, each once, in the order sent.
     not_found: Vec<String>,
 }
 
@@ -431,20 +431,22 @@ async fn bulk_delete_webhooks(
 ) -> ApiResult<Json<BulkDeleted>> {
     let org = org_id(&path.org)?;
     webhooks::check_bulk_size(body.ids.len())?;
-    let mut ids = Vec::new();
-    let mut not_found = Vec::new();
+    // Each id once, in the order sent: `not_found` lists them so.
+    let mut sent: Vec<String> = Vec::with_capacity(body.ids.len());
     for raw in body.ids {
-        match WebhookId::parse(&raw) {
-            Ok(id) => ids.push(id),
-            Err(_) => not_found.push(raw),
+        if !sent.contains(&raw) {
+            sent.push(raw);
         }
     }
+    let ids: Vec<WebhookId> = sent
+        .iter()
+        .filter_map(|raw| WebhookId::parse(raw).ok())
+        .collect();
     let deleted = webhooks::delete(&state, &scope, &org, &ids).await?;
-    not_found.extend(
-        ids.into_iter()
-            .filter(|id| !deleted.contains(id))
-            .map(|id| id.to_string()),
-    );
+    let not_found = sent
+        .into_iter()
+        .filter(|raw| WebhookId::parse(raw).map_or(true, |id| !deleted.contains(&id)))
+        .collect();
     Ok(Json(BulkDeleted { deleted, not_found }))
 }
 
