@@ -54,7 +54,11 @@ impl FromRequestParts<AppState> for Caller {
                     // Another organization's data is "not found" to every key: a producer's
                     // key learns nothing more from a 403.
                     if let Some(org) = path_org(parts.uri.path()) {
-                        scope.check_org(&herald_core::OrgId::from_trusted(org.to_owned()))?;
+                        // Read as the route reads it (`org_01ABC…` is `org_01abc…`), so that the key's
+                        // own organization, however spelt, gets the 403.
+                        let org = super::orgs::org_id(org)
+                            .unwrap_or_else(|_| herald_core::OrgId::from_trusted(org.to_owned()));
+                        scope.check_org(&org)?;
                     }
                     let instead = if admin_only(&parts.method, parts.uri.path()) {
                         "this operation needs the admin token"

@@ -1912,6 +1912,23 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a producer's key");
+    // Its own organization's id in capitals is still its own: a 403, not a 404.
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!(
+                "/v1/orgs/org_{}/webhooks",
+                org["org_".len()..].to_uppercase()
+            ),
+            made["key"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "its own organization, in capitals"
+    );
     // What to use instead: a manager key, or the admin token where no key may.
     let producer = made["key"].as_str().unwrap();
     let (status, refused) = app
