@@ -395,6 +395,16 @@ pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
     {
         let said = format!("{}; {hint}", herald_core::error_chain(&e));
         StoreError::Unavailable(said.into())
+    } else if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+        // Herald's tables are gone from under a running node (the database emptied, or
+        // dropped and created again): nothing can be stored until an operator acts.
+        let said = format!(
+            "{}; Herald's tables are missing from this database (was it emptied, or dropped \
+             and created again, while Herald ran?): restore it from a backup, or restart \
+             Herald to start afresh with empty tables",
+            herald_core::error_chain(&e)
+        );
+        StoreError::Unavailable(said.into())
     } else if is_unavailable(&e) {
         StoreError::Unavailable(Box::new(e))
     } else {

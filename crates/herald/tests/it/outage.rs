@@ -537,3 +537,53 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
     // And the log says it is over, once.
     assert_eq!(said("the database takes writes again"), 1);
 }
+
+/// A database emptied under a running node (dropped and created again, say): requests get the
+/// `503` of a database that is away, and the log says what to do, not a bare `500`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_emptied_under_a_running_node_is_unavailable_and_said_so() {
+    let Some(db) = TestDatabase::create("the emptied database test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_with(dir.path(), &[("HERALD_DATABASE_URL", db.url.clone())]).await;
+    let http = http_client();
+    let orgs = format!("{}/v1/orgs", node.base);
+    let made = http
+        .post(&orgs)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "Acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+
+    db.connect()
+        .await
+        .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .await
+        .unwrap();
+    let listed = http
+        .get(&orgs)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = http
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = || {
+        let log = node.log.lock().unwrap();
+        log.iter()
+            .any(|line| line.contains("Herald's tables are missing from this database"))
+    };
+    while !said() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said(), "{:?}", node.log.lock().unwrap());
+}
