@@ -40,15 +40,7 @@ impl Dispatcher {
                 // Left behind by an eviction or a resend: dropped before it takes a rate-limit slot.
                 continue;
             }
-            if self.shared.recorder.paused() {
-                // The database is away: an attempt's outcome could not be stored, and its
-                // delivery would be sent again after its lease. The queue waits instead.
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stopping| *stopping) => {}
-                    () = self.shared.recorder.storable() => {}
-                }
-            }
+            self.wait_while_paused(&mut stop).await;
             if self.shared.stopping.load(Ordering::SeqCst) {
                 self.give_back(vec![first], &mut queues).await;
                 continue;
@@ -73,6 +65,14 @@ impl Dispatcher {
                 self.give_back(batch, &mut queues).await;
                 continue;
             };
+            // The database may have gone away while this waited for room (behind an attempt
+            // to a slow endpoint, say): the pause holds for it too.
+            self.wait_while_paused(&mut stop).await;
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                drop((attempt, permit));
+                self.give_back(batch, &mut queues).await;
+                continue;
+            }
             let batch = self.start(batch);
             if batch.is_empty() {
                 // Evicted while it waited: back in the store, to be pulled again.
@@ -183,6 +183,18 @@ impl Dispatcher {
             }
         }
         batch
+    }
+
+    /// While the database is away, waits for its return (or for the stop): an attempt's
+    /// outcome could not be stored, and its delivery would be sent again after its lease.
+    async fn wait_while_paused(&self, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        if self.shared.recorder.paused() {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopping| *stopping) => {}
+                () = self.shared.recorder.storable() => {}
+            }
+        }
     }
 
     /// Room for one more attempt: one of the node's attempts (kept until its outcome is
