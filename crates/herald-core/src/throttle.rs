@@ -26,12 +26,50 @@ impl Throttle {
 
     /// Whether to log now: `Some(n)` with how many were held back since the last line.
     pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Self::now_ms())
+    }
+
+    /// [`Self::admit`] for a line that stands for `n` things (deliveries, say), counted as
+    /// `n` when held back. The first held back since the last line is told apart, so that its
+    /// caller can see the count said once the interval is over ([`Self::take_held`]): a line
+    /// held back with nothing after it would otherwise never be said.
+    pub fn admit_counting(&self, n: u64) -> Admit {
+        let now = Self::now_ms();
+        match self.try_admit(now) {
+            Some(held_back) => Admit::Now(held_back),
+            None if self.held.fetch_add(n, Ordering::Relaxed) == 0 => Admit::FirstHeld,
+            None => Admit::Held,
+        }
+    }
+
+    /// Once the interval is over, what was held back since the last line (taken, and the next
+    /// interval starts); `None` when nothing was, or a line went out meanwhile.
+    pub fn take_held(&self) -> Option<u64> {
+        self.take_held_at(Self::now_ms())
+    }
+
+    fn take_held_at(&self, now_ms: i64) -> Option<u64> {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.try_admit(now_ms).filter(|&held| held > 0)
+    }
+
+    fn now_ms() -> i64 {
         static START: OnceLock<Instant> = OnceLock::new();
-        let now = START.get_or_init(Instant::now).elapsed().as_millis() as i64;
-        self.admit_at(now)
+        START.get_or_init(Instant::now).elapsed().as_millis() as i64
     }
 
     fn admit_at(&self, now_ms: i64) -> Option<u64> {
+        let admitted = self.try_admit(now_ms);
+        if admitted.is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Starts the next interval if this one is over: `Some` with the count held back.
+    fn try_admit(&self, now_ms: i64) -> Option<u64> {
         let next = self.next_ms.load(Ordering::Relaxed);
         if now_ms >= next
             && self
@@ -46,9 +84,19 @@ impl Throttle {
         {
             return Some(self.held.swap(0, Ordering::Relaxed));
         }
-        self.held.fetch_add(1, Ordering::Relaxed);
         None
     }
+}
+
+/// What [`Throttle::admit_counting`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Say it now; this many were held back since the last line.
+    Now(u64),
+    /// Held back, the first since the last line.
+    FirstHeld,
+    /// Held back.
+    Held,
 }
 
 #[cfg(test)]
@@ -65,5 +113,25 @@ mod tests {
         assert_eq!(t.admit_at(11_000), Some(3));
         assert_eq!(t.admit_at(11_001), None);
         assert_eq!(t.admit_at(60_000), Some(1));
+    }
+
+    #[test]
+    fn what_was_held_back_is_taken_once_the_interval_is_over() {
+        let t = Throttle::new(Duration::from_secs(10));
+        assert_eq!(t.try_admit(1_000), Some(0));
+        assert_eq!(t.take_held_at(2_000), None, "nothing held");
+        t.held.fetch_add(3, Ordering::Relaxed);
+        assert_eq!(t.take_held_at(10_999), None, "the interval is not over");
+        assert_eq!(t.take_held_at(11_000), Some(3));
+        assert_eq!(t.take_held_at(30_000), None, "taken once");
+    }
+
+    #[test]
+    fn the_first_held_back_is_told_apart() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.admit_counting(1), Admit::Now(0));
+        assert_eq!(t.admit_counting(2), Admit::FirstHeld);
+        assert_eq!(t.admit_counting(5), Admit::Held);
+        assert_eq!(t.held.load(Ordering::Relaxed), 7);
     }
 }

@@ -1264,3 +1264,45 @@ async fn a_low_open_file_limit_lowers_the_requests_in_flight_and_says_so() {
     );
     child.kill().await.unwrap();
 }
+
+/// Deliveries failing for good are said once per 10 s; those held back in between are said
+/// once the 10 s are over even when nothing fails after them (before, they waited for the next
+/// failure to be counted, and were never said when none came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_failed_for_good_are_all_said_in_the_log() {
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &[]).await;
+    let org = server
+        .org_with_webhook(&rx.url("/sink"), json!({ "retry_schedule": [0] }))
+        .await;
+    // One at a time: three lines' worth, the first said at once.
+    for (n, id) in ["f1", "f2", "f3"].into_iter().enumerate() {
+        server
+            .post_json(
+                &format!("/v1/orgs/{org}/events"),
+                json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } }),
+            )
+            .await;
+        rx.wait_for("/sink", n + 1, Duration::from_secs(10)).await;
+    }
+    let said = |needle: &str| -> Vec<String> {
+        let log = server.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while said("more deliveries failed after their last attempt").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = said("delivery failed after its last attempt");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("deliveries=1"), "{first:?}");
+    let rest = said("more deliveries failed after their last attempt");
+    assert!(rest[0].contains("deliveries=2"), "{rest:?}");
+}
