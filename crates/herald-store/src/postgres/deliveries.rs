@@ -264,8 +264,14 @@ fn leasing(due: &str, lease_until: &str) -> String {
              UPDATE deliveries SET lease_until = {lease_until}, due_at = {lease_until} \
              FROM due WHERE deliveries.id = due.id RETURNING deliveries.* \
          ) \
-         SELECT {DUE_COLUMNS} FROM leased d JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id"
+         SELECT {DUE_COLUMNS}, due.held_until IS NOT NULL FROM leased d \
+         JOIN due ON due.id = d.id JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id"
     )
+}
+
+/// Whether a row of [`leasing`] was leased before, its lease run out: taken over.
+fn was_taken_over(row: &tokio_postgres::Row) -> DbResult<bool> {
+    Ok(row.try_get(14)?)
 }
 
 /// Leases what is due. Rows another node is claiming at this moment are skipped, not waited
@@ -277,7 +283,8 @@ pub(crate) async fn claim_due(
     limit: u32,
 ) -> DbResult<Vec<DueDelivery>> {
     let sql = leasing(
-        "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+        "SELECT d.id, d.lease_until AS held_until FROM deliveries d \
+         JOIN webhooks w ON w.id = d.webhook_id \
          WHERE d.state = 'pending' AND d.due_at <= $1 AND w.active AND w.deleted_at IS NULL \
          ORDER BY d.due_at LIMIT $2 \
          FOR UPDATE OF d SKIP LOCKED",
@@ -289,7 +296,40 @@ pub(crate) async fn claim_due(
             &[&now.as_millis(), &big(limit), &lease_until.as_millis()],
         )
         .await?;
+    let mut taken_over = 0;
+    for row in &found {
+        taken_over += u64::from(was_taken_over(row)?);
+    }
+    if taken_over > 0 {
+        say_taken_over(taken_over);
+    }
     rows::all(found, due_row)
+}
+
+/// Deliveries taken over: one line per 10 s, and the rest said once the 10 s are over.
+static TAKEN_OVER: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(TAKEN_OVER_EVERY);
+const TAKEN_OVER_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const TAKEN_OVER_SAID: &str = "took over deliveries whose lease had run out: the node holding them stopped without giving them back, or stalled; an endpoint may get one of them a second time";
+
+/// Says that `n` deliveries were leased after another lease on them ran out: it explains the
+/// duplicates their endpoints may see.
+fn say_taken_over(n: u64) {
+    use herald_core::throttle::Admit;
+    match TAKEN_OVER.admit_counting(n) {
+        Admit::Now(held_back) => {
+            tracing::warn!(deliveries = n + held_back, "{TAKEN_OVER_SAID}");
+        }
+        Admit::FirstHeld => {
+            tokio::spawn(async {
+                tokio::time::sleep(TAKEN_OVER_EVERY).await;
+                if let Some(more) = TAKEN_OVER.take_held() {
+                    tracing::warn!(deliveries = more, "{TAKEN_OVER_SAID}");
+                }
+            });
+        }
+        Admit::Held => {}
+    }
 }
 
 /// One webhook's spilled deliveries from `from` on, in id order (see the SQLite store's).
@@ -302,7 +342,8 @@ pub(crate) async fn claim_spilled(
     limit: u32,
 ) -> DbResult<Vec<DueDelivery>> {
     let sql = leasing(
-        "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+        "SELECT d.id, d.lease_until AS held_until FROM deliveries d \
+         JOIN webhooks w ON w.id = d.webhook_id \
          WHERE d.webhook_id = $1 AND d.id >= $2 AND d.state = 'pending' \
          AND d.lease_until IS NULL AND d.due_at IS NOT NULL AND d.next_attempt_at <= $3 \
          AND w.active AND w.deleted_at IS NULL \

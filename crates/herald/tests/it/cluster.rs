@@ -116,6 +116,13 @@ async fn three_nodes_share_the_work_and_survive_a_sigkill() {
         assert!(Instant::now() < deadline, "the load did not get going");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    const TAKEN_OVER: &str = "took over deliveries whose lease had run out";
+    let said_taken_over = |node: &Server| {
+        let log = node.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(TAKEN_OVER)).count()
+    };
+    // While every node runs, none takes over another's deliveries.
+    assert!(nodes.iter().all(|n| said_taken_over(n) == 0));
     dead.store(2, std::sync::atomic::Ordering::SeqCst);
     nodes[2].child.start_kill().expect("SIGKILL");
     nodes[2].child.wait().await.unwrap();
@@ -172,6 +179,12 @@ async fn three_nodes_share_the_work_and_survive_a_sigkill() {
     // webhook gets at most 16 requests at once from a node.
     let repeats = rx.repeats();
     assert_never_at_once(&repeats);
+    // A repeat is a delivery a survivor took over: the log says so, which explains it.
+    assert!(
+        repeats.is_empty() || nodes[..2].iter().map(said_taken_over).sum::<usize>() > 0,
+        "{} deliveries repeated, and no survivor said it took any over",
+        repeats.len()
+    );
     for (delivery, visits) in &repeats {
         let first = visits.iter().map(|v| v.started).min().unwrap();
         if first > killed_at {
