@@ -13,7 +13,7 @@ use herald_core::store::{DeliveryFilter, PurgeCount};
 use herald_core::{DeliveryId, Page, Timestamp};
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody, PathParams, QueryParams, path_id};
+use super::extract::{Caller, JsonBody, NoBody, PathParams, QueryParams, path_id};
 use super::openapi::{OrgEventPath, OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
@@ -140,6 +140,7 @@ async fn retry_delivery(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    _: NoBody,
 ) -> ApiResult<Json<DeliveryDetail>> {
     let (org, id) = (org_id(&path.org)?, delivery_id(&path.id)?);
     Ok(Json(deliveries::resend(&state, &scope, &org, &id).await?))
@@ -162,6 +163,7 @@ async fn retry_waiting(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    _: NoBody,
 ) -> ApiResult<Json<RetriedWaiting>> {
     let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
     Ok(Json(

@@ -204,6 +204,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
     }
 }
 
+/// The body of an operation that takes none: nothing, `null` or `{}` (as clients that always
+/// send an object send it). Anything else is refused as any body of the wrong shape is (a
+/// field is unknown, text is not JSON), and one too large or compressed as every body is.
+pub struct NoBody;
+
+/// No fields at all.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+impl FromRequest<AppState> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_json::<NoFields>(req, state, true)
+            .await
+            .map(|_| NoBody)
+    }
+}
+
 /// A JSON body left as bytes, for a handler that parses it borrowing from it: read under the
 /// size limit, with the errors of [`JsonBody`], and not empty. The body's share of the bodies
 /// in flight ([`Admitted`]) comes with it: hold it until the answer.

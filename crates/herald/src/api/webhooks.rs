@@ -17,7 +17,7 @@ use herald_core::webhook::Webhook;
 use herald_core::{DeliveryId, Invalid, Page, Timestamp, WebhookId};
 
 use super::extract::{
-    Caller, JsonBody, OptionalJsonBody, PathParams, QueryParams, WholeList, path_id,
+    Caller, JsonBody, NoBody, OptionalJsonBody, PathParams, QueryParams, WholeList, path_id,
 };
 use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
@@ -499,6 +499,7 @@ async fn activate_webhook(
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
     headers: HeaderMap,
+    _: NoBody,
 ) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookChanged>)> {
     set_active(&state, &scope, path, &headers, true).await
 }
@@ -519,6 +520,7 @@ async fn deactivate_webhook(
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
     headers: HeaderMap,
+    _: NoBody,
 ) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookChanged>)> {
     set_active(&state, &scope, path, &headers, false).await
 }
@@ -578,6 +580,7 @@ async fn send_test_event(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    _: NoBody,
 ) -> ApiResult<(StatusCode, Json<TestSent>)> {
     let (org, id) = (org_id(&path.org)?, webhook_id(&path.id)?);
     let (event_id, delivery_id) = webhooks::send_test(&state, &scope, &org, &id).await?;

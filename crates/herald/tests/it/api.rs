@@ -112,6 +112,32 @@ async fn bad_input_gets_a_clear_client_error() {
                 .contains("send an event")
         );
     }
+    // An operation that takes no body refuses one that says something (a client that sends
+    // `{}` to every POST is served).
+    let hook = app
+        .create_webhook(&org, "https://a.example/h", json!({}))
+        .await;
+    let deactivate = format!(
+        "/v1/orgs/{org}/webhooks/{}/deactivate",
+        hook["id"].as_str().unwrap()
+    );
+    for (body, expected) in [
+        ("not json at all", StatusCode::BAD_REQUEST),
+        (r#"{"force": true}"#, StatusCode::BAD_REQUEST),
+        ("{}", StatusCode::OK),
+        ("", StatusCode::OK),
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}{deactivate}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected, "{body}");
+    }
     // A value of the wrong type, or not one of a field's names, is named in `field` too.
     for (path, body, field) in [
         ("/v1/orgs".to_owned(), json!({ "name": ["Acme"] }), "name"),
