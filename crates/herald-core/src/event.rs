@@ -142,12 +142,8 @@ impl NewEvent {
         }
         // Splitting text into values checks its grammar but not everything a tree would (lone
         // surrogates in escapes, numbers out of range); what is read further says so itself.
-        let fields: Fields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
-            Invalid::new(
-                "",
-                format!("is not valid JSON: {}", js_json::syntax_error_said(&e)),
-            )
-        })?;
+        let fields: Fields<'_> = serde_json::from_str(raw.get())
+            .map_err(|e| Invalid::new("", js_json::unreadable(&e)))?;
         let mut posted = Posted::default();
         for (key, value) in fields.0 {
             let text = value.get();
@@ -321,10 +317,7 @@ fn data_from_text(text: &RawValue) -> Result<Box<RawValue>, Invalid> {
         if nested_deeper_than(text.get(), MAX_DATA_DEPTH) {
             too_deep()
         } else {
-            Invalid::new(
-                "data",
-                format!("is not valid JSON: {}", js_json::syntax_error_said(&e)),
-            )
+            Invalid::new("data", js_json::unreadable(&e))
         }
     })?;
     stored_data(&tree)

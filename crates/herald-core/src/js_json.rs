@@ -298,6 +298,20 @@ pub fn number(x: f64) -> String {
     format!("{sign}{body}")
 }
 
+/// Why text does not read as JSON, after the thing it is about ("data: …"): not valid JSON, or
+/// valid but holding a number no double holds, which JavaScript would read as `Infinity`.
+pub fn unreadable(e: &serde_json::Error) -> String {
+    if e.to_string().starts_with("number out of range") {
+        return format!(
+            "holds a number at line {} column {} past the largest a double holds (about \
+             1.8e308; JavaScript reads it as Infinity): send such a value as a string",
+            e.line(),
+            e.column()
+        );
+    }
+    format!("is not valid JSON: {}", syntax_error_said(e))
+}
+
 /// What is wrong with JSON text that did not parse, in words a producer can act on. serde_json
 /// calls an escape that names half of a UTF-16 surrogate pair ("\\ud800", as JavaScript's
 /// `JSON.stringify` writes a string cut inside an emoji) "unexpected end of hex escape" or a
@@ -387,6 +401,18 @@ mod tests {
             e.to_string(),
             "other errors are serde_json's"
         );
+    }
+
+    #[test]
+    fn a_number_no_double_holds_is_named_as_such() {
+        let e = serde_json::from_str::<Value>(r#"{"x": 1e400}"#).unwrap_err();
+        let said = unreadable(&e);
+        assert!(
+            said.starts_with("holds a number at line 1 column ") && said.contains("as a string"),
+            "{said}"
+        );
+        let e = serde_json::from_str::<Value>(r#"{"x": }"#).unwrap_err();
+        assert!(unreadable(&e).starts_with("is not valid JSON: "));
     }
 
     /// A key repeated within one object is not the stored form (parsing keeps only the last);
