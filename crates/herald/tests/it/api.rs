@@ -1284,14 +1284,7 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
         .create_webhook(&org, "https://a.example/h", json!({}))
         .await;
     let path = format!("/v1/orgs/{org}/webhooks/{}", w["id"].as_str().unwrap());
-    let read = app
-        .http
-        .get(format!("{}{path}", app.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let first = read.headers()["etag"].to_str().unwrap().to_owned();
+    let first = etag_now(&app, &path).await;
     assert!(first.starts_with('"') && first.ends_with('"'), "{first}");
 
     // Made on the version read: saved, with the new version's tag.
@@ -1382,23 +1375,18 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
     }
     let mut tag = None;
     for action in ["deactivate", "activate", "rotate-secret"] {
-        let current = app
-            .http
-            .get(format!("{}{path}", app.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .headers()["etag"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let current = etag_now(&app, &path).await;
         let (status, answered) = post(action, Some(current.clone())).await;
         assert_eq!(status, StatusCode::OK, "{action}");
         assert!(answered.is_some() && answered != Some(current), "{action}");
         tag = answered;
     }
     // The last answer's tag is the version a read finds.
+    assert_eq!(tag, Some(etag_now(&app, &path).await));
+}
+
+/// The `ETag` a read of the webhook at `path` answers now.
+async fn etag_now(app: &TestApp, path: &str) -> String {
     let read = app
         .http
         .get(format!("{}{path}", app.base))
@@ -1406,7 +1394,7 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
         .send()
         .await
         .unwrap();
-    assert_eq!(tag.as_deref(), read.headers()["etag"].to_str().ok());
+    read.headers()["etag"].to_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
