@@ -276,12 +276,13 @@ fn was_taken_over(row: &tokio_postgres::Row) -> DbResult<bool> {
 
 /// Leases what is due. Rows another node is claiming at this moment are skipped, not waited
 /// for; a row whose lease another node renewed meanwhile is re-checked by PostgreSQL and left.
+/// Answers how many of them were taken over too (their lease had run out).
 pub(crate) async fn claim_due(
     c: &impl Conn,
     now: Timestamp,
     lease_until: Timestamp,
     limit: u32,
-) -> DbResult<Vec<DueDelivery>> {
+) -> DbResult<(Vec<DueDelivery>, u64)> {
     let sql = leasing(
         "SELECT d.id, d.lease_until AS held_until FROM deliveries d \
          JOIN webhooks w ON w.id = d.webhook_id \
@@ -300,10 +301,7 @@ pub(crate) async fn claim_due(
     for row in &found {
         taken_over += u64::from(was_taken_over(row)?);
     }
-    if taken_over > 0 {
-        say_taken_over(taken_over);
-    }
-    rows::all(found, due_row)
+    Ok((rows::all(found, due_row)?, taken_over))
 }
 
 /// Deliveries taken over: one line per 10 s, and the rest said once the 10 s are over.
@@ -312,9 +310,9 @@ static TAKEN_OVER: herald_core::throttle::Throttle =
 const TAKEN_OVER_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const TAKEN_OVER_SAID: &str = "took over deliveries whose lease had run out: the node holding them stopped without giving them back, or stalled; an endpoint may get one of them a second time";
 
-/// Says that `n` deliveries were leased after another lease on them ran out: it explains the
-/// duplicates their endpoints may see.
-fn say_taken_over(n: u64) {
+/// Says that `n` deliveries were leased after another lease on them ran out (once the lease
+/// is committed): it explains the duplicates their endpoints may see.
+pub(crate) fn say_taken_over(n: u64) {
     use herald_core::throttle::Admit;
     match TAKEN_OVER.admit_counting(n) {
         Admit::Now(held_back) => {

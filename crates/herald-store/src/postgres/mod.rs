@@ -615,12 +615,16 @@ impl Store for PostgresStore {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<DueDelivery>> {
-        in_tx!(self, |tx| deliveries::claim_due(
+        let (due, taken_over) = in_tx!(self, |tx| deliveries::claim_due(
             &tx,
             now,
             lease_until,
             limit
-        ))
+        ))?;
+        if taken_over > 0 {
+            deliveries::say_taken_over(taken_over);
+        }
+        Ok(due)
     }
 
     async fn claim_spilled(
