@@ -348,10 +348,6 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
     Ok(Some(lock))
 }
 
-/// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
-/// directory (lock it first: [`lock_database`]). Applies pending migrations when `migrate`
-/// (else checks the schema is current), and re-encrypts stored secrets when an encryption key
-/// is configured.
 /// Advice for PostgreSQL's most common refusals at start, which name the problem but not the
 /// remedy; empty for the others.
 fn what_to_do_about(said: &str) -> &'static str {
@@ -366,6 +362,10 @@ fn what_to_do_about(said: &str) -> &'static str {
     }
 }
 
+/// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
+/// directory (lock it first: [`lock_database`]). Applies pending migrations when `migrate`
+/// (else checks the schema is current), and re-encrypts stored secrets when an encryption key
+/// is configured.
 pub async fn open_store(
     storage: &StorageSettings,
     encryption: &EncryptionSettings,
