@@ -40,6 +40,7 @@ pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
                 wait
             }
             Err(e) => {
+                dispatcher.saw_store_error(&e);
                 let first = failing_since.is_none();
                 let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                 if first || said_at.elapsed() >= Duration::from_secs(60) {

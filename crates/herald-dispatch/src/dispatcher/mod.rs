@@ -294,6 +294,13 @@ impl Dispatcher {
         self.shared.recorder.paused()
     }
 
+    /// Notes a store error met outside an attempt (the scheduler's reads): a database that is
+    /// away pauses attempts at once, rather than when an outcome first fails to be stored
+    /// (an attempt waiting behind a slow one would start meanwhile, its outcome unstorable).
+    pub(crate) fn saw_store_error(&self, error: &herald_core::store::StoreError) {
+        self.shared.recorder.saw(error);
+    }
+
     /// Deliveries currently held in memory.
     pub fn held(&self) -> usize {
         self.shared.held_count.load(Ordering::Relaxed)
