@@ -98,7 +98,9 @@ fn quoted(body: &str) -> Option<String> {
     } else {
         ""
     };
-    Some(format!("\"{}{more}\"", start.escape_debug()))
+    // Escaped as JSON escapes it (`\n`, `\u001b`), which every reader of the API knows.
+    let quoted = serde_json::to_string(&start).ok()?;
+    Some(format!("{}{more}\"", &quoted[..quoted.len() - 1]))
 }
 
 /// A random (version 4) UUID, as Asgardeo's challenges are: 122 random bits, and a subscriber
@@ -268,6 +270,8 @@ mod tests {
             why.contains("200 with an empty body: a body that is not"),
             "{why}"
         );
+        let why = refusal(403, "<b>\u{1b}[31mno</b>\r\n", c).unwrap();
+        assert!(why.contains(r#"403 ("<b>\u001b[31mno</b>\r\n")"#), "{why}");
         let long = "é".repeat(200);
         let why = refusal(200, &long, c).unwrap();
         assert!(why.contains(&format!("\"{}…\"", "é".repeat(80))), "{why}");

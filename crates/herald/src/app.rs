@@ -357,6 +357,8 @@ fn what_to_do_about(said: &str) -> &'static str {
         "; is PostgreSQL running there, and listening on that address and port?"
     } else if said.contains("password authentication failed") {
         "; check the user and password in the URL (or PGPASSWORD)"
+    } else if said.contains("role \"") && said.ends_with("does not exist") {
+        "; name a user that exists in the URL, or create it (`createuser NAME`)"
     } else {
         ""
     }
@@ -371,7 +373,21 @@ pub async fn open_store(
     encryption: &EncryptionSettings,
     migrate: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_store_saying_if_new(storage, encryption, migrate)
+        .await?
+        .0)
+}
+
+/// [`open_store`], and whether it found no database there and made a new one (`herald
+/// migrate` says so: a mistyped data directory or database name must not pass for an
+/// upgraded database).
+pub async fn open_store_saying_if_new(
+    storage: &StorageSettings,
+    encryption: &EncryptionSettings,
+    migrate: bool,
+) -> anyhow::Result<(Arc<dyn Store>, bool)> {
     let cipher = cipher_of(encryption)?;
+    let mut created = false;
     let reencrypted = match &storage.database_url {
         Some(url) => {
             let shown = storage.database_url_for_display().unwrap_or_default();
@@ -389,7 +405,9 @@ pub async fn open_store(
                 )
             })?;
             if migrate {
-                store.migrate().await
+                store.migrate().await.inspect(|&applied| {
+                    created = applied == herald_store::migrations::POSTGRES.len();
+                })
             } else {
                 store.check_schema().await.map(|_| 0)
             }
@@ -408,6 +426,7 @@ pub async fn open_store(
             let data_dir = storage.data_dir.clone();
             let db_path = data_dir.join("herald.db");
             warn_if_database_went_missing(&data_dir);
+            created = !db_path.exists();
             let store = tokio::task::spawn_blocking(move || {
                 SqliteStore::open_with_cipher(&db_path, cipher)
             })
@@ -427,7 +446,7 @@ pub async fn open_store(
             "encrypted stored webhook secrets and custom header values with the current key"
         );
     }
-    Ok(store)
+    Ok((store, created))
 }
 
 /// The cipher for stored secrets from the configured keys, or what is wrong with them.

@@ -112,7 +112,7 @@ struct WebhookBody {
     /// The wire format: standard (default), opal, optare, parallelworks, permit, asgardeo,
     /// cloudevents.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<herald_core::profile::ProfileName>, example = "standard")]
+    #[schema(nullable = false, value_type = Option<herald_core::profile::ProfileName>, example = "standard")]
     profile: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -145,7 +145,7 @@ struct WebhookBody {
     options: Option<Option<Value>>,
     /// `websub` to require verification of intent before events are sent, or `none`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<herald_core::subscription::Verification>)]
+    #[schema(nullable = false, value_type = Option<herald_core::subscription::Verification>)]
     verification: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 10000)]

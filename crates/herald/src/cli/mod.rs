@@ -91,12 +91,16 @@ fn json_error(e: &clap::Error, args: impl IntoIterator<Item = OsString>) -> Opti
     if !json {
         return None;
     }
+    // The error's lines without the usage and the help hint that follow it: the arguments
+    // left out are listed on lines of their own.
     let rendered = e.render().to_string();
     let message = rendered
         .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ");
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.trim_start_matches("error: ");
     let object = serde_json::json!({ "error": { "code": "cli", "message": message } });
     serde_json::to_string_pretty(&object).ok()
 }
@@ -410,9 +414,10 @@ mod tests {
     }
 
     #[test]
-    fn the_event_type_filter_takes_either_name_in_both_lists() {
+    fn the_event_type_takes_either_name_in_the_lists_and_in_send() {
         for args in [
             &["events", "list", "--org", "a", "--event-type", "x"][..],
+            &["send", "--org", "a", "--event-type", "x", "--data", "{}"][..],
             &[
                 "deliveries",
                 "list",
@@ -436,9 +441,9 @@ mod tests {
         let object: serde_json::Value = serde_json::from_str(&object).unwrap();
         assert_eq!(object["error"]["code"], "cli");
         let message = object["error"]["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("the following required arguments"),
-            "{message}"
+        assert_eq!(
+            message,
+            "the following required arguments were not provided: <ID>"
         );
         // Without --json, or with it only after `--` (a value, not the flag), or for --help: none.
         assert!(json_error(&e, ["orgs", "get"].map(OsString::from)).is_none());

@@ -210,24 +210,26 @@ async fn answer_hangups() {
 
 pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
     init_logging(&settings.logging)?;
-    // A mistyped --data-dir must not pass for an upgraded database: the new one made there
-    // is said to be new.
-    let data_dir = settings.storage.data_dir.clone();
-    let embedded = settings.storage.database_url_for_display().is_none();
-    let created = embedded && !data_dir.join("herald.db").exists();
     runtime()?.block_on(async move {
         let _lock = app::lock_database(&settings.storage).await?;
-        app::open_store(&settings.storage, &settings.encryption, true).await?;
-        match settings.storage.database_url_for_display() {
-            Some(url) => out!("The database {url} is at the current schema."),
-            None if created => out!(
-                "There was no database in {}: created a new one, at the current schema. If you \
-                 meant an existing one, check --data-dir (or HERALD_DATA_DIR).",
-                data_dir.display()
+        let (_, created) =
+            app::open_store_saying_if_new(&settings.storage, &settings.encryption, true).await?;
+        // A mistyped --data-dir or database name must not pass for an upgraded database.
+        let check = "If you meant an existing one, check --data-dir (HERALD_DATA_DIR) or \
+                     --database-url (HERALD_DATABASE_URL).";
+        match (settings.storage.database_url_for_display(), created) {
+            (Some(url), true) => out!(
+                "The database {url} held no Herald tables: created them, at the current \
+                 schema. {check}"
             ),
-            None => out!(
+            (Some(url), false) => out!("The database {url} is at the current schema."),
+            (None, true) => out!(
+                "There was no database in {}: created a new one, at the current schema. {check}",
+                settings.storage.data_dir.display()
+            ),
+            (None, false) => out!(
                 "The database in {} is at the current schema.",
-                data_dir.display()
+                settings.storage.data_dir.display()
             ),
         }
         Ok(())

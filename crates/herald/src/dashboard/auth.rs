@@ -242,6 +242,11 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         }
         Err(e) => return super::error::DashError::from(e).into_response(),
     };
+    let id = match state.sessions.create(&state.auth, &digest, &scope).await {
+        Ok(id) => id,
+        Err(e) => return session::store_failed(e),
+    };
+    // Said once the session is stored: a sign-in the database refused did not happen.
     match &scope {
         Scope::Admin => {
             tracing::info!(
@@ -255,10 +260,6 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
             tracing::info!(org = %org, key_prefix, client, forwarded_for, "signed in to the dashboard with an API key");
         }
     }
-    let id = match state.sessions.create(&state.auth, &digest, &scope).await {
-        Ok(id) => id,
-        Err(e) => return session::store_failed(e),
-    };
     let target = next.unwrap_or_else(|| home_of(&scope));
     (
         [(

@@ -606,6 +606,18 @@ async fn a_database_migrated_by_a_newer_herald_is_refused_or_warned_of() {
     };
     let first = migrate(Some(pg.url.clone())).await.unwrap();
     assert!(!warned(&first));
+    // An empty database is said to have been given its tables, not to have been up to date.
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        said.contains("held no Herald tables: created them"),
+        "{said}"
+    );
+    let again = migrate(Some(pg.url.clone())).await.unwrap();
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("is at the current schema") && !said.contains("created"),
+        "{said}"
+    );
     // A server whose autovacuum is off is said to be one (its tables would grow for ever); the
     // test servers' setting decides which way this is checked.
     let autovacuum: String = pg

@@ -642,7 +642,7 @@ async fn the_document_describes_authentication_and_errors() {
     // so that a generated client catches a mistake before sending it.
     let webhook = &doc["components"]["schemas"]["WebhookBody"]["properties"];
     assert_eq!(
-        webhook["profile"]["oneOf"][0]["$ref"], "#/components/schemas/ProfileName",
+        webhook["profile"]["$ref"], "#/components/schemas/ProfileName",
         "{webhook}"
     );
     assert_eq!(webhook["timeout_ms"]["maximum"], 60000, "{webhook}");

@@ -510,6 +510,10 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
             "postgres://postgres@127.0.0.1:5432/herald_never_created",
             "does not exist; create it first",
         ),
+        (
+            "postgres://herald_no_such_role@127.0.0.1:5432/postgres",
+            "does not exist; name a user that exists in the URL",
+        ),
     ] {
         let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_DATABASE_URL", url)]);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -675,7 +675,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub org: String,
     /// The event type; with --data, sends one event built from them.
-    #[arg(long = "type", conflicts_with = "file")]
+    #[arg(long = "type", visible_alias = "event-type", conflicts_with = "file")]
     pub event_type: Option<String>,
     /// The event's data as JSON (with --type).
     #[arg(long, requires = "event_type", conflicts_with = "file")]
