@@ -2,7 +2,7 @@
 //! active webhooks that want it, store events and deliveries durably in one transaction, and only
 //! then hand the deliveries to the dispatcher in memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -94,8 +94,6 @@ pub(crate) async fn ingest_values<T>(
         .await
         .map_err(ServiceError::from_store("organization"))?;
     let now = state.clock.now();
-    let most_deliveries = state.settings.limits.max_deliveries_per_request as usize;
-    let mut fanned_out = 0usize;
     let mut items = Vec::with_capacity(raw_events.len());
     // Which events said when they occurred (only then does a duplicate's time count).
     let mut occurred_given = Vec::with_capacity(raw_events.len());
@@ -106,24 +104,9 @@ pub(crate) async fn ingest_values<T>(
         occurred_given.push(new.occurred_at.is_some());
         let event = Arc::new(new.into_event(org.clone(), now));
         let deliveries = fan_out(&snapshot, &event, channel.as_deref(), now);
-        fanned_out += deliveries.len();
-        // The first event always goes, whatever its fan-out: sending fewer must be possible.
-        if fanned_out > most_deliveries && !items.is_empty() {
-            return Err(Invalid::new(
-                "",
-                format!(
-                    "the events of this request would become more than {most_deliveries} \
-                     deliveries, the most one request may create \
-                     (HERALD_MAX_DELIVERIES_PER_REQUEST): each event becomes a delivery for every \
-                     webhook subscribed to it, and the first {} events alone make {fanned_out}; \
-                     send fewer events per request",
-                    i + 1
-                ),
-            )
-            .into());
-        }
         items.push(IngestItem { event, deliveries });
     }
+    check_fan_out(state, org, &items).await?;
     // Held in memory, or spilled to the store if the webhook has more than its share there.
     let overrun = state.dispatcher.place(&mut items);
     let lease_until = state.lease_until(now);
@@ -156,6 +139,56 @@ pub(crate) async fn ingest_values<T>(
         report.deliveries,
     );
     Ok(report)
+}
+
+/// Refuses a request whose events would become more deliveries than one request may create
+/// (`HERALD_MAX_DELIVERIES_PER_REQUEST`). Events stored already create none and do not count:
+/// a batch sent again after its answer was lost is answered, not refused because the
+/// organization has gained a webhook since. They are looked up only when the count is over.
+async fn check_fan_out(state: &AppState, org: &OrgId, items: &[IngestItem]) -> ServiceResult<()> {
+    let most = state.settings.limits.max_deliveries_per_request as usize;
+    let total: usize = items.iter().map(|i| i.deliveries.len()).sum();
+    if total <= most || items.len() < 2 {
+        return Ok(());
+    }
+    let ids: Vec<String> = items.iter().map(|i| i.event.id.clone()).collect();
+    let stored: HashSet<String> = state
+        .store
+        .get_events(org, &ids)
+        .await
+        .map_err(ServiceError::from_store("organization"))?
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let mut fanned_out = 0usize;
+    let mut first_new = true;
+    for (i, item) in items.iter().enumerate() {
+        if stored.contains(&item.event.id) {
+            continue;
+        }
+        fanned_out += item.deliveries.len();
+        // The first event always goes, whatever its fan-out: sending fewer must be possible.
+        if fanned_out > most && !first_new {
+            let not_counted = if stored.is_empty() {
+                ""
+            } else {
+                " (not counting those stored already)"
+            };
+            return Err(Invalid::new(
+                "",
+                format!(
+                    "the events of this request would become more than {most} deliveries, the \
+                     most one request may create (HERALD_MAX_DELIVERIES_PER_REQUEST): each event \
+                     becomes a delivery for every webhook subscribed to it, and the first {} \
+                     events alone make {fanned_out}{not_counted}; send fewer events per request",
+                    i + 1
+                ),
+            )
+            .into());
+        }
+        first_new = false;
+    }
+    Ok(())
 }
 
 /// An error about the event at `position` in a batch (`None`: the request's only event).

@@ -3050,6 +3050,21 @@ async fn a_request_may_create_at_most_so_many_deliveries() {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
     assert_eq!(app.delivery_ids(&org, &hooks[0]).await.len(), 2);
+    // Sent again together (their answers lost, say), they create nothing and are answered as
+    // duplicates, not refused for a fan-out they no longer have; a new one among them counts.
+    let (status, body) = app.post(&events, json!([event("e1"), event("e2")])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["deliveries"], 0, "{body}");
+    assert_eq!(body["events"][1]["duplicate"], true, "{body}");
+    let (status, body) = app
+        .post(&events, json!([event("e1"), event("e3"), event("e4")]))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the first 3 events alone make 6 (not counting those stored already)"),
+        "{message}"
+    );
     let app = TestApp::spawn_with(|s| s.limits.max_deliveries_per_request = 1).await;
     let org = app.create_org("Acme").await;
     for name in ["a", "b"] {
