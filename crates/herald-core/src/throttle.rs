@@ -30,10 +30,29 @@ impl Throttle {
     }
 
     /// [`Self::admit`] for a line that stands for `n` things (deliveries, say), counted as
-    /// `n` when held back. The first held back since the last line is told apart, so that its
-    /// caller can see the count said once the interval is over ([`Self::take_held`]): a line
-    /// held back with nothing after it would otherwise never be said.
-    pub fn admit_counting(&self, n: u64) -> Admit {
+    /// `n` when held back: `Some` with the count held back when the line is to be said now.
+    /// What is held back is said by `later`, with its count, once the interval is over (in a
+    /// task of the tokio runtime this runs in): a line held back with nothing after it would
+    /// otherwise never be said.
+    pub fn admit_or_later(&'static self, n: u64, later: fn(u64)) -> Option<u64> {
+        match self.admit_counting(n) {
+            Admit::Now(held_back) => Some(held_back),
+            Admit::FirstHeld => {
+                let every = Duration::from_millis(self.every_ms as u64);
+                tokio::spawn(async move {
+                    tokio::time::sleep(every).await;
+                    if let Some(held) = self.take_held() {
+                        later(held);
+                    }
+                });
+                None
+            }
+            Admit::Held => None,
+        }
+    }
+
+    /// Admits, or holds back `n`, telling apart the first held back since the last line.
+    fn admit_counting(&self, n: u64) -> Admit {
         let now = Self::now_ms();
         match self.try_admit(now) {
             Some(held_back) => Admit::Now(held_back),
@@ -44,7 +63,7 @@ impl Throttle {
 
     /// Once the interval is over, what was held back since the last line (taken, and the next
     /// interval starts); `None` when nothing was, or a line went out meanwhile.
-    pub fn take_held(&self) -> Option<u64> {
+    fn take_held(&self) -> Option<u64> {
         self.take_held_at(Self::now_ms())
     }
 
@@ -90,7 +109,7 @@ impl Throttle {
 
 /// What [`Throttle::admit_counting`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+enum Admit {
     /// Say it now; this many were held back since the last line.
     Now(u64),
     /// Held back, the first since the last line.

@@ -170,6 +170,16 @@ mod tests {
         assert!(why.contains("does not parse"), "{why}");
     }
 
+    /// Every lookup turn of `resolver`, as names that never answer would hold them.
+    async fn every_turn(resolver: &GuardedResolver) -> tokio::sync::OwnedSemaphorePermit {
+        resolver
+            .lookups
+            .clone()
+            .acquire_many_owned(MAX_LOOKUPS_IN_FLIGHT as u32)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_name_is_refused_ahead_only_when_all_its_addresses_are_and_in_a_turn() {
         let wait = Duration::from_secs(2);
@@ -184,12 +194,7 @@ mod tests {
         assert!(allowed.refused_name("localhost", wait).await.is_none());
         // With every turn taken it waits for one, and past `wait` lets the name through (each
         // delivery checks it again).
-        let taken = resolver
-            .lookups
-            .clone()
-            .acquire_many_owned(MAX_LOOKUPS_IN_FLIGHT as u32)
-            .await
-            .unwrap();
+        let taken = every_turn(&resolver).await;
         let short = Duration::from_millis(100);
         assert!(resolver.refused_name("localhost", short).await.is_none());
         drop(taken);
@@ -203,12 +208,7 @@ mod tests {
         let allow_loopback =
             AddressPolicy::parse(&["127.0.0.0/8".into(), "::1/128".into()]).unwrap();
         let mut resolver = GuardedResolver::new(Arc::new(allow_loopback));
-        let taken = resolver
-            .lookups
-            .clone()
-            .acquire_many_owned(MAX_LOOKUPS_IN_FLIGHT as u32)
-            .await
-            .unwrap();
+        let taken = every_turn(&resolver).await;
         let name = Name::from_str("localhost").unwrap();
         let waiting = tokio::time::timeout(
             std::time::Duration::from_millis(100),

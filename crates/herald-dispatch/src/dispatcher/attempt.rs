@@ -10,7 +10,6 @@ use herald_core::directory::OrgSnapshot;
 use herald_core::profile::{self, RenderInput};
 use herald_core::retry::NextStep;
 use herald_core::store::{AttemptRecord, DueDelivery, StoreError};
-use herald_core::throttle::Admit;
 use herald_core::webhook::Webhook;
 use herald_core::{AttemptId, DeliveryId, WebhookId};
 
@@ -25,8 +24,7 @@ static UNRECORDED: herald_core::throttle::Throttle =
 /// Deliveries that failed their last attempt: one line per 10 s, however many endpoints fail
 /// (an endpoint failing one request in two never opens its circuit, which would group them).
 static EXHAUSTED: herald_core::throttle::Throttle =
-    herald_core::throttle::Throttle::new(EXHAUSTED_EVERY);
-const EXHAUSTED_EVERY: Duration = Duration::from_secs(10);
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
 /// Requests this node could not send (out of file descriptors): one line per 10 s.
 static UNSENT: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
@@ -438,22 +436,14 @@ impl Dispatcher {
         // Those held back are counted on the next line, or said on their own once the 10 s
         // are over.
         if let (Some(first), Some(error)) = (exhausted.first(), &outcome.error) {
-            match EXHAUSTED.admit_counting(exhausted.len() as u64) {
-                Admit::Now(held_back) => {
-                    tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, org = %webhook.org_id, attempts = first.attempts, error = error.code(), held_back, "delivery failed after its last attempt (said once per 10 s; held_back counts the deliveries since)");
-                }
-                Admit::FirstHeld => {
-                    tokio::spawn(async {
-                        tokio::time::sleep(EXHAUSTED_EVERY).await;
-                        if let Some(held_back) = EXHAUSTED.take_held() {
-                            tracing::warn!(
-                                deliveries = held_back,
-                                "more deliveries failed after their last attempt in the last 10 s (each is in its webhook's history; herald_deliveries_exhausted_total counts them)"
-                            );
-                        }
-                    });
-                }
-                Admit::Held => {}
+            let said_later = |held: u64| {
+                tracing::warn!(
+                    deliveries = held,
+                    "more deliveries failed after their last attempt in the last 10 s (each is in its webhook's history; herald_deliveries_exhausted_total counts them)"
+                );
+            };
+            if let Some(held_back) = EXHAUSTED.admit_or_later(exhausted.len() as u64, said_later) {
+                tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, org = %webhook.org_id, attempts = first.attempts, error = error.code(), held_back, "delivery failed after its last attempt (said once per 10 s; held_back counts the deliveries since)");
             }
         }
         for e in exhausted {

@@ -306,27 +306,19 @@ pub(crate) async fn claim_due(
 
 /// Deliveries taken over: one line per 10 s, and the rest said once the 10 s are over.
 static TAKEN_OVER: herald_core::throttle::Throttle =
-    herald_core::throttle::Throttle::new(TAKEN_OVER_EVERY);
-const TAKEN_OVER_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-const TAKEN_OVER_SAID: &str = "took over deliveries whose lease had run out: the node holding them stopped without giving them back, or stalled; an endpoint may get one of them a second time";
+    herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
 
 /// Says that `n` deliveries were leased after another lease on them ran out (once the lease
 /// is committed): it explains the duplicates their endpoints may see.
 pub(crate) fn say_taken_over(n: u64) {
-    use herald_core::throttle::Admit;
-    match TAKEN_OVER.admit_counting(n) {
-        Admit::Now(held_back) => {
-            tracing::warn!(deliveries = n + held_back, "{TAKEN_OVER_SAID}");
-        }
-        Admit::FirstHeld => {
-            tokio::spawn(async {
-                tokio::time::sleep(TAKEN_OVER_EVERY).await;
-                if let Some(more) = TAKEN_OVER.take_held() {
-                    tracing::warn!(deliveries = more, "{TAKEN_OVER_SAID}");
-                }
-            });
-        }
-        Admit::Held => {}
+    fn said(deliveries: u64) {
+        tracing::warn!(
+            deliveries,
+            "took over deliveries whose lease had run out: the node holding them stopped without giving them back, or stalled; an endpoint may get one of them a second time"
+        );
+    }
+    if let Some(held_back) = TAKEN_OVER.admit_or_later(n, said) {
+        said(n + held_back);
     }
 }
 
