@@ -14,7 +14,7 @@ use herald_core::webhook::Webhook;
 use herald_core::{AttemptId, DeliveryId, WebhookId};
 
 use super::Dispatcher;
-use super::breaker::{Move, Ticket};
+use super::breaker::{self, Move, Ticket};
 use super::health::past_schedule;
 use super::limit::{Signal, Slot};
 
@@ -389,8 +389,19 @@ impl Dispatcher {
         // The circuit protects this node too: a request given up for want of room here counts
         // as a failure (a probe cut short backs off as a failed one does). The failing streak
         // that disables the webhook does not hear of it (`track_health`).
-        for moved in ticket.settle(outcome.is_success(), self.shared.clock.now()) {
+        let now = self.shared.clock.now();
+        for moved in ticket.settle(outcome.is_success(), now) {
             self.move_deferred(&webhook.id, moved).await;
+        }
+        if let Some(secs) = outcome.retry_after_secs() {
+            let began = breaker::of(
+                &mut self.shared.breakers.lock().expect("breakers lock"),
+                &webhook.id,
+            )
+            .hold(secs, now);
+            if let Some(until) = began {
+                tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends");
+            }
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             // One line when it is down to one request at a time; the steps there are details.

@@ -11,10 +11,15 @@
 //! While the probe is out they wait for its answer (at the latest, the end of its timeout): a
 //! probe that succeeds wakes them at once, one that fails puts them off to the next cool-down's
 //! end, both with one write to the store rather than one per delivery.
+//!
+//! The breaker also keeps the endpoint's own request to wait: a `429` or `503` with
+//! `Retry-After` holds every delivery to it until then ([`Breaker::hold`]), not only the one
+//! that was refused, which would otherwise be followed by the rest of the backlog at once.
 
 use std::sync::Mutex;
 
 use foldhash::HashMap;
+use herald_core::retry::MAX_RETRY_AFTER_SECS;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, Timestamp, WebhookId};
 
@@ -73,6 +78,10 @@ pub(crate) struct Breaker {
     /// The version of the webhook this breaker has judged: a change to what reaches the
     /// endpoint, or enabling it again, gives the endpoint a fresh start.
     judged: Option<Judged>,
+    /// Until when the endpoint asked to be sent nothing (a `429` or `503` with `Retry-After`,
+    /// capped at [`MAX_RETRY_AFTER_SECS`]). Only time ends it: the answers to requests sent
+    /// before it came say nothing of what the endpoint wants now.
+    held_until: Option<Timestamp>,
 }
 
 /// A webhook as its breaker judged it.
@@ -119,6 +128,10 @@ pub(crate) enum Gate {
     Probe,
     /// Open: try again at this time.
     Defer(Timestamp),
+    /// Closed, but the endpoint asked to wait (`Retry-After`): try again at this time. Unlike
+    /// an open circuit's deferral, this fails nothing for its retry schedule: the endpoint did
+    /// not fail these deliveries, and answers once the time it named is up.
+    Hold(Timestamp),
 }
 
 impl Breaker {
@@ -127,13 +140,21 @@ impl Breaker {
     /// large backlog would mean writing all of it again every second.
     ///
     /// An `urgent` request (a test, a resend: someone is waiting to see it) does not wait for
-    /// the cool-down's end: it goes at once as the probe, unless a probe is already out.
+    /// the cool-down's end: it goes at once as the probe, unless a probe is already out. Nor
+    /// does it wait for the end of the endpoint's [`Breaker::hold`].
     pub(crate) fn gate(&mut self, now: Timestamp, probe_ms: i64, urgent: bool) -> Gate {
         let soonest = now.plus_millis(MIN_DEFER_MS);
+        if self.held_until.is_some_and(|until| until <= now) {
+            self.held_until = None;
+        }
+        let held = self.held_until.filter(|_| !urgent);
+        let or_held = |at: Timestamp| held.map_or(at, |until| at.max(until));
         match (self.open_until, self.probe_due) {
-            (None, _) => Gate::Pass,
-            (Some(_), Some(due)) => Gate::Defer(due.max(soonest)),
-            (Some(until), None) if now < until && !urgent => Gate::Defer(until.max(soonest)),
+            (None, _) => held.map_or(Gate::Pass, |until| Gate::Hold(until.max(soonest))),
+            (Some(_), Some(due)) => Gate::Defer(or_held(due.max(soonest))),
+            (Some(until), None) if (now < until && !urgent) || held.is_some() => {
+                Gate::Defer(or_held(until.max(soonest)))
+            }
             (Some(_), None) => {
                 self.probe_due = Some(now.plus_millis(probe_ms.max(MIN_DEFER_MS)));
                 Gate::Probe
@@ -203,8 +224,43 @@ impl Breaker {
     /// for when a request last succeeded, which a webhook's task, ending after a minute idle,
     /// has outlived by more than [`QUIET_MS`], and the share of recent requests that failed,
     /// which a success just lowered).
-    pub(crate) fn is_at_rest(&self) -> bool {
-        self.failures == 0 && self.open_until.is_none() && self.probe_due.is_none()
+    pub(crate) fn is_at_rest(&self, now: Timestamp) -> bool {
+        self.failures == 0
+            && self.open_until.is_none()
+            && self.probe_due.is_none()
+            && self.held_until.is_none_or(|until| until <= now)
+    }
+
+    /// The endpoint answered `429` or `503` with `Retry-After: secs`: nothing more goes to it
+    /// until then (at most [`MAX_RETRY_AFTER_SECS`] from `now`), but tests and resends. A
+    /// later answer may put the end off, never bring it closer. Answers its end if this began
+    /// a hold (none was on), which is worth a line in the log; one put off is not.
+    pub(crate) fn hold(&mut self, secs: u64, now: Timestamp) -> Option<Timestamp> {
+        let secs = secs.min(MAX_RETRY_AFTER_SECS);
+        if secs == 0 {
+            return None;
+        }
+        let until = now.plus_millis(secs as i64 * 1000);
+        match self.held_until {
+            Some(held) if held > now => {
+                self.held_until = Some(held.max(until));
+                None
+            }
+            _ => {
+                self.held_until = Some(until);
+                Some(until)
+            }
+        }
+    }
+
+    /// Until when the endpoint asked to wait, while it does.
+    pub(crate) fn held_until(&self, now: Timestamp) -> Option<Timestamp> {
+        self.held_until.filter(|until| *until > now)
+    }
+
+    /// Ends the endpoint's hold: someone asked for what waits to go now.
+    pub(crate) fn lift_hold(&mut self) {
+        self.held_until = None;
     }
 
     /// When the cool-down ends (or ended: the next request is the probe), while it is open.
@@ -262,6 +318,7 @@ impl Breaker {
                 last_success: Some(now),
                 failure_share,
                 judged: self.judged,
+                held_until: self.held_until,
                 ..Self::default()
             };
             return if was_open {
@@ -436,6 +493,61 @@ mod tests {
         for _ in 0..THRESHOLD {
             b.record(false, false, at);
         }
+    }
+
+    #[test]
+    fn an_endpoint_that_asks_to_wait_is_held_until_then_but_for_urgent_requests() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        let until = b.hold(120, t).expect("a hold begins");
+        assert_eq!(until, t.plus_millis(120_000));
+        assert_eq!(
+            b.gate(t.plus_millis(10), PROBE_MS, false),
+            Gate::Hold(until)
+        );
+        assert_eq!(
+            b.gate(t.plus_millis(10), PROBE_MS, true),
+            Gate::Pass,
+            "a test or a resend goes"
+        );
+        // Answers to requests sent before it (a success among them) do not end it, and a later
+        // one may only put it off.
+        b.record(true, false, t.plus_millis(20));
+        assert_eq!(b.hold(5, t.plus_millis(30)), None, "already on");
+        assert_eq!(b.held_until(t.plus_millis(30)), Some(until));
+        assert!(!b.is_at_rest(t.plus_millis(30)), "a task ending keeps it");
+        assert_eq!(b.hold(300, t.plus_millis(40)), None);
+        let later = t.plus_millis(300_040);
+        assert_eq!(b.gate(until, PROBE_MS, false), Gate::Hold(later));
+        // It ends by itself.
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
+        assert_eq!(b.held_until(later), None);
+        assert!(b.is_at_rest(later));
+        // At most an hour; none at all for zero seconds; lifted when asked.
+        assert_eq!(b.hold(u64::MAX, later), Some(later.plus_millis(3_600_000)));
+        b.lift_hold();
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
+        assert_eq!(b.hold(0, later), None);
+        assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
+    }
+
+    #[test]
+    fn a_hold_outlasting_a_cool_down_holds_the_probe_back_too() {
+        let mut b = Breaker::default();
+        let t = Timestamp::from_millis(0);
+        fail_in_a_row(&mut b, t);
+        let open_until = b.open_until().expect("open");
+        let held = b.hold(600, t).expect("a hold begins");
+        assert!(held > open_until);
+        // Past the cool-down, no probe goes while the endpoint asked to wait.
+        assert_eq!(b.gate(open_until, PROBE_MS, false), Gate::Defer(held));
+        // An urgent request still probes.
+        assert_eq!(b.gate(open_until, PROBE_MS, true), Gate::Probe);
+        // A hold shorter than the cool-down changes nothing.
+        let mut b = Breaker::default();
+        fail_in_a_row(&mut b, t);
+        b.hold(5, t);
+        assert_eq!(b.gate(t, PROBE_MS, false), Gate::Defer(open_until));
     }
 
     #[test]
@@ -683,19 +795,19 @@ mod tests {
     fn a_breaker_is_at_rest_only_with_nothing_to_remember() {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
-        assert!(b.is_at_rest());
+        assert!(b.is_at_rest(t));
         b.record(false, false, t);
-        assert!(!b.is_at_rest(), "a failure counts towards opening it");
+        assert!(!b.is_at_rest(t), "a failure counts towards opening it");
         b.record(true, false, t);
-        assert!(b.is_at_rest());
+        assert!(b.is_at_rest(t));
         let down = t.plus_millis(QUIET_MS);
         fail_in_a_row(&mut b, down);
         assert!(b.open_until().is_some(), "open");
-        assert!(!b.is_at_rest());
+        assert!(!b.is_at_rest(t));
         let probe = down.plus_millis(30_000);
         assert_eq!(b.gate(probe, PROBE_MS, false), Gate::Probe);
         b.record(true, true, probe);
-        assert!(b.is_at_rest(), "closed by the probe's success");
+        assert!(b.is_at_rest(t), "closed by the probe's success");
     }
 
     /// A change to what reaches the endpoint (a new URL), or enabling the webhook again, closes
@@ -760,14 +872,16 @@ mod tests {
             b.start_afresh_if_changed(&hook(down, 5, true), at(13)),
             None
         );
-        // Enabled again (its failing streak cleared), same URL: a fresh start too.
+        // Enabled again (its failing streak cleared), same URL: a fresh start too, which
+        // ends a wait the endpoint had asked for as well.
         fail_in_a_row(&mut b, at(20));
+        b.hold(600, at(20)).expect("a hold begins");
         let until = b.open_until().expect("open again");
         assert_eq!(
             b.start_afresh_if_changed(&hook(fixed, 30, false), at(30)),
             Some(vec![until])
         );
-        assert!(b.is_at_rest());
+        assert!(b.is_at_rest(at(30)));
     }
 
     #[test]

@@ -470,6 +470,26 @@ impl Dispatcher {
             .and_then(|b| b.open_until_for(webhook))
     }
 
+    /// Until when this node holds deliveries to the webhook back because its endpoint asked
+    /// to wait (a `429` or `503` with `Retry-After`), while it does: tests and resends still go.
+    pub fn retry_after_until(&self, webhook: &herald_core::webhook::Webhook) -> Option<Timestamp> {
+        if !webhook.active {
+            return None;
+        }
+        let now = self.shared.clock.now();
+        let breakers = self.shared.breakers.lock().expect("breakers lock");
+        breakers.get(&webhook.id).and_then(|b| b.held_until(now))
+    }
+
+    /// Ends the wait the webhook's endpoint asked for on this node: someone asked for its
+    /// waiting deliveries to go now.
+    pub fn lift_retry_after(&self, webhook: &WebhookId) {
+        let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+        if let Some(b) = breakers.get_mut(webhook) {
+            b.lift_hold();
+        }
+    }
+
     /// Forgets what this node remembers of deleted webhooks' endpoints (their circuits and
     /// failing streaks), which nothing else would ever clear. Other nodes forget theirs when
     /// the webhooks' tasks end there, unless a circuit was open.

@@ -121,7 +121,7 @@ impl Dispatcher {
         let mut breakers = self.shared.breakers.lock().expect("breakers lock");
         if breakers
             .get(&webhook_id)
-            .is_some_and(breaker::Breaker::is_at_rest)
+            .is_some_and(|b| b.is_at_rest(self.shared.clock.now()))
         {
             breakers.remove(&webhook_id);
         }
@@ -278,11 +278,13 @@ impl Dispatcher {
     }
 
     /// Whether the webhook's circuit lets this batch through (`Some`, and whether it is the
-    /// probe: an `urgent` batch is one as soon as no other probe is out); if not, the batch is deferred to the end of the cool-down in the store, or of the
-    /// probe that is out (`probe_ms` is how long one may take), and so is what is queued behind
-    /// it, up to [`MAX_DEFERRED`] in all: a backlog is then put off a thousand at a time, where
-    /// one write each, waited for in turn, took minutes for a large one. Those the deferral
-    /// would carry past the end of their retry schedule fail instead ([`past_schedule`]).
+    /// probe: an `urgent` batch is one as soon as no other probe is out); if not, the batch is
+    /// deferred in the store to the end of the cool-down, of the probe that is out (`probe_ms`
+    /// is how long one may take) or of the wait the endpoint asked for (`Retry-After`), and so
+    /// is what is queued behind it, up to [`MAX_DEFERRED`] in all: a backlog is then put off a
+    /// thousand at a time, where one write each, waited for in turn, took minutes for a large
+    /// one. Those an open circuit's deferral would carry past the end of their retry schedule
+    /// fail instead ([`past_schedule`]).
     async fn pass_breaker(
         &self,
         webhook: &WebhookId,
@@ -310,10 +312,13 @@ impl Dispatcher {
                     .await;
             }
         }
-        let until = match gate {
+        // Held at the endpoint's request rather than for its failures: nothing is failed for
+        // its retry schedule, and a closed circuit is no reason to send them now.
+        let (until, asked) = match gate {
             Gate::Pass => return Some(false),
             Gate::Probe => return Some(true),
-            Gate::Defer(until) => until,
+            Gate::Defer(until) => (until, false),
+            Gate::Hold(until) => (until, true),
         };
         let mut behind = Vec::new();
         while batch.len() + behind.len() < MAX_DEFERRED {
@@ -331,7 +336,7 @@ impl Dispatcher {
         let (ended, mut waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) =
             judged.iter().chain(&behind).partition(|d| {
                 // A paused webhook's deliveries are parked when given back, not failed.
-                hook.is_some_and(|w| w.active && past_schedule(d, w, until, outage))
+                !asked && hook.is_some_and(|w| w.active && past_schedule(d, w, until, outage))
             });
         if urgent {
             waiting.extend(batch);
@@ -351,7 +356,7 @@ impl Dispatcher {
         )
         .open_until()
         .is_none();
-        if closed {
+        if closed && !asked {
             let to = self.shared.clock.now();
             self.move_deferred(webhook, Move { from: until, to }).await;
         }

@@ -280,6 +280,11 @@ pub(crate) struct WebhookView {
     /// meanwhile fail unsent. Each node has its own; absent when this one's is closed.
     #[serde(skip_serializing_if = "Option::is_none")]
     circuit_open_until: Option<Timestamp>,
+    /// Set while this node holds deliveries to the endpoint back because it answered `429` or
+    /// `503` with `Retry-After` (at most an hour): tests and resends still go, and retrying
+    /// what waits ends it. Each node has its own; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_until: Option<Timestamp>,
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
@@ -296,11 +301,13 @@ async fn get_webhook(
 ) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<WebhookView>)> {
     let w = webhooks::get(&state, &scope, &org_id(&path.org)?, &webhook_id(&path.id)?).await?;
     let circuit_open_until = state.dispatcher.circuit_open_until(&w);
+    let retry_after_until = state.dispatcher.retry_after_until(&w);
     Ok((
         [(header::ETAG, etag(&w))],
         Json(WebhookView {
             webhook: w,
             circuit_open_until,
+            retry_after_until,
         }),
     ))
 }

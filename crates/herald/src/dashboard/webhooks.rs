@@ -212,6 +212,8 @@ struct WebhookPage {
     webhook: WebhookView,
     /// Until when this node holds requests back (its circuit is open), if it does.
     circuit_open_until: Option<String>,
+    /// Until when this node holds deliveries back because the endpoint asked it to, if it does.
+    retry_after_until: Option<String>,
     subscriptions: Vec<SubscriptionRow>,
     charts: Vec<Chart>,
     recent: Vec<DeliveryRow>,
@@ -239,6 +241,10 @@ async fn show_webhook(
         circuit_open_until: state
             .dispatcher
             .circuit_open_until(&w)
+            .map(super::templates::when),
+        retry_after_until: state
+            .dispatcher
+            .retry_after_until(&w)
             .map(super::templates::when),
         subscriptions: subscriptions
             .into_iter()

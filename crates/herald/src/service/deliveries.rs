@@ -241,7 +241,8 @@ pub async fn resend(
 /// Attempts now every delivery of the webhook waiting for its next attempt (a retry, or its
 /// endpoint's cool-down), for an endpoint just fixed, which their schedules do not count. Behind
 /// this node's open circuit, one of them goes first as its probe, as a resend does, so that the
-/// circuit closes now rather than at the cool-down's end and the rest follow. Answers how many.
+/// circuit closes now rather than at the cool-down's end and the rest follow. A wait the
+/// endpoint asked for (`Retry-After`) ends on this node. Answers how many.
 pub async fn retry_waiting(
     state: &AppState,
     scope: &Scope,
@@ -299,6 +300,8 @@ pub async fn retry_waiting(
             }
         }
     }
+    // Asked for by a person: the endpoint's own wait gives way, as it does to a resend.
+    state.dispatcher.lift_retry_after(webhook);
     let n = state
         .store
         .retry_waiting(org, webhook, now)

@@ -411,6 +411,94 @@ async fn retry_after_on_429_pushes_the_next_attempt_back() {
     rx.wait_for("/h", 2, WAIT).await;
 }
 
+/// A `429` with `Retry-After` holds the endpoint, not only the delivery it refused: what comes
+/// next waits until then (tests and resends excepted), and goes at the end of the wait, or at
+/// once when someone retries what waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_the_endpoints_other_deliveries_too() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(429).header("retry-after", "120")]);
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 1, 1] }))
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    let path = format!("/v1/orgs/{org}/webhooks/{id}");
+    app.send_event(&org, user_created("u1")).await;
+    rx.wait_for("/h", 1, WAIT).await;
+    let refused = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &refused, |d| d["attempt_count"] == 1)
+        .await;
+    let (_, view) = app.get(&path).await;
+    let held =
+        chrono::DateTime::parse_from_rfc3339(view["retry_after_until"].as_str().unwrap()).unwrap();
+
+    // The next event's delivery is put off to the end of the wait, unsent and unfailed.
+    app.send_event(&org, user_created("u2")).await;
+    let next = app.delivery_ids(&org, id).await.remove(0);
+    let waiting = app
+        .wait_for_delivery(&org, &next, |d| {
+            d["next_attempt_at"]
+                .as_str()
+                .is_some_and(|at| chrono::DateTime::parse_from_rfc3339(at).unwrap() >= held)
+        })
+        .await;
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    assert_eq!(waiting["attempt_count"], 0, "{waiting}");
+    // And it stays put off: not made due again and again while the circuit is closed.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let (_, d) = app.get(&format!("/v1/orgs/{org}/deliveries/{next}")).await;
+        assert_eq!(d["next_attempt_at"], waiting["next_attempt_at"], "{d}");
+    }
+    // A test event goes all the same.
+    let (status, answer) = app.post(&format!("{path}/test"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let got = rx.wait_for("/h", 2, WAIT).await;
+    assert!(
+        got[1].json()["type"] == "herald.test",
+        "{:?}",
+        got[1].json()
+    );
+
+    // At the end of the wait, both go.
+    app.advance(Duration::from_secs(125));
+    rx.wait_for("/h", 4, WAIT).await;
+    for delivery in [&refused, &next] {
+        app.wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
+            .await;
+    }
+    let (_, view) = app.get(&path).await;
+    assert!(view.get("retry_after_until").is_none(), "{view}");
+
+    // Held again, for ten minutes; retrying what waits ends the wait at once.
+    rx.script([Reply::status(503).header("retry-after", "600")]);
+    app.send_event(&org, user_created("u3")).await;
+    rx.wait_for("/h", 5, WAIT).await;
+    let (_, view) = app.get(&path).await;
+    assert!(view["retry_after_until"].is_string(), "{view}");
+    app.send_event(&org, user_created("u4")).await;
+    let last = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &last, |d| {
+        d["next_attempt_at"].as_str().is_some_and(|at| {
+            chrono::DateTime::parse_from_rfc3339(at).unwrap() > held + chrono::Duration::minutes(5)
+        })
+    })
+    .await;
+    assert_eq!(rx.received_on("/h").len(), 5, "held, not sent");
+    let (status, answer) = app.post(&format!("{path}/retry"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["retried"], 2, "{answer}");
+    rx.wait_for("/h", 7, WAIT).await;
+    for delivery in app.delivery_ids(&org, id).await {
+        app.wait_for_delivery(&org, &delivery, |d| d["state"] == "succeeded")
+            .await;
+    }
+    let (_, view) = app.get(&path).await;
+    assert!(view.get("retry_after_until").is_none(), "{view}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed() {
     let app = TestApp::spawn().await;

@@ -103,6 +103,7 @@ pub(super) const WEBHOOK_FIELDS: &[&str] = &[
     "disabled_reason",
     "failing_since",
     "circuit_open_until",
+    "retry_after_until",
     "events",
     "channels",
     "timeout_ms",
