@@ -147,6 +147,9 @@ pub enum AttemptError {
     /// and the endpoint's concurrency limit hear it as a timeout (they protect this node too),
     /// the failing streak that disables a webhook does not.
     CutShort,
+    /// The request was out when Herald stopped and the stop's grace ran out: the endpoint may
+    /// have received it. Sent again at the next start, without spending a retry.
+    Interrupted,
 }
 
 impl AttemptError {
@@ -162,6 +165,7 @@ impl AttemptError {
             Self::Blocked(_) => "blocked",
             Self::Request(_) => "request",
             Self::Local(_) => "local",
+            Self::Interrupted => "interrupted",
         }
     }
 
@@ -181,6 +185,7 @@ impl AttemptError {
             Self::Blocked(m) => format!("the address is not allowed: {m}"),
             Self::Request(m) => format!("the request failed: {m}"),
             Self::Local(m) => format!("Herald could not send it: {m}"),
+            Self::Interrupted => "Herald stopped before the endpoint answered (the stop's grace ran out); the endpoint may have received it, and it is sent again without spending a retry".to_owned(),
         }
     }
 }

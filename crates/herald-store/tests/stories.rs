@@ -2385,6 +2385,42 @@ async fn a_late_outcome_does_not_undo_the_next_holders_lease(store: Arc<dyn Stor
     );
 }
 
+/// A request a stop cut off is kept as an attempt, and its delivery is due again at once with
+/// its retry schedule where it was; a record under a lease the delivery no longer has is not
+/// kept.
+async fn an_attempt_cut_off_by_a_stop_spends_no_retry(store: Arc<dyn Store>) {
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let ids = store_placed(&store, &hook, 2, Placement::Leased).await;
+    let outcome =
+        AttemptOutcome::failed(AttemptError::Interrupted, None, 9_000, String::new(), None);
+    let record = |id: &DeliveryId, lease| AttemptRecord {
+        org_id: org.id.clone(),
+        attempt: attempt(AttemptId::generate(), id, 1, at(1), &outcome),
+        next: NextStep::RetryAt(at(10)),
+        lease_until: Some(lease),
+    };
+    let stored = store
+        .record_cut_off(&[record(&ids[0], at(LEASE_SECS)), record(&ids[1], at(7))])
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the second was not under that lease");
+    let (delivery, attempts) = store.get_delivery(&org.id, &ids[0]).await.unwrap();
+    assert_eq!(delivery.state, DeliveryState::Pending);
+    assert_eq!(delivery.attempt_count, 1);
+    assert_eq!(delivery.last_error.as_deref(), Some("interrupted"));
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].error.as_deref(), Some("interrupted"));
+    let (_, none) = store.get_delivery(&org.id, &ids[1]).await.unwrap();
+    assert!(none.is_empty());
+    // Due at once, not at its lease's end, and its schedule counts no attempt made yet.
+    let due = store.claim_due(at(11), at(100), 10).await.unwrap();
+    let cut = due
+        .iter()
+        .find(|d| d.delivery_id == ids[0])
+        .expect("due again");
+    assert_eq!((cut.attempt_count, cut.schedule_base), (1, 1));
+}
+
 /// A webhook deleted while its deliveries were being sent: the one its endpoint accepted is
 /// recorded as delivered (the receiver has it), the others stay cancelled, attempts kept.
 async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: Arc<dyn Store>) {
@@ -3958,6 +3994,7 @@ macro_rules! stories {
             deliveries_past_their_schedule_end_unsent_under_their_lease,
             a_users_change_does_not_undo_what_happened_since_it_was_read,
             a_late_outcome_does_not_undo_the_next_holders_lease,
+            an_attempt_cut_off_by_a_stop_spends_no_retry,
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             a_delivery_is_sent_now_unless_a_node_holds_it,
             every_delivery_waiting_for_its_retry_is_made_due_now_when_asked,

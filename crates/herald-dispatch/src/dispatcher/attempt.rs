@@ -15,6 +15,7 @@ use herald_core::{AttemptId, DeliveryId, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::{self, Move, Ticket};
+use super::cut_off::Sending;
 use super::health::past_schedule;
 use super::limit::{Signal, Slot};
 
@@ -223,6 +224,7 @@ impl Dispatcher {
         // of this one's size, which an attempt would otherwise keep while its outcome waits for
         // the database (thousands of them, when the writer is behind).
         let mut slot = slot;
+        let sending = Sending::new(&shared.unanswered, batch, started_at);
         let outcome = Box::pin(shared.client.send_noting_slow(
             webhook.url.as_str(),
             request,
@@ -231,6 +233,7 @@ impl Dispatcher {
             || slot.slow(&shared.slow),
         ))
         .await;
+        sending.ended();
         if let Some(AttemptError::Local(why)) = &outcome.error {
             drop((slot, ticket));
             return self.put_off_unsent(batch, why).await;

@@ -47,7 +47,8 @@ impl Signal {
                 | AttemptError::Tls(_)
                 | AttemptError::Blocked(_)
                 | AttemptError::Request(_)
-                | AttemptError::Local(_),
+                | AttemptError::Local(_)
+                | AttemptError::Interrupted,
             ) => Self::Unknown,
         }
     }

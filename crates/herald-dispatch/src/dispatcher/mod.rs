@@ -18,6 +18,7 @@
 
 mod attempt;
 mod breaker;
+mod cut_off;
 mod health;
 mod held;
 mod limit;
@@ -176,6 +177,8 @@ struct Shared {
     wake_renewals: Notify,
     /// Deliveries the webhooks' tasks gave back to the store while stopping (see `drain`).
     given_back_on_stop: std::sync::atomic::AtomicU64,
+    /// Requests that were out when the stop's grace ran out, to be recorded (see `drain`).
+    unanswered: cut_off::Unanswereds,
     /// Each webhook's failing streak as this node last saved it, newer than the directory's.
     failing: Mutex<HashMap<WebhookId, health::Streak>>,
     /// Set on shutdown: attempts in flight finish, queued ones are given back to the store.
@@ -217,6 +220,12 @@ fn spawn_reaping(tasks: &mut JoinSet<()>, task: impl Future<Output = ()> + Send 
     tasks.spawn(task);
 }
 
+/// Attempts a node may have under way, sending or writing their outcome, for this many
+/// requests in flight: writing waits for a group commit, so four times as many.
+fn attempts_at_once(requests_in_flight: usize) -> usize {
+    requests_in_flight * 4
+}
+
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
@@ -243,13 +252,14 @@ impl Dispatcher {
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
                 given_back_on_stop: std::sync::atomic::AtomicU64::new(0),
+                unanswered: cut_off::Unanswereds::default(),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 stop: watch::Sender::new(false),
                 breakers: breaker::Breakers::default(),
                 outgoing: Arc::new(tokio::sync::Semaphore::new(in_flight)),
                 slow: Arc::new(tokio::sync::Semaphore::new(in_flight)),
-                attempts: Arc::new(tokio::sync::Semaphore::new(in_flight * 4)),
+                attempts: Arc::new(tokio::sync::Semaphore::new(attempts_at_once(in_flight))),
                 metrics: DispatchMetrics::default(),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),
@@ -563,18 +573,27 @@ impl Dispatcher {
         held.lease_ends(batch.iter().map(|d| &d.delivery_id))
     }
 
-    /// The grace ran out: stops the attempts still out, and gives what this node still holds
-    /// back to the store, due now (each only under the lease it held), so that the next start,
-    /// or another node, sends them at once rather than when their leases end (PostgreSQL; the
-    /// embedded database releases every lease at start anyway). An answer that came meanwhile
-    /// and was not recorded means the endpoint gets the delivery again: at least once.
+    /// The grace ran out: stops the attempts still out, records those whose requests went
+    /// unanswered (`cut_off.rs`), and gives what this node still holds back to the store, due
+    /// now (each only under the lease it held), so that the next start, or another node, sends
+    /// them at once rather than when their leases end (PostgreSQL; the embedded database
+    /// releases every lease at start anyway). An answer that came meanwhile and was not
+    /// recorded means the endpoint gets the delivery again: at least once.
     async fn give_back_cut_off(&self, mut tasks: JoinSet<()>) {
         tasks.abort_all();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while tasks.join_next().await.is_some() {}
+            // Each webhook's task, aborted, aborts its attempts' own tasks, which end when the
+            // runtime next comes to them: once all have given their room back, every request
+            // cut off is in `unanswered`.
+            let every_attempt =
+                attempts_at_once(self.shared.settings.max_requests_in_flight.max(1));
+            let every_attempt = u32::try_from(every_attempt).unwrap_or(u32::MAX);
+            let _ = self.shared.attempts.acquire_many(every_attempt).await;
         })
         .await;
         let cut_off = self.shared.held.lock().expect("held lock").all_leases();
+        self.record_unanswered(&cut_off).await;
         let mut given_back = 0usize;
         // Bounded: a store that does not answer must not keep the node from stopping.
         let _ = tokio::time::timeout(GIVE_BACK_WAIT, async {
@@ -595,6 +614,31 @@ impl Dispatcher {
                 given_back,
                 "gave the deliveries whose attempts the stop cut off back to the store, due now"
             );
+        }
+    }
+
+    /// Records the requests the stop cut off before their endpoints answered, under the
+    /// leases this node held them by (`leases`). Bounded, as giving back is.
+    async fn record_unanswered(&self, leases: &[(DeliveryId, Timestamp)]) {
+        let left = std::mem::take(&mut *self.shared.unanswered.lock().expect("unanswered lock"));
+        let records = cut_off::records(left, leases, self.shared.clock.now());
+        if records.is_empty() {
+            return;
+        }
+        let store = self.shared.store.record_cut_off(&records);
+        match tokio::time::timeout(GIVE_BACK_WAIT, store).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(recorded)) => tracing::info!(
+                deliveries = recorded,
+                "recorded the requests the stop cut off before their endpoints answered (error interrupted): they may have arrived, and go again at the next start without spending a retry"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(deliveries = records.len(), error = %herald_core::error_chain(&e), "could not record the requests the stop cut off; they go again when their leases end")
+            }
+            Err(_) => tracing::warn!(
+                deliveries = records.len(),
+                "the database did not record the requests the stop cut off in time; they go again when their leases end"
+            ),
         }
     }
 

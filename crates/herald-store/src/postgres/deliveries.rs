@@ -631,6 +631,50 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<bool> {
     .map_err(Into::into)
 }
 
+/// Stores the attempts a stop cut off (`Store::record_cut_off`): each delivery still under the
+/// record's lease counts the attempt, due again as it was (now), with its schedule's base moved
+/// on with it so that no retry is spent. Rare (a stop whose grace ran out), so one statement
+/// each.
+pub(crate) async fn record_cut_off(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<u64> {
+    let mut stored = Vec::with_capacity(records.len());
+    for r in records {
+        let (a, Some(lease)) = (&r.attempt, r.lease_until) else {
+            continue;
+        };
+        let number = big(a.number);
+        let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
+        let applied = c
+            .exec(
+                &format!(
+                    "UPDATE deliveries SET attempt_count = $1, \
+                     schedule_base = LEAST(schedule_base + 1, $1), lease_until = NULL, \
+                     due_at = {DUE_UNLESS_PARKED}, last_status = NULL, last_error = $2, \
+                     updated_at = $3 WHERE id = $4 AND org_id = $5 AND state = 'pending' \
+                     AND lease_until = $6"
+                ),
+                &[
+                    &number,
+                    &a.error,
+                    &updated_at,
+                    &a.delivery_id.as_str(),
+                    &r.org_id.as_str(),
+                    &lease.as_millis(),
+                ],
+            )
+            .await?
+            == 1;
+        if applied {
+            stored.push(r.clone());
+        }
+    }
+    if stored.is_empty() {
+        return Ok(0);
+    }
+    insert_attempts(c, &stored).await?;
+    announce_work(c).await?;
+    Ok(stored.len() as u64)
+}
+
 pub(crate) async fn release_lease(
     c: &impl Conn,
     id: &DeliveryId,

@@ -684,6 +684,10 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<u64> {
+        in_tx!(self, |tx| deliveries::record_cut_off(&tx, records))
+    }
+
     async fn defer_deliveries(
         &self,
         org: &OrgId,

@@ -344,6 +344,51 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
     Ok(moved)
 }
 
+/// Stores the attempts a stop cut off (`Store::record_cut_off`): each delivery still under the
+/// record's lease counts the attempt, due again as it was (now), with its schedule's base moved
+/// on with it so that no retry is spent.
+pub(crate) fn record_cut_off(conn: &Connection, records: &[AttemptRecord]) -> DbResult<u64> {
+    let mut update_delivery = conn.prepare_cached(&format!(
+        "UPDATE deliveries SET attempt_count = ?1, schedule_base = MIN(schedule_base + 1, ?1), \
+         lease_until = NULL, due_at = {DUE_UNLESS_PARKED}, last_status = NULL, last_error = ?2, \
+         updated_at = ?3 WHERE id = ?4 AND org_id = ?5 AND state = 'pending' AND lease_until = ?6"
+    ))?;
+    let mut insert_attempt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO attempts (id, delivery_id, number, started_at, duration_ms, \
+         status, error, error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?;
+    let mut stored = 0;
+    for r in records {
+        let (a, Some(lease)) = (&r.attempt, r.lease_until) else {
+            continue;
+        };
+        let updated_at = a.started_at.as_millis() + i64::from(a.duration_ms);
+        let applied = update_delivery.execute(params![
+            a.number,
+            a.error,
+            updated_at,
+            a.delivery_id.as_str(),
+            r.org_id.as_str(),
+            lease.as_millis()
+        ])? == 1;
+        if applied {
+            insert_attempt.execute(params![
+                a.id.as_str(),
+                a.delivery_id.as_str(),
+                a.number,
+                a.started_at.as_millis(),
+                a.duration_ms,
+                a.status,
+                a.error,
+                a.error_message,
+                a.response_body
+            ])?;
+            stored += 1;
+        }
+    }
+    Ok(stored)
+}
+
 fn attempt_exists(conn: &Connection, id: &herald_core::AttemptId) -> DbResult<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM attempts WHERE id = ?")?

@@ -718,6 +718,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<u64> {
+        let records = records.to_vec();
+        self.write(move |c| deliveries::record_cut_off(c, &records))
+            .await
+    }
+
     async fn defer_deliveries(
         &self,
         org: &OrgId,

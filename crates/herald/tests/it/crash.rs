@@ -312,6 +312,71 @@ async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.location);
 }
 
+/// A stop whose grace runs out cuts off the requests still out: each is kept in the history as
+/// an attempt (`interrupted`: the endpoint may have it), and its delivery goes again at the
+/// next start without spending a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_stop_cuts_off_is_kept_in_the_history_and_spends_no_retry() {
+    let _turn = crate::helpers::heavy_turn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script([
+        Reply::status(200).after(Duration::from_secs(30)),
+        Reply::status(500),
+    ]);
+    let mut server = Server::start(dir.path()).await;
+    let org = server
+        .org_with_webhook(
+            &rx.url("/sink"),
+            json!({ "timeout_ms": 20000, "retry_schedule": [0, 3600] }),
+        )
+        .await;
+    let event = json!({ "type": "user.created", "id": "e1", "data": { "user": { "id": "u1" } } });
+    server
+        .post_json(&format!("/v1/orgs/{org}/events"), event)
+        .await;
+    rx.wait_for("/sink", 1, Duration::from_secs(10)).await;
+    signal(&server.child.id().unwrap().to_string(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("the server exits once the stop's grace has run out")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let said = |text: &str| server.log.lock().unwrap().iter().any(|l| l.contains(text));
+    assert!(
+        said("recorded the requests the stop cut off") && said("deliveries=1"),
+        "{:?}",
+        server.log.lock().unwrap()
+    );
+
+    // Sent again at the next start; the endpoint fails it, and one retry is still left.
+    let again = Server::start(dir.path()).await;
+    rx.wait_for("/sink", 2, Duration::from_secs(10)).await;
+    let hooks = again.get_json(&format!("/v1/orgs/{org}/webhooks")).await;
+    let hook = hooks["data"][0]["id"].as_str().unwrap();
+    let list = again
+        .get_json(&format!("/v1/orgs/{org}/webhooks/{hook}/deliveries"))
+        .await;
+    let delivery = list["data"][0]["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let d = again
+            .get_json(&format!("/v1/orgs/{org}/deliveries/{delivery}"))
+            .await;
+        if d["attempt_count"] == 2 {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["error"], "interrupted", "{d}");
+    assert!(attempts[0]["status"].is_null(), "{d}");
+    assert_eq!(attempts[1]["status"], 500, "{d}");
+    assert_eq!(d["state"], "pending", "its retry is left: {d}");
+    assert!(d["next_attempt_at"].is_string(), "{d}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logged() {
     let _turn = crate::helpers::heavy_turn().await;
