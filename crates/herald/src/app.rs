@@ -590,7 +590,8 @@ pub async fn run(
     if let Some(cluster) = cluster {
         let _ = cluster.await;
     }
-    state.dispatcher.drain(Duration::from_secs(10)).await;
+    let grace = Duration::from_secs(state.settings.delivery.stop_grace_seconds);
+    state.dispatcher.drain(grace).await;
     match state.store.checkpoint_on_stop().await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(

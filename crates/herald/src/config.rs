@@ -294,6 +294,12 @@ pub struct DeliverySettings {
     /// timeout (at most 60 s) plus a few seconds.
     #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..=86_400))]
     pub lease_seconds: u64,
+    /// How long a stopping node (SIGTERM, Ctrl-C) waits for the requests it has in flight to be
+    /// answered and recorded. Those still out then are cut off, recorded as `interrupted`, and
+    /// sent again without spending a retry. Raise it toward your longest webhook timeout where
+    /// whatever stops Herald waits that long (Kubernetes gives 30 s by default).
+    #[arg(long, env = "HERALD_STOP_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub stop_grace_seconds: u64,
     /// The most requests this node has in flight at once to one webhook (each node has its own).
     /// Each webhook starts at 16 (or this, if lower), takes one more after each round of answers
     /// in time while all are busy, and halves after a timeout, a refused connection, 429, 502,
@@ -500,6 +506,7 @@ impl Settings {
                 disable_after_hours: 120,
                 retention_days: 30,
                 lease_seconds: 300,
+                stop_grace_seconds: 10,
                 endpoint_concurrency: 64,
                 max_requests_in_flight: 1024,
                 max_idle_connections: None,

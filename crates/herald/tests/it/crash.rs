@@ -312,9 +312,9 @@ async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.location);
 }
 
-/// A stop whose grace runs out cuts off the requests still out: each is kept in the history as
-/// an attempt (`interrupted`: the endpoint may have it), and its delivery goes again at the
-/// next start without spending a retry.
+/// A stop whose grace (`HERALD_STOP_GRACE_SECONDS`) runs out cuts off the requests still out:
+/// each is kept in the history as an attempt (`interrupted`: the endpoint may have it), and its
+/// delivery goes again at the next start without spending a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_stop_cuts_off_is_kept_in_the_history_and_spends_no_retry() {
     let _turn = crate::helpers::heavy_turn().await;
@@ -324,7 +324,8 @@ async fn a_request_the_stop_cuts_off_is_kept_in_the_history_and_spends_no_retry(
         Reply::status(200).after(Duration::from_secs(30)),
         Reply::status(500),
     ]);
-    let mut server = Server::start(dir.path()).await;
+    let grace = [("HERALD_STOP_GRACE_SECONDS", "2".to_owned())];
+    let mut server = Server::start_with(dir.path(), &grace).await;
     let org = server
         .org_with_webhook(
             &rx.url("/sink"),
@@ -337,14 +338,16 @@ async fn a_request_the_stop_cuts_off_is_kept_in_the_history_and_spends_no_retry(
         .await;
     rx.wait_for("/sink", 1, Duration::from_secs(10)).await;
     signal(&server.child.id().unwrap().to_string(), "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
         .await
-        .expect("the server exits once the stop's grace has run out")
+        .expect("the server exits once the stop's grace (2 s, not 10) has run out")
         .unwrap();
     assert!(status.success(), "{status:?}");
     let said = |text: &str| server.log.lock().unwrap().iter().any(|l| l.contains(text));
     assert!(
-        said("recorded the requests the stop cut off") && said("deliveries=1"),
+        said("waiting up to 2 s for the requests in flight")
+            && said("recorded the requests the stop cut off")
+            && said("deliveries=1"),
         "{:?}",
         server.log.lock().unwrap()
     );
