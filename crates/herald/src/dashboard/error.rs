@@ -2,11 +2,15 @@
 //! that says what to do. Service errors get the same status and words as in the JSON API
 //! (`api::ApiError` is the one place that maps them, and logs 5xx causes once).
 
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::templates;
+use super::session::Signed;
+use super::templates::{self, ErrorShown, Layout};
 use crate::api::ApiError;
+use crate::app::AppState;
 use crate::service::ServiceError;
 
 #[derive(Debug)]
@@ -118,6 +122,43 @@ impl IntoResponse for DashError {
 }
 
 pub type DashResult<T> = Result<T, DashError>;
+
+/// Shows an error page with the navigation of whoever is signed in, as every other page has
+/// it: the page itself is made where the error is known, without the session. Only error
+/// pages look the session up again; what is not signed in keeps the page as it is.
+pub async fn with_navigation(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut asked = axum::http::Request::builder()
+        .method(request.method().clone())
+        .uri(request.uri().clone())
+        .body(())
+        .expect("a method and a URI make a request")
+        .into_parts()
+        .0;
+    asked.headers = request.headers().clone();
+    let response = next.run(request).await;
+    let Some(shown) = response.extensions().get::<ErrorShown>().cloned() else {
+        return response;
+    };
+    let Ok(signed) = Signed::from_request_parts(&mut asked, &state).await else {
+        return response;
+    };
+    let layout =
+        Layout::without_messages(&signed, shown.status.canonical_reason().unwrap_or("Error"));
+    let mut shown_again = templates::error_page_in(shown.status, &shown.message, &layout);
+    // Headers the error's answer set (an `Allow`, a `Retry-After`) go with it.
+    for (name, value) in response.headers() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shown_again
+                .headers_mut()
+                .append(name.clone(), value.clone());
+        }
+    }
+    shown_again
+}
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,7 @@ pub use session::Sessions;
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(auth::router())
         .merge(orgs::router())
@@ -45,6 +45,10 @@ pub fn router() -> Router<AppState> {
         .merge(webhook_form::router())
         .merge(deliveries::router())
         .merge(catalog::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            error::with_navigation,
+        ))
         .layer(axum::middleware::map_response(page_headers))
         .merge(assets::router())
 }

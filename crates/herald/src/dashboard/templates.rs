@@ -114,6 +114,19 @@ impl Layout {
         }
     }
 
+    /// The layout of a page that shows no one-time messages (an error page): the page they
+    /// were left for shows them.
+    pub fn without_messages(signed: &Signed, title: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            signed_in: true,
+            is_admin: signed.scope == Scope::Admin,
+            csrf: signed.csrf.clone(),
+            org: None,
+            flashes: Vec::new(),
+        }
+    }
+
     /// The layout of a page seen without signing in.
     pub fn anonymous(title: impl Into<String>) -> Self {
         Self {
@@ -155,8 +168,26 @@ pub fn render(
     }
 }
 
-/// A page that says what went wrong.
+/// What an error page says, kept with its answer so that it can be shown again with the
+/// navigation of whoever is signed in (`error::with_navigation`).
+#[derive(Debug, Clone)]
+pub struct ErrorShown {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// A page that says what went wrong, as anyone may see it (no navigation).
 pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let mut response = error_page_in(status, message, &Layout::anonymous(reason(status)));
+    response.extensions_mut().insert(ErrorShown {
+        status,
+        message: message.to_owned(),
+    });
+    response
+}
+
+/// The error page within `layout`.
+pub fn error_page_in(status: StatusCode, message: &str, layout: &Layout) -> Response {
     #[derive(Serialize)]
     struct ErrorPage<'a> {
         status: u16,
@@ -165,10 +196,14 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
     }
     let page = ErrorPage {
         status: status.as_u16(),
-        reason: status.canonical_reason().unwrap_or("Error"),
+        reason: reason(status),
         message,
     };
-    render(status, "error.html", &Layout::anonymous(page.reason), page)
+    render(status, "error.html", layout, page)
+}
+
+fn reason(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("Error")
 }
 
 /// A time for people: `2026-05-01 12:00:03 UTC`.

@@ -411,6 +411,15 @@ async fn where_an_event_went_is_found_by_its_id() {
         .get(&format!("/orgs/{org}/events?id=never-sent"))
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // An error page has the navigation of every other page, for whoever is signed in.
+    assert!(
+        missing
+            .body
+            .contains(r#"<a href="/orgs">Organizations</a>"#)
+            && missing.body.contains(r#"action="/logout""#),
+        "{}",
+        missing.body
+    );
     assert!(
         missing.body.contains("is kept for this organization")
             && missing.body.contains("events are kept for 30 days"),
@@ -622,6 +631,9 @@ async fn an_organization_key_sees_only_its_organization() {
     ] {
         let a = visitor.get(&page).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{page}");
+        // Signed in with an organization's key: a way out, and no admin's link.
+        assert!(a.body.contains(r#"action="/logout""#), "{}", a.body);
+        assert!(!a.body.contains(r#"href="/orgs">"#), "{}", a.body);
     }
     let csrf = visitor.csrf(&format!("/orgs/{ours}")).await;
     let a = visitor
