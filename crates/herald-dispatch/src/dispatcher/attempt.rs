@@ -26,6 +26,10 @@ static UNRECORDED: herald_core::throttle::Throttle =
 /// (an endpoint failing one request in two never opens its circuit, which would group them).
 static EXHAUSTED: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
+/// Endpoints that asked to wait (`Retry-After`): one line per 10 s, however many endpoints ask
+/// (one that rate-limits with `Retry-After: 1` would otherwise say so every second).
+static ASKED_TO_WAIT: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
 /// Requests this node could not send (out of file descriptors): one line per 10 s.
 static UNSENT: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
@@ -402,8 +406,9 @@ impl Dispatcher {
                 &webhook.id,
             )
             .hold(secs, now);
-            if let Some(until) = began {
-                tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends");
+            if let Some((until, held_back)) = began.and_then(|u| Some((u, ASKED_TO_WAIT.admit()?)))
+            {
+                tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
             }
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
