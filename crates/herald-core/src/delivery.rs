@@ -114,6 +114,7 @@ pub struct Attempt {
     pub id: AttemptId,
     pub delivery_id: DeliveryId,
     /// 1 for the first attempt.
+    #[schema(minimum = 1)]
     pub number: u32,
     pub started_at: Timestamp,
     pub duration_ms: u32,

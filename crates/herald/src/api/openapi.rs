@@ -132,7 +132,10 @@ impl Modify for Conventions {
                 continue;
             }
             for (method, op) in operations(item) {
-                let has_body = op.request_body.is_some();
+                // A write without a body of its own still reads one (`NoBody`: none, `null` or
+                // `{}`), and so may refuse it.
+                let has_body =
+                    op.request_body.is_some() || matches!(method, "post" | "patch" | "put");
                 let has_path = op
                     .parameters
                     .iter()
@@ -145,6 +148,11 @@ impl Modify for Conventions {
                         .or_insert_with(|| error_response(why));
                 };
                 add("401", "No bearer token, or one that is not valid");
+                add(
+                    "500",
+                    "A fault of Herald's own (`internal`): nothing more is said, and the cause \
+                     is in the server's log",
+                );
                 add(
                     "429",
                     "`too_many_invalid_tokens`: the client's network sent more tokens that are \

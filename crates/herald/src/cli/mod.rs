@@ -63,6 +63,12 @@ impl Cli {
                         ContextValue::StyledStrs(vec![tip.into()]),
                     );
                 }
+                if let Some(tip) = client_flag_before_command(&e) {
+                    e.insert(
+                        ContextKind::Suggested,
+                        ContextValue::StyledStrs(vec![tip.into()]),
+                    );
+                }
                 if let Some(object) = json_error(&e, std::env::args_os()) {
                     out!("{object}");
                 }
@@ -70,6 +76,25 @@ impl Cli {
             }
         }
     }
+}
+
+/// The client's own flags (`--json`, `--server`, `--token`) belong to the command that talks
+/// to a server, after its name: `herald --json orgs list` is refused as an unknown argument
+/// of `herald` itself, which says nothing of where it goes.
+fn client_flag_before_command(e: &clap::Error) -> Option<String> {
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split('=').next()?;
+    ["--json", "--server", "--token"].contains(&flag).then(|| {
+        format!(
+            "{flag} goes after the command, e.g. `herald orgs list {flag}{}`",
+            if flag == "--json" { "" } else { " …" }
+        )
+    })
 }
 
 /// With `--json` on the command line, a usage error as the error object a refused request
@@ -92,14 +117,19 @@ fn json_error(e: &clap::Error, args: impl IntoIterator<Item = OsString>) -> Opti
         return None;
     }
     // The error's lines without the usage and the help hint that follow it: the arguments
-    // left out are listed on lines of their own.
+    // left out are listed on lines of their own, and a tip in a paragraph of its own.
     let rendered = e.render().to_string();
-    let message = rendered
+    let first = rendered
         .lines()
-        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ");
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"));
+    let mut message = first.map(str::trim).collect::<Vec<_>>().join(" ");
+    for tip in rendered
+        .lines()
+        .skip_while(|line| !line.is_empty())
+        .filter_map(|line| line.trim_start().strip_prefix("tip: "))
+    {
+        message = format!("{message}; {tip}");
+    }
     let message = message.trim_start_matches("error: ");
     let object = serde_json::json!({ "error": { "code": "cli", "message": message } });
     serde_json::to_string_pretty(&object).ok()
@@ -174,8 +204,9 @@ pub enum Command {
   herald backup --data-dir /var/lib/herald --to /backups/herald-$(date +%F)")]
     Backup(backup::BackupArgs),
     /// Copy the embedded database into an empty PostgreSQL database, to run several nodes on
-    /// it: organizations, keys, webhooks and their secrets, event types, events, deliveries
-    /// (pending ones too) and attempts, all or nothing. Stop the server first.
+    /// it: organizations, keys, webhooks and their secrets, event types, WebSub subscriptions,
+    /// events, deliveries (pending ones too) and attempts, all or nothing. Stop the server
+    /// first.
     ///
     /// Give the encryption keys the nodes will have: every stored secret must open with them,
     /// and the copy then seals those stored plain with HERALD_ENCRYPTION_KEY. The embedded
@@ -431,6 +462,36 @@ mod tests {
         ] {
             assert!(parse(args).is_ok(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_client_flag_before_the_command_is_said_to_go_after_it() {
+        for (args, tip) in [
+            (
+                &["--json", "orgs", "list"][..],
+                "--json goes after the command, e.g. `herald orgs list --json`",
+            ),
+            (
+                &["--server=http://h", "orgs", "list"][..],
+                "--server goes after the command, e.g. `herald orgs list --server …`",
+            ),
+        ] {
+            let mut e = parse(args).unwrap_err();
+            assert_eq!(client_flag_before_command(&e).as_deref(), Some(tip));
+            e.insert(
+                ContextKind::Suggested,
+                ContextValue::StyledStrs(vec![tip.into()]),
+            );
+            let object = json_error(&e, args.iter().map(OsString::from)).unwrap_or_default();
+            assert!(
+                object.contains(&format!("found; {tip}")) || !args.contains(&"--json"),
+                "{object}"
+            );
+        }
+        assert_eq!(
+            client_flag_before_command(&parse(&["orgs", "list", "--bogus"]).unwrap_err()),
+            None
+        );
     }
 
     #[test]

@@ -329,6 +329,7 @@ pub struct RetriedWaiting {
     /// Whether one of them was queued at once as the probe of this node's open circuit (behind
     /// a probe already out, it waits for that one's answer).
     #[serde(default)]
+    #[schema(required = true)]
     pub probed: bool,
     /// Set while this node's circuit for the endpoint is open: what was made due goes once a
     /// probe succeeds (the one sent now, or the next, at this time).
