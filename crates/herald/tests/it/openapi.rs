@@ -638,6 +638,18 @@ async fn the_document_describes_authentication_and_errors() {
     assert!(create["responses"]["403"].is_object(), "{create}");
     let post_events = &doc["paths"]["/v1/orgs/{org}/events"]["post"];
     assert!(post_events["responses"]["403"].is_null(), "{post_events}");
+    // A write without a body of its own still reads one, and may refuse it; and any operation
+    // may fail on Herald's side.
+    let test = &doc["paths"]["/v1/orgs/{org}/webhooks/{id}/test"]["post"];
+    assert!(test["requestBody"].is_null(), "{test}");
+    for status in ["408", "413", "415", "500"] {
+        assert!(test["responses"][status].is_object(), "{status}: {test}");
+    }
+    assert!(doc["paths"]["/v1/orgs"]["get"]["responses"]["500"].is_object());
+    assert_eq!(
+        doc["components"]["schemas"]["RetriedWaiting"]["required"],
+        json!(["retried", "probed"])
+    );
     // A webhook's body says what the server accepts: the names it knows and the ranges it keeps,
     // so that a generated client catches a mistake before sending it.
     let webhook = &doc["components"]["schemas"]["WebhookBody"]["properties"];
