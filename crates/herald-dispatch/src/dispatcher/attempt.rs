@@ -14,7 +14,7 @@ use herald_core::webhook::Webhook;
 use herald_core::{AttemptId, DeliveryId, WebhookId};
 
 use super::Dispatcher;
-use super::breaker::{self, Move, Ticket};
+use super::breaker::{self, Held, Move, Ticket};
 use super::cut_off::Sending;
 use super::health::past_schedule;
 use super::limit::{Signal, Slot};
@@ -401,14 +401,19 @@ impl Dispatcher {
             self.move_deferred(&webhook.id, moved).await;
         }
         if let Some(secs) = outcome.retry_after_secs() {
-            let began = breaker::of(
+            let held = breaker::of(
                 &mut self.shared.breakers.lock().expect("breakers lock"),
                 &webhook.id,
             )
             .hold(secs, now);
-            if let Some((until, held_back)) = began.and_then(|u| Some((u, ASKED_TO_WAIT.admit()?)))
-            {
-                tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
+            match held {
+                Held::Began(until) => {
+                    if let Some(held_back) = ASKED_TO_WAIT.admit() {
+                        tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
+                    }
+                }
+                Held::PutOff(moved) => self.move_deferred(&webhook.id, moved).await,
+                Held::Unchanged => {}
             }
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {

@@ -164,10 +164,10 @@ impl Breaker {
 
     /// Starts afresh, closed, if the webhook changed since this breaker began judging it in what
     /// reaches its endpoint (another URL, headers, secret, timeout), or was enabled again (which
-    /// clears its failing streak): what the endpoint did before is not what it does now. A
-    /// change to its name or description changes nothing here. Answers, if the circuit was
-    /// open, the times the deliveries it deferred were put off to, to be due now, as a probe's
-    /// success would have them.
+    /// clears its failing streak): what the endpoint did before is not what it does now, nor
+    /// what it asked for ([`Breaker::hold`]). A change to its name or description changes
+    /// nothing here. Answers, if the circuit was open or the endpoint held, the times the
+    /// deliveries deferred were put off to, to be due now, as a probe's success would have them.
     pub(crate) fn start_afresh_if_changed(
         &mut self,
         webhook: &Webhook,
@@ -188,12 +188,12 @@ impl Breaker {
         if !fresh {
             return None;
         }
-        let waiting: Vec<Timestamp> = [self.probe_due, self.open_until]
+        let waiting: Vec<Timestamp> = [self.probe_due, self.open_until, self.held_until]
             .into_iter()
             .flatten()
             .filter(|at| *at > now)
             .collect();
-        let was_open = self.open_until.is_some();
+        let was_open = self.open_until.is_some() || self.held_until(now).is_some();
         *self = Self {
             judged: self.judged,
             ..Self::default()
@@ -233,22 +233,25 @@ impl Breaker {
 
     /// The endpoint answered `429` or `503` with `Retry-After: secs`: nothing more goes to it
     /// until then (at most [`MAX_RETRY_AFTER_SECS`] from `now`), but tests and resends. A
-    /// later answer may put the end off, never bring it closer. Answers its end if this began
-    /// a hold (none was on), which is worth a line in the log; one put off is not.
-    pub(crate) fn hold(&mut self, secs: u64, now: Timestamp) -> Option<Timestamp> {
+    /// later answer may put the end off, never bring it closer.
+    pub(crate) fn hold(&mut self, secs: u64, now: Timestamp) -> Held {
         let secs = secs.min(MAX_RETRY_AFTER_SECS);
         if secs == 0 {
-            return None;
+            return Held::Unchanged;
         }
         let until = now.plus_millis(secs as i64 * 1000);
         match self.held_until {
-            Some(held) if held > now => {
-                self.held_until = Some(held.max(until));
-                None
+            Some(held) if held > now && until > held => {
+                self.held_until = Some(until);
+                Held::PutOff(Move {
+                    from: held,
+                    to: until,
+                })
             }
+            Some(held) if held > now => Held::Unchanged,
             _ => {
                 self.held_until = Some(until);
-                Some(until)
+                Held::Began(until)
             }
         }
     }
@@ -256,6 +259,15 @@ impl Breaker {
     /// Until when the endpoint asked to wait, while it does.
     pub(crate) fn held_until(&self, now: Timestamp) -> Option<Timestamp> {
         self.held_until.filter(|until| *until > now)
+    }
+
+    /// [`Breaker::held_until`] for this version of the webhook: none for a version it starts
+    /// afresh for, as [`Breaker::open_until_for`].
+    pub(crate) fn held_until_for(&self, webhook: &Webhook, now: Timestamp) -> Option<Timestamp> {
+        if self.judged_before(webhook) {
+            return None;
+        }
+        self.held_until(now)
     }
 
     /// Ends the endpoint's hold: someone asked for what waits to go now.
@@ -388,6 +400,17 @@ pub(crate) enum Settled {
     },
 }
 
+/// What an endpoint's `Retry-After` did to its hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// A hold began, until then: worth a line in the log.
+    Began(Timestamp),
+    /// The hold on was put off: what waits for its old end is to wait for the new one, so
+    /// that every delivery it holds waits for one time, the one a change moves to now.
+    PutOff(Move),
+    Unchanged,
+}
+
 /// Deliveries the breaker put off to `from` that are to be due at `to` instead.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Move {
@@ -499,8 +522,8 @@ mod tests {
     fn an_endpoint_that_asks_to_wait_is_held_until_then_but_for_urgent_requests() {
         let mut b = Breaker::default();
         let t = Timestamp::from_millis(0);
-        let until = b.hold(120, t).expect("a hold begins");
-        assert_eq!(until, t.plus_millis(120_000));
+        let until = t.plus_millis(120_000);
+        assert_eq!(b.hold(120, t), Held::Began(until));
         assert_eq!(
             b.gate(t.plus_millis(10), PROBE_MS, false),
             Gate::Hold(until)
@@ -511,23 +534,32 @@ mod tests {
             "a test or a resend goes"
         );
         // Answers to requests sent before it (a success among them) do not end it, and a later
-        // one may only put it off.
+        // one may only put it off, taking what waits for its old end along.
         b.record(true, false, t.plus_millis(20));
-        assert_eq!(b.hold(5, t.plus_millis(30)), None, "already on");
+        assert_eq!(b.hold(5, t.plus_millis(30)), Held::Unchanged, "already on");
         assert_eq!(b.held_until(t.plus_millis(30)), Some(until));
         assert!(!b.is_at_rest(t.plus_millis(30)), "a task ending keeps it");
-        assert_eq!(b.hold(300, t.plus_millis(40)), None);
         let later = t.plus_millis(300_040);
+        assert_eq!(
+            b.hold(300, t.plus_millis(40)),
+            Held::PutOff(Move {
+                from: until,
+                to: later
+            })
+        );
         assert_eq!(b.gate(until, PROBE_MS, false), Gate::Hold(later));
         // It ends by itself.
         assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
         assert_eq!(b.held_until(later), None);
         assert!(b.is_at_rest(later));
         // At most an hour; none at all for zero seconds; lifted when asked.
-        assert_eq!(b.hold(u64::MAX, later), Some(later.plus_millis(3_600_000)));
+        assert_eq!(
+            b.hold(u64::MAX, later),
+            Held::Began(later.plus_millis(3_600_000))
+        );
         b.lift_hold();
         assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
-        assert_eq!(b.hold(0, later), None);
+        assert_eq!(b.hold(0, later), Held::Unchanged);
         assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
     }
 
@@ -537,7 +569,8 @@ mod tests {
         let t = Timestamp::from_millis(0);
         fail_in_a_row(&mut b, t);
         let open_until = b.open_until().expect("open");
-        let held = b.hold(600, t).expect("a hold begins");
+        let held = t.plus_millis(600_000);
+        assert_eq!(b.hold(600, t), Held::Began(held));
         assert!(held > open_until);
         // Past the cool-down, no probe goes while the endpoint asked to wait.
         assert_eq!(b.gate(open_until, PROBE_MS, false), Gate::Defer(held));
@@ -875,13 +908,25 @@ mod tests {
         // Enabled again (its failing streak cleared), same URL: a fresh start too, which
         // ends a wait the endpoint had asked for as well.
         fail_in_a_row(&mut b, at(20));
-        b.hold(600, at(20)).expect("a hold begins");
+        let held = at(20).plus_millis(600_000);
+        assert_eq!(b.hold(600, at(20)), Held::Began(held));
         let until = b.open_until().expect("open again");
+        assert_eq!(b.held_until_for(&hook(fixed, 30, false), at(30)), None);
+        assert_eq!(b.held_until_for(&hook(fixed, 20, true), at(30)), Some(held));
         assert_eq!(
             b.start_afresh_if_changed(&hook(fixed, 30, false), at(30)),
-            Some(vec![until])
+            Some(vec![until, held])
         );
         assert!(b.is_at_rest(at(30)));
+        // Held with the circuit closed, then pointed elsewhere: what the hold deferred goes.
+        assert_eq!(
+            b.hold(600, at(31)),
+            Held::Began(at(31).plus_millis(600_000))
+        );
+        assert_eq!(
+            b.start_afresh_if_changed(&hook(down, 40, true), at(40)),
+            Some(vec![at(31).plus_millis(600_000)])
+        );
     }
 
     #[test]

@@ -488,7 +488,35 @@ impl Dispatcher {
         }
         let now = self.shared.clock.now();
         let breakers = self.shared.breakers.lock().expect("breakers lock");
-        breakers.get(&webhook.id).and_then(|b| b.held_until(now))
+        breakers
+            .get(&webhook.id)
+            .and_then(|b| b.held_until_for(webhook, now))
+    }
+
+    /// A person changed the webhook. If what reaches its endpoint changed, or it was enabled
+    /// again, its circuit and any wait its endpoint asked for start afresh on this node now,
+    /// not when its next delivery comes (which could be an hour off for a `Retry-After`), and
+    /// what they deferred is due now. Other nodes do so at their next delivery of it.
+    pub async fn webhook_changed(&self, webhook: &herald_core::webhook::Webhook) {
+        let now = self.shared.clock.now();
+        let afresh = {
+            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+            breakers
+                .get_mut(&webhook.id)
+                .and_then(|b| b.start_afresh_if_changed(webhook, now))
+        };
+        if let Some(waiting) = afresh {
+            self.send_what_waited(&webhook.id, waiting, now).await;
+        }
+    }
+
+    /// The webhook's breaker started afresh: what it deferred to `waiting` goes now.
+    async fn send_what_waited(&self, webhook: &WebhookId, waiting: Vec<Timestamp>, now: Timestamp) {
+        tracing::info!(webhook = %webhook, "webhook changed: its endpoint gets a fresh start (circuit closed, any wait it asked for ended), and what waited for it goes now");
+        for from in waiting {
+            self.move_deferred(webhook, breaker::Move { from, to: now })
+                .await;
+        }
     }
 
     /// Ends the wait the webhook's endpoint asked for on this node: someone asked for its

@@ -306,11 +306,7 @@ impl Dispatcher {
             )
         };
         if let Some(waiting) = afresh {
-            tracing::info!(webhook = %webhook, "webhook changed: its endpoint gets a fresh start (circuit closed), and what waited for it goes now");
-            for from in waiting {
-                self.move_deferred(webhook, breaker::Move { from, to: now })
-                    .await;
-            }
+            self.send_what_waited(webhook, waiting, now).await;
         }
         // Held at the endpoint's request rather than for its failures: nothing is failed for
         // its retry schedule, and a closed circuit is no reason to send them now.

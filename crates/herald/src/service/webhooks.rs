@@ -767,7 +767,10 @@ async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
     })
     .await?;
     if w.active {
-        // Deliveries parked while it was disabled are due again.
+        // What this node's circuit or the endpoint's wait held back goes now, if the change
+        // gives the endpoint a fresh start; deliveries parked while it was disabled are due
+        // again.
+        state.dispatcher.webhook_changed(&w).await;
         state.dispatcher.wake_scheduler_and_renewals();
     }
     Ok(w)

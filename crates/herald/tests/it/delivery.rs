@@ -497,6 +497,26 @@ async fn retry_after_holds_the_endpoints_other_deliveries_too() {
     }
     let (_, view) = app.get(&path).await;
     assert!(view.get("retry_after_until").is_none(), "{view}");
+
+    // Held again; pointed at another URL, what waited goes there at once, and no wait is shown.
+    rx.script([Reply::status(429).header("retry-after", "600")]);
+    app.send_event(&org, user_created("u5")).await;
+    rx.wait_for("/h", 8, WAIT).await;
+    app.send_event(&org, user_created("u6")).await;
+    let last = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &last, |d| {
+        d["next_attempt_at"].as_str().is_some_and(|at| {
+            chrono::DateTime::parse_from_rfc3339(at).unwrap() > held + chrono::Duration::minutes(5)
+        })
+    })
+    .await;
+    let (status, view) = app.patch(&path, json!({ "url": rx.url("/moved") })).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let (_, view) = app.get(&path).await;
+    assert!(view.get("retry_after_until").is_none(), "{view}");
+    rx.wait_for("/moved", 1, WAIT).await;
+    app.wait_for_delivery(&org, &last, |d| d["state"] == "succeeded")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
