@@ -49,10 +49,18 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
+        // An event is the one thing that goes by itself, with time: say so, and where to look.
+        let why = if what == "event" {
+            " kept for this organization: it was never received, or it is older than the \
+             retention period (HERALD_RETENTION_DAYS, 30 days by default); list what is kept \
+             with GET …/events"
+        } else {
+            ""
+        };
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no such {what}"),
+            format!("no such {what}{why}"),
         )
     }
 }

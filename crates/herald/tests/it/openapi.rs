@@ -390,7 +390,7 @@ async fn every_documented_operation_answers_as_documented() {
         .await;
     assert_eq!(st, StatusCode::OK, "{traced}");
     assert_eq!(traced["deliveries"][0]["id"], delivery.as_str(), "{traced}");
-    let (st, _) = w
+    let (st, missing) = w
         .admin(
             M::GET,
             "/v1/orgs/{org}/events/{id}",
@@ -399,6 +399,12 @@ async fn every_documented_operation_answers_as_documented() {
         )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+    // Where it may have gone, and how to see what is kept.
+    let message = missing["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("HERALD_RETENTION_DAYS") && message.contains("GET …/events"),
+        "{missing}"
+    );
     w.admin(
         M::POST,
         "/v1/orgs/{org}/deliveries/{id}/retry",
