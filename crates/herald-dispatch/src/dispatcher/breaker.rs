@@ -164,9 +164,12 @@ impl Breaker {
 
     /// Starts afresh, closed, if the webhook changed since this breaker began judging it in what
     /// reaches its endpoint (another URL, headers, secret, timeout), or was enabled again (which
-    /// clears its failing streak): what the endpoint did before is not what it does now, nor
-    /// what it asked for ([`Breaker::hold`]). A change to its name or description changes
-    /// nothing here. Answers, if the circuit was open or the endpoint held, the times the
+    /// clears its failing streak): what the endpoint did before is not what it does now. A
+    /// change to its name or description changes nothing here. The endpoint's own request to
+    /// wait ([`Breaker::hold`]) ends only with a change to what reaches it: a cleared failing
+    /// streak is no sign of its being enabled again once a test has succeeded during the wait
+    /// (enabling it again ends the wait through [`Breaker::lift_hold`], on the node that took
+    /// the change). Answers, if the circuit was open or the wait ended, the times the
     /// deliveries deferred were put off to, to be due now, as a probe's success would have them.
     pub(crate) fn start_afresh_if_changed(
         &mut self,
@@ -181,6 +184,7 @@ impl Breaker {
             return None;
         }
         let fresh = self.judged_before(webhook);
+        let elsewhere = self.endpoint_changed(webhook);
         self.judged = Some(Judged {
             updated_at: webhook.updated_at,
             endpoint: endpoint_of(webhook),
@@ -188,14 +192,17 @@ impl Breaker {
         if !fresh {
             return None;
         }
-        let waiting: Vec<Timestamp> = [self.probe_due, self.open_until, self.held_until]
+        let held = self.held_until(now).filter(|_| !elsewhere);
+        let ended = self.held_until(now).filter(|_| elsewhere);
+        let waiting: Vec<Timestamp> = [self.probe_due, self.open_until, ended]
             .into_iter()
             .flatten()
             .filter(|at| *at > now)
             .collect();
-        let was_open = self.open_until.is_some() || self.held_until(now).is_some();
+        let was_open = self.open_until.is_some() || ended.is_some();
         *self = Self {
             judged: self.judged,
+            held_until: held,
             ..Self::default()
         };
         was_open.then_some(waiting)
@@ -241,7 +248,10 @@ impl Breaker {
         }
         let until = now.plus_millis(secs as i64 * 1000);
         match self.held_until {
-            Some(held) if held > now && until > held => {
+            // Put off by a second at least: the requests in flight when an endpoint starts
+            // refusing come back together, each asking from its own moment, and each small
+            // step would move the whole backlog the hold holds.
+            Some(held) if held > now && until >= held.plus_millis(MIN_DEFER_MS) => {
                 self.held_until = Some(until);
                 Held::PutOff(Move {
                     from: held,
@@ -261,18 +271,27 @@ impl Breaker {
         self.held_until.filter(|until| *until > now)
     }
 
-    /// [`Breaker::held_until`] for this version of the webhook: none for a version it starts
-    /// afresh for, as [`Breaker::open_until_for`].
+    /// [`Breaker::held_until`] for this version of the webhook: none for one whose endpoint
+    /// changed (the wait ends at its next delivery), as [`Breaker::open_until_for`].
     pub(crate) fn held_until_for(&self, webhook: &Webhook, now: Timestamp) -> Option<Timestamp> {
-        if self.judged_before(webhook) {
+        if self.endpoint_changed(webhook) {
             return None;
         }
         self.held_until(now)
     }
 
-    /// Ends the endpoint's hold: someone asked for what waits to go now.
-    pub(crate) fn lift_hold(&mut self) {
-        self.held_until = None;
+    /// Whether `webhook` is a later version than the one judged that changed what reaches the
+    /// endpoint.
+    fn endpoint_changed(&self, webhook: &Webhook) -> bool {
+        self.judged.is_some_and(|judged| {
+            webhook.updated_at > judged.updated_at && endpoint_of(webhook) != judged.endpoint
+        })
+    }
+
+    /// Ends the endpoint's hold: someone asked for what waits to go now. Answers when it would
+    /// have ended, the time what it held waits for.
+    pub(crate) fn lift_hold(&mut self, now: Timestamp) -> Option<Timestamp> {
+        self.held_until.take().filter(|until| *until > now)
     }
 
     /// When the cool-down ends (or ended: the next request is the probe), while it is open.
@@ -524,6 +543,10 @@ mod tests {
         let t = Timestamp::from_millis(0);
         let until = t.plus_millis(120_000);
         assert_eq!(b.hold(120, t), Held::Began(until));
+        // The other requests in flight, refused a moment later with the same answer, do not
+        // move the wait (and what it holds) on by their moment each.
+        assert_eq!(b.hold(120, t.plus_millis(500)), Held::Unchanged);
+        assert_eq!(b.held_until(t.plus_millis(500)), Some(until));
         assert_eq!(
             b.gate(t.plus_millis(10), PROBE_MS, false),
             Gate::Hold(until)
@@ -557,8 +580,13 @@ mod tests {
             b.hold(u64::MAX, later),
             Held::Began(later.plus_millis(3_600_000))
         );
-        b.lift_hold();
+        assert_eq!(
+            b.lift_hold(later),
+            Some(later.plus_millis(3_600_000)),
+            "where what it held waits"
+        );
         assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
+        assert_eq!(b.lift_hold(later), None, "nothing to lift");
         assert_eq!(b.hold(0, later), Held::Unchanged);
         assert_eq!(b.gate(later, PROBE_MS, false), Gate::Pass);
     }
@@ -905,28 +933,37 @@ mod tests {
             b.start_afresh_if_changed(&hook(down, 5, true), at(13)),
             None
         );
-        // Enabled again (its failing streak cleared), same URL: a fresh start too, which
-        // ends a wait the endpoint had asked for as well.
+        // Enabled again (its failing streak cleared), same URL: a fresh start too. A wait the
+        // endpoint asked for stays: a cleared streak is also what a success makes, and
+        // enabling ends the wait by `lift_hold`.
         fail_in_a_row(&mut b, at(20));
         let held = at(20).plus_millis(600_000);
         assert_eq!(b.hold(600, at(20)), Held::Began(held));
         let until = b.open_until().expect("open again");
-        assert_eq!(b.held_until_for(&hook(fixed, 30, false), at(30)), None);
-        assert_eq!(b.held_until_for(&hook(fixed, 20, true), at(30)), Some(held));
+        assert_eq!(
+            b.held_until_for(&hook(fixed, 30, false), at(30)),
+            Some(held)
+        );
         assert_eq!(
             b.start_afresh_if_changed(&hook(fixed, 30, false), at(30)),
-            Some(vec![until, held])
+            Some(vec![until])
         );
+        assert_eq!(b.held_until(at(30)), Some(held));
+        assert_eq!(b.gate(at(30), 1_000, false), Gate::Hold(held));
+        assert_eq!(b.lift_hold(at(30)), Some(held));
         assert!(b.is_at_rest(at(30)));
-        // Held with the circuit closed, then pointed elsewhere: what the hold deferred goes.
+        // Held with the circuit closed, then pointed elsewhere: what the hold deferred goes,
+        // and the new version shows no wait before that.
         assert_eq!(
             b.hold(600, at(31)),
             Held::Began(at(31).plus_millis(600_000))
         );
+        assert_eq!(b.held_until_for(&hook(down, 40, true), at(40)), None);
         assert_eq!(
             b.start_afresh_if_changed(&hook(down, 40, true), at(40)),
             Some(vec![at(31).plus_millis(600_000)])
         );
+        assert!(b.is_at_rest(at(40)));
     }
 
     #[test]

@@ -519,12 +519,18 @@ impl Dispatcher {
         }
     }
 
-    /// Ends the wait the webhook's endpoint asked for on this node: someone asked for its
-    /// waiting deliveries to go now.
-    pub fn lift_retry_after(&self, webhook: &WebhookId) {
-        let mut breakers = self.shared.breakers.lock().expect("breakers lock");
-        if let Some(b) = breakers.get_mut(webhook) {
-            b.lift_hold();
+    /// Ends the wait the webhook's endpoint asked for on this node, and what it held goes now:
+    /// someone asked for its waiting deliveries to go, or enabled it again.
+    pub async fn lift_retry_after(&self, webhook: &WebhookId) {
+        let now = self.shared.clock.now();
+        let held = {
+            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+            breakers.get_mut(webhook).and_then(|b| b.lift_hold(now))
+        };
+        if let Some(from) = held {
+            tracing::info!(webhook = %webhook, "the wait the endpoint asked for (Retry-After) is ended on this node; what it held goes now");
+            self.move_deferred(webhook, breaker::Move { from, to: now })
+                .await;
         }
     }
 

@@ -346,13 +346,18 @@ impl Dispatcher {
         }
         // A probe that succeeded while these were written moved what it found put off to
         // `until`, but not these: they would wait for the probe's deadline (up to a minute).
-        let closed = breaker::of(
-            &mut self.shared.breakers.lock().expect("breakers lock"),
-            webhook,
-        )
-        .open_until()
-        .is_none();
-        if closed && !asked {
+        // So did a wait the endpoint asked for that was ended meanwhile (someone retried what
+        // waits, or changed the webhook), which could have had them wait up to an hour.
+        let (closed, held) = {
+            let now = self.shared.clock.now();
+            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+            let breaker = breaker::of(&mut breakers, webhook);
+            (
+                breaker.open_until().is_none(),
+                breaker.held_until(now).is_some(),
+            )
+        };
+        if closed && (!asked || !held) {
             let to = self.shared.clock.now();
             self.move_deferred(webhook, Move { from: until, to }).await;
         }

@@ -92,21 +92,29 @@ pub(crate) fn page_request<T: std::fmt::Display>(
 
 /// An unknown route: a JSON error, except for a browser asking for a page outside `/v1`,
 /// which gets the dashboard's HTML page.
-async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+async fn not_found(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
     page_or(
-        &request,
+        &state,
+        browsing(&request),
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md",
         ),
     )
+    .await
 }
 
 /// A route that does not take the method: a JSON error, except for a browser opening a
 /// dashboard address that only takes a form (the address bar after a form was refused, say),
 /// which is sent to the form's page (or gets the dashboard's not-found page, not raw JSON).
-async fn method_not_allowed(request: axum::extract::Request) -> axum::response::Response {
+async fn method_not_allowed(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
     if is_browsing(&request)
         && request.method().is_safe()
         && let Some(page) = crate::dashboard::form_address_page(request.uri().path())
@@ -114,22 +122,37 @@ async fn method_not_allowed(request: axum::extract::Request) -> axum::response::
         return page;
     }
     page_or(
-        &request,
+        &state,
+        browsing(&request),
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this route does not take that method",
         ),
     )
+    .await
 }
 
-/// The dashboard's not-found page for a browser outside the API, else `error` as JSON.
-fn page_or(request: &axum::extract::Request, error: ApiError) -> axum::response::Response {
+/// The dashboard's not-found page for a browser outside the API (`browsing`: who asked, see
+/// [`browsing`]), with the navigation of whoever is signed in; else `error` as JSON.
+async fn page_or(
+    state: &AppState,
+    browsing: Option<axum::http::request::Parts>,
+    error: ApiError,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if is_browsing(request) {
-        return crate::dashboard::not_found_page();
+    match browsing {
+        Some(asked) => {
+            let page = crate::dashboard::not_found_page();
+            crate::dashboard::shown_with_navigation(state, asked, page).await
+        }
+        None => error.into_response(),
     }
-    error.into_response()
+}
+
+/// Who asked, to find their session again, if a browser asked for a page outside the API.
+fn browsing(request: &axum::extract::Request) -> Option<axum::http::request::Parts> {
+    is_browsing(request).then(|| crate::dashboard::who_asked(request))
 }
 
 /// A browser asking for a page outside the API.

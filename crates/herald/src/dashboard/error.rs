@@ -3,7 +3,8 @@
 //! (`api::ApiError` is the one place that maps them, and logs 5xx causes once).
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -123,7 +124,7 @@ impl IntoResponse for DashError {
 
 pub type DashResult<T> = Result<T, DashError>;
 
-/// Shows an error page with the navigation of whoever is signed in, as every other page has
+/// Shows an error page with the navigation of whoever is signed in, as the other pages have
 /// it: the page itself is made where the error is known, without the session. Only error
 /// pages look the session up again; what is not signed in keeps the page as it is.
 pub async fn with_navigation(
@@ -131,6 +132,14 @@ pub async fn with_navigation(
     request: Request,
     next: Next,
 ) -> Response {
+    let asked = who_asked(&request);
+    let response = next.run(request).await;
+    shown_with_navigation(&state, asked, response).await
+}
+
+/// What finding the session of `request` needs again after its answer: its method, address
+/// and cookies (no other header is copied).
+pub fn who_asked(request: &Request) -> Parts {
     let mut asked = axum::http::Request::builder()
         .method(request.method().clone())
         .uri(request.uri().clone())
@@ -138,20 +147,36 @@ pub async fn with_navigation(
         .expect("a method and a URI make a request")
         .into_parts()
         .0;
-    asked.headers = request.headers().clone();
-    let response = next.run(request).await;
+    for cookie in request.headers().get_all(header::COOKIE) {
+        asked.headers.append(header::COOKIE, cookie.clone());
+    }
+    asked
+}
+
+/// `response`, if it is an error page, shown again within the navigation of whoever `asked`
+/// (see [`with_navigation`]); also for the pages answered outside the dashboard's router (an
+/// unknown address). Not for a fault of the server's (5xx): looking the session up would wait
+/// on the database again, which may be what failed.
+pub async fn shown_with_navigation(
+    state: &AppState,
+    mut asked: Parts,
+    response: Response,
+) -> Response {
     let Some(shown) = response.extensions().get::<ErrorShown>().cloned() else {
         return response;
     };
-    let Ok(signed) = Signed::from_request_parts(&mut asked, &state).await else {
+    if shown.status.is_server_error() {
+        return response;
+    }
+    let Ok(signed) = Signed::from_request_parts(&mut asked, state).await else {
         return response;
     };
     let layout =
         Layout::without_messages(&signed, shown.status.canonical_reason().unwrap_or("Error"));
     let mut shown_again = templates::error_page_in(shown.status, &shown.message, &layout);
-    // Headers the error's answer set (an `Allow`, a `Retry-After`) go with it.
+    // Headers the error's answer set (an `Allow`, the pages' own) go with it.
     for (name, value) in response.headers() {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             shown_again
                 .headers_mut()
                 .append(name.clone(), value.clone());

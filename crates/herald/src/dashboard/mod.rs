@@ -31,6 +31,7 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 
+pub use error::{shown_with_navigation, who_asked};
 pub use session::Sessions;
 
 use crate::app::AppState;

@@ -300,13 +300,14 @@ pub async fn retry_waiting(
             }
         }
     }
-    // Asked for by a person: the endpoint's own wait gives way, as it does to a resend.
-    state.dispatcher.lift_retry_after(webhook);
     let n = state
         .store
         .retry_waiting(org, webhook, now)
         .await
         .map_err(ServiceError::from_store("webhook"))?;
+    // Asked for by a person: the endpoint's own wait gives way, as it does to a resend (after
+    // the count, which what it held is part of; what this node deferred meanwhile goes too).
+    state.dispatcher.lift_retry_after(webhook).await;
     if n > 0 {
         state.dispatcher.wake_delivery_scheduler();
     }

@@ -578,7 +578,7 @@ async fn update_checked(
             tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
         }
         if w.active != was_active {
-            switched(&state, &w);
+            switched(&state, &w).await;
         }
         // What the endpoint was asked, and answered, while the change waited: the answer
         // carries it, as enabling's does.
@@ -686,12 +686,14 @@ fn switch(w: &mut Webhook, active: bool) {
     w.active = active;
 }
 
-/// After a switch was saved: the log line, and `webhook.enabled` for the organization.
-fn switched(state: &AppState, w: &Webhook) {
+/// After a switch was saved: the log line, and `webhook.enabled` for the organization. Enabled
+/// again, a wait its endpoint asked for before ends on this node, as its failing streak did.
+async fn switched(state: &AppState, w: &Webhook) {
     tracing::info!(org = %w.org_id, webhook = %w.id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
     if w.active {
         super::operations::webhook_enabled(state, w);
         unpark_stragglers_later(state, &w.id);
+        state.dispatcher.lift_retry_after(&w.id).await;
     }
 }
 
@@ -797,7 +799,7 @@ pub async fn set_active(
         switch(&mut changed, active);
         match save(state, changed).await {
             Ok(saved) => {
-                switched(state, &saved);
+                switched(state, &saved).await;
                 w = saved;
             }
             // Changed since the caller's version: that is its answer.

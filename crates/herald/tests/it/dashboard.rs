@@ -92,7 +92,11 @@ impl Visitor {
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+        // As a browser asks for a page.
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(ACCEPT, "text/html,application/xhtml+xml");
         if let Some(c) = &self.cookie {
             req = req.header(COOKIE, c);
         }
@@ -411,15 +415,18 @@ async fn where_an_event_went_is_found_by_its_id() {
         .get(&format!("/orgs/{org}/events?id=never-sent"))
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    // An error page has the navigation of every other page, for whoever is signed in.
-    assert!(
-        missing
-            .body
-            .contains(r#"<a href="/orgs">Organizations</a>"#)
-            && missing.body.contains(r#"action="/logout""#),
-        "{}",
-        missing.body
-    );
+    // An error page has the navigation of every other page, for whoever is signed in, also
+    // at an address that is no page at all.
+    let unknown = admin.get(&format!("/orgs/{org}/no-such-page")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    for page in [&missing, &unknown] {
+        assert!(
+            page.body.contains(r#"<a href="/orgs">Organizations</a>"#)
+                && page.body.contains(r#"action="/logout""#),
+            "{}",
+            page.body
+        );
+    }
     assert!(
         missing.body.contains("is kept for this organization")
             && missing.body.contains("events are kept for 30 days"),

@@ -510,11 +510,46 @@ async fn retry_after_holds_the_endpoints_other_deliveries_too() {
         })
     })
     .await;
+    // A test goes, and succeeds; a new description then changes nothing of the wait.
+    let (status, _) = app.post(&format!("{path}/test"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    rx.wait_for("/h", 9, WAIT).await;
+    let (status, view) = app.patch(&path, json!({ "description": "CRM" })).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let (_, view) = app.get(&path).await;
+    assert!(view["retry_after_until"].is_string(), "{view}");
     let (status, view) = app.patch(&path, json!({ "url": rx.url("/moved") })).await;
     assert_eq!(status, StatusCode::OK, "{view}");
     let (_, view) = app.get(&path).await;
     assert!(view.get("retry_after_until").is_none(), "{view}");
     rx.wait_for("/moved", 1, WAIT).await;
+    app.wait_for_delivery(&org, &last, |d| d["state"] == "succeeded")
+        .await;
+    assert_eq!(
+        rx.received_on("/h").len(),
+        9,
+        "nothing went during the wait"
+    );
+
+    // Held at the new URL; disabled and enabled again, what waited goes at once.
+    rx.script([Reply::status(503).header("retry-after", "600")]);
+    app.send_event(&org, user_created("u7")).await;
+    rx.wait_for("/moved", 2, WAIT).await;
+    app.send_event(&org, user_created("u8")).await;
+    let last = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &last, |d| {
+        d["next_attempt_at"].as_str().is_some_and(|at| {
+            chrono::DateTime::parse_from_rfc3339(at).unwrap() > held + chrono::Duration::minutes(5)
+        })
+    })
+    .await;
+    for switch in ["deactivate", "activate"] {
+        let (status, answer) = app.post(&format!("{path}/{switch}"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (_, view) = app.get(&path).await;
+    assert!(view.get("retry_after_until").is_none(), "{view}");
+    rx.wait_for("/moved", 3, WAIT).await;
     app.wait_for_delivery(&org, &last, |d| d["state"] == "succeeded")
         .await;
 }
