@@ -149,7 +149,8 @@ pub enum AttemptError {
     /// the failing streak that disables a webhook does not.
     CutShort,
     /// The request was out when Herald stopped and the stop's grace ran out: the endpoint may
-    /// have received it. Sent again at the next start, without spending a retry.
+    /// have received it. Sent again (at the next start, or at once by another node) without
+    /// spending a retry.
     Interrupted,
 }
 
@@ -186,7 +187,7 @@ impl AttemptError {
             Self::Blocked(m) => format!("the address is not allowed: {m}"),
             Self::Request(m) => format!("the request failed: {m}"),
             Self::Local(m) => format!("Herald could not send it: {m}"),
-            Self::Interrupted => "Herald stopped before the endpoint answered (the stop's grace ran out); the endpoint may have received it, and it is sent again without spending a retry".to_owned(),
+            Self::Interrupted => "Herald stopped before the endpoint answered (the stop's grace, HERALD_STOP_GRACE_SECONDS, ran out); the endpoint may have received it, and it is sent again without spending a retry".to_owned(),
         }
     }
 }

@@ -434,10 +434,11 @@ pub trait Store: Send + Sync + 'static {
     /// unless the delivery was cancelled (its webhook deleted while the attempt was out).
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<Vec<bool>>;
     /// Stores the attempts a stop cut off before their endpoints answered (the request went,
-    /// and may have arrived), each with its delivery due again now without spending a step of
-    /// its retry schedule: Herald stopped, not the endpoint. Each only if its delivery is still
-    /// pending under the record's lease; answers how many were stored.
-    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<u64>;
+    /// and may have arrived), each with its delivery due again as it was (its time, now past)
+    /// without spending a step of its retry schedule: Herald stopped, not the endpoint. Each
+    /// only if its delivery is still pending under the record's lease (`next` is not read);
+    /// answers the deliveries whose attempts were stored.
+    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<Vec<DeliveryId>>;
     /// Stores one attempt.
     async fn record_attempt(&self, record: &AttemptRecord) -> StoreResult<()> {
         self.record_attempts(std::slice::from_ref(record))

@@ -297,7 +297,8 @@ pub struct DeliverySettings {
     /// How long a stopping node (SIGTERM, Ctrl-C) waits for the requests it has in flight to be
     /// answered and recorded. Those still out then are cut off, recorded as `interrupted`, and
     /// sent again without spending a retry. Raise it toward your longest webhook timeout where
-    /// whatever stops Herald waits that long (Kubernetes gives 30 s by default).
+    /// whatever stops Herald waits that long, some 12 s under it: recording and giving back
+    /// what was cut off may take up to 11 s more (Kubernetes gives 30 s by default).
     #[arg(long, env = "HERALD_STOP_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub stop_grace_seconds: u64,
     /// The most requests this node has in flight at once to one webhook (each node has its own).

@@ -1,8 +1,8 @@
 //! Requests a stop cuts off before their endpoints answer (its grace ran out). Such a request
 //! went, and may have arrived: it is recorded as an attempt (error `interrupted`), so that the
-//! history shows what the endpoint saw, and its delivery goes again at the next start without
-//! spending a retry (Herald stopped, not the endpoint). A kill or a crash leaves no such record:
-//! nothing runs then to write it.
+//! history shows what the endpoint saw, and its delivery goes again without spending a retry
+//! (Herald stopped, not the endpoint): at the next start, or at once from another node. A kill
+//! or a crash leaves no such record: nothing runs then to write it.
 
 use std::sync::Mutex;
 
@@ -54,7 +54,9 @@ impl<'a> Sending<'a> {
 
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        // A panic is no stop: the delivery's lease brings it back, and an entry kept until the
+        // node stops could be matched with a later lease of the same delivery.
+        if !self.armed || std::thread::panicking() {
             return;
         }
         // No `expect` here: a drop while a panic unwinds must not panic again.
@@ -77,9 +79,11 @@ pub(crate) fn records(
     now: Timestamp,
 ) -> Vec<AttemptRecord> {
     let error = AttemptError::Interrupted;
+    let leases: std::collections::HashMap<&DeliveryId, Timestamp> =
+        leases.iter().map(|(id, lease)| (id, *lease)).collect();
     left.into_iter()
         .filter_map(|u| {
-            let lease = leases.iter().find(|(id, _)| *id == u.delivery_id)?.1;
+            let lease = *leases.get(&u.delivery_id)?;
             let duration = (now.as_millis() - u.started_at.as_millis()).max(0);
             Some(AttemptRecord {
                 org_id: u.org_id,

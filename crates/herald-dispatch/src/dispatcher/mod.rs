@@ -626,8 +626,10 @@ impl Dispatcher {
             let _ = self.shared.attempts.acquire_many(every_attempt).await;
         })
         .await;
-        let cut_off = self.shared.held.lock().expect("held lock").all_leases();
-        self.record_unanswered(&cut_off).await;
+        let mut cut_off = self.shared.held.lock().expect("held lock").all_leases();
+        let recorded = self.record_unanswered(&cut_off).await;
+        // Those recorded are given back already.
+        cut_off.retain(|(id, _)| !recorded.contains(id));
         let mut given_back = 0usize;
         // Bounded: a store that does not answer must not keep the node from stopping.
         let _ = tokio::time::timeout(GIVE_BACK_WAIT, async {
@@ -652,27 +654,39 @@ impl Dispatcher {
     }
 
     /// Records the requests the stop cut off before their endpoints answered, under the
-    /// leases this node held them by (`leases`). Bounded, as giving back is.
-    async fn record_unanswered(&self, leases: &[(DeliveryId, Timestamp)]) {
+    /// leases this node held them by (`leases`); answers the deliveries recorded (and so given
+    /// back). Bounded, as giving back is.
+    async fn record_unanswered(
+        &self,
+        leases: &[(DeliveryId, Timestamp)],
+    ) -> std::collections::HashSet<DeliveryId> {
         let left = std::mem::take(&mut *self.shared.unanswered.lock().expect("unanswered lock"));
         let records = cut_off::records(left, leases, self.shared.clock.now());
         if records.is_empty() {
-            return;
+            return Default::default();
         }
         let store = self.shared.store.record_cut_off(&records);
         match tokio::time::timeout(GIVE_BACK_WAIT, store).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(recorded)) => tracing::info!(
-                deliveries = recorded,
-                "recorded the requests the stop cut off before their endpoints answered (error interrupted): they may have arrived, and go again at the next start without spending a retry"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(deliveries = records.len(), error = %herald_core::error_chain(&e), "could not record the requests the stop cut off; they go again when their leases end")
+            Ok(Ok(recorded)) => {
+                if !recorded.is_empty() {
+                    tracing::info!(
+                        deliveries = recorded.len(),
+                        "recorded the requests the stop cut off before their endpoints answered (error interrupted): they may have arrived, and go again without spending a retry"
+                    );
+                }
+                recorded.into_iter().collect()
             }
-            Err(_) => tracing::warn!(
-                deliveries = records.len(),
-                "the database did not record the requests the stop cut off in time; they go again when their leases end"
-            ),
+            Ok(Err(e)) => {
+                tracing::warn!(deliveries = records.len(), error = %herald_core::error_chain(&e), "could not record the requests the stop cut off; they are given back without a record");
+                Default::default()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    deliveries = records.len(),
+                    "the database did not record the requests the stop cut off in time; they are given back without a record"
+                );
+                Default::default()
+            }
         }
     }
 

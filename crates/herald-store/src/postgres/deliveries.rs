@@ -632,10 +632,14 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<bool> {
 }
 
 /// Stores the attempts a stop cut off (`Store::record_cut_off`): each delivery still under the
-/// record's lease counts the attempt, due again as it was (now), with its schedule's base moved
-/// on with it so that no retry is spent. Rare (a stop whose grace ran out), so one statement
+/// record's lease, with as many attempts as the record's number follows, counts the attempt,
+/// due again as it was (its time, now past), with its schedule's base moved on with it so that
+/// no retry is spent. Rare (a stop whose grace ran out), so one statement
 /// each.
-pub(crate) async fn record_cut_off(c: &impl Conn, records: &[AttemptRecord]) -> DbResult<u64> {
+pub(crate) async fn record_cut_off(
+    c: &impl Conn,
+    records: &[AttemptRecord],
+) -> DbResult<Vec<DeliveryId>> {
     let mut stored = Vec::with_capacity(records.len());
     for r in records {
         let (a, Some(lease)) = (&r.attempt, r.lease_until) else {
@@ -646,11 +650,11 @@ pub(crate) async fn record_cut_off(c: &impl Conn, records: &[AttemptRecord]) -> 
         let applied = c
             .exec(
                 &format!(
-                    "UPDATE deliveries SET attempt_count = $1, \
-                     schedule_base = LEAST(schedule_base + 1, $1), lease_until = NULL, \
+                    "UPDATE deliveries SET attempt_count = $1::BIGINT, \
+                     schedule_base = LEAST(schedule_base + 1, $1::BIGINT), lease_until = NULL, \
                      due_at = {DUE_UNLESS_PARKED}, last_status = NULL, last_error = $2, \
                      updated_at = $3 WHERE id = $4 AND org_id = $5 AND state = 'pending' \
-                     AND lease_until = $6"
+                     AND lease_until = $6 AND attempt_count = $1::BIGINT - 1"
                 ),
                 &[
                     &number,
@@ -668,11 +672,11 @@ pub(crate) async fn record_cut_off(c: &impl Conn, records: &[AttemptRecord]) -> 
         }
     }
     if stored.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     insert_attempts(c, &stored).await?;
     announce_work(c).await?;
-    Ok(stored.len() as u64)
+    Ok(stored.into_iter().map(|r| r.attempt.delivery_id).collect())
 }
 
 pub(crate) async fn release_lease(

@@ -684,7 +684,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<u64> {
+    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<Vec<DeliveryId>> {
         in_tx!(self, |tx| deliveries::record_cut_off(&tx, records))
     }
 

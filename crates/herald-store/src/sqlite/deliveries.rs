@@ -345,19 +345,24 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
 }
 
 /// Stores the attempts a stop cut off (`Store::record_cut_off`): each delivery still under the
-/// record's lease counts the attempt, due again as it was (now), with its schedule's base moved
-/// on with it so that no retry is spent.
-pub(crate) fn record_cut_off(conn: &Connection, records: &[AttemptRecord]) -> DbResult<u64> {
+/// record's lease, with as many attempts as the record's number follows, counts the attempt,
+/// due again as it was (its time, now past), with its schedule's base moved on with it so that
+/// no retry is spent.
+pub(crate) fn record_cut_off(
+    conn: &Connection,
+    records: &[AttemptRecord],
+) -> DbResult<Vec<DeliveryId>> {
     let mut update_delivery = conn.prepare_cached(&format!(
         "UPDATE deliveries SET attempt_count = ?1, schedule_base = MIN(schedule_base + 1, ?1), \
          lease_until = NULL, due_at = {DUE_UNLESS_PARKED}, last_status = NULL, last_error = ?2, \
-         updated_at = ?3 WHERE id = ?4 AND org_id = ?5 AND state = 'pending' AND lease_until = ?6"
+         updated_at = ?3 WHERE id = ?4 AND org_id = ?5 AND state = 'pending' AND lease_until = ?6 \
+         AND attempt_count = ?1 - 1"
     ))?;
     let mut insert_attempt = conn.prepare_cached(
         "INSERT OR IGNORE INTO attempts (id, delivery_id, number, started_at, duration_ms, \
          status, error, error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
-    let mut stored = 0;
+    let mut stored = Vec::new();
     for r in records {
         let (a, Some(lease)) = (&r.attempt, r.lease_until) else {
             continue;
@@ -383,7 +388,7 @@ pub(crate) fn record_cut_off(conn: &Connection, records: &[AttemptRecord]) -> Db
                 a.error_message,
                 a.response_body
             ])?;
-            stored += 1;
+            stored.push(a.delivery_id.clone());
         }
     }
     Ok(stored)

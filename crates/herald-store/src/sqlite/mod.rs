@@ -718,7 +718,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<u64> {
+    async fn record_cut_off(&self, records: &[AttemptRecord]) -> StoreResult<Vec<DeliveryId>> {
         let records = records.to_vec();
         self.write(move |c| deliveries::record_cut_off(c, &records))
             .await

@@ -63,7 +63,7 @@ impl Cli {
                         ContextValue::StyledStrs(vec![tip.into()]),
                     );
                 }
-                if let Some(tip) = client_flag_before_command(&e) {
+                if let Some(tip) = client_flag_before_command(&e, std::env::args_os().skip(1)) {
                     e.insert(
                         ContextKind::Suggested,
                         ContextValue::StyledStrs(vec![tip.into()]),
@@ -80,8 +80,13 @@ impl Cli {
 
 /// The client's own flags (`--json`, `--server`, `--token`) belong to the command that talks
 /// to a server, after its name: `herald --json orgs list` is refused as an unknown argument
-/// of `herald` itself, which says nothing of where it goes.
-fn client_flag_before_command(e: &clap::Error) -> Option<String> {
+/// of `herald` itself, which says nothing of where it goes. The tip gives the command line
+/// (`args`, without the program's name) with the flag moved to its end; a value given with it
+/// is shown as `…`, never repeated (it may be a token).
+fn client_flag_before_command(
+    e: &clap::Error,
+    args: impl IntoIterator<Item = OsString>,
+) -> Option<String> {
     if e.kind() != ErrorKind::UnknownArgument {
         return None;
     }
@@ -89,12 +94,27 @@ fn client_flag_before_command(e: &clap::Error) -> Option<String> {
         return None;
     };
     let flag = arg.split('=').next()?;
-    ["--json", "--server", "--token"].contains(&flag).then(|| {
-        format!(
-            "{flag} goes after the command, e.g. `herald orgs list {flag}{}`",
-            if flag == "--json" { "" } else { " …" }
-        )
-    })
+    if !["--json", "--server", "--token"].contains(&flag) {
+        return None;
+    }
+    let takes_value = flag != "--json";
+    let mut rest = Vec::new();
+    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+    let with_value = format!("{flag}=");
+    while let Some(a) = args.next() {
+        if a == flag {
+            if takes_value {
+                args.next();
+            }
+        } else if !a.starts_with(&with_value) {
+            rest.push(a);
+        }
+    }
+    let value = if takes_value { " …" } else { "" };
+    Some(format!(
+        "{flag} goes after the command: `herald {} {flag}{value}`",
+        rest.join(" ")
+    ))
 }
 
 /// With `--json` on the command line, a usage error as the error object a refused request
@@ -466,18 +486,26 @@ mod tests {
 
     #[test]
     fn a_client_flag_before_the_command_is_said_to_go_after_it() {
+        let os = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
         for (args, tip) in [
             (
-                &["--json", "orgs", "list"][..],
-                "--json goes after the command, e.g. `herald orgs list --json`",
+                &["--json", "webhooks", "list", "--org", "acme"][..],
+                "--json goes after the command: `herald webhooks list --org acme --json`",
             ),
             (
                 &["--server=http://h", "orgs", "list"][..],
-                "--server goes after the command, e.g. `herald orgs list --server …`",
+                "--server goes after the command: `herald orgs list --server …`",
+            ),
+            (
+                &["--token", "hk_secret", "orgs", "list"][..],
+                "--token goes after the command: `herald orgs list --token …`",
             ),
         ] {
             let mut e = parse(args).unwrap_err();
-            assert_eq!(client_flag_before_command(&e).as_deref(), Some(tip));
+            assert_eq!(
+                client_flag_before_command(&e, os(args)).as_deref(),
+                Some(tip)
+            );
             e.insert(
                 ContextKind::Suggested,
                 ContextValue::StyledStrs(vec![tip.into()]),
@@ -489,7 +517,10 @@ mod tests {
             );
         }
         assert_eq!(
-            client_flag_before_command(&parse(&["orgs", "list", "--bogus"]).unwrap_err()),
+            client_flag_before_command(
+                &parse(&["orgs", "list", "--bogus"]).unwrap_err(),
+                os(&["orgs", "list", "--bogus"])
+            ),
             None
         );
     }

@@ -33,6 +33,12 @@ pub async fn run(
                 crate::service::auth::forget_org(&state, &org);
                 // An activated webhook may have made parked deliveries due.
                 state.dispatcher.wake_scheduler_and_renewals();
+                // A webhook pointed elsewhere ends what this node's circuit or the endpoint's
+                // wait holds back for it now, not at its next delivery here.
+                let state = state.clone();
+                tokio::spawn(async move {
+                    crate::service::webhooks::changed_elsewhere(&state, &org).await;
+                });
             }
             Ok(StoreSignal::Resync) | Err(RecvError::Lagged(_)) => {
                 tracing::info!("may have missed other nodes' changes; reloading caches");

@@ -756,6 +756,19 @@ async fn send_verification(
     .await
 }
 
+/// Another node changed something of the organization: each of its webhooks whose endpoint
+/// changed gets its fresh start on this node now (`Dispatcher::webhook_changed`), as on the
+/// node that took the change, rather than at its next delivery here.
+pub async fn changed_elsewhere(state: &AppState, org: &OrgId) {
+    let Ok(snapshot) = state.directory.snapshot(org).await else {
+        // Deleted, or the database is away: the next delivery looks again.
+        return;
+    };
+    for webhook in snapshot.webhooks().iter().filter(|w| w.active) {
+        state.dispatcher.webhook_changed(webhook).await;
+    }
+}
+
 /// Saves a user's change to `w`, as read (its `updated_at` not yet moved): `409` if the webhook
 /// changed meanwhile, rather than undoing that (Herald disabling it, say).
 async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {

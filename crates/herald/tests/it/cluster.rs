@@ -470,6 +470,51 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // An endpoint asked node B to wait ten minutes; pointed elsewhere through node A, what
+    // node B held goes at once, there.
+    let waiting = TestReceiver::start().await;
+    waiting.script([Reply::status(429).header("retry-after", "600")]);
+    let (_, held) = call(
+        &http,
+        a,
+        &format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "busy", "url": waiting.url("/busy"), "retry_schedule": [0, 3600] }),
+    )
+    .await;
+    let held = held["id"].as_str().unwrap().to_owned();
+    for n in 0..2 {
+        let event = json!({ "type": "user.created", "id": format!("w-{n}"), "data": { "user": { "id": "w" } } });
+        let (status, _) = call(&http, b, &format!("/v1/orgs/{org}/events"), event).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        waiting.wait_for("/busy", 1, Duration::from_secs(10)).await;
+    }
+    let listed = read(format!("{b}/v1/orgs/{org}/webhooks/{held}/deliveries")).await;
+    let second = listed["data"][0]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = read(format!("{b}/v1/orgs/{org}/deliveries/{second}")).await;
+        let put_off = d["next_attempt_at"].as_str().is_some_and(|at| {
+            chrono::DateTime::parse_from_rfc3339(at).unwrap()
+                > chrono::Utc::now() + chrono::Duration::minutes(5)
+        });
+        if put_off {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not held by node B: {d}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = http
+        .patch(format!("{a}/v1/orgs/{org}/webhooks/{held}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "url": waiting.url("/elsewhere") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    waiting
+        .wait_for("/elsewhere", 1, Duration::from_secs(10))
+        .await;
+
     // Signed in to the dashboard through node A, a person is signed in on node B too (no
     // sticky sessions needed); a new API key made through A is shown, once, on B's page.
     let mut on_a = Visitor::at(a);
