@@ -93,19 +93,20 @@ impl Dispatcher {
         }
     }
 
-    /// Moves what the breaker deferred while the circuit was open: due now if the circuit
-    /// closed, to the next cool-down's end if its probe failed. One store call, whatever the
-    /// backlog; if it fails, they come due at their old time and are deferred again.
+    /// Moves what the breaker deferred: due now if the circuit closed or the endpoint's wait
+    /// ended, to the next cool-down's end if its probe failed, to the wait's new end if it was
+    /// put off. One store call, whatever the backlog; if it fails, they come due at their old
+    /// time and are deferred again.
     pub(super) async fn move_deferred(&self, webhook: &WebhookId, moved: Move) {
         let Move { from, to } = moved;
         match self.shared.store.move_deferred(webhook, from, to).await {
             Ok(0) => {}
             Ok(count) => {
-                tracing::debug!(webhook = %webhook, count, to = %to.to_rfc3339(), "deliveries deferred during the probe moved");
+                tracing::debug!(webhook = %webhook, count, to = %to.to_rfc3339(), "deferred deliveries moved (a probe answered, or the endpoint's wait changed)");
                 self.wake_delivery_scheduler();
             }
             Err(e) => {
-                tracing::warn!(webhook = %webhook, error = %herald_core::error_chain(&e), until = %from.to_rfc3339(), "could not move the deliveries deferred during a probe; they come due then");
+                tracing::warn!(webhook = %webhook, error = %herald_core::error_chain(&e), until = %from.to_rfc3339(), "could not move deferred deliveries; they come due then");
             }
         }
     }
