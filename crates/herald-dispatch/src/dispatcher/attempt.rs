@@ -394,28 +394,35 @@ impl Dispatcher {
             }
             signal => signal,
         });
+        let now = self.shared.clock.now();
+        // The endpoint's wait first, so that what the circuit's change sends on goes no
+        // sooner than the wait's end.
+        let asked = outcome.retry_after_secs().filter(|secs| *secs > 0);
+        let (held, held_until) = {
+            let mut breakers = self.shared.breakers.lock().expect("breakers lock");
+            let breaker = breaker::of(&mut breakers, &webhook.id);
+            let held = asked.map_or(Held::Unchanged, |secs| breaker.hold(secs, now));
+            (held, breaker.held_until(now))
+        };
+        match held {
+            Held::Began(until) => {
+                if let Some(held_back) = ASKED_TO_WAIT.admit() {
+                    tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
+                }
+            }
+            Held::PutOff(moved) => self.move_deferred(&webhook.id, moved).await,
+            Held::Unchanged => {}
+        }
         // The circuit protects this node too: a request given up for want of room here counts
         // as a failure (a probe cut short backs off as a failed one does). The failing streak
-        // that disables the webhook does not hear of it (`track_health`).
-        let now = self.shared.clock.now();
-        for moved in ticket.settle(outcome.is_success(), now) {
-            self.move_deferred(&webhook.id, moved).await;
-        }
-        if let Some(secs) = outcome.retry_after_secs() {
-            let held = breaker::of(
-                &mut self.shared.breakers.lock().expect("breakers lock"),
-                &webhook.id,
-            )
-            .hold(secs, now);
-            match held {
-                Held::Began(until) => {
-                    if let Some(held_back) = ASKED_TO_WAIT.admit() {
-                        tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
-                    }
-                }
-                Held::PutOff(moved) => self.move_deferred(&webhook.id, moved).await,
-                Held::Unchanged => {}
-            }
+        // that disables the webhook does not hear of it (`track_health`). An answer that says
+        // when to come back is the endpoint at work, not down: its wait holds what follows,
+        // and the circuit hears an answer, not a failure. Counted as one, the requests in
+        // flight, refused together, opened the circuit, whose cool-down (30 s) then outlasted
+        // a shorter wait.
+        for moved in ticket.settle(outcome.is_success() || asked.is_some(), now) {
+            let to = held_until.map_or(moved.to, |until| moved.to.max(until));
+            self.move_deferred(&webhook.id, Move { to, ..moved }).await;
         }
         if let (Some(limit), Some(error)) = (cut, &outcome.error) {
             // One line when it is down to one request at a time; the steps there are details.

@@ -227,8 +227,8 @@ impl Breaker {
         self.open_until
     }
 
-    /// Closed with no failure counted: what a new breaker would be, so it may be forgotten (but
-    /// for when a request last succeeded, which a webhook's task, ending after a minute idle,
+    /// Closed with no failure counted and no wait the endpoint asked for still on (at `now`):
+    /// what a new breaker would be, so it may be forgotten (but for when a request last succeeded, which a webhook's task, ending after a minute idle,
     /// has outlived by more than [`QUIET_MS`], and the share of recent requests that failed,
     /// which a success just lowered).
     pub(crate) fn is_at_rest(&self, now: Timestamp) -> bool {
@@ -272,7 +272,7 @@ impl Breaker {
     }
 
     /// [`Breaker::held_until`] for this version of the webhook: none for one whose endpoint
-    /// changed (the wait ends at its next delivery), as [`Breaker::open_until_for`].
+    /// changed (whose fresh start ends the wait), as [`Breaker::open_until_for`].
     pub(crate) fn held_until_for(&self, webhook: &Webhook, now: Timestamp) -> Option<Timestamp> {
         if self.endpoint_changed(webhook) {
             return None;

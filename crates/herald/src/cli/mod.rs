@@ -81,12 +81,13 @@ impl Cli {
 /// The client's own flags (`--json`, `--server`, `--token`) belong to the command that talks
 /// to a server, after its name: `herald --json orgs list` is refused as an unknown argument
 /// of `herald` itself, which says nothing of where it goes. The tip gives the command line
-/// (`args`, without the program's name) with the flag moved to its end; a value given with it
-/// is shown as `…`, never repeated (it may be a token).
+/// (`args`, without the program's name) with every such flag moved to its end; the value of
+/// `--server` or `--token` is shown as `…`, never repeated (a token is a secret).
 fn client_flag_before_command(
     e: &clap::Error,
     args: impl IntoIterator<Item = OsString>,
 ) -> Option<String> {
+    const CLIENT_FLAGS: [&str; 3] = ["--json", "--server", "--token"];
     if e.kind() != ErrorKind::UnknownArgument {
         return None;
     }
@@ -94,25 +95,33 @@ fn client_flag_before_command(
         return None;
     };
     let flag = arg.split('=').next()?;
-    if !["--json", "--server", "--token"].contains(&flag) {
+    if !CLIENT_FLAGS.contains(&flag) {
         return None;
     }
-    let takes_value = flag != "--json";
-    let mut rest = Vec::new();
+    let (mut rest, mut moved) = (Vec::new(), Vec::new());
     let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
-    let with_value = format!("{flag}=");
     while let Some(a) = args.next() {
-        if a == flag {
-            if takes_value {
+        let name = a.split('=').next().unwrap_or_default();
+        let Some(client) = CLIENT_FLAGS.iter().find(|f| **f == name) else {
+            rest.push(a);
+            continue;
+        };
+        let shown = if *client == "--json" {
+            client.to_string()
+        } else {
+            if a == *client {
+                // Its value, given apart.
                 args.next();
             }
-        } else if !a.starts_with(&with_value) {
-            rest.push(a);
+            format!("{client} …")
+        };
+        if !moved.contains(&shown) {
+            moved.push(shown);
         }
     }
-    let value = if takes_value { " …" } else { "" };
+    rest.extend(moved);
     Some(format!(
-        "{flag} goes after the command: `herald {} {flag}{value}`",
+        "{flag} goes after the command: `herald {}`",
         rest.join(" ")
     ))
 }
@@ -500,12 +509,26 @@ mod tests {
                 &["--token", "hk_secret", "orgs", "list"][..],
                 "--token goes after the command: `herald orgs list --token …`",
             ),
+            // Every client flag before the command moves, and no token is said again,
+            // wherever it stood.
+            (
+                &[
+                    "--json",
+                    "--token",
+                    "hk_secret",
+                    "webhooks",
+                    "list",
+                    "--token=hk_secret",
+                ][..],
+                "--json goes after the command: `herald webhooks list --json --token …`",
+            ),
         ] {
             let mut e = parse(args).unwrap_err();
             assert_eq!(
                 client_flag_before_command(&e, os(args)).as_deref(),
                 Some(tip)
             );
+            assert!(!tip.contains("hk_secret"), "{tip}");
             e.insert(
                 ContextKind::Suggested,
                 ContextValue::StyledStrs(vec![tip.into()]),

@@ -554,6 +554,40 @@ async fn retry_after_holds_the_endpoints_other_deliveries_too() {
         .await;
 }
 
+/// Answers that say when to come back do not open the circuit, however many come in a row:
+/// the endpoint is at work, and its wait, not a cool-down, decides when the rest go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_retry_after_do_not_open_the_circuit() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(429).header("retry-after", "5"));
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let path = format!("/v1/orgs/{org}/webhooks/{}", hook["id"].as_str().unwrap());
+    // Tests go through the wait: twelve refusals in a row.
+    for n in 1..=12 {
+        let (status, answer) = app.post(&format!("{path}/test"), json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        rx.wait_for("/h", n, WAIT).await;
+    }
+    let (_, view) = app.get(&path).await;
+    assert!(view.get("circuit_open_until").is_none(), "{view}");
+    assert!(view["retry_after_until"].is_string(), "{view}");
+    rx.answer_by_default(Reply::status(200));
+    app.send_event(&org, user_created("u1")).await;
+    let id = app
+        .delivery_ids(&org, hook["id"].as_str().unwrap())
+        .await
+        .remove(0);
+    app.wait_for_delivery(&org, &id, |d| {
+        d["next_attempt_at"].as_str() > d["created_at"].as_str()
+    })
+    .await;
+    app.advance(Duration::from_secs(6));
+    app.wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed() {
     let app = TestApp::spawn().await;
