@@ -5,6 +5,7 @@
 //! or a crash leaves no such record: nothing runs then to write it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use herald_core::delivery::{Attempt, AttemptError};
 use herald_core::retry::NextStep;
@@ -20,8 +21,25 @@ pub(crate) struct Unanswered {
     started_at: Timestamp,
 }
 
-/// What the stopped tasks left unanswered, for `Dispatcher::drain` to record.
-pub(crate) type Unanswereds = Mutex<Vec<Unanswered>>;
+/// What the stopped tasks left unanswered, for `Dispatcher::drain` to record, and how many
+/// requests are out: once none is, after the tasks were aborted, every one cut off is here.
+#[derive(Default)]
+pub(crate) struct Unanswereds {
+    left: Mutex<Vec<Unanswered>>,
+    out: AtomicUsize,
+}
+
+impl Unanswereds {
+    /// Whether a request is still out (a task aborted but not yet dropped holds one).
+    pub(crate) fn any_out(&self) -> bool {
+        self.out.load(Ordering::Acquire) > 0
+    }
+
+    /// What was left unanswered so far, taken.
+    pub(crate) fn take(&self) -> Vec<Unanswered> {
+        std::mem::take(&mut *self.left.lock().expect("unanswered lock"))
+    }
+}
 
 /// Armed while a request is out. Dropped armed (its task was aborted before the endpoint
 /// answered), it leaves the request's deliveries in `into`.
@@ -38,6 +56,7 @@ impl<'a> Sending<'a> {
         batch: &'a [DueDelivery],
         started_at: Timestamp,
     ) -> Self {
+        into.out.fetch_add(1, Ordering::AcqRel);
         Self {
             into,
             batch,
@@ -56,11 +75,11 @@ impl Drop for Sending<'_> {
     fn drop(&mut self) {
         // A panic is no stop: the delivery's lease brings it back, and an entry kept until the
         // node stops could be matched with a later lease of the same delivery.
-        if !self.armed || std::thread::panicking() {
-            return;
-        }
-        // No `expect` here: a drop while a panic unwinds must not panic again.
-        if let Ok(mut left) = self.into.lock() {
+        if self.armed
+            && !std::thread::panicking()
+            // No `expect` here: a drop while a panic unwinds must not panic again.
+            && let Ok(mut left) = self.into.left.lock()
+        {
             left.extend(self.batch.iter().map(|d| Unanswered {
                 org_id: d.org_id.clone(),
                 delivery_id: d.delivery_id.clone(),
@@ -68,6 +87,8 @@ impl Drop for Sending<'_> {
                 started_at: self.started_at,
             }));
         }
+        // Counted out only once its entry is in: the stop waits for none to be out.
+        self.into.out.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -103,4 +124,72 @@ pub(crate) fn records(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_core::event::Event;
+    use herald_core::{OrgId, WebhookId};
+
+    use super::*;
+
+    fn due(attempts: u32) -> DueDelivery {
+        let at = Timestamp::from_millis(1_000);
+        let event = Event {
+            id: "evt_1".into(),
+            org_id: OrgId::generate(),
+            event_type: "user.created".into(),
+            occurred_at: at,
+            received_at: at,
+            correlation_id: None,
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        };
+        let mut d = DueDelivery::new(
+            DeliveryId::generate(),
+            event.org_id.clone(),
+            WebhookId::generate(),
+            Arc::new(event),
+            at,
+        );
+        d.attempt_count = attempts;
+        d
+    }
+
+    /// A request that ended leaves nothing; one whose task was dropped while it was out
+    /// leaves its deliveries, and is counted out only once they are in.
+    #[test]
+    fn only_a_request_dropped_while_out_is_left_to_record() {
+        let unanswered = Unanswereds::default();
+        let batch = [due(2)];
+        let started = Timestamp::from_millis(5_000);
+        let answered = Sending::new(&unanswered, &batch, started);
+        assert!(unanswered.any_out());
+        answered.ended();
+        assert!(!unanswered.any_out());
+        assert!(unanswered.take().is_empty());
+
+        let cut = Sending::new(&unanswered, &batch, started);
+        drop(cut);
+        assert!(!unanswered.any_out());
+        let left = unanswered.take();
+        assert_eq!(left.len(), 1);
+        // Recorded as the third attempt, under the lease held, and only under one.
+        let lease = Timestamp::from_millis(60_000);
+        let now = Timestamp::from_millis(9_000);
+        let held = [(batch[0].delivery_id.clone(), lease)];
+        let recorded = records(left, &held, now);
+        assert_eq!(recorded.len(), 1);
+        let r = &recorded[0];
+        assert_eq!((r.attempt.number, r.lease_until), (3, Some(lease)));
+        assert_eq!(r.attempt.duration_ms, 4_000);
+        assert_eq!(r.attempt.error.as_deref(), Some("interrupted"));
+        let cut = Sending::new(&unanswered, &batch, started);
+        drop(cut);
+        assert!(
+            records(unanswered.take(), &[], now).is_empty(),
+            "not held here"
+        );
+    }
 }

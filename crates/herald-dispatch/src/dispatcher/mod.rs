@@ -220,12 +220,6 @@ fn spawn_reaping(tasks: &mut JoinSet<()>, task: impl Future<Output = ()> + Send 
     tasks.spawn(task);
 }
 
-/// Attempts a node may have under way, sending or writing their outcome, for this many
-/// requests in flight: writing waits for a group commit, so four times as many.
-fn attempts_at_once(requests_in_flight: usize) -> usize {
-    requests_in_flight * 4
-}
-
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
@@ -259,7 +253,7 @@ impl Dispatcher {
                 breakers: breaker::Breakers::default(),
                 outgoing: Arc::new(tokio::sync::Semaphore::new(in_flight)),
                 slow: Arc::new(tokio::sync::Semaphore::new(in_flight)),
-                attempts: Arc::new(tokio::sync::Semaphore::new(attempts_at_once(in_flight))),
+                attempts: Arc::new(tokio::sync::Semaphore::new(in_flight * 4)),
                 metrics: DispatchMetrics::default(),
                 operations: OnceLock::new(),
                 tasks: Mutex::new(JoinSet::new()),
@@ -618,12 +612,11 @@ impl Dispatcher {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while tasks.join_next().await.is_some() {}
             // Each webhook's task, aborted, aborts its attempts' own tasks, which end when the
-            // runtime next comes to them: once all have given their room back, every request
-            // cut off is in `unanswered`.
-            let every_attempt =
-                attempts_at_once(self.shared.settings.max_requests_in_flight.max(1));
-            let every_attempt = u32::try_from(every_attempt).unwrap_or(u32::MAX);
-            let _ = self.shared.attempts.acquire_many(every_attempt).await;
+            // runtime next comes to them: once no request is out, every one cut off is in
+            // `unanswered`.
+            while self.shared.unanswered.any_out() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         })
         .await;
         let mut cut_off = self.shared.held.lock().expect("held lock").all_leases();
@@ -660,7 +653,7 @@ impl Dispatcher {
         &self,
         leases: &[(DeliveryId, Timestamp)],
     ) -> std::collections::HashSet<DeliveryId> {
-        let left = std::mem::take(&mut *self.shared.unanswered.lock().expect("unanswered lock"));
+        let left = self.shared.unanswered.take();
         let records = cut_off::records(left, leases, self.shared.clock.now());
         if records.is_empty() {
             return Default::default();
