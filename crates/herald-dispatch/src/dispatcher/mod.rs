@@ -487,10 +487,21 @@ impl Dispatcher {
             .and_then(|b| b.held_until_for(webhook, now))
     }
 
-    /// A person changed the webhook. If what reaches its endpoint changed, or it was enabled
-    /// again, its circuit and any wait its endpoint asked for start afresh on this node now,
-    /// not when its next delivery comes (which could be an hour off for a `Retry-After`), and
-    /// what they deferred is due now. Other nodes do so at their next delivery of it.
+    /// Whether this node holds back any webhook's deliveries: an open circuit, or a wait an
+    /// endpoint asked for.
+    pub fn holds_anything_back(&self) -> bool {
+        let now = self.shared.clock.now();
+        let breakers = self.shared.breakers.lock().expect("breakers lock");
+        breakers
+            .values()
+            .any(|b| b.open_until().is_some() || b.held_until(now).is_some())
+    }
+
+    /// A person changed the webhook. If what reaches its endpoint changed, its circuit and any
+    /// wait its endpoint asked for start afresh on this node now, not when its next delivery
+    /// comes (which could be an hour off for a `Retry-After`), and what they deferred is due
+    /// now; enabled again, its circuit does (its wait ends by `lift_retry_after`). Other nodes
+    /// do so when they hear of the change (`service::webhooks::changed_elsewhere`).
     pub async fn webhook_changed(&self, webhook: &herald_core::webhook::Webhook) {
         let now = self.shared.clock.now();
         let afresh = {

@@ -634,8 +634,7 @@ async fn update_delivery(c: &impl Conn, r: &AttemptRecord) -> DbResult<bool> {
 /// Stores the attempts a stop cut off (`Store::record_cut_off`): each delivery still under the
 /// record's lease, with as many attempts as the record's number follows, counts the attempt,
 /// due again as it was (its time, now past), with its schedule's base moved on with it so that
-/// no retry is spent. Rare (a stop whose grace ran out), so one statement
-/// each.
+/// no retry is spent. Rare (a stop whose grace ran out), so one statement each.
 pub(crate) async fn record_cut_off(
     c: &impl Conn,
     records: &[AttemptRecord],

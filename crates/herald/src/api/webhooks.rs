@@ -281,8 +281,9 @@ pub(crate) struct WebhookView {
     #[serde(skip_serializing_if = "Option::is_none")]
     circuit_open_until: Option<Timestamp>,
     /// Set while this node holds deliveries to the endpoint back because it answered `429` or
-    /// `503` with `Retry-After` (at most an hour): tests and resends still go, and retrying
-    /// what waits ends it. Each node has its own; absent when there is none.
+    /// `503` with `Retry-After` (at most an hour): tests and resends still go; retrying what
+    /// waits, enabling the webhook again or a change to what reaches the endpoint ends it. Each
+    /// node has its own; absent when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_until: Option<Timestamp>,
 }

@@ -758,13 +758,19 @@ async fn send_verification(
 
 /// Another node changed something of the organization: each of its webhooks whose endpoint
 /// changed gets its fresh start on this node now (`Dispatcher::webhook_changed`), as on the
-/// node that took the change, rather than at its next delivery here.
+/// node that took the change, rather than at its next delivery here. Only while this node
+/// holds something back (an open circuit, an endpoint's wait), and read from the store, not
+/// through the directory: caching every changed organization on every node would widen the
+/// moment in which a node that has not heard of a new webhook yet stores events without it.
 pub async fn changed_elsewhere(state: &AppState, org: &OrgId) {
-    let Ok(snapshot) = state.directory.snapshot(org).await else {
+    if !state.dispatcher.holds_anything_back() {
+        return;
+    }
+    let Ok(webhooks) = state.store.org_webhooks(org).await else {
         // Deleted, or the database is away: the next delivery looks again.
         return;
     };
-    for webhook in snapshot.webhooks().iter().filter(|w| w.active) {
+    for webhook in webhooks.iter().filter(|w| w.active) {
         state.dispatcher.webhook_changed(webhook).await;
     }
 }
