@@ -276,10 +276,7 @@ const DUE_UNLESS_PARKED: &str = unless_parked!("next_attempt_at");
 /// back hashes its whole text, which cost about a tenth of recording an attempt when done for
 /// each one.
 pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> DbResult<Vec<bool>> {
-    let mut insert_attempt = conn.prepare_cached(
-        "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status, error, \
-         error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )?;
+    let mut insert_attempt = conn.prepare_cached(INSERT_ATTEMPT)?;
     let mut update_delivery = conn.prepare_cached(
         "UPDATE deliveries SET state = ?1, attempt_count = ?2, next_attempt_at = ?3, \
          due_at = CASE WHEN ?3 IS NOT NULL \
@@ -327,17 +324,7 @@ pub(crate) fn record_attempts(conn: &Connection, records: &[AttemptRecord]) -> D
             ])?;
         }
         if !stored_before && (applied || cancelled) {
-            insert_attempt.execute(params![
-                a.id.as_str(),
-                a.delivery_id.as_str(),
-                a.number,
-                a.started_at.as_millis(),
-                a.duration_ms,
-                a.status,
-                a.error,
-                a.error_message,
-                a.response_body
-            ])?;
+            insert(&mut insert_attempt, a)?;
         }
         moved.push(applied || stored_before);
     }
@@ -358,10 +345,7 @@ pub(crate) fn record_cut_off(
          updated_at = ?3 WHERE id = ?4 AND org_id = ?5 AND state = 'pending' AND lease_until = ?6 \
          AND attempt_count = ?1 - 1"
     ))?;
-    let mut insert_attempt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO attempts (id, delivery_id, number, started_at, duration_ms, \
-         status, error, error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )?;
+    let mut insert_attempt = conn.prepare_cached(INSERT_ATTEMPT)?;
     let mut stored = Vec::new();
     for r in records {
         let (a, Some(lease)) = (&r.attempt, r.lease_until) else {
@@ -377,21 +361,30 @@ pub(crate) fn record_cut_off(
             lease.as_millis()
         ])? == 1;
         if applied {
-            insert_attempt.execute(params![
-                a.id.as_str(),
-                a.delivery_id.as_str(),
-                a.number,
-                a.started_at.as_millis(),
-                a.duration_ms,
-                a.status,
-                a.error,
-                a.error_message,
-                a.response_body
-            ])?;
+            insert(&mut insert_attempt, a)?;
             stored.push(a.delivery_id.clone());
         }
     }
     Ok(stored)
+}
+
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (id, delivery_id, number, started_at, \
+     duration_ms, status, error, error_message, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Stores one attempt with `INSERT_ATTEMPT`.
+fn insert(statement: &mut rusqlite::CachedStatement<'_>, a: &Attempt) -> DbResult<()> {
+    statement.execute(params![
+        a.id.as_str(),
+        a.delivery_id.as_str(),
+        a.number,
+        a.started_at.as_millis(),
+        a.duration_ms,
+        a.status,
+        a.error,
+        a.error_message,
+        a.response_body
+    ])?;
+    Ok(())
 }
 
 fn attempt_exists(conn: &Connection, id: &herald_core::AttemptId) -> DbResult<bool> {

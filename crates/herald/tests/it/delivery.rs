@@ -411,6 +411,36 @@ async fn retry_after_on_429_pushes_the_next_attempt_back() {
     rx.wait_for("/h", 2, WAIT).await;
 }
 
+/// One webhook of one organization, whose endpoint is asked to make it wait.
+struct Waits<'a> {
+    app: &'a TestApp,
+    rx: &'a TestReceiver,
+    org: &'a str,
+    webhook: &'a str,
+}
+
+impl Waits<'_> {
+    /// Has the endpoint answer the first of two events `status` with `Retry-After: 600` (the
+    /// request seen at `path` as its `seen`th), then sends the second: answers that one's
+    /// delivery, once it is put off by the wait.
+    async fn ten_minutes(&self, status: u16, path: &str, seen: usize, users: [&str; 2]) -> String {
+        let Self { app, rx, org, .. } = *self;
+        rx.script([Reply::status(status).header("retry-after", "600")]);
+        app.send_event(org, user_created(users[0])).await;
+        rx.wait_for(path, seen, WAIT).await;
+        app.send_event(org, user_created(users[1])).await;
+        let last = app.delivery_ids(org, self.webhook).await.remove(0);
+        let wait_from = chrono::Utc::now() + chrono::Duration::minutes(5);
+        app.wait_for_delivery(org, &last, |d| {
+            d["next_attempt_at"]
+                .as_str()
+                .is_some_and(|at| chrono::DateTime::parse_from_rfc3339(at).unwrap() > wait_from)
+        })
+        .await;
+        last
+    }
+}
+
 /// A `429` with `Retry-After` holds the endpoint, not only the delivery it refused: what comes
 /// next waits until then (tests and resends excepted), and goes at the end of the wait, or at
 /// once when someone retries what waits.
@@ -473,19 +503,15 @@ async fn retry_after_holds_the_endpoints_other_deliveries_too() {
     assert!(view.get("retry_after_until").is_none(), "{view}");
 
     // Held again, for ten minutes; retrying what waits ends the wait at once.
-    rx.script([Reply::status(503).header("retry-after", "600")]);
-    app.send_event(&org, user_created("u3")).await;
-    rx.wait_for("/h", 5, WAIT).await;
+    let waits = Waits {
+        app: &app,
+        rx: &rx,
+        org: &org,
+        webhook: id,
+    };
+    waits.ten_minutes(503, "/h", 5, ["u3", "u4"]).await;
     let (_, view) = app.get(&path).await;
     assert!(view["retry_after_until"].is_string(), "{view}");
-    app.send_event(&org, user_created("u4")).await;
-    let last = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &last, |d| {
-        d["next_attempt_at"].as_str().is_some_and(|at| {
-            chrono::DateTime::parse_from_rfc3339(at).unwrap() > held + chrono::Duration::minutes(5)
-        })
-    })
-    .await;
     assert_eq!(rx.received_on("/h").len(), 5, "held, not sent");
     let (status, answer) = app.post(&format!("{path}/retry"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -499,17 +525,7 @@ async fn retry_after_holds_the_endpoints_other_deliveries_too() {
     assert!(view.get("retry_after_until").is_none(), "{view}");
 
     // Held again; pointed at another URL, what waited goes there at once, and no wait is shown.
-    rx.script([Reply::status(429).header("retry-after", "600")]);
-    app.send_event(&org, user_created("u5")).await;
-    rx.wait_for("/h", 8, WAIT).await;
-    app.send_event(&org, user_created("u6")).await;
-    let last = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &last, |d| {
-        d["next_attempt_at"].as_str().is_some_and(|at| {
-            chrono::DateTime::parse_from_rfc3339(at).unwrap() > held + chrono::Duration::minutes(5)
-        })
-    })
-    .await;
+    let last = waits.ten_minutes(429, "/h", 8, ["u5", "u6"]).await;
     // A test goes, and succeeds; a new description then changes nothing of the wait.
     let (status, _) = app.post(&format!("{path}/test"), json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -532,17 +548,7 @@ async fn retry_after_holds_the_endpoints_other_deliveries_too() {
     );
 
     // Held at the new URL; disabled and enabled again, what waited goes at once.
-    rx.script([Reply::status(503).header("retry-after", "600")]);
-    app.send_event(&org, user_created("u7")).await;
-    rx.wait_for("/moved", 2, WAIT).await;
-    app.send_event(&org, user_created("u8")).await;
-    let last = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &last, |d| {
-        d["next_attempt_at"].as_str().is_some_and(|at| {
-            chrono::DateTime::parse_from_rfc3339(at).unwrap() > held + chrono::Duration::minutes(5)
-        })
-    })
-    .await;
+    let last = waits.ten_minutes(503, "/moved", 2, ["u7", "u8"]).await;
     for switch in ["deactivate", "activate"] {
         let (status, answer) = app.post(&format!("{path}/{switch}"), json!({})).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
