@@ -2,7 +2,8 @@
 //! the hot path (ingest fan-out, rendering) never reads them from the database. Any change to an
 //! organization, its webhooks or its types must call [`Directory::invalidate`]. When several
 //! nodes share the store, the store's signals carry other nodes' changes here too (see
-//! `herald/src/service/cluster.rs`).
+//! `herald/src/service/cluster.rs`), a moment after their commit; ingest, which must not miss
+//! one, checks each snapshot against the store as it stores events ([`OrgSnapshot::seen`]).
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
 use crate::org::Organization;
-use crate::store::{Store, StoreResult};
+use crate::store::{ChangesSeen, Store, StoreResult};
 use crate::subscription::{Subscription, Verification};
 use crate::webhook::Webhook;
 use crate::{OrgId, WebhookId};
@@ -30,6 +31,10 @@ pub struct OrgSnapshot {
     /// organization may have a thousand types, and the snapshot is rebuilt on every change to
     /// the organization.
     custom_types: HashMap<String, (CustomEventType, OnceLock<Option<jsonschema::Validator>>)>,
+    /// Which configuration changes the store had when this was read, where processes share
+    /// it: ingest stores events fanned out from this snapshot only if none came since
+    /// ([`Store::insert_events_seen`]).
+    pub seen: Option<ChangesSeen>,
 }
 
 /// What ingest needs to know of an event type.
@@ -65,6 +70,7 @@ impl OrgSnapshot {
                 .map(|s| ((s.webhook_id.clone(), s.channel.clone()), s))
                 .collect(),
             custom_types,
+            seen: None,
         }
     }
 
@@ -494,19 +500,19 @@ impl Directory {
 
     /// Reads the organization from the store and caches it, unless it changed meanwhile.
     async fn load(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
-        let seen = self.generations.before_load(org);
+        let generation = self.generations.before_load(org);
+        // Marked before the reads: a change committed between the mark and a read is then
+        // taken as unseen, which costs one reload, never a missed change.
+        let seen = self.store.changes_seen().await?;
         let organization = self.store.get_org(org).await?;
         let webhooks = self.store.org_webhooks(org).await?;
         let types = self.store.list_event_types(org).await?;
         let subscriptions = self.store.org_subscriptions(org).await?;
-        let snapshot = Arc::new(OrgSnapshot::build(
-            organization,
-            webhooks,
-            types,
-            subscriptions,
-        ));
+        let mut snapshot = OrgSnapshot::build(organization, webhooks, types, subscriptions);
+        snapshot.seen = seen;
+        let snapshot = Arc::new(snapshot);
         let mut orgs = self.orgs.write().expect("directory lock");
-        if self.generations.unchanged(org, seen) {
+        if self.generations.unchanged(org, generation) {
             orgs.insert(org.clone(), snapshot.clone());
         }
         Ok(snapshot)

@@ -30,6 +30,11 @@ pub enum StoreError {
     Unavailable(#[source] Cause),
     #[error("storage failed")]
     Other(#[source] Cause),
+    /// The organization's configuration changed after the read its events were fanned out
+    /// from ([`Store::insert_events_seen`]): nothing was stored. Fan them out again from a
+    /// fresh read.
+    #[error("the organization changed while its events were being stored")]
+    DirectoryChanged,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -130,6 +135,12 @@ pub struct IngestItem {
     pub event: Arc<Event>,
     pub deliveries: Vec<NewDelivery>,
 }
+
+/// Which changes to organizations' configuration (themselves, their event types, webhooks and
+/// WebSub subscriptions) a read starting now would see, as the store marks it: an opaque
+/// token ([`Store::changes_seen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesSeen(pub String);
 
 /// Whether an ingested event was new or a repeat of an idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +396,30 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>>;
+    /// Marks which configuration changes a read starting now sees, where processes share the
+    /// store: another process's change reaches this one's cache a moment after its commit, so
+    /// a fan-out computed from the cache must be checked against the store as the events are
+    /// stored ([`Store::insert_events_seen`]). `None` where one process owns the store
+    /// (SQLite): its own changes leave its cache before they are answered.
+    async fn changes_seen(&self) -> StoreResult<Option<ChangesSeen>> {
+        Ok(None)
+    }
+    /// [`Store::insert_events`], fanned out from a read of the organization that `seen` marks
+    /// (taken before that read): if a change to the organization's configuration has been
+    /// committed since, nothing is stored and the answer is [`StoreError::DirectoryChanged`].
+    /// Without `seen`, as `insert_events`.
+    async fn insert_events_seen(
+        &self,
+        org: &OrgId,
+        seen: Option<&ChangesSeen>,
+        items: &[IngestItem],
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<IngestResult>> {
+        // Only stores shared by several processes mark reads (`changes_seen`).
+        debug_assert!(seen.is_none(), "this store marks no reads");
+        self.insert_events(org, items, now, lease_until).await
+    }
     /// Leases up to `limit` pending deliveries that are due and not leased, of active webhooks.
     async fn claim_due(
         &self,

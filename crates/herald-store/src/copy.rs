@@ -44,6 +44,8 @@ const NOT_COPIED: &[&str] = &[
     "dashboard_flashes",
     // PostgreSQL's own: organizations deleted lately (`Store::sweep_deleted_orgs`).
     "deleted_organizations",
+    // PostgreSQL's own: changes to organizations, for ingest's check (migration 0013).
+    "directory_changes",
 ];
 /// The most rows one insert carries...
 const CHUNK_ROWS: usize = 1_000;

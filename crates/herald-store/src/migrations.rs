@@ -51,6 +51,7 @@ sequence! {
     10 "0010" "dashboard_sessions",
     11 "0011" "events_by_org",
     12 "0012" "deleted_organizations",
+    13 "0013" "directory_changes",
 }
 
 /// Says that the database was migrated by a newer Herald (its `schema` version is past the

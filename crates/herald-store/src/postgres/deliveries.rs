@@ -28,8 +28,8 @@ use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::{Event, EventSummary};
 use herald_core::retry::NextStep;
 use herald_core::store::{
-    AttemptRecord, DeliveryFilter, DueDelivery, EventFilter, IngestItem, IngestResult, NewDelivery,
-    PendingStat, PurgeCount, PurgeFrom, StoreError,
+    AttemptRecord, ChangesSeen, DeliveryFilter, DueDelivery, EventFilter, IngestItem, IngestResult,
+    NewDelivery, PendingStat, PurgeCount, PurgeFrom, StoreError,
 };
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
 use tokio_postgres::types::ToSql;
@@ -62,10 +62,34 @@ pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
 /// round trip whatever the number of events (row by row, a batch of 100 events took 200
 /// sequential round trips). Events whose id is already stored in their organization, or
 /// repeated earlier among the requests, are duplicates: nothing of theirs is written.
-const INSERT_EVENTS: &str = "WITH ev AS ( \
+///
+/// A request fanned out from a read of its organization that `$20` marks (a `pg_snapshot`;
+/// `$19` is its organization, `$21` each event's request by its number from 1) is stale if a
+/// change to the organization's configuration was committed after that mark
+/// (`directory_changes`, written by the triggers of migration 0013): nothing of it is
+/// written, and its number is answered. Only changes of transactions from the mark's `xmin` on
+/// are looked at, so the index finds none in the usual case. Of an id repeated among the
+/// requests, the first occurrence in a request that is not stale is the one stored, with its
+/// deliveries (`$22`: each delivery's event by its place among `$1`'s, from 1).
+///
+/// Events are inserted in one order whatever the order sent: two statements storing some of
+/// the same ids (a producer's retry on another node, batches sent at once) then wait for each
+/// other instead of deadlocking, which PostgreSQL would end by failing one of them.
+const INSERT_EVENTS: &str = "WITH stale AS ( \
+       SELECT r.n FROM UNNEST($19::TEXT[], $20::TEXT[]) WITH ORDINALITY AS r(org_id, seen, n) \
+       WHERE r.seen IS NOT NULL AND EXISTS (SELECT 1 FROM directory_changes c \
+         WHERE c.org_id = r.org_id AND c.xid >= pg_snapshot_xmin(r.seen::pg_snapshot) \
+           AND NOT pg_visible_in_snapshot(c.xid, r.seen::pg_snapshot))), \
+     chosen AS ( \
+       SELECT DISTINCT ON (e.org_id COLLATE \"C\", e.id COLLATE \"C\") e.* \
+       FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+         $6::TEXT[], $7::TEXT[], $21::BIGINT[]) WITH ORDINALITY \
+         AS e(org_id, id, type, occurred_at, received_at, correlation_id, data, request, at) \
+       WHERE e.request NOT IN (SELECT n FROM stale) \
+       ORDER BY e.org_id COLLATE \"C\", e.id COLLATE \"C\", e.at), \
+     ev AS ( \
        INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
-       SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
-         $6::TEXT[], $7::TEXT[]) \
+       SELECT org_id, id, type, occurred_at, received_at, correlation_id, data FROM chosen \
        ON CONFLICT (org_id, id) DO NOTHING \
        RETURNING org_id, id), \
      dl AS ( \
@@ -74,15 +98,19 @@ const INSERT_EVENTS: &str = "WITH ev AS ( \
        SELECT d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.state, 0, 0, d.next_at, \
          d.due_at, d.lease, d.skip, d.created, d.created \
        FROM UNNEST($8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
-         $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::BIGINT[]) \
+         $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::BIGINT[], $22::BIGINT[]) \
          AS d(id, org_id, webhook_id, event_id, event_type, state, next_at, due_at, lease, skip, \
-           created) \
-       WHERE (d.org_id, d.event_id) IN (SELECT org_id, id FROM ev)) \
-     SELECT org_id, id FROM ev";
+           created, event_at) \
+       WHERE d.event_at IN (SELECT c.at FROM chosen c JOIN ev ON ev.org_id = c.org_id \
+         AND ev.id = c.id)) \
+     SELECT org_id, id, NULL::BIGINT FROM ev UNION ALL SELECT NULL, NULL, n FROM stale";
 
 /// One ingest request's part of [`insert_events`].
 pub(crate) struct IngestRequest<'a> {
     pub org: &'a OrgId,
+    /// The read of the organization its items were fanned out from
+    /// ([`herald_core::store::Store::insert_events_seen`]).
+    pub seen: Option<&'a ChangesSeen>,
     pub items: &'a [IngestItem],
     pub now: Timestamp,
     pub lease_until: Timestamp,
@@ -101,6 +129,12 @@ impl IngestRequest<'_> {
 /// The columns of [`INSERT_EVENTS`], one array per column.
 #[derive(Default)]
 struct IngestColumns<'a> {
+    request_orgs: Vec<&'a str>,
+    request_seen: Vec<Option<&'a str>>,
+    /// Each event's request, numbered from 1 as `WITH ORDINALITY` numbers them.
+    event_requests: Vec<i64>,
+    /// Each delivery's event, by its place among the events, from 1.
+    delivery_event_at: Vec<i64>,
     event_orgs: Vec<&'a str>,
     event_ids: Vec<&'a str>,
     types: Vec<&'a str>,
@@ -122,10 +156,12 @@ struct IngestColumns<'a> {
 }
 
 impl<'a> IngestColumns<'a> {
-    fn push_event(&mut self, r: &IngestRequest<'a>, item: &'a IngestItem) {
+    fn push_event(&mut self, n: usize, r: &IngestRequest<'a>, item: &'a IngestItem) {
         let e = &item.event;
         let org = r.org.as_str();
+        self.event_requests.push(n as i64 + 1);
         self.event_orgs.push(org);
+        let event_at = self.event_orgs.len() as i64;
         self.event_ids.push(&e.id);
         self.types.push(&e.event_type);
         self.occurred.push(e.occurred_at.as_millis());
@@ -147,6 +183,7 @@ impl<'a> IngestColumns<'a> {
                 }
             };
             self.delivery_ids.push(d.id.as_str());
+            self.delivery_event_at.push(event_at);
             self.delivery_orgs.push(org);
             self.webhooks.push(d.webhook_id.as_str());
             self.delivery_events.push(&e.id);
@@ -162,24 +199,20 @@ impl<'a> IngestColumns<'a> {
 }
 
 /// Stores the requests' events and deliveries with one statement, and answers each request's
-/// results in its items' order, as if the requests had been stored one after the other.
+/// results in its items' order, as if the requests had been stored one after the other: a
+/// request whose organization changed after the read it was fanned out from stored nothing and
+/// is answered [`StoreError::DirectoryChanged`].
 pub(crate) async fn insert_events(
     c: &impl Conn,
     requests: &[IngestRequest<'_>],
-) -> DbResult<Vec<Vec<IngestResult>>> {
-    let mut first_of_id = HashSet::new();
-    let mut events: Vec<(&IngestRequest<'_>, &IngestItem)> = requests
-        .iter()
-        .flat_map(|r| r.items.iter().map(move |item| (r, item)))
-        .filter(|(r, item)| first_of_id.insert((r.org.as_str(), item.event.id.as_str())))
-        .collect();
-    // Inserted in one order whatever the order sent: two statements storing some of the same
-    // ids (a producer's retry on another node, batches sent at once) then wait for each other
-    // instead of deadlocking, which PostgreSQL would end by failing one of them.
-    events.sort_unstable_by_key(|(r, item)| (r.org.as_str(), item.event.id.as_str()));
+) -> DbResult<Vec<Result<Vec<IngestResult>, StoreError>>> {
     let mut cols = IngestColumns::default();
-    for (r, item) in events {
-        cols.push_event(r, item);
+    for (n, r) in requests.iter().enumerate() {
+        cols.request_orgs.push(r.org.as_str());
+        cols.request_seen.push(r.seen.map(|s| s.0.as_str()));
+        for item in r.items {
+            cols.push_event(n, r, item);
+        }
     }
     let rows = c
         .rows(
@@ -203,22 +236,39 @@ pub(crate) async fn insert_events(
                 &cols.lease,
                 &cols.skip,
                 &cols.created,
+                &cols.request_orgs,
+                &cols.request_seen,
+                &cols.event_requests,
+                &cols.delivery_event_at,
             ],
         )
         .await?;
-    // The ids stored, by organization.
+    // The ids stored, by organization, and the requests found stale.
     let mut stored: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut stale = HashSet::new();
     for row in &rows {
-        let (org, id) = (row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
-        stored.entry(org).or_default().insert(id);
+        match row.try_get::<_, Option<i64>>(2)? {
+            Some(n) => {
+                stale.insert(n as usize - 1);
+            }
+            None => {
+                let (org, id) = (row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
+                stored.entry(org).or_default().insert(id);
+            }
+        }
     }
-    // The first occurrence of a stored id is the one stored; any later one is a duplicate.
+    // The first occurrence of a stored id outside stale requests is the one stored; any other
+    // is a duplicate.
     let mut announce = false;
     let results = requests
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(n, r)| {
+            if stale.contains(&n) {
+                return Err(StoreError::DirectoryChanged);
+            }
             let mut stored = stored.get_mut(r.org.as_str());
-            r.items
+            Ok(r.items
                 .iter()
                 .map(|item| {
                     if stored
@@ -231,7 +281,7 @@ pub(crate) async fn insert_events(
                         IngestResult::Duplicate
                     }
                 })
-                .collect()
+                .collect())
         })
         .collect();
     if announce {
@@ -1415,6 +1465,138 @@ mod tests {
         .unwrap();
         store.migrate().await.expect("migrating the schema");
         Some((admin, scoped, schema))
+    }
+
+    /// An event for ingest with one delivery to `wh_x`, held in memory.
+    fn ingest_item(org: &str, id: &str) -> IngestItem {
+        IngestItem {
+            event: Arc::new(Event {
+                id: id.into(),
+                org_id: OrgId::from_trusted(org.into()),
+                event_type: "user.created".into(),
+                occurred_at: Timestamp::from_millis(1),
+                received_at: Timestamp::from_millis(1),
+                correlation_id: None,
+                data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            }),
+            deliveries: vec![NewDelivery {
+                id: DeliveryId::generate(),
+                webhook_id: WebhookId::from_trusted("wh_x".into()),
+                placement: herald_core::store::Placement::Leased,
+                skip: None,
+                not_before: None,
+            }],
+        }
+    }
+
+    /// Ingest's check against changes another node made: a request fanned out from a read of
+    /// its organization older than a committed change stores nothing (not even the events it
+    /// shares with another request of the statement, which are stored with that request's
+    /// deliveries), while requests of the same statement without the check, with a newer
+    /// read, or of an organization unchanged since, are stored. A change whose transaction
+    /// was still open when the read was marked counts as after it.
+    #[tokio::test]
+    async fn a_request_fanned_out_before_a_change_to_its_organization_stores_nothing() {
+        use herald_core::store::Store;
+        let Some((admin, scoped, schema)) = fresh_schema().await else {
+            return;
+        };
+        let store = PostgresStore::new(
+            &scoped,
+            PostgresOptions { pool_size: 2 },
+            SecretCipher::none(),
+        )
+        .unwrap();
+        let (other_node, connection) = tokio_postgres::connect(&scoped, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        other_node
+            .batch_execute(
+                "INSERT INTO organizations (id, name, handle, catalogs, created_at, updated_at) \
+                 VALUES ('org_a', 'A', 'a', '[]', 0, 0), ('org_b', 'B', 'b', '[]', 0, 0)",
+            )
+            .await
+            .unwrap();
+        let seen = || async { store.changes_seen().await.unwrap().unwrap() };
+        let before = seen().await;
+        other_node
+            .batch_execute("UPDATE organizations SET name = 'A2' WHERE id = 'org_a'")
+            .await
+            .unwrap();
+        let after = seen().await;
+        let (org_a, org_b) = (
+            OrgId::from_trusted("org_a".into()),
+            OrgId::from_trusted("org_b".into()),
+        );
+        let request = |org, seen, items| IngestRequest {
+            org,
+            seen,
+            items,
+            now: Timestamp::from_millis(1),
+            lease_until: Timestamp::from_millis(1_000),
+        };
+        let stale = [ingest_item("org_a", "x"), ingest_item("org_a", "y")];
+        let unchecked = [ingest_item("org_a", "x"), ingest_item("org_a", "z")];
+        let unchanged = [ingest_item("org_b", "w")];
+        let newer = [ingest_item("org_a", "v")];
+        let client = store.pool.get().await.unwrap();
+        let results = insert_events(
+            &client,
+            &[
+                request(&org_a, Some(&before), &stale),
+                request(&org_a, None, &unchecked),
+                request(&org_b, Some(&before), &unchanged),
+                request(&org_a, Some(&after), &newer),
+            ],
+        )
+        .await
+        .map_err(StoreError::from)
+        .unwrap();
+        let stored = IngestResult::Stored;
+        assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
+        assert_eq!(results[1].as_ref().unwrap(), &[stored, stored]);
+        assert_eq!(results[2].as_ref().unwrap(), &[stored]);
+        assert_eq!(results[3].as_ref().unwrap(), &[stored]);
+
+        // A change made by a transaction open while the read was marked, committed after. (A
+        // later transaction ends first, so that the open one is listed as such in the mark, not
+        // only past its end.)
+        other_node
+            .batch_execute("BEGIN; UPDATE organizations SET name = 'A3' WHERE id = 'org_a'")
+            .await
+            .unwrap();
+        client
+            .batch_execute("UPDATE organizations SET name = 'B2' WHERE id = 'org_b'")
+            .await
+            .unwrap();
+        let during = seen().await;
+        other_node.batch_execute("COMMIT").await.unwrap();
+        let late = [ingest_item("org_a", "u")];
+        let results = insert_events(&client, &[request(&org_a, Some(&during), &late)])
+            .await
+            .map_err(StoreError::from)
+            .unwrap();
+        assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
+
+        let rows = client
+            .query(
+                "SELECT e.org_id || '/' || e.id, d.id FROM events e \
+                 JOIN deliveries d ON d.org_id = e.org_id AND d.event_id = e.id \
+                 ORDER BY e.org_id, e.id",
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        let events: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(events, ["org_a/v", "org_a/x", "org_a/z", "org_b/w"]);
+        let x_delivery: String = rows[1].get(1);
+        assert_eq!(x_delivery, unchecked[0].deliveries[0].id.as_str());
     }
 
     /// Recording an outcome runs once per attempt, with a plan kept for the connection's life:

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use herald_core::store::{IngestItem, IngestResult, StoreError, StoreResult};
+use herald_core::store::{ChangesSeen, IngestItem, IngestResult, StoreError, StoreResult};
 use herald_core::{DeliveryId, OrgId, Timestamp};
 
 use super::deliveries::{self, IngestRequest};
@@ -32,6 +32,7 @@ const MAX_GROUP_EVENTS: usize = 1_000;
 /// One request waiting to be stored.
 struct Job {
     org: OrgId,
+    seen: Option<ChangesSeen>,
     items: Vec<IngestItem>,
     now: Timestamp,
     lease_until: Timestamp,
@@ -42,6 +43,7 @@ impl Job {
     fn request(&self) -> IngestRequest<'_> {
         IngestRequest {
             org: &self.org,
+            seen: self.seen.as_ref(),
             items: &self.items,
             now: self.now,
             lease_until: self.lease_until,
@@ -102,11 +104,13 @@ const STALL_SHOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(3)
 const TROUBLE_SHOWN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl IngestQueue {
-    /// Stores one request's events, with whatever other requests are waiting.
+    /// Stores one request's events, with whatever other requests are waiting, unless its
+    /// organization changed after `seen` ([`StoreError::DirectoryChanged`]).
     pub(crate) async fn store(
         &self,
         pool: &Pool,
         org: &OrgId,
+        seen: Option<&ChangesSeen>,
         items: &[IngestItem],
         now: Timestamp,
         lease_until: Timestamp,
@@ -125,6 +129,7 @@ impl IngestQueue {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             org: org.clone(),
+            seen: seen.cloned(),
             items: items.to_vec(),
             now,
             lease_until,
@@ -133,7 +138,7 @@ impl IngestQueue {
         if let Err(mpsc::error::SendError(job)) = self.runner(pool).send(job) {
             // The runner's runtime is shutting down: store it here.
             let mut results = store_group(pool, &[job.request()]).await?;
-            return Ok(results.pop().unwrap_or_default());
+            return results.pop().unwrap_or_else(|| Ok(Vec::new()));
         }
         // The runner answers every job it takes; it drops one only if it is itself stopped.
         // The wait is bounded as one statement is: a caller that gives up is told the database
@@ -248,7 +253,7 @@ async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
     match outcome {
         Ok(results) => {
             for (job, results) in group.into_iter().zip(results) {
-                reply(pool, unanswered, job, Ok(results)).await;
+                reply(pool, unanswered, job, results).await;
             }
         }
         Err(StoreError::Unavailable(cause)) => {
@@ -286,7 +291,7 @@ async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
                     pool,
                     unanswered,
                     job,
-                    results.map(|mut r| r.pop().unwrap_or_default()),
+                    results.and_then(|mut r| r.pop().unwrap_or_else(|| Ok(Vec::new()))),
                 )
                 .await;
             }
@@ -419,6 +424,7 @@ async fn reply(
         now,
         lease_until,
         reply,
+        ..
     } = job;
     if let Err(Ok(results)) = reply.send(result) {
         let held = held_at_ingest(&items, Some(&results), lease_until);
@@ -478,7 +484,7 @@ static NOT_GIVEN_BACK: herald_core::throttle::Throttle =
 async fn store_group(
     pool: &Pool,
     requests: &[IngestRequest<'_>],
-) -> StoreResult<Vec<Vec<IngestResult>>> {
+) -> StoreResult<Vec<StoreResult<Vec<IngestResult>>>> {
     timed(async {
         let mut client = pool.get().await.map_err(pool_error)?;
         if requests.iter().any(IngestRequest::announces) {

@@ -47,6 +47,7 @@ impl PostgresStore {
 
     /// [`PostgresStore::migrate`], stopping after version `last`.
     pub(crate) async fn migrate_up_to(&self, last: i64) -> StoreResult<usize> {
+        refuse_old_server(&self.client().await?).await?;
         let mut locked = MigrationLock::take(self.client().await?).await?;
         let applied = apply(self, locked.client(), last).await?;
         locked.release().await;
@@ -70,6 +71,7 @@ impl PostgresStore {
     /// migrations turned off). Answers the schema's version.
     pub async fn check_schema(&self) -> StoreResult<i64> {
         let client = self.client().await?;
+        refuse_old_server(&client).await?;
         let row = client
             .query_opt(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -91,6 +93,44 @@ impl PostgresStore {
         warn_if_autovacuum_is_off(&client).await;
         Ok(version)
     }
+}
+
+/// The oldest PostgreSQL Herald runs on: ingest checks its fan-out against changes committed
+/// since a read with `pg_current_snapshot` and `xid8` (migration 0013), both new in 13.
+const OLDEST_SERVER: i32 = 130_000;
+
+/// Refuses a server older than [`OLDEST_SERVER`], saying so, before a migration fails on it
+/// with PostgreSQL's own words.
+async fn refuse_old_server(client: &deadpool_postgres::Client) -> StoreResult<()> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::INT", &[])
+        .await
+        .map_err(sql)?;
+    match too_old(row.get(0)) {
+        Some(refusal) => Err(herald_core::store::StoreError::Other(refusal.into())),
+        None => Ok(()),
+    }
+}
+
+/// Why a server of `version` (as `server_version_num` gives it) is too old, if it is.
+fn too_old(version: i32) -> Option<String> {
+    (version < OLDEST_SERVER).then(|| {
+        // 12.15 is 120015; before 10, 9.6.24 was 90624.
+        let shown = if version >= 100_000 {
+            format!("{}.{}", version / 10_000, version % 10_000)
+        } else {
+            format!(
+                "{}.{}.{}",
+                version / 10_000,
+                version / 100 % 100,
+                version % 100
+            )
+        };
+        format!(
+            "this PostgreSQL server is version {shown}, and Herald needs 13 or newer: upgrade the \
+             server (or keep the embedded SQLite database, with HERALD_DATABASE_URL unset)"
+        )
+    })
 }
 
 /// What a run of the migrations did.
@@ -494,5 +534,18 @@ mod tests {
             .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn a_server_older_than_13_is_refused_naming_its_version() {
+        assert_eq!(too_old(130_000), None);
+        assert_eq!(too_old(170_002), None);
+        let refusal = too_old(120_015).unwrap();
+        assert!(
+            refusal.contains("version 12.15, and Herald needs 13 or newer"),
+            "{refusal}"
+        );
+        let refusal = too_old(90_624).unwrap();
+        assert!(refusal.contains("version 9.6.24,"), "{refusal}");
     }
 }

@@ -37,9 +37,9 @@ use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, ChangeTurn, DashboardSession, DeliveryFilter, DueDelivery, EventFilter,
-    IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
-    StoreResult, StoreSignal,
+    AttemptRecord, ChangeTurn, ChangesSeen, DashboardSession, DeliveryFilter, DueDelivery,
+    EventFilter, IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits,
+    Store, StoreError, StoreResult, StoreSignal,
 };
 use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
@@ -604,8 +604,24 @@ impl Store for PostgresStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
+        self.insert_events_seen(org, None, items, now, lease_until)
+            .await
+    }
+
+    async fn changes_seen(&self) -> StoreResult<Option<ChangesSeen>> {
+        on_client!(self, |c| orgs::changes_seen(&c)).map(Some)
+    }
+
+    async fn insert_events_seen(
+        &self,
+        org: &OrgId,
+        seen: Option<&ChangesSeen>,
+        items: &[IngestItem],
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<IngestResult>> {
         self.ingest
-            .store(&self.pool, org, items, now, lease_until)
+            .store(&self.pool, org, seen, items, now, lease_until)
             .await
     }
 

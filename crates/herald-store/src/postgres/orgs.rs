@@ -2,7 +2,7 @@
 
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
-use herald_core::store::{ChangeTurn, StoreError, StoreResult};
+use herald_core::store::{ChangeTurn, ChangesSeen, StoreError, StoreResult};
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
 
 use super::rows::{self, to_json};
@@ -117,6 +117,16 @@ pub(crate) async fn get(c: &impl Conn, id: &OrgId) -> DbResult<Organization> {
     }
 }
 
+/// Which configuration changes a read starting now sees: the database's snapshot, as text
+/// (see `INSERT_EVENTS` in `deliveries.rs`, which checks it against `directory_changes`).
+pub(crate) async fn changes_seen(c: &impl Conn) -> DbResult<ChangesSeen> {
+    let rows = c.rows("SELECT pg_current_snapshot()::TEXT", &[]).await?;
+    match rows.first() {
+        Some(row) => Ok(ChangesSeen(row.try_get(0)?)),
+        None => Err(not_found()),
+    }
+}
+
 pub(crate) async fn update(c: &impl Conn, org: &Organization) -> DbResult<()> {
     let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();
     let n = c
@@ -150,6 +160,12 @@ const DATABASE_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::B
 /// How long a deleted organization is remembered, so that what writes racing its deletion
 /// stored is swept (they last seconds; the sweep runs every few minutes).
 const REMEMBER_DELETED_MS: i64 = 86_400_000;
+
+/// How long a change to an organization's configuration is remembered for ingest's check.
+/// A node's copy of an organization is dropped milliseconds after a change, when the change's
+/// notice arrives, or all at once when its connection for notices drops; an hour covers
+/// everything but a node that heard nothing and noticed nothing for that long.
+const REMEMBER_CHANGES_MS: i64 = 3_600_000;
 
 /// Deletes the organization and everything it owns, and remembers it for the sweep
 /// ([`sweep_deleted`]).
@@ -198,6 +214,13 @@ pub(crate) async fn sweep_deleted(c: &impl Conn) -> DbResult<u64> {
     c.exec(
         &format!("DELETE FROM deleted_organizations WHERE deleted_at < {DATABASE_NOW_MS} - $1"),
         &[&REMEMBER_DELETED_MS],
+    )
+    .await?;
+    // Forgotten here too, as it runs every few minutes on every node: what ingest checks
+    // against (`changes_seen`).
+    c.exec(
+        &format!("DELETE FROM directory_changes WHERE changed_at < {DATABASE_NOW_MS} - $1"),
+        &[&REMEMBER_CHANGES_MS],
     )
     .await?;
     let mut swept = 0;

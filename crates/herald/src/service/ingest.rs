@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 use herald_core::directory::OrgSnapshot;
 use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::{self, check_against_schema};
-use herald_core::store::{DueDelivery, IngestItem, IngestResult, NewDelivery, Placement};
+use herald_core::store::{
+    ChangesSeen, DueDelivery, IngestItem, IngestResult, NewDelivery, Placement, StoreError,
+};
 use herald_core::{DeliveryId, Invalid, OrgId, Timestamp};
 
 use super::cancel_safe::GiveBackIfDropped;
@@ -100,23 +102,48 @@ pub(crate) async fn ingest_values<T>(
     for (i, raw) in raw_events.into_iter().enumerate() {
         let position = batch.then_some(i);
         let new = parse(raw).map_err(|e| at(position, e))?;
-        let channel = check(&snapshot, org, &new, origin, position)?;
+        let channel = check(&snapshot, org, &new.event_type, &new.data, origin, position)?;
         occurred_given.push(new.occurred_at.is_some());
         let event = Arc::new(new.into_event(org.clone(), now));
         let deliveries = fan_out(&snapshot, &event, channel.as_deref(), now);
         items.push(IngestItem { event, deliveries });
     }
-    check_fan_out(state, org, &items).await?;
-    // Held in memory, or spilled to the store if the webhook has more than its share there.
-    let overrun = state.dispatcher.place(&mut items);
-    let lease_until = state.lease_until(now);
-    let handing_off = GiveBackIfDropped::items(state, org, &items, now, lease_until);
-    let stored = state
-        .store
-        .insert_events(org, &items, now, lease_until)
-        .await;
-    handing_off.disarm();
-    let results = stored.map_err(ServiceError::from_store("organization"))?;
+    let stored = match store(state, org, &mut items, snapshot.seen.as_ref(), now).await? {
+        Some(stored) => stored,
+        None => {
+            // Another node changed the organization after this node's copy was read, and its
+            // notice had not come yet: what the fan-out used may miss a webhook created or
+            // switched on before this request was sent. Read again (after this request began,
+            // so with every change answered before it) and fan out again; stored without the
+            // check, as any change committed from now on is one made while this request runs.
+            state.directory.invalidate(org);
+            let snapshot = state
+                .directory
+                .snapshot(org)
+                .await
+                .map_err(ServiceError::from_store("organization"))?;
+            for (i, item) in items.iter_mut().enumerate() {
+                let (event, position) = (&item.event, batch.then_some(i));
+                let channel = check(
+                    &snapshot,
+                    org,
+                    &event.event_type,
+                    &event.data,
+                    origin,
+                    position,
+                )?;
+                item.deliveries = fan_out(&snapshot, event, channel.as_deref(), now);
+            }
+            store(state, org, &mut items, None, now)
+                .await?
+                .ok_or(ServiceError::Internal(StoreError::DirectoryChanged))?
+        }
+    };
+    let Stored {
+        results,
+        overrun,
+        lease_until,
+    } = stored;
 
     // Only noted now: what the answer says of duplicates is read after the handoff below, so
     // that a client gone meanwhile cannot strand the new deliveries (nothing may wait between
@@ -139,6 +166,45 @@ pub(crate) async fn ingest_values<T>(
         report.deliveries,
     );
     Ok(report)
+}
+
+/// What [`store`] stored.
+struct Stored {
+    results: Vec<IngestResult>,
+    /// A webhook within its share was let past the memory budget ([`hand_off`]).
+    overrun: bool,
+    lease_until: Timestamp,
+}
+
+/// Places the fanned-out events' deliveries (held in memory, or spilled to the store if the
+/// webhook has more than its share there) and stores them, if the organization has not changed
+/// since `seen` ([`herald_core::store::Store::insert_events_seen`]): `None` if it has, with
+/// nothing stored.
+async fn store(
+    state: &AppState,
+    org: &OrgId,
+    items: &mut [IngestItem],
+    seen: Option<&ChangesSeen>,
+    now: Timestamp,
+) -> ServiceResult<Option<Stored>> {
+    check_fan_out(state, org, items).await?;
+    let overrun = state.dispatcher.place(items);
+    let lease_until = state.lease_until(now);
+    let handing_off = GiveBackIfDropped::items(state, org, items, now, lease_until);
+    let stored = state
+        .store
+        .insert_events_seen(org, seen, items, now, lease_until)
+        .await;
+    handing_off.disarm();
+    match stored {
+        Ok(results) => Ok(Some(Stored {
+            results,
+            overrun,
+            lease_until,
+        })),
+        Err(StoreError::DirectoryChanged) => Ok(None),
+        Err(e) => Err(ServiceError::from_store("organization")(e)),
+    }
 }
 
 /// Refuses a request whose events would become more deliveries than one request may create
@@ -205,26 +271,25 @@ fn at(position: Option<usize>, e: Invalid) -> Invalid {
 fn check(
     snapshot: &OrgSnapshot,
     org: &OrgId,
-    new: &NewEvent,
+    type_name: &str,
+    data: &RawValue,
     origin: Origin,
     position: Option<usize>,
 ) -> ServiceResult<Option<String>> {
-    if origin == Origin::Producer && event_type::is_reserved(&new.event_type) {
+    if origin == Origin::Producer && event_type::is_reserved(type_name) {
         return Err(at(
             position,
             Invalid::new(
                 "type",
-                format!("'{}' is reserved for Herald's own events", new.event_type),
+                format!("'{type_name}' is reserved for Herald's own events"),
             ),
         )
         .into());
     }
-    let Some(resolved) = snapshot.resolve_type(&new.event_type) else {
+    let Some(resolved) = snapshot.resolve_type(type_name) else {
         return Err(ServiceError::UnknownEventType {
-            suggestion: snapshot
-                .closest_type(&new.event_type, false)
-                .map(str::to_owned),
-            name: new.event_type.clone(),
+            suggestion: snapshot.closest_type(type_name, false).map(str::to_owned),
+            name: type_name.to_owned(),
             org: org.clone(),
             field: match position {
                 Some(i) => format!("[{i}].type"),
@@ -234,13 +299,13 @@ fn check(
     };
     if let Some(validator) = resolved.validator {
         // The stored form is what is checked: what every receiver gets.
-        let data: Value = serde_json::from_str(new.data.get()).map_err(|e| {
+        let data: Value = serde_json::from_str(data.get()).map_err(|e| {
             at(
                 position,
                 Invalid::new("data", format!("could not be read back: {e}")),
             )
         })?;
-        check_against_schema(validator, &new.event_type, &data)
+        check_against_schema(validator, type_name, &data)
             .map_err(|e| ServiceError::SchemaViolation(at(position, e)))?;
     }
     Ok(resolved.channel.map(str::to_owned))

@@ -134,7 +134,8 @@ impl ServiceError {
             StoreError::NotFound => Self::NotFound(what),
             StoreError::Conflict(m) => Self::Conflict(m),
             e @ StoreError::Unavailable(_) => Self::Unavailable(e),
-            e @ StoreError::Other(_) => Self::Internal(e),
+            // Ingest fans out again on a change (`ingest::ingest_values`): never answered.
+            e @ (StoreError::Other(_) | StoreError::DirectoryChanged) => Self::Internal(e),
         }
     }
 }

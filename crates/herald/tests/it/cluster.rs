@@ -381,6 +381,43 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A webhook created through node A gets every event posted through node B once its
+    // creation is answered, though node B hears of it a moment later: its ingest finds the
+    // organization changed since its copy was read, and fans out again from the store.
+    let (_, busy) = call(&http, a, "/v1/orgs", json!({ "name": "Busy" })).await;
+    let busy = busy["id"].as_str().unwrap().to_owned();
+    let post_on_b = |id: String| {
+        let (http, b, path) = (http.clone(), b.clone(), format!("/v1/orgs/{busy}/events"));
+        async move {
+            let event =
+                json!({ "type": "user.created", "id": id, "data": { "user": { "id": "x" } } });
+            call(&http, &b, &path, event).await
+        }
+    };
+    let (status, body) = post_on_b("cached".into()).await;
+    assert_eq!(
+        (status, &body["deliveries"]),
+        (StatusCode::ACCEPTED, &json!(0))
+    );
+    const ROUNDS: usize = 30;
+    for round in 0..ROUNDS {
+        let (status, hook) = call(
+            &http,
+            a,
+            &format!("/v1/orgs/{busy}/webhooks"),
+            json!({ "name": format!("new {round}"), "url": old.url("/busy") }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{hook}");
+        let (status, body) = post_on_b(format!("busy-{round}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(
+            body["deliveries"],
+            json!(round + 1),
+            "round {round}: node B fanned out from a copy without the webhook created before"
+        );
+    }
+
     // Changes checked against the organization take turns across nodes too: of opal webhooks
     // (one per organization) created through both nodes at once, exactly one is.
     let (_, opal_org) = call(
