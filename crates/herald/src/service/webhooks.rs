@@ -559,6 +559,21 @@ async fn update_checked(
     };
     // Only where it had subscribed: not a webhook that takes WebSub and is switched off at once.
     let unsubscribe = websub && old_verification == Verification::Websub && was_active && !w.active;
+    // A new URL (or new topics, with a new profile) for a webhook that had subscribed: the old
+    // endpoint is told to unsubscribe from what it had, as deactivating would tell it, rather
+    // than wait for its leases to run out.
+    let left_behind: Vec<(Webhook, Subscription)> = match &old {
+        Some(old) if websub && old_verification == Verification::Websub && was_active && moved => {
+            let now = state.clock.now();
+            snapshot
+                .subscriptions_of(&w.id)
+                .into_iter()
+                .filter(|s| s.delivers(now))
+                .map(|s| ((**old).clone(), s.clone()))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let previous: Vec<Subscription> = snapshot
         .subscriptions_of(&w.id)
         .into_iter()
@@ -606,6 +621,7 @@ async fn update_checked(
             );
         }
         super::subscriptions::unsubscribe_soon(&state, &w.org_id, dropped);
+        super::subscriptions::unsubscribe_soon(&state, &w.org_id, left_behind);
         if let Some(old) = leaves_websub {
             asked.extend(send_verification(&state, &old, Mode::Unsubscribe).await?);
         }

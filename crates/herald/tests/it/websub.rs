@@ -445,15 +445,18 @@ async fn a_new_profile_is_a_new_topic_verified_again() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{moved}");
-    let asked = rx.verifications_on("/std");
-    assert_eq!(asked.len(), 2, "verified again");
-    assert!(
-        asked[1]
-            .param("hub.topic")
-            .unwrap()
-            .contains(".schema.optare.")
-    );
-    assert_eq!(asked[1].param("hub.mode"), Some("subscribe"));
+    // Verified again under the new topic, and the old topic unsubscribed (in the background).
+    let asked = verifications(&rx, "/std", 3).await;
+    assert_eq!(asked.len(), 3, "verified again, the old topic left");
+    let mut asked: Vec<(&str, &str)> = asked[1..]
+        .iter()
+        .map(|r| (r.param("hub.mode").unwrap(), r.param("hub.topic").unwrap()))
+        .collect();
+    asked.sort();
+    assert_eq!(asked[0].0, "subscribe");
+    assert!(asked[0].1.contains(".schema.optare."), "{asked:?}");
+    assert_eq!(asked[1].0, "unsubscribe");
+    assert_eq!(asked[1].1, first[0].param("hub.topic").unwrap());
 
     // And a type of its own whose channel it receives cannot be deleted from under it (its
     // deliveries need the type's channel to be let through).
@@ -977,6 +980,12 @@ async fn a_new_url_that_refuses_verification_gets_no_events() {
     assert_eq!(answer["events"][0]["skipped"], 1, "{answer}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(moved.received_on("/hub").iter().all(|r| r.method != "POST"));
+
+    // The old URL is told to unsubscribe from the topic it had, as deactivating would.
+    let old = verifications(&rx, "/hub", 2).await;
+    assert_eq!(old.len(), 2, "subscribed on creation, then unsubscribed");
+    assert_eq!(old[1].param("hub.mode"), Some("unsubscribe"));
+    assert_eq!(old[1].param("hub.topic"), old[0].param("hub.topic"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
