@@ -60,36 +60,27 @@ pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
 
 /// Stores the events of one or more ingest requests and their deliveries in one statement: one
 /// round trip whatever the number of events (row by row, a batch of 100 events took 200
-/// sequential round trips). Events whose id is already stored in their organization, or
-/// repeated earlier among the requests, are duplicates: nothing of theirs is written.
+/// sequential round trips). Events whose id is already stored in their organization are
+/// duplicates: nothing of theirs is written. No id may be repeated among the events.
 ///
 /// A request fanned out from a read of its organization that `$20` marks (a `pg_snapshot`;
 /// `$19` is its organization, `$21` each event's request by its number from 1) is stale if a
 /// change to the organization's configuration was committed after that mark
 /// (`directory_changes`, written by the triggers of migration 0013): nothing of it is
 /// written, and its number is answered. Only changes of transactions from the mark's `xmin` on
-/// are looked at, so the index finds none in the usual case. Of an id repeated among the
-/// requests, the first occurrence in a request that is not stale is the one stored, with its
-/// deliveries (`$22`: each delivery's event by its place among `$1`'s, from 1).
-///
-/// Events are inserted in one order whatever the order sent: two statements storing some of
-/// the same ids (a producer's retry on another node, batches sent at once) then wait for each
-/// other instead of deadlocking, which PostgreSQL would end by failing one of them.
+/// are looked at, so the index finds none in the usual case.
 const INSERT_EVENTS: &str = "WITH stale AS ( \
        SELECT r.n FROM UNNEST($19::TEXT[], $20::TEXT[]) WITH ORDINALITY AS r(org_id, seen, n) \
        WHERE r.seen IS NOT NULL AND EXISTS (SELECT 1 FROM directory_changes c \
          WHERE c.org_id = r.org_id AND c.xid >= pg_snapshot_xmin(r.seen::pg_snapshot) \
            AND NOT pg_visible_in_snapshot(c.xid, r.seen::pg_snapshot))), \
-     chosen AS ( \
-       SELECT DISTINCT ON (e.org_id COLLATE \"C\", e.id COLLATE \"C\") e.* \
-       FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
-         $6::TEXT[], $7::TEXT[], $21::BIGINT[]) WITH ORDINALITY \
-         AS e(org_id, id, type, occurred_at, received_at, correlation_id, data, request, at) \
-       WHERE e.request NOT IN (SELECT n FROM stale) \
-       ORDER BY e.org_id COLLATE \"C\", e.id COLLATE \"C\", e.at), \
      ev AS ( \
        INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
-       SELECT org_id, id, type, occurred_at, received_at, correlation_id, data FROM chosen \
+       SELECT e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data \
+       FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+         $6::TEXT[], $7::TEXT[], $21::BIGINT[]) \
+         AS e(org_id, id, type, occurred_at, received_at, correlation_id, data, request) \
+       WHERE e.request NOT IN (SELECT n FROM stale) \
        ON CONFLICT (org_id, id) DO NOTHING \
        RETURNING org_id, id), \
      dl AS ( \
@@ -98,11 +89,10 @@ const INSERT_EVENTS: &str = "WITH stale AS ( \
        SELECT d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.state, 0, 0, d.next_at, \
          d.due_at, d.lease, d.skip, d.created, d.created \
        FROM UNNEST($8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
-         $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::BIGINT[], $22::BIGINT[]) \
+         $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::BIGINT[]) \
          AS d(id, org_id, webhook_id, event_id, event_type, state, next_at, due_at, lease, skip, \
-           created, event_at) \
-       WHERE d.event_at IN (SELECT c.at FROM chosen c JOIN ev ON ev.org_id = c.org_id \
-         AND ev.id = c.id)) \
+           created) \
+       WHERE (d.org_id, d.event_id) IN (SELECT org_id, id FROM ev)) \
      SELECT org_id, id, NULL::BIGINT FROM ev UNION ALL SELECT NULL, NULL, n FROM stale";
 
 /// One ingest request's part of [`insert_events`].
@@ -133,8 +123,6 @@ struct IngestColumns<'a> {
     request_seen: Vec<Option<&'a str>>,
     /// Each event's request, numbered from 1 as `WITH ORDINALITY` numbers them.
     event_requests: Vec<i64>,
-    /// Each delivery's event, by its place among the events, from 1.
-    delivery_event_at: Vec<i64>,
     event_orgs: Vec<&'a str>,
     event_ids: Vec<&'a str>,
     types: Vec<&'a str>,
@@ -161,7 +149,6 @@ impl<'a> IngestColumns<'a> {
         let org = r.org.as_str();
         self.event_requests.push(n as i64 + 1);
         self.event_orgs.push(org);
-        let event_at = self.event_orgs.len() as i64;
         self.event_ids.push(&e.id);
         self.types.push(&e.event_type);
         self.occurred.push(e.occurred_at.as_millis());
@@ -183,7 +170,6 @@ impl<'a> IngestColumns<'a> {
                 }
             };
             self.delivery_ids.push(d.id.as_str());
-            self.delivery_event_at.push(event_at);
             self.delivery_orgs.push(org);
             self.webhooks.push(d.webhook_id.as_str());
             self.delivery_events.push(&e.id);
@@ -198,21 +184,74 @@ impl<'a> IngestColumns<'a> {
     }
 }
 
-/// Stores the requests' events and deliveries with one statement, and answers each request's
-/// results in its items' order, as if the requests had been stored one after the other: a
-/// request whose organization changed after the read it was fanned out from stored nothing and
-/// is answered [`StoreError::DirectoryChanged`].
+/// Stores the requests' events and deliveries, and answers each request's results in its
+/// items' order, as if the requests had been stored one after the other: a request whose
+/// organization changed after the read it was fanned out from stores nothing and is answered
+/// [`StoreError::DirectoryChanged`]. One statement stores them all, unless an id is repeated
+/// among them: the requests from the one that repeats it on go in a statement after, so that
+/// whether its first occurrence is stored (its request may be stale) is known by then. (All
+/// or nothing then only within a transaction: see [`without_repeats`].)
 pub(crate) async fn insert_events(
     c: &impl Conn,
     requests: &[IngestRequest<'_>],
 ) -> DbResult<Vec<Result<Vec<IngestResult>, StoreError>>> {
+    let mut results = Vec::with_capacity(requests.len());
+    let mut announce = false;
+    let mut rest = requests;
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(without_repeats(rest));
+        announce |= insert_without_repeats(c, now, &mut results).await?;
+        rest = later;
+    }
+    if announce {
+        announce_work(c).await?;
+    }
+    Ok(results)
+}
+
+/// How many of the first `requests` (at least one) repeat no id of another among them (a
+/// request may repeat its own: the first occurrence counts).
+pub(crate) fn without_repeats(requests: &[IngestRequest<'_>]) -> usize {
+    let mut first_in: HashMap<(&str, &str), usize> = HashMap::new();
+    for (n, r) in requests.iter().enumerate() {
+        for item in r.items {
+            let first = *first_in
+                .entry((r.org.as_str(), item.event.id.as_str()))
+                .or_insert(n);
+            if first != n {
+                return n;
+            }
+        }
+    }
+    requests.len()
+}
+
+/// [`insert_events`] for requests that repeat no id of one another, in one statement; adds
+/// their results to `results`, and answers whether work stored must be announced.
+async fn insert_without_repeats(
+    c: &impl Conn,
+    requests: &[IngestRequest<'_>],
+    results: &mut Vec<Result<Vec<IngestResult>, StoreError>>,
+) -> DbResult<bool> {
+    let mut events: Vec<(usize, &IngestRequest<'_>, &IngestItem)> = Vec::new();
     let mut cols = IngestColumns::default();
     for (n, r) in requests.iter().enumerate() {
         cols.request_orgs.push(r.org.as_str());
         cols.request_seen.push(r.seen.map(|s| s.0.as_str()));
-        for item in r.items {
-            cols.push_event(n, r, item);
-        }
+        let mut first_of_id = HashSet::new();
+        events.extend(
+            r.items
+                .iter()
+                .filter(|item| first_of_id.insert(item.event.id.as_str()))
+                .map(|item| (n, r, item)),
+        );
+    }
+    // Inserted in one order whatever the order sent: two statements storing some of the same
+    // ids (a producer's retry on another node, batches sent at once) then wait for each other
+    // instead of deadlocking, which PostgreSQL would end by failing one of them.
+    events.sort_unstable_by_key(|(_, r, item)| (r.org.as_str(), item.event.id.as_str()));
+    for (n, r, item) in events {
+        cols.push_event(n, r, item);
     }
     let rows = c
         .rows(
@@ -239,7 +278,6 @@ pub(crate) async fn insert_events(
                 &cols.request_orgs,
                 &cols.request_seen,
                 &cols.event_requests,
-                &cols.delivery_event_at,
             ],
         )
         .await?;
@@ -257,37 +295,28 @@ pub(crate) async fn insert_events(
             }
         }
     }
-    // The first occurrence of a stored id outside stale requests is the one stored; any other
-    // is a duplicate.
+    // The first occurrence of a stored id is the one stored; any later one is a duplicate.
     let mut announce = false;
-    let results = requests
-        .iter()
-        .enumerate()
-        .map(|(n, r)| {
-            if stale.contains(&n) {
-                return Err(StoreError::DirectoryChanged);
+    for (n, r) in requests.iter().enumerate() {
+        if stale.contains(&n) {
+            results.push(Err(StoreError::DirectoryChanged));
+            continue;
+        }
+        let mut stored = stored.get_mut(r.org.as_str());
+        let answers = r.items.iter().map(|item| {
+            if stored
+                .as_mut()
+                .is_some_and(|ids| ids.remove(item.event.id.as_str()))
+            {
+                announce |= item.deliveries.iter().any(NewDelivery::for_scheduler);
+                IngestResult::Stored
+            } else {
+                IngestResult::Duplicate
             }
-            let mut stored = stored.get_mut(r.org.as_str());
-            Ok(r.items
-                .iter()
-                .map(|item| {
-                    if stored
-                        .as_mut()
-                        .is_some_and(|ids| ids.remove(item.event.id.as_str()))
-                    {
-                        announce |= item.deliveries.iter().any(NewDelivery::for_scheduler);
-                        IngestResult::Stored
-                    } else {
-                        IngestResult::Duplicate
-                    }
-                })
-                .collect())
-        })
-        .collect();
-    if announce {
-        announce_work(c).await?;
+        });
+        results.push(Ok(answers.collect()));
     }
-    Ok(results)
+    Ok(announce)
 }
 
 const DUE_COLUMNS: &str = "d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
@@ -1491,10 +1520,11 @@ mod tests {
 
     /// Ingest's check against changes another node made: a request fanned out from a read of
     /// its organization older than a committed change stores nothing (not even the events it
-    /// shares with another request of the statement, which are stored with that request's
-    /// deliveries), while requests of the same statement without the check, with a newer
-    /// read, or of an organization unchanged since, are stored. A change whose transaction
-    /// was still open when the read was marked counts as after it.
+    /// shares with a later request of the group, which are stored with that request's
+    /// deliveries), while requests of the same group without the check, with a newer read, or
+    /// of an organization unchanged since, are stored. An id two requests share is stored
+    /// once, with the first's deliveries. A change whose transaction was still open when the
+    /// read was marked counts as after it.
     #[tokio::test]
     async fn a_request_fanned_out_before_a_change_to_its_organization_stores_nothing() {
         use herald_core::store::Store;
@@ -1540,6 +1570,7 @@ mod tests {
         let unchecked = [ingest_item("org_a", "x"), ingest_item("org_a", "z")];
         let unchanged = [ingest_item("org_b", "w")];
         let newer = [ingest_item("org_a", "v")];
+        let again = [ingest_item("org_b", "w")];
         let client = store.pool.get().await.unwrap();
         let results = insert_events(
             &client,
@@ -1548,6 +1579,7 @@ mod tests {
                 request(&org_a, None, &unchecked),
                 request(&org_b, Some(&before), &unchanged),
                 request(&org_a, Some(&after), &newer),
+                request(&org_b, None, &again),
             ],
         )
         .await
@@ -1558,6 +1590,7 @@ mod tests {
         assert_eq!(results[1].as_ref().unwrap(), &[stored, stored]);
         assert_eq!(results[2].as_ref().unwrap(), &[stored]);
         assert_eq!(results[3].as_ref().unwrap(), &[stored]);
+        assert_eq!(results[4].as_ref().unwrap(), &[IngestResult::Duplicate]);
 
         // A change made by a transaction open while the read was marked, committed after. (A
         // later transaction ends first, so that the open one is listed as such in the mark, not

@@ -480,14 +480,17 @@ static NOT_GIVEN_BACK: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
 
 /// One statement for all of `requests`, in a transaction only when work must be announced
-/// with it (deliveries stored without a lease, which no node holds yet).
+/// with it (deliveries stored without a lease, which no node holds yet), or when an id
+/// repeated among them takes a second statement: a group is stored whole or not at all.
 async fn store_group(
     pool: &Pool,
     requests: &[IngestRequest<'_>],
 ) -> StoreResult<Vec<StoreResult<Vec<IngestResult>>>> {
     timed(async {
         let mut client = pool.get().await.map_err(pool_error)?;
-        if requests.iter().any(IngestRequest::announces) {
+        if requests.iter().any(IngestRequest::announces)
+            || deliveries::without_repeats(requests) < requests.len()
+        {
             let tx = client.transaction().await.map_err(sql)?;
             let results = deliveries::insert_events(&tx, requests).await?;
             tx.commit().await.map_err(sql)?;
