@@ -48,6 +48,9 @@ pub struct RenderInput<'a> {
 pub struct OutgoingRequest {
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+    /// Header names go out in Title-Case (`X-Opal-Signature`) rather than lower case
+    /// ([`SignatureScheme::title_case_headers`]).
+    pub title_case_headers: bool,
 }
 
 /// Renders the body in the webhook's profile and signs it with its scheme.
@@ -88,7 +91,11 @@ pub fn render_batch(inputs: &[RenderInput<'_>]) -> OutgoingRequest {
         input.now,
         &body,
     ));
-    OutgoingRequest { body, headers }
+    OutgoingRequest {
+        body,
+        headers,
+        title_case_headers: scheme.title_case_headers(),
+    }
 }
 
 /// The built-in profiles by name.

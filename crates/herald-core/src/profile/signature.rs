@@ -47,6 +47,15 @@ impl SignatureScheme {
         }
     }
 
+    /// Whether the product's docs write its header names in Title-Case (`X-Opal-Signature`,
+    /// `X-Optare-Signature`), as its servers send them: a receiver handed the names as sent
+    /// (an AWS API Gateway REST API's `event.headers`) looks them up as written there.
+    /// Standard Webhooks and Asgardeo write theirs in lower case (`webhook-id`,
+    /// `x-hub-signature`), which is how they go out.
+    pub fn title_case_headers(self) -> bool {
+        matches!(self, Self::Optare | Self::Opal)
+    }
+
     /// The headers that sign `body`. `secrets` holds the current secret first, then the
     /// previous one while a rotation overlaps; only Standard Webhooks can carry both, the other
     /// schemes sign with the current secret.

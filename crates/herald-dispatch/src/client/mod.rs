@@ -139,7 +139,7 @@ impl HttpClient {
         let mut deadline = Deadline::new(timeout);
         let built = self
             .targets
-            .target(&self.policy, url)
+            .target(&self.policy, url, request.title_case_headers)
             .and_then(|target| post(&target, request, extra_headers).map(|req| (target, req)));
         let (target, req) = match built {
             Ok(built) => built,
@@ -239,7 +239,7 @@ impl HttpClient {
                 },
             }
         }
-        let mut connection = pool::connect(&self.connector, uri)
+        let mut connection = pool::connect(&self.connector, uri, origin.title_case_headers)
             .await
             .map_err(|e| classify(&*e, Stage::Connect))?;
         let response = connection
@@ -317,9 +317,11 @@ struct Targets {
 
 #[derive(Default)]
 struct Known {
-    targets: HashMap<String, Result<Arc<Target>, AttemptError>>,
-    /// By scheme and authority: every URL of one origin shares its connections.
-    origins: HashMap<String, Arc<Origin>>,
+    /// By URL, for requests with lower-case header names, then for Title-Case ones.
+    targets: [HashMap<String, Result<Arc<Target>, AttemptError>>; 2],
+    /// By scheme and authority, and header case: every URL of one origin shares its
+    /// connections.
+    origins: HashMap<(String, bool), Arc<Origin>>,
 }
 
 /// URLs remembered at most; past it the memory is cleared (webhooks are few, URLs rarely
@@ -327,15 +329,22 @@ struct Known {
 const MAX_TARGETS: usize = 4096;
 
 impl Targets {
-    /// Where to send for `url`, or why nothing may be sent to it.
-    fn target(&self, policy: &AddressPolicy, url: &str) -> Result<Arc<Target>, AttemptError> {
-        if let Some(known) = self.known.lock().expect("targets lock").targets.get(url) {
+    /// Where to send for `url` a request whose header names are in Title-Case or not, or why
+    /// nothing may be sent to it.
+    fn target(
+        &self,
+        policy: &AddressPolicy,
+        url: &str,
+        title_case_headers: bool,
+    ) -> Result<Arc<Target>, AttemptError> {
+        let case = usize::from(title_case_headers);
+        if let Some(known) = self.known.lock().expect("targets lock").targets[case].get(url) {
             return known.clone();
         }
         let resolved = resolve_target(policy, url);
         let mut known = self.known.lock().expect("targets lock");
-        if known.targets.len() >= MAX_TARGETS {
-            known.targets.clear();
+        if known.targets[case].len() >= MAX_TARGETS {
+            known.targets = Default::default();
             known.origins.clear();
         }
         let target = resolved.map(|(uri, path, host)| {
@@ -346,8 +355,10 @@ impl Targets {
             );
             let origin = known
                 .origins
-                .entry(origin_key)
-                .or_insert_with(|| Arc::new(Origin::counted_in(self.idle.clone())))
+                .entry((origin_key, title_case_headers))
+                .or_insert_with(|| {
+                    Arc::new(Origin::counted_in(self.idle.clone(), title_case_headers))
+                })
                 .clone();
             Arc::new(Target {
                 uri,
@@ -356,7 +367,7 @@ impl Targets {
                 origin,
             })
         });
-        known.targets.insert(url.to_owned(), target.clone());
+        known.targets[case].insert(url.to_owned(), target.clone());
         target
     }
 
@@ -858,6 +869,7 @@ mod tests {
         OutgoingRequest {
             body: body.as_bytes().to_vec(),
             headers: vec![("content-type", "application/json".into())],
+            title_case_headers: false,
         }
     }
 
@@ -1083,6 +1095,73 @@ mod tests {
         }
     }
 
+    /// Header names go out as the profile's product writes them: in Title-Case for Opal's and
+    /// Optare's schemes (a receiver handed them as sent looks up `X-Opal-Signature`), in lower
+    /// case otherwise, each on connections of its own to the same host (a kept-alive
+    /// connection of one case is not used for the other).
+    #[tokio::test]
+    async fn header_names_go_out_in_the_case_asked_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let (heads, connections) = (heads.clone(), connections.clone());
+            async move {
+                loop {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let heads = heads.clone();
+                    tokio::spawn(async move {
+                        let (mut read, mut buf) = (Vec::new(), [0u8; 4096]);
+                        while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                            read.extend_from_slice(&buf[..n]);
+                            if read.ends_with(b"}") {
+                                let head = String::from_utf8_lossy(&read).into_owned();
+                                heads.lock().unwrap().push(head);
+                                read.clear();
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                                socket.write_all(ok).await.unwrap();
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        let client = loopback_client();
+        let cases = [true, false, true, false];
+        for title_case_headers in cases {
+            let mut signed = request("{}");
+            signed.headers.push(("x-opal-signature", "abc".into()));
+            signed.title_case_headers = title_case_headers;
+            let outcome = client.send(&url, signed, &[], Duration::from_secs(5)).await;
+            assert!(outcome.is_success(), "{outcome:?}");
+        }
+        server.abort();
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), cases.len());
+        for (head, title) in heads.iter().zip(cases) {
+            let lines = if title {
+                [
+                    "X-Opal-Signature: abc",
+                    "Content-Type: application/json",
+                    "User-Agent: ",
+                ]
+            } else {
+                [
+                    "x-opal-signature: abc",
+                    "content-type: application/json",
+                    "user-agent: ",
+                ]
+            };
+            for line in lines {
+                assert!(head.contains(line), "{line} missing from {head}");
+            }
+        }
+        // One kept-alive connection for each case.
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     /// A server on loopback that reads one request's first bytes, writes `head` and holds the
     /// connection open for five seconds.
     async fn answer_then_hold(head: &'static str) -> String {
@@ -1226,7 +1305,7 @@ mod tests {
     fn origin_of(client: &HttpClient, url: &str) -> Arc<Origin> {
         client
             .targets
-            .target(&client.policy, url)
+            .target(&client.policy, url, false)
             .unwrap()
             .origin
             .clone()

@@ -99,6 +99,10 @@ pub(super) struct Origin {
     idle: Mutex<Vec<Idle>>,
     /// The client's count across its origins, kept in step with `idle`'s length.
     total: Arc<IdleCount>,
+    /// Its connections write header names in Title-Case
+    /// (`OutgoingRequest::title_case_headers`): requests that want lower case go to the same
+    /// host through an `Origin` of their own.
+    pub(super) title_case_headers: bool,
 }
 
 struct Idle {
@@ -115,10 +119,11 @@ impl Idle {
 
 impl Origin {
     /// An origin's pool, counted in `total` with the client's others.
-    pub(super) fn counted_in(total: Arc<IdleCount>) -> Self {
+    pub(super) fn counted_in(total: Arc<IdleCount>, title_case_headers: bool) -> Self {
         Self {
             idle: Mutex::default(),
             total,
+            title_case_headers,
         }
     }
 
@@ -204,16 +209,21 @@ impl Drop for Origin {
     }
 }
 
-/// Opens a connection to `uri`'s origin and starts driving it. The connection's task ends
-/// when the connection closes, or when its last `Connection` handle is dropped.
+/// Opens a connection to `uri`'s origin and starts driving it, writing header names in
+/// Title-Case if asked. The connection's task ends when the connection closes, or when its
+/// last `Connection` handle is dropped.
 pub(super) async fn connect(
     connector: &Connector,
     uri: &http::Uri,
+    title_case_headers: bool,
 ) -> Result<Connection, ConnectError> {
     let mut connector = connector.clone();
     std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
     let io = connector.call(uri.clone()).await?;
-    let (connection, driver) = http1::handshake(io).await?;
+    let (connection, driver) = http1::Builder::new()
+        .title_case_headers(title_case_headers)
+        .handshake(io)
+        .await?;
     tokio::spawn(async move {
         // A broken connection fails the request on it; nothing more to say here.
         let _ = driver.await;
