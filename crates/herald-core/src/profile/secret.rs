@@ -35,7 +35,15 @@ impl SecretPolicy {
     /// Checks a secret the user supplied. `whsec_…` must decode to a 24-to-64-byte key; any
     /// other secret must be 16 to 256 visible ASCII characters.
     pub fn parse(self, raw: &str) -> Result<String, Invalid> {
-        let raw = raw.trim();
+        if raw.trim() != raw {
+            // Not trimmed: the secret is the HMAC key as typed, and the receiver's copy may
+            // have them or not; only the user knows.
+            return Err(Invalid::new(
+                "secret",
+                "has spaces or line breaks at its start or end; send the secret alone, exactly \
+                 as the receiver has it",
+            ));
+        }
         if raw.starts_with(herald_signature::standard::SECRET_PREFIX) {
             let key = SigningKey::parse(raw).map_err(|e| {
                 Invalid::new(
@@ -113,6 +121,14 @@ mod tests {
                 .parse("correct-horse-battery-staple")
                 .is_ok()
         );
+        // Not trimmed into another key than the receiver's.
+        for padded in [
+            "  correct-horse-battery-staple",
+            "correct-horse-battery-staple\n",
+        ] {
+            let refused = SecretPolicy::UserSupplied.parse(padded).unwrap_err();
+            assert!(refused.message.contains("at its start or end"), "{refused}");
+        }
         let looks_encrypted = SecretPolicy::UserSupplied
             .parse("enc:v1:deadbeef:AAAAAAAAAAAAAAAAAAAA")
             .unwrap_err();
