@@ -35,6 +35,10 @@ pub struct AvailableType {
     pub source: String,
     pub example: Option<serde_json::Value>,
     pub schema: Option<serde_json::Value>,
+    /// The type's URI where its catalog names events by URI (Asgardeo's), as
+    /// `GET /v1/event-types` gives it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
 }
 
 pub async fn register(
@@ -254,6 +258,7 @@ pub async fn list_for_org(
                 source: c.name.clone(),
                 example: Some(t.example.clone()),
                 schema: t.schema.clone(),
+                uri: t.uri.clone(),
             })
         })
         .collect();
@@ -269,6 +274,7 @@ pub async fn list_for_org(
         source: "custom".into(),
         example: t.example,
         schema: t.schema,
+        uri: None,
     }));
     Ok(out)
 }

@@ -1038,6 +1038,30 @@ async fn organizations_can_be_created_changed_and_deleted() {
             .iter()
             .any(|t| t["name"] == "member.role.changed" && t["channel"] == "member")
     );
+    // A catalog's event URIs (Asgardeo's) are listed for the organization as for the catalog.
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/orgs/{id}"),
+            json!({ "catalogs": ["optare", "asgardeo"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let asgardeo = catalogs["catalogs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["catalog"] == "asgardeo")
+        .unwrap();
+    let (_, types) = app.get(&format!("/v1/orgs/{id}/event-types")).await;
+    for listed in asgardeo["types"].as_array().unwrap() {
+        let uri = listed["uri"].as_str().unwrap();
+        let ours = types["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == listed["name"]);
+        assert_eq!(ours.unwrap()["uri"], uri, "{types}");
+    }
 
     let (status, _) = app.delete(&format!("/v1/orgs/{id}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
