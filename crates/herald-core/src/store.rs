@@ -404,6 +404,11 @@ pub trait Store: Send + Sync + 'static {
     async fn changes_seen(&self) -> StoreResult<Option<ChangesSeen>> {
         Ok(None)
     }
+    /// Whether a change to the organization's configuration was committed after `seen`
+    /// ([`Store::changes_seen`]); never where one process owns the store.
+    async fn changed_since(&self, _org: &OrgId, _seen: &ChangesSeen) -> StoreResult<bool> {
+        Ok(false)
+    }
     /// [`Store::insert_events`], fanned out from a read of the organization that `seen` marks
     /// (taken before that read): if a change to the organization's configuration has been
     /// committed since, nothing is stored and the answer is [`StoreError::DirectoryChanged`].

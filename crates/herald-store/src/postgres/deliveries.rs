@@ -184,31 +184,6 @@ impl<'a> IngestColumns<'a> {
     }
 }
 
-/// Stores the requests' events and deliveries, and answers each request's results in its
-/// items' order, as if the requests had been stored one after the other: a request whose
-/// organization changed after the read it was fanned out from stores nothing and is answered
-/// [`StoreError::DirectoryChanged`]. One statement stores them all, unless an id is repeated
-/// among them: the requests from the one that repeats it on go in a statement after, so that
-/// whether its first occurrence is stored (its request may be stale) is known by then. (All
-/// or nothing then only within a transaction: see [`without_repeats`].)
-pub(crate) async fn insert_events(
-    c: &impl Conn,
-    requests: &[IngestRequest<'_>],
-) -> DbResult<Vec<Result<Vec<IngestResult>, StoreError>>> {
-    let mut results = Vec::with_capacity(requests.len());
-    let mut announce = false;
-    let mut rest = requests;
-    while !rest.is_empty() {
-        let (now, later) = rest.split_at(without_repeats(rest));
-        announce |= insert_without_repeats(c, now, &mut results).await?;
-        rest = later;
-    }
-    if announce {
-        announce_work(c).await?;
-    }
-    Ok(results)
-}
-
 /// How many of the first `requests` (at least one) repeat no id of another among them (a
 /// request may repeat its own: the first occurrence counts).
 pub(crate) fn without_repeats(requests: &[IngestRequest<'_>]) -> usize {
@@ -226,13 +201,16 @@ pub(crate) fn without_repeats(requests: &[IngestRequest<'_>]) -> usize {
     requests.len()
 }
 
-/// [`insert_events`] for requests that repeat no id of one another, in one statement; adds
-/// their results to `results`, and answers whether work stored must be announced.
-async fn insert_without_repeats(
+/// Stores the requests' events and deliveries with one statement, and answers each request's
+/// results in its items' order, as if the requests had been stored one after the other: a
+/// request whose organization changed after the read it was fanned out from stores nothing and
+/// is answered [`StoreError::DirectoryChanged`]. The requests repeat no id of one another
+/// ([`without_repeats`]: the caller stores those that do in a statement after).
+pub(crate) async fn insert_events(
     c: &impl Conn,
     requests: &[IngestRequest<'_>],
-    results: &mut Vec<Result<Vec<IngestResult>, StoreError>>,
-) -> DbResult<bool> {
+) -> DbResult<Vec<Result<Vec<IngestResult>, StoreError>>> {
+    debug_assert_eq!(without_repeats(requests), requests.len());
     let mut events: Vec<(usize, &IngestRequest<'_>, &IngestItem)> = Vec::new();
     let mut cols = IngestColumns::default();
     for (n, r) in requests.iter().enumerate() {
@@ -297,6 +275,7 @@ async fn insert_without_repeats(
     }
     // The first occurrence of a stored id is the one stored; any later one is a duplicate.
     let mut announce = false;
+    let mut results = Vec::with_capacity(requests.len());
     for (n, r) in requests.iter().enumerate() {
         if stale.contains(&n) {
             results.push(Err(StoreError::DirectoryChanged));
@@ -316,7 +295,10 @@ async fn insert_without_repeats(
         });
         results.push(Ok(answers.collect()));
     }
-    Ok(announce)
+    if announce {
+        announce_work(c).await?;
+    }
+    Ok(results)
 }
 
 const DUE_COLUMNS: &str = "d.id, d.org_id, d.webhook_id, d.attempt_count, d.schedule_base, \
@@ -1520,11 +1502,10 @@ mod tests {
 
     /// Ingest's check against changes another node made: a request fanned out from a read of
     /// its organization older than a committed change stores nothing (not even the events it
-    /// shares with a later request of the group, which are stored with that request's
-    /// deliveries), while requests of the same group without the check, with a newer read, or
-    /// of an organization unchanged since, are stored. An id two requests share is stored
-    /// once, with the first's deliveries. A change whose transaction was still open when the
-    /// read was marked counts as after it.
+    /// shares with a request stored after, which are stored with that request's deliveries),
+    /// while requests of the same statement without the check, with a newer read, or of an
+    /// organization unchanged since, are stored. A change whose transaction was still open
+    /// when the read was marked counts as after it.
     #[tokio::test]
     async fn a_request_fanned_out_before_a_change_to_its_organization_stores_nothing() {
         use herald_core::store::Store;
@@ -1576,10 +1557,8 @@ mod tests {
             &client,
             &[
                 request(&org_a, Some(&before), &stale),
-                request(&org_a, None, &unchecked),
                 request(&org_b, Some(&before), &unchanged),
                 request(&org_a, Some(&after), &newer),
-                request(&org_b, None, &again),
             ],
         )
         .await
@@ -1587,10 +1566,21 @@ mod tests {
         .unwrap();
         let stored = IngestResult::Stored;
         assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
-        assert_eq!(results[1].as_ref().unwrap(), &[stored, stored]);
+        assert_eq!(results[1].as_ref().unwrap(), &[stored]);
         assert_eq!(results[2].as_ref().unwrap(), &[stored]);
-        assert_eq!(results[3].as_ref().unwrap(), &[stored]);
-        assert_eq!(results[4].as_ref().unwrap(), &[IngestResult::Duplicate]);
+        // Stored after: the stale request's `x` is new, the first request's `w` is not.
+        let results = insert_events(
+            &client,
+            &[
+                request(&org_a, None, &unchecked),
+                request(&org_b, None, &again),
+            ],
+        )
+        .await
+        .map_err(StoreError::from)
+        .unwrap();
+        assert_eq!(results[0].as_ref().unwrap(), &[stored, stored]);
+        assert_eq!(results[1].as_ref().unwrap(), &[IngestResult::Duplicate]);
 
         // A change made by a transaction open while the read was marked, committed after. (A
         // later transaction ends first, so that the open one is listed as such in the mark, not
@@ -1630,6 +1620,39 @@ mod tests {
         assert_eq!(events, ["org_a/v", "org_a/x", "org_a/z", "org_b/w"]);
         let x_delivery: String = rows[1].get(1);
         assert_eq!(x_delivery, unchecked[0].deliveries[0].id.as_str());
+    }
+
+    /// Requests that repeat an id of an earlier one (in their organization) start a new run;
+    /// one that repeats its own, or another organization's, does not.
+    #[test]
+    fn a_run_ends_before_a_request_that_repeats_an_earlier_ones_id() {
+        let (a, b) = (
+            OrgId::from_trusted("org_a".into()),
+            OrgId::from_trusted("org_b".into()),
+        );
+        let items = |org: &str, ids: &[&str]| -> Vec<IngestItem> {
+            ids.iter().map(|id| ingest_item(org, id)).collect()
+        };
+        let (x, xx, yx, bx) = (
+            items("org_a", &["x"]),
+            items("org_a", &["x", "x"]),
+            items("org_a", &["y", "x"]),
+            items("org_b", &["x"]),
+        );
+        let request = |org, items| IngestRequest {
+            org,
+            seen: None,
+            items,
+            now: Timestamp::from_millis(1),
+            lease_until: Timestamp::from_millis(1),
+        };
+        assert_eq!(without_repeats(&[request(&a, &xx)]), 1);
+        assert_eq!(without_repeats(&[request(&a, &xx), request(&b, &bx)]), 2);
+        assert_eq!(
+            without_repeats(&[request(&a, &x), request(&b, &bx), request(&a, &yx)]),
+            2
+        );
+        assert_eq!(without_repeats(&[]), 0);
     }
 
     /// Recording an outcome runs once per attempt, with a plan kept for the connection's life:

@@ -245,8 +245,25 @@ async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, unanswered: Arc
     }
 }
 
-/// Stores a group and answers each of its jobs.
-async fn answer(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
+/// Stores a group and answers each of its jobs: in runs of jobs that repeat no id of one
+/// another, each run its own statement and commit, one after the other. A job repeating an id
+/// of an earlier one is stored once that one's fate is known (its organization may have
+/// changed, and then nothing of it is stored); the two in one transaction would hold the first
+/// statement's rows while the second waited for another node's, which crossed repeats turned
+/// into deadlocks.
+async fn answer(pool: &Pool, mut group: Vec<Job>, unanswered: &Arc<Unanswered>) {
+    while !group.is_empty() {
+        let requests: Vec<IngestRequest<'_>> = group.iter().map(Job::request).collect();
+        let run = deliveries::without_repeats(&requests);
+        drop(requests);
+        let rest = group.split_off(run);
+        answer_run(pool, group, unanswered).await;
+        group = rest;
+    }
+}
+
+/// Stores a run of jobs that repeat no id of one another in one statement, and answers each.
+async fn answer_run(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
     let requests: Vec<IngestRequest<'_>> = group.iter().map(Job::request).collect();
     let outcome = store_group(pool, &requests).await;
     drop(requests);
@@ -479,18 +496,16 @@ async fn give_back(
 static NOT_GIVEN_BACK: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
 
-/// One statement for all of `requests`, in a transaction only when work must be announced
-/// with it (deliveries stored without a lease, which no node holds yet), or when an id
-/// repeated among them takes a second statement: a group is stored whole or not at all.
+/// One statement for all of `requests` (which repeat no id of one another), in a transaction
+/// only when work must be announced with it (deliveries stored without a lease, which no node
+/// holds yet).
 async fn store_group(
     pool: &Pool,
     requests: &[IngestRequest<'_>],
 ) -> StoreResult<Vec<StoreResult<Vec<IngestResult>>>> {
     timed(async {
         let mut client = pool.get().await.map_err(pool_error)?;
-        if requests.iter().any(IngestRequest::announces)
-            || deliveries::without_repeats(requests) < requests.len()
-        {
+        if requests.iter().any(IngestRequest::announces) {
             let tx = client.transaction().await.map_err(sql)?;
             let results = deliveries::insert_events(&tx, requests).await?;
             tx.commit().await.map_err(sql)?;

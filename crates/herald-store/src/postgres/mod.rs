@@ -612,6 +612,10 @@ impl Store for PostgresStore {
         on_client!(self, |c| orgs::changes_seen(&c)).map(Some)
     }
 
+    async fn changed_since(&self, org: &OrgId, seen: &ChangesSeen) -> StoreResult<bool> {
+        on_client!(self, |c| orgs::changed_since(&c, org, seen))
+    }
+
     async fn insert_events_seen(
         &self,
         org: &OrgId,

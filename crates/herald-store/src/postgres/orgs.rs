@@ -127,6 +127,27 @@ pub(crate) async fn changes_seen(c: &impl Conn) -> DbResult<ChangesSeen> {
     }
 }
 
+/// Whether a change to the organization's configuration was committed after `seen` (the same
+/// test as `INSERT_EVENTS`'s in `deliveries.rs`).
+pub(crate) async fn changed_since(
+    c: &impl Conn,
+    org: &OrgId,
+    seen: &ChangesSeen,
+) -> DbResult<bool> {
+    let rows = c
+        .rows(
+            "SELECT EXISTS (SELECT 1 FROM directory_changes c WHERE c.org_id = $1 \
+               AND c.xid >= pg_snapshot_xmin($2::TEXT::pg_snapshot) \
+               AND NOT pg_visible_in_snapshot(c.xid, $2::TEXT::pg_snapshot))",
+            &[&org.as_str(), &seen.0],
+        )
+        .await?;
+    match rows.first() {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Err(not_found()),
+    }
+}
+
 pub(crate) async fn update(c: &impl Conn, org: &Organization) -> DbResult<()> {
     let catalogs: Vec<&str> = org.catalogs.iter().map(|c| c.as_str()).collect();
     let n = c

@@ -90,7 +90,7 @@ pub(crate) async fn ingest_values<T>(
     origin: Origin,
     parse: impl Fn(T) -> Result<NewEvent, Invalid>,
 ) -> ServiceResult<IngestReport> {
-    let snapshot = state
+    let mut snapshot = state
         .directory
         .snapshot(org)
         .await
@@ -99,10 +99,24 @@ pub(crate) async fn ingest_values<T>(
     let mut items = Vec::with_capacity(raw_events.len());
     // Which events said when they occurred (only then does a duplicate's time count).
     let mut occurred_given = Vec::with_capacity(raw_events.len());
+    let mut read_again = false;
     for (i, raw) in raw_events.into_iter().enumerate() {
         let position = batch.then_some(i);
         let new = parse(raw).map_err(|e| at(position, e))?;
-        let channel = check(&snapshot, org, &new.event_type, &new.data, origin, position)?;
+        let checked = check(&snapshot, org, &new.event_type, &new.data, origin, position);
+        let channel = match checked {
+            // A type another node registered (or a schema it changed) a moment ago, its
+            // notice not here yet: refused only as the store has the organization now.
+            Err(ServiceError::UnknownEventType { .. } | ServiceError::SchemaViolation(_))
+                if !read_again && changed_since(state, org, &snapshot).await? =>
+            {
+                read_again = true;
+                snapshot = read_afresh(state, org).await?;
+                fan_out_again(&snapshot, org, &mut items, batch, origin, now)?;
+                check(&snapshot, org, &new.event_type, &new.data, origin, position)?
+            }
+            checked => checked?,
+        };
         occurred_given.push(new.occurred_at.is_some());
         let event = Arc::new(new.into_event(org.clone(), now));
         let deliveries = fan_out(&snapshot, &event, channel.as_deref(), now);
@@ -116,24 +130,8 @@ pub(crate) async fn ingest_values<T>(
             // switched on before this request was sent. Read again (after this request began,
             // so with every change answered before it) and fan out again; stored without the
             // check, as any change committed from now on is one made while this request runs.
-            state.directory.invalidate(org);
-            let snapshot = state
-                .directory
-                .snapshot(org)
-                .await
-                .map_err(ServiceError::from_store("organization"))?;
-            for (i, item) in items.iter_mut().enumerate() {
-                let (event, position) = (&item.event, batch.then_some(i));
-                let channel = check(
-                    &snapshot,
-                    org,
-                    &event.event_type,
-                    &event.data,
-                    origin,
-                    position,
-                )?;
-                item.deliveries = fan_out(&snapshot, event, channel.as_deref(), now);
-            }
+            let snapshot = read_afresh(state, org).await?;
+            fan_out_again(&snapshot, org, &mut items, batch, origin, now)?;
             store(state, org, &mut items, None, now)
                 .await?
                 .ok_or(ServiceError::Internal(StoreError::DirectoryChanged))?
@@ -166,6 +164,57 @@ pub(crate) async fn ingest_values<T>(
         report.deliveries,
     );
     Ok(report)
+}
+
+/// Whether the organization's configuration changed after `snapshot` was read, as far as the
+/// store knows (where processes share it; never where one owns it).
+async fn changed_since(
+    state: &AppState,
+    org: &OrgId,
+    snapshot: &OrgSnapshot,
+) -> ServiceResult<bool> {
+    match &snapshot.seen {
+        Some(seen) => state
+            .store
+            .changed_since(org, seen)
+            .await
+            .map_err(ServiceError::from_store("organization")),
+        None => Ok(false),
+    }
+}
+
+/// The organization as the store has it now, read past this node's copy.
+async fn read_afresh(state: &AppState, org: &OrgId) -> ServiceResult<Arc<OrgSnapshot>> {
+    state.directory.invalidate(org);
+    state
+        .directory
+        .snapshot(org)
+        .await
+        .map_err(ServiceError::from_store("organization"))
+}
+
+/// Checks the events of `items` again and fans them out anew, from `snapshot`.
+fn fan_out_again(
+    snapshot: &OrgSnapshot,
+    org: &OrgId,
+    items: &mut [IngestItem],
+    batch: bool,
+    origin: Origin,
+    now: Timestamp,
+) -> ServiceResult<()> {
+    for (i, item) in items.iter_mut().enumerate() {
+        let (event, position) = (&item.event, batch.then_some(i));
+        let channel = check(
+            snapshot,
+            org,
+            &event.event_type,
+            &event.data,
+            origin,
+            position,
+        )?;
+        item.deliveries = fan_out(snapshot, event, channel.as_deref(), now);
+    }
+    Ok(())
 }
 
 /// What [`store`] stored.

@@ -417,6 +417,22 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
             "round {round}: node B fanned out from a copy without the webhook created before"
         );
     }
+    // Nor is an event of a type registered through node A a moment before refused by node B
+    // as unknown: node B looks again before it says so.
+    for round in 0..2 * ROUNDS {
+        let name = format!("probe.n{round}");
+        let (status, created) = call(
+            &http,
+            a,
+            &format!("/v1/orgs/{busy}/event-types"),
+            json!({ "name": name }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let event = json!({ "type": name, "id": format!("typed-{round}"), "data": {} });
+        let (status, body) = call(&http, b, &format!("/v1/orgs/{busy}/events"), event).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "round {round}: {body}");
+    }
 
     // Changes checked against the organization take turns across nodes too: of opal webhooks
     // (one per organization) created through both nodes at once, exactly one is.
