@@ -13,7 +13,10 @@ CREATE TABLE directory_changes (
 
 -- 0001's function, which now also records the change. Appending takes no lock another
 -- transaction waits for, unlike a counter on the organization's row: a change to several
--- rows at once and an attempt's outcome on one of them would deadlock on it.
+-- rows at once and an attempt's outcome on one of them would deadlock on it. A webhook's
+-- failing streak starting or ending (attempts' outcomes; nothing ingest fans out by) is
+-- announced but not recorded: an endpoint that flaps would otherwise send every node's
+-- ingest in flight back to read the organization again.
 CREATE OR REPLACE FUNCTION herald_directory_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     org TEXT;
@@ -24,6 +27,10 @@ BEGIN
         org := COALESCE(NEW.org_id, OLD.org_id);
     END IF;
     PERFORM pg_notify('herald_directory', org);
+    IF TG_TABLE_NAME = 'webhooks' AND TG_OP = 'UPDATE'
+        AND to_jsonb(OLD) - 'failing_since' = to_jsonb(NEW) - 'failing_since' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO directory_changes (org_id, xid, changed_at)
         VALUES (org, pg_current_xact_id(), (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT)
         ON CONFLICT (org_id, xid) DO NOTHING;

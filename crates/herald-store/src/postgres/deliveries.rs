@@ -1525,7 +1525,10 @@ mod tests {
         other_node
             .batch_execute(
                 "INSERT INTO organizations (id, name, handle, catalogs, created_at, updated_at) \
-                 VALUES ('org_a', 'A', 'a', '[]', 0, 0), ('org_b', 'B', 'b', '[]', 0, 0)",
+                 VALUES ('org_a', 'A', 'a', '[]', 0, 0), ('org_b', 'B', 'b', '[]', 0, 0); \
+                 INSERT INTO webhooks (id, org_id, name, url, events, channels, profile, secret, \
+                   active, headers, created_at, updated_at) VALUES ('wh_b', 'org_b', 'b', \
+                   'https://b.example/h', '[]', '[]', 'standard', 's', true, '{}', 0, 0)",
             )
             .await
             .unwrap();
@@ -1602,6 +1605,30 @@ mod tests {
             .unwrap();
         assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
 
+        // A webhook's failing streak starting is nothing ingest fans out by; its switching
+        // off is.
+        let marked = seen().await;
+        other_node
+            .batch_execute("UPDATE webhooks SET failing_since = 5 WHERE id = 'wh_b'")
+            .await
+            .unwrap();
+        let streak = [ingest_item("org_b", "s")];
+        let results = insert_events(&client, &[request(&org_b, Some(&marked), &streak)])
+            .await
+            .map_err(StoreError::from)
+            .unwrap();
+        assert_eq!(results[0].as_ref().unwrap(), &[stored]);
+        other_node
+            .batch_execute("UPDATE webhooks SET active = false WHERE id = 'wh_b'")
+            .await
+            .unwrap();
+        let off = [ingest_item("org_b", "t")];
+        let results = insert_events(&client, &[request(&org_b, Some(&marked), &off)])
+            .await
+            .map_err(StoreError::from)
+            .unwrap();
+        assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
+
         let rows = client
             .query(
                 "SELECT e.org_id || '/' || e.id, d.id FROM events e \
@@ -1617,7 +1644,10 @@ mod tests {
             .await
             .unwrap();
         let events: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        assert_eq!(events, ["org_a/v", "org_a/x", "org_a/z", "org_b/w"]);
+        assert_eq!(
+            events,
+            ["org_a/v", "org_a/x", "org_a/z", "org_b/s", "org_b/w"]
+        );
         let x_delivery: String = rows[1].get(1);
         assert_eq!(x_delivery, unchecked[0].deliveries[0].id.as_str());
     }
