@@ -39,10 +39,11 @@ pub struct ListenArgs {
 
 /// `--secret`: one Herald could have given (a `whsec_` key, or 16 to 256 visible characters),
 /// so that a mistake (an empty variable, a cut-off paste) stops here rather than answering
-/// every delivery 401.
+/// every delivery 401. Spaces and line breaks around it (`--secret "$(cat file)"`, a paste)
+/// are dropped: no secret Herald gives has any.
 fn parse_secret(raw: &str) -> Result<String, String> {
     herald_core::profile::SecretPolicy::UserSupplied
-        .parse(raw)
+        .parse(raw.trim())
         .map_err(|e| {
             let why = e.message.split("; omit it").next().unwrap_or_default();
             format!("not a webhook secret ({why}); give the secret Herald showed when the webhook was created or its secret rotated")
