@@ -184,8 +184,8 @@ impl<'a> IngestColumns<'a> {
     }
 }
 
-/// How many of the first `requests` (at least one) repeat no id of another among them (a
-/// request may repeat its own: the first occurrence counts).
+/// How many of the first `requests` repeat no id of another among them: at least one, if there
+/// are any (a request may repeat its own: its first occurrence counts).
 pub(crate) fn without_repeats(requests: &[IngestRequest<'_>]) -> usize {
     let mut first_in: HashMap<(&str, &str), usize> = HashMap::new();
     for (n, r) in requests.iter().enumerate() {
@@ -211,12 +211,14 @@ pub(crate) async fn insert_events(
     requests: &[IngestRequest<'_>],
 ) -> DbResult<Vec<Result<Vec<IngestResult>, StoreError>>> {
     debug_assert_eq!(without_repeats(requests), requests.len());
-    let mut events: Vec<(usize, &IngestRequest<'_>, &IngestItem)> = Vec::new();
+    let mut events: Vec<(usize, &IngestRequest<'_>, &IngestItem)> =
+        Vec::with_capacity(requests.iter().map(|r| r.items.len()).sum());
     let mut cols = IngestColumns::default();
+    let mut first_of_id = HashSet::new();
     for (n, r) in requests.iter().enumerate() {
         cols.request_orgs.push(r.org.as_str());
         cols.request_seen.push(r.seen.map(|s| s.0.as_str()));
-        let mut first_of_id = HashSet::new();
+        first_of_id.clear();
         events.extend(
             r.items
                 .iter()
