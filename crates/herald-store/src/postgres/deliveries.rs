@@ -37,6 +37,7 @@ use tokio_postgres::types::ToSql;
 use super::rows::{self, big};
 use deadpool_postgres::Pool;
 
+use super::orgs::changed_after_mark;
 use super::{Conn, DbResult, conflict, not_found};
 use crate::paginate;
 
@@ -66,14 +67,13 @@ pub(crate) async fn announce_work(c: &impl Conn) -> DbResult<()> {
 /// A request fanned out from a read of its organization that `$20` marks (a `pg_snapshot`;
 /// `$19` is its organization, `$21` each event's request by its number from 1) is stale if a
 /// change to the organization's configuration was committed after that mark
-/// (`directory_changes`, written by the triggers of migration 0013): nothing of it is
-/// written, and its number is answered. Only changes of transactions from the mark's `xmin` on
-/// are looked at, so the index finds none in the usual case.
-const INSERT_EVENTS: &str = "WITH stale AS ( \
+/// ([`changed_after_mark`]): nothing of it is written, and its number is answered.
+const INSERT_EVENTS: &str = concat!(
+    "WITH stale AS ( \
        SELECT r.n FROM UNNEST($19::TEXT[], $20::TEXT[]) WITH ORDINALITY AS r(org_id, seen, n) \
-       WHERE r.seen IS NOT NULL AND EXISTS (SELECT 1 FROM directory_changes c \
-         WHERE c.org_id = r.org_id AND c.xid >= pg_snapshot_xmin(r.seen::pg_snapshot) \
-           AND NOT pg_visible_in_snapshot(c.xid, r.seen::pg_snapshot))), \
+       WHERE r.seen IS NOT NULL AND ",
+    changed_after_mark!("r.org_id", "r.seen"),
+    "), \
      ev AS ( \
        INSERT INTO events (org_id, id, type, occurred_at, received_at, correlation_id, data) \
        SELECT e.org_id, e.id, e.type, e.occurred_at, e.received_at, e.correlation_id, e.data \
@@ -93,7 +93,8 @@ const INSERT_EVENTS: &str = "WITH stale AS ( \
          AS d(id, org_id, webhook_id, event_id, event_type, state, next_at, due_at, lease, skip, \
            created) \
        WHERE (d.org_id, d.event_id) IN (SELECT org_id, id FROM ev)) \
-     SELECT org_id, id, NULL::BIGINT FROM ev UNION ALL SELECT NULL, NULL, n FROM stale";
+     SELECT org_id, id, NULL::BIGINT FROM ev UNION ALL SELECT NULL, NULL, n FROM stale"
+);
 
 /// One ingest request's part of [`insert_events`].
 pub(crate) struct IngestRequest<'a> {
@@ -1502,6 +1503,17 @@ mod tests {
         }
     }
 
+    /// [`insert_events`]'s answers, which must come.
+    async fn answers(
+        c: &impl Conn,
+        requests: &[IngestRequest<'_>],
+    ) -> Vec<Result<Vec<IngestResult>, StoreError>> {
+        insert_events(c, requests)
+            .await
+            .map_err(StoreError::from)
+            .unwrap()
+    }
+
     /// Ingest's check against changes another node made: a request fanned out from a read of
     /// its organization older than a committed change stores nothing (not even the events it
     /// shares with a request stored after, which are stored with that request's deliveries),
@@ -1558,7 +1570,7 @@ mod tests {
         let newer = [ingest_item("org_a", "v")];
         let again = [ingest_item("org_b", "w")];
         let client = store.pool.get().await.unwrap();
-        let results = insert_events(
+        let results = answers(
             &client,
             &[
                 request(&org_a, Some(&before), &stale),
@@ -1566,24 +1578,20 @@ mod tests {
                 request(&org_a, Some(&after), &newer),
             ],
         )
-        .await
-        .map_err(StoreError::from)
-        .unwrap();
+        .await;
         let stored = IngestResult::Stored;
         assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
         assert_eq!(results[1].as_ref().unwrap(), &[stored]);
         assert_eq!(results[2].as_ref().unwrap(), &[stored]);
         // Stored after: the stale request's `x` is new, the first request's `w` is not.
-        let results = insert_events(
+        let results = answers(
             &client,
             &[
                 request(&org_a, None, &unchecked),
                 request(&org_b, None, &again),
             ],
         )
-        .await
-        .map_err(StoreError::from)
-        .unwrap();
+        .await;
         assert_eq!(results[0].as_ref().unwrap(), &[stored, stored]);
         assert_eq!(results[1].as_ref().unwrap(), &[IngestResult::Duplicate]);
 
@@ -1601,10 +1609,7 @@ mod tests {
         let during = seen().await;
         other_node.batch_execute("COMMIT").await.unwrap();
         let late = [ingest_item("org_a", "u")];
-        let results = insert_events(&client, &[request(&org_a, Some(&during), &late)])
-            .await
-            .map_err(StoreError::from)
-            .unwrap();
+        let results = answers(&client, &[request(&org_a, Some(&during), &late)]).await;
         assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
 
         // A webhook's failing streak starting is nothing ingest fans out by; its switching
@@ -1615,20 +1620,14 @@ mod tests {
             .await
             .unwrap();
         let streak = [ingest_item("org_b", "s")];
-        let results = insert_events(&client, &[request(&org_b, Some(&marked), &streak)])
-            .await
-            .map_err(StoreError::from)
-            .unwrap();
+        let results = answers(&client, &[request(&org_b, Some(&marked), &streak)]).await;
         assert_eq!(results[0].as_ref().unwrap(), &[stored]);
         other_node
             .batch_execute("UPDATE webhooks SET active = false WHERE id = 'wh_b'")
             .await
             .unwrap();
         let off = [ingest_item("org_b", "t")];
-        let results = insert_events(&client, &[request(&org_b, Some(&marked), &off)])
-            .await
-            .map_err(StoreError::from)
-            .unwrap();
+        let results = answers(&client, &[request(&org_b, Some(&marked), &off)]).await;
         assert!(matches!(results[0], Err(StoreError::DirectoryChanged)));
 
         let rows = client

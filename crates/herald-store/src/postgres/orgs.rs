@@ -127,8 +127,27 @@ pub(crate) async fn changes_seen(c: &impl Conn) -> DbResult<ChangesSeen> {
     }
 }
 
-/// Whether a change to the organization's configuration was committed after `seen` (the same
-/// test as `INSERT_EVENTS`'s in `deliveries.rs`).
+/// SQL that is true when a change to organization `$org` (an expression) was committed after
+/// the read that `$seen` (a `pg_snapshot` as text) marks: a `directory_changes` row (migration
+/// 0013) of a transaction that mark does not see. Only transactions from the mark's `xmin` on
+/// are looked at, so the index finds none in the usual case. Ingest's statement and
+/// [`changed_since`] share it.
+macro_rules! changed_after_mark {
+    ($org:literal, $seen:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM directory_changes c WHERE c.org_id = ",
+            $org,
+            " AND c.xid >= pg_snapshot_xmin(",
+            $seen,
+            "::pg_snapshot) AND NOT pg_visible_in_snapshot(c.xid, ",
+            $seen,
+            "::pg_snapshot))"
+        )
+    };
+}
+pub(crate) use changed_after_mark;
+
+/// Whether a change to the organization's configuration was committed after `seen`.
 pub(crate) async fn changed_since(
     c: &impl Conn,
     org: &OrgId,
@@ -136,9 +155,7 @@ pub(crate) async fn changed_since(
 ) -> DbResult<bool> {
     let rows = c
         .rows(
-            "SELECT EXISTS (SELECT 1 FROM directory_changes c WHERE c.org_id = $1 \
-               AND c.xid >= pg_snapshot_xmin($2::TEXT::pg_snapshot) \
-               AND NOT pg_visible_in_snapshot(c.xid, $2::TEXT::pg_snapshot))",
+            concat!("SELECT ", changed_after_mark!("$1", "$2::TEXT")),
             &[&org.as_str(), &seen.0],
         )
         .await?;
