@@ -98,7 +98,7 @@ async fn not_found(
 ) -> axum::response::Response {
     page_or(
         &state,
-        browsing(&request),
+        browsing(&request).map(|asked| (asked, crate::dashboard::not_found_page())),
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -121,9 +121,10 @@ async fn method_not_allowed(
     {
         return page;
     }
+    let page = crate::dashboard::method_not_allowed_page(request.method());
     page_or(
         &state,
-        browsing(&request),
+        browsing(&request).map(|asked| (asked, page)),
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -133,19 +134,17 @@ async fn method_not_allowed(
     .await
 }
 
-/// The dashboard's not-found page for a browser outside the API (`browsing`: who asked, see
-/// [`browsing`]), with the navigation of whoever is signed in; else `error` as JSON.
+/// A dashboard error page for a browser outside the API (`browsing`: who asked, see
+/// [`browsing`], and the page), with the navigation of whoever is signed in; else `error` as
+/// JSON.
 async fn page_or(
     state: &AppState,
-    browsing: Option<axum::http::request::Parts>,
+    browsing: Option<(axum::http::request::Parts, axum::response::Response)>,
     error: ApiError,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     match browsing {
-        Some(asked) => {
-            let page = crate::dashboard::not_found_page();
-            crate::dashboard::shown_with_navigation(state, asked, page).await
-        }
+        Some((asked, page)) => crate::dashboard::shown_with_navigation(state, asked, page).await,
         None => error.into_response(),
     }
 }

@@ -9,10 +9,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::session::Signed;
-use super::templates::{self, ErrorShown, Layout};
+use super::templates::{self, ErrorShown, Layout, OrgNav};
 use crate::api::ApiError;
 use crate::app::AppState;
 use crate::service::ServiceError;
+use herald_core::OrgId;
 
 #[derive(Debug)]
 pub enum DashError {
@@ -171,8 +172,9 @@ pub async fn shown_with_navigation(
     let Ok(signed) = Signed::from_request_parts(&mut asked, state).await else {
         return response;
     };
-    let layout =
+    let mut layout =
         Layout::without_messages(&signed, shown.status.canonical_reason().unwrap_or("Error"));
+    layout.org = organization_asked_of(state, &signed, asked.uri.path()).await;
     let mut shown_again = templates::error_page_in(shown.status, &shown.message, &layout);
     // Headers the error's answer set (an `Allow`, the pages' own) go with it.
     for (name, value) in response.headers() {
@@ -183,6 +185,17 @@ pub async fn shown_with_navigation(
         }
     }
     shown_again
+}
+
+/// The organization whose pages `path` is one of (`/orgs/{org}/…`), for an error page's
+/// navigation, if whoever is signed in may see it.
+async fn organization_asked_of(state: &AppState, signed: &Signed, path: &str) -> Option<OrgNav> {
+    let id = path.strip_prefix("/orgs/")?.split('/').next()?;
+    let id = OrgId::parse(id).ok()?;
+    let org = crate::service::orgs::get(state, &signed.scope, &id)
+        .await
+        .ok()?;
+    Some(OrgNav::of(&org))
 }
 
 #[cfg(test)]

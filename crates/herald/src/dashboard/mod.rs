@@ -90,6 +90,17 @@ pub fn not_found_page() -> Response {
     ))
 }
 
+/// The answer to a browser sending a request of a method that the address does not take (a
+/// form sent to a page that only shows).
+pub fn method_not_allowed_page(method: &axum::http::Method) -> Response {
+    with_page_headers(templates::error_page(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        &format!(
+            "This address does not take a {method} request. Start from the dashboard's home page."
+        ),
+    ))
+}
+
 /// The answer to a browser asking for the address of a form (which takes only its post): the
 /// form's page, where there is one.
 pub fn form_address_page(path: &str) -> Option<Response> {

@@ -82,6 +82,15 @@ pub struct OrgNav {
     pub name: String,
 }
 
+impl OrgNav {
+    pub fn of(org: &Organization) -> Self {
+        Self {
+            id: org.id.to_string(),
+            name: org.name.clone(),
+        }
+    }
+}
+
 impl Layout {
     /// The layout of a signed-in page; takes the session's one-time messages.
     pub async fn new(
@@ -95,10 +104,7 @@ impl Layout {
             signed_in: true,
             is_admin: signed.scope == Scope::Admin,
             csrf: signed.csrf.clone(),
-            org: org.map(|o| OrgNav {
-                id: o.id.to_string(),
-                name: o.name.clone(),
-            }),
+            org: org.map(OrgNav::of),
             flashes: match &signed.page {
                 Some(page) => state
                     .sessions

@@ -4,7 +4,7 @@
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN,
+    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN,
     REFERER, SET_COOKIE,
 };
 use serde_json::json;
@@ -831,6 +831,59 @@ async fn a_browser_gets_an_html_404_and_the_api_its_json() {
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    // A form sent to a page that only shows: a 405 page that says so, not the 404 page.
+    let catalog = format!("/orgs/{org}/catalog");
+    let resp = ask(reqwest::Method::POST, catalog.clone(), browser)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()[ALLOW], "GET,HEAD");
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("This address does not take a POST request."),
+        "{body}"
+    );
+    // Signed in, an error page within an organization keeps the organization's links, as its
+    // other pages have them; outside one, or in one that is not there, it has none.
+    let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
+    let org_links = format!(r#"href="/orgs/{org}/catalog""#);
+    let missing = admin
+        .get(&format!(
+            "/orgs/{org}/webhooks/wh_01J00000000000000000000000"
+        ))
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        slashes(&missing.body).contains(&org_links),
+        "{}",
+        missing.body
+    );
+    let resp = http
+        .post(format!("{}{catalog}", app.base))
+        .header(ACCEPT, browser)
+        .header(COOKIE, admin.cookie.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()[ALLOW], "GET,HEAD");
+    let body = slashes(&resp.text().await.unwrap());
+    assert!(
+        body.contains("This address does not take a POST request."),
+        "{body}"
+    );
+    assert!(
+        body.contains(&org_links) && body.contains("Sign out"),
+        "{body}"
+    );
+    for elsewhere in ["/nowhere", "/orgs/org_01J00000000000000000000000/catalog"] {
+        let page = slashes(&admin.get(elsewhere).await.body);
+        assert!(
+            page.contains("Sign out") && !page.contains("/events\""),
+            "{page}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
