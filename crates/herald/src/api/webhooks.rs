@@ -221,7 +221,9 @@ impl From<Webhook> for WebhookWithSecret {
     }
 }
 
-/// Creates a webhook. With `verification: websub` it starts inactive until activated and verified.
+/// Creates a webhook. With `verification: websub`, or with the `asgardeo` profile, it starts
+/// inactive unless `active: true` asks for it to be enabled (and its WebSub channels verified) at
+/// once.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks", tag = "webhooks",
     params(OrgPath),
     request_body = WebhookBody,
@@ -541,7 +543,9 @@ struct RotateBody {
     secret: Option<String>,
 }
 
-/// Replaces the secret. The previous one keeps signing beside it for 24 hours.
+/// Replaces the secret. Where the profile's signature header carries several signatures
+/// (Standard Webhooks), the previous secret keeps signing beside it for 24 hours
+/// (`previous_secret_expires_at`); the others sign with the new one at once.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/rotate-secret", tag = "webhooks",
     params(OrgItemPath, ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH_TOO)),
     request_body(content = Option<RotateBody>, description = "Optional"),
@@ -576,7 +580,7 @@ struct TestSent {
     delivery_id: DeliveryId,
 }
 
-/// Sends a test event (`webhook.test`) to this webhook only.
+/// Sends a test event (`herald.test`) to this webhook only.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/test", tag = "webhooks",
     params(OrgItemPath),
     responses(

@@ -27,6 +27,12 @@ impl Form {
         self.get(name).unwrap_or_default().trim().to_owned()
     }
 
+    /// The first value of `name` exactly as typed, or an empty string: for a secret, where a
+    /// space at either end would be part of the HMAC key (the service refuses it, saying so).
+    pub fn as_typed(&self, name: &str) -> String {
+        self.get(name).unwrap_or_default().to_owned()
+    }
+
     /// Every value of `name` (checked checkboxes), without empty ones.
     pub fn all(&self, name: &str) -> Vec<String> {
         self.0

@@ -63,7 +63,7 @@ impl WebhookForm {
             url: form.text("url"),
             description: form.text("description"),
             profile: form.text("profile"),
-            secret: form.text("secret"),
+            secret: form.as_typed("secret"),
             events: form.all("events"),
             channels: form.all("channels"),
             headers: form.get("headers").unwrap_or_default().to_owned(),

@@ -285,7 +285,7 @@ async fn webhook_action(
                 .map(|(_, subs)| active_flash(active, subs.as_deref()))
         }
         "rotate" => {
-            let secret = Some(form.text("secret")).filter(|s| !s.is_empty());
+            let secret = Some(form.as_typed("secret")).filter(|s| !s.is_empty());
             webhooks::rotate_secret(&state, scope, &org, &id, secret, None)
                 .await
                 .map(|w| {

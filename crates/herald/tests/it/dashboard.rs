@@ -717,6 +717,24 @@ async fn a_refused_webhook_form_keeps_what_was_typed_and_a_secret_shows_once() {
         "{}",
         a.body
     );
+    // A secret with a space at its end is refused, not trimmed into another HMAC key than the
+    // receiver's; nothing is created.
+    let padded = [
+        ("csrf", csrf.as_str()),
+        ("name", "padded"),
+        ("url", "https://example.com/h"),
+        ("secret", "a-typed-secret-of-mine "),
+    ];
+    let a = admin.post(&create, &padded).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(
+        a.body
+            .contains("Secret: has spaces or line breaks at its start or end"),
+        "{}",
+        a.body
+    );
+    let (_, hooks) = app.get(&format!("/v1/orgs/{org}/webhooks")).await;
+    assert_eq!(hooks["data"].as_array().unwrap().len(), 0, "{hooks}");
 
     for (field, typed, says) in [
         ("timeout_ms", "soon", "number of milliseconds"),
@@ -1700,6 +1718,23 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
         .await;
     let shown = slashes(&admin.get(&a.location).await.body);
     assert_eq!(shown_secret(&shown).as_deref(), Some(chosen), "{shown}");
+    // Typed with a line break after it: refused, and the secret stays.
+    let permit_api = format!("/v1/orgs/{org}/webhooks/{}", permit["id"].as_str().unwrap());
+    let (_, before) = app.get(&permit_api).await;
+    assert!(!before["updated_at"].is_null(), "{before}");
+    let a = admin
+        .post(
+            &rotate,
+            &[
+                ("csrf", csrf.as_str()),
+                ("secret", "the-third-permit-secret\n"),
+            ],
+        )
+        .await;
+    let refused = admin.get(&a.location).await.body;
+    assert!(refused.contains("spaces or line breaks"), "{refused}");
+    let (_, after) = app.get(&permit_api).await;
+    assert_eq!(after["updated_at"], before["updated_at"], "{after}");
     let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
     let shown = admin.get(&a.location).await.body;
     assert!(shown.contains("signs with a secret you choose"), "{shown}");
