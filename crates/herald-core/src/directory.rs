@@ -35,9 +35,6 @@ pub struct OrgSnapshot {
     /// it: ingest stores events fanned out from this snapshot only if none came since
     /// ([`Store::insert_events_seen`]).
     pub seen: Option<ChangesSeen>,
-    /// When its load began, in the directory's count of loads and asks
-    /// ([`Directory::snapshot_afresh`]); 0 for a snapshot built outside a directory.
-    load_began: u64,
 }
 
 /// What ingest needs to know of an event type.
@@ -74,7 +71,6 @@ impl OrgSnapshot {
                 .collect(),
             custom_types,
             seen: None,
-            load_began: 0,
         }
     }
 
@@ -451,10 +447,6 @@ pub struct Directory {
     loading: Turns<OrgId>,
     /// One change at a time per organization (see [`Directory::changing`]).
     changes: Turns<OrgId>,
-    /// Counts loads begun and asks for the organization as it is now, in one order, so that
-    /// [`Directory::snapshot_afresh`] can tell a snapshot loaded after it was asked from one
-    /// loaded before.
-    ticks: AtomicU64,
 }
 
 impl Directory {
@@ -465,7 +457,6 @@ impl Directory {
             generations: Generations::new(),
             loading: Turns::new(),
             changes: Turns::new(),
-            ticks: AtomicU64::new(1),
         }
     }
 
@@ -507,49 +498,9 @@ impl Directory {
             .await
     }
 
-    /// The organization with every change the store had committed when this was called: for a
-    /// request that learnt from the store that its copy is out of date. After another node's
-    /// change, every request that used the old copy asks at once; the first loads the
-    /// organization again, and the others take that load once the store says the organization
-    /// has not changed since (one index probe, [`Store::changed_since`]), rather than each
-    /// loading it again.
-    pub async fn snapshot_afresh(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
-        let asked = self.ticks.fetch_add(1, Ordering::SeqCst);
-        if let Some(current) = self.current(org, asked).await? {
-            return Ok(current);
-        }
-        self.loading
-            .take(org, async {
-                // Whoever held the turn before may have loaded it.
-                match self.current(org, asked).await? {
-                    Some(current) => Ok(current),
-                    None => self.load(org).await,
-                }
-            })
-            .await
-    }
-
-    /// The cached copy of `org`, if it has every change committed before `asked`: its load
-    /// began after, or the store has had no change to the organization since it was read.
-    async fn current(&self, org: &OrgId, asked: u64) -> StoreResult<Option<Arc<OrgSnapshot>>> {
-        let Some(cached) = self.cached(org) else {
-            return Ok(None);
-        };
-        if cached.load_began > asked {
-            return Ok(Some(cached));
-        }
-        match &cached.seen {
-            Some(seen) if !self.store.changed_since(org, seen).await? => Ok(Some(cached)),
-            _ => Ok(None),
-        }
-    }
-
     /// Reads the organization from the store and caches it, unless it changed meanwhile.
     async fn load(&self, org: &OrgId) -> StoreResult<Arc<OrgSnapshot>> {
         let generation = self.generations.before_load(org);
-        // Counted before the store's mark: a snapshot whose load began after an ask
-        // (`snapshot_afresh`) has every change committed before the ask.
-        let load_began = self.ticks.fetch_add(1, Ordering::SeqCst);
         // Marked before the reads: a change committed between the mark and a read is then
         // taken as unseen, which costs one reload, never a missed change.
         let seen = self.store.changes_seen().await?;
@@ -559,7 +510,6 @@ impl Directory {
         let subscriptions = self.store.org_subscriptions(org).await?;
         let mut snapshot = OrgSnapshot::build(organization, webhooks, types, subscriptions);
         snapshot.seen = seen;
-        snapshot.load_began = load_began;
         let snapshot = Arc::new(snapshot);
         let mut orgs = self.orgs.write().expect("directory lock");
         if self.generations.unchanged(org, generation) {

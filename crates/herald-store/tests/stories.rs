@@ -4723,47 +4723,6 @@ async fn deliveries_an_older_herald_stored_unlinked_are_linked_at_start() {
     assert!(next.is_some_and(|t| t >= at(LEASE_SECS)), "{next:?}");
 }
 
-/// A request that learnt its organization's copy is out of date (another node changed the
-/// organization) asks for it afresh: it gets the change, and requests asking together share
-/// one load. On PostgreSQL, once a copy with the change is cached, later asks take it after
-/// one probe of the store rather than loading the organization again; SQLite, which one
-/// process owns, has nothing to probe and loads it again each time (ingest never asks there).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_that_ask_afresh_get_the_change_and_share_one_load() {
-    for fresh in [sqlite().await, postgres().await].into_iter().flatten() {
-        requests_that_ask_afresh_get_the_change_and_share_one_load_in(fresh.store.clone()).await;
-    }
-}
-
-async fn requests_that_ask_afresh_get_the_change_and_share_one_load_in(store: Arc<dyn Store>) {
-    use herald_core::directory::Directory;
-    let (acme, _) = org_with_webhook(&store, "acme").await;
-    let directory = Arc::new(Directory::new(store.clone()));
-    let cached = directory.snapshot(&acme.id).await.unwrap();
-    // Created behind the directory's back, as through another node whose notice has not come.
-    store.create_webhook(&webhook(&acme.id)).await.unwrap();
-    assert!(Arc::ptr_eq(
-        &directory.snapshot(&acme.id).await.unwrap(),
-        &cached
-    ));
-    let afresh = directory.snapshot_afresh(&acme.id).await.unwrap();
-    assert_eq!(afresh.webhooks().len(), 2, "the change is read");
-    let shared = cached.seen.is_some();
-    let asks = (0..16).map(|_| {
-        let (directory, org) = (directory.clone(), acme.id.clone());
-        tokio::spawn(async move { directory.snapshot_afresh(&org).await.unwrap() })
-    });
-    for again in futures::future::join_all(asks).await {
-        let again = again.unwrap();
-        assert_eq!(again.webhooks().len(), 2);
-        assert_eq!(
-            Arc::ptr_eq(&again, &afresh),
-            shared,
-            "taken after a probe where the store is shared, else loaded again"
-        );
-    }
-}
-
 /// The directory's cache over a real store: requests that miss it together share one load of
 /// their organization (they get the very same snapshot), each organization its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

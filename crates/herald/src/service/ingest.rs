@@ -183,12 +183,12 @@ async fn changed_since(
     }
 }
 
-/// The organization as the store has it now, read past this node's copy (unless that was
-/// loaded since this was asked).
+/// The organization as the store has it now, read past this node's copy.
 async fn read_afresh(state: &AppState, org: &OrgId) -> ServiceResult<Arc<OrgSnapshot>> {
+    state.directory.invalidate(org);
     state
         .directory
-        .snapshot_afresh(org)
+        .snapshot(org)
         .await
         .map_err(ServiceError::from_store("organization"))
 }
