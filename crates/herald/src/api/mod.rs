@@ -121,10 +121,15 @@ async fn method_not_allowed(
     {
         return page;
     }
-    let page = crate::dashboard::method_not_allowed_page(request.method());
+    let page = |asked| {
+        (
+            asked,
+            crate::dashboard::method_not_allowed_page(request.method()),
+        )
+    };
     page_or(
         &state,
-        browsing(&request).map(|asked| (asked, page)),
+        browsing(&request).map(page),
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
