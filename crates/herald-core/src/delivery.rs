@@ -84,8 +84,12 @@ impl DeliveryState {
             _ => Err(Invalid::new(
                 "state",
                 format!(
-                    "'{}' is not a delivery state; use pending, succeeded, failed, cancelled or skipped",
-                    crate::truncate_for_message(raw)
+                    "'{}' is not a delivery state{}; use pending, succeeded, failed, cancelled or skipped",
+                    crate::truncate_for_message(raw),
+                    crate::suggest::did_you_mean(crate::suggest::closest(
+                        raw,
+                        ["pending", "succeeded", "failed", "cancelled", "skipped"]
+                    ))
                 ),
             )),
         }
@@ -280,6 +284,18 @@ fn is_unfinished(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_state_gets_the_one_it_most_likely_meant() {
+        let refused = |raw| DeliveryState::parse(raw).unwrap_err().message;
+        assert_eq!(
+            refused("faild"),
+            "'faild' is not a delivery state (did you mean 'failed'?); use pending, succeeded, \
+             failed, cancelled or skipped"
+        );
+        assert!(refused("Pending").contains("(did you mean 'pending'?)"));
+        assert!(!refused("gone").contains("did you mean"));
+    }
 
     #[test]
     fn a_redirect_is_reported_as_such() {

@@ -136,6 +136,12 @@ impl OrgSnapshot {
         self.custom_types.get(name).map(|(t, _)| t)
     }
 
+    /// The organization's own type that `typed` most likely meant (only those can be
+    /// unregistered).
+    pub fn closest_custom_type(&self, typed: &str) -> Option<&str> {
+        crate::suggest::closest(typed, self.custom_types.keys().map(String::as_str))
+    }
+
     /// How many of the organization's types (catalog or own) belong to `channel`.
     pub fn types_in_channel(&self, channel: &str) -> usize {
         let own = self

@@ -92,8 +92,12 @@ impl CatalogName {
             Err(Invalid::new(
                 "catalogs",
                 format!(
-                    "'{}' is not a built-in catalog; choose from: {}",
+                    "'{}' is not a built-in catalog{}; choose from: {}",
                     crate::truncate_for_message(raw),
+                    crate::suggest::did_you_mean(crate::suggest::closest(
+                        raw,
+                        known.iter().copied()
+                    )),
                     known.join(", ")
                 ),
             ))
@@ -153,6 +157,16 @@ pub enum CatalogSetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_catalog_gets_the_one_it_most_likely_meant() {
+        let refused = |raw| CatalogName::parse(raw).unwrap_err().message;
+        assert!(refused("optar").starts_with(
+            "'optar' is not a built-in catalog (did you mean 'optare'?); choose from: optare"
+        ));
+        assert!(!refused("okta").contains("did you mean"));
+        assert!(CatalogName::parse("optare").is_ok());
+    }
 
     #[test]
     fn every_built_in_catalog_loads_and_its_examples_match_their_schemas() {

@@ -53,7 +53,7 @@ impl ApiError {
         let why = if what == "event" {
             " kept for this organization: it was never received, or it is older than the \
              retention period (HERALD_RETENTION_DAYS, 30 days by default); list what is kept \
-             with GET …/events"
+             with GET /v1/orgs/{org}/events"
         } else {
             ""
         };
@@ -103,6 +103,19 @@ impl From<ServiceError> for ApiError {
                 retry_after: None,
             },
             E::NotFound(what) => Self::not_found(what),
+            E::NoSuchName {
+                what,
+                name,
+                suggestion,
+            } => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no such {what} '{}'{}",
+                    herald_core::truncate_for_message(&name),
+                    herald_core::suggest::did_you_mean(suggestion.as_deref())
+                ),
+            ),
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             E::Changed { now } => Self::new(
                 StatusCode::PRECONDITION_FAILED,

@@ -26,8 +26,9 @@ pub struct ListenArgs {
     /// whose signature does not verify with it is answered 401, as a receiver would.
     #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<String>,
-    /// The status to answer deliveries with (those whose signature verifies, given --secret).
-    #[arg(long, default_value_t = 200)]
+    /// The status to answer deliveries with (those whose signature verifies, given --secret):
+    /// 200 to 599.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
     pub status: u16,
     /// Wait this long before answering, in milliseconds.
     #[arg(long, default_value_t = 0)]

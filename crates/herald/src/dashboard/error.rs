@@ -80,6 +80,8 @@ fn in_dashboard_terms(message: &str) -> String {
     // The routes' words, once the routes are left out: the dashboard's buttons say these.
     text.replace("deactivate it first", "disable it first")
         .replace("activate it before", "enable it before")
+        .replace("activate it, then", "enable it, then")
+        .replace("disabled; activate it first", "disabled; enable it first")
 }
 
 /// The form's name for an API field (`events[2]` is one of the event types).
@@ -228,6 +230,16 @@ mod tests {
                 "the webhook is disabled; activate it (POST /v1/orgs/org_1/webhooks/wh_1/activate) before sending a test event"
             ),
             "the webhook is disabled; enable it before sending a test event"
+        );
+        assert_eq!(
+            super::in_dashboard_terms(
+                "the webhook is inactive: …; activate it (POST /v1/orgs/org_1/webhooks/wh_1/activate), then retry what waits"
+            ),
+            "the webhook is inactive: …; enable it, then retry what waits"
+        );
+        assert_eq!(
+            super::in_dashboard_terms("the delivery's webhook is disabled; activate it first"),
+            "the delivery's webhook is disabled; enable it first"
         );
         assert_eq!(
             super::in_dashboard_terms("a name (one word) stays"),

@@ -251,12 +251,12 @@ pub async fn retry_waiting(
 ) -> ServiceResult<RetriedWaiting> {
     let w = super::webhooks::get(state, scope, org, webhook).await?;
     if !w.active {
-        return Err(ServiceError::Conflict(
+        return Err(ServiceError::Conflict(format!(
             "the webhook is inactive: its deliveries wait, parked, until it is activated (their \
-             retry delays then count from the activation); activate it, then retry what waits \
-             to send them at once"
-                .into(),
-        ));
+             retry delays then count from the activation); activate it (POST \
+             /v1/orgs/{org}/webhooks/{webhook}/activate), then retry what waits to send them at \
+             once"
+        )));
     }
     // One time for the whole call: the probe's resend comes after it, so what the probe
     // changes (its attempt, recorded at once if it fails fast) is not made due again below.

@@ -184,7 +184,11 @@ async fn unregister_checked(
                 catalog.name
             )));
         }
-        return Err(ServiceError::NotFound("event type"));
+        return Err(ServiceError::NoSuchName {
+            what: "event type of the organization's own",
+            name: name.to_owned(),
+            suggestion: snapshot.closest_custom_type(name).map(str::to_owned),
+        });
     };
     let naming = |wants: &dyn Fn(&herald_core::webhook::Webhook) -> bool| -> String {
         super::name_webhooks(

@@ -107,6 +107,13 @@ pub enum ServiceError {
     /// Nothing with that id is visible to the caller.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// Nothing of that name: says the name, and the one it most likely meant.
+    #[error("{what} '{name}' not found")]
+    NoSuchName {
+        what: &'static str,
+        name: String,
+        suggestion: Option<String>,
+    },
     #[error("{0}")]
     Conflict(String),
     /// The caller's copy is out of date: the webhook changed since the version it names was

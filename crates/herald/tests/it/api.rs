@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
@@ -2242,6 +2242,61 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     assert!(ok && names == [&json!("opal")], "{out}");
     let (ok, out) = herald_cli(&app, &["events", "catalog", "--name", "okta"], None).await;
     assert!(!ok && out.contains("the catalogs are optare"), "{out}");
+    // `--catalog`, as `orgs create` names a catalog, does the same.
+    let (ok, out) = herald_cli(&app, &["events", "catalog", "--catalog", "opal"], None).await;
+    assert!(ok && out.contains("USER_ADDED_TO_GROUP"), "{out}");
+    // Slips a newcomer makes get the value most likely meant, and the server's advice is in
+    // the commands' words.
+    let slips: [(&[&str], &str); 6] = [
+        (
+            &[
+                "deliveries",
+                "list",
+                "--org",
+                &org,
+                "--webhook",
+                &hook,
+                "--state",
+                "faild",
+            ],
+            "is not a delivery state (did you mean 'failed'?)",
+        ),
+        (
+            &["orgs", "update", &org, "--catalog", "optar"],
+            "(did you mean 'optare'?)",
+        ),
+        (
+            &[
+                "events",
+                "unregister",
+                "--org",
+                &org,
+                "--name",
+                "invoice.piad",
+            ],
+            "no such event type of the organization's own 'invoice.piad' (did you mean 'invoice.paid'?)",
+        ),
+        // An organization's name where its handle goes, then a misspelt handle.
+        (
+            &["webhooks", "list", "--org", "Filler 7"],
+            "no organization has the handle 'Filler 7' ('Filler 7' is the name of the one whose handle is 'filler-7')",
+        ),
+        (
+            &["webhooks", "list", "--org", "filer-7"],
+            "no organization has the handle 'filer-7' (did you mean 'filler-7'?)",
+        ),
+        (
+            &["events", "get", "--org", &org, "never-sent"],
+            &format!("list what is kept with `herald events list --org {org}`"),
+        ),
+    ];
+    for (args, said) in slips {
+        let (ok, out) = herald_cli(&app, args, None).await;
+        assert!(
+            !ok && out.contains(said) && !out.contains("/v1/"),
+            "{args:?}: {out}"
+        );
+    }
     let (ok, out) = herald_cli(
         &app,
         &[
@@ -2261,7 +2316,15 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
 
     let (ok, out) = herald_cli(
         &app,
-        &["send", "--org", &org, "--type", "user.exploded"],
+        &[
+            "send",
+            "--org",
+            &org,
+            "--type",
+            "user.exploded",
+            "--data",
+            "{}",
+        ],
         None,
     )
     .await;
@@ -2269,6 +2332,14 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         !ok && out.contains("422") && out.contains("user.exploded"),
         "the server's message is shown: {out}"
     );
+    // The API needs an event's data, so the command does: none is made up for it.
+    let (ok, out) = herald_cli(
+        &app,
+        &["send", "--org", &org, "--type", "user.created"],
+        None,
+    )
+    .await;
+    assert!(!ok && out.contains("--data"), "{out}");
     // --data without --type would otherwise fall through to reading standard input.
     let (ok, out) = herald_cli(&app, &["send", "--org", &org, "--data", "{}"], None).await;
     assert!(!ok && out.contains("--type"), "{out}");
@@ -2340,6 +2411,39 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     )
     .await;
     assert!(!ok && out.contains("is `herald serve` running?"), "{out}");
+    // `https://` for a server of plain HTTP: the scheme is what is wrong, not the server.
+    let tls = app.base.replacen("http://", "https://", 1);
+    let (ok, out) = herald_cli(&app, &["orgs", "list", "--server", &tls], None).await;
+    assert!(
+        !ok && out.contains("does not speak TLS") && !out.contains("is `herald serve` running"),
+        "{out}"
+    );
+    // A server that takes the connection and never answers: the command says it waits,
+    // rather than stay silent until its time-out.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_url = format!("http://{}", stalled.local_addr().unwrap());
+    let mut waiting = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["orgs", "list", "--server", &stalled_url])
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut said = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let notice = tokio::time::timeout(Duration::from_secs(30), said.next_line())
+        .await
+        .expect("a notice well before the command's time-out")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        notice.starts_with(&format!(
+            "waiting for Herald at {stalled_url} to answer (5 s so far"
+        )),
+        "{notice}"
+    );
+    waiting.kill().await.unwrap();
+    drop(stalled);
 
     // Pointed at a server that is not Herald (here a receiver answering 200 with no body),
     // the CLI says so rather than panicking or printing an empty table.

@@ -402,7 +402,7 @@ async fn every_documented_operation_answers_as_documented() {
     // Where it may have gone, and how to see what is kept.
     let message = missing["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("HERALD_RETENTION_DAYS") && message.contains("GET …/events"),
+        message.contains("HERALD_RETENTION_DAYS") && message.contains("GET /v1/orgs/{org}/events"),
         "{missing}"
     );
     w.admin(

@@ -86,7 +86,14 @@ pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
         let webhook = path[..end]
             .split_once("/webhooks/")
             .map(|(_, rest)| rest.split_once('/').unwrap_or((rest, "")));
+        let events = path[..end]
+            .strip_suffix("/events")
+            .map(|orgs| orgs.matches('/').count());
         let mut command = match (method, path[..end].strip_suffix("/event-types"), one_type) {
+            // `/v1/orgs/{org}/events`, not a webhook's or an event's own path.
+            _ if method == "GET" && events == Some(3) => {
+                Some(format!("`herald events list --org {org}`"))
+            }
             ("GET", Some(_), _) => Some(format!("`herald events types --org {org}`")),
             ("POST", Some(_), _) => Some(format!("`herald events register --org {org} --name …`")),
             ("DELETE", _, Some(name)) => Some(format!(
@@ -131,7 +138,8 @@ pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
     }
     out.push_str(rest);
     // The API's "send one" for a secret the user chooses, as the command's flag; the
-    // commands' verbs for the routes' (`enable` runs …/activate).
+    // commands' verbs for the routes' (`enable` runs …/activate); ids for what the API calls
+    // them, where the command takes names too.
     out.replace(
         "a secret you choose; send one",
         "a secret you choose; give one with --secret",
@@ -140,6 +148,24 @@ pub(super) fn in_cli_terms(message: &str, request_org: Option<&str>) -> String {
         "activate it (`herald webhooks enable",
         "enable it (`herald webhooks enable",
     )
+    .replace(
+        "deactivate it first (`herald webhooks disable",
+        "disable it first (`herald webhooks disable",
+    )
+    .replace(
+        "webhook is disabled; activate it first",
+        "webhook is disabled; enable it first (`herald webhooks enable`)",
+    )
+    .replace(
+        "the API takes the id: list them to find it",
+        "give its id, as the list shows it",
+    )
+}
+
+/// Whether a connection to an `https://` server failed because what answered did not speak
+/// TLS (`herald serve`'s plain HTTP, say): rustls finds a record that is not one of TLS's.
+fn not_tls(server: &str, why: &str) -> bool {
+    server.starts_with("https://") && why.contains("InvalidContentType")
 }
 
 /// What a path segment or query value keeps as it is; everything else is percent-encoded, so
@@ -275,6 +301,44 @@ pub(super) struct Api {
 /// (deleting a large organization, a purge), short enough not to hang on a server that took
 /// the connection and stalled.
 const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long a command waits for a connection: a server that drops packets (a firewall, a
+/// wrong address) is said so soon, not after [`CLIENT_TIMEOUT`].
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After this long without an answer a command says it is still waiting, so that a server
+/// that took the connection and stalled does not leave the terminal silent for minutes.
+const WAIT_NOTICE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Says on standard error that the request is still waiting, once [`WAIT_NOTICE_AFTER`] has
+/// passed without the answer; dropped when the answer (or an error) comes.
+struct WaitNotice {
+    /// Never sent on: dropping it wakes the thread, which then says nothing.
+    _answered: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl WaitNotice {
+    fn start(server: &str) -> Self {
+        let (answered, waiting) = std::sync::mpsc::channel::<()>();
+        let server = server.to_owned();
+        let started = std::thread::Builder::new()
+            .name("wait-notice".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    waiting.recv_timeout(WAIT_NOTICE_AFTER)
+                {
+                    eprintln!(
+                        "waiting for Herald at {server} to answer ({} s so far; up to {} s in \
+                         all; Ctrl-C stops waiting)",
+                        WAIT_NOTICE_AFTER.as_secs(),
+                        CLIENT_TIMEOUT.as_secs()
+                    );
+                }
+            });
+        // Without a thread there is no notice, and the request goes on all the same.
+        Self {
+            _answered: started.is_ok().then_some(answered),
+        }
+    }
+}
 
 impl Api {
     pub(super) fn new(conn: Connection) -> anyhow::Result<Self> {
@@ -288,6 +352,7 @@ impl Api {
         Ok(Self {
             http: reqwest::blocking::Client::builder()
                 .timeout(CLIENT_TIMEOUT)
+                .connect_timeout(CONNECT_TIMEOUT)
                 .build()
                 .context("could not set up the HTTP client")?,
             conn,
@@ -301,11 +366,17 @@ impl Api {
     fn not_answered(&self, e: reqwest::Error) -> anyhow::Error {
         let server = &self.conn.server;
         // Without the URL, which may be long (an id of 70,000 characters) and is the user's.
-        let (builder, timeout) = (e.is_builder(), e.is_timeout());
+        let (builder, connect, timeout) = (e.is_builder(), e.is_connect(), e.is_timeout());
         let why = herald_core::error_chain(&e.without_url());
         if builder {
             anyhow::anyhow!("could not make the request to {server}: {why}")
-        } else if timeout {
+        } else if connect && not_tls(server, &why) {
+            anyhow::anyhow!(
+                "could not reach Herald at {server}: what answered there does not speak TLS; \
+                 `herald serve` listens on plain HTTP (http://…) unless a proxy in front of it \
+                 takes TLS (--server): {why}"
+            )
+        } else if timeout && !connect {
             anyhow::anyhow!(
                 "Herald at {server} did not answer within {} s; the request may still have been \
                  carried out: read what it changes before sending it again",
@@ -332,9 +403,11 @@ impl Api {
         if let Some(body) = body {
             req = req.json(&body);
         }
+        let notice = WaitNotice::start(&self.conn.server);
         let resp = req.send().map_err(|e| self.not_answered(e))?;
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
+        drop(notice);
         // Herald answers a JSON object, or nothing with 204 (a deletion).
         let value: Option<Value> = if text.is_empty() && status == reqwest::StatusCode::NO_CONTENT {
             Some(Value::Null)
@@ -406,19 +479,42 @@ impl Api {
             );
         }
         let orgs = self.get_all("/v1/orgs?limit=200")?;
-        let found = orgs["data"]
+        let orgs = orgs["data"]
             .as_array()
-            .into_iter()
-            .flatten()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let handle = |o: &Value| o["handle"].as_str().unwrap_or_default().to_owned();
+        if let Some(id) = orgs
+            .iter()
             .find(|o| o["handle"].as_str() == Some(org))
-            .and_then(|o| o["id"].as_str());
-        match found {
-            Some(id) => Ok(id.to_owned()),
-            None => bail!(
-                "no organization has the handle '{shown}'; give an organization's id (org_…) or \
-                 handle (`herald orgs list` shows both)"
-            ),
+            .and_then(|o| o["id"].as_str())
+        {
+            return Ok(id.to_owned());
         }
+        // The organization's name in place of its handle is the likely slip (`"Acme Inc"` for
+        // `acme-inc`), then a misspelt handle.
+        let by_name = orgs.iter().find(|o| {
+            o["name"]
+                .as_str()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case(org))
+        });
+        let hint = match by_name {
+            Some(o) => format!(
+                " ('{shown}' is the name of the one whose handle is '{}')",
+                handle(o)
+            ),
+            None => {
+                let handles: Vec<String> = orgs.iter().map(handle).collect();
+                herald_core::suggest::did_you_mean(herald_core::suggest::closest(
+                    org,
+                    handles.iter().map(String::as_str),
+                ))
+            }
+        };
+        bail!(
+            "no organization has the handle '{shown}'{hint}; give an organization's id (org_…) \
+             or handle (`herald orgs list` shows both)"
+        )
     }
 
     /// Puts each webhook's id in place of its name (names are the organization's and need not
@@ -607,7 +703,32 @@ mod tests {
                 "deactivate it first (POST /v1/orgs/org_1/webhooks/wh_2/deactivate): a webhook",
                 None
             ),
-            "deactivate it first (`herald webhooks disable --org org_1 wh_2`): a webhook"
+            "disable it first (`herald webhooks disable --org org_1 wh_2`): a webhook"
+        );
+        // The organization's events, not an event's nor a webhook's deliveries.
+        assert_eq!(
+            in_cli_terms(
+                "list what is kept with GET /v1/orgs/{org}/events",
+                Some("org_3")
+            ),
+            "list what is kept with `herald events list --org org_3`"
+        );
+        let unchanged =
+            "see GET /v1/orgs/org_1/events/e1/events and GET /v1/orgs/org_1/webhooks/w/events";
+        assert_eq!(in_cli_terms(unchanged, None), unchanged);
+        assert_eq!(
+            in_cli_terms(
+                "the webhook is inactive: …; activate it (POST /v1/orgs/org_1/webhooks/wh_1/activate), then retry what waits",
+                None
+            ),
+            "the webhook is inactive: …; enable it (`herald webhooks enable --org org_1 wh_1`), then retry what waits"
+        );
+        assert_eq!(
+            in_cli_terms(
+                "the delivery's webhook is disabled; activate it first",
+                None
+            ),
+            "the delivery's webhook is disabled; enable it first (`herald webhooks enable`)"
         );
         assert_eq!(
             in_cli_terms(

@@ -599,7 +599,7 @@ pub enum EventsCommand {
     /// The built-in catalogs and their event types.
     Catalog {
         /// Only this catalog (optare, opal, parallelworks, permit, asgardeo).
-        #[arg(long)]
+        #[arg(long, visible_alias = "catalog")]
         name: Option<String>,
     },
     /// Register an event type of the organization's own (beside its catalogs'), optionally
@@ -675,9 +675,15 @@ pub struct SendArgs {
     #[arg(long)]
     pub org: String,
     /// The event type; with --data, sends one event built from them.
-    #[arg(long = "type", visible_alias = "event-type", conflicts_with = "file")]
+    #[arg(
+        long = "type",
+        visible_alias = "event-type",
+        conflicts_with = "file",
+        requires = "data"
+    )]
     pub event_type: Option<String>,
-    /// The event's data as JSON (with --type).
+    /// The event's data, a JSON object (with --type, which needs it as the API does: `'{}'`
+    /// for an event that carries none).
     #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub data: Option<String>,
     /// The event's id, its idempotency key: sending it again is accepted once (with --type;

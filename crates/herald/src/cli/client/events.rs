@@ -223,7 +223,8 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let body = match (&args.event_type, &args.file) {
         (Some(t), _) => {
-            let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or("{}"))
+            // clap makes --type require --data: data the user left out is not made up here.
+            let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or_default())
                 .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
             let mut event = json!({ "type": t, "data": data });
             for (field, value) in [

@@ -17,6 +17,8 @@ pub struct Connection {
     #[arg(
         long,
         env = "HERALD_SERVER",
+        // clap shows an unset variable of a global option as `HERALD_SERVER=`, as if set empty.
+        hide_env_values = true,
         default_value = "http://127.0.0.1:7600",
         global = true,
         value_parser = parse_server

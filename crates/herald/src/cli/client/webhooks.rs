@@ -367,11 +367,13 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                     [id] => format!("`herald webhooks disable --org {org} {id}`"),
                     _ => format!("`herald webhooks disable --org {org} <id>` for each"),
                 };
+                // Said of whatever is pending, which is not looked up: the same for a webhook
+                // with a backlog as for one with nothing left to send.
                 bail!(
-                    "deleting {given} cancels what it still has to deliver, for good (its \
-                     history stays readable); run `herald webhooks delete --org {org} {given} \
-                     --yes` to go ahead, or {disable} to stop its deliveries and keep them \
-                     waiting"
+                    "deleting {given} cancels whatever deliveries are still pending, for good \
+                     (the history stays readable); run `herald webhooks delete --org {org} \
+                     {given} --yes` to go ahead, or {disable} to stop deliveries and keep what \
+                     is pending waiting"
                 );
             }
             if let [id] = ids.as_slice() {
