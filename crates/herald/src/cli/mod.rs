@@ -221,7 +221,9 @@ pub enum Command {
     #[command(after_help = "Examples:
   herald serve                                     # 127.0.0.1:7600, data in ./herald-data
   herald serve --listen 0.0.0.0:7600 --data-dir /var/lib/herald
-  HERALD_DATABASE_URL=postgres://herald@db/herald herald serve   # one of several nodes")]
+  HERALD_DATABASE_URL=postgres://herald@db/herald herald serve   # one of several nodes",
+        // `--retention-days -1` is a number out of range, not a flag clap does not know.
+        allow_negative_numbers = true)]
     Serve(Box<Settings>),
     /// Apply database migrations, re-encrypt stored secrets if --encryption-key is set, and exit
     /// (`serve` does both on start).
@@ -471,6 +473,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_negative_number_for_a_setting_is_a_value_out_of_range() {
+        let err = parse(&["serve", "--retention-days", "-1"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        assert!(
+            err.to_string().contains("'-1' for '--retention-days"),
+            "{err}"
+        );
     }
 
     #[test]
