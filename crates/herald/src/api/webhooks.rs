@@ -158,6 +158,9 @@ impl WebhookBody {
     /// it is the same as leaving the field out (clients generated from the OpenAPI document
     /// often send every field).
     fn input(self, creating: bool) -> Result<WebhookInput, Invalid> {
+        if creating {
+            every_event_by_an_empty_list(&self.events, &self.channels)?;
+        }
         Ok(WebhookInput {
             name: not_null(self.name, "name", creating)?,
             url: not_null(self.url, "url", creating)?,
@@ -180,6 +183,25 @@ impl WebhookBody {
             unchanged_since: None,
         })
     }
+}
+
+/// A new webhook with neither event types nor channels gets every event, but only when both
+/// are left out: an empty list sent for either (`"events": []`, "none yet") would give it the
+/// opposite of what was asked, as emptying them in a change would (refused there too).
+fn every_event_by_an_empty_list(
+    events: &Option<Option<Vec<String>>>,
+    channels: &Option<Option<Vec<String>>>,
+) -> Result<(), Invalid> {
+    let empty = |list: &Option<Option<Vec<String>>>| matches!(list, Some(Some(l)) if l.is_empty());
+    let names = |list: &Option<Option<Vec<String>>>| matches!(list, Some(Some(l)) if !l.is_empty());
+    if names(events) || names(channels) || !(empty(events) || empty(channels)) {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        if empty(events) { "events" } else { "channels" },
+        "with no event types and no channels the webhook would get every event; name what it \
+         should get, or give [\"*\"] (or leave out both fields) for every event",
+    ))
 }
 
 /// A field with no empty value: left out (or `null` on creation) it stays as it is.

@@ -1124,6 +1124,45 @@ async fn webhooks_can_be_changed_listed_and_bulk_deleted() {
         (&kept["events"], &kept["channels"]),
         (&json!([]), &json!(["session"]))
     );
+    // So is creating one with an empty list ("none yet"): only both left out means every
+    // event. Nothing is created.
+    let hooks = format!("/v1/orgs/{org}/webhooks");
+    let (_, before) = app.get(&hooks).await;
+    for (sent, field) in [
+        (json!({ "events": [] }), "events"),
+        (json!({ "channels": [] }), "channels"),
+        (json!({ "events": [], "channels": [] }), "events"),
+        (json!({ "events": null, "channels": [] }), "channels"),
+    ] {
+        let mut body = json!({ "name": "none-yet", "url": "https://example.com/none" });
+        body.as_object_mut()
+            .unwrap()
+            .extend(sent.as_object().unwrap().clone());
+        let (status, err) = app.post(&hooks, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{sent}: {err}");
+        assert_eq!(err["error"]["field"], field, "{sent}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("would get every event"),
+            "{err}"
+        );
+    }
+    let (_, after) = app.get(&hooks).await;
+    assert_eq!(before["data"], after["data"]);
+    // An empty list beside names is no widening.
+    let (status, made) = app
+        .post(
+            &hooks,
+            json!({ "name": "channels-only", "url": "https://example.com/c", "events": [], "channels": ["session"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["channels"], json!(["session"]));
+    // Gone again, for the lists below.
+    let made = format!("{hooks}/{}", made["id"].as_str().unwrap());
+    assert_eq!(app.delete(&made).await.0, StatusCode::NO_CONTENT);
 
     // `null` clears headers; it is refused for a field with nothing to clear to.
     let (status, cleared) = app
