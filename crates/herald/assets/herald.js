@@ -1,5 +1,6 @@
 // Herald dashboard: small enhancements; every page works without them.
-// - forms with data-confirm ask before they are sent;
+// - forms with data-confirm ask before they are sent (and say so in their `confirmed` field,
+//   which spares them the server's own page that asks where there is no JavaScript);
 // - buttons with data-copy copy the text of the element with that id (a new secret);
 // - a checkbox with data-select-all="name" checks or clears every checkbox of that name;
 // - a form being sent cannot be sent again by a second click (two webhooks for one).
@@ -10,6 +11,7 @@ document.addEventListener("submit", (event) => {
     event.preventDefault();
     return;
   }
+  if (message && form.elements.confirmed) form.elements.confirmed.value = "yes";
   if (form.dataset.sending) {
     event.preventDefault();
     return;

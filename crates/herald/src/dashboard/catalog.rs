@@ -12,6 +12,7 @@ use serde::Serialize;
 use herald_core::Invalid;
 use herald_core::org::Organization;
 
+use super::confirm;
 use super::error::{DashError, DashResult, describe};
 use super::forms::Form;
 use super::orgs::org_id;
@@ -205,6 +206,19 @@ async fn unregister_type(
     let Post { signed, form } = post;
     let org = org_id(&org)?;
     let name = form.text("name");
+    if !confirm::confirmed(&form) {
+        let back = format!("/orgs/{org}/catalog");
+        let question = confirm::Question {
+            title: "Delete this event type?",
+            consequence: &format!(
+                "The organization's own type {name} goes; events already stored keep it, and new ones of it are refused."
+            ),
+            go: "Delete",
+            back: &back,
+        };
+        let action = format!("/orgs/{org}/event-types/delete");
+        return confirm::ask(&state, &signed, &org, &form, &action, question).await;
+    }
     let flash = match event_types::unregister(&state, &signed.scope, &org, &name).await {
         Ok(()) => Flash::ok(format!(
             "Event type {name} deleted; events already stored keep it."

@@ -12,6 +12,7 @@ use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::store::DeliveryFilter;
 use herald_core::{DeliveryId, Invalid, OrgId, PageRequest, Timestamp};
 
+use super::confirm;
 use super::error::{DashError, DashResult, describe};
 use super::forms::{QueryForm, path_id};
 use super::orgs::org_id;
@@ -253,6 +254,18 @@ async fn recover_deliveries(
 ) -> DashResult<Response> {
     let (org, id) = (org_id(&org)?, webhook_id(&id)?);
     let Post { signed, form } = post;
+    if !confirm::confirmed(&form) {
+        confirm::webhook_seen(&state, &signed, &org, &id).await?;
+        let back = format!("/orgs/{org}/webhooks/{id}/deliveries");
+        let question = confirm::Question {
+            title: "Send the failed deliveries again?",
+            consequence: "Every failed delivery since the time given goes to the endpoint again, with a fresh retry schedule.",
+            go: "Send again",
+            back: &back,
+        };
+        let action = format!("/orgs/{org}/webhooks/{id}/recover");
+        return confirm::ask(&state, &signed, &org, &form, &action, question).await;
+    }
     // Skipped too: those a WebSub channel not verified then kept from being sent.
     let skipped = form.checked("skipped");
     let recovered = match parse_since(&form.text("since")) {

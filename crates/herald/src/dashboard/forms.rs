@@ -42,6 +42,11 @@ impl Form {
             .collect()
     }
 
+    /// Every field, in order, as posted.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Whether a checkbox named `name` was checked.
     pub fn checked(&self, name: &str) -> bool {
         self.get(name).is_some()

@@ -12,6 +12,7 @@ use serde::Serialize;
 use herald_core::ApiKeyId;
 use herald_core::org::{ApiKey, KeyRole};
 
+use super::confirm;
 use super::error::{DashError, DashResult, describe};
 use super::forms::path_id;
 use super::orgs::org_id;
@@ -102,7 +103,23 @@ async fn revoke_key(
 ) -> DashResult<Response> {
     let org = org_id(&org)?;
     let id = path_id(&id, ApiKeyId::parse)?;
-    let signed = post.signed;
+    let Post { signed, form } = post;
+    if !confirm::confirmed(&form) {
+        // Another organization's key is not found, asked about or not.
+        let keys = auth::list_api_keys(&state, &signed.scope, &org).await?;
+        if !keys.iter().any(|k| k.id == id) {
+            return Err(DashError::not_found());
+        }
+        let back = keys_section(&org);
+        let question = confirm::Question {
+            title: "Revoke this API key?",
+            consequence: "Programs and dashboard sessions using it stop working at once; this cannot be undone.",
+            go: "Revoke",
+            back: &back,
+        };
+        let action = format!("/orgs/{org}/api-keys/{id}/revoke");
+        return confirm::ask(&state, &signed, &org, &form, &action, question).await;
+    }
     auth::delete_api_key(&state, &signed.scope, &org, &id).await?;
     // If this was the key of this session, the next page (the organization's) finds it gone
     // and sends the person to sign in, saying why.

@@ -15,6 +15,7 @@
 mod assets;
 mod auth;
 mod catalog;
+mod confirm;
 mod deliveries;
 mod error;
 mod forms;

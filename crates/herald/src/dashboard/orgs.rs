@@ -13,6 +13,7 @@ use herald_core::subscription::Verification;
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, PageRequest, WebhookId};
 
+use super::confirm;
 use super::error::{DashResult, describe};
 use super::forms::{QueryForm, path_id};
 use super::keys::KeyRow;
@@ -298,10 +299,33 @@ async fn bulk_delete(
         .iter()
         .filter_map(|raw| WebhookId::parse(raw).ok())
         .collect();
+    let back = format!("/orgs/{org}");
+    if !ids.is_empty() && !confirm::confirmed(&form) {
+        let question = confirm::Question {
+            title: "Delete the selected webhooks?",
+            consequence: &format!(
+                "{} selected. Their pending deliveries are cancelled, for good; their history stays readable.",
+                crate::counted(ids.len() as u64, "webhook is", "webhooks are")
+            ),
+            go: "Delete",
+            back: &back,
+        };
+        let action = format!("{back}/webhooks/bulk-delete");
+        return confirm::ask(&state, &signed, &org, &form, &action, question).await;
+    }
     let flash = if ids.is_empty() {
         Flash::error("Select the webhooks to delete first.")
     } else {
         match webhooks::delete(&state, &signed.scope, &org, &ids).await {
+            // Deleted meanwhile (another tab, a second click): nothing to report as done.
+            Ok(deleted) if deleted.is_empty() => Flash::error(
+                "Nothing deleted: the selected webhooks no longer exist (deleted meanwhile?).",
+            ),
+            Ok(deleted) if deleted.len() < ids.len() => Flash::ok(format!(
+                "Deleted {}; their pending deliveries are cancelled. The other {} no longer existed.",
+                crate::counted(deleted.len() as u64, "webhook", "webhooks"),
+                ids.len() - deleted.len()
+            )),
             Ok(deleted) => Flash::ok(format!(
                 "Deleted {}; their pending deliveries are cancelled.",
                 crate::counted(deleted.len() as u64, "webhook", "webhooks")
@@ -312,9 +336,7 @@ async fn bulk_delete(
             Err(e) => Flash::error(describe(e).1),
         }
     };
-    Ok(signed
-        .flash_then_go(&state, flash, &format!("/orgs/{org}"))
-        .await)
+    Ok(signed.flash_then_go(&state, flash, &back).await)
 }
 
 /// The organization's catalogs, comma-separated, or "none" (it sends only its own types).

@@ -24,6 +24,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../templates/base.html")),
     ("macros.html", include_str!("../../templates/macros.html")),
     ("error.html", include_str!("../../templates/error.html")),
+    ("confirm.html", include_str!("../../templates/confirm.html")),
     ("login.html", include_str!("../../templates/login.html")),
     ("orgs.html", include_str!("../../templates/orgs.html")),
     ("org.html", include_str!("../../templates/org.html")),

@@ -16,6 +16,7 @@ use herald_core::subscription::{Subscription, Verification};
 use herald_core::webhook::Webhook;
 use herald_core::{OrgId, PageRequest, WebhookId};
 
+use super::confirm;
 use super::deliveries::DeliveryRow;
 use super::error::{DashError, DashResult, describe};
 use super::forms::path_id;
@@ -277,6 +278,33 @@ async fn webhook_action(
     let Post { signed, form } = post;
     let scope = &signed.scope;
     let mut back = webhook_path(&org, &id);
+    // A secret typed for the rotation is answer enough; the rest is asked first.
+    let asked = match action.as_str() {
+        "delete" => Some((
+            "Delete this webhook?",
+            "Its pending deliveries are cancelled, for good; its history stays readable.",
+            "Delete",
+        )),
+        "rotate" if form.as_typed("secret").is_empty() => Some((
+            "Rotate the secret?",
+            "The new secret is shown once. Where the profile's signature carries one secret, the receiver needs the new one at once; with Standard Webhooks the previous one keeps signing beside it for 24 hours.",
+            "Rotate secret",
+        )),
+        _ => None,
+    };
+    if let Some((title, consequence, go)) = asked
+        && !confirm::confirmed(&form)
+    {
+        confirm::webhook_seen(&state, &signed, &org, &id).await?;
+        let action = format!("{back}/{action}");
+        let question = confirm::Question {
+            title,
+            consequence,
+            go,
+            back: &back,
+        };
+        return confirm::ask(&state, &signed, &org, &form, &action, question).await;
+    }
     let outcome: Result<Flash, ServiceError> = match action.as_str() {
         "enable" | "disable" => {
             let active = action == "enable";

@@ -209,6 +209,15 @@ async fn story(app: &TestApp, rx: &TestReceiver, b: &Browser) {
         .await;
     b.screenshot("09c-api-keys").await;
 
+    // Rotating asks in the browser's dialog (accepted here, as a person would), which marks
+    // the form answered: one click rotates, without the page that asks where there is no
+    // JavaScript.
+    b.goto(&hook_url).await;
+    b.click("form[action$='/rotate'] button").await;
+    let rotated = b.element_text("#new-secret").await;
+    assert!(rotated.starts_with("whsec_"), "{rotated}");
+    assert!(b.text().await.contains("Secret rotated"));
+
     // An organization key of another organization cannot open this one.
     let other = app.create_org("Globex").await;
     let (_, key) = app

@@ -643,13 +643,19 @@ async fn an_organization_key_sees_only_its_organization() {
         assert!(!a.body.contains(r#"href="/orgs">"#), "{}", a.body);
     }
     let csrf = visitor.csrf(&format!("/orgs/{ours}")).await;
-    let a = visitor
-        .post(
-            &format!("/orgs/{theirs}/webhooks/{their_hook}/delete"),
-            &[("csrf", &csrf)],
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    // Asked first or asked already: another organization's webhook is not found either way.
+    for form in [
+        &[("csrf", csrf.as_str())][..],
+        &[("csrf", &csrf), ("confirmed", "yes")],
+    ] {
+        let a = visitor
+            .post(
+                &format!("/orgs/{theirs}/webhooks/{their_hook}/delete"),
+                form,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+    }
     let a = visitor
         .post(
             &format!("/orgs/{theirs}/deliveries/{their_delivery}/resend"),
@@ -1026,14 +1032,22 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
     let recover = format!("/orgs/{org}/webhooks/{other}/recover");
     let since = "2000-01-01T00:00";
     admin
-        .post(&recover, &[("csrf", &csrf), ("since", since)])
+        .post(
+            &recover,
+            &[("csrf", &csrf), ("since", since), ("confirmed", "yes")],
+        )
         .await;
     let body = admin.get(&history).await.body;
     assert!(body.contains("No failed deliveries since then"), "{body}");
     admin
         .post(
             &recover,
-            &[("csrf", &csrf), ("since", since), ("skipped", "on")],
+            &[
+                ("csrf", &csrf),
+                ("since", since),
+                ("skipped", "on"),
+                ("confirmed", "yes"),
+            ],
         )
         .await;
     let body = admin.get(&history).await.body;
@@ -1047,7 +1061,10 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
     assert_eq!(posts[0].json()["jti"], "held-back");
     // An active WebSub webhook is not deleted: the page says why instead.
     admin
-        .post(&format!("{page}/delete"), &[("csrf", &csrf)])
+        .post(
+            &format!("{page}/delete"),
+            &[("csrf", &csrf), ("confirmed", "yes")],
+        )
         .await;
     let body = admin.get(&page).await.body;
     // In the dashboard's terms: its Disable button, not the API's route.
@@ -1206,7 +1223,10 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
         .to_string();
     let recover = format!("/orgs/{org}/webhooks/{hook}/recover");
     let a = admin
-        .post(&recover, &[("csrf", &csrf), ("since", &since)])
+        .post(
+            &recover,
+            &[("csrf", &csrf), ("since", &since), ("confirmed", "yes")],
+        )
         .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert!(
@@ -1219,7 +1239,14 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
     app.wait_for_delivery(&org, &failed, |d| d["state"] == "succeeded")
         .await;
     let a = admin
-        .post(&recover, &[("csrf", &csrf), ("since", "last week")])
+        .post(
+            &recover,
+            &[
+                ("csrf", &csrf),
+                ("since", "last week"),
+                ("confirmed", "yes"),
+            ],
+        )
         .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert!(
@@ -1268,12 +1295,36 @@ async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
     let page = format!("/orgs/{org}");
     let csrf = admin.csrf(&page).await;
     let bulk = format!("/orgs/{org}/webhooks/bulk-delete");
-    let a = admin
-        .post(
-            &bulk,
-            &[("csrf", &csrf), ("ids", &ids[0]), ("ids", &ids[2])],
-        )
-        .await;
+    // Without JavaScript (no `confirmed` from the browser's dialog) a page asks first, and
+    // nothing is deleted until its own form, which carries the selection, is sent.
+    let selected = [("csrf", csrf.as_str()), ("ids", &ids[0]), ("ids", &ids[2])];
+    let asked = admin.post(&bulk, &selected).await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.body);
+    let asked_page = slashes(&asked.body);
+    assert!(
+        asked_page.contains("Delete the selected webhooks?")
+            && asked_page.contains("2 webhooks are selected")
+            && asked_page.contains(&format!(r#"action="{bulk}""#))
+            && asked_page.contains(&format!(r#"href="{page}">Cancel"#)),
+        "{}",
+        asked.body
+    );
+    let (_, listed) = app.get(&format!("/v1/orgs/{org}/webhooks")).await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        3,
+        "nothing deleted yet"
+    );
+    let fields = hidden_fields(&asked.body);
+    assert!(
+        fields.contains(&("confirmed".into(), "yes".into())),
+        "{fields:?}"
+    );
+    let fields: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let a = admin.post(&bulk, &fields).await;
     assert_eq!(
         (a.status, a.location.as_str()),
         (StatusCode::SEE_OTHER, page.as_str())
@@ -1281,6 +1332,13 @@ async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
     let body = admin.get(&page).await.body;
     assert!(body.contains("Deleted 2 webhooks"), "{body}");
     assert!(!body.contains(&ids[0]) && body.contains(&ids[1]) && !body.contains(&ids[2]));
+    // The same form again (a second click, another tab): nothing is said to be deleted.
+    admin.post(&bulk, &fields).await;
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains("Nothing deleted: the selected webhooks no longer exist"),
+        "{body}"
+    );
     let a = admin.post(&bulk, &[("csrf", &csrf)]).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert!(
@@ -1290,6 +1348,29 @@ async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
             .body
             .contains("Select the webhooks to delete first")
     );
+}
+
+/// The hidden fields of the forms on a page (the confirmation page's, which post again what
+/// was asked about), with the HTML escapes of their values undone.
+fn hidden_fields(body: &str) -> Vec<(String, String)> {
+    let attribute = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!(r#"{name}=""#))? + name.len() + 2;
+        let value = tag[start..].split('"').next()?;
+        Some(
+            value
+                .replace("&quot;", "\"")
+                .replace("&#x27;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&"),
+        )
+    };
+    body.split("<input ")
+        .skip(1)
+        .map(|rest| rest.split('>').next().unwrap_or_default())
+        .filter(|tag| tag.contains(r#"type="hidden""#))
+        .filter_map(|tag| Some((attribute(tag, "name")?, attribute(tag, "value")?)))
+        .collect()
 }
 
 /// The one-time secret on a page (the banner after creating a key or a webhook), if any.
@@ -1358,8 +1439,14 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
         format!("/orgs/{other}/api-keys/{other_key_id}/revoke"),
         format!("/orgs/{org}/api-keys/{other_key_id}/revoke"),
     ] {
-        let a = visitor.post(&path, &[("csrf", &csrf)]).await;
-        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}: {}", a.body);
+        // Asked first or asked already: not found either way.
+        for form in [
+            &[("csrf", csrf.as_str())][..],
+            &[("csrf", &csrf), ("confirmed", "yes")],
+        ] {
+            let a = visitor.post(&path, form).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}: {}", a.body);
+        }
     }
     let a = visitor
         .post(
@@ -1377,6 +1464,11 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
     let a = visitor.post(&revoke, &[]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "no CSRF token");
     let a = visitor.post(&revoke, &[("csrf", &csrf)]).await;
+    assert_eq!(a.status, StatusCode::OK, "asked first: {}", a.body);
+    assert!(a.body.contains("Revoke this API key?"), "{}", a.body);
+    let a = visitor
+        .post(&revoke, &[("csrf", &csrf), ("confirmed", "yes")])
+        .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     let a = visitor.get(&a.location).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
@@ -1638,14 +1730,28 @@ async fn custom_event_types_are_registered_from_the_catalog_page() {
     assert_eq!(body.matches("/event-types/delete").count(), 1, "{body}");
     let delete = format!("/orgs/{org}/event-types/delete");
     let a = admin
-        .post(&delete, &[("csrf", &csrf), ("name", "invoice.paid")])
+        .post(
+            &delete,
+            &[
+                ("csrf", &csrf),
+                ("name", "invoice.paid"),
+                ("confirmed", "yes"),
+            ],
+        )
         .await;
     assert_eq!(a.location, catalog);
     let body = admin.get(&catalog).await.body;
     assert!(body.contains("Event type invoice.paid deleted"), "{body}");
     assert!(!body.contains("<code>invoice.paid</code>"), "{body}");
     let a = admin
-        .post(&delete, &[("csrf", &csrf), ("name", "user.created")])
+        .post(
+            &delete,
+            &[
+                ("csrf", &csrf),
+                ("name", "user.created"),
+                ("confirmed", "yes"),
+            ],
+        )
         .await;
     let body = admin.get(&a.location).await.body;
     assert!(
@@ -1673,7 +1779,20 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
 
     let refused = admin.post(&rotate, &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "no CSRF token");
+    // Without JavaScript, a page asks first; nothing is rotated until it is answered.
     let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(
+        a.body.contains("Rotate the secret?")
+            && slashes(&a.body).contains(&format!(r#"action="{rotate}""#)),
+        "{}",
+        a.body
+    );
+    let (_, unchanged) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(unchanged["updated_at"], hook["updated_at"], "{unchanged}");
+    let a = admin
+        .post(&rotate, &[("csrf", csrf.as_str()), ("confirmed", "yes")])
+        .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     // Another page opened meanwhile (a second tab) neither shows the secret nor uses it up.
     let elsewhere = admin.get(&format!("/orgs/{org}")).await.body;
@@ -1735,7 +1854,9 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
     assert!(refused.contains("spaces or line breaks"), "{refused}");
     let (_, after) = app.get(&permit_api).await;
     assert_eq!(after["updated_at"], before["updated_at"], "{after}");
-    let a = admin.post(&rotate, &[("csrf", csrf.as_str())]).await;
+    let a = admin
+        .post(&rotate, &[("csrf", csrf.as_str()), ("confirmed", "yes")])
+        .await;
     let shown = admin.get(&a.location).await.body;
     assert!(shown.contains("signs with a secret you choose"), "{shown}");
 
@@ -1746,7 +1867,10 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
     let before = slashes(&admin.get(&page).await.body);
     assert!(before.contains("needs the new one at once"), "{before}");
     let a = admin
-        .post(&format!("{page}/rotate"), &[("csrf", csrf.as_str())])
+        .post(
+            &format!("{page}/rotate"),
+            &[("csrf", csrf.as_str()), ("confirmed", "yes")],
+        )
         .await;
     let shown = slashes(&admin.get(&a.location).await.body);
     assert!(shown.contains("carries one secret"), "{shown}");
