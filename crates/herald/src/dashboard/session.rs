@@ -1,5 +1,7 @@
 //! Dashboard sessions, kept in the store so that they outlive a restart and every node of a
-//! cluster knows them. The `herald_session` cookie (HttpOnly, SameSite=Strict) holds a random
+//! cluster knows them. The `herald_session` cookie (HttpOnly, SameSite=Lax: a link followed from
+//! another site, a chat or an e-mail opens its page signed in, and a browser still sends no
+//! session with a form another site posts; every form also carries a CSRF token) holds a random
 //! 256-bit id; the store keeps only its SHA-256, with what the person signed in with (in a form
 //! checked again on every request, so deleting an organization key ends its sessions at once)
 //! and one-time messages sealed with a key derived from the cookie. The CSRF token is derived
@@ -252,14 +254,14 @@ pub fn set_cookie(state: &AppState, headers: &HeaderMap, id: &str) -> String {
         ""
     };
     format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         LIFETIME.as_secs()
     )
 }
 
 /// The `Set-Cookie` value that ends one.
 pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 }
 
 /// A signed-in person: their scope, session and CSRF token. Pages that take it send everyone
@@ -299,6 +301,16 @@ fn to_sign_in(parts: &Parts) -> Response {
     if parts.uri.path() == "/logout" {
         // Signing out of a session that already ended: done, nothing was lost.
         return Redirect::to("/login").into_response();
+    }
+    // A browser sends no session with a form another site posts here (SameSite): that form
+    // is refused as what it is, not as one sent after the session ended.
+    let sent_from = parts.headers.get("sec-fetch-site");
+    if sent_from.is_some_and(|site| site == "cross-site") {
+        return DashError::Status(
+            StatusCode::FORBIDDEN,
+            "This form was sent from another site, so it was not accepted and nothing was changed. To make this change, use the dashboard itself.",
+        )
+        .into_response();
     }
     let back = parts
         .headers

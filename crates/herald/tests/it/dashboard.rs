@@ -85,7 +85,7 @@ impl Visitor {
             .unwrap();
         if let Some(cookie) = resp.headers().get(SET_COOKIE) {
             let cookie = cookie.to_str().unwrap();
-            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
             self.cookie = Some(cookie.split(';').next().unwrap().to_owned());
         }
         answer(resp).await
@@ -352,6 +352,24 @@ async fn every_page_answers_when_signed_in_and_sends_others_to_sign_in() {
     let sign_in = stranger.get(&a.location).await;
     assert!(sign_in.body.contains("was not saved"), "{}", sign_in.body);
     assert!(slashes(&sign_in.body).contains(&next), "{}", sign_in.body);
+    // A form another site's page posts comes without the session (SameSite): refused as
+    // that, not said to come after the session ended.
+    let resp = stranger
+        .http
+        .post(format!("{}/orgs/{org}/webhooks", app.base))
+        .header("sec-fetch-site", "cross-site")
+        .header(CONTENT_TYPE, FORM)
+        .body("csrf=x&name=crm&url=https%3A%2F%2Fexample.com%2Fh")
+        .send()
+        .await
+        .unwrap();
+    let a = answer(resp).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert!(
+        a.body.contains("sent from another site") && !a.body.contains("session"),
+        "{}",
+        a.body
+    );
     // Signing out of a session that had ended loses nothing and says nothing of the kind.
     let resp = stranger
         .http
