@@ -331,6 +331,9 @@ struct DeliveryPage {
     request: Option<RequestPreview>,
     /// The body, pretty-printed when it is JSON.
     request_body: Option<String>,
+    /// The body as sent, byte for byte (what the signature covers), where the pretty one
+    /// differs from it.
+    request_body_sent: Option<String>,
     /// Pending: its next attempt can be made now (unless one is already under way).
     pending: bool,
 }
@@ -356,12 +359,18 @@ async fn show_delivery(
         .await
         .ok()
         .map(|w| w.name);
+    let request_body = request.as_ref().map(|r| pretty(&r.body));
+    let request_body_sent = request
+        .as_ref()
+        .map(|r| herald_core::shown_safely(&r.body))
+        .filter(|sent| Some(sent) != request_body.as_ref());
     let page = DeliveryPage {
         org_id: org.id.to_string(),
         delivery: DeliveryRow::of(&detail.delivery, state.clock.now()),
         webhook_name,
         attempts: detail.attempts.iter().map(AttemptRow::from).collect(),
-        request_body: request.as_ref().map(|r| pretty(&r.body)),
+        request_body,
+        request_body_sent,
         request,
         pending: detail.delivery.state == DeliveryState::Pending,
     };

@@ -429,6 +429,16 @@ async fn where_an_event_went_is_found_by_its_id() {
     let link = format!("/orgs/{org}/events?id=tenant/42%3Fx");
     assert!(slashes(&delivery.body).contains(&link), "{}", delivery.body);
     assert_eq!(admin.get(&link).await.status, StatusCode::OK);
+    // A webhook's history says which event each delivery carries, with the same link: rows of
+    // one type would otherwise all look alike.
+    let history = admin
+        .get(&format!("/orgs/{org}/webhooks/{crm}/deliveries"))
+        .await;
+    let history = slashes(&history.body);
+    assert!(
+        history.contains(&format!(r#"<a href="{link}"><code>tenant/42?x</code></a>"#)),
+        "{history}"
+    );
     let missing = admin
         .get(&format!("/orgs/{org}/events?id=never-sent"))
         .await;
@@ -2140,12 +2150,17 @@ async fn a_delivery_waiting_for_its_retry_is_attempted_now_from_its_page() {
     let admin = Visitor::signed_in(&app, ADMIN_TOKEN).await;
     let page = format!("/orgs/{org}/deliveries/{delivery}");
     let csrf = admin.csrf(&page).await;
+    let shown = admin.get(&page).await.body;
+    assert!(shown.contains(">Attempt now</button>"));
+    // Beside the body laid out for reading, the bytes the endpoint got, which the signature
+    // covers (a receiver checking its verifier copies these).
+    let sent = String::from_utf8(rx.received_on("/h")[0].body.to_vec()).unwrap();
+    let unescaped = shown.replace("&quot;", "\"").replace("&#x2f;", "/");
     assert!(
-        admin
-            .get(&page)
-            .await
-            .body
-            .contains(">Attempt now</button>")
+        unescaped.contains(&format!(
+            r#"aria-label="Request body as sent">{sent}</pre>"#
+        )),
+        "{sent}: {shown}"
     );
 
     rx.answer_by_default(Reply::status(204));
