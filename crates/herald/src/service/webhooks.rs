@@ -428,6 +428,7 @@ async fn update_checked(
     if unchanged_since.is_some_and(|v| v != w.updated_at) {
         return Err(ServiceError::Changed { now: w.updated_at });
     }
+    let as_read = w.clone();
     if let Some(name) = input.name {
         // A name kept as it was passes, whatever its form (one given before such names were
         // refused): a form sends every field back.
@@ -521,6 +522,12 @@ async fn update_checked(
         // A new profile brings its own way (Asgardeo's receivers confirm their intent first),
         // unless the webhook's verification was chosen rather than its profile's default.
         w.verification = w.profile.default_verification();
+    }
+    // Nothing changes (every field sent as it is, as a form or a reconciling client sends
+    // them): nothing is stored, so its version (`ETag`, `updated_at`) stays and another
+    // client's `If-Match` still holds.
+    if w == as_read {
+        return Ok((w, None));
     }
     check_profile_rules(state, &snapshot, &w)?;
     // Only when what it checks changes: a webhook stored so before must not stop other changes.

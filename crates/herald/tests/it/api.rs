@@ -1392,6 +1392,23 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
     assert_eq!(status, StatusCode::OK);
     assert_ne!(third, Some(second));
 
+    // A change that changes nothing (`{}`, or fields sent as they are, as a reconciling client
+    // sends them) stores nothing: the version stays, and a change made on it still holds.
+    let current = etag_now(&app, &path).await;
+    let (_, before) = app.get(&path).await;
+    for same in [json!({}), json!({ "name": "four", "active": true })] {
+        let (status, tag, answered) =
+            patch_if_match(&app, &path, Some(&current), same.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{same}: {answered}");
+        assert_eq!(tag.as_deref(), Some(current.as_str()), "{same}");
+        assert_eq!(answered["updated_at"], before["updated_at"], "{same}");
+    }
+    let (status, _, _) =
+        patch_if_match(&app, &path, Some(&current), json!({ "name": "five" })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = patch_if_match(&app, &path, None, json!({ "name": "four" })).await;
+    assert_eq!(status, StatusCode::OK);
+
     // A tag that is not one, or not as Herald writes them: a 400 that says what to send.
     let number = third.as_deref().unwrap().trim_matches('"');
     for tag in [
