@@ -163,9 +163,10 @@ struct ApiKeyBody {
     #[schema(example = "producer")]
     name: String,
     /// `manager` (default: everything of the organization) or `producer` (posts events and
-    /// reads event types only).
+    /// reads event types only). `null` is the default, as for the optional fields of the
+    /// other creations (clients generated from the OpenAPI document often send every field).
     #[serde(default)]
-    role: KeyRole,
+    role: Option<KeyRole>,
 }
 
 /// A new API key: the key itself is shown only in this answer.
@@ -185,7 +186,7 @@ pub(crate) struct CreatedApiKey {
         (status = 201, description = "Created; the key is shown once", body = CreatedApiKey),
         (status = 404, description = "No such organization", body = super::ErrorBody),
         (status = 409, description = "The organization already has 100 API keys, the most one may have", body = super::ErrorBody),
-        (status = 422, description = "The name is missing, null or not valid, or the role null; `field` names it", body = super::ErrorBody),
+        (status = 422, description = "The name is missing, null or not valid; `field` names it", body = super::ErrorBody),
     ))]
 async fn create_api_key(
     State(state): State<AppState>,
@@ -193,8 +194,9 @@ async fn create_api_key(
     PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<ApiKeyBody>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    let role = body.role.unwrap_or_default();
     let (record, key) =
-        auth::create_api_key(&state, &scope, &org_id(&path.org)?, &body.name, body.role).await?;
+        auth::create_api_key(&state, &scope, &org_id(&path.org)?, &body.name, role).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { record, key })))
 }
 

@@ -444,6 +444,18 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
     let globex_key = key["key"].as_str().unwrap().to_owned();
     assert!(globex_key.starts_with("hk_"));
     assert_eq!(key["role"], "manager", "{key}");
+    // `null`, as a generated client sends a field it was not given, is the default too.
+    let (status, generated) = app
+        .post(
+            &format!("/v1/orgs/{globex}/api-keys"),
+            json!({ "name": "generated", "role": null }),
+        )
+        .await;
+    assert_eq!(
+        (status, &generated["role"]),
+        (StatusCode::CREATED, &json!("manager")),
+        "{generated}"
+    );
 
     // A producer's key posts events and reads event types; everything else is refused.
     let (status, producer) = app
