@@ -259,12 +259,18 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
         }
         // Parsed again, on this error path only: serde_json calls some wrong types a syntax
         // error (`null` for a field that takes one of several names), though the body is
-        // valid JSON; a lone surrogate (`"\ud800"`) or invalid UTF-8 is not.
+        // valid JSON; a lone surrogate (`"\ud800"`) or invalid UTF-8 is not. And a body that
+        // is not JSON is said so first, before a field found missing on the way (`{} x`).
         let parsed = serde_json::from_slice::<serde_json::Value>(bytes);
-        if e.classify() != serde_json::error::Category::Data && parsed.is_err() {
+        if let Err(syntax) = &parsed {
+            let why = if e.classify() == serde_json::error::Category::Data {
+                syntax
+            } else {
+                &e
+            };
             return invalid_json(format!(
                 "the request body is not valid JSON: {}",
-                herald_core::js_json::syntax_error_said(&e)
+                herald_core::js_json::syntax_error_said(why)
             ));
         }
         let path = path_of::<T>(bytes);
@@ -905,6 +911,23 @@ mod tests {
             (StatusCode::BAD_REQUEST, "invalid_json")
         );
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        // Not JSON, though a field is found missing before the parser reaches what is wrong:
+        // said to be not JSON, as where nothing is missing.
+        for body in [r#"{} x"#, r#"{}{}"#, r#"{"key": {}} x"#] {
+            let e = refused(body);
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_json"),
+                "{body}: {}",
+                e.message
+            );
+            assert!(
+                e.message
+                    .starts_with("the request body is not valid JSON: trailing characters"),
+                "{body}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]
