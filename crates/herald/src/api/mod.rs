@@ -180,7 +180,76 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(deliveries::router())
         .split_for_parts();
     openapi::complete(&mut doc);
+    let takes_query = std::sync::Arc::new(operations_with_query(&doc));
+    let routes = routes.route_layer(axum::middleware::from_fn(move |matched, request, next| {
+        no_query_unless_taken(takes_query.clone(), matched, request, next)
+    }));
     (routes, doc)
+}
+
+/// The operations (method and route) whose documentation names query parameters: the lists.
+fn operations_with_query(
+    doc: &utoipa::openapi::OpenApi,
+) -> std::collections::HashSet<(axum::http::Method, String)> {
+    use axum::http::Method;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::path::ParameterIn;
+    let mut taken = std::collections::HashSet::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, operation) in [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::PATCH, &item.patch),
+            (Method::DELETE, &item.delete),
+        ] {
+            let names_query = operation
+                .iter()
+                .flat_map(|o| o.parameters.iter().flatten())
+                .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+            if names_query {
+                taken.insert((method, path.clone()));
+            }
+        }
+    }
+    taken
+}
+
+/// Refuses a query string sent to an operation that takes none (`POST …/test?dry_run=true`),
+/// rather than carrying the operation out as if what it asked for had been applied.
+async fn no_query_unless_taken(
+    takes_query: std::sync::Arc<std::collections::HashSet<(axum::http::Method, String)>>,
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let query = request.uri().query().unwrap_or_default();
+    let Some((name, _)) = url::form_urlencoded::parse(query.as_bytes()).next() else {
+        return next.run(request).await;
+    };
+    // HEAD is answered as GET is, with the same parameters.
+    let method = match request.method() {
+        &axum::http::Method::HEAD => axum::http::Method::GET,
+        other => other.clone(),
+    };
+    if takes_query.contains(&(method, matched.as_str().to_owned())) {
+        return next.run(request).await;
+    }
+    let done = if request.method().is_safe() {
+        ""
+    } else {
+        "; nothing was done"
+    };
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!(
+            "this operation takes no query parameters (`{}`){done}",
+            herald_core::truncate_for_message(&name)
+        ),
+    )
+    .into_response()
 }
 
 /// The JSON API, its OpenAPI document and the dashboard.

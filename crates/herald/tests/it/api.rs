@@ -1489,6 +1489,70 @@ async fn etag_now(app: &TestApp, path: &str) -> String {
     read.headers()["etag"].to_str().unwrap().to_owned()
 }
 
+/// Only the paged lists take query parameters. One sent to any other operation is refused and
+/// nothing is done: a client that believes it asked for a dry run must not send a test event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_parameter_an_operation_does_not_take_is_refused() {
+    let app = TestApp::spawn().await;
+    let rx = crate::helpers::TestReceiver::start().await;
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    let hook = format!("/v1/orgs/{org}/webhooks/{}", hook["id"].as_str().unwrap());
+    let (status, err) = app
+        .call(
+            Method::POST,
+            &format!("{hook}/test?dry_run=true"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::BAD_REQUEST, "invalid_query"),
+        "{err}"
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(`dry_run`); nothing was done"),
+        "{err}"
+    );
+    let (_, sent) = app.get(&format!("{hook}/deliveries")).await;
+    assert_eq!(sent["data"], json!([]), "no test event was sent");
+    for refused in [
+        format!("/v1/orgs/{org}?verbose=1"),
+        format!("{hook}?x"),
+        format!("/v1/orgs/{org}/api-keys?limit=1"),
+    ] {
+        let (status, err) = app.get(&refused).await;
+        assert_eq!(
+            (status, code(&err)),
+            (StatusCode::BAD_REQUEST, "invalid_query"),
+            "{refused}"
+        );
+    }
+    // The lists take theirs, and an empty query string is none.
+    for taken in [
+        "/v1/orgs?limit=1".to_owned(),
+        format!("/v1/orgs/{org}/webhooks?limit=1"),
+        format!("/v1/orgs/{org}/events?limit=1"),
+        format!("{hook}/deliveries?limit=1"),
+        format!("/v1/orgs/{org}?"),
+    ] {
+        let (status, body) = app.get(&taken).await;
+        assert_eq!(status, StatusCode::OK, "{taken}: {body}");
+    }
+    let head = app
+        .http
+        .head(format!("{}/v1/orgs?limit=1", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_ids_answer_json_404s() {
     let app = TestApp::spawn().await;
