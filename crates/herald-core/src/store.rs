@@ -346,11 +346,14 @@ pub trait Store: Send + Sync + 'static {
     /// move it without touching `updated_at`), unless the change switches the webhook on.
     async fn save_webhook_change(&self, webhook: &Webhook, read_at: Timestamp) -> StoreResult<()>;
     /// Deletes the webhooks and cancels their pending deliveries; returns the ids it deleted.
+    /// With `unchanged_since` (a user's `If-Match`), only a webhook whose `updated_at` is
+    /// still that is deleted: one changed since stays.
     async fn delete_webhooks(
         &self,
         org: &OrgId,
         ids: &[WebhookId],
         now: Timestamp,
+        unchanged_since: Option<Timestamp>,
     ) -> StoreResult<Vec<WebhookId>>;
 
     /// Disables an active webhook with a reason, changing nothing else of it (Herald does this

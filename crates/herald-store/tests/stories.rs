@@ -649,6 +649,7 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
                 doomed.id.clone(),
             ],
             at(10),
+            None,
         )
         .await
         .unwrap();
@@ -678,7 +679,7 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
 
     // Deleting it again deletes nothing, and it cannot be brought back by an update.
     let again = store
-        .delete_webhooks(&acme.id, std::slice::from_ref(&doomed.id), at(20))
+        .delete_webhooks(&acme.id, std::slice::from_ref(&doomed.id), at(20), None)
         .await
         .unwrap();
     assert!(again.is_empty());
@@ -710,6 +711,29 @@ async fn deleting_webhooks_returns_only_what_it_deleted(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------------------------
 // Ingest
 // ---------------------------------------------------------------------------------------------
+
+/// A deletion made on a version the webhook no longer has (`If-Match`) deletes nothing; made on
+/// the version it has, it deletes.
+async fn a_webhook_changed_since_the_version_named_is_not_deleted(store: Arc<dyn Store>) {
+    let (acme, mut hook) = org_with_webhook(&store, "acme").await;
+    let read = hook.updated_at;
+    hook.name = "Renamed".into();
+    hook.updated_at = at(5);
+    store.save_webhook_change(&hook, read).await.unwrap();
+    let one = std::slice::from_ref(&hook.id);
+    let kept = store
+        .delete_webhooks(&acme.id, one, at(10), Some(read))
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "deleted on an old version: {kept:?}");
+    assert_eq!(store.get_webhook(&acme.id, &hook.id).await.unwrap(), hook);
+    let deleted = store
+        .delete_webhooks(&acme.id, one, at(11), Some(at(5)))
+        .await
+        .unwrap();
+    assert_eq!(deleted, one.to_vec());
+    assert_not_found(store.get_webhook(&acme.id, &hook.id).await);
+}
 
 async fn an_event_id_is_stored_once_per_organization(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
@@ -1252,7 +1276,7 @@ async fn pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog(store: 
 
     // Deleting cancels the parked and the leased alike, and nothing of the other webhook.
     let deleted = store
-        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(3))
+        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(3), None)
         .await
         .unwrap();
     assert_eq!(deleted, vec![hook.id.clone()]);
@@ -1901,7 +1925,7 @@ async fn the_retention_purge_reaches_many_organizations(store: Arc<dyn Store>) {
 async fn a_delivery_stored_for_a_webhook_just_deleted_is_cancelled(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     let deleted = store
-        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(10))
+        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(10), None)
         .await
         .unwrap();
     assert_eq!(deleted, vec![hook.id.clone()]);
@@ -2438,7 +2462,7 @@ async fn a_delivery_sent_while_its_webhook_was_deleted_keeps_its_success(store: 
     let ids = store_placed(&store, &hook, 3, Placement::Leased).await;
     let lease = at(LEASE_SECS);
     let deleted = store
-        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(1))
+        .delete_webhooks(&org.id, std::slice::from_ref(&hook.id), at(1), None)
         .await
         .unwrap();
     assert_eq!(deleted, vec![hook.id.clone()]);
@@ -2746,7 +2770,7 @@ async fn organizations_with_enabled_websub_webhooks_are_listed(store: Arc<dyn St
     let deleted = websub(&globex.id, true);
     store.create_webhook(&deleted).await.unwrap();
     store
-        .delete_webhooks(&globex.id, std::slice::from_ref(&deleted.id), T0)
+        .delete_webhooks(&globex.id, std::slice::from_ref(&deleted.id), T0, None)
         .await
         .unwrap();
     assert_eq!(plain.verification, Verification::None);
@@ -3352,7 +3376,7 @@ async fn a_delivery_of_an_inactive_or_deleted_webhook_cannot_be_resent(store: Ar
     );
 
     store
-        .delete_webhooks(&acme.id, std::slice::from_ref(&hook.id), at(20))
+        .delete_webhooks(&acme.id, std::slice::from_ref(&hook.id), at(20), None)
         .await
         .unwrap();
     assert_conflict(
@@ -3957,6 +3981,7 @@ macro_rules! stories {
             webhooks_are_listed_newest_first_a_page_at_a_time,
             updating_a_webhook_saves_every_field,
             deleting_webhooks_returns_only_what_it_deleted,
+            a_webhook_changed_since_the_version_named_is_not_deleted,
             an_event_id_is_stored_once_per_organization,
             an_events_deliveries_are_found_by_its_id,
             an_organizations_events_are_listed_newest_first,

@@ -564,9 +564,14 @@ impl Store for PostgresStore {
         org: &OrgId,
         ids: &[WebhookId],
         now: Timestamp,
+        unchanged_since: Option<Timestamp>,
     ) -> StoreResult<Vec<WebhookId>> {
         in_tx!(self, BULK_TIMEOUT, |tx| webhooks::delete_many(
-            &tx, org, ids, now
+            &tx,
+            org,
+            ids,
+            now,
+            unchanged_since
         ))
     }
 

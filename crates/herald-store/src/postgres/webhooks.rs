@@ -181,14 +181,17 @@ pub(crate) async fn delete_many(
     org: &OrgId,
     ids: &[WebhookId],
     now: Timestamp,
+    unchanged_since: Option<Timestamp>,
 ) -> DbResult<Vec<WebhookId>> {
     let mut deleted = Vec::new();
+    let version = unchanged_since.map(|t| t.as_millis());
     for id in ids {
         let n = c
             .exec(
                 "UPDATE webhooks SET deleted_at = $1, active = FALSE, secret = '', previous_secret = NULL \
-                 WHERE org_id = $2 AND id = $3 AND deleted_at IS NULL",
-                &[&now.as_millis(), &org.as_str(), &id.as_str()],
+                 WHERE org_id = $2 AND id = $3 AND deleted_at IS NULL \
+                 AND ($4::BIGINT IS NULL OR updated_at = $4)",
+                &[&now.as_millis(), &org.as_str(), &id.as_str(), &version],
             )
             .await?;
         if n == 1 {

@@ -585,11 +585,12 @@ impl Store for SqliteStore {
         org: &OrgId,
         ids: &[WebhookId],
         now: Timestamp,
+        unchanged_since: Option<Timestamp>,
     ) -> StoreResult<Vec<WebhookId>> {
         let (store, org, ids) = (self.clone(), org.clone(), ids.to_vec());
         to_the_end(async move {
             let deleted = store
-                .write(move |c| webhooks::delete_many(c, &org, &ids, now))
+                .write(move |c| webhooks::delete_many(c, &org, &ids, now, unchanged_since))
                 .await?;
             for id in &deleted {
                 store.cancel_pending(id, now).await?;

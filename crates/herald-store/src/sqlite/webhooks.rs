@@ -182,15 +182,18 @@ pub(crate) fn delete_many(
     org: &OrgId,
     ids: &[WebhookId],
     now: Timestamp,
+    unchanged_since: Option<Timestamp>,
 ) -> DbResult<Vec<WebhookId>> {
     let mut deleted = Vec::new();
+    let version = unchanged_since.map(|t| t.as_millis());
     for id in ids {
         let n = conn
             .prepare_cached(
-                "UPDATE webhooks SET deleted_at = ?, active = 0, secret = '', previous_secret = NULL \
-                 WHERE org_id = ? AND id = ? AND deleted_at IS NULL",
+                "UPDATE webhooks SET deleted_at = ?1, active = 0, secret = '', previous_secret = NULL \
+                 WHERE org_id = ?2 AND id = ?3 AND deleted_at IS NULL \
+                 AND (?4 IS NULL OR updated_at = ?4)",
             )?
-            .execute(params![now.as_millis(), org.as_str(), id.as_str()])?;
+            .execute(params![now.as_millis(), org.as_str(), id.as_str(), version])?;
         if n == 1 {
             deleted.push(id.clone());
         }

@@ -407,16 +407,20 @@ async fn update_webhook(
 
 /// Deletes a webhook; its pending deliveries are cancelled, its history kept.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
-    params(OrgItemPath),
+    params(OrgItemPath,
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The `ETag` of the version to delete: refused (`412`) if the webhook changed since")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "`If-Match` is not an entity tag as the `ETag` header gives it", body = super::ErrorBody),
         (status = 404, description = "No such webhook visible to the caller", body = super::ErrorBody),
         (status = 409, description = "An active WebSub webhook must be deactivated first", body = super::ErrorBody),
+        (status = 412, description = "`If-Match` names a version the webhook no longer has: nothing was deleted", body = super::ErrorBody),
     ))]
 async fn delete_webhook(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let id = webhook_id(&path.id)?;
     let deleted = webhooks::delete(
@@ -424,6 +428,7 @@ async fn delete_webhook(
         &scope,
         &org_id(&path.org)?,
         std::slice::from_ref(&id),
+        if_match(&headers)?,
     )
     .await?;
     if deleted.is_empty() {
@@ -474,7 +479,7 @@ async fn bulk_delete_webhooks(
         .iter()
         .filter_map(|raw| WebhookId::parse(raw).ok())
         .collect();
-    let deleted = webhooks::delete(&state, &scope, &org, &ids).await?;
+    let deleted = webhooks::delete(&state, &scope, &org, &ids, None).await?;
     let not_found = sent
         .into_iter()
         .filter(|raw| WebhookId::parse(raw).map_or(true, |id| !deleted.contains(&id)))

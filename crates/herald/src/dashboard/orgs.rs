@@ -316,7 +316,7 @@ async fn bulk_delete(
     let flash = if ids.is_empty() {
         Flash::error("Select the webhooks to delete first.")
     } else {
-        match webhooks::delete(&state, &signed.scope, &org, &ids).await {
+        match webhooks::delete(&state, &signed.scope, &org, &ids, None).await {
             // Deleted meanwhile (another tab, a second click): nothing to report as done.
             Ok(deleted) if deleted.is_empty() => Flash::error(
                 "Nothing deleted: the selected webhooks no longer exist (deleted meanwhile?).",

@@ -335,16 +335,18 @@ async fn webhook_action(
                 .await
                 .map(|subs| verification_flash(&subs, channel.as_deref()))
         }
-        "delete" => match webhooks::delete(&state, scope, &org, std::slice::from_ref(&id)).await {
-            Ok(deleted) if deleted.is_empty() => Err(ServiceError::NotFound("webhook")),
-            Ok(_) => {
-                back = format!("/orgs/{org}");
-                Ok(Flash::ok(
-                    "Webhook deleted; its pending deliveries are cancelled.",
-                ))
+        "delete" => {
+            match webhooks::delete(&state, scope, &org, std::slice::from_ref(&id), None).await {
+                Ok(deleted) if deleted.is_empty() => Err(ServiceError::NotFound("webhook")),
+                Ok(_) => {
+                    back = format!("/orgs/{org}");
+                    Ok(Flash::ok(
+                        "Webhook deleted; its pending deliveries are cancelled.",
+                    ))
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
         _ => return Err(DashError::not_found()),
     };
     let flash = match outcome {

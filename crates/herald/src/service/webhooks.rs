@@ -912,6 +912,7 @@ pub async fn delete(
     scope: &Scope,
     org: &OrgId,
     ids: &[WebhookId],
+    unchanged_since: Option<Timestamp>,
 ) -> ServiceResult<Vec<WebhookId>> {
     scope.check_org(org)?;
     check_bulk_size(ids.len())?;
@@ -926,11 +927,20 @@ pub async fn delete(
             active.id, active.id
         )));
     }
-    let (owner, ids, now) = (org.clone(), ids.to_vec(), state.clock.now());
+    let (owner, asked, now) = (org.clone(), ids.to_vec(), state.clock.now());
     let deleted = write_then_forget(state, org, "webhook", |store| async move {
-        store.delete_webhooks(&owner, &ids, now).await
+        store
+            .delete_webhooks(&owner, &asked, now, unchanged_since)
+            .await
     })
     .await?;
+    // Kept because it changed since the version named (`If-Match`): said so, with the
+    // version it has now, rather than not found.
+    if let ([id], true, Some(_)) = (ids, deleted.is_empty(), unchanged_since)
+        && let Ok(w) = state.store.get_webhook(org, id).await
+    {
+        return Err(ServiceError::Changed { now: w.updated_at });
+    }
     state.dispatcher.forget_webhooks(&deleted);
     for id in &deleted {
         tracing::info!(org = %org, webhook = %id, "webhook deleted; its pending deliveries are cancelled");

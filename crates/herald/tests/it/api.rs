@@ -1475,6 +1475,24 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
     }
     // The last answer's tag is the version a read finds.
     assert_eq!(tag, Some(etag_now(&app, &path).await));
+
+    // So does deleting it: on an old version, refused and nothing deleted; on the current one,
+    // deleted.
+    let delete = |tag: String| {
+        app.http
+            .delete(format!("{}{path}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("if-match", tag)
+            .send()
+    };
+    let resp = delete(first.clone()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(code(&err), "changed", "{err}");
+    assert_eq!(app.get(&path).await.0, StatusCode::OK, "still there");
+    let resp = delete(etag_now(&app, &path).await).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.get(&path).await.0, StatusCode::NOT_FOUND);
 }
 
 /// The `ETag` a read of the webhook at `path` answers now.
