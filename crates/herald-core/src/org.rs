@@ -183,6 +183,27 @@ impl KeyRole {
         }
     }
 
+    /// A role as a client names it; another name is refused with the two there are, as the
+    /// other closed sets of names (profiles, catalogs) are.
+    pub fn parse(raw: &str) -> Result<Self, crate::Invalid> {
+        match raw {
+            "manager" => Ok(Self::Manager),
+            "producer" => Ok(Self::Producer),
+            _ => Err(crate::Invalid::new(
+                "role",
+                format!(
+                    "'{}' is not a role{}; choose manager (everything of the organization) or \
+                     producer (posts events and reads event types)",
+                    crate::truncate_for_message(raw),
+                    crate::suggest::did_you_mean(crate::suggest::closest(
+                        raw,
+                        ["manager", "producer"]
+                    ))
+                ),
+            )),
+        }
+    }
+
     /// The role stored as `raw`; an unknown one (from a newer version) grants the least.
     pub fn from_stored(raw: &str) -> Self {
         match raw {

@@ -166,7 +166,8 @@ struct ApiKeyBody {
     /// reads event types only). `null` is the default, as for the optional fields of the
     /// other creations (clients generated from the OpenAPI document often send every field).
     #[serde(default)]
-    role: Option<KeyRole>,
+    #[schema(value_type = Option<KeyRole>)]
+    role: Option<String>,
 }
 
 /// A new API key: the key itself is shown only in this answer.
@@ -186,7 +187,7 @@ pub(crate) struct CreatedApiKey {
         (status = 201, description = "Created; the key is shown once", body = CreatedApiKey),
         (status = 404, description = "No such organization", body = super::ErrorBody),
         (status = 409, description = "The organization already has 100 API keys, the most one may have", body = super::ErrorBody),
-        (status = 422, description = "The name is missing, null or not valid; `field` names it", body = super::ErrorBody),
+        (status = 422, description = "The name is missing, null or not valid, or the role is not one; `field` names it", body = super::ErrorBody),
     ))]
 async fn create_api_key(
     State(state): State<AppState>,
@@ -194,7 +195,13 @@ async fn create_api_key(
     PathParams(path): PathParams<OrgPath>,
     JsonBody(body): JsonBody<ApiKeyBody>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
-    let role = body.role.unwrap_or_default();
+    let role = body
+        .role
+        .as_deref()
+        .map(KeyRole::parse)
+        .transpose()
+        .map_err(ServiceError::from)?
+        .unwrap_or_default();
     let (record, key) =
         auth::create_api_key(&state, &scope, &org_id(&path.org)?, &body.name, role).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { record, key })))

@@ -138,17 +138,24 @@ async fn bad_input_gets_a_clear_client_error() {
             .unwrap();
         assert_eq!(resp.status(), expected, "{body}");
     }
-    // A value of the wrong type, or not one of a field's names, is named in `field` too.
-    for (path, body, field) in [
-        ("/v1/orgs".to_owned(), json!({ "name": ["Acme"] }), "name"),
+    // A value of the wrong type is named in `field` too (400); a name that is not one of a
+    // field's values is refused as a value out of range is (422), naming the field.
+    for (path, body, field, status_wanted) in [
+        (
+            "/v1/orgs".to_owned(),
+            json!({ "name": ["Acme"] }),
+            "name",
+            StatusCode::BAD_REQUEST,
+        ),
         (
             format!("/v1/orgs/{org}/api-keys"),
             json!({ "name": "k", "role": "admin" }),
             "role",
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
     ] {
         let (status, answer) = app.post(&path, body).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(status, status_wanted, "{answer}");
         assert_eq!(answer["error"]["field"], field, "{answer}");
     }
     // A required field left out, or null, is named as every route names a field it refuses.
@@ -456,6 +463,26 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
         (StatusCode::CREATED, &json!("manager")),
         "{generated}"
     );
+    // A role that is not one is refused as a profile that is not one is: 422, with the two.
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{globex}/api-keys"),
+            json!({ "name": "boss", "role": "admin" }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+        "{err}"
+    );
+    assert_eq!(err["error"]["field"], "role", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("choose manager"),
+        "{err}"
+    );
 
     // A producer's key posts events and reads event types; everything else is refused.
     let (status, producer) = app
@@ -576,7 +603,7 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
             json!({ "name": "x", "role": "owner" }),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
 
     // Globex's key works on Globex…
     let (status, _) = app
