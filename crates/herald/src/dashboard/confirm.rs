@@ -13,6 +13,7 @@ use super::session::Signed;
 use super::templates::{self, Layout};
 use crate::app::AppState;
 use crate::service::{ServiceError, orgs, webhooks};
+use herald_core::webhook::Webhook;
 use herald_core::{OrgId, WebhookId};
 
 /// The field `herald.js` (or this page's own form) sets once the user said yes.
@@ -47,16 +48,16 @@ pub fn confirmed(form: &Form) -> bool {
     form.get(CONFIRMED) == Some("yes")
 }
 
-/// Not found unless the webhook is one the signed-in person may see: asked about another's,
-/// the page would say that it exists.
+/// The webhook, or not found unless it is one the signed-in person may see: asked about
+/// another's, the page would say that it exists.
 pub async fn webhook_seen(
     state: &AppState,
     signed: &Signed,
     org: &OrgId,
     id: &WebhookId,
-) -> DashResult<()> {
+) -> DashResult<Webhook> {
     match webhooks::get(state, &signed.scope, org, id).await {
-        Ok(_) => Ok(()),
+        Ok(w) => Ok(w),
         Err(ServiceError::NotFound(_)) => Err(DashError::not_found()),
         Err(e) => Err(e.into()),
     }

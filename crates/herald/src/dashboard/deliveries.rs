@@ -259,7 +259,7 @@ async fn recover_deliveries(
         let back = format!("/orgs/{org}/webhooks/{id}/deliveries");
         let question = confirm::Question {
             title: "Send the failed deliveries again?",
-            consequence: "Every failed delivery since the time given goes to the endpoint again, with a fresh retry schedule.",
+            consequence: "Every failed delivery created since the time given goes to the endpoint again (the skipped ones too, if that box was ticked).",
             go: "Send again",
             back: &back,
         };

@@ -280,22 +280,27 @@ async fn webhook_action(
     let mut back = webhook_path(&org, &id);
     // A secret typed for the rotation is answer enough; the rest is asked first.
     let asked = match action.as_str() {
-        "delete" => Some((
-            "Delete this webhook?",
-            "Its pending deliveries are cancelled, for good; its history stays readable.",
-            "Delete",
-        )),
-        "rotate" if form.as_typed("secret").is_empty() => Some((
-            "Rotate the secret?",
-            "The new secret is shown once. Where the profile's signature carries one secret, the receiver needs the new one at once; with Standard Webhooks the previous one keeps signing beside it for 24 hours.",
-            "Rotate secret",
-        )),
+        "delete" => Some(("Delete this webhook?", "Delete")),
+        "rotate" if form.as_typed("secret").is_empty() => {
+            Some(("Rotate the secret?", "Rotate secret"))
+        }
         _ => None,
     };
-    if let Some((title, consequence, go)) = asked
+    if let Some((title, go)) = asked
         && !confirm::confirmed(&form)
     {
-        confirm::webhook_seen(&state, &signed, &org, &id).await?;
+        let w = confirm::webhook_seen(&state, &signed, &org, &id).await?;
+        let consequence = match action.as_str() {
+            "delete" => {
+                "Its pending deliveries are cancelled, for good; its history stays readable."
+            }
+            _ if w.rotation_overlaps() => {
+                "The new secret is shown once; the previous one keeps signing beside it for 24 hours."
+            }
+            _ => {
+                "The new secret is shown once. This profile's signature carries one secret: its receiver needs the new one at once."
+            }
+        };
         let action = format!("{back}/{action}");
         let question = confirm::Question {
             title,

@@ -1812,6 +1812,8 @@ async fn rotating_from_the_webhook_page_shows_the_new_secret_once_and_both_sign_
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert!(
         a.body.contains("Rotate the secret?")
+            && a.body
+                .contains("the previous one keeps signing beside it for 24 hours")
             && slashes(&a.body).contains(&format!(r#"action="{rotate}""#)),
         "{}",
         a.body
