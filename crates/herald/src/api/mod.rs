@@ -233,7 +233,10 @@ async fn no_query_unless_taken(
         &axum::http::Method::HEAD => axum::http::Method::GET,
         other => other.clone(),
     };
-    if takes_query.contains(&(method, matched.as_str().to_owned())) {
+    // The probes and `/metrics` are left to what monitoring tools add to their URLs.
+    if !matched.as_str().starts_with("/v1/")
+        || takes_query.contains(&(method, matched.as_str().to_owned()))
+    {
         return next.run(request).await;
     }
     let done = if request.method().is_safe() {
