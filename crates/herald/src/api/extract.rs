@@ -31,6 +31,7 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        super::no_query_unless_taken(parts)?;
         let token = bearer_token(&parts.headers);
         if token.is_empty() {
             return Err(ApiError::new(

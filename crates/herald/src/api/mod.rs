@@ -180,12 +180,14 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(deliveries::router())
         .split_for_parts();
     openapi::complete(&mut doc);
-    let takes_query = std::sync::Arc::new(operations_with_query(&doc));
-    let routes = routes.route_layer(axum::middleware::from_fn(move |matched, request, next| {
-        no_query_unless_taken(takes_query.clone(), matched, request, next)
-    }));
+    TAKES_QUERY.get_or_init(|| operations_with_query(&doc));
     (routes, doc)
 }
+
+/// The operations (method and route) that take query parameters, read from the OpenAPI
+/// document when the routes are built, so that the two cannot part: the paged lists.
+static TAKES_QUERY: std::sync::OnceLock<std::collections::HashSet<(axum::http::Method, String)>> =
+    std::sync::OnceLock::new();
 
 /// The operations (method and route) whose documentation names query parameters: the lists.
 fn operations_with_query(
@@ -216,43 +218,43 @@ fn operations_with_query(
 }
 
 /// Refuses a query string sent to an operation that takes none (`POST …/test?dry_run=true`),
-/// rather than carrying the operation out as if what it asked for had been applied.
-async fn no_query_unless_taken(
-    takes_query: std::sync::Arc<std::collections::HashSet<(axum::http::Method, String)>>,
-    matched: axum::extract::MatchedPath,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let query = request.uri().query().unwrap_or_default();
+/// rather than carrying the operation out as if what it asked for had been applied. Asked by
+/// [`extract::Caller`], which every operation under `/v1` takes: a request without a query
+/// string (ingest's) pays one check of its URI.
+pub(crate) fn no_query_unless_taken(parts: &axum::http::request::Parts) -> ApiResult<()> {
+    use axum::http::Method;
+    let Some(query) = parts.uri.query() else {
+        return Ok(());
+    };
     let Some((name, _)) = url::form_urlencoded::parse(query.as_bytes()).next() else {
-        return next.run(request).await;
+        return Ok(());
+    };
+    let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() else {
+        return Ok(());
     };
     // HEAD is answered as GET is, with the same parameters.
-    let method = match request.method() {
-        &axum::http::Method::HEAD => axum::http::Method::GET,
+    let method = match &parts.method {
+        &Method::HEAD => Method::GET,
         other => other.clone(),
     };
+    let key = (method, matched.as_str().to_owned());
     // The probes and `/metrics` are left to what monitoring tools add to their URLs.
-    if !matched.as_str().starts_with("/v1/")
-        || takes_query.contains(&(method, matched.as_str().to_owned()))
-    {
-        return next.run(request).await;
+    if !key.1.starts_with("/v1/") || TAKES_QUERY.get().is_none_or(|t| t.contains(&key)) {
+        return Ok(());
     }
-    let done = if request.method().is_safe() {
+    let done = if parts.method.is_safe() {
         ""
     } else {
         "; nothing was done"
     };
-    ApiError::new(
+    Err(ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_query",
         format!(
             "this operation takes no query parameters (`{}`){done}",
             herald_core::truncate_for_message(&name)
         ),
-    )
-    .into_response()
+    ))
 }
 
 /// The JSON API, its OpenAPI document and the dashboard.
