@@ -66,17 +66,22 @@ async fn create_key(
 ) -> DashResult<Response> {
     let org = org_id(&org)?;
     let Post { signed, form } = post;
+    // Refused: the page again, with what was typed and why, at the form.
+    let refused = |error: String| super::orgs::KeyForm {
+        name: form.get("name").unwrap_or_default().to_owned(),
+        role: form.text("role"),
+        error: format!("No key created: {error}"),
+    };
     // A form that names no role (an older page) gets what the API gives: a manager's.
     let role = match form.text("role").as_str() {
-        "manager" | "" => KeyRole::Manager,
-        "producer" => KeyRole::Producer,
-        other => {
-            let flash = Flash::error(format!(
-                "No key created: '{}' is not a role; choose producer or manager.",
-                herald_core::truncate_for_message(other)
-            ));
-            return Ok(signed.flash_then_go(&state, flash, &key_shown(&org)).await);
-        }
+        "" => KeyRole::Manager,
+        other => match KeyRole::parse(other) {
+            Ok(role) => role,
+            Err(invalid) => {
+                let key_form = refused(describe(invalid.into()).1);
+                return super::orgs::org_page(&state, &signed, &org, None, key_form).await;
+            }
+        },
     };
     let flash = match auth::create_api_key(&state, &signed.scope, &org, &form.text("name"), role)
         .await
@@ -91,7 +96,10 @@ async fn create_key(
             secret: Some(key),
         },
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
-        Err(e) => Flash::error(format!("No key created: {}", describe(e).1)),
+        Err(e) => {
+            let key_form = refused(describe(e).1);
+            return super::orgs::org_page(&state, &signed, &org, None, key_form).await;
+        }
     };
     Ok(signed.flash_then_go(&state, flash, &key_shown(&org)).await)
 }

@@ -259,6 +259,15 @@ struct OrgPage {
     /// Past the first page: it gets a link back to the first.
     paged: bool,
     keys: Vec<KeyRow>,
+    key_form: KeyForm,
+}
+
+/// The new-key form as typed, and why it was refused (empty: a new form).
+#[derive(Serialize, Default)]
+pub(super) struct KeyForm {
+    pub name: String,
+    pub role: String,
+    pub error: String,
 }
 
 async fn show_org(
@@ -267,24 +276,43 @@ async fn show_org(
     Path(org): Path<String>,
     QueryForm(q): QueryForm,
 ) -> DashResult<Response> {
-    let org = orgs::get(&state, &signed.scope, &org_id(&org)?).await?;
+    let org = org_id(&org)?;
     let cursor = q.get("cursor").map(str::to_owned);
+    org_page(&state, &signed, &org, cursor, KeyForm::default()).await
+}
+
+/// The organization's page; with a refused new-key form (`key_form.error`), a `422` that keeps
+/// what was typed, marked, as the other forms do.
+pub(super) async fn org_page(
+    state: &AppState,
+    signed: &Signed,
+    org: &OrgId,
+    cursor: Option<String>,
+    key_form: KeyForm,
+) -> DashResult<Response> {
+    let org = orgs::get(state, &signed.scope, org).await?;
     let paged = cursor.as_deref().is_some_and(|c| !c.is_empty());
     let page = PageRequest::of_ids(Some(100), cursor, WebhookId::parse)
         .map_err(crate::service::ServiceError::from)?;
-    let list = webhooks::list(&state, &signed.scope, &org.id, page).await?;
-    let keys = auth::list_api_keys(&state, &signed.scope, &org.id).await?;
+    let list = webhooks::list(state, &signed.scope, &org.id, page).await?;
+    let keys = auth::list_api_keys(state, &signed.scope, &org.id).await?;
     let mut rows: Vec<WebhookRow> = list.data.iter().map(WebhookRow::from).collect();
-    count_verified_channels(&state, &signed.scope, &org.id, &list.data, &mut rows).await?;
+    count_verified_channels(state, &signed.scope, &org.id, &list.data, &mut rows).await?;
+    let status = if key_form.error.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     let page = OrgPage {
         org: OrgRow::from(&org),
         webhooks: rows,
         next_cursor: list.next_cursor,
         paged,
         keys: keys.iter().map(KeyRow::from).collect(),
+        key_form,
     };
-    let layout = Layout::new(&state, &signed, org.name.clone(), Some(&org)).await;
-    Ok(templates::render(StatusCode::OK, "org.html", &layout, page))
+    let layout = Layout::new(state, signed, org.name.clone(), Some(&org)).await;
+    Ok(templates::render(status, "org.html", &layout, page))
 }
 
 async fn bulk_delete(

@@ -1447,8 +1447,27 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
         "{body}"
     );
     // A name is needed: said on the page, nothing created.
-    admin.post(&create, &[("csrf", &csrf), ("name", "")]).await;
-    assert!(admin.get(&page).await.body.contains("No key created"));
+    let a = admin.post(&create, &[("csrf", &csrf), ("name", "")]).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(a.body.contains("No key created"), "{}", a.body);
+    // A refused one is kept as typed, with its role, marked and said why at the form.
+    let typed = "billing\u{202E}service";
+    let a = admin
+        .post(
+            &create,
+            &[("csrf", &csrf), ("name", typed), ("role", "manager")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(
+        a.body.contains(&format!(
+            r#"value="{typed}" class="invalid" aria-invalid="true""#
+        )) && a.body.contains(r#"<option value="manager" selected>"#)
+            && a.body
+                .contains(r#"<p class="field-error" id="error-key-name">No key created: Name: "#),
+        "{}",
+        a.body
+    );
     let (_, keys) = app.get(&format!("/v1/orgs/{org}/api-keys")).await;
     assert_eq!(keys["data"].as_array().unwrap().len(), 1);
     let key_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
