@@ -155,8 +155,9 @@ fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) ->
             .find(|o| o.profile == w.profile && o.id != w.id)
     {
         return Err(ServiceError::Conflict(format!(
-            "this organization already has an {} webhook ({}); the {} profile allows one per organization: change or delete that one",
+            "this organization already has an {} webhook, '{}' ({}); the {} profile allows one per organization: change or delete that one",
             w.profile.as_str(),
+            other.name,
             other.id,
             w.profile.as_str()
         )));

@@ -96,6 +96,16 @@ async fn opal_deliveries_verify_with_the_opal_node_snippet() {
         StatusCode::CONFLICT,
         "one opal webhook per organization: {err}"
     );
+    // The one there is, by its name as well as its id.
+    let name = hook["name"].as_str().unwrap();
+    let id = hook["id"].as_str().unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("already has an opal webhook, '{name}' ({id})")),
+        "{err}"
+    );
 
     // Numbers and keys that a naive serialiser would write differently from JSON.stringify.
     let data = json!({ "resource_type": "CUSTOM", "user_id": "alice@example.com", "resource_id": "0eb35db24007c8148", "access_level": "admin", "weight": 2.50, "count": 3.0, "10": "index-like key" });
