@@ -58,7 +58,7 @@ impl AddressPolicy {
         match self.refused_kind(ip) {
             None => Ok(()),
             Some(kind) => Err(format!(
-                "{} is {} address; Herald delivers only to public addresses unless HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+                "{} is {} address; Herald delivers only to public addresses unless the server's operator allows that network (HERALD_ALLOW_PRIVATE_NETWORKS)",
                 canonical(ip),
                 a_kind(kind)
             )),

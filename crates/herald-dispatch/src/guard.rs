@@ -95,8 +95,8 @@ impl GuardedResolver {
 /// resolve into it.
 fn refused_name_message(host: &str, kind: &str) -> String {
     format!(
-        "{host} resolves to {} address; Herald delivers only to public addresses unless \
-         HERALD_ALLOW_PRIVATE_NETWORKS includes it",
+        "{host} resolves to {} address; Herald delivers only to public addresses unless the \
+         server's operator allows that network (HERALD_ALLOW_PRIVATE_NETWORKS)",
         herald_core::address_policy::a_kind(kind)
     )
 }

@@ -169,7 +169,7 @@ fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) ->
         return Err(Invalid::new(
             "url",
             format!(
-                "the {} profile needs an https:// URL (the server allows http:// only with HERALD_ALLOW_INSECURE_URLS)",
+                "the {} profile needs an https:// URL (the server's operator may allow http:// with HERALD_ALLOW_INSECURE_URLS)",
                 w.profile.as_str()
             ),
         )

@@ -457,7 +457,7 @@ async fn where_an_event_went_is_found_by_its_id() {
     }
     assert!(
         missing.body.contains("is kept for this organization")
-            && missing.body.contains("events are kept for 30 days"),
+            && missing.body.contains("this server keeps events 30 days"),
         "{}",
         missing.body
     );
