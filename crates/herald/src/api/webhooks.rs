@@ -101,7 +101,9 @@ struct WebhookBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, value_type = Option<String>, example = "https://example.com/webhooks/herald")]
     url: Option<Option<String>>,
-    /// Event type names, or `*` for every type (Herald's operational events excepted).
+    /// Event type names, or `*` for every type (Herald's operational events excepted). With
+    /// `channels`, both left out means every type; an empty list, with nothing named in the
+    /// other, is refused (`422`) rather than read as every type.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, value_type = Option<Vec<String>>, example = json!(["user.created", "user.deleted"]))]
     events: Option<Option<Vec<String>>>,
