@@ -278,28 +278,28 @@ async fn webhook_action(
     let Post { signed, form } = post;
     let scope = &signed.scope;
     let mut back = webhook_path(&org, &id);
-    // A secret typed for the rotation is answer enough; the rest is asked first.
-    let asked = match action.as_str() {
-        "delete" => Some(("Delete this webhook?", "Delete")),
-        "rotate" if form.as_typed("secret").is_empty() => {
-            Some(("Rotate the secret?", "Rotate secret"))
-        }
-        _ => None,
-    };
-    if let Some((title, go)) = asked
-        && !confirm::confirmed(&form)
-    {
+    // What cannot be undone is asked first; a secret typed for the rotation is answer enough.
+    let asks = action == "delete" || (action == "rotate" && form.as_typed("secret").is_empty());
+    if asks && !confirm::confirmed(&form) {
         let w = confirm::webhook_seen(&state, &signed, &org, &id).await?;
-        let consequence = match action.as_str() {
-            "delete" => {
-                "Its pending deliveries are cancelled, for good; its history stays readable."
-            }
-            _ if w.rotation_overlaps() => {
-                "The new secret is shown once; the previous one keeps signing beside it for 24 hours."
-            }
-            _ => {
-                "The new secret is shown once. This profile's signature carries one secret: its receiver needs the new one at once."
-            }
+        let (title, consequence, go) = if action == "delete" {
+            (
+                "Delete this webhook?",
+                "Its pending deliveries are cancelled, for good; its history stays readable.",
+                "Delete",
+            )
+        } else if w.rotation_overlaps() {
+            (
+                "Rotate the secret?",
+                "The new secret is shown once; the previous one keeps signing beside it for 24 hours.",
+                "Rotate secret",
+            )
+        } else {
+            (
+                "Rotate the secret?",
+                "The new secret is shown once. This profile's signature carries one secret: its receiver needs the new one at once.",
+                "Rotate secret",
+            )
         };
         let action = format!("{back}/{action}");
         let question = confirm::Question {

@@ -937,7 +937,9 @@ pub async fn delete(
     .await?;
     // Kept because it changed since the version named (`If-Match`): said so, with the
     // version it has now, rather than not found.
-    if let ([id], true, Some(_)) = (ids, deleted.is_empty(), unchanged_since)
+    if unchanged_since.is_some()
+        && deleted.is_empty()
+        && let [id] = ids
         && let Ok(w) = state.store.get_webhook(org, id).await
     {
         return Err(ServiceError::Changed { now: w.updated_at });
