@@ -96,7 +96,7 @@ impl OrgSnapshot {
             let validator = v.get_or_init(|| {
                 t.schema
                     .as_ref()
-                    .and_then(|s| crate::event_type::compile_schema(s).ok())
+                    .and_then(crate::event_type::compile_stored_schema)
             });
             return Some(ResolvedType {
                 channel: t.channel.as_deref(),

@@ -98,6 +98,11 @@ pub struct CustomEventType {
 }
 
 /// Compiles a JSON Schema, refusing one that is not valid itself.
+///
+/// Its `pattern`s match in time linear in the string (the `regex` engine): a backtracking
+/// engine takes time growing with the square of the string, or worse, on patterns such as
+/// `(?=a*)(a+)+b`, so one tenant's event of a megabyte would hold a core for hours. A pattern
+/// that needs backtracking (a look-around, a back-reference) is refused, saying so.
 pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, Invalid> {
     if !schema.is_object() && !schema.is_boolean() {
         return Err(Invalid::new("schema", "must be a JSON Schema object"));
@@ -114,9 +119,18 @@ pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validato
             ),
         ));
     }
-    jsonschema::validator_for(schema).map_err(|e| {
+    linear_time_patterns().build(schema).map_err(|e| {
         let text = e.to_string();
-        if text.contains("resolve-http") || text.contains("resolve-file") {
+        if let Some(pattern) = needs_backtracking(&e, schema) {
+            Invalid::new(
+                "schema",
+                format!(
+                    "has a pattern Herald cannot match in linear time ({pattern}): a look-around \
+                     ((?=, (?!, (?<=, (?<!) or a back-reference (\\1, \\k<name>) would let one \
+                     event hold the server's CPU. Write the pattern without it"
+                ),
+            )
+        } else if text.contains("resolve-http") || text.contains("resolve-file") {
             // Herald never fetches a schema (a request it would make on a tenant's behalf).
             Invalid::new(
                 "schema",
@@ -127,6 +141,40 @@ pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validato
             Invalid::new("schema", format!("is not a valid JSON Schema: {text}"))
         }
     })
+}
+
+/// A schema stored before patterns were held to linear time: compiled as [`compile_schema`]
+/// does, or, if one of its patterns needs backtracking, with the backtracking engine as it was
+/// then (its events are still checked against it). None if it does not compile at all.
+pub fn compile_stored_schema(schema: &serde_json::Value) -> Option<jsonschema::Validator> {
+    compile_schema(schema).ok().or_else(|| {
+        jsonschema::options()
+            .with_pattern_options(jsonschema::PatternOptions::fancy_regex())
+            .build(schema)
+            .ok()
+    })
+}
+
+fn linear_time_patterns() -> jsonschema::ValidationOptions<'static> {
+    jsonschema::options().with_pattern_options(jsonschema::PatternOptions::regex())
+}
+
+/// The pattern the linear engine refused, when the schema is otherwise valid: the backtracking
+/// engine compiles it.
+fn needs_backtracking(
+    error: &jsonschema::ValidationError<'_>,
+    schema: &serde_json::Value,
+) -> Option<String> {
+    let backtracking = jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::fancy_regex())
+        .build(schema);
+    if backtracking.is_err() {
+        return None;
+    }
+    match &**error.instance() {
+        serde_json::Value::String(pattern) => Some(format!("\"{pattern}\"")),
+        _ => Some(format!("at {}", error.schema_path())),
+    }
 }
 
 /// Whether a schema's `type` lets the value be an object.
@@ -219,6 +267,41 @@ mod tests {
         assert!(compile_schema(&serde_json::json!({"type": ["null", "array"]})).is_err());
         assert!(compile_schema(&serde_json::json!({"type": ["object", "null"]})).is_ok());
         assert!(compile_schema(&serde_json::json!({"properties": {}})).is_ok());
+    }
+
+    #[test]
+    fn a_pattern_that_needs_backtracking_is_refused_by_name_and_a_stored_one_still_checks() {
+        for pattern in ["(?=a*)(a+)+b", "^(a)\\1$", "(?<!x)y"] {
+            let schema = serde_json::json!({"properties": {"s": {"pattern": pattern}}});
+            let err = compile_schema(&schema).unwrap_err();
+            assert_eq!(err.field, "schema");
+            assert!(err.message.contains(pattern), "{}", err.message);
+            assert!(err.message.contains("linear time"), "{}", err.message);
+            // Stored before the rule: its events are still checked against it.
+            let stored = compile_stored_schema(&schema).expect("compiles as before");
+            assert!(stored.validate(&serde_json::json!({"s": 7})).is_ok());
+        }
+        let stored = compile_stored_schema(
+            &serde_json::json!({"properties": {"s": {"pattern": "^(a)\\1$"}}}),
+        )
+        .unwrap();
+        assert!(stored.is_valid(&serde_json::json!({"s": "aa"})));
+        assert!(!stored.is_valid(&serde_json::json!({"s": "ab"})));
+        // A schema invalid for another reason says that, not look-arounds.
+        let err = compile_schema(&serde_json::json!({"properties": {"s": {"pattern": "(("}}}))
+            .unwrap_err();
+        assert!(!err.message.contains("linear time"), "{}", err.message);
+        assert!(compile_stored_schema(&serde_json::json!({"type": 12})).is_none());
+    }
+
+    #[test]
+    fn a_pattern_that_backtracks_badly_elsewhere_matches_here() {
+        // Nested quantifiers: exponential in a backtracking engine, linear in this one.
+        let v = compile_schema(&serde_json::json!({"properties": {"s": {"pattern": "^(a+)+b$"}}}))
+            .unwrap();
+        let long = "a".repeat(100_000);
+        assert!(check_against_schema(&v, "t", &serde_json::json!({ "s": long })).is_err());
+        assert!(check_against_schema(&v, "t", &serde_json::json!({ "s": "aab" })).is_ok());
     }
 
     #[test]

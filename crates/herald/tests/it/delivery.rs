@@ -1332,6 +1332,18 @@ async fn an_organizations_own_type_is_checked_against_its_schema() {
         StatusCode::CONFLICT,
         "a catalog type cannot be registered again"
     );
+    // A pattern only a backtracking engine matches could hold a core per event: refused.
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "group.slow", "schema": { "properties": { "s": { "pattern": "(?=a*)(a+)+b" } } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "schema");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(?=a*)(a+)+b"), "{message}");
+    assert!(message.contains("look-around"), "{message}");
 }
 
 /// Webhooks pointed at Herald's own events API (a permit body is a valid event) would post each
