@@ -29,16 +29,17 @@ impl AddressPolicy {
                         format!("'{raw}' is not a CIDR such as 10.0.0.0/8 or 127.0.0.1/32"),
                     )
                 })?;
-            allowed.push(net);
+            allowed.push(as_checked(net));
         }
         Ok(Self { allowed })
     }
 
     /// The allowed ranges that take the guard down rather than open a door in it: every
-    /// address (`/0`), or the cloud metadata service's, where an instance's credentials are.
+    /// address (`/0`), or a cloud metadata service's, where an instance's credentials are.
     pub fn too_broad(&self) -> Vec<String> {
-        let metadata: [IpAddr; 2] = [
+        let metadata: [IpAddr; 3] = [
             IpAddr::from([169, 254, 169, 254]),
+            IpAddr::from(AZURE_WIRESERVER),
             "fd00:ec2::254".parse().expect("an IPv6 address"),
         ];
         self.allowed
@@ -99,6 +100,25 @@ pub fn a_kind(kind: &str) -> String {
     format!("{article} {kind}")
 }
 
+/// Azure's WireServer: a public address, but the platform's own, where a virtual machine's
+/// agent fetches its configuration (and, with it, secrets).
+const AZURE_WIRESERVER: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
+
+/// An allowed range of IPv4-mapped IPv6 addresses (`::ffff:10.0.0.0/104`) as the IPv4 range
+/// it maps: addresses are judged as the IPv4 address they carry ([`canonical`]), so the range
+/// as written would match none of them.
+fn as_checked(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+                .map(|n| n.trunc())
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 /// An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -116,7 +136,7 @@ fn non_public_kind(ip: IpAddr) -> Option<&'static str> {
 
 fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
     let o = ip.octets();
-    if ip == Ipv4Addr::new(169, 254, 169, 254) {
+    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == AZURE_WIRESERVER {
         Some("cloud metadata")
     } else if ip.is_loopback() {
         Some("loopback")
@@ -135,6 +155,8 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
     } else if ip.is_documentation()
         || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
         || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+        // The 6to4 relays' anycast range, deprecated: whatever answers there is not a receiver.
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99)
     {
         Some("special-purpose")
     } else {
@@ -158,7 +180,14 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
         }
     } else if (seg[0] & 0xffc0) == 0xfe80 {
         Some("link-local")
-    } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
+    } else if (seg[0] == 0x2001 && seg[1] == 0x0db8)
+        // Documentation (3fff::/20), SRv6 segment ids (5f00::/16), benchmarking
+        // (2001:2::/48) and ORCHID (2001:10::/28): none of them reaches a receiver.
+        || (seg[0] == 0x3fff && seg[1] < 0x1000)
+        || seg[0] == 0x5f00
+        || (seg[0] == 0x2001 && seg[1] == 0x0002 && seg[2] == 0)
+        || (seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x0010)
+    {
         Some("special-purpose")
     } else if seg[0] == 0x0064 && seg[1] == 0xff9b {
         // NAT64 can reach any IPv4 address, private ones included.
@@ -217,6 +246,7 @@ mod tests {
             policy(&["169.254.0.0/16", "fd00::/8"]).too_broad(),
             ["169.254.0.0/16", "fd00::/8"]
         );
+        assert_eq!(policy(&["168.63.129.16"]).too_broad(), ["168.63.129.16/32"]);
     }
 
     #[test]
@@ -249,6 +279,15 @@ mod tests {
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "fec0::1",
             "100::1",
+            "168.63.129.16",
+            "::ffff:168.63.129.16",
+            "192.88.99.1",
+            "3fff::1",
+            "3fff:fff::1",
+            "5f00::1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:1f:ffff::1",
         ] {
             assert!(blocked(ip), "{ip} must be refused");
         }
@@ -264,6 +303,12 @@ mod tests {
             "100.128.0.1",
             "2002:808:808::1",
             "2001:4860:4860::8888",
+            "168.63.129.17",
+            "192.88.98.1",
+            "3ffe::1",
+            "3fff:1000::1",
+            "2001:20::1",
+            "2001:3::1",
         ] {
             assert!(!blocked(ip), "{ip} must be allowed");
         }
@@ -276,6 +321,12 @@ mod tests {
         assert!(policy.check("10.0.0.5".parse().unwrap()).is_ok());
         assert!(policy.check("10.0.0.6".parse().unwrap()).is_err());
         assert!(AddressPolicy::parse(&["not-a-cidr".into()]).is_err());
+        // IPv4-mapped ranges allow the IPv4 addresses they map, in either form.
+        let policy = AddressPolicy::parse(&["::ffff:10.0.0.0/104".into()]).unwrap();
+        assert!(policy.check("10.9.8.7".parse().unwrap()).is_ok());
+        assert!(policy.check("::ffff:10.9.8.7".parse().unwrap()).is_ok());
+        assert!(policy.check("11.0.0.1".parse().unwrap()).is_ok(), "public");
+        assert!(policy.check("192.168.0.1".parse().unwrap()).is_err());
     }
 
     #[test]
