@@ -125,11 +125,7 @@ impl From<ServiceError> for ApiError {
                     now.as_millis()
                 ),
             ),
-            E::Forbidden => Self::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this operation needs the admin token, not an organization API key",
-            ),
+            E::Forbidden(message) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             E::Unavailable(cause) => {
                 if let Some(held_back) = STORE_UNAVAILABLE.admit() {
                     tracing::warn!(error = %herald_core::error_chain(&cause), held_back, "the database is unavailable: answering 503 (said once per 10 s while it lasts; held_back counts the answers since the last line)");

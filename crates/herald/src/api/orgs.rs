@@ -119,6 +119,7 @@ async fn get_org(
     request_body = OrgBody,
     responses(
         (status = 200, description = "The changed organization", body = Organization),
+        (status = 403, description = "A new `handle` with an organization API key: only the admin token changes it (handles name organizations across the server)", body = super::ErrorBody),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
         (status = 409, description = "The handle is taken, or two catalogs define the same type", body = super::ErrorBody),
         (status = 422, description = "A field is not valid; `field` names it", body = super::ErrorBody),

@@ -57,6 +57,9 @@ struct SettingsPage {
     /// The field the error is about (`name`, `handle`, `catalogs`).
     error_field: Option<String>,
     can_delete: bool,
+    /// Whether the handle can be changed here: with the admin token only (handles name
+    /// organizations across the server).
+    can_change_handle: bool,
     delete_error: Option<String>,
     /// What was typed in the delete form, when it was refused.
     confirm: String,
@@ -87,6 +90,7 @@ async fn settings_page(
         error_field: error.as_ref().and_then(|(_, f)| f.clone()),
         error: error.map(|(m, _)| m),
         can_delete: signed.scope == Scope::Admin,
+        can_change_handle: signed.scope == Scope::Admin,
         confirm: delete_error
             .as_ref()
             .map(|(_, typed)| typed.clone())

@@ -43,7 +43,9 @@ impl Scope {
     pub fn require_admin(&self) -> ServiceResult<()> {
         match self {
             Scope::Admin => Ok(()),
-            Scope::Org(_) => Err(ServiceError::Forbidden),
+            Scope::Org(_) => Err(ServiceError::Forbidden(
+                "this operation needs the admin token, not an organization API key",
+            )),
         }
     }
 }

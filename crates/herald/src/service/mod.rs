@@ -120,8 +120,9 @@ pub enum ServiceError {
     /// read (`If-Match`, the dashboard's form). Carries the version it has now.
     #[error("the webhook changed since it was read")]
     Changed { now: Timestamp },
-    #[error("this operation needs the admin token")]
-    Forbidden,
+    /// Only the admin token may do this; the message says what, in the API's words.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]

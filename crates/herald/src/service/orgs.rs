@@ -12,6 +12,9 @@ use crate::app::AppState;
 /// How many handles creating an organization tries when the one derived from its name is taken.
 const HANDLE_TRIES: u32 = 16;
 
+/// Why an organization API key may not change its organization's handle.
+pub const HANDLE_IS_THE_OPERATORS: &str = "an organization's handle is changed only with the admin token: handles name organizations across the server (the CLI's --org, WebSub topics), so one an organization took could be the one the operator means for another. Leave `handle` out (or as it is) to change the rest";
+
 #[derive(Debug, Default)]
 pub struct OrgInput {
     pub name: Option<String>,
@@ -134,6 +137,11 @@ async fn update_checked(
     if let Some(handle) = input.handle
         && handle != org.handle.as_str()
     {
+        // Handles name organizations across the server (the CLI's `--org`, WebSub topics): one
+        // an organization took for itself could be the one the operator gives the next.
+        if *scope != Scope::Admin {
+            return Err(ServiceError::Forbidden(HANDLE_IS_THE_OPERATORS));
+        }
         org.handle = OrgHandle::parse(&handle)?;
     }
     if let Some(raw) = input.catalogs {

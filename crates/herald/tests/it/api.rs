@@ -768,6 +768,38 @@ async fn tokens_are_required_and_other_organizations_are_invisible() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A key changes its organization's name, not its handle: handles name organizations
+    // across the server, and one a tenant took could be the one the operator means for another.
+    let globex_path = format!("/v1/orgs/{globex}");
+    let (status, err) = app
+        .call(
+            Method::PATCH,
+            &globex_path,
+            &globex_key,
+            Some(json!({ "name": "Globex Two", "handle": "acme-next" })),
+        )
+        .await;
+    assert_eq!((status, code(&err)), (StatusCode::FORBIDDEN, "forbidden"));
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("handle"),
+        "{err}"
+    );
+    let (_, unchanged) = app.get(&globex_path).await;
+    assert_eq!(unchanged["name"], "Globex", "nothing of it is stored");
+    let handle = unchanged["handle"].clone();
+    let (status, changed) = app
+        .call(
+            Method::PATCH,
+            &globex_path,
+            &globex_key,
+            Some(json!({ "name": "Globex Two", "handle": handle })),
+        )
+        .await;
+    assert_eq!(
+        (status, &changed["name"]),
+        (StatusCode::OK, &json!("Globex Two")),
+        "the handle as it is: {changed}"
+    );
     // Another organization's is not found, as its every other route is.
     let (status, err) = app
         .call(

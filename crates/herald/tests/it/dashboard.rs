@@ -1544,7 +1544,51 @@ async fn an_organization_key_cannot_delete_its_organization() {
     let settings = format!("/orgs/{org}/settings");
     let body = visitor.get(&settings).await.body;
     assert!(body.contains("Save settings") && !body.contains("Delete organization"));
+    // Nor change its handle: the field is read-only, and a changed one is refused, saying why.
+    assert!(
+        body.contains(r#"value="acme" required maxlength="63" readonly"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("Only the server's operator changes it"),
+        "{body}"
+    );
     let csrf = visitor.csrf(&settings).await;
+    let a = visitor
+        .post(
+            &settings,
+            &[
+                ("csrf", &csrf),
+                ("name", "Acme Renamed"),
+                ("handle", "acme-new"),
+                ("catalogs", "optare"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert!(
+        a.body
+            .contains("handle is changed only with the admin token"),
+        "{}",
+        a.body
+    );
+    let a = visitor
+        .post(
+            &settings,
+            &[
+                ("csrf", &csrf),
+                ("name", "Acme Renamed"),
+                ("handle", "acme"),
+                ("catalogs", "optare"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let (_, stored) = app.get(&format!("/v1/orgs/{org}")).await;
+    assert_eq!(
+        (stored["name"].as_str(), stored["handle"].as_str()),
+        (Some("Acme Renamed"), Some("acme"))
+    );
     let a = visitor
         .post(
             &format!("/orgs/{org}/delete"),

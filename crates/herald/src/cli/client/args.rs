@@ -47,7 +47,7 @@ pub enum OrgsCommand {
         /// A new name.
         #[arg(long)]
         name: Option<String>,
-        /// A new handle (WebSub topics and Asgardeo issuers name it).
+        /// A new handle (WebSub topics and Asgardeo issuers name it); with the admin token only.
         #[arg(long)]
         handle: Option<String>,
         /// The built-in catalogs it uses, replacing the current ones (repeatable): optare, opal,
