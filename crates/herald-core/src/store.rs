@@ -633,6 +633,12 @@ pub trait Store: Send + Sync + 'static {
     fn write_trouble(&self) -> Option<String> {
         None
     }
+    /// Why this node cannot serve some requests although its database works (it lacks a key
+    /// that stored secrets were sealed with); `None` when nothing says so. The readiness check
+    /// asks; it lasts until the node is restarted.
+    fn serving_trouble(&self) -> Option<String> {
+        None
+    }
     /// How long write transactions take to commit, if the backend measures it.
     fn commit_latency(&self) -> Option<&crate::metrics::Histogram> {
         None

@@ -10,6 +10,13 @@
 //! Rotating the key: make the new key `HERALD_ENCRYPTION_KEY`, list the old one in
 //! `HERALD_ENCRYPTION_OLD_KEYS` so stored secrets still open, start Herald once (or run
 //! `herald migrate`), then drop the old key.
+//!
+//! Old keys without a current one open what was sealed with them and seal nothing: several
+//! nodes sharing a database first learn a new key so (one restart each), then seal with it, so
+//! that no node meets a secret sealed with a key it lacks. A node that meets one anyway (started
+//! without a key the others seal with) cannot serve those webhooks: it says so
+//! ([`SecretCipher::missing_key_trouble`]), for `/readyz`, so that a load balancer stops
+//! sending it work, and its API answers `503` rather than `500`, so that producers send again.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -74,6 +81,8 @@ fn hex_prefix(digest: &[u8]) -> String {
 pub struct SecretCipher {
     current: Option<Key>,
     old: Vec<Key>,
+    /// The first key met that this node is not given: a stored secret sealed with it.
+    missing: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SecretCipher {
@@ -89,8 +98,34 @@ impl std::fmt::Debug for SecretCipher {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CipherError(pub String);
+#[error("{message}")]
+pub struct CipherError {
+    pub message: String,
+    /// The secret was sealed with a key this node is not given (not a damaged value).
+    pub missing_key: bool,
+}
+
+impl CipherError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            missing_key: false,
+        }
+    }
+}
+
+/// Whether the error (or one it was caused by) is a stored secret sealed with a key this
+/// node is not given.
+pub fn is_missing_key(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.downcast_ref::<CipherError>()
+            .is_some_and(|c| c.missing_key)
+    })
+}
+
+fn failed(e: CipherError) -> herald_core::store::StoreError {
+    herald_core::store::StoreError::Other(Box::new(e))
+}
 
 impl SecretCipher {
     /// No encryption: secrets are stored as they are.
@@ -103,14 +138,14 @@ impl SecretCipher {
             .filter(|k| !k.trim().is_empty())
             .map(Key::parse)
             .transpose()
-            .map_err(|e| CipherError(format!("HERALD_ENCRYPTION_KEY: {e}")))?;
+            .map_err(|e| CipherError::new(format!("HERALD_ENCRYPTION_KEY: {e}")))?;
         let old: Vec<Key> = old
             .iter()
             .filter(|k| !k.trim().is_empty())
             .enumerate()
             .map(|(i, k)| {
                 Key::parse(k).map_err(|e| {
-                    CipherError(format!(
+                    CipherError::new(format!(
                         "HERALD_ENCRYPTION_OLD_KEYS, key {} of {}: {e}",
                         i + 1,
                         old.len()
@@ -118,16 +153,28 @@ impl SecretCipher {
                 })
             })
             .collect::<Result<_, _>>()?;
-        if current.is_none() && !old.is_empty() {
-            return Err(CipherError(
-                "old encryption keys were given without a current HERALD_ENCRYPTION_KEY".into(),
-            ));
-        }
-        Ok(Self { current, old })
+        Ok(Self {
+            current,
+            old,
+            missing: Default::default(),
+        })
     }
 
     pub fn enabled(&self) -> bool {
         self.current.is_some()
+    }
+
+    /// Why this node cannot serve some webhooks, once it met a secret sealed with a key it is
+    /// not given (for `/readyz`); it stays until the node is restarted with the key.
+    pub fn missing_key_trouble(&self) -> Option<String> {
+        let missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        missing.as_ref().map(|id| {
+            format!(
+                "a stored secret was sealed with encryption key {id}, which this node is not \
+                 given: it cannot serve the webhooks sealed so. Give it the keys the other nodes \
+                 have (HERALD_ENCRYPTION_KEY, HERALD_ENCRYPTION_OLD_KEYS) and restart it"
+            )
+        })
     }
 
     /// The form to store of `secret`, kept at `place` (`<webhook id>/<field>`): it opens only
@@ -182,20 +229,27 @@ impl SecretCipher {
         };
         let (id, blob) = rest
             .split_once(':')
-            .ok_or_else(|| CipherError("a stored secret is malformed".into()))?;
+            .ok_or_else(|| CipherError::new("a stored secret is malformed"))?;
         let key = self
             .current
             .iter()
             .chain(&self.old)
             .find(|k| k.id == id)
-            .ok_or_else(|| CipherError(format!(
-                "a stored secret was encrypted with key {id}, which is not configured; set it as HERALD_ENCRYPTION_KEY or in HERALD_ENCRYPTION_OLD_KEYS"
-            )))?;
+            .ok_or_else(|| {
+                let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+                missing.get_or_insert_with(|| id.to_owned());
+                CipherError {
+                    message: format!(
+                        "a stored secret was encrypted with key {id}, which is not configured; set it as HERALD_ENCRYPTION_KEY or in HERALD_ENCRYPTION_OLD_KEYS"
+                    ),
+                    missing_key: true,
+                }
+            })?;
         let blob = B64
             .decode(blob)
-            .map_err(|_| CipherError("a stored secret is malformed".into()))?;
+            .map_err(|_| CipherError::new("a stored secret is malformed"))?;
         if blob.len() < 24 {
-            return Err(CipherError("a stored secret is malformed".into()));
+            return Err(CipherError::new("a stored secret is malformed"));
         }
         let (nonce, sealed) = blob.split_at(24);
         let payload = Payload { msg: sealed, aad };
@@ -203,12 +257,12 @@ impl SecretCipher {
             .cipher
             .decrypt(XNonce::from_slice(nonce), payload)
             .map_err(|_| {
-                CipherError(format!(
+                CipherError::new(format!(
                     "a stored secret does not open with key {id} where it is ({place}): it was \
                      sealed with another key of that id, or for another webhook or field"
                 ))
             })?;
-        String::from_utf8(plain).map_err(|_| CipherError("a stored secret is malformed".into()))
+        String::from_utf8(plain).map_err(|_| CipherError::new("a stored secret is malformed"))
     }
 
     /// A copy of the webhook with its secrets in their stored form.
@@ -232,10 +286,7 @@ impl SecretCipher {
         mut w: herald_core::webhook::Webhook,
     ) -> herald_core::store::StoreResult<herald_core::webhook::Webhook> {
         let id = w.id.to_string();
-        let open = |s: &str, field: &str| {
-            self.open(s, &place(&id, field))
-                .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))
-        };
+        let open = |s: &str, field: &str| self.open(s, &place(&id, field)).map_err(failed);
         w.secret = open(&w.secret, "secret")?;
         w.previous_secret = w
             .previous_secret
@@ -244,7 +295,7 @@ impl SecretCipher {
             .transpose()?;
         w.headers = self
             .open_headers(std::mem::take(&mut w.headers), &id)
-            .map_err(|e| herald_core::store::StoreError::Other(Box::new(e)))?;
+            .map_err(failed)?;
         Ok(w)
     }
 
@@ -267,7 +318,7 @@ impl SecretCipher {
         match stored.get(SEALED_HEADERS) {
             Some(blob) if stored.len() == 1 => {
                 serde_json::from_str(&self.open(blob, &place(webhook, "headers"))?)
-                    .map_err(|_| CipherError("stored custom headers are malformed".into()))
+                    .map_err(|_| CipherError::new("stored custom headers are malformed"))
             }
             _ => Ok(stored),
         }
@@ -282,7 +333,7 @@ impl SecretCipher {
         webhook: &str,
     ) -> Result<Option<String>, CipherError> {
         let stored: Headers = serde_json::from_str(stored)
-            .map_err(|_| CipherError("stored custom headers are malformed".into()))?;
+            .map_err(|_| CipherError::new("stored custom headers are malformed"))?;
         let current = stored.len() == 1
             && stored
                 .get(SEALED_HEADERS)
@@ -339,7 +390,7 @@ impl Resealed {
                 cipher.open(previous, &place(webhook, "previous_secret"))?;
             }
             let headers: Headers = serde_json::from_str(headers)
-                .map_err(|_| CipherError("stored custom headers are malformed".into()))?;
+                .map_err(|_| CipherError::new("stored custom headers are malformed"))?;
             cipher.open_headers(headers, webhook)?;
             return Ok(Self {
                 secret: None,
@@ -405,7 +456,10 @@ mod tests {
         // Copied into another webhook's row, or into another field of the same one.
         for elsewhere in [place("wh_b", "headers"), place("wh_a", "secret")] {
             let err = c.open(&sealed, &elsewhere).unwrap_err();
-            assert!(err.0.contains("for another webhook or field"), "{err}");
+            assert!(
+                err.message.contains("for another webhook or field"),
+                "{err}"
+            );
         }
         assert_eq!(
             c.open(&sealed, &place("wh_a", "headers")).unwrap(),
@@ -473,13 +527,36 @@ mod tests {
         assert!(rotated.is_stale(&sealed));
         assert!(!rotated.is_stale(&rotated.seal("s", HERE)));
         let without_old = SecretCipher::new(Some(K2), &[]).unwrap();
-        assert!(
-            without_old
-                .open(&sealed, HERE)
-                .unwrap_err()
-                .0
-                .contains("not configured")
-        );
+        assert_eq!(without_old.missing_key_trouble(), None);
+        let err = without_old.open(&sealed, HERE).unwrap_err();
+        assert!(err.message.contains("not configured"), "{err}");
+        assert!(is_missing_key(&herald_core::store::StoreError::Other(
+            Box::new(err)
+        )));
+        // Said for `/readyz` from then on, naming the key.
+        let trouble = without_old.missing_key_trouble().expect("said");
+        let k1 = SecretCipher::new(Some(K1), &[])
+            .unwrap()
+            .current
+            .unwrap()
+            .id;
+        assert!(trouble.contains(&k1), "{trouble}");
+        // A damaged value is no missing key.
+        let damaged = without_old.open("enc:v2:nope", HERE).unwrap_err();
+        assert!(!damaged.missing_key);
+    }
+
+    /// The first step of turning encryption on across nodes: a key known only as an old one
+    /// opens what was sealed with it, and nothing is sealed or due to be.
+    #[test]
+    fn old_keys_without_a_current_one_open_and_seal_nothing() {
+        let sealed = SecretCipher::new(Some(K1), &[]).unwrap().seal("s", HERE);
+        let learning = SecretCipher::new(None, &[K1.into()]).unwrap();
+        assert!(!learning.enabled());
+        assert_eq!(learning.open(&sealed, HERE).unwrap(), "s");
+        assert_eq!(learning.seal("s", HERE), "s");
+        assert!(!learning.is_stale(&sealed) && !learning.is_stale("s"));
+        assert_eq!(learning.reseal(&sealed, HERE).unwrap(), None);
     }
 
     #[test]
@@ -542,7 +619,7 @@ mod tests {
     fn a_bad_key_is_named() {
         let error = |current: &str, old: &[&str]| {
             let old: Vec<String> = old.iter().map(|k| (*k).to_owned()).collect();
-            SecretCipher::new(Some(current), &old).unwrap_err().0
+            SecretCipher::new(Some(current), &old).unwrap_err().message
         };
         assert!(error("zz", &[]).starts_with("HERALD_ENCRYPTION_KEY: "));
         assert!(error(K1, &[K2, "zz"]).starts_with("HERALD_ENCRYPTION_OLD_KEYS, key 2 of 2: "));

@@ -235,6 +235,8 @@ pub struct EncryptionSettings {
     pub encryption_key: Option<String>,
     /// Previous encryption keys, comma-separated, still accepted to read secrets during a key
     /// rotation; secrets are re-encrypted with the current key on start, or by `herald migrate`.
+    /// Without a current key, they open what was sealed with them and seal nothing: the first
+    /// step of turning encryption on across several nodes.
     #[arg(
         long,
         env = "HERALD_ENCRYPTION_OLD_KEYS",

@@ -871,6 +871,11 @@ impl Store for PostgresStore {
         self.ingest.trouble()
     }
 
+    fn serving_trouble(&self) -> Option<String> {
+        // A node without a key the others seal with cannot serve their webhooks.
+        self.cipher.missing_key_trouble()
+    }
+
     fn signals(&self) -> Option<broadcast::Receiver<StoreSignal>> {
         let receiver = self.signals.subscribe();
         self.listener.get_or_init(|| {

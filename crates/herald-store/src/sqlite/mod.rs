@@ -885,6 +885,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn serving_trouble(&self) -> Option<String> {
+        self.cipher.missing_key_trouble()
+    }
+
     fn commit_latency(&self) -> Option<&herald_core::metrics::Histogram> {
         Some(&self.writer.commit_latency)
     }

@@ -14,6 +14,10 @@ use crate::service::ServiceError;
 pub static STORE_UNAVAILABLE: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
 
+/// The same for requests that met a secret sealed with a key this node is not given.
+static MISSING_KEY: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -137,6 +141,20 @@ impl From<ServiceError> for ApiError {
                         "the database is unavailable{}; try again shortly",
                         unavailable_because(&cause)
                     ),
+                )
+            }
+            // A node started without a key the others seal with: another node may serve it,
+            // and the operator has a setting to fix (`/readyz` names the key meanwhile).
+            E::Internal(cause) if herald_store::cipher::is_missing_key(&cause) => {
+                if let Some(held_back) = MISSING_KEY.admit() {
+                    tracing::error!(error = %herald_core::error_chain(&cause), held_back, "a stored secret was sealed with a key this node is not given: answering 503 (said once per 10 s while it lasts); give it every node's keys and restart it");
+                }
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "this node cannot open the webhook secrets this needs (its operator has not \
+                     given it the encryption key they were sealed with; its log says which); try \
+                     again shortly: another node may answer",
                 )
             }
             E::Internal(cause) => {

@@ -56,7 +56,11 @@ async fn get_ready(State(state): State<AppState>) -> (StatusCode, Extension<Prob
 
 /// Whether the store can take events now, and if not, why.
 async fn readiness(state: &AppState) -> (StatusCode, Status) {
-    if let Some(trouble) = state.store.write_trouble() {
+    if let Some(trouble) = state
+        .store
+        .write_trouble()
+        .or_else(|| state.store.serving_trouble())
+    {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Status {

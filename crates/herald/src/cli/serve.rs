@@ -77,6 +77,14 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
             .encryption_key
             .as_deref()
             .is_some_and(|k| !k.trim().is_empty());
+        let secrets_at_rest = if encrypted {
+            "encrypted"
+        } else if settings.encryption.encryption_old_keys.iter().any(|k| !k.trim().is_empty()) {
+            // The first step of turning encryption on across nodes (docs/operations.md).
+            "plain, opening those sealed with HERALD_ENCRYPTION_OLD_KEYS (set HERALD_ENCRYPTION_KEY to encrypt)"
+        } else {
+            "plain (set HERALD_ENCRYPTION_KEY to encrypt)"
+        };
         // The address is taken first, so that a start that cannot serve creates nothing (not
         // even an admin token), but only listened on once the node is ready: while migrations
         // run, a load balancer's check finds the port closed rather than a node that hangs.
@@ -101,7 +109,7 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         tracing::info!(
             private_networks = if private_networks.is_empty() { "none" } else { private_networks.as_str() },
             insecure_urls,
-            secrets_at_rest = if encrypted { "encrypted" } else { "plain (set HERALD_ENCRYPTION_KEY to encrypt)" },
+            secrets_at_rest,
             "delivering to public addresses{}{}",
             if private_networks.is_empty() { "" } else { " and the private networks allowed" },
             if insecure_urls { "; http:// allowed for every profile" } else { "" }

@@ -629,3 +629,91 @@ async fn a_webhook_changed_through_one_node_takes_effect_on_the_others() {
     assert_eq!(after.status, StatusCode::SEE_OTHER);
     assert!(after.location.starts_with("/login"), "{}", after.location);
 }
+
+/// Encryption turned on across nodes. A node started with a key seals every stored secret; a
+/// node without it then cannot serve those webhooks: it answers `503` (not `500`), so that
+/// producers send again elsewhere, and `/readyz` names the key, so that a load balancer stops
+/// sending it work. A node given the key among its old keys only opens what was sealed with it
+/// and seals nothing: the first step of the rolling change the operations guide gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_key_the_others_seal_with_says_so_and_one_learning_it_serves() {
+    let Some(db) = TestDatabase::create("the encryption-key test").await else {
+        return;
+    };
+    const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let rx = TestReceiver::start().await;
+    let http = http_client();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let node = |dir: &tempfile::TempDir, keys: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("HERALD_DATABASE_URL", db.url.clone()),
+            ("HERALD_DATABASE_POOL_SIZE", "4".to_owned()),
+        ];
+        env.extend(keys.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let path = dir.path().to_owned();
+        async move { Server::start_with(&path, &env).await }
+    };
+    let plain = node(&dirs[0], &[]).await;
+    let (_, org) = call(&http, &plain.base, "/v1/orgs", json!({ "name": "Acme" })).await;
+    let org = org["id"].as_str().unwrap().to_owned();
+    let (status, hook) = call(
+        &http,
+        &plain.base,
+        &format!("/v1/orgs/{org}/webhooks"),
+        json!({ "name": "sink", "url": rx.url("/sink") }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let events = format!("/v1/orgs/{org}/events");
+    let event =
+        |id: &str| json!({ "type": "user.created", "id": id, "data": { "user": { "id": id } } });
+
+    // A node learning the key among its old keys only: it opens sealed secrets, seals none.
+    let learning = node(&dirs[1], &[("HERALD_ENCRYPTION_OLD_KEYS", KEY)]).await;
+    let (status, _) = call(&http, &learning.base, &events, event("e-1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = call(&http, &plain.base, &events, event("e-2")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "nothing was sealed");
+
+    // A node sealing with it: the node without it cannot open the secrets any more.
+    let sealing = node(&dirs[2], &[("HERALD_ENCRYPTION_KEY", KEY)]).await;
+    let (status, err) = call(&http, &plain.base, &events, event("e-3")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    assert_eq!(err["error"]["code"], "unavailable", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("encryption key"),
+        "{err}"
+    );
+    let ready = http
+        .get(format!("{}/readyz", plain.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["reason"]
+            .as_str()
+            .unwrap()
+            .contains("which this node is not given"),
+        "{ready}"
+    );
+    // The nodes that have the key serve the event sent again.
+    for base in [&learning.base, &sealing.base] {
+        let (status, body) = call(&http, base, &events, event("e-3")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
+    }
+    let got = rx.wait_for("/sink", 3, Duration::from_secs(20)).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["data"]["user"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, ["e-1", "e-2", "e-3"]);
+}
