@@ -65,16 +65,30 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     if copy_admin_token(&args.storage.data_dir, &args.to)? {
         kept.push("admin-token".into());
     }
+    let copied = copy_copied_marker(&args.storage.data_dir, &args.to)?;
+    if copied {
+        kept.push(crate::app::COPIED_MARKER.into());
+    }
     out!(
         "Backed up to {} in {:.1} s: {}.",
         args.to.display(),
         started.elapsed().as_secs_f64(),
         kept.join(", ")
     );
-    out!(
-        "To restore, start Herald on it: herald serve --data-dir {}",
-        args.to.display()
-    );
+    if copied {
+        // The directory was moved to PostgreSQL: the copy keeps the note that stops a server
+        // on it from sending what it had pending a second time.
+        out!(
+            "It was copied to PostgreSQL ({} says where): the nodes there serve it, and \
+             `herald serve` refuses this copy as it refuses the original.",
+            crate::app::COPIED_MARKER
+        );
+    } else {
+        out!(
+            "To restore, start Herald on it: herald serve --data-dir {}",
+            args.to.display()
+        );
+    }
     out!(
         "Deliveries being attempted when the copy was taken are attempted again then (at least once)."
     );
@@ -120,6 +134,19 @@ fn copy_admin_token(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
     };
     crate::app::write_private(&to.join("admin-token"), token.trim_end())
         .with_context(|| format!("could not write the admin token into {}", to.display()))?;
+    Ok(true)
+}
+
+/// Copies the note `herald copy` left (see [`crate::app::COPIED_MARKER`]), if there is one: a
+/// server started on the backup would otherwise send what it had pending a second time.
+/// Answers whether there was.
+fn copy_copied_marker(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
+    let from = data_dir.join(crate::app::COPIED_MARKER);
+    if !from.is_file() {
+        return Ok(false);
+    }
+    std::fs::copy(&from, to.join(crate::app::COPIED_MARKER))
+        .with_context(|| format!("could not copy {} into {}", from.display(), to.display()))?;
     Ok(true)
 }
 

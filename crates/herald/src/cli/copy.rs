@@ -52,6 +52,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
+    refuse_if_copied_before(&args.data_dir)?;
     let cipher = app::cipher_of(&args.encryption)?;
     // Held to the end: events a server took after the copy began would not be in PostgreSQL.
     let _lock = {
@@ -219,6 +220,27 @@ fn check_target(url: &str) -> anyhow::Result<()> {
         _ if std::env::var_os("PGDATABASE").is_some_and(|v| !v.is_empty()) => Ok(()),
         _ => bail!("--to names no database; give one: {SHAPE} (or set PGDATABASE)"),
     }
+}
+
+/// Refuses a data directory copied before: two databases would then hold what it had pending,
+/// sent twice if nodes run on both, and the note of where the first copy went would be lost.
+fn refuse_if_copied_before(data_dir: &Path) -> anyhow::Result<()> {
+    let marker = data_dir.join(app::COPIED_MARKER);
+    let Ok(note) = std::fs::read_to_string(&marker) else {
+        return Ok(());
+    };
+    let before = note
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.');
+    bail!(
+        "this data directory was copied to PostgreSQL before: {before}. A second copy would put \
+         what it had pending into two databases, sent twice if nodes run on both. To copy it \
+         again all the same (that first database was dropped, say), remove {} and run `herald \
+         copy` again",
+        marker.display()
+    )
 }
 
 /// Leaves a note in the data directory that keeps `herald serve` from running on it again.

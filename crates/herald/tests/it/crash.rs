@@ -1109,6 +1109,37 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         .unwrap();
     last.verify_standard(secret).unwrap();
 
+    // A backup of the copied directory keeps the note: a server on it is refused too.
+    let backup = tempfile::tempdir().unwrap();
+    let backed_up = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["backup", "--to"])
+        .arg(backup.path().join("b"))
+        .env("HERALD_DATA_DIR", dir.path())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&backed_up.stdout);
+    assert!(
+        backed_up.status.success() && said.contains("copied-to-postgresql"),
+        "{said}"
+    );
+    let restored = refused_serve(&backup.path().join("b")).await;
+    let said = String::from_utf8_lossy(&restored.stderr);
+    assert!(
+        !restored.status.success() && said.contains("was copied to PostgreSQL"),
+        "{said}"
+    );
+
+    // A second copy of the directory is refused, naming where the first went; without the
+    // note, the target already holds its data.
+    let again = copy().await.unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        stderr.contains("was copied to PostgreSQL before") && stderr.contains(&db.url),
+        "{stderr}"
+    );
+    std::fs::remove_file(dir.path().join("copied-to-postgresql")).unwrap();
     let again = copy().await.unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success());
