@@ -18,6 +18,14 @@ const IDLE_LOOK: Duration = Duration::from_secs(5);
 const FULL_LOOK: Duration = Duration::from_millis(200);
 /// How long to wait before trying again after the store failed.
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
+/// How many queued deliveries' leases one look renews at most.
+const RENEW_BATCH: usize = 5_000;
+
+/// How often the scheduler looks for queued deliveries whose leases end within half a lease
+/// (an eighth of a lease, between 1 s and 30 s): each is renewed before it ends.
+fn renew_look(lease: Duration) -> Duration {
+    (lease / 8).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
 
 /// Runs until `shutdown` turns true.
 pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
@@ -25,9 +33,19 @@ pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
     // every minute while it lasts) and when it ends, not every second.
     let mut failing_since: Option<std::time::Instant> = None;
     let mut said_at = std::time::Instant::now();
+    let renew_every = renew_look(dispatcher.settings().lease);
+    let mut renew_at = tokio::time::Instant::now() + renew_every;
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        if tokio::time::Instant::now() >= renew_at {
+            renew_at = tokio::time::Instant::now() + renew_every;
+            let now = dispatcher.clock().now();
+            if let Err(e) = dispatcher.renew_queued_leases(now, RENEW_BATCH).await {
+                // The next tick meets the same store, and says so.
+                tracing::debug!(error = %herald_core::error_chain(&e), "could not renew the leases of queued deliveries");
+            }
         }
         let wait = match tick(&dispatcher).await {
             Ok(wait) => {
@@ -54,7 +72,7 @@ pub async fn run(dispatcher: Dispatcher, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait.min(renew_every)) => {}
             _ = dispatcher.scheduler_woken() => {}
             _ = shutdown.changed() => {}
         }

@@ -111,6 +111,60 @@ impl Dispatcher {
         }
     }
 
+    /// Renews, for a whole lease from `now`, the leases of deliveries queued here that end
+    /// within half a lease (up to `most` of them): a backlog to a slow endpoint can outlast the
+    /// leases it was taken under, and another node would then take what this one was about to
+    /// send, and say so as if this one had stopped. Those found another node's meanwhile are
+    /// forgotten here. Answers how many were renewed.
+    pub(crate) async fn renew_queued_leases(
+        &self,
+        now: Timestamp,
+        most: usize,
+    ) -> Result<usize, StoreError> {
+        let lease = self.shared.settings.lease.as_millis() as i64;
+        let leases = {
+            let held = self.shared.held.lock().expect("held lock");
+            held.queued_leases_ending_before(now.plus_millis(lease / 2), most)
+        };
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let (renewed, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
+        if !lost.is_empty() {
+            tracing::debug!(
+                lost = lost.len(),
+                "queued deliveries another node took over; not sending those"
+            );
+            self.release_held_leases(&lost);
+        }
+        tracing::debug!(renewed, "renewed the leases of deliveries queued here");
+        Ok(renewed)
+    }
+
+    /// Renews these held leases in the store until `until`. Answers how many were renewed,
+    /// and those lost: another node's now, or settled. Not those this node's own scheduler
+    /// took again meanwhile: their held lease was then raised past the one sent, and they are
+    /// this node's under that one.
+    async fn renew_held(
+        &self,
+        leases: &[(herald_core::DeliveryId, Timestamp)],
+        until: Timestamp,
+    ) -> Result<(usize, Vec<herald_core::DeliveryId>), StoreError> {
+        let renewed = self.shared.store.renew_leases(leases, until).await?;
+        let mut held = self.shared.held.lock().expect("held lock");
+        for id in &renewed {
+            held.renewed(id, until);
+        }
+        let lost = leases
+            .iter()
+            .filter(|(id, sent)| {
+                !renewed.contains(id) && held.leases_of([id]).first().map(|(_, l)| l) == Some(sent)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        Ok((renewed.len(), lost))
+    }
+
     /// When the first of the batch's leases ends (`None`: not held here), renewed for a whole
     /// lease from `now` when what is left would not cover an attempt with the webhook's full
     /// timeout: a backlog queued in memory can outlast the leases it was taken under, and an
@@ -137,25 +191,7 @@ impl Dispatcher {
             let held = shared.held.lock().expect("held lock");
             held.leases_of(batch.iter().map(|d| &d.delivery_id))
         };
-        let until = now.plus_millis(lease);
-        let renewed = shared.store.renew_leases(&leases, until).await?;
-        let lost: Vec<herald_core::DeliveryId> = {
-            let mut held = shared.held.lock().expect("held lock");
-            for id in &renewed {
-                held.renewed(id, until);
-            }
-            // Not renewed: another node's now, or settled. Unless this node's own scheduler took
-            // it again meanwhile: its held lease was then raised past the one sent, and it is
-            // this node's under that one.
-            leases
-                .iter()
-                .filter(|(id, sent)| {
-                    !renewed.contains(id)
-                        && held.leases_of([id]).first().map(|(_, l)| l) == Some(sent)
-                })
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let (_, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
         if lost.is_empty() {
             // Renewed here, or taken again by this node's own scheduler: read them afresh.
             return Ok(Ok(self.lease_ends(batch)));

@@ -244,6 +244,21 @@ impl HeldDeliveries {
             .collect()
     }
 
+    /// Up to `most` queued deliveries (not started) whose leases end before `soon`, with
+    /// those leases.
+    pub(crate) fn queued_leases_ending_before(
+        &self,
+        soon: Timestamp,
+        most: usize,
+    ) -> Vec<(DeliveryId, Timestamp)> {
+        self.by_id
+            .iter()
+            .filter(|(_, h)| !h.started && h.lease_until < soon)
+            .take(most)
+            .map(|(id, h)| (id.clone(), h.lease_until))
+            .collect()
+    }
+
     /// Notes that a held delivery's lease was renewed in the store until `until`.
     pub(crate) fn renewed(&mut self, id: &DeliveryId, until: Timestamp) {
         if let Some(held) = self.by_id.get_mut(id) {

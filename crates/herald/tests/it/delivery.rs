@@ -1230,6 +1230,64 @@ async fn a_delivery_that_waited_most_of_its_lease_is_sent_under_a_renewed_one() 
     }
 }
 
+/// Deliveries queued behind a slow endpoint have their leases renewed before they end, not
+/// only just before their attempts: a backlog longer than a lease would otherwise be taken over
+/// by another node (which would say that this one had stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_deliveries_keep_their_leases_while_they_wait() {
+    let app = TestApp::spawn_with(|s| {
+        s.delivery.endpoint_concurrency = 1;
+        // The scheduler looks every 2 s (an eighth) for leases ending within 8 s (a half).
+        s.delivery.lease_seconds = 16;
+    })
+    .await;
+    let rx = TestReceiver::start().await;
+    // Answered only once the renewal is looked for: the queued ones do not start before.
+    rx.script([Reply::status(200).after(Duration::from_millis(8_000))]);
+    let org = app.create_org("Acme").await;
+    let hook = app.create_webhook(&org, &rx.url("/h"), json!({})).await;
+    for id in ["slow", "queued-1", "queued-2"] {
+        let mut event = user_created(id);
+        event["id"] = json!(id);
+        app.send_event(&org, event).await;
+    }
+    rx.wait_for("/h", 1, WAIT).await;
+    // 7 s of the queued ones' leases left: within the half a lease renewed ahead.
+    app.clock.advance(Duration::from_secs(9));
+    let db = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
+    let renewed_from = app.clock.now().plus_secs(15).as_millis();
+    let mut leases = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut statement = db
+            .prepare(
+                "SELECT lease_until FROM deliveries WHERE event_id IN ('queued-1', 'queued-2')",
+            )
+            .unwrap();
+        leases = statement
+            .query_map([], |r| r.get::<_, Option<i64>>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        if leases.len() == 2 && leases.iter().all(|l| l.is_some_and(|l| l >= renewed_from)) {
+            break;
+        }
+    }
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert!(
+        leases.iter().all(|l| l.is_some_and(|l| l >= renewed_from)),
+        "renewed for a whole lease: {leases:?} (from {renewed_from})"
+    );
+    rx.wait_for("/h", 3, WAIT).await;
+    for id in app.delivery_ids(&org, hook["id"].as_str().unwrap()).await {
+        let d = app
+            .wait_for_delivery(&org, &id, |d| d["state"] != "pending")
+            .await;
+        assert_eq!(d["state"], "succeeded", "{d}");
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_goes_ahead_of_the_backlog_and_through_an_open_circuit() {
     let app = TestApp::spawn_with(|s| s.delivery.endpoint_concurrency = 1).await;
