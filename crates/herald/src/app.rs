@@ -359,6 +359,22 @@ fn what_to_do_about(said: &str) -> &'static str {
         "; check the user and password in the URL (or PGPASSWORD)"
     } else if said.contains("role \"") && said.ends_with("does not exist") {
         "; name a user that exists in the URL, or create it (`createuser NAME`)"
+    } else if said.contains("Timeout occurred while creating a new object") {
+        // The pool's words: the connection did not finish PostgreSQL's start-up in time.
+        "; nothing there finished a PostgreSQL start-up within 3 s: is that address and port \
+         PostgreSQL's, and reachable from here (no firewall dropping it)?"
+    } else if [
+        "TLS handshake",
+        "Connection reset by peer",
+        "Broken pipe",
+        "early eof",
+        "connection closed",
+    ]
+    .iter()
+    .any(|broke| said.contains(broke))
+    {
+        "; the connection broke during the start-up: is that port PostgreSQL's? (With TLS, \
+         check sslmode in the URL and the server's certificate settings.)"
     } else {
         ""
     }

@@ -267,6 +267,7 @@ pub fn router(state: AppState) -> Router {
     doc.push('\n');
     let doc = Bytes::from(doc);
     routes
+        .layer(axum::middleware::map_response(kept_by_no_cache))
         .route(
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
@@ -280,6 +281,16 @@ pub fn router(state: AppState) -> Router {
             count_response,
         ))
         .with_state(state)
+}
+
+/// API answers may carry a secret shown once (a webhook's, a new API key): no cache on the way
+/// keeps them (the dashboard's pages say so too).
+async fn kept_by_no_cache(mut response: axum::response::Response) -> axum::response::Response {
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Counts every response by its status class, for `/metrics`; not the probes' answers.

@@ -54,7 +54,8 @@ struct NextQuery {
 
 /// Only paths of this site, so that the sign-in page cannot send anyone elsewhere. Browsers drop
 /// tabs and line breaks from URLs, so `/\t/evil.example` would become `//evil.example`: no
-/// whitespace or control character is let through.
+/// whitespace or control character is let through. Other characters past ASCII are
+/// percent-encoded: a `Location` header carries bytes that browsers read as Latin-1.
 fn safe_next(next: Option<&str>) -> Option<String> {
     next.filter(|n| {
         n.starts_with('/')
@@ -62,7 +63,7 @@ fn safe_next(next: Option<&str>) -> Option<String> {
             && !n.contains('\\')
             && !n.chars().any(|c| c.is_control() || c.is_whitespace())
     })
-    .map(str::to_owned)
+    .map(|n| percent_encoding::utf8_percent_encode(n, percent_encoding::CONTROLS).to_string())
 }
 
 /// Whether a sign-in form was posted from this site. Without a session there is no CSRF token
@@ -300,6 +301,9 @@ mod tests {
         assert_eq!(safe_next(Some("/\\evil.example")), None);
         // Browsers drop the tab and read `//evil.example`.
         assert_eq!(safe_next(Some("/\t/evil.example")), None);
+        // Past ASCII, as a Location header must carry it; what is already encoded stays.
+        assert_eq!(safe_next(Some("/orgs/xÿ")), Some("/orgs/x%C3%BF".into()));
+        assert_eq!(safe_next(Some("/orgs/x%20y")), Some("/orgs/x%20y".into()));
         assert_eq!(safe_next(Some("/a b")), None);
     }
 

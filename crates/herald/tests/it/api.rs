@@ -1410,6 +1410,39 @@ async fn patch_if_match(
     (status, etag, resp.json().await.unwrap())
 }
 
+/// An answer that shows a secret once is kept by no cache on the way; nor is any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_answers_are_kept_by_no_cache() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    for (path, body) in [
+        (
+            format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "h", "url": "https://a.example/h" }),
+        ),
+        (format!("/v1/orgs/{org}/api-keys"), json!({ "name": "k" })),
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    }
+    let resp = app
+        .http
+        .get(format!("{}/v1/orgs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
     let app = TestApp::spawn().await;

@@ -520,6 +520,41 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
         assert!(!out.status.success());
         assert!(stderr.contains(says), "{stderr}");
     }
+    // What answers on the port is not PostgreSQL: it says nothing, or it hangs up.
+    for (silent, says) in [
+        (
+            true,
+            "nothing there finished a PostgreSQL start-up within 3 s",
+        ),
+        (
+            false,
+            "the connection broke during the start-up: is that port PostgreSQL's?",
+        ),
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < until {
+                match listener.accept() {
+                    Ok((connection, _)) if silent => kept.push(connection),
+                    Ok(_) => {} // Dropped: closed at once.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+        for url in [
+            format!("postgres://herald@127.0.0.1:{port}/herald"),
+            format!("postgres://herald@127.0.0.1:{port}/herald?sslmode=disable"),
+        ] {
+            let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_DATABASE_URL", &url)]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(stderr.contains(says), "{url}: {stderr}");
+        }
+    }
     // Given on the command line too, the value is the flag's: no word of the variable.
     let out = herald_migrate(
         &["--data-dir", data_arg, "--database-pool-size=many"],
