@@ -121,7 +121,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         kept_admin_token(&data_dir.join("admin-token"))?;
     }
     if settings.storage.database_url.is_some() {
-        make_data_dir(&data_dir)?;
+        make_data_dir(&data_dir, "the admin token it generates")?;
     } else {
         refuse_if_copied(&data_dir)?;
     }
@@ -269,12 +269,17 @@ fn warn_of_a_short_lease(settings: &Settings) {
     }
 }
 
+/// What the embedded database's data directory holds, as the warning about its permissions
+/// says it.
+pub(crate) const HOLDS_THE_DATABASE: &str = "webhook secrets and events";
+
 /// Creates the data directory, readable by this user only: it holds the database (webhook
-/// secrets, unless `--encryption-key` seals them, and every event) and the admin token. One that
-/// already exists is left as its owner set it, with a warning if users outside its owner and
-/// group may reach into it.
+/// secrets, unless `--encryption-key` seals them, and every event) and the admin token, or on
+/// PostgreSQL the admin token alone (`holds` says what, for the warning). One that already
+/// exists is left as its owner set it, with a warning if users outside its owner and group may
+/// reach into it.
 #[cfg(unix)]
-pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn make_data_dir(dir: &std::path::Path, holds: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
@@ -295,8 +300,8 @@ pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         tracing::warn!(
             data_dir = %dir.display(),
             mode = format!("{:o}", mode & 0o777),
-            "other users of this machine can reach into the data directory, which holds webhook \
-             secrets and events; make it private with `chmod 700 {}`",
+            "other users of this machine can reach into the data directory, which holds {holds}; \
+             make it private with `chmod 700 {}`",
             dir.display()
         );
     }
@@ -304,7 +309,7 @@ pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 #[cfg(not(unix))]
-pub(crate) fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn make_data_dir(dir: &std::path::Path, _holds: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("could not create the data directory {}", dir.display()))
 }
@@ -340,7 +345,7 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
         return Ok(None);
     }
     let data_dir = storage.data_dir.clone();
-    make_data_dir(&data_dir)?;
+    make_data_dir(&data_dir, HOLDS_THE_DATABASE)?;
     let db_path = data_dir.join("herald.db");
     let lock = tokio::task::spawn_blocking(move || DatabaseLock::acquire(&db_path))
         .await?

@@ -49,7 +49,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             args.to.display()
         );
     }
-    crate::app::make_data_dir(&args.to)?;
+    crate::app::make_data_dir(&args.to, crate::app::HOLDS_THE_DATABASE)?;
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     note!(
         "Copying {} ({}, with what its write-ahead log holds) to {} ...",

@@ -68,6 +68,7 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         let public_url = settings.server.public_url.clone();
         let data_dir = settings.storage.data_dir.clone();
         let database = settings.storage.database_url_for_display();
+        let shared_database = database.is_some();
         // What loosens or tightens outgoing requests and storage, said once at start: an
         // operator reading the log sees how this node is set up.
         let private_networks = settings.security.allow_private_networks.join(",");
@@ -132,6 +133,16 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
                 tracing::info!("using the admin token kept in {}", path.display());
             }
             AdminTokenSource::Configured => {}
+        }
+        if let (true, AdminTokenSource::Generated(path) | AdminTokenSource::Stored(path)) =
+            (shared_database, &app.admin_token_source)
+        {
+            // Each node on one PostgreSQL database makes its own: behind a load balancer, a
+            // token taken by one node is refused by the others.
+            tracing::warn!(
+                "this admin token is this node's own (other nodes on this database generate theirs): give every node the same one, HERALD_ADMIN_TOKEN=$(cat {})",
+                path.display()
+            );
         }
         #[cfg(unix)]
         tokio::spawn(answer_hangups());

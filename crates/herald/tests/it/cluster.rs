@@ -717,3 +717,44 @@ async fn a_node_without_the_key_the_others_seal_with_says_so_and_one_learning_it
     ids.dedup();
     assert_eq!(ids, ["e-1", "e-2", "e-3"]);
 }
+
+/// A node on PostgreSQL given no admin token generates one of its own, and says that the other
+/// nodes will not take it (behind a load balancer, the dashboard would sign in on one node in
+/// N).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_generates_its_admin_token_on_postgresql_says_it_is_its_own() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(db) = TestDatabase::create("the generated-admin-token test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env_remove("HERALD_ADMIN_TOKEN")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_DATABASE_URL", &db.url)
+        .env("HERALD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("this node's own") {
+                return line;
+            }
+        }
+        panic!("the node stopped without saying so");
+    })
+    .await
+    .expect("said within 20 s");
+    let kept = dir.path().join("admin-token");
+    assert!(
+        said.contains(&format!("HERALD_ADMIN_TOKEN=$(cat {})", kept.display())),
+        "{said}"
+    );
+    child.kill().await.unwrap();
+}
