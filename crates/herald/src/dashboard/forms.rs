@@ -1,6 +1,17 @@
 //! Posted HTML forms (`application/x-www-form-urlencoded`), where one name may repeat (a group
 //! of checkboxes), which a plain struct deserializer does not handle.
 
+/// Whether every name and value of a posted form is UTF-8 once its percent-escapes are
+/// decoded (parsing it replaces the bytes that are not, which would pass for text typed so).
+pub fn is_utf8(body: &[u8]) -> bool {
+    body.split(|&b| b == b'&')
+        .flat_map(|pair| pair.splitn(2, |&b| b == b'='))
+        .all(|part| {
+            let decoded: Vec<u8> = percent_encoding::percent_decode(part).collect();
+            std::str::from_utf8(&decoded).is_ok()
+        })
+}
+
 /// The fields of a posted form, in order.
 #[derive(Debug, Default, Clone)]
 pub struct Form(Vec<(String, String)>);
@@ -81,6 +92,17 @@ pub fn path_id<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_form_not_sent_as_utf8_is_told_apart() {
+        assert!(is_utf8(b"name=Acme+%C3%A9&x=%E2%9C%93&empty=&flag"));
+        assert!(is_utf8("name=caf\u{e9}".as_bytes()));
+        assert!(!is_utf8(b"name=%ff%fe"));
+        assert!(!is_utf8(b"na%ffme=x"));
+        assert!(!is_utf8(b"name=\xff\xfe"));
+        // A replacement character typed as such is text.
+        assert!(is_utf8(b"name=%EF%BF%BD"));
+    }
 
     #[test]
     fn repeated_names_are_all_kept() {

@@ -435,6 +435,15 @@ impl FromRequestParts<AppState> for Signed {
 /// cannot: too large, cut off, or too slow.
 pub async fn read_form(req: Request, state: &AppState) -> Result<Bytes, Box<Response>> {
     match crate::api::extract::read_within_deadline(req, state).await {
+        // Browsers send a UTF-8 page's forms as UTF-8; anything else would be stored with its
+        // bytes replaced (the API refuses it too).
+        Ok(Ok(bytes)) if !super::forms::is_utf8(&bytes) => Err(Box::new(
+            DashError::Status(
+                StatusCode::BAD_REQUEST,
+                "The form was not sent as UTF-8 text, so nothing of it was saved. Send it again from the dashboard's own page.",
+            )
+            .into_response(),
+        )),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => Err(Box::new(
             DashError::Status(

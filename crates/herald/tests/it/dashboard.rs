@@ -104,11 +104,17 @@ impl Visitor {
     }
 
     pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        self.post_encoded(path, serde_urlencoded::to_string(form).unwrap())
+            .await
+    }
+
+    /// Posts a form already encoded, as sent (bytes a browser would not send, say).
+    pub async fn post_encoded(&self, path: &str, body: String) -> Answer {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))
             .header(CONTENT_TYPE, FORM)
-            .body(serde_urlencoded::to_string(form).unwrap());
+            .body(body);
         if let Some(c) = &self.cookie {
             req = req.header(COOKIE, c);
         }
@@ -1634,6 +1640,16 @@ async fn organization_settings_keep_what_was_typed_and_deleting_asks_for_the_han
     );
     assert!(a.body.contains(r#"value="Globex Renamed""#), "{}", a.body);
     assert!(a.body.contains(r#"value="acme""#), "{}", a.body);
+    // Bytes that are not UTF-8 (no browser sends them for this page) are refused, not stored
+    // replaced.
+    let a = admin
+        .post_encoded(
+            &settings,
+            format!("csrf={csrf}&name=Globex%FF%FE&handle={handle}&catalogs=optare"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains("not sent as UTF-8"), "{}", a.body);
     // Two catalogs that define the same type.
     let a = admin
         .post(
