@@ -2,8 +2,10 @@
 //! not valid a minute (`--token-failures-per-minute`). Past that, its requests with tokens it
 //! has not used before are answered 429 without the token being checked, until its allowance
 //! refills. Tokens already admitted from that network still pass, so a producer behind the
-//! same proxy as a guesser, or beside a client still sending a revoked key, keeps working,
-//! while a weak admin token cannot be guessed at the server's speed. A tenant cannot push the
+//! same proxy as a guesser keeps working, while a weak admin token cannot be guessed at the
+//! server's speed. A token admitted from a network and revoked since is no guess: answered
+//! `401` each time, it counts nothing, so that clients still sending an old key (the pods not
+//! yet rolled during a key rotation) do not hold back the new one. A tenant cannot push the
 //! admin's token out of that memory by using many keys of its own, and pushes out other
 //! tenants' keys only behind an address that hundreds of them come from (`Owner`).
 //!
@@ -31,6 +33,9 @@ const ADMITTED_PER_NETWORK: usize = 256;
 /// Of those, the most one organization's keys hold: past it, a new key of that organization
 /// takes the place of its own least recently used.
 const ADMITTED_PER_ORG: usize = 16;
+/// Tokens remembered as admitted from one network and revoked since, the least recently sent
+/// forgotten first.
+const REVOKED_PER_NETWORK: usize = 16;
 
 /// Where a request came from, as far as counting failures goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +77,9 @@ pub enum Pass {
     /// New here: one failure of the allowance is held for it until it turns out valid (given
     /// back) or not (kept), so that many sent at once cannot all be checked.
     Reserved,
+    /// Admitted from this network before and found not valid since (a revoked key): checked,
+    /// and its failure counts nothing.
+    Revoked,
     /// No limit is set.
     Unlimited,
 }
@@ -121,6 +129,9 @@ struct Allowance {
     /// SHA-256 digests of tokens admitted from this network and whose they are, the most
     /// recently used last.
     admitted: Vec<([u8; 32], Owner)>,
+    /// Digests of tokens admitted from this network and revoked since, the most recently
+    /// sent last.
+    revoked: Vec<[u8; 32]>,
 }
 
 impl Allowance {
@@ -207,6 +218,11 @@ impl TokenFailures {
             }
             return Check::Go(Pass::Known);
         }
+        if let Some(i) = allowance.revoked.iter().position(|d| d == digest) {
+            let sent = allowance.revoked.remove(i);
+            allowance.revoked.push(sent);
+            return Check::Go(Pass::Revoked);
+        }
         if allowance.left >= 1.0 {
             allowance.left -= 1.0;
             return Check::Go(Pass::Reserved);
@@ -224,14 +240,18 @@ impl TokenFailures {
         owner: Owner,
         now: Instant,
     ) {
-        if pass != Pass::Reserved {
+        if !matches!(pass, Pass::Reserved | Pass::Revoked) {
             return;
         }
         let mut networks = self.networks.lock().expect("token failures lock");
         let per_minute = self.per_minute;
         let allowance = self.allowance(&mut networks, network, now);
         allowance.refill(now, per_minute);
-        allowance.left = (allowance.left + 1.0).min(f64::from(per_minute));
+        if pass == Pass::Reserved {
+            allowance.left = (allowance.left + 1.0).min(f64::from(per_minute));
+        }
+        // Valid again (an admin token set back as it was): admitted as before.
+        allowance.revoked.retain(|d| d != digest);
         if !allowance.admitted.iter().any(|(d, _)| d == digest) {
             if allowance.admitted.len() >= ADMITTED_PER_NETWORK {
                 allowance.make_room_for(owner);
@@ -249,12 +269,20 @@ impl TokenFailures {
         let per_minute = self.per_minute;
         let allowance = self.allowance(&mut networks, network, now);
         allowance.refill(now, per_minute);
-        if pass == Pass::Known {
-            // Admitted before and revoked since: it counts now, and no longer passes.
-            allowance.admitted.retain(|(d, _)| d != digest);
-            allowance.left = (allowance.left - 1.0).max(0.0);
+        match pass {
+            // Admitted before and revoked since: no guess, so it counts nothing, now or when
+            // sent again.
+            Pass::Known => {
+                allowance.admitted.retain(|(d, _)| d != digest);
+                if allowance.revoked.len() >= REVOKED_PER_NETWORK {
+                    allowance.revoked.remove(0);
+                }
+                allowance.revoked.push(*digest);
+                false
+            }
+            Pass::Revoked => false,
+            Pass::Reserved | Pass::Unlimited => allowance.left < 1.0,
         }
-        allowance.left < 1.0
     }
 
     /// The network's allowance, a full one if it has none yet (first forgetting the quietest
@@ -279,6 +307,7 @@ impl TokenFailures {
             at: now,
             seen: now,
             admitted: Vec::new(),
+            revoked: Vec::new(),
         })
     }
 }
@@ -403,12 +432,44 @@ mod tests {
             failures.check_at(client, &producer, now),
             Check::Go(Pass::Known)
         );
-        // Revoked meanwhile: it fails once, and is then held back like any other.
-        failures.failed_at(client, &producer, Pass::Known, now);
-        assert!(matches!(
+        // Revoked meanwhile: checked each time it is sent again, counting nothing.
+        assert!(!failures.failed_at(client, &producer, Pass::Known, now));
+        for _ in 0..100 {
+            assert_eq!(
+                failures.check_at(client, &producer, now),
+                Check::Go(Pass::Revoked)
+            );
+            assert!(!failures.failed_at(client, &producer, Pass::Revoked, now));
+        }
+        assert_eq!(
+            failures.invalid.get(),
+            103,
+            "counted as not valid all the same"
+        );
+        // Valid again (an admin token set back): it passes as before.
+        failures.admitted_at(client, &producer, Pass::Revoked, Owner::Operator, now);
+        assert_eq!(
             failures.check_at(client, &producer, now),
-            Check::Wait(_)
-        ));
+            Check::Go(Pass::Known)
+        );
+    }
+
+    /// Clients still sending a revoked key (pods not yet rolled) do not hold back the new one
+    /// from their network.
+    #[test]
+    fn a_revoked_key_sent_again_and_again_holds_back_no_new_one() {
+        let failures = TokenFailures::new(2);
+        let client = net("198.51.100.7");
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        let now = Instant::now();
+        valid(&failures, client, &old, now);
+        for _ in 0..50 {
+            let Check::Go(pass) = failures.check_at(client, &old, now) else {
+                panic!("held back");
+            };
+            assert!(!failures.failed_at(client, &old, pass, now));
+        }
+        assert_eq!(valid(&failures, client, &new, now), Pass::Reserved);
     }
 
     #[test]
