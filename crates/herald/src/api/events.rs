@@ -105,8 +105,13 @@ async fn list_events(
 )]
 struct EventInput {
     /// The producer's idempotency key: an event posted again with the same id is stored once.
-    /// Generated (`evt_…`) when absent.
-    #[schema(example = "evt_2f9c1b")]
+    /// Generated (`evt_…`) when absent. 1–255 visible ASCII characters, not `.` or `..`.
+    #[schema(
+        example = "evt_2f9c1b",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )]
     id: Option<String>,
     /// A type of the organization's catalogs or its own.
     #[serde(rename = "type")]
@@ -117,6 +122,8 @@ struct EventInput {
     /// The event's data: a JSON object, checked against the type's schema.
     #[schema(value_type = Object, example = json!({"user": {"id": "u_123", "email": "ada@example.com"}}))]
     data: Value,
+    /// Ties events of one operation together; 1–255 visible ASCII characters.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     correlation_id: Option<String>,
 }
 
@@ -129,8 +136,17 @@ struct EventInput {
 #[serde(untagged)]
 enum EventsBody {
     One(EventInput),
-    Many(Vec<EventInput>),
+    Many(EventBatch),
 }
+
+/// Up to 1,000 events, stored all or nothing.
+#[derive(serde::Deserialize, ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the request body; the body is parsed as JSON"
+)]
+#[schema(min_items = 1, max_items = 1000)]
+struct EventBatch(Vec<EventInput>);
 
 /// Posts events. Answers `202` only after the events and their deliveries are durably stored.
 #[utoipa::path(post, path = "/v1/orgs/{org}/events", tag = "events",
@@ -141,6 +157,8 @@ enum EventsBody {
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
         (status = 410, description = "`delivery_loop`: the request is a Herald webhook delivery (a webhook pointed at an events API); the sending Herald disables that webhook", body = super::ErrorBody),
         (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`)", body = super::ErrorBody),
+        (status = 503, description = "`overloaded`: nothing was stored. `unavailable`: the database did not answer, and the events may or may not have been stored: send them again with the same ids (one stored already is answered as a duplicate; an event sent without an `id` is given a new one, so give events ids of yours). Retry after `Retry-After` seconds", body = super::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before sending again"))),
     ))]
 async fn post_events(
     State(state): State<AppState>,

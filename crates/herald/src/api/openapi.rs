@@ -145,7 +145,7 @@ impl Modify for Conventions {
                 let mut add = |status: &str, why: &str| {
                     responses
                         .entry(status.to_owned())
-                        .or_insert_with(|| error_response(why));
+                        .or_insert_with(|| error_response(why, matches!(status, "429" | "503")));
                 };
                 add("401", "No bearer token, or one that is not valid");
                 add(
@@ -163,9 +163,10 @@ impl Modify for Conventions {
                 add(
                     "503",
                     if has_body {
-                        "The database is unavailable (`unavailable`), or this node is handling \
-                         as many request bodies as it may hold (`overloaded`); nothing was \
-                         stored, retry after `Retry-After` seconds"
+                        "This node is handling as many request bodies as it may hold \
+                         (`overloaded`): nothing was stored. Or the database did not answer \
+                         (`unavailable`): the change may or may not have been stored, so read \
+                         before sending it again. Retry after `Retry-After` seconds"
                     } else {
                         "The database is unavailable; retry after `Retry-After` seconds"
                     },
@@ -227,8 +228,22 @@ fn operations(
     .filter_map(|(method, op)| Some((method, op?)))
 }
 
-fn error_response(description: &str) -> RefOr<Response> {
-    ResponseBuilder::new()
+/// An error answer of the document's shape; `retry_after` when it carries `Retry-After`.
+fn error_response(description: &str, retry_after: bool) -> RefOr<Response> {
+    let mut response = ResponseBuilder::new();
+    if retry_after {
+        response = response.header(
+            "Retry-After",
+            utoipa::openapi::header::HeaderBuilder::new()
+                .schema(Some(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::Integer),
+                ))
+                .description(Some("Seconds to wait before sending again"))
+                .build(),
+        );
+    }
+    response
         .description(description)
         .content(
             "application/json",

@@ -633,6 +633,24 @@ async fn the_document_describes_authentication_and_errors() {
         .find(|p| p["name"] == "If-Match")
         .unwrap();
     assert_eq!(if_match["schema"]["type"], "string", "{if_match}");
+    // Answers that ask to wait say how long, and the events' limits are the server's.
+    for (path, method) in [("/v1/orgs", "get"), ("/v1/orgs/{org}/events", "post")] {
+        for status in ["429", "503"] {
+            let header = &doc["paths"][path][method]["responses"][status]["headers"];
+            assert!(
+                header["Retry-After"].is_object(),
+                "{path} {status}: {header}"
+            );
+        }
+    }
+    let events = &doc["paths"]["/v1/orgs/{org}/events"]["post"]["responses"]["503"];
+    assert!(
+        s(events, "description").contains("may or may not have been stored"),
+        "{events}"
+    );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["EventBatch"]["maxItems"], 1000);
+    assert_eq!(schemas["EventInput"]["properties"]["id"]["maxLength"], 255);
     let create = &doc["paths"]["/v1/orgs/{org}/webhooks"]["post"];
     assert_eq!(create["security"][0]["bearer"], json!([]));
     assert_eq!(
