@@ -187,6 +187,10 @@ struct RecoverBody {
 struct Recovered {
     /// How many failed deliveries were scheduled again.
     recovered: u64,
+    /// Set while this node's circuit for the endpoint is open (its latest requests failed):
+    /// they go once a probe succeeds, at this time, or now with `POST …/webhooks/{id}/retry`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit_open_until: Option<Timestamp>,
 }
 
 /// Sends again every failed delivery of the webhook created since a time.
@@ -206,9 +210,12 @@ async fn recover_deliveries(
 ) -> ApiResult<Json<Recovered>> {
     let since = Timestamp::parse_rfc3339(&body.since, "since").map_err(ServiceError::from)?;
     let (org, webhook) = (org_id(&path.org)?, webhook_id(&path.id)?);
-    let recovered =
+    let recovery =
         deliveries::recover(&state, &scope, &org, &webhook, since, body.include_skipped).await?;
-    Ok(Json(Recovered { recovered }))
+    Ok(Json(Recovered {
+        recovered: recovery.recovered,
+        circuit_open_until: recovery.circuit_open_until,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -278,11 +278,27 @@ async fn recover_deliveries(
         "failed"
     };
     let flash = match recovered {
-        Ok(0) => Flash::ok(format!(
+        Ok(r) if r.recovered == 0 => Flash::ok(format!(
             "No {which} deliveries since then; nothing to recover."
         )),
-        Ok(1) => Flash::ok(format!("1 {which} delivery is being sent again.")),
-        Ok(n) => Flash::ok(format!("{n} {which} deliveries are being sent again.")),
+        Ok(r) => {
+            let n = r.recovered;
+            let (them, are) = if n == 1 {
+                (format!("1 {which} delivery"), "is")
+            } else {
+                (format!("{n} {which} deliveries"), "are")
+            };
+            match r.circuit_open_until {
+                None => Flash::ok(format!("{them} {are} being sent again.")),
+                // Its latest requests failed: what was recovered waits for a probe.
+                Some(until) => Flash::ok(format!(
+                    "{them} {are} scheduled again, but its endpoint's latest requests failed: \
+                     they wait until {} for a probe. Fixed it? Attempt waiting deliveries now: \
+                     the first goes at once, and the rest follow if it succeeds.",
+                    super::templates::when(until)
+                )),
+            }
+        }
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };

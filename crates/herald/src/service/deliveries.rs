@@ -375,6 +375,16 @@ const PROBE_CANDIDATES: u32 = 50;
 
 /// Resends every failed delivery of the webhook created at or after `since` (and, with
 /// `skipped`, those never sent because their WebSub channel was not verified).
+/// What recovering a webhook's failed deliveries did.
+#[derive(Debug)]
+pub struct Recovery {
+    /// How many were scheduled again.
+    pub recovered: u64,
+    /// Set while this node's circuit for the endpoint is open: they go once a probe succeeds
+    /// (at this time, or now with [`retry_waiting`]).
+    pub circuit_open_until: Option<Timestamp>,
+}
+
 pub async fn recover(
     state: &AppState,
     scope: &Scope,
@@ -382,8 +392,8 @@ pub async fn recover(
     webhook: &WebhookId,
     since: Timestamp,
     skipped: bool,
-) -> ServiceResult<u64> {
-    super::webhooks::get(state, scope, org, webhook).await?;
+) -> ServiceResult<Recovery> {
+    let w = super::webhooks::get(state, scope, org, webhook).await?;
     let n = state
         .store
         .recover_failed(org, webhook, since, state.clock.now(), skipped)
@@ -393,7 +403,10 @@ pub async fn recover(
         state.dispatcher.wake_delivery_scheduler();
         tracing::info!(webhook = %webhook, count = n, skipped, "recovering failed deliveries");
     }
-    Ok(n)
+    Ok(Recovery {
+        recovered: n,
+        circuit_open_until: state.dispatcher.circuit_open_until(&w),
+    })
 }
 
 /// A delivery's request as its webhook's profile renders it now: the headers (custom ones,

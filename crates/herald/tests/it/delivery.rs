@@ -964,6 +964,48 @@ async fn history_is_newest_first_filtered_and_paginated() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
 }
 
+/// Failed deliveries recovered while the endpoint's circuit is open wait for a probe: the
+/// answer says until when, and the CLI how to send one now, rather than "sent again now".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovering_behind_an_open_circuit_says_they_wait_for_a_probe() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let since = chrono::Utc::now().to_rfc3339();
+    let (org, id) = circuit_opened_with(&app, &rx, 12, json!([0])).await;
+    for delivery in app.delivery_ids(&org, &id).await {
+        app.wait_for_delivery(&org, &delivery, |d| d["state"] == "failed")
+            .await;
+    }
+    let (ok, out) = crate::api::herald_cli(
+        &app,
+        &[
+            "deliveries",
+            "recover",
+            "--org",
+            &org,
+            "--webhook",
+            &id,
+            "--since",
+            &since,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Recovered 12 failed deliveries")
+            && out.contains("wait until")
+            && out.contains("herald deliveries retry-waiting"),
+        "{out}"
+    );
+    // The API's answer says so, whatever it recovered.
+    let recover = format!("/v1/orgs/{org}/webhooks/{id}/recover");
+    let (status, answer) = app.post(&recover, json!({ "since": since })).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["recovered"], 0, "{answer}");
+    assert!(answer["circuit_open_until"].is_string(), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_resends_every_failed_delivery_since_a_time() {
     let app = TestApp::spawn().await;
@@ -992,6 +1034,7 @@ async fn recover_resends_every_failed_delivery_since_a_time() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["recovered"], 3);
+    assert!(answer.get("circuit_open_until").is_none(), "{answer}");
     rx.wait_for("/h", 6, WAIT).await;
     for id in app.delivery_ids(&org, hook_id).await {
         app.wait_for_delivery(&org, &id, |d| d["state"] == "succeeded")

@@ -141,15 +141,24 @@ pub fn deliveries(conn: Connection, mut cmd: DeliveriesCommand) -> anyhow::Resul
                 print_json(&answer);
             } else {
                 let n = answer["recovered"].as_u64().unwrap_or(0);
+                let circuit_open_until = answer["circuit_open_until"].as_str();
+                let what = match (n, circuit_open_until) {
+                    (0, _) => "there were none to send again".to_owned(),
+                    (_, None) => {
+                        "they are sent again now, each with a new retry schedule".to_owned()
+                    }
+                    // Its latest requests failed: what was recovered waits for a probe.
+                    (_, Some(until)) => format!(
+                        "each has a new retry schedule, but the endpoint's latest requests \
+                         failed, so they wait until {until} for a probe. Fixed it? `herald \
+                         deliveries retry-waiting --org {org} --webhook {webhook}` sends one now \
+                         as the probe, and the rest follow if it succeeds"
+                    ),
+                };
                 out!(
-                    "Recovered {n} failed{} {} since {since}: {}.",
+                    "Recovered {n} failed{} {} since {since}: {what}.",
                     if include_skipped { " or skipped" } else { "" },
                     if n == 1 { "delivery" } else { "deliveries" },
-                    if n == 0 {
-                        "there were none to send again"
-                    } else {
-                        "they are sent again now, each with a new retry schedule"
-                    }
                 );
             }
         }
