@@ -222,7 +222,7 @@ async fn resume_previous_run(store: &dyn Store, dispatcher: &Dispatcher) -> anyh
     if released > 0 {
         tracing::info!(
             count = released,
-            "resuming deliveries left in flight by the previous run"
+            "resuming deliveries the previous run held (in flight or queued; from a backup, those pending when it was taken)"
         );
     }
     let spilled = store.spilled_starts().await?;

@@ -51,10 +51,13 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     }
     crate::app::make_data_dir(&args.to, crate::app::HOLDS_THE_DATABASE)?;
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    // What is not yet moved into the file is in its write-ahead log beside it.
+    let wal = size_of(&args.storage.data_dir.join("herald.db-wal"));
     note!(
-        "Copying {} ({}, with what its write-ahead log holds) to {} ...",
+        "Copying {} ({} and {} of write-ahead log) to {} ...",
         source.display(),
         in_units(size_of(&source)),
+        in_units(wal),
         target.display()
     );
     let started = Instant::now();
@@ -90,7 +93,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         );
     }
     out!(
-        "Deliveries being attempted when the copy was taken are attempted again then (at least once)."
+        "Restored, it goes back to this moment: every delivery pending now is sent again \
+         (delivered since or not: at least once), and events accepted after now are not in it."
     );
     if sealed {
         out!(

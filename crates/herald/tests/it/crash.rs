@@ -1253,6 +1253,15 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
         "{stdout}"
     );
     assert!(stdout.contains("herald serve --data-dir"), "{stdout}");
+    // What a restore goes back to, and how much it copied (under load, most of it still in
+    // the write-ahead log).
+    assert!(
+        stdout.contains("every delivery pending now is sent again")
+            && stdout.contains("events accepted after now are not in it"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("of write-ahead log"), "{stderr}");
     let during = accepted.lock().unwrap().len();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for p in producers {
