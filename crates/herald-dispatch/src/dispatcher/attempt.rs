@@ -468,7 +468,7 @@ impl Dispatcher {
                 _ => "answers that it is overloaded",
             };
             if limit == 1 {
-                tracing::info!(webhook = %webhook.id, error = error.code(), status = outcome.status, "endpoint {why}; sending it one request at a time until it answers again");
+                tracing::info!(webhook = %webhook.id, org = %webhook.org_id, error = error.code(), status = outcome.status, "endpoint {why}; sending it one request at a time until it answers again");
             } else {
                 tracing::debug!(webhook = %webhook.id, error = error.code(), status = outcome.status, limit, "endpoint {why}; sending fewer requests to it at once");
             }
@@ -505,13 +505,19 @@ impl Dispatcher {
         // are over.
         if let (Some(first), Some(error)) = (exhausted.first(), &outcome.error) {
             let said_later = |held: u64| {
+                let webhooks = exhausted_webhooks::take();
                 tracing::warn!(
                     deliveries = held,
+                    webhooks,
                     "more deliveries failed after their last attempt in the last 10 s (each is in its webhook's history; herald_deliveries_exhausted_total counts them)"
                 );
             };
-            if let Some(held_back) = EXHAUSTED.admit_or_later(exhausted.len() as u64, said_later) {
-                tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, org = %webhook.org_id, attempts = first.attempts, error = error.code(), held_back, "delivery failed after its last attempt (said once per 10 s; held_back counts the deliveries since)");
+            match EXHAUSTED.admit_or_later(exhausted.len() as u64, said_later) {
+                Some(held_back) => {
+                    let held_back_webhooks = exhausted_webhooks::take();
+                    tracing::warn!(delivery = %first.due.delivery_id, deliveries = exhausted.len(), webhook = %webhook.id, org = %webhook.org_id, attempts = first.attempts, error = error.code(), held_back, held_back_webhooks, "delivery failed after its last attempt (said once per 10 s; held_back counts the deliveries since, held_back_webhooks names their webhooks)");
+                }
+                None => exhausted_webhooks::note(&webhook.id, exhausted.len() as u64),
             }
         }
         for e in exhausted {
@@ -623,6 +629,74 @@ impl<'a> Outcomes<'a> {
             records,
             steps,
             exhausted,
+        }
+    }
+}
+
+/// The webhooks whose exhausted deliveries the log held back, with how many, for the line that
+/// says them: an operator reading "more deliveries failed" needs to know where to look.
+mod exhausted_webhooks {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Webhooks named at most in one line; past it, how many others.
+    const NAMED: usize = 10;
+
+    type Held = Mutex<BTreeMap<String, u64>>;
+
+    static HELD: Held = Mutex::new(BTreeMap::new());
+
+    pub(super) fn note(webhook: &herald_core::WebhookId, deliveries: u64) {
+        note_in(&HELD, webhook, deliveries);
+    }
+
+    pub(super) fn take() -> String {
+        take_from(&HELD)
+    }
+
+    fn note_in(held: &Held, webhook: &herald_core::WebhookId, deliveries: u64) {
+        let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: past a few hundred webhooks, the rest are only counted by the line.
+        if held.len() < 1_000 || held.contains_key(webhook.as_str()) {
+            *held.entry(webhook.to_string()).or_default() += deliveries;
+        }
+    }
+
+    /// `wh_a (3), wh_b (1)`, the most first, and how many other webhooks; empty if none.
+    fn take_from(held: &Held) -> String {
+        let held = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut by_count: Vec<(String, u64)> = held.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let others = by_count.len().saturating_sub(NAMED);
+        let mut said: Vec<String> = by_count
+            .into_iter()
+            .take(NAMED)
+            .map(|(webhook, n)| format!("{webhook} ({n})"))
+            .collect();
+        if others > 0 {
+            said.push(format!("and {others} more"));
+        }
+        said.join(", ")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_webhooks_held_back_are_named_the_most_first() {
+            let held = super::Held::default();
+            let id = |s: &str| herald_core::WebhookId::parse(s).unwrap();
+            super::note_in(&held, &id("wh_01aaaaaaaaaaaaaaaaaaaaaaaa"), 1);
+            super::note_in(&held, &id("wh_01bbbbbbbbbbbbbbbbbbbbbbbb"), 2);
+            super::note_in(&held, &id("wh_01aaaaaaaaaaaaaaaaaaaaaaaa"), 2);
+            assert_eq!(
+                super::take_from(&held),
+                "wh_01aaaaaaaaaaaaaaaaaaaaaaaa (3), wh_01bbbbbbbbbbbbbbbbbbbbbbbb (2)"
+            );
+            assert_eq!(super::take_from(&held), "", "taken");
+            for i in 0..12 {
+                super::note_in(&held, &id(&format!("wh_01aaaaaaaaaaaaaaaaaaaaaa{i:02}")), 1);
+            }
+            assert!(super::take_from(&held).ends_with(", and 2 more"));
         }
     }
 }

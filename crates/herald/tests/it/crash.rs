@@ -1427,4 +1427,9 @@ async fn deliveries_failed_for_good_are_all_said_in_the_log() {
     assert!(first[0].contains("deliveries=1"), "{first:?}");
     let rest = said("more deliveries failed after their last attempt");
     assert!(rest[0].contains("deliveries=2"), "{rest:?}");
+    // Which webhooks, so that the operator knows where to look.
+    assert!(
+        rest[0].contains("webhooks=\"wh_") && rest[0].contains(" (2)\""),
+        "{rest:?}"
+    );
 }
