@@ -249,6 +249,9 @@ pub struct PendingStat {
     pub count: u64,
     /// When the oldest pending delivery was created.
     pub oldest: Timestamp,
+    /// Whether its webhook is enabled: a disabled one's pending deliveries wait, parked, until
+    /// it is enabled again (no endpoint is late).
+    pub active: bool,
 }
 
 /// An organization's turn to change its configuration ([`Store::org_change_turn`]), held

@@ -1273,6 +1273,17 @@ async fn pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog(store: 
     parked.sort();
     store.update_webhook(&paused).await.unwrap();
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(LEASE_SECS)));
+    // The backlog's count says which wait parked, for /metrics.
+    let mut pending = store.pending_by_webhook().await.unwrap();
+    pending.sort_by_key(|p| p.webhook_id == hook.id);
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (&p.webhook_id, p.active))
+            .collect::<Vec<_>>(),
+        vec![(&other.id, true), (&hook.id, false)],
+        "{pending:?}"
+    );
 
     // Deleting cancels the parked and the leased alike, and nothing of the other webhook.
     let deleted = store

@@ -307,25 +307,25 @@ impl Snapshot<'_> {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook, as the database counts them: with several nodes, every node reports the same whole count (take one node's, or the max, not the sum).\n# TYPE herald_webhook_pending_deliveries gauge"
+            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook, as the database counts them: with several nodes, every node reports the same whole count (take one node's, or the max, not the sum). active=\"false\": the webhook is disabled and they wait, parked, until it is enabled. A webhook with none pending has no series.\n# TYPE herald_webhook_pending_deliveries gauge"
         );
         for p in self.pending.iter().flatten() {
             let _ = writeln!(
                 out,
-                "herald_webhook_pending_deliveries{{webhook=\"{}\"}} {}",
-                p.webhook_id, p.count
+                "herald_webhook_pending_deliveries{{webhook=\"{}\",active=\"{}\"}} {}",
+                p.webhook_id, p.active, p.count
             );
         }
         let _ = writeln!(
             out,
-            "# HELP herald_webhook_oldest_pending_seconds Age of each webhook's oldest pending delivery, as the database knows it (the same on every node).\n# TYPE herald_webhook_oldest_pending_seconds gauge"
+            "# HELP herald_webhook_oldest_pending_seconds Age of each webhook's oldest pending delivery, as the database knows it (the same on every node). Alert on active=\"true\": a disabled webhook's (active=\"false\") wait, parked, and only grow older.\n# TYPE herald_webhook_oldest_pending_seconds gauge"
         );
         for p in self.pending.iter().flatten() {
             let age = (self.now.as_millis() - p.oldest.as_millis()).max(0) as f64 / 1000.0;
             let _ = writeln!(
                 out,
-                "herald_webhook_oldest_pending_seconds{{webhook=\"{}\"}} {age}",
-                p.webhook_id
+                "herald_webhook_oldest_pending_seconds{{webhook=\"{}\",active=\"{}\"}} {age}",
+                p.webhook_id, p.active
             );
         }
         let _ = writeln!(
@@ -354,6 +354,7 @@ mod backlog_tests {
             webhook_id: WebhookId::from_trusted("wh_1".into()),
             count,
             oldest: Timestamp::from_millis(0),
+            active: true,
         }]
     }
 

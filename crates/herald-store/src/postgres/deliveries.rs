@@ -1406,8 +1406,9 @@ pub(crate) async fn move_deferred(
 pub(crate) async fn pending_by_webhook(c: &impl Conn) -> DbResult<Vec<PendingStat>> {
     let found = c
         .rows(
-            "SELECT webhook_id, COUNT(*), MIN(created_at) FROM deliveries WHERE state = 'pending' \
-             GROUP BY webhook_id",
+            "SELECT p.webhook_id, p.n, p.oldest, COALESCE(w.active, true) FROM (SELECT \
+             webhook_id, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE \
+             state = 'pending' GROUP BY webhook_id) p LEFT JOIN webhooks w ON w.id = p.webhook_id",
             &[],
         )
         .await?;
@@ -1416,6 +1417,7 @@ pub(crate) async fn pending_by_webhook(c: &impl Conn) -> DbResult<Vec<PendingSta
             webhook_id: WebhookId::from_trusted(r.try_get(0)?),
             count: rows::int(r, 1)?,
             oldest: Timestamp::from_millis(r.try_get(2)?),
+            active: r.try_get(3)?,
         })
     })
 }

@@ -890,8 +890,10 @@ pub(crate) fn end_unsent(
 /// Pending deliveries per webhook, for every `/metrics` scrape. It reads only the pending ones,
 /// through the index that holds just those; left to itself, SQLite would rather walk
 /// `deliveries_by_webhook` (already grouped) and so read every delivery ever kept.
-pub(crate) const PENDING_BY_WEBHOOK: &str = "SELECT webhook_id, COUNT(*), MIN(created_at) \
-     FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' GROUP BY webhook_id";
+pub(crate) const PENDING_BY_WEBHOOK: &str = "SELECT p.webhook_id, p.n, p.oldest, \
+     COALESCE(w.active, 1) FROM (SELECT webhook_id, COUNT(*) AS n, MIN(created_at) AS oldest \
+     FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' GROUP BY webhook_id) p \
+     LEFT JOIN webhooks w ON w.id = p.webhook_id";
 
 pub(crate) fn pending_by_webhook(
     conn: &Connection,
@@ -903,6 +905,7 @@ pub(crate) fn pending_by_webhook(
                 webhook_id: WebhookId::from_trusted(r.get(0)?),
                 count: r.get(1)?,
                 oldest: Timestamp::from_millis(r.get(2)?),
+                active: r.get(3)?,
             })
         })?
         .collect::<Result<_, _>>()?)
@@ -1008,7 +1011,7 @@ mod tests {
         );
         let pending = plan(PENDING_BY_WEBHOOK);
         assert!(
-            pending.starts_with("SCAN deliveries USING INDEX deliveries_due"),
+            pending.contains("SCAN deliveries USING INDEX deliveries_due"),
             "{pending}"
         );
     }
