@@ -281,8 +281,9 @@ pub struct SecuritySettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Delivery")]
 pub struct DeliverySettings {
-    /// Disable a webhook whose every attempt has failed for this many hours, five attempts at
-    /// least (a 410 Gone disables it at once). The organization gets a `webhook.disabled` event.
+    /// Disable a webhook whose every attempt has failed for this many hours (1 to 87,600), five
+    /// attempts at least (a 410 Gone disables it at once). The organization gets a
+    /// `webhook.disabled` event.
     #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub disable_after_hours: u64,
     /// Keep events and their finished deliveries and attempts this many days (0: forever).
@@ -290,9 +291,9 @@ pub struct DeliverySettings {
     #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=36_500))]
     pub retention_days: u64,
     /// How long a node holds the deliveries it took before another node may take them over: a
-    /// node that dies leaves its deliveries to the others after this. A delivery left queued
-    /// until too little of its lease remains for the webhook's timeout is leased anew before its
-    /// attempt. No attempt runs past the end of its lease, so keep it above your longest webhook
+    /// node that dies leaves its deliveries to the others after this. What waits in the node's
+    /// queue has its lease renewed while half of it is left, and a delivery whose lease is too
+    /// short for the webhook's timeout when its attempt starts is leased anew then. No attempt runs past the end of its lease, so keep it above your longest webhook
     /// timeout (at most 60 s) plus a few seconds.
     #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..=86_400))]
     pub lease_seconds: u64,

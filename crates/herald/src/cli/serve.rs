@@ -69,6 +69,14 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         let data_dir = settings.storage.data_dir.clone();
         let database = settings.storage.database_url_for_display();
         let shared_database = database.is_some();
+        // How long history is kept and failing webhooks are tried, said with the rest.
+        let settings_summary = (
+            match settings.delivery.retention_days {
+                0 => "forever".to_owned(),
+                days => days.to_string(),
+            },
+            settings.delivery.disable_after_hours,
+        );
         // What loosens or tightens outgoing requests and storage, said once at start: an
         // operator reading the log sees how this node is set up.
         let private_networks = settings.security.allow_private_networks.join(",");
@@ -111,6 +119,8 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
             private_networks = if private_networks.is_empty() { "none" } else { private_networks.as_str() },
             insecure_urls,
             secrets_at_rest,
+            retention_days = settings_summary.0,
+            disable_after_hours = settings_summary.1,
             "delivering to public addresses{}{}",
             if private_networks.is_empty() { "" } else { " and the private networks allowed" },
             if insecure_urls { "; http:// allowed for every profile" } else { "" }
@@ -236,18 +246,23 @@ pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
         // A mistyped --data-dir or database name must not pass for an upgraded database.
         let check = "If you meant an existing one, check --data-dir (HERALD_DATA_DIR) or \
                      --database-url (HERALD_DATABASE_URL).";
+        // Both backends' sequences have the same versions.
+        let version = herald_store::migrations::SQLITE.len();
         match (settings.storage.database_url_for_display(), created) {
             (Some(url), true) => out!(
                 "The database {url} held no Herald tables: created them, at the current \
-                 schema. {check}"
+                 schema (version {version}). {check}"
             ),
-            (Some(url), false) => out!("The database {url} is at the current schema."),
+            (Some(url), false) => {
+                out!("The database {url} is at the current schema (version {version}).")
+            }
             (None, true) => out!(
-                "There was no database in {}: created a new one, at the current schema. {check}",
+                "There was no database in {}: created a new one, at the current schema \
+                 (version {version}). {check}",
                 settings.storage.data_dir.display()
             ),
             (None, false) => out!(
-                "The database in {} is at the current schema.",
+                "The database in {} is at the current schema (version {version}).",
                 settings.storage.data_dir.display()
             ),
         }

@@ -543,7 +543,7 @@ async fn sigterm_finishes_what_is_in_flight_and_nothing_is_lost_doubled_or_logge
         format!("webhook enabled org={org} webhook={hook_id} active=true").as_str(),
         "event type registered",
         // How the node is set up, once at start.
-        "secrets_at_rest=\"plain (set HERALD_ENCRYPTION_KEY to encrypt)\"",
+        "secrets_at_rest=\"plain (set HERALD_ENCRYPTION_KEY to encrypt)\" retention_days=\"30\" disable_after_hours=120",
         // At most 16 of the 40 were in flight (the webhook's first limit): the rest is given
         // back, and said once.
         "gave the deliveries queued here back to the store",

@@ -410,7 +410,11 @@ async fn herald_migrate_encrypts_stored_secrets_and_takes_only_what_opening_the_
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("is at the current schema"), "{stdout}");
+    let version = herald_store::migrations::SQLITE.len();
+    assert!(
+        stdout.contains(&format!("is at the current schema (version {version})")),
+        "{stdout}"
+    );
     let stored = stored_secrets(&data);
     assert!(
         stored.len() == 1 && stored[0].starts_with("enc:v2:"),
