@@ -92,11 +92,13 @@ impl Api {
             .context("reading /metrics")?
             .text()
             .await?;
-        let prefix = format!("{name}{{webhook=\"{hook}\"}} ");
+        // `name{webhook="…",active="…"} value`: whatever labels follow the webhook's.
+        let prefix = format!("{name}{{webhook=\"{hook}\"");
         Ok(text
             .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|n| n.trim().parse().ok()))
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .find_map(|rest| rest.split_once("} "))
+            .and_then(|(_, n)| n.trim().parse().ok()))
     }
 
     /// Deletes an organization and everything it owns (its pending deliveries are cancelled).
