@@ -203,6 +203,25 @@ impl OrgSnapshot {
         )
     }
 
+    /// Why `typed` is not one of the organization's types, for a message: the built-in catalog
+    /// that defines it exactly, when the organization does not use that catalog (a producer
+    /// sending another product's event names: a near name of this one's would mislead, since
+    /// its data differs), else the type it most likely meant; empty when neither.
+    pub fn not_a_type_because(&self, typed: &str, with_operational: bool) -> String {
+        let elsewhere = crate::catalog::all().iter().find(|c| {
+            !self.org.catalogs.iter().any(|o| o.as_str() == c.name)
+                && c.types.iter().any(|t| t.name == typed)
+        });
+        match elsewhere {
+            Some(catalog) => format!(
+                " (it is a type of the {} catalog, which this organization does not use: add \
+                 that catalog to the organization's, or use a type of its own catalogs)",
+                catalog.name
+            ),
+            None => crate::suggest::did_you_mean(self.closest_type(typed, with_operational)),
+        }
+    }
+
     /// The channel of the organization that `typed` most likely meant.
     pub fn closest_channel(&self, typed: &str) -> Option<String> {
         let mut channels = self.all_channels();

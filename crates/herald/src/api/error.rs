@@ -88,13 +88,12 @@ impl From<ServiceError> for ApiError {
                 name,
                 org,
                 field,
-                suggestion,
+                because,
             } => Self {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "unknown_event_type",
                 message: format!(
-                    "the event type '{name}' is not in this organization's catalogs nor registered by it{}; list the known types with GET /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types",
-                    herald_core::suggest::did_you_mean(suggestion.as_deref())
+                    "the event type '{name}' is not in this organization's catalogs nor registered by it{because}; list the known types with GET /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types"
                 ),
                 field: Some(field),
                 retry_after: None,

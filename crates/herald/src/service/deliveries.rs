@@ -90,7 +90,7 @@ fn refuse_unknown_type(
         format!(
             "'{}' is not an event type of this organization{}, and no {listed} has it",
             herald_core::truncate_for_message(wanted),
-            herald_core::suggest::did_you_mean(snapshot.closest_type(wanted, true))
+            snapshot.not_a_type_because(wanted, true)
         ),
     )
     .into())

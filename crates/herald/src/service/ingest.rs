@@ -337,7 +337,7 @@ fn check(
     }
     let Some(resolved) = snapshot.resolve_type(type_name) else {
         return Err(ServiceError::UnknownEventType {
-            suggestion: snapshot.closest_type(type_name, false).map(str::to_owned),
+            because: snapshot.not_a_type_because(type_name, false),
             name: type_name.to_owned(),
             org: org.clone(),
             field: match position {

@@ -100,7 +100,9 @@ pub enum ServiceError {
         /// The organization, for the advice (where its types are listed).
         org: OrgId,
         field: String,
-        suggestion: Option<String>,
+        /// Why, for the message: the known type it most likely meant, or the catalog that has
+        /// it ([`herald_core::directory::OrgSnapshot::not_a_type_because`]).
+        because: String,
     },
     #[error("the event data does not match its type's schema")]
     SchemaViolation(Invalid),

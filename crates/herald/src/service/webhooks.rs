@@ -220,7 +220,7 @@ fn check_subscription(
                 format!("events[{i}]"),
                 format!(
                     "'{e}' is not an event type of this organization{}; see GET /v1/orgs/{}/event-types",
-                    did_you_mean(snapshot.closest_type(e, true)),
+                    snapshot.not_a_type_because(e, true),
                     snapshot.org.id
                 ),
             )

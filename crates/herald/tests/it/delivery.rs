@@ -895,6 +895,38 @@ async fn a_batch_with_one_bad_event_stores_nothing() {
             .await
             .is_empty()
     );
+    // Another product's type names its catalog, rather than a near name of this one's (whose
+    // data differs), in an event and in a subscription alike.
+    for (typed, catalog) in [
+        ("USER_CREATED", "parallelworks"),
+        ("loginSuccess", "asgardeo"),
+    ] {
+        let (status, err) = app
+            .post(
+                &format!("/v1/orgs/{org}/events"),
+                json!({ "type": typed, "data": {} }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("a type of the {catalog} catalog"))
+                && !message.contains("did you mean"),
+            "{message}"
+        );
+        let (status, err) = app
+            .post(
+                &format!("/v1/orgs/{org}/webhooks"),
+                json!({ "name": "x", "url": "https://x.example/h", "events": [typed] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("a type of the {catalog} catalog")),
+            "{message}"
+        );
+    }
     let again = app
         .send_event(
             &org,
