@@ -656,7 +656,7 @@ mod exhausted_webhooks {
 
     fn note_in(held: &Held, webhook: &herald_core::WebhookId, deliveries: u64) {
         let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: past a few hundred webhooks, the rest are only counted by the line.
+        // Bounded: past a thousand webhooks, the rest are only counted by the line.
         if held.len() < 1_000 || held.contains_key(webhook.as_str()) {
             *held.entry(webhook.to_string()).or_default() += deliveries;
         }

@@ -1030,6 +1030,15 @@ async fn recovering_behind_an_open_circuit_says_they_wait_for_a_probe() {
             && out.contains("herald deliveries retry-waiting"),
         "{out}"
     );
+    // The webhooks' list says which is failing, and since when.
+    let (ok, out) = crate::api::herald_cli(&app, &["webhooks", "list", "--org", &org], None).await;
+    assert!(ok, "{out}");
+    let header = out.lines().next().unwrap();
+    let row = out.lines().find(|l| l.starts_with(&id)).unwrap();
+    let at = header
+        .find("FAILING_SINCE")
+        .expect("a FAILING_SINCE column");
+    assert!(row[at..].starts_with("20"), "{out}");
     // The API's answer says so, whatever it recovered.
     let recover = format!("/v1/orgs/{org}/webhooks/{id}/recover");
     let (status, answer) = app.post(&recover, json!({ "since": since })).await;

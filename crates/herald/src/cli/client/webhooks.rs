@@ -192,7 +192,8 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
     *org = api.org_id(org)?;
     let org = org.clone();
     api.resolve_webhooks(&org, cmd.webhooks_mut())?;
-    let cols = &["id", "name", "profile", "active", "url"];
+    // Which are failing now, at a glance (`get` also says whether this node's circuit is open).
+    let cols = &["id", "name", "profile", "active", "failing_since", "url"];
     match cmd {
         WebhooksCommand::List { org } => show(
             &conn,
