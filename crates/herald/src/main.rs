@@ -11,7 +11,12 @@ fn main() -> std::process::ExitCode {
             // Not `eprintln!`, which panics when standard error is closed.
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // EX_TEMPFAIL: the same command may go through later (`herald --help` says so).
+            if e.chain().any(|c| c.is::<herald::cli::TryLater>()) {
+                std::process::ExitCode::from(75)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

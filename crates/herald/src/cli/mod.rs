@@ -22,6 +22,7 @@ macro_rules! note {
 mod backup;
 mod bench;
 mod client;
+pub use client::TryLater;
 mod copy;
 mod listen;
 mod serve;
@@ -39,7 +40,14 @@ use crate::config::{MigrateSettings, Settings};
 /// subscribed webhook, signs each request, delivers it, retries on schedule and keeps every
 /// attempt.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version = crate::BUILD)]
+#[command(
+    name = "herald",
+    version = crate::BUILD,
+    after_help = "Exit status: 0 when done; 75 when the server could not be reached, or answered \
+                  that it cannot take the request now (408, 429, 502, 503, 504): send it again \
+                  later (events with the same ids); 1 for anything else (the message says what \
+                  to fix)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

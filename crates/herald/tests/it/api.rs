@@ -1708,6 +1708,58 @@ async fn a_node_whose_database_file_was_removed_is_not_ready() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
 }
 
+/// A script tells "send it again later" (exit 75: no server there, or one that cannot take it
+/// now) from "fix it" (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_75_when_the_same_command_may_go_through_later() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let send = |server: String, event_type: &'static str| {
+        let org = org.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(["send", "--org", &org, "--type", event_type, "--data", "{}"])
+                .env("HERALD_SERVER", server)
+                .env("HERALD_TOKEN", ADMIN_TOKEN)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let unreachable = send(format!("http://127.0.0.1:{closed}"), "user.created").await;
+    assert_eq!(
+        unreachable.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&unreachable.stderr)
+    );
+    // A proxy in front that has no node to send it to answers 503 of its own.
+    let proxy = crate::helpers::TestReceiver::start().await;
+    proxy.answer_by_default(crate::helpers::Reply::status(503));
+    let busy = send(proxy.url(""), "user.created").await;
+    assert_eq!(
+        busy.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    let refused = send(app.base.clone(), "user.exploded").await;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains("422"), "{said}");
+    // `herald --help` says so.
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit status: 0 when done; 75"));
+}
+
 /// Runs the `herald` binary with `args`; answers its exit status and standard output.
 pub(crate) async fn herald_cli(
     app: &TestApp,

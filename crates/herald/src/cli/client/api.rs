@@ -6,6 +6,31 @@ use serde_json::{Value, json};
 use super::Connection;
 
 /// The organization a request's path names (`/v1/orgs/{org}/…`), if any.
+/// A failure that may go through if the same command is run again later: the server could not
+/// be reached, or said it cannot take the request now. `herald` exits 75 (`EX_TEMPFAIL`) on
+/// one, so that a script can tell it from a request to fix.
+#[derive(Debug)]
+pub struct TryLater(String);
+
+impl TryLater {
+    fn said(message: String) -> anyhow::Error {
+        anyhow::Error::new(Self(message))
+    }
+
+    /// Answers that say "not now" rather than "not this".
+    fn status(status: reqwest::StatusCode) -> bool {
+        matches!(status.as_u16(), 408 | 429 | 502 | 503 | 504)
+    }
+}
+
+impl std::fmt::Display for TryLater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TryLater {}
+
 pub(super) fn org_in(path: &str) -> Option<&str> {
     path.strip_prefix("/v1/orgs/")?
         .split(['/', '?'])
@@ -362,31 +387,33 @@ impl Api {
     }
 
     /// Why a request got no answer, in words that fit: never sent, sent but unanswered in
-    /// time (it may have been carried out), or no server to take it.
+    /// time (it may have been carried out), or no server to take it. All but the first may
+    /// go through later ([`TryLater`]).
     fn not_answered(&self, e: reqwest::Error) -> anyhow::Error {
         let server = &self.conn.server;
         // Without the URL, which may be long (an id of 70,000 characters) and is the user's.
         let (builder, connect, timeout) = (e.is_builder(), e.is_connect(), e.is_timeout());
         let why = herald_core::error_chain(&e.without_url());
         if builder {
-            anyhow::anyhow!("could not make the request to {server}: {why}")
-        } else if connect && not_tls(server, &why) {
-            anyhow::anyhow!(
+            return anyhow::anyhow!("could not make the request to {server}: {why}");
+        }
+        TryLater::said(if connect && not_tls(server, &why) {
+            format!(
                 "could not reach Herald at {server}: what answered there does not speak TLS; \
                  `herald serve` listens on plain HTTP (http://…) unless a proxy in front of it \
                  takes TLS (--server): {why}"
             )
         } else if timeout && !connect {
-            anyhow::anyhow!(
+            format!(
                 "Herald at {server} did not answer within {} s; the request may still have been \
                  carried out: read what it changes before sending it again",
                 CLIENT_TIMEOUT.as_secs()
             )
         } else {
-            anyhow::anyhow!(
+            format!(
                 "could not reach Herald at {server}; is `herald serve` running? (--server): {why}"
             )
-        }
+        })
     }
 
     pub(super) fn call(
@@ -435,7 +462,15 @@ impl Api {
                      --token or HERALD_TOKEN)",
                     self.token_source
                 ),
+                Some(message) if TryLater::status(status) => {
+                    return Err(TryLater::said(format!(
+                        "{status}: {}",
+                        in_cli_terms(message, org_in(path))
+                    )));
+                }
                 Some(message) => bail!("{status}: {}", in_cli_terms(message, org_in(path))),
+                // A proxy's own page (a load balancer with no node to send it to, say).
+                None if TryLater::status(status) => return Err(TryLater::said(not_herald())),
                 None => bail!(not_herald()),
             }
         }

@@ -54,6 +54,7 @@ mod orgs;
 mod output;
 mod webhooks;
 
+pub use api::TryLater;
 pub use args::{
     DeliveriesCommand, EventsCommand, KeysCommand, OrgsCommand, SendArgs, WebhooksCommand,
 };
