@@ -246,6 +246,8 @@ impl std::ops::AddAssign for PurgeCount {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingStat {
     pub webhook_id: WebhookId,
+    /// Its webhook's organization, so that an alert can go to whoever looks after it.
+    pub org_id: OrgId,
     pub count: u64,
     /// When the oldest pending delivery was created.
     pub oldest: Timestamp,

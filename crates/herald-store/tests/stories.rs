@@ -1279,9 +1279,12 @@ async fn pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog(store: 
     assert_eq!(
         pending
             .iter()
-            .map(|p| (&p.webhook_id, p.active))
+            .map(|p| (&p.webhook_id, &p.org_id, p.active))
             .collect::<Vec<_>>(),
-        vec![(&other.id, true), (&hook.id, false)],
+        vec![
+            (&other.id, &other.org_id, true),
+            (&hook.id, &hook.org_id, false)
+        ],
         "{pending:?}"
     );
 

@@ -307,13 +307,13 @@ impl Snapshot<'_> {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook, as the database counts them: with several nodes, every node reports the same whole count (take one node's, or the max, not the sum). active=\"false\": the webhook is disabled and they wait, parked, until it is enabled. A webhook with none pending has no series.\n# TYPE herald_webhook_pending_deliveries gauge"
+            "# HELP herald_webhook_pending_deliveries Pending deliveries per webhook (org: its organization), as the database counts them: with several nodes, every node reports the same whole count (take one node's, or the max, not the sum). active=\"false\": the webhook is disabled and they wait, parked, until it is enabled. A webhook with none pending has no series.\n# TYPE herald_webhook_pending_deliveries gauge"
         );
         for p in self.pending.iter().flatten() {
             let _ = writeln!(
                 out,
-                "herald_webhook_pending_deliveries{{webhook=\"{}\",active=\"{}\"}} {}",
-                p.webhook_id, p.active, p.count
+                "herald_webhook_pending_deliveries{{webhook=\"{}\",org=\"{}\",active=\"{}\"}} {}",
+                p.webhook_id, p.org_id, p.active, p.count
             );
         }
         let _ = writeln!(
@@ -324,8 +324,8 @@ impl Snapshot<'_> {
             let age = (self.now.as_millis() - p.oldest.as_millis()).max(0) as f64 / 1000.0;
             let _ = writeln!(
                 out,
-                "herald_webhook_oldest_pending_seconds{{webhook=\"{}\",active=\"{}\"}} {age}",
-                p.webhook_id, p.active
+                "herald_webhook_oldest_pending_seconds{{webhook=\"{}\",org=\"{}\",active=\"{}\"}} {age}",
+                p.webhook_id, p.org_id, p.active
             );
         }
         let _ = writeln!(
@@ -352,6 +352,7 @@ mod backlog_tests {
     fn stat(count: u64) -> Vec<PendingStat> {
         vec![PendingStat {
             webhook_id: WebhookId::from_trusted("wh_1".into()),
+            org_id: herald_core::OrgId::from_trusted("org_1".into()),
             count,
             oldest: Timestamp::from_millis(0),
             active: true,

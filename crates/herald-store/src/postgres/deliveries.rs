@@ -1406,15 +1406,17 @@ pub(crate) async fn move_deferred(
 pub(crate) async fn pending_by_webhook(c: &impl Conn) -> DbResult<Vec<PendingStat>> {
     let found = c
         .rows(
-            "SELECT p.webhook_id, p.n, p.oldest, COALESCE(w.active, true) FROM (SELECT \
-             webhook_id, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE \
-             state = 'pending' GROUP BY webhook_id) p LEFT JOIN webhooks w ON w.id = p.webhook_id",
+            "SELECT p.webhook_id, p.n, p.oldest, COALESCE(w.active, true), p.org_id FROM \
+             (SELECT webhook_id, org_id, COUNT(*) AS n, MIN(created_at) AS oldest FROM \
+             deliveries WHERE state = 'pending' GROUP BY webhook_id, org_id) p LEFT JOIN \
+             webhooks w ON w.id = p.webhook_id",
             &[],
         )
         .await?;
     rows::all(found, |r| {
         Ok(PendingStat {
             webhook_id: WebhookId::from_trusted(r.try_get(0)?),
+            org_id: OrgId::from_trusted(r.try_get(4)?),
             count: rows::int(r, 1)?,
             oldest: Timestamp::from_millis(r.try_get(2)?),
             active: r.try_get(3)?,

@@ -891,9 +891,9 @@ pub(crate) fn end_unsent(
 /// through the index that holds just those; left to itself, SQLite would rather walk
 /// `deliveries_by_webhook` (already grouped) and so read every delivery ever kept.
 pub(crate) const PENDING_BY_WEBHOOK: &str = "SELECT p.webhook_id, p.n, p.oldest, \
-     COALESCE(w.active, 1) FROM (SELECT webhook_id, COUNT(*) AS n, MIN(created_at) AS oldest \
-     FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' GROUP BY webhook_id) p \
-     LEFT JOIN webhooks w ON w.id = p.webhook_id";
+     COALESCE(w.active, 1), p.org_id FROM (SELECT webhook_id, org_id, COUNT(*) AS n, \
+     MIN(created_at) AS oldest FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' \
+     GROUP BY webhook_id, org_id) p LEFT JOIN webhooks w ON w.id = p.webhook_id";
 
 pub(crate) fn pending_by_webhook(
     conn: &Connection,
@@ -903,6 +903,7 @@ pub(crate) fn pending_by_webhook(
         .query_map([], |r| {
             Ok(herald_core::store::PendingStat {
                 webhook_id: WebhookId::from_trusted(r.get(0)?),
+                org_id: OrgId::from_trusted(r.get(4)?),
                 count: r.get(1)?,
                 oldest: Timestamp::from_millis(r.get(2)?),
                 active: r.get(3)?,

@@ -2600,13 +2600,13 @@ async fn metrics_count_what_happened() {
     let bad_id = bad["id"].as_str().unwrap();
     assert_eq!(
         value(&format!(
-            "herald_webhook_pending_deliveries{{webhook=\"{bad_id}\",active=\"true\"}}"
+            "herald_webhook_pending_deliveries{{webhook=\"{bad_id}\",org=\"{org}\",active=\"true\"}}"
         )),
         1.0
     );
     assert!(
         value(&format!(
-            "herald_webhook_oldest_pending_seconds{{webhook=\"{bad_id}\",active=\"true\"}}"
+            "herald_webhook_oldest_pending_seconds{{webhook=\"{bad_id}\",org=\"{org}\",active=\"true\"}}"
         )) >= 0.0
     );
     // A load balancer's probes are not the API's responses: between two scrapes, only the
@@ -2632,8 +2632,9 @@ async fn metrics_count_what_happened() {
         .await;
     assert_eq!(status, StatusCode::OK);
     // (A count is reused for a moment after it is made.)
-    let parked_line =
-        format!("herald_webhook_oldest_pending_seconds{{webhook=\"{bad_id}\",active=\"false\"}}");
+    let parked_line = format!(
+        "herald_webhook_oldest_pending_seconds{{webhook=\"{bad_id}\",org=\"{org}\",active=\"false\"}}"
+    );
     let mut parked = String::new();
     for _ in 0..50 {
         parked = app.metrics().await;
