@@ -321,21 +321,28 @@ pub const COPIED_MARKER: &str = "copied-to-postgresql";
 /// Refuses to serve an embedded database that was copied to PostgreSQL: what it had pending
 /// would be sent a second time, and events it took would not reach the nodes.
 fn refuse_if_copied(data_dir: &Path) -> anyhow::Result<()> {
-    let marker = data_dir.join(COPIED_MARKER);
-    let Ok(note) = std::fs::read_to_string(&marker) else {
+    let Some((copied, marker)) = copied_note(data_dir) else {
         return Ok(());
     };
-    let copied = note
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('.');
     bail!(
         "this data directory was copied to PostgreSQL: {copied}. Start Herald on PostgreSQL \
          (HERALD_DATABASE_URL) instead: this server would send what it had pending a second \
          time. To run it anyway, remove {}",
         marker.display()
     )
+}
+
+/// What `herald copy` noted in the data directory (`Copied to … at …`, its first line without
+/// the full stop) and where, if it copied it.
+pub(crate) fn copied_note(data_dir: &Path) -> Option<(String, PathBuf)> {
+    let marker = data_dir.join(COPIED_MARKER);
+    let note = std::fs::read_to_string(&marker).ok()?;
+    let first = note
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.');
+    Some((first.to_owned(), marker))
 }
 
 /// Locks the embedded database for this process (see [`DatabaseLock`]); nothing to lock for

@@ -225,15 +225,9 @@ fn check_target(url: &str) -> anyhow::Result<()> {
 /// Refuses a data directory copied before: two databases would then hold what it had pending,
 /// sent twice if nodes run on both, and the note of where the first copy went would be lost.
 fn refuse_if_copied_before(data_dir: &Path) -> anyhow::Result<()> {
-    let marker = data_dir.join(app::COPIED_MARKER);
-    let Ok(note) = std::fs::read_to_string(&marker) else {
+    let Some((before, marker)) = app::copied_note(data_dir) else {
         return Ok(());
     };
-    let before = note
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('.');
     bail!(
         "this data directory was copied to PostgreSQL before: {before}. A second copy would put \
          what it had pending into two databases, sent twice if nodes run on both. To copy it \
