@@ -30,6 +30,10 @@ pub enum StoreError {
     Unavailable(#[source] Cause),
     #[error("storage failed")]
     Other(#[source] Cause),
+    /// A database (or database server) Herald will not work on as it is: the text says why
+    /// and what to do, and is the whole message (no "storage failed" before it).
+    #[error("{0}")]
+    Refused(String),
     /// The organization's configuration changed after the read its events were fanned out
     /// from ([`Store::insert_events_seen`]): nothing was stored. Fan them out again from a
     /// fresh read.

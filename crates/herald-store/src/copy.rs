@@ -267,7 +267,7 @@ pub async fn sqlite_to_postgres(
 }
 
 fn other(message: &str) -> StoreError {
-    StoreError::Other(message.to_owned().into())
+    StoreError::Refused(message.to_owned())
 }
 
 /// Whether the target can take a copy: Herald's tables at this version's schema, all empty.

@@ -73,14 +73,11 @@ pub fn warn_if_newer(schema: i64, known: usize) {
 /// deliveries nothing could find and sealed already sealed secrets a second time.
 pub fn refuse_if_newer(schema: i64, known: usize) -> herald_core::store::StoreResult<()> {
     if schema > known as i64 {
-        return Err(herald_core::store::StoreError::Other(
-            format!(
-                "the database was migrated by a newer Herald (schema version {schema}; this one \
+        return Err(herald_core::store::StoreError::Refused(format!(
+            "the database was migrated by a newer Herald (schema version {schema}; this one \
                  knows up to {known}), and running an older Herald on it is not supported: run \
                  the newer Herald, or restore the backup taken before the upgrade"
-            )
-            .into(),
-        ));
+        )));
     }
     Ok(())
 }

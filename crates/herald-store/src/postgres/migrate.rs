@@ -85,9 +85,9 @@ impl PostgresStore {
         };
         let wanted = migrations::POSTGRES.len() as i64;
         if version < wanted {
-            return Err(herald_core::store::StoreError::Other(
-                format!("the database schema is at version {version}, this Herald needs {wanted}: run `herald migrate` (or start one node with migrations on)").into(),
-            ));
+            return Err(herald_core::store::StoreError::Refused(format!(
+                "the database schema is at version {version}, this Herald needs {wanted}: run `herald migrate` (or start one node with migrations on)"
+            )));
         }
         migrations::warn_if_newer(version, migrations::POSTGRES.len());
         warn_if_autovacuum_is_off(&client).await;
@@ -107,7 +107,7 @@ async fn refuse_old_server(client: &deadpool_postgres::Client) -> StoreResult<()
         .await
         .map_err(sql)?;
     match too_old(row.get(0)) {
-        Some(refusal) => Err(herald_core::store::StoreError::Other(refusal.into())),
+        Some(refusal) => Err(herald_core::store::StoreError::Refused(refusal)),
         None => Ok(()),
     }
 }

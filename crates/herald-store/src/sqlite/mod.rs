@@ -275,9 +275,10 @@ fn create_private(path: &Path) -> StoreResult<()> {
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Other(
-            format!("could not create {}: {e}", path.display()).into(),
-        )),
+        Err(e) => Err(StoreError::Refused(format!(
+            "could not create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -952,11 +953,11 @@ impl Store for SqliteStore {
         // Not into a file put in its place (a restore while Herald ran), nor one made anew
         // where it was removed: the write-ahead log beside it belongs to the file opened.
         if self.file.is_none() || file_identity(&self.path) != self.file {
-            return Err(StoreError::Other(
+            return Err(StoreError::Refused(
                 "the database file was removed or replaced while Herald ran, so the write-ahead \
                  log beside it (which belongs to the file Herald had open) was left as it is: \
                  remove herald.db-wal and herald.db-shm before starting on the file now there"
-                    .into(),
+                    .to_owned(),
             ));
         }
         // On a connection of its own: the writer's jobs run in a transaction, where a

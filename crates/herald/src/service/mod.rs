@@ -145,7 +145,9 @@ impl ServiceError {
             StoreError::Conflict(m) => Self::Conflict(m),
             e @ StoreError::Unavailable(_) => Self::Unavailable(e),
             // Ingest fans out again on a change (`ingest::ingest_values`): never answered.
-            e @ (StoreError::Other(_) | StoreError::DirectoryChanged) => Self::Internal(e),
+            e @ (StoreError::Other(_) | StoreError::Refused(_) | StoreError::DirectoryChanged) => {
+                Self::Internal(e)
+            }
         }
     }
 }
