@@ -315,9 +315,15 @@ pub enum Command {
         command: client::DeliveriesCommand,
     },
     /// Post an event (or a batch) from --type/--data, a file, or standard input.
+    ///
+    /// A file or standard input holds one event, an array of them, or JSON Lines (one event
+    /// per line). More events than one request takes (1000, or 1 MiB) go in several requests,
+    /// in order, with progress on standard error; if one fails, the message says which events
+    /// were stored and where to go on from.
     #[command(after_help = "Examples:
   herald send --org acme --type user.created --data '{\"user\": {\"id\": \"u1\"}}' --id evt-1
   herald send --org acme --file events.json        # one event or an array of them
+  herald send --org acme --file export.jsonl       # one event per line, any number
   producer | herald send --org acme                # from standard input")]
     Send {
         // Its own options first: the connection's come after, under their own heading.

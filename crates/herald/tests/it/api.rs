@@ -1818,6 +1818,68 @@ fn the_version_names_the_commit_built_from() {
     }
 }
 
+/// `herald send` takes JSON Lines and arrays past one request's limits: it sends them in
+/// order in as many requests as the server takes (halving a request whose body is too large),
+/// shows how far it got, and when a request fails names the event at fault, what was stored,
+/// and where to go on from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed() {
+    // Bodies of 64 KiB at most: a thousand events of about 90 bytes are refused whole (413).
+    let app = TestApp::spawn_with(|s| s.server.max_body_bytes = 64 * 1024).await;
+    let org = app.create_org("Bulk").await;
+    let event = |id: &str, event_type: &str| {
+        format!(r#"{{"type":"{event_type}","id":"{id}","data":{{"user":{{"id":"u-{id}"}}}}}}"#)
+    };
+    let lines: Vec<String> = (0..2_500)
+        .map(|i| event(&format!("bulk-{i}"), "user.created"))
+        .collect();
+    let send = ["send", "--org", org.as_str()];
+    let (ok, out) = herald_cli(&app, &send, Some(&lines.join("\n"))).await;
+    // 1,000 (refused whole: 500 and 500), 1,000 (the same), 500.
+    assert!(
+        ok && out.contains("2500 events sent in 5 requests: 2500 stored, 0 already stored")
+            && out.contains("sent 2500 of 2500 events"),
+        "{out}"
+    );
+    for id in ["bulk-0", "bulk-1234", "bulk-2499"] {
+        let (status, _) = app.get(&format!("/v1/orgs/{org}/events/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+    }
+    // Sent again, as an array: every one is a duplicate, nothing stored twice.
+    let array = format!("[{}]", lines.join(","));
+    let (ok, out) = herald_cli(&app, &send, Some(&array)).await;
+    assert!(ok && out.contains("0 stored, 2500 already stored"), "{out}");
+
+    // The 1,201st of 1,500 events has a type nobody knows: the third request (events
+    // 1,001–1,500) is refused whole, the two before it stored. Lines count from the blank first.
+    let mut lines: Vec<String> = (0..1_500)
+        .map(|i| event(&format!("late-{i}"), "user.created"))
+        .collect();
+    lines[1_200] = event("late-1200", "user.createdd");
+    let (ok, out) = herald_cli(&app, &send, Some(&format!("\n{}", lines.join("\n")))).await;
+    assert!(
+        !ok && out.contains(
+            "events 1001–1500 of 1500 were sent in one request, which failed; the 1000 before \
+             them were stored; at fault: event 1201 (line 1202), its type"
+        ) && out.contains("send the whole input again")
+            && out.contains("or from event 1001 (line 1002) on")
+            && out.contains("'user.createdd' is not in this organization's catalogs"),
+        "{out}"
+    );
+    let (stored, _) = app.get(&format!("/v1/orgs/{org}/events/late-999")).await;
+    let (not_stored, _) = app.get(&format!("/v1/orgs/{org}/events/late-1000")).await;
+    assert_eq!(
+        (stored, not_stored),
+        (StatusCode::OK, StatusCode::NOT_FOUND)
+    );
+    // A line that is not JSON is named before anything is sent.
+    let (ok, out) = herald_cli(&app, &send, Some("{\"type\": \"user.created\"}\n{oops}\n")).await;
+    assert!(
+        !ok && out.contains("standard input, line 2: not JSON"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_organizations_webhooks_events_and_history() {
     let app = TestApp::spawn().await;

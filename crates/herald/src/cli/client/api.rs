@@ -31,6 +31,24 @@ impl std::fmt::Display for TryLater {
 
 impl std::error::Error for TryLater {}
 
+/// An answer refusing the request for what it asks (not [`TryLater`]'s "not now"): its status
+/// and the field at fault, for a command that acts on them, and the message as the CLI says it.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub status: reqwest::StatusCode,
+    /// The server's `field`: `[3].data/user/id` in a batch's fourth event.
+    pub field: Option<String>,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 pub(super) fn org_in(path: &str) -> Option<&str> {
     path.strip_prefix("/v1/orgs/")?
         .split(['/', '?'])
@@ -456,22 +474,39 @@ impl Api {
             {
                 super::output::print_json(error);
             }
+            let refused = |message: String| {
+                anyhow::Error::new(Refused {
+                    status,
+                    field: value
+                        .as_ref()
+                        .and_then(|v| v["error"]["field"].as_str())
+                        .map(str::to_owned),
+                    message,
+                })
+            };
             match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
-                Some(message) if status == reqwest::StatusCode::UNAUTHORIZED => bail!(
-                    "{status}: {message} (the token was read from {}; give the right one with \
-                     --token or HERALD_TOKEN)",
-                    self.token_source
-                ),
+                Some(message) if status == reqwest::StatusCode::UNAUTHORIZED => {
+                    return Err(refused(format!(
+                        "{status}: {message} (the token was read from {}; give the right one \
+                         with --token or HERALD_TOKEN)",
+                        self.token_source
+                    )));
+                }
                 Some(message) if TryLater::status(status) => {
                     return Err(TryLater::said(format!(
                         "{status}: {}",
                         in_cli_terms(message, org_in(path))
                     )));
                 }
-                Some(message) => bail!("{status}: {}", in_cli_terms(message, org_in(path))),
+                Some(message) => {
+                    return Err(refused(format!(
+                        "{status}: {}",
+                        in_cli_terms(message, org_in(path))
+                    )));
+                }
                 // A proxy's own page (a load balancer with no node to send it to, say).
                 None if TryLater::status(status) => return Err(TryLater::said(not_herald())),
-                None => bail!(not_herald()),
+                None => return Err(refused(not_herald())),
             }
         }
         match value {

@@ -696,8 +696,8 @@ pub struct SendArgs {
     /// A correlation id kept with the event (with --type); asgardeo's tokens carry it as `rci`.
     #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub correlation_id: Option<String>,
-    /// A file with one event or an array of them (`-` for standard input). Used when --type is
-    /// not given; standard input is read when neither is.
+    /// A file with one event, an array of them, or one per line (JSON Lines); `-` for standard
+    /// input. Used when --type is not given; standard input is read when neither is.
     #[arg(long)]
     pub file: Option<String>,
 }

@@ -1,4 +1,4 @@
-//! `herald events` and `herald send`.
+//! `herald events`.
 
 use std::io::Read;
 
@@ -95,7 +95,7 @@ pub fn events(conn: Connection, cmd: EventsCommand) -> anyhow::Result<()> {
             )?;
             deleted(&conn, &name, &format!("Deleted the event type {name}."));
         }
-        EventsCommand::Send(args) => send(conn, args)?,
+        EventsCommand::Send(args) => super::send::send(conn, args)?,
         EventsCommand::List {
             org,
             event_type,
@@ -198,7 +198,15 @@ fn name_webhooks(api: &Api, org: &str, deliveries: &mut Value) {
 /// The JSON in `file` (`-`: standard input); `wanted` says what it should hold, for the
 /// message when it is not JSON.
 pub(super) fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value> {
-    let (text, source) = if file == "-" {
+    let (text, source) = read_input(file)?;
+    // As the server does, a byte-order mark (some editors write one) is passed over.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    serde_json::from_str(text).with_context(|| format!("{source} is not JSON: {wanted}"))
+}
+
+/// The text in `file` (`-`: standard input), and how to name where it came from.
+pub(super) fn read_input(file: &str) -> anyhow::Result<(String, String)> {
+    Ok(if file == "-" {
         use std::io::IsTerminal;
         if std::io::stdin().is_terminal() {
             // Nothing piped in: say why the command waits, and how to end it.
@@ -208,77 +216,10 @@ pub(super) fn read_json_input(file: &str, wanted: &str) -> anyhow::Result<Value>
         std::io::stdin()
             .read_to_string(&mut input)
             .context("could not read standard input")?;
-        (input, "standard input")
+        (input, "standard input".to_owned())
     } else {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?;
-        (text, file)
-    };
-    // As the server does, a byte-order mark (some editors write one) is passed over.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    serde_json::from_str(text).with_context(|| format!("{source} is not JSON: {wanted}"))
-}
-
-pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
-    let api = Api::new(conn.clone())?;
-    let body = match (&args.event_type, &args.file) {
-        (Some(t), _) => {
-            // clap makes --type require --data: data the user left out is not made up here.
-            let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or_default())
-                .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
-            let mut event = json!({ "type": t, "data": data });
-            for (field, value) in [
-                ("id", &args.id),
-                ("occurred_at", &args.occurred_at),
-                ("correlation_id", &args.correlation_id),
-            ] {
-                if let Some(value) = value {
-                    event[field] = json!(value);
-                }
-            }
-            event
-        }
-        (None, file) => read_json_input(
-            file.as_deref().unwrap_or("-"),
-            "give one event ({\"type\", \"data\"}) or an array of them, or use --type and --data",
-        )?,
-    };
-    let org = api.org_id(&args.org)?;
-    let answer = api.post(&api_path(&["v1", "orgs", &org, "events"])?, body)?;
-    if conn.json {
-        print_json(&answer);
-    } else {
-        // An event dropped for reusing another's id is no duplicate to shrug at.
-        let mut rows = answer["events"].clone();
-        for row in rows.as_array_mut().into_iter().flatten() {
-            if row.get("mismatch").is_some_and(|m| !m.is_null()) {
-                row["duplicate"] = json!("id reused: NOT STORED");
-            }
-        }
-        show(
-            &conn,
-            &json!({ "data": rows }),
-            &["id", "duplicate", "deliveries", "skipped"],
-        );
-    }
-    // A reused id drops the event: say so even where only the exit status is read.
-    let reused: Vec<String> = answer["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            Some(format!(
-                "{}: {}",
-                e["id"].as_str()?,
-                e["mismatch"].as_str()?
-            ))
-        })
-        .collect();
-    if !reused.is_empty() {
-        bail!(
-            "not stored, an id already used by another event:\n  {}",
-            reused.join("\n  ")
-        );
-    }
-    Ok(())
+        (text, file.to_owned())
+    })
 }

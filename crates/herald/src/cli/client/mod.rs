@@ -4,7 +4,7 @@
 //! - `args.rs`: every command's arguments, as clap reads them.
 //! - `api.rs`: requests to the server, and its errors told in the CLI's terms.
 //! - `output.rs`: tables and JSON.
-//! - one file per command group, which runs its commands.
+//! - one file per command group, which runs its commands (`send.rs`: `herald send`).
 
 use clap::Args;
 
@@ -52,6 +52,7 @@ mod events;
 mod keys;
 mod orgs;
 mod output;
+mod send;
 mod webhooks;
 
 pub use api::TryLater;
@@ -59,8 +60,9 @@ pub use args::{
     DeliveriesCommand, EventsCommand, KeysCommand, OrgsCommand, SendArgs, WebhooksCommand,
 };
 pub use deliveries::deliveries;
-pub use events::{events, send};
+pub use events::events;
 pub use keys::keys;
 pub use orgs::orgs;
 pub use output::print_error_unless_printed;
+pub use send::send;
 pub use webhooks::webhooks;
