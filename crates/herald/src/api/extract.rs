@@ -263,6 +263,11 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
         // valid JSON; a lone surrogate (`"\ud800"`) or invalid UTF-8 is not. And a body that
         // is not JSON is said so first, before a field found missing on the way (`{} x`).
         let parsed = serde_json::from_slice::<serde_json::Value>(bytes);
+        if parsed.is_err()
+            && let Some(encoding) = not_utf8(bytes)
+        {
+            return invalid_json(encoding);
+        }
         if let Err(syntax) = &parsed {
             let why = if e.classify() == serde_json::error::Category::Data {
                 syntax
@@ -310,6 +315,36 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
         refused.field = path.map(|p| p.to_string());
         refused
     })
+}
+
+/// What is wrong with a body that is not UTF-8, which JSON between systems is (RFC 8259):
+/// UTF-16 (a byte-order mark, or the zero bytes of ASCII in it), or a byte of another
+/// single-byte encoding (Latin-1's `é` is `0xE9`), named where it is.
+fn not_utf8(bytes: &[u8]) -> Option<String> {
+    let e = std::str::from_utf8(bytes).err()?;
+    let utf16 = bytes.starts_with(&[0xFF, 0xFE])
+        || bytes.starts_with(&[0xFE, 0xFF])
+        || bytes.iter().take(64).any(|&b| b == 0);
+    if utf16 {
+        return Some(
+            "the request body is not UTF-8 but UTF-16 (or holds zero bytes): send JSON encoded \
+             as UTF-8"
+                .to_owned(),
+        );
+    }
+    let at = e.valid_up_to();
+    let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at
+        - bytes[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |n| n + 1)
+        + 1;
+    Some(format!(
+        "the request body is not UTF-8: byte 0x{:02X} at line {line} column {column} is not \
+         UTF-8 (Latin-1 or Windows-1252 text, perhaps); send JSON encoded as UTF-8",
+        bytes[at]
+    ))
 }
 
 fn invalid_json(message: String) -> ApiError {
@@ -725,6 +760,24 @@ impl FromRequestParts<AppState> for WholeList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_not_in_utf8_is_named_as_such() {
+        let message = |body: &[u8]| parse_json::<serde_json::Value>(body).err().unwrap().message;
+        let latin1 = b"{\"user\":\n  {\"id\": \"caf\xe9\"}}";
+        assert_eq!(
+            message(latin1),
+            "the request body is not UTF-8: byte 0xE9 at line 2 column 14 is not UTF-8 (Latin-1 \
+             or Windows-1252 text, perhaps); send JSON encoded as UTF-8"
+        );
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain("{\"a\": 1}".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        assert!(message(&utf16).contains("not UTF-8 but UTF-16"));
+        // Valid UTF-8 that is not JSON is told as before.
+        assert!(message(b"{\"a\": caf\xc3\xa9}").starts_with("the request body is not valid JSON"));
+    }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {
