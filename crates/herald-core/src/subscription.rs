@@ -28,7 +28,14 @@ impl Verification {
         match raw {
             "none" => Ok(Self::None),
             "websub" => Ok(Self::Websub),
-            _ => Err(Invalid::new("verification", "must be 'websub' or 'none'")),
+            _ => Err(Invalid::new(
+                "verification",
+                format!(
+                    "'{}' is not a verification{}; choose from: websub, none",
+                    crate::truncate_for_message(raw),
+                    crate::suggest::did_you_mean(crate::suggest::closest(raw, ["websub", "none"]))
+                ),
+            )),
         }
     }
 

@@ -131,8 +131,12 @@ impl ProfileName {
                 Invalid::new(
                     "profile",
                     format!(
-                        "'{}' is not a profile; choose from: {}",
+                        "'{}' is not a profile{}; choose from: {}",
                         crate::truncate_for_message(raw),
+                        crate::suggest::did_you_mean(crate::suggest::closest(
+                            raw,
+                            names.iter().copied()
+                        )),
                         names.join(", ")
                     ),
                 )

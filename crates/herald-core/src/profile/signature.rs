@@ -28,11 +28,14 @@ impl SignatureScheme {
             .copied()
             .find(|s| s.as_str() == raw)
             .ok_or_else(|| {
+                let names = Self::ALL.iter().map(|s| s.as_str());
                 Invalid::new(
                     "signature",
                     format!(
-                        "'{}' is not a signature scheme; choose from: standard, optare, hub, opal",
-                        crate::truncate_for_message(raw)
+                        "'{}' is not a signature scheme{}; choose from: {}",
+                        crate::truncate_for_message(raw),
+                        crate::suggest::did_you_mean(crate::suggest::closest(raw, names.clone())),
+                        names.collect::<Vec<_>>().join(", ")
                     ),
                 )
             })

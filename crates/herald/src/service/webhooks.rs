@@ -10,7 +10,7 @@ use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
 use herald_core::subscription::{Mode, State, Subscription, Verification};
-use herald_core::suggest::did_you_mean;
+use herald_core::suggest::{closest, did_you_mean};
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
     parse_rate_limit, parse_subscription, parse_timeout_ms,
@@ -85,10 +85,28 @@ fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
         )
         .into());
     }
-    serde_json::from_value(raw).map_err(|e| {
+    let content_mode = raw["content_mode"].as_str().map(str::to_owned);
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        // The option at fault, as `422`s name fields elsewhere (`options.content_mode`).
+        let (field, meant) = match e.path().iter().next() {
+            None => ("options".to_owned(), None),
+            Some(_) => {
+                let path = e.path().to_string();
+                let meant = content_mode
+                    .as_deref()
+                    .filter(|_| path == "content_mode")
+                    .and_then(|typed| closest(typed, ["structured", "binary"]));
+                (format!("options.{path}"), meant)
+            }
+        };
         Invalid::new(
-            "options",
-            format!("{e}; the options are content_mode (cloudevents: structured or binary) and batch_window_ms (opal)"),
+            field,
+            format!(
+                "{}{}; the options are content_mode (cloudevents: structured or binary) and \
+                 batch_window_ms (opal)",
+                e.inner(),
+                did_you_mean(meant)
+            ),
         )
         .into()
     })

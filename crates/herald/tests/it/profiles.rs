@@ -326,8 +326,32 @@ async fn cloudevents_parse_with_the_official_sdk_in_both_modes() {
     let (status, err) = app.post(&format!("/v1/orgs/{org}/webhooks"), json!({ "name": "x", "url": rx.url("/x"), "options": { "content_mode": "telepathic" } })).await;
     assert_eq!(
         (status, err["error"]["field"].clone()),
-        (StatusCode::UNPROCESSABLE_ENTITY, json!("options"))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!("options.content_mode")
+        )
     );
+    // A name misspelt, in any of the fields that take one of a few, gets the one meant.
+    for (field, typed, meant) in [
+        ("profile", json!("optar"), "optare"),
+        ("signature", json!("hubb"), "hub"),
+        ("verification", json!("websb"), "websub"),
+        (
+            "options",
+            json!({ "content_mode": "structurd" }),
+            "structured",
+        ),
+    ] {
+        let mut body = json!({ "name": "x", "url": rx.url("/x"), "profile": "cloudevents" });
+        body[field] = typed;
+        let (status, err) = app.post(&format!("/v1/orgs/{org}/webhooks"), body).await;
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && message.contains(&format!("(did you mean '{meant}'?)")),
+            "{field}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
