@@ -45,8 +45,9 @@ use crate::config::{MigrateSettings, Settings};
     version = crate::BUILD,
     after_help = "Exit status: 0 when done; 75 when the server could not be reached, or answered \
                   that it cannot take the request now (408, 429, 502, 503, 504): send it again \
-                  later (events with the same ids); 1 for anything else (the message says what \
-                  to fix)."
+                  later (events with the same ids); 2 when the command line itself is refused (an \
+                  unknown flag, a value it cannot take); 1 for anything else (the message says \
+                  what to fix)."
 )]
 pub struct Cli {
     #[command(subcommand)]
