@@ -91,11 +91,12 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             "To restore, start Herald on it: herald serve --data-dir {}",
             args.to.display()
         );
+        out!(
+            "Restored, it goes back to this moment: every delivery pending now is sent again \
+             (delivered since or not: at least once), and events accepted after now are not in \
+             it."
+        );
     }
-    out!(
-        "Restored, it goes back to this moment: every delivery pending now is sent again \
-         (delivered since or not: at least once), and events accepted after now are not in it."
-    );
     if sealed {
         out!(
             "Webhook secrets in it are encrypted: keep HERALD_ENCRYPTION_KEY (and any \
@@ -149,8 +150,10 @@ fn copy_copied_marker(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
     if !from.is_file() {
         return Ok(false);
     }
-    std::fs::copy(&from, to.join(crate::app::COPIED_MARKER))
+    let copy = to.join(crate::app::COPIED_MARKER);
+    std::fs::copy(&from, &copy)
         .with_context(|| format!("could not copy {} into {}", from.display(), to.display()))?;
+    restrict(&copy)?;
     Ok(true)
 }
 

@@ -241,23 +241,28 @@ fn refuse_if_copied_before(data_dir: &Path) -> anyhow::Result<()> {
 fn mark_copied(data_dir: &Path, shown: &str) -> anyhow::Result<()> {
     let path = data_dir.join(app::COPIED_MARKER);
     let at = herald_core::Clock::now(&herald_core::SystemClock).to_rfc3339();
-    std::fs::write(
-        &path,
-        format!(
-            "Copied to {shown} at {at} by `herald copy`.\n\
-             Start Herald on PostgreSQL instead: a server on this directory would send the \
-             deliveries it had pending a second time, and events it took would not reach \
-             PostgreSQL. Remove this file to run it anyway.\n"
-        ),
-    )
-    .with_context(|| {
-        format!(
-            "the copy is complete, but {} could not be written; do not start the server on {} \
+    // Private, as the rest of the directory is: it names the database copied to.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let note = format!(
+        "Copied to {shown} at {at} by `herald copy`.\n\
+         Start Herald on PostgreSQL instead: a server on this directory would send the \
+         deliveries it had pending a second time, and events it took would not reach \
+         PostgreSQL. Remove this file to run it anyway.\n"
+    );
+    options
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, note.as_bytes()))
+        .with_context(|| {
+            format!(
+                "the copy is complete, but {} could not be written; do not start the server on {} \
              again",
-            path.display(),
-            data_dir.display()
-        )
-    })
+                path.display(),
+                data_dir.display()
+            )
+        })
 }
 
 #[cfg(test)]

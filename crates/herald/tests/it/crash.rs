@@ -1122,9 +1122,19 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
         .unwrap();
     let said = String::from_utf8_lossy(&backed_up.stdout);
     assert!(
-        backed_up.status.success() && said.contains("copied-to-postgresql"),
+        backed_up.status.success()
+            && said.contains("copied-to-postgresql")
+            // Not told how a restore of it goes, as it will not be served.
+            && !said.contains("Restored, it goes back"),
         "{said}"
     );
+    // The note is private, as the rest of the directory is, in the original and the backup.
+    #[cfg(unix)]
+    for note in [dir.path(), &backup.path().join("b")].map(|d| d.join("copied-to-postgresql")) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&note).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", note.display());
+    }
     let restored = refused_serve(&backup.path().join("b")).await;
     let said = String::from_utf8_lossy(&restored.stderr);
     assert!(
