@@ -13,7 +13,7 @@ use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
 use crate::org::Organization;
 use crate::store::{ChangesSeen, Store, StoreResult};
-use crate::subscription::{Subscription, Verification};
+use crate::subscription::{Mode, State, Subscription, Verification};
 use crate::webhook::Webhook;
 use crate::{OrgId, WebhookId};
 
@@ -299,19 +299,50 @@ impl OrgSnapshot {
             .get(&(webhook.id.clone(), channel.to_owned()))
         {
             Some(s) if s.delivers(now) => None,
-            Some(s) => Some(format!(
-                "not sent: the channel '{channel}' is not verified (WebSub {} is {}{})",
-                s.mode.as_str(),
-                s.state.as_str(),
-                s.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )),
+            Some(s) => {
+                let s = s.as_seen(now);
+                Some(format!(
+                    "not sent: the channel '{channel}' is not verified (WebSub {} is {}{})",
+                    s.mode.as_str(),
+                    s.state.as_str(),
+                    s.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ))
+            }
             None => Some(format!(
-                "not sent: the channel '{channel}' was never verified (WebSub); activate the webhook or resend its verification"
+                "not sent: the channel '{channel}' has no verification the endpoint answered \
+                 (WebSub); one is sent when the webhook is enabled or given the channel, or \
+                 resend it (POST /v1/orgs/{}/webhooks/{}/verify)",
+                webhook.org_id, webhook.id
             )),
         }
+    }
+
+    /// Why an event of `channel` arriving at `now` is not to be sent to `webhook` at all
+    /// (stored `skipped`), if it is not. A channel whose verification is under way (the
+    /// webhook just enabled, moved to a new URL, or given the channel) does not skip it, as
+    /// [`Self::withheld_because`] would: the delivery waits for that verification, as the ones
+    /// pending when it began do, up to its retry schedule.
+    pub fn skipped_because(
+        &self,
+        webhook: &Webhook,
+        channel: Option<&str>,
+        now: crate::Timestamp,
+    ) -> Option<String> {
+        let reason = self.withheld_because(webhook, channel, now)?;
+        let under_way = channel.is_some_and(|channel| {
+            match self
+                .subscriptions
+                .get(&(webhook.id.clone(), channel.to_owned()))
+            {
+                Some(s) => s.mode == Mode::Subscribe && s.state == State::Pending,
+                // Enabling stores the channels' rows with the endpoint's answers.
+                None => webhook.active,
+            }
+        });
+        (!under_way).then_some(reason)
     }
 
     /// What each webhook names that would no longer exist with `catalogs` instead of the
@@ -614,6 +645,52 @@ mod tests {
             assert_eq!(snapshot.webhook(&hook.id).map(|w| &w.id), Some(&hook.id));
         }
         assert!(snapshot.webhook(&WebhookId::generate()).is_none());
+    }
+
+    /// An event on a channel whose verification is under way (none answered yet while the
+    /// webhook is enabled, or one asked again) waits for it; one refused, or never asked of a
+    /// disabled webhook, skips it.
+    #[test]
+    fn only_a_channel_refused_or_never_asked_skips_an_event() {
+        use crate::subscription::{Mode, State, Subscription, Verification};
+        let mut hook = webhook(
+            ProfileName::Standard,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        hook.verification = Verification::Websub;
+        hook.active = true;
+        let now = crate::Timestamp::from_millis(1_000_000);
+        let skipped = |hook: &Webhook, state: Option<State>| {
+            let subs = state
+                .map(|state| Subscription {
+                    state,
+                    ..Subscription::pending(
+                        hook.id.clone(),
+                        "login".into(),
+                        "t".into(),
+                        Mode::Subscribe,
+                    )
+                })
+                .into_iter()
+                .collect();
+            let snapshot = OrgSnapshot::build(org(), vec![hook.clone()], vec![], subs);
+            assert!(
+                snapshot
+                    .withheld_because(hook, Some("login"), now)
+                    .is_some()
+            );
+            snapshot.skipped_because(hook, Some("login"), now)
+        };
+        assert_eq!(skipped(&hook, None), None, "enabling: none answered yet");
+        assert_eq!(skipped(&hook, Some(State::Pending)), None, "asked again");
+        let refused = skipped(&hook, Some(State::Failed)).unwrap();
+        assert!(refused.contains("WebSub subscribe is failed"), "{refused}");
+        hook.active = false;
+        let never = skipped(&hook, None).unwrap();
+        assert!(
+            never.contains("has no verification the endpoint answered"),
+            "{never}"
+        );
     }
 
     /// A snapshot is rebuilt on every change to its organization: its types' schemas are

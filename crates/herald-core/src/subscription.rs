@@ -155,6 +155,28 @@ impl Subscription {
             && self.expires_at.is_none_or(|at| now < at)
     }
 
+    /// The subscription as it stands at `now`, to show and to explain: one whose lease ran out
+    /// (its renewals refused or not answered) is `failed`, saying when it ended and why,
+    /// though it is stored `verified` until a renewal answers.
+    pub fn as_seen(&self, now: Timestamp) -> Self {
+        let mut seen = self.clone();
+        if let Some(ended) = self.expires_at.filter(|&at| {
+            self.mode == Mode::Subscribe && self.state == State::Verified && now >= at
+        }) {
+            seen.state = State::Failed;
+            seen.reason = Some(format!(
+                "its lease ran out at {} without a renewal the endpoint confirmed{}; resend the \
+                 verification",
+                ended.to_rfc3339_secs(),
+                self.reason
+                    .as_deref()
+                    .map(|r| format!(" (the last renewal: {r})"))
+                    .unwrap_or_default()
+            ));
+        }
+        seen
+    }
+
     /// Records a verification answer at `now`.
     pub fn record(&mut self, now: Timestamp, outcome: Result<(), String>) {
         self.last_attempt_at = Some(now);
@@ -259,5 +281,28 @@ mod tests {
             State::Failed,
             "once the lease is over, a failure fails it"
         );
+    }
+
+    /// Between the lease's end and the next renewal's answer, the subscription is stored
+    /// `verified` but delivers nothing: it is shown failed, saying why.
+    #[test]
+    fn a_lease_that_ran_out_is_shown_failed() {
+        let mut s = sub();
+        let t0 = Timestamp::from_millis(0);
+        s.record(t0, Ok(()));
+        s.record(t0.plus_secs(900), Err("the endpoint answered 404".into()));
+        assert_eq!(s.as_seen(t0.plus_secs(999)), s, "the lease still holds");
+        let seen = s.as_seen(t0.plus_secs(1000));
+        assert_eq!(seen.state, State::Failed);
+        assert_eq!(
+            seen.reason.as_deref(),
+            Some(
+                "its lease ran out at 1970-01-01T00:16:40Z without a renewal the endpoint \
+                 confirmed (the last renewal: the endpoint answered 404); resend the verification"
+            )
+        );
+        // An unsubscription's lease means nothing.
+        s.mode = Mode::Unsubscribe;
+        assert_eq!(s.as_seen(t0.plus_secs(1000)).state, State::Verified);
     }
 }

@@ -372,7 +372,7 @@ fn fan_out(
     snapshot
         .subscribers(&event.event_type, channel)
         .map(|w| {
-            let skip = snapshot.withheld_because(w, channel, now);
+            let skip = snapshot.skipped_because(w, channel, now);
             // The schedule's first delay counts from ingest.
             let not_before = match w.first_delay_secs() {
                 0 => None,

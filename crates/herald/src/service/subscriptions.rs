@@ -347,7 +347,45 @@ pub async fn verify_channels(
     })
     .await?;
     log_answers(webhook, mode, &subs);
+    send_what_waited(state, snapshot, webhook, &subs).await;
     Ok(subs)
+}
+
+/// Once a channel that was not verified is, the deliveries that waited for it (events that
+/// arrived while its verification was under way, say) go now rather than at their next look,
+/// up to a minute later: the webhook's waiting deliveries are made due, as `retry-waiting`
+/// makes them (the endpoint has just answered).
+async fn send_what_waited(
+    state: &AppState,
+    snapshot: &OrgSnapshot,
+    webhook: &Webhook,
+    subs: &[Subscription],
+) {
+    let now = state.clock.now();
+    let before = snapshot.subscriptions_of(&webhook.id);
+    let newly_verified = subs.iter().any(|s| {
+        s.delivers(now)
+            && !before
+                .iter()
+                .any(|b| b.channel == s.channel && b.delivers(now))
+    });
+    if !newly_verified {
+        return;
+    }
+    match state
+        .store
+        .retry_waiting(&webhook.org_id, &webhook.id, now)
+        .await
+    {
+        Ok(0) => {}
+        Ok(count) => {
+            tracing::debug!(webhook = %webhook.id, count, "deliveries that waited for a WebSub verification go now");
+            state.dispatcher.wake_delivery_scheduler();
+        }
+        Err(e) => {
+            tracing::warn!(webhook = %webhook.id, error = %herald_core::error_chain(&e), "could not send now the deliveries that waited for a WebSub verification; they go within a minute");
+        }
+    }
 }
 
 /// Sends `mode` for these channels of the webhook, [`VERIFICATIONS_AT_ONCE`] at a time, and
@@ -452,10 +490,11 @@ pub async fn list(
     // to show or resend.
     let channels = snapshot.channels_of(webhook);
     let existing = snapshot.subscriptions_of(id);
+    let now = state.clock.now();
     let mut out: Vec<Subscription> = existing
         .iter()
         .filter(|s| channels.contains(&s.channel))
-        .map(|s| (*s).clone())
+        .map(|s| s.as_seen(now))
         .collect();
     for channel in channels {
         if !out.iter().any(|s| s.channel == channel) {
@@ -463,7 +502,9 @@ pub async fn list(
             let topic = subscription::topic(&snapshot.org, webhook.profile, &channel);
             let mut sub = Subscription::pending(id.clone(), channel, topic, Mode::Subscribe);
             sub.reason = Some(if webhook.active {
-                "not sent yet".into()
+                "no answer stored yet: its verification is under way (events that arrive \
+                 meanwhile wait for it), or resend it"
+                    .into()
             } else {
                 "not sent yet: it is sent when the webhook is enabled".into()
             });
