@@ -312,7 +312,7 @@ pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook,
         let asked = futures::stream::iter(subscribed)
             .map(|(webhook, sub)| async move {
                 let timeout = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
-                websub::verify_intent(
+                let answer = websub::verify_intent(
                     client,
                     webhook.url.as_str(),
                     &webhook.headers,
@@ -321,13 +321,39 @@ pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook,
                     sub.lease_seconds,
                     timeout,
                 )
-                .await
+                .await;
+                (webhook.id, sub.channel, answer)
             })
             .buffer_unordered(VERIFICATIONS_AT_ONCE)
             .collect::<Vec<_>>()
             .await;
-        let refused = asked.iter().filter(|a| a.is_err()).count();
-        tracing::info!(org = %org, channels = asked.len(), refused, "WebSub unsubscribe sent for channels no longer subscribed");
+        let refused: Vec<_> = asked
+            .iter()
+            .filter_map(|(webhook, channel, answer)| {
+                Some((webhook, channel, answer.as_ref().err()?))
+            })
+            .collect();
+        match refused.first() {
+            None => {
+                tracing::info!(org = %org, channels = asked.len(), "WebSub unsubscribe sent for channels no longer subscribed; every one confirmed");
+            }
+            // One refusal's channel and reason stand for the rest: usually one endpoint, told
+            // of a new URL.
+            Some((_, channel, reason)) => {
+                let mut webhooks: Vec<String> =
+                    refused.iter().map(|(w, _, _)| w.to_string()).collect();
+                webhooks.dedup();
+                tracing::info!(
+                    org = %org,
+                    channels = asked.len(),
+                    refused = refused.len(),
+                    webhooks = %webhooks.join(","),
+                    channel = %channel,
+                    reason = %reason,
+                    "WebSub unsubscribe sent for channels no longer subscribed; the endpoint did not confirm some (it gets no more events on them all the same)"
+                );
+            }
+        }
     });
 }
 

@@ -196,6 +196,29 @@ fn check_profile_rules(state: &AppState, snapshot: &OrgSnapshot, w: &Webhook) ->
     Ok(())
 }
 
+/// Refuses a WebSub webhook's URL that carries `hub.*` parameters: the verification adds its
+/// own, and the endpoint would read two of each.
+fn check_websub_url(w: &Webhook) -> ServiceResult<()> {
+    if w.verification != Verification::Websub {
+        return Ok(());
+    }
+    if let Ok(url) = url::Url::parse(w.url.as_str())
+        && let Some((name, _)) = url.query_pairs().find(|(name, _)| name.starts_with("hub."))
+    {
+        return Err(Invalid::new(
+            "url",
+            format!(
+                "carries '{}' in its query: WebSub verification adds hub.mode, hub.topic, \
+                 hub.challenge and hub.lease_seconds itself, and the endpoint would read two of \
+                 one; leave hub.* parameters out of the URL",
+                herald_core::truncate_for_message(&name)
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Refuses a webhook with WebSub verification that names an event type without a channel: it
 /// gets only the events of channels it verified, so every event of that type would be skipped.
 fn check_websub_channels(snapshot: &OrgSnapshot, w: &Webhook) -> ServiceResult<()> {
@@ -369,6 +392,7 @@ async fn create_checked(
     };
     check_profile_rules(state, &snapshot, &webhook)?;
     check_websub_channels(&snapshot, &webhook)?;
+    check_websub_url(&webhook)?;
     let webhook = write_then_forget(state, org, "organization", |store| async move {
         store.create_webhook(&webhook).await.map(|()| webhook)
     })
@@ -553,6 +577,9 @@ async fn update_checked(
     if subscription_changed || w.verification != old_verification {
         check_websub_channels(&snapshot, &w)?;
     }
+    if w.url != as_read.url || w.verification != old_verification {
+        check_websub_url(&w)?;
+    }
     let websub = w.verification == Verification::Websub;
     // An active webhook that stops verifying its intent unsubscribes where it had subscribed
     // (its old URL and channels), as deactivating it would.
@@ -591,10 +618,13 @@ async fn update_checked(
     let left_behind: Vec<(Webhook, Subscription)> = match &old {
         Some(old) if websub && old_verification == Verification::Websub && was_active && moved => {
             let now = state.clock.now();
+            // Only the channels it had: one dropped before was unsubscribed then, though its
+            // row keeps the lease it had.
+            let had = snapshot.channels_of(old);
             snapshot
                 .subscriptions_of(&w.id)
                 .into_iter()
-                .filter(|s| s.delivers(now))
+                .filter(|s| s.delivers(now) && had.contains(&s.channel))
                 .map(|s| ((**old).clone(), s.clone()))
                 .collect()
         }

@@ -853,6 +853,32 @@ async fn websub_verification_refuses_a_type_without_a_channel() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{renamed}");
+
+    // A URL with hub.* parameters of its own would send the endpoint two of each.
+    let hub_url = |verification: &str| json!({ "name": "q", "url": "https://example.com/h?k=1&hub.challenge=fixed", "verification": verification, "events": ["user.created"] });
+    let (status, err) = app.post(&hooks, hub_url("websub")).await;
+    assert!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && err["error"]["field"] == "url"
+            && err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("carries 'hub.challenge' in its query"),
+        "{err}"
+    );
+    let (status, plain) = app.post(&hooks, hub_url("none")).await;
+    assert_eq!(status, StatusCode::CREATED, "{plain}");
+    let (status, err) = app
+        .patch(
+            &format!("{hooks}/{}", plain["id"].as_str().unwrap()),
+            json!({ "verification": "websub" }),
+        )
+        .await;
+    assert_eq!(
+        (status, &err["error"]["field"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("url")),
+        "{err}"
+    );
 }
 
 /// Types registered one after another on new channels are each asked for once, not once per
@@ -1316,6 +1342,16 @@ async fn a_channel_change_asks_only_the_new_ones_and_unsubscribes_the_dropped_on
         5,
         "the dropped channels are not renewed"
     );
+
+    // Moved to a new URL: the old one is told to unsubscribe from what it had then (login),
+    // not from the channel dropped and unsubscribed before.
+    let (status, _) = app.patch(&path, json!({ "url": rx.url("/moved") })).await;
+    assert_eq!(status, StatusCode::OK);
+    let gets = rx.wait_for_verifications("/hub", 6, WAIT).await;
+    assert_eq!(gets[5].param("hub.mode"), Some("unsubscribe"));
+    assert!(gets[5].param("hub.topic").unwrap().ends_with(".login"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.verifications_on("/hub").len(), 6, "session again");
 }
 
 /// The webhook's one subscription, once `ready` holds (bounded: 5 s).
