@@ -1686,6 +1686,13 @@ async fn the_cli_fails_when_a_channel_is_not_verified() {
         out.contains("run `herald webhooks verify --org org_") && out.contains(&format!(" {id}`")),
         "{out}"
     );
+    // Its record says so too: enabled, yet nothing goes out on the channel.
+    let (ok, out) = crate::api::herald_cli(&app, &cli(&["webhooks", "get"]), None).await;
+    assert!(
+        ok && out.contains("WebSub: 0 of 1 channel verified; 'login' is failed (")
+            && out.contains("it gets no events until verified"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

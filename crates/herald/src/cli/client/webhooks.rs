@@ -186,6 +186,33 @@ fn report_verification(
     Ok(())
 }
 
+/// One line on an enabled WebSub webhook's channels: how many are verified, and the first one
+/// that is not, with why and how to ask again (it gets no events on that channel until then).
+fn channels_verified(subs: &Value, (org, id): (&str, &str)) -> String {
+    let subs = subs["data"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let verified = subs.iter().filter(|s| s["state"] == "verified").count();
+    let mut line = format!(
+        "WebSub: {verified} of {} verified",
+        crate::counted(subs.len() as u64, "channel", "channels")
+    );
+    if let Some(not) = subs.iter().find(|s| s["state"] != "verified") {
+        line.push_str(&format!(
+            "; '{}' is {}{}: it gets no events until verified (`herald webhooks subscriptions \
+             --org {org} {id}` for each; `herald webhooks verify --org {org} {id}` asks again)",
+            not["channel"].as_str().unwrap_or_default(),
+            not["state"].as_str().unwrap_or_default(),
+            not["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ));
+    }
+    line
+}
+
 pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
     let org = cmd.org_mut();
@@ -293,11 +320,15 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             show_record(&conn, &updated, WEBHOOK_FIELDS);
             report_verification(&conn, &updated, (&org, &id))?;
         }
-        WebhooksCommand::Get { org, id } => show_record(
-            &conn,
-            &api.get(&api_path(&["v1", "orgs", &org, "webhooks", &id])?)?,
-            WEBHOOK_FIELDS,
-        ),
+        WebhooksCommand::Get { org, id } => {
+            let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
+            let webhook = api.get(&path)?;
+            show_record(&conn, &webhook, WEBHOOK_FIELDS);
+            if webhook["verification"] == "websub" && webhook["active"] == true && !conn.json {
+                let subs = api.get(&format!("{path}/subscriptions"))?;
+                note!("{}", channels_verified(&subs, (&org, &id)));
+            }
+        }
         WebhooksCommand::Enable { org, id } => {
             let answer = api.post(
                 &api_path(&["v1", "orgs", &org, "webhooks", &id, "activate"])?,
