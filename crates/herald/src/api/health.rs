@@ -69,15 +69,31 @@ async fn readiness(state: &AppState) -> (StatusCode, Status) {
             },
         );
     }
-    match state.store.next_due_at().await {
-        Ok(_) => (
+    // Bounded, so that a probe with a short timeout gets the answer rather than none: a
+    // database cut off by the network would otherwise hold it for the pool's 10 s.
+    match tokio::time::timeout(READY_READ_WITHIN, state.store.next_due_at()).await {
+        Ok(Ok(_)) => (
             StatusCode::OK,
             Status {
                 status: "ready",
                 reason: None,
             },
         ),
-        Err(e) => {
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Status {
+                status: "unavailable",
+                reason: Some(
+                    format!(
+                        "the database did not answer a read within {} s: is it reachable from \
+                         here, and not overloaded?",
+                        READY_READ_WITHIN.as_secs()
+                    )
+                    .into(),
+                ),
+            },
+        ),
+        Ok(Err(e)) => {
             if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
                 tracing::warn!(error = %herald_core::error_chain(&e), held_back, "readiness check failed: the database is unavailable");
             }
@@ -91,6 +107,9 @@ async fn readiness(state: &AppState) -> (StatusCode, Status) {
         }
     }
 }
+
+/// How long `/readyz` waits for the database's answer.
+const READY_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long `/metrics` waits for the database's backlog figures.
 const METRICS_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);

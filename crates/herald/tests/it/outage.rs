@@ -588,6 +588,40 @@ async fn a_database_emptied_under_a_running_node_is_unavailable_and_said_so() {
     assert!(said(), "{:?}", node.log.lock().unwrap());
 }
 
+/// Cut off by the network (nothing answers, nothing is refused), the database holds a read for
+/// the pool's 10 s: `/readyz` answers within its own 2 s all the same, so that a probe with a
+/// short timeout hears why rather than nothing, and is ready again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_answered_in_time_while_the_database_does_not_answer() {
+    let rx = TimingReceiver::start(Duration::from_millis(1)).await;
+    let Some(behind) = node_behind_a_proxy("the partition test", 10, &rx, json!({})).await else {
+        return;
+    };
+    let ready = || async {
+        let answer = http_client()
+            .get(format!("{}/readyz", behind.node.base))
+            .timeout(Duration::from_secs(6))
+            .send()
+            .await
+            .expect("answered within 6 s");
+        (answer.status(), answer.text().await.unwrap())
+    };
+    assert_eq!(ready().await.0, StatusCode::OK);
+    behind.proxy.hang();
+    let (status, body) = ready().await;
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && body.contains("the database did not answer a read within 2 s"),
+        "{status} {body}"
+    );
+    behind.proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready().await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An attempt that was waiting for room behind a slow one when the database went away waits
 /// for its return too: the scheduler's failed read pauses attempts, and the pause is looked at
 /// again once room comes (before, it started the moment the slow attempt was answered, with

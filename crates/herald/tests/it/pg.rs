@@ -262,49 +262,82 @@ pub fn assert_never_at_once(repeats: &HashMap<String, Vec<Visit>>) {
 }
 
 /// A TCP forwarder on loopback between Herald and PostgreSQL. `cut` closes every connection
-/// through it and refuses new ones (the database is "away"); `restore` lets them through again.
-/// Other tests using the same PostgreSQL server are not disturbed.
+/// through it and refuses new ones (the database is "away"); `hang` keeps every connection open
+/// and forwards nothing (a network partition: nothing answers, nothing is refused); `restore`
+/// closes what hung and lets connections through again. Other tests using the same PostgreSQL
+/// server are not disturbed.
 pub struct Proxy {
     pub addr: SocketAddr,
-    up: watch::Sender<bool>,
+    mode: watch::Sender<Through>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Through {
+    Up,
+    Cut,
+    Hung,
 }
 
 impl Proxy {
     pub async fn start(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (up, watch_up) = watch::channel(true);
+        let (mode, watch_mode) = watch::channel(Through::Up);
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                if !*watch_up.borrow() {
-                    drop(client); // refused: the database is away
-                    continue;
+                let mut now = watch_mode.clone();
+                let mode = *now.borrow();
+                match mode {
+                    Through::Cut => {
+                        drop(client); // refused: the database is away
+                        continue;
+                    }
+                    Through::Hung => {
+                        // Held, unanswered, until the partition ends.
+                        tokio::spawn(async move {
+                            let _held = client;
+                            let _ = now.wait_for(|m| *m != Through::Hung).await;
+                        });
+                        continue;
+                    }
+                    Through::Up => {}
                 }
-                let (target, mut down) = (target.clone(), watch_up.clone());
+                let target = target.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else {
                         return;
                     };
                     let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|up| !*up) => {} // cut: both sockets close
+                    let hung = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        left = now.wait_for(|m| *m != Through::Up) => {
+                            left.is_ok_and(|m| *m == Through::Hung)
+                        }
+                    };
+                    // Cut: both sockets close now. Hung: nothing more is forwarded, and both
+                    // close when it ends.
+                    if hung {
+                        let _ = now.wait_for(|m| *m != Through::Hung).await;
                     }
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, mode }
     }
 
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.mode.send_replace(Through::Cut);
+    }
+
+    pub fn hang(&self) {
+        self.mode.send_replace(Through::Hung);
     }
 
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.mode.send_replace(Through::Up);
     }
 }
 
