@@ -4,6 +4,7 @@
 pub mod backup;
 mod bulk;
 mod deliveries;
+mod file_watch;
 mod health;
 mod orgs;
 mod pool;
@@ -43,9 +44,9 @@ const READERS: usize = 4;
 #[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
-    /// The file opened, as the file system knows it (device and inode): a file put back at
-    /// `path` later is another file, which this process does not write to.
-    file: Option<(u64, u64)>,
+    /// Whether the database file and its write-ahead log are still the ones opened: a file put
+    /// back at `path` later is another file, which this process does not write to.
+    watch: Arc<file_watch::FileWatch>,
     writer: Writer,
     readers: Arc<ReadPool>,
     /// Seals webhook secrets before they are written and opens them when read.
@@ -124,8 +125,8 @@ impl SqliteStore {
         deliveries::link_to_their_events(&conn).map_err(StoreError::from_db)?;
         Ok(Self {
             writer: Writer::start(conn),
-            readers: Arc::new(ReadPool::new(path.clone(), READERS)),
-            file: file_identity(&path),
+            readers: Arc::new(ReadPool::open(path.clone(), READERS)?),
+            watch: Arc::new(file_watch::FileWatch::new(&path)),
             path,
             cipher: Arc::new(cipher),
             deleted_orgs: Arc::default(),
@@ -158,9 +159,64 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> DbResult<T> + Send + 'static,
     {
+        if let Some(trouble) = self.files_trouble(false) {
+            return Err(StoreError::Unavailable(trouble.into()));
+        }
         self.writer
             .write(move |c| f(c).map_err(StoreError::from_db))
             .await
+    }
+
+    /// What is wrong with the database's files, if they are not the ones opened
+    /// ([`file_watch`]). The first time it is seen, it is logged and what this process still
+    /// sees of the database is copied beside it, through a reader (whose view includes the
+    /// removed log), for the operator to put back.
+    fn files_trouble(&self, fresh: bool) -> Option<String> {
+        let trouble = self.watch.trouble(fresh)?;
+        if trouble.new {
+            tracing::error!("{}", trouble.message);
+            if let (Some(to), Ok(runtime)) = (
+                self.watch.start_rescue(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                let store = self.clone();
+                runtime.spawn(async move { store.rescue(to).await });
+            }
+        }
+        Some(trouble.message)
+    }
+
+    async fn rescue(&self, to: PathBuf) {
+        let target = to.to_string_lossy().into_owned();
+        // Readable by its owner only from the start, as the database is (`VACUUM INTO` fills
+        // an empty file that is there, keeping its permissions).
+        let created = create_private(&to);
+        let copied = match created {
+            Ok(()) => {
+                self.read(move |c| {
+                    // The reader's own guard against writes is lifted for the copy alone: it
+                    // writes only the new file.
+                    c.execute_batch("PRAGMA query_only = 0")?;
+                    let copied = c.execute("VACUUM INTO ?1", [&target]);
+                    c.execute_batch("PRAGMA query_only = 1")?;
+                    Ok(copied.map(drop)?)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match copied {
+            Ok(()) => {
+                tracing::error!(copy = %to.display(), "copied what this Herald had stored, from the files it still has open; stop Herald and put the copy in place of herald.db");
+                file_watch::Rescue::Saved(to)
+            }
+            Err(e) => {
+                let why = herald_core::error_chain(&e);
+                tracing::error!(error = %why, "could not copy what this Herald had stored");
+                file_watch::Rescue::Failed(why)
+            }
+        };
+        self.watch.rescue_ended(outcome);
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -378,20 +434,6 @@ pub(crate) fn not_found() -> DbError {
 
 pub(crate) fn conflict(message: String) -> DbError {
     DbError::Store(StoreError::Conflict(message))
-}
-
-/// The device and inode of the file at `path`, where the platform has them.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
 }
 
 /// Sorts a SQLite error into the store's classes.
@@ -871,15 +913,8 @@ impl Store for SqliteStore {
         if !self.writer.is_running() {
             return Some("the SQLite writer has stopped (see the log); restart Herald".into());
         }
-        if self.file.is_some() && file_identity(&self.path) != self.file {
-            return Some(format!(
-                "the database file {} was removed or replaced while Herald ran: what it stores \
-                 now goes to the removed file and is lost when it stops. Stop Herald, then \
-                 restore herald.db from a backup and remove herald.db-wal and herald.db-shm \
-                 beside it (they belong to the removed file), or start with an empty data \
-                 directory",
-                self.path.display()
-            ));
+        if let Some(trouble) = self.files_trouble(true) {
+            return Some(trouble);
         }
         self.writer.recent_failure().map(|e| {
             format!("the last write failed moments ago ({e}); is the disk full? Herald tries again")
@@ -952,7 +987,7 @@ impl Store for SqliteStore {
     async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
         // Not into a file put in its place (a restore while Herald ran), nor one made anew
         // where it was removed: the write-ahead log beside it belongs to the file opened.
-        if self.file.is_none() || file_identity(&self.path) != self.file {
+        if !self.watch.database_is_the_one_opened() {
             return Err(StoreError::Refused(
                 "the database file was removed or replaced while Herald ran, so the write-ahead \
                  log beside it (which belongs to the file Herald had open) was left as it is: \
@@ -1101,6 +1136,55 @@ mod upgrade_tests {
             .unwrap();
         }
         conn
+    }
+
+    /// The write-ahead log removed under a running store (a clean-up script): writes are
+    /// refused rather than stored where they would be lost, the trouble is reported, and what
+    /// was stored is copied beside the database, whole, for the operator to put in its place.
+    #[tokio::test]
+    async fn a_write_ahead_log_removed_under_the_store_stops_writes_and_is_rescued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let org = |name: &str| Organization {
+            id: OrgId::generate(),
+            name: name.into(),
+            handle: herald_core::org::OrgHandle::from_name(name),
+            catalogs: vec![],
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        };
+        let kept = org("Acme");
+        store.create_org(&kept).await.unwrap();
+        assert_eq!(store.write_trouble(), None);
+
+        std::fs::remove_file(file_watch::wal_of(&path)).unwrap();
+        // A look is trusted for a second: the next one finds the log gone.
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let refused = store.create_org(&org("Lost")).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(why)) if why.to_string().contains("its write-ahead log")),
+            "{refused:?}"
+        );
+        let mut trouble = String::new();
+        for _ in 0..100 {
+            trouble = store.write_trouble().unwrap();
+            if trouble.contains("Herald copied everything it had stored to") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(trouble.contains("Herald stores nothing"), "{trouble}");
+        let copy = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains("herald.db.rescued-"))
+            .unwrap_or_else(|| panic!("no copy: {trouble}"));
+        assert!(trouble.contains(&copy.display().to_string()), "{trouble}");
+
+        // The copy holds what the removed log did.
+        let rescued = SqliteStore::open(&copy).unwrap();
+        assert_eq!(rescued.get_org(&kept.id).await.unwrap().name, "Acme");
     }
 
     /// A database written before deliveries and attempts were clustered (migration 7) keeps

@@ -1689,7 +1689,8 @@ async fn unknown_routes_and_ids_answer_json_404s() {
 }
 
 /// The SQLite file deleted under a running node: what it stores from then on would be lost at
-/// restart, so it is no longer ready (a load balancer looks elsewhere), and says why.
+/// restart, so it is no longer ready (a load balancer looks elsewhere), says why, stores
+/// nothing more, and copies what it had for the operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_database_file_was_removed_is_not_ready() {
     let app = TestApp::spawn().await;
@@ -1702,6 +1703,31 @@ async fn a_node_whose_database_file_was_removed_is_not_ready() {
         ready["reason"].as_str().unwrap().contains("was removed"),
         "{ready}"
     );
+    // Nothing more is stored (it would be lost with the removed file): writes answer 503.
+    let (status, err) = app
+        .call(
+            Method::POST,
+            "/v1/orgs",
+            ADMIN_TOKEN,
+            Some(json!({ "name": "Lost" })),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        "{err}"
+    );
+    // What the node still sees is copied beside it, for the operator to put back.
+    let mut reason = String::new();
+    for _ in 0..100 {
+        let (_, ready) = app.call(Method::GET, "/readyz", "", None).await;
+        reason = ready["reason"].as_str().unwrap_or_default().to_owned();
+        if reason.contains("Herald copied everything it had stored to") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reason.contains("herald.db.rescued-"), "{reason}");
     // A file put back at the path is another file: the node still writes to the removed one.
     std::fs::write(app.data_dir().join("herald.db"), b"").unwrap();
     let (status, ready) = app.call(Method::GET, "/readyz", "", None).await;
