@@ -132,6 +132,8 @@ pub struct Snapshot<'a> {
     pub concurrency: Vec<(WebhookId, usize)>,
     /// Whether this node's attempts wait for the database to store outcomes again.
     pub attempts_paused: bool,
+    /// Whether this node cannot store writes now ([`herald_core::store::Store::write_trouble`]).
+    pub writes_failing: bool,
     pub now: Timestamp,
 }
 
@@ -144,6 +146,13 @@ impl Snapshot<'_> {
             "gauge",
             "Whether the database answered this scrape's read (1) or not (0); without it the per-webhook backlog series are missing, not zero.",
             u64::from(self.pending.is_some()),
+        );
+        render_value(
+            &mut out,
+            "herald_database_writes_failing",
+            "gauge",
+            "Whether this node cannot store writes now (1): a commit failed moments ago (a full disk), or the embedded database's files were removed; /readyz says why. The database may still answer reads (herald_database_up 1).",
+            u64::from(self.writes_failing),
         );
         let _ = writeln!(
             out,

@@ -142,6 +142,9 @@ impl Writer {
 
 type Failure = std::sync::Mutex<Option<(std::time::Instant, String)>>;
 
+/// How long commits go through without a failure before an outage is said to be over.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run(
     conn: Connection,
     rx: mpsc::Receiver<Box<dyn Job>>,
@@ -152,9 +155,11 @@ fn run(
     // Declared after `group`, so that a panic drops it first: `is_running` is false before the
     // group's callers hear that the writer stopped (a parameter would be dropped last).
     let mut rx = rx;
-    // Since when, and how many, group commits have failed in a row: an outage (a full disk)
-    // is logged as it starts (`commit_group`) and here as it ends.
+    // Since when, and how many, group commits have failed: an outage (a full disk) is logged
+    // as it starts (`commit_group`) and here as it ends, once commits have gone through for
+    // `SETTLED` without a failure (a full disk lets a small commit through now and then).
     let mut failing: Option<(std::time::Instant, u64)> = None;
+    let mut going_through_since: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -166,15 +171,22 @@ fn run(
         let started = std::time::Instant::now();
         let failure = commit_group(&conn, &mut group).err();
         match (&failure, &mut failing) {
-            (Some(_), Some((_, failed))) => *failed += 1,
+            (Some(_), Some((_, failed))) => {
+                *failed += 1;
+                going_through_since = None;
+            }
             (Some(_), None) => failing = Some((std::time::Instant::now(), 1)),
             (None, Some((since, failed))) => {
-                tracing::info!(
-                    failed_commits = *failed,
-                    for_secs = since.elapsed().as_secs(),
-                    "the database takes writes again: events and changes are stored"
-                );
-                failing = None;
+                let through = *going_through_since.get_or_insert_with(std::time::Instant::now);
+                if through.elapsed() >= SETTLED {
+                    tracing::info!(
+                        failed_commits = *failed,
+                        for_secs = since.elapsed().as_secs(),
+                        "the database takes writes again: events and changes are stored"
+                    );
+                    failing = None;
+                    going_through_since = None;
+                }
             }
             (None, None) => {}
         }

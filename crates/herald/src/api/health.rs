@@ -172,6 +172,7 @@ async fn get_metrics(
         pending,
         concurrency: state.dispatcher.concurrency_limits(),
         attempts_paused: state.dispatcher.attempts_paused(),
+        writes_failing: state.store.write_trouble().is_some(),
         now: state.clock.now(),
     };
     (

@@ -2584,6 +2584,7 @@ async fn metrics_count_what_happened() {
     assert!(value("herald_http_responses_total{class=\"4xx\"}") >= 1.0);
     assert_eq!(value("herald_http_responses_total{class=\"5xx\"}"), 0.0);
     assert_eq!(value("herald_attempts_paused "), 0.0);
+    assert_eq!(value("herald_database_writes_failing "), 0.0);
     assert!(
         text.contains(&format!(
             "herald_build_info{{version=\"{}\",commit=\"{}\"}} 1",
