@@ -626,6 +626,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// When the newest event was received, for a backend whose times come from this node's
+    /// clock alone: a start with the clock behind it (set back since) says so, as every retry
+    /// scheduled then waits until the clock catches up. `None` where the database server's
+    /// clock keeps the nodes' times ([`Store::database_time`]), or with no event.
+    async fn newest_event_at(&self) -> StoreResult<Option<Timestamp>> {
+        Ok(None)
+    }
+
     /// Pending deliveries per webhook (for metrics).
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>>;
     /// Makes the store's files whole by themselves as the server stops: SQLite moves its

@@ -4446,6 +4446,20 @@ async fn sqlite_puts_back_a_delivery_parked_after_its_webhook_was_activated() {
     a_delivery_parked_after_its_webhook_was_activated_is_put_back(store, park).await;
 }
 
+/// The embedded store knows when its newest event was received (the last in sequence, not
+/// the latest time: a clock set back stores older times after newer ones), for the start-up
+/// check of the clock against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_knows_when_its_newest_event_was_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("herald.db")).unwrap());
+    assert_eq!(store.newest_event_at().await.unwrap(), None);
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    deliver(&store, &hook, "e1", at(100), false).await;
+    deliver(&store, &hook, "e2", at(50), false).await;
+    assert_eq!(store.newest_event_at().await.unwrap(), Some(at(50)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_puts_back_a_delivery_parked_after_its_webhook_was_activated() {
     let Some((fresh, url, schema)) = postgres_in_schema().await else {

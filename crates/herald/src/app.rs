@@ -136,6 +136,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     if let Some(offset) = crate::service::clock_watch::align(&*store, &*clock).await {
         crate::service::clock_watch::tell_offset(offset);
     }
+    crate::service::clock_watch::tell_if_behind_the_stored(&*store, &*clock).await;
     // Once the database is there: a start that fails writes no token nobody was shown.
     let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
     if let Some(token) = &settings.security.metrics_token

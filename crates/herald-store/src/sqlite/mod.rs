@@ -905,6 +905,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn newest_event_at(&self) -> StoreResult<Option<Timestamp>> {
+        // The newest event is the last in sequence: one look at the end of the table.
+        self.read(|c| {
+            use rusqlite::OptionalExtension;
+            Ok(
+                c.prepare_cached("SELECT received_at FROM events ORDER BY seq DESC LIMIT 1")?
+                    .query_row([], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(Timestamp::from_millis),
+            )
+        })
+        .await
+    }
+
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>> {
         self.read(deliveries::pending_by_webhook).await
     }

@@ -52,6 +52,35 @@ pub fn tell_offset(offset: i64) {
     }
 }
 
+/// How far the newest stored event may be ahead of the clock at start before it is said: a
+/// clock set back since it was stored (by hand, or a machine's clock reset) holds every
+/// schedule made then until it catches up.
+const BEHIND_MS: i64 = 60_000;
+
+/// Says, at start, that the clock is behind the newest event stored (on a store whose times
+/// come from this node's clock), and what that does.
+pub async fn tell_if_behind_the_stored(store: &dyn Store, clock: &dyn Clock) {
+    let Ok(Some(newest)) = store.newest_event_at().await else {
+        return;
+    };
+    if let Some(said) = behind_the_stored(newest, clock.now()) {
+        tracing::warn!(newest_event = %newest.to_rfc3339_secs(), "{said}");
+    }
+}
+
+fn behind_the_stored(newest: Timestamp, now: Timestamp) -> Option<String> {
+    let behind = newest.as_millis() - now.as_millis();
+    (behind > BEHIND_MS).then(|| {
+        format!(
+            "the clock is {} behind the newest event stored: it was set back since (or ran \
+             ahead then). Retries and cool-downs scheduled then wait until it catches up; check \
+             the clock (NTP), and to send a delivery that waits now, run `herald deliveries \
+             retry` for it",
+            in_words(behind)
+        )
+    })
+}
+
 fn offset_words(offset: i64) -> String {
     let way = if offset > 0 { "ahead of" } else { "behind" };
     format!(
@@ -148,6 +177,20 @@ fn in_words(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A start with the clock two days behind the newest event stored says so; a minute's
+    /// difference, or a clock ahead, says nothing.
+    #[test]
+    fn a_clock_behind_the_newest_event_is_said_at_start() {
+        let newest = Timestamp::from_millis(1_000_000_000_000);
+        let said = behind_the_stored(newest, newest.plus_secs(-2 * 86_400)).unwrap();
+        assert!(
+            said.starts_with("the clock is 2.0 days behind the newest event stored"),
+            "{said}"
+        );
+        assert_eq!(behind_the_stored(newest, newest.plus_secs(-60)), None);
+        assert_eq!(behind_the_stored(newest, newest.plus_secs(3_600)), None);
+    }
 
     /// A node whose clock reads two minutes ahead is set right against the database server's
     /// (here on the same machine, so the machine's own clock agrees with it); once right, it
