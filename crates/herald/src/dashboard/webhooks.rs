@@ -467,10 +467,26 @@ fn active_flash(active: bool, subs: Option<&[Subscription]>) -> Flash {
     match (active, subs) {
         (true, Some(subs)) => verification_flash(subs, None),
         (true, None) => Flash::ok("Webhook enabled; deliveries resume."),
-        (false, _) => Flash::ok(
-            "Webhook disabled: what it has pending waits until it is enabled; events that arrive \
-             meanwhile are not delivered to it.",
-        ),
+        (false, subs) => {
+            let disabled = "Webhook disabled: what it has pending waits until it is enabled; \
+                            events that arrive meanwhile are not delivered to it.";
+            let unconfirmed: Vec<&str> = subs
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| s.state == herald_core::subscription::State::Failed)
+                .map(|s| s.channel.as_str())
+                .collect();
+            if unconfirmed.is_empty() {
+                Flash::ok(disabled)
+            } else {
+                // The CLI says so too: the endpoint may go on expecting events it will not get.
+                Flash::ok(format!(
+                    "{disabled} The endpoint did not confirm the unsubscribe for: {}; it is \
+                     disabled all the same (Resend below tells the endpoint again).",
+                    unconfirmed.join(", ")
+                ))
+            }
+        }
     }
 }
 

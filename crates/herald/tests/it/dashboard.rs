@@ -1122,6 +1122,24 @@ async fn websub_state_shows_per_channel_and_verification_can_be_resent() {
         2,
         "{body}"
     );
+    assert!(!body.contains("did not confirm the unsubscribe"), "{body}");
+    // Enabled again, then disabled while the endpoint refuses: the message says it did not
+    // confirm, as the CLI does.
+    admin
+        .post(&format!("{page}/enable"), &[("csrf", &csrf)])
+        .await;
+    rx.subscriber(Subscriber::Refuse(500));
+    admin
+        .post(&format!("{page}/disable"), &[("csrf", &csrf)])
+        .await;
+    let body = admin.get(&page).await.body;
+    assert!(
+        body.contains(
+            "The endpoint did not confirm the unsubscribe for: login, session; it is disabled all \
+             the same"
+        ),
+        "{body}"
+    );
 }
 
 /// An edit that sends a WebSub verification (a new URL) says what became of it, as enabling
