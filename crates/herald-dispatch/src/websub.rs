@@ -66,8 +66,15 @@ fn refusal(status: u16, body: &str, challenge: &str) -> Option<String> {
         None => format!("{status} with an empty body"),
     };
     if !(200..300).contains(&status) {
+        // What the status itself says, where it says more than "not 2xx".
+        let meaning = match status {
+            404 => " (in WebSub, the subscriber's no to this subscription)",
+            300..400 => " (redirects are not followed: give the webhook the URL that answers)",
+            _ => "",
+        };
         return Some(format!(
-            "the endpoint answered {said}; it must answer 2xx with the hub.challenge as the body"
+            "the endpoint answered {said}{meaning}; it must answer 2xx with the hub.challenge as \
+             the body"
         ));
     }
     if body == challenge {
@@ -75,6 +82,8 @@ fn refusal(status: u16, body: &str, challenge: &str) -> Option<String> {
     }
     let how = if body.trim() == challenge {
         "the challenge with white space around it (a line break, say)"
+    } else if body.trim().eq_ignore_ascii_case(challenge) {
+        "the challenge in other letter case"
     } else if body.contains(challenge) {
         "the challenge inside more text (JSON or quotes, say)"
     } else {
@@ -250,9 +259,15 @@ mod tests {
         assert_eq!(refusal(204, c, c), None);
         let why = refusal(404, "Not Found\n", c).unwrap();
         assert!(
-            why.starts_with(r#"the endpoint answered 404 ("Not Found\n"); it must answer 2xx"#),
+            why.starts_with(
+                r#"the endpoint answered 404 ("Not Found\n") (in WebSub, the subscriber's no to this subscription); it must answer 2xx"#
+            ),
             "{why}"
         );
+        let why = refusal(302, "", c).unwrap();
+        assert!(why.contains("redirects are not followed"), "{why}");
+        let why = refusal(200, &c.to_uppercase(), c).unwrap();
+        assert!(why.contains("the challenge in other letter case"), "{why}");
         let why = refusal(500, "", c).unwrap();
         assert!(
             why.starts_with("the endpoint answered 500 with an empty body;"),

@@ -164,7 +164,7 @@ async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent
         login["reason"]
             .as_str()
             .unwrap()
-            .starts_with(r#"the endpoint answered 404 ("no"); it must answer 2xx"#),
+            .starts_with(r#"the endpoint answered 404 ("no") (in WebSub, the subscriber's no to this subscription); it must answer 2xx"#),
         "{login}"
     );
 
