@@ -1,14 +1,22 @@
-//! Whether the database's files are still the ones Herald opened. Removing `herald.db` or its
-//! write-ahead log `herald.db-wal` under a running Herald (a clean-up script, an operator
-//! tidying up) goes unseen by SQLite, which keeps writing to the removed files: everything
-//! stored from then on, and in the log's case everything since the last checkpoint, is lost
-//! when the process stops. So the store looks (at most once a second, a `stat` of each file)
-//! before every write, refuses writes while either file is not the one it opened, and copies
-//! what it can still see to a file of its own, once, for the operator to put back.
+//! Whether the database's files are still there. Removing `herald.db` or its write-ahead log
+//! `herald.db-wal` under a running Herald (a clean-up script, an operator tidying up) goes
+//! unseen by SQLite, which keeps writing to the removed files: what is stored from then on,
+//! and in the log's case what was stored since the last checkpoint, is lost when the process
+//! exits. So the writer thread looks (a `stat` of each file, at most once a second) before each
+//! group commit, and while either file is missing commits nothing. The first time, still on the
+//! writer's connection, which has both removed files open and sees everything committed, it
+//! puts what it can back where a restart finds it: a missing log is checkpointed into
+//! `herald.db`; a missing `herald.db` is copied whole beside it.
+//!
+//! Only a missing file counts: a file put in the place of one (a restore while running) is
+//! reported by `/readyz` ([`FileWatch::replaced`]) but does not stop writes, and an error
+//! other than "not found" (a permission, a network file system's hiccup) is no proof either.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
 
 /// How long a look at the files is trusted.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -29,43 +37,36 @@ pub(super) fn identity(path: &Path) -> Option<Identity> {
     }
 }
 
-/// What became of a copy of the database made after its files went (`VACUUM INTO`).
+fn missing(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// What was done, once, for what the removed files hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Rescue {
-    Copying(PathBuf),
-    Saved(PathBuf),
+enum Rescue {
+    /// The removed log's content is in `herald.db` now.
+    Checkpointed,
+    /// `herald.db` is copied whole to this file.
+    Copied(PathBuf),
     Failed(String),
 }
 
 pub(super) struct FileWatch {
     db: PathBuf,
     wal: PathBuf,
-    /// The files opened; `None` where there was none to know (then that file is not watched).
+    /// The database file opened, to tell a file put in its place.
     db_opened: Option<Identity>,
-    wal_opened: Option<Identity>,
-    /// The last look: when, and what was wrong.
+    /// The writer's last look: when, and what was missing.
     last: Mutex<Option<(Instant, Option<String>)>>,
     rescue: Mutex<Option<Rescue>>,
 }
 
-/// What a look found.
-pub(super) struct Trouble {
-    pub message: String,
-    /// The first look to find it since the files were last as opened: the one to say it in
-    /// the log, and to start the copy.
-    pub new: bool,
-}
-
 impl FileWatch {
-    /// Watches the database at `db` and its write-ahead log, as they are now (open, with the
-    /// log made by the first write).
     pub(super) fn new(db: &Path) -> Self {
-        let wal = wal_of(db);
         Self {
             db_opened: identity(db),
-            wal_opened: identity(&wal),
             db: db.to_path_buf(),
-            wal,
+            wal: wal_of(db),
             last: Mutex::new(None),
             rescue: Mutex::new(None),
         }
@@ -77,98 +78,172 @@ impl FileWatch {
         self.db_opened.is_some() && identity(&self.db) == self.db_opened
     }
 
-    /// What is wrong with the files, from a look at most [`LOOK_EVERY`] old (writes, many a
-    /// second), or from a look now (`fresh`: a readiness check).
-    pub(super) fn trouble(&self, fresh: bool) -> Option<Trouble> {
-        let mut last = self.last.lock().expect("file watch lock");
-        if let Some((at, found)) = &*last
-            && !fresh
-            && at.elapsed() < LOOK_EVERY
-        {
-            return found.clone().map(|message| Trouble {
-                message: self.with_rescue(message),
-                new: false,
-            });
-        }
-        let found = self.look();
-        let new = found.is_some() && last.as_ref().is_none_or(|(_, before)| before.is_none());
-        *last = Some((Instant::now(), found.clone()));
-        found.map(|message| Trouble {
-            message: self.with_rescue(message),
-            new,
-        })
-    }
-
+    /// Which of the files is missing, in words.
     fn look(&self) -> Option<String> {
-        let moved =
-            |opened: Option<Identity>, path: &Path| opened.is_some() && identity(path) != opened;
-        let what = if moved(self.db_opened, &self.db) {
-            format!("the database file {}", self.db.display())
-        } else if moved(self.wal_opened, &self.wal) {
-            format!(
+        if missing(&self.db) {
+            Some(format!("the database file {}", self.db.display()))
+        } else if missing(&self.wal) {
+            Some(format!(
                 "its write-ahead log {} (which holds what was stored since the last checkpoint)",
                 self.wal.display()
-            )
+            ))
         } else {
-            return None;
-        };
-        Some(format!(
-            "{what} was removed or replaced while Herald ran: what is stored now would go to the \
-             removed file and be lost when Herald stops, so Herald stores nothing (events are \
-             answered 503)"
-        ))
+            None
+        }
     }
 
-    /// The message, with where the copy of what Herald still sees stands.
-    fn with_rescue(&self, message: String) -> String {
-        let rescue = self.rescue.lock().expect("file watch lock").clone();
-        let put_back = |path: &Path| {
-            format!(
-                "stop Herald, then move {} to {} and remove {} and {}-shm beside it before \
-                 starting again",
-                path.display(),
-                self.db.display(),
-                self.wal.display(),
-                self.db.display()
-            )
-        };
+    /// Run by the writer thread before each group, between transactions: why nothing may be
+    /// committed now, if a file is missing (a look at most [`LOOK_EVERY`] old). The first time,
+    /// it is logged, and what the removed files hold is put back through `conn`.
+    pub(super) fn before_commit(&self, conn: &Connection) -> Option<String> {
+        let missing = {
+            let mut last = self.last.lock().expect("file watch lock");
+            match &*last {
+                Some((at, found)) if at.elapsed() < LOOK_EVERY => found.clone(),
+                _ => {
+                    let found = self.look();
+                    *last = Some((Instant::now(), found.clone()));
+                    found
+                }
+            }
+        }?;
+        let first = self.rescue.lock().expect("file watch lock").is_none();
+        if first {
+            tracing::error!(
+                "{missing} was removed while Herald ran: Herald stores nothing more until it is \
+                 restarted (events are answered 503)"
+            );
+            let rescue = self.put_back(conn);
+            match &rescue {
+                Rescue::Failed(why) => {
+                    tracing::error!(error = %why, "could not save what the removed file holds")
+                }
+                _ => tracing::error!("{}", Self::after(&rescue, &self.db)),
+            }
+            *self.rescue.lock().expect("file watch lock") = Some(rescue);
+        }
+        Some(self.message(&missing))
+    }
+
+    /// Puts what the removed files hold where a restart finds it, through the writer's
+    /// connection (outside a transaction).
+    fn put_back(&self, conn: &Connection) -> Rescue {
+        if !missing(&self.db) && self.database_is_the_one_opened() {
+            // Only the log is gone: its frames go into the database file, which is still the
+            // one opened, and then that file alone holds everything.
+            let done: rusqlite::Result<(i64, i64, i64)> =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+            match done {
+                Ok((0, log, moved)) if log == moved => return Rescue::Checkpointed,
+                // A reader's snapshot held some back: a copy has it all.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let copy = self.db.with_file_name(format!("herald.db.rescued-{stamp}"));
+        match copy_into(conn, &copy) {
+            Ok(()) => Rescue::Copied(copy),
+            Err(e) => {
+                let _ = std::fs::remove_file(&copy);
+                Rescue::Failed(e)
+            }
+        }
+    }
+
+    /// What to do once the removed files' content was put back.
+    fn after(rescue: &Rescue, db: &Path) -> String {
         match rescue {
-            None => format!("{message}. Stop Herald and restore herald.db from a backup"),
-            Some(Rescue::Copying(path)) => format!(
-                "{message}. Herald is copying what it stored to {} (this message says when it \
-                 is done); then {}",
-                path.display(),
-                put_back(&path)
+            Rescue::Checkpointed => format!(
+                "Herald moved what the removed log held into {}, which holds everything stored: \
+                 restart Herald to store again",
+                db.display()
             ),
-            Some(Rescue::Saved(path)) => format!(
-                "{message}. Herald copied everything it had stored to {}: {}",
-                path.display(),
-                put_back(&path)
+            Rescue::Copied(copy) => format!(
+                "Herald copied everything it had stored to {}: stop Herald, then put that file \
+                 in place of {} and remove herald.db-wal and herald.db-shm beside it before \
+                 starting again",
+                copy.display(),
+                db.display()
             ),
-            Some(Rescue::Failed(why)) => format!(
-                "{message}. Herald could not copy what it stored ({why}): stop Herald and \
+            Rescue::Failed(why) => format!(
+                "Herald could not save what the removed file holds ({why}): stop Herald and \
                  restore herald.db from a backup"
             ),
         }
     }
 
-    /// Where to copy the database now, unless a copy was made or begun already.
-    pub(super) fn start_rescue(&self) -> Option<PathBuf> {
-        let mut rescue = self.rescue.lock().expect("file watch lock");
-        if rescue.is_some() {
-            return None;
-        }
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let path = self.db.with_file_name(format!("herald.db.rescued-{stamp}"));
-        *rescue = Some(Rescue::Copying(path.clone()));
-        Some(path)
+    fn message(&self, missing: &str) -> String {
+        let rescue = self.rescue.lock().expect("file watch lock").clone();
+        let next = match rescue {
+            Some(rescue) => Self::after(&rescue, &self.db),
+            // Said by `/readyz` before the writer looked: it does at its next write.
+            None => "Herald is saving what it holds (this message says where once done)".into(),
+        };
+        format!(
+            "{missing} was removed while Herald ran, so Herald stores nothing (events are \
+             answered 503). {next}"
+        )
     }
 
-    pub(super) fn rescue_ended(&self, outcome: Rescue) {
-        *self.rescue.lock().expect("file watch lock") = Some(outcome);
+    /// For `/readyz`: a file missing (looked at now), or the database file replaced by
+    /// another. `None` when neither.
+    pub(super) fn trouble_now(&self) -> Option<Trouble> {
+        if let Some(missing) = self.look() {
+            // The writer's next group looks again rather than trust its last look.
+            *self.last.lock().expect("file watch lock") = None;
+            return Some(Trouble::Missing(self.message(&missing)));
+        }
+        (!self.database_is_the_one_opened() && self.db_opened.is_some()).then(|| {
+            Trouble::Replaced(format!(
+                "the database file {} was replaced while Herald ran: what it stores now goes to \
+                 the file it opened, which is no longer there. Stop Herald, then remove \
+                 herald.db-wal and herald.db-shm beside the file now there (they belong to the \
+                 one replaced) and start it again",
+                self.db.display()
+            ))
+        })
     }
+
+    /// Whether the writer has not yet looked since a file went missing (`/readyz` saw it
+    /// first), so that nothing was saved yet.
+    pub(super) fn not_saved_yet(&self) -> bool {
+        self.rescue.lock().expect("file watch lock").is_none()
+    }
+}
+
+/// What `/readyz` found.
+pub(super) enum Trouble {
+    /// A file is missing: nothing is stored.
+    Missing(String),
+    /// The database file is another: writes go on into the one opened.
+    Replaced(String),
+}
+
+impl Trouble {
+    pub(super) fn into_message(self) -> String {
+        match self {
+            Trouble::Missing(m) | Trouble::Replaced(m) => m,
+        }
+    }
+}
+
+/// A whole copy of what `conn` sees, in a new file readable by its owner only (as the database
+/// is): `VACUUM INTO` fills an empty file that is there, keeping its permissions.
+fn copy_into(conn: &Connection, copy: &Path) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(copy)
+        .map_err(|e| format!("could not create {}: {e}", copy.display()))?;
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// SQLite's name for a database's write-ahead log.

@@ -123,10 +123,11 @@ impl SqliteStore {
         migrate(&conn)?;
         bulk::finish_interrupted(&conn).map_err(StoreError::from_db)?;
         deliveries::link_to_their_events(&conn).map_err(StoreError::from_db)?;
+        let watch = Arc::new(file_watch::FileWatch::new(&path));
         Ok(Self {
-            writer: Writer::start(conn),
-            readers: Arc::new(ReadPool::open(path.clone(), READERS)?),
-            watch: Arc::new(file_watch::FileWatch::new(&path)),
+            writer: Writer::start(conn, Some(watch.clone())),
+            readers: Arc::new(ReadPool::new(path.clone(), READERS)),
+            watch,
             path,
             cipher: Arc::new(cipher),
             deleted_orgs: Arc::default(),
@@ -159,64 +160,9 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> DbResult<T> + Send + 'static,
     {
-        if let Some(trouble) = self.files_trouble(false) {
-            return Err(StoreError::Unavailable(trouble.into()));
-        }
         self.writer
             .write(move |c| f(c).map_err(StoreError::from_db))
             .await
-    }
-
-    /// What is wrong with the database's files, if they are not the ones opened
-    /// ([`file_watch`]). The first time it is seen, it is logged and what this process still
-    /// sees of the database is copied beside it, through a reader (whose view includes the
-    /// removed log), for the operator to put back.
-    fn files_trouble(&self, fresh: bool) -> Option<String> {
-        let trouble = self.watch.trouble(fresh)?;
-        if trouble.new {
-            tracing::error!("{}", trouble.message);
-            if let (Some(to), Ok(runtime)) = (
-                self.watch.start_rescue(),
-                tokio::runtime::Handle::try_current(),
-            ) {
-                let store = self.clone();
-                runtime.spawn(async move { store.rescue(to).await });
-            }
-        }
-        Some(trouble.message)
-    }
-
-    async fn rescue(&self, to: PathBuf) {
-        let target = to.to_string_lossy().into_owned();
-        // Readable by its owner only from the start, as the database is (`VACUUM INTO` fills
-        // an empty file that is there, keeping its permissions).
-        let created = create_private(&to);
-        let copied = match created {
-            Ok(()) => {
-                self.read(move |c| {
-                    // The reader's own guard against writes is lifted for the copy alone: it
-                    // writes only the new file.
-                    c.execute_batch("PRAGMA query_only = 0")?;
-                    let copied = c.execute("VACUUM INTO ?1", [&target]);
-                    c.execute_batch("PRAGMA query_only = 1")?;
-                    Ok(copied.map(drop)?)
-                })
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        let outcome = match copied {
-            Ok(()) => {
-                tracing::error!(copy = %to.display(), "copied what this Herald had stored, from the files it still has open; stop Herald and put the copy in place of herald.db");
-                file_watch::Rescue::Saved(to)
-            }
-            Err(e) => {
-                let why = herald_core::error_chain(&e);
-                tracing::error!(error = %why, "could not copy what this Herald had stored");
-                file_watch::Rescue::Failed(why)
-            }
-        };
-        self.watch.rescue_ended(outcome);
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -301,8 +247,21 @@ pub(crate) fn check_secrets_open(conn: &Connection, cipher: &SecretCipher) -> St
 
 /// Opens one connection with Herald's settings.
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
-    create_private(path)?;
-    let conn = Connection::open(path).map_err(|e| classify(&e))?;
+    // A reader opened once the file is gone (removed under a running Herald) fails rather
+    // than make an empty database there, which would have SQLite remove the log beside it.
+    let conn = if read_only {
+        use rusqlite::OpenFlags;
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    } else {
+        create_private(path)?;
+        Connection::open(path)
+    }
+    .map_err(|e| classify(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| classify(&e))?;
     // WAL lets readers run beside the writer; FULL makes every commit durable before we answer.
@@ -927,8 +886,17 @@ impl Store for SqliteStore {
         if !self.writer.is_running() {
             return Some("the SQLite writer has stopped (see the log); restart Herald".into());
         }
-        if let Some(trouble) = self.files_trouble(true) {
-            return Some(trouble);
+        if let Some(trouble) = self.watch.trouble_now() {
+            if matches!(trouble, file_watch::Trouble::Missing(_))
+                && self.watch.not_saved_yet()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                // The writer looks before its next group: one that comes now has it save what
+                // the removed file holds, however idle the node.
+                let store = self.clone();
+                runtime.spawn(async move { store.write(|_| Ok(())).await });
+            }
+            return Some(trouble.into_message());
         }
         self.writer.recent_failure().map(|e| {
             format!("the last write failed moments ago ({e}); is the disk full? Herald tries again")
@@ -999,6 +967,10 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
+        // A file removed while Herald ran: what it held was saved then, as the message says.
+        if let Some(file_watch::Trouble::Missing(said)) = self.watch.trouble_now() {
+            return Err(StoreError::Refused(said));
+        }
         // Not into a file put in its place (a restore while Herald ran), nor one made anew
         // where it was removed: the write-ahead log beside it belongs to the file opened.
         if !self.watch.database_is_the_one_opened() {
@@ -1152,51 +1124,86 @@ mod upgrade_tests {
         conn
     }
 
-    /// The write-ahead log removed under a running store (a clean-up script): writes are
-    /// refused rather than stored where they would be lost, the trouble is reported, and what
-    /// was stored is copied beside the database, whole, for the operator to put in its place.
-    #[tokio::test]
-    async fn a_write_ahead_log_removed_under_the_store_stops_writes_and_is_rescued() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("herald.db");
-        let store = SqliteStore::open(&path).unwrap();
-        let org = |name: &str| Organization {
+    fn an_org(name: &str) -> Organization {
+        Organization {
             id: OrgId::generate(),
             name: name.into(),
             handle: herald_core::org::OrgHandle::from_name(name),
             catalogs: vec![],
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
-        };
-        let kept = org("Acme");
+        }
+    }
+
+    /// Writes after a file was removed, once the writer has looked again (a look is trusted
+    /// for a second): refused, saying why.
+    async fn refused_after_a_look(store: &SqliteStore) -> String {
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        match store.create_org(&an_org("Lost")).await {
+            Err(StoreError::Unavailable(why)) => why.to_string(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// The write-ahead log removed under a running store (a clean-up script): nothing more is
+    /// committed (it would go to the removed log), and what the removed log held is moved into
+    /// `herald.db` through the writer's connection, so that the file alone holds everything.
+    #[tokio::test]
+    async fn a_write_ahead_log_removed_under_the_store_is_moved_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let kept = an_org("Acme");
         store.create_org(&kept).await.unwrap();
         assert_eq!(store.write_trouble(), None);
 
         std::fs::remove_file(file_watch::wal_of(&path)).unwrap();
-        // A look is trusted for a second: the next one finds the log gone.
-        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-        let refused = store.create_org(&org("Lost")).await;
+        let refused = refused_after_a_look(&store).await;
+        assert!(refused.contains("its write-ahead log"), "{refused}");
+        let trouble = store.write_trouble().unwrap();
         assert!(
-            matches!(&refused, Err(StoreError::Unavailable(why)) if why.to_string().contains("its write-ahead log")),
-            "{refused:?}"
+            trouble.contains("Herald moved what the removed log held into")
+                && trouble.contains("restart Herald to store again"),
+            "{trouble}"
         );
-        let mut trouble = String::new();
-        for _ in 0..100 {
-            trouble = store.write_trouble().unwrap();
-            if trouble.contains("Herald copied everything it had stored to") {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert!(trouble.contains("Herald stores nothing"), "{trouble}");
+        // The file alone holds it: read by another connection, as a restart reads it.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        let name: String = other
+            .query_row(
+                "SELECT name FROM organizations WHERE id = ?1",
+                [kept.id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(name, "Acme");
+    }
+
+    /// The database file removed under a running store: nothing more is committed, and what
+    /// the writer still sees is copied whole beside it for the operator to put back.
+    #[tokio::test]
+    async fn a_database_file_removed_under_the_store_is_copied_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let kept = an_org("Acme");
+        store.create_org(&kept).await.unwrap();
+
+        std::fs::remove_file(&path).unwrap();
+        let refused = refused_after_a_look(&store).await;
+        assert!(refused.contains("the database file"), "{refused}");
+        let trouble = store.write_trouble().unwrap();
+        assert!(
+            trouble.contains("Herald copied everything it had stored to"),
+            "{trouble}"
+        );
         let copy = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.to_string_lossy().contains("herald.db.rescued-"))
             .unwrap_or_else(|| panic!("no copy: {trouble}"));
         assert!(trouble.contains(&copy.display().to_string()), "{trouble}");
-
-        // The copy holds what the removed log did.
+        // No reader made an empty database where the file was.
+        assert!(!path.exists());
         let rescued = SqliteStore::open(&copy).unwrap();
         assert_eq!(rescued.get_org(&kept.id).await.unwrap().name, "Acme");
     }

@@ -16,18 +16,12 @@ pub(crate) struct ReadPool {
 }
 
 impl ReadPool {
-    /// Opens the pool's connections now: one opened later, after the database's write-ahead
-    /// log was removed (`file_watch`), would not see what the removed log holds, and the copy
-    /// made then reads through one opened before.
-    pub(crate) fn open(path: PathBuf, size: usize) -> StoreResult<Self> {
-        let idle = (0..size)
-            .map(|_| super::open_connection(&path, true))
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Self {
+    pub(crate) fn new(path: PathBuf, size: usize) -> Self {
+        Self {
             path,
-            idle: Mutex::new(idle),
+            idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size),
-        })
+        }
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>

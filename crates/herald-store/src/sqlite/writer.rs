@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use herald_core::store::{StoreError, StoreResult};
 
 use super::classify;
+use super::file_watch::FileWatch;
 
 /// The most jobs committed together; bounds the latency a single huge group could add.
 const MAX_GROUP: usize = 512;
@@ -29,6 +30,8 @@ trait Job: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller with the result of the last run, unless the group did not commit.
     fn finish(self: Box<Self>, failure: Option<&rusqlite::Error>);
+    /// Answers the caller that the work was not run, and why.
+    fn refuse(self: Box<Self>, why: StoreError);
 }
 
 struct Pending<T, F> {
@@ -58,6 +61,10 @@ where
         };
         let _ = self.reply.send(out);
     }
+
+    fn refuse(self: Box<Self>, why: StoreError) {
+        let _ = self.reply.send(Err(why));
+    }
 }
 
 #[derive(Clone)]
@@ -74,7 +81,9 @@ pub(crate) struct Writer {
 const FAILURE_SAYS_NOT_READY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
-    pub(crate) fn start(conn: Connection) -> Self {
+    /// Starts the writer thread on `conn`; with a `watch`, it commits nothing while the
+    /// database's files are missing ([`FileWatch`]).
+    pub(crate) fn start(conn: Connection, watch: Option<Arc<FileWatch>>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let commit_latency = Arc::new(Histogram::default());
         let latency = commit_latency.clone();
@@ -86,7 +95,7 @@ impl Writer {
                 // A panic ends the thread (the callers of its group get "stopped"); say so once,
                 // loudly, since every write fails from then on.
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(conn, rx, &latency, &failed)
+                    run(conn, rx, &latency, &failed, watch.as_deref())
                 }));
                 if ran.is_err() {
                     tracing::error!(
@@ -150,6 +159,7 @@ fn run(
     rx: mpsc::Receiver<Box<dyn Job>>,
     latency: &Histogram,
     last_failure: &Failure,
+    watch: Option<&FileWatch>,
 ) {
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
     // Declared after `group`, so that a panic drops it first: `is_running` is false before the
@@ -167,6 +177,12 @@ fn run(
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
+        }
+        if let Some(missing) = watch.and_then(|w| w.before_commit(&conn)) {
+            for job in group.drain(..) {
+                job.refuse(StoreError::Unavailable(missing.clone().into()));
+            }
+            continue;
         }
         let started = std::time::Instant::now();
         let failure = commit_group(&conn, &mut group).err();
@@ -299,7 +315,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v TEXT PRIMARY KEY);")
             .unwrap();
-        let writer = Writer::start(conn);
+        let writer = Writer::start(conn, None);
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let hold = std::sync::Mutex::new(hold);
         let busy = spawn_write(&writer, move |_| {
@@ -327,7 +343,7 @@ mod tests {
              CREATE TABLE c (pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);",
         )
         .unwrap();
-        let writer = Writer::start(conn);
+        let writer = Writer::start(conn, None);
         assert_eq!(writer.recent_failure(), None);
         let failed = writer
             .write(|c| exec(c, "INSERT INTO c (pid) VALUES (42)"))
