@@ -367,13 +367,31 @@ pub async fn verify_channels(
     request: Request,
 ) -> ServiceResult<Vec<Subscription>> {
     let subs = ask_channels(state, snapshot, webhook, mode, channels, request).await;
+    log_answers(webhook, mode, &subs);
+    // Kept only for the webhook as it was asked for: an answer from a URL the webhook has left
+    // meanwhile (another request moved it on while this one waited) must not verify the new
+    // URL's channels, whose own verification decides.
     let org = webhook.org_id.clone();
+    let current = match state.store.get_webhook(&org, &webhook.id).await {
+        Ok(current) => Some(current),
+        Err(herald_core::store::StoreError::NotFound) => None,
+        Err(e) => return Err(ServiceError::from_store("webhook")(e)),
+    };
+    let still_asked = current.is_some_and(|c| {
+        c.url == webhook.url
+            && c.profile == webhook.profile
+            && c.verification == webhook.verification
+            && c.active == webhook.active
+    });
+    if !still_asked {
+        tracing::info!(webhook = %webhook.id, "the webhook changed while its endpoint was asked; that answer is not kept (the change's own verification decides)");
+        return Ok(subs);
+    }
     let subs = write_then_forget(state, &webhook.org_id, "webhook", |store| async move {
         store.save_subscriptions(&org, &subs).await.map(|()| subs)
     })
     .await?;
-    log_answers(webhook, mode, &subs);
-    send_what_waited(state, snapshot, webhook, &subs).await;
+    send_what_waited(state, snapshot, webhook, &subs);
     Ok(subs)
 }
 
@@ -381,7 +399,7 @@ pub async fn verify_channels(
 /// arrived while its verification was under way, say) go now rather than at their next look,
 /// up to a minute later: the webhook's waiting deliveries are made due, as `retry-waiting`
 /// makes them (the endpoint has just answered).
-async fn send_what_waited(
+fn send_what_waited(
     state: &AppState,
     snapshot: &OrgSnapshot,
     webhook: &Webhook,
@@ -398,20 +416,20 @@ async fn send_what_waited(
     if !newly_verified {
         return;
     }
-    match state
-        .store
-        .retry_waiting(&webhook.org_id, &webhook.id, now)
-        .await
-    {
-        Ok(0) => {}
-        Ok(count) => {
-            tracing::debug!(webhook = %webhook.id, count, "deliveries that waited for a WebSub verification go now");
-            state.dispatcher.wake_delivery_scheduler();
+    // In a task of its own: a large backlog is walked in steps, and the answer need not wait.
+    let (state, org, id) = (state.clone(), webhook.org_id.clone(), webhook.id.clone());
+    tokio::spawn(async move {
+        match state.store.retry_waiting(&org, &id, now).await {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::debug!(webhook = %id, count, "deliveries that waited for a WebSub verification go now");
+                state.dispatcher.wake_delivery_scheduler();
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not send now the deliveries that waited for a WebSub verification; they go within a minute");
+            }
         }
-        Err(e) => {
-            tracing::warn!(webhook = %webhook.id, error = %herald_core::error_chain(&e), "could not send now the deliveries that waited for a WebSub verification; they go within a minute");
-        }
-    }
+    });
 }
 
 /// Sends `mode` for these channels of the webhook, [`VERIFICATIONS_AT_ONCE`] at a time, and

@@ -1071,6 +1071,60 @@ async fn a_new_url_gets_no_events_on_the_old_ones_verification_even_if_its_clien
     );
 }
 
+/// A verification resent to a slow endpoint while the webhook moves on to another URL that
+/// refuses: the slow one's late "yes" is not kept for the channels, which stay as the URL now
+/// in place answered, and no event goes to an endpoint that never confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_from_a_url_left_meanwhile_verifies_nothing() {
+    let app = insecure_app().await;
+    let (slow, refusing) = (TestReceiver::start().await, TestReceiver::start().await);
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = active_hub(&app, &org, &slow, &["login"]).await;
+    let path = format!("/v1/orgs/{org}/webhooks/{}", hook["id"].as_str().unwrap());
+    slow.subscriber(Subscriber::SlowEcho(Duration::from_millis(1_500)));
+    refusing.subscriber(Subscriber::Refuse(404));
+    let resend = {
+        let (http, url) = (app.http.clone(), format!("{}{path}/verify", app.base));
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    for _ in 0..100 {
+        if slow.verifications_on("/hub").len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, moved) = app
+        .patch(&path, json!({ "url": refusing.url("/hub") }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["subscriptions"][0]["state"], "failed", "{moved}");
+    assert_eq!(resend.await.unwrap(), StatusCode::OK);
+
+    let (_, subs) = app.get(&format!("{path}/subscriptions")).await;
+    assert_eq!(
+        state_of(&subs["data"], "login")["state"],
+        "failed",
+        "{subs}"
+    );
+    let answer = app.send_event(&org, login_success("after-both")).await;
+    assert_eq!(answer["events"][0]["skipped"], 1, "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        refusing
+            .received_on("/hub")
+            .iter()
+            .all(|r| r.method != "POST")
+    );
+}
+
 /// Sends an event whose first attempt fails (it then waits for its retry), switches the webhook
 /// off and on again and has the subscriber refuse the new subscription; answers the delivery.
 async fn failed_then_refused_on_reactivation(
