@@ -321,7 +321,8 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
 /// UTF-16 (a byte-order mark, or the zero bytes of ASCII in it), or a byte of another
 /// single-byte encoding (Latin-1's `é` is `0xE9`), named where it is.
 fn not_utf8(bytes: &[u8]) -> Option<String> {
-    let e = std::str::from_utf8(bytes).err()?;
+    // UTF-16 text of ASCII characters is valid UTF-8 with a zero byte in every pair, which
+    // JSON never holds raw: told before the UTF-8 check, which would pass it.
     let utf16 = bytes.starts_with(&[0xFF, 0xFE])
         || bytes.starts_with(&[0xFE, 0xFF])
         || bytes.iter().take(64).any(|&b| b == 0);
@@ -332,6 +333,7 @@ fn not_utf8(bytes: &[u8]) -> Option<String> {
                 .to_owned(),
         );
     }
+    let e = std::str::from_utf8(bytes).err()?;
     let at = e.valid_up_to();
     let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
     let column = at
@@ -775,6 +777,12 @@ mod tests {
             .chain("{\"a\": 1}".encode_utf16().flat_map(u16::to_le_bytes))
             .collect();
         assert!(message(&utf16).contains("not UTF-8 but UTF-16"));
+        // Without a byte-order mark, ASCII in UTF-16 is valid UTF-8: its zero bytes tell it.
+        let bare: Vec<u8> = "{\"a\": 1}"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        assert!(message(&bare).contains("not UTF-8 but UTF-16"));
         // Valid UTF-8 that is not JSON is told as before.
         assert!(message(b"{\"a\": caf\xc3\xa9}").starts_with("the request body is not valid JSON"));
     }

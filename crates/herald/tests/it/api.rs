@@ -1898,6 +1898,20 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         (stored, not_stored),
         (StatusCode::OK, StatusCode::NOT_FOUND)
     );
+    // One request as planned (a thousand events), split in two by the server's 413: the
+    // failing half is told with the half stored before it.
+    let mut split: Vec<String> = (0..1_000)
+        .map(|i| event(&format!("split-{i}"), "user.created"))
+        .collect();
+    split[699] = event("split-699", "user.createdd");
+    let (ok, out) = herald_cli(&app, &send, Some(&split.join("\n"))).await;
+    assert!(
+        !ok && out.contains(
+            "events 501–1000 of 1000 were sent in one request, which failed; the 500 before \
+             them were stored; at fault: event 700 (line 700), its type"
+        ),
+        "{out}"
+    );
     // A line that is not JSON is named before anything is sent.
     let (ok, out) = herald_cli(&app, &send, Some("{\"type\": \"user.created\"}\n{oops}\n")).await;
     assert!(

@@ -174,7 +174,6 @@ fn send_many(
         .map(|e| serde_json::to_string(e).map_or(0, |s| s.len()))
         .collect();
     let mut pending = requests(&sizes);
-    let planned = pending.len();
     let mut stored = Vec::with_capacity(events.len());
     let mut deliveries = 0;
     let mut requests_sent = 0;
@@ -194,9 +193,16 @@ fn send_many(
                 pending.push_front(range.start..middle);
                 continue;
             }
-            Err(e) => return Err(stopped(e, range, events, lines, planned > 1)),
+            // Told with what came before and after when it was one of several, as planned or
+            // as a `413` split it.
+            Err(e) => {
+                let several = range.len() < events.len();
+                return Err(stopped(e, range, events, lines, several));
+            }
         }
-        if planned > 1 && (pending.is_empty() || last_progress.elapsed() >= PROGRESS_EVERY) {
+        if requests_sent + pending.len() > 1
+            && (pending.is_empty() || last_progress.elapsed() >= PROGRESS_EVERY)
+        {
             note!("sent {} of {} events", range.end, events.len());
             last_progress = Instant::now();
         }
