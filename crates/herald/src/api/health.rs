@@ -79,20 +79,29 @@ async fn readiness(state: &AppState) -> (StatusCode, Status) {
                 reason: None,
             },
         ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Status {
-                status: "unavailable",
-                reason: Some(
-                    format!(
-                        "the database did not answer a read within {} s: is it reachable from \
+        Err(_) => {
+            if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
+                tracing::warn!(
+                    held_back,
+                    within_secs = READY_READ_WITHIN.as_secs(),
+                    "readiness check failed: the database did not answer a read in time"
+                );
+            }
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Status {
+                    status: "unavailable",
+                    reason: Some(
+                        format!(
+                            "the database did not answer a read within {} s: is it reachable from \
                          here, and not overloaded?",
-                        READY_READ_WITHIN.as_secs()
-                    )
-                    .into(),
-                ),
-            },
-        ),
+                            READY_READ_WITHIN.as_secs()
+                        )
+                        .into(),
+                    ),
+                },
+            )
+        }
         Ok(Err(e)) => {
             if let Some(held_back) = super::error::STORE_UNAVAILABLE.admit() {
                 tracing::warn!(error = %herald_core::error_chain(&e), held_back, "readiness check failed: the database is unavailable");

@@ -342,6 +342,7 @@ pub fn unsubscribe_soon(state: &AppState, org: &OrgId, subscribed: Vec<(Webhook,
             Some((_, channel, reason)) => {
                 let mut webhooks: Vec<String> =
                     refused.iter().map(|(w, _, _)| w.to_string()).collect();
+                webhooks.sort();
                 webhooks.dedup();
                 tracing::info!(
                     org = %org,

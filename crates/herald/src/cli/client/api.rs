@@ -13,7 +13,7 @@ use super::Connection;
 pub struct TryLater(String);
 
 impl TryLater {
-    fn said(message: String) -> anyhow::Error {
+    pub(super) fn said(message: String) -> anyhow::Error {
         anyhow::Error::new(Self(message))
     }
 

@@ -302,6 +302,11 @@ fn stopped(
              mended, send from {resume} on"
         )
     });
+    if range.start > 0 && !all_have_ids {
+        // Not "try the same again later" (exit 75): a script that does would store the events
+        // before this request twice. Exit 1, and the message says where to go on from.
+        return anyhow::anyhow!("{told}: {e:#}");
+    }
     e.context(told)
 }
 
@@ -341,6 +346,25 @@ mod tests {
             VecDeque::from([0..1, 1..2, 2..4])
         );
         assert_eq!(requests(&[]), VecDeque::<Range<usize>>::new());
+    }
+
+    /// A request that may go through later (exit 75) after others were stored: a script that
+    /// sends the same again then stores events without ids twice, so it is told to fix (exit 1)
+    /// unless every event has an id.
+    #[test]
+    fn a_partial_send_is_to_be_sent_again_only_where_ids_make_it_safe() {
+        let later = || TryLater::said("503 Service Unavailable: try again".into());
+        let try_later = |e: &anyhow::Error| e.chain().any(|c| c.is::<TryLater>());
+        let with_ids = vec![json!({ "id": "a" }), json!({ "id": "b" })];
+        let without = vec![json!({ "id": "a" }), json!({})];
+        assert!(try_later(&stopped(later(), 1..2, &with_ids, None, true)));
+        assert!(try_later(&stopped(later(), 0..1, &without, None, true)));
+        let told = stopped(later(), 1..2, &without, None, true);
+        assert!(!try_later(&told));
+        assert!(
+            format!("{told:#}").contains("send from event 2 on: 503 Service Unavailable"),
+            "{told:#}"
+        );
     }
 
     #[test]
