@@ -676,6 +676,27 @@ async fn update_checked(
                 .await?,
             );
         }
+        if !dropped.is_empty() {
+            // Stored as unsubscribed before the endpoint is told: the lease it gave no longer
+            // counts, and the channel, if added back, is asked for afresh before events flow.
+            let gone: Vec<Subscription> = dropped
+                .iter()
+                .map(|(_, sub)| {
+                    let mut sub = sub.clone();
+                    sub.mode = Mode::Unsubscribe;
+                    sub.state = State::Pending;
+                    sub.expires_at = None;
+                    sub.renew_at = None;
+                    sub.reason = Some("dropped from the webhook: unsubscribe sent".into());
+                    sub
+                })
+                .collect();
+            let org = w.org_id.clone();
+            write_then_forget(&state, &w.org_id, "webhook", |store| async move {
+                store.save_subscriptions(&org, &gone).await
+            })
+            .await?;
+        }
         super::subscriptions::unsubscribe_soon(&state, &w.org_id, dropped);
         super::subscriptions::unsubscribe_soon(&state, &w.org_id, left_behind);
         if let Some(old) = leaves_websub {

@@ -1385,6 +1385,20 @@ async fn a_channel_change_asks_only_the_new_ones_and_unsubscribes_the_dropped_on
         .collect();
     assert_eq!(channels, [&json!("login")], "{subs}");
     assert_eq!(state_of(&subs["data"], "login")["state"], "verified");
+    // The dropped channel's lease no longer counts: added back, it is asked for afresh before
+    // events flow on it.
+    let stored = app
+        .state
+        .store
+        .org_subscriptions(&herald_core::OrgId::from_trusted(org.clone()))
+        .await
+        .unwrap();
+    let session = stored.iter().find(|s| s.channel == "session").unwrap();
+    assert!(
+        session.mode == herald_core::subscription::Mode::Unsubscribe
+            && !session.delivers(app.state.clock.now()),
+        "{session:?}"
+    );
 
     // Only login is renewed.
     app.advance(Duration::from_secs(9 * 86_400 + 60));
