@@ -50,12 +50,13 @@ struct Lost;
 
 /// Why the batch may not be sent to a webhook that verifies its intent, if it may not: one of
 /// its channels is not verified now. A test event, which a user sends on purpose, always goes.
+/// Also answers whether that channel's verification is under way (its answer is awaited).
 fn unverified(
     snapshot: &OrgSnapshot,
     webhook: &Webhook,
     batch: &[DueDelivery],
     now: herald_core::Timestamp,
-) -> Option<String> {
+) -> Option<(String, bool)> {
     if webhook.verification == herald_core::subscription::Verification::None {
         return None;
     }
@@ -66,7 +67,11 @@ fn unverified(
         let channel = snapshot
             .resolve_type(&d.event.event_type)
             .and_then(|t| t.channel);
-        snapshot.withheld_because(webhook, channel, now)
+        let reason = snapshot.withheld_because(webhook, channel, now)?;
+        Some((
+            reason,
+            snapshot.skipped_because(webhook, channel, now).is_none(),
+        ))
     })
 }
 
@@ -235,8 +240,12 @@ impl Dispatcher {
         let Some((snapshot, webhook)) = self.webhook_to_send_to(batch).await? else {
             return Ok(());
         };
-        if let Some(reason) = unverified(&snapshot, &webhook, batch, shared.clock.now()) {
-            return self.wait_for_verification(batch, &webhook, &reason).await;
+        if let Some((reason, under_way)) =
+            unverified(&snapshot, &webhook, batch, shared.clock.now())
+        {
+            return self
+                .wait_for_verification(batch, &webhook, &reason, under_way)
+                .await;
         }
         let started_at = shared.clock.now();
         let Ok(ends) = self.lease_for_attempt(batch, &webhook, started_at).await? else {
@@ -354,12 +363,15 @@ impl Dispatcher {
     /// than go to an endpoint that has not confirmed. Those that would wait past the end of
     /// their retry schedule are skipped instead, as the events that arrive while the channel is
     /// not verified are: they would otherwise be looked at every minute for as long as nobody
-    /// verifies it again.
+    /// verifies it again. While the channel's verification is under way (`under_way`: it takes
+    /// the webhook's timeout at most) every one waits for its answer, whatever is left of its
+    /// schedule: a webhook with no retries would otherwise lose each event that arrives then.
     async fn wait_for_verification(
         &self,
         batch: &[DueDelivery],
         webhook: &Webhook,
         reason: &str,
+        under_way: bool,
     ) -> Result<(), StoreError> {
         let shared = &self.shared;
         let org = &batch[0].org_id;
@@ -369,7 +381,7 @@ impl Dispatcher {
             .plus_millis(UNVERIFIED_WAIT.as_millis() as i64);
         let (ended, waiting): (Vec<&DueDelivery>, Vec<&DueDelivery>) = batch
             .iter()
-            .partition(|d| past_schedule(d, webhook, until, None));
+            .partition(|d| !under_way && past_schedule(d, webhook, until, None));
         if !ended.is_empty() {
             let leases = self.release_held_leases(ended.iter().map(|d| &d.delivery_id));
             let why = format!("{reason}; it waited until its retry schedule ran out");

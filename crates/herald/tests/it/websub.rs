@@ -1071,6 +1071,52 @@ async fn a_new_url_gets_no_events_on_the_old_ones_verification_even_if_its_clien
     );
 }
 
+/// A webhook with no retries (`retry_schedule: [0]`) moved to a URL that takes a while to
+/// confirm: the event that arrives meanwhile waits for the answer all the same, and goes once
+/// the channel is confirmed (its schedule, spent at once, does not skip it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_during_a_verification_waits_for_it_whatever_its_schedule() {
+    let app = insecure_app().await;
+    let (rx, moved) = (TestReceiver::start().await, TestReceiver::start().await);
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = active_hub(&app, &org, &rx, &["login"]).await;
+    let path = format!("/v1/orgs/{org}/webhooks/{}", hook["id"].as_str().unwrap());
+    let (status, _) = app.patch(&path, json!({ "retry_schedule": [0] })).await;
+    assert_eq!(status, StatusCode::OK);
+    moved.subscriber(Subscriber::SlowEcho(Duration::from_millis(1_500)));
+    let patch = {
+        let (http, url, body) = (
+            app.http.clone(),
+            format!("{}{path}", app.base),
+            json!({ "url": moved.url("/hub") }),
+        );
+        tokio::spawn(async move {
+            http.patch(url)
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    for _ in 0..100 {
+        if !moved.verifications_on("/hub").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = app.send_event(&org, login_success("no-retries")).await;
+    assert_eq!(answer["events"][0]["skipped"], 0, "{answer}");
+    assert_eq!(patch.await.unwrap(), StatusCode::OK);
+    let posts = moved.wait_for("/hub", 1, WAIT).await;
+    assert!(
+        String::from_utf8_lossy(&posts[0].body).contains("no-retries"),
+        "{:?}",
+        posts[0]
+    );
+}
+
 /// A verification resent to a slow endpoint while the webhook moves on to another URL that
 /// refuses: the slow one's late "yes" is not kept for the channels, which stay as the URL now
 /// in place answered, and no event goes to an endpoint that never confirmed.
