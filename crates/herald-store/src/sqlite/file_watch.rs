@@ -78,11 +78,13 @@ impl FileWatch {
         self.db_opened.is_some() && identity(&self.db) == self.db_opened
     }
 
-    /// Which of the files is missing, in words.
+    /// Which of the files is missing, in words. A log moved into `herald.db` stays so until a
+    /// restart, whatever is at its path since: SQLite writes on to the one it has open.
     fn look(&self) -> Option<String> {
+        let moved_in = *self.rescue.lock().expect("file watch lock") == Some(Rescue::Checkpointed);
         if missing(&self.db) {
             Some(format!("the database file {}", self.db.display()))
-        } else if missing(&self.wal) {
+        } else if moved_in || missing(&self.wal) {
             Some(format!(
                 "its write-ahead log {} (which holds what was stored since the last checkpoint)",
                 self.wal.display()
@@ -106,7 +108,23 @@ impl FileWatch {
                     found
                 }
             }
-        }?;
+        };
+        let Some(missing) = missing else {
+            // Put back where they were (a directory moved and moved back): writes go on, and
+            // a later removal saves again what it holds then.
+            if self
+                .rescue
+                .lock()
+                .expect("file watch lock")
+                .take()
+                .is_some()
+            {
+                tracing::warn!(
+                    "the database's files are back where Herald opened them: it stores again"
+                );
+            }
+            return None;
+        };
         let first = self.rescue.lock().expect("file watch lock").is_none();
         if first {
             tracing::error!(
@@ -143,7 +161,7 @@ impl FileWatch {
         }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis());
         let copy = self.db.with_file_name(format!("herald.db.rescued-{stamp}"));
         match copy_into(conn, &copy) {
             Ok(()) => Rescue::Copied(copy),
@@ -170,8 +188,9 @@ impl FileWatch {
                 db.display()
             ),
             Rescue::Failed(why) => format!(
-                "Herald could not save what the removed file holds ({why}): stop Herald and \
-                 restore herald.db from a backup"
+                "Herald could not save what the removed file holds ({why}). If the file or its \
+                 directory was moved, move it back while Herald runs: it then stores again and \
+                 nothing is lost. Otherwise stop Herald and restore herald.db from a backup"
             ),
         }
     }

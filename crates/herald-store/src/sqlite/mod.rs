@@ -1178,17 +1178,19 @@ mod upgrade_tests {
         assert_eq!(name, "Acme");
     }
 
-    /// The database file removed under a running store: nothing more is committed, and what
-    /// the writer still sees is copied whole beside it for the operator to put back.
+    /// The database file moved away under a running store: nothing more is committed, and what
+    /// the writer still sees is copied whole beside it for the operator to put back. Moved
+    /// back, the store takes writes again, and a second removal makes a copy of its own.
     #[tokio::test]
     async fn a_database_file_removed_under_the_store_is_copied_beside_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.db");
+        let away = dir.path().join("moved-away.db");
         let store = SqliteStore::open(&path).unwrap();
         let kept = an_org("Acme");
         store.create_org(&kept).await.unwrap();
 
-        std::fs::remove_file(&path).unwrap();
+        std::fs::rename(&path, &away).unwrap();
         let refused = refused_after_a_look(&store).await;
         assert!(refused.contains("the database file"), "{refused}");
         let trouble = store.write_trouble().unwrap();
@@ -1206,6 +1208,23 @@ mod upgrade_tests {
         assert!(!path.exists());
         let rescued = SqliteStore::open(&copy).unwrap();
         assert_eq!(rescued.get_org(&kept.id).await.unwrap().name, "Acme");
+
+        std::fs::rename(&away, &path).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let back = an_org("Back");
+        store.create_org(&back).await.unwrap();
+        assert_eq!(store.write_trouble(), None);
+        std::fs::rename(&path, &away).unwrap();
+        refused_after_a_look(&store).await;
+        let again = store.write_trouble().unwrap();
+        let second = again
+            .split_whitespace()
+            .find(|w| w.contains("herald.db.rescued-"))
+            .unwrap()
+            .trim_end_matches(':');
+        assert_ne!(second, copy.display().to_string(), "{again}");
+        let rescued = SqliteStore::open(second).unwrap();
+        assert_eq!(rescued.get_org(&back.id).await.unwrap().name, "Back");
     }
 
     /// A database written before deliveries and attempts were clustered (migration 7) keeps

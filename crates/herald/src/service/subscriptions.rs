@@ -260,6 +260,7 @@ async fn save_unless_changed(
         return Ok(());
     }
     let read = snapshot.subscriptions_of(&webhook.id);
+    let answered = asked.clone();
     let as_read: Vec<(Subscription, Option<AsRead>)> = asked
         .into_iter()
         .map(|sub| {
@@ -270,12 +271,17 @@ async fn save_unless_changed(
             (sub, then)
         })
         .collect();
-    write_then_forget(state, &org, "webhook", {
+    let saved = write_then_forget(state, &org, "webhook", {
         let org = org.clone();
         |store| async move { store.save_subscriptions_as_read(&org, &as_read).await }
     })
-    .await
-    .map(|_saved| ())
+    .await?;
+    // A channel asked again after a stop (a verification cut short), or a new one: what waited
+    // for it goes now. (Each delivery is still checked against what is stored.)
+    if saved > 0 {
+        send_what_waited(state, snapshot, webhook, &answered);
+    }
+    Ok(())
 }
 
 /// Where an organization's enabled WebSub webhooks are subscribed (a lease that holds), to tell

@@ -739,6 +739,10 @@ async fn a_verification_cut_short_before_this_node_started_is_asked_again_at_onc
         .await
         .unwrap();
     app.state.directory.invalidate(&owner);
+    // An event meanwhile waits for the verification (looked at again in a minute).
+    let event = json!({ "type": "user.created", "id": "held", "data": { "user": { "id": "u1" } } });
+    let sent = app.send_event(&org, event).await;
+    assert_eq!(sent["events"][0]["skipped"], 0, "{sent}");
     // The run at start (here: woken), with no time passed.
     app.state.maintenance.notify_one();
     let asked = verifications(&rx, "/std", before + 1).await;
@@ -748,6 +752,8 @@ async fn a_verification_cut_short_before_this_node_started_is_asked_again_at_onc
         hook["id"].as_str().unwrap()
     );
     subscription_on(&app, &subscriptions, "user", |s| s["state"] == "verified").await;
+    // Confirmed: the event that waited goes now, not at its next look.
+    rx.wait_for("/std", 1, Duration::from_secs(10)).await;
 }
 
 /// Deleting an organization tells its WebSub subscribers, as disabling each webhook would.

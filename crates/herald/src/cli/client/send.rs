@@ -130,12 +130,12 @@ fn parse_input(text: &str, source: &str) -> anyhow::Result<Input> {
             continue;
         }
         match serde_json::from_str::<Value>(line) {
-            Ok(event) => {
+            Ok(event) if event.is_object() => {
                 events.push(event);
                 lines.push(at + 1);
             }
             // Not JSON Lines either: the whole text's fault is the one to tell.
-            Err(_) if events.is_empty() => {
+            _ if events.is_empty() => {
                 return Err(whole_error).with_context(|| {
                     format!(
                         "{source} is not JSON: give one event ({{\"type\", \"data\"}}), an \
@@ -143,6 +143,11 @@ fn parse_input(text: &str, source: &str) -> anyhow::Result<Input> {
                     )
                 });
             }
+            Ok(_) => bail!(
+                "{source}, line {}: not an event (a JSON object); in JSON Lines each line holds \
+                 one event",
+                at + 1
+            ),
             Err(e) => bail!(
                 "{source}, line {}: not JSON ({e}); in JSON Lines each line holds one whole event",
                 at + 1
@@ -257,11 +262,12 @@ fn stopped(
     } else {
         ""
     };
-    let mut told = format!(
-        "events {}–{} of {total} were sent in one request, which failed{maybe}",
-        range.start + 1,
-        range.end,
-    );
+    let these = if range.len() == 1 {
+        format!("event {} of {total} was", range.end)
+    } else {
+        format!("events {}–{} of {total} were", range.start + 1, range.end)
+    };
+    let mut told = format!("{these} sent in one request, which failed{maybe}");
     let around = [
         (range.start > 0).then(|| format!("the {} before them were stored", range.start)),
         (total > range.end).then(|| format!("the {} after them were not sent", total - range.end)),
@@ -291,15 +297,20 @@ fn stopped(
         Some(line) => format!("event {} (line {line})", range.start + 1),
         None => format!("event {}", range.start + 1),
     };
+    let when = if maybe.is_empty() {
+        "once mended"
+    } else {
+        "once the server takes it"
+    };
     told.push_str(&if all_have_ids {
         format!(
-            ". Every event has an id: once mended, send the whole input again (the ones \
-             stored come back as duplicates), or from {resume} on"
+            ". Every event has an id: {when}, send the whole input again (the ones stored come \
+             back as duplicates), or from {resume} on"
         )
     } else {
         format!(
-            ". Not every event has an id, and one without is stored again if sent again: once \
-             mended, send from {resume} on"
+            ". Not every event has an id, and one without is stored again if sent again: \
+             {when}, send from {resume} on"
         )
     });
     if range.start > 0 && !all_have_ids {
@@ -362,7 +373,12 @@ mod tests {
         let told = stopped(later(), 1..2, &without, None, true);
         assert!(!try_later(&told));
         assert!(
-            format!("{told:#}").contains("send from event 2 on: 503 Service Unavailable"),
+            format!("{told:#}").starts_with(
+                "event 2 of 2 was sent in one request, which failed (its events may have been \
+                 stored all the same); the 1 before them were stored"
+            ) && format!("{told:#}").contains(
+                "once the server takes it, send from event 2 on: 503 Service Unavailable"
+            ),
             "{told:#}"
         );
     }
@@ -388,6 +404,11 @@ mod tests {
         assert!(
             format!("{bad_line:#}").starts_with("f, line 2: not JSON"),
             "{bad_line:#}"
+        );
+        let array_line = parse_input("{\"type\": \"a\"}\n[{\"type\": \"b\"}]\n", "f").unwrap_err();
+        assert!(
+            format!("{array_line:#}").starts_with("f, line 2: not an event (a JSON object)"),
+            "{array_line:#}"
         );
         let not_json = parse_input("type=a", "f").unwrap_err();
         assert!(
