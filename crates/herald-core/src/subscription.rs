@@ -155,6 +155,16 @@ impl Subscription {
             && self.expires_at.is_none_or(|at| now < at)
     }
 
+    /// Starts the subscription over in `mode`, unverified, for `why`: what was verified before
+    /// (its lease) no longer counts.
+    pub fn start_over(&mut self, mode: Mode, why: &str) {
+        self.mode = mode;
+        self.state = State::Pending;
+        self.expires_at = None;
+        self.renew_at = None;
+        self.reason = Some(why.to_owned());
+    }
+
     /// The subscription as it stands at `now`, to show and to explain: one whose lease ran out
     /// (its renewals refused or not answered) is `failed`, saying when it ended and why,
     /// though it is stored `verified` until a renewal answers.

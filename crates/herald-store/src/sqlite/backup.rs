@@ -18,12 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 pub fn copy(source: &Path, target: &Path) -> rusqlite::Result<bool> {
     // `VACUUM INTO` writes into an empty file that is there, keeping its permissions. A file
     // already there is not ours to fill (or to remove if the copy fails).
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(target)
+    super::create_new_private(target)
         .map_err(|_| rusqlite::Error::InvalidPath(target.to_path_buf()))?;
     let conn = Connection::open_with_flags(
         source,

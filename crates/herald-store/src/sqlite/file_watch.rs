@@ -146,6 +146,11 @@ impl FileWatch {
     /// Puts what the removed files hold where a restart finds it, through the writer's
     /// connection (outside a transaction).
     fn put_back(&self, conn: &Connection) -> Rescue {
+        if !conn.is_autocommit() {
+            // A transaction a failed group could not end: neither a checkpoint nor a copy runs
+            // inside one.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         if !missing(&self.db) && self.database_is_the_one_opened() {
             // Only the log is gone: its frames go into the database file, which is still the
             // one opened, and then that file alone holds everything.
@@ -250,15 +255,10 @@ impl Trouble {
     }
 }
 
-/// A whole copy of what `conn` sees, in a new file readable by its owner only (as the database
-/// is): `VACUUM INTO` fills an empty file that is there, keeping its permissions.
+/// A whole copy of what `conn` sees, in a new file readable by its owner only, as the database
+/// is.
 fn copy_into(conn: &Connection, copy: &Path) -> Result<(), String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(copy)
+    super::create_new_private(copy)
         .map_err(|e| format!("could not create {}: {e}", copy.display()))?;
     conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
         .map(drop)

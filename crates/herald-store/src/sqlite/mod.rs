@@ -283,11 +283,7 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
 /// event (and the webhooks' secrets, unless sealed), and SQLite gives its write-ahead log and
 /// shared-memory files the database file's permissions.
 fn create_private(path: &Path) -> StoreResult<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
+    match create_new_private(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::Refused(format!(
@@ -295,6 +291,17 @@ fn create_private(path: &Path) -> StoreResult<()> {
             path.display()
         ))),
     }
+}
+
+/// Creates a new, empty file readable by its owner only (it fails if one is there): the
+/// database, or a copy of it (`VACUUM INTO` fills an empty file that is there, keeping its
+/// permissions).
+pub(crate) fn create_new_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
 }
 
 fn migrate(conn: &Connection) -> StoreResult<()> {

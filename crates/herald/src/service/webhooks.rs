@@ -9,7 +9,7 @@ use herald_core::event::NewEvent;
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
 use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
-use herald_core::subscription::{Mode, State, Subscription, Verification};
+use herald_core::subscription::{Mode, Subscription, Verification};
 use herald_core::suggest::{closest, did_you_mean};
 use herald_core::webhook::{
     ROTATION_OVERLAP_MS, Webhook, WebhookOptions, WebhookUrl, parse_description, parse_headers,
@@ -683,11 +683,10 @@ async fn update_checked(
                 .iter()
                 .map(|(_, sub)| {
                     let mut sub = sub.clone();
-                    sub.mode = Mode::Unsubscribe;
-                    sub.state = State::Pending;
-                    sub.expires_at = None;
-                    sub.renew_at = None;
-                    sub.reason = Some("dropped from the webhook: unsubscribe sent".into());
+                    sub.start_over(
+                        Mode::Unsubscribe,
+                        "dropped from the webhook: unsubscribe sent",
+                    );
                     sub
                 })
                 .collect();
@@ -738,10 +737,8 @@ async fn save_unverified(
         .iter()
         .cloned()
         .map(|mut sub| {
-            sub.state = State::Pending;
-            sub.expires_at = None;
-            sub.renew_at = None;
-            sub.reason = Some("to be verified again after a change to the webhook".into());
+            let mode = sub.mode;
+            sub.start_over(mode, "to be verified again after a change to the webhook");
             sub
         })
         .collect();
