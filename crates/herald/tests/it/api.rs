@@ -1912,6 +1912,12 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         ),
         "{out}"
     );
+    // A mistyped organization is said first, before the input is read.
+    let (ok, out) = herald_cli(&app, &["send", "--org", "bulc"], Some("not json")).await;
+    assert!(
+        !ok && out.contains("no organization has the handle 'bulc'") && !out.contains("not JSON"),
+        "{out}"
+    );
     // A line that is not JSON is named before anything is sent.
     let (ok, out) = herald_cli(&app, &send, Some("{\"type\": \"user.created\"}\n{oops}\n")).await;
     assert!(

@@ -40,6 +40,8 @@ enum Input {
 
 pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
     let api = Api::new(conn.clone())?;
+    // First: a mistyped organization (or no server) is said before a large input is read.
+    let org = api.org_id(&args.org)?;
     let input = match &args.event_type {
         Some(t) => {
             // clap makes --type require --data: data the user left out is not made up here.
@@ -62,7 +64,6 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             parse_input(&text, &source)?
         }
     };
-    let org = api.org_id(&args.org)?;
     let path = api_path(&["v1", "orgs", &org, "events"])?;
     let (answer, requests) = match input {
         Input::One(event) => (api.post(&path, event)?, 1),
