@@ -26,6 +26,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for `Retry-After` (a 503 says 1 without it).
     pub retry_after: Option<u64>,
+    /// Each event of a batch refused, when more than one was.
+    pub errors: Vec<ErrorItem>,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            errors: Vec::new(),
         }
     }
 
@@ -83,6 +86,7 @@ impl From<ServiceError> for ApiError {
                 },
                 field: (!i.field.is_empty()).then_some(i.field),
                 retry_after: None,
+                errors: Vec::new(),
             },
             E::UnknownEventType {
                 name,
@@ -97,6 +101,7 @@ impl From<ServiceError> for ApiError {
                 ),
                 field: Some(field),
                 retry_after: None,
+                errors: Vec::new(),
             },
             E::SchemaViolation(i) => Self {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -104,7 +109,44 @@ impl From<ServiceError> for ApiError {
                 message: format!("{}: {}", i.field, i.message),
                 field: Some(i.field),
                 retry_after: None,
+                errors: Vec::new(),
             },
+            E::EventsRefused { listed, total } => {
+                let errors: Vec<ErrorItem> = listed
+                    .into_iter()
+                    .map(|e| {
+                        let one = Self::from(e);
+                        ErrorItem {
+                            code: one.code,
+                            message: one.message,
+                            field: one.field,
+                        }
+                    })
+                    .collect();
+                let first = errors.first().cloned().unwrap_or_else(|| ErrorItem {
+                    code: "invalid_field",
+                    message: "events are refused".into(),
+                    field: None,
+                });
+                let which = if total > errors.len() {
+                    format!("the first {}", errors.len())
+                } else {
+                    "each".to_owned()
+                };
+                Self {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code: first.code,
+                    message: format!(
+                        "{} (and {} more events of this batch are refused: `errors` lists {which}; \
+                         nothing was stored)",
+                        first.message,
+                        total - 1
+                    ),
+                    field: first.field,
+                    retry_after: None,
+                    errors,
+                }
+            }
             E::NotFound(what) => Self::not_found(what),
             E::NoSuchName {
                 what,
@@ -208,6 +250,21 @@ pub struct ErrorDetail {
     /// The input field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// When more than one event of a posted batch is refused: each of them (the first 100),
+    /// the first being the one `code`, `message` and `field` above tell. Nothing was stored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ErrorItem>,
+}
+
+/// One refused event of a batch.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorItem {
+    #[schema(example = "unknown_event_type")]
+    pub code: &'static str,
+    pub message: String,
+    /// The event's field at fault, from its place in the batch (`[3].type`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -217,6 +274,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message,
                 field: self.field,
+                errors: self.errors,
             },
         };
         let mut response = (self.status, Json(body)).into_response();

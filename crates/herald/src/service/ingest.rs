@@ -73,6 +73,34 @@ pub async fn ingest(
     .await
 }
 
+/// The events of a request refused so far: the first few, and how many.
+#[derive(Default)]
+struct Refused {
+    listed: Vec<ServiceError>,
+    total: usize,
+}
+
+impl Refused {
+    fn add(&mut self, e: ServiceError) {
+        self.total += 1;
+        if self.listed.len() < super::MAX_LISTED_REFUSALS {
+            self.listed.push(e);
+        }
+    }
+
+    /// The answer: one refusal as itself, several as a list.
+    fn into_error(mut self) -> Option<ServiceError> {
+        match self.total {
+            0 => None,
+            1 => self.listed.pop(),
+            total => Some(ServiceError::EventsRefused {
+                listed: self.listed,
+                total,
+            }),
+        }
+    }
+}
+
 /// Who posts an event: producers may not use Herald's reserved types; Herald itself may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -100,11 +128,20 @@ pub(crate) async fn ingest_values<T>(
     // Which events said when they occurred (only then does a duplicate's time count).
     let mut occurred_given = Vec::with_capacity(raw_events.len());
     let mut read_again = false;
+    // Every event of a batch is checked, and every one refused is told (up to a limit): a
+    // producer mends them all in one go rather than one per request.
+    let mut refused = Refused::default();
     for (i, raw) in raw_events.into_iter().enumerate() {
         let position = batch.then_some(i);
-        let new = parse(raw).map_err(|e| at(position, e))?;
+        let new = match parse(raw) {
+            Ok(new) => new,
+            Err(e) => {
+                refused.add(at(position, e).into());
+                continue;
+            }
+        };
         let checked = check(&snapshot, org, &new.event_type, &new.data, origin, position);
-        let channel = match checked {
+        let checked = match checked {
             // A type another node registered (or a schema it changed) a moment ago, its
             // notice not here yet: refused only as the store has the organization now.
             Err(ServiceError::UnknownEventType { .. } | ServiceError::SchemaViolation(_))
@@ -113,14 +150,33 @@ pub(crate) async fn ingest_values<T>(
                 read_again = true;
                 snapshot = read_afresh(state, org).await?;
                 fan_out_again(&snapshot, org, &mut items, batch, origin, now)?;
-                check(&snapshot, org, &new.event_type, &new.data, origin, position)?
+                check(&snapshot, org, &new.event_type, &new.data, origin, position)
             }
-            checked => checked?,
+            checked => checked,
         };
+        let channel = match checked {
+            Ok(channel) => channel,
+            Err(
+                e @ (ServiceError::Invalid(_)
+                | ServiceError::UnknownEventType { .. }
+                | ServiceError::SchemaViolation(_)),
+            ) => {
+                refused.add(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if refused.total > 0 {
+            // Nothing is stored: the rest are only checked.
+            continue;
+        }
         occurred_given.push(new.occurred_at.is_some());
         let event = Arc::new(new.into_event(org.clone(), now));
         let deliveries = fan_out(&snapshot, &event, channel.as_deref(), now);
         items.push(IngestItem { event, deliveries });
+    }
+    if let Some(refusal) = refused.into_error() {
+        return Err(refusal);
     }
     let stored = match store(state, org, &mut items, snapshot.seen.as_ref(), now).await? {
         Some(stored) => stored,

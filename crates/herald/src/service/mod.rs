@@ -106,6 +106,14 @@ pub enum ServiceError {
     },
     #[error("the event data does not match its type's schema")]
     SchemaViolation(Invalid),
+    /// More than one event of a batch refused (each an `Invalid`, `UnknownEventType` or
+    /// `SchemaViolation`): the first [`MAX_LISTED_REFUSALS`] of them, and how many in all, so
+    /// that a producer mends them all in one go.
+    #[error("{total} events of the batch are refused")]
+    EventsRefused {
+        listed: Vec<ServiceError>,
+        total: usize,
+    },
     /// Nothing with that id is visible to the caller.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -130,6 +138,9 @@ pub enum ServiceError {
     #[error("internal error")]
     Internal(#[source] StoreError),
 }
+
+/// The most refused events of a batch an answer lists.
+pub const MAX_LISTED_REFUSALS: usize = 100;
 
 impl From<Invalid> for ServiceError {
     fn from(e: Invalid) -> Self {

@@ -1844,6 +1844,69 @@ fn the_version_names_the_commit_built_from() {
     }
 }
 
+/// A batch with several bad events is refused with every one of them listed (`errors`), so that
+/// a producer mends them all in one go; one bad event is answered as before; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_lists_every_event_at_fault() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("Acme").await;
+    let schema = json!({ "type": "object", "required": ["group"], "properties": { "group": { "type": "string" } } });
+    let (status, t) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "group.synced", "channel": "member", "schema": schema }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let batch = json!([
+        { "type": "user.created", "id": "fine", "data": { "user": { "id": "u1" } } },
+        { "type": "user.createdd", "data": {} },
+        { "type": "user.created" },
+        { "type": "group.synced", "data": { "group": 7 } },
+    ]);
+    let (status, err) = app.post(&format!("/v1/orgs/{org}/events"), batch).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    let listed: Vec<(&str, &str)> = err["error"]["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{err}"))
+        .iter()
+        .map(|e| {
+            (
+                e["code"].as_str().unwrap(),
+                e["field"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("unknown_event_type", "[1].type"),
+            ("invalid_field", "[2].data"),
+            ("schema_violation", "[3].data/group"),
+        ],
+        "{err}"
+    );
+    assert_eq!(err["error"]["code"], "unknown_event_type");
+    assert_eq!(err["error"]["field"], "[1].type");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(
+            "(and 2 more events of this batch are refused: `errors` lists each; nothing was stored)"
+        ),
+        "{err}"
+    );
+    let (status, _) = app.get(&format!("/v1/orgs/{org}/events/fine")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
+    // One event at fault: answered as before, without a list.
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!([{ "type": "user.createdd", "data": {} }]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(err["error"].get("errors").is_none(), "{err}");
+}
+
 /// `herald send` takes JSON Lines and arrays past one request's limits: it sends them in
 /// order in as many requests as the server takes (halving a request whose body is too large),
 /// shows how far it got, and when a request fails names the event at fault, what was stored,
