@@ -75,12 +75,12 @@ pub async fn ingest(
 
 /// The events of a request refused so far: the first few, and how many.
 #[derive(Default)]
-struct Refused {
+struct Refusals {
     listed: Vec<ServiceError>,
     total: usize,
 }
 
-impl Refused {
+impl Refusals {
     fn add(&mut self, e: ServiceError) {
         self.total += 1;
         if self.listed.len() < super::MAX_LISTED_REFUSALS {
@@ -130,7 +130,7 @@ pub(crate) async fn ingest_values<T>(
     let mut read_again = false;
     // Every event of a batch is checked, and every one refused is told (up to a limit): a
     // producer mends them all in one go rather than one per request.
-    let mut refused = Refused::default();
+    let mut refused = Refusals::default();
     for (i, raw) in raw_events.into_iter().enumerate() {
         let position = batch.then_some(i);
         let new = match parse(raw) {
