@@ -49,11 +49,6 @@ impl AddressPolicy {
             .collect()
     }
 
-    /// Allows these ranges (tests and local development use loopback).
-    pub fn allowing(allowed: Vec<IpNet>) -> Self {
-        Self { allowed }
-    }
-
     /// `Err` names the kind of address and how to allow it.
     pub fn check(&self, ip: IpAddr) -> Result<(), String> {
         match self.refused_kind(ip) {

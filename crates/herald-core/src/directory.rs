@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
 use crate::org::Organization;
-use crate::store::{ChangesSeen, Store, StoreResult};
+use crate::store::{ConfigMark, Store, StoreResult};
 use crate::subscription::{Mode, State, Subscription, Verification};
 use crate::webhook::Webhook;
 use crate::{OrgId, WebhookId};
@@ -33,8 +33,8 @@ pub struct OrgSnapshot {
     custom_types: HashMap<String, (CustomEventType, OnceLock<Option<jsonschema::Validator>>)>,
     /// Which configuration changes the store had when this was read, where processes share
     /// it: ingest stores events fanned out from this snapshot only if none came since
-    /// ([`Store::insert_events_seen`]).
-    pub seen: Option<ChangesSeen>,
+    /// ([`Store::insert_events_unless_changed`]).
+    pub config_mark: Option<ConfigMark>,
 }
 
 /// What ingest needs to know of an event type.
@@ -70,7 +70,7 @@ impl OrgSnapshot {
                 .map(|s| ((s.webhook_id.clone(), s.channel.clone()), s))
                 .collect(),
             custom_types,
-            seen: None,
+            config_mark: None,
         }
     }
 
@@ -559,13 +559,13 @@ impl Directory {
         let generation = self.generations.before_load(org);
         // Marked before the reads: a change committed between the mark and a read is then
         // taken as unseen, which costs one reload, never a missed change.
-        let seen = self.store.changes_seen().await?;
+        let seen = self.store.config_mark().await?;
         let organization = self.store.get_org(org).await?;
         let webhooks = self.store.org_webhooks(org).await?;
         let types = self.store.list_event_types(org).await?;
         let subscriptions = self.store.org_subscriptions(org).await?;
         let mut snapshot = OrgSnapshot::build(organization, webhooks, types, subscriptions);
-        snapshot.seen = seen;
+        snapshot.config_mark = seen;
         let snapshot = Arc::new(snapshot);
         let mut orgs = self.orgs.write().expect("directory lock");
         if self.generations.unchanged(org, generation) {

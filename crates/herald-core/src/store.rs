@@ -35,7 +35,7 @@ pub enum StoreError {
     #[error("{0}")]
     Refused(String),
     /// The organization's configuration changed after the read its events were fanned out
-    /// from ([`Store::insert_events_seen`]): nothing was stored. Fan them out again from a
+    /// from ([`Store::insert_events_unless_changed`]): nothing was stored. Fan them out again from a
     /// fresh read.
     #[error("the organization changed while its events were being stored")]
     DirectoryChanged,
@@ -142,9 +142,9 @@ pub struct IngestItem {
 
 /// Which changes to organizations' configuration (themselves, their event types, webhooks and
 /// WebSub subscriptions) a read starting now would see, as the store marks it: an opaque
-/// token ([`Store::changes_seen`]).
+/// token ([`Store::config_mark`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangesSeen(pub String);
+pub struct ConfigMark(pub String);
 
 /// Whether an ingested event was new or a repeat of an idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +347,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every webhook of the organization (not deleted), for the in-memory directory.
     async fn org_webhooks(&self, org: &OrgId) -> StoreResult<Vec<Webhook>>;
     async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> StoreResult<Webhook>;
-    /// Saves every field of the webhook.
+    /// Saves every field of the webhook as given, with no check for a change made since it was
+    /// read. Herald's own changes go through [`Store::save_webhook_change`] (a user's) and
+    /// [`Store::disable_webhook`]; this one sets up tests and tools.
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
     /// Saves a user's change to a webhook read when its `updated_at` was `read_at`: `Conflict`
     /// if it changed since (Herald disabled it, or another request saved it), so that the
@@ -411,29 +413,29 @@ pub trait Store: Send + Sync + 'static {
     /// Marks which configuration changes a read starting now sees, where processes share the
     /// store: another process's change reaches this one's cache a moment after its commit, so
     /// a fan-out computed from the cache must be checked against the store as the events are
-    /// stored ([`Store::insert_events_seen`]). `None` where one process owns the store
+    /// stored ([`Store::insert_events_unless_changed`]). `None` where one process owns the store
     /// (SQLite): its own changes leave its cache before they are answered.
-    async fn changes_seen(&self) -> StoreResult<Option<ChangesSeen>> {
+    async fn config_mark(&self) -> StoreResult<Option<ConfigMark>> {
         Ok(None)
     }
     /// Whether a change to the organization's configuration was committed after `seen`
-    /// ([`Store::changes_seen`]); never where one process owns the store.
-    async fn changed_since(&self, _org: &OrgId, _seen: &ChangesSeen) -> StoreResult<bool> {
+    /// ([`Store::config_mark`]); never where one process owns the store.
+    async fn changed_since(&self, _org: &OrgId, _seen: &ConfigMark) -> StoreResult<bool> {
         Ok(false)
     }
     /// [`Store::insert_events`], fanned out from a read of the organization that `seen` marks
     /// (taken before that read): if a change to the organization's configuration has been
     /// committed since, nothing is stored and the answer is [`StoreError::DirectoryChanged`].
     /// Without `seen`, as `insert_events`.
-    async fn insert_events_seen(
+    async fn insert_events_unless_changed(
         &self,
         org: &OrgId,
-        seen: Option<&ChangesSeen>,
+        seen: Option<&ConfigMark>,
         items: &[IngestItem],
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
-        // Only stores shared by several processes mark reads (`changes_seen`).
+        // Only stores shared by several processes mark reads (`config_mark`).
         debug_assert!(seen.is_none(), "this store marks no reads");
         self.insert_events(org, items, now, lease_until).await
     }

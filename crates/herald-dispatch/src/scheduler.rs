@@ -1,6 +1,10 @@
-//! The retry scheduler: sleeps until the earliest due delivery (or until woken), leases what is
-//! due from the store and hands it to the dispatcher. It is the only reader of pending work;
-//! fresh deliveries from ingest never pass through it.
+//! The scheduler: sleeps until the earliest due delivery (or until woken), leases what is due
+//! from the store and hands it to the dispatcher. It is the only reader of pending work in the
+//! store: retries, deliveries ingest gave a first delay, and those ingest left in the store
+//! because the dispatcher's memory was full ("spilled"), which it pulls as room frees and puts
+//! off again while there is none. Most fresh deliveries never pass through it: ingest hands
+//! them to the dispatcher in memory. It also renews the leases of deliveries queued in memory
+//! before they end (`Dispatcher::renew_queued_leases`).
 
 use std::time::Duration;
 

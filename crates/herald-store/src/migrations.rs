@@ -8,6 +8,13 @@
 //! indexes, but must not change the type or collation of a column those statements return:
 //! PostgreSQL then refuses every one of them (`cached plan must not change result type`) until
 //! the node restarts.
+//!
+//! Adding a column takes, besides the two migrations, each backend's statements that write the
+//! row and the reads that take it apart, which agree by position: for a webhook, the `INSERT`
+//! and `UPDATE` in `webhooks.rs`, and `WEBHOOK_COLUMNS` with the `row.get(n)` reads after it in
+//! `rows.rs`. `herald copy` reads PostgreSQL's columns from its catalog and needs nothing. A
+//! conformance story (`tests/stories.rs`) that saves the new field and reads it back runs on
+//! both backends and catches a list left behind.
 
 /// One migration: its number, name and SQL.
 #[derive(Debug, Clone, Copy)]

@@ -2,12 +2,11 @@
 //! [`AppState`], and runs the HTTP server with the scheduler beside it until shutdown.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use rand::RngCore;
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -21,6 +20,7 @@ use herald_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use crate::api::BodyBudget;
 use crate::config::{EncryptionSettings, Settings, StorageSettings};
+use crate::data_dir::{self, MIN_ADMIN_TOKEN_LEN};
 use crate::database_lock::DatabaseLock;
 use crate::metrics::Metrics;
 use crate::service::auth::Authenticator;
@@ -118,12 +118,12 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let database_lock = lock_database(&settings.storage).await?;
     // A kept admin token that cannot be read is said before a database is made beside it.
     if settings.security.admin_token.is_none() {
-        kept_admin_token(&data_dir.join("admin-token"))?;
+        data_dir::kept_admin_token(&data_dir.join("admin-token"))?;
     }
     if settings.storage.database_url.is_some() {
-        make_data_dir(&data_dir, "the admin token it generates")?;
+        data_dir::make_data_dir(&data_dir, "the admin token it generates")?;
     } else {
-        refuse_if_copied(&data_dir)?;
+        data_dir::refuse_if_copied(&data_dir)?;
     }
     let store = open_store(
         &settings.storage,
@@ -138,7 +138,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     }
     crate::service::clock_watch::tell_if_behind_the_stored(&*store, &*clock).await;
     // Once the database is there: a start that fails writes no token nobody was shown.
-    let (admin_token, admin_token_source) = admin_token(&settings, &data_dir)?;
+    let (admin_token, admin_token_source) = data_dir::admin_token(&settings, &data_dir)?;
     if let Some(token) = &settings.security.metrics_token
         && token.trim().len() < MIN_ADMIN_TOKEN_LEN
     {
@@ -270,82 +270,6 @@ fn warn_of_a_short_lease(settings: &Settings) {
     }
 }
 
-/// What the embedded database's data directory holds, as the warning about its permissions
-/// says it.
-pub(crate) const HOLDS_THE_DATABASE: &str = "webhook secrets and events";
-
-/// Creates the data directory, readable by this user only: it holds the database (webhook
-/// secrets, unless `--encryption-key` seals them, and every event) and the admin token, or on
-/// PostgreSQL the admin token alone (`holds` says what, for the warning). One that already
-/// exists is left as its owner set it, with a warning if users outside its owner and group may
-/// reach into it.
-#[cfg(unix)]
-pub(crate) fn make_data_dir(dir: &std::path::Path, holds: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if dir.exists() && !dir.is_dir() {
-        anyhow::bail!(
-            "{} is a file, not a directory; give a directory with --data-dir (or HERALD_DATA_DIR)",
-            dir.display()
-        );
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("could not create the data directory {}", dir.display()))?;
-    let mode = std::fs::metadata(dir)
-        .with_context(|| format!("could not read the data directory {}", dir.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o007 != 0 {
-        tracing::warn!(
-            data_dir = %dir.display(),
-            mode = format!("{:o}", mode & 0o777),
-            "other users of this machine can reach into the data directory, which holds {holds}; \
-             make it private with `chmod 700 {}`",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub(crate) fn make_data_dir(dir: &std::path::Path, _holds: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("could not create the data directory {}", dir.display()))
-}
-
-/// The file `herald copy` leaves in a data directory it copied to PostgreSQL: `serve` will not
-/// run on it again.
-pub const COPIED_MARKER: &str = "copied-to-postgresql";
-
-/// Refuses to serve an embedded database that was copied to PostgreSQL: what it had pending
-/// would be sent a second time, and events it took would not reach the nodes.
-fn refuse_if_copied(data_dir: &Path) -> anyhow::Result<()> {
-    let Some((copied, marker)) = copied_note(data_dir) else {
-        return Ok(());
-    };
-    bail!(
-        "this data directory was copied to PostgreSQL: {copied}. Start Herald on PostgreSQL \
-         (HERALD_DATABASE_URL) instead: this server would send what it had pending a second \
-         time. To run it anyway, remove {}",
-        marker.display()
-    )
-}
-
-/// What `herald copy` noted in the data directory (`Copied to … at …`, its first line without
-/// the full stop) and where, if it copied it.
-pub(crate) fn copied_note(data_dir: &Path) -> Option<(String, PathBuf)> {
-    let marker = data_dir.join(COPIED_MARKER);
-    let note = std::fs::read_to_string(&marker).ok()?;
-    let first = note
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('.');
-    Some((first.to_owned(), marker))
-}
-
 /// Locks the embedded database for this process (see [`DatabaseLock`]); nothing to lock for
 /// PostgreSQL, which nodes share. Take it before anything else touches the data directory.
 pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<DatabaseLock>> {
@@ -353,7 +277,7 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
         return Ok(None);
     }
     let data_dir = storage.data_dir.clone();
-    make_data_dir(&data_dir, HOLDS_THE_DATABASE)?;
+    data_dir::make_data_dir(&data_dir, data_dir::HOLDS_THE_DATABASE)?;
     let db_path = data_dir.join("herald.db");
     let lock = tokio::task::spawn_blocking(move || DatabaseLock::acquire(&db_path))
         .await?
@@ -454,7 +378,7 @@ pub async fn open_store_saying_if_new(
             // `lock_database`, called first, made the directory.
             let data_dir = storage.data_dir.clone();
             let db_path = data_dir.join("herald.db");
-            warn_if_database_went_missing(&data_dir);
+            data_dir::warn_if_database_went_missing(&data_dir);
             created = !db_path.exists();
             let store = tokio::task::spawn_blocking(move || {
                 SqliteStore::open_with_cipher(&db_path, cipher)
@@ -487,94 +411,8 @@ pub fn cipher_of(encryption: &EncryptionSettings) -> anyhow::Result<SecretCipher
     .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// A data directory that held a Herald before (its write-ahead log, or the admin token it
-/// generated) but has no database any more: a fresh, empty one is about to be created, which
-/// an operator who deleted or lost `herald.db` should hear of before anything is stored in it.
-fn warn_if_database_went_missing(data_dir: &Path) {
-    if data_dir.join("herald.db").exists() {
-        return;
-    }
-    let left = ["herald.db-wal", "herald.db-shm", "admin-token"]
-        .into_iter()
-        .filter(|f| data_dir.join(f).exists())
-        .collect::<Vec<_>>();
-    if !left.is_empty() {
-        tracing::warn!(
-            data_dir = %data_dir.display(),
-            found = ?left,
-            "this data directory held a Herald database, but herald.db is gone: starting an empty one. If that is not what you want, stop Herald and restore herald.db (removing herald.db-wal and herald.db-shm)"
-        );
-    }
-}
-
 const REENCRYPT_FAILED: &str = "could not open the stored webhook secrets; is every key they \
      were sealed with configured (HERALD_ENCRYPTION_KEY, HERALD_ENCRYPTION_OLD_KEYS)?";
-
-/// Below this length a configured admin token (or metrics token) is warned of.
-const MIN_ADMIN_TOKEN_LEN: usize = 16;
-
-fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {
-    if let Some(token) = &settings.security.admin_token {
-        if token.trim().is_empty() {
-            anyhow::bail!(
-                "the admin token (HERALD_ADMIN_TOKEN / --admin-token) is empty; set a long random string, or unset it to have one generated"
-            );
-        }
-        if token.len() < MIN_ADMIN_TOKEN_LEN {
-            // Refusing it would stop a server whose deployment chose it; saying so is enough.
-            tracing::warn!(
-                length = token.len(),
-                "the admin token is short and could be guessed; use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
-            );
-        }
-        return Ok((token.clone(), AdminTokenSource::Configured));
-    }
-    let path = data_dir.join("admin-token");
-    if let Some(stored) = kept_admin_token(&path)? {
-        if stored.len() < MIN_ADMIN_TOKEN_LEN {
-            tracing::warn!(
-                length = stored.len(),
-                path = %path.display(),
-                "the admin token kept in this file is short and could be guessed; use at least {MIN_ADMIN_TOKEN_LEN} random characters (`openssl rand -hex 32`)"
-            );
-        }
-        return Ok((stored, AdminTokenSource::Stored(path)));
-    }
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = format!("hadm_{}", hex::encode(bytes));
-    write_private(&path, &token)
-        .with_context(|| format!("could not save the admin token to {}", path.display()))?;
-    Ok((token, AdminTokenSource::Generated(path)))
-}
-
-/// The admin token kept in `path`, if one is (a missing or empty file keeps none). One there
-/// that cannot be read stops the start: a new token would replace one someone relies on.
-fn kept_admin_token(path: &Path) -> anyhow::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(stored) => Ok(Some(stored.trim().to_owned()).filter(|t| !t.is_empty())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => anyhow::bail!(
-            "could not read the admin token kept in {}: {e}. Make it a text file the user \
-             Herald runs as can read, or delete it to have a new token generated (clients using \
-             the old one will need the new one)",
-            path.display()
-        ),
-    }
-}
-
-/// Writes a file only its owner can read.
-pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
-}
 
 /// Serves the API on `listener` and runs the background tasks (the scheduler, WebSub renewals,
 /// retention, the clock's watch, and the cluster's signals on PostgreSQL) until `shutdown`
@@ -638,26 +476,4 @@ pub async fn run(
     drop(app.database_lock);
     tracing::info!("stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_token(token: &str, dir: &Path) -> anyhow::Result<(String, AdminTokenSource)> {
-        let mut settings = Settings::for_data_dir(dir.to_path_buf());
-        settings.security.admin_token = Some(token.into());
-        admin_token(&settings, dir)
-    }
-
-    #[test]
-    fn a_configured_admin_token_is_used_even_if_short_but_not_if_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let (token, source) = with_token("secret", dir.path()).unwrap();
-        assert_eq!(token, "secret");
-        assert!(matches!(source, AdminTokenSource::Configured));
-        let err = with_token("  ", dir.path()).unwrap_err().to_string();
-        assert!(err.contains("is empty"), "{err}");
-        assert!(!dir.path().join("admin-token").exists());
-    }
 }

@@ -533,6 +533,51 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// docs/operations.md's table of settings is where operators look them up (there is no
+    /// configuration file): every setting of `herald serve` has its row there, with its flag
+    /// and the default it really has.
+    #[test]
+    fn every_setting_is_in_the_operations_guide_with_its_default() {
+        use clap::Args;
+        let guide = include_str!("../../../docs/operations.md");
+        // `| variables | flags | defaults: what they do |`; related settings share a row, each
+        // cell listing them in the same order.
+        let rows: Vec<Vec<&str>> = guide
+            .lines()
+            .filter(|l| l.starts_with("| `HERALD_"))
+            .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+            .collect();
+        let command = Settings::augment_args(clap::Command::new("serve"));
+        let mut missing = Vec::new();
+        for arg in command.get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let env = format!("`{}`", env.to_string_lossy());
+            let Some(row) = rows.iter().find(|r| r[0].split(", ").any(|e| e == env)) else {
+                missing.push(format!("no row for {env}"));
+                continue;
+            };
+            let flag = format!("`--{long}");
+            if !row.get(1).is_some_and(|flags| flags.contains(&flag)) {
+                missing.push(format!("{env}'s row does not give its flag {flag}`"));
+            }
+            if let [default] = arg.get_default_values() {
+                let shown = format!("`{}`", default.to_string_lossy());
+                let defaults = row.get(2).copied().unwrap_or_default();
+                let shared = row[0].contains(", ");
+                if !(defaults.starts_with(&shown) || shared && defaults.contains(&shown)) {
+                    missing.push(format!("{env}'s row does not give its default {shown}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/operations.md:\n{}",
+            missing.join("\n")
+        );
+    }
+
     #[test]
     fn debug_printed_settings_show_no_secret() {
         let mut settings = Settings::for_data_dir("/tmp/x".into());

@@ -15,6 +15,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod data_dir;
 pub mod database_lock;
 pub mod http_server;
 pub mod metrics;

@@ -7,10 +7,11 @@
 //! every request in layers Herald does not use; on the delivery path they cost more CPU than
 //! the request itself.
 
+mod classify;
 mod pool;
+mod targets;
 
-use foldhash::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,8 +30,10 @@ use herald_core::delivery::{
 };
 use herald_core::profile::OutgoingRequest;
 
-use crate::guard::{Blocked, GuardedResolver, check_parsed_url};
+use crate::guard::{Blocked, GuardedResolver};
+use classify::{Stage, classify, error_chain};
 use pool::{Connection, Connector, Origin};
+use targets::{Target, Targets, close_stale_connections, resolve_target};
 
 /// Installs the TLS crypto provider (ring) for this process, once. Every TLS configuration
 /// made in the process needs it first.
@@ -60,7 +63,7 @@ impl std::fmt::Debug for HttpClient {
 pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
 /// How long connecting (TCP and TLS) may take at most, whatever the webhook's timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl HttpClient {
     /// A client that reaches only the addresses `policy` permits. Fails if the platform's
@@ -84,10 +87,7 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
-        let targets = Arc::new(Targets {
-            known: Mutex::default(),
-            idle: Arc::new(pool::IdleCount::capped(idle)),
-        });
+        let targets = Arc::new(Targets::keeping_idle(idle));
         // Outside a runtime (a client made for a one-off command) connections are still closed
         // when an origin is next used; a server's client sweeps all of them now and then.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -287,156 +287,6 @@ impl Informational {
     /// Whether more than `MAX_INFORMATIONAL` came.
     fn exceeded(&self) -> bool {
         self.seen.load(std::sync::atomic::Ordering::Relaxed) > MAX_INFORMATIONAL
-    }
-}
-
-/// A webhook URL, parsed and checked against the address policy once, with what each request
-/// to it needs.
-struct Target {
-    /// The URL as a URI, for the connector (scheme, host, port).
-    uri: http::Uri,
-    /// What the request line carries: the path and query.
-    path: http::Uri,
-    /// The `Host` header: the host, and the port unless it is the scheme's default.
-    host: HeaderValue,
-    /// Idle connections to the URL's origin, shared with every URL of that origin.
-    origin: Arc<Origin>,
-}
-
-/// Each webhook URL already parsed and checked against the address policy, with its origin's
-/// connections. Parsing a URL (twice: as a URL for the check, then as the request's URI) cost
-/// more instructions than rendering and building the rest of the request, for every attempt,
-/// while the answer depends only on the URL and the policy, which never changes for a client.
-/// Tenants choose the URLs; the maps' hash (foldhash) is seeded per process, so collisions
-/// cannot be planned, and they hold at most `MAX_TARGETS`, which bounds what they could cost.
-struct Targets {
-    known: Mutex<Known>,
-    /// Idle connections kept across the origins (`pool::MAX_IDLE_TOTAL` at most).
-    idle: Arc<pool::IdleCount>,
-}
-
-#[derive(Default)]
-struct Known {
-    /// By URL, for requests with lower-case header names, then for Title-Case ones.
-    targets: [HashMap<String, Result<Arc<Target>, AttemptError>>; 2],
-    /// By scheme and authority, and header case: every URL of one origin shares its
-    /// connections.
-    origins: HashMap<(String, bool), Arc<Origin>>,
-}
-
-/// URLs remembered at most; past it the memory is cleared (webhooks are few, URLs rarely
-/// change). Connections in use finish their requests; idle ones close.
-const MAX_TARGETS: usize = 4096;
-
-impl Targets {
-    /// Where to send for `url` a request whose header names are in Title-Case or not, or why
-    /// nothing may be sent to it.
-    fn target(
-        &self,
-        policy: &AddressPolicy,
-        url: &str,
-        title_case_headers: bool,
-    ) -> Result<Arc<Target>, AttemptError> {
-        let case = usize::from(title_case_headers);
-        if let Some(known) = self.known.lock().expect("targets lock").targets[case].get(url) {
-            return known.clone();
-        }
-        let resolved = resolve_target(policy, url);
-        let mut known = self.known.lock().expect("targets lock");
-        if known.targets[case].len() >= MAX_TARGETS {
-            known.targets = Default::default();
-            known.origins.clear();
-        }
-        let target = resolved.map(|(uri, path, host)| {
-            let origin_key = format!(
-                "{}://{}",
-                uri.scheme_str().unwrap_or(""),
-                host_and_port(&uri)
-            );
-            let origin = known
-                .origins
-                .entry((origin_key, title_case_headers))
-                .or_insert_with(|| {
-                    Arc::new(Origin::counted_in(self.idle.clone(), title_case_headers))
-                })
-                .clone();
-            Arc::new(Target {
-                uri,
-                path,
-                host,
-                origin,
-            })
-        });
-        known.targets[case].insert(url.to_owned(), target.clone());
-        target
-    }
-
-    /// Closes every origin's stale idle connections (see `Origin::close_stale`).
-    fn close_stale(&self, now: Instant) {
-        let origins: Vec<Arc<Origin>> = self
-            .known
-            .lock()
-            .expect("targets lock")
-            .origins
-            .values()
-            .cloned()
-            .collect();
-        for origin in origins {
-            origin.close_stale(now);
-        }
-    }
-}
-
-/// How often idle connections are swept: soon after they go stale (`pool::IDLE_TIMEOUT`), so
-/// that origins nothing more is sent to give their descriptors back.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Sweeps the client's idle connections every `SWEEP_EVERY` until the client is gone. Without
-/// it, an endpoint that receives nothing more would keep up to `MAX_IDLE` connections (and as
-/// many file descriptors) open for as long as its server tolerates idle ones.
-async fn close_stale_connections(targets: std::sync::Weak<Targets>) {
-    let mut ticks = tokio::time::interval(SWEEP_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(targets) = targets.upgrade() else {
-            return;
-        };
-        targets.close_stale(Instant::now());
-    }
-}
-
-/// Parses `url`, checks its host against `policy`, and turns it into the request's URI, its
-/// origin-form and its `Host` header: the URL sent is the URL checked.
-fn resolve_target(
-    policy: &AddressPolicy,
-    url: &str,
-) -> Result<(http::Uri, http::Uri, HeaderValue), AttemptError> {
-    let invalid = |e: &dyn std::fmt::Display| AttemptError::Request(e.to_string());
-    let parsed = url::Url::parse(url)
-        .map_err(|_| Blocked("the URL does not parse".into()))
-        .and_then(|parsed| check_parsed_url(policy, &parsed).map(|()| parsed))
-        .map_err(|blocked| AttemptError::Blocked(blocked.0))?;
-    let uri = http::Uri::try_from(parsed.as_str()).map_err(|e| invalid(&e))?;
-    let path = match uri.path_and_query() {
-        Some(path) => http::Uri::try_from(path.as_str()).map_err(|e| invalid(&e))?,
-        None => http::Uri::from_static("/"),
-    };
-    let host = HeaderValue::try_from(host_and_port(&uri)).map_err(|e| invalid(&e))?;
-    Ok((uri, path, host))
-}
-
-/// `host`, or `host:port` when the port is not the scheme's default (as `Host` carries it).
-fn host_and_port(uri: &http::Uri) -> String {
-    let host = uri.host().unwrap_or_default();
-    let default = match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    };
-    match uri.port_u16() {
-        Some(port) if Some(port) != default => format!("{host}:{port}"),
-        _ => host.to_owned(),
     }
 }
 
@@ -682,137 +532,10 @@ fn elapsed_ms(started: Instant) -> u32 {
     started.elapsed().as_millis().min(u32::MAX as u128) as u32
 }
 
-/// Where a transport error came from: opening the connection, or the exchange on it.
-#[derive(Clone, Copy)]
-enum Stage {
-    Connect,
-    Exchange,
-}
-
-/// Sorts a transport error by walking its cause chain.
-fn classify(e: &(dyn std::error::Error + 'static), stage: Stage) -> AttemptError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut tls = false;
-    while let Some(err) = source {
-        if let Some(blocked) = err.downcast_ref::<Blocked>() {
-            return AttemptError::Blocked(blocked.0.clone());
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            // The connector's own limit (CONNECT_TIMEOUT) ran out: the endpoint's host did not
-            // take the connection, which says more than "did not answer in time".
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return match stage {
-                    Stage::Connect => AttemptError::Connect(format!(
-                        "no connection within {} s (the host did not accept it)",
-                        CONNECT_TIMEOUT.as_secs()
-                    )),
-                    Stage::Exchange => AttemptError::Timeout,
-                };
-            }
-            // EMFILE, ENFILE: this process (or machine) is out of file descriptors.
-            if matches!(io.raw_os_error(), Some(23 | 24)) {
-                return AttemptError::Local(format!(
-                    "this node is out of file descriptors ({io}); raise its open-file limit \
-                     or lower HERALD_MAX_REQUESTS_IN_FLIGHT"
-                ));
-            }
-        }
-        tls |= is_tls(err);
-        source = err.source();
-    }
-    let chain = error_chain(e);
-    let lower = chain.to_ascii_lowercase();
-    if lower.contains("dns error") || lower.contains("failed to lookup address") {
-        AttemptError::Dns(chain)
-    } else if tls
-        || lower.contains("certificate")
-        || lower.contains("tls")
-        || lower.contains("handshake")
-    {
-        AttemptError::Tls(certificate_problem(e).unwrap_or(chain))
-    } else {
-        match stage {
-            Stage::Connect => AttemptError::Connect(chain),
-            Stage::Exchange => AttemptError::Request(chain),
-        }
-    }
-}
-
-/// Whether `err` is rustls's, perhaps inside io::Errors (which hide their inner error from
-/// `source()`).
-fn is_tls(mut err: &(dyn std::error::Error + 'static)) -> bool {
-    loop {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => err = inner,
-            None => return false,
-        }
-    }
-}
-
-/// What is wrong with the endpoint's certificate, in words its owner can act on, when the
-/// error's chain holds rustls's verdict on it (whose own words name the verifier's internals:
-/// `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`).
-fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    use rustls::CertificateError as Cert;
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(rustls::Error::InvalidCertificate(bad)) = err.downcast_ref::<rustls::Error>() {
-            let what = match bad {
-                Cert::UnknownIssuer => {
-                    "is not signed by an authority Herald trusts (self-signed, or from a private \
-                     CA): give the endpoint a certificate from a public CA"
-                }
-                Cert::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
-                    "is a CA's, not a server's (a self-signed certificate made as a CA?): give \
-                     the endpoint a certificate from a public CA"
-                }
-                Cert::Expired | Cert::ExpiredContext { .. } => "has expired: renew it",
-                Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
-                    "is not valid yet (or this machine's clock is behind)"
-                }
-                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
-                    "is not for the host in the webhook's URL: use the host it names, or a \
-                     certificate for this one"
-                }
-                Cert::Revoked => "was revoked",
-                _ => return None,
-            };
-            return Some(format!("the endpoint's certificate {what} ({bad})"));
-        }
-        // io::Errors hide their inner error from `source()`.
-        cur = match err.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    None
-}
-
-/// "outer: inner: innermost", without repeating the same text twice.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

@@ -48,7 +48,8 @@ const MIN_DEFER_MS: i64 = 1_000;
 /// Time allowed past a probe's timeout for its answer to be heard.
 const PROBE_MARGIN_MS: i64 = 1_000;
 /// How long a probe may take when its webhook is not known (the longest timeout a webhook has).
-pub(crate) const LONGEST_PROBE_MS: i64 = 60_000 + PROBE_MARGIN_MS;
+pub(crate) const LONGEST_PROBE_MS: i64 =
+    herald_core::webhook::MAX_TIMEOUT_MS as i64 + PROBE_MARGIN_MS;
 
 /// How long a probe may take, for a webhook with this timeout.
 pub(crate) fn probe_ms(timeout_ms: u32) -> i64 {

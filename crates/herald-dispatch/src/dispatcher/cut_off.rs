@@ -13,7 +13,7 @@ use herald_core::store::{AttemptRecord, DueDelivery};
 use herald_core::{AttemptId, DeliveryId, OrgId, Timestamp};
 
 /// One delivery of a request that was out when its task was stopped.
-pub(crate) struct Unanswered {
+pub(crate) struct CutOffDelivery {
     org_id: OrgId,
     delivery_id: DeliveryId,
     /// Attempts the delivery had before this one.
@@ -24,19 +24,19 @@ pub(crate) struct Unanswered {
 /// What the stopped tasks left unanswered, for `Dispatcher::drain` to record, and how many
 /// requests are out: once none is, after the tasks were aborted, every one cut off is here.
 #[derive(Default)]
-pub(crate) struct Unanswereds {
-    left: Mutex<Vec<Unanswered>>,
+pub(crate) struct CutOffDeliveries {
+    left: Mutex<Vec<CutOffDelivery>>,
     out: AtomicUsize,
 }
 
-impl Unanswereds {
+impl CutOffDeliveries {
     /// Whether a request is still out (a task aborted but not yet dropped holds one).
     pub(crate) fn any_out(&self) -> bool {
         self.out.load(Ordering::Acquire) > 0
     }
 
     /// What was left unanswered so far, taken.
-    pub(crate) fn take(&self) -> Vec<Unanswered> {
+    pub(crate) fn take(&self) -> Vec<CutOffDelivery> {
         std::mem::take(&mut *self.left.lock().expect("unanswered lock"))
     }
 }
@@ -44,7 +44,7 @@ impl Unanswereds {
 /// Armed while a request is out. Dropped armed (its task was aborted before the endpoint
 /// answered), it leaves the request's deliveries in `into`.
 pub(crate) struct Sending<'a> {
-    into: &'a Unanswereds,
+    into: &'a CutOffDeliveries,
     batch: &'a [DueDelivery],
     started_at: Timestamp,
     armed: bool,
@@ -52,7 +52,7 @@ pub(crate) struct Sending<'a> {
 
 impl<'a> Sending<'a> {
     pub(crate) fn new(
-        into: &'a Unanswereds,
+        into: &'a CutOffDeliveries,
         batch: &'a [DueDelivery],
         started_at: Timestamp,
     ) -> Self {
@@ -80,7 +80,7 @@ impl Drop for Sending<'_> {
             // No `expect` here: a drop while a panic unwinds must not panic again.
             && let Ok(mut left) = self.into.left.lock()
         {
-            left.extend(self.batch.iter().map(|d| Unanswered {
+            left.extend(self.batch.iter().map(|d| CutOffDelivery {
                 org_id: d.org_id.clone(),
                 delivery_id: d.delivery_id.clone(),
                 attempts_before: d.attempt_count,
@@ -95,7 +95,7 @@ impl Drop for Sending<'_> {
 /// The attempts to record for what was left unanswered, each under the lease this node held
 /// it by (`leases`; one not held any more is not this node's to record).
 pub(crate) fn records(
-    left: Vec<Unanswered>,
+    left: Vec<CutOffDelivery>,
     leases: &[(DeliveryId, Timestamp)],
     now: Timestamp,
 ) -> Vec<AttemptRecord> {
@@ -161,7 +161,7 @@ mod tests {
     /// leaves its deliveries, and is counted out only once they are in.
     #[test]
     fn only_a_request_dropped_while_out_is_left_to_record() {
-        let unanswered = Unanswereds::default();
+        let unanswered = CutOffDeliveries::default();
         let batch = [due(2)];
         let started = Timestamp::from_millis(5_000);
         let answered = Sending::new(&unanswered, &batch, started);

@@ -8,6 +8,8 @@
 //! - `mod.rs`: the handle ingest and the scheduler use, and what is held in memory.
 //! - `worker.rs`: one webhook's task (and Opal's batch window).
 //! - `attempt.rs`: one request for one delivery (or one batch), and recording its outcome.
+//! - `leases.rs`: keeping the leases of what this node holds, and attempts within them.
+//! - `cut_off.rs`: attempts a stop cut off, recorded as `interrupted` and given back.
 //! - `limit.rs`: how many requests a webhook may have in flight (adaptive).
 //! - `breaker.rs`: each webhook's circuit breaker (cool-downs, the probe, what waited for it).
 //! - `health.rs`: failing streaks, disabling a webhook that keeps failing, and which deliveries
@@ -21,6 +23,7 @@ mod breaker;
 mod cut_off;
 mod health;
 mod held;
+mod leases;
 mod limit;
 mod recorder;
 mod spill;
@@ -178,7 +181,7 @@ struct Shared {
     /// Deliveries the webhooks' tasks gave back to the store while stopping (see `drain`).
     given_back_on_stop: std::sync::atomic::AtomicU64,
     /// Requests that were out when the stop's grace ran out, to be recorded (see `drain`).
-    unanswered: cut_off::Unanswereds,
+    unanswered: cut_off::CutOffDeliveries,
     /// Each webhook's failing streak as this node last saved it, newer than the directory's.
     failing: Mutex<HashMap<WebhookId, health::Streak>>,
     /// Set on shutdown: attempts in flight finish, queued ones are given back to the store.
@@ -246,7 +249,7 @@ impl Dispatcher {
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
                 given_back_on_stop: std::sync::atomic::AtomicU64::new(0),
-                unanswered: cut_off::Unanswereds::default(),
+                unanswered: cut_off::CutOffDeliveries::default(),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 stop: watch::Sender::new(false),

@@ -48,8 +48,6 @@ struct Pending {
 /// they were sent under ends (less a margin), when that is later. Storing one after that would
 /// change nothing: its delivery may be another node's by then.
 const KEEP_TRYING: Duration = Duration::from_secs(30);
-/// Kept free before the end of a lease: clock differences between nodes.
-const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// A write of outcomes unanswered for this long means the database is stalled (frozen, or cut
 /// off without the connection noticing): attempts pause as if it had refused.
 const STALLED: Duration = Duration::from_secs(5);
@@ -190,7 +188,9 @@ impl Health {
             .min()
             .and_then(|ends| u64::try_from(ends.as_millis() - now.as_millis()).ok())
             .map(Duration::from_millis)
-            .map_or(Duration::ZERO, |left| left.saturating_sub(LEASE_MARGIN));
+            .map_or(Duration::ZERO, |left| {
+                left.saturating_sub(super::leases::LEASE_MARGIN)
+            });
         lease_left.min(self.lease).max(KEEP_TRYING)
     }
 

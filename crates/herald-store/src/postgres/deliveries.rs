@@ -28,7 +28,7 @@ use herald_core::delivery::{Attempt, Delivery, DeliveryState};
 use herald_core::event::{Event, EventSummary};
 use herald_core::retry::NextStep;
 use herald_core::store::{
-    AttemptRecord, ChangesSeen, DeliveryFilter, DueDelivery, EventFilter, IngestItem, IngestResult,
+    AttemptRecord, ConfigMark, DeliveryFilter, DueDelivery, EventFilter, IngestItem, IngestResult,
     NewDelivery, PendingStat, PurgeCount, PurgeFrom, StoreError,
 };
 use herald_core::{DeliveryId, OrgId, Page, PageRequest, Timestamp, WebhookId};
@@ -100,8 +100,8 @@ const INSERT_EVENTS: &str = concat!(
 pub(crate) struct IngestRequest<'a> {
     pub org: &'a OrgId,
     /// The read of the organization its items were fanned out from
-    /// ([`herald_core::store::Store::insert_events_seen`]).
-    pub seen: Option<&'a ChangesSeen>,
+    /// ([`herald_core::store::Store::insert_events_unless_changed`]).
+    pub seen: Option<&'a ConfigMark>,
     pub items: &'a [IngestItem],
     pub now: Timestamp,
     pub lease_until: Timestamp,
@@ -1550,7 +1550,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let seen = || async { store.changes_seen().await.unwrap().unwrap() };
+        let seen = || async { store.config_mark().await.unwrap().unwrap() };
         let before = seen().await;
         other_node
             .batch_execute("UPDATE organizations SET name = 'A2' WHERE id = 'org_a'")

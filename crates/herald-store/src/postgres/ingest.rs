@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use herald_core::store::{ChangesSeen, IngestItem, IngestResult, StoreError, StoreResult};
+use herald_core::store::{ConfigMark, IngestItem, IngestResult, StoreError, StoreResult};
 use herald_core::{DeliveryId, OrgId, Timestamp};
 
 use super::deliveries::{self, IngestRequest};
@@ -32,7 +32,7 @@ const MAX_GROUP_EVENTS: usize = 1_000;
 /// One request waiting to be stored.
 struct Job {
     org: OrgId,
-    seen: Option<ChangesSeen>,
+    seen: Option<ConfigMark>,
     items: Vec<IngestItem>,
     now: Timestamp,
     lease_until: Timestamp,
@@ -57,8 +57,8 @@ impl Job {
 pub(crate) struct IngestQueue {
     runner: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     /// Deliveries of requests whose storing was cut off, to give back once the database
-    /// answers (`Unanswered`).
-    unanswered: Arc<Unanswered>,
+    /// answers (`UnsureCommits`).
+    unsure: Arc<UnsureCommits>,
     /// When storing a request last failed for want of the database (a lock held, a stall),
     /// cleared when one is stored again: the readiness check reports it, since its own read
     /// may pass while the tables events go to are locked.
@@ -110,7 +110,7 @@ impl IngestQueue {
         &self,
         pool: &Pool,
         org: &OrgId,
-        seen: Option<&ChangesSeen>,
+        seen: Option<&ConfigMark>,
         items: &[IngestItem],
         now: Timestamp,
         lease_until: Timestamp,
@@ -216,7 +216,7 @@ impl IngestQueue {
             return tx.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool.clone(), rx, self.unanswered.clone()));
+        tokio::spawn(run(pool.clone(), rx, self.unsure.clone()));
         *runner = Some(tx.clone());
         tx
     }
@@ -224,7 +224,7 @@ impl IngestQueue {
 
 /// Takes everything queued as one group, while fewer than [`GROUPS_IN_FLIGHT`] are being
 /// stored; stops when the store (the queue's sender) is dropped.
-async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, unanswered: Arc<Unanswered>) {
+async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, unsure: Arc<UnsureCommits>) {
     let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     while let Some(first) = jobs.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -237,9 +237,9 @@ async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, unanswered: Arc
             events += job.items.len();
             group.push(job);
         }
-        let (pool, unanswered) = (pool.clone(), unanswered.clone());
+        let (pool, unsure) = (pool.clone(), unsure.clone());
         tokio::spawn(async move {
-            answer(&pool, group, &unanswered).await;
+            answer(&pool, group, &unsure).await;
             drop(slot);
         });
     }
@@ -251,26 +251,26 @@ async fn run(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, unanswered: Arc
 /// changed, and then nothing of it is stored); the two in one transaction would hold the first
 /// statement's rows while the second waited for another node's, which crossed repeats turned
 /// into deadlocks.
-async fn answer(pool: &Pool, mut group: Vec<Job>, unanswered: &Arc<Unanswered>) {
+async fn answer(pool: &Pool, mut group: Vec<Job>, unsure: &Arc<UnsureCommits>) {
     while !group.is_empty() {
         let requests: Vec<IngestRequest<'_>> = group.iter().map(Job::request).collect();
         let run = deliveries::without_repeats(&requests);
         drop(requests);
         let rest = group.split_off(run);
-        answer_run(pool, group, unanswered).await;
+        answer_run(pool, group, unsure).await;
         group = rest;
     }
 }
 
 /// Stores a run of jobs that repeat no id of one another in one statement, and answers each.
-async fn answer_run(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) {
+async fn answer_run(pool: &Pool, group: Vec<Job>, unsure: &Arc<UnsureCommits>) {
     let requests: Vec<IngestRequest<'_>> = group.iter().map(Job::request).collect();
     let outcome = store_group(pool, &requests).await;
     drop(requests);
     match outcome {
         Ok(results) => {
             for (job, results) in group.into_iter().zip(results) {
-                reply(pool, unanswered, job, results).await;
+                reply(pool, unsure, job, results).await;
             }
         }
         Err(StoreError::Unavailable(cause)) => {
@@ -284,12 +284,12 @@ async fn answer_run(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) 
             // nothing of what was not stored.
             for job in &group {
                 let held = held_at_ingest(&job.items, None, job.lease_until);
-                unanswered.add(pool, &job.org, held);
+                unsure.add(pool, &job.org, held);
             }
             for job in group {
                 reply(
                     pool,
-                    unanswered,
+                    unsure,
                     job,
                     Err(StoreError::Unavailable(why.clone().into())),
                 )
@@ -298,7 +298,7 @@ async fn answer_run(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) 
         }
         Err(e) if group.len() == 1 => {
             if let Some(job) = group.into_iter().next() {
-                reply(pool, unanswered, job, Err(e)).await;
+                reply(pool, unsure, job, Err(e)).await;
             }
         }
         Err(_) => {
@@ -306,7 +306,7 @@ async fn answer_run(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) 
                 let results = store_group(pool, &[job.request()]).await;
                 reply(
                     pool,
-                    unanswered,
+                    unsure,
                     job,
                     results.and_then(|mut r| r.pop().unwrap_or_else(|| Ok(Vec::new()))),
                 )
@@ -320,13 +320,13 @@ async fn answer_run(pool: &Pool, group: Vec<Job>, unanswered: &Arc<Unanswered>) 
 /// not, nobody knows yet. Only their ids and leases are kept, not the events; one task gives
 /// them back once the database answers, for every such request at once.
 #[derive(Default)]
-pub(crate) struct Unanswered {
+pub(crate) struct UnsureCommits {
     /// By organization: each delivery and the lease it would be under.
     held: Mutex<HashMap<OrgId, Vec<(DeliveryId, Timestamp)>>>,
     draining: std::sync::atomic::AtomicBool,
 }
 
-impl Unanswered {
+impl UnsureCommits {
     fn add(self: &Arc<Self>, pool: &Pool, org: &OrgId, held: Vec<(DeliveryId, Timestamp)>) {
         if held.is_empty() {
             return;
@@ -431,7 +431,7 @@ fn held_at_ingest(
 /// the database answers rather than when its lease ends.
 async fn reply(
     pool: &Pool,
-    unanswered: &Arc<Unanswered>,
+    unsure: &Arc<UnsureCommits>,
     job: Job,
     result: StoreResult<Vec<IngestResult>>,
 ) {
@@ -446,10 +446,10 @@ async fn reply(
     if let Err(Ok(results)) = reply.send(result) {
         let held = held_at_ingest(&items, Some(&results), lease_until);
         // On its own: the group's other callers are not kept waiting for it.
-        let (pool, unanswered) = (pool.clone(), unanswered.clone());
+        let (pool, unsure) = (pool.clone(), unsure.clone());
         tokio::spawn(async move {
             if let Err(held) = give_back(&pool, &org, held, now).await {
-                unanswered.add(&pool, &org, held);
+                unsure.add(&pool, &org, held);
             }
         });
     }

@@ -37,7 +37,7 @@ use herald_core::event::{Event, EventSummary};
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
-    AttemptRecord, ChangeTurn, ChangesSeen, DashboardSession, DeliveryFilter, DueDelivery,
+    AttemptRecord, ChangeTurn, ConfigMark, DashboardSession, DeliveryFilter, DueDelivery,
     EventFilter, IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits,
     Store, StoreError, StoreResult, StoreSignal,
 };
@@ -609,22 +609,22 @@ impl Store for PostgresStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> StoreResult<Vec<IngestResult>> {
-        self.insert_events_seen(org, None, items, now, lease_until)
+        self.insert_events_unless_changed(org, None, items, now, lease_until)
             .await
     }
 
-    async fn changes_seen(&self) -> StoreResult<Option<ChangesSeen>> {
-        on_client!(self, |c| orgs::changes_seen(&c)).map(Some)
+    async fn config_mark(&self) -> StoreResult<Option<ConfigMark>> {
+        on_client!(self, |c| orgs::config_mark(&c)).map(Some)
     }
 
-    async fn changed_since(&self, org: &OrgId, seen: &ChangesSeen) -> StoreResult<bool> {
+    async fn changed_since(&self, org: &OrgId, seen: &ConfigMark) -> StoreResult<bool> {
         on_client!(self, |c| orgs::changed_since(&c, org, seen))
     }
 
-    async fn insert_events_seen(
+    async fn insert_events_unless_changed(
         &self,
         org: &OrgId,
-        seen: Option<&ChangesSeen>,
+        seen: Option<&ConfigMark>,
         items: &[IngestItem],
         now: Timestamp,
         lease_until: Timestamp,

@@ -2,7 +2,7 @@
 
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
-use herald_core::store::{ChangeTurn, ChangesSeen, StoreError, StoreResult};
+use herald_core::store::{ChangeTurn, ConfigMark, StoreError, StoreResult};
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
 
 use super::rows::{self, to_json};
@@ -119,10 +119,10 @@ pub(crate) async fn get(c: &impl Conn, id: &OrgId) -> DbResult<Organization> {
 
 /// Which configuration changes a read starting now sees: the database's snapshot, as text
 /// (see `INSERT_EVENTS` in `deliveries.rs`, which checks it against `directory_changes`).
-pub(crate) async fn changes_seen(c: &impl Conn) -> DbResult<ChangesSeen> {
+pub(crate) async fn config_mark(c: &impl Conn) -> DbResult<ConfigMark> {
     let rows = c.rows("SELECT pg_current_snapshot()::TEXT", &[]).await?;
     match rows.first() {
-        Some(row) => Ok(ChangesSeen(row.try_get(0)?)),
+        Some(row) => Ok(ConfigMark(row.try_get(0)?)),
         None => Err(not_found()),
     }
 }
@@ -148,11 +148,7 @@ macro_rules! changed_after_mark {
 pub(crate) use changed_after_mark;
 
 /// Whether a change to the organization's configuration was committed after `seen`.
-pub(crate) async fn changed_since(
-    c: &impl Conn,
-    org: &OrgId,
-    seen: &ChangesSeen,
-) -> DbResult<bool> {
+pub(crate) async fn changed_since(c: &impl Conn, org: &OrgId, seen: &ConfigMark) -> DbResult<bool> {
     let rows = c
         .rows(
             concat!("SELECT ", changed_after_mark!("$1", "$2::TEXT")),
@@ -255,7 +251,7 @@ pub(crate) async fn sweep_deleted(c: &impl Conn) -> DbResult<u64> {
     )
     .await?;
     // Forgotten here too, as it runs every few minutes on every node: what ingest checks
-    // against (`changes_seen`).
+    // against (`config_mark`).
     c.exec(
         &format!("DELETE FROM directory_changes WHERE changed_at < {DATABASE_NOW_MS} - $1"),
         &[&REMEMBER_CHANGES_MS],

@@ -3,7 +3,7 @@
 //! Every request body is read into memory whole (up to `HERALD_MAX_BODY_BYTES`), and posted
 //! events live, with what is parsed from them, until their answer. Without a bound, a flood of
 //! large requests (a producer replaying a backlog over hundreds of connections) grows the
-//! process until the kernel kills it. So the API's body extractors (`extract.rs`) first take
+//! process until the kernel kills it. So the API's body extractors (`body.rs`) first take
 //! the body's size from a budget (`HERALD_MAX_BODY_BYTES_IN_FLIGHT`); posted events keep their
 //! share until the answer, other bodies until they are parsed. A request that finds the budget
 //! spent waits, its body still unread in the socket, and is answered `503 overloaded` with

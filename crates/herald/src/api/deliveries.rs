@@ -13,12 +13,15 @@ use herald_core::store::{DeliveryFilter, PurgeCount};
 use herald_core::{DeliveryId, Page, Timestamp};
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody, NoBody, PathParams, QueryParams, path_id};
+use super::body::{JsonBody, NoBody};
+use super::caller::Caller;
+use super::extract::{PathParams, QueryParams, path_id};
 use super::openapi::{OrgEventPath, OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::webhooks::webhook_id;
 use crate::app::AppState;
-use crate::service::deliveries::{DeliveryDetail, EventDeliveries, RetriedWaiting};
+use crate::service::deliveries::{DeliveryDetail, RetriedWaiting};
+use crate::service::events::EventDeliveries;
 use crate::service::{ServiceError, deliveries, retention};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -120,7 +123,9 @@ async fn get_event_deliveries(
     // An id no event can have (a space, over 255 characters) names nothing.
     let id = herald_core::event::parse_event_id(&path.id)
         .map_err(|_| ServiceError::NotFound("event"))?;
-    Ok(Json(deliveries::of_event(&state, &scope, &org, &id).await?))
+    Ok(Json(
+        crate::service::events::of_event(&state, &scope, &org, &id).await?,
+    ))
 }
 
 /// Sends a delivery now. A finished one (succeeded, failed, cancelled, skipped) is sent again

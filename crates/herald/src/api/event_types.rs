@@ -14,7 +14,9 @@ use herald_core::catalog::Catalog;
 use herald_core::event_type::CustomEventType;
 
 use super::ApiResult;
-use super::extract::{Caller, JsonBody, PathParams, WholeList};
+use super::body::JsonBody;
+use super::caller::Caller;
+use super::extract::{PathParams, WholeList};
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;

@@ -12,12 +12,15 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::ApiResult;
-use super::extract::{Caller, PathParams, QueryParams, RawJsonBody, parse_json};
+use super::body::RawJsonBody;
+use super::caller::Caller;
+use super::extract::{PathParams, QueryParams};
+use super::json_errors::parse_json;
 use super::openapi::OrgPath;
 use super::orgs::org_id;
 use crate::app::AppState;
+use crate::service::ServiceError;
 use crate::service::ingest::{self, IngestReport};
-use crate::service::{ServiceError, deliveries};
 use herald_core::Page;
 use herald_core::event::EventSummary;
 
@@ -90,7 +93,7 @@ async fn list_events(
     let filter = herald_core::store::EventFilter { event_type, since };
     let org = org_id(&path.org)?;
     Ok(Json(
-        deliveries::list_events(&state, &scope, &org, filter, page).await?,
+        crate::service::events::list_events(&state, &scope, &org, filter, page).await?,
     ))
 }
 

@@ -154,7 +154,7 @@ async fn get_metrics(
         static REFUSED: herald_core::throttle::Throttle =
             herald_core::throttle::Throttle::new(std::time::Duration::from_secs(10));
         if let Some(held_back) = REFUSED.admit() {
-            let token_sent = !super::extract::bearer_token(&headers).is_empty();
+            let token_sent = !super::caller::bearer_token(&headers).is_empty();
             tracing::warn!(
                 token_sent,
                 held_back,
@@ -226,7 +226,7 @@ async fn may_scrape(
 ) -> Result<bool, crate::service::auth::HeldBack> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let sent = super::extract::bearer_token(headers);
+    let sent = super::caller::bearer_token(headers);
     if sent.is_empty() {
         return Ok(false);
     }

@@ -4,6 +4,8 @@
 //! at `/openapi.json` (`openapi.rs`).
 
 mod admission;
+pub(crate) mod body;
+pub(crate) mod caller;
 mod deliveries;
 mod error;
 mod event_types;
@@ -11,6 +13,7 @@ mod events;
 pub(crate) mod extract;
 mod health;
 mod json;
+pub(crate) mod json_errors;
 mod openapi;
 mod orgs;
 mod webhooks;
@@ -219,7 +222,7 @@ fn operations_with_query(
 
 /// Refuses a query string sent to an operation that takes none (`POST …/test?dry_run=true`),
 /// rather than carrying the operation out as if what it asked for had been applied. Asked by
-/// [`extract::Caller`], which every operation under `/v1` takes: a request without a query
+/// [`caller::Caller`], which every operation under `/v1` takes: a request without a query
 /// string (ingest's) pays one check of its URI.
 pub(crate) fn no_query_unless_taken(parts: &axum::http::request::Parts) -> ApiResult<()> {
     use axum::http::Method;

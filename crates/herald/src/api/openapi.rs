@@ -192,11 +192,10 @@ impl Modify for Conventions {
                     );
                 }
                 // What the server refuses a producer's key, by the rule it applies
-                // (`extract::producer_may`; a template's `{org}` matches as an id would).
+                // (`caller::producer_may`; a template's `{org}` matches as an id would).
                 let method = axum::http::Method::from_bytes(method.to_uppercase().as_bytes())
                     .expect("an HTTP method");
-                if path.starts_with("/v1/orgs/{org}")
-                    && !super::extract::producer_may(&method, path)
+                if path.starts_with("/v1/orgs/{org}") && !super::caller::producer_may(&method, path)
                 {
                     add(
                         "403",

@@ -11,7 +11,9 @@ use utoipa_axum::routes;
 use herald_core::org::{ApiKey, KeyRole, Organization};
 use herald_core::{ApiKeyId, Invalid, OrgId, Page};
 
-use super::extract::{Caller, JsonBody, PathParams, QueryParams, WholeList, path_id};
+use super::body::JsonBody;
+use super::caller::Caller;
+use super::extract::{PathParams, QueryParams, WholeList, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::{ApiResult, PageQuery};
 use crate::app::AppState;

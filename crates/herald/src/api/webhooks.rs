@@ -16,9 +16,9 @@ use herald_core::subscription::Subscription;
 use herald_core::webhook::Webhook;
 use herald_core::{DeliveryId, Invalid, Page, Timestamp, WebhookId};
 
-use super::extract::{
-    Caller, JsonBody, NoBody, OptionalJsonBody, PathParams, QueryParams, WholeList, path_id,
-};
+use super::body::{JsonBody, NoBody, OptionalJsonBody};
+use super::caller::Caller;
+use super::extract::{PathParams, QueryParams, WholeList, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
 use super::orgs::org_id;
 use super::{ApiError, ApiResult, PageQuery};

@@ -49,7 +49,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             args.to.display()
         );
     }
-    crate::app::make_data_dir(&args.to, crate::app::HOLDS_THE_DATABASE)?;
+    crate::data_dir::make_data_dir(&args.to, crate::data_dir::HOLDS_THE_DATABASE)?;
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     // What is not yet moved into the file is in its write-ahead log beside it.
     let wal = size_of(&args.storage.data_dir.join("herald.db-wal"));
@@ -70,7 +70,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     }
     let copied = copy_copied_marker(&args.storage.data_dir, &args.to)?;
     if copied {
-        kept.push(crate::app::COPIED_MARKER.into());
+        kept.push(crate::data_dir::COPIED_MARKER.into());
     }
     out!(
         "Backed up to {} in {:.1} s: {}.",
@@ -84,7 +84,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         out!(
             "It was copied to PostgreSQL ({} says where): the nodes there serve it, and \
              `herald serve` refuses this copy as it refuses the original.",
-            crate::app::COPIED_MARKER
+            crate::data_dir::COPIED_MARKER
         );
     } else {
         out!(
@@ -137,20 +137,20 @@ fn copy_admin_token(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
     let Ok(token) = std::fs::read_to_string(data_dir.join("admin-token")) else {
         return Ok(false);
     };
-    crate::app::write_private(&to.join("admin-token"), token.trim_end())
+    crate::data_dir::write_private(&to.join("admin-token"), token.trim_end())
         .with_context(|| format!("could not write the admin token into {}", to.display()))?;
     Ok(true)
 }
 
-/// Copies the note `herald copy` left (see [`crate::app::COPIED_MARKER`]), if there is one: a
+/// Copies the note `herald copy` left (see [`crate::data_dir::COPIED_MARKER`]), if there is one: a
 /// server started on the backup would otherwise send what it had pending a second time.
 /// Answers whether there was.
 fn copy_copied_marker(data_dir: &Path, to: &Path) -> anyhow::Result<bool> {
-    let from = data_dir.join(crate::app::COPIED_MARKER);
+    let from = data_dir.join(crate::data_dir::COPIED_MARKER);
     if !from.is_file() {
         return Ok(false);
     }
-    let copy = to.join(crate::app::COPIED_MARKER);
+    let copy = to.join(crate::data_dir::COPIED_MARKER);
     std::fs::copy(&from, &copy)
         .with_context(|| format!("could not copy {} into {}", from.display(), to.display()))?;
     restrict(&copy)?;

@@ -182,7 +182,7 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         "The server on {} will not start again (it would send what it had pending a second \
          time, and events it took would not reach PostgreSQL); {} says so.",
         args.data_dir.display(),
-        app::COPIED_MARKER
+        crate::data_dir::COPIED_MARKER
     );
     if args.data_dir.join("admin-token").is_file() {
         out!(
@@ -225,7 +225,7 @@ fn check_target(url: &str) -> anyhow::Result<()> {
 /// Refuses a data directory copied before: two databases would then hold what it had pending,
 /// sent twice if nodes run on both, and the note of where the first copy went would be lost.
 fn refuse_if_copied_before(data_dir: &Path) -> anyhow::Result<()> {
-    let Some((before, marker)) = app::copied_note(data_dir) else {
+    let Some((before, marker)) = crate::data_dir::copied_note(data_dir) else {
         return Ok(());
     };
     bail!(
@@ -239,7 +239,7 @@ fn refuse_if_copied_before(data_dir: &Path) -> anyhow::Result<()> {
 
 /// Leaves a note in the data directory that keeps `herald serve` from running on it again.
 fn mark_copied(data_dir: &Path, shown: &str) -> anyhow::Result<()> {
-    let path = data_dir.join(app::COPIED_MARKER);
+    let path = data_dir.join(crate::data_dir::COPIED_MARKER);
     let at = herald_core::Clock::now(&herald_core::SystemClock).to_rfc3339();
     // Private, as the rest of the directory is: it names the database copied to.
     let mut options = std::fs::OpenOptions::new();

@@ -216,7 +216,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let scope = match presented.resolve().await {
         Ok(Some((scope, KeyRole::Manager))) if !token.is_empty() => scope,
         Ok(Some((Scope::Org(org), KeyRole::Producer))) => {
-            let key_prefix = crate::api::extract::key_prefix(&token);
+            let key_prefix = crate::api::caller::key_prefix(&token);
             tracing::warn!(org = %org, key_prefix, client, forwarded_for, "dashboard sign-in refused: a producer's API key");
             return refused(
                 StatusCode::FORBIDDEN,
@@ -257,7 +257,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
             );
         }
         Scope::Org(org) => {
-            let key_prefix = crate::api::extract::key_prefix(&token);
+            let key_prefix = crate::api::caller::key_prefix(&token);
             tracing::info!(org = %org, key_prefix, client, forwarded_for, "signed in to the dashboard with an API key");
         }
     }

@@ -479,7 +479,7 @@ async fn show_event(
         // What no event id can be (a space, over 255 characters) is not looked up.
         status = StatusCode::NOT_FOUND;
     } else {
-        match deliveries::of_event(&state, &signed.scope, &org.id, &asked).await {
+        match crate::service::events::of_event(&state, &signed.scope, &org.id, &asked).await {
             Ok(found) => {
                 let snapshot = crate::service::org_snapshot(&state, &signed.scope, &org.id).await?;
                 page.rows = found
@@ -542,7 +542,7 @@ async fn recent_events(
         event_type,
         since: None,
     };
-    let list = deliveries::list_events(state, &signed.scope, org, filter, page).await?;
+    let list = crate::service::events::list_events(state, &signed.scope, org, filter, page).await?;
     let event_types = stored_types(state, signed, org).await?;
     Ok(RecentEvents {
         rows: list

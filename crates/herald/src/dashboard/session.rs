@@ -434,7 +434,7 @@ impl FromRequestParts<AppState> for Signed {
 /// Reads a posted form within the time an API body of its size has, as a page's answer when it
 /// cannot: too large, cut off, or too slow.
 pub async fn read_form(req: Request, state: &AppState) -> Result<Bytes, Box<Response>> {
-    match crate::api::extract::read_within_deadline(req, state).await {
+    match crate::api::body::read_within_deadline(req, state).await {
         // Browsers send a UTF-8 page's forms as UTF-8; anything else would be stored with its
         // bytes replaced (the API refuses it too).
         Ok(Ok(bytes)) if !super::forms::is_utf8(&bytes) => Err(Box::new(

@@ -13,7 +13,7 @@ use herald_core::directory::OrgSnapshot;
 use herald_core::event::{Event, NewEvent};
 use herald_core::event_type::{self, check_against_schema};
 use herald_core::store::{
-    ChangesSeen, DueDelivery, IngestItem, IngestResult, NewDelivery, Placement, StoreError,
+    ConfigMark, DueDelivery, IngestItem, IngestResult, NewDelivery, Placement, StoreError,
 };
 use herald_core::{DeliveryId, Invalid, OrgId, Timestamp};
 
@@ -22,7 +22,7 @@ use super::{Scope, ServiceError, ServiceResult};
 use crate::app::AppState;
 
 /// The most events one request may carry.
-pub const MAX_BATCH: usize = 1000;
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
 /// What happened to one posted event.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -60,10 +60,10 @@ pub async fn ingest(
     if raw_events.is_empty() {
         return Err(Invalid::new("", "the batch is empty; send at least one event").into());
     }
-    if raw_events.len() > MAX_BATCH {
+    if raw_events.len() > MAX_EVENTS_PER_REQUEST {
         return Err(Invalid::new(
             "",
-            format!("a batch holds at most {MAX_BATCH} events; split it"),
+            format!("a batch holds at most {MAX_EVENTS_PER_REQUEST} events; split it"),
         )
         .into());
     }
@@ -178,7 +178,7 @@ pub(crate) async fn ingest_values<T>(
     if let Some(refusal) = refused.into_error() {
         return Err(refusal);
     }
-    let stored = match store(state, org, &mut items, snapshot.seen.as_ref(), now).await? {
+    let stored = match store(state, org, &mut items, snapshot.config_mark.as_ref(), now).await? {
         Some(stored) => stored,
         None => {
             // Another node changed the organization after this node's copy was read, and its
@@ -229,7 +229,7 @@ async fn changed_since(
     org: &OrgId,
     snapshot: &OrgSnapshot,
 ) -> ServiceResult<bool> {
-    match &snapshot.seen {
+    match &snapshot.config_mark {
         Some(seen) => state
             .store
             .changed_since(org, seen)
@@ -283,13 +283,13 @@ struct Stored {
 
 /// Places the fanned-out events' deliveries (held in memory, or spilled to the store if the
 /// webhook has more than its share there) and stores them, if the organization has not changed
-/// since `seen` ([`herald_core::store::Store::insert_events_seen`]): `None` if it has, with
+/// since `seen` ([`herald_core::store::Store::insert_events_unless_changed`]): `None` if it has, with
 /// nothing stored.
 async fn store(
     state: &AppState,
     org: &OrgId,
     items: &mut [IngestItem],
-    seen: Option<&ChangesSeen>,
+    seen: Option<&ConfigMark>,
     now: Timestamp,
 ) -> ServiceResult<Option<Stored>> {
     check_fan_out(state, org, items).await?;
@@ -298,7 +298,7 @@ async fn store(
     let handing_off = GiveBackIfDropped::items(state, org, items, now, lease_until);
     let stored = state
         .store
-        .insert_events_seen(org, seen, items, now, lease_until)
+        .insert_events_unless_changed(org, seen, items, now, lease_until)
         .await;
     handing_off.disarm();
     match stored {

@@ -1,6 +1,11 @@
 //! Use cases shared by the API, the CLI and the dashboard: each function takes the
 //! caller's scope and plain inputs, checks them into domain values, and calls the store, the
 //! directory and the dispatcher. Nothing here knows HTTP.
+//!
+//! Beside them, the node's background work that the use cases rely on: `retention` (the
+//! purge), `clock_watch` (the wall clock every stored time is read by), `cluster` (what other nodes
+//! changed), and `token_failures` (holding back token guesses), with `cancel_safe` for writes
+//! that must finish though their caller is gone.
 
 pub mod auth;
 mod cancel_safe;
@@ -8,6 +13,7 @@ pub mod clock_watch;
 pub mod cluster;
 pub mod deliveries;
 pub mod event_types;
+pub mod events;
 pub mod health;
 pub mod ingest;
 pub mod operations;

@@ -472,6 +472,72 @@ async fn update_checked(
         return Err(ServiceError::Changed { now: w.updated_at });
     }
     let as_read = w.clone();
+    let applied = apply_input(&mut w, input, &snapshot)?;
+    let Applied {
+        old_verification,
+        subscription_changed,
+        was_active,
+        ..
+    } = applied;
+    // Nothing changes (every field sent as it is, as a form or a reconciling client sends
+    // them): nothing is stored, so its version (`ETag`, `updated_at`) stays and another
+    // client's `If-Match` still holds.
+    if w == as_read {
+        return Ok((w, None));
+    }
+    check_profile_rules(state, &snapshot, &w)?;
+    // Only when what it checks changes: a webhook stored so before must not stop other changes.
+    if subscription_changed || w.verification != old_verification {
+        check_websub_channels(&snapshot, &w)?;
+    }
+    if w.url != as_read.url || w.verification != old_verification {
+        check_websub_url(&w)?;
+    }
+    let plan = plan_websub(&snapshot, &w, &applied, state.clock.now());
+    // To the end once started: a change stored without the verification it calls for would
+    // leave its deliveries waiting for one nobody sent.
+    let saved = to_the_end(state, move |state| async move {
+        save_change(&state, w, plan, fields, was_active).await
+    })
+    .await;
+    match saved {
+        // Changed between this read and the write: for a caller that named its version, that
+        // is the same answer as a change before the read.
+        Err(ServiceError::Conflict(m))
+            if unchanged_since.is_some() && m == herald_core::store::WEBHOOK_CHANGED_MEANWHILE =>
+        {
+            let now = state
+                .store
+                .get_webhook(org, id)
+                .await
+                .map_err(ServiceError::from_store("webhook"))?;
+            Err(ServiceError::Changed {
+                now: now.updated_at,
+            })
+        }
+        other => other,
+    }
+}
+
+/// What a change found before it was applied, for the checks and WebSub steps that follow.
+struct Applied {
+    old_verification: Verification,
+    was_active: bool,
+    /// The subscription changed in value, not merely sent: the dashboard's form sends it with
+    /// every change.
+    subscription_changed: bool,
+}
+
+/// Applies the fields `input` gives to `w`, each parsed and checked on its own; answers what
+/// `w` was before, where later steps need it.
+fn apply_input(
+    w: &mut Webhook,
+    input: WebhookInput,
+    snapshot: &OrgSnapshot,
+) -> ServiceResult<Applied> {
+    let old_profile = w.profile;
+    let was_active = w.active;
+    let old_verification = w.verification;
     if let Some(name) = input.name {
         // A name kept as it was passes, whatever its form (one given before such names were
         // refused): a form sends every field back.
@@ -483,7 +549,6 @@ async fn update_checked(
     if let Some(url) = input.url {
         w.url = WebhookUrl::parse(&url)?;
     }
-    let old_profile = w.profile;
     if let Some(profile) = input.profile {
         w.profile = ProfileName::parse(&profile)?;
     }
@@ -502,8 +567,6 @@ async fn update_checked(
         // Moved to another profile, the old one's settings go rather than block the move.
         w.options = w.options.kept_for(w.profile);
     }
-    // Changed in value, not merely sent: the dashboard's form sends the subscription with
-    // every change.
     let mut subscription_changed = false;
     if input.events.is_some() || input.channels.is_some() {
         let emptied = if input.channels.is_some() {
@@ -524,7 +587,7 @@ async fn update_checked(
             .into());
         }
         let (events, channels) = parse_subscription(Some(events), Some(channels))?;
-        check_subscription(&snapshot, &events, &channels)?;
+        check_subscription(snapshot, &events, &channels)?;
         subscription_changed = (&events, &channels) != (&w.events, &w.channels);
         w.events = events;
         w.channels = channels;
@@ -542,9 +605,8 @@ async fn update_checked(
             w.previous_secret_expires_at = None;
         }
     }
-    let was_active = w.active;
     if let Some(active) = input.active {
-        switch(&mut w, active);
+        switch(w, active);
     }
     if let Some(headers) = input.headers {
         w.headers = parse_headers(headers)?;
@@ -558,7 +620,6 @@ async fn update_checked(
     if let Some(limit) = input.rate_limit_per_second {
         w.rate_limit_per_second = limit.map(parse_rate_limit).transpose()?;
     }
-    let old_verification = w.verification;
     if let Some(v) = input.verification {
         w.verification = Verification::parse(&v)?;
     } else if w.profile != old_profile && w.verification == old_profile.default_verification() {
@@ -566,20 +627,43 @@ async fn update_checked(
         // unless the webhook's verification was chosen rather than its profile's default.
         w.verification = w.profile.default_verification();
     }
-    // Nothing changes (every field sent as it is, as a form or a reconciling client sends
-    // them): nothing is stored, so its version (`ETag`, `updated_at`) stays and another
-    // client's `If-Match` still holds.
-    if w == as_read {
-        return Ok((w, None));
-    }
-    check_profile_rules(state, &snapshot, &w)?;
-    // Only when what it checks changes: a webhook stored so before must not stop other changes.
-    if subscription_changed || w.verification != old_verification {
-        check_websub_channels(&snapshot, &w)?;
-    }
-    if w.url != as_read.url || w.verification != old_verification {
-        check_websub_url(&w)?;
-    }
+    Ok(Applied {
+        old_verification,
+        was_active,
+        subscription_changed,
+    })
+}
+
+/// What a change to a webhook asks of WebSub subscribers, worked out before it is stored.
+struct WebSubPlan {
+    /// Turned on, or a new URL or new channels: every channel verified again before events.
+    reverify: bool,
+    /// Turned off after it had subscribed: the subscriber is told.
+    unsubscribe: bool,
+    /// It stops verifying its intent while active: unsubscribed where it had subscribed.
+    leaves_websub: Option<Webhook>,
+    /// Only its channels changed: the new ones asked for…
+    added: Vec<String>,
+    /// …and the dropped ones unsubscribed.
+    dropped: Vec<(Webhook, Subscription)>,
+    /// A new URL or new topics: the old endpoint unsubscribed from what it had.
+    left_behind: Vec<(Webhook, Subscription)>,
+    /// Its subscriptions as they were, for `save_unverified`.
+    previous: Vec<Subscription>,
+}
+
+/// Works out what the change from the webhook in `snapshot` to `w` asks of its subscribers.
+fn plan_websub(
+    snapshot: &OrgSnapshot,
+    w: &Webhook,
+    applied: &Applied,
+    now: herald_core::Timestamp,
+) -> WebSubPlan {
+    let Applied {
+        old_verification,
+        was_active,
+        ..
+    } = *applied;
     let websub = w.verification == Verification::Websub;
     // An active webhook that stops verifying its intent unsubscribes where it had subscribed
     // (its old URL and channels), as deactivating it would.
@@ -597,8 +681,7 @@ async fn update_checked(
     // stop their events while it ran, and for good where the endpoint refused just then).
     let (added, dropped) = match &old {
         Some(old) if websub && w.active && was_active && !moved => {
-            let (before, after) = (snapshot.channels_of(old), snapshot.channels_of(&w));
-            let now = state.clock.now();
+            let (before, after) = (snapshot.channels_of(old), snapshot.channels_of(w));
             let dropped: Vec<(Webhook, Subscription)> = snapshot
                 .subscriptions_of(&w.id)
                 .into_iter()
@@ -617,7 +700,6 @@ async fn update_checked(
     // than wait for its leases to run out.
     let left_behind: Vec<(Webhook, Subscription)> = match &old {
         Some(old) if websub && old_verification == Verification::Websub && was_active && moved => {
-            let now = state.clock.now();
             // Only the channels it had: one dropped before was unsubscribed then, though its
             // row keeps the lease it had.
             let had = snapshot.channels_of(old);
@@ -635,92 +717,99 @@ async fn update_checked(
         .into_iter()
         .cloned()
         .collect();
-    // To the end once started: a change stored without the verification it calls for would
-    // leave its deliveries waiting for one nobody sent.
-    let saved = to_the_end(state, move |state| async move {
-        let w = if reverify {
-            // Turned on, or a new URL or new channels: verified again before they get events.
-            save_unverified(&state, w, previous).await?
-        } else {
-            save(&state, w).await?
-        };
-        // Switching alone is said by `switched`, in its own words.
-        if fields.iter().any(|f| *f != "active") {
-            tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
-        }
-        if w.active != was_active {
-            switched(&state, &w).await;
-        }
-        // What the endpoint was asked, and answered, while the change waited: the answer
-        // carries it, as enabling's does.
-        let mut asked = Vec::new();
-        if reverify || unsubscribe {
-            // Turned off: the subscriber hears of it, as with `deactivate`.
-            asked.extend(tell_subscriber(&state, &w).await?);
-        }
-        if !added.is_empty() {
-            let snapshot = state
-                .directory
-                .snapshot(&w.org_id)
-                .await
-                .map_err(ServiceError::from_store("organization"))?;
-            asked.extend(
-                super::subscriptions::verify_channels(
-                    &state,
-                    &snapshot,
-                    &w,
-                    Mode::Subscribe,
-                    added,
-                    super::subscriptions::Request::New,
-                )
-                .await?,
-            );
-        }
-        if !dropped.is_empty() {
-            // Stored as unsubscribed before the endpoint is told: the lease it gave no longer
-            // counts, and the channel, if added back, is asked for afresh before events flow.
-            let gone: Vec<Subscription> = dropped
-                .iter()
-                .map(|(_, sub)| {
-                    let mut sub = sub.clone();
-                    sub.start_over(
-                        Mode::Unsubscribe,
-                        "dropped from the webhook: unsubscribe sent",
-                    );
-                    sub
-                })
-                .collect();
-            let org = w.org_id.clone();
-            write_then_forget(&state, &w.org_id, "webhook", |store| async move {
-                store.save_subscriptions(&org, &gone).await
-            })
-            .await?;
-        }
-        super::subscriptions::unsubscribe_soon(&state, &w.org_id, dropped);
-        super::subscriptions::unsubscribe_soon(&state, &w.org_id, left_behind);
-        if let Some(old) = leaves_websub {
-            asked.extend(send_verification(&state, &old, Mode::Unsubscribe).await?);
-        }
-        Ok((w, (!asked.is_empty()).then_some(asked)))
-    })
-    .await;
-    match saved {
-        // Changed between this read and the write: for a caller that named its version, that
-        // is the same answer as a change before the read.
-        Err(ServiceError::Conflict(m))
-            if unchanged_since.is_some() && m == herald_core::store::WEBHOOK_CHANGED_MEANWHILE =>
-        {
-            let now = state
-                .store
-                .get_webhook(org, id)
-                .await
-                .map_err(ServiceError::from_store("webhook"))?;
-            Err(ServiceError::Changed {
-                now: now.updated_at,
-            })
-        }
-        other => other,
+    WebSubPlan {
+        reverify,
+        unsubscribe,
+        leaves_websub,
+        added,
+        dropped,
+        left_behind,
+        previous,
     }
+}
+
+/// Stores the change and carries out its plan: the verifications it calls for, the
+/// unsubscriptions it leaves. Answers the webhook as stored and what its endpoint was asked.
+async fn save_change(
+    state: &AppState,
+    w: Webhook,
+    plan: WebSubPlan,
+    fields: Vec<&'static str>,
+    was_active: bool,
+) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
+    let WebSubPlan {
+        reverify,
+        unsubscribe,
+        leaves_websub,
+        added,
+        dropped,
+        left_behind,
+        previous,
+    } = plan;
+    let w = if reverify {
+        // Turned on, or a new URL or new channels: verified again before they get events.
+        save_unverified(state, w, previous).await?
+    } else {
+        save(state, w).await?
+    };
+    // Switching alone is said by `switched`, in its own words.
+    if fields.iter().any(|f| *f != "active") {
+        tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
+    }
+    if w.active != was_active {
+        switched(state, &w).await;
+    }
+    // What the endpoint was asked, and answered, while the change waited: the answer
+    // carries it, as enabling's does.
+    let mut asked = Vec::new();
+    if reverify || unsubscribe {
+        // Turned off: the subscriber hears of it, as with `deactivate`.
+        asked.extend(tell_subscriber(state, &w).await?);
+    }
+    if !added.is_empty() {
+        let snapshot = state
+            .directory
+            .snapshot(&w.org_id)
+            .await
+            .map_err(ServiceError::from_store("organization"))?;
+        asked.extend(
+            super::subscriptions::verify_channels(
+                state,
+                &snapshot,
+                &w,
+                Mode::Subscribe,
+                added,
+                super::subscriptions::Request::New,
+            )
+            .await?,
+        );
+    }
+    if !dropped.is_empty() {
+        // Stored as unsubscribed before the endpoint is told: the lease it gave no longer
+        // counts, and the channel, if added back, is asked for afresh before events flow.
+        let gone: Vec<Subscription> = dropped
+            .iter()
+            .map(|(_, sub)| {
+                let mut sub = sub.clone();
+                sub.start_over(
+                    Mode::Unsubscribe,
+                    "dropped from the webhook: unsubscribe sent",
+                );
+                sub
+            })
+            .collect();
+        let org = w.org_id.clone();
+        write_then_forget(state, &w.org_id, "webhook", |store| async move {
+            store.save_subscriptions(&org, &gone).await
+        })
+        .await?;
+    }
+    super::subscriptions::unsubscribe_soon(state, &w.org_id, dropped);
+    super::subscriptions::unsubscribe_soon(state, &w.org_id, left_behind);
+    if let Some(old) = leaves_websub {
+        asked.extend(send_verification(state, &old, Mode::Unsubscribe).await?);
+    }
+    Ok((w, (!asked.is_empty()).then_some(asked)))
 }
 
 /// Saves a change after which the webhook's channels must be verified again (a new URL, say).

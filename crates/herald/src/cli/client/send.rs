@@ -16,7 +16,7 @@ use super::events::read_input;
 use super::output::*;
 
 /// The most events one request carries: the API refuses a larger batch.
-const EVENTS_PER_REQUEST: usize = crate::service::ingest::MAX_BATCH;
+const EVENTS_PER_REQUEST: usize = crate::service::ingest::MAX_EVENTS_PER_REQUEST;
 
 /// The most bytes of events one request carries: the server's default limit on a body
 /// (`HERALD_MAX_BODY_BYTES`, 1 MiB), less room for the array around them. A server set lower

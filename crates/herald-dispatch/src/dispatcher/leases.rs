@@ -1,0 +1,136 @@
+//! Leases: how long this node may hold a delivery before another node takes it over. What
+//! waits in memory has its lease renewed before it ends, an attempt gets a new one when what
+//! is left would cut its timeout short, and no attempt runs past the end of its lease.
+
+use std::time::Duration;
+
+use herald_core::Timestamp;
+use herald_core::store::{DueDelivery, StoreError};
+use herald_core::webhook::Webhook;
+
+use super::Dispatcher;
+
+/// Time kept free between the end of an attempt (or of trying to store its outcome) and the
+/// end of its lease: clock differences between nodes, writing the outcome.
+pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// The shortest attempt worth starting.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+
+/// Part of a batch was taken over by another node before its attempt: it is not sent here.
+pub(super) struct Lost;
+
+impl Dispatcher {
+    /// Renews, for a whole lease from `now`, the leases of deliveries queued here that end
+    /// within half a lease (up to `most` of them): a backlog to a slow endpoint can outlast the
+    /// leases it was taken under, and another node would then take what this one was about to
+    /// send, and say so as if this one had stopped. Those found another node's meanwhile are
+    /// forgotten here. Answers how many were renewed.
+    pub(crate) async fn renew_queued_leases(
+        &self,
+        now: Timestamp,
+        most: usize,
+    ) -> Result<usize, StoreError> {
+        let lease = self.shared.settings.lease.as_millis() as i64;
+        let leases = {
+            let held = self.shared.held.lock().expect("held lock");
+            held.queued_leases_ending_before(now.plus_millis(lease / 2), most)
+        };
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let (renewed, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
+        if !lost.is_empty() {
+            tracing::debug!(
+                lost = lost.len(),
+                "queued deliveries another node took over; not sending those"
+            );
+            self.release_held_leases(&lost);
+        }
+        tracing::debug!(renewed, "renewed the leases of deliveries queued here");
+        Ok(renewed)
+    }
+
+    /// Renews these held leases in the store until `until`. Answers how many were renewed,
+    /// and those lost: another node's now, or settled. Not those this node's own scheduler
+    /// took again meanwhile: their held lease was then raised past the one sent, and they are
+    /// this node's under that one.
+    pub(super) async fn renew_held(
+        &self,
+        leases: &[(herald_core::DeliveryId, Timestamp)],
+        until: Timestamp,
+    ) -> Result<(usize, Vec<herald_core::DeliveryId>), StoreError> {
+        let renewed = self.shared.store.renew_leases(leases, until).await?;
+        let mut held = self.shared.held.lock().expect("held lock");
+        for id in &renewed {
+            held.renewed(id, until);
+        }
+        let lost = leases
+            .iter()
+            .filter(|(id, sent)| {
+                !renewed.contains(id) && held.leases_of([id]).first().map(|(_, l)| l) == Some(sent)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        Ok((renewed.len(), lost))
+    }
+
+    /// When the first of the batch's leases ends (`None`: not held here), renewed for a whole
+    /// lease from `now` when what is left would not cover an attempt with the webhook's full
+    /// timeout: a backlog queued in memory can outlast the leases it was taken under, and an
+    /// attempt cut to fit one would be recorded as the endpoint's timeout. `Err(Lost)` when
+    /// the batch may not go: a delivery whose lease could not be renewed is another node's (or
+    /// settled), and is forgotten here; the rest of such a batch is given back, due now.
+    pub(super) async fn lease_for_attempt(
+        &self,
+        batch: &[DueDelivery],
+        webhook: &Webhook,
+        now: Timestamp,
+    ) -> Result<Result<Option<Timestamp>, Lost>, StoreError> {
+        let shared = &self.shared;
+        let needed = i64::from(webhook.effective_timeout_ms()) + LEASE_MARGIN.as_millis() as i64;
+        let lease = shared.settings.lease.as_millis() as i64;
+        let ends = self.lease_ends(batch);
+        match ends.map(|ends| ends.as_millis() - now.as_millis()) {
+            // Short, and a new lease adds more than half of one: with a lease setting barely
+            // above the timeout even a fresh lease is short, and renewing it would gain nothing.
+            Some(left) if left < needed && lease - left > lease / 2 => {}
+            _ => return Ok(Ok(ends)),
+        }
+        let leases = {
+            let held = shared.held.lock().expect("held lock");
+            held.leases_of(batch.iter().map(|d| &d.delivery_id))
+        };
+        let (_, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
+        if lost.is_empty() {
+            // Renewed here, or taken again by this node's own scheduler: read them afresh.
+            return Ok(Ok(self.lease_ends(batch)));
+        }
+        tracing::debug!(webhook = %webhook.id, lost = lost.len(), "leases taken over before an attempt; not sending those");
+        self.release_held_leases(&lost);
+        let kept = batch
+            .iter()
+            .map(|d| &d.delivery_id)
+            .filter(|id| !lost.contains(id));
+        self.defer_held(&batch[0].org_id, kept, now).await?;
+        self.wake_delivery_scheduler();
+        Ok(Err(Lost))
+    }
+
+    /// The webhook's timeout, shortened if needed so that the attempt ends before the batch's
+    /// lease (ending at `ends`) does, with a margin: after that, another node may take the
+    /// deliveries over, and a delivery must never be attempted by two nodes at once. `None` if
+    /// too little is left.
+    pub(super) fn timeout_within_lease(
+        ends: Option<Timestamp>,
+        webhook: &Webhook,
+        now: Timestamp,
+    ) -> Option<Duration> {
+        let wanted = Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
+        let Some(ends) = ends else {
+            return Some(wanted);
+        };
+        let left = ends.as_millis() - now.as_millis() - LEASE_MARGIN.as_millis() as i64;
+        let left = Duration::from_millis(u64::try_from(left).ok()?);
+        (left >= MIN_ATTEMPT).then(|| wanted.min(left))
+    }
+}
