@@ -697,7 +697,10 @@ pub struct SendArgs {
     #[arg(long, requires = "event_type", conflicts_with = "file")]
     pub correlation_id: Option<String>,
     /// A file with one event, an array of them, or one per line (JSON Lines); `-` for standard
-    /// input. Used when --type is not given; standard input is read when neither is.
+    /// input. Used when --type is not given; standard input is read when neither is. Every
+    /// line is checked before anything is sent; a file of JSON Lines is then read again a
+    /// request at a time, so its size is not bounded by memory (standard input is kept as
+    /// text, an array whole).
     #[arg(long)]
     pub file: Option<String>,
 }

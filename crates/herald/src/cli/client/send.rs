@@ -31,11 +31,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 enum Input {
     /// One event object (or whatever one JSON value was given), sent as it is.
     One(Value),
-    /// Events from an array, or from JSON Lines with the line each is on.
-    Many {
-        events: Vec<Value>,
-        lines: Option<Vec<usize>>,
-    },
+    /// Events from one JSON array, held in memory.
+    Array(Vec<Value>),
+    /// JSON Lines, read twice: each line checked (and the events counted) before any is
+    /// sent, then sent a request at a time, so that no more than a request's events are held
+    /// in memory however long the input.
+    Lines(LineSource),
 }
 
 pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
@@ -59,22 +60,41 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             }
             Input::One(event)
         }
-        None => {
-            let (text, source) = read_input(args.file.as_deref().unwrap_or("-"))?;
-            parse_input(&text, &source)?
-        }
+        None => read_events(args.file.as_deref().unwrap_or("-"))?,
     };
     let path = api_path(&["v1", "orgs", &org, "events"])?;
-    let (answer, requests) = match input {
-        Input::One(event) => (api.post(&path, event)?, 1),
-        Input::Many { events, lines } => send_many(&api, &path, &events, lines.as_deref())?,
+    let sent = match input {
+        Input::One(event) => {
+            let answer = api.post(&path, event)?;
+            Sent::from_answer(answer)
+        }
+        Input::Array(events) => {
+            let plan = Plan {
+                total: events.len(),
+                all_have_ids: events.iter().all(has_id),
+                keep_rows: conn.json || events.len() <= EVENTS_PER_REQUEST,
+            };
+            send_many(
+                &api,
+                &path,
+                &plan,
+                events.into_iter().map(|e| Ok((None, e))),
+            )?
+        }
+        Input::Lines(source) => {
+            let plan = source.check(conn.json)?;
+            let events = source
+                .events()?
+                .map(|line| line.map(|(at, event)| (Some(at), event)));
+            send_many(&api, &path, &plan, events)?
+        }
     };
     if conn.json {
-        print_json(&answer);
-    } else if requests == 1 {
+        print_json(&json!({ "events": sent.rows, "deliveries": sent.deliveries }));
+    } else if sent.requests == 1 {
         // An event dropped for reusing another's id is no duplicate to shrug at.
-        let mut rows = answer["events"].clone();
-        for row in rows.as_array_mut().into_iter().flatten() {
+        let mut rows = sent.rows.clone();
+        for row in &mut rows {
             if row.get("mismatch").is_some_and(|m| !m.is_null()) {
                 row["duplicate"] = json!("id reused: NOT STORED");
             }
@@ -85,158 +105,341 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             &["id", "duplicate", "deliveries", "skipped"],
         );
     } else {
-        out!("{}", summary(&answer, requests));
+        out!("{}", sent.summary());
     }
     // A reused id drops the event: say so even where only the exit status is read.
-    let reused: Vec<String> = answer["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            Some(format!(
-                "{}: {}",
-                e["id"].as_str()?,
-                e["mismatch"].as_str()?
-            ))
-        })
-        .collect();
-    if !reused.is_empty() {
+    if !sent.reused.is_empty() {
         bail!(
             "not stored, an id already used by another event:\n  {}",
-            reused.join("\n  ")
+            sent.reused.join("\n  ")
         );
     }
     Ok(())
 }
 
-/// Reads one JSON value (an event, or an array of them), or else JSON Lines: one event per
-/// line, blank lines passed over.
-fn parse_input(text: &str, source: &str) -> anyhow::Result<Input> {
-    // As the server does, a byte-order mark (some editors write one) is passed over.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let whole_error = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(events)) => {
-            return Ok(Input::Many {
-                events,
-                lines: None,
-            });
-        }
-        Ok(one) => return Ok(Input::One(one)),
-        Err(e) => e,
-    };
-    let mut events = Vec::new();
-    let mut lines = Vec::new();
-    for (at, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(event) if event.is_object() => {
-                events.push(event);
-                lines.push(at + 1);
-            }
-            // Not JSON Lines either: the whole text's fault is the one to tell.
-            _ if events.is_empty() => {
-                return Err(whole_error).with_context(|| {
-                    format!(
-                        "{source} is not JSON: give one event ({{\"type\", \"data\"}}), an \
-                         array of them, or one per line (JSON Lines); or use --type and --data"
-                    )
-                });
-            }
-            Ok(_) => bail!(
-                "{source}, line {}: not an event (a JSON object); in JSON Lines each line holds \
-                 one event",
-                at + 1
-            ),
-            Err(e) => bail!(
-                "{source}, line {}: not JSON ({e}); in JSON Lines each line holds one whole event",
-                at + 1
-            ),
-        }
+/// Reads what `file` (`-`: standard input) holds: one JSON value (an event, or an array of
+/// them), or else JSON Lines, one event per line, blank lines passed over. Only the first
+/// line is read to tell which, unless it is not an event on its own: a file of JSON Lines is
+/// not held in memory.
+fn read_events(file: &str) -> anyhow::Result<Input> {
+    if file == "-" {
+        // Standard input cannot be read twice: it is kept, as text.
+        let (text, source) = read_input(file)?;
+        classify(LineSource::Text { text, source })
+    } else {
+        classify(LineSource::File(file.to_owned()))
     }
-    if events.is_empty() {
-        return Err(whole_error).with_context(|| {
-            format!("{source} holds no event: give one event, an array of them, or JSON Lines")
-        });
-    }
-    Ok(Input::Many {
-        events,
-        lines: Some(lines),
-    })
 }
 
-/// Sends `events` in requests within the API's limits, one after another (so they are stored
-/// in the order given). Answers what the server would answer to them as one batch, and how
-/// many requests it took.
+/// Tells what `source` holds from its first two lines that are not blank.
+fn classify(source: LineSource) -> anyhow::Result<Input> {
+    let mut lines = source
+        .lines()?
+        .filter(|l| l.as_ref().map_or(true, |(_, line)| !line.trim().is_empty()));
+    let first = lines.next().transpose()?;
+    let second = lines.next().transpose()?;
+    drop(lines);
+    if let Some((_, first)) = &first
+        && let Ok(event) = serde_json::from_str::<Value>(first)
+        && event.is_object()
+    {
+        return Ok(match second {
+            // One line, one event.
+            None => Input::One(event),
+            Some(_) => Input::Lines(source),
+        });
+    }
+    // Not an event on its first line: one JSON value over several lines (a pretty-printed
+    // event or an array), or else what is wrong with it, said of the whole.
+    let (text, name) = match source {
+        LineSource::Text { text, source } => (text, source),
+        LineSource::File(file) => {
+            let (text, _) = read_input(&file)?;
+            (text, file)
+        }
+    };
+    parse_whole(&text, &name)
+}
+
+/// One JSON value (an event, or an array of them) in `text`, or what is wrong with it.
+fn parse_whole(text: &str, source: &str) -> anyhow::Result<Input> {
+    // As the server does, a byte-order mark (some editors write one) is passed over.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(events)) => Ok(Input::Array(events)),
+        Ok(one) => Ok(Input::One(one)),
+        Err(whole_error) if text.trim().is_empty() => Err(whole_error).with_context(|| {
+            format!("{source} holds no event: give one event, an array of them, or JSON Lines")
+        }),
+        Err(whole_error) => Err(whole_error).with_context(|| {
+            format!(
+                "{source} is not JSON: give one event ({{\"type\", \"data\"}}), an array of \
+                 them, or one per line (JSON Lines); or use --type and --data"
+            )
+        }),
+    }
+}
+
+/// Where JSON Lines come from, to be read once to check them and once to send them.
+#[derive(Debug)]
+enum LineSource {
+    /// A file, opened again for each reading.
+    File(String),
+    /// Standard input, kept as text; `source` names it in messages.
+    Text { text: String, source: String },
+}
+
+type Lines<'a> = Box<dyn Iterator<Item = anyhow::Result<(usize, String)>> + 'a>;
+
+impl LineSource {
+    fn name(&self) -> &str {
+        match self {
+            Self::File(file) => file,
+            Self::Text { source, .. } => source,
+        }
+    }
+
+    /// Every line with its number (from 1), a byte-order mark passed over.
+    fn lines(&self) -> anyhow::Result<Lines<'_>> {
+        let lines: Lines<'_> = match self {
+            Self::Text { text, .. } => Box::new(
+                text.lines()
+                    .enumerate()
+                    .map(|(at, line)| Ok((at + 1, line.to_owned()))),
+            ),
+            Self::File(file) => {
+                let opened =
+                    std::fs::File::open(file).with_context(|| format!("could not read {file}"))?;
+                Box::new(
+                    std::io::BufRead::lines(std::io::BufReader::new(opened))
+                        .enumerate()
+                        .map(move |(at, line)| {
+                            line.map(|line| (at + 1, line))
+                                .with_context(|| format!("could not read {file}, line {}", at + 1))
+                        }),
+                )
+            }
+        };
+        Ok(Box::new(lines.map(|line| {
+            line.map(|(at, line)| match line.strip_prefix('\u{feff}') {
+                Some(rest) if at == 1 => (at, rest.to_owned()),
+                _ => (at, line),
+            })
+        })))
+    }
+
+    /// Each event with its line: blank lines passed over, any other line an event or an error
+    /// that names it.
+    fn events(&self) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(usize, Value)>> + '_> {
+        let name = self.name();
+        Ok(self.lines()?.filter_map(move |line| {
+            let (at, line) = match line {
+                Ok(line) => line,
+                Err(e) => return Some(Err(e)),
+            };
+            if line.trim().is_empty() {
+                return None;
+            }
+            Some(match serde_json::from_str::<Value>(&line) {
+                Ok(event) if event.is_object() => Ok((at, event)),
+                Ok(_) => Err(anyhow::anyhow!(
+                    "{name}, line {at}: not an event (a JSON object); in JSON Lines each line \
+                     holds one event"
+                )),
+                Err(e) => Err(anyhow::anyhow!(
+                    "{name}, line {at}: not JSON ({e}); in JSON Lines each line holds one whole \
+                     event"
+                )),
+            })
+        }))
+    }
+
+    /// Reads every line before anything is sent: a line that is not an event is said first,
+    /// with nothing stored; and the events are counted, for the progress line and for what to
+    /// do should a request fail midway.
+    fn check(&self, keep_rows: bool) -> anyhow::Result<Plan> {
+        let mut plan = Plan {
+            total: 0,
+            all_have_ids: true,
+            keep_rows,
+        };
+        for event in self.events()? {
+            let (_, event) = event?;
+            plan.total += 1;
+            plan.all_have_ids &= has_id(&event);
+        }
+        // Few enough to be shown in a table, should they go in one request.
+        plan.keep_rows |= plan.total <= EVENTS_PER_REQUEST;
+        Ok(plan)
+    }
+}
+
+fn has_id(event: &Value) -> bool {
+    event["id"].is_string()
+}
+
+/// What is known of the events before they are sent.
+struct Plan {
+    total: usize,
+    /// Whether sending them all again is safe: an event without an id is stored again.
+    all_have_ids: bool,
+    /// Whether the server's answer for each event is kept, to be shown (`--json`, or few
+    /// enough for a table).
+    keep_rows: bool,
+}
+
+/// What the requests stored, added up.
+#[derive(Default)]
+struct Sent {
+    /// The server's answer for each event, where they are shown.
+    rows: Vec<Value>,
+    events: usize,
+    duplicates: usize,
+    deliveries: u64,
+    /// `id: why` of each event not stored for reusing another's id.
+    reused: Vec<String>,
+    requests: usize,
+}
+
+impl Sent {
+    fn from_answer(answer: Value) -> Self {
+        let mut sent = Self::default();
+        sent.add(answer, true);
+        sent
+    }
+
+    fn add(&mut self, answer: Value, keep_rows: bool) {
+        self.requests += 1;
+        self.deliveries += answer["deliveries"].as_u64().unwrap_or(0);
+        let Value::Object(mut answer) = answer else {
+            return;
+        };
+        let Some(Value::Array(rows)) = answer.remove("events") else {
+            return;
+        };
+        for row in rows {
+            self.events += 1;
+            self.duplicates += usize::from(row["duplicate"] == true);
+            if let (Some(id), Some(why)) = (row["id"].as_str(), row["mismatch"].as_str()) {
+                self.reused.push(format!("{id}: {why}"));
+            }
+            if keep_rows {
+                self.rows.push(row);
+            }
+        }
+    }
+
+    /// What many requests stored, in one line.
+    fn summary(&self) -> String {
+        format!(
+            "{} events sent in {} requests: {} stored, {} already stored (duplicates); {} \
+             deliveries",
+            self.events,
+            self.requests,
+            self.events - self.duplicates,
+            self.duplicates,
+            self.deliveries
+        )
+    }
+}
+
+/// Sends `events` (each with its line, for JSON Lines) in requests within the API's limits,
+/// one after another, so that they are stored in the order given, holding one request's
+/// events at a time. Answers what the requests stored.
 fn send_many(
     api: &Api,
     path: &str,
-    events: &[Value],
-    lines: Option<&[usize]>,
-) -> anyhow::Result<(Value, usize)> {
-    let sizes: Vec<usize> = events
-        .iter()
-        .map(|e| serde_json::to_string(e).map_or(0, |s| s.len()))
-        .collect();
-    let mut pending = requests(&sizes);
-    let mut stored = Vec::with_capacity(events.len());
-    let mut deliveries = 0;
-    let mut requests_sent = 0;
+    plan: &Plan,
+    events: impl Iterator<Item = anyhow::Result<(Option<usize>, Value)>>,
+) -> anyhow::Result<Sent> {
+    let mut sent = Sent::default();
     let mut last_progress = Instant::now();
+    let mut events = events.peekable();
+    // The events of the request being made, their lines, and where it starts in the input.
+    let mut batch: Vec<Value> = Vec::new();
+    let mut lines: Vec<Option<usize>> = Vec::new();
+    let mut first = 0;
+    loop {
+        take_request(&mut events, &mut batch, &mut lines)?;
+        if batch.is_empty() {
+            return Ok(sent);
+        }
+        send_request(api, path, plan, &batch, &lines, first, &mut sent)?;
+        first += batch.len();
+        let all_at_once = sent.requests == 1 && first == plan.total;
+        if !all_at_once && (first == plan.total || last_progress.elapsed() >= PROGRESS_EVERY) {
+            note!("sent {first} of {} events", plan.total);
+            last_progress = Instant::now();
+        }
+    }
+}
+
+/// Takes the next request's events (and their lines) from `events`: at most
+/// [`EVENTS_PER_REQUEST`] events and [`BYTES_PER_REQUEST`] bytes. An event larger than that
+/// goes alone: the server says whether it takes it. None when `events` has ended.
+fn take_request<I>(
+    events: &mut std::iter::Peekable<I>,
+    batch: &mut Vec<Value>,
+    lines: &mut Vec<Option<usize>>,
+) -> anyhow::Result<()>
+where
+    I: Iterator<Item = anyhow::Result<(Option<usize>, Value)>>,
+{
+    batch.clear();
+    lines.clear();
+    let mut bytes = 0;
+    while batch.len() < EVENTS_PER_REQUEST {
+        let Some(next) = events.peek() else { break };
+        let size = match next {
+            Ok((_, event)) => serde_json::to_string(event).map_or(0, |s| s.len()),
+            Err(_) => 0,
+        };
+        // Each event after the first costs its comma too.
+        if !batch.is_empty() && bytes + 1 + size > BYTES_PER_REQUEST {
+            break;
+        }
+        let (at, event) = events.next().expect("peeked")?;
+        bytes += size + usize::from(!batch.is_empty());
+        batch.push(event);
+        lines.push(at);
+    }
+    Ok(())
+}
+
+/// Sends one request's events (`batch`, the input's events from `first` on), in two halves
+/// again and again if the server finds its body too large.
+fn send_request(
+    api: &Api,
+    path: &str,
+    plan: &Plan,
+    batch: &[Value],
+    lines: &[Option<usize>],
+    first: usize,
+    sent: &mut Sent,
+) -> anyhow::Result<()> {
+    let mut pending = VecDeque::new();
+    pending.push_back(0..batch.len());
     while let Some(range) = pending.pop_front() {
-        let body = Value::Array(events[range.clone()].to_vec());
-        match api.post(path, body) {
-            Ok(answer) => {
-                stored.extend(answer["events"].as_array().cloned().unwrap_or_default());
-                deliveries += answer["deliveries"].as_u64().unwrap_or(0);
-                requests_sent += 1;
-            }
+        match api.post(path, Value::Array(batch[range.clone()].to_vec())) {
+            Ok(answer) => sent.add(answer, plan.keep_rows),
             // The server takes smaller bodies than the default: the same events in two halves.
             Err(e) if range.len() > 1 && is_too_large(&e) => {
                 let middle = range.start + range.len() / 2;
                 pending.push_front(middle..range.end);
                 pending.push_front(range.start..middle);
-                continue;
             }
-            // Told with what came before and after when it was one of several, as planned or
-            // as a `413` split it.
             Err(e) => {
-                let several = range.len() < events.len();
-                return Err(stopped(e, range, events, lines, several));
+                let failed = Failed {
+                    range: first + range.start..first + range.end,
+                    lines: &lines[range],
+                    total: plan.total,
+                    all_have_ids: plan.all_have_ids,
+                };
+                return Err(stopped(e, &failed));
             }
         }
-        if requests_sent + pending.len() > 1
-            && (pending.is_empty() || last_progress.elapsed() >= PROGRESS_EVERY)
-        {
-            note!("sent {} of {} events", range.end, events.len());
-            last_progress = Instant::now();
-        }
     }
-    Ok((
-        json!({ "events": stored, "deliveries": deliveries }),
-        requests_sent,
-    ))
-}
-
-/// Splits events of these serialized sizes into requests of at most [`EVENTS_PER_REQUEST`]
-/// events and [`BYTES_PER_REQUEST`] bytes. An event larger than that goes alone: the server
-/// says whether it takes it.
-fn requests(sizes: &[usize]) -> VecDeque<Range<usize>> {
-    let mut out = VecDeque::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, &size) in sizes.iter().enumerate() {
-        // Each event after the first costs its comma too.
-        if i - start == EVENTS_PER_REQUEST || (i > start && bytes + 1 + size > BYTES_PER_REQUEST) {
-            out.push_back(start..i);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size + usize::from(i > start);
-    }
-    if start < sizes.len() {
-        out.push_back(start..sizes.len());
-    }
-    out
+    Ok(())
 }
 
 fn is_too_large(e: &anyhow::Error) -> bool {
@@ -244,19 +447,30 @@ fn is_too_large(e: &anyhow::Error) -> bool {
         .is_some_and(|r| r.status == reqwest::StatusCode::PAYLOAD_TOO_LARGE)
 }
 
+/// A request of many that failed.
+struct Failed<'a> {
+    /// Its events, counted in the input from 0.
+    range: Range<usize>,
+    /// The line of each of its events, for JSON Lines.
+    lines: &'a [Option<usize>],
+    /// How many events the input holds.
+    total: usize,
+    all_have_ids: bool,
+}
+
 /// A request of many that failed, told with what came before it and how to go on: the
 /// events before it are stored, the ones after it not sent.
-fn stopped(
-    e: anyhow::Error,
-    range: Range<usize>,
-    events: &[Value],
-    lines: Option<&[usize]>,
-    several: bool,
-) -> anyhow::Error {
-    if !several {
+fn stopped(e: anyhow::Error, failed: &Failed) -> anyhow::Error {
+    let Failed {
+        range,
+        lines,
+        total,
+        all_have_ids,
+    } = failed;
+    let (range, total) = (range.clone(), *total);
+    if range.len() == total {
         return e;
     }
-    let total = events.len();
     // A request that got no answer, or a "not now", may have been carried out all the same.
     let maybe = if e.chain().any(|c| c.is::<TryLater>()) {
         " (its events may have been stored all the same)"
@@ -281,11 +495,11 @@ fn stopped(
     let at_fault = e
         .downcast_ref::<Refused>()
         .and_then(|r| r.field.as_deref()?.strip_prefix('[')?.split_once(']'))
-        .and_then(|(index, field)| Some((range.start + index.parse::<usize>().ok()?, field)))
-        .filter(|&(index, _)| index < range.end);
+        .and_then(|(index, field)| Some((index.parse::<usize>().ok()?, field)))
+        .filter(|&(index, _)| index < range.len());
     if let Some((index, field)) = at_fault {
-        told.push_str(&format!("; at fault: event {}", index + 1));
-        if let Some(line) = lines.and_then(|l| l.get(index)) {
+        told.push_str(&format!("; at fault: event {}", range.start + index + 1));
+        if let Some(line) = lines.get(index).copied().flatten() {
             told.push_str(&format!(" (line {line})"));
         }
         let field = field.trim_start_matches('.');
@@ -293,8 +507,7 @@ fn stopped(
             told.push_str(&format!(", its {field}"));
         }
     }
-    let all_have_ids = events.iter().all(|e| e["id"].is_string());
-    let resume = match lines.and_then(|l| l.get(range.start)) {
+    let resume = match lines.first().copied().flatten() {
         Some(line) => format!("event {} (line {line})", range.start + 1),
         None => format!("event {}", range.start + 1),
     };
@@ -303,7 +516,7 @@ fn stopped(
     } else {
         "once the server takes it"
     };
-    told.push_str(&if all_have_ids {
+    told.push_str(&if *all_have_ids {
         format!(
             ". Every event has an id: {when}, send the whole input again (the ones stored come \
              back as duplicates), or from {resume} on"
@@ -322,43 +535,9 @@ fn stopped(
     e.context(told)
 }
 
-/// What many requests stored, in one line.
-fn summary(answer: &Value, requests: usize) -> String {
-    let events = answer["events"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let duplicates = events.iter().filter(|e| e["duplicate"] == true).count();
-    format!(
-        "{} events sent in {requests} requests: {} stored, {duplicates} already stored \
-         (duplicates); {} deliveries",
-        events.len(),
-        events.len() - duplicates,
-        answer["deliveries"]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_keep_within_the_apis_limits() {
-        // 2,500 small events: 1,000, 1,000, 500.
-        assert_eq!(
-            requests(&vec![100; 2_500]),
-            VecDeque::from([0..1_000, 1_000..2_000, 2_000..2_500])
-        );
-        // 300 events of 5,000 bytes: 209 fit in a request's bytes (with their commas).
-        let ranges = requests(&vec![5_000; 300]);
-        assert_eq!(ranges, VecDeque::from([0..209, 209..300]));
-        // An event larger than a request goes alone, and the rest around it as before.
-        assert_eq!(
-            requests(&[10, BYTES_PER_REQUEST + 1, 10, 10]),
-            VecDeque::from([0..1, 1..2, 2..4])
-        );
-        assert_eq!(requests(&[]), VecDeque::<Range<usize>>::new());
-    }
 
     /// A request that may go through later (exit 75) after others were stored: a script that
     /// sends the same again then stores events without ids twice, so it is told to fix (exit 1)
@@ -367,11 +546,15 @@ mod tests {
     fn a_partial_send_is_to_be_sent_again_only_where_ids_make_it_safe() {
         let later = || TryLater::said("503 Service Unavailable: try again".into());
         let try_later = |e: &anyhow::Error| e.chain().any(|c| c.is::<TryLater>());
-        let with_ids = vec![json!({ "id": "a" }), json!({ "id": "b" })];
-        let without = vec![json!({ "id": "a" }), json!({})];
-        assert!(try_later(&stopped(later(), 1..2, &with_ids, None, true)));
-        assert!(try_later(&stopped(later(), 0..1, &without, None, true)));
-        let told = stopped(later(), 1..2, &without, None, true);
+        let failed = |range: Range<usize>, all_have_ids| Failed {
+            range,
+            lines: &[None],
+            total: 2,
+            all_have_ids,
+        };
+        assert!(try_later(&stopped(later(), &failed(1..2, true))));
+        assert!(try_later(&stopped(later(), &failed(0..1, false))));
+        let told = stopped(later(), &failed(1..2, false));
         assert!(!try_later(&told));
         assert!(
             format!("{told:#}").starts_with(
@@ -385,36 +568,100 @@ mod tests {
     }
 
     #[test]
-    fn input_is_one_event_an_array_or_json_lines() {
-        let one = parse_input("\u{feff}{\"type\": \"a\",\n \"data\": {}}", "f").unwrap();
-        assert!(matches!(one, Input::One(v) if v["type"] == "a"));
-        let array = parse_input("[{\"type\": \"a\"}, {\"type\": \"b\"}]", "f").unwrap();
-        assert!(matches!(array, Input::Many { events, lines: None } if events.len() == 2));
-        let lines = parse_input("{\"type\": \"a\"}\n\n{\"type\": \"b\"}\n", "f").unwrap();
-        match lines {
-            Input::Many {
-                events,
-                lines: Some(lines),
-            } => {
-                assert_eq!(events[1]["type"], "b");
-                assert_eq!(lines, [1, 3]);
+    fn requests_keep_within_the_apis_limits() {
+        // Events of `size` bytes once serialized: `{"d":"xx…"}` is 8 bytes and the padding.
+        let event = |size: usize| json!({ "d": "x".repeat(size - 8) });
+        let requests = |sizes: Vec<usize>| -> Vec<usize> {
+            let mut events = sizes
+                .into_iter()
+                .map(|size| Ok((None, event(size))))
+                .peekable();
+            let (mut batch, mut lines, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+            loop {
+                take_request(&mut events, &mut batch, &mut lines).unwrap();
+                if batch.is_empty() {
+                    return taken;
+                }
+                assert_eq!(lines.len(), batch.len());
+                taken.push(batch.len());
+            }
+        };
+        // 2,500 small events: 1,000, 1,000, 500.
+        assert_eq!(requests(vec![100; 2_500]), [1_000, 1_000, 500]);
+        // 300 events of 5,000 bytes: 209 fit in a request's bytes (with their commas).
+        assert_eq!(requests(vec![5_000; 300]), [209, 91]);
+        // An event larger than a request goes alone, and the rest around it as before.
+        assert_eq!(requests(vec![10, BYTES_PER_REQUEST + 1, 10, 10]), [1, 1, 2]);
+        assert!(requests(Vec::new()).is_empty());
+    }
+
+    fn text(text: &str) -> anyhow::Result<Input> {
+        classify(LineSource::Text {
+            text: text.to_owned(),
+            source: "f".to_owned(),
+        })
+    }
+
+    fn lines_of(input: anyhow::Result<Input>) -> anyhow::Result<Vec<(usize, Value)>> {
+        match input? {
+            Input::Lines(source) => {
+                source.check(false)?;
+                source.events()?.collect()
             }
             other => panic!("{other:?}"),
         }
-        let bad_line = parse_input("{\"type\": \"a\"}\n{\"type\": \n", "f").unwrap_err();
+    }
+
+    #[test]
+    fn input_is_one_event_an_array_or_json_lines() {
+        let one = text("\u{feff}{\"type\": \"a\",\n \"data\": {}}").unwrap();
+        assert!(matches!(one, Input::One(v) if v["type"] == "a"));
+        let one_line = text("\n{\"type\": \"a\"}\n\n").unwrap();
+        assert!(matches!(one_line, Input::One(v) if v["type"] == "a"));
+        let array = text("[{\"type\": \"a\"},\n {\"type\": \"b\"}]").unwrap();
+        assert!(matches!(array, Input::Array(events) if events.len() == 2));
+        let lines = lines_of(text("\u{feff}{\"type\": \"a\"}\n\n{\"type\": \"b\"}\n")).unwrap();
+        let read: Vec<(usize, &Value)> = lines.iter().map(|(at, e)| (*at, &e["type"])).collect();
+        assert_eq!(read, [(1, &json!("a")), (3, &json!("b"))]);
+        let bad_line = lines_of(text("{\"type\": \"a\"}\n{\"type\": \n")).unwrap_err();
         assert!(
             format!("{bad_line:#}").starts_with("f, line 2: not JSON"),
             "{bad_line:#}"
         );
-        let array_line = parse_input("{\"type\": \"a\"}\n[{\"type\": \"b\"}]\n", "f").unwrap_err();
+        let array_line = lines_of(text("{\"type\": \"a\"}\n[{\"type\": \"b\"}]\n")).unwrap_err();
         assert!(
             format!("{array_line:#}").starts_with("f, line 2: not an event (a JSON object)"),
             "{array_line:#}"
         );
-        let not_json = parse_input("type=a", "f").unwrap_err();
+        let not_json = text("type=a").unwrap_err();
         assert!(
             format!("{not_json:#}").starts_with("f is not JSON: give one event"),
             "{not_json:#}"
         );
+        let nothing = text(" \n\n").unwrap_err();
+        assert!(
+            format!("{nothing:#}").starts_with("f holds no event"),
+            "{nothing:#}"
+        );
+    }
+
+    /// A file of JSON Lines is read a line at a time, twice (checked, then sent), and only the
+    /// lines that are events count: the plan counts them and says whether all have ids.
+    #[test]
+    fn a_file_of_json_lines_is_checked_whole_then_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        std::fs::write(
+            &file,
+            "{\"type\": \"a\", \"id\": \"1\"}\n\n{\"type\": \"b\"}\n{\"type\": \"c\", \"id\": \"3\"}",
+        )
+        .unwrap();
+        let Input::Lines(source) = read_events(file.to_str().unwrap()).unwrap() else {
+            panic!("not JSON Lines");
+        };
+        let plan = source.check(false).unwrap();
+        assert_eq!((plan.total, plan.all_have_ids), (3, false));
+        let lines: Vec<usize> = source.events().unwrap().map(|l| l.unwrap().0).collect();
+        assert_eq!(lines, [1, 3, 4]);
     }
 }
