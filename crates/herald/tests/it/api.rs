@@ -1981,11 +1981,27 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         !ok && out.contains("no organization has the handle 'bulc'") && !out.contains("not JSON"),
         "{out}"
     );
-    // A line that is not JSON is named before anything is sent.
+    // A line that is not JSON is named before anything is sent, however far into the input.
     let (ok, out) = herald_cli(&app, &send, Some("{\"type\": \"user.created\"}\n{oops}\n")).await;
     assert!(
         !ok && out.contains("standard input, line 2: not JSON"),
         "{out}"
+    );
+    let mut lines: Vec<String> = (0..1_500)
+        .map(|i| event(&format!("checked-{i}"), "user.created"))
+        .collect();
+    lines[1_400] = "{oops}".to_owned();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), lines.join("\n")).unwrap();
+    let from_file = ["send", "--org", org.as_str(), "--file"];
+    let from_file = [&from_file[..], &[file.path().to_str().unwrap()]].concat();
+    let (ok, out) = herald_cli(&app, &from_file, None).await;
+    assert!(!ok && out.contains(", line 1401: not JSON"), "{out}");
+    let (status, _) = app.get(&format!("/v1/orgs/{org}/events/checked-0")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "nothing is sent before every line is read"
     );
 }
 
