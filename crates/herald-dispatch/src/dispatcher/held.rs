@@ -259,6 +259,25 @@ impl HeldDeliveries {
             .collect()
     }
 
+    /// Each webhook with deliveries queued here (not started) whose leases end before `soon`:
+    /// how many, and how many it has held here in all, the most late first.
+    pub(crate) fn late_by_webhook(&self, soon: Timestamp) -> Vec<(WebhookId, usize, usize)> {
+        let mut late = vec![0; self.loads.len()];
+        for held in self.by_id.values() {
+            if !held.started && held.lease_until < soon {
+                late[held.load] += 1;
+            }
+        }
+        let mut late: Vec<_> = late
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .map(|(load, n)| (self.loads[load].webhook.clone(), n, self.loads[load].count))
+            .collect();
+        late.sort_unstable_by_key(|l| std::cmp::Reverse(l.1));
+        late
+    }
+
     /// Notes that a held delivery's lease was renewed in the store until `until`.
     pub(crate) fn renewed(&mut self, id: &DeliveryId, until: Timestamp) {
         if let Some(held) = self.by_id.get_mut(id) {
@@ -673,6 +692,27 @@ mod tests {
         assert!(held.release(&ids[0], BUDGET).is_some());
         assert!(held.release(&ids[0], BUDGET).is_none(), "released once");
         assert_eq!((held.len(), held.bytes()), (1, 100));
+    }
+
+    #[test]
+    fn webhooks_whose_queued_deliveries_wait_long_are_named_the_most_late_first() {
+        let mut held = HeldDeliveries::default();
+        let ids = ids(6);
+        let (slow, quick) = (hook(), WebhookId::from_trusted("wh_quick".into()));
+        let at = Timestamp::from_millis;
+        for (id, lease) in ids[..3].iter().zip([10, 20, 90]) {
+            held.hold(id, &slow, at(lease), 1);
+        }
+        held.hold(&ids[3], &quick, at(15), 1);
+        held.hold(&ids[4], &quick, at(95), 1);
+        // One of the slow webhook's is under way: not waiting in the queue any more.
+        let hold = held.hold(&ids[5], &slow, at(5), 1).unwrap();
+        assert!(held.start(&ids[5], hold));
+        assert_eq!(
+            held.late_by_webhook(at(50)),
+            [(slow.clone(), 2, 4), (quick, 1, 2)]
+        );
+        assert!(held.late_by_webhook(at(5)).is_empty());
     }
 
     fn admits(held: &HeldDeliveries, w: &WebhookId) -> bool {

@@ -16,6 +16,10 @@ pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// The shortest attempt worth starting.
 const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
+/// Webhooks falling behind: said once per 5 min, however many.
+static FALLING_BEHIND: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(300));
+
 /// Part of a batch was taken over by another node before its attempt: it is not sent here.
 pub(super) struct Lost;
 
@@ -31,13 +35,15 @@ impl Dispatcher {
         most: usize,
     ) -> Result<usize, StoreError> {
         let lease = self.shared.settings.lease.as_millis() as i64;
+        let soon = now.plus_millis(lease / 2);
         let leases = {
             let held = self.shared.held.lock().expect("held lock");
-            held.queued_leases_ending_before(now.plus_millis(lease / 2), most)
+            held.queued_leases_ending_before(soon, most)
         };
         if leases.is_empty() {
             return Ok(0);
         }
+        self.say_who_falls_behind(soon);
         let (renewed, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
         if !lost.is_empty() {
             tracing::debug!(
@@ -48,6 +54,25 @@ impl Dispatcher {
         }
         tracing::debug!(renewed, "renewed the leases of deliveries queued here");
         Ok(renewed)
+    }
+
+    /// Names the webhooks whose deliveries have waited in this node's queue for over half a
+    /// lease (their leases end before `soon`): their endpoints take fewer than arrive, and
+    /// nothing else in the log would say so while they keep answering.
+    fn say_who_falls_behind(&self, soon: Timestamp) {
+        let Some(held_back) = FALLING_BEHIND.admit() else {
+            return;
+        };
+        let behind = {
+            let held = self.shared.held.lock().expect("held lock");
+            held.late_by_webhook(soon)
+        };
+        let limits = self.concurrency_limits();
+        let waited = self.shared.settings.lease.as_secs() / 2;
+        for (webhook, late, queued) in behind.iter().take(3) {
+            let at_once = limits.iter().find(|(id, _)| id == webhook).map(|(_, l)| *l);
+            tracing::warn!(webhook = %webhook, late, queued, requests_at_once = at_once, held_back, "a webhook is falling behind: {late} of its deliveries have waited in this node's queue for over {waited} s, its endpoint taking fewer than arrive, so its events arrive late (said once per 5 min; herald_webhook_oldest_pending_seconds in /metrics follows it)");
+        }
     }
 
     /// Renews these held leases in the store until `until`. Answers how many were renewed,

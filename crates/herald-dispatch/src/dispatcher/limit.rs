@@ -2,10 +2,17 @@
 //!
 //! A webhook starts at [`START`] requests at once (or its ceiling, if lower). While every slot
 //! is busy and the endpoint keeps answering, it gets one more slot per full round of answers,
-//! up to the ceiling (`--endpoint-concurrency`). A sign of overload (a timeout, a refused
-//! connection, 429, 502, 503 or 504) halves it, at most once per round: requests that started
+//! up to the ceiling (`--endpoint-concurrency`). Signs of overload (a timeout, a refused
+//! connection, 429, 502, 503 or 504) on more than a fifth of a window of answers (as many as
+//! the limit, at least [`MIN_WINDOW`]) halve it, at most once per round: requests that started
 //! before the last cut do not cut again. So a backlog drains as fast as the endpoint can take
 //! it, and an endpoint that struggles gets fewer requests, down to one.
+//!
+//! Not at the first sign: an endpoint whose answers mostly come at once but now and then take
+//! past the timeout (a slow tail: a lock, a pause) is not overloaded by Herald's requests, and
+//! halving at each of its timeouts held one that timed out on a tenth of them at four or five
+//! requests at once, a quarter of what its events needed, so that its backlog grew for as long
+//! as they came (a soak with such an endpoint: 12 deliveries a second for 50 arriving).
 //!
 //! A connection reset after the request was sent does not count: servers close idle keep-alive
 //! connections all the time. The limit lives as long as the webhook's task, which ends after a
@@ -19,6 +26,13 @@ use herald_core::delivery::{AttemptError, AttemptOutcome};
 
 /// Requests in flight a webhook starts with.
 pub(super) const START: usize = 16;
+
+/// The fewest answers a window holds, whatever the limit: at a low limit, one timeout in a
+/// handful of answers would otherwise be the fifth that cuts.
+pub(super) const MIN_WINDOW: usize = 8;
+
+/// More than one answer in this many signalling overload, within a window, cuts the limit.
+const OVERLOAD_SHARE: usize = 5;
 
 /// What an answered (or failed) request says about the endpoint's capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +86,9 @@ struct State {
     owed: usize,
     /// Bumped at every cut; a slot remembers the round it was taken in.
     round: u64,
+    /// Answers in the current window, and how many of them signalled overload.
+    window_answers: usize,
+    window_overloads: usize,
 }
 
 /// A taken slot. Give it back with [`Slot::finish`]; dropping it gives it back as
@@ -97,6 +114,8 @@ impl Limit {
                 busy_answers: 0,
                 owed: 0,
                 round: 0,
+                window_answers: 0,
+                window_overloads: 0,
             }),
         })
     }
@@ -142,14 +161,22 @@ impl Limit {
                     }
                 }
             }
-            Signal::Overloaded if round == state.round => {
+            Signal::Overloaded if round == state.round => state.window_overloads += 1,
+            Signal::Overloaded | Signal::Unknown => {}
+        }
+        if matches!(signal, Signal::Answered | Signal::Overloaded) {
+            state.window_answers += 1;
+            let window = state.limit.max(MIN_WINDOW);
+            if state.window_overloads * OVERLOAD_SHARE > window {
                 let halved = (state.limit / 2).max(1);
                 state.owed += state.limit - halved;
                 state.limit = halved;
                 state.busy_answers = 0;
                 state.round += 1;
+                (state.window_answers, state.window_overloads) = (0, 0);
+            } else if state.window_answers >= window {
+                (state.window_answers, state.window_overloads) = (0, 0);
             }
-            Signal::Overloaded | Signal::Unknown => {}
         }
         if state.owed > 0 {
             permit.forget();
@@ -262,7 +289,8 @@ mod tests {
     #[tokio::test]
     async fn overload_halves_once_per_round_and_never_below_one() {
         let limit = Limit::new(64);
-        // Sixteen requests of the same round all time out: one cut, not sixteen.
+        // Sixteen requests of the same round all time out: the fourth, more than a fifth of
+        // the window of sixteen, cuts; the rest of that round do not cut again.
         let slots = take(&limit, START).await;
         let cuts: Vec<_> = slots
             .into_iter()
@@ -271,8 +299,10 @@ mod tests {
         assert_eq!(cuts, [START / 2], "one cut, reported once");
         assert_eq!(limit.current(), START / 2);
         assert_eq!(circulating(&limit, 0), START / 2);
-        // Each later round cuts again, down to one.
+        // Each later round cuts again at its second timeout (more than a fifth of a window of
+        // eight), down to one.
         for (expected, reported) in [(4, Some(4)), (2, Some(2)), (1, Some(1)), (1, None)] {
+            assert_eq!(limit.acquire().await.finish(Signal::Overloaded), None);
             assert_eq!(limit.acquire().await.finish(Signal::Overloaded), reported);
             assert_eq!(limit.current(), expected);
         }
@@ -280,15 +310,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_tail_does_not_cut() {
+        let limit = Limit::new(64);
+        // One answer in ten is a timeout, every slot busy: never more than a fifth of a
+        // window, so the limit grows as it would without them.
+        for i in 0..2_000 {
+            let mut slots = take(&limit, limit.current()).await;
+            let signal = if i % 10 == 0 {
+                Signal::Overloaded
+            } else {
+                Signal::Answered
+            };
+            assert_eq!(slots.pop().unwrap().finish(signal), None, "answer {i}");
+        }
+        assert!(limit.current() > 32, "{}", limit.current());
+        // A run of them does cut, within two windows' fifths (the run may straddle two).
+        let n = limit.current();
+        let mut slots = take(&limit, n).await;
+        let cut = (0..2 * (n / OVERLOAD_SHARE + 1))
+            .find_map(|_| slots.pop().unwrap().finish(Signal::Overloaded));
+        assert_eq!(cut, Some(n / 2));
+    }
+
+    #[tokio::test]
     async fn a_cut_waits_for_slots_in_flight_instead_of_taking_them() {
         let limit = Limit::new(64);
         let mut slots = take(&limit, START).await;
-        slots.pop().unwrap().finish(Signal::Overloaded);
-        // Fifteen are still out; the limit is already eight, so the first seven to come back
-        // are taken out of circulation.
-        assert_eq!(limit.current(), START / 2);
+        for _ in 0..3 {
+            assert_eq!(slots.pop().unwrap().finish(Signal::Overloaded), None);
+        }
+        // The fourth timeout of sixteen cuts to eight with twelve still out: the three given
+        // back before it leave circulation at once, and the next four to come back too.
+        assert_eq!(
+            slots.pop().unwrap().finish(Signal::Overloaded),
+            Some(START / 2)
+        );
         assert_eq!(limit.slots.available_permits(), 0);
-        for _ in 0..7 {
+        for _ in 0..4 {
             slots.pop().unwrap().finish(Signal::Answered);
         }
         assert_eq!(limit.slots.available_permits(), 0);
