@@ -620,6 +620,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether the database answers a read now, for `/readyz` and for telling that it is back
+    /// after an outage: a read whose cost does not grow with the deliveries written since the
+    /// tables were last vacuumed or analyzed (on PostgreSQL without them, the scheduler's
+    /// [`Store::next_due_at`] took over a second within minutes).
+    async fn answers_reads(&self) -> StoreResult<()> {
+        self.next_due_at().await.map(|_| ())
+    }
+
     /// The database server's clock, for a backend that several nodes share: leases are times
     /// that every node compares with its own clock, so a node whose clock is off by more than
     /// a lease's margin can take deliveries another node still holds. `None` when this node is

@@ -251,7 +251,7 @@ impl Health {
             if self.waiting.load(Ordering::SeqCst) > 0 || self.store.write_trouble().is_some() {
                 continue;
             }
-            if let Ok(Ok(_)) = tokio::time::timeout(STALLED, self.store.next_due_at()).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(STALLED, self.store.answers_reads()).await {
                 self.back();
                 return;
             }

@@ -71,7 +71,7 @@ async fn readiness(state: &AppState) -> (StatusCode, Status) {
     }
     // Bounded, so that a probe with a short timeout gets the answer rather than none: a
     // database cut off by the network would otherwise hold it for the pool's 10 s.
-    match tokio::time::timeout(READY_READ_WITHIN, state.store.next_due_at()).await {
+    match tokio::time::timeout(READY_READ_WITHIN, state.store.answers_reads()).await {
         Ok(Ok(_)) => (
             StatusCode::OK,
             Status {
