@@ -3,7 +3,7 @@
 //! organization, its webhooks or its types must call [`Directory::invalidate`]. When several
 //! nodes share the store, the store's signals carry other nodes' changes here too (see
 //! `herald/src/service/cluster.rs`), a moment after their commit; ingest, which must not miss
-//! one, checks each snapshot against the store as it stores events ([`OrgSnapshot::seen`]).
+//! one, checks each snapshot against the store as it stores events ([`OrgSnapshot::config_mark`]).
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -621,9 +621,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Whether the database answers a read now, for `/readyz` and for telling that it is back
-    /// after an outage: a read whose cost does not grow with the deliveries written since the
-    /// tables were last vacuumed or analyzed (on PostgreSQL without them, the scheduler's
-    /// [`Store::next_due_at`] took over a second within minutes).
+    /// after an outage. On PostgreSQL, a read whose cost does not grow with the deliveries
+    /// written since the tables were last vacuumed or analyzed (without them, the scheduler's
+    /// [`Store::next_due_at`] took over a second within minutes); elsewhere, that one.
     async fn answers_reads(&self) -> StoreResult<()> {
         self.next_due_at().await.map(|_| ())
     }

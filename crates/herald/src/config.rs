@@ -559,7 +559,10 @@ mod tests {
                 continue;
             };
             let flag = format!("`--{long}");
-            if !row.get(1).is_some_and(|flags| flags.contains(&flag)) {
+            let gives_flag = |flags: &str| {
+                flags.contains(&format!("{flag}`")) || flags.contains(&format!("{flag} "))
+            };
+            if !row.get(1).is_some_and(|flags| gives_flag(flags)) {
                 missing.push(format!("{env}'s row does not give its flag {flag}`"));
             }
             if let [default] = arg.get_default_values() {
@@ -569,6 +572,21 @@ mod tests {
                 if !(defaults.starts_with(&shown) || shared && defaults.contains(&shown)) {
                     missing.push(format!("{env}'s row does not give its default {shown}"));
                 }
+            }
+        }
+        // And no row for a setting that is gone.
+        let settings: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| Some(format!("`{}`", a.get_env()?.to_string_lossy())))
+            .collect();
+        for row in &rows {
+            for env in row[0]
+                .split(", ")
+                .filter(|e| !settings.iter().any(|s| s == e))
+            {
+                missing.push(format!(
+                    "a row for {env}, which is no setting of herald serve"
+                ));
             }
         }
         assert!(

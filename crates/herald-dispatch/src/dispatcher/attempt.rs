@@ -152,7 +152,7 @@ impl Dispatcher {
         // of this one's size, which an attempt would otherwise keep while its outcome waits for
         // the database (thousands of them, when the writer is behind).
         let mut slot = slot;
-        let sending = Sending::new(&shared.unanswered, batch, started_at);
+        let sending = Sending::new(&shared.cut_off_requests, batch, started_at);
         let outcome = Box::pin(shared.client.send_noting_slow(
             webhook.url.as_str(),
             request,
@@ -313,7 +313,7 @@ impl Dispatcher {
         // A timeout cut short to fit the lease says nothing about the endpoint's capacity.
         let shortened = timeout < Duration::from_millis(u64::from(webhook.effective_timeout_ms()));
         let cut = slot.finish(match Signal::of(outcome) {
-            Signal::Overloaded
+            Signal::Strained
                 if shortened && matches!(outcome.error, Some(AttemptError::Timeout)) =>
             {
                 Signal::Unknown

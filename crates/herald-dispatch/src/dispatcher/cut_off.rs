@@ -37,7 +37,7 @@ impl CutOffDeliveries {
 
     /// What was left unanswered so far, taken.
     pub(crate) fn take(&self) -> Vec<CutOffDelivery> {
-        std::mem::take(&mut *self.left.lock().expect("unanswered lock"))
+        std::mem::take(&mut *self.left.lock().expect("cut-off lock"))
     }
 }
 

@@ -57,21 +57,23 @@ impl Dispatcher {
     }
 
     /// Names the webhooks whose deliveries have waited in this node's queue for over half a
-    /// lease (their leases end before `soon`): their endpoints take fewer than arrive, and
-    /// nothing else in the log would say so while they keep answering.
+    /// lease (their leases end before `soon`): fewer go out than arrive, and nothing else in
+    /// the log would say so while their endpoints keep answering. Not while attempts wait for
+    /// the database, which is said already.
     fn say_who_falls_behind(&self, soon: Timestamp) {
-        let Some(held_back) = FALLING_BEHIND.admit() else {
+        if self.attempts_paused() || FALLING_BEHIND.admit().is_none() {
             return;
-        };
+        }
         let behind = {
             let held = self.shared.held.lock().expect("held lock");
             held.late_by_webhook(soon)
         };
         let limits = self.concurrency_limits();
         let waited = self.shared.settings.lease.as_secs() / 2;
-        for (webhook, late, queued) in behind.iter().take(3) {
+        const NAMED: usize = 3;
+        for (webhook, late, held) in behind.iter().take(NAMED) {
             let at_once = limits.iter().find(|(id, _)| id == webhook).map(|(_, l)| *l);
-            tracing::warn!(webhook = %webhook, late, queued, requests_at_once = at_once, held_back, "a webhook is falling behind: {late} of its deliveries have waited in this node's queue for over {waited} s, its endpoint taking fewer than arrive, so its events arrive late (said once per 5 min; herald_webhook_oldest_pending_seconds in /metrics follows it)");
+            tracing::warn!(webhook = %webhook, late, held, requests_at_once = at_once, other_webhooks = behind.len().saturating_sub(NAMED), "a webhook is falling behind: {late} of its deliveries have waited in this node's queue for over {waited} s, fewer going out than arrive (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight), so its events arrive late; said once per 5 min, herald_webhook_oldest_pending_seconds in /metrics follows it");
         }
     }
 

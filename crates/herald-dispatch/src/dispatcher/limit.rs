@@ -2,13 +2,14 @@
 //!
 //! A webhook starts at [`START`] requests at once (or its ceiling, if lower). While every slot
 //! is busy and the endpoint keeps answering, it gets one more slot per full round of answers,
-//! up to the ceiling (`--endpoint-concurrency`). Signs of overload (a timeout, a refused
-//! connection, 429, 502, 503 or 504) on more than a fifth of a window of answers (as many as
-//! the limit, at least [`MIN_WINDOW`]) halve it, at most once per round: requests that started
-//! before the last cut do not cut again. So a backlog drains as fast as the endpoint can take
-//! it, and an endpoint that struggles gets fewer requests, down to one.
+//! up to the ceiling (`--endpoint-concurrency`). An endpoint that says it is overloaded (429,
+//! 503) halves it, as do signs of strain (a timeout, a refused connection, 502 or 504) on more
+//! than a fifth of a window of answers (as many as the limit, at least [`MIN_WINDOW`]); at most
+//! once per round: requests that started before the last cut do not cut again. So a backlog
+//! drains as fast as the endpoint can take it, and an endpoint that struggles gets fewer
+//! requests, down to one.
 //!
-//! Not at the first sign: an endpoint whose answers mostly come at once but now and then take
+//! Signs of strain cut only in numbers: an endpoint whose answers mostly come at once but now and then take
 //! past the timeout (a slow tail: a lock, a pause) is not overloaded by Herald's requests, and
 //! halving at each of its timeouts held one that timed out on a tenth of them at four or five
 //! requests at once, a quarter of what its events needed, so that its backlog grew for as long
@@ -31,16 +32,18 @@ pub(super) const START: usize = 16;
 /// handful of answers would otherwise be the fifth that cuts.
 pub(super) const MIN_WINDOW: usize = 8;
 
-/// More than one answer in this many signalling overload, within a window, cuts the limit.
-const OVERLOAD_SHARE: usize = 5;
+/// More than one answer in this many showing strain, within a window, cuts the limit.
+const STRAIN_SHARE: usize = 5;
 
 /// What an answered (or failed) request says about the endpoint's capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Signal {
     /// It answered in time, success or not: it could take this request.
     Answered,
-    /// It is overloaded or unreachable: timeouts, refused connections, 429, 502–504.
+    /// It said it is overloaded: 429, 503.
     Overloaded,
+    /// It may be overloaded, or unreachable: a timeout, a refused connection, 502, 504.
+    Strained,
     /// Nothing was learned (the request was never sent).
     Unknown,
 }
@@ -52,9 +55,10 @@ impl Signal {
             // `attempt` passes `Unknown` instead when it had shortened the timeout to fit the
             // lease, since timing out then says nothing about the endpoint.
             Some(AttemptError::Timeout | AttemptError::CutShort | AttemptError::Connect(_)) => {
-                Self::Overloaded
+                Self::Strained
             }
-            Some(AttemptError::Status(429 | 502 | 503 | 504)) => Self::Overloaded,
+            Some(AttemptError::Status(429 | 503)) => Self::Overloaded,
+            Some(AttemptError::Status(502 | 504)) => Self::Strained,
             Some(AttemptError::Status(_)) => Self::Answered,
             Some(
                 AttemptError::Dns(_)
@@ -86,9 +90,9 @@ struct State {
     owed: usize,
     /// Bumped at every cut; a slot remembers the round it was taken in.
     round: u64,
-    /// Answers in the current window, and how many of them signalled overload.
+    /// Answers in the current window, and how many of them showed strain.
     window_answers: usize,
-    window_overloads: usize,
+    window_strained: usize,
 }
 
 /// A taken slot. Give it back with [`Slot::finish`]; dropping it gives it back as
@@ -115,7 +119,7 @@ impl Limit {
                 owed: 0,
                 round: 0,
                 window_answers: 0,
-                window_overloads: 0,
+                window_strained: 0,
             }),
         })
     }
@@ -161,21 +165,22 @@ impl Limit {
                     }
                 }
             }
-            Signal::Overloaded if round == state.round => state.window_overloads += 1,
-            Signal::Overloaded | Signal::Unknown => {}
+            Signal::Strained if round == state.round => state.window_strained += 1,
+            Signal::Overloaded | Signal::Strained | Signal::Unknown => {}
         }
-        if matches!(signal, Signal::Answered | Signal::Overloaded) {
+        if signal != Signal::Unknown {
             state.window_answers += 1;
             let window = state.limit.max(MIN_WINDOW);
-            if state.window_overloads * OVERLOAD_SHARE > window {
+            let said = signal == Signal::Overloaded && round == state.round;
+            if said || state.window_strained * STRAIN_SHARE > window {
                 let halved = (state.limit / 2).max(1);
                 state.owed += state.limit - halved;
                 state.limit = halved;
                 state.busy_answers = 0;
                 state.round += 1;
-                (state.window_answers, state.window_overloads) = (0, 0);
+                (state.window_answers, state.window_strained) = (0, 0);
             } else if state.window_answers >= window {
-                (state.window_answers, state.window_overloads) = (0, 0);
+                (state.window_answers, state.window_strained) = (0, 0);
             }
         }
         if state.owed > 0 {
@@ -294,7 +299,7 @@ mod tests {
         let slots = take(&limit, START).await;
         let cuts: Vec<_> = slots
             .into_iter()
-            .filter_map(|slot| slot.finish(Signal::Overloaded))
+            .filter_map(|slot| slot.finish(Signal::Strained))
             .collect();
         assert_eq!(cuts, [START / 2], "one cut, reported once");
         assert_eq!(limit.current(), START / 2);
@@ -302,11 +307,29 @@ mod tests {
         // Each later round cuts again at its second timeout (more than a fifth of a window of
         // eight), down to one.
         for (expected, reported) in [(4, Some(4)), (2, Some(2)), (1, Some(1)), (1, None)] {
-            assert_eq!(limit.acquire().await.finish(Signal::Overloaded), None);
-            assert_eq!(limit.acquire().await.finish(Signal::Overloaded), reported);
+            assert_eq!(limit.acquire().await.finish(Signal::Strained), None);
+            assert_eq!(limit.acquire().await.finish(Signal::Strained), reported);
             assert_eq!(limit.current(), expected);
         }
         assert_eq!(circulating(&limit, 0), 1);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_says_it_is_overloaded_is_heard_at_once() {
+        let limit = Limit::new(64);
+        let mut slots = take(&limit, START).await;
+        // One 429 cuts, the rest of its round do not cut again; the next round's first does.
+        assert_eq!(
+            slots.pop().unwrap().finish(Signal::Overloaded),
+            Some(START / 2)
+        );
+        for slot in slots {
+            assert_eq!(slot.finish(Signal::Overloaded), None);
+        }
+        assert_eq!(
+            limit.acquire().await.finish(Signal::Overloaded),
+            Some(START / 4)
+        );
     }
 
     #[tokio::test]
@@ -317,7 +340,7 @@ mod tests {
         for i in 0..2_000 {
             let mut slots = take(&limit, limit.current()).await;
             let signal = if i % 10 == 0 {
-                Signal::Overloaded
+                Signal::Strained
             } else {
                 Signal::Answered
             };
@@ -327,8 +350,8 @@ mod tests {
         // A run of them does cut, within two windows' fifths (the run may straddle two).
         let n = limit.current();
         let mut slots = take(&limit, n).await;
-        let cut = (0..2 * (n / OVERLOAD_SHARE + 1))
-            .find_map(|_| slots.pop().unwrap().finish(Signal::Overloaded));
+        let cut = (0..2 * (n / STRAIN_SHARE + 1))
+            .find_map(|_| slots.pop().unwrap().finish(Signal::Strained));
         assert_eq!(cut, Some(n / 2));
     }
 
@@ -337,12 +360,12 @@ mod tests {
         let limit = Limit::new(64);
         let mut slots = take(&limit, START).await;
         for _ in 0..3 {
-            assert_eq!(slots.pop().unwrap().finish(Signal::Overloaded), None);
+            assert_eq!(slots.pop().unwrap().finish(Signal::Strained), None);
         }
         // The fourth timeout of sixteen cuts to eight with twelve still out: the three given
         // back before it leave circulation at once, and the next four to come back too.
         assert_eq!(
-            slots.pop().unwrap().finish(Signal::Overloaded),
+            slots.pop().unwrap().finish(Signal::Strained),
             Some(START / 2)
         );
         assert_eq!(limit.slots.available_permits(), 0);
@@ -366,7 +389,7 @@ mod tests {
         limit.acquire().await.finish(Signal::Unknown);
         assert_eq!(limit.current(), START);
         let timeout = AttemptOutcome::failed(AttemptError::Timeout, None, 3, String::new(), None);
-        assert_eq!(Signal::of(&timeout), Signal::Overloaded);
+        assert_eq!(Signal::of(&timeout), Signal::Strained);
         let busy =
             AttemptOutcome::failed(AttemptError::Status(503), Some(503), 3, String::new(), None);
         assert_eq!(Signal::of(&busy), Signal::Overloaded);

@@ -181,7 +181,7 @@ struct Shared {
     /// Deliveries the webhooks' tasks gave back to the store while stopping (see `drain`).
     given_back_on_stop: std::sync::atomic::AtomicU64,
     /// Requests that were out when the stop's grace ran out, to be recorded (see `drain`).
-    unanswered: cut_off::CutOffDeliveries,
+    cut_off_requests: cut_off::CutOffDeliveries,
     /// Each webhook's failing streak as this node last saved it, newer than the directory's.
     failing: Mutex<HashMap<WebhookId, health::Streak>>,
     /// Set on shutdown: attempts in flight finish, queued ones are given back to the store.
@@ -249,7 +249,7 @@ impl Dispatcher {
                 wake: Notify::new(),
                 wake_renewals: Notify::new(),
                 given_back_on_stop: std::sync::atomic::AtomicU64::new(0),
-                unanswered: cut_off::CutOffDeliveries::default(),
+                cut_off_requests: cut_off::CutOffDeliveries::default(),
                 failing: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 stop: watch::Sender::new(false),
@@ -627,8 +627,8 @@ impl Dispatcher {
             while tasks.join_next().await.is_some() {}
             // Each webhook's task, aborted, aborts its attempts' own tasks, which end when the
             // runtime next comes to them: once no request is out, every one cut off is in
-            // `unanswered`.
-            while self.shared.unanswered.any_out() {
+            // `cut_off_requests`.
+            while self.shared.cut_off_requests.any_out() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -667,7 +667,7 @@ impl Dispatcher {
         &self,
         leases: &[(DeliveryId, Timestamp)],
     ) -> std::collections::HashSet<DeliveryId> {
-        let left = self.shared.unanswered.take();
+        let left = self.shared.cut_off_requests.take();
         let records = cut_off::records(left, leases, self.shared.clock.now());
         if records.is_empty() {
             return Default::default();

@@ -20,7 +20,7 @@ use super::limit::{Limit, Slot};
 use super::{Dispatcher, Queued, Queues};
 
 /// The most deliveries one batched request carries.
-pub(crate) const MAX_DELIVERIES_PER_REQUEST: usize = 100;
+pub(crate) const MAX_DELIVERIES_PER_BATCH: usize = 100;
 /// The most deliveries an open circuit defers with one write.
 const MAX_DEFERRED: usize = 1_000;
 
@@ -158,7 +158,7 @@ impl Dispatcher {
     }
 
     /// `first` and, for a webhook with a batch window (Opal), what arrives within the window
-    /// after it, up to [`MAX_DELIVERIES_PER_REQUEST`]. A test or a resend goes alone: what would share its
+    /// after it, up to [`MAX_DELIVERIES_PER_BATCH`]. A test or a resend goes alone: what would share its
     /// request would pass an open circuit with it.
     async fn gather_batch(
         &self,
@@ -175,7 +175,7 @@ impl Dispatcher {
             return batch;
         };
         let deadline = tokio::time::Instant::now() + window;
-        while batch.len() < MAX_DELIVERIES_PER_REQUEST {
+        while batch.len() < MAX_DELIVERIES_PER_BATCH {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
                 Ok(Some(q)) if self.is_current(&q) => batch.push(q),
                 Ok(Some(_)) => {}

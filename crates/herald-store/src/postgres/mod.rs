@@ -765,13 +765,17 @@ impl Store for PostgresStore {
     }
 
     async fn answers_reads(&self) -> StoreResult<()> {
-        // Names Herald's table, so that a database without them (emptied, another one) does
-        // not pass, and waits as a read would behind a lock that keeps reads out; reads no row.
+        // Names Herald's table and the columns the scheduler reads, so that a database without
+        // them (emptied, another one) does not pass, and waits as a read would behind a lock
+        // that keeps reads out; reads no row.
         on_client!(self, |c| async move {
-            c.query("SELECT 1 FROM deliveries LIMIT 0", &[])
-                .await
-                .map(|_| ())
-                .map_err(sql)
+            c.query(
+                "SELECT id, state, due_at, lease_until FROM deliveries LIMIT 0",
+                &[],
+            )
+            .await
+            .map(|_| ())
+            .map_err(sql)
         })
     }
 

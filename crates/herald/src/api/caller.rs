@@ -1,7 +1,8 @@
 //! Who is calling, from `Authorization: Bearer <token>` ([`Caller`]), and what their token
 //! lets them do: an admin everything, an organization's manager key its organization, a
-//! producer key only posting events and reading event types ([`producer_may`]), whatever the
-//! route; organizations are created and deleted by the admin alone.
+//! producer key only posting events, reading event types and finding its organization
+//! ([`producer_may`]), whatever the route; organizations are created and deleted by the admin
+//! alone.
 
 use std::time::Duration;
 

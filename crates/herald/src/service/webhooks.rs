@@ -519,7 +519,8 @@ async fn update_checked(
     }
 }
 
-/// What a change found before it was applied, for the checks and WebSub steps that follow.
+/// What applying a change found (the webhook as it was, and whether its subscription changed),
+/// for the checks and WebSub steps that follow.
 struct Applied {
     old_verification: Verification,
     was_active: bool,

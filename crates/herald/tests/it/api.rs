@@ -2003,6 +2003,20 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         StatusCode::NOT_FOUND,
         "nothing is sent before every line is read"
     );
+    // A file that can be read only once (a pipe: `--file <(zcat …)`, /dev/stdin) is kept as
+    // it is read, not read twice.
+    let piped = [&send[..], &["--file", "/dev/stdin"]].concat();
+    let two = format!(
+        "{}\n{}",
+        event("piped-1", "user.created"),
+        event("piped-2", "user.created")
+    );
+    let (ok, out) = herald_cli(&app, &piped, Some(&two)).await;
+    assert!(ok, "{out}");
+    for id in ["piped-1", "piped-2"] {
+        let (status, _) = app.get(&format!("/v1/orgs/{org}/events/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{id}: {out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,9 +83,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
         }
         Input::Lines(source) => {
             let plan = source.check(conn.json)?;
-            let events = source
-                .events()?
-                .map(|line| line.map(|(at, event)| (Some(at), event)));
+            let events = source.events_as_checked(&plan)?;
             send_many(&api, &path, &plan, events)?
         }
     };
@@ -118,16 +116,18 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
 }
 
 /// Reads what `file` (`-`: standard input) holds: one JSON value (an event, or an array of
-/// them), or else JSON Lines, one event per line, blank lines passed over. Only the first
-/// line is read to tell which, unless it is not an event on its own: a file of JSON Lines is
-/// not held in memory.
+/// them), or else JSON Lines, one event per line, blank lines passed over. Only the first two
+/// lines are read to tell which, unless the first is not an event on its own: a regular file
+/// of JSON Lines is not held in memory.
 fn read_events(file: &str) -> anyhow::Result<Input> {
-    if file == "-" {
-        // Standard input cannot be read twice: it is kept, as text.
+    let regular = file != "-" && std::fs::metadata(file).is_ok_and(|m| m.is_file());
+    if regular {
+        classify(LineSource::File(file.to_owned()))
+    } else {
+        // Standard input, a pipe (`--file <(zcat …)`), a FIFO: what can be read only once is
+        // kept, as text.
         let (text, source) = read_input(file)?;
         classify(LineSource::Text { text, source })
-    } else {
-        classify(LineSource::File(file.to_owned()))
     }
 }
 
@@ -254,6 +254,35 @@ impl LineSource {
         }))
     }
 
+    /// The events again, to be sent, as `plan` counted them: a file changed since (a line
+    /// more, or one that is no longer an event, or without the id every event had) is an
+    /// error where it is met, rather than events the plan's advice does not fit.
+    fn events_as_checked<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(Option<usize>, Value)>> + 'a> {
+        let name = self.name();
+        let changed = move |at: usize, what: &str| {
+            anyhow::anyhow!("{name} changed while it was being sent: line {at} {what}")
+        };
+        let mut seen = 0;
+        Ok(self.events()?.map(move |event| {
+            let (at, event) = event
+                .map_err(|e| anyhow::anyhow!("{name} changed while it was being sent: {e:#}"))?;
+            seen += 1;
+            if seen > plan.total {
+                return Err(changed(
+                    at,
+                    &format!("is event {seen}, of {} counted before", plan.total),
+                ));
+            }
+            if plan.all_have_ids && !has_id(&event) {
+                return Err(changed(at, "has no id, though every event had one"));
+            }
+            Ok((Some(at), event))
+        }))
+    }
+
     /// Reads every line before anything is sent: a line that is not an event is said first,
     /// with nothing stored; and the events are counted, for the progress line and for what to
     /// do should a request fail midway.
@@ -360,8 +389,25 @@ fn send_many(
     let mut lines: Vec<Option<usize>> = Vec::new();
     let mut first = 0;
     loop {
-        take_request(&mut events, &mut batch, &mut lines)?;
+        // Only a file that changed since it was checked fails here: what was stored, and
+        // where to go on from, are said as for a request that failed.
+        take_request(&mut events, &mut batch, &mut lines).map_err(|e| {
+            let stored = match first {
+                0 => "nothing was sent".to_owned(),
+                n => format!(
+                    "the {n} events before were stored; send from event {} on",
+                    n + 1
+                ),
+            };
+            anyhow::anyhow!("{e:#}; {stored}")
+        })?;
         if batch.is_empty() {
+            if first < plan.total {
+                bail!(
+                    "the input changed while it was being sent: {} events were counted, {first}                      found and stored",
+                    plan.total
+                );
+            }
             return Ok(sent);
         }
         send_request(api, path, plan, &batch, &lines, first, &mut sent)?;
@@ -663,5 +709,50 @@ mod tests {
         assert_eq!((plan.total, plan.all_have_ids), (3, false));
         let lines: Vec<usize> = source.events().unwrap().map(|l| l.unwrap().0).collect();
         assert_eq!(lines, [1, 3, 4]);
+    }
+
+    /// The file is read again to be sent: a line added since, or an id gone where every
+    /// event had one, is met as an error naming the line, not sent under the first reading's
+    /// advice (resending the whole of it would store an event without an id twice).
+    #[test]
+    fn a_file_changed_between_the_readings_is_said_where_it_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        let write = |text: &str| std::fs::write(&file, text).unwrap();
+        write("{\"type\": \"a\", \"id\": \"1\"}\n{\"type\": \"b\", \"id\": \"2\"}\n");
+        let Input::Lines(source) = read_events(file.to_str().unwrap()).unwrap() else {
+            panic!("not JSON Lines");
+        };
+        let plan = source.check(false).unwrap();
+        assert!(plan.all_have_ids);
+        let sent = |source: &LineSource| -> Result<usize, String> {
+            let events = source.events_as_checked(&plan).unwrap();
+            events
+                .map(|e| e.map(|_| ()))
+                .collect::<anyhow::Result<Vec<()>>>()
+                .map(|all| all.len())
+                .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(sent(&source), Ok(2));
+        write("{\"type\": \"a\", \"id\": \"1\"}\n{\"type\": \"b\"}\n");
+        let told = sent(&source).unwrap_err();
+        assert!(
+            told.ends_with("line 2 has no id, though every event had one"),
+            "{told}"
+        );
+        write(
+            "{\"type\": \"a\", \"id\": \"1\"}\n{\"type\": \"b\", \"id\": \"2\"}\n{\"type\": \"c\", \"id\": \"3\"}\n",
+        );
+        let told = sent(&source).unwrap_err();
+        assert!(
+            told.ends_with("line 3 is event 3, of 2 counted before"),
+            "{told}"
+        );
+        write("{\"type\": \"a\", \"id\": \"1\"}\n{oops\n");
+        let told = sent(&source).unwrap_err();
+        assert!(
+            told.contains("changed while it was being sent") && told.contains("line 2: not JSON"),
+            "{told}"
+        );
     }
 }
