@@ -63,7 +63,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
         None => read_events(args.file.as_deref().unwrap_or("-"))?,
     };
     let path = api_path(&["v1", "orgs", &org, "events"])?;
-    let sent = match input {
+    let mut sent = match input {
         Input::One(event) => {
             let answer = api.post(&path, event)?;
             Sent::from_answer(answer)
@@ -91,7 +91,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
         print_json(&json!({ "events": sent.rows, "deliveries": sent.deliveries }));
     } else if sent.requests == 1 {
         // An event dropped for reusing another's id is no duplicate to shrug at.
-        let mut rows = sent.rows.clone();
+        let mut rows = std::mem::take(&mut sent.rows);
         for row in &mut rows {
             if row.get("mismatch").is_some_and(|m| !m.is_null()) {
                 row["duplicate"] = json!("id reused: NOT STORED");
