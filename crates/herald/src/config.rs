@@ -306,8 +306,9 @@ pub struct DeliverySettings {
     pub stop_grace_seconds: u64,
     /// The most requests this node has in flight at once to one webhook (each node has its own).
     /// Each webhook starts at 16 (or this, if lower), takes one more after each round of answers
-    /// in time while all are busy, and halves after a timeout, a refused connection, 429, 502,
-    /// 503 or 504. Lower it to spare fragile endpoints; 1 sends one request at a time.
+    /// in time while all are busy, and halves after a 429 or 503, or once more than a fifth of a
+    /// run of answers are timeouts, refused connections, 502 or 504. Lower it to spare fragile
+    /// endpoints; 1 sends one request at a time.
     #[arg(long, env = "HERALD_ENDPOINT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub endpoint_concurrency: u32,
     /// The most requests this node has in flight at once to all webhooks together: each holds a

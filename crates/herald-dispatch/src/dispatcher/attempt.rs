@@ -33,6 +33,8 @@ static ASKED_TO_WAIT: herald_core::throttle::Throttle =
 /// Requests this node could not send (out of file descriptors): one line per 10 s.
 static UNSENT: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
+/// How long an endpoint that answered `429` without `Retry-After` is held.
+const UNSAID_429_WAIT_SECS: u64 = 1;
 /// How soon a batch this node could not send comes due again.
 const LOCAL_RETRY: Duration = Duration::from_secs(2);
 
@@ -322,8 +324,14 @@ impl Dispatcher {
         });
         let now = self.shared.clock.now();
         // The endpoint's wait first, so that what the circuit's change sends on goes no
-        // sooner than the wait's end.
-        let asked = outcome.retry_after_secs().filter(|secs| *secs > 0);
+        // sooner than the wait's end. A 429 that does not say how long asks to slow down all
+        // the same: held for a moment, the backlog behind it does not run into the same
+        // refusal again and again until the circuit opens (a fast endpoint limiting itself to
+        // 50 requests a second got 50 deliveries every 30 s so, the circuit's cool-down).
+        let asked = outcome
+            .retry_after_secs()
+            .filter(|secs| *secs > 0)
+            .or_else(|| (outcome.status == Some(429)).then_some(UNSAID_429_WAIT_SECS));
         let (held, held_until) = {
             let mut breakers = self.shared.breakers.lock().expect("breakers lock");
             let breaker = breaker::of(&mut breakers, &webhook.id);
@@ -333,7 +341,7 @@ impl Dispatcher {
         match held {
             Held::Began(until) => {
                 if let Some(held_back) = ASKED_TO_WAIT.admit() {
-                    tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
+                    tracing::info!(webhook = %webhook.id, org = %webhook.org_id, status = outcome.status, until = %until.to_rfc3339(), held_back, "endpoint asked to wait (Retry-After, or a 429 without it: a second); holding its deliveries until then, but for tests and resends (said once per 10 s; held_back counts the others)");
                 }
             }
             Held::PutOff(moved) => self.move_deferred(&webhook.id, moved).await,

@@ -16,7 +16,7 @@ pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// The shortest attempt worth starting.
 const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
-/// Webhooks falling behind: said once per 5 min, however many.
+/// Webhooks whose events arrive late: said once per 5 min, however many.
 static FALLING_BEHIND: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(300));
 
@@ -73,7 +73,7 @@ impl Dispatcher {
         const NAMED: usize = 3;
         for (webhook, late, held) in behind.iter().take(NAMED) {
             let at_once = limits.iter().find(|(id, _)| id == webhook).map(|(_, l)| *l);
-            tracing::warn!(webhook = %webhook, late, held, requests_at_once = at_once, other_webhooks = behind.len().saturating_sub(NAMED), "a webhook is falling behind: {late} of its deliveries have waited in this node's queue for over {waited} s, fewer going out than arrive (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight), so its events arrive late; said once per 5 min, herald_webhook_oldest_pending_seconds in /metrics follows it");
+            tracing::warn!(webhook = %webhook, late, held, requests_at_once = at_once, other_webhooks = behind.len().saturating_sub(NAMED), "a webhook's events arrive late: {late} of its deliveries have waited in this node's queue for over {waited} s, a backlog going out more slowly than that (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight); said at most every 5 min, herald_webhook_oldest_pending_seconds in /metrics follows it");
         }
     }
 

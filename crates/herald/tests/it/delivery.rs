@@ -411,6 +411,41 @@ async fn retry_after_on_429_pushes_the_next_attempt_back() {
     rx.wait_for("/h", 2, WAIT).await;
 }
 
+/// A `429` without `Retry-After` asks to slow down all the same: the endpoint is held for a
+/// second, and the refusals count as answers, not failures. A rate limiter refusing a burst
+/// opened the circuit (ten failures in a row), and its endpoint got nothing for 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_without_retry_after_holds_the_endpoint_a_second_and_opens_no_circuit() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.script((0..12).map(|_| Reply::status(429)));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 1, 1] }))
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    for i in 0..12 {
+        app.send_event(&org, user_created(&format!("u{i}"))).await;
+    }
+    rx.wait_for("/h", 12, WAIT).await;
+    let deliveries = app.delivery_ids(&org, id).await;
+    let (_, view) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert!(view.get("circuit_open_until").is_none(), "{view}");
+    // Their retries (a second later on this schedule) go, and succeed.
+    rx.wait_for("/h", 24, WAIT).await;
+    let mut first_tries = Vec::new();
+    for delivery in &deliveries {
+        let d = app
+            .wait_for_delivery(&org, delivery, |d| d["state"] == "succeeded")
+            .await;
+        let first = d["attempts"][0]["started_at"].as_str().unwrap();
+        first_tries.push(chrono::DateTime::parse_from_rfc3339(first).unwrap());
+    }
+    // Not all at once: after each refusal, what followed waited for the second to pass.
+    let spread = *first_tries.iter().max().unwrap() - *first_tries.iter().min().unwrap();
+    assert!(spread.num_milliseconds() >= 900, "{first_tries:?}");
+}
+
 /// One webhook of one organization, whose endpoint is asked to make it wait.
 struct Waits<'a> {
     app: &'a TestApp,
