@@ -57,7 +57,7 @@ impl Dispatcher {
     }
 
     /// Names the webhooks whose deliveries have waited in this node's queue for over half a
-    /// lease (their leases end before `soon`): fewer go out than arrive, and nothing else in
+    /// lease (their leases end before `soon`): their events arrive late, and nothing else in
     /// the log would say so while their endpoints keep answering. Not while attempts wait for
     /// the database, which is said already.
     fn say_who_falls_behind(&self, soon: Timestamp) {
