@@ -350,7 +350,8 @@ impl Dispatcher {
         // The circuit protects this node too: a request given up for want of room here counts
         // as a failure (a probe cut short backs off as a failed one does). The failing streak
         // that disables the webhook does not hear of it (`track_health`). An answer that says
-        // when to come back is the endpoint at work, not down: its wait holds what follows,
+        // when to come back (or a bare 429) is the endpoint at work, not down: its wait holds
+        // what follows,
         // and the circuit hears an answer, not a failure. Counted as one, the requests in
         // flight, refused together, opened the circuit, whose cool-down (30 s) then outlasted
         // a shorter wait.
