@@ -69,11 +69,7 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
             Sent::from_answer(answer)
         }
         Input::Array(events) => {
-            let plan = Plan {
-                total: events.len(),
-                all_have_ids: events.iter().all(has_id),
-                keep_rows: conn.json || events.len() <= EVENTS_PER_REQUEST,
-            };
+            let plan = Plan::new(events.len(), events.iter().all(has_id), conn.json);
             send_many(
                 &api,
                 &path,
@@ -286,20 +282,14 @@ impl LineSource {
     /// Reads every line before anything is sent: a line that is not an event is said first,
     /// with nothing stored; and the events are counted, for the progress line and for what to
     /// do should a request fail midway.
-    fn check(&self, keep_rows: bool) -> anyhow::Result<Plan> {
-        let mut plan = Plan {
-            total: 0,
-            all_have_ids: true,
-            keep_rows,
-        };
+    fn check(&self, shown: bool) -> anyhow::Result<Plan> {
+        let (mut total, mut all_have_ids) = (0, true);
         for event in self.events()? {
             let (_, event) = event?;
-            plan.total += 1;
-            plan.all_have_ids &= has_id(&event);
+            total += 1;
+            all_have_ids &= has_id(&event);
         }
-        // Few enough to be shown in a table, should they go in one request.
-        plan.keep_rows |= plan.total <= EVENTS_PER_REQUEST;
-        Ok(plan)
+        Ok(Plan::new(total, all_have_ids, shown))
     }
 }
 
@@ -315,6 +305,18 @@ struct Plan {
     /// Whether the server's answer for each event is kept, to be shown (`--json`, or few
     /// enough for a table).
     keep_rows: bool,
+}
+
+impl Plan {
+    /// `shown`: every answer is to be shown (`--json`); else only those few enough to go in
+    /// one request, which are shown as a table should they.
+    fn new(total: usize, all_have_ids: bool, shown: bool) -> Self {
+        Self {
+            total,
+            all_have_ids,
+            keep_rows: shown || total <= EVENTS_PER_REQUEST,
+        }
+    }
 }
 
 /// What the requests stored, added up.
