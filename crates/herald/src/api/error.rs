@@ -77,16 +77,16 @@ impl From<ServiceError> for ApiError {
         use ServiceError as E;
         match e {
             E::Invalid(i) => Self {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "invalid_field",
-                message: if i.field.is_empty() {
-                    i.message.clone()
-                } else {
-                    format!("{}: {}", i.field, i.message)
-                },
-                field: (!i.field.is_empty()).then_some(i.field),
-                retry_after: None,
-                errors: Vec::new(),
+                field: (!i.field.is_empty()).then(|| i.field.clone()),
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    if i.field.is_empty() {
+                        i.message
+                    } else {
+                        format!("{}: {}", i.field, i.message)
+                    },
+                )
             },
             E::UnknownEventType {
                 name,
@@ -94,22 +94,22 @@ impl From<ServiceError> for ApiError {
                 field,
                 because,
             } => Self {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "unknown_event_type",
-                message: format!(
-                    "the event type '{name}' is not in this organization's catalogs nor registered by it{because}; list the known types with GET /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types"
-                ),
                 field: Some(field),
-                retry_after: None,
-                errors: Vec::new(),
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_event_type",
+                    format!(
+                        "the event type '{name}' is not in this organization's catalogs nor registered by it{because}; list the known types with GET /v1/orgs/{org}/event-types or register it with POST /v1/orgs/{org}/event-types"
+                    ),
+                )
             },
             E::SchemaViolation(i) => Self {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "schema_violation",
-                message: format!("{}: {}", i.field, i.message),
-                field: Some(i.field),
-                retry_after: None,
-                errors: Vec::new(),
+                field: Some(i.field.clone()),
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "schema_violation",
+                    format!("{}: {}", i.field, i.message),
+                )
             },
             E::EventsRefused { listed, total } => {
                 let errors: Vec<ErrorItem> = listed
