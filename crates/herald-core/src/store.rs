@@ -654,6 +654,13 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
         Ok(true)
     }
+    /// Drops what the store caches in this process's memory and does not need now (SQLite's
+    /// page caches: up to 16 MiB a connection, filled by a backlog or a deep history read and
+    /// otherwise kept for as long as the process runs). Called every few minutes; nothing to do
+    /// on backends whose caches live in the database server.
+    async fn release_memory(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Why the store cannot take writes now, as far as it knows without trying (the SQLite
     /// store's writer thread stopped, its file was deleted, its last commit failed moments
     /// ago: a full disk); `None` when nothing says so. The readiness check asks.

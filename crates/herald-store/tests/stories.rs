@@ -4163,6 +4163,49 @@ async fn sqlite_moves_its_log_into_the_file_it_opened_only() {
     assert_eq!(std::fs::read(&path).unwrap(), restored);
 }
 
+/// Dropping the cached pages (every minute, `service/memory.rs`) while reads and writes go on
+/// beside it loses nothing and leaves every connection working: the writer's part runs as a job
+/// of a group commit, the readers' on those not in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_drops_its_cached_pages_while_reads_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("herald.db")).unwrap());
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let mut work = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (shared, hook) = (store.clone(), hook.clone());
+        work.spawn(async move {
+            deliver(&shared, &hook, &format!("e{i}"), at(1), false).await;
+            shared
+                .list_webhooks(&hook.org_id, &page(10, None))
+                .await
+                .unwrap();
+        });
+        if i % 20 == 0 {
+            store.release_memory().await.unwrap();
+        }
+    }
+    while let Some(done) = work.join_next().await {
+        done.unwrap();
+    }
+    store.release_memory().await.unwrap();
+    let mut listed = 0;
+    let mut cursor = None;
+    loop {
+        let events = store
+            .list_events(&acme.id, &EventFilter::default(), &page(200, cursor))
+            .await
+            .unwrap();
+        listed += events.data.len();
+        if events.next_cursor.is_none() {
+            break;
+        }
+        cursor = events.next_cursor;
+    }
+    assert_eq!(listed, 200);
+    assert_eq!(claim(&store, at(2)).await.len(), 200);
+}
+
 /// Recording outcomes that meets a deadlock (another transaction locking some of the same
 /// deliveries in the other order: an organization's deletion on another node) is done again,
 /// not answered as the database being away, which pauses every attempt of the node.

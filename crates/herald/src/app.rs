@@ -415,9 +415,9 @@ const REENCRYPT_FAILED: &str = "could not open the stored webhook secrets; is ev
      were sealed with configured (HERALD_ENCRYPTION_KEY, HERALD_ENCRYPTION_OLD_KEYS)?";
 
 /// Serves the API on `listener` and runs the background tasks (the scheduler, WebSub renewals,
-/// retention, the clock's watch, and the cluster's signals on PostgreSQL) until `shutdown`
-/// completes; then stops taking requests and lets in-flight deliveries finish for a few
-/// seconds.
+/// retention, the clock's watch, giving memory back, and the cluster's signals on PostgreSQL)
+/// until `shutdown` completes; then stops taking requests and lets in-flight deliveries finish
+/// for a few seconds.
 pub async fn run(
     app: App,
     listener: TcpListener,
@@ -441,6 +441,7 @@ pub async fn run(
         state.clone(),
         stop_rx.clone(),
     ));
+    let memory = tokio::spawn(crate::service::memory::run(state.clone(), stop_rx.clone()));
     let retention = tokio::spawn(crate::service::retention::run(
         state.clone(),
         state.maintenance.clone(),
@@ -454,6 +455,7 @@ pub async fn run(
     let _ = renewals.await;
     let _ = retention.await;
     let _ = clock_watch.await;
+    let _ = memory.await;
     if let Some(cluster) = cluster {
         let _ = cluster.await;
     }

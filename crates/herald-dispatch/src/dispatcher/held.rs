@@ -85,6 +85,9 @@ pub(crate) struct Pull {
     pub limit: usize,
 }
 
+/// Below this capacity the map of held deliveries is left as it is (a few hundred KiB at most).
+const SPARSE_FROM: usize = 4096;
+
 #[derive(Default)]
 pub(crate) struct HeldDeliveries {
     /// Hashed with foldhash (seeded per process), like the dispatcher's other maps: each
@@ -189,11 +192,23 @@ impl HeldDeliveries {
     pub(crate) fn release(&mut self, id: &DeliveryId, budget: Budget) -> Option<(bool, Timestamp)> {
         let held = self.by_id.remove(id)?;
         self.forget(&held);
+        self.shrink_if_sparse();
         let load = &self.loads[held.load];
         Some((
             load.spilled.is_some() && self.may_pull(load, budget),
             held.lease_until,
         ))
+    }
+
+    /// Gives back the map's room once a backlog has gone: a map keeps the capacity of its
+    /// largest size, 64 bytes an entry (8 MiB for the 100,000 a node holds by default). Only
+    /// when it is an eighth full, to half, so that a steady flow does not grow and shrink it by
+    /// turns.
+    fn shrink_if_sparse(&mut self) {
+        let capacity = self.by_id.capacity();
+        if capacity > SPARSE_FROM && self.by_id.len() < capacity / 8 {
+            self.by_id.shrink_to(self.by_id.len() * 2);
+        }
     }
 
     fn forget(&mut self, held: &Held) {
@@ -620,6 +635,35 @@ mod tests {
 
     fn hook() -> WebhookId {
         WebhookId::generate()
+    }
+
+    #[test]
+    fn the_map_gives_its_room_back_once_a_backlog_has_gone() {
+        let (mut held, wh) = (HeldDeliveries::default(), hook());
+        let backlog = ids(50_000);
+        for id in &backlog {
+            held.hold(id, &wh, T, 10);
+        }
+        let full = held.by_id.capacity();
+        assert!(full >= 50_000, "{full}");
+        // Draining to a fifth leaves its room (a shrink would leave twice what is held): a flow
+        // that comes and goes does not shrink and grow it by turns.
+        for id in &backlog[..40_000] {
+            held.release(id, BUDGET);
+        }
+        assert!(held.by_id.capacity() > 30_000, "{}", held.by_id.capacity());
+        for id in &backlog[40_000..49_990] {
+            held.release(id, BUDGET);
+        }
+        assert!(
+            held.by_id.capacity() <= SPARSE_FROM,
+            "{}",
+            held.by_id.capacity()
+        );
+        // What is left is still held.
+        for id in &backlog[49_990..] {
+            assert_eq!(held.release(id, BUDGET).map(|(_, lease)| lease), Some(T));
+        }
     }
 
     #[test]

@@ -973,6 +973,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn release_memory(&self) -> StoreResult<()> {
+        // Writes nothing, so the group's commit is empty: no fsync.
+        self.write(|c| Ok(c.release_memory()?)).await?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.release_memory())
+            .await
+            .map_err(|e| StoreError::Other(Box::new(e)))
+    }
+
     async fn checkpoint_on_stop(&self) -> StoreResult<bool> {
         // A file removed while Herald ran: what it held was saved then, as the message says.
         if let Some(file_watch::Trouble::Missing(said)) = self.watch.trouble_now() {

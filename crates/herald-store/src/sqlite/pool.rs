@@ -48,4 +48,13 @@ impl ReadPool {
         self.idle.lock().expect("read pool lock").push(conn);
         result
     }
+
+    /// Drops the unused pages cached by the connections not in use now (one in use keeps its
+    /// own until the next time).
+    pub(crate) fn release_memory(&self) {
+        for conn in self.idle.lock().expect("read pool lock").iter() {
+            // Fails only on a misuse SQLite can detect; nothing is lost if it does.
+            let _ = conn.release_memory();
+        }
+    }
 }

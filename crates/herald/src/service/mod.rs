@@ -4,7 +4,8 @@
 //!
 //! Beside them, the node's background work that the use cases rely on: `retention` (the
 //! purge), `clock_watch` (the wall clock every stored time is read by), `cluster` (what other nodes
-//! changed), and `token_failures` (holding back token guesses), with `cancel_safe` for writes
+//! changed), `memory` (giving memory back after a spike), and `token_failures` (holding back
+//! token guesses), with `cancel_safe` for writes
 //! that must finish though their caller is gone.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod event_types;
 pub mod events;
 pub mod health;
 pub mod ingest;
+pub mod memory;
 pub mod operations;
 pub mod orgs;
 pub mod retention;

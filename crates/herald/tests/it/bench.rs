@@ -73,7 +73,7 @@ fn every_scenario_runs_at_a_tiny_size_and_delivers_every_acknowledged_event() {
         "backlog",
         dir.path(),
         &backlog_json,
-        &["--event-bytes", "2000"],
+        &["--event-bytes", "2000", "--after-drain-secs", "1"],
     );
     let others: Vec<&str> = EVERY.into_iter().filter(|s| *s != "backlog").collect();
     // The others send ids in no particular order, as UUIDs are.
@@ -110,6 +110,14 @@ fn every_scenario_runs_at_a_tiny_size_and_delivers_every_acknowledged_event() {
     let share = &by_name("burst")["figures"]["share_of_relay"];
     assert!(share.as_f64().is_some_and(|s| s > 0.0), "{share}");
     assert_eq!(by_name("backlog")["figures"]["pending_when_up"], 2000);
+    // backlog watched the server's memory for a second after the drain.
+    let rss = |f: &str| by_name("backlog")["figures"][f].as_f64();
+    assert!(
+        rss("rss_drained_mib").is_some_and(|m| m > 0.0)
+            && rss("rss_after_drain_mib").is_some_and(|m| m > 0.0),
+        "{:#}",
+        by_name("backlog")
+    );
     // latency says how long this disk takes to make a write durable: the floor under its p50.
     let fsync = &by_name("latency")["figures"];
     assert!(

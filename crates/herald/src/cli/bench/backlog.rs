@@ -46,6 +46,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     run.server.reset_peak_memory();
     let peak_sampled = Arc::new(AtomicU64::new(0));
     let up = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::new(n));
     let endpoints = run.receiver.endpoints().clone();
     let progress = Progress::start(
@@ -55,7 +56,7 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         Some(memory_line(
             process,
             peak_sampled.clone(),
-            up.clone(),
+            [up.clone(), drained.clone()],
             endpoints.clone(),
         )),
     );
@@ -93,14 +94,16 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    progress.stop().await;
     let after = run.server.memory();
+    // Before the wait below: a webhook's limit goes with its task, after a minute without work.
     let limit = run
         .api
         .concurrency_limit(&run.hooks[0])
         .await
         .ok()
         .flatten();
+    let settled = settle(&run.server, ctx.args.after_drain_secs, &drained).await;
+    progress.stop().await;
     run.stop(ctx.args.keep_orgs).await;
 
     let mut o = Outcome::new("backlog");
@@ -138,15 +141,25 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
         .unwrap_or(0)
         .max(peak_sampled.load(Ordering::Relaxed));
     let memory_note = match (idle, with_backlog, after) {
-        (Some(idle), Some(full), Some(_)) => {
+        (Some(idle), Some(full), Some(drained)) => {
             o.figure("rss_idle_mib", mib(idle.rss_kib));
             o.figure("rss_with_backlog_mib", mib(full.rss_kib));
             o.figure("rss_peak_mib", mib(peak_kib));
+            o.figure("rss_drained_mib", mib(drained.rss_kib));
+            let later = settled.map_or(String::new(), |m| {
+                o.figure("rss_after_drain_mib", mib(m.rss_kib));
+                format!(
+                    ", {} s after it {:.1} MiB",
+                    ctx.args.after_drain_secs,
+                    mib(m.rss_kib)
+                )
+            });
             format!(
-                "the herald serve process: RSS idle {:.1} MiB, with the backlog stored {:.1} MiB, peak {:.1} MiB",
+                "the herald serve process: RSS idle {:.1} MiB, with the backlog stored {:.1} MiB, peak {:.1} MiB, as the last delivery arrived {:.1} MiB{later}",
                 mib(idle.rss_kib),
                 mib(full.rss_kib),
                 mib(peak_kib),
+                mib(drained.rss_kib),
             )
         }
         _ => "memory not measured (with --server it is not; otherwise /proc could not be read)"
@@ -172,17 +185,31 @@ pub(super) async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Outcome> {
     Ok(o)
 }
 
+/// The server's memory `secs` after the drain (`None` when not watched or not measured): it
+/// gives back what the backlog took every 60 s (`service/memory.rs`). The progress line says
+/// what is awaited meanwhile.
+async fn settle(server: &super::server::Server, secs: u64, drained: &AtomicBool) -> Option<Memory> {
+    if secs == 0 {
+        return None;
+    }
+    server.memory()?;
+    drained.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    server.memory()
+}
+
 /// The memory part of the progress line: the server process's RSS (`process` as `/proc` names
 /// it, if it can be seen); keeps the highest seen in `peak`.
 fn memory_line(
     process: Option<String>,
     peak: Arc<AtomicU64>,
-    up: Arc<AtomicBool>,
+    [up, drained]: [Arc<AtomicBool>; 2],
     endpoints: Arc<super::receiver::Endpoints>,
 ) -> super::progress::Extra {
     Box::new(move || {
         // Until the circuit's probe goes (up to its 30 s cool-down), nothing moves: say why.
         let state = match (up.load(Ordering::Relaxed), endpoints.delivered(&[0]) > 0) {
+            _ if drained.load(Ordering::Relaxed) => "drained, watching the server give memory back",
             (false, _) => "endpoint down",
             (true, false) => "endpoint up, waiting for the circuit's next probe",
             (true, true) => "endpoint up",

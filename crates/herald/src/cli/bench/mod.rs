@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Deliveries to pile up in `backlog`.
     #[arg(long, default_value_t = 1_000_000, value_parser = count::<1, 100_000_000>)]
     pub backlog: u64,
+    /// Seconds `backlog` watches the server's memory after the drain (the server gives memory
+    /// back every 60 s); 0 to skip.
+    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub after_drain_secs: u64,
     /// Bytes of padding added to every event's data (each is about 110 bytes without), to see
     /// how Herald does with events the size of yours. Requests carry fewer events if needed to
     /// stay under Herald's default body limit of 1 MiB.
@@ -240,6 +244,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "rate": args.rate,
         "duration_s": args.duration,
         "backlog": args.backlog,
+        "after_drain_s": args.after_drain_secs,
         "events": args.events,
         "receiver_threads": args.receiver_threads,
         // Not this flag's value with --server: that server has its own.
