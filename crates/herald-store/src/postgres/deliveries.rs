@@ -1056,32 +1056,53 @@ pub(crate) async fn purge(
     };
     // A resend may make one of these deliveries pending after the query above looked (each
     // statement sees what committed before it began): the deletes below skip pending
-    // deliveries, and an event keeps its row while any delivery of it is left. Each statement
-    // finds its rows by an index (`deliveries_by_event`, `attempts_by_delivery`; see
-    // "Collations" above).
-    let mut count = PurgeCount::default();
-    for (org_id, event_id) in victims {
-        let event: [&(dyn ToSql + Sync); 2] = [&org_id, &event_id];
-        count.attempts += c.exec(PURGE_ATTEMPTS, &event).await?;
-        count.deliveries += c.exec(PURGE_DELIVERIES, &event).await?;
-        count.events += c.exec(PURGE_EVENT, &event).await?;
-    }
+    // deliveries, and an event keeps its row while any delivery of it is left. Three
+    // statements for the whole step, the events given as two arrays (organizations, ids): one
+    // event at a time took three round trips each, and 156 s to purge 500,000 events (7 s on
+    // SQLite). Each statement finds its rows by an index (`deliveries_by_event`,
+    // `attempts_by_delivery`; see "Collations" above).
+    let (orgs, ids): (Vec<String>, Vec<String>) = victims.into_iter().unzip();
+    let events: [&(dyn ToSql + Sync); 2] = [&orgs, &ids];
+    let count = PurgeCount {
+        attempts: c.exec(PURGE_ATTEMPTS, &events).await?,
+        deliveries: c.exec(PURGE_DELIVERIES, &events).await?,
+        events: c.exec(PURGE_EVENTS, &events).await?,
+    };
     Ok((count, next))
 }
 
-/// A purged event's attempts (`$1` its organization, `$2` its id), through their index (see
-/// "Collations" above). Without it each purged event scanned every attempt stored: 99 ms an
-/// event at 500,000 attempts, and a step of 500 events ran out of time, so nothing was purged.
+/// The purged events (`$1` their organizations, `$2` their ids, in pairs).
+macro_rules! purged {
+    () => {
+        "UNNEST($1::TEXT[], $2::TEXT[]) AS v(org_id, event_id)"
+    };
+}
+
+/// The purged events' attempts, through their index (see "Collations" above). Without it each
+/// purged event scanned every attempt stored: 99 ms an event at 500,000 attempts, and a step
+/// of 500 events ran out of time, so nothing was purged.
 const PURGE_ATTEMPTS: &str = concat!(
-    "DELETE FROM attempts WHERE delivery_id IN (SELECT id COLLATE \"default\" FROM deliveries ",
-    "WHERE org_id = $1 AND event_id = $2 AND state <> 'pending')"
+    "DELETE FROM attempts WHERE delivery_id IN (SELECT d.id COLLATE \"default\" ",
+    "FROM ",
+    purged!(),
+    " JOIN deliveries d ON d.org_id = v.org_id AND d.event_id = v.event_id ",
+    "WHERE d.state <> 'pending')"
 );
-/// A purged event's deliveries.
-const PURGE_DELIVERIES: &str =
-    "DELETE FROM deliveries WHERE org_id = $1 AND event_id = $2 AND state <> 'pending'";
-/// A purged event, unless a delivery of it is left.
-const PURGE_EVENT: &str = "DELETE FROM events e WHERE e.org_id = $1 AND e.id = $2 AND NOT EXISTS \
-     (SELECT 1 FROM deliveries d WHERE d.org_id = $1 AND d.event_id = $2)";
+/// The purged events' deliveries.
+const PURGE_DELIVERIES: &str = concat!(
+    "DELETE FROM deliveries d USING ",
+    purged!(),
+    " ",
+    "WHERE d.org_id = v.org_id AND d.event_id = v.event_id AND d.state <> 'pending'"
+);
+/// The purged events, each unless a delivery of it is left.
+const PURGE_EVENTS: &str = concat!(
+    "DELETE FROM events e USING ",
+    purged!(),
+    " WHERE e.org_id = v.org_id AND e.id = v.event_id ",
+    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = v.org_id ",
+    "AND d.event_id = v.event_id)"
+);
 
 /// One organization's events to purge: PostgreSQL finds them through the primary key, whatever
 /// other organizations hold, and the first `limit` without pending work are taken.
@@ -1736,11 +1757,12 @@ mod tests {
             return;
         };
         let no_scans = "SET enable_seqscan = off;";
-        let event = "'org_x', 'evt_x'";
+        let events = "ARRAY['org_x'], ARRAY['evt_x']";
         let statements = [
-            (PURGE_ATTEMPTS.to_owned(), event, "attempts_by_delivery"),
-            (PURGE_DELIVERIES.to_owned(), event, "deliveries_by_event"),
-            (PURGE_EVENT.to_owned(), event, "deliveries_by_event"),
+            (PURGE_ATTEMPTS.to_owned(), events, "attempts_by_delivery"),
+            (PURGE_DELIVERIES.to_owned(), events, "deliveries_by_event"),
+            (PURGE_EVENTS.to_owned(), events, "deliveries_by_event"),
+            (PURGE_EVENTS.to_owned(), events, "events_pkey"),
             (
                 super::super::orgs::DELETE_ATTEMPTS.to_owned(),
                 "'org_x'",
