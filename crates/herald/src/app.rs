@@ -64,6 +64,8 @@ pub struct Shared {
     /// The organizations whose WebSub topics are being checked, each with whether to check
     /// once more when done (`service::subscriptions`).
     pub topic_checks: std::sync::Mutex<std::collections::HashMap<herald_core::OrgId, bool>>,
+    /// The searches of their history organizations run now (`service::searches`).
+    pub searches: crate::service::searches::Searches,
     /// When this node started: on the embedded database, which only this node writes, a
     /// WebSub verification left pending before then was cut short, not under way.
     pub started_at: Timestamp,
@@ -200,6 +202,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         backlog: Arc::default(),
         checking_topics: std::sync::atomic::AtomicBool::new(false),
         topic_checks: std::sync::Mutex::default(),
+        searches: Default::default(),
         started_at,
         settings: Arc::new(settings),
     }));

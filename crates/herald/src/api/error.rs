@@ -171,6 +171,20 @@ impl From<ServiceError> for ApiError {
                 ),
             ),
             E::Forbidden(message) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            E::TooManySearches => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_searches",
+                    format!(
+                        "this organization already runs {} searches of its history at once (lists \
+                         filtered by state, event_type or type, which read the history until they \
+                         find a page), and this one waited 10 s for its turn; try again once they \
+                         are done, or page through the list unfiltered",
+                        crate::service::searches::AT_ONCE
+                    ),
+                )
+            },
             E::Unavailable(cause) => {
                 if let Some(held_back) = STORE_UNAVAILABLE.admit() {
                     tracing::warn!(error = %herald_core::error_chain(&cause), held_back, "the database is unavailable: answering 503 (said once per 10 s while it lasts; held_back counts the answers since the last line)");
@@ -240,7 +254,7 @@ pub struct ErrorDetail {
     /// A stable code to branch on, each in the error table of `docs/api.md`: `invalid_json`,
     /// `invalid_body`, `invalid_query`, `invalid_path`, `invalid_header`, `invalid_field`,
     /// `unknown_event_type`, `schema_violation`, `unauthorized`, `too_many_invalid_tokens`,
-    /// `forbidden`, `not_found`, `method_not_allowed`, `request_timeout`, `conflict`,
+    /// `too_many_searches`, `forbidden`, `not_found`, `method_not_allowed`, `request_timeout`, `conflict`,
     /// `changed`, `delivery_loop`, `payload_too_large`, `unsupported_encoding`, `unavailable`,
     /// `overloaded`, `internal`.
     #[schema(example = "invalid_field")]

@@ -37,6 +37,10 @@ pub async fn list(
         Err(ServiceError::NotFound(_)) => true,
         Err(e) => return Err(e),
     };
+    let _turn = match (&filter.state, &filter.event_type) {
+        (None, None) => None,
+        _ => Some(state.searches.turn(org).await?),
+    };
     let found = state
         .store
         .list_deliveries(org, webhook, &filter, &page)

@@ -44,6 +44,10 @@ pub async fn list_events(
     // The organization first (its cached copy): one deleted is not found, though another
     // node's writes that raced its deletion may leave events of it for a moment.
     let snapshot = super::org_snapshot(state, scope, org).await?;
+    let _turn = match &filter.event_type {
+        Some(_) => Some(state.searches.turn(org).await?),
+        None => None,
+    };
     let found = state
         .store
         .list_events(org, &filter, &page)

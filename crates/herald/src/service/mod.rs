@@ -21,6 +21,7 @@ pub mod memory;
 pub mod operations;
 pub mod orgs;
 pub mod retention;
+pub mod searches;
 pub mod subscriptions;
 pub mod token_failures;
 pub mod webhooks;
@@ -141,6 +142,10 @@ pub enum ServiceError {
     /// Only the admin token may do this; the message says what, in the API's words.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The organization runs as many searches of its history at once as it may
+    /// ([`searches::AT_ONCE`]), and this one waited too long for its turn.
+    #[error("too many searches of the organization's history at once")]
+    TooManySearches,
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
