@@ -2,11 +2,12 @@
 //! waits in memory has its lease renewed before it ends, an attempt gets a new one when what
 //! is left would cut its timeout short, and no attempt runs past the end of its lease.
 
+use foldhash::HashMap;
 use std::time::Duration;
 
-use herald_core::Timestamp;
 use herald_core::store::{DueDelivery, StoreError};
 use herald_core::webhook::Webhook;
+use herald_core::{Timestamp, WebhookId};
 
 use super::Dispatcher;
 
@@ -16,12 +17,37 @@ pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// The shortest attempt worth starting.
 const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
-/// Webhooks whose events arrive late: said once per 5 min, however many.
-static FALLING_BEHIND: herald_core::throttle::Throttle =
-    herald_core::throttle::Throttle::new(Duration::from_secs(300));
+/// How often the webhooks whose events arrive late are looked for (it reads every delivery
+/// held in memory).
+static LOOK_FOR_LATE: herald_core::throttle::Throttle =
+    herald_core::throttle::Throttle::new(Duration::from_secs(10));
+/// A webhook named as arriving late is not named again for this long.
+const SAY_LATE_AGAIN: Duration = Duration::from_secs(300);
+/// The most webhooks one look names.
+const NAMED: usize = 3;
 
 /// Part of a batch was taken over by another node before its attempt: it is not sent here.
 pub(super) struct Lost;
+
+/// Which of the late webhooks (`behind`, the latest first) to name now: those not named within
+/// [`SAY_LATE_AGAIN`], at most [`NAMED`] of them; `said` remembers when each was named. One
+/// webhook that stays late does not keep another that falls behind later out of the log.
+fn newly_late<'a>(
+    said: &mut HashMap<WebhookId, std::time::Instant>,
+    behind: &'a [(WebhookId, usize, usize)],
+    now: std::time::Instant,
+) -> Vec<&'a (WebhookId, usize, usize)> {
+    said.retain(|_, at| now.duration_since(*at) < SAY_LATE_AGAIN);
+    let named: Vec<_> = behind
+        .iter()
+        .filter(|(webhook, ..)| !said.contains_key(webhook))
+        .take(NAMED)
+        .collect();
+    for (webhook, ..) in &named {
+        said.insert(webhook.clone(), now);
+    }
+    named
+}
 
 impl Dispatcher {
     /// Renews, for a whole lease from `now`, the leases of deliveries queued here that end
@@ -61,19 +87,25 @@ impl Dispatcher {
     /// the log would say so while their endpoints keep answering. Not while attempts wait for
     /// the database, which is said already.
     fn say_who_falls_behind(&self, soon: Timestamp) {
-        if self.attempts_paused() || FALLING_BEHIND.admit().is_none() {
+        if self.attempts_paused() || LOOK_FOR_LATE.admit().is_none() {
             return;
         }
         let behind = {
             let held = self.shared.held.lock().expect("held lock");
             held.late_by_webhook(soon)
         };
+        let named = {
+            let mut said = self.shared.late_said.lock().expect("late lock");
+            newly_late(&mut said, &behind, std::time::Instant::now())
+        };
+        if named.is_empty() {
+            return;
+        }
         let limits = self.concurrency_limits();
         let waited = self.shared.settings.lease.as_secs() / 2;
-        const NAMED: usize = 3;
-        for (webhook, late, held) in behind.iter().take(NAMED) {
+        for (webhook, late, held) in named {
             let at_once = limits.iter().find(|(id, _)| id == webhook).map(|(_, l)| *l);
-            tracing::warn!(webhook = %webhook, late, held, requests_at_once = at_once, other_webhooks = behind.len().saturating_sub(NAMED), "a webhook's events arrive late: {late} of its deliveries have waited in this node's queue for over {waited} s, a backlog going out more slowly than that (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight); said at most every 5 min, herald_webhook_oldest_pending_seconds in /metrics follows it");
+            tracing::warn!(webhook = %webhook, late, held, requests_at_once = at_once, late_webhooks = behind.len(), "a webhook's events arrive late: {late} of its deliveries have waited in this node's queue for over {waited} s, a backlog going out more slowly than that (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight); said at most every 5 min for each webhook, herald_webhook_oldest_pending_seconds in /metrics follows it");
         }
     }
 
@@ -159,5 +191,44 @@ impl Dispatcher {
         let left = ends.as_millis() - now.as_millis() - LEASE_MARGIN.as_millis() as i64;
         let left = Duration::from_millis(u64::try_from(left).ok()?);
         (left >= MIN_ATTEMPT).then(|| wanted.min(left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use foldhash::HashMapExt;
+
+    use super::*;
+
+    #[test]
+    fn each_late_webhook_is_named_once_per_while_and_others_are_not_held_back() {
+        let hooks: Vec<WebhookId> = (0..5).map(|_| WebhookId::generate()).collect();
+        let late = |ids: &[usize]| -> Vec<(WebhookId, usize, usize)> {
+            ids.iter().map(|&i| (hooks[i].clone(), 10, 20)).collect()
+        };
+        let ids = |named: Vec<&(WebhookId, usize, usize)>| -> Vec<WebhookId> {
+            named.into_iter().map(|(w, ..)| w.clone()).collect()
+        };
+        let mut said = HashMap::new();
+        let t0 = std::time::Instant::now();
+        // Four late: three named, the fourth at the next look.
+        let behind = late(&[0, 1, 2, 3]);
+        assert_eq!(ids(newly_late(&mut said, &behind, t0)), hooks[..3]);
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(
+            ids(newly_late(&mut said, &behind, later)),
+            [hooks[3].clone()]
+        );
+        // One that falls behind a minute later is named though the others are still late.
+        let behind = late(&[0, 1, 2, 3, 4]);
+        let minute = t0 + Duration::from_secs(60);
+        assert_eq!(
+            ids(newly_late(&mut said, &behind, minute)),
+            [hooks[4].clone()]
+        );
+        assert!(newly_late(&mut said, &behind, minute).is_empty());
+        // Once the while has passed, they are named again.
+        let again = t0 + SAY_LATE_AGAIN + Duration::from_secs(1);
+        assert_eq!(ids(newly_late(&mut said, &behind, again)), hooks[..3]);
     }
 }

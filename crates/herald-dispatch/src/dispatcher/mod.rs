@@ -184,6 +184,8 @@ struct Shared {
     cut_off_requests: cut_off::CutOffDeliveries,
     /// Each webhook's failing streak as this node last saved it, newer than the directory's.
     failing: Mutex<HashMap<WebhookId, health::Streak>>,
+    /// When each webhook was last named in the log as arriving late (`leases.rs`).
+    late_said: Mutex<HashMap<WebhookId, std::time::Instant>>,
     /// Set on shutdown: attempts in flight finish, queued ones are given back to the store.
     stopping: AtomicBool,
     /// The same, for a webhook's task waiting for room to send: it gives its queue back then
@@ -251,6 +253,7 @@ impl Dispatcher {
                 given_back_on_stop: std::sync::atomic::AtomicU64::new(0),
                 cut_off_requests: cut_off::CutOffDeliveries::default(),
                 failing: Mutex::new(HashMap::new()),
+                late_said: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 stop: watch::Sender::new(false),
                 breakers: breaker::Breakers::default(),
