@@ -39,8 +39,6 @@ use writer::Writer;
 
 /// How many read connections serve the API at once.
 const READERS: usize = 4;
-/// How many deleted webhooks have their pending deliveries cancelled at once.
-const CANCELLED_TOGETHER: usize = 64;
 
 /// The SQLite store. Cheap to share behind an `Arc`; a clone shares the same connections.
 #[derive(Clone)]
@@ -200,21 +198,6 @@ impl SqliteStore {
             }
         })
         .await
-    }
-
-    /// Cancels the pending deliveries of deleted webhooks, several webhooks at a time so that
-    /// their steps share group commits: one webhook after another took a commit (an fsync)
-    /// each at least, 5.6-7.2 s to delete 1,000 webhooks at once.
-    async fn cancel_pending_of(&self, webhooks: &[WebhookId], now: Timestamp) -> StoreResult<u64> {
-        use futures::{StreamExt, TryStreamExt};
-        futures::stream::iter(webhooks.to_vec())
-            .map(|id| {
-                let store = self.clone();
-                async move { store.cancel_pending(&id, now).await }
-            })
-            .buffer_unordered(CANCELLED_TOGETHER)
-            .try_fold(0, |total, cancelled| async move { Ok(total + cancelled) })
-            .await
     }
 
     /// Cancels a deleted webhook's pending deliveries, in steps.
@@ -618,7 +601,9 @@ impl Store for SqliteStore {
             let deleted = store
                 .write(move |c| webhooks::delete_many(c, &org, &ids, now, unchanged_since))
                 .await?;
-            store.cancel_pending_of(&deleted, now).await?;
+            for id in &deleted {
+                store.cancel_pending(id, now).await?;
+            }
             Ok(deleted)
         })
         .await
@@ -628,7 +613,11 @@ impl Store for SqliteStore {
         let deleted = self
             .read(move |c| webhooks::deleted_since(c, since))
             .await?;
-        self.cancel_pending_of(&deleted, now).await
+        let mut cancelled = 0;
+        for id in &deleted {
+            cancelled += self.cancel_pending(id, now).await?;
+        }
+        Ok(cancelled)
     }
 
     async fn disable_webhook(
