@@ -177,11 +177,14 @@ impl From<ServiceError> for ApiError {
                     StatusCode::TOO_MANY_REQUESTS,
                     "too_many_searches",
                     format!(
-                        "this organization already runs {} searches of its history at once (lists \
-                         filtered by state, event_type or type, which read the history until they \
-                         find a page), and this one waited 10 s for its turn; try again once they \
-                         are done, or page through the list unfiltered",
-                        crate::service::searches::AT_ONCE
+                        "too many searches of the history run at once (lists filtered by state, \
+                         event_type or type, which read the history until they find a page: {} \
+                         at once for an organization, {} for this node), and this one waited {} s \
+                         for its turn; try again once they are done, or page through the list \
+                         unfiltered",
+                        crate::service::searches::PER_ORG,
+                        crate::service::searches::PER_NODE,
+                        crate::service::searches::WAIT.as_secs(),
                     ),
                 )
             },

@@ -159,8 +159,9 @@ impl Modify for Conventions {
                      not valid than `HERALD_TOKEN_FAILURES_PER_MINUTE` allows, and this one, \
                      not used from there before, was not checked; retry after `Retry-After` \
                      seconds with a valid token. `too_many_searches` (lists filtered by \
-                     `state`, `event_type` or `type`): the organization already runs two such \
-                     searches of its history, and this one waited 10 s for its turn",
+                     `state`, `event_type` or `type`): two such searches of the history run for \
+                     the organization (three for the node), and this one waited 10 s for its \
+                     turn",
                 );
                 add(
                     "503",

@@ -37,15 +37,27 @@ pub async fn list(
         Err(ServiceError::NotFound(_)) => true,
         Err(e) => return Err(e),
     };
-    let _turn = match (&filter.state, &filter.event_type) {
-        (None, None) => None,
-        _ => Some(state.searches.turn(org).await?),
+    let search = filter.state.is_some() || filter.event_type.is_some();
+    let list = {
+        let (store, org, webhook, filter, page) = (
+            state.store.clone(),
+            org.clone(),
+            webhook.clone(),
+            filter.clone(),
+            page.clone(),
+        );
+        async move {
+            store
+                .list_deliveries(&org, &webhook, &filter, &page)
+                .await
+                .map_err(ServiceError::from_store("webhook"))
+        }
     };
-    let found = state
-        .store
-        .list_deliveries(org, webhook, &filter, &page)
-        .await
-        .map_err(ServiceError::from_store("webhook"))?;
+    let found = if search {
+        state.searches.run(org, list).await?
+    } else {
+        list.await?
+    };
     if deleted && found.data.is_empty() && !ever_delivered(state, org, webhook).await? {
         return Err(ServiceError::NotFound("webhook"));
     }

@@ -44,15 +44,26 @@ pub async fn list_events(
     // The organization first (its cached copy): one deleted is not found, though another
     // node's writes that raced its deletion may leave events of it for a moment.
     let snapshot = super::org_snapshot(state, scope, org).await?;
-    let _turn = match &filter.event_type {
-        Some(_) => Some(state.searches.turn(org).await?),
-        None => None,
+    let search = filter.event_type.is_some();
+    let list = {
+        let (store, org, filter, page) = (
+            state.store.clone(),
+            org.clone(),
+            filter.clone(),
+            page.clone(),
+        );
+        async move {
+            store
+                .list_events(&org, &filter, &page)
+                .await
+                .map_err(ServiceError::from_store("organization"))
+        }
     };
-    let found = state
-        .store
-        .list_events(org, &filter, &page)
-        .await
-        .map_err(ServiceError::from_store("organization"))?;
+    let found = if search {
+        state.searches.run(org, list).await?
+    } else {
+        list.await?
+    };
     // An empty first page: the type may be misspelt.
     if found.data.is_empty()
         && page.cursor.is_none()
