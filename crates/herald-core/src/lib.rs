@@ -6,6 +6,10 @@
 //! dispatcher all depend on it, never the other way round. Storage is reached only through the
 //! [`store::Store`] trait.
 
+// The workspace denies unsafe code (one call in `herald` is allowed where it is written);
+// this crate has none at all.
+#![forbid(unsafe_code)]
+
 pub mod address_policy;
 pub mod catalog;
 pub mod delivery;

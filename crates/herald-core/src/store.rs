@@ -656,7 +656,7 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Drops what the store caches in this process's memory and does not need now (SQLite's
     /// page caches: up to 16 MiB a connection, filled by a backlog or a deep history read and
-    /// otherwise kept for as long as the process runs). Called every few minutes; nothing to do
+    /// otherwise kept for as long as the process runs). Called every minute; nothing to do
     /// on backends whose caches live in the database server.
     async fn release_memory(&self) -> StoreResult<()> {
         Ok(())

@@ -13,6 +13,10 @@
 //! - [`operations`]: how the dispatcher tells the app about endpoint health (a webhook
 //!   disabled, a delivery exhausted), which the app turns into operational events.
 
+// The workspace denies unsafe code (one call in `herald` is allowed where it is written);
+// this crate has none at all.
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod dispatcher;
 pub mod guard;

@@ -10,6 +10,10 @@
 //! | [`hub`] (WebSub `x-hub-signature`) | `sha256=<hex>` | `body` |
 //! | [`opal`] | `<hex>` | `v0:timestamp:body` |
 
+// The workspace denies unsafe code (one call in `herald` is allowed where it is written);
+// this crate has none at all.
+#![forbid(unsafe_code)]
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;

@@ -2,6 +2,10 @@
 //! [`herald_core::store::Store`]; migrations live in `migrations/<backend>/` with the same
 //! numbered sequence for every backend.
 
+// The workspace denies unsafe code (one call in `herald` is allowed where it is written);
+// this crate has none at all.
+#![forbid(unsafe_code)]
+
 pub mod cipher;
 pub mod copy;
 pub mod migrations;

@@ -1059,8 +1059,11 @@ pub(crate) async fn purge(
     // deliveries, and an event keeps its row while any delivery of it is left. Three
     // statements for the whole step, the events given as two arrays (organizations, ids): one
     // event at a time took three round trips each, and 156 s to purge 500,000 events (7 s on
-    // SQLite). Each statement finds its rows by an index (`deliveries_by_event`,
-    // `attempts_by_delivery`; see "Collations" above).
+    // SQLite). Each statement can find its rows by an index (`deliveries_by_event`,
+    // `attempts_by_delivery`; see "Collations" above), and does once PostgreSQL plans it
+    // generically or has statistics: the first five runs on a connection are planned for their
+    // arguments, and on tables never analyzed the attempts' delete then scanned the table (a
+    // review measured 204 ms a step at 1.19 million attempts, against 6 ms planned generically).
     let (orgs, ids): (Vec<String>, Vec<String>) = victims.into_iter().unzip();
     let events: [&(dyn ToSql + Sync); 2] = [&orgs, &ids];
     let count = PurgeCount {

@@ -975,11 +975,9 @@ impl Store for SqliteStore {
 
     async fn release_memory(&self) -> StoreResult<()> {
         // Writes nothing, so the group's commit is empty: no fsync.
-        self.write(|c| Ok(c.release_memory()?)).await?;
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.release_memory())
-            .await
-            .map_err(|e| StoreError::Other(Box::new(e)))
+        let writer = self.write(|c| Ok(c.release_memory()?)).await;
+        let readers = self.readers.release_memory().await;
+        writer.and(readers)
     }
 
     async fn checkpoint_on_stop(&self) -> StoreResult<bool> {

@@ -11,6 +11,8 @@ use herald_core::store::{StoreError, StoreResult};
 
 pub(crate) struct ReadPool {
     path: PathBuf,
+    /// Connections at most, each used by one read at a time.
+    size: u32,
     idle: Mutex<Vec<Connection>>,
     permits: Semaphore,
 }
@@ -19,6 +21,7 @@ impl ReadPool {
     pub(crate) fn new(path: PathBuf, size: usize) -> Self {
         Self {
             path,
+            size: size as u32,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size),
         }
@@ -49,12 +52,33 @@ impl ReadPool {
         result
     }
 
-    /// Drops the unused pages cached by the connections not in use now (one in use keeps its
-    /// own until the next time).
-    pub(crate) fn release_memory(&self) {
-        for conn in self.idle.lock().expect("read pool lock").iter() {
-            // Fails only on a misuse SQLite can detect; nothing is lost if it does.
-            let _ = conn.release_memory();
+    /// Drops the pages the connections cache, one connection at a time, each taken as a read
+    /// would take it (a read waits for it no longer than behind another read) and worked on a
+    /// blocking thread.
+    pub(crate) async fn release_memory(&self) -> StoreResult<()> {
+        for _ in 0..self.size {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| StoreError::Unavailable("the read pool is closed".into()))?;
+            // The oldest first: reads take the newest, and each goes back at the end.
+            let oldest = {
+                let mut idle = self.idle.lock().expect("read pool lock");
+                (!idle.is_empty()).then(|| idle.remove(0))
+            };
+            let Some(conn) = oldest else {
+                return Ok(());
+            };
+            let conn = tokio::task::spawn_blocking(move || {
+                // Fails only on a misuse SQLite can detect; nothing is lost if it does.
+                let _ = conn.release_memory();
+                conn
+            })
+            .await
+            .map_err(|e| StoreError::Other(Box::new(e)))?;
+            self.idle.lock().expect("read pool lock").push(conn);
         }
+        Ok(())
     }
 }
