@@ -209,7 +209,9 @@ fn memory_line(
     Box::new(move || {
         // Until the circuit's probe goes (up to its 30 s cool-down), nothing moves: say why.
         let state = match (up.load(Ordering::Relaxed), endpoints.delivered(&[0]) > 0) {
-            _ if drained.load(Ordering::Relaxed) => "drained, watching the server give memory back",
+            _ if drained.load(Ordering::Relaxed) => {
+                "deliveries done, watching the server give memory back"
+            }
             (false, _) => "endpoint down",
             (true, false) => "endpoint up, waiting for the circuit's next probe",
             (true, true) => "endpoint up",

@@ -244,7 +244,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "rate": args.rate,
         "duration_s": args.duration,
         "backlog": args.backlog,
-        "after_drain_s": args.after_drain_secs,
+        // With --server memory is not measured, so nothing is waited for.
+        "after_drain_s": if args.server.is_some() { 0 } else { args.after_drain_secs },
         "events": args.events,
         "receiver_threads": args.receiver_threads,
         // Not this flag's value with --server: that server has its own.
