@@ -195,13 +195,43 @@ pub(crate) fn unpark(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbR
 
 /// Cancels the pending deliveries of a deleted webhook, parked or not, leased or not (an
 /// attempt in flight then records its attempt, and `succeeded` if the endpoint accepted it).
+/// The webhook's deliveries are read in id order through its own index, at most
+/// [`RECOVERY_SCAN`] per step, and up to [`STEP`] pending ones cancelled; `after` is the last id
+/// the previous step went past. Not through `deliveries_due`, which holds every webhook's
+/// pending deliveries: a deleted webhook with nothing pending read all of them, filtered by
+/// webhook, and the sweep of deleted webhooks (`Store::cancel_orphaned`, every 10 minutes over
+/// the last day's deletions) walked it again for each, holding the writer: with 400,000
+/// deliveries pending for another webhook and a few thousand deleted, it ran for minutes and
+/// the node would not stop meanwhile.
 pub(crate) fn cancel(
     conn: &Connection,
     webhook: &WebhookId,
     now: Timestamp,
-    walk: &Walk,
-) -> DbResult<Step<Walk>> {
-    let (ids, next) = next_batch(conn, webhook, walk, "1", &[], true)?;
+    after: &str,
+) -> DbResult<Step<String>> {
+    let read: Vec<(String, bool)> = conn
+        .prepare_cached(&format!(
+            "SELECT id, state = 'pending' FROM deliveries INDEXED BY deliveries_by_webhook \
+             WHERE webhook_id = ?1 AND id > ?2 ORDER BY id LIMIT {RECOVERY_SCAN}"
+        ))?
+        .query_map(params![webhook.as_str(), after], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    // Up to STEP pending ones; the next step starts after the last row this one went past.
+    let mut ids = Vec::new();
+    let mut passed = 0;
+    for (id, pending) in &read {
+        if *pending && ids.len() == STEP {
+            break;
+        }
+        passed += 1;
+        if *pending {
+            ids.push(id.clone());
+        }
+    }
+    let next =
+        (passed < read.len() || read.len() == RECOVERY_SCAN).then(|| read[passed - 1].0.clone());
     let changed = update_each(
         conn,
         "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
@@ -502,18 +532,43 @@ mod tests {
     }
 
     #[test]
-    fn cancelling_takes_the_parked_then_the_due_and_leased() {
+    fn cancelling_reads_the_webhooks_own_history_a_bounded_step_at_a_time() {
+        // 6,000 finished deliveries, then 10 pending: the first step reads 5,000 and cancels
+        // none, the second goes on from there.
+        let (_dir, conn) = backlog(6_010, 0, false);
+        conn.execute(
+            "UPDATE deliveries SET state = 'succeeded', due_at = NULL \
+             WHERE webhook_id = ?1 AND id < 'dlv_06000'",
+            [HOOK],
+        )
+        .unwrap();
+        let steps = run(String::new(), |after| {
+            ok(cancel(&conn, &hook(), Timestamp::from_millis(9), after))
+        });
+        assert_eq!(steps, [0, 10]);
+        assert_eq!(count(&conn, "state = 'cancelled'"), 10);
+        assert_eq!(count(&conn, "state = 'succeeded'"), 6_000);
+        // The other webhook: its one pending delivery, in one step.
+        let other = WebhookId::from_trusted(OTHER.into());
+        let steps = run(String::new(), |after| {
+            ok(cancel(&conn, &other, Timestamp::from_millis(9), after))
+        });
+        assert_eq!(steps, [1]);
+    }
+
+    #[test]
+    fn cancelling_takes_every_pending_one_parked_due_or_leased() {
         let (_dir, conn) = backlog(2_200, 100, false);
         conn.execute(
             "UPDATE deliveries SET due_at = NULL WHERE webhook_id = ?1 AND id < 'dlv_01200'",
             [HOOK],
         )
         .unwrap();
-        let steps = run(Walk::parked(), |w| {
-            ok(cancel(&conn, &hook(), Timestamp::from_millis(9), w))
+        let steps = run(String::new(), |after| {
+            ok(cancel(&conn, &hook(), Timestamp::from_millis(9), after))
         });
-        // 1,200 parked (a full step, then 200), then 1,000 due or leased (a full step, then none).
-        assert_eq!(steps, [1_000, 200, 1_000, 0]);
+        // The webhook's 2,200 pending ones, parked, due or leased, a step of 1,000 at a time.
+        assert_eq!(steps, [1_000, 1_000, 200]);
         assert_eq!(
             count(&conn, "state = 'cancelled' AND updated_at = 9"),
             2_200

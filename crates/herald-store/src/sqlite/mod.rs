@@ -203,8 +203,8 @@ impl SqliteStore {
     /// Cancels a deleted webhook's pending deliveries, in steps.
     async fn cancel_pending(&self, webhook: &WebhookId, now: Timestamp) -> StoreResult<u64> {
         let webhook = webhook.clone();
-        self.in_steps(bulk::Walk::parked(), move |c, walk| {
-            bulk::cancel(c, &webhook, now, walk)
+        self.in_steps(String::new(), move |c, after| {
+            bulk::cancel(c, &webhook, now, after)
         })
         .await
     }

@@ -62,9 +62,18 @@ pub async fn purge_org(
 pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     let days = state.settings.delivery.retention_days;
     loop {
-        cancel_orphaned(&state).await;
-        sweep_deleted_orgs(&*state.store).await;
-        delete_expired_sessions(&state).await;
+        // Each of these gives way to shutdown too: their steps are transactions of their own,
+        // and what is left is done at the next start (a sweep of many deleted webhooks' backlogs
+        // kept a node from stopping until it was done).
+        let sweeps = async {
+            cancel_orphaned(&state).await;
+            sweep_deleted_orgs(&*state.store).await;
+            delete_expired_sessions(&state).await;
+        };
+        tokio::select! {
+            _ = sweeps => {}
+            _ = shutdown.changed() => return,
+        }
         super::subscriptions::subscribe_all_new_topics(&state);
         if days > 0 {
             let cutoff = state.clock.now().plus_secs(-(days as i64) * 86_400);
