@@ -53,11 +53,7 @@ pub async fn list(
                 .map_err(ServiceError::from_store("webhook"))
         }
     };
-    let found = if search {
-        state.searches.run(org, list).await?
-    } else {
-        list.await?
-    };
+    let found = state.searches.run_if(search, org, list).await?;
     if deleted && found.data.is_empty() && !ever_delivered(state, org, webhook).await? {
         return Err(ServiceError::NotFound("webhook"));
     }

@@ -59,11 +59,7 @@ pub async fn list_events(
                 .map_err(ServiceError::from_store("organization"))
         }
     };
-    let found = if search {
-        state.searches.run(org, list).await?
-    } else {
-        list.await?
-    };
+    let found = state.searches.run_if(search, org, list).await?;
     // An empty first page: the type may be misspelt.
     if found.data.is_empty()
         && page.cursor.is_none()

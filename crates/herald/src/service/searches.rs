@@ -73,6 +73,19 @@ impl Searches {
         })
     }
 
+    /// Runs `list` as a search when `search` (a filter no index orders), else at once.
+    pub async fn run_if<T, F>(&self, search: bool, org: &OrgId, list: F) -> ServiceResult<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = ServiceResult<T>> + Send + 'static,
+    {
+        if search {
+            self.run(org, list).await
+        } else {
+            list.await
+        }
+    }
+
     /// Waits for a turn, the organization's first, for [`WAIT`] in all.
     pub async fn turn(&self, org: &OrgId) -> ServiceResult<Turn> {
         let org_room = self
