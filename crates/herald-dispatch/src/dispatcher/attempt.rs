@@ -351,10 +351,9 @@ impl Dispatcher {
         // as a failure (a probe cut short backs off as a failed one does). The failing streak
         // that disables the webhook does not hear of it (`track_health`). An answer that says
         // when to come back (or a bare 429) is the endpoint at work, not down: its wait holds
-        // what follows,
-        // and the circuit hears an answer, not a failure. Counted as one, the requests in
-        // flight, refused together, opened the circuit, whose cool-down (30 s) then outlasted
-        // a shorter wait.
+        // what follows, and the circuit hears an answer, not a failure. Counted as one, the
+        // requests in flight, refused together, opened the circuit, whose cool-down (30 s) then
+        // outlasted a shorter wait.
         for moved in ticket.settle(outcome.is_success() || asked.is_some(), now) {
             let to = held_until.map_or(moved.to, |until| moved.to.max(until));
             self.move_deferred(&webhook.id, Move { to, ..moved }).await;

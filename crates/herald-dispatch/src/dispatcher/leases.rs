@@ -29,7 +29,7 @@ const NAMED: usize = 3;
 /// Part of a batch was taken over by another node before its attempt: it is not sent here.
 pub(super) struct Lost;
 
-/// Which of the late webhooks (`behind`, the latest first) to name now: those not named within
+/// Which of the late webhooks (`behind`, the most late first) to name now: those not named within
 /// [`SAY_LATE_AGAIN`], at most [`NAMED`] of them; `said` remembers when each was named. One
 /// webhook that stays late does not keep another that falls behind later out of the log.
 fn newly_late<'a>(

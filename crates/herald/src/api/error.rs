@@ -257,9 +257,9 @@ pub struct ErrorDetail {
     /// A stable code to branch on, each in the error table of `docs/api.md`: `invalid_json`,
     /// `invalid_body`, `invalid_query`, `invalid_path`, `invalid_header`, `invalid_field`,
     /// `unknown_event_type`, `schema_violation`, `unauthorized`, `too_many_invalid_tokens`,
-    /// `too_many_searches`, `forbidden`, `not_found`, `method_not_allowed`, `request_timeout`, `conflict`,
-    /// `changed`, `delivery_loop`, `payload_too_large`, `unsupported_encoding`, `unavailable`,
-    /// `overloaded`, `internal`.
+    /// `too_many_searches`, `forbidden`, `not_found`, `method_not_allowed`, `request_timeout`,
+    /// `conflict`, `changed`, `delivery_loop`, `payload_too_large`, `unsupported_encoding`,
+    /// `unavailable`, `overloaded`, `internal`.
     #[schema(example = "invalid_field")]
     pub code: &'static str,
     /// What is wrong and what to do, in words.

@@ -15,6 +15,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, Response, Resp
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::error::ErrorBody;
+use crate::service::searches;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -155,13 +156,18 @@ impl Modify for Conventions {
                 );
                 add(
                     "429",
-                    "`too_many_invalid_tokens`: the client's network sent more tokens that are \
-                     not valid than `HERALD_TOKEN_FAILURES_PER_MINUTE` allows, and this one, \
-                     not used from there before, was not checked; retry after `Retry-After` \
-                     seconds with a valid token. `too_many_searches` (lists filtered by \
-                     `state`, `event_type` or `type`): two such searches of the history run for \
-                     the organization (three for the node), and this one waited 10 s for its \
-                     turn",
+                    &format!(
+                        "`too_many_invalid_tokens`: the client's network sent more tokens that \
+                         are not valid than `HERALD_TOKEN_FAILURES_PER_MINUTE` allows, and this \
+                         one, not used from there before, was not checked; retry after \
+                         `Retry-After` seconds with a valid token. `too_many_searches` (lists \
+                         filtered by `state`, `event_type` or `type`): {} such searches of the \
+                         history run for the organization ({} for the node), and this one waited \
+                         {} s for its turn",
+                        searches::PER_ORG,
+                        searches::PER_NODE,
+                        searches::WAIT.as_secs(),
+                    ),
                 );
                 add(
                     "503",
