@@ -23,9 +23,10 @@ use super::DbResult;
 
 /// The most deliveries one step changes: about 5 ms of the writer's time.
 pub(crate) const STEP: usize = 1_000;
-/// The most of a webhook's deliveries one step of a recovery reads: they are found through the
-/// webhook's whole history, most of which is not to be recovered.
-const RECOVERY_SCAN: usize = 5 * STEP;
+/// The most rows one step reads looking for deliveries to change: a step walks either the
+/// webhook's whole history (most of which needs no change) or every webhook's pending
+/// deliveries (most of which are not this webhook's).
+const SCAN: usize = 5 * STEP;
 
 /// What one step did, and where the next starts (`None`: the change is complete).
 #[derive(Debug)]
@@ -52,13 +53,14 @@ impl<C> Step<C> {
     }
 }
 
-/// Where a walk over a webhook's pending deliveries in `deliveries_due` has got to: first the
-/// parked ones (no `due_at`), in id order, then the others, in due order. A changed delivery
-/// leaves the walk's range (its `due_at` or state changes), so a walk never reads one twice.
+/// Where a walk over pending deliveries in `deliveries_due` has got to: the parked ones (no
+/// `due_at`) in id order, or the due ones from a time in (due, id) order. The next step starts
+/// after the last row the previous one read, so that a walk reads each row once however many
+/// share a due time.
 #[derive(Debug, Clone)]
 pub(crate) enum Walk {
     Parked { after: String },
-    Due { from: i64 },
+    Due { from: i64, after: String },
 }
 
 impl Walk {
@@ -68,71 +70,85 @@ impl Walk {
         }
     }
 
-    pub(crate) fn due() -> Self {
-        Self::Due { from: i64::MIN }
+    /// The due ones from `from` on (an empty id comes before every other).
+    pub(crate) fn due_from(from: i64) -> Self {
+        Self::Due {
+            from,
+            after: String::new(),
+        }
     }
 }
 
 /// The next up to [`STEP`] pending deliveries of `webhook` from `walk` that match `filter` (SQL
-/// over the `deliveries` row, which may name `?3`… for `values`), with where the next step
-/// starts (`None`: the walk is over). A walk over the parked ones goes on to the due ones once
-/// those are done, if `then_due`.
+/// over the `deliveries` row, which may name `?4`… for `values`), with where the next step
+/// starts (`None`: the walk is over).
+///
+/// `deliveries_due` holds every webhook's pending deliveries, and not their webhook. A step
+/// therefore reads at most [`SCAN`] rows of it: one that read until it had found `STEP` of
+/// this webhook's read a whole backlog of another's when this one had few, in one writer job
+/// that held every tenant's ingest (pausing a webhook beside 200,000 deliveries pending for
+/// another: the figures are in BENCHMARKS.md).
 fn next_batch(
     conn: &Connection,
     webhook: &WebhookId,
     walk: &Walk,
     filter: &str,
     values: &[&dyn ToSql],
-    then_due: bool,
 ) -> DbResult<(Vec<String>, Option<Walk>)> {
-    match walk {
-        Walk::Parked { after } => {
-            let ids: Vec<String> = conn
-                .prepare_cached(&format!(
-                    "SELECT id FROM deliveries INDEXED BY deliveries_due \
-                     WHERE due_at IS NULL AND id > ?2 AND state = 'pending' AND webhook_id = ?1 \
-                     AND {filter} ORDER BY id LIMIT {STEP}"
-                ))?
-                .query_map(bound(&webhook.as_str(), after, values).as_slice(), |r| {
-                    r.get(0)
-                })?
-                .collect::<Result<_, _>>()?;
-            let next = match ids.last() {
-                Some(last) if ids.len() == STEP => Some(Walk::Parked {
-                    after: last.clone(),
-                }),
-                _ if then_due => Some(Walk::due()),
-                _ => None,
-            };
-            Ok((ids, next))
+    let (from, after) = match walk {
+        Walk::Parked { after } => (None, after),
+        Walk::Due { from, after } => (Some(*from), after),
+    };
+    let mut select = conn.prepare_cached(&walk_sql(walk, filter))?;
+    let webhook = webhook.as_str();
+    let mut bound: Vec<&dyn ToSql> = vec![&webhook, &from, after];
+    bound.extend_from_slice(values);
+    let mut rows = select.query(bound.as_slice())?;
+    let (mut ids, mut read, mut last) = (Vec::new(), 0, None);
+    while let Some(row) = rows.next()? {
+        let (id, due, wanted): (String, Option<i64>, bool) =
+            (row.get(0)?, row.get(1)?, row.get(2)?);
+        read += 1;
+        if wanted {
+            ids.push(id.clone());
         }
-        Walk::Due { from } => {
-            let rows: Vec<(String, i64)> = conn
-                .prepare_cached(&format!(
-                    "SELECT id, due_at FROM deliveries INDEXED BY deliveries_due \
-                     WHERE due_at >= ?2 AND state = 'pending' AND webhook_id = ?1 \
-                     AND {filter} ORDER BY due_at LIMIT {STEP}"
-                ))?
-                .query_map(bound(&webhook.as_str(), from, values).as_slice(), |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            // Deliveries due at the same time as the last one and not read yet are read again
-            // from there: the ones changed have left the range.
-            let next = match rows.last() {
-                Some((_, due)) if rows.len() == STEP => Some(Walk::Due { from: *due }),
-                _ => None,
-            };
-            Ok((rows.into_iter().map(|(id, _)| id).collect(), next))
+        last = Some((due, id));
+        if ids.len() == STEP {
+            break;
         }
     }
+    let more = ids.len() == STEP || read == SCAN;
+    let next = last.filter(|_| more).map(|(due, after)| match due {
+        Some(from) => Walk::Due { from, after },
+        None => Walk::Parked { after },
+    });
+    Ok((ids, next))
 }
 
-/// A walk's parameters: the webhook (`?1`), where the walk is (`?2`), then the filter's.
-fn bound<'a>(webhook: &'a &str, at: &'a dyn ToSql, values: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
-    let mut all: Vec<&dyn ToSql> = vec![webhook, at];
-    all.extend_from_slice(values);
-    all
+/// A step of `walk`: the next [`SCAN`] rows from the cursor (`?2`, `?3`), each with whether it
+/// is `?1`'s and matches `filter`. The cursor is a range of the index, so that a step reads no
+/// row before it.
+fn walk_sql(walk: &Walk, filter: &str) -> String {
+    let (range, order) = match walk {
+        Walk::Parked { .. } => ("due_at IS NULL AND id > ?3", "id"),
+        Walk::Due { .. } => ("(due_at, id) > (?2, ?3)", "due_at, id"),
+    };
+    format!(
+        "SELECT id, due_at, IFNULL(webhook_id = ?1 AND ({filter}), 0) \
+         FROM deliveries INDEXED BY deliveries_due \
+         WHERE state = 'pending' AND {range} ORDER BY {order} LIMIT {SCAN}"
+    )
+}
+
+/// Whether `webhook` still asks for a change: `condition` over its row. A step that comes after
+/// it changed its mind (resumed before a pause's next step, say) changes nothing, and the
+/// series ends.
+fn webhook_is(conn: &Connection, webhook: &WebhookId, condition: &str) -> DbResult<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT 1 FROM webhooks WHERE id = ?1 AND {condition}"
+    ))?
+    .exists([webhook.as_str()])
+    .map_err(Into::into)
 }
 
 /// Runs `sql` on each of `ids` (`?1`, followed by `rest` as `?2`…); answers how many rows it
@@ -157,14 +173,10 @@ fn update_each<'a>(
 /// again, so the scheduler skips them cheaply. Leased ones keep their lease; whoever holds them
 /// gives them back parked.
 pub(crate) fn park(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbResult<Step<Walk>> {
-    let (ids, next) = next_batch(
-        conn,
-        webhook,
-        walk,
-        "lease_until IS NULL AND (SELECT active FROM webhooks WHERE id = ?1) = 0",
-        &[],
-        false,
-    )?;
+    if !webhook_is(conn, webhook, "active = 0")? {
+        return Ok(Step::new(0, None));
+    }
+    let (ids, next) = next_batch(conn, webhook, walk, "lease_until IS NULL", &[])?;
     let changed = update_each(
         conn,
         "UPDATE deliveries SET due_at = NULL WHERE id = ?1",
@@ -176,14 +188,10 @@ pub(crate) fn park(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbRes
 
 /// Puts the parked deliveries of an active webhook back on their schedule.
 pub(crate) fn unpark(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbResult<Step<Walk>> {
-    let (ids, next) = next_batch(
-        conn,
-        webhook,
-        walk,
-        "(SELECT active = 1 AND deleted_at IS NULL FROM webhooks WHERE id = ?1)",
-        &[],
-        false,
-    )?;
+    if !webhook_is(conn, webhook, "active = 1 AND deleted_at IS NULL")? {
+        return Ok(Step::new(0, None));
+    }
+    let (ids, next) = next_batch(conn, webhook, walk, "1", &[])?;
     let changed = update_each(
         conn,
         "UPDATE deliveries SET due_at = next_attempt_at, lease_until = NULL WHERE id = ?1",
@@ -196,7 +204,7 @@ pub(crate) fn unpark(conn: &Connection, webhook: &WebhookId, walk: &Walk) -> DbR
 /// Cancels the pending deliveries of a deleted webhook, parked or not, leased or not (an
 /// attempt in flight then records its attempt, and `succeeded` if the endpoint accepted it).
 /// The webhook's deliveries are read in id order through its own index, at most
-/// [`RECOVERY_SCAN`] per step, and up to [`STEP`] pending ones cancelled; `after` is the last id
+/// [`SCAN`] per step, and up to [`STEP`] pending ones cancelled; `after` is the last id
 /// the previous step went past. Not through `deliveries_due`, which holds every webhook's
 /// pending deliveries: a deleted webhook with nothing pending read all of them, filtered by
 /// webhook, and the sweep of deleted webhooks (`Store::cancel_orphaned`, every 10 minutes over
@@ -212,7 +220,7 @@ pub(crate) fn cancel(
     let read: Vec<(String, bool)> = conn
         .prepare_cached(&format!(
             "SELECT id, state = 'pending' FROM deliveries INDEXED BY deliveries_by_webhook \
-             WHERE webhook_id = ?1 AND id > ?2 ORDER BY id LIMIT {RECOVERY_SCAN}"
+             WHERE webhook_id = ?1 AND id > ?2 ORDER BY id LIMIT {SCAN}"
         ))?
         .query_map(params![webhook.as_str(), after], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -230,8 +238,7 @@ pub(crate) fn cancel(
             ids.push(id.clone());
         }
     }
-    let next =
-        (passed < read.len() || read.len() == RECOVERY_SCAN).then(|| read[passed - 1].0.clone());
+    let next = (passed < read.len() || read.len() == SCAN).then(|| read[passed - 1].0.clone());
     let changed = update_each(
         conn,
         "UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, due_at = NULL, \
@@ -276,7 +283,7 @@ pub(crate) fn move_deferred(
 
 /// Puts the failed deliveries of `webhook` created since `since` (and the skipped ones, with
 /// `skipped`) back to pending, due `now` (or parked, if the webhook is inactive). The webhook's
-/// deliveries are read in id order through its index, at most [`RECOVERY_SCAN`] per step
+/// deliveries are read in id order through its index, at most [`SCAN`] per step
 /// whatever their state, since most of its history has nothing to recover; `after` is the last
 /// id the previous step read.
 pub(crate) fn recover_failed(
@@ -293,7 +300,7 @@ pub(crate) fn recover_failed(
             "SELECT id, org_id = ?2 AND created_at >= ?3 \
                  AND (state = 'failed' OR (?5 AND state = 'skipped')) \
              FROM deliveries INDEXED BY deliveries_by_webhook \
-             WHERE webhook_id = ?1 AND id > ?4 ORDER BY id LIMIT {RECOVERY_SCAN}"
+             WHERE webhook_id = ?1 AND id > ?4 ORDER BY id LIMIT {SCAN}"
         ))?
         .query_map(
             params![
@@ -320,7 +327,7 @@ pub(crate) fn recover_failed(
         &[&now.as_millis()],
     )?;
     let last = read.last().map(|(id, _)| id.clone());
-    Ok(Step::after(changed, read.len(), RECOVERY_SCAN, last))
+    Ok(Step::after(changed, read.len(), SCAN, last))
 }
 
 /// Makes the pending deliveries of `org`'s `webhook` that wait for their next attempt (due after
@@ -347,9 +354,8 @@ pub(crate) fn retry_waiting(
         conn,
         webhook,
         walk,
-        "lease_until IS NULL AND next_attempt_at > ?3 AND updated_at < ?3",
+        "lease_until IS NULL AND next_attempt_at > ?4 AND updated_at < ?4",
         &[&now.as_millis()],
-        false,
     )?;
     let changed = update_each(
         conn,
@@ -474,6 +480,7 @@ mod tests {
         let mut cursor = Some(start);
         let mut counts = Vec::new();
         while let Some(c) = cursor {
+            assert!(counts.len() < 100, "a series of steps that does not end");
             let done = step(&c);
             counts.push(done.changed);
             cursor = done.next;
@@ -492,7 +499,7 @@ mod tests {
     #[test]
     fn parking_goes_a_step_at_a_time_and_leaves_leased_and_others_alone() {
         let (_dir, conn) = backlog(2_500, 10, false);
-        let steps = run(Walk::due(), |w| ok(park(&conn, &hook(), w)));
+        let steps = run(Walk::due_from(i64::MIN), |w| ok(park(&conn, &hook(), w)));
         assert_eq!(steps, [1_000, 1_000, 490]);
         assert_eq!(count(&conn, "due_at IS NULL"), 2_490);
         assert_eq!(
@@ -515,7 +522,7 @@ mod tests {
     #[test]
     fn a_step_after_the_webhook_changed_back_changes_nothing() {
         let (_dir, conn) = backlog(1_500, 0, false);
-        let first = ok(park(&conn, &hook(), &Walk::due()));
+        let first = ok(park(&conn, &hook(), &Walk::due_from(i64::MIN)));
         assert_eq!(first.changed, 1_000);
         // Resumed before the next step: the pause's series ends, and leaves the rest due.
         conn.execute("UPDATE webhooks SET active = 1", []).unwrap();
@@ -529,6 +536,72 @@ mod tests {
         conn.execute("UPDATE webhooks SET active = 0", []).unwrap();
         let next = ok(unpark(&conn, &hook(), &first.next.unwrap()));
         assert_eq!((next.changed, next.next.is_some()), (0, false));
+    }
+
+    #[test]
+    fn walks_read_a_bounded_step_of_other_webhooks_pending_deliveries() {
+        // 12,000 pending for one webhook; the other's one delivery, due at 5,000 ms, is the
+        // 4,001st in due order. Pausing the other reads 5,000 rows a step (finding its one in
+        // the first), not all 12,001 at once.
+        let (_dir, conn) = backlog(12_000, 0, true);
+        conn.execute("UPDATE webhooks SET active = 0 WHERE id = ?1", [OTHER])
+            .unwrap();
+        let other = WebhookId::from_trusted(OTHER.into());
+        let steps = run(Walk::due_from(i64::MIN), |w| ok(park(&conn, &other, w)));
+        assert_eq!(steps, [1, 0, 0]);
+        assert_eq!(count(&conn, "due_at IS NULL"), 1);
+
+        // Resumed: the parked walk reads only parked rows; the other's is the one.
+        conn.execute("UPDATE webhooks SET active = 1 WHERE id = ?1", [OTHER])
+            .unwrap();
+        let steps = run(Walk::parked(), |w| ok(unpark(&conn, &other, w)));
+        assert_eq!(steps, [1]);
+        assert_eq!(count(&conn, "webhook_id = 'wh_other' AND due_at = 5000"), 1);
+    }
+
+    #[test]
+    fn a_walk_starts_each_step_where_the_index_has_its_cursor() {
+        let (_dir, conn) = backlog(10, 0, true);
+        let plan = |walk: Walk| -> String {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN {}",
+                walk_sql(&walk, "lease_until IS NULL")
+            );
+            let mut explain = conn.prepare(&sql).unwrap();
+            let rows = explain
+                .query_map(params![HOOK, 0, ""], |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+        };
+        // In the index's order (no sort), from the cursor on.
+        assert_eq!(
+            plan(Walk::due_from(0)),
+            "SEARCH deliveries USING INDEX deliveries_due ((due_at,id)>(?,?))"
+        );
+        assert_eq!(
+            plan(Walk::parked()),
+            "SEARCH deliveries USING INDEX deliveries_due (due_at=? AND id>?)"
+        );
+    }
+
+    #[test]
+    fn a_walk_goes_past_many_deliveries_due_at_the_same_time() {
+        // 7,000 of the big webhook's and the other's one, all due at the same millisecond:
+        // each step goes on from the last (due, id) it read, so none is read twice and the
+        // other's, after them in id order, is found in the second step.
+        let (_dir, conn) = backlog(7_000, 0, true);
+        conn.execute("UPDATE deliveries SET due_at = 7, next_attempt_at = 7", [])
+            .unwrap();
+        conn.execute("UPDATE webhooks SET active = 0 WHERE id = ?1", [OTHER])
+            .unwrap();
+        let other = WebhookId::from_trusted(OTHER.into());
+        let steps = run(Walk::due_from(i64::MIN), |w| ok(park(&conn, &other, w)));
+        assert_eq!(steps, [0, 1]);
+        assert_eq!(
+            count(&conn, "webhook_id = 'wh_other' AND due_at IS NULL"),
+            1
+        );
+        assert_eq!(count(&conn, "webhook_id = 'wh_big' AND due_at = 7"), 7_000);
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl SqliteStore {
     /// Parks an inactive webhook's due deliveries, in steps.
     async fn park_pending(&self, webhook: &WebhookId) -> StoreResult<u64> {
         let webhook = webhook.clone();
-        self.in_steps(bulk::Walk::due(), move |c, walk| {
+        self.in_steps(bulk::Walk::due_from(i64::MIN), move |c, walk| {
             bulk::park(c, &webhook, walk)
         })
         .await
@@ -1090,9 +1090,7 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<u64> {
         let (org, webhook) = (org.clone(), webhook.clone());
-        let after_now = bulk::Walk::Due {
-            from: now.as_millis().saturating_add(1),
-        };
+        let after_now = bulk::Walk::due_from(now.as_millis().saturating_add(1));
         self.in_steps(after_now, move |c, walk| {
             bulk::retry_waiting(c, &org, &webhook, now, walk)
         })
