@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use herald_core::metrics::{Counter, render_value};
 use herald_core::store::PendingStat;
-use herald_core::{Timestamp, WebhookId};
+use herald_core::{OrgId, Timestamp, WebhookId};
 use herald_dispatch::DispatchMetrics;
 
 /// What the API counts: events ingested, requests shed, responses by status class.
@@ -129,7 +129,7 @@ pub struct Snapshot<'a> {
     /// Each webhook's backlog; `None` when the database did not answer for this scrape.
     pub pending: Option<Vec<PendingStat>>,
     /// Each webhook with a running task on this node and its adaptive limit.
-    pub concurrency: Vec<(WebhookId, usize)>,
+    pub concurrency: Vec<(WebhookId, OrgId, usize)>,
     /// Whether this node's attempts wait for the database to store outcomes again.
     pub attempts_paused: bool,
     /// Whether this node cannot store writes now ([`herald_core::store::Store::write_trouble`]).
@@ -339,12 +339,12 @@ impl Snapshot<'_> {
         }
         let _ = writeln!(
             out,
-            "# HELP herald_webhook_concurrency_limit Requests this node may have in flight to each webhook with work now (adaptive, up to --endpoint-concurrency; lowered when the endpoint looks overloaded).\n# TYPE herald_webhook_concurrency_limit gauge"
+            "# HELP herald_webhook_concurrency_limit Requests this node may have in flight to each webhook with work now (org: its organization; adaptive, up to --endpoint-concurrency; lowered when the endpoint looks overloaded).\n# TYPE herald_webhook_concurrency_limit gauge"
         );
-        for (webhook, limit) in &self.concurrency {
+        for (webhook, org, limit) in &self.concurrency {
             let _ = writeln!(
                 out,
-                "herald_webhook_concurrency_limit{{webhook=\"{webhook}\"}} {limit}"
+                "herald_webhook_concurrency_limit{{webhook=\"{webhook}\",org=\"{org}\"}} {limit}"
             );
         }
         out

@@ -104,8 +104,9 @@ impl Dispatcher {
         let limits = self.concurrency_limits();
         let waited = self.shared.settings.lease.as_secs() / 2;
         for (webhook, late, held) in named {
-            let at_once = limits.iter().find(|(id, _)| id == webhook).map(|(_, l)| *l);
-            tracing::warn!(webhook = %webhook, late, held, requests_at_once = at_once, late_webhooks = behind.len(), "a webhook's events arrive late: {late} of its deliveries have waited in this node's queue for over {waited} s, a backlog going out more slowly than that (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight); said at most every 5 min for each webhook, herald_webhook_oldest_pending_seconds in /metrics follows it");
+            let found = limits.iter().find(|(id, _, _)| id == webhook);
+            let (org, at_once) = (found.map(|(_, o, _)| o.as_str()), found.map(|(_, _, l)| *l));
+            tracing::warn!(webhook = %webhook, org, late, held, requests_at_once = at_once, late_webhooks = behind.len(), "a webhook's events arrive late: {late} of its deliveries have waited in this node's queue for over {waited} s, a backlog going out more slowly than that (its endpoint answers slowly or takes few requests at once, its rate limit, or this node's --max-requests-in-flight); said at most every 5 min for each webhook, herald_webhook_oldest_pending_seconds in /metrics follows it");
         }
     }
 

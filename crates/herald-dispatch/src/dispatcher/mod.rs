@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use herald_core::directory::Directory;
 use herald_core::metrics::{Counter, Histogram};
 use herald_core::store::{DueDelivery, Store};
-use herald_core::{Clock, DeliveryId, Timestamp, WebhookId};
+use herald_core::{Clock, DeliveryId, OrgId, Timestamp, WebhookId};
 
 use crate::client::HttpClient;
 use crate::operations::Operations;
@@ -121,6 +121,8 @@ struct Worker {
     /// Its queues: the urgent one (a test, a resend: someone is watching) is taken first.
     tx: Queues<mpsc::UnboundedSender<Queued>>,
     limit: Arc<limit::Limit>,
+    /// The webhook's organization, for `/metrics`.
+    org: OrgId,
 }
 
 /// A webhook's two queues.
@@ -424,6 +426,7 @@ impl Dispatcher {
                 None => queued,
             };
             let webhook_id = delivery.delivery.webhook_id.clone();
+            let org = delivery.delivery.org_id.clone();
             let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
             let (regular_tx, regular_rx) = mpsc::unbounded_channel();
             let tx = Queues {
@@ -443,6 +446,7 @@ impl Dispatcher {
                 Worker {
                     tx,
                     limit: limit.clone(),
+                    org,
                 },
             );
             let this = self.clone();
@@ -453,13 +457,13 @@ impl Dispatcher {
         }
     }
 
-    /// Each webhook with a running task on this node, and how many requests it may have in
-    /// flight to it now (the adaptive limit), for `/metrics`.
-    pub fn concurrency_limits(&self) -> Vec<(WebhookId, usize)> {
+    /// Each webhook with a running task on this node, its organization, and how many requests
+    /// it may have in flight to it now (the adaptive limit), for `/metrics`.
+    pub fn concurrency_limits(&self) -> Vec<(WebhookId, OrgId, usize)> {
         let workers = self.shared.workers.lock().expect("workers lock");
         let mut limits: Vec<_> = workers
             .iter()
-            .map(|(id, worker)| (id.clone(), worker.limit.current()))
+            .map(|(id, worker)| (id.clone(), worker.org.clone(), worker.limit.current()))
             .collect();
         limits.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         limits

@@ -838,8 +838,9 @@ async fn a_backlog_to_an_endpoint_that_keeps_up_gets_more_requests_at_once_up_to
     // Operators see the limit each webhook has reached.
     let metrics = app.metrics().await;
     let line = format!(
-        "herald_webhook_concurrency_limit{{webhook=\"{}\"}} {CEILING}",
-        webhook["id"].as_str().unwrap()
+        "herald_webhook_concurrency_limit{{webhook=\"{}\",org=\"{}\"}} {CEILING}",
+        webhook["id"].as_str().unwrap(),
+        org
     );
     assert!(
         metrics.lines().any(|l| l == line),
