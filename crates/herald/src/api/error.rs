@@ -342,4 +342,29 @@ mod tests {
         let message = ApiError::from(ServiceError::Unavailable(refused)).message;
         assert_eq!(message, "the database is unavailable; try again shortly");
     }
+
+    /// A search refused for its turn is a `429` a client can act on: the code, when to come
+    /// back, and what the limits are.
+    #[tokio::test]
+    async fn a_search_refused_its_turn_is_a_429_that_says_when_to_come_back() {
+        let response = ApiError::from(ServiceError::TooManySearches).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers()[axum::http::header::RETRY_AFTER],
+            "1",
+            "a client is told when to try again"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "too_many_searches");
+        let message = body["error"]["message"].as_str().unwrap();
+        let limits = format!(
+            "{} at once for an organization, {} for this node",
+            crate::service::searches::PER_ORG,
+            crate::service::searches::PER_NODE
+        );
+        assert!(message.contains(&limits), "{message}");
+    }
 }
