@@ -56,7 +56,7 @@ impl<C> Step<C> {
 /// Where a walk over pending deliveries in `deliveries_due` has got to: the parked ones (no
 /// `due_at`) in id order, or the due ones from a time in (due, id) order. The next step starts
 /// after the last row the previous one read, so that a walk reads each row once however many
-/// share a due time.
+/// share a due time (unless a row moves ahead of the walk between steps: a lease taken, say).
 #[derive(Debug, Clone)]
 pub(crate) enum Walk {
     Parked { after: String },
@@ -582,6 +582,57 @@ mod tests {
             plan(Walk::parked()),
             "SEARCH deliveries USING INDEX deliveries_due (due_at=? AND id>?)"
         );
+    }
+
+    #[test]
+    fn a_resume_goes_past_a_step_of_other_webhooks_parked_deliveries() {
+        // 7,000 parked for the big webhook (paused), then the other's one, after them in id
+        // order: the parked walk reads 5,000 a step and finds the other's in the second.
+        let (_dir, conn) = backlog(7_000, 0, true);
+        conn.execute("UPDATE deliveries SET due_at = NULL", [])
+            .unwrap();
+        conn.execute("UPDATE webhooks SET active = 0 WHERE id = ?1", [HOOK])
+            .unwrap();
+        let other = WebhookId::from_trusted(OTHER.into());
+        let steps = run(Walk::parked(), |w| ok(unpark(&conn, &other, w)));
+        assert_eq!(steps, [0, 1]);
+        assert_eq!(count(&conn, "webhook_id = 'wh_other' AND due_at = 5000"), 1);
+        assert_eq!(
+            count(&conn, "webhook_id = 'wh_big' AND due_at IS NULL"),
+            7_000
+        );
+    }
+
+    #[test]
+    fn retrying_waiting_deliveries_goes_past_a_step_of_others_due_at_one_time() {
+        // Every delivery waits for its retry at 10,000 ms; "retry now" at 5,000 ms for the
+        // other webhook reads the big one's 7,000 in two steps and changes only its own.
+        let (_dir, conn) = backlog(7_000, 0, true);
+        conn.execute(
+            "UPDATE deliveries SET due_at = 10000, next_attempt_at = 10000",
+            [],
+        )
+        .unwrap();
+        let org = OrgId::from_trusted("org_1".into());
+        let now = Timestamp::from_millis(5_000);
+        let after_now = || Walk::due_from(5_001);
+        let other = WebhookId::from_trusted(OTHER.into());
+        let steps = run(after_now(), |w| {
+            ok(retry_waiting(&conn, &org, &other, now, w))
+        });
+        assert_eq!(steps, [0, 1]);
+        assert_eq!(count(&conn, "webhook_id = 'wh_other' AND due_at = 5000"), 1);
+        assert_eq!(
+            count(&conn, "webhook_id = 'wh_big' AND due_at = 10000"),
+            7_000
+        );
+        // The big one's: a step of 1,000 at a time, each changed once (a last step finds
+        // that none is left).
+        let steps = run(after_now(), |w| {
+            ok(retry_waiting(&conn, &org, &hook(), now, w))
+        });
+        assert_eq!(steps, [1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 0]);
+        assert_eq!(count(&conn, "due_at = 5000 AND updated_at = 5000"), 7_001);
     }
 
     #[test]
