@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
 use crate::org::Organization;
-use crate::store::{ConfigMark, Store, StoreResult};
+use crate::store::{ConfigMark, Store, StoreError, StoreResult};
 use crate::subscription::{Mode, State, Subscription, Verification};
 use crate::webhook::Webhook;
-use crate::{OrgId, WebhookId};
+use crate::{EventTypeId, OrgId, WebhookId};
 
 /// An organization as the hot path needs it.
 pub struct OrgSnapshot {
@@ -27,10 +27,10 @@ pub struct OrgSnapshot {
     /// WebSub subscriptions by webhook and channel.
     subscriptions: HashMap<(WebhookId, String), Subscription>,
     /// The organization's own types, each with its schema's validator, compiled when the first
-    /// event of the type needs it: a compiled schema can weigh hundreds of KiB, an
-    /// organization may have a thousand types, and the snapshot is rebuilt on every change to
-    /// the organization.
-    custom_types: HashMap<String, (CustomEventType, OnceLock<Option<jsonschema::Validator>>)>,
+    /// event of the type needs it: a compiled schema can weigh hundreds of KiB, and an
+    /// organization may have a thousand types. The snapshot is rebuilt on every change to the
+    /// organization, and the validators go from one snapshot to the next ([`SchemaCells`]).
+    custom_types: HashMap<String, (CustomEventType, Arc<SchemaCell>)>,
     /// Which configuration changes the store had when this was read, where processes share
     /// it: ingest stores events fanned out from this snapshot only if none came since
     /// ([`Store::insert_events_unless_changed`]).
@@ -45,6 +45,16 @@ pub struct ResolvedType<'a> {
     pub validator: Option<&'a jsonschema::Validator>,
 }
 
+/// A type's compiled schema, made when the first event of the type needs it (`None`: the
+/// stored schema no longer compiles).
+type SchemaCell = OnceLock<Option<jsonschema::Validator>>;
+
+/// An organization's compiled schemas by type id, handed from one of its snapshots to the
+/// next: a type's schema never changes (a new one is a new type, with a new id). Each change
+/// to an organization used to compile its schemas again as events came (a thousand types with
+/// 16 KiB schemas: 235 MB compiled, 1.5 s of CPU after every change to a webhook).
+type SchemaCells = HashMap<EventTypeId, Arc<SchemaCell>>;
+
 impl OrgSnapshot {
     pub fn build(
         org: Organization,
@@ -52,9 +62,23 @@ impl OrgSnapshot {
         custom: Vec<CustomEventType>,
         subscriptions: Vec<Subscription>,
     ) -> Self {
+        Self::build_sharing(org, webhooks, custom, subscriptions, &SchemaCells::new())
+    }
+
+    /// [`OrgSnapshot::build`], taking over the schemas a previous snapshot compiled.
+    fn build_sharing(
+        org: Organization,
+        webhooks: Vec<Webhook>,
+        custom: Vec<CustomEventType>,
+        subscriptions: Vec<Subscription>,
+        compiled: &SchemaCells,
+    ) -> Self {
         let custom_types = custom
             .into_iter()
-            .map(|t| (t.name.clone(), (t, OnceLock::new())))
+            .map(|t| {
+                let cell = compiled.get(&t.id).cloned().unwrap_or_default();
+                (t.name.clone(), (t, cell))
+            })
             .collect();
         let webhook_at = webhooks
             .iter()
@@ -94,9 +118,8 @@ impl OrgSnapshot {
             // Schemas were compiled when registered; one that no longer compiles (a newer
             // library being stricter) is treated as absent rather than blocking ingest.
             let validator = v.get_or_init(|| {
-                t.schema
-                    .as_ref()
-                    .and_then(crate::event_type::compile_stored_schema)
+                let schema = t.schema.as_ref()?.value().ok()?;
+                crate::event_type::compile_stored_schema(&schema)
             });
             return Some(ResolvedType {
                 channel: t.channel.as_deref(),
@@ -120,6 +143,14 @@ impl OrgSnapshot {
             .iter()
             .filter_map(|c| c.catalog())
             .find_map(|c| c.event_type(name).map(|t| (c, t)))
+    }
+
+    /// Its types' schema cells, for the next snapshot.
+    fn schema_cells(&self) -> SchemaCells {
+        self.custom_types
+            .values()
+            .map(|(t, cell)| (t.id.clone(), cell.clone()))
+            .collect()
     }
 
     /// How many event types the organization registered itself.
@@ -503,6 +534,9 @@ pub struct Directory {
     loading: Turns<OrgId>,
     /// One change at a time per organization (see [`Directory::changing`]).
     changes: Turns<OrgId>,
+    /// Each organization's compiled schemas, kept across its reloads (an organization found
+    /// gone drops its own).
+    schemas: Mutex<HashMap<OrgId, SchemaCells>>,
 }
 
 impl Directory {
@@ -513,6 +547,7 @@ impl Directory {
             generations: Generations::new(),
             loading: Turns::new(),
             changes: Turns::new(),
+            schemas: Mutex::new(HashMap::new()),
         }
     }
 
@@ -560,11 +595,23 @@ impl Directory {
         // Marked before the reads: a change committed between the mark and a read is then
         // taken as unseen, which costs one reload, never a missed change.
         let seen = self.store.config_mark().await?;
-        let organization = self.store.get_org(org).await?;
+        let organization = match self.store.get_org(org).await {
+            Err(StoreError::NotFound) => {
+                self.schemas.lock().expect("schemas lock").remove(org);
+                return Err(StoreError::NotFound);
+            }
+            found => found?,
+        };
         let webhooks = self.store.org_webhooks(org).await?;
         let types = self.store.list_event_types(org).await?;
         let subscriptions = self.store.org_subscriptions(org).await?;
-        let mut snapshot = OrgSnapshot::build(organization, webhooks, types, subscriptions);
+        // One load at a time for an organization (`loading`): nobody else takes its cells.
+        let compiled = (self.schemas.lock().expect("schemas lock"))
+            .remove(org)
+            .unwrap_or_default();
+        let mut snapshot =
+            OrgSnapshot::build_sharing(organization, webhooks, types, subscriptions, &compiled);
+        (self.schemas.lock().expect("schemas lock")).insert(org.clone(), snapshot.schema_cells());
         snapshot.config_mark = seen;
         let snapshot = Arc::new(snapshot);
         let mut orgs = self.orgs.write().expect("directory lock");
@@ -705,7 +752,10 @@ mod tests {
                 name: name.into(),
                 channel: None,
                 description: None,
-                schema: Some(serde_json::json!({ "type": "object", "required": ["x"] })),
+                schema: Some(crate::event_type::JsonText::of(&serde_json::json!({
+                    "type": "object",
+                    "required": ["x"]
+                }))),
                 example: None,
                 created_at: crate::Timestamp::from_millis(0),
             })
@@ -716,5 +766,15 @@ mod tests {
         let validator = snapshot.resolve_type("a.one").unwrap().validator.unwrap();
         assert!(!validator.is_valid(&serde_json::json!({})));
         assert!(compiled("a.one") && !compiled("a.two"));
+
+        // The next snapshot takes over what this one compiled, and a type gone takes its own.
+        let kept = snapshot.custom_types["a.one"].0.clone();
+        let next =
+            OrgSnapshot::build_sharing(org(), vec![], vec![kept], vec![], &snapshot.schema_cells());
+        assert!(
+            next.custom_types["a.one"].1.get().is_some(),
+            "not compiled again"
+        );
+        assert_eq!(next.schema_cells().len(), 1);
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use herald_core::catalog::CatalogName;
 use herald_core::delivery::{Attempt, AttemptError, AttemptOutcome, Delivery, DeliveryState};
 use herald_core::event::{Event, NewEvent};
-use herald_core::event_type::CustomEventType;
+use herald_core::event_type::{CustomEventType, JsonText};
 use herald_core::health::{AttemptCounts, HealthRows, HealthSeries, HealthWindow, duration_class};
 use herald_core::org::{ApiKey, KeyRole, OrgHandle, Organization};
 use herald_core::profile::{ProfileName, SignatureScheme};
@@ -84,8 +84,10 @@ fn event_type(org: &OrgId, name: &str) -> CustomEventType {
         name: name.into(),
         channel: Some("billing".into()),
         description: Some("An invoice was paid".into()),
-        schema: Some(json!({"type": "object", "required": ["invoice"]})),
-        example: Some(json!({"invoice": {"id": "in_1"}})),
+        schema: Some(JsonText::of(
+            &json!({"type": "object", "required": ["invoice"]}),
+        )),
+        example: Some(JsonText::of(&json!({"invoice": {"id": "in_1"}}))),
         created_at: T0,
     }
 }

@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use herald_core::catalog;
 use herald_core::event_type::{
-    CustomEventType, check_against_schema, compile_schema, parse_channel, parse_new_type_name,
+    CustomEventType, JsonText, check_against_schema, compile_schema, parse_channel,
+    parse_new_type_name,
 };
 use herald_core::{EventTypeId, Invalid, OrgId};
 
@@ -130,8 +131,8 @@ async fn register_checked(
         name,
         channel,
         description,
-        schema: input.schema,
-        example: input.example,
+        schema: input.schema.as_ref().map(JsonText::of),
+        example: input.example.as_ref().map(JsonText::of),
         created_at: state.clock.now(),
     };
     let created = write_then_forget(state, org, "organization", |store| async move {
@@ -276,8 +277,8 @@ pub async fn list_for_org(
         channel: t.channel,
         description: t.description,
         source: "custom".into(),
-        example: t.example,
-        schema: t.schema,
+        example: t.example.and_then(|e| e.value().ok()),
+        schema: t.schema.and_then(|s| s.value().ok()),
         uri: None,
     }));
     Ok(out)
