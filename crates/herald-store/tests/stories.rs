@@ -4491,6 +4491,83 @@ async fn sqlite_puts_back_a_delivery_parked_after_its_webhook_was_activated() {
     a_delivery_parked_after_its_webhook_was_activated_is_put_back(store, park).await;
 }
 
+/// An open circuit gives back a delivery whose webhook was paused while it was held: parked,
+/// as its holder would give it back, not due (the pause's walk may be past it, and a due
+/// delivery of an inactive webhook is never claimed, only passed over by every look of the
+/// scheduler). `due_at` reads a delivery's due time behind the store's back.
+async fn a_delivery_deferred_after_its_webhook_was_paused_is_parked<F, Fut>(
+    store: Arc<dyn Store>,
+    due_at: F,
+) where
+    F: Fn(DeliveryId) -> Fut,
+    Fut: std::future::Future<Output = Option<i64>>,
+{
+    let (org, hook) = org_with_webhook(&store, "acme").await;
+    let ids = store_placed(&store, &hook, 1, Placement::Leased).await;
+    let paused = Webhook {
+        active: false,
+        ..hook.clone()
+    };
+    store.update_webhook(&paused).await.unwrap();
+    let deferred = store
+        .defer_deliveries(&org.id, &under_first_lease(&ids), at(60))
+        .await
+        .unwrap();
+    assert_eq!(deferred, 1);
+    assert_eq!(due_at(ids[0].clone()).await, None, "parked");
+    // Resumed: due at the time it was put off to.
+    store.update_webhook(&hook).await.unwrap();
+    assert_eq!(due_at(ids[0].clone()).await, Some(at(60).as_millis()));
+    assert_eq!(claim(&store, at(60)).await, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_parks_a_delivery_deferred_after_its_webhook_was_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let due_at = |id: DeliveryId| {
+        let path = path.clone();
+        async move {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT due_at FROM deliveries WHERE id = ?1",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        }
+    };
+    a_delivery_deferred_after_its_webhook_was_paused_is_parked(store, due_at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_parks_a_delivery_deferred_after_its_webhook_was_paused() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let admin = Arc::new(admin_client(&url).await);
+    admin
+        .batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .unwrap();
+    let due_at = |id: DeliveryId| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .query_one(
+                    "SELECT due_at FROM deliveries WHERE id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        }
+    };
+    a_delivery_deferred_after_its_webhook_was_paused_is_parked(fresh.store.clone(), due_at).await;
+}
+
 /// The embedded store knows when its newest event was received (the last in sequence, not
 /// the latest time: a clock set back stores older times after newer ones), for the start-up
 /// check of the clock against it.

@@ -1375,9 +1375,11 @@ pub(crate) async fn defer(
     let sql = format!(
         "{STILL_HELD} UPDATE deliveries d SET lease_until = NULL, \
          next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4), \
-         due_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4) \
+         due_at = CASE WHEN (SELECT active FROM webhooks WHERE id = d.webhook_id) \
+             THEN GREATEST(COALESCE(d.next_attempt_at, $4), $4) ELSE NULL END \
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
+    // Parked if the webhook was paused meanwhile (as an attempt's outcome is).
     let org = Some(org.as_str());
     let deferred = write_held(pool, &sql, leases, org, &[&until.as_millis()]).await?;
     if !deferred.is_empty() {
@@ -1415,9 +1417,12 @@ pub(crate) async fn move_deferred(
 ) -> DbResult<u64> {
     let moved = c
         .exec(
-            "UPDATE deliveries SET next_attempt_at = $3, due_at = $3 \
-             WHERE due_at = $1 AND state = 'pending' AND webhook_id = $2 \
-             AND lease_until IS NULL AND next_attempt_at = $1",
+            concat!(
+                "UPDATE deliveries SET next_attempt_at = $3::BIGINT, due_at = ",
+                unless_parked!("$3::BIGINT"),
+                " WHERE due_at = $1 AND state = 'pending' AND webhook_id = $2 \
+                 AND lease_until IS NULL AND next_attempt_at = $1"
+            ),
             &[&deferred_to.as_millis(), &webhook.as_str(), &to.as_millis()],
         )
         .await?;

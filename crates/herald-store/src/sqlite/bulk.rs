@@ -253,7 +253,7 @@ pub(crate) fn cancel(
 /// nobody has leased since) due at `to` instead. They are found through `deliveries_due` by that
 /// one time (named, so that SQLite does not walk the webhook's whole history through
 /// `deliveries_by_webhook` instead); a delivery whose own retry comes later kept its time when
-/// it was deferred, and so is left alone. `after` is the last id the previous step moved.
+/// it was deferred, and so is left alone. Parked instead if the webhook was paused meanwhile. `after` is the last id the previous step moved.
 pub(crate) fn move_deferred(
     conn: &Connection,
     webhook: &WebhookId,
@@ -274,7 +274,9 @@ pub(crate) fn move_deferred(
         .collect::<Result<_, _>>()?;
     let changed = update_each(
         conn,
-        "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2 WHERE id = ?1",
+        "UPDATE deliveries SET next_attempt_at = ?2, due_at = CASE WHEN \
+         (SELECT active FROM webhooks WHERE id = deliveries.webhook_id) = 1 THEN ?2 ELSE NULL END \
+         WHERE id = ?1",
         &ids,
         &[&to.as_millis()],
     )?;
@@ -633,6 +635,28 @@ mod tests {
         });
         assert_eq!(steps, [1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 0]);
         assert_eq!(count(&conn, "due_at = 5000 AND updated_at = 5000"), 7_001);
+    }
+
+    #[test]
+    fn deliveries_moved_after_a_probe_are_parked_if_their_webhook_is_paused() {
+        // Two put off to 5,000 ms by an open circuit; the webhook paused before the probe's
+        // answer moves them (a pause whose walk had gone past them).
+        let (_dir, conn) = backlog(2, 0, false);
+        conn.execute(
+            "UPDATE deliveries SET due_at = 5000, next_attempt_at = 5000 WHERE webhook_id = ?1",
+            [HOOK],
+        )
+        .unwrap();
+        let (from, to) = (Timestamp::from_millis(5_000), Timestamp::from_millis(9_000));
+        let step = ok(move_deferred(&conn, &hook(), from, to, ""));
+        assert_eq!(step.changed, 2);
+        assert_eq!(
+            count(
+                &conn,
+                "webhook_id = 'wh_big' AND due_at IS NULL AND next_attempt_at = 9000"
+            ),
+            2
+        );
     }
 
     #[test]

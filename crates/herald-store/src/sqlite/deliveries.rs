@@ -839,11 +839,13 @@ pub(crate) fn defer(
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<usize> {
-    let mut defer = conn.prepare_cached(
+    // Parked if the webhook was paused meanwhile: its pause's walk may have gone past it.
+    let mut defer = conn.prepare_cached(concat!(
         "UPDATE deliveries SET lease_until = NULL, next_attempt_at = MAX(COALESCE(next_attempt_at, ?1), ?1), \
-         due_at = MAX(COALESCE(next_attempt_at, ?1), ?1) \
-         WHERE id = ?2 AND org_id = ?3 AND state = 'pending' AND lease_until = ?4",
-    )?;
+         due_at = ",
+        unless_parked!("MAX(COALESCE(next_attempt_at, ?1), ?1)"),
+        " WHERE id = ?2 AND org_id = ?3 AND state = 'pending' AND lease_until = ?4"
+    ))?;
     let mut deferred = 0;
     for (id, lease_until) in leases {
         deferred += defer.execute(params![
