@@ -632,6 +632,15 @@ impl Directory {
         orgs.remove(org);
     }
 
+    /// Drops the compiled schemas of organizations with no snapshot cached: deleted ones (here
+    /// or on another node, which only invalidates them here) and ones not used since a change.
+    /// Run now and then; an organization whose reload comes after it compiles its schemas
+    /// again as its events come.
+    pub fn forget_unused_schemas(&self) {
+        let orgs = self.orgs.read().expect("directory lock");
+        (self.schemas.lock().expect("schemas lock")).retain(|org, _| orgs.contains_key(org));
+    }
+
     /// Forgets every organization (another node may have changed any of them unheard).
     pub fn invalidate_all(&self) {
         let mut orgs = self.orgs.write().expect("directory lock");

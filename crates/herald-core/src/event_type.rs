@@ -93,9 +93,9 @@ pub struct CustomEventType {
     pub name: String,
     pub channel: Option<String>,
     pub description: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub schema: Option<JsonText>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub example: Option<JsonText>,
     pub created_at: Timestamp,
 }
@@ -114,7 +114,10 @@ impl JsonText {
         Self(serde_json::value::to_raw_value(value).expect("a JSON value always serialises"))
     }
 
-    /// The value, parsed (the text is valid JSON: it was checked as it was read).
+    /// The value, parsed. Text Herald wrote always parses; text written by hand into the
+    /// database may be valid JSON that a parsed value cannot hold (a number past `f64`,
+    /// nesting deeper than 128), and a type whose schema cannot be read is taken as having
+    /// none, as one that no longer compiles is.
     pub fn value(&self) -> serde_json::Result<serde_json::Value> {
         serde_json::from_str(self.0.get())
     }

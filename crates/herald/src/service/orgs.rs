@@ -236,6 +236,7 @@ pub async fn delete(state: &AppState, scope: &Scope, id: &OrgId) -> ServiceResul
             .map_err(ServiceError::from_store("organization"))?;
         state.dispatcher.forget_webhooks(&webhooks);
         state.directory.invalidate(&org);
+        state.directory.forget_unused_schemas();
         super::auth::forget_org(&state, &org);
         super::subscriptions::unsubscribe_soon(&state, &org, subscribed);
         Ok(())

@@ -68,6 +68,7 @@ pub async fn run(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiv
         let sweeps = async {
             cancel_orphaned(&state).await;
             sweep_deleted_orgs(&*state.store).await;
+            state.directory.forget_unused_schemas();
             delete_expired_sessions(&state).await;
         };
         tokio::select! {

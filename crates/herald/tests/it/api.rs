@@ -4065,6 +4065,15 @@ async fn compiled_schemas_outlive_their_organizations_reloads() {
     );
     assert!(compiled(&before).is_some());
     assert_eq!(compiled(&after), compiled(&before), "the same validator");
+    // Dropped only once no snapshot of the organization is cached (it was deleted, here or on
+    // another node, or not used since a change).
+    app.state.directory.forget_unused_schemas();
+    let cached = app.state.directory.snapshot(&id).await.unwrap();
+    assert_eq!(compiled(&cached), compiled(&before), "kept while cached");
+    app.state.directory.invalidate(&id);
+    app.state.directory.forget_unused_schemas();
+    let reloaded = app.state.directory.snapshot(&id).await.unwrap();
+    assert_ne!(compiled(&reloaded), compiled(&before), "compiled again");
     // It still refuses what its schema refuses.
     let wrong = json!({ "type": "group.synced", "data": { "group": 7 } });
     let (status, body) = app.post(&format!("/v1/orgs/{org}/events"), wrong).await;
