@@ -297,6 +297,11 @@ pub(crate) fn recover_failed(
     skipped: bool,
     after: &str,
 ) -> DbResult<Step<String>> {
+    // Deleted since the recovery began: what it has not reached stays as it is (made pending
+    // now, it would wait for a webhook that is gone until the sweep of deleted webhooks).
+    if !webhook_is(conn, webhook, "deleted_at IS NULL")? {
+        return Ok(Step::new(0, None));
+    }
     let read: Vec<(String, bool)> = conn
         .prepare_cached(&format!(
             "SELECT id, org_id = ?2 AND created_at >= ?3 \
@@ -656,6 +661,37 @@ mod tests {
                 "webhook_id = 'wh_big' AND due_at IS NULL AND next_attempt_at = 9000"
             ),
             2
+        );
+    }
+
+    #[test]
+    fn a_recovery_stops_once_its_webhook_is_deleted() {
+        let (_dir, conn) = backlog(7_000, 0, true);
+        conn.execute(
+            "UPDATE deliveries SET state = 'failed', due_at = NULL, next_attempt_at = NULL",
+            [],
+        )
+        .unwrap();
+        let org = OrgId::from_trusted("org_1".into());
+        let (since, now) = (Timestamp::from_millis(0), Timestamp::from_millis(9));
+        let first = ok(recover_failed(&conn, &org, &hook(), since, now, false, ""));
+        assert_eq!(first.changed, 5_000);
+        conn.execute("UPDATE webhooks SET deleted_at = 10 WHERE id = ?1", [HOOK])
+            .unwrap();
+        let next = first.next.unwrap();
+        let rest = ok(recover_failed(
+            &conn,
+            &org,
+            &hook(),
+            since,
+            now,
+            false,
+            &next,
+        ));
+        assert_eq!((rest.changed, rest.next.is_some()), (0, false));
+        assert_eq!(
+            count(&conn, "webhook_id = 'wh_big' AND state = 'failed'"),
+            2_000
         );
     }
 
