@@ -3953,6 +3953,16 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A connection that reads and writes `schema`'s tables behind the store's back.
+async fn admin_in_schema(url: &str, schema: &str) -> tokio_postgres::Client {
+    let admin = admin_client(url).await;
+    admin
+        .batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .unwrap();
+    admin
+}
+
 /// Drops a story's schema when the story ends, pass or fail.
 struct DropSchema {
     url: String,
@@ -4547,11 +4557,7 @@ async fn postgresql_parks_a_delivery_deferred_after_its_webhook_was_paused() {
     let Some((fresh, url, schema)) = postgres_in_schema().await else {
         return;
     };
-    let admin = Arc::new(admin_client(&url).await);
-    admin
-        .batch_execute(&format!("SET search_path = {schema}"))
-        .await
-        .unwrap();
+    let admin = Arc::new(admin_in_schema(&url, &schema).await);
     let due_at = |id: DeliveryId| {
         let admin = admin.clone();
         async move {
@@ -4587,11 +4593,7 @@ async fn postgresql_puts_back_a_delivery_parked_after_its_webhook_was_activated(
     let Some((fresh, url, schema)) = postgres_in_schema().await else {
         return;
     };
-    let admin = Arc::new(admin_client(&url).await);
-    admin
-        .batch_execute(&format!("SET search_path = {schema}"))
-        .await
-        .unwrap();
+    let admin = Arc::new(admin_in_schema(&url, &schema).await);
     let park = |id: DeliveryId| {
         let admin = admin.clone();
         async move {

@@ -1850,14 +1850,7 @@ fn the_version_names_the_commit_built_from() {
 async fn a_batch_refused_lists_every_event_at_fault() {
     let app = TestApp::spawn().await;
     let org = app.create_org("Acme").await;
-    let schema = json!({ "type": "object", "required": ["group"], "properties": { "group": { "type": "string" } } });
-    let (status, t) = app
-        .post(
-            &format!("/v1/orgs/{org}/event-types"),
-            json!({ "name": "group.synced", "channel": "member", "schema": schema }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{t}");
+    app.register_group_synced(&org).await;
     let batch = json!([
         { "type": "user.created", "id": "fine", "data": { "user": { "id": "u1" } } },
         { "type": "user.createdd", "data": {} },
@@ -4037,14 +4030,7 @@ async fn changes_sent_together_are_checked_one_after_another() {
 async fn compiled_schemas_outlive_their_organizations_reloads() {
     let app = TestApp::spawn().await;
     let org = app.create_org("Acme").await;
-    let schema = json!({ "type": "object", "required": ["group"], "properties": { "group": { "type": "string" } } });
-    let (status, t) = app
-        .post(
-            &format!("/v1/orgs/{org}/event-types"),
-            json!({ "name": "group.synced", "channel": "member", "schema": schema }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{t}");
+    app.register_group_synced(&org).await;
     let event = json!({ "type": "group.synced", "data": { "group": "admins" } });
     let (status, body) = app.post(&format!("/v1/orgs/{org}/events"), event).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

@@ -1473,14 +1473,7 @@ async fn an_organizations_own_type_is_checked_against_its_schema() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
     let org = app.create_org("Acme").await;
-    let schema = json!({ "type": "object", "required": ["group"], "properties": { "group": { "type": "string" } } });
-    let (status, t) = app
-        .post(
-            &format!("/v1/orgs/{org}/event-types"),
-            json!({ "name": "group.synced", "channel": "member", "schema": schema }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{t}");
+    app.register_group_synced(&org).await;
     app.create_webhook(&org, &rx.url("/h"), json!({ "events": ["group.synced"] }))
         .await;
     let (status, err) = app

@@ -181,6 +181,19 @@ impl TestApp {
         webhook
     }
 
+    /// Registers the organization's own type `group.synced` (channel `member`), whose schema
+    /// asks for a string `group`.
+    pub async fn register_group_synced(&self, org: &str) {
+        let schema = json!({ "type": "object", "required": ["group"], "properties": { "group": { "type": "string" } } });
+        let (status, t) = self
+            .post(
+                &format!("/v1/orgs/{org}/event-types"),
+                json!({ "name": "group.synced", "channel": "member", "schema": schema }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+    }
+
     pub async fn send_event(&self, org: &str, event: Value) -> Value {
         let (status, answer) = self.post(&format!("/v1/orgs/{org}/events"), event).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
