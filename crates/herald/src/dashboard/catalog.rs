@@ -246,8 +246,8 @@ async fn catalog_page(
         let view = TypeView {
             example: t
                 .example
-                .as_ref()
-                .and_then(|e| serde_json::to_string_pretty(e).ok()),
+                .and_then(|e| e.value().ok())
+                .and_then(|e| serde_json::to_string_pretty(&e).ok()),
             has_schema: t.schema.is_some(),
             name: t.name,
             description: t.description,

@@ -34,8 +34,11 @@ pub struct AvailableType {
     pub description: Option<String>,
     /// The catalog's name, or `custom` for the organization's own types.
     pub source: String,
-    pub example: Option<serde_json::Value>,
-    pub schema: Option<serde_json::Value>,
+    /// As stored (the organization's own types: JSON text, not parsed again for the answer).
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub example: Option<JsonText>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub schema: Option<JsonText>,
     /// The type's URI where its catalog names events by URI (Asgardeo's), as
     /// `GET /v1/event-types` gives it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,8 +264,8 @@ pub async fn list_for_org(
                 channel: Some(t.channel.clone()),
                 description: Some(t.description.clone()),
                 source: c.name.clone(),
-                example: Some(t.example.clone()),
-                schema: t.schema.clone(),
+                example: Some(JsonText::of(&t.example)),
+                schema: t.schema.as_ref().map(JsonText::of),
                 uri: t.uri.clone(),
             })
         })
@@ -277,8 +280,8 @@ pub async fn list_for_org(
         channel: t.channel,
         description: t.description,
         source: "custom".into(),
-        example: t.example.and_then(|e| e.value().ok()),
-        schema: t.schema.and_then(|s| s.value().ok()),
+        example: t.example,
+        schema: t.schema,
         uri: None,
     }));
     Ok(out)
