@@ -1372,6 +1372,7 @@ pub(crate) async fn defer(
     leases: &[(DeliveryId, Timestamp)],
     until: Timestamp,
 ) -> DbResult<usize> {
+    // Parked if the webhook was paused meanwhile (as an attempt's outcome is).
     let sql = format!(
         "{STILL_HELD} UPDATE deliveries d SET lease_until = NULL, \
          next_attempt_at = GREATEST(COALESCE(d.next_attempt_at, $4), $4), \
@@ -1379,7 +1380,6 @@ pub(crate) async fn defer(
              THEN GREATEST(COALESCE(d.next_attempt_at, $4), $4) ELSE NULL END \
          FROM mine WHERE d.id = mine.id RETURNING d.id"
     );
-    // Parked if the webhook was paused meanwhile (as an attempt's outcome is).
     let org = Some(org.as_str());
     let deferred = write_held(pool, &sql, leases, org, &[&until.as_millis()]).await?;
     if !deferred.is_empty() {

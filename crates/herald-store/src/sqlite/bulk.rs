@@ -253,7 +253,8 @@ pub(crate) fn cancel(
 /// nobody has leased since) due at `to` instead. They are found through `deliveries_due` by that
 /// one time (named, so that SQLite does not walk the webhook's whole history through
 /// `deliveries_by_webhook` instead); a delivery whose own retry comes later kept its time when
-/// it was deferred, and so is left alone. Parked instead if the webhook was paused meanwhile. `after` is the last id the previous step moved.
+/// it was deferred, and so is left alone. Parked instead if the webhook was paused meanwhile.
+/// `after` is the last id the previous step moved.
 pub(crate) fn move_deferred(
     conn: &Connection,
     webhook: &WebhookId,

@@ -34,7 +34,8 @@ pub struct AvailableType {
     pub description: Option<String>,
     /// The catalog's name, or `custom` for the organization's own types.
     pub source: String,
-    /// As stored (the organization's own types: JSON text, not parsed again for the answer).
+    /// The example and the schema as stored: the organization's own types' are written out as
+    /// their text, not parsed again for the answer.
     #[schema(value_type = Option<serde_json::Value>)]
     pub example: Option<JsonText>,
     #[schema(value_type = Option<serde_json::Value>)]
