@@ -212,16 +212,17 @@ mod tests {
             herald_store::cipher::SecretCipher::none(),
         )
         .unwrap();
+        // Each reading is as exact as its round trip, which a loaded machine stretches (73 ms
+        // once, with a test suite and a load beside it): "right" is within a second here, where
+        // the node was two minutes off.
+        const NOISE_MS: i64 = 1_000;
         let own = align(&shared, &ahead).await.expect("the server's clock");
-        assert!(
-            own.abs() < CORRECT_MS,
-            "this machine's clock is right: {own}"
-        );
+        assert!(own.abs() < NOISE_MS, "this machine's clock is right: {own}");
         let database = shared.database_time().await.unwrap().unwrap();
         let gap = ahead.now().as_millis() - database.as_millis();
-        assert!(gap.abs() < CORRECT_MS, "{gap} ms from the database's clock");
+        assert!(gap.abs() < NOISE_MS, "{gap} ms from the database's clock");
         let corrected = ahead.correction_ms();
-        assert!(corrected.abs() < CORRECT_MS, "{corrected}");
+        assert!(corrected.abs() < NOISE_MS, "{corrected}");
         align(&shared, &ahead).await.unwrap();
         assert_eq!(ahead.correction_ms(), corrected, "left alone once right");
     }
