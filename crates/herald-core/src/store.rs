@@ -385,6 +385,12 @@ pub trait Store: Send + Sync + 'static {
     /// Answers how many.
     async fn unpark_active(&self, webhook: &WebhookId) -> StoreResult<u64>;
 
+    /// Parks the webhook's due, unleased pending deliveries if it is inactive: the mirror of
+    /// [`Store::unpark_active`]. Pausing a webhook parks what it has; an ingest or a deferral
+    /// that raced the pause (another node's, say) can leave one due after it, never claimed
+    /// and passed over by every look of the scheduler. Answers how many.
+    async fn park_inactive(&self, webhook: &WebhookId) -> StoreResult<u64>;
+
     /// Cancels pending deliveries of webhooks deleted since `since`. Deleting a webhook cancels
     /// what was pending, but an ingest that read the organization just before the deletion can
     /// still store a delivery for it afterwards, which nothing would ever claim. Answers how

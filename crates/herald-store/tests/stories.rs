@@ -4574,6 +4574,117 @@ async fn postgresql_parks_a_delivery_deferred_after_its_webhook_was_paused() {
     a_delivery_deferred_after_its_webhook_was_paused_is_parked(fresh.store.clone(), due_at).await;
 }
 
+/// A write that raced a webhook's deactivation left one of its deliveries due after it (what
+/// `make_due` does behind the store's back): `park_inactive` parks it, and leaves an active
+/// webhook's deliveries, and a leased one, alone. `due_at` reads a delivery's due time.
+async fn a_delivery_left_due_after_its_webhook_was_paused_is_parked<M, MF, D, DF>(
+    store: Arc<dyn Store>,
+    make_due: M,
+    due_at: D,
+) where
+    M: Fn(DeliveryId) -> MF,
+    MF: std::future::Future<Output = ()>,
+    D: Fn(DeliveryId) -> DF,
+    DF: std::future::Future<Output = Option<i64>>,
+{
+    let (_, hook) = org_with_webhook(&store, "acme").await;
+    let stranded = deliver(&store, &hook, "evt_1", T0, false).await;
+    let leased = deliver(&store, &hook, "evt_2", T0, true).await;
+    assert_eq!(store.park_inactive(&hook.id).await.unwrap(), 0, "active");
+    let paused = Webhook {
+        active: false,
+        updated_at: at(1),
+        ..hook.clone()
+    };
+    store.update_webhook(&paused).await.unwrap();
+    assert_eq!(due_at(stranded.clone()).await, None, "parked by the pause");
+    make_due(stranded.clone()).await;
+    assert_eq!(store.park_inactive(&hook.id).await.unwrap(), 1);
+    assert_eq!(store.park_inactive(&hook.id).await.unwrap(), 0);
+    assert_eq!(due_at(stranded.clone()).await, None);
+    assert_eq!(
+        due_at(leased).await,
+        Some(at(LEASE_SECS).as_millis()),
+        "leased"
+    );
+    let active = Webhook {
+        active: true,
+        updated_at: at(2),
+        ..hook.clone()
+    };
+    store.update_webhook(&active).await.unwrap();
+    assert_eq!(claim(&store, at(2)).await, vec![stranded]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_parks_a_delivery_left_due_after_its_webhook_was_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let open = move || rusqlite::Connection::open(&path).unwrap();
+    let make_due = |id: DeliveryId| {
+        let conn = open();
+        async move {
+            conn.execute(
+                "UPDATE deliveries SET due_at = next_attempt_at WHERE id = ?1",
+                [id.as_str()],
+            )
+            .unwrap();
+        }
+    };
+    let due_at = |id: DeliveryId| {
+        let conn = open();
+        async move {
+            conn.query_row(
+                "SELECT due_at FROM deliveries WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        }
+    };
+    a_delivery_left_due_after_its_webhook_was_paused_is_parked(store, make_due, due_at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_parks_a_delivery_left_due_after_its_webhook_was_paused() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let admin = Arc::new(admin_in_schema(&url, &schema).await);
+    let make_due = |id: DeliveryId| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .execute(
+                    "UPDATE deliveries SET due_at = next_attempt_at WHERE id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let due_at = |id: DeliveryId| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .query_one(
+                    "SELECT due_at FROM deliveries WHERE id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        }
+    };
+    a_delivery_left_due_after_its_webhook_was_paused_is_parked(
+        fresh.store.clone(),
+        make_due,
+        due_at,
+    )
+    .await;
+}
+
 /// The embedded store knows when its newest event was received (the last in sequence, not
 /// the latest time: a clock set back stores older times after newer ones), for the start-up
 /// check of the clock against it.

@@ -490,6 +490,12 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn park_inactive(&self, webhook: &WebhookId) -> StoreResult<u64> {
+        in_tx!(self, BULK_TIMEOUT, |tx| webhooks::park_inactive(
+            &tx, webhook
+        ))
+    }
+
     async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {
         in_tx!(self, BULK_TIMEOUT, |tx| orgs::sweep_deleted(&tx))
     }

@@ -166,6 +166,23 @@ pub(crate) async fn unpark_active(c: &impl Conn, id: &WebhookId) -> DbResult<u64
     Ok(unparked)
 }
 
+/// Parks the due, unleased deliveries of the webhook if it is inactive (`Store::park_inactive`);
+/// answers how many.
+pub(crate) async fn park_inactive(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
+    let inactive = c
+        .opt_row(
+            // Held until commit: an activation waits, then unparks what this parks.
+            "SELECT 1 FROM webhooks WHERE id = $1 AND NOT active AND deleted_at IS NULL FOR SHARE",
+            &[&id.as_str()],
+        )
+        .await?
+        .is_some();
+    if !inactive {
+        return Ok(0);
+    }
+    park_pending(c, id).await
+}
+
 /// Puts the webhook's parked deliveries back on their schedule; answers how many.
 async fn unpark(c: &impl Conn, id: &str) -> DbResult<u64> {
     Ok(c.exec(
@@ -422,14 +439,14 @@ pub(crate) async fn disable(
 
 /// Parks an inactive webhook's pending deliveries: no due time until it is active again.
 /// Leased ones keep their lease; whoever holds them gives them back parked.
-async fn park_pending(c: &impl Conn, id: &WebhookId) -> DbResult<()> {
-    c.exec(
+async fn park_pending(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
+    Ok(c.exec(
         "UPDATE deliveries SET due_at = NULL \
-         WHERE webhook_id = $1 AND state = 'pending' AND lease_until IS NULL",
+         WHERE webhook_id = $1 AND state = 'pending' AND lease_until IS NULL \
+         AND due_at IS NOT NULL",
         &[&id.as_str()],
     )
-    .await?;
-    Ok(())
+    .await?)
 }
 
 /// Records whether the webhook's latest attempt failed; answers since when it has only failed.

@@ -497,6 +497,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn park_inactive(&self, webhook: &WebhookId) -> StoreResult<u64> {
+        // In steps, each of which parks nothing once the webhook is active again.
+        self.park_pending(webhook).await
+    }
+
     async fn sweep_deleted_orgs(&self) -> StoreResult<u64> {
         // Nothing to sweep: the writer refuses writes queued behind a deletion (`deleted_orgs`).
         Ok(0)
