@@ -6,11 +6,13 @@
 //! as it would have after its last attempt.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use herald_core::Timestamp;
 use herald_core::delivery::{AttemptError, AttemptOutcome, CIRCUIT_OPEN, DeliveryState};
 use herald_core::store::{DueDelivery, StoreError};
+use herald_core::throttle::Throttle;
 use herald_core::webhook::Webhook;
+use herald_core::{Timestamp, WebhookId};
 
 use super::Dispatcher;
 use super::breaker::Outage;
@@ -54,6 +56,14 @@ pub(super) fn past_schedule(
 /// failed once more has not been shown to fail all that while. Five is one delivery's whole
 /// default schedule. Counted in memory, so a restart makes it count again (later, never sooner).
 const MIN_FAILURES_TO_DISABLE: u32 = 5;
+
+/// When a disabled webhook's due deliveries are parked again (see
+/// [`Dispatcher::park_stragglers_later`]).
+const PARK_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
+
+/// Deliveries failed unsent behind an open circuit: one line per 10 s. A backlog ends a chunk
+/// of up to 500 at a time, and a line for each said one webhook's 3–4 times in 2 s.
+static FAILED_UNSENT: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// `HERALD_DISABLE_AFTER_HOURS` as the reason for disabling says it: `36 hours`, `5 days`.
 fn in_hours_or_days(limit: std::time::Duration) -> String {
@@ -226,6 +236,29 @@ impl Dispatcher {
             .remove(&webhook.id);
     }
 
+    /// Parks the webhook's due deliveries again a little later, once it is disabled (by its
+    /// endpoint's failures, or by a user): writes that raced the disabling (an ingest on a
+    /// node that had not heard of it, a deferral by an open circuit) can leave one due after
+    /// it, never claimed and passed over by every look of the scheduler (a probe of two nodes
+    /// under churn found such ones after every pause). Does nothing if it is active again.
+    pub fn park_stragglers_later(&self, webhook: &WebhookId) {
+        let (store, id) = (self.shared.store.clone(), webhook.clone());
+        tokio::spawn(async move {
+            for wait in PARK_AGAIN_AFTER {
+                tokio::time::sleep(wait).await;
+                match store.park_inactive(&id).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(webhook = %id, deliveries = n, "parked deliveries left due while the webhook was being disabled")
+                    }
+                    Err(e) => {
+                        tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries left due while the webhook was being disabled")
+                    }
+                }
+            }
+        });
+    }
+
     /// Disables the webhook, changing nothing else of it: the copy the attempt used may be
     /// older than what a user saved meanwhile (a new secret, say), which must not be undone.
     async fn disable(&self, webhook: &Arc<Webhook>, reason: String) -> Result<(), StoreError> {
@@ -245,6 +278,7 @@ impl Dispatcher {
             return Ok(());
         }
         tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, reason, "webhook disabled");
+        self.park_stragglers_later(&webhook.id);
         if let Some(ops) = shared.operations.get() {
             let disabled = Webhook {
                 active: false,
@@ -289,7 +323,15 @@ impl Dispatcher {
             return;
         }
         shared.metrics.exhausted.add(failed.len() as u64);
-        tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, deliveries = failed.len(), "deliveries failed unsent: the endpoint's circuit stayed open past their retry schedule");
+        let said_later = |held: u64| {
+            tracing::warn!(
+                deliveries = held,
+                "more deliveries failed unsent in the last 10 s, their endpoints' circuits open past their retry schedules (each is in its webhook's history; herald_deliveries_exhausted_total counts them)"
+            );
+        };
+        if let Some(held_back) = FAILED_UNSENT.admit_or_later(failed.len() as u64, said_later) {
+            tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, deliveries = failed.len(), held_back, "deliveries failed unsent: the endpoint's circuit stayed open past their retry schedule (said once per 10 s; held_back counts the deliveries since)");
+        }
         let failed: foldhash::HashSet<_> = failed.into_iter().collect();
         for due in ended.iter().filter(|d| failed.contains(&d.delivery_id)) {
             self.report_exhausted(

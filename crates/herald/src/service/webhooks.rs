@@ -875,13 +875,13 @@ async fn switched(state: &AppState, w: &Webhook) {
         unpark_stragglers_later(state, &w.id);
         state.dispatcher.lift_retry_after(&w.id).await;
     } else {
-        park_stragglers_later(state, &w.id);
+        state.dispatcher.park_stragglers_later(&w.id);
     }
 }
 
-/// When, after enabling, disabling or deleting a webhook, what writes that raced the change
-/// left behind is looked for again (parked deliveries of an enabled webhook, due ones of a
-/// disabled one, pending ones of a deleted one).
+/// When, after enabling or deleting a webhook, what writes that raced the change left behind
+/// is looked for again (parked deliveries of an enabled webhook, pending ones of a deleted
+/// one; a disabled one's due ones: `Dispatcher::park_stragglers_later`).
 const SWEEP_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
 
 /// Activating a webhook unparks its deliveries, but a write that raced the activation (an
@@ -900,29 +900,6 @@ fn unpark_stragglers_later(state: &AppState, id: &WebhookId) {
                 }
                 Err(e) => {
                     tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries parked while the webhook was being enabled")
-                }
-            }
-        }
-    });
-}
-
-/// Deactivating a webhook parks its deliveries, but a write that raced it (an ingest from a
-/// node that had not heard of it, a deferral by an open circuit) can leave one due after it:
-/// never claimed, and passed over by every look of the scheduler. So its due deliveries are
-/// parked again a little later (a probe of two nodes under churn found such ones after every
-/// pause).
-fn park_stragglers_later(state: &AppState, id: &WebhookId) {
-    let id = id.clone();
-    super::retention::sweep_later(state, &SWEEP_AGAIN_AFTER, move |store| {
-        let id = id.clone();
-        async move {
-            match store.park_inactive(&id).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(webhook = %id, deliveries = n, "parked deliveries left due while the webhook was being disabled")
-                }
-                Err(e) => {
-                    tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries left due while the webhook was being disabled")
                 }
             }
         }
