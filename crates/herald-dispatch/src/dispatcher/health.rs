@@ -57,9 +57,10 @@ pub(super) fn past_schedule(
 /// default schedule. Counted in memory, so a restart makes it count again (later, never sooner).
 const MIN_FAILURES_TO_DISABLE: u32 = 5;
 
-/// When a disabled webhook's due deliveries are parked again (see
-/// [`Dispatcher::park_stragglers_later`]).
-const PARK_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
+/// When a switched webhook's deliveries are looked at again
+/// ([`Dispatcher::look_again_after_switch`]): once writes racing the switch are over (an
+/// attempt lasts its timeout at most).
+const LOOK_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
 
 /// Deliveries failed unsent behind an open circuit: one line per 10 s. A backlog ends a chunk
 /// of up to 500 at a time, and a line for each said one webhook's 3–4 times in 2 s.
@@ -236,23 +237,35 @@ impl Dispatcher {
             .remove(&webhook.id);
     }
 
-    /// Parks the webhook's due deliveries again a little later, once it is disabled (by its
-    /// endpoint's failures, or by a user): writes that raced the disabling (an ingest on a
-    /// node that had not heard of it, a deferral by an open circuit) can leave one due after
-    /// it, never claimed and passed over by every look of the scheduler (a probe of two nodes
-    /// under churn found such ones after every pause). Does nothing if it is active again.
-    pub fn park_stragglers_later(&self, webhook: &WebhookId) {
+    /// Looks again, a little later, for what writes that raced the webhook's switch to `active`
+    /// left behind, which nothing would ever claim: deliveries parked after it was enabled (an
+    /// attempt's outcome committed with the change, an ingest on a node that had not heard of
+    /// it), or left due after it was disabled, by a user or by its endpoint's failures (an
+    /// ingest, a deferral by an open circuit; a probe of two nodes under churn found such ones
+    /// after every pause, passed over by every look of the scheduler). Each look does nothing
+    /// once the webhook was switched back.
+    pub fn look_again_after_switch(&self, webhook: &WebhookId, active: bool) {
         let (store, id) = (self.shared.store.clone(), webhook.clone());
+        let (did, switched) = if active {
+            ("put back on schedule deliveries parked", "enabled")
+        } else {
+            ("parked deliveries left due", "disabled")
+        };
         tokio::spawn(async move {
-            for wait in PARK_AGAIN_AFTER {
+            for wait in LOOK_AGAIN_AFTER {
                 tokio::time::sleep(wait).await;
-                match store.park_inactive(&id).await {
+                let looked = if active {
+                    store.unpark_active(&id).await
+                } else {
+                    store.park_inactive(&id).await
+                };
+                match looked {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(webhook = %id, deliveries = n, "parked deliveries left due while the webhook was being disabled")
+                        tracing::info!(webhook = %id, deliveries = n, "{did} while the webhook was being {switched}")
                     }
                     Err(e) => {
-                        tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries left due while the webhook was being disabled")
+                        tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries the webhook's being {switched} left behind")
                     }
                 }
             }
@@ -278,7 +291,7 @@ impl Dispatcher {
             return Ok(());
         }
         tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, reason, "webhook disabled");
-        self.park_stragglers_later(&webhook.id);
+        self.look_again_after_switch(&webhook.id, false);
         if let Some(ops) = shared.operations.get() {
             let disabled = Webhook {
                 active: false,

@@ -870,41 +870,16 @@ fn switch(w: &mut Webhook, active: bool) {
 /// again, a wait its endpoint asked for before ends on this node, as its failing streak did.
 async fn switched(state: &AppState, w: &Webhook) {
     tracing::info!(org = %w.org_id, webhook = %w.id, active = w.active, "webhook {}", if w.active { "enabled" } else { "disabled" });
+    state.dispatcher.look_again_after_switch(&w.id, w.active);
     if w.active {
         super::operations::webhook_enabled(state, w);
-        unpark_stragglers_later(state, &w.id);
         state.dispatcher.lift_retry_after(&w.id).await;
-    } else {
-        state.dispatcher.park_stragglers_later(&w.id);
     }
 }
 
-/// When, after enabling or deleting a webhook, what writes that raced the change left behind
-/// is looked for again (parked deliveries of an enabled webhook, pending ones of a deleted
-/// one; a disabled one's due ones: `Dispatcher::park_stragglers_later`).
+/// When, after deleting a webhook, what writes that raced the deletion left behind (pending
+/// deliveries) is looked for again (after a switch: `Dispatcher::look_again_after_switch`).
 const SWEEP_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
-
-/// Activating a webhook unparks its deliveries, but a write that raced the activation (an
-/// attempt's outcome committed with it, an ingest from a node that had not heard of it) can
-/// park one after: nothing would ever claim it. So the webhook's parked deliveries are put
-/// back again a little later, once such writes are over (an attempt lasts its timeout at most).
-fn unpark_stragglers_later(state: &AppState, id: &WebhookId) {
-    let id = id.clone();
-    super::retention::sweep_later(state, &SWEEP_AGAIN_AFTER, move |store| {
-        let id = id.clone();
-        async move {
-            match store.unpark_active(&id).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(webhook = %id, deliveries = n, "put back on schedule deliveries parked while the webhook was being enabled")
-                }
-                Err(e) => {
-                    tracing::warn!(webhook = %id, error = %herald_core::error_chain(&e), "could not look for deliveries parked while the webhook was being enabled")
-                }
-            }
-        }
-    });
-}
 
 /// Sends a webhook that verifies its intent a new subscribe (when active) or unsubscribe for
 /// each of its channels, and answers where each stands.
