@@ -148,15 +148,7 @@ pub(crate) async fn update(c: &impl Conn, w: &Webhook, read_at: Option<Timestamp
 /// Puts an active webhook's parked deliveries back on their schedule (`Store::unpark_active`);
 /// answers how many.
 pub(crate) async fn unpark_active(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
-    let active = c
-        .opt_row(
-            // Held until commit: a deactivation waits, then parks what this puts back.
-            "SELECT 1 FROM webhooks WHERE id = $1 AND active AND deleted_at IS NULL FOR SHARE",
-            &[&id.as_str()],
-        )
-        .await?
-        .is_some();
-    if !active {
+    if !still_switched(c, id, true).await? {
         return Ok(0);
     }
     let unparked = unpark(c, id.as_str()).await?;
@@ -169,18 +161,21 @@ pub(crate) async fn unpark_active(c: &impl Conn, id: &WebhookId) -> DbResult<u64
 /// Parks the due, unleased deliveries of the webhook if it is inactive (`Store::park_inactive`);
 /// answers how many.
 pub(crate) async fn park_inactive(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
-    let inactive = c
-        .opt_row(
-            // Held until commit: an activation waits, then unparks what this parks.
-            "SELECT 1 FROM webhooks WHERE id = $1 AND NOT active AND deleted_at IS NULL FOR SHARE",
-            &[&id.as_str()],
-        )
-        .await?
-        .is_some();
-    if !inactive {
+    if !still_switched(c, id, false).await? {
         return Ok(0);
     }
     park_pending(c, id).await
+}
+
+/// Whether the webhook exists and is `active` (or not), its row held until commit: a switch
+/// the other way waits, then parks (or puts back) what the caller changes.
+async fn still_switched(c: &impl Conn, id: &WebhookId, active: bool) -> DbResult<bool> {
+    Ok(c.opt_row(
+        "SELECT 1 FROM webhooks WHERE id = $1 AND active = $2 AND deleted_at IS NULL FOR SHARE",
+        &[&id.as_str(), &active],
+    )
+    .await?
+    .is_some())
 }
 
 /// Puts the webhook's parked deliveries back on their schedule; answers how many.
