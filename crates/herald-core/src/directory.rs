@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::catalog::CatalogEventType;
 use crate::event_type::CustomEventType;
 use crate::org::Organization;
-use crate::store::{ConfigMark, Store, StoreError, StoreResult};
+use crate::store::{ConfigMark, OrgConfig, Store, StoreError, StoreResult};
 use crate::subscription::{Mode, State, Subscription, Verification};
 use crate::webhook::Webhook;
 use crate::{EventTypeId, OrgId, WebhookId};
@@ -595,16 +595,18 @@ impl Directory {
         // Marked before the reads: a change committed between the mark and a read is then
         // taken as unseen, which costs one reload, never a missed change.
         let seen = self.store.config_mark().await?;
-        let organization = match self.store.get_org(org).await {
+        let OrgConfig {
+            organization,
+            webhooks,
+            types,
+            subscriptions,
+        } = match self.store.org_config(org).await {
             Err(StoreError::NotFound) => {
                 self.schemas.lock().expect("schemas lock").remove(org);
                 return Err(StoreError::NotFound);
             }
             found => found?,
         };
-        let webhooks = self.store.org_webhooks(org).await?;
-        let types = self.store.list_event_types(org).await?;
-        let subscriptions = self.store.org_subscriptions(org).await?;
         // One load at a time for an organization (`loading`): nobody else takes its cells.
         let compiled = (self.schemas.lock().expect("schemas lock"))
             .remove(org)

@@ -281,6 +281,20 @@ impl ChangeTurn {
     }
 }
 
+/// What the in-memory directory holds of one organization, read from one snapshot of the
+/// store: read apart, an organization deleted between the reads showed with its webhooks or
+/// types gone, and a change checked against it was refused for that (an event type "unknown")
+/// rather than for the organization's being gone.
+#[derive(Debug, Clone)]
+pub struct OrgConfig {
+    pub organization: Organization,
+    /// Every webhook of the organization (not deleted).
+    pub webhooks: Vec<Webhook>,
+    /// Its own event types.
+    pub types: Vec<CustomEventType>,
+    pub subscriptions: Vec<Subscription>,
+}
+
 /// Filters for an organization's event list.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -317,6 +331,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_orgs(&self, page: &PageRequest) -> StoreResult<Page<Organization>>;
     async fn get_org(&self, id: &OrgId) -> StoreResult<Organization>;
     async fn update_org(&self, org: &Organization) -> StoreResult<()>;
+    /// The organization and what the directory holds of it ([`OrgConfig`]), as of one moment;
+    /// `NotFound` if it does not exist.
+    async fn org_config(&self, id: &OrgId) -> StoreResult<OrgConfig>;
     /// Deletes the organization and everything it owns.
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()>;
     /// Waits for the organization's turn to change its configuration (webhooks, event types)

@@ -411,6 +411,41 @@ async fn an_organization_can_be_updated_and_deleted(store: Arc<dyn Store>) {
     assert_not_found(store.update_org(&renamed).await);
 }
 
+/// The directory's read of an organization is whole or nothing: read while the organization is
+/// deleted, it is either as it was or not found, never found without its webhooks or types.
+async fn an_organizations_config_is_read_from_one_snapshot(store: Arc<dyn Store>) {
+    assert_not_found(store.org_config(&org("nobody").id).await);
+    for round in 0..20 {
+        let (acme, hook) = org_with_webhook(&store, &format!("acme-{round}")).await;
+        let paid = event_type(&acme.id, "invoice.paid");
+        store.create_event_type(&paid).await.unwrap();
+        let config = store.org_config(&acme.id).await.unwrap();
+        assert_eq!(config.organization, acme);
+        assert_eq!(config.webhooks, vec![hook.clone()]);
+        assert_eq!(config.types, vec![paid.clone()]);
+
+        // Reads race the deletion until one finds the organization gone (bounded: the
+        // deletion ends long before).
+        let deletion = tokio::spawn({
+            let (store, id) = (store.clone(), acme.id.clone());
+            async move { store.delete_org(&id).await }
+        });
+        for _ in 0..2_000 {
+            match store.org_config(&acme.id).await {
+                Ok(config) => {
+                    assert_eq!(config.webhooks, vec![hook.clone()], "round {round}");
+                    assert_eq!(config.types, vec![paid.clone()], "round {round}");
+                }
+                Err(StoreError::NotFound) => break,
+                Err(other) => panic!("round {round}: {other}"),
+            }
+            tokio::task::yield_now().await;
+        }
+        deletion.await.unwrap().unwrap();
+        assert_not_found(store.org_config(&acme.id).await);
+    }
+}
+
 async fn a_second_org_with_the_same_handle_is_a_conflict(store: Arc<dyn Store>) {
     let first = org("acme");
     store.create_org(&first).await.unwrap();
@@ -4000,6 +4035,7 @@ macro_rules! stories {
         stories!(@each $backend;
             organizations_are_listed_newest_first_a_page_at_a_time,
             an_organization_can_be_updated_and_deleted,
+            an_organizations_config_is_read_from_one_snapshot,
             a_second_org_with_the_same_handle_is_a_conflict,
             an_api_key_is_found_by_its_hash_until_it_is_deleted,
             event_type_names_are_unique_within_an_organization,

@@ -38,8 +38,8 @@ use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
     AttemptRecord, ChangeTurn, ConfigMark, DashboardSession, DeliveryFilter, DueDelivery,
-    EventFilter, IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits,
-    Store, StoreError, StoreResult, StoreSignal,
+    EventFilter, IngestItem, IngestResult, OrgConfig, PendingStat, PurgeCount, PurgeFrom,
+    SessionLimits, Store, StoreError, StoreResult, StoreSignal,
 };
 use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
@@ -468,6 +468,16 @@ impl Store for PostgresStore {
 
     async fn update_org(&self, org: &Organization) -> StoreResult<()> {
         in_tx!(self, |tx| orgs::update(&tx, org))
+    }
+
+    async fn org_config(&self, id: &OrgId) -> StoreResult<OrgConfig> {
+        let config = in_snapshot!(self, |tx| orgs::config(&tx, id))?;
+        Ok(OrgConfig {
+            webhooks: (config.webhooks.into_iter())
+                .map(|w| self.cipher.open_webhook(w))
+                .collect::<StoreResult<_>>()?,
+            ..config
+        })
     }
 
     async fn delete_org(&self, id: &OrgId) -> StoreResult<()> {

@@ -2,7 +2,7 @@
 
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
-use herald_core::store::{ChangeTurn, ConfigMark, StoreError, StoreResult};
+use herald_core::store::{ChangeTurn, ConfigMark, OrgConfig, StoreError, StoreResult};
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest};
 
 use super::rows::{self, to_json};
@@ -146,6 +146,17 @@ macro_rules! changed_after_mark {
     };
 }
 pub(crate) use changed_after_mark;
+
+/// What the directory holds of the organization (its webhooks still sealed), read in the
+/// caller's snapshot.
+pub(crate) async fn config(c: &impl Conn, id: &OrgId) -> DbResult<OrgConfig> {
+    Ok(OrgConfig {
+        organization: get(c, id).await?,
+        webhooks: super::webhooks::all_of_org(c, id).await?,
+        types: list_event_types(c, id).await?,
+        subscriptions: super::webhooks::org_subscriptions(c, id).await?,
+    })
+}
 
 /// Whether a change to the organization's configuration was committed after `seen`.
 pub(crate) async fn changed_since(c: &impl Conn, org: &OrgId, seen: &ConfigMark) -> DbResult<bool> {

@@ -25,8 +25,8 @@ use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
 use herald_core::store::{
     AttemptRecord, ChangeTurn, DashboardSession, DeliveryFilter, DueDelivery, EventFilter,
-    IngestItem, IngestResult, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store, StoreError,
-    StoreResult,
+    IngestItem, IngestResult, OrgConfig, PendingStat, PurgeCount, PurgeFrom, SessionLimits, Store,
+    StoreError, StoreResult,
 };
 use herald_core::subscription::{AsRead, Subscription};
 use herald_core::webhook::Webhook;
@@ -437,6 +437,17 @@ impl Store for SqliteStore {
     async fn get_org(&self, id: &OrgId) -> StoreResult<Organization> {
         let id = id.clone();
         self.read(move |c| orgs::get(c, &id)).await
+    }
+
+    async fn org_config(&self, id: &OrgId) -> StoreResult<OrgConfig> {
+        let id = id.clone();
+        let config = self.read(move |c| orgs::config(c, &id)).await?;
+        Ok(OrgConfig {
+            webhooks: (config.webhooks.into_iter())
+                .map(|w| self.opened(w))
+                .collect::<StoreResult<_>>()?,
+            ..config
+        })
     }
 
     async fn update_org(&self, org: &Organization) -> StoreResult<()> {

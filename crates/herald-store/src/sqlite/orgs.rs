@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use herald_core::event_type::CustomEventType;
 use herald_core::org::{ApiKey, Organization};
-use herald_core::store::StoreError;
+use herald_core::store::{OrgConfig, StoreError};
 use herald_core::{ApiKeyId, OrgId, Page, PageRequest, WebhookId};
 
 use super::rows::{self, to_json};
@@ -49,6 +49,18 @@ pub(crate) fn list(conn: &Connection, page: &PageRequest) -> DbResult<Page<Organ
         .query_map(params![page.cursor, page.limit + 1], rows::org)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(paginate(items, page, |o| o.id.to_string()))
+}
+
+/// What the directory holds of the organization (its webhooks still sealed), from one read
+/// transaction: one snapshot of the database.
+pub(crate) fn config(conn: &Connection, id: &OrgId) -> DbResult<OrgConfig> {
+    let _snapshot = conn.unchecked_transaction()?;
+    Ok(OrgConfig {
+        organization: get(conn, id)?,
+        webhooks: super::webhooks::all_of_org(conn, id)?,
+        types: list_event_types(conn, id)?,
+        subscriptions: super::webhooks::org_subscriptions(conn, id)?,
+    })
 }
 
 pub(crate) fn get(conn: &Connection, id: &OrgId) -> DbResult<Organization> {
