@@ -749,16 +749,13 @@ async fn save_change(
     } = plan;
     let w = if reverify {
         // Turned on, or a new URL or new channels: verified again before they get events.
-        save_unverified(state, w, previous).await?
+        save_unverified(state, w, previous, was_active).await?
     } else {
-        save(state, w).await?
+        save(state, w, was_active).await?
     };
     // Switching alone is said by `switched`, in its own words.
     if fields.iter().any(|f| *f != "active") {
         tracing::info!(org = %w.org_id, webhook = %w.id, fields = ?fields, "webhook changed");
-    }
-    if w.active != was_active {
-        switched(state, &w).await;
     }
     // What the endpoint was asked, and answered, while the change waited: the answer
     // carries it, as enabling's does.
@@ -821,6 +818,7 @@ async fn save_unverified(
     state: &AppState,
     w: Webhook,
     previous: Vec<Subscription>,
+    was_active: bool,
 ) -> ServiceResult<Webhook> {
     let org = w.org_id.clone();
     let reset: Vec<Subscription> = previous
@@ -838,7 +836,7 @@ async fn save_unverified(
     })
     .await?;
     let id = w.id.clone();
-    match save(state, w).await {
+    match save(state, w, was_active).await {
         Ok(w) => Ok(w),
         Err(refused) => {
             // Whatever is stored now (this change after all, the webhook as it was, or another
@@ -933,26 +931,37 @@ pub async fn changed_elsewhere(state: &AppState, org: &OrgId) {
     }
 }
 
-/// Saves a user's change to `w`, as read (its `updated_at` not yet moved): `409` if the webhook
-/// changed meanwhile, rather than undoing that (Herald disabling it, say).
-async fn save(state: &AppState, mut w: Webhook) -> ServiceResult<Webhook> {
+/// Saves a user's change to `w`, as read (its `updated_at` not yet moved, its switch as
+/// `was_active`): `409` if the webhook changed meanwhile, rather than undoing that (Herald
+/// disabling it, say). What follows in this node's memory (the dispatcher's fresh start, and
+/// after a switch [`switched`]'s looks again) goes with the write to the end: a client that
+/// gave up on a pause, whose walk through a backlog takes seconds, left a delivery that raced it
+/// due for the paused webhook until a restart.
+async fn save(state: &AppState, mut w: Webhook, was_active: bool) -> ServiceResult<Webhook> {
     let read_at = w.updated_at;
     // Later than the version read even within its millisecond, so that the next change can
     // tell the two apart.
     w.updated_at = state.clock.now().max(read_at.plus_millis(1));
-    let org = w.org_id.clone();
-    let w = write_then_forget(state, &org, "webhook", |store| async move {
-        store.save_webhook_change(&w, read_at).await.map(|()| w)
+    to_the_end(state, move |state| async move {
+        let org = w.org_id.clone();
+        let written = state.store.save_webhook_change(&w, read_at).await;
+        // Whatever the answer, as `write_then_forget`: a pause whose steps failed after its
+        // flag was written is partly in the store.
+        state.directory.invalidate(&org);
+        written.map_err(ServiceError::from_store("webhook"))?;
+        if w.active {
+            // What this node's circuit or the endpoint's wait held back goes now, if the
+            // change gives the endpoint a fresh start; deliveries parked while it was disabled
+            // are due again.
+            state.dispatcher.webhook_changed(&w).await;
+            state.dispatcher.wake_scheduler_and_renewals();
+        }
+        if w.active != was_active {
+            switched(&state, &w).await;
+        }
+        Ok(w)
     })
-    .await?;
-    if w.active {
-        // What this node's circuit or the endpoint's wait held back goes now, if the change
-        // gives the endpoint a fresh start; deliveries parked while it was disabled are due
-        // again.
-        state.dispatcher.webhook_changed(&w).await;
-        state.dispatcher.wake_scheduler_and_renewals();
-    }
-    Ok(w)
+    .await
 }
 
 /// Enables or disables a webhook. One that verifies its intent sends its WebSub subscribe (or
@@ -974,11 +983,8 @@ pub async fn set_active(
     while w.active != active {
         let mut changed = w.clone();
         switch(&mut changed, active);
-        match save(state, changed).await {
-            Ok(saved) => {
-                switched(state, &saved).await;
-                w = saved;
-            }
+        match save(state, changed, w.active).await {
+            Ok(saved) => w = saved,
             // Changed since the caller's version: that is its answer.
             Err(ServiceError::Conflict(_)) if unchanged_since.is_some() => {
                 let now = get(state, scope, org, id).await?.updated_at;
@@ -1020,7 +1026,8 @@ pub async fn rotate_secret(
     let overlaps = w.rotation_overlaps();
     w.previous_secret = overlaps.then_some(previous);
     w.previous_secret_expires_at = overlaps.then(|| now.plus_millis(ROTATION_OVERLAP_MS));
-    let w = save(state, w).await?;
+    let was_active = w.active;
+    let w = save(state, w, was_active).await?;
     if overlaps {
         tracing::info!(org = %w.org_id, webhook = %w.id, "webhook secret rotated; the previous one signs too for 24 hours");
     } else {

@@ -3259,7 +3259,7 @@ where
 
 /// A revoked key and a paused webhook take effect in this node's memory even when the client
 /// that asked goes away once the store has the change: the cached key and the organization's
-/// cached webhooks are forgotten all the same.
+/// cached webhooks are forgotten all the same, and what follows a switch is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_whose_client_went_away_still_reach_the_caches() {
     use herald::service::{Scope, auth, webhooks};
@@ -3317,6 +3317,23 @@ async fn changes_whose_client_went_away_still_reach_the_caches() {
         Some(0),
         "new events still fan out to the paused webhook"
     );
+    // Enabled again the same way: what follows a switch (here `webhook.enabled`; after a pause,
+    // the looks for deliveries left due) happens all the same.
+    let resume = webhooks::set_active(state, &Scope::Admin, &org_id, &hook_id, true, None);
+    let resumed = || async { !paused().await };
+    drop_once_stored(resume, resumed).await;
+    let mut told = 0;
+    for _ in 0..100 {
+        let (_, events) = app
+            .get(&format!("/v1/orgs/{org}/events?type=webhook.enabled"))
+            .await;
+        told = events["data"].as_array().map_or(0, Vec::len);
+        if told > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(told, 1, "no webhook.enabled for the organization");
 
     let key_id = ApiKeyId::parse(key["id"].as_str().unwrap()).unwrap();
     let revoke = auth::delete_api_key(state, &Scope::Admin, &org_id, &key_id);
