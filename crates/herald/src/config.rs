@@ -337,7 +337,8 @@ pub struct LimitSettings {
     #[arg(long, env = "HERALD_MAX_WEBHOOKS_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_webhooks_per_org: u32,
     /// The most event types one organization may register (the catalogs' types not counted).
-    /// Their JSON Schemas are compiled again whenever the organization's settings change.
+    /// Each one's JSON Schema is compiled at the first event of its type and kept, on every
+    /// node its events come to (a 16 KiB schema can take a few hundred KiB compiled).
     #[arg(long, env = "HERALD_MAX_EVENT_TYPES_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_event_types_per_org: u32,
     /// The most deliveries one request of events may create (each event becomes one per

@@ -171,6 +171,11 @@ impl From<ServiceError> for ApiError {
                 ),
             ),
             E::Forbidden(message) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            E::TooManyDeliveries(message) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_deliveries",
+                message,
+            ),
             E::TooManySearches => Self {
                 retry_after: Some(1),
                 ..Self::new(
@@ -256,7 +261,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code to branch on, each in the error table of `docs/api.md`: `invalid_json`,
     /// `invalid_body`, `invalid_query`, `invalid_path`, `invalid_header`, `invalid_field`,
-    /// `unknown_event_type`, `schema_violation`, `unauthorized`, `too_many_invalid_tokens`,
+    /// `unknown_event_type`, `schema_violation`, `too_many_deliveries`, `unauthorized`, `too_many_invalid_tokens`,
     /// `too_many_searches`, `forbidden`, `not_found`, `method_not_allowed`, `request_timeout`,
     /// `conflict`, `changed`, `delivery_loop`, `payload_too_large`, `unsupported_encoding`,
     /// `unavailable`, `overloaded`, `internal`.

@@ -345,17 +345,13 @@ async fn check_fan_out(state: &AppState, org: &OrgId, items: &[IngestItem]) -> S
             } else {
                 " (not counting those stored already)"
             };
-            return Err(Invalid::new(
-                "",
-                format!(
-                    "the events of this request would become more than {most} deliveries, the \
-                     most one request may create (HERALD_MAX_DELIVERIES_PER_REQUEST): each event \
-                     becomes a delivery for every webhook subscribed to it, and the first {} \
-                     events alone make {fanned_out}{not_counted}; send fewer events per request",
-                    i + 1
-                ),
-            )
-            .into());
+            return Err(ServiceError::TooManyDeliveries(format!(
+                "the events of this request would become more than {most} deliveries, the \
+                 most one request may create (HERALD_MAX_DELIVERIES_PER_REQUEST): each event \
+                 becomes a delivery for every webhook subscribed to it, and the first {} \
+                 events alone make {fanned_out}{not_counted}; send fewer events per request",
+                i + 1
+            )));
         }
         first_new = false;
     }

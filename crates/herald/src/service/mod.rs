@@ -123,6 +123,11 @@ pub enum ServiceError {
         listed: Vec<ServiceError>,
         total: usize,
     },
+    /// The events of one request would create more deliveries than one request may
+    /// (`HERALD_MAX_DELIVERIES_PER_REQUEST`); the message says how many the first of them make.
+    /// Its own code, so that a client sending many events can split the request and go on.
+    #[error("{0}")]
+    TooManyDeliveries(String),
     /// Nothing with that id is visible to the caller.
     #[error("{0} not found")]
     NotFound(&'static str),

@@ -3653,6 +3653,35 @@ async fn an_event_type_of_its_own_is_deleted_once_no_webhook_depends_on_it() {
     );
 }
 
+/// `herald send` to an organization whose events each go to many webhooks: a request whose
+/// events would create more deliveries than one may (`too_many_deliveries`) is split as a body
+/// too large is, and the requests after it carry no more than its halves did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_send_splits_what_would_create_too_many_deliveries() {
+    let app = TestApp::spawn_with(|s| s.limits.max_deliveries_per_request = 1_000).await;
+    let org = app.create_org("Fan").await;
+    for name in ["a", "b"] {
+        app.create_webhook(&org, &format!("https://example.com/{name}"), json!({}))
+            .await;
+    }
+    let lines: Vec<String> = (0..2_000)
+        .map(|i| {
+            format!(r#"{{"type":"user.created","id":"fan-{i}","data":{{"user":{{"id":"u{i}"}}}}}}"#)
+        })
+        .collect();
+    let refused = r#"herald_http_responses_total{class="4xx"}"#;
+    let refused_before = app.metric(refused).await;
+    let (ok, out) = herald_cli(&app, &["send", "--org", &org], Some(&lines.join("\n"))).await;
+    // A thousand events (2,000 deliveries) refused, then sent as two of 500; then 500 at a time.
+    assert!(
+        ok && out.contains("2000 events sent in 4 requests: 2000 stored"),
+        "{out}"
+    );
+    assert_eq!(app.metric(refused).await - refused_before, 1, "{out}");
+    let (status, body) = app.get(&format!("/v1/orgs/{org}/events/fan-1999")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_may_create_at_most_so_many_deliveries() {
     let app = TestApp::spawn_with(|s| s.limits.max_deliveries_per_request = 4).await;
@@ -3671,6 +3700,7 @@ async fn a_request_may_create_at_most_so_many_deliveries() {
     // Two events to three webhooks each: six deliveries, over four. Nothing is stored.
     let (status, body) = app.post(&events, json!([event("e1"), event("e2")])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_deliveries", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("HERALD_MAX_DELIVERIES_PER_REQUEST")

@@ -36,6 +36,8 @@ impl std::error::Error for TryLater {}
 #[derive(Debug)]
 pub(super) struct Refused {
     pub status: reqwest::StatusCode,
+    /// The server's `code` (`too_many_deliveries`...), empty where the answer was not Herald's.
+    pub code: String,
     /// The server's `field`: `[3].data/user/id` in a batch's fourth event.
     pub field: Option<String>,
     message: String,
@@ -477,6 +479,10 @@ impl Api {
             let refused = |message: String| {
                 anyhow::Error::new(Refused {
                     status,
+                    code: (value.as_ref())
+                        .and_then(|v| v["error"]["code"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
                     field: value
                         .as_ref()
                         .and_then(|v| v["error"]["field"].as_str())

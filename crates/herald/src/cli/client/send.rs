@@ -20,7 +20,9 @@ const EVENTS_PER_REQUEST: usize = crate::service::ingest::MAX_EVENTS_PER_REQUEST
 
 /// The most bytes of events one request carries: the server's default limit on a body
 /// (`HERALD_MAX_BODY_BYTES`, 1 MiB), less room for the array around them. A server set lower
-/// answers `413`, and the request is split in two and sent again.
+/// answers `413`, and the request is split in two and sent again; so is one whose events would
+/// become more deliveries than a request may create (`too_many_deliveries`: many webhooks
+/// subscribed). The requests after it carry no more events than the halves that went.
 const BYTES_PER_REQUEST: usize = 1024 * 1024 - 1024;
 
 /// How often the progress line is written while many requests go.
@@ -390,10 +392,12 @@ fn send_many(
     let mut batch: Vec<Value> = Vec::new();
     let mut lines: Vec<Option<usize>> = Vec::new();
     let mut first = 0;
+    // Lowered when the server takes fewer at once (`send_request`).
+    let mut per_request = EVENTS_PER_REQUEST;
     loop {
         // Only a file that changed since it was checked fails here: what was stored, and
         // where to go on from, are said as for a request that failed.
-        take_request(&mut events, &mut batch, &mut lines).map_err(|e| {
+        take_request(&mut events, per_request, &mut batch, &mut lines).map_err(|e| {
             let stored = match first {
                 0 => "nothing was sent".to_owned(),
                 n => format!(
@@ -412,7 +416,14 @@ fn send_many(
             }
             return Ok(sent);
         }
-        send_request(api, path, plan, &batch, &lines, first, &mut sent)?;
+        let request = Request {
+            batch: &batch,
+            lines: &lines,
+            first,
+        };
+        if let Some(fewer) = send_request(api, path, plan, &request, &mut sent)? {
+            per_request = per_request.min(fewer);
+        }
         first += batch.len();
         let all_at_once = sent.requests == 1 && first == plan.total;
         if !all_at_once && (first == plan.total || last_progress.elapsed() >= PROGRESS_EVERY) {
@@ -422,11 +433,12 @@ fn send_many(
     }
 }
 
-/// Takes the next request's events (and their lines) from `events`: at most
-/// [`EVENTS_PER_REQUEST`] events and [`BYTES_PER_REQUEST`] bytes. An event larger than that
-/// goes alone: the server says whether it takes it. None when `events` has ended.
+/// Takes the next request's events (and their lines) from `events`: at most `most` events and
+/// [`BYTES_PER_REQUEST`] bytes. An event larger than that goes alone: the server says whether
+/// it takes it. None when `events` has ended.
 fn take_request<I>(
     events: &mut std::iter::Peekable<I>,
+    most: usize,
     batch: &mut Vec<Value>,
     lines: &mut Vec<Option<usize>>,
 ) -> anyhow::Result<()>
@@ -436,7 +448,7 @@ where
     batch.clear();
     lines.clear();
     let mut bytes = 0;
-    while batch.len() < EVENTS_PER_REQUEST {
+    while batch.len() < most {
         let Some(next) = events.peek() else { break };
         let size = match next {
             Ok((_, event)) => serde_json::to_string(event).map_or(0, |s| s.len()),
@@ -454,24 +466,41 @@ where
     Ok(())
 }
 
-/// Sends one request's events (`batch`, the input's events from `first` on), in two halves
-/// again and again if the server finds its body too large.
+/// One request's events as planned: `batch`, the input's events from `first` on, with their
+/// lines.
+struct Request<'a> {
+    batch: &'a [Value],
+    lines: &'a [Option<usize>],
+    first: usize,
+}
+
+/// Sends one request's events, in two halves again and again while the server finds a part too
+/// large (its body, or the deliveries it would create). Answers, if it was split, the most
+/// events one of its requests carried: the next requests carry no more.
 fn send_request(
     api: &Api,
     path: &str,
     plan: &Plan,
-    batch: &[Value],
-    lines: &[Option<usize>],
-    first: usize,
+    request: &Request,
     sent: &mut Sent,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<usize>> {
+    let Request {
+        batch,
+        lines,
+        first,
+    } = *request;
     let mut pending = VecDeque::new();
     pending.push_back(0..batch.len());
+    let (mut most_taken, mut split) = (0, false);
     while let Some(range) = pending.pop_front() {
         match api.post(path, Value::Array(batch[range.clone()].to_vec())) {
-            Ok(answer) => sent.add(answer, plan.keep_rows),
-            // The server takes smaller bodies than the default: the same events in two halves.
+            Ok(answer) => {
+                sent.add(answer, plan.keep_rows);
+                most_taken = most_taken.max(range.len());
+            }
+            // The server takes fewer at once than planned: the same events in two halves.
             Err(e) if range.len() > 1 && is_too_large(&e) => {
+                split = true;
                 let middle = range.start + range.len() / 2;
                 pending.push_front(middle..range.end);
                 pending.push_front(range.start..middle);
@@ -487,12 +516,15 @@ fn send_request(
             }
         }
     }
-    Ok(())
+    Ok(split.then_some(most_taken))
 }
 
+/// Whether the server refused a request for carrying too much at once: its body (`413`), or
+/// the deliveries its events would create.
 fn is_too_large(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Refused>()
-        .is_some_and(|r| r.status == reqwest::StatusCode::PAYLOAD_TOO_LARGE)
+    e.downcast_ref::<Refused>().is_some_and(|r| {
+        r.status == reqwest::StatusCode::PAYLOAD_TOO_LARGE || r.code == "too_many_deliveries"
+    })
 }
 
 /// A request of many that failed.
@@ -626,7 +658,7 @@ mod tests {
                 .peekable();
             let (mut batch, mut lines, mut taken) = (Vec::new(), Vec::new(), Vec::new());
             loop {
-                take_request(&mut events, &mut batch, &mut lines).unwrap();
+                take_request(&mut events, EVENTS_PER_REQUEST, &mut batch, &mut lines).unwrap();
                 if batch.is_empty() {
                     return taken;
                 }
