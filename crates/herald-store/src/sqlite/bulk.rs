@@ -348,8 +348,13 @@ pub(crate) fn retry_waiting(
     now: Timestamp,
     walk: &Walk,
 ) -> DbResult<Step<Walk>> {
+    // Still the organization's, and still asking for it: a step after a pause (whose walk may
+    // have gone past the deliveries this one would make due now) or a deletion ends the series.
     let theirs = conn
-        .prepare_cached("SELECT 1 FROM webhooks WHERE id = ?1 AND org_id = ?2")?
+        .prepare_cached(
+            "SELECT 1 FROM webhooks WHERE id = ?1 AND org_id = ?2 AND active = 1 \
+             AND deleted_at IS NULL",
+        )?
         .exists(params![webhook.as_str(), org.as_str()])?;
     if !theirs {
         return Ok(Step::new(0, None));
@@ -641,6 +646,36 @@ mod tests {
         });
         assert_eq!(steps, [1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 0]);
         assert_eq!(count(&conn, "due_at = 5000 AND updated_at = 5000"), 7_001);
+
+        // Paused, or deleted, between two steps: the next changes nothing and ends the series.
+        conn.execute(
+            "UPDATE deliveries SET due_at = 10000, next_attempt_at = 10000, updated_at = 0",
+            [],
+        )
+        .unwrap();
+        for (change, back) in [
+            ("active = 0", "active = 1"),
+            ("deleted_at = 1", "deleted_at = NULL"),
+        ] {
+            let first = ok(retry_waiting(&conn, &org, &hook(), now, &after_now()));
+            assert_eq!(first.changed, 1_000);
+            conn.execute(
+                &format!("UPDATE webhooks SET {change} WHERE id = ?1"),
+                [HOOK],
+            )
+            .unwrap();
+            let next = ok(retry_waiting(
+                &conn,
+                &org,
+                &hook(),
+                now,
+                &first.next.unwrap(),
+            ));
+            assert_eq!((next.changed, next.next.is_some()), (0, false), "{change}");
+            conn.execute(&format!("UPDATE webhooks SET {back} WHERE id = ?1"), [HOOK])
+                .unwrap();
+        }
+        assert_eq!(count(&conn, "due_at = 5000"), 2_000);
     }
 
     #[test]
