@@ -489,7 +489,11 @@ pub fn parse_headers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, S
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
-            return Err(Invalid::new(field, "is not a valid header name"));
+            return Err(Invalid::new(
+                field,
+                "is not a valid header name: 1 to 64 letters, digits and any of \
+                 !#$%&'*+-.^_`|~ (no spaces, no colon)",
+            ));
         }
         if let Some(because) = reserved_header(&lower) {
             return Err(Invalid::new(
@@ -717,6 +721,20 @@ mod tests {
             assert!(err.message.contains(said), "{value:?}: {err:?}");
         }
         let raw = BTreeMap::from([("X-Team".to_owned(), "a\tb c".to_owned())]);
+        assert!(parse_headers(raw).is_ok());
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_one_says_what_one_is() {
+        for name in ["X Team", "X-Team:", "", &"x".repeat(65)] {
+            let raw = BTreeMap::from([(name.to_owned(), "v".to_owned())]);
+            let err = parse_headers(raw).unwrap_err();
+            assert!(
+                err.message.contains("1 to 64 letters, digits"),
+                "{name:?}: {err:?}"
+            );
+        }
+        let raw = BTreeMap::from([("x".repeat(64), "v".to_owned())]);
         assert!(parse_headers(raw).is_ok());
     }
 

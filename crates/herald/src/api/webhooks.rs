@@ -368,7 +368,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Timestamp>, ApiError> {
                 StatusCode::BAD_REQUEST,
                 "invalid_header",
                 "If-Match: send one entity tag as the webhook's ETag header gave it, quotes \
-                 included (e.g. \"1733356800000\"), or leave the header out",
+                 included (e.g. \"1733356800000\"), or * for any version, or leave the header \
+                 out",
             )
         })
 }

@@ -35,7 +35,13 @@ pub async fn create(
     input: OrgInput,
 ) -> ServiceResult<Organization> {
     scope.require_admin()?;
-    let name = parse_name(input.name.as_deref().unwrap_or_default(), "name")?;
+    let name = parse_name(
+        input
+            .name
+            .as_deref()
+            .ok_or_else(|| herald_core::Invalid::new("name", "is required"))?,
+        "name",
+    )?;
     let derived = input.handle.is_none();
     let handle = match input.handle {
         Some(h) => OrgHandle::parse(&h)?,

@@ -591,9 +591,13 @@ pub async fn resend(
             return Err(Invalid::new(
                 "channel",
                 format!(
-                    "'{}' is not one of this webhook's channels ({})",
+                    "'{}' is not one of this webhook's channels ({}){}",
                     herald_core::truncate_for_message(c),
-                    channels.join(", ")
+                    channels.join(", "),
+                    herald_core::suggest::did_you_mean(herald_core::suggest::closest(
+                        c,
+                        channels.iter().map(String::as_str)
+                    )),
                 ),
             )
             .into());

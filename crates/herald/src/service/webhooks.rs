@@ -322,7 +322,10 @@ async fn create_checked(
         )));
     }
     let name = new_webhook_name(org::parse_name(
-        input.name.as_deref().unwrap_or_default(),
+        input
+            .name
+            .as_deref()
+            .ok_or_else(|| Invalid::new("name", "is required"))?,
         "name",
     )?)?;
     let url = WebhookUrl::parse(

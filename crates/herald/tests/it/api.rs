@@ -163,6 +163,11 @@ async fn bad_input_gets_a_clear_client_error() {
         (format!("/v1/orgs/{org}/api-keys"), json!({})),
         (format!("/v1/orgs/{org}/api-keys"), json!({ "name": null })),
         (format!("/v1/orgs/{org}/event-types"), json!({})),
+        (
+            format!("/v1/orgs/{org}/webhooks"),
+            json!({ "url": "https://example.com" }),
+        ),
+        ("/v1/orgs".to_owned(), json!({})),
     ] {
         let (status, answer) = app.post(&path, body.clone()).await;
         assert_eq!(
@@ -172,6 +177,12 @@ async fn bad_input_gets_a_clear_client_error() {
                 "invalid_field",
                 Some("name")
             ),
+            "{path} {body}: {answer}"
+        );
+        // Left out: said to be missing, not empty.
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            body.get("name").is_some() || message.contains("is required"),
             "{path} {body}: {answer}"
         );
     }
@@ -1530,6 +1541,8 @@ async fn a_change_made_on_an_old_version_is_refused_with_if_match() {
             (StatusCode::BAD_REQUEST, "invalid_header"),
             "{tag}: {err}"
         );
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("or * for any version"), "{message}");
     }
     let (_, now) = app.get(&path).await;
     assert_eq!(now["name"], "four");

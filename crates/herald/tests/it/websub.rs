@@ -1782,7 +1782,18 @@ async fn the_cli_fails_when_a_channel_is_not_verified() {
     )
     .await;
     assert!(
-        !ok && out.contains("'nope' is not one of this webhook's channels (login)"),
+        !ok && out.contains("'nope' is not one of this webhook's channels (login)")
+            && !out.contains("did you mean"),
+        "{out}"
+    );
+    let (ok, out) = crate::api::herald_cli(
+        &app,
+        &cli(&["webhooks", "verify", "--channel", "Logn"]),
+        None,
+    )
+    .await;
+    assert!(
+        !ok && out.contains("channels (login) (did you mean 'login'?)"),
         "{out}"
     );
     let (ok, out) =

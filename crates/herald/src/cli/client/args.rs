@@ -326,8 +326,8 @@ pub struct WebhookOptions {
     /// The delays before each attempt, in seconds, comma-separated (e.g. `0,60,300,900,3600`).
     #[arg(long, value_delimiter = ',', value_parser = parse_seconds)]
     retry_schedule: Option<Vec<u64>>,
-    /// A header sent with every request, as `Name: value` (repeatable; replaces the current
-    /// ones on update). A value given here stays in the shell's history: for a credential, read
+    /// A header sent with every request, as `Name: value` (repeatable; to `update`, those given
+    /// replace all the webhook's headers). A value given here stays in the shell's history: for a credential, read
     /// it from a variable (`--header "Authorization: $TOKEN"`).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -341,7 +341,8 @@ pub struct WebhookOptions {
     /// The most requests per second sent to the endpoint (1–10000).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     rate_limit_per_second: Option<u32>,
-    /// A profile setting as KEY=VALUE (repeatable; replaces the current ones on update):
+    /// A profile setting as KEY=VALUE (repeatable; to `update`, those given replace all the
+    /// webhook's settings):
     /// content_mode=structured|binary (cloudevents), batch_window_ms=500 (opal).
     #[arg(long = "option", value_parser = parse_option)]
     options: Vec<(String, Value)>,
