@@ -136,7 +136,7 @@ async fn method_not_allowed(
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "this route does not take that method",
+            "this route does not take that method; the answer's Allow header lists those it takes",
         ),
     )
     .await

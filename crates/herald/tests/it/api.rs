@@ -1692,6 +1692,25 @@ async fn unknown_routes_and_ids_answer_json_404s() {
         (status, code(&err)),
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
     );
+    // The methods it takes are in the Allow header, as the message says.
+    let resp = (app.http.put(format!("{}/v1/orgs", app.base)))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let allow = resp
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(allow.as_deref(), Some("GET,HEAD,POST"));
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Allow header lists"),
+        "{err}"
+    );
     let (status, health) = app.call(Method::GET, "/healthz", "", None).await;
     assert_eq!(
         (status, health["status"].clone()),
