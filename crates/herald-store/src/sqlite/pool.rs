@@ -48,7 +48,12 @@ impl ReadPool {
         })
         .await
         .map_err(|e| StoreError::Other(Box::new(e)))?;
-        self.idle.lock().expect("read pool lock").push(conn);
+        // A read that opened a transaction (one snapshot for several statements) ends it when
+        // it drops it; a connection still in one (a rollback that failed) would read that old
+        // snapshot for ever after, so it is closed instead of kept.
+        if conn.is_autocommit() {
+            self.idle.lock().expect("read pool lock").push(conn);
+        }
         result
     }
 
@@ -80,5 +85,35 @@ impl ReadPool {
             self.idle.lock().expect("read pool lock").push(conn);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_left_in_a_transaction_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        // The file and its schema, as the store creates them.
+        let writer = super::super::open_connection(&path, false).unwrap();
+        super::super::migrate(&writer).unwrap();
+        let pool = ReadPool::new(path, 2);
+        let idle = |pool: &ReadPool| pool.idle.lock().unwrap().len();
+        pool.read(|c| Ok(c.is_autocommit())).await.unwrap();
+        assert_eq!(idle(&pool), 1);
+        // A snapshot ended by its drop: kept.
+        pool.read(|c| {
+            let _snapshot = c.unchecked_transaction().unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(idle(&pool), 1);
+        // One left open: closed, not handed to the next read.
+        let began = pool.read(|c| Ok(c.execute_batch("BEGIN").is_ok()));
+        assert!(began.await.unwrap());
+        assert_eq!(idle(&pool), 0);
     }
 }

@@ -159,7 +159,7 @@ struct EventBatch(Vec<EventInput>);
         (status = 202, description = "Stored; deliveries will follow", body = IngestReport),
         (status = 404, description = "No such organization visible to the caller", body = super::ErrorBody),
         (status = 410, description = "`delivery_loop`: the request is a Herald webhook delivery (a webhook pointed at an events API); the sending Herald disables that webhook", body = super::ErrorBody),
-        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`)", body = super::ErrorBody),
+        (status = 422, description = "An event is not valid: `unknown_event_type`, `schema_violation` or `invalid_field` (`field` names the event and field, e.g. `[3].data`). Or `too_many_deliveries`: the events would become more deliveries than one request may create (`HERALD_MAX_DELIVERIES_PER_REQUEST`); send fewer per request. Nothing was stored", body = super::ErrorBody),
         (status = 503, description = "`overloaded`: nothing was stored. `unavailable`: the database did not answer, and the events may or may not have been stored: send them again with the same ids (one stored already is answered as a duplicate; an event sent without an `id` is given a new one, so give events ids of yours). Retry after `Retry-After` seconds", body = super::ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before sending again"))),
     ))]
