@@ -1948,13 +1948,17 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         .map(|i| event(&format!("bulk-{i}"), "user.created"))
         .collect();
     let send = ["send", "--org", org.as_str()];
+    let refused = r#"herald_http_responses_total{class="4xx"}"#;
+    let refused_before = app.metric(refused).await;
     let (ok, out) = herald_cli(&app, &send, Some(&lines.join("\n"))).await;
-    // 1,000 (refused whole: 500 and 500), 1,000 (the same), 500.
+    // 1,000 (refused whole: 500 and 500), then no more bytes at once than went: the later
+    // events' ids are longer, so about 490 a request, in four.
     assert!(
-        ok && out.contains("2500 events sent in 5 requests: 2500 stored, 0 already stored")
+        ok && out.contains("2500 events sent in 6 requests: 2500 stored, 0 already stored")
             && out.contains("sent 2500 of 2500 events"),
         "{out}"
     );
+    assert_eq!(app.metric(refused).await - refused_before, 1, "{out}");
     for id in ["bulk-0", "bulk-1234", "bulk-2499"] {
         let (status, _) = app.get(&format!("/v1/orgs/{org}/events/{id}")).await;
         assert_eq!(status, StatusCode::OK, "{id}");
@@ -1965,7 +1969,8 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
     assert!(ok && out.contains("0 stored, 2500 already stored"), "{out}");
 
     // The 1,201st of 1,500 events has a type nobody knows: the third request (events
-    // 1,001–1,500) is refused whole, the two before it stored. Lines count from the blank first.
+    // 1,001–1,487: no more bytes than the first two, whose ids are shorter) is refused whole,
+    // the two before it stored. Lines count from the blank first.
     let mut lines: Vec<String> = (0..1_500)
         .map(|i| event(&format!("late-{i}"), "user.created"))
         .collect();
@@ -1973,8 +1978,9 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
     let (ok, out) = herald_cli(&app, &send, Some(&format!("\n{}", lines.join("\n")))).await;
     assert!(
         !ok && out.contains(
-            "events 1001–1500 of 1500 were sent in one request, which failed; the 1000 before \
-             them were stored; at fault: event 1201 (line 1202), its type"
+            "events 1001–1487 of 1500 were sent in one request, which failed; the 1000 before \
+             them were stored; the 13 after them were not sent; at fault: event 1201 (line \
+             1202), its type"
         ) && out.contains("send the whole input again")
             && out.contains("or from event 1001 (line 1002) on")
             && out.contains("'user.createdd' is not in this organization's catalogs"),
@@ -2000,6 +2006,24 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         ),
         "{out}"
     );
+    // Events of 40 KiB first: only one goes at a time, and the small ones after them go as
+    // many to a request as fit in the bytes that went (about 450), not one by one.
+    let big = "x".repeat(40 * 1024);
+    let mixed: Vec<String> = (0..1_030)
+        .map(|i| match i {
+            0..30 => format!(
+                r#"{{"type":"user.created","id":"big-{i}","data":{{"user":{{"id":"{big}"}}}}}}"#
+            ),
+            _ => event(&format!("small-{i}"), "user.created"),
+        })
+        .collect();
+    let (ok, out) = herald_cli(&app, &send, Some(&mixed.join("\n"))).await;
+    let requests: usize = out
+        .split(" events sent in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(ok && requests <= 40, "{requests} requests: {out}");
     // A mistyped organization is said first, before the input is read.
     let (ok, out) = herald_cli(&app, &["send", "--org", "bulc"], Some("not json")).await;
     assert!(

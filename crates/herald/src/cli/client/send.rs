@@ -22,7 +22,8 @@ const EVENTS_PER_REQUEST: usize = crate::service::ingest::MAX_EVENTS_PER_REQUEST
 /// (`HERALD_MAX_BODY_BYTES`, 1 MiB), less room for the array around them. A server set lower
 /// answers `413`, and the request is split in two and sent again; so is one whose events would
 /// become more deliveries than a request may create (`too_many_deliveries`: many webhooks
-/// subscribed). The requests after it carry no more events than the halves that went.
+/// subscribed). The requests after it carry no more bytes (after a `413`), or no more events
+/// (after `too_many_deliveries`), than the parts of it that went ([`Caps`]).
 const BYTES_PER_REQUEST: usize = 1024 * 1024 - 1024;
 
 /// How often the progress line is written while many requests go.
@@ -392,12 +393,11 @@ fn send_many(
     let mut batch: Vec<Value> = Vec::new();
     let mut lines: Vec<Option<usize>> = Vec::new();
     let mut first = 0;
-    // Lowered when the server takes fewer at once (`send_request`).
-    let mut per_request = EVENTS_PER_REQUEST;
+    let mut caps = Caps::default();
     loop {
         // Only a file that changed since it was checked fails here: what was stored, and
         // where to go on from, are said as for a request that failed.
-        take_request(&mut events, per_request, &mut batch, &mut lines).map_err(|e| {
+        take_request(&mut events, caps, &mut batch, &mut lines).map_err(|e| {
             let stored = match first {
                 0 => "nothing was sent".to_owned(),
                 n => format!(
@@ -421,9 +421,7 @@ fn send_many(
             lines: &lines,
             first,
         };
-        if let Some(fewer) = send_request(api, path, plan, &request, &mut sent)? {
-            per_request = per_request.min(fewer);
-        }
+        send_request(api, path, plan, &request, &mut sent, &mut caps)?;
         first += batch.len();
         let all_at_once = sent.requests == 1 && first == plan.total;
         if !all_at_once && (first == plan.total || last_progress.elapsed() >= PROGRESS_EVERY) {
@@ -433,12 +431,30 @@ fn send_many(
     }
 }
 
-/// Takes the next request's events (and their lines) from `events`: at most `most` events and
-/// [`BYTES_PER_REQUEST`] bytes. An event larger than that goes alone: the server says whether
-/// it takes it. None when `events` has ended.
+/// How much one request carries at most: [`EVENTS_PER_REQUEST`] events and
+/// [`BYTES_PER_REQUEST`] bytes of them (their JSON and the commas between), until the server
+/// refuses a request and its parts that went say how much it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Caps {
+    events: usize,
+    bytes: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            events: EVENTS_PER_REQUEST,
+            bytes: BYTES_PER_REQUEST,
+        }
+    }
+}
+
+/// Takes the next request's events (and their lines) from `events`, within `caps`. An event
+/// larger than the bytes allowed goes alone: the server says whether it takes it. None when
+/// `events` has ended.
 fn take_request<I>(
     events: &mut std::iter::Peekable<I>,
-    most: usize,
+    caps: Caps,
     batch: &mut Vec<Value>,
     lines: &mut Vec<Option<usize>>,
 ) -> anyhow::Result<()>
@@ -448,14 +464,14 @@ where
     batch.clear();
     lines.clear();
     let mut bytes = 0;
-    while batch.len() < most {
+    while batch.len() < caps.events {
         let Some(next) = events.peek() else { break };
         let size = match next {
             Ok((_, event)) => serde_json::to_string(event).map_or(0, |s| s.len()),
             Err(_) => 0,
         };
         // Each event after the first costs its comma too.
-        if !batch.is_empty() && bytes + 1 + size > BYTES_PER_REQUEST {
+        if !batch.is_empty() && bytes + 1 + size > caps.bytes {
             break;
         }
         let (at, event) = events.next().expect("peeked")?;
@@ -475,15 +491,16 @@ struct Request<'a> {
 }
 
 /// Sends one request's events, in two halves again and again while the server finds a part too
-/// large (its body, or the deliveries it would create). Answers, if it was split, the most
-/// events one of its requests carried: the next requests carry no more.
+/// large (its body, or the deliveries it would create). After such a refusal, `caps` are
+/// lowered to the largest part that went, in bytes or in events as the refusal was.
 fn send_request(
     api: &Api,
     path: &str,
     plan: &Plan,
     request: &Request,
     sent: &mut Sent,
-) -> anyhow::Result<Option<usize>> {
+    caps: &mut Caps,
+) -> anyhow::Result<()> {
     let Request {
         batch,
         lines,
@@ -491,16 +508,32 @@ fn send_request(
     } = *request;
     let mut pending = VecDeque::new();
     pending.push_back(0..batch.len());
-    let (mut most_taken, mut split) = (0, false);
+    // What the server refused parts for, and the largest part that went since.
+    let (mut refused_body, mut refused_deliveries) = (false, false);
+    let mut went = Caps {
+        events: 0,
+        bytes: 0,
+    };
     while let Some(range) = pending.pop_front() {
-        match api.post(path, Value::Array(batch[range.clone()].to_vec())) {
+        let part = Value::Array(batch[range.clone()].to_vec());
+        // Measured as `take_request` counts: the events' JSON and the commas, not the brackets.
+        let bytes = if refused_body {
+            serde_json::to_string(&part).map_or(0, |s| s.len().saturating_sub(2))
+        } else {
+            0
+        };
+        match api.post(path, part) {
             Ok(answer) => {
                 sent.add(answer, plan.keep_rows);
-                most_taken = most_taken.max(range.len());
+                went.events = went.events.max(range.len());
+                went.bytes = went.bytes.max(bytes);
             }
-            // The server takes fewer at once than planned: the same events in two halves.
-            Err(e) if range.len() > 1 && is_too_large(&e) => {
-                split = true;
+            // The server takes less at once than planned: the same events in two halves.
+            Err(e) if range.len() > 1 && too_large(&e).is_some() => {
+                match too_large(&e) {
+                    Some(TooLarge::Body) => refused_body = true,
+                    _ => refused_deliveries = true,
+                }
                 let middle = range.start + range.len() / 2;
                 pending.push_front(middle..range.end);
                 pending.push_front(range.start..middle);
@@ -516,15 +549,33 @@ fn send_request(
             }
         }
     }
-    Ok(split.then_some(most_taken))
+    if refused_body {
+        caps.bytes = caps.bytes.min(went.bytes.max(1));
+    }
+    if refused_deliveries {
+        caps.events = caps.events.min(went.events.max(1));
+    }
+    Ok(())
 }
 
-/// Whether the server refused a request for carrying too much at once: its body (`413`), or
-/// the deliveries its events would create.
-fn is_too_large(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Refused>().is_some_and(|r| {
-        r.status == reqwest::StatusCode::PAYLOAD_TOO_LARGE || r.code == "too_many_deliveries"
-    })
+/// Why the server refused a request for carrying too much at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TooLarge {
+    /// Its body (`413`).
+    Body,
+    /// The deliveries its events would create (`too_many_deliveries`).
+    Deliveries,
+}
+
+fn too_large(e: &anyhow::Error) -> Option<TooLarge> {
+    let refused = e.downcast_ref::<Refused>()?;
+    if refused.status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+        Some(TooLarge::Body)
+    } else if refused.code == "too_many_deliveries" {
+        Some(TooLarge::Deliveries)
+    } else {
+        None
+    }
 }
 
 /// A request of many that failed.
@@ -658,7 +709,7 @@ mod tests {
                 .peekable();
             let (mut batch, mut lines, mut taken) = (Vec::new(), Vec::new(), Vec::new());
             loop {
-                take_request(&mut events, EVENTS_PER_REQUEST, &mut batch, &mut lines).unwrap();
+                take_request(&mut events, Caps::default(), &mut batch, &mut lines).unwrap();
                 if batch.is_empty() {
                     return taken;
                 }
