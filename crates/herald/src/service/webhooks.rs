@@ -968,8 +968,26 @@ async fn save(state: &AppState, mut w: Webhook, was_active: bool) -> ServiceResu
 }
 
 /// Enables or disables a webhook. One that verifies its intent sends its WebSub subscribe (or
-/// unsubscribe) for every channel; the answers come back with it.
+/// unsubscribe) for every channel; the answers come back with it. To the end once started, as
+/// a change by PATCH: a switch stored without the verification it calls for would leave the
+/// webhook's events waiting for one nobody sent.
 pub async fn set_active(
+    state: &AppState,
+    scope: &Scope,
+    org: &OrgId,
+    id: &WebhookId,
+    active: bool,
+    unchanged_since: Option<Timestamp>,
+) -> ServiceResult<(Webhook, Option<Vec<Subscription>>)> {
+    let (scope, org, id) = (scope.clone(), org.clone(), id.clone());
+    to_the_end(state, move |state| async move {
+        switch_and_tell(&state, &scope, &org, &id, active, unchanged_since).await
+    })
+    .await
+}
+
+/// [`set_active`], in its task.
+async fn switch_and_tell(
     state: &AppState,
     scope: &Scope,
     org: &OrgId,

@@ -3295,7 +3295,7 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
 /// that runs in a task of its own may finish between a look at the store and the next poll;
 /// then nothing is dropped, and what follows checks the outcome all the same. Without such a
 /// task the change cannot finish without being polled, so it is dropped every time.
-async fn drop_once_stored<F, S>(change: F, mut stored: impl FnMut() -> S)
+pub(crate) async fn drop_once_stored<F, S>(change: F, mut stored: impl FnMut() -> S)
 where
     F: std::future::Future,
     S: std::future::Future<Output = bool>,

@@ -245,6 +245,32 @@ async fn a_wrong_echo_or_a_refusal_fails_the_channel_and_its_events_are_not_sent
     assert_eq!(posts[1].json()["jti"], "e1");
 }
 
+/// Enabled by a client that gives up once the switch is stored, a WebSub webhook asks its
+/// channels all the same: the subscribe goes with the switch, to the end. (It was left active
+/// with nobody asked, its events waiting for a verification never sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_whose_client_gives_up_still_asks_the_channels() {
+    use herald::service::{Scope, webhooks};
+    use herald_core::{OrgId, WebhookId};
+    let app = insecure_app().await;
+    let rx = TestReceiver::start().await;
+    let (org, _) = asgardeo_org(&app).await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/hub"), json!({ "profile": "asgardeo", "channels": ["login"], "secret": "asgardeo-secret-value" }))
+        .await;
+    let (org_id, state) = (OrgId::parse(&org).unwrap(), &app.state);
+    let hook_id = WebhookId::parse(hook["id"].as_str().unwrap()).unwrap();
+    let enable = webhooks::set_active(state, &Scope::Admin, &org_id, &hook_id, true, None);
+    let enabled = || async {
+        let stored = state.store.get_webhook(&org_id, &hook_id).await.unwrap();
+        stored.active
+    };
+    crate::api::drop_once_stored(enable, enabled).await;
+    let asked = rx.wait_for_verifications("/hub", 1, WAIT).await;
+    assert_eq!(asked.len(), 1, "the channel is asked once");
+    assert_eq!(asked[0].param("hub.mode"), Some("subscribe"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivation_unsubscribes_and_only_then_may_the_webhook_be_deleted() {
     let app = insecure_app().await;
