@@ -343,6 +343,10 @@ struct DeliveryPage {
     org_id: String,
     delivery: DeliveryRow,
     webhook_name: Option<String>,
+    /// Its webhook is deleted (no page to link to, nothing to resend to) or disabled (enabled
+    /// again, it may resend): a resend is not offered, and the page says why.
+    webhook_deleted: bool,
+    webhook_disabled: bool,
     attempts: Vec<AttemptRow>,
     request: Option<RequestPreview>,
     /// The body, pretty-printed when it is JSON.
@@ -371,10 +375,12 @@ async fn show_delivery(
     let detail = deliveries::get(&state, &signed.scope, &org.id, &id).await?;
     let request =
         deliveries::preview_request(&state, &signed.scope, &org.id, &detail.delivery).await?;
-    let webhook_name = webhooks::get(&state, &signed.scope, &org.id, &detail.delivery.webhook_id)
-        .await
-        .ok()
-        .map(|w| w.name);
+    let webhook =
+        match webhooks::get(&state, &signed.scope, &org.id, &detail.delivery.webhook_id).await {
+            Ok(webhook) => Some(webhook),
+            Err(crate::service::ServiceError::NotFound(_)) => None,
+            Err(other) => return Err(other.into()),
+        };
     let request_body = request.as_ref().map(|r| pretty(&r.body));
     let request_body_sent = request
         .as_ref()
@@ -383,7 +389,9 @@ async fn show_delivery(
     let page = DeliveryPage {
         org_id: org.id.to_string(),
         delivery: DeliveryRow::of(&detail.delivery, state.clock.now()),
-        webhook_name,
+        webhook_deleted: webhook.is_none(),
+        webhook_disabled: webhook.as_ref().is_some_and(|w| !w.active),
+        webhook_name: webhook.map(|w| w.name),
         attempts: detail.attempts.iter().map(AttemptRow::from).collect(),
         request_body,
         request_body_sent,

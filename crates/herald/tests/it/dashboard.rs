@@ -2322,6 +2322,27 @@ async fn a_delivery_waiting_for_its_retry_is_attempted_now_from_its_page() {
     );
     app.wait_for_delivery(&org, second, |d| d["state"] == "succeeded")
         .await;
+
+    // Its webhook disabled, the page offers no resend the service would refuse, and says how
+    // to have one; deleted, no link to a page that is gone either.
+    let api = format!("/v1/orgs/{org}/webhooks/{}", hook["id"].as_str().unwrap());
+    let (status, _) = app.post(&format!("{api}/deactivate"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = admin.get(&page).await.body;
+    assert!(
+        !body.contains(">Resend</button>") && body.contains("Its webhook is disabled"),
+        "{body}"
+    );
+    let (status, _) = app.delete(&api).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let body = admin.get(&page).await.body;
+    assert!(
+        !body.contains(">Resend</button>")
+            && body.contains("Its webhook was deleted")
+            && body.contains("<small>(deleted)</small>")
+            && !body.contains("webhooks&#x2f;wh_"),
+        "{body}"
+    );
 }
 
 /// A second organization of one name gets a numbered handle, and the dashboard says so.
