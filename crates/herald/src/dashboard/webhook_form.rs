@@ -145,6 +145,15 @@ impl WebhookForm {
 
     /// What the service gets. Empty optional fields clear the override.
     fn input(&self, creating: bool) -> Result<WebhookInput, Invalid> {
+        // Nothing ticked creates a webhook for every event; a change to that is refused (it
+        // must not widen what a webhook gets unseen), said here in the form's words.
+        if !creating && self.events.is_empty() && self.channels.is_empty() {
+            return Err(Invalid::new(
+                "events",
+                "nothing is ticked: tick All event types for every event, or the types and \
+                 channels it should get (to send it nothing for a while, disable it)",
+            ));
+        }
         let mut headers = BTreeMap::new();
         for (i, line) in self.headers.lines().enumerate() {
             let line = line.trim();

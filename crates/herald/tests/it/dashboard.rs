@@ -2179,6 +2179,17 @@ async fn a_save_over_a_change_made_since_the_form_opened_is_refused() {
         ("profile", profile.as_str()),
         ("events", "*"),
     ];
+    // Nothing ticked: refused in the form's words (the API's would speak of ["*"]), the typed
+    // name kept.
+    let unticked = &form[..form.len() - 1];
+    let a = admin.post(&save, unticked).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert!(
+        a.body.contains("nothing is ticked: tick All event types")
+            && a.body.contains(r#"value="crm renamed""#),
+        "{}",
+        a.body
+    );
     let a = admin.post(&save, &form).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     let (_, stored) = app.get(&format!("/v1/orgs/{org}/webhooks/{hook}")).await;
