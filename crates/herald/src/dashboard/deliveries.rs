@@ -257,9 +257,20 @@ async fn recover_deliveries(
     if !confirm::confirmed(&form) {
         confirm::webhook_seen(&state, &signed, &org, &id).await?;
         let back = format!("/orgs/{org}/webhooks/{id}/deliveries");
+        // The time as typed (the form's field is UTC); a mistyped one is refused after this.
+        let since = form.text("since");
+        let also = if form.checked("skipped") {
+            ", and every skipped one"
+        } else {
+            ""
+        };
+        let consequence = format!(
+            "Every failed delivery created since {} (UTC){also} goes to the endpoint again.",
+            since.replace('T', " ")
+        );
         let question = confirm::Question {
             title: "Send the failed deliveries again?",
-            consequence: "Every failed delivery created since the time given goes to the endpoint again (the skipped ones too, if that box was ticked).",
+            consequence: &consequence,
             go: "Send again",
             back: &back,
         };

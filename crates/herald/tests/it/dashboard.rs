@@ -1274,6 +1274,18 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
         .format("%Y-%m-%dT%H:%M")
         .to_string();
     let recover = format!("/orgs/{org}/webhooks/{hook}/recover");
+    // Without JavaScript, a page asks first, naming the time given.
+    let asked = admin
+        .post(&recover, &[("csrf", &csrf), ("since", &since)])
+        .await;
+    assert!(
+        asked.body.contains(&format!(
+            "Every failed delivery created since {} (UTC) goes to the endpoint again.",
+            since.replace('T', " ")
+        )),
+        "{}",
+        asked.body
+    );
     let a = admin
         .post(
             &recover,
