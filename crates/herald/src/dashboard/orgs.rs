@@ -329,11 +329,21 @@ async fn bulk_delete(
         .collect();
     let back = format!("/orgs/{org}");
     if !ids.is_empty() && !confirm::confirmed(&form) {
+        // Named, as the page before showed them (the id beside a name another may share).
+        let snapshot = crate::service::org_snapshot(&state, &signed.scope, &org).await?;
+        let named = crate::service::name_webhooks(
+            ids.iter()
+                .filter_map(|id| snapshot.webhook(id))
+                .map(|w| (w.as_ref(), None)),
+        );
+        let their = if ids.len() == 1 { "Its" } else { "Their" };
         let question = confirm::Question {
             title: "Delete the selected webhooks?",
             consequence: &format!(
-                "{} selected. Their pending deliveries are cancelled, for good; their history stays readable.",
-                crate::counted(ids.len() as u64, "webhook is", "webhooks are")
+                "{} selected: {named}. {their} pending deliveries are cancelled, for good; \
+                 {} history stays readable.",
+                crate::counted(ids.len() as u64, "webhook is", "webhooks are"),
+                their.to_lowercase(),
             ),
             go: "Delete",
             back: &back,

@@ -1367,7 +1367,13 @@ async fn webhooks_are_deleted_in_bulk_from_the_organization_page() {
     let asked_page = slashes(&asked.body);
     assert!(
         asked_page.contains("Delete the selected webhooks?")
-            && asked_page.contains("2 webhooks are selected")
+            && asked_page.contains(
+                &format!(
+                    "2 webhooks are selected: 'test hook' ({}), 'test hook' ({}). Their pending",
+                    ids[0], ids[2]
+                )
+                .replace('\'', "&#x27;")
+            )
             && asked_page.contains(&format!(r#"action="{bulk}""#))
             && asked_page.contains(&format!(r#"href="{page}">Cancel"#)),
         "{}",
