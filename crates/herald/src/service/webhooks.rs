@@ -951,7 +951,16 @@ async fn save(state: &AppState, mut w: Webhook, was_active: bool) -> ServiceResu
         // Whatever the answer, as `write_then_forget`: a pause whose steps failed after its
         // flag was written is partly in the store.
         state.directory.invalidate(&org);
-        written.map_err(ServiceError::from_store("webhook"))?;
+        if let Err(e) = written {
+            // SQLite stores the switch, then parks (or puts back) the backlog in steps: a step
+            // that failed left the rest as it was, and the switch done, so that asking again
+            // changes nothing. The looks again after a switch finish it.
+            let stored = state.store.get_webhook(&org, &w.id).await;
+            if w.active != was_active && stored.is_ok_and(|now| now.updated_at == w.updated_at) {
+                state.dispatcher.look_again_after_switch(&w.id, w.active);
+            }
+            return Err(ServiceError::from_store("webhook")(e));
+        }
         if w.active {
             // What this node's circuit or the endpoint's wait held back goes now, if the
             // change gives the endpoint a fresh start; deliveries parked while it was disabled

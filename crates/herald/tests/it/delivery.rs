@@ -1222,6 +1222,59 @@ async fn after_a_rotation_both_secrets_sign_for_a_day() {
     );
 }
 
+/// A pause whose walk through the backlog failed after the switch was stored (a trigger here
+/// refuses the parking) is finished by the looks again after a switch: asking again would
+/// change nothing, the webhook being paused already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 3600] }))
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    let delivery = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+        .await;
+    let db = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_parking BEFORE UPDATE OF due_at ON deliveries \
+         WHEN NEW.due_at IS NULL BEGIN SELECT RAISE(ABORT, 'parking refused by the test'); END",
+    )
+    .unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
+            json!({}),
+        )
+        .await;
+    assert!(status.is_server_error(), "{status} {body}");
+    let (_, view) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
+    assert_eq!(view["active"], false, "the switch itself is stored");
+    db.execute_batch("DROP TRIGGER refuse_parking").unwrap();
+    let due_at = || -> Option<i64> {
+        db.query_row(
+            "SELECT due_at FROM deliveries WHERE id = ?1",
+            [&delivery],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(due_at().is_some(), "left due by the failed step");
+    // The first look comes 2 s after the switch.
+    for _ in 0..100 {
+        if due_at().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(due_at(), None, "parked by the look again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_pauses_deliveries_and_enabling_resumes_them() {
     let app = TestApp::spawn().await;
