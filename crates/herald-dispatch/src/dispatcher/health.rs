@@ -283,8 +283,22 @@ impl Dispatcher {
         let disabled = shared
             .store
             .disable_webhook(&webhook.org_id, &webhook.id, &reason, now)
-            .await?;
+            .await;
+        // Whatever the answer: SQLite stores the flag, then parks the backlog in steps, and a
+        // step that failed left the webhook disabled all the same. Not forgotten here, the
+        // snapshot would fan events out to it until the organization next changed, and no
+        // attempt would come to disable it again; the looks again finish the parking.
         shared.directory.invalidate(&webhook.org_id);
+        let disabled = match disabled {
+            Ok(disabled) => disabled,
+            Err(e) => {
+                let stored = shared.store.get_webhook(&webhook.org_id, &webhook.id).await;
+                if stored.is_ok_and(|now| !now.active) {
+                    self.look_again_after_switch(&webhook.id, false);
+                }
+                return Err(e);
+            }
+        };
         self.forget_streak(webhook);
         if !disabled {
             // Already disabled (by a user, or by another attempt), or deleted.

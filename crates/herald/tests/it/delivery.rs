@@ -1275,6 +1275,68 @@ async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
     assert_eq!(due_at(), None, "parked by the look again");
 }
 
+/// The same when Herald disables the webhook (a `410`): the organization's cached snapshot is
+/// forgotten all the same (new events do not fan out to it), and the looks again park what
+/// waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabling_whose_parking_failed_midway_is_finished_by_the_look_again() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    rx.answer_by_default(Reply::status(500));
+    let org = app.create_org("Acme").await;
+    let hook = app
+        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 3600] }))
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    app.send_event(&org, user_created("u1")).await;
+    let waiting = app.delivery_ids(&org, id).await.remove(0);
+    app.wait_for_delivery(&org, &waiting, |d| d["attempt_count"] == 1)
+        .await;
+    let db = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    // Refuses parking (a due time taken away, no attempt recorded), not an attempt's outcome.
+    db.execute_batch(
+        "CREATE TRIGGER refuse_parking BEFORE UPDATE OF due_at ON deliveries \
+         WHEN NEW.due_at IS NULL AND NEW.attempt_count = OLD.attempt_count \
+         BEGIN SELECT RAISE(ABORT, 'parking refused by the test'); END",
+    )
+    .unwrap();
+    rx.answer_by_default(Reply::status(410));
+    app.send_event(&org, user_created("u2")).await;
+    rx.wait_for("/h", 2, WAIT).await;
+    let path = format!("/v1/orgs/{org}/webhooks/{id}");
+    for _ in 0..100 {
+        if app.get(&path).await.1["active"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.execute_batch("DROP TRIGGER refuse_parking").unwrap();
+    assert_eq!(app.get(&path).await.1["active"], false, "disabled");
+    let (_, sent) = app
+        .post(&format!("/v1/orgs/{org}/events"), user_created("u3"))
+        .await;
+    assert_eq!(
+        sent["deliveries"], 0,
+        "no fan-out to a disabled webhook: {sent}"
+    );
+    let due_at = || -> Option<i64> {
+        db.query_row(
+            "SELECT due_at FROM deliveries WHERE id = ?1",
+            [&waiting],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for _ in 0..100 {
+        if due_at().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(due_at(), None, "parked by the look again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_pauses_deliveries_and_enabling_resumes_them() {
     let app = TestApp::spawn().await;
