@@ -1222,30 +1222,88 @@ async fn after_a_rotation_both_secrets_sign_for_a_day() {
     );
 }
 
-/// A pause whose walk through the backlog failed after the switch was stored (a trigger here
-/// refuses the parking) is finished by the looks again after a switch: asking again would
-/// change nothing, the webhook being paused already.
+/// A delivery that waits an hour for its retry (its endpoint answered 500), and the embedded
+/// database beside it, whose parking of deliveries a test makes fail with a trigger.
+struct WaitingRetry {
+    org: String,
+    webhook: String,
+    delivery: String,
+    db: rusqlite::Connection,
+}
+
+impl WaitingRetry {
+    async fn start(app: &TestApp, rx: &TestReceiver) -> Self {
+        rx.answer_by_default(Reply::status(500));
+        let org = app.create_org("Acme").await;
+        let hook = app
+            .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 3600] }))
+            .await;
+        let webhook = hook["id"].as_str().unwrap().to_owned();
+        app.send_event(&org, user_created("u1")).await;
+        let delivery = app.delivery_ids(&org, &webhook).await.remove(0);
+        app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
+            .await;
+        let db = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        Self {
+            org,
+            webhook,
+            delivery,
+            db,
+        }
+    }
+
+    /// Parking (a due time taken away, no attempt recorded) fails, until `allow_parking`; an
+    /// attempt's outcome is still recorded.
+    fn refuse_parking(&self) {
+        self.db
+            .execute_batch(
+                "CREATE TRIGGER refuse_parking BEFORE UPDATE OF due_at ON deliveries \
+                 WHEN NEW.due_at IS NULL AND NEW.attempt_count = OLD.attempt_count \
+                 BEGIN SELECT RAISE(ABORT, 'parking refused by the test'); END",
+            )
+            .unwrap();
+    }
+
+    fn allow_parking(&self) {
+        self.db
+            .execute_batch("DROP TRIGGER refuse_parking")
+            .unwrap();
+    }
+
+    fn due_at(&self) -> Option<i64> {
+        self.db
+            .query_row(
+                "SELECT due_at FROM deliveries WHERE id = ?1",
+                [&self.delivery],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Whether the delivery is parked within 10 s (the first look again comes 2 s after a
+    /// switch).
+    async fn parked_soon(&self) -> bool {
+        for _ in 0..100 {
+            if self.due_at().is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+/// A pause whose walk through the backlog failed after the switch was stored is finished by
+/// the looks again after a switch: asking again would change nothing, the webhook being paused
+/// already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    rx.answer_by_default(Reply::status(500));
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 3600] }))
-        .await;
-    let id = hook["id"].as_str().unwrap();
-    app.send_event(&org, user_created("u1")).await;
-    let delivery = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &delivery, |d| d["attempt_count"] == 1)
-        .await;
-    let db = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER refuse_parking BEFORE UPDATE OF due_at ON deliveries \
-         WHEN NEW.due_at IS NULL BEGIN SELECT RAISE(ABORT, 'parking refused by the test'); END",
-    )
-    .unwrap();
+    let waiting = WaitingRetry::start(&app, &rx).await;
+    let (org, id) = (&waiting.org, &waiting.webhook);
+    waiting.refuse_parking();
     let (status, body) = app
         .post(
             &format!("/v1/orgs/{org}/webhooks/{id}/deactivate"),
@@ -1255,24 +1313,9 @@ async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
     assert!(status.is_server_error(), "{status} {body}");
     let (_, view) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
     assert_eq!(view["active"], false, "the switch itself is stored");
-    db.execute_batch("DROP TRIGGER refuse_parking").unwrap();
-    let due_at = || -> Option<i64> {
-        db.query_row(
-            "SELECT due_at FROM deliveries WHERE id = ?1",
-            [&delivery],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    assert!(due_at().is_some(), "left due by the failed step");
-    // The first look comes 2 s after the switch.
-    for _ in 0..100 {
-        if due_at().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(due_at(), None, "parked by the look again");
+    assert!(waiting.due_at().is_some(), "left due by the failed step");
+    waiting.allow_parking();
+    assert!(waiting.parked_soon().await, "parked by the look again");
 }
 
 /// The same when Herald disables the webhook (a `410`): the organization's cached snapshot is
@@ -1282,27 +1325,11 @@ async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
 async fn a_disabling_whose_parking_failed_midway_is_finished_by_the_look_again() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
-    rx.answer_by_default(Reply::status(500));
-    let org = app.create_org("Acme").await;
-    let hook = app
-        .create_webhook(&org, &rx.url("/h"), json!({ "retry_schedule": [0, 3600] }))
-        .await;
-    let id = hook["id"].as_str().unwrap();
-    app.send_event(&org, user_created("u1")).await;
-    let waiting = app.delivery_ids(&org, id).await.remove(0);
-    app.wait_for_delivery(&org, &waiting, |d| d["attempt_count"] == 1)
-        .await;
-    let db = rusqlite::Connection::open(app.data_dir().join("herald.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
-    // Refuses parking (a due time taken away, no attempt recorded), not an attempt's outcome.
-    db.execute_batch(
-        "CREATE TRIGGER refuse_parking BEFORE UPDATE OF due_at ON deliveries \
-         WHEN NEW.due_at IS NULL AND NEW.attempt_count = OLD.attempt_count \
-         BEGIN SELECT RAISE(ABORT, 'parking refused by the test'); END",
-    )
-    .unwrap();
+    let waiting = WaitingRetry::start(&app, &rx).await;
+    let (org, id) = (&waiting.org, &waiting.webhook);
+    waiting.refuse_parking();
     rx.answer_by_default(Reply::status(410));
-    app.send_event(&org, user_created("u2")).await;
+    app.send_event(org, user_created("u2")).await;
     rx.wait_for("/h", 2, WAIT).await;
     let path = format!("/v1/orgs/{org}/webhooks/{id}");
     for _ in 0..100 {
@@ -1311,7 +1338,7 @@ async fn a_disabling_whose_parking_failed_midway_is_finished_by_the_look_again()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    db.execute_batch("DROP TRIGGER refuse_parking").unwrap();
+    waiting.allow_parking();
     assert_eq!(app.get(&path).await.1["active"], false, "disabled");
     let (_, sent) = app
         .post(&format!("/v1/orgs/{org}/events"), user_created("u3"))
@@ -1320,21 +1347,7 @@ async fn a_disabling_whose_parking_failed_midway_is_finished_by_the_look_again()
         sent["deliveries"], 0,
         "no fan-out to a disabled webhook: {sent}"
     );
-    let due_at = || -> Option<i64> {
-        db.query_row(
-            "SELECT due_at FROM deliveries WHERE id = ?1",
-            [&waiting],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    for _ in 0..100 {
-        if due_at().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(due_at(), None, "parked by the look again");
+    assert!(waiting.parked_soon().await, "parked by the look again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
