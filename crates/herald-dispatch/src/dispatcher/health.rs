@@ -293,10 +293,17 @@ impl Dispatcher {
             Ok(disabled) => disabled,
             Err(e) => {
                 let stored = shared.store.get_webhook(&webhook.org_id, &webhook.id).await;
-                if stored.is_ok_and(|now| !now.active) {
+                let ours = stored.is_ok_and(|now| {
+                    !now.active && now.disabled_reason.as_deref() == Some(reason.as_str())
+                });
+                if !ours {
+                    // Whether it was stored is not known: a look does nothing if it was not.
                     self.look_again_after_switch(&webhook.id, false);
+                    return Err(e);
                 }
-                return Err(e);
+                // Disabled: said and told as any other disabling, and parked by the looks.
+                tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, error = %herald_core::error_chain(&e), "parking a disabled webhook's pending deliveries failed midway; looking again for them shortly");
+                true
             }
         };
         self.forget_streak(webhook);

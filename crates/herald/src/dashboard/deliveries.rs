@@ -254,19 +254,19 @@ async fn recover_deliveries(
 ) -> DashResult<Response> {
     let (org, id) = (org_id(&org)?, webhook_id(&id)?);
     let Post { signed, form } = post;
-    if !confirm::confirmed(&form) {
+    // A mistyped time is refused before anything is asked.
+    let since = parse_since(&form.text("since"));
+    if since.is_ok() && !confirm::confirmed(&form) {
         confirm::webhook_seen(&state, &signed, &org, &id).await?;
         let back = format!("/orgs/{org}/webhooks/{id}/deliveries");
-        // The time as typed (the form's field is UTC); a mistyped one is refused after this.
-        let since = form.text("since");
-        let also = if form.checked("skipped") {
-            ", and every skipped one"
+        let which = if form.checked("skipped") {
+            "failed or skipped"
         } else {
-            ""
+            "failed"
         };
         let consequence = format!(
-            "Every failed delivery created since {} (UTC){also} goes to the endpoint again.",
-            since.replace('T', " ")
+            "Every {which} delivery created since {} (UTC) goes to the endpoint again.",
+            form.text("since").replace('T', " ")
         );
         let question = confirm::Question {
             title: "Send the failed deliveries again?",
@@ -279,7 +279,7 @@ async fn recover_deliveries(
     }
     // Skipped too: those a WebSub channel not verified then kept from being sent.
     let skipped = form.checked("skipped");
-    let recovered = match parse_since(&form.text("since")) {
+    let recovered = match since {
         Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since, skipped).await,
         Err(invalid) => Err(invalid.into()),
     };

@@ -328,21 +328,20 @@ async fn bulk_delete(
         .filter_map(|raw| WebhookId::parse(raw).ok())
         .collect();
     let back = format!("/orgs/{org}");
-    if !ids.is_empty() && !confirm::confirmed(&form) {
-        // Named, as the page before showed them (the id beside a name another may share).
-        let snapshot = crate::service::org_snapshot(&state, &signed.scope, &org).await?;
-        let named = crate::service::name_webhooks(
-            ids.iter()
-                .filter_map(|id| snapshot.webhook(id))
-                .map(|w| (w.as_ref(), None)),
-        );
-        let their = if ids.len() == 1 { "Its" } else { "Their" };
+    // Named, as the page before showed them (the id beside a name another may share); those
+    // deleted meanwhile (a second click, another tab) are not asked about, and if none is
+    // left the deletion says that nothing was deleted.
+    let snapshot = crate::service::org_snapshot(&state, &signed.scope, &org).await?;
+    let found: Vec<_> = ids.iter().filter_map(|id| snapshot.webhook(id)).collect();
+    if !found.is_empty() && !confirm::confirmed(&form) {
+        let their = if found.len() == 1 { "Its" } else { "Their" };
         let question = confirm::Question {
             title: "Delete the selected webhooks?",
             consequence: &format!(
-                "{} selected: {named}. {their} pending deliveries are cancelled, for good; \
-                 {} history stays readable.",
-                crate::counted(ids.len() as u64, "webhook is", "webhooks are"),
+                "{} selected: {}. {their} pending deliveries are cancelled, for good; {} \
+                 history stays readable.",
+                crate::counted(found.len() as u64, "webhook is", "webhooks are"),
+                crate::service::name_webhooks(found.iter().map(|w| (w.as_ref(), None))),
                 their.to_lowercase(),
             ),
             go: "Delete",

@@ -8,7 +8,7 @@ use herald_core::directory::OrgSnapshot;
 use herald_core::event::NewEvent;
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
-use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
+use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement, StoreError};
 use herald_core::subscription::{Mode, Subscription, Verification};
 use herald_core::suggest::{closest, did_you_mean};
 use herald_core::webhook::{
@@ -953,13 +953,19 @@ async fn save(state: &AppState, mut w: Webhook, was_active: bool) -> ServiceResu
         state.directory.invalidate(&org);
         if let Err(e) = written {
             // SQLite stores the switch, then parks (or puts back) the backlog in steps: a step
-            // that failed left the rest as it was, and the switch done, so that asking again
-            // changes nothing. The looks again after a switch finish it.
+            // that failed left the rest as it was and the switch done, so that asking again
+            // would change nothing. The looks again after a switch finish the walk: the
+            // change is answered as made, with all that follows it.
+            let switch = w.active != was_active;
             let stored = state.store.get_webhook(&org, &w.id).await;
-            if w.active != was_active && stored.is_ok_and(|now| now.updated_at == w.updated_at) {
-                state.dispatcher.look_again_after_switch(&w.id, w.active);
+            if !(switch && stored.is_ok_and(|now| now.updated_at == w.updated_at)) {
+                if switch && !matches!(e, StoreError::Conflict(_)) {
+                    // Whether it was stored is not known: a look does nothing if it was not.
+                    state.dispatcher.look_again_after_switch(&w.id, w.active);
+                }
+                return Err(ServiceError::from_store("webhook")(e));
             }
-            return Err(ServiceError::from_store("webhook")(e));
+            tracing::warn!(org = %org, webhook = %w.id, error = %herald_core::error_chain(&e), "webhook switched, but its pending deliveries were not all {} yet; looking again for them shortly", if w.active { "put back on schedule" } else { "parked" });
         }
         if w.active {
             // What this node's circuit or the endpoint's wait held back goes now, if the

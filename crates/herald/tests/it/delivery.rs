@@ -1281,10 +1281,10 @@ impl WaitingRetry {
             .unwrap()
     }
 
-    /// Whether the delivery is parked within 10 s (the first look again comes 2 s after a
-    /// switch).
+    /// Whether the delivery is parked within 40 s: by the first look again, 2 s after a switch,
+    /// or on a slow machine (the trigger dropped after it) by the second, at 30 s.
     async fn parked_soon(&self) -> bool {
-        for _ in 0..100 {
+        for _ in 0..400 {
             if self.due_at().is_none() {
                 return true;
             }
@@ -1294,9 +1294,9 @@ impl WaitingRetry {
     }
 }
 
-/// A pause whose walk through the backlog failed after the switch was stored is finished by
-/// the looks again after a switch: asking again would change nothing, the webhook being paused
-/// already.
+/// A pause whose walk through the backlog failed after the switch was stored is answered as
+/// made (asking again would change nothing, the webhook being paused already), and the looks
+/// again after a switch finish the walk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
     let app = TestApp::spawn().await;
@@ -1310,7 +1310,11 @@ async fn a_pause_whose_parking_failed_midway_is_finished_by_the_look_again() {
             json!({}),
         )
         .await;
-    assert!(status.is_server_error(), "{status} {body}");
+    assert_eq!(
+        (status, &body["active"]),
+        (StatusCode::OK, &json!(false)),
+        "{body}"
+    );
     let (_, view) = app.get(&format!("/v1/orgs/{org}/webhooks/{id}")).await;
     assert_eq!(view["active"], false, "the switch itself is stored");
     assert!(waiting.due_at().is_some(), "left due by the failed step");
@@ -1338,8 +1342,9 @@ async fn a_disabling_whose_parking_failed_midway_is_finished_by_the_look_again()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    waiting.allow_parking();
     assert_eq!(app.get(&path).await.1["active"], false, "disabled");
+    assert!(waiting.due_at().is_some(), "left due by the failed step");
+    waiting.allow_parking();
     let (_, sent) = app
         .post(&format!("/v1/orgs/{org}/events"), user_created("u3"))
         .await;
