@@ -3736,6 +3736,20 @@ async fn herald_send_splits_what_would_create_too_many_deliveries() {
     assert_eq!(app.metric(refused).await - refused_before, 1, "{out}");
     let (status, body) = app.get(&format!("/v1/orgs/{org}/events/fan-1999")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // With --json, what is printed is the answer, not the refusals that were split.
+    let lines: Vec<String> = lines.iter().map(|l| l.replace("fan-", "json-")).collect();
+    let send = ["send", "--org", &org, "--json"];
+    let (ok, out) = herald_cli(&app, &send, Some(&lines.join("\n"))).await;
+    // (Standard output first, then standard error's progress.)
+    let printed = serde_json::Deserializer::from_str(&out)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(
+        ok && printed["deliveries"] == 4_000 && !out.contains("too_many_deliveries"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

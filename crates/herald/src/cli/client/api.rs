@@ -442,6 +442,19 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        self.request(method, path, body, false)
+    }
+
+    /// [`Api::call`]; with `splittable`, a refusal for carrying too much at once (`413`,
+    /// `too_many_deliveries`) is not printed with `--json`: the caller sends the same in parts,
+    /// and standard output gets only what they answer.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        splittable: bool,
+    ) -> anyhow::Result<Value> {
         // `--server http://host:7600/v1` means the same server: every path starts with /v1.
         let base = self.conn.server.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
@@ -471,8 +484,14 @@ impl Api {
         if !status.is_success() {
             // With --json, the server's error as it sent it (code, message, field), for
             // scripts; the message goes to standard error and the exit status says it failed.
+            let split = splittable
+                && (status == reqwest::StatusCode::PAYLOAD_TOO_LARGE
+                    || value
+                        .as_ref()
+                        .is_some_and(|v| v["error"]["code"] == "too_many_deliveries"));
             if let Some(error) = value.as_ref().filter(|v| v["error"].is_object())
                 && self.conn.json
+                && !split
             {
                 super::output::print_json(error);
             }
@@ -666,6 +685,12 @@ impl Api {
 
     pub(super) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body))
+    }
+
+    /// A post that may be refused for carrying too much at once, and then sent in parts
+    /// ([`Api::request`]).
+    pub(super) fn post_splittable(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.request(reqwest::Method::POST, path, Some(body), true)
     }
 }
 

@@ -522,7 +522,13 @@ fn send_request(
         } else {
             0
         };
-        match api.post(path, part) {
+        // A part of one event is not split: its refusal is final, and printed as any.
+        let posted = if range.len() > 1 {
+            api.post_splittable(path, part)
+        } else {
+            api.post(path, part)
+        };
+        match posted {
             Ok(answer) => {
                 sent.add(answer, plan.keep_rows);
                 went.events = went.events.max(range.len());
