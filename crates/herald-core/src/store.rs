@@ -405,8 +405,11 @@ pub trait Store: Send + Sync + 'static {
     /// Parks the webhook's due, unleased pending deliveries if it is inactive: the mirror of
     /// [`Store::unpark_active`]. Pausing a webhook parks what it has; an ingest or a deferral
     /// that raced the pause (another node's, say) can leave one due after it, never claimed
-    /// and passed over by every look of the scheduler. Answers how many.
-    async fn park_inactive(&self, webhook: &WebhookId) -> StoreResult<u64>;
+    /// and passed over by every look of the scheduler. Where several nodes share the store, a
+    /// delivery whose lease ran out before `now` is parked too: a node that stopped while it
+    /// held it never gives it back, and [`Store::claim_due`] takes over only an active
+    /// webhook's. Answers how many.
+    async fn park_inactive(&self, webhook: &WebhookId, now: Timestamp) -> StoreResult<u64>;
 
     /// Cancels pending deliveries of webhooks deleted since `since`. Deleting a webhook cancels
     /// what was pending, but an ingest that read the organization just before the deletion can

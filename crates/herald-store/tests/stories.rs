@@ -4634,7 +4634,11 @@ async fn a_delivery_left_due_after_its_webhook_was_paused_is_parked(
     let (_, hook) = org_with_webhook(&store, "acme").await;
     let stranded = deliver(&store, &hook, "evt_1", T0, false).await;
     let leased = deliver(&store, &hook, "evt_2", T0, true).await;
-    assert_eq!(store.park_inactive(&hook.id).await.unwrap(), 0, "active");
+    assert_eq!(
+        store.park_inactive(&hook.id, at(1)).await.unwrap(),
+        0,
+        "active"
+    );
     let paused = Webhook {
         active: false,
         updated_at: at(1),
@@ -4647,21 +4651,38 @@ async fn a_delivery_left_due_after_its_webhook_was_paused_is_parked(
         "parked by the pause"
     );
     backdoor.set_due_at(&stranded, "next_attempt_at").await;
-    assert_eq!(store.park_inactive(&hook.id).await.unwrap(), 1);
-    assert_eq!(store.park_inactive(&hook.id).await.unwrap(), 0);
+    assert_eq!(store.park_inactive(&hook.id, at(2)).await.unwrap(), 1);
+    assert_eq!(store.park_inactive(&hook.id, at(2)).await.unwrap(), 0);
     assert_eq!(backdoor.due_at(&stranded).await, None);
     assert_eq!(
         backdoor.due_at(&leased).await,
         Some(at(LEASE_SECS).as_millis()),
         "leased"
     );
+    // Its lease run out (its node stopped): on a store several nodes share, parked too, as no
+    // node takes over an inactive webhook's delivery; SQLite's one process gives its own back.
+    let lapsed = store
+        .park_inactive(&hook.id, at(LEASE_SECS + 1))
+        .await
+        .unwrap();
+    let parked = backdoor.due_at(&leased).await.is_none();
+    match backdoor {
+        Backdoor::Postgres(_) => assert_eq!((lapsed, parked), (1, true)),
+        Backdoor::Sqlite(_) => assert_eq!((lapsed, parked), (0, false)),
+    }
     let active = Webhook {
         active: true,
         updated_at: at(2),
         ..hook.clone()
     };
     store.update_webhook(&active).await.unwrap();
-    assert_eq!(claim(&store, at(2)).await, vec![stranded]);
+    // Resumed, what was parked goes (the one given back too); what is leased waits.
+    let mut claimed = claim(&store, at(2)).await;
+    let mut expected = vec![stranded];
+    expected.extend(parked.then_some(leased));
+    claimed.sort();
+    expected.sort();
+    assert_eq!(claimed, expected);
 }
 
 /// The embedded store knows when its newest event was received (the last in sequence, not

@@ -58,8 +58,9 @@ pub(super) fn past_schedule(
 const MIN_FAILURES_TO_DISABLE: u32 = 5;
 
 /// When a switched webhook's deliveries are looked at again
-/// ([`Dispatcher::look_again_after_switch`]): once writes racing the switch are over (an
-/// attempt lasts its timeout at most).
+/// ([`Dispatcher::look_again_after_switch`]), each wait after the one before: once writes
+/// racing the switch are over (an attempt lasts its timeout at most). A disabled webhook's are
+/// looked at once more when every lease taken before the switch has ended.
 const LOOK_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
 
 /// Deliveries failed unsent behind an open circuit: one line per 10 s. A backlog ends a chunk
@@ -242,22 +243,25 @@ impl Dispatcher {
     /// attempt's outcome committed with the change, an ingest on a node that had not heard of
     /// it), or left due after it was disabled, by a user or by its endpoint's failures (an
     /// ingest, a deferral by an open circuit; a probe of two nodes under churn found such ones
-    /// after every pause, passed over by every look of the scheduler). Each look does nothing
-    /// once the webhook was switched back.
+    /// after every pause, passed over by every look of the scheduler), or leased by a node
+    /// that stopped before it gave them back (parked once its lease ended, on a shared store).
+    /// Each look does nothing once the webhook was switched back.
     pub fn look_again_after_switch(&self, webhook: &WebhookId, active: bool) {
         let (store, id) = (self.shared.store.clone(), webhook.clone());
+        let clock = self.shared.clock.clone();
         let (did, switched) = if active {
             ("put back on schedule deliveries parked", "enabled")
         } else {
             ("parked deliveries left due", "disabled")
         };
+        let leases_ended = (!active).then_some(self.shared.settings.lease);
         tokio::spawn(async move {
-            for wait in LOOK_AGAIN_AFTER {
+            for wait in LOOK_AGAIN_AFTER.into_iter().chain(leases_ended) {
                 tokio::time::sleep(wait).await;
                 let looked = if active {
                     store.unpark_active(&id).await
                 } else {
-                    store.park_inactive(&id).await
+                    store.park_inactive(&id, clock.now()).await
                 };
                 match looked {
                     Ok(0) => {}

@@ -500,9 +500,9 @@ impl Store for PostgresStore {
         ))
     }
 
-    async fn park_inactive(&self, webhook: &WebhookId) -> StoreResult<u64> {
+    async fn park_inactive(&self, webhook: &WebhookId, now: Timestamp) -> StoreResult<u64> {
         in_tx!(self, BULK_TIMEOUT, |tx| webhooks::park_inactive(
-            &tx, webhook
+            &tx, webhook, now
         ))
     }
 

@@ -158,13 +158,21 @@ pub(crate) async fn unpark_active(c: &impl Conn, id: &WebhookId) -> DbResult<u64
     Ok(unparked)
 }
 
-/// Parks the due, unleased deliveries of the webhook if it is inactive (`Store::park_inactive`);
-/// answers how many.
-pub(crate) async fn park_inactive(c: &impl Conn, id: &WebhookId) -> DbResult<u64> {
+/// Parks the due deliveries of the webhook if it is inactive (`Store::park_inactive`): those
+/// nobody holds, and those whose lease ran out before `now` (their holder stopped: its lease is
+/// cleared, and were it still at work its outcome finds the lease gone, as after a takeover).
+/// Answers how many.
+pub(crate) async fn park_inactive(c: &impl Conn, id: &WebhookId, now: Timestamp) -> DbResult<u64> {
     if !still_switched(c, id, false).await? {
         return Ok(0);
     }
-    park_pending(c, id).await
+    Ok(c.exec(
+        "UPDATE deliveries SET due_at = NULL, lease_until = NULL \
+         WHERE webhook_id = $1 AND state = 'pending' AND due_at IS NOT NULL \
+         AND (lease_until IS NULL OR lease_until < $2)",
+        &[&id.as_str(), &now.as_millis()],
+    )
+    .await?)
 }
 
 /// Whether the webhook exists and is `active` (or not), its row held until commit: a switch

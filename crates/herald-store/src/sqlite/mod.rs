@@ -508,8 +508,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn park_inactive(&self, webhook: &WebhookId) -> StoreResult<u64> {
-        // In steps, each of which parks nothing once the webhook is active again.
+    async fn park_inactive(&self, webhook: &WebhookId, _now: Timestamp) -> StoreResult<u64> {
+        // In steps, each of which parks nothing once the webhook is active again. A lease here
+        // is this process's own (those of a process stopped are given back at the next
+        // start): its holder gives the delivery back parked, whenever its lease ends.
         self.park_pending(webhook).await
     }
 
