@@ -59,8 +59,9 @@ const MIN_FAILURES_TO_DISABLE: u32 = 5;
 
 /// When a switched webhook's deliveries are looked at again
 /// ([`Dispatcher::look_again_after_switch`]), each wait after the one before: once writes
-/// racing the switch are over (an attempt lasts its timeout at most). A disabled webhook's are
-/// looked at once more when every lease taken before the switch has ended.
+/// racing the switch are over (an attempt lasts its timeout at most). On a shared store, a
+/// disabled webhook's are looked at once more when every lease taken before the switch has
+/// ended.
 const LOOK_AGAIN_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(30)];
 
 /// Deliveries failed unsent behind an open circuit: one line per 10 s. A backlog ends a chunk
@@ -254,7 +255,10 @@ impl Dispatcher {
         } else {
             ("parked deliveries left due", "disabled")
         };
-        let leases_ended = (!active).then_some(self.shared.settings.lease);
+        // Only where a node that stopped leaves leases behind: SQLite's one process gives its
+        // own back at its next start, and a look there walks every webhook's backlog.
+        let leases_ended =
+            (!active && self.shared.store.is_shared()).then_some(self.shared.settings.lease);
         tokio::spawn(async move {
             for wait in LOOK_AGAIN_AFTER.into_iter().chain(leases_ended) {
                 tokio::time::sleep(wait).await;
