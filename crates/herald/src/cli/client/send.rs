@@ -410,7 +410,8 @@ fn send_many(
         if batch.is_empty() {
             if first < plan.total {
                 bail!(
-                    "the input changed while it was being sent: {} events were counted, {first}                      found and stored",
+                    "the input changed while it was being sent: {} events were counted, {first} \
+                     found and stored",
                     plan.total
                 );
             }
