@@ -149,13 +149,13 @@ async fn list_deliveries(
         format!("/orgs/{}/webhooks/{}/deliveries?{query}", org.id, w.id)
     });
     let event_types = stored_types(&state, &signed, &org.id).await?;
-    let recover_since = state
-        .clock
-        .now()
-        .plus_secs(-86_400)
-        .to_datetime()
-        .format("%Y-%m-%dT%H:%M")
-        .to_string();
+    // A day ago, unless a refused recover sent back what was typed.
+    let typed: String = q.text("since").chars().take(64).collect();
+    let recover_since = Some(typed).filter(|t| !t.is_empty()).unwrap_or_else(|| {
+        (state.clock.now().plus_secs(-86_400).to_datetime())
+            .format("%Y-%m-%dT%H:%M")
+            .to_string()
+    });
     let page = HistoryPage {
         org_id: org.id.to_string(),
         webhook_id: w.id.to_string(),
@@ -279,6 +279,7 @@ async fn recover_deliveries(
     }
     // Skipped too: those a WebSub channel not verified then kept from being sent.
     let skipped = form.checked("skipped");
+    let recovered_since_refused = since.is_err().then(|| form.text("since"));
     let recovered = match since {
         Ok(since) => deliveries::recover(&state, &signed.scope, &org, &id, since, skipped).await,
         Err(invalid) => Err(invalid.into()),
@@ -313,13 +314,16 @@ async fn recover_deliveries(
         Err(ServiceError::NotFound(_)) => return Err(DashError::not_found()),
         Err(e) => Flash::error(describe(e).1),
     };
-    Ok(signed
-        .flash_then_go(
-            &state,
-            flash,
-            &format!("/orgs/{org}/webhooks/{id}/deliveries"),
-        )
-        .await)
+    // A time refused goes back to its field, as typed, beside the message.
+    let history = format!("/orgs/{org}/webhooks/{id}/deliveries");
+    let back = match recovered_since_refused {
+        Some(typed) => format!(
+            "{history}?{}",
+            serde_urlencoded::to_string([("since", typed.as_str())]).unwrap_or_default()
+        ),
+        None => history,
+    };
+    Ok(signed.flash_then_go(&state, flash, &back).await)
 }
 
 #[derive(Serialize)]

@@ -1305,14 +1305,13 @@ async fn history_filters_recover_and_edit_go_through_the_services() {
     let a = admin
         .post(&recover, &[("csrf", &csrf), ("since", "last week")])
         .await;
-    // Refused before anything is asked (without JavaScript, a page would ask first).
+    // Refused before anything is asked (without JavaScript, a page would ask first), and
+    // what was typed is back in its field.
     assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let body = admin.get(&a.location).await.body;
     assert!(
-        admin
-            .get(&history)
-            .await
-            .body
-            .contains("must be a date and time")
+        body.contains("must be a date and time") && body.contains(r#"value="last week""#),
+        "{body}"
     );
 
     // Edit: a new name, the timeout override cleared, channels instead of types.
