@@ -372,6 +372,10 @@ pub trait Store: Send + Sync + 'static {
     /// if it changed since (Herald disabled it, or another request saved it), so that the
     /// change does not undo that. Its failing streak stays as the store has it (attempts
     /// move it without touching `updated_at`), unless the change switches the webhook on.
+    /// A switch parks (or puts back) its pending deliveries; it is answered as made once the
+    /// webhook is stored, even if moving them failed halfway (SQLite does it in steps after):
+    /// the looks again after every switch ([`Store::park_inactive`], [`Store::unpark_active`])
+    /// finish it.
     async fn save_webhook_change(&self, webhook: &Webhook, read_at: Timestamp) -> StoreResult<()>;
     /// Deletes the webhooks and cancels their pending deliveries; returns the ids it deleted.
     /// With `unchanged_since` (a user's `If-Match`), only a webhook whose `updated_at` is
@@ -385,8 +389,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<WebhookId>>;
 
     /// Disables an active webhook with a reason, changing nothing else of it (Herald does this
-    /// while a user may be editing the webhook), and parks its pending deliveries. Answers
-    /// `false` if it was already inactive or is gone.
+    /// while a user may be editing the webhook), and parks its pending deliveries (as
+    /// [`Store::save_webhook_change`] does: answered once disabled). Answers `false` if it was
+    /// already inactive or is gone.
     async fn disable_webhook(
         &self,
         org: &OrgId,

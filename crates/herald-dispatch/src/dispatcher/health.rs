@@ -291,29 +291,8 @@ impl Dispatcher {
         let disabled = shared
             .store
             .disable_webhook(&webhook.org_id, &webhook.id, &reason, now)
-            .await;
-        // Whatever the answer: SQLite stores the flag, then parks the backlog in steps, and a
-        // step that failed left the webhook disabled all the same. Not forgotten here, the
-        // snapshot would fan events out to it until the organization next changed, and no
-        // attempt would come to disable it again; the looks again finish the parking.
+            .await?;
         shared.directory.invalidate(&webhook.org_id);
-        let disabled = match disabled {
-            Ok(disabled) => disabled,
-            Err(e) => {
-                let stored = shared.store.get_webhook(&webhook.org_id, &webhook.id).await;
-                let ours = stored.is_ok_and(|now| {
-                    !now.active && now.disabled_reason.as_deref() == Some(reason.as_str())
-                });
-                if !ours {
-                    // Whether it was stored is not known: a look does nothing if it was not.
-                    self.look_again_after_switch(&webhook.id, false);
-                    return Err(e);
-                }
-                // Disabled: said and told as any other disabling, and parked by the looks.
-                tracing::warn!(webhook = %webhook.id, org = %webhook.org_id, error = %herald_core::error_chain(&e), "parking a disabled webhook's pending deliveries failed midway; looking again for them shortly");
-                true
-            }
-        };
         self.forget_streak(webhook);
         if !disabled {
             // Already disabled (by a user, or by another attempt), or deleted.

@@ -90,22 +90,22 @@ impl SqliteStore {
         let (store, w, id) = (self.clone(), self.sealed(webhook), webhook.id.clone());
         // Once the flag is written, its deliveries must follow (`to_the_end`).
         to_the_end(async move {
-            match store
+            let walked = match store
                 .write(move |c| webhooks::update(c, &w, read_at))
                 .await?
             {
-                webhooks::ActiveChange::None => {}
-                webhooks::ActiveChange::Paused => {
-                    store.park_pending(&id).await?;
-                }
+                webhooks::ActiveChange::None => return Ok(()),
+                webhooks::ActiveChange::Paused => store.park_pending(&id).await,
                 webhooks::ActiveChange::Resumed => {
+                    let webhook = id.clone();
                     store
                         .in_steps(bulk::Walk::parked(), move |c, walk| {
-                            bulk::unpark(c, &id, walk)
+                            bulk::unpark(c, &webhook, walk)
                         })
-                        .await?;
+                        .await
                 }
-            }
+            };
+            switched_despite(walked, &id);
             Ok(())
         })
         .await
@@ -216,6 +216,18 @@ impl SqliteStore {
             bulk::park(c, &webhook, walk)
         })
         .await
+    }
+}
+
+/// A switch is stored once its flag is: a step of the walk that parks (or puts back) its
+/// backlog failing after it is said, not answered as the switch's failure. Answered so, what
+/// follows a switch was skipped (`webhook.enabled`, a WebSub subscribe, dropping a cached
+/// snapshot that still had it active) and asking again changed nothing, the webhook being
+/// switched already; the looks again that follow every switch
+/// (`Dispatcher::look_again_after_switch`) finish the walk.
+fn switched_despite(walked: StoreResult<u64>, webhook: &WebhookId) {
+    if let Err(e) = walked {
+        tracing::warn!(webhook = %webhook, error = %herald_core::error_chain(&e), "webhook switched, but a step of moving its pending deliveries failed; they are looked for again shortly");
     }
 }
 
@@ -653,7 +665,7 @@ impl Store for SqliteStore {
                 .write(move |c| webhooks::disable(c, &org, &webhook, &reason, now))
                 .await?;
             if disabled {
-                store.park_pending(&id).await?;
+                switched_despite(store.park_pending(&id).await, &id);
             }
             Ok(disabled)
         })

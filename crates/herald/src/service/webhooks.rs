@@ -8,7 +8,7 @@ use herald_core::directory::OrgSnapshot;
 use herald_core::event::NewEvent;
 use herald_core::profile::{ProfileName, SignatureScheme};
 use herald_core::retry::RetrySchedule;
-use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement, StoreError};
+use herald_core::store::{DueDelivery, IngestItem, NewDelivery, Placement};
 use herald_core::subscription::{Mode, Subscription, Verification};
 use herald_core::suggest::{closest, did_you_mean};
 use herald_core::webhook::{
@@ -948,25 +948,9 @@ async fn save(state: &AppState, mut w: Webhook, was_active: bool) -> ServiceResu
     to_the_end(state, move |state| async move {
         let org = w.org_id.clone();
         let written = state.store.save_webhook_change(&w, read_at).await;
-        // Whatever the answer, as `write_then_forget`: a pause whose steps failed after its
-        // flag was written is partly in the store.
+        // Whatever the answer, as `write_then_forget`.
         state.directory.invalidate(&org);
-        if let Err(e) = written {
-            // SQLite stores the switch, then parks (or puts back) the backlog in steps: a step
-            // that failed left the rest as it was and the switch done, so that asking again
-            // would change nothing. The looks again after a switch finish the walk: the
-            // change is answered as made, with all that follows it.
-            let switch = w.active != was_active;
-            let stored = state.store.get_webhook(&org, &w.id).await;
-            if !(switch && stored.is_ok_and(|now| now.updated_at == w.updated_at)) {
-                if switch && !matches!(e, StoreError::Conflict(_)) {
-                    // Whether it was stored is not known: a look does nothing if it was not.
-                    state.dispatcher.look_again_after_switch(&w.id, w.active);
-                }
-                return Err(ServiceError::from_store("webhook")(e));
-            }
-            tracing::warn!(org = %org, webhook = %w.id, error = %herald_core::error_chain(&e), "webhook switched, but its pending deliveries were not all {} yet; looking again for them shortly", if w.active { "put back on schedule" } else { "parked" });
-        }
+        written.map_err(ServiceError::from_store("webhook"))?;
         if w.active {
             // What this node's circuit or the endpoint's wait held back goes now, if the
             // change gives the endpoint a fresh start; deliveries parked while it was disabled
