@@ -320,7 +320,10 @@ pub enum Command {
     /// A file or standard input holds one event, an array of them, or JSON Lines (one event
     /// per line). More events than one request takes (1000, or 1 MiB) go in several requests,
     /// in order, with progress on standard error; if one fails, the message says which events
-    /// were stored and where to go on from.
+    /// were stored and where to go on from. With --json, standard output gets the answers, or
+    /// the server's error with its `field` counted in the whole input (`[1200].type`), the
+    /// event's `line`, and how many events were `stored`, in the request that `failed`, and
+    /// `not_sent`.
     #[command(after_help = "Examples:
   herald send --org acme --type user.created --data '{\"user\": {\"id\": \"u1\"}}' --id evt-1
   herald send --org acme --file events.json        # one event or an array of them

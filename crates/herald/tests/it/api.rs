@@ -1992,6 +1992,38 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         (stored, not_stored),
         (StatusCode::OK, StatusCode::NOT_FOUND)
     );
+    // With --json, standard output holds one document: the server's error with the field
+    // counted in the whole input, the event's line, and what became of the rest.
+    let json_send = ["send", "--org", org.as_str(), "--json"];
+    let input = format!("\n{}", lines.join("\n"));
+    let (ok, out) = herald_cli(&app, &json_send, Some(&input)).await;
+    let printed: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .map_while(Result::ok)
+        .collect();
+    let failure = printed.first().cloned().unwrap_or_default();
+    assert!(!ok && printed.len() == 1, "{out}");
+    assert_eq!(failure["error"]["code"], "unknown_event_type", "{out}");
+    assert_eq!(failure["error"]["field"], "[1200].type", "{out}");
+    assert_eq!(
+        [
+            &failure["line"],
+            &failure["stored"],
+            &failure["failed"],
+            &failure["not_sent"]
+        ],
+        [&json!(1202), &json!(1000), &json!(487), &json!(13)],
+        "{out}"
+    );
+    // All in one request, the server's error is printed as it is.
+    let (ok, out) = herald_cli(&app, &json_send, Some(&lines[1_199..1_202].join("\n"))).await;
+    let printed: serde_json::Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(!ok && printed["error"]["field"] == "[1].type", "{out}");
+    assert!(printed.get("stored").is_none(), "{out}");
     // One request as planned (a thousand events), split in two by the server's 413: the
     // failing half is told with the half stored before it.
     let mut split: Vec<String> = (0..1_000)

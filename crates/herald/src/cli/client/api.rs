@@ -10,11 +10,18 @@ use super::Connection;
 /// be reached, or said it cannot take the request now. `herald` exits 75 (`EX_TEMPFAIL`) on
 /// one, so that a script can tell it from a request to fix.
 #[derive(Debug)]
-pub struct TryLater(String);
+pub struct TryLater {
+    message: String,
+    /// The server's error object, where it answered one.
+    error: Option<Value>,
+}
 
 impl TryLater {
     pub(super) fn said(message: String) -> anyhow::Error {
-        anyhow::Error::new(Self(message))
+        anyhow::Error::new(Self {
+            message,
+            error: None,
+        })
     }
 
     /// Answers that say "not now" rather than "not this".
@@ -25,7 +32,7 @@ impl TryLater {
 
 impl std::fmt::Display for TryLater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -41,6 +48,8 @@ pub(super) struct Refused {
     /// The server's `field`: `[3].data/user/id` in a batch's fourth event.
     pub field: Option<String>,
     message: String,
+    /// The server's error object, where it answered one.
+    error: Option<Value>,
 }
 
 impl std::fmt::Display for Refused {
@@ -50,6 +59,18 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// The error object the server answered with, for a command that prints it with `--json`
+/// itself ([`Api::post_part`]).
+pub(super) fn error_object(e: &anyhow::Error) -> Option<&Value> {
+    e.chain().find_map(|cause| {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            refused.error.as_ref()
+        } else {
+            cause.downcast_ref::<TryLater>()?.error.as_ref()
+        }
+    })
+}
 
 pub(super) fn org_in(path: &str) -> Option<&str> {
     path.strip_prefix("/v1/orgs/")?
@@ -445,15 +466,14 @@ impl Api {
         self.request(method, path, body, false)
     }
 
-    /// [`Api::call`]; with `splittable`, a refusal for carrying too much at once (`413`,
-    /// `too_many_deliveries`) is not printed with `--json`: the caller sends the same in parts,
-    /// and standard output gets only what they answer.
+    /// [`Api::call`]; with `caller_tells`, a refusal is not printed with `--json`: the caller
+    /// prints it ([`error_object`]), or sends the same in parts.
     fn request(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-        splittable: bool,
+        caller_tells: bool,
     ) -> anyhow::Result<Value> {
         // `--server http://host:7600/v1` means the same server: every path starts with /v1.
         let base = self.conn.server.trim_end_matches('/');
@@ -484,14 +504,10 @@ impl Api {
         if !status.is_success() {
             // With --json, the server's error as it sent it (code, message, field), for
             // scripts; the message goes to standard error and the exit status says it failed.
-            let split = splittable
-                && (status == reqwest::StatusCode::PAYLOAD_TOO_LARGE
-                    || value
-                        .as_ref()
-                        .is_some_and(|v| v["error"]["code"] == "too_many_deliveries"));
-            if let Some(error) = value.as_ref().filter(|v| v["error"].is_object())
+            let error = value.as_ref().filter(|v| v["error"].is_object());
+            if let Some(error) = error
                 && self.conn.json
-                && !split
+                && !caller_tells
             {
                 super::output::print_json(error);
             }
@@ -507,6 +523,7 @@ impl Api {
                         .and_then(|v| v["error"]["field"].as_str())
                         .map(str::to_owned),
                     message,
+                    error: error.cloned(),
                 })
             };
             match value.as_ref().and_then(|v| v["error"]["message"].as_str()) {
@@ -518,10 +535,10 @@ impl Api {
                     )));
                 }
                 Some(message) if TryLater::status(status) => {
-                    return Err(TryLater::said(format!(
-                        "{status}: {}",
-                        in_cli_terms(message, org_in(path))
-                    )));
+                    return Err(anyhow::Error::new(TryLater {
+                        message: format!("{status}: {}", in_cli_terms(message, org_in(path))),
+                        error: error.cloned(),
+                    }));
                 }
                 Some(message) => {
                     return Err(refused(format!(
@@ -687,9 +704,9 @@ impl Api {
         self.call(reqwest::Method::POST, path, Some(body))
     }
 
-    /// A post that may be refused for carrying too much at once, and then sent in parts
-    /// ([`Api::request`]).
-    pub(super) fn post_splittable(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// A post of part of a larger input, whose refusal the caller prints with `--json` (with
+    /// what became of the rest), or answers by sending the same in smaller parts.
+    pub(super) fn post_part(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.request(reqwest::Method::POST, path, Some(body), true)
     }
 }

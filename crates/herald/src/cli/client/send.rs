@@ -308,16 +308,19 @@ struct Plan {
     /// Whether the server's answer for each event is kept, to be shown (`--json`, or few
     /// enough for a table).
     keep_rows: bool,
+    /// `--json`: what is sent, or why it stopped, is printed as JSON.
+    json: bool,
 }
 
 impl Plan {
-    /// `shown`: every answer is to be shown (`--json`); else only those few enough to go in
-    /// one request, which are shown as a table should they.
-    fn new(total: usize, all_have_ids: bool, shown: bool) -> Self {
+    /// `json`: every answer is to be shown; else only those few enough to go in one
+    /// request, which are shown as a table should they.
+    fn new(total: usize, all_have_ids: bool, json: bool) -> Self {
         Self {
             total,
             all_have_ids,
-            keep_rows: shown || total <= EVENTS_PER_REQUEST,
+            keep_rows: json || total <= EVENTS_PER_REQUEST,
+            json,
         }
     }
 }
@@ -523,13 +526,7 @@ fn send_request(
         } else {
             0
         };
-        // A part of one event is not split: its refusal is final, and printed as any.
-        let posted = if range.len() > 1 {
-            api.post_splittable(path, part)
-        } else {
-            api.post(path, part)
-        };
-        match posted {
+        match api.post_part(path, part) {
             Ok(answer) => {
                 sent.add(answer, plan.keep_rows);
                 went.events = went.events.max(range.len());
@@ -552,7 +549,11 @@ fn send_request(
                     total: plan.total,
                     all_have_ids: plan.all_have_ids,
                 };
-                return Err(stopped(e, &failed));
+                let e = stopped(e, &failed);
+                if plan.json {
+                    print_json(&failure_json(&e, &failed));
+                }
+                return Err(e);
             }
         }
     }
@@ -596,6 +597,46 @@ struct Failed<'a> {
     all_have_ids: bool,
 }
 
+/// Where in the input the server found fault with a failed request: its `field` (`[3].data`)
+/// names the request's fourth event, so the event counted in the input from 0, and the rest
+/// of the field (`.data`).
+fn at_fault<'a>(e: &'a anyhow::Error, failed: &Failed) -> Option<(usize, &'a str)> {
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<Refused>())?
+        .field
+        .as_deref()?
+        .strip_prefix('[')?
+        .split_once(']')
+        .and_then(|(index, field)| Some((index.parse::<usize>().ok()?, field)))
+        .filter(|&(index, _)| index < failed.range.len())
+        .map(|(index, field)| (failed.range.start + index, field))
+}
+
+/// With `--json`, one document for a failed request (`e`, as [`stopped`] tells it): the
+/// server's error object (or the CLI's, where the server answered none), and when the input
+/// took several requests, its `field` counted in the whole input (`[1041].type`) with the
+/// line of that event, and how many events were stored before the request, were in it, and
+/// were not sent.
+fn failure_json(e: &anyhow::Error, failed: &Failed) -> Value {
+    let mut object = super::api::error_object(e)
+        .cloned()
+        .unwrap_or_else(|| json!({ "error": { "code": "cli", "message": format!("{e:#}") } }));
+    let Failed { range, total, .. } = failed;
+    if range.len() == *total {
+        return object;
+    }
+    if let Some((event, field)) = at_fault(e, failed) {
+        object["error"]["field"] = json!(format!("[{event}]{field}"));
+        if let Some(line) = failed.lines[event - range.start] {
+            object["line"] = json!(line);
+        }
+    }
+    object["stored"] = json!(range.start);
+    object["failed"] = json!(range.len());
+    object["not_sent"] = json!(total - range.end);
+    object
+}
+
 /// A request of many that failed, told with what came before it and how to go on: the
 /// events before it are stored, the ones after it not sent.
 fn stopped(e: anyhow::Error, failed: &Failed) -> anyhow::Error {
@@ -629,15 +670,9 @@ fn stopped(e: anyhow::Error, failed: &Failed) -> anyhow::Error {
         told.push_str("; ");
         told.push_str(&part);
     }
-    // `[3].data/user/id`: the request's fourth event, named as the input counts it.
-    let at_fault = e
-        .downcast_ref::<Refused>()
-        .and_then(|r| r.field.as_deref()?.strip_prefix('[')?.split_once(']'))
-        .and_then(|(index, field)| Some((index.parse::<usize>().ok()?, field)))
-        .filter(|&(index, _)| index < range.len());
-    if let Some((index, field)) = at_fault {
-        told.push_str(&format!("; at fault: event {}", range.start + index + 1));
-        if let Some(line) = lines.get(index).copied().flatten() {
+    if let Some((event, field)) = at_fault(&e, failed) {
+        told.push_str(&format!("; at fault: event {}", event + 1));
+        if let Some(line) = lines.get(event - range.start).copied().flatten() {
             told.push_str(&format!(" (line {line})"));
         }
         let field = field.trim_start_matches('.');
