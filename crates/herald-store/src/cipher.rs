@@ -133,16 +133,18 @@ impl SecretCipher {
         Self::default()
     }
 
+    /// `current` seals and opens; the `old` keys open only (empty ones, as a list's trailing
+    /// comma makes, are passed over).
     pub fn new(current: Option<&str>, old: &[String]) -> Result<Self, CipherError> {
-        let current = current
-            .filter(|k| !k.trim().is_empty())
-            .map(Key::parse)
-            .transpose()
-            .map_err(|e| CipherError::new(format!("HERALD_ENCRYPTION_KEY: {e}")))?;
+        let current = current.map(Key::parse).transpose().map_err(|e| {
+            CipherError::new(format!(
+                "the encryption key (HERALD_ENCRYPTION_KEY, --encryption-key): {e}"
+            ))
+        })?;
         let old: Vec<Key> = old
             .iter()
-            .filter(|k| !k.trim().is_empty())
             .enumerate()
+            .filter(|(_, k)| !k.trim().is_empty())
             .map(|(i, k)| {
                 Key::parse(k).map_err(|e| {
                     CipherError::new(format!(
@@ -621,7 +623,9 @@ mod tests {
             let old: Vec<String> = old.iter().map(|k| (*k).to_owned()).collect();
             SecretCipher::new(Some(current), &old).unwrap_err().message
         };
-        assert!(error("zz", &[]).starts_with("HERALD_ENCRYPTION_KEY: "));
+        assert!(error("zz", &[]).starts_with("the encryption key (HERALD_ENCRYPTION_KEY, "));
         assert!(error(K1, &[K2, "zz"]).starts_with("HERALD_ENCRYPTION_OLD_KEYS, key 2 of 2: "));
+        // Counted as written, empty places too.
+        assert!(error(K1, &["", "", "zz"]).starts_with("HERALD_ENCRYPTION_OLD_KEYS, key 3 of 3: "));
     }
 }

@@ -104,6 +104,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     // Settings first: a mistake in them must not leave a database and an admin token nobody
     // was shown behind.
     let policy = address_policy(&settings)?;
+    cipher_of(&settings.encryption)?;
     let server = &settings.server;
     if server.max_body_bytes_in_flight < server.max_body_bytes {
         anyhow::bail!(

@@ -231,7 +231,7 @@ pub fn redact_password(url: &str) -> String {
 pub struct EncryptionSettings {
     /// Encrypt webhook secrets at rest with this key: 32 random bytes as 64 hex characters or
     /// base64 (`openssl rand -hex 32`). Secrets stored before are encrypted on start, or by `herald migrate`.
-    #[arg(long, env = "HERALD_ENCRYPTION_KEY", hide_env_values = true)]
+    #[arg(long, env = "HERALD_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_encryption_key)]
     pub encryption_key: Option<String>,
     /// Previous encryption keys, comma-separated, still accepted to read secrets during a key
     /// rotation; secrets are re-encrypted with the current key on start, or by `herald migrate`.
@@ -407,6 +407,15 @@ fn parse_proxy(raw: &str) -> Result<ipnet::IpNet, String> {
 fn parse_metrics_token(raw: &str) -> Result<String, String> {
     if raw.trim().is_empty() {
         return Err("HERALD_METRICS_TOKEN is empty; set a long random string, or unset it to leave /metrics open".into());
+    }
+    Ok(raw.to_owned())
+}
+
+/// `HERALD_ENCRYPTION_KEY`: empty is most likely a variable its secret store left blank, and
+/// taken for no key it would store webhook secrets unencrypted without a word.
+fn parse_encryption_key(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("the encryption key is empty; give 32 random bytes as 64 hex characters (`openssl rand -hex 32`), or unset HERALD_ENCRYPTION_KEY to store webhook secrets unencrypted".into());
     }
     Ok(raw.to_owned())
 }
@@ -638,7 +647,7 @@ mod tests {
     }
 
     #[test]
-    fn the_listen_address_and_metrics_token_say_what_they_take() {
+    fn the_listen_address_metrics_token_and_encryption_key_say_what_they_take() {
         assert_eq!(
             parse_listen("0.0.0.0:7600"),
             Ok("0.0.0.0:7600".parse().unwrap())
@@ -646,6 +655,11 @@ mod tests {
         let e = parse_listen("localhost:7600").unwrap_err();
         assert!(e.contains("not an IP address and port") && e.contains("127.0.0.1:7600"));
         assert!(parse_metrics_token(" ").unwrap_err().contains("is empty"));
+        assert!(
+            parse_encryption_key("")
+                .unwrap_err()
+                .contains("unset HERALD_ENCRYPTION_KEY")
+        );
         assert_eq!(parse_metrics_token("t0ken").as_deref(), Ok("t0ken"));
     }
 

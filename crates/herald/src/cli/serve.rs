@@ -240,6 +240,17 @@ async fn answer_hangups() {
 pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
     init_logging(&settings.logging)?;
     runtime()?.block_on(async move {
+        // A mistyped data directory is not made: `serve` makes a new one.
+        let data_dir = &settings.storage.data_dir;
+        if settings.storage.database_url.is_none() && !data_dir.exists() {
+            anyhow::bail!(
+                "there is no data directory {}: `herald migrate` upgrades an existing database; \
+                 check --data-dir (HERALD_DATA_DIR). (`herald serve` makes a new one, migrated.)",
+                data_dir.display()
+            );
+        }
+        // The keys before anything is written.
+        app::cipher_of(&settings.encryption)?;
         let _lock = app::lock_database(&settings.storage).await?;
         let (_, created) =
             app::open_store_saying_if_new(&settings.storage, &settings.encryption, true).await?;

@@ -496,6 +496,36 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
         stderr.contains("came from the environment variable HERALD_DATABASE_POOL_SIZE"),
         "{stderr}"
     );
+    // Nor is an empty encryption key taken for none (secrets stored unencrypted without a
+    // word); a key refused at start leaves no data directory behind.
+    let fresh = dir.path().join("fresh");
+    let fresh_arg = fresh.to_str().unwrap();
+    let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_ENCRYPTION_KEY", "")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the encryption key is empty") && stderr.contains("HERALD_ENCRYPTION_KEY"),
+        "{stderr}"
+    );
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    serve
+        .args(["serve", "--data-dir", fresh_arg, "--listen", "127.0.0.1:0"])
+        .env("HERALD_ENCRYPTION_KEY", "short");
+    let out = serve.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("the encryption key (HERALD_ENCRYPTION_KEY, "),
+        "{stderr}"
+    );
+    assert!(!fresh.exists(), "{stderr}");
+    // `migrate` upgrades a data directory that exists; a mistyped one is not made.
+    let out = herald_migrate(&["--data-dir", fresh_arg], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("there is no data directory"),
+        "{stderr}"
+    );
+    assert!(!fresh.exists(), "{stderr}");
     // An empty database URL (a template that rendered nothing) is not taken for PostgreSQL.
     let out = herald_migrate(&["--data-dir", data_arg], &[("HERALD_DATABASE_URL", "")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
