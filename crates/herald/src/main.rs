@@ -14,6 +14,9 @@ fn main() -> std::process::ExitCode {
             // EX_TEMPFAIL: the same command may go through later (`herald --help` says so).
             if e.chain().any(|c| c.is::<herald::cli::TryLater>()) {
                 std::process::ExitCode::from(75)
+            } else if e.chain().any(|c| c.is::<herald::cli::CommandLineRefused>()) {
+                // As for a flag clap refuses: the command line is to be mended.
+                std::process::ExitCode::from(2)
             } else {
                 std::process::ExitCode::FAILURE
             }

@@ -22,7 +22,7 @@ macro_rules! note {
 mod backup;
 mod bench;
 mod client;
-pub use client::TryLater;
+pub use client::{CommandLineRefused, TryLater};
 mod copy;
 mod listen;
 mod serve;
@@ -46,7 +46,7 @@ use crate::config::{MigrateSettings, Settings};
     after_help = "Exit status: 0 when done; 75 when the server could not be reached, or answered \
                   that it cannot take the request now (408, 429, 502, 503, 504): send it again \
                   later (events with the same ids); 2 when the command line itself is refused (an \
-                  unknown flag, a value it cannot take); 1 for anything else (the message says \
+                  unknown flag, a value it cannot take, a --yes left out); 1 for anything else (the message says \
                   what to fix)."
 )]
 pub struct Cli {

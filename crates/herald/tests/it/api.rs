@@ -2976,6 +2976,65 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         assert!(message.starts_with(expected), "{error}");
         assert!(String::from_utf8_lossy(&refused.stderr).contains(expected));
     }
+    // What the command itself refuses of its command line exits 2 as well (`herald --help`),
+    // and a header mistyped is not echoed (it may hold a credential); a mistyped organization
+    // is said before `--yes` is asked for.
+    for (args, expected) in [
+        (
+            &[
+                "send",
+                "--org",
+                &org,
+                "--type",
+                "user.created",
+                "--data",
+                "nope",
+            ][..],
+            "--data must be a JSON object",
+        ),
+        (&["orgs", "delete", &org][..], "run `herald orgs delete"),
+        (
+            &["orgs", "purge", &org, "--before", "2026-01-01T00:00:00Z"][..],
+            "run `herald orgs purge",
+        ),
+        (&["orgs", "update", &org][..], "nothing to change"),
+        (
+            &["webhooks", "delete", "--org", &org, "crm"][..],
+            "run `herald webhooks delete",
+        ),
+        (
+            &[
+                "webhooks",
+                "update",
+                "--org",
+                &org,
+                "crm",
+                "--header",
+                "Authorization Bearer sk-secret-1",
+            ][..],
+            "--header number 1 is not a header",
+        ),
+        (&["orgs", "get", &org, "--token", " "][..], "is empty"),
+    ] {
+        let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("HERALD_SERVER", &app.base)
+            .env("HERALD_TOKEN", ADMIN_TOKEN)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected) && !stderr.contains("sk-secret"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (ok, out) = herald_cli(&app, &["orgs", "delete", "no-such-org"], None).await;
+    assert!(
+        !ok && out.contains("no organization has the handle 'no-such-org'"),
+        "{out}"
+    );
     let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["orgs", "get", "--help", "--json"])
         .output()

@@ -38,6 +38,26 @@ impl std::fmt::Display for TryLater {
 
 impl std::error::Error for TryLater {}
 
+/// A command line the command refuses once clap has taken it: a value it cannot use (`--data`
+/// that is not JSON, an empty `--token`), a flag it needs (`--yes`). `herald` exits 2 on one,
+/// as on a flag clap refuses (`herald --help` says so).
+#[derive(Debug)]
+pub struct CommandLineRefused(String);
+
+impl CommandLineRefused {
+    pub(super) fn said(message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Self(message.into()))
+    }
+}
+
+impl std::fmt::Display for CommandLineRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CommandLineRefused {}
+
 /// An answer refusing the request for what it asks (not [`TryLater`]'s "not now"): its status
 /// and the field at fault, for a command that acts on them, and the message as the CLI says it.
 #[derive(Debug)]
@@ -254,11 +274,15 @@ pub(super) fn api_path(segments: &[&str]) -> anyhow::Result<String> {
     let mut path = String::new();
     for segment in segments {
         if segment.is_empty() {
-            bail!("an empty id or name was given; ids look like org_…, wh_… or dlv_…");
+            return Err(CommandLineRefused::said(
+                "an empty id or name was given; ids look like org_…, wh_… or dlv_…",
+            ));
         }
         if matches!(*segment, "." | "..") {
             // A URL path resolves them: `…/event-types/..` would name another route.
-            bail!("'{segment}' is not an id or name the API can take in a URL path");
+            return Err(CommandLineRefused::said(format!(
+                "'{segment}' is not an id or name the API can take in a URL path"
+            )));
         }
         path.push('/');
         path.push_str(&encode(segment));
@@ -304,11 +328,13 @@ fn token_to_use(
     };
     match given {
         Some(t) if !t.trim().is_empty() => return usable(t, "--token or HERALD_TOKEN".into()),
-        Some(_) => bail!(
-            "--token (or HERALD_TOKEN) is empty; give the admin token or an organization API \
-             key (hk_…), or leave both out to use HERALD_ADMIN_TOKEN or the admin token kept in \
-             the data directory"
-        ),
+        Some(_) => {
+            return Err(CommandLineRefused::said(
+                "--token (or HERALD_TOKEN) is empty; give the admin token or an organization API \
+                 key (hk_…), or leave both out to use HERALD_ADMIN_TOKEN or the admin token kept \
+                 in the data directory",
+            ));
+        }
         None => {}
     }
     if let Some(t) = admin.filter(|t| !t.trim().is_empty()) {

@@ -1,6 +1,6 @@
 //! The client commands' arguments, as clap reads them, and the parsers of their values.
 
-use anyhow::bail;
+use super::api::CommandLineRefused;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -329,8 +329,10 @@ pub struct WebhookOptions {
     /// A header sent with every request, as `Name: value` (repeatable; to `update`, those given
     /// replace all the webhook's headers). A value given here stays in the shell's history: for a credential, read
     /// it from a variable (`--header "Authorization: $TOKEN"`).
-    #[arg(long = "header", value_parser = parse_header)]
-    headers: Vec<(String, String)>,
+    /// (Read as given, and taken apart in `add_to`: clap would print a value it refuses,
+    /// credential and all.)
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// WebSub verification of intent per channel before events go: websub or none (the
     /// profile's default when absent: websub for asgardeo).
     #[arg(long, value_parser = ["websub", "none"])]
@@ -362,10 +364,19 @@ impl WebhookOptions {
         }
         if !self.headers.is_empty() {
             let mut headers = serde_json::Map::new();
-            for (name, value) in self.headers {
+            for (i, raw) in self.headers.iter().enumerate() {
+                let (name, value) = parse_header(raw).map_err(|()| {
+                    CommandLineRefused::said(format!(
+                        "--header number {} is not a header (no ':' after its name); write it \
+                         as 'Name: value' (its text is not shown: it may hold a credential)",
+                        i + 1
+                    ))
+                })?;
                 // Names are not case-sensitive; a second value would silently replace the first.
                 if headers.keys().any(|n| n.eq_ignore_ascii_case(&name)) {
-                    bail!("--header {name} is given twice; give each header once");
+                    return Err(CommandLineRefused::said(format!(
+                        "--header {name} is given twice; give each header once"
+                    )));
                 }
                 headers.insert(name, json!(value));
             }
@@ -414,14 +425,12 @@ pub(super) fn parse_seconds(raw: &str) -> Result<u64, String> {
 }
 
 /// `--header 'Name: value'`.
-pub(super) fn parse_header(raw: &str) -> Result<(String, String), String> {
+fn parse_header(raw: &str) -> Result<(String, String), ()> {
     match raw.split_once(':') {
         Some((name, value)) if !name.trim().is_empty() => {
             Ok((name.trim().to_owned(), value.trim().to_owned()))
         }
-        _ => Err(format!(
-            "'{raw}' is not a header; write it as 'Name: value'"
-        )),
+        _ => Err(()),
     }
 }
 

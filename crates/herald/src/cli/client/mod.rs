@@ -55,7 +55,7 @@ mod output;
 mod send;
 mod webhooks;
 
-pub use api::TryLater;
+pub use api::{CommandLineRefused, TryLater};
 pub use args::{
     DeliveriesCommand, EventsCommand, KeysCommand, OrgsCommand, SendArgs, WebhooksCommand,
 };

@@ -1,6 +1,5 @@
 //! `herald orgs`.
 
-use anyhow::bail;
 use serde_json::json;
 
 use super::Connection;
@@ -60,7 +59,9 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
                 body["catalogs"] = json!(catalogs);
             }
             if body.as_object().is_some_and(serde_json::Map::is_empty) {
-                bail!("nothing to change; give --name, --handle, --catalog or --no-catalogs");
+                return Err(CommandLineRefused::said(
+                    "nothing to change; give --name, --handle, --catalog or --no-catalogs",
+                ));
             }
             let path = api_path(&["v1", "orgs", &api.org_id(&id)?])?;
             show(
@@ -74,13 +75,14 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             before,
             yes,
         } => {
+            // Looked up first: a mistyped organization is said, not asked about.
+            let id = api.org_id(&given)?;
             if !yes {
-                bail!(
+                return Err(CommandLineRefused::said(format!(
                     "purging deletes {given}'s finished history before {before} for good; run \
                      `herald orgs purge {given} --before {before} --yes` to go ahead"
-                );
+                )));
             }
-            let id = api.org_id(&given)?;
             let answer = api.post(
                 &api_path(&["v1", "orgs", &id, "purge"])?,
                 json!({ "before": before }),
@@ -98,13 +100,13 @@ pub fn orgs(conn: Connection, cmd: OrgsCommand) -> anyhow::Result<()> {
             }
         }
         OrgsCommand::Delete { id: given, yes } => {
+            let id = api.org_id(&given)?;
             if !yes {
-                bail!(
+                return Err(CommandLineRefused::said(format!(
                     "deleting {given} deletes its webhooks, event types, API keys, events and \
                      delivery history for good; run `herald orgs delete {given} --yes` to go ahead"
-                );
+                )));
             }
-            let id = api.org_id(&given)?;
             api.call(
                 reqwest::Method::DELETE,
                 &api_path(&["v1", "orgs", &id])?,

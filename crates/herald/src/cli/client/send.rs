@@ -50,7 +50,11 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
         Some(t) => {
             // clap makes --type require --data: data the user left out is not made up here.
             let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or_default())
-                .context("--data must be a JSON object, e.g. '{\"user\": {\"id\": \"u1\"}}'")?;
+                .map_err(|e| {
+                    CommandLineRefused::said(format!(
+                        "--data must be a JSON object, e.g. '{{\"user\": {{\"id\": \"u1\"}}}}': {e}"
+                    ))
+                })?;
             let mut event = json!({ "type": t, "data": data });
             for (field, value) in [
                 ("id", &args.id),

@@ -303,10 +303,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
             for setting in reset {
                 let field = setting.field();
                 if body.get(field).is_some() {
-                    bail!(
+                    return Err(CommandLineRefused::said(format!(
                         "--reset {} and a new value for it were both given; give one",
                         field.replace('_', "-")
-                    );
+                    )));
                 }
                 body[field] = setting.cleared();
             }
@@ -401,12 +401,12 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 };
                 // Said of whatever is pending, which is not looked up: the same for a webhook
                 // with a backlog as for one with nothing left to send.
-                bail!(
+                return Err(CommandLineRefused::said(format!(
                     "deleting {given} cancels whatever deliveries are still pending, for good \
                      (the history stays readable); run `herald webhooks delete --org {org} \
                      {given} --yes` to go ahead, or {disable} to stop deliveries and keep what \
                      is pending waiting"
-                );
+                )));
             }
             if let [id] = ids.as_slice() {
                 api.call(
