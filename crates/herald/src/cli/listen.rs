@@ -26,6 +26,12 @@ pub struct ListenArgs {
     /// whose signature does not verify with it is answered 401, as a receiver would.
     #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<String>,
+    /// The one signature scheme to take (with --secret): standard, optare, hub or opal, as
+    /// the webhook signs. Without it, whichever signature header a request carries is checked,
+    /// so a signature made for one scheme and shown as another's is taken (past the first's
+    /// timestamp check): a receiver checks its own scheme only.
+    #[arg(long, value_parser = SCHEMES, requires = "secret")]
+    pub scheme: Option<String>,
     /// The status to answer deliveries with (those whose signature verifies, given --secret):
     /// 200 to 599.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
@@ -37,6 +43,10 @@ pub struct ListenArgs {
     #[arg(long)]
     pub refuse_verification: bool,
 }
+
+/// The schemes `--scheme` names, each with the header that carries its signature, in the
+/// order a request is looked at without it.
+const SCHEMES: [&str; 4] = ["standard", "opal", "optare", "hub"];
 
 /// `--secret`: one Herald could have given (a `whsec_` key, or 16 to 256 visible characters),
 /// so that a mistake (an empty variable, a cut-off paste) stops here rather than answering
@@ -82,8 +92,10 @@ pub fn listen(args: ListenArgs) -> anyhow::Result<()> {
             out!("Listening on http://{addr}/ (answering {status}); point a webhook here. Ctrl-C stops.");
             if args.secret.is_none() {
                 out!("No --secret given: signatures are shown, not checked.");
+            } else if let Some(scheme) = &args.scheme {
+                out!("Checking {scheme} signatures with --secret: a request that does not verify is answered 401.");
             } else {
-                out!("Checking signatures with --secret: a request that does not verify is answered 401.");
+                out!("Checking signatures with --secret: a request that does not verify is answered 401 (--scheme takes only the webhook's).");
             }
             let app = Router::new().fallback(receive).with_state(Listener { args });
             let listener = listener.tap_io(|tcp| {
@@ -140,7 +152,12 @@ async fn receive(
             herald_core::shown_safely(&String::from_utf8_lossy(&body))
         ),
     }
-    let (verdict, verified) = check_signature(&headers, &body, l.args.secret.as_deref());
+    let (verdict, verified) = check_signature(
+        &headers,
+        &body,
+        l.args.secret.as_deref(),
+        l.args.scheme.as_deref(),
+    );
     out!("signature: {verdict}");
     if crate::cli::stdout_gone() {
         // Nobody reads what it prints any more (`herald listen | head`): it ends, as before a
@@ -189,23 +206,55 @@ fn websub_challenge(l: &Listener, uri: &Uri) -> Option<Response> {
 
 /// Names the scheme the request carries and whether its signature holds; answers false only
 /// when a secret was given and the request is not signed with it.
-fn check_signature(headers: &HeaderMap, body: &[u8], secret: Option<&str>) -> (String, bool) {
+fn check_signature(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: Option<&str>,
+    scheme: Option<&str>,
+) -> (String, bool) {
     let Some(secret) = secret else {
         return ("not checked (no --secret)".into(), true);
     };
-    match signature_with(headers, body, secret) {
+    match signature_with(headers, body, secret, scheme) {
         (scheme, Ok(())) => (format!("{scheme}: verified"), true),
         (scheme, Err(e)) => (format!("{scheme}: NOT VERIFIED ({e})"), false),
     }
 }
 
-/// The scheme of the request's signature header, and whether it holds with `secret`.
+/// The header that carries a scheme's signature.
+fn signature_header(scheme: &str) -> &'static str {
+    match scheme {
+        "standard" => standard::HEADER_SIGNATURE,
+        "opal" => "x-opal-signature",
+        "optare" => "x-optare-signature",
+        _ => "x-hub-signature",
+    }
+}
+
+/// The scheme of the request's signature header (`only` that one, when given), and whether it
+/// holds with `secret`.
 fn signature_with(
     headers: &HeaderMap,
     body: &[u8],
     secret: &str,
+    only: Option<&str>,
 ) -> (&'static str, Result<(), String>) {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(only) = only
+        && header(signature_header(only)).is_none()
+    {
+        let carried = SCHEMES
+            .into_iter()
+            .find(|s| header(signature_header(s)).is_some());
+        let why = match carried {
+            Some(other) => format!("signed as {other}, and --scheme takes {only} only"),
+            None => format!("the request carries no {} header", signature_header(only)),
+        };
+        return ("no signature of --scheme", Err(why));
+    }
+    let header = |name: &str| {
+        header(name).filter(|_| only.is_none_or(|only| signature_header(only) == name))
+    };
     let verdict = |scheme: &'static str, result: Result<(), VerifyError>| {
         (scheme, result.map_err(|e| e.to_string()))
     };
@@ -328,6 +377,33 @@ mod tests {
              \"s\": \"a,\\\"{b}:\\u001b\",\n  \"e\": {},\n  \"l\": [],\n  \"n\": [\n    1,\n    [\n      2\n    \
              ]\n  ]\n}"
         );
+    }
+
+    /// An Opal signature too old to take, shown as Optare's over the string Opal signed: the
+    /// same key makes both, so only `--scheme` tells them apart.
+    #[test]
+    fn a_signature_shown_as_another_schemes_is_refused_with_scheme() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let (body, stale) = (br#"{"events":[]}"#, 1_000_000);
+        let signature = opal::sign(secret, stale, body);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-opal-signature", signature.parse().unwrap());
+        headers.insert("x-opal-request-timestamp", stale.into());
+        let as_sent = |scheme| signature_with(&headers, body, secret, scheme).1;
+        assert!(as_sent(None).unwrap_err().contains("tolerance"));
+        let mut shown_as_optare = HeaderMap::new();
+        shown_as_optare.insert("x-optare-signature", signature.parse().unwrap());
+        let signed = format!("v0:{stale}:{}", String::from_utf8_lossy(body));
+        let check = |scheme| signature_with(&shown_as_optare, signed.as_bytes(), secret, scheme);
+        assert_eq!(check(None), ("optare", Ok(())));
+        let (_, refused) = check(Some("opal"));
+        assert_eq!(
+            refused.unwrap_err(),
+            "signed as optare, and --scheme takes opal only"
+        );
+        assert_eq!(check(Some("optare")), ("optare", Ok(())));
+        let (_, unsigned) = signature_with(&HeaderMap::new(), body, secret, Some("hub"));
+        assert!(unsigned.unwrap_err().contains("no x-hub-signature header"));
     }
 
     #[test]
