@@ -124,7 +124,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         data_dir::kept_admin_token(&data_dir.join("admin-token"))?;
     }
     if settings.storage.database_url.is_some() {
-        data_dir::make_data_dir(&data_dir, "the admin token it generates")?;
+        data_dir::make_data_dir(&data_dir, &data_dir::TOKEN_DIR)?;
     } else {
         data_dir::refuse_if_copied(&data_dir)?;
     }
@@ -281,7 +281,7 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
         return Ok(None);
     }
     let data_dir = storage.data_dir.clone();
-    data_dir::make_data_dir(&data_dir, data_dir::HOLDS_THE_DATABASE)?;
+    data_dir::make_data_dir(&data_dir, &data_dir::DATA_DIR)?;
     let db_path = data_dir.join("herald.db");
     let lock = tokio::task::spawn_blocking(move || DatabaseLock::acquire(&db_path))
         .await?
@@ -291,9 +291,9 @@ pub async fn lock_database(storage: &StorageSettings) -> anyhow::Result<Option<D
 
 /// Advice for PostgreSQL's most common refusals at start, which name the problem but not the
 /// remedy; empty for the others.
-fn what_to_do_about(said: &str) -> &'static str {
+pub(crate) fn what_to_do_about(said: &str) -> &'static str {
     if said.contains("database \"") && said.ends_with("does not exist") {
-        "; create it first (`createdb NAME`, or CREATE DATABASE), then start again"
+        "; create it first (`createdb NAME`, or CREATE DATABASE), then run this again"
     } else if said.contains("Connection refused") {
         "; is PostgreSQL running there, and listening on that address and port?"
     } else if said.contains("password authentication failed") {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 
 /// A yes-or-no setting, from a flag's value or its variable, with a message that says what is
@@ -86,11 +87,11 @@ pub struct ServerSettings {
     /// How long a request body may take to arrive once admitted, in milliseconds, plus one
     /// second per 64 KiB it declares (or of the largest body, when it declares no length). A
     /// slower one gets `408` and gives its room back.
-    #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=3_600_000).map(u64::from))]
     pub body_timeout_ms: u64,
     /// How long a client has to send a request's headers, in milliseconds; an idle keep-alive
     /// connection is closed after as long (clients should keep their idle timeout below it).
-    #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u32).range(1..=3_600_000).map(u64::from))]
     pub header_timeout_ms: u64,
     /// Apply pending database migrations on start (`false`: only check that the schema is
     /// current, and leave migrating to `herald migrate`). PostgreSQL only: the embedded
@@ -284,25 +285,25 @@ pub struct DeliverySettings {
     /// Disable a webhook whose every attempt has failed for this many hours (1 to 87,600), five
     /// attempts at least (a 410 Gone disables it at once). The organization gets a
     /// `webhook.disabled` event.
-    #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    #[arg(long, env = "HERALD_DISABLE_AFTER_HOURS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=87_600).map(u64::from))]
     pub disable_after_hours: u64,
     /// Keep events and their finished deliveries and attempts this many days (0: forever).
     /// Pending deliveries are always kept. Also the window in which event ids are idempotent.
-    #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=36_500).map(u64::from))]
     pub retention_days: u64,
     /// How long a node holds the deliveries it took before another node may take them over: a
     /// node that dies leaves its deliveries to the others after this. What waits in the node's
     /// queue has its lease renewed while half of it is left, and a delivery whose lease is too
     /// short for the webhook's timeout when its attempt starts is leased anew then. No attempt runs past the end of its lease, so keep it above your longest webhook
     /// timeout (at most 60 s) plus a few seconds.
-    #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..=86_400))]
+    #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(5..=86_400).map(u64::from))]
     pub lease_seconds: u64,
     /// How long a stopping node (SIGTERM, Ctrl-C) waits for the requests it has in flight to be
     /// answered and recorded. Those still out then are cut off, recorded as `interrupted`, and
     /// sent again without spending a retry. Raise it toward your longest webhook timeout where
     /// whatever stops Herald waits that long, some 12 s under it: recording and giving back
     /// what was cut off may take up to 11 s more (Kubernetes gives 30 s by default).
-    #[arg(long, env = "HERALD_STOP_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    #[arg(long, env = "HERALD_STOP_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=600).map(u64::from))]
     pub stop_grace_seconds: u64,
     /// The most requests this node has in flight at once to one webhook (each node has its own).
     /// Each webhook starts at 16 (or this, if lower), takes one more after each round of answers
@@ -324,7 +325,7 @@ pub struct DeliverySettings {
     /// The most deliveries this node holds in memory, queued or in flight, across all webhooks
     /// (with at most 64 MiB of their events); past it new ones wait in the store and are taken
     /// up as room frees.
-    #[arg(long, env = "HERALD_MAX_DELIVERIES_IN_MEMORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    #[arg(long, env = "HERALD_MAX_DELIVERIES_IN_MEMORY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000).map(u64::from))]
     pub max_deliveries_in_memory: u64,
 }
 

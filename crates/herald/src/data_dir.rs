@@ -10,21 +10,65 @@ use rand::RngCore;
 use crate::app::AdminTokenSource;
 use crate::config::Settings;
 
-/// What the embedded database's data directory holds, as the warning about its permissions
-/// says it.
-pub(crate) const HOLDS_THE_DATABASE: &str = "webhook secrets and events";
+/// A directory Herald makes, as its messages name it.
+pub(crate) struct Dir {
+    /// "the data directory".
+    pub name: &'static str,
+    /// The flag (and variable) that gives it.
+    pub given_by: &'static str,
+    /// What it holds, as the warning about its permissions says it.
+    pub holds: &'static str,
+}
 
-/// Creates the data directory, readable by this user only: it holds the database (webhook
+/// The embedded database's data directory.
+pub(crate) const DATA_DIR: Dir = Dir {
+    name: "the data directory",
+    given_by: "--data-dir (or HERALD_DATA_DIR)",
+    holds: "webhook secrets and events",
+};
+
+/// The data directory of a node on PostgreSQL, which keeps only the admin token it generates.
+pub(crate) const TOKEN_DIR: Dir = Dir {
+    holds: "the admin token it generates",
+    ..DATA_DIR
+};
+
+/// Where `herald backup` writes.
+pub(crate) const BACKUP_DIR: Dir = Dir {
+    name: "the backup directory",
+    given_by: "--to",
+    ..DATA_DIR
+};
+
+/// What to do about a directory this user may not write in: most often one made by root
+/// before Herald ran as a user of its own.
+pub(crate) fn permission_hint(e: &std::io::Error, dir: &Path) -> String {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "; Herald's user may not write in {}: make it that user's (`chown -R`) or give \
+             another",
+            dir.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// Creates `dir`, readable by this user only: a data directory holds the database (webhook
 /// secrets, unless `--encryption-key` seals them, and every event) and the admin token, or on
-/// PostgreSQL the admin token alone (`holds` says what, for the warning). One that already
-/// exists is left as its owner set it, with a warning if users outside its owner and group may
-/// reach into it.
+/// PostgreSQL the admin token alone. One that already exists is left as its owner set it, with
+/// a warning if users outside its owner and group may reach into it.
 #[cfg(unix)]
-pub(crate) fn make_data_dir(dir: &std::path::Path, holds: &str) -> anyhow::Result<()> {
+pub(crate) fn make_data_dir(dir: &std::path::Path, kind: &Dir) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Dir {
+        name,
+        given_by,
+        holds,
+    } = kind;
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
-            "{} is a file, not a directory; give a directory with --data-dir (or HERALD_DATA_DIR)",
+            "{} is a file, not a directory; give a directory with {given_by}",
             dir.display()
         );
     }
@@ -32,17 +76,21 @@ pub(crate) fn make_data_dir(dir: &std::path::Path, holds: &str) -> anyhow::Resul
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("could not create the data directory {}", dir.display()))?;
+        .map_err(|e| {
+            let hint = permission_hint(&e, dir);
+            anyhow::Error::new(e)
+                .context(format!("could not create {name} {}{hint}", dir.display()))
+        })?;
     let mode = std::fs::metadata(dir)
-        .with_context(|| format!("could not read the data directory {}", dir.display()))?
+        .with_context(|| format!("could not read {name} {}", dir.display()))?
         .permissions()
         .mode();
     if mode & 0o007 != 0 {
         tracing::warn!(
             data_dir = %dir.display(),
             mode = format!("{:o}", mode & 0o777),
-            "other users of this machine can reach into the data directory, which holds {holds}; \
-             make it private with `chmod 700 {}`",
+            "other users of this machine can reach into {name}, which holds {holds}; make it \
+             private with `chmod 700 {}`",
             dir.display()
         );
     }
@@ -50,9 +98,9 @@ pub(crate) fn make_data_dir(dir: &std::path::Path, holds: &str) -> anyhow::Resul
 }
 
 #[cfg(not(unix))]
-pub(crate) fn make_data_dir(dir: &std::path::Path, _holds: &str) -> anyhow::Result<()> {
+pub(crate) fn make_data_dir(dir: &std::path::Path, kind: &Dir) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
-        .with_context(|| format!("could not create the data directory {}", dir.display()))
+        .with_context(|| format!("could not create {} {}", kind.name, dir.display()))
 }
 
 /// The file `herald copy` leaves in a data directory it copied to PostgreSQL: `serve` will not
@@ -183,6 +231,28 @@ mod tests {
         let mut settings = Settings::for_data_dir(dir.to_path_buf());
         settings.security.admin_token = Some(token.into());
         admin_token(&settings, dir)
+    }
+
+    /// A directory refused (root's, say) says whose it must be; a backup's is named as one,
+    /// with its own flag.
+    #[test]
+    fn a_directory_that_cannot_be_made_says_what_to_do() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let hint = permission_hint(&denied, Path::new("/var/lib/herald"));
+        assert!(hint.contains("may not write in /var/lib/herald") && hint.contains("chown"));
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(permission_hint(&missing, Path::new("/x")), "");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let e = make_data_dir(file.path(), &BACKUP_DIR).unwrap_err();
+        assert!(
+            format!("{e}").ends_with("give a directory with --to"),
+            "{e}"
+        );
+        let e = make_data_dir(&file.path().join("below"), &BACKUP_DIR).unwrap_err();
+        assert!(
+            format!("{e}").starts_with("could not create the backup directory"),
+            "{e}"
+        );
     }
 
     #[test]

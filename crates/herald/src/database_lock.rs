@@ -40,7 +40,14 @@ impl DatabaseLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("could not open the lock file {}", path.display()))?;
+            .map_err(|e| {
+                let dir = path.parent().unwrap_or(&path);
+                let hint = crate::data_dir::permission_hint(&e, dir);
+                anyhow::Error::new(e).context(format!(
+                    "could not open the lock file {}{hint}",
+                    path.display()
+                ))
+            })?;
         let deadline = Instant::now() + WAIT;
         loop {
             match file.try_lock() {

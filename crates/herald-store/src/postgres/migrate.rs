@@ -358,12 +358,18 @@ impl Drop for MigrationLock {
 /// Says so at start when the server's autovacuum is off: every delivery is written several
 /// times (created, leased, attempted, finished), each write leaving a dead row behind, and
 /// without vacuuming the tables grow without bound (a 35-minute soak on such a server left
-/// three dead rows of `deliveries` for each live one).
+/// three dead rows of `deliveries` for each live one). Once a process: `herald copy` opens the
+/// database twice.
 async fn warn_if_autovacuum_is_off(client: &tokio_postgres::Client) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let Ok(row) = client.query_one("SHOW autovacuum", &[]).await else {
         return;
     };
-    if row.get::<_, String>(0) == "off" {
+    if row.get::<_, String>(0) == "off" && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
         tracing::warn!(
             "PostgreSQL's autovacuum is off: Herald's tables will keep every dead row and grow, and without the statistics it also gathers (ANALYZE) the scheduler's reads slow down within minutes of steady load; turn it on (autovacuum = on in postgresql.conf) or run VACUUM ANALYZE every few minutes"
         );

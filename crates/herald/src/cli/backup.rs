@@ -49,7 +49,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             args.to.display()
         );
     }
-    crate::data_dir::make_data_dir(&args.to, crate::data_dir::HOLDS_THE_DATABASE)?;
+    crate::data_dir::make_data_dir(&args.to, &crate::data_dir::BACKUP_DIR)?;
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     // What is not yet moved into the file is in its write-ahead log beside it.
     let wal = size_of(&args.storage.data_dir.join("herald.db-wal"));

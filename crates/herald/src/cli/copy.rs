@@ -72,10 +72,10 @@ async fn run(args: CopyArgs) -> anyhow::Result<()> {
         SecretCipher::none(),
     )
     .map_err(|e| anyhow::anyhow!("--to: {}", herald_core::error_chain(&e)))?;
-    target
-        .migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("database {shown}: {}", herald_core::error_chain(&e)))?;
+    target.migrate().await.map_err(|e| {
+        let said = herald_core::error_chain(&e);
+        anyhow::anyhow!("database {shown}: {said}{}", app::what_to_do_about(&said))
+    })?;
 
     note!("Copying {} to {shown} ...", source.display());
     let started = Instant::now();

@@ -1030,6 +1030,23 @@ async fn herald_copy_moves_a_stopped_server_to_postgresql() {
     );
 
     server.child.kill().await.unwrap();
+    // A database not created yet is said so, with what to do, and nothing is marked copied.
+    let nowhere = format!(
+        "{}/herald_never_created",
+        db.url.rsplit_once('/').unwrap().0
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["copy", "--to", &nowhere])
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_ENCRYPTION_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("does not exist; create it first"),
+        "{stderr}"
+    );
     let copied = copy().await.unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&copied.stdout),

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use rand::RngCore;
 
@@ -64,14 +65,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
     /// Seconds `latency` runs.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3_600).map(u64::from))]
     pub duration: u64,
     /// Deliveries to pile up in `backlog`.
     #[arg(long, default_value_t = 1_000_000, value_parser = count::<1, 100_000_000>)]
     pub backlog: u64,
     /// Seconds `backlog` watches the server's memory after the drain (the server gives memory
     /// back every 60 s); 0 to skip.
-    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u32).range(0..=3_600).map(u64::from))]
     pub after_drain_secs: u64,
     /// Bytes of padding added to every event's data (each is about 110 bytes without), to see
     /// how Herald does with events the size of yours. Requests carry fewer events if needed to
