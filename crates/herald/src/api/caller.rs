@@ -91,12 +91,19 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Says who sent a token that is not valid: a producer still using a deleted key, or someone
-/// guessing. At most one line per 10 s, with how many were refused meanwhile. Of the token
-/// only an API key's prefix (`hk_` and six characters, as the key list shows it, which cannot
-/// be used) is logged.
+/// guessing. At most one line per 10 s, with how many were refused meanwhile (those refused
+/// after a line are said once the 10 s are over, should no refusal come after them). Of the
+/// token only an API key's prefix (`hk_` and six characters, as the key list shows it, which
+/// cannot be used) is logged.
 fn log_refused_token(parts: &Parts, token: &str) {
     static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
-    let Some(held_back) = REFUSED.admit() else {
+    let said_later = |refused: u64| {
+        tracing::warn!(
+            refused,
+            "refused more bearer tokens that are neither the admin token nor a current API key in the last 10 s"
+        );
+    };
+    let Some(held_back) = REFUSED.admit_or_later(1, said_later) else {
         return;
     };
     let (client, forwarded_for) = crate::http_server::client_of(&parts.extensions, &parts.headers);

@@ -227,7 +227,13 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
         Ok(_) => {
             // One line per 10 s at most: a script guessing tokens would otherwise fill the log.
             static REFUSED: Throttle = Throttle::new(std::time::Duration::from_secs(10));
-            if let Some(held_back) = REFUSED.admit() {
+            let said_later = |refused: u64| {
+                tracing::warn!(
+                    refused,
+                    "dashboard sign-ins refused in the last 10 s: the token was not valid"
+                );
+            };
+            if let Some(held_back) = REFUSED.admit_or_later(1, said_later) {
                 tracing::warn!(
                     client,
                     forwarded_for,
