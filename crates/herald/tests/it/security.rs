@@ -616,18 +616,8 @@ async fn the_data_directory_is_private_to_heralds_user() {
 
     // One Herald creates is readable by its user alone.
     let fresh = dir.path().join("new/data");
-    let out = herald_migrate(&["--data-dir", fresh.to_str().unwrap()], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Said to be new, not passed off as an existing database brought up to date.
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.contains("There was no database in") && said.contains("created a new one"),
-        "{said}"
-    );
+    let mut server = crate::crash::Server::start_with(&fresh, &[]).await;
+    server.child.kill().await.unwrap();
     let again = herald_migrate(&["--data-dir", fresh.to_str().unwrap()], &[]);
     let said = String::from_utf8_lossy(&again.stdout);
     assert!(
@@ -651,6 +641,13 @@ async fn the_data_directory_is_private_to_heralds_user() {
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = herald_migrate(&["--data-dir", shared.to_str().unwrap()], &[]);
     assert!(out.status.success());
+    // A database made there is said to be new, not passed off as an existing one brought up
+    // to date.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("There was no database in") && said.contains("created a new one"),
+        "{said}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("other users of this machine can reach into the data directory")
