@@ -72,25 +72,27 @@ pub struct ServerSettings {
     #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
     /// The largest request body accepted, in bytes (at least 1024).
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=(1 << 30)))]
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(i64).range(1024..=(1 << 30)).map(|n| n as usize))]
     pub max_body_bytes: usize,
     /// The most bytes of request bodies this node holds at once (each request counts its
     /// `Content-Length`, or the largest body if it sends none). Past it, requests wait for room
     /// and then get `503 overloaded`, instead of growing the process without bound. One
     /// organization holds at most a quarter of it (or the largest body, if that is more).
     /// At least `max-body-bytes`.
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=(1 << 40)))]
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(i64).range(1024..=(1 << 40)).map(|n| n as usize))]
     pub max_body_bytes_in_flight: usize,
-    /// How long a request waits for room under that limit before its `503`, in milliseconds.
-    #[arg(long, env = "HERALD_ADMISSION_WAIT_MS", default_value_t = 5_000)]
+    /// How long a request waits for room under that limit before its `503`, in milliseconds
+    /// (at most an hour).
+    #[arg(long, env = "HERALD_ADMISSION_WAIT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=3_600_000).map(u64::from))]
     pub admission_wait_ms: u64,
-    /// How long a request body may take to arrive once admitted, in milliseconds, plus one
-    /// second per 64 KiB it declares (or of the largest body, when it declares no length). A
-    /// slower one gets `408` and gives its room back.
+    /// How long a request body may take to arrive once admitted, in milliseconds (100 to an
+    /// hour), plus one second per 64 KiB it declares (or of the largest body, when it declares
+    /// no length). A slower one gets `408` and gives its room back.
     #[arg(long, env = "HERALD_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=3_600_000).map(u64::from))]
     pub body_timeout_ms: u64,
-    /// How long a client has to send a request's headers, in milliseconds; an idle keep-alive
-    /// connection is closed after as long (clients should keep their idle timeout below it).
+    /// How long a client has to send a request's headers, in milliseconds (at most an hour); an
+    /// idle keep-alive connection is closed after as long (clients should keep their idle
+    /// timeout below it).
     #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u32).range(1..=3_600_000).map(u64::from))]
     pub header_timeout_ms: u64,
     /// Apply pending database migrations on start (`false`: only check that the schema is

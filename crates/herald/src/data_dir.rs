@@ -41,17 +41,17 @@ pub(crate) const BACKUP_DIR: Dir = Dir {
 };
 
 /// What to do about a directory this user may not write in: most often one made by root
-/// before Herald ran as a user of its own.
+/// before Herald ran as a user of its own. Named is the nearest that exists: `dir`, or the
+/// parent it could not be made in.
 pub(crate) fn permission_hint(e: &std::io::Error, dir: &Path) -> String {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        format!(
-            "; Herald's user may not write in {}: make it that user's (`chown -R`) or give \
-             another",
-            dir.display()
-        )
-    } else {
-        String::new()
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
     }
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+    format!(
+        "; Herald's user may not write in {}: make it that user's (`chown`) or give another",
+        existing.display()
+    )
 }
 
 /// Creates `dir`, readable by this user only: a data directory holds the database (webhook
@@ -238,8 +238,13 @@ mod tests {
     #[test]
     fn a_directory_that_cannot_be_made_says_what_to_do() {
         let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        let hint = permission_hint(&denied, Path::new("/var/lib/herald"));
-        assert!(hint.contains("may not write in /var/lib/herald") && hint.contains("chown"));
+        let dir = tempfile::tempdir().unwrap();
+        let hint = permission_hint(&denied, dir.path());
+        let named = format!("may not write in {}:", dir.path().display());
+        assert!(hint.contains(&named) && hint.contains("chown"), "{hint}");
+        // Not made yet: the parent it is to be made in is named.
+        let hint = permission_hint(&denied, Path::new("/etc/herald-never-made/data"));
+        assert!(hint.contains("may not write in /etc:"), "{hint}");
         let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert_eq!(permission_hint(&missing, Path::new("/x")), "");
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -26,10 +26,10 @@ pub struct ListenArgs {
     /// whose signature does not verify with it is answered 401, as a receiver would.
     #[arg(long, env = "HERALD_LISTEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<String>,
-    /// The one signature scheme to take (with --secret): standard, optare, hub or opal, as
-    /// the webhook signs. Without it, whichever signature header a request carries is checked,
-    /// so a signature made for one scheme and shown as another's is taken (past the first's
-    /// timestamp check): a receiver checks its own scheme only.
+    /// Check only this signature scheme (with --secret): standard, optare, hub or opal, the
+    /// one the webhook signs with. Without it, any scheme's header is checked; as the same
+    /// secret signs them all, a request signed for one scheme can be resent as another's and
+    /// pass, where a receiver that checks its own scheme only would refuse it.
     #[arg(long, value_parser = SCHEMES, requires = "secret")]
     pub scheme: Option<String>,
     /// The status to answer deliveries with (those whose signature verifies, given --secret):
@@ -44,7 +44,7 @@ pub struct ListenArgs {
     pub refuse_verification: bool,
 }
 
-/// The schemes `--scheme` names, each with the header that carries its signature, in the
+/// The schemes `--scheme` names ([`signature_header`] carries each one's signature), in the
 /// order a request is looked at without it.
 const SCHEMES: [&str; 4] = ["standard", "opal", "optare", "hub"];
 
@@ -252,8 +252,13 @@ fn signature_with(
         };
         return ("no signature of --scheme", Err(why));
     }
+    // With `only`, the other schemes' signatures are not looked at (their timestamps and ids
+    // are left alone: no scheme but the one signing reads them).
     let header = |name: &str| {
-        header(name).filter(|_| only.is_none_or(|only| signature_header(only) == name))
+        let another_signature = only.is_some_and(|only| {
+            name != signature_header(only) && SCHEMES.iter().any(|s| signature_header(s) == name)
+        });
+        header(name).filter(|_| !another_signature)
     };
     let verdict = |scheme: &'static str, result: Result<(), VerifyError>| {
         (scheme, result.map_err(|e| e.to_string()))
@@ -404,6 +409,55 @@ mod tests {
         assert_eq!(check(Some("optare")), ("optare", Ok(())));
         let (_, unsigned) = signature_with(&HeaderMap::new(), body, secret, Some("hub"));
         assert!(unsigned.unwrap_err().contains("no x-hub-signature header"));
+    }
+
+    /// Each scheme's own requests verify with `--scheme` naming it: the headers beside the
+    /// signature (its id, its timestamp) are read as without it.
+    #[test]
+    fn every_schemes_own_requests_verify_with_scheme() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"type":"user.created"}"#;
+        let now = chrono::Utc::now().timestamp();
+        let key = standard::SigningKey::for_secret(secret).unwrap();
+        let signed: [(&str, Vec<(&str, String)>); 4] = [
+            (
+                "standard",
+                vec![
+                    (standard::HEADER_ID, "msg_1".into()),
+                    (standard::HEADER_TIMESTAMP, now.to_string()),
+                    (
+                        standard::HEADER_SIGNATURE,
+                        standard::signature_header(&[&key], "msg_1", now, body),
+                    ),
+                ],
+            ),
+            (
+                "opal",
+                vec![
+                    ("x-opal-request-timestamp", now.to_string()),
+                    ("x-opal-signature", opal::sign(secret, now, body)),
+                ],
+            ),
+            (
+                "optare",
+                vec![("x-optare-signature", hex::sign(secret, body))],
+            ),
+            ("hub", vec![("x-hub-signature", hub::sign(secret, body))]),
+        ];
+        for (scheme, sent) in signed {
+            let mut headers = HeaderMap::new();
+            for (name, value) in sent {
+                headers.insert(name, value.parse().unwrap());
+            }
+            for only in [None, Some(scheme)] {
+                let (named, verified) = signature_with(&headers, body, secret, only);
+                assert_eq!(
+                    verified,
+                    Ok(()),
+                    "{scheme} ({named}) with --scheme {only:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -501,6 +501,18 @@ mod tests {
             err.to_string().contains("'-1' for '--retention-days"),
             "{err}"
         );
+        // Every number setting says its range, alike (not "invalid digit").
+        for (flag, range) in [
+            ("--retention-days", "0..=36500"),
+            ("--stop-grace-seconds", "0..=600"),
+            ("--header-timeout-ms", "1..=3600000"),
+            ("--max-body-bytes", "1024..=1073741824"),
+            ("--max-body-bytes-in-flight", "1024..=1099511627776"),
+            ("--admission-wait-ms", "0..=3600000"),
+        ] {
+            let err = parse(&["serve", flag, "-1"]).err().unwrap().to_string();
+            assert!(err.contains(&format!("-1 is not in {range}")), "{err}");
+        }
     }
 
     #[test]

@@ -81,11 +81,8 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         // operator reading the log sees how this node is set up.
         let private_networks = settings.security.allow_private_networks.join(",");
         let insecure_urls = settings.security.allow_insecure_urls;
-        let encrypted = settings
-            .encryption
-            .encryption_key
-            .as_deref()
-            .is_some_and(|k| !k.trim().is_empty());
+        // (An empty key is refused with the command line.)
+        let encrypted = settings.encryption.encryption_key.is_some();
         let secrets_at_rest = if encrypted {
             "encrypted"
         } else if settings.encryption.encryption_old_keys.iter().any(|k| !k.trim().is_empty()) {

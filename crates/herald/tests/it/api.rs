@@ -2015,6 +2015,28 @@ async fn herald_send_splits_many_events_into_requests_and_says_where_one_failed(
         [&json!(1202), &json!(1000), &json!(487), &json!(13)],
         "{out}"
     );
+    // So it is for events without ids, whose failure is told without "try again later".
+    let no_ids: Vec<String> = (0..1_500)
+        .map(|i| match i {
+            1_200 => r#"{"type":"user.createdd","data":{}}"#.to_owned(),
+            _ => format!(r#"{{"type":"user.created","data":{{"user":{{"id":"n{i}"}}}}}}"#),
+        })
+        .collect();
+    let (ok, out) = herald_cli(&app, &json_send, Some(&format!("\n{}", no_ids.join("\n")))).await;
+    let failure: serde_json::Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let counted = ["stored", "failed", "not_sent"].map(|k| failure[k].as_u64().unwrap_or(0));
+    assert!(
+        !ok && failure["error"]["code"] == "unknown_event_type"
+            && failure["error"]["field"] == "[1200].type"
+            && failure["line"] == 1202
+            && counted[0] > 0
+            && counted.iter().sum::<u64>() == 1_500,
+        "{out}"
+    );
     // All in one request, the server's error is printed as it is.
     let (ok, out) = herald_cli(&app, &json_send, Some(&lines[1_199..1_202].join("\n"))).await;
     let printed: serde_json::Value = serde_json::Deserializer::from_str(&out)
@@ -3001,6 +3023,10 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
         (
             &["webhooks", "delete", "--org", &org, "crm"][..],
             "run `herald webhooks delete",
+        ),
+        (
+            &["webhooks", "update", "--org", &org, "crm"][..],
+            "nothing to change",
         ),
         (
             &[

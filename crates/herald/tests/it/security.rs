@@ -504,14 +504,23 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("the encryption key is empty") && stderr.contains("HERALD_ENCRYPTION_KEY"),
+        stderr.contains("the encryption key is empty")
+            && stderr.contains("came from the environment variable HERALD_ENCRYPTION_KEY"),
         "{stderr}"
     );
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    serve
+    // (Bounded: a server that took the key would run until killed.)
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--data-dir", fresh_arg, "--listen", "127.0.0.1:0"])
-        .env("HERALD_ENCRYPTION_KEY", "short");
-    let out = serve.output().unwrap();
+        .env("HERALD_ENCRYPTION_KEY", "short")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let out = serve.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("the encryption key (HERALD_ENCRYPTION_KEY, "),

@@ -52,10 +52,10 @@ pub struct BenchArgs {
     #[arg(long, value_parser = count::<1, 100_000_000>)]
     pub events: Option<u64>,
     /// Producers, each with one request in flight (so at most this many connections).
-    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(1..=10_000).map(|n| n as usize))]
     pub connections: usize,
     /// Events per request in `batch` (at most 1,000).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000).map(|n| n as usize))]
     pub batch_size: usize,
     /// The most requests in flight at once to one webhook, for the servers the bench starts
     /// (Herald's HERALD_ENDPOINT_CONCURRENCY; its default is 64, each webhook starting at 16).
@@ -105,11 +105,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Threads of the receiver's own runtime; 0 runs it on the load generator's runtime.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(0..=64).map(|n| n as usize))]
     pub receiver_threads: usize,
     /// Run each scenario this many times and report the median run, since figures on a small
     /// shared machine vary by ±10–15% from run to run (backlog and restart run once).
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=100).map(|n| n as usize))]
     pub repeat: usize,
 }
 

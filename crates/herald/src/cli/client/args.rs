@@ -329,8 +329,8 @@ pub struct WebhookOptions {
     /// A header sent with every request, as `Name: value` (repeatable; to `update`, those given
     /// replace all the webhook's headers). A value given here stays in the shell's history: for a credential, read
     /// it from a variable (`--header "Authorization: $TOKEN"`).
-    /// (Read as given, and taken apart in `add_to`: clap would print a value it refuses,
-    /// credential and all.)
+    // Read as given, and taken apart in `add_to`: clap would print a value it refuses,
+    // credential and all.
     #[arg(long = "header")]
     headers: Vec<String>,
     /// WebSub verification of intent per channel before events go: websub or none (the

@@ -553,9 +553,15 @@ fn send_request(
                     total: plan.total,
                     all_have_ids: plan.all_have_ids,
                 };
+                // What the server answered, read before `stopped` tells it in words (which,
+                // for events without ids, keeps only the words).
+                let answered = plan.json.then(|| {
+                    let fault = at_fault(&e, &failed).map(|(event, field)| (event, field.into()));
+                    (super::api::error_object(&e).cloned(), fault)
+                });
                 let e = stopped(e, &failed);
-                if plan.json {
-                    print_json(&failure_json(&e, &failed));
+                if let Some((object, fault)) = answered {
+                    print_json(&failure_json(object, fault, &e, &failed));
                 }
                 return Err(e);
             }
@@ -616,20 +622,24 @@ fn at_fault<'a>(e: &'a anyhow::Error, failed: &Failed) -> Option<(usize, &'a str
         .map(|(index, field)| (failed.range.start + index, field))
 }
 
-/// With `--json`, one document for a failed request (`e`, as [`stopped`] tells it): the
-/// server's error object (or the CLI's, where the server answered none), and when the input
-/// took several requests, its `field` counted in the whole input (`[1041].type`) with the
-/// line of that event, and how many events were stored before the request, were in it, and
-/// were not sent.
-fn failure_json(e: &anyhow::Error, failed: &Failed) -> Value {
-    let mut object = super::api::error_object(e)
-        .cloned()
-        .unwrap_or_else(|| json!({ "error": { "code": "cli", "message": format!("{e:#}") } }));
+/// With `--json`, one document for a failed request: the server's error `object` (or the
+/// CLI's, saying what [`stopped`] `told`, where the server answered none), and when the input
+/// took several requests, its `field` counted in the whole input (`[1041].type`: the event at
+/// `fault`) with the line of that event, and how many events were stored before the request,
+/// were in it, and were not sent.
+fn failure_json(
+    object: Option<Value>,
+    fault: Option<(usize, String)>,
+    told: &anyhow::Error,
+    failed: &Failed,
+) -> Value {
+    let mut object = object
+        .unwrap_or_else(|| json!({ "error": { "code": "cli", "message": format!("{told:#}") } }));
     let Failed { range, total, .. } = failed;
     if range.len() == *total {
         return object;
     }
-    if let Some((event, field)) = at_fault(e, failed) {
+    if let Some((event, field)) = fault {
         object["error"]["field"] = json!(format!("[{event}]{field}"));
         if let Some(line) = failed.lines[event - range.start] {
             object["line"] = json!(line);

@@ -311,9 +311,10 @@ pub fn webhooks(conn: Connection, mut cmd: WebhooksCommand) -> anyhow::Result<()
                 body[field] = setting.cleared();
             }
             if body.as_object().is_some_and(serde_json::Map::is_empty) {
-                bail!(
-                    "nothing to change; give at least one of the fields in `herald webhooks update --help`"
-                );
+                return Err(CommandLineRefused::said(
+                    "nothing to change; give at least one of the fields in `herald webhooks \
+                     update --help`",
+                ));
             }
             let path = api_path(&["v1", "orgs", &org, "webhooks", &id])?;
             let updated = api.call(reqwest::Method::PATCH, &path, Some(body))?;
