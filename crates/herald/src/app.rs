@@ -123,9 +123,7 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     if settings.security.admin_token.is_none() {
         data_dir::kept_admin_token(&data_dir.join("admin-token"))?;
     }
-    if settings.storage.database_url.is_some() {
-        data_dir::make_data_dir(&data_dir, &data_dir::TOKEN_DIR)?;
-    } else {
+    if settings.storage.database_url.is_none() {
         data_dir::refuse_if_copied(&data_dir)?;
     }
     let store = open_store(
@@ -140,7 +138,11 @@ pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         crate::service::clock_watch::tell_offset(offset);
     }
     crate::service::clock_watch::tell_if_behind_the_stored(&*store, &*clock).await;
-    // Once the database is there: a start that fails writes no token nobody was shown.
+    // Once the database is there: a start that fails writes no token nobody was shown, nor
+    // (on PostgreSQL, whose nodes keep only a token they generate there) a directory.
+    if settings.storage.database_url.is_some() && settings.security.admin_token.is_none() {
+        data_dir::make_data_dir(&data_dir, &data_dir::TOKEN_DIR)?;
+    }
     let (admin_token, admin_token_source) = data_dir::admin_token(&settings, &data_dir)?;
     if let Some(token) = &settings.security.metrics_token
         && token.trim().len() < MIN_ADMIN_TOKEN_LEN

@@ -366,6 +366,23 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
 }
 
 /// Runs `herald migrate` with these arguments and environment, Herald's own variables cleared.
+/// `herald serve` on `data_dir` with `setting`, which is to stop it at start; bounded: one that
+/// took it would run until killed.
+fn serve_refused(data_dir: &str, setting: (&str, &str)) -> std::process::Output {
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--data-dir", data_dir, "--listen", "127.0.0.1:0"])
+        .env(setting.0, setting.1)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    serve.wait_with_output().unwrap()
+}
+
 fn herald_migrate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
     command.arg("migrate").args(args);
@@ -508,22 +525,23 @@ fn settings_that_cannot_be_what_was_meant_are_named() {
             && stderr.contains("came from the environment variable HERALD_ENCRYPTION_KEY"),
         "{stderr}"
     );
-    // (Bounded: a server that took the key would run until killed.)
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--data-dir", fresh_arg, "--listen", "127.0.0.1:0"])
-        .env("HERALD_ENCRYPTION_KEY", "short")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = serve.kill();
-    let out = serve.wait_with_output().unwrap();
+    let out = serve_refused(fresh_arg, ("HERALD_ENCRYPTION_KEY", "short"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("the encryption key (HERALD_ENCRYPTION_KEY, "),
+        "{stderr}"
+    );
+    assert!(!fresh.exists(), "{stderr}");
+    // Nor does a PostgreSQL that cannot be reached (where a node keeps only a token it
+    // generates in the data directory).
+    let unreachable = (
+        "HERALD_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:1/herald",
+    );
+    let out = serve_refused(fresh_arg, unreachable);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is PostgreSQL running there"),
         "{stderr}"
     );
     assert!(!fresh.exists(), "{stderr}");
