@@ -1358,6 +1358,116 @@ async fn a_probes_answer_moves_every_delivery_of_a_backlog(store: Arc<dyn Store>
     assert_eq!(claim_many(&store, at(5)).await, ids);
 }
 
+/// A purge racing a recovery (and resends) keeps each event whole: purged with all its
+/// deliveries and attempts, or kept with all of them. On PostgreSQL a purge chose its events
+/// in one statement and deleted their finished deliveries in others, and an event recovered in
+/// between was kept with its recovered delivery alone (a probe).
+async fn a_purge_racing_a_recovery_keeps_each_event_whole(store: Arc<dyn Store>) {
+    const EVENTS: usize = 200;
+    for round in 0..6 {
+        let (org, failing) = org_with_webhook(&store, &format!("acme-{round}")).await;
+        let healthy = webhook(&org.id);
+        store.create_webhook(&healthy).await.unwrap();
+        let pairs: Vec<(DeliveryId, DeliveryId)> = (0..EVENTS)
+            .map(|_| (DeliveryId::generate(), DeliveryId::generate()))
+            .collect();
+        let items: Vec<IngestItem> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (to_failing, to_healthy))| {
+                let event = event(&org.id, &format!("evt_{i}"), "user.created", T0);
+                placed_item(
+                    event,
+                    &[(to_failing, &failing.id), (to_healthy, &healthy.id)],
+                    Placement::Leased,
+                )
+            })
+            .collect();
+        store
+            .insert_events(&org.id, &items, T0, at(LEASE_SECS))
+            .await
+            .unwrap();
+        let records: Vec<AttemptRecord> = pairs
+            .iter()
+            .flat_map(|(to_failing, to_healthy)| {
+                let failed = (to_failing, server_error(), NextStep::Failed);
+                let ok = AttemptOutcome::succeeded(200, 5, String::new());
+                [failed, (to_healthy, ok, NextStep::Succeeded)]
+            })
+            .map(|(d, outcome, next)| AttemptRecord {
+                org_id: org.id.clone(),
+                attempt: attempt(AttemptId::generate(), d, 1, T0, &outcome),
+                next,
+                lease_until: None,
+            })
+            .collect();
+        store.record_attempts(&records).await.unwrap();
+
+        // Alternate rounds purge one organization's history and every one's (the retention
+        // task's walk); a few resends race too.
+        let org_only = (round % 2 == 0).then(|| org.id.clone());
+        let purge = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let (mut purged, mut from) = (0, None);
+                loop {
+                    let (count, next) = store
+                        .purge_before(org_only.as_ref(), at(100), 50, from)
+                        .await
+                        .unwrap();
+                    purged += count.events;
+                    match next {
+                        Some(next) => from = Some(next),
+                        None => return purged,
+                    }
+                }
+            }
+        });
+        let resends = tokio::spawn({
+            let (store, org, ids) = (store.clone(), org.id.clone(), pairs.clone());
+            async move {
+                for (_, to_healthy) in ids.iter().rev().take(20) {
+                    let _ = store
+                        .resend_delivery(&org, to_healthy, at(200), at(200 + LEASE_SECS))
+                        .await;
+                }
+            }
+        });
+        store
+            .recover_failed(&org.id, &failing.id, T0, at(200), false)
+            .await
+            .unwrap();
+        purge.await.unwrap();
+        resends.await.unwrap();
+
+        for (i, (to_failing, to_healthy)) in pairs.iter().enumerate() {
+            let id = format!("evt_{i}");
+            match store.event_deliveries(&org.id, &id, 10).await {
+                Ok((_, deliveries)) => {
+                    let mut kept: Vec<&DeliveryId> = deliveries.iter().map(|d| &d.id).collect();
+                    kept.sort();
+                    let mut both = vec![to_failing, to_healthy];
+                    both.sort();
+                    assert_eq!(kept, both, "round {round}: {id} kept without all it had");
+                    for d in [to_failing, to_healthy] {
+                        let (delivery, attempts) = store.get_delivery(&org.id, d).await.unwrap();
+                        assert!(
+                            attempts.len() as u32 >= delivery.attempt_count.min(1),
+                            "round {round}: {id}'s {d} kept without its attempts"
+                        );
+                    }
+                }
+                Err(StoreError::NotFound) => {
+                    for d in [to_failing, to_healthy] {
+                        assert_not_found(store.get_delivery(&org.id, d).await);
+                    }
+                }
+                Err(other) => panic!("round {round}: {other}"),
+            }
+        }
+    }
+}
+
 async fn recovering_reaches_every_failed_delivery_of_a_long_history(store: Arc<dyn Store>) {
     let (org, hook) = org_with_webhook(&store, "acme").await;
     // Every other delivery failed: more than one read of the webhook's history (5,000 a step).
@@ -4060,6 +4170,7 @@ macro_rules! stories {
             a_probes_answer_moves_every_delivery_of_a_backlog,
             pausing_resuming_and_deleting_reach_every_delivery_of_a_backlog,
             recovering_reaches_every_failed_delivery_of_a_long_history,
+            a_purge_racing_a_recovery_keeps_each_event_whole,
             spilled_deliveries_stay_spilled_over_a_restart_and_are_found_again,
             spilled_deliveries_come_due_as_a_fallback_unless_put_off_again,
             the_earliest_due_delivery_names_its_webhook,
