@@ -170,10 +170,10 @@ pub async fn retry_waiting(
     let w = super::webhooks::get(state, scope, org, webhook).await?;
     if !w.active {
         return Err(ServiceError::Conflict(format!(
-            "the webhook is inactive: its deliveries wait, parked, until it is activated (their \
-             retry delays then count from the activation); activate it (POST \
-             /v1/orgs/{org}/webhooks/{webhook}/activate), then retry what waits to send them at \
-             once"
+            "the webhook is inactive: its deliveries wait, parked, until it is activated (then \
+             each goes at its next attempt time, at once if that has passed); activate it (POST \
+             /v1/orgs/{org}/webhooks/{webhook}/activate), then retry what waits to send the rest \
+             at once"
         )));
     }
     // One time for the whole call: the probe's resend comes after it, so what the probe
