@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::admission::{Admitted, BodyBudget, TenantRoom};
 use super::error::ApiError;
-use super::json_errors::parse_json;
+use super::json_errors::{invalid_json, not_utf8, parse_json};
 use crate::app::AppState;
 use crate::service::Scope;
 
@@ -106,6 +106,10 @@ async fn read_json<T: DeserializeOwned>(
     }
     // Every such body is an object; serde would also take an array of its fields in order.
     if *first != b'{' {
+        // UTF-16 with its byte-order mark, say: named as such.
+        if let Some(encoding) = not_utf8(&bytes) {
+            return Err(invalid_json(encoding));
+        }
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",

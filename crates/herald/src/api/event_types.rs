@@ -14,7 +14,7 @@ use herald_core::catalog::Catalog;
 use herald_core::event_type::CustomEventType;
 
 use super::ApiResult;
-use super::body::JsonBody;
+use super::body::{JsonBody, NoBody};
 use super::caller::Caller;
 use super::extract::{PathParams, WholeList};
 use super::openapi::OrgPath;
@@ -131,6 +131,7 @@ async fn unregister_type(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<TypePath>,
+    _: NoBody,
 ) -> ApiResult<StatusCode> {
     event_types::unregister(&state, &scope, &org_id(&path.org)?, &path.name).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -80,7 +80,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
 /// What is wrong with a body that is not UTF-8, which JSON between systems is (RFC 8259):
 /// UTF-16 (a byte-order mark, or the zero bytes of ASCII in it), or a byte of another
 /// single-byte encoding (Latin-1's `é` is `0xE9`), named where it is.
-fn not_utf8(bytes: &[u8]) -> Option<String> {
+pub(super) fn not_utf8(bytes: &[u8]) -> Option<String> {
     // UTF-16 text of ASCII characters is valid UTF-8 with a zero byte in every pair, which
     // JSON never holds raw: told before the UTF-8 check, which would pass it.
     let utf16 = bytes.starts_with(&[0xFF, 0xFE])

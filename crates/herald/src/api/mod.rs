@@ -99,14 +99,16 @@ async fn not_found(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
+    // Under /v1 already, the path is what is wrong, not its prefix.
+    let message = if request.uri().path().starts_with("/v1/") {
+        "no such route; the API's routes are listed at GET /openapi.json and in docs/api.md"
+    } else {
+        "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md"
+    };
     page_or(
         &state,
         browsing(&request).map(|asked| (asked, crate::dashboard::not_found_page())),
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such route; every route of the API is under /v1, listed at GET /openapi.json and in docs/api.md",
-        ),
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
     )
     .await
 }

@@ -135,8 +135,8 @@ impl Modify for Conventions {
             for (method, op) in operations(item) {
                 // A write without a body of its own still reads one (`NoBody`: none, `null` or
                 // `{}`), and so may refuse it.
-                let has_body =
-                    op.request_body.is_some() || matches!(method, "post" | "patch" | "put");
+                let has_body = op.request_body.is_some()
+                    || matches!(method, "post" | "patch" | "put" | "delete");
                 let has_path = op
                     .parameters
                     .iter()

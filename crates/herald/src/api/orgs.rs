@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use herald_core::org::{ApiKey, KeyRole, Organization};
 use herald_core::{ApiKeyId, Invalid, OrgId, Page};
 
-use super::body::JsonBody;
+use super::body::{JsonBody, NoBody};
 use super::caller::Caller;
 use super::extract::{PathParams, QueryParams, WholeList, path_id};
 use super::openapi::{OrgItemPath, OrgPath};
@@ -154,6 +154,7 @@ async fn delete_org(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgPath>,
+    _: NoBody,
 ) -> ApiResult<StatusCode> {
     orgs::delete(&state, &scope, &org_id(&path.org)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -242,6 +243,7 @@ async fn delete_api_key(
     State(state): State<AppState>,
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
+    _: NoBody,
 ) -> ApiResult<StatusCode> {
     let id = path_id(&path.id, "API key", ApiKeyId::PREFIX, ApiKeyId::parse)?;
     auth::delete_api_key(&state, &scope, &org_id(&path.org)?, &id).await?;

@@ -424,6 +424,7 @@ async fn delete_webhook(
     Caller(scope): Caller,
     PathParams(path): PathParams<OrgItemPath>,
     headers: HeaderMap,
+    _: NoBody,
 ) -> ApiResult<StatusCode> {
     let id = webhook_id(&path.id)?;
     let deleted = webhooks::delete(

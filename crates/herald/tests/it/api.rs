@@ -138,6 +138,48 @@ async fn bad_input_gets_a_clear_client_error() {
             .unwrap();
         assert_eq!(resp.status(), expected, "{body}");
     }
+    // So does a deletion: a body saying something (`{"confirm": false}`) deletes nothing.
+    let doomed = app.create_org("Doomed").await;
+    for (body, expected) in [
+        ("not json at all", StatusCode::BAD_REQUEST),
+        (r#"{"confirm": false}"#, StatusCode::BAD_REQUEST),
+        ("{}", StatusCode::NO_CONTENT),
+    ] {
+        let resp = app
+            .http
+            .delete(format!("{}/v1/orgs/{doomed}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected, "{body}");
+        let (status, _) = app.get(&format!("/v1/orgs/{doomed}")).await;
+        let kept = expected != StatusCode::NO_CONTENT;
+        assert_eq!(status == StatusCode::OK, kept, "{body}");
+    }
+    // UTF-16 with its byte-order mark is named as such where an object is expected.
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(r#"{"name":"X"}"#.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let resp = app
+        .http
+        .post(format!("{}/v1/orgs", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(utf16)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let answer: Value = resp.json().await.unwrap();
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-16"),
+        "{answer}"
+    );
     // A value of the wrong type is named in `field` too (400); a name that is not one of a
     // field's values is refused as a value out of range is (422), naming the field.
     for (path, body, field, status_wanted) in [
@@ -1683,6 +1725,15 @@ async fn unknown_routes_and_ids_answer_json_404s() {
     let app = TestApp::spawn().await;
     let (status, err) = app.get("/v2/nothing").await;
     assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(err.to_string().contains("under /v1"), "{err}");
+    // A path under /v1 already is not told to go under /v1.
+    let (status, err) = app.get("/v1/orgs/org_x/nothing/here").await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    let said = err.to_string();
+    assert!(
+        said.contains("no such route") && !said.contains("under /v1"),
+        "{err}"
+    );
     let (status, err) = app.get("/v1/orgs/not-an-id").await;
     assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
     let (status, err) = app
