@@ -927,13 +927,6 @@ pub(crate) async fn resend(
     now: Timestamp,
     lease_until: Timestamp,
 ) -> DbResult<DueDelivery> {
-    // Its event first, as a purge locks it: see [`without_pending`].
-    c.exec(
-        "SELECT 1 FROM events e JOIN deliveries d ON d.org_id = e.org_id AND d.event_id = e.id \
-         WHERE d.org_id = $1 AND d.id = $2 FOR KEY SHARE OF e",
-        &[&org.as_str(), &id.as_str()],
-    )
-    .await?;
     let row = c
         .opt_row(
             "SELECT d.state, w.active, w.deleted_at IS NOT NULL, \
@@ -1012,21 +1005,6 @@ pub(crate) async fn recover_failed(
     now: Timestamp,
     skipped: bool,
 ) -> DbResult<u64> {
-    // Their events first, as a purge locks them: see [`without_pending`].
-    c.exec(
-        "WITH locked AS (SELECT 1 FROM events e WHERE (e.org_id, e.id) IN \
-           (SELECT d.org_id, d.event_id FROM deliveries d WHERE d.org_id = $1 \
-            AND d.webhook_id = $2 AND d.created_at >= $3 \
-            AND (d.state = 'failed' OR ($4 AND d.state = 'skipped'))) \
-         FOR KEY SHARE OF e) SELECT count(*) FROM locked",
-        &[
-            &org.as_str(),
-            &webhook.as_str(),
-            &since.as_millis(),
-            &skipped,
-        ],
-    )
-    .await?;
     let n = c
         .exec(
             "UPDATE deliveries SET state = 'pending', schedule_base = attempt_count, \
@@ -1076,7 +1054,8 @@ pub(crate) async fn purge(
         Some(org) => victims_of_org(c, org, cutoff, limit, from).await?,
         None => victims_by_walk(c, cutoff, limit, from).await?,
     };
-    let victims = without_pending(c, victims).await?;
+    let found = victims.len();
+    let victims = finished_and_held(c, victims).await?;
     // Three statements for the whole step, the events given as two arrays (organizations,
     // ids): one event at a time took three round trips each, and 156 s to purge 500,000 events
     // (7 s on SQLite). Each statement can find its rows by an index (`deliveries_by_event`,
@@ -1091,6 +1070,15 @@ pub(crate) async fn purge(
         deliveries: c.exec(PURGE_DELIVERIES, &events).await?,
         events: c.exec(PURGE_EVENTS, &events).await?,
     };
+    // Every event found kept back (its deliveries busy: a recovery's, for seconds) and none
+    // purged: the next step would read the same ones again, at once. It starts after their
+    // millisecond instead; a later purge (the retention task's next run) takes them.
+    let next = match next {
+        Some(from) if found > 0 && count.events == 0 => Some(PurgeFrom::at(
+            Timestamp::from_millis(from.received_at.as_millis() + 1),
+        )),
+        other => other,
+    };
     Ok((count, next))
 }
 
@@ -1101,26 +1089,33 @@ macro_rules! purged {
     };
 }
 
-/// Of the `victims` (locked), those with no pending delivery now: the others are kept whole.
+/// Of the `victims` (their events locked), those whose every delivery this step now holds
+/// (`FOR UPDATE`) and finds finished: the others are kept whole, this time.
 ///
-/// A delivery is made pending again only by a resend or a recovery, and each takes its
-/// event's row lock first (`FOR KEY SHARE`), which a purge's `FOR UPDATE` excludes: once the
-/// victims are locked, none of theirs becomes pending before this step commits. One that did
-/// between the victims' look and their lock committed before this statement began, so it is
-/// seen here. Without this look, a purge racing a recovery deleted an event's finished
-/// deliveries and attempts and kept the event with its recovered delivery alone (a probe: 21
-/// events of 30 so).
-async fn without_pending(c: &impl Conn, victims: Vec<Victim>) -> DbResult<Vec<Victim>> {
+/// The victims were chosen from a snapshot, and a resend or a recovery may make one of their
+/// deliveries pending since (a purge that did not look again deleted an event's finished
+/// deliveries and attempts and kept the event with its recovered delivery alone: a probe, 21
+/// events of 30). A delivery held here is read as last committed, and cannot change before
+/// this step commits; one another transaction holds (a recovery's update under way) is
+/// skipped, and its event kept. An event gets no new delivery once stored, so the count of
+/// its deliveries tells whether every one is held.
+async fn finished_and_held(c: &impl Conn, victims: Vec<Victim>) -> DbResult<Vec<Victim>> {
     if victims.is_empty() {
         return Ok(victims);
     }
     let (orgs, ids): (Vec<String>, Vec<String>) = victims.into_iter().unzip();
     c.rows(
         concat!(
-            "SELECT v.org_id, v.event_id FROM ",
+            "WITH v AS (SELECT * FROM ",
             purged!(),
-            " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.org_id = v.org_id ",
-            "AND d.event_id = v.event_id AND d.state = 'pending')"
+            "), held AS (SELECT d.org_id, d.event_id, d.state FROM deliveries d ",
+            "JOIN v ON d.org_id = v.org_id AND d.event_id = v.event_id ",
+            "FOR UPDATE OF d SKIP LOCKED) ",
+            "SELECT v.org_id, v.event_id FROM v WHERE NOT EXISTS (SELECT 1 FROM held h ",
+            "WHERE h.org_id = v.org_id AND h.event_id = v.event_id AND h.state = 'pending') ",
+            "AND (SELECT count(*) FROM held h WHERE h.org_id = v.org_id ",
+            "AND h.event_id = v.event_id) = (SELECT count(*) FROM deliveries d ",
+            "WHERE d.org_id = v.org_id AND d.event_id = v.event_id)"
         ),
         &[&orgs, &ids],
     )

@@ -88,7 +88,12 @@ impl BodyBudget {
     pub fn expected_bytes(&self, request: &Request) -> usize {
         match declared_length(request) {
             Some(n) => n.min(self.max_body),
-            None if carries_body(request.method()) => self.max_body,
+            // A chunked body may come with any method (a `DELETE` reads one, to refuse it).
+            None if carries_body(request.method())
+                || request.headers().contains_key(header::TRANSFER_ENCODING) =>
+            {
+                self.max_body
+            }
             None => 0,
         }
     }
@@ -345,6 +350,13 @@ mod tests {
             budget.charge(budget.expected_bytes(&request(Method::DELETE, None))),
             0
         );
+        // Unless it sends a body without saying how long.
+        let mut chunked = request(Method::DELETE, None);
+        chunked.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            axum::http::HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(budget.charge(budget.expected_bytes(&chunked)), 16);
     }
 
     #[test]

@@ -365,7 +365,6 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
     assert!(format!("{err:#}").contains("not configured"), "{err:#}");
 }
 
-/// Runs `herald migrate` with these arguments and environment, Herald's own variables cleared.
 /// `herald serve` on `data_dir` with `setting`, which is to stop it at start; bounded: one that
 /// took it would run until killed.
 fn serve_refused(data_dir: &str, setting: (&str, &str)) -> std::process::Output {
@@ -383,6 +382,7 @@ fn serve_refused(data_dir: &str, setting: (&str, &str)) -> std::process::Output 
     serve.wait_with_output().unwrap()
 }
 
+/// Runs `herald migrate` with these arguments and environment, Herald's own variables cleared.
 fn herald_migrate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
     command.arg("migrate").args(args);
