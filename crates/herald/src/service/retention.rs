@@ -18,6 +18,10 @@ use crate::app::AppState;
 const BATCH: u32 = 500;
 /// How often the retention task looks, unless woken.
 const EVERY: Duration = Duration::from_secs(600);
+/// How long a purge waits for events another transaction holds (on PostgreSQL, a recovery's
+/// deliveries), a step after another, before it ends the run there: a later run takes them.
+const HELD_BACK_WAIT: Duration = Duration::from_millis(200);
+const HELD_BACK_STEPS: u32 = 25;
 
 /// Deletes, in steps, finished history received before `cutoff`.
 async fn purge(
@@ -27,18 +31,36 @@ async fn purge(
 ) -> ServiceResult<PurgeCount> {
     let mut total = PurgeCount::default();
     let mut from = None;
+    let mut held_back = 0;
     loop {
         let (batch, next) = state
             .store
-            .purge_before(org, cutoff, BATCH, from)
+            .purge_before(org, cutoff, BATCH, from.clone())
             .await
             .map_err(ServiceError::from_store("organization"))?;
+        let purged = batch.events;
         total += batch;
         // The next step starts where this one ended: events kept back by a pending delivery
         // (or of other organizations) are not read again by every step of the run.
         let Some(next) = next else {
             return Ok(total);
         };
+        // Back where it started, having purged nothing: the events there are held by another
+        // transaction (a recovery of their deliveries, for seconds). It waits for them a while
+        // rather than read them again at once, then ends the run there.
+        if purged == 0 && from.as_ref() == Some(&next) {
+            held_back += 1;
+            if held_back > HELD_BACK_STEPS {
+                tracing::info!(
+                    org = org.map(OrgId::as_str),
+                    "purge stopped at events another change held for 5 s; the next purge goes on from there"
+                );
+                return Ok(total);
+            }
+            tokio::time::sleep(HELD_BACK_WAIT).await;
+        } else {
+            held_back = 0;
+        }
         from = Some(next);
         // Let other writers in between steps.
         tokio::task::yield_now().await;
