@@ -887,7 +887,18 @@ impl Store for PostgresStore {
         limit: u32,
         from: Option<PurgeFrom>,
     ) -> StoreResult<(PurgeCount, Option<PurgeFrom>)> {
-        in_tx!(self, |tx| deliveries::purge(&tx, org, cutoff, limit, from))
+        // The other side of `delete_org`'s deadlock too (it deletes deliveries, then events; a
+        // step holds events, then deliveries): the step is taken again, not answered `503`.
+        again_after_deadlock("a purge step", || async {
+            in_tx!(self, |tx| deliveries::purge(
+                &tx,
+                org,
+                cutoff,
+                limit,
+                from.clone()
+            ))
+        })
+        .await
     }
 
     async fn pending_by_webhook(&self) -> StoreResult<Vec<PendingStat>> {
