@@ -1040,9 +1040,10 @@ type Victim = (String, String);
 
 /// One step of a purge: deletes up to `limit` events received before `cutoff` (of one
 /// organization, or all) that have no pending delivery, with their deliveries and attempts.
-/// Other tenants' writes go on meanwhile: a step reads a snapshot and locks only what it
-/// deletes (SKIP LOCKED, so that another node purging at the same time, or an organization's
-/// deletion, takes those instead of waiting). The next step starts at a time received (events
+/// Other tenants' writes go on meanwhile: a step reads a snapshot and locks only the events it
+/// chose and their deliveries (SKIP LOCKED, so that another node purging at the same time, an
+/// organization's deletion or a recovery keeps those instead of waiting; see
+/// [`finished_and_held`]). The next step starts at a time received (events
 /// have no sequence number here), and reads that millisecond again.
 pub(crate) async fn purge(
     c: &impl Conn,
