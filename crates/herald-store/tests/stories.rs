@@ -307,14 +307,23 @@ async fn record_first_attempt(
     outcome: &AttemptOutcome,
     next: NextStep,
 ) {
-    let attempt = attempt(AttemptId::generate(), delivery, 1, T0, outcome);
-    let record = AttemptRecord {
+    let record = first_attempt(org, delivery, outcome, next);
+    store.record_attempt(&record).await.unwrap();
+}
+
+/// A delivery's first attempt at `T0`, as the dispatcher records it.
+fn first_attempt(
+    org: &OrgId,
+    delivery: &DeliveryId,
+    outcome: &AttemptOutcome,
+    next: NextStep,
+) -> AttemptRecord {
+    AttemptRecord {
         org_id: org.clone(),
-        attempt,
+        attempt: attempt(AttemptId::generate(), delivery, 1, T0, outcome),
         next,
         lease_until: None,
-    };
-    store.record_attempt(&record).await.unwrap();
+    }
 }
 
 async fn state_of(store: &Arc<dyn Store>, org: &OrgId, delivery: &DeliveryId) -> DeliveryState {
@@ -1395,12 +1404,7 @@ async fn a_purge_racing_a_recovery_keeps_each_event_whole(store: Arc<dyn Store>)
                 let ok = AttemptOutcome::succeeded(200, 5, String::new());
                 [failed, (to_healthy, ok, NextStep::Succeeded)]
             })
-            .map(|(d, outcome, next)| AttemptRecord {
-                org_id: org.id.clone(),
-                attempt: attempt(AttemptId::generate(), d, 1, T0, &outcome),
-                next,
-                lease_until: None,
-            })
+            .map(|(d, outcome, next)| first_attempt(&org.id, d, &outcome, next))
             .collect();
         store.record_attempts(&records).await.unwrap();
 
@@ -1486,12 +1490,7 @@ async fn recovering_reaches_every_failed_delivery_of_a_long_history(store: Arc<d
                     NextStep::Succeeded,
                 )
             };
-            AttemptRecord {
-                org_id: org.id.clone(),
-                attempt: attempt(AttemptId::generate(), d, 1, T0, &outcome),
-                next,
-                lease_until: None,
-            }
+            first_attempt(&org.id, d, &outcome, next)
         })
         .collect();
     store.record_attempts(&records).await.unwrap();

@@ -127,15 +127,7 @@ async fn bad_input_gets_a_clear_client_error() {
         ("{}", StatusCode::OK),
         ("", StatusCode::OK),
     ] {
-        let resp = app
-            .http
-            .post(format!("{}{deactivate}", app.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.send_raw(Method::POST, &deactivate, body).await;
         assert_eq!(resp.status(), expected, "{body}");
     }
     // So does a deletion: a body saying something (`{"confirm": false}`) deletes nothing.
@@ -145,14 +137,8 @@ async fn bad_input_gets_a_clear_client_error() {
         (r#"{"confirm": false}"#, StatusCode::BAD_REQUEST),
         ("{}", StatusCode::NO_CONTENT),
     ] {
-        let resp = app
-            .http
-            .delete(format!("{}/v1/orgs/{doomed}", app.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let path = format!("/v1/orgs/{doomed}");
+        let resp = app.send_raw(Method::DELETE, &path, body).await;
         assert_eq!(resp.status(), expected, "{body}");
         let (status, _) = app.get(&format!("/v1/orgs/{doomed}")).await;
         let kept = expected != StatusCode::NO_CONTENT;
@@ -163,14 +149,7 @@ async fn bad_input_gets_a_clear_client_error() {
         .into_iter()
         .chain(r#"{"name":"X"}"#.encode_utf16().flat_map(u16::to_le_bytes))
         .collect();
-    let resp = app
-        .http
-        .post(format!("{}/v1/orgs", app.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(utf16)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_raw(Method::POST, "/v1/orgs", utf16).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let answer: Value = resp.json().await.unwrap();
     assert!(

@@ -97,6 +97,23 @@ impl TestApp {
         self.state.maintenance.notify_one();
     }
 
+    /// A request with the admin token and `body` sent as it is (not JSON-encoded): what a
+    /// client that gets the body wrong sends.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers")
+    }
+
     pub async fn call(
         &self,
         method: Method,
