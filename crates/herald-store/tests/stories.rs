@@ -4411,6 +4411,50 @@ async fn postgres_records_outcomes_again_after_a_deadlock() {
     }
 }
 
+/// A purge step that meets a deadlock (an organization's deletion on another node holds an
+/// attempt of an event the step holds, and then asks for that event) is taken again, not
+/// answered as the database being away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_purges_again_after_a_deadlock() {
+    let Some((fresh, url, schema)) = postgres_in_schema().await else {
+        return;
+    };
+    let store = fresh.store.clone();
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let delivered = deliver(&store, &hook, "evt_1", T0, false).await;
+    let ok = AttemptOutcome::succeeded(200, 5, String::new());
+    record_first_attempt(&store, &acme.id, &delivered, &ok, NextStep::Succeeded).await;
+    let other = admin_client(&url).await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; UPDATE {schema}.attempts SET status = status WHERE delivery_id = '{delivered}'"
+        ))
+        .await
+        .unwrap();
+    let purging = {
+        let (store, org) = (store.clone(), acme.id.clone());
+        tokio::spawn(async move { store.purge_before(Some(&org), at(100), 10, None).await })
+    };
+    // The step holds the event and waits for the attempt; then the other asks for the event.
+    // PostgreSQL ends the one that waited first: the step, unless a loaded machine had it
+    // reach its wait later, when the other is ended instead (and the step goes on).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let asked = other
+        .batch_execute(&format!(
+            "UPDATE {schema}.events SET received_at = received_at WHERE id = 'evt_1'"
+        ))
+        .await;
+    let end = if asked.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    other.batch_execute(end).await.unwrap();
+    let (purged, _) = purging.await.unwrap().expect("purged after the deadlock");
+    // Taken again while the other still held the event (skipped), or after (purged): whole.
+    let kept = store.event_deliveries(&acme.id, "evt_1", 10).await;
+    match purged.events {
+        0 => assert_eq!(kept.unwrap().1.len(), 1),
+        _ => assert_not_found(kept),
+    }
+}
+
 /// Two nodes storing batches with the same event ids in opposite orders (a producer's retry
 /// sent to another node, batches sent at once) both succeed, each id stored once: each
 /// statement inserts in one order, so they wait for each other rather than deadlock (which
