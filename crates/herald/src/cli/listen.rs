@@ -252,8 +252,8 @@ fn signature_with(
         };
         return ("no signature of --scheme", Err(why));
     }
-    // With `only`, the other schemes' signatures are not looked at (their timestamps and ids
-    // are left alone: no scheme but the one signing reads them).
+    // With `only`, the other schemes' signature headers are hidden; the headers beside them
+    // (ids, timestamps) stay, as the scheme checked may read them.
     let header = |name: &str| {
         let another_signature = only.is_some_and(|only| {
             name != signature_header(only) && SCHEMES.iter().any(|s| signature_header(s) == name)

@@ -19,7 +19,8 @@ const BATCH: u32 = 500;
 /// How often the retention task looks, unless woken.
 const EVERY: Duration = Duration::from_secs(600);
 /// How long a purge waits for events another transaction holds (on PostgreSQL, a recovery's
-/// deliveries), a step after another, before it ends the run there: a later run takes them.
+/// deliveries) before it reads them again, and how many times (5 s in all) before it ends the
+/// run there: a later purge takes them.
 const HELD_BACK_WAIT: Duration = Duration::from_millis(200);
 const HELD_BACK_STEPS: u32 = 25;
 
@@ -53,7 +54,7 @@ async fn purge(
             if held_back > HELD_BACK_STEPS {
                 tracing::info!(
                     org = org.map(OrgId::as_str),
-                    "purge stopped at events another change held for 5 s; the next purge goes on from there"
+                    "purge stopped at events another change held for 5 s; a later purge takes them"
                 );
                 return Ok(total);
             }
