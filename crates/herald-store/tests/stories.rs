@@ -4380,12 +4380,7 @@ async fn postgres_records_outcomes_again_after_a_deadlock() {
     let second = deliver(&store, &hook, "evt_2", T0, false).await;
     let records: Vec<AttemptRecord> = [&first, &second]
         .into_iter()
-        .map(|d| AttemptRecord {
-            org_id: acme.id.clone(),
-            attempt: attempt(AttemptId::generate(), d, 1, T0, &server_error()),
-            next: NextStep::RetryAt(at(60)),
-            lease_until: None,
-        })
+        .map(|d| first_attempt(&acme.id, d, &server_error(), NextStep::RetryAt(at(60))))
         .collect();
     // Another transaction holds the second delivery, and asks for the first once the recording
     // holds it and waits for the second: PostgreSQL ends the one that waited first.
