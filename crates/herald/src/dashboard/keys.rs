@@ -16,7 +16,7 @@ use super::confirm;
 use super::error::{DashError, DashResult, describe};
 use super::forms::path_id;
 use super::orgs::org_id;
-use super::session::{Flash, Post};
+use super::session::{Flash, Post, Signed};
 use super::templates::when;
 use crate::app::AppState;
 use crate::service::{ServiceError, auth};
@@ -35,18 +35,26 @@ pub struct KeyRow {
     prefix: String,
     role: &'static str,
     created: String,
+    /// The key the person is signed in with: revoking it signs them out.
+    yours: bool,
 }
 
-impl From<&ApiKey> for KeyRow {
-    fn from(k: &ApiKey) -> Self {
+impl KeyRow {
+    pub fn of(k: &ApiKey, signed: &Signed) -> Self {
         Self {
             id: k.id.to_string(),
             name: k.name.clone(),
             prefix: k.prefix.clone(),
             role: k.role.as_str(),
             created: when(k.created_at),
+            yours: is_yours(k, signed),
         }
     }
+}
+
+/// Whether `signed` is a session of the key `k`.
+fn is_yours(k: &ApiKey, signed: &Signed) -> bool {
+    signed.key_hash.as_deref() == Some(k.key_hash.as_str())
 }
 
 /// Where a key's creation lands: the top of the page, where the message shows the new key (or
@@ -115,13 +123,19 @@ async fn revoke_key(
     if !confirm::confirmed(&form) {
         // Another organization's key is not found, asked about or not.
         let keys = auth::list_api_keys(&state, &signed.scope, &org).await?;
-        if !keys.iter().any(|k| k.id == id) {
+        let Some(key) = keys.iter().find(|k| k.id == id) else {
             return Err(DashError::not_found());
-        }
+        };
         let back = keys_section(&org);
+        let consequence = if is_yours(key, &signed) {
+            "Programs and dashboard sessions using it stop working at once; this cannot be undone. \
+             You are signed in with this key: revoking it signs you out."
+        } else {
+            "Programs and dashboard sessions using it stop working at once; this cannot be undone."
+        };
         let question = confirm::Question {
             title: "Revoke this API key?",
-            consequence: "Programs and dashboard sessions using it stop working at once; this cannot be undone.",
+            consequence,
             go: "Revoke",
             back: &back,
         };

@@ -308,7 +308,7 @@ pub(super) async fn org_page(
         webhooks: rows,
         next_cursor: list.next_cursor,
         paged,
-        keys: keys.iter().map(KeyRow::from).collect(),
+        keys: keys.iter().map(|k| KeyRow::of(k, signed)).collect(),
         key_form,
     };
     let layout = Layout::new(state, signed, org.name.clone(), Some(&org)).await;

@@ -270,6 +270,9 @@ pub struct Signed {
     pub scope: Scope,
     pub session: String,
     pub csrf: String,
+    /// The hash of the API key the person signed in with (`None` for the admin token), so
+    /// that pages can say which key is theirs.
+    pub key_hash: Option<String>,
     /// The path of the page asked for by a GET, whose messages the page shows (a form's
     /// answer goes on to a page, which shows them).
     pub page: Option<String>,
@@ -408,6 +411,7 @@ impl FromRequestParts<AppState> for Signed {
             Ok(Some((scope, KeyRole::Manager))) => Ok(Signed {
                 scope,
                 csrf: csrf_of(&session),
+                key_hash: crate::service::auth::session_key_hash(&credential).map(str::to_owned),
                 session,
                 page: (parts.method == Method::GET).then(|| parts.uri.path().to_owned()),
             }),

@@ -348,6 +348,12 @@ pub fn is_admin_credential(credential: &str) -> bool {
     credential.starts_with(ADMIN_CREDENTIAL)
 }
 
+/// The hash of the API key a session signed in with (as the key's row keeps it), or `None` for
+/// the admin token's: the dashboard marks that key, whose revocation ends the session too.
+pub fn session_key_hash(credential: &str) -> Option<&str> {
+    credential.strip_prefix(KEY_CREDENTIAL)
+}
+
 /// Binds the admin token's hash to one session id.
 fn admin_session_check(session: &str, admin_hash: &[u8; 32]) -> String {
     hex::encode(

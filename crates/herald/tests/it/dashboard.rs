@@ -1477,6 +1477,8 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
     assert!(body.contains("API key ops (manager) created"), "{body}");
     let body = admin.get(&page).await.body;
     assert!(!body.contains(&key) && shown_secret(&body).is_none());
+    // The admin is not signed in with any key.
+    assert!(!body.contains("you are signed in with it"), "{body}");
     assert!(
         body.contains(&format!("<code>{}…</code>", &key[..9])),
         "{body}"
@@ -1511,6 +1513,12 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
     let visitor = Visitor::signed_in(&app, &key).await;
     let body = visitor.get(&page).await.body;
     assert!(body.contains("Revoke key ops"), "{body}");
+    // Its own key is marked, and the browser's question says that revoking it signs out.
+    assert!(
+        body.contains("ops <small class=\"badge plain\">you are signed in with it</small>")
+            && body.contains("You are signed in with it: revoking it signs you out."),
+        "{body}"
+    );
     assert!(!body.contains("theirs"));
     assert_eq!(
         visitor.get(&format!("/orgs/{other}")).await.status,
@@ -1547,7 +1555,21 @@ async fn api_keys_are_created_shown_once_and_revoked_from_the_organization_page(
     assert_eq!(a.status, StatusCode::FORBIDDEN, "no CSRF token");
     let a = visitor.post(&revoke, &[("csrf", &csrf)]).await;
     assert_eq!(a.status, StatusCode::OK, "asked first: {}", a.body);
-    assert!(a.body.contains("Revoke this API key?"), "{}", a.body);
+    assert!(
+        a.body.contains("Revoke this API key?")
+            && a.body
+                .contains("You are signed in with this key: revoking it signs you out."),
+        "{}",
+        a.body
+    );
+    // The admin is asked the same without being told that.
+    let admin_csrf = admin.csrf(&page).await;
+    let a = admin.post(&revoke, &[("csrf", &admin_csrf)]).await;
+    assert!(
+        a.body.contains("Revoke this API key?") && !a.body.contains("You are signed in"),
+        "{}",
+        a.body
+    );
     let a = visitor
         .post(&revoke, &[("csrf", &csrf), ("confirmed", "yes")])
         .await;
