@@ -114,6 +114,17 @@ impl JsonText {
         Self(serde_json::value::to_raw_value(value).expect("a JSON value always serialises"))
     }
 
+    /// `value` written as JavaScript writes it (`1.0` as `1`, integers past 2^53 rounded),
+    /// as an event's data is stored: a type's schema and example are kept, shown and checked
+    /// in that form, so that they say what events hold (a schema's `const` past 2^53 kept
+    /// exact would match no event).
+    pub fn as_javascript_writes(value: &serde_json::Value) -> Self {
+        Self(
+            RawValue::from_string(crate::js_json::to_string(value))
+                .expect("JavaScript's JSON is JSON"),
+        )
+    }
+
     /// The value, parsed. Text Herald wrote always parses; text written by hand into the
     /// database may be valid JSON that a parsed value cannot hold (a number past `f64`,
     /// nesting deeper than 128), and a type whose schema cannot be read is taken as having

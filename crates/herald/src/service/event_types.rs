@@ -115,10 +115,13 @@ async fn register_checked(
             .into());
         }
     }
-    if let Some(schema) = &input.schema {
-        let validator = compile_schema(schema)?;
-        if let Some(example) = &input.example {
-            check_against_schema(&validator, &name, example)
+    // Compiled and checked as they are kept: as JavaScript reads them, as events' data is.
+    let schema = input.schema.as_ref().map(JsonText::as_javascript_writes);
+    let example = input.example.as_ref().map(JsonText::as_javascript_writes);
+    if let Some(schema) = &schema {
+        let validator = compile_schema(&read_back(schema, "schema")?)?;
+        if let Some(example) = &example {
+            check_against_schema(&validator, &name, &read_back(example, "example")?)
                 .map_err(|e| Invalid::new("example", e.message))?;
         }
     }
@@ -135,8 +138,8 @@ async fn register_checked(
         name,
         channel,
         description,
-        schema: input.schema.as_ref().map(JsonText::of),
-        example: input.example.as_ref().map(JsonText::of),
+        schema,
+        example,
         created_at: state.clock.now(),
     };
     let created = write_then_forget(state, org, "organization", |store| async move {
@@ -154,6 +157,12 @@ async fn register_checked(
         super::subscriptions::subscribe_new_topics_soon(state, org);
     }
     Ok(created)
+}
+
+/// `text` parsed again: JavaScript's JSON always is, so a failure is named, not a panic.
+fn read_back(text: &JsonText, field: &str) -> Result<serde_json::Value, Invalid> {
+    text.value()
+        .map_err(|e| Invalid::new(field, format!("could not be read back: {e}")))
 }
 
 /// Deletes one of the organization's own types. Events already stored keep it. Refused while

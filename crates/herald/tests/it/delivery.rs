@@ -1656,6 +1656,37 @@ async fn an_organizations_own_type_is_checked_against_its_schema() {
     let message = err["error"]["message"].as_str().unwrap();
     assert!(message.contains("(?=a*)(a+)+b"), "{message}");
     assert!(message.contains("look-around"), "{message}");
+
+    // A schema and its example are kept as JavaScript writes them, as events' data is: a
+    // 64-bit constant matches the events that send it (kept exact, it matched none, while
+    // the example passed), and the example shows what receivers get.
+    let big = 12_345_678_901_234_567_890_u64;
+    let (status, created) = app
+        .post(
+            &format!("/v1/orgs/{org}/event-types"),
+            json!({ "name": "account.linked",
+                    "schema": { "properties": { "v": { "const": big }, "r": { "maximum": 1.0 } } },
+                    "example": { "v": big, "r": 1.0 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (
+            created["example"].to_string(),
+            created["schema"].to_string()
+        ),
+        (
+            r#"{"v":12345678901234567000,"r":1}"#.to_owned(),
+            r#"{"properties":{"v":{"const":12345678901234567000},"r":{"maximum":1}}}"#.to_owned()
+        )
+    );
+    let (status, answer) = app
+        .post(
+            &format!("/v1/orgs/{org}/events"),
+            json!({ "type": "account.linked", "data": { "v": big, "r": 1 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
 }
 
 /// Webhooks pointed at Herald's own events API (a permit body is a valid event) would post each
