@@ -148,7 +148,10 @@ fn classify(source: LineSource) -> anyhow::Result<Input> {
     {
         return Ok(match second {
             // One line, one event.
-            None => Input::One(event),
+            None => {
+                fields_once(first).with_context(|| source.name().to_owned())?;
+                Input::One(event)
+            }
             Some(_) => Input::Lines(source),
         });
     }
@@ -168,7 +171,11 @@ fn classify(source: LineSource) -> anyhow::Result<Input> {
 fn parse_whole(text: &str, source: &str) -> anyhow::Result<Input> {
     // As the server does, a byte-order mark (some editors write one) is passed over.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    match serde_json::from_str::<Value>(text) {
+    let parsed = serde_json::from_str::<Value>(text);
+    if parsed.is_ok() {
+        fields_once(text).with_context(|| source.to_owned())?;
+    }
+    match parsed {
         Ok(Value::Array(events)) => Ok(Input::Array(events)),
         Ok(one) => Ok(Input::One(one)),
         Err(whole_error) if text.trim().is_empty() => Err(whole_error).with_context(|| {
@@ -244,7 +251,10 @@ impl LineSource {
                 return None;
             }
             Some(match serde_json::from_str::<Value>(&line) {
-                Ok(event) if event.is_object() => Ok((at, event)),
+                Ok(event) if event.is_object() => match fields_once(&line) {
+                    Ok(()) => Ok((at, event)),
+                    Err(e) => Err(anyhow::anyhow!("{name}, line {at}: {e}")),
+                },
                 Ok(_) => Err(anyhow::anyhow!(
                     "{name}, line {at}: not an event (a JSON object); in JSON Lines each line \
                      holds one event"
@@ -302,6 +312,70 @@ impl LineSource {
 
 fn has_id(event: &Value) -> bool {
     event["id"].is_string()
+}
+
+/// Refuses an event (or an event of an array) that gives one of its fields twice, as the
+/// server does: JSON leaves open which counts, and a parsed value keeps only the last, which
+/// would be sent as if it were all that was given.
+fn fields_once(text: &str) -> serde_json::Result<()> {
+    serde_json::from_str::<FieldsOnce>(text).map(|_| ())
+}
+
+/// What [`fields_once`] reads: the keys of each object at the top (or in the top array), and
+/// nothing of their values.
+struct FieldsOnce;
+
+impl<'de> serde::Deserialize<'de> for FieldsOnce {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldsOnce)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldsOnce {
+    type Value = FieldsOnce;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event or an array of events")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the event gives \"{key}\" twice; give each field once (the server \
+                     refuses it: JSON leaves open which one counts)"
+                )));
+            }
+        }
+        Ok(FieldsOnce)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<FieldsOnce>()?.is_some() {}
+        Ok(FieldsOnce)
+    }
+
+    // Anything else is not an event, which the server says.
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(FieldsOnce)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(FieldsOnce)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(FieldsOnce)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(FieldsOnce)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(FieldsOnce)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(FieldsOnce)
+    }
 }
 
 /// What is known of the events before they are sent.
@@ -830,6 +904,33 @@ mod tests {
             format!("{nothing:#}").starts_with("f holds no event"),
             "{nothing:#}"
         );
+    }
+
+    /// An event that gives a field twice is refused in every form of input, as the server
+    /// refuses it (a parsed value kept the last and sent it); a key twice within `data` is
+    /// the server's to read, as JavaScript would.
+    #[test]
+    fn an_event_giving_a_field_twice_is_refused() {
+        let twice = "gives \"id\" twice; give each field once";
+        let inputs = [
+            "{\"type\": \"a\", \"id\": \"1\", \"id\": \"2\"}",
+            "{\"type\": \"a\",\n \"id\": \"1\", \"id\": \"2\"}",
+            "[{\"type\": \"a\"}, {\"type\": \"a\", \"id\": \"1\", \"id\": \"2\"}]",
+        ];
+        for input in inputs {
+            let told = format!("{:#}", text(input).unwrap_err());
+            assert!(told.starts_with("f: ") && told.contains(twice), "{told}");
+        }
+        let told = lines_of(text(
+            "{\"type\": \"a\"}\n{\"type\": \"a\", \"id\": \"1\", \"id\": \"2\"}\n",
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{told:#}").starts_with("f, line 2: the event gives \"id\" twice"),
+            "{told:#}"
+        );
+        let data_twice = "{\"type\": \"a\", \"data\": {\"k\": 1, \"k\": 2}}";
+        assert!(matches!(text(data_twice).unwrap(), Input::One(v) if v["data"]["k"] == 2));
     }
 
     /// A file of JSON Lines is read a line at a time, twice (checked, then sent), and only the
