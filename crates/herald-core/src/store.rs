@@ -324,6 +324,12 @@ pub enum StoreSignal {
     Resync,
 }
 
+/// How much later than a bulk call's `now` a delivery can have been changed while the call
+/// ran. One dated later still was written before the system clock was set back (or by a node
+/// whose clock runs ahead), not changed since the call began: `retry_waiting` takes it as
+/// waiting, which after a step back is what it is asked for.
+pub const LATER_THAN_A_CALL_MS: i64 = 60_000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Organizations and keys.
@@ -747,7 +753,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every pending delivery of the webhook waiting for its next attempt (a retry, or
     /// its endpoint's cool-down: its `next_attempt_at` after `now`) due at `now`, unless a node
-    /// holds it (leased) or it changed at `now` or later, for an attempt besides their
+    /// holds it (leased) or it changed at `now` or later (but not more than
+    /// [`LATER_THAN_A_CALL_MS`] later), for an attempt besides their
     /// schedules (which do not count it: one that fails waits for the same step again).
     /// Parked ones (an inactive webhook's) stay parked. Answers how many.
     async fn retry_waiting(

@@ -3314,6 +3314,42 @@ async fn every_delivery_waiting_for_its_retry_is_made_due_now_when_asked(store: 
     }
 }
 
+async fn a_delivery_written_before_the_clock_was_set_back_is_retried_when_asked(
+    store: Arc<dyn Store>,
+) {
+    // Its first attempt, at `T0`, failed; then the system clock was set back.
+    let (acme, hook) = org_with_webhook(&store, "acme").await;
+    let waiting = deliver(&store, &hook, "evt_1", T0, false).await;
+    assert_eq!(claim(&store, T0).await.len(), 1);
+    record_first_attempt(
+        &store,
+        &acme.id,
+        &waiting,
+        &server_error(),
+        NextStep::RetryAt(at(300)),
+    )
+    .await;
+    // Within a minute of the call's time, a change is taken as made while the call ran.
+    assert_eq!(
+        store
+            .retry_waiting(&acme.id, &hook.id, at(-30))
+            .await
+            .unwrap(),
+        0
+    );
+    // An hour before it, the delivery was written before the step: it waits, and goes now
+    // (it was passed over until the clock caught up).
+    assert_eq!(
+        store
+            .retry_waiting(&acme.id, &hook.id, at(-3600))
+            .await
+            .unwrap(),
+        1
+    );
+    let (d, _) = store.get_delivery(&acme.id, &waiting).await.unwrap();
+    assert_eq!(d.next_attempt_at, Some(at(-3600)));
+}
+
 async fn a_delivery_is_sent_now_unless_a_node_holds_it(store: Arc<dyn Store>) {
     let (acme, hook) = org_with_webhook(&store, "acme").await;
     let globex = org("globex");
@@ -4207,6 +4243,7 @@ macro_rules! stories {
             releasing_all_leases_makes_leased_deliveries_claimable_at_once,
             a_delivery_is_sent_now_unless_a_node_holds_it,
             every_delivery_waiting_for_its_retry_is_made_due_now_when_asked,
+            a_delivery_written_before_the_clock_was_set_back_is_retried_when_asked,
             concurrent_sign_ins_of_one_owner_keep_its_limit,
             a_dashboard_session_is_kept_until_it_expires_or_ends,
             organizations_with_enabled_websub_webhooks_are_listed,

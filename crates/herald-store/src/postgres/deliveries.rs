@@ -983,14 +983,21 @@ pub(crate) async fn retry_waiting(
             // its webhook's backlog brings it in turn), and nobody holds it. Rows another
             // transaction has locked (claimed, or moved by a probe's answer) are passed over
             // rather than waited for, so that this never deadlocks with them. One changed at
-            // `now` or later was just attempted or made due, as in SQLite's walk.
+            // `now` or later was just attempted or made due, as in SQLite's walk; one dated
+            // much later was written before the clock was set back, and waits.
             "UPDATE deliveries SET next_attempt_at = $1::BIGINT, due_at = $1::BIGINT, \
              updated_at = $1::BIGINT, schedule_base = LEAST(schedule_base + 1, attempt_count) \
              WHERE id IN (SELECT id FROM deliveries \
              WHERE org_id = $2 AND webhook_id = $3 AND state = 'pending' \
              AND lease_until IS NULL AND due_at > $1::BIGINT AND next_attempt_at > $1::BIGINT \
-             AND updated_at < $1::BIGINT FOR UPDATE SKIP LOCKED)",
-            &[&now.as_millis(), &org.as_str(), &webhook.as_str()],
+             AND (updated_at < $1::BIGINT OR updated_at > $4::BIGINT) FOR UPDATE SKIP LOCKED)",
+            &[
+                &now.as_millis(),
+                &org.as_str(),
+                &webhook.as_str(),
+                &now.as_millis()
+                    .saturating_add(herald_core::store::LATER_THAN_A_CALL_MS),
+            ],
         )
         .await?;
     if n > 0 {

@@ -362,24 +362,31 @@ pub(crate) fn retry_waiting(
     // Waiting: its next attempt is later (a spilled delivery's is already due, and its own
     // webhook's backlog brings it in turn), and nobody holds it. Changed since the walk began
     // (by this walk, or claimed and put off again by an open circuit, or attempted): passed
-    // over, so that the walk ends.
+    // over, so that the walk ends; one dated much later was written before the clock was set
+    // back, and waits.
     let (ids, next) = next_batch(
         conn,
         webhook,
         walk,
-        "lease_until IS NULL AND next_attempt_at > ?4 AND updated_at < ?4",
-        &[&now.as_millis()],
+        "lease_until IS NULL AND next_attempt_at > ?4 AND (updated_at < ?4 OR updated_at > ?5)",
+        &[&now.as_millis(), &later_than_the_call(now)],
     )?;
     let changed = update_each(
         conn,
         "UPDATE deliveries SET next_attempt_at = ?2, due_at = ?2, updated_at = ?2, \
          schedule_base = MIN(schedule_base + 1, attempt_count) \
          WHERE id = ?1 AND state = 'pending' AND lease_until IS NULL AND due_at > ?2 \
-         AND next_attempt_at > ?2 AND updated_at < ?2",
+         AND next_attempt_at > ?2 AND (updated_at < ?2 OR updated_at > ?3)",
         &ids,
-        &[&now.as_millis()],
+        &[&now.as_millis(), &later_than_the_call(now)],
     )?;
     Ok(Step::new(changed, next))
+}
+
+/// A time after which a delivery's change is not one made while a call at `now` ran.
+fn later_than_the_call(now: Timestamp) -> i64 {
+    now.as_millis()
+        .saturating_add(herald_core::store::LATER_THAN_A_CALL_MS)
 }
 
 /// Deletes up to [`STEP`] of a webhook's deliveries, whatever their state, with their attempts:

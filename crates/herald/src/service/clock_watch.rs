@@ -120,14 +120,18 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         let now = (Instant::now(), state.clock.now());
         let step = step_ms(last, now);
         if step.abs() >= STEP_MS {
-            let (way, due) = if step < 0 {
-                ("back", "later")
+            let (way, due, remedy) = if step < 0 {
+                (
+                    "back",
+                    "later",
+                    " (`herald deliveries retry-waiting` sends a webhook's now)",
+                )
             } else {
-                ("forward", "sooner")
+                ("forward", "sooner", "")
             };
             tracing::warn!(
                 step_seconds = step / 1000,
-                "{which} stepped {way} by {}: retries, circuit cool-downs and leases scheduled before come due that much {due} than meant (a step forward also counts as time passed for retry schedules, disabling failing webhooks and retention); keep the clock in sync (NTP) rather than stepping it",
+                "{which} stepped {way} by {}: retries, circuit cool-downs and leases scheduled before come due that much {due} than meant{remedy} (a step forward also counts as time passed for retry schedules, disabling failing webhooks and retention); keep the clock in sync (NTP) rather than stepping it",
                 in_words(step.abs())
             );
         }
