@@ -92,7 +92,7 @@ pub struct ServerSettings {
     pub body_timeout_ms: u64,
     /// How long a client has to send a request's headers, in milliseconds (at most an hour); an
     /// idle keep-alive connection is closed after as long (clients should keep their idle
-    /// timeout below it).
+    /// timeout below it), and so is one whose client takes none of an answer for as long.
     #[arg(long, env = "HERALD_HEADER_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u32).range(1..=3_600_000).map(u64::from))]
     pub header_timeout_ms: u64,
     /// Apply pending database migrations on start (`false`: only check that the schema is

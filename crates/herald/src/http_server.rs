@@ -4,11 +4,15 @@
 //! client could hold a connection by sending its headers a byte at a time, and every
 //! connection kept a read buffer grown by its largest request (about half a MiB after a 1 MB
 //! batch). Here each connection has a deadline for its request headers, which also closes a
-//! keep-alive connection left idle that long, and a bounded read buffer. Every request carries
-//! its connection's peer address (`ConnectInfo`), for the lines that must say who asked.
+//! keep-alive connection left idle that long, and a bounded read buffer; a client that takes
+//! none of an answer for as long is cut off too ([`WriteDeadline`]). Every request carries its
+//! connection's peer address (`ConnectInfo`), for the lines that must say who asked.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,6 +21,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -32,7 +37,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// requests in progress finish (up to [`SHUTDOWN_GRACE`]), closes the connections still open
 /// and returns. A client has
 /// `header_timeout` to send a request's headers, counted from when the connection is ready for
-/// them (so an idle keep-alive connection is closed after as long).
+/// them (so an idle keep-alive connection is closed after as long), and as long to take some
+/// of an answer once the connection's buffers are full.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -74,6 +80,7 @@ pub async fn serve(
                 req
             },
         ));
+        let stream = WriteDeadline::new(stream, header_timeout);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         let mut cut = cut_rx.clone();
@@ -100,6 +107,99 @@ pub async fn serve(
         );
     }
     drop(cut_tx);
+}
+
+/// A connection whose writes fail once the client has taken none of what is sent for `limit`.
+/// hyper waits for a socket to take an answer for as long as it takes: a client that sent
+/// requests (pipelined, or one large read) and never read the answers held its connection,
+/// and the answers queued in its buffers, for good.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Since when the socket has taken nothing: set at the first write it could not take.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `result` of a write or flush, or an error once the socket has taken nothing for the
+    /// limit. A write that went through ends the stall.
+    fn watch<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took none of the answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(result, cx)
+    }
 }
 
 /// The address of a request's connection's peer (`None` where it was served another way, as
