@@ -145,7 +145,7 @@ impl HttpClient {
             Ok(built) => built,
             Err(error) => return failed(error, None, started, String::new(), None),
         };
-        let exchange = std::pin::pin!(self.exchange(&target.origin, &target.uri, req));
+        let exchange = std::pin::pin!(self.exchange(&target.origin, &target.uri, req, deadline.at));
         let Some(exchanged) = past_slow_mark(&mut deadline, exchange, on_slow).await else {
             return failed(AttemptError::CutShort, None, started, String::new(), None);
         };
@@ -193,12 +193,14 @@ impl HttpClient {
     /// Sends `req` on an idle connection of `origin`, or on a new one to `uri` if none is
     /// left; answers the response and the connection it came on. A pooled connection the
     /// server closed before the request went out is set aside and the next one tried, as a
-    /// request that never left cannot have been received.
+    /// request that never left cannot have been received. Nothing is sent past `send_by`
+    /// ([`too_late_to_send`]).
     async fn exchange(
         &self,
         origin: &Origin,
         uri: &http::Uri,
         mut req: http::Request<pool::Body>,
+        send_by: tokio::time::Instant,
     ) -> Result<(hyper::Response<Incoming>, Connection), AttemptError> {
         let informational = Informational::watch(&mut req);
         let too_many = || {
@@ -208,7 +210,7 @@ impl HttpClient {
             ))
         };
         let exchanged = tokio::select! {
-            exchanged = self.exchange_on_any(origin, uri, req) => exchanged,
+            exchanged = self.exchange_on_any(origin, uri, req, send_by) => exchanged,
             // Dropping the exchange drops its connection, whose task then ends.
             () = informational.too_many() => return Err(too_many()),
         };
@@ -226,11 +228,13 @@ impl HttpClient {
         origin: &Origin,
         uri: &http::Uri,
         mut req: http::Request<pool::Body>,
+        send_by: tokio::time::Instant,
     ) -> Result<(hyper::Response<Incoming>, Connection), AttemptError> {
         while let Some(mut connection) = origin.checkout() {
             if connection.ready().await.is_err() {
                 continue;
             }
+            too_late_to_send(send_by)?;
             match connection.try_send_request(req).await {
                 Ok(response) => return Ok((response, connection)),
                 Err(mut error) => match error.take_message() {
@@ -242,6 +246,7 @@ impl HttpClient {
         let mut connection = pool::connect(&self.connector, uri, origin.title_case_headers)
             .await
             .map_err(|e| classify(&*e, Stage::Connect))?;
+        too_late_to_send(send_by)?;
         let response = connection
             .send_request(req)
             .await
@@ -360,9 +365,10 @@ impl HttpClient {
         let req = req
             .body(Full::default())
             .map_err(|e| AttemptError::Request(e.to_string()))?;
+        let send_by = deadline.at;
         let (response, _connection) = by_deadline(
             &mut deadline,
-            std::pin::pin!(self.exchange(&Origin::default(), &uri, req)),
+            std::pin::pin!(self.exchange(&Origin::default(), &uri, req, send_by)),
         )
         .await
         .map_err(|_| AttemptError::Timeout)??;
@@ -434,6 +440,30 @@ const BODY_WAIT: Duration = Duration::from_secs(1);
 const STALLED: Duration = Duration::from_millis(500);
 /// How long a stalled wait gets at most to take an answer that came meanwhile.
 const STALL_GRACE: Duration = Duration::from_secs(2);
+
+/// Refuses to send a request once its deadline has passed. Its timer would have ended the
+/// exchange first, unless the whole process stalled (stopped, frozen by its hypervisor,
+/// starved of CPU) while the connection was being made: then the connection comes ready in
+/// the same wake-up as the timer, and the request would go out on it regardless. By then the
+/// deliveries' leases, which the deadline keeps within, may have passed to another node that
+/// has sent them: a node resumed after a stall sent its whole batch of attempts again. Said
+/// as a fault of this node ([`AttemptError::Local`]: given back, no attempt counted); a
+/// deadline only just passed is the timeout it would have been.
+fn too_late_to_send(send_by: tokio::time::Instant) -> Result<(), AttemptError> {
+    let late = tokio::time::Instant::now().saturating_duration_since(send_by);
+    if late.is_zero() {
+        Ok(())
+    } else if late < STALLED {
+        Err(AttemptError::Timeout)
+    } else {
+        Err(AttemptError::Local(format!(
+            "this process did not run for a while (stopped, or starved of CPU) while it \
+             connected, and the attempt's deadline passed {} ms before its request could go \
+             out: not sent, as its deliveries' leases may be another node's by now",
+            late.as_millis()
+        )))
+    }
+}
 
 /// A request's deadline, which a stall of the process may move once (see `by_deadline`).
 struct Deadline {
@@ -1022,6 +1052,35 @@ mod tests {
             matches!(outcome.error, Some(AttemptError::Timeout)),
             "{outcome:?}"
         );
+    }
+
+    /// A stall of the whole process while the connection is made (here a task blocking the
+    /// test's only runtime thread) lets the connection come ready past the request's
+    /// deadline: the request is not sent then, as the leases the deadline keeps within may be
+    /// another node's (it went out, and was answered as a success).
+    #[tokio::test]
+    async fn no_request_goes_out_past_its_deadline_after_a_stall() {
+        let client = loopback_client();
+        let (endpoint, seen) = one_shot(Some("HTTP/1.1 204 No Content\r\n\r\n")).await;
+        let timeout = Duration::from_millis(300);
+        // Runs once the attempt waits for its connection, and holds the thread past the
+        // deadline by more than `STALLED`.
+        tokio::spawn(async move {
+            std::thread::sleep(timeout + STALLED + Duration::from_millis(400));
+        });
+        let outcome = client
+            .send(
+                &format!("http://{endpoint}/hook"),
+                request("{}"),
+                &[],
+                timeout,
+            )
+            .await;
+        assert!(
+            matches!(&outcome.error, Some(AttemptError::Local(why)) if why.contains("did not run for a while")),
+            "{outcome:?}"
+        );
+        assert_eq!(seen.await.unwrap(), "", "nothing was sent");
     }
 
     /// The pool of `url`'s origin in `client`.
