@@ -405,10 +405,39 @@ pub(crate) fn sql(e: tokio_postgres::Error) -> StoreError {
             herald_core::error_chain(&e)
         );
         StoreError::Unavailable(said.into())
+    } else if let Some(hint) = refusal_hint(&e) {
+        // Nothing can be stored until an operator acts, and then everything can: a 503 to
+        // try again, with what to do, not a 500 per request.
+        let said = format!("{}; {hint}", herald_core::error_chain(&e));
+        StoreError::Unavailable(said.into())
     } else if is_unavailable(&e) {
         StoreError::Unavailable(Box::new(e))
     } else {
         StoreError::Other(Box::new(e))
+    }
+}
+
+/// What to do when the database refuses Herald's statements as its settings say: it takes no
+/// writes (a replica promoted in the wrong order, a failover to a standby, or
+/// `default_transaction_read_only`), or a timeout set for Herald's role or database ended a
+/// statement that waited for a lock or ran long.
+fn refusal_hint(e: &tokio_postgres::Error) -> Option<&'static str> {
+    use tokio_postgres::error::SqlState;
+    let code = e.code()?;
+    if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        Some(
+            "this database takes no writes (a read-only standby, after a failover? or \
+             default_transaction_read_only): point HERALD_DATABASE_URL at the primary, or let \
+             it take writes",
+        )
+    } else if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE {
+        Some(
+            "a statement was cancelled (a statement_timeout or lock_timeout set for Herald's \
+             role or database, or pg_cancel_backend): Herald keeps its own deadlines, so \
+             reset those for its role (ALTER ROLE … RESET statement_timeout)",
+        )
+    } else {
+        None
     }
 }
 

@@ -606,6 +606,107 @@ async fn a_database_emptied_under_a_running_node_is_unavailable_and_said_so() {
     assert!(said(), "{:?}", node.log.lock().unwrap());
 }
 
+/// A database that takes no writes (a failover to a standby looks like this) or cancels
+/// Herald's statements (a `statement_timeout` set for its role) is away for Herald: `503` with
+/// `Retry-After`, `/readyz` not ready, and the log says what to do. Both were `500`s, one log
+/// line each, with `/readyz` ready: a load balancer kept sending, producers gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refusing_writes_is_unavailable_and_said_so() {
+    let Some(db) = TestDatabase::create("the read-only database test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_with(dir.path(), &[("HERALD_DATABASE_URL", db.url.clone())]).await;
+    let http = http_client();
+    let made = http
+        .post(format!("{}/v1/orgs", node.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "Acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let org = made.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = format!("{}/v1/orgs/{org}/events", node.base);
+    let admin = db.connect().await;
+    // New sessions get the setting: Herald's are ended, and its pool opens new ones.
+    let set_and_reconnect = |setting: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .batch_execute(&format!(
+                    "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', \
+                     current_database()); END $$; \
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'herald'"
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    let said = |words: &str| {
+        node.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(words))
+    };
+    for (setting, words) in [
+        (
+            "SET default_transaction_read_only = on",
+            "this database takes no writes",
+        ),
+        ("SET statement_timeout = 1", "a statement was cancelled"),
+    ] {
+        set_and_reconnect(setting).await;
+        // The first request may meet a connection just ended (away as well); each is a `503`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !said(words) && Instant::now() < deadline {
+            let answer = http
+                .post(&events)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({ "type": "user.created", "data": { "user": { "id": "u1" } } }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{setting}"
+            );
+            assert!(answer.headers().contains_key("retry-after"), "{setting}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(said(words), "{setting}: {:?}", node.log.lock().unwrap());
+        let ready = http
+            .get(format!("{}/readyz", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "{setting}");
+        set_and_reconnect("RESET ALL").await;
+    }
+    // Taking writes again, it stores events again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = http
+            .post(&events)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "type": "user.created", "data": { "user": { "id": "u2" } } }))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", answer.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Cut off by the network (nothing answers, nothing is refused), the database holds a read for
 /// the pool's 10 s: `/readyz` answers within its own 2 s all the same, so that a probe with a
 /// short timeout hears why rather than nothing, and is ready again once the database is back.
