@@ -31,18 +31,28 @@ const REPEAT: Duration = Duration::from_secs(600);
 
 /// Sets `clock` right against the database server's, for a store several nodes share; answers
 /// how far this machine's own clock is off it (positive: ahead), or `None` for a store only this
-/// node uses (or one that did not answer).
+/// node uses (or one that did not answer, or too slowly to tell).
 pub async fn align(store: &dyn Store, clock: &dyn Clock) -> Option<i64> {
     let (off, round_trip) = offset_from_database(store, clock).await.ok()??;
-    // What the machine's own clock reads, against the database server's.
-    let own = off - clock.correction_ms();
-    // Within the round trip the reading says nothing (the answer may have been read at any
-    // time in it): under load, corrections by such noise would move this node's times back
-    // and forth every look.
-    if off.abs() >= CORRECT_MS.max(round_trip) {
+    let (correct, tell) = judge(off, round_trip);
+    if correct {
         clock.correct(-off);
     }
-    Some(own)
+    // What the machine's own clock reads, against the database server's.
+    tell.then(|| off - clock.correction_ms())
+}
+
+/// What a reading `off` (ms, ahead of the database server) taken over `round_trip` (ms) is
+/// good for: correcting the clock, and telling how far the machine's is off. Within the round
+/// trip it says nothing, as the answer may have been read at any time in it: under load,
+/// corrections by such noise would move this node's times back and forth every look. A reading
+/// that took longer than an offset worth telling (a wait for a connection, a lock) tells none:
+/// a node waiting 8 s for a connection said that its clock was 4 s behind.
+fn judge(off: i64, round_trip: i64) -> (bool, bool) {
+    (
+        off.abs() >= CORRECT_MS.max(round_trip),
+        round_trip <= OFFSET_MS,
+    )
 }
 
 /// Says, at start, how far this node's clock is from the database server's if that matters.
@@ -181,6 +191,20 @@ fn in_words(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reading corrects the clock only past its round trip, and tells the machine's offset
+    /// only if it came back sooner than an offset worth telling.
+    #[test]
+    fn a_slow_reading_corrects_and_tells_nothing() {
+        assert_eq!(judge(120_000, 3), (true, true));
+        assert_eq!(judge(30, 3), (false, true), "under the smallest correction");
+        assert_eq!(
+            judge(-4_000, 8_000),
+            (false, false),
+            "a wait for a connection"
+        );
+        assert_eq!(judge(9_000, 2_000), (true, false));
+    }
 
     /// A start with the clock two days behind the newest event stored says so; a minute's
     /// difference, or a clock ahead, says nothing.
