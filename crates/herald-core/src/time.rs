@@ -1,8 +1,8 @@
 //! Time as Herald sees it: millisecond timestamps, and a [`Clock`] that tests can move so retry
 //! schedules measured in hours finish in milliseconds.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -120,19 +120,40 @@ pub trait Clock: Send + Sync + 'static {
     fn correction_ms(&self) -> i64 {
         0
     }
+
+    /// From now on, counts the time that passes by the machine's monotonic clock rather than
+    /// reading its wall clock, if it is one that can: for a clock kept on another that is read
+    /// again regularly ([`Clock::correct`]), so that a step of the machine's clock moves
+    /// nothing between those readings.
+    fn hold_steady(&self) {}
 }
 
 /// The wall clock, corrected to agree with another (see [`Clock::correct`]): a node sharing
 /// a database takes its times from there, so that its leases mean the same to every node
-/// whatever the machines' clocks say.
+/// whatever the machines' clocks say. Held steady ([`Clock::hold_steady`]), it counts from
+/// its last wall-clock reading by the monotonic clock: a step of the machine's clock (by hand,
+/// or at a snapshot's restore) no longer moves this node's times for the seconds until the
+/// next correction, in which a node stepped a day ahead took the other nodes' leases and sent
+/// their deliveries twice.
 #[derive(Debug, Default)]
 pub struct CorrectedClock {
     correction_ms: AtomicI64,
+    /// The wall clock's reading (ms) and the monotonic instant it was taken at, once held steady.
+    steady_from: OnceLock<(i64, std::time::Instant)>,
 }
 
 impl Clock for CorrectedClock {
     fn now(&self) -> Timestamp {
-        Timestamp(Utc::now().timestamp_millis() + self.correction_ms.load(Ordering::Relaxed))
+        let base = match self.steady_from.get() {
+            Some((wall, at)) => wall + at.elapsed().as_millis() as i64,
+            None => Utc::now().timestamp_millis(),
+        };
+        Timestamp(base + self.correction_ms.load(Ordering::Relaxed))
+    }
+
+    fn hold_steady(&self) {
+        self.steady_from
+            .get_or_init(|| (Utc::now().timestamp_millis(), std::time::Instant::now()));
     }
 
     fn correct(&self, by_ms: i64) -> bool {
@@ -197,6 +218,16 @@ mod tests {
             !SystemClock.correct(5),
             "the plain wall clock is never corrected"
         );
+        // Held steady, it goes on from where it was, corrections and all, and counts the time
+        // that passes.
+        clock.hold_steady();
+        let held = clock.now().as_millis();
+        assert!((held - SystemClock.now().as_millis() - 100_000).abs() <= 10);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let passed = clock.now().as_millis() - held;
+        assert!((20..=200).contains(&passed), "{passed}");
+        assert!(clock.correct(-100_000));
+        assert!((clock.now().as_millis() - SystemClock.now().as_millis()).abs() <= 10);
     }
 
     #[test]

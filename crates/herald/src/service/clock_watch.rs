@@ -4,7 +4,8 @@
 //! deliveries another node still holds and send them twice (a node two minutes ahead, with
 //! 30 s leases, sent everything twice): there a node keeps its times on the database server's
 //! clock (a [`CorrectedClock`](herald_core::CorrectedClock), set right at start and every
-//! [`EVERY`]), and says how far its own is off. A step of the clock a node goes by (the system
+//! [`EVERY`], counting the time between by the monotonic clock), and says how far its own is
+//! off. A step of the clock a node goes by (the system
 //! clock on SQLite; on PostgreSQL, the database server's) moves every schedule at once; Herald
 //! cannot tell which reading is right, and says what happened, once.
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use herald_core::store::{Store, StoreResult};
-use herald_core::{Clock, Timestamp};
+use herald_core::{Clock, SystemClock, Timestamp};
 
 use crate::app::AppState;
 
@@ -34,12 +35,16 @@ const REPEAT: Duration = Duration::from_secs(600);
 /// node uses (or one that did not answer, or too slowly to tell).
 pub async fn align(store: &dyn Store, clock: &dyn Clock) -> Option<i64> {
     let (off, round_trip) = offset_from_database(store, clock).await.ok()??;
+    // Read again every `EVERY`: between readings the node counts time by the monotonic clock,
+    // so that a step of the machine's clock moves nothing.
+    clock.hold_steady();
+    // What the machine's own clock reads, against the database server's.
+    let own = off - (clock.now().as_millis() - SystemClock.now().as_millis());
     let (correct, tell) = judge(off, round_trip);
     if correct {
         clock.correct(-off);
     }
-    // What the machine's own clock reads, against the database server's.
-    tell.then(|| off - clock.correction_ms())
+    tell.then_some(own)
 }
 
 /// What a reading `off` (ms, ahead of the database server) taken over `round_trip` (ms) is
