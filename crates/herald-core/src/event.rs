@@ -143,7 +143,7 @@ impl NewEvent {
         // Splitting text into values checks its grammar but not everything a tree would (lone
         // surrogates in escapes, numbers out of range); what is read further says so itself.
         let fields: Fields<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| Invalid::new("", js_json::unreadable(&e)))?;
+            .map_err(|e| Invalid::new("", js_json::unreadable(&e, "the event")))?;
         let mut posted = Posted::default();
         for (key, value) in fields.0 {
             let text = value.get();
@@ -155,7 +155,7 @@ impl NewEvent {
                             crate::truncate_for_message(&key),
                             format!(
                                 "is not a valid JSON string: {}",
-                                js_json::syntax_error_said(&e)
+                                js_json::syntax_error_said(&e, "its value")
                             ),
                         ));
                     }
@@ -317,7 +317,7 @@ fn data_from_text(text: &RawValue) -> Result<Box<RawValue>, Invalid> {
         if nested_deeper_than(text.get(), MAX_DATA_DEPTH) {
             too_deep()
         } else {
-            Invalid::new("data", js_json::unreadable(&e))
+            Invalid::new("data", js_json::unreadable(&e, "the data"))
         }
     })?;
     stored_data(&tree)

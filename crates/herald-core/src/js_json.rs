@@ -300,36 +300,51 @@ pub fn number(x: f64) -> String {
 
 /// Why text does not read as JSON, after the thing it is about ("data: …"): not valid JSON, or
 /// valid but holding a number no double holds, which JavaScript would read as `Infinity`.
-pub fn unreadable(e: &serde_json::Error) -> String {
+/// `of` names the text where it is a part of what was sent, read on its own ("the data"): its
+/// lines and columns count from the part's start; empty for the whole.
+pub fn unreadable(e: &serde_json::Error, of: &str) -> String {
     if e.to_string().starts_with("number out of range") {
         return format!(
-            "holds a number at line {} column {} past the largest a double holds (about \
-             1.8e308; JavaScript reads it as Infinity): send such a value as a string",
-            e.line(),
-            e.column()
+            "holds a number {} past the largest a double holds (about 1.8e308; JavaScript \
+             reads it as Infinity): send such a value as a string",
+            place(e, of)
         );
     }
-    format!("is not valid JSON: {}", syntax_error_said(e))
+    format!("is not valid JSON: {}", syntax_error_said(e, of))
 }
 
-/// What is wrong with JSON text that did not parse, in words a producer can act on. serde_json
-/// calls an escape that names half of a UTF-16 surrogate pair ("\\ud800", as JavaScript's
-/// `JSON.stringify` writes a string cut inside an emoji) "unexpected end of hex escape" or a
-/// "lone leading surrogate", even when the half is the trailing one.
-pub fn syntax_error_said(e: &serde_json::Error) -> String {
+/// What is wrong with JSON text that did not parse, in words a producer can act on (`of` as
+/// for [`unreadable`]). serde_json calls an escape that names half of a UTF-16 surrogate pair
+/// ("\\ud800", as JavaScript's `JSON.stringify` writes a string cut inside an emoji)
+/// "unexpected end of hex escape" or a "lone leading surrogate", even when the half is the
+/// trailing one.
+pub fn syntax_error_said(e: &serde_json::Error, of: &str) -> String {
     let said = e.to_string();
     if said.starts_with("unexpected end of hex escape")
         || said.starts_with("lone leading surrogate in hex escape")
     {
         return format!(
-            "a \\u escape at line {} column {} names half of a UTF-16 surrogate pair \
-             (\\ud800 to \\udfff) without the other half; JSON text must be valid Unicode, so \
-             mend the string where it was cut (often inside an emoji)",
-            e.line(),
-            e.column()
+            "a \\u escape {} names half of a UTF-16 surrogate pair (\\ud800 to \\udfff) \
+             without the other half; JSON text must be valid Unicode, so mend the string where \
+             it was cut (often inside an emoji)",
+            place(e, of)
         );
     }
-    said
+    if of.is_empty() {
+        return said;
+    }
+    let at = format!("at line {} column {}", e.line(), e.column());
+    said.replacen(&at, &place(e, of), 1)
+}
+
+/// Where in the text `e` is: "at line 2 column 19", and "of the data" where the text was a
+/// part of what was sent (a producer counting from the request's start would look elsewhere).
+fn place(e: &serde_json::Error, of: &str) -> String {
+    if of.is_empty() {
+        format!("at line {} column {}", e.line(), e.column())
+    } else {
+        format!("at line {} column {} of {of}", e.line(), e.column())
+    }
 }
 
 /// The shortest digits that read back as `x` (positive, finite, not zero), and where the
@@ -388,31 +403,44 @@ mod tests {
             r#"{"s":"\ud83d\u0041"}"#,
         ] {
             let e = serde_json::from_str::<Value>(text).unwrap_err();
-            let said = syntax_error_said(&e);
+            let said = syntax_error_said(&e, "");
             assert!(
                 said.starts_with("a \\u escape at line 1 column ")
                     && said.contains("half of a UTF-16 surrogate pair"),
                 "{text}: {said}"
             );
+            // Read on its own, a part says that its place counts from the part's start.
+            let said = syntax_error_said(&e, "the data");
+            assert!(said.contains(" of the data names half"), "{text}: {said}");
         }
         let e = serde_json::from_str::<Value>(r#"{"s":"\q"}"#).unwrap_err();
         assert_eq!(
-            syntax_error_said(&e),
+            syntax_error_said(&e, ""),
             e.to_string(),
             "other errors are serde_json's"
+        );
+        assert_eq!(
+            syntax_error_said(&e, "the data"),
+            "invalid escape at line 1 column 8 of the data"
         );
     }
 
     #[test]
     fn a_number_no_double_holds_is_named_as_such() {
         let e = serde_json::from_str::<Value>(r#"{"x": 1e400}"#).unwrap_err();
-        let said = unreadable(&e);
+        let said = unreadable(&e, "");
         assert!(
             said.starts_with("holds a number at line 1 column ") && said.contains("as a string"),
             "{said}"
         );
+        let said = unreadable(&e, "the data");
+        assert!(
+            said.starts_with("holds a number at line 1 column ")
+                && said.contains(" of the data past the largest"),
+            "{said}"
+        );
         let e = serde_json::from_str::<Value>(r#"{"x": }"#).unwrap_err();
-        assert!(unreadable(&e).starts_with("is not valid JSON: "));
+        assert!(unreadable(&e, "").starts_with("is not valid JSON: "));
     }
 
     /// A key repeated within one object is not the stored form (parsing keeps only the last);

@@ -36,7 +36,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
             };
             return invalid_json(format!(
                 "the request body is not valid JSON: {}",
-                herald_core::js_json::syntax_error_said(why)
+                herald_core::js_json::syntax_error_said(why, "")
             ));
         }
         let path = path_of::<T>(bytes);

@@ -41,17 +41,24 @@ async fn bad_input_gets_a_clear_client_error() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     // Half a surrogate pair in the data (a string cut inside an emoji), or in a field, is
-    // named as such.
-    for body in [
-        r#"{"type":"user.created","data":{"user":{"id":"1","name":"x\udc00"}}}"#,
-        r#"{"type":"user.created","id":"e\ud800","data":{"user":{"id":"1"}}}"#,
+    // named as such, at its place in the part read on its own (counted from the request's
+    // start, the column pointed elsewhere).
+    for (body, place) in [
+        (
+            r#"{"type":"user.created","data":{"user":{"id":"1","name":"x\udc00"}}}"#,
+            "at line 1 column 33 of the data",
+        ),
+        (
+            r#"{"type":"user.created","id":"e\ud800","data":{"user":{"id":"1"}}}"#,
+            "at line 1 column 9 of its value",
+        ),
     ] {
         let resp = raw(body).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         let answer: Value = resp.json().await.unwrap();
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(
-            message.contains("names half of a UTF-16 surrogate pair"),
+            message.contains(&format!("{place} names half of a UTF-16 surrogate pair")),
             "{body}: {message}"
         );
     }
@@ -2970,6 +2977,43 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     )
     .await;
     assert!(!ok && out.contains("--data"), "{out}");
+    // --data that is an object with something no JSON reader takes is said as the server says
+    // it; one that is no object is asked for as one; a byte-order mark is passed over.
+    for (data, said) in [
+        (
+            r#"{"s":"\ud800"}"#,
+            "--data is not valid JSON: a \\u escape at line 1 column 13 names half",
+        ),
+        (
+            r#"{"n":1E400}"#,
+            "--data holds a number at line 1 column 10 past the largest",
+        ),
+        ("user=u1", "--data must be a JSON object, e.g."),
+    ] {
+        let args = [
+            "send",
+            "--org",
+            &org,
+            "--type",
+            "user.created",
+            "--data",
+            data,
+        ];
+        let (ok, out) = herald_cli(&app, &args, None).await;
+        assert!(!ok && out.contains(said), "{data}: {out}");
+    }
+    let bom = "\u{feff}{\"user\":{\"id\":\"u4\"}}";
+    let args = [
+        "send",
+        "--org",
+        &org,
+        "--type",
+        "user.created",
+        "--data",
+        bom,
+    ];
+    let (ok, out) = herald_cli(&app, &args, None).await;
+    assert!(ok, "{out}");
     // --data without --type would otherwise fall through to reading standard input.
     let (ok, out) = herald_cli(&app, &["send", "--org", &org, "--data", "{}"], None).await;
     assert!(!ok && out.contains("--type"), "{out}");

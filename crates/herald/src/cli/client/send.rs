@@ -48,13 +48,21 @@ pub fn send(conn: Connection, args: SendArgs) -> anyhow::Result<()> {
     let org = api.org_id(&args.org)?;
     let input = match &args.event_type {
         Some(t) => {
-            // clap makes --type require --data: data the user left out is not made up here.
-            let data: Value = serde_json::from_str(args.data.as_deref().unwrap_or_default())
-                .map_err(|e| {
-                    CommandLineRefused::said(format!(
-                        "--data must be a JSON object, e.g. '{{\"user\": {{\"id\": \"u1\"}}}}': {e}"
-                    ))
-                })?;
+            // clap makes --type require --data: data the user left out is not made up here. A
+            // byte-order mark is passed over, as the server and --file do.
+            let text = args.data.as_deref().unwrap_or_default();
+            let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+            let data: Value = serde_json::from_str(text).map_err(|e| {
+                let example = "e.g. '{\"user\": {\"id\": \"u1\"}}'";
+                CommandLineRefused::said(if text.trim_start().starts_with('{') {
+                    // An object, with something in it that is not JSON: said as the server
+                    // would (half a surrogate pair, a number past a double) rather than as
+                    // "not an object".
+                    format!("--data {}", herald_core::js_json::unreadable(&e, ""))
+                } else {
+                    format!("--data must be a JSON object, {example}: {e}")
+                })
+            })?;
             let mut event = json!({ "type": t, "data": data });
             for (field, value) in [
                 ("id", &args.id),
