@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -455,7 +455,20 @@ pub async fn run(
     ));
     let router = crate::api::router(state.clone());
     let header_timeout = Duration::from_millis(state.settings.server.header_timeout_ms);
-    crate::http_server::serve(listener, router, header_timeout, shutdown).await;
+    // One grace for the whole stop, so that whatever stops Herald can be told how long it
+    // takes: the requests in progress have up to 10 s of it, the deliveries in flight what is
+    // left (the two waits one after the other took up to 10 s more than the setting).
+    let grace = Duration::from_secs(state.settings.delivery.stop_grace_seconds);
+    let stopping = Arc::new(std::sync::OnceLock::new());
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            let _ = stopping.set(Instant::now());
+        }
+    };
+    let http_grace = crate::http_server::SHUTDOWN_GRACE.min(grace.max(Duration::from_secs(1)));
+    crate::http_server::serve(listener, router, header_timeout, shutdown, http_grace).await;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
     let _ = renewals.await;
@@ -465,8 +478,8 @@ pub async fn run(
     if let Some(cluster) = cluster {
         let _ = cluster.await;
     }
-    let grace = Duration::from_secs(state.settings.delivery.stop_grace_seconds);
-    state.dispatcher.drain(grace).await;
+    let spent = stopping.get().map_or(Duration::ZERO, Instant::elapsed);
+    state.dispatcher.drain(grace.saturating_sub(spent)).await;
     match state.store.checkpoint_on_stop().await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(

@@ -28,14 +28,14 @@ use tower::ServiceExt;
 /// The most a connection buffers of what it reads. Larger bodies are read through it in
 /// pieces; a request's headers must fit in it.
 pub const MAX_READ_BUFFER: usize = 64 * 1024;
-/// How long shutdown waits for requests in progress before it closes their connections. A
-/// request cut off here was never answered, so its client sends it again: an event is only
-/// acknowledged once stored.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits at most for requests in progress before it closes their
+/// connections (less if the whole stop's grace is shorter). A request cut off here was never
+/// answered, so its client sends it again: an event is only acknowledged once stored.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets the
-/// requests in progress finish (up to [`SHUTDOWN_GRACE`]), closes the connections still open
-/// and returns. A client has
+/// requests in progress finish (up to `grace`), closes the connections still open and
+/// returns. A client has
 /// `header_timeout` to send a request's headers, counted from when the connection is ready for
 /// them (so an idle keep-alive connection is closed after as long), and as long to take some
 /// of an answer once the connection's buffers are full.
@@ -44,6 +44,7 @@ pub async fn serve(
     router: Router,
     header_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) {
     let mut builder = http1::Builder::new();
     builder
@@ -96,14 +97,22 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(
+            connections = open,
+            "closing idle connections and waiting up to {} s for the requests in progress",
+            grace.as_secs()
+        );
+    }
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            "requests still in progress after {}s of shutdown; closing their connections \
+            "requests still in progress after {} s of shutdown; closing their connections \
              (their clients get no answer, and send them again)",
-            SHUTDOWN_GRACE.as_secs()
+            grace.as_secs()
         );
     }
     drop(cut_tx);

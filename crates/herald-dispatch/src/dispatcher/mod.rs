@@ -717,7 +717,8 @@ impl Dispatcher {
             tracing::info!(
                 requests = requests + slow,
                 "waiting up to {} s for the requests in flight to be answered and recorded (what is cut off is sent again later, at least once)",
-                grace.as_secs()
+                // What is left of the stop's grace: 1.99 s is "2 s".
+                grace.as_millis().div_ceil(1000)
             );
         }
         let finished =

@@ -297,6 +297,21 @@ async fn shutdown_signal() {
         );
         std::process::exit(130);
     });
+    // A supervisor or a person sending SIGTERM again hears that it changed nothing, and what
+    // would (it went unanswered, as if the stop hung).
+    #[cfg(unix)]
+    tokio::spawn(async {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        while term.recv().await.is_some() {
+            tracing::info!(
+                "already shutting down (SIGTERM again): finishing deliveries in flight, within the stop's grace (HERALD_STOP_GRACE_SECONDS); SIGINT (Ctrl-C) stops at once"
+            );
+        }
+    });
 }
 
 #[cfg(test)]

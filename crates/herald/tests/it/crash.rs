@@ -314,7 +314,9 @@ async fn a_second_ctrl_c_stops_at_once_and_loses_nothing() {
 
 /// A stop whose grace (`HERALD_STOP_GRACE_SECONDS`) runs out cuts off the requests still out:
 /// each is kept in the history as an attempt (`interrupted`: the endpoint may have it), and its
-/// delivery goes again at the next start without spending a retry.
+/// delivery goes again at the next start without spending a retry. The grace is the whole
+/// stop's: a request still arriving at the API takes from it (the two waits one after the
+/// other took 10 s more than the setting, past what whatever stops Herald was told).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_stop_cuts_off_is_kept_in_the_history_and_spends_no_retry() {
     let _turn = crate::helpers::heavy_turn().await;
@@ -337,15 +339,36 @@ async fn a_request_the_stop_cuts_off_is_kept_in_the_history_and_spends_no_retry(
         .post_json(&format!("/v1/orgs/{org}/events"), event)
         .await;
     rx.wait_for("/sink", 1, Duration::from_secs(10)).await;
+    // A producer still sending its request's body, slowly.
+    let mut slow = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        format!(
+            "POST /v1/orgs/{org}/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer \
+             {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped_at = tokio::time::Instant::now();
     signal(&server.child.id().unwrap().to_string(), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
         .await
         .expect("the server exits once the stop's grace (2 s, not 10) has run out")
         .unwrap();
     assert!(status.success(), "{status:?}");
+    // 2 s and the recording; the waits one after the other took 12 s and more.
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(8), "{took:?}");
     let said = |text: &str| server.log.lock().unwrap().iter().any(|l| l.contains(text));
     assert!(
-        said("waiting up to 2 s for the requests in flight")
+        said("waiting up to 2 s for the requests in progress")
+            && said("requests still in progress after 2 s of shutdown")
+            && said("for the requests in flight to be answered")
             && said("recorded the requests the stop cut off")
             && said("deliveries=1")
             // Recorded, so given back already: not given back (and counted) twice.
