@@ -29,8 +29,7 @@ pub const PER_NODE: usize = 3;
 /// How long a search waits for its turn.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// The searches running. An organization's entry stays once made (one small semaphore each,
-/// for the organizations that searched).
+/// The searches running. An organization has an entry while one of its searches runs or waits.
 pub struct Searches {
     node: Arc<Semaphore>,
     orgs: Mutex<HashMap<OrgId, Arc<Semaphore>>>,
@@ -88,13 +87,16 @@ impl Searches {
 
     /// Waits for a turn, the organization's first, for [`WAIT`] in all.
     pub async fn turn(&self, org: &OrgId) -> ServiceResult<Turn> {
-        let org_room = self
-            .orgs
-            .lock()
-            .expect("searches lock")
-            .entry(org.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(PER_ORG)))
-            .clone();
+        let org_room = {
+            let mut orgs = self.orgs.lock().expect("searches lock");
+            // Nothing holds an idle organization's semaphore but the map (a turn, running or
+            // waiting, holds it too): those entries go, so that the map does not keep every
+            // organization that ever searched, deleted ones included.
+            orgs.retain(|_, room| Arc::strong_count(room) > 1);
+            orgs.entry(org.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(PER_ORG)))
+                .clone()
+        };
         let node_room = self.node.clone();
         let both = async move {
             let org = org_room.acquire_owned().await?;
@@ -154,6 +156,9 @@ mod tests {
         drop(acme_running);
         assert!(waiting.await.is_ok());
         drop(globex_running);
+        // Once their searches end, organizations leave no entry behind but the one asking.
+        assert!(comes(&searches, &acme).await);
+        assert_eq!(searches.orgs.lock().unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
