@@ -49,6 +49,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             args.to.display()
         );
     }
+    let made_to = !args.to.exists();
     crate::data_dir::make_data_dir(&args.to, &crate::data_dir::BACKUP_DIR)?;
     let size_of = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     // What is not yet moved into the file is in its write-ahead log beside it.
@@ -61,8 +62,25 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         target.display()
     );
     let started = Instant::now();
-    let sealed = herald_store::sqlite::backup::copy(&source, &target)
-        .with_context(|| format!("could not copy the database to {}", target.display()))?;
+    let sealed = match herald_store::sqlite::backup::copy(&source, &target) {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            // A directory made for a copy that was not made goes too: left, it looked like a
+            // backup (and an empty one is no backup).
+            if made_to {
+                let _ = std::fs::remove_dir(&args.to);
+            }
+            return Err(match e {
+                herald_store::sqlite::backup::CopyError::Source(e) => anyhow::Error::new(e)
+                    .context(format!("could not read the database {}", source.display())),
+                herald_store::sqlite::backup::CopyError::Target(e) => anyhow::Error::new(e)
+                    .context(format!(
+                        "could not copy the database to {}",
+                        target.display()
+                    )),
+            });
+        }
+    };
     restrict(&target)?;
     let mut kept = vec![format!("herald.db ({})", in_units(size_of(&target)))];
     if copy_admin_token(&args.storage.data_dir, &args.to)? {

@@ -1383,6 +1383,27 @@ async fn a_backup_taken_under_load_is_whole_and_a_server_starts_on_it() {
         !onto_file.status.success() && said.contains("give --to a new or empty directory"),
         "{said}"
     );
+    // A database that cannot be read is named, and no directory is left looking like a backup.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(
+        broken.path().join("herald.db"),
+        "not a database, ".repeat(512),
+    )
+    .unwrap();
+    let nowhere = broken.path().join("its-backup");
+    let unread = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["backup", "--to"])
+        .arg(&nowhere)
+        .env("HERALD_DATA_DIR", broken.path())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&unread.stderr);
+    assert!(
+        !unread.status.success() && said.contains("could not read the database"),
+        "{said}"
+    );
+    assert!(!nowhere.exists());
     drop(server);
 
     // Restored: a server started on the copy serves what it holds.
