@@ -94,7 +94,7 @@ pub fn serve(mut settings: Settings) -> anyhow::Result<()> {
         // The address is taken first, so that a start that cannot serve creates nothing (not
         // even an admin token), but only listened on once the node is ready: while migrations
         // run, a load balancer's check finds the port closed rather than a node that hangs.
-        let busy = |e| anyhow::Error::new(e).context(format!("could not listen on {listen}; is another Herald running? choose another address with --listen"));
+        let busy = |e| anyhow::Error::new(e).context(format!("could not listen on {listen}; is another program (another Herald?) using it? choose another address with --listen"));
         let socket = match listen {
             std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
             std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -252,8 +252,11 @@ pub fn migrate(settings: MigrateSettings) -> anyhow::Result<()> {
         let (_, created) =
             app::open_store_saying_if_new(&settings.storage, &settings.encryption, true).await?;
         // A mistyped --data-dir or database name must not pass for an upgraded database.
-        let check = "If you meant an existing one, check --data-dir (HERALD_DATA_DIR) or \
-                     --database-url (HERALD_DATABASE_URL).";
+        let check = if settings.storage.database_url.is_some() {
+            "If you meant an existing one, check --database-url (HERALD_DATABASE_URL)."
+        } else {
+            "If you meant an existing one, check --data-dir (HERALD_DATA_DIR)."
+        };
         // Both backends' sequences have the same versions.
         let version = herald_store::migrations::SQLITE.len();
         match (settings.storage.database_url_for_display(), created) {
