@@ -118,9 +118,17 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         "the system clock"
     };
     loop {
+        let slept_from = Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = shutdown.changed() => return,
+        }
+        if let Some(stalled) = stalled_for(slept_from.elapsed()) {
+            tracing::warn!(
+                stalled_seconds = stalled.as_secs(),
+                "this process did not run for at least {} (stopped, frozen by its hypervisor, or starved of CPU): what waited meanwhile timed out as if the database or an endpoint had been slow, and leases held may have passed to other nodes, which send those deliveries",
+                in_words(stalled.as_millis() as i64)
+            );
         }
         // Set right first: a step of this machine's clock alone is then no step at all.
         if let Some(offset) = align(&*state.store, &*state.clock).await {
@@ -153,6 +161,16 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         last = now;
     }
 }
+
+/// How much longer than [`EVERY`] a look's sleep took, if past [`STALL`]: the process did not
+/// run meanwhile (a timer is late by that much only then), which is said, as the timeouts it
+/// causes are otherwise blamed on whatever they waited for.
+fn stalled_for(slept: Duration) -> Option<Duration> {
+    slept.checked_sub(EVERY).filter(|late| *late >= STALL)
+}
+
+/// A look's sleep this late is a stall of the process.
+const STALL: Duration = Duration::from_secs(5);
 
 /// How far the wall clock moved beyond the time that passed (the monotonic clock) between two
 /// looks: negative when it stepped back.
@@ -196,6 +214,16 @@ fn in_words(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_look_that_slept_well_past_its_time_is_a_stall() {
+        assert_eq!(stalled_for(EVERY), None);
+        assert_eq!(stalled_for(EVERY + Duration::from_secs(2)), None);
+        assert_eq!(
+            stalled_for(EVERY + Duration::from_secs(120)),
+            Some(Duration::from_secs(120))
+        );
+    }
 
     /// A reading corrects the clock only past its round trip, and tells the machine's offset
     /// only if it came back sooner than an offset worth telling.
