@@ -70,13 +70,35 @@ pub(crate) struct IngestQueue {
 }
 
 /// How storing events last failed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Failure {
     /// No answer within the bound: a lock or an overloaded server, most likely.
     TimedOut,
+    /// The database server's disk is full (SQLSTATE 53100: "could not extend file …: No space
+    /// left on device"): said as such, as it names nothing of the deployment.
+    DiskFull,
     /// Anything else that counts as the database being away (refused, a password changed, a
     /// certificate that does not pass): the log has its words.
     Away,
+}
+
+impl Failure {
+    fn of(why: &(dyn std::error::Error + 'static)) -> Self {
+        if why.to_string() == TIMED_OUT {
+            return Self::TimedOut;
+        }
+        let mut chain = std::iter::successors(Some(why), |e| e.source());
+        if chain.any(|e| {
+            e.downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.code())
+                == Some(&tokio_postgres::error::SqlState::DISK_FULL)
+                || e.to_string().contains("No space left on device")
+        }) {
+            Self::DiskFull
+        } else {
+            Self::Away
+        }
+    }
 }
 
 /// A request's place among those waiting to be stored, given up however its wait ends (the
@@ -160,12 +182,7 @@ impl IngestQueue {
         match &stored {
             Ok(_) => *failing = None,
             Err(StoreError::Unavailable(why)) => {
-                let failure = if why.to_string() == TIMED_OUT {
-                    Failure::TimedOut
-                } else {
-                    Failure::Away
-                };
-                *failing = Some((std::time::Instant::now(), failure));
+                *failing = Some((std::time::Instant::now(), Failure::of(&**why)));
             }
             Err(_) => {}
         }
@@ -202,6 +219,10 @@ impl IngestQueue {
             Failure::TimedOut => {
                 "the database did not answer in time (a lock held on Herald's tables, or an \
                  overloaded server)"
+            }
+            Failure::DiskFull => {
+                "the database server's disk is full: free some space where PostgreSQL keeps its \
+                 data"
             }
             Failure::Away => "the database is unavailable (the log says why)",
         };
@@ -515,4 +536,24 @@ async fn store_group(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The readiness check says a full disk as such; other failures keep their words in the log.
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        let of = |said: &str| {
+            let why: Box<dyn std::error::Error + Send + Sync> = said.into();
+            Failure::of(&*why)
+        };
+        assert_eq!(
+            of("could not extend file \"base/16384/2619\": No space left on device"),
+            Failure::DiskFull
+        );
+        assert_eq!(of(TIMED_OUT), Failure::TimedOut);
+        assert_eq!(of("connection refused"), Failure::Away);
+    }
 }
