@@ -54,6 +54,8 @@ const STALLED: Duration = Duration::from_secs(5);
 /// Pauses said in the log: one line per 10 s.
 static PAUSED: herald_core::throttle::Throttle =
     herald_core::throttle::Throttle::new(Duration::from_secs(10));
+/// How long attempts must have gone on before the end of a pause is said.
+const RESUME_SAID_AFTER: Duration = Duration::from_secs(1);
 /// How often the database is looked at while away and no outcome is waiting to be stored.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -217,8 +219,11 @@ impl Health {
         }
     }
 
-    /// Outcomes were stored: attempts go on.
-    fn back(&self) {
+    /// Outcomes were stored: attempts go on. The end of a pause that was said is said once it
+    /// has held for [`RESUME_SAID_AFTER`]: a write under way when the database went away may
+    /// succeed just after the first failure, and "attempts resume" was said while it was still
+    /// away (and its real return, within the throttle's 10 s, not at all).
+    fn back(self: &Arc<Self>) {
         // Called after every stored write: the watch's lock only when there is a pause to end.
         // (One set just now, unseen here, is ended by the next write or by the look for the
         // database's return.)
@@ -232,10 +237,19 @@ impl Health {
             since.is_some()
         });
         if let Some(since) = since.filter(|_| self.announced.swap(false, Ordering::Relaxed)) {
-            tracing::info!(
-                paused_seconds = since.elapsed().as_secs(),
-                "the database stores attempt outcomes again: attempts resume"
-            );
+            let (health, paused) = (self.clone(), since.elapsed());
+            tokio::spawn(async move {
+                tokio::time::sleep(RESUME_SAID_AFTER).await;
+                if health.away.borrow().is_some() {
+                    // Away again: the pause said goes on, and its end is said when it comes.
+                    health.announced.store(true, Ordering::Relaxed);
+                } else {
+                    tracing::info!(
+                        paused_seconds = paused.as_secs(),
+                        "the database stores attempt outcomes again: attempts resume"
+                    );
+                }
+            });
         }
     }
 
