@@ -87,7 +87,7 @@ impl Dispatcher {
             // The leases stay; the deliveries come back when they run out.
             self.release_held_leases(batch.iter().map(|d| &d.delivery_id));
             if let Some(held_back) = UNRECORDED.admit() {
-                tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %herald_core::error_chain(&e), held_back, "could not record an attempt; it will be retried after its lease (said once per 10 s; held_back counts the others)");
+                tracing::error!(deliveries = batch.len(), first = %batch[0].delivery_id, error = %herald_core::error_chain(&e), held_back, "the database failed a step of an attempt (renewing its leases before it was sent, or recording its outcome): its deliveries go again once their leases end (said once per 10 s; held_back counts the others)");
             }
         }
     }
