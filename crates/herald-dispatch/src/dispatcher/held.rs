@@ -241,6 +241,11 @@ impl HeldDeliveries {
         }
     }
 
+    /// Whether the delivery is held here.
+    pub(crate) fn holds(&self, id: &DeliveryId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     /// The leases these deliveries are held under (those held).
     pub(crate) fn leases_of<'a>(
         &self,

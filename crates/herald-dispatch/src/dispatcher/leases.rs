@@ -139,7 +139,11 @@ impl Dispatcher {
     /// timeout: a backlog queued in memory can outlast the leases it was taken under, and an
     /// attempt cut to fit one would be recorded as the endpoint's timeout. `Err(Lost)` when
     /// the batch may not go: a delivery whose lease could not be renewed is another node's (or
-    /// settled), and is forgotten here; the rest of such a batch is given back, due now.
+    /// settled), and is forgotten here; the rest of such a batch is given back, due now. So is
+    /// a batch with a delivery forgotten since it was taken (the renewal of queued leases found
+    /// it another node's while the batch formed): read as "not held, so no lease to keep
+    /// within", it was sent with the full timeout, and a node resumed after a stall sent again
+    /// what the node that took its leases over had delivered.
     pub(super) async fn lease_for_attempt(
         &self,
         batch: &[DueDelivery],
@@ -147,6 +151,24 @@ impl Dispatcher {
         now: Timestamp,
     ) -> Result<Result<Option<Timestamp>, Lost>, StoreError> {
         let shared = &self.shared;
+        let forgotten: Vec<&herald_core::DeliveryId> = {
+            let held = shared.held.lock().expect("held lock");
+            batch
+                .iter()
+                .map(|d| &d.delivery_id)
+                .filter(|id| !held.holds(id))
+                .collect()
+        };
+        if !forgotten.is_empty() {
+            tracing::debug!(webhook = %webhook.id, lost = forgotten.len(), "deliveries found another node's while their attempt began; not sending those");
+            let kept = batch
+                .iter()
+                .map(|d| &d.delivery_id)
+                .filter(|id| !forgotten.contains(id));
+            self.defer_held(&batch[0].org_id, kept, now).await?;
+            self.wake_delivery_scheduler();
+            return Ok(Err(Lost));
+        }
         let needed = i64::from(webhook.effective_timeout_ms()) + LEASE_MARGIN.as_millis() as i64;
         let lease = shared.settings.lease.as_millis() as i64;
         let ends = self.lease_ends(batch);

@@ -99,12 +99,19 @@ fn parse_options(raw: serde_json::Value) -> ServiceResult<WebhookOptions> {
                 (format!("options.{path}"), meant)
             }
         };
+        // In JSON's terms, as the body's other fields are said: "expected u32" names Rust's type.
+        let said = e.inner().to_string().replace(
+            "expected u32",
+            &format!(
+                "expected a whole number from 0 to {}",
+                WebhookOptions::MAX_BATCH_WINDOW_MS
+            ),
+        );
         Invalid::new(
             field,
             format!(
-                "{}{}; the options are content_mode (cloudevents: structured or binary) and \
+                "{said}{}; the options are content_mode (cloudevents: structured or binary) and \
                  batch_window_ms (opal)",
-                e.inner(),
                 did_you_mean(meant)
             ),
         )

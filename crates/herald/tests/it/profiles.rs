@@ -437,6 +437,21 @@ async fn an_opal_batch_window_puts_close_events_in_one_signed_body() {
             json!("options.batch_window_ms")
         )
     );
+    // A window past what a number of its kind holds is said in JSON's terms, not Rust's.
+    let (status, err) = app
+        .post(
+            &format!("/v1/orgs/{org}/webhooks"),
+            json!({ "name": "x", "url": rx.url("/x"), "profile": "opal",
+                    "options": { "batch_window_ms": 4_294_967_296_u64 } }),
+        )
+        .await;
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && message.contains("expected a whole number from 0 to 10000")
+            && !message.contains("u32"),
+        "{err}"
+    );
 
     // Moved to another profile, the webhook leaves the window behind rather than being stuck
     // (the dashboard's form has no options to clear); named in the change, it is still refused.
