@@ -450,8 +450,11 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
         // `ALLOW_CONNECTIONS false` during maintenance). 28: the password or role was changed
         // under a running node; 3D000: its database was dropped or renamed. Each is an
         // operator's to mend, and meanwhile nothing can be stored: a 503 to try again, not a
-        // 500 that many producers give up on.
+        // 500 that many producers give up on. 25P02: a statement pipelined after one the
+        // database refused or cancelled (a `statement_timeout`) hears only that the
+        // transaction is aborted, and may be the error the caller gets: it is that one's.
         return code.starts_with("08")
+            || code == "25P02"
             || code.starts_with("28")
             || code == "3D000"
             || code.starts_with("53")
@@ -1187,6 +1190,30 @@ mod tests {
             .batch_execute(&format!("DROP ROLE {role}"))
             .await
             .unwrap();
+    }
+
+    /// A statement cancelled by a `statement_timeout` set for Herald's role is the database
+    /// being away, and so is what a statement after it in the same transaction hears (the
+    /// transaction is aborted): a 503 and a pause, not a 500 and an ERROR line. Skipped
+    /// without `HERALD_TEST_DATABASE_URL`.
+    #[tokio::test]
+    async fn a_cancelled_statement_and_its_aborted_transaction_are_unavailable() {
+        let Ok(url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+            return;
+        };
+        let store =
+            PostgresStore::new(&url, PostgresOptions::default(), SecretCipher::none()).unwrap();
+        let mut client = store.client().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute("SET LOCAL statement_timeout = 1")
+            .await
+            .unwrap();
+        let cancelled = tx.batch_execute("SELECT pg_sleep(1)").await.unwrap_err();
+        let aborted = tx.batch_execute("SELECT 1").await.unwrap_err();
+        for (what, e) in [("cancelled", cancelled), ("aborted", aborted)] {
+            let e = sql(e);
+            assert!(matches!(e, StoreError::Unavailable(_)), "{what}: {e:?}");
+        }
     }
 
     #[test]
