@@ -246,6 +246,11 @@ impl HeldDeliveries {
         self.by_id.contains_key(id)
     }
 
+    /// Whether the delivery is held here and its attempt has begun.
+    pub(crate) fn is_started(&self, id: &DeliveryId) -> bool {
+        self.by_id.get(id).is_some_and(|h| h.started)
+    }
+
     /// The leases these deliveries are held under (those held).
     pub(crate) fn leases_of<'a>(
         &self,

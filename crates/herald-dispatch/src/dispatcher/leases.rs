@@ -71,6 +71,13 @@ impl Dispatcher {
         }
         self.say_who_falls_behind(soon);
         let (renewed, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
+        // One whose attempt began meanwhile is that attempt's to judge: its own look at its
+        // lease finds it lost and does not send it. Forgotten here under it, it went out with
+        // no lease to keep within.
+        let lost: Vec<_> = {
+            let held = self.shared.held.lock().expect("held lock");
+            lost.into_iter().filter(|id| !held.is_started(id)).collect()
+        };
         if !lost.is_empty() {
             tracing::debug!(
                 lost = lost.len(),
@@ -151,23 +158,9 @@ impl Dispatcher {
         now: Timestamp,
     ) -> Result<Result<Option<Timestamp>, Lost>, StoreError> {
         let shared = &self.shared;
-        let forgotten: Vec<&herald_core::DeliveryId> = {
-            let held = shared.held.lock().expect("held lock");
-            batch
-                .iter()
-                .map(|d| &d.delivery_id)
-                .filter(|id| !held.holds(id))
-                .collect()
-        };
+        let forgotten = self.not_held(batch);
         if !forgotten.is_empty() {
-            tracing::debug!(webhook = %webhook.id, lost = forgotten.len(), "deliveries found another node's while their attempt began; not sending those");
-            let kept = batch
-                .iter()
-                .map(|d| &d.delivery_id)
-                .filter(|id| !forgotten.contains(id));
-            self.defer_held(&batch[0].org_id, kept, now).await?;
-            self.wake_delivery_scheduler();
-            return Ok(Err(Lost));
+            return self.not_sending(batch, webhook, &forgotten, now).await;
         }
         let needed = i64::from(webhook.effective_timeout_ms()) + LEASE_MARGIN.as_millis() as i64;
         let lease = shared.settings.lease.as_millis() as i64;
@@ -182,13 +175,44 @@ impl Dispatcher {
             let held = shared.held.lock().expect("held lock");
             held.leases_of(batch.iter().map(|d| &d.delivery_id))
         };
-        let (_, lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
+        let (_, mut lost) = self.renew_held(&leases, now.plus_millis(lease)).await?;
+        // Forgotten while the renewal ran (found another node's by the renewal of queued
+        // leases) are not sent either: with no lease left here to keep within, they went with
+        // the full timeout.
+        for id in self.not_held(batch) {
+            if !lost.contains(&id) {
+                lost.push(id);
+            }
+        }
         if lost.is_empty() {
             // Renewed here, or taken again by this node's own scheduler: read them afresh.
             return Ok(Ok(self.lease_ends(batch)));
         }
+        self.not_sending(batch, webhook, &lost, now).await
+    }
+
+    /// The batch's deliveries this node no longer holds.
+    fn not_held(&self, batch: &[DueDelivery]) -> Vec<herald_core::DeliveryId> {
+        let held = self.shared.held.lock().expect("held lock");
+        batch
+            .iter()
+            .map(|d| &d.delivery_id)
+            .filter(|id| !held.holds(id))
+            .cloned()
+            .collect()
+    }
+
+    /// Sends none of the batch: `lost` are another node's (or settled), and forgotten here;
+    /// the rest are given back, due now.
+    async fn not_sending(
+        &self,
+        batch: &[DueDelivery],
+        webhook: &Webhook,
+        lost: &[herald_core::DeliveryId],
+        now: Timestamp,
+    ) -> Result<Result<Option<Timestamp>, Lost>, StoreError> {
         tracing::debug!(webhook = %webhook.id, lost = lost.len(), "leases taken over before an attempt; not sending those");
-        self.release_held_leases(&lost);
+        self.release_held_leases(lost);
         let kept = batch
             .iter()
             .map(|d| &d.delivery_id)
