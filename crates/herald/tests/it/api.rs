@@ -2982,13 +2982,14 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
     for (data, said) in [
         (
             r#"{"s":"\ud800"}"#,
-            "--data is not valid JSON: a \\u escape at line 1 column 13 names half",
+            Some("--data is not valid JSON: a \\u escape at line 1 column 13 names half"),
         ),
         (
             r#"{"n":1E400}"#,
-            "--data holds a number at line 1 column 10 past the largest",
+            Some("--data holds a number at line 1 column 10 past the largest"),
         ),
-        ("user=u1", "--data must be a JSON object, e.g."),
+        ("user=u1", Some("--data must be a JSON object, e.g.")),
+        ("\u{feff}{\"user\":{\"id\":\"u4\"}}", None),
     ] {
         let args = [
             "send",
@@ -3000,20 +3001,11 @@ async fn the_cli_manages_organizations_webhooks_events_and_history() {
             data,
         ];
         let (ok, out) = herald_cli(&app, &args, None).await;
-        assert!(!ok && out.contains(said), "{data}: {out}");
+        match said {
+            Some(said) => assert!(!ok && out.contains(said), "{data}: {out}"),
+            None => assert!(ok, "{data}: {out}"),
+        }
     }
-    let bom = "\u{feff}{\"user\":{\"id\":\"u4\"}}";
-    let args = [
-        "send",
-        "--org",
-        &org,
-        "--type",
-        "user.created",
-        "--data",
-        bom,
-    ];
-    let (ok, out) = herald_cli(&app, &args, None).await;
-    assert!(ok, "{out}");
     // --data without --type would otherwise fall through to reading standard input.
     let (ok, out) = herald_cli(&app, &["send", "--org", &org, "--data", "{}"], None).await;
     assert!(!ok && out.contains("--type"), "{out}");

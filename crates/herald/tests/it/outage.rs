@@ -556,25 +556,39 @@ async fn a_full_disk_is_answered_503_said_once_and_loses_nothing_acknowledged() 
     assert_eq!(said("the database takes writes again"), 1);
 }
 
-/// A database emptied under a running node (dropped and created again, say): requests get the
-/// `503` of a database that is away, and the log says what to do, not a bare `500`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_emptied_under_a_running_node_is_unavailable_and_said_so() {
-    let Some(db) = TestDatabase::create("the emptied database test").await else {
-        return;
-    };
+/// A node on a scratch database of its own, with an organization (its id); `None` without
+/// `HERALD_TEST_DATABASE_URL`. The directory goes with the node.
+async fn node_on_its_own_database(
+    test: &str,
+) -> Option<(TestDatabase, Server, tempfile::TempDir, String)> {
+    let db = TestDatabase::create(test).await?;
     let dir = tempfile::tempdir().unwrap();
     let node = Server::start_with(dir.path(), &[("HERALD_DATABASE_URL", db.url.clone())]).await;
-    let http = http_client();
-    let orgs = format!("{}/v1/orgs", node.base);
-    let made = http
-        .post(&orgs)
+    let made = http_client()
+        .post(format!("{}/v1/orgs", node.base))
         .bearer_auth(ADMIN_TOKEN)
         .json(&json!({ "name": "Acme" }))
         .send()
         .await
         .unwrap();
     assert_eq!(made.status(), StatusCode::CREATED);
+    let org = made.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Some((db, node, dir, org))
+}
+
+/// A database emptied under a running node (dropped and created again, say): requests get the
+/// `503` of a database that is away, and the log says what to do, not a bare `500`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_emptied_under_a_running_node_is_unavailable_and_said_so() {
+    let Some((db, node, _dir, _)) = node_on_its_own_database("the emptied database test").await
+    else {
+        return;
+    };
+    let http = http_client();
+    let orgs = format!("{}/v1/orgs", node.base);
 
     db.connect()
         .await
@@ -612,24 +626,11 @@ async fn a_database_emptied_under_a_running_node_is_unavailable_and_said_so() {
 /// line each, with `/readyz` ready: a load balancer kept sending, producers gave up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_refusing_writes_is_unavailable_and_said_so() {
-    let Some(db) = TestDatabase::create("the read-only database test").await else {
+    let Some((db, node, _dir, org)) = node_on_its_own_database("the read-only database test").await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = Server::start_with(dir.path(), &[("HERALD_DATABASE_URL", db.url.clone())]).await;
     let http = http_client();
-    let made = http
-        .post(format!("{}/v1/orgs", node.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "Acme" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(made.status(), StatusCode::CREATED);
-    let org = made.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let events = format!("{}/v1/orgs/{org}/events", node.base);
     let admin = db.connect().await;
     // New sessions get the setting: Herald's are ended, and its pool opens new ones.
