@@ -110,7 +110,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let mut offset_said = align(&*state.store, &*state.clock)
         .await
         .filter(|offset| offset.abs() > OFFSET_MS)
-        .map(|_| Instant::now());
+        .map(|offset| (Instant::now(), offset));
     let mut last = (Instant::now(), state.clock.now());
     let which = if state.store.signals().is_some() {
         "the database server's clock"
@@ -132,10 +132,14 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         }
         // Set right first: a step of this machine's clock alone is then no step at all.
         if let Some(offset) = align(&*state.store, &*state.clock).await {
-            let said_lately = offset_said.is_some_and(|at| at.elapsed() < REPEAT);
+            // Said again after a while, or at once if it moved since (the machine's clock
+            // stepped again: "24 h ahead" stood for a minute after it was 48).
+            let said_lately = offset_said.is_some_and(|(at, said)| {
+                at.elapsed() < REPEAT && (offset - said).abs() <= OFFSET_MS
+            });
             if offset.abs() > OFFSET_MS && !said_lately {
                 tracing::warn!(offset_ms = offset, "{}", offset_words(offset));
-                offset_said = Some(Instant::now());
+                offset_said = Some((Instant::now(), offset));
             } else if offset.abs() <= OFFSET_MS && offset_said.take().is_some() {
                 tracing::info!("this machine's clock agrees with the database server's again");
             }
